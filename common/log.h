@@ -1,0 +1,32 @@
+/*
+ * common/log.h - diagnostic logging to stderr.
+ *
+ * Thread-safe: each line is formatted into a stack buffer and written with one write(2), so lines
+ * from different workers never interleave. The level is checked before any formatting. This is
+ * the operator's log; the per-request access log is gateway/reqlog.h.
+ */
+#ifndef MG_COMMON_LOG_H
+#define MG_COMMON_LOG_H
+
+typedef enum mg_log_level {
+    MG_LOG_DEBUG = 0,
+    MG_LOG_INFO = 1,
+    MG_LOG_WARN = 2,
+    MG_LOG_ERROR = 3,
+} mg_log_level_t;
+
+extern mg_log_level_t mg_log_level;
+
+#define MG_LOG(lvl, mod, ...)                                                                      \
+    do {                                                                                           \
+        if ((lvl) >= mg_log_level)                                                                 \
+            mg_log_emit((lvl), (mod), __VA_ARGS__);                                                \
+    } while (0)
+
+void mg_log_emit(mg_log_level_t lvl, const char *mod, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Parses "debug", "info", "warn" or "error"; returns -1 for anything else. */
+int mg_log_level_parse(const char *s);
+
+#endif /* MG_COMMON_LOG_H */

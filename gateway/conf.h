@@ -1,0 +1,99 @@
+/*
+ * gateway/conf.h - the gateway's bootstrap configuration: listeners, TLS, workers, limits,
+ * timeouts, logs, and where the routing document lives.
+ *
+ * Built once at start-up from defaults, then the --config file (gateway.json), then command-line
+ * flags (flags win). Immutable afterwards and read by every worker without locks. SIGHUP reloads
+ * only the routing document (routing/routes.h), never this.
+ *
+ * gateway.json shape (every key optional; documented in conf/README.md):
+ *   { "listen": ["127.0.0.1:8080"],                 cleartext: h2c prior knowledge + HTTP/1.1
+ *     "tls": { "listen": ["127.0.0.1:8443"], "cert": "cert.pem", "key": "key.pem" },
+ *     "workers": 0,                                   0 = number of cores
+ *     "routes": "routes.json",                        relative paths are relative to this file
+ *     "access_log": "access.log",                     "-" = stdout, "" or null = off
+ *     "log_level": "info",
+ *     "limits": { "max_concurrent_streams": 1000, "max_header_list_size": 65536,
+ *                 "max_headers": 100, "stream_window": 1048576, "connection_window": 16777216,
+ *                 "max_request_body": 0 },            0 = unlimited
+ *     "timeouts_ms": { "connect": 2000, "first_byte": 30000, "idle": 60000, "total": 0,
+ *                      "client_idle": 120000, "drain": 10000 },      0 = none
+ *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64 } }
+ */
+#ifndef MG_GATEWAY_CONF_H
+#define MG_GATEWAY_CONF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "routing/routes.h"
+
+#define MG_CONF_MAX_LISTEN 8
+
+typedef struct mg_conf {
+    char *listen[MG_CONF_MAX_LISTEN]; /* "host:port" strings; [::1]:port for IPv6 */
+    size_t nlisten;
+    char *tls_listen[MG_CONF_MAX_LISTEN];
+    size_t ntls_listen;
+    char *tls_cert; /* PEM paths, absolute or relative to the working directory */
+    char *tls_key;
+    unsigned workers; /* resolved: never 0 after mg_conf_from_args */
+
+    char *routes_path;      /* routing document; NULL in quick-start mode */
+    char *backends;         /* quick start: "h:p,h:p" from --backend; NULL otherwise */
+    mg_upstream_proto_t backend_proto; /* quick start: --backend-proto h2c|http1 */
+
+    char *access_log; /* NULL = off, "-" = stdout */
+    int log_level;    /* mg_log_level_t */
+
+    struct {
+        uint32_t max_concurrent_streams;
+        uint32_t max_header_list_size; /* bytes, HPACK-decoded, as RFC 9113 counts them */
+        uint32_t max_headers;          /* header fields per request */
+        uint32_t stream_window;        /* HTTP/2 initial stream window we advertise */
+        uint32_t connection_window;    /* HTTP/2 connection window we advertise */
+        uint64_t max_request_body;     /* bytes, 0 = unlimited */
+    } limits;
+    struct {
+        uint32_t connect, first_byte, idle, total, client_idle, drain; /* ms, 0 = none */
+    } timeouts_ms;
+    struct {
+        uint32_t max_streams_per_conn;
+        uint32_t max_idle_conns_per_pod;
+    } upstream;
+} mg_conf_t;
+
+typedef enum mg_conf_action {
+    MG_CONF_RUN = 0,   /* start the gateway */
+    MG_CONF_CHECK = 1, /* --check-config: validate and exit */
+    MG_CONF_HELP = 2,  /* --help printed */
+    MG_CONF_VERSION = 3,
+} mg_conf_action_t;
+
+/* Fills |c| with the defaults listed above (no listeners). */
+void mg_conf_defaults(mg_conf_t *c);
+
+/*
+ * Parses the command line into |c|:
+ *   --config FILE | --check-config FILE | --listen ADDR (repeatable) | --tls-listen ADDR
+ *   --cert FILE --key FILE | --backend H:P[,H:P...] | --backend-proto h2c|http1 | --workers N
+ *   --access-log PATH | --log-level LEVEL | --help | --version
+ * --config/--check-config is loaded first, then the other flags override it. Checks the result
+ * (at least one listener; TLS listener needs cert and key; exactly one of routes file or
+ * --backend). Returns MG_OK with *action set, or MG_E_CONFIG with *errors a malloc'ed string of
+ * every problem, one per line ("FILE: json.path: problem" or "--flag: problem").
+ */
+mg_err_t mg_conf_from_args(int argc, char **argv, mg_conf_t *c, mg_conf_action_t *action,
+                           char **errors);
+
+/* Loads gateway.json at |path| over |c| (used by mg_conf_from_args; exposed for tests). */
+mg_err_t mg_conf_load(const char *path, mg_conf_t *c, char **errors);
+
+/* Frees the strings |c| owns and zeroes it. */
+void mg_conf_clear(mg_conf_t *c);
+
+/* Usage text for --help. */
+const char *mg_conf_usage(void);
+
+#endif /* MG_GATEWAY_CONF_H */

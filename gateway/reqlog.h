@@ -1,0 +1,61 @@
+/*
+ * gateway/reqlog.h - the access log: one JSON line per request, every request.
+ *
+ * Workers format a record into a stack buffer and append it to an in-memory queue under a short
+ * mutex; a writer thread owns the file and does all I/O, so no worker ever blocks on disk. The
+ * queue is bounded (64 MiB): past it, lines are counted as dropped and a loud warning says how
+ * many, never silently. mg_reqlog_reopen() (SIGUSR1) makes the writer reopen the path after its
+ * next batch, for log rotation. mg_reqlog_close() writes everything queued, then joins.
+ */
+#ifndef MG_GATEWAY_REQLOG_H
+#define MG_GATEWAY_REQLOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+typedef struct mg_reqlog mg_reqlog_t;
+
+/* One record. Strings may be NULL (written as null) and are not retained after the call. */
+typedef struct mg_reqlog_rec {
+    int64_t time_us; /* wall-clock start of the request, microseconds since the epoch */
+    const char *request_id;
+    const char *client; /* "ip:port" */
+    const char *proto;  /* "h2", "h2c", "http/1.1" */
+    const char *method;
+    const char *host;
+    const char *path;
+    const char *app;
+    const char *env;
+    const char *service;
+    const char *pod;
+    int status; /* 0 when no response was sent (client gone) */
+    uint64_t req_bytes;  /* request body bytes received from the client */
+    uint64_t resp_bytes; /* response body bytes sent to the client */
+    int64_t upstream_us; /* from upstream request start to its response headers; -1 = none */
+    int64_t total_us;    /* from request headers to the end of the stream */
+    const char *error;   /* short reason ("upstream_timeout", "connect_failed"...), or NULL */
+} mg_reqlog_rec_t;
+
+/* Opens |path| for appending ("-" = stdout) and starts the writer thread. NULL on failure
+ * (logged with the path and the reason). */
+mg_reqlog_t *mg_reqlog_open(const char *path);
+
+/* Formats |rec| as one JSON line and queues it. Never blocks on I/O. Thread-safe. */
+void mg_reqlog_write(mg_reqlog_t *log, const mg_reqlog_rec_t *rec);
+
+/* Formats |rec| as one JSON line (with '\n') into |buf|; returns its length, or 0 when it does
+ * not fit in |cap| bytes. Exposed for tests and for other sinks. */
+size_t mg_reqlog_format(const mg_reqlog_rec_t *rec, char *buf, size_t cap);
+
+/* Asks the writer to reopen the file (after rotation). Async-signal-safe. */
+void mg_reqlog_reopen(mg_reqlog_t *log);
+
+/* Number of lines dropped because the queue was full. */
+uint64_t mg_reqlog_dropped(const mg_reqlog_t *log);
+
+/* Writes all queued lines, stops the writer thread, closes the file, frees |log|. */
+void mg_reqlog_close(mg_reqlog_t *log);
+
+#endif /* MG_GATEWAY_REQLOG_H */
