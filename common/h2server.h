@@ -1,0 +1,136 @@
+/*
+ * common/h2server.h - the server side of HTTP/2 and HTTP/1.1, shared by the gateway and the
+ * runtime.
+ *
+ * One mg_srv_t per worker thread and event_base. It accepts connections from listening sockets
+ * (cleartext or TLS), tells HTTP/2 prior knowledge from HTTP/1.1 by the connection preface (or
+ * by ALPN under TLS), and turns both protocols into the same stream events for a handler:
+ * on_request (headers complete), on_body, on_end (with trailers), on_drain and on_close. The
+ * handler answers with mg_srv_respond / mg_srv_write / mg_srv_end, all streaming.
+ *
+ * Flow control, both ways: request body bytes handed to on_body count against the client's
+ * window until the handler calls mg_srv_consume() (HTTP/2: WINDOW_UPDATE; HTTP/1.1: reading
+ * pauses while more than MG_SRV_HIGH bytes are unconsumed). Response bytes queue per stream;
+ * the handler stops producing when mg_srv_pending() passes MG_SRV_HIGH and is called back with
+ * on_drain once it falls below MG_SRV_LOW.
+ *
+ * Ownership: the server owns streams; a stream pointer is valid from on_request until on_close
+ * returns. HTTP/1.1 requests on one connection are handled one at a time, so pipelined
+ * requests are answered in order. Not thread-safe: everything runs on the worker's loop.
+ */
+#ifndef MG_COMMON_H2SERVER_H
+#define MG_COMMON_H2SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "common/arena.h"
+#include "common/err.h"
+
+#define MG_SRV_HIGH (256 * 1024) /* per-stream buffered bytes above which producers pause */
+#define MG_SRV_LOW (64 * 1024)   /* ... and below which they resume */
+
+typedef struct mg_hdr {
+    const char *name; /* lowercase for requests; NUL-terminated */
+    const char *value;
+    size_t name_len;
+    size_t value_len;
+} mg_hdr_t;
+
+typedef struct mg_srv mg_srv_t;
+typedef struct mg_srv_stream mg_srv_stream_t;
+
+typedef struct mg_srv_req {
+    const char *method;
+    const char *scheme;    /* "http" or "https" */
+    const char *authority; /* :authority, or Host for HTTP/1.1; "" when absent */
+    const char *path;
+    const mg_hdr_t *hdrs; /* regular fields, in order; pseudo-headers and Host excluded */
+    size_t nhdrs;
+    int64_t content_length; /* -1 when not given */
+    bool has_body;          /* false when the headers ended the request */
+    const char *proto;      /* "h2", "h2c" or "http/1.1" */
+    const char *client;     /* "ip:port" of the peer */
+    const char *client_ip;
+} mg_srv_req_t;
+
+typedef struct mg_srv_handler {
+    void (*on_request)(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud);
+    void (*on_body)(mg_srv_stream_t *s, const uint8_t *data, size_t len);
+    void (*on_end)(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t ntrailers);
+    void (*on_drain)(mg_srv_stream_t *s);
+    /* The stream is finished (|complete|) or aborted (client reset, connection lost). The
+     * handler must drop every reference to |s| before returning. */
+    void (*on_close)(mg_srv_stream_t *s, bool complete);
+} mg_srv_handler_t;
+
+typedef struct mg_srv_conf {
+    uint32_t max_concurrent_streams;
+    uint32_t max_header_list_size;
+    uint32_t max_headers;
+    uint32_t stream_window;
+    uint32_t connection_window;
+    uint32_t client_idle_ms; /* close connections idle this long; 0 = never */
+    size_t stream_memory;    /* arena cap per stream */
+} mg_srv_conf_t;
+
+/* Creates a server on |base|. |tls| (may be NULL) is used for listeners added with tls=true and
+ * must come from mg_srv_tls_ctx_new. |ud| is passed to on_request. */
+mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
+                     const mg_srv_handler_t *h, void *ud, SSL_CTX *tls);
+
+/* Accepts connections on the bound, listening, non-blocking socket |fd| (the server owns it). */
+mg_err_t mg_srv_listen(mg_srv_t *srv, int fd, bool tls);
+
+/* Graceful shutdown: close listeners, GOAWAY every HTTP/2 connection, close idle HTTP/1.1
+ * connections and the others after their current response. */
+void mg_srv_shutdown(mg_srv_t *srv);
+
+/* Number of open client connections. */
+size_t mg_srv_nconns(const mg_srv_t *srv);
+
+/* Closes everything at once and frees |srv| (in-flight streams get on_close(false)). */
+void mg_srv_free(mg_srv_t *srv);
+
+/* TLS context for the listeners: TLS 1.2+, modern ciphers, ALPN h2 and http/1.1.
+ * Returns NULL and writes a message naming the file and the reason into |err|. */
+SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen);
+
+/* --- per stream --- */
+void mg_srv_set_data(mg_srv_stream_t *s, void *data);
+void *mg_srv_data(const mg_srv_stream_t *s);
+mg_arena_t *mg_srv_arena(mg_srv_stream_t *s);
+
+/* Sends the response head. |hdrs| must not hold pseudo-headers or hop-by-hop fields. With |end|,
+ * the response has no body. Returns MG_OK or MG_E_PROTO when a head was already sent. */
+mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, size_t n, bool end);
+
+/* Queues |len| body bytes (copied). */
+mg_err_t mg_srv_write(mg_srv_stream_t *s, const void *data, size_t len);
+
+/* Ends the response, with optional trailers. */
+mg_err_t mg_srv_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n);
+
+/* Response bytes queued for this stream and not yet handed to the socket. */
+size_t mg_srv_pending(const mg_srv_stream_t *s);
+
+/* The handler is done with |n| request body bytes: the client may send that many more. */
+void mg_srv_consume(mg_srv_stream_t *s, size_t n);
+
+/* Aborts the stream: HTTP/2 RST_STREAM (INTERNAL_ERROR), HTTP/1.1 closes the connection.
+ * on_close(false) follows. */
+void mg_srv_reset(mg_srv_stream_t *s);
+
+/* Answers with a JSON error {"error":{"code","message","request_id"}} and ends the stream.
+ * |extra| (may be NULL, |nextra| 0) adds response headers. */
+mg_err_t mg_srv_error(mg_srv_stream_t *s, int status, const char *code, const char *message,
+                      const char *request_id, const mg_hdr_t *extra, size_t nextra);
+
+/* True once the response head was sent. */
+bool mg_srv_responded(const mg_srv_stream_t *s);
+
+#endif /* MG_COMMON_H2SERVER_H */

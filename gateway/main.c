@@ -1,0 +1,377 @@
+/*
+ * gateway/main.c - modelgate: start-up, worker threads, signals, reload and drain.
+ *
+ * DESIGN
+ * The main thread parses the configuration, binds one SO_REUSEPORT socket per listener per
+ * worker (so bind errors are reported before anything starts), then runs N worker threads,
+ * each with its own event_base, server (client connections), proxy and upstream pools. The
+ * kernel spreads accepted connections across the workers' sockets; a connection stays on the
+ * worker that accepted it. The main thread keeps an event_base for signals only:
+ *  - SIGHUP: load and validate the routing document (blocking file I/O is fine here, no
+ *    request is served on this thread), then hand the new snapshot to every worker through its
+ *    command event; a bad document is refused and the old one stays.
+ *  - SIGTERM/SIGINT: workers stop accepting and send GOAWAY; each exits its loop when its
+ *    last connection is gone, or at the drain deadline.
+ *  - SIGUSR1: the access log reopens its file.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <openssl/ssl.h>
+
+#include "common/h2server.h"
+#include "common/log.h"
+#include "gateway/conf.h"
+#include "gateway/proxy.h"
+#include "gateway/reqlog.h"
+#include "routing/host.h"
+#include "routing/routes.h"
+
+typedef struct worker {
+    unsigned id;
+    pthread_t thread;
+    struct event_base *base;
+    mg_srv_t *srv;
+    mg_proxy_t *proxy;
+    struct event *cmd;   /* activated from the main thread */
+    struct event *check; /* while draining: is everything done? */
+    pthread_mutex_t lock;
+    mg_routes_t *next_routes; /* under |lock|: the snapshot to switch to */
+    atomic_bool drain;
+} worker_t;
+
+static const mg_conf_t *g_conf;
+static mg_reqlog_t *g_log;
+static worker_t *g_workers;
+static unsigned g_nworkers;
+static mg_routes_t *g_routes;
+static struct event_base *g_main_base;
+static bool g_draining;
+
+/* ---------- sockets ---------- */
+
+static int bind_listener(const char *addr, char *err, size_t errlen)
+{
+    char host[256];
+    unsigned port;
+    const char *why = NULL;
+    if (mg_host_split_port(addr, host, sizeof(host), &port, &why) != MG_OK) {
+        snprintf(err, errlen, "listen address '%s': %s", addr, why ? why : "invalid");
+        return -1;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    char ports[8];
+    snprintf(ports, sizeof(ports), "%u", port);
+    int rc = getaddrinfo(host[0] ? host : NULL, ports, &hints, &ai);
+    if (rc != 0) {
+        snprintf(err, errlen, "listen address '%s': %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+/* ---------- workers ---------- */
+
+static void worker_maybe_done(worker_t *w)
+{
+    if (atomic_load(&w->drain) && mg_srv_nconns(w->srv) == 0 && mg_proxy_inflight(w->proxy) == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void on_check(evutil_socket_t fd, short what, void *arg)
+{
+    worker_maybe_done(arg);
+}
+
+static void on_cmd(evutil_socket_t fd, short what, void *arg)
+{
+    worker_t *w = arg;
+    pthread_mutex_lock(&w->lock);
+    mg_routes_t *r = w->next_routes;
+    w->next_routes = NULL;
+    pthread_mutex_unlock(&w->lock);
+    if (r) {
+        mg_proxy_set_routes(w->proxy, r);
+        mg_routes_unref(r); /* the proxy took its own reference */
+    }
+    if (atomic_load(&w->drain) && !event_pending(w->check, EV_TIMEOUT, NULL)) {
+        mg_srv_shutdown(w->srv);
+        struct timeval tv = {0, 20000};
+        event_add(w->check, &tv);
+        worker_maybe_done(w);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    worker_t *w = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "mg-worker-%u", w->id);
+    pthread_setname_np(pthread_self(), name);
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+static void worker_post(worker_t *w, mg_routes_t *r)
+{
+    pthread_mutex_lock(&w->lock);
+    if (r) {
+        mg_routes_ref(r);
+        if (w->next_routes)
+            mg_routes_unref(w->next_routes);
+        w->next_routes = r;
+    }
+    pthread_mutex_unlock(&w->lock);
+    event_active(w->cmd, EV_READ, 0);
+}
+
+/* ---------- signals ---------- */
+
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    if (g_conf->routes_path == NULL) {
+        MG_LOG(MG_LOG_WARN, "main", "SIGHUP: no routing document to reload (--backend mode)");
+        return;
+    }
+    char *errors = NULL;
+    mg_routes_t *r = mg_routes_load(g_conf->routes_path, &errors);
+    if (r == NULL) {
+        MG_LOG(MG_LOG_ERROR, "main", "reload refused; the previous routes stay in force:\n%s",
+               errors ? errors : "(no detail)");
+        free(errors);
+        return;
+    }
+    for (unsigned i = 0; i < g_nworkers; i++)
+        worker_post(&g_workers[i], r);
+    mg_routes_unref(g_routes);
+    g_routes = r;
+    MG_LOG(MG_LOG_INFO, "main", "routing document %s reloaded: %zu services, %zu routes",
+           g_conf->routes_path, r->nservices, r->nroutes);
+}
+
+static void on_sigusr1(evutil_socket_t sig, short what, void *arg)
+{
+    if (g_log)
+        mg_reqlog_reopen(g_log);
+}
+
+static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    MG_LOG(MG_LOG_WARN, "main", "drain deadline of %u ms passed; closing what is left",
+           g_conf->timeouts_ms.drain);
+    for (unsigned i = 0; i < g_nworkers; i++)
+        event_base_loopbreak(g_workers[i].base);
+}
+
+static void on_sigterm(evutil_socket_t sig, short what, void *arg)
+{
+    if (g_draining) {
+        MG_LOG(MG_LOG_WARN, "main", "second signal: stopping now");
+        on_drain_deadline(-1, 0, NULL);
+        return;
+    }
+    g_draining = true;
+    MG_LOG(MG_LOG_INFO, "main", "signal %d: draining (deadline %u ms)", (int)sig,
+           g_conf->timeouts_ms.drain);
+    for (unsigned i = 0; i < g_nworkers; i++) {
+        atomic_store(&g_workers[i].drain, true);
+        worker_post(&g_workers[i], NULL);
+    }
+    if (g_conf->timeouts_ms.drain) {
+        struct timeval tv = {g_conf->timeouts_ms.drain / 1000,
+                             (g_conf->timeouts_ms.drain % 1000) * 1000};
+        event_base_once(g_main_base, -1, EV_TIMEOUT, on_drain_deadline, NULL, &tv);
+    }
+}
+
+static void *joiner(void *arg)
+{
+    for (unsigned i = 0; i < g_nworkers; i++)
+        pthread_join(g_workers[i].thread, NULL);
+    event_base_loopbreak(g_main_base);
+    return NULL;
+}
+
+/* ---------- main ---------- */
+
+static int check_only(const mg_conf_t *conf)
+{
+    printf("configuration OK: %zu listener(s), %zu TLS listener(s), %u worker(s), %s\n",
+           conf->nlisten, conf->ntls_listen, conf->workers,
+           conf->routes_path ? conf->routes_path : "quick-start backends");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    mg_conf_t conf;
+    mg_conf_action_t action;
+    char *errors = NULL;
+    if (mg_conf_from_args(argc, argv, &conf, &action, &errors) != MG_OK) {
+        fprintf(stderr, "modelgate: configuration rejected:\n%s", errors ? errors : "");
+        if (errors && errors[0] && errors[strlen(errors) - 1] != '\n')
+            fputc('\n', stderr);
+        fprintf(stderr, "(modelgate --help lists the flags)\n");
+        free(errors);
+        return 1;
+    }
+    switch (action) {
+    case MG_CONF_HELP:
+        fputs(mg_conf_usage(), stdout);
+        return 0;
+    case MG_CONF_VERSION:
+        printf("modelgate %s\n", MG_VERSION);
+        return 0;
+    case MG_CONF_CHECK:
+        return check_only(&conf);
+    case MG_CONF_RUN:
+        break;
+    }
+    g_conf = &conf;
+    mg_log_level = (mg_log_level_t)conf.log_level;
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+
+    g_routes = conf.routes_path ? mg_routes_load(conf.routes_path, &errors)
+                                : mg_routes_catchall(conf.backends, conf.backend_proto, &errors);
+    if (g_routes == NULL) {
+        fprintf(stderr, "modelgate: routing rejected:\n%s\n", errors ? errors : "");
+        free(errors);
+        return 1;
+    }
+
+    SSL_CTX *tls = NULL;
+    if (conf.ntls_listen) {
+        char err[512];
+        tls = mg_srv_tls_ctx_new(conf.tls_cert, conf.tls_key, err, sizeof(err));
+        if (tls == NULL) {
+            fprintf(stderr, "modelgate: %s\n", err);
+            return 1;
+        }
+    }
+    if (conf.access_log) {
+        g_log = mg_reqlog_open(conf.access_log);
+        if (g_log == NULL)
+            return 1; /* the reason is logged */
+    }
+
+    mg_srv_conf_t sc = {
+        .max_concurrent_streams = conf.limits.max_concurrent_streams,
+        .max_header_list_size = conf.limits.max_header_list_size,
+        .max_headers = conf.limits.max_headers,
+        .stream_window = conf.limits.stream_window,
+        .connection_window = conf.limits.connection_window,
+        .client_idle_ms = conf.timeouts_ms.client_idle,
+    };
+    g_nworkers = conf.workers;
+    g_workers = calloc(g_nworkers, sizeof(worker_t));
+    for (unsigned i = 0; i < g_nworkers; i++) {
+        worker_t *w = &g_workers[i];
+        w->id = i;
+        pthread_mutex_init(&w->lock, NULL);
+        w->base = event_base_new();
+        w->proxy = w->base ? mg_proxy_new(w->base, &conf, g_log) : NULL;
+        w->srv = w->proxy ? mg_srv_new(w->base, &sc, mg_proxy_handler(), w->proxy, tls) : NULL;
+        w->cmd = w->base ? event_new(w->base, -1, 0, on_cmd, w) : NULL;
+        w->check = w->base ? event_new(w->base, -1, EV_PERSIST, on_check, w) : NULL;
+        if (w->srv == NULL || w->cmd == NULL || w->check == NULL) {
+            fprintf(stderr, "modelgate: out of memory starting worker %u\n", i);
+            return 1;
+        }
+        mg_proxy_set_routes(w->proxy, g_routes);
+        for (int pass = 0; pass < 2; pass++) {
+            size_t n = pass ? conf.ntls_listen : conf.nlisten;
+            char *const *addrs = pass ? conf.tls_listen : conf.listen;
+            for (size_t k = 0; k < n; k++) {
+                char err[512];
+                int fd = bind_listener(addrs[k], err, sizeof(err));
+                if (fd < 0) {
+                    fprintf(stderr, "modelgate: %s\n", err);
+                    return 1;
+                }
+                if (mg_srv_listen(w->srv, fd, pass == 1) != MG_OK) {
+                    fprintf(stderr, "modelgate: cannot serve on %s\n", addrs[k]);
+                    return 1;
+                }
+            }
+        }
+    }
+
+    g_main_base = event_base_new();
+    struct event *sigs[] = {
+        evsignal_new(g_main_base, SIGTERM, on_sigterm, NULL),
+        evsignal_new(g_main_base, SIGINT, on_sigterm, NULL),
+        evsignal_new(g_main_base, SIGHUP, on_sighup, NULL),
+        evsignal_new(g_main_base, SIGUSR1, on_sigusr1, NULL),
+    };
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        event_add(sigs[i], NULL);
+
+    /* workers must not take the process signals: block them before creating threads */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (unsigned i = 0; i < g_nworkers; i++)
+        pthread_create(&g_workers[i].thread, NULL, worker_main, &g_workers[i]);
+    pthread_t j;
+    pthread_create(&j, NULL, joiner, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    MG_LOG(MG_LOG_INFO, "main", "modelgate %s: %u worker(s); cleartext %s%s; TLS %s; %s",
+           MG_VERSION, g_nworkers, conf.nlisten ? conf.listen[0] : "-",
+           conf.nlisten > 1 ? " (+more)" : "", conf.ntls_listen ? conf.tls_listen[0] : "-",
+           conf.routes_path ? conf.routes_path : "quick-start backends");
+
+    event_base_dispatch(g_main_base);
+    pthread_join(j, NULL);
+
+    for (unsigned i = 0; i < g_nworkers; i++) {
+        worker_t *w = &g_workers[i];
+        mg_srv_free(w->srv);
+        mg_proxy_free(w->proxy);
+        if (w->next_routes)
+            mg_routes_unref(w->next_routes);
+        event_free(w->cmd);
+        event_free(w->check);
+        event_base_free(w->base);
+        pthread_mutex_destroy(&w->lock);
+    }
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        event_free(sigs[i]);
+    event_base_free(g_main_base);
+    free(g_workers);
+    mg_routes_unref(g_routes);
+    if (g_log)
+        mg_reqlog_close(g_log);
+    if (tls)
+        SSL_CTX_free(tls);
+    MG_LOG(MG_LOG_INFO, "main", "stopped");
+    mg_conf_clear(&conf);
+    return 0;
+}

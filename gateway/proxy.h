@@ -1,0 +1,39 @@
+/*
+ * gateway/proxy.h - forwarding one client request to a pod of its service.
+ *
+ * One mg_proxy_t per worker thread. It is the handler of that worker's mg_srv_t: for each
+ * request it routes by host, picks a pod (round robin; pods that refused the connection are
+ * skipped), streams the request and response bodies both ways with backpressure, passes
+ * trailers, enforces the timeouts, answers errors as JSON and writes the access log record.
+ *
+ * Routing snapshots: the proxy holds one reference on its current snapshot and each request
+ * holds one on the snapshot it was routed with, so mg_proxy_set_routes (SIGHUP) never
+ * disturbs a request in flight.
+ */
+#ifndef MG_GATEWAY_PROXY_H
+#define MG_GATEWAY_PROXY_H
+
+#include <event2/event.h>
+
+#include "common/h2server.h"
+#include "gateway/conf.h"
+#include "gateway/reqlog.h"
+#include "routing/routes.h"
+
+typedef struct mg_proxy mg_proxy_t;
+
+/* |conf| and |log| (may be NULL) must outlive the proxy. */
+mg_proxy_t *mg_proxy_new(struct event_base *base, const mg_conf_t *conf, mg_reqlog_t *log);
+
+/* Takes a new reference on |routes| and drops the one on the previous snapshot. */
+void mg_proxy_set_routes(mg_proxy_t *p, mg_routes_t *routes);
+
+/* The mg_srv_t handler; pass the proxy as its |ud|. */
+const mg_srv_handler_t *mg_proxy_handler(void);
+
+/* Requests in flight. */
+size_t mg_proxy_inflight(const mg_proxy_t *p);
+
+void mg_proxy_free(mg_proxy_t *p);
+
+#endif /* MG_GATEWAY_PROXY_H */

@@ -1,0 +1,1041 @@
+/*
+ * gateway/upstream.c - pooled HTTP/2 and HTTP/1.1 client connections to pods.
+ *
+ * DESIGN
+ * A pool per (pod, protocol) in a small hash table per worker. Connections are bufferevents;
+ * an HTTP/2 connection runs an nghttp2 client session (mem_recv/mem_send, automatic window
+ * updates off so the gateway only acknowledges response bytes its client has taken), an
+ * HTTP/1.1 connection runs llhttp in response mode and carries one exchange at a time.
+ * Streams are recycled through a free list; response header fields live in the stream's arena.
+ * A connection is freed only when no call frame uses it (|busy| == 0), like the server side.
+ */
+#include "gateway/upstream.h"
+
+#include <errno.h>
+#include <llhttp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include <event2/bufferevent.h>
+
+#include "common/arena.h"
+#include "common/log.h"
+
+#define OUT_HIGH (64 * 1024)
+#define OUT_LOW (16 * 1024)
+#define NBUCKETS 64
+#define MAX_RESP_HEADERS 128
+#define STREAM_MEMORY (256 * 1024)
+
+typedef struct pool pool_t;
+typedef struct up_conn up_conn_t;
+
+struct mg_up_stream {
+    up_conn_t *c;
+    int32_t id;
+    const mg_up_cbs_t *cbs;
+    void *ctx;
+    mg_up_stream_t *next; /* in the connection's list, or the free list */
+    mg_up_stream_t *prev;
+    mg_up_stream_t *drain_next;
+    struct evbuffer *body;
+    bool body_ended, cancelled, done, deferred, want_drain, in_drain_list, sent, head;
+    bool headers_done, skip_1xx;
+    int status;
+    size_t unconsumed;
+    mg_hdr_t *hdrs;
+    size_t nhdrs;
+    mg_hdr_t *trailers;
+    size_t ntrailers;
+    nghttp2_nv *req_trailers;
+    size_t nreq_trailers;
+    bool h1_chunked; /* HTTP/1.1 request body framing */
+    char *h1_scratch;
+    size_t h1_fld_len, h1_val_len;
+    mg_arena_t arena;
+};
+
+struct up_conn {
+    pool_t *pool;
+    up_conn_t *next, *prev;
+    struct bufferevent *bev;
+    struct event *timer; /* connect timeout, then idle close */
+    nghttp2_session *h2;
+    llhttp_t parser;
+    bool connected, dead, goaway, in_recv, flushing, need_flush, idle, read_off;
+    int busy;
+    size_t nstreams;
+    mg_up_stream_t *streams;
+    mg_up_stream_t *drain_list;
+};
+
+struct pool {
+    mg_upstreams_t *u;
+    pool_t *next;
+    char *key;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    mg_upstream_proto_t proto;
+    up_conn_t *conns;
+    size_t nconns, nidle;
+};
+
+struct mg_upstreams {
+    struct event_base *base;
+    mg_up_conf_t conf;
+    pool_t *buckets[NBUCKETS];
+    mg_up_stream_t *free_streams;
+    size_t nfree, nconns;
+    nghttp2_session_callbacks *cbs;
+    nghttp2_option *opt;
+    llhttp_settings_t h1settings;
+};
+
+static void conn_close(up_conn_t *c, mg_up_fail_t why);
+static void conn_flush(up_conn_t *c);
+static void h1_pump(up_conn_t *c);
+
+/* ---------- streams ---------- */
+
+static mg_up_stream_t *stream_alloc(mg_upstreams_t *u)
+{
+    mg_up_stream_t *s = u->free_streams;
+    if (s) {
+        u->free_streams = s->next;
+        u->nfree--;
+    } else {
+        s = malloc(sizeof(*s));
+        if (s == NULL)
+            return NULL;
+        mg_arena_init(&s->arena, STREAM_MEMORY);
+    }
+    memset(s, 0, offsetof(mg_up_stream_t, arena));
+    s->hdrs = mg_arena_alloc(&s->arena, sizeof(mg_hdr_t) * MAX_RESP_HEADERS);
+    return s;
+}
+
+static void stream_release(mg_upstreams_t *u, mg_up_stream_t *s)
+{
+    mg_arena_clear(&s->arena);
+    if (u->nfree < 256) {
+        s->next = u->free_streams;
+        u->free_streams = s;
+        u->nfree++;
+    } else {
+        free(s);
+    }
+}
+
+static void stream_unlink(up_conn_t *c, mg_up_stream_t *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        c->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    if (s->in_drain_list) {
+        mg_up_stream_t **pp = &c->drain_list;
+        while (*pp && *pp != s)
+            pp = &(*pp)->drain_next;
+        if (*pp)
+            *pp = s->drain_next;
+    }
+    c->nstreams--;
+}
+
+static void fail_stream(mg_up_stream_t *s, mg_up_fail_t why, bool sent)
+{
+    if (s->done || s->cancelled)
+        return;
+    s->done = true;
+    s->cbs->on_error(s->ctx, why, sent);
+}
+
+static void deliver_headers(mg_up_stream_t *s)
+{
+    s->headers_done = true;
+    if (!s->cancelled && !s->done)
+        s->cbs->on_headers(s->ctx, s->status, s->hdrs, s->nhdrs);
+}
+
+static void deliver_end(mg_up_stream_t *s)
+{
+    if (s->cancelled || s->done)
+        return;
+    s->done = true;
+    s->cbs->on_end(s->ctx, s->trailers, s->ntrailers);
+}
+
+static void push_hdr(mg_up_stream_t *s, bool trailer, const char *n, size_t nl, const char *v,
+                     size_t vl)
+{
+    mg_hdr_t **arr = trailer ? &s->trailers : &s->hdrs;
+    size_t *cnt = trailer ? &s->ntrailers : &s->nhdrs;
+    if (*arr == NULL)
+        *arr = mg_arena_alloc(&s->arena, sizeof(mg_hdr_t) * MAX_RESP_HEADERS);
+    if (*arr == NULL || *cnt >= MAX_RESP_HEADERS)
+        return;
+    char *nm = mg_arena_strndup(&s->arena, n, nl);
+    char *val = mg_arena_strndup(&s->arena, v, vl);
+    if (nm == NULL || val == NULL)
+        return;
+    for (size_t i = 0; i < nl; i++)
+        if (nm[i] >= 'A' && nm[i] <= 'Z')
+            nm[i] = (char)(nm[i] + 32);
+    (*arr)[(*cnt)++] = (mg_hdr_t){nm, val, nl, vl};
+}
+
+/* ---------- connection lifetime ---------- */
+
+static void conn_free(up_conn_t *c)
+{
+    pool_t *p = c->pool;
+    mg_upstreams_t *u = p->u;
+    while (c->streams) {
+        mg_up_stream_t *s = c->streams;
+        stream_unlink(c, s);
+        stream_release(u, s);
+    }
+    if (c->h2)
+        nghttp2_session_del(c->h2);
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (c->timer)
+        event_free(c->timer);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        p->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    if (c->idle)
+        p->nidle--;
+    p->nconns--;
+    u->nconns--;
+    free(c);
+}
+
+static void enter(up_conn_t *c)
+{
+    c->busy++;
+}
+
+static void leave(up_conn_t *c)
+{
+    if (--c->busy == 0 && c->dead)
+        conn_free(c);
+}
+
+/* Fails every live stream of |c| and frees it (when unused). */
+static void conn_close(up_conn_t *c, mg_up_fail_t why)
+{
+    if (c->dead)
+        return;
+    c->dead = true;
+    if (c->bev)
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    enter(c);
+    for (mg_up_stream_t *s = c->streams; s; s = s->next) {
+        /* before the connection is up no byte left |body|: the request can be replayed */
+        fail_stream(s, why, c->connected ? true : s->sent);
+    }
+    leave(c);
+}
+
+static void timer_arm(up_conn_t *c, uint32_t ms)
+{
+    if (ms == 0)
+        return;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+/* No stream left on |c|: keep it for reuse, within the pool's limits. */
+static void conn_unused(up_conn_t *c)
+{
+    pool_t *p = c->pool;
+    if (c->dead || c->nstreams > 0)
+        return;
+    if (c->pool->proto == MG_UP_H1) {
+        if (p->nidle >= p->u->conf.max_idle_conns_per_pod) {
+            conn_close(c, MG_UP_RESET);
+            return;
+        }
+        c->idle = true;
+        p->nidle++;
+    }
+    timer_arm(c, p->u->conf.idle_conn_ms);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    up_conn_t *c = arg;
+    enter(c);
+    if (!c->connected) {
+        MG_LOG(MG_LOG_WARN, "upstream", "pod %s: no connection within %u ms", c->pool->key,
+               c->pool->u->conf.connect_timeout_ms);
+        conn_close(c, MG_UP_CONNECT_TIMEOUT);
+    } else if (c->nstreams == 0) {
+        conn_close(c, MG_UP_RESET); /* idle too long */
+    }
+    leave(c);
+}
+
+/* ---------- HTTP/2 client ---------- */
+
+static int h2_on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbuf *name,
+                        nghttp2_rcbuf *value, uint8_t flags, void *ud)
+{
+    mg_up_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+    if (s == NULL || f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    nghttp2_vec n = nghttp2_rcbuf_get_buf(name), v = nghttp2_rcbuf_get_buf(value);
+    if (f->headers.cat == NGHTTP2_HCAT_HEADERS && s->headers_done) {
+        push_hdr(s, true, (const char *)n.base, n.len, (const char *)v.base, v.len);
+        return 0;
+    }
+    if (n.len == 7 && memcmp(n.base, ":status", 7) == 0) {
+        s->status = atoi((const char *)v.base);
+        s->nhdrs = 0; /* a final response after 1xx starts afresh */
+        return 0;
+    }
+    push_hdr(s, false, (const char *)n.base, n.len, (const char *)v.base, v.len);
+    return 0;
+}
+
+static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
+{
+    up_conn_t *c = ud;
+    if (f->hd.type == NGHTTP2_GOAWAY) {
+        c->goaway = true; /* streams above last_stream_id close with REFUSED_STREAM */
+        return 0;
+    }
+    mg_up_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+    if (s == NULL)
+        return 0;
+    bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
+    if (f->hd.type == NGHTTP2_HEADERS) {
+        if (!s->headers_done) {
+            if (s->status >= 100 && s->status < 200)
+                return 0; /* interim response: not forwarded */
+            deliver_headers(s);
+        }
+        if (end)
+            deliver_end(s);
+    } else if (f->hd.type == NGHTTP2_DATA && end) {
+        deliver_end(s);
+    }
+    return 0;
+}
+
+static int h2_on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8_t *data,
+                      size_t len, void *ud)
+{
+    mg_up_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
+    if (s == NULL || s->cancelled || s->done) {
+        nghttp2_session_consume(sess, id, len);
+        return 0;
+    }
+    s->unconsumed += len;
+    s->cbs->on_data(s->ctx, data, len);
+    return 0;
+}
+
+static int h2_on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, void *ud)
+{
+    up_conn_t *c = ud;
+    mg_up_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
+    if (s == NULL)
+        return 0;
+    nghttp2_session_set_stream_user_data(sess, id, NULL);
+    if (!s->done && !s->cancelled) {
+        if (code == NGHTTP2_REFUSED_STREAM) /* not processed: safe to replay if body intact */
+            fail_stream(s, MG_UP_REFUSED, s->sent);
+        else
+            fail_stream(s, MG_UP_RESET, true);
+    }
+    if (s->unconsumed)
+        nghttp2_session_consume_connection(sess, s->unconsumed);
+    stream_unlink(c, s);
+    stream_release(c->pool->u, s);
+    conn_unused(c);
+    return 0;
+}
+
+static ssize_t h2_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t len,
+                            uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    up_conn_t *c = ud;
+    mg_up_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
+    if (s == NULL || s->cancelled)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    size_t avail = evbuffer_get_length(s->body);
+    if (avail == 0 && !s->body_ended) {
+        s->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    int n = evbuffer_remove(s->body, buf, len);
+    if (n < 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    s->sent = true;
+    if (s->body_ended && evbuffer_get_length(s->body) == 0) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (s->nreq_trailers) {
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            nghttp2_submit_trailer(sess, id, s->req_trailers, s->nreq_trailers);
+        }
+    }
+    if (s->want_drain && !s->in_drain_list && evbuffer_get_length(s->body) < MG_SRV_LOW) {
+        s->want_drain = false;
+        s->in_drain_list = true;
+        s->drain_next = c->drain_list;
+        c->drain_list = s;
+    }
+    return n;
+}
+
+static void run_drains(up_conn_t *c)
+{
+    while (c->drain_list && !c->dead) {
+        mg_up_stream_t *d = c->drain_list;
+        c->drain_list = NULL;
+        while (d) {
+            mg_up_stream_t *next = d->drain_next;
+            d->in_drain_list = false;
+            if (!d->cancelled && !d->done)
+                d->cbs->on_drain(d->ctx);
+            d = next;
+        }
+    }
+}
+
+static void h2_flush(up_conn_t *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    do {
+        while (evbuffer_get_length(out) < OUT_HIGH) {
+            const uint8_t *data;
+            ssize_t n = nghttp2_session_mem_send(c->h2, &data);
+            if (n < 0) {
+                conn_close(c, MG_UP_PROTO);
+                return;
+            }
+            if (n == 0)
+                break;
+            bufferevent_write(c->bev, data, (size_t)n);
+        }
+        run_drains(c);
+    } while (c->need_flush && !c->dead && (c->need_flush = false, true) &&
+             evbuffer_get_length(out) < OUT_HIGH);
+    if (!c->dead && !nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2))
+        conn_close(c, MG_UP_RESET);
+}
+
+static void conn_flush(up_conn_t *c)
+{
+    if (c->dead || !c->connected)
+        return;
+    if (c->pool->proto == MG_UP_H1) {
+        h1_pump(c);
+        return;
+    }
+    if (c->in_recv || c->flushing) {
+        c->need_flush = true;
+        return;
+    }
+    c->flushing = true;
+    enter(c);
+    do {
+        c->need_flush = false;
+        h2_flush(c);
+    } while (c->need_flush && !c->dead);
+    c->flushing = false;
+    leave(c);
+}
+
+static void h2_recv(up_conn_t *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    c->in_recv = true;
+    while (evbuffer_get_length(in) > 0 && !c->dead) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        ssize_t n = nghttp2_session_mem_recv(c->h2, v.iov_base, v.iov_len);
+        if (n < 0) {
+            MG_LOG(MG_LOG_WARN, "upstream", "pod %s: HTTP/2 error: %s", c->pool->key,
+                   nghttp2_strerror((int)n));
+            c->in_recv = false;
+            conn_close(c, MG_UP_PROTO);
+            return;
+        }
+        evbuffer_drain(in, (size_t)n);
+    }
+    c->in_recv = false;
+}
+
+static nghttp2_nv mknv(const char *n, size_t nl, const char *v, size_t vl)
+{
+    return (nghttp2_nv){(uint8_t *)n, (uint8_t *)v, nl, vl, NGHTTP2_NV_FLAG_NONE};
+}
+
+static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
+{
+    nghttp2_nv *nv = mg_arena_alloc(&s->arena, sizeof(nghttp2_nv) * (r->nhdrs + 4));
+    if (nv == NULL)
+        return MG_E_NOMEM;
+    size_t n = 0;
+    nv[n++] = mknv(":method", 7, r->method, strlen(r->method));
+    nv[n++] = mknv(":scheme", 7, r->scheme, strlen(r->scheme));
+    nv[n++] = mknv(":authority", 10, r->authority, strlen(r->authority));
+    nv[n++] = mknv(":path", 5, r->path, strlen(r->path));
+    for (size_t i = 0; i < r->nhdrs; i++)
+        nv[n++] = mknv(r->hdrs[i].name, r->hdrs[i].name_len, r->hdrs[i].value,
+                       r->hdrs[i].value_len);
+    nghttp2_data_provider prd = {.source.ptr = s, .read_callback = h2_read_body};
+    int32_t id = nghttp2_submit_request(c->h2, NULL, nv, n, r->has_body ? &prd : NULL, s);
+    if (id < 0)
+        return MG_E_PROTO;
+    s->id = id;
+    if (!r->has_body)
+        s->body_ended = true;
+    return MG_OK;
+}
+
+/* ---------- HTTP/1.1 client ---------- */
+
+static mg_up_stream_t *h1_cur(up_conn_t *c)
+{
+    return c->streams;
+}
+
+static int h1_on_field(llhttp_t *p, const char *at, size_t len)
+{
+    mg_up_stream_t *s = h1_cur(p->data);
+    if (s == NULL || s->h1_fld_len + s->h1_val_len + len > 65536)
+        return -1;
+    memcpy(s->h1_scratch + s->h1_fld_len, at, len);
+    s->h1_fld_len += len;
+    return 0;
+}
+
+static int h1_on_value(llhttp_t *p, const char *at, size_t len)
+{
+    mg_up_stream_t *s = h1_cur(p->data);
+    if (s == NULL || s->h1_fld_len + s->h1_val_len + len > 65536)
+        return -1;
+    memcpy(s->h1_scratch + s->h1_fld_len + s->h1_val_len, at, len);
+    s->h1_val_len += len;
+    return 0;
+}
+
+static int h1_on_value_complete(llhttp_t *p)
+{
+    mg_up_stream_t *s = h1_cur(p->data);
+    if (s == NULL)
+        return -1;
+    push_hdr(s, s->headers_done, s->h1_scratch, s->h1_fld_len, s->h1_scratch + s->h1_fld_len,
+             s->h1_val_len);
+    s->h1_fld_len = s->h1_val_len = 0;
+    return 0;
+}
+
+static int h1_on_headers_complete(llhttp_t *p)
+{
+    up_conn_t *c = p->data;
+    mg_up_stream_t *s = h1_cur(c);
+    if (s == NULL)
+        return -1;
+    s->status = p->status_code;
+    if (s->status >= 100 && s->status < 200) {
+        s->skip_1xx = true; /* interim response: dropped */
+        s->nhdrs = 0;
+        return 0;
+    }
+    deliver_headers(s);
+    return s->head || s->status == 204 || s->status == 304 ? 1 : 0;
+}
+
+static int h1_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    up_conn_t *c = p->data;
+    mg_up_stream_t *s = h1_cur(c);
+    if (s == NULL || s->cancelled || s->done)
+        return 0;
+    s->unconsumed += len;
+    s->cbs->on_data(s->ctx, (const uint8_t *)at, len);
+    if (!c->dead && s->unconsumed > MG_SRV_HIGH && !c->read_off) {
+        c->read_off = true;
+        bufferevent_disable(c->bev, EV_READ);
+    }
+    return 0;
+}
+
+static int h1_on_message_complete(llhttp_t *p)
+{
+    up_conn_t *c = p->data;
+    mg_up_stream_t *s = h1_cur(c);
+    if (s == NULL)
+        return -1;
+    if (s->skip_1xx) {
+        s->skip_1xx = false;
+        return 0;
+    }
+    bool reusable = llhttp_should_keep_alive(p) && s->body_ended &&
+                    evbuffer_get_length(s->body) == 0;
+    deliver_end(s);
+    stream_unlink(c, s);
+    stream_release(c->pool->u, s);
+    if (!reusable)
+        conn_close(c, MG_UP_RESET);
+    else
+        conn_unused(c);
+    return HPE_PAUSED; /* one exchange per call; the rest of the input is garbage or nothing */
+}
+
+static void h1_recv(up_conn_t *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    c->in_recv = true;
+    while (evbuffer_get_length(in) > 0 && !c->dead) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        if (c->streams == NULL) { /* bytes with no request: the pod broke the protocol */
+            c->in_recv = false;
+            conn_close(c, MG_UP_PROTO);
+            return;
+        }
+        llhttp_errno_t err = llhttp_execute(&c->parser, v.iov_base, v.iov_len);
+        if (err == HPE_OK) {
+            evbuffer_drain(in, v.iov_len);
+            continue;
+        }
+        if (err == HPE_PAUSED) {
+            evbuffer_drain(in, (size_t)(llhttp_get_error_pos(&c->parser) - (char *)v.iov_base));
+            llhttp_resume(&c->parser);
+            continue;
+        }
+        MG_LOG(MG_LOG_WARN, "upstream", "pod %s: bad HTTP/1.1 response: %s", c->pool->key,
+               llhttp_get_error_reason(&c->parser));
+        c->in_recv = false;
+        conn_close(c, MG_UP_PROTO);
+        return;
+    }
+    c->in_recv = false;
+}
+
+/* Moves request body bytes into the socket while it has room. */
+static void h1_pump(up_conn_t *c)
+{
+    mg_up_stream_t *s = h1_cur(c);
+    if (s == NULL || c->dead || !c->connected || s->cancelled)
+        return;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t room = evbuffer_get_length(out) < OUT_HIGH ? OUT_HIGH - evbuffer_get_length(out) : 0;
+    size_t avail = evbuffer_get_length(s->body);
+    size_t n = avail < room ? avail : room;
+    if (n > 0) {
+        if (s->h1_chunked)
+            evbuffer_add_printf(out, "%zx\r\n", n);
+        evbuffer_remove_buffer(s->body, out, n);
+        if (s->h1_chunked)
+            evbuffer_add(out, "\r\n", 2);
+        s->sent = true;
+    }
+    if (s->body_ended && evbuffer_get_length(s->body) == 0 && s->h1_chunked) {
+        evbuffer_add(out, "0\r\n", 3);
+        for (size_t i = 0; i < s->nreq_trailers; i++) {
+            evbuffer_add(out, s->req_trailers[i].name, s->req_trailers[i].namelen);
+            evbuffer_add(out, ": ", 2);
+            evbuffer_add(out, s->req_trailers[i].value, s->req_trailers[i].valuelen);
+            evbuffer_add(out, "\r\n", 2);
+        }
+        evbuffer_add(out, "\r\n", 2);
+        s->h1_chunked = false; /* terminator written once */
+    }
+    if (s->want_drain && evbuffer_get_length(s->body) < MG_SRV_LOW) {
+        s->want_drain = false;
+        if (!s->done)
+            s->cbs->on_drain(s->ctx);
+    }
+}
+
+static mg_err_t h1_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    s->h1_scratch = mg_arena_alloc(&s->arena, 65536);
+    if (s->h1_scratch == NULL)
+        return MG_E_NOMEM;
+    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nhost: %s\r\n", r->method, r->path, r->authority);
+    for (size_t i = 0; i < r->nhdrs; i++) {
+        const mg_hdr_t *h = &r->hdrs[i];
+        if (h->name_len == 2 && memcmp(h->name, "te", 2) == 0)
+            continue; /* "te: trailers" means nothing to an HTTP/1.1 pod */
+        evbuffer_add(out, h->name, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    bool has_cl = false;
+    for (size_t i = 0; i < r->nhdrs; i++)
+        if (r->hdrs[i].name_len == 14 && memcmp(r->hdrs[i].name, "content-length", 14) == 0)
+            has_cl = true;
+    if (r->has_body && !has_cl) {
+        if (r->content_length >= 0) {
+            evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)r->content_length);
+        } else {
+            evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);
+            s->h1_chunked = true;
+        }
+    }
+    evbuffer_add(out, "\r\n", 2);
+    if (!r->has_body)
+        s->body_ended = true;
+    llhttp_init(&c->parser, HTTP_RESPONSE, &c->pool->u->h1settings);
+    c->parser.data = c;
+    return MG_OK;
+}
+
+/* ---------- I/O callbacks ---------- */
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    up_conn_t *c = arg;
+    enter(c);
+    if (c->pool->proto == MG_UP_H2C) {
+        h2_recv(c);
+        conn_flush(c);
+    } else if (!c->idle) {
+        h1_recv(c);
+    } else {
+        conn_close(c, MG_UP_RESET); /* an idle HTTP/1.1 connection has nothing to say */
+    }
+    leave(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    up_conn_t *c = arg;
+    enter(c);
+    conn_flush(c);
+    leave(c);
+}
+
+static void on_event(struct bufferevent *bev, short events, void *arg)
+{
+    up_conn_t *c = arg;
+    enter(c);
+    if (events & BEV_EVENT_CONNECTED) {
+        c->connected = true;
+        evtimer_del(c->timer);
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        conn_flush(c);
+    } else if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        if (!c->connected) {
+            int e = EVUTIL_SOCKET_ERROR();
+            MG_LOG(MG_LOG_WARN, "upstream", "pod %s: cannot connect (%s); is the pod running?",
+                   c->pool->key, evutil_socket_error_to_string(e));
+            conn_close(c, MG_UP_CONNECT_REFUSED);
+        } else {
+            if (c->pool->proto == MG_UP_H1 && (events & BEV_EVENT_EOF) && c->streams &&
+                llhttp_message_needs_eof(&c->parser)) {
+                llhttp_finish(&c->parser); /* close-delimited body ends here */
+            }
+            conn_close(c, MG_UP_RESET);
+        }
+    }
+    leave(c);
+}
+
+/* ---------- pools ---------- */
+
+static uint32_t hash_key(const char *s, mg_upstream_proto_t proto)
+{
+    uint32_t h = 2166136261u ^ (uint32_t)proto;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+static pool_t *pool_get(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_proto_t proto)
+{
+    uint32_t b = hash_key(pod->name, proto) % NBUCKETS;
+    for (pool_t *p = u->buckets[b]; p; p = p->next)
+        if (p->proto == proto && p->addrlen == pod->addrlen &&
+            memcmp(&p->addr, &pod->addr, pod->addrlen) == 0 && strcmp(p->key, pod->name) == 0)
+            return p;
+    pool_t *p = calloc(1, sizeof(*p));
+    if (p == NULL || (p->key = strdup(pod->name)) == NULL) {
+        free(p);
+        return NULL;
+    }
+    p->u = u;
+    p->proto = proto;
+    p->addr = pod->addr;
+    p->addrlen = pod->addrlen;
+    p->next = u->buckets[b];
+    u->buckets[b] = p;
+    return p;
+}
+
+static up_conn_t *conn_new(pool_t *p)
+{
+    mg_upstreams_t *u = p->u;
+    up_conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->pool = p;
+    c->bev = bufferevent_socket_new(u->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    c->timer = evtimer_new(u->base, on_timer, c);
+    c->next = p->conns;
+    if (p->conns)
+        p->conns->prev = c;
+    p->conns = c;
+    p->nconns++;
+    u->nconns++;
+    if (c->bev == NULL || c->timer == NULL) {
+        c->dead = true;
+        conn_free(c);
+        return NULL;
+    }
+    if (p->proto == MG_UP_H2C) {
+        if (nghttp2_session_client_new2(&c->h2, u->cbs, c, u->opt) != 0) {
+            c->dead = true;
+            conn_free(c);
+            return NULL;
+        }
+        nghttp2_settings_entry iv[] = {
+            {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+            {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20},
+        };
+        nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 2);
+        nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
+    }
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    timer_arm(c, u->conf.connect_timeout_ms);
+    /* refusals are normally reported later through on_event; a synchronous failure (no socket)
+     * may already have run on_event, and then the caller tries another pod */
+    enter(c);
+    int rc = bufferevent_socket_connect(c->bev, (struct sockaddr *)&p->addr, (int)p->addrlen);
+    if (rc != 0 && !c->dead)
+        conn_close(c, MG_UP_CONNECT_REFUSED);
+    bool dead = c->dead;
+    leave(c);
+    return dead ? NULL : c;
+}
+
+static up_conn_t *pick_conn(pool_t *p)
+{
+    uint32_t max = p->u->conf.max_streams_per_conn;
+    for (up_conn_t *c = p->conns; c; c = c->next) {
+        if (c->dead || c->goaway)
+            continue;
+        if (p->proto == MG_UP_H1) {
+            if (c->idle)
+                return c;
+            continue;
+        }
+        uint32_t remote = nghttp2_session_get_remote_settings(
+            c->h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+        if (c->nstreams < max && c->nstreams < remote)
+            return c;
+    }
+    return conn_new(p);
+}
+
+mg_up_stream_t *mg_up_start(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_proto_t proto,
+                            const mg_up_req_t *req, const mg_up_cbs_t *cbs, void *ctx)
+{
+    pool_t *p = pool_get(u, pod, proto);
+    if (p == NULL)
+        return NULL;
+    up_conn_t *c = pick_conn(p);
+    if (c == NULL)
+        return NULL;
+    mg_up_stream_t *s = stream_alloc(u);
+    if (s == NULL || s->hdrs == NULL) {
+        if (s)
+            stream_release(u, s);
+        return NULL;
+    }
+    if (c->idle) {
+        c->idle = false;
+        p->nidle--;
+    }
+    evtimer_del(c->timer);
+    if (!c->connected)
+        timer_arm(c, u->conf.connect_timeout_ms);
+    s->c = c;
+    s->cbs = cbs;
+    s->ctx = ctx;
+    s->body = req->body;
+    s->head = strcmp(req->method, "HEAD") == 0;
+    s->next = c->streams;
+    if (c->streams)
+        c->streams->prev = s;
+    c->streams = s;
+    c->nstreams++;
+    mg_err_t err = proto == MG_UP_H2C ? h2_submit(c, s, req) : h1_submit(c, s, req);
+    if (err != MG_OK) {
+        stream_unlink(c, s);
+        stream_release(u, s);
+        conn_unused(c);
+        return NULL;
+    }
+    enter(c);
+    conn_flush(c);
+    leave(c);
+    return s;
+}
+
+void mg_up_body_more(mg_up_stream_t *s)
+{
+    up_conn_t *c = s->c;
+    if (evbuffer_get_length(s->body) >= MG_SRV_HIGH)
+        s->want_drain = true;
+    enter(c);
+    if (s->deferred && c->h2) {
+        s->deferred = false;
+        nghttp2_session_resume_data(c->h2, s->id);
+    }
+    conn_flush(c);
+    leave(c);
+}
+
+void mg_up_body_end(mg_up_stream_t *s, const mg_hdr_t *trailers, size_t n)
+{
+    if (n) {
+        s->req_trailers = mg_arena_alloc(&s->arena, sizeof(nghttp2_nv) * n);
+        if (s->req_trailers) {
+            for (size_t i = 0; i < n; i++) {
+                char *nm = mg_arena_strndup(&s->arena, trailers[i].name, trailers[i].name_len);
+                char *v = mg_arena_strndup(&s->arena, trailers[i].value, trailers[i].value_len);
+                if (nm == NULL || v == NULL)
+                    break;
+                s->req_trailers[s->nreq_trailers++] =
+                    mknv(nm, trailers[i].name_len, v, trailers[i].value_len);
+            }
+        }
+    }
+    s->body_ended = true;
+    mg_up_body_more(s);
+}
+
+void mg_up_consume(mg_up_stream_t *s, size_t n)
+{
+    up_conn_t *c = s->c;
+    if (n > s->unconsumed)
+        n = s->unconsumed;
+    if (n == 0)
+        return;
+    s->unconsumed -= n;
+    enter(c);
+    if (c->h2) {
+        nghttp2_session_consume(c->h2, s->id, n);
+        conn_flush(c);
+    } else if (c->read_off && s->unconsumed < MG_SRV_LOW) {
+        c->read_off = false;
+        bufferevent_enable(c->bev, EV_READ);
+        if (!c->in_recv && evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+            h1_recv(c);
+    }
+    leave(c);
+}
+
+void mg_up_cancel(mg_up_stream_t *s)
+{
+    up_conn_t *c = s->c;
+    if (s->cancelled)
+        return;
+    bool was_done = s->done;
+    s->cancelled = true;
+    enter(c);
+    if (c->h2) {
+        if (!c->dead) {
+            if (s->id > 0 && nghttp2_session_get_stream_user_data(c->h2, s->id) == s)
+                nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+            conn_flush(c);
+        }
+    } else if (!was_done || h1_cur(c) == s) {
+        conn_close(c, MG_UP_RESET); /* HTTP/1.1 cannot abandon an exchange and keep the conn */
+    }
+    leave(c);
+}
+
+size_t mg_upstreams_nconns(const mg_upstreams_t *u)
+{
+    return u->nconns;
+}
+
+mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *conf)
+{
+    mg_upstreams_t *u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        return NULL;
+    u->base = base;
+    u->conf = *conf;
+    if (u->conf.max_streams_per_conn == 0)
+        u->conf.max_streams_per_conn = 100;
+    if (nghttp2_session_callbacks_new(&u->cbs) != 0 || nghttp2_option_new(&u->opt) != 0) {
+        mg_upstreams_free(u);
+        return NULL;
+    }
+    nghttp2_session_callbacks_set_on_header_callback2(u->cbs, h2_on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(u->cbs, h2_on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(u->cbs, h2_on_data);
+    nghttp2_session_callbacks_set_on_stream_close_callback(u->cbs, h2_on_stream_close);
+    nghttp2_option_set_no_auto_window_update(u->opt, 1);
+    nghttp2_option_set_peer_max_concurrent_streams(u->opt, 100);
+    llhttp_settings_init(&u->h1settings);
+    u->h1settings.on_header_field = h1_on_field;
+    u->h1settings.on_header_value = h1_on_value;
+    u->h1settings.on_header_value_complete = h1_on_value_complete;
+    u->h1settings.on_headers_complete = h1_on_headers_complete;
+    u->h1settings.on_body = h1_on_body;
+    u->h1settings.on_message_complete = h1_on_message_complete;
+    return u;
+}
+
+void mg_upstreams_free(mg_upstreams_t *u)
+{
+    if (u == NULL)
+        return;
+    for (int b = 0; b < NBUCKETS; b++) {
+        pool_t *p = u->buckets[b];
+        while (p) {
+            pool_t *next = p->next;
+            while (p->conns) {
+                up_conn_t *c = p->conns;
+                for (mg_up_stream_t *s = c->streams; s; s = s->next)
+                    s->cancelled = true;
+                c->busy = 0;
+                c->dead = true;
+                conn_free(c);
+            }
+            free(p->key);
+            free(p);
+            p = next;
+        }
+    }
+    while (u->free_streams) {
+        mg_up_stream_t *s = u->free_streams;
+        u->free_streams = s->next;
+        free(s);
+    }
+    if (u->cbs)
+        nghttp2_session_callbacks_del(u->cbs);
+    if (u->opt)
+        nghttp2_option_del(u->opt);
+    free(u);
+}

@@ -1,0 +1,95 @@
+/*
+ * gateway/upstream.h - connections to pods: pooled, multiplexed HTTP/2 (h2c prior knowledge)
+ * and keep-alive HTTP/1.1, behind one streaming interface.
+ *
+ * One mg_upstreams_t per worker thread, on that worker's event_base; pools are keyed by pod
+ * address and protocol. An HTTP/2 pool reuses a connection while it has fewer active streams
+ * than max_streams_per_conn (and than the pod's SETTINGS_MAX_CONCURRENT_STREAMS), else opens
+ * another. An HTTP/1.1 pool keeps up to max_idle_conns_per_pod idle connections.
+ *
+ * Request bodies: the caller owns the evbuffer |req->body| and appends to it; the upstream
+ * drains it as the pod accepts data (HTTP/2 flow control, or socket writability) and calls
+ * on_drain once it fell below MG_SRV_LOW after mg_up_body_more saw it above MG_SRV_HIGH.
+ * Because bytes leave |body| only when they are sent, a request that failed before any byte
+ * was sent still has its whole body there and can be replayed on another pod.
+ * Response bodies: on_data bytes count against the pod's window (HTTP/2) or pause reading
+ * (HTTP/1.1) until the caller calls mg_up_consume.
+ *
+ * Lifetime: after on_end or on_error the stream is gone; the caller must not use it again.
+ * mg_up_cancel stops all callbacks at once (and resets the stream on the wire).
+ */
+#ifndef MG_GATEWAY_UPSTREAM_H
+#define MG_GATEWAY_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "common/h2server.h"
+#include "routing/routes.h"
+
+typedef struct mg_upstreams mg_upstreams_t;
+typedef struct mg_up_stream mg_up_stream_t;
+
+typedef enum mg_up_fail {
+    MG_UP_CONNECT_REFUSED = 1, /* connect(2) failed: nothing was sent */
+    MG_UP_CONNECT_TIMEOUT,     /* no connection within timeouts.connect: nothing was sent */
+    MG_UP_REFUSED,             /* the pod refused the stream (GOAWAY, REFUSED_STREAM) */
+    MG_UP_RESET,               /* stream reset or connection lost after sending */
+    MG_UP_PROTO,               /* the pod broke the protocol */
+} mg_up_fail_t;
+
+typedef struct mg_up_cbs {
+    void (*on_headers)(void *ctx, int status, const mg_hdr_t *h, size_t n);
+    void (*on_data)(void *ctx, const uint8_t *data, size_t len);
+    void (*on_end)(void *ctx, const mg_hdr_t *trailers, size_t n);
+    /* |sent|: some request byte may have reached the pod (a retry may repeat it) */
+    void (*on_error)(void *ctx, mg_up_fail_t why, bool sent);
+    void (*on_drain)(void *ctx);
+} mg_up_cbs_t;
+
+typedef struct mg_up_req {
+    const char *method;
+    const char *scheme;
+    const char *authority;
+    const char *path;
+    const mg_hdr_t *hdrs; /* regular fields to send, already filtered */
+    size_t nhdrs;
+    int64_t content_length; /* -1 = unknown (HTTP/1.1 upstream: chunked) */
+    bool has_body;
+    struct evbuffer *body; /* caller-owned, see above */
+} mg_up_req_t;
+
+typedef struct mg_up_conf {
+    uint32_t connect_timeout_ms;
+    uint32_t max_streams_per_conn;
+    uint32_t max_idle_conns_per_pod;
+    uint32_t idle_conn_ms; /* close unused upstream connections after this */
+} mg_up_conf_t;
+
+mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *conf);
+void mg_upstreams_free(mg_upstreams_t *u); /* closes everything; no callbacks */
+
+/* Starts |req| on |pod|. Returns NULL only when out of memory. Failures to connect are reported
+ * through on_error, never synchronously from this call. */
+mg_up_stream_t *mg_up_start(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_proto_t proto,
+                            const mg_up_req_t *req, const mg_up_cbs_t *cbs, void *ctx);
+
+/* The caller appended to req->body. */
+void mg_up_body_more(mg_up_stream_t *s);
+
+/* The request body is complete; |trailers| (may be empty) are copied. */
+void mg_up_body_end(mg_up_stream_t *s, const mg_hdr_t *trailers, size_t n);
+
+/* The caller is done with |n| response body bytes. */
+void mg_up_consume(mg_up_stream_t *s, size_t n);
+
+/* No more callbacks; resets the stream (HTTP/2) or closes the connection (HTTP/1.1). */
+void mg_up_cancel(mg_up_stream_t *s);
+
+/* Number of open upstream connections (for tests and metrics). */
+size_t mg_upstreams_nconns(const mg_upstreams_t *u);
+
+#endif /* MG_GATEWAY_UPSTREAM_H */
