@@ -200,6 +200,7 @@ static mg_srv_stream_t *stream_new(conn_t *c, int32_t id)
         if (s == NULL)
             return NULL;
         mg_arena_init(&s->arena, srv->conf.stream_memory);
+        s->out = NULL;
     }
     struct evbuffer *out = s->out;
     memset(s, 0, offsetof(mg_srv_stream_t, arena));

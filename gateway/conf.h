@@ -67,22 +67,24 @@ typedef struct mg_conf {
 typedef enum mg_conf_action {
     MG_CONF_RUN = 0,   /* start the gateway */
     MG_CONF_CHECK = 1, /* --check-config: validate and exit */
-    MG_CONF_HELP = 2,  /* --help printed */
-    MG_CONF_VERSION = 3,
+    MG_CONF_HELP = 2,  /* --help given: the caller prints mg_conf_usage() and exits 0 */
+    MG_CONF_VERSION = 3, /* --version given: the caller prints MG_VERSION and exits 0 */
 } mg_conf_action_t;
 
 /* Fills |c| with the defaults listed above (no listeners). */
 void mg_conf_defaults(mg_conf_t *c);
 
 /*
- * Parses the command line into |c|:
+ * Parses the command line into |c| (filled from scratch: defaults first, so |c| must not own
+ * anything yet):
  *   --config FILE | --check-config FILE | --listen ADDR (repeatable) | --tls-listen ADDR
- *   --cert FILE --key FILE | --backend H:P[,H:P...] | --backend-proto h2c|http1 | --workers N
- *   --access-log PATH | --log-level LEVEL | --help | --version
+ *   --cert FILE --key FILE | --routes FILE | --backend H:P[,H:P...] | --backend-proto h2c|http1
+ *   --workers N | --access-log PATH | --log-level LEVEL | --help | --version
  * --config/--check-config is loaded first, then the other flags override it. Checks the result
  * (at least one listener; TLS listener needs cert and key; exactly one of routes file or
- * --backend). Returns MG_OK with *action set, or MG_E_CONFIG with *errors a malloc'ed string of
- * every problem, one per line ("FILE: json.path: problem" or "--flag: problem").
+ * --backend); --check-config also loads the routing document (or the --backend pods).
+ * Returns MG_OK with *action set, or MG_E_CONFIG with |c| cleared and *errors a malloc'ed string
+ * of every problem, one per line ("FILE: json.path: problem" or "--flag: problem").
  */
 mg_err_t mg_conf_from_args(int argc, char **argv, mg_conf_t *c, mg_conf_action_t *action,
                            char **errors);

@@ -334,8 +334,13 @@ int main(int argc, char **argv)
         event_add(sigs[i], NULL);
 
     /* workers must not take the process signals: block them before creating threads */
-    sigset_t all, old;
-    sigfillset(&all);
+    sigset_t all, old; /* the asynchronous ones only: a crash must still crash loudly */
+    sigemptyset(&all);
+    sigaddset(&all, SIGTERM);
+    sigaddset(&all, SIGINT);
+    sigaddset(&all, SIGHUP);
+    sigaddset(&all, SIGUSR1);
+    sigaddset(&all, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     for (unsigned i = 0; i < g_nworkers; i++)
         pthread_create(&g_workers[i].thread, NULL, worker_main, &g_workers[i]);

@@ -6,6 +6,7 @@
 #ifndef MG_ROUTING_HOST_H
 #define MG_ROUTING_HOST_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "common/err.h"
@@ -27,5 +28,22 @@ typedef struct mg_host {
  */
 mg_err_t mg_host_parse(const char *host, size_t len, const char *domain, const char *const *envs,
                        size_t nenvs, mg_host_t *out);
+
+/*
+ * True when |name| (|len| bytes) is a DNS host name: dot-separated labels of ASCII letters, digits
+ * and '-' (1-63 bytes each, not starting or ending with '-'), at most 253 bytes, one optional
+ * trailing dot. Used to validate configured domains and pod host names.
+ */
+bool mg_host_is_valid_name(const char *name, size_t len);
+
+/*
+ * Checks and splits a configured address |addr| (NUL-terminated): "host:port", "a.b.c.d:port" or
+ * "[v6]:port", port 1-65535, host a valid name (see above) or an IP literal. On MG_OK, |host|
+ * (|cap| bytes) receives the host without brackets (an IPv6 literal is the one that contains
+ * ':') and *port the port. Otherwise returns MG_E_CONFIG and, if |why| is not NULL, sets *why to
+ * a static reason for the message, e.g. "port must be 1-65535".
+ */
+mg_err_t mg_host_split_port(const char *addr, char *host, size_t cap, unsigned *port,
+                            const char **why);
 
 #endif /* MG_ROUTING_HOST_H */

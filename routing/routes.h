@@ -60,7 +60,13 @@ typedef struct mg_routes {
     mg_route_t *routes;
     size_t nroutes;
     mg_service_t *default_service; /* NULL unless the document names one */
+    unsigned _magic;  /* MG_ROUTES_MAGIC while alive; checked in debug builds */
+    uint32_t *_slots; /* open-addressing index over routes: 0 = empty, else route index + 1;
+                         NULL makes mg_routes_match fall back to a linear scan */
+    size_t _nslots;   /* a power of two, > 2 * nroutes */
 } mg_routes_t;
+
+#define MG_ROUTES_MAGIC 0x6d677274u /* "mgrt" */
 
 /*
  * Loads and validates the routing document at |path|. All problems are found in one pass.
