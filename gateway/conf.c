@@ -1,0 +1,966 @@
+/*
+ * gateway/conf.c - bootstrap configuration: defaults, gateway.json, command-line flags, checks.
+ *
+ * DESIGN: three layers are merged in order - defaults, the --config file, the flags - and the
+ * result is checked as a whole (listeners, TLS files, routes vs --backend), because most
+ * mistakes are only visible after the merge. Every problem becomes one line in an error list
+ * and checking goes on, so one run shows everything to fix. mg_conf_load is transactional: it
+ * parses into a copy and only replaces the caller's config when the whole file is valid.
+ */
+#include "gateway/conf.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "routing/host.h"
+
+#define MAX_WORKERS 1024
+
+/* ------------------------------------------------------------------------------------------ */
+/* Error collection: "SOURCE: json.path: problem" lines, in the order found.                   */
+/* (Same shape as routing/routes.c; a shared common/json helper would remove the copy.)         */
+
+typedef struct ectx {
+    const char *source;
+    char *buf; /* '\n'-separated lines, no trailing newline */
+    size_t len, cap;
+    size_t count;
+    bool nomem;
+    char path[512];
+    size_t plen; /* strlen(path), always */
+} ectx_t;
+
+static void buf_append(ectx_t *e, const char *s, size_t n)
+{
+    if (e->nomem)
+        return;
+    if (e->len + n + 1 > e->cap) {
+        size_t ncap = e->cap ? e->cap : 256;
+        while (ncap < e->len + n + 1)
+            ncap *= 2;
+        char *nb = realloc(e->buf, ncap);
+        if (nb == NULL) {
+            e->nomem = true;
+            return;
+        }
+        e->buf = nb;
+        e->cap = ncap;
+    }
+    memcpy(e->buf + e->len, s, n);
+    e->len += n;
+    e->buf[e->len] = '\0';
+}
+
+/* Appends an already formatted, possibly multi-line error text as it is. */
+static void append_text(ectx_t *e, const char *text)
+{
+    if (text == NULL || *text == '\0')
+        return;
+    e->count++;
+    if (e->len > 0)
+        buf_append(e, "\n", 1);
+    buf_append(e, text, strlen(text));
+}
+
+static void errf(ectx_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void errf(ectx_t *e, const char *fmt, ...)
+{
+    char msg[1024], line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (e->plen > 0)
+        snprintf(line, sizeof(line), "%s: %s: %s", e->source, e->path, msg);
+    else
+        snprintf(line, sizeof(line), "%s: %s", e->source, msg);
+    append_text(e, line);
+}
+
+/* Like errf, but with an explicit source (a flag name) and no JSON path. */
+static void flagf(ectx_t *e, const char *flag, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void flagf(ectx_t *e, const char *flag, const char *fmt, ...)
+{
+    char msg[1024], line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    snprintf(line, sizeof(line), "%s: %s", flag, msg);
+    append_text(e, line);
+}
+
+/* Escapes control characters and quotes and cuts at |max| bytes: values end up on terminals. */
+static const char *esc(char *dst, size_t cap, const char *s, size_t max)
+{
+    size_t o = 0, i = 0;
+    for (; s[i] != '\0' && i < max && o + 5 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f) {
+            o += (size_t)snprintf(dst + o, cap - o, "\\x%02x", c);
+        } else if (c == '"' || c == '\\') {
+            dst[o++] = '\\';
+            dst[o++] = (char)c;
+        } else {
+            dst[o++] = (char)c;
+        }
+    }
+    if (s[i] != '\0' && o + 4 <= cap) {
+        memcpy(dst + o, "...", 3);
+        o += 3;
+    }
+    dst[o] = '\0';
+    return dst;
+}
+
+#define ESC(buf, s) esc((buf), sizeof(buf), (s), 200)
+
+static void path_set(ectx_t *e, size_t len)
+{
+    e->plen = len;
+    e->path[len] = '\0';
+}
+
+static size_t path_push(ectx_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static size_t path_push(ectx_t *e, const char *fmt, ...)
+{
+    size_t old = e->plen, room = sizeof(e->path) - e->plen;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(e->path + e->plen, room, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        e->plen += (size_t)n < room ? (size_t)n : room - 1;
+    return old;
+}
+
+static size_t path_key(ectx_t *e, const char *key)
+{
+    char k[160];
+    return path_push(e, "%s%s", e->plen ? "." : "", esc(k, sizeof(k), key, 64));
+}
+
+static const char *describe(const json_t *v, char *out, size_t cap)
+{
+    char s[300];
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        snprintf(out, cap, "string \"%s\"", ESC(s, json_string_value(v)));
+        return out;
+    case JSON_INTEGER:
+        snprintf(out, cap, "number %" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return out;
+    case JSON_REAL:
+        snprintf(out, cap, "number %g", json_real_value(v));
+        return out;
+    case JSON_TRUE:
+        return "true";
+    case JSON_FALSE:
+        return "false";
+    case JSON_NULL:
+        return "null";
+    }
+    return "?";
+}
+
+static void type_error(ectx_t *e, const json_t *v, const char *expected)
+{
+    char d[400];
+    errf(e, "wrong type (got %s; expected %s)", describe(v, d, sizeof(d)), expected);
+}
+
+static void check_keys(ectx_t *e, const json_t *obj, const char *const *keys)
+{
+    char valid[512] = "";
+    size_t o = 0;
+    for (size_t i = 0; keys[i] != NULL && o < sizeof(valid); i++)
+        o += (size_t)snprintf(valid + o, sizeof(valid) - o, "%s%s", i ? ", " : "", keys[i]);
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)obj, k, v)
+    {
+        size_t i = 0;
+        while (keys[i] != NULL && strcmp(keys[i], k) != 0)
+            i++;
+        if (keys[i] == NULL) {
+            size_t old = path_key(e, k);
+            errf(e, "unknown key (valid keys: %s)", valid);
+            path_set(e, old);
+        }
+    }
+}
+
+/* Hands the errors to the caller (or frees them). */
+static void errors_out(ectx_t *e, char **errors)
+{
+    if (e->nomem) {
+        free(e->buf);
+        e->buf = strdup("out of memory while reading the configuration");
+    }
+    if (errors != NULL)
+        *errors = e->buf;
+    else
+        free(e->buf);
+    e->buf = NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The config struct                                                                            */
+
+void mg_conf_defaults(mg_conf_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->workers = 0;
+    c->backend_proto = MG_UP_H2C;
+    c->log_level = MG_LOG_INFO;
+    c->limits.max_concurrent_streams = 1000;
+    c->limits.max_header_list_size = 65536;
+    c->limits.max_headers = 100;
+    c->limits.stream_window = 1048576;
+    c->limits.connection_window = 16777216;
+    c->limits.max_request_body = 0;
+    c->timeouts_ms.connect = 2000;
+    c->timeouts_ms.first_byte = 30000;
+    c->timeouts_ms.idle = 60000;
+    c->timeouts_ms.total = 0;
+    c->timeouts_ms.client_idle = 120000;
+    c->timeouts_ms.drain = 10000;
+    c->upstream.max_streams_per_conn = 100;
+    c->upstream.max_idle_conns_per_pod = 64;
+}
+
+void mg_conf_clear(mg_conf_t *c)
+{
+    for (size_t i = 0; i < c->nlisten && i < MG_CONF_MAX_LISTEN; i++)
+        free(c->listen[i]);
+    for (size_t i = 0; i < c->ntls_listen && i < MG_CONF_MAX_LISTEN; i++)
+        free(c->tls_listen[i]);
+    free(c->tls_cert);
+    free(c->tls_key);
+    free(c->routes_path);
+    free(c->backends);
+    free(c->access_log);
+    memset(c, 0, sizeof(*c));
+}
+
+static bool dup_str(char **dst, const char *src)
+{
+    *dst = NULL;
+    return src == NULL || (*dst = strdup(src)) != NULL;
+}
+
+/* Deep copy, so a file can be applied to a copy and thrown away when it has errors. */
+static bool conf_dup(mg_conf_t *dst, const mg_conf_t *src)
+{
+    *dst = *src;
+    bool ok = true;
+    for (size_t i = 0; i < src->nlisten; i++)
+        ok &= dup_str(&dst->listen[i], src->listen[i]);
+    for (size_t i = 0; i < src->ntls_listen; i++)
+        ok &= dup_str(&dst->tls_listen[i], src->tls_listen[i]);
+    ok &= dup_str(&dst->tls_cert, src->tls_cert);
+    ok &= dup_str(&dst->tls_key, src->tls_key);
+    ok &= dup_str(&dst->routes_path, src->routes_path);
+    ok &= dup_str(&dst->backends, src->backends);
+    ok &= dup_str(&dst->access_log, src->access_log);
+    if (!ok)
+        mg_conf_clear(dst);
+    return ok;
+}
+
+/* Replaces *slot with a copy of |s| (NULL allowed); false when out of memory. */
+static bool set_str(ectx_t *e, char **slot, const char *s)
+{
+    char *n = NULL;
+    if (s != NULL && (n = strdup(s)) == NULL) {
+        e->nomem = true;
+        return false;
+    }
+    free(*slot);
+    *slot = n;
+    return true;
+}
+
+/* |p| relative to |dir| (NULL = as is): paths in gateway.json are relative to that file, so a
+ * config directory can be moved or mounted anywhere as a unit. */
+static bool set_path(ectx_t *e, char **slot, const char *dir, const char *p)
+{
+    if (dir == NULL || p[0] == '/')
+        return set_str(e, slot, p);
+    size_t dl = strlen(dir), pl = strlen(p);
+    char *n = malloc(dl + 1 + pl + 1);
+    if (n == NULL) {
+        e->nomem = true;
+        return false;
+    }
+    memcpy(n, dir, dl);
+    n[dl] = '/';
+    memcpy(n + dl + 1, p, pl + 1);
+    free(*slot);
+    *slot = n;
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* gateway.json                                                                                 */
+
+typedef struct numkey {
+    const char *key;
+    uint64_t min, max;
+    size_t off;       /* offsetof in mg_conf_t */
+    unsigned size;    /* 4 or 8 */
+    const char *hint; /* what the number means, for messages */
+} numkey_t;
+
+#define NUM32(section, name, lo, hi, what)                                                         \
+    {                                                                                              \
+        .key = #name, .min = (lo), .max = (hi), .off = offsetof(mg_conf_t, section.name),          \
+        .size = 4, .hint = (what)                                                                  \
+    }
+
+static const numkey_t limit_keys[] = {
+    NUM32(limits, max_concurrent_streams, 1, 100000, "streams per client connection"),
+    NUM32(limits, max_header_list_size, 1024, 16777216, "bytes"),
+    NUM32(limits, max_headers, 1, 10000, "header fields"),
+    NUM32(limits, stream_window, 65535, 2147483647, "bytes"),
+    NUM32(limits, connection_window, 65535, 2147483647, "bytes"),
+    {"max_request_body", 0, (uint64_t)INT64_MAX, offsetof(mg_conf_t, limits.max_request_body), 8,
+     "bytes, 0 = unlimited"},
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+static const numkey_t timeout_keys[] = {
+    NUM32(timeouts_ms, connect, 0, 3600000, "ms, 0 = none"),
+    NUM32(timeouts_ms, first_byte, 0, 3600000, "ms, 0 = none"),
+    NUM32(timeouts_ms, idle, 0, 3600000, "ms, 0 = none"),
+    NUM32(timeouts_ms, total, 0, 3600000, "ms, 0 = none"),
+    NUM32(timeouts_ms, client_idle, 0, 3600000, "ms, 0 = none"),
+    NUM32(timeouts_ms, drain, 0, 3600000, "ms, 0 = none"),
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+static const numkey_t upstream_keys[] = {
+    NUM32(upstream, max_streams_per_conn, 1, 100000, "streams per upstream connection"),
+    NUM32(upstream, max_idle_conns_per_pod, 0, 10000, "connections"),
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+/* Checks |v| against |k| and stores it; errors are reported at the current path. */
+static void set_number(ectx_t *e, const json_t *v, const numkey_t *k, mg_conf_t *c)
+{
+    char exp[128];
+    snprintf(exp, sizeof(exp), "integer %llu-%llu (%s)", (unsigned long long)k->min,
+             (unsigned long long)k->max, k->hint);
+    if (!json_is_integer(v)) {
+        type_error(e, v, exp);
+        return;
+    }
+    json_int_t n = json_integer_value(v);
+    if (n < 0 || (uint64_t)n < k->min || (uint64_t)n > k->max) {
+        errf(e, "out of range (got %" JSON_INTEGER_FORMAT "; expected %s)", n, exp);
+        return;
+    }
+    if (k->size == 8)
+        *(uint64_t *)((char *)c + k->off) = (uint64_t)n;
+    else
+        *(uint32_t *)((char *)c + k->off) = (uint32_t)n;
+}
+
+/* A section of numbers: "limits", "timeouts_ms", "upstream". */
+static void parse_numbers(ectx_t *e, const json_t *doc, const char *section, const numkey_t *keys,
+                          mg_conf_t *c)
+{
+    const json_t *obj = json_object_get(doc, section);
+    if (obj == NULL)
+        return;
+    size_t old = path_key(e, section);
+    if (!json_is_object(obj)) {
+        type_error(e, obj, "object");
+    } else {
+        const char *names[16];
+        size_t n = 0;
+        for (; keys[n].key != NULL; n++)
+            names[n] = keys[n].key;
+        names[n] = NULL;
+        check_keys(e, obj, names);
+        for (size_t i = 0; keys[i].key != NULL; i++) {
+            const json_t *v = json_object_get(obj, keys[i].key);
+            if (v == NULL)
+                continue;
+            size_t o2 = path_key(e, keys[i].key);
+            set_number(e, v, &keys[i], c);
+            path_set(e, o2);
+        }
+    }
+    path_set(e, old);
+}
+
+/* An array of listener addresses into |out|/|n|; replaces what was there. */
+static void parse_listen(ectx_t *e, const json_t *obj, const char *key, char **out, size_t *n)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return;
+    size_t old = path_key(e, key);
+    char q[300], host[256];
+    if (!json_is_array(v)) {
+        type_error(e, v, "array of \"host:port\" strings, e.g. [\"127.0.0.1:8080\"]");
+    } else if (json_array_size(v) > MG_CONF_MAX_LISTEN) {
+        errf(e, "too many addresses (got %zu; expected at most %d)", json_array_size(v),
+             MG_CONF_MAX_LISTEN);
+    } else {
+        for (size_t i = 0; i < *n; i++) {
+            free(out[i]);
+            out[i] = NULL;
+        }
+        *n = 0;
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            const json_t *a = json_array_get(v, i);
+            size_t o2 = path_push(e, "[%zu]", i);
+            unsigned port;
+            const char *why;
+            if (!json_is_string(a))
+                type_error(e, a, "string \"host:port\"");
+            else if (mg_host_split_port(json_string_value(a), host, sizeof(host), &port, &why) !=
+                     MG_OK)
+                errf(e, "invalid address \"%s\" (%s)", ESC(q, json_string_value(a)), why);
+            else if (set_str(e, &out[*n], json_string_value(a)))
+                (*n)++;
+            path_set(e, o2);
+        }
+    }
+    path_set(e, old);
+}
+
+/* A file path relative to |dir|; "" and null mean off when |off_ok|, else are errors. */
+static void parse_path(ectx_t *e, const json_t *obj, const char *key, const char *dir, bool off_ok,
+                       char **slot)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return;
+    size_t old = path_key(e, key);
+    if (json_is_null(v) && off_ok) {
+        set_str(e, slot, NULL);
+    } else if (!json_is_string(v)) {
+        type_error(e, v,
+                   off_ok ? "string (a path, \"-\" for stdout, \"\" for off) or null"
+                          : "string, a file path");
+    } else if (json_string_value(v)[0] == '\0') {
+        if (off_ok)
+            set_str(e, slot, NULL);
+        else
+            errf(e, "empty (expected a file path)");
+    } else if (strcmp(json_string_value(v), "-") == 0 && off_ok) {
+        set_str(e, slot, "-");
+    } else {
+        set_path(e, slot, dir, json_string_value(v));
+    }
+    path_set(e, old);
+}
+
+static void parse_tls(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+{
+    static const char *const keys[] = {"listen", "cert", "key", NULL};
+    const json_t *tls = json_object_get(doc, "tls");
+    if (tls == NULL)
+        return;
+    size_t old = path_key(e, "tls");
+    if (!json_is_object(tls)) {
+        type_error(e, tls, "object with keys listen, cert, key");
+    } else {
+        check_keys(e, tls, keys);
+        parse_listen(e, tls, "listen", c->tls_listen, &c->ntls_listen);
+        parse_path(e, tls, "cert", dir, false, &c->tls_cert);
+        parse_path(e, tls, "key", dir, false, &c->tls_key);
+    }
+    path_set(e, old);
+}
+
+static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+{
+    static const char *const keys[] = {"listen",     "tls",       "workers", "routes",
+                                       "access_log", "log_level", "limits",  "timeouts_ms",
+                                       "upstream",   NULL};
+    char q[300];
+    if (!json_is_object(doc)) {
+        type_error(e, doc, "object");
+        return;
+    }
+    check_keys(e, doc, keys);
+    parse_listen(e, doc, "listen", c->listen, &c->nlisten);
+    parse_tls(e, doc, dir, c);
+
+    const json_t *v = json_object_get(doc, "workers");
+    if (v != NULL) {
+        size_t old = path_key(e, "workers");
+        if (!json_is_integer(v))
+            type_error(e, v, "integer 0-1024 (0 = one per core)");
+        else if (json_integer_value(v) < 0 || json_integer_value(v) > MAX_WORKERS)
+            errf(e, "out of range (got %" JSON_INTEGER_FORMAT "; expected 0-%d, 0 = one per core)",
+                 json_integer_value(v), MAX_WORKERS);
+        else
+            c->workers = (unsigned)json_integer_value(v);
+        path_set(e, old);
+    }
+
+    parse_path(e, doc, "routes", dir, false, &c->routes_path);
+    parse_path(e, doc, "access_log", dir, true, &c->access_log);
+
+    if ((v = json_object_get(doc, "log_level")) != NULL) {
+        size_t old = path_key(e, "log_level");
+        int lvl;
+        if (!json_is_string(v))
+            type_error(e, v, "string: debug, info, warn or error");
+        else if ((lvl = mg_log_level_parse(json_string_value(v))) < 0)
+            errf(e, "unknown level \"%s\" (expected debug, info, warn or error)",
+                 ESC(q, json_string_value(v)));
+        else
+            c->log_level = lvl;
+        path_set(e, old);
+    }
+
+    parse_numbers(e, doc, "limits", limit_keys, c);
+    parse_numbers(e, doc, "timeouts_ms", timeout_keys, c);
+    parse_numbers(e, doc, "upstream", upstream_keys, c);
+}
+
+/* Reports a JSON load failure as "PATH:LINE:COL: text" (or "PATH: text" without a position). */
+static void syntax_error(ectx_t *e, const char *path, const json_error_t *jerr)
+{
+    char line[2048];
+    if (jerr->line > 0)
+        snprintf(line, sizeof(line), "%s:%d:%d: %s", path, jerr->line, jerr->column, jerr->text);
+    else
+        snprintf(line, sizeof(line), "%s: %s", path, jerr->text);
+    append_text(e, line);
+}
+
+mg_err_t mg_conf_load(const char *path, mg_conf_t *c, char **errors)
+{
+    ectx_t e = {.source = path};
+    json_error_t jerr;
+    mg_conf_t tmp;
+    char *dir = NULL;
+    if (errors != NULL)
+        *errors = NULL;
+    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (doc == NULL) {
+        syntax_error(&e, path, &jerr);
+        errors_out(&e, errors);
+        return MG_E_CONFIG;
+    }
+    const char *slash = strrchr(path, '/');
+    if (slash != NULL && (dir = strndup(path, slash == path ? 1 : (size_t)(slash - path))) == NULL)
+        e.nomem = true;
+    if (dir != NULL && strcmp(dir, "/") == 0)
+        dir[0] = '\0'; /* "/gateway.json": join as "" + "/" + p */
+    if (!e.nomem && !conf_dup(&tmp, c))
+        e.nomem = true;
+    if (!e.nomem) {
+        apply_doc(&e, doc, dir, &tmp);
+        if (e.count == 0 && !e.nomem) {
+            mg_conf_clear(c);
+            *c = tmp;
+        } else {
+            mg_conf_clear(&tmp);
+        }
+    }
+    json_decref(doc);
+    free(dir);
+    if (e.count == 0 && !e.nomem) {
+        free(e.buf);
+        return MG_OK;
+    }
+    errors_out(&e, errors);
+    return e.count > 0 ? MG_E_CONFIG : MG_E_NOMEM;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Command line                                                                                 */
+
+enum {
+    OPT_CHECK = 256,
+    OPT_LISTEN,
+    OPT_TLS_LISTEN,
+    OPT_CERT,
+    OPT_KEY,
+    OPT_ROUTES,
+    OPT_BACKEND,
+    OPT_BACKEND_PROTO,
+    OPT_WORKERS,
+    OPT_ACCESS_LOG,
+    OPT_LOG_LEVEL,
+};
+
+static const struct option long_opts[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"check-config", required_argument, NULL, OPT_CHECK},
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"tls-listen", required_argument, NULL, OPT_TLS_LISTEN},
+    {"cert", required_argument, NULL, OPT_CERT},
+    {"key", required_argument, NULL, OPT_KEY},
+    {"routes", required_argument, NULL, OPT_ROUTES},
+    {"backend", required_argument, NULL, OPT_BACKEND},
+    {"backend-proto", required_argument, NULL, OPT_BACKEND_PROTO},
+    {"workers", required_argument, NULL, OPT_WORKERS},
+    {"access-log", required_argument, NULL, OPT_ACCESS_LOG},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
+
+const char *mg_conf_usage(void)
+{
+    return "usage: modelgate [--config FILE | --check-config FILE] [options]\n"
+           "\n"
+           "Flags override the same settings of the config file (conf/README.md lists them).\n"
+           "  -c, --config FILE        read gateway.json FILE (paths in it are relative to it)\n"
+           "      --check-config FILE  validate FILE and its routing document, then exit\n"
+           "      --listen ADDR        cleartext listener host:port or [v6]:port (repeatable)\n"
+           "      --tls-listen ADDR    TLS listener host:port or [v6]:port (repeatable)\n"
+           "      --cert FILE          TLS certificate chain (PEM)\n"
+           "      --key FILE           TLS private key (PEM)\n"
+           "      --routes FILE        routing document (JSON)\n"
+           "      --backend H:P[,H:P]  quick start: send every host to these pods (no routes)\n"
+           "      --backend-proto P    protocol to the --backend pods: h2c (default) or http1\n"
+           "      --workers N          worker threads, 0-1024 (0 = one per core, the default)\n"
+           "      --access-log PATH    access log file, \"-\" for stdout, \"\" for off\n"
+           "      --log-level LEVEL    debug, info (default), warn or error\n"
+           "  -h, --help               print this help and exit\n"
+           "  -V, --version            print the version and exit\n";
+}
+
+/* The flags as given, before they are applied over the file. Strings point into argv. */
+typedef struct flags {
+    const char *config;
+    bool check;
+    const char *listen[MG_CONF_MAX_LISTEN];
+    size_t nlisten;
+    bool listen_set;
+    const char *tls_listen[MG_CONF_MAX_LISTEN];
+    size_t ntls_listen;
+    bool tls_listen_set;
+    const char *cert, *key, *routes, *backend, *backend_proto, *workers, *access_log, *log_level;
+    bool help, version;
+} flags_t;
+
+static void scan_args(ectx_t *e, int argc, char **argv, flags_t *f)
+{
+    char q[300];
+    optind = 0; /* glibc: 0 re-initialises getopt completely, so this can run more than once */
+    opterr = 0; /* we report problems ourselves, all of them, in our format */
+    int opt;
+    while ((opt = getopt_long(argc, argv, "+:c:hV", long_opts, NULL)) != -1) {
+        const char *a = optarg;
+        switch (opt) {
+        case 'c':
+        case OPT_CHECK:
+            if (f->config != NULL)
+                flagf(e, opt == 'c' ? "--config" : "--check-config",
+                      "given more than once (expected one of --config or --check-config, once)");
+            f->config = a;
+            f->check |= opt == OPT_CHECK;
+            break;
+        case OPT_LISTEN:
+        case OPT_TLS_LISTEN: {
+            const char **list = opt == OPT_LISTEN ? f->listen : f->tls_listen;
+            size_t *n = opt == OPT_LISTEN ? &f->nlisten : &f->ntls_listen;
+            *(opt == OPT_LISTEN ? &f->listen_set : &f->tls_listen_set) = true;
+            if (*n == MG_CONF_MAX_LISTEN)
+                flagf(e, opt == OPT_LISTEN ? "--listen" : "--tls-listen",
+                      "given too often (expected at most %d)", MG_CONF_MAX_LISTEN);
+            else
+                list[(*n)++] = a;
+            break;
+        }
+        case OPT_CERT:
+            f->cert = a;
+            break;
+        case OPT_KEY:
+            f->key = a;
+            break;
+        case OPT_ROUTES:
+            f->routes = a;
+            break;
+        case OPT_BACKEND:
+            f->backend = a;
+            break;
+        case OPT_BACKEND_PROTO:
+            f->backend_proto = a;
+            break;
+        case OPT_WORKERS:
+            f->workers = a;
+            break;
+        case OPT_ACCESS_LOG:
+            f->access_log = a;
+            break;
+        case OPT_LOG_LEVEL:
+            f->log_level = a;
+            break;
+        case 'h':
+            f->help = true;
+            break;
+        case 'V':
+            f->version = true;
+            break;
+        case ':': {
+            const char *name = argv[optind - 1];
+            flagf(e, ESC(q, name), "missing value (see --help)");
+            break;
+        }
+        default: /* '?': unknown or ambiguous */
+            if (optopt != 0 && optopt < 256) {
+                char s[3] = {'-', (char)optopt, '\0'};
+                flagf(e, s, "unknown option (see --help)");
+            } else {
+                flagf(e, ESC(q, argv[optind - 1]), "unknown option (see --help)");
+            }
+            break;
+        }
+    }
+    for (int i = optind; i < argc; i++)
+        flagf(e, ESC(q, argv[i]), "unexpected argument (flags take their value as --flag VALUE)");
+}
+
+static void check_addr(ectx_t *e, const char *flag, const char *addr)
+{
+    char host[256], q[300];
+    unsigned port;
+    const char *why;
+    if (mg_host_split_port(addr, host, sizeof(host), &port, &why) != MG_OK)
+        flagf(e, flag, "invalid address \"%s\" (%s)", ESC(q, addr), why);
+}
+
+/* Applies the flags over |c|: each flag replaces the setting of the file. */
+static void apply_flags(ectx_t *e, const flags_t *f, mg_conf_t *c)
+{
+    char q[300];
+    if (f->listen_set) {
+        for (size_t i = 0; i < c->nlisten; i++) {
+            free(c->listen[i]);
+            c->listen[i] = NULL;
+        }
+        c->nlisten = 0;
+        for (size_t i = 0; i < f->nlisten; i++) {
+            check_addr(e, "--listen", f->listen[i]);
+            if (set_str(e, &c->listen[c->nlisten], f->listen[i]))
+                c->nlisten++;
+        }
+    }
+    if (f->tls_listen_set) {
+        for (size_t i = 0; i < c->ntls_listen; i++) {
+            free(c->tls_listen[i]);
+            c->tls_listen[i] = NULL;
+        }
+        c->ntls_listen = 0;
+        for (size_t i = 0; i < f->ntls_listen; i++) {
+            check_addr(e, "--tls-listen", f->tls_listen[i]);
+            if (set_str(e, &c->tls_listen[c->ntls_listen], f->tls_listen[i]))
+                c->ntls_listen++;
+        }
+    }
+    if (f->cert != NULL)
+        set_str(e, &c->tls_cert, f->cert);
+    if (f->key != NULL)
+        set_str(e, &c->tls_key, f->key);
+    if (f->routes != NULL) {
+        if (*f->routes == '\0')
+            flagf(e, "--routes", "empty (expected a file path)");
+        else
+            set_str(e, &c->routes_path, f->routes);
+    }
+    if (f->backend != NULL) {
+        /* Syntax only here; pods are resolved when the snapshot is built (mg_routes_catchall). */
+        char item[300];
+        const char *p = f->backend;
+        size_t n = 0;
+        for (;;) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma != NULL ? (size_t)(comma - p) : strlen(p);
+            while (len > 0 && (*p == ' ' || *p == '\t')) {
+                p++;
+                len--;
+            }
+            while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+                len--;
+            if (len == 0 || len >= sizeof(item)) {
+                flagf(e, "--backend", "%s pod in \"%s\" (expected H:P[,H:P...])",
+                      len ? "too long a" : "empty", ESC(q, f->backend));
+            } else {
+                memcpy(item, p, len);
+                item[len] = '\0';
+                check_addr(e, "--backend", item);
+            }
+            n++;
+            if (comma == NULL)
+                break;
+            p = comma + 1;
+        }
+        if (n > 64)
+            flagf(e, "--backend", "too many pods (got %zu; expected at most 64)", n);
+        set_str(e, &c->backends, f->backend);
+    }
+    if (f->backend_proto != NULL) {
+        if (strcmp(f->backend_proto, "h2c") == 0)
+            c->backend_proto = MG_UP_H2C;
+        else if (strcmp(f->backend_proto, "http1") == 0)
+            c->backend_proto = MG_UP_H1;
+        else
+            flagf(e, "--backend-proto", "unknown protocol \"%s\" (expected h2c or http1)",
+                  ESC(q, f->backend_proto));
+    }
+    if (f->workers != NULL) {
+        char *end;
+        errno = 0;
+        unsigned long w = strtoul(f->workers, &end, 10);
+        if (f->workers[0] < '0' || f->workers[0] > '9' || *end != '\0' || errno != 0 ||
+            w > MAX_WORKERS)
+            flagf(e, "--workers",
+                  "invalid value \"%s\" (expected an integer 0-%d, 0 = one per core)",
+                  ESC(q, f->workers), MAX_WORKERS);
+        else
+            c->workers = (unsigned)w;
+    }
+    if (f->access_log != NULL)
+        set_str(e, &c->access_log, *f->access_log ? f->access_log : NULL);
+    if (f->log_level != NULL) {
+        int lvl = mg_log_level_parse(f->log_level);
+        if (lvl < 0)
+            flagf(e, "--log-level", "unknown level \"%s\" (expected debug, info, warn or error)",
+                  ESC(q, f->log_level));
+        else
+            c->log_level = lvl;
+    }
+}
+
+/*
+ * Checks that need the merged result. |f| tells where a value came from, so the message points
+ * at the flag or at the key of the file that set it.
+ */
+static void check_merged(ectx_t *e, const flags_t *f, mg_conf_t *c)
+{
+    const char *file = f->config;
+    char q[300];
+    if (c->nlisten + c->ntls_listen == 0) {
+        if (file != NULL)
+            flagf(e, file,
+                  "listen: no listener configured (expected at least one address in "
+                  "listen or tls.listen, or --listen / --tls-listen)");
+        else
+            flagf(e, "--listen",
+                  "no listener configured (expected --listen ADDR or "
+                  "--tls-listen ADDR)");
+    }
+    if (c->ntls_listen > 0) {
+        const struct {
+            const char *val, *flag, *key;
+        } files[] = {{c->tls_cert, "--cert", "cert"}, {c->tls_key, "--key", "key"}};
+        for (size_t i = 0; i < 2; i++) {
+            bool from_flag = i == 0 ? f->cert != NULL : f->key != NULL;
+            char src[1200];
+            if (from_flag || file == NULL)
+                snprintf(src, sizeof(src), "%s", files[i].flag);
+            else
+                snprintf(src, sizeof(src), "%s: tls.%s", file, files[i].key);
+            if (files[i].val == NULL)
+                flagf(e, src,
+                      "missing (a TLS listener needs a %s; expected tls.%s in the config "
+                      "file or %s FILE)",
+                      i == 0 ? "certificate" : "private key", files[i].key, files[i].flag);
+            else if (access(files[i].val, R_OK) != 0)
+                flagf(e, src, "cannot read \"%s\" (%s)", ESC(q, files[i].val), strerror(errno));
+        }
+    }
+    if (c->routes_path != NULL && c->backends != NULL) {
+        flagf(e, "--backend",
+              "cannot be combined with a routing document (routes \"%s\"; "
+              "expected either a routing document or --backend)",
+              ESC(q, c->routes_path));
+    } else if (c->routes_path == NULL && c->backends == NULL) {
+        flagf(e, file != NULL ? file : "--routes",
+              "%sno routing document and no --backend (expected \"routes\" in the config file, "
+              "--routes FILE, or --backend H:P[,H:P...])",
+              file != NULL ? "routes: " : "");
+    }
+    if (c->workers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        c->workers = n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (unsigned)n;
+    }
+}
+
+/* --check-config: build the routing snapshot the gateway would start with, then drop it. */
+static void check_routes(ectx_t *e, const mg_conf_t *c)
+{
+    char *rerr = NULL;
+    mg_routes_t *r = NULL;
+    if (c->routes_path != NULL && c->backends == NULL)
+        r = mg_routes_load(c->routes_path, &rerr);
+    else if (c->backends != NULL && c->routes_path == NULL)
+        r = mg_routes_catchall(c->backends, c->backend_proto, &rerr);
+    else
+        return;
+    if (r == NULL)
+        append_text(e, rerr != NULL ? rerr : "routing document: out of memory");
+    mg_routes_unref(r);
+    free(rerr);
+}
+
+mg_err_t mg_conf_from_args(int argc, char **argv, mg_conf_t *c, mg_conf_action_t *action,
+                           char **errors)
+{
+    ectx_t e = {.source = "modelgate"};
+    flags_t f = {0};
+    if (errors != NULL)
+        *errors = NULL;
+    mg_conf_defaults(c);
+    *action = MG_CONF_RUN;
+    scan_args(&e, argc, argv, &f);
+    if (f.help || f.version) {
+        /* The caller prints mg_conf_usage() or the version: nothing else matters then. */
+        *action = f.help ? MG_CONF_HELP : MG_CONF_VERSION;
+        free(e.buf);
+        return MG_OK;
+    }
+    bool file_ok = true;
+    if (f.config != NULL) {
+        char *ferr = NULL;
+        if (mg_conf_load(f.config, c, &ferr) != MG_OK) {
+            append_text(&e, ferr != NULL ? ferr : "out of memory");
+            file_ok = false;
+        }
+        free(ferr);
+    }
+    apply_flags(&e, &f, c);
+    /* A file that failed to load contributed nothing; "no listener" and the like would only
+     * be noise on top of its real errors. */
+    if (file_ok)
+        check_merged(&e, &f, c);
+    if (f.check) {
+        *action = MG_CONF_CHECK;
+        if (file_ok)
+            check_routes(&e, c);
+    }
+    if (e.count == 0 && !e.nomem) {
+        free(e.buf);
+        return MG_OK;
+    }
+    mg_conf_clear(c);
+    errors_out(&e, errors);
+    return MG_E_CONFIG;
+}
