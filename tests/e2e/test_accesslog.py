@@ -1,0 +1,231 @@
+"""
+The access log (one JSON line per request, with routing, sizes, timings and errors), its reopen
+on SIGUSR1 for rotation, and --check-config on good and bad configurations.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+
+import httpx
+import pytest
+
+from conftest import (DOMAIN, GATEWAY_BIN, HOST, free_port, h1, read_jsonl, routes_doc,
+                      wait_for)
+
+KEYS = {"time", "request_id", "client", "proto", "method", "host", "path", "app", "env", "service",
+        "pod", "status", "req_bytes", "resp_bytes", "upstream_us", "total_us", "error"}
+
+
+@pytest.fixture
+def logged(procs):
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a], "svc-dead": ["127.0.0.1:%d" % free_port()]},
+                                  [("digits", "production", "svc-a"),
+                                   ("digits", "staging", "svc-dead")]))
+    return gw, a
+
+
+def by_id(lines):
+    out = {}
+    for ln in lines:
+        assert KEYS <= set(ln), "missing keys %s in %r" % (KEYS - set(ln), ln)
+        out[ln["request_id"]] = ln
+    return out
+
+
+def test_one_line_per_request(logged):
+    gw, a = logged
+    expected = []  # (request_id, proto, method, path, req_bytes, resp_bytes)
+    with gw.h2() as c:
+        for i in range(3):
+            r = c.get("/log/h2c/%d" % i)
+            expected.append((r.headers["x-request-id"], "h2c", "GET", "/log/h2c/%d" % i, 0,
+                             r.body_len))
+    with gw.h2(tls=True) as c:
+        for i in range(2):
+            r = c.request("POST", "/log/h2/%d" % i, body=b"p" * 1234)
+            expected.append((r.headers["x-request-id"], "h2", "POST", "/log/h2/%d" % i, 1234,
+                             r.body_len))
+    for i in range(2):
+        r = h1(gw, "PUT", "/log/h1/%d" % i, body=b"q" * 777)
+        expected.append((r.headers["x-request-id"], "http/1.1", "PUT", "/log/h1/%d" % i, 777,
+                         len(r.body)))
+    with httpx.Client(verify=gw.procs.tls["ca"], timeout=10) as hc:
+        r = hc.get("https://127.0.0.1:%d/log/h1tls" % gw.tls_port,
+                   headers={"host": gw.authority(tls=True)})
+        expected.append((r.headers["x-request-id"], "http/1.1", "GET", "/log/h1tls", 0,
+                         len(r.content)))
+    n = len(expected)
+    lines = gw.wait_access(n)
+    assert len(lines) == n, "%d requests, %d log lines" % (n, len(lines))
+    ids = by_id(lines)
+    for rid, proto, method, path, req_bytes, resp_bytes in expected:
+        ln = ids.get(rid)
+        assert ln is not None, "no line for request %s (%s)" % (rid, path)
+        assert (ln["proto"], ln["method"], ln["path"]) == (proto, method, path), ln
+        assert ln["status"] == 200, ln
+        assert (ln["app"], ln["env"], ln["service"]) == ("digits", "production", "svc-a"), ln
+        assert ln["pod"] == a.addr, ln
+        assert ln["req_bytes"] == req_bytes and ln["resp_bytes"] == resp_bytes, ln
+        assert ln["host"].split(":")[0] == HOST, ln
+        assert ln["client"].startswith("127.0.0.1"), ln
+        assert ln["error"] in (None, ""), ln
+        assert isinstance(ln["upstream_us"], int) and ln["upstream_us"] >= 0, ln
+        assert isinstance(ln["total_us"], int) and ln["total_us"] >= ln["upstream_us"], ln
+        assert ln["time"], ln
+
+
+def test_error_lines(logged):
+    gw, _ = logged
+    with gw.h2() as c:
+        r502 = c.get("/down", authority=gw.authority("digits-staging." + DOMAIN))
+        assert r502.status == 502
+        r404 = c.get("/nowhere", authority="nosuch-production." + DOMAIN)
+        assert r404.status == 404
+    ids = by_id(gw.wait_access(2))
+    ln = ids[r502.headers.get("x-request-id") or r502.json()["error"]["request_id"]]
+    assert ln["status"] == 502, ln
+    assert isinstance(ln["error"], str) and ln["error"], ln
+    assert (ln["app"], ln["env"], ln["service"]) == ("digits", "staging", "svc-dead"), ln
+    ln = ids[r404.headers.get("x-request-id") or r404.json()["error"]["request_id"]]
+    assert ln["status"] == 404 and ln["path"] == "/nowhere", ln
+    assert ln["service"] in (None, ""), ln
+
+
+def test_sigusr1_reopens_log(logged):
+    gw, _ = logged
+    with gw.h2() as c:
+        for i in range(3):
+            assert c.get("/before-rotate/%d" % i).status == 200
+        gw.wait_access(3)
+        rotated = gw.access_log + ".1"
+        os.rename(gw.access_log, rotated)
+        gw.signal(signal.SIGUSR1)
+        # the writer reopens after its next batch: a line or two may still land in the old file
+        n = [0]
+
+        def new_file_has_lines():
+            n[0] += 1
+            assert n[0] < 200, "no new access.log after 200 requests"
+            c.get("/rotating/%d" % n[0])
+            return os.path.exists(gw.access_log) and read_jsonl(gw.access_log)
+        wait_for(new_file_has_lines, 5, interval=0.05, what="a new access.log after SIGUSR1")
+        for i in range(5):
+            assert c.get("/after-rotate/%d" % i).status == 200
+    wait_for(lambda: sum(1 for ln in read_jsonl(gw.access_log)
+                         if ln["path"].startswith("/after-rotate/")) == 5, 5,
+             what="the 5 requests after rotation in the new file")
+    old = read_jsonl(rotated)
+    assert [ln["path"] for ln in old[:3]] == ["/before-rotate/%d" % i for i in range(3)]
+    assert not [ln for ln in old if ln["path"].startswith("/after-rotate/")]
+    total = len(old) + len(read_jsonl(gw.access_log))
+    assert total == 3 + n[0] + 5, "lines lost or doubled over the rotation: %d" % total
+    gw.assert_alive()
+
+
+# --- --check-config -----------------------------------------------------------------------------
+
+
+def check_config(path):
+    if not os.access(GATEWAY_BIN, os.X_OK):
+        pytest.fail("gateway binary not found: %s" % GATEWAY_BIN)
+    r = subprocess.run([GATEWAY_BIN, "--check-config", path], capture_output=True, text=True,
+                       timeout=20)
+    return r.returncode, r.stdout + r.stderr
+
+
+def write(d, name, doc):
+    p = os.path.join(d, name)
+    with open(p, "w") as f:
+        f.write(doc if isinstance(doc, str) else json.dumps(doc, indent=2))
+    return p
+
+
+GOOD_ROUTES = routes_doc({"svc": ["127.0.0.1:9"]}, [("digits", "production", "svc")])
+
+
+def good_conf(**over):
+    c = {"listen": ["127.0.0.1:%d" % free_port()], "workers": 1, "routes": "routes.json",
+         "access_log": "access.log", "log_level": "info",
+         "limits": {"max_concurrent_streams": 1000, "max_request_body": 0},
+         "timeouts_ms": {"connect": 1000, "first_byte": 5000, "drain": 1000}}
+    c.update(over)
+    return c
+
+
+def jpath(*parts):
+    """A regex for a JSON path: a.b[0].c, also written a.b.0.c or $.a.b[0].c."""
+    rx = ""
+    for p in parts:
+        if isinstance(p, int):
+            rx += r"(\[%d\]|\.%d)" % (p, p)
+        else:
+            rx += (r"\.?" if rx else r"(\$\.)?") + re.escape(p)
+    return rx
+
+
+def test_check_config_good(tmp_path):
+    d = str(tmp_path)
+    write(d, "routes.json", GOOD_ROUTES)
+    rc, out = check_config(write(d, "gateway.json", good_conf()))
+    assert rc == 0, out
+
+
+def test_check_config_bad_gateway_json(tmp_path):
+    d = str(tmp_path)
+    write(d, "routes.json", GOOD_ROUTES)
+    conf = good_conf(workers="many")
+    conf["limits"]["max_concurrent_streams"] = -5
+    conf["timeouts_ms"]["connect"] = "soon"
+    rc, out = check_config(write(d, "gateway.json", conf))
+    assert rc == 1, out
+    for path in (("workers",), ("limits", "max_concurrent_streams"), ("timeouts_ms", "connect")):
+        assert re.search(jpath(*path), out), "no problem reported at %s:\n%s" % (
+            ".".join(path), out)
+    assert "gateway.json" in out, out
+
+
+def test_check_config_bad_routes(tmp_path):
+    d = str(tmp_path)
+    doc = routes_doc({"svc": ["127.0.0.1:9"], "svc2": ([], "h2c")},
+                     [("digits", "production", "nosuchservice")])
+    doc["services"]["svc"]["protocol"] = "carrier-pigeon"
+    write(d, "routes.json", doc)
+    rc, out = check_config(write(d, "gateway.json", good_conf()))
+    assert rc == 1, out
+    assert re.search(jpath("routes", 0, "service"), out), out
+    assert re.search(jpath("services", "svc", "protocol"), out), out
+    assert re.search(jpath("services", "svc2", "pods"), out), out
+    assert "routes.json" in out, out
+
+
+def test_check_config_json_syntax(tmp_path):
+    d = str(tmp_path)
+    write(d, "routes.json", GOOD_ROUTES)
+    p = write(d, "gateway.json", '{"listen": ["127.0.0.1:1"],\n "workers": 2,,\n}')
+    rc, out = check_config(p)
+    assert rc == 1, out
+    assert "gateway.json" in out and re.search(r"(:2:|line 2\b)", out), out
+
+
+def test_completed_requests_not_logged_as_aborted(logged):
+    """A client that closes its connection right after reading a whole response did not abort
+    anything: 200, full resp_bytes, error null."""
+    gw, _ = logged
+    n = 0
+    for tls in (False, True):
+        for i in range(100):
+            r = h1(gw, "GET", "/done/%s/%d" % ("tls" if tls else "clear", i), tls=tls)
+            assert r.status == 200
+            n += 1
+    with gw.h2(tls=True) as c:
+        for i in range(20):
+            assert c.get("/done/h2/%d" % i).status == 200
+            n += 1
+    lines = gw.wait_access(n)
+    bad = [ln for ln in lines if ln["error"] not in (None, "")]
+    assert not bad, "%d of %d completed requests logged with an error, e.g. %r" % (
+        len(bad), n, bad[:3])

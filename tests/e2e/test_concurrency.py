@@ -1,0 +1,85 @@
+"""
+1000 concurrent streams on one HTTP/2 connection: h2load (-c 1 -m 1000) and a python h2 client
+that opens all 1000 streams before reading any answer; every one must be a 200 carrying its own
+answer. The gateway is configured with max_concurrent_streams = 1000.
+"""
+
+import re
+import subprocess
+
+import pytest
+
+from conftest import routes_doc
+
+N = 1000
+
+
+@pytest.fixture
+def stack(procs):
+    a = procs.backend("pod-a", proto="h2c")
+    b = procs.backend("pod-b", proto="h2c")
+    gw = procs.gateway(routes_doc({"svc": [a, b]}, [("digits", "production", "svc")]),
+                       conf={"limits": {"max_concurrent_streams": N}}, tls=False)
+    return gw, a, b
+
+
+def test_h2load_1000_streams_one_connection(stack):
+    gw, a, b = stack
+    r = subprocess.run(["h2load", "-n", str(N), "-c", "1", "-m", str(N), "-T", "30", "-N", "30",
+                        "-H", ":authority: " + gw.authority(),
+                        "http://127.0.0.1:%d/conc" % gw.port],
+                       capture_output=True, text=True, timeout=90)
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed",
+                  r.stdout)
+    assert m, r.stdout
+    total, started, done, ok, failed = map(int, m.groups())
+    assert (total, started, done, ok, failed) == (N, N, N, N, 0), r.stdout
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", r.stdout)
+    assert m and int(m.group(1)) == N, r.stdout
+    served = len(a.requests()) + len(b.requests())
+    assert served == N, "backends saw %d requests" % served
+
+
+def test_python_h2_1000_streams_at_once(stack):
+    gw, a, b = stack
+    with gw.h2(timeout=60) as c:
+        # learn the server's settings first
+        assert c.wait_settings(), "no SETTINGS from the gateway"
+        advertised = c.conn.remote_settings.max_concurrent_streams
+        assert advertised >= N, "gateway advertises SETTINGS_MAX_CONCURRENT_STREAMS=%s" % advertised
+        streams = [c.start("GET", "/each/%d" % i) for i in range(N)]
+        assert c.wait(streams, 60), [s for s in streams if not s.done][:5]
+    bad = [s for s in streams if s.status != 200 or not s.ended]
+    assert not bad, "%d of %d streams failed, e.g. %r" % (len(bad), N, bad[:5])
+    for i, s in enumerate(streams):
+        assert s.json()["path"] == "/each/%d" % i
+    pods = [s.json()["pod"] for s in streams]
+    print("split:", {p: pods.count(p) for p in set(pods)})
+    assert set(pods) == {"pod-a", "pod-b"}
+
+
+def h2load(gw, *args):
+    r = subprocess.run(["h2load", "-T", "30", "-N", "30", "-H", ":authority: " + gw.authority()]
+                       + list(args) + ["http://127.0.0.1:%d/load" % gw.port],
+                       capture_output=True, text=True, timeout=90)
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed",
+                  r.stdout)
+    assert m, r.stdout
+    m2 = re.search(r"status codes: (\d+) 2xx", r.stdout)
+    return tuple(map(int, m.groups())), int(m2.group(1)) if m2 else None
+
+
+def test_h2load_many_connections(stack):
+    gw, _, _ = stack
+    counts, ok2xx = h2load(gw, "-n", "4000", "-c", "40", "-m", "20")
+    assert counts == (4000, 4000, 4000, 4000, 0) and ok2xx == 4000, counts
+
+
+def test_h2load_http11_connections(stack):
+    gw, _, _ = stack
+    counts, ok2xx = h2load(gw, "--h1", "-n", "2000", "-c", "50")
+    assert counts == (2000, 2000, 2000, 2000, 0) and ok2xx == 2000, counts

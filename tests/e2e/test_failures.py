@@ -1,0 +1,354 @@
+"""
+Failures upstream and bad input from clients. Upstream: a dead pod (failover), all pods dead
+(502), connect timeout, first-byte timeout, idle timeout, total timeout, upstream reset. Client:
+bodies over max_request_body (413), a bad HTTP/2 preface, HTTP/1 garbage (400), invalid header
+names in raw HTTP/2 frames, oversized headers (431 / reset). After each, the gateway is still up
+and a connection opened before the bad input still works.
+"""
+
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from conftest import (H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PROTOCOL_ERROR = 1
+
+
+def assert_serving(gw, keeper=None):
+    """The gateway is alive, answers on a new connection, and on |keeper| (an open H2Client)."""
+    gw.assert_alive()
+    with gw.h2() as c:
+        r = c.get("/still-up")
+        assert r.status == 200, r
+    if keeper is not None:
+        r = keeper.get("/keeper")
+        assert r.status == 200, r
+    assert h1(gw, "GET", "/still-up-h1").status == 200
+
+
+def two_pod_stack(procs, pods, conf=None, proto="h2c"):
+    return procs.gateway(routes_doc({"svc": (pods, proto)}, [("digits", "production", "svc")]),
+                         conf=conf)
+
+
+# --- upstream failures --------------------------------------------------------------------------
+
+
+def test_dead_pod_failover(procs):
+    a = procs.backend("pod-a")
+    dead = "127.0.0.1:%d" % free_port()
+    gw = two_pod_stack(procs, [dead, a])
+    with gw.h2() as c:
+        for i in range(20):
+            r = c.request("POST", "/fo/%d" % i, body=b"x" * 5000)
+            assert r.status == 200, r
+            assert r.json()["pod"] == "pod-a" and r.json()["body_len"] == 5000
+    for i in range(6):
+        r = h1(gw, "GET", "/fo-h1/%d" % i)
+        assert r.status == 200 and r.json()["pod"] == "pod-a"
+
+
+def test_all_pods_dead_502(procs):
+    gw = two_pod_stack(procs, ["127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()])
+    with gw.h2() as c:
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = c.get("/dead")
+            took = time.monotonic() - t0
+            error_json(502, "upstream_unavailable", r.status, r.headers, bytes(r.body))
+            assert took < 2.0, "502 took %.2fs" % took
+    r = h1(gw, "GET", "/dead")
+    error_json(502, "upstream_unavailable", r.status, r.headers, r.body)
+    gw.assert_alive()
+
+
+def blackhole(procs):
+    """A listening socket whose accept queue is full: SYNs to it are dropped, so connecting
+    hangs (a connect timeout on loopback). Kept open by the test's process list."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(0)
+    addr = ls.getsockname()
+    keep = [ls]
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(addr)
+        keep.append(s)
+    try:
+        socket.create_connection(addr, timeout=0.3).close()
+        pytest.fail("could not make a black-hole listener on %s (connect succeeded)" % (addr,))
+    except socket.timeout:
+        pass
+    procs._blackhole = keep  # closed with the procs object at the end of the test
+    return "127.0.0.1:%d" % addr[1]
+
+
+def test_connect_timeout_504(procs):
+    gw = two_pod_stack(procs, [blackhole(procs)], conf={"timeouts_ms": {"connect": 300}})
+    t0 = time.monotonic()
+    with gw.h2() as c:
+        r = c.get("/ct")
+    took = time.monotonic() - t0
+    error_json(504, "upstream_connect_timeout", r.status, r.headers, bytes(r.body))
+    assert 0.25 <= took < 3.0, took
+    gw.assert_alive()
+
+
+def test_first_byte_timeout_504(procs):
+    a = procs.backend("pod-a")
+    gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"first_byte": 500}})
+    with gw.h2() as c:
+        t0 = time.monotonic()
+        r = c.get("/slow?ms=3000")
+        took = time.monotonic() - t0
+        error_json(504, "upstream_timeout", r.status, r.headers, bytes(r.body))
+        assert 0.4 <= took < 2.5, took
+        r = c.get("/slow?ms=50")  # within the timeout: fine
+        assert r.status == 200
+    r = h1(gw, "GET", "/slow?ms=3000")
+    error_json(504, "upstream_timeout", r.status, r.headers, r.body)
+
+
+def test_total_timeout_504(procs):
+    a = procs.backend("pod-a")
+    gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"total": 800, "first_byte": 0}})
+    with gw.h2() as c:
+        t0 = time.monotonic()
+        r = c.get("/slow?ms=3000")
+        took = time.monotonic() - t0
+        error_json(504, "request_timeout", r.status, r.headers, bytes(r.body))
+        assert 0.7 <= took < 2.5, took
+        assert c.get("/quick").status == 200
+
+
+def test_idle_timeout_after_headers(procs):
+    """The upstream sends headers and then nothing: the stream is cut after the idle timeout
+    (a reset, since the response had started), or a 504 upstream_idle_timeout."""
+    a = procs.backend("pod-a")
+    gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"idle": 500}})
+    with gw.h2() as c:
+        t0 = time.monotonic()
+        st = c.start("GET", "/stall-body")
+        assert c.wait(st, 5), "stalled response not cut after 5 s: %r" % st
+        took = time.monotonic() - t0
+        if st.status == 504:
+            error_json(504, "upstream_idle_timeout", st.status, st.headers, bytes(st.body))
+        else:
+            assert st.status == 200 and st.reset_code is not None and not st.ended, st
+        assert 0.4 <= took < 3.0, took
+        assert c.get("/after-idle").status == 200
+
+
+@pytest.mark.parametrize("proto", ["h2c", "http1"])
+def test_upstream_reset_502(procs, proto):
+    a = procs.backend("pod-a", proto="both")
+    gw = two_pod_stack(procs, [a], proto=proto)
+    with gw.h2() as c:
+        r = c.get("/reset")
+        error_json(502, "upstream_reset", r.status, r.headers, bytes(r.body))
+        assert c.get("/fine").status == 200
+    r = h1(gw, "GET", "/reset")
+    error_json(502, "upstream_reset", r.status, r.headers, r.body)
+    assert_serving(gw)
+
+
+# --- request body limit -------------------------------------------------------------------------
+
+LIMIT = 1024 * 1024
+
+
+@pytest.fixture
+def limited(procs):
+    a = procs.backend("pod-a")
+    return two_pod_stack(procs, [a], conf={"limits": {"max_request_body": LIMIT}})
+
+
+def test_body_at_limit_ok(limited):
+    gw = limited
+    with gw.h2() as c:
+        r = c.request("POST", "/at-limit", body=os.urandom(LIMIT))
+        assert r.status == 200 and r.json()["body_len"] == LIMIT
+    r = h1(gw, "POST", "/at-limit", body=b"y" * LIMIT)
+    assert r.status == 200 and r.json()["body_len"] == LIMIT
+
+
+def test_body_too_large_h2_content_length(limited):
+    gw = limited
+    with gw.h2() as c:
+        st = c.start("POST", "/big", headers=[("content-length", str(2 * LIMIT))],
+                     end_stream=False)
+        c.send(st, b"z" * (2 * LIMIT), end_stream=True)
+        assert c.wait(st, 10), st
+        error_json(413, "body_too_large", st.status, st.headers, bytes(st.body))
+        assert c.get("/after").status == 200  # the connection lives on
+
+
+def test_body_too_large_h2_streamed(limited):
+    gw = limited
+    with gw.h2() as c:
+        st = c.start("POST", "/big-streamed", end_stream=False)
+        for _ in range(32):
+            if not c.send(st, b"s" * 65536):
+                break
+        c.end(st)
+        assert c.wait(st, 10), st
+        error_json(413, "body_too_large", st.status, st.headers, bytes(st.body))
+        assert c.get("/after").status == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_body_too_large_h1(limited, chunked):
+    gw = limited
+    body = b"q" * (2 * LIMIT)
+    with H1Conn(gw.port) as c:
+        data = h1_request_bytes("POST", "/big", gw.authority(), body=body, chunked=chunked)
+
+        def sender():
+            try:
+                c.sock.sendall(data)
+            except OSError:
+                pass  # the gateway may stop reading once it has answered
+
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        r = c.read_response()
+        error_json(413, "body_too_large", r.status, r.headers, r.body)
+    assert_serving(gw)
+
+
+# --- malformed client input ---------------------------------------------------------------------
+
+
+def read_frames(sock, timeout=5.0):
+    """Reads HTTP/2 frames until the peer closes (or |timeout|); returns ([(type, flags, sid,
+    payload)], closed)."""
+    sock.settimeout(timeout)
+    buf = b""
+    closed = False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            d = sock.recv(65536)
+            if not d:
+                closed = True
+                break
+            buf += d
+    except socket.timeout:
+        pass
+    except ConnectionResetError:
+        closed = True
+    frames = []
+    while len(buf) >= 9:
+        ln = int.from_bytes(buf[:3], "big")
+        if len(buf) < 9 + ln:
+            break
+        ftype, flags = buf[3], buf[4]
+        sid = struct.unpack(">I", buf[5:9])[0] & 0x7FFFFFFF
+        frames.append((ftype, flags, sid, buf[9:9 + ln]))
+        buf = buf[9 + ln:]
+    return frames, closed, buf
+
+
+@pytest.fixture
+def victim(procs):
+    a = procs.backend("pod-a")
+    gw = two_pod_stack(procs, [a], conf={"limits": {"max_header_list_size": 16384,
+                                                    "max_headers": 100}})
+    keeper = gw.h2()
+    assert keeper.get("/before").status == 200
+    yield gw, a, keeper
+    keeper.close()
+
+
+def test_bad_h2_preface_first_frame_not_settings(victim):
+    gw, _, keeper = victim
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
+        s.sendall(PREFACE + ping)
+        frames, closed, _ = read_frames(s)
+    goaways = [f for f in frames if f[0] == 7]
+    assert goaways, "no GOAWAY; frames %r" % [(f[0], f[1], f[2]) for f in frames]
+    code = struct.unpack(">I", goaways[0][3][4:8])[0]
+    assert code == PROTOCOL_ERROR, "GOAWAY error code %d" % code
+    assert closed, "connection not closed after GOAWAY"
+    assert_serving(gw, keeper)
+
+
+@pytest.mark.parametrize("junk", [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + b"\x00" * 30,
+                                  b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 60],
+                         ids=["mangled-magic", "tls-hello-on-cleartext"])
+def test_bad_preface_closes_connection(victim, junk):
+    gw, _, keeper = victim
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(junk)
+        frames, closed, rest = read_frames(s)
+    assert closed, "connection not closed after a bad preface"
+    goaways = [f for f in frames if f[0] == 7]
+    if goaways:
+        assert struct.unpack(">I", goaways[0][3][4:8])[0] == PROTOCOL_ERROR
+    assert_serving(gw, keeper)
+
+
+@pytest.mark.parametrize("line", [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+                                  b"GET / HTTP/1.1\r\nbad header line\r\n\r\n",
+                                  b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: zz\r\n\r\n"],
+                         ids=["garbage", "extra-token", "header-no-colon", "bad-length"])
+def test_http1_garbage_400(victim, line):
+    gw, a, keeper = victim
+    with H1Conn(gw.port) as c:
+        c.send(line)
+        r = c.read_response()
+        error_json(400, "bad_request", r.status, r.headers, r.body)
+        assert c.closed_by_peer(5), "connection left open after a 400"
+    assert_serving(gw, keeper)
+
+
+@pytest.mark.parametrize("name", ["X-Upper-Case", "bad name", "bad:colon", "semi;colon"])
+def test_h2_invalid_header_name(victim, name):
+    gw, a, keeper = victim
+    seen = len(a.requests())
+    with gw.h2(validate=False) as c:
+        st = c.start("GET", "/bad-header", headers=[(name, "v")])
+        assert c.wait(st, 5), st
+        if st.reset_code is not None:
+            assert st.reset_code == PROTOCOL_ERROR, st
+        else:
+            assert st.status == 400, st
+        # other streams on the same connection are unaffected
+        assert c.goaway is None, "connection-level GOAWAY %r for a stream error" % (c.goaway,)
+        assert c.get("/same-conn").status == 200
+    assert not [r for r in a.requests()[seen:] if r[2] == "/bad-header"], \
+        "a request with an invalid header name reached the backend"
+    assert_serving(gw, keeper)
+
+
+def test_h1_headers_too_large_431(victim):
+    gw, _, keeper = victim
+    big = [("X-Big-%d" % i, "b" * 2000) for i in range(12)]  # ~24 KiB > 16 KiB
+    r = h1(gw, "GET", "/big-headers", headers=big)
+    assert r.status == 431, r
+    assert_serving(gw, keeper)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "count"])
+def test_h2_header_list_too_large(victim, kind):
+    gw, a, keeper = victim
+    if kind == "bytes":
+        big = [("x-big-%d" % i, "b" * 2000) for i in range(12)]  # ~24 KiB > 16 KiB
+    else:
+        big = [("x-h-%d" % i, "v") for i in range(150)]  # > max_headers 100
+    with gw.h2() as c:
+        st = c.start("GET", "/big-h2-headers", headers=big)
+        assert c.wait(st, 5), st
+        assert st.status == 431 or st.reset_code is not None, st
+        if c.goaway is None:
+            assert c.get("/same-conn").status == 200
+    assert not [r for r in a.requests() if r[2] == "/big-h2-headers"]
+    assert_serving(gw, keeper)

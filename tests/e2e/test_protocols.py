@@ -1,0 +1,548 @@
+"""
+Protocols, header handling and host routing through the gateway, with real clients: curl (TLS h2
+with ALPN, h2c prior knowledge, HTTP/1.1 cleartext and TLS), nghttp, httpx (HTTP/2 over TLS and
+HTTP/1.1), a raw python h2 client, and raw HTTP/1.1 sockets (keep-alive, chunked, pipelining).
+"""
+
+import hashlib
+import json
+import os
+import ssl
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from conftest import (DOMAIN, HOST, H1Conn, curl, error_json, h1, h1_request_bytes,
+                      routes_doc, wait_for)
+
+HOST_B = "fraud-detect-staging." + DOMAIN  # an app name with a dash
+
+
+@pytest.fixture
+def stack(procs):
+    """pod-a behind digits-production (svc-a), pod-b behind fraud-detect-staging (svc-b)."""
+    a = procs.backend("pod-a")
+    b = procs.backend("pod-b")
+    gw = procs.gateway(routes_doc({"svc-a": [a], "svc-b": [b]},
+                                  [("digits", "production", "svc-a"),
+                                   ("fraud-detect", "staging", "svc-b")]))
+    return gw, a, b
+
+
+def summary(body):
+    doc = json.loads(body)
+    assert "pod" in doc, doc
+    return doc
+
+
+# --- curl --------------------------------------------------------------------------------------
+
+
+def test_curl_tls_h2_alpn(stack):
+    gw, a, _ = stack
+    status, version, hdrs, body = curl(gw, "/v1/predict?x=1", tls=True, mode="h2")
+    assert (status, version) == (200, "2")
+    doc = summary(body)
+    assert doc["pod"] == "pod-a" and hdrs["x-pod"] == "pod-a"
+    assert doc["path"] == "/v1/predict?x=1"
+    assert doc["headers"]["x-forwarded-proto"] == "https"
+
+
+def test_curl_h2c_prior_knowledge(stack):
+    gw, _, _ = stack
+    status, version, hdrs, body = curl(gw, "/hello", mode="h2c")
+    assert (status, version) == (200, "2")
+    doc = summary(body)
+    assert doc["pod"] == "pod-a" and doc["method"] == "GET"
+    assert doc["headers"]["x-forwarded-proto"] == "http"
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["cleartext", "tls"])
+def test_curl_http11(stack, tls):
+    gw, _, _ = stack
+    status, version, hdrs, body = curl(gw, "/h1", tls=tls, mode="h1")
+    assert (status, version) == (200, "1.1")
+    doc = summary(body)
+    assert doc["pod"] == "pod-a" and doc["path"] == "/h1"
+    assert doc["headers"]["x-forwarded-proto"] == ("https" if tls else "http")
+
+
+def test_curl_post_body_h2_and_h1(stack):
+    gw, _, _ = stack
+    path = os.path.join(gw.procs.dir, "upload.bin")
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    with open(path, "wb") as f:
+        f.write(data)
+    for mode, tls in (("h2c", False), ("h2", True), ("h1", False)):
+        status, _, _, body = curl(gw, "/upload", "--data-binary", "@" + path, tls=tls, mode=mode)
+        assert status == 200
+        doc = summary(body)
+        assert doc["method"] == "POST"
+        assert doc["body_len"] == len(data), mode
+        assert doc["body_sha256"] == hashlib.sha256(data).hexdigest(), mode
+
+
+# --- nghttp, httpx, python h2 -------------------------------------------------------------------
+
+
+def test_nghttp_h2c(stack):
+    gw, _, _ = stack
+    r = subprocess.run(["nghttp", "-v", "-H", ":authority: " + gw.authority(),
+                        "http://127.0.0.1:%d/nghttp" % gw.port],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ":status: 200" in r.stdout, r.stdout
+    assert "x-pod: pod-a" in r.stdout, r.stdout
+    body = r.stdout[r.stdout.index('{"pod"'):]
+    doc = json.JSONDecoder().raw_decode(body)[0]
+    assert doc["authority"] == gw.authority()
+    assert doc["path"] == "/nghttp"
+
+
+def test_httpx_h2_over_tls(stack):
+    gw, _, _ = stack
+    with httpx.Client(http2=True, verify=gw.procs.tls["ca"], timeout=10) as c:
+        for i in range(3):
+            r = c.post("https://127.0.0.1:%d/httpx/%d" % (gw.tls_port, i),
+                       headers={"host": gw.authority(tls=True)}, content=b"z" * 1000)
+            assert r.http_version == "HTTP/2"
+            assert r.status_code == 200
+            doc = r.json()
+            assert doc["pod"] == "pod-a" and doc["body_len"] == 1000
+            assert doc["path"] == "/httpx/%d" % i
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["cleartext", "tls"])
+def test_httpx_http1(stack, tls):
+    gw, _, _ = stack
+    port = gw.tls_port if tls else gw.port
+    with httpx.Client(http2=False, verify=gw.procs.tls["ca"], timeout=10) as c:
+        r = c.get("%s://127.0.0.1:%d/httpx1" % ("https" if tls else "http", port),
+                  headers={"host": gw.authority(tls=tls)})
+        assert r.http_version == "HTTP/1.1"
+        assert r.status_code == 200
+        assert r.json()["pod"] == "pod-a"
+        assert r.headers["x-pod"] == "pod-a"
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2"])
+def test_python_h2_client(stack, tls):
+    gw, _, _ = stack
+    with gw.h2(tls=tls) as c:
+        for i in range(5):
+            r = c.get("/raw/%d" % i)
+            assert r.status == 200, r
+            assert r.json()["path"] == "/raw/%d" % i
+            assert r.headers["x-pod"] == "pod-a"
+
+
+# --- HTTP/1.1 on raw sockets --------------------------------------------------------------------
+
+
+def test_http11_keepalive_two_requests(stack):
+    gw, _, _ = stack
+    with H1Conn(gw.port) as c:
+        for i in range(2):
+            c.send(h1_request_bytes("GET", "/ka/%d" % i, gw.authority()))
+            r = c.read_response()
+            assert r.status == 200
+            assert r.json()["path"] == "/ka/%d" % i
+            assert "close" not in r.headers.get("connection", "").lower()
+
+
+def test_http11_chunked_request_body(stack):
+    gw, _, _ = stack
+    parts = [os.urandom(n) for n in (1, 1000, 70000, 3)]
+    body = b"".join(parts)
+    req = ("POST /chunked HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+           % gw.authority()).encode()
+    for p in parts:
+        req += b"%x\r\n%s\r\n" % (len(p), p)
+    req += b"0\r\n\r\n"
+    with H1Conn(gw.port) as c:
+        c.send(req)
+        r = c.read_response()
+    assert r.status == 200
+    doc = r.json()
+    assert doc["body_len"] == len(body)
+    assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_http11_pipelined_answered_in_order(stack):
+    gw, _, _ = stack
+    # the first is the slowest: answers must still come back in request order
+    paths = ["/slow?ms=300", "/slow?ms=100", "/third"]
+    data = b"".join(h1_request_bytes("GET", p, gw.authority()) for p in paths)
+    with H1Conn(gw.port) as c:
+        c.send(data)
+        got = [c.read_response() for _ in paths]
+    assert [r.status for r in got] == [200, 200, 200]
+    assert [r.json()["path"] for r in got] == paths
+
+
+def test_post_bodies_hashed(stack):
+    gw, _, _ = stack
+    sizes = [0, 1, 16383, 16385, 100000, 2 * 1024 * 1024 + 5]
+    with gw.h2() as c:
+        for n in sizes:
+            data = os.urandom(n)
+            r = c.request("POST", "/hash", body=data)
+            assert r.status == 200
+            doc = r.json()
+            assert (doc["body_len"], doc["body_sha256"]) == (n, hashlib.sha256(data).hexdigest())
+    for n in sizes:
+        data = os.urandom(n)
+        r = h1(gw, "POST", "/hash", body=data)
+        assert r.status == 200
+        doc = r.json()
+        assert (doc["body_len"], doc["body_sha256"]) == (n, hashlib.sha256(data).hexdigest())
+
+
+# --- trailers -----------------------------------------------------------------------------------
+
+
+def test_trailers_both_ways_h2(stack):
+    gw, _, _ = stack
+    with gw.h2() as c:
+        r = c.request("POST", "/trailers", headers=[("te", "trailers")], body=b"abc" * 1000,
+                      trailers=[("x-req-trailer", "r1"), ("x-checksum", "42")])
+        assert r.status == 200, r
+        assert r.ended and r.reset_code is None
+        doc = r.json()
+        assert doc["body_len"] == 3000
+        assert doc["trailers"] == {"x-req-trailer": "r1", "x-checksum": "42"}
+        assert doc["headers"].get("te") == "trailers"  # "te: trailers" is the one te kept
+        assert r.trailers.get("x-trailer-a") == "1", r.trailers
+
+
+def test_trailers_http11_chunked(stack):
+    """HTTP/1.1 client: request trailers in a chunked body reach the backend; with TE: trailers
+    the response trailers come back in a chunked response."""
+    gw, _, _ = stack
+    r = h1(gw, "POST", "/trailers", headers=[("TE", "trailers")], body=b"hello",
+           chunked=True, trailers=[("X-Req-Trailer", "r1")])
+    assert r.status == 200
+    doc = r.json()
+    assert doc["body_len"] == 5
+    assert doc["trailers"].get("x-req-trailer") == "r1", doc
+    assert r.chunked and r.trailers.get("x-trailer-a") == "1", (r.headers, r.trailers)
+
+
+# --- headers ------------------------------------------------------------------------------------
+
+HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade")
+
+
+def test_hop_by_hop_request_headers_removed(procs):
+    a = procs.backend("pod-a")
+    h = procs.backend("pod-h1", proto="http1")
+    gw = procs.gateway(routes_doc({"svc-a": [a], "svc-h": ([h], "http1")},
+                                  [("digits", "production", "svc-a"),
+                                   ("digits", "staging", "svc-h")]))
+    hop = [("Connection", "keep-alive"), ("Keep-Alive", "timeout=5"),
+           ("Proxy-Connection", "keep-alive"), ("Upgrade", "foo/1"), ("TE", "gzip"),
+           ("X-Keep-Me", "yes")]
+    for host in (HOST, "digits-staging." + DOMAIN):
+        r = h1(gw, "POST", "/hop", headers=hop, body=b"chunked body", chunked=True, host=host)
+        assert r.status == 200
+        doc = r.json()
+        seen = doc["headers"]
+        for name in HOP_BY_HOP + ("te",):
+            if name == "transfer-encoding" and doc["proto"] == "http/1.1":
+                # an HTTP/1.1 upstream may get the body chunked again, by the gateway's choice
+                assert seen.get(name, "chunked").lower() == "chunked", seen
+                continue
+            if name == "connection" and doc["proto"] == "http/1.1":
+                assert seen.get(name, "keep-alive").lower() in ("keep-alive", "close"), seen
+                continue
+            assert name not in seen, "%s forwarded to %s: %r" % (name, doc["proto"], seen)
+        assert seen["x-keep-me"] == "yes"
+        assert doc["body_len"] == len(b"chunked body")
+
+
+def test_hop_by_hop_response_headers_removed(procs):
+    """An HTTP/1.1 upstream answering with hop-by-hop headers: none reaches the client."""
+    h = procs.backend("pod-h1", proto="http1")
+    gw = procs.gateway(routes_doc({"svc-h": ([h], "http1")}, [("digits", "production", "svc-h")]))
+    q = "&".join("set-header=%s" % v for v in ("keep-alive:timeout%3D5", "proxy-connection:x",
+                                                 "upgrade:foo", "x-resp-keep:1"))
+    with gw.h2() as c:
+        r = c.get("/resp-hop?" + q)
+        assert r.status == 200, r
+        for name in HOP_BY_HOP:
+            assert name not in r.headers, r.headers
+        assert r.headers.get("x-resp-keep") == "1"
+    r = h1(gw, "GET", "/resp-hop?" + q)
+    assert r.status == 200
+    for name in ("keep-alive", "proxy-connection", "upgrade"):
+        assert name not in r.headers, r.headers
+    assert r.headers.get("x-resp-keep") == "1"
+
+
+def test_request_id_added_kept_and_echoed(stack):
+    gw, _, _ = stack
+    with gw.h2() as c:
+        r = c.get("/rid")
+        rid = r.headers.get("x-request-id")
+        assert rid, r.headers
+        assert r.json()["headers"].get("x-request-id") == rid
+        r2 = c.get("/rid")
+        assert r2.headers.get("x-request-id") not in (None, rid)  # one id per request
+        r = c.get("/rid", headers=[("x-request-id", "client-chosen-123")])
+        assert r.headers.get("x-request-id") == "client-chosen-123"
+        assert r.json()["headers"].get("x-request-id") == "client-chosen-123"
+    r = h1(gw, "GET", "/rid", headers=[("X-Request-Id", "h1-chosen")])
+    assert r.headers.get("x-request-id") == "h1-chosen"
+    assert r.json()["headers"]["x-request-id"] == "h1-chosen"
+    r = h1(gw, "GET", "/rid")
+    assert r.headers.get("x-request-id") and \
+        r.json()["headers"]["x-request-id"] == r.headers["x-request-id"]
+
+
+def test_forwarded_headers(stack):
+    gw, _, _ = stack
+    with gw.h2() as c:
+        doc = c.get("/fwd").json()
+        assert doc["headers"]["x-forwarded-for"] == "127.0.0.1"
+        assert doc["headers"]["x-forwarded-proto"] == "http"
+        doc = c.get("/fwd", headers=[("x-forwarded-for", "203.0.113.7")]).json()
+        xff = [p.strip() for p in doc["headers"]["x-forwarded-for"].split(",")]
+        assert xff == ["203.0.113.7", "127.0.0.1"], doc["headers"]
+    with gw.h2(tls=True) as c:
+        doc = c.get("/fwd").json()
+        assert doc["headers"]["x-forwarded-proto"] == "https"
+        assert doc["headers"]["x-forwarded-for"] == "127.0.0.1"
+    doc = h1(gw, "GET", "/fwd", headers=[("X-Forwarded-For", "198.51.100.1")]).json()
+    xff = [p.strip() for p in doc["headers"]["x-forwarded-for"].split(",")]
+    assert xff == ["198.51.100.1", "127.0.0.1"]
+
+
+# --- host routing -------------------------------------------------------------------------------
+
+
+def test_host_routing_two_routes(stack):
+    gw, _, _ = stack
+    with gw.h2() as c:
+        assert c.get("/r").json()["pod"] == "pod-a"
+        r = c.get("/r", authority=gw.authority(HOST_B))
+        assert r.status == 200 and r.json()["pod"] == "pod-b"
+        # the port suffix is ignored, and so is its absence
+        assert c.get("/r", authority=HOST_B).json()["pod"] == "pod-b"
+        assert c.get("/r", authority=HOST_B + ":1").json()["pod"] == "pod-b"
+        assert c.get("/r", authority=HOST).json()["pod"] == "pod-a"
+    assert h1(gw, "GET", "/r", host=HOST_B).json()["pod"] == "pod-b"
+    status, _, _, body = curl(gw, "/r", host=HOST_B, tls=True, mode="h2")
+    assert status == 200 and json.loads(body)["pod"] == "pod-b"
+
+
+@pytest.mark.parametrize("host", ["nosuchapp-production." + DOMAIN, "digits-nosuchenv." + DOMAIN,
+                                  "digits-production.example.org", "localhost"])
+def test_unknown_host_404_json(stack, host):
+    gw, a, b = stack
+    before = len(a.requests()) + len(b.requests())
+    with gw.h2() as c:
+        r = c.get("/x", authority=host)
+        err = error_json(404, "unknown_host", r.status, r.headers, bytes(r.body))
+        assert r.headers.get("x-request-id") in (None, err["request_id"])
+    r = h1(gw, "GET", "/x", host=host)
+    error_json(404, "unknown_host", r.status, r.headers, r.body)
+    assert len(a.requests()) + len(b.requests()) == before
+    gw.assert_alive()
+
+
+def test_default_service(procs):
+    a = procs.backend("pod-a")
+    d = procs.backend("pod-default")
+    gw = procs.gateway(routes_doc({"svc-a": [a], "svc-d": [d]}, [("digits", "production", "svc-a")],
+                                  default="svc-d"))
+    with gw.h2() as c:
+        assert c.get("/").json()["pod"] == "pod-a"
+        for host in ("other-production." + DOMAIN, "whatever.example.org"):
+            r = c.get("/", authority=host)
+            assert r.status == 200 and r.json()["pod"] == "pod-default"
+
+
+def test_round_robin_two_pods(procs):
+    a = procs.backend("pod-a")
+    b = procs.backend("pod-b")
+    gw = procs.gateway(routes_doc({"svc": [a, b]}, [("digits", "production", "svc")]))
+    counts = {}
+    with gw.h2() as c:
+        for i in range(100):
+            r = c.get("/rr/%d" % i)
+            assert r.status == 200
+            counts[r.json()["pod"]] = counts.get(r.json()["pod"], 0) + 1
+    print("round robin split:", counts)
+    assert set(counts) == {"pod-a", "pod-b"}
+    assert 40 <= counts["pod-a"] <= 60, counts
+
+
+def test_http1_upstream_for_h2_and_h1_clients(procs):
+    h = procs.backend("pod-h1", proto="http1")
+    gw = procs.gateway(routes_doc({"svc-h": ([h], "http1")}, [("digits", "production", "svc-h")]))
+    data = os.urandom(300000)
+    with gw.h2() as c:
+        for i in range(3):  # several, so the upstream keep-alive connection gets reused
+            r = c.request("POST", "/up1/%d" % i, body=data)
+            assert r.status == 200, r
+            doc = r.json()
+            assert doc["proto"] == "http/1.1" and doc["pod"] == "pod-h1"
+            assert doc["body_sha256"] == hashlib.sha256(data).hexdigest()
+            assert doc["authority"] == gw.authority()
+        r = c.get("/status/503")
+        assert r.status == 503 and r.json()["pod"] == "pod-h1"
+        r = c.get("/bytes?n=1000000", )
+        assert r.status == 200 and r.body_len == 1000000
+    status, version, _, body = curl(gw, "/up1", "--data-binary", "abc", mode="h1")
+    assert (status, version) == (200, "1.1")
+    doc = json.loads(body)
+    assert doc["proto"] == "http/1.1" and doc["body_len"] == 3
+    status, version, _, body = curl(gw, "/up1", tls=True, mode="h2")
+    assert (status, version) == (200, "2") and json.loads(body)["pod"] == "pod-h1"
+
+
+# --- more HTTP semantics ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def both_upstreams(procs):
+    """digits-production: an h2c pod; digits-staging: an HTTP/1.1 pod."""
+    a = procs.backend("pod-a", proto="h2c")
+    h = procs.backend("pod-h1", proto="http1")
+    gw = procs.gateway(routes_doc({"svc-a": [a], "svc-h": ([h], "http1")},
+                                  [("digits", "production", "svc-a"),
+                                   ("digits", "staging", "svc-h")]))
+    return gw, a, h
+
+
+UPSTREAM_HOSTS = [HOST, "digits-staging." + DOMAIN]
+
+
+@pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
+def test_head_request(both_upstreams, host):
+    gw, _, _ = both_upstreams
+    with gw.h2() as c:
+        r = c.request("HEAD", "/head", authority=gw.authority(host))
+        assert r.status == 200 and r.ended, r
+        assert r.body_len == 0
+        assert int(r.headers.get("content-length", "1")) > 0, r.headers
+        assert c.get("/after-head", authority=gw.authority(host)).status == 200
+    with H1Conn(gw.port) as c:  # the response to HEAD has no body: the next one parses
+        c.send(h1_request_bytes("HEAD", "/head", gw.authority(host)))
+        r = c.read_response(head_request=True)
+        assert r.status == 200 and int(r.headers.get("content-length", "1")) > 0, r
+        c.send(h1_request_bytes("GET", "/after-head", gw.authority(host)))
+        r = c.read_response()
+        assert r.status == 200 and r.json()["path"] == "/after-head"
+
+
+@pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
+def test_repeated_headers_and_cookies(both_upstreams, host):
+    gw, _, _ = both_upstreams
+    with gw.h2() as c:
+        r = c.get("/multi?set-header=set-cookie:a%3D1&set-header=set-cookie:b%3D2",
+                  authority=gw.authority(host),
+                  headers=[("x-multi", "one"), ("x-multi", "two"), ("cookie", "c1=1"),
+                           ("cookie", "c2=2")])
+        assert r.status == 200, r
+        doc = r.json()
+        multi = [v for k, v in doc["header_list"] if k == "x-multi"]
+        assert ", ".join(multi) == "one, two", doc["header_list"]
+        cookies = [v for k, v in doc["header_list"] if k == "cookie"]
+        if doc["proto"] == "http/1.1":
+            # RFC 9113 8.2.3: cookie crumbs are joined with "; " for HTTP/1.1
+            assert cookies == ["c1=1; c2=2"], cookies
+        else:
+            assert "; ".join(cookies) == "c1=1; c2=2", cookies
+        if doc["proto"] == "http/1.1":  # only an HTTP/1.1 backend can send two set-cookie
+            got = [v for k, v in r.header_list if k == "set-cookie"]
+            assert got == ["a=1", "b=2"], r.header_list
+
+
+@pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
+def test_path_and_query_forwarded_verbatim(both_upstreams, host):
+    gw, _, _ = both_upstreams
+    path = "/a%2Fb/c%20d/%E2%82%AC?x=1&y=%2F&z&w=a+b#"[:-1]
+    with gw.h2() as c:
+        assert c.get(path, authority=gw.authority(host)).json()["path"] == path
+    assert h1(gw, "GET", path, host=host).json()["path"] == path
+
+
+@pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
+def test_response_streams_as_it_comes(both_upstreams, host):
+    """A response the upstream sends over 1.2 s reaches the client piece by piece."""
+    gw, _, _ = both_upstreams
+    with gw.h2() as c:
+        st = c.start("GET", "/drip?n=5&ms=300", authority=gw.authority(host))
+        assert c.wait(st, 10), st
+        assert st.status == 200 and bytes(st.body) == b"".join(b"drip-%d\n" % i
+                                                               for i in range(5))
+        spread = st.done_at - st.first_data_at
+        assert spread > 0.8, "the first byte came only %.2fs before the end: buffered" % spread
+    with H1Conn(gw.port) as c:
+        c.send(h1_request_bytes("GET", "/drip?n=5&ms=300", gw.authority(host)))
+        t0 = time.monotonic()
+        while b"drip-0" not in c.buf:
+            assert c._fill()
+        first = time.monotonic() - t0
+        r = c.read_response()
+        total = time.monotonic() - t0
+        assert r.status == 200 and b"drip-4" in r.body
+        assert total - first > 0.8, "HTTP/1.1 response buffered: first %.2fs, total %.2fs" % (
+            first, total)
+
+
+def test_client_cancel_resets_upstream_stream(both_upstreams):
+    gw, a, _ = both_upstreams
+    with gw.h2() as c:
+        got = []
+        st = c.start("GET", "/bytes?n=%d" % (1 << 30), on_data=lambda d: got.append(len(d)))
+        deadline = time.monotonic() + 10
+        while sum(got) < (1 << 20):
+            assert time.monotonic() < deadline and not st.done, st
+            c.pump(0.5)
+        c.reset(st)
+        # the gateway passes the cancel on: the backend's stream is reset, it stops sending
+        wait_for(lambda: "rst h2c /bytes?n=%d" % (1 << 30) in a.proc.stdout(), 5,
+                 what="the backend to see its stream reset")
+        r = c.get("/after-cancel")
+        assert r.status == 200
+    gw.assert_alive()
+
+
+@pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
+def test_upstream_connections_reused(both_upstreams, host):
+    gw, _, _ = both_upstreams
+    conns = set()
+    with gw.h2() as c:
+        for i in range(30):
+            conns.add(c.get("/reuse/%d" % i, authority=gw.authority(host)).json()["conn_id"])
+    for i in range(10):
+        conns.add(h1(gw, "GET", "/reuse-h1/%d" % i, host=host).json()["conn_id"])
+    # one pool per worker (2 workers): 40 sequential requests need at most 2 connections
+    assert len(conns) <= 2, "%d upstream connections for 40 sequential requests" % len(conns)
+
+
+def test_tls_without_alpn_is_http11(stack):
+    gw, _, _ = stack
+    ctx = ssl.create_default_context(cafile=gw.procs.tls["ca"])  # no ALPN offered
+    with H1Conn(gw.tls_port, tls_ctx=ctx, server_name=HOST) as c:
+        assert c.sock.selected_alpn_protocol() is None
+        c.send(h1_request_bytes("GET", "/no-alpn", gw.authority(tls=True)))
+        r = c.read_response()
+    assert r.status == 200 and r.json()["path"] == "/no-alpn"
+    assert r.json()["headers"]["x-forwarded-proto"] == "https"
+
+
+def test_curl_http2_upgrade_attempt_on_cleartext(stack):
+    """curl --http2 on http:// asks for an h2c upgrade; answering 101 or plain HTTP/1.1 are
+    both fine, hanging or failing is not."""
+    gw, _, _ = stack
+    status, version, _, body = curl(gw, "/upgrade", mode="h2", timeout=10)
+    assert status == 200 and version in ("1.1", "2"), (status, version)
+    assert json.loads(body)["path"] == "/upgrade"
+    status, version, _, body = curl(gw, "/upgrade-post", "--data-binary", "abc", mode="h2",
+                                    timeout=10)
+    assert status == 200 and json.loads(body)["body_len"] == 3

@@ -1,0 +1,239 @@
+"""
+Signals: SIGHUP reloads the routing document under load without failing a request (and a broken
+document is refused, logged, and the previous one stays); SIGTERM drains: listeners close,
+HTTP/2 clients get GOAWAY, in-flight requests finish, exit 0 within timeouts_ms.drain.
+"""
+
+import re
+import signal
+import threading
+import time
+
+from conftest import H1Conn, h1_request_bytes, port_open, routes_doc, wait_for
+
+LOAD_SECONDS = 8.0  # upper bound of the load phase; it stops earlier when the checks are done
+MAX_REQUESTS_PER_CLIENT = 20000
+
+
+class Load:
+    """Clients sending requests back to back until stopped (bounded in time and count):
+    one HTTP/2 connection, one HTTP/1.1 keep-alive connection, and a new HTTP/1.1 connection
+    per request. Each result: (kind, started, status or error string, pod)."""
+
+    def __init__(self, gw):
+        self.gw = gw
+        self.results = []
+        self.lock = threading.Lock()
+        self.stop_ev = threading.Event()
+        self.deadline = time.monotonic() + LOAD_SECONDS
+        self.threads = [threading.Thread(target=f, daemon=True)
+                        for f in (self.h2_loop, self.h1_keepalive_loop, self.h1_new_conn_loop)]
+
+    def running(self, n):
+        return not self.stop_ev.is_set() and time.monotonic() < self.deadline and \
+            n < MAX_REQUESTS_PER_CLIENT
+
+    def record(self, kind, t0, status, pod):
+        with self.lock:
+            self.results.append((kind, t0, status, pod))
+
+    def h2_loop(self):
+        try:
+            c = self.gw.h2()
+        except OSError as e:
+            self.record("h2", time.monotonic(), "connect: %s" % e, None)
+            return
+        with c:
+            n = 0
+            while self.running(n):
+                n += 1
+                t0 = time.monotonic()
+                try:
+                    r = c.get("/load/h2/%d" % n, timeout=5)
+                    pod = r.json().get("pod") if r.status == 200 else None
+                    self.record("h2", t0, r.status if r.ended else "cut: %r" % r, pod)
+                except Exception as e:  # noqa: BLE001 - recorded as a failure
+                    self.record("h2", t0, "error: %r" % e, None)
+                    return
+
+    def h1_keepalive_loop(self):
+        n = 0
+        c = None
+        while self.running(n):
+            n += 1
+            t0 = time.monotonic()
+            try:
+                if c is None:
+                    c = H1Conn(self.gw.port, timeout=5)
+                c.send(h1_request_bytes("GET", "/load/h1ka/%d" % n, self.gw.authority()))
+                r = c.read_response()
+                self.record("h1-keepalive", t0, r.status,
+                            r.json().get("pod") if r.status == 200 else None)
+                if "close" in r.headers.get("connection", "").lower():
+                    c.close()
+                    c = None
+            except Exception as e:  # noqa: BLE001
+                self.record("h1-keepalive", t0, "error: %r" % e, None)
+                return
+        if c is not None:
+            c.close()
+
+    def h1_new_conn_loop(self):
+        n = 0
+        while self.running(n):
+            n += 1
+            t0 = time.monotonic()
+            try:
+                with H1Conn(self.gw.port, timeout=5) as c:
+                    c.send(h1_request_bytes("GET", "/load/h1/%d" % n, self.gw.authority(),
+                                            headers=[("Connection", "close")]))
+                    r = c.read_response()
+                self.record("h1-new", t0, r.status,
+                            r.json().get("pod") if r.status == 200 else None)
+            except Exception as e:  # noqa: BLE001
+                self.record("h1-new", t0, "error: %r" % e, None)
+                return
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(10)
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.results)
+
+    def count_since(self, t, kind=None):
+        return sum(1 for r in self.snapshot() if r[1] >= t and (kind is None or r[0] == kind))
+
+
+def test_sighup_reload_under_load(procs):
+    a = procs.backend("pod-a")
+    b = procs.backend("pod-b")
+    doc_a = routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")])
+    doc_b = routes_doc({"svc-b": [b]}, [("digits", "production", "svc-b")])
+    gw = procs.gateway(doc_a)
+    load = Load(gw)
+    load.start()
+    try:
+        t_begin = time.monotonic()
+        for kind in ("h2", "h1-keepalive", "h1-new"):
+            wait_for(lambda: load.count_since(t_begin, kind) >= 5, 5, what="load (%s)" % kind)
+
+        # a request in flight across the reload, on the old routes
+        slow_result = {}
+
+        def slow():
+            with gw.h2() as c:
+                r = c.get("/slow?ms=1000", timeout=10)
+                slow_result["r"] = r
+
+        ts = threading.Thread(target=slow, daemon=True)
+        ts.start()
+        wait_for(lambda: any(p == "/slow?ms=1000" for _, _, p in a.requests()), 5,
+                 what="the slow request to reach pod-a")
+
+        gw.write_routes(doc_b)
+        t_hup = time.monotonic()
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: any(r[3] == "pod-b" for r in load.snapshot()), 5,
+                 what="a request to reach pod-b after SIGHUP")
+        ts.join(10)
+        r = slow_result.get("r")
+        assert r is not None and r.status == 200 and r.ended, r
+        assert r.json()["pod"] == "pod-a"
+
+        # settle, then every new request must go to pod-b, on every kind of connection
+        t_settled = time.monotonic() + 0.5
+        for kind in ("h2", "h1-keepalive", "h1-new"):
+            wait_for(lambda: load.count_since(t_settled, kind) >= 5, 5,
+                     what="load after reload (%s)" % kind)
+
+        # a broken document: refused, logged, the previous routes stay
+        log_before = len(gw.log())
+        gw.write_routes('{"domain": "modelgate.local", "services": {')
+        t_bad = time.monotonic()
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: "routes.json" in gw.log()[log_before:], 5,
+                 what="the gateway to log the refused routes.json")
+        for kind in ("h2", "h1-keepalive", "h1-new"):
+            wait_for(lambda: load.count_since(t_bad + 0.5, kind) >= 5, 5,
+                     what="load after the bad reload (%s)" % kind)
+    finally:
+        load.stop()
+
+    res = load.snapshot()
+    failed = [r for r in res if r[2] != 200]
+    by_kind = {k: sum(1 for r in res if r[0] == k) for k in ("h2", "h1-keepalive", "h1-new")}
+    print("requests during reload:", len(res), by_kind, "failed:", len(failed))
+    assert not failed, "failed requests during reload: %r" % failed[:10]
+    late = [r for r in res if r[1] >= t_settled and r[3] != "pod-b"]
+    assert not late, "requests after the reload not on pod-b: %r" % late[:10]
+    assert [r for r in res if r[1] < t_hup and r[3] == "pod-b"] == []
+    new_log = gw.log()[log_before:]
+    assert re.search(r"error|warn|invalid|refus|fail", new_log, re.I), new_log
+    gw.assert_alive()
+
+    # reload still works after a refused one
+    gw.write_routes(doc_a)
+    gw.signal(signal.SIGHUP)
+
+    def on_a():
+        with gw.h2() as c:
+            return c.get("/back").json()["pod"] == "pod-a"
+    wait_for(on_a, 5, interval=0.1, what="a good reload after a refused one")
+
+
+def test_sigterm_drain(procs):
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc": [a]}, [("digits", "production", "svc")]),
+                       conf={"timeouts_ms": {"drain": 5000}})
+    c = gw.h2()
+    h1c = H1Conn(gw.port)
+    st = c.start("GET", "/slow?ms=1500")
+    h1c.send(h1_request_bytes("GET", "/slow?ms=1500", gw.authority()))
+    wait_for(lambda: sum(1 for r in a.requests() if r[2] == "/slow?ms=1500") == 2, 5,
+             what="both slow requests to reach the backend")
+    t0 = time.monotonic()
+    gw.signal(signal.SIGTERM)
+    wait_for(lambda: not port_open(gw.port) and not port_open(gw.tls_port), 2,
+             what="the listeners to close after SIGTERM")
+    assert c.wait(st, 5), st
+    assert st.status == 200 and st.ended, st
+    assert st.json()["pod"] == "pod-a"
+    assert c.goaway is not None, "no GOAWAY on the HTTP/2 connection"
+    assert c.goaway[0] == 0, "GOAWAY error code %d" % c.goaway[0]
+    r = h1c.read_response()
+    assert r.status == 200 and r.json()["path"] == "/slow?ms=1500"
+    rc = gw.proc.wait(6.5 - (time.monotonic() - t0))
+    took = time.monotonic() - t0
+    print("gateway exited %s after %.2fs" % (rc, took))
+    assert rc == 0, "gateway exit code %r after SIGTERM" % rc
+    assert took >= 1.0  # it did wait for the in-flight requests
+    c.close()
+    h1c.close()
+
+
+def test_sigterm_drain_deadline(procs):
+    """A request longer than the drain timeout does not keep the gateway alive."""
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc": [a]}, [("digits", "production", "svc")]),
+                       conf={"timeouts_ms": {"drain": 1000}})
+    c = gw.h2()
+    st = c.start("GET", "/slow?ms=20000")
+    wait_for(lambda: any(r[2] == "/slow?ms=20000" for r in a.requests()), 5,
+             what="the slow request to reach the backend")
+    t0 = time.monotonic()
+    gw.signal(signal.SIGTERM)
+    rc = gw.proc.wait(4.0)
+    took = time.monotonic() - t0
+    print("gateway exited %s after %.2fs" % (rc, took))
+    assert rc == 0, "gateway exit code %r (None: still running 4 s after SIGTERM)" % rc
+    assert 0.8 <= took < 3.5, took
+    c.wait(st, 2)
+    assert not st.ended, "a 20 s request cannot have finished: %r" % st
+    c.close()
