@@ -1,0 +1,587 @@
+/*
+ * gateway/reqlog.c - the access log (see reqlog.h for the contract).
+ *
+ * DESIGN
+ * Workers never touch the file. mg_reqlog_write() formats the record into an 8 KiB stack buffer,
+ * then copies it into a shared byte queue under a mutex held only for a memcpy, and signals the
+ * writer when the queue goes from empty to non-empty (the writer only ever sleeps on an empty
+ * queue, so that is the only transition it can miss). The writer thread swaps the queue with its
+ * own (emptied) buffer, so the worker side keeps appending while it write()s the batch; under load
+ * batches grow by themselves and one write(2) carries many lines.
+ *
+ * The queue is bounded (MG_REQLOG_QUEUE_MAX): when the disk cannot keep up we drop whole lines and
+ * count them rather than grow without limit or block a worker; the writer reports the count with
+ * a warning at most once per second, so a flood of drops is loud but cannot flood the operator log.
+ *
+ * Rotation: mg_reqlog_reopen() only stores an atomic flag, because it runs in signal handlers
+ * where neither the mutex nor the condvar may be touched. The writer therefore never sleeps for
+ * longer than WAKE_MS: it sees the flag at the latest then, or right away with the next batch
+ * (it checks the flag after taking a batch and before writing it, so every line queued after
+ * mg_reqlog_reopen() returned goes to the new file). If the reopen fails (directory gone, EMFILE)
+ * the old descriptor stays in use, so no line is lost, and the writer retries every WAKE_MS.
+ *
+ * Every line is valid JSON whatever the input: strings are escaped here (control characters as
+ * \u00XX, invalid UTF-8 bytes as \ufffd), and when a record would not fit the buffer the longest
+ * string fields are cut at an escape boundary and end with TRUNC_MARK.
+ */
+#include "gateway/reqlog.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+#define MG_REQLOG_LINE_MAX 8192                 /* worker-side stack buffer, one record */
+#define MG_REQLOG_QUEUE_MAX (64u * 1024 * 1024) /* queued bytes beyond which lines are dropped */
+#define MG_REQLOG_QUEUE_MIN 65536               /* first allocation of a queue buffer */
+#define MG_REQLOG_KEEP_MAX                                                                         \
+    (1024u * 1024)   /* writer frees a batch buffer above this after a                             \
+                        burst, so memory returns to normal */
+#define WAKE_MS 1000 /* longest writer sleep: bounds reopen latency and drop-report delay */
+
+#define TRUNC_MARK "...[truncated]"
+#define TRUNC_MARK_LEN (sizeof(TRUNC_MARK) - 1)
+
+/* mg_reqlog_reopen() must be async-signal-safe; that holds only for lock-free atomics. */
+static_assert(ATOMIC_INT_LOCK_FREE == 2, "reqlog needs a lock-free atomic_int");
+
+typedef struct qbuf {
+    char *data;
+    size_t len; /* len <= cap <= MG_REQLOG_QUEUE_MAX */
+    size_t cap;
+} qbuf_t;
+
+struct mg_reqlog {
+    char *path; /* NULL for stdout ("-"), which is never reopened or closed */
+    int fd;     /* owned by the writer thread after open */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cond; /* CLOCK_MONOTONIC; signalled on empty -> non-empty and on close */
+    qbuf_t queue;        /* guarded by mu: what workers append to */
+    bool stopping;       /* guarded by mu */
+    atomic_int reopen;   /* set by mg_reqlog_reopen(), consumed by the writer */
+    atomic_uint_least64_t dropped; /* lines refused because the queue was full */
+
+    /* writer thread only */
+    qbuf_t batch;
+    uint64_t dropped_reported;
+    uint64_t lost; /* lines lost to write errors (disk full, EIO) */
+    uint64_t lost_reported;
+    int lost_errno; /* the last write error, for the report */
+    struct timespec last_warn;
+    bool reopen_pending; /* a reopen failed; retried every WAKE_MS */
+    struct timespec last_reopen;
+};
+
+/* ---------------------------------------------------------------- JSON formatting */
+
+/* Output cursor. |len| counts every byte asked for, even past |cap|, so one pass both formats and
+ * measures; bytes are copied only while they fit. cap == 0 measures only. */
+typedef struct out {
+    char *buf;
+    size_t cap;
+    size_t len;
+} out_t;
+
+static void put(out_t *o, const char *s, size_t n)
+{
+    if (o->len + n <= o->cap)
+        memcpy(o->buf + o->len, s, n);
+    o->len += n;
+}
+
+#define put_lit(o, lit) put((o), (lit), sizeof(lit) - 1)
+
+/* Length of the valid UTF-8 sequence starting at |s| (2..4), or 0 when the bytes there are not
+ * one (truncated, overlong, surrogate, above U+10FFFF). |s| is NUL-terminated, and NUL is never a
+ * continuation byte, so we never read past the end. Ranges from RFC 3629, section 4. */
+static size_t utf8_seq(const unsigned char *s)
+{
+    unsigned char c = s[0];
+#define CONT(b) ((b) >= 0x80 && (b) <= 0xbf)
+    if (c >= 0xc2 && c <= 0xdf)
+        return CONT(s[1]) ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        unsigned char lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+        return s[1] >= lo && s[1] <= hi && CONT(s[2]) ? 3 : 0;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        unsigned char lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+        return s[1] >= lo && s[1] <= hi && CONT(s[2]) && CONT(s[3]) ? 4 : 0;
+    }
+#undef CONT
+    return 0;
+}
+
+/* Writes the JSON-escaped content of |s| (no quotes), stopping before the first escape unit that
+ * would take the content past |room| bytes. Units are never split, so a cut string stays valid
+ * UTF-8 and valid JSON. Returns the number of content bytes asked for. */
+static size_t escape(out_t *o, const char *str, size_t room)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)str;
+    size_t used = 0;
+    while (*s) {
+        /* fast path: a run of printable ASCII that needs no escaping */
+        const unsigned char *run = s;
+        while (*s >= 0x20 && *s < 0x80 && *s != '"' && *s != '\\')
+            s++;
+        if (s > run) {
+            size_t n = (size_t)(s - run);
+            if (n > room - used)
+                n = room - used;
+            put(o, (const char *)run, n);
+            used += n;
+            if (run + n < s)
+                return used;
+            continue;
+        }
+        if (*s == 0)
+            break;
+        char unit[6];
+        size_t n, adv = 1;
+        if (*s == '"' || *s == '\\') {
+            unit[0] = '\\', unit[1] = (char)*s, n = 2;
+        } else if (*s < 0x20) {
+            memcpy(unit, "\\u00", 4);
+            unit[4] = hex[*s >> 4], unit[5] = hex[*s & 15], n = 6;
+        } else if ((adv = utf8_seq(s)) != 0) {
+            memcpy(unit, s, adv), n = adv;
+        } else {
+            /* one replacement per invalid byte: simple, and resynchronises on the next byte */
+            memcpy(unit, "\\ufffd", 6), n = 6, adv = 1;
+        }
+        if (n > room - used)
+            return used;
+        put(o, unit, n);
+        used += n;
+        s += adv;
+    }
+    return used;
+}
+
+static size_t escaped_len(const char *s)
+{
+    out_t m = {NULL, 0, 0};
+    return escape(&m, s, SIZE_MAX);
+}
+
+/* Writes |s| as a JSON string (or null) whose content takes at most |limit| bytes; SIZE_MAX means
+ * no limit. A cut string ends with TRUNC_MARK, so a reader sees that it was cut. The caller keeps
+ * |limit| >= TRUNC_MARK_LEN. */
+static void put_str(out_t *o, const char *s, size_t limit)
+{
+    if (s == NULL) {
+        put_lit(o, "null");
+        return;
+    }
+    put(o, "\"", 1);
+    if (limit != SIZE_MAX && escaped_len(s) > limit) {
+        escape(o, s, limit - TRUNC_MARK_LEN);
+        put(o, TRUNC_MARK, TRUNC_MARK_LEN);
+    } else {
+        escape(o, s, SIZE_MAX);
+    }
+    put(o, "\"", 1);
+}
+
+static void put_fmt(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put_fmt(out_t *o, const char *fmt, ...)
+{
+    char tmp[64];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        put(o, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+enum { NSTR = 11 }; /* string fields, in output order; error is formatted separately */
+
+static void string_fields(const mg_reqlog_rec_t *r, const char *f[NSTR])
+{
+    f[0] = r->request_id, f[1] = r->client, f[2] = r->proto, f[3] = r->method, f[4] = r->host;
+    f[5] = r->path, f[6] = r->app, f[7] = r->env, f[8] = r->service, f[9] = r->pod;
+    f[10] = r->error;
+}
+
+/* One formatting pass with every string content capped at |limit| bytes. */
+static void format_line(out_t *o, const mg_reqlog_rec_t *r, size_t limit)
+{
+    static const char *const keys[NSTR - 1] = {
+        "\",\"request_id\":", ",\"client\":", ",\"proto\":", ",\"method\":",  ",\"host\":",
+        ",\"path\":",         ",\"app\":",    ",\"env\":",   ",\"service\":", ",\"pod\":",
+    };
+    const char *f[NSTR];
+    string_fields(r, f);
+
+    /* time_us may predate the epoch in tests; floor so the microseconds stay in [0, 1e6) */
+    int64_t sec = r->time_us / 1000000, usec = r->time_us % 1000000;
+    if (usec < 0)
+        sec -= 1, usec += 1000000;
+    time_t t = (time_t)sec;
+    struct tm tm;
+    if (gmtime_r(&t, &tm) == NULL)
+        memset(&tm, 0, sizeof(tm)); /* year out of range: print 1900-00-00, still valid JSON */
+    put_fmt(o, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%06" PRId64 "Z", tm.tm_year + 1900,
+            tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, usec);
+    for (int i = 0; i < NSTR - 1; i++) {
+        put(o, keys[i], strlen(keys[i]));
+        put_str(o, f[i], limit);
+    }
+    put_fmt(o, ",\"status\":%d,\"req_bytes\":%" PRIu64 ",\"resp_bytes\":%" PRIu64, r->status,
+            r->req_bytes, r->resp_bytes);
+    if (r->upstream_us < 0)
+        put_lit(o, ",\"upstream_us\":null");
+    else
+        put_fmt(o, ",\"upstream_us\":%" PRId64, r->upstream_us);
+    put_fmt(o, ",\"total_us\":%" PRId64 ",\"error\":", r->total_us);
+    put_str(o, f[NSTR - 1], limit);
+    put_lit(o, "}\n");
+}
+
+/* Content bytes that the string fields take when each is capped at |limit|. */
+static size_t capped_total(const size_t len[NSTR], size_t limit)
+{
+    size_t t = 0;
+    for (int i = 0; i < NSTR; i++)
+        t += len[i] < limit ? len[i] : limit;
+    return t;
+}
+
+size_t mg_reqlog_format(const mg_reqlog_rec_t *rec, char *buf, size_t cap)
+{
+    /* the result is a C string: |cap| must hold the line and its NUL */
+    out_t o = {buf, cap, 0};
+    format_line(&o, rec, SIZE_MAX);
+    if (o.len < cap)
+        goto out;
+
+    /* Too long: find the largest per-field cap that fits ("water-filling"), so short fields stay
+     * whole and only the longest ones are cut, each by as little as possible. */
+    const char *f[NSTR];
+    size_t len[NSTR], content = 0, max = 0;
+    string_fields(rec, f);
+    for (int i = 0; i < NSTR; i++) {
+        len[i] = f[i] ? escaped_len(f[i]) : 0;
+        content += len[i];
+        max = len[i] > max ? len[i] : max;
+    }
+    size_t fixed = o.len - content; /* keys, numbers, quotes, nulls */
+    if (fixed + capped_total(len, TRUNC_MARK_LEN) >= cap)
+        return 0;
+    size_t lo = TRUNC_MARK_LEN, hi = max; /* capped_total(lo) fits, capped_total(hi) does not */
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (fixed + capped_total(len, mid) < cap)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    o.len = 0;
+    format_line(&o, rec, lo);
+    if (o.len >= cap) /* cannot happen: cut fields take at most |lo| bytes each */
+        return 0;
+out:
+    buf[o.len] = '\0';
+    return o.len;
+}
+
+/* ---------------------------------------------------------------- writer thread */
+
+static int open_path(const char *path)
+{
+    /* O_APPEND: safe next to other appenders, and works with logrotate's copytruncate */
+    return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0644);
+}
+
+static double since(const struct timespec *a, const struct timespec *b)
+{
+    return (double)(b->tv_sec - a->tv_sec) + (double)(b->tv_nsec - a->tv_nsec) / 1e9;
+}
+
+static size_t count_lines(const char *p, size_t n)
+{
+    size_t c = 0;
+    for (const char *e = p + n; (p = memchr(p, '\n', (size_t)(e - p))) != NULL; p++)
+        c++;
+    return c;
+}
+
+/* Writes the whole batch, across short writes, EINTR and a non-blocking stdout. On a hard error
+ * the rest of the batch is counted as lost: retrying forever would stall the queue behind a full
+ * disk and turn one problem into unbounded memory. report() tells the operator. */
+static void write_batch(mg_reqlog_t *log)
+{
+    const char *p = log->batch.data;
+    size_t left = log->batch.len;
+    while (left > 0) {
+        ssize_t n = write(log->fd, p, left);
+        if (n > 0) {
+            p += n, left -= (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd pfd = {.fd = log->fd, .events = POLLOUT};
+            poll(&pfd, 1, WAKE_MS);
+            continue;
+        }
+        log->lost += count_lines(p, left);
+        log->lost_errno = n < 0 ? errno : EIO;
+        break;
+    }
+    log->batch.len = 0;
+}
+
+static void do_reopen(mg_reqlog_t *log)
+{
+    if (log->path == NULL)
+        return; /* stdout: nothing to reopen */
+    clock_gettime(CLOCK_MONOTONIC, &log->last_reopen);
+    int fd = open_path(log->path);
+    if (fd < 0) {
+        if (!log->reopen_pending)
+            MG_LOG(MG_LOG_ERROR, "reqlog",
+                   "cannot reopen %s: %s; still writing to the old file, retrying every %d ms",
+                   log->path, strerror(errno), WAKE_MS);
+        log->reopen_pending = true;
+        return;
+    }
+    if (log->reopen_pending)
+        MG_LOG(MG_LOG_INFO, "reqlog", "reopened %s", log->path);
+    log->reopen_pending = false;
+    close(log->fd);
+    log->fd = fd;
+}
+
+/* A failed reopen is retried at most once per WAKE_MS, not once per batch: under load a batch
+ * goes out every few microseconds, and each try is an open(2) plus path lookup. */
+static void retry_reopen(mg_reqlog_t *log)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (since(&log->last_reopen, &now) >= WAKE_MS / 1000.0)
+        do_reopen(log);
+}
+
+/* Loud, rate-limited loss reports: the operator must learn that lines are missing, but a disk
+ * that stays slow or full must not turn into one message per request. |force| reports whatever is
+ * pending (at close). */
+static void report(mg_reqlog_t *log, bool force)
+{
+    const char *name = log->path ? log->path : "stdout";
+    uint64_t dropped = atomic_load(&log->dropped);
+    if (dropped == log->dropped_reported && log->lost == log->lost_reported)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (!force && since(&log->last_warn, &now) < WAKE_MS / 1000.0)
+        return;
+    if (dropped != log->dropped_reported)
+        MG_LOG(MG_LOG_WARN, "reqlog",
+               "DROPPED %" PRIu64 " access log lines (%" PRIu64 " in total): the queue for %s is "
+               "full (%u MiB) because the file is written slower than requests arrive",
+               dropped - log->dropped_reported, dropped, name, MG_REQLOG_QUEUE_MAX >> 20);
+    if (log->lost != log->lost_reported)
+        MG_LOG(MG_LOG_ERROR, "reqlog",
+               "LOST %" PRIu64 " access log lines (%" PRIu64 " in total): write to %s failed: %s",
+               log->lost - log->lost_reported, log->lost, name, strerror(log->lost_errno));
+    log->dropped_reported = dropped;
+    log->lost_reported = log->lost;
+    log->last_warn = now;
+}
+
+static void *writer_main(void *arg)
+{
+    mg_reqlog_t *log = arg;
+    pthread_mutex_lock(&log->mu);
+    for (;;) {
+        if (log->queue.len == 0 && !log->stopping) {
+            struct timespec dl;
+            clock_gettime(CLOCK_MONOTONIC, &dl);
+            dl.tv_nsec += (long)WAKE_MS * 1000000;
+            dl.tv_sec += dl.tv_nsec / 1000000000, dl.tv_nsec %= 1000000000;
+            pthread_cond_timedwait(&log->cond, &log->mu, &dl);
+        }
+        qbuf_t t = log->batch;
+        log->batch = log->queue;
+        log->queue = t;
+        bool stop = log->stopping;
+        pthread_mutex_unlock(&log->mu);
+
+        /* after taking the batch: lines queued after a reopen request go to the new file */
+        if (atomic_exchange(&log->reopen, 0))
+            do_reopen(log);
+        else if (log->reopen_pending)
+            retry_reopen(log);
+        bool idle = log->batch.len == 0;
+        write_batch(log);
+        if (log->batch.cap > MG_REQLOG_KEEP_MAX) {
+            free(log->batch.data);
+            log->batch = (qbuf_t){NULL, 0, 0};
+        }
+        report(log, false);
+        if (stop && idle)
+            break; /* stopping and the queue was already empty: everything is written */
+        pthread_mutex_lock(&log->mu);
+    }
+    report(log, true);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- public API */
+
+mg_reqlog_t *mg_reqlog_open(const char *path)
+{
+    mg_reqlog_t *log = NULL;
+    bool mu = false, cond = false;
+    pthread_condattr_t ca;
+    sigset_t all, old;
+
+    if (path == NULL || *path == '\0') {
+        MG_LOG(MG_LOG_ERROR, "reqlog", "no access log path given (use \"-\" for stdout)");
+        return NULL;
+    }
+    if ((log = calloc(1, sizeof(*log))) == NULL)
+        goto nomem;
+    log->fd = -1;
+    if (strcmp(path, "-") == 0) {
+        log->fd = STDOUT_FILENO;
+    } else {
+        if ((log->path = strdup(path)) == NULL)
+            goto nomem;
+        if ((log->fd = open_path(path)) < 0) {
+            MG_LOG(MG_LOG_ERROR, "reqlog", "cannot open access log %s: %s", path, strerror(errno));
+            goto fail;
+        }
+    }
+    if (pthread_mutex_init(&log->mu, NULL) != 0)
+        goto nomem;
+    mu = true;
+    /* monotonic: a wall-clock step must not stretch the writer's sleep */
+    if (pthread_condattr_init(&ca) != 0)
+        goto nomem;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&log->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0)
+        goto nomem;
+    cond = true;
+    atomic_init(&log->reopen, 0);
+    atomic_init(&log->dropped, 0);
+    clock_gettime(CLOCK_MONOTONIC, &log->last_warn);
+    log->last_warn.tv_sec -= 1 + WAKE_MS / 1000; /* the first drop is reported at once */
+
+    /* The writer takes no signals: SIGUSR1/SIGTERM belong to the main thread's event loop. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&log->thread, NULL, writer_main, log);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        MG_LOG(MG_LOG_ERROR, "reqlog", "cannot start the access log writer thread: %s",
+               strerror(rc));
+        goto fail;
+    }
+    pthread_setname_np(log->thread, "mg-reqlog");
+    return log;
+
+nomem:
+    MG_LOG(MG_LOG_ERROR, "reqlog", "out of memory opening access log %s", path);
+fail:
+    if (log) {
+        if (cond)
+            pthread_cond_destroy(&log->cond);
+        if (mu)
+            pthread_mutex_destroy(&log->mu);
+        if (log->fd >= 0 && log->path)
+            close(log->fd);
+        free(log->path);
+        free(log);
+    }
+    return NULL;
+}
+
+/* Appends |n| bytes under the lock; false when the queue is at its bound or cannot grow. */
+static bool enqueue(mg_reqlog_t *log, const char *line, size_t n)
+{
+    qbuf_t *q = &log->queue;
+    if (q->len + n > MG_REQLOG_QUEUE_MAX)
+        return false;
+    if (q->len + n > q->cap) {
+        size_t cap = q->cap ? q->cap : MG_REQLOG_QUEUE_MIN;
+        while (cap < q->len + n)
+            cap *= 2;
+        if (cap > MG_REQLOG_QUEUE_MAX)
+            cap = MG_REQLOG_QUEUE_MAX;
+        char *d = realloc(q->data, cap);
+        if (d == NULL)
+            return false;
+        q->data = d, q->cap = cap;
+    }
+    memcpy(q->data + q->len, line, n);
+    q->len += n;
+    return true;
+}
+
+void mg_reqlog_write(mg_reqlog_t *log, const mg_reqlog_rec_t *rec)
+{
+    char line[MG_REQLOG_LINE_MAX];
+    size_t n = mg_reqlog_format(rec, line, sizeof(line));
+    if (n == 0) { /* only if the fixed fields alone overflowed 8 KiB: impossible today */
+        atomic_fetch_add(&log->dropped, 1);
+        return;
+    }
+    pthread_mutex_lock(&log->mu);
+    bool was_empty = log->queue.len == 0;
+    bool ok = enqueue(log, line, n);
+    if (ok && was_empty)
+        pthread_cond_signal(&log->cond);
+    pthread_mutex_unlock(&log->mu);
+    if (!ok)
+        atomic_fetch_add(&log->dropped, 1);
+}
+
+void mg_reqlog_reopen(mg_reqlog_t *log)
+{
+    atomic_store(&log->reopen, 1); /* lock-free store: async-signal-safe */
+}
+
+uint64_t mg_reqlog_dropped(const mg_reqlog_t *log)
+{
+    return atomic_load(&log->dropped);
+}
+
+void mg_reqlog_close(mg_reqlog_t *log)
+{
+    if (log == NULL)
+        return;
+    pthread_mutex_lock(&log->mu);
+    log->stopping = true;
+    pthread_cond_signal(&log->cond);
+    pthread_mutex_unlock(&log->mu);
+    pthread_join(log->thread, NULL);
+    if (log->path)
+        close(log->fd);
+    pthread_cond_destroy(&log->cond);
+    pthread_mutex_destroy(&log->mu);
+    free(log->queue.data);
+    free(log->batch.data);
+    free(log->path);
+    free(log);
+}

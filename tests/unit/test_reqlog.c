@@ -1,0 +1,585 @@
+/*
+ * tests/unit/test_reqlog.c - access log: JSON shape and escaping (every line must parse), the
+ * truncation bound, the writer thread (no line lost or duplicated under concurrency), rotation,
+ * queue overflow accounting, and open failures.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gateway/reqlog.h"
+
+#define MARK "...[truncated]"
+
+static mg_reqlog_rec_t sample(void)
+{
+    return (mg_reqlog_rec_t){
+        .time_us = 1700000000123456LL, /* 2023-11-14T22:13:20.123456Z */
+        .request_id = "r-1",
+        .client = "127.0.0.1:5555",
+        .proto = "h2",
+        .method = "POST",
+        .host = "digits-production.example",
+        .path = "/v1/predict",
+        .app = "digits",
+        .env = "production",
+        .service = "digits-production-v3",
+        .pod = "10.0.0.7:8500",
+        .status = 200,
+        .req_bytes = 84,
+        .resp_bytes = 95,
+        .upstream_us = 1234,
+        .total_us = 2345,
+        .error = NULL,
+    };
+}
+
+/* Parses one formatted line; fails the test unless it is exactly one JSON object plus '\n'. */
+static json_t *parse_line(const char *buf, size_t n)
+{
+    assert_true(n > 1);
+    assert_int_equal(buf[n - 1], '\n');
+    assert_null(memchr(buf, '\n', n - 1));
+    json_error_t err;
+    json_t *j = json_loadb(buf, n, 0, &err);
+    if (j == NULL)
+        fail_msg("invalid JSON (%s at %d): %s", err.text, err.position, buf);
+    assert_true(json_is_object(j));
+    return j;
+}
+
+static json_t *format_parse(const mg_reqlog_rec_t *r, size_t cap, char *buf)
+{
+    size_t n = mg_reqlog_format(r, buf, cap);
+    assert_true(n > 0 && n < cap);
+    assert_int_equal(strlen(buf), n);
+    return parse_line(buf, n);
+}
+
+static void assert_str_field(json_t *j, const char *key, const char *want)
+{
+    json_t *v = json_object_get(j, key);
+    assert_non_null(v);
+    if (want == NULL) {
+        assert_true(json_is_null(v));
+        return;
+    }
+    assert_true(json_is_string(v));
+    assert_int_equal(json_string_length(v), strlen(want));
+    assert_memory_equal(json_string_value(v), want, strlen(want));
+}
+
+static void format_every_field(void **state)
+{
+    (void)state;
+    static const char *const order[] = {
+        "time",      "request_id", "client",      "proto",    "method", "host",
+        "path",      "app",        "env",         "service",  "pod",    "status",
+        "req_bytes", "resp_bytes", "upstream_us", "total_us", "error",
+    };
+    char buf[8192];
+    mg_reqlog_rec_t r = sample();
+    r.error = "upstream_timeout";
+    json_t *j = format_parse(&r, sizeof(buf), buf);
+
+    /* jansson keeps insertion order: the keys must come in the documented order */
+    size_t i = 0;
+    for (void *it = json_object_iter(j); it; it = json_object_iter_next(j, it), i++) {
+        assert_true(i < sizeof(order) / sizeof(order[0]));
+        assert_string_equal(json_object_iter_key(it), order[i]);
+    }
+    assert_int_equal(i, sizeof(order) / sizeof(order[0]));
+
+    assert_str_field(j, "time", "2023-11-14T22:13:20.123456Z");
+    assert_str_field(j, "request_id", "r-1");
+    assert_str_field(j, "client", "127.0.0.1:5555");
+    assert_str_field(j, "proto", "h2");
+    assert_str_field(j, "method", "POST");
+    assert_str_field(j, "host", "digits-production.example");
+    assert_str_field(j, "path", "/v1/predict");
+    assert_str_field(j, "app", "digits");
+    assert_str_field(j, "env", "production");
+    assert_str_field(j, "service", "digits-production-v3");
+    assert_str_field(j, "pod", "10.0.0.7:8500");
+    assert_str_field(j, "error", "upstream_timeout");
+    assert_int_equal(json_integer_value(json_object_get(j, "status")), 200);
+    assert_int_equal(json_integer_value(json_object_get(j, "req_bytes")), 84);
+    assert_int_equal(json_integer_value(json_object_get(j, "upstream_us")), 1234);
+    assert_int_equal(json_integer_value(json_object_get(j, "resp_bytes")), 95);
+    assert_int_equal(json_integer_value(json_object_get(j, "total_us")), 2345);
+    json_decref(j);
+
+    /* jansson stops at INT64_MAX, so the uint64 extreme is checked in the text */
+    r.resp_bytes = UINT64_MAX;
+    assert_true(mg_reqlog_format(&r, buf, sizeof(buf)) > 0);
+    assert_non_null(strstr(buf, "\"resp_bytes\":18446744073709551615,"));
+}
+
+static void format_nulls_and_edges(void **state)
+{
+    (void)state;
+    char buf[8192];
+    mg_reqlog_rec_t r = {.time_us = -1, .upstream_us = -1, .total_us = 0};
+    json_t *j = format_parse(&r, sizeof(buf), buf);
+    /* microseconds are floored, so a time before the epoch still prints a valid timestamp */
+    assert_str_field(j, "time", "1969-12-31T23:59:59.999999Z");
+    static const char *const strs[] = {"request_id", "client", "proto",   "method", "host", "path",
+                                       "app",        "env",    "service", "pod",    "error"};
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
+        assert_true(json_is_null(json_object_get(j, strs[i])));
+    assert_true(json_is_null(json_object_get(j, "upstream_us")));
+    assert_int_equal(json_integer_value(json_object_get(j, "status")), 0);
+    json_decref(j);
+
+    r.time_us = 0;
+    r.upstream_us = 0; /* 0 is a measurement, not "none" */
+    r.path = "";
+    j = format_parse(&r, sizeof(buf), buf);
+    assert_str_field(j, "time", "1970-01-01T00:00:00.000000Z");
+    assert_int_equal(json_integer_value(json_object_get(j, "upstream_us")), 0);
+    assert_str_field(j, "path", "");
+    json_decref(j);
+}
+
+static void format_escapes(void **state)
+{
+    (void)state;
+    char buf[8192];
+    mg_reqlog_rec_t r = sample();
+    r.path = "/a\"b\\c\nd\te\x01\x1f\x7f/";
+    r.host = "caf\xc3\xa9-\xe2\x82\xac-\xf0\x9f\x98\x80"; /* é € 😀: valid, kept as is */
+    /* invalid: lone 0xff, truncated 2-byte, overlong '/', UTF-16 surrogate, above U+10FFFF */
+    r.method = "a\xff"
+               "b\xc3"
+               "c\xc0\xaf"
+               "d\xed\xa0\x80"
+               "e\xf4\x90\x80\x80"
+               "f";
+    r.client = "\xe2\x82"; /* sequence cut by the end of the string */
+    json_t *j = format_parse(&r, sizeof(buf), buf);
+    assert_str_field(j, "path", "/a\"b\\c\nd\te\x01\x1f\x7f/");
+    assert_str_field(j, "host", "caf\xc3\xa9-\xe2\x82\xac-\xf0\x9f\x98\x80");
+#define RC "\xef\xbf\xbd" /* U+FFFD in UTF-8: one per invalid byte */
+    assert_str_field(j, "method", "a" RC "b" RC "c" RC RC "d" RC RC RC "e" RC RC RC RC "f");
+    assert_str_field(j, "client", RC RC);
+    json_decref(j);
+    /* control characters take the \u00XX form; no raw control byte reaches the file */
+    assert_non_null(strstr(buf, "c\\u000ad\\u0009e\\u0001\\u001f"));
+    for (const char *p = buf; *p != '\n'; p++)
+        assert_true((unsigned char)*p >= 0x20);
+}
+
+/* Water-filling: short fields stay whole, long ones are cut with the marker, the line fits. */
+static void format_truncates(void **state)
+{
+    (void)state;
+    char buf[8192];
+    static char path[20000], host[10001], pod[3001];
+    memset(path, 'a', sizeof(path) - 1);
+    memset(host, '"', sizeof(host) - 1);            /* escapes to twice its size */
+    for (size_t i = 0; i + 3 < sizeof(pod); i += 3) /* "€" repeated: cuts must not split it */
+        memcpy(pod + i, "\xe2\x82\xac", 3);
+    mg_reqlog_rec_t r = sample();
+    r.path = path, r.host = host, r.pod = pod;
+    r.service = "\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01"
+                "\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01";
+    json_t *j = format_parse(&r, sizeof(buf), buf);
+    assert_true(strlen(buf) > sizeof(buf) - 200); /* the space is used, not wasted */
+
+    const char *p = json_string_value(json_object_get(j, "path"));
+    size_t pl = strlen(p);
+    assert_true(pl > 1000 && pl < sizeof(buf));
+    assert_string_equal(p + pl - strlen(MARK), MARK);
+    for (size_t i = 0; i < pl - strlen(MARK); i++)
+        assert_int_equal(p[i], 'a');
+    const char *h = json_string_value(json_object_get(j, "host"));
+    assert_string_equal(h + strlen(h) - strlen(MARK), MARK);
+    const char *po = json_string_value(json_object_get(j, "pod"));
+    assert_string_equal(po + strlen(po) - strlen(MARK), MARK);
+    assert_int_equal((strlen(po) - strlen(MARK)) % 3, 0);
+    /* fields that fit are untouched */
+    assert_str_field(j, "request_id", "r-1");
+    assert_str_field(j, "app", "digits");
+    assert_int_equal(json_string_length(json_object_get(j, "service")), 40);
+    assert_int_equal(json_integer_value(json_object_get(j, "total_us")), 2345);
+    json_decref(j);
+}
+
+/* The result is exact at the boundary, shrinks when cut, and is 0 only when nothing can fit. */
+static void format_capacity(void **state)
+{
+    (void)state;
+    char full[8192], buf[8192];
+    mg_reqlog_rec_t r = sample();
+    r.path = "/v1/predict/this-is-a-rather-long-path-that-can-be-cut";
+    size_t n = mg_reqlog_format(&r, full, sizeof(full));
+    assert_true(n > 0);
+    assert_int_equal(mg_reqlog_format(&r, buf, n + 1), n); /* line + NUL */
+    assert_string_equal(buf, full);
+    size_t m = mg_reqlog_format(&r, buf, n); /* one byte short: a field is cut */
+    assert_true(m > 0 && m < n);
+    json_decref(parse_line(buf, m));
+    assert_non_null(strstr(buf, MARK));
+    assert_int_equal(mg_reqlog_format(&r, buf, 64), 0);
+    assert_int_equal(mg_reqlog_format(&r, buf, 0), 0);
+}
+
+/* Random bytes in every field and random capacities: whatever comes out must parse. */
+static void format_random_is_valid_json(void **state)
+{
+    (void)state;
+    static const unsigned char alphabet[] = {'a',  '"',  '\\', '\n', 0x01, 0x7f, 0x80, 0xbf,
+                                             0xc2, 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xed, 0xa0,
+                                             0xf0, 0x9f, 0x98, 0xf4, 0x90, 0xff, '/',  ' '};
+    static char strs[11][600];
+    char buf[8192];
+    unsigned seed = 12345;
+    for (int iter = 0; iter < 3000; iter++) {
+        for (int f = 0; f < 11; f++) {
+            size_t len = (size_t)(rand_r(&seed) % (iter % 10 == 0 ? 599 : 40));
+            for (size_t i = 0; i < len; i++)
+                strs[f][i] = (char)alphabet[rand_r(&seed) % sizeof(alphabet)];
+            strs[f][len] = '\0';
+        }
+        mg_reqlog_rec_t r = {
+            .time_us = (int64_t)rand_r(&seed) * 1000003,
+            .request_id = strs[0],
+            .client = strs[1],
+            .proto = strs[2],
+            .method = strs[3],
+            .host = strs[4],
+            .path = strs[5],
+            .app = strs[6],
+            .env = strs[7],
+            .service = strs[8],
+            .pod = strs[9],
+            .error = strs[10],
+            .status = rand_r(&seed) % 600,
+            .upstream_us = rand_r(&seed) % 3 - 1,
+        };
+        size_t cap = iter % 2 ? sizeof(buf) : (size_t)(rand_r(&seed) % 2000) + 1;
+        size_t n = mg_reqlog_format(&r, buf, cap);
+        if (n == 0)
+            continue; /* allowed only when even cut fields cannot fit */
+        assert_true(n < cap);
+        json_decref(parse_line(buf, n));
+    }
+}
+
+/* ---------------------------------------------------------------- writer thread */
+
+static char tmpdir[64];
+
+static int tmp_setup(void **state)
+{
+    (void)state;
+    strcpy(tmpdir, "/tmp/mg-test-reqlog-XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int tmp_teardown(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    char *d = NULL;
+    size_t cap = 0, n = 0, r;
+    do {
+        if (n + 65536 > cap) {
+            cap = cap ? cap * 2 : 1 << 20;
+            d = realloc(d, cap + 1);
+            assert_non_null(d);
+        }
+        r = fread(d + n, 1, cap - n, f);
+        n += r;
+    } while (r > 0);
+    fclose(f);
+    d[n] = '\0';
+    *len = n;
+    return d;
+}
+
+/* Counts lines and checks each parses; |prefix| (if set) must start every request_id. */
+static size_t check_file(const char *path, const char *prefix)
+{
+    size_t len, lines = 0;
+    char *d = slurp(path, &len);
+    if (d == NULL)
+        return 0;
+    for (char *p = d, *nl; p < d + len; p = nl + 1) {
+        nl = memchr(p, '\n', (size_t)(d + len - p));
+        assert_non_null(nl); /* no partial last line */
+        json_t *j = parse_line(p, (size_t)(nl - p) + 1);
+        if (prefix) {
+            const char *id = json_string_value(json_object_get(j, "request_id"));
+            assert_non_null(id);
+            assert_memory_equal(id, prefix, strlen(prefix));
+        }
+        json_decref(j);
+        lines++;
+    }
+    free(d);
+    return lines;
+}
+
+static void path_in_tmp(char *out, size_t cap, const char *name)
+{
+    snprintf(out, cap, "%s/%s", tmpdir, name);
+}
+
+enum { NTHREADS = 4, PER_THREAD = 2500 };
+
+typedef struct {
+    mg_reqlog_t *log;
+    int id;
+    int count;
+} worker_arg_t;
+
+static void *worker(void *p)
+{
+    worker_arg_t *a = p;
+    char id[32];
+    for (int i = 0; i < a->count; i++) {
+        snprintf(id, sizeof(id), "t%d-%d", a->id, i);
+        mg_reqlog_rec_t r = sample();
+        r.request_id = id;
+        r.status = i;
+        mg_reqlog_write(a->log, &r);
+    }
+    return NULL;
+}
+
+static void run_workers(mg_reqlog_t *log, int nthreads, int per_thread)
+{
+    pthread_t t[16];
+    worker_arg_t a[16];
+    for (int i = 0; i < nthreads; i++) {
+        a[i] = (worker_arg_t){log, i, per_thread};
+        assert_int_equal(pthread_create(&t[i], NULL, worker, &a[i]), 0);
+    }
+    for (int i = 0; i < nthreads; i++)
+        pthread_join(t[i], NULL);
+}
+
+static void threads_write_every_line_once(void **state)
+{
+    (void)state;
+    char path[128];
+    path_in_tmp(path, sizeof(path), "access.log");
+    mg_reqlog_t *log = mg_reqlog_open(path);
+    assert_non_null(log);
+    run_workers(log, NTHREADS, PER_THREAD);
+    assert_int_equal(mg_reqlog_dropped(log), 0);
+    mg_reqlog_close(log);
+
+    assert_int_equal(check_file(path, "t"), NTHREADS * PER_THREAD);
+    /* every (thread, i) exactly once */
+    size_t len;
+    char *d = slurp(path, &len);
+    static unsigned char seen[NTHREADS][PER_THREAD];
+    memset(seen, 0, sizeof(seen));
+    static const char key[] = "\"request_id\":\"t";
+    for (char *p = d, *nl; p < d + len; p = nl + 1) { /* line by line: strstr is O(n) each */
+        nl = memchr(p, '\n', (size_t)(d + len - p));
+        assert_non_null(nl);
+        char *k = memmem(p, (size_t)(nl - p), key, sizeof(key) - 1);
+        assert_non_null(k);
+        int t, i;
+        assert_int_equal(sscanf(k, "\"request_id\":\"t%d-%d\"", &t, &i), 2);
+        assert_true(t >= 0 && t < NTHREADS && i >= 0 && i < PER_THREAD);
+        seen[t][i]++;
+    }
+    for (int t = 0; t < NTHREADS; t++)
+        for (int i = 0; i < PER_THREAD; i++)
+            assert_int_equal(seen[t][i], 1);
+    free(d);
+}
+
+static void write_n(mg_reqlog_t *log, const char *id, int n)
+{
+    mg_reqlog_rec_t r = sample();
+    r.request_id = id;
+    for (int i = 0; i < n; i++)
+        mg_reqlog_write(log, &r);
+}
+
+/* Waits (bounded) until the writer has put |want| lines into |path|. Counts newlines only: the
+ * writer may be in the middle of a write(2), so the last line may still be partial. */
+static void wait_lines(const char *path, size_t want)
+{
+    for (int i = 0; i < 5000; i++) {
+        size_t len, lines = 0;
+        char *d = slurp(path, &len);
+        for (size_t k = 0; d && k < len; k++)
+            lines += d[k] == '\n';
+        free(d);
+        if (lines >= want)
+            return;
+        usleep(1000);
+    }
+    fail_msg("%s: %zu lines expected within 5 s", path, want);
+}
+
+static void reopen_after_rename(void **state)
+{
+    (void)state;
+    char path[128], rotated[128];
+    path_in_tmp(path, sizeof(path), "rot.log");
+    path_in_tmp(rotated, sizeof(rotated), "rot.log.1");
+    mg_reqlog_t *log = mg_reqlog_open(path);
+    assert_non_null(log);
+    write_n(log, "old", 100);
+    wait_lines(path, 100);
+    assert_int_equal(rename(path, rotated), 0);
+    mg_reqlog_reopen(log); /* what the SIGUSR1 handler calls */
+    write_n(log, "new", 50);
+    wait_lines(path, 50); /* the writer reopened without waiting for close */
+    write_n(log, "new", 50);
+    mg_reqlog_close(log);
+    assert_int_equal(check_file(rotated, "old"), 100);
+    assert_int_equal(check_file(path, "new"), 100);
+}
+
+/* A reopen that fails (directory gone) keeps writing to the old file, so no line is lost, and is
+ * retried until it succeeds. */
+static void reopen_failure_keeps_old_file(void **state)
+{
+    (void)state;
+    char dir[128], path[128], moved[128], moved_path[128];
+    path_in_tmp(dir, sizeof(dir), "d");
+    path_in_tmp(moved, sizeof(moved), "d2");
+    path_in_tmp(path, sizeof(path), "d/x.log");
+    path_in_tmp(moved_path, sizeof(moved_path), "d2/x.log");
+    assert_int_equal(mkdir(dir, 0755), 0);
+    mg_reqlog_t *log = mg_reqlog_open(path);
+    assert_non_null(log);
+    write_n(log, "a", 10);
+    assert_int_equal(rename(dir, moved), 0);
+    mg_reqlog_reopen(log);
+    write_n(log, "a", 10);
+    wait_lines(moved_path, 20); /* the reopen failed, so they went to the old file */
+
+    /* once the directory is back, the writer's retry (every second) opens the new file */
+    assert_int_equal(mkdir(dir, 0755), 0);
+    struct stat st;
+    for (int i = 0; i < 500 && stat(path, &st) != 0; i++)
+        usleep(10000);
+    assert_int_equal(stat(path, &st), 0);
+    write_n(log, "b", 10);
+    mg_reqlog_close(log);
+    assert_int_equal(check_file(moved_path, "a"), 20);
+    assert_int_equal(check_file(path, "b"), 10);
+}
+
+static void open_missing_directory_fails(void **state)
+{
+    (void)state;
+    char path[128];
+    path_in_tmp(path, sizeof(path), "no/such/dir/access.log");
+    assert_null(mg_reqlog_open(path));
+    assert_null(mg_reqlog_open(""));
+    assert_null(mg_reqlog_open(NULL));
+}
+
+/* Write errors (disk full) lose the batch, are reported, and never hang close. */
+static void write_error_does_not_hang(void **state)
+{
+    (void)state;
+    mg_reqlog_t *log = mg_reqlog_open("/dev/full");
+    assert_non_null(log);
+    write_n(log, "x", 100);
+    mg_reqlog_close(log);
+}
+
+typedef struct {
+    int fd;
+    size_t lines;
+} reader_arg_t;
+
+static void *reader(void *p)
+{
+    reader_arg_t *a = p;
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(a->fd, buf, sizeof(buf))) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        assert_true(n > 0);
+        for (ssize_t i = 0; i < n; i++)
+            a->lines += buf[i] == '\n';
+    }
+    return NULL;
+}
+
+/* A stuck file (a pipe nobody reads) fills the 64 MiB queue: further lines are counted as
+ * dropped, workers never block, and written + dropped == submitted once the reader drains. */
+static void full_queue_drops_and_counts(void **state)
+{
+    (void)state;
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", pfd[1]);
+    mg_reqlog_t *log = mg_reqlog_open(path);
+    assert_non_null(log);
+    close(pfd[1]); /* the log holds its own descriptor of the pipe */
+
+    enum { N = 150000 }; /* ~700 bytes each: 100 MB, well past 64 MiB */
+    static char pad[400];
+    memset(pad, 'p', sizeof(pad) - 1);
+    mg_reqlog_rec_t r = sample();
+    r.path = pad;
+    for (int i = 0; i < N; i++)
+        mg_reqlog_write(log, &r);
+    uint64_t dropped = mg_reqlog_dropped(log);
+    assert_true(dropped > 0);
+
+    reader_arg_t ra = {pfd[0], 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, reader, &ra), 0);
+    mg_reqlog_close(log); /* returns once the writer got everything into the pipe */
+    pthread_join(t, NULL);
+    close(pfd[0]);
+    assert_int_equal(ra.lines + dropped, N);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(format_every_field),
+        cmocka_unit_test(format_nulls_and_edges),
+        cmocka_unit_test(format_escapes),
+        cmocka_unit_test(format_truncates),
+        cmocka_unit_test(format_capacity),
+        cmocka_unit_test(format_random_is_valid_json),
+        cmocka_unit_test(threads_write_every_line_once),
+        cmocka_unit_test(reopen_after_rename),
+        cmocka_unit_test(reopen_failure_keeps_old_file),
+        cmocka_unit_test(open_missing_directory_fails),
+        cmocka_unit_test(write_error_does_not_hang),
+        cmocka_unit_test(full_queue_drops_and_counts),
+    };
+    return cmocka_run_group_tests(tests, tmp_setup, tmp_teardown);
+}
