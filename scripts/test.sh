@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# scripts/test.sh - THE test command: installs what is missing, builds with ASan + UBSan, and runs
+# every test (unit and end-to-end) through CTest. Exits with CTest's status.
+#
+# Idempotent and runnable from any directory. Reuses build-sanitize/ between runs, so a second
+# run only rebuilds what changed.
+#
+# Only the Sanitize build is made here. A release build (build/) would let the end-to-end tests
+# run against optimised binaries too, but doubling the build does not fit CI's time budget; the
+# sanitizers catch more, and bench/run.sh builds nothing (it takes MODELGATE_BIN).
+#
+# Environment: JOBS (build parallelism, default: number of cores), CTEST_ARGS (extra arguments,
+# e.g. CTEST_ARGS='-R unit' to run the unit tests only).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+scripts/install-deps.sh
+
+BUILD=build-sanitize
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Sanitize -DMG_WERROR=ON
+cmake --build "$BUILD" -j"${JOBS:-$(nproc)}"
+
+# UBSan already stops at the first report (-fno-sanitize-recover); make it say where.
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
+
+rc=0
+# shellcheck disable=SC2086 # CTEST_ARGS is a list of arguments on purpose
+ctest --test-dir "$BUILD" --output-on-failure -j2 --timeout 600 ${CTEST_ARGS:-} || rc=$?
+exit "$rc"
