@@ -18,6 +18,7 @@ a missing binary fails the test with a message saying so (never a skip).
 import copy
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -35,6 +36,9 @@ PYTHON = os.environ.get("MG_PYTHON") or "/usr/bin/python3"
 DOMAIN = "modelgate.local"
 HOST = "digits-production." + DOMAIN
 READY_DEADLINE = 10.0
+# a line of a sanitizer report (ASan, LSan, UBSan) on a gateway's stderr
+SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Memory|Thread)Sanitizer|runtime error: |"
+                          r"SUMMARY: (Address|Leak|UndefinedBehavior)Sanitizer")
 
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
@@ -123,6 +127,7 @@ class Proc:
         self.stdout_path = os.path.join(workdir, name + ".stdout")
         self.stderr_path = os.path.join(workdir, name + ".stderr")
         self.extra_logs = []  # more files to show on failure
+        self.gateway_drain_s = None  # a gateway: its drain time, checked for a clean exit
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.popen = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                           cwd=workdir, env=env, start_new_session=True)
@@ -207,7 +212,7 @@ class Backend:
 class Gateway:
     """A running modelgate with its generated gateway.json and routes.json."""
 
-    def __init__(self, procs, conf, routes, tls, args, name):
+    def __init__(self, procs, conf, routes, tls, args, name, env=None):
         self.procs = procs
         self.dir = os.path.join(procs.dir, name)
         os.makedirs(self.dir, exist_ok=True)
@@ -234,7 +239,8 @@ class Gateway:
             pytest.fail("gateway binary not found or not executable: %s (build the CMake target "
                         "`modelgate`, or set MG_GATEWAY_BIN)" % GATEWAY_BIN)
         argv = [GATEWAY_BIN, "--config", self.conf_path] + list(args)
-        self.proc = procs.spawn(name, argv)
+        self.proc = procs.spawn(name, argv, env)
+        self.proc.gateway_drain_s = self.conf.get("timeouts_ms", {}).get("drain", 10000) / 1000.0
         self.proc.extra_logs.append(self.access_log)
         self.pid = self.proc.pid
         ports = [self.port] + ([self.tls_port] if tls else [])
@@ -319,12 +325,41 @@ class Procs:
         p.wait_ready([port])
         return Backend(p, name, port)
 
-    def gateway(self, routes, conf=None, tls=True, args=(), name="gateway"):
+    def gateway_cli(self, args, ports, name="gateway"):
+        """Starts modelgate with command-line flags only (no gateway.json); waits for |ports|."""
+        if not (os.path.isfile(GATEWAY_BIN) and os.access(GATEWAY_BIN, os.X_OK)):
+            pytest.fail("gateway binary not found or not executable: %s (build the CMake target "
+                        "`modelgate`, or set MG_GATEWAY_BIN)" % GATEWAY_BIN)
+        p = self.spawn(name, [GATEWAY_BIN] + list(args))
+        p.gateway_drain_s = 10.0
+        p.wait_ready(ports)
+        return p
+
+    def gateway(self, routes, conf=None, tls=True, args=(), name="gateway", env=None):
         """Starts modelgate with gateway.json = defaults + |conf| (deep-merged; None values
-        delete keys) and routes.json = |routes|; waits until every listener accepts."""
-        return Gateway(self, conf, routes, self.tls if tls else None, args, name)
+        delete keys) and routes.json = |routes|; waits until every listener accepts. |env|:
+        the process environment (default: the tests')."""
+        return Gateway(self, conf, routes, self.tls if tls else None, args, name, env)
 
     def stop_all(self):
+        """Stops every process. Gateways first get SIGTERM and must exit 0 within their drain
+        time, with no sanitizer report on stderr; returns the problems found (strings)."""
+        problems = []
+        for p in self.all:
+            if p.gateway_drain_s is None:
+                continue
+            if p.alive():
+                p.signal(signal.SIGTERM)
+                if p.wait(p.gateway_drain_s + 3.0) is None:
+                    problems.append("%s did not exit within %.0fs of SIGTERM" % (
+                        p.name, p.gateway_drain_s + 3.0))
+            rc = p.popen.returncode
+            if rc not in (None, 0):
+                problems.append("%s exited with code %s" % (p.name, rc))
+            for line in p.stderr().splitlines():
+                if SANITIZER_RE.search(line):
+                    problems.append("%s stderr: %s" % (p.name, line.strip()))
+                    break
         for p in self.all:
             if p.alive():
                 try:
@@ -332,6 +367,7 @@ class Procs:
                 except (ProcessLookupError, PermissionError):
                     pass
             p.stop()
+        return problems
 
     def report(self):
         return "\n\n".join(p.report() for p in self.all)
@@ -392,7 +428,9 @@ def procs(request, tmp_path, tls_material):
     try:
         yield ps
     finally:
-        ps.stop_all()
+        problems = ps.stop_all()
+    if problems:
+        pytest.fail("at teardown: " + "; ".join(problems), pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -611,4 +649,6 @@ def error_json(status_expected, code_expected, status, headers, body):
     assert err.get("code") == code_expected, doc
     assert isinstance(err.get("message"), str) and err["message"], doc
     assert isinstance(err.get("request_id"), str) and err["request_id"], doc
+    if "x-request-id" in headers:
+        assert headers["x-request-id"] == err["request_id"], (headers, doc)
     return err

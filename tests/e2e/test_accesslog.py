@@ -229,3 +229,10 @@ def test_completed_requests_not_logged_as_aborted(logged):
     bad = [ln for ln in lines if ln["error"] not in (None, "")]
     assert not bad, "%d of %d completed requests logged with an error, e.g. %r" % (
         len(bad), n, bad[:3])
+
+
+def test_check_config_missing_routes_file(tmp_path):
+    d = str(tmp_path)
+    rc, out = check_config(write(d, "gateway.json", good_conf(routes="nosuch-routes.json")))
+    assert rc == 1, out
+    assert "nosuch-routes.json" in out, out

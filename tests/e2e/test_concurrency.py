@@ -83,3 +83,20 @@ def test_h2load_http11_connections(stack):
     gw, _, _ = stack
     counts, ok2xx = h2load(gw, "--h1", "-n", "2000", "-c", "50")
     assert counts == (2000, 2000, 2000, 2000, 0) and ok2xx == 2000, counts
+
+
+def test_settings_follow_limits(procs):
+    a = procs.backend("pod-a", proto="h2c")
+    gw = procs.gateway(routes_doc({"svc": [a]}, [("digits", "production", "svc")]),
+                       conf={"limits": {"max_concurrent_streams": 7, "stream_window": 262144,
+                                        "max_header_list_size": 20000}}, tls=False)
+    with gw.h2() as c:
+        assert c.wait_settings()
+        rs = c.conn.remote_settings
+        assert rs.max_concurrent_streams == 7
+        assert rs.initial_window_size == 262144
+        assert rs.max_header_list_size == 20000
+        # 7 streams at once are fine
+        streams = [c.start("GET", "/slow?ms=300") for _ in range(7)]
+        assert c.wait(streams, 10)
+        assert all(s.status == 200 for s in streams), streams

@@ -352,3 +352,31 @@ def test_h2_header_list_too_large(victim, kind):
             assert c.get("/same-conn").status == 200
     assert not [r for r in a.requests() if r[2] == "/big-h2-headers"]
     assert_serving(gw, keeper)
+
+
+# --- idle clients -------------------------------------------------------------------------------
+
+
+def test_client_idle_timeout(procs):
+    """Connections with nothing in flight are closed after timeouts_ms.client_idle: HTTP/2 with
+    a GOAWAY first; a slow request in flight keeps its connection."""
+    a = procs.backend("pod-a")
+    gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"client_idle": 500}})
+    c = gw.h2()
+    assert c.get("/idle").status == 200
+    t0 = time.monotonic()
+    assert c.wait_closed(5), "idle HTTP/2 connection still open after 5 s"
+    took = time.monotonic() - t0
+    assert c.goaway is not None, "closed without GOAWAY"
+    assert 0.4 <= took < 3.0, took
+    c.close()
+    with H1Conn(gw.port) as h:
+        h.send(h1_request_bytes("GET", "/idle-h1", gw.authority()))
+        assert h.read_response().status == 200
+        t0 = time.monotonic()
+        assert h.closed_by_peer(5), "idle HTTP/1.1 connection still open after 5 s"
+        assert 0.4 <= time.monotonic() - t0 < 3.0
+    with gw.h2() as c:  # busy is not idle
+        r = c.get("/slow?ms=1500", timeout=5)
+        assert r.status == 200 and r.ended, r
+    assert_serving(gw)

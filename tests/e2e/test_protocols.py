@@ -14,8 +14,9 @@ import time
 import httpx
 import pytest
 
-from conftest import (DOMAIN, HOST, H1Conn, curl, error_json, h1, h1_request_bytes,
-                      routes_doc, wait_for)
+from conftest import (DOMAIN, HOST, H1Conn, curl, error_json, free_port, h1, h1_request_bytes,
+                      read_jsonl, routes_doc, wait_for)
+from h2client import H2Client
 
 HOST_B = "fraud-detect-staging." + DOMAIN  # an app name with a dash
 
@@ -546,3 +547,47 @@ def test_curl_http2_upgrade_attempt_on_cleartext(stack):
     status, version, _, body = curl(gw, "/upgrade-post", "--data-binary", "abc", mode="h2",
                                     timeout=10)
     assert status == 200 and json.loads(body)["body_len"] == 3
+
+
+# --- quick start: command-line flags only -------------------------------------------------------
+
+
+def test_cli_quick_start_h2c_pods(procs):
+    a = procs.backend("pod-a")
+    b = procs.backend("pod-b")
+    p1, p2, tp = free_port(), free_port(), free_port()
+    log = os.path.join(procs.dir, "quick-access.log")
+    gw = procs.gateway_cli(["--listen", "127.0.0.1:%d" % p1, "--listen", "127.0.0.1:%d" % p2,
+                            "--tls-listen", "127.0.0.1:%d" % tp, "--cert", procs.tls["cert"],
+                            "--key", procs.tls["key"], "--backend", "%s,%s" % (a.addr, b.addr),
+                            "--workers", "1", "--access-log", log, "--log-level", "debug"],
+                           [p1, p2, tp])
+    pods = []
+    for port in (p1, p2):
+        with H2Client("127.0.0.1", port, authority="anything.example:%d" % port) as c:
+            for i in range(4):
+                r = c.get("/quick/%d" % i)
+                assert r.status == 200, r
+                pods.append(r.json()["pod"])
+    assert sorted(set(pods)) == ["pod-a", "pod-b"] and pods.count("pod-a") == 4, pods
+    with H2Client("127.0.0.1", tp, authority="localhost:%d" % tp, tls=True,
+                  cafile=procs.tls["ca"], server_name="localhost") as c:
+        r = c.get("/quick-tls")
+        assert r.status == 200 and r.json()["headers"]["x-forwarded-proto"] == "https"
+    wait_for(lambda: len(read_jsonl(log)) >= 9, 5, what="9 lines in the --access-log file")
+    assert gw.alive()
+
+
+def test_cli_quick_start_http1_pods(procs):
+    h = procs.backend("pod-h1", proto="http1")
+    port = free_port()
+    procs.gateway_cli(["--listen", "127.0.0.1:%d" % port, "--backend", h.addr,
+                       "--backend-proto", "http1", "--workers", "2"], [port])
+    with H2Client("127.0.0.1", port, authority="x.example") as c:
+        r = c.request("POST", "/quick-h1", body=b"abc" * 100)
+        assert r.status == 200 and r.json()["proto"] == "http/1.1", r
+        assert r.json()["body_len"] == 300
+    with H1Conn(port) as c:
+        c.send(h1_request_bytes("GET", "/quick-h1", "x.example"))
+        r = c.read_response()
+        assert r.status == 200 and r.json()["proto"] == "http/1.1"
