@@ -298,8 +298,14 @@ def test_bad_preface_closes_connection(victim, junk):
 
 @pytest.mark.parametrize("line", [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n",
                                   b"GET / HTTP/1.1\r\nbad header line\r\n\r\n",
-                                  b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: zz\r\n\r\n"],
-                         ids=["garbage", "extra-token", "header-no-colon", "bad-length"])
+                                  b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: zz\r\n\r\n",
+                                  # request smuggling shapes (RFC 9112 6.3)
+                                  b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                                  b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                                  b"Content-Length: 6\r\n\r\nabcdef"],
+                         ids=["garbage", "extra-token", "header-no-colon", "bad-length",
+                              "te-and-cl", "two-lengths"])
 def test_http1_garbage_400(victim, line):
     gw, a, keeper = victim
     with H1Conn(gw.port) as c:
@@ -333,7 +339,7 @@ def test_h1_headers_too_large_431(victim):
     gw, _, keeper = victim
     big = [("X-Big-%d" % i, "b" * 2000) for i in range(12)]  # ~24 KiB > 16 KiB
     r = h1(gw, "GET", "/big-headers", headers=big)
-    assert r.status == 431, r
+    error_json(431, None, r.status, r.headers, r.body)
     assert_serving(gw, keeper)
 
 
@@ -348,6 +354,8 @@ def test_h2_header_list_too_large(victim, kind):
         st = c.start("GET", "/big-h2-headers", headers=big)
         assert c.wait(st, 5), st
         assert st.status == 431 or st.reset_code is not None, st
+        if st.status is not None:
+            error_json(431, None, st.status, st.headers, bytes(st.body))
         if c.goaway is None:
             assert c.get("/same-conn").status == 200
     assert not [r for r in a.requests() if r[2] == "/big-h2-headers"]
