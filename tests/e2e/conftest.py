@@ -18,6 +18,7 @@ a missing binary fails the test with a message saying so (never a skip).
 import copy
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -48,8 +49,29 @@ if HERE not in sys.path:
 # small utilities
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORT_RANGE = (max(1024, _ephemeral_low() - 12000), _ephemeral_low())
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing uses right now. Taken below the kernel's ephemeral
+    range, so that no outgoing connection (of this test or a parallel one) can take it as its
+    local port between this check and the server's bind()."""
+    for _ in range(200):
+        port = random.randrange(*_PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -40,10 +40,11 @@ def two_pod_stack(procs, pods, conf=None, proto="h2c"):
 # --- upstream failures --------------------------------------------------------------------------
 
 
-def test_dead_pod_failover(procs):
+@pytest.mark.parametrize("proto", ["h2c", "http1"])
+def test_dead_pod_failover(procs, proto):
     a = procs.backend("pod-a")
     dead = "127.0.0.1:%d" % free_port()
-    gw = two_pod_stack(procs, [dead, a])
+    gw = two_pod_stack(procs, [dead, a], proto=proto)
     with gw.h2() as c:
         for i in range(20):
             r = c.request("POST", "/fo/%d" % i, body=b"x" * 5000)
@@ -54,8 +55,10 @@ def test_dead_pod_failover(procs):
         assert r.status == 200 and r.json()["pod"] == "pod-a"
 
 
-def test_all_pods_dead_502(procs):
-    gw = two_pod_stack(procs, ["127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()])
+@pytest.mark.parametrize("proto", ["h2c", "http1"])
+def test_all_pods_dead_502(procs, proto):
+    gw = two_pod_stack(procs, ["127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()],
+                       proto=proto)
     with gw.h2() as c:
         for _ in range(3):
             t0 = time.monotonic()

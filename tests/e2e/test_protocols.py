@@ -591,3 +591,27 @@ def test_cli_quick_start_http1_pods(procs):
         c.send(h1_request_bytes("GET", "/quick-h1", "x.example"))
         r = c.read_response()
         assert r.status == 200 and r.json()["proto"] == "http/1.1"
+
+
+@pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
+def test_request_body_streams_upstream(both_upstreams, host):
+    """The request reaches the backend while the client is still sending its body."""
+    gw, a, h = both_upstreams
+    pod = a if host == HOST else h
+    first = os.urandom(100000)
+    rest = os.urandom(200000)
+    with gw.h2() as c:
+        st = c.start("POST", "/streamed-up", authority=gw.authority(host),
+                     headers=[("content-length", str(len(first) + len(rest)))], end_stream=False)
+        assert c.send(st, first)
+
+        def arrived():
+            c.pump(0.05)
+            return any(r[2] == "/streamed-up" for r in pod.requests())
+        wait_for(arrived, 5, what="the request to reach the backend before its body ended")
+        assert c.send(st, rest, end_stream=True)
+        assert c.wait(st, 10), st
+        assert st.status == 200
+        doc = st.json()
+        assert doc["body_len"] == len(first) + len(rest)
+        assert doc["body_sha256"] == hashlib.sha256(first + rest).hexdigest()
