@@ -57,9 +57,9 @@ struct mg_srv_stream {
     mg_arena_t arena;
 
     mg_hdr_t *hdrs;
-    size_t nhdrs;
+    size_t nhdrs, hdrs_cap;
     mg_hdr_t *trailers;
-    size_t ntrailers;
+    size_t ntrailers, trailers_cap;
     const char *method, *scheme, *authority, *path, *host;
     size_t hdr_bytes;
     int bad_status; /* 431 etc.: answered by us, never shown to the handler */
@@ -208,7 +208,6 @@ static mg_srv_stream_t *stream_new(conn_t *c, int32_t id)
     s->out = out;
     s->c = c;
     s->id = id;
-    s->hdrs = mg_arena_alloc(&s->arena, sizeof(mg_hdr_t) * srv->conf.max_headers);
     if (c->proto == P_H2 && s->out == NULL)
         s->out = evbuffer_new();
     s->next_in_conn = c->streams;
@@ -282,24 +281,41 @@ bool mg_srv_responded(const mg_srv_stream_t *s)
     return s->responded;
 }
 
-static void hdr_push(mg_srv_stream_t *s, mg_hdr_t *arr, size_t *n, const char *name, size_t nlen,
-                     const char *value, size_t vlen)
+bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t max,
+                  const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    if (*n >= s->c->srv->conf.max_headers) {
-        s->bad_status = 431;
-        return;
+    if (*n >= max)
+        return false;
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        mg_hdr_t *na = mg_arena_alloc(a, sizeof(mg_hdr_t) * ncap);
+        if (na == NULL)
+            return false;
+        if (*n)
+            memcpy(na, *arr, sizeof(mg_hdr_t) * *n); /* the old array stays in the arena */
+        *arr = na;
+        *cap = ncap;
     }
-    char *nm = mg_arena_strndup(&s->arena, name, nlen);
-    char *v = mg_arena_strndup(&s->arena, value, vlen);
-    if (nm == NULL || v == NULL) {
-        s->bad_status = 431;
-        return;
-    }
+    char *nm = mg_arena_strndup(a, name, nlen);
+    char *v = mg_arena_strndup(a, value, vlen);
+    if (nm == NULL || v == NULL)
+        return false;
     for (size_t i = 0; i < nlen; i++) /* HTTP/1.1 names may have any case */
         if (nm[i] >= 'A' && nm[i] <= 'Z')
             nm[i] = (char)(nm[i] + 32);
-    arr[*n] = (mg_hdr_t){nm, v, nlen, vlen};
-    (*n)++;
+    (*arr)[(*n)++] = (mg_hdr_t){nm, v, nlen, vlen, false};
+    return true;
+}
+
+static void hdr_push(mg_srv_stream_t *s, bool trailer, const char *name, size_t nlen,
+                     const char *value, size_t vlen)
+{
+    bool ok = trailer ? mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap,
+                                     s->c->srv->conf.max_headers, name, nlen, value, vlen)
+                      : mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap,
+                                     s->c->srv->conf.max_headers, name, nlen, value, vlen);
+    if (!ok)
+        s->bad_status = 431;
 }
 
 static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
@@ -349,11 +365,7 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
         return 0;
     }
     if (f->headers.cat == NGHTTP2_HCAT_HEADERS) { /* trailers */
-        if (s->trailers == NULL)
-            s->trailers = mg_arena_alloc(&s->arena, sizeof(mg_hdr_t) * s->c->srv->conf.max_headers);
-        if (s->trailers)
-            hdr_push(s, s->trailers, &s->ntrailers, (const char *)n.base, n.len,
-                     (const char *)v.base, v.len);
+        hdr_push(s, true, (const char *)n.base, n.len, (const char *)v.base, v.len);
         return 0;
     }
     const char *nm = (const char *)n.base;
@@ -375,7 +387,7 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
         s->host = mg_arena_strndup(&s->arena, (const char *)v.base, v.len);
         return 0;
     }
-    hdr_push(s, s->hdrs, &s->nhdrs, nm, n.len, (const char *)v.base, v.len);
+    hdr_push(s, false, nm, n.len, (const char *)v.base, v.len);
     return 0;
 }
 
@@ -388,14 +400,32 @@ static void stream_request_end(mg_srv_stream_t *s)
         s->c->srv->h->on_end(s, s->trailers, s->ntrailers);
 }
 
+/* Lets the handler log a request we answer ourselves; returns the request id it chose
+ * (in the stream's arena), or NULL. */
+static const char *report_reject(mg_srv_stream_t *s, int status, const char *code)
+{
+    mg_srv_t *srv = s->c->srv;
+    if (srv->h->on_reject == NULL)
+        return NULL;
+    mg_srv_req_t req;
+    build_req(s, &req);
+    char *rid = mg_arena_alloc(&s->arena, 64);
+    if (rid == NULL)
+        return NULL;
+    rid[0] = '\0';
+    srv->h->on_reject(srv->ud, &req, status, code, rid, 64);
+    return rid[0] ? rid : NULL;
+}
+
 static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
 {
     conn_t *c = s->c;
     if (end_stream)
         s->req_ended = true;
     if (s->bad_status) {
+        const char *rid = report_reject(s, s->bad_status, "headers_too_large");
         mg_srv_error(s, s->bad_status, "headers_too_large",
-                     "request header fields too large or too many", NULL, NULL, 0);
+                     "request header fields too large or too many", rid, NULL, 0);
         return;
     }
     mg_srv_req_t req;
@@ -528,16 +558,9 @@ static void h2_flush(conn_t *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     for (;;) {
-        while (evbuffer_get_length(out) < OUT_HIGH) {
-            const uint8_t *data;
-            ssize_t n = nghttp2_session_mem_send(c->h2, &data);
-            if (n < 0) {
-                conn_close(c);
-                return;
-            }
-            if (n == 0)
-                break;
-            bufferevent_write(c->bev, data, (size_t)n);
+        if (mg_h2_send(c->h2, c->bev, OUT_HIGH) < 0) {
+            conn_close(c);
+            return;
         }
         mg_srv_stream_t *d = c->drain_list;
         c->drain_list = NULL;
@@ -559,6 +582,37 @@ static void h2_flush(conn_t *c)
         if (evbuffer_get_length(out) == 0)
             conn_close(c);
     }
+}
+
+int mg_h2_send(nghttp2_session *h2, struct bufferevent *bev, size_t high)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    uint8_t buf[16384];
+    size_t used = 0, queued = evbuffer_get_length(out);
+    int rv = 0;
+    while (queued + used < high) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(h2, &data);
+        if (n <= 0) {
+            rv = (int)n;
+            break;
+        }
+        if (used + (size_t)n > sizeof(buf)) {
+            evbuffer_add(out, buf, used);
+            queued += used;
+            used = 0;
+        }
+        if ((size_t)n > sizeof(buf)) {
+            evbuffer_add(out, data, (size_t)n);
+            queued += (size_t)n;
+        } else {
+            memcpy(buf + used, data, (size_t)n);
+            used += (size_t)n;
+        }
+    }
+    if (used)
+        evbuffer_add(out, buf, used);
+    return rv;
 }
 
 /* ---------- HTTP/1.1 ---------- */
@@ -638,10 +692,7 @@ static int h1_on_value_complete(llhttp_t *p)
     size_t nlen = c->h1_fld_len, vlen = c->h1_val_len;
     c->h1_fld_len = c->h1_val_len = 0;
     if (c->h1_headers_done) { /* chunked trailer section */
-        if (s->trailers == NULL)
-            s->trailers = mg_arena_alloc(&s->arena, sizeof(mg_hdr_t) * c->srv->conf.max_headers);
-        if (s->trailers)
-            hdr_push(s, s->trailers, &s->ntrailers, name, nlen, value, vlen);
+        hdr_push(s, true, name, nlen, value, vlen);
         return 0;
     }
     if (nlen == 4 && strncasecmp(name, "host", 4) == 0) {
@@ -654,7 +705,7 @@ static int h1_on_value_complete(llhttp_t *p)
         bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         return 0;
     }
-    hdr_push(s, s->hdrs, &s->nhdrs, name, nlen, value, vlen);
+    hdr_push(s, false, name, nlen, value, vlen);
     return 0;
 }
 
@@ -728,7 +779,8 @@ static void h1_reject(conn_t *c, int status, const char *code, const char *msg)
         c->h1s->handled = false;
         c->srv->h->on_close(c->h1s, false);
     }
-    mg_srv_error(c->h1s, status, code, msg, NULL, NULL, 0);
+    const char *rid = report_reject(c->h1s, status, code);
+    mg_srv_error(c->h1s, status, code, msg, rid, NULL, 0);
 }
 
 static void h1_process(conn_t *c)
@@ -869,12 +921,17 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
         if (nv == NULL || st == NULL) {
             nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         } else {
-            snprintf(st, 4, "%03d", status);
+            st[0] = (char)('0' + status / 100 % 10);
+            st[1] = (char)('0' + status / 10 % 10);
+            st[2] = (char)('0' + status % 10);
+            st[3] = '\0';
             nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3,
                                  NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
             for (size_t i = 0; i < n; i++)
                 nv[i + 1] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
-                                         hdrs[i].name_len, hdrs[i].value_len, NGHTTP2_NV_FLAG_NONE};
+                                         hdrs[i].name_len, hdrs[i].value_len,
+                                         hdrs[i].never_index ? NGHTTP2_NV_FLAG_NO_INDEX
+                                                             : NGHTTP2_NV_FLAG_NONE};
             nghttp2_data_provider prd = {.source.ptr = s, .read_callback = h2_read_body};
             nghttp2_submit_response(c->h2, s->id, nv, n + 1, end || s->head ? NULL : &prd);
             if (s->head)
@@ -1066,8 +1123,8 @@ mg_err_t mg_srv_error(mg_srv_stream_t *s, int status, const char *code, const ch
     snprintf(len, sizeof(len), "%d", n);
     mg_hdr_t h[16];
     size_t nh = 0;
-    h[nh++] = (mg_hdr_t){"content-type", "application/json", 12, 16};
-    h[nh++] = (mg_hdr_t){"content-length", len, 14, strlen(len)};
+    h[nh++] = (mg_hdr_t){"content-type", "application/json", 12, 16, false};
+    h[nh++] = (mg_hdr_t){"content-length", len, 14, strlen(len), false};
     for (size_t i = 0; i < nextra && nh < 16; i++)
         h[nh++] = extra[i];
     conn_t *c = s->c;

@@ -39,6 +39,7 @@ typedef struct mg_hdr {
     const char *value;
     size_t name_len;
     size_t value_len;
+    bool never_index; /* HPACK: a value unique per request (ids) would only churn the table */
 } mg_hdr_t;
 
 typedef struct mg_srv mg_srv_t;
@@ -66,6 +67,11 @@ typedef struct mg_srv_handler {
     /* The stream is finished (|complete|) or aborted (client reset, connection lost). The
      * handler must drop every reference to |s| before returning. */
     void (*on_close)(mg_srv_stream_t *s, bool complete);
+    /* Optional: a request the server answers itself (malformed HTTP/1.1, header limits), so
+     * that it is logged like any other. |req| fields may be "" when parsing stopped early. The
+     * handler writes the request id to quote in the error body into |rid| (|cap| bytes). */
+    void (*on_reject)(void *ud, const mg_srv_req_t *req, int status, const char *code, char *rid,
+                      size_t cap);
 } mg_srv_handler_t;
 
 typedef struct mg_srv_conf {
@@ -132,5 +138,20 @@ mg_err_t mg_srv_error(mg_srv_stream_t *s, int status, const char *code, const ch
 
 /* True once the response head was sent. */
 bool mg_srv_responded(const mg_srv_stream_t *s);
+
+/* --- shared with the HTTP/2 client side (gateway/upstream.c) --- */
+
+/* Copies a field into |a| and appends it to the array *|arr| (*|n| used of *|cap|), which starts
+ * small and doubles inside the arena, so a typical request needs no heap allocation. The name
+ * is lowercased. Returns false when |max| fields are reached or the arena is full. */
+bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t max,
+                  const char *name, size_t nlen, const char *value, size_t vlen);
+
+/* Moves frames from |h2| into |bev|'s output until nghttp2 has nothing more or the output holds
+ * |high| bytes. Frames are coalesced so that one socket write (one TLS record) carries many.
+ * Returns 0, or the nghttp2 error. */
+struct nghttp2_session;
+struct bufferevent;
+int mg_h2_send(struct nghttp2_session *h2, struct bufferevent *bev, size_t high);
 
 #endif /* MG_COMMON_H2SERVER_H */

@@ -40,3 +40,17 @@ int mg_log_level_parse(const char *s)
             return i;
     return -1;
 }
+
+bool mg_log_limit_pass(mg_log_limit_t *l, unsigned long *suppressed)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (l->_last_s != 0 && ts.tv_sec - l->_last_s < 1) {
+        l->_suppressed++;
+        return false;
+    }
+    l->_last_s = ts.tv_sec ? ts.tv_sec : 1;
+    *suppressed = l->_suppressed;
+    l->_suppressed = 0;
+    return true;
+}

@@ -8,6 +8,8 @@
 #ifndef MG_COMMON_LOG_H
 #define MG_COMMON_LOG_H
 
+#include <stdbool.h>
+
 typedef enum mg_log_level {
     MG_LOG_DEBUG = 0,
     MG_LOG_INFO = 1,
@@ -25,6 +27,17 @@ extern mg_log_level_t mg_log_level;
 
 void mg_log_emit(mg_log_level_t lvl, const char *mod, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* At most one line a second for an error that can repeat per request (h2o error reporter).
+ * Not thread-safe: keep one per worker object. */
+typedef struct mg_log_limit {
+    long long _last_s;
+    unsigned long _suppressed;
+} mg_log_limit_t;
+
+/* True when a line may be written now; then *suppressed receives how many were skipped since
+ * the last one. */
+bool mg_log_limit_pass(mg_log_limit_t *l, unsigned long *suppressed);
 
 /* Parses "debug", "info", "warn" or "error"; returns -1 for anything else. */
 int mg_log_level_parse(const char *s);

@@ -220,12 +220,11 @@ static void *joiner(void *arg)
 
 /* ---------- main ---------- */
 
-static int check_only(const mg_conf_t *conf)
+static void check_only(const mg_conf_t *conf)
 {
     printf("configuration OK: %zu listener(s), %zu TLS listener(s), %u worker(s), %s\n",
            conf->nlisten, conf->ntls_listen, conf->workers,
            conf->routes_path ? conf->routes_path : "quick-start backends");
-    return 0;
 }
 
 int main(int argc, char **argv)
@@ -244,12 +243,16 @@ int main(int argc, char **argv)
     switch (action) {
     case MG_CONF_HELP:
         fputs(mg_conf_usage(), stdout);
+        mg_conf_clear(&conf);
         return 0;
     case MG_CONF_VERSION:
         printf("modelgate %s\n", MG_VERSION);
+        mg_conf_clear(&conf);
         return 0;
     case MG_CONF_CHECK:
-        return check_only(&conf);
+        check_only(&conf);
+        mg_conf_clear(&conf);
+        return 0;
     case MG_CONF_RUN:
         break;
     }

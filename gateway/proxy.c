@@ -59,6 +59,7 @@ struct exch {
     size_t srv_unconsumed, up_unconsumed;
     uint64_t req_bytes, resp_bytes;
     int64_t t_wall, t_start, t_up_start, t_up_headers, t_activity;
+    int64_t resp_cl; /* the response's content-length, -1 when not given */
     int status;
     const char *error;
     const char *method, *host, *path, *proto, *client;
@@ -116,6 +117,7 @@ static exch_t *exch_new(mg_proxy_t *p)
     e->body = body;
     e->timer = timer;
     e->pod = -1;
+    e->resp_cl = -1;
     p->inflight++;
     return e;
 }
@@ -210,7 +212,14 @@ static void make_request_id(mg_proxy_t *p, char *out, size_t cap)
     x ^= x << 17;
     p->rid_state = x;
     uint64_t y = x * 0x2545F4914F6CDD1DULL ^ (uint64_t)now_us();
-    snprintf(out, cap, "%016llx%016llx", (unsigned long long)x, (unsigned long long)y);
+    static const char hex[] = "0123456789abcdef";
+    if (cap < 33)
+        return;
+    for (int i = 0; i < 16; i++) {
+        out[i] = hex[(x >> (60 - 4 * i)) & 15];
+        out[16 + i] = hex[(y >> (60 - 4 * i)) & 15];
+    }
+    out[32] = '\0';
 }
 
 static void write_log(exch_t *e)
@@ -346,9 +355,11 @@ static bool attempt(exch_t *e)
 
 /* ---------- upstream callbacks ---------- */
 
-static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n)
+static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bool end)
 {
     exch_t *e = ctx;
+    if (end)
+        e->up = NULL; /* trailers-only response: the upstream stream is gone */
     if (e->finished)
         return;
     e->resp_started = true;
@@ -368,13 +379,24 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n)
             continue;
         if (name_is(&h[i], "x-request-id", 12))
             has_rid = true;
+        else if (name_is(&h[i], "content-length", 14))
+            e->resp_cl = strtoll(h[i].value, NULL, 10);
         out[k++] = h[i];
     }
     if (!has_rid)
-        out[k++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id)};
+        out[k++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), true};
     hold(e);
-    mg_srv_respond(e->s, status, out, k, false);
+    if (end) {
+        e->finished = true;
+        evtimer_del(e->timer);
+        if (e->srv_unconsumed && !e->req_ended) {
+            mg_srv_consume(e->s, e->srv_unconsumed);
+            e->srv_unconsumed = 0;
+        }
+    }
     if (!e->closed)
+        mg_srv_respond(e->s, status, out, k, end);
+    if (!e->closed && !end)
         arm_timer(e);
     release(e);
 }
@@ -550,9 +572,9 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         sprintf(xffv, "%s, %s", xff, req->client_ip);
     else
         xffv = (char *)req->client_ip;
-    h[n++] = (mg_hdr_t){"x-forwarded-for", xffv, 15, strlen(xffv)};
-    h[n++] = (mg_hdr_t){"x-forwarded-proto", req->scheme, 17, strlen(req->scheme)};
-    h[n++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id)};
+    h[n++] = (mg_hdr_t){"x-forwarded-for", xffv, 15, strlen(xffv), false};
+    h[n++] = (mg_hdr_t){"x-forwarded-proto", req->scheme, 17, strlen(req->scheme), false};
+    h[n++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), true};
     e->upreq = (mg_up_req_t){
         .method = req->method,
         .scheme = req->scheme,
@@ -625,7 +647,10 @@ static void on_close(mg_srv_stream_t *s, bool complete)
         mg_up_cancel(e->up);
         e->up = NULL;
     }
-    if (!complete && e->error == NULL)
+    /* a client may close as soon as it has content-length bytes, before the pod's END_STREAM
+     * reached us: that response was delivered whole */
+    bool delivered = e->resp_cl >= 0 && e->resp_bytes == (uint64_t)e->resp_cl && e->status;
+    if (!complete && !delivered && e->error == NULL)
         e->error = e->finished ? "client_aborted_response" : "client_aborted";
     write_log(e);
     e->closed = true;
@@ -636,7 +661,30 @@ static void on_close(mg_srv_stream_t *s, bool complete)
         exch_free(e);
 }
 
+static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char *code, char *rid,
+                      size_t cap)
+{
+    mg_proxy_t *p = ud;
+    make_request_id(p, rid, cap);
+    if (p->log == NULL)
+        return;
+    mg_reqlog_rec_t rec = {
+        .time_us = wall_us(),
+        .request_id = rid,
+        .client = req->client,
+        .proto = req->proto,
+        .method = req->method,
+        .host = req->authority,
+        .path = req->path,
+        .status = status,
+        .upstream_us = -1,
+        .error = code,
+    };
+    mg_reqlog_write(p->log, &rec);
+}
+
 static const mg_srv_handler_t handler = {
+    .on_reject = on_reject,
     .on_request = on_request,
     .on_body = on_body,
     .on_end = on_end,

@@ -50,9 +50,9 @@ struct mg_up_stream {
     int status;
     size_t unconsumed;
     mg_hdr_t *hdrs;
-    size_t nhdrs;
+    size_t nhdrs, hdrs_cap;
     mg_hdr_t *trailers;
-    size_t ntrailers;
+    size_t ntrailers, trailers_cap;
     nghttp2_nv *req_trailers;
     size_t nreq_trailers;
     bool h1_chunked; /* HTTP/1.1 request body framing */
@@ -84,6 +84,7 @@ struct pool {
     mg_upstream_proto_t proto;
     up_conn_t *conns;
     size_t nconns, nidle;
+    mg_log_limit_t log_limit; /* connect errors repeat per request */
 };
 
 struct mg_upstreams {
@@ -116,7 +117,6 @@ static mg_up_stream_t *stream_alloc(mg_upstreams_t *u)
         mg_arena_init(&s->arena, STREAM_MEMORY);
     }
     memset(s, 0, offsetof(mg_up_stream_t, arena));
-    s->hdrs = mg_arena_alloc(&s->arena, sizeof(mg_hdr_t) * MAX_RESP_HEADERS);
     return s;
 }
 
@@ -158,11 +158,15 @@ static void fail_stream(mg_up_stream_t *s, mg_up_fail_t why, bool sent)
     s->cbs->on_error(s->ctx, why, sent);
 }
 
-static void deliver_headers(mg_up_stream_t *s)
+/* |end|: the head ends the response (HTTP/2 trailers-only, as gRPC errors are sent). */
+static void deliver_headers(mg_up_stream_t *s, bool end)
 {
     s->headers_done = true;
-    if (!s->cancelled && !s->done)
-        s->cbs->on_headers(s->ctx, s->status, s->hdrs, s->nhdrs);
+    if (s->cancelled || s->done)
+        return;
+    if (end)
+        s->done = true;
+    s->cbs->on_headers(s->ctx, s->status, s->hdrs, s->nhdrs, end);
 }
 
 static void deliver_end(mg_up_stream_t *s)
@@ -176,20 +180,12 @@ static void deliver_end(mg_up_stream_t *s)
 static void push_hdr(mg_up_stream_t *s, bool trailer, const char *n, size_t nl, const char *v,
                      size_t vl)
 {
-    mg_hdr_t **arr = trailer ? &s->trailers : &s->hdrs;
-    size_t *cnt = trailer ? &s->ntrailers : &s->nhdrs;
-    if (*arr == NULL)
-        *arr = mg_arena_alloc(&s->arena, sizeof(mg_hdr_t) * MAX_RESP_HEADERS);
-    if (*arr == NULL || *cnt >= MAX_RESP_HEADERS)
-        return;
-    char *nm = mg_arena_strndup(&s->arena, n, nl);
-    char *val = mg_arena_strndup(&s->arena, v, vl);
-    if (nm == NULL || val == NULL)
-        return;
-    for (size_t i = 0; i < nl; i++)
-        if (nm[i] >= 'A' && nm[i] <= 'Z')
-            nm[i] = (char)(nm[i] + 32);
-    (*arr)[(*cnt)++] = (mg_hdr_t){nm, val, nl, vl};
+    if (trailer)
+        mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap, MAX_RESP_HEADERS,
+                     n, nl, v, vl);
+    else
+        mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap, MAX_RESP_HEADERS, n, nl, v,
+                     vl);
 }
 
 /* ---------- connection lifetime ---------- */
@@ -279,8 +275,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     up_conn_t *c = arg;
     enter(c);
     if (!c->connected) {
-        MG_LOG(MG_LOG_WARN, "upstream", "pod %s: no connection within %u ms", c->pool->key,
-               c->pool->u->conf.connect_timeout_ms);
+        unsigned long skipped;
+        if (mg_log_limit_pass(&c->pool->log_limit, &skipped))
+            MG_LOG(MG_LOG_WARN, "upstream", "pod %s: no connection within %u ms (%lu similar suppressed)",
+                   c->pool->key, c->pool->u->conf.connect_timeout_ms, skipped);
         conn_close(c, MG_UP_CONNECT_TIMEOUT);
     } else if (c->nstreams == 0) {
         conn_close(c, MG_UP_RESET); /* idle too long */
@@ -325,10 +323,10 @@ static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void 
         if (!s->headers_done) {
             if (s->status >= 100 && s->status < 200)
                 return 0; /* interim response: not forwarded */
-            deliver_headers(s);
-        }
-        if (end)
+            deliver_headers(s, end);
+        } else if (end) {
             deliver_end(s);
+        }
     } else if (f->hd.type == NGHTTP2_DATA && end) {
         deliver_end(s);
     }
@@ -420,16 +418,9 @@ static void h2_flush(up_conn_t *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     do {
-        while (evbuffer_get_length(out) < OUT_HIGH) {
-            const uint8_t *data;
-            ssize_t n = nghttp2_session_mem_send(c->h2, &data);
-            if (n < 0) {
-                conn_close(c, MG_UP_PROTO);
-                return;
-            }
-            if (n == 0)
-                break;
-            bufferevent_write(c->bev, data, (size_t)n);
+        if (mg_h2_send(c->h2, c->bev, OUT_HIGH) < 0) {
+            conn_close(c, MG_UP_PROTO);
+            return;
         }
         run_drains(c);
     } while (c->need_flush && !c->dead && (c->need_flush = false, true) &&
@@ -486,6 +477,14 @@ static nghttp2_nv mknv(const char *n, size_t nl, const char *v, size_t vl)
     return (nghttp2_nv){(uint8_t *)n, (uint8_t *)v, nl, vl, NGHTTP2_NV_FLAG_NONE};
 }
 
+static nghttp2_nv mknv_hdr(const mg_hdr_t *h)
+{
+    nghttp2_nv nv = mknv(h->name, h->name_len, h->value, h->value_len);
+    if (h->never_index)
+        nv.flags = NGHTTP2_NV_FLAG_NO_INDEX;
+    return nv;
+}
+
 static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
 {
     nghttp2_nv *nv = mg_arena_alloc(&s->arena, sizeof(nghttp2_nv) * (r->nhdrs + 4));
@@ -497,8 +496,7 @@ static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
     nv[n++] = mknv(":authority", 10, r->authority, strlen(r->authority));
     nv[n++] = mknv(":path", 5, r->path, strlen(r->path));
     for (size_t i = 0; i < r->nhdrs; i++)
-        nv[n++] = mknv(r->hdrs[i].name, r->hdrs[i].name_len, r->hdrs[i].value,
-                       r->hdrs[i].value_len);
+        nv[n++] = mknv_hdr(&r->hdrs[i]);
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = h2_read_body};
     int32_t id = nghttp2_submit_request(c->h2, NULL, nv, n, r->has_body ? &prd : NULL, s);
     if (id < 0)
@@ -559,7 +557,7 @@ static int h1_on_headers_complete(llhttp_t *p)
         s->nhdrs = 0;
         return 0;
     }
-    deliver_headers(s);
+    deliver_headers(s, false);
     return s->head || s->status == 204 || s->status == 304 ? 1 : 0;
 }
 
@@ -675,10 +673,28 @@ static mg_err_t h1_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
     if (s->h1_scratch == NULL)
         return MG_E_NOMEM;
     evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nhost: %s\r\n", r->method, r->path, r->authority);
+    bool cookie_done = false;
     for (size_t i = 0; i < r->nhdrs; i++) {
         const mg_hdr_t *h = &r->hdrs[i];
         if (h->name_len == 2 && memcmp(h->name, "te", 2) == 0)
             continue; /* "te: trailers" means nothing to an HTTP/1.1 pod */
+        if (h->name_len == 6 && memcmp(h->name, "cookie", 6) == 0) {
+            if (cookie_done)
+                continue;
+            /* HTTP/2 may split cookies into many fields; HTTP/1.1 wants one (RFC 9113 8.2.3) */
+            cookie_done = true;
+            evbuffer_add(out, "cookie: ", 8);
+            const char *sep = "";
+            for (size_t k = i; k < r->nhdrs; k++) {
+                if (r->hdrs[k].name_len == 6 && memcmp(r->hdrs[k].name, "cookie", 6) == 0) {
+                    evbuffer_add(out, sep, strlen(sep));
+                    evbuffer_add(out, r->hdrs[k].value, r->hdrs[k].value_len);
+                    sep = "; ";
+                }
+            }
+            evbuffer_add(out, "\r\n", 2);
+            continue;
+        }
         evbuffer_add(out, h->name, h->name_len);
         evbuffer_add(out, ": ", 2);
         evbuffer_add(out, h->value, h->value_len);
@@ -742,8 +758,11 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
     } else if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         if (!c->connected) {
             int e = EVUTIL_SOCKET_ERROR();
-            MG_LOG(MG_LOG_WARN, "upstream", "pod %s: cannot connect (%s); is the pod running?",
-                   c->pool->key, evutil_socket_error_to_string(e));
+            unsigned long skipped;
+            if (mg_log_limit_pass(&c->pool->log_limit, &skipped))
+                MG_LOG(MG_LOG_WARN, "upstream",
+                       "pod %s: cannot connect (%s); is the pod running? (%lu similar suppressed)",
+                       c->pool->key, evutil_socket_error_to_string(e), skipped);
             conn_close(c, MG_UP_CONNECT_REFUSED);
         } else {
             if (c->pool->proto == MG_UP_H1 && (events & BEV_EVENT_EOF) && c->streams &&
@@ -864,11 +883,8 @@ mg_up_stream_t *mg_up_start(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_
     if (c == NULL)
         return NULL;
     mg_up_stream_t *s = stream_alloc(u);
-    if (s == NULL || s->hdrs == NULL) {
-        if (s)
-            stream_release(u, s);
+    if (s == NULL)
         return NULL;
-    }
     if (c->idle) {
         c->idle = false;
         p->nidle--;

@@ -15,7 +15,8 @@
  * Response bodies: on_data bytes count against the pod's window (HTTP/2) or pause reading
  * (HTTP/1.1) until the caller calls mg_up_consume.
  *
- * Lifetime: after on_end or on_error the stream is gone; the caller must not use it again.
+ * Lifetime: after on_end, on_error or on_headers with |end| the stream is gone; the caller
+ * must not use it again.
  * mg_up_cancel stops all callbacks at once (and resets the stream on the wire).
  */
 #ifndef MG_GATEWAY_UPSTREAM_H
@@ -42,7 +43,8 @@ typedef enum mg_up_fail {
 } mg_up_fail_t;
 
 typedef struct mg_up_cbs {
-    void (*on_headers)(void *ctx, int status, const mg_hdr_t *h, size_t n);
+    /* |end|: the response has no body and no trailers; no on_end follows */
+    void (*on_headers)(void *ctx, int status, const mg_hdr_t *h, size_t n, bool end);
     void (*on_data)(void *ctx, const uint8_t *data, size_t len);
     void (*on_end)(void *ctx, const mg_hdr_t *trailers, size_t n);
     /* |sent|: some request byte may have reached the pod (a retry may repeat it) */
