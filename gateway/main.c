@@ -63,7 +63,22 @@ static bool g_draining;
 
 /* ---------- sockets ---------- */
 
-static int bind_listener(const char *addr, char *err, size_t errlen)
+/* Binds |ai| once without SO_REUSEPORT: fails when another process (perhaps another modelgate)
+ * already listens there, which SO_REUSEPORT alone would silently share traffic with. */
+static bool address_is_free(const struct addrinfo *ai)
+{
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    bool ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+              bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+    int saved = errno;
+    if (fd >= 0)
+        close(fd);
+    errno = saved;
+    return ok;
+}
+
+static int bind_listener(const char *addr, bool first, char *err, size_t errlen)
 {
     char host[256];
     unsigned port;
@@ -80,6 +95,12 @@ static int bind_listener(const char *addr, char *err, size_t errlen)
     int rc = getaddrinfo(host[0] ? host : NULL, ports, &hints, &ai);
     if (rc != 0) {
         snprintf(err, errlen, "listen address '%s': %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    if (first && !address_is_free(ai)) {
+        snprintf(err, errlen, "cannot listen on %s: %s%s", addr, strerror(errno),
+                 errno == EADDRINUSE ? " (another process listens there)" : "");
+        freeaddrinfo(ai);
         return -1;
     }
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -313,7 +334,7 @@ int main(int argc, char **argv)
             char *const *addrs = pass ? conf.tls_listen : conf.listen;
             for (size_t k = 0; k < n; k++) {
                 char err[512];
-                int fd = bind_listener(addrs[k], err, sizeof(err));
+                int fd = bind_listener(addrs[k], i == 0, err, sizeof(err));
                 if (fd < 0) {
                     fprintf(stderr, "modelgate: %s\n", err);
                     return 1;
