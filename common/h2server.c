@@ -91,6 +91,7 @@ struct conn {
     /* HTTP/2 */
     nghttp2_session *h2;
     mg_srv_stream_t *drain_list;
+    mg_srv_stream_t *hdr_stream; /* the stream whose header block is being decoded */
     /* HTTP/1.1 */
     llhttp_t parser;
     mg_srv_stream_t *h1s;
@@ -245,6 +246,8 @@ static void stream_close(mg_srv_stream_t *s, bool complete)
     }
     if (c->h1s == s)
         c->h1s = NULL;
+    if (c->hdr_stream == s)
+        c->hdr_stream = NULL;
     if (--c->nstreams == 0 && !c->dead && c->idle_timer)
         idle_arm(c);
     mg_arena_clear(&s->arena);
@@ -349,13 +352,18 @@ static int on_begin_headers(nghttp2_session *sess, const nghttp2_frame *f, void 
     if (s == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     nghttp2_session_set_stream_user_data(sess, f->hd.stream_id, s);
+    c->hdr_stream = s;
     return 0;
 }
 
 static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbuf *name,
                      nghttp2_rcbuf *value, uint8_t flags, void *ud)
 {
-    mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+    conn_t *c = ud;
+    /* a header block is never interleaved with other frames: skip the stream map per field */
+    mg_srv_stream_t *s = c->hdr_stream;
+    if (s == NULL || s->id != f->hd.stream_id)
+        s = c->hdr_stream = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
     if (s == NULL || s->bad_status)
         return 0;
     nghttp2_vec n = nghttp2_rcbuf_get_buf(name), v = nghttp2_rcbuf_get_buf(value);
@@ -521,6 +529,8 @@ static mg_err_t h2_init(conn_t *c)
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, srv->conf.max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, srv->conf.stream_window},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, srv->conf.max_header_list_size},
+        /* RFC 9218: no RFC 7540 priority tree to maintain per stream */
+        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
     };
     nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
     if (srv->conf.connection_window > 65535)
@@ -1345,6 +1355,7 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(srv->cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(srv->cbs, on_stream_close);
     nghttp2_option_set_no_auto_window_update(srv->opt, 1);
+    nghttp2_option_set_no_closed_streams(srv->opt, 1); /* closed streams serve no priority */
     nghttp2_option_set_max_send_header_block_length(srv->opt, 256 * 1024);
 
     llhttp_settings_init(&srv->h1settings);

@@ -46,11 +46,13 @@ typedef struct worker {
     struct event_base *base;
     mg_srv_t *srv;
     mg_proxy_t *proxy;
-    struct event *cmd;   /* activated from the main thread */
+    struct event *cmd;   /* readable when the main thread wrote to |pipe| */
+    int pipe[2];         /* main -> worker wake-ups: one byte each */
     struct event *check; /* while draining: is everything done? */
     pthread_mutex_t lock;
     mg_routes_t *next_routes; /* under |lock|: the snapshot to switch to */
     atomic_bool drain;
+    atomic_bool stop_now; /* drain deadline passed: leave the loop at once */
 } worker_t;
 
 static const mg_conf_t *g_conf;
@@ -133,6 +135,9 @@ static void on_check(evutil_socket_t fd, short what, void *arg)
 static void on_cmd(evutil_socket_t fd, short what, void *arg)
 {
     worker_t *w = arg;
+    char buf[64];
+    while (read(fd, buf, sizeof(buf)) > 0) /* wake-ups carry no data */
+        ;
     pthread_mutex_lock(&w->lock);
     mg_routes_t *r = w->next_routes;
     w->next_routes = NULL;
@@ -140,6 +145,10 @@ static void on_cmd(evutil_socket_t fd, short what, void *arg)
     if (r) {
         mg_proxy_set_routes(w->proxy, r);
         mg_routes_unref(r); /* the proxy took its own reference */
+    }
+    if (atomic_load(&w->stop_now)) {
+        event_base_loopbreak(w->base);
+        return;
     }
     if (atomic_load(&w->drain) && !event_pending(w->check, EV_TIMEOUT, NULL)) {
         mg_srv_shutdown(w->srv);
@@ -169,7 +178,8 @@ static void worker_post(worker_t *w, mg_routes_t *r)
         w->next_routes = r;
     }
     pthread_mutex_unlock(&w->lock);
-    event_active(w->cmd, EV_READ, 0);
+    ssize_t n = write(w->pipe[1], "!", 1); /* a full pipe already holds a wake-up */
+    (void)n;
 }
 
 /* ---------- signals ---------- */
@@ -206,8 +216,10 @@ static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
 {
     MG_LOG(MG_LOG_WARN, "main", "drain deadline of %u ms passed; closing what is left",
            g_conf->timeouts_ms.drain);
-    for (unsigned i = 0; i < g_nworkers; i++)
-        event_base_loopbreak(g_workers[i].base);
+    for (unsigned i = 0; i < g_nworkers; i++) {
+        atomic_store(&g_workers[i].stop_now, true);
+        worker_post(&g_workers[i], NULL);
+    }
 }
 
 static void on_sigterm(evutil_socket_t sig, short what, void *arg)
@@ -319,12 +331,21 @@ int main(int argc, char **argv)
         worker_t *w = &g_workers[i];
         w->id = i;
         pthread_mutex_init(&w->lock, NULL);
-        w->base = event_base_new();
+        /* a worker's base is used by its own thread only (commands come through a pipe), so it
+         * needs no lock on every event_add */
+        struct event_config *ec = event_config_new();
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
         w->proxy = w->base ? mg_proxy_new(w->base, &conf, g_log) : NULL;
         w->srv = w->proxy ? mg_srv_new(w->base, &sc, mg_proxy_handler(), w->proxy, tls) : NULL;
-        w->cmd = w->base ? event_new(w->base, -1, 0, on_cmd, w) : NULL;
+        if (pipe2(w->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+            fprintf(stderr, "modelgate: pipe: %s\n", strerror(errno));
+            return 1;
+        }
+        w->cmd = w->base ? event_new(w->base, w->pipe[0], EV_READ | EV_PERSIST, on_cmd, w) : NULL;
         w->check = w->base ? event_new(w->base, -1, EV_PERSIST, on_check, w) : NULL;
-        if (w->srv == NULL || w->cmd == NULL || w->check == NULL) {
+        if (w->srv == NULL || w->cmd == NULL || w->check == NULL || event_add(w->cmd, NULL)) {
             fprintf(stderr, "modelgate: out of memory starting worker %u\n", i);
             return 1;
         }
@@ -388,6 +409,8 @@ int main(int argc, char **argv)
             mg_routes_unref(w->next_routes);
         event_free(w->cmd);
         event_free(w->check);
+        close(w->pipe[0]);
+        close(w->pipe[1]);
         event_base_free(w->base);
         pthread_mutex_destroy(&w->lock);
     }

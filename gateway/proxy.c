@@ -76,6 +76,15 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* Time of the current loop turn (libevent's cache): cheap enough to stamp every body chunk;
+ * used for the idle timeout only, which needs no finer grain. */
+static int64_t loop_us(const mg_proxy_t *p)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(p->base, &tv);
+    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
 static int64_t wall_us(void)
 {
     struct timeval tv;
@@ -298,8 +307,8 @@ static void arm_timer(exch_t *e)
         int64_t d = e->t_up_start + (int64_t)c->timeouts_ms.first_byte * 1000;
         next = d < next ? d : next;
     }
-    if (c->timeouts_ms.idle) {
-        int64_t d = e->t_activity + (int64_t)c->timeouts_ms.idle * 1000;
+    if (c->timeouts_ms.idle) { /* t_activity is loop time: convert the deadline */
+        int64_t d = now + (e->t_activity + (int64_t)c->timeouts_ms.idle * 1000 - loop_us(e->p));
         next = d < next ? d : next;
     }
     if (next == INT64_MAX)
@@ -323,7 +332,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
              now >= e->t_up_start + (int64_t)c->timeouts_ms.first_byte * 1000)
         fail(e, 504, "upstream_timeout", "pod %s sent no response within %u ms",
              e->svc->pods[e->pod].name, c->timeouts_ms.first_byte);
-    else if (c->timeouts_ms.idle && now >= e->t_activity + (int64_t)c->timeouts_ms.idle * 1000)
+    else if (c->timeouts_ms.idle &&
+             loop_us(e->p) >= e->t_activity + (int64_t)c->timeouts_ms.idle * 1000)
         fail(e, 504, "upstream_idle_timeout", "no data moved for %u ms", c->timeouts_ms.idle);
     else
         arm_timer(e);
@@ -363,7 +373,8 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
     if (e->finished)
         return;
     e->resp_started = true;
-    e->t_up_headers = e->t_activity = now_us();
+    e->t_up_headers = now_us();
+    e->t_activity = loop_us(e->p);
     e->status = status;
     mg_arena_t *a = mg_srv_arena(e->s);
     mg_hdr_t *out = mg_arena_alloc(a, sizeof(mg_hdr_t) * (n + 2));
@@ -396,8 +407,8 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
     }
     if (!e->closed)
         mg_srv_respond(e->s, status, out, k, end);
-    if (!e->closed && !end)
-        arm_timer(e);
+    /* the timer stays as armed: when it fires early (first_byte no longer applies), on_timer
+     * re-arms to the next real deadline */
     release(e);
 }
 
@@ -407,7 +418,7 @@ static void up_on_data(void *ctx, const uint8_t *data, size_t len)
     if (e->finished)
         return;
     e->resp_bytes += len;
-    e->t_activity = now_us();
+    e->t_activity = loop_us(e->p);
     hold(e);
     mg_srv_write(e->s, data, len);
     if (!e->closed && e->up) {
@@ -503,7 +514,8 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     }
     mg_srv_set_data(s, e);
     e->s = s;
-    e->t_start = e->t_activity = now_us();
+    e->t_start = now_us();
+    e->t_activity = loop_us(p);
     e->t_wall = wall_us();
     e->method = req->method;
     e->host = req->authority;
@@ -597,7 +609,7 @@ static void on_body(mg_srv_stream_t *s, const uint8_t *data, size_t len)
 {
     exch_t *e = mg_srv_data(s);
     e->req_bytes += len;
-    e->t_activity = now_us();
+    e->t_activity = loop_us(e->p);
     const mg_conf_t *conf = e->p->conf;
     if (e->finished) { /* answered already: discard */
         mg_srv_consume(s, len);

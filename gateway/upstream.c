@@ -73,6 +73,7 @@ struct up_conn {
     size_t nstreams;
     mg_up_stream_t *streams;
     mg_up_stream_t *drain_list;
+    mg_up_stream_t *hdr_stream; /* the stream whose header block is being decoded */
 };
 
 struct pool {
@@ -134,6 +135,8 @@ static void stream_release(mg_upstreams_t *u, mg_up_stream_t *s)
 
 static void stream_unlink(up_conn_t *c, mg_up_stream_t *s)
 {
+    if (c->hdr_stream == s)
+        c->hdr_stream = NULL;
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -291,8 +294,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 static int h2_on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbuf *name,
                         nghttp2_rcbuf *value, uint8_t flags, void *ud)
 {
-    mg_up_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
-    if (s == NULL || f->hd.type != NGHTTP2_HEADERS)
+    up_conn_t *c = ud;
+    if (f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    /* a header block is never interleaved with other frames: skip the stream map per field */
+    mg_up_stream_t *s = c->hdr_stream;
+    if (s == NULL || s->id != f->hd.stream_id)
+        s = c->hdr_stream = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+    if (s == NULL)
         return 0;
     nghttp2_vec n = nghttp2_rcbuf_get_buf(name), v = nghttp2_rcbuf_get_buf(value);
     if (f->headers.cat == NGHTTP2_HCAT_HEADERS && s->headers_done) {
@@ -835,8 +844,9 @@ static up_conn_t *conn_new(pool_t *p)
         nghttp2_settings_entry iv[] = {
             {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
             {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20},
+            {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
         };
-        nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 2);
+        nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 3);
         nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
     }
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
@@ -1012,6 +1022,7 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(u->cbs, h2_on_data);
     nghttp2_session_callbacks_set_on_stream_close_callback(u->cbs, h2_on_stream_close);
     nghttp2_option_set_no_auto_window_update(u->opt, 1);
+    nghttp2_option_set_no_closed_streams(u->opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(u->opt, 100);
     llhttp_settings_init(&u->h1settings);
     u->h1settings.on_header_field = h1_on_field;
