@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -104,6 +105,25 @@ struct conn {
     size_t h1_fld_len, h1_val_len, h1_hdr_bytes;
 };
 
+/*
+ * Zero pages for nghttp2. A server session allocates, at start, its stream map (256 buckets =
+ * one 4 KiB page, zeroed) and its 16 KiB frame buffer. With malloc every idle connection keeps
+ * the map page and two pages of the buffer resident (glibc writes chunk headers at both ends)
+ * although it uses neither. Served from anonymous mappings, the map stays out of RSS until the
+ * first stream and the buffer costs only the page the frames are written to. A freed run is
+ * given back with MADV_DONTNEED (zero again, non-resident) and reused.
+ */
+#define ZPAGE 4096
+#define ZSLAB_BYTES (2u << 20)
+
+typedef struct zpool {
+    size_t run; /* bytes per allocation: a multiple of ZPAGE */
+    char **slabs;
+    size_t nslabs, slab_used; /* bytes used of the last slab */
+    void **free; /* freed runs (the list lives outside them: never touch a run) */
+    size_t nfree, cap_free;
+} zpool_t;
+
 struct mg_srv {
     struct event_base *base;
     mg_srv_conf_t conf;
@@ -119,8 +139,119 @@ struct mg_srv {
     size_t nfree;
     nghttp2_session_callbacks *cbs;
     nghttp2_option *opt;
+    nghttp2_mem mem;
+    zpool_t zmap;   /* 1-page runs: stream maps */
+    zpool_t zframe; /* 5-page runs: frame buffers */
     llhttp_settings_t h1settings;
 };
+
+static bool zpool_owns(const zpool_t *z, const void *p)
+{
+    for (size_t i = 0; i < z->nslabs; i++)
+        if ((const char *)p >= z->slabs[i] && (const char *)p < z->slabs[i] + ZSLAB_BYTES)
+            return true;
+    return false;
+}
+
+static void *zpool_get(zpool_t *z)
+{
+    if (z->nfree)
+        return z->free[--z->nfree];
+    if (z->nslabs == 0 || z->slab_used + z->run > ZSLAB_BYTES) {
+        char **slabs = realloc(z->slabs, sizeof(char *) * (z->nslabs + 1));
+        if (slabs == NULL)
+            return NULL;
+        z->slabs = slabs;
+        void *m = mmap(NULL, ZSLAB_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+        if (m == MAP_FAILED)
+            return NULL;
+        z->slabs[z->nslabs++] = m;
+        z->slab_used = 0;
+    }
+    void *p = z->slabs[z->nslabs - 1] + z->slab_used;
+    z->slab_used += z->run;
+    return p;
+}
+
+static void zpool_put(zpool_t *z, void *p)
+{
+    madvise(p, z->run, MADV_DONTNEED); /* zero-filled and non-resident again */
+    if (z->nfree == z->cap_free) {
+        size_t cap = z->cap_free ? z->cap_free * 2 : 64;
+        void **f = realloc(z->free, sizeof(void *) * cap);
+        if (f == NULL)
+            return; /* the run is lost until the server is freed, nothing worse */
+        z->free = f;
+        z->cap_free = cap;
+    }
+    z->free[z->nfree++] = p;
+}
+
+static void zpool_clear(zpool_t *z)
+{
+    for (size_t i = 0; i < z->nslabs; i++)
+        munmap(z->slabs[i], ZSLAB_BYTES);
+    free(z->slabs);
+    free(z->free);
+}
+
+/* The pool that serves |size|-byte allocations, or NULL for malloc. */
+static zpool_t *zpool_for(mg_srv_t *srv, size_t size)
+{
+    if (size == ZPAGE)
+        return &srv->zmap;
+    if (size > 4 * ZPAGE && size <= 5 * ZPAGE)
+        return &srv->zframe;
+    return NULL;
+}
+
+static zpool_t *zpool_of(mg_srv_t *srv, const void *p)
+{
+    if (p == NULL)
+        return NULL;
+    if (zpool_owns(&srv->zmap, p))
+        return &srv->zmap;
+    if (zpool_owns(&srv->zframe, p))
+        return &srv->zframe;
+    return NULL;
+}
+
+static void *zmem_malloc(size_t size, void *ud)
+{
+    zpool_t *z = zpool_for(ud, size);
+    void *p = z ? zpool_get(z) : NULL;
+    return p ? p : malloc(size);
+}
+
+static void *zmem_calloc(size_t n, size_t size, void *ud)
+{
+    zpool_t *z = zpool_for(ud, n * size);
+    void *p = z ? zpool_get(z) : NULL; /* runs are zero */
+    return p ? p : calloc(n, size);
+}
+
+static void zmem_free(void *p, void *ud)
+{
+    zpool_t *z = zpool_of(ud, p);
+    if (z)
+        zpool_put(z, p);
+    else
+        free(p);
+}
+
+static void *zmem_realloc(void *p, size_t size, void *ud)
+{
+    zpool_t *from = zpool_of(ud, p);
+    if (from == NULL && p != NULL)
+        return realloc(p, size);
+    void *n = zmem_malloc(size, ud);
+    if (n == NULL || p == NULL)
+        return n;
+    memcpy(n, p, size < from->run ? size : from->run);
+    zpool_put(from, p);
+    return n;
+}
 
 static void conn_close(conn_t *c);
 static void conn_flush(conn_t *c);
@@ -523,7 +654,7 @@ static mg_err_t h2_init(conn_t *c)
 {
     mg_srv_t *srv = c->srv;
     c->proto = P_H2;
-    if (nghttp2_session_server_new2(&c->h2, srv->cbs, c, srv->opt) != 0)
+    if (nghttp2_session_server_new3(&c->h2, srv->cbs, c, srv->opt, &srv->mem) != 0)
         return MG_E_NOMEM;
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, srv->conf.max_concurrent_streams},
@@ -1345,6 +1476,9 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     srv->h = h;
     srv->ud = ud;
     srv->tls = tls;
+    srv->mem = (nghttp2_mem){srv, zmem_malloc, zmem_free, zmem_calloc, zmem_realloc};
+    srv->zmap.run = ZPAGE;
+    srv->zframe.run = 5 * ZPAGE;
     if (nghttp2_session_callbacks_new(&srv->cbs) != 0 || nghttp2_option_new(&srv->opt) != 0) {
         mg_srv_free(srv);
         return NULL;
@@ -1445,6 +1579,8 @@ void mg_srv_free(mg_srv_t *srv)
         nghttp2_session_callbacks_del(srv->cbs);
     if (srv->opt)
         nghttp2_option_del(srv->opt);
+    zpool_clear(&srv->zmap);
+    zpool_clear(&srv->zframe);
     free(srv);
 }
 
