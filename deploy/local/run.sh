@@ -1,0 +1,465 @@
+#!/usr/bin/env bash
+# deploy/local/run.sh - the local stack: two demo pods and the gateway on loopback, in the background.
+#
+#   deploy/local/run.sh [start]   install what is missing, build, (re)start the stack, try a request
+#   deploy/local/run.sh stop      stop it (gateway first, so it drains; then the pods)
+#   deploy/local/run.sh status    what runs, with PIDs and ports; exit 0 all up, 3 all down, 1 partly
+#   deploy/local/run.sh reload    SIGHUP the gateway: re-read .run/local/routes.json
+#
+# Idempotent: a second `run.sh` stops the first run's processes (found by their PID files, checked
+# against the process start time, never by name) and starts fresh ones. Works as root on a fresh
+# Debian 12 and without a terminal. Everything it writes is under .run/local/ in the repository:
+#   gateway.json, routes.json   written anew on every start (edit routes.json + `reload` to play)
+#   tls/cert.pem, tls/key.pem   self-signed (conf/gen-test-certs.sh), kept across runs
+#   NAME.log, NAME.log.prev     stdout+stderr of each component, this run's and the previous one's
+#   NAME.pid, NAME.start        PID and /proc start time of each component; NAME.ports its ports
+#   access.log                  the gateway's access log (JSON lines; `kill -USR1` reopens it)
+#   build.log                   output of the last cmake configure + build
+#
+# Knobs (environment; defaults in brackets):
+#   MG_LOCAL_HTTP_PORT [18480]  gateway cleartext listener (HTTP/2 prior knowledge + HTTP/1.1)
+#   MG_LOCAL_TLS_PORT [18443]   gateway TLS listener (ALPN h2, http/1.1)
+#   MG_LOCAL_POD_A_PORT [18501], MG_LOCAL_POD_B_PORT [18502]   the two demo pods
+#   MG_LOCAL_WORKERS [2]        gateway worker threads (0 = one per core)
+#   MG_LOCAL_START_TIMEOUT [30] seconds each component gets to listen on its ports
+#   MG_LOCAL_SKIP_DEPS=1        do not run scripts/install-deps.sh
+#   MG_LOCAL_SKIP_BUILD=1       do not configure/build (use build/gateway/modelgate as it is)
+# Ports are recorded at start, so `stop` and `status` need no knobs.
+#
+# Adding a component (MariaDB, Redis, runtime pods ...): write start_NAME() with spawn + wait_ports
+# (see start_pods), call it from cmd_start before what depends on it, and add NAME to COMPONENTS in
+# start order; stop and status then handle it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STATE=$ROOT/.run/local
+BUILD_DIR=$ROOT/build
+GATEWAY_BIN=$BUILD_DIR/gateway/modelgate
+BACKEND_PY=$ROOT/tests/e2e/backend.py
+PY=/usr/bin/python3
+
+HOST=127.0.0.1
+HTTP_PORT=${MG_LOCAL_HTTP_PORT:-18480}
+TLS_PORT=${MG_LOCAL_TLS_PORT:-18443}
+POD_A_PORT=${MG_LOCAL_POD_A_PORT:-18501}
+POD_B_PORT=${MG_LOCAL_POD_B_PORT:-18502}
+WORKERS=${MG_LOCAL_WORKERS:-2}
+START_TIMEOUT=${MG_LOCAL_START_TIMEOUT:-30}
+DRAIN_MS=10000                      # gateway.json timeouts_ms.drain
+STOP_TIMEOUT=$((DRAIN_MS / 1000 + 5)) # SIGTERM, then SIGKILL after this many seconds
+
+DOMAIN=modelgate.local
+APP=digits ENV=production SERVICE=digits-production
+VHOST=$APP-$ENV.$DOMAIN
+
+# Every component the stack may run, in start order; stop goes in reverse.
+COMPONENTS=(pod-a pod-b gateway)
+
+# ---------------------------------------------------------------- plumbing
+say() { printf '%s\n' "$*"; }
+step() { printf 'run.sh: %s\n' "$*"; }
+die() { printf 'run.sh: ERROR: %s\n' "$*" >&2; exit 1; }
+rel() { case $1 in "$ROOT"/*) printf '%s' "${1#"$ROOT"/}" ;; *) printf '%s' "$1" ;; esac; }
+
+# Tail of a component's log, for failure messages.
+log_tail() {
+    local log=$STATE/$1.log
+    if [ -s "$log" ]; then
+        printf -- '----- last lines of %s -----\n' "$(rel "$log")" >&2
+        tail -n "${2:-25}" "$log" >&2
+        printf -- '-----\n' >&2
+    else
+        printf '(%s is empty)\n' "$(rel "$log")" >&2
+    fi
+}
+
+# proc_field PID N: field N (1-based, as in proc(5)) of /proc/PID/stat; fails if PID is gone.
+# The comm field (2) may hold spaces and parentheses, so fields are counted after the last ')'.
+proc_field() {
+    local s n=$(($2 - 2))
+    [ "$n" -ge 1 ] || return 1
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    s=${s##*) }
+    # shellcheck disable=SC2086 # split on purpose
+    set -- $s
+    printf '%s' "${!n}"
+}
+
+# pid_of NAME: prints the PID if NAME runs (PID file present, process alive and not a zombie, same
+# start time as recorded), else fails. A recycled PID is never taken for ours.
+pid_of() {
+    local name=$1 pid start state
+    [ -s "$STATE/$name.pid" ] && [ -s "$STATE/$name.start" ] || return 1
+    pid=$(<"$STATE/$name.pid") start=$(<"$STATE/$name.start")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    state=$(proc_field "$pid" 3) || return 1
+    [ "$state" != Z ] && [ "$state" != X ] || return 1
+    [ "$(proc_field "$pid" 22)" = "$start" ] || return 1
+    printf '%s' "$pid"
+}
+
+# listening PORT [PID]: something (PID, when given) listens on TCP PORT.
+listening() {
+    local out
+    out=$(ss -Hltnp "sport = :$1" 2>/dev/null) || return 1
+    [ -n "$out" ] || return 1
+    [ -z "${2:-}" ] || grep -q "pid=$2," <<<"$out"
+}
+
+check_port_var() { # NAME VALUE
+    if ! [[ $2 =~ ^[0-9]+$ ]] || [ "$2" -lt 1 ] || [ "$2" -gt 65535 ]; then
+        die "$1=$2 is not a port number (1-65535)"
+    fi
+}
+
+# ports_free PORT...: fails with who holds the port and which knob moves it.
+ports_free() {
+    local p
+    for p in "$@"; do
+        if listening "$p"; then
+            say "run.sh: ERROR: port $p is already in use (not by this stack):" >&2
+            ss -Hltnp "sport = :$p" >&2 || true
+            die "stop that process, or move the stack with MG_LOCAL_HTTP_PORT, MG_LOCAL_TLS_PORT, MG_LOCAL_POD_A_PORT, MG_LOCAL_POD_B_PORT"
+        fi
+    done
+}
+
+# spawn NAME PORTS CMD...: runs CMD in the background in its own session (setsid: it survives this
+# script, its terminal and its process group), cwd .run/local, stdin /dev/null, stdout and stderr
+# to .run/local/NAME.log, and no other descriptor of ours or our caller's (a daemon that keeps a
+# caller's pipe open makes that caller wait forever). The child writes its own PID before it
+# execs CMD, so the PID file holds the real process whatever setsid does; its start time goes
+# beside it.
+spawn() {
+    local name=$1 ports=$2 log=$STATE/$1.log pidf=$STATE/$1.pid
+    shift 2
+    rm -f "$pidf" "$STATE/$name.start" "$STATE/$name.ports"
+    [ ! -e "$log" ] || mv -f "$log" "$log.prev"
+    { printf '%s run.sh: starting %s:' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$name"
+      printf ' %q' "$@"; printf '\n'; } >"$log"
+    # The inner bash closes every fd above 2 (among them the lock, fd 9, which would otherwise
+    # lock out the next run.sh), records its PID and becomes CMD.
+    # shellcheck disable=SC2016 # $$, $0 and $fd are for the inner bash
+    (cd "$STATE" && exec setsid -f bash -c '
+        for fd in /proc/$$/fd/*; do
+            fd=${fd##*/}
+            [ "$fd" -le 2 ] || eval "exec $fd>&-"
+        done
+        echo $$ >"$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"' \
+        "$pidf" "$@" </dev/null >>"$log" 2>&1)
+    local deadline=$((SECONDS + 5))
+    while [ ! -s "$pidf" ]; do
+        [ "$SECONDS" -lt "$deadline" ] || { log_tail "$name"; die "$name: no PID file after 5 s"; }
+        sleep 0.02
+    done
+    local pid start
+    pid=$(<"$pidf")
+    if ! start=$(proc_field "$pid" 22); then
+        log_tail "$name"; die "$name exited at once (pid $pid)"
+    fi
+    printf '%s\n' "$start" >"$STATE/$name.start"
+    printf '%s\n' "$ports" >"$STATE/$name.ports"
+}
+
+# wait_ports NAME PORT...: polls until NAME's process listens on every PORT; fails with its log
+# tail if it exits or START_TIMEOUT passes first.
+wait_ports() {
+    local name=$1 pid p deadline=$((SECONDS + START_TIMEOUT))
+    shift
+    pid=$(<"$STATE/$name.pid")
+    for p in "$@"; do
+        until listening "$p" "$pid"; do
+            if ! pid_of "$name" >/dev/null; then
+                log_tail "$name"
+                die "$name (pid $pid) exited before listening on port $p"
+            fi
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                log_tail "$name"
+                die "$name (pid $pid) is not listening on port $p after ${START_TIMEOUT} s (MG_LOCAL_START_TIMEOUT)"
+            fi
+            sleep 0.1
+        done
+    done
+}
+
+# stop_component NAME: SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL. Quiet when not running.
+stop_component() {
+    local name=$1 pid deadline
+    if pid=$(pid_of "$name"); then
+        step "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + STOP_TIMEOUT))
+        while pid_of "$name" >/dev/null; do
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                step "$name (pid $pid) still running after ${STOP_TIMEOUT} s: SIGKILL"
+                kill -KILL "$pid" 2>/dev/null || true
+                deadline=$((SECONDS + 5))
+                while pid_of "$name" >/dev/null; do
+                    [ "$SECONDS" -lt "$deadline" ] || die "$name (pid $pid) survives SIGKILL"
+                    sleep 0.1
+                done
+                break
+            fi
+            sleep 0.1
+        done
+    elif [ -e "$STATE/$name.pid" ]; then
+        step "$name: stale PID file (process gone), removed"
+    fi
+    rm -f "$STATE/$name.pid" "$STATE/$name.start" "$STATE/$name.ports"
+}
+
+# All components, in reverse start order, then any PID file left by a component no longer listed.
+stop_stack() {
+    local i f name
+    [ -d "$STATE" ] || return 0
+    for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+        stop_component "${COMPONENTS[i]}"
+    done
+    for f in "$STATE"/*.pid; do
+        [ -e "$f" ] || continue
+        name=$(basename "$f" .pid)
+        stop_component "$name"
+    done
+}
+
+lock() {
+    mkdir -p "$STATE"
+    exec 9>"$STATE/.lock"
+    flock -w 120 9 || die "another run.sh holds $(rel "$STATE")/.lock for over 2 minutes"
+}
+
+# ---------------------------------------------------------------- start steps
+install_deps() {
+    if [ "${MG_LOCAL_SKIP_DEPS:-0}" = 1 ]; then
+        step "MG_LOCAL_SKIP_DEPS=1: not checking Debian packages"
+        return 0
+    fi
+    "$ROOT/scripts/install-deps.sh" || die "scripts/install-deps.sh failed (see above)"
+}
+
+build() {
+    if [ "${MG_LOCAL_SKIP_BUILD:-0}" = 1 ]; then
+        step "MG_LOCAL_SKIP_BUILD=1: using $(rel "$GATEWAY_BIN") as it is"
+    else
+        step "building $(rel "$GATEWAY_BIN") (RelWithDebInfo; output in $(rel "$STATE")/build.log)"
+        if ! { cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+               cmake --build "$BUILD_DIR" --target modelgate -j "$(nproc)"; } >"$STATE/build.log" 2>&1; then
+            say "----- last lines of $(rel "$STATE")/build.log -----" >&2
+            tail -n 30 "$STATE/build.log" >&2
+            die "build failed"
+        fi
+    fi
+    [ -x "$GATEWAY_BIN" ] || die "$(rel "$GATEWAY_BIN") does not exist"
+}
+
+make_tls() {
+    "$ROOT/conf/gen-test-certs.sh" "$STATE/tls" >"$STATE/tls.log" 2>&1 ||
+        { cat "$STATE/tls.log" >&2; die "conf/gen-test-certs.sh failed"; }
+}
+
+# Written beside each other; write_file goes through a temp file so a reload never reads half a file.
+write_file() { # PATH CONTENT
+    printf '%s\n' "$2" >"$1.tmp" && mv -f "$1.tmp" "$1"
+}
+
+write_config() {
+    write_file "$STATE/routes.json" "{
+  \"domain\": \"$DOMAIN\",
+  \"envs\": [\"development\", \"staging\", \"sandbox\", \"production\"],
+  \"services\": {
+    \"$SERVICE\": {
+      \"protocol\": \"h2c\",
+      \"pods\": [\"$HOST:$POD_A_PORT\", \"$HOST:$POD_B_PORT\"]
+    }
+  },
+  \"routes\": [
+    { \"app\": \"$APP\", \"env\": \"$ENV\", \"service\": \"$SERVICE\" }
+  ]
+}"
+    # Relative paths are relative to this file's directory (conf/README.md).
+    write_file "$STATE/gateway.json" "{
+  \"listen\": [\"$HOST:$HTTP_PORT\"],
+  \"tls\": {
+    \"listen\": [\"$HOST:$TLS_PORT\"],
+    \"cert\": \"tls/cert.pem\",
+    \"key\": \"tls/key.pem\"
+  },
+  \"workers\": $WORKERS,
+  \"routes\": \"routes.json\",
+  \"access_log\": \"access.log\",
+  \"log_level\": \"info\",
+  \"timeouts_ms\": { \"drain\": $DRAIN_MS }
+}"
+    local out
+    if ! out=$("$GATEWAY_BIN" --check-config "$STATE/gateway.json" 2>&1); then
+        say "$out" >&2
+        die "the generated $(rel "$STATE")/gateway.json is invalid"
+    fi
+}
+
+start_pods() {
+    local name port
+    for name in pod-a pod-b; do
+        port=$POD_A_PORT
+        [ "$name" = pod-a ] || port=$POD_B_PORT
+        spawn "$name" "$port" env PYTHONUNBUFFERED=1 "$PY" "$BACKEND_PY" --listen "$HOST:$port" --name "$name"
+    done
+    for name in pod-a pod-b; do
+        port=$POD_A_PORT
+        [ "$name" = pod-a ] || port=$POD_B_PORT
+        wait_ports "$name" "$port"
+    done
+}
+
+start_gateway() {
+    spawn gateway "$HTTP_PORT $TLS_PORT" "$GATEWAY_BIN" --config "$STATE/gateway.json"
+    wait_ports gateway "$HTTP_PORT" "$TLS_PORT"
+}
+
+# One real request over each listener; prints status and which pod answered.
+smoke_test() {
+    local out code body pod proto url
+    for url in "http://$HOST:$HTTP_PORT" "https://$VHOST:$TLS_PORT"; do
+        local args=(-sS --max-time 10 -o "$STATE/smoke.out" -w '%{http_code} %{http_version}'
+                    -H 'content-type: application/json' -d '{"input": [1,2,3]}')
+        case $url in
+        http:*) args+=(--http2-prior-knowledge -H "host: $VHOST") ;;
+        https:*) args+=(--cacert "$STATE/tls/cert.pem" --resolve "$VHOST:$TLS_PORT:$HOST") ;;
+        esac
+        if ! out=$(curl "${args[@]}" "$url/v1/predict" 2>&1); then
+            log_tail gateway
+            die "request to $url/v1/predict failed: $out"
+        fi
+        code=${out%% *}
+        body=$(cat "$STATE/smoke.out")
+        if [ "$code" != 200 ]; then
+            log_tail gateway
+            die "request to $url/v1/predict answered $code, expected 200: $body"
+        fi
+        pod=$("$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d["pod"], d["proto"])' <<<"$body" 2>/dev/null) ||
+            die "request to $url/v1/predict: answer is not the demo pod's JSON: $body"
+        proto=${pod#* } pod=${pod%% *}
+        step "request OK: POST $url/v1/predict (HTTP/${out#* }) -> 200 from $pod (gateway->pod: $proto)"
+    done
+    rm -f "$STATE/smoke.out"
+}
+
+# ---------------------------------------------------------------- commands
+# shellcheck disable=SC2317 # called through trap
+on_start_failure() {
+    local rc=$?
+    [ "$rc" -ne 0 ] || return 0
+    say "run.sh: start failed; stopping what was started" >&2
+    stop_stack >&2 || true
+    exit "$rc"
+}
+
+cmd_start() {
+    check_port_var MG_LOCAL_HTTP_PORT "$HTTP_PORT"
+    check_port_var MG_LOCAL_TLS_PORT "$TLS_PORT"
+    check_port_var MG_LOCAL_POD_A_PORT "$POD_A_PORT"
+    check_port_var MG_LOCAL_POD_B_PORT "$POD_B_PORT"
+    [ "$(printf '%s\n' "$HTTP_PORT" "$TLS_PORT" "$POD_A_PORT" "$POD_B_PORT" | sort -u | wc -l)" = 4 ] ||
+        die "the four ports must differ: $HTTP_PORT $TLS_PORT $POD_A_PORT $POD_B_PORT"
+    [[ $WORKERS =~ ^[0-9]+$ ]] || die "MG_LOCAL_WORKERS=$WORKERS is not a number"
+    [[ $START_TIMEOUT =~ ^[0-9]+$ ]] || die "MG_LOCAL_START_TIMEOUT=$START_TIMEOUT is not a number"
+
+    grep -qx '\.run/' "$ROOT/.gitignore" 2>/dev/null ||
+        step "warning: .gitignore has no '.run/' line; $(rel "$STATE") may show up in git status"
+
+    # Deps and build first: a failed build leaves a running stack alone.
+    install_deps
+    lock
+    build
+    make_tls
+    write_config
+
+    stop_stack
+    ports_free "$POD_A_PORT" "$POD_B_PORT" "$HTTP_PORT" "$TLS_PORT"
+    # From here a failure stops what was started, so no half stack is left behind.
+    trap on_start_failure EXIT
+    step "starting pod-a, pod-b"
+    start_pods
+    step "starting gateway"
+    start_gateway
+    smoke_test
+    trap - EXIT
+
+    print_summary
+}
+
+print_summary() {
+    local s=$STATE
+    cat <<EOF
+
+Modelgate local stack is running (state in $s):
+  pod-a    pid $(pid_of pod-a)   $HOST:$POD_A_PORT   demo backend (h2c + HTTP/1.1), log $s/pod-a.log
+  pod-b    pid $(pid_of pod-b)   $HOST:$POD_B_PORT   demo backend (h2c + HTTP/1.1), log $s/pod-b.log
+  gateway  pid $(pid_of gateway)   $HOST:$HTTP_PORT (h2c + HTTP/1.1), $HOST:$TLS_PORT (TLS), log $s/gateway.log
+  route    $VHOST -> service $SERVICE -> pods $HOST:$POD_A_PORT, $HOST:$POD_B_PORT
+
+Try it:
+  curl --http2-prior-knowledge -H 'host: $VHOST' http://$HOST:$HTTP_PORT/v1/predict -d '{"input": [1,2,3]}'
+  curl --cacert $s/tls/cert.pem --resolve $VHOST:$TLS_PORT:$HOST https://$VHOST:$TLS_PORT/v1/predict -d '{"input": [1,2,3]}'
+
+Logs:     $s/gateway.log  $s/pod-a.log  $s/pod-b.log
+Requests: $s/access.log (one JSON line per request)
+Config:   $s/gateway.json, $s/routes.json (rewritten on every start; after editing routes.json: $0 reload)
+Status:   $0 status
+Stop:     $0 stop
+EOF
+}
+
+cmd_stop() {
+    lock
+    stop_stack
+    step "stopped"
+}
+
+# exit 0: every component runs; 3: none runs; 1: some run, some do not.
+cmd_status() {
+    local name pid ports p up=0 down=0 note
+    for name in "${COMPONENTS[@]}"; do
+        if pid=$(pid_of "$name"); then
+            ports=$(cat "$STATE/$name.ports" 2>/dev/null || true)
+            note=''
+            for p in $ports; do
+                if listening "$p" "$pid"; then note+=" $HOST:$p"; else note+=" $HOST:$p(NOT LISTENING)"; fi
+            done
+            printf '%-8s running  pid %-7s%s\n' "$name" "$pid" "$note"
+            up=$((up + 1))
+        else
+            printf '%-8s stopped\n' "$name"
+            down=$((down + 1))
+        fi
+    done
+    if [ "$down" = 0 ]; then
+        say "all ${#COMPONENTS[@]} components running; logs in $STATE"
+        return 0
+    elif [ "$up" = 0 ]; then
+        say "the local stack is not running (start it: $0)"
+        return 3
+    fi
+    say "the local stack is only partly running; restart it: $0"
+    return 1
+}
+
+cmd_reload() {
+    local pid
+    pid=$(pid_of gateway) || die "the gateway is not running (start the stack: $0)"
+    kill -HUP "$pid"
+    step "sent SIGHUP to the gateway (pid $pid); it re-reads $(rel "$STATE")/routes.json (result in $(rel "$STATE")/gateway.log)"
+}
+
+usage() {
+    sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+case ${1:-start} in
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+reload) cmd_reload ;;
+-h | --help | help) usage ;;
+*) usage >&2; exit 2 ;;
+esac
