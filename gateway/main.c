@@ -33,11 +33,11 @@
 #include <openssl/ssl.h>
 
 #include "common/h2server.h"
+#include "common/listen.h"
 #include "common/log.h"
 #include "gateway/conf.h"
 #include "gateway/proxy.h"
 #include "gateway/reqlog.h"
-#include "routing/host.h"
 #include "routing/routes.h"
 
 typedef struct worker {
@@ -63,61 +63,6 @@ static mg_routes_t *g_routes;
 static struct event_base *g_main_base;
 static bool g_draining;
 
-/* ---------- sockets ---------- */
-
-/* Binds |ai| once without SO_REUSEPORT: fails when another process (perhaps another modelgate)
- * already listens there, which SO_REUSEPORT alone would silently share traffic with. */
-static bool address_is_free(const struct addrinfo *ai)
-{
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    bool ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
-              bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
-    int saved = errno;
-    if (fd >= 0)
-        close(fd);
-    errno = saved;
-    return ok;
-}
-
-static int bind_listener(const char *addr, bool first, char *err, size_t errlen)
-{
-    char host[256];
-    unsigned port;
-    const char *why = NULL;
-    if (mg_host_split_port(addr, host, sizeof(host), &port, &why) != MG_OK) {
-        snprintf(err, errlen, "listen address '%s': %s", addr, why ? why : "invalid");
-        return -1;
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *ai = NULL;
-    char ports[8];
-    snprintf(ports, sizeof(ports), "%u", port);
-    int rc = getaddrinfo(host[0] ? host : NULL, ports, &hints, &ai);
-    if (rc != 0) {
-        snprintf(err, errlen, "listen address '%s': %s", addr, gai_strerror(rc));
-        return -1;
-    }
-    if (first && !address_is_free(ai)) {
-        snprintf(err, errlen, "cannot listen on %s: %s%s", addr, strerror(errno),
-                 errno == EADDRINUSE ? " (another process listens there)" : "");
-        freeaddrinfo(ai);
-        return -1;
-    }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
-        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(ai);
-    return fd;
-}
 
 /* ---------- workers ---------- */
 
@@ -355,7 +300,7 @@ int main(int argc, char **argv)
             char *const *addrs = pass ? conf.tls_listen : conf.listen;
             for (size_t k = 0; k < n; k++) {
                 char err[512];
-                int fd = bind_listener(addrs[k], i == 0, err, sizeof(err));
+                int fd = mg_listen_bind(addrs[k], i == 0, err, sizeof(err));
                 if (fd < 0) {
                     fprintf(stderr, "modelgate: %s\n", err);
                     return 1;

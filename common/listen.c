@@ -1,0 +1,84 @@
+#include "common/listen.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Binds |ai| once without SO_REUSEPORT: fails when another process already listens there. */
+static bool address_is_free(const struct addrinfo *ai)
+{
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    bool ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+              bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+    int saved = errno;
+    if (fd >= 0)
+        close(fd);
+    errno = saved;
+    return ok;
+}
+
+/* "host:port" or "[v6]:port" into host (no brackets) and port text. */
+static bool split(const char *addr, char *host, size_t hcap, char *port, size_t pcap)
+{
+    const char *colon;
+    size_t hlen;
+    if (addr[0] == '[') {
+        const char *close_br = strchr(addr, ']');
+        if (close_br == NULL || close_br[1] != ':')
+            return false;
+        hlen = (size_t)(close_br - addr - 1);
+        colon = close_br + 1;
+        addr++;
+    } else {
+        colon = strrchr(addr, ':');
+        if (colon == NULL)
+            return false;
+        hlen = (size_t)(colon - addr);
+    }
+    if (hlen >= hcap || strlen(colon + 1) == 0 || strlen(colon + 1) >= pcap)
+        return false;
+    memcpy(host, addr, hlen);
+    host[hlen] = '\0';
+    strcpy(port, colon + 1);
+    return true;
+}
+
+int mg_listen_bind(const char *addr, bool first, char *err, size_t errlen)
+{
+    char host[256], port[16];
+    if (!split(addr, host, sizeof(host), port, sizeof(port))) {
+        snprintf(err, errlen, "listen address '%s': expected host:port or [v6]:port", addr);
+        return -1;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
+    if (rc != 0) {
+        snprintf(err, errlen, "listen address '%s': %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    if (first && !address_is_free(ai)) {
+        snprintf(err, errlen, "cannot listen on %s: %s%s", addr, strerror(errno),
+                 errno == EADDRINUSE ? " (another process listens there)" : "");
+        freeaddrinfo(ai);
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
