@@ -22,6 +22,8 @@ PACKAGES=(
     libssl-dev           # TLS with ALPN (h2, http/1.1) on the listeners
     libjansson-dev       # JSON: config, routing documents, admin API, test assertions
     node-llhttp          # llhttp C sources: the HTTP/1.1 parser, compiled into the gateway
+    libxgboost-dev       # XGBoost C API: the runtime's xgboost model kind (backends/runtime)
+    libopenblas-dev      # CBLAS (gemv): the runtime's linear and embedding model kinds
     # --- tests
     libcmocka-dev        # unit tests (tests/unit)
     libcurl4-openssl-dev # HTTP/2 client library for tests and tools
@@ -35,6 +37,9 @@ PACKAGES=(
     python3-httpx        # HTTP/1.1 and HTTP/2 client for e2e tests
     python3-h2           # raw HTTP/2 frames for protocol-level e2e tests
     python3-grpcio       # gRPC client: checks trailers and streaming through the gateway
+    python3-sklearn      # trains the runtime's test and demo models (digits data set included)
+    python3-xgboost      # trains and saves the XGBoost test and demo models
+    python3-numpy        # writes embedding indexes and linear model files (runtime tools/)
     procps               # pgrep/ps: tests and benchmarks find and measure processes
     iproute2             # ss: tests and benchmarks check which ports are free or listening
 )
