@@ -1,0 +1,887 @@
+/*
+ * backends/runtime/api.c - HTTP endpoints of modelgate-runtime.
+ *
+ * DESIGN
+ * A request (rt_req_t) comes from a free list and keeps its buffers (body, parsed inputs,
+ * response text) across uses, so a warm runtime allocates nothing per prediction but what
+ * jansson needs to parse the body. A prediction request takes a model reference from the slot
+ * when its body is complete, so a switch that happens meanwhile never changes the model under
+ * it; the reference is dropped when the answer was handed to the connection. If the client
+ * goes away while the inference threads work on its request, the request is marked closed and
+ * recycled when the job comes back.
+ */
+#include "backends/runtime/api.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+
+#include "common/log.h"
+
+#define HIST_BUCKETS 13
+static const double hist_le[HIST_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                             0.025,  0.05,    0.1,    0.25,  1.0,   5.0};
+
+typedef enum ep {
+    EP_NONE,
+    EP_PREDICT,
+    EP_INFER,
+} ep_t;
+
+typedef struct rt_req rt_req_t;
+
+struct mg_rt {
+    struct event_base *base;
+    mg_slot_t *slot;
+    mg_batcher_t *batcher;
+    mg_rt_conf_t conf;
+    char *service;
+    rt_req_t *free_reqs;
+    size_t nfree, inflight;
+    /* metrics (loop thread only) */
+    unsigned long long by_status[6]; /* 1xx..5xx, [0] unused */
+    unsigned long long status_200, status_400, status_404, status_413, status_500, status_503;
+    unsigned long long hist[HIST_BUCKETS + 1];
+    double hist_sum;
+    unsigned long long served;
+};
+
+struct rt_req {
+    mg_rt_t *rt;
+    rt_req_t *next_free;
+    mg_srv_stream_t *s;
+    ep_t ep;
+    bool closed, in_job, too_large;
+    struct timespec t0;
+    struct evbuffer *body;
+    json_t *doc;
+    json_t *features;
+    mg_input_buf_t inbuf;
+    mg_job_t job;
+    char *resp;
+    size_t resp_len, resp_cap;
+    bool resp_oom;
+    int status;
+    char request_id[64];
+    char v2name[128]; /* POST /v2/models/{name}/infer: the name asked for */
+};
+
+/* ---------- text building ---------- */
+
+static void out_reserve(rt_req_t *r, size_t more)
+{
+    if (r->resp_oom || r->resp_len + more + 1 <= r->resp_cap)
+        return;
+    size_t cap = r->resp_cap ? r->resp_cap : 1024;
+    while (cap < r->resp_len + more + 1)
+        cap *= 2;
+    char *p = realloc(r->resp, cap);
+    if (p == NULL) {
+        r->resp_oom = true;
+        return;
+    }
+    r->resp = p;
+    r->resp_cap = cap;
+}
+
+static void out_put(rt_req_t *r, const char *s, size_t n)
+{
+    out_reserve(r, n);
+    if (r->resp_oom)
+        return;
+    memcpy(r->resp + r->resp_len, s, n);
+    r->resp_len += n;
+    r->resp[r->resp_len] = '\0';
+}
+
+static void out_str(rt_req_t *r, const char *s)
+{
+    out_put(r, s, strlen(s));
+}
+
+static void out_fmt(rt_req_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out_fmt(rt_req_t *r, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        out_put(r, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+/* JSON string with quotes. */
+static void out_jstr(rt_req_t *r, const char *s)
+{
+    out_put(r, "\"", 1);
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            out_put(r, e, 2);
+        } else if (c < 0x20) {
+            out_fmt(r, "\\u%04x", c);
+        } else {
+            out_put(r, (const char *)&c, 1);
+        }
+    }
+    out_put(r, "\"", 1);
+}
+
+/* A double that reads back to the same value; JSON has no NaN/Infinity: null. */
+static void out_double(rt_req_t *r, double v)
+{
+    if (!isfinite(v)) {
+        out_str(r, "null");
+        return;
+    }
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%.15g", v);
+    if (strtod(buf, NULL) != v)
+        snprintf(buf, sizeof(buf), "%.17g", v);
+    out_str(r, buf);
+}
+
+static void out_error(rt_req_t *r, int status, const char *code, const char *msg)
+{
+    r->resp_len = 0;
+    r->status = status;
+    out_str(r, "{\"error\":{\"code\":");
+    out_jstr(r, code);
+    out_str(r, ",\"message\":");
+    out_jstr(r, msg);
+    if (r->request_id[0]) {
+        out_str(r, ",\"request_id\":");
+        out_jstr(r, r->request_id);
+    }
+    out_str(r, "}}\n");
+}
+
+/* ---------- request lifetime ---------- */
+
+static rt_req_t *req_new(mg_rt_t *rt)
+{
+    rt_req_t *r = rt->free_reqs;
+    if (r) {
+        rt->free_reqs = r->next_free;
+        rt->nfree--;
+    } else {
+        r = calloc(1, sizeof(*r));
+        if (r == NULL)
+            return NULL;
+        r->body = evbuffer_new();
+        if (r->body == NULL) {
+            free(r);
+            return NULL;
+        }
+        mg_input_buf_init(&r->inbuf, rt->conf.max_items);
+    }
+    r->rt = rt;
+    r->s = NULL;
+    r->ep = EP_NONE;
+    r->closed = r->in_job = r->too_large = r->resp_oom = false;
+    r->resp_len = 0;
+    r->status = 0;
+    r->request_id[0] = '\0';
+    r->v2name[0] = '\0';
+    memset(&r->job, 0, sizeof(r->job));
+    clock_gettime(CLOCK_MONOTONIC, &r->t0);
+    rt->inflight++;
+    return r;
+}
+
+static void req_free(rt_req_t *r)
+{
+    mg_rt_t *rt = r->rt;
+    evbuffer_drain(r->body, evbuffer_get_length(r->body));
+    json_decref(r->doc);
+    json_decref(r->features);
+    r->doc = r->features = NULL;
+    mg_model_unref(r->job.model);
+    r->job.model = NULL;
+    rt->inflight--;
+    if (rt->nfree < 256 && r->resp_cap <= (1u << 20)) { /* keep warm buffers, not huge ones */
+        r->next_free = rt->free_reqs;
+        rt->free_reqs = r;
+        rt->nfree++;
+    } else {
+        evbuffer_free(r->body);
+        mg_input_buf_clear(&r->inbuf);
+        free(r->resp);
+        free(r);
+    }
+}
+
+static void count(mg_rt_t *rt, int status, const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double sec = (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+    int cls = status / 100;
+    if (cls >= 1 && cls <= 5)
+        rt->by_status[cls]++;
+    switch (status) {
+    case 200: rt->status_200++; break;
+    case 400: rt->status_400++; break;
+    case 404: rt->status_404++; break;
+    case 413: rt->status_413++; break;
+    case 500: rt->status_500++; break;
+    case 503: rt->status_503++; break;
+    default: break;
+    }
+    size_t b = 0;
+    while (b < HIST_BUCKETS && sec > hist_le[b])
+        b++;
+    rt->hist[b]++;
+    rt->hist_sum += sec;
+    rt->served++;
+}
+
+/* Sends r->resp with r->status. The stream may close (and |r| be recycled) inside. */
+static void send_response(rt_req_t *r, const char *ctype)
+{
+    if (r->resp_oom)
+        out_error(r, 503, "overloaded", "out of memory formatting the answer");
+    char len[24];
+    snprintf(len, sizeof(len), "%zu", r->resp_len);
+    mg_hdr_t h[3] = {
+        {"content-type", ctype, 12, strlen(ctype), false},
+        {"content-length", len, 14, strlen(len), false},
+        {"x-request-id", r->request_id, 12, strlen(r->request_id), true},
+    };
+    count(r->rt, r->status, &r->t0);
+    mg_srv_stream_t *s = r->s;
+    const char *body = r->resp;
+    size_t n = r->resp_len;
+    mg_srv_respond(s, r->status, h, r->request_id[0] ? 3 : 2, n == 0);
+    if (n) {
+        mg_srv_write(s, body, n);
+        mg_srv_end(s, NULL, 0); /* may run on_close: |r| is not touched after this */
+    }
+}
+
+static void send_json(rt_req_t *r)
+{
+    send_response(r, "application/json");
+}
+
+static void send_error(rt_req_t *r, int status, const char *code, const char *msg)
+{
+    out_error(r, status, code, msg);
+    send_json(r);
+}
+
+/* ---------- formatting answers (inference threads) ---------- */
+
+static void model_object(rt_req_t *r, const mg_model_t *m)
+{
+    out_str(r, "{\"name\":");
+    out_jstr(r, m->name);
+    out_str(r, ",\"version\":");
+    out_jstr(r, m->version);
+    out_str(r, "}");
+}
+
+/* The first failed item's message, or NULL. */
+static const char *item_error(const mg_outputs_t *out, size_t first, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (out->items[first + i].err != MG_OK)
+            return mg_output_json(out, first + i);
+    return NULL;
+}
+
+static void finish_v1(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_t first)
+{
+    rt_req_t *r = job->ctx;
+    size_t n = job->view.n;
+    r->resp_len = 0;
+    const char *bad = rc == MG_OK ? item_error(out, first, n) : NULL;
+    if (rc == MG_E_PROTO || bad) {
+        out_error(r, 400, "invalid_input", bad ? bad : out->err);
+        return;
+    }
+    if (rc != MG_OK) {
+        out_error(r, 500, "model_error", out->err[0] ? out->err : mg_strerror(rc));
+        return;
+    }
+    r->status = 200;
+    if (!job->view.batch) {
+        out_str(r, "{\"output\":");
+        out_str(r, mg_output_json(out, first));
+        out_str(r, ",\"score\":");
+        out_double(r, out->items[first].score);
+    } else {
+        out_str(r, "{\"outputs\":[");
+        for (size_t i = 0; i < n; i++) {
+            out_str(r, i ? ",{\"output\":" : "{\"output\":");
+            out_str(r, mg_output_json(out, first + i));
+            out_str(r, ",\"score\":");
+            out_double(r, out->items[first + i].score);
+            out_str(r, "}");
+        }
+        out_str(r, "]");
+    }
+    out_str(r, ",\"model\":");
+    model_object(r, job->model);
+    out_str(r, "}\n");
+}
+
+/* v2 datatype of the outputs: BYTES for strings, INT64 for integers, else FP64. */
+static const char *v2_dtype(const mg_outputs_t *out, size_t first, size_t n, bool ranking)
+{
+    bool ints = true;
+    for (size_t i = 0; i < n; i++) {
+        const char *f = mg_output_json(out, first + i);
+        if (ranking)
+            f += strspn(f, "[ ");
+        if (*f == '"')
+            return "BYTES";
+        if (strpbrk(f, ".eE"))
+            ints = false;
+    }
+    return ints ? "INT64" : "FP64";
+}
+
+static void finish_v2(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_t first)
+{
+    rt_req_t *r = job->ctx;
+    size_t n = job->view.n;
+    r->resp_len = 0;
+    const char *bad = rc == MG_OK ? item_error(out, first, n) : NULL;
+    if (rc == MG_E_PROTO || bad) {
+        out_error(r, 400, "invalid_input", bad ? bad : out->err);
+        return;
+    }
+    if (rc != MG_OK) {
+        out_error(r, 500, "model_error", out->err[0] ? out->err : mg_strerror(rc));
+        return;
+    }
+    const mg_model_t *m = job->model;
+    bool ranking = m->desc.output == MG_OUTPUT_RANKING;
+    size_t k = ranking && n ? out->items[first].n_values : 0;
+    r->status = 200;
+    out_str(r, "{\"model_name\":");
+    out_jstr(r, m->name);
+    out_str(r, ",\"model_version\":");
+    out_jstr(r, m->version);
+    json_t *id = r->doc ? json_object_get(r->doc, "id") : NULL;
+    if (json_is_string(id)) {
+        out_str(r, ",\"id\":");
+        out_jstr(r, json_string_value(id));
+    }
+    out_str(r, ",\"outputs\":[{\"name\":\"output\",\"datatype\":\"");
+    out_str(r, v2_dtype(out, first, n, ranking));
+    if (ranking)
+        out_fmt(r, "\",\"shape\":[%zu,%zu],\"data\":[", n, k);
+    else
+        out_fmt(r, "\",\"shape\":[%zu],\"data\":[", n);
+    for (size_t i = 0; i < n; i++) {
+        const char *f = mg_output_json(out, first + i);
+        size_t len = strlen(f);
+        if (ranking && len >= 2 && f[0] == '[') { /* flatten [ids] rows */
+            f++;
+            len -= 2;
+            if (len == 0)
+                continue;
+        }
+        if (i)
+            out_put(r, ",", 1);
+        out_put(r, f, len);
+    }
+    out_fmt(r, "]},{\"name\":\"score\",\"datatype\":\"FP64\",\"shape\":[%zu],\"data\":[", n);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            out_put(r, ",", 1);
+        out_double(r, out->items[first + i].score);
+    }
+    out_str(r, "]}");
+    size_t nv = n ? out->items[first].n_values : 0;
+    bool same = nv > 0;
+    for (size_t i = 0; i < n && same; i++)
+        same = out->items[first + i].n_values == nv;
+    if (same) {
+        out_str(r, ranking ? ",{\"name\":\"scores\"" : ",{\"name\":\"probabilities\"");
+        out_fmt(r, ",\"datatype\":\"FP64\",\"shape\":[%zu,%zu],\"data\":[", n, nv);
+        for (size_t i = 0; i < n; i++) {
+            const double *v = mg_output_values(out, first + i);
+            for (size_t j = 0; j < nv; j++) {
+                if (i || j)
+                    out_put(r, ",", 1);
+                out_double(r, v[j]);
+            }
+        }
+        out_str(r, "]}");
+    }
+    out_str(r, "]}\n");
+}
+
+static void job_done(mg_job_t *job)
+{
+    rt_req_t *r = job->ctx;
+    r->in_job = false;
+    if (r->closed) { /* the client left while we computed */
+        req_free(r);
+        return;
+    }
+    send_json(r);
+}
+
+/* ---------- request handling (loop thread) ---------- */
+
+static bool has_prefix(const char *s, const char *p)
+{
+    return strncmp(s, p, strlen(p)) == 0;
+}
+
+/* The path without its query string, copied into |buf|. */
+static const char *clean_path(const char *path, char *buf, size_t cap)
+{
+    size_t n = strcspn(path, "?");
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(buf, path, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+static bool name_matches(const mg_model_t *m, const char *name, size_t len)
+{
+    const char *want = m->name[0] ? m->name : "model";
+    return strlen(want) == len && memcmp(want, name, len) == 0;
+}
+
+static void v2_metadata(rt_req_t *r, const mg_model_t *m)
+{
+    static const char *const in_dtype[] = {"FP32", "INT64", "BYTES", "BYTES", "BYTES"};
+    r->resp_len = 0;
+    r->status = 200;
+    out_str(r, "{\"name\":");
+    out_jstr(r, m->name[0] ? m->name : "model");
+    out_str(r, ",\"versions\":[");
+    out_jstr(r, m->version);
+    out_str(r, "],\"platform\":");
+    char platform[64];
+    snprintf(platform, sizeof(platform), "modelgate_%s", m->kind->name);
+    out_jstr(r, platform);
+    out_str(r, ",\"inputs\":[{\"name\":\"input\",\"datatype\":");
+    out_jstr(r, in_dtype[m->desc.input]);
+    if (m->desc.input_len)
+        out_fmt(r, ",\"shape\":[-1,%zu]}]", m->desc.input_len);
+    else
+        out_str(r, ",\"shape\":[-1]}]");
+    out_str(r, ",\"outputs\":[{\"name\":\"output\",\"datatype\":");
+    out_jstr(r, m->desc.output == MG_OUTPUT_VALUE ? "FP64" : "INT64");
+    out_str(r, ",\"shape\":[-1]},{\"name\":\"score\",\"datatype\":\"FP64\",\"shape\":[-1]}]");
+    out_str(r, ",\"parameters\":{\"sha256\":");
+    out_jstr(r, m->sha256);
+    out_str(r, "}}\n");
+}
+
+static void status_doc(rt_req_t *r)
+{
+    mg_rt_t *rt = r->rt;
+    mg_model_t *m = mg_slot_get(rt->slot);
+    mg_slot_stats_t st;
+    mg_slot_stats(rt->slot, &st);
+    r->resp_len = 0;
+    r->status = 200;
+    out_str(r, "{\"service\":");
+    out_jstr(r, rt->service);
+    out_fmt(r, ",\"ready\":%s,\"requests_served\":%llu,\"model\":", m ? "true" : "false",
+            rt->served);
+    if (m) {
+        char when[40];
+        time_t secs = (time_t)(m->loaded_at_ms / 1000);
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        out_str(r, "{\"name\":");
+        out_jstr(r, m->name);
+        out_str(r, ",\"version\":");
+        out_jstr(r, m->version);
+        out_str(r, ",\"kind\":");
+        out_jstr(r, m->kind->name);
+        out_str(r, ",\"sha256\":");
+        out_jstr(r, m->sha256);
+        out_str(r, ",\"path\":");
+        out_jstr(r, m->path);
+        out_fmt(r, ",\"size\":%llu,\"loaded_at\":\"%s\",\"load_ms\":", (unsigned long long)m->size,
+                when);
+        out_double(r, m->load_ms);
+        out_str(r, "}");
+    } else {
+        out_str(r, "null");
+    }
+    out_fmt(r,
+            ",\"switch\":{\"loading\":%s,\"loads_ok\":%llu,\"loads_failed\":%llu,"
+            "\"last_switch_ms\":",
+            st.loading ? "true" : "false", (unsigned long long)st.loads_ok,
+            (unsigned long long)st.loads_failed);
+    out_double(r, st.last_switch_ms);
+    out_str(r, ",\"last_error\":");
+    if (st.last_error[0])
+        out_jstr(r, st.last_error);
+    else
+        out_str(r, "null");
+    out_str(r, "}}\n");
+    mg_model_unref(m);
+}
+
+static void metrics_doc(rt_req_t *r)
+{
+    mg_rt_t *rt = r->rt;
+    mg_slot_stats_t st;
+    mg_slot_stats(rt->slot, &st);
+    mg_batcher_stats_t bs;
+    mg_batcher_stats(rt->batcher, &bs);
+    mg_model_t *m = mg_slot_get(rt->slot);
+    r->resp_len = 0;
+    r->status = 200;
+    out_str(r, "# HELP modelgate_runtime_requests_total Requests answered, by HTTP status.\n"
+               "# TYPE modelgate_runtime_requests_total counter\n");
+    const struct {
+        const char *code;
+        unsigned long long v;
+    } codes[] = {{"200", rt->status_200}, {"400", rt->status_400}, {"404", rt->status_404},
+                 {"413", rt->status_413}, {"500", rt->status_500}, {"503", rt->status_503}};
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+        out_fmt(r, "modelgate_runtime_requests_total{code=\"%s\"} %llu\n", codes[i].code,
+                codes[i].v);
+    out_str(r, "# HELP modelgate_runtime_responses_total Requests answered, by status class.\n"
+               "# TYPE modelgate_runtime_responses_total counter\n");
+    for (int c = 1; c <= 5; c++)
+        out_fmt(r, "modelgate_runtime_responses_total{class=\"%dxx\"} %llu\n", c,
+                rt->by_status[c]);
+    out_str(r, "# HELP modelgate_runtime_request_duration_seconds Time from request to answer.\n"
+               "# TYPE modelgate_runtime_request_duration_seconds histogram\n");
+    unsigned long long cum = 0;
+    for (int b = 0; b < HIST_BUCKETS; b++) {
+        cum += rt->hist[b];
+        out_fmt(r, "modelgate_runtime_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                hist_le[b], cum);
+    }
+    cum += rt->hist[HIST_BUCKETS];
+    out_fmt(r, "modelgate_runtime_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
+    out_fmt(r, "modelgate_runtime_request_duration_seconds_sum %.6f\n", rt->hist_sum);
+    out_fmt(r, "modelgate_runtime_request_duration_seconds_count %llu\n", cum);
+    out_fmt(r,
+            "# HELP modelgate_runtime_model_loads_total Model loads (switches), by result.\n"
+            "# TYPE modelgate_runtime_model_loads_total counter\n"
+            "modelgate_runtime_model_loads_total{result=\"ok\"} %llu\n"
+            "modelgate_runtime_model_loads_total{result=\"failed\"} %llu\n",
+            (unsigned long long)st.loads_ok, (unsigned long long)st.loads_failed);
+    out_fmt(r,
+            "# HELP modelgate_runtime_model_switch_seconds Duration of the last successful "
+            "switch (load + warm-up).\n"
+            "# TYPE modelgate_runtime_model_switch_seconds gauge\n"
+            "modelgate_runtime_model_switch_seconds %.6f\n"
+            "# HELP modelgate_runtime_model_loading 1 while a model loads.\n"
+            "# TYPE modelgate_runtime_model_loading gauge\n"
+            "modelgate_runtime_model_loading %d\n",
+            st.last_switch_ms / 1000.0, st.loading ? 1 : 0);
+    out_fmt(r,
+            "# HELP modelgate_runtime_batches_total Predict calls (each may hold many "
+            "requests).\n"
+            "# TYPE modelgate_runtime_batches_total counter\n"
+            "modelgate_runtime_batches_total %llu\n"
+            "# HELP modelgate_runtime_batch_items_total Items predicted.\n"
+            "# TYPE modelgate_runtime_batch_items_total counter\n"
+            "modelgate_runtime_batch_items_total %llu\n",
+            bs.batches, bs.items);
+    if (m) {
+        out_str(r, "# HELP modelgate_runtime_model_info The model being served.\n"
+                   "# TYPE modelgate_runtime_model_info gauge\n"
+                   "modelgate_runtime_model_info{name=");
+        out_jstr(r, m->name);
+        out_str(r, ",version=");
+        out_jstr(r, m->version);
+        out_str(r, ",kind=");
+        out_jstr(r, m->kind->name);
+        out_str(r, ",sha256=");
+        out_jstr(r, m->sha256);
+        out_str(r, "} 1\n");
+        mg_model_unref(m);
+    }
+    send_response(r, "text/plain; version=0.0.4");
+}
+
+static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
+{
+    mg_rt_t *rt = ud;
+    rt_req_t *r = req_new(rt);
+    if (r == NULL) {
+        mg_srv_error(s, 503, "overloaded", "out of memory", NULL, NULL, 0);
+        return;
+    }
+    r->s = s;
+    mg_srv_set_data(s, r);
+    for (size_t i = 0; i < req->nhdrs; i++) {
+        const mg_hdr_t *h = &req->hdrs[i];
+        if (h->name_len == 12 && memcmp(h->name, "x-request-id", 12) == 0 &&
+            h->value_len < sizeof(r->request_id))
+            snprintf(r->request_id, sizeof(r->request_id), "%s", h->value);
+        else if (h->name_len == 15 && memcmp(h->name, "x-user-features", 15) == 0) {
+            json_error_t jerr;
+            json_decref(r->features);
+            r->features = json_loadb(h->value, h->value_len, 0, &jerr);
+            if (r->features == NULL || !json_is_object(r->features)) {
+                json_decref(r->features);
+                r->features = NULL;
+                send_error(r, 400, "bad_request", "x-user-features: expected a JSON object");
+                return;
+            }
+        }
+    }
+    char pbuf[512];
+    const char *path = clean_path(req->path, pbuf, sizeof(pbuf));
+    bool get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+    bool post = strcmp(req->method, "POST") == 0;
+
+    if (post && strcmp(path, "/v1/predict") == 0) {
+        r->ep = EP_PREDICT;
+        return;
+    }
+    if (post && has_prefix(path, "/v2/models/")) {
+        const char *name = path + 11;
+        size_t nlen = strcspn(name, "/");
+        const char *rest = name + nlen;
+        /* /infer or /versions/{v}/infer */
+        bool infer = strcmp(rest, "/infer") == 0 ||
+                     (has_prefix(rest, "/versions/") && strchr(rest + 10, '/') &&
+                      strcmp(strchr(rest + 10, '/'), "/infer") == 0);
+        if (!infer || nlen == 0 || nlen >= sizeof(r->v2name)) {
+            send_error(r, 404, "not_found", "expected POST /v2/models/{name}/infer");
+            return;
+        }
+        memcpy(r->v2name, name, nlen);
+        r->v2name[nlen] = '\0';
+        r->ep = EP_INFER; /* the name is checked against the model when the body is complete */
+        return;
+    }
+    if (!get) {
+        send_error(r, 405, "method_not_allowed", "this path takes GET, or POST for predictions");
+        return;
+    }
+    if (strcmp(path, "/healthz") == 0 || strcmp(path, "/v2/health/live") == 0) {
+        r->status = 200;
+        r->resp_len = 0;
+        out_str(r, strcmp(path, "/healthz") == 0 ? "{\"status\":\"alive\"}\n"
+                                                 : "{\"live\":true}\n");
+        send_json(r);
+        return;
+    }
+    if (strcmp(path, "/readyz") == 0 || strcmp(path, "/v2/health/ready") == 0) {
+        mg_model_t *m = mg_slot_get(rt->slot);
+        r->status = m ? 200 : 503;
+        r->resp_len = 0;
+        out_str(r, m ? "{\"ready\":true}\n" : "{\"ready\":false}\n");
+        mg_model_unref(m);
+        send_json(r);
+        return;
+    }
+    if (strcmp(path, "/v1/status") == 0) {
+        status_doc(r);
+        send_json(r);
+        return;
+    }
+    if (strcmp(path, "/metrics") == 0) {
+        metrics_doc(r);
+        return;
+    }
+    if (has_prefix(path, "/v2/models/")) {
+        const char *name = path + 11;
+        size_t nlen = strcspn(name, "/");
+        const char *rest = name + nlen;
+        mg_model_t *m = mg_slot_get(rt->slot);
+        if (m == NULL) {
+            send_error(r, 503, "no_model", "no model is loaded yet");
+        } else if (!name_matches(m, name, nlen)) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "no model '%.*s' here (this runtime serves '%s')",
+                     (int)(nlen > 100 ? 100 : nlen), name, m->name[0] ? m->name : "model");
+            send_error(r, 404, "model_not_found", msg);
+        } else if (*rest == '\0') {
+            v2_metadata(r, m);
+            send_json(r);
+        } else if (strcmp(rest, "/ready") == 0) {
+            r->status = 200;
+            r->resp_len = 0;
+            out_str(r, "{\"ready\":true}\n");
+            send_json(r);
+        } else {
+            send_error(r, 404, "not_found", "unknown path");
+        }
+        mg_model_unref(m);
+        return;
+    }
+    send_error(r, 404, "not_found", "unknown path; see /v1/predict, /v2/models/{name}/infer");
+}
+
+static void on_body(mg_srv_stream_t *s, const uint8_t *data, size_t len)
+{
+    rt_req_t *r = mg_srv_data(s);
+    mg_srv_consume(s, len); /* bodies are small: the limit below bounds memory */
+    if (r == NULL || r->ep == EP_NONE || r->too_large || mg_srv_responded(s))
+        return;
+    if (evbuffer_get_length(r->body) + len > r->rt->conf.max_body) {
+        r->too_large = true;
+        char msg[120];
+        snprintf(msg, sizeof(msg), "request body larger than %zu bytes", r->rt->conf.max_body);
+        send_error(r, 413, "body_too_large", msg);
+        return;
+    }
+    evbuffer_add(r->body, data, len);
+}
+
+/* Parses the body and hands the job to the batcher; answers errors itself. */
+static void dispatch(rt_req_t *r)
+{
+    mg_rt_t *rt = r->rt;
+    char err[512];
+    size_t len = evbuffer_get_length(r->body);
+    const char *text = (const char *)evbuffer_pullup(r->body, (ssize_t)len);
+    json_error_t jerr;
+    r->doc = json_loadb(text ? text : "", len, JSON_REJECT_DUPLICATES, &jerr);
+    if (r->doc == NULL || !json_is_object(r->doc)) {
+        if (r->doc)
+            snprintf(err, sizeof(err), "body: expected a JSON object");
+        else
+            snprintf(err, sizeof(err), "body: invalid JSON at line %d column %d: %s", jerr.line,
+                     jerr.column, jerr.text);
+        send_error(r, 400, "bad_request", err);
+        return;
+    }
+    mg_model_t *m = mg_slot_get(rt->slot);
+    if (m == NULL) {
+        send_error(r, 503, "no_model", "no model is loaded yet; see /readyz");
+        return;
+    }
+    r->job.model = m; /* released with the request */
+    mg_err_t rc;
+    const json_t *option = NULL;
+    if (r->ep == EP_PREDICT) {
+        option = json_object_get(r->doc, "option");
+        if (option && !json_is_object(option)) {
+            send_error(r, 400, "invalid_input", "option: expected an object");
+            return;
+        }
+        rc = mg_input_from_json(&m->desc, r->doc, &r->inbuf, &r->job.view, err, sizeof(err));
+        r->job.finish = finish_v1;
+    } else {
+        if (!name_matches(m, r->v2name, strlen(r->v2name))) {
+            snprintf(err, sizeof(err), "no model '%s' here (this runtime serves '%s')",
+                     r->v2name, m->name[0] ? m->name : "model");
+            send_error(r, 404, "model_not_found", err);
+            return;
+        }
+        json_t *inputs = json_object_get(r->doc, "inputs");
+        if (!json_is_array(inputs) || json_array_size(inputs) != 1) {
+            send_error(r, 400, "invalid_input",
+                       "inputs: expected an array with one tensor (this model has one input)");
+            return;
+        }
+        rc = mg_input_from_v2_json(&m->desc, json_array_get(inputs, 0), "inputs[0]", &r->inbuf,
+                                   &r->job.view, err, sizeof(err));
+        json_t *params = json_object_get(r->doc, "parameters");
+        option = json_is_object(params) ? params : NULL;
+        r->job.finish = finish_v2;
+    }
+    if (rc == MG_E_LIMIT) {
+        send_error(r, 413, "too_many_items", err);
+        return;
+    }
+    if (rc != MG_OK) {
+        send_error(r, rc == MG_E_NOMEM ? 503 : 400, "invalid_input", err);
+        return;
+    }
+    r->job.option = option;
+    r->job.features = r->features;
+    r->job.done = job_done;
+    r->job.ctx = r;
+    r->in_job = true;
+    mg_batcher_submit(rt->batcher, &r->job);
+}
+
+static void on_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
+{
+    rt_req_t *r = mg_srv_data(s);
+    if (r == NULL || r->ep == EP_NONE || r->too_large || mg_srv_responded(s))
+        return;
+    dispatch(r);
+}
+
+static void on_drain(mg_srv_stream_t *s)
+{
+}
+
+static void on_close(mg_srv_stream_t *s, bool complete)
+{
+    rt_req_t *r = mg_srv_data(s);
+    if (r == NULL)
+        return;
+    mg_srv_set_data(s, NULL);
+    r->s = NULL;
+    if (r->in_job) {
+        r->closed = true; /* freed when the job comes back */
+        return;
+    }
+    req_free(r);
+}
+
+static const mg_srv_handler_t handler = {
+    .on_request = on_request,
+    .on_body = on_body,
+    .on_end = on_end,
+    .on_drain = on_drain,
+    .on_close = on_close,
+};
+
+const mg_srv_handler_t *mg_rt_handler(void)
+{
+    return &handler;
+}
+
+mg_rt_t *mg_rt_new(struct event_base *base, mg_slot_t *slot, mg_batcher_t *batcher,
+                   const mg_rt_conf_t *conf)
+{
+    mg_rt_t *rt = calloc(1, sizeof(*rt));
+    if (rt == NULL)
+        return NULL;
+    rt->base = base;
+    rt->slot = slot;
+    rt->batcher = batcher;
+    rt->conf = *conf;
+    if (rt->conf.max_body == 0)
+        rt->conf.max_body = 4u << 20;
+    rt->service = strdup(conf->service ? conf->service : "");
+    rt->conf.service = rt->service;
+    return rt;
+}
+
+size_t mg_rt_inflight(const mg_rt_t *rt)
+{
+    return rt->inflight;
+}
+
+void mg_rt_free(mg_rt_t *rt)
+{
+    if (rt == NULL)
+        return;
+    while (rt->free_reqs) {
+        rt_req_t *r = rt->free_reqs;
+        rt->free_reqs = r->next_free;
+        evbuffer_free(r->body);
+        mg_input_buf_clear(&r->inbuf);
+        free(r->resp);
+        free(r);
+    }
+    free(rt->service);
+    free(rt);
+}
