@@ -18,9 +18,9 @@
  * (cblas_snrm2 + cblas_sscal); the K best are kept in a min-heap while scanning the N scores
  * (O(N log K)).
  *
- * Memory: a dot-product index is mmap'ed read-only (model files are immutable in the model
- * store: a new version is a new file), so two versions of one index share the page cache; a
- * cosine index is copied once to normalise its rows. Ids are copied out of the map (int64) or
+ * Memory: the file is mapped while loading and everything is copied out of it (a cosine
+ * index normalises its rows in the copy), so a file rewritten in place while its model serves
+ * cannot change or crash the serving model. Ids are copied out of the map (int64) or
  * pre-escaped as JSON strings at load. Predict is reentrant: per-call vectors live in the
  * caller's scratch.
  */
@@ -347,26 +347,25 @@ static mg_err_t emb_load(const char *path, const json_t *options, void **impl, c
             rc = bad(err, errlen, path, msg);
             goto fail;
         }
+    /* Copied, never served from the map: an operator who rewrites the file in place (cp over
+     * it) would otherwise make the serving model read a truncated map (SIGBUS) or new data. */
+    if ((e->owned = malloc(mbytes)) == NULL) {
+        rc = MG_E_NOMEM;
+        bad(err, errlen, path, "out of memory for the matrix");
+        goto fail;
+    }
+    memcpy(e->owned, m, mbytes);
     if (e->cosine) {
-        if ((e->owned = malloc(mbytes)) == NULL) {
-            rc = MG_E_NOMEM;
-            bad(err, errlen, path, "out of memory for the normalised matrix");
-            goto fail;
-        }
-        memcpy(e->owned, m, mbytes);
         for (size_t i = 0; i < e->n; i++) {
             float *row = e->owned + i * e->d;
             float nrm = cblas_snrm2((int)e->d, row, 1);
             if (nrm > 0)
                 cblas_sscal((int)e->d, 1.0f / nrm, row, 1);
         }
-        e->m = e->owned;
-        munmap(e->map, e->map_len); /* everything else was copied */
-        e->map = NULL;
-    } else {
-        e->m = m;
-        madvise(e->map, e->map_len, MADV_WILLNEED);
     }
+    e->m = e->owned;
+    munmap(e->map, e->map_len); /* everything else was copied too */
+    e->map = NULL;
     close(fd);
     *impl = e;
     return MG_OK;
