@@ -288,12 +288,21 @@ static void model_object(rt_req_t *r, const mg_model_t *m)
     out_str(r, "}");
 }
 
-/* The first failed item's message, or NULL. */
-static const char *item_error(const mg_outputs_t *out, size_t first, size_t n)
+/* The first failed item's message, named as the client sent it ("input", "inputs[i]": the
+ * batcher may have merged this request into a larger predict call), into |buf|; or NULL. */
+static const char *item_error(const mg_job_t *job, const mg_outputs_t *out, size_t first,
+                              char *buf, size_t cap)
 {
-    for (size_t i = 0; i < n; i++)
-        if (out->items[first + i].err != MG_OK)
-            return mg_output_json(out, first + i);
+    for (size_t i = 0; i < job->view.n; i++) {
+        const mg_output_item_t *it = &out->items[first + i];
+        if (it->err == MG_OK)
+            continue;
+        const char *msg = mg_output_json(out, first + i);
+        char where[48];
+        mg_input_where(&job->view, i, where, sizeof(where));
+        snprintf(buf, cap, "%s: %s", where, msg + it->where_len);
+        return buf;
+    }
     return NULL;
 }
 
@@ -301,8 +310,9 @@ static void finish_v1(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_
 {
     rt_req_t *r = job->ctx;
     size_t n = job->view.n;
+    char ebuf[512];
     r->resp_len = 0;
-    const char *bad = rc == MG_OK ? item_error(out, first, n) : NULL;
+    const char *bad = rc == MG_OK ? item_error(job, out, first, ebuf, sizeof(ebuf)) : NULL;
     if (rc == MG_E_PROTO || bad) {
         out_error(r, 400, "invalid_input", bad ? bad : out->err);
         return;
@@ -353,8 +363,9 @@ static void finish_v2(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_
 {
     rt_req_t *r = job->ctx;
     size_t n = job->view.n;
+    char ebuf[512];
     r->resp_len = 0;
-    const char *bad = rc == MG_OK ? item_error(out, first, n) : NULL;
+    const char *bad = rc == MG_OK ? item_error(job, out, first, ebuf, sizeof(ebuf)) : NULL;
     if (rc == MG_E_PROTO || bad) {
         out_error(r, 400, "invalid_input", bad ? bad : out->err);
         return;
