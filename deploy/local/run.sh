@@ -35,7 +35,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STATE=$ROOT/.run/local
 BUILD_DIR=$ROOT/build
 GATEWAY_BIN=$BUILD_DIR/gateway/modelgate
-BACKEND_PY=$ROOT/tests/e2e/backend.py
+RUNTIME_BIN=$BUILD_DIR/backends/runtime/modelgate-runtime
+TRAIN_PY=$ROOT/backends/runtime/tools/train_digits.py
 PY=/usr/bin/python3
 
 HOST=127.0.0.1
@@ -239,17 +240,42 @@ install_deps() {
 
 build() {
     if [ "${MG_LOCAL_SKIP_BUILD:-0}" = 1 ]; then
-        step "MG_LOCAL_SKIP_BUILD=1: using $(rel "$GATEWAY_BIN") as it is"
+        step "MG_LOCAL_SKIP_BUILD=1: using $(rel "$GATEWAY_BIN") and $(rel "$RUNTIME_BIN") as they are"
     else
-        step "building $(rel "$GATEWAY_BIN") (RelWithDebInfo; output in $(rel "$STATE")/build.log)"
+        step "building modelgate and modelgate-runtime (RelWithDebInfo; output in $(rel "$STATE")/build.log)"
         if ! { cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
-               cmake --build "$BUILD_DIR" --target modelgate -j "$(nproc)"; } >"$STATE/build.log" 2>&1; then
+               cmake --build "$BUILD_DIR" --target modelgate modelgate-runtime -j "$(nproc)"; } >"$STATE/build.log" 2>&1; then
             say "----- last lines of $(rel "$STATE")/build.log -----" >&2
             tail -n 30 "$STATE/build.log" >&2
             die "build failed"
         fi
     fi
     [ -x "$GATEWAY_BIN" ] || die "$(rel "$GATEWAY_BIN") does not exist"
+    [ -x "$RUNTIME_BIN" ] || die "$(rel "$RUNTIME_BIN") does not exist"
+}
+
+# The demo model: XGBoost trained on scikit-learn's 8x8 digits (a few seconds, once), a model
+# descriptor the pods watch, and one real input to try. Switching models = editing digits.json
+# (e.g. "file": "xgb_digits.ubj", "version": "2"): the pods load it beside the old one and swap.
+demo_model() {
+    local m=$STATE/models
+    if [ ! -s "$m/expected.json" ] || [ "$TRAIN_PY" -nt "$m/expected.json" ]; then
+        step "training the demo model (digits, XGBoost; output in $(rel "$STATE")/train.log)"
+        mkdir -p "$m"
+        "$PY" "$TRAIN_PY" "$m" >"$STATE/train.log" 2>&1 ||
+            { tail -n 20 "$STATE/train.log" >&2; die "training the demo model failed"; }
+    fi
+    [ -s "$m/digits.json" ] || write_file "$m/digits.json" '{
+  "file": "xgb_digits.json",
+  "kind": "xgboost",
+  "name": "digits",
+  "version": "1"
+}'
+    "$PY" -c 'import json,sys
+from sklearn.datasets import load_digits
+d = load_digits()
+json.dump({"input": d.data[7].tolist()}, open(sys.argv[1], "w"))' "$STATE/digit.json" ||
+        die "cannot write the example input"
 }
 
 make_tls() {
@@ -302,12 +328,26 @@ start_pods() {
     for name in pod-a pod-b; do
         port=$POD_A_PORT
         [ "$name" = pod-a ] || port=$POD_B_PORT
-        spawn "$name" "$port" env PYTHONUNBUFFERED=1 "$PY" "$BACKEND_PY" --listen "$HOST:$port" --name "$name"
+        spawn "$name" "$port" env OPENBLAS_NUM_THREADS=1 "$RUNTIME_BIN" --listen "$HOST:$port" \
+            --model "$STATE/models/digits.json" --service "$SERVICE" --threads 1
     done
     for name in pod-a pod-b; do
         port=$POD_A_PORT
         [ "$name" = pod-a ] || port=$POD_B_PORT
         wait_ports "$name" "$port"
+        wait_ready "$name" "$port"
+    done
+}
+
+# A pod listens at once but serves only once its model is loaded and warm (/readyz).
+wait_ready() { # NAME PORT
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until curl -sf --max-time 2 "http://$HOST:$2/readyz" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            log_tail "$1"
+            die "$1 has no model loaded after ${START_TIMEOUT}s (see its log above)"
+        fi
+        sleep 0.1
     done
 }
 
@@ -316,12 +356,12 @@ start_gateway() {
     wait_ports gateway "$HTTP_PORT" "$TLS_PORT"
 }
 
-# One real request over each listener; prints status and which pod answered.
+# One real prediction over each listener; prints the answer and which model version gave it.
 smoke_test() {
-    local out code body pod proto url
+    local out code body got url
     for url in "http://$HOST:$HTTP_PORT" "https://$VHOST:$TLS_PORT"; do
         local args=(-sS --max-time 10 -o "$STATE/smoke.out" -w '%{http_code} %{http_version}'
-                    -H 'content-type: application/json' -d '{"input": [1,2,3]}')
+                    -H 'content-type: application/json' -d "@$STATE/digit.json")
         case $url in
         http:*) args+=(--http2-prior-knowledge -H "host: $VHOST") ;;
         https:*) args+=(--cacert "$STATE/tls/cert.pem" --resolve "$VHOST:$TLS_PORT:$HOST") ;;
@@ -336,10 +376,9 @@ smoke_test() {
             log_tail gateway
             die "request to $url/v1/predict answered $code, expected 200: $body"
         fi
-        pod=$("$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d["pod"], d["proto"])' <<<"$body" 2>/dev/null) ||
-            die "request to $url/v1/predict: answer is not the demo pod's JSON: $body"
-        proto=${pod#* } pod=${pod%% *}
-        step "request OK: POST $url/v1/predict (HTTP/${out#* }) -> 200 from $pod (gateway->pod: $proto)"
+        got=$("$PY" -c 'import json,sys; d=json.load(sys.stdin); print("digit %s (p=%.3f), model %s v%s" % (d["output"], d["score"], d["model"]["name"], d["model"]["version"]))' <<<"$body" 2>/dev/null) ||
+            die "request to $url/v1/predict: the answer is not a prediction: $body"
+        step "prediction OK: POST $url/v1/predict (HTTP/${out#* }) -> $got"
     done
     rm -f "$STATE/smoke.out"
 }
@@ -372,6 +411,7 @@ cmd_start() {
     lock
     build
     make_tls
+    demo_model
     write_config
 
     stop_stack
@@ -393,14 +433,17 @@ print_summary() {
     cat <<EOF
 
 Modelgate local stack is running (state in $s):
-  pod-a    pid $(pid_of pod-a)   $HOST:$POD_A_PORT   demo backend (h2c + HTTP/1.1), log $s/pod-a.log
-  pod-b    pid $(pid_of pod-b)   $HOST:$POD_B_PORT   demo backend (h2c + HTTP/1.1), log $s/pod-b.log
+  pod-a    pid $(pid_of pod-a)   $HOST:$POD_A_PORT   modelgate-runtime, digits model (h2c + HTTP/1.1), log $s/pod-a.log
+  pod-b    pid $(pid_of pod-b)   $HOST:$POD_B_PORT   modelgate-runtime, digits model (h2c + HTTP/1.1), log $s/pod-b.log
   gateway  pid $(pid_of gateway)   $HOST:$HTTP_PORT (h2c + HTTP/1.1), $HOST:$TLS_PORT (TLS), log $s/gateway.log
   route    $VHOST -> service $SERVICE -> pods $HOST:$POD_A_PORT, $HOST:$POD_B_PORT
 
-Try it:
-  curl --http2-prior-knowledge -H 'host: $VHOST' http://$HOST:$HTTP_PORT/v1/predict -d '{"input": [1,2,3]}'
-  curl --cacert $s/tls/cert.pem --resolve $VHOST:$TLS_PORT:$HOST https://$VHOST:$TLS_PORT/v1/predict -d '{"input": [1,2,3]}'
+Try it (a real 8x8 digit image, 64 numbers, in $s/digit.json):
+  curl --http2-prior-knowledge -H 'host: $VHOST' http://$HOST:$HTTP_PORT/v1/predict -d @$s/digit.json
+  curl --cacert $s/tls/cert.pem --resolve $VHOST:$TLS_PORT:$HOST https://$VHOST:$TLS_PORT/v1/predict -d @$s/digit.json
+  curl http://$HOST:$POD_A_PORT/v1/status        # a pod: which model it serves
+Switch the model in-process: edit $s/models/digits.json (e.g. "file": "xgb_digits.ubj",
+"version": "2"); both pods load it beside the old one and swap without dropping a request.
 
 Logs:     $s/gateway.log  $s/pod-a.log  $s/pod-b.log
 Requests: $s/access.log (one JSON line per request)
