@@ -31,9 +31,9 @@
 /* Kinds                                                                                     */
 
 static const mg_model_kind_t *const kinds[] = {&mg_kind_xgboost, &mg_kind_linear,
-                                               &mg_kind_embedding};
+                                               &mg_kind_embedding, &mg_kind_text};
 #define NKINDS (sizeof(kinds) / sizeof(kinds[0]))
-static const char *const kind_names[NKINDS + 1] = {"xgboost", "linear", "embedding", NULL};
+static const char *const kind_names[NKINDS + 1] = {"xgboost", "linear", "embedding", "text", NULL};
 
 const mg_model_kind_t *mg_model_kind_find(const char *name)
 {
@@ -193,6 +193,22 @@ static const char *type_phrase(mg_input_type_t t)
         return "a list of strings";
     }
     return "an input";
+}
+
+/* The same for a model: a string model may take other forms too (desc.accepts). */
+static const char *desc_phrase(const mg_model_desc_t *d)
+{
+    if (d->input != MG_INPUT_STRING)
+        return type_phrase(d->input);
+    switch (d->accepts & (MG_ACCEPT_BYTES | MG_ACCEPT_STRINGS)) {
+    case MG_ACCEPT_BYTES:
+        return "a string or {\"b64\": \"<base64>\"}";
+    case MG_ACCEPT_STRINGS:
+        return "a string or a list of strings";
+    case MG_ACCEPT_BYTES | MG_ACCEPT_STRINGS:
+        return "a string, a list of strings or {\"b64\": \"<base64>\"}";
+    }
+    return "a string";
 }
 
 static const char *elem_plural(mg_input_type_t t)
@@ -375,12 +391,36 @@ static mg_err_t json_item_check(json_pass_t *p, const json_t *x, const char *whe
             p->nums += n;
         return MG_OK;
     }
+    bool b64 = d->input == MG_INPUT_BYTES;
+    char b64where[48];
+    if (d->input == MG_INPUT_STRING && (d->accepts & MG_ACCEPT_STRINGS) && json_is_array(x)) {
+        for (size_t i = 0; i < json_array_size(x); i++)
+            if (!json_is_string(json_array_get(x, i))) {
+                errf(p->err, p->errlen, "%s[%zu]: expected a string, got %s", where, i,
+                     json_what(json_array_get(x, i)));
+                return MG_E_PROTO;
+            }
+        p->strs += json_array_size(x);
+        return MG_OK;
+    }
+    if (d->input == MG_INPUT_STRING && (d->accepts & MG_ACCEPT_BYTES) && json_is_object(x)) {
+        const json_t *s = json_object_get(x, "b64");
+        if (s == NULL || json_object_size(x) != 1) {
+            errf(p->err, p->errlen, "%s: expected {\"b64\": \"<base64>\"} (bytes), got %s", where,
+                 s == NULL ? "an object without \"b64\"" : "an object with other keys");
+            return MG_E_PROTO;
+        }
+        snprintf(b64where, sizeof(b64where), "%s.b64", where);
+        where = b64where;
+        x = s; /* whether it is a string is checked just below */
+        b64 = true;
+    }
     if (!json_is_string(x)) {
-        errf(p->err, p->errlen, "%s: expected %s, got %s", where, type_phrase(d->input),
-             json_what(x));
+        errf(p->err, p->errlen, "%s: expected %s, got %s", where,
+             where == b64where ? "a base64 string" : desc_phrase(d), json_what(x));
         return MG_E_PROTO;
     }
-    if (d->input == MG_INPUT_BYTES) {
+    if (b64) {
         size_t bad = 0;
         long long n = b64_decoded_len(json_string_value(x), json_string_length(x), &bad);
         if (n < 0) {
@@ -409,7 +449,14 @@ static void json_item_fill(const mg_model_desc_t *d, const json_t *x, json_fill_
         it->dtype = MG_DTYPE_NONE;
         return;
     }
-    switch (d->input) {
+    mg_input_type_t t = d->input;
+    if (t == MG_INPUT_STRING && json_is_array(x)) { /* desc.accepts, checked in pass 1 */
+        t = MG_INPUT_STRINGS;
+    } else if (t == MG_INPUT_STRING && json_is_object(x)) {
+        t = MG_INPUT_BYTES;
+        x = json_object_get(x, "b64");
+    }
+    switch (t) {
     case MG_INPUT_FLOATS: {
         double *v = (double *)f->nums;
         size_t n = json_array_size(x);
@@ -491,7 +538,7 @@ mg_err_t mg_input_from_json(const mg_model_desc_t *d, const json_t *body, mg_inp
     }
     if (input == NULL && inputs == NULL && !d->input_optional) {
         errf(err, errlen, "body: expected \"input\" (%s) or \"inputs\" (a list of them)",
-             type_phrase(d->input));
+             desc_phrase(d));
         return MG_E_PROTO;
     }
     size_t n = 1;
@@ -937,15 +984,16 @@ static const char *dtype_phrase(mg_dtype_t t)
     return "something else";
 }
 
-static bool dtype_fits(mg_input_type_t want, mg_dtype_t t)
+static bool dtype_fits(const mg_model_desc_t *d, mg_dtype_t t)
 {
-    switch (want) {
+    switch (d->input) {
     case MG_INPUT_FLOATS:
         return dtype_is_number(t);
     case MG_INPUT_INTS:
         return t == MG_DTYPE_I32 || t == MG_DTYPE_I64;
     case MG_INPUT_STRING:
-        return t == MG_DTYPE_STR;
+        return t == MG_DTYPE_STR || (t == MG_DTYPE_BYTES && (d->accepts & MG_ACCEPT_BYTES)) ||
+               (t == MG_DTYPE_STRS && (d->accepts & MG_ACCEPT_STRINGS));
     case MG_INPUT_BYTES:
         return t == MG_DTYPE_BYTES || t == MG_DTYPE_STR;
     case MG_INPUT_STRINGS:
@@ -980,9 +1028,9 @@ mg_err_t mg_input_check(const mg_model_desc_t *d, const mg_input_view_t *in, cha
                 continue; /* an empty string is a string */
             return MG_E_PROTO;
         }
-        if (!dtype_fits(d->input, it->dtype)) {
+        if (!dtype_fits(d, it->dtype)) {
             errf(err, errlen, "%s: expected %s, got %s",
-                 mg_input_where(in, i, where, sizeof(where)), type_phrase(d->input),
+                 mg_input_where(in, i, where, sizeof(where)), desc_phrase(d),
                  dtype_phrase(it->dtype));
             return MG_E_PROTO;
         }

@@ -76,9 +76,15 @@ typedef enum mg_output_kind {
                              item's score, values = the K scores in the same order */
 } mg_output_kind_t;
 
+/* desc.accepts: the item forms an MG_INPUT_STRING model takes besides one JSON string (a text,
+   MG_DTYPE_STR). 0 = the string only; other input types ignore it. */
+#define MG_ACCEPT_BYTES 0x1u   /* {"b64": "<base64>"} in JSON: bytes (MG_DTYPE_BYTES) */
+#define MG_ACCEPT_STRINGS 0x2u /* a list of strings, maybe empty (MG_DTYPE_STRS), e.g. tokens */
+
 typedef struct mg_model_desc {
     mg_input_type_t input;
     size_t input_len; /* elements per item (numbers or strings); 0 = any length */
+    unsigned accepts; /* MG_INPUT_STRING: MG_ACCEPT_* bitmask of other item forms */
     /* An absent or empty input is accepted: the kind then takes the item from the user
        features (embedding: the user's vector). */
     bool input_optional;
@@ -158,7 +164,9 @@ void mg_input_buf_clear(mg_input_buf_t *b);
  * Numbers of a whole batch go into one contiguous F64 (or I64 for MG_INPUT_INTS) array in |buf|
  * (out->dense is set when every item has the same length); strings point into |body| (keep it
  * alive while |out| is used); bytes are base64-decoded into |buf|. An absent, null or empty
- * input is one MG_DTYPE_NONE item when d->input_optional.
+ * input is one MG_DTYPE_NONE item when d->input_optional. A string model with d->accepts also
+ * takes, per item, a list of strings (MG_ACCEPT_STRINGS) or {"b64": "..."} (MG_ACCEPT_BYTES):
+ * a JSON string alone cannot say whether it is text or base64.
  * Returns MG_OK, MG_E_PROTO (message in |err|; a batch larger than buf->max_items is one too:
  * "inputs: at most 64 inputs per request, got 100"), or MG_E_NOMEM.
  */
@@ -273,10 +281,11 @@ typedef struct mg_model_kind {
     void (*free)(void *impl);
 } mg_model_kind_t;
 
-/* The shipped kinds (kind_xgboost.c, kind_linear.c, kind_embedding.c). */
+/* The shipped kinds (kind_xgboost.c, kind_linear.c, kind_embedding.c, kind_text.c). */
 extern const mg_model_kind_t mg_kind_xgboost;
 extern const mg_model_kind_t mg_kind_linear;
 extern const mg_model_kind_t mg_kind_embedding;
+extern const mg_model_kind_t mg_kind_text;
 
 /* The kind called |name|, or NULL. The table is static: kinds are compiled in. */
 const mg_model_kind_t *mg_model_kind_find(const char *name);

@@ -75,10 +75,11 @@ static void kind_registry(void **state)
         assert_non_null(k->predict);
         assert_non_null(k->free);
     }
-    assert_int_equal(n, 3);
+    assert_int_equal(n, 4);
     assert_ptr_equal(mg_model_kind_find("xgboost"), &mg_kind_xgboost);
     assert_ptr_equal(mg_model_kind_find("linear"), &mg_kind_linear);
     assert_ptr_equal(mg_model_kind_find("embedding"), &mg_kind_embedding);
+    assert_ptr_equal(mg_model_kind_find("text"), &mg_kind_text);
     assert_null(mg_model_kind_find("XGBoost"));
     assert_null(mg_model_kind_find(""));
     assert_null(mg_model_kind_find(NULL));
@@ -621,7 +622,7 @@ static void load_errors(void **state)
     assert_string_equal(err, "model file '/tmp': Is a directory");
     assert_int_equal(mg_model_load("onnx", tmpfile_path, "d", "1", NULL, &m, err, sizeof(err)),
                      MG_E_NOTFOUND);
-    assert_string_equal(err, "unknown model kind 'onnx'; valid: xgboost, linear, embedding");
+    assert_string_equal(err, "unknown model kind 'onnx'; valid: xgboost, linear, embedding, text");
     /* the kind's refusal is passed through, nothing leaks, nothing is freed twice */
     atomic_store(&fake_frees, 0);
     assert_int_equal(mg_model_load_kind(&fake_kind, tmpfile_path, "d", "1", "{\"fail\": true}", &m,
