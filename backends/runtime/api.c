@@ -487,9 +487,16 @@ static void v2_metadata(rt_req_t *r, const mg_model_t *m)
         out_fmt(r, ",\"shape\":[-1,%zu]}]", m->desc.input_len);
     else
         out_str(r, ",\"shape\":[-1]}]");
+    /* labels are strings when the model's classes are ("\"cat\""), else integers */
+    const char *odt = m->desc.output == MG_OUTPUT_VALUE ? "FP64"
+                      : m->desc.output == MG_OUTPUT_LABEL && m->desc.n_classes &&
+                              m->desc.classes[0][0] == '"'
+                          ? "BYTES"
+                          : "INT64";
     out_str(r, ",\"outputs\":[{\"name\":\"output\",\"datatype\":");
-    out_jstr(r, m->desc.output == MG_OUTPUT_VALUE ? "FP64" : "INT64");
-    out_str(r, ",\"shape\":[-1]},{\"name\":\"score\",\"datatype\":\"FP64\",\"shape\":[-1]}]");
+    out_jstr(r, odt);
+    out_str(r, m->desc.output == MG_OUTPUT_RANKING ? ",\"shape\":[-1,-1]}" : ",\"shape\":[-1]}");
+    out_str(r, ",{\"name\":\"score\",\"datatype\":\"FP64\",\"shape\":[-1]}]");
     out_str(r, ",\"parameters\":{\"sha256\":");
     out_jstr(r, m->sha256);
     out_str(r, "}}\n");

@@ -48,7 +48,7 @@ static const char usage[] =
     "  --listen ADDR        host:port or [v6]:port (repeatable)\n"
     "  --model PATH         a model file (with --kind), or a descriptor JSON naming file,\n"
     "                       kind, name, version, options and warm-up samples\n"
-    "  --kind KIND          xgboost, linear or embedding\n"
+    "  --kind KIND          xgboost, linear, embedding or text\n"
     "  --name NAME          model name to report (with --kind)\n"
     "  --model-version V    model version to report (with --kind)\n"
     "  --service NAME       the service this pod belongs to (reported in /v1/status)\n"
