@@ -1,0 +1,197 @@
+/*
+ * tests/unit/test_log.c - level names, the one-line-a-second limiter and the line format.
+ *
+ * The limiter counts whole seconds of CLOCK_MONOTONIC, so the tests start right after a second
+ * begins: the calls that must be suppressed then all fall inside one second. mg_log_emit is
+ * checked by pointing stderr at a pipe for the duration of one call.
+ */
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/log.h"
+
+static long long mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
+/* Returns once a new CLOCK_MONOTONIC second has just begun. */
+static void wait_next_second(void)
+{
+    long long s = mono_s();
+    while (mono_s() == s) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+}
+
+static void level_parse(void **state)
+{
+    (void)state;
+    assert_int_equal(mg_log_level_parse("debug"), MG_LOG_DEBUG);
+    assert_int_equal(mg_log_level_parse("info"), MG_LOG_INFO);
+    assert_int_equal(mg_log_level_parse("warn"), MG_LOG_WARN);
+    assert_int_equal(mg_log_level_parse("error"), MG_LOG_ERROR);
+    assert_int_equal(mg_log_level_parse(""), -1);
+    assert_int_equal(mg_log_level_parse("DEBUG"), -1); /* names are exact, as in the config */
+    assert_int_equal(mg_log_level_parse("warning"), -1);
+    assert_int_equal(mg_log_level_parse("err"), -1);
+    assert_int_equal(mg_log_level_parse("info "), -1);
+    assert_int_equal(mg_log_level_parse("fatal"), -1);
+}
+
+/* A zeroed limiter lets the first line through with nothing suppressed. */
+static void limit_first_passes(void **state)
+{
+    (void)state;
+    mg_log_limit_t l = {0};
+    unsigned long sup = 12345;
+    assert_true(mg_log_limit_pass(&l, &sup));
+    assert_int_equal(sup, 0);
+}
+
+/* Within one second only the first call passes; the next second's first call reports how
+ * many were skipped, and the count starts again from zero. */
+static void limit_counts_suppressed(void **state)
+{
+    (void)state;
+    mg_log_limit_t l = {0};
+    unsigned long sup = 99;
+    wait_next_second();
+    long long start = mono_s();
+    assert_true(mg_log_limit_pass(&l, &sup));
+    assert_int_equal(sup, 0);
+    for (int i = 0; i < 5; i++) {
+        sup = 99;
+        assert_false(mg_log_limit_pass(&l, &sup));
+        assert_int_equal(sup, 99); /* untouched when the line is suppressed */
+    }
+    assert_int_equal(mono_s(), start); /* else the calls above were not in one second */
+
+    wait_next_second();
+    assert_true(mg_log_limit_pass(&l, &sup));
+    assert_int_equal(sup, 5);
+    assert_false(mg_log_limit_pass(&l, &sup));
+    wait_next_second();
+    assert_true(mg_log_limit_pass(&l, &sup));
+    assert_int_equal(sup, 1);
+}
+
+/* Two limiters are independent (one per worker object). */
+static void limits_are_independent(void **state)
+{
+    (void)state;
+    mg_log_limit_t a = {0}, b = {0};
+    unsigned long sup;
+    wait_next_second();
+    assert_true(mg_log_limit_pass(&a, &sup));
+    assert_false(mg_log_limit_pass(&a, &sup));
+    assert_true(mg_log_limit_pass(&b, &sup));
+    assert_int_equal(sup, 0);
+}
+
+/* Runs |fn| with stderr pointed at a pipe; returns what it wrote (NUL-terminated). */
+static size_t capture(void (*fn)(void), char *out, size_t cap)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    assert_true(dup2(p[1], STDERR_FILENO) >= 0);
+    fn();
+    assert_true(dup2(saved, STDERR_FILENO) >= 0);
+    close(saved);
+    close(p[1]);
+    size_t len = 0;
+    ssize_t n;
+    while (len + 1 < cap && (n = read(p[0], out + len, cap - 1 - len)) > 0)
+        len += (size_t)n;
+    close(p[0]);
+    out[len] = '\0';
+    return len;
+}
+
+static void emit_short(void)
+{
+    MG_LOG(MG_LOG_WARN, "health", "backend '%s' ejected after %u failed checks", "models-a", 3u);
+}
+
+static void emit_long(void)
+{
+    static char big[5000];
+    memset(big, 'x', sizeof(big) - 1);
+    MG_LOG(MG_LOG_ERROR, "test", "%s", big);
+}
+
+static void emit_filtered(void)
+{
+    MG_LOG(MG_LOG_DEBUG, "test", "not written at level info");
+}
+
+/* "2024-01-02T03:04:05.678Z warn health: message\n", written as one line. */
+static void emit_format(void **state)
+{
+    (void)state;
+    char out[8192];
+    mg_log_level = MG_LOG_INFO;
+    size_t len = capture(emit_short, out, sizeof(out));
+    const char *want = " warn health: backend 'models-a' ejected after 3 failed checks\n";
+    assert_true(len == 24 + strlen(want));
+    assert_string_equal(out + 24, want);
+    assert_int_equal(out[4], '-');
+    assert_int_equal(out[10], 'T');
+    assert_int_equal(out[19], '.');
+    assert_int_equal(out[23], 'Z');
+}
+
+/* A long message is cut, still one line ending in a newline, within the 2 KiB buffer. */
+static void emit_truncates(void **state)
+{
+    (void)state;
+    char out[8192];
+    mg_log_level = MG_LOG_INFO;
+    size_t len = capture(emit_long, out, sizeof(out));
+    assert_true(len > 1000 && len <= 2047);
+    assert_int_equal(out[len - 1], '\n');
+    assert_ptr_equal(strchr(out, '\n'), out + len - 1);
+    assert_non_null(strstr(out, " error test: xxxx"));
+}
+
+static void level_filters(void **state)
+{
+    (void)state;
+    char out[256];
+    mg_log_level = MG_LOG_INFO;
+    assert_int_equal(capture(emit_filtered, out, sizeof(out)), 0);
+    mg_log_level = MG_LOG_DEBUG;
+    assert_true(capture(emit_filtered, out, sizeof(out)) > 0);
+    assert_non_null(strstr(out, " debug test: not written at level info\n"));
+    mg_log_level = MG_LOG_ERROR;
+    assert_int_equal(capture(emit_short, out, sizeof(out)), 0);
+    mg_log_level = MG_LOG_INFO;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(level_parse),
+        cmocka_unit_test(limit_first_passes),
+        cmocka_unit_test(limit_counts_suppressed),
+        cmocka_unit_test(limits_are_independent),
+        cmocka_unit_test(emit_format),
+        cmocka_unit_test(emit_truncates),
+        cmocka_unit_test(level_filters),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
