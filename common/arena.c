@@ -1,5 +1,6 @@
 #include "common/arena.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,8 @@ void mg_arena_clear(mg_arena_t *a)
 
 void *mg_arena_alloc(mg_arena_t *a, size_t size)
 {
+    if (size > SIZE_MAX - 7) /* the rounding below would wrap to a tiny size */
+        return NULL;
     size = (size + 7) & ~(size_t)7;
     if (size > a->_limit - a->_total)
         return NULL;

@@ -257,6 +257,7 @@ static void conn_close(conn_t *c);
 static void conn_flush(conn_t *c);
 static void h1_process(conn_t *c);
 static void h1_finish(conn_t *c);
+static bool h1_next(conn_t *c);
 static void stream_close(mg_srv_stream_t *s, bool complete);
 
 /* ---------- connection lifetime ---------- */
@@ -570,6 +571,8 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
     mg_srv_req_t req;
     build_req(s, &req);
     s->handled = true;
+    if (c->idle_timer)
+        evtimer_del(c->idle_timer);
     c->srv->h->on_request(s, &req, c->srv->ud);
     if (end_stream && s->handled && s->c == c)
         c->srv->h->on_end(s, NULL, 0);
@@ -769,6 +772,8 @@ static int h1_on_message_begin(llhttp_t *p)
     c->h1_headers_done = false;
     c->h1_fld_len = c->h1_val_len = c->h1_hdr_bytes = 0;
     c->h1s = stream_new(c, 0);
+    if (c->h1s)
+        idle_arm(c); /* the head must arrive within client_idle_ms */
     return c->h1s ? 0 : -1;
 }
 
@@ -832,6 +837,8 @@ static int h1_on_value_complete(llhttp_t *p)
     const char *name = c->h1_scratch, *value = c->h1_scratch + c->h1_fld_len;
     size_t nlen = c->h1_fld_len, vlen = c->h1_val_len;
     c->h1_fld_len = c->h1_val_len = 0;
+    if (s == NULL)
+        return 0; /* answered and closed before its trailers */
     if (c->h1_headers_done) { /* chunked trailer section */
         hdr_push(s, true, name, nlen, value, vlen);
         return 0;
@@ -927,6 +934,7 @@ static void h1_reject(conn_t *c, int status, const char *code, const char *msg)
 static void h1_process(conn_t *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
+again:
     c->in_recv = true;
     while (!c->dead && !c->h1_wait && !c->close_when_flushed && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
@@ -955,13 +963,25 @@ static void h1_process(conn_t *c)
         break;
     }
     c->in_recv = false;
-    /* the response may have completed while we were parsing */
-    if (!c->dead && c->h1s && c->h1s->out_ended && c->h1s->req_ended)
-        h1_finish(c);
+    if (c->h1_wait && !c->h1_read_off && evbuffer_get_length(in) > MG_SRV_HIGH) {
+        c->h1_read_off = true; /* pipelined input waits in the socket, not here */
+        bufferevent_disable(c->bev, EV_READ);
+    }
+    /* the response may have completed while we were parsing: the next exchange, in this
+     * frame (a call per pipelined request would grow the stack without bound) */
+    if (!c->dead && c->h1s && c->h1s->out_ended && c->h1s->req_ended && h1_next(c))
+        goto again;
 }
 
 /* The current exchange is over (response ended and request read): next request or close. */
 static void h1_finish(conn_t *c)
+{
+    if (h1_next(c))
+        h1_process(c);
+}
+
+/* Closes the current exchange; true when the parser resumed for the next one. */
+static bool h1_next(conn_t *c)
 {
     mg_srv_stream_t *s = c->h1s;
     if (s) {
@@ -969,12 +989,12 @@ static void h1_finish(conn_t *c)
         stream_close(s, true);
     }
     if (c->dead)
-        return;
+        return false;
     if (c->h1_close || c->srv->shutting_down) {
         c->close_when_flushed = true;
         if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
             conn_close(c);
-        return;
+        return false;
     }
     c->h1_wait = false;
     llhttp_resume(&c->parser);
@@ -982,7 +1002,7 @@ static void h1_finish(conn_t *c)
         c->h1_read_off = false;
         bufferevent_enable(c->bev, EV_READ);
     }
-    h1_process(c);
+    return true;
 }
 
 static const char *reason(int status)
@@ -1382,7 +1402,8 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
 {
     conn_t *c = arg;
     enter(c);
-    if (c->nstreams == 0) {
+    if (c->nstreams == 0 ||
+        (c->proto == P_H1 && c->h1s && !c->h1s->handled && !c->h1s->responded)) {
         if (c->proto == P_H2) {
             nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
                                   nghttp2_session_get_last_proc_stream_id(c->h2),

@@ -208,6 +208,18 @@ static void headers_fit_inline(void **state)
     assert_true(hi - lo < MG_ARENA_INLINE); /* one contiguous chunk */
 }
 
+/* Sizes near SIZE_MAX must fail, not wrap to a tiny block (regression). */
+static void huge_sizes_fail(void **state)
+{
+    mg_arena_t a;
+    (void)state;
+    mg_arena_init(&a, SIZE_MAX);
+    assert_null(mg_arena_alloc(&a, SIZE_MAX));
+    assert_null(mg_arena_alloc(&a, SIZE_MAX - 3));
+    assert_non_null(mg_arena_alloc(&a, 16));
+    mg_arena_clear(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -219,6 +231,7 @@ int main(void)
         cmocka_unit_test(reuse_after_clear),
         cmocka_unit_test_setup_teardown(large_allocations, setup, teardown),
         cmocka_unit_test_setup_teardown(headers_fit_inline, setup, teardown),
+        cmocka_unit_test(huge_sizes_fail),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

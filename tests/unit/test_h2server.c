@@ -740,10 +740,8 @@ static void h1_shutdown_after_response(void **state)
     client_free(c);
 }
 
-#ifdef MG_TEST_KNOWN_BUGS
 /*
- * Open bugs in common/h2server.c, each a test that fails (or crashes) today. Build with
- * -DMG_TEST_KNOWN_BUGS to run them; move each into main's list once its fix lands.
+ * Regressions: each of these failed (or crashed) before its fix in common/h2server.c.
  */
 
 /* Answered before its chunked body ended, a request's trailers are parsed with c->h1s NULL:
@@ -812,7 +810,6 @@ static void h1_pipelined_input_is_bounded(void **state)
     test_free(input);
     client_free(c);
 }
-#endif /* MG_TEST_KNOWN_BUGS */
 
 /* ---------- HTTP/2 (nghttp2 client session) ---------- */
 
@@ -1144,12 +1141,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(h2_trailers_both_ways, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_shutdown_sends_goaway, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_backpressure, setup, teardown),
-#ifdef MG_TEST_KNOWN_BUGS
         cmocka_unit_test_setup_teardown(h1_partial_head_times_out, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_pipelined_input_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_trailers_after_431, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_trailers_after_early_answer, setup, teardown),
-#endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
