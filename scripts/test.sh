@@ -18,6 +18,13 @@ cd "$ROOT"
 
 scripts/install-deps.sh
 
+# Fuzz targets (libFuzzer needs clang): a short, fixed-seed run of each over its seeds, so a
+# parser change that crashes on known inputs fails here. Run first: the closing ctest line of
+# this script is the main suite's. Long campaigns: tests/fuzz/CMakeLists.txt.
+cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DMG_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build-fuzz -j"${JOBS:-$(nproc)}" --target fuzz_host fuzz_routes fuzz_h2server
+ctest --test-dir build-fuzz --output-on-failure -R '^fuzz\.' --timeout 300
+
 BUILD=build-sanitize
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Sanitize -DMG_WERROR=ON
 cmake --build "$BUILD" -j"${JOBS:-$(nproc)}"
