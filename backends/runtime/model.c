@@ -554,7 +554,7 @@ mg_err_t mg_input_from_json(const mg_model_desc_t *d, const json_t *body, mg_inp
         }
         if (buf->max_items != 0 && n > buf->max_items) {
             errf(err, errlen, "inputs: at most %zu inputs per request, got %zu", buf->max_items, n);
-            return MG_E_PROTO; /* a 400: the client sent too many */
+            return MG_E_LIMIT; /* as documented: the runtime answers 413 */
         }
     }
     json_pass_t p = {.d = d, .err = err, .errlen = errlen};
@@ -668,7 +668,7 @@ static mg_err_t v2_items(const mg_model_desc_t *d, const int64_t *shape, size_t 
     }
     if (max_items != 0 && *n > max_items) {
         errf(err, errlen, "%s.shape: at most %zu items per request, got %zu", where, max_items, *n);
-        return MG_E_PROTO; /* a 400: the client sent too many */
+        return MG_E_LIMIT; /* as documented: the runtime answers 413 */
     }
     if (is_list_type(d->input) && d->input_len != 0 && *w != d->input_len &&
         !(d->input_optional && *w == 0)) {
