@@ -67,8 +67,10 @@ struct rt_req {
     size_t resp_len, resp_cap;
     bool resp_oom;
     int status;
-    char request_id[64];
+    char request_id[256]; /* echoed as sent; longer ids are not echoed */
     char v2name[128]; /* POST /v2/models/{name}/infer: the name asked for */
+    char v2ver[128];  /* ... and the version, when the path names one ("" = any) */
+    const char *allow; /* a 405's Allow header, or NULL */
 };
 
 /* ---------- text building ---------- */
@@ -116,19 +118,48 @@ static void out_fmt(rt_req_t *r, const char *fmt, ...)
         out_put(r, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 }
 
-/* JSON string with quotes. */
+/* Length of the valid UTF-8 sequence at |p| (1-4), or 0 when it is not one. */
+static size_t utf8_len(const unsigned char *p)
+{
+    unsigned char c = p[0];
+    size_t n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
+                            : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (n == 0 || (n == 2 && c < 0xC2) || (n == 4 && c > 0xF4))
+        return 0;
+    for (size_t i = 1; i < n; i++)
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+    if (n == 3 && ((c == 0xE0 && p[1] < 0xA0) || (c == 0xED && p[1] > 0x9F)))
+        return 0; /* overlong, or a surrogate */
+    if (n == 4 && ((c == 0xF0 && p[1] < 0x90) || (c == 0xF4 && p[1] > 0x8F)))
+        return 0;
+    return n;
+}
+
+/* JSON string with quotes. Text from elsewhere (a library's error quoting a model file's bytes)
+ * may not be UTF-8: such bytes become U+FFFD, so every answer stays valid JSON. */
 static void out_jstr(rt_req_t *r, const char *s)
 {
     out_put(r, "\"", 1);
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    while (*p) {
+        unsigned char c = *p;
         if (c == '"' || c == '\\') {
             char e[2] = {'\\', (char)c};
             out_put(r, e, 2);
+            p++;
         } else if (c < 0x20) {
             out_fmt(r, "\\u%04x", c);
+            p++;
         } else {
-            out_put(r, (const char *)&c, 1);
+            size_t n = utf8_len(p);
+            if (n == 0) {
+                out_str(r, "\\ufffd");
+                p++;
+            } else {
+                out_put(r, (const char *)p, n);
+                p += n;
+            }
         }
     }
     out_put(r, "\"", 1);
@@ -189,7 +220,8 @@ static rt_req_t *req_new(mg_rt_t *rt)
     r->resp_len = 0;
     r->status = 0;
     r->request_id[0] = '\0';
-    r->v2name[0] = '\0';
+    r->v2name[0] = r->v2ver[0] = '\0';
+    r->allow = NULL;
     memset(&r->job, 0, sizeof(r->job));
     clock_gettime(CLOCK_MONOTONIC, &r->t0);
     rt->inflight++;
@@ -250,16 +282,20 @@ static void send_response(rt_req_t *r, const char *ctype)
         out_error(r, 503, "overloaded", "out of memory formatting the answer");
     char len[24];
     snprintf(len, sizeof(len), "%zu", r->resp_len);
-    mg_hdr_t h[3] = {
+    mg_hdr_t h[4] = {
         {"content-type", ctype, 12, strlen(ctype), false},
         {"content-length", len, 14, strlen(len), false},
-        {"x-request-id", r->request_id, 12, strlen(r->request_id), true},
     };
+    size_t nh = 2;
+    if (r->request_id[0])
+        h[nh++] = (mg_hdr_t){"x-request-id", r->request_id, 12, strlen(r->request_id), true};
+    if (r->allow)
+        h[nh++] = (mg_hdr_t){"allow", r->allow, 5, strlen(r->allow), false};
     count(r->rt, r->status, &r->t0);
     mg_srv_stream_t *s = r->s;
     const char *body = r->resp;
     size_t n = r->resp_len;
-    mg_srv_respond(s, r->status, h, r->request_id[0] ? 3 : 2, n == 0);
+    mg_srv_respond(s, r->status, h, nh, n == 0);
     if (n) {
         mg_srv_write(s, body, n);
         mg_srv_end(s, NULL, 0); /* may run on_close: |r| is not touched after this */
@@ -630,6 +666,81 @@ static void metrics_doc(rt_req_t *r)
     send_response(r, "text/plain; version=0.0.4");
 }
 
+typedef enum path_kind {
+    PK_UNKNOWN,
+    PK_PREDICT, /* POST */
+    PK_INFER,   /* POST */
+    PK_HEALTHZ, /* the rest: GET/HEAD */
+    PK_LIVE,
+    PK_READYZ,
+    PK_READY,
+    PK_STATUS,
+    PK_METRICS,
+    PK_MODEL_META,
+    PK_MODEL_READY,
+} path_kind_t;
+
+/* Copies the next path segment (up to '/' or the end) into |out|; returns the rest, or NULL
+ * when the segment is empty or does not fit. */
+static const char *segment(const char *p, char *out, size_t cap)
+{
+    size_t n = strcspn(p, "/");
+    if (n == 0 || n >= cap)
+        return NULL;
+    memcpy(out, p, n);
+    out[n] = '\0';
+    return p + n;
+}
+
+/* What |path| names: /v2/models/{name}[/versions/{v}][/ready|/infer] fill |name| and |ver|. */
+static path_kind_t classify(const char *path, char *name, size_t ncap, char *ver, size_t vcap)
+{
+    static const struct {
+        const char *path;
+        path_kind_t kind;
+    } fixed[] = {{"/v1/predict", PK_PREDICT}, {"/healthz", PK_HEALTHZ},
+                 {"/v2/health/live", PK_LIVE}, {"/readyz", PK_READYZ},
+                 {"/v2/health/ready", PK_READY}, {"/v1/status", PK_STATUS},
+                 {"/metrics", PK_METRICS}};
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+        if (strcmp(path, fixed[i].path) == 0)
+            return fixed[i].kind;
+    name[0] = ver[0] = '\0';
+    if (!has_prefix(path, "/v2/models/"))
+        return PK_UNKNOWN;
+    const char *p = segment(path + 11, name, ncap);
+    if (p == NULL)
+        return PK_UNKNOWN;
+    if (has_prefix(p, "/versions/") && (p = segment(p + 10, ver, vcap)) == NULL)
+        return PK_UNKNOWN;
+    if (*p == '\0')
+        return PK_MODEL_META;
+    if (strcmp(p, "/ready") == 0)
+        return PK_MODEL_READY;
+    if (strcmp(p, "/infer") == 0)
+        return PK_INFER;
+    return PK_UNKNOWN;
+}
+
+/* Answers 404 when |name| (and |ver|, if given) is not the model served; true if it is. */
+static bool model_is(rt_req_t *r, const mg_model_t *m, const char *name, const char *ver)
+{
+    char msg[300];
+    if (!name_matches(m, name, strlen(name))) {
+        snprintf(msg, sizeof(msg), "no model '%.100s' here (this runtime serves '%.100s')", name,
+                 m->name[0] ? m->name : "model");
+        send_error(r, 404, "model_not_found", msg);
+        return false;
+    }
+    if (ver[0] && strcmp(ver, m->version) != 0) {
+        snprintf(msg, sizeof(msg), "no version '%.60s' of model '%.100s' here (serving '%.60s')",
+                 ver, name, m->version);
+        send_error(r, 404, "model_version_not_found", msg);
+        return false;
+    }
+    return true;
+}
+
 static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 {
     mg_rt_t *rt = ud;
@@ -657,45 +768,41 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
             }
         }
     }
-    char pbuf[512];
+    char pbuf[512], ver[128];
     const char *path = clean_path(req->path, pbuf, sizeof(pbuf));
+    path_kind_t kind = classify(path, r->v2name, sizeof(r->v2name), ver, sizeof(ver));
     bool get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
     bool post = strcmp(req->method, "POST") == 0;
-
-    if (post && strcmp(path, "/v1/predict") == 0) {
+    if (kind == PK_UNKNOWN) {
+        send_error(r, 404, "not_found",
+                   "unknown path; see /v1/predict, /v2/models/{name}/infer, /v1/status");
+        return;
+    }
+    bool wants_post = kind == PK_PREDICT || kind == PK_INFER;
+    if (wants_post ? !post : !get) {
+        r->allow = wants_post ? "POST" : "GET, HEAD";
+        char msg[100];
+        snprintf(msg, sizeof(msg), "%.60s takes %s", path, wants_post ? "POST" : "GET or HEAD");
+        send_error(r, 405, "method_not_allowed", msg);
+        return;
+    }
+    switch (kind) {
+    case PK_PREDICT:
         r->ep = EP_PREDICT;
         return;
-    }
-    if (post && has_prefix(path, "/v2/models/")) {
-        const char *name = path + 11;
-        size_t nlen = strcspn(name, "/");
-        const char *rest = name + nlen;
-        /* /infer or /versions/{v}/infer */
-        bool infer = strcmp(rest, "/infer") == 0 ||
-                     (has_prefix(rest, "/versions/") && strchr(rest + 10, '/') &&
-                      strcmp(strchr(rest + 10, '/'), "/infer") == 0);
-        if (!infer || nlen == 0 || nlen >= sizeof(r->v2name)) {
-            send_error(r, 404, "not_found", "expected POST /v2/models/{name}/infer");
-            return;
-        }
-        memcpy(r->v2name, name, nlen);
-        r->v2name[nlen] = '\0';
-        r->ep = EP_INFER; /* the name is checked against the model when the body is complete */
+    case PK_INFER:
+        snprintf(r->v2ver, sizeof(r->v2ver), "%s", ver);
+        r->ep = EP_INFER; /* name and version are checked when the body is complete */
         return;
-    }
-    if (!get) {
-        send_error(r, 405, "method_not_allowed", "this path takes GET, or POST for predictions");
-        return;
-    }
-    if (strcmp(path, "/healthz") == 0 || strcmp(path, "/v2/health/live") == 0) {
+    case PK_HEALTHZ:
+    case PK_LIVE:
         r->status = 200;
         r->resp_len = 0;
-        out_str(r, strcmp(path, "/healthz") == 0 ? "{\"status\":\"alive\"}\n"
-                                                 : "{\"live\":true}\n");
+        out_str(r, kind == PK_HEALTHZ ? "{\"status\":\"alive\"}\n" : "{\"live\":true}\n");
         send_json(r);
         return;
-    }
-    if (strcmp(path, "/readyz") == 0 || strcmp(path, "/v2/health/ready") == 0) {
+    case PK_READYZ:
+    case PK_READY: {
         mg_model_t *m = mg_slot_get(rt->slot);
         r->status = m ? 200 : 503;
         r->resp_len = 0;
@@ -704,42 +811,34 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         send_json(r);
         return;
     }
-    if (strcmp(path, "/v1/status") == 0) {
+    case PK_STATUS:
         status_doc(r);
         send_json(r);
         return;
-    }
-    if (strcmp(path, "/metrics") == 0) {
+    case PK_METRICS:
         metrics_doc(r);
         return;
-    }
-    if (has_prefix(path, "/v2/models/")) {
-        const char *name = path + 11;
-        size_t nlen = strcspn(name, "/");
-        const char *rest = name + nlen;
+    case PK_MODEL_META:
+    case PK_MODEL_READY: {
         mg_model_t *m = mg_slot_get(rt->slot);
         if (m == NULL) {
             send_error(r, 503, "no_model", "no model is loaded yet");
-        } else if (!name_matches(m, name, nlen)) {
-            char msg[200];
-            snprintf(msg, sizeof(msg), "no model '%.*s' here (this runtime serves '%s')",
-                     (int)(nlen > 100 ? 100 : nlen), name, m->name[0] ? m->name : "model");
-            send_error(r, 404, "model_not_found", msg);
-        } else if (*rest == '\0') {
-            v2_metadata(r, m);
+        } else if (model_is(r, m, r->v2name, ver)) {
+            if (kind == PK_MODEL_META) {
+                v2_metadata(r, m);
+            } else {
+                r->status = 200;
+                r->resp_len = 0;
+                out_str(r, "{\"ready\":true}\n");
+            }
             send_json(r);
-        } else if (strcmp(rest, "/ready") == 0) {
-            r->status = 200;
-            r->resp_len = 0;
-            out_str(r, "{\"ready\":true}\n");
-            send_json(r);
-        } else {
-            send_error(r, 404, "not_found", "unknown path");
         }
         mg_model_unref(m);
         return;
     }
-    send_error(r, 404, "not_found", "unknown path; see /v1/predict, /v2/models/{name}/infer");
+    case PK_UNKNOWN:
+        break;
+    }
 }
 
 static void on_body(mg_srv_stream_t *s, const uint8_t *data, size_t len)
@@ -793,12 +892,8 @@ static void dispatch(rt_req_t *r)
         rc = mg_input_from_json(&m->desc, r->doc, &r->inbuf, &r->job.view, err, sizeof(err));
         r->job.finish = finish_v1;
     } else {
-        if (!name_matches(m, r->v2name, strlen(r->v2name))) {
-            snprintf(err, sizeof(err), "no model '%s' here (this runtime serves '%s')",
-                     r->v2name, m->name[0] ? m->name : "model");
-            send_error(r, 404, "model_not_found", err);
+        if (!model_is(r, m, r->v2name, r->v2ver))
             return;
-        }
         json_t *inputs = json_object_get(r->doc, "inputs");
         if (!json_is_array(inputs) || json_array_size(inputs) != 1) {
             send_error(r, 400, "invalid_input",

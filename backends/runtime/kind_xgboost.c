@@ -51,6 +51,21 @@
 
 #include "backends/runtime/model.h"
 
+
+/* XGBoost's last error without its multi-line "Stack trace:" tail: one line for logs and for
+ * /v1/status. Thread-local, like XGBGetLastError's own buffer. */
+static const char *xgb_error(void)
+{
+    static _Thread_local char buf[512];
+    const char *e = XGBGetLastError();
+    size_t n = strcspn(e, "\n");
+    if (n >= sizeof(buf))
+        n = sizeof(buf) - 1;
+    memcpy(buf, e, n);
+    buf[n] = '\0';
+    return buf;
+}
+
 typedef enum xgb_task { XGB_REGRESSION, XGB_BINARY, XGB_MULTI_PROB, XGB_MULTI_MARGIN } xgb_task_t;
 
 typedef struct xgb {
@@ -88,7 +103,7 @@ static mg_err_t load_booster(const char *path, BoosterHandle h, char *err, size_
 {
     if (has_suffix(path, ".json") || has_suffix(path, ".ubj")) {
         if (XGBoosterLoadModel(h, path) != 0) {
-            snprintf(err, errlen, "xgboost model '%s': %s", path, XGBGetLastError());
+            snprintf(err, errlen, "xgboost model '%s': %s", path, xgb_error());
             return MG_E_CONFIG;
         }
         return MG_OK;
@@ -122,7 +137,7 @@ static mg_err_t load_booster(const char *path, BoosterHandle h, char *err, size_
                  path);
         e = MG_E_CONFIG;
     } else if (XGBoosterLoadModelFromBuffer(h, buf, (bst_ulong)size) != 0) {
-        snprintf(err, errlen, "xgboost model '%s': %s", path, XGBGetLastError());
+        snprintf(err, errlen, "xgboost model '%s': %s", path, xgb_error());
         e = MG_E_CONFIG;
     }
     free(buf);
@@ -137,7 +152,7 @@ static mg_err_t read_config(const char *path, xgb_t *x, size_t *num_class, char 
     const char *cfg = NULL;
     if (XGBoosterSaveJsonConfig(x->h, &len, &cfg) != 0) {
         snprintf(err, errlen, "xgboost model '%s': cannot read its configuration: %s", path,
-                 XGBGetLastError());
+                 xgb_error());
         return MG_E_CONFIG;
     }
     json_error_t jerr;
@@ -295,7 +310,7 @@ static mg_err_t xgb_load(const char *path, const json_t *options, void **impl, c
     e = MG_E_CONFIG;
     if (XGBoosterCreate(NULL, 0, &x->h) != 0) {
         snprintf(err, errlen, "xgboost model '%s': cannot create a booster: %s", path,
-                 XGBGetLastError());
+                 xgb_error());
         goto fail;
     }
     if ((e = load_booster(path, x->h, err, errlen)) != MG_OK)
@@ -305,13 +320,13 @@ static mg_err_t xgb_load(const char *path, const json_t *options, void **impl, c
     if (XGBoosterSetParam(x->h, "nthread", nt) != 0 ||
         (e = read_config(path, x, &num_class, err, errlen)) != MG_OK) {
         if (e == MG_OK)
-            snprintf(err, errlen, "xgboost model '%s': %s", path, XGBGetLastError());
+            snprintf(err, errlen, "xgboost model '%s': %s", path, xgb_error());
         e = MG_E_CONFIG;
         goto fail;
     }
     if (XGBoosterGetNumFeature(x->h, &nf) != 0 || nf == 0) {
         snprintf(err, errlen, "xgboost model '%s': cannot tell its number of features%s%s", path,
-                 nf == 0 ? "" : ": ", nf == 0 ? "" : XGBGetLastError());
+                 nf == 0 ? "" : ": ", nf == 0 ? "" : xgb_error());
         e = MG_E_CONFIG;
         goto fail;
     }
@@ -346,7 +361,7 @@ static mg_err_t xgb_load(const char *path, const json_t *options, void **impl, c
     size_t want = x->task == XGB_REGRESSION || x->task == XGB_BINARY ? 1 : x->n_classes;
     if (rc != 0 || cols != want) {
         snprintf(err, errlen, "xgboost model '%s': test prediction failed: %s", path,
-                 rc == -1   ? XGBGetLastError()
+                 rc == -1   ? xgb_error()
                  : rc == -3 ? "out of memory"
                             : "unexpected output shape");
         e = rc == -3 ? MG_E_NOMEM : MG_E_CONFIG;
@@ -395,7 +410,7 @@ static mg_err_t xgb_predict(const void *impl, const mg_input_view_t *in, const j
     size_t want = x->task == XGB_REGRESSION || x->task == XGB_BINARY ? 1 : x->n_classes;
     if (rc != 0 || cols != want)
         return mg_out_error(out, MG_E_IO, "xgboost: prediction failed: %s",
-                            rc == -1 ? XGBGetLastError() : "unexpected output shape");
+                            rc == -1 ? xgb_error() : "unexpected output shape");
     for (size_t i = 0; i < in->n; i++) {
         const float *r = res + i * cols;
         size_t best = 0;
