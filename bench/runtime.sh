@@ -29,7 +29,7 @@ WARM_DURATION=${WARM_DURATION:-$d_warm} # untimed warm-up run per contestant and
 PROFILES=${PROFILES:-c10m1 c10m10}
 CONTESTANTS=${CONTESTANTS:-runtime-h2 runtime-h1 python}
 RUNTIME_BIN=${RUNTIME_BIN:-$ROOT/build/backends/runtime/modelgate-runtime}
-RUNTIME_THREADS=${RUNTIME_THREADS:-1} # inference threads: the runtime gets one core (see PIN)
+RUNTIME_THREADS=${RUNTIME_THREADS:-} # inference threads; empty = the runtime's default (one CPU pinned: 0, inline)
 RUNTIME_ARGS=${RUNTIME_ARGS:-}        # extra runtime flags, e.g. '--max-wait-us 200'
 MODELS_DIR=${MODELS_DIR:-}            # trained models (train_digits.py output); default: train now
 SWITCH=${SWITCH:-1}                   # 0 skips the switch-under-load measurement
@@ -265,13 +265,13 @@ prepare_models
 say "# modelgate-runtime vs a Python server, $(date -Is)"
 say "# $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), kernel $(uname -r); $(h2load --version | head -1)"
 say "# model: xgb_digits.json (XGBoost $("$PY" -c 'import xgboost; print(xgboost.__version__)'), multi:softprob, 10 classes, 20 rounds, depth 4); request: POST /v1/predict, $(wc -c <"$W/req.json")-byte JSON body (64 numbers)"
-say "# runtime: $RUNTIME_BIN --threads $RUNTIME_THREADS $RUNTIME_ARGS | python: bench/python_server.py (ThreadingHTTPServer, Booster.inplace_predict, nthread 1)"
+say "# runtime: $RUNTIME_BIN --threads ${RUNTIME_THREADS:-default} $RUNTIME_ARGS | python: bench/python_server.py (ThreadingHTTPServer, Booster.inplace_predict, nthread 1)"
 say "# h2load -D ${DURATION}s per run, profiles: $PROFILES; rounds: $ROUNDS; pinning: server=[${SERVER_CPUS:-any}] h2load=[${LOADGEN_CPUS:-any}]"
 
 # shellcheck disable=SC2086
 start runtime "$SERVER_CPUS" env OPENBLAS_NUM_THREADS=1 "$RUNTIME_BIN" \
     --listen "127.0.0.1:${PORT[runtime]}" --model "$MODELS_DIR/xgb_digits.json" --kind xgboost \
-    --name digits --model-version 1 --threads "$RUNTIME_THREADS" $RUNTIME_ARGS
+    --name digits --model-version 1 ${RUNTIME_THREADS:+--threads "$RUNTIME_THREADS"} $RUNTIME_ARGS
 start python "$SERVER_CPUS" env OMP_NUM_THREADS=1 "$PY" "$HERE/python_server.py" \
     --listen "127.0.0.1:${PORT[python]}" --model "$MODELS_DIR/xgb_digits.json"
 for s in runtime python; do
@@ -376,7 +376,7 @@ if [ "$SWITCH" = 1 ]; then
     printf '{"file": "digits-1.json", "kind": "xgboost", "name": "digits", "version": "1"}\n' >"$SW/model.json"
     # shellcheck disable=SC2086
     start switch "$SERVER_CPUS" env OPENBLAS_NUM_THREADS=1 "$RUNTIME_BIN" \
-        --listen "127.0.0.1:${PORT[switch]}" --model "$SW/model.json" --threads "$RUNTIME_THREADS" \
+        --listen "127.0.0.1:${PORT[switch]}" --model "$SW/model.json" ${RUNTIME_THREADS:+--threads "$RUNTIME_THREADS"} \
         --watch-ms "$SWITCH_WATCH_MS" $RUNTIME_ARGS
     wait_port "${PORT[switch]}" 20 switch || die "the switch runtime did not start: $(tail -5 "$W/switch.out")"
     for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:${PORT[switch]}/readyz" >/dev/null && break; sleep 0.1; done

@@ -21,6 +21,12 @@
 
 #include "common/log.h"
 
+typedef struct worker_state {
+    mg_outputs_t out;
+    mg_input_item_t *items;
+    size_t items_cap;
+} worker_state_t;
+
 typedef struct batch {
     mg_job_t *jobs; /* in arrival order */
     struct batch *next;
@@ -47,7 +53,10 @@ struct mg_batcher {
     pthread_t *threads;
     unsigned inflight; /* batches queued or running */
     mg_batcher_stats_t stats;
+    worker_state_t inline_ws; /* nthreads == 0: predictions run on the loop thread */
 };
+
+static void run_batch(mg_batcher_t *b, batch_t *bt, worker_state_t *ws);
 
 static bool compatible(const mg_job_t *a, const mg_job_t *b)
 {
@@ -100,6 +109,19 @@ static void flush(mg_batcher_t *b)
         b->pending_tail = &b->pending;
         for (mg_job_t *j = b->pending; j; j = j->_next)
             b->pending_tail = &j->_next;
+        if (b->nthreads == 0) { /* inline: predict here, answer at once */
+            run_batch(b, bt, &b->inline_ws);
+            mg_job_t *j = bt->jobs;
+            bt->jobs = NULL;
+            bt->next = b->free_batches;
+            b->free_batches = bt;
+            while (j) {
+                mg_job_t *next = j->_next;
+                j->done(j);
+                j = next;
+            }
+            continue;
+        }
         pthread_mutex_lock(&b->lock);
         *b->queue_tail = bt;
         b->queue_tail = &bt->next;
@@ -152,11 +174,6 @@ void mg_batcher_submit(mg_batcher_t *b, mg_job_t *job)
 
 /* ---------- inference threads ---------- */
 
-typedef struct worker_state {
-    mg_outputs_t out;
-    mg_input_item_t *items;
-    size_t items_cap;
-} worker_state_t;
 
 static void run_batch(mg_batcher_t *b, batch_t *bt, worker_state_t *ws)
 {
@@ -259,8 +276,9 @@ mg_batcher_t *mg_batcher_new(struct event_base *loop, unsigned threads, size_t m
     b->done_ev = event_new(loop, b->pipe[0], EV_READ | EV_PERSIST, on_done, b);
     if (b->flush_ev == NULL || b->done_ev == NULL || event_add(b->done_ev, NULL) != 0)
         goto fail;
-    b->nthreads = threads ? threads : 1;
-    b->threads = calloc(b->nthreads, sizeof(pthread_t));
+    b->nthreads = threads; /* 0: inline on the loop thread */
+    mg_outputs_init(&b->inline_ws.out);
+    b->threads = calloc(b->nthreads ? b->nthreads : 1, sizeof(pthread_t));
     if (b->threads == NULL)
         goto fail;
     for (unsigned i = 0; i < b->nthreads; i++) {
@@ -312,6 +330,8 @@ void mg_batcher_free(mg_batcher_t *b)
         close(b->pipe[1]);
     }
     free(b->threads);
+    mg_outputs_clear(&b->inline_ws.out);
+    free(b->inline_ws.items);
     pthread_mutex_destroy(&b->lock);
     pthread_cond_destroy(&b->work);
     free(b);

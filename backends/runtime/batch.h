@@ -10,6 +10,10 @@
  * on the inference thread, which formats the response there. Finished jobs come back to the
  * loop through a pipe and |done| runs on the loop thread.
  *
+ * With |threads| 0 the predictions run on the loop thread itself, at the end of the loop turn
+ * that gathered the batch: no hand-off between threads, the better choice for a pod with one
+ * core (a model call is tens of microseconds), at the price of a loop that waits for it.
+ *
  * Ownership: the caller owns jobs; a job is the batcher's from mg_batcher_submit until |done|.
  */
 #ifndef MG_BACKENDS_RUNTIME_BATCH_H

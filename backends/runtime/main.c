@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +53,9 @@ static const char usage[] =
     "  --name NAME          model name to report (with --kind)\n"
     "  --model-version V    model version to report (with --kind)\n"
     "  --service NAME       the service this pod belongs to (reported in /v1/status)\n"
-    "  --threads N          inference threads (default: number of cores)\n"
+    "  --threads N          inference threads (default: the CPUs this process may use, less\n"
+    "                       one for the event loop; 0 = predict on the event loop thread,\n"
+    "                       the default and the best choice with one CPU)\n"
     "  --max-batch N        items per predict call when coalescing requests (default 64)\n"
     "  --max-wait-us N      how long a batch may wait for more requests (default 0: only\n"
     "                       requests that arrived in the same loop turn)\n"
@@ -104,8 +107,12 @@ static int parse_args(int argc, char **argv, rt_opts_t *o)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    *o = (rt_opts_t){.threads = cores > 0 ? (unsigned)cores : 1, .max_batch = 64,
+    /* the CPUs this process may run on (taskset, a container's cpuset): the loop keeps one,
+     * inference gets the rest; with one CPU, predictions run on the loop (no hand-off) */
+    cpu_set_t cpus;
+    long ncpu = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus)
+                                                               : sysconf(_SC_NPROCESSORS_ONLN);
+    *o = (rt_opts_t){.threads = ncpu > 1 ? (unsigned)(ncpu - 1) : 0, .max_batch = 64,
                      .watch_ms = 500, .drain_ms = 10000, .warmup_rounds = 3,
                      .max_body = 4u << 20, .max_items = 1024};
     int c;
@@ -126,7 +133,7 @@ static int parse_args(int argc, char **argv, rt_opts_t *o)
         case O_VERSION: o->version = optarg; break;
         case O_SERVICE: o->service = optarg; break;
         case O_THREADS:
-            if (!parse_uint("--threads", optarg, 256, &v) || v == 0)
+            if (!parse_uint("--threads", optarg, 256, &v))
                 return 1;
             o->threads = (unsigned)v;
             break;

@@ -125,7 +125,7 @@ class Runtime:
     """A running modelgate-runtime on 127.0.0.1:<free port>."""
 
     def __init__(self, procs, model, kind=None, name=None, version=None, args=(),
-                 proc_name="runtime", threads=2, wait_ready=True, env=None):
+                 proc_name="runtime", threads=None, wait_ready=True, env=None):
         if not (os.path.isfile(RUNTIME_BIN) and os.access(RUNTIME_BIN, os.X_OK)):
             pytest.fail("runtime binary not found or not executable: %s (build the CMake target "
                         "`modelgate-runtime`, or set MG_RUNTIME_BIN)" % RUNTIME_BIN)
@@ -133,6 +133,8 @@ class Runtime:
         self.body_problems = []
         self.port = free_port()
         self.addr = "127.0.0.1:%d" % self.port
+        if threads is None:  # MG_RUNTIME_THREADS=0 runs the suite with inline predictions
+            threads = int(os.environ.get("MG_RUNTIME_THREADS", "2"))
         argv = [RUNTIME_BIN, "--listen", self.addr, "--model", model, "--threads", str(threads)]
         if kind:
             argv += ["--kind", kind]
