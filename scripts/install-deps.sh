@@ -26,7 +26,6 @@ PACKAGES=(
     libopenblas-dev      # CBLAS (gemv): the runtime's linear and embedding model kinds
     # --- tests
     libcmocka-dev        # unit tests (tests/unit)
-    libcurl4-openssl-dev # HTTP/2 client library for tests and tools
     openssl              # generates TLS test certificates (conf/gen-test-certs.sh)
     curl                 # end-to-end tests and the local stack's example request
     nghttp2-client       # nghttp (e2e client) and h2load (benchmarks)
