@@ -676,26 +676,32 @@ static mg_err_t h2_init(conn_t *c)
 }
 
 /* Feeds every buffered input byte to nghttp2. */
-static void h2_recv(conn_t *c)
+int mg_h2_recv(nghttp2_session *h2, struct evbuffer *in, const bool *stop)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    c->in_recv = true;
-    while (evbuffer_get_length(in) > 0 && !c->dead) {
+    while (evbuffer_get_length(in) > 0 && !*stop) {
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
-        ssize_t n = nghttp2_session_mem_recv(c->h2, v.iov_base, v.iov_len);
+        ssize_t n = nghttp2_session_mem_recv(h2, v.iov_base, v.iov_len);
         if (n < 0) {
-            MG_LOG(MG_LOG_DEBUG, "h2server", "conn=%s: HTTP/2 error: %s", c->client,
-                   nghttp2_strerror((int)n));
-            /* nghttp2 queued a GOAWAY when it could; send it, then close */
             evbuffer_drain(in, evbuffer_get_length(in));
-            c->close_when_flushed = true;
-            break;
+            return (int)n;
         }
         evbuffer_drain(in, (size_t)n);
     }
+    return 0;
+}
+
+static void h2_recv(conn_t *c)
+{
+    c->in_recv = true;
+    int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->dead);
     c->in_recv = false;
+    if (rv != 0) {
+        MG_LOG(MG_LOG_DEBUG, "h2server", "conn=%s: HTTP/2 error: %s", c->client,
+               nghttp2_strerror(rv));
+        c->close_when_flushed = true; /* nghttp2 queued a GOAWAY when it could: send it first */
+    }
 }
 
 static void h2_flush(conn_t *c)

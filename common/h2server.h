@@ -154,4 +154,9 @@ struct nghttp2_session;
 struct bufferevent;
 int mg_h2_send(struct nghttp2_session *h2, struct bufferevent *bev, size_t high);
 
+/* Feeds every byte of |in| to |h2| (draining what it took), stopping early once *|stop| is set
+ * by a callback (the connection died). Returns 0, or the nghttp2 error; then |in| is emptied. */
+struct evbuffer;
+int mg_h2_recv(struct nghttp2_session *h2, struct evbuffer *in, const bool *stop);
+
 #endif /* MG_COMMON_H2SERVER_H */

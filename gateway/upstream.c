@@ -462,23 +462,14 @@ static void conn_flush(up_conn_t *c)
 
 static void h2_recv(up_conn_t *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
     c->in_recv = true;
-    while (evbuffer_get_length(in) > 0 && !c->dead) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
-        ssize_t n = nghttp2_session_mem_recv(c->h2, v.iov_base, v.iov_len);
-        if (n < 0) {
-            MG_LOG(MG_LOG_WARN, "upstream", "pod %s: HTTP/2 error: %s", c->pool->key,
-                   nghttp2_strerror((int)n));
-            c->in_recv = false;
-            conn_close(c, MG_UP_PROTO);
-            return;
-        }
-        evbuffer_drain(in, (size_t)n);
-    }
+    int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->dead);
     c->in_recv = false;
+    if (rv != 0) {
+        MG_LOG(MG_LOG_WARN, "upstream", "pod %s: HTTP/2 error: %s", c->pool->key,
+               nghttp2_strerror(rv));
+        conn_close(c, MG_UP_PROTO);
+    }
 }
 
 static nghttp2_nv mknv(const char *n, size_t nl, const char *v, size_t vl)
