@@ -85,6 +85,10 @@ struct conn {
     int busy;
     bool dead, in_recv, need_flush, flushing, close_when_flushed;
     struct event *idle_timer;
+    nghttp2_mem mem;  /* the session's allocator: ud = this connection */
+    void *framebuf;   /* nghttp2's frame buffer (a zframe run), NULL until allocated */
+    bool trim_due;    /* the idle timer is in its short first phase: trim, then wait */
+    bool trimmed;     /* the frame buffer is released since the last frame written */
     char client[64];
     char client_ip[48];
     mg_srv_stream_t *streams;
@@ -139,9 +143,9 @@ struct mg_srv {
     size_t nfree;
     nghttp2_session_callbacks *cbs;
     nghttp2_option *opt;
-    nghttp2_mem mem;
     zpool_t zmap;   /* 1-page runs: stream maps */
     zpool_t zframe; /* 5-page runs: frame buffers */
+    zpool_t zring;  /* 1 KiB runs, four to a page: HPACK entry rings */
     llhttp_settings_t h1settings;
 };
 
@@ -176,7 +180,10 @@ static void *zpool_get(zpool_t *z)
 
 static void zpool_put(zpool_t *z, void *p)
 {
-    madvise(p, z->run, MADV_DONTNEED); /* zero-filled and non-resident again */
+    if (z->run % ZPAGE == 0)
+        madvise(p, z->run, MADV_DONTNEED); /* zero-filled and non-resident again */
+    else
+        memset(p, 0, z->run); /* a part of a page: zero it by hand (runs must be zero) */
     if (z->nfree == z->cap_free) {
         size_t cap = z->cap_free ? z->cap_free * 2 : 64;
         void **f = realloc(z->free, sizeof(void *) * cap);
@@ -203,6 +210,8 @@ static zpool_t *zpool_for(mg_srv_t *srv, size_t size)
         return &srv->zmap;
     if (size > 4 * ZPAGE && size <= 5 * ZPAGE)
         return &srv->zframe;
+    if (size == 1024)
+        return &srv->zring; /* the two HPACK tables' entry rings: unwritten while idle */
     return NULL;
 }
 
@@ -214,26 +223,38 @@ static zpool_t *zpool_of(mg_srv_t *srv, const void *p)
         return &srv->zmap;
     if (zpool_owns(&srv->zframe, p))
         return &srv->zframe;
+    if (zpool_owns(&srv->zring, p))
+        return &srv->zring;
     return NULL;
 }
 
+/* The allocator of one connection's nghttp2 session (|ud| is the connection). */
 static void *zmem_malloc(size_t size, void *ud)
 {
-    zpool_t *z = zpool_for(ud, size);
+    conn_t *c = ud;
+    zpool_t *z = zpool_for(c->srv, size);
     void *p = z ? zpool_get(z) : NULL;
+    if (p && z == &c->srv->zframe)
+        c->framebuf = p; /* one per session: trimmed while the connection idles */
     return p ? p : malloc(size);
 }
 
 static void *zmem_calloc(size_t n, size_t size, void *ud)
 {
-    zpool_t *z = zpool_for(ud, n * size);
+    conn_t *c = ud;
+    zpool_t *z = zpool_for(c->srv, n * size);
     void *p = z ? zpool_get(z) : NULL; /* runs are zero */
+    if (p && z == &c->srv->zframe)
+        c->framebuf = p;
     return p ? p : calloc(n, size);
 }
 
 static void zmem_free(void *p, void *ud)
 {
-    zpool_t *z = zpool_of(ud, p);
+    conn_t *c = ud;
+    zpool_t *z = zpool_of(c->srv, p);
+    if (p && p == c->framebuf)
+        c->framebuf = NULL;
     if (z)
         zpool_put(z, p);
     else
@@ -242,14 +263,15 @@ static void zmem_free(void *p, void *ud)
 
 static void *zmem_realloc(void *p, size_t size, void *ud)
 {
-    zpool_t *from = zpool_of(ud, p);
+    conn_t *c = ud;
+    zpool_t *from = zpool_of(c->srv, p);
     if (from == NULL && p != NULL)
         return realloc(p, size);
     void *n = zmem_malloc(size, ud);
     if (n == NULL || p == NULL)
         return n;
     memcpy(n, p, size < from->run ? size : from->run);
-    zpool_put(from, p);
+    zmem_free(p, ud);
     return n;
 }
 
@@ -310,13 +332,30 @@ static void conn_close(conn_t *c)
         conn_free(c);
 }
 
+#define TRIM_AFTER_MS 50 /* an HTTP/2 connection idle this long gives its frame buffer back */
+
+/* Arms the idle timer. An HTTP/2 connection whose frame buffer holds written pages first waits
+ * TRIM_AFTER_MS, gives the buffer's pages back (nghttp2 copied every frame out already, and
+ * rewrites the buffer from its start for the next one), then waits the rest of client_idle. */
 static void idle_arm(conn_t *c)
 {
-    if (c->srv->conf.client_idle_ms == 0)
+    uint32_t ms = c->srv->conf.client_idle_ms;
+    c->trim_due = c->framebuf && !c->trimmed && (ms == 0 || ms > TRIM_AFTER_MS);
+    if (c->trim_due)
+        ms = TRIM_AFTER_MS;
+    if (ms == 0)
         return;
-    struct timeval tv = {c->srv->conf.client_idle_ms / 1000,
-                         (c->srv->conf.client_idle_ms % 1000) * 1000};
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(c->idle_timer, &tv);
+}
+
+/* Releases the frame buffer's pages when nothing is queued in it. */
+static void trim(conn_t *c)
+{
+    if (c->framebuf && c->h2 && !nghttp2_session_want_write(c->h2)) {
+        madvise(c->framebuf, c->srv->zframe.run, MADV_DONTNEED);
+        c->trimmed = true;
+    }
 }
 
 /* ---------- streams ---------- */
@@ -657,7 +696,8 @@ static mg_err_t h2_init(conn_t *c)
 {
     mg_srv_t *srv = c->srv;
     c->proto = P_H2;
-    if (nghttp2_session_server_new3(&c->h2, srv->cbs, c, srv->opt, &srv->mem) != 0)
+    c->mem = (nghttp2_mem){c, zmem_malloc, zmem_free, zmem_calloc, zmem_realloc};
+    if (nghttp2_session_server_new3(&c->h2, srv->cbs, c, srv->opt, &c->mem) != 0)
         return MG_E_NOMEM;
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, srv->conf.max_concurrent_streams},
@@ -707,11 +747,14 @@ static void h2_recv(conn_t *c)
 static void h2_flush(conn_t *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out);
     for (;;) {
         if (mg_h2_send(c->h2, c->bev, OUT_HIGH) < 0) {
             conn_close(c);
             return;
         }
+        if (evbuffer_get_length(out) != before)
+            c->trimmed = false; /* frames were written into the frame buffer again */
         mg_srv_stream_t *d = c->drain_list;
         c->drain_list = NULL;
         if (d == NULL)
@@ -731,7 +774,11 @@ static void h2_flush(conn_t *c)
         c->close_when_flushed = true;
         if (evbuffer_get_length(out) == 0)
             conn_close(c);
+        return;
     }
+    /* idle with freshly written pages (the handshake, a PING answer): schedule the trim */
+    if (!c->trimmed && !c->trim_due && c->nstreams == 0 && c->idle_timer)
+        idle_arm(c);
 }
 
 int mg_h2_send(nghttp2_session *h2, struct bufferevent *bev, size_t high)
@@ -1408,6 +1455,18 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
 {
     conn_t *c = arg;
     enter(c);
+    if (c->trim_due) { /* first phase: trim, then wait for the real idle timeout */
+        trim(c);
+        c->trim_due = false;
+        uint32_t ms = c->srv->conf.client_idle_ms;
+        if (ms > TRIM_AFTER_MS) {
+            ms -= TRIM_AFTER_MS;
+            struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+            evtimer_add(c->idle_timer, &tv);
+        }
+        leave(c);
+        return;
+    }
     if (c->nstreams == 0 ||
         (c->proto == P_H1 && c->h1s && !c->h1s->handled && !c->h1s->responded)) {
         if (c->proto == P_H2) {
@@ -1503,9 +1562,9 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     srv->h = h;
     srv->ud = ud;
     srv->tls = tls;
-    srv->mem = (nghttp2_mem){srv, zmem_malloc, zmem_free, zmem_calloc, zmem_realloc};
     srv->zmap.run = ZPAGE;
     srv->zframe.run = 5 * ZPAGE;
+    srv->zring.run = 1024;
     if (nghttp2_session_callbacks_new(&srv->cbs) != 0 || nghttp2_option_new(&srv->opt) != 0) {
         mg_srv_free(srv);
         return NULL;
@@ -1608,6 +1667,7 @@ void mg_srv_free(mg_srv_t *srv)
         nghttp2_option_del(srv->opt);
     zpool_clear(&srv->zmap);
     zpool_clear(&srv->zframe);
+    zpool_clear(&srv->zring);
     free(srv);
 }
 
