@@ -676,13 +676,8 @@ static ssize_t h2_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, siz
     int n = evbuffer_remove(s->out, buf, len);
     if (n < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (s->out_ended && evbuffer_get_length(s->out) == 0) {
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-        if (s->nresp_trailers) {
-            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            nghttp2_submit_trailer(sess, id, s->resp_trailers, s->nresp_trailers);
-        }
-    }
+    if (s->out_ended && evbuffer_get_length(s->out) == 0)
+        mg_h2_end_data(sess, id, flags, s->resp_trailers, s->nresp_trailers);
     if (s->want_drain && !s->in_drain_list && evbuffer_get_length(s->out) < MG_SRV_LOW) {
         s->want_drain = false;
         s->in_drain_list = true;
@@ -716,6 +711,16 @@ static mg_err_t h2_init(conn_t *c)
 }
 
 /* Feeds every buffered input byte to nghttp2. */
+void mg_h2_end_data(nghttp2_session *h2, int32_t id, uint32_t *flags, const nghttp2_nv *trailers,
+                    size_t n)
+{
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (n) {
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        nghttp2_submit_trailer(h2, id, trailers, n);
+    }
+}
+
 int mg_h2_recv(nghttp2_session *h2, struct evbuffer *in, const bool *stop)
 {
     while (evbuffer_get_length(in) > 0 && !*stop) {

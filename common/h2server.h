@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include <event2/event.h>
+#include <nghttp2/nghttp2.h>
 #include <openssl/ssl.h>
 
 #include "common/arena.h"
@@ -153,6 +154,11 @@ bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t 
 struct nghttp2_session;
 struct bufferevent;
 int mg_h2_send(struct nghttp2_session *h2, struct bufferevent *bev, size_t high);
+
+/* For a data source callback whose body is complete: sets EOF, and when |n| trailers are given
+ * keeps the stream open for them and submits them (nghttp2's documented way). */
+void mg_h2_end_data(nghttp2_session *h2, int32_t id, uint32_t *flags,
+                    const nghttp2_nv *trailers, size_t n);
 
 /* Feeds every byte of |in| to |h2| (draining what it took), stopping early once *|stop| is set
  * by a callback (the connection died). Returns 0, or the nghttp2 error; then |in| is emptied. */

@@ -392,13 +392,8 @@ static ssize_t h2_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, siz
     if (n < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     s->sent = true;
-    if (s->body_ended && evbuffer_get_length(s->body) == 0) {
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-        if (s->nreq_trailers) {
-            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            nghttp2_submit_trailer(sess, id, s->req_trailers, s->nreq_trailers);
-        }
-    }
+    if (s->body_ended && evbuffer_get_length(s->body) == 0)
+        mg_h2_end_data(sess, id, flags, s->req_trailers, s->nreq_trailers);
     if (s->want_drain && !s->in_drain_list && evbuffer_get_length(s->body) < MG_SRV_LOW) {
         s->want_drain = false;
         s->in_drain_list = true;

@@ -346,21 +346,31 @@ static const char *item_error(const mg_job_t *job, const mg_outputs_t *out, size
     return NULL;
 }
 
-static void finish_v1(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_t first)
+/* Writes the error answer when the predict call or one of this job's items failed: 400 for the
+ * client's input (named by its own index), 500 for the model. True when it did. */
+static bool answered_error(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_t first)
 {
     rt_req_t *r = job->ctx;
-    size_t n = job->view.n;
     char ebuf[512];
     r->resp_len = 0;
     const char *bad = rc == MG_OK ? item_error(job, out, first, ebuf, sizeof(ebuf)) : NULL;
     if (rc == MG_E_PROTO || bad) {
         out_error(r, 400, "invalid_input", bad ? bad : out->err);
-        return;
+        return true;
     }
     if (rc != MG_OK) {
         out_error(r, 500, "model_error", out->err[0] ? out->err : mg_strerror(rc));
-        return;
+        return true;
     }
+    return false;
+}
+
+static void finish_v1(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_t first)
+{
+    rt_req_t *r = job->ctx;
+    size_t n = job->view.n;
+    if (answered_error(job, rc, out, first))
+        return;
     r->status = 200;
     if (!job->view.batch) {
         out_str(r, "{\"output\":");
@@ -403,17 +413,8 @@ static void finish_v2(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_
 {
     rt_req_t *r = job->ctx;
     size_t n = job->view.n;
-    char ebuf[512];
-    r->resp_len = 0;
-    const char *bad = rc == MG_OK ? item_error(job, out, first, ebuf, sizeof(ebuf)) : NULL;
-    if (rc == MG_E_PROTO || bad) {
-        out_error(r, 400, "invalid_input", bad ? bad : out->err);
+    if (answered_error(job, rc, out, first))
         return;
-    }
-    if (rc != MG_OK) {
-        out_error(r, 500, "model_error", out->err[0] ? out->err : mg_strerror(rc));
-        return;
-    }
     const mg_model_t *m = job->model;
     bool ranking = m->desc.output == MG_OUTPUT_RANKING;
     size_t k = ranking && n ? out->items[first].n_values : 0;
