@@ -205,6 +205,120 @@ static void check_only(const mg_conf_t *conf)
            conf->routes_path ? conf->routes_path : "quick-start backends");
 }
 
+/* Creates worker |i| (event base, proxy, server, command pipe) and binds its listeners.
+ * On failure says why on stderr; whatever was made is freed by free_workers(). */
+static int start_worker(unsigned i, const mg_conf_t *conf, const mg_srv_conf_t *sc, SSL_CTX *tls)
+{
+    worker_t *w = &g_workers[i];
+    w->id = i;
+    /* a worker's base is used by its own thread only (commands come through a pipe), so it
+     * needs no lock on every event_add */
+    struct event_config *ec = event_config_new();
+    if (ec)
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+    w->base = ec ? event_base_new_with_config(ec) : NULL;
+    if (ec)
+        event_config_free(ec);
+    w->proxy = w->base ? mg_proxy_new(w->base, conf, g_log) : NULL;
+    w->srv = w->proxy ? mg_srv_new(w->base, sc, mg_proxy_handler(), w->proxy, tls) : NULL;
+    if (pipe2(w->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+        w->pipe[0] = w->pipe[1] = -1;
+        fprintf(stderr, "modelgate: pipe: %s\n", strerror(errno));
+        return -1;
+    }
+    w->cmd = w->base ? event_new(w->base, w->pipe[0], EV_READ | EV_PERSIST, on_cmd, w) : NULL;
+    w->check = w->base ? event_new(w->base, -1, EV_PERSIST, on_check, w) : NULL;
+    if (w->srv == NULL || w->cmd == NULL || w->check == NULL || event_add(w->cmd, NULL)) {
+        fprintf(stderr, "modelgate: out of memory starting worker %u\n", i);
+        return -1;
+    }
+    mg_proxy_set_routes(w->proxy, g_routes);
+    for (int pass = 0; pass < 2; pass++) {
+        size_t n = pass ? conf->ntls_listen : conf->nlisten;
+        char *const *addrs = pass ? conf->tls_listen : conf->listen;
+        for (size_t k = 0; k < n; k++) {
+            char err[512];
+            int fd = mg_listen_bind(addrs[k], i == 0, err, sizeof(err));
+            if (fd < 0) {
+                fprintf(stderr, "modelgate: %s\n", err);
+                return -1;
+            }
+            if (mg_srv_listen(w->srv, fd, pass == 1) != MG_OK) {
+                fprintf(stderr, "modelgate: cannot serve on %s\n", addrs[k]);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static void free_workers(void)
+{
+    for (unsigned i = 0; g_workers && i < g_nworkers; i++) {
+        worker_t *w = &g_workers[i];
+        if (w->srv)
+            mg_srv_free(w->srv);
+        if (w->proxy)
+            mg_proxy_free(w->proxy);
+        if (w->next_routes)
+            mg_routes_unref(w->next_routes);
+        if (w->cmd)
+            event_free(w->cmd);
+        if (w->check)
+            event_free(w->check);
+        if (w->pipe[0] >= 0)
+            close(w->pipe[0]);
+        if (w->pipe[1] >= 0)
+            close(w->pipe[1]);
+        if (w->base)
+            event_base_free(w->base);
+        pthread_mutex_destroy(&w->lock);
+    }
+    free(g_workers);
+    g_workers = NULL;
+}
+
+/* Runs the workers until they have all left their loops (drained or stopped). */
+static void serve(const mg_conf_t *conf)
+{
+    g_main_base = event_base_new();
+    struct event *sigs[] = {
+        evsignal_new(g_main_base, SIGTERM, on_sigterm, NULL),
+        evsignal_new(g_main_base, SIGINT, on_sigterm, NULL),
+        evsignal_new(g_main_base, SIGHUP, on_sighup, NULL),
+        evsignal_new(g_main_base, SIGUSR1, on_sigusr1, NULL),
+    };
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        event_add(sigs[i], NULL);
+
+    /* workers must not take the process signals: block them before creating threads */
+    sigset_t all, old; /* the asynchronous ones only: a crash must still crash loudly */
+    sigemptyset(&all);
+    sigaddset(&all, SIGTERM);
+    sigaddset(&all, SIGINT);
+    sigaddset(&all, SIGHUP);
+    sigaddset(&all, SIGUSR1);
+    sigaddset(&all, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (unsigned i = 0; i < g_nworkers; i++)
+        pthread_create(&g_workers[i].thread, NULL, worker_main, &g_workers[i]);
+    pthread_t j;
+    pthread_create(&j, NULL, joiner, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    MG_LOG(MG_LOG_INFO, "main", "modelgate %s: %u worker(s); cleartext %s%s; TLS %s; %s",
+           MG_VERSION, g_nworkers, conf->nlisten ? conf->listen[0] : "-",
+           conf->nlisten > 1 ? " (+more)" : "", conf->ntls_listen ? conf->tls_listen[0] : "-",
+           conf->routes_path ? conf->routes_path : "quick-start backends");
+
+    event_base_dispatch(g_main_base);
+    pthread_join(j, NULL);
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        event_free(sigs[i]);
+    event_base_free(g_main_base);
+    g_main_base = NULL;
+}
+
 int main(int argc, char **argv)
 {
     mg_conf_t conf;
@@ -239,27 +353,27 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
 
+    int rc = 1;
+    SSL_CTX *tls = NULL;
     g_routes = conf.routes_path ? mg_routes_load(conf.routes_path, &errors)
                                 : mg_routes_catchall(conf.backends, conf.backend_proto, &errors);
     if (g_routes == NULL) {
         fprintf(stderr, "modelgate: routing rejected:\n%s\n", errors ? errors : "");
         free(errors);
-        return 1;
+        goto out;
     }
-
-    SSL_CTX *tls = NULL;
     if (conf.ntls_listen) {
         char err[512];
         tls = mg_srv_tls_ctx_new(conf.tls_cert, conf.tls_key, err, sizeof(err));
         if (tls == NULL) {
             fprintf(stderr, "modelgate: %s\n", err);
-            return 1;
+            goto out;
         }
     }
     if (conf.access_log) {
         g_log = mg_reqlog_open(conf.access_log);
         if (g_log == NULL)
-            return 1; /* the reason is logged */
+            goto out; /* the reason is logged */
     }
 
     mg_srv_conf_t sc = {
@@ -272,103 +386,29 @@ int main(int argc, char **argv)
     };
     g_nworkers = conf.workers;
     g_workers = calloc(g_nworkers, sizeof(worker_t));
-    for (unsigned i = 0; i < g_nworkers; i++) {
-        worker_t *w = &g_workers[i];
-        w->id = i;
-        pthread_mutex_init(&w->lock, NULL);
-        /* a worker's base is used by its own thread only (commands come through a pipe), so it
-         * needs no lock on every event_add */
-        struct event_config *ec = event_config_new();
-        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
-        w->base = event_base_new_with_config(ec);
-        event_config_free(ec);
-        w->proxy = w->base ? mg_proxy_new(w->base, &conf, g_log) : NULL;
-        w->srv = w->proxy ? mg_srv_new(w->base, &sc, mg_proxy_handler(), w->proxy, tls) : NULL;
-        if (pipe2(w->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
-            fprintf(stderr, "modelgate: pipe: %s\n", strerror(errno));
-            return 1;
-        }
-        w->cmd = w->base ? event_new(w->base, w->pipe[0], EV_READ | EV_PERSIST, on_cmd, w) : NULL;
-        w->check = w->base ? event_new(w->base, -1, EV_PERSIST, on_check, w) : NULL;
-        if (w->srv == NULL || w->cmd == NULL || w->check == NULL || event_add(w->cmd, NULL)) {
-            fprintf(stderr, "modelgate: out of memory starting worker %u\n", i);
-            return 1;
-        }
-        mg_proxy_set_routes(w->proxy, g_routes);
-        for (int pass = 0; pass < 2; pass++) {
-            size_t n = pass ? conf.ntls_listen : conf.nlisten;
-            char *const *addrs = pass ? conf.tls_listen : conf.listen;
-            for (size_t k = 0; k < n; k++) {
-                char err[512];
-                int fd = mg_listen_bind(addrs[k], i == 0, err, sizeof(err));
-                if (fd < 0) {
-                    fprintf(stderr, "modelgate: %s\n", err);
-                    return 1;
-                }
-                if (mg_srv_listen(w->srv, fd, pass == 1) != MG_OK) {
-                    fprintf(stderr, "modelgate: cannot serve on %s\n", addrs[k]);
-                    return 1;
-                }
-            }
-        }
+    if (g_workers == NULL) {
+        fprintf(stderr, "modelgate: out of memory\n");
+        goto out;
     }
-
-    g_main_base = event_base_new();
-    struct event *sigs[] = {
-        evsignal_new(g_main_base, SIGTERM, on_sigterm, NULL),
-        evsignal_new(g_main_base, SIGINT, on_sigterm, NULL),
-        evsignal_new(g_main_base, SIGHUP, on_sighup, NULL),
-        evsignal_new(g_main_base, SIGUSR1, on_sigusr1, NULL),
-    };
-    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
-        event_add(sigs[i], NULL);
-
-    /* workers must not take the process signals: block them before creating threads */
-    sigset_t all, old; /* the asynchronous ones only: a crash must still crash loudly */
-    sigemptyset(&all);
-    sigaddset(&all, SIGTERM);
-    sigaddset(&all, SIGINT);
-    sigaddset(&all, SIGHUP);
-    sigaddset(&all, SIGUSR1);
-    sigaddset(&all, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (unsigned i = 0; i < g_nworkers; i++) {
+        g_workers[i].pipe[0] = g_workers[i].pipe[1] = -1;
+        pthread_mutex_init(&g_workers[i].lock, NULL);
+    }
     for (unsigned i = 0; i < g_nworkers; i++)
-        pthread_create(&g_workers[i].thread, NULL, worker_main, &g_workers[i]);
-    pthread_t j;
-    pthread_create(&j, NULL, joiner, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (start_worker(i, &conf, &sc, tls) != 0)
+            goto out;
 
-    MG_LOG(MG_LOG_INFO, "main", "modelgate %s: %u worker(s); cleartext %s%s; TLS %s; %s",
-           MG_VERSION, g_nworkers, conf.nlisten ? conf.listen[0] : "-",
-           conf.nlisten > 1 ? " (+more)" : "", conf.ntls_listen ? conf.tls_listen[0] : "-",
-           conf.routes_path ? conf.routes_path : "quick-start backends");
-
-    event_base_dispatch(g_main_base);
-    pthread_join(j, NULL);
-
-    for (unsigned i = 0; i < g_nworkers; i++) {
-        worker_t *w = &g_workers[i];
-        mg_srv_free(w->srv);
-        mg_proxy_free(w->proxy);
-        if (w->next_routes)
-            mg_routes_unref(w->next_routes);
-        event_free(w->cmd);
-        event_free(w->check);
-        close(w->pipe[0]);
-        close(w->pipe[1]);
-        event_base_free(w->base);
-        pthread_mutex_destroy(&w->lock);
-    }
-    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
-        event_free(sigs[i]);
-    event_base_free(g_main_base);
-    free(g_workers);
-    mg_routes_unref(g_routes);
+    serve(&conf);
+    rc = 0;
+    MG_LOG(MG_LOG_INFO, "main", "stopped");
+out:
+    free_workers();
+    if (g_routes)
+        mg_routes_unref(g_routes);
     if (g_log)
         mg_reqlog_close(g_log);
     if (tls)
         SSL_CTX_free(tls);
-    MG_LOG(MG_LOG_INFO, "main", "stopped");
     mg_conf_clear(&conf);
-    return 0;
+    return rc;
 }

@@ -3,7 +3,7 @@ tests/e2e/conftest.py - the end-to-end harness: real gateway binary, real backen
 
 Every test gets a temporary directory and a process list (fixture `procs`); everything started
 through it is killed at teardown, pass or fail, and when a test fails its report carries each
-process's stderr/stdout and the gateway's logs. Ports are free loopback ports (bind to port 0);
+process's stderr/stdout and the gateway's logs. Ports are free loopback ports, reserved across parallel tests (see free_port);
 readiness is a polled TCP connect with a 10 s deadline, never a fixed sleep.
 
     def test_x(procs):
@@ -15,6 +15,7 @@ The gateway binary is $MG_GATEWAY_BIN (CTest sets it), else <repo>/build/gateway
 a missing binary fails the test with a message saying so (never a skip).
 """
 
+import atexit
 import copy
 import json
 import os
@@ -60,21 +61,69 @@ def _ephemeral_low():
 _PORT_RANGE = (max(1024, _ephemeral_low() - 12000), _ephemeral_low())
 
 
+# Ports handed out by any harness process on this machine are reserved by an exclusive file in
+# this directory (named by the port, holding the owner's pid) until that process exits: two tests
+# running in parallel can never both pick a port in the window between the probe and the server's
+# bind(). A reservation whose owner is gone is taken over.
+_PORT_DIR = os.path.join("/tmp", "modelgate-test-ports-%d" % os.getuid())
+_my_ports = []
+
+
+def _reserve(port):
+    os.makedirs(_PORT_DIR, exist_ok=True)
+    path = os.path.join(_PORT_DIR, str(port))
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    owner = int(f.read().strip() or "0")
+            except (OSError, ValueError):
+                return False  # being written right now: someone else's
+            if owner == os.getpid():
+                return False
+            try:
+                os.kill(owner, 0)
+                return False  # a live process holds it
+            except ProcessLookupError:
+                try:
+                    os.unlink(path)  # stale: its owner died without cleaning up
+                except FileNotFoundError:
+                    pass
+                continue
+            except PermissionError:
+                return False
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        _my_ports.append(path)
+        return True
+    return False
+
+
+@atexit.register
+def _release_ports():
+    for path in _my_ports:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing uses right now. Taken below the kernel's ephemeral
-    range, so that no outgoing connection (of this test or a parallel one) can take it as its
-    local port between this check and the server's bind()."""
-    for _ in range(200):
+    """A TCP port on 127.0.0.1 that nothing uses right now and that no other harness process
+    holds. Taken below the kernel's ephemeral range, so that no outgoing connection (of this test
+    or a parallel one) can take it as its local port between this check and the server's bind()."""
+    for _ in range(500):
         port = random.randrange(*_PORT_RANGE)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        if _reserve(port):
             return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    pytest.fail("no free loopback port left in %d-%d" % _PORT_RANGE)
 
 
 def wait_for(pred, timeout=5.0, interval=0.02, what="condition"):

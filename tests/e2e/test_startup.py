@@ -5,7 +5,7 @@ would otherwise share its traffic silently), bad flags name the problem, --help 
 
 import subprocess
 
-from conftest import GATEWAY_BIN, free_port
+from conftest import GATEWAY_BIN, SANITIZER_RE, free_port, routes_doc
 
 
 def run(*args, timeout=10):
@@ -22,7 +22,20 @@ def test_port_in_use_is_refused(procs):
     assert second.returncode != 0
     assert "cannot listen on 127.0.0.1:%d" % port in second.stderr
     assert "in use" in second.stderr
+    assert not SANITIZER_RE.search(second.stderr), second.stderr
     assert first.alive()
+
+
+def test_port_in_use_with_a_config_file_frees_everything(procs):
+    """The refusal comes after the routes, the access log and the first worker were set up:
+    all of it is released on the way out (the sanitizer build reports any leak)."""
+    a = procs.backend("pod-a")
+    first = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]))
+    second = run("--config", first.conf_path)
+    assert second.returncode == 1
+    assert "cannot listen on 127.0.0.1:%d" % first.port in second.stderr
+    assert not SANITIZER_RE.search(second.stderr), second.stderr
+    assert first.proc.alive()
 
 
 def test_unknown_flag_and_bad_address():
