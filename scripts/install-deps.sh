@@ -24,6 +24,12 @@ PACKAGES=(
     node-llhttp          # llhttp C sources: the HTTP/1.1 parser, compiled into the gateway
     libxgboost-dev       # XGBoost C API: the runtime's xgboost model kind (backends/runtime)
     libopenblas-dev      # CBLAS (gemv): the runtime's linear and embedding model kinds
+    libhiredis-dev       # Redis client with a libevent adapter: user features, async
+    libmariadb-dev       # MariaDB Connector/C: request log rows and the features table
+    # --- servers the local stack and the tests start privately (loopback, own data dirs)
+    mariadb-server       # the request log and the features' source of truth
+    redis-server         # the user-features cache
+    dnsmasq              # a DNS server on a loopback port: DNS discovery tests and demo
     # --- tests
     libcmocka-dev        # unit tests (tests/unit)
     openssl              # generates TLS test certificates (conf/gen-test-certs.sh)
@@ -41,6 +47,8 @@ PACKAGES=(
     python3-numpy        # writes embedding indexes and linear model files (runtime tools/)
     procps               # pgrep/ps: tests and benchmarks find and measure processes
     iproute2             # ss: tests and benchmarks check which ports are free or listening
+    python3-redis        # e2e tests read and write Redis directly to check the key layout
+    python3-pymysql      # e2e tests count request-log rows and seed features in MariaDB
 )
 
 missing=()
@@ -69,13 +77,13 @@ APT=(apt-get -q -y -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive "${APT[@]}" update
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive "${APT[@]}" install --no-install-recommends "${missing[@]}"
 
-# Some packages (haproxy, nghttp2-proxy) ship a service that starts on install; the project runs
+# Some packages (haproxy, nghttp2-proxy, the servers) ship a service that starts on install; the project runs
 # its own instances on its own ports, so a stray system daemon is only in the way. Stop it once,
 # right after install; never touch services that were installed before.
 for p in "${missing[@]}"; do
     case $p in
-    haproxy | nghttp2-proxy)
-        svc=$p; [ "$p" = nghttp2-proxy ] && svc=nghttpx
+    haproxy | nghttp2-proxy | mariadb-server | redis-server | dnsmasq)
+        case $p in nghttp2-proxy) svc=nghttpx ;; mariadb-server) svc=mariadb ;; *) svc=$p ;; esac
         if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
             "${SUDO[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
         fi
