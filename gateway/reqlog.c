@@ -210,13 +210,13 @@ static void put_fmt(out_t *o, const char *fmt, ...)
         put(o, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
-enum { NSTR = 11 }; /* string fields, in output order; error is formatted separately */
+enum { NSTR = 13 }; /* string fields, in output order; error is formatted separately */
 
 static void string_fields(const mg_reqlog_rec_t *r, const char *f[NSTR])
 {
     f[0] = r->request_id, f[1] = r->client, f[2] = r->proto, f[3] = r->method, f[4] = r->host;
     f[5] = r->path, f[6] = r->app, f[7] = r->env, f[8] = r->service, f[9] = r->pod;
-    f[10] = r->error;
+    f[10] = r->features, f[11] = r->features_hash, f[12] = r->error;
 }
 
 /* One formatting pass with every string content capped at |limit| bytes. */
@@ -225,6 +225,7 @@ static void format_line(out_t *o, const mg_reqlog_rec_t *r, size_t limit)
     static const char *const keys[NSTR - 1] = {
         "\",\"request_id\":", ",\"client\":", ",\"proto\":", ",\"method\":",  ",\"host\":",
         ",\"path\":",         ",\"app\":",    ",\"env\":",   ",\"service\":", ",\"pod\":",
+        ",\"features\":",     ",\"features_hash\":",
     };
     const char *f[NSTR];
     string_fields(r, f);
@@ -245,6 +246,7 @@ static void format_line(out_t *o, const mg_reqlog_rec_t *r, size_t limit)
     }
     put_fmt(o, ",\"status\":%d,\"req_bytes\":%" PRIu64 ",\"resp_bytes\":%" PRIu64, r->status,
             r->req_bytes, r->resp_bytes);
+    put_fmt(o, ",\"fallback\":%s,\"retries\":%u", r->fallback ? "true" : "false", r->retries);
     if (r->upstream_us < 0)
         put_lit(o, ",\"upstream_us\":null");
     else

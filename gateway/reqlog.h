@@ -10,6 +10,7 @@
 #ifndef MG_GATEWAY_REQLOG_H
 #define MG_GATEWAY_REQLOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,6 +37,10 @@ typedef struct mg_reqlog_rec {
     int64_t upstream_us; /* from upstream request start to its response headers; -1 = none */
     int64_t total_us;    /* from request headers to the end of the stream */
     const char *error;   /* short reason ("upstream_timeout", "connect_failed"...), or NULL */
+    bool fallback;       /* the route's split sent it to another service: its own was down */
+    unsigned retries;    /* attempts on other pods after the first */
+    const char *features;      /* "hit", "miss", "timeout", "unavailable", "off"; NULL = none */
+    const char *features_hash; /* short hash of the features sent upstream, or NULL */
 } mg_reqlog_rec_t;
 
 /* Opens |path| for appending ("-" = stdout) and starts the writer thread. NULL on failure

@@ -88,12 +88,17 @@ static void format_every_field(void **state)
     (void)state;
     static const char *const order[] = {
         "time",      "request_id", "client",      "proto",    "method", "host",
-        "path",      "app",        "env",         "service",  "pod",    "status",
-        "req_bytes", "resp_bytes", "upstream_us", "total_us", "error",
+        "path",      "app",        "env",         "service",  "pod",    "features",
+        "features_hash", "status", "req_bytes", "resp_bytes", "fallback", "retries",
+        "upstream_us", "total_us", "error",
     };
     char buf[8192];
     mg_reqlog_rec_t r = sample();
     r.error = "upstream_timeout";
+    r.fallback = true;
+    r.retries = 2;
+    r.features = "hit";
+    r.features_hash = "9f3a0c11";
     json_t *j = format_parse(&r, sizeof(buf), buf);
 
     /* jansson keeps insertion order: the keys must come in the documented order */
@@ -116,6 +121,10 @@ static void format_every_field(void **state)
     assert_str_field(j, "service", "digits-production-v3");
     assert_str_field(j, "pod", "10.0.0.7:8500");
     assert_str_field(j, "error", "upstream_timeout");
+    assert_str_field(j, "features", "hit");
+    assert_str_field(j, "features_hash", "9f3a0c11");
+    assert_true(json_is_true(json_object_get(j, "fallback")));
+    assert_int_equal(json_integer_value(json_object_get(j, "retries")), 2);
     assert_int_equal(json_integer_value(json_object_get(j, "status")), 200);
     assert_int_equal(json_integer_value(json_object_get(j, "req_bytes")), 84);
     assert_int_equal(json_integer_value(json_object_get(j, "upstream_us")), 1234);
