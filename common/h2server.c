@@ -53,6 +53,7 @@ struct mg_srv_stream {
     conn_t *c;
     int32_t id;
     void *data;
+    const mg_srv_handler_t *h; /* the server's, or one set by mg_srv_set_handler */
     mg_srv_stream_t *next_in_conn, *prev_in_conn;
     mg_srv_stream_t *drain_next;
     mg_arena_t arena;
@@ -398,7 +399,7 @@ static void stream_close(mg_srv_stream_t *s, bool complete)
     mg_srv_t *srv = c->srv;
     if (s->handled) {
         s->handled = false;
-        srv->h->on_close(s, complete);
+        s->h->on_close(s, complete);
     }
     if (c->h2 && s->unconsumed)
         nghttp2_session_consume_connection(c->h2, s->unconsumed);
@@ -438,6 +439,11 @@ static void stream_close(mg_srv_stream_t *s, bool complete)
 void mg_srv_set_data(mg_srv_stream_t *s, void *data)
 {
     s->data = data;
+}
+
+void mg_srv_set_handler(mg_srv_stream_t *s, const mg_srv_handler_t *h)
+{
+    s->h = h;
 }
 
 void *mg_srv_data(const mg_srv_stream_t *s)
@@ -576,7 +582,7 @@ static void stream_request_end(mg_srv_stream_t *s)
         return;
     s->req_ended = true;
     if (s->handled)
-        s->c->srv->h->on_end(s, s->trailers, s->ntrailers);
+        s->h->on_end(s, s->trailers, s->ntrailers);
 }
 
 /* Lets the handler log a request we answer ourselves; returns the request id it chose
@@ -610,11 +616,12 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
     mg_srv_req_t req;
     build_req(s, &req);
     s->handled = true;
+    s->h = c->srv->h;
     if (c->idle_timer)
         evtimer_del(c->idle_timer);
     c->srv->h->on_request(s, &req, c->srv->ud);
     if (end_stream && s->handled && s->c == c)
-        c->srv->h->on_end(s, NULL, 0);
+        s->h->on_end(s, NULL, 0);
 }
 
 static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
@@ -649,7 +656,7 @@ static int on_data_chunk(nghttp2_session *sess, uint8_t flags, int32_t id, const
         return 0;
     }
     s->unconsumed += len;
-    s->c->srv->h->on_body(s, data, len);
+    s->h->on_body(s, data, len);
     return 0;
 }
 
@@ -768,7 +775,7 @@ static void h2_flush(conn_t *c)
             mg_srv_stream_t *next = d->drain_next;
             d->in_drain_list = false;
             if (d->handled)
-                c->srv->h->on_drain(d);
+                d->h->on_drain(d);
             d = next;
         }
         if (c->dead)
@@ -937,7 +944,7 @@ static int h1_on_body(llhttp_t *p, const char *at, size_t len)
     if (s == NULL || !s->handled)
         return 0;
     s->unconsumed += len;
-    c->srv->h->on_body(s, (const uint8_t *)at, len);
+    s->h->on_body(s, (const uint8_t *)at, len);
     if (c->h1s == s && s->unconsumed > MG_SRV_HIGH && !c->h1_read_off) {
         c->h1_read_off = true; /* backpressure: the handler's sink is full */
         bufferevent_disable(c->bev, EV_READ);
@@ -983,7 +990,7 @@ static void h1_reject(conn_t *c, int status, const char *code, const char *msg)
     c->h1s->req_ended = true;
     if (c->h1s->handled) { /* the handler's request is void: tell it now */
         c->h1s->handled = false;
-        c->srv->h->on_close(c->h1s, false);
+        c->h1s->h->on_close(c->h1s, false);
     }
     const char *rid = report_reject(c->h1s, status, code);
     mg_srv_error(c->h1s, status, code, msg, rid, NULL, 0);
@@ -1417,7 +1424,7 @@ static void on_write(struct bufferevent *bev, void *arg)
             evbuffer_get_length(bufferevent_get_output(bev)) < MG_SRV_LOW) {
             s->want_drain = false;
             if (s->handled)
-                c->srv->h->on_drain(s);
+                s->h->on_drain(s);
         }
     }
     if (!c->dead && c->close_when_flushed &&

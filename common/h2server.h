@@ -110,6 +110,10 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
 /* --- per stream --- */
 void mg_srv_set_data(mg_srv_stream_t *s, void *data);
 void *mg_srv_data(const mg_srv_stream_t *s);
+/* From inside on_request: the stream's later events (on_body, on_end, on_drain, on_close) go to
+ * |h| instead of the server's handler. Lets one listener dispatch requests to sub-handlers (the
+ * admin listener's mounts). */
+void mg_srv_set_handler(mg_srv_stream_t *s, const mg_srv_handler_t *h);
 mg_arena_t *mg_srv_arena(mg_srv_stream_t *s);
 
 /* Sends the response head. |hdrs| must not hold pseudo-headers or hop-by-hop fields. With |end|,

@@ -254,6 +254,8 @@ void mg_conf_clear(mg_conf_t *c)
     free(c->routes_path);
     free(c->backends);
     free(c->access_log);
+    free(c->admin_listen);
+    free(c->admin_token_file);
     memset(c, 0, sizeof(*c));
 }
 
@@ -277,6 +279,8 @@ static bool conf_dup(mg_conf_t *dst, const mg_conf_t *src)
     ok &= dup_str(&dst->routes_path, src->routes_path);
     ok &= dup_str(&dst->backends, src->backends);
     ok &= dup_str(&dst->access_log, src->access_log);
+    ok &= dup_str(&dst->admin_listen, src->admin_listen);
+    ok &= dup_str(&dst->admin_token_file, src->admin_token_file);
     if (!ok)
         mg_conf_clear(dst);
     return ok;
@@ -491,11 +495,43 @@ static void parse_tls(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
     path_set(e, old);
 }
 
+/* "admin": {"listen": "127.0.0.1:9901", "token_file": "admin.token"} */
+static void parse_admin(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+{
+    static const char *const keys[] = {"listen", "token_file", NULL};
+    const json_t *admin = json_object_get(doc, "admin");
+    if (admin == NULL || json_is_null(admin))
+        return;
+    size_t old = path_key(e, "admin");
+    if (!json_is_object(admin)) {
+        type_error(e, admin, "object with keys listen, token_file");
+    } else {
+        check_keys(e, admin, keys);
+        const json_t *v = json_object_get(admin, "listen");
+        if (v != NULL) {
+            size_t o2 = path_key(e, "listen");
+            char host[256], q[300];
+            unsigned port;
+            const char *why;
+            if (!json_is_string(v))
+                type_error(e, v, "string \"host:port\"");
+            else if (mg_host_split_port(json_string_value(v), host, sizeof(host), &port, &why) !=
+                     MG_OK)
+                errf(e, "invalid address \"%s\" (%s)", ESC(q, json_string_value(v)), why);
+            else
+                set_str(e, &c->admin_listen, json_string_value(v));
+            path_set(e, o2);
+        }
+        parse_path(e, admin, "token_file", dir, false, &c->admin_token_file);
+    }
+    path_set(e, old);
+}
+
 static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     static const char *const keys[] = {"listen",     "tls",       "workers", "routes",
                                        "access_log", "log_level", "limits",  "timeouts_ms",
-                                       "upstream",   NULL};
+                                       "upstream",   "admin",     NULL};
     char q[300];
     if (!json_is_object(doc)) {
         type_error(e, doc, "object");
@@ -504,6 +540,7 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
     check_keys(e, doc, keys);
     parse_listen(e, doc, "listen", c->listen, &c->nlisten);
     parse_tls(e, doc, dir, c);
+    parse_admin(e, doc, dir, c);
 
     const json_t *v = json_object_get(doc, "workers");
     if (v != NULL) {

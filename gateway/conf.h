@@ -18,7 +18,8 @@
  *                 "max_request_body": 0 },            0 = unlimited
  *     "timeouts_ms": { "connect": 2000, "first_byte": 30000, "idle": 60000, "total": 0,
  *                      "client_idle": 120000, "drain": 10000 },      0 = none
- *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64 } }
+ *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64 },
+ *     "admin": { "listen": "127.0.0.1:9901", "token_file": "admin.token" } }   no admin = off
  */
 #ifndef MG_GATEWAY_CONF_H
 #define MG_GATEWAY_CONF_H
@@ -45,6 +46,8 @@ typedef struct mg_conf {
     mg_upstream_proto_t backend_proto; /* quick start: --backend-proto h2c|http1 */
 
     char *access_log; /* NULL = off, "-" = stdout */
+    char *admin_listen;     /* admin listener "host:port" (metrics, admin API); NULL = none */
+    char *admin_token_file; /* bearer token for the admin API; NULL = none (loopback only) */
     int log_level;    /* mg_log_level_t */
 
     struct {

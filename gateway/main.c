@@ -35,6 +35,7 @@
 #include "common/h2server.h"
 #include "common/listen.h"
 #include "common/log.h"
+#include "gateway/admin.h"
 #include "gateway/conf.h"
 #include "gateway/proxy.h"
 #include "gateway/reqlog.h"
@@ -57,6 +58,7 @@ typedef struct worker {
 
 static const mg_conf_t *g_conf;
 static mg_reqlog_t *g_log;
+static mg_admin_t *g_admin; /* NULL when no admin listener is configured */
 static worker_t *g_workers;
 static unsigned g_nworkers;
 static mg_routes_t *g_routes;
@@ -375,6 +377,14 @@ int main(int argc, char **argv)
         if (g_log == NULL)
             goto out; /* the reason is logged */
     }
+    if (conf.admin_listen) {
+        char err[512];
+        g_admin = mg_admin_new(conf.admin_listen, conf.admin_token_file, err, sizeof(err));
+        if (g_admin == NULL) {
+            fprintf(stderr, "modelgate: %s\n", err);
+            goto out;
+        }
+    }
 
     mg_srv_conf_t sc = {
         .max_concurrent_streams = conf.limits.max_concurrent_streams,
@@ -397,11 +407,16 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < g_nworkers; i++)
         if (start_worker(i, &conf, &sc, tls) != 0)
             goto out;
+    if (g_admin && mg_admin_start(g_admin) != MG_OK) {
+        fprintf(stderr, "modelgate: cannot start the admin listener's thread\n");
+        goto out;
+    }
 
     serve(&conf);
     rc = 0;
     MG_LOG(MG_LOG_INFO, "main", "stopped");
 out:
+    mg_admin_free(g_admin); /* first: its pages read the workers' counters */
     free_workers();
     if (g_routes)
         mg_routes_unref(g_routes);

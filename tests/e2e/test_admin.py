@@ -1,0 +1,54 @@
+"""
+The admin listener: its own port, bearer token from a file, loopback-only without a token.
+(/metrics and the admin API's endpoints have their own tests.)
+"""
+
+import os
+import subprocess
+
+from conftest import GATEWAY_BIN, free_port, routes_doc
+
+
+def get(port, path, token=None):
+    import httpx
+    headers = {"authorization": "Bearer " + token} if token else {}
+    return httpx.get("http://127.0.0.1:%d%s" % (port, path), headers=headers, timeout=5)
+
+
+def test_token_required_except_healthz(procs):
+    a = procs.backend("pod-a")
+    token_path = os.path.join(procs.dir, "admin.token")
+    with open(token_path, "w") as f:
+        f.write("s3cret-token\n")
+    port = free_port()
+    procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                  conf={"admin": {"listen": "127.0.0.1:%d" % port, "token_file": token_path}})
+    assert get(port, "/healthz").status_code == 200
+    r = get(port, "/no-such-page")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert r.json()["error"]["code"] == "unauthorized"
+    assert get(port, "/no-such-page", "wrong-token").status_code == 401
+    assert get(port, "/no-such-page", "s3cret-token-and-more").status_code == 401
+    r = get(port, "/no-such-page", "s3cret-token")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_no_token_means_loopback_only(procs, tmp_path):
+    conf = tmp_path / "gateway.json"
+    conf.write_text('{"listen": ["127.0.0.1:%d"], "admin": {"listen": "0.0.0.0:%d"}}'
+                    % (free_port(), free_port()))
+    r = subprocess.run([GATEWAY_BIN, "--config", str(conf), "--backend", "127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+    assert "not a loopback address" in r.stderr and "token_file" in r.stderr
+
+
+def test_missing_token_file_is_named(procs, tmp_path):
+    conf = tmp_path / "gateway.json"
+    conf.write_text('{"listen": ["127.0.0.1:%d"], "admin": {"listen": "127.0.0.1:%d", '
+                    '"token_file": "nope.token"}}' % (free_port(), free_port()))
+    r = subprocess.run([GATEWAY_BIN, "--config", str(conf), "--backend", "127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+    assert "nope.token" in r.stderr and "No such file" in r.stderr
