@@ -39,6 +39,8 @@
 #include "gateway/conf.h"
 #include "gateway/proxy.h"
 #include "gateway/reqlog.h"
+#include "common/stats.h"
+#include "routing/podstate.h"
 #include "routing/routes.h"
 
 typedef struct worker {
@@ -221,7 +223,7 @@ static int start_worker(unsigned i, const mg_conf_t *conf, const mg_srv_conf_t *
     w->base = ec ? event_base_new_with_config(ec) : NULL;
     if (ec)
         event_config_free(ec);
-    w->proxy = w->base ? mg_proxy_new(w->base, conf, g_log) : NULL;
+    w->proxy = w->base ? mg_proxy_new(w->base, conf, g_log, i) : NULL;
     w->srv = w->proxy ? mg_srv_new(w->base, sc, mg_proxy_handler(), w->proxy, tls) : NULL;
     if (pipe2(w->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
         w->pipe[0] = w->pipe[1] = -1;
@@ -357,6 +359,9 @@ int main(int argc, char **argv)
 
     int rc = 1;
     SSL_CTX *tls = NULL;
+    /* before any snapshot: balancers and counters get one row per worker */
+    mg_stats_init(conf.workers);
+    mg_routes_set_workers(conf.workers);
     g_routes = conf.routes_path ? mg_routes_load(conf.routes_path, &errors)
                                 : mg_routes_catchall(conf.backends, conf.backend_proto, &errors);
     if (g_routes == NULL) {
@@ -424,6 +429,8 @@ out:
         mg_reqlog_close(g_log);
     if (tls)
         SSL_CTX_free(tls);
+    mg_podstate_free_all();
+    mg_stats_free_all();
     mg_conf_clear(&conf);
     return rc;
 }

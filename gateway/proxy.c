@@ -24,8 +24,12 @@
 
 #include <event2/buffer.h>
 
+#include "canary/split.h"
 #include "common/log.h"
+#include "common/stats.h"
 #include "gateway/upstream.h"
+#include "routing/balance.h"
+#include "routing/podstate.h"
 
 typedef struct exch exch_t;
 
@@ -38,24 +42,45 @@ struct mg_proxy {
     exch_t *free_exch;
     size_t nfree, inflight;
     uint64_t rid_state; /* xorshift state for request ids */
+    uint64_t rng;       /* xorshift state for splits and balancing */
+    unsigned worker;    /* this worker's index: its row in balancers and counters */
 };
+
+/* How an attempt on a pod ended, for passive outlier detection. */
+typedef enum outcome {
+    OUTCOME_OK,      /* the pod answered (any status but 502/503/504) */
+    OUTCOME_FAILED,  /* connect error, reset, 502/503/504, timeout */
+    OUTCOME_NEUTRAL, /* cancelled by us or the client: says nothing about the pod */
+} outcome_t;
 
 struct exch {
     mg_proxy_t *p;
     exch_t *next_free;
     mg_srv_stream_t *s;
     mg_routes_t *routes;
+    const mg_route_t *route;
     mg_service_t *svc;
     int pod;
     uint64_t tried;
     mg_up_stream_t *up;
     struct evbuffer *body;
+    struct evbuffer *kept; /* a copy of the request body for replays (recycled with |e|) */
     struct event *timer;
     mg_up_req_t upreq;
     const mg_hdr_t *req_trailers;
     size_t nreq_trailers;
     int busy;
     bool closed, req_ended, resp_started, finished, body_sent_upstream;
+    bool attempt_live;    /* an attempt holds the pod's in-flight count */
+    bool attempt_waiting; /* ... and its pending count (no response head yet) */
+    bool attempt_bad;     /* its answer was 502/503/504: a failure when it ends */
+    bool replayable;      /* |kept| holds the whole body so far (or there is none) */
+    bool retry_sent_ok;   /* the method or the route allows repeating a sent request */
+    bool fallback;
+    bool has_key;
+    uint64_t hash_key;
+    unsigned retries;
+    uint32_t to_first_byte, to_idle, to_total; /* ms, this route's */
     size_t srv_unconsumed, up_unconsumed;
     uint64_t req_bytes, resp_bytes;
     int64_t t_wall, t_start, t_up_start, t_up_headers, t_activity;
@@ -99,12 +124,13 @@ static void on_timer(evutil_socket_t fd, short what, void *arg);
 static exch_t *exch_new(mg_proxy_t *p)
 {
     exch_t *e = p->free_exch;
-    struct evbuffer *body = NULL;
+    struct evbuffer *body = NULL, *kept = NULL;
     struct event *timer = NULL;
     if (e) {
         p->free_exch = e->next_free;
         p->nfree--;
         body = e->body;
+        kept = e->kept;
         timer = e->timer;
     } else {
         e = malloc(sizeof(*e));
@@ -124,6 +150,7 @@ static exch_t *exch_new(mg_proxy_t *p)
     memset(e, 0, sizeof(*e));
     e->p = p;
     e->body = body;
+    e->kept = kept;
     e->timer = timer;
     e->pod = -1;
     e->resp_cl = -1;
@@ -136,6 +163,8 @@ static void exch_free(exch_t *e)
     mg_proxy_t *p = e->p;
     evtimer_del(e->timer);
     evbuffer_drain(e->body, evbuffer_get_length(e->body));
+    if (e->kept)
+        evbuffer_drain(e->kept, evbuffer_get_length(e->kept));
     if (e->routes)
         mg_routes_unref(e->routes);
     p->inflight--;
@@ -145,6 +174,8 @@ static void exch_free(exch_t *e)
         p->nfree++;
     } else {
         evbuffer_free(e->body);
+        if (e->kept)
+            evbuffer_free(e->kept);
         event_free(e->timer);
         free(e);
     }
@@ -231,13 +262,27 @@ static void make_request_id(mg_proxy_t *p, char *out, size_t cap)
     out[32] = '\0';
 }
 
+/* Counts the finished request on this worker's route, service and pod series. */
+static void record_stats(exch_t *e, int64_t total_us)
+{
+    unsigned w = e->p->worker;
+    if (e->route)
+        mg_stats_record(e->route->stats, w, e->status, total_us);
+    if (e->svc) {
+        mg_stats_record(e->svc->stats, w, e->status, total_us);
+        if (e->pod >= 0 && e->svc->pods[e->pod].state)
+            mg_stats_record(e->svc->pods[e->pod].state->stats, w, e->status, total_us);
+    }
+}
+
 static void write_log(exch_t *e)
 {
     mg_proxy_t *p = e->p;
+    int64_t now = now_us();
+    record_stats(e, now - e->t_start);
     if (p->log == NULL)
         return;
     const mg_pod_t *pod = e->svc && e->pod >= 0 ? &e->svc->pods[e->pod] : NULL;
-    int64_t now = now_us();
     mg_reqlog_rec_t rec = {
         .time_us = e->t_wall,
         .request_id = e->request_id,
@@ -256,8 +301,71 @@ static void write_log(exch_t *e)
         .upstream_us = e->t_up_headers ? e->t_up_headers - e->t_up_start : -1,
         .total_us = now - e->t_start,
         .error = e->error,
+        .fallback = e->fallback,
+        .retries = e->retries,
     };
     mg_reqlog_write(p->log, &rec);
+}
+
+/* ---------- attempts: accounting, passive outlier detection ---------- */
+
+/* Ejects pod |i| of |svc| after too many failures in a row, unless that would take out more
+ * than max_ejected_percent of the service's pods (one pod may always be ejected). Each ejection
+ * lasts base * (times ejected before), up to max. */
+static void maybe_eject(exch_t *e, mg_service_t *svc, int i, uint64_t now)
+{
+    const mg_outlier_conf_t *oc = &svc->outlier;
+    mg_podstate_t *ps = svc->pods[i].state;
+    size_t ejected = 0;
+    for (size_t k = 0; k < svc->npods; k++)
+        if (atomic_load_explicit(&svc->pods[k].state->ejected_until_ms, memory_order_relaxed) >
+            now)
+            ejected++;
+    if (ejected > 0 && (ejected + 1) * 100 > (size_t)oc->max_ejected_percent * svc->npods)
+        return;
+    unsigned times = atomic_fetch_add_explicit(&ps->ejections, 1, memory_order_relaxed) + 1;
+    uint64_t len = (uint64_t)oc->base_ejection_ms * times;
+    if (len > oc->max_ejection_ms)
+        len = oc->max_ejection_ms;
+    atomic_store_explicit(&ps->ejected_until_ms, now + len, memory_order_relaxed);
+    atomic_store_explicit(&ps->usable_since_ms, now + len, memory_order_relaxed);
+    atomic_store_explicit(&ps->consecutive_failures, 0, memory_order_relaxed);
+    mg_stats_inc(ps->stats, e->p->worker, offsetof(mg_stat_block_t, ejections));
+    MG_LOG(MG_LOG_WARN, "proxy", "pod %s of service %s ejected for %llu ms (%u failures in a row)",
+           svc->pods[i].name, svc->name, (unsigned long long)len, oc->consecutive_failures);
+}
+
+/* Ends the current attempt's hold on its pod: counters, then the pod's failure streak. */
+static void attempt_done(exch_t *e, outcome_t how)
+{
+    if (!e->attempt_live)
+        return;
+    mg_service_t *svc = e->svc;
+    mg_podstate_t *ps = svc->pods[e->pod].state;
+    e->attempt_live = false;
+    if (e->attempt_waiting) {
+        e->attempt_waiting = false;
+        atomic_fetch_sub_explicit(&ps->waiting, 1, memory_order_relaxed);
+    }
+    mg_balance_release(svc->lb, e->pod);
+    if (how == OUTCOME_OK) {
+        if (atomic_load_explicit(&ps->consecutive_failures, memory_order_relaxed))
+            atomic_store_explicit(&ps->consecutive_failures, 0, memory_order_relaxed);
+        /* a pod that stays good after its ejection earns its ejection count back */
+        unsigned ej = atomic_load_explicit(&ps->ejections, memory_order_relaxed);
+        if (ej) {
+            uint64_t now = mg_podstate_now_ms();
+            uint64_t until = atomic_load_explicit(&ps->ejected_until_ms, memory_order_relaxed);
+            if (now > until + (uint64_t)svc->outlier.base_ejection_ms * ej)
+                atomic_compare_exchange_strong(&ps->ejections, &ej, ej - 1);
+        }
+    } else if (how == OUTCOME_FAILED) {
+        mg_stats_inc(ps->stats, e->p->worker, offsetof(mg_stat_block_t, failures));
+        unsigned f = atomic_fetch_add_explicit(&ps->consecutive_failures, 1,
+                                               memory_order_relaxed) + 1;
+        if (svc->outlier.consecutive_failures && f >= svc->outlier.consecutive_failures)
+            maybe_eject(e, svc, e->pod, mg_podstate_now_ms());
+    }
 }
 
 /* Answers with a JSON error when nothing was sent yet, else aborts the stream. */
@@ -270,6 +378,7 @@ static void fail(exch_t *e, int status, const char *code, const char *fmt, ...)
         mg_up_cancel(e->up);
         e->up = NULL;
     }
+    attempt_done(e, OUTCOME_NEUTRAL);
     if (e->error == NULL)
         e->error = code;
     if (e->finished || e->closed)
@@ -289,8 +398,10 @@ static void fail(exch_t *e, int status, const char *code, const char *fmt, ...)
             mg_srv_consume(e->s, e->srv_unconsumed);
             e->srv_unconsumed = 0;
         }
+        mg_hdr_t svc_hdr = {"x-modelgate-service", e->svc ? e->svc->name : "", 19,
+                            e->svc ? strlen(e->svc->name) : 0, false};
         if (!e->closed)
-            mg_srv_error(e->s, status, code, msg, e->request_id, NULL, 0);
+            mg_srv_error(e->s, status, code, msg, e->request_id, &svc_hdr, e->svc ? 1 : 0);
     } else if (!e->closed) {
         mg_srv_reset(e->s);
     }
@@ -299,16 +410,15 @@ static void fail(exch_t *e, int status, const char *code, const char *fmt, ...)
 
 static void arm_timer(exch_t *e)
 {
-    const mg_conf_t *c = e->p->conf;
     int64_t now = now_us(), next = INT64_MAX;
-    if (c->timeouts_ms.total)
-        next = e->t_start + (int64_t)c->timeouts_ms.total * 1000;
-    if (e->up && !e->resp_started && c->timeouts_ms.first_byte) {
-        int64_t d = e->t_up_start + (int64_t)c->timeouts_ms.first_byte * 1000;
+    if (e->to_total)
+        next = e->t_start + (int64_t)e->to_total * 1000;
+    if (e->up && !e->resp_started && e->to_first_byte) {
+        int64_t d = e->t_up_start + (int64_t)e->to_first_byte * 1000;
         next = d < next ? d : next;
     }
-    if (c->timeouts_ms.idle) { /* t_activity is loop time: convert the deadline */
-        int64_t d = now + (e->t_activity + (int64_t)c->timeouts_ms.idle * 1000 - loop_us(e->p));
+    if (e->to_idle) { /* t_activity is loop time: convert the deadline */
+        int64_t d = now + (e->t_activity + (int64_t)e->to_idle * 1000 - loop_us(e->p));
         next = d < next ? d : next;
     }
     if (next == INT64_MAX)
@@ -321,39 +431,140 @@ static void arm_timer(exch_t *e)
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     exch_t *e = arg;
-    const mg_conf_t *c = e->p->conf;
     int64_t now = now_us();
     if (e->finished)
         return;
-    if (c->timeouts_ms.total && now >= e->t_start + (int64_t)c->timeouts_ms.total * 1000)
-        fail(e, 504, "request_timeout", "the request took longer than %u ms",
-             c->timeouts_ms.total);
-    else if (e->up && !e->resp_started && c->timeouts_ms.first_byte &&
-             now >= e->t_up_start + (int64_t)c->timeouts_ms.first_byte * 1000)
+    if (e->to_total && now >= e->t_start + (int64_t)e->to_total * 1000) {
+        fail(e, 504, "request_timeout", "the request took longer than %u ms", e->to_total);
+    } else if (e->up && !e->resp_started && e->to_first_byte &&
+               now >= e->t_up_start + (int64_t)e->to_first_byte * 1000) {
+        attempt_done(e, OUTCOME_FAILED); /* a pod that does not answer counts against it */
         fail(e, 504, "upstream_timeout", "pod %s sent no response within %u ms",
-             e->svc->pods[e->pod].name, c->timeouts_ms.first_byte);
-    else if (c->timeouts_ms.idle &&
-             loop_us(e->p) >= e->t_activity + (int64_t)c->timeouts_ms.idle * 1000)
-        fail(e, 504, "upstream_idle_timeout", "no data moved for %u ms", c->timeouts_ms.idle);
-    else
+             e->svc->pods[e->pod].name, e->to_first_byte);
+    } else if (e->to_idle && loop_us(e->p) >= e->t_activity + (int64_t)e->to_idle * 1000) {
+        fail(e, 504, "upstream_idle_timeout", "no data moved for %u ms", e->to_idle);
+    } else {
         arm_timer(e);
+    }
 }
 
-/* ---------- attempts ---------- */
+/* ---------- choosing a service and a pod ---------- */
 
-/* Starts the request on the next untried pod. Returns false when every pod was tried. */
-static bool attempt(exch_t *e)
+/* Why no pod could be picked: the 503's words. */
+typedef struct pick_fail {
+    unsigned unhealthy, ejected, limited, drained, tried;
+} pick_fail_t;
+
+static bool service_up(const mg_service_t *svc, uint64_t now)
+{
+    for (size_t i = 0; i < svc->npods; i++)
+        if (svc->pods[i].weight && mg_podstate_usable(svc->pods[i].state, now))
+            return true;
+    return false;
+}
+
+/* A pod of e->svc for the next attempt, or -1 with the reasons counted in |why|. */
+static int pick_pod(exch_t *e, pick_fail_t *why)
+{
+    mg_service_t *svc = e->svc;
+    uint64_t now = mg_podstate_now_ms(), usable = 0;
+    uint64_t since[MG_BALANCE_MAX_PODS];
+    memset(why, 0, sizeof(*why));
+    for (size_t i = 0; i < svc->npods; i++) {
+        const mg_podstate_t *ps = svc->pods[i].state;
+        uint64_t bit = (uint64_t)1 << i;
+        since[i] = atomic_load_explicit(&ps->usable_since_ms, memory_order_relaxed);
+        if (svc->pods[i].weight == 0) {
+            why->drained++;
+        } else if (e->tried & bit) {
+            why->tried++;
+        } else if (!mg_podstate_usable(ps, now)) {
+            int h = atomic_load_explicit(&ps->health, memory_order_relaxed);
+            if (h == MG_POD_HEALTH_UNKNOWN || h == MG_POD_HEALTH_UNHEALTHY)
+                why->unhealthy++;
+            else
+                why->ejected++;
+        } else if ((svc->max_requests_per_pod &&
+                    atomic_load_explicit(&ps->inflight, memory_order_relaxed) >=
+                        svc->max_requests_per_pod) ||
+                   (svc->max_pending_per_pod &&
+                    atomic_load_explicit(&ps->waiting, memory_order_relaxed) >=
+                        svc->max_pending_per_pod)) {
+            why->limited++;
+        } else {
+            usable |= bit;
+        }
+    }
+    if (usable == 0)
+        return -1;
+    mg_pick_ctx_t ctx = {
+        .usable = usable,
+        .tried = e->tried,
+        .key = e->hash_key,
+        .has_key = e->has_key,
+        .now_ms = now,
+        .became_usable_ms = svc->slow_start_ms ? since : NULL,
+        .worker = e->p->worker,
+        .rng = &e->p->rng,
+    };
+    return mg_balance_pick(svc->lb, &ctx);
+}
+
+/* The retry budget of e->svc on this worker: retries may add budget_percent of the requests
+ * of the current second, or min_per_second, whichever is more. */
+static bool budget_allows(exch_t *e)
+{
+    mg_stat_block_t *b = &e->svc->stats->w[e->p->worker];
+    const mg_retry_conf_t *rc = &e->svc->retry;
+    uint64_t reqs = atomic_load_explicit(&b->budget_requests, memory_order_relaxed);
+    uint64_t done = atomic_load_explicit(&b->budget_retries, memory_order_relaxed);
+    uint64_t cap = reqs * rc->budget_percent / 100;
+    if (cap < rc->min_per_second)
+        cap = rc->min_per_second;
+    if (done >= cap) {
+        mg_stats_inc(e->svc->stats, e->p->worker, offsetof(mg_stat_block_t, budget_exhausted));
+        return false;
+    }
+    atomic_store_explicit(&b->budget_retries, done + 1, memory_order_relaxed);
+    return true;
+}
+
+static void budget_count_request(exch_t *e)
+{
+    mg_stat_block_t *b = &e->svc->stats->w[e->p->worker];
+    uint64_t sec = (uint64_t)(loop_us(e->p) / 1000000);
+    if (atomic_load_explicit(&b->budget_second, memory_order_relaxed) != sec) {
+        atomic_store_explicit(&b->budget_second, sec, memory_order_relaxed);
+        atomic_store_explicit(&b->budget_requests, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->budget_retries, 0, memory_order_relaxed);
+    }
+    atomic_store_explicit(&b->budget_requests,
+                          atomic_load_explicit(&b->budget_requests, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+/*
+ * Starts the request on a pod it has not tried. Returns false when no pod can take it; then
+ * *why says why (for the 503).
+ */
+static bool attempt(exch_t *e, pick_fail_t *why)
 {
     for (;;) {
-        int idx = mg_service_pick(e->svc, e->tried);
+        int idx = pick_pod(e, why);
         if (idx < 0)
             return false;
+        mg_podstate_t *ps = e->svc->pods[idx].state;
         e->tried |= 1ULL << idx;
         e->pod = idx;
         e->t_up_start = now_us();
+        mg_balance_acquire(e->svc->lb, idx);
+        atomic_fetch_add_explicit(&ps->waiting, 1, memory_order_relaxed);
+        e->attempt_live = e->attempt_waiting = true;
         e->up = mg_up_start(e->p->ups, &e->svc->pods[idx], e->svc->proto, &e->upreq, &up_cbs, e);
-        if (e->up == NULL)
+        if (e->up == NULL) {
+            attempt_done(e, OUTCOME_NEUTRAL);
             continue;
+        }
         if (e->req_ended)
             mg_up_body_end(e->up, e->req_trailers, e->nreq_trailers);
         else if (evbuffer_get_length(e->body))
@@ -363,21 +574,98 @@ static bool attempt(exch_t *e)
     }
 }
 
+/* Puts the kept copy of the body back for another attempt (the last one drained |body|). */
+static void rewind_body(exch_t *e)
+{
+    evbuffer_drain(e->body, evbuffer_get_length(e->body));
+    if (e->kept && evbuffer_get_length(e->kept))
+        evbuffer_add(e->body, evbuffer_pullup(e->kept, -1), evbuffer_get_length(e->kept));
+}
+
+/* After a failed attempt: try another pod if the request may be repeated. |sent|: bytes may
+ * have reached the pod. Returns true when another attempt started. */
+static bool retry(exch_t *e, bool sent)
+{
+    if (e->finished || e->resp_started)
+        return false;
+    if (sent && !(e->retry_sent_ok && e->replayable))
+        return false;
+    /* connect failures never reached a pod: they may try every pod; others are capped */
+    if (sent && e->retries >= e->svc->retry.attempts)
+        return false;
+    if (!budget_allows(e))
+        return false;
+    if (sent)
+        rewind_body(e);
+    pick_fail_t why;
+    hold(e);
+    bool again = attempt(e, &why);
+    if (again) {
+        e->retries++;
+        mg_stats_inc(e->svc->stats, e->p->worker, offsetof(mg_stat_block_t, retries));
+    }
+    release(e);
+    return again;
+}
+
 /* ---------- upstream callbacks ---------- */
+
+/* Is there a pod this request has not tried that could take it now? */
+static bool other_pod_usable(const exch_t *e)
+{
+    uint64_t now = mg_podstate_now_ms();
+    for (size_t i = 0; i < e->svc->npods; i++)
+        if (!(e->tried & ((uint64_t)1 << i)) && e->svc->pods[i].weight &&
+            mg_podstate_usable(e->svc->pods[i].state, now))
+            return true;
+    return false;
+}
+
+static bool retriable_status(const mg_service_t *svc, int status)
+{
+    return svc->retry.on_5xx && (status == 502 || status == 503);
+}
 
 static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bool end)
 {
     exch_t *e = ctx;
+    mg_up_stream_t *up = e->up;
     if (end)
         e->up = NULL; /* trailers-only response: the upstream stream is gone */
     if (e->finished)
         return;
+    bool bad = status == 502 || status == 503 || status == 504;
+    if (bad && retriable_status(e->svc, status) && e->attempt_live && e->retry_sent_ok &&
+        e->replayable && e->retries < e->svc->retry.attempts && other_pod_usable(e)) {
+        /* answered with a retriable status before any byte reached the client: another pod
+         * may do better; this answer is dropped */
+        if (up && !end) {
+            mg_up_cancel(up);
+            e->up = NULL;
+        }
+        attempt_done(e, OUTCOME_FAILED);
+        e->up = NULL;
+        if (retry(e, true))
+            return;
+        /* no retry: the client gets a gateway error naming the pod's answer */
+        fail(e, status, status == 503 ? "upstream_unavailable" : "upstream_bad_gateway",
+             "pod %s answered %d and the request could not be retried", e->svc->pods[e->pod].name,
+             status);
+        return;
+    }
+    if (e->attempt_waiting) {
+        e->attempt_waiting = false;
+        atomic_fetch_sub_explicit(&e->svc->pods[e->pod].state->waiting, 1, memory_order_relaxed);
+    }
+    e->attempt_bad = bad; /* forwarded, but it still counts against the pod */
+    if (end)
+        attempt_done(e, bad ? OUTCOME_FAILED : OUTCOME_OK);
     e->resp_started = true;
     e->t_up_headers = now_us();
     e->t_activity = loop_us(e->p);
     e->status = status;
     mg_arena_t *a = mg_srv_arena(e->s);
-    mg_hdr_t *out = mg_arena_alloc(a, sizeof(mg_hdr_t) * (n + 2));
+    mg_hdr_t *out = mg_arena_alloc(a, sizeof(mg_hdr_t) * (n + 3));
     if (out == NULL) {
         fail(e, 502, "upstream_headers_too_large", "the pod's response head is too large");
         return;
@@ -392,10 +680,13 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
             has_rid = true;
         else if (name_is(&h[i], "content-length", 14))
             e->resp_cl = strtoll(h[i].value, NULL, 10);
+        else if (name_is(&h[i], "x-modelgate-service", 19))
+            continue; /* ours to say */
         out[k++] = h[i];
     }
     if (!has_rid)
         out[k++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), true};
+    out[k++] = (mg_hdr_t){"x-modelgate-service", e->svc->name, 19, strlen(e->svc->name), false};
     hold(e);
     if (end) {
         e->finished = true;
@@ -434,6 +725,7 @@ static void up_on_end(void *ctx, const mg_hdr_t *trailers, size_t n)
 {
     exch_t *e = ctx;
     e->up = NULL;
+    attempt_done(e, e->attempt_bad ? OUTCOME_FAILED : OUTCOME_OK);
     if (e->finished)
         return;
     e->finished = true;
@@ -452,16 +744,16 @@ static void up_on_error(void *ctx, mg_up_fail_t why, bool sent)
 {
     exch_t *e = ctx;
     e->up = NULL;
+    /* a refused stream (GOAWAY, REFUSED_STREAM) was not processed: the pod is leaving politely */
+    attempt_done(e, why == MG_UP_REFUSED ? OUTCOME_NEUTRAL : OUTCOME_FAILED);
     if (e->finished)
         return;
     const char *pod = e->svc->pods[e->pod].name;
-    if (!sent && !e->resp_started) {
-        hold(e);
-        bool again = attempt(e);
-        release(e);
-        if (again)
-            return;
-    }
+    if (!sent && retry(e, false))
+        return;
+    if (sent && (why == MG_UP_RESET || why == MG_UP_REFUSED) && e->svc->retry.on_reset &&
+        retry(e, true))
+        return;
     switch (why) {
     case MG_UP_CONNECT_REFUSED:
         fail(e, 502, "upstream_unavailable",
@@ -504,6 +796,105 @@ static const mg_up_cbs_t up_cbs = {
 
 /* ---------- server (client side) callbacks ---------- */
 
+static const mg_hdr_t *find_hdr(const mg_srv_req_t *req, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < req->nhdrs; i++)
+        if (name_is(&req->hdrs[i], name, len))
+            return &req->hdrs[i];
+    return NULL;
+}
+
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a; the balancer mixes it again */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static bool idempotent(const char *m)
+{
+    return strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 || strcmp(m, "OPTIONS") == 0 ||
+           strcmp(m, "PUT") == 0 || strcmp(m, "DELETE") == 0 || strcmp(m, "TRACE") == 0;
+}
+
+/* Picks the route's service (a split's share, sticky or not, with fallback), then sets what
+ * the attempts need: hash key, timeouts, replay. False when the request was answered. */
+static bool choose_service(exch_t *e, const mg_srv_req_t *req)
+{
+    const mg_route_t *rt = e->route;
+    e->svc = rt->service;
+    if (rt->split) {
+        uint64_t now = mg_podstate_now_ms(), down = 0;
+        for (size_t i = 0; i < rt->nsplit; i++)
+            if (!service_up(rt->split_services[i], now))
+                down |= (uint64_t)1 << i;
+        const mg_hdr_t *unit = rt->sticky_header ? find_hdr(req, rt->sticky_header) : NULL;
+        int k = unit && unit->value_len
+                    ? mg_split_pick_sticky(rt->split, unit->value, unit->value_len, down,
+                                           &e->fallback)
+                    : mg_split_pick(rt->split, down, &e->p->rng, &e->fallback);
+        if (k >= 0) {
+            e->svc = rt->split_services[k];
+        } else { /* every service of the split is down: its own 503 says so */
+            e->svc = rt->split_services[mg_split_pick(rt->split, 0, &e->p->rng, NULL)];
+        }
+        if (e->fallback)
+            mg_stats_inc(e->svc->stats, e->p->worker, offsetof(mg_stat_block_t, fallbacks));
+    }
+    mg_service_t *svc = e->svc;
+    budget_count_request(e);
+    if (svc->policy == MG_BALANCE_CONSISTENT_HASH) {
+        if (svc->hash_on == MG_HASH_CLIENT_IP) {
+            e->hash_key = hash_bytes(req->client_ip, strlen(req->client_ip));
+            e->has_key = true;
+        } else {
+            const mg_hdr_t *k = find_hdr(req, svc->hash_header);
+            if (k && k->value_len) {
+                e->hash_key = hash_bytes(k->value, k->value_len);
+                e->has_key = true;
+            }
+        }
+    }
+    const mg_conf_t *c = e->p->conf;
+    e->to_first_byte = rt->timeouts.first_byte ? rt->timeouts.first_byte
+                                               : c->timeouts_ms.first_byte;
+    e->to_idle = rt->timeouts.idle ? rt->timeouts.idle : c->timeouts_ms.idle;
+    e->to_total = rt->timeouts.total ? rt->timeouts.total : c->timeouts_ms.total;
+    e->retry_sent_ok = idempotent(req->method) || rt->retry_post;
+    /* a body is kept for replays only when the request may be repeated and it is small */
+    e->replayable = !req->has_body ||
+                    (e->retry_sent_ok && rt->replay_max_bytes > 0 &&
+                     (req->content_length < 0 ||
+                      (uint64_t)req->content_length <= rt->replay_max_bytes));
+    if (e->replayable && req->has_body && e->kept == NULL &&
+        (e->kept = evbuffer_new()) == NULL)
+        e->replayable = false;
+    return true;
+}
+
+static void fail_no_pod(exch_t *e, const pick_fail_t *why)
+{
+    mg_service_t *svc = e->svc;
+    if (svc->npods == 0) {
+        fail(e, 503, "no_pods",
+             "service '%s' has no pods%s", svc->name,
+             svc->dns_name ? " (nothing discovered in DNS yet)" : "");
+    } else if (why->limited && !why->unhealthy && !why->ejected && !why->tried) {
+        mg_stats_inc(svc->stats, e->p->worker, offsetof(mg_stat_block_t, overflows));
+        fail(e, 503, "overloaded",
+             "every pod of service '%s' is at its limit (max_requests_per_pod %u, "
+             "max_pending_per_pod %u)",
+             svc->name, svc->max_requests_per_pod, svc->max_pending_per_pod);
+    } else {
+        fail(e, 503, "no_healthy_pod",
+             "service '%s' has no pod that can take the request (%zu pods: %u unhealthy, "
+             "%u ejected, %u at their limit, %u drained)",
+             svc->name, svc->npods, why->unhealthy, why->ejected, why->limited, why->drained);
+    }
+}
+
 static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 {
     mg_proxy_t *p = ud;
@@ -538,14 +929,18 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 
     e->routes = p->routes;
     mg_routes_ref(e->routes);
-    e->svc = mg_routes_match(e->routes, req->authority, strlen(req->authority), e->app, e->env,
-                             sizeof(e->env) < sizeof(e->app) ? sizeof(e->env) : sizeof(e->app));
-    if (e->svc == NULL) {
+    e->route = mg_routes_match_route(e->routes, req->authority, strlen(req->authority), e->app,
+                                     e->env,
+                                     sizeof(e->env) < sizeof(e->app) ? sizeof(e->env)
+                                                                     : sizeof(e->app));
+    if (e->route == NULL) {
         fail(e, 404, "unknown_host",
              "no route for host '%.100s' (expected {app}-{env}.{domain} of a configured route)",
              req->authority);
         goto out;
     }
+    if (!choose_service(e, req))
+        goto out;
     if (conf->limits.max_request_body && req->content_length >= 0 &&
         (uint64_t)req->content_length > conf->limits.max_request_body) {
         fail(e, 413, "body_too_large", "request body of %lld bytes exceeds the limit of %llu",
@@ -598,9 +993,9 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         .has_body = req->has_body,
         .body = e->body,
     };
-    if (!attempt(e))
-        fail(e, 502, "upstream_unavailable", "service '%s' has no pod that can take a request",
-             e->svc->name);
+    pick_fail_t why;
+    if (!attempt(e, &why))
+        fail_no_pod(e, &why);
 out:
     release(e);
 }
@@ -622,6 +1017,14 @@ static void on_body(mg_srv_stream_t *s, const uint8_t *data, size_t len)
         return;
     }
     evbuffer_add(e->body, data, len);
+    if (e->replayable && e->kept) {
+        if (evbuffer_get_length(e->kept) + len <= e->route->replay_max_bytes) {
+            evbuffer_add(e->kept, data, len);
+        } else { /* too big to keep: it streams on, and cannot be repeated once sent */
+            e->replayable = false;
+            evbuffer_drain(e->kept, evbuffer_get_length(e->kept));
+        }
+    }
     if (evbuffer_get_length(e->body) < MG_SRV_HIGH)
         mg_srv_consume(s, len);
     else
@@ -659,6 +1062,7 @@ static void on_close(mg_srv_stream_t *s, bool complete)
         mg_up_cancel(e->up);
         e->up = NULL;
     }
+    attempt_done(e, OUTCOME_NEUTRAL);
     /* a client may close as soon as it has content-length bytes, before the pod's END_STREAM
      * reached us: that response was delivered whole */
     bool delivered = e->resp_cl >= 0 && e->resp_bytes == (uint64_t)e->resp_cl && e->status;
@@ -711,15 +1115,18 @@ const mg_srv_handler_t *mg_proxy_handler(void)
 
 /* ---------- proxy ---------- */
 
-mg_proxy_t *mg_proxy_new(struct event_base *base, const mg_conf_t *conf, mg_reqlog_t *log)
+mg_proxy_t *mg_proxy_new(struct event_base *base, const mg_conf_t *conf, mg_reqlog_t *log,
+                         unsigned worker)
 {
     mg_proxy_t *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return NULL;
     p->base = base;
+    p->worker = worker;
     p->conf = conf;
     p->log = log;
     p->rid_state = (uint64_t)wall_us() ^ ((uint64_t)(uintptr_t)p << 16) ^ 0x9E3779B97F4A7C15ULL;
+    p->rng = p->rid_state * 0xD1342543DE82EF95ULL + worker + 1;
     mg_up_conf_t uc = {
         .connect_timeout_ms = conf->timeouts_ms.connect,
         .max_streams_per_conn = conf->upstream.max_streams_per_conn,
@@ -756,6 +1163,8 @@ void mg_proxy_free(mg_proxy_t *p)
         exch_t *e = p->free_exch;
         p->free_exch = e->next_free;
         evbuffer_free(e->body);
+        if (e->kept)
+            evbuffer_free(e->kept);
         event_free(e->timer);
         free(e);
     }

@@ -2,8 +2,10 @@
  * gateway/proxy.h - forwarding one client request to a pod of its service.
  *
  * One mg_proxy_t per worker thread. It is the handler of that worker's mg_srv_t: for each
- * request it routes by host, picks a pod (round robin; pods that refused the connection are
- * skipped), streams the request and response bodies both ways with backpressure, passes
+ * request it routes by host, picks the route's service (a canary split's share, sticky per
+ * unit or not, falling back when a service has no pod up), picks a pod with the service's
+ * policy among those that are healthy, not ejected and under their limits, retries on another
+ * pod within the service's retry budget, streams the request and response bodies both ways with backpressure, passes
  * trailers, enforces the timeouts, answers errors as JSON and writes the access log record.
  *
  * Routing snapshots: the proxy holds one reference on its current snapshot and each request
@@ -22,8 +24,11 @@
 
 typedef struct mg_proxy mg_proxy_t;
 
-/* |conf| and |log| (may be NULL) must outlive the proxy. */
-mg_proxy_t *mg_proxy_new(struct event_base *base, const mg_conf_t *conf, mg_reqlog_t *log);
+/* |conf| and |log| (may be NULL) must outlive the proxy. |worker| is the worker's index (its
+ * row in balancers and counters: 0 <= worker < the workers given to mg_routes_set_workers and
+ * mg_stats_init). */
+mg_proxy_t *mg_proxy_new(struct event_base *base, const mg_conf_t *conf, mg_reqlog_t *log,
+                         unsigned worker);
 
 /* Takes a new reference on |routes| and drops the one on the previous snapshot. */
 void mg_proxy_set_routes(mg_proxy_t *p, mg_routes_t *routes);

@@ -56,7 +56,8 @@ struct mg_balance {
     unsigned workers;     /* >= 1 */
     size_t wrr_stride;    /* int64_t per round-robin row: n rounded up to a cache line */
     int64_t *wrr;         /* workers rows of current weights; row w is only touched by worker w */
-    inflight_t *inflight; /* n counters */
+    inflight_t *inflight; /* n counters of our own, unless opts->inflight gave them */
+    atomic_uint *ctr[MG_BALANCE_MAX_PODS]; /* the counters in use: ours or the caller's */
     ring_point_t *ring;   /* sorted by (pos, pod); NULL unless consistent hash */
     size_t nring;
 };
@@ -218,10 +219,18 @@ mg_balance_t *mg_balance_new(mg_balance_policy_t policy, const uint32_t *weights
             goto fail;
         memset(b->wrr, 0, sz);
     }
-    if ((b->inflight = aligned_alloc(CACHE_LINE, n * sizeof(inflight_t))) == NULL)
-        goto fail;
-    for (size_t i = 0; i < n; i++)
-        atomic_init(&b->inflight[i].v, 0);
+    if (opts != NULL && opts->inflight != NULL) {
+        for (size_t i = 0; i < n; i++)
+            if ((b->ctr[i] = opts->inflight[i]) == NULL)
+                goto fail;
+    } else {
+        if ((b->inflight = aligned_alloc(CACHE_LINE, n * sizeof(inflight_t))) == NULL)
+            goto fail;
+        for (size_t i = 0; i < n; i++) {
+            atomic_init(&b->inflight[i].v, 0);
+            b->ctr[i] = &b->inflight[i].v;
+        }
+    }
     if (policy == MG_BALANCE_CONSISTENT_HASH && !build_ring(b, opts, points))
         goto fail;
     return b;
@@ -245,13 +254,13 @@ void mg_balance_free(mg_balance_t *b)
 /* Relaxed everywhere: the counters steer load, they publish no other memory. */
 static unsigned load_of(const mg_balance_t *b, int i)
 {
-    return atomic_load_explicit(&b->inflight[i].v, memory_order_relaxed);
+    return atomic_load_explicit(b->ctr[i], memory_order_relaxed);
 }
 
 void mg_balance_acquire(mg_balance_t *b, int i)
 {
     if (b != NULL && i >= 0 && (size_t)i < b->n)
-        atomic_fetch_add_explicit(&b->inflight[i].v, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(b->ctr[i], 1, memory_order_relaxed);
 }
 
 void mg_balance_release(mg_balance_t *b, int i)
@@ -260,9 +269,9 @@ void mg_balance_release(mg_balance_t *b, int i)
         return;
     /* A release without its acquire would wrap the counter to 4e9 and starve the pod for
      * good; refuse to go below zero instead. */
-    unsigned cur = atomic_load_explicit(&b->inflight[i].v, memory_order_relaxed);
+    unsigned cur = atomic_load_explicit(b->ctr[i], memory_order_relaxed);
     while (cur > 0 &&
-           !atomic_compare_exchange_weak_explicit(&b->inflight[i].v, &cur, cur - 1,
+           !atomic_compare_exchange_weak_explicit(b->ctr[i], &cur, cur - 1,
                                                   memory_order_relaxed, memory_order_relaxed))
         ;
 }

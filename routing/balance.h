@@ -61,6 +61,7 @@
 #ifndef MG_ROUTING_BALANCE_H
 #define MG_ROUTING_BALANCE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -81,6 +82,8 @@ typedef struct mg_balance_opts {
     uint32_t slow_start_ms;   /* ramp window for newly usable pods; 0 = no slow start */
     double hash_load_factor;  /* c of the bounded-load hash: 0 = 1.25, else in (1, 10] */
     unsigned hash_points;     /* ring points of an average-weight pod: 0 = 160, else <= 1024 */
+    atomic_uint *const *inflight; /* n in-flight counters to use instead of the balancer's own
+                                     (so that load survives a rebuilt balancer); NULL = own */
     const char *const *names; /* pod identities for the ring (e.g. "10.0.0.7:9000"), n of them;
                                  NULL = the pod index (then removing a pod shifts the others'
                                  points); the strings are hashed, not kept */

@@ -20,13 +20,18 @@
 #include <jansson.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "canary/split.h"
+#include "common/stats.h"
+#include "routing/balance.h"
 #include "routing/host.h"
+#include "routing/podstate.h"
 
 /* Fuzz builds define this as AI_NUMERICHOST so pod names never reach the network. */
 #ifndef MG_ROUTES_RESOLVE_FLAGS
@@ -216,6 +221,13 @@ static void check_keys(ectx_t *e, const json_t *obj, const char *const *keys)
 /* ------------------------------------------------------------------------------------------ */
 /* Snapshot memory                                                                              */
 
+static unsigned g_workers = 1;
+
+void mg_routes_set_workers(unsigned workers)
+{
+    g_workers = workers ? workers : 1;
+}
+
 static void service_clear(mg_service_t *s)
 {
     free(s->name);
@@ -223,6 +235,11 @@ static void service_clear(mg_service_t *s)
         for (size_t i = 0; i < s->npods; i++)
             free(s->pods[i].name);
     free(s->pods);
+    mg_balance_free(s->lb);
+    free(s->hash_header);
+    free(s->health.path);
+    free(s->model_version);
+    free(s->dns_name);
 }
 
 static void routes_free(mg_routes_t *r)
@@ -242,8 +259,12 @@ static void routes_free(mg_routes_t *r)
         for (size_t i = 0; i < r->nroutes; i++) {
             free(r->routes[i].app);
             free(r->routes[i].env);
+            mg_split_free(r->routes[i].split);
+            free(r->routes[i].split_services);
+            free(r->routes[i].sticky_header);
         }
     free(r->routes);
+    free(r->default_route);
     free(r->_slots);
     r->_magic = 0; /* a use after free now trips the magic check instead of reading garbage */
     free(r);
@@ -526,11 +547,342 @@ static bool is_service_name(const char *s)
     return n >= 1 && n <= MAX_SERVICE_NAME;
 }
 
+/* ---------- optional values: absent keeps the default; a wrong one is reported ---------- */
+
+static void opt_uint(ectx_t *e, const json_t *obj, const char *key, uint64_t lo, uint64_t hi,
+                     const char *meaning, uint64_t *out)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return;
+    size_t old = path_key(e, key);
+    if (!json_is_integer(v))
+        errf(e, "wrong type (expected an integer %" PRIu64 "-%" PRIu64 ", %s)", lo, hi, meaning);
+    else if (json_integer_value(v) < (json_int_t)lo || (uint64_t)json_integer_value(v) > hi)
+        errf(e, "out of range (got %" JSON_INTEGER_FORMAT "; expected %" PRIu64 "-%" PRIu64 ", %s)",
+             json_integer_value(v), lo, hi, meaning);
+    else
+        *out = (uint64_t)json_integer_value(v);
+    path_set(e, old);
+}
+
+#define OPT_U32(e, obj, key, lo, hi, meaning, field)                                           \
+    do {                                                                                       \
+        uint64_t _v = (field);                                                                 \
+        opt_uint((e), (obj), (key), (lo), (hi), (meaning), &_v);                               \
+        (field) = (__typeof__(field))_v;                                                       \
+    } while (0)
+
+static void opt_bool(ectx_t *e, const json_t *obj, const char *key, bool *out)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return;
+    size_t old = path_key(e, key);
+    if (!json_is_boolean(v))
+        type_error(e, v, "true or false");
+    else
+        *out = json_is_true(v);
+    path_set(e, old);
+}
+
+/* A header name (token characters), stored lowercase. */
+static bool header_name(ectx_t *e, const json_t *v, char **out)
+{
+    char q[200];
+    if (!json_is_string(v)) {
+        type_error(e, v, "string, a header name such as \"x-user-id\"");
+        return false;
+    }
+    const char *s = json_string_value(v);
+    size_t n = strlen(s);
+    bool ok = n > 0 && n <= 128;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = strchr("!#$%&'*+-.^_`|~", s[i]) != NULL || (s[i] >= '0' && s[i] <= '9') ||
+             (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z');
+    if (!ok) {
+        errf(e, "invalid header name \"%s\" (expected 1-128 token characters, e.g. \"x-user-id\")",
+             ESC(q, s));
+        return false;
+    }
+    if ((*out = strdup(s)) == NULL) {
+        nomem(e);
+        return false;
+    }
+    for (char *p = *out; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    return true;
+}
+
+/* An object-valued key: NULL when absent; reported when not an object. */
+static const json_t *opt_object(ectx_t *e, const json_t *obj, const char *key,
+                                const char *const *keys)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL || json_is_null(v))
+        return NULL;
+    size_t old = path_key(e, key);
+    if (!json_is_object(v)) {
+        type_error(e, v, "object");
+        v = NULL;
+    } else {
+        check_keys(e, v, keys);
+    }
+    path_set(e, old);
+    return v;
+}
+
+/* ---------- services ---------- */
+
+static void parse_pods(ectx_t *e, const json_t *pods, mg_service_t *svc)
+{
+    static const char *const keys[] = {"address", "weight", NULL};
+    size_t old = path_key(e, "pods");
+    size_t n = 0;
+    if (!json_is_array(pods)) {
+        type_error(e, pods, "array of \"host:port\" strings or {address, weight} objects");
+    } else if ((n = json_array_size(pods)) == 0 || n > MAX_PODS) {
+        errf(e, "%s (got %zu pods; expected 1-%d)", n ? "too many pods" : "no pods", n, MAX_PODS);
+        n = 0;
+    }
+    if (n > 0 && (svc->pods = calloc(n, sizeof(*svc->pods))) == NULL) {
+        nomem(e);
+        n = 0;
+    }
+    svc->npods = n;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *pod = json_array_get(pods, i);
+        size_t o2 = path_index(e, i);
+        const json_t *addr = pod;
+        svc->pods[i].weight = 1;
+        if (json_is_object(pod)) {
+            check_keys(e, pod, keys);
+            addr = json_object_get(pod, "address");
+            OPT_U32(e, pod, "weight", 0, MG_BALANCE_MAX_WEIGHT, "0 = drained", svc->pods[i].weight);
+            if (addr == NULL) {
+                path_key(e, "address");
+                errf(e, "missing (expected \"host:port\")");
+            } else {
+                path_key(e, "address");
+            }
+        }
+        if (addr != NULL) {
+            if (!json_is_string(addr))
+                type_error(e, addr, "string \"host:port\" or {address, weight}");
+            else if (parse_pod(e, json_string_value(addr), &svc->pods[i]))
+                pod_is_duplicate(e, svc, i);
+        }
+        path_set(e, o2);
+    }
+    path_set(e, old);
+}
+
+static void parse_dns(ectx_t *e, const json_t *v, mg_service_t *svc)
+{
+    static const char *const keys[] = {"name", "port", "interval_ms", NULL};
+    size_t old = path_key(e, "dns");
+    char q[200];
+    if (!json_is_object(v)) {
+        type_error(e, v, "object with keys name, port, interval_ms");
+        path_set(e, old);
+        return;
+    }
+    check_keys(e, v, keys);
+    const json_t *name = json_object_get(v, "name");
+    size_t o2 = path_key(e, "name");
+    if (name == NULL)
+        errf(e, "missing (expected the DNS name whose A records are the pods)");
+    else if (!json_is_string(name))
+        type_error(e, name, "string, a DNS name");
+    else if (!mg_host_is_valid_name(json_string_value(name), strlen(json_string_value(name))))
+        errf(e, "invalid DNS name \"%s\"", ESC(q, json_string_value(name)));
+    else if ((svc->dns_name = strdup(json_string_value(name))) == NULL)
+        nomem(e);
+    path_set(e, o2);
+    uint64_t port = 0;
+    if (json_object_get(v, "port") == NULL) {
+        path_key(e, "port");
+        errf(e, "missing (expected the pods' port, 1-65535)");
+        path_set(e, o2);
+    }
+    opt_uint(e, v, "port", 1, 65535, "the pods' port", &port);
+    svc->dns_port = (uint16_t)port;
+    svc->dns_interval_ms = 5000;
+    OPT_U32(e, v, "interval_ms", 100, 3600000, "how often the name is resolved again",
+            svc->dns_interval_ms);
+    path_set(e, old);
+}
+
+static void parse_policy(ectx_t *e, const json_t *v, mg_service_t *svc)
+{
+    char q[200];
+    const json_t *p = json_object_get(v, "policy");
+    size_t old = path_key(e, "policy");
+    mg_balance_policy_t pol = MG_BALANCE_LEAST_REQUEST;
+    if (p != NULL) {
+        if (!json_is_string(p))
+            type_error(e, p, "string: least_request, round_robin or consistent_hash");
+        else if (!mg_balance_policy_parse(json_string_value(p), &pol))
+            errf(e, "unknown policy \"%s\" (expected least_request, round_robin or "
+                    "consistent_hash)",
+                 ESC(q, json_string_value(p)));
+    }
+    svc->policy = (int)pol;
+    path_set(e, old);
+
+    const json_t *k = json_object_get(v, "hash_key");
+    old = path_key(e, "hash_key");
+    if (k != NULL) {
+        const char *ks = json_is_string(k) ? json_string_value(k) : NULL;
+        if (ks != NULL && strcmp(ks, "client_ip") == 0) {
+            svc->hash_on = MG_HASH_CLIENT_IP;
+        } else if (ks != NULL && strncmp(ks, "header:", 7) == 0) {
+            json_t *h = json_string(ks + 7);
+            if (h == NULL)
+                nomem(e);
+            else
+                header_name(e, h, &svc->hash_header);
+            json_decref(h);
+            svc->hash_on = MG_HASH_HEADER;
+        } else {
+            errf(e, "invalid hash key %s (expected \"header:NAME\" or \"client_ip\")",
+                 ks ? ESC(q, ks) : "(not a string)");
+        }
+        if (pol != MG_BALANCE_CONSISTENT_HASH)
+            errf(e, "hash_key is only used by policy consistent_hash (policy is %s)",
+                 mg_balance_policy_name(pol));
+    } else if (pol == MG_BALANCE_CONSISTENT_HASH) {
+        errf(e, "missing (policy consistent_hash needs \"header:NAME\" or \"client_ip\")");
+    }
+    path_set(e, old);
+    OPT_U32(e, v, "slow_start_ms", 0, 3600000, "ramp-up window of a pod that became usable",
+            svc->slow_start_ms);
+}
+
+static void parse_resilience(ectx_t *e, const json_t *v, mg_service_t *svc)
+{
+    static const char *const hc_keys[] = {"path", "interval_ms", "timeout_ms",
+                                          "healthy_threshold", "unhealthy_threshold", NULL};
+    static const char *const out_keys[] = {"consecutive_failures", "base_ejection_ms",
+                                           "max_ejection_ms", "max_ejected_percent", NULL};
+    static const char *const retry_keys[] = {"attempts", "budget_percent", "min_per_second",
+                                             "on", NULL};
+    static const char *const limit_keys[] = {"max_requests_per_pod", "max_pending_per_pod",
+                                             NULL};
+    char q[200];
+    const json_t *hc = opt_object(e, v, "health_check", hc_keys);
+    if (hc != NULL) {
+        size_t old = path_key(e, "health_check");
+        const json_t *p = json_object_get(hc, "path");
+        size_t o2 = path_key(e, "path");
+        if (p == NULL)
+            errf(e, "missing (expected the path to GET, e.g. \"/readyz\")");
+        else if (!json_is_string(p) || json_string_value(p)[0] != '/')
+            errf(e, "invalid path (expected a string starting with '/', e.g. \"/readyz\")");
+        else if ((svc->health.path = strdup(json_string_value(p))) == NULL)
+            nomem(e);
+        path_set(e, o2);
+        OPT_U32(e, hc, "interval_ms", 100, 3600000, "time between checks", svc->health.interval_ms);
+        OPT_U32(e, hc, "timeout_ms", 10, 600000, "limit of one check", svc->health.timeout_ms);
+        OPT_U32(e, hc, "healthy_threshold", 1, 100, "passes in a row to become healthy",
+                svc->health.healthy_threshold);
+        OPT_U32(e, hc, "unhealthy_threshold", 1, 100, "failures in a row to become unhealthy",
+                svc->health.unhealthy_threshold);
+        path_set(e, old);
+    }
+    const json_t *mv = json_object_get(v, "model_version");
+    if (mv != NULL) {
+        size_t old = path_key(e, "model_version");
+        if (!json_is_string(mv) || json_string_value(mv)[0] == '\0')
+            type_error(e, mv, "non-empty string, the version pods must report in /v1/status");
+        else if ((svc->model_version = strdup(json_string_value(mv))) == NULL)
+            nomem(e);
+        else if (hc == NULL)
+            errf(e, "model_version needs health_check (pods' versions are read by the checks)");
+        path_set(e, old);
+    }
+
+    const json_t *od = opt_object(e, v, "outlier", out_keys);
+    if (od != NULL) {
+        size_t old = path_key(e, "outlier");
+        OPT_U32(e, od, "consecutive_failures", 0, 1000, "0 = passive ejection off",
+                svc->outlier.consecutive_failures);
+        OPT_U32(e, od, "base_ejection_ms", 100, 3600000, "first ejection's length",
+                svc->outlier.base_ejection_ms);
+        OPT_U32(e, od, "max_ejection_ms", 100, 86400000, "longest ejection",
+                svc->outlier.max_ejection_ms);
+        OPT_U32(e, od, "max_ejected_percent", 0, 100, "share of pods ejected at once",
+                svc->outlier.max_ejected_percent);
+        path_set(e, old);
+    }
+
+    const json_t *rt = opt_object(e, v, "retry", retry_keys);
+    if (rt != NULL) {
+        size_t old = path_key(e, "retry");
+        OPT_U32(e, rt, "attempts", 0, 10, "retries on other pods after the first attempt",
+                svc->retry.attempts);
+        OPT_U32(e, rt, "budget_percent", 0, 100, "retries as a share of live requests",
+                svc->retry.budget_percent);
+        OPT_U32(e, rt, "min_per_second", 0, 100000, "retries always allowed per second",
+                svc->retry.min_per_second);
+        const json_t *on = json_object_get(rt, "on");
+        if (on != NULL) {
+            size_t o2 = path_key(e, "on");
+            svc->retry.on_5xx = svc->retry.on_reset = false;
+            if (!json_is_array(on)) {
+                type_error(e, on, "array of \"5xx\" and \"reset\"");
+            } else {
+                for (size_t i = 0; i < json_array_size(on); i++) {
+                    const json_t *c = json_array_get(on, i);
+                    const char *cs = json_is_string(c) ? json_string_value(c) : "";
+                    if (strcmp(cs, "5xx") == 0)
+                        svc->retry.on_5xx = true;
+                    else if (strcmp(cs, "reset") == 0)
+                        svc->retry.on_reset = true;
+                    else {
+                        size_t o3 = path_index(e, i);
+                        errf(e, "unknown retry condition %s (expected \"5xx\" or \"reset\"; "
+                                "connect failures are always retried)",
+                             json_is_string(c) ? ESC(q, cs) : "(not a string)");
+                        path_set(e, o3);
+                    }
+                }
+            }
+            path_set(e, o2);
+        }
+        path_set(e, old);
+    }
+
+    const json_t *lim = opt_object(e, v, "limits", limit_keys);
+    if (lim != NULL) {
+        size_t old = path_key(e, "limits");
+        OPT_U32(e, lim, "max_requests_per_pod", 0, 1000000, "0 = unlimited",
+                svc->max_requests_per_pod);
+        OPT_U32(e, lim, "max_pending_per_pod", 0, 1000000, "0 = unlimited",
+                svc->max_pending_per_pod);
+        path_set(e, old);
+    }
+}
+
+/* What a service gets for every key the document leaves out (conf/README.md lists them). */
+static void service_defaults(mg_service_t *svc)
+{
+    svc->proto = MG_UP_H2C;
+    svc->policy = MG_BALANCE_LEAST_REQUEST;
+    svc->health = (mg_health_conf_t){NULL, 2000, 1000, 1, 2};
+    svc->outlier = (mg_outlier_conf_t){5, 10000, 300000, 50};
+    svc->retry = (mg_retry_conf_t){1, 20, 10, true, true};
+}
+
 static void parse_service(ectx_t *e, const char *name, const json_t *v, mg_service_t *svc)
 {
-    static const char *const keys[] = {"protocol", "pods", NULL};
+    static const char *const keys[] = {"protocol",     "pods",    "dns",      "policy",
+                                       "hash_key",     "slow_start_ms", "health_check",
+                                       "model_version", "outlier", "retry",    "limits",
+                                       NULL};
     char q[200];
-    svc->proto = MG_UP_H2C;
+    service_defaults(svc);
     if (!is_service_name(name))
         errf(e, "invalid service name \"%s\" (expected 1-%d letters, digits, '-' or '_')",
              ESC(q, name), MAX_SERVICE_NAME);
@@ -559,34 +911,21 @@ static void parse_service(ectx_t *e, const char *name, const json_t *v, mg_servi
     }
     path_set(e, old);
 
-    const json_t *pods = json_object_get(v, "pods");
-    path_key(e, "pods");
-    size_t n = 0;
-    if (pods == NULL) {
-        errf(e, "missing (expected an array of 1-%d \"host:port\" strings)", MAX_PODS);
-    } else if (!json_is_array(pods)) {
-        type_error(e, pods, "array of \"host:port\" strings");
-    } else if ((n = json_array_size(pods)) == 0 || n > MAX_PODS) {
-        errf(e, "%s (got %zu pods; expected 1-%d)", n ? "too many pods" : "no pods", n, MAX_PODS);
-        n = 0;
+    const json_t *pods = json_object_get(v, "pods"), *dns = json_object_get(v, "dns");
+    if (pods != NULL && dns != NULL) {
+        errf(e, "both pods and dns given (expected one: a static list or a DNS name)");
+    } else if (dns != NULL) {
+        parse_dns(e, dns, svc);
+    } else if (pods == NULL) {
+        old = path_key(e, "pods");
+        errf(e, "missing (expected an array of 1-%d \"host:port\" strings, or a dns object)",
+             MAX_PODS);
+        path_set(e, old);
+    } else {
+        parse_pods(e, pods, svc);
     }
-    if (n > 0) {
-        if ((svc->pods = calloc(n, sizeof(*svc->pods))) == NULL) {
-            nomem(e);
-        } else {
-            svc->npods = n;
-            for (size_t i = 0; i < n; i++) {
-                const json_t *pod = json_array_get(pods, i);
-                size_t o2 = path_index(e, i);
-                if (!json_is_string(pod))
-                    type_error(e, pod, "string \"host:port\"");
-                else if (parse_pod(e, json_string_value(pod), &svc->pods[i]))
-                    pod_is_duplicate(e, svc, i);
-                path_set(e, o2);
-            }
-        }
-    }
-    path_set(e, old);
+    parse_policy(e, v, svc);
+    parse_resilience(e, v, svc);
 }
 
 /* Builds r->services; *index maps each name to its position (for route lookups). Returns true
@@ -667,6 +1006,80 @@ static const char *get_route_string(ectx_t *e, const json_t *obj, const char *ke
     return s;
 }
 
+typedef struct route_split {
+    mg_service_t *svcs[MG_SPLIT_MAX_SERVICES];
+    uint32_t weights[MG_SPLIT_MAX_SERVICES];
+    size_t n;
+} route_split_t;
+
+/* "split": [{"service": "v1", "weight": 90}, {"service": "v2", "weight": 10}] */
+static bool parse_split(ectx_t *e, const json_t *v, mg_routes_t *r, bool services_ok,
+                        const json_t *index, route_split_t *out)
+{
+    static const char *const keys[] = {"service", "weight", NULL};
+    char q[200], list[512];
+    size_t old = path_key(e, "split");
+    size_t n = json_is_array(v) ? json_array_size(v) : 0;
+    bool ok = true;
+    uint64_t total = 0;
+    if (!json_is_array(v)) {
+        type_error(e, v, "array of {service, weight} objects");
+        ok = false;
+    } else if (n == 0 || n > MG_SPLIT_MAX_SERVICES) {
+        errf(e, "%s (got %zu; expected 1-%d services)", n ? "too many services" : "empty", n,
+             MG_SPLIT_MAX_SERVICES);
+        ok = false;
+        n = 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const json_t *it = json_array_get(v, i);
+        size_t o2 = path_index(e, i);
+        if (!json_is_object(it)) {
+            type_error(e, it, "object {service, weight}");
+            ok = false;
+            path_set(e, o2);
+            continue;
+        }
+        check_keys(e, it, keys);
+        const char *name = get_route_string(e, it, "service", "string, a key of services");
+        uint64_t w = UINT64_MAX;
+        if (json_object_get(it, "weight") == NULL) {
+            size_t o3 = path_key(e, "weight");
+            errf(e, "missing (expected an integer weight, e.g. 90; any total)");
+            path_set(e, o3);
+        }
+        opt_uint(e, it, "weight", 0, 1000000, "any total", &w);
+        mg_service_t *svc = NULL;
+        if (name != NULL && services_ok && (svc = service_lookup(r, index, name)) == NULL) {
+            size_t o3 = path_key(e, "service");
+            errf(e, "unknown service \"%s\" (expected one of: %s)", ESC(q, name),
+                 r->nservices ? list_names(list, sizeof(list), NULL, r->nservices, r->services)
+                              : "(none: services is empty)");
+            path_set(e, o3);
+        }
+        for (size_t j = 0; svc != NULL && j < i; j++)
+            if (out->svcs[j] == svc) {
+                size_t o3 = path_key(e, "service");
+                errf(e, "service \"%s\" appears twice (same as split[%zu])", ESC(q, name), j);
+                path_set(e, o3);
+                ok = false;
+            }
+        if (svc == NULL || w == UINT64_MAX)
+            ok = false;
+        out->svcs[i] = svc;
+        out->weights[i] = w == UINT64_MAX ? 0 : (uint32_t)w;
+        total += out->weights[i];
+        path_set(e, o2);
+    }
+    if (ok && total == 0) {
+        errf(e, "every weight is 0 (expected at least one service with weight > 0)");
+        ok = false;
+    }
+    out->n = ok ? n : 0;
+    path_set(e, old);
+    return ok;
+}
+
 /*
  * One route. |envs_ok|/|services_ok| say whether those sections can be trusted; when not, the
  * checks against them are skipped (their own errors were reported already).
@@ -675,7 +1088,10 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
                         bool envs_ok, bool services_ok, const json_t *index)
 {
     const json_t *v = json_array_get(all, index_in_doc);
-    static const char *const keys[] = {"app", "env", "service", NULL};
+    static const char *const keys[] = {"app",        "env",        "service",
+                                       "split",      "sticky_header", "retry_post",
+                                       "replay_max_bytes", "timeouts_ms", NULL};
+    static const char *const timeout_keys[] = {"first_byte", "idle", "total", NULL};
     char q[200], list[512];
     if (!json_is_object(v)) {
         type_error(e, v, "object with keys app, env, service");
@@ -684,8 +1100,38 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
     check_keys(e, v, keys);
     const char *app = get_route_string(e, v, "app", "string, an app name such as \"digits\"");
     const char *env = get_route_string(e, v, "env", "string, one of envs");
-    const char *svcname = get_route_string(e, v, "service", "string, a key of services");
-    bool ok = app != NULL && env != NULL && svcname != NULL;
+    const char *svcname = NULL;
+    route_split_t sp = {0};
+    bool ok = app != NULL && env != NULL;
+    if (json_object_get(v, "split") != NULL) {
+        if (json_object_get(v, "service") != NULL) {
+            errf(e, "both service and split given (expected one of them)");
+            ok = false;
+        }
+        ok &= parse_split(e, json_object_get(v, "split"), r, services_ok, index, &sp);
+    } else {
+        svcname = get_route_string(e, v, "service", "string, a key of services (or a split)");
+        ok &= svcname != NULL;
+    }
+    mg_route_t opts = {.replay_max_bytes = 65536};
+    const json_t *sh = json_object_get(v, "sticky_header");
+    if (sh != NULL) {
+        size_t o2 = path_key(e, "sticky_header");
+        if (header_name(e, sh, &opts.sticky_header) && json_object_get(v, "split") == NULL)
+            errf(e, "sticky_header needs a split (a single service has nothing to stick to)");
+        path_set(e, o2);
+    }
+    opt_bool(e, v, "retry_post", &opts.retry_post);
+    OPT_U32(e, v, "replay_max_bytes", 0, 16u << 20, "request bodies kept for a replay",
+            opts.replay_max_bytes);
+    const json_t *to = opt_object(e, v, "timeouts_ms", timeout_keys);
+    if (to != NULL) {
+        size_t o2 = path_key(e, "timeouts_ms");
+        OPT_U32(e, to, "first_byte", 0, 86400000, "0 = the gateway's", opts.timeouts.first_byte);
+        OPT_U32(e, to, "idle", 0, 86400000, "0 = the gateway's", opts.timeouts.idle);
+        OPT_U32(e, to, "total", 0, 86400000, "0 = the gateway's", opts.timeouts.total);
+        path_set(e, o2);
+    }
 
     size_t old;
     bool upper;
@@ -714,7 +1160,7 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
             ok = false;
         }
     }
-    mg_service_t *svc = NULL;
+    mg_service_t *svc = sp.n ? sp.svcs[0] : NULL;
     if (svcname != NULL && services_ok && (svc = service_lookup(r, index, svcname)) == NULL) {
         old = path_key(e, "service");
         errf(e, "unknown service \"%s\" (expected one of: %s)", ESC(q, svcname),
@@ -723,13 +1169,16 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
         path_set(e, old);
         ok = false;
     }
-    if (!ok || !envs_ok)
+    if (!ok || !envs_ok) {
+        free(opts.sticky_header);
         return;
+    }
 
     size_t alen = strlen(app), elen = strlen(env);
     if (alen + 1 + elen > MAX_LABEL) {
         errf(e, "host label \"%s-%s\" is longer than %d bytes (DNS limit; shorten the app name)",
              ESC(q, app), env, MAX_LABEL);
+        free(opts.sticky_header);
         return;
     }
     /* A route can be unreachable when envs overlap ("a-prod" and "prod"): the host parser
@@ -742,6 +1191,7 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
     if (mg_host_parse(label, alen + 1 + elen, "", (const char *const *)r->envs, r->nenvs, &h) !=
         MG_OK) {
         errf(e, "unreachable: host label \"%s\" cannot be parsed (rename the app)", label);
+        free(opts.sticky_header);
         return;
     }
     if (h.env_len != elen || strcmp(h.env, env) != 0) {
@@ -749,6 +1199,7 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
              "unreachable: host \"%s.<domain>\" parses as app \"%.*s\", env \"%s\" (the "
              "longest env wins; rename the app or the env)",
              label, (int)h.app_len, h.app, h.env);
+        free(opts.sticky_header);
         return;
     }
 
@@ -767,14 +1218,28 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
              "duplicate route for app \"%s\", env \"%s\" (same as routes[%zu]; expected one "
              "route per app and env)",
              ESC(q, app), env, j);
+        free(opts.sticky_header);
         return;
     }
     mg_route_t *rt = &r->routes[r->nroutes];
-    if ((rt->app = strdup(app)) == NULL || (rt->env = strdup(env)) == NULL) {
+    *rt = opts;
+    opts.sticky_header = NULL; /* the route owns it now */
+    char salt[MAX_LABEL + 2];
+    snprintf(salt, sizeof(salt), "%s-%s", app, env);
+    if ((rt->app = strdup(app)) == NULL || (rt->env = strdup(env)) == NULL ||
+        (sp.n && ((rt->split = mg_split_new(sp.weights, sp.n, salt)) == NULL ||
+                  (rt->split_services = calloc(sp.n, sizeof(*rt->split_services))) == NULL))) {
         free(rt->app);
-        rt->app = NULL;
+        free(rt->env);
+        mg_split_free(rt->split);
+        free(rt->sticky_header);
+        memset(rt, 0, sizeof(*rt));
         nomem(e);
         return;
+    }
+    if (sp.n) {
+        memcpy(rt->split_services, sp.svcs, sp.n * sizeof(*sp.svcs));
+        rt->nsplit = sp.n;
     }
     rt->service = svc;
     *slot = (uint32_t)(++r->nroutes);
@@ -833,9 +1298,130 @@ static void parse_default(ectx_t *e, const json_t *doc, mg_routes_t *r, bool ser
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Finishing a valid snapshot: live state, balancers, counters                                  */
+
+static void label_value(char *out, size_t cap, const char *s)
+{
+    size_t o = 0;
+    for (; s && *s && o + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"')
+            out[o++] = '\\', out[o++] = *s;
+        else if (*s == '\n')
+            out[o++] = '\\', out[o++] = 'n';
+        else
+            out[o++] = *s;
+    }
+    out[o] = '\0';
+}
+
+static bool dns_pods(mg_service_t *svc, mg_routes_dns_fn fn, void *ud)
+{
+    struct sockaddr_storage addrs[MAX_PODS];
+    size_t n = fn ? fn(ud, svc->name, addrs, MAX_PODS) : 0;
+    if (n > MAX_PODS)
+        n = MAX_PODS;
+    if (n == 0)
+        return true;
+    if ((svc->pods = calloc(n, sizeof(*svc->pods))) == NULL)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        mg_pod_t *pod = &svc->pods[i];
+        char ip[INET6_ADDRSTRLEN], name[INET6_ADDRSTRLEN + 10];
+        pod->addr = addrs[i];
+        pod->weight = 1;
+        if (addrs[i].ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&pod->addr;
+            inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+            snprintf(name, sizeof(name), "[%s]:%u", ip, ntohs(a->sin6_port));
+            pod->addrlen = sizeof(*a);
+        } else {
+            struct sockaddr_in *a = (struct sockaddr_in *)&pod->addr;
+            inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+            snprintf(name, sizeof(name), "%s:%u", ip, ntohs(a->sin_port));
+            pod->addrlen = sizeof(*a);
+        }
+        if ((pod->name = strdup(name)) == NULL)
+            return false;
+        svc->npods = i + 1;
+    }
+    return true;
+}
+
+static bool finish_service(mg_service_t *svc, mg_routes_dns_fn fn, void *ud)
+{
+    char sv[300], labels[400];
+    label_value(sv, sizeof(sv), svc->name);
+    snprintf(labels, sizeof(labels), "service=\"%s\"", sv);
+    if ((svc->stats = mg_stats_get(MG_STATS_SERVICE, labels)) == NULL)
+        return false;
+    if (svc->dns_name && !dns_pods(svc, fn, ud))
+        return false;
+    if (svc->npods == 0)
+        return true;
+    uint32_t weights[MAX_PODS];
+    const char *names[MAX_PODS];
+    atomic_uint *inflight[MAX_PODS];
+    for (size_t i = 0; i < svc->npods; i++) {
+        mg_pod_t *pod = &svc->pods[i];
+        if ((pod->state = mg_podstate_get(svc->name, pod->name)) == NULL)
+            return false;
+        /* a check added by this document: no traffic before its first pass; a check removed:
+         * the pod is judged by passive detection alone again */
+        int h = atomic_load(&pod->state->health);
+        if (svc->health.path && h == MG_POD_HEALTH_UNCHECKED)
+            mg_podstate_set_health(pod->state, MG_POD_HEALTH_UNKNOWN, "not checked yet");
+        else if (!svc->health.path && h != MG_POD_HEALTH_UNCHECKED)
+            mg_podstate_set_health(pod->state, MG_POD_HEALTH_UNCHECKED, "no health check");
+        weights[i] = pod->weight;
+        names[i] = pod->name;
+        inflight[i] = &pod->state->inflight;
+    }
+    mg_balance_opts_t bo = {.workers = g_workers,
+                            .slow_start_ms = svc->slow_start_ms,
+                            .inflight = inflight,
+                            .names = names};
+    svc->lb = mg_balance_new((mg_balance_policy_t)svc->policy, weights, svc->npods, &bo);
+    return svc->lb != NULL;
+}
+
+static bool finish_route(mg_route_t *rt, const char *app, const char *env)
+{
+    char av[200], ev[200], labels[450];
+    label_value(av, sizeof(av), app);
+    label_value(ev, sizeof(ev), env);
+    snprintf(labels, sizeof(labels), "app=\"%s\",env=\"%s\"", av, ev);
+    return (rt->stats = mg_stats_get(MG_STATS_ROUTE, labels)) != NULL;
+}
+
+static bool finish(mg_routes_t *r, mg_routes_dns_fn fn, void *ud)
+{
+    for (size_t i = 0; i < r->nservices; i++)
+        if (!finish_service(&r->services[i], fn, ud))
+            return false;
+    for (size_t i = 0; i < r->nroutes; i++)
+        if (!finish_route(&r->routes[i], r->routes[i].app, r->routes[i].env))
+            return false;
+    if (r->default_service) {
+        if ((r->default_route = calloc(1, sizeof(*r->default_route))) == NULL)
+            return false;
+        r->default_route->service = r->default_service;
+        r->default_route->replay_max_bytes = 65536;
+        if (!finish_route(r->default_route, "", "(default)"))
+            return false;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Public API                                                                                   */
 
 mg_routes_t *mg_routes_from_json(const json_t *doc, const char *source, char **errors)
+{
+    return mg_routes_build(doc, source, NULL, NULL, errors);
+}
+
+mg_routes_t *mg_routes_build(const json_t *doc, const char *source, mg_routes_dns_fn fn, void *ud,
+                             char **errors)
 {
     static const char *const keys[] = {"domain",          "envs", "services", "routes",
                                        "default_service", NULL};
@@ -862,6 +1448,8 @@ mg_routes_t *mg_routes_from_json(const json_t *doc, const char *source, char **e
     parse_routes(&e, doc, r, envs_ok, services_ok, index);
     parse_default(&e, doc, r, services_ok, index);
     json_decref(index);
+    if (e.count == 0 && !e.nomem && !finish(r, fn, ud))
+        nomem(&e);
     if (e.count > 0 || e.nomem)
         return fail_with(&e, r, errors);
     free(e.buf);
@@ -904,6 +1492,8 @@ mg_routes_t *mg_routes_catchall(const char *pods, mg_upstream_proto_t proto, cha
     r->nservices = 1;
     mg_service_t *svc = &r->services[0];
     atomic_init(&svc->_rr, 0);
+    service_defaults(svc);
+    svc->policy = MG_BALANCE_ROUND_ROBIN; /* quick start: the even spread people expect */
     svc->proto = proto;
     if (proto != MG_UP_H2C && proto != MG_UP_H1)
         errf(&e, "unknown backend protocol %d (expected h2c or http1)", (int)proto);
@@ -938,6 +1528,7 @@ mg_routes_t *mg_routes_catchall(const char *pods, mg_upstream_proto_t proto, cha
             } else {
                 memcpy(one, p, len);
                 one[len] = '\0';
+                svc->pods[n].weight = 1;
                 if (parse_pod(&e, one, &svc->pods[n])) {
                     for (size_t j = 0; j < n; j++)
                         if (strcmp(svc->pods[j].name, one) == 0) {
@@ -958,6 +1549,10 @@ mg_routes_t *mg_routes_catchall(const char *pods, mg_upstream_proto_t proto, cha
     if (e.count > 0 || e.nomem)
         return fail_with(&e, r, errors);
     r->default_service = svc;
+    if (!finish(r, NULL, NULL)) {
+        nomem(&e);
+        return fail_with(&e, r, errors);
+    }
     free(e.buf);
     return r;
 }
@@ -991,12 +1586,19 @@ static void copy_out(char *dst, size_t cap, const char *s, size_t n)
 mg_service_t *mg_routes_match(const mg_routes_t *r, const char *host, size_t len, char *app,
                               char *env, size_t cap)
 {
+    const mg_route_t *rt = mg_routes_match_route(r, host, len, app, env, cap);
+    return rt ? rt->service : NULL;
+}
+
+const mg_route_t *mg_routes_match_route(const mg_routes_t *r, const char *host, size_t len,
+                                        char *app, char *env, size_t cap)
+{
     copy_out(app, cap, "", 0);
     copy_out(env, cap, "", 0);
     if (r == NULL)
         return NULL;
     if (host == NULL || len == 0 || len > MAX_HOST || r->nenvs == 0)
-        return r->default_service;
+        return r->default_route;
     char lower[MAX_HOST];
     for (size_t i = 0; i < len; i++) {
         char c = host[i];
@@ -1004,11 +1606,11 @@ mg_service_t *mg_routes_match(const mg_routes_t *r, const char *host, size_t len
     }
     mg_host_t h;
     if (mg_host_parse(lower, len, r->domain, (const char *const *)r->envs, r->nenvs, &h) != MG_OK)
-        return r->default_service;
+        return r->default_route;
     copy_out(app, cap, h.app, h.app_len);
     copy_out(env, cap, h.env, h.env_len);
     const mg_route_t *rt = route_find(r, h.app, h.app_len, h.env, h.env_len);
-    return rt != NULL ? rt->service : r->default_service;
+    return rt != NULL ? rt : r->default_route;
 }
 
 int mg_service_pick(mg_service_t *svc, uint64_t tried)

@@ -182,10 +182,13 @@ static void error_unknown_keys(void **state)
                   "t.json: servics: unknown key (valid keys: domain, envs, services, routes, "
                   "default_service)");
     EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'protcol':'h2c'}}}",
-                  "t.json: services.a.protcol: unknown key (valid keys: protocol, pods)");
+                  "t.json: services.a.protcol: unknown key (valid keys: protocol, pods, dns, "
+                  "policy, hash_key, slow_start_ms, health_check, model_version, outlier, retry, "
+                  "limits)");
     EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5']}},'routes':[{'app':'"
                   "x','env':'staging','service':'a','weight':1}]}",
-                  "t.json: routes[0].weight: unknown key (valid keys: app, env, service)");
+                  "t.json: routes[0].weight: unknown key (valid keys: app, env, service, split, "
+                  "sticky_header, retry_post, replay_max_bytes, timeouts_ms)");
 }
 
 static void error_envs(void **state)
@@ -218,13 +221,15 @@ static void error_services(void **state)
         "'g':{'protocol':2,'pods':['1.2.3.4:5']}}}",
         "t.json: services.a.protocol: unknown protocol \"h3\" (expected \"h2c\" or \"http1\")",
         "t.json: services.a.pods: no pods (got 0 pods; expected 1-64)",
-        "t.json: services.b.pods: missing (expected an array of 1-64 \"host:port\" strings)",
+        "t.json: services.b.pods: missing (expected an array of 1-64 \"host:port\" strings, or "
+        "a dns object)",
         "t.json: services.c: wrong type (got number 5; expected object with keys protocol, pods)",
         "t.json: services.d.pods: wrong type (got string \"1.2.3.4:5\"; expected array of "
-        "\"host:port\" strings)",
+        "\"host:port\" strings or {address, weight} objects)",
         "t.json: services.e f: invalid service name \"e f\" (expected 1-128 letters, digits, '-' "
         "or '_')",
-        "t.json: services.e f.pods[0]: wrong type (got number 1; expected string \"host:port\")",
+        "t.json: services.e f.pods[0]: wrong type (got number 1; expected string \"host:port\" "
+        "or {address, weight})",
         "t.json: services.e f.pods[2]: duplicate pod \"1.2.3.4:5\" (same as pods[1]; expected "
         "each pod once)",
         "t.json: services.g.protocol: wrong type (got number 2; expected string \"h2c\" or "
@@ -288,7 +293,7 @@ static void error_routes(void **state)
         "t.json: routes[3].env: unknown env \"qa\" (expected one of: development, staging, "
         "sandbox, production)",
         "t.json: routes[4].service: unknown service \"nope\" (expected one of: a)",
-        "t.json: routes[5].service: missing (expected string, a key of services)",
+        "t.json: routes[5].service: missing (expected string, a key of services (or a split))",
         "t.json: routes[6].app: wrong type (got number 5; expected string, an app name such as "
         "\"digits\")",
         "t.json: routes[7]: wrong type (got string \"x\"; expected object with keys app, env, "

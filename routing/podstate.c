@@ -1,0 +1,102 @@
+/*
+ * routing/podstate.c - the process-wide registry of pod states (see podstate.h).
+ */
+#include "routing/podstate.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static mg_podstate_t *g_states;
+
+uint64_t mg_podstate_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Prometheus label values: backslash, quote and newline escaped. */
+static void label_value(char *out, size_t cap, const char *s)
+{
+    size_t o = 0;
+    for (; *s && o + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"')
+            out[o++] = '\\', out[o++] = *s;
+        else if (*s == '\n')
+            out[o++] = '\\', out[o++] = 'n';
+        else
+            out[o++] = *s;
+    }
+    out[o] = '\0';
+}
+
+mg_podstate_t *mg_podstate_get(const char *service, const char *pod)
+{
+    pthread_mutex_lock(&g_lock);
+    mg_podstate_t *ps = g_states;
+    while (ps && (strcmp(ps->service, service) != 0 || strcmp(ps->pod, pod) != 0))
+        ps = ps->next;
+    if (ps == NULL && (ps = aligned_alloc(64, sizeof(*ps))) != NULL) {
+        memset(ps, 0, sizeof(*ps)); /* all-zero atomics are 0: UNCHECKED, not ejected */
+        ps->service = strdup(service);
+        ps->pod = strdup(pod);
+        char sv[300], pv[300], labels[700];
+        label_value(sv, sizeof(sv), service);
+        label_value(pv, sizeof(pv), pod);
+        snprintf(labels, sizeof(labels), "service=\"%s\",pod=\"%s\"", sv, pv);
+        ps->stats = mg_stats_get(MG_STATS_POD, labels);
+        if (ps->service == NULL || ps->pod == NULL || ps->stats == NULL) {
+            free(ps->service);
+            free(ps->pod);
+            free(ps);
+            ps = NULL;
+        } else {
+            ps->next = g_states;
+            g_states = ps;
+        }
+    }
+    pthread_mutex_unlock(&g_lock);
+    return ps;
+}
+
+void mg_podstate_each(void (*fn)(void *ud, mg_podstate_t *ps), void *ud)
+{
+    pthread_mutex_lock(&g_lock);
+    for (mg_podstate_t *ps = g_states; ps; ps = ps->next)
+        fn(ud, ps);
+    pthread_mutex_unlock(&g_lock);
+}
+
+bool mg_podstate_usable(const mg_podstate_t *ps, uint64_t now_ms)
+{
+    int h = atomic_load_explicit(&ps->health, memory_order_relaxed);
+    if (h == MG_POD_HEALTH_UNKNOWN || h == MG_POD_HEALTH_UNHEALTHY)
+        return false;
+    return atomic_load_explicit(&ps->ejected_until_ms, memory_order_relaxed) <= now_ms;
+}
+
+void mg_podstate_set_health(mg_podstate_t *ps, mg_pod_health_t h, const char *reason)
+{
+    int old = atomic_exchange_explicit(&ps->health, (int)h, memory_order_relaxed);
+    if (h == MG_POD_HEALTH_HEALTHY && old != MG_POD_HEALTH_HEALTHY)
+        atomic_store_explicit(&ps->usable_since_ms, mg_podstate_now_ms(), memory_order_relaxed);
+    if (reason)
+        snprintf(ps->reason, sizeof(ps->reason), "%s", reason);
+}
+
+void mg_podstate_free_all(void)
+{
+    pthread_mutex_lock(&g_lock);
+    while (g_states) {
+        mg_podstate_t *next = g_states->next;
+        free(g_states->service);
+        free(g_states->pod);
+        free(g_states);
+        g_states = next;
+    }
+    pthread_mutex_unlock(&g_lock);
+}
