@@ -17,10 +17,11 @@
  *               UNHEALTHY after healthy_threshold consecutive passes.
  *   UNHEALTHY - from UNKNOWN or HEALTHY after unhealthy_threshold consecutive failures.
  * The callback runs on every change of state, with the reason of the check that caused it:
- * "HTTP 200" for a pass; for a failure "connect refused", "connect failed: <errno text>",
- * "timeout", "HTTP 503", "connection closed before the response", "HTTP/2: <error>",
- * "bad response: <parser error>", "/v1/status: HTTP 404", "/v1/status: no model loaded",
- * "/v1/status: body over 65536 bytes", "/v1/status: not JSON: <error>",
+ * "HTTP 200" for a pass ("HTTP 200, version 2" with expect_version); for a failure
+ * "connect refused", "connect failed: <errno text>", "timeout", "HTTP 503",
+ * "connection closed before the response", "HTTP/2: <error>", "bad response: <parser error>",
+ * "/v1/status: HTTP 404", "/v1/status: no model loaded", "/v1/status: body over 65536 bytes",
+ * "/v1/status: not JSON: <error>",
  * "version 1 != 2" (the version served != the version expected), ...
  *
  * Schedule: the first check of a pod starts after a random delay in [0, interval/10]; each next
