@@ -7,6 +7,7 @@ hand-rolled asyncio server: keep-alive, content-length and chunked bodies, trail
 by the first bytes of the connection, as the gateway does.
 
     /usr/bin/python3 backend.py --listen 127.0.0.1:P --name pod-a [--proto both|h2c|http1]
+                                [--health-file FILE]
 
 Prints "ready" on stdout once listening, and one line per request ("req PROTO METHOD PATH") so
 that a test can tell a request reached it.
@@ -16,6 +17,9 @@ Every request body is read as it arrives and only hashed, never stored. Endpoint
     /stall-body         sends the response headers, then nothing (until the peer gives up)
     /bytes?n=N          streams N bytes of a repeating pattern (byte i = i % 256), 64 KiB chunks
     /status/N           answers with status N
+    /health             with --health-file FILE: 200 while FILE exists, 503 while it does not
+                        (a test makes the pod fail and recover without restarting it); without
+                        the option, like "anything else"
     /trailers           answers with trailer x-trailer-a: 1; the JSON carries the request trailers
     /reset              resets the stream (HTTP/2) or closes the connection (HTTP/1.1)
     /drip?n=K&ms=M      answers at once, then K body chunks "drip-<i>\n", one every M ms
@@ -40,6 +44,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+import os
 import signal
 import sys
 import urllib.parse
@@ -63,6 +68,7 @@ H2_CONN_WINDOW = 1024 * 1024 * 1024
 # old limit even when the same chunk first carries the ACK of a larger one.
 H1_MAX_HEAD = 1024 * 1024
 _conn_ids = itertools.count(1)
+HEALTH_FILE = None  # --health-file: /health answers 200 while this file exists, else 503
 
 
 def pattern_chunk(offset, n):
@@ -138,6 +144,8 @@ class Request:
         }
 
     def status_code(self):
+        if self.path == "/health" and HEALTH_FILE is not None:
+            return 200 if os.path.exists(HEALTH_FILE) else 503
         if self.path.startswith("/status/"):
             try:
                 return int(self.path[len("/status/"):])
@@ -580,8 +588,10 @@ async def sniff(reader):
     return buf.startswith(PREFACE), buf
 
 
-async def serve(host, port, name, proto="both"):
+async def serve(host, port, name, proto="both", health_file=None):
     """Serves until cancelled; returns the asyncio server once it listens."""
+    global HEALTH_FILE
+    HEALTH_FILE = health_file
 
     async def handle(reader, writer):
         try:
@@ -607,12 +617,13 @@ def main(argv=None):
     ap.add_argument("--listen", required=True, help="HOST:PORT")
     ap.add_argument("--name", default="pod")
     ap.add_argument("--proto", default="both", choices=["both", "h2c", "http1"])
+    ap.add_argument("--health-file", help="/health answers 200 while this file exists, else 503")
     a = ap.parse_args(argv)
     host, _, port = a.listen.rpartition(":")
     host = host.strip("[]")
 
     async def run():
-        server = await serve(host, int(port), a.name, a.proto)
+        server = await serve(host, int(port), a.name, a.proto, a.health_file)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for s in (signal.SIGTERM, signal.SIGINT):
