@@ -349,6 +349,14 @@ static void h1_feed(probe_t *p, const char *data, size_t len)
         probe_fail(p, "bad response: %s", llhttp_get_error_reason(&p->h1));
 }
 
+/* A pod key may be "service/host:port" (the same pod checked for two services): the Host sent
+ * is the host:port part. */
+static const char *authority_of(const char *name)
+{
+    const char *slash = strrchr(name, '/');
+    return slash ? slash + 1 : name;
+}
+
 static void h1_send_request(probe_t *p)
 {
     hc_pod_t *pod = p->pod;
@@ -358,7 +366,7 @@ static void h1_send_request(probe_t *p)
     if (evbuffer_add_printf(bufferevent_get_output(p->bev),
                             "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: " USER_AGENT
                             "\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-                            path, pod->name) < 0)
+                            path, authority_of(pod->name)) < 0)
         probe_fail(p, "out of memory");
 }
 
@@ -453,7 +461,7 @@ static void h2_send_request(probe_t *p)
         (uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP2_NV_FLAG_NONE                 \
     }
     const nghttp2_nv nv[] = {NV(":method", "GET"), NV(":scheme", "http"),
-                             NV(":authority", pod->name), NV(":path", path),
+                             NV(":authority", authority_of(pod->name)), NV(":path", path),
                              NV("user-agent", USER_AGENT)};
 #undef NV
     /* no server push; the client preface ("PRI * ...") is sent by nghttp2 itself */

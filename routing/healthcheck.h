@@ -81,6 +81,8 @@ mg_hc_t *mg_hc_new(struct event_base *base, mg_hc_cb cb, void *ud);
 /*
  * Starts or updates the checks of |pod| ("host:port": the key, and the :authority/Host sent) at
  * |addr| (|len| bytes, IPv4 or IPv6), speaking |proto| (MG_UP_H2C or MG_UP_H1), as |conf| says.
+ * |pod| is the key: "host:port", or "anything/host:port" to check one pod for several services
+ * (the Host / :authority sent is the part after the last '/').
  * Idempotent: watching a pod again with the same address, protocol, path and expect_version
  * keeps its state, its counters and its schedule; new interval, timeout or thresholds apply from
  * the next check. A different address, protocol, path or expect_version restarts the pod: the
