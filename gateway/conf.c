@@ -256,6 +256,7 @@ void mg_conf_clear(mg_conf_t *c)
     free(c->access_log);
     free(c->admin_listen);
     free(c->admin_token_file);
+    free(c->dns_nameserver);
     memset(c, 0, sizeof(*c));
 }
 
@@ -281,6 +282,7 @@ static bool conf_dup(mg_conf_t *dst, const mg_conf_t *src)
     ok &= dup_str(&dst->access_log, src->access_log);
     ok &= dup_str(&dst->admin_listen, src->admin_listen);
     ok &= dup_str(&dst->admin_token_file, src->admin_token_file);
+    ok &= dup_str(&dst->dns_nameserver, src->dns_nameserver);
     if (!ok)
         mg_conf_clear(dst);
     return ok;
@@ -531,7 +533,7 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
 {
     static const char *const keys[] = {"listen",     "tls",       "workers", "routes",
                                        "access_log", "log_level", "limits",  "timeouts_ms",
-                                       "upstream",   "admin",     NULL};
+                                       "upstream",   "admin",     "dns_nameserver", NULL};
     char q[300];
     if (!json_is_object(doc)) {
         type_error(e, doc, "object");
@@ -541,6 +543,15 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
     parse_listen(e, doc, "listen", c->listen, &c->nlisten);
     parse_tls(e, doc, dir, c);
     parse_admin(e, doc, dir, c);
+    const json_t *ns = json_object_get(doc, "dns_nameserver");
+    if (ns != NULL) {
+        size_t old = path_key(e, "dns_nameserver");
+        if (!json_is_string(ns) || json_string_value(ns)[0] == '\0')
+            type_error(e, ns, "string \"ip\", \"ip:port\" or \"[v6]:port\"");
+        else
+            set_str(e, &c->dns_nameserver, json_string_value(ns));
+        path_set(e, old);
+    }
 
     const json_t *v = json_object_get(doc, "workers");
     if (v != NULL) {

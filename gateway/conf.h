@@ -19,7 +19,8 @@
  *     "timeouts_ms": { "connect": 2000, "first_byte": 30000, "idle": 60000, "total": 0,
  *                      "client_idle": 120000, "drain": 10000 },      0 = none
  *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64 },
- *     "admin": { "listen": "127.0.0.1:9901", "token_file": "admin.token" } }   no admin = off
+ *     "admin": { "listen": "127.0.0.1:9901", "token_file": "admin.token" },   no admin = off
+ *     "dns_nameserver": "10.96.0.10:53" }           DNS services' resolver; default resolv.conf
  */
 #ifndef MG_GATEWAY_CONF_H
 #define MG_GATEWAY_CONF_H
@@ -48,6 +49,7 @@ typedef struct mg_conf {
     char *access_log; /* NULL = off, "-" = stdout */
     char *admin_listen;     /* admin listener "host:port" (metrics, admin API); NULL = none */
     char *admin_token_file; /* bearer token for the admin API; NULL = none (loopback only) */
+    char *dns_nameserver;   /* "ip[:port]" for DNS services; NULL = /etc/resolv.conf */
     int log_level;    /* mg_log_level_t */
 
     struct {

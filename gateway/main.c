@@ -37,6 +37,7 @@
 #include "common/log.h"
 #include "gateway/admin.h"
 #include "gateway/conf.h"
+#include "gateway/control.h"
 #include "gateway/proxy.h"
 #include "gateway/reqlog.h"
 #include "common/stats.h"
@@ -61,6 +62,7 @@ typedef struct worker {
 static const mg_conf_t *g_conf;
 static mg_reqlog_t *g_log;
 static mg_admin_t *g_admin; /* NULL when no admin listener is configured */
+static mg_control_t *g_control;
 static worker_t *g_workers;
 static unsigned g_nworkers;
 static mg_routes_t *g_routes;
@@ -133,6 +135,15 @@ static void worker_post(worker_t *w, mg_routes_t *r)
 
 /* ---------- signals ---------- */
 
+/* Hands |r| (one reference, ours) to every worker and makes it the current snapshot. */
+static void install_routes(void *ud, mg_routes_t *r)
+{
+    for (unsigned i = 0; i < g_nworkers; i++)
+        worker_post(&g_workers[i], r);
+    mg_routes_unref(g_routes);
+    g_routes = r;
+}
+
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     if (g_conf->routes_path == NULL) {
@@ -140,17 +151,14 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
         return;
     }
     char *errors = NULL;
-    mg_routes_t *r = mg_routes_load(g_conf->routes_path, &errors);
+    mg_routes_t *r = mg_control_load(g_control, g_conf->routes_path, &errors);
     if (r == NULL) {
         MG_LOG(MG_LOG_ERROR, "main", "reload refused; the previous routes stay in force:\n%s",
                errors ? errors : "(no detail)");
         free(errors);
         return;
     }
-    for (unsigned i = 0; i < g_nworkers; i++)
-        worker_post(&g_workers[i], r);
-    mg_routes_unref(g_routes);
-    g_routes = r;
+    install_routes(NULL, r);
     MG_LOG(MG_LOG_INFO, "main", "routing document %s reloaded: %zu services, %zu routes",
            g_conf->routes_path, r->nservices, r->nroutes);
 }
@@ -285,7 +293,6 @@ static void free_workers(void)
 /* Runs the workers until they have all left their loops (drained or stopped). */
 static void serve(const mg_conf_t *conf)
 {
-    g_main_base = event_base_new();
     struct event *sigs[] = {
         evsignal_new(g_main_base, SIGTERM, on_sigterm, NULL),
         evsignal_new(g_main_base, SIGINT, on_sigterm, NULL),
@@ -319,8 +326,6 @@ static void serve(const mg_conf_t *conf)
     pthread_join(j, NULL);
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         event_free(sigs[i]);
-    event_base_free(g_main_base);
-    g_main_base = NULL;
 }
 
 int main(int argc, char **argv)
@@ -362,8 +367,19 @@ int main(int argc, char **argv)
     /* before any snapshot: balancers and counters get one row per worker */
     mg_stats_init(conf.workers);
     mg_routes_set_workers(conf.workers);
-    g_routes = conf.routes_path ? mg_routes_load(conf.routes_path, &errors)
+    /* the main thread's loop: signals, and the control work (health checks, DNS) */
+    g_main_base = event_base_new();
+    g_control = g_main_base ? mg_control_new(g_main_base, conf.dns_nameserver, install_routes,
+                                             NULL)
+                            : NULL;
+    if (g_control == NULL) {
+        fprintf(stderr, "modelgate: out of memory\n");
+        goto out;
+    }
+    g_routes = conf.routes_path ? mg_control_load(g_control, conf.routes_path, &errors)
                                 : mg_routes_catchall(conf.backends, conf.backend_proto, &errors);
+    if (g_routes && !conf.routes_path)
+        mg_control_adopt(g_control, g_routes);
     if (g_routes == NULL) {
         fprintf(stderr, "modelgate: routing rejected:\n%s\n", errors ? errors : "");
         free(errors);
@@ -422,6 +438,7 @@ int main(int argc, char **argv)
     MG_LOG(MG_LOG_INFO, "main", "stopped");
 out:
     mg_admin_free(g_admin); /* first: its pages read the workers' counters */
+    mg_control_free(g_control);
     free_workers();
     if (g_routes)
         mg_routes_unref(g_routes);
@@ -429,6 +446,8 @@ out:
         mg_reqlog_close(g_log);
     if (tls)
         SSL_CTX_free(tls);
+    if (g_main_base)
+        event_base_free(g_main_base);
     mg_podstate_free_all();
     mg_stats_free_all();
     mg_conf_clear(&conf);

@@ -1,0 +1,304 @@
+/*
+ * gateway/control.c - routing documents, health checks and DNS discovery (see control.h).
+ *
+ * State kept between snapshots: the last good routing document (JSON), the addresses each DNS
+ * service resolved to, and the set of pods under active checks. A health verdict is written to
+ * the pod's shared state (routing/podstate) by the checker's callback; a DNS change rebuilds
+ * the snapshot from the kept document, which picks up the same pod states by name.
+ */
+#include "gateway/control.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "routing/discovery.h"
+#include "routing/healthcheck.h"
+#include "routing/podstate.h"
+
+typedef struct dns_entry {
+    char *service;
+    struct sockaddr_storage addrs[MG_DISC_MAX_ADDRS];
+    size_t n;
+    bool seen; /* still named by the current document */
+    struct dns_entry *next;
+} dns_entry_t;
+
+typedef struct watched {
+    char *key; /* "service/host:port" */
+    bool seen;
+    struct watched *next;
+} watched_t;
+
+struct mg_control {
+    struct event_base *base;
+    mg_control_install_fn install;
+    void *ud;
+    char *path;
+    json_t *doc; /* the last good routing document */
+    mg_hc_t *hc;
+    mg_disc_t *disc; /* NULL until a document names a DNS service */
+    char *nameserver;
+    dns_entry_t *dns;
+    watched_t *watched;
+};
+
+/* ---------- health ---------- */
+
+static void on_health(void *ud, const char *key, mg_hc_state_t state, const char *reason)
+{
+    const char *slash = strchr(key, '/');
+    if (slash == NULL)
+        return;
+    char service[256];
+    snprintf(service, sizeof(service), "%.*s", (int)(slash - key), key);
+    mg_podstate_t *ps = mg_podstate_get(service, slash + 1);
+    if (ps == NULL)
+        return;
+    mg_pod_health_t h = state == MG_HC_HEALTHY     ? MG_POD_HEALTH_HEALTHY
+                        : state == MG_HC_UNHEALTHY ? MG_POD_HEALTH_UNHEALTHY
+                                                   : MG_POD_HEALTH_UNKNOWN;
+    mg_podstate_set_health(ps, h, reason);
+    MG_LOG(h == MG_POD_HEALTH_HEALTHY ? MG_LOG_INFO : MG_LOG_WARN, "health",
+           "service %s pod %s is %s (%s)", service, slash + 1, mg_hc_state_name(state),
+           reason ? reason : "");
+}
+
+static watched_t **find_watched(mg_control_t *c, const char *key)
+{
+    watched_t **w = &c->watched;
+    while (*w && strcmp((*w)->key, key) != 0)
+        w = &(*w)->next;
+    return w;
+}
+
+/* Watches every pod of every service with a health check; unwatches the rest. */
+static void apply_checks(mg_control_t *c, const mg_routes_t *r)
+{
+    for (watched_t *w = c->watched; w; w = w->next)
+        w->seen = false;
+    for (size_t i = 0; i < r->nservices; i++) {
+        const mg_service_t *svc = &r->services[i];
+        if (svc->health.path == NULL)
+            continue;
+        mg_hc_conf_t hc = {
+            .path = svc->health.path,
+            .interval_ms = svc->health.interval_ms,
+            .timeout_ms = svc->health.timeout_ms,
+            .healthy_threshold = svc->health.healthy_threshold,
+            .unhealthy_threshold = svc->health.unhealthy_threshold,
+            .expect_version = svc->model_version,
+        };
+        for (size_t k = 0; k < svc->npods; k++) {
+            const mg_pod_t *pod = &svc->pods[k];
+            char key[512];
+            snprintf(key, sizeof(key), "%s/%s", svc->name, pod->name);
+            if (mg_hc_watch(c->hc, key, (const struct sockaddr *)&pod->addr, pod->addrlen,
+                            svc->proto, &hc) != MG_OK)
+                continue;
+            watched_t **wp = find_watched(c, key);
+            if (*wp == NULL && (*wp = calloc(1, sizeof(**wp))) != NULL &&
+                ((*wp)->key = strdup(key)) == NULL) {
+                free(*wp);
+                *wp = NULL;
+            }
+            if (*wp)
+                (*wp)->seen = true;
+            /* a restarted check forgets its verdict without a callback: mirror it */
+            mg_hc_state_t st = mg_hc_state(c->hc, key);
+            mg_pod_health_t h = st == MG_HC_HEALTHY     ? MG_POD_HEALTH_HEALTHY
+                                : st == MG_HC_UNHEALTHY ? MG_POD_HEALTH_UNHEALTHY
+                                                        : MG_POD_HEALTH_UNKNOWN;
+            if (atomic_load(&pod->state->health) != (int)h)
+                mg_podstate_set_health(pod->state, h, NULL);
+        }
+    }
+    for (watched_t **wp = &c->watched; *wp;) {
+        watched_t *w = *wp;
+        if (w->seen) {
+            wp = &w->next;
+            continue;
+        }
+        mg_hc_unwatch(c->hc, w->key);
+        *wp = w->next;
+        free(w->key);
+        free(w);
+    }
+}
+
+/* ---------- DNS ---------- */
+
+static dns_entry_t *find_dns(mg_control_t *c, const char *service)
+{
+    dns_entry_t *d = c->dns;
+    while (d && strcmp(d->service, service) != 0)
+        d = d->next;
+    return d;
+}
+
+static size_t dns_pods(void *ud, const char *service, struct sockaddr_storage *out, size_t cap)
+{
+    const dns_entry_t *d = find_dns(ud, service);
+    size_t n = d ? d->n : 0;
+    if (n > cap)
+        n = cap;
+    if (n)
+        memcpy(out, d->addrs, n * sizeof(*out));
+    return n;
+}
+
+static mg_routes_t *build(mg_control_t *c, const json_t *doc, const char *source, char **errors)
+{
+    return mg_routes_build(doc, source, dns_pods, c, errors);
+}
+
+static void apply(mg_control_t *c, const mg_routes_t *r);
+
+static void on_dns(void *ud, const char *service, const struct sockaddr_storage *addrs, size_t n)
+{
+    mg_control_t *c = ud;
+    dns_entry_t *d = find_dns(c, service);
+    if (d == NULL || c->doc == NULL)
+        return;
+    if (n > MG_DISC_MAX_ADDRS)
+        n = MG_DISC_MAX_ADDRS;
+    memcpy(d->addrs, addrs, n * sizeof(*addrs));
+    d->n = n;
+    char *errors = NULL;
+    mg_routes_t *r = build(c, c->doc, c->path ? c->path : "routing document", &errors);
+    if (r == NULL) { /* the document was good a moment ago: only memory can fail here */
+        MG_LOG(MG_LOG_ERROR, "control", "cannot rebuild the routes after a DNS change: %s",
+               errors ? errors : "?");
+        free(errors);
+        return;
+    }
+    MG_LOG(MG_LOG_INFO, "control", "service %s: %zu pod(s) from DNS", service, n);
+    apply(c, r);
+    c->install(c->ud, r);
+}
+
+static void apply_dns(mg_control_t *c, const mg_routes_t *r)
+{
+    for (dns_entry_t *d = c->dns; d; d = d->next)
+        d->seen = false;
+    for (size_t i = 0; i < r->nservices; i++) {
+        const mg_service_t *svc = &r->services[i];
+        if (svc->dns_name == NULL)
+            continue;
+        if (c->disc == NULL) {
+            char err[256];
+            c->disc = mg_disc_new(c->base, c->nameserver, on_dns, c, err, sizeof(err));
+            if (c->disc == NULL) {
+                MG_LOG(MG_LOG_ERROR, "control", "DNS discovery cannot start: %s", err);
+                return;
+            }
+        }
+        dns_entry_t *d = find_dns(c, svc->name);
+        if (d == NULL && (d = calloc(1, sizeof(*d))) != NULL) {
+            if ((d->service = strdup(svc->name)) == NULL) {
+                free(d);
+                continue;
+            }
+            d->next = c->dns;
+            c->dns = d;
+        }
+        if (d == NULL)
+            continue;
+        d->seen = true;
+        mg_disc_watch(c->disc, svc->name, svc->dns_name, svc->dns_port, svc->dns_interval_ms);
+    }
+    for (dns_entry_t **dp = &c->dns; *dp;) {
+        dns_entry_t *d = *dp;
+        if (d->seen) {
+            dp = &d->next;
+            continue;
+        }
+        if (c->disc)
+            mg_disc_unwatch(c->disc, d->service);
+        *dp = d->next;
+        free(d->service);
+        free(d);
+    }
+}
+
+static void apply(mg_control_t *c, const mg_routes_t *r)
+{
+    apply_checks(c, r);
+}
+
+/* ---------- API ---------- */
+
+mg_control_t *mg_control_new(struct event_base *base, const char *nameserver,
+                             mg_control_install_fn install, void *ud)
+{
+    mg_control_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->base = base;
+    c->install = install;
+    c->ud = ud;
+    c->hc = mg_hc_new(base, on_health, c);
+    if (c->hc == NULL || (nameserver && (c->nameserver = strdup(nameserver)) == NULL)) {
+        mg_control_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+mg_routes_t *mg_control_load(mg_control_t *c, const char *path, char **errors)
+{
+    json_error_t jerr;
+    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (doc == NULL) /* let the routes module word the syntax error as usual */
+        return mg_routes_load(path, errors);
+    mg_routes_t *r = build(c, doc, path, errors);
+    if (r == NULL) {
+        json_decref(doc);
+        return NULL;
+    }
+    json_decref(c->doc);
+    c->doc = doc;
+    if (c->path == NULL || strcmp(c->path, path) != 0) {
+        free(c->path);
+        c->path = strdup(path);
+    }
+    apply_dns(c, r);
+    apply(c, r);
+    return r;
+}
+
+void mg_control_adopt(mg_control_t *c, const mg_routes_t *routes)
+{
+    apply(c, routes);
+}
+
+void mg_control_free(mg_control_t *c)
+{
+    if (c == NULL)
+        return;
+    if (c->disc) {
+        mg_disc_free(c->disc);
+        /* evdns finishes cancelled queries on the next loop turn (discovery.h) */
+        event_base_loop(c->base, EVLOOP_NONBLOCK);
+    }
+    if (c->hc)
+        mg_hc_free(c->hc);
+    while (c->dns) {
+        dns_entry_t *d = c->dns;
+        c->dns = d->next;
+        free(d->service);
+        free(d);
+    }
+    while (c->watched) {
+        watched_t *w = c->watched;
+        c->watched = w->next;
+        free(w->key);
+        free(w);
+    }
+    json_decref(c->doc);
+    free(c->path);
+    free(c->nameserver);
+    free(c);
+}
