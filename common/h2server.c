@@ -22,6 +22,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,7 +139,7 @@ struct mg_srv {
     struct evconnlistener *listeners[MAX_LISTENERS];
     size_t nlisteners;
     conn_t *conns;
-    size_t nconns;
+    atomic_size_t nconns; /* written by the loop's thread only; read by scrapes (relaxed) */
     bool shutting_down;
     mg_srv_stream_t *free_streams;
     size_t nfree;
@@ -307,7 +308,9 @@ static void conn_free(conn_t *c)
         srv->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    srv->nconns--;
+    atomic_store_explicit(&srv->nconns,
+                          atomic_load_explicit(&srv->nconns, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
     free(c);
 }
 
@@ -1543,7 +1546,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     if (srv->conns)
         srv->conns->prev = c;
     srv->conns = c;
-    srv->nconns++;
+    atomic_store_explicit(&srv->nconns,
+                          atomic_load_explicit(&srv->nconns, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     if (c->bev == NULL || c->idle_timer == NULL) {
         if (c->bev == NULL)
             close(fd);
@@ -1650,7 +1655,7 @@ void mg_srv_shutdown(mg_srv_t *srv)
 
 size_t mg_srv_nconns(const mg_srv_t *srv)
 {
-    return srv->nconns;
+    return atomic_load_explicit(&srv->nconns, memory_order_relaxed);
 }
 
 void mg_srv_free(mg_srv_t *srv)

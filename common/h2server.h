@@ -97,7 +97,7 @@ mg_err_t mg_srv_listen(mg_srv_t *srv, int fd, bool tls);
  * connections and the others after their current response. */
 void mg_srv_shutdown(mg_srv_t *srv);
 
-/* Number of open client connections. */
+/* Number of open client connections. Any thread may read it (for metrics). */
 size_t mg_srv_nconns(const mg_srv_t *srv);
 
 /* Closes everything at once and frees |srv| (in-flight streams get on_close(false)). */

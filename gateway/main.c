@@ -38,6 +38,7 @@
 #include "gateway/admin.h"
 #include "gateway/conf.h"
 #include "gateway/control.h"
+#include "gateway/metrics.h"
 #include "gateway/proxy.h"
 #include "gateway/reqlog.h"
 #include "common/stats.h"
@@ -63,11 +64,19 @@ static const mg_conf_t *g_conf;
 static mg_reqlog_t *g_log;
 static mg_admin_t *g_admin; /* NULL when no admin listener is configured */
 static mg_control_t *g_control;
+
 static worker_t *g_workers;
 static unsigned g_nworkers;
 static mg_routes_t *g_routes;
 static struct event_base *g_main_base;
 static bool g_draining;
+
+static size_t worker_conns(void *ud, unsigned i)
+{
+    return g_workers && i < g_nworkers && g_workers[i].srv ? mg_srv_nconns(g_workers[i].srv) : 0;
+}
+
+static mg_metrics_src_t g_metrics_src = {.conns = worker_conns};
 
 
 /* ---------- workers ---------- */
@@ -428,6 +437,9 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < g_nworkers; i++)
         if (start_worker(i, &conf, &sc, tls) != 0)
             goto out;
+    g_metrics_src.workers = g_nworkers;
+    if (g_admin)
+        mg_admin_page(g_admin, "/metrics", mg_metrics_page, &g_metrics_src);
     if (g_admin && mg_admin_start(g_admin) != MG_OK) {
         fprintf(stderr, "modelgate: cannot start the admin listener's thread\n");
         goto out;

@@ -7,10 +7,12 @@ hand-rolled asyncio server: keep-alive, content-length and chunked bodies, trail
 by the first bytes of the connection, as the gateway does.
 
     /usr/bin/python3 backend.py --listen 127.0.0.1:P --name pod-a [--proto both|h2c|http1]
-                                [--health-file FILE]
+                                [--health-file FILE] [--delay-ms N]
 
 Prints "ready" on stdout once listening, and one line per request ("req PROTO METHOD PATH") so
 that a test can tell a request reached it.
+
+--delay-ms N makes every answer wait N ms first (a deliberately slow pod).
 
 Every request body is read as it arrives and only hashed, never stored. Endpoints (any method):
     /slow?ms=N          answers after N ms
@@ -56,6 +58,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+DELAY_MS = 0  # --delay-ms
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CHUNK = 64 * 1024
 # byte i of a /bytes body is i % 256; PATTERN[o:o+n] is the n bytes starting at any offset o % 256
@@ -322,6 +325,8 @@ class H2Handler:
 
     async def respond_inner(self, sid, r):
         p = r.path
+        if DELAY_MS:
+            await asyncio.sleep(DELAY_MS / 1000.0)
         if p == "/slow":
             await asyncio.sleep(r.qint("ms", 1000) / 1000.0)
         if p == "/reset":
@@ -518,6 +523,8 @@ class H1Handler:
     async def respond(self, r, keep):
         p = r.path
         w = self.w
+        if DELAY_MS:
+            await asyncio.sleep(DELAY_MS / 1000.0)
         if p == "/slow":
             await asyncio.sleep(r.qint("ms", 1000) / 1000.0)
         if p == "/reset":
@@ -588,10 +595,11 @@ async def sniff(reader):
     return buf.startswith(PREFACE), buf
 
 
-async def serve(host, port, name, proto="both", health_file=None):
+async def serve(host, port, name, proto="both", health_file=None, delay_ms=0):
     """Serves until cancelled; returns the asyncio server once it listens."""
-    global HEALTH_FILE
+    global HEALTH_FILE, DELAY_MS
     HEALTH_FILE = health_file
+    DELAY_MS = delay_ms
 
     async def handle(reader, writer):
         try:
@@ -618,12 +626,13 @@ def main(argv=None):
     ap.add_argument("--name", default="pod")
     ap.add_argument("--proto", default="both", choices=["both", "h2c", "http1"])
     ap.add_argument("--health-file", help="/health answers 200 while this file exists, else 503")
+    ap.add_argument("--delay-ms", type=int, default=0, help="every answer waits this long first")
     a = ap.parse_args(argv)
     host, _, port = a.listen.rpartition(":")
     host = host.strip("[]")
 
     async def run():
-        server = await serve(host, int(port), a.name, a.proto, a.health_file)
+        server = await serve(host, int(port), a.name, a.proto, a.health_file, a.delay_ms)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for s in (signal.SIGTERM, signal.SIGINT):

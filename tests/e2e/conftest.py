@@ -245,13 +245,16 @@ class Proc:
         return "\n".join(parts)
 
     def wait_ready(self, ports):
+        self.wait_ready_on("127.0.0.1", ports)
+
+    def wait_ready_on(self, host, ports):
         deadline = time.monotonic() + READY_DEADLINE
         pending = list(ports)
         while pending:
             if not self.alive():
                 pytest.fail("%s exited (code %s) before listening on %s:\n%s" % (
                     self.name, self.popen.returncode, pending, self.report()))
-            if port_open(pending[0]):
+            if port_open(pending[0], host):
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
@@ -379,14 +382,18 @@ class Procs:
         self.all.append(p)
         return p
 
-    def backend(self, name="pod-a", proto="both", port=None):
+    def backend(self, name="pod-a", proto="both", port=None, args=(), host="127.0.0.1"):
+        """tests/e2e/backend.py; |args|: more flags (--delay-ms N, --health-file F); |host|:
+        another loopback address (127.0.0.2...) for pods that share a port, as DNS pods do."""
         port = port or free_port()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         p = self.spawn("backend-" + name, [PYTHON, os.path.join(HERE, "backend.py"), "--listen",
-                                           "127.0.0.1:%d" % port, "--name", name, "--proto",
-                                           proto], env)
-        p.wait_ready([port])
-        return Backend(p, name, port)
+                                           "%s:%d" % (host, port), "--name", name, "--proto",
+                                           proto] + list(args), env)
+        p.wait_ready_on(host, [port])
+        b = Backend(p, name, port)
+        b.addr = "%s:%d" % (host, port)
+        return b
 
     def grpc_backend(self, name="grpc-a", port=None):
         port = port or free_port()

@@ -1,0 +1,28 @@
+/*
+ * gateway/metrics.h - GET /metrics on the admin listener: Prometheus text format 0.0.4.
+ *
+ * Per route (app, env), service and pod: requests by status class and a latency histogram;
+ * per service: retries, retry-budget exhaustion, split fallbacks, circuit-breaker overflows;
+ * per pod: health, ejection, failures, ejections, requests and pending requests in flight;
+ * per worker: open client connections. Counters are summed over the workers' blocks at scrape
+ * time (common/stats.h); nothing on the request path takes a lock for them.
+ */
+#ifndef MG_GATEWAY_METRICS_H
+#define MG_GATEWAY_METRICS_H
+
+#include <event2/buffer.h>
+#include <stddef.h>
+
+/* Per-worker open client connections, read at scrape time from the admin thread. */
+typedef size_t (*mg_metrics_conns_fn)(void *ud, unsigned worker);
+
+typedef struct mg_metrics_src {
+    unsigned workers;
+    mg_metrics_conns_fn conns;
+    void *ud;
+} mg_metrics_src_t;
+
+/* An mg_admin_page_fn: |ud| is a mg_metrics_src_t that outlives the admin listener. */
+int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const char **content_type);
+
+#endif /* MG_GATEWAY_METRICS_H */

@@ -1,0 +1,474 @@
+"""
+Load balancing, canary splits, health and resilience, end to end: real gateway, python test pods
+(backend.py) on 127.0.0.1, counted through the x-modelgate-service / x-pod response headers, the
+access log and /metrics.
+
+Tolerances: shares are binomial; with N requests and share p the standard deviation is
+sqrt(p(1-p)/N); each check allows about 4 standard deviations, so a correct gateway fails one
+in ~15000 runs and a wrong policy (e.g. round robin instead of P2C) fails every time.
+"""
+
+import collections
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import DOMAIN, HOST, free_port, routes_doc, wait_for
+
+
+def route(app="digits", env="production", **kw):
+    r = {"app": app, "env": env}
+    r.update(kw)
+    return r
+
+
+def doc(services, routes):
+    """A routing document from full service objects: {name: {...}}."""
+    return {"domain": DOMAIN, "envs": ["staging", "production"], "services": services,
+            "routes": routes}
+
+
+def svc(*pods, **kw):
+    s = {"protocol": "http1", "pods": [p.addr if hasattr(p, "addr") else p for p in pods]}
+    s.update(kw)
+    return s
+
+
+class Client:
+    """HTTP/1.1 keep-alive requests to the gateway with the app's Host."""
+
+    def __init__(self, gw, host=HOST, timeout=10):
+        self.base = "http://127.0.0.1:%d" % gw.port
+        self.c = httpx.Client(timeout=timeout, headers={"host": host})
+
+    def get(self, path="/", **kw):
+        return self.c.get(self.base + path, **kw)
+
+    def post(self, path="/", **kw):
+        return self.c.post(self.base + path, **kw)
+
+    def close(self):
+        self.c.close()
+
+
+def shares(counter, n):
+    return {k: round(v / n, 4) for k, v in sorted(counter.items())}
+
+
+def metrics(port):
+    return httpx.get("http://127.0.0.1:%d/metrics" % port, timeout=5).text
+
+
+def metric(text, name, **labels):
+    """The value of one sample of /metrics, or None."""
+    want = ",".join('%s="%s"' % kv for kv in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            lab, _, val = line[len(name) + 1:].rpartition("} ")
+            if all(('%s="%s"' % kv) in lab for kv in labels.items()):
+                return float(val)
+    return None
+
+
+def admin_conf():
+    port = free_port()
+    return port, {"admin": {"listen": "127.0.0.1:%d" % port}, "workers": 2}
+
+
+# ------------------------------------------------------------------------------------------
+# canary splits
+
+
+def test_split_90_10_shares_and_log(procs):
+    a, b = procs.backend("v1"), procs.backend("v2")
+    gw = procs.gateway(doc({"v1": svc(a), "v2": svc(b)},
+                           [route(split=[{"service": "v1", "weight": 90},
+                                         {"service": "v2", "weight": 10}])]), tls=False)
+    n = 2000
+    c = Client(gw)
+    seen = collections.Counter()
+    for _ in range(n):
+        r = c.get("/predict")
+        assert r.status_code == 200
+        svc_hdr = r.headers["x-modelgate-service"]
+        assert r.headers["x-pod"] == {"v1": "v1", "v2": "v2"}[svc_hdr]
+        seen[svc_hdr] += 1
+    c.close()
+    print("90/10 split over %d requests: %s" % (n, shares(seen, n)))
+    # sd = sqrt(.09/2000) = 0.0067: 0.1 +- 0.027
+    assert abs(seen["v2"] / n - 0.10) < 0.027, seen
+    log = gw.wait_access(n)
+    assert collections.Counter(r["service"] for r in log) == seen
+    assert not any(r["fallback"] for r in log)
+
+
+def siphash_free_sticky_check(gw_factory, users):
+    """{user: service} for |users| through a fresh gateway from |gw_factory|."""
+    gw = gw_factory()
+    c = Client(gw)
+    out = {}
+    for u in users:
+        r = c.get("/p", headers={"x-user-id": u})
+        assert r.status_code == 200
+        out[u] = r.headers["x-modelgate-service"]
+    c.close()
+    return gw, out
+
+
+def test_sticky_split_survives_restart_and_moves_only_what_it_must(procs):
+    a, b = procs.backend("v1"), procs.backend("v2")
+    routes = doc({"v1": svc(a), "v2": svc(b)},
+                 [route(split=[{"service": "v1", "weight": 90}, {"service": "v2", "weight": 10}],
+                        sticky_header="x-user-id")])
+    users = ["user-%d" % i for i in range(600)]
+    gw1, first = siphash_free_sticky_check(lambda: procs.gateway(routes, tls=False, name="gw1"),
+                                           users)
+    # the same user twice on one gateway: the same service
+    c = Client(gw1)
+    for u in users[:50]:
+        assert c.get("/p", headers={"x-user-id": u}).headers["x-modelgate-service"] == first[u]
+    c.close()
+    gw1.signal(signal.SIGTERM)
+    assert gw1.proc.wait(15) == 0
+    # a new gateway process: every user keeps its service
+    gw2, second = siphash_free_sticky_check(lambda: procs.gateway(routes, tls=False, name="gw2"),
+                                            users)
+    assert second == first
+    share_v2 = sum(1 for s in first.values() if s == "v2") / len(users)
+    print("sticky 90/10: v2 share %.3f over %d users" % (share_v2, len(users)))
+    assert abs(share_v2 - 0.10) < 0.05
+    # 90/10 -> 50/50 live: units only move v1 -> v2, and the expected 4000/9000 of v1's
+    routes["routes"][0]["split"] = [{"service": "v1", "weight": 50},
+                                    {"service": "v2", "weight": 50}]
+    gw2.write_routes(routes)
+    gw2.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in gw2.log(), 5, what="the reload")
+    c = Client(gw2)
+    after = {u: c.get("/p", headers={"x-user-id": u}).headers["x-modelgate-service"]
+             for u in users}
+    c.close()
+    back = [u for u in users if first[u] == "v2" and after[u] == "v1"]
+    moved = [u for u in users if first[u] == "v1" and after[u] == "v2"]
+    on_v1 = sum(1 for s in first.values() if s == "v1")
+    print("90/10 -> 50/50: %d of %d v1 users moved to v2 (expected %.3f), %d moved back"
+          % (len(moved), on_v1, 4000 / 9000, len(back)))
+    assert back == []
+    assert abs(len(moved) / on_v1 - 4000 / 9000) < 0.09
+
+
+def test_fallback_when_a_split_service_is_down(procs):
+    a = procs.backend("v1")
+    dead = "127.0.0.1:%d" % free_port()
+    hc = {"path": "/health", "interval_ms": 200, "timeout_ms": 200}
+    gw = procs.gateway(doc({"v1": svc(a), "v2": svc(dead, health_check=hc)},
+                           [route(split=[{"service": "v1", "weight": 80},
+                                         {"service": "v2", "weight": 20}])]), tls=False)
+    n = 500
+    c = Client(gw)
+    for _ in range(n):
+        r = c.get("/p")
+        assert r.status_code == 200 and r.headers["x-modelgate-service"] == "v1"
+    c.close()
+    log = gw.wait_access(n)
+    fb = sum(1 for r in log if r["fallback"])
+    print("v2 down: %d of %d requests fell back to v1 (expected ~20%%)" % (fb, n))
+    assert all(r["service"] == "v1" and r["status"] == 200 for r in log)
+    # sd = sqrt(.16/500) = 0.018
+    assert abs(fb / n - 0.20) < 0.075
+
+
+# ------------------------------------------------------------------------------------------
+# policies
+
+
+def test_round_robin_weights_are_exact(procs):
+    pods = [procs.backend("p%d" % i) for i in range(3)]
+    s = svc(policy="round_robin")
+    s["pods"] = [{"address": p.addr, "weight": w} for p, w in zip(pods, (1, 2, 5))]
+    gw = procs.gateway(doc({"s": s}, [route(service="s")]), conf={"workers": 1}, tls=False)
+    c = Client(gw)
+    seen = collections.Counter(c.get("/").headers["x-pod"] for _ in range(800))
+    c.close()
+    print("round robin 1:2:5 over 800: %s" % dict(seen))
+    assert seen == {"p0": 100, "p1": 200, "p2": 500}
+
+
+def test_least_request_follows_weights(procs):
+    pods = [procs.backend("p%d" % i) for i in range(3)]
+    s = svc()
+    s["pods"] = [{"address": p.addr, "weight": w} for p, w in zip(pods, (1, 1, 2))]
+    gw = procs.gateway(doc({"s": s}, [route(service="s")]), tls=False)
+    n = 1200
+    c = Client(gw)
+    seen = collections.Counter(c.get("/").headers["x-pod"] for _ in range(n))
+    c.close()
+    print("least_request (P2C) 1:1:2 over %d sequential: %s" % (n, shares(seen, n)))
+    # one request at a time: every pod has 0 in flight, so P2C is a weighted random draw
+    for pod, want in (("p0", 0.25), ("p1", 0.25), ("p2", 0.5)):
+        assert abs(seen[pod] / n - want) < 0.06, seen
+
+
+def concurrent_gets(gw, n, threads, path="/", headers=None):
+    """n GETs from |threads| threads; returns (Counter of x-pod, list of failures)."""
+    seen = collections.Counter()
+    failures = []
+    lock = threading.Lock()
+    per = n // threads
+
+    def run():
+        c = Client(gw)
+        for _ in range(per):
+            try:
+                r = c.get(path, headers=headers)
+                with lock:
+                    if r.status_code == 200:
+                        seen[r.headers["x-pod"]] += 1
+                    else:
+                        failures.append((r.status_code, r.text[:200]))
+            except httpx.HTTPError as e:
+                with lock:
+                    failures.append(("exception", repr(e)))
+        c.close()
+
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    return seen, failures
+
+
+def test_p2c_steers_away_from_a_slow_pod(procs):
+    fast = [procs.backend("fast-%d" % i) for i in range(2)]
+    slow = procs.backend("slow", args=["--delay-ms", "60"])
+    gw = procs.gateway(doc({"s": svc(fast[0], fast[1], slow)}, [route(service="s")]), tls=False)
+    n = 600
+    seen, failures = concurrent_gets(gw, n, 12)
+    print("P2C, 12 concurrent clients, pod 'slow' +60 ms: %s" % shares(seen, n))
+    assert failures == []
+    # round robin would give it 1/3; P2C sees its requests pile up and mostly picks the others
+    assert seen["slow"] / n < 0.15, seen
+
+
+def test_consistent_hash_keeps_users_and_moves_few_when_a_pod_joins(procs):
+    pods = [procs.backend("p%d" % i) for i in range(4)]
+    s = svc(pods[0], pods[1], pods[2], policy="consistent_hash", hash_key="header:x-user-id")
+    routes = doc({"s": s}, [route(service="s")])
+    gw = procs.gateway(routes, tls=False)
+    users = ["u%d" % i for i in range(600)]
+    c = Client(gw)
+    before = {u: c.get("/", headers={"x-user-id": u}).headers["x-pod"] for u in users}
+    again = {u: c.get("/", headers={"x-user-id": u}).headers["x-pod"] for u in users}
+    assert again == before
+    routes["services"]["s"]["pods"].append(pods[3].addr)
+    gw.write_routes(routes)
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in gw.log(), 5, what="the reload")
+    after = {u: c.get("/", headers={"x-user-id": u}).headers["x-pod"] for u in users}
+    c.close()
+    moved = [u for u in users if after[u] != before[u]]
+    print("consistent hash, 3 -> 4 pods: %d of %d users moved (ideal 1/4 = %d), all to p3: %s"
+          % (len(moved), len(users), len(users) // 4, all(after[u] == "p3" for u in moved)))
+    assert all(after[u] == "p3" for u in moved)
+    assert 0.10 < len(moved) / len(users) < 0.40
+
+
+# ------------------------------------------------------------------------------------------
+# health and resilience
+
+
+def kill_under_load(procs, retry):
+    pods = [procs.backend("p%d" % i) for i in range(3)]
+    s = svc(*pods, retry=retry)
+    gw = procs.gateway(doc({"s": s}, [route(service="s")]), tls=False)
+    box = {}
+
+    def killer():
+        time.sleep(0.8)
+        os.kill(pods[1].proc.pid, signal.SIGKILL)
+        box["t"] = time.monotonic()
+
+    k = threading.Thread(target=killer)
+    k.start()
+    seen, failures = concurrent_gets(gw, 1600, 8, path="/slow?ms=20")
+    k.join()
+    return gw, seen, failures
+
+
+def test_kill9_pod_under_load_with_retries_loses_nothing(procs):
+    gw, seen, failures = kill_under_load(procs, {"attempts": 2})
+    print("kill -9 of p1 under 8 concurrent clients, retries on: %s, failures %d"
+          % (dict(seen), len(failures)))
+    assert failures == []
+    assert seen["p1"] > 0 and seen["p0"] > 0 and seen["p2"] > 0
+
+
+def test_kill9_pod_without_retries_loses_only_its_in_flight(procs):
+    gw, seen, failures = kill_under_load(procs, {"attempts": 0})
+    print("kill -9 of p1 under 8 concurrent clients, retries off: %d failed: %s"
+          % (len(failures), failures[:3]))
+    # only the requests in flight on p1 at the kill (at most one per client); the connect
+    # failures that follow still go to another pod
+    assert len(failures) <= 8, failures
+    assert all(f[0] == 502 for f in failures), failures
+
+
+def test_unhealthy_pod_leaves_and_returns(procs):
+    flag = os.path.join(procs.dir, "p1.healthy")
+    open(flag, "w").close()
+    p0 = procs.backend("p0", args=["--health-file", os.path.join(procs.dir, "p0.healthy")])
+    open(os.path.join(procs.dir, "p0.healthy"), "w").close()
+    p1 = procs.backend("p1", args=["--health-file", flag])
+    hc = {"path": "/health", "interval_ms": 100, "timeout_ms": 500, "healthy_threshold": 2,
+          "unhealthy_threshold": 2}
+    aport, conf = admin_conf()
+    gw = procs.gateway(doc({"s": svc(p0, p1, health_check=hc, policy="round_robin")},
+                           [route(service="s")]), conf=conf, tls=False)
+    c = Client(gw)
+    wait_for(lambda: {c.get("/").headers["x-pod"] for _ in range(6)} == {"p0", "p1"}, 5,
+             what="both pods in rotation")
+    os.unlink(flag)
+    wait_for(lambda: metric(metrics(aport), "modelgate_pod_healthy", pod=p1.addr) == 0, 5,
+             what="p1 unhealthy in /metrics")
+    assert {c.get("/").headers["x-pod"] for _ in range(20)} == {"p0"}
+    t0 = time.monotonic()
+    open(flag, "w").close()
+    wait_for(lambda: "p1" in {c.get("/").headers["x-pod"] for _ in range(4)}, 5,
+             what="p1 back in rotation")
+    print("p1 back in rotation %.2f s after it became healthy (2 checks of 100 ms)"
+          % (time.monotonic() - t0))
+    c.close()
+
+
+def test_all_pods_down_answers_503_at_once(procs):
+    dead = ["127.0.0.1:%d" % free_port() for _ in range(2)]
+    hc = {"path": "/health", "interval_ms": 200, "timeout_ms": 200}
+    gw = procs.gateway(doc({"s": svc(*dead, health_check=hc)}, [route(service="s")]), tls=False)
+    c = Client(gw)
+    t0 = time.monotonic()
+    r = c.get("/")
+    took = time.monotonic() - t0
+    c.close()
+    print("all pods down: %d in %.1f ms" % (r.status_code, took * 1000))
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "no_healthy_pod"
+    assert "2 unhealthy" in r.json()["error"]["message"]
+    assert took < 0.5
+
+
+def test_passive_ejection_takes_a_dead_pod_out(procs):
+    live = procs.backend("live")
+    dead = "127.0.0.1:%d" % free_port()
+    aport, conf = admin_conf()
+    gw = procs.gateway(doc({"s": svc(live, dead, outlier={"consecutive_failures": 3,
+                                                          "base_ejection_ms": 30000},
+                                     policy="round_robin")},
+                           [route(service="s")]), conf=conf, tls=False)
+    c = Client(gw)
+    for _ in range(40):
+        r = c.get("/")
+        assert r.status_code == 200 and r.headers["x-pod"] == "live"
+    c.close()
+    m = metrics(aport)
+    ejected = metric(m, "modelgate_pod_ejected", pod=dead)
+    ejections = metric(m, "modelgate_pod_ejections_total", pod=dead)
+    retries = metric(m, "modelgate_service_retries_total", service="s")
+    print("dead pod: ejected=%s ejections=%s retries=%s over 40 requests" % (ejected, ejections,
+                                                                              retries))
+    assert ejected == 1 and ejections == 1
+    # once ejected the dead pod costs nothing: only the first few requests needed a retry
+    assert retries is not None and retries <= 6
+
+
+def test_retriable_post_is_replayed_on_another_pod(procs):
+    bad = procs.backend("bad", args=["--health-file", os.path.join(procs.dir, "never")])
+    good_flag = os.path.join(procs.dir, "good")
+    open(good_flag, "w").close()
+    good = procs.backend("good", args=["--health-file", good_flag])
+    services = {"s": svc(bad, good, policy="round_robin", retry={"attempts": 1, "on": ["5xx"]},
+                         outlier={"consecutive_failures": 0})}
+    routes = doc(services, [route(service="s", retry_post=True)])
+    gw = procs.gateway(routes, tls=False)
+    body = os.urandom(20000)
+    c = Client(gw)
+    for _ in range(6):  # round robin: half of them start on "bad" (503 on /health)
+        r = c.post("/health", content=body)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-pod"] == "good"
+    log = gw.wait_access(6)
+    assert sum(r["retries"] for r in log) == 3
+    # the same without retry_post: a POST is not repeated, the pod's 503 comes through
+    routes["routes"][0]["retry_post"] = False
+    gw.write_routes(routes)
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in gw.log(), 5, what="the reload")
+    codes = collections.Counter(c.post("/health", content=body).status_code for _ in range(6))
+    c.close()
+    assert codes == {200: 3, 503: 3}, codes
+
+
+def test_circuit_breaker_limits_requests_per_pod(procs):
+    a = procs.backend("a")
+    gw = procs.gateway(doc({"s": svc(a, limits={"max_requests_per_pod": 2})},
+                           [route(service="s")]), tls=False)
+    results = []
+
+    def one():
+        c = Client(gw)
+        r = c.get("/slow?ms=700")
+        results.append((r.status_code, r.json().get("error", {}).get("code")))
+        c.close()
+
+    ts = [threading.Thread(target=one) for _ in range(4)]
+    for t in ts:
+        t.start()
+        time.sleep(0.05)
+    for t in ts:
+        t.join(10)
+    print("4 concurrent slow requests, max_requests_per_pod 2: %s" % results)
+    assert sorted(results, key=str).count((200, None)) == 2
+    assert results.count((503, "overloaded")) == 2
+
+
+def test_route_timeout_overrides_the_default(procs):
+    a = procs.backend("a")
+    gw = procs.gateway(doc({"s": svc(a)},
+                           [route(service="s", timeouts_ms={"first_byte": 300})]), tls=False)
+    c = Client(gw)
+    t0 = time.monotonic()
+    r = c.get("/slow?ms=3000")
+    took = time.monotonic() - t0
+    c.close()
+    assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+    assert 0.25 < took < 2.0, took
+
+
+def test_metrics_count_requests_per_route_service_and_pod(procs):
+    a, b = procs.backend("v1"), procs.backend("v2")
+    aport, conf = admin_conf()
+    gw = procs.gateway(doc({"v1": svc(a), "v2": svc(b)},
+                           [route(split=[{"service": "v1", "weight": 1},
+                                         {"service": "v2", "weight": 1}])]),
+                       conf=conf, tls=False)
+    c = Client(gw)
+    seen = collections.Counter(c.get("/").headers["x-modelgate-service"] for _ in range(100))
+    assert c.get("/status/404").status_code == 404
+    c.close()
+    m = metrics(aport)
+    assert metric(m, "modelgate_route_requests_total", app="digits", env="production",
+                  code="2xx") == 100
+    assert metric(m, "modelgate_route_requests_total", app="digits", env="production",
+                  code="4xx") == 1
+    twoxx = [metric(m, "modelgate_service_requests_total", service=s, code="2xx")
+             for s in ("v1", "v2")]
+    assert twoxx[0] + twoxx[1] == 100 and twoxx[0] >= seen["v1"]
+    assert metric(m, "modelgate_pod_requests_total", pod=a.addr, code="2xx") == twoxx[0]
+    assert metric(m, "modelgate_route_request_duration_seconds_count", app="digits",
+                  env="production") == 101
+    assert "modelgate_worker_connections{worker=\"1\"}" in m
+    assert "# TYPE modelgate_pod_request_duration_seconds histogram" in m
