@@ -1,0 +1,97 @@
+"""
+DNS discovery end to end: a private dnsmasq on a loopback port answers for a headless-Service
+style name (one A record per pod); pods listen on 127.0.0.2-127.0.0.4 with one shared port, as
+pods of a Kubernetes Service do. Pods appear and disappear without a reload; a request in
+flight to a removed pod finishes.
+"""
+
+import collections
+import threading
+import time
+
+import httpx
+
+from conftest import DOMAIN, HOST, free_port, wait_for
+from servers import Dnsmasq
+
+NAME = "digits.pods.svc.test"
+
+
+def pods_seen(gw, n=60):
+    c = httpx.Client(timeout=10, headers={"host": HOST})
+    seen = collections.Counter()
+    for _ in range(n):
+        r = c.get("http://127.0.0.1:%d/" % gw.port)
+        if r.status_code == 200:
+            seen[r.headers["x-pod"]] += 1
+        else:
+            seen[r.status_code] += 1
+    c.close()
+    return seen
+
+
+def test_pods_come_and_go_with_dns(procs):
+    port = free_port()
+    pods = {ip: procs.backend("pod-%s" % ip.rsplit(".", 1)[1], host=ip, port=port)
+            for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4")}
+    dns = Dnsmasq(procs, {NAME: ["127.0.0.2", "127.0.0.3"]})
+    routes = {"domain": DOMAIN, "envs": ["production"],
+              "services": {"s": {"protocol": "http1", "policy": "round_robin",
+                                 "dns": {"name": NAME, "port": port, "interval_ms": 200}}},
+              "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+    gw = procs.gateway(routes, conf={"dns_nameserver": dns.addr}, tls=False)
+    wait_for(lambda: set(pods_seen(gw, 8)) == {"pod-2", "pod-3"}, 5,
+             what="the two pods DNS names")
+    # a pod is added: it gets traffic without a reload
+    dns.set_hosts({NAME: ["127.0.0.2", "127.0.0.3", "127.0.0.4"]})
+    t0 = time.monotonic()
+    wait_for(lambda: "pod-4" in pods_seen(gw, 9), 5, what="pod-4 in rotation")
+    print("pod added to DNS: in rotation after %.2f s (interval 200 ms)" % (time.monotonic() - t0))
+    # a pod is removed while a request to it is in flight: that request finishes
+    c = httpx.Client(timeout=10, headers={"host": HOST})
+    slow = {}
+
+    def slow_request():
+        for _ in range(6):  # round robin: one of the next three requests lands on pod-2
+            r = c.get("http://127.0.0.1:%d/slow?ms=1500" % gw.port)
+            if r.headers.get("x-pod") == "pod-2":
+                slow["r"] = r
+                return
+
+    t = threading.Thread(target=slow_request)
+    t.start()
+    time.sleep(0.3)
+    dns.set_hosts({NAME: ["127.0.0.3", "127.0.0.4"]})
+    wait_for(lambda: "pod-2" not in pods_seen(gw, 9), 5, what="pod-2 out of rotation")
+    t.join(30)
+    c.close()
+    assert "r" in slow and slow["r"].status_code == 200
+    seen = pods_seen(gw, 60)
+    print("after removing pod-2: %s" % dict(seen))
+    assert set(seen) == {"pod-3", "pod-4"}
+    # every pod gone from DNS: 503 at once, naming the reason
+    dns.set_hosts({})
+    wait_for(lambda: set(pods_seen(gw, 3)) == {503}, 5, what="503 with no pods")
+    r = httpx.get("http://127.0.0.1:%d/" % gw.port, headers={"host": HOST}, timeout=5)
+    assert r.json()["error"]["code"] == "no_pods"
+    assert "DNS" in r.json()["error"]["message"]
+    # back
+    dns.set_hosts({NAME: ["127.0.0.4"]})
+    wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-4"}, 5, what="pod-4 back")
+    assert all(p.proc.alive() for p in pods.values())
+
+
+def test_nameserver_down_keeps_the_last_pods(procs):
+    port = free_port()
+    a = procs.backend("pod-2", host="127.0.0.2", port=port)
+    dns = Dnsmasq(procs, {NAME: ["127.0.0.2"]})
+    routes = {"domain": DOMAIN, "envs": ["production"],
+              "services": {"s": {"protocol": "http1",
+                                 "dns": {"name": NAME, "port": port, "interval_ms": 100}}},
+              "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+    gw = procs.gateway(routes, conf={"dns_nameserver": dns.addr}, tls=False)
+    wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-2"}, 5, what="pod-2 discovered")
+    dns.proc.stop()
+    time.sleep(1.0)  # several failed rounds
+    assert set(pods_seen(gw, 20)) == {"pod-2"}
+    assert a.proc.alive()
