@@ -19,7 +19,9 @@
 # Knobs (environment; defaults in brackets):
 #   MG_LOCAL_HTTP_PORT [18480]  gateway cleartext listener (HTTP/2 prior knowledge + HTTP/1.1)
 #   MG_LOCAL_TLS_PORT [18443]   gateway TLS listener (ALPN h2, http/1.1)
-#   MG_LOCAL_POD_A_PORT [18501], MG_LOCAL_POD_B_PORT [18502]   the two demo pods
+#   MG_LOCAL_POD_A_PORT [18501], MG_LOCAL_POD_B_PORT [18502]   the model v1 pods
+#   MG_LOCAL_POD_C_PORT [18503]   the model v2 pod (the 10% canary)
+#   MG_LOCAL_ADMIN_PORT [18490]   the gateway's admin listener (/metrics)
 #   MG_LOCAL_WORKERS [2]        gateway worker threads (0 = one per core)
 #   MG_LOCAL_START_TIMEOUT [30] seconds each component gets to listen on its ports
 #   MG_LOCAL_SKIP_DEPS=1        do not run scripts/install-deps.sh
@@ -44,17 +46,21 @@ HTTP_PORT=${MG_LOCAL_HTTP_PORT:-18480}
 TLS_PORT=${MG_LOCAL_TLS_PORT:-18443}
 POD_A_PORT=${MG_LOCAL_POD_A_PORT:-18501}
 POD_B_PORT=${MG_LOCAL_POD_B_PORT:-18502}
+POD_C_PORT=${MG_LOCAL_POD_C_PORT:-18503}
+ADMIN_PORT=${MG_LOCAL_ADMIN_PORT:-18490}
 WORKERS=${MG_LOCAL_WORKERS:-2}
 START_TIMEOUT=${MG_LOCAL_START_TIMEOUT:-30}
 DRAIN_MS=10000                      # gateway.json timeouts_ms.drain
 STOP_TIMEOUT=$((DRAIN_MS / 1000 + 5)) # SIGTERM, then SIGKILL after this many seconds
 
 DOMAIN=modelgate.local
-APP=digits ENV=production SERVICE=digits-production
+APP=digits ENV=production
+# a 90/10 canary: model v1 (XGBoost) on pod-a and pod-b, model v2 (logistic regression) on pod-c
+SERVICE=digits-production-v1 SERVICE_V2=digits-production-v2
 VHOST=$APP-$ENV.$DOMAIN
 
 # Every component the stack may run, in start order; stop goes in reverse.
-COMPONENTS=(pod-a pod-b gateway)
+COMPONENTS=(pod-a pod-b pod-c gateway)
 
 # ---------------------------------------------------------------- plumbing
 say() { printf '%s\n' "$*"; }
@@ -120,7 +126,7 @@ ports_free() {
         if listening "$p"; then
             say "run.sh: ERROR: port $p is already in use (not by this stack):" >&2
             ss -Hltnp "sport = :$p" >&2 || true
-            die "stop that process, or move the stack with MG_LOCAL_HTTP_PORT, MG_LOCAL_TLS_PORT, MG_LOCAL_POD_A_PORT, MG_LOCAL_POD_B_PORT"
+            die "stop that process, or move the stack with MG_LOCAL_HTTP_PORT, MG_LOCAL_TLS_PORT, MG_LOCAL_POD_A_PORT, MG_LOCAL_POD_B_PORT, MG_LOCAL_POD_C_PORT, MG_LOCAL_ADMIN_PORT"
         fi
     done
 }
@@ -271,6 +277,12 @@ demo_model() {
   "name": "digits",
   "version": "1"
 }'
+    [ -s "$m/digits-v2.json" ] || write_file "$m/digits-v2.json" '{
+  "file": "linear_multinomial.json",
+  "kind": "linear",
+  "name": "digits",
+  "version": "2"
+}'
     "$PY" -c 'import json,sys
 from sklearn.datasets import load_digits
 d = load_digits()
@@ -295,11 +307,20 @@ write_config() {
   \"services\": {
     \"$SERVICE\": {
       \"protocol\": \"h2c\",
-      \"pods\": [\"$HOST:$POD_A_PORT\", \"$HOST:$POD_B_PORT\"]
+      \"pods\": [\"$HOST:$POD_A_PORT\", \"$HOST:$POD_B_PORT\"],
+      \"health_check\": { \"path\": \"/readyz\", \"interval_ms\": 1000 }
+    },
+    \"$SERVICE_V2\": {
+      \"protocol\": \"h2c\",
+      \"pods\": [\"$HOST:$POD_C_PORT\"],
+      \"health_check\": { \"path\": \"/readyz\", \"interval_ms\": 1000 }
     }
   },
   \"routes\": [
-    { \"app\": \"$APP\", \"env\": \"$ENV\", \"service\": \"$SERVICE\" }
+    { \"app\": \"$APP\", \"env\": \"$ENV\",
+      \"split\": [ { \"service\": \"$SERVICE\", \"weight\": 90 },
+                 { \"service\": \"$SERVICE_V2\", \"weight\": 10 } ],
+      \"sticky_header\": \"x-user-id\", \"retry_post\": true }
   ]
 }"
     # Relative paths are relative to this file's directory (conf/README.md).
@@ -314,6 +335,7 @@ write_config() {
   \"routes\": \"routes.json\",
   \"access_log\": \"access.log\",
   \"log_level\": \"info\",
+  \"admin\": { \"listen\": \"$HOST:$ADMIN_PORT\" },
   \"timeouts_ms\": { \"drain\": $DRAIN_MS }
 }"
     local out
@@ -323,17 +345,18 @@ write_config() {
     fi
 }
 
+pod_port() { case $1 in pod-a) echo "$POD_A_PORT" ;; pod-b) echo "$POD_B_PORT" ;; *) echo "$POD_C_PORT" ;; esac; }
+
 start_pods() {
-    local name port
-    for name in pod-a pod-b; do
-        port=$POD_A_PORT
-        [ "$name" = pod-a ] || port=$POD_B_PORT
+    local name port model service
+    for name in pod-a pod-b pod-c; do
+        port=$(pod_port "$name") model=digits.json service=$SERVICE
+        [ "$name" != pod-c ] || model=digits-v2.json service=$SERVICE_V2
         spawn "$name" "$port" env OPENBLAS_NUM_THREADS=1 "$RUNTIME_BIN" --listen "$HOST:$port" \
-            --model "$STATE/models/digits.json" --service "$SERVICE" --threads 1
+            --model "$STATE/models/$model" --service "$service" --threads 1
     done
-    for name in pod-a pod-b; do
-        port=$POD_A_PORT
-        [ "$name" = pod-a ] || port=$POD_B_PORT
+    for name in pod-a pod-b pod-c; do
+        port=$(pod_port "$name")
         wait_ports "$name" "$port"
         wait_ready "$name" "$port"
     done
@@ -352,8 +375,14 @@ wait_ready() { # NAME PORT
 }
 
 start_gateway() {
-    spawn gateway "$HTTP_PORT $TLS_PORT" "$GATEWAY_BIN" --config "$STATE/gateway.json"
-    wait_ports gateway "$HTTP_PORT" "$TLS_PORT"
+    spawn gateway "$HTTP_PORT $TLS_PORT $ADMIN_PORT" "$GATEWAY_BIN" --config "$STATE/gateway.json"
+    wait_ports gateway "$HTTP_PORT" "$TLS_PORT" "$ADMIN_PORT"
+    # pods take traffic after their first passing health check
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until [ "$(curl -s --max-time 2 "http://$HOST:$ADMIN_PORT/metrics" | grep -c '^modelgate_pod_healthy{.*} 1$')" -ge 3 ]; do
+        [ $SECONDS -lt $deadline ] || { log_tail gateway; die "the gateway sees no healthy pods after ${START_TIMEOUT}s"; }
+        sleep 0.1
+    done
 }
 
 # One real prediction over each listener; prints the answer and which model version gave it.
@@ -398,8 +427,10 @@ cmd_start() {
     check_port_var MG_LOCAL_TLS_PORT "$TLS_PORT"
     check_port_var MG_LOCAL_POD_A_PORT "$POD_A_PORT"
     check_port_var MG_LOCAL_POD_B_PORT "$POD_B_PORT"
-    [ "$(printf '%s\n' "$HTTP_PORT" "$TLS_PORT" "$POD_A_PORT" "$POD_B_PORT" | sort -u | wc -l)" = 4 ] ||
-        die "the four ports must differ: $HTTP_PORT $TLS_PORT $POD_A_PORT $POD_B_PORT"
+    check_port_var MG_LOCAL_POD_C_PORT "$POD_C_PORT"
+    check_port_var MG_LOCAL_ADMIN_PORT "$ADMIN_PORT"
+    [ "$(printf '%s\n' "$HTTP_PORT" "$TLS_PORT" "$POD_A_PORT" "$POD_B_PORT" "$POD_C_PORT" "$ADMIN_PORT" | sort -u | wc -l)" = 6 ] ||
+        die "the six ports must differ: $HTTP_PORT $TLS_PORT $POD_A_PORT $POD_B_PORT $POD_C_PORT $ADMIN_PORT"
     [[ $WORKERS =~ ^[0-9]+$ ]] || die "MG_LOCAL_WORKERS=$WORKERS is not a number"
     [[ $START_TIMEOUT =~ ^[0-9]+$ ]] || die "MG_LOCAL_START_TIMEOUT=$START_TIMEOUT is not a number"
 
@@ -415,10 +446,10 @@ cmd_start() {
     write_config
 
     stop_stack
-    ports_free "$POD_A_PORT" "$POD_B_PORT" "$HTTP_PORT" "$TLS_PORT"
+    ports_free "$POD_A_PORT" "$POD_B_PORT" "$POD_C_PORT" "$HTTP_PORT" "$TLS_PORT" "$ADMIN_PORT"
     # From here a failure stops what was started, so no half stack is left behind.
     trap on_start_failure EXIT
-    step "starting pod-a, pod-b"
+    step "starting pod-a, pod-b (model v1), pod-c (model v2)"
     start_pods
     step "starting gateway"
     start_gateway
@@ -433,19 +464,28 @@ print_summary() {
     cat <<EOF
 
 Modelgate local stack is running (state in $s):
-  pod-a    pid $(pid_of pod-a)   $HOST:$POD_A_PORT   modelgate-runtime, digits model (h2c + HTTP/1.1), log $s/pod-a.log
-  pod-b    pid $(pid_of pod-b)   $HOST:$POD_B_PORT   modelgate-runtime, digits model (h2c + HTTP/1.1), log $s/pod-b.log
-  gateway  pid $(pid_of gateway)   $HOST:$HTTP_PORT (h2c + HTTP/1.1), $HOST:$TLS_PORT (TLS), log $s/gateway.log
-  route    $VHOST -> service $SERVICE -> pods $HOST:$POD_A_PORT, $HOST:$POD_B_PORT
+  pod-a    pid $(pid_of pod-a)   $HOST:$POD_A_PORT   modelgate-runtime, digits model v1 (XGBoost), log $s/pod-a.log
+  pod-b    pid $(pid_of pod-b)   $HOST:$POD_B_PORT   modelgate-runtime, digits model v1 (XGBoost), log $s/pod-b.log
+  pod-c    pid $(pid_of pod-c)   $HOST:$POD_C_PORT   modelgate-runtime, digits model v2 (logistic regression), log $s/pod-c.log
+  gateway  pid $(pid_of gateway)   $HOST:$HTTP_PORT (h2c + HTTP/1.1), $HOST:$TLS_PORT (TLS), admin $HOST:$ADMIN_PORT, log $s/gateway.log
+  route    $VHOST -> 90% $SERVICE (pod-a, pod-b), 10% $SERVICE_V2 (pod-c),
+           sticky per x-user-id
 
 Try it (a real 8x8 digit image, 64 numbers, in $s/digit.json):
   curl --http2-prior-knowledge -H 'host: $VHOST' http://$HOST:$HTTP_PORT/v1/predict -d @$s/digit.json
   curl --cacert $s/tls/cert.pem --resolve $VHOST:$TLS_PORT:$HOST https://$VHOST:$TLS_PORT/v1/predict -d @$s/digit.json
   curl http://$HOST:$POD_A_PORT/v1/status        # a pod: which model it serves
-Switch the model in-process: edit $s/models/digits.json (e.g. "file": "xgb_digits.ubj",
-"version": "2"); both pods load it beside the old one and swap without dropping a request.
+Watch the 90/10 canary split (the x-modelgate-service response header says who answered):
+  for i in \$(seq 200); do curl -s -o /dev/null -w '%header{x-modelgate-service}\\n' -H 'host: $VHOST' \\
+      http://$HOST:$HTTP_PORT/v1/predict -d @$s/digit.json; done | sort | uniq -c
+  curl -s http://$HOST:$ADMIN_PORT/metrics | grep '^modelgate_service_requests_total.*2xx'
+  curl -s -H 'x-user-id: alice' -H 'host: $VHOST' http://$HOST:$HTTP_PORT/v1/predict -d @$s/digit.json
+                                                  # one user always gets the same version
+Change the weights: edit "weight" in $s/routes.json, then $0 reload (no request is dropped).
+Switch a model in-process: edit $s/models/digits.json (e.g. "file": "xgb_digits.ubj",
+"version": "3"); pod-a and pod-b load it beside the old one and swap without dropping a request.
 
-Logs:     $s/gateway.log  $s/pod-a.log  $s/pod-b.log
+Logs:     $s/gateway.log  $s/pod-a.log  $s/pod-b.log  $s/pod-c.log
 Requests: $s/access.log (one JSON line per request)
 Config:   $s/gateway.json, $s/routes.json (rewritten on every start; after editing routes.json: $0 reload)
 Status:   $0 status
