@@ -746,8 +746,8 @@ static void parse_policy(ectx_t *e, const json_t *v, mg_service_t *svc)
             json_decref(h);
             svc->hash_on = MG_HASH_HEADER;
         } else {
-            errf(e, "invalid hash key %s (expected \"header:NAME\" or \"client_ip\")",
-                 ks ? ESC(q, ks) : "(not a string)");
+            errf(e, "invalid hash key %s%s%s (expected \"header:NAME\" or \"client_ip\")",
+                 ks ? "\"" : "", ks ? ESC(q, ks) : "(not a string)", ks ? "\"" : "");
         }
         if (pol != MG_BALANCE_CONSISTENT_HASH)
             errf(e, "hash_key is only used by policy consistent_hash (policy is %s)",
@@ -842,9 +842,11 @@ static void parse_resilience(ectx_t *e, const json_t *v, mg_service_t *svc)
                         svc->retry.on_reset = true;
                     else {
                         size_t o3 = path_index(e, i);
-                        errf(e, "unknown retry condition %s (expected \"5xx\" or \"reset\"; "
+                        errf(e, "unknown retry condition %s%s%s (expected \"5xx\" or \"reset\"; "
                                 "connect failures are always retried)",
-                             json_is_string(c) ? ESC(q, cs) : "(not a string)");
+                             json_is_string(c) ? "\"" : "",
+                             json_is_string(c) ? ESC(q, cs) : "(not a string)",
+                             json_is_string(c) ? "\"" : "");
                         path_set(e, o3);
                     }
                 }

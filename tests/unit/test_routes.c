@@ -609,6 +609,215 @@ static void refcount(void **state)
     mg_routes_unref(NULL);
 }
 
+/* ---------- balancing, splits and resilience keys ---------- */
+
+#define SVC_A "'a':{'pods':['1.2.3.4:5']}"
+#define SVC_B "'b':{'pods':['1.2.3.5:5']}"
+
+static void service_options_parse(void **state)
+{
+    (void)state;
+    char *errors = NULL;
+    mg_routes_t *r = from(
+        "{'domain':'x.com','services':{'a':{'protocol':'http1','pods':[{'address':'1.2.3.4:5',"
+        "'weight':3},'1.2.3.4:6',{'address':'1.2.3.4:7','weight':0}],'policy':'consistent_hash',"
+        "'hash_key':'header:X-User-Id','slow_start_ms':5000,'health_check':{'path':'/readyz',"
+        "'interval_ms':500,'healthy_threshold':2},'model_version':'v3','outlier':{"
+        "'consecutive_failures':7},'retry':{'attempts':3,'on':['reset']},'limits':{"
+        "'max_requests_per_pod':9}}}}",
+        &errors);
+    assert_null(errors);
+    assert_non_null(r);
+    const mg_service_t *s = &r->services[0];
+    assert_int_equal(s->npods, 3);
+    assert_int_equal(s->pods[0].weight, 3);
+    assert_int_equal(s->pods[1].weight, 1);
+    assert_int_equal(s->pods[2].weight, 0);
+    assert_non_null(s->pods[0].state);
+    assert_non_null(s->lb);
+    assert_int_equal(s->policy, 2); /* MG_BALANCE_CONSISTENT_HASH */
+    assert_int_equal(s->hash_on, MG_HASH_HEADER);
+    assert_string_equal(s->hash_header, "x-user-id");
+    assert_int_equal(s->slow_start_ms, 5000);
+    assert_string_equal(s->health.path, "/readyz");
+    assert_int_equal(s->health.interval_ms, 500);
+    assert_int_equal(s->health.timeout_ms, 1000); /* default */
+    assert_int_equal(s->health.healthy_threshold, 2);
+    assert_string_equal(s->model_version, "v3");
+    assert_int_equal(s->outlier.consecutive_failures, 7);
+    assert_int_equal(s->outlier.max_ejected_percent, 50); /* default */
+    assert_int_equal(s->retry.attempts, 3);
+    assert_true(s->retry.on_reset);
+    assert_false(s->retry.on_5xx);
+    assert_int_equal(s->max_requests_per_pod, 9);
+    assert_int_equal(s->max_pending_per_pod, 0);
+    mg_routes_unref(r);
+}
+
+static void service_defaults_apply(void **state)
+{
+    (void)state;
+    mg_routes_t *r = from("{'domain':'x.com','services':{" SVC_A "}}", NULL);
+    assert_non_null(r);
+    const mg_service_t *s = &r->services[0];
+    assert_int_equal(s->policy, 1); /* least_request: model pods' latency varies */
+    assert_null(s->health.path);
+    assert_int_equal(s->outlier.consecutive_failures, 5);
+    assert_int_equal(s->retry.attempts, 1);
+    assert_true(s->retry.on_5xx && s->retry.on_reset);
+    assert_int_equal(s->retry.budget_percent, 20);
+    mg_routes_unref(r);
+}
+
+static void split_routes_parse(void **state)
+{
+    (void)state;
+    char *errors = NULL;
+    mg_routes_t *r = from("{'domain':'x.com','envs':['prod'],'services':{" SVC_A "," SVC_B "},"
+                          "'routes':[{'app':'d','env':'prod','split':[{'service':'a','weight':90},"
+                          "{'service':'b','weight':10}],'sticky_header':'X-User-Id',"
+                          "'retry_post':true,'replay_max_bytes':1000,'timeouts_ms':{"
+                          "'first_byte':250}}]}",
+                          &errors);
+    assert_null(errors);
+    const mg_route_t *rt = mg_routes_match_route(r, "d-prod.x.com", 12, NULL, NULL, 0);
+    assert_non_null(rt);
+    assert_int_equal(rt->nsplit, 2);
+    assert_non_null(rt->split);
+    assert_string_equal(rt->split_services[0]->name, "a");
+    assert_string_equal(rt->split_services[1]->name, "b");
+    assert_ptr_equal(rt->service, rt->split_services[0]);
+    assert_string_equal(rt->sticky_header, "x-user-id");
+    assert_true(rt->retry_post);
+    assert_int_equal(rt->replay_max_bytes, 1000);
+    assert_int_equal(rt->timeouts.first_byte, 250);
+    assert_int_equal(rt->timeouts.total, 0);
+    assert_non_null(rt->stats);
+    mg_routes_unref(r);
+}
+
+static void dns_service_starts_empty(void **state)
+{
+    (void)state;
+    char *errors = NULL;
+    mg_routes_t *r = from("{'domain':'x.com','services':{'a':{'dns':{'name':'pods.ns.svc.local',"
+                          "'port':9000}}}}",
+                          &errors);
+    assert_null(errors);
+    assert_string_equal(r->services[0].dns_name, "pods.ns.svc.local");
+    assert_int_equal(r->services[0].dns_port, 9000);
+    assert_int_equal(r->services[0].dns_interval_ms, 5000);
+    assert_int_equal(r->services[0].npods, 0); /* nothing resolved yet */
+    assert_null(r->services[0].lb);
+    mg_routes_unref(r);
+}
+
+static size_t two_addrs(void *ud, const char *service, struct sockaddr_storage *out, size_t cap)
+{
+    (void)ud;
+    assert_string_equal(service, "a");
+    assert_true(cap >= 2);
+    memset(out, 0, 2 * sizeof(*out));
+    for (int i = 0; i < 2; i++) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&out[i];
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(9000);
+        sin->sin_addr.s_addr = htonl(0x0a000001 + i);
+    }
+    return 2;
+}
+
+static void dns_service_takes_discovered_pods(void **state)
+{
+    (void)state;
+    json_t *d = doc("{'domain':'x.com','services':{'a':{'dns':{'name':'p.svc','port':9000}}}}");
+    char *errors = NULL;
+    mg_routes_t *r = mg_routes_build(d, "t.json", two_addrs, NULL, &errors);
+    json_decref(d);
+    assert_null(errors);
+    assert_int_equal(r->services[0].npods, 2);
+    assert_string_equal(r->services[0].pods[0].name, "10.0.0.1:9000");
+    assert_string_equal(r->services[0].pods[1].name, "10.0.0.2:9000");
+    assert_non_null(r->services[0].lb);
+    mg_routes_unref(r);
+}
+
+static void error_balancing_keys(void **state)
+{
+    (void)state;
+    EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'policy':'random'}}}",
+                  "t.json: services.a.policy: unknown policy \"random\" (expected least_request, "
+                  "round_robin or consistent_hash)");
+    EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],"
+                  "'policy':'consistent_hash'}}}",
+                  "t.json: services.a.hash_key: missing (policy consistent_hash needs "
+                  "\"header:NAME\" or \"client_ip\")");
+    EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'hash_key':'cookie'}}}",
+                  "t.json: services.a.hash_key: invalid hash key \"cookie\" (expected "
+                  "\"header:NAME\" or \"client_ip\")",
+                  "t.json: services.a.hash_key: hash_key is only used by policy consistent_hash "
+                  "(policy is least_request)");
+    EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':[{'address':'1.2.3.4:5',"
+                  "'weight':-1},{'weight':2}]}}}",
+                  "t.json: services.a.pods[0].weight: out of range (got -1; expected 0-1000000, "
+                  "0 = drained)",
+                  "t.json: services.a.pods[1].address: missing (expected \"host:port\")");
+    EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'dns':{'name':'a.b',"
+                  "'port':1}}}}",
+                  "t.json: services.a: both pods and dns given (expected one: a static list or a "
+                  "DNS name)");
+    EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'dns':{'name':'a b'}}}}",
+                  "t.json: services.a.dns.name: invalid DNS name \"a b\"",
+                  "t.json: services.a.dns.port: missing (expected the pods' port, 1-65535)");
+}
+
+static void error_resilience_keys(void **state)
+{
+    (void)state;
+    EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'health_check':{"
+                  "'path':'readyz','interval_ms':5}}}}",
+                  "t.json: services.a.health_check.path: invalid path (expected a string "
+                  "starting with '/', e.g. \"/readyz\")",
+                  "t.json: services.a.health_check.interval_ms: out of range (got 5; expected "
+                  "100-3600000, time between checks)");
+    EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'model_version':'2'}}}",
+                  "t.json: services.a.model_version: model_version needs health_check (pods' "
+                  "versions are read by the checks)");
+    EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'retry':{'on':["
+                  "'timeout']},'limits':{'max_requests':1}}}}",
+                  "t.json: services.a.retry.on[0]: unknown retry condition \"timeout\" (expected "
+                  "\"5xx\" or \"reset\"; connect failures are always retried)",
+                  "t.json: services.a.limits.max_requests: unknown key (valid keys: "
+                  "max_requests_per_pod, max_pending_per_pod)");
+}
+
+static void error_split_keys(void **state)
+{
+    (void)state;
+    EXPECT_ERRORS("{'domain':'x.com','envs':['prod'],'services':{" SVC_A "},'routes':[{'app':"
+                  "'d','env':'prod','service':'a','split':[{'service':'a','weight':1}]}]}",
+                  "t.json: routes[0]: both service and split given (expected one of them)");
+    EXPECT_ERRORS("{'domain':'x.com','envs':['prod'],'services':{" SVC_A "},'routes':[{'app':"
+                  "'d','env':'prod','split':[{'service':'a','weight':0},{'service':'zz',"
+                  "'weight':1},{'service':'a'}]}]}",
+                  "t.json: routes[0].split[1].service: unknown service \"zz\" (expected one of: a)",
+                  "t.json: routes[0].split[2].weight: missing (expected an integer weight, e.g. "
+                  "90; any total)",
+                  "t.json: routes[0].split[2].service: service \"a\" appears twice (same as "
+                  "split[0])");
+    EXPECT_ERRORS("{'domain':'x.com','envs':['prod'],'services':{" SVC_A "},'routes':[{'app':"
+                  "'d','env':'prod','split':[{'service':'a','weight':0}]}]}",
+                  "t.json: routes[0].split: every weight is 0 (expected at least one service "
+                  "with weight > 0)");
+    EXPECT_ERRORS("{'domain':'x.com','envs':['prod'],'services':{" SVC_A "},'routes':[{'app':"
+                  "'d','env':'prod','service':'a','sticky_header':'x-user-id','replay_max_bytes'"
+                  ":-5}]}",
+                  "t.json: routes[0].sticky_header: sticky_header needs a split (a single "
+                  "service has nothing to stick to)",
+                  "t.json: routes[0].replay_max_bytes: out of range (got -5; expected "
+                  "0-16777216, request bodies kept for a replay)");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -637,6 +846,14 @@ int main(void)
         cmocka_unit_test(pick_64_pods),
         cmocka_unit_test(catchall),
         cmocka_unit_test(refcount),
+        cmocka_unit_test(service_options_parse),
+        cmocka_unit_test(service_defaults_apply),
+        cmocka_unit_test(split_routes_parse),
+        cmocka_unit_test(dns_service_starts_empty),
+        cmocka_unit_test(dns_service_takes_discovered_pods),
+        cmocka_unit_test(error_balancing_keys),
+        cmocka_unit_test(error_resilience_keys),
+        cmocka_unit_test(error_split_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
