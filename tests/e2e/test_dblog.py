@@ -12,6 +12,7 @@ times are printed (ctest runs this with -rP).
 import glob
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -245,3 +246,47 @@ def test_spool_cap_counts_losses(procs):
     assert len(gw.access()) == n  # the access log has every record
     print("dblog: spool cap 1 MiB, MariaDB down: %d requests, %d kept and inserted, %d counted "
           "as lost" % (n, rows(db), st["lost"]))
+
+
+def test_operator_schema_and_retention(procs):
+    """conf/request_log.sql creates a table the gateway manages: it adds the days ahead and drops
+    the day partitions older than retention_days (p_old stays)."""
+    db = MariaDB(procs)
+    src = os.environ.get("MG_SOURCE_DIR") or os.path.dirname(os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(src, "conf", "request_log.sql")) as f:
+        sql = "\n".join(re.sub(r"--( .*)?$", "", ln) for ln in f.read().splitlines())
+    today = db.query("SELECT TO_DAYS(UTC_DATE())")[0][0]
+    sql = sql.replace("739000", str(today - 100)).replace("modelgate", db.database)
+    conn = db.connect()
+    with conn.cursor() as cur:
+        for stmt in [s.strip() for s in sql.split(";") if s.strip()]:
+            cur.execute(stmt)
+        cur.execute("ALTER TABLE request_log REORGANIZE PARTITION p_future INTO ("
+                    "PARTITION p_day100 VALUES LESS THAN (%d), "
+                    "PARTITION p_future VALUES LESS THAN MAXVALUE)" % (today - 99))
+        # name it the way the gateway does, pYYYYMMDD
+        name = db.query("SELECT DATE_FORMAT(FROM_DAYS(%s), 'p%%Y%%m%%d')", (today - 100,))[0][0]
+        cur.execute("ALTER TABLE request_log REORGANIZE PARTITION p_day100 INTO ("
+                    "PARTITION %s VALUES LESS THAN (%d))" % (name, today - 99))
+        cur.execute("INSERT INTO request_log (id, time, status, req_bytes, resp_bytes, total_us, "
+                    "fallback, retries) VALUES (UNHEX(REPEAT('ab', 16)), "
+                    "FROM_DAYS(%d) + INTERVAL 1 HOUR, 200, 0, 0, 1, 0, 0)" % (today - 100))
+    conn.close()
+    assert rows(db) == 1
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dblog_conf(db, retention_days=30))
+    load = Load(gw, threads=2, per_thread=10)
+    assert load.join() == 20
+
+    def parts():
+        return [p[0] for p in db.query(
+            "SELECT PARTITION_NAME FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = %s "
+            "AND TABLE_NAME = 'request_log' ORDER BY PARTITION_ORDINAL_POSITION",
+            (db.database,))]
+    wait_for(lambda: rows(db) == 20, 30, 0.1, "20 new rows, the expired one gone")
+    p = parts()
+    assert name not in p and p[0] == "p_old" and p[-1] == "p_future" and len(p) == 10, p
+    print("dblog: retention 30 days dropped %s (100 days old); partitions now %s" % (
+        name, ", ".join(p)))
