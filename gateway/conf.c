@@ -241,6 +241,18 @@ void mg_conf_defaults(mg_conf_t *c)
     c->timeouts_ms.drain = 10000;
     c->upstream.max_streams_per_conn = 100;
     c->upstream.max_idle_conns_per_pod = 64;
+    mg_dblog_conf_defaults(&c->request_log_db);
+}
+
+static void dblog_conf_clear(mg_dblog_conf_t *d)
+{
+    free(d->host);
+    free(d->user);
+    free(d->password_file);
+    free(d->database);
+    free(d->table);
+    free(d->spool_dir);
+    d->host = d->user = d->password_file = d->database = d->table = d->spool_dir = NULL;
 }
 
 void mg_conf_clear(mg_conf_t *c)
@@ -257,6 +269,7 @@ void mg_conf_clear(mg_conf_t *c)
     free(c->admin_listen);
     free(c->admin_token_file);
     free(c->dns_nameserver);
+    dblog_conf_clear(&c->request_log_db);
     memset(c, 0, sizeof(*c));
 }
 
@@ -283,6 +296,14 @@ static bool conf_dup(mg_conf_t *dst, const mg_conf_t *src)
     ok &= dup_str(&dst->admin_listen, src->admin_listen);
     ok &= dup_str(&dst->admin_token_file, src->admin_token_file);
     ok &= dup_str(&dst->dns_nameserver, src->dns_nameserver);
+    const mg_dblog_conf_t *sd = &src->request_log_db;
+    mg_dblog_conf_t *dd = &dst->request_log_db;
+    ok &= dup_str(&dd->host, sd->host);
+    ok &= dup_str(&dd->user, sd->user);
+    ok &= dup_str(&dd->password_file, sd->password_file);
+    ok &= dup_str(&dd->database, sd->database);
+    ok &= dup_str(&dd->table, sd->table);
+    ok &= dup_str(&dd->spool_dir, sd->spool_dir);
     if (!ok)
         mg_conf_clear(dst);
     return ok;
@@ -529,11 +550,112 @@ static void parse_admin(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t
     path_set(e, old);
 }
 
+static const numkey_t dblog_keys[] = {
+    NUM32(request_log_db, port, 1, 65535, "TCP port of the MariaDB server"),
+    NUM32(request_log_db, spool_max_mb, 1, 1048576, "MiB of disk for records waiting for MariaDB"),
+    NUM32(request_log_db, batch_rows, 1, 10000, "rows per INSERT"),
+    NUM32(request_log_db, flush_ms, 1, 60000, "ms before a partial batch is inserted"),
+    NUM32(request_log_db, retention_days, 0, 36500, "days of partitions kept, 0 = all"),
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+/* A MariaDB identifier we splice into SQL: letters, digits, '_' and '$', 1-64 bytes. */
+static void parse_ident(ectx_t *e, const json_t *obj, const char *key, char **slot)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return;
+    size_t old = path_key(e, key);
+    char q[300];
+    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+    if (s == NULL)
+        type_error(e, v, "string, a MariaDB name (letters, digits, _ and $, 1-64 bytes)");
+    else if (*s == '\0' || strlen(s) > 64 ||
+             strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$") !=
+                 strlen(s))
+        errf(e, "invalid name \"%s\" (expected letters, digits, _ and $, 1-64 bytes)",
+             ESC(q, s));
+    else
+        set_str(e, slot, s);
+    path_set(e, old);
+}
+
+/* "request_log_db": {...} (see conf.h); null = off. */
+static void parse_request_log_db(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+{
+    static const char *const keys[] = {"host",       "port",         "user",       "password_file",
+                                       "database",   "table",        "spool_dir",  "spool_max_mb",
+                                       "batch_rows", "flush_ms",     "retention_days", NULL};
+    const json_t *obj = json_object_get(doc, "request_log_db");
+    mg_dblog_conf_t *d = &c->request_log_db;
+    if (obj == NULL)
+        return;
+    if (json_is_null(obj)) {
+        dblog_conf_clear(d);
+        mg_dblog_conf_defaults(d);
+        return;
+    }
+    size_t old = path_key(e, "request_log_db");
+    if (!json_is_object(obj)) {
+        type_error(e, obj, "object with keys host, port, user, password_file, database, table, "
+                           "spool_dir, ... (conf/README.md), or null");
+        path_set(e, old);
+        return;
+    }
+    check_keys(e, obj, keys);
+    const struct {
+        const char *key;
+        char **slot;
+        size_t max;
+    } strs[] = {{"host", &d->host, 255}, {"user", &d->user, 80}};
+    for (size_t i = 0; i < 2; i++) {
+        const json_t *v = json_object_get(obj, strs[i].key);
+        if (v == NULL)
+            continue;
+        size_t o2 = path_key(e, strs[i].key);
+        const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+        if (s == NULL)
+            type_error(e, v, "string");
+        else if (*s == '\0' || strlen(s) > strs[i].max)
+            errf(e, "expected 1-%zu bytes (got %zu)", strs[i].max, strlen(s));
+        else
+            set_str(e, strs[i].slot, s);
+        path_set(e, o2);
+    }
+    parse_ident(e, obj, "database", &d->database);
+    parse_ident(e, obj, "table", &d->table);
+    parse_path(e, obj, "password_file", dir, false, &d->password_file);
+    if (json_object_get(obj, "password_file") != NULL && d->password_file != NULL &&
+        access(d->password_file, R_OK) != 0) {
+        char q[300];
+        size_t o2 = path_key(e, "password_file");
+        errf(e, "cannot read \"%s\" (%s)", ESC(q, d->password_file), strerror(errno));
+        path_set(e, o2);
+    }
+    parse_path(e, obj, "spool_dir", dir, false, &d->spool_dir);
+    for (size_t i = 0; dblog_keys[i].key != NULL; i++) {
+        const json_t *v = json_object_get(obj, dblog_keys[i].key);
+        if (v == NULL)
+            continue;
+        size_t o2 = path_key(e, dblog_keys[i].key);
+        set_number(e, v, &dblog_keys[i], c);
+        path_set(e, o2);
+    }
+    if (json_object_get(obj, "host") == NULL)
+        errf(e, "host: missing (expected the MariaDB server, e.g. \"127.0.0.1\"; or set "
+                "request_log_db to null for no database log)");
+    if (json_object_get(obj, "spool_dir") == NULL)
+        errf(e, "spool_dir: missing (expected a directory where records wait while MariaDB is "
+                "away, e.g. \"spool\"; each gateway needs its own)");
+    path_set(e, old);
+}
+
 static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
-    static const char *const keys[] = {"listen",     "tls",       "workers", "routes",
-                                       "access_log", "log_level", "limits",  "timeouts_ms",
-                                       "upstream",   "admin",     "dns_nameserver", NULL};
+    static const char *const keys[] = {"listen",     "tls",       "workers",       "routes",
+                                       "access_log", "log_level", "limits",        "timeouts_ms",
+                                       "upstream",   "admin",     "dns_nameserver", "request_log_db",
+                                       NULL};
     char q[300];
     if (!json_is_object(doc)) {
         type_error(e, doc, "object");
@@ -585,6 +707,7 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
     parse_numbers(e, doc, "limits", limit_keys, c);
     parse_numbers(e, doc, "timeouts_ms", timeout_keys, c);
     parse_numbers(e, doc, "upstream", upstream_keys, c);
+    parse_request_log_db(e, doc, dir, c);
 }
 
 /* Reports a JSON load failure as "PATH:LINE:COL: text" (or "PATH: text" without a position). */
@@ -946,6 +1069,11 @@ static void check_merged(ectx_t *e, const flags_t *f, mg_conf_t *c)
               "--routes FILE, or --backend H:P[,H:P...])",
               file != NULL ? "routes: " : "");
     }
+    if (c->request_log_db.host != NULL && c->access_log == NULL)
+        flagf(e, f->access_log != NULL ? "--access-log" : file != NULL ? file : "--access-log",
+              "%srequest_log_db needs the access log (its writer feeds the database); expected "
+              "access_log set to a path or \"-\"",
+              f->access_log == NULL && file != NULL ? "access_log: " : "");
     if (c->workers == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         c->workers = n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (unsigned)n;

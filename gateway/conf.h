@@ -20,7 +20,12 @@
  *                      "client_idle": 120000, "drain": 10000 },      0 = none
  *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64 },
  *     "admin": { "listen": "127.0.0.1:9901", "token_file": "admin.token" },   no admin = off
- *     "dns_nameserver": "10.96.0.10:53" }           DNS services' resolver; default resolv.conf
+ *     "dns_nameserver": "10.96.0.10:53",          DNS services' resolver; default resolv.conf
+ *     "request_log_db": { "host": "127.0.0.1", "port": 3306, "user": "modelgate",
+ *                         "password_file": "db.password", "database": "modelgate",
+ *                         "table": "request_log", "spool_dir": "spool", "spool_max_mb": 1024,
+ *                         "batch_rows": 500, "flush_ms": 200, "retention_days": 90 } }
+ *                                                     no request_log_db = off; needs access_log
  */
 #ifndef MG_GATEWAY_CONF_H
 #define MG_GATEWAY_CONF_H
@@ -29,6 +34,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "gateway/dblog.h"
 #include "routing/routes.h"
 
 #define MG_CONF_MAX_LISTEN 8
@@ -51,6 +57,7 @@ typedef struct mg_conf {
     char *admin_token_file; /* bearer token for the admin API; NULL = none (loopback only) */
     char *dns_nameserver;   /* "ip[:port]" for DNS services; NULL = /etc/resolv.conf */
     int log_level;    /* mg_log_level_t */
+    mg_dblog_conf_t request_log_db; /* .host NULL = off; strings owned here */
 
     struct {
         uint32_t max_concurrent_streams;

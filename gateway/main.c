@@ -13,10 +13,13 @@
  *  - SIGTERM/SIGINT: workers stop accepting and send GOAWAY; each exits its loop when its
  *    last connection is gone, or at the drain deadline.
  *  - SIGUSR1: the access log reopens its file.
+ * The database request log (request_log_db) rides on the access log: its writer thread hands
+ * every batch to mg_dblog_sink, so it opens after the access log and closes after it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -39,6 +42,7 @@
 #include "gateway/conf.h"
 #include "gateway/control.h"
 #include "gateway/metrics.h"
+#include "gateway/dblog.h"
 #include "gateway/proxy.h"
 #include "gateway/reqlog.h"
 #include "common/stats.h"
@@ -62,6 +66,7 @@ typedef struct worker {
 
 static const mg_conf_t *g_conf;
 static mg_reqlog_t *g_log;
+static mg_dblog_t *g_dblog; /* NULL when request_log_db is off */
 static mg_admin_t *g_admin; /* NULL when no admin listener is configured */
 static mg_control_t *g_control;
 
@@ -218,6 +223,21 @@ static void *joiner(void *arg)
 }
 
 /* ---------- main ---------- */
+
+/* GET /stats/dblog on the admin listener: the database request log's counters. */
+static int dblog_page(void *ud, const char *query, struct evbuffer *out, const char **ctype)
+{
+    mg_dblog_stats_t st;
+    mg_dblog_stats(ud, &st);
+    *ctype = "application/json";
+    evbuffer_add_printf(out,
+                        "{\"spooled\":%" PRIu64 ",\"inserted\":%" PRIu64
+                        ",\"duplicates\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"rejected\":%" PRIu64
+                        ",\"spool_bytes\":%" PRIu64 ",\"connected\":%s}\n",
+                        st.spooled, st.inserted, st.duplicates, st.lost, st.rejected,
+                        st.spool_bytes, st.connected ? "true" : "false");
+    return 200;
+}
 
 static void check_only(const mg_conf_t *conf)
 {
@@ -407,6 +427,12 @@ int main(int argc, char **argv)
         if (g_log == NULL)
             goto out; /* the reason is logged */
     }
+    if (conf.request_log_db.host) { /* conf checked that the access log is on */
+        g_dblog = mg_dblog_open(&conf.request_log_db);
+        if (g_dblog == NULL)
+            goto out; /* the reason is logged */
+        mg_reqlog_set_sink(g_log, mg_dblog_sink, g_dblog);
+    }
     if (conf.admin_listen) {
         char err[512];
         g_admin = mg_admin_new(conf.admin_listen, conf.admin_token_file, err, sizeof(err));
@@ -414,6 +440,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "modelgate: %s\n", err);
             goto out;
         }
+        if (g_dblog)
+            mg_admin_page(g_admin, "/stats/dblog", dblog_page, g_dblog);
     }
 
     mg_srv_conf_t sc = {
@@ -455,7 +483,8 @@ out:
     if (g_routes)
         mg_routes_unref(g_routes);
     if (g_log)
-        mg_reqlog_close(g_log);
+        mg_reqlog_close(g_log); /* flushes its last batch into the spool too */
+    mg_dblog_close(g_dblog);
     if (tls)
         SSL_CTX_free(tls);
     if (g_main_base)

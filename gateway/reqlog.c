@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,6 +75,10 @@ struct mg_reqlog {
     bool stopping;       /* guarded by mu */
     atomic_int reopen;   /* set by mg_reqlog_reopen(), consumed by the writer */
     atomic_uint_least64_t dropped; /* lines refused because the queue was full */
+    uint64_t boot;                 /* random, drawn at open: the first half of every id */
+    atomic_uint_least64_t seq;     /* the second half: records written since open */
+    mg_reqlog_sink_fn sink;        /* guarded by mu; taken with each batch */
+    void *sink_ud;
 
     /* writer thread only */
     qbuf_t batch;
@@ -210,22 +215,23 @@ static void put_fmt(out_t *o, const char *fmt, ...)
         put(o, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
-enum { NSTR = 13 }; /* string fields, in output order; error is formatted separately */
+enum { NSTR = 14 }; /* string fields, in output order; error is formatted separately */
 
 static void string_fields(const mg_reqlog_rec_t *r, const char *f[NSTR])
 {
-    f[0] = r->request_id, f[1] = r->client, f[2] = r->proto, f[3] = r->method, f[4] = r->host;
-    f[5] = r->path, f[6] = r->app, f[7] = r->env, f[8] = r->service, f[9] = r->pod;
-    f[10] = r->features, f[11] = r->features_hash, f[12] = r->error;
+    f[0] = r->id, f[1] = r->request_id, f[2] = r->client, f[3] = r->proto, f[4] = r->method;
+    f[5] = r->host, f[6] = r->path, f[7] = r->app, f[8] = r->env, f[9] = r->service;
+    f[10] = r->pod, f[11] = r->features, f[12] = r->features_hash, f[13] = r->error;
 }
 
 /* One formatting pass with every string content capped at |limit| bytes. */
 static void format_line(out_t *o, const mg_reqlog_rec_t *r, size_t limit)
 {
     static const char *const keys[NSTR - 1] = {
-        "\",\"request_id\":", ",\"client\":", ",\"proto\":", ",\"method\":",  ",\"host\":",
-        ",\"path\":",         ",\"app\":",    ",\"env\":",   ",\"service\":", ",\"pod\":",
-        ",\"features\":",     ",\"features_hash\":",
+        "\",\"id\":",  ",\"request_id\":", ",\"client\":",   ",\"proto\":",
+        ",\"method\":", ",\"host\":",       ",\"path\":",     ",\"app\":",
+        ",\"env\":",    ",\"service\":",    ",\"pod\":",      ",\"features\":",
+        ",\"features_hash\":",
     };
     const char *f[NSTR];
     string_fields(r, f);
@@ -425,6 +431,8 @@ static void *writer_main(void *arg)
         log->batch = log->queue;
         log->queue = t;
         bool stop = log->stopping;
+        mg_reqlog_sink_fn sink = log->sink;
+        void *sink_ud = log->sink_ud;
         pthread_mutex_unlock(&log->mu);
 
         /* after taking the batch: lines queued after a reopen request go to the new file */
@@ -433,7 +441,10 @@ static void *writer_main(void *arg)
         else if (log->reopen_pending)
             retry_reopen(log);
         bool idle = log->batch.len == 0;
+        size_t batch_len = log->batch.len;
         write_batch(log);
+        if (sink != NULL && batch_len > 0) /* the bytes stay in batch.data until the next swap */
+            sink(sink_ud, log->batch.data, batch_len);
         if (log->batch.cap > MG_REQLOG_KEEP_MAX) {
             free(log->batch.data);
             log->batch = (qbuf_t){NULL, 0, 0};
@@ -487,6 +498,14 @@ mg_reqlog_t *mg_reqlog_open(const char *path)
     cond = true;
     atomic_init(&log->reopen, 0);
     atomic_init(&log->dropped, 0);
+    atomic_init(&log->seq, 0);
+    if (getrandom(&log->boot, sizeof(log->boot), 0) != sizeof(log->boot)) {
+        /* no entropy source: still distinct per start and per host in practice */
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        log->boot = ((uint64_t)now.tv_sec << 32) ^ (uint64_t)now.tv_nsec ^
+                    ((uint64_t)getpid() << 48) ^ (uint64_t)(uintptr_t)log;
+    }
     clock_gettime(CLOCK_MONOTONIC, &log->last_warn);
     log->last_warn.tv_sec -= 1 + WAKE_MS / 1000; /* the first drop is reported at once */
 
@@ -543,8 +562,14 @@ static bool enqueue(mg_reqlog_t *log, const char *line, size_t n)
 
 void mg_reqlog_write(mg_reqlog_t *log, const mg_reqlog_rec_t *rec)
 {
-    char line[MG_REQLOG_LINE_MAX];
-    size_t n = mg_reqlog_format(rec, line, sizeof(line));
+    char line[MG_REQLOG_LINE_MAX], id[33];
+    mg_reqlog_rec_t r = *rec;
+    if (r.id == NULL) {
+        uint64_t seq = atomic_fetch_add(&log->seq, 1);
+        snprintf(id, sizeof(id), "%016" PRIx64 "%016" PRIx64, log->boot, seq);
+        r.id = id;
+    }
+    size_t n = mg_reqlog_format(&r, line, sizeof(line));
     if (n == 0) { /* only if the fixed fields alone overflowed 8 KiB: impossible today */
         atomic_fetch_add(&log->dropped, 1);
         return;
@@ -557,6 +582,14 @@ void mg_reqlog_write(mg_reqlog_t *log, const mg_reqlog_rec_t *rec)
     pthread_mutex_unlock(&log->mu);
     if (!ok)
         atomic_fetch_add(&log->dropped, 1);
+}
+
+void mg_reqlog_set_sink(mg_reqlog_t *log, mg_reqlog_sink_fn fn, void *ud)
+{
+    pthread_mutex_lock(&log->mu);
+    log->sink = fn;
+    log->sink_ud = ud;
+    pthread_mutex_unlock(&log->mu);
 }
 
 void mg_reqlog_reopen(mg_reqlog_t *log)

@@ -6,6 +6,15 @@
  * queue is bounded (64 MiB): past it, lines are counted as dropped and a loud warning says how
  * many, never silently. mg_reqlog_reopen() (SIGUSR1) makes the writer reopen the path after its
  * next batch, for log rotation. mg_reqlog_close() writes everything queued, then joins.
+ *
+ * Every line carries "id", the record's idempotency key: 32 hex digits, a 64-bit random number
+ * drawn when the log is opened (one per process start) followed by a 64-bit counter. It is unique
+ * across restarts and gateway instances, so a store fed from these lines (gateway/dblog.h) can
+ * drop a replayed record instead of counting it twice.
+ *
+ * A sink (mg_reqlog_set_sink) sees every batch of lines right after the writer wrote it to the
+ * file, on the writer thread: that is how the database log gets the same records without any
+ * work on the workers.
  */
 #ifndef MG_GATEWAY_REQLOG_H
 #define MG_GATEWAY_REQLOG_H
@@ -21,6 +30,7 @@ typedef struct mg_reqlog mg_reqlog_t;
 /* One record. Strings may be NULL (written as null) and are not retained after the call. */
 typedef struct mg_reqlog_rec {
     int64_t time_us; /* wall-clock start of the request, microseconds since the epoch */
+    const char *id;  /* idempotency key; mg_reqlog_write() sets it, callers leave it NULL */
     const char *request_id;
     const char *client; /* "ip:port" */
     const char *proto;  /* "h2", "h2c", "http/1.1" */
@@ -53,6 +63,14 @@ void mg_reqlog_write(mg_reqlog_t *log, const mg_reqlog_rec_t *rec);
 /* Formats |rec| as one JSON line (with '\n') into |buf|; returns its length, or 0 when it does
  * not fit in |cap| bytes. Exposed for tests and for other sinks. */
 size_t mg_reqlog_format(const mg_reqlog_rec_t *rec, char *buf, size_t cap);
+
+/* Called on the writer thread with whole lines (|len| bytes, each ending with '\n') after each
+ * batch went to the file (or failed to). It may block on its own disk, never on the network. */
+typedef void (*mg_reqlog_sink_fn)(void *ud, const char *lines, size_t len);
+
+/* Installs |fn| (NULL removes it). Set it before the first mg_reqlog_write: lines written
+ * earlier are not replayed to it. Thread-safe. */
+void mg_reqlog_set_sink(mg_reqlog_t *log, mg_reqlog_sink_fn fn, void *ud);
 
 /* Asks the writer to reopen the file (after rotation). Async-signal-safe. */
 void mg_reqlog_reopen(mg_reqlog_t *log);

@@ -15,7 +15,7 @@ import pytest
 from conftest import (DOMAIN, GATEWAY_BIN, HOST, free_port, h1, read_jsonl, routes_doc,
                       wait_for)
 
-KEYS = {"time", "request_id", "client", "proto", "method", "host", "path", "app", "env", "service",
+KEYS = {"time", "id", "request_id", "client", "proto", "method", "host", "path", "app", "env", "service",
         "pod", "status", "req_bytes", "resp_bytes", "upstream_us", "total_us", "error"}
 
 

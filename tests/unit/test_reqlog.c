@@ -29,6 +29,7 @@ static mg_reqlog_rec_t sample(void)
 {
     return (mg_reqlog_rec_t){
         .time_us = 1700000000123456LL, /* 2023-11-14T22:13:20.123456Z */
+        .id = "00112233445566770000000000000001",
         .request_id = "r-1",
         .client = "127.0.0.1:5555",
         .proto = "h2",
@@ -87,7 +88,7 @@ static void format_every_field(void **state)
 {
     (void)state;
     static const char *const order[] = {
-        "time",      "request_id", "client",      "proto",    "method", "host",
+        "time",      "id",         "request_id", "client",      "proto",    "method", "host",
         "path",      "app",        "env",         "service",  "pod",    "features",
         "features_hash", "status", "req_bytes", "resp_bytes", "fallback", "retries",
         "upstream_us", "total_us", "error",
@@ -110,6 +111,7 @@ static void format_every_field(void **state)
     assert_int_equal(i, sizeof(order) / sizeof(order[0]));
 
     assert_str_field(j, "time", "2023-11-14T22:13:20.123456Z");
+    assert_str_field(j, "id", "00112233445566770000000000000001");
     assert_str_field(j, "request_id", "r-1");
     assert_str_field(j, "client", "127.0.0.1:5555");
     assert_str_field(j, "proto", "h2");
@@ -373,6 +375,7 @@ static void *worker(void *p)
     for (int i = 0; i < a->count; i++) {
         snprintf(id, sizeof(id), "t%d-%d", a->id, i);
         mg_reqlog_rec_t r = sample();
+        r.id = NULL; /* the log assigns one */
         r.request_id = id;
         r.status = i;
         mg_reqlog_write(a->log, &r);
@@ -423,6 +426,27 @@ static void threads_write_every_line_once(void **state)
     for (int t = 0; t < NTHREADS; t++)
         for (int i = 0; i < PER_THREAD; i++)
             assert_int_equal(seen[t][i], 1);
+
+    /* every line got its own id: one boot prefix, counters 0..N-1 each once */
+    static unsigned char seq_seen[NTHREADS * PER_THREAD];
+    memset(seq_seen, 0, sizeof(seq_seen));
+    char boot[17] = "";
+    static const char idkey[] = "\"id\":\"";
+    for (char *p = d, *nl; p < d + len; p = nl + 1) {
+        nl = memchr(p, '\n', (size_t)(d + len - p));
+        char *k = memmem(p, (size_t)(nl - p), idkey, sizeof(idkey) - 1);
+        assert_non_null(k);
+        k += sizeof(idkey) - 1;
+        assert_int_equal(strspn(k, "0123456789abcdef"), 32);
+        if (boot[0] == '\0')
+            memcpy(boot, k, 16);
+        assert_memory_equal(k, boot, 16);
+        unsigned long long seq = strtoull(k + 16, NULL, 16);
+        assert_true(seq < NTHREADS * PER_THREAD);
+        seq_seen[seq]++;
+    }
+    for (size_t i = 0; i < NTHREADS * PER_THREAD; i++)
+        assert_int_equal(seq_seen[i], 1);
     free(d);
 }
 

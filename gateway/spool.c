@@ -1,0 +1,536 @@
+/*
+ * gateway/spool.c - the write-ahead spool (see spool.h for the contract).
+ *
+ * DESIGN
+ * Lines go to numbered segment files, appended and fdatasync'ed one batch at a time. A segment
+ * is "sealed" once the appender moves on to the next one (when it passes seg_max bytes); only
+ * the last segment grows. The shared state is a small ordered array of segments with their
+ * durable sizes: the appender raises the size of the last one after each fsync, so the reader,
+ * which never reads past a recorded size, only ever sees whole, durable lines. The reader's
+ * position is its own business until it commits: then the position goes to the "committed" file
+ * (write temp, fdatasync, rename, fsync the directory: a crash leaves the old or the new one)
+ * and sealed segments wholly before it are deleted, which is what frees room under the cap.
+ *
+ * Recovery is the same code path as a normal start: segments before the committed one are
+ * leftovers of a crash between commit and delete; a last line without '\n' is a torn append
+ * (never fsync'ed, so never acknowledged) and is cut off; new lines always go to a new segment,
+ * so old segments are only ever read.
+ *
+ * The cap counts whole segment files, committed bytes included, until the segment is deleted;
+ * segments are at most max/8 bytes, so at worst about an eighth of the cap is "used" by lines
+ * already in the database.
+ */
+#include "gateway/spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+#define SEG_MIN (4u * 1024)          /* smallest segment size before rolling */
+#define SEG_MAX (16u * 1024 * 1024)  /* largest: bounds how much committed data the cap holds */
+#define SEG_SUFFIX ".spool"
+#define SEG_DIGITS 20
+
+typedef struct seg {
+    uint64_t no;
+    uint64_t size; /* durable bytes: whole lines only */
+} seg_t;
+
+struct mg_spool {
+    char *dir;
+    int dirfd;
+    int lockfd;
+    uint64_t max_bytes;
+    uint64_t seg_max;
+
+    pthread_mutex_t mu;
+    seg_t *segs; /* under mu: ordered by no; the last one is the appender's; never empty */
+    size_t nsegs, capsegs;
+    uint64_t total; /* under mu: sum of segs[].size, <= max_bytes */
+
+    int wfd; /* appender: the last segment, open for appending */
+
+    int rfd; /* reader: a cached descriptor of segment rseg, or -1 */
+    uint64_t rseg;
+    mg_spool_pos_t committed; /* reader */
+};
+
+static void seg_name(char *out, size_t cap, uint64_t no)
+{
+    snprintf(out, cap, "%0*" PRIu64 SEG_SUFFIX, SEG_DIGITS, no);
+}
+
+static bool parse_seg_name(const char *name, uint64_t *no)
+{
+    size_t n = strlen(name);
+    if (n != SEG_DIGITS + sizeof(SEG_SUFFIX) - 1 || strcmp(name + SEG_DIGITS, SEG_SUFFIX) != 0)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < SEG_DIGITS; i++) {
+        if (name[i] < '0' || name[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(name[i] - '0');
+    }
+    *no = v;
+    return true;
+}
+
+static size_t count_lines(const char *p, size_t n)
+{
+    size_t c = 0;
+    for (const char *e = p + n; (p = memchr(p, '\n', (size_t)(e - p))) != NULL; p++)
+        c++;
+    return c;
+}
+
+static bool push_seg(mg_spool_t *s, uint64_t no, uint64_t size)
+{
+    if (s->nsegs == s->capsegs) {
+        size_t cap = s->capsegs ? s->capsegs * 2 : 16;
+        seg_t *n = realloc(s->segs, cap * sizeof(*n));
+        if (n == NULL)
+            return false;
+        s->segs = n, s->capsegs = cap;
+    }
+    s->segs[s->nsegs++] = (seg_t){no, size};
+    s->total += size;
+    return true;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Writes |n| bytes at the end of |fd| across short writes; false with errno on failure. */
+static bool write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = EIO;
+            return false;
+        }
+        p += w, n -= (size_t)w;
+    }
+    return true;
+}
+
+static bool pread_all(int fd, char *p, size_t n, uint64_t off)
+{
+    while (n > 0) {
+        ssize_t r = pread(fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            if (r == 0)
+                errno = EIO; /* shorter than its recorded size: someone truncated it */
+            return false;
+        }
+        p += r, n -= (size_t)r, off += (uint64_t)r;
+    }
+    return true;
+}
+
+/* Creates segment |no| and makes its directory entry durable. */
+static int create_seg(mg_spool_t *s, uint64_t no)
+{
+    char name[64];
+    seg_name(name, sizeof(name), no);
+    int fd = openat(s->dirfd, name, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd >= 0)
+        fsync(s->dirfd);
+    return fd;
+}
+
+/* Cuts a torn last line off segment |no| (size |*size|): everything after the last '\n'. */
+static bool trim_torn(mg_spool_t *s, uint64_t no, uint64_t *size)
+{
+    char name[64], buf[8192];
+    seg_name(name, sizeof(name), no);
+    int fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    uint64_t end = *size, keep = 0;
+    while (end > 0) {
+        size_t n = end < sizeof(buf) ? (size_t)end : sizeof(buf);
+        if (!pread_all(fd, buf, n, end - n)) {
+            close(fd);
+            return false;
+        }
+        const char *nl = memrchr(buf, '\n', n);
+        if (nl != NULL) {
+            keep = end - n + (uint64_t)(nl - buf) + 1;
+            break;
+        }
+        end -= n;
+    }
+    bool ok = true;
+    if (keep != *size) {
+        MG_LOG(MG_LOG_WARN, "spool", "%s/%s: cut %" PRIu64 " bytes of a torn last line", s->dir,
+               name, *size - keep);
+        ok = ftruncate(fd, (off_t)keep) == 0 && fsync(fd) == 0;
+        *size = keep;
+    }
+    close(fd);
+    return ok;
+}
+
+static void read_committed(mg_spool_t *s)
+{
+    char buf[128];
+    s->committed = (mg_spool_pos_t){0, 0};
+    int fd = openat(s->dirfd, "committed", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return; /* a new spool */
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    unsigned long long seg, off;
+    if (n > 0) {
+        buf[n] = '\0';
+        if (sscanf(buf, "%llu %llu", &seg, &off) == 2) {
+            s->committed = (mg_spool_pos_t){seg, off};
+            return;
+        }
+    }
+    /* Unreadable: replaying everything is the safe choice (the database drops duplicates). */
+    MG_LOG(MG_LOG_WARN, "spool", "%s/committed is unreadable; replaying the whole spool", s->dir);
+}
+
+/* Lists the segments, removes what is already committed, trims a torn tail. */
+static bool recover(mg_spool_t *s, char *err, size_t errlen)
+{
+    int fd = dup(s->dirfd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    uint64_t *nos = NULL;
+    size_t n = 0, cap = 0;
+    if (d == NULL) {
+        if (fd >= 0)
+            close(fd);
+        snprintf(err, errlen, "spool %s: cannot list: %s", s->dir, strerror(errno));
+        return false;
+    }
+    rewinddir(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        uint64_t no;
+        if (!parse_seg_name(de->d_name, &no))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            uint64_t *m = realloc(nos, cap * sizeof(*m));
+            if (m == NULL) {
+                free(nos);
+                closedir(d);
+                snprintf(err, errlen, "spool %s: out of memory", s->dir);
+                return false;
+            }
+            nos = m;
+        }
+        nos[n++] = no;
+    }
+    closedir(d);
+    if (n > 1)
+        qsort(nos, n, sizeof(*nos), cmp_u64);
+
+    uint64_t last = s->committed.seg, replay = 0;
+    for (size_t i = 0; i < n; i++) {
+        char name[64];
+        struct stat st;
+        seg_name(name, sizeof(name), nos[i]);
+        last = nos[i] > last ? nos[i] : last;
+        if (nos[i] < s->committed.seg) { /* committed, then the crash came before the delete */
+            unlinkat(s->dirfd, name, 0);
+            continue;
+        }
+        if (fstatat(s->dirfd, name, &st, 0) != 0) {
+            snprintf(err, errlen, "spool %s/%s: %s", s->dir, name, strerror(errno));
+            free(nos);
+            return false;
+        }
+        uint64_t size = (uint64_t)st.st_size;
+        if (i + 1 == n && !trim_torn(s, nos[i], &size)) {
+            snprintf(err, errlen, "spool %s/%s: cannot repair the last line: %s", s->dir, name,
+                     strerror(errno));
+            free(nos);
+            return false;
+        }
+        if (size == 0 || (nos[i] == s->committed.seg && s->committed.off >= size)) {
+            unlinkat(s->dirfd, name, 0); /* empty, or read to its end and committed */
+            continue;
+        }
+        if (!push_seg(s, nos[i], size)) {
+            snprintf(err, errlen, "spool %s: out of memory", s->dir);
+            free(nos);
+            return false;
+        }
+        replay += size - (nos[i] == s->committed.seg ? s->committed.off : 0);
+    }
+    free(nos);
+    if (s->nsegs > 0)
+        MG_LOG(MG_LOG_INFO, "spool",
+               "%s: %zu segment(s), about %" PRIu64 " bytes not yet in the database; replaying",
+               s->dir, s->nsegs, replay);
+
+    /* the appender always starts a fresh segment: recovered ones are only read from now on */
+    uint64_t wno = last + 1;
+    if ((s->wfd = create_seg(s, wno)) < 0) {
+        snprintf(err, errlen, "spool %s: cannot create a segment: %s", s->dir, strerror(errno));
+        return false;
+    }
+    if (!push_seg(s, wno, 0)) {
+        snprintf(err, errlen, "spool %s: out of memory", s->dir);
+        return false;
+    }
+    return true;
+}
+
+mg_spool_t *mg_spool_open(const char *dir, uint64_t max_bytes, char *err, size_t errlen)
+{
+    mg_spool_t *s = calloc(1, sizeof(*s));
+    if (s == NULL || (s->dir = strdup(dir)) == NULL) {
+        snprintf(err, errlen, "spool %s: out of memory", dir);
+        free(s);
+        return NULL;
+    }
+    s->dirfd = s->lockfd = s->wfd = s->rfd = -1;
+    s->max_bytes = max_bytes;
+    s->seg_max = max_bytes / 8;
+    s->seg_max = s->seg_max < SEG_MIN ? SEG_MIN : s->seg_max > SEG_MAX ? SEG_MAX : s->seg_max;
+    pthread_mutex_init(&s->mu, NULL);
+
+    if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "spool %s: cannot create the directory: %s", dir, strerror(errno));
+        goto fail;
+    }
+    if ((s->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+        snprintf(err, errlen, "spool %s: cannot open the directory: %s", dir, strerror(errno));
+        goto fail;
+    }
+    /* two processes appending to one spool would interleave and commit each other's lines */
+    if ((s->lockfd = openat(s->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0 ||
+        flock(s->lockfd, LOCK_EX | LOCK_NB) != 0) {
+        snprintf(err, errlen, "spool %s: %s", dir,
+                 errno == EWOULDBLOCK ? "in use by another process (each gateway needs its own "
+                                        "spool_dir)"
+                                      : strerror(errno));
+        goto fail;
+    }
+    read_committed(s);
+    if (!recover(s, err, errlen))
+        goto fail;
+    return s;
+fail:
+    mg_spool_close(s);
+    return NULL;
+}
+
+mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t *lost)
+{
+    const char *nl = len ? memrchr(lines, '\n', len) : NULL;
+    if (nl == NULL)
+        return MG_OK;
+    len = (size_t)(nl - lines) + 1;
+
+    pthread_mutex_lock(&s->mu);
+    uint64_t room = s->total < s->max_bytes ? s->max_bytes - s->total : 0;
+    seg_t cur = s->segs[s->nsegs - 1];
+    pthread_mutex_unlock(&s->mu);
+
+    mg_err_t rc = MG_OK;
+    size_t keep = len;
+    if (len > room) { /* keep the whole lines that fit; order matters more than the newest */
+        const char *cut = room ? memrchr(lines, '\n', (size_t)room) : NULL;
+        keep = cut ? (size_t)(cut - lines) + 1 : 0;
+        rc = MG_E_LIMIT;
+    }
+    if (keep == 0)
+        goto out;
+
+    if (cur.size >= s->seg_max) {
+        int fd = create_seg(s, cur.no + 1);
+        if (fd >= 0) {
+            close(s->wfd);
+            s->wfd = fd;
+            pthread_mutex_lock(&s->mu);
+            bool ok = push_seg(s, cur.no + 1, 0);
+            pthread_mutex_unlock(&s->mu);
+            if (!ok) { /* keep appending to the old one; try again next batch */
+                close(s->wfd);
+                char name[64];
+                seg_name(name, sizeof(name), cur.no + 1);
+                unlinkat(s->dirfd, name, 0);
+                s->wfd = create_seg(s, cur.no); /* reopen the old one for appending */
+            } else {
+                cur = (seg_t){cur.no + 1, 0};
+            }
+        }
+    }
+    if (s->wfd < 0 || !write_all(s->wfd, lines, keep) || fdatasync(s->wfd) != 0) {
+        int e = errno;
+        /* Not durable, so not kept: cut the segment back to its last durable line, so the
+         * reader never sees half a batch that is also counted as lost. */
+        if (s->wfd >= 0 && ftruncate(s->wfd, (off_t)cur.size) != 0)
+            e = errno;
+        MG_LOG(MG_LOG_ERROR, "spool", "%s: cannot write %zu bytes: %s", s->dir, keep,
+               strerror(e));
+        rc = MG_E_IO;
+        keep = 0;
+        goto out;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->segs[s->nsegs - 1].size += keep;
+    s->total += keep;
+    pthread_mutex_unlock(&s->mu);
+out:
+    *lost += count_lines(lines + keep, len - keep);
+    return rc;
+}
+
+mg_spool_pos_t mg_spool_committed(mg_spool_t *s)
+{
+    return s->committed;
+}
+
+mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap,
+                       size_t max_lines, size_t *len, size_t *nlines, mg_spool_pos_t *next)
+{
+    *len = *nlines = 0;
+    pthread_mutex_lock(&s->mu);
+    size_t i = 0;
+    for (;;) {
+        while (i < s->nsegs && s->segs[i].no < pos->seg)
+            i++;
+        if (i == s->nsegs) { /* past the last segment: cannot happen, the last one is never cut */
+            i = s->nsegs - 1;
+            *pos = (mg_spool_pos_t){s->segs[i].no, s->segs[i].size};
+            break;
+        }
+        if (s->segs[i].no > pos->seg)
+            *pos = (mg_spool_pos_t){s->segs[i].no, 0};
+        if (pos->off >= s->segs[i].size && i + 1 < s->nsegs) { /* sealed and read: move on */
+            *pos = (mg_spool_pos_t){s->segs[i + 1].no, 0};
+            continue;
+        }
+        break;
+    }
+    uint64_t size = s->segs[i].size;
+    pthread_mutex_unlock(&s->mu);
+    if (pos->off >= size)
+        return MG_E_AGAIN;
+
+    if (s->rfd < 0 || s->rseg != pos->seg) {
+        char name[64];
+        if (s->rfd >= 0)
+            close(s->rfd);
+        seg_name(name, sizeof(name), pos->seg);
+        s->rseg = pos->seg;
+        if ((s->rfd = openat(s->dirfd, name, O_RDONLY | O_CLOEXEC)) < 0) {
+            MG_LOG(MG_LOG_ERROR, "spool", "%s/%s: cannot open: %s", s->dir, name,
+                   strerror(errno));
+            return MG_E_IO;
+        }
+    }
+    size_t want = size - pos->off < cap ? (size_t)(size - pos->off) : cap;
+    if (!pread_all(s->rfd, buf, want, pos->off)) {
+        MG_LOG(MG_LOG_ERROR, "spool", "%s: cannot read segment %" PRIu64 ": %s", s->dir,
+               pos->seg, strerror(errno));
+        return MG_E_IO;
+    }
+    size_t used = 0, n = 0;
+    while (n < max_lines && used < want) {
+        const char *nl = memchr(buf + used, '\n', want - used);
+        if (nl == NULL)
+            break;
+        used = (size_t)(nl - buf) + 1;
+        n++;
+    }
+    if (n == 0) {
+        /* No '\n' in a whole buffer: garbage, not a line. Hand it over as one "line" (the
+         * caller rejects it and says so) rather than stall behind it forever. */
+        used = want, n = 1;
+    }
+    *len = used, *nlines = n;
+    *next = (mg_spool_pos_t){pos->seg, pos->off + used};
+    return MG_OK;
+}
+
+mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
+{
+    char text[64];
+    int n = snprintf(text, sizeof(text), "%" PRIu64 " %" PRIu64 "\n", pos.seg, pos.off);
+    int fd = openat(s->dirfd, "committed.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    bool ok = fd >= 0 && write_all(fd, text, (size_t)n) && fdatasync(fd) == 0;
+    if (fd >= 0)
+        close(fd);
+    ok = ok && renameat(s->dirfd, "committed.tmp", s->dirfd, "committed") == 0 &&
+         fsync(s->dirfd) == 0;
+    if (!ok) {
+        MG_LOG(MG_LOG_ERROR, "spool", "%s/committed: cannot write: %s", s->dir, strerror(errno));
+        return MG_E_IO;
+    }
+    s->committed = pos;
+
+    /* sealed segments wholly before |pos|, or read to their end, are done */
+    pthread_mutex_lock(&s->mu);
+    size_t drop = 0;
+    while (drop + 1 < s->nsegs &&
+           (s->segs[drop].no < pos.seg ||
+            (s->segs[drop].no == pos.seg && pos.off >= s->segs[drop].size)))
+        drop++;
+    for (size_t i = 0; i < drop; i++) {
+        char name[64];
+        seg_name(name, sizeof(name), s->segs[i].no);
+        unlinkat(s->dirfd, name, 0);
+        s->total -= s->segs[i].size;
+        if (s->rfd >= 0 && s->rseg == s->segs[i].no) {
+            close(s->rfd);
+            s->rfd = -1;
+        }
+    }
+    memmove(s->segs, s->segs + drop, (s->nsegs - drop) * sizeof(*s->segs));
+    s->nsegs -= drop;
+    pthread_mutex_unlock(&s->mu);
+    return MG_OK;
+}
+
+uint64_t mg_spool_bytes(mg_spool_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t t = s->total;
+    pthread_mutex_unlock(&s->mu);
+    return t;
+}
+
+void mg_spool_close(mg_spool_t *s)
+{
+    if (s == NULL)
+        return;
+    if (s->wfd >= 0)
+        close(s->wfd);
+    if (s->rfd >= 0)
+        close(s->rfd);
+    if (s->lockfd >= 0)
+        close(s->lockfd); /* releases the flock */
+    if (s->dirfd >= 0)
+        close(s->dirfd);
+    pthread_mutex_destroy(&s->mu);
+    free(s->segs);
+    free(s->dir);
+    free(s);
+}

@@ -1,0 +1,79 @@
+/*
+ * gateway/spool.h - a durable, size-capped queue of text lines on disk (write-ahead spool).
+ *
+ * The request log's database sink writes every batch of access-log lines here first, fsync'ed,
+ * and only then tries the database; a reader takes lines back out in order and marks them
+ * committed once the database has them. Whatever is not committed when the process dies (or the
+ * database is away) is still on disk and is read again after a restart, from the last committed
+ * position on. The reader must therefore tolerate seeing a line twice (the database side is
+ * idempotent); it never misses one.
+ *
+ * Layout of |dir|: numbered segment files "00000000000000000001.spool" holding whole lines, a
+ * "committed" file ("SEGMENT OFFSET\n", replaced atomically by rename), and a "lock" file held
+ * with flock() so two processes never share a spool.
+ *
+ * Threading: one appender thread (mg_spool_append) and one reader thread (mg_spool_read,
+ * mg_spool_commit) may run at the same time; an internal mutex guards what they share. Stats
+ * may be read from any thread. Ownership: the spool owns its files and descriptors.
+ */
+#ifndef MG_GATEWAY_SPOOL_H
+#define MG_GATEWAY_SPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+typedef struct mg_spool mg_spool_t;
+
+/* A place in the spool: segment number and byte offset in it. */
+typedef struct mg_spool_pos {
+    uint64_t seg;
+    uint64_t off;
+} mg_spool_pos_t;
+
+/*
+ * Opens (creating |dir| if its parent exists) the spool with a cap of |max_bytes| on disk, and
+ * recovers it: segments before the committed position are removed, and a torn last line (a
+ * crash in the middle of an append) is cut off. New lines go to a fresh segment. Returns NULL
+ * with the reason (naming |dir|) in |err| when the directory cannot be used or another process
+ * holds it.
+ */
+mg_spool_t *mg_spool_open(const char *dir, uint64_t max_bytes, char *err, size_t errlen);
+
+/*
+ * Appends the whole lines of |lines| (|len| bytes, each ending with '\n'; a trailing partial
+ * line is ignored) and fdatasync()s them: once this returns they survive a crash. Lines that
+ * would take the spool past its cap, or that a write error (disk full) prevented, are not kept:
+ * their number is added to *|lost| and MG_E_LIMIT (cap) or MG_E_IO (write error) is returned.
+ * Appender thread only.
+ */
+mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t *lost);
+
+/* The committed position: where a reader starts after mg_spool_open. */
+mg_spool_pos_t mg_spool_committed(mg_spool_t *s);
+
+/*
+ * Reads whole lines from |*pos| into |buf| (|cap| bytes; at least one line must fit, so give
+ * it 16 KiB or more), at most |max_lines| of them. On MG_OK, *len bytes and *nlines lines are in
+ * |buf| and |*next| is the position after them (pass it to mg_spool_commit once they are safe).
+ * MG_E_AGAIN when nothing durable is past |*pos| yet; MG_E_IO on a read error (logged).
+ * |*pos| may be normalised (moved past a finished segment). Reader thread only.
+ */
+mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap,
+                       size_t max_lines, size_t *len, size_t *nlines, mg_spool_pos_t *next);
+
+/*
+ * Records |pos| as committed (fsync'ed file, atomic rename) and removes the segments wholly
+ * before it, which frees their bytes from the cap. MG_E_IO when the file cannot be written
+ * (logged; the old position stays, so lines are re-read, never lost). Reader thread only.
+ */
+mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos);
+
+/* Bytes of segment files on disk (what counts against the cap). Any thread. */
+uint64_t mg_spool_bytes(mg_spool_t *s);
+
+/* Closes the files and frees |s|; what is not committed stays on disk for the next open. */
+void mg_spool_close(mg_spool_t *s);
+
+#endif /* MG_GATEWAY_SPOOL_H */

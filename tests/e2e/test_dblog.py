@@ -1,0 +1,292 @@
+"""
+The request log in MariaDB (gateway/dblog.c), against a private mariadbd (servers.py):
+  - N requests -> N rows, the same ids as the N access-log lines, table layout and partitions;
+  - MariaDB stopped for MG_DBLOG_DOWN_S seconds (default 30, as the issue says) under load, then
+    started again -> exactly N rows, and N lines in the access log;
+  - the gateway killed with SIGKILL while it replays its spool, then restarted -> exactly N rows;
+  - the spool cap reached -> the gateway keeps serving and counts what it could not keep.
+Load is a bounded number of HTTP/1.1 requests from a few threads on 127.0.0.1. The counts and
+times are printed (ctest runs this with -rP).
+"""
+
+import glob
+import json
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+
+import httpx
+import pytest
+
+from conftest import free_port, routes_doc, wait_for
+from servers import MariaDB
+
+DOWN_S = float(os.environ.get("MG_DBLOG_DOWN_S", "30"))
+
+
+def dblog_conf(db, **over):
+    c = {"host": "127.0.0.1", "port": db.port, "user": "root", "database": db.database,
+         "spool_dir": "spool", "batch_rows": 200, "flush_ms": 50}
+    c.update(over)
+    return {"request_log_db": c}
+
+
+def rows(db, where=""):
+    return db.query("SELECT COUNT(*) FROM request_log" + where)[0][0]
+
+
+def table_exists(db):
+    return db.query("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                    "AND TABLE_NAME = 'request_log'", (db.database,))[0][0] == 1
+
+
+class Load:
+    """|threads| threads sending HTTP/1.1 GETs (keep-alive) until stop() or |per_thread| each;
+    counts the answers (every answer is one access-log record)."""
+
+    def __init__(self, gw, threads=4, per_thread=None, pause=0.0, prefix="/load"):
+        self.gw, self.per_thread, self.pause, self.prefix = gw, per_thread, pause, prefix
+        self.done = [0] * threads
+        self.errors = []
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i):
+        url = "http://127.0.0.1:%d" % self.gw.port
+        try:
+            with httpx.Client(base_url=url, headers={"host": self.gw.authority()},
+                              timeout=10) as c:
+                n = 0
+                while not self._stop.is_set() and (self.per_thread is None or
+                                                   n < self.per_thread):
+                    r = c.get("%s/%d/%d" % (self.prefix, i, n))
+                    assert r.status_code == 200, r.status_code
+                    n += 1
+                    self.done[i] = n
+                    if self.pause:
+                        time.sleep(self.pause)
+        except Exception as e:  # reported by join()
+            self.errors.append(repr(e))
+
+    def stop(self):
+        self._stop.set()
+        return self.join()
+
+    def join(self):
+        for t in self.threads:
+            t.join(60)
+        assert not self.errors, self.errors
+        return sum(self.done)
+
+
+def spool_lines(gw):
+    n = 0
+    for p in glob.glob(os.path.join(gw.dir, "spool", "*.spool")):
+        with open(p, "rb") as f:
+            n += f.read().count(b"\n")
+    return n
+
+
+def check_exact(gw, db, n, what):
+    """Exactly |n| rows, |n| access-log lines, and the same |n| distinct ids in both."""
+    lines = gw.access()
+    assert len(lines) == n, "%s: %d requests but %d access log lines" % (what, n, len(lines))
+    ids = {ln["id"] for ln in lines}
+    assert len(ids) == n, "%s: ids in the access log are not unique" % what
+    got = {r[0] for r in db.query("SELECT LOWER(HEX(id)) FROM request_log")}
+    count = rows(db)
+    assert count == n, "%s: %d requests, %d rows" % (what, n, count)
+    assert got == ids, "%s: %d ids only in the log, %d only in the table" % (
+        what, len(ids - got), len(got - ids))
+
+
+def test_n_requests_n_rows(procs):
+    db = MariaDB(procs)
+    # a user with a password, read from a file as gateway.json asks
+    db.query("CREATE USER 'mg'@'127.0.0.1' IDENTIFIED BY 's3cret-pw'")
+    db.query("GRANT ALL ON `%s`.* TO 'mg'@'127.0.0.1'" % db.database)
+    a = procs.backend("pod-a")
+    pw = os.path.join(procs.dir, "db.password")
+    with open(pw, "w") as f:
+        f.write("s3cret-pw\n")
+    admin_port = free_port()
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dict(dblog_conf(db, user="mg", password_file=pw),
+                                 admin={"listen": "127.0.0.1:%d" % admin_port}))
+    n = 500
+    t0 = time.monotonic()
+    load = Load(gw, threads=4, per_thread=n // 4)
+    assert load.join() == n
+    wait_for(lambda: table_exists(db) and rows(db) == n, 30, 0.1, "%d rows" % n)
+    took = time.monotonic() - t0
+    gw.wait_access(n)
+    check_exact(gw, db, n, "steady state")
+    print("dblog: %d requests -> %d rows, %d access log lines, in %.1f s" % (
+        n, rows(db), len(gw.access()), took))
+
+    # the row is the log line
+    ln = gw.access()[0]
+    r = db.query("SELECT DATE_FORMAT(time, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ'), request_id, proto, "
+                 "method, path, app, env, service, pod, status, resp_bytes, total_us, fallback, "
+                 "retries FROM request_log WHERE id = UNHEX(%s)", (ln["id"],))[0]
+    assert r == (ln["time"], ln["request_id"], ln["proto"], ln["method"], ln["path"], ln["app"],
+                 ln["env"], ln["service"], ln["pod"], ln["status"], ln["resp_bytes"],
+                 ln["total_us"], int(ln["fallback"]), ln["retries"]), r
+    assert (ln["app"], ln["env"], ln["service"]) == ("digits", "production", "svc-a")
+
+    # layout: day partitions around today, the report indexes
+    parts = [p[0] for p in db.query(
+        "SELECT PARTITION_NAME FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = %s AND "
+        "TABLE_NAME = 'request_log' ORDER BY PARTITION_ORDINAL_POSITION", (db.database,))]
+    today = db.query("SELECT DATE_FORMAT(UTC_DATE(), 'p%Y%m%d')")[0][0]
+    assert parts[0] == "p_old" and parts[-1] == "p_future" and today in parts, parts
+    assert len(parts) == 2 + 8, parts  # today and 7 days ahead
+    keys = {r[2] for r in db.query("SHOW INDEX FROM request_log")}
+    assert {"PRIMARY", "app_env_time", "service_time"} <= keys, keys
+    in_today = db.query("SELECT COUNT(*) FROM request_log PARTITION (%s)" % today)[0][0]
+    assert in_today == n
+
+    stats = json.loads(urllib.request.urlopen(
+        "http://127.0.0.1:%d/stats/dblog" % admin_port, timeout=5).read())
+    assert stats["inserted"] == n and stats["spooled"] == n and stats["lost"] == 0, stats
+    assert stats["connected"] is True, stats
+    assert "s3cret-pw" not in gw.log()
+
+
+def test_mariadb_down_under_load(procs):
+    db = MariaDB(procs)
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dblog_conf(db))
+    load = Load(gw, threads=4, pause=0.01)
+    time.sleep(3)
+    before = sum(load.done)
+    t_stop = time.monotonic()
+    db.stop()
+    time.sleep(DOWN_S)
+    during = sum(load.done) - before
+    rows_spooled = spool_lines(gw)
+    db.start()
+    t_back = time.monotonic()
+    time.sleep(3)
+    n = load.stop()
+    wait_for(lambda: rows(db) == n, 60, 0.2, "%d rows after MariaDB came back" % n)
+    caught_up = time.monotonic() - t_back
+    wait_for(lambda: len(gw.access()) >= n, 10, 0.1, "%d access log lines" % n)
+    check_exact(gw, db, n, "MariaDB down %.0f s" % DOWN_S)
+    assert during > 0 and gw.proc.alive()
+    assert "cannot connect to MariaDB" in gw.log()
+    print("dblog: MariaDB down %.1f s under load: %d requests in all, %d while it was down "
+          "(%d lines in spool files before the restart), %d rows, %d access log lines; "
+          "caught up %.1f s after MariaDB was back" % (
+              t_back - t_stop, n, during, rows_spooled, rows(db), len(gw.access()), caught_up))
+
+
+def test_kill9_mid_replay(procs):
+    db = MariaDB(procs)
+    a = procs.backend("pod-a")
+    routes = routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")])
+    # small batches and a slow-ish cadence: the replay takes long enough to be interrupted
+    conf = dblog_conf(db, batch_rows=20, flush_ms=10)
+    gw = procs.gateway(routes, conf=conf)
+    wait_for(lambda: table_exists(db), 20, 0.1, "the table")
+    db.stop()
+    n = 3000
+    load = Load(gw, threads=4, per_thread=n // 4)
+    assert load.join() == n
+    wait_for(lambda: spool_lines(gw) >= n, 20, 0.1, "%d lines in the spool" % n)
+    db.start()
+    wait_for(lambda: rows(db) > 0, 30, 0.005, "the replay to start")
+    gw.signal(signal.SIGKILL)
+    gw.proc.wait(10)
+    gw.proc.gateway_drain_s = None  # killed on purpose: no clean exit to check
+    at_kill = rows(db)
+    print("dblog: killed -9 with %d of %d rows in MariaDB" % (at_kill, n))
+    assert at_kill < n, "the replay finished before the kill; nothing was tested"
+
+    gw2 = procs.gateway(routes, conf=conf)  # same directory: same spool, same access log
+    assert gw2.dir == gw.dir
+    wait_for(lambda: rows(db) >= n, 60, 0.1, "%d rows after the restart" % n)
+    time.sleep(1)  # a duplicate would show up now
+    check_exact(gw2, db, n, "kill -9 mid-replay")
+    assert "replaying" in gw2.log()
+    print("dblog: after the restart %d rows for %d requests (%d replayed)" % (
+        rows(db), n, n - at_kill))
+
+
+def test_spool_cap_counts_losses(procs):
+    db = MariaDB(procs)
+    a = procs.backend("pod-a")
+    admin_port = free_port()
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dict(dblog_conf(db, spool_max_mb=1),
+                                 admin={"listen": "127.0.0.1:%d" % admin_port}))
+    wait_for(lambda: table_exists(db), 20, 0.1, "the table")
+    db.stop()
+    n = 4000  # about 400 bytes a line: more than 1 MiB
+    load = Load(gw, threads=4, per_thread=n // 4)
+    assert load.join() == n  # the gateway kept serving
+
+    def stats():
+        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/stats/dblog" % admin_port,
+                                                 timeout=5).read())
+    st = wait_for(lambda: (lambda s: s if s["spooled"] + s["lost"] == n else None)(stats()), 20,
+                  0.1, "every record spooled or counted as lost")
+    assert st["lost"] > 0 and st["spool_bytes"] <= 1 << 20, st
+    wait_for(lambda: "LOST %d request records" % st["lost"] in gw.log() or
+             "request records (%d in total)" % st["lost"] in gw.log(), 5, 0.1,
+             "the LOST line in the gateway log")
+    db.start()
+    wait_for(lambda: rows(db) == st["spooled"], 60, 0.1, "%d rows" % st["spooled"])
+    assert len(gw.access()) == n  # the access log has every record
+    print("dblog: spool cap 1 MiB, MariaDB down: %d requests, %d kept and inserted, %d counted "
+          "as lost" % (n, rows(db), st["lost"]))
+
+
+def test_operator_schema_and_retention(procs):
+    """conf/request_log.sql creates a table the gateway manages: it adds the days ahead and drops
+    the day partitions older than retention_days (p_old stays)."""
+    db = MariaDB(procs)
+    src = os.environ.get("MG_SOURCE_DIR") or os.path.dirname(os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(src, "conf", "request_log.sql")) as f:
+        sql = "\n".join(re.sub(r"--( .*)?$", "", ln) for ln in f.read().splitlines())
+    today = db.query("SELECT TO_DAYS(UTC_DATE())")[0][0]
+    sql = sql.replace("739000", str(today - 100)).replace("modelgate", db.database)
+    conn = db.connect()
+    with conn.cursor() as cur:
+        for stmt in [s.strip() for s in sql.split(";") if s.strip()]:
+            cur.execute(stmt)
+        cur.execute("ALTER TABLE request_log REORGANIZE PARTITION p_future INTO ("
+                    "PARTITION p_day100 VALUES LESS THAN (%d), "
+                    "PARTITION p_future VALUES LESS THAN MAXVALUE)" % (today - 99))
+        # name it the way the gateway does, pYYYYMMDD
+        name = db.query("SELECT DATE_FORMAT(FROM_DAYS(%s), 'p%%Y%%m%%d')", (today - 100,))[0][0]
+        cur.execute("ALTER TABLE request_log REORGANIZE PARTITION p_day100 INTO ("
+                    "PARTITION %s VALUES LESS THAN (%d))" % (name, today - 99))
+        cur.execute("INSERT INTO request_log (id, time, status, req_bytes, resp_bytes, total_us, "
+                    "fallback, retries) VALUES (UNHEX(REPEAT('ab', 16)), "
+                    "FROM_DAYS(%d) + INTERVAL 1 HOUR, 200, 0, 0, 1, 0, 0)" % (today - 100))
+    conn.close()
+    assert rows(db) == 1
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dblog_conf(db, retention_days=30))
+    load = Load(gw, threads=2, per_thread=10)
+    assert load.join() == 20
+
+    def parts():
+        return [p[0] for p in db.query(
+            "SELECT PARTITION_NAME FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = %s "
+            "AND TABLE_NAME = 'request_log' ORDER BY PARTITION_ORDINAL_POSITION",
+            (db.database,))]
+    wait_for(lambda: rows(db) == 20, 30, 0.1, "20 new rows, the expired one gone")
+    p = parts()
+    assert name not in p and p[0] == "p_old" and p[-1] == "p_future" and len(p) == 10, p
+    print("dblog: retention 30 days dropped %s (100 days old); partitions now %s" % (
+        name, ", ".join(p)))

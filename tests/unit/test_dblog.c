@@ -1,0 +1,408 @@
+/*
+ * tests/unit/test_dblog.c - the database request log's parts that need no server: the spool
+ * (append, read, commit, replay after a simulated crash, a torn last line, the size cap and its
+ * lost count, the directory lock, an appender and a reader running at once) and the conversion
+ * of an access-log line into an SQL row. The database side is tested end to end against a real
+ * MariaDB in tests/e2e/test_dblog.py.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gateway/dblog.h"
+#include "gateway/reqlog.h"
+#include "gateway/spool.h"
+
+static char dir[64];
+
+static int make_dir(void **state)
+{
+    (void)state;
+    strcpy(dir, "/tmp/mg-test-dblog-XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int remove_dir(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* "line NNNNNN <padding>\n", |width| bytes in all */
+static size_t make_lines(char *buf, int first, int n, int width)
+{
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        int k = snprintf(buf + o, 32, "line %06d ", first + i);
+        memset(buf + o + k, 'x', (size_t)(width - k - 1));
+        buf[o + (size_t)width - 1] = '\n';
+        o += (size_t)width;
+    }
+    return o;
+}
+
+/* Reads every line from |pos| on (committing each batch when |commit|) and checks that they are
+ * "line first", "line first+1", ...; returns how many. */
+static int read_all(mg_spool_t *s, mg_spool_pos_t *pos, int first, size_t max_lines, bool commit)
+{
+    static char buf[1 << 20];
+    int n = 0;
+    for (;;) {
+        size_t len, nl;
+        mg_spool_pos_t next;
+        mg_err_t rc = mg_spool_read(s, pos, buf, sizeof(buf), max_lines, &len, &nl, &next);
+        if (rc == MG_E_AGAIN)
+            break;
+        assert_int_equal(rc, MG_OK);
+        assert_true(nl >= 1 && nl <= max_lines);
+        assert_int_equal(buf[len - 1], '\n');
+        for (char *p = buf, *e = buf + len; p < e; p = memchr(p, '\n', (size_t)(e - p)) + 1) {
+            int v;
+            assert_int_equal(sscanf(p, "line %d ", &v), 1);
+            assert_int_equal(v, first + n);
+            n++;
+        }
+        if (commit)
+            assert_int_equal(mg_spool_commit(s, next), MG_OK);
+        *pos = next;
+    }
+    return n;
+}
+
+static mg_spool_t *open_spool(uint64_t cap)
+{
+    char err[256] = "";
+    mg_spool_t *s = mg_spool_open(dir, cap, err, sizeof(err));
+    if (s == NULL)
+        fail_msg("mg_spool_open: %s", err);
+    return s;
+}
+
+static int count_segments(void)
+{
+    int n = 0;
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL)
+        n += strstr(de->d_name, ".spool") != NULL;
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static void append_read_commit(void **state)
+{
+    (void)state;
+    char buf[4096];
+    uint64_t lost = 0;
+    mg_spool_t *s = open_spool(1 << 20);
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 100, true), 0); /* empty */
+
+    size_t n = make_lines(buf, 0, 3, 50);
+    assert_int_equal(mg_spool_append(s, buf, n, &lost), MG_OK);
+    assert_int_equal(lost, 0);
+    assert_int_equal(mg_spool_bytes(s), 150);
+    assert_int_equal(read_all(s, &pos, 0, 100, true), 3);
+
+    /* a trailing partial line is not taken */
+    n = make_lines(buf, 3, 2, 50);
+    assert_int_equal(mg_spool_append(s, buf, n + 10, &lost), MG_OK);
+    assert_int_equal(read_all(s, &pos, 3, 1, true), 2); /* one line per read */
+    mg_spool_close(s);
+
+    /* everything was committed: a new open has nothing to replay */
+    s = open_spool(1 << 20);
+    pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 100, false), 0);
+    mg_spool_close(s);
+}
+
+/* A crash is a close without commit: every line not committed comes back, in order, once. */
+static void replay_after_crash(void **state)
+{
+    (void)state;
+    static char buf[200 * 100];
+    uint64_t lost = 0;
+    mg_spool_t *s = open_spool(1 << 20);
+    size_t n = make_lines(buf, 0, 200, 100);
+    for (int i = 0; i < 10; i++) /* 10 batches of 20 lines */
+        assert_int_equal(mg_spool_append(s, buf + (size_t)i * 2000, 2000, &lost), MG_OK);
+    (void)n;
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 30, false), 200); /* read, never committed */
+    mg_spool_pos_t p2 = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &p2, 0, 70, false), 200); /* the reader may start over */
+
+    /* commit the first 70 (one read of 70 lines), then "crash" */
+    static char rb[1 << 16];
+    size_t len, nl;
+    mg_spool_pos_t next, start = mg_spool_committed(s);
+    assert_int_equal(mg_spool_read(s, &start, rb, sizeof(rb), 70, &len, &nl, &next), MG_OK);
+    assert_int_equal(nl, 70);
+    assert_int_equal(mg_spool_commit(s, next), MG_OK);
+    mg_spool_close(s);
+
+    s = open_spool(1 << 20);
+    pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 70, 25, false), 130);
+    /* lines appended after the restart come after the replayed ones */
+    make_lines(buf, 200, 5, 100);
+    assert_int_equal(mg_spool_append(s, buf, 500, &lost), MG_OK);
+    assert_int_equal(read_all(s, &pos, 200, 25, false), 5);
+    mg_spool_close(s);
+
+    /* still nothing committed past 70: all of it again, then commit it all */
+    s = open_spool(1 << 20);
+    pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 70, 1000, true), 135);
+    mg_spool_close(s);
+    s = open_spool(1 << 20);
+    pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 1000, true), 0);
+    assert_int_equal(mg_spool_bytes(s), 0);
+    assert_int_equal(count_segments(), 1); /* only the fresh, empty one */
+    assert_int_equal(lost, 0);
+    mg_spool_close(s);
+}
+
+/* A crash in the middle of an append leaves part of a line: it is cut off at the next open. */
+static void torn_last_line_is_cut(void **state)
+{
+    (void)state;
+    char buf[1000], path[384];
+    uint64_t lost = 0;
+    mg_spool_t *s = open_spool(1 << 20);
+    make_lines(buf, 0, 4, 50);
+    assert_int_equal(mg_spool_append(s, buf, 200, &lost), MG_OK);
+    mg_spool_close(s);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    path[0] = '\0';
+    while ((de = readdir(d)) != NULL) /* the only non-empty segment */
+        if (strstr(de->d_name, ".spool"))
+            snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+    closedir(d);
+    int fd = open(path, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "line 000004 half a li", 21), 21);
+    close(fd);
+
+    s = open_spool(1 << 20);
+    assert_int_equal(mg_spool_bytes(s), 200);
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 100, true), 4);
+    mg_spool_close(s);
+}
+
+/* Past the cap, lines are not kept and are counted; committing frees room again. */
+static void cap_counts_lost(void **state)
+{
+    (void)state;
+    static char buf[100 * 100];
+    const uint64_t cap = 64 * 1024; /* segments of 8 KiB */
+    uint64_t lost = 0;
+    int total = 0;
+    mg_spool_t *s = open_spool(cap);
+    mg_err_t last = MG_OK;
+    for (int b = 0; b < 10; b++) { /* 10 batches of 100 lines of 100 bytes: 100000 > cap */
+        make_lines(buf, total, 100, 100);
+        last = mg_spool_append(s, buf, sizeof(buf), &lost);
+        total += 100;
+    }
+    assert_int_equal(last, MG_E_LIMIT);
+    assert_true(mg_spool_bytes(s) <= cap);
+    int kept = (int)(mg_spool_bytes(s) / 100);
+    assert_int_equal((uint64_t)kept + lost, (uint64_t)total);
+    assert_true(lost >= (uint64_t)(total - 655));
+
+    /* the kept lines are the oldest ones, whole, in order */
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 64, true), kept);
+    assert_true(mg_spool_bytes(s) < cap / 4); /* sealed segments went away */
+
+    /* room again: a new batch is kept entirely */
+    uint64_t lost2 = 0;
+    make_lines(buf, 5000, 100, 100);
+    assert_int_equal(mg_spool_append(s, buf, sizeof(buf), &lost2), MG_OK);
+    assert_int_equal(lost2, 0);
+    assert_int_equal(read_all(s, &pos, 5000, 64, true), 100);
+    mg_spool_close(s);
+}
+
+static void second_process_is_refused(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    mg_spool_t *s = open_spool(1 << 20);
+    /* flock is per open file description, so a second open in this process conflicts too */
+    assert_null(mg_spool_open(dir, 1 << 20, err, sizeof(err)));
+    assert_non_null(strstr(err, "in use by another process"));
+    mg_spool_close(s);
+    s = open_spool(1 << 20);
+    mg_spool_close(s);
+}
+
+typedef struct {
+    mg_spool_t *s;
+    int n;
+} appender_arg_t;
+
+static void *appender(void *p)
+{
+    appender_arg_t *a = p;
+    static char buf[50 * 64];
+    uint64_t lost = 0;
+    for (int i = 0; i < a->n; i += 50) {
+        size_t n = make_lines(buf, i, 50, 64);
+        mg_spool_append(a->s, buf, n, &lost);
+    }
+    return (void *)(uintptr_t)lost;
+}
+
+/* One appender and one reader at once, across many segment rolls: every line once, in order. */
+static void concurrent_append_and_read(void **state)
+{
+    (void)state;
+    static char buf[1 << 16];
+    mg_spool_t *s = open_spool(4 << 20); /* segments of 512 KiB; 20000 x 64 B = 1.2 MiB */
+    appender_arg_t a = {s, 20000};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, appender, &a), 0);
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    int seen = 0;
+    for (int spins = 0; seen < a.n && spins < 2000000; spins++) {
+        size_t len, nl;
+        mg_spool_pos_t next;
+        mg_err_t rc = mg_spool_read(s, &pos, buf, sizeof(buf), 333, &len, &nl, &next);
+        if (rc == MG_E_AGAIN) {
+            usleep(100);
+            continue;
+        }
+        assert_int_equal(rc, MG_OK);
+        for (char *p = buf, *e = buf + len; p < e; p = memchr(p, '\n', (size_t)(e - p)) + 1) {
+            int v;
+            assert_int_equal(sscanf(p, "line %d ", &v), 1);
+            assert_int_equal(v, seen);
+            seen++;
+        }
+        assert_int_equal(mg_spool_commit(s, next), MG_OK);
+        pos = next;
+    }
+    void *lost;
+    pthread_join(t, &lost);
+    assert_int_equal((uintptr_t)lost, 0);
+    assert_int_equal(seen, a.n);
+    assert_true(count_segments() <= 2);
+    mg_spool_close(s);
+}
+
+/* ---------------------------------------------------------------- rows */
+
+static size_t row_of(const mg_reqlog_rec_t *r, char *out, size_t cap)
+{
+    char line[8192];
+    size_t n = mg_reqlog_format(r, line, sizeof(line));
+    assert_true(n > 0);
+    size_t len = 0;
+    assert_int_equal(mg_dblog_row(line, n - 1, out, cap - 1, &len), MG_OK);
+    out[len] = '\0';
+    return len;
+}
+
+static void row_from_line(void **state)
+{
+    (void)state;
+    char row[16384];
+    mg_reqlog_rec_t r = {
+        .time_us = 1700000000123456LL,
+        .id = "00112233445566770000000000000abc",
+        .request_id = "r-1",
+        .client = "127.0.0.1:5555",
+        .proto = "h2",
+        .method = "POST",
+        .host = "digits-production.example",
+        .path = "/v1/it's\\here",
+        .app = "digits",
+        .env = "production",
+        .service = "digits-production-v3",
+        .pod = "10.0.0.7:8500",
+        .status = 200,
+        .req_bytes = 84,
+        .resp_bytes = 95,
+        .upstream_us = -1,
+        .total_us = 2345,
+        .fallback = true,
+        .retries = 2,
+        .features = "hit",
+    };
+    row_of(&r, row, sizeof(row));
+    assert_string_equal(row,
+                        "(x'00112233445566770000000000000abc','2023-11-14 22:13:20.123456',"
+                        "'r-1','127.0.0.1:5555','h2','POST','digits-production.example',"
+                        "'/v1/it\\'s\\\\here','digits','production','digits-production-v3',"
+                        "'10.0.0.7:8500',200,84,95,NULL,2345,NULL,1,2,'hit',NULL)");
+
+    /* strings are cut to their column, at a character boundary: path is VARCHAR(2048) */
+    static char path[3000];
+    memset(path, 'a', sizeof(path) - 1);
+    memcpy(path + 2046, "\xc3\xa9\xc3\xa9", 4); /* characters 2047 and 2048 are 2 bytes each */
+    r.path = path;
+    r.error = "x";
+    row_of(&r, row, sizeof(row));
+    char *p = strstr(row, ",'aaa");
+    assert_non_null(p);
+    char *end = strchr(p + 2, '\'');
+    assert_int_equal(end - (p + 2), 2046 + 4);
+    assert_memory_equal(end - 4, "\xc3\xa9\xc3\xa9", 4);
+}
+
+static void row_rejects_what_is_no_record(void **state)
+{
+    (void)state;
+    char out[4096];
+    size_t len;
+    static const char *const bad[] = {
+        "",
+        "not json",
+        "{\"time\":\"2023-11-14T22:13:20.123456Z\"}",
+        "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"xyz\"}",
+        "{\"time\":\"2023-11-14 22:13:20\",\"id\":\"00112233445566770000000000000abc\"}",
+        "[1,2]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(mg_dblog_row(bad[i], strlen(bad[i]), out, sizeof(out), &len),
+                         MG_E_PROTO);
+    static const char ok[] =
+        "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000abc\"}";
+    assert_int_equal(mg_dblog_row(ok, strlen(ok), out, sizeof(out), &len), MG_OK);
+    assert_int_equal(mg_dblog_row(ok, strlen(ok), out, 10, &len), MG_E_LIMIT);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(append_read_commit, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(replay_after_crash, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(torn_last_line_is_cut, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(cap_counts_lost, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(second_process_is_refused, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(concurrent_append_and_read, make_dir, remove_dir),
+        cmocka_unit_test(row_from_line),
+        cmocka_unit_test(row_rejects_what_is_no_record),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
