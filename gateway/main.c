@@ -239,6 +239,33 @@ static int dblog_page(void *ud, const char *query, struct evbuffer *out, const c
     return 200;
 }
 
+/* The same counters in /metrics: what the database log could not keep must be seen. */
+static void dblog_metrics(void *ud, struct evbuffer *out)
+{
+    mg_dblog_stats_t st;
+    mg_dblog_stats(ud, &st);
+    static const char *const help[][2] = {
+        {"spooled", "Request records written to the spool."},
+        {"inserted", "Rows inserted into MariaDB."},
+        {"duplicates", "Replayed records MariaDB already had (not inserted twice)."},
+        {"lost", "Records the database log could not keep (spool full or unwritable)."},
+        {"rejected", "Records MariaDB refused or spool lines that were not records."},
+    };
+    const uint64_t v[] = {st.spooled, st.inserted, st.duplicates, st.lost, st.rejected};
+    for (size_t i = 0; i < 5; i++)
+        evbuffer_add_printf(out,
+                            "# HELP modelgate_request_log_db_%s_total %s\n"
+                            "# TYPE modelgate_request_log_db_%s_total counter\n"
+                            "modelgate_request_log_db_%s_total %" PRIu64 "\n",
+                            help[i][0], help[i][1], help[i][0], help[i][0], v[i]);
+    evbuffer_add_printf(out,
+                        "# TYPE modelgate_request_log_db_spool_bytes gauge\n"
+                        "modelgate_request_log_db_spool_bytes %" PRIu64 "\n"
+                        "# TYPE modelgate_request_log_db_connected gauge\n"
+                        "modelgate_request_log_db_connected %d\n",
+                        st.spool_bytes, st.connected ? 1 : 0);
+}
+
 static void check_only(const mg_conf_t *conf)
 {
     printf("configuration OK: %zu listener(s), %zu TLS listener(s), %u worker(s), %s\n",
@@ -466,6 +493,10 @@ int main(int argc, char **argv)
         if (start_worker(i, &conf, &sc, tls) != 0)
             goto out;
     g_metrics_src.workers = g_nworkers;
+    if (g_dblog) {
+        g_metrics_src.more[0] = dblog_metrics;
+        g_metrics_src.more_ud[0] = g_dblog;
+    }
     if (g_admin)
         mg_admin_page(g_admin, "/metrics", mg_metrics_page, &g_metrics_src);
     if (g_admin && mg_admin_start(g_admin) != MG_OK) {

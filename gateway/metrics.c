@@ -167,5 +167,7 @@ int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const cha
     for (unsigned w = 0; src && src->conns && w < src->workers; w++)
         evbuffer_add_printf(out, "modelgate_worker_connections{worker=\"%u\"} %zu\n", w,
                             src->conns(src->ud, w));
+    for (int i = 0; src && i < 4 && src->more[i]; i++)
+        src->more[i](src->more_ud[i], out);
     return 200;
 }

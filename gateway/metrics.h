@@ -16,10 +16,15 @@
 /* Per-worker open client connections, read at scrape time from the admin thread. */
 typedef size_t (*mg_metrics_conns_fn)(void *ud, unsigned worker);
 
+/* More samples from other modules (the database request log...), appended to the page. */
+typedef void (*mg_metrics_more_fn)(void *ud, struct evbuffer *out);
+
 typedef struct mg_metrics_src {
     unsigned workers;
     mg_metrics_conns_fn conns;
     void *ud;
+    mg_metrics_more_fn more[4]; /* NULL-terminated */
+    void *more_ud[4];
 } mg_metrics_src_t;
 
 /* An mg_admin_page_fn: |ud| is a mg_metrics_src_t that outlives the admin listener. */

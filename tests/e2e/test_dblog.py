@@ -238,6 +238,8 @@ def test_spool_cap_counts_losses(procs):
     st = wait_for(lambda: (lambda s: s if s["spooled"] + s["lost"] == n else None)(stats()), 20,
                   0.1, "every record spooled or counted as lost")
     assert st["lost"] > 0 and st["spool_bytes"] <= 1 << 20, st
+    prom = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port, timeout=5).read()
+    assert ("modelgate_request_log_db_lost_total %d\n" % st["lost"]).encode() in prom
     wait_for(lambda: "LOST %d request records" % st["lost"] in gw.log() or
              "request records (%d in total)" % st["lost"] in gw.log(), 5, 0.1,
              "the LOST line in the gateway log")
