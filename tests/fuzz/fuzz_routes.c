@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/stats.h"
+#include "routing/podstate.h"
 #include "routing/routes.h"
 
 #define CHECK(cond)                                                                                \
@@ -31,14 +33,22 @@ static void check_accepted(mg_routes_t *r)
         if (n > 255)
             continue; /* too long for a host: the matcher does not look it up, by design */
         CHECK(mg_routes_match(r, host, (size_t)n, app, env, sizeof(app)) == rt->service);
+        CHECK(mg_routes_match_route(r, host, (size_t)n, NULL, NULL, 0) == rt);
+        CHECK(rt->split == NULL || (rt->nsplit >= 1 && rt->service == rt->split_services[0]));
         CHECK(strcmp(app, rt->app) == 0 && strcmp(env, rt->env) == 0);
     }
     for (size_t i = 0; i < r->nservices; i++) {
         mg_service_t *s = &r->services[i];
-        CHECK(s->npods >= 1 && s->npods <= 64);
+        if (s->dns_name) { /* pods come later, from DNS */
+            CHECK(s->npods == 0 && s->lb == NULL && mg_service_pick(s, 0) == -1);
+            continue;
+        }
+        CHECK(s->npods >= 1 && s->npods <= 64 && s->lb != NULL);
         int p = mg_service_pick(s, 0);
         CHECK(p >= 0 && (size_t)p < s->npods);
         CHECK(mg_service_pick(s, UINT64_MAX) == -1);
+        for (size_t k = 0; k < s->npods; k++)
+            CHECK(s->pods[k].state != NULL);
     }
     mg_routes_ref(r);
     mg_routes_unref(r);
@@ -62,5 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(errors[strlen(errors) - 1] != '\n');
         free(errors);
     }
+    /* the registries outlive snapshots in the gateway; here each input starts afresh */
+    mg_podstate_free_all();
+    mg_stats_free_all();
     return 0;
 }
