@@ -48,116 +48,15 @@ fi
 BE_PORT=$((PORT_BASE + 1))
 declare -A PORT=([direct]=$((PORT_BASE + 2)) [nghttpx]=$((PORT_BASE + 3)) [modelgate]=$((PORT_BASE + 4)))
 declare -A DEAD=() # contestants that exited during a run
-declare -A SID=() # name -> session id (= pid of the session leader) of each running server
 LOADGEN_CPUS=
 
 # ---------------------------------------------------------------- plumbing
-say() { printf '%s\n' "$*"; }
-die() { say "bench: FATAL: $*" >&2; exit 1; }
-
-W=$(mktemp -d /dev/shm/mg-bench.XXXXXX) || die "cannot create a work dir in /dev/shm"
-# shellcheck disable=SC2317 # called through trap
-cleanup() {
-    local n
-    for n in "${!SID[@]}"; do stop "$n"; done
-    if [ "${KEEP:-0}" = 1 ]; then say "(work dir kept: $W)"; else rm -rf "$W"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-pin() { [ -n "$1" ] && echo "taskset -c $1"; }
-
-# start NAME CPUS CMD...: in its own session, so its whole process tree can be measured and
-# stopped by one id.
-start() {
-    local name=$1 cpus=$2
-    shift 2
-    # shellcheck disable=SC2046
-    setsid $(pin "$cpus") "$@" >"$W/$name.out" 2>&1 </dev/null &
-    SID[$name]=$!
-}
-stop() {
-    local name=$1 p=${SID[$1]:-} _
-    [ -z "$p" ] && return 0
-    kill -TERM -- "-$p" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 -- "-$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$p" 2>/dev/null
-    wait "$p" 2>/dev/null
-    unset "SID[$name]"
-}
-wait_port() { # PORT SECONDS [NAME]: gives up early when NAME's process has exited
-    local _
-    for _ in $(seq 1 $(($2 * 10))); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        [ -n "${3:-}" ] && ! kill -0 "${SID[$3]}" 2>/dev/null && return 1
-        sleep 0.1
-    done
-    return 1
-}
-# CPU ticks (utime + stime) of every process in session $1
-sess_ticks() {
-    local t=0 p f
-    for p in $(pgrep -s "$1"); do
-        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        f=${f##*) } # comm may contain spaces: cut after its closing parenthesis
-        # shellcheck disable=SC2086
-        set -- $f
-        t=$((t + ${12} + ${13}))
-    done
-    echo "$t"
-}
-# CPU ticks used so far by every process outside our sessions ($@) and outside the kernel's own
-# threads (loopback TCP work done in ksoftirqd is caused by us). Reaped children count through
-# their parent's cutime/cstime, so short-lived processes (compilers) are not missed.
-others_ticks() {
-    "$PY" - "$@" <<'PY'
-import os, sys
-ours = set(sys.argv[1:])
-t = 0
-for pid in os.listdir("/proc"):
-    if not pid.isdigit():
-        continue
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            s = f.read()
-    except OSError:
-        continue  # exited meanwhile
-    f = s[s.rfind(")") + 2:].split()
-    ppid, sid = f[1], f[3]
-    if sid in ours or pid == "2" or ppid == "2":
-        continue
-    t += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-print(t)
-PY
-}
-our_sids() { echo "$MY_SID" "${SID[@]}"; }
-MY_SID=$(ps -o sid= -p $$ | tr -d ' ')
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
-# waits until the machine is quiet (it may be shared); prints the seconds waited
-wait_quiet() {
-    local t=0 a b
-    while [ "$t" -lt "$QUIET_MAX" ]; do
-        a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-        sleep 1
-        b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-        t=$((t + 1))
-        echo "$a $b" | awk -v q="$QUIET_PCT" '{exit !(100 * ($3 - $1) < q * ($4 - $2))}' && break
-    done
-    echo "$t"
-}
+# say die start stop wait_port sess_ticks others_ticks our_sids wait_quiet pct need_tools, SID
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$HERE/lib.sh"
+bench_workdir mg-bench
 
 # ---------------------------------------------------------------- setup
-need_tools() {
-    local t miss=()
-    for t in h2load nghttp nghttpd nghttpx taskset timeout setsid pgrep ss; do
-        command -v "$t" >/dev/null || miss+=("$t")
-    done
-    [ -x "$PY" ] || miss+=("$PY")
-    [ ${#miss[@]} -eq 0 ] && return 0
-    say "bench: missing ${miss[*]}: running scripts/install-deps.sh"
-    "$ROOT/scripts/install-deps.sh" || die "could not install the tools"
-}
-
 write_files() {
     # the backend answers every POST /v1/predict with this 95-byte JSON file
     mkdir -p "$W/htdocs/v1"
@@ -230,23 +129,6 @@ layout() {
     done
 }
 
-# percentiles of column 3 (microseconds to the end of the response) of an h2load --log-file
-pct() {
-    "$PY" - "$1" <<'PY'
-import sys
-v = []
-with open(sys.argv[1]) as f:
-    for line in f:
-        p = line.split("\t")
-        if len(p) >= 3:
-            v.append(int(p[2]))
-v.sort()
-def q(x):  # nearest rank
-    return v[max(0, -(-len(v) * x // 100) - 1)] if v else "-"
-print(q(50), q(99), len(v))
-PY
-}
-
 # h2run NAME ARGS...: one h2load run; prints
 # "rps ok expected p50_us p99_us cpu_us_per_req backend_us_per_req foreign_pct status"
 h2run() {
@@ -295,7 +177,7 @@ h2run() {
 }
 
 # ---------------------------------------------------------------- run
-need_tools
+need_tools h2load nghttp nghttpd nghttpx taskset timeout setsid pgrep ss "$PY"
 for p in "$BE_PORT" "${PORT[@]}"; do
     ss -Hltn "sport = :$p" | grep -q . && die "port $p is in use (set PORT_BASE to another range)"
 done

@@ -8,7 +8,7 @@
 #   QUICK=1 bench/runtime.sh         smoke run: 1 round of 3 s runs (under a minute)
 #   RUNTIME_BIN=/path/modelgate-runtime bench/runtime.sh
 #
-# Self-contained (bench/run.sh keeps its helpers inline, so the few needed here are repeated).
+# Its plumbing (servers in sessions, CPU accounting, quiet-machine checks) is bench/lib.sh.
 # Every server runs in its own session under a temp dir in /dev/shm, every h2load run is capped
 # by `timeout`, and everything is stopped and removed on exit (KEEP=1 keeps the dir).
 set -uo pipefail
@@ -50,125 +50,19 @@ fi
 RUN_TIMEOUT=$((DURATION + WARM_DURATION + 30))
 
 declare -A PORT=([runtime]=$((PORT_BASE + 1)) [python]=$((PORT_BASE + 2)) [switch]=$((PORT_BASE + 3)))
-declare -A SID=() # server name -> session id (= pid of the session leader)
 
 # ---------------------------------------------------------------- plumbing
-say() { printf '%s\n' "$*"; }
-die() { say "bench: FATAL: $*" >&2; exit 1; }
+# say die start stop wait_port sess_ticks others_ticks our_sids wait_quiet pct need_tools, SID
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$HERE/lib.sh"
+bench_workdir mg-rtbench
 
-W=$(mktemp -d /dev/shm/mg-rtbench.XXXXXX) || die "cannot create a work dir in /dev/shm"
-# shellcheck disable=SC2317 # called through trap
-cleanup() {
-    local n
-    for n in "${!SID[@]}"; do stop "$n"; done
-    if [ "${KEEP:-0}" = 1 ]; then say "(work dir kept: $W)"; else rm -rf "$W"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-pin() { [ -n "$1" ] && echo "taskset -c $1"; }
-start() { # NAME CPUS CMD...: in its own session, so its process tree is measured/stopped by one id
-    local name=$1 cpus=$2
-    shift 2
-    # shellcheck disable=SC2046
-    setsid $(pin "$cpus") "$@" >"$W/$name.out" 2>&1 </dev/null &
-    SID[$name]=$!
-}
-stop() {
-    local name=$1 p=${SID[$1]:-} _
-    [ -z "$p" ] && return 0
-    kill -TERM -- "-$p" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 -- "-$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$p" 2>/dev/null
-    wait "$p" 2>/dev/null
-    unset "SID[$name]"
-}
-wait_port() { # PORT SECONDS NAME: gives up early when NAME's process has exited
-    local _
-    for _ in $(seq 1 $(($2 * 10))); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        kill -0 "${SID[$3]}" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-sess_ticks() { # CPU ticks (utime + stime) of every process in session $1
-    local t=0 p f
-    for p in $(pgrep -s "$1"); do
-        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        f=${f##*) }
-        # shellcheck disable=SC2086
-        set -- $f
-        t=$((t + ${12} + ${13}))
-    done
-    echo "$t"
-}
-others_ticks() { # CPU ticks of every process outside the sessions $@ and the kernel's threads
-    "$PY" - "$@" <<'PY'
-import os, sys
-ours = set(sys.argv[1:])
-t = 0
-for pid in os.listdir("/proc"):
-    if not pid.isdigit():
-        continue
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            s = f.read()
-    except OSError:
-        continue
-    f = s[s.rfind(")") + 2:].split()
-    if f[3] in ours or pid == "2" or f[1] == "2":
-        continue
-    t += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-print(t)
-PY
-}
-MY_SID=$(ps -o sid= -p $$ | tr -d ' ')
-our_sids() { echo "$MY_SID" "${SID[@]}"; }
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
-wait_quiet() { # waits until the machine is quiet (it may be shared); prints the seconds waited
-    local t=0 a b
-    while [ "$t" -lt "$QUIET_MAX" ]; do
-        a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-        sleep 1
-        b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-        t=$((t + 1))
-        echo "$a $b" | awk -v q="$QUIET_PCT" '{exit !(100 * ($3 - $1) < q * ($4 - $2))}' && break
-    done
-    echo "$t"
-}
-pct() { # p50 p99 count of column 3 (us to the end of the response) of an h2load --log-file
-    "$PY" - "$1" <<'PY'
-import sys
-v = []
-with open(sys.argv[1]) as f:
-    for line in f:
-        p = line.split("\t")
-        if len(p) >= 3:
-            v.append(int(p[2]))
-v.sort()
-def q(x):  # nearest rank
-    return v[max(0, -(-len(v) * x // 100) - 1)] if v else "-"
-print(q(50), q(99), len(v))
-PY
-}
 status_json() { curl -s --max-time 2 "http://127.0.0.1:$1/v1/status"; }
 json_get() { # JSON-TEXT PYTHON-EXPR-ON-d
     "$PY" -c 'import json, sys; d = json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null
 }
 
 # ---------------------------------------------------------------- setup
-need_tools() {
-    local t miss=()
-    for t in h2load taskset timeout setsid pgrep ss curl; do
-        command -v "$t" >/dev/null || miss+=("$t")
-    done
-    "$PY" -c 'import xgboost, sklearn, numpy' 2>/dev/null || miss+=("python3-xgboost/python3-sklearn")
-    [ ${#miss[@]} -eq 0 ] && return 0
-    say "bench: missing ${miss[*]}: running scripts/install-deps.sh"
-    "$ROOT/scripts/install-deps.sh" || die "could not install the tools"
-}
-
 prepare_models() {
     if [ -z "$MODELS_DIR" ]; then
         MODELS_DIR=$W/models
@@ -254,7 +148,9 @@ h2run() {
 }
 
 # ---------------------------------------------------------------- run
-need_tools
+py_miss=()
+"$PY" -c 'import xgboost, sklearn, numpy' 2>/dev/null || py_miss=(python3-xgboost/python3-sklearn)
+need_tools h2load taskset timeout setsid pgrep ss curl -- "${py_miss[@]}"
 [ -x "$RUNTIME_BIN" ] || die "$RUNTIME_BIN does not exist or is not executable; build it
        (cmake -S . -B build && cmake --build build --target modelgate-runtime) or set RUNTIME_BIN"
 for p in "${PORT[@]}"; do

@@ -109,6 +109,21 @@ void mg_stats_inc(mg_stats_t *s, unsigned worker, size_t field)
     bump((atomic_uint_fast64_t *)((char *)&s->w[worker] + field), 1);
 }
 
+void mg_stats_label_value(char *out, size_t cap, const char *s)
+{
+    size_t o = 0;
+    for (; s && *s && o + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"')
+            out[o++] = '\\', out[o++] = *s;
+        else if (*s == '\n')
+            out[o++] = '\\', out[o++] = 'n';
+        else
+            out[o++] = *s;
+    }
+    if (cap)
+        out[o] = '\0';
+}
+
 void mg_stats_free_all(void)
 {
     pthread_mutex_lock(&g_lock);

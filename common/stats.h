@@ -66,6 +66,10 @@ void mg_stats_inc(mg_stats_t *s, unsigned worker, size_t field);
 /* The latency buckets' upper bounds in microseconds (MG_STATS_LAT_BUCKETS of them). */
 extern const int64_t mg_stats_lat_bounds_us[MG_STATS_LAT_BUCKETS];
 
+/* Writes |s| as a Prometheus label value (backslash, quote and newline escaped) into |out|,
+ * cut to fit |cap| bytes. */
+void mg_stats_label_value(char *out, size_t cap, const char *s);
+
 /* Frees every series (at exit, when no thread uses them any more). */
 void mg_stats_free_all(void);
 

@@ -19,21 +19,6 @@ uint64_t mg_podstate_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Prometheus label values: backslash, quote and newline escaped. */
-static void label_value(char *out, size_t cap, const char *s)
-{
-    size_t o = 0;
-    for (; *s && o + 3 < cap; s++) {
-        if (*s == '\\' || *s == '"')
-            out[o++] = '\\', out[o++] = *s;
-        else if (*s == '\n')
-            out[o++] = '\\', out[o++] = 'n';
-        else
-            out[o++] = *s;
-    }
-    out[o] = '\0';
-}
-
 mg_podstate_t *mg_podstate_get(const char *service, const char *pod)
 {
     pthread_mutex_lock(&g_lock);
@@ -45,8 +30,8 @@ mg_podstate_t *mg_podstate_get(const char *service, const char *pod)
         ps->service = strdup(service);
         ps->pod = strdup(pod);
         char sv[300], pv[300], labels[700];
-        label_value(sv, sizeof(sv), service);
-        label_value(pv, sizeof(pv), pod);
+        mg_stats_label_value(sv, sizeof(sv), service);
+        mg_stats_label_value(pv, sizeof(pv), pod);
         snprintf(labels, sizeof(labels), "service=\"%s\",pod=\"%s\"", sv, pv);
         ps->stats = mg_stats_get(MG_STATS_POD, labels);
         if (ps->service == NULL || ps->pod == NULL || ps->stats == NULL) {

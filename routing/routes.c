@@ -1302,20 +1302,6 @@ static void parse_default(ectx_t *e, const json_t *doc, mg_routes_t *r, bool ser
 /* ------------------------------------------------------------------------------------------ */
 /* Finishing a valid snapshot: live state, balancers, counters                                  */
 
-static void label_value(char *out, size_t cap, const char *s)
-{
-    size_t o = 0;
-    for (; s && *s && o + 3 < cap; s++) {
-        if (*s == '\\' || *s == '"')
-            out[o++] = '\\', out[o++] = *s;
-        else if (*s == '\n')
-            out[o++] = '\\', out[o++] = 'n';
-        else
-            out[o++] = *s;
-    }
-    out[o] = '\0';
-}
-
 static bool dns_pods(mg_service_t *svc, mg_routes_dns_fn fn, void *ud)
 {
     struct sockaddr_storage addrs[MAX_PODS];
@@ -1352,7 +1338,7 @@ static bool dns_pods(mg_service_t *svc, mg_routes_dns_fn fn, void *ud)
 static bool finish_service(mg_service_t *svc, mg_routes_dns_fn fn, void *ud)
 {
     char sv[300], labels[400];
-    label_value(sv, sizeof(sv), svc->name);
+    mg_stats_label_value(sv, sizeof(sv), svc->name);
     snprintf(labels, sizeof(labels), "service=\"%s\"", sv);
     if ((svc->stats = mg_stats_get(MG_STATS_SERVICE, labels)) == NULL)
         return false;
@@ -1389,8 +1375,8 @@ static bool finish_service(mg_service_t *svc, mg_routes_dns_fn fn, void *ud)
 static bool finish_route(mg_route_t *rt, const char *app, const char *env)
 {
     char av[200], ev[200], labels[450];
-    label_value(av, sizeof(av), app);
-    label_value(ev, sizeof(ev), env);
+    mg_stats_label_value(av, sizeof(av), app);
+    mg_stats_label_value(ev, sizeof(ev), env);
     snprintf(labels, sizeof(labels), "app=\"%s\",env=\"%s\"", av, ev);
     return (rt->stats = mg_stats_get(MG_STATS_ROUTE, labels)) != NULL;
 }
