@@ -1710,10 +1710,14 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
-    /* TLS 1.2: forward secrecy and AEAD only (Mozilla "intermediate"); TLS 1.3 defaults */
+    /* TLS 1.2: forward secrecy and AEAD only (Mozilla "intermediate"). TLS 1.3: AES-128-GCM
+     * first (OpenSSL's default order puts AES-256 first, and with server preference every
+     * client would pay for the longer key schedule and 14 rounds for no practical gain) */
     SSL_CTX_set_cipher_list(ctx, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
                                  "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
                                  "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305");
+    SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                  "TLS_CHACHA20_POLY1305_SHA256");
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle connections keep no TLS buffers */
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         unsigned long e = ERR_get_error();

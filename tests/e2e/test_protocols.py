@@ -537,6 +537,17 @@ def test_tls_without_alpn_is_http11(stack):
     assert r.json()["headers"]["x-forwarded-proto"] == "https"
 
 
+def test_tls13_prefers_aes128_gcm(stack):
+    """A client offering OpenSSL's default TLS 1.3 suites (AES-256 first) gets AES-128-GCM: the
+    gateway's preference, as cheap as TLS 1.3 gets on AES-NI machines."""
+    gw, _, _ = stack
+    ctx = ssl.create_default_context(cafile=gw.procs.tls["ca"])
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with H1Conn(gw.tls_port, tls_ctx=ctx, server_name=HOST) as c:
+        assert c.sock.version() == "TLSv1.3"
+        assert c.sock.cipher()[0] == "TLS_AES_128_GCM_SHA256", c.sock.cipher()
+
+
 def test_curl_http2_upgrade_attempt_on_cleartext(stack):
     """curl --http2 on http:// asks for an h2c upgrade; answering 101 or plain HTTP/1.1 are
     both fine, hanging or failing is not."""
