@@ -256,6 +256,7 @@ void mg_conf_clear(mg_conf_t *c)
     free(c->access_log);
     free(c->admin_listen);
     free(c->admin_token_file);
+    mg_fconf_free(c->features);
     memset(c, 0, sizeof(*c));
 }
 
@@ -281,6 +282,8 @@ static bool conf_dup(mg_conf_t *dst, const mg_conf_t *src)
     ok &= dup_str(&dst->access_log, src->access_log);
     ok &= dup_str(&dst->admin_listen, src->admin_listen);
     ok &= dup_str(&dst->admin_token_file, src->admin_token_file);
+    dst->features = mg_fconf_dup(src->features);
+    ok &= src->features == NULL || dst->features != NULL;
     if (!ok)
         mg_conf_clear(dst);
     return ok;
@@ -527,11 +530,35 @@ static void parse_admin(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t
     path_set(e, old);
 }
 
+/* features/fconf.c reports its problems here, at "features.<its path>" */
+static void report_features(void *ctx, const char *path, const char *msg)
+{
+    ectx_t *e = ctx;
+    size_t old = path_push(e, "%s%s", *path ? "." : "", path);
+    errf(e, "%s", msg);
+    path_set(e, old);
+}
+
+/* "features": parsed by the features module (the rules live next to their use) */
+static void parse_features(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+{
+    const json_t *v = json_object_get(doc, "features");
+    if (v == NULL || json_is_null(v))
+        return;
+    size_t old = path_key(e, "features");
+    mg_fconf_t *f = mg_fconf_parse(v, dir, report_features, e);
+    if (f != NULL) {
+        mg_fconf_free(c->features);
+        c->features = f;
+    }
+    path_set(e, old);
+}
+
 static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     static const char *const keys[] = {"listen",     "tls",       "workers", "routes",
                                        "access_log", "log_level", "limits",  "timeouts_ms",
-                                       "upstream",   "admin",     NULL};
+                                       "upstream",   "admin",     "features", NULL};
     char q[300];
     if (!json_is_object(doc)) {
         type_error(e, doc, "object");
@@ -541,6 +568,7 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
     parse_listen(e, doc, "listen", c->listen, &c->nlisten);
     parse_tls(e, doc, dir, c);
     parse_admin(e, doc, dir, c);
+    parse_features(e, doc, dir, c);
 
     const json_t *v = json_object_get(doc, "workers");
     if (v != NULL) {

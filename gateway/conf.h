@@ -19,7 +19,8 @@
  *     "timeouts_ms": { "connect": 2000, "first_byte": 30000, "idle": 60000, "total": 0,
  *                      "client_idle": 120000, "drain": 10000 },      0 = none
  *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64 },
- *     "admin": { "listen": "127.0.0.1:9901", "token_file": "admin.token" } }   no admin = off
+ *     "admin": { "listen": "127.0.0.1:9901", "token_file": "admin.token" },   no admin = off
+ *     "features": { "redis": {...}, "mariadb": {...}, "apps": {...} } }   features/fconf.h
  */
 #ifndef MG_GATEWAY_CONF_H
 #define MG_GATEWAY_CONF_H
@@ -28,6 +29,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "features/fconf.h"
 #include "routing/routes.h"
 
 #define MG_CONF_MAX_LISTEN 8
@@ -49,6 +51,7 @@ typedef struct mg_conf {
     char *admin_listen;     /* admin listener "host:port" (metrics, admin API); NULL = none */
     char *admin_token_file; /* bearer token for the admin API; NULL = none (loopback only) */
     int log_level;    /* mg_log_level_t */
+    mg_fconf_t *features; /* user features (features/fconf.h); NULL = off; owned */
 
     struct {
         uint32_t max_concurrent_streams;
