@@ -52,6 +52,7 @@ typedef struct areq {
     struct evbuffer *in;
     size_t received, unconsumed;
     bool ended, busy, replied;
+    int pins; /* > 0 while a function of this file uses it: a reply may close the stream */
     /* bulk */
     size_t line_no, accepted, rejected;
     bool db_failed;
@@ -67,6 +68,18 @@ static void areq_free(areq_t *r)
     json_decref(r->errors);
     mg_fwrite_free(r->batch);
     free(r);
+}
+
+static void pin(areq_t *r)
+{
+    r->pins++;
+}
+
+/* Frees |r| when nothing uses it any more: no caller, no job, no stream. */
+static void unpin(areq_t *r)
+{
+    if (--r->pins == 0 && r->s == NULL && !r->busy)
+        areq_free(r);
 }
 
 static void reply_json(areq_t *r, int status, json_t *body)
@@ -122,13 +135,10 @@ static void reply_error(areq_t *r, int status, const char *code, const char *fmt
 static void on_done_single(mg_fwrite_t *w)
 {
     areq_t *r = w->ud;
+    pin(r);
     r->busy = false;
     if (r->s == NULL) { /* the client left */
-        mg_fwrite_free(w);
-        areq_free(r);
-        return;
-    }
-    if (w->err != MG_OK) {
+    } else if (w->err != MG_OK) {
         reply_error(r, 503, "features_unavailable", "%s", w->errmsg);
     } else if (w->op == MG_FW_PUT) {
         mg_fval_t *v = mg_fval_from_json(w->docs[0]);
@@ -156,6 +166,7 @@ static void on_done_single(mg_fwrite_t *w)
         json_decref(raw);
     }
     mg_fwrite_free(w);
+    unpin(r);
 }
 
 static void submit(areq_t *r, mg_fwrite_t *w, void (*done)(mg_fwrite_t *))
@@ -338,6 +349,7 @@ static void bulk_pump(areq_t *r)
 static void on_done_batch(mg_fwrite_t *w)
 {
     areq_t *r = w->ud;
+    pin(r);
     r->busy = false;
     if (w->err == MG_OK) {
         r->accepted += w->n;
@@ -347,11 +359,9 @@ static void on_done_batch(mg_fwrite_t *w)
         r->rejected += w->n;
     }
     mg_fwrite_free(w);
-    if (r->s == NULL) {
-        areq_free(r);
-        return;
-    }
-    bulk_pump(r);
+    if (r->s)
+        bulk_pump(r);
+    unpin(r);
 }
 
 static void bulk_flush(areq_t *r)
@@ -362,6 +372,9 @@ static void bulk_flush(areq_t *r)
 }
 
 /* ---------- handler ---------- */
+
+static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app,
+                             const char *rest);
 
 static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 {
@@ -377,6 +390,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     }
     r->src = src;
     r->s = s;
+    r->pins = 1; /* this function's */
     r->ended = !req->has_body;
     mg_srv_set_data(s, r);
     r->base = fa->base; /* this stream's base: write completions come back here */
@@ -387,6 +401,15 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     const char *rest = ap + alen;
     if (*p == '/' && alen > 0 && alen < sizeof(app))
         memcpy(app, ap, alen), app[alen] = '\0';
+    on_request_route(r, req, app, rest);
+    unpin(r);
+}
+
+/* The rest of on_request: |r| is pinned by the caller. */
+static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app,
+                             const char *rest)
+{
+    mg_srv_stream_t *s = r->s;
     bool has_user = false;
     if (*rest == '/') {
         size_t ulen = strcspn(rest + 1, "/?");
@@ -406,7 +429,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
                     "/{app} (POST: bulk load of JSON lines)");
         return;
     }
-    if ((r->app = mg_fconf_app(mg_fsource_conf(src), app)) == NULL) {
+    if ((r->app = mg_fconf_app(mg_fsource_conf(r->src), app)) == NULL) {
         reply_error(r, 404, "unknown_app",
                     "app '%s' has no features (add it to features.apps in gateway.json)", app);
         return;
@@ -459,19 +482,23 @@ static void on_body(mg_srv_stream_t *s, const uint8_t *data, size_t len)
     }
     evbuffer_add(r->in, data, len);
     r->unconsumed += len; /* consumed line by line as rows are taken */
+    pin(r);
     bulk_pump(r);
+    unpin(r);
 }
 
 static void on_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
 {
     areq_t *r = mg_srv_data(s);
-    if (r == NULL || r->replied)
+    if (r == NULL || r->replied || r->ended) /* ended: a request without body started already */
         return;
     r->ended = true;
+    pin(r);
     if (r->method == M_BULK)
         bulk_pump(r);
     else
         single_end(r);
+    unpin(r);
 }
 
 static void on_drain(mg_srv_stream_t *s)
@@ -485,7 +512,7 @@ static void on_close(mg_srv_stream_t *s, bool complete)
         return;
     mg_srv_set_data(s, NULL);
     r->s = NULL;
-    if (!r->busy) /* else the job's completion frees it */
+    if (!r->busy && r->pins == 0) /* else the job's completion or the caller frees it */
         areq_free(r);
 }
 
