@@ -198,7 +198,7 @@ static void parse_group(pctx_t *p, const json_t *g, mg_fgroup_t *out)
 
 static void parse_app(pctx_t *p, const char *name, const json_t *a, mg_fapp_t *out)
 {
-    static const char *const keys[] = {"timeout_ms", "groups", NULL};
+    static const char *const keys[] = {"timeout_ms", "timeout_ms_by_env", "groups", NULL};
     out->timeout_ms = 5;
     if ((out->name = strdup(name)) == NULL) {
         err(p, "out of memory");
@@ -210,6 +210,32 @@ static void parse_app(pctx_t *p, const char *name, const json_t *a, mg_fapp_t *o
     }
     check_keys(p, a, keys);
     get_uint(p, a, "timeout_ms", 1, 60000, "ms a request waits for its features", &out->timeout_ms);
+    const json_t *by = json_object_get(a, "timeout_ms_by_env");
+    if (by != NULL) {
+        size_t o2 = push(p, "timeout_ms_by_env");
+        size_t n = json_is_object(by) ? json_object_size(by) : 0;
+        if (!json_is_object(by)) {
+            err(p, "expected an object {\"ENV\": ms, ...}");
+        } else if (n && ((out->envs = calloc(n, sizeof(char *))) == NULL ||
+                         (out->env_timeout_ms = calloc(n, sizeof(unsigned))) == NULL)) {
+            err(p, "out of memory");
+        } else {
+            const char *k;
+            json_t *v;
+            json_object_foreach((json_t *)by, k, v)
+            {
+                unsigned ms = out->timeout_ms;
+                get_uint(p, by, k, 1, 60000, "ms a request to this env waits for its features",
+                         &ms);
+                if ((out->envs[out->nenvs] = strdup(k)) == NULL) {
+                    err(p, "out of memory");
+                    break;
+                }
+                out->env_timeout_ms[out->nenvs++] = ms;
+            }
+        }
+        pop(p, o2);
+    }
     const json_t *gs = json_object_get(a, "groups");
     size_t old = push(p, "groups");
     if (!json_is_array(gs) || json_array_size(gs) == 0 || json_array_size(gs) > 16) {
@@ -423,6 +449,10 @@ void mg_fconf_free(mg_fconf_t *c)
             free(c->apps[i].groups[j].name);
         free(c->apps[i].groups);
         free(c->apps[i].name);
+        for (size_t j = 0; j < c->apps[i].nenvs; j++)
+            free(c->apps[i].envs[j]);
+        free(c->apps[i].envs);
+        free(c->apps[i].env_timeout_ms);
     }
     free(c->apps);
     free(c->user_header);
@@ -444,4 +474,12 @@ const mg_fapp_t *mg_fconf_app(const mg_fconf_t *c, const char *app)
         if (strcmp(c->apps[i].name, app) == 0)
             return &c->apps[i];
     return NULL;
+}
+
+unsigned mg_fconf_timeout_ms(const mg_fapp_t *a, const char *env)
+{
+    for (size_t i = 0; env && i < a->nenvs; i++)
+        if (strcmp(a->envs[i], env) == 0)
+            return a->env_timeout_ms[i];
+    return a->timeout_ms;
 }

@@ -32,6 +32,9 @@ typedef struct mg_fgroup {
 typedef struct mg_fapp {
     char *name;
     unsigned timeout_ms; /* the lookup budget of a request to this app */
+    char **envs;         /* per-route budgets: envs[i] -> env_timeout_ms[i] */
+    unsigned *env_timeout_ms;
+    size_t nenvs;
     mg_fgroup_t *groups;
     size_t ngroups;
 } mg_fapp_t;
@@ -77,6 +80,9 @@ void mg_fconf_free(mg_fconf_t *c); /* NULL is fine */
 
 /* The app's settings, or NULL when the app has no features. */
 const mg_fapp_t *mg_fconf_app(const mg_fconf_t *c, const char *app);
+
+/* The budget of a request to the route (app, |env|): the env's own, else the app's. */
+unsigned mg_fconf_timeout_ms(const mg_fapp_t *a, const char *env);
 
 /* True when |s| (|len| bytes) may be a unit id: 1-128 of [A-Za-z0-9_.@-]. ':' is excluded
  * because it separates the parts of the Redis keys. */

@@ -3,9 +3,9 @@
  *
  * DESIGN
  * A fetch is the one lookup in flight for a key "app\0user" on this worker: requests that miss
- * the local cache while it runs join it as waiters (FIFO, so their deadlines are in order: one
- * app, one timeout). One timer per fetch fires at the oldest waiter's deadline and lets the
- * expired waiters go on with "timeout"; the fetch itself goes on until its store answers, then
+ * the local cache while it runs join it as waiters. One timer per fetch fires at the earliest
+ * waiter's deadline (routes of one app may have different budgets) and lets the expired
+ * waiters go on with "timeout"; the fetch itself goes on until its store answers, then
  * fills the local cache and settles whoever still waits. Redis is asked with one pipeline per
  * fetch: GET of the user's marker key, then one read per group; hiredis answers in order, and
  * the fetch decides when the last reply is in. A Redis miss (no marker) passes the fetch to
@@ -133,7 +133,10 @@ static void arm_fetch_timer(fetch_t *fx)
 {
     if (fx->head == NULL)
         return;
-    int64_t wait = fx->head->_deadline_us - now_us();
+    int64_t first = INT64_MAX;
+    for (mg_features_ticket_t *t = fx->head; t; t = t->_next)
+        first = t->_deadline_us < first ? t->_deadline_us : first;
+    int64_t wait = first - now_us();
     if (wait < 0)
         wait = 0;
     struct timeval tv = {wait / 1000000, wait % 1000000};
@@ -154,10 +157,9 @@ static void unlink_waiter(fetch_t *fx, mg_features_ticket_t *t)
     t->_fetch = NULL;
 }
 
-/* Lets the oldest waiter go with |st|; its callback may release any other ticket. */
-static void wake_head(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val)
+/* Lets waiter |t| go with |st|; its callback may release any other ticket. */
+static void wake(fetch_t *fx, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val)
 {
-    mg_features_ticket_t *t = fx->head;
     unlink_waiter(fx, t);
     settle(fx->f, t, st, val);
     if (t->_done) /* NULL while mg_features_start runs: it reports the outcome itself */
@@ -168,8 +170,14 @@ static void on_fetch_timer(evutil_socket_t fd, short what, void *arg)
 {
     fetch_t *fx = arg;
     int64_t now = now_us();
-    while (fx->head && fx->head->_deadline_us <= now)
-        wake_head(fx, MG_FS_TIMEOUT, NULL);
+    for (;;) { /* from the head again after each wake: a callback may release others */
+        mg_features_ticket_t *t = fx->head;
+        while (t && t->_deadline_us > now)
+            t = t->_next;
+        if (t == NULL)
+            break;
+        wake(fx, t, MG_FS_TIMEOUT, NULL);
+    }
     arm_fetch_timer(fx);
 }
 
@@ -205,7 +213,7 @@ static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val)
     if (!fx->f->closing) {
         evtimer_del(fx->timer);
         while (fx->head)
-            wake_head(fx, st, val);
+            wake(fx, fx->head, st, val);
     }
     fetch_free(fx);
 }
@@ -536,7 +544,8 @@ void mg_features_free(mg_features_t *f)
 }
 
 mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char *app,
-                           const mg_hdr_t *hdrs, size_t n, mg_features_done_fn done, void *ud)
+                           const char *env, const mg_hdr_t *hdrs, size_t n,
+                           mg_features_done_fn done, void *ud)
 {
     memset(t, 0, sizeof(*t));
     if (f == NULL)
@@ -595,7 +604,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
     MG_FM_INC(f->m->local_absent);
     t->_done = done;
     t->_ud = ud;
-    t->_deadline_us = t->_start_us + (int64_t)a->timeout_ms * 1000;
+    t->_deadline_us = t->_start_us + (int64_t)mg_fconf_timeout_ms(a, env) * 1000;
     if ((fx = *fetch_slot(f, key, klen)) != NULL) { /* coalesce */
         MG_FM_INC(f->m->coalesced);
         t->_fetch = fx;
@@ -605,8 +614,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
         else
             fx->head = t;
         fx->tail = t;
-        if (fx->head == t)
-            arm_fetch_timer(fx);
+        arm_fetch_timer(fx);
         return MG_E_AGAIN;
     }
     if ((c->redis.on && f->rstate != R_UP) || f->nfetches >= MAX_FETCHES) {

@@ -8,7 +8,7 @@
  *   2. Redis, in one pipelined round trip for all the app's groups (hiredis async on the
  *      worker's base; reconnects with backoff; while it is down, lookups fail at once),
  *   3. MariaDB (features/fsource.h: off the loop, written back to Redis).
- * The request waits at most the app's timeout_ms; whatever happens, it then goes on, with
+ * The request waits at most the route's budget (the app's timeout_ms, or its env's); whatever happens, it then goes on, with
  * x-user-features (compact JSON) when features were found and x-modelgate-features saying what
  * happened: hit, miss, timeout, unavailable, none (no unit id), too_large. A lookup that
  * outlives its requests still completes and fills the caches. Concurrent lookups of one user
@@ -53,12 +53,13 @@ mg_features_t *mg_features_new(mg_fsource_t *src, struct event_base *base, unsig
 void mg_features_free(mg_features_t *f);
 
 /*
- * Starts the lookup for a request to |app| with request fields |hdrs|. |f| may be NULL
- * (features off). Returns MG_OK when the outcome is known already, or MG_E_AGAIN when
+ * Starts the lookup for a request to the route (|app|, |env|) with request fields |hdrs|. |f|
+ * may be NULL (features off). Returns MG_OK when the outcome is known already, or MG_E_AGAIN when
  * done(ud) will be called later on this thread, once, within the app's timeout.
  */
 mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char *app,
-                           const mg_hdr_t *hdrs, size_t n, mg_features_done_fn done, void *ud);
+                           const char *env, const mg_hdr_t *hdrs, size_t n,
+                           mg_features_done_fn done, void *ud);
 
 /* Rewrites the upstream request fields |h| (n used, room for n + 2): removes any
  * x-user-features / x-modelgate-features the client sent (when features are on) and appends

@@ -626,8 +626,8 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         .body = e->body,
     };
     /* step 5: the upstream attempt waits for the user's features, at most the app's budget */
-    if (mg_features_start(p->features, &e->feat, e->app, req->hdrs, req->nhdrs, on_features, e) ==
-        MG_OK)
+    if (mg_features_start(p->features, &e->feat, e->app, e->env, req->hdrs, req->nhdrs,
+                          on_features, e) == MG_OK)
         forward(e);
 out:
     release(e);

@@ -75,7 +75,7 @@ def canonical(doc):
 
 class Stack:
     def __init__(self, procs, timeout_ms=1000, local=None, redis_over=None, max_bytes=None,
-                 workers=2):
+                 workers=2, by_env=None):
         self.procs = procs
         self.redis = Redis(procs)
         self.db = MariaDB(procs)
@@ -95,6 +95,8 @@ class Stack:
                           **(local or {})),
             "apps": {"digits": {"timeout_ms": timeout_ms, "groups": GROUPS}},
         }
+        if by_env:
+            feats["apps"]["digits"]["timeout_ms_by_env"] = by_env
         if max_bytes:
             feats["max_header_bytes"] = max_bytes
         self.gw = procs.gateway(
@@ -342,6 +344,29 @@ def test_redis_killed_mid_load_then_back(procs):
     assert sts.count("hit") >= 55, sts
     assert s.r.get("mgf:v1:digits:load150") == b"1"
     c.close()
+
+
+def test_slow_mariadb_times_out_then_fills_the_caches(procs):
+    # the app's budget is 2 s, but digits-production has its own: 100 ms
+    s = Stack(procs, timeout_ms=2000, by_env={"production": 100})
+    s.put_db("slow", {"recent": ["s"]})
+    conn = s.db.connect()
+    cur = conn.cursor()
+    cur.execute("LOCK TABLES user_features WRITE")  # the gateway's SELECT now waits
+    try:
+        t0 = time.monotonic()
+        h = s.get("slow")
+        dt = time.monotonic() - t0
+        assert h["x-modelgate-features"] == "timeout" and "x-user-features" not in h
+        assert 0.09 <= dt < 0.6, "took %.0f ms" % (dt * 1000)
+    finally:
+        cur.execute("UNLOCK TABLES")
+        conn.close()
+    # the lookup went on without the request and filled Redis and the local cache
+    wait_for(lambda: s.r.get("mgf:v1:digits:slow") == b"1", 5, 0.05, "the write-back")
+    assert s.get("slow")["x-modelgate-features"] == "hit"
+    assert s.metric("modelgate_features_timeouts_total") == 1
+    assert s.gw.wait_access(2)[0]["features"] == "timeout"
 
 
 def test_admin_put_get_delete(stack):
