@@ -38,6 +38,13 @@ mg_fval_t *mg_fval_from_json(const json_t *doc)
     char *s = json_dumps(doc, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);
     if (s == NULL)
         return NULL;
+    /* \u escapes in lowercase hex, as most JSON writers (Python's json) print them, so that a
+     * pipeline can rebuild the same bytes and hash */
+    for (char *p = s; *p; p++)
+        if (*p == '\\' && *++p == 'u')
+            for (int i = 0; i < 4 && p[1]; i++, p++)
+                if (p[1] >= 'A' && p[1] <= 'F')
+                    p[1] = (char)(p[1] - 'A' + 'a');
     mg_fval_t *v = mg_fval_new(s, strlen(s));
     free(s);
     return v;

@@ -3,7 +3,9 @@
  *
  * A snapshot is immutable and reference-counted with atomic counts: the MariaDB threads build
  * it, the workers' caches and in-flight requests share it. The text is compact JSON with sorted
- * keys and ASCII only ({"profile":{"age":"31"},"recent":["i9","i7"]}), produced by one function
+ * keys and ASCII only ({"profile":{"age":"31"},"recent":["i9","i7"]}; non-ASCII as \u00e9 with
+ * lowercase hex, reals as C's %.17g, i.e. what Python's json.dumps(doc, sort_keys=True,
+ * separators=(",", ":")) prints except for reals), produced by one function
  * (mg_fval_from_json) from the normalized document, whichever store it came from, so the same
  * features always give the same bytes and the same hash.
  *

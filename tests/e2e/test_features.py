@@ -175,10 +175,10 @@ def log_for(gw, user_marker_path):
 
 def test_attached_on_redis_hit_and_logged_with_hash(stack):
     recent = ["item%d" % i for i in range(60, 0, -1)]  # newest first; 60 > max_items
-    stack.put_redis("u1", profile={"age": "31", "country": "fr"}, recent=recent,
+    stack.put_redis("u1", profile={"age": "31", "city": "Zürich"}, recent=recent,
                     vec=[0.5, -1.25, 3])
     h = stack.get("u1")
-    expected = {"profile": {"age": "31", "country": "fr"}, "recent": recent[:50],
+    expected = {"profile": {"age": "31", "city": "Zürich"}, "recent": recent[:50],
                 "vec": [0.5, -1.25, 3]}
     assert h["x-modelgate-features"] == "hit"
     assert json.loads(h["x-user-features"]) == expected
