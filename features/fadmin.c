@@ -142,25 +142,26 @@ static void on_done_single(mg_fwrite_t *w)
         reply_error(r, 503, "features_unavailable", "%s", w->errmsg);
     } else if (w->op == MG_FW_PUT) {
         mg_fval_t *v = mg_fval_from_json(w->docs[0]);
-        reply_json(r, 200, json_pack("{s:s,s:s,s:s?,s:I}", "app", r->app->name, "user", r->user,
-                                     "hash", v ? v->hash : NULL, "bytes",
-                                     (json_int_t)(v ? v->len : 0)));
+        reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:s?,s:I}", "app", r->app->name, "user", r->user, "hash",
+                             v ? v->hash : NULL, "bytes", (json_int_t)(v ? v->len : 0)));
         mg_fval_unref(v);
     } else if (w->affected == 0) {
         reply_error(r, 404, "not_found", "app %s has no features for user %s", r->app->name,
                     r->user);
     } else if (w->op == MG_FW_DELETE) {
-        reply_json(r, 200, json_pack("{s:s,s:s,s:b}", "app", r->app->name, "user", r->user,
-                                     "deleted", 1));
+        reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:b}", "app", r->app->name, "user", r->user, "deleted", 1));
     } else {
         json_error_t jerr;
         char why[256];
         json_t *raw = json_loads(w->got, 0, &jerr);
         json_t *doc = raw ? mg_fval_normalize(r->app, raw, false, why, sizeof(why)) : NULL;
         mg_fval_t *v = doc ? mg_fval_from_json(doc) : NULL;
-        reply_json(r, 200, json_pack("{s:s,s:s,s:o?,s:s?}", "app", r->app->name, "user",
-                                     r->user, "features", raw ? json_incref(raw) : NULL, "hash",
-                                     v ? v->hash : NULL));
+        reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:o?,s:s?}", "app", r->app->name, "user", r->user,
+                             "features", raw ? json_incref(raw) : NULL, "hash",
+                             v ? v->hash : NULL));
         mg_fval_unref(v);
         json_decref(doc);
         json_decref(raw);
@@ -205,7 +206,7 @@ static json_t *validate(areq_t *r, const json_t *doc, char *why, size_t cap)
 
 static void single_end(areq_t *r)
 {
-    mg_fwrite_op_t op = r->method == M_GET ? MG_FW_GET
+    mg_fwrite_op_t op = r->method == M_GET   ? MG_FW_GET
                         : r->method == M_PUT ? MG_FW_PUT
                                              : MG_FW_DELETE;
     mg_fwrite_t *w = mg_fwrite_new(r->app, op, 1);
@@ -248,8 +249,8 @@ static void bulk_reject(areq_t *r, const char *why)
 {
     r->rejected++;
     if (json_array_size(r->errors) < MAX_ERRORS)
-        json_array_append_new(r->errors, json_pack("{s:I,s:s}", "line", (json_int_t)r->line_no,
-                                                   "error", why));
+        json_array_append_new(r->errors,
+                              json_pack("{s:I,s:s}", "line", (json_int_t)r->line_no, "error", why));
 }
 
 static void bulk_line(areq_t *r, const char *line, size_t len)
@@ -292,9 +293,9 @@ static void bulk_flush(areq_t *r);
 
 static void bulk_reply(areq_t *r)
 {
-    json_t *body = json_pack("{s:s,s:I,s:I,s:O}", "app", r->app->name, "accepted",
-                             (json_int_t)r->accepted, "rejected", (json_int_t)r->rejected,
-                             "errors", r->errors);
+    json_t *body =
+        json_pack("{s:s,s:I,s:I,s:O}", "app", r->app->name, "accepted", (json_int_t)r->accepted,
+                  "rejected", (json_int_t)r->rejected, "errors", r->errors);
     if (r->db_failed && body)
         json_object_set_new(body, "database_error", json_string(r->dberr));
     reply_json(r, r->db_failed ? 503 : 200, body);
@@ -373,8 +374,7 @@ static void bulk_flush(areq_t *r)
 
 /* ---------- handler ---------- */
 
-static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app,
-                             const char *rest);
+static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app, const char *rest);
 
 static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 {
@@ -406,8 +406,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 }
 
 /* The rest of on_request: |r| is pinned by the caller. */
-static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app,
-                             const char *rest)
+static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app, const char *rest)
 {
     mg_srv_stream_t *s = r->s;
     bool has_user = false;
@@ -444,8 +443,8 @@ static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app
     else if (!has_user && strcmp(m, "POST") == 0)
         r->method = M_BULK;
     else {
-        mg_hdr_t allow = {"allow", has_user ? "GET, PUT, DELETE" : "POST", 5,
-                          has_user ? 16 : 4, false};
+        mg_hdr_t allow = {"allow", has_user ? "GET, PUT, DELETE" : "POST", 5, has_user ? 16 : 4,
+                          false};
         r->replied = true;
         mg_srv_error(s, 405, "method_not_allowed",
                      has_user ? "a user's features answer GET, PUT and DELETE"

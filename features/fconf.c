@@ -37,11 +37,9 @@ static void err(pctx_t *p, const char *fmt, ...)
 static size_t push(pctx_t *p, const char *key)
 {
     size_t old = p->plen;
-    int n = snprintf(p->path + p->plen, sizeof(p->path) - p->plen, "%s%s", p->plen ? "." : "",
-                     key);
+    int n = snprintf(p->path + p->plen, sizeof(p->path) - p->plen, "%s%s", p->plen ? "." : "", key);
     if (n > 0)
-        p->plen = p->plen + (size_t)n < sizeof(p->path) ? p->plen + (size_t)n
-                                                          : sizeof(p->path) - 1;
+        p->plen = p->plen + (size_t)n < sizeof(p->path) ? p->plen + (size_t)n : sizeof(p->path) - 1;
     return old;
 }
 
@@ -279,9 +277,15 @@ static void defaults(mg_fconf_t *c)
 
 static void parse_redis(pctx_t *p, const json_t *r, mg_fconf_t *c)
 {
-    static const char *const keys[] = {"host",   "port",           "db",
-                                       "password_file", "ttl_s", "negative_ttl_s",
-                                       "connect_timeout_ms", "reconnect_max_ms", NULL};
+    static const char *const keys[] = {"host",
+                                       "port",
+                                       "db",
+                                       "password_file",
+                                       "ttl_s",
+                                       "negative_ttl_s",
+                                       "connect_timeout_ms",
+                                       "reconnect_max_ms",
+                                       NULL};
     size_t old = push(p, "redis");
     if (!json_is_object(r)) {
         err(p, "expected an object {\"host\", \"port\", ...}");
@@ -307,8 +311,8 @@ static void parse_redis(pctx_t *p, const json_t *r, mg_fconf_t *c)
 
 static void parse_mariadb(pctx_t *p, const json_t *m, mg_fconf_t *c)
 {
-    static const char *const keys[] = {"host",  "port",    "user",    "password_file", "database",
-                                       "table", "threads", "timeout_s", NULL};
+    static const char *const keys[] = {
+        "host", "port", "user", "password_file", "database", "table", "threads", "timeout_s", NULL};
     size_t old = push(p, "mariadb");
     if (!json_is_object(m)) {
         err(p, "expected an object {\"host\", \"port\", \"user\", \"database\", ...}");
@@ -367,8 +371,8 @@ static void parse_local(pctx_t *p, const json_t *l, mg_fconf_t *c)
 
 static void parse_into(pctx_t *p, const json_t *obj, mg_fconf_t *c)
 {
-    static const char *const keys[] = {"user_header", "max_header_bytes", "redis", "mariadb",
-                                       "local",       "apps",             NULL};
+    static const char *const keys[] = {
+        "user_header", "max_header_bytes", "redis", "mariadb", "local", "apps", NULL};
     defaults(c);
     if (!json_is_object(obj)) {
         err(p, "expected an object {\"redis\", \"mariadb\", \"local\", \"apps\", ...}");
@@ -414,8 +418,7 @@ static void parse_into(pctx_t *p, const json_t *obj, mg_fconf_t *c)
     pop(p, old);
 }
 
-mg_fconf_t *mg_fconf_parse(const json_t *obj, const char *dir, mg_fconf_report_fn report,
-                           void *ctx)
+mg_fconf_t *mg_fconf_parse(const json_t *obj, const char *dir, mg_fconf_report_fn report, void *ctx)
 {
     pctx_t p = {.report = report, .ctx = ctx, .dir = dir};
     mg_fconf_t *c = calloc(1, sizeof(*c));

@@ -325,8 +325,7 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
     if (r == NULL || r->type == REDIS_REPLY_ERROR) {
         fx->redis_failed = true;
     } else if (rc->idx == 0) {
-        fx->marker = r->type == REDIS_REPLY_STRING ? (r->len == 1 && r->str[0] == '1' ? 1 : 0)
-                                                   : -1;
+        fx->marker = r->type == REDIS_REPLY_STRING ? (r->len == 1 && r->str[0] == '1' ? 1 : 0) : -1;
     } else if (!fx->redis_failed) {
         add_group(fx, &fx->app->groups[rc->idx - 1], r);
     }
@@ -450,8 +449,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         atomic_store(&f->m->redis_up, 0);
         if (!f->closing)
             MG_LOG(MG_LOG_WARN, "features", "Redis %s:%u: connection lost (%s); reconnecting",
-                   f->conf->redis.host, f->conf->redis.port,
-                   ac->errstr[0] ? ac->errstr : "closed");
+                   f->conf->redis.host, f->conf->redis.port, ac->errstr[0] ? ac->errstr : "closed");
     }
     if (!f->closing)
         schedule_reconnect(f);

@@ -8,11 +8,11 @@
  *   2. Redis, in one pipelined round trip for all the app's groups (hiredis async on the
  *      worker's base; reconnects with backoff; while it is down, lookups fail at once),
  *   3. MariaDB (features/fsource.h: off the loop, written back to Redis).
- * The request waits at most the route's budget (the app's timeout_ms, or its env's); whatever happens, it then goes on, with
- * x-user-features (compact JSON) when features were found and x-modelgate-features saying what
- * happened: hit, miss, timeout, unavailable, none (no unit id), too_large. A lookup that
- * outlives its requests still completes and fills the caches. Concurrent lookups of one user
- * share one fetch (and one MariaDB query across workers).
+ * The request waits at most the route's budget (the app's timeout_ms, or its env's); whatever
+ * happens, it then goes on, with x-user-features (compact JSON) when features were found and
+ * x-modelgate-features saying what happened: hit, miss, timeout, unavailable, none (no unit id),
+ * too_large. A lookup that outlives its requests still completes and fills the caches. Concurrent
+ * lookups of one user share one fetch (and one MariaDB query across workers).
  *
  * Threading: one mg_features_t per worker, used on that worker's thread only. Ownership: a
  * ticket is embedded in the caller's request object (zeroed memory is a valid idle ticket);

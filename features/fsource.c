@@ -26,10 +26,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <errmsg.h>
 #include <event2/buffer.h>
 #include <hiredis/hiredis.h>
 #include <mysql.h>
-#include <errmsg.h>
 
 #include "common/log.h"
 
@@ -92,7 +92,7 @@ struct mg_fsource {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     ljob_t *map[NBUCKETS];
-    ljob_t *lq_head, *lq_tail;       /* queued lookups */
+    ljob_t *lq_head, *lq_tail;         /* queued lookups */
     ljob_t *linger_head, *linger_tail; /* done lookups, oldest first */
     mg_fwrite_t *wq_head, *wq_tail;
     size_t queued;
@@ -302,8 +302,8 @@ static char *make_key(const mg_fapp_t *app, const char *user, size_t *klen)
     return k;
 }
 
-mg_err_t mg_fsource_lookup(mg_fsource_t *s, mg_fsink_t *k, const mg_fapp_t *app,
-                           const char *user, void *tag)
+mg_err_t mg_fsource_lookup(mg_fsource_t *s, mg_fsink_t *k, const mg_fapp_t *app, const char *user,
+                           void *tag)
 {
     if (!s->conf->mariadb.on)
         return MG_E_UPSTREAM;
@@ -510,8 +510,8 @@ static void cmd_add(cmd_t *c, const char *s, size_t len)
 
 /* Appends to the pipeline the commands that make Redis hold |doc| (NULL: the user is unknown)
  * for (app, user); returns how many replies to read. Layout: conf/README.md "features". */
-static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *app,
-                       const char *user, const json_t *doc)
+static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *app, const char *user,
+                       const json_t *doc)
 {
     char base[256], key[300], ttl[16];
     snprintf(base, sizeof(base), "mgf:v1:%s:%s", app->name, user);
@@ -545,8 +545,8 @@ static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *ap
                 cmd_add(&cmd, json_string_value(json_array_get(v, k)),
                         json_string_length(json_array_get(v, k)));
         } else {
-            json = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII |
-                                     JSON_SORT_KEYS);
+            json =
+                json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);
             CMD_S(&cmd, "SET");
             CMD_S(&cmd, key);
             if (json)
@@ -648,8 +648,10 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
         doc = raw ? mg_fval_normalize(j->app, raw, false, why, sizeof(why)) : NULL;
         json_decref(raw);
         if (doc == NULL)
-            MG_LOG(MG_LOG_WARN, "features", "%s/%s: stored features are not a JSON object; "
-                   "treated as no features", j->app->name, j->user);
+            MG_LOG(MG_LOG_WARN, "features",
+                   "%s/%s: stored features are not a JSON object; "
+                   "treated as no features",
+                   j->app->name, j->user);
     }
     mysql_free_result(res);
     if (doc) {
@@ -718,16 +720,16 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
         }
         evbuffer_add_printf(q, " ON DUPLICATE KEY UPDATE features=VALUES(features)");
     } else {
-        evbuffer_add_printf(q, w->op == MG_FW_GET ? "SELECT features FROM `%s` WHERE app="
-                                                  : "DELETE FROM `%s` WHERE app=",
+        evbuffer_add_printf(q,
+                            w->op == MG_FW_GET ? "SELECT features FROM `%s` WHERE app="
+                                               : "DELETE FROM `%s` WHERE app=",
                             table);
         add_quoted(t, q, w->app->name);
         evbuffer_add_printf(q, " AND user_id=");
         add_quoted(t, q, w->users[0]);
     }
     size_t len = evbuffer_get_length(q);
-    bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, w->errmsg,
-                       sizeof(w->errmsg));
+    bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, w->errmsg, sizeof(w->errmsg));
     evbuffer_free(q);
     if (!ok)
         return;
@@ -771,7 +773,8 @@ static void complete_write(mg_fwrite_t *w)
 {
     struct timeval zero = {0, 0};
     if (event_base_once(w->base, -1, EV_TIMEOUT, on_write_done, w, &zero) != 0)
-        MG_LOG(MG_LOG_ERROR, "features", "cannot schedule a write completion; one admin "
+        MG_LOG(MG_LOG_ERROR, "features",
+               "cannot schedule a write completion; one admin "
                "request will time out");
 }
 

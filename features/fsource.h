@@ -45,10 +45,9 @@ typedef enum mg_fdb_result {
 
 /* |conf| must outlive the source. Starts the MariaDB threads (they connect on first use).
  * NULL with a reason in |err| when the threads cannot start. */
-mg_fsource_t *mg_fsource_new(const mg_fconf_t *conf, unsigned nworkers, char *err,
-                             size_t errlen);
-void mg_fsource_stop(mg_fsource_t *s);   /* joins the threads; idempotent; NULL is fine */
-void mg_fsource_free(mg_fsource_t *s);   /* stops first; NULL is fine */
+mg_fsource_t *mg_fsource_new(const mg_fconf_t *conf, unsigned nworkers, char *err, size_t errlen);
+void mg_fsource_stop(mg_fsource_t *s); /* joins the threads; idempotent; NULL is fine */
+void mg_fsource_free(mg_fsource_t *s); /* stops first; NULL is fine */
 
 const mg_fconf_t *mg_fsource_conf(const mg_fsource_t *s);
 /* Worker |i|'s counters (i < nworkers). */
@@ -69,8 +68,8 @@ void mg_fsink_free(mg_fsink_t *k);
 /* Looks (app, user) up in MariaDB; the result reaches |k|'s function with |tag|, exactly once
  * (unless the sink is freed first). MG_OK, or MG_E_UPSTREAM when MariaDB is not configured or
  * the source is stopped, MG_E_LIMIT when too many lookups are queued (no callback then). */
-mg_err_t mg_fsource_lookup(mg_fsource_t *s, mg_fsink_t *k, const mg_fapp_t *app,
-                           const char *user, void *tag);
+mg_err_t mg_fsource_lookup(mg_fsource_t *s, mg_fsink_t *k, const mg_fapp_t *app, const char *user,
+                           void *tag);
 
 /* ---- writes (admin API) ---- */
 
@@ -91,7 +90,7 @@ typedef struct mg_fwrite {
     void (*done)(struct mg_fwrite *w);
     void *ud;
     /* out */
-    mg_err_t err;  /* MG_OK, MG_E_UPSTREAM (MariaDB failed: errmsg says why) */
+    mg_err_t err; /* MG_OK, MG_E_UPSTREAM (MariaDB failed: errmsg says why) */
     char errmsg[256];
     size_t affected; /* rows written, deleted or found */
     char *got;       /* GET: the stored features text (malloc), NULL when absent */

@@ -82,8 +82,8 @@ static bool bad(char *why, size_t cap, const char *fmt, const char *a)
 
 /* Normalizes one group's value into |out| under its name; false (with |why|) on a strict
  * error. */
-static bool group_value(const mg_fgroup_t *g, const json_t *v, bool strict, json_t *out,
-                        char *why, size_t cap)
+static bool group_value(const mg_fgroup_t *g, const json_t *v, bool strict, json_t *out, char *why,
+                        size_t cap)
 {
     json_t *n = NULL;
     switch (g->type) {
@@ -99,8 +99,10 @@ static bool group_value(const mg_fgroup_t *g, const json_t *v, bool strict, json
             json_t *s = as_string(x);
             if (s == NULL && strict) {
                 json_decref(n);
-                return bad(why, cap, "group \"%s\": hash values must be strings, numbers or "
-                                     "booleans", g->name);
+                return bad(why, cap,
+                           "group \"%s\": hash values must be strings, numbers or "
+                           "booleans",
+                           g->name);
             }
             if (s)
                 json_object_set_new(n, k, s);
@@ -109,15 +111,16 @@ static bool group_value(const mg_fgroup_t *g, const json_t *v, bool strict, json
     }
     case MG_FGROUP_LIST: {
         if (!json_is_array(v))
-            return strict ? bad(why, cap, "group \"%s\" must be an array (a list)", g->name)
-                          : true;
+            return strict ? bad(why, cap, "group \"%s\" must be an array (a list)", g->name) : true;
         n = json_array();
         for (size_t i = 0; i < json_array_size(v); i++) {
             json_t *s = as_string(json_array_get(v, i));
             if (s == NULL && strict) {
                 json_decref(n);
-                return bad(why, cap, "group \"%s\": list items must be strings, numbers or "
-                                     "booleans", g->name);
+                return bad(why, cap,
+                           "group \"%s\": list items must be strings, numbers or "
+                           "booleans",
+                           g->name);
             }
             if (s && json_array_size(n) < g->max_items)
                 json_array_append_new(n, s);

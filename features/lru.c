@@ -13,8 +13,8 @@
 #include <string.h>
 
 typedef struct entry {
-    struct entry *hnext;        /* hash chain */
-    struct entry *prev, *next;  /* recency list */
+    struct entry *hnext;       /* hash chain */
+    struct entry *prev, *next; /* recency list */
     uint64_t hash;
     void *value;
     int64_t fresh_until, stale_until; /* fresh_until <= stale_until */
@@ -116,8 +116,7 @@ void mg_flru_free(mg_flru_t *l)
     free(l);
 }
 
-mg_flru_state_t mg_flru_get(mg_flru_t *l, const void *key, size_t klen, int64_t now,
-                            void **value)
+mg_flru_state_t mg_flru_get(mg_flru_t *l, const void *key, size_t klen, int64_t now, void **value)
 {
     entry_t *e = *find_slot(l, key, klen, hash_key(key, klen));
     if (e == NULL)

@@ -35,8 +35,7 @@ void mg_flru_free(mg_flru_t *l); /* NULL is fine */
 /* Looks |key| up at |now| (any monotonic unit, the same as the put's). On FRESH or STALE,
  * *value receives the entry's value (NULL for a negative entry) and the entry becomes the most
  * recently used. */
-mg_flru_state_t mg_flru_get(mg_flru_t *l, const void *key, size_t klen, int64_t now,
-                            void **value);
+mg_flru_state_t mg_flru_get(mg_flru_t *l, const void *key, size_t klen, int64_t now, void **value);
 
 /* Inserts or replaces |key|: the cache takes over the caller's reference on |value| (NULL =
  * negative entry), also on failure (then the value is dropped). Evicts the least recently used

@@ -63,8 +63,9 @@ static void canonical_text(void **state)
     assert_non_null(c);
     const mg_fapp_t *a = mg_fconf_app(c, "digits");
     char why[256];
-    char *s = normalized(a, "{\"vec\": [0.5, 2], \"recent\": [\"a\", 7, true, \"d\"],"
-                            " \"profile\": {\"z\": 1, \"a\": \"x\", \"caf\\u00e9\": \"ol\\u00e9\"}}",
+    char *s = normalized(a,
+                         "{\"vec\": [0.5, 2], \"recent\": [\"a\", 7, true, \"d\"],"
+                         " \"profile\": {\"z\": 1, \"a\": \"x\", \"caf\\u00e9\": \"ol\\u00e9\"}}",
                          true, why);
     assert_non_null(s);
     /* keys sorted, compact, ASCII; scalars as strings; list cut to max_items */
@@ -86,8 +87,10 @@ static void strict_and_lenient(void **state)
     assert_non_null(strstr(why, "unknown group \"other\""));
     assert_null(normalized(a, "{\"recent\": \"x\"}", true, why));
     assert_null(normalized(a, "{\"profile\": {\"a\": [1]}}", true, why));
-    char *s = normalized(a, "{\"other\": 1, \"recent\": \"x\", \"profile\": {\"a\": [1], "
-                            "\"b\": 2}}", false, why);
+    char *s = normalized(a,
+                         "{\"other\": 1, \"recent\": \"x\", \"profile\": {\"a\": [1], "
+                         "\"b\": 2}}",
+                         false, why);
     assert_string_equal(s, "{\"profile\":{\"b\":\"2\"}}");
     free(s);
     mg_fconf_free(c);
