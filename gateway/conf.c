@@ -270,6 +270,7 @@ void mg_conf_clear(mg_conf_t *c)
     free(c->admin_token_file);
     free(c->dns_nameserver);
     dblog_conf_clear(&c->request_log_db);
+    mg_fconf_free(c->features);
     memset(c, 0, sizeof(*c));
 }
 
@@ -304,6 +305,8 @@ static bool conf_dup(mg_conf_t *dst, const mg_conf_t *src)
     ok &= dup_str(&dd->database, sd->database);
     ok &= dup_str(&dd->table, sd->table);
     ok &= dup_str(&dd->spool_dir, sd->spool_dir);
+    dst->features = mg_fconf_dup(src->features);
+    ok &= src->features == NULL || dst->features != NULL;
     if (!ok)
         mg_conf_clear(dst);
     return ok;
@@ -650,12 +653,36 @@ static void parse_request_log_db(ectx_t *e, const json_t *doc, const char *dir, 
     path_set(e, old);
 }
 
+/* features/fconf.c reports its problems here, at "features.<its path>" */
+static void report_features(void *ctx, const char *path, const char *msg)
+{
+    ectx_t *e = ctx;
+    size_t old = path_push(e, "%s%s", *path ? "." : "", path);
+    errf(e, "%s", msg);
+    path_set(e, old);
+}
+
+/* "features": parsed by the features module (the rules live next to their use) */
+static void parse_features(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+{
+    const json_t *v = json_object_get(doc, "features");
+    if (v == NULL || json_is_null(v))
+        return;
+    size_t old = path_key(e, "features");
+    mg_fconf_t *f = mg_fconf_parse(v, dir, report_features, e);
+    if (f != NULL) {
+        mg_fconf_free(c->features);
+        c->features = f;
+    }
+    path_set(e, old);
+}
+
 static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     static const char *const keys[] = {"listen",     "tls",       "workers",       "routes",
                                        "access_log", "log_level", "limits",        "timeouts_ms",
                                        "upstream",   "admin",     "dns_nameserver", "request_log_db",
-                                       NULL};
+                                       "features",   NULL};
     char q[300];
     if (!json_is_object(doc)) {
         type_error(e, doc, "object");
@@ -674,6 +701,7 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
             set_str(e, &c->dns_nameserver, json_string_value(ns));
         path_set(e, old);
     }
+    parse_features(e, doc, dir, c);
 
     const json_t *v = json_object_get(doc, "workers");
     if (v != NULL) {

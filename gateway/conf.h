@@ -24,8 +24,9 @@
  *     "request_log_db": { "host": "127.0.0.1", "port": 3306, "user": "modelgate",
  *                         "password_file": "db.password", "database": "modelgate",
  *                         "table": "request_log", "spool_dir": "spool", "spool_max_mb": 1024,
- *                         "batch_rows": 500, "flush_ms": 200, "retention_days": 90 } }
+ *                         "batch_rows": 500, "flush_ms": 200, "retention_days": 90 },
  *                                                     no request_log_db = off; needs access_log
+ *     "features": { "redis": {...}, "mariadb": {...}, "apps": {...} } }   features/fconf.h
  */
 #ifndef MG_GATEWAY_CONF_H
 #define MG_GATEWAY_CONF_H
@@ -35,6 +36,7 @@
 
 #include "common/err.h"
 #include "gateway/dblog.h"
+#include "features/fconf.h"
 #include "routing/routes.h"
 
 #define MG_CONF_MAX_LISTEN 8
@@ -58,6 +60,7 @@ typedef struct mg_conf {
     char *dns_nameserver;   /* "ip[:port]" for DNS services; NULL = /etc/resolv.conf */
     int log_level;    /* mg_log_level_t */
     mg_dblog_conf_t request_log_db; /* .host NULL = off; strings owned here */
+    mg_fconf_t *features; /* user features (features/fconf.h); NULL = off; owned */
 
     struct {
         uint32_t max_concurrent_streams;

@@ -38,6 +38,9 @@
 #include "common/h2server.h"
 #include "common/listen.h"
 #include "common/log.h"
+#include "features/fadmin.h"
+#include "features/features.h"
+#include "features/fsource.h"
 #include "gateway/admin.h"
 #include "gateway/conf.h"
 #include "gateway/control.h"
@@ -55,6 +58,7 @@ typedef struct worker {
     struct event_base *base;
     mg_srv_t *srv;
     mg_proxy_t *proxy;
+    mg_features_t *features; /* NULL when features are off */
     struct event *cmd;   /* readable when the main thread wrote to |pipe| */
     int pipe[2];         /* main -> worker wake-ups: one byte each */
     struct event *check; /* while draining: is everything done? */
@@ -70,6 +74,8 @@ static mg_dblog_t *g_dblog; /* NULL when request_log_db is off */
 static mg_admin_t *g_admin; /* NULL when no admin listener is configured */
 static mg_control_t *g_control;
 
+static mg_fsource_t *g_fsource; /* user features' shared part; NULL when features are off */
+static mg_fadmin_t *g_fadmin;
 static worker_t *g_workers;
 static unsigned g_nworkers;
 static mg_routes_t *g_routes;
@@ -266,6 +272,13 @@ static void dblog_metrics(void *ud, struct evbuffer *out)
                         st.spool_bytes, st.connected ? 1 : 0);
 }
 
+/* The features' samples belong on /metrics too: one scrape sees everything. */
+static void features_metrics(void *ud, struct evbuffer *out)
+{
+    const char *type;
+    mg_fsource_metrics_page(ud, "", out, &type);
+}
+
 static void check_only(const mg_conf_t *conf)
 {
     printf("configuration OK: %zu listener(s), %zu TLS listener(s), %u worker(s), %s\n",
@@ -301,6 +314,13 @@ static int start_worker(unsigned i, const mg_conf_t *conf, const mg_srv_conf_t *
         return -1;
     }
     mg_proxy_set_routes(w->proxy, g_routes);
+    if (g_fsource) {
+        if ((w->features = mg_features_new(g_fsource, w->base, i)) == NULL) {
+            fprintf(stderr, "modelgate: out of memory starting the features of worker %u\n", i);
+            return -1;
+        }
+        mg_proxy_set_features(w->proxy, w->features);
+    }
     for (int pass = 0; pass < 2; pass++) {
         size_t n = pass ? conf->ntls_listen : conf->nlisten;
         char *const *addrs = pass ? conf->tls_listen : conf->listen;
@@ -328,6 +348,7 @@ static void free_workers(void)
             mg_srv_free(w->srv);
         if (w->proxy)
             mg_proxy_free(w->proxy);
+        mg_features_free(w->features); /* after the proxy: no request holds a ticket now */
         if (w->next_routes)
             mg_routes_unref(w->next_routes);
         if (w->cmd)
@@ -471,6 +492,22 @@ int main(int argc, char **argv)
             mg_admin_page(g_admin, "/stats/dblog", dblog_page, g_dblog);
     }
 
+    if (conf.features) {
+        char err[512];
+        g_fsource = mg_fsource_new(conf.features, conf.workers, err, sizeof(err));
+        if (g_fsource == NULL) {
+            fprintf(stderr, "modelgate: %s\n", err);
+            goto out;
+        }
+        if (g_admin) {
+            g_fadmin = mg_fadmin_new(g_fsource, mg_admin_base(g_admin));
+            if (g_fadmin == NULL)
+                goto out;
+            mg_admin_mount(g_admin, "/v1/features", mg_fadmin_handler(), g_fadmin);
+            mg_admin_page(g_admin, "/metrics/features", mg_fsource_metrics_page, g_fsource);
+        }
+    }
+
     mg_srv_conf_t sc = {
         .max_concurrent_streams = conf.limits.max_concurrent_streams,
         .max_header_list_size = conf.limits.max_header_list_size,
@@ -493,9 +530,14 @@ int main(int argc, char **argv)
         if (start_worker(i, &conf, &sc, tls) != 0)
             goto out;
     g_metrics_src.workers = g_nworkers;
+    int nmore = 0;
     if (g_dblog) {
-        g_metrics_src.more[0] = dblog_metrics;
-        g_metrics_src.more_ud[0] = g_dblog;
+        g_metrics_src.more[nmore] = dblog_metrics;
+        g_metrics_src.more_ud[nmore++] = g_dblog;
+    }
+    if (g_fsource) {
+        g_metrics_src.more[nmore] = features_metrics;
+        g_metrics_src.more_ud[nmore++] = g_fsource;
     }
     if (g_admin)
         mg_admin_page(g_admin, "/metrics", mg_metrics_page, &g_metrics_src);
@@ -508,9 +550,12 @@ int main(int argc, char **argv)
     rc = 0;
     MG_LOG(MG_LOG_INFO, "main", "stopped");
 out:
+    mg_fsource_stop(g_fsource); /* no MariaDB thread posts to a worker or the admin any more */
     mg_admin_free(g_admin); /* first: its pages read the workers' counters */
     mg_control_free(g_control);
     free_workers();
+    mg_fadmin_free(g_fadmin);
+    mg_fsource_free(g_fsource);
     if (g_routes)
         mg_routes_unref(g_routes);
     if (g_log)

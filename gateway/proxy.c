@@ -27,6 +27,7 @@
 #include "canary/split.h"
 #include "common/log.h"
 #include "common/stats.h"
+#include "features/features.h"
 #include "gateway/upstream.h"
 #include "routing/balance.h"
 #include "routing/podstate.h"
@@ -39,6 +40,7 @@ struct mg_proxy {
     mg_reqlog_t *log;
     mg_routes_t *routes;
     mg_upstreams_t *ups;
+    mg_features_t *features; /* NULL = features off */
     exch_t *free_exch;
     size_t nfree, inflight;
     uint64_t rid_state; /* xorshift state for request ids */
@@ -67,6 +69,7 @@ struct exch {
     struct evbuffer *kept; /* a copy of the request body for replays (recycled with |e|) */
     struct event *timer;
     mg_up_req_t upreq;
+    mg_features_ticket_t feat; /* user features (step 5); settled before the first attempt */
     const mg_hdr_t *req_trailers;
     size_t nreq_trailers;
     int busy;
@@ -303,6 +306,8 @@ static void write_log(exch_t *e)
         .error = e->error,
         .fallback = e->fallback,
         .retries = e->retries,
+        .features = mg_features_status(&e->feat),
+        .features_hash = mg_features_hash(&e->feat),
     };
     mg_reqlog_write(p->log, &rec);
 }
@@ -608,6 +613,30 @@ static bool retry(exch_t *e, bool sent)
     return again;
 }
 
+static void fail_no_pod(exch_t *e, const struct pick_fail *why);
+
+/* Adds the user-features fields to the upstream head (room for 2 more was reserved) and
+ * starts the first attempt. */
+static void forward(exch_t *e)
+{
+    mg_hdr_t *h = (mg_hdr_t *)e->upreq.hdrs;
+    e->upreq.nhdrs = mg_features_headers(&e->feat, h, e->upreq.nhdrs);
+    pick_fail_t why;
+    if (!attempt(e, &why))
+        fail_no_pod(e, &why);
+}
+
+/* The features lookup settled (found, or the app's budget passed): go on. */
+static void on_features(void *ud)
+{
+    exch_t *e = ud;
+    if (e->finished || e->closed)
+        return;
+    hold(e);
+    forward(e);
+    release(e);
+}
+
 /* ---------- upstream callbacks ---------- */
 
 /* Is there a pod this request has not tried that could take it now? */
@@ -874,7 +903,7 @@ static bool choose_service(exch_t *e, const mg_srv_req_t *req)
     return true;
 }
 
-static void fail_no_pod(exch_t *e, const pick_fail_t *why)
+static void fail_no_pod(exch_t *e, const struct pick_fail *why)
 {
     mg_service_t *svc = e->svc;
     if (svc->npods == 0) {
@@ -950,7 +979,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 
     /* upstream request head: hop-by-hop fields out, forwarding fields in */
     mg_arena_t *a = mg_srv_arena(s);
-    mg_hdr_t *h = mg_arena_alloc(a, sizeof(mg_hdr_t) * (req->nhdrs + 4));
+    mg_hdr_t *h = mg_arena_alloc(a, sizeof(mg_hdr_t) * (req->nhdrs + 6));
     if (h == NULL) {
         fail(e, 431, "headers_too_large", "request head too large");
         goto out;
@@ -993,9 +1022,10 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         .has_body = req->has_body,
         .body = e->body,
     };
-    pick_fail_t why;
-    if (!attempt(e, &why))
-        fail_no_pod(e, &why);
+    /* step 5: the upstream attempt waits for the user's features, at most the app's budget */
+    if (mg_features_start(p->features, &e->feat, e->app, e->env, req->hdrs, req->nhdrs,
+                          on_features, e) == MG_OK)
+        forward(e);
 out:
     release(e);
 }
@@ -1069,6 +1099,7 @@ static void on_close(mg_srv_stream_t *s, bool complete)
     if (!complete && !delivered && e->error == NULL)
         e->error = e->finished ? "client_aborted_response" : "client_aborted";
     write_log(e);
+    mg_features_release(&e->feat);
     e->closed = true;
     e->finished = true;
     evtimer_del(e->timer);
@@ -1147,6 +1178,11 @@ void mg_proxy_set_routes(mg_proxy_t *p, mg_routes_t *routes)
     if (p->routes)
         mg_routes_unref(p->routes);
     p->routes = routes;
+}
+
+void mg_proxy_set_features(mg_proxy_t *p, mg_features_t *f)
+{
+    p->features = f;
 }
 
 size_t mg_proxy_inflight(const mg_proxy_t *p)

@@ -18,6 +18,7 @@
 #include <event2/event.h>
 
 #include "common/h2server.h"
+#include "features/features.h"
 #include "gateway/conf.h"
 #include "gateway/reqlog.h"
 #include "routing/routes.h"
@@ -32,6 +33,9 @@ mg_proxy_t *mg_proxy_new(struct event_base *base, const mg_conf_t *conf, mg_reql
 
 /* Takes a new reference on |routes| and drops the one on the previous snapshot. */
 void mg_proxy_set_routes(mg_proxy_t *p, mg_routes_t *routes);
+
+/* User features for this worker's requests (NULL = off); |f| must outlive the proxy. */
+void mg_proxy_set_features(mg_proxy_t *p, mg_features_t *f);
 
 /* The mg_srv_t handler; pass the proxy as its |ud|. */
 const mg_srv_handler_t *mg_proxy_handler(void);

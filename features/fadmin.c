@@ -1,0 +1,529 @@
+/*
+ * features/fadmin.c - admin endpoints for user features (see fadmin.h).
+ */
+#include "features/fadmin.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <jansson.h>
+
+#include "common/log.h"
+#include "features/fsource.h"
+
+#define PREFIX "/v1/features"
+#define MAX_BODY (1 << 20) /* one user's features */
+#define MAX_LINE (64 * 1024)
+#define BATCH_ROWS 500
+#define MAX_ERRORS 20
+
+struct mg_fadmin {
+    mg_fsource_t *src;
+    struct event_base *base;
+};
+
+mg_fadmin_t *mg_fadmin_new(mg_fsource_t *src, struct event_base *admin_base)
+{
+    mg_fadmin_t *a = calloc(1, sizeof(*a));
+    if (a) {
+        a->src = src;
+        a->base = admin_base;
+    }
+    return a;
+}
+
+void mg_fadmin_free(mg_fadmin_t *a)
+{
+    free(a);
+}
+
+enum { M_GET, M_PUT, M_DELETE, M_BULK };
+
+typedef struct areq {
+    mg_fsource_t *src;
+    mg_srv_stream_t *s; /* NULL once the stream closed */
+    struct event_base *base;
+    const mg_fapp_t *app;
+    char user[129];
+    int method;
+    struct evbuffer *in;
+    size_t received, unconsumed;
+    bool ended, busy, replied;
+    int pins; /* > 0 while a function of this file uses it: a reply may close the stream */
+    /* bulk */
+    size_t line_no, accepted, rejected;
+    bool db_failed;
+    char dberr[256];
+    json_t *errors;
+    mg_fwrite_t *batch;
+} areq_t;
+
+static void areq_free(areq_t *r)
+{
+    if (r->in)
+        evbuffer_free(r->in);
+    json_decref(r->errors);
+    mg_fwrite_free(r->batch);
+    free(r);
+}
+
+static void pin(areq_t *r)
+{
+    r->pins++;
+}
+
+/* Frees |r| when nothing uses it any more: no caller, no job, no stream. */
+static void unpin(areq_t *r)
+{
+    if (--r->pins == 0 && r->s == NULL && !r->busy)
+        areq_free(r);
+}
+
+static void reply_json(areq_t *r, int status, json_t *body)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    r->replied = true;
+    if (r->s == NULL) {
+        free(text);
+        return;
+    }
+    if (r->unconsumed) { /* let the client finish sending */
+        mg_srv_consume(r->s, r->unconsumed);
+        r->unconsumed = 0;
+    }
+    if (text == NULL) {
+        mg_srv_error(r->s, 500, "out_of_memory", "cannot format the answer", NULL, NULL, 0);
+        return;
+    }
+    char clen[24];
+    snprintf(clen, sizeof(clen), "%zu", strlen(text));
+    mg_hdr_t h[] = {
+        {"content-type", "application/json", 12, 16, false},
+        {"content-length", clen, 14, strlen(clen), false},
+    };
+    mg_srv_respond(r->s, status, h, 2, false);
+    mg_srv_write(r->s, text, strlen(text));
+    mg_srv_end(r->s, NULL, 0);
+    free(text);
+}
+
+static void reply_error(areq_t *r, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void reply_error(areq_t *r, int status, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    r->replied = true;
+    if (r->s == NULL)
+        return;
+    if (r->unconsumed) {
+        mg_srv_consume(r->s, r->unconsumed);
+        r->unconsumed = 0;
+    }
+    mg_srv_error(r->s, status, code, msg, NULL, NULL, 0);
+}
+
+/* ---------- single user ---------- */
+
+static void on_done_single(mg_fwrite_t *w)
+{
+    areq_t *r = w->ud;
+    pin(r);
+    r->busy = false;
+    if (r->s == NULL) { /* the client left */
+    } else if (w->err != MG_OK) {
+        reply_error(r, 503, "features_unavailable", "%s", w->errmsg);
+    } else if (w->op == MG_FW_PUT) {
+        mg_fval_t *v = mg_fval_from_json(w->docs[0]);
+        reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:s?,s:I}", "app", r->app->name, "user", r->user, "hash",
+                             v ? v->hash : NULL, "bytes", (json_int_t)(v ? v->len : 0)));
+        mg_fval_unref(v);
+    } else if (w->affected == 0) {
+        reply_error(r, 404, "not_found", "app %s has no features for user %s", r->app->name,
+                    r->user);
+    } else if (w->op == MG_FW_DELETE) {
+        reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:b}", "app", r->app->name, "user", r->user, "deleted", 1));
+    } else {
+        json_error_t jerr;
+        char why[256];
+        json_t *raw = json_loads(w->got, 0, &jerr);
+        json_t *doc = raw ? mg_fval_normalize(r->app, raw, false, why, sizeof(why)) : NULL;
+        mg_fval_t *v = doc ? mg_fval_from_json(doc) : NULL;
+        reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:o?,s:s?}", "app", r->app->name, "user", r->user,
+                             "features", raw ? json_incref(raw) : NULL, "hash",
+                             v ? v->hash : NULL));
+        mg_fval_unref(v);
+        json_decref(doc);
+        json_decref(raw);
+    }
+    mg_fwrite_free(w);
+    unpin(r);
+}
+
+static void submit(areq_t *r, mg_fwrite_t *w, void (*done)(mg_fwrite_t *))
+{
+    w->base = r->base;
+    w->done = done;
+    w->ud = r;
+    if (mg_fsource_write(r->src, w) != MG_OK) {
+        mg_fwrite_free(w);
+        reply_error(r, 503, "features_unavailable",
+                    "feature writes need features.mariadb in gateway.json (or the gateway is "
+                    "stopping)");
+        return;
+    }
+    r->busy = true;
+}
+
+/* Validates one user's features; NULL with |why| when refused. */
+static json_t *validate(areq_t *r, const json_t *doc, char *why, size_t cap)
+{
+    json_t *n = mg_fval_normalize(r->app, doc, true, why, cap);
+    if (n == NULL)
+        return NULL;
+    char *text = json_dumps(n, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);
+    size_t len = text ? strlen(text) : 0;
+    free(text);
+    size_t max = mg_fsource_conf(r->src)->max_header_bytes;
+    if (len > max) {
+        snprintf(why, cap, "features of %zu bytes exceed features.max_header_bytes (%zu)", len,
+                 max);
+        json_decref(n);
+        return NULL;
+    }
+    return n;
+}
+
+static void single_end(areq_t *r)
+{
+    mg_fwrite_op_t op = r->method == M_GET   ? MG_FW_GET
+                        : r->method == M_PUT ? MG_FW_PUT
+                                             : MG_FW_DELETE;
+    mg_fwrite_t *w = mg_fwrite_new(r->app, op, 1);
+    if (w == NULL) {
+        reply_error(r, 503, "out_of_memory", "out of memory");
+        return;
+    }
+    if (op == MG_FW_PUT) {
+        json_error_t jerr;
+        char why[300];
+        size_t len = evbuffer_get_length(r->in);
+        json_t *doc = json_loadb((const char *)evbuffer_pullup(r->in, -1), len, 0, &jerr);
+        json_t *n = doc ? validate(r, doc, why, sizeof(why)) : NULL;
+        json_decref(doc);
+        if (n == NULL) {
+            mg_fwrite_free(w);
+            if (doc == NULL)
+                reply_error(r, 400, "bad_json", "body: %d:%d: %s", jerr.line, jerr.column,
+                            jerr.text);
+            else
+                reply_error(r, 400, "bad_features", "%s", why);
+            return;
+        }
+        w->docs[0] = n;
+    }
+    w->users[0] = strdup(r->user);
+    w->n = w->users[0] ? 1 : 0;
+    if (w->n == 0) {
+        json_decref(w->docs[0]);
+        mg_fwrite_free(w);
+        reply_error(r, 503, "out_of_memory", "out of memory");
+        return;
+    }
+    submit(r, w, on_done_single);
+}
+
+/* ---------- bulk ---------- */
+
+static void bulk_reject(areq_t *r, const char *why)
+{
+    r->rejected++;
+    if (json_array_size(r->errors) < MAX_ERRORS)
+        json_array_append_new(r->errors,
+                              json_pack("{s:I,s:s}", "line", (json_int_t)r->line_no, "error", why));
+}
+
+static void bulk_line(areq_t *r, const char *line, size_t len)
+{
+    r->line_no++;
+    while (len && (line[len - 1] == '\r' || line[len - 1] == ' '))
+        len--;
+    if (len == 0)
+        return; /* blank lines are allowed */
+    json_error_t jerr;
+    char why[300];
+    json_t *row = json_loadb(line, len, 0, &jerr);
+    const json_t *user = row ? json_object_get(row, "user") : NULL;
+    const json_t *feats = row ? json_object_get(row, "features") : NULL;
+    if (row == NULL) {
+        snprintf(why, sizeof(why), "not JSON (column %d: %s)", jerr.column, jerr.text);
+        bulk_reject(r, why);
+    } else if (!json_is_object(row) || json_object_size(row) != 2 || !json_is_string(user) ||
+               feats == NULL) {
+        bulk_reject(r, "expected {\"user\": \"ID\", \"features\": {...}}");
+    } else if (!mg_fconf_is_user_id(json_string_value(user), json_string_length(user))) {
+        bulk_reject(r, "user: expected 1-128 of [A-Za-z0-9_.@-]");
+    } else {
+        json_t *n = validate(r, feats, why, sizeof(why));
+        char *u = n ? strdup(json_string_value(user)) : NULL;
+        if (n == NULL) {
+            bulk_reject(r, why);
+        } else if (u == NULL) {
+            json_decref(n);
+            bulk_reject(r, "out of memory");
+        } else {
+            r->batch->users[r->batch->n] = u;
+            r->batch->docs[r->batch->n++] = n;
+        }
+    }
+    json_decref(row);
+}
+
+static void bulk_flush(areq_t *r);
+
+static void bulk_reply(areq_t *r)
+{
+    json_t *body =
+        json_pack("{s:s,s:I,s:I,s:O}", "app", r->app->name, "accepted", (json_int_t)r->accepted,
+                  "rejected", (json_int_t)r->rejected, "errors", r->errors);
+    if (r->db_failed && body)
+        json_object_set_new(body, "database_error", json_string(r->dberr));
+    reply_json(r, r->db_failed ? 503 : 200, body);
+}
+
+/* Turns buffered lines into rows until a batch is in flight. */
+static void bulk_pump(areq_t *r)
+{
+    while (!r->busy && !r->replied) {
+        if (r->batch == NULL && (r->batch = mg_fwrite_new(r->app, MG_FW_PUT, BATCH_ROWS)) == NULL) {
+            reply_error(r, 503, "out_of_memory", "out of memory");
+            return;
+        }
+        size_t len;
+        char *line = evbuffer_readln(r->in, &len, EVBUFFER_EOL_LF);
+        if (line == NULL && r->ended && evbuffer_get_length(r->in)) { /* no final newline */
+            len = evbuffer_get_length(r->in);
+            line = malloc(len + 1);
+            if (line) {
+                evbuffer_remove(r->in, line, len);
+                line[len] = '\0';
+            }
+        }
+        if (line == NULL) {
+            if (evbuffer_get_length(r->in) > MAX_LINE) {
+                reply_error(r, 413, "line_too_long",
+                            "line %zu is longer than %d bytes; one user's features per line",
+                            r->line_no + 1, MAX_LINE);
+                return;
+            }
+            if (r->ended) {
+                if (r->batch->n)
+                    bulk_flush(r);
+                else
+                    bulk_reply(r);
+            }
+            return;
+        }
+        size_t used = len + (r->ended && evbuffer_get_length(r->in) == 0 ? 0 : 1);
+        bulk_line(r, line, len);
+        free(line);
+        if (r->s && r->unconsumed) { /* the client may send as much again */
+            size_t c = used < r->unconsumed ? used : r->unconsumed;
+            mg_srv_consume(r->s, c);
+            r->unconsumed -= c;
+        }
+        if (r->batch->n == BATCH_ROWS)
+            bulk_flush(r);
+    }
+}
+
+static void on_done_batch(mg_fwrite_t *w)
+{
+    areq_t *r = w->ud;
+    pin(r);
+    r->busy = false;
+    if (w->err == MG_OK) {
+        r->accepted += w->n;
+    } else {
+        r->db_failed = true;
+        snprintf(r->dberr, sizeof(r->dberr), "%s", w->errmsg);
+        r->rejected += w->n;
+    }
+    mg_fwrite_free(w);
+    if (r->s)
+        bulk_pump(r);
+    unpin(r);
+}
+
+static void bulk_flush(areq_t *r)
+{
+    mg_fwrite_t *w = r->batch;
+    r->batch = NULL;
+    submit(r, w, on_done_batch);
+}
+
+/* ---------- handler ---------- */
+
+static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app, const char *rest);
+
+static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
+{
+    mg_fadmin_t *fa = ud;
+    mg_fsource_t *src = fa->src;
+    areq_t *r = calloc(1, sizeof(*r));
+    if (r == NULL || (r->in = evbuffer_new()) == NULL || (r->errors = json_array()) == NULL) {
+        if (r)
+            areq_free(r);
+        mg_srv_set_data(s, NULL);
+        mg_srv_error(s, 503, "out_of_memory", "out of memory", NULL, NULL, 0);
+        return;
+    }
+    r->src = src;
+    r->s = s;
+    r->pins = 1; /* this function's */
+    r->ended = !req->has_body;
+    mg_srv_set_data(s, r);
+    r->base = fa->base; /* this stream's base: write completions come back here */
+    const char *p = req->path + strlen(PREFIX);
+    char app[65] = "";
+    size_t alen = strcspn(p + (*p == '/'), "/?");
+    const char *ap = p + (*p == '/');
+    const char *rest = ap + alen;
+    if (*p == '/' && alen > 0 && alen < sizeof(app))
+        memcpy(app, ap, alen), app[alen] = '\0';
+    on_request_route(r, req, app, rest);
+    unpin(r);
+}
+
+/* The rest of on_request: |r| is pinned by the caller. */
+static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app, const char *rest)
+{
+    mg_srv_stream_t *s = r->s;
+    bool has_user = false;
+    if (*rest == '/') {
+        size_t ulen = strcspn(rest + 1, "/?");
+        if (rest[1 + ulen] == '/' || !mg_fconf_is_user_id(rest + 1, ulen)) {
+            reply_error(r, 400, "bad_user",
+                        "the path must be " PREFIX "/{app}/{user} with a user id of 1-128 of "
+                        "[A-Za-z0-9_.@-]");
+            return;
+        }
+        memcpy(r->user, rest + 1, ulen);
+        r->user[ulen] = '\0';
+        has_user = true;
+    }
+    if (app[0] == '\0') {
+        reply_error(r, 404, "not_found",
+                    "expected " PREFIX "/{app}/{user} (GET, PUT, DELETE) or " PREFIX
+                    "/{app} (POST: bulk load of JSON lines)");
+        return;
+    }
+    if ((r->app = mg_fconf_app(mg_fsource_conf(r->src), app)) == NULL) {
+        reply_error(r, 404, "unknown_app",
+                    "app '%s' has no features (add it to features.apps in gateway.json)", app);
+        return;
+    }
+    const char *m = req->method;
+    if (has_user && strcmp(m, "GET") == 0)
+        r->method = M_GET;
+    else if (has_user && strcmp(m, "PUT") == 0)
+        r->method = M_PUT;
+    else if (has_user && strcmp(m, "DELETE") == 0)
+        r->method = M_DELETE;
+    else if (!has_user && strcmp(m, "POST") == 0)
+        r->method = M_BULK;
+    else {
+        mg_hdr_t allow = {"allow", has_user ? "GET, PUT, DELETE" : "POST", 5, has_user ? 16 : 4,
+                          false};
+        r->replied = true;
+        mg_srv_error(s, 405, "method_not_allowed",
+                     has_user ? "a user's features answer GET, PUT and DELETE"
+                              : "an app's features take POST (bulk load of JSON lines)",
+                     NULL, &allow, 1);
+        return;
+    }
+    if (r->ended) {
+        if (r->method == M_BULK)
+            bulk_pump(r);
+        else
+            single_end(r);
+    }
+}
+
+static void on_body(mg_srv_stream_t *s, const uint8_t *data, size_t len)
+{
+    areq_t *r = mg_srv_data(s);
+    if (r == NULL || r->replied) {
+        mg_srv_consume(s, len);
+        return;
+    }
+    r->received += len;
+    if (r->method != M_BULK) {
+        if (r->received > MAX_BODY) {
+            r->unconsumed += len;
+            reply_error(r, 413, "body_too_large", "one user's features are limited to %d bytes",
+                        MAX_BODY);
+            return;
+        }
+        evbuffer_add(r->in, data, len);
+        mg_srv_consume(s, len);
+        return;
+    }
+    evbuffer_add(r->in, data, len);
+    r->unconsumed += len; /* consumed line by line as rows are taken */
+    pin(r);
+    bulk_pump(r);
+    unpin(r);
+}
+
+static void on_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
+{
+    areq_t *r = mg_srv_data(s);
+    if (r == NULL || r->replied || r->ended) /* ended: a request without body started already */
+        return;
+    r->ended = true;
+    pin(r);
+    if (r->method == M_BULK)
+        bulk_pump(r);
+    else
+        single_end(r);
+    unpin(r);
+}
+
+static void on_drain(mg_srv_stream_t *s)
+{
+}
+
+static void on_close(mg_srv_stream_t *s, bool complete)
+{
+    areq_t *r = mg_srv_data(s);
+    if (r == NULL)
+        return;
+    mg_srv_set_data(s, NULL);
+    r->s = NULL;
+    if (!r->busy && r->pins == 0) /* else the job's completion or the caller frees it */
+        areq_free(r);
+}
+
+static const mg_srv_handler_t handler = {
+    .on_request = on_request,
+    .on_body = on_body,
+    .on_end = on_end,
+    .on_drain = on_drain,
+    .on_close = on_close,
+};
+
+const mg_srv_handler_t *mg_fadmin_handler(void)
+{
+    return &handler;
+}

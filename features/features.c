@@ -1,0 +1,673 @@
+/*
+ * features/features.c - a worker's feature lookups (see features.h).
+ *
+ * DESIGN
+ * A fetch is the one lookup in flight for a key "app\0user" on this worker: requests that miss
+ * the local cache while it runs join it as waiters. One timer per fetch fires at the earliest
+ * waiter's deadline (routes of one app may have different budgets) and lets the expired
+ * waiters go on with "timeout"; the fetch itself goes on until its store answers, then
+ * fills the local cache and settles whoever still waits. Redis is asked with one pipeline per
+ * fetch: GET of the user's marker key, then one read per group; hiredis answers in order, and
+ * the fetch decides when the last reply is in. A Redis miss (no marker) passes the fetch to
+ * MariaDB through the shared source, whose answer comes back on this thread through the
+ * worker's sink. Redis state: DOWN -> CONNECTING -> UP; lookups are sent only when UP, so no
+ * request ever waits for a (re)connect; reconnects back off exponentially with jitter.
+ */
+#include "features/features.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "common/log.h"
+#include "features/lru.h"
+
+#define NFETCH_BUCKETS 1024
+#define MAX_FETCHES 10000 /* per worker: beyond, lookups answer "unavailable" */
+#define MAX_GROUPS 16
+
+enum { R_DOWN, R_CONNECTING, R_UP };
+
+typedef struct fetch fetch_t;
+
+typedef struct rcmd {
+    fetch_t *fx;
+    int idx; /* 0 = marker, i = group i - 1 */
+} rcmd_t;
+
+struct fetch {
+    fetch_t *hnext;
+    mg_features_t *f;
+    const mg_fapp_t *app;
+    const char *user; /* inside key */
+    size_t klen;
+    mg_features_ticket_t *head, *tail;
+    struct event *timer;
+    int redis_pending;
+    bool redis_failed, in_db;
+    int marker; /* -1 absent, 0 unknown user, 1 known user */
+    json_t *doc;
+    rcmd_t rc[MAX_GROUPS + 1];
+    char key[];
+};
+
+struct mg_features {
+    struct event_base *base;
+    mg_fsource_t *src;
+    const mg_fconf_t *conf;
+    mg_fmetrics_t *m;
+    mg_flru_t *lru;
+    mg_fsink_t *sink;
+    redisAsyncContext *ac;
+    int rstate;
+    struct event *rtimer; /* reconnect backoff, or connect timeout while CONNECTING */
+    unsigned backoff_ms;
+    uint64_t rng;
+    fetch_t *map[NFETCH_BUCKETS];
+    size_t nfetches;
+    bool closing;
+    mg_log_limit_t loglimit;
+};
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static uint32_t key_hash(const char *k, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)k[i]) * 16777619u;
+    return h & (NFETCH_BUCKETS - 1);
+}
+
+static void drop_val(void *v)
+{
+    mg_fval_unref(v);
+}
+
+/* ---------- tickets ---------- */
+
+static void settle(mg_features_t *f, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val)
+{
+    if (st == MG_FS_HIT && val && val->len > f->conf->max_header_bytes) {
+        st = MG_FS_TOO_LARGE;
+        unsigned long skipped;
+        if (mg_log_limit_pass(&f->loglimit, &skipped))
+            MG_LOG(MG_LOG_WARN, "features",
+                   "features of %zu bytes exceed features.max_header_bytes (%zu); sent without "
+                   "them (%lu similar suppressed)",
+                   val->len, f->conf->max_header_bytes, skipped);
+    }
+    if (st == MG_FS_HIT && val) {
+        mg_fval_ref(val);
+        t->_val = val;
+    }
+    t->_status = (int)st + 1;
+    mg_fmetrics_observe(f->m, st, now_us() - t->_start_us);
+}
+
+static void lru_store(mg_features_t *f, const fetch_t *fx, mg_fval_t *val)
+{
+    const mg_fconf_t *c = f->conf;
+    int64_t now = now_us() / 1000;
+    if (val && c->local.ttl_ms) {
+        mg_fval_ref(val);
+        mg_flru_put(f->lru, fx->key, fx->klen, val, now + c->local.ttl_ms,
+                    now + c->local.ttl_ms + c->local.stale_ms);
+    } else if (val == NULL && c->local.negative_ttl_ms) {
+        mg_flru_put(f->lru, fx->key, fx->klen, NULL, now + c->local.negative_ttl_ms,
+                    now + c->local.negative_ttl_ms);
+    }
+}
+
+static void arm_fetch_timer(fetch_t *fx)
+{
+    if (fx->head == NULL)
+        return;
+    int64_t first = INT64_MAX;
+    for (mg_features_ticket_t *t = fx->head; t; t = t->_next)
+        first = t->_deadline_us < first ? t->_deadline_us : first;
+    int64_t wait = first - now_us();
+    if (wait < 0)
+        wait = 0;
+    struct timeval tv = {wait / 1000000, wait % 1000000};
+    evtimer_add(fx->timer, &tv);
+}
+
+static void unlink_waiter(fetch_t *fx, mg_features_ticket_t *t)
+{
+    if (t->_prev)
+        t->_prev->_next = t->_next;
+    else
+        fx->head = t->_next;
+    if (t->_next)
+        t->_next->_prev = t->_prev;
+    else
+        fx->tail = t->_prev;
+    t->_next = t->_prev = NULL;
+    t->_fetch = NULL;
+}
+
+/* Lets waiter |t| go with |st|; its callback may release any other ticket. */
+static void wake(fetch_t *fx, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val)
+{
+    unlink_waiter(fx, t);
+    settle(fx->f, t, st, val);
+    if (t->_done) /* NULL while mg_features_start runs: it reports the outcome itself */
+        t->_done(t->_ud);
+}
+
+static void on_fetch_timer(evutil_socket_t fd, short what, void *arg)
+{
+    fetch_t *fx = arg;
+    int64_t now = now_us();
+    for (;;) { /* from the head again after each wake: a callback may release others */
+        mg_features_ticket_t *t = fx->head;
+        while (t && t->_deadline_us > now)
+            t = t->_next;
+        if (t == NULL)
+            break;
+        wake(fx, t, MG_FS_TIMEOUT, NULL);
+    }
+    arm_fetch_timer(fx);
+}
+
+/* ---------- fetches ---------- */
+
+static fetch_t **fetch_slot(mg_features_t *f, const char *key, size_t klen)
+{
+    fetch_t **pp = &f->map[key_hash(key, klen)];
+    while (*pp && !((*pp)->klen == klen && memcmp((*pp)->key, key, klen) == 0))
+        pp = &(*pp)->hnext;
+    return pp;
+}
+
+static void fetch_free(fetch_t *fx)
+{
+    mg_features_t *f = fx->f;
+    fetch_t **pp = fetch_slot(f, fx->key, fx->klen);
+    if (*pp == fx)
+        *pp = fx->hnext;
+    f->nfetches--;
+    while (fx->head) { /* only when the worker shuts down: nobody waits any more */
+        mg_features_ticket_t *t = fx->head;
+        unlink_waiter(fx, t);
+    }
+    event_free(fx->timer);
+    json_decref(fx->doc);
+    free(fx);
+}
+
+/* The fetch has its answer: settle every waiter, then free it. */
+static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val)
+{
+    if (!fx->f->closing) {
+        evtimer_del(fx->timer);
+        while (fx->head)
+            wake(fx, fx->head, st, val);
+    }
+    fetch_free(fx);
+}
+
+static void on_db_result(void *ud, void *tag, mg_fdb_result_t r, mg_fval_t *val)
+{
+    fetch_t *fx = tag;
+    fx->in_db = false;
+    if (r == MG_FDB_HIT) {
+        lru_store(fx->f, fx, val);
+        fetch_finish(fx, MG_FS_HIT, val);
+    } else if (r == MG_FDB_MISS) {
+        lru_store(fx->f, fx, NULL);
+        fetch_finish(fx, MG_FS_MISS, NULL);
+    } else {
+        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+    }
+}
+
+static void to_db(fetch_t *fx)
+{
+    mg_features_t *f = fx->f;
+    if (!f->conf->mariadb.on) { /* Redis only: absent means no features */
+        lru_store(f, fx, NULL);
+        fetch_finish(fx, MG_FS_MISS, NULL);
+        return;
+    }
+    fx->in_db = true;
+    if (mg_fsource_lookup(f->src, f->sink, fx->app, fx->user, fx) != MG_OK) {
+        fx->in_db = false;
+        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+    }
+}
+
+/* All of the pipeline's replies are in. */
+static void redis_done(fetch_t *fx)
+{
+    mg_features_t *f = fx->f;
+    if (f->closing) {
+        fetch_free(fx);
+        return;
+    }
+    if (fx->redis_failed) {
+        MG_FM_INC(f->m->redis_error);
+        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+    } else if (fx->marker == 1) {
+        MG_FM_INC(f->m->redis_hit);
+        mg_fval_t *val = fx->doc ? mg_fval_from_json(fx->doc) : mg_fval_new("{}", 2);
+        if (val == NULL) {
+            fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+            return;
+        }
+        lru_store(f, fx, val);
+        fetch_finish(fx, MG_FS_HIT, val);
+        mg_fval_unref(val);
+    } else if (fx->marker == 0) {
+        MG_FM_INC(f->m->redis_negative);
+        lru_store(f, fx, NULL);
+        fetch_finish(fx, MG_FS_MISS, NULL);
+    } else {
+        MG_FM_INC(f->m->redis_miss);
+        to_db(fx);
+    }
+}
+
+/* Adds one group's reply to the fetch's document. Replies are owned by hiredis. */
+static void add_group(fetch_t *fx, const mg_fgroup_t *g, const redisReply *r)
+{
+    json_t *v = NULL;
+    if (g->type == MG_FGROUP_JSON) {
+        if (r->type == REDIS_REPLY_STRING) {
+            json_error_t jerr;
+            v = json_loadb(r->str, (size_t)r->len, JSON_DECODE_ANY, &jerr);
+        }
+    } else if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+        v = g->type == MG_FGROUP_HASH ? json_object() : json_array();
+        for (size_t i = 0; v && i < r->elements; i++) {
+            const redisReply *e = r->element[i];
+            if (e->type != REDIS_REPLY_STRING)
+                continue;
+            json_t *s = json_stringn(e->str, (size_t)e->len);
+            if (g->type == MG_FGROUP_LIST) {
+                json_array_append_new(v, s);
+            } else if (i + 1 < r->elements && r->element[i + 1]->type == REDIS_REPLY_STRING) {
+                const redisReply *val = r->element[++i];
+                char name[256];
+                snprintf(name, sizeof(name), "%.*s", (int)e->len, e->str);
+                json_object_set_new(v, name, json_stringn(val->str, (size_t)val->len));
+                json_decref(s);
+            } else {
+                json_decref(s);
+            }
+        }
+    }
+    if (v == NULL)
+        return;
+    if (fx->doc == NULL)
+        fx->doc = json_object();
+    if (fx->doc)
+        json_object_set(fx->doc, g->name, v);
+    json_decref(v);
+}
+
+static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    rcmd_t *rc = priv;
+    fetch_t *fx = rc->fx;
+    redisReply *r = reply;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        fx->redis_failed = true;
+    } else if (rc->idx == 0) {
+        fx->marker = r->type == REDIS_REPLY_STRING ? (r->len == 1 && r->str[0] == '1' ? 1 : 0) : -1;
+    } else if (!fx->redis_failed) {
+        add_group(fx, &fx->app->groups[rc->idx - 1], r);
+    }
+    if (--fx->redis_pending == 0)
+        redis_done(fx);
+}
+
+/* Sends the pipeline: GET marker, then one read per group. */
+static void redis_send(fetch_t *fx)
+{
+    mg_features_t *f = fx->f;
+    char base[256], key[300];
+    snprintf(base, sizeof(base), "mgf:v1:%s:%s", fx->app->name, fx->user);
+    MG_FM_INC(f->m->redis_lookups);
+    fx->rc[0] = (rcmd_t){fx, 0};
+    int sent = redisAsyncCommand(f->ac, on_redis_reply, &fx->rc[0], "GET %s", base) == REDIS_OK;
+    for (size_t i = 0; sent == (int)i + 1 && i < fx->app->ngroups; i++) {
+        const mg_fgroup_t *g = &fx->app->groups[i];
+        snprintf(key, sizeof(key), "%s:%s", base, g->name);
+        fx->rc[i + 1] = (rcmd_t){fx, (int)i + 1};
+        int rc;
+        if (g->type == MG_FGROUP_HASH)
+            rc = redisAsyncCommand(f->ac, on_redis_reply, &fx->rc[i + 1], "HGETALL %s", key);
+        else if (g->type == MG_FGROUP_LIST)
+            rc = redisAsyncCommand(f->ac, on_redis_reply, &fx->rc[i + 1], "LRANGE %s 0 %u", key,
+                                   g->max_items - 1);
+        else
+            rc = redisAsyncCommand(f->ac, on_redis_reply, &fx->rc[i + 1], "GET %s", key);
+        sent += rc == REDIS_OK;
+    }
+    fx->redis_pending = sent;
+    if (sent != (int)fx->app->ngroups + 1)
+        fx->redis_failed = true; /* the replies already queued still arrive (maybe NULL) */
+    if (sent == 0)
+        redis_done(fx);
+}
+
+/* A new fetch for |key| with |first| (may be NULL) as its waiter, not started yet; NULL when
+ * out of memory. */
+static fetch_t *fetch_new(mg_features_t *f, const mg_fapp_t *app, const char *key, size_t klen,
+                          size_t alen, mg_features_ticket_t *first)
+{
+    fetch_t *fx = calloc(1, sizeof(*fx) + klen + 1);
+    if (fx == NULL)
+        return NULL;
+    fx->f = f;
+    fx->app = app;
+    fx->klen = klen;
+    memcpy(fx->key, key, klen);
+    fx->user = fx->key + alen + 1;
+    fx->marker = -1;
+    if ((fx->timer = evtimer_new(f->base, on_fetch_timer, fx)) == NULL) {
+        free(fx);
+        return NULL;
+    }
+    fetch_t **pp = fetch_slot(f, key, klen);
+    fx->hnext = *pp;
+    *pp = fx;
+    f->nfetches++;
+    if (first) {
+        first->_fetch = fx;
+        fx->head = fx->tail = first;
+        arm_fetch_timer(fx);
+    }
+    return fx;
+}
+
+/* Starts |fx|; it may settle (and be freed) before this returns. */
+static void fetch_go(fetch_t *fx)
+{
+    if (fx->f->conf->redis.on)
+        redis_send(fx);
+    else
+        to_db(fx);
+}
+
+/* ---------- Redis connection ---------- */
+
+static void redis_connect(mg_features_t *f);
+
+static void schedule_reconnect(mg_features_t *f)
+{
+    f->rstate = R_DOWN;
+    unsigned max = f->conf->redis.reconnect_max_ms;
+    f->backoff_ms = f->backoff_ms ? f->backoff_ms * 2 : 50;
+    if (f->backoff_ms > max)
+        f->backoff_ms = max;
+    f->rng ^= f->rng << 13, f->rng ^= f->rng >> 7, f->rng ^= f->rng << 17;
+    unsigned wait = f->backoff_ms * 3 / 4 + (unsigned)(f->rng % (f->backoff_ms / 2 + 1));
+    struct timeval tv = {wait / 1000, (wait % 1000) * 1000};
+    evtimer_add(f->rtimer, &tv);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    mg_features_t *f = ac->data;
+    if (status != REDIS_OK) { /* hiredis frees the context after this */
+        f->ac = NULL;
+        unsigned long skipped;
+        if (mg_log_limit_pass(&f->loglimit, &skipped))
+            MG_LOG(MG_LOG_WARN, "features",
+                   "Redis %s:%u: cannot connect (%s); requests go on without features, "
+                   "retrying with backoff (%lu similar suppressed)",
+                   f->conf->redis.host, f->conf->redis.port, ac->errstr, skipped);
+        schedule_reconnect(f);
+        return;
+    }
+    evtimer_del(f->rtimer);
+    f->rstate = R_UP;
+    f->backoff_ms = 0;
+    MG_FM_INC(f->m->redis_connects);
+    atomic_store(&f->m->redis_up, 1);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    mg_features_t *f = ac->data;
+    f->ac = NULL;
+    if (f->rstate == R_UP) {
+        MG_FM_INC(f->m->redis_disconnects);
+        atomic_store(&f->m->redis_up, 0);
+        if (!f->closing)
+            MG_LOG(MG_LOG_WARN, "features", "Redis %s:%u: connection lost (%s); reconnecting",
+                   f->conf->redis.host, f->conf->redis.port, ac->errstr[0] ? ac->errstr : "closed");
+    }
+    if (!f->closing)
+        schedule_reconnect(f);
+}
+
+static void on_rtimer(evutil_socket_t fd, short what, void *arg)
+{
+    mg_features_t *f = arg;
+    if (f->rstate == R_CONNECTING && f->ac) { /* the connect took too long */
+        redisAsyncContext *ac = f->ac;
+        f->ac = NULL;
+        redisAsyncFree(ac);
+        schedule_reconnect(f);
+        return;
+    }
+    redis_connect(f);
+}
+
+static void redis_connect(mg_features_t *f)
+{
+    const mg_fconf_t *c = f->conf;
+    redisAsyncContext *ac = redisAsyncConnect(c->redis.host, (int)c->redis.port);
+    if (ac == NULL || ac->err) {
+        if (ac)
+            redisAsyncFree(ac);
+        schedule_reconnect(f);
+        return;
+    }
+    ac->data = f;
+    if (redisLibeventAttach(ac, f->base) != REDIS_OK) {
+        redisAsyncFree(ac);
+        schedule_reconnect(f);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    if (c->redis.password)
+        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", c->redis.password);
+    if (c->redis.db)
+        redisAsyncCommand(ac, NULL, NULL, "SELECT %u", c->redis.db);
+    f->ac = ac;
+    f->rstate = R_CONNECTING;
+    struct timeval tv = {c->redis.connect_timeout_ms / 1000,
+                         (c->redis.connect_timeout_ms % 1000) * 1000};
+    evtimer_add(f->rtimer, &tv);
+}
+
+/* ---------- public ---------- */
+
+mg_features_t *mg_features_new(mg_fsource_t *src, struct event_base *base, unsigned worker)
+{
+    mg_features_t *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return NULL;
+    f->base = base;
+    f->src = src;
+    f->conf = mg_fsource_conf(src);
+    f->m = mg_fsource_metrics(src, worker);
+    f->rng = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)worker << 32) ^ (uint64_t)now_us();
+    f->lru = mg_flru_new(f->conf->local.max_entries, drop_val);
+    f->sink = mg_fsink_new(src, base, on_db_result, f);
+    f->rtimer = evtimer_new(base, on_rtimer, f);
+    if (f->lru == NULL || f->sink == NULL || f->rtimer == NULL) {
+        mg_features_free(f);
+        return NULL;
+    }
+    if (f->conf->redis.on)
+        redis_connect(f);
+    return f;
+}
+
+void mg_features_free(mg_features_t *f)
+{
+    if (f == NULL)
+        return;
+    f->closing = true;
+    if (f->ac) { /* calls the pending reply callbacks with NULL: their fetches are freed */
+        redisAsyncContext *ac = f->ac;
+        f->ac = NULL;
+        redisAsyncFree(ac);
+    }
+    mg_fsink_free(f->sink); /* after it, no MariaDB answer can reach a fetch */
+    for (size_t b = 0; b < NFETCH_BUCKETS; b++)
+        while (f->map[b])
+            fetch_free(f->map[b]);
+    if (f->rtimer)
+        event_free(f->rtimer);
+    mg_flru_free(f->lru);
+    free(f);
+}
+
+mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char *app,
+                           const char *env, const mg_hdr_t *hdrs, size_t n,
+                           mg_features_done_fn done, void *ud)
+{
+    memset(t, 0, sizeof(*t));
+    if (f == NULL)
+        return MG_OK;
+    t->_strip = true;
+    const mg_fapp_t *a = mg_fconf_app(f->conf, app);
+    if (a == NULL)
+        return MG_OK;
+    t->_start_us = now_us();
+    const mg_fconf_t *c = f->conf;
+    const char *user = NULL;
+    size_t ulen = 0;
+    for (size_t i = 0; i < n; i++)
+        if (hdrs[i].name_len == c->user_header_len &&
+            memcmp(hdrs[i].name, c->user_header, c->user_header_len) == 0) {
+            user = hdrs[i].value;
+            ulen = hdrs[i].value_len;
+        }
+    if (user == NULL || !mg_fconf_is_user_id(user, ulen)) {
+        settle(f, t, MG_FS_NONE, NULL);
+        return MG_OK;
+    }
+    char key[64 + 1 + 128 + 1];
+    size_t alen = strlen(a->name);
+    if (alen > 64) {
+        settle(f, t, MG_FS_NONE, NULL);
+        return MG_OK;
+    }
+    memcpy(key, a->name, alen + 1);
+    memcpy(key + alen + 1, user, ulen);
+    size_t klen = alen + 1 + ulen;
+    key[klen] = '\0';
+
+    void *cached = NULL;
+    mg_flru_state_t st = mg_flru_get(f->lru, key, klen, t->_start_us / 1000, &cached);
+    fetch_t *fx = st == MG_FLRU_ABSENT ? NULL : *fetch_slot(f, key, klen);
+    if (st != MG_FLRU_ABSENT) {
+        mg_fval_t *val = cached;
+        if (val == NULL)
+            MG_FM_INC(f->m->local_negative);
+        else if (st == MG_FLRU_FRESH)
+            MG_FM_INC(f->m->local_fresh);
+        else
+            MG_FM_INC(f->m->local_stale);
+        if (val)
+            mg_fval_ref(val); /* the background refresh below may replace the entry */
+        settle(f, t, val ? MG_FS_HIT : MG_FS_MISS, val);
+        /* stale: refresh in the background, unless a fetch runs already or Redis is down */
+        if (st == MG_FLRU_STALE && fx == NULL && f->nfetches < MAX_FETCHES &&
+            (!c->redis.on || f->rstate == R_UP) &&
+            (fx = fetch_new(f, a, key, klen, alen, NULL)) != NULL)
+            fetch_go(fx);
+        mg_fval_unref(val);
+        return MG_OK;
+    }
+    MG_FM_INC(f->m->local_absent);
+    t->_done = done;
+    t->_ud = ud;
+    t->_deadline_us = t->_start_us + (int64_t)mg_fconf_timeout_ms(a, env) * 1000;
+    if ((fx = *fetch_slot(f, key, klen)) != NULL) { /* coalesce */
+        MG_FM_INC(f->m->coalesced);
+        t->_fetch = fx;
+        t->_prev = fx->tail;
+        if (fx->tail)
+            fx->tail->_next = t;
+        else
+            fx->head = t;
+        fx->tail = t;
+        arm_fetch_timer(fx);
+        return MG_E_AGAIN;
+    }
+    if ((c->redis.on && f->rstate != R_UP) || f->nfetches >= MAX_FETCHES) {
+        settle(f, t, MG_FS_UNAVAILABLE, NULL); /* never wait for a reconnect */
+        return MG_OK;
+    }
+    t->_done = NULL; /* no callback while starting: a fetch that settles at once says MG_OK */
+    if ((fx = fetch_new(f, a, key, klen, alen, t)) == NULL) {
+        settle(f, t, MG_FS_UNAVAILABLE, NULL);
+        return MG_OK;
+    }
+    fetch_go(fx);
+    if (t->_fetch == NULL)
+        return MG_OK;
+    t->_done = done;
+    return MG_E_AGAIN;
+}
+
+size_t mg_features_headers(const mg_features_ticket_t *t, mg_hdr_t *h, size_t n)
+{
+    if (!t->_strip)
+        return n;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) { /* only the gateway may say what the features are */
+        if ((h[i].name_len == 15 && memcmp(h[i].name, "x-user-features", 15) == 0) ||
+            (h[i].name_len == 20 && memcmp(h[i].name, "x-modelgate-features", 20) == 0))
+            continue;
+        h[k++] = h[i];
+    }
+    if (t->_status == 0)
+        return k;
+    if (t->_val)
+        /* never indexed: one value per user would only evict the stable fields from the
+         * upstream connection's HPACK table */
+        h[k++] = (mg_hdr_t){"x-user-features", t->_val->text, 15, t->_val->len, true};
+    const char *st = mg_fstatus_name((mg_fstatus_t)(t->_status - 1));
+    h[k++] = (mg_hdr_t){"x-modelgate-features", st, 20, strlen(st), false};
+    return k;
+}
+
+const char *mg_features_status(const mg_features_ticket_t *t)
+{
+    return t->_status ? mg_fstatus_name((mg_fstatus_t)(t->_status - 1)) : NULL;
+}
+
+const char *mg_features_hash(const mg_features_ticket_t *t)
+{
+    return t->_val ? t->_val->hash : NULL;
+}
+
+void mg_features_release(mg_features_ticket_t *t)
+{
+    if (t->_fetch)
+        unlink_waiter(t->_fetch, t); /* the fetch's timer may fire early: it re-arms */
+    t->_done = NULL;
+    mg_fval_unref(t->_val);
+    t->_val = NULL;
+}

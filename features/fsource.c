@@ -1,0 +1,979 @@
+/*
+ * features/fsource.c - MariaDB threads, Redis write-back, cross-worker coalescing (see
+ * fsource.h).
+ *
+ * DESIGN
+ * One mutex guards everything shared: the lookup map (key "app\0user" -> job), the queue of
+ * lookups, the queue of writes, the list of jobs kept after completion ("linger") and the
+ * sinks' result queues. Threads take lookups before writes, so a bulk load never delays a
+ * request's lookup behind it by more than one batch. A job's waiters are (sink, tag) pairs;
+ * completing a job appends one result per waiter to its sink's queue and writes one byte to
+ * the sink's pipe (a full pipe already holds a wake-up).
+ *
+ * A thread that fails to connect to MariaDB fails its jobs at once for the next 500 ms instead
+ * of blocking each of them for the connect timeout; a broken connection is reopened once per
+ * job. Redis write-back failures are counted and logged (rate-limited), never fatal: the next
+ * lookup simply misses Redis again.
+ */
+#include "features/fsource.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <errmsg.h>
+#include <event2/buffer.h>
+#include <hiredis/hiredis.h>
+#include <mysql.h>
+
+#include "common/log.h"
+
+#define NBUCKETS 4096
+#define LINGER_MS 1000
+#define MAX_QUEUED 100000
+#define CONNECT_BACKOFF_MS 500
+
+typedef struct waiter {
+    struct waiter *next;
+    mg_fsink_t *sink;
+    void *tag;
+} waiter_t;
+
+enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE };
+
+typedef struct ljob {
+    struct ljob *hnext; /* map chain */
+    struct ljob *qnext; /* lookup queue while queued, linger list once done */
+    const mg_fapp_t *app;
+    char *user;
+    char *key;
+    size_t klen;
+    waiter_t *waiters;
+    int state;
+    mg_fdb_result_t result;
+    mg_fval_t *val;
+    int64_t done_ms;
+} ljob_t;
+
+typedef struct rnode {
+    struct rnode *next;
+    void *tag;
+    mg_fdb_result_t result;
+    mg_fval_t *val;
+} rnode_t;
+
+struct mg_fsink {
+    mg_fsource_t *s;
+    mg_fsink_t *next;
+    int pipe[2];
+    struct event *ev;
+    rnode_t *head, *tail; /* under s->lock */
+    mg_fsink_fn fn;
+    void *ud;
+};
+
+typedef struct dbthread {
+    mg_fsource_t *s;
+    pthread_t tid;
+    MYSQL *db;
+    int64_t db_retry_ms; /* no connect attempt before this */
+    redisContext *redis;
+    int64_t redis_retry_ms;
+    mg_log_limit_t loglimit;
+} dbthread_t;
+
+struct mg_fsource {
+    const mg_fconf_t *conf;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    ljob_t *map[NBUCKETS];
+    ljob_t *lq_head, *lq_tail;         /* queued lookups */
+    ljob_t *linger_head, *linger_tail; /* done lookups, oldest first */
+    mg_fwrite_t *wq_head, *wq_tail;
+    size_t queued;
+    mg_fsink_t *sinks;
+    bool stopping, stopped;
+    dbthread_t *threads;
+    unsigned nthreads, started;
+    mg_fmetrics_t *wm; /* per worker */
+    unsigned nworkers;
+    mg_fdb_metrics_t dbm;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint32_t key_hash(const char *k, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)k[i]) * 16777619u;
+    return h & (NBUCKETS - 1);
+}
+
+/* ---------- sinks ---------- */
+
+static void on_sink(evutil_socket_t fd, short what, void *arg)
+{
+    mg_fsink_t *k = arg;
+    char buf[256];
+    while (read(fd, buf, sizeof(buf)) > 0) /* wake-ups carry no data */
+        ;
+    pthread_mutex_lock(&k->s->lock);
+    rnode_t *r = k->head;
+    k->head = k->tail = NULL;
+    pthread_mutex_unlock(&k->s->lock);
+    while (r) {
+        rnode_t *next = r->next;
+        k->fn(k->ud, r->tag, r->result, r->val);
+        mg_fval_unref(r->val);
+        free(r);
+        r = next;
+    }
+}
+
+mg_fsink_t *mg_fsink_new(mg_fsource_t *s, struct event_base *base, mg_fsink_fn fn, void *ud)
+{
+    mg_fsink_t *k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return NULL;
+    k->s = s;
+    k->fn = fn;
+    k->ud = ud;
+    if (pipe2(k->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+        free(k);
+        return NULL;
+    }
+    k->ev = event_new(base, k->pipe[0], EV_READ | EV_PERSIST, on_sink, k);
+    if (k->ev == NULL || event_add(k->ev, NULL) != 0) {
+        if (k->ev)
+            event_free(k->ev);
+        close(k->pipe[0]);
+        close(k->pipe[1]);
+        free(k);
+        return NULL;
+    }
+    pthread_mutex_lock(&s->lock);
+    k->next = s->sinks;
+    s->sinks = k;
+    pthread_mutex_unlock(&s->lock);
+    return k;
+}
+
+void mg_fsink_free(mg_fsink_t *k)
+{
+    if (k == NULL)
+        return;
+    mg_fsource_t *s = k->s;
+    pthread_mutex_lock(&s->lock);
+    for (mg_fsink_t **pp = &s->sinks; *pp; pp = &(*pp)->next)
+        if (*pp == k) {
+            *pp = k->next;
+            break;
+        }
+    for (size_t b = 0; b < NBUCKETS; b++) /* shutdown only: a full scan is fine */
+        for (ljob_t *j = s->map[b]; j; j = j->hnext)
+            for (waiter_t **wp = &j->waiters; *wp;) {
+                if ((*wp)->sink == k) {
+                    waiter_t *w = *wp;
+                    *wp = w->next;
+                    free(w);
+                } else {
+                    wp = &(*wp)->next;
+                }
+            }
+    rnode_t *r = k->head;
+    k->head = k->tail = NULL;
+    pthread_mutex_unlock(&s->lock);
+    while (r) {
+        rnode_t *next = r->next;
+        mg_fval_unref(r->val);
+        free(r);
+        r = next;
+    }
+    event_free(k->ev);
+    close(k->pipe[0]);
+    close(k->pipe[1]);
+    free(k);
+}
+
+/* Under s->lock. */
+static void post(mg_fsink_t *k, void *tag, mg_fdb_result_t result, mg_fval_t *val)
+{
+    rnode_t *r = malloc(sizeof(*r));
+    if (r == NULL)
+        return; /* the worker's request times out: the budget bounds it */
+    r->next = NULL;
+    r->tag = tag;
+    r->result = result;
+    r->val = val;
+    if (val)
+        mg_fval_ref(val);
+    if (k->tail)
+        k->tail->next = r;
+    else
+        k->head = r;
+    k->tail = r;
+    ssize_t n = write(k->pipe[1], "!", 1);
+    (void)n;
+}
+
+/* ---------- the lookup map ---------- */
+
+static ljob_t **map_slot(mg_fsource_t *s, const char *key, size_t klen)
+{
+    ljob_t **pp = &s->map[key_hash(key, klen)];
+    while (*pp && !((*pp)->klen == klen && memcmp((*pp)->key, key, klen) == 0))
+        pp = &(*pp)->hnext;
+    return pp;
+}
+
+static void job_free(ljob_t *j)
+{
+    while (j->waiters) {
+        waiter_t *w = j->waiters;
+        j->waiters = w->next;
+        free(w);
+    }
+    mg_fval_unref(j->val);
+    free(j->key);
+    free(j);
+}
+
+/* Under s->lock: removes the job from the map (it is on no queue). */
+static void map_remove(mg_fsource_t *s, ljob_t *j)
+{
+    ljob_t **pp = map_slot(s, j->key, j->klen);
+    if (*pp == j)
+        *pp = j->hnext;
+}
+
+/* Under s->lock: drops kept results older than LINGER_MS. */
+static void purge_linger(mg_fsource_t *s, int64_t now)
+{
+    while (s->linger_head && now - s->linger_head->done_ms >= LINGER_MS) {
+        ljob_t *j = s->linger_head;
+        s->linger_head = j->qnext;
+        if (s->linger_head == NULL)
+            s->linger_tail = NULL;
+        map_remove(s, j);
+        job_free(j);
+    }
+}
+
+/* Under s->lock: forgets the kept result of |key| (it was just written). */
+static void forget(mg_fsource_t *s, const char *key, size_t klen)
+{
+    ljob_t *j = *map_slot(s, key, klen);
+    if (j == NULL || j->state != JOB_DONE)
+        return;
+    map_remove(s, j);
+    ljob_t **pp = &s->linger_head, *prev = NULL;
+    while (*pp && *pp != j) {
+        prev = *pp;
+        pp = &(*pp)->qnext;
+    }
+    if (*pp) {
+        *pp = j->qnext;
+        if (s->linger_tail == j)
+            s->linger_tail = prev;
+    }
+    job_free(j);
+}
+
+static char *make_key(const mg_fapp_t *app, const char *user, size_t *klen)
+{
+    size_t al = strlen(app->name), ul = strlen(user);
+    char *k = malloc(al + 1 + ul + 1);
+    if (k) {
+        memcpy(k, app->name, al + 1);
+        memcpy(k + al + 1, user, ul + 1);
+    }
+    *klen = al + 1 + ul;
+    return k;
+}
+
+mg_err_t mg_fsource_lookup(mg_fsource_t *s, mg_fsink_t *k, const mg_fapp_t *app, const char *user,
+                           void *tag)
+{
+    if (!s->conf->mariadb.on)
+        return MG_E_UPSTREAM;
+    size_t klen;
+    char *key = make_key(app, user, &klen);
+    waiter_t *w = malloc(sizeof(*w));
+    if (key == NULL || w == NULL) {
+        free(key);
+        free(w);
+        return MG_E_NOMEM;
+    }
+    w->sink = k;
+    w->tag = tag;
+    w->next = NULL;
+    mg_err_t err = MG_OK;
+    pthread_mutex_lock(&s->lock);
+    purge_linger(s, now_ms());
+    ljob_t *j = *map_slot(s, key, klen);
+    if (s->stopping) {
+        err = MG_E_UPSTREAM;
+    } else if (j && j->state == JOB_DONE) { /* answered moments ago */
+        post(k, tag, j->result, j->val);
+        MG_FM_INC(s->dbm.coalesced);
+    } else if (j) { /* queued or running: join it */
+        w->next = j->waiters;
+        j->waiters = w;
+        w = NULL;
+        MG_FM_INC(s->dbm.coalesced);
+    } else if (s->queued >= MAX_QUEUED) {
+        err = MG_E_LIMIT;
+    } else if ((j = calloc(1, sizeof(*j))) == NULL) {
+        err = MG_E_NOMEM;
+    } else {
+        j->app = app;
+        j->key = key;
+        j->klen = klen;
+        j->user = key + strlen(app->name) + 1;
+        key = NULL;
+        j->waiters = w;
+        w = NULL;
+        j->state = JOB_QUEUED;
+        ljob_t **pp = map_slot(s, j->key, j->klen);
+        *pp = j;
+        if (s->lq_tail)
+            s->lq_tail->qnext = j;
+        else
+            s->lq_head = j;
+        s->lq_tail = j;
+        s->queued++;
+        pthread_cond_signal(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(key);
+    free(w);
+    return err;
+}
+
+/* ---------- MariaDB ---------- */
+
+static void db_close(dbthread_t *t)
+{
+    if (t->db)
+        mysql_close(t->db);
+    t->db = NULL;
+}
+
+/* Connects (and creates the table when missing) unless a recent attempt failed. */
+static bool db_ready(dbthread_t *t, char *why, size_t cap)
+{
+    const mg_fconf_t *c = t->s->conf;
+    if (t->db)
+        return true;
+    if (now_ms() < t->db_retry_ms) {
+        snprintf(why, cap, "MariaDB %s:%u is unreachable (retrying shortly)", c->mariadb.host,
+                 c->mariadb.port);
+        return false;
+    }
+    MYSQL *db = mysql_init(NULL);
+    if (db == NULL) {
+        snprintf(why, cap, "out of memory");
+        return false;
+    }
+    unsigned to = c->mariadb.timeout_s;
+    mysql_options(db, MYSQL_OPT_CONNECT_TIMEOUT, &to);
+    mysql_options(db, MYSQL_OPT_READ_TIMEOUT, &to);
+    mysql_options(db, MYSQL_OPT_WRITE_TIMEOUT, &to);
+    mysql_options(db, MYSQL_SET_CHARSET_NAME, "utf8mb4");
+    if (mysql_real_connect(db, c->mariadb.host, c->mariadb.user, c->mariadb.password,
+                           c->mariadb.database, c->mariadb.port, NULL, 0) == NULL) {
+        snprintf(why, cap, "cannot connect to MariaDB %s:%u as %s, database %s (%s)",
+                 c->mariadb.host, c->mariadb.port, c->mariadb.user, c->mariadb.database,
+                 mysql_error(db));
+        mysql_close(db);
+        t->db_retry_ms = now_ms() + CONNECT_BACKOFF_MS;
+        unsigned long skipped;
+        if (mg_log_limit_pass(&t->loglimit, &skipped))
+            MG_LOG(MG_LOG_WARN, "features", "%s (%lu similar suppressed)", why, skipped);
+        return false;
+    }
+    char sql[600];
+    snprintf(sql, sizeof(sql),
+             "CREATE TABLE IF NOT EXISTS `%s` (app VARCHAR(64) NOT NULL, user_id VARCHAR(128) "
+             "NOT NULL, features LONGTEXT NOT NULL CHECK (JSON_VALID(features)), updated_at "
+             "TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6), "
+             "PRIMARY KEY (app, user_id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+             c->mariadb.table);
+    if (mysql_real_query(db, sql, strlen(sql)) != 0)
+        MG_LOG(MG_LOG_WARN, "features", "MariaDB: cannot create table %s (%s); assuming it exists",
+               c->mariadb.table, mysql_error(db));
+    t->db = db;
+    return true;
+}
+
+/* Runs |sql|; reconnects and retries once when the connection was lost (server restarted). */
+static bool db_query(dbthread_t *t, const char *sql, size_t len, char *why, size_t cap)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!db_ready(t, why, cap))
+            return false;
+        if (mysql_real_query(t->db, sql, len) == 0)
+            return true;
+        unsigned e = mysql_errno(t->db);
+        snprintf(why, cap, "MariaDB query failed: %s", mysql_error(t->db));
+        bool lost = e == CR_SERVER_GONE_ERROR || e == CR_SERVER_LOST || e == 1927 /* killed */;
+        db_close(t);
+        if (!lost)
+            return false;
+    }
+    return false;
+}
+
+/* Appends 'escaped' to |b|. */
+static void add_quoted(dbthread_t *t, struct evbuffer *b, const char *s)
+{
+    size_t n = strlen(s);
+    char *tmp = malloc(2 * n + 3);
+    if (tmp == NULL)
+        return;
+    tmp[0] = '\'';
+    unsigned long m = mysql_real_escape_string(t->db, tmp + 1, s, n);
+    tmp[m + 1] = '\'';
+    evbuffer_add(b, tmp, m + 2);
+    free(tmp);
+}
+
+/* ---------- Redis write-back ---------- */
+
+static bool redis_ready(dbthread_t *t)
+{
+    const mg_fconf_t *c = t->s->conf;
+    if (t->redis)
+        return true;
+    if (!c->redis.on || now_ms() < t->redis_retry_ms)
+        return false;
+    struct timeval tv = {c->redis.connect_timeout_ms / 1000,
+                         (c->redis.connect_timeout_ms % 1000) * 1000};
+    redisContext *r = redisConnectWithTimeout(c->redis.host, (int)c->redis.port, tv);
+    if (r && !r->err) {
+        redisSetTimeout(r, tv);
+        redisReply *rep = NULL;
+        if (c->redis.password)
+            rep = redisCommand(r, "AUTH %s", c->redis.password);
+        if (!c->redis.password || (rep && rep->type != REDIS_REPLY_ERROR)) {
+            freeReplyObject(rep);
+            rep = redisCommand(r, "SELECT %u", c->redis.db);
+            if (rep && rep->type != REDIS_REPLY_ERROR) {
+                freeReplyObject(rep);
+                t->redis = r;
+                return true;
+            }
+        }
+        freeReplyObject(rep);
+    }
+    if (r)
+        redisFree(r);
+    t->redis_retry_ms = now_ms() + CONNECT_BACKOFF_MS;
+    return false;
+}
+
+typedef struct cmd {
+    const char **argv;
+    size_t *lens;
+    int argc, cap;
+} cmd_t;
+
+static void cmd_add(cmd_t *c, const char *s, size_t len)
+{
+    if (c->argc == c->cap) {
+        int ncap = c->cap ? c->cap * 2 : 16;
+        const char **na = realloc(c->argv, sizeof(*na) * (size_t)ncap);
+        size_t *nl = na ? realloc(c->lens, sizeof(*nl) * (size_t)ncap) : NULL;
+        if (na)
+            c->argv = na;
+        if (nl == NULL)
+            return;
+        c->lens = nl;
+        c->cap = ncap;
+    }
+    c->argv[c->argc] = s;
+    c->lens[c->argc++] = len;
+}
+
+#define CMD_S(c, s) cmd_add((c), (s), strlen(s))
+
+/* Appends to the pipeline the commands that make Redis hold |doc| (NULL: the user is unknown)
+ * for (app, user); returns how many replies to read. Layout: conf/README.md "features". */
+static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *app, const char *user,
+                       const json_t *doc)
+{
+    char base[256], key[300], ttl[16];
+    snprintf(base, sizeof(base), "mgf:v1:%s:%s", app->name, user);
+    int n = 0;
+    redisAppendCommand(r, "MULTI");
+    n++;
+    for (size_t i = 0; i < app->ngroups; i++) {
+        const mg_fgroup_t *g = &app->groups[i];
+        snprintf(key, sizeof(key), "%s:%s", base, g->name);
+        redisAppendCommand(r, "DEL %s", key);
+        n++;
+        const json_t *v = doc ? json_object_get(doc, g->name) : NULL;
+        if (v == NULL)
+            continue;
+        cmd_t cmd = {0};
+        char *json = NULL;
+        if (g->type == MG_FGROUP_HASH) {
+            CMD_S(&cmd, "HSET");
+            CMD_S(&cmd, key);
+            const char *f;
+            json_t *x;
+            json_object_foreach((json_t *)v, f, x)
+            {
+                CMD_S(&cmd, f);
+                cmd_add(&cmd, json_string_value(x), json_string_length(x));
+            }
+        } else if (g->type == MG_FGROUP_LIST) {
+            CMD_S(&cmd, "RPUSH"); /* the array is newest first; RPUSH keeps that order */
+            CMD_S(&cmd, key);
+            for (size_t k = 0; k < json_array_size(v); k++)
+                cmd_add(&cmd, json_string_value(json_array_get(v, k)),
+                        json_string_length(json_array_get(v, k)));
+        } else {
+            json =
+                json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);
+            CMD_S(&cmd, "SET");
+            CMD_S(&cmd, key);
+            if (json)
+                CMD_S(&cmd, json);
+        }
+        if (cmd.argc >= 3 && cmd.argv && cmd.lens) {
+            redisAppendCommandArgv(r, cmd.argc, cmd.argv, cmd.lens);
+            redisAppendCommand(r, "EXPIRE %s %u", key, c->redis.ttl_s);
+            n += 2;
+        }
+        free(json);
+        free(cmd.argv);
+        free(cmd.lens);
+    }
+    snprintf(ttl, sizeof(ttl), "%u", doc ? c->redis.ttl_s : c->redis.negative_ttl_s);
+    redisAppendCommand(r, "SET %s %s EX %s", base, doc ? "1" : "0", ttl);
+    redisAppendCommand(r, "EXEC");
+    return n + 2;
+}
+
+/* Writes |n| users to Redis in one round trip. */
+static void redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
+                        json_t *const *docs, size_t n)
+{
+    mg_fsource_t *s = t->s;
+    if (!s->conf->redis.on)
+        return;
+    if (!redis_ready(t)) {
+        MG_FM_INC(s->dbm.writeback_error);
+        return;
+    }
+    int replies = 0;
+    for (size_t i = 0; i < n; i++)
+        replies += append_user(t->redis, s->conf, app, users[i], docs ? docs[i] : NULL);
+    bool ok = true;
+    for (int i = 0; i < replies; i++) {
+        void *rep = NULL;
+        if (redisGetReply(t->redis, &rep) != REDIS_OK) {
+            ok = false;
+            break;
+        }
+        if (((redisReply *)rep)->type == REDIS_REPLY_ERROR)
+            ok = false;
+        freeReplyObject(rep);
+    }
+    if (ok) {
+        MG_FM_INC(s->dbm.writeback_ok);
+        return;
+    }
+    MG_FM_INC(s->dbm.writeback_error);
+    unsigned long skipped;
+    if (mg_log_limit_pass(&t->loglimit, &skipped))
+        MG_LOG(MG_LOG_WARN, "features",
+               "Redis %s:%u: write-back failed (%s); lookups will miss Redis until it works "
+               "(%lu similar suppressed)",
+               s->conf->redis.host, s->conf->redis.port,
+               t->redis->err ? t->redis->errstr : "error reply", skipped);
+    redisFree(t->redis); /* replies may be out of step now */
+    t->redis = NULL;
+}
+
+/* ---------- jobs ---------- */
+
+static void run_lookup(dbthread_t *t, ljob_t *j)
+{
+    mg_fsource_t *s = t->s;
+    char why[512];
+    MG_FM_INC(s->dbm.lookups);
+    j->result = MG_FDB_ERROR;
+    struct evbuffer *q = evbuffer_new();
+    if (q == NULL || !db_ready(t, why, sizeof(why))) {
+        MG_FM_INC(s->dbm.error);
+        if (q)
+            evbuffer_free(q);
+        return;
+    }
+    evbuffer_add_printf(q, "SELECT features FROM `%s` WHERE app=", s->conf->mariadb.table);
+    add_quoted(t, q, j->app->name);
+    evbuffer_add_printf(q, " AND user_id=");
+    add_quoted(t, q, j->user);
+    size_t len = evbuffer_get_length(q);
+    bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, why, sizeof(why));
+    evbuffer_free(q);
+    MYSQL_RES *res = ok ? mysql_store_result(t->db) : NULL;
+    if (res == NULL) {
+        MG_FM_INC(s->dbm.error);
+        unsigned long skipped;
+        if (mg_log_limit_pass(&t->loglimit, &skipped))
+            MG_LOG(MG_LOG_WARN, "features", "lookup of %s/%s: %s (%lu similar suppressed)",
+                   j->app->name, j->user, ok ? mysql_error(t->db) : why, skipped);
+        return;
+    }
+    MYSQL_ROW row = mysql_fetch_row(res);
+    unsigned long *lens = row ? mysql_fetch_lengths(res) : NULL;
+    json_t *doc = NULL;
+    if (row && row[0]) {
+        json_error_t jerr;
+        json_t *raw = json_loadb(row[0], lens[0], 0, &jerr);
+        doc = raw ? mg_fval_normalize(j->app, raw, false, why, sizeof(why)) : NULL;
+        json_decref(raw);
+        if (doc == NULL)
+            MG_LOG(MG_LOG_WARN, "features",
+                   "%s/%s: stored features are not a JSON object; "
+                   "treated as no features",
+                   j->app->name, j->user);
+    }
+    mysql_free_result(res);
+    if (doc) {
+        j->val = mg_fval_from_json(doc);
+        j->result = j->val ? MG_FDB_HIT : MG_FDB_ERROR;
+        MG_FM_INC(s->dbm.hit);
+    } else {
+        j->result = MG_FDB_MISS;
+        MG_FM_INC(s->dbm.miss);
+    }
+    /* cache-aside: Redis first, so that the next request of any worker finds it there */
+    if (j->result != MG_FDB_ERROR)
+        redis_write(t, j->app, &j->user, doc ? &doc : NULL, 1);
+    json_decref(doc);
+}
+
+/* Under s->lock: delivers |j|'s result and keeps it (or drops it, on error). */
+static void finish_lookup(mg_fsource_t *s, ljob_t *j)
+{
+    for (waiter_t *w = j->waiters; w; w = w->next)
+        post(w->sink, w->tag, j->result, j->val);
+    while (j->waiters) {
+        waiter_t *w = j->waiters;
+        j->waiters = w->next;
+        free(w);
+    }
+    if (j->result == MG_FDB_ERROR) { /* errors are not remembered */
+        map_remove(s, j);
+        job_free(j);
+        return;
+    }
+    j->state = JOB_DONE;
+    j->done_ms = now_ms();
+    j->qnext = NULL;
+    if (s->linger_tail)
+        s->linger_tail->qnext = j;
+    else
+        s->linger_head = j;
+    s->linger_tail = j;
+}
+
+static void run_write(dbthread_t *t, mg_fwrite_t *w)
+{
+    mg_fsource_t *s = t->s;
+    const char *table = s->conf->mariadb.table;
+    w->err = MG_E_UPSTREAM;
+    if (!db_ready(t, w->errmsg, sizeof(w->errmsg)))
+        return;
+    struct evbuffer *q = evbuffer_new();
+    if (q == NULL) {
+        snprintf(w->errmsg, sizeof(w->errmsg), "out of memory");
+        return;
+    }
+    if (w->op == MG_FW_PUT) {
+        evbuffer_add_printf(q, "INSERT INTO `%s` (app, user_id, features) VALUES ", table);
+        for (size_t i = 0; i < w->n; i++) {
+            char *text = json_dumps(w->docs[i], JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);
+            evbuffer_add_printf(q, "%s(", i ? "," : "");
+            add_quoted(t, q, w->app->name);
+            evbuffer_add(q, ",", 1);
+            add_quoted(t, q, w->users[i]);
+            evbuffer_add(q, ",", 1);
+            add_quoted(t, q, text ? text : "{}");
+            evbuffer_add(q, ")", 1);
+            free(text);
+        }
+        evbuffer_add_printf(q, " ON DUPLICATE KEY UPDATE features=VALUES(features)");
+    } else {
+        evbuffer_add_printf(q,
+                            w->op == MG_FW_GET ? "SELECT features FROM `%s` WHERE app="
+                                               : "DELETE FROM `%s` WHERE app=",
+                            table);
+        add_quoted(t, q, w->app->name);
+        evbuffer_add_printf(q, " AND user_id=");
+        add_quoted(t, q, w->users[0]);
+    }
+    size_t len = evbuffer_get_length(q);
+    bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, w->errmsg, sizeof(w->errmsg));
+    evbuffer_free(q);
+    if (!ok)
+        return;
+    if (w->op == MG_FW_GET) {
+        MYSQL_RES *res = mysql_store_result(t->db);
+        MYSQL_ROW row = res ? mysql_fetch_row(res) : NULL;
+        if (row && row[0]) {
+            w->got = strdup(row[0]);
+            w->affected = 1;
+        }
+        if (res)
+            mysql_free_result(res);
+        w->err = MG_OK;
+        return;
+    }
+    w->err = MG_OK;
+    my_ulonglong aff = mysql_affected_rows(t->db);
+    w->affected = w->op == MG_FW_PUT ? w->n : (size_t)aff;
+    atomic_fetch_add(w->op == MG_FW_PUT ? &s->dbm.rows_written : &s->dbm.rows_deleted,
+                     (unsigned long long)w->affected);
+    /* a kept lookup result of these users is outdated now */
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < w->n; i++) {
+        size_t klen;
+        char *key = make_key(w->app, w->users[i], &klen);
+        if (key)
+            forget(s, key, klen);
+        free(key);
+    }
+    pthread_mutex_unlock(&s->lock);
+    redis_write(t, w->app, w->users, w->op == MG_FW_PUT ? w->docs : NULL, w->n);
+}
+
+static void on_write_done(evutil_socket_t fd, short what, void *arg)
+{
+    mg_fwrite_t *w = arg;
+    w->done(w);
+}
+
+static void complete_write(mg_fwrite_t *w)
+{
+    struct timeval zero = {0, 0};
+    if (event_base_once(w->base, -1, EV_TIMEOUT, on_write_done, w, &zero) != 0)
+        MG_LOG(MG_LOG_ERROR, "features",
+               "cannot schedule a write completion; one admin "
+               "request will time out");
+}
+
+static void *db_main(void *arg)
+{
+    dbthread_t *t = arg;
+    mg_fsource_t *s = t->s;
+    char name[16];
+    snprintf(name, sizeof(name), "mg-features-db");
+    pthread_setname_np(pthread_self(), name);
+    mysql_thread_init();
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->stopping && s->lq_head == NULL && s->wq_head == NULL)
+            pthread_cond_wait(&s->cond, &s->lock);
+        if (s->stopping)
+            break;
+        if (s->lq_head) {
+            ljob_t *j = s->lq_head;
+            s->lq_head = j->qnext;
+            if (s->lq_head == NULL)
+                s->lq_tail = NULL;
+            s->queued--;
+            j->state = JOB_RUNNING;
+            pthread_mutex_unlock(&s->lock);
+            run_lookup(t, j);
+            pthread_mutex_lock(&s->lock);
+            finish_lookup(s, j);
+        } else {
+            mg_fwrite_t *w = s->wq_head;
+            s->wq_head = w->_next;
+            if (s->wq_head == NULL)
+                s->wq_tail = NULL;
+            pthread_mutex_unlock(&s->lock);
+            run_write(t, w);
+            complete_write(w);
+            pthread_mutex_lock(&s->lock);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    db_close(t);
+    if (t->redis)
+        redisFree(t->redis);
+    t->redis = NULL;
+    mysql_thread_end();
+    return NULL;
+}
+
+/* ---------- writes ---------- */
+
+mg_fwrite_t *mg_fwrite_new(const mg_fapp_t *app, mg_fwrite_op_t op, size_t cap)
+{
+    mg_fwrite_t *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return NULL;
+    w->app = app;
+    w->op = op;
+    w->users = calloc(cap ? cap : 1, sizeof(char *));
+    w->docs = calloc(cap ? cap : 1, sizeof(json_t *));
+    if (w->users == NULL || w->docs == NULL) {
+        mg_fwrite_free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void mg_fwrite_free(mg_fwrite_t *w)
+{
+    if (w == NULL)
+        return;
+    for (size_t i = 0; i < w->n; i++) {
+        free(w->users[i]);
+        json_decref(w->docs[i]);
+    }
+    free(w->users);
+    free(w->docs);
+    free(w->got);
+    free(w);
+}
+
+mg_err_t mg_fsource_write(mg_fsource_t *s, mg_fwrite_t *w)
+{
+    if (!s->conf->mariadb.on)
+        return MG_E_UPSTREAM;
+    pthread_mutex_lock(&s->lock);
+    bool stopping = s->stopping;
+    if (!stopping) {
+        w->_next = NULL;
+        if (s->wq_tail)
+            s->wq_tail->_next = w;
+        else
+            s->wq_head = w;
+        s->wq_tail = w;
+        pthread_cond_signal(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return stopping ? MG_E_UPSTREAM : MG_OK;
+}
+
+/* ---------- lifecycle ---------- */
+
+mg_fsource_t *mg_fsource_new(const mg_fconf_t *conf, unsigned nworkers, char *err, size_t errlen)
+{
+    mg_fsource_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        snprintf(err, errlen, "features: out of memory");
+        return NULL;
+    }
+    s->conf = conf;
+    s->nworkers = nworkers;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    s->wm = calloc(nworkers ? nworkers : 1, sizeof(*s->wm));
+    if (s->wm == NULL) {
+        snprintf(err, errlen, "features: out of memory");
+        goto fail;
+    }
+    if (conf->mariadb.on) {
+        s->nthreads = conf->mariadb.threads;
+        s->threads = calloc(s->nthreads, sizeof(*s->threads));
+        if (s->threads == NULL) {
+            snprintf(err, errlen, "features: out of memory");
+            goto fail;
+        }
+        mysql_library_init(0, NULL, NULL);
+        for (unsigned i = 0; i < s->nthreads; i++) {
+            s->threads[i].s = s;
+            if (pthread_create(&s->threads[i].tid, NULL, db_main, &s->threads[i]) != 0) {
+                snprintf(err, errlen, "features: cannot start a MariaDB thread (%s)",
+                         strerror(errno));
+                goto fail;
+            }
+            s->started++;
+        }
+    }
+    return s;
+fail:
+    mg_fsource_free(s);
+    return NULL;
+}
+
+void mg_fsource_stop(mg_fsource_t *s)
+{
+    if (s == NULL || s->stopped)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = true;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    for (unsigned i = 0; i < s->started; i++)
+        pthread_join(s->threads[i].tid, NULL);
+    s->stopped = true;
+    /* writes that never ran: their requesters still get an answer */
+    mg_fwrite_t *w = s->wq_head;
+    s->wq_head = s->wq_tail = NULL;
+    while (w) {
+        mg_fwrite_t *next = w->_next;
+        w->err = MG_E_UPSTREAM;
+        snprintf(w->errmsg, sizeof(w->errmsg), "the gateway is shutting down");
+        complete_write(w);
+        w = next;
+    }
+}
+
+void mg_fsource_free(mg_fsource_t *s)
+{
+    if (s == NULL)
+        return;
+    mg_fsource_stop(s);
+    for (size_t b = 0; b < NBUCKETS; b++)
+        while (s->map[b]) {
+            ljob_t *j = s->map[b];
+            s->map[b] = j->hnext;
+            job_free(j);
+        }
+    if (s->started)
+        mysql_library_end();
+    free(s->threads);
+    free(s->wm);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    free(s);
+}
+
+const mg_fconf_t *mg_fsource_conf(const mg_fsource_t *s)
+{
+    return s->conf;
+}
+
+mg_fmetrics_t *mg_fsource_metrics(mg_fsource_t *s, unsigned i)
+{
+    return &s->wm[i < s->nworkers ? i : 0];
+}
+
+int mg_fsource_metrics_page(void *ud, const char *query, struct evbuffer *out,
+                            const char **content_type)
+{
+    mg_fsource_t *s = ud;
+    *content_type = "text/plain; version=0.0.4; charset=utf-8";
+    mg_fmetrics_render(s->wm, s->nworkers ? s->nworkers : 1, &s->dbm, out);
+    return 200;
+}

@@ -1,0 +1,464 @@
+"""
+User features (DESIGN.md "One request", step 5) against a real Redis and a real MariaDB:
+features attached on a Redis hit, miss -> MariaDB -> Redis fill, unknown users, TTL expiry,
+coalescing (100 concurrent requests for one cold user -> 1 MariaDB query), Redis killed
+mid-load (requests succeed with "unavailable" within the budget) and back (hits resume), the
+admin API (PUT/GET/DELETE, bulk JSON lines), header spoofing, size cap, metrics, log hash.
+"""
+
+import json
+import os
+import struct
+import threading
+import time
+
+import pytest
+
+from conftest import HOST, free_port, routes_doc, wait_for
+from servers import MariaDB, Redis
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCHEMA = os.path.join(os.path.dirname(os.path.dirname(HERE)), "features", "schema.sql")
+GROUPS = [{"name": "profile", "type": "hash"},
+          {"name": "recent", "type": "list", "max_items": 50},
+          {"name": "vec", "type": "json"}]
+
+
+# ------------------------------------------------------------------------------------------
+# the documented hash: SipHash-2-4, key "modelgate:featv1", of the exact header value
+
+def _rotl(x, b):
+    return ((x << b) | (x >> (64 - b))) & 0xFFFFFFFFFFFFFFFF
+
+
+def siphash24(key, data):
+    k0, k1 = struct.unpack("<QQ", key)
+    v0, v1 = k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D
+    v2, v3 = k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573
+    M = 0xFFFFFFFFFFFFFFFF
+
+    def rnd(v0, v1, v2, v3):
+        v0 = (v0 + v1) & M; v1 = _rotl(v1, 13) ^ v0; v0 = _rotl(v0, 32)
+        v2 = (v2 + v3) & M; v3 = _rotl(v3, 16) ^ v2
+        v0 = (v0 + v3) & M; v3 = _rotl(v3, 21) ^ v0
+        v2 = (v2 + v1) & M; v1 = _rotl(v1, 17) ^ v2; v2 = _rotl(v2, 32)
+        return v0, v1, v2, v3
+
+    tail = len(data) % 8
+    for i in range(0, len(data) - tail, 8):
+        m = struct.unpack("<Q", data[i:i + 8])[0]
+        v3 ^= m
+        v0, v1, v2, v3 = rnd(*rnd(v0, v1, v2, v3))
+        v0 ^= m
+    b = (len(data) & 0xFF) << 56
+    for i, c in enumerate(data[len(data) - tail:]):
+        b |= c << (8 * i)
+    v3 ^= b
+    v0, v1, v2, v3 = rnd(*rnd(v0, v1, v2, v3))
+    v0 ^= b
+    v2 ^= 0xFF
+    for _ in range(4):
+        v0, v1, v2, v3 = rnd(v0, v1, v2, v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def feature_hash(text):
+    return "%016x" % siphash24(b"modelgate:featv1", text.encode())
+
+
+def canonical(doc):
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=True)
+
+
+# ------------------------------------------------------------------------------------------
+# setup
+
+class Stack:
+    def __init__(self, procs, timeout_ms=1000, local=None, redis_over=None, max_bytes=None,
+                 workers=2, by_env=None):
+        self.procs = procs
+        self.redis = Redis(procs)
+        self.db = MariaDB(procs)
+        sql = "\n".join(ln for ln in open(SCHEMA).read().splitlines()
+                        if not ln.strip().startswith("--"))
+        for stmt in sql.split(";"):
+            if stmt.strip():
+                self.db.query(stmt)
+        self.backend = procs.backend("pod-a")
+        self.admin_port = free_port()
+        feats = {
+            "redis": dict({"host": "127.0.0.1", "port": self.redis.port, "ttl_s": 60,
+                           "negative_ttl_s": 30, "reconnect_max_ms": 200}, **(redis_over or {})),
+            "mariadb": {"host": "127.0.0.1", "port": self.db.port, "user": "root",
+                        "database": "modelgate", "threads": 2},
+            "local": dict({"ttl_ms": 1000, "stale_ms": 0, "negative_ttl_ms": 1000},
+                          **(local or {})),
+            "apps": {"digits": {"timeout_ms": timeout_ms, "groups": GROUPS}},
+        }
+        if by_env:
+            feats["apps"]["digits"]["timeout_ms_by_env"] = by_env
+        if max_bytes:
+            feats["max_header_bytes"] = max_bytes
+        self.gw = procs.gateway(
+            routes_doc({"svc-a": [self.backend]}, [("digits", "production", "svc-a"),
+                                                   ("plain", "production", "svc-a")]),
+            conf={"workers": workers, "features": feats,
+                  "admin": {"listen": "127.0.0.1:%d" % self.admin_port}})
+        self.r = self.redis.client()
+        wait_for(lambda: self.metric("modelgate_features_redis_up") == workers, 10,
+                 what="every worker connected to Redis")
+
+    # --- clients
+    def get(self, user=None, host=HOST, headers=None, timeout=10):
+        """One request on a kept-alive connection (so, one worker and its local cache)."""
+        import httpx
+        if not hasattr(self, "client"):
+            self.client = httpx.Client(timeout=timeout)
+        h = {"host": "%s:%d" % (host, self.gw.port)}
+        if user is not None:
+            h["x-user-id"] = user
+        h.update(headers or {})
+        r = self.client.get("http://127.0.0.1:%d/predict" % self.gw.port, headers=h)
+        assert r.status_code == 200, r.text
+        return r.json()["headers"]
+
+    def admin(self, method, path, body=None):
+        import httpx
+        return httpx.request(method, "http://127.0.0.1:%d%s" % (self.admin_port, path),
+                             content=body, timeout=30)
+
+    def metrics(self):
+        return self.admin("GET", "/metrics/features").text
+
+    def metric(self, name):
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def selects(self):
+        return int(self.db.query("SHOW GLOBAL STATUS LIKE 'Com_select'")[0][1])
+
+    # --- stores
+    def put_redis(self, user, profile=None, recent=None, vec=None, ttl=60):
+        base = "mgf:v1:digits:%s" % user
+        p = self.r.pipeline()
+        p.delete(base + ":profile", base + ":recent", base + ":vec")
+        if profile:
+            p.hset(base + ":profile", mapping=profile)
+            p.expire(base + ":profile", ttl)
+        if recent:
+            p.rpush(base + ":recent", *recent)
+            p.expire(base + ":recent", ttl)
+        if vec is not None:
+            p.set(base + ":vec", json.dumps(vec), ex=ttl)
+        p.set(base, "1", ex=ttl)
+        p.execute()
+
+    def put_db(self, user, doc):
+        self.db.query("REPLACE INTO user_features (app, user_id, features) VALUES (%s, %s, %s)",
+                      ("digits", user, json.dumps(doc)))
+
+
+@pytest.fixture
+def stack(procs):
+    return Stack(procs)
+
+
+def log_for(gw, user_marker_path):
+    return [r for r in gw.access() if r.get("path") == user_marker_path]
+
+
+# ------------------------------------------------------------------------------------------
+# tests
+
+def test_attached_on_redis_hit_and_logged_with_hash(stack):
+    recent = ["item%d" % i for i in range(60, 0, -1)]  # newest first; 60 > max_items
+    stack.put_redis("u1", profile={"age": "31", "city": "Zürich"}, recent=recent,
+                    vec=[0.5, -1.25, 3])
+    h = stack.get("u1")
+    expected = {"profile": {"age": "31", "city": "Zürich"}, "recent": recent[:50],
+                "vec": [0.5, -1.25, 3]}
+    assert h["x-modelgate-features"] == "hit"
+    assert json.loads(h["x-user-features"]) == expected
+    assert h["x-user-features"] == canonical(expected)  # compact, sorted: the documented form
+    recs = stack.gw.wait_access(1)
+    assert recs[-1]["features"] == "hit"
+    assert recs[-1]["features_hash"] == feature_hash(h["x-user-features"])
+    assert stack.metric('modelgate_features_layer_total{layer="redis",result="hit"}') == 1
+
+
+def test_miss_goes_to_mariadb_and_fills_redis(stack):
+    doc = {"profile": {"age": 40, "vip": True}, "recent": ["a", "b"], "vec": {"d": [1, 2]}}
+    stack.put_db("u2", doc)
+    assert stack.r.get("mgf:v1:digits:u2") is None
+    before = stack.selects()
+    h = stack.get("u2")
+    assert h["x-modelgate-features"] == "hit"
+    # hash values become strings, as Redis holds them
+    want = {"profile": {"age": "40", "vip": "true"}, "recent": ["a", "b"], "vec": {"d": [1, 2]}}
+    assert json.loads(h["x-user-features"]) == want
+    assert stack.selects() - before == 1
+    # cache-aside: written back in the documented layout, with the TTL
+    assert stack.r.get("mgf:v1:digits:u2") == b"1"
+    assert stack.r.hgetall("mgf:v1:digits:u2:profile") == {b"age": b"40", b"vip": b"true"}
+    assert stack.r.lrange("mgf:v1:digits:u2:recent", 0, -1) == [b"a", b"b"]
+    assert json.loads(stack.r.get("mgf:v1:digits:u2:vec")) == {"d": [1, 2]}
+    for k in ("", ":profile", ":recent", ":vec"):
+        assert 50 <= stack.r.ttl("mgf:v1:digits:u2" + k) <= 60
+    # the same features written by a pipeline into Redis give the same bytes (and hash)
+    stack.put_redis("u2", profile={"age": "40", "vip": "true"}, recent=["a", "b"],
+                    vec={"d": [1, 2]})
+    time.sleep(1.1)  # local ttl_ms 1000
+    h2 = stack.get("u2")
+    assert h2["x-user-features"] == h["x-user-features"]
+    assert stack.selects() - before == 1
+
+
+def test_unknown_user_is_a_cached_miss(stack):
+    before = stack.selects()
+    h = stack.get("nobody")
+    assert h["x-modelgate-features"] == "miss"
+    assert "x-user-features" not in h
+    assert stack.r.get("mgf:v1:digits:nobody") == b"0"
+    assert 20 <= stack.r.ttl("mgf:v1:digits:nobody") <= 30  # negative_ttl_s
+    for _ in range(5):
+        assert stack.get("nobody")["x-modelgate-features"] == "miss"
+    assert stack.selects() - before == 1  # negative caching: local, then Redis
+    recs = stack.gw.wait_access(6)
+    assert all(r["features"] == "miss" and r.get("features_hash") is None for r in recs)
+
+
+def test_no_user_id_and_routes_without_features(stack):
+    h = stack.get(None)
+    assert h["x-modelgate-features"] == "none"
+    h = stack.get("bad:id")  # ':' is not allowed in a unit id (it separates key parts)
+    assert h["x-modelgate-features"] == "none"
+    h = stack.get("u1", host="plain-production.modelgate.local")
+    assert "x-modelgate-features" not in h and "x-user-features" not in h
+    recs = stack.gw.wait_access(3)
+    assert [r["features"] for r in recs] == ["none", "none", None]
+
+
+def test_client_cannot_inject_features(stack):
+    stack.put_redis("u3", profile={"tier": "free"})
+    h = stack.get("u3", headers={"x-user-features": '{"profile":{"tier":"gold"}}',
+                                 "x-modelgate-features": "hit"})
+    assert json.loads(h["x-user-features"]) == {"profile": {"tier": "free"}}
+    h = stack.get(None, headers={"x-user-features": '{"profile":{"tier":"gold"}}'})
+    assert "x-user-features" not in h
+
+
+def test_ttl_expiry(procs):
+    s = Stack(procs, local={"ttl_ms": 200, "stale_ms": 0}, redis_over={"ttl_s": 2})
+    s.put_db("u4", {"recent": ["old"]})
+    assert json.loads(s.get("u4")["x-user-features"]) == {"recent": ["old"]}
+    assert 1 <= s.r.ttl("mgf:v1:digits:u4:recent") <= 2
+    s.put_db("u4", {"recent": ["new"]})  # written behind the caches' back
+    time.sleep(0.3)  # past the local TTL: served by Redis, still the old value
+    assert json.loads(s.get("u4")["x-user-features"]) == {"recent": ["old"]}
+    wait_for(lambda: s.r.get("mgf:v1:digits:u4") is None, 5, 0.1, "the Redis TTL to expire")
+    time.sleep(0.3)
+    assert json.loads(s.get("u4")["x-user-features"]) == {"recent": ["new"]}
+
+
+def test_stale_while_revalidate(procs):
+    s = Stack(procs, local={"ttl_ms": 100, "stale_ms": 60000}, workers=1)
+    s.put_redis("u5", recent=["v1"])
+    assert json.loads(s.get("u5")["x-user-features"]) == {"recent": ["v1"]}
+    s.put_redis("u5", recent=["v2"])
+    time.sleep(0.2)
+    # stale: served at once, refreshed in the background
+    assert json.loads(s.get("u5")["x-user-features"]) == {"recent": ["v1"]}
+    wait_for(lambda: json.loads(s.get("u5")["x-user-features"]) == {"recent": ["v2"]}, 5, 0.05,
+             "the refreshed value")
+    assert s.metric('modelgate_features_layer_total{layer="local",result="stale"}') >= 1
+
+
+def test_coalescing_one_query_for_100_concurrent_requests(stack):
+    stack.put_db("cold", {"profile": {"k": "v"}})
+    import httpx
+    n = 100
+    barrier = threading.Barrier(n)
+    results, errors = [], []
+
+    def one():
+        try:
+            with httpx.Client(timeout=20) as c:
+                barrier.wait(10)
+                r = c.get("http://127.0.0.1:%d/predict" % stack.gw.port,
+                          headers={"host": "%s:%d" % (HOST, stack.gw.port), "x-user-id": "cold"})
+                results.append(r.json()["headers"].get("x-modelgate-features"))
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+
+    before = stack.selects()
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:3]
+    assert results.count("hit") == n, results
+    assert stack.selects() - before == 1
+
+
+def test_redis_killed_mid_load_then_back(procs):
+    budget_ms = 50
+    s = Stack(procs, timeout_ms=budget_ms, local={"ttl_ms": 1000, "stale_ms": 0})
+    for i in range(300):
+        s.put_db("load%d" % i, {"profile": {"i": i}})
+    import httpx
+    c = httpx.Client(timeout=10)
+    seen = []
+
+    def req(user):
+        t0 = time.monotonic()
+        r = c.get("http://127.0.0.1:%d/predict" % s.gw.port,
+                  headers={"host": "%s:%d" % (HOST, s.gw.port), "x-user-id": user})
+        dt = time.monotonic() - t0
+        assert r.status_code == 200
+        st = r.json()["headers"]["x-modelgate-features"]
+        seen.append((st, dt))
+        return st
+
+    for i in range(0, 40):  # warm-up: Redis and MariaDB answer
+        assert req("load%d" % i) in ("hit", "timeout")
+    s.redis.stop()  # SIGKILL, as a crash
+    down = [req("load%d" % i) for i in range(40, 140)]
+    # every request succeeded; after the loss was noticed, all say "unavailable"
+    assert down[-50:] == ["unavailable"] * 50, down
+    assert set(down) <= {"unavailable", "timeout", "hit"}, set(down)
+    # the budget bounds the wait (+ the proxying itself, generous for sanitizer builds)
+    worst = max(dt for st, dt in seen[40:])
+    assert worst < (budget_ms + 250) / 1000.0, "worst request took %.0f ms" % (worst * 1000)
+    recs = s.gw.wait_access(140)
+    assert sum(1 for r in recs[40:] if r["features"] == "unavailable") >= 50
+    assert all(r["status"] == 200 for r in recs)
+    assert s.metric("modelgate_features_redis_up") == 0
+    s.redis.start()
+    # reconnect with backoff (max 200 ms here); Redis restarted empty: MariaDB refills it
+    wait_for(lambda: s.metric("modelgate_features_redis_up") == 2, 10, 0.05, "Redis reconnect")
+    sts = [req("load%d" % i) for i in range(140, 200)]
+    assert sts.count("hit") >= 55, sts
+    assert s.r.get("mgf:v1:digits:load150") == b"1"
+    c.close()
+
+
+def test_slow_mariadb_times_out_then_fills_the_caches(procs):
+    # the app's budget is 2 s, but digits-production has its own: 100 ms
+    s = Stack(procs, timeout_ms=2000, by_env={"production": 100})
+    s.put_db("slow", {"recent": ["s"]})
+    conn = s.db.connect()
+    cur = conn.cursor()
+    cur.execute("LOCK TABLES user_features WRITE")  # the gateway's SELECT now waits
+    try:
+        t0 = time.monotonic()
+        h = s.get("slow")
+        dt = time.monotonic() - t0
+        assert h["x-modelgate-features"] == "timeout" and "x-user-features" not in h
+        assert 0.09 <= dt < 0.6, "took %.0f ms" % (dt * 1000)
+    finally:
+        cur.execute("UNLOCK TABLES")
+        conn.close()
+    # the lookup went on without the request and filled Redis and the local cache
+    wait_for(lambda: s.r.get("mgf:v1:digits:slow") == b"1", 5, 0.05, "the write-back")
+    assert s.get("slow")["x-modelgate-features"] == "hit"
+    assert s.metric("modelgate_features_timeouts_total") == 1
+    assert s.gw.wait_access(2)[0]["features"] == "timeout"
+
+
+def test_admin_put_get_delete(stack):
+    r = stack.admin("PUT", "/v1/features/digits/u7",
+                    json.dumps({"profile": {"plan": "pro", "n": 3}, "recent": ["x", "y"]}))
+    assert r.status_code == 200, r.text
+    text = canonical({"profile": {"n": "3", "plan": "pro"}, "recent": ["x", "y"]})
+    assert r.json()["hash"] == feature_hash(text)
+    assert stack.r.hgetall("mgf:v1:digits:u7:profile") == {b"plan": b"pro", b"n": b"3"}
+    assert stack.get("u7")["x-user-features"] == text
+    r = stack.admin("GET", "/v1/features/digits/u7")
+    assert r.status_code == 200 and r.json()["features"]["recent"] == ["x", "y"]
+    assert r.json()["hash"] == feature_hash(text)
+    rows = stack.db.query("SELECT features FROM user_features WHERE user_id='u7'")
+    assert json.loads(rows[0][0]) == json.loads(text)
+    # refused with the reason: unknown group, wrong type, bad JSON
+    r = stack.admin("PUT", "/v1/features/digits/u7", json.dumps({"nope": 1}))
+    assert r.status_code == 400 and "unknown group" in r.json()["error"]["message"]
+    r = stack.admin("PUT", "/v1/features/digits/u7", json.dumps({"recent": "x"}))
+    assert r.status_code == 400 and "array" in r.json()["error"]["message"]
+    r = stack.admin("PUT", "/v1/features/digits/u7", "{")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json"
+    assert stack.admin("PUT", "/v1/features/nosuchapp/u7", "{}").status_code == 404
+    assert stack.admin("POST", "/v1/features/digits/u7", "{}").status_code == 405
+    r = stack.admin("DELETE", "/v1/features/digits/u7")
+    assert r.status_code == 200 and r.json()["deleted"] is True
+    assert stack.r.get("mgf:v1:digits:u7") == b"0"
+    assert stack.admin("GET", "/v1/features/digits/u7").status_code == 404
+    assert stack.admin("DELETE", "/v1/features/digits/u7").status_code == 404
+    time.sleep(1.1)  # local caches of the workers follow within local.ttl_ms
+    assert stack.get("u7")["x-modelgate-features"] == "miss"
+
+
+def test_admin_bulk_load_counts_rows(stack):
+    lines = []
+    for i in range(1234):
+        lines.append(json.dumps({"user": "b%d" % i, "features": {"recent": ["i%d" % i]}}))
+    lines.insert(10, "not json")
+    lines.insert(20, json.dumps({"user": "bad:id", "features": {}}))
+    lines.insert(30, json.dumps({"user": "x", "features": {"unknown": 1}}))
+    lines.insert(40, "")  # blank lines are skipped, not rejected
+
+    def body():  # streamed in small chunks
+        data = ("\n".join(lines)).encode()  # no final newline
+        for i in range(0, len(data), 4096):
+            yield data[i:i + 4096]
+
+    import httpx
+    r = httpx.post("http://127.0.0.1:%d/v1/features/digits" % stack.admin_port, content=body(),
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["accepted"] == 1234 and doc["rejected"] == 3, doc
+    assert [e["line"] for e in doc["errors"]] == [11, 21, 31]
+    assert stack.db.query("SELECT COUNT(*) FROM user_features")[0][0] == 1234
+    assert stack.r.lrange("mgf:v1:digits:b1233:recent", 0, -1) == [b"i1233"]
+    assert json.loads(stack.get("b77")["x-user-features"]) == {"recent": ["i77"]}
+
+
+def test_too_large_is_not_sent(procs):
+    s = Stack(procs, max_bytes=100)
+    s.put_redis("big", recent=["x" * 30] * 5)
+    h = s.get("big")
+    assert h["x-modelgate-features"] == "too_large" and "x-user-features" not in h
+    r = s.admin("PUT", "/v1/features/digits/big2", json.dumps({"recent": ["y" * 200]}))
+    assert r.status_code == 400 and "max_header_bytes" in r.json()["error"]["message"]
+
+
+def test_metrics_page(stack):
+    stack.put_redis("m1", profile={"a": "1"})
+    stack.get("m1")
+    stack.get("m1")
+    m = stack.metrics()
+    assert 'modelgate_features_requests_total{status="hit"} 2' in m
+    assert 'modelgate_features_layer_total{layer="local",result="hit"} 1' in m
+    assert "modelgate_features_lookup_seconds_count 2" in m
+    assert 'modelgate_features_hit_ratio{layer="local"} 0.5' in m
+    assert "modelgate_features_timeouts_total 0" in m
+
+
+def test_config_errors_are_reported(procs, tmp_path):
+    import subprocess
+    from conftest import GATEWAY_BIN
+    conf = tmp_path / "gateway.json"
+    conf.write_text(json.dumps({
+        "listen": ["127.0.0.1:%d" % free_port()],
+        "features": {"redis": {"port": 0}, "apps": {"digits": {
+            "timeout_ms": 0, "groups": [{"name": "Bad", "type": "set"}]}}, "typo": 1}}))
+    r = subprocess.run([GATEWAY_BIN, "--check-config", str(conf), "--backend", "127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+    for want in ("features.typo: unknown key", "features.redis.port:",
+                 "features.apps.digits.timeout_ms:", "features.apps.digits.groups[0].name:",
+                 "features.apps.digits.groups[0].type:"):
+        assert want in r.stderr, r.stderr
