@@ -332,7 +332,9 @@ static void part_name(char *out, size_t cap, long to_days)
     time_t t = (time_t)(to_days - TO_DAYS_EPOCH) * 86400;
     struct tm tm;
     gmtime_r(&t, &tm);
-    snprintf(out, cap, "p%04d%02d%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+    /* unsigned and bounded, so the compiler can see it fits "pYYYYMMDD" */
+    snprintf(out, cap, "p%04u%02u%02u", (unsigned)(tm.tm_year + 1900) % 10000u,
+             (unsigned)(tm.tm_mon + 1) % 100u, (unsigned)tm.tm_mday % 100u);
 }
 
 static long server_today(mg_dblog_t *d)

@@ -22,6 +22,7 @@
 #   MG_LOCAL_POD_A_PORT [18501], MG_LOCAL_POD_B_PORT [18502]   the model v1 pods
 #   MG_LOCAL_POD_C_PORT [18503]   the model v2 pod (the 10% canary)
 #   MG_LOCAL_ADMIN_PORT [18490]   the gateway's admin listener (/metrics)
+#   MG_LOCAL_MARIADB_PORT [18306], MG_LOCAL_REDIS_PORT [18379]   the stack's own MariaDB and Redis
 #   MG_LOCAL_WORKERS [2]        gateway worker threads (0 = one per core)
 #   MG_LOCAL_START_TIMEOUT [30] seconds each component gets to listen on its ports
 #   MG_LOCAL_SKIP_DEPS=1        do not run scripts/install-deps.sh
@@ -48,6 +49,8 @@ POD_A_PORT=${MG_LOCAL_POD_A_PORT:-18501}
 POD_B_PORT=${MG_LOCAL_POD_B_PORT:-18502}
 POD_C_PORT=${MG_LOCAL_POD_C_PORT:-18503}
 ADMIN_PORT=${MG_LOCAL_ADMIN_PORT:-18490}
+MARIADB_PORT=${MG_LOCAL_MARIADB_PORT:-18306}
+REDIS_PORT=${MG_LOCAL_REDIS_PORT:-18379}
 WORKERS=${MG_LOCAL_WORKERS:-2}
 START_TIMEOUT=${MG_LOCAL_START_TIMEOUT:-30}
 DRAIN_MS=10000                      # gateway.json timeouts_ms.drain
@@ -60,7 +63,7 @@ SERVICE=digits-production-v1 SERVICE_V2=digits-production-v2
 VHOST=$APP-$ENV.$DOMAIN
 
 # Every component the stack may run, in start order; stop goes in reverse.
-COMPONENTS=(pod-a pod-b pod-c gateway)
+COMPONENTS=(mariadb redis pod-a pod-b pod-c gateway)
 
 # ---------------------------------------------------------------- plumbing
 say() { printf '%s\n' "$*"; }
@@ -126,7 +129,7 @@ ports_free() {
         if listening "$p"; then
             say "run.sh: ERROR: port $p is already in use (not by this stack):" >&2
             ss -Hltnp "sport = :$p" >&2 || true
-            die "stop that process, or move the stack with MG_LOCAL_HTTP_PORT, MG_LOCAL_TLS_PORT, MG_LOCAL_POD_A_PORT, MG_LOCAL_POD_B_PORT, MG_LOCAL_POD_C_PORT, MG_LOCAL_ADMIN_PORT"
+            die "stop that process, or move the stack with MG_LOCAL_HTTP_PORT, MG_LOCAL_TLS_PORT, MG_LOCAL_POD_A_PORT, MG_LOCAL_POD_B_PORT, MG_LOCAL_POD_C_PORT, MG_LOCAL_ADMIN_PORT, MG_LOCAL_MARIADB_PORT, MG_LOCAL_REDIS_PORT"
         fi
     done
 }
@@ -336,13 +339,73 @@ write_config() {
   \"access_log\": \"access.log\",
   \"log_level\": \"info\",
   \"admin\": { \"listen\": \"$HOST:$ADMIN_PORT\" },
-  \"timeouts_ms\": { \"drain\": $DRAIN_MS }
+  \"timeouts_ms\": { \"drain\": $DRAIN_MS },
+  \"request_log_db\": { \"host\": \"$HOST\", \"port\": $MARIADB_PORT, \"user\": \"root\",
+                      \"database\": \"modelgate\", \"spool_dir\": \"spool\" },
+  \"features\": {
+    \"redis\": { \"host\": \"$HOST\", \"port\": $REDIS_PORT },
+    \"mariadb\": { \"host\": \"$HOST\", \"port\": $MARIADB_PORT, \"user\": \"root\",
+                 \"database\": \"modelgate\" },
+    \"apps\": {
+      \"$APP\": { \"timeout_ms\": 5,
+                 \"groups\": [ { \"name\": \"profile\", \"type\": \"hash\" },
+                             { \"name\": \"recent\", \"type\": \"list\", \"max_items\": 50 } ] }
+    }
+  }
 }"
     local out
     if ! out=$("$GATEWAY_BIN" --check-config "$STATE/gateway.json" 2>&1); then
         say "$out" >&2
         die "the generated $(rel "$STATE")/gateway.json is invalid"
     fi
+}
+
+# MariaDB (the request log, the features' source of truth) and Redis (the features' cache), each
+# with its data under .run/local/, on loopback, on ports of their own: never the machine's own.
+MARIADBD=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+sql() { mariadb --no-defaults -h "$HOST" -P "$MARIADB_PORT" -u root --connect-timeout=2 "$@"; }
+
+start_mariadb() {
+    local d=$STATE/mariadb user=()
+    [ "$(id -u)" = 0 ] && user=(--user=root) # mariadbd refuses to run as root without it
+    if [ ! -d "$d/data/mysql" ]; then
+        step "creating the MariaDB data directory (output in $(rel "$STATE")/mariadb-install.log)"
+        mkdir -p "$d"
+        mariadb-install-db --no-defaults --datadir="$d/data" --auth-root-authentication-method=normal \
+            --skip-test-db "${user[@]}" --skip-name-resolve >"$STATE/mariadb-install.log" 2>&1 ||
+            { tail -n 20 "$STATE/mariadb-install.log" >&2; die "mariadb-install-db failed"; }
+    fi
+    spawn mariadb "$MARIADB_PORT" "$MARIADBD" --no-defaults --datadir="$d/data" \
+        --socket="$d/mysqld.sock" --port="$MARIADB_PORT" --bind-address="$HOST" "${user[@]}" \
+        --skip-name-resolve --skip-log-bin --innodb-buffer-pool-size=64M \
+        --pid-file="$d/mysqld.pid"
+    wait_ports mariadb "$MARIADB_PORT"
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until sql -e 'SELECT 1' >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || { log_tail mariadb; die "MariaDB does not answer on $HOST:$MARIADB_PORT"; }
+        sleep 0.2
+    done
+    sql -e 'CREATE DATABASE IF NOT EXISTS modelgate' || die "cannot create the modelgate database"
+}
+
+start_redis() {
+    mkdir -p "$STATE/redis"
+    spawn redis "$REDIS_PORT" redis-server --port "$REDIS_PORT" --bind "$HOST" --dir "$STATE/redis" \
+        --save "" --appendonly no --protected-mode yes --daemonize no
+    wait_ports redis "$REDIS_PORT"
+}
+
+# A few users' features, through the gateway's admin API (MariaDB, then Redis).
+demo_features() {
+    local out
+    out=$(curl -sS --max-time 10 -X POST --data-binary @- "http://$HOST:$ADMIN_PORT/v1/features/$APP" <<'JSONL'
+{"user": "alice", "features": {"profile": {"country": "fr", "plan": "pro"}, "recent": ["7", "1", "7"]}}
+{"user": "bob", "features": {"profile": {"country": "de", "plan": "free"}, "recent": ["3"]}}
+{"user": "carol", "features": {"profile": {"country": "jp", "plan": "pro"}, "recent": ["0", "8", "8", "2"]}}
+JSONL
+) || die "loading the demo features failed: $out"
+    case $out in *'"accepted":3'*) ;; *) die "loading the demo features: $out" ;; esac
+    step "demo features loaded for alice, bob, carol (MariaDB table user_features, Redis mgf:v1:$APP:*)"
 }
 
 pod_port() { case $1 in pod-a) echo "$POD_A_PORT" ;; pod-b) echo "$POD_B_PORT" ;; *) echo "$POD_C_PORT" ;; esac; }
@@ -429,8 +492,10 @@ cmd_start() {
     check_port_var MG_LOCAL_POD_B_PORT "$POD_B_PORT"
     check_port_var MG_LOCAL_POD_C_PORT "$POD_C_PORT"
     check_port_var MG_LOCAL_ADMIN_PORT "$ADMIN_PORT"
-    [ "$(printf '%s\n' "$HTTP_PORT" "$TLS_PORT" "$POD_A_PORT" "$POD_B_PORT" "$POD_C_PORT" "$ADMIN_PORT" | sort -u | wc -l)" = 6 ] ||
-        die "the six ports must differ: $HTTP_PORT $TLS_PORT $POD_A_PORT $POD_B_PORT $POD_C_PORT $ADMIN_PORT"
+    check_port_var MG_LOCAL_MARIADB_PORT "$MARIADB_PORT"
+    check_port_var MG_LOCAL_REDIS_PORT "$REDIS_PORT"
+    [ "$(printf '%s\n' "$HTTP_PORT" "$TLS_PORT" "$POD_A_PORT" "$POD_B_PORT" "$POD_C_PORT" "$ADMIN_PORT" "$MARIADB_PORT" "$REDIS_PORT" | sort -u | wc -l)" = 8 ] ||
+        die "the eight ports must differ: $HTTP_PORT $TLS_PORT $POD_A_PORT $POD_B_PORT $POD_C_PORT $ADMIN_PORT $MARIADB_PORT $REDIS_PORT"
     [[ $WORKERS =~ ^[0-9]+$ ]] || die "MG_LOCAL_WORKERS=$WORKERS is not a number"
     [[ $START_TIMEOUT =~ ^[0-9]+$ ]] || die "MG_LOCAL_START_TIMEOUT=$START_TIMEOUT is not a number"
 
@@ -446,13 +511,17 @@ cmd_start() {
     write_config
 
     stop_stack
-    ports_free "$POD_A_PORT" "$POD_B_PORT" "$POD_C_PORT" "$HTTP_PORT" "$TLS_PORT" "$ADMIN_PORT"
+    ports_free "$MARIADB_PORT" "$REDIS_PORT" "$POD_A_PORT" "$POD_B_PORT" "$POD_C_PORT" "$HTTP_PORT" "$TLS_PORT" "$ADMIN_PORT"
     # From here a failure stops what was started, so no half stack is left behind.
     trap on_start_failure EXIT
+    step "starting MariaDB ($HOST:$MARIADB_PORT) and Redis ($HOST:$REDIS_PORT)"
+    start_mariadb
+    start_redis
     step "starting pod-a, pod-b (model v1), pod-c (model v2)"
     start_pods
     step "starting gateway"
     start_gateway
+    demo_features
     smoke_test
     trap - EXIT
 
@@ -468,6 +537,8 @@ Modelgate local stack is running (state in $s):
   pod-b    pid $(pid_of pod-b)   $HOST:$POD_B_PORT   modelgate-runtime, digits model v1 (XGBoost), log $s/pod-b.log
   pod-c    pid $(pid_of pod-c)   $HOST:$POD_C_PORT   modelgate-runtime, digits model v2 (logistic regression), log $s/pod-c.log
   gateway  pid $(pid_of gateway)   $HOST:$HTTP_PORT (h2c + HTTP/1.1), $HOST:$TLS_PORT (TLS), admin $HOST:$ADMIN_PORT, log $s/gateway.log
+  mariadb  pid $(pid_of mariadb)   $HOST:$MARIADB_PORT   request log (table modelgate.request_log), features (modelgate.user_features)
+  redis    pid $(pid_of redis)   $HOST:$REDIS_PORT   features cache
   route    $VHOST -> 90% $SERVICE (pod-a, pod-b), 10% $SERVICE_V2 (pod-c),
            sticky per x-user-id
 
@@ -481,11 +552,16 @@ Watch the 90/10 canary split (the x-modelgate-service response header says who a
   curl -s http://$HOST:$ADMIN_PORT/metrics | grep '^modelgate_service_requests_total.*2xx'
   curl -s -H 'x-user-id: alice' -H 'host: $VHOST' http://$HOST:$HTTP_PORT/v1/predict -d @$s/digit.json
                                                   # one user always gets the same version
+A user's features go to the pod with the request (x-user-features); every request becomes a row:
+  curl -s -H 'x-user-id: alice' -H 'host: $VHOST' --http2-prior-knowledge http://$HOST:$HTTP_PORT/v1/predict -d @$s/digit.json
+  mariadb --no-defaults -h $HOST -P $MARIADB_PORT -u root modelgate -e \\
+    "SELECT time, HEX(id), service, pod, status, features, features_hash FROM request_log ORDER BY time DESC LIMIT 3"
+  curl -s http://$HOST:$ADMIN_PORT/v1/features/$APP/alice   # alice's features (admin API)
 Change the weights: edit "weight" in $s/routes.json, then $0 reload (no request is dropped).
 Switch a model in-process: edit $s/models/digits.json (e.g. "file": "xgb_digits.ubj",
 "version": "3"); pod-a and pod-b load it beside the old one and swap without dropping a request.
 
-Logs:     $s/gateway.log  $s/pod-a.log  $s/pod-b.log  $s/pod-c.log
+Logs:     $s/gateway.log  $s/pod-a.log  $s/pod-b.log  $s/pod-c.log  $s/mariadb.log  $s/redis.log
 Requests: $s/access.log (one JSON line per request)
 Config:   $s/gateway.json, $s/routes.json (rewritten on every start; after editing routes.json: $0 reload)
 Status:   $0 status
