@@ -104,10 +104,14 @@ static void pod_gauge(void *ud, mg_podstate_t *ps)
     case 3:
         v = atomic_load_explicit(&ps->waiting, memory_order_relaxed);
         break;
+    case 4:
+        v = atomic_load_explicit(&ps->conns, memory_order_relaxed);
+        break;
     }
     static const char *const names[] = {"modelgate_pod_healthy", "modelgate_pod_ejected",
                                         "modelgate_pod_active_requests",
-                                        "modelgate_pod_pending_requests"};
+                                        "modelgate_pod_pending_requests",
+                                        "modelgate_pod_connections"};
     evbuffer_add_printf(g->pg->out, "%s{%s} %" PRIu64 "\n", names[g->which], ps->stats->labels,
                         v);
 }
@@ -155,8 +159,9 @@ int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const cha
         {"modelgate_pod_ejected", "1 while passive outlier detection keeps the pod out."},
         {"modelgate_pod_active_requests", "Requests on the pod now, every worker."},
         {"modelgate_pod_pending_requests", "Requests on the pod still without a response head."},
+        {"modelgate_pod_connections", "Upstream connections open to the pod's address."},
     };
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         gauge_t g = {&pg, i, mg_podstate_now_ms()};
         evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", gauges[i][0], gauges[i][1],
                             gauges[i][0]);

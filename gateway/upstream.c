@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@
 
 #include "common/arena.h"
 #include "common/log.h"
+#include "routing/podstate.h"
 
 #define OUT_HIGH (64 * 1024)
 #define OUT_LOW (16 * 1024)
@@ -86,6 +88,7 @@ struct pool {
     up_conn_t *conns;
     size_t nconns, nidle;
     mg_log_limit_t log_limit; /* connect errors repeat per request */
+    mg_podstate_t *state;     /* the pod's shared state: its connection gauge; may be NULL */
 };
 
 struct mg_upstreams {
@@ -218,6 +221,8 @@ static void conn_free(up_conn_t *c)
         p->nidle--;
     p->nconns--;
     u->nconns--;
+    if (p->state)
+        atomic_fetch_sub_explicit(&p->state->conns, 1, memory_order_relaxed);
     free(c);
 }
 
@@ -794,6 +799,7 @@ static pool_t *pool_get(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_prot
     }
     p->u = u;
     p->proto = proto;
+    p->state = pod->state; /* states live as long as the process: the pointer stays valid */
     p->addr = pod->addr;
     p->addrlen = pod->addrlen;
     p->next = u->buckets[b];
@@ -816,6 +822,8 @@ static up_conn_t *conn_new(pool_t *p)
     p->conns = c;
     p->nconns++;
     u->nconns++;
+    if (p->state)
+        atomic_fetch_add_explicit(&p->state->conns, 1, memory_order_relaxed);
     if (c->bev == NULL || c->timer == NULL) {
         c->dead = true;
         conn_free(c);

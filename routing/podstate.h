@@ -30,6 +30,7 @@ typedef enum mg_pod_health {
 typedef struct mg_podstate {
     _Alignas(64) atomic_uint inflight; /* requests on the pod now, every worker */
     atomic_uint waiting;               /* of those, still without a response head */
+    atomic_uint conns;                 /* upstream connections open to it, every worker */
     _Alignas(64) atomic_int health;    /* mg_pod_health_t */
     atomic_uint consecutive_failures;  /* passive: reset by a success */
     atomic_uint ejections;             /* passive: grows each ejection's length, decays */

@@ -471,4 +471,6 @@ def test_metrics_count_requests_per_route_service_and_pod(procs):
     assert metric(m, "modelgate_route_request_duration_seconds_count", app="digits",
                   env="production") == 101
     assert "modelgate_worker_connections{worker=\"1\"}" in m
+    # the gateway keeps pooled connections to the pods that answered
+    assert metric(m, "modelgate_pod_connections", pod=a.addr) >= 1
     assert "# TYPE modelgate_pod_request_duration_seconds histogram" in m
