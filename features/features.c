@@ -8,10 +8,21 @@
  * waiters go on with "timeout"; the fetch itself goes on until its store answers, then
  * fills the local cache and settles whoever still waits. Redis is asked with one pipeline per
  * fetch: GET of the user's marker key, then one read per group; hiredis answers in order, and
- * the fetch decides when the last reply is in. A Redis miss (no marker) passes the fetch to
- * MariaDB through the shared source, whose answer comes back on this thread through the
- * worker's sink. Redis state: DOWN -> CONNECTING -> UP; lookups are sent only when UP, so no
- * request ever waits for a (re)connect; reconnects back off exponentially with jitter.
+ * the fetch decides when the last reply is in. Each group's reply is written at once as its
+ * fragment of the canonical text (see "Snapshot text" below), so a hit builds no JSON tree. A
+ * Redis miss (no marker) passes the fetch to MariaDB through the shared source, whose answer
+ * comes back on this thread through the worker's sink. Redis state: DOWN -> CONNECTING -> UP;
+ * lookups are sent only when UP, so no request ever waits for a (re)connect; reconnects back
+ * off exponentially with jitter.
+ *
+ * Snapshot text: the bytes must be exactly those of mg_fval_from_json (features/fvalue.h) for
+ * the same document, since a training pipeline recomputes the hash. jansson prints, with
+ * JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS (and \u escapes lowercased): groups sorted by
+ * name, hash fields sorted bytewise, strings with \" \\ \b \f \n \r \t, other bytes below
+ * 0x20 as \u00xx, everything else (0x7f included) as is. write_string does the same for replies
+ * that are plain (every element a string, ASCII only, hash fields under 256 bytes without NUL,
+ * so that the old truncation of field names cannot merge two); any other reply, and every
+ * "json" group, goes through jansson as before (group_json), so rare cases keep their old bytes.
  */
 #include "features/features.h"
 
@@ -23,6 +34,8 @@
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+
+#include <event2/event_struct.h> /* struct event, embedded in each fetch (evtimer_assign) */
 
 #include "common/log.h"
 #include "features/lru.h"
@@ -40,6 +53,10 @@ typedef struct rcmd {
     int idx; /* 0 = marker, i = group i - 1 */
 } rcmd_t;
 
+typedef struct frag {
+    size_t off, len; /* a group's canonical text in the fetch's buffer; len 0 = no value */
+} frag_t;
+
 struct fetch {
     fetch_t *hnext;
     mg_features_t *f;
@@ -47,11 +64,14 @@ struct fetch {
     const char *user; /* inside key */
     size_t klen;
     mg_features_ticket_t *head, *tail;
-    struct event *timer;
+    struct event timer; /* embedded: no allocation of its own */
     int redis_pending;
     bool redis_failed, in_db;
-    int marker; /* -1 absent, 0 unknown user, 1 known user */
-    json_t *doc;
+    bool text_oom; /* a fragment could not be written: the lookup ends "unavailable" */
+    int marker;    /* -1 absent, 0 unknown user, 1 known user */
+    char *text;    /* the groups' fragments (malloc), then the assembled snapshot text */
+    size_t tlen, tcap;
+    frag_t frag[MAX_GROUPS];
     rcmd_t rc[MAX_GROUPS + 1];
     char key[];
 };
@@ -140,7 +160,7 @@ static void arm_fetch_timer(fetch_t *fx)
     if (wait < 0)
         wait = 0;
     struct timeval tv = {wait / 1000000, wait % 1000000};
-    evtimer_add(fx->timer, &tv);
+    evtimer_add(&fx->timer, &tv);
 }
 
 static void unlink_waiter(fetch_t *fx, mg_features_ticket_t *t)
@@ -202,8 +222,8 @@ static void fetch_free(fetch_t *fx)
         mg_features_ticket_t *t = fx->head;
         unlink_waiter(fx, t);
     }
-    event_free(fx->timer);
-    json_decref(fx->doc);
+    evtimer_del(&fx->timer);
+    free(fx->text);
     free(fx);
 }
 
@@ -211,7 +231,7 @@ static void fetch_free(fetch_t *fx)
 static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val)
 {
     if (!fx->f->closing) {
-        evtimer_del(fx->timer);
+        evtimer_del(&fx->timer);
         while (fx->head)
             wake(fx, fx->head, st, val);
     }
@@ -248,6 +268,8 @@ static void to_db(fetch_t *fx)
     }
 }
 
+static mg_fval_t *snapshot(fetch_t *fx);
+
 /* All of the pipeline's replies are in. */
 static void redis_done(fetch_t *fx)
 {
@@ -261,7 +283,7 @@ static void redis_done(fetch_t *fx)
         fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
     } else if (fx->marker == 1) {
         MG_FM_INC(f->m->redis_hit);
-        mg_fval_t *val = fx->doc ? mg_fval_from_json(fx->doc) : mg_fval_new("{}", 2);
+        mg_fval_t *val = snapshot(fx);
         if (val == NULL) {
             fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
             return;
@@ -279,8 +301,148 @@ static void redis_done(fetch_t *fx)
     }
 }
 
-/* Adds one group's reply to the fetch's document. Replies are owned by hiredis. */
-static void add_group(fetch_t *fx, const mg_fgroup_t *g, const redisReply *r)
+/* ---------- snapshot text (see "Snapshot text" above) ---------- */
+
+/* Room for |n| more bytes of text; false (and text_oom) when memory ran out. */
+static bool text_reserve(fetch_t *fx, size_t n)
+{
+    if (fx->tlen + n <= fx->tcap)
+        return true;
+    if (fx->text_oom)
+        return false;
+    size_t cap = fx->tcap ? fx->tcap : 1024;
+    while (cap < fx->tlen + n)
+        cap *= 2;
+    char *p = realloc(fx->text, cap);
+    if (p == NULL) {
+        fx->text_oom = true;
+        return false;
+    }
+    fx->text = p;
+    fx->tcap = cap;
+    return true;
+}
+
+static void text_add(fetch_t *fx, const char *s, size_t n)
+{
+    if (text_reserve(fx, n)) {
+        memcpy(fx->text + fx->tlen, s, n);
+        fx->tlen += n;
+    }
+}
+
+/* |s| (|n| bytes of ASCII, NULs allowed) as a JSON string, escaped as jansson does it. */
+static void write_string(fetch_t *fx, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (!text_reserve(fx, 6 * n + 2))
+        return;
+    char *o = fx->text + fx->tlen;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"':
+        case '\\':
+            *o++ = (char)c;
+            break;
+        case '\b':
+            *o++ = 'b';
+            break;
+        case '\f':
+            *o++ = 'f';
+            break;
+        case '\n':
+            *o++ = 'n';
+            break;
+        case '\r':
+            *o++ = 'r';
+            break;
+        case '\t':
+            *o++ = 't';
+            break;
+        default:
+            memcpy(o, "u00", 3);
+            o[3] = hex[c >> 4];
+            o[4] = hex[c & 15];
+            o += 5;
+        }
+    }
+    *o++ = '"';
+    fx->tlen = (size_t)(o - fx->text);
+}
+
+static bool is_ascii(const char *s, size_t n)
+{
+    unsigned char any = 0;
+    for (size_t i = 0; i < n; i++)
+        any |= (unsigned char)s[i];
+    return any < 0x80;
+}
+
+/* True when write_string and a bytewise sort give jansson's exact text for this hash or list
+ * reply (an array). */
+static bool is_plain(const mg_fgroup_t *g, const redisReply *r)
+{
+    if (g->type == MG_FGROUP_HASH && r->elements % 2 != 0)
+        return false;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING || !is_ascii(e->str, (size_t)e->len))
+            return false;
+        if (g->type == MG_FGROUP_HASH && i % 2 == 0 &&
+            (e->len >= 256 || memchr(e->str, '\0', (size_t)e->len) != NULL))
+            return false;
+    }
+    return true;
+}
+
+static int cmp_field(const void *a, const void *b)
+{
+    const redisReply *const *x = a, *const *y = b;
+    return strcmp(x[0]->str, y[0]->str); /* NUL-terminated by hiredis; no NUL inside here */
+}
+
+/* A plain hash reply [f1, v1, f2, v2...] as {"f1":"v1",...}, fields sorted. False, with
+ * nothing written, when a field comes twice (never from HGETALL; jansson would keep the last). */
+static bool write_hash(fetch_t *fx, const redisReply *r)
+{
+    redisReply *stack[64], **pairs = stack; /* pairs[2i], pairs[2i + 1]: field, value */
+    size_t n = r->elements / 2;
+    if (r->elements > sizeof(stack) / sizeof(stack[0]) &&
+        (pairs = malloc(r->elements * sizeof(*pairs))) == NULL) {
+        fx->text_oom = true;
+        return true;
+    }
+    memcpy(pairs, r->element, r->elements * sizeof(*pairs));
+    qsort(pairs, n, 2 * sizeof(*pairs), cmp_field); /* moves each field with its value */
+    bool unique = true;
+    for (size_t i = 1; i < n && unique; i++)
+        unique = strcmp(pairs[2 * i - 2]->str, pairs[2 * i]->str) != 0;
+    if (unique) {
+        text_add(fx, "{", 1);
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                text_add(fx, ",", 1);
+            write_string(fx, pairs[2 * i]->str, (size_t)pairs[2 * i]->len);
+            text_add(fx, ":", 1);
+            write_string(fx, pairs[2 * i + 1]->str, (size_t)pairs[2 * i + 1]->len);
+        }
+        text_add(fx, "}", 1);
+    }
+    if (pairs != stack)
+        free(pairs);
+    return unique;
+}
+
+/* The group's value as jansson builds it from the reply (NULL: the group is left out): the
+ * reference for the replies that are not plain. */
+static json_t *group_json(const mg_fgroup_t *g, const redisReply *r)
 {
     json_t *v = NULL;
     if (g->type == MG_FGROUP_JSON) {
@@ -308,13 +470,85 @@ static void add_group(fetch_t *fx, const mg_fgroup_t *g, const redisReply *r)
             }
         }
     }
-    if (v == NULL)
-        return;
-    if (fx->doc == NULL)
-        fx->doc = json_object();
-    if (fx->doc)
-        json_object_set(fx->doc, g->name, v);
-    json_decref(v);
+    return v;
+}
+
+/* Writes group |gi|'s reply as its fragment of the snapshot text. The reply is owned by
+ * hiredis (valid during this call only). */
+static void add_group(fetch_t *fx, size_t gi, const redisReply *r)
+{
+    const mg_fgroup_t *g = &fx->app->groups[gi];
+    size_t start = fx->tlen;
+    bool plain = g->type != MG_FGROUP_JSON && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                 is_plain(g, r);
+    if (plain) {
+        if (g->type == MG_FGROUP_HASH) {
+            plain = write_hash(fx, r);
+        } else {
+            text_add(fx, "[", 1);
+            for (size_t i = 0; i < r->elements; i++) {
+                if (i)
+                    text_add(fx, ",", 1);
+                write_string(fx, r->element[i]->str, (size_t)r->element[i]->len);
+            }
+            text_add(fx, "]", 1);
+        }
+    }
+    if (!plain) {
+        json_t *v = group_json(g, r);
+        if (v == NULL)
+            return;
+        char *s =
+            json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);
+        json_decref(v);
+        if (s == NULL) {
+            fx->text_oom = true;
+            return;
+        }
+        for (char *p = s; *p; p++) /* \u escapes in lowercase hex, as mg_fval_from_json */
+            if (*p == '\\' && *++p == 'u')
+                for (int i = 0; i < 4 && p[1]; i++, p++)
+                    if (p[1] >= 'A' && p[1] <= 'F')
+                        p[1] = (char)(p[1] - 'A' + 'a');
+        text_add(fx, s, strlen(s));
+        free(s);
+    }
+    if (!fx->text_oom)
+        fx->frag[gi] = (frag_t){start, fx->tlen - start};
+}
+
+/* The snapshot of a known user: {"group":fragment,...}, groups sorted by name (names are
+ * [a-z0-9_]: nothing to escape); "{}" when no group has a value. NULL when out of memory. */
+static mg_fval_t *snapshot(fetch_t *fx)
+{
+    const mg_fapp_t *a = fx->app;
+    size_t order[MAX_GROUPS], n = 0;
+    for (size_t i = 0; i < a->ngroups; i++) { /* insertion sort: at most 16 groups */
+        if (fx->frag[i].len == 0)
+            continue;
+        size_t j = n++;
+        for (; j > 0 && strcmp(a->groups[order[j - 1]].name, a->groups[i].name) > 0; j--)
+            order[j] = order[j - 1];
+        order[j] = i;
+    }
+    size_t need = 2;
+    for (size_t k = 0; k < n; k++)
+        need += strlen(a->groups[order[k]].name) + 4 + fx->frag[order[k]].len;
+    if (fx->text_oom || !text_reserve(fx, need)) /* one reserve: fragments stay where they are */
+        return NULL;
+    size_t start = fx->tlen;
+    text_add(fx, "{", 1);
+    for (size_t k = 0; k < n; k++) {
+        const mg_fgroup_t *g = &a->groups[order[k]];
+        if (k)
+            text_add(fx, ",", 1);
+        text_add(fx, "\"", 1);
+        text_add(fx, g->name, strlen(g->name));
+        text_add(fx, "\":", 2);
+        text_add(fx, fx->text + fx->frag[order[k]].off, fx->frag[order[k]].len);
+    }
+    text_add(fx, "}", 1);
+    return mg_fval_new(fx->text + start, fx->tlen - start);
 }
 
 static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
@@ -327,34 +561,62 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
     } else if (rc->idx == 0) {
         fx->marker = r->type == REDIS_REPLY_STRING ? (r->len == 1 && r->str[0] == '1' ? 1 : 0) : -1;
     } else if (!fx->redis_failed) {
-        add_group(fx, &fx->app->groups[rc->idx - 1], r);
+        add_group(fx, (size_t)rc->idx - 1, r);
     }
     if (--fx->redis_pending == 0)
         redis_done(fx);
 }
 
-/* Sends the pipeline: GET marker, then one read per group. */
+/* Appends |s| (|n| bytes) as a RESP bulk string at |o|; returns the new end. */
+static char *resp_bulk(char *o, const char *s, size_t n)
+{
+    o += sprintf(o, "$%zu\r\n", n);
+    memcpy(o, s, n);
+    memcpy(o + n, "\r\n", 2);
+    return o + n + 2;
+}
+
+/* Sends the pipeline: GET marker, then one read per group. The commands are written in RESP
+ * here rather than formatted by hiredis; keys fit: "mgf:v1:" + app (<= 64, checked by
+ * mg_features_start) + ':' + user (<= 128) + ':' + group (<= 32). */
 static void redis_send(fetch_t *fx)
 {
     mg_features_t *f = fx->f;
-    char base[256], key[300];
-    snprintf(base, sizeof(base), "mgf:v1:%s:%s", fx->app->name, fx->user);
+    char key[256], cmd[512];
+    size_t alen = strlen(fx->app->name), ulen = fx->klen - alen - 1;
+    size_t blen = 7 + alen + 1 + ulen; /* "mgf:v1:app:user" */
+    memcpy(key, "mgf:v1:", 7);
+    memcpy(key + 7, fx->app->name, alen);
+    key[7 + alen] = ':';
+    memcpy(key + 8 + alen, fx->user, ulen);
     MG_FM_INC(f->m->redis_lookups);
     fx->rc[0] = (rcmd_t){fx, 0};
-    int sent = redisAsyncCommand(f->ac, on_redis_reply, &fx->rc[0], "GET %s", base) == REDIS_OK;
+    char *o = resp_bulk(cmd + sprintf(cmd, "*2\r\n"), "GET", 3);
+    o = resp_bulk(o, key, blen);
+    int sent = redisAsyncFormattedCommand(f->ac, on_redis_reply, &fx->rc[0], cmd,
+                                          (size_t)(o - cmd)) == REDIS_OK;
     for (size_t i = 0; sent == (int)i + 1 && i < fx->app->ngroups; i++) {
         const mg_fgroup_t *g = &fx->app->groups[i];
-        snprintf(key, sizeof(key), "%s:%s", base, g->name);
+        size_t glen = strlen(g->name), klen = blen + 1 + glen;
+        key[blen] = ':';
+        memcpy(key + blen + 1, g->name, glen);
         fx->rc[i + 1] = (rcmd_t){fx, (int)i + 1};
-        int rc;
-        if (g->type == MG_FGROUP_HASH)
-            rc = redisAsyncCommand(f->ac, on_redis_reply, &fx->rc[i + 1], "HGETALL %s", key);
-        else if (g->type == MG_FGROUP_LIST)
-            rc = redisAsyncCommand(f->ac, on_redis_reply, &fx->rc[i + 1], "LRANGE %s 0 %u", key,
-                                   g->max_items - 1);
-        else
-            rc = redisAsyncCommand(f->ac, on_redis_reply, &fx->rc[i + 1], "GET %s", key);
-        sent += rc == REDIS_OK;
+        if (g->type == MG_FGROUP_HASH) {
+            o = resp_bulk(cmd + sprintf(cmd, "*2\r\n"), "HGETALL", 7);
+            o = resp_bulk(o, key, klen);
+        } else if (g->type == MG_FGROUP_LIST) {
+            char last[16];
+            int n = snprintf(last, sizeof(last), "%u", g->max_items - 1);
+            o = resp_bulk(cmd + sprintf(cmd, "*4\r\n"), "LRANGE", 6);
+            o = resp_bulk(o, key, klen);
+            o = resp_bulk(o, "0", 1);
+            o = resp_bulk(o, last, (size_t)n);
+        } else {
+            o = resp_bulk(cmd + sprintf(cmd, "*2\r\n"), "GET", 3);
+            o = resp_bulk(o, key, klen);
+        }
+        sent += redisAsyncFormattedCommand(f->ac, on_redis_reply, &fx->rc[i + 1], cmd,
+                                           (size_t)(o - cmd)) == REDIS_OK;
     }
     fx->redis_pending = sent;
     if (sent != (int)fx->app->ngroups + 1)
@@ -377,10 +639,7 @@ static fetch_t *fetch_new(mg_features_t *f, const mg_fapp_t *app, const char *ke
     memcpy(fx->key, key, klen);
     fx->user = fx->key + alen + 1;
     fx->marker = -1;
-    if ((fx->timer = evtimer_new(f->base, on_fetch_timer, fx)) == NULL) {
-        free(fx);
-        return NULL;
-    }
+    evtimer_assign(&fx->timer, f->base, on_fetch_timer, fx);
     fetch_t **pp = fetch_slot(f, key, klen);
     fx->hnext = *pp;
     *pp = fx;
