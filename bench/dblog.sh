@@ -1,0 +1,301 @@
+#!/usr/bin/env bash
+# bench/dblog.sh - what the request log in MariaDB costs: modelgate with the access log only
+# against the access log + request_log_db (a private mariadbd on 127.0.0.1), the same routing
+# document, the same backend, interleaved rounds; then checks that every request the "db"
+# gateway served became a row. See bench/README.md ("Request log in MariaDB").
+#
+#   bench/dblog.sh                    3 interleaved rounds of 10 s thr runs + lat runs (~3 min)
+#   QUICK=1 bench/dblog.sh            smoke run: 1 round, 3 s runs
+#   SPOOL_DIR=/var/tmp/x bench/dblog.sh   the spool on a real disk (default: the work dir in
+#                                     /dev/shm, where fsync costs nothing)
+#
+# mariadbd gets a fresh datadir in the work dir (mariadb-install-db --no-defaults, root without
+# password, TCP on 127.0.0.1 only, no binary log). Every server runs in its own session, every
+# h2load run is capped by `timeout`, and everything is stopped and removed on exit (KEEP=1
+# keeps the dir).
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+PY=/usr/bin/python3
+
+# ---------------------------------------------------------------- knobs (environment)
+if [ "${QUICK:-0}" = 1 ]; then
+    d_rounds=1 d_dur=3 d_lat="-n 2000 -c 1 -m 1 -t 1" d_warm=1
+else
+    d_rounds=3 d_dur=10 d_lat="-n 10000 -c 1 -m 1 -t 1" d_warm=2
+fi
+ROUNDS=${ROUNDS:-$d_rounds}
+DURATION=${DURATION:-$d_dur}
+WARM_DURATION=${WARM_DURATION:-$d_warm}
+THR_ARGS=${THR_ARGS:--c 50 -m 10 -t 1} # thr: one h2load, 500 streams in flight (as bench/run.sh)
+LAT_ARGS=${LAT_ARGS:-$d_lat}
+PROFILES=${PROFILES:-thr lat}
+MODELGATE_BIN=${MODELGATE_BIN:-$ROOT/build/gateway/modelgate}
+MARIADBD=${MARIADBD:-$(command -v mariadbd || echo /usr/sbin/mariadbd)}
+SPOOL_DIR=${SPOOL_DIR:-}               # default: $W/spool
+BATCH_ROWS=${BATCH_ROWS:-500}          # request_log_db.batch_rows (its default)
+FLUSH_MS=${FLUSH_MS:-200}              # request_log_db.flush_ms (its default)
+PORT_BASE=${PORT_BASE:-19300}          # backend +1, mariadbd +2, gateways +3 +4, admin +5 +6
+QUIET_PCT=${QUIET_PCT:-10}
+QUIET_MAX=${QUIET_MAX:-30}
+NOISY_PCT=${NOISY_PCT:-10}
+# CPU layout, as bench/run.sh: thr gives the gateway (and so its log threads) a core of its
+# own, h2load, the backend and mariadbd share the other; lat runs everything on one core.
+if [ "$(nproc)" -ge 2 ] && [ "${PIN:-1}" = 1 ]; then
+    THR_LOADGEN=${THR_LOADGEN-0} THR_GATEWAY=${THR_GATEWAY-1} THR_BACKEND=${THR_BACKEND-0}
+    LAT_LOADGEN=${LAT_LOADGEN-1} LAT_GATEWAY=${LAT_GATEWAY-1} LAT_BACKEND=${LAT_BACKEND-1}
+else
+    THR_LOADGEN='' THR_GATEWAY='' THR_BACKEND='' LAT_LOADGEN='' LAT_GATEWAY='' LAT_BACKEND=''
+fi
+RUN_TIMEOUT=${RUN_TIMEOUT:-$((DURATION + 60))}
+HOST=bench-production.modelgate.local
+BE_PORT=$((PORT_BASE + 1)) DB_PORT=$((PORT_BASE + 2))
+GWS="log db"
+declare -A GW_PORT=([log]=$((PORT_BASE + 3)) [db]=$((PORT_BASE + 4)))
+declare -A ADMIN_PORT=([log]=$((PORT_BASE + 5)) [db]=$((PORT_BASE + 6)))
+LOADGEN_CPUS=
+
+# ---------------------------------------------------------------- plumbing
+# say die start stop wait_port sess_ticks others_ticks our_sids wait_quiet pct need_tools, SID
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$HERE/lib.sh"
+bench_workdir mg-dbbench
+[ -n "$SPOOL_DIR" ] || SPOOL_DIR=$W/spool
+
+sql() { mariadb --no-defaults -h 127.0.0.1 -P "$DB_PORT" -u root -N -B -e "$1" 2>&1; }
+
+write_files() {
+    local gw dbconf
+    mkdir -p "$W/htdocs/v1" "$SPOOL_DIR"
+    printf '%s\n' '{"prediction":7,"probabilities":[0.01,0.02,0.9],"model_version":"digits-v3","ms":0.2}' \
+        >"$W/htdocs/v1/predict"
+    printf '%s' '{"inputs":[[0.0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3]]}' >"$W/body.json"
+    for gw in $GWS; do
+        mkdir -p "$W/$gw"
+        cat >"$W/$gw/routes.json" <<JSON
+{"domain": "modelgate.local", "services": {"svc": {"protocol": "h2c", "pods": ["127.0.0.1:$BE_PORT"]}},
+ "routes": [{"app": "bench", "env": "production", "service": "svc"}]}
+JSON
+        dbconf=
+        [ "$gw" = db ] && dbconf=',
+ "request_log_db": {"host": "127.0.0.1", "port": '$DB_PORT', "user": "root", "database": "modelgate",
+   "spool_dir": "'$SPOOL_DIR'", "batch_rows": '$BATCH_ROWS', "flush_ms": '$FLUSH_MS'}'
+        cat >"$W/$gw/gateway.json" <<JSON
+{"listen": ["127.0.0.1:${GW_PORT[$gw]}"], "workers": 1, "routes": "routes.json",
+ "access_log": "$W/$gw/access.log", "log_level": "warn",
+ "admin": {"listen": "127.0.0.1:${ADMIN_PORT[$gw]}"}$dbconf}
+JSON
+    done
+}
+
+start_mariadb() {
+    local d=$W/mariadb u=()
+    mkdir -p "$d"
+    [ "$(id -u)" = 0 ] && u=(--user=root)
+    mariadb-install-db --no-defaults --datadir="$d/data" --auth-root-authentication-method=normal \
+        --skip-test-db "${u[@]}" --skip-name-resolve >"$d/install.out" 2>&1 ||
+        die "mariadb-install-db failed: $(tail -5 "$d/install.out")"
+    start mariadb "$THR_BACKEND" "$MARIADBD" --no-defaults --datadir="$d/data" --socket="$d/mysqld.sock" \
+        --port="$DB_PORT" --bind-address=127.0.0.1 "${u[@]}" --skip-name-resolve \
+        --innodb-buffer-pool-size=64M --innodb-log-file-size=32M --innodb-flush-log-at-trx-commit=2 \
+        --pid-file="$d/mysqld.pid" --log-error="$d/error.log" --skip-log-bin
+    wait_port "$DB_PORT" 60 mariadb || die "mariadbd did not start: $(tail -5 "$d/error.log")"
+    for _ in $(seq 1 100); do sql 'SELECT 1' >/dev/null && return 0; sleep 0.1; done
+    die "mariadbd does not answer: $(tail -5 "$d/error.log")"
+}
+
+# dbstats: "spooled inserted duplicates lost rejected" of the db gateway
+dbstats() {
+    curl -s --max-time 5 "http://127.0.0.1:${ADMIN_PORT[db]}/stats/dblog" | "$PY" -c '
+import json, sys
+try:
+    d = json.load(sys.stdin)
+    print(d["spooled"], d["inserted"], d["duplicates"], d["lost"], d["rejected"])
+except Exception:
+    print("- - - - -")'
+}
+
+sanity() {
+    local body
+    body=$(timeout 10 nghttp -d "$W/body.json" -H 'content-type: application/json' \
+        -H ":authority: $HOST" "http://127.0.0.1:${GW_PORT[$1]}/v1/predict" 2>&1)
+    [[ $body == *'"prediction":7'* ]] || die "gateway $1 does not forward POST /v1/predict: ${body:0:300}"
+}
+
+layout() { # as bench/features.sh
+    local gcpu bcpu n p c
+    if [ "$1" = thr ]; then
+        LOADGEN_CPUS=$THR_LOADGEN gcpu=$THR_GATEWAY bcpu=$THR_BACKEND
+    else
+        LOADGEN_CPUS=$LAT_LOADGEN gcpu=$LAT_GATEWAY bcpu=$LAT_BACKEND
+    fi
+    for n in "${!SID[@]}"; do
+        c=$bcpu
+        [[ $n == gw-* ]] && c=$gcpu
+        [ -z "$c" ] && continue
+        for p in $(pgrep -s "${SID[$n]}"); do taskset -a -cp "$c" "$p" >/dev/null 2>&1; done
+    done
+}
+
+# h2run GW PROFILE [DURATION]: one measured run; prints
+# "rps ok total p50 p99 gw_us db_us foreign_pct status". db_us: mariadbd's CPU during the run
+# per request (it inserts the db gateway's rows a little later: see the README)
+h2run() {
+    local gw=$1 prof=$2 dur=${3:-$DURATION} rc=0 args=$LAT_ARGS t0 t1 d0 d1 o0 o1 w0 w1
+    [ "$prof" = thr ] && args="-D $dur $THR_ARGS"
+    rm -f "$W/h2load.tsv" # h2load appends to its --log-file
+    # shellcheck disable=SC2046
+    o0=$(others_ticks $(our_sids)) t0=$(sess_ticks "${SID[gw-$gw]}") d0=$(sess_ticks "${SID[mariadb]}")
+    w0=$(date +%s%N)
+    # shellcheck disable=SC2046,SC2086
+    timeout -k 5 "$RUN_TIMEOUT" $(pin "$LOADGEN_CPUS") h2load $args -H ":authority: $HOST" \
+        -H 'content-type: application/json' -d "$W/body.json" --log-file="$W/h2load.tsv" \
+        "http://127.0.0.1:${GW_PORT[$gw]}/v1/predict" >"$W/h2load.out" 2>&1 || rc=$?
+    w1=$(date +%s%N)
+    # shellcheck disable=SC2046
+    t1=$(sess_ticks "${SID[gw-$gw]}") d1=$(sess_ticks "${SID[mariadb]}") o1=$(others_ticks $(our_sids))
+    { echo "=== $gw $prof: h2load $args"; cat "$W/h2load.out"; } >>"$W/raw.txt"
+    local rps ok total non2xx p50 p99 cnt status=ok gcpu dcpu foreign
+    read -r rps ok total non2xx < <(awk '
+        /^finished in/ { gsub(",", ""); rps += $4 }
+        /^requests:/ { total += $2; for (i = 1; i < NF; i++) if ($(i + 1) ~ /^succeeded/) ok += $i }
+        /^status codes:/ { bad += $5 + $7 + $9 }
+        END { printf "%.2f %d %d %d\n", rps, ok, total, bad }' "$W/h2load.out")
+    read -r p50 p99 cnt < <(pct "$W/h2load.tsv" 2>/dev/null || echo "- - 0")
+    [ "$rc" = 0 ] && [ "$ok" -gt 0 ] && [ "$ok" = "$total" ] && [ "$non2xx" = 0 ] &&
+        [ "$cnt" -ge "$ok" ] || status=bad
+    kill -0 "${SID[gw-$gw]}" 2>/dev/null || status=died
+    [ "$status" = bad ] && say "bench: $gw $prof: h2load exit $rc, $ok of $total ok, $non2xx non-2xx" >&2
+    gcpu=- dcpu=-
+    if [ "$ok" -gt 0 ]; then
+        gcpu=$("$PY" -c "print(f'{$(((t1 - t0) * TICK_US))/$ok:.2f}')")
+        dcpu=$("$PY" -c "print(f'{$(((d1 - d0) * TICK_US))/$ok:.2f}')")
+    fi
+    foreign=$(((o1 - o0) * TICK_US * 100 / ((w1 - w0) / 1000 + 1)))
+    [ "$status" = ok ] && [ "$foreign" -gt "$NOISY_PCT" ] && [ $((o1 - o0)) -gt 3 ] && status=noisy
+    echo "$rps $ok $total $p50 $p99 $gcpu $dcpu $foreign $status"
+}
+
+# ---------------------------------------------------------------- run
+need_tools h2load nghttp nghttpd mariadb mariadb-install-db "$MARIADBD" taskset timeout setsid pgrep ss curl "$PY"
+[ -x "$MODELGATE_BIN" ] || die "$MODELGATE_BIN does not exist or is not executable; build it
+       (cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build build --target modelgate) or set MODELGATE_BIN"
+for p in "$BE_PORT" "$DB_PORT" "${GW_PORT[@]}" "${ADMIN_PORT[@]}"; do
+    ss -Hltn "sport = :$p" | grep -q . && die "port $p is in use (set PORT_BASE to another range)"
+done
+write_files
+
+say "# modelgate request log: access log only / access log + MariaDB, $(date -Is)"
+say "# $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), kernel $(uname -r); $(h2load --version | head -1); $("$MARIADBD" --version | cut -d' ' -f2-4)"
+say "# gateways (workers 1, $MODELGATE_BIN): log = access_log $W/log/access.log; db = the same + request_log_db (batch_rows $BATCH_ROWS, flush_ms $FLUSH_MS, spool $SPOOL_DIR)"
+say "# thr: h2load -D $DURATION $THR_ARGS | lat: h2load $LAT_ARGS | rounds: $ROUNDS"
+say "# pinning thr: h2load=[${THR_LOADGEN:-any}] gateway=[${THR_GATEWAY:-any}] backend+mariadbd=[${THR_BACKEND:-any}]; lat: all=[${LAT_GATEWAY:-any}]"
+
+start backend "$THR_BACKEND" nghttpd --no-tls -a 127.0.0.1 -d "$W/htdocs" "$BE_PORT"
+wait_port "$BE_PORT" 10 backend || die "nghttpd did not start: $(tail -5 "$W/backend.out")"
+start_mariadb
+for gw in $GWS; do
+    timeout 20 "$MODELGATE_BIN" --check-config "$W/$gw/gateway.json" >"$W/$gw/check.out" 2>&1 ||
+        die "the generated config for $gw is refused: $(cat "$W/$gw/check.out")"
+    start "gw-$gw" "$THR_GATEWAY" "$MODELGATE_BIN" --config "$W/$gw/gateway.json"
+    if ! wait_port "${GW_PORT[$gw]}" 10 "gw-$gw" || ! wait_port "${ADMIN_PORT[$gw]}" 10 "gw-$gw"; then
+        die "gateway $gw did not listen within 10 s: $(tail -20 "$W/gw-$gw.out")"
+    fi
+    sanity "$gw"
+done
+for _ in $(seq 1 100); do # the table exists and the first record went in
+    read -r _ ins _ < <(dbstats)
+    [ "$ins" != - ] && [ "$ins" -ge 1 ] && break
+    sleep 0.1
+done
+if [ "$ins" = - ] || [ "$ins" -lt 1 ]; then
+    die "the db gateway inserts nothing: $(dbstats); $(tail -5 "$W/gw-db.out")"
+fi
+
+layout thr
+for gw in $GWS; do h2run "$gw" thr "$WARM_DURATION" >/dev/null; done
+
+printf 'round\tprofile\tgw\trps\tok\ttotal\tp50\tp99\tgw_us\tdb_us\tforeign\tstatus\n' >"$W/runs.tsv"
+say ""
+say "round profile gw   req/s       ok/total           p50us  p99us  gw_us/req  mariadbd_us/req  others%cpu  status"
+for r in $(seq 1 "$ROUNDS"); do
+    for prof in $PROFILES; do
+        layout "$prof"
+        for gw in $GWS; do
+            for try in 0 1 2; do
+                waited=$(wait_quiet)
+                read -r rps ok total p50 p99 gcpu dcpu foreign status < <(h2run "$gw" "$prof")
+                if [ "$status" != noisy ] || [ "$try" -ge 2 ]; then break; fi
+                say "      $gw $prof: other processes used ${foreign}% of a CPU during the run (waited ${waited}s for quiet); retrying"
+            done
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$prof" "$gw" "$rps" "$ok" "$total" \
+                "$p50" "$p99" "$gcpu" "$dcpu" "$foreign" "$status" >>"$W/runs.tsv"
+            say "$(printf '%-5s %-7s %-4s %-11s %-18s %6s %6s %10s %16s %11s  %s' "$r" "$prof" "$gw" "$rps" \
+                "$ok/$total" "$p50" "$p99" "$gcpu" "$dcpu" "$foreign" "$status")"
+            [ "$status" = died ] && die "gateway $gw exited during the run: $(tail -20 "$W/gw-$gw.out")"
+        done
+    done
+done
+
+# every request of the db gateway must become a row: wait until the spool is drained
+say ""
+t0=$(date +%s%N) d0=$(sess_ticks "${SID[mariadb]}")
+for _ in $(seq 1 600); do
+    read -r sp ins dup lost rej < <(dbstats)
+    [ "$sp" != - ] && [ $((ins + dup + lost + rej)) -ge "$sp" ] && break
+    sleep 0.1
+done
+t1=$(date +%s%N) d1=$(sess_ticks "${SID[mariadb]}")
+lines=$(wc -l <"$W/db/access.log")
+rows=$(sql 'SELECT COUNT(*) FROM modelgate.request_log')
+say "request log: $lines access-log records, $rows rows in modelgate.request_log; spooled $sp, inserted $ins," \
+    "duplicates $dup, lost $lost, rejected $rej; drained $(((t1 - t0) / 1000000)) ms after the last run" \
+    "(mariadbd $(((d1 - d0) * TICK_US / 1000)) ms CPU meanwhile)"
+if [ "$rows" = "$lines" ] && [ "$lost" = 0 ] && [ "$rej" = 0 ]; then
+    say "every request became a row: yes"
+else
+    say "every request became a row: NO"
+fi
+dbdir_kb=$(du -sk "$W/mariadb/data" | cut -f1)
+say "mariadbd: total CPU $(($(sess_ticks "${SID[mariadb]}") * TICK_US / 1000)) ms over the whole script, datadir ${dbdir_kb} KiB"
+
+say ""
+say "## summary: medians over $ROUNDS round(s); ratios are medians of the per-round ratios (paired runs)"
+"$PY" - "$W/runs.tsv" <<'PY'
+import csv, statistics, sys
+
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+def num(x):
+    try:
+        return float(x)
+    except ValueError:
+        return None
+def med(v):
+    v = [x for x in v if x is not None]
+    return statistics.median(v) if v else None
+def f(x, fmt):
+    return "-" if x is None else format(x, fmt)
+by = {}
+for r in rows:
+    by.setdefault((r["profile"], r["gw"]), []).append(r)
+print("gw    thr req/s          min-max  p50/p99 us   gw us/req  mariadbd us/req   lat p50/p99 us  not ok")
+for gw in ("log", "db"):
+    t, l = by.get(("thr", gw), []), by.get(("lat", gw), [])
+    rps = [num(r["rps"]) for r in t]
+    bad = sum(r["status"] != "ok" for r in t + l)
+    print(f"{gw:<4} {f(med(rps), ',.0f'):>10} {f(min(rps, default=None), ',.0f'):>9}-{f(max(rps, default=None), ',.0f'):<8}"
+          f" {f(med([num(r['p50']) for r in t]), '.0f'):>5}/{f(med([num(r['p99']) for r in t]), '.0f'):<6}"
+          f" {f(med([num(r['gw_us']) for r in t]), '.2f'):>9} {f(med([num(r['db_us']) for r in t]), '.2f'):>16}"
+          f" {f(med([num(r['p50']) for r in l]), '.0f'):>8}/{f(med([num(r['p99']) for r in l]), '.0f'):<6} {bad}")
+def per_round(prof, gw, col):
+    return {r["round"]: num(r[col]) for r in by.get((prof, gw), [])}
+def ratio(prof, col):
+    a, b = per_round(prof, "db", col), per_round(prof, "log", col)
+    return [a[k] / b[k] for k in a if a[k] and b.get(k)]
+rr, cr = ratio("thr", "rps"), ratio("thr", "gw_us")
+dp = [per_round("lat", "db", "p50")[k] - v for k, v in per_round("lat", "log", "p50").items()
+      if v is not None and per_round("lat", "db", "p50").get(k) is not None]
+print(f"\ndb vs log: req/s {f(med(rr), '.3f')} (rounds: {' '.join(format(x, '.3f') for x in rr)}; target > 0.95),"
+      f" gateway CPU/req {f(med(cr), '.3f')}, added lat p50 {f(med(dp), '.0f')} us")
+PY
