@@ -105,10 +105,12 @@ static const mount_t *find_mount(const mg_admin_t *a, const char *path)
     const mount_t *best = NULL;
     for (size_t i = 0; i < a->nmounts; i++) {
         const mount_t *m = &a->mounts[i];
+        if (strncmp(path, m->prefix, m->len) != 0) /* first: path may be shorter than prefix */
+            continue;
         char next = path[m->len];
-        if (strncmp(path, m->prefix, m->len) == 0 &&
-            (next == '\0' || next == '/' || next == '?') && (best == NULL || m->len > best->len))
-            best = m;
+        bool exact = next == '\0' || next == '?';
+        if ((exact || (next == '/' && m->h != NULL)) && (best == NULL || m->len > best->len))
+            best = m; /* pages answer their exact path only; mounts their subtree too */
     }
     return best;
 }
@@ -136,7 +138,8 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 {
     mg_admin_t *a = ud;
     mg_srv_set_handler(s, &page_handler); /* until a mount takes it: drops any body */
-    if (strcmp(req->path, "/healthz") == 0) {
+    if (strcmp(req->path, "/healthz") == 0 &&
+        (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0)) {
         mg_admin_reply(s, 200, "text/plain; charset=utf-8", "ok\n", 3);
         return;
     }

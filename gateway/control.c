@@ -60,7 +60,7 @@ static void on_health(void *ud, const char *key, mg_hc_state_t state, const char
     mg_pod_health_t h = state == MG_HC_HEALTHY     ? MG_POD_HEALTH_HEALTHY
                         : state == MG_HC_UNHEALTHY ? MG_POD_HEALTH_UNHEALTHY
                                                    : MG_POD_HEALTH_UNKNOWN;
-    mg_podstate_set_health(ps, h, reason);
+    mg_podstate_set_health(ps, h);
     MG_LOG(h == MG_POD_HEALTH_HEALTHY ? MG_LOG_INFO : MG_LOG_WARN, "health",
            "service %s pod %s is %s (%s)", service, slash + 1, mg_hc_state_name(state),
            reason ? reason : "");
@@ -96,8 +96,12 @@ static void apply_checks(mg_control_t *c, const mg_routes_t *r)
             char key[512];
             snprintf(key, sizeof(key), "%s/%s", svc->name, pod->name);
             if (mg_hc_watch(c->hc, key, (const struct sockaddr *)&pod->addr, pod->addrlen,
-                            svc->proto, &hc) != MG_OK)
+                            svc->proto, &hc) != MG_OK) {
+                /* refused (logged by the checker): judge the pod without active checks rather
+                 * than keep it out for good */
+                mg_podstate_set_health(pod->state, MG_POD_HEALTH_UNCHECKED);
                 continue;
+            }
             watched_t **wp = find_watched(c, key);
             if (*wp == NULL && (*wp = calloc(1, sizeof(**wp))) != NULL &&
                 ((*wp)->key = strdup(key)) == NULL) {
@@ -106,13 +110,20 @@ static void apply_checks(mg_control_t *c, const mg_routes_t *r)
             }
             if (*wp)
                 (*wp)->seen = true;
-            /* a restarted check forgets its verdict without a callback: mirror it */
+            /* A check restarted by a changed path or version has no verdict yet: the pod keeps
+             * the one it had until the new check reaches its own (on_health), so a reload
+             * never takes a serving service out at once. A pod never judged waits for its
+             * first check. */
             mg_hc_state_t st = mg_hc_state(c->hc, key);
+            int cur = atomic_load(&pod->state->health);
             mg_pod_health_t h = st == MG_HC_HEALTHY     ? MG_POD_HEALTH_HEALTHY
                                 : st == MG_HC_UNHEALTHY ? MG_POD_HEALTH_UNHEALTHY
                                                         : MG_POD_HEALTH_UNKNOWN;
-            if (atomic_load(&pod->state->health) != (int)h)
-                mg_podstate_set_health(pod->state, h, NULL);
+            if (h == MG_POD_HEALTH_UNKNOWN &&
+                (cur == MG_POD_HEALTH_HEALTHY || cur == MG_POD_HEALTH_UNHEALTHY))
+                continue;
+            if (cur != (int)h)
+                mg_podstate_set_health(pod->state, h);
         }
     }
     for (watched_t **wp = &c->watched; *wp;) {

@@ -82,7 +82,8 @@ struct exch {
     bool fallback;
     bool has_key;
     uint64_t hash_key;
-    unsigned retries;
+    unsigned retries;      /* every attempt after the first (logged) */
+    unsigned sent_retries; /* of those, after a failure that reached a pod (capped) */
     uint32_t to_first_byte, to_idle, to_total; /* ms, this route's */
     size_t srv_unconsumed, up_unconsumed;
     uint64_t req_bytes, resp_bytes;
@@ -321,6 +322,12 @@ static void maybe_eject(exch_t *e, mg_service_t *svc, int i, uint64_t now)
 {
     const mg_outlier_conf_t *oc = &svc->outlier;
     mg_podstate_t *ps = svc->pods[i].state;
+    /* requests that were in flight when it was ejected still end as failures: no new ejection
+     * (nor a longer one) for those */
+    if (atomic_load_explicit(&ps->ejected_until_ms, memory_order_relaxed) > now) {
+        atomic_store_explicit(&ps->consecutive_failures, 0, memory_order_relaxed);
+        return;
+    }
     size_t ejected = 0;
     for (size_t k = 0; k < svc->npods; k++)
         if (atomic_load_explicit(&svc->pods[k].state->ejected_until_ms, memory_order_relaxed) >
@@ -443,7 +450,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         fail(e, 504, "request_timeout", "the request took longer than %u ms", e->to_total);
     } else if (e->up && !e->resp_started && e->to_first_byte &&
                now >= e->t_up_start + (int64_t)e->to_first_byte * 1000) {
-        attempt_done(e, OUTCOME_FAILED); /* a pod that does not answer counts against it */
+        /* a pod that had the whole request and did not answer counts against it; one still
+         * waiting for a slow client's body does not */
+        attempt_done(e, e->req_ended ? OUTCOME_FAILED : OUTCOME_NEUTRAL);
         fail(e, 504, "upstream_timeout", "pod %s sent no response within %u ms",
              e->svc->pods[e->pod].name, e->to_first_byte);
     } else if (e->to_idle && loop_us(e->p) >= e->t_activity + (int64_t)e->to_idle * 1000) {
@@ -515,9 +524,10 @@ static int pick_pod(exch_t *e, pick_fail_t *why)
     return mg_balance_pick(svc->lb, &ctx);
 }
 
-/* The retry budget of e->svc on this worker: retries may add budget_percent of the requests
- * of the current second, or min_per_second, whichever is more. */
-static bool budget_allows(exch_t *e)
+/* The retry budget of e->svc on this worker: retries of requests that reached a pod may add
+ * budget_percent of the requests of the current second, or min_per_second, whichever is more.
+ * (Connect failures reached no pod: they are not counted.) */
+static bool budget_has_room(exch_t *e)
 {
     mg_stat_block_t *b = &e->svc->stats->w[e->p->worker];
     const mg_retry_conf_t *rc = &e->svc->retry;
@@ -530,8 +540,15 @@ static bool budget_allows(exch_t *e)
         mg_stats_inc(e->svc->stats, e->p->worker, offsetof(mg_stat_block_t, budget_exhausted));
         return false;
     }
-    atomic_store_explicit(&b->budget_retries, done + 1, memory_order_relaxed);
     return true;
+}
+
+static void budget_take(exch_t *e)
+{
+    mg_stat_block_t *b = &e->svc->stats->w[e->p->worker];
+    atomic_store_explicit(&b->budget_retries,
+                          atomic_load_explicit(&b->budget_retries, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
 }
 
 static void budget_count_request(exch_t *e)
@@ -579,12 +596,29 @@ static bool attempt(exch_t *e, pick_fail_t *why)
     }
 }
 
-/* Puts the kept copy of the body back for another attempt (the last one drained |body|). */
+/* Puts the kept copy of the body back for another attempt (the last one drained |body|),
+ * chunk by chunk: no flattening of a large body on the loop. */
 static void rewind_body(exch_t *e)
 {
     evbuffer_drain(e->body, evbuffer_get_length(e->body));
-    if (e->kept && evbuffer_get_length(e->kept))
-        evbuffer_add(e->body, evbuffer_pullup(e->kept, -1), evbuffer_get_length(e->kept));
+    if (e->kept == NULL)
+        return;
+    struct evbuffer_iovec v[16];
+    struct evbuffer_ptr at;
+    evbuffer_ptr_set(e->kept, &at, 0, EVBUFFER_PTR_SET);
+    for (;;) {
+        int n = evbuffer_peek(e->kept, -1, &at, v, 16);
+        if (n <= 0)
+            break;
+        int used = n < 16 ? n : 16;
+        size_t moved = 0;
+        for (int i = 0; i < used; i++) {
+            evbuffer_add(e->body, v[i].iov_base, v[i].iov_len);
+            moved += v[i].iov_len;
+        }
+        if (n <= 16 || evbuffer_ptr_set(e->kept, &at, moved, EVBUFFER_PTR_ADD) != 0)
+            break;
+    }
 }
 
 /* After a failed attempt: try another pod if the request may be repeated. |sent|: bytes may
@@ -595,10 +629,9 @@ static bool retry(exch_t *e, bool sent)
         return false;
     if (sent && !(e->retry_sent_ok && e->replayable))
         return false;
-    /* connect failures never reached a pod: they may try every pod; others are capped */
-    if (sent && e->retries >= e->svc->retry.attempts)
-        return false;
-    if (!budget_allows(e))
+    /* connect failures never reached a pod: they may try every pod, outside the budget; the
+     * others are capped by attempts and by the budget */
+    if (sent && (e->sent_retries >= e->svc->retry.attempts || !budget_has_room(e)))
         return false;
     if (sent)
         rewind_body(e);
@@ -607,6 +640,10 @@ static bool retry(exch_t *e, bool sent)
     bool again = attempt(e, &why);
     if (again) {
         e->retries++;
+        if (sent) {
+            e->sent_retries++;
+            budget_take(e);
+        }
         mg_stats_inc(e->svc->stats, e->p->worker, offsetof(mg_stat_block_t, retries));
     }
     release(e);
@@ -665,7 +702,7 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
         return;
     bool bad = status == 502 || status == 503 || status == 504;
     if (bad && retriable_status(e->svc, status) && e->attempt_live && e->retry_sent_ok &&
-        e->replayable && e->retries < e->svc->retry.attempts && other_pod_usable(e)) {
+        e->replayable && e->sent_retries < e->svc->retry.attempts && other_pod_usable(e)) {
         /* answered with a retriable status before any byte reached the client: another pod
          * may do better; this answer is dropped */
         if (up && !end) {
@@ -687,6 +724,10 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
         atomic_fetch_sub_explicit(&e->svc->pods[e->pod].state->waiting, 1, memory_order_relaxed);
     }
     e->attempt_bad = bad; /* forwarded, but it still counts against the pod */
+    if (e->kept) { /* the response has started: nothing will be replayed any more */
+        e->replayable = false;
+        evbuffer_drain(e->kept, evbuffer_get_length(e->kept));
+    }
     if (end)
         attempt_done(e, bad ? OUTCOME_FAILED : OUTCOME_OK);
     e->resp_started = true;

@@ -58,7 +58,7 @@ typedef enum mg_hc_state {
 /* Largest /v1/status body read for the version check; a larger one fails the check. */
 #define MG_HC_MAX_BODY (64 * 1024)
 /* Longest pod name ("host:port") accepted by mg_hc_watch. */
-#define MG_HC_MAX_NAME 300
+#define MG_HC_MAX_NAME 512
 
 typedef struct mg_hc_conf {
     const char *path;             /* request target, must start with '/', e.g. "/readyz" */

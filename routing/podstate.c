@@ -64,13 +64,11 @@ bool mg_podstate_usable(const mg_podstate_t *ps, uint64_t now_ms)
     return atomic_load_explicit(&ps->ejected_until_ms, memory_order_relaxed) <= now_ms;
 }
 
-void mg_podstate_set_health(mg_podstate_t *ps, mg_pod_health_t h, const char *reason)
+void mg_podstate_set_health(mg_podstate_t *ps, mg_pod_health_t h)
 {
     int old = atomic_exchange_explicit(&ps->health, (int)h, memory_order_relaxed);
     if (h == MG_POD_HEALTH_HEALTHY && old != MG_POD_HEALTH_HEALTHY)
         atomic_store_explicit(&ps->usable_since_ms, mg_podstate_now_ms(), memory_order_relaxed);
-    if (reason)
-        snprintf(ps->reason, sizeof(ps->reason), "%s", reason);
 }
 
 void mg_podstate_free_all(void)

@@ -37,7 +37,6 @@ typedef struct mg_podstate {
     atomic_uint_fast64_t ejected_until_ms; /* monotonic ms; 0 or past = not ejected */
     atomic_uint_fast64_t usable_since_ms;  /* when it last became usable (slow start) */
     char *service, *pod;
-    char reason[96]; /* the last health verdict's reason (written by the control thread) */
     mg_stats_t *stats;
     struct mg_podstate *next;
 } mg_podstate_t;
@@ -52,7 +51,7 @@ uint64_t mg_podstate_now_ms(void);
 /* Can the pod take a request now (health and ejection; limits are the caller's)? */
 bool mg_podstate_usable(const mg_podstate_t *ps, uint64_t now_ms);
 /* Sets the active-check verdict; stamps usable_since_ms when the pod becomes usable. */
-void mg_podstate_set_health(mg_podstate_t *ps, mg_pod_health_t h, const char *reason);
+void mg_podstate_set_health(mg_podstate_t *ps, mg_pod_health_t h);
 /* Frees every state (at exit, when no thread uses them any more). */
 void mg_podstate_free_all(void);
 

@@ -633,6 +633,15 @@ static const json_t *opt_object(ectx_t *e, const json_t *obj, const char *key,
     return v;
 }
 
+/* Printable ASCII without spaces: what goes into a request line as is. */
+static bool printable_token(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            return false;
+    return true;
+}
+
 /* ---------- services ---------- */
 
 static void parse_pods(ectx_t *e, const json_t *pods, mg_service_t *svc)
@@ -778,8 +787,10 @@ static void parse_resilience(ectx_t *e, const json_t *v, mg_service_t *svc)
         size_t o2 = path_key(e, "path");
         if (p == NULL)
             errf(e, "missing (expected the path to GET, e.g. \"/readyz\")");
-        else if (!json_is_string(p) || json_string_value(p)[0] != '/')
-            errf(e, "invalid path (expected a string starting with '/', e.g. \"/readyz\")");
+        else if (!json_is_string(p) || json_string_value(p)[0] != '/' ||
+                 !printable_token(json_string_value(p)))
+            errf(e, "invalid path (expected a string starting with '/', printable ASCII without "
+                    "spaces, e.g. \"/readyz\")");
         else if ((svc->health.path = strdup(json_string_value(p))) == NULL)
             nomem(e);
         path_set(e, o2);
@@ -1357,9 +1368,9 @@ static bool finish_service(mg_service_t *svc, mg_routes_dns_fn fn, void *ud)
          * the pod is judged by passive detection alone again */
         int h = atomic_load(&pod->state->health);
         if (svc->health.path && h == MG_POD_HEALTH_UNCHECKED)
-            mg_podstate_set_health(pod->state, MG_POD_HEALTH_UNKNOWN, "not checked yet");
+            mg_podstate_set_health(pod->state, MG_POD_HEALTH_UNKNOWN);
         else if (!svc->health.path && h != MG_POD_HEALTH_UNCHECKED)
-            mg_podstate_set_health(pod->state, MG_POD_HEALTH_UNCHECKED, "no health check");
+            mg_podstate_set_health(pod->state, MG_POD_HEALTH_UNCHECKED);
         weights[i] = pod->weight;
         names[i] = pod->name;
         inflight[i] = &pod->state->inflight;

@@ -78,7 +78,7 @@ typedef struct mg_retry_conf {
     unsigned attempts;         /* retries after the first attempt; 0 = none */
     unsigned budget_percent;   /* retries may add at most this share of live requests */
     unsigned min_per_second;   /* ... but this many per second (per worker) are always allowed */
-    bool on_5xx;               /* retry 502/503/504 answers (before any byte reached the client) */
+    bool on_5xx;               /* retry 502/503 answers (before any byte reached the client) */
     bool on_reset;             /* retry a reset or a lost connection */
 } mg_retry_conf_t;
 

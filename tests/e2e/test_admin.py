@@ -32,6 +32,10 @@ def test_token_required_except_healthz(procs):
     assert get(port, "/no-such-page", "s3cret-token-and-more").status_code == 401
     r = get(port, "/no-such-page", "s3cret-token")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    # shorter than every mount, and a page's sub-path: not found, never a page
+    assert get(port, "/m", "s3cret-token").status_code == 404
+    assert get(port, "/metrics/nope", "s3cret-token").status_code == 404
+    assert get(port, "/metrics", "s3cret-token").status_code == 200
 
 
 def test_no_token_means_loopback_only(procs, tmp_path):

@@ -385,6 +385,57 @@ def test_passive_ejection_takes_a_dead_pod_out(procs):
     assert retries is not None and retries <= 6
 
 
+def test_connect_retries_do_not_use_up_attempts(procs):
+    """attempts: 1 is one retry after a pod answered badly; a pod that refused the connection
+    before does not count (nothing reached it)."""
+    dead = "127.0.0.1:%d" % free_port()
+    bad = procs.backend("bad", args=["--health-file", os.path.join(procs.dir, "never")])
+    flag = os.path.join(procs.dir, "good")
+    open(flag, "w").close()
+    good = procs.backend("good", args=["--health-file", flag])
+    s = svc(dead, bad, good, policy="round_robin", retry={"attempts": 1},
+            outlier={"consecutive_failures": 0})
+    gw = procs.gateway(doc({"s": s}, [route(service="s")]), conf={"workers": 1}, tls=False)
+    c = Client(gw)
+    codes = collections.Counter(c.get("/health").status_code for _ in range(9))
+    c.close()
+    # starting on "dead": refused, then "bad": 503, then the one retry: "good"
+    assert codes == {200: 9}, codes
+
+
+def test_pod_is_ejected_once_for_its_inflight_failures(procs):
+    """Requests in flight when a pod is ejected still fail; they must not eject it again (nor
+    make the ejection longer)."""
+    slowbad = procs.backend("slowbad", args=["--delay-ms", "400",
+                                             "--health-file", os.path.join(procs.dir, "none")])
+    flag = os.path.join(procs.dir, "ok")
+    open(flag, "w").close()
+    goods = [procs.backend("good%d" % i, args=["--health-file", flag]) for i in range(3)]
+    aport, conf = admin_conf()
+    s = svc(slowbad, *goods, policy="round_robin", retry={"attempts": 0},
+            outlier={"consecutive_failures": 3, "base_ejection_ms": 60000})
+    gw = procs.gateway(doc({"s": s}, [route(service="s")]), conf=dict(conf, workers=1),
+                       tls=False)
+    results = []
+
+    def one():
+        c = Client(gw)
+        results.append(c.get("/health").status_code)
+        c.close()
+
+    ts = [threading.Thread(target=one) for _ in range(40)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(20)
+    m = metrics(aport)
+    ej = metric(m, "modelgate_pod_ejections_total", pod=slowbad.addr)
+    print("40 concurrent requests, ~10 in flight on a failing pod: %d failed, ejections %s"
+          % (results.count(503), ej))
+    assert results.count(503) >= 4
+    assert ej == 1
+
+
 def test_retriable_post_is_replayed_on_another_pod(procs):
     bad = procs.backend("bad", args=["--health-file", os.path.join(procs.dir, "never")])
     good_flag = os.path.join(procs.dir, "good")

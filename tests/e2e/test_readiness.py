@@ -77,6 +77,18 @@ def test_expected_version_holds_pods_out_until_they_switch(procs, models):
     wait_for(lambda: versions_seen(gw, models, 6) == {"2"} and
              p1.status()["requests_served"] > before, 10,
              what="pod-1 taking requests once it reports version 2")
+    # a reload that restarts the checks (another path) keeps the pods' verdicts until the new
+    # checks have theirs: no request fails meanwhile
+    doc = routes([p1, p2], model_version="2")
+    doc["services"]["digits"]["health_check"]["path"] = "/v2/health/ready"
+    gw.write_routes(doc)
+    gw.signal(signal.SIGHUP)
+    c = httpx.Client(timeout=10, headers={"host": HOST})
+    codes = [c.post("http://127.0.0.1:%d/v1/predict" % gw.port,
+                    content=json.dumps({"input": models.inputs[0]})).status_code
+             for _ in range(60)]
+    c.close()
+    assert set(codes) == {200}, codes
     # the service now expects version 3: both are held out, 503 at once
     doc = routes([p1, p2], model_version="3")
     gw.write_routes(doc)

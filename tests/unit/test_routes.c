@@ -785,9 +785,14 @@ static void error_resilience_keys(void **state)
     EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'health_check':{"
                   "'path':'readyz','interval_ms':5}}}}",
                   "t.json: services.a.health_check.path: invalid path (expected a string "
-                  "starting with '/', e.g. \"/readyz\")",
+                  "starting with '/', printable ASCII without spaces, e.g. \"/readyz\")",
                   "t.json: services.a.health_check.interval_ms: out of range (got 5; expected "
                   "100-3600000, time between checks)");
+    /* a path the checker could not send would keep every pod out: refused here */
+    EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'health_check':{"
+                  "'path':'/health check'}}}}",
+                  "t.json: services.a.health_check.path: invalid path (expected a string "
+                  "starting with '/', printable ASCII without spaces, e.g. \"/readyz\")");
     EXPECT_ERRORS("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'model_version':'2'}}}",
                   "t.json: services.a.model_version: model_version needs health_check (pods' "
                   "versions are read by the checks)");
