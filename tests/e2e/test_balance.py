@@ -436,6 +436,33 @@ def test_pod_is_ejected_once_for_its_inflight_failures(procs):
     assert ej == 1
 
 
+def test_retry_budget_keeps_retries_to_a_share_of_traffic(procs):
+    """Every pod answers 503: without a budget, 2 retries per request would triple the load on
+    a failing service; with budget_percent 10 the retries stay near a tenth of the requests."""
+    bads = [procs.backend("bad%d" % i, args=["--health-file", os.path.join(procs.dir, "no")])
+            for i in range(3)]
+    aport, conf = admin_conf()
+    s = svc(*bads, retry={"attempts": 2, "budget_percent": 10, "min_per_second": 1},
+            outlier={"consecutive_failures": 0})
+    gw = procs.gateway(doc({"s": s}, [route(service="s")]), conf=dict(conf, workers=1),
+                       tls=False)
+    n = 200
+    c = Client(gw)
+    t0 = time.monotonic()
+    codes = collections.Counter(c.get("/health").status_code for _ in range(n))
+    seconds = time.monotonic() - t0
+    c.close()
+    m = metrics(aport)
+    retries = metric(m, "modelgate_service_retries_total", service="s")
+    refused = metric(m, "modelgate_service_retry_budget_exhausted_total", service="s")
+    print("all pods 503, %d requests in %.1f s: %d retries (no budget: %d), %d refused by the "
+          "budget" % (n, seconds, retries, 2 * n, refused))
+    assert codes == {503: n}
+    # 10% of each second's requests, at least 1 per second (+1: a window may start mid-run)
+    assert retries <= 0.10 * n + (int(seconds) + 2)
+    assert refused > 0
+
+
 def test_retriable_post_is_replayed_on_another_pod(procs):
     bad = procs.backend("bad", args=["--health-file", os.path.join(procs.dir, "never")])
     good_flag = os.path.join(procs.dir, "good")
