@@ -38,6 +38,7 @@
 #include <openssl/err.h>
 
 #include "common/log.h"
+#include "common/smalloc.h"
 
 #define OUT_HIGH (64 * 1024) /* socket output above which HTTP/2 frames stop being produced */
 #define OUT_LOW (16 * 1024)
@@ -148,6 +149,7 @@ struct mg_srv {
     zpool_t zmap;   /* 1-page runs: stream maps */
     zpool_t zframe; /* 5-page runs: frame buffers */
     zpool_t zring;  /* 1 KiB runs, four to a page: HPACK entry rings */
+    mg_smalloc_t *small; /* every other nghttp2 allocation of this worker's sessions */
     llhttp_settings_t h1settings;
 };
 
@@ -238,7 +240,7 @@ static void *zmem_malloc(size_t size, void *ud)
     void *p = z ? zpool_get(z) : NULL;
     if (p && z == &c->srv->zframe)
         c->framebuf = p; /* one per session: trimmed while the connection idles */
-    return p ? p : malloc(size);
+    return p ? p : mg_smalloc_get(c->srv->small, size);
 }
 
 static void *zmem_calloc(size_t n, size_t size, void *ud)
@@ -248,7 +250,7 @@ static void *zmem_calloc(size_t n, size_t size, void *ud)
     void *p = z ? zpool_get(z) : NULL; /* runs are zero */
     if (p && z == &c->srv->zframe)
         c->framebuf = p;
-    return p ? p : calloc(n, size);
+    return p ? p : mg_smalloc_zget(c->srv->small, n, size);
 }
 
 static void zmem_free(void *p, void *ud)
@@ -260,7 +262,7 @@ static void zmem_free(void *p, void *ud)
     if (z)
         zpool_put(z, p);
     else
-        free(p);
+        mg_smalloc_put(c->srv->small, p);
 }
 
 static void *zmem_realloc(void *p, size_t size, void *ud)
@@ -268,7 +270,7 @@ static void *zmem_realloc(void *p, size_t size, void *ud)
     conn_t *c = ud;
     zpool_t *from = zpool_of(c->srv, p);
     if (from == NULL && p != NULL)
-        return realloc(p, size);
+        return mg_smalloc_reget(c->srv->small, p, size);
     void *n = zmem_malloc(size, ud);
     if (n == NULL || p == NULL)
         return n;
@@ -1582,7 +1584,8 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     srv->zmap.run = ZPAGE;
     srv->zframe.run = 5 * ZPAGE;
     srv->zring.run = 1024;
-    if (nghttp2_session_callbacks_new(&srv->cbs) != 0 || nghttp2_option_new(&srv->opt) != 0) {
+    if ((srv->small = mg_smalloc_new()) == NULL || nghttp2_session_callbacks_new(&srv->cbs) != 0 ||
+        nghttp2_option_new(&srv->opt) != 0) {
         mg_srv_free(srv);
         return NULL;
     }
@@ -1685,6 +1688,7 @@ void mg_srv_free(mg_srv_t *srv)
     zpool_clear(&srv->zmap);
     zpool_clear(&srv->zframe);
     zpool_clear(&srv->zring);
+    mg_smalloc_free(srv->small); /* after the sessions: they gave their blocks back */
     free(srv);
 }
 

@@ -27,6 +27,7 @@
 
 #include "common/arena.h"
 #include "common/log.h"
+#include "common/smalloc.h"
 #include "routing/podstate.h"
 
 #define OUT_HIGH (64 * 1024)
@@ -99,8 +100,28 @@ struct mg_upstreams {
     size_t nfree, nconns;
     nghttp2_session_callbacks *cbs;
     nghttp2_option *opt;
+    mg_smalloc_t *small; /* the sessions' small allocations (common/smalloc.h) */
+    nghttp2_mem mem;
     llhttp_settings_t h1settings;
 };
+
+/* nghttp2's allocator for the worker's upstream sessions */
+static void *mem_get(size_t size, void *ud)
+{
+    return mg_smalloc_get(ud, size);
+}
+static void mem_put(void *p, void *ud)
+{
+    mg_smalloc_put(ud, p);
+}
+static void *mem_zget(size_t n, size_t size, void *ud)
+{
+    return mg_smalloc_zget(ud, n, size);
+}
+static void *mem_reget(void *p, size_t size, void *ud)
+{
+    return mg_smalloc_reget(ud, p, size);
+}
 
 static void conn_close(up_conn_t *c, mg_up_fail_t why);
 static void conn_flush(up_conn_t *c);
@@ -830,7 +851,7 @@ static up_conn_t *conn_new(pool_t *p)
         return NULL;
     }
     if (p->proto == MG_UP_H2C) {
-        if (nghttp2_session_client_new2(&c->h2, u->cbs, c, u->opt) != 0) {
+        if (nghttp2_session_client_new3(&c->h2, u->cbs, c, u->opt, &u->mem) != 0) {
             c->dead = true;
             conn_free(c);
             return NULL;
@@ -1007,7 +1028,10 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     u->conf = *conf;
     if (u->conf.max_streams_per_conn == 0)
         u->conf.max_streams_per_conn = 100;
-    if (nghttp2_session_callbacks_new(&u->cbs) != 0 || nghttp2_option_new(&u->opt) != 0) {
+    u->small = mg_smalloc_new();
+    u->mem = (nghttp2_mem){u->small, mem_get, mem_put, mem_zget, mem_reget};
+    if (u->small == NULL || nghttp2_session_callbacks_new(&u->cbs) != 0 ||
+        nghttp2_option_new(&u->opt) != 0) {
         mg_upstreams_free(u);
         return NULL;
     }
@@ -1058,5 +1082,6 @@ void mg_upstreams_free(mg_upstreams_t *u)
         nghttp2_session_callbacks_del(u->cbs);
     if (u->opt)
         nghttp2_option_del(u->opt);
+    mg_smalloc_free(u->small); /* after the sessions: they gave their blocks back */
     free(u);
 }

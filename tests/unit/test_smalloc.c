@@ -1,0 +1,114 @@
+/* tests/unit/test_smalloc.c - the small-block cache (common/smalloc.c, compiled into this test with
+ * MG_SMALLOC_FORCE_CACHE so the cache itself runs under ASan too). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/smalloc.h"
+
+static void blocks_are_aligned_and_reused_per_class(void **state)
+{
+    (void)state;
+    mg_smalloc_t *a = mg_smalloc_new();
+    assert_non_null(a);
+    void *p = mg_smalloc_get(a, 24), *q = mg_smalloc_get(a, 24);
+    assert_non_null(p);
+    assert_non_null(q);
+    assert_ptr_not_equal(p, q);
+    assert_int_equal((uintptr_t)p % 16, 0);
+    assert_int_equal((uintptr_t)q % 16, 0);
+    memset(p, 0xab, 24);
+    memset(q, 0xcd, 32); /* the class of 24 is 32 bytes: all of it is the caller's */
+    mg_smalloc_put(a, p);
+    assert_ptr_equal(mg_smalloc_get(a, 20), p); /* same class (17-32): the freed block again */
+    void *other = mg_smalloc_get(a, 100);
+    assert_ptr_not_equal(other, p); /* another class: not that block */
+    mg_smalloc_put(a, other);
+    mg_smalloc_put(a, p);
+    mg_smalloc_put(a, q);
+    mg_smalloc_free(a);
+}
+
+static void large_blocks_and_edges(void **state)
+{
+    (void)state;
+    mg_smalloc_t *a = mg_smalloc_new();
+    char *big = mg_smalloc_get(a, 100000);
+    assert_non_null(big);
+    memset(big, 1, 100000);
+    mg_smalloc_put(a, big);
+    void *z = mg_smalloc_get(a, 0); /* like malloc(0): a freeable pointer */
+    assert_non_null(z);
+    mg_smalloc_put(a, z);
+    mg_smalloc_put(a, NULL);
+    assert_null(mg_smalloc_zget(a, SIZE_MAX / 2, 4)); /* n * size overflows */
+    unsigned char *zz = mg_smalloc_zget(a, 10, 40);
+    for (size_t i = 0; i < 400; i++)
+        assert_int_equal(zz[i], 0);
+    mg_smalloc_put(a, zz);
+    mg_smalloc_free(a);
+    mg_smalloc_free(NULL);
+}
+
+static void reget_keeps_the_bytes(void **state)
+{
+    (void)state;
+    mg_smalloc_t *a = mg_smalloc_new();
+    char *p = mg_smalloc_reget(a, NULL, 10);
+    memcpy(p, "0123456789", 10);
+    char *same = mg_smalloc_reget(a, p, 16); /* still fits its 16-byte block */
+    assert_ptr_equal(same, p);
+    char *grown = mg_smalloc_reget(a, p, 300);
+    assert_memory_equal(grown, "0123456789", 10);
+    char *large = mg_smalloc_reget(a, grown, 5000);
+    assert_memory_equal(large, "0123456789", 10);
+    memset(large + 10, 7, 4990);
+    char *back = mg_smalloc_reget(a, large, 40); /* a large block shrunk: moved to a class */
+    assert_memory_equal(back, "0123456789", 10);
+    mg_smalloc_put(a, back);
+    mg_smalloc_free(a);
+}
+
+static void many_blocks_across_slabs(void **state)
+{
+    (void)state;
+    mg_smalloc_t *a = mg_smalloc_new();
+    enum { N = 20000 };
+    void **p = calloc(N, sizeof(void *));
+    for (size_t i = 0; i < N; i++) {
+        size_t size = 1 + (i * 37) % MG_SMALLOC_MAX;
+        p[i] = mg_smalloc_get(a, size);
+        assert_non_null(p[i]);
+        memset(p[i], (int)(i & 0xff), size);
+    }
+    for (size_t i = 0; i < N; i++) { /* nobody overwrote anybody */
+        size_t size = 1 + (i * 37) % MG_SMALLOC_MAX;
+        const unsigned char *b = p[i];
+        assert_int_equal(b[0], i & 0xff);
+        assert_int_equal(b[size - 1], i & 0xff);
+    }
+    for (size_t i = 0; i < N; i += 2)
+        mg_smalloc_put(a, p[i]);
+    for (size_t i = 0; i < N; i += 2) /* the freed ones come back, no new slab needed */
+        p[i] = mg_smalloc_get(a, 1 + (i * 37) % MG_SMALLOC_MAX);
+    for (size_t i = 0; i < N; i++)
+        mg_smalloc_put(a, p[i]);
+    free(p);
+    mg_smalloc_free(a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(blocks_are_aligned_and_reused_per_class),
+        cmocka_unit_test(large_blocks_and_edges),
+        cmocka_unit_test(reget_keeps_the_bytes),
+        cmocka_unit_test(many_blocks_across_slabs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
