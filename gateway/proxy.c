@@ -248,14 +248,15 @@ static const char *find_conn_value(const mg_hdr_t *h, size_t n)
     return NULL;
 }
 
-static void make_request_id(mg_proxy_t *p, char *out, size_t cap)
+/* |salt|: a clock reading the caller already has (ids must differ across restarts too) */
+static void make_request_id(mg_proxy_t *p, char *out, size_t cap, int64_t salt)
 {
     uint64_t x = p->rid_state;
     x ^= x << 13;
     x ^= x >> 7;
     x ^= x << 17;
     p->rid_state = x;
-    uint64_t y = x * 0x2545F4914F6CDD1DULL ^ (uint64_t)now_us();
+    uint64_t y = x * 0x2545F4914F6CDD1DULL ^ (uint64_t)salt;
     static const char hex[] = "0123456789abcdef";
     if (cap < 33)
         return;
@@ -420,9 +421,10 @@ static void fail(exch_t *e, int status, const char *code, const char *fmt, ...)
     release(e);
 }
 
-static void arm_timer(exch_t *e)
+/* |now|: the monotonic clock in µs, as the caller just read it */
+static void arm_timer(exch_t *e, int64_t now)
 {
-    int64_t now = now_us(), next = INT64_MAX;
+    int64_t next = INT64_MAX;
     if (e->to_total)
         next = e->t_start + (int64_t)e->to_total * 1000;
     if (e->up && !e->resp_started && e->to_first_byte) {
@@ -458,7 +460,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     } else if (e->to_idle && loop_us(e->p) >= e->t_activity + (int64_t)e->to_idle * 1000) {
         fail(e, 504, "upstream_idle_timeout", "no data moved for %u ms", e->to_idle);
     } else {
-        arm_timer(e);
+        arm_timer(e, now);
     }
 }
 
@@ -478,10 +480,10 @@ static bool service_up(const mg_service_t *svc, uint64_t now)
 }
 
 /* A pod of e->svc for the next attempt, or -1 with the reasons counted in |why|. */
-static int pick_pod(exch_t *e, pick_fail_t *why)
+static int pick_pod(exch_t *e, pick_fail_t *why, uint64_t now)
 {
     mg_service_t *svc = e->svc;
-    uint64_t now = mg_podstate_now_ms(), usable = 0;
+    uint64_t usable = 0;
     uint64_t since[MG_BALANCE_MAX_PODS];
     memset(why, 0, sizeof(*why));
     for (size_t i = 0; i < svc->npods; i++) {
@@ -571,14 +573,16 @@ static void budget_count_request(exch_t *e)
  */
 static bool attempt(exch_t *e, pick_fail_t *why)
 {
+    /* one clock reading per attempt: the pick (ms, the pod states' clock) and the timers */
+    int64_t now = now_us();
     for (;;) {
-        int idx = pick_pod(e, why);
+        int idx = pick_pod(e, why, (uint64_t)now / 1000);
         if (idx < 0)
             return false;
         mg_podstate_t *ps = e->svc->pods[idx].state;
         e->tried |= 1ULL << idx;
         e->pod = idx;
-        e->t_up_start = now_us();
+        e->t_up_start = now;
         mg_balance_acquire(e->svc->lb, idx);
         atomic_fetch_add_explicit(&ps->waiting, 1, memory_order_relaxed);
         e->attempt_live = e->attempt_waiting = true;
@@ -591,7 +595,7 @@ static bool attempt(exch_t *e, pick_fail_t *why)
             mg_up_body_end(e->up, e->req_trailers, e->nreq_trailers);
         else if (evbuffer_get_length(e->body))
             mg_up_body_more(e->up);
-        arm_timer(e);
+        arm_timer(e, now);
         return true;
     }
 }
@@ -995,7 +999,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     if (rid)
         snprintf(e->request_id, sizeof(e->request_id), "%s", rid);
     else
-        make_request_id(p, e->request_id, sizeof(e->request_id));
+        make_request_id(p, e->request_id, sizeof(e->request_id), e->t_start);
 
     e->routes = p->routes;
     mg_routes_ref(e->routes);
@@ -1153,7 +1157,7 @@ static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char 
                       size_t cap)
 {
     mg_proxy_t *p = ud;
-    make_request_id(p, rid, cap);
+    make_request_id(p, rid, cap, now_us());
     if (p->log == NULL)
         return;
     mg_reqlog_rec_t rec = {
