@@ -262,20 +262,12 @@ say "mariadbd: total CPU $(($(sess_ticks "${SID[mariadb]}") * TICK_US / 1000)) m
 
 say ""
 say "## summary: medians over $ROUNDS round(s); ratios are medians of the per-round ratios (paired runs)"
-"$PY" - "$W/runs.tsv" <<'PY'
+PYTHONPATH="$HERE" "$PY" - "$W/runs.tsv" <<'PY'
 import csv, statistics, sys
 
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-def num(x):
-    try:
-        return float(x)
-    except ValueError:
-        return None
-def med(v):
-    v = [x for x in v if x is not None]
-    return statistics.median(v) if v else None
-def f(x, fmt):
-    return "-" if x is None else format(x, fmt)
+from tsv import read_rows, num, med, fmt as f
+
+rows = read_rows(sys.argv[1])
 by = {}
 for r in rows:
     by.setdefault((r["profile"], r["gw"]), []).append(r)

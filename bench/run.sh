@@ -240,18 +240,12 @@ done
 
 say ""
 say "## summary: medians over $ROUNDS round(s)"
-"$PY" - "$W/runs.tsv" <<'PY'
+PYTHONPATH="$HERE" "$PY" - "$W/runs.tsv" <<'PY'
 import csv, statistics, sys
 
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-def num(x):
-    try:
-        return float(x)
-    except ValueError:
-        return None
-def med(v):
-    v = [x for x in v if x is not None]
-    return statistics.median(v) if v else None
+from tsv import read_rows, num, med
+
+rows = read_rows(sys.argv[1])
 
 agg = {}
 for r in rows:
