@@ -526,6 +526,34 @@ def test_route_timeout_overrides_the_default(procs):
     assert 0.25 < took < 2.0, took
 
 
+def test_slow_upload_timeout_is_not_the_pods_failure(procs):
+    """A first-byte timeout while the client is still sending its body says nothing about the
+    pod: it must not count toward ejecting it."""
+    a = procs.backend("a")
+    aport, conf = admin_conf()
+    gw = procs.gateway(doc({"s": svc(a, outlier={"consecutive_failures": 2})},
+                           [route(service="s", timeouts_ms={"first_byte": 300})]),
+                       conf=conf, tls=False)
+
+    import socket
+    for _ in range(3):  # the head and 100 of 600 body bytes, then the client dawdles
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sk:
+            sk.sendall(("POST /upload HTTP/1.1\r\nhost: %s\r\ncontent-length: 600\r\n\r\n"
+                        % HOST).encode() + b"x" * 100)
+            head = b""
+            while b"}" not in head:  # the status line and the JSON error, maybe in pieces
+                chunk = sk.recv(65536)
+                if not chunk:
+                    break
+                head += chunk
+            head = head.decode("latin-1")
+        assert head.startswith("HTTP/1.1 504") and "upstream_timeout" in head, head
+    assert metric(metrics(aport), "modelgate_pod_ejections_total", pod=a.addr) == 0
+    c = Client(gw)
+    assert c.get("/").status_code == 200  # the only pod is still in rotation
+    c.close()
+
+
 def test_metrics_count_requests_per_route_service_and_pod(procs):
     a, b = procs.backend("v1"), procs.backend("v2")
     aport, conf = admin_conf()
