@@ -62,7 +62,8 @@ void mg_stats_each(mg_stats_kind_t kind, void (*fn)(void *ud, const mg_stats_t *
         return;
     pthread_mutex_lock(&g_lock);
     for (const mg_stats_t *s = g_head[kind]; s; s = s->next)
-        fn(ud, s);
+        if (!atomic_load_explicit(&s->retired, memory_order_relaxed))
+            fn(ud, s);
     pthread_mutex_unlock(&g_lock);
 }
 

@@ -41,6 +41,7 @@ typedef struct mg_stat_block {
 
 typedef struct mg_stats {
     mg_stats_kind_t kind;
+    atomic_bool retired; /* no longer in the routing (a pod gone from DNS): left out of scrapes */
     char *labels;       /* Prometheus label list without braces, e.g. service="a",pod="b" */
     mg_stat_block_t *w; /* mg_stats_workers() blocks */
     struct mg_stats *next;
@@ -53,7 +54,8 @@ unsigned mg_stats_workers(void);
 /* The series of |kind| with |labels| (copied), created zeroed the first time. NULL when out of
  * memory. Thread-safe (a mutex: call it when building snapshots, not per request). */
 mg_stats_t *mg_stats_get(mg_stats_kind_t kind, const char *labels);
-/* Calls |fn| for every series of |kind|, in creation order, under the registry's lock. */
+/* Calls |fn| for every series of |kind| that is not retired, in creation order, under the
+ * registry's lock. */
 void mg_stats_each(mg_stats_kind_t kind, void (*fn)(void *ud, const mg_stats_t *s), void *ud);
 /* The sum of every worker's block. */
 void mg_stats_sum(const mg_stats_t *s, mg_stat_block_t *out);

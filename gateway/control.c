@@ -234,9 +234,27 @@ static void apply_dns(mg_control_t *c, const mg_routes_t *r)
     }
 }
 
+/* /metrics lists the pods of this snapshot only (routing/podstate.h) */
+static void mark_current(const mg_routes_t *r)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->nservices; i++)
+        n += r->services[i].npods;
+    mg_podstate_t **cur = calloc(n ? n : 1, sizeof(*cur));
+    if (cur == NULL)
+        return; /* the old listing stays: only /metrics is affected */
+    size_t k = 0;
+    for (size_t i = 0; i < r->nservices; i++)
+        for (size_t j = 0; j < r->services[i].npods; j++)
+            cur[k++] = r->services[i].pods[j].state;
+    mg_podstate_mark_current(cur, k);
+    free(cur);
+}
+
 static void apply(mg_control_t *c, const mg_routes_t *r)
 {
     apply_checks(c, r);
+    mark_current(r);
 }
 
 /* ---------- API ---------- */

@@ -52,7 +52,21 @@ void mg_podstate_each(void (*fn)(void *ud, mg_podstate_t *ps), void *ud)
 {
     pthread_mutex_lock(&g_lock);
     for (mg_podstate_t *ps = g_states; ps; ps = ps->next)
-        fn(ud, ps);
+        if (!ps->retired)
+            fn(ud, ps);
+    pthread_mutex_unlock(&g_lock);
+}
+
+void mg_podstate_mark_current(mg_podstate_t *const *current, size_t n)
+{
+    pthread_mutex_lock(&g_lock);
+    for (mg_podstate_t *ps = g_states; ps; ps = ps->next)
+        ps->retired = true;
+    for (size_t i = 0; i < n; i++)
+        if (current[i])
+            current[i]->retired = false;
+    for (mg_podstate_t *ps = g_states; ps; ps = ps->next)
+        atomic_store_explicit(&ps->stats->retired, ps->retired, memory_order_relaxed);
     pthread_mutex_unlock(&g_lock);
 }
 

@@ -38,14 +38,24 @@ typedef struct mg_podstate {
     atomic_uint_fast64_t usable_since_ms;  /* when it last became usable (slow start) */
     char *service, *pod;
     mg_stats_t *stats;
+    bool retired; /* under the registry's lock */
     struct mg_podstate *next;
 } mg_podstate_t;
 
 /* The state of |pod| in |service|, created the first time (health UNCHECKED). NULL when out of
  * memory. Thread-safe; takes a mutex, so call it when building snapshots only. */
 mg_podstate_t *mg_podstate_get(const char *service, const char *pod);
-/* Calls |fn| on every state under the registry's lock. */
+/* Calls |fn| on every state that is in the current routing (see mg_podstate_mark_current),
+ * under the registry's lock. */
 void mg_podstate_each(void (*fn)(void *ud, mg_podstate_t *ps), void *ud);
+/*
+ * The routing now names exactly the |n| states of |current|: the others (pods gone from DNS or
+ * from the document) are retired from /metrics with their request series, so a cluster's
+ * rolling updates do not grow the scrape forever; a pod that comes back is listed again with
+ * its counters. States are not freed (an old snapshot may still point to them). One critical
+ * section, so a scrape never sees a half-marked registry.
+ */
+void mg_podstate_mark_current(mg_podstate_t *const *current, size_t n);
 /* Monotonic milliseconds (the clock of ejected_until_ms and usable_since_ms). */
 uint64_t mg_podstate_now_ms(void);
 /* Can the pod take a request now (health and ejection; limits are the caller's)? */

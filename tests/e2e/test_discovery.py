@@ -39,9 +39,17 @@ def test_pods_come_and_go_with_dns(procs):
               "services": {"s": {"protocol": "http1", "policy": "round_robin",
                                  "dns": {"name": NAME, "port": port, "interval_ms": 200}}},
               "routes": [{"app": "digits", "env": "production", "service": "s"}]}
-    gw = procs.gateway(routes, conf={"dns_nameserver": dns.addr}, tls=False)
+    aport = free_port()
+    gw = procs.gateway(routes, conf={"dns_nameserver": dns.addr,
+                                     "admin": {"listen": "127.0.0.1:%d" % aport}}, tls=False)
     wait_for(lambda: set(pods_seen(gw, 8)) == {"pod-2", "pod-3"}, 5,
              what="the two pods DNS names")
+
+    def metrics_pods():
+        text = httpx.get("http://127.0.0.1:%d/metrics" % aport, timeout=5).text
+        return {line.split('pod="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+                if line.startswith("modelgate_pod_requests_total{")}
+    assert metrics_pods() == {"127.0.0.2:%d" % port, "127.0.0.3:%d" % port}
     # a pod is added: it gets traffic without a reload
     dns.set_hosts({NAME: ["127.0.0.2", "127.0.0.3", "127.0.0.4"]})
     t0 = time.monotonic()
@@ -69,6 +77,8 @@ def test_pods_come_and_go_with_dns(procs):
     seen = pods_seen(gw, 60)
     print("after removing pod-2: %s" % dict(seen))
     assert set(seen) == {"pod-3", "pod-4"}
+    # /metrics follows the pods DNS names: a rolling update does not grow the scrape forever
+    assert metrics_pods() == {"127.0.0.3:%d" % port, "127.0.0.4:%d" % port}
     # every pod gone from DNS: 503 at once, naming the reason
     dns.set_hosts({})
     wait_for(lambda: set(pods_seen(gw, 3)) == {503}, 5, what="503 with no pods")
