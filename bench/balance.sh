@@ -118,15 +118,11 @@ sanity() {
 
 # layout PROFILE: pin h2load and re-pin every thread of every running server for that profile
 layout() {
-    local lg=$THR_LOADGEN gw=$THR_GATEWAY be=$THR_BACKEND n cpus p
-    [ "$1" = lat ] && lg=$LAT_LOADGEN gw=$LAT_GATEWAY be=$LAT_BACKEND
-    LOADGEN_CPUS=$lg
-    for n in "${!SID[@]}"; do
-        cpus=$gw
-        [[ $n == pod* ]] && cpus=$be
-        [ -z "$cpus" ] && cpus=0-$(($(nproc) - 1))
-        for p in $(pgrep -s "${SID[$n]}"); do taskset -a -p -c "$cpus" "$p" >/dev/null 2>&1; done
-    done
+    if [ "$1" = lat ]; then
+        pin_sessions "$LAT_LOADGEN" 'pod*' "$LAT_BACKEND" "$LAT_GATEWAY"
+    else
+        pin_sessions "$THR_LOADGEN" 'pod*' "$THR_BACKEND" "$THR_GATEWAY"
+    fi
 }
 
 # pod_counts POLICY: requests each pod got from that gateway so far (every status class), one

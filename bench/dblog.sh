@@ -123,19 +123,12 @@ sanity() {
     [[ $body == *'"prediction":7'* ]] || die "gateway $1 does not forward POST /v1/predict: ${body:0:300}"
 }
 
-layout() { # as bench/features.sh
-    local gcpu bcpu n p c
+layout() { # the gateways on the gateway CPU, everything else (pods, mariadbd) beside h2load
     if [ "$1" = thr ]; then
-        LOADGEN_CPUS=$THR_LOADGEN gcpu=$THR_GATEWAY bcpu=$THR_BACKEND
+        pin_sessions "$THR_LOADGEN" 'gw-*' "$THR_GATEWAY" "$THR_BACKEND"
     else
-        LOADGEN_CPUS=$LAT_LOADGEN gcpu=$LAT_GATEWAY bcpu=$LAT_BACKEND
+        pin_sessions "$LAT_LOADGEN" 'gw-*' "$LAT_GATEWAY" "$LAT_BACKEND"
     fi
-    for n in "${!SID[@]}"; do
-        c=$bcpu
-        [[ $n == gw-* ]] && c=$gcpu
-        [ -z "$c" ] && continue
-        for p in $(pgrep -s "${SID[$n]}"); do taskset -a -cp "$c" "$p" >/dev/null 2>&1; done
-    done
 }
 
 # h2run GW PROFILE [DURATION]: one measured run; prints

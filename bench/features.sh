@@ -133,18 +133,11 @@ sanity() {
 
 # layout PROFILE: pin h2load and re-pin every thread of every running server for that profile
 layout() {
-    local gcpu bcpu n p
     if [ "$1" = thr ]; then
-        LOADGEN_CPUS=$THR_LOADGEN gcpu=$THR_GATEWAY bcpu=$THR_BACKEND
+        pin_sessions "$THR_LOADGEN" 'gw-*' "$THR_GATEWAY" "$THR_BACKEND"
     else
-        LOADGEN_CPUS=$LAT_LOADGEN gcpu=$LAT_GATEWAY bcpu=$LAT_BACKEND
+        pin_sessions "$LAT_LOADGEN" 'gw-*' "$LAT_GATEWAY" "$LAT_BACKEND"
     fi
-    for n in "${!SID[@]}"; do
-        local c=$bcpu
-        [[ $n == gw-* ]] && c=$gcpu
-        [ -z "$c" ] && continue
-        for p in $(pgrep -s "${SID[$n]}"); do taskset -a -cp "$c" "$p" >/dev/null 2>&1; done
-    done
 }
 
 # h2run GW PROFILE [DURATION]: one measured run; prints

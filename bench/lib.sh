@@ -141,3 +141,19 @@ need_tools() {
     say "bench: missing ${miss[*]}: running scripts/install-deps.sh"
     "$ROOT/scripts/install-deps.sh" || die "could not install the tools"
 }
+
+# pin_sessions LOADGEN_CPUS GLOB MATCH_CPUS OTHER_CPUS: h2load will run on LOADGEN_CPUS; every
+# thread of every running server session whose name matches GLOB goes on MATCH_CPUS, the others
+# on OTHER_CPUS (an empty list = every CPU, i.e. unpinned)
+pin_sessions() {
+    local glob=$2 n cpus p
+    # shellcheck disable=SC2034 # read by the scripts' h2run
+    LOADGEN_CPUS=$1
+    for n in "${!SID[@]}"; do
+        cpus=$4
+        # shellcheck disable=SC2053 # GLOB is a pattern on purpose
+        [[ $n == $glob ]] && cpus=$3
+        [ -z "$cpus" ] && cpus=0-$(($(nproc) - 1))
+        for p in $(pgrep -s "${SID[$n]}"); do taskset -a -p -c "$cpus" "$p" >/dev/null 2>&1; done
+    done
+}

@@ -118,15 +118,11 @@ sanity() {
 
 # layout PROFILE: pin h2load and re-pin every thread of every running server for that profile
 layout() {
-    local lg=$THR_LOADGEN px=$THR_CONTESTANT be=$THR_BACKEND n cpus p
-    [ "$1" = lat ] && lg=$LAT_LOADGEN px=$LAT_CONTESTANT be=$LAT_BACKEND
-    LOADGEN_CPUS=$lg
-    for n in "${!SID[@]}"; do
-        cpus=$px
-        [ "$n" = backend ] && cpus=$be
-        [ -z "$cpus" ] && cpus=0-$(($(nproc) - 1))
-        for p in $(pgrep -s "${SID[$n]}"); do taskset -a -p -c "$cpus" "$p" >/dev/null 2>&1; done
-    done
+    if [ "$1" = lat ]; then
+        pin_sessions "$LAT_LOADGEN" backend "$LAT_BACKEND" "$LAT_CONTESTANT"
+    else
+        pin_sessions "$THR_LOADGEN" backend "$THR_BACKEND" "$THR_CONTESTANT"
+    fi
 }
 
 # h2run NAME ARGS...: one h2load run; prints
