@@ -9,7 +9,7 @@
 #   BEFORE_BIN=/path/modelgate bench/features.sh
 #                                     a third contestant, "before": features on with another
 #                                     build (e.g. the previous commit), for before/after figures
-#   PERF=1 bench/features.sh          then one thr run per features-on gateway under perf record
+#   PERF=1 bench/features.sh          then one thr run per gateway (off too) under perf record
 #
 # The gateways differ only in their "features" section. Every server runs in its own session
 # under a temp dir in /dev/shm, every h2load run is capped by `timeout`, and everything is
@@ -326,5 +326,5 @@ PY
 
 if [ "$PERF" = 1 ]; then
     layout thr
-    for gw in $GWS; do [ "$gw" != off ] && perf_run "$gw"; done
+    for gw in $GWS; do perf_run "$gw"; done
 fi
