@@ -338,6 +338,7 @@ static void conn_close(conn_t *c)
         conn_free(c);
 }
 
+#define TLS_OUT_PIECE 4096 /* see h2_flush */
 #define TRIM_AFTER_MS 50 /* an HTTP/2 connection idle this long gives its frame buffer back */
 
 /* Arms the idle timer. An HTTP/2 connection whose frame buffer holds written pages first waits
@@ -765,6 +766,10 @@ static void h2_flush(conn_t *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t before = evbuffer_get_length(out);
+    /* TLS: the bufferevent seals each piece of its output in a record of its own and writes
+     * it with a write() of its own; frames added through one turn go into one piece */
+    if (c->tls && before == 0)
+        evbuffer_expand(out, TLS_OUT_PIECE);
     for (;;) {
         if (mg_h2_send(c->h2, c->bev, OUT_HIGH) < 0) {
             conn_close(c);
