@@ -38,6 +38,7 @@
 #include <openssl/err.h>
 
 #include "common/log.h"
+#include "common/outq.h"
 #include "common/smalloc.h"
 
 #define OUT_HIGH (64 * 1024) /* socket output above which HTTP/2 frames stop being produced */
@@ -87,6 +88,7 @@ struct conn {
     bool tls;
     int busy;
     bool dead, in_recv, need_flush, flushing, close_when_flushed;
+    mg_outq_item_t outq; /* cleartext: written at the end of the turn (common/outq.h) */
     struct event *idle_timer;
     nghttp2_mem mem;  /* the session's allocator: ud = this connection */
     void *framebuf;   /* nghttp2's frame buffer (a zframe run), NULL until allocated */
@@ -150,6 +152,7 @@ struct mg_srv {
     zpool_t zframe; /* 5-page runs: frame buffers */
     zpool_t zring;  /* 1 KiB runs, four to a page: HPACK entry rings */
     mg_smalloc_t *small; /* every other nghttp2 allocation of this worker's sessions */
+    mg_outq_t *outq;     /* writes the cleartext connections */
     llhttp_settings_t h1settings;
 };
 
@@ -295,6 +298,7 @@ static void conn_free(conn_t *c)
         stream_close(c->streams, false);
     if (c->h2)
         nghttp2_session_del(c->h2);
+    mg_outq_detach(&c->outq);
     if (c->bev) {
         SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
         if (ssl)
@@ -1440,6 +1444,8 @@ static void on_write(struct bufferevent *bev, void *arg)
     if (!c->dead && c->close_when_flushed &&
         evbuffer_get_length(bufferevent_get_output(bev)) == 0)
         conn_close(c);
+    if (!c->dead)
+        mg_outq_bev_written(&c->outq);
     leave(c);
 }
 
@@ -1566,6 +1572,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW, 0);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (!tls)
+        mg_outq_attach(srv->outq, &c->outq, c->bev, on_write, c);
     idle_arm(c); /* also bounds how long a silent client may hold a handshake */
 }
 
@@ -1589,7 +1597,8 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     srv->zmap.run = ZPAGE;
     srv->zframe.run = 5 * ZPAGE;
     srv->zring.run = 1024;
-    if ((srv->small = mg_smalloc_new()) == NULL || nghttp2_session_callbacks_new(&srv->cbs) != 0 ||
+    if ((srv->small = mg_smalloc_new()) == NULL || (srv->outq = mg_outq_new(base)) == NULL ||
+        nghttp2_session_callbacks_new(&srv->cbs) != 0 ||
         nghttp2_option_new(&srv->opt) != 0) {
         mg_srv_free(srv);
         return NULL;
@@ -1694,6 +1703,7 @@ void mg_srv_free(mg_srv_t *srv)
     zpool_clear(&srv->zframe);
     zpool_clear(&srv->zring);
     mg_smalloc_free(srv->small); /* after the sessions: they gave their blocks back */
+    mg_outq_free(srv->outq);     /* after the connections: they left it */
     free(srv);
 }
 

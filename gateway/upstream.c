@@ -27,6 +27,7 @@
 
 #include "common/arena.h"
 #include "common/log.h"
+#include "common/outq.h"
 #include "common/smalloc.h"
 #include "routing/podstate.h"
 
@@ -73,6 +74,7 @@ struct up_conn {
     llhttp_t parser;
     bool connected, dead, goaway, in_recv, flushing, need_flush, idle, read_off;
     int busy;
+    mg_outq_item_t outq; /* once connected: written at the end of the turn (common/outq.h) */
     size_t nstreams;
     mg_up_stream_t *streams;
     mg_up_stream_t *drain_list;
@@ -101,6 +103,7 @@ struct mg_upstreams {
     nghttp2_session_callbacks *cbs;
     nghttp2_option *opt;
     mg_smalloc_t *small; /* the sessions' small allocations (common/smalloc.h) */
+    mg_outq_t *outq;     /* writes the connections */
     nghttp2_mem mem;
     llhttp_settings_t h1settings;
 };
@@ -228,6 +231,7 @@ static void conn_free(up_conn_t *c)
     }
     if (c->h2)
         nghttp2_session_del(c->h2);
+    mg_outq_detach(&c->outq);
     if (c->bev)
         bufferevent_free(c->bev);
     if (c->timer)
@@ -763,6 +767,8 @@ static void on_write(struct bufferevent *bev, void *arg)
     up_conn_t *c = arg;
     enter(c);
     conn_flush(c);
+    if (!c->dead)
+        mg_outq_bev_written(&c->outq);
     leave(c);
 }
 
@@ -775,6 +781,7 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
         evtimer_del(c->timer);
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        mg_outq_attach(c->pool->u->outq, &c->outq, bev, on_write, c);
         conn_flush(c);
     } else if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         if (!c->connected) {
@@ -1030,7 +1037,8 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
         u->conf.max_streams_per_conn = 100;
     u->small = mg_smalloc_new();
     u->mem = (nghttp2_mem){u->small, mem_get, mem_put, mem_zget, mem_reget};
-    if (u->small == NULL || nghttp2_session_callbacks_new(&u->cbs) != 0 ||
+    u->outq = mg_outq_new(base);
+    if (u->small == NULL || u->outq == NULL || nghttp2_session_callbacks_new(&u->cbs) != 0 ||
         nghttp2_option_new(&u->opt) != 0) {
         mg_upstreams_free(u);
         return NULL;
@@ -1083,5 +1091,6 @@ void mg_upstreams_free(mg_upstreams_t *u)
     if (u->opt)
         nghttp2_option_del(u->opt);
     mg_smalloc_free(u->small); /* after the sessions: they gave their blocks back */
+    mg_outq_free(u->outq);     /* after the connections: they left it */
     free(u);
 }

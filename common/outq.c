@@ -1,0 +1,143 @@
+/* common/outq.c - cleartext output written at the end of the loop turn (see outq.h) */
+#include "common/outq.h"
+
+#include <stdlib.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+/*
+ * The queue runs from a timer due at once, armed when the list gets its first item. Timers
+ * run after a turn's I/O callbacks, and this one in the turn after the one that armed it: a
+ * connection's write then carries what the callbacks of both turns added, as many responses
+ * per write() as when the bufferevent waited for EPOLLOUT, without the two epoll_ctl calls.
+ */
+struct mg_outq {
+    struct event *ev;
+    mg_outq_item_t *head, *tail;
+};
+
+static void unlink_item(mg_outq_item_t *it)
+{
+    mg_outq_t *q = it->q;
+    if (it->prev)
+        it->prev->next = it->next;
+    else
+        q->head = it->next;
+    if (it->next)
+        it->next->prev = it->prev;
+    else
+        q->tail = it->prev;
+    it->prev = it->next = NULL;
+    it->queued = false;
+}
+
+/* Writes |it|'s output in one writev. What the socket does not take, and errors, go back to
+ * the bufferevent: it writes the rest when the socket drains, or reports the error. */
+static void write_out(mg_outq_item_t *it)
+{
+    struct evbuffer *out = bufferevent_get_output(it->bev);
+    if (evbuffer_get_length(out) == 0)
+        return;
+    evbuffer_unfreeze(out, 1); /* a bufferevent keeps its output's start frozen but for writes */
+    int n = evbuffer_write(out, bufferevent_getfd(it->bev));
+    evbuffer_freeze(out, 1);
+    size_t left = evbuffer_get_length(out), low = 0;
+    if (left > 0) {
+        it->direct = false;
+        bufferevent_enable(it->bev, EV_WRITE);
+    }
+    bufferevent_getwatermark(it->bev, EV_WRITE, &low, NULL);
+    if (n > 0 && left <= low)
+        it->written(it->bev, it->arg); /* may free the connection and |it| */
+}
+
+static void on_turn_end(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    mg_outq_t *q = arg;
+    while (q->head) { /* written() may queue more, or detach others */
+        mg_outq_item_t *it = q->head;
+        unlink_item(it);
+        if (it->direct)
+            write_out(it);
+    }
+}
+
+static void enqueue(mg_outq_item_t *it)
+{
+    mg_outq_t *q = it->q;
+    it->queued = true;
+    it->prev = q->tail;
+    if (q->tail)
+        q->tail->next = it;
+    else
+        q->head = it;
+    q->tail = it;
+    if (q->head == it) {
+        static const struct timeval now = {0, 0};
+        evtimer_add(q->ev, &now);
+    }
+}
+
+static void on_output(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)buf;
+    mg_outq_item_t *it = arg;
+    if (info->n_added && it->direct && !it->queued)
+        enqueue(it);
+}
+
+mg_outq_t *mg_outq_new(struct event_base *base)
+{
+    mg_outq_t *q = calloc(1, sizeof(*q));
+    if (q == NULL || (q->ev = evtimer_new(base, on_turn_end, q)) == NULL) {
+        free(q);
+        return NULL;
+    }
+    return q;
+}
+
+void mg_outq_free(mg_outq_t *q)
+{
+    if (q == NULL)
+        return;
+    event_free(q->ev);
+    free(q);
+}
+
+bool mg_outq_attach(mg_outq_t *q, mg_outq_item_t *it, struct bufferevent *bev,
+                    mg_outq_written_fn written, void *arg)
+{
+    *it = (mg_outq_item_t){.q = q, .bev = bev, .written = written, .arg = arg};
+    it->cb = evbuffer_add_cb(bufferevent_get_output(bev), on_output, it);
+    if (it->cb == NULL) {
+        it->q = NULL;
+        return false;
+    }
+    mg_outq_bev_written(it);
+    return true;
+}
+
+void mg_outq_detach(mg_outq_item_t *it)
+{
+    if (it->q == NULL)
+        return;
+    if (it->queued)
+        unlink_item(it);
+    evbuffer_remove_cb_entry(bufferevent_get_output(it->bev), it->cb);
+    it->q = NULL;
+}
+
+void mg_outq_bev_written(mg_outq_item_t *it)
+{
+    if (it->q == NULL || it->direct)
+        return;
+    /* the socket drained: the queue writes from now on, including what the write callback
+     * just added (under load there always is some, and the bufferevent would keep the turn) */
+    bufferevent_disable(it->bev, EV_WRITE);
+    it->direct = true;
+    if (evbuffer_get_length(bufferevent_get_output(it->bev)) > 0 && !it->queued)
+        enqueue(it);
+}

@@ -1,0 +1,54 @@
+/*
+ * common/outq.h - cleartext output written at the end of the loop turn.
+ *
+ * A bufferevent writes its output when epoll says the socket is writable: adding to an empty
+ * output registers EPOLLOUT (epoll_ctl), the next turn writes, and the drained buffer
+ * unregisters it (epoll_ctl again): two system calls per write. Attached to a queue, a
+ * connection's output is written by the queue instead, once per turn, after the
+ * callbacks of that turn and the next have added their frames (see outq.c); EPOLLOUT is only
+ * used while the socket is full. One queue per event loop; not thread-safe.
+ */
+#ifndef MG_COMMON_OUTQ_H
+#define MG_COMMON_OUTQ_H
+
+#include <stdbool.h>
+
+struct bufferevent;
+struct event_base;
+struct evbuffer_cb_entry;
+
+typedef struct mg_outq mg_outq_t;
+typedef struct mg_outq_item mg_outq_item_t;
+
+/* What the bufferevent's write callback does: called after a write left the output at or
+ * below the write low-water mark. It may free the connection (after mg_outq_detach). */
+typedef void (*mg_outq_written_fn)(struct bufferevent *bev, void *arg);
+
+/* Lives in the connection; zeroed = not attached. */
+struct mg_outq_item {
+    mg_outq_t *q;
+    mg_outq_item_t *prev, *next;
+    struct bufferevent *bev;
+    struct evbuffer_cb_entry *cb;
+    mg_outq_written_fn written;
+    void *arg;
+    bool queued;
+    bool direct; /* EV_WRITE is off and the queue writes; else the bufferevent writes */
+};
+
+mg_outq_t *mg_outq_new(struct event_base *base); /* NULL when out of memory */
+/* Items still attached must be detached first (their connections freed). NULL is fine. */
+void mg_outq_free(mg_outq_t *q);
+
+/* Hands the writing of |bev| (a connected socket bufferevent) to |q|; |written| is called
+ * as the bufferevent's write callback would be. Returns false when out of memory: the
+ * bufferevent then goes on writing by itself. */
+bool mg_outq_attach(mg_outq_t *q, mg_outq_item_t *it, struct bufferevent *bev,
+                    mg_outq_written_fn written, void *arg);
+/* Before the bufferevent is freed. A zeroed item is fine. */
+void mg_outq_detach(mg_outq_item_t *it);
+/* From the bufferevent's own write callback (the socket took enough to go below the
+ * low-water mark): the queue writes again, starting with what is left. */
+void mg_outq_bev_written(mg_outq_item_t *it);
+
+#endif

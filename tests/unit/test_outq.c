@@ -1,0 +1,226 @@
+/* tests/unit/test_outq.c - cleartext output written by the loop's queue (common/outq.c), over
+ * real socket pairs: written without EPOLLOUT, in one write per turn, handed back to the
+ * bufferevent when the socket is full and taken again once it drains, freed while queued. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "common/outq.h"
+
+typedef struct {
+    struct event_base *base;
+    mg_outq_t *q;
+    int peer; /* the other end of the pair: the test reads here */
+    struct bufferevent *bev;
+    mg_outq_item_t item;
+    int written; /* calls of the write callback */
+    bool free_in_written;
+} fixture_t;
+
+static void on_written(struct bufferevent *bev, void *arg)
+{
+    fixture_t *f = arg;
+    f->written++;
+    mg_outq_bev_written(&f->item);
+    if (f->free_in_written) { /* the owner frees the connection from its write callback */
+        mg_outq_detach(&f->item);
+        bufferevent_free(bev);
+        f->bev = NULL;
+    }
+}
+
+static void setup_pair(fixture_t *f, int sndbuf)
+{
+    memset(f, 0, sizeof(*f));
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    if (sndbuf)
+        assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
+    evutil_make_socket_nonblocking(sv[0]);
+    evutil_make_socket_nonblocking(sv[1]);
+    f->peer = sv[1];
+    f->base = event_base_new();
+    f->q = mg_outq_new(f->base);
+    assert_non_null(f->q);
+    f->bev = bufferevent_socket_new(f->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(f->bev, NULL, on_written, NULL, f);
+    bufferevent_enable(f->bev, EV_READ | EV_WRITE);
+    assert_true(mg_outq_attach(f->q, &f->item, f->bev, on_written, f));
+}
+
+static void teardown_pair(fixture_t *f)
+{
+    if (f->bev) {
+        mg_outq_detach(&f->item);
+        bufferevent_free(f->bev);
+    }
+    mg_outq_free(f->q);
+    event_base_free(f->base);
+    if (f->peer >= 0)
+        close(f->peer);
+}
+
+static size_t drain_peer(fixture_t *f, char *into, size_t cap)
+{
+    size_t got = 0;
+    ssize_t n;
+    while (got < cap && (n = read(f->peer, into + got, cap - got)) > 0)
+        got += (size_t)n;
+    return got;
+}
+
+/* One turn of the loop: poll without waiting, run what is due, stop (NONBLOCK alone loops on
+ * while callbacks keep becoming active). */
+static void turn(fixture_t *f)
+{
+    event_base_loop(f->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+}
+
+static void writes_without_epollout_once_per_turn(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_pair(&f, 0);
+    /* attached with an empty output: the bufferevent no longer watches for writability */
+    assert_int_equal(bufferevent_get_enabled(f.bev) & EV_WRITE, 0);
+    bufferevent_write(f.bev, "hello ", 6);
+    bufferevent_write(f.bev, "world", 5);
+    char buf[64];
+    assert_int_equal(drain_peer(&f, buf, sizeof(buf)), 0); /* nothing before the loop runs */
+    turn(&f); /* one turn: the queue's run, not a wait for EPOLLOUT */
+    size_t n = drain_peer(&f, buf, sizeof(buf));
+    assert_int_equal(n, 11);
+    assert_memory_equal(buf, "hello world", 11);
+    assert_int_equal(evbuffer_get_length(bufferevent_get_output(f.bev)), 0);
+    assert_int_equal(f.written, 1); /* told once, as a bufferevent's write callback would be */
+    assert_int_equal(bufferevent_get_enabled(f.bev) & EV_WRITE, 0);
+    teardown_pair(&f);
+}
+
+static void full_socket_goes_back_to_the_bufferevent_and_returns(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_pair(&f, 4096);
+    size_t total = 4 << 20; /* far more than the socket holds */
+    char *data = malloc(total), *got = malloc(total);
+    assert_non_null(data);
+    assert_non_null(got);
+    for (size_t i = 0; i < total; i++)
+        data[i] = (char)(i * 7 + i / 4096);
+    bufferevent_write(f.bev, data, total);
+    turn(&f);
+    turn(&f);
+    /* the socket took part: the rest waits for EPOLLOUT, with the bufferevent writing */
+    assert_true(evbuffer_get_length(bufferevent_get_output(f.bev)) > 0);
+    assert_int_not_equal(bufferevent_get_enabled(f.bev) & EV_WRITE, 0);
+    size_t n = 0;
+    for (int i = 0; i < 100000 && n < total; i++) {
+        n += drain_peer(&f, got + n, total - n);
+        event_base_loop(f.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    }
+    assert_int_equal(n, total);
+    assert_memory_equal(got, data, total);
+    /* drained: the queue writes again */
+    assert_int_equal(bufferevent_get_enabled(f.bev) & EV_WRITE, 0);
+    bufferevent_write(f.bev, "x", 1);
+    turn(&f);
+    turn(&f);
+    char c = 0;
+    assert_int_equal(drain_peer(&f, &c, 1), 1);
+    assert_int_equal(c, 'x');
+    free(data);
+    free(got);
+    teardown_pair(&f);
+}
+
+static void detached_while_queued_is_not_written(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_pair(&f, 0);
+    int sv[2]; /* a second connection on the same loop and queue */
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    evutil_make_socket_nonblocking(sv[0]);
+    evutil_make_socket_nonblocking(sv[1]);
+    struct bufferevent *other = bufferevent_socket_new(f.base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+    mg_outq_item_t other_item;
+    assert_true(mg_outq_attach(f.q, &other_item, other, on_written, &f));
+    bufferevent_write(other, "gone", 4);
+    bufferevent_write(f.bev, "kept", 4);
+    mg_outq_detach(&other_item); /* that connection closes before the turn ends */
+    bufferevent_free(other);
+    turn(&f);
+    turn(&f);
+    char buf[8];
+    assert_int_equal(drain_peer(&f, buf, sizeof(buf)), 4);
+    assert_memory_equal(buf, "kept", 4);
+    assert_int_equal(read(sv[1], buf, sizeof(buf)), 0); /* closed, "gone" never sent */
+    close(sv[1]);
+    teardown_pair(&f);
+}
+
+static void freed_from_its_write_callback(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_pair(&f, 0);
+    f.free_in_written = true;
+    bufferevent_write(f.bev, "bye", 3);
+    turn(&f);
+    turn(&f);
+    assert_null(f.bev); /* freed inside the queue's run; ASan checks nothing touched it after */
+    char buf[8];
+    assert_int_equal(drain_peer(&f, buf, sizeof(buf)), 3);
+    teardown_pair(&f);
+}
+
+static int on_error_seen;
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev, (void)arg;
+    if (what & BEV_EVENT_ERROR)
+        on_error_seen = 1;
+}
+
+static void peer_gone_is_reported_by_the_bufferevent(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_pair(&f, 0);
+    bufferevent_setcb(f.bev, NULL, on_written, on_event, &f);
+    close(f.peer);
+    f.peer = -1;
+    on_error_seen = 0;
+    bufferevent_write(f.bev, "lost", 4);
+    for (int i = 0; i < 10 && !on_error_seen; i++)
+        event_base_loop(f.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    assert_int_equal(on_error_seen, 1);
+    teardown_pair(&f);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(writes_without_epollout_once_per_turn),
+        cmocka_unit_test(full_socket_goes_back_to_the_bufferevent_and_returns),
+        cmocka_unit_test(detached_while_queued_is_not_written),
+        cmocka_unit_test(freed_from_its_write_callback),
+        cmocka_unit_test(peer_gone_is_reported_by_the_bufferevent),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
