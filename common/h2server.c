@@ -342,7 +342,7 @@ static void conn_close(conn_t *c)
         conn_free(c);
 }
 
-#define TLS_OUT_PIECE 4096 /* see h2_flush */
+#define TLS_OUT_PIECE 4000 /* see h2_flush; with libevent's chain header, one 4 KiB block */
 #define TRIM_AFTER_MS 50 /* an HTTP/2 connection idle this long gives its frame buffer back */
 
 /* Arms the idle timer. An HTTP/2 connection whose frame buffer holds written pages first waits
@@ -770,12 +770,10 @@ static void h2_flush(conn_t *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t before = evbuffer_get_length(out);
-    /* TLS: the bufferevent seals each piece of its output in a record of its own and writes
-     * it with a write() of its own; frames added through one turn go into one piece */
-    if (c->tls && before == 0)
-        evbuffer_expand(out, TLS_OUT_PIECE);
     for (;;) {
-        if (mg_h2_send(c->h2, c->bev, OUT_HIGH) < 0) {
+        /* TLS: the bufferevent seals each piece of its output in a record of its own and
+         * writes it with a write() of its own: frames added through one turn share a piece */
+        if (mg_h2_send(c->h2, c->bev, OUT_HIGH, c->tls ? TLS_OUT_PIECE : 0) < 0) {
             conn_close(c);
             return;
         }
@@ -807,7 +805,7 @@ static void h2_flush(conn_t *c)
         idle_arm(c);
 }
 
-int mg_h2_send(nghttp2_session *h2, struct bufferevent *bev, size_t high)
+int mg_h2_send(nghttp2_session *h2, struct bufferevent *bev, size_t high, size_t piece)
 {
     struct evbuffer *out = bufferevent_get_output(bev);
     uint8_t buf[16384];
@@ -833,8 +831,11 @@ int mg_h2_send(nghttp2_session *h2, struct bufferevent *bev, size_t high)
             used += (size_t)n;
         }
     }
-    if (used)
+    if (used) {
+        if (queued == 0 && piece > used) /* only with data: an idle connection keeps none */
+            evbuffer_expand(out, piece);
         evbuffer_add(out, buf, used);
+    }
     return rv;
 }
 

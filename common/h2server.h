@@ -154,10 +154,11 @@ bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t 
 
 /* Moves frames from |h2| into |bev|'s output until nghttp2 has nothing more or the output holds
  * |high| bytes. Frames are coalesced so that one socket write (one TLS record) carries many.
- * Returns 0, or the nghttp2 error. */
+ * With |piece| > 0, frames added to an empty output start a contiguous piece of that many
+ * bytes, which later calls fill before a new one is started. Returns 0, or the nghttp2 error. */
 struct nghttp2_session;
 struct bufferevent;
-int mg_h2_send(struct nghttp2_session *h2, struct bufferevent *bev, size_t high);
+int mg_h2_send(struct nghttp2_session *h2, struct bufferevent *bev, size_t high, size_t piece);
 
 /* For a data source callback whose body is complete: sets EOF, and when |n| trailers are given
  * keeps the stream open for them and submits them (nghttp2's documented way). */

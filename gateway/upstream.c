@@ -452,7 +452,7 @@ static void h2_flush(up_conn_t *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     do {
-        if (mg_h2_send(c->h2, c->bev, OUT_HIGH) < 0) {
+        if (mg_h2_send(c->h2, c->bev, OUT_HIGH, 0) < 0) {
             conn_close(c, MG_UP_PROTO);
             return;
         }
