@@ -8,6 +8,8 @@
 #   QUICK=1 bench/dblog.sh            smoke run: 1 round, 3 s runs
 #   SPOOL_DIR=/var/tmp/x bench/dblog.sh   the spool on a real disk (default: the work dir in
 #                                     /dev/shm, where fsync costs nothing)
+#   PERF=1 bench/dblog.sh             then one thr run of the db gateway under perf record: its
+#                                     CPU by thread (worker, access-log writer, database thread)
 #
 # mariadbd gets a fresh datadir in the work dir (mariadb-install-db --no-defaults, root without
 # password, TCP on 127.0.0.1 only, no binary log). Every server runs in its own session, every
@@ -40,6 +42,7 @@ PORT_BASE=${PORT_BASE:-19300}          # backend +1, mariadbd +2, gateways +3 +4
 QUIET_PCT=${QUIET_PCT:-10}
 QUIET_MAX=${QUIET_MAX:-30}
 NOISY_PCT=${NOISY_PCT:-10}
+PERF=${PERF:-0}
 # CPU layout, as bench/run.sh: thr gives the gateway (and so its log threads) a core of its
 # own, h2load, the backend and mariadbd share the other; lat runs everything on one core.
 if [ "$(nproc)" -ge 2 ] && [ "${PIN:-1}" = 1 ]; then
@@ -170,8 +173,29 @@ h2run() {
     echo "$rps $ok $total $p50 $p99 $gcpu $dcpu $foreign $status"
 }
 
+# perf_threads GW: one thr run with `perf record -g` on that gateway; prints its self time by
+# thread, then the top symbols of each thread (the database thread's cost is what matters here)
+perf_threads() {
+    local gw=$1 gpid data=$W/perf.$1.data ppid
+    gpid=${SID[gw-$gw]} # setsid execs the gateway (via taskset): it leads its session
+    [ -n "$gpid" ] || return 0
+    timeout -k 5 $((DURATION + 30)) perf record -q -g -p "$gpid" -o "$data" -- sleep "$DURATION" \
+        >"$W/perf.$gw.out" 2>&1 &
+    ppid=$!
+    sleep 0.2
+    h2run "$gw" thr >/dev/null
+    wait "$ppid"
+    say ""
+    say "## perf: gateway '$gw', self time by thread, then by thread and symbol"
+    timeout 120 perf report -q -i "$data" --no-children --sort comm --stdio -g none 2>/dev/null |
+        grep -v '^$' | head -8
+    timeout 120 perf report -q -i "$data" --no-children --sort comm,dso,symbol --percent-limit 0.5 \
+        --stdio -g none 2>/dev/null | grep -v '^$' | head -60
+}
+
 # ---------------------------------------------------------------- run
 need_tools h2load nghttp nghttpd mariadb mariadb-install-db "$MARIADBD" taskset timeout setsid pgrep ss curl "$PY"
+[ "$PERF" = 1 ] && need_tools perf
 [ -x "$MODELGATE_BIN" ] || die "$MODELGATE_BIN does not exist or is not executable; build it
        (cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build build --target modelgate) or set MODELGATE_BIN"
 for p in "$BE_PORT" "$DB_PORT" "${GW_PORT[@]}" "${ADMIN_PORT[@]}"; do
@@ -230,6 +254,11 @@ for r in $(seq 1 "$ROUNDS"); do
         done
     done
 done
+
+if [ "$PERF" = 1 ]; then
+    layout thr
+    perf_threads db
+fi
 
 # every request of the db gateway must become a row: wait until the spool is drained
 say ""
