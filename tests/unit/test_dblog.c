@@ -1,9 +1,9 @@
 /*
  * tests/unit/test_dblog.c - the database request log's parts that need no server: the spool
  * (append, read, commit, replay after a simulated crash, a torn last line, the size cap and its
- * lost count, the directory lock, an appender and a reader running at once) and the conversion
- * of an access-log line into an SQL row. The database side is tested end to end against a real
- * MariaDB in tests/e2e/test_dblog.py.
+ * lost count, the directory lock, an appender and a reader running at once). Lines to rows:
+ * test_dbrow.c. The database side is tested end to end against a real MariaDB in
+ * tests/e2e/test_dblog.py.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,8 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gateway/dblog.h"
-#include "gateway/reqlog.h"
 #include "gateway/spool.h"
 
 static char dir[64];
@@ -310,88 +308,6 @@ static void concurrent_append_and_read(void **state)
     mg_spool_close(s);
 }
 
-/* ---------------------------------------------------------------- rows */
-
-static size_t row_of(const mg_reqlog_rec_t *r, char *out, size_t cap)
-{
-    char line[8192];
-    size_t n = mg_reqlog_format(r, line, sizeof(line));
-    assert_true(n > 0);
-    size_t len = 0;
-    assert_int_equal(mg_dblog_row(line, n - 1, out, cap - 1, &len), MG_OK);
-    out[len] = '\0';
-    return len;
-}
-
-static void row_from_line(void **state)
-{
-    (void)state;
-    char row[16384];
-    mg_reqlog_rec_t r = {
-        .time_us = 1700000000123456LL,
-        .id = "00112233445566770000000000000abc",
-        .request_id = "r-1",
-        .client = "127.0.0.1:5555",
-        .proto = "h2",
-        .method = "POST",
-        .host = "digits-production.example",
-        .path = "/v1/it's\\here",
-        .app = "digits",
-        .env = "production",
-        .service = "digits-production-v3",
-        .pod = "10.0.0.7:8500",
-        .status = 200,
-        .req_bytes = 84,
-        .resp_bytes = 95,
-        .upstream_us = -1,
-        .total_us = 2345,
-        .fallback = true,
-        .retries = 2,
-        .features = "hit",
-    };
-    row_of(&r, row, sizeof(row));
-    assert_string_equal(row,
-                        "(x'00112233445566770000000000000abc','2023-11-14 22:13:20.123456',"
-                        "'r-1','127.0.0.1:5555','h2','POST','digits-production.example',"
-                        "'/v1/it\\'s\\\\here','digits','production','digits-production-v3',"
-                        "'10.0.0.7:8500',200,84,95,NULL,2345,NULL,1,2,'hit',NULL)");
-
-    /* strings are cut to their column, at a character boundary: path is VARCHAR(2048) */
-    static char path[3000];
-    memset(path, 'a', sizeof(path) - 1);
-    memcpy(path + 2046, "\xc3\xa9\xc3\xa9", 4); /* characters 2047 and 2048 are 2 bytes each */
-    r.path = path;
-    r.error = "x";
-    row_of(&r, row, sizeof(row));
-    char *p = strstr(row, ",'aaa");
-    assert_non_null(p);
-    char *end = strchr(p + 2, '\'');
-    assert_int_equal(end - (p + 2), 2046 + 4);
-    assert_memory_equal(end - 4, "\xc3\xa9\xc3\xa9", 4);
-}
-
-static void row_rejects_what_is_no_record(void **state)
-{
-    (void)state;
-    char out[4096];
-    size_t len;
-    static const char *const bad[] = {
-        "",
-        "not json",
-        "{\"time\":\"2023-11-14T22:13:20.123456Z\"}",
-        "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"xyz\"}",
-        "{\"time\":\"2023-11-14 22:13:20\",\"id\":\"00112233445566770000000000000abc\"}",
-        "[1,2]",
-    };
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_int_equal(mg_dblog_row(bad[i], strlen(bad[i]), out, sizeof(out), &len),
-                         MG_E_PROTO);
-    static const char ok[] =
-        "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000abc\"}";
-    assert_int_equal(mg_dblog_row(ok, strlen(ok), out, sizeof(out), &len), MG_OK);
-    assert_int_equal(mg_dblog_row(ok, strlen(ok), out, 10, &len), MG_E_LIMIT);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -401,8 +317,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(cap_counts_lost, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(second_process_is_refused, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(concurrent_append_and_read, make_dir, remove_dir),
-        cmocka_unit_test(row_from_line),
-        cmocka_unit_test(row_rejects_what_is_no_record),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
