@@ -13,27 +13,29 @@
 
 #include <string.h>
 
+/* name and its length: keys are matched per line, so no strlen() there */
+#define COL(name, ...) {name, sizeof(name) - 1, __VA_ARGS__}
 const mg_dbrow_col_t mg_dbrow_cols[MG_DBROW_NCOLS] = {
-    [MG_DBROW_REQUEST_ID] = {"request_id", MG_DBROW_STR, 64, true},
-    [MG_DBROW_CLIENT] = {"client", MG_DBROW_STR, 64, true},
-    [MG_DBROW_PROTO] = {"proto", MG_DBROW_STR, 16, true},
-    [MG_DBROW_METHOD] = {"method", MG_DBROW_STR, 16, true},
-    [MG_DBROW_HOST] = {"host", MG_DBROW_STR, 255, true},
-    [MG_DBROW_PATH] = {"path", MG_DBROW_STR, 2048, true},
-    [MG_DBROW_APP] = {"app", MG_DBROW_STR, 64, true},
-    [MG_DBROW_ENV] = {"env", MG_DBROW_STR, 64, true},
-    [MG_DBROW_SERVICE] = {"service", MG_DBROW_STR, 128, true},
-    [MG_DBROW_POD] = {"pod", MG_DBROW_STR, 255, true},
-    [MG_DBROW_STATUS] = {"status", MG_DBROW_INT, 0, false},
-    [MG_DBROW_REQ_BYTES] = {"req_bytes", MG_DBROW_UINT, 0, false},
-    [MG_DBROW_RESP_BYTES] = {"resp_bytes", MG_DBROW_UINT, 0, false},
-    [MG_DBROW_UPSTREAM_US] = {"upstream_us", MG_DBROW_INT, 0, true},
-    [MG_DBROW_TOTAL_US] = {"total_us", MG_DBROW_INT, 0, false},
-    [MG_DBROW_ERROR] = {"error", MG_DBROW_STR, 255, true},
-    [MG_DBROW_FALLBACK] = {"fallback", MG_DBROW_BOOL, 0, false},
-    [MG_DBROW_RETRIES] = {"retries", MG_DBROW_UINT, 0, false},
-    [MG_DBROW_FEATURES] = {"features", MG_DBROW_STR, 16, true},
-    [MG_DBROW_FEATURES_HASH] = {"features_hash", MG_DBROW_STR, 64, true},
+    [MG_DBROW_REQUEST_ID] = COL("request_id", MG_DBROW_STR, 64, true),
+    [MG_DBROW_CLIENT] = COL("client", MG_DBROW_STR, 64, true),
+    [MG_DBROW_PROTO] = COL("proto", MG_DBROW_STR, 16, true),
+    [MG_DBROW_METHOD] = COL("method", MG_DBROW_STR, 16, true),
+    [MG_DBROW_HOST] = COL("host", MG_DBROW_STR, 255, true),
+    [MG_DBROW_PATH] = COL("path", MG_DBROW_STR, 2048, true),
+    [MG_DBROW_APP] = COL("app", MG_DBROW_STR, 64, true),
+    [MG_DBROW_ENV] = COL("env", MG_DBROW_STR, 64, true),
+    [MG_DBROW_SERVICE] = COL("service", MG_DBROW_STR, 128, true),
+    [MG_DBROW_POD] = COL("pod", MG_DBROW_STR, 255, true),
+    [MG_DBROW_STATUS] = COL("status", MG_DBROW_INT, 0, false),
+    [MG_DBROW_REQ_BYTES] = COL("req_bytes", MG_DBROW_UINT, 0, false),
+    [MG_DBROW_RESP_BYTES] = COL("resp_bytes", MG_DBROW_UINT, 0, false),
+    [MG_DBROW_UPSTREAM_US] = COL("upstream_us", MG_DBROW_INT, 0, true),
+    [MG_DBROW_TOTAL_US] = COL("total_us", MG_DBROW_INT, 0, false),
+    [MG_DBROW_ERROR] = COL("error", MG_DBROW_STR, 255, true),
+    [MG_DBROW_FALLBACK] = COL("fallback", MG_DBROW_BOOL, 0, false),
+    [MG_DBROW_RETRIES] = COL("retries", MG_DBROW_UINT, 0, false),
+    [MG_DBROW_FEATURES] = COL("features", MG_DBROW_STR, 16, true),
+    [MG_DBROW_FEATURES_HASH] = COL("features_hash", MG_DBROW_STR, 64, true),
 };
 
 enum { K_ID = MG_DBROW_NCOLS, K_TIME, K_OTHER };
@@ -278,7 +280,7 @@ static int key_index(const char *k, size_t n)
     if (n == 4 && memcmp(k, "time", 4) == 0)
         return K_TIME;
     for (int i = 0; i < MG_DBROW_NCOLS; i++)
-        if (strlen(mg_dbrow_cols[i].name) == n && memcmp(mg_dbrow_cols[i].name, k, n) == 0)
+        if (mg_dbrow_cols[i].namelen == n && memcmp(mg_dbrow_cols[i].name, k, n) == 0)
             return i;
     return K_OTHER;
 }

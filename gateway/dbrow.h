@@ -35,6 +35,7 @@ typedef enum mg_dbrow_type { MG_DBROW_STR, MG_DBROW_INT, MG_DBROW_UINT, MG_DBROW
 
 typedef struct mg_dbrow_col {
     const char *name;
+    size_t namelen;
     mg_dbrow_type_t type;
     unsigned maxlen; /* characters, for strings */
     bool nullable;   /* numbers only: a missing or null value is NULL rather than 0 */
