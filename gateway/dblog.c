@@ -43,6 +43,7 @@
 #include "gateway/spool.h"
 
 #define RBUF_CAP (2u * 1024 * 1024) /* spool bytes read per batch, at most */
+#define READ_MIN (64u * 1024)        /* and at least (a line is at most 8 KiB) */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 #define WAIT_MAX_MS 1000         /* longest sleep: bounds the loss-report delay */
@@ -85,6 +86,7 @@ struct mg_dblog {
     MYSQL *m;
     MYSQL_STMT *stmt; /* the prepared insert_sql, while connected */
     char *rbuf;
+    size_t read_size; /* bytes asked of the spool per batch: READ_MIN..RBUF_CAP */
     char *q; /* a maintenance statement being built */
     size_t qlen, qcap;
     char *insert_sql; /* "INSERT INTO `t` (cols) VALUES (?,...) ON DUPLICATE KEY UPDATE id = id" */
@@ -484,18 +486,29 @@ static bool insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
     return true;
 }
 
-/* One round: the next batch from |*pos|. MG_OK with *nlines, MG_E_AGAIN when the spool is
- * drained, MG_E_IO when the database or the spool failed (disconnected when it was the
+/* Reads of the spool are sized for one batch (its lines' average size, with a margin) rather
+ * than the whole buffer: under a backlog a 2 MiB read of which one batch is used copies several
+ * times what goes in. */
+static void size_bulk_read(mg_dblog_t *d, size_t len, size_t nlines)
+{
+    size_t want = len / nlines * d->c.batch_rows;
+    want += want / 4 + READ_MIN;
+    d->read_size = want > RBUF_CAP ? RBUF_CAP : want;
+}
+
+/* One round: the next batch from |*pos|. MG_OK with *nlines (and *cut: the read size, not the
+ * spool's end, ended it), MG_E_AGAIN when the spool is drained, MG_E_IO when the database or the spool failed (disconnected when it was the
  * database). |*pos| advances only when the batch is committed. */
-static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines)
+static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines, bool *cut)
 {
     size_t len, n;
     mg_spool_pos_t next;
     *nlines = 0;
-    mg_err_t rc = mg_spool_read(d->spool, pos, d->rbuf, RBUF_CAP, d->c.batch_rows, &len, &n,
-                                &next);
+    mg_err_t rc = mg_spool_read(d->spool, pos, d->rbuf, d->read_size, d->c.batch_rows, &len, &n,
+                                &next, cut);
     if (rc != MG_OK)
         return rc;
+    size_bulk_read(d, len, n);
     size_t rows = 0, bad = 0;
     for (char *p = d->rbuf, *end = d->rbuf + len, *nl; p < end; p = nl + 1) {
         nl = memchr(p, '\n', (size_t)(end - p));
@@ -592,9 +605,10 @@ static void *db_main(void *arg)
             d->next_maint = time(NULL) + MAINT_INTERVAL_S;
         }
         size_t n;
-        mg_err_t rc = insert_batch(d, &pos, &n);
-        if (rc == MG_OK && n >= d->c.batch_rows)
-            continue; /* full batch: more is likely waiting */
+        bool cut;
+        mg_err_t rc = insert_batch(d, &pos, &n, &cut);
+        if (rc == MG_OK && (n >= d->c.batch_rows || cut))
+            continue; /* full batch, or the read size ended it: more is waiting */
         if (stop && rc != MG_OK)
             break;
         if (rc == MG_OK || rc == MG_E_AGAIN) {
@@ -698,6 +712,7 @@ mg_dblog_t *mg_dblog_open(const mg_dblog_conf_t *conf)
     d->c.table = dup_or(conf->table, "request_log");
     d->c.spool_dir = dup_or(conf->spool_dir, "request_log_spool");
     d->rbuf = malloc(RBUF_CAP);
+    d->read_size = RBUF_CAP;
     if (!d->c.host || !d->c.user || !d->c.database || !d->c.table || !d->c.spool_dir ||
         !d->rbuf)
         goto nomem;

@@ -61,7 +61,7 @@ static int read_all(mg_spool_t *s, mg_spool_pos_t *pos, int first, size_t max_li
     for (;;) {
         size_t len, nl;
         mg_spool_pos_t next;
-        mg_err_t rc = mg_spool_read(s, pos, buf, sizeof(buf), max_lines, &len, &nl, &next);
+        mg_err_t rc = mg_spool_read(s, pos, buf, sizeof(buf), max_lines, &len, &nl, &next, NULL);
         if (rc == MG_E_AGAIN)
             break;
         assert_int_equal(rc, MG_OK);
@@ -129,6 +129,33 @@ static void append_read_commit(void **state)
     mg_spool_close(s);
 }
 
+/* A read that |cap| stops early says so: the caller must not take it for a drained spool. */
+static void read_says_when_cap_cut_it(void **state)
+{
+    (void)state;
+    char buf[4096], rb[4096];
+    uint64_t lost = 0;
+    size_t len, nl;
+    bool cut = true;
+    mg_spool_pos_t next;
+    mg_spool_t *s = open_spool(1 << 20);
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    size_t n = make_lines(buf, 0, 10, 50);
+    assert_int_equal(mg_spool_append(s, buf, n, &lost), MG_OK);
+    assert_int_equal(mg_spool_read(s, &pos, rb, 120, 100, &len, &nl, &next, &cut), MG_OK);
+    assert_int_equal(nl, 2);
+    assert_true(cut);
+    pos = next;
+    assert_int_equal(mg_spool_read(s, &pos, rb, 300, 3, &len, &nl, &next, &cut), MG_OK);
+    assert_int_equal(nl, 3); /* max_lines ended it, not cap */
+    assert_true(cut);        /* but cap did too: 300 of the 400 bytes left */
+    pos = next;
+    assert_int_equal(mg_spool_read(s, &pos, rb, sizeof(rb), 100, &len, &nl, &next, &cut), MG_OK);
+    assert_int_equal(nl, 5);
+    assert_false(cut); /* everything durable was read */
+    mg_spool_close(s);
+}
+
 /* A crash is a close without commit: every line not committed comes back, in order, once. */
 static void replay_after_crash(void **state)
 {
@@ -149,7 +176,7 @@ static void replay_after_crash(void **state)
     static char rb[1 << 16];
     size_t len, nl;
     mg_spool_pos_t next, start = mg_spool_committed(s);
-    assert_int_equal(mg_spool_read(s, &start, rb, sizeof(rb), 70, &len, &nl, &next), MG_OK);
+    assert_int_equal(mg_spool_read(s, &start, rb, sizeof(rb), 70, &len, &nl, &next, NULL), MG_OK);
     assert_int_equal(nl, 70);
     assert_int_equal(mg_spool_commit(s, next), MG_OK);
     mg_spool_close(s);
@@ -285,7 +312,7 @@ static void concurrent_append_and_read(void **state)
     for (int spins = 0; seen < a.n && spins < 2000000; spins++) {
         size_t len, nl;
         mg_spool_pos_t next;
-        mg_err_t rc = mg_spool_read(s, &pos, buf, sizeof(buf), 333, &len, &nl, &next);
+        mg_err_t rc = mg_spool_read(s, &pos, buf, sizeof(buf), 333, &len, &nl, &next, NULL);
         if (rc == MG_E_AGAIN) {
             usleep(100);
             continue;
@@ -312,6 +339,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(append_read_commit, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(read_says_when_cap_cut_it, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(replay_after_crash, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(torn_last_line_is_cut, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(cap_counts_lost, make_dir, remove_dir),

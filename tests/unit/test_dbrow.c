@@ -321,7 +321,7 @@ static void previous_version_spool_replays(void **state)
     mg_spool_pos_t pos = mg_spool_committed(s), next;
     static char buf[1 << 16];
     size_t len, n;
-    assert_int_equal(mg_spool_read(s, &pos, buf, sizeof(buf), 500, &len, &n, &next), MG_OK);
+    assert_int_equal(mg_spool_read(s, &pos, buf, sizeof(buf), 500, &len, &n, &next, NULL), MG_OK);
     assert_int_equal(n, 2);
     char *p = buf;
     for (size_t i = 0; i < 2; i++) {
