@@ -154,6 +154,11 @@ static bool unescape_one(cur_t *c, char **o)
     return true;
 }
 
+/* Bytes that stand for themselves inside a JSON string: printable ASCII but '"' and '\\'. */
+static const bool plain[256] = {
+    [0x20] = 1, [0x21] = 1, [0x23 ... 0x5b] = 1, [0x5d ... 0x7f] = 1,
+};
+
 /* A string (c->p after its opening quote): unescaped in place into [v->s, v->s + v->len). */
 static bool read_string(cur_t *c, val_t *v)
 {
@@ -162,10 +167,10 @@ static bool read_string(cur_t *c, val_t *v)
     v->s = o;
     for (;;) {
         /* fast path: a run of plain ASCII, moved only once an escape has shifted the output */
-        char *run = c->p;
-        while (c->p < c->end && (unsigned char)*c->p >= 0x20 && (unsigned char)*c->p < 0x80 &&
-               *c->p != '"' && *c->p != '\\')
-            c->p++;
+        char *run = c->p, *p = c->p; /* a local cursor: stores through |o| may alias c->p */
+        while (p < c->end && plain[(unsigned char)*p])
+            p++;
+        c->p = p;
         size_t n = (size_t)(c->p - run);
         if (o != run)
             memmove(o, run, n);
@@ -273,15 +278,41 @@ static bool read_value(cur_t *c, val_t *v)
     }
 }
 
-static int key_index(const char *k, size_t n)
+/* Keys in the order mg_reqlog_format writes them: the next key is tried first. */
+static const int key_order[] = {
+    K_TIME, K_ID, MG_DBROW_REQUEST_ID, MG_DBROW_CLIENT, MG_DBROW_PROTO, MG_DBROW_METHOD,
+    MG_DBROW_HOST, MG_DBROW_PATH, MG_DBROW_APP, MG_DBROW_ENV, MG_DBROW_SERVICE, MG_DBROW_POD,
+    MG_DBROW_FEATURES, MG_DBROW_FEATURES_HASH, MG_DBROW_STATUS, MG_DBROW_REQ_BYTES,
+    MG_DBROW_RESP_BYTES, MG_DBROW_FALLBACK, MG_DBROW_RETRIES, MG_DBROW_UPSTREAM_US,
+    MG_DBROW_TOTAL_US, MG_DBROW_ERROR,
+};
+#define NKEYS (int)(sizeof(key_order) / sizeof(key_order[0]))
+
+static bool key_is(int i, const char *k, size_t n)
 {
-    if (n == 2 && memcmp(k, "id", 2) == 0)
-        return K_ID;
-    if (n == 4 && memcmp(k, "time", 4) == 0)
-        return K_TIME;
-    for (int i = 0; i < MG_DBROW_NCOLS; i++)
-        if (mg_dbrow_cols[i].namelen == n && memcmp(mg_dbrow_cols[i].name, k, n) == 0)
-            return i;
+    static const mg_dbrow_col_t id = COL("id", MG_DBROW_STR, 0, false),
+                                time = COL("time", MG_DBROW_STR, 0, false);
+    const mg_dbrow_col_t *c = i == K_ID ? &id : i == K_TIME ? &time : &mg_dbrow_cols[i];
+    if (c->namelen != n)
+        return false;
+    for (size_t j = 0; j < n; j++) /* names are short: cheaper than a call to memcmp */
+        if (c->name[j] != k[j])
+            return false;
+    return true;
+}
+
+/* The key's index (K_OTHER when it names no column); |*next| is where in key_order to look
+ * first, and moves past the key found. */
+static int key_index(const char *k, size_t n, int *next)
+{
+    if (*next < NKEYS && key_is(key_order[*next], k, n))
+        return key_order[(*next)++];
+    for (int j = 0; j < NKEYS; j++) {
+        if (key_is(key_order[j], k, n)) {
+            *next = j + 1;
+            return key_order[j];
+        }
+    }
     return K_OTHER;
 }
 
@@ -315,6 +346,8 @@ static bool parse_time(const val_t *v, mg_dbrow_t *row)
 /* Length of the prefix of |s| (valid UTF-8) holding at most |max| characters. */
 static size_t utf8_prefix(const char *s, size_t n, unsigned max)
 {
+    if (n <= max)
+        return n; /* no more characters than bytes: nothing to count */
     size_t i = 0;
     for (unsigned chars = 0; i < n && chars < max; chars++) {
         i++;
@@ -358,6 +391,7 @@ mg_err_t mg_dbrow_parse(char *line, size_t len, mg_dbrow_t *row)
 {
     cur_t c = {line, line + len};
     uint32_t seen = 0; /* bit per known key: a repeated one is not a record */
+    int next = 0;      /* key_order index of the key expected next */
     set_defaults(row);
     skip_ws(&c);
     if (c.p >= c.end || *c.p++ != '{')
@@ -381,7 +415,7 @@ mg_err_t mg_dbrow_parse(char *line, size_t len, mg_dbrow_t *row)
         if (!read_value(&c, &v))
             return MG_E_PROTO;
         skip_ws(&c);
-        int i = key_index(k.s, k.len);
+        int i = key_index(k.s, k.len, &next);
         if (i == K_OTHER)
             continue;
         if (seen & (1u << i))
