@@ -14,7 +14,10 @@
 #include <string.h>
 
 /* name and its length: keys are matched per line, so no strlen() there */
-#define COL(name, ...) {name, sizeof(name) - 1, __VA_ARGS__}
+#define COL(name, ...)                                                                             \
+    {                                                                                              \
+        name, sizeof(name) - 1, __VA_ARGS__                                                        \
+    }
 const mg_dbrow_col_t mg_dbrow_cols[MG_DBROW_NCOLS] = {
     [MG_DBROW_REQUEST_ID] = COL("request_id", MG_DBROW_STR, 64, true),
     [MG_DBROW_CLIENT] = COL("client", MG_DBROW_STR, 64, true),
@@ -156,7 +159,10 @@ static bool unescape_one(cur_t *c, char **o)
 
 /* Bytes that stand for themselves inside a JSON string: printable ASCII but '"' and '\\'. */
 static const bool plain[256] = {
-    [0x20] = 1, [0x21] = 1, [0x23 ... 0x5b] = 1, [0x5d ... 0x7f] = 1,
+    [0x20] = 1,
+    [0x21] = 1,
+    [0x23 ... 0x5b] = 1,
+    [0x5d ... 0x7f] = 1,
 };
 
 /* A string (c->p after its opening quote): unescaped in place into [v->s, v->s + v->len). */
@@ -280,11 +286,28 @@ static bool read_value(cur_t *c, val_t *v)
 
 /* Keys in the order mg_reqlog_format writes them: the next key is tried first. */
 static const int key_order[] = {
-    K_TIME, K_ID, MG_DBROW_REQUEST_ID, MG_DBROW_CLIENT, MG_DBROW_PROTO, MG_DBROW_METHOD,
-    MG_DBROW_HOST, MG_DBROW_PATH, MG_DBROW_APP, MG_DBROW_ENV, MG_DBROW_SERVICE, MG_DBROW_POD,
-    MG_DBROW_FEATURES, MG_DBROW_FEATURES_HASH, MG_DBROW_STATUS, MG_DBROW_REQ_BYTES,
-    MG_DBROW_RESP_BYTES, MG_DBROW_FALLBACK, MG_DBROW_RETRIES, MG_DBROW_UPSTREAM_US,
-    MG_DBROW_TOTAL_US, MG_DBROW_ERROR,
+    K_TIME,
+    K_ID,
+    MG_DBROW_REQUEST_ID,
+    MG_DBROW_CLIENT,
+    MG_DBROW_PROTO,
+    MG_DBROW_METHOD,
+    MG_DBROW_HOST,
+    MG_DBROW_PATH,
+    MG_DBROW_APP,
+    MG_DBROW_ENV,
+    MG_DBROW_SERVICE,
+    MG_DBROW_POD,
+    MG_DBROW_FEATURES,
+    MG_DBROW_FEATURES_HASH,
+    MG_DBROW_STATUS,
+    MG_DBROW_REQ_BYTES,
+    MG_DBROW_RESP_BYTES,
+    MG_DBROW_FALLBACK,
+    MG_DBROW_RETRIES,
+    MG_DBROW_UPSTREAM_US,
+    MG_DBROW_TOTAL_US,
+    MG_DBROW_ERROR,
 };
 #define NKEYS (int)(sizeof(key_order) / sizeof(key_order[0]))
 
@@ -367,8 +390,8 @@ static void set_col(mg_dbrow_val_t *out, const mg_dbrow_col_t *col, const val_t 
     case MG_DBROW_INT:
     case MG_DBROW_UINT:
         if (v->kind == V_INT)
-            *out = (mg_dbrow_val_t){NULL, 0, col->type == MG_DBROW_UINT && v->n < 0 ? 0 : v->n,
-                                    false};
+            *out =
+                (mg_dbrow_val_t){NULL, 0, col->type == MG_DBROW_UINT && v->n < 0 ? 0 : v->n, false};
         else if (v->kind != V_NULL)
             *out = (mg_dbrow_val_t){NULL, 0, 0, false}; /* a wrong type counts as 0 */
         break;

@@ -23,15 +23,35 @@
 
 /* The columns after (id, time), in table order (conf/request_log.sql). */
 enum {
-    MG_DBROW_REQUEST_ID, MG_DBROW_CLIENT, MG_DBROW_PROTO, MG_DBROW_METHOD, MG_DBROW_HOST,
-    MG_DBROW_PATH, MG_DBROW_APP, MG_DBROW_ENV, MG_DBROW_SERVICE, MG_DBROW_POD,
-    MG_DBROW_STATUS, MG_DBROW_REQ_BYTES, MG_DBROW_RESP_BYTES, MG_DBROW_UPSTREAM_US,
-    MG_DBROW_TOTAL_US, MG_DBROW_ERROR, MG_DBROW_FALLBACK, MG_DBROW_RETRIES, MG_DBROW_FEATURES,
+    MG_DBROW_REQUEST_ID,
+    MG_DBROW_CLIENT,
+    MG_DBROW_PROTO,
+    MG_DBROW_METHOD,
+    MG_DBROW_HOST,
+    MG_DBROW_PATH,
+    MG_DBROW_APP,
+    MG_DBROW_ENV,
+    MG_DBROW_SERVICE,
+    MG_DBROW_POD,
+    MG_DBROW_STATUS,
+    MG_DBROW_REQ_BYTES,
+    MG_DBROW_RESP_BYTES,
+    MG_DBROW_UPSTREAM_US,
+    MG_DBROW_TOTAL_US,
+    MG_DBROW_ERROR,
+    MG_DBROW_FALLBACK,
+    MG_DBROW_RETRIES,
+    MG_DBROW_FEATURES,
     MG_DBROW_FEATURES_HASH,
     MG_DBROW_NCOLS
 };
 
-typedef enum mg_dbrow_type { MG_DBROW_STR, MG_DBROW_INT, MG_DBROW_UINT, MG_DBROW_BOOL } mg_dbrow_type_t;
+typedef enum mg_dbrow_type {
+    MG_DBROW_STR,
+    MG_DBROW_INT,
+    MG_DBROW_UINT,
+    MG_DBROW_BOOL
+} mg_dbrow_type_t;
 
 typedef struct mg_dbrow_col {
     const char *name;
@@ -49,8 +69,8 @@ extern const mg_dbrow_col_t mg_dbrow_cols[MG_DBROW_NCOLS];
 typedef struct mg_dbrow_val {
     const char *s; /* strings: the unescaped bytes (not NUL-terminated), or NULL for SQL NULL */
     size_t len;
-    int64_t n;     /* numbers and booleans */
-    bool null;     /* SQL NULL (strings: s == NULL too) */
+    int64_t n; /* numbers and booleans */
+    bool null; /* SQL NULL (strings: s == NULL too) */
 } mg_dbrow_val_t;
 
 typedef struct mg_dbrow {

@@ -69,7 +69,8 @@ static bool is_flat_record(const json_t *j)
     const json_t *v;
     if (!json_is_object(j))
         return false;
-    json_object_foreach((json_t *)j, k, v) {
+    json_object_foreach((json_t *)j, k, v)
+    {
         if (json_is_object(v) || json_is_array(v))
             return false;
     }
@@ -113,8 +114,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     mg_dbrow_t row;
     mg_err_t rc = mg_dbrow_parse(buf, size, &row);
     json_error_t jerr;
-    json_t *j = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL,
-                           &jerr);
+    json_t *j =
+        json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
     if (rc == MG_OK) {
         CHECK(j != NULL || jansson_only_quirk(&jerr));
         if (j != NULL)

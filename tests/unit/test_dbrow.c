@@ -79,7 +79,7 @@ static void record_fields(void **state)
     mg_dbrow_t row;
     row_of(&base, line, sizeof(line), &row);
     static const uint8_t id[16] = {0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
-                                   0, 0, 0, 0, 0, 0, 0x0a, 0xbc};
+                                   0,    0,    0,    0,    0,    0,    0x0a, 0xbc};
     assert_memory_equal(row.id, id, 16);
     assert_memory_equal(row.time, "2023-11-14 22:13:20.123456", MG_DBROW_TIME_LEN);
     assert_val(&row, MG_DBROW_REQUEST_ID, "r-1");
@@ -112,14 +112,17 @@ static void awkward_bytes(void **state)
     mg_dbrow_t row;
     mg_reqlog_rec_t r = base;
     r.path = "/v1/it's \"quoted\" \\here\\' x";
-    r.client = "a\x01\t\n\r\x1a\x7f" "b";
-    r.host = "bad\xff\xfeutf8\xc3";         /* invalid bytes: reqlog writes U+FFFD for each */
+    r.client = "a\x01\t\n\r\x1a\x7f"
+               "b";
+    r.host = "bad\xff\xfeutf8\xc3"; /* invalid bytes: reqlog writes U+FFFD for each */
     r.pod = "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"; /* e-acute, euro, emoji: kept */
     r.error = "'; DROP TABLE request_log; --";
     r.upstream_us = 0;
     row_of(&r, line, sizeof(line), &row);
     assert_val(&row, MG_DBROW_PATH, "/v1/it's \"quoted\" \\here\\' x");
-    assert_val(&row, MG_DBROW_CLIENT, "a\x01\t\n\r\x1a\x7f" "b");
+    assert_val(&row, MG_DBROW_CLIENT,
+               "a\x01\t\n\r\x1a\x7f"
+               "b");
     assert_val(&row, MG_DBROW_HOST, "bad\xef\xbf\xbd\xef\xbf\xbdutf8\xef\xbf\xbd");
     assert_val(&row, MG_DBROW_POD, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80");
     assert_val(&row, MG_DBROW_ERROR, "'; DROP TABLE request_log; --");
@@ -208,19 +211,21 @@ static void rejects_what_is_no_record(void **state)
         "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"xyz\"}",
         "{\"time\":\"2023-11-14 22:13:20\",\"id\":\"00112233445566770000000000000abc\"}",
         "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000ABC\"}",
-        "{" REC,                             /* torn: no closing brace */
-        "{" REC ",\"path\":\"/v1/pre",       /* torn inside a string */
-        "{" REC "} x",                       /* something after the object */
-        "{" REC ",}",                        /* trailing comma */
+        "{" REC,                                   /* torn: no closing brace */
+        "{" REC ",\"path\":\"/v1/pre",             /* torn inside a string */
+        "{" REC "} x",                             /* something after the object */
+        "{" REC ",}",                              /* trailing comma */
         "{" REC ",\"status\":200,\"status\":201}", /* a column twice */
         "{" REC ",\"id\":\"00112233445566770000000000000abd\"}",
-        "{" REC ",\"path\":\"a\x01" "b\"}",        /* raw control character */
-        "{" REC ",\"path\":\"a\xff" "b\"}",        /* raw invalid UTF-8 */
-        "{" REC ",\"path\":\"a\xed\xa0\x80\"}",    /* a surrogate encoded as UTF-8 */
-        "{" REC ",\"path\":\"\\ud83d\"}",          /* lone high surrogate */
-        "{" REC ",\"path\":\"\\ude00\"}",          /* lone low surrogate */
+        "{" REC ",\"path\":\"a\x01"
+        "b\"}", /* raw control character */
+        "{" REC ",\"path\":\"a\xff"
+        "b\"}",                                     /* raw invalid UTF-8 */
+        "{" REC ",\"path\":\"a\xed\xa0\x80\"}",     /* a surrogate encoded as UTF-8 */
+        "{" REC ",\"path\":\"\\ud83d\"}",           /* lone high surrogate */
+        "{" REC ",\"path\":\"\\ude00\"}",           /* lone low surrogate */
         "{" REC ",\"path\":\"\\ud83d\\%de00\"}",    /* high surrogate, then no \\u escape */
-        "{" REC ",\"path\":\"\\x41\"}",            /* not a JSON escape */
+        "{" REC ",\"path\":\"\\x41\"}",             /* not a JSON escape */
         "{" REC ",\"status\":9223372036854775808}", /* beyond int64 */
         "{" REC ",\"status\":01}",
         "{" REC ",\"status\":1.}",
@@ -277,7 +282,8 @@ static void agrees_with_jansson(void **state)
     char line[8192];
     mg_reqlog_rec_t r = base;
     r.path = "/v1/it's \"quoted\" \\here";
-    r.client = "a\x01\t\n\x1a" "b";
+    r.client = "a\x01\t\n\x1a"
+               "b";
     r.host = "bad\xff\xfeutf8";
     r.error = "upstream_timeout";
     r.features_hash = "abcd";
