@@ -8,6 +8,9 @@
 #   QUICK=1 bench/dblog.sh            smoke run: 1 round, 3 s runs
 #   SPOOL_DIR=/var/tmp/x bench/dblog.sh   the spool on a real disk (default: the work dir in
 #                                     /dev/shm, where fsync costs nothing)
+#   PERF=1 bench/dblog.sh             then one thr run per gateway under perf record: its CPU by
+#                                     thread (worker, access-log writer, database thread), and
+#                                     mariadbd's during the db run
 #
 # mariadbd gets a fresh datadir in the work dir (mariadb-install-db --no-defaults, root without
 # password, TCP on 127.0.0.1 only, no binary log). Every server runs in its own session, every
@@ -36,10 +39,12 @@ MARIADBD=${MARIADBD:-$(command -v mariadbd || echo /usr/sbin/mariadbd)}
 SPOOL_DIR=${SPOOL_DIR:-}               # default: $W/spool
 BATCH_ROWS=${BATCH_ROWS:-500}          # request_log_db.batch_rows (its default)
 FLUSH_MS=${FLUSH_MS:-200}              # request_log_db.flush_ms (its default)
+INNODB_OPTS=${INNODB_OPTS:---innodb-buffer-pool-size=64M --innodb-log-file-size=32M}
 PORT_BASE=${PORT_BASE:-19300}          # backend +1, mariadbd +2, gateways +3 +4, admin +5 +6
 QUIET_PCT=${QUIET_PCT:-10}
 QUIET_MAX=${QUIET_MAX:-30}
 NOISY_PCT=${NOISY_PCT:-10}
+PERF=${PERF:-0}
 # CPU layout, as bench/run.sh: thr gives the gateway (and so its log threads) a core of its
 # own, h2load, the backend and mariadbd share the other; lat runs everything on one core.
 if [ "$(nproc)" -ge 2 ] && [ "${PIN:-1}" = 1 ]; then
@@ -96,9 +101,10 @@ start_mariadb() {
     mariadb-install-db --no-defaults --datadir="$d/data" --auth-root-authentication-method=normal \
         --skip-test-db "${u[@]}" --skip-name-resolve >"$d/install.out" 2>&1 ||
         die "mariadb-install-db failed: $(tail -5 "$d/install.out")"
+    # shellcheck disable=SC2086 # INNODB_OPTS is a list of options
     start mariadb "$THR_BACKEND" "$MARIADBD" --no-defaults --datadir="$d/data" --socket="$d/mysqld.sock" \
         --port="$DB_PORT" --bind-address=127.0.0.1 "${u[@]}" --skip-name-resolve \
-        --innodb-buffer-pool-size=64M --innodb-log-file-size=32M --innodb-flush-log-at-trx-commit=2 \
+        $INNODB_OPTS --innodb-flush-log-at-trx-commit=2 \
         --pid-file="$d/mysqld.pid" --log-error="$d/error.log" --skip-log-bin
     wait_port "$DB_PORT" 60 mariadb || die "mariadbd did not start: $(tail -5 "$d/error.log")"
     for _ in $(seq 1 100); do sql 'SELECT 1' >/dev/null && return 0; sleep 0.1; done
@@ -170,8 +176,43 @@ h2run() {
     echo "$rps $ok $total $p50 $p99 $gcpu $dcpu $foreign $status"
 }
 
+# perf_threads GW: one thr run with `perf record -g` on that gateway and on mariadbd; prints the
+# gateway's self time by thread, by thread and library, by thread and symbol, then mariadbd's
+# top symbols (what the rows cost the server)
+perf_threads() {
+    local gw=$1 gpid dpid p
+    gpid=${SID[gw-$gw]} # setsid execs the gateway (via taskset): it leads its session
+    dpid=$(pgrep -s "${SID[mariadb]}" -x mariadbd | head -1)
+    [ -n "$gpid" ] || return 0
+    local pids=()
+    [ "$gw" = db ] || dpid= # mariadbd works for the db gateway only
+    for p in "gw:$gpid" "db:$dpid"; do
+        [ -n "${p#*:}" ] || continue
+        timeout -k 5 $((DURATION + 30)) perf record -q -g -p "${p#*:}" -o "$W/perf.${p%%:*}.data" \
+            -- sleep "$DURATION" >"$W/perf.${p%%:*}.out" 2>&1 &
+        pids+=($!)
+    done
+    sleep 0.2
+    h2run "$gw" thr >/dev/null
+    wait "${pids[@]}"
+    say ""
+    say "## perf: gateway '$gw', self time by thread, by thread and library, by thread and symbol"
+    perf_top "$W/perf.gw.data" comm 8
+    perf_top "$W/perf.gw.data" comm,dso 16
+    perf_top "$W/perf.gw.data" comm,dso,symbol 60
+    [ -n "$dpid" ] || return 0
+    say ""
+    say "## perf: mariadbd during that run, by library and symbol"
+    perf_top "$W/perf.db.data" dso,symbol 30
+}
+perf_top() { # DATA SORT LINES
+    timeout 120 perf report -q -i "$1" --no-children --sort "$2" --percent-limit 0.5 --stdio \
+        -g none 2>/dev/null | grep -v '^$' | head -"$3"
+}
+
 # ---------------------------------------------------------------- run
 need_tools h2load nghttp nghttpd mariadb mariadb-install-db "$MARIADBD" taskset timeout setsid pgrep ss curl "$PY"
+[ "$PERF" = 1 ] && need_tools perf
 [ -x "$MODELGATE_BIN" ] || die "$MODELGATE_BIN does not exist or is not executable; build it
        (cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build build --target modelgate) or set MODELGATE_BIN"
 for p in "$BE_PORT" "$DB_PORT" "${GW_PORT[@]}" "${ADMIN_PORT[@]}"; do
@@ -230,6 +271,11 @@ for r in $(seq 1 "$ROUNDS"); do
         done
     done
 done
+
+if [ "$PERF" = 1 ]; then
+    layout thr
+    for gw in $GWS; do perf_threads "$gw"; done
+fi
 
 # every request of the db gateway must become a row: wait until the spool is drained
 say ""

@@ -5,12 +5,15 @@
  * Two threads touch a dblog. The access log's writer thread calls mg_dblog_sink, which only
  * appends to the spool (disk, fsync) and never waits for the network. The database thread owns
  * the MariaDB connection (the blocking client API is fine here: this thread serves no request)
- * and loops: read up to batch_rows lines from the committed spool position, turn them into one
- * "INSERT ... VALUES (...),(...) ON DUPLICATE KEY UPDATE id = id", run it, then commit the new
- * position. Duplicates are recognised by the primary key (time, id), so whatever happens between
- * the INSERT and the commit (crash, lost connection, kill -9) a replay adds nothing twice;
- * "ON DUPLICATE KEY" rather than INSERT IGNORE because IGNORE would also silently swallow every
- * other row error. A batch that MariaDB refuses for a reason other than the connection (a bad
+ * and loops: read up to batch_rows lines from the committed spool position, scan each into its
+ * row's values in place (gateway/dbrow.h), bind them column-wise to one prepared
+ * "INSERT ... VALUES (?,...) ON DUPLICATE KEY UPDATE id = id" and run it as one bulk execution
+ * (MariaDB's array binding), then commit the new position. The values travel as bytes: no SQL
+ * text per row, no escaping, and the server parses the statement once per connection, not 22
+ * literals per row. Duplicates are recognised by the primary key (time, id), so whatever happens
+ * between the INSERT and the commit (crash, lost connection, kill -9) a replay adds nothing
+ * twice; "ON DUPLICATE KEY" rather than INSERT IGNORE because IGNORE would also silently swallow
+ * every other row error. A batch that MariaDB refuses for a reason other than the connection (a bad
  * value) is retried row by row, so one bad record is rejected and counted, not the whole batch,
  * and never blocks the spool.
  *
@@ -23,7 +26,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <mysql.h>
 #include <errmsg.h>
 #include <mysqld_error.h>
@@ -37,10 +39,11 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "gateway/dbrow.h"
 #include "gateway/spool.h"
 
 #define RBUF_CAP (2u * 1024 * 1024) /* spool bytes read per batch, at most */
-#define ROW_ROOM (64u * 1024)        /* room kept free in the query for one more row */
+#define READ_MIN (64u * 1024)        /* and at least (a line is at most 8 KiB) */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 #define WAIT_MAX_MS 1000         /* longest sleep: bounds the loss-report delay */
@@ -50,23 +53,21 @@
 #define DOWN_LOG_INTERVAL_S 60   /* repeat "still cannot connect" at most this often */
 #define TO_DAYS_EPOCH 719528     /* TO_DAYS('1970-01-01') */
 
-/* Columns in table order, with their length in characters (0 = not a string). Strings longer
- * than that are cut at a UTF-8 boundary, so a strict-mode server never refuses a row for it. */
-typedef enum { C_STR, C_INT, C_UINT, C_BOOL } ctype_t;
-static const struct col {
-    const char *name;
-    ctype_t type;
-    unsigned maxlen;
-} cols[] = {
-    {"request_id", C_STR, 64}, {"client", C_STR, 64},     {"proto", C_STR, 16},
-    {"method", C_STR, 16},     {"host", C_STR, 255},      {"path", C_STR, 2048},
-    {"app", C_STR, 64},        {"env", C_STR, 64},        {"service", C_STR, 128},
-    {"pod", C_STR, 255},       {"status", C_INT, 0},      {"req_bytes", C_UINT, 0},
-    {"resp_bytes", C_UINT, 0}, {"upstream_us", C_INT, 0}, {"total_us", C_INT, 0},
-    {"error", C_STR, 255},     {"fallback", C_BOOL, 0},   {"retries", C_UINT, 0},
-    {"features", C_STR, 16},   {"features_hash", C_STR, 64},
-};
-#define NCOLS (sizeof(cols) / sizeof(cols[0]))
+/* Parameters of the INSERT: id, time, then the columns of gateway/dbrow.h. */
+#define P_ID 0
+#define P_TIME 1
+#define P_COL 2
+#define NPARAMS (P_COL + MG_DBROW_NCOLS)
+
+/* The bulk INSERT's parameters, bound column-wise: row i of parameter j is ptr[i]/len[i]
+ * (strings) or num[i] (numbers), with ind[i] saying NULL or not. batch_rows entries each,
+ * allocated once at open. */
+typedef struct param {
+    char **ptr;
+    unsigned long *len;
+    long long *num;
+    char *ind;
+} param_t;
 
 struct mg_dblog {
     mg_dblog_conf_t c; /* own copies of the strings */
@@ -83,10 +84,17 @@ struct mg_dblog {
 
     /* database thread only */
     MYSQL *m;
+    MYSQL_STMT *stmt; /* the prepared insert_sql, while connected */
     char *rbuf;
-    char *q; /* the statement being built */
+    size_t read_size; /* bytes asked of the spool per batch: READ_MIN..RBUF_CAP */
+    char *q; /* a maintenance statement being built */
     size_t qlen, qcap;
-    char *insert_head; /* "INSERT INTO `db`.`t` (cols) VALUES " */
+    char *insert_sql; /* "INSERT INTO `t` (cols) VALUES (?,...) ON DUPLICATE KEY UPDATE id = id" */
+    param_t p[NPARAMS];
+    uint8_t (*ids)[16]; /* the id bytes that p[P_ID] points at */
+    const char **line;  /* each row's spool line (unescaped in place), for messages */
+    size_t *line_len;
+    void *pmem; /* the one block holding all of the above arrays */
     uint64_t lost_reported, rejected_reported;
     struct timespec last_report;
     time_t next_maint;
@@ -94,144 +102,6 @@ struct mg_dblog {
     bool was_down;     /* a connection failed since the last success */
     bool maint_warned; /* "table not partitioned" said once */
 };
-
-/* ---------------------------------------------------------------- rows */
-
-typedef struct out {
-    char *p;
-    size_t cap, len;
-} out_t;
-
-static void put(out_t *o, const char *s, size_t n)
-{
-    if (o->len + n <= o->cap)
-        memcpy(o->p + o->len, s, n);
-    o->len += n;
-}
-
-#define put_lit(o, lit) put((o), (lit), sizeof(lit) - 1)
-
-/* Length of the prefix of |s| (|n| bytes, valid UTF-8 from jansson) holding at most |max|
- * characters; never splits a character. */
-static size_t utf8_prefix(const char *s, size_t n, unsigned max)
-{
-    size_t i = 0;
-    for (unsigned chars = 0; i < n && chars < max; chars++) {
-        i++;
-        while (i < n && ((unsigned char)s[i] & 0xc0) == 0x80)
-            i++;
-    }
-    return i;
-}
-
-/* A quoted SQL string. The session runs without NO_BACKSLASH_ESCAPES (db_connect sets
- * sql_mode), and utf8mb4 has no multibyte character containing '\\' or '\'', so escaping those,
- * NUL and the line breaks is complete. */
-static void put_sql_str(out_t *o, const char *s, size_t n, unsigned maxlen)
-{
-    n = utf8_prefix(s, n, maxlen);
-    put_lit(o, "'");
-    size_t run = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char *esc = NULL;
-        switch (s[i]) {
-        case '\0': esc = "\\0"; break;
-        case '\'': esc = "\\'"; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case 0x1a: esc = "\\Z"; break;
-        default: continue;
-        }
-        put(o, s + run, i - run);
-        put(o, esc, 2);
-        run = i + 1;
-    }
-    put(o, s + run, n - run);
-    put_lit(o, "'");
-}
-
-static bool is_hex32(const char *s)
-{
-    if (strlen(s) != 32)
-        return false;
-    for (int i = 0; i < 32; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return true;
-}
-
-/* "2023-11-14T22:13:20.123456Z" -> "2023-11-14 22:13:20.123456"; false if not that shape. */
-static bool sql_time(const char *t, char out[27])
-{
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
-    if (strlen(t) != sizeof(shape) - 1)
-        return false;
-    for (size_t i = 0; i < sizeof(shape) - 1; i++) {
-        if (shape[i] == 'd' ? (t[i] < '0' || t[i] > '9') : t[i] != shape[i])
-            return false;
-    }
-    memcpy(out, t, 26);
-    out[10] = ' ';
-    out[26] = '\0';
-    return true;
-}
-
-mg_err_t mg_dblog_row(const char *line, size_t len, char *buf, size_t cap, size_t *outlen)
-{
-    json_error_t jerr;
-    json_t *j = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
-    const char *id = j ? json_string_value(json_object_get(j, "id")) : NULL;
-    const char *t = j ? json_string_value(json_object_get(j, "time")) : NULL;
-    char when[27];
-    if (!json_is_object(j) || id == NULL || !is_hex32(id) || t == NULL || !sql_time(t, when)) {
-        json_decref(j);
-        return MG_E_PROTO;
-    }
-    out_t o = {buf, cap, 0};
-    put_lit(&o, "(x'");
-    put(&o, id, 32);
-    put_lit(&o, "','");
-    put(&o, when, 26);
-    put_lit(&o, "'");
-    for (size_t i = 0; i < NCOLS; i++) {
-        const json_t *v = json_object_get(j, cols[i].name);
-        char num[32];
-        put_lit(&o, ",");
-        if (v == NULL || json_is_null(v)) {
-            /* NOT NULL numbers get 0: a record from an older line format still goes in */
-            if (cols[i].type == C_STR || strcmp(cols[i].name, "upstream_us") == 0)
-                put_lit(&o, "NULL");
-            else
-                put_lit(&o, "0");
-            continue;
-        }
-        switch (cols[i].type) {
-        case C_STR:
-            if (json_is_string(v))
-                put_sql_str(&o, json_string_value(v), json_string_length(v), cols[i].maxlen);
-            else
-                put_lit(&o, "NULL");
-            break;
-        case C_INT:
-        case C_UINT: {
-            json_int_t n = json_is_integer(v) ? json_integer_value(v) : 0;
-            if (cols[i].type == C_UINT && n < 0)
-                n = 0;
-            int k = snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, n);
-            put(&o, num, (size_t)k);
-            break;
-        }
-        case C_BOOL:
-            put(&o, json_is_true(v) ? "1" : "0", 1);
-            break;
-        }
-    }
-    put_lit(&o, ")");
-    json_decref(j);
-    *outlen = o.len;
-    return o.len <= cap ? MG_OK : MG_E_LIMIT;
-}
 
 /* ---------------------------------------------------------------- query buffer */
 
@@ -295,6 +165,10 @@ static bool stopping(mg_dblog_t *d)
 
 static void disconnect(mg_dblog_t *d)
 {
+    if (d->stmt) {
+        mysql_stmt_close(d->stmt);
+        d->stmt = NULL;
+    }
     if (d->m) {
         mysql_close(d->m);
         d->m = NULL;
@@ -467,6 +341,30 @@ static bool ensure_schema(mg_dblog_t *d)
     return true;
 }
 
+/* Array binding (COM_STMT_BULK_EXECUTE) is MariaDB's, from 10.2.6 on: without it every batch
+ * would fail, so say so at connect instead. */
+static bool bulk_supported(mg_dblog_t *d)
+{
+    unsigned long v = mysql_get_server_version(d->m);
+    if (mariadb_connection(d->m) && v >= 100206)
+        return true;
+    MG_LOG(MG_LOG_ERROR, "dblog", "MariaDB %s:%u is %s %s: the request log needs MariaDB 10.2.6 "
+           "or later (bulk inserts); records wait in spool %s", d->c.host, d->c.port,
+           mariadb_connection(d->m) ? "MariaDB" : "not MariaDB", mysql_get_server_info(d->m),
+           d->c.spool_dir);
+    return false;
+}
+
+static bool prepare_insert(mg_dblog_t *d)
+{
+    if ((d->stmt = mysql_stmt_init(d->m)) != NULL &&
+        mysql_stmt_prepare(d->stmt, d->insert_sql, strlen(d->insert_sql)) == 0)
+        return true;
+    MG_LOG(MG_LOG_WARN, "dblog", "MariaDB %s:%u: cannot prepare the insert into %s: %s",
+           d->c.host, d->c.port, d->c.table, d->stmt ? mysql_stmt_error(d->stmt) : "no memory");
+    return false;
+}
+
 static bool db_connect(mg_dblog_t *d)
 {
     unsigned connect_to = 2, io_to = 10;
@@ -492,11 +390,11 @@ static bool db_connect(mg_dblog_t *d)
         disconnect(d);
         return false;
     }
-    /* backslash escapes on (put_sql_str relies on it), strict values, UTC for DATETIME */
+    /* strict values (a bad one is refused, not mangled), UTC for DATETIME */
     if (!run(d, "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
                 "time_zone = '+00:00'",
              false) ||
-        !ensure_schema(d)) {
+        !bulk_supported(d) || !ensure_schema(d) || !prepare_insert(d)) {
         d->was_down = true;
         d->last_down_log = time(NULL);
         disconnect(d);
@@ -513,40 +411,53 @@ static bool db_connect(mg_dblog_t *d)
 
 /* ---------------------------------------------------------------- inserting */
 
-/* Adds the row of |line| to the statement; false (and counts nothing) when it is no record. */
-static bool add_row(mg_dblog_t *d, const char *line, size_t len, bool first)
+static void set_param(param_t *p, size_t i, const char *s, size_t len, long long n, bool null)
 {
-    size_t n;
-    if (!q_reserve(d, ROW_ROOM + 2))
-        return false;
-    if (!first)
-        d->q[d->qlen++] = ',';
-    if (mg_dblog_row(line, len, d->q + d->qlen, d->qcap - d->qlen - 1, &n) != MG_OK) {
-        if (!first)
-            d->qlen--;
-        return false;
+    p->ptr[i] = (char *)s; /* the library only reads it */
+    p->len[i] = (unsigned long)len;
+    p->num[i] = n;
+    p->ind[i] = null ? STMT_INDICATOR_NULL : STMT_INDICATOR_NONE;
+}
+
+/* Row |i| of the next bulk INSERT: |r| points into rbuf, which stays put until the batch is
+ * committed, so only the id bytes are copied. */
+static void put_row(mg_dblog_t *d, size_t i, const mg_dbrow_t *r)
+{
+    memcpy(d->ids[i], r->id, sizeof(r->id));
+    set_param(&d->p[P_ID], i, (const char *)d->ids[i], sizeof(r->id), 0, false);
+    set_param(&d->p[P_TIME], i, r->time, MG_DBROW_TIME_LEN, 0, false);
+    for (size_t k = 0; k < MG_DBROW_NCOLS; k++)
+        set_param(&d->p[P_COL + k], i, r->v[k].s, r->v[k].len, r->v[k].n, r->v[k].null);
+}
+
+/* Binds rows [first, first + n) and runs the INSERT; counts inserted rows and duplicates. */
+static bool execute_rows(mg_dblog_t *d, size_t first, size_t n)
+{
+    MYSQL_BIND b[NPARAMS];
+    unsigned int size = (unsigned int)n;
+    memset(b, 0, sizeof(b));
+    for (size_t j = 0; j < NPARAMS; j++) {
+        param_t *p = &d->p[j];
+        bool str = j < P_COL || mg_dbrow_cols[j - P_COL].type == MG_DBROW_STR;
+        b[j].u.indicator = p->ind + first;
+        if (str) {
+            /* the id is bytes (BLOB: no character set check); the rest is utf8mb4 text */
+            b[j].buffer_type = j == P_ID ? MYSQL_TYPE_BLOB : MYSQL_TYPE_STRING;
+            b[j].buffer = p->ptr + first;
+            b[j].length = p->len + first;
+        } else {
+            b[j].buffer_type = MYSQL_TYPE_LONGLONG;
+            b[j].buffer = p->num + first;
+            b[j].is_unsigned = mg_dbrow_cols[j - P_COL].type == MG_DBROW_UINT;
+        }
     }
-    d->qlen += n;
-    d->q[d->qlen] = '\0';
-    return true;
-}
-
-static void start_insert(mg_dblog_t *d)
-{
-    d->qlen = 0;
-    q_add(d, d->insert_head);
-}
-
-static bool finish_insert(mg_dblog_t *d, size_t rows)
-{
-    if (!q_add(d, " ON DUPLICATE KEY UPDATE id = id"))
+    if (mysql_stmt_attr_set(d->stmt, STMT_ATTR_ARRAY_SIZE, &size) != 0 ||
+        mysql_stmt_bind_param(d->stmt, b) != 0 || mysql_stmt_execute(d->stmt) != 0)
         return false;
-    if (mysql_real_query(d->m, d->q, d->qlen) != 0)
-        return false;
-    my_ulonglong affected = mysql_affected_rows(d->m);
-    affected = affected > rows ? rows : affected;
+    my_ulonglong affected = mysql_stmt_affected_rows(d->stmt);
+    affected = affected > n ? n : affected;
     atomic_fetch_add(&d->inserted, affected);
-    atomic_fetch_add(&d->duplicates, rows - affected);
+    atomic_fetch_add(&d->duplicates, n - affected);
     return true;
 }
 
@@ -559,55 +470,63 @@ static void reject(mg_dblog_t *d, const char *line, size_t len, const char *why)
 
 /* The batch was refused for its data: insert row by row, rejecting only the bad ones. False on
  * a connection problem (the caller retries the whole batch; what went in is a duplicate then). */
-static bool insert_rows_one_by_one(mg_dblog_t *d, const char *buf, size_t len)
+static bool insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
 {
-    for (const char *p = buf, *end = buf + len, *nl; p < end; p = nl + 1) {
-        nl = memchr(p, '\n', (size_t)(end - p));
-        if (nl == NULL)
-            nl = end;
-        start_insert(d);
-        if (!add_row(d, p, (size_t)(nl - p), true))
-            continue; /* counted already when the batch was built */
-        if (finish_insert(d, 1))
+    for (size_t i = 0; i < rows; i++) {
+        if (execute_rows(d, i, 1))
             continue;
-        unsigned e = mysql_errno(d->m);
+        unsigned e = mysql_stmt_errno(d->stmt);
         if (transient(e))
             return false;
+        int n = (int)(d->line_len[i] > 300 ? 300 : d->line_len[i]);
         MG_LOG(MG_LOG_ERROR, "dblog", "MariaDB refused a record: %s (error %u): %.*s",
-               mysql_error(d->m), e, (int)((nl - p) > 300 ? 300 : (nl - p)), p);
+               mysql_stmt_error(d->stmt), e, n, d->line[i]);
         atomic_fetch_add(&d->rejected, 1);
     }
     return true;
 }
 
-/* One round: the next batch from |*pos|. MG_OK with *nlines, MG_E_AGAIN when the spool is
- * drained, MG_E_IO when the database or the spool failed (disconnected when it was the
+/* Reads of the spool are sized for one batch (its lines' average size, with a margin) rather
+ * than the whole buffer: under a backlog a 2 MiB read of which one batch is used copies several
+ * times what goes in. */
+static void size_bulk_read(mg_dblog_t *d, size_t len, size_t nlines)
+{
+    size_t want = len / nlines * d->c.batch_rows;
+    want += want / 4 + READ_MIN;
+    d->read_size = want > RBUF_CAP ? RBUF_CAP : want;
+}
+
+/* One round: the next batch from |*pos|. MG_OK with *nlines (and *cut: the read size, not the
+ * spool's end, ended it), MG_E_AGAIN when the spool is drained, MG_E_IO when the database or the spool failed (disconnected when it was the
  * database). |*pos| advances only when the batch is committed. */
-static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines)
+static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines, bool *cut)
 {
     size_t len, n;
     mg_spool_pos_t next;
     *nlines = 0;
-    mg_err_t rc = mg_spool_read(d->spool, pos, d->rbuf, RBUF_CAP, d->c.batch_rows, &len, &n,
-                                &next);
+    mg_err_t rc = mg_spool_read(d->spool, pos, d->rbuf, d->read_size, d->c.batch_rows, &len, &n,
+                                &next, cut);
     if (rc != MG_OK)
         return rc;
-    start_insert(d);
+    size_bulk_read(d, len, n);
     size_t rows = 0, bad = 0;
-    for (const char *p = d->rbuf, *end = d->rbuf + len, *nl; p < end; p = nl + 1) {
+    for (char *p = d->rbuf, *end = d->rbuf + len, *nl; p < end; p = nl + 1) {
         nl = memchr(p, '\n', (size_t)(end - p));
         if (nl == NULL)
             nl = end;
-        if (add_row(d, p, (size_t)(nl - p), rows == 0))
-            rows++;
-        else
+        mg_dbrow_t r;
+        if (mg_dbrow_parse(p, (size_t)(nl - p), &r) != MG_OK) {
             bad++, reject(d, p, (size_t)(nl - p), "not a request record");
+            continue;
+        }
+        d->line[rows] = p, d->line_len[rows] = (size_t)(nl - p);
+        put_row(d, rows++, &r);
     }
-    if (rows > 0 && !finish_insert(d, rows)) {
-        unsigned e = mysql_errno(d->m);
-        if (transient(e) || !insert_rows_one_by_one(d, d->rbuf, len)) {
+    if (rows > 0 && !execute_rows(d, 0, rows)) {
+        if (transient(mysql_stmt_errno(d->stmt)) || !insert_rows_one_by_one(d, rows)) {
             MG_LOG(MG_LOG_WARN, "dblog", "MariaDB %s:%u: insert failed: %s (error %u); "
-                   "retrying from the spool", d->c.host, d->c.port, mysql_error(d->m), e);
+                   "retrying from the spool", d->c.host, d->c.port, mysql_stmt_error(d->stmt),
+                   mysql_stmt_errno(d->stmt));
             atomic_fetch_sub(&d->rejected, bad); /* counted again on the retry */
             d->was_down = true;
             disconnect(d);
@@ -686,9 +605,10 @@ static void *db_main(void *arg)
             d->next_maint = time(NULL) + MAINT_INTERVAL_S;
         }
         size_t n;
-        mg_err_t rc = insert_batch(d, &pos, &n);
-        if (rc == MG_OK && n >= d->c.batch_rows)
-            continue; /* full batch: more is likely waiting */
+        bool cut;
+        mg_err_t rc = insert_batch(d, &pos, &n, &cut);
+        if (rc == MG_OK && (n >= d->c.batch_rows || cut))
+            continue; /* full batch, or the read size ended it: more is waiting */
         if (stop && rc != MG_OK)
             break;
         if (rc == MG_OK || rc == MG_E_AGAIN) {
@@ -740,6 +660,44 @@ static char *dup_or(const char *s, const char *dflt)
     return strdup(s ? s : dflt);
 }
 
+/* "INSERT INTO `t` (id,time,request_id,...) VALUES (?,?,?,...) ON DUPLICATE KEY UPDATE id = id":
+ * "ON DUPLICATE KEY" rather than IGNORE, which would also swallow every other row error. */
+static char *insert_sql(const char *table)
+{
+    char sql[2048];
+    size_t o = (size_t)snprintf(sql, sizeof(sql), "INSERT INTO `%.64s` (id,time", table);
+    for (size_t i = 0; i < MG_DBROW_NCOLS; i++)
+        o += (size_t)snprintf(sql + o, sizeof(sql) - o, ",%s", mg_dbrow_cols[i].name);
+    o += (size_t)snprintf(sql + o, sizeof(sql) - o, ") VALUES (?");
+    for (size_t i = 1; i < NPARAMS; i++)
+        o += (size_t)snprintf(sql + o, sizeof(sql) - o, ",?");
+    snprintf(sql + o, sizeof(sql) - o, ") ON DUPLICATE KEY UPDATE id = id");
+    return strdup(sql);
+}
+
+/* One block for every per-row array, batch_rows long: 8-byte fields first, then bytes. */
+static bool alloc_params(mg_dblog_t *d)
+{
+    size_t n = d->c.batch_rows;
+    size_t words = NPARAMS * (sizeof(char *) + sizeof(unsigned long) + sizeof(long long)) +
+                   sizeof(*d->line) + sizeof(*d->line_len);
+    char *m = calloc(n, words + sizeof(*d->ids) + NPARAMS);
+    if (m == NULL)
+        return false;
+    d->pmem = m;
+    for (size_t j = 0; j < NPARAMS; j++) {
+        d->p[j].ptr = (char **)(void *)m, m += n * sizeof(char *);
+        d->p[j].len = (unsigned long *)(void *)m, m += n * sizeof(unsigned long);
+        d->p[j].num = (long long *)(void *)m, m += n * sizeof(long long);
+    }
+    d->line = (const char **)(void *)m, m += n * sizeof(*d->line);
+    d->line_len = (size_t *)(void *)m, m += n * sizeof(*d->line_len);
+    d->ids = (uint8_t(*)[16])(void *)m, m += n * sizeof(*d->ids);
+    for (size_t j = 0; j < NPARAMS; j++)
+        d->p[j].ind = m, m += n;
+    return true;
+}
+
 mg_dblog_t *mg_dblog_open(const mg_dblog_conf_t *conf)
 {
     char err[512];
@@ -754,18 +712,14 @@ mg_dblog_t *mg_dblog_open(const mg_dblog_conf_t *conf)
     d->c.table = dup_or(conf->table, "request_log");
     d->c.spool_dir = dup_or(conf->spool_dir, "request_log_spool");
     d->rbuf = malloc(RBUF_CAP);
+    d->read_size = RBUF_CAP;
     if (!d->c.host || !d->c.user || !d->c.database || !d->c.table || !d->c.spool_dir ||
         !d->rbuf)
         goto nomem;
     d->c.batch_rows = d->c.batch_rows ? d->c.batch_rows : 1;
     if (conf->password_file && (d->password = read_password(conf->password_file)) == NULL)
         goto fail;
-    char head[1024];
-    size_t o = (size_t)snprintf(head, sizeof(head), "INSERT INTO `%s` (id,time", d->c.table);
-    for (size_t i = 0; i < NCOLS; i++)
-        o += (size_t)snprintf(head + o, sizeof(head) - o, ",%s", cols[i].name);
-    snprintf(head + o, sizeof(head) - o, ") VALUES ");
-    if ((d->insert_head = strdup(head)) == NULL)
+    if ((d->insert_sql = insert_sql(d->c.table)) == NULL || !alloc_params(d))
         goto nomem;
 
     d->spool = mg_spool_open(d->c.spool_dir, (uint64_t)d->c.spool_max_mb << 20, err,
@@ -812,7 +766,8 @@ fail:
         if (d->password)
             explicit_bzero(d->password, strlen(d->password));
         free(d->password);
-        free(d->insert_head);
+        free(d->insert_sql);
+        free(d->pmem);
         free(d->rbuf);
         free(d->c.host);
         free(d->c.user);
@@ -871,7 +826,8 @@ void mg_dblog_close(mg_dblog_t *d)
     if (d->password)
         explicit_bzero(d->password, strlen(d->password));
     free(d->password);
-    free(d->insert_head);
+    free(d->insert_sql);
+    free(d->pmem);
     free(d->rbuf);
     free(d->q);
     free(d->c.host);

@@ -4,8 +4,9 @@
  * The access log's writer thread hands each batch of JSON lines to mg_dblog_sink (installed with
  * mg_reqlog_set_sink), which appends it to a write-ahead spool on disk and fsyncs it
  * (gateway/spool.h); workers never see any of this. A database thread of this module reads the
- * spool in order, inserts the records with multi-row INSERTs and then commits the spool
- * position. The table's key holds the record's id (reqlog.h), and duplicates are ignored, so a
+ * spool in order, turns each line into a row's values (gateway/dbrow.h), inserts them with one
+ * prepared bulk INSERT per batch (MariaDB's array binding: no SQL text per row, nothing to
+ * escape) and then commits the spool position. The table's key holds the record's id (reqlog.h), and duplicates are ignored, so a
  * batch replayed after a crash or a lost connection lands exactly once.
  *
  * When MariaDB is slow or down, records wait in the spool (the DB thread reconnects with
@@ -17,7 +18,8 @@
  * shows its layout), keeps day partitions a week ahead and drops the ones older than
  * retention_days; it checks again every hour.
  *
- * Memory: one spool read buffer (2 MiB) and one query buffer, whatever the backlog. Threading:
+ * Memory: one spool read buffer (2 MiB) and the batch's parameter arrays (about 600 bytes per
+ * batch_rows), whatever the backlog. Threading:
  * mg_dblog_sink runs on the access log's writer thread, mg_dblog_stats anywhere, open and close
  * on the main thread. Ownership: mg_dblog_open copies what it needs from |conf|.
  */
@@ -74,13 +76,5 @@ void mg_dblog_stats(mg_dblog_t *d, mg_dblog_stats_t *out);
  * answers) to insert what is spooled; the rest stays in the spool for the next start. Call it
  * after mg_reqlog_close, so the last lines reach the spool. NULL is fine. */
 void mg_dblog_close(mg_dblog_t *d);
-
-/*
- * Converts one access-log line into an SQL row tuple "(x'..','2024-..',...)" in the column order
- * of the table, with strings escaped and cut to their column's length. Writes at most |cap|
- * bytes (no NUL) and sets *outlen. MG_E_PROTO when the line is not a record (not JSON, no valid
- * id or time), MG_E_LIMIT when |cap| is too small. Exposed for tests.
- */
-mg_err_t mg_dblog_row(const char *line, size_t len, char *out, size_t cap, size_t *outlen);
 
 #endif /* MG_GATEWAY_DBLOG_H */

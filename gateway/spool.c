@@ -408,9 +408,12 @@ mg_spool_pos_t mg_spool_committed(mg_spool_t *s)
 }
 
 mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap,
-                       size_t max_lines, size_t *len, size_t *nlines, mg_spool_pos_t *next)
+                       size_t max_lines, size_t *len, size_t *nlines, mg_spool_pos_t *next,
+                       bool *cut)
 {
     *len = *nlines = 0;
+    if (cut)
+        *cut = false;
     pthread_mutex_lock(&s->mu);
     size_t i = 0;
     for (;;) {
@@ -467,6 +470,8 @@ mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap
     }
     *len = used, *nlines = n;
     *next = (mg_spool_pos_t){pos->seg, pos->off + used};
+    if (cut)
+        *cut = want < size - pos->off;
     return MG_OK;
 }
 

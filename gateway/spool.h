@@ -19,6 +19,7 @@
 #ifndef MG_GATEWAY_SPOOL_H
 #define MG_GATEWAY_SPOOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -56,12 +57,15 @@ mg_spool_pos_t mg_spool_committed(mg_spool_t *s);
 /*
  * Reads whole lines from |*pos| into |buf| (|cap| bytes; at least one line must fit, so give
  * it 16 KiB or more), at most |max_lines| of them. On MG_OK, *len bytes and *nlines lines are in
- * |buf| and |*next| is the position after them (pass it to mg_spool_commit once they are safe).
- * MG_E_AGAIN when nothing durable is past |*pos| yet; MG_E_IO on a read error (logged).
- * |*pos| may be normalised (moved past a finished segment). Reader thread only.
+ * |buf| and |*next| is the position after them (pass it to mg_spool_commit once they are safe);
+ * *|cut| (when not NULL) says that |cap| stopped the read before the durable end of the segment,
+ * so fewer than |max_lines| lines does not mean the spool is drained. MG_E_AGAIN when nothing
+ * durable is past |*pos| yet; MG_E_IO on a read error (logged). |*pos| may be normalised (moved
+ * past a finished segment). Reader thread only.
  */
 mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap,
-                       size_t max_lines, size_t *len, size_t *nlines, mg_spool_pos_t *next);
+                       size_t max_lines, size_t *len, size_t *nlines, mg_spool_pos_t *next,
+                       bool *cut);
 
 /*
  * Records |pos| as committed (fsync'ed file, atomic rename) and removes the segments wholly

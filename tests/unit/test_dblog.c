@@ -1,9 +1,9 @@
 /*
  * tests/unit/test_dblog.c - the database request log's parts that need no server: the spool
  * (append, read, commit, replay after a simulated crash, a torn last line, the size cap and its
- * lost count, the directory lock, an appender and a reader running at once) and the conversion
- * of an access-log line into an SQL row. The database side is tested end to end against a real
- * MariaDB in tests/e2e/test_dblog.py.
+ * lost count, the directory lock, an appender and a reader running at once). Lines to rows:
+ * test_dbrow.c. The database side is tested end to end against a real MariaDB in
+ * tests/e2e/test_dblog.py.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,8 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gateway/dblog.h"
-#include "gateway/reqlog.h"
 #include "gateway/spool.h"
 
 static char dir[64];
@@ -63,7 +61,7 @@ static int read_all(mg_spool_t *s, mg_spool_pos_t *pos, int first, size_t max_li
     for (;;) {
         size_t len, nl;
         mg_spool_pos_t next;
-        mg_err_t rc = mg_spool_read(s, pos, buf, sizeof(buf), max_lines, &len, &nl, &next);
+        mg_err_t rc = mg_spool_read(s, pos, buf, sizeof(buf), max_lines, &len, &nl, &next, NULL);
         if (rc == MG_E_AGAIN)
             break;
         assert_int_equal(rc, MG_OK);
@@ -131,6 +129,33 @@ static void append_read_commit(void **state)
     mg_spool_close(s);
 }
 
+/* A read that |cap| stops early says so: the caller must not take it for a drained spool. */
+static void read_says_when_cap_cut_it(void **state)
+{
+    (void)state;
+    char buf[4096], rb[4096];
+    uint64_t lost = 0;
+    size_t len, nl;
+    bool cut = true;
+    mg_spool_pos_t next;
+    mg_spool_t *s = open_spool(1 << 20);
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    size_t n = make_lines(buf, 0, 10, 50);
+    assert_int_equal(mg_spool_append(s, buf, n, &lost), MG_OK);
+    assert_int_equal(mg_spool_read(s, &pos, rb, 120, 100, &len, &nl, &next, &cut), MG_OK);
+    assert_int_equal(nl, 2);
+    assert_true(cut);
+    pos = next;
+    assert_int_equal(mg_spool_read(s, &pos, rb, 300, 3, &len, &nl, &next, &cut), MG_OK);
+    assert_int_equal(nl, 3); /* max_lines ended it, not cap */
+    assert_true(cut);        /* but cap did too: 300 of the 400 bytes left */
+    pos = next;
+    assert_int_equal(mg_spool_read(s, &pos, rb, sizeof(rb), 100, &len, &nl, &next, &cut), MG_OK);
+    assert_int_equal(nl, 5);
+    assert_false(cut); /* everything durable was read */
+    mg_spool_close(s);
+}
+
 /* A crash is a close without commit: every line not committed comes back, in order, once. */
 static void replay_after_crash(void **state)
 {
@@ -151,7 +176,7 @@ static void replay_after_crash(void **state)
     static char rb[1 << 16];
     size_t len, nl;
     mg_spool_pos_t next, start = mg_spool_committed(s);
-    assert_int_equal(mg_spool_read(s, &start, rb, sizeof(rb), 70, &len, &nl, &next), MG_OK);
+    assert_int_equal(mg_spool_read(s, &start, rb, sizeof(rb), 70, &len, &nl, &next, NULL), MG_OK);
     assert_int_equal(nl, 70);
     assert_int_equal(mg_spool_commit(s, next), MG_OK);
     mg_spool_close(s);
@@ -287,7 +312,7 @@ static void concurrent_append_and_read(void **state)
     for (int spins = 0; seen < a.n && spins < 2000000; spins++) {
         size_t len, nl;
         mg_spool_pos_t next;
-        mg_err_t rc = mg_spool_read(s, &pos, buf, sizeof(buf), 333, &len, &nl, &next);
+        mg_err_t rc = mg_spool_read(s, &pos, buf, sizeof(buf), 333, &len, &nl, &next, NULL);
         if (rc == MG_E_AGAIN) {
             usleep(100);
             continue;
@@ -310,99 +335,16 @@ static void concurrent_append_and_read(void **state)
     mg_spool_close(s);
 }
 
-/* ---------------------------------------------------------------- rows */
-
-static size_t row_of(const mg_reqlog_rec_t *r, char *out, size_t cap)
-{
-    char line[8192];
-    size_t n = mg_reqlog_format(r, line, sizeof(line));
-    assert_true(n > 0);
-    size_t len = 0;
-    assert_int_equal(mg_dblog_row(line, n - 1, out, cap - 1, &len), MG_OK);
-    out[len] = '\0';
-    return len;
-}
-
-static void row_from_line(void **state)
-{
-    (void)state;
-    char row[16384];
-    mg_reqlog_rec_t r = {
-        .time_us = 1700000000123456LL,
-        .id = "00112233445566770000000000000abc",
-        .request_id = "r-1",
-        .client = "127.0.0.1:5555",
-        .proto = "h2",
-        .method = "POST",
-        .host = "digits-production.example",
-        .path = "/v1/it's\\here",
-        .app = "digits",
-        .env = "production",
-        .service = "digits-production-v3",
-        .pod = "10.0.0.7:8500",
-        .status = 200,
-        .req_bytes = 84,
-        .resp_bytes = 95,
-        .upstream_us = -1,
-        .total_us = 2345,
-        .fallback = true,
-        .retries = 2,
-        .features = "hit",
-    };
-    row_of(&r, row, sizeof(row));
-    assert_string_equal(row,
-                        "(x'00112233445566770000000000000abc','2023-11-14 22:13:20.123456',"
-                        "'r-1','127.0.0.1:5555','h2','POST','digits-production.example',"
-                        "'/v1/it\\'s\\\\here','digits','production','digits-production-v3',"
-                        "'10.0.0.7:8500',200,84,95,NULL,2345,NULL,1,2,'hit',NULL)");
-
-    /* strings are cut to their column, at a character boundary: path is VARCHAR(2048) */
-    static char path[3000];
-    memset(path, 'a', sizeof(path) - 1);
-    memcpy(path + 2046, "\xc3\xa9\xc3\xa9", 4); /* characters 2047 and 2048 are 2 bytes each */
-    r.path = path;
-    r.error = "x";
-    row_of(&r, row, sizeof(row));
-    char *p = strstr(row, ",'aaa");
-    assert_non_null(p);
-    char *end = strchr(p + 2, '\'');
-    assert_int_equal(end - (p + 2), 2046 + 4);
-    assert_memory_equal(end - 4, "\xc3\xa9\xc3\xa9", 4);
-}
-
-static void row_rejects_what_is_no_record(void **state)
-{
-    (void)state;
-    char out[4096];
-    size_t len;
-    static const char *const bad[] = {
-        "",
-        "not json",
-        "{\"time\":\"2023-11-14T22:13:20.123456Z\"}",
-        "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"xyz\"}",
-        "{\"time\":\"2023-11-14 22:13:20\",\"id\":\"00112233445566770000000000000abc\"}",
-        "[1,2]",
-    };
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_int_equal(mg_dblog_row(bad[i], strlen(bad[i]), out, sizeof(out), &len),
-                         MG_E_PROTO);
-    static const char ok[] =
-        "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000abc\"}";
-    assert_int_equal(mg_dblog_row(ok, strlen(ok), out, sizeof(out), &len), MG_OK);
-    assert_int_equal(mg_dblog_row(ok, strlen(ok), out, 10, &len), MG_E_LIMIT);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(append_read_commit, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(read_says_when_cap_cut_it, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(replay_after_crash, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(torn_last_line_is_cut, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(cap_counts_lost, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(second_process_is_refused, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(concurrent_append_and_read, make_dir, remove_dir),
-        cmocka_unit_test(row_from_line),
-        cmocka_unit_test(row_rejects_what_is_no_record),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

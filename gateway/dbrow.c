@@ -1,0 +1,459 @@
+/*
+ * gateway/dbrow.c - access-log line to request_log row (see dbrow.h for the contract).
+ *
+ * DESIGN
+ * One pass over the line with a cursor; no allocation. Keys are matched against the column
+ * table by length and bytes (22 short names: a linear scan is cheaper than hashing). Strings
+ * are unescaped into the bytes they were read from, so the row can point at them and the
+ * database thread binds them without a copy. The grammar is RFC 8259 restricted to one object
+ * whose values are scalars: the access log writes nothing else, and anything else is not a
+ * record.
+ */
+#include "gateway/dbrow.h"
+
+#include <string.h>
+
+/* name and its length: keys are matched per line, so no strlen() there */
+#define COL(name, ...)                                                                             \
+    {                                                                                              \
+        name, sizeof(name) - 1, __VA_ARGS__                                                        \
+    }
+const mg_dbrow_col_t mg_dbrow_cols[MG_DBROW_NCOLS] = {
+    [MG_DBROW_REQUEST_ID] = COL("request_id", MG_DBROW_STR, 64, true),
+    [MG_DBROW_CLIENT] = COL("client", MG_DBROW_STR, 64, true),
+    [MG_DBROW_PROTO] = COL("proto", MG_DBROW_STR, 16, true),
+    [MG_DBROW_METHOD] = COL("method", MG_DBROW_STR, 16, true),
+    [MG_DBROW_HOST] = COL("host", MG_DBROW_STR, 255, true),
+    [MG_DBROW_PATH] = COL("path", MG_DBROW_STR, 2048, true),
+    [MG_DBROW_APP] = COL("app", MG_DBROW_STR, 64, true),
+    [MG_DBROW_ENV] = COL("env", MG_DBROW_STR, 64, true),
+    [MG_DBROW_SERVICE] = COL("service", MG_DBROW_STR, 128, true),
+    [MG_DBROW_POD] = COL("pod", MG_DBROW_STR, 255, true),
+    [MG_DBROW_STATUS] = COL("status", MG_DBROW_INT, 0, false),
+    [MG_DBROW_REQ_BYTES] = COL("req_bytes", MG_DBROW_UINT, 0, false),
+    [MG_DBROW_RESP_BYTES] = COL("resp_bytes", MG_DBROW_UINT, 0, false),
+    [MG_DBROW_UPSTREAM_US] = COL("upstream_us", MG_DBROW_INT, 0, true),
+    [MG_DBROW_TOTAL_US] = COL("total_us", MG_DBROW_INT, 0, false),
+    [MG_DBROW_ERROR] = COL("error", MG_DBROW_STR, 255, true),
+    [MG_DBROW_FALLBACK] = COL("fallback", MG_DBROW_BOOL, 0, false),
+    [MG_DBROW_RETRIES] = COL("retries", MG_DBROW_UINT, 0, false),
+    [MG_DBROW_FEATURES] = COL("features", MG_DBROW_STR, 16, true),
+    [MG_DBROW_FEATURES_HASH] = COL("features_hash", MG_DBROW_STR, 64, true),
+};
+
+enum { K_ID = MG_DBROW_NCOLS, K_TIME, K_OTHER };
+
+typedef struct cur {
+    char *p, *end;
+} cur_t;
+
+/* A scalar value as read: its kind and, for strings, the unescaped bytes. */
+typedef enum { V_STR, V_INT, V_REAL, V_TRUE, V_FALSE, V_NULL } vkind_t;
+typedef struct val {
+    vkind_t kind;
+    char *s;
+    size_t len;
+    int64_t n;
+} val_t;
+
+static void skip_ws(cur_t *c)
+{
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+/* Length of the valid UTF-8 sequence (2..4 bytes) at |s|, 0 if there is none before |end|.
+ * RFC 3629 ranges: no overlongs, no surrogates, nothing above U+10FFFF. */
+static size_t utf8_seq(const unsigned char *s, const unsigned char *end)
+{
+    size_t avail = (size_t)(end - s);
+    unsigned char c = s[0];
+#define CONT(i) (avail > (i) && s[i] >= 0x80 && s[i] <= 0xbf)
+    if (c >= 0xc2 && c <= 0xdf)
+        return CONT(1) ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        unsigned char lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+        return avail > 2 && s[1] >= lo && s[1] <= hi && CONT(2) ? 3 : 0;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        unsigned char lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+        return avail > 3 && s[1] >= lo && s[1] <= hi && CONT(2) && CONT(3) ? 4 : 0;
+    }
+#undef CONT
+    return 0;
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The code unit of a "uXXXX" escape at |p| (after its backslash); -1 when malformed. */
+static long read_u4(const char *p, const char *end)
+{
+    if (end - p < 5 || p[0] != 'u')
+        return -1;
+    long v = 0;
+    for (int i = 1; i <= 4; i++) {
+        int d = hex_digit(p[i]);
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+static size_t put_utf8(char *o, unsigned long cp)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xc0 | (cp >> 6)), o[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xe0 | (cp >> 12)), o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        o[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    o[0] = (char)(0xf0 | (cp >> 18)), o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3f)), o[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* One escape after a backslash (c->p at the character after it); writes its bytes at |*o|.
+ * Surrogates must come in pairs, as jansson requires. */
+static bool unescape_one(cur_t *c, char **o)
+{
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    const char *e = c->p < c->end ? memchr(from, *c->p, sizeof(from) - 1) : NULL;
+    if (e != NULL) {
+        *(*o)++ = to[e - from];
+        c->p++;
+        return true;
+    }
+    long cp = c->p < c->end ? read_u4(c->p, c->end) : -1;
+    if (cp < 0)
+        return false;
+    c->p += 5;
+    if (cp >= 0xdc00 && cp <= 0xdfff)
+        return false; /* a lone low surrogate */
+    if (cp >= 0xd800 && cp <= 0xdbff) {
+        long lo = c->end - c->p >= 6 && c->p[0] == '\\' ? read_u4(c->p + 1, c->end) : -1;
+        if (lo < 0xdc00 || lo > 0xdfff)
+            return false;
+        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        c->p += 6;
+    }
+    *o += put_utf8(*o, (unsigned long)cp);
+    return true;
+}
+
+/* Bytes that stand for themselves inside a JSON string: printable ASCII but '"' and '\\'. */
+static const bool plain[256] = {
+    [0x20] = 1,
+    [0x21] = 1,
+    [0x23 ... 0x5b] = 1,
+    [0x5d ... 0x7f] = 1,
+};
+
+/* A string (c->p after its opening quote): unescaped in place into [v->s, v->s + v->len). */
+static bool read_string(cur_t *c, val_t *v)
+{
+    char *o = c->p;
+    v->kind = V_STR;
+    v->s = o;
+    for (;;) {
+        /* fast path: a run of plain ASCII, moved only once an escape has shifted the output */
+        char *run = c->p, *p = c->p; /* a local cursor: stores through |o| may alias c->p */
+        while (p < c->end && plain[(unsigned char)*p])
+            p++;
+        c->p = p;
+        size_t n = (size_t)(c->p - run);
+        if (o != run)
+            memmove(o, run, n);
+        o += n;
+        if (c->p >= c->end)
+            return false;
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch == '"') {
+            c->p++;
+            v->len = (size_t)(o - v->s);
+            return true;
+        }
+        if (ch == '\\') {
+            c->p++;
+            if (!unescape_one(c, &o))
+                return false;
+            continue;
+        }
+        if (ch < 0x20)
+            return false; /* raw control characters are not JSON */
+        size_t k = utf8_seq((const unsigned char *)c->p, (const unsigned char *)c->end);
+        if (k == 0)
+            return false;
+        memmove(o, c->p, k);
+        o += k, c->p += k;
+    }
+}
+
+/* A JSON number. Integers must fit int64 (jansson refuses larger ones too); a number with a
+ * fraction or exponent is V_REAL, which no column takes. */
+static bool read_number(cur_t *c, val_t *v)
+{
+    bool neg = c->p < c->end && *c->p == '-';
+    c->p += neg;
+    if (c->p >= c->end || *c->p < '0' || *c->p > '9')
+        return false;
+    uint64_t mag = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    bool over = false;
+    if (*c->p == '0') {
+        c->p++;
+    } else {
+        for (; c->p < c->end && *c->p >= '0' && *c->p <= '9'; c->p++) {
+            unsigned d = (unsigned)(*c->p - '0');
+            if (mag > (limit - d) / 10)
+                over = true;
+            else
+                mag = mag * 10 + d;
+        }
+    }
+    bool real = false;
+    if (c->p < c->end && *c->p == '.') {
+        real = true, c->p++;
+        if (c->p >= c->end || *c->p < '0' || *c->p > '9')
+            return false;
+        while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
+            c->p++;
+    }
+    if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
+        real = true, c->p++;
+        if (c->p < c->end && (*c->p == '+' || *c->p == '-'))
+            c->p++;
+        if (c->p >= c->end || *c->p < '0' || *c->p > '9')
+            return false;
+        while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
+            c->p++;
+    }
+    if (real) {
+        v->kind = V_REAL;
+        return true;
+    }
+    if (over)
+        return false;
+    v->kind = V_INT;
+    v->n = neg ? (int64_t)(0 - mag) : (int64_t)mag;
+    return true;
+}
+
+static bool read_word(cur_t *c, const char *w, size_t n)
+{
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, w, n) != 0)
+        return false;
+    c->p += n;
+    return true;
+}
+
+static bool read_value(cur_t *c, val_t *v)
+{
+    if (c->p >= c->end)
+        return false;
+    switch (*c->p) {
+    case '"':
+        c->p++;
+        return read_string(c, v);
+    case 't':
+        v->kind = V_TRUE;
+        return read_word(c, "true", 4);
+    case 'f':
+        v->kind = V_FALSE;
+        return read_word(c, "false", 5);
+    case 'n':
+        v->kind = V_NULL;
+        return read_word(c, "null", 4);
+    default:
+        return read_number(c, v); /* objects and arrays fail here: not a record */
+    }
+}
+
+/* Keys in the order mg_reqlog_format writes them: the next key is tried first. */
+static const int key_order[] = {
+    K_TIME,
+    K_ID,
+    MG_DBROW_REQUEST_ID,
+    MG_DBROW_CLIENT,
+    MG_DBROW_PROTO,
+    MG_DBROW_METHOD,
+    MG_DBROW_HOST,
+    MG_DBROW_PATH,
+    MG_DBROW_APP,
+    MG_DBROW_ENV,
+    MG_DBROW_SERVICE,
+    MG_DBROW_POD,
+    MG_DBROW_FEATURES,
+    MG_DBROW_FEATURES_HASH,
+    MG_DBROW_STATUS,
+    MG_DBROW_REQ_BYTES,
+    MG_DBROW_RESP_BYTES,
+    MG_DBROW_FALLBACK,
+    MG_DBROW_RETRIES,
+    MG_DBROW_UPSTREAM_US,
+    MG_DBROW_TOTAL_US,
+    MG_DBROW_ERROR,
+};
+#define NKEYS (int)(sizeof(key_order) / sizeof(key_order[0]))
+
+static bool key_is(int i, const char *k, size_t n)
+{
+    static const mg_dbrow_col_t id = COL("id", MG_DBROW_STR, 0, false),
+                                time = COL("time", MG_DBROW_STR, 0, false);
+    const mg_dbrow_col_t *c = i == K_ID ? &id : i == K_TIME ? &time : &mg_dbrow_cols[i];
+    if (c->namelen != n)
+        return false;
+    for (size_t j = 0; j < n; j++) /* names are short: cheaper than a call to memcmp */
+        if (c->name[j] != k[j])
+            return false;
+    return true;
+}
+
+/* The key's index (K_OTHER when it names no column); |*next| is where in key_order to look
+ * first, and moves past the key found. */
+static int key_index(const char *k, size_t n, int *next)
+{
+    if (*next < NKEYS && key_is(key_order[*next], k, n))
+        return key_order[(*next)++];
+    for (int j = 0; j < NKEYS; j++) {
+        if (key_is(key_order[j], k, n)) {
+            *next = j + 1;
+            return key_order[j];
+        }
+    }
+    return K_OTHER;
+}
+
+static bool parse_id(const val_t *v, uint8_t id[16])
+{
+    if (v->kind != V_STR || v->len != 32)
+        return false;
+    for (int i = 0; i < 32; i++)
+        if (!((v->s[i] >= '0' && v->s[i] <= '9') || (v->s[i] >= 'a' && v->s[i] <= 'f')))
+            return false; /* lower case only, as reqlog writes it */
+    for (int i = 0; i < 16; i++)
+        id[i] = (uint8_t)(hex_digit(v->s[2 * i]) << 4 | hex_digit(v->s[2 * i + 1]));
+    return true;
+}
+
+/* "2023-11-14T22:13:20.123456Z", the only shape reqlog writes, becomes the DATETIME(6) text
+ * "2023-11-14 22:13:20.123456" in place. */
+static bool parse_time(const val_t *v, mg_dbrow_t *row)
+{
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
+    if (v->kind != V_STR || v->len != sizeof(shape) - 1)
+        return false;
+    for (size_t i = 0; i < sizeof(shape) - 1; i++)
+        if (shape[i] == 'd' ? (v->s[i] < '0' || v->s[i] > '9') : v->s[i] != shape[i])
+            return false;
+    v->s[10] = ' ';
+    row->time = v->s;
+    return true;
+}
+
+/* Length of the prefix of |s| (valid UTF-8) holding at most |max| characters. */
+static size_t utf8_prefix(const char *s, size_t n, unsigned max)
+{
+    if (n <= max)
+        return n; /* no more characters than bytes: nothing to count */
+    size_t i = 0;
+    for (unsigned chars = 0; i < n && chars < max; chars++) {
+        i++;
+        while (i < n && ((unsigned char)s[i] & 0xc0) == 0x80)
+            i++;
+    }
+    return i;
+}
+
+static void set_col(mg_dbrow_val_t *out, const mg_dbrow_col_t *col, const val_t *v)
+{
+    switch (col->type) {
+    case MG_DBROW_STR:
+        if (v->kind == V_STR)
+            *out = (mg_dbrow_val_t){v->s, utf8_prefix(v->s, v->len, col->maxlen), 0, false};
+        break;
+    case MG_DBROW_INT:
+    case MG_DBROW_UINT:
+        if (v->kind == V_INT)
+            *out =
+                (mg_dbrow_val_t){NULL, 0, col->type == MG_DBROW_UINT && v->n < 0 ? 0 : v->n, false};
+        else if (v->kind != V_NULL)
+            *out = (mg_dbrow_val_t){NULL, 0, 0, false}; /* a wrong type counts as 0 */
+        break;
+    case MG_DBROW_BOOL:
+        if (v->kind != V_NULL)
+            *out = (mg_dbrow_val_t){NULL, 0, v->kind == V_TRUE, false};
+        break;
+    }
+}
+
+static void set_defaults(mg_dbrow_t *row)
+{
+    for (int i = 0; i < MG_DBROW_NCOLS; i++) {
+        bool null = mg_dbrow_cols[i].type == MG_DBROW_STR || mg_dbrow_cols[i].nullable;
+        row->v[i] = (mg_dbrow_val_t){NULL, 0, 0, null};
+    }
+}
+
+mg_err_t mg_dbrow_parse(char *line, size_t len, mg_dbrow_t *row)
+{
+    cur_t c = {line, line + len};
+    uint32_t seen = 0; /* bit per known key: a repeated one is not a record */
+    int next = 0;      /* key_order index of the key expected next */
+    set_defaults(row);
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p++ != '{')
+        return MG_E_PROTO;
+    skip_ws(&c);
+    bool first = true;
+    while (c.p < c.end && *c.p != '}') {
+        val_t k, v;
+        if (!first) {
+            if (*c.p++ != ',')
+                return MG_E_PROTO;
+            skip_ws(&c);
+        }
+        first = false;
+        if (c.p >= c.end || *c.p++ != '"' || !read_string(&c, &k))
+            return MG_E_PROTO;
+        skip_ws(&c);
+        if (c.p >= c.end || *c.p++ != ':')
+            return MG_E_PROTO;
+        skip_ws(&c);
+        if (!read_value(&c, &v))
+            return MG_E_PROTO;
+        skip_ws(&c);
+        int i = key_index(k.s, k.len, &next);
+        if (i == K_OTHER)
+            continue;
+        if (seen & (1u << i))
+            return MG_E_PROTO;
+        seen |= 1u << i;
+        if ((i == K_ID && !parse_id(&v, row->id)) || (i == K_TIME && !parse_time(&v, row)))
+            return MG_E_PROTO;
+        if (i < MG_DBROW_NCOLS)
+            set_col(&row->v[i], &mg_dbrow_cols[i], &v);
+    }
+    if (c.p >= c.end)
+        return MG_E_PROTO; /* no closing brace */
+    c.p++;
+    skip_ws(&c);
+    if (c.p != c.end || !(seen & (1u << K_ID)) || !(seen & (1u << K_TIME)))
+        return MG_E_PROTO;
+    return MG_OK;
+}
