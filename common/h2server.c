@@ -1418,6 +1418,7 @@ static void on_read(struct bufferevent *bev, void *arg)
         }
     }
     if (c->proto == P_H2) {
+        mg_outq_read_more(&c->outq);
         h2_recv(c);
         conn_flush(c);
     } else {

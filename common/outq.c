@@ -1,7 +1,9 @@
 /* common/outq.c - cleartext output written at the end of the loop turn (see outq.h) */
 #include "common/outq.h"
 
+#include <errno.h>
 #include <stdlib.h>
+#include <sys/uio.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -140,4 +142,29 @@ void mg_outq_bev_written(mg_outq_item_t *it)
     it->direct = true;
     if (evbuffer_get_length(bufferevent_get_output(it->bev)) > 0 && !it->queued)
         enqueue(it);
+}
+
+void mg_outq_read_more(mg_outq_item_t *it)
+{
+    if (it->q == NULL || !(bufferevent_get_enabled(it->bev) & EV_READ))
+        return;
+    struct evbuffer *in = bufferevent_get_input(it->bev);
+    if (evbuffer_get_length(in) < 4096) /* the bufferevent's read took all there was */
+        return;
+    struct evbuffer_iovec v[2];
+    evbuffer_unfreeze(in, 0); /* a bufferevent keeps its input's end frozen but for reads */
+    int nv = evbuffer_reserve_space(in, MG_OUTQ_READ_MORE, v, 2);
+    if (nv > 0) {
+        struct iovec iov[2];
+        for (int i = 0; i < nv; i++)
+            iov[i] = (struct iovec){v[i].iov_base, v[i].iov_len};
+        ssize_t n = readv(bufferevent_getfd(it->bev), iov, nv);
+        size_t left = n > 0 ? (size_t)n : 0;
+        for (int i = 0; i < nv; i++) {
+            v[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
+            left -= v[i].iov_len;
+        }
+        evbuffer_commit_space(in, v, n > 0 ? nv : 0);
+    }
+    evbuffer_freeze(in, 0);
 }

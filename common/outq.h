@@ -51,4 +51,13 @@ void mg_outq_detach(mg_outq_item_t *it);
  * low-water mark): the queue writes again, starting with what is left. */
 void mg_outq_bev_written(mg_outq_item_t *it);
 
+/* A bufferevent reads at most 4 KiB per readable event (libevent 2.1's EVBUFFER_MAX_READ,
+ * after a FIONREAD ioctl), so a busy HTTP/2 connection to a pod is read 4 KiB per loop turn and
+ * its answers leave in that many small batches. From the read callback of an attached
+ * connection: when that read was a full 4 KiB, reads what more the socket holds, up to
+ * MG_OUTQ_READ_MORE bytes, with one readv. End of stream and errors are left for the
+ * bufferevent's next read to report. */
+#define MG_OUTQ_READ_MORE (60 * 1024)
+void mg_outq_read_more(mg_outq_item_t *it);
+
 #endif

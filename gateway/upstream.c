@@ -752,6 +752,7 @@ static void on_read(struct bufferevent *bev, void *arg)
     up_conn_t *c = arg;
     enter(c);
     if (c->pool->proto == MG_UP_H2C) {
+        mg_outq_read_more(&c->outq);
         h2_recv(c);
         conn_flush(c);
     } else if (!c->idle) {

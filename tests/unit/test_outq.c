@@ -1,6 +1,7 @@
 /* tests/unit/test_outq.c - cleartext output written by the loop's queue (common/outq.c), over
  * real socket pairs: written without EPOLLOUT, in one write per turn, handed back to the
- * bufferevent when the socket is full and taken again once it drains, freed while queued. */
+ * bufferevent when the socket is full and taken again once it drains, freed while queued; a
+ * full 4 KiB read topped up from the read callback. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -212,6 +213,41 @@ static void peer_gone_is_reported_by_the_bufferevent(void **state)
     teardown_pair(&f);
 }
 
+static size_t seen_on_read;
+static void on_read_more(struct bufferevent *bev, void *arg)
+{
+    fixture_t *f = arg;
+    mg_outq_read_more(&f->item);
+    struct evbuffer *in = bufferevent_get_input(bev);
+    seen_on_read = evbuffer_get_length(in);
+    evbuffer_drain(in, seen_on_read);
+}
+
+static void a_full_read_is_topped_up_in_the_read_callback(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_pair(&f, 0);
+    bufferevent_setcb(f.bev, on_read_more, on_written, NULL, &f);
+    static char data[40000];
+    memset(data, 'r', sizeof(data));
+    size_t put = 0;
+    while (put < sizeof(data)) {
+        ssize_t n = write(f.peer, data + put, sizeof(data) - put);
+        assert_true(n > 0);
+        put += (size_t)n;
+    }
+    seen_on_read = 0;
+    turn(&f);
+    /* the bufferevent alone reads 4096 bytes per turn; topped up, the callback sees it all */
+    assert_int_equal(seen_on_read, sizeof(data));
+    /* a short read is not topped up: no extra read on a drained socket */
+    assert_int_equal(write(f.peer, "tail", 4), 4);
+    turn(&f);
+    assert_int_equal(seen_on_read, 4);
+    teardown_pair(&f);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -221,6 +257,7 @@ int main(void)
         cmocka_unit_test(detached_while_queued_is_not_written),
         cmocka_unit_test(freed_from_its_write_callback),
         cmocka_unit_test(peer_gone_is_reported_by_the_bufferevent),
+        cmocka_unit_test(a_full_read_is_topped_up_in_the_read_callback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
