@@ -426,8 +426,8 @@ static void flag_errors(void **state)
         "--bogus: unknown option (see --help)",
         "--cert: missing value (see --help)",
         "--listen: invalid address \"127.0.0.1\" (missing :port)",
-        "--tls-listen: invalid address \"::1:443\" (IPv6 addresses need brackets, e.g. "
-        "[::1]:8080)",
+        ("--tls-listen: invalid address \"::1:443\" (IPv6 addresses need brackets, e.g. "
+         "[::1]:8080)"),
         "--routes: empty (expected a file path)",
         "--backend: invalid address \"127.0.0.1:0\" (port must be 1-65535)",
         "--backend: empty pod in \"127.0.0.1:0,,b:1\" (expected H:P[,H:P...])",
