@@ -5,11 +5,13 @@
  * A fetch is the one lookup in flight for a key "app\0user" on this worker: requests that miss
  * the local cache while it runs join it as waiters. One timer per fetch fires at the earliest
  * waiter's deadline (routes of one app may have different budgets) and lets the expired
- * waiters go on with "timeout"; the fetch itself goes on until its store answers, then
- * fills the local cache and settles whoever still waits. Redis is asked with one pipeline per
- * fetch: GET of the user's marker key, then one read per group; hiredis answers in order, and
- * the fetch decides when the last reply is in. Each group's reply is written at once as its
- * fragment of the canonical text (see "Snapshot text" below), so a hit builds no JSON tree. A
+ * waiters go on with "timeout"; a waiter that joins touches the timer only when its deadline
+ * is earlier than the one armed, so joining costs O(1). The fetch itself goes on until its
+ * store answers, then fills the local cache and settles whoever still waits, all with one
+ * clock reading: the latency histogram ends a lookup when its answer is in. Redis is asked with one
+ * pipeline per fetch: GET of the user's marker key, then one read per group; hiredis answers in
+ * order, and the fetch decides when the last reply is in. Each group's reply is written at once as
+ * its fragment of the canonical text (see "Snapshot text" below), so a hit builds no JSON tree. A
  * Redis miss (no marker) passes the fetch to MariaDB through the shared source, whose answer
  * comes back on this thread through the worker's sink. Redis state: DOWN -> CONNECTING -> UP;
  * lookups are sent only when UP, so no request ever waits for a (re)connect; reconnects back
@@ -65,6 +67,7 @@ struct fetch {
     size_t klen;
     mg_features_ticket_t *head, *tail;
     struct event timer; /* embedded: no allocation of its own */
+    int64_t timer_at;   /* the deadline it is armed for; INT64_MAX when idle */
     int redis_pending;
     bool redis_failed, in_db;
     bool text_oom; /* a fragment could not be written: the lookup ends "unavailable" */
@@ -116,7 +119,9 @@ static void drop_val(void *v)
 
 /* ---------- tickets ---------- */
 
-static void settle(mg_features_t *f, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val)
+/* Gives |t| its outcome, known at |now| (one clock read serves every waiter of a fetch). */
+static void settle(mg_features_t *f, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val,
+                   int64_t now)
 {
     if (st == MG_FS_HIT && val && val->len > f->conf->max_header_bytes) {
         st = MG_FS_TOO_LARGE;
@@ -132,13 +137,14 @@ static void settle(mg_features_t *f, mg_features_ticket_t *t, mg_fstatus_t st, m
         t->_val = val;
     }
     t->_status = (int)st + 1;
-    mg_fmetrics_observe(f->m, st, now_us() - t->_start_us);
+    mg_fmetrics_observe(f->m, st, now - t->_start_us);
 }
 
-static void lru_store(mg_features_t *f, const fetch_t *fx, mg_fval_t *val)
+/* Caches the fetch's answer |val| (NULL: unknown user), known at |now_at| (us). */
+static void lru_store(mg_features_t *f, const fetch_t *fx, mg_fval_t *val, int64_t now_at)
 {
     const mg_fconf_t *c = f->conf;
-    int64_t now = now_us() / 1000;
+    int64_t now = now_at / 1000;
     if (val && c->local.ttl_ms) {
         mg_fval_ref(val);
         mg_flru_put(f->lru, fx->key, fx->klen, val, now + c->local.ttl_ms,
@@ -149,18 +155,15 @@ static void lru_store(mg_features_t *f, const fetch_t *fx, mg_fval_t *val)
     }
 }
 
-static void arm_fetch_timer(fetch_t *fx)
+/* Arms the fetch's timer for |deadline| (it is |now|). Joining waiters call it only when
+ * their deadline is earlier than the armed one (rare: routes of an app with other budgets), so
+ * a join costs no walk and no timer update. */
+static void arm_fetch_timer(fetch_t *fx, int64_t deadline, int64_t now)
 {
-    if (fx->head == NULL)
-        return;
-    int64_t first = INT64_MAX;
-    for (mg_features_ticket_t *t = fx->head; t; t = t->_next)
-        first = t->_deadline_us < first ? t->_deadline_us : first;
-    int64_t wait = first - now_us();
-    if (wait < 0)
-        wait = 0;
+    int64_t wait = deadline > now ? deadline - now : 0;
     struct timeval tv = {wait / 1000000, wait % 1000000};
     evtimer_add(&fx->timer, &tv);
+    fx->timer_at = deadline;
 }
 
 static void unlink_waiter(fetch_t *fx, mg_features_ticket_t *t)
@@ -177,28 +180,35 @@ static void unlink_waiter(fetch_t *fx, mg_features_ticket_t *t)
     t->_fetch = NULL;
 }
 
-/* Lets waiter |t| go with |st|; its callback may release any other ticket. */
-static void wake(fetch_t *fx, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val)
+/* Lets waiter |t| go with |st| at |now|; its callback may release any other ticket. */
+static void wake(fetch_t *fx, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val, int64_t now)
 {
     unlink_waiter(fx, t);
-    settle(fx->f, t, st, val);
+    settle(fx->f, t, st, val, now);
     if (t->_done) /* NULL while mg_features_start runs: it reports the outcome itself */
         t->_done(t->_ud);
 }
 
+/* Times out the expired waiters, then re-arms for the earliest deadline left. It may fire
+ * early (its waiter was released): then it only re-arms. */
 static void on_fetch_timer(evutil_socket_t fd, short what, void *arg)
 {
     fetch_t *fx = arg;
     int64_t now = now_us();
+    fx->timer_at = INT64_MAX;
     for (;;) { /* from the head again after each wake: a callback may release others */
         mg_features_ticket_t *t = fx->head;
         while (t && t->_deadline_us > now)
             t = t->_next;
         if (t == NULL)
             break;
-        wake(fx, t, MG_FS_TIMEOUT, NULL);
+        wake(fx, t, MG_FS_TIMEOUT, NULL, now);
     }
-    arm_fetch_timer(fx);
+    int64_t first = INT64_MAX;
+    for (mg_features_ticket_t *t = fx->head; t; t = t->_next)
+        first = t->_deadline_us < first ? t->_deadline_us : first;
+    if (first != INT64_MAX)
+        arm_fetch_timer(fx, first, now);
 }
 
 /* ---------- fetches ---------- */
@@ -228,12 +238,12 @@ static void fetch_free(fetch_t *fx)
 }
 
 /* The fetch has its answer: settle every waiter, then free it. */
-static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val)
+static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val, int64_t now)
 {
     if (!fx->f->closing) {
         evtimer_del(&fx->timer);
         while (fx->head)
-            wake(fx, fx->head, st, val);
+            wake(fx, fx->head, st, val, now);
     }
     fetch_free(fx);
 }
@@ -241,30 +251,31 @@ static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val)
 static void on_db_result(void *ud, void *tag, mg_fdb_result_t r, mg_fval_t *val)
 {
     fetch_t *fx = tag;
+    int64_t now = now_us();
     fx->in_db = false;
     if (r == MG_FDB_HIT) {
-        lru_store(fx->f, fx, val);
-        fetch_finish(fx, MG_FS_HIT, val);
+        lru_store(fx->f, fx, val, now);
+        fetch_finish(fx, MG_FS_HIT, val, now);
     } else if (r == MG_FDB_MISS) {
-        lru_store(fx->f, fx, NULL);
-        fetch_finish(fx, MG_FS_MISS, NULL);
+        lru_store(fx->f, fx, NULL, now);
+        fetch_finish(fx, MG_FS_MISS, NULL, now);
     } else {
-        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
     }
 }
 
-static void to_db(fetch_t *fx)
+static void to_db(fetch_t *fx, int64_t now)
 {
     mg_features_t *f = fx->f;
     if (!f->conf->mariadb.on) { /* Redis only: absent means no features */
-        lru_store(f, fx, NULL);
-        fetch_finish(fx, MG_FS_MISS, NULL);
+        lru_store(f, fx, NULL, now);
+        fetch_finish(fx, MG_FS_MISS, NULL, now);
         return;
     }
     fx->in_db = true;
     if (mg_fsource_lookup(f->src, f->sink, fx->app, fx->user, fx) != MG_OK) {
         fx->in_db = false;
-        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
     }
 }
 
@@ -278,26 +289,27 @@ static void redis_done(fetch_t *fx)
         fetch_free(fx);
         return;
     }
+    int64_t now = now_us();
     if (fx->redis_failed) {
         MG_FM_INC(f->m->redis_error);
-        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
     } else if (fx->marker == 1) {
         MG_FM_INC(f->m->redis_hit);
         mg_fval_t *val = snapshot(fx);
         if (val == NULL) {
-            fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+            fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
             return;
         }
-        lru_store(f, fx, val);
-        fetch_finish(fx, MG_FS_HIT, val);
+        lru_store(f, fx, val, now);
+        fetch_finish(fx, MG_FS_HIT, val, now);
         mg_fval_unref(val);
     } else if (fx->marker == 0) {
         MG_FM_INC(f->m->redis_negative);
-        lru_store(f, fx, NULL);
-        fetch_finish(fx, MG_FS_MISS, NULL);
+        lru_store(f, fx, NULL, now);
+        fetch_finish(fx, MG_FS_MISS, NULL, now);
     } else {
         MG_FM_INC(f->m->redis_miss);
-        to_db(fx);
+        to_db(fx, now);
     }
 }
 
@@ -644,10 +656,11 @@ static fetch_t *fetch_new(mg_features_t *f, const mg_fapp_t *app, const char *ke
     fx->hnext = *pp;
     *pp = fx;
     f->nfetches++;
+    fx->timer_at = INT64_MAX;
     if (first) {
         first->_fetch = fx;
         fx->head = fx->tail = first;
-        arm_fetch_timer(fx);
+        arm_fetch_timer(fx, first->_deadline_us, first->_start_us);
     }
     return fx;
 }
@@ -658,7 +671,7 @@ static void fetch_go(fetch_t *fx)
     if (fx->f->conf->redis.on)
         redis_send(fx);
     else
-        to_db(fx);
+        to_db(fx, now_us());
 }
 
 /* ---------- Redis connection ---------- */
@@ -822,13 +835,13 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
             ulen = hdrs[i].value_len;
         }
     if (user == NULL || !mg_fconf_is_user_id(user, ulen)) {
-        settle(f, t, MG_FS_NONE, NULL);
+        settle(f, t, MG_FS_NONE, NULL, t->_start_us);
         return MG_OK;
     }
     char key[64 + 1 + 128 + 1];
     size_t alen = strlen(a->name);
     if (alen > 64) {
-        settle(f, t, MG_FS_NONE, NULL);
+        settle(f, t, MG_FS_NONE, NULL, t->_start_us);
         return MG_OK;
     }
     memcpy(key, a->name, alen + 1);
@@ -849,7 +862,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
             MG_FM_INC(f->m->local_stale);
         if (val)
             mg_fval_ref(val); /* the background refresh below may replace the entry */
-        settle(f, t, val ? MG_FS_HIT : MG_FS_MISS, val);
+        settle(f, t, val ? MG_FS_HIT : MG_FS_MISS, val, t->_start_us);
         /* stale: refresh in the background, unless a fetch runs already or Redis is down */
         if (st == MG_FLRU_STALE && fx == NULL && f->nfetches < MAX_FETCHES &&
             (!c->redis.on || f->rstate == R_UP) &&
@@ -871,16 +884,17 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
         else
             fx->head = t;
         fx->tail = t;
-        arm_fetch_timer(fx);
+        if (t->_deadline_us < fx->timer_at) /* the timer runs for an earlier deadline already */
+            arm_fetch_timer(fx, t->_deadline_us, t->_start_us);
         return MG_E_AGAIN;
     }
     if ((c->redis.on && f->rstate != R_UP) || f->nfetches >= MAX_FETCHES) {
-        settle(f, t, MG_FS_UNAVAILABLE, NULL); /* never wait for a reconnect */
+        settle(f, t, MG_FS_UNAVAILABLE, NULL, t->_start_us); /* never wait for a reconnect */
         return MG_OK;
     }
     t->_done = NULL; /* no callback while starting: a fetch that settles at once says MG_OK */
     if ((fx = fetch_new(f, a, key, klen, alen, t)) == NULL) {
-        settle(f, t, MG_FS_UNAVAILABLE, NULL);
+        settle(f, t, MG_FS_UNAVAILABLE, NULL, t->_start_us);
         return MG_OK;
     }
     fetch_go(fx);
