@@ -10,7 +10,8 @@
  * store answers, then fills the local cache and settles whoever still waits, all with one
  * clock reading: the latency histogram ends a lookup when its answer is in. Redis is asked with one
  * pipeline per fetch: GET of the user's marker key, then one read per group; hiredis answers in
- * order, and the fetch decides when the last reply is in. Each group's reply is written at once as
+ * order (building each reply in the worker's pool, rreply.h, not with a malloc per element),
+ * and the fetch decides when the last reply is in. Each group's reply is written at once as
  * its fragment of the canonical text (see "Snapshot text" below), so a hit builds no JSON tree. A
  * Redis miss (no marker) passes the fetch to MariaDB through the shared source, whose answer
  * comes back on this thread through the worker's sink. Redis state: DOWN -> CONNECTING -> UP;
@@ -41,6 +42,7 @@
 
 #include "common/log.h"
 #include "features/lru.h"
+#include "features/rreply.h"
 
 #define NFETCH_BUCKETS 1024
 #define MAX_FETCHES 10000 /* per worker: beyond, lookups answer "unavailable" */
@@ -87,6 +89,7 @@ struct mg_features {
     mg_flru_t *lru;
     mg_fsink_t *sink;
     redisAsyncContext *ac;
+    mg_rreply_pool_t *rpool; /* ac's replies are built here (rreply.h) */
     int rstate;
     struct event *rtimer; /* reconnect backoff, or connect timeout while CONNECTING */
     unsigned backoff_ms;
@@ -751,6 +754,7 @@ static void redis_connect(mg_features_t *f)
         return;
     }
     ac->data = f;
+    mg_rreply_attach(ac->c.reader, f->rpool);
     if (redisLibeventAttach(ac, f->base) != REDIS_OK) {
         redisAsyncFree(ac);
         schedule_reconnect(f);
@@ -784,7 +788,8 @@ mg_features_t *mg_features_new(mg_fsource_t *src, struct event_base *base, unsig
     f->lru = mg_flru_new(f->conf->local.max_entries, drop_val);
     f->sink = mg_fsink_new(src, base, on_db_result, f);
     f->rtimer = evtimer_new(base, on_rtimer, f);
-    if (f->lru == NULL || f->sink == NULL || f->rtimer == NULL) {
+    f->rpool = mg_rreply_pool_new();
+    if (f->lru == NULL || f->sink == NULL || f->rtimer == NULL || f->rpool == NULL) {
         mg_features_free(f);
         return NULL;
     }
@@ -810,6 +815,7 @@ void mg_features_free(mg_features_t *f)
     if (f->rtimer)
         event_free(f->rtimer);
     mg_flru_free(f->lru);
+    mg_rreply_pool_free(f->rpool); /* after the context: freeing it may free a reply in it */
     free(f);
 }
 
