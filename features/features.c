@@ -582,10 +582,33 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
         redis_done(fx);
 }
 
+/* Writes |n| in decimal at |o| (printf cost more than the rest of the pipeline); returns the
+ * new end. */
+static char *put_dec(char *o, size_t n)
+{
+    char tmp[20];
+    size_t k = 0;
+    do
+        tmp[k++] = (char)('0' + n % 10);
+    while ((n /= 10) != 0);
+    while (k)
+        *o++ = tmp[--k];
+    return o;
+}
+
+/* Writes a RESP length line: |c| ('*' or '$'), |n|, CRLF. */
+static char *resp_len(char *o, char c, size_t n)
+{
+    *o++ = c;
+    o = put_dec(o, n);
+    memcpy(o, "\r\n", 2);
+    return o + 2;
+}
+
 /* Appends |s| (|n| bytes) as a RESP bulk string at |o|; returns the new end. */
 static char *resp_bulk(char *o, const char *s, size_t n)
 {
-    o += sprintf(o, "$%zu\r\n", n);
+    o = resp_len(o, '$', n);
     memcpy(o, s, n);
     memcpy(o + n, "\r\n", 2);
     return o + n + 2;
@@ -606,7 +629,7 @@ static void redis_send(fetch_t *fx)
     memcpy(key + 8 + alen, fx->user, ulen);
     MG_FM_INC(f->m->redis_lookups);
     fx->rc[0] = (rcmd_t){fx, 0};
-    char *o = resp_bulk(cmd + sprintf(cmd, "*2\r\n"), "GET", 3);
+    char *o = resp_bulk(resp_len(cmd, '*', 2), "GET", 3);
     o = resp_bulk(o, key, blen);
     int sent = redisAsyncFormattedCommand(f->ac, on_redis_reply, &fx->rc[0], cmd,
                                           (size_t)(o - cmd)) == REDIS_OK;
@@ -617,17 +640,16 @@ static void redis_send(fetch_t *fx)
         memcpy(key + blen + 1, g->name, glen);
         fx->rc[i + 1] = (rcmd_t){fx, (int)i + 1};
         if (g->type == MG_FGROUP_HASH) {
-            o = resp_bulk(cmd + sprintf(cmd, "*2\r\n"), "HGETALL", 7);
+            o = resp_bulk(resp_len(cmd, '*', 2), "HGETALL", 7);
             o = resp_bulk(o, key, klen);
         } else if (g->type == MG_FGROUP_LIST) {
-            char last[16];
-            int n = snprintf(last, sizeof(last), "%u", g->max_items - 1);
-            o = resp_bulk(cmd + sprintf(cmd, "*4\r\n"), "LRANGE", 6);
+            o = resp_bulk(resp_len(cmd, '*', 4), "LRANGE", 6);
             o = resp_bulk(o, key, klen);
             o = resp_bulk(o, "0", 1);
-            o = resp_bulk(o, last, (size_t)n);
+            char last[20];
+            o = resp_bulk(o, last, (size_t)(put_dec(last, g->max_items - 1) - last));
         } else {
-            o = resp_bulk(cmd + sprintf(cmd, "*2\r\n"), "GET", 3);
+            o = resp_bulk(resp_len(cmd, '*', 2), "GET", 3);
             o = resp_bulk(o, key, klen);
         }
         sent += redisAsyncFormattedCommand(f->ac, on_redis_reply, &fx->rc[i + 1], cmd,

@@ -7,8 +7,8 @@
  * pool's reader in random pieces (a reply split across reads), must build the same tree as
  * hiredis's own functions; and random reply sets for an app's groups must give the very bytes
  * of the jansson path (mg_fval_from_json of what group_json builds from hiredis's tree).
- * Includes features.c for its static snapshot functions, and rreply.c with the pool forced on,
- * so that the pool itself is what runs under ASan here.
+ * Includes features.c for its static snapshot and RESP functions, and rreply.c with the pool forced
+ * on, so that the pool itself is what runs under ASan here.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -368,12 +368,29 @@ static void snapshots_match_jansson(void **state)
     mg_fconf_free(c);
 }
 
+static void resp_without_printf(void **state)
+{
+    (void)state;
+    static const size_t nums[] = {0, 7, 9, 10, 49, 100, 4294967295u, SIZE_MAX};
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        char got[64], want[64];
+        *put_dec(got, nums[i]) = '\0';
+        snprintf(want, sizeof(want), "%zu", nums[i]);
+        assert_string_equal(got, want);
+    }
+    char cmd[64];
+    char *e = resp_bulk(resp_len(cmd, '*', 12), "LRANGE", 6);
+    assert_int_equal(e - cmd, 17);
+    assert_memory_equal(cmd, "*12\r\n$6\r\nLRANGE\r\n", 17);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(trees_match_hiredis),
         cmocka_unit_test(large_replies_and_partial_ones),
         cmocka_unit_test(snapshots_match_jansson),
+        cmocka_unit_test(resp_without_printf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
