@@ -34,7 +34,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -42,6 +41,7 @@
 
 #include "common/log.h"
 #include "features/lru.h"
+#include "features/rloop.h"
 #include "features/rreply.h"
 
 #define NFETCH_BUCKETS 1024
@@ -777,7 +777,7 @@ static void redis_connect(mg_features_t *f)
     }
     ac->data = f;
     mg_rreply_attach(ac->c.reader, f->rpool);
-    if (redisLibeventAttach(ac, f->base) != REDIS_OK) {
+    if (mg_rloop_attach(ac, f->base) != MG_OK) {
         redisAsyncFree(ac);
         schedule_reconnect(f);
         return;
