@@ -1,5 +1,6 @@
 /*
- * features/rloop.c - hiredis on libevent with persistent reads and direct writes (see rloop.h).
+ * features/rloop.c - hiredis on libevent with persistent reads and timer-driven writes (see
+ * rloop.h).
  */
 #include "features/rloop.h"
 
@@ -12,7 +13,7 @@ typedef struct rloop {
     redisAsyncContext *ac;
     struct event rd;    /* EV_READ | EV_PERSIST, while hiredis wants to read */
     struct event wr;    /* EV_WRITE | EV_PERSIST, only while connecting or blocked */
-    struct event flush; /* no fd: activated to write the commands queued in this pass */
+    struct event flush; /* no fd: a zero timer that writes what was queued, one pass later */
     bool rd_on, wr_on;
     bool flushing; /* inside on_flush: a write that would block needs wr */
     bool dead;     /* hiredis freed the context inside on_flush: free this on the way out */
@@ -64,10 +65,13 @@ static void del_read(void *d)
 static void add_write(void *d)
 {
     rloop_t *e = d;
-    if ((e->ac->c.flags & REDIS_CONNECTED) && !e->flushing && !e->wr_on)
-        event_active(&e->flush, EV_WRITE, 0); /* repeated activations in one pass merge */
-    else if (!e->wr_on)
+    static const struct timeval next_pass = {0, 0};
+    if ((e->ac->c.flags & REDIS_CONNECTED) && !e->flushing && !e->wr_on) {
+        if (!event_pending(&e->flush, EV_TIMEOUT, NULL))
+            event_add(&e->flush, &next_pass);
+    } else if (!e->wr_on) {
         e->wr_on = event_add(&e->wr, NULL) == 0;
+    }
 }
 
 static void del_write(void *d)
@@ -83,7 +87,7 @@ static void cleanup(void *d)
     rloop_t *e = d;
     event_del(&e->rd);
     event_del(&e->wr);
-    event_del(&e->flush); /* also takes it off the active queue */
+    event_del(&e->flush); /* pending or active */
     if (e->flushing)
         e->dead = true;
     else
