@@ -5,11 +5,14 @@
  * A fetch is the one lookup in flight for a key "app\0user" on this worker: requests that miss
  * the local cache while it runs join it as waiters. One timer per fetch fires at the earliest
  * waiter's deadline (routes of one app may have different budgets) and lets the expired
- * waiters go on with "timeout"; the fetch itself goes on until its store answers, then
- * fills the local cache and settles whoever still waits. Redis is asked with one pipeline per
- * fetch: GET of the user's marker key, then one read per group; hiredis answers in order, and
- * the fetch decides when the last reply is in. Each group's reply is written at once as its
- * fragment of the canonical text (see "Snapshot text" below), so a hit builds no JSON tree. A
+ * waiters go on with "timeout"; a waiter that joins touches the timer only when its deadline
+ * is earlier than the one armed, so joining costs O(1). The fetch itself goes on until its
+ * store answers, then fills the local cache and settles whoever still waits, all with one
+ * clock reading: the latency histogram ends a lookup when its answer is in. Redis is asked with one
+ * pipeline per fetch: GET of the user's marker key, then one read per group; hiredis answers in
+ * order (building each reply in the worker's pool, rreply.h, not with a malloc per element),
+ * and the fetch decides when the last reply is in. Each group's reply is written at once as
+ * its fragment of the canonical text (see "Snapshot text" below), so a hit builds no JSON tree. A
  * Redis miss (no marker) passes the fetch to MariaDB through the shared source, whose answer
  * comes back on this thread through the worker's sink. Redis state: DOWN -> CONNECTING -> UP;
  * lookups are sent only when UP, so no request ever waits for a (re)connect; reconnects back
@@ -31,7 +34,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -39,6 +41,8 @@
 
 #include "common/log.h"
 #include "features/lru.h"
+#include "features/rloop.h"
+#include "features/rreply.h"
 
 #define NFETCH_BUCKETS 1024
 #define MAX_FETCHES 10000 /* per worker: beyond, lookups answer "unavailable" */
@@ -65,6 +69,7 @@ struct fetch {
     size_t klen;
     mg_features_ticket_t *head, *tail;
     struct event timer; /* embedded: no allocation of its own */
+    int64_t timer_at;   /* the deadline it is armed for; INT64_MAX when idle */
     int redis_pending;
     bool redis_failed, in_db;
     bool text_oom; /* a fragment could not be written: the lookup ends "unavailable" */
@@ -84,6 +89,7 @@ struct mg_features {
     mg_flru_t *lru;
     mg_fsink_t *sink;
     redisAsyncContext *ac;
+    mg_rreply_pool_t *rpool; /* ac's replies are built here (rreply.h) */
     int rstate;
     struct event *rtimer; /* reconnect backoff, or connect timeout while CONNECTING */
     unsigned backoff_ms;
@@ -116,7 +122,9 @@ static void drop_val(void *v)
 
 /* ---------- tickets ---------- */
 
-static void settle(mg_features_t *f, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val)
+/* Gives |t| its outcome, known at |now| (one clock read serves every waiter of a fetch). */
+static void settle(mg_features_t *f, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val,
+                   int64_t now)
 {
     if (st == MG_FS_HIT && val && val->len > f->conf->max_header_bytes) {
         st = MG_FS_TOO_LARGE;
@@ -132,13 +140,14 @@ static void settle(mg_features_t *f, mg_features_ticket_t *t, mg_fstatus_t st, m
         t->_val = val;
     }
     t->_status = (int)st + 1;
-    mg_fmetrics_observe(f->m, st, now_us() - t->_start_us);
+    mg_fmetrics_observe(f->m, st, now - t->_start_us);
 }
 
-static void lru_store(mg_features_t *f, const fetch_t *fx, mg_fval_t *val)
+/* Caches the fetch's answer |val| (NULL: unknown user), known at |now_at| (us). */
+static void lru_store(mg_features_t *f, const fetch_t *fx, mg_fval_t *val, int64_t now_at)
 {
     const mg_fconf_t *c = f->conf;
-    int64_t now = now_us() / 1000;
+    int64_t now = now_at / 1000;
     if (val && c->local.ttl_ms) {
         mg_fval_ref(val);
         mg_flru_put(f->lru, fx->key, fx->klen, val, now + c->local.ttl_ms,
@@ -149,18 +158,15 @@ static void lru_store(mg_features_t *f, const fetch_t *fx, mg_fval_t *val)
     }
 }
 
-static void arm_fetch_timer(fetch_t *fx)
+/* Arms the fetch's timer for |deadline| (it is |now|). Joining waiters call it only when
+ * their deadline is earlier than the armed one (rare: routes of an app with other budgets), so
+ * a join costs no walk and no timer update. */
+static void arm_fetch_timer(fetch_t *fx, int64_t deadline, int64_t now)
 {
-    if (fx->head == NULL)
-        return;
-    int64_t first = INT64_MAX;
-    for (mg_features_ticket_t *t = fx->head; t; t = t->_next)
-        first = t->_deadline_us < first ? t->_deadline_us : first;
-    int64_t wait = first - now_us();
-    if (wait < 0)
-        wait = 0;
+    int64_t wait = deadline > now ? deadline - now : 0;
     struct timeval tv = {wait / 1000000, wait % 1000000};
     evtimer_add(&fx->timer, &tv);
+    fx->timer_at = deadline;
 }
 
 static void unlink_waiter(fetch_t *fx, mg_features_ticket_t *t)
@@ -177,28 +183,35 @@ static void unlink_waiter(fetch_t *fx, mg_features_ticket_t *t)
     t->_fetch = NULL;
 }
 
-/* Lets waiter |t| go with |st|; its callback may release any other ticket. */
-static void wake(fetch_t *fx, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val)
+/* Lets waiter |t| go with |st| at |now|; its callback may release any other ticket. */
+static void wake(fetch_t *fx, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_t *val, int64_t now)
 {
     unlink_waiter(fx, t);
-    settle(fx->f, t, st, val);
+    settle(fx->f, t, st, val, now);
     if (t->_done) /* NULL while mg_features_start runs: it reports the outcome itself */
         t->_done(t->_ud);
 }
 
+/* Times out the expired waiters, then re-arms for the earliest deadline left. It may fire
+ * early (its waiter was released): then it only re-arms. */
 static void on_fetch_timer(evutil_socket_t fd, short what, void *arg)
 {
     fetch_t *fx = arg;
     int64_t now = now_us();
+    fx->timer_at = INT64_MAX;
     for (;;) { /* from the head again after each wake: a callback may release others */
         mg_features_ticket_t *t = fx->head;
         while (t && t->_deadline_us > now)
             t = t->_next;
         if (t == NULL)
             break;
-        wake(fx, t, MG_FS_TIMEOUT, NULL);
+        wake(fx, t, MG_FS_TIMEOUT, NULL, now);
     }
-    arm_fetch_timer(fx);
+    int64_t first = INT64_MAX;
+    for (mg_features_ticket_t *t = fx->head; t; t = t->_next)
+        first = t->_deadline_us < first ? t->_deadline_us : first;
+    if (first != INT64_MAX)
+        arm_fetch_timer(fx, first, now);
 }
 
 /* ---------- fetches ---------- */
@@ -228,12 +241,12 @@ static void fetch_free(fetch_t *fx)
 }
 
 /* The fetch has its answer: settle every waiter, then free it. */
-static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val)
+static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val, int64_t now)
 {
     if (!fx->f->closing) {
         evtimer_del(&fx->timer);
         while (fx->head)
-            wake(fx, fx->head, st, val);
+            wake(fx, fx->head, st, val, now);
     }
     fetch_free(fx);
 }
@@ -241,30 +254,31 @@ static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val)
 static void on_db_result(void *ud, void *tag, mg_fdb_result_t r, mg_fval_t *val)
 {
     fetch_t *fx = tag;
+    int64_t now = now_us();
     fx->in_db = false;
     if (r == MG_FDB_HIT) {
-        lru_store(fx->f, fx, val);
-        fetch_finish(fx, MG_FS_HIT, val);
+        lru_store(fx->f, fx, val, now);
+        fetch_finish(fx, MG_FS_HIT, val, now);
     } else if (r == MG_FDB_MISS) {
-        lru_store(fx->f, fx, NULL);
-        fetch_finish(fx, MG_FS_MISS, NULL);
+        lru_store(fx->f, fx, NULL, now);
+        fetch_finish(fx, MG_FS_MISS, NULL, now);
     } else {
-        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
     }
 }
 
-static void to_db(fetch_t *fx)
+static void to_db(fetch_t *fx, int64_t now)
 {
     mg_features_t *f = fx->f;
     if (!f->conf->mariadb.on) { /* Redis only: absent means no features */
-        lru_store(f, fx, NULL);
-        fetch_finish(fx, MG_FS_MISS, NULL);
+        lru_store(f, fx, NULL, now);
+        fetch_finish(fx, MG_FS_MISS, NULL, now);
         return;
     }
     fx->in_db = true;
     if (mg_fsource_lookup(f->src, f->sink, fx->app, fx->user, fx) != MG_OK) {
         fx->in_db = false;
-        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
     }
 }
 
@@ -278,26 +292,27 @@ static void redis_done(fetch_t *fx)
         fetch_free(fx);
         return;
     }
+    int64_t now = now_us();
     if (fx->redis_failed) {
         MG_FM_INC(f->m->redis_error);
-        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
     } else if (fx->marker == 1) {
         MG_FM_INC(f->m->redis_hit);
         mg_fval_t *val = snapshot(fx);
         if (val == NULL) {
-            fetch_finish(fx, MG_FS_UNAVAILABLE, NULL);
+            fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
             return;
         }
-        lru_store(f, fx, val);
-        fetch_finish(fx, MG_FS_HIT, val);
+        lru_store(f, fx, val, now);
+        fetch_finish(fx, MG_FS_HIT, val, now);
         mg_fval_unref(val);
     } else if (fx->marker == 0) {
         MG_FM_INC(f->m->redis_negative);
-        lru_store(f, fx, NULL);
-        fetch_finish(fx, MG_FS_MISS, NULL);
+        lru_store(f, fx, NULL, now);
+        fetch_finish(fx, MG_FS_MISS, NULL, now);
     } else {
         MG_FM_INC(f->m->redis_miss);
-        to_db(fx);
+        to_db(fx, now);
     }
 }
 
@@ -567,10 +582,33 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
         redis_done(fx);
 }
 
+/* Writes |n| in decimal at |o| (printf cost more than the rest of the pipeline); returns the
+ * new end. */
+static char *put_dec(char *o, size_t n)
+{
+    char tmp[20];
+    size_t k = 0;
+    do
+        tmp[k++] = (char)('0' + n % 10);
+    while ((n /= 10) != 0);
+    while (k)
+        *o++ = tmp[--k];
+    return o;
+}
+
+/* Writes a RESP length line: |c| ('*' or '$'), |n|, CRLF. */
+static char *resp_len(char *o, char c, size_t n)
+{
+    *o++ = c;
+    o = put_dec(o, n);
+    memcpy(o, "\r\n", 2);
+    return o + 2;
+}
+
 /* Appends |s| (|n| bytes) as a RESP bulk string at |o|; returns the new end. */
 static char *resp_bulk(char *o, const char *s, size_t n)
 {
-    o += sprintf(o, "$%zu\r\n", n);
+    o = resp_len(o, '$', n);
     memcpy(o, s, n);
     memcpy(o + n, "\r\n", 2);
     return o + n + 2;
@@ -591,7 +629,7 @@ static void redis_send(fetch_t *fx)
     memcpy(key + 8 + alen, fx->user, ulen);
     MG_FM_INC(f->m->redis_lookups);
     fx->rc[0] = (rcmd_t){fx, 0};
-    char *o = resp_bulk(cmd + sprintf(cmd, "*2\r\n"), "GET", 3);
+    char *o = resp_bulk(resp_len(cmd, '*', 2), "GET", 3);
     o = resp_bulk(o, key, blen);
     int sent = redisAsyncFormattedCommand(f->ac, on_redis_reply, &fx->rc[0], cmd,
                                           (size_t)(o - cmd)) == REDIS_OK;
@@ -602,17 +640,16 @@ static void redis_send(fetch_t *fx)
         memcpy(key + blen + 1, g->name, glen);
         fx->rc[i + 1] = (rcmd_t){fx, (int)i + 1};
         if (g->type == MG_FGROUP_HASH) {
-            o = resp_bulk(cmd + sprintf(cmd, "*2\r\n"), "HGETALL", 7);
+            o = resp_bulk(resp_len(cmd, '*', 2), "HGETALL", 7);
             o = resp_bulk(o, key, klen);
         } else if (g->type == MG_FGROUP_LIST) {
-            char last[16];
-            int n = snprintf(last, sizeof(last), "%u", g->max_items - 1);
-            o = resp_bulk(cmd + sprintf(cmd, "*4\r\n"), "LRANGE", 6);
+            o = resp_bulk(resp_len(cmd, '*', 4), "LRANGE", 6);
             o = resp_bulk(o, key, klen);
             o = resp_bulk(o, "0", 1);
-            o = resp_bulk(o, last, (size_t)n);
+            char last[20];
+            o = resp_bulk(o, last, (size_t)(put_dec(last, g->max_items - 1) - last));
         } else {
-            o = resp_bulk(cmd + sprintf(cmd, "*2\r\n"), "GET", 3);
+            o = resp_bulk(resp_len(cmd, '*', 2), "GET", 3);
             o = resp_bulk(o, key, klen);
         }
         sent += redisAsyncFormattedCommand(f->ac, on_redis_reply, &fx->rc[i + 1], cmd,
@@ -644,10 +681,11 @@ static fetch_t *fetch_new(mg_features_t *f, const mg_fapp_t *app, const char *ke
     fx->hnext = *pp;
     *pp = fx;
     f->nfetches++;
+    fx->timer_at = INT64_MAX;
     if (first) {
         first->_fetch = fx;
         fx->head = fx->tail = first;
-        arm_fetch_timer(fx);
+        arm_fetch_timer(fx, first->_deadline_us, first->_start_us);
     }
     return fx;
 }
@@ -658,7 +696,7 @@ static void fetch_go(fetch_t *fx)
     if (fx->f->conf->redis.on)
         redis_send(fx);
     else
-        to_db(fx);
+        to_db(fx, now_us());
 }
 
 /* ---------- Redis connection ---------- */
@@ -738,7 +776,8 @@ static void redis_connect(mg_features_t *f)
         return;
     }
     ac->data = f;
-    if (redisLibeventAttach(ac, f->base) != REDIS_OK) {
+    mg_rreply_attach(ac->c.reader, f->rpool);
+    if (mg_rloop_attach(ac, f->base) != MG_OK) {
         redisAsyncFree(ac);
         schedule_reconnect(f);
         return;
@@ -771,7 +810,8 @@ mg_features_t *mg_features_new(mg_fsource_t *src, struct event_base *base, unsig
     f->lru = mg_flru_new(f->conf->local.max_entries, drop_val);
     f->sink = mg_fsink_new(src, base, on_db_result, f);
     f->rtimer = evtimer_new(base, on_rtimer, f);
-    if (f->lru == NULL || f->sink == NULL || f->rtimer == NULL) {
+    f->rpool = mg_rreply_pool_new();
+    if (f->lru == NULL || f->sink == NULL || f->rtimer == NULL || f->rpool == NULL) {
         mg_features_free(f);
         return NULL;
     }
@@ -797,6 +837,7 @@ void mg_features_free(mg_features_t *f)
     if (f->rtimer)
         event_free(f->rtimer);
     mg_flru_free(f->lru);
+    mg_rreply_pool_free(f->rpool); /* after the context: freeing it may free a reply in it */
     free(f);
 }
 
@@ -822,13 +863,13 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
             ulen = hdrs[i].value_len;
         }
     if (user == NULL || !mg_fconf_is_user_id(user, ulen)) {
-        settle(f, t, MG_FS_NONE, NULL);
+        settle(f, t, MG_FS_NONE, NULL, t->_start_us);
         return MG_OK;
     }
     char key[64 + 1 + 128 + 1];
     size_t alen = strlen(a->name);
     if (alen > 64) {
-        settle(f, t, MG_FS_NONE, NULL);
+        settle(f, t, MG_FS_NONE, NULL, t->_start_us);
         return MG_OK;
     }
     memcpy(key, a->name, alen + 1);
@@ -849,7 +890,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
             MG_FM_INC(f->m->local_stale);
         if (val)
             mg_fval_ref(val); /* the background refresh below may replace the entry */
-        settle(f, t, val ? MG_FS_HIT : MG_FS_MISS, val);
+        settle(f, t, val ? MG_FS_HIT : MG_FS_MISS, val, t->_start_us);
         /* stale: refresh in the background, unless a fetch runs already or Redis is down */
         if (st == MG_FLRU_STALE && fx == NULL && f->nfetches < MAX_FETCHES &&
             (!c->redis.on || f->rstate == R_UP) &&
@@ -871,16 +912,17 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
         else
             fx->head = t;
         fx->tail = t;
-        arm_fetch_timer(fx);
+        if (t->_deadline_us < fx->timer_at) /* the timer runs for an earlier deadline already */
+            arm_fetch_timer(fx, t->_deadline_us, t->_start_us);
         return MG_E_AGAIN;
     }
     if ((c->redis.on && f->rstate != R_UP) || f->nfetches >= MAX_FETCHES) {
-        settle(f, t, MG_FS_UNAVAILABLE, NULL); /* never wait for a reconnect */
+        settle(f, t, MG_FS_UNAVAILABLE, NULL, t->_start_us); /* never wait for a reconnect */
         return MG_OK;
     }
     t->_done = NULL; /* no callback while starting: a fetch that settles at once says MG_OK */
     if ((fx = fetch_new(f, a, key, klen, alen, t)) == NULL) {
-        settle(f, t, MG_FS_UNAVAILABLE, NULL);
+        settle(f, t, MG_FS_UNAVAILABLE, NULL, t->_start_us);
         return MG_OK;
     }
     fetch_go(fx);

@@ -75,7 +75,7 @@ def canonical(doc):
 
 class Stack:
     def __init__(self, procs, timeout_ms=1000, local=None, redis_over=None, max_bytes=None,
-                 workers=2, by_env=None):
+                 workers=2, by_env=None, envs=("production",)):
         self.procs = procs
         self.redis = Redis(procs)
         self.db = MariaDB(procs)
@@ -100,8 +100,8 @@ class Stack:
         if max_bytes:
             feats["max_header_bytes"] = max_bytes
         self.gw = procs.gateway(
-            routes_doc({"svc-a": [self.backend]}, [("digits", "production", "svc-a"),
-                                                   ("plain", "production", "svc-a")]),
+            routes_doc({"svc-a": [self.backend]}, [("digits", e, "svc-a") for e in envs] +
+                       [("plain", "production", "svc-a")]),
             conf={"workers": workers, "features": feats,
                   "admin": {"listen": "127.0.0.1:%d" % self.admin_port}})
         self.r = self.redis.client()
@@ -136,6 +136,13 @@ class Stack:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    def sample(self, line_prefix):
+        """The value of the one sample whose line starts with |line_prefix| (name{labels})."""
+        for line in self.metrics().splitlines():
+            if line.startswith(line_prefix + " "):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError("no sample %s" % line_prefix)
 
     def selects(self):
         return int(self.db.query("SHOW GLOBAL STATUS LIKE 'Com_select'")[0][1])
@@ -367,6 +374,43 @@ def test_slow_mariadb_times_out_then_fills_the_caches(procs):
     assert s.get("slow")["x-modelgate-features"] == "hit"
     assert s.metric("modelgate_features_timeouts_total") == 1
     assert s.gw.wait_access(2)[0]["features"] == "timeout"
+
+
+def test_earlier_deadline_joining_later_times_out_on_time(procs):
+    # One worker, so both requests share its fetch. digits-production waits up to 3 s,
+    # digits-staging 150 ms: the staging request joins the fetch that the production one
+    # started, and must still go on after its own 150 ms, not at the first waiter's deadline.
+    s = Stack(procs, timeout_ms=3000, by_env={"staging": 150}, workers=1,
+              envs=("production", "staging"))
+    s.put_db("late", {"recent": ["x"]})
+    import httpx
+    url = "http://127.0.0.1:%d/predict" % s.gw.port
+
+    def get(host):
+        with httpx.Client(timeout=10) as c:
+            t0 = time.monotonic()
+            r = c.get(url, headers={"host": "%s:%d" % (host, s.gw.port), "x-user-id": "late"})
+            assert r.status_code == 200
+            return r.json()["headers"]["x-modelgate-features"], time.monotonic() - t0
+
+    first = {}
+    conn = s.db.connect()
+    cur = conn.cursor()
+    cur.execute("LOCK TABLES user_features WRITE")  # the fetch now waits in MariaDB
+    try:
+        t = threading.Thread(target=lambda: first.update(r=get(HOST)))
+        t.start()
+        wait_for(lambda: s.sample('modelgate_features_layer_total{layer="redis",result="miss"}')
+                 == 1, 5, 0.02, "the first request's fetch to reach MariaDB")
+        st, dt = get(HOST.replace("-production.", "-staging."))
+        assert s.sample('modelgate_features_coalesced_total{layer="worker"}') == 1
+        assert st == "timeout"
+        assert 0.14 <= dt < 0.8, "the later, shorter budget ended after %.0f ms" % (dt * 1000)
+    finally:
+        cur.execute("UNLOCK TABLES")
+        conn.close()
+    t.join(10)
+    assert first["r"][0] == "hit" and first["r"][1] < 3, first  # the first one still got them
 
 
 def test_admin_put_get_delete(stack):

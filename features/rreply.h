@@ -1,0 +1,32 @@
+/*
+ * features/rreply.h - Redis replies built in one reusable buffer, not one malloc per element.
+ *
+ * hiredis builds each reply as a tree of redisReply with two mallocs per string element (the
+ * struct and its bytes): a 50-item LRANGE costs over 100 malloc/free pairs. A pool replaces
+ * the reader's object functions (redisReplyObjectFunctions) with ones that build the very same
+ * tree (every field as hiredis sets it, strings NUL-terminated) in the pool's buffer, and that
+ * forget it all when hiredis frees the reply. That is enough because hiredis's async API has
+ * one reply in the making at a time: it reads one, passes it to its callback, frees it, and
+ * only then reads the next (a reply cut short is freed with its reader).
+ *
+ * Threading: a pool is used on the thread of the context it is attached to. Ownership: the
+ * caller owns the pool; it must outlive every reader attached to it, and at most one of those
+ * may be alive at a time. Replies stay valid until hiredis frees them (inside the callback
+ * only, as before).
+ */
+#ifndef MG_FEATURES_RREPLY_H
+#define MG_FEATURES_RREPLY_H
+
+#include <hiredis/read.h>
+
+typedef struct mg_rreply_pool mg_rreply_pool_t;
+
+/* An empty pool; NULL when out of memory. */
+mg_rreply_pool_t *mg_rreply_pool_new(void);
+void mg_rreply_pool_free(mg_rreply_pool_t *p); /* NULL is fine */
+
+/* Makes |r| (e.g. an async context's ac->c.reader, before its first reply) build its replies
+ * in |p|. */
+void mg_rreply_attach(redisReader *r, mg_rreply_pool_t *p);
+
+#endif /* MG_FEATURES_RREPLY_H */
