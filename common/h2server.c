@@ -89,6 +89,8 @@ struct conn {
     int busy;
     bool dead, in_recv, need_flush, flushing, close_when_flushed;
     mg_outq_item_t outq; /* cleartext: written at the end of the turn (common/outq.h) */
+    bool lingering;      /* closed by us, still reading what the client sends: see linger */
+    size_t lingered;     /* bytes read and dropped while lingering */
     struct event *idle_timer;
     nghttp2_mem mem;  /* the session's allocator: ud = this connection */
     void *framebuf;   /* nghttp2's frame buffer (a zframe run), NULL until allocated */
@@ -342,7 +344,51 @@ static void conn_close(conn_t *c)
         conn_free(c);
 }
 
+/*
+ * Lingering close, as nginx's lingering_close: a cleartext HTTP/1.1 connection we close after
+ * our last byte (an answer before the request body, Connection: close) may still receive what
+ * the client was sending. Closing a socket with unread input makes the kernel answer with a
+ * reset, and a reset can reach the client before it has read our answer, which it then loses
+ * ("connection reset by peer" instead of the 503). So we send our FIN and read and drop input
+ * until the client closes too, for at most LINGER_MS and LINGER_MAX bytes.
+ */
+#define LINGER_MS 2000
+#define LINGER_MAX (1u << 20)
+
 #define TLS_OUT_PIECE 4000 /* see h2_flush; with libevent's chain header, one 4 KiB block */
+static void on_linger_read(struct bufferevent *bev, void *arg)
+{
+    conn_t *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    c->lingered += evbuffer_get_length(in);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    if (c->lingered > LINGER_MAX)
+        conn_close(c);
+}
+
+static void on_linger_event(struct bufferevent *bev, short events, void *arg)
+{
+    (void)bev, (void)events; /* EOF, error: the client is done */
+    conn_close(arg);
+}
+
+/* The close we decide once our last byte left: lingers for cleartext HTTP/1.1 (see LINGER_MS). */
+static void conn_close_flushed(conn_t *c)
+{
+    int fd = c->bev ? bufferevent_getfd(c->bev) : -1;
+    if (c->dead || c->lingering || c->tls || c->proto != P_H1 || fd < 0 ||
+        shutdown(fd, SHUT_WR) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->lingering = true;
+    bufferevent_setcb(c->bev, on_linger_read, NULL, on_linger_event, c);
+    bufferevent_disable(c->bev, EV_WRITE);
+    bufferevent_enable(c->bev, EV_READ);
+    struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+    evtimer_add(c->idle_timer, &tv); /* on_idle closes a lingering connection */
+}
+
 #define TRIM_AFTER_MS 50 /* an HTTP/2 connection idle this long gives its frame buffer back */
 
 /* Arms the idle timer. An HTTP/2 connection whose frame buffer holds written pages first waits
@@ -1073,7 +1119,7 @@ static bool h1_next(conn_t *c)
     if (c->h1_close || c->srv->shutting_down) {
         c->close_when_flushed = true;
         if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-            conn_close(c);
+            conn_close_flushed(c);
         return false;
     }
     c->h1_wait = false;
@@ -1190,7 +1236,7 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
             c->close_when_flushed = true;
             if (!c->dead && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 &&
                 !c->in_recv)
-                conn_close(c);
+                conn_close_flushed(c);
         }
     }
     leave(c);
@@ -1277,7 +1323,7 @@ mg_err_t mg_srv_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
             stream_close(s, true);
             c->close_when_flushed = true;
             if (!c->dead && evbuffer_get_length(out) == 0 && !c->in_recv)
-                conn_close(c);
+                conn_close_flushed(c);
         } else if (!c->in_recv) {
             h1_finish(c);
         }
@@ -1445,7 +1491,7 @@ static void on_write(struct bufferevent *bev, void *arg)
     }
     if (!c->dead && c->close_when_flushed &&
         evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        conn_close(c);
+        conn_close_flushed(c);
     if (!c->dead)
         mg_outq_bev_written(&c->outq);
     leave(c);
@@ -1484,6 +1530,10 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
 static void on_idle(evutil_socket_t fd, short what, void *arg)
 {
     conn_t *c = arg;
+    if (c->lingering) {
+        conn_close(c);
+        return;
+    }
     enter(c);
     if (c->trim_due) { /* first phase: trim, then wait for the real idle timeout */
         trim(c);

@@ -759,6 +759,31 @@ static void h1_trailers_after_early_answer(void **state)
     client_free(c);
 }
 
+/* Answered at once (A_NOW) while its body is still coming: the client goes on sending, as
+ * clients do, and must still get the answer and a clean end of stream. Closed with unread
+ * input, the socket would answer the late body with a reset: the client's writes fail and it
+ * may lose the answer (lingering close, conn_close_flushed). */
+static void h1_early_answer_then_late_body(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c, "POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n");
+    long until = now_ms() + 100; /* the server answers and closes; the client reads nothing yet */
+    while (now_ms() < until) {
+        event_base_loop(f->base, EVLOOP_NONBLOCK);
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    static char body[300000];
+    memset(body, 'b', sizeof(body));
+    client_send(f, c, body, sizeof(body)); /* asserts that no write fails */
+    assert_true(run_until(f, c, is_eof, NULL));
+    assert_non_null(strstr(c->buf, "POST /early\n"));
+    assert_true(run_until(f, c, no_conns, NULL)); /* it ends once the client is done */
+    client_free(c);
+}
+
 /* The same crash without any handler involvement: more fields than max_headers (431). */
 static void h1_trailers_after_431(void **state)
 {
@@ -1145,6 +1170,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_pipelined_input_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_trailers_after_431, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_trailers_after_early_answer, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_early_answer_then_late_body, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
