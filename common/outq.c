@@ -20,6 +20,13 @@ struct mg_outq {
     mg_outq_item_t *head, *tail;
 };
 
+/* The queue writes while the bufferevent does not: its EV_WRITE says which (no flag of our own
+ * to fall out of step with it). */
+static bool direct(const mg_outq_item_t *it)
+{
+    return it->q && !(bufferevent_get_enabled(it->bev) & EV_WRITE);
+}
+
 static void unlink_item(mg_outq_item_t *it)
 {
     mg_outq_t *q = it->q;
@@ -46,10 +53,8 @@ static void write_out(mg_outq_item_t *it)
     int n = evbuffer_write(out, bufferevent_getfd(it->bev));
     evbuffer_freeze(out, 1);
     size_t left = evbuffer_get_length(out), low = 0;
-    if (left > 0) {
-        it->direct = false;
+    if (left > 0)
         bufferevent_enable(it->bev, EV_WRITE);
-    }
     bufferevent_getwatermark(it->bev, EV_WRITE, &low, NULL);
     if (n > 0 && left <= low)
         it->written(it->bev, it->arg); /* may free the connection and |it| */
@@ -62,7 +67,7 @@ static void on_turn_end(evutil_socket_t fd, short what, void *arg)
     while (q->head) { /* written() may queue more, or detach others */
         mg_outq_item_t *it = q->head;
         unlink_item(it);
-        if (it->direct)
+        if (direct(it))
             write_out(it);
     }
 }
@@ -87,7 +92,7 @@ static void on_output(struct evbuffer *buf, const struct evbuffer_cb_info *info,
 {
     (void)buf;
     mg_outq_item_t *it = arg;
-    if (info->n_added && it->direct && !it->queued)
+    if (info->n_added && !it->queued && direct(it))
         enqueue(it);
 }
 
@@ -134,12 +139,11 @@ void mg_outq_detach(mg_outq_item_t *it)
 
 void mg_outq_bev_written(mg_outq_item_t *it)
 {
-    if (it->q == NULL || it->direct)
+    if (it->q == NULL || direct(it))
         return;
     /* the socket drained: the queue writes from now on, including what the write callback
      * just added (under load there always is some, and the bufferevent would keep the turn) */
     bufferevent_disable(it->bev, EV_WRITE);
-    it->direct = true;
     if (evbuffer_get_length(bufferevent_get_output(it->bev)) > 0 && !it->queued)
         enqueue(it);
 }

@@ -33,7 +33,6 @@ struct mg_outq_item {
     mg_outq_written_fn written;
     void *arg;
     bool queued;
-    bool direct; /* EV_WRITE is off and the queue writes; else the bufferevent writes */
 };
 
 mg_outq_t *mg_outq_new(struct event_base *base); /* NULL when out of memory */
