@@ -21,29 +21,19 @@
 #include "gateway/dbrow.h"
 #include "gateway/reqlog.h"
 #include "gateway/spool.h"
+#include "sample_rec.h"
 
-static const mg_reqlog_rec_t base = {
-    .time_us = 1700000000123456LL,
-    .id = "00112233445566770000000000000abc",
-    .request_id = "r-1",
-    .client = "127.0.0.1:5555",
-    .proto = "h2",
-    .method = "POST",
-    .host = "digits-production.example",
-    .path = "/v1/predict",
-    .app = "digits",
-    .env = "production",
-    .service = "digits-production-v3",
-    .pod = "10.0.0.7:8500",
-    .status = 200,
-    .req_bytes = 84,
-    .resp_bytes = 95,
-    .upstream_us = -1,
-    .total_us = 2345,
-    .fallback = true,
-    .retries = 2,
-    .features = "hit",
-};
+/* The shared sample, with the fields only the database row has to get right set too. */
+static mg_reqlog_rec_t base_rec(void)
+{
+    mg_reqlog_rec_t r = mg_test_sample_rec();
+    r.id = "00112233445566770000000000000abc";
+    r.upstream_us = -1;
+    r.fallback = true;
+    r.retries = 2;
+    r.features = "hit";
+    return r;
+}
 
 /* Formats |r| as reqlog does and parses it; |line| must outlive |row|. */
 static void row_of(const mg_reqlog_rec_t *r, char *line, size_t cap, mg_dbrow_t *row)
@@ -77,7 +67,8 @@ static void record_fields(void **state)
     (void)state;
     char line[8192];
     mg_dbrow_t row;
-    row_of(&base, line, sizeof(line), &row);
+    mg_reqlog_rec_t b = base_rec();
+    row_of(&b, line, sizeof(line), &row);
     static const uint8_t id[16] = {0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
                                    0,    0,    0,    0,    0,    0,    0x0a, 0xbc};
     assert_memory_equal(row.id, id, 16);
@@ -110,7 +101,7 @@ static void awkward_bytes(void **state)
     (void)state;
     char line[8192];
     mg_dbrow_t row;
-    mg_reqlog_rec_t r = base;
+    mg_reqlog_rec_t r = base_rec();
     r.path = "/v1/it's \"quoted\" \\here\\' x";
     r.client = "a\x01\t\n\r\x1a\x7f"
                "b";
@@ -142,7 +133,7 @@ static void long_fields(void **state)
     (void)state;
     static char path[3000], err[400], line[8192];
     mg_dbrow_t row;
-    mg_reqlog_rec_t r = base;
+    mg_reqlog_rec_t r = base_rec();
     memset(path, 'a', sizeof(path) - 1);
     memcpy(path + 2046, "\xc3\xa9\xc3\xa9", 4); /* characters 2047 and 2048 take 2 bytes each */
     memset(err, 'e', sizeof(err) - 1);
@@ -280,7 +271,7 @@ static void agrees_with_jansson(void **state)
 {
     (void)state;
     char line[8192];
-    mg_reqlog_rec_t r = base;
+    mg_reqlog_rec_t r = base_rec();
     r.path = "/v1/it's \"quoted\" \\here";
     r.client = "a\x01\t\n\x1a"
                "b";

@@ -22,32 +22,9 @@
 #include <unistd.h>
 
 #include "gateway/reqlog.h"
+#include "sample_rec.h"
 
 #define MARK "...[truncated]"
-
-static mg_reqlog_rec_t sample(void)
-{
-    return (mg_reqlog_rec_t){
-        .time_us = 1700000000123456LL, /* 2023-11-14T22:13:20.123456Z */
-        .id = "00112233445566770000000000000001",
-        .request_id = "r-1",
-        .client = "127.0.0.1:5555",
-        .proto = "h2",
-        .method = "POST",
-        .host = "digits-production.example",
-        .path = "/v1/predict",
-        .app = "digits",
-        .env = "production",
-        .service = "digits-production-v3",
-        .pod = "10.0.0.7:8500",
-        .status = 200,
-        .req_bytes = 84,
-        .resp_bytes = 95,
-        .upstream_us = 1234,
-        .total_us = 2345,
-        .error = NULL,
-    };
-}
 
 /* Parses one formatted line; fails the test unless it is exactly one JSON object plus '\n'. */
 static json_t *parse_line(const char *buf, size_t n)
@@ -94,7 +71,7 @@ static void format_every_field(void **state)
         "upstream_us", "total_us", "error",
     };
     char buf[8192];
-    mg_reqlog_rec_t r = sample();
+    mg_reqlog_rec_t r = mg_test_sample_rec();
     r.error = "upstream_timeout";
     r.fallback = true;
     r.retries = 2;
@@ -170,7 +147,7 @@ static void format_escapes(void **state)
 {
     (void)state;
     char buf[8192];
-    mg_reqlog_rec_t r = sample();
+    mg_reqlog_rec_t r = mg_test_sample_rec();
     r.path = "/a\"b\\c\nd\te\x01\x1f\x7f/";
     r.host = "caf\xc3\xa9-\xe2\x82\xac-\xf0\x9f\x98\x80"; /* é € 😀: valid, kept as is */
     /* invalid: lone 0xff, truncated 2-byte, overlong '/', UTF-16 surrogate, above U+10FFFF */
@@ -204,7 +181,7 @@ static void format_truncates(void **state)
     memset(host, '"', sizeof(host) - 1);            /* escapes to twice its size */
     for (size_t i = 0; i + 3 < sizeof(pod); i += 3) /* "€" repeated: cuts must not split it */
         memcpy(pod + i, "\xe2\x82\xac", 3);
-    mg_reqlog_rec_t r = sample();
+    mg_reqlog_rec_t r = mg_test_sample_rec();
     r.path = path, r.host = host, r.pod = pod;
     r.service = "\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01"
                 "\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01";
@@ -235,7 +212,7 @@ static void format_capacity(void **state)
 {
     (void)state;
     char full[8192], buf[8192];
-    mg_reqlog_rec_t r = sample();
+    mg_reqlog_rec_t r = mg_test_sample_rec();
     r.path = "/v1/predict/this-is-a-rather-long-path-that-can-be-cut";
     size_t n = mg_reqlog_format(&r, full, sizeof(full));
     assert_true(n > 0);
@@ -374,7 +351,7 @@ static void *worker(void *p)
     char id[32];
     for (int i = 0; i < a->count; i++) {
         snprintf(id, sizeof(id), "t%d-%d", a->id, i);
-        mg_reqlog_rec_t r = sample();
+        mg_reqlog_rec_t r = mg_test_sample_rec();
         r.id = NULL; /* the log assigns one */
         r.request_id = id;
         r.status = i;
@@ -452,7 +429,7 @@ static void threads_write_every_line_once(void **state)
 
 static void write_n(mg_reqlog_t *log, const char *id, int n)
 {
-    mg_reqlog_rec_t r = sample();
+    mg_reqlog_rec_t r = mg_test_sample_rec();
     r.request_id = id;
     for (int i = 0; i < n; i++)
         mg_reqlog_write(log, &r);
@@ -582,7 +559,7 @@ static void full_queue_drops_and_counts(void **state)
     enum { N = 150000 }; /* ~700 bytes each: 100 MB, well past 64 MiB */
     static char pad[400];
     memset(pad, 'p', sizeof(pad) - 1);
-    mg_reqlog_rec_t r = sample();
+    mg_reqlog_rec_t r = mg_test_sample_rec();
     r.path = pad;
     for (int i = 0; i < N; i++)
         mg_reqlog_write(log, &r);
