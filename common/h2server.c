@@ -109,6 +109,7 @@ struct conn {
     mg_srv_stream_t *h1s;
     bool h1_wait;       /* parser paused after a message, waiting for its response */
     bool h1_close;      /* close after the current response */
+    bool h1_discard;    /* answered before the request's body ended: dropping the rest of it */
     bool h1_headers_done;
     bool h1_read_off;
     bool h1_err_too_large;
@@ -664,6 +665,8 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
     if (end_stream)
         s->req_ended = true;
     if (s->bad_status) {
+        if (c->proto == P_H1)
+            c->h1_close = true; /* as for the other requests we refuse to read (h1_reject) */
         const char *rid = report_reject(s, s->bad_status, "headers_too_large");
         mg_srv_error(s, s->bad_status, "headers_too_large",
                      "request header fields too large or too many", rid, NULL, 0);
@@ -1097,6 +1100,11 @@ again:
      * frame (a call per pipelined request would grow the stack without bound) */
     if (!c->dead && c->h1s && c->h1s->out_ended && c->h1s->req_ended && h1_next(c))
         goto again;
+    if (!c->dead && c->h1_discard && c->h1_wait) { /* the dropped body ended */
+        c->h1_discard = false;
+        if (h1_next(c))
+            goto again;
+    }
 }
 
 /* The current exchange is over (response ended and request read): next request or close. */
@@ -1160,6 +1168,44 @@ static const char *reason(int status)
     }
 }
 
+/*
+ * An answer that comes before the whole request (an error at the head, an upstream's early
+ * answer) keeps the connection when the rest of the body is small and of known length: it is
+ * read and dropped, as nginx discards a body, so a client that gets a 429 or a 401 for its POST
+ * keeps its connection (and its TLS session). Anything else is answered with Connection: close,
+ * since the decision must be in the response head.
+ */
+#define H1_DISCARD_MAX (1u << 20)
+
+static bool h1_can_discard(const conn_t *c)
+{
+    return c->h1_headers_done && !(c->parser.flags & F_CHUNKED) &&
+           c->parser.content_length <= H1_DISCARD_MAX;
+}
+
+/* The response ended before the request: drop the rest of the body and go on with the next
+ * request, or close once flushed when h1_respond said so. */
+static void h1_end_early(conn_t *c, mg_srv_stream_t *s)
+{
+    c->h1s = NULL;
+    stream_close(s, true);
+    if (c->dead)
+        return;
+    if (c->h1_close || c->srv->shutting_down) {
+        c->close_when_flushed = true;
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 && !c->in_recv)
+            conn_close_flushed(c);
+        return;
+    }
+    c->h1_discard = true;
+    if (c->h1_read_off) {
+        c->h1_read_off = false;
+        bufferevent_enable(c->bev, EV_READ);
+    }
+    if (!c->in_recv)
+        h1_process(c);
+}
+
 static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t n, bool end)
 {
     conn_t *c = s->c;
@@ -1184,8 +1230,8 @@ static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t
         } else
             c->h1_close = true; /* HTTP/1.0: the body ends with the connection */
     }
-    if (!s->req_ended && end)
-        c->h1_close = true; /* we cannot skip an unread body reliably: close after */
+    if (!s->req_ended && !h1_can_discard(c))
+        c->h1_close = true; /* said now: a client told keep-alive would send its next request */
     if (c->h1_close || c->srv->shutting_down)
         evbuffer_add(out, "connection: close\r\n", 19);
     evbuffer_add(out, "\r\n", 2);
@@ -1229,15 +1275,8 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
         h1_respond(s, status, hdrs, n, end);
         if (end && s->req_ended && !c->in_recv)
             h1_finish(c);
-        else if (end && !s->req_ended) {
-            /* answered before the body arrived: stop the exchange, close when flushed */
-            c->h1s = NULL;
-            stream_close(s, true);
-            c->close_when_flushed = true;
-            if (!c->dead && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 &&
-                !c->in_recv)
-                conn_close_flushed(c);
-        }
+        else if (end && !s->req_ended)
+            h1_end_early(c, s);
     }
     leave(c);
     return MG_OK;
@@ -1317,13 +1356,8 @@ mg_err_t mg_srv_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
         } else if (c->h1_close && !s->h1_nobody) {
             c->close_when_flushed = true; /* close-delimited body */
         }
-        if (!s->req_ended) { /* the client is still sending: we cannot reuse this connection */
-            c->h1_close = true;
-            c->h1s = NULL;
-            stream_close(s, true);
-            c->close_when_flushed = true;
-            if (!c->dead && evbuffer_get_length(out) == 0 && !c->in_recv)
-                conn_close_flushed(c);
+        if (!s->req_ended) { /* the client is still sending */
+            h1_end_early(c, s);
         } else if (!c->in_recv) {
             h1_finish(c);
         }

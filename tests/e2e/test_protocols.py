@@ -353,6 +353,25 @@ def test_unknown_host_404_json(stack, host):
     gw.assert_alive()
 
 
+def test_h1_error_answers_keep_the_connection(stack):
+    """A POST answered at its head (404 here; a 401, 429 or 503 alike) keeps its HTTP/1.1
+    connection: the gateway drops the body it did not read and serves the next request. An
+    answer that promised keep-alive and was then closed made httpx send its next request into
+    a closed connection ("Server disconnected without sending a response")."""
+    gw, _, _ = stack
+    before = len(gw.access())
+    body = json.dumps({"input": list(range(2000))})
+    with httpx.Client(timeout=10, headers={"host": "nosuchapp-production." + DOMAIN}) as c:
+        for _ in range(20):
+            r = c.post("http://127.0.0.1:%d/v1/predict" % gw.port, content=body)
+            assert r.status_code == 404 and "connection" not in r.headers
+        r = c.post("http://127.0.0.1:%d/r" % gw.port, content=body, headers={"host": HOST})
+        assert r.status_code == 200 and r.json()["pod"] == "pod-a"
+    recs = gw.wait_access(before + 21)[before:]
+    assert [x["status"] for x in recs] == [404] * 20 + [200]
+    assert len({x["client"] for x in recs}) == 1, "one connection for all 21 requests"
+
+
 def test_default_service(procs):
     a = procs.backend("pod-a")
     d = procs.backend("pod-default")

@@ -759,28 +759,73 @@ static void h1_trailers_after_early_answer(void **state)
     client_free(c);
 }
 
-/* Answered at once (A_NOW) while its body is still coming: the client goes on sending, as
- * clients do, and must still get the answer and a clean end of stream. Closed with unread
- * input, the socket would answer the late body with a reset: the client's writes fail and it
- * may lose the answer (lingering close, conn_close_flushed). */
+/* Answered at once (A_NOW) while a body of unknown length is still coming: the answer says
+ * Connection: close, the client goes on sending, as clients do, and must still get the answer
+ * and a clean end of stream. Closed with unread input, the socket would answer the late body
+ * with a reset: the client's writes fail and it may lose the answer (lingering close,
+ * conn_close_flushed). */
 static void h1_early_answer_then_late_body(void **state)
 {
     fixture_t *f = *state;
     start(f);
     client_t *c = client_new();
-    client_sends(f, c, "POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n");
+    client_sends(f, c, "POST /early HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
     long until = now_ms() + 100; /* the server answers and closes; the client reads nothing yet */
     while (now_ms() < until) {
         event_base_loop(f->base, EVLOOP_NONBLOCK);
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
-    static char body[300000];
-    memset(body, 'b', sizeof(body));
-    client_send(f, c, body, sizeof(body)); /* asserts that no write fails */
+    static char body[300000 + 32];
+    size_t n = (size_t)snprintf(body, sizeof(body), "%x\r\n", 300000);
+    memset(body + n, 'b', 300000);
+    memcpy(body + n + 300000, "\r\n0\r\n\r\n", 7);
+    client_send(f, c, body, n + 300000 + 7); /* asserts that no write fails */
     assert_true(run_until(f, c, is_eof, NULL));
     assert_non_null(strstr(c->buf, "POST /early\n"));
+    assert_non_null(strstr(c->buf, "connection: close\r\n"));
     assert_true(run_until(f, c, no_conns, NULL)); /* it ends once the client is done */
+    client_free(c);
+}
+
+/* Answered at once while a body of known, modest length is still coming (a 429 or a 401 for a
+ * POST): the rest of the body is dropped and the connection serves the next request. A
+ * response that kept quiet about closing and then closed would make the client send its next
+ * request into a closed connection ("server disconnected without sending a response"). */
+static void h1_early_answer_keeps_connection(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c, "POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n");
+    assert_true(run_until(f, c, has_text, "POST /early\n"));
+    assert_null(strstr(c->buf, "connection: close"));
+    static char body[300000];
+    memset(body, 'b', sizeof(body));
+    /* a body that looks like a request must not be taken for one */
+    static const char smuggled[] = "GET /smuggled HTTP/1.1\r\n\r\n";
+    memcpy(body, smuggled, sizeof(smuggled) - 1);
+    client_send(f, c, body, sizeof(body));
+    client_sends(f, c, "GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_true(run_until(f, c, has_text, "GET /next\n"));
+    assert_null(strstr(c->buf, "/smuggled"));
+    assert_int_equal(f->nrequests, 2);
+    assert_null(strstr(c->buf, "connection: close"));
+    assert_false(c->eof);
+    client_free(c);
+}
+
+/* The same early answer with more body still to come than is worth reading to drop it:
+ * Connection: close in the answer, not a silent close after it. */
+static void h1_early_answer_big_body_closes(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c, "POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 5000000\r\n\r\n");
+    assert_true(run_until(f, c, is_eof, NULL));
+    assert_non_null(strstr(c->buf, "POST /early\n"));
+    assert_non_null(strstr(c->buf, "connection: close\r\n"));
     client_free(c);
 }
 
@@ -1171,6 +1216,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_trailers_after_431, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_trailers_after_early_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_then_late_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_early_answer_keeps_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_early_answer_big_body_closes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
