@@ -788,6 +788,35 @@ static void h1_early_answer_then_late_body(void **state)
     client_free(c);
 }
 
+/* The lingering close drops at most 1 MiB (LINGER_MAX) of what the client goes on sending: a
+ * client that keeps sending is cut off then, not after the 2 s of LINGER_MS. */
+static void h1_linger_stops_after_a_mebibyte(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c, "POST /early HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_true(run_until(f, c, has_text, "connection: close\r\n"));
+    static char chunk[65536 + 16];
+    size_t head = (size_t)snprintf(chunk, sizeof(chunk), "%x\r\n", 65536);
+    memset(chunk + head, 'b', 65536);
+    memcpy(chunk + head + 65536, "\r\n", 2);
+    size_t len = head + 65536 + 2, sent = 0;
+    long start_ms = now_ms();
+    while (mg_srv_nconns(f->srv) > 0 && sent < (64u << 20) && now_ms() - start_ms < 1500) {
+        ssize_t n = send(c->fd, chunk, len, MSG_NOSIGNAL);
+        if (n > 0)
+            sent += (size_t)n;
+        else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            break; /* reset by the server: it gave up on us */
+        event_base_loop(f->base, EVLOOP_NONBLOCK);
+    }
+    assert_true(run_until(f, NULL, no_conns, NULL));
+    assert_true(now_ms() - start_ms < 1500); /* LINGER_MS would have been 2000 */
+    assert_true(sent > (1u << 20));
+    client_free(c);
+}
+
 /* Answered at once while a body of known, modest length is still coming (a 429 or a 401 for a
  * POST): the rest of the body is dropped and the connection serves the next request. A
  * response that kept quiet about closing and then closed would make the client send its next
@@ -1217,6 +1246,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_trailers_after_early_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_then_late_body, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_keeps_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_linger_stops_after_a_mebibyte, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_big_body_closes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
