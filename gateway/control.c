@@ -307,11 +307,8 @@ void mg_control_free(mg_control_t *c)
 {
     if (c == NULL)
         return;
-    if (c->disc) {
+    if (c->disc)
         mg_disc_free(c->disc);
-        /* evdns finishes cancelled queries on the next loop turn (discovery.h) */
-        event_base_loop(c->base, EVLOOP_NONBLOCK);
-    }
     if (c->hc)
         mg_hc_free(c->hc);
     while (c->dns) {

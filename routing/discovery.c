@@ -2,19 +2,22 @@
  * routing/discovery.c - DNS discovery (see discovery.h for the contract).
  *
  * DESIGN
- * One evdns_base per discoverer, with the given nameserver (or /etc/resolv.conf). Each watch
- * owns a timer; when it fires, a "round" starts: one query per family (A, AAAA), each with a
- * small query object that points back at the watch. A round ends when its last query answers;
- * its outcome (a new set, or a failure that keeps the old one) is applied, and the timer is
- * re-armed for interval_ms later. So the period is interval + query time and one watch never
- * has two rounds in flight.
+ * One c-ares channel per discoverer, with the given nameserver (or /etc/resolv.conf), driven by
+ * the caller's event_base: c-ares says which sockets to watch (on_sock_state) and when its next
+ * timeout is (arm_timeout); we call ares_process_fd from those events. c-ares retries a
+ * truncated UDP answer over TCP, so a name with more pods than a UDP answer holds resolves.
  *
- * evdns always runs a query's callback exactly once and always later (from a deferred
- * callback on the base), also after evdns_cancel_request (with DNS_ERR_CANCEL). Hence the query
- * objects are separate from the watch: cancelling detaches them (q->w = NULL) and their
- * callback frees them whenever it comes, so a watch can be freed or replaced at any time. A
- * query leaves its watch's list as soon as its callback starts, because evdns frees its
- * request handle right after: cancelling it then would be a use after free.
+ * Each watch owns a timer; when it fires, a "round" starts: one query per family (A, AAAA),
+ * each with a small query object that points back at the watch. A round ends when its last
+ * query answers; its outcome (a new set, or a failure that keeps the old one) is applied, and
+ * the timer is re-armed for interval_ms later. So the period is interval + query time and one
+ * watch never has two rounds in flight.
+ *
+ * c-ares runs a query's callback exactly once: later, from ares_process_fd, or at once from
+ * ares_search (an early failure), or from ares_destroy (ARES_EDESTRUCTION). It cancels only
+ * whole channels, so abandoning a round detaches its queries (q->w = NULL): they finish on
+ * their own and their callback only frees them. A watch can thus be freed or replaced at any
+ * time.
  *
  * The user callback may call mg_disc_watch/mg_disc_unwatch. The next round is armed before the
  * callback runs (a replacement re-arms it), and an unwatch of the watch being reported only
@@ -31,7 +34,11 @@
 #include <strings.h>
 #include <sys/time.h>
 
-#include <event2/dns.h>
+#include <arpa/nameser.h>
+#include <netdb.h>
+#include <pthread.h>
+
+#include <ares.h>
 #include <event2/event.h>
 #include <event2/util.h>
 
@@ -45,10 +52,9 @@
 typedef struct watch watch_t;
 
 typedef struct query {
-    watch_t *w;                /* NULL once cancelled: the callback then only frees this */
-    struct evdns_request *req; /* evdns' handle; valid until the callback starts */
-    bool ipv6;                 /* an AAAA query (else A) */
-    struct query *next;        /* in w->queries */
+    watch_t *w;         /* NULL once detached: the callback then only frees this */
+    bool ipv6;          /* an AAAA query (else A) */
+    struct query *next; /* in w->queries */
 } query_t;
 
 struct watch {
@@ -69,7 +75,7 @@ struct watch {
     const char *round_err;    /* first failure of this round, or NULL */
     const char *round_err_rr; /* its record type: "A" or "AAAA" */
     size_t nround;            /* nround <= MG_DISC_MAX_ADDRS * 2 */
-    size_t round_dropped;     /* addresses evdns or we could not keep */
+    size_t round_dropped;     /* addresses we could not keep */
     struct sockaddr_storage round[MG_DISC_MAX_ADDRS * 2];
 
     /* what the owner was told */
@@ -81,9 +87,22 @@ struct watch {
     uint64_t answers;
 };
 
+/* A socket c-ares wants watched, and its event. */
+typedef struct sock {
+    ares_socket_t fd;
+    short what; /* EV_READ and/or EV_WRITE */
+    struct event *ev;
+    struct sock *next;
+} sock_t;
+
 struct mg_disc {
     struct event_base *base;
-    struct evdns_base *dns;
+    ares_channel ch;
+    struct event *timeout; /* c-ares' next timeout */
+    sock_t *socks;
+    uint32_t timeout_ms;
+    unsigned attempts;
+    char servers[80];    /* for ares_set_servers_ports_csv; empty: /etc/resolv.conf's */
     char nameserver[64]; /* for log lines: "127.0.0.1:5353" or "resolv.conf" */
     mg_disc_cb cb;
     void *ud;
@@ -205,9 +224,8 @@ static void cancel_round(watch_t *w)
     w->queries = NULL;
     while (q != NULL) {
         query_t *next = q->next;
-        q->w = NULL;
+        q->w = NULL; /* its callback frees it */
         q->next = NULL;
-        evdns_cancel_request(w->d->dns, q->req); /* its callback (CANCEL) frees q later */
         q = next;
     }
     w->pending = 0;
@@ -252,10 +270,7 @@ static void finish_round(watch_t *w)
                 snprintf(kept, sizeof(kept), "keeping the last %zu address(es)", w->nknown);
             else
                 snprintf(kept, sizeof(kept), "no address known yet");
-            if (strcmp(err, "truncated answer") == 0)
-                hint = "; the answer does not fit a UDP packet (about 29 A records), which this "
-                       "resolver cannot fetch over TCP: use fewer pods per name";
-            else if (strcmp(w->round_err_rr, "AAAA") == 0)
+            if (strcmp(w->round_err_rr, "AAAA") == 0)
                 hint = "; if this DNS server does not serve AAAA records, ask for IPv4 only";
             MG_LOG(MG_LOG_WARN, LOG_MOD,
                    "service '%s': resolving '%s' via %s failed (%s query: %s); %s, retrying "
@@ -300,47 +315,54 @@ static void finish_round(watch_t *w)
         free_watch(w);
 }
 
-static const char *dns_err_name(int result)
+static const char *dns_err_name(int status)
 {
-    switch (result) {
-    case DNS_ERR_TIMEOUT:
+    switch (status) {
+    case ARES_ETIMEOUT:
         return "timeout";
-    case DNS_ERR_SERVERFAILED:
+    case ARES_ESERVFAIL:
         return "server failure";
-    case DNS_ERR_REFUSED:
+    case ARES_EREFUSED:
         return "refused";
-    case DNS_ERR_TRUNCATED:
-        return "truncated answer";
-    case DNS_ERR_FORMAT:
+    case ARES_EFORMERR:
         return "format error";
-    case DNS_ERR_NOTIMPL:
+    case ARES_ENOTIMP:
         return "not implemented by the server";
-    case DNS_ERR_SHUTDOWN:
+    case ARES_EBADRESP:
+        return "malformed answer";
+    case ARES_ECONNREFUSED:
+        return "connection refused";
+    case ARES_ENOMEM:
+        return "out of memory";
+    case ARES_ECANCELLED:
+    case ARES_EDESTRUCTION:
         return "resolver shut down";
     default:
-        return "unknown DNS error";
+        return ares_strerror(status);
     }
 }
 
-static void add_addresses(watch_t *w, char type, int count, const void *addrs)
+/* Adds the addresses of |h| (one family) to the round. */
+static void add_addresses(watch_t *w, const struct hostent *h)
 {
-    for (int i = 0; i < count; i++) {
-        if (w->nround == sizeof(w->round) / sizeof(w->round[0])) {
-            w->round_dropped += (size_t)(count - i);
-            return;
+    size_t cap = sizeof(w->round) / sizeof(w->round[0]);
+    for (char **a = h->h_addr_list; a && *a; a++) {
+        if (w->nround == cap) {
+            w->round_dropped++;
+            continue;
         }
         struct sockaddr_storage *ss = &w->round[w->nround++];
         memset(ss, 0, sizeof(*ss)); /* callers may memcmp whole sockaddrs */
-        if (type == DNS_IPv4_A) {
+        if (h->h_addrtype == AF_INET) {
             struct sockaddr_in *s = (void *)ss;
             s->sin_family = AF_INET;
             s->sin_port = htons(w->port);
-            memcpy(&s->sin_addr, (const char *)addrs + 4 * (size_t)i, 4);
+            memcpy(&s->sin_addr, *a, 4);
         } else {
             struct sockaddr_in6 *s = (void *)ss;
             s->sin6_family = AF_INET6;
             s->sin6_port = htons(w->port);
-            memcpy(&s->sin6_addr, (const char *)addrs + 16 * (size_t)i, 16);
+            memcpy(&s->sin6_addr, *a, 16);
         }
     }
 }
@@ -351,11 +373,27 @@ static void query_done(watch_t *w)
         finish_round(w);
 }
 
-static void on_dns_answer(int result, char type, int count, int ttl, void *addresses, void *arg)
+/* The records of one answer: ARES_ENODATA when it has none of the family asked for. */
+static int parse_answer(watch_t *w, bool ipv6, const unsigned char *abuf, int alen)
+{
+    struct hostent *h = NULL;
+    struct ares_addrttl t4[1]; /* the hostent has every address; these only satisfy the API */
+    struct ares_addr6ttl t6[1];
+    int n = 1;
+    int rc = ipv6 ? ares_parse_aaaa_reply(abuf, alen, &h, t6, &n)
+                  : ares_parse_a_reply(abuf, alen, &h, t4, &n);
+    if (rc == ARES_SUCCESS && h != NULL && h->h_addrtype == (ipv6 ? AF_INET6 : AF_INET))
+        add_addresses(w, h);
+    if (h != NULL)
+        ares_free_hostent(h);
+    return rc;
+}
+
+static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
     query_t *q = arg;
     watch_t *w = q->w;
-    (void)ttl; /* the interval, not the TTL, sets the refresh period */
+    (void)timeouts;
     if (w != NULL)
         for (query_t **p = &w->queries; *p != NULL; p = &(*p)->next)
             if (*p == q) {
@@ -364,37 +402,104 @@ static void on_dns_answer(int result, char type, int count, int ttl, void *addre
             }
     bool ipv6 = q->ipv6;
     free(q);
-    if (w == NULL || result == DNS_ERR_CANCEL)
-        return;
-    if (result == DNS_ERR_NONE)
-        add_addresses(w, type, count, addresses);
-    else if (result != DNS_ERR_NOTEXIST && result != DNS_ERR_NODATA && w->round_err == NULL) {
-        w->round_err = dns_err_name(result); /* NXDOMAIN and no data: no pods, not a failure */
+    if (w == NULL)
+        return; /* detached: its round was abandoned */
+    if (status == ARES_SUCCESS)
+        status = parse_answer(w, ipv6, abuf, alen);
+    /* NXDOMAIN and no data: no pods, not a failure (the TTL is ignored: the interval rules) */
+    if (status != ARES_SUCCESS && status != ARES_ENOTFOUND && status != ARES_ENODATA &&
+        w->round_err == NULL) {
+        w->round_err = dns_err_name(status);
         w->round_err_rr = ipv6 ? "AAAA" : "A";
     }
     query_done(w);
 }
 
+/* ---------- c-ares on the event loop ---------- */
+
+static void arm_timeout(mg_disc_t *d)
+{
+    struct timeval tv, *next = ares_timeout(d->ch, NULL, &tv);
+    if (next != NULL)
+        evtimer_add(d->timeout, next);
+    else
+        evtimer_del(d->timeout);
+}
+
+static void on_ares_timeout(evutil_socket_t fd, short events, void *arg)
+{
+    mg_disc_t *d = arg;
+    (void)fd, (void)events;
+    ares_process_fd(d->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+    arm_timeout(d);
+}
+
+static void on_sock(evutil_socket_t fd, short events, void *arg)
+{
+    mg_disc_t *d = arg;
+    /* may free this event (on_sock_state): libevent allows it from its own callback */
+    ares_process_fd(d->ch, (events & EV_READ) ? fd : ARES_SOCKET_BAD,
+                    (events & EV_WRITE) ? fd : ARES_SOCKET_BAD);
+    arm_timeout(d);
+}
+
+static void sock_free(sock_t *s)
+{
+    if (s->ev != NULL)
+        event_free(s->ev);
+    free(s);
+}
+
+/* c-ares opens, closes and changes interest in its sockets (UDP, and TCP for big answers). */
+static void on_sock_state(void *data, ares_socket_t fd, int readable, int writable)
+{
+    mg_disc_t *d = data;
+    sock_t **p = &d->socks;
+    while (*p != NULL && (*p)->fd != fd)
+        p = &(*p)->next;
+    sock_t *s = *p;
+    short what = (short)((readable ? EV_READ : 0) | (writable ? EV_WRITE : 0));
+    if (what == 0) {
+        if (s != NULL) {
+            *p = s->next;
+            sock_free(s);
+        }
+        return;
+    }
+    if (s != NULL && s->what == what)
+        return;
+    if (s == NULL) {
+        if ((s = calloc(1, sizeof(*s))) == NULL)
+            return; /* its queries time out: a failed round, retried */
+        s->fd = fd;
+        s->next = d->socks;
+        d->socks = s;
+    } else if (s->ev != NULL) {
+        event_free(s->ev);
+    }
+    s->what = what;
+    s->ev = event_new(d->base, fd, what | EV_PERSIST, on_sock, d);
+    if (s->ev != NULL)
+        event_add(s->ev, NULL);
+}
+
 static void issue(watch_t *w, bool ipv6)
 {
     query_t *q = calloc(1, sizeof(*q));
-    if (q != NULL) {
-        q->w = w;
-        q->ipv6 = ipv6;
-        q->req = ipv6 ? evdns_base_resolve_ipv6(w->d->dns, w->host, 0, on_dns_answer, q)
-                      : evdns_base_resolve_ipv4(w->d->dns, w->host, 0, on_dns_answer, q);
-    }
-    if (q == NULL || q->req == NULL) {
-        free(q);
+    if (q == NULL) {
         if (w->round_err == NULL) {
-            w->round_err = "could not start it (out of memory or no nameserver)";
+            w->round_err = "out of memory";
             w->round_err_rr = ipv6 ? "AAAA" : "A";
         }
         return;
     }
+    /* linked and counted first: c-ares may answer (fail) inside ares_search */
+    q->w = w;
+    q->ipv6 = ipv6;
     q->next = w->queries;
     w->queries = q;
     w->pending++;
+    ares_search(w->d->ch, w->host, ns_c_in, ipv6 ? ns_t_aaaa : ns_t_a, on_answer, q);
 }
 
 static void on_timer(evutil_socket_t fd, short events, void *arg)
@@ -416,12 +521,14 @@ static void on_timer(evutil_socket_t fd, short events, void *arg)
         finish_round(w);
         return;
     }
+    mg_disc_t *d = w->d;
     w->pending = 1; /* held while issuing, so an early answer cannot end the round */
-    if (w->d->families & MG_DISC_IPV4)
+    if (d->families & MG_DISC_IPV4)
         issue(w, false);
-    if (w->d->families & MG_DISC_IPV6)
+    if (d->families & MG_DISC_IPV6)
         issue(w, true);
-    query_done(w);
+    query_done(w); /* may free |w| (unwatched from the callback) */
+    arm_timeout(d);
 }
 
 /* A DNS name (letters, digits, '-', '_', labels of 1..63, an optional final dot) or an IP. */
@@ -545,26 +652,70 @@ bool mg_disc_status(const mg_disc_t *d, const char *key, mg_disc_status_t *out)
 
 /* ---------- the discoverer ---------- */
 
-/* evdns' own lines ("Nameserver ... has failed", every flap) would go to stderr unformatted;
- * each watch already warns once per failure streak, so they are debug detail. The hook is
- * process-wide, which is fine: this module is the only evdns user. */
-static void on_evdns_log(int is_warn, const char *msg)
+static pthread_once_t g_ares_once = PTHREAD_ONCE_INIT;
+static int g_ares_init = ARES_ENOTINITIALIZED;
+
+static void ares_init_once(void)
 {
-    (void)is_warn;
-    MG_LOG(MG_LOG_DEBUG, "evdns", "%s", msg);
+    g_ares_init = ares_library_init(ARES_LIB_INIT_ALL);
+}
+
+/* A channel with the discoverer's nameserver, timeout and attempts, on its event loop. */
+static int open_channel(mg_disc_t *d)
+{
+    struct ares_options o;
+    memset(&o, 0, sizeof(o));
+    o.sock_state_cb = on_sock_state;
+    o.sock_state_cb_data = d;
+    o.timeout = (int)d->timeout_ms;
+    o.tries = (int)d->attempts;
+    int rc =
+        ares_init_options(&d->ch, &o, ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES);
+    if (rc != ARES_SUCCESS) {
+        d->ch = NULL;
+        return rc;
+    }
+    if (d->servers[0] != '\0' &&
+        (rc = ares_set_servers_ports_csv(d->ch, d->servers)) != ARES_SUCCESS) {
+        ares_destroy(d->ch);
+        d->ch = NULL;
+    }
+    return rc;
+}
+
+/* Destroys the channel: queries still running answer ARES_EDESTRUCTION to their (detached)
+ * query objects, which frees them; c-ares closes its sockets (on_sock_state). */
+static void close_channel(mg_disc_t *d)
+{
+    if (d->ch != NULL)
+        ares_destroy(d->ch);
+    d->ch = NULL;
+    while (d->socks != NULL) { /* should be none left */
+        sock_t *s = d->socks;
+        d->socks = s->next;
+        sock_free(s);
+    }
+    evtimer_del(d->timeout);
 }
 
 mg_err_t mg_disc_set_timeout(mg_disc_t *d, uint32_t timeout_ms, unsigned attempts)
 {
-    char t[32], a[16];
-    if (timeout_ms == 0 || attempts < 1 || attempts > 255)
+    if (timeout_ms == 0 || timeout_ms > INT32_MAX || attempts < 1 || attempts > 255)
         return MG_E_CONFIG;
-    snprintf(t, sizeof(t), "%u.%03u", timeout_ms / 1000, timeout_ms % 1000);
-    snprintf(a, sizeof(a), "%u", attempts);
-    if (evdns_base_set_option(d->dns, "timeout:", t) != 0 ||
-        evdns_base_set_option(d->dns, "attempts:", a) != 0)
-        return MG_E_CONFIG;
-    return MG_OK;
+    if (d->ch != NULL && d->timeout_ms == timeout_ms && d->attempts == attempts)
+        return MG_OK;
+    d->timeout_ms = timeout_ms;
+    d->attempts = attempts;
+    if (d->ch == NULL)
+        return MG_OK;
+    /* c-ares takes these at init only: a new channel, and the rounds in flight start again */
+    for (watch_t *w = d->watches; w != NULL; w = w->next)
+        if (w->queries != NULL || w->pending > 0) {
+            cancel_round(w);
+            schedule(w, 0);
+        }
+    close_channel(d);
+    return open_channel(d) == ARES_SUCCESS ? MG_OK : MG_E_NOMEM;
 }
 
 mg_err_t mg_disc_set_families(mg_disc_t *d, unsigned families)
@@ -575,24 +726,28 @@ mg_err_t mg_disc_set_families(mg_disc_t *d, unsigned families)
     return MG_OK;
 }
 
-static const char *resolv_conf_error(int r)
+/* c-ares quietly falls back to 127.0.0.1 without a usable resolv.conf: refuse that instead. */
+static const char *resolv_conf_problem(void)
 {
-    switch (r) {
-    case 1:
+    FILE *f = fopen(RESOLV_CONF, "r");
+    if (f == NULL)
         return "cannot open it";
-    case 2:
-        return "cannot stat it";
-    case 3:
-        return "it is too large";
-    case 4:
-        return "out of memory";
-    case 5:
-        return "short read";
-    case 6:
-        return "it lists no nameserver";
-    default:
-        return "unknown error";
+    char line[512];
+    bool found = false;
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        const char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (strncmp(p, "nameserver", 10) == 0 && (p[10] == ' ' || p[10] == '\t')) {
+            p += 10;
+            while (*p == ' ' || *p == '\t')
+                p++;
+            found = *p != '\0' && *p != '\n' && *p != '#' && *p != ';';
+        }
     }
+    bool bad = ferror(f);
+    fclose(f);
+    return bad ? "cannot read it" : found ? NULL : "it lists no nameserver";
 }
 
 mg_disc_t *mg_disc_new(struct event_base *base, const char *nameserver, mg_disc_cb cb, void *ud,
@@ -605,54 +760,68 @@ mg_disc_t *mg_disc_new(struct event_base *base, const char *nameserver, mg_disc_
         snprintf(err, errlen, "discovery needs an event base and a callback");
         return NULL;
     }
+    pthread_once(&g_ares_once, ares_init_once);
+    if (g_ares_init != ARES_SUCCESS) {
+        snprintf(err, errlen, "DNS: c-ares did not initialise: %s", ares_strerror(g_ares_init));
+        return NULL;
+    }
     if ((d = calloc(1, sizeof(*d))) == NULL)
         goto nomem;
     d->base = base;
     d->cb = cb;
     d->ud = ud;
     d->families = MG_DISC_IPV4 | MG_DISC_IPV6;
-    evdns_set_log_fn(on_evdns_log);
-    /* DISABLE_WHEN_INACTIVE: an idle resolver holds no event, so it never keeps a loop alive. */
-    if ((d->dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE)) == NULL)
+    d->timeout_ms = DEFAULT_TIMEOUT_MS;
+    d->attempts = DEFAULT_ATTEMPTS;
+    if ((d->timeout = evtimer_new(base, on_ares_timeout, d)) == NULL)
         goto nomem;
     if (nameserver != NULL) {
         struct sockaddr_storage ss;
         int len = (int)sizeof(ss);
         memset(&ss, 0, sizeof(ss));
-        if (evutil_parse_sockaddr_port(nameserver, (struct sockaddr *)&ss, &len) != 0) {
+        if (evutil_parse_sockaddr_port(nameserver, (struct sockaddr *)&ss, &len) != 0 ||
+            (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)) {
             snprintf(err, errlen,
                      "DNS nameserver \"%s\": not an IP address with an optional port; expected "
                      "e.g. \"127.0.0.1:5353\", \"10.96.0.10\" or \"[::1]:53\"",
                      nameserver);
             goto fail;
         }
-        if (evdns_base_nameserver_sockaddr_add(d->dns, (struct sockaddr *)&ss, (socklen_t)len, 0) !=
-            0) {
-            snprintf(err, errlen, "DNS nameserver \"%s\": cannot open a UDP socket to it",
-                     nameserver);
-            goto fail;
-        }
+        char ip[INET6_ADDRSTRLEN];
+        const struct sockaddr_in *s4 = (const void *)&ss;
+        const struct sockaddr_in6 *s6 = (const void *)&ss;
+        unsigned port = ntohs(ss.ss_family == AF_INET ? s4->sin_port : s6->sin6_port);
+        inet_ntop(ss.ss_family,
+                  ss.ss_family == AF_INET ? (const void *)&s4->sin_addr
+                                          : (const void *)&s6->sin6_addr,
+                  ip, sizeof(ip));
+        snprintf(d->servers, sizeof(d->servers), ss.ss_family == AF_INET ? "%s:%u" : "[%s]:%u", ip,
+                 port ? port : 53);
         snprintf(d->nameserver, sizeof(d->nameserver), "%s", nameserver);
     } else {
-        int r = evdns_base_resolv_conf_parse(d->dns, DNS_OPTIONS_ALL, RESOLV_CONF);
-        if (r != 0) {
+        const char *problem = resolv_conf_problem();
+        if (problem != NULL) {
             snprintf(err, errlen, "DNS: cannot use %s (%s); give a nameserver explicitly",
-                     RESOLV_CONF, resolv_conf_error(r));
+                     RESOLV_CONF, problem);
             goto fail;
         }
         snprintf(d->nameserver, sizeof(d->nameserver), "%s", "the resolv.conf nameservers");
     }
-    if (mg_disc_set_timeout(d, DEFAULT_TIMEOUT_MS, DEFAULT_ATTEMPTS) != MG_OK) {
-        snprintf(err, errlen, "DNS: cannot set the query timeout");
+    int rc = open_channel(d);
+    if (rc != ARES_SUCCESS) {
+        snprintf(err, errlen, "DNS: cannot set up the resolver for %s: %s", d->nameserver,
+                 ares_strerror(rc));
         goto fail;
     }
     return d;
 nomem:
     snprintf(err, errlen, "discovery: out of memory");
 fail:
-    if (d != NULL && d->dns != NULL)
-        evdns_base_free(d->dns, 0);
-    free(d);
+    if (d != NULL) {
+        if (d->timeout != NULL)
+            event_free(d->timeout);
+        free(d);
+    }
     return NULL;
 }
 
@@ -663,8 +832,9 @@ void mg_disc_free(mg_disc_t *d)
     while (d->watches != NULL) {
         watch_t *w = d->watches;
         d->watches = w->next;
-        free_watch(w); /* cancels: the CANCEL callbacks find q->w == NULL */
+        free_watch(w); /* detaches its queries: ares_destroy's callbacks only free them */
     }
-    evdns_base_free(d->dns, 0);
+    close_channel(d);
+    event_free(d->timeout);
     free(d);
 }

@@ -7,7 +7,7 @@
  * that left (let them finish) is the caller's business, typically by building a new immutable
  * snapshot from the set and leaving the old one to the requests that hold it.
  *
- * Resolution is asynchronous (libevent's evdns on the caller's event_base); nothing here blocks
+ * Resolution is asynchronous (c-ares, driven by the caller's event_base); nothing here blocks
  * except reading /etc/resolv.conf once in mg_disc_new. Each watch resolves its name at once,
  * then again interval_ms after each answer or failure (queries of one watch never overlap). The
  * DNS TTL is ignored: the interval is the refresh period.
@@ -17,7 +17,7 @@
  *                            MG_DISC_MAX_ADDRS; the rest is dropped and logged), port = the
  *                            watch's port in every sockaddr;
  *   - NXDOMAIN or no data -> the set is empty: the service has no pods (n = 0);
- *   - timeout, SERVFAIL, REFUSED, a truncated (too large for UDP) or malformed answer, or any
+ *   - timeout, SERVFAIL, REFUSED, a refused connection, a malformed answer, or any
  *     other failure of either query -> the last set is kept, one warning is logged per failure
  *     streak (and one info line when the name resolves again), and the watch retries at its
  *     interval.
@@ -25,9 +25,9 @@
  * answer whose set differs from the last one reported. Before its first answer a watch has no
  * set and the callback has not run.
  *
- * Limits of evdns (libevent 2.1): no TCP fallback and at most 32 records per family per
- * answer, so a name with more pods than fit a 512-byte UDP answer (about 29 A records for a
- * short name) fails as "truncated" and keeps its last set. The log says so.
+ * A name with more pods than a 512-byte UDP answer holds (about 29 A records) gets a truncated
+ * answer over UDP; c-ares then asks again over TCP, so every pod (up to MG_DISC_MAX_ADDRS) is
+ * found.
  *
  * Threading and ownership: a discoverer belongs to the thread that runs |base| (the admin or
  * main thread, not a worker); every call, and every callback, happens on that thread. Strings
@@ -47,7 +47,8 @@
 
 struct event_base;
 
-#define MG_DISC_MAX_ADDRS 64        /* addresses per watch; more are dropped (and logged) */
+/* addresses per watch, as many as a service may have pods; more are dropped (and logged) */
+#define MG_DISC_MAX_ADDRS 64
 #define MG_DISC_MIN_INTERVAL_MS 100 /* shorter intervals are raised to this */
 #define MG_DISC_MAX_HOSTNAME 253    /* the longest DNS name */
 
@@ -74,10 +75,9 @@ mg_disc_t *mg_disc_new(struct event_base *base, const char *nameserver, mg_disc_
                        char *err, size_t errlen);
 
 /*
- * Frees every watch and the resolver. No callback runs afterwards. Queries still in flight are
- * cancelled; libevent finishes them on |base|'s next loop turn, so run the loop once
- * (EVLOOP_NONBLOCK) before event_base_free or their few bytes leak. NULL is fine. Must not be
- * called from the callback.
+ * Frees every watch and the resolver, with its sockets and events. No callback runs
+ * afterwards; queries still in flight are cancelled at once. NULL is fine. Must not be called
+ * from the callback.
  */
 void mg_disc_free(mg_disc_t *d);
 
@@ -100,9 +100,10 @@ mg_err_t mg_disc_watch(mg_disc_t *d, const char *key, const char *hostname, uint
 void mg_disc_unwatch(mg_disc_t *d, const char *key);
 
 /*
- * Per-query timeout and number of attempts (1..255) for the resolutions that start from now
- * on; a failure is reported after about timeout_ms * attempts. Returns MG_OK, or MG_E_CONFIG
- * when timeout_ms is 0 or attempts is out of range.
+ * Per-query timeout and number of attempts (1..255); a failure is reported after about
+ * timeout_ms * attempts. The resolver is rebuilt with them, and resolutions in flight start
+ * again. Not from the callback. Returns MG_OK, MG_E_CONFIG when timeout_ms is 0 or attempts
+ * is out of range, or MG_E_NOMEM.
  */
 mg_err_t mg_disc_set_timeout(mg_disc_t *d, uint32_t timeout_ms, unsigned attempts);
 

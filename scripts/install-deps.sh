@@ -26,6 +26,7 @@ PACKAGES=(
     libopenblas-dev      # CBLAS (gemv): the runtime's linear and embedding model kinds
     libhiredis-dev       # Redis client with a libevent adapter: user features, async
     libmariadb-dev       # MariaDB Connector/C: request log rows and the features table
+    libc-ares-dev        # c-ares: DNS discovery of pods, with TCP for big answers
     # --- servers the local stack and the tests start privately (loopback, own data dirs)
     mariadb-server       # the request log and the features' source of truth
     redis-server         # the user-features cache

@@ -30,6 +30,12 @@ def pods_seen(gw, n=60):
     return seen
 
 
+def pods_in_metrics(admin_port, metric="modelgate_pod_requests_total"):
+    text = httpx.get("http://127.0.0.1:%d/metrics" % admin_port, timeout=5).text
+    return {line.split('pod="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+            if line.startswith(metric + "{")}
+
+
 def test_pods_come_and_go_with_dns(procs):
     port = free_port()
     pods = {ip: procs.backend("pod-%s" % ip.rsplit(".", 1)[1], host=ip, port=port)
@@ -46,9 +52,7 @@ def test_pods_come_and_go_with_dns(procs):
              what="the two pods DNS names")
 
     def metrics_pods():
-        text = httpx.get("http://127.0.0.1:%d/metrics" % aport, timeout=5).text
-        return {line.split('pod="', 1)[1].split('"', 1)[0] for line in text.splitlines()
-                if line.startswith("modelgate_pod_requests_total{")}
+        return pods_in_metrics(aport)
     assert metrics_pods() == {"127.0.0.2:%d" % port, "127.0.0.3:%d" % port}
     # a pod is added: it gets traffic without a reload
     dns.set_hosts({NAME: ["127.0.0.2", "127.0.0.3", "127.0.0.4"]})
@@ -105,3 +109,21 @@ def test_nameserver_down_keeps_the_last_pods(procs):
     time.sleep(1.0)  # several failed rounds
     assert set(pods_seen(gw, 20)) == {"pod-2"}
     assert a.proc.alive()
+
+
+def test_more_pods_than_a_udp_answer_holds(procs):
+    """A plain DNS answer over UDP holds about 29 A records; a Service with more pods answers
+    truncated, and the resolver asks again over TCP: all 60 pods are in the routing."""
+    port = free_port()
+    ips = ["127.0.1.%d" % i for i in range(1, 61)]
+    dns = Dnsmasq(procs, {NAME: ips})
+    routes = {"domain": DOMAIN, "envs": ["production"],
+              "services": {"s": {"protocol": "http1",
+                                 "dns": {"name": NAME, "port": port, "interval_ms": 200}}},
+              "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+    aport = free_port()
+    procs.gateway(routes, conf={"dns_nameserver": dns.addr,
+                                "admin": {"listen": "127.0.0.1:%d" % aport}}, tls=False)
+    want = {"%s:%d" % (ip, port) for ip in ips}
+    wait_for(lambda: pods_in_metrics(aport, "modelgate_pod_healthy") == want, 5,
+             what="the 60 pods DNS names")

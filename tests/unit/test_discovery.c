@@ -250,6 +250,16 @@ static bool run_until(fixture_t *f, size_t n, long ms)
     return f->hit;
 }
 
+/* Runs the loop until |calls| callbacks happened in all (one pass may report several
+ * watches: their answers arrive together), or |ms| pass. */
+static bool run_until_calls(fixture_t *f, unsigned calls, long ms)
+{
+    long slices = ms / 50 + 1;
+    while (f->calls < calls && slices-- > 0)
+        run_until(f, SIZE_MAX, 50);
+    return f->calls >= calls;
+}
+
 /* Runs the loop for |ms| and returns how many callbacks happened meanwhile. */
 static unsigned run_for(fixture_t *f, long ms)
 {
@@ -511,14 +521,15 @@ static void nameserver_down_keeps_the_set_then_resumes(void **state)
     assert_true(run_until(f, 2, WAIT_MS));
 
     dns_stop(&f->dns);
-    /* timeouts (200 ms, one attempt) every interval: no callback, the set stays */
+    /* refused at once on loopback (else timeouts of 200 ms, one attempt) every interval: no
+     * callback, the set stays */
     assert_int_equal(run_for(f, 1500), 0);
     mg_disc_status_t st;
     assert_true(mg_disc_status(f->d, "svc", &st));
     assert_true(st.answered);
     assert_int_equal(st.naddrs, 2);
     assert_true(st.failures >= 2);
-    assert_string_equal(st.error, "timeout");
+    assert_true(strcmp(st.error, "connection refused") == 0 || strcmp(st.error, "timeout") == 0);
 
     /* the same port again, with other records: updates resume */
     write_hosts(&f->dns, "10.0.0.1 svc.test\n10.0.0.2 svc.test\n10.0.0.3 svc.test\n");
@@ -550,8 +561,7 @@ static void unwatch_stops_callbacks(void **state)
     start(f, "10.0.0.1 a.svc.test\n10.0.0.2 b.svc.test\n");
     assert_int_equal(mg_disc_watch(f->d, "a", "a.svc.test", 80, INTERVAL_MS), MG_OK);
     assert_int_equal(mg_disc_watch(f->d, "b", "b.svc.test", 80, INTERVAL_MS), MG_OK);
-    assert_true(run_until(f, 1, WAIT_MS));
-    assert_true(run_until(f, 1, WAIT_MS));
+    assert_true(run_until_calls(f, 2, WAIT_MS));
     assert_int_equal(f->calls, 2);
 
     mg_disc_unwatch(f->d, "a");
@@ -630,25 +640,30 @@ static void interval_has_a_floor(void **state)
     assert_true(st.answers <= 11); /* 1 s / 100 ms, plus the first */
 }
 
-static void too_many_records_for_udp_keep_the_last_set(void **state)
+/* More records than a 512-byte UDP answer holds (about 29 A records): the truncated answer is
+ * fetched again over TCP, and every pod is there. */
+static void many_records_come_over_tcp(void **state)
 {
     fixture_t *f = *state;
-    char hosts[4096] = "", line[64];
+    static char hosts[60 * 32];
+    char line[64];
     start(f, "10.0.1.1 big.svc.test\n");
     assert_int_equal(mg_disc_set_families(f->d, MG_DISC_IPV4), MG_OK);
     assert_int_equal(mg_disc_watch(f->d, "big", "big.svc.test", 80, INTERVAL_MS), MG_OK);
     assert_true(run_until(f, 1, WAIT_MS));
-    for (int i = 1; i <= 40; i++) {
+    hosts[0] = '\0';
+    for (int i = 1; i <= 60; i++) {
         snprintf(line, sizeof(line), "10.0.1.%d big.svc.test\n", i);
         strcat(hosts, line);
     }
     dns_set_hosts(&f->dns, hosts);
-    assert_int_equal(run_for(f, 5 * INTERVAL_MS), 0);
+    assert_true(run_until(f, 60, WAIT_MS));
+    assert_addr(&f->addrs[0], "10.0.1.1:80");
+    assert_addr(&f->addrs[59], "10.0.1.60:80");
     mg_disc_status_t st;
     assert_true(mg_disc_status(f->d, "big", &st));
-    assert_int_equal(st.naddrs, 1);
-    assert_true(st.failures >= 1);
-    assert_string_equal(st.error, "truncated answer");
+    assert_int_equal(st.naddrs, 60);
+    assert_int_equal(st.failures, 0);
 }
 
 int main(void)
@@ -670,8 +685,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(ip_literal_needs_no_dns, setup, teardown),
         cmocka_unit_test_setup_teardown(interval_has_a_floor, setup, teardown),
-        cmocka_unit_test_setup_teardown(too_many_records_for_udp_keep_the_last_set, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(many_records_come_over_tcp, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
