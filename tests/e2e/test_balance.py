@@ -313,9 +313,12 @@ def test_kill9_pod_without_retries_loses_only_its_in_flight(procs):
     print("kill -9 of p1 under 8 concurrent clients, retries off: %d failed: %s"
           % (len(failures), failures[:3]))
     # only the requests in flight on p1 at the kill (at most one per client); the connect
-    # failures that follow still go to another pod
+    # failures that follow still go to another pod. A 502, or, when p1 died between the
+    # HEADERS and the DATA of its answer, a response cut after its head (already sent on):
+    # the client sees the connection close before the announced content-length.
     assert len(failures) <= 8, failures
-    assert all(f[0] == 502 for f in failures), failures
+    assert all(f[0] == 502 or "without sending complete message body" in f[1]
+               for f in failures), failures
 
 
 def test_unhealthy_pod_leaves_and_returns(procs):
