@@ -113,6 +113,8 @@ struct conn {
     bool h1_headers_done;
     bool h1_read_off;
     bool h1_err_too_large;
+    int h1_refused;          /* a request we refuse at its head: the status (see h1_refuse) */
+    const char *h1_refused_code, *h1_refused_msg;
     char *h1_scratch; /* field and value being accumulated */
     size_t h1_fld_len, h1_val_len, h1_hdr_bytes;
 };
@@ -906,6 +908,26 @@ static int h1_on_message_begin(llhttp_t *p)
     return c->h1s ? 0 : -1;
 }
 
+/* Refuses the request being parsed: h1_process answers |status| and closes. */
+static int h1_refuse(conn_t *c, int status, const char *code, const char *msg)
+{
+    c->h1_refused = status;
+    c->h1_refused_code = code;
+    c->h1_refused_msg = msg;
+    return -1;
+}
+
+/* The value of a Transfer-Encoding field is exactly "chunked" (any case, optional spaces):
+ * llhttp also takes "gzip, chunked", whose gzip coding nobody would undo. */
+static bool h1_is_chunked(const char *v, size_t n)
+{
+    while (n > 0 && (*v == ' ' || *v == '\t'))
+        v++, n--;
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    return n == 7 && strncasecmp(v, "chunked", 7) == 0;
+}
+
 static int h1_limit(conn_t *c, size_t len)
 {
     c->h1_hdr_bytes += len;
@@ -977,11 +999,15 @@ static int h1_on_value_complete(llhttp_t *p)
         return 0;
     }
     if (nlen == 6 && strncasecmp(name, "expect", 6) == 0 && vlen == 12 &&
-        strncasecmp(value, "100-continue", 12) == 0) {
+        strncasecmp(value, "100-continue", 12) == 0 && c->parser.http_minor >= 1) {
         /* we stream the body anyway: let the client send it now */
         bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         return 0;
     }
+    if (nlen == 17 && strncasecmp(name, "transfer-encoding", 17) == 0 &&
+        !h1_is_chunked(value, vlen))
+        return h1_refuse(c, 501, "not_implemented",
+                         "transfer codings other than chunked are not supported");
     hdr_push(s, false, name, nlen, value, vlen);
     return 0;
 }
@@ -992,11 +1018,18 @@ static int h1_on_headers_complete(llhttp_t *p)
     mg_srv_stream_t *s = c->h1s;
     c->h1_headers_done = true;
     s->method = llhttp_method_name(llhttp_get_method(p));
+    if (llhttp_get_method(p) == HTTP_CONNECT)
+        return h1_refuse(c, 501, "not_implemented", "CONNECT is not supported");
+    /* Upgrade (h2c from curl --http2, websocket) is not supported: the request is answered as
+     * plain HTTP/1.1, which RFC 9110 7.8 allows (the proxy drops Upgrade as hop-by-hop) */
+    p->upgrade = 0;
     bool body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length);
     if (!llhttp_should_keep_alive(p))
         c->h1_close = true;
     if (c->srv->shutting_down)
         c->h1_close = true;
+    if ((p->flags & F_TRANSFER_ENCODING) && p->http_minor == 0)
+        c->h1_close = true; /* HTTP/1.0 framing with a transfer coding is faulty: RFC 9112 6.1 */
     dispatch_request(s, !body);
     return 0;
 }
@@ -1081,6 +1114,8 @@ again:
         evbuffer_drain(in, evbuffer_get_length(in));
         if (c->h1_err_too_large)
             h1_reject(c, 431, "headers_too_large", "request header fields too large");
+        else if (c->h1_refused)
+            h1_reject(c, c->h1_refused, c->h1_refused_code, c->h1_refused_msg);
         else if (err == HPE_PAUSED_UPGRADE || err == HPE_PAUSED_H2_UPGRADE)
             h1_reject(c, 400, "bad_request", "protocol upgrade is not supported");
         else {
@@ -1161,6 +1196,7 @@ static const char *reason(int status)
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";

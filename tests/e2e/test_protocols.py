@@ -534,6 +534,21 @@ def test_client_cancel_resets_upstream_stream(both_upstreams):
     gw.assert_alive()
 
 
+def test_curl_http2_upgrade_offer_on_cleartext(stack):
+    """curl --http2 on http:// offers Upgrade: h2c on its first request. The gateway answers
+    it as plain HTTP/1.1 (as nginx does) and serves the next request on the connection: it
+    used to answer that one 400 and drop it."""
+    gw, _, _ = stack
+    r = subprocess.run(["curl", "-sS", "--max-time", "10", "--http2", "-H", "host: " + HOST,
+                        "-w", "%{http_code} %{http_version}\n",
+                        "-o", "/dev/null", "http://127.0.0.1:%d/x" % gw.port,
+                        "-o", "/dev/null", "http://127.0.0.1:%d/y" % gw.port],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["200 1.1", "200 1.1"], r.stdout
+    gw.assert_alive()
+
+
 @pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
 def test_upstream_connections_reused(both_upstreams, host):
     gw, _, _ = both_upstreams

@@ -858,6 +858,73 @@ static void h1_early_answer_big_body_closes(void **state)
     client_free(c);
 }
 
+/* CONNECT would make the gateway an open tunnel: refused (501) before any handler sees it. */
+static void h1_connect_is_refused(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c, "CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n");
+    assert_true(run_until(f, c, is_eof, NULL));
+    assert_int_equal(strncmp(c->buf, "HTTP/1.1 501 ", 13), 0);
+    assert_int_equal(f->nrequests, 0);
+    client_free(c);
+}
+
+/* An Upgrade (curl --http2 sends Upgrade: h2c) is ignored: the request is answered as plain
+ * HTTP/1.1 and the connection goes on. llhttp used to pause after it, and the next request
+ * got a 400 and was dropped. */
+static void h1_upgrade_is_ignored(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c,
+                 "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                 "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+                 "GET /y HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_true(run_until(f, c, has_text, "GET /y\n"));
+    assert_non_null(strstr(c->buf, "GET /x\n"));
+    assert_null(strstr(c->buf, " 400 "));
+    assert_null(strstr(c->buf, " 101 "));
+    assert_int_equal(f->nrequests, 2);
+    client_free(c);
+}
+
+/* A transfer coding other than chunked (gzip here) would reach the handler as if it were the
+ * body: 501, as nginx answers. */
+static void h1_transfer_coding_other_than_chunked_is_refused(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c,
+                 "POST /z HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                 "3\r\nabc\r\n0\r\n\r\n");
+    assert_true(run_until(f, c, is_eof, NULL));
+    assert_int_equal(strncmp(c->buf, "HTTP/1.1 501 ", 13), 0);
+    assert_int_equal(f->nrequests, 0);
+    client_free(c);
+}
+
+/* HTTP/1.0 with Transfer-Encoding: faulty framing (RFC 9112 6.1), the connection closes after
+ * the answer even with keep-alive; and an HTTP/1.0 client gets no 100 Continue (RFC 9110
+ * 10.1.1). */
+static void h1_http10_transfer_coding_closes(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c,
+                 "POST /a HTTP/1.0\r\nConnection: keep-alive\r\nExpect: 100-continue\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /b HTTP/1.0\r\n\r\n");
+    assert_true(run_until(f, c, is_eof, NULL));
+    assert_non_null(strstr(c->buf, "POST /a\n"));
+    assert_null(strstr(c->buf, "GET /b"));
+    assert_null(strstr(c->buf, "100 Continue"));
+    client_free(c);
+}
+
 /* The same crash without any handler involvement: more fields than max_headers (431). */
 static void h1_trailers_after_431(void **state)
 {
@@ -1246,6 +1313,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_trailers_after_early_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_then_late_body, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_keeps_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_connect_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_upgrade_is_ignored, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_transfer_coding_other_than_chunked_is_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(h1_http10_transfer_coding_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_linger_stops_after_a_mebibyte, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_big_body_closes, setup, teardown),
     };
