@@ -369,6 +369,11 @@ static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void 
     } else if (f->hd.type == NGHTTP2_DATA && end) {
         deliver_end(s);
     }
+    /* Answered in full before the request body ended: the exchange is over and nothing more
+     * will be sent, so the stream is reset (NO_ERROR, RFC 9113 8.1) instead of staying open
+     * and holding one of the connection's streams for good. */
+    if (end && !s->body_ended && !s->cancelled)
+        nghttp2_submit_rst_stream(sess, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
     return 0;
 }
 
@@ -613,6 +618,10 @@ static int h1_on_message_complete(llhttp_t *p)
     }
     bool reusable = llhttp_should_keep_alive(p) && s->body_ended &&
                     evbuffer_get_length(s->body) == 0;
+    if (c->read_off) { /* paused for this exchange's consumer, which is done with it now */
+        c->read_off = false;
+        bufferevent_enable(c->bev, EV_READ);
+    }
     deliver_end(s);
     stream_unlink(c, s);
     stream_release(c->pool->u, s);
@@ -627,7 +636,8 @@ static void h1_recv(up_conn_t *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     c->in_recv = true;
-    while (evbuffer_get_length(in) > 0 && !c->dead) {
+    /* read_off: the consumer is full; what is buffered waits too (mg_up_consume resumes) */
+    while (evbuffer_get_length(in) > 0 && !c->dead && !c->read_off) {
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;

@@ -25,6 +25,8 @@ Every request body is read as it arrives and only hashed, never stored. Endpoint
     /trailers           answers with trailer x-trailer-a: 1; the JSON carries the request trailers
     /reset              resets the stream (HTTP/2) or closes the connection (HTTP/1.1)
     /drip?n=K&ms=M      answers at once, then K body chunks "drip-<i>\n", one every M ms
+    /early              (HTTP/2) answers in full as soon as the request head arrives, before
+                        its body (as a pod refusing an upload does)
     anything else       200 and the JSON summary below
 Query parameter set-header=NAME:VALUE (repeatable) adds a response header (HTTP/1.1 sends it as
 is, hop-by-hop or not; HTTP/2 only what h2 lets through).
@@ -36,7 +38,7 @@ Summary (application/json, response header x-pod: NAME):
      "body_sha256", "trailers" {name: value}, "conn_id" (numbers this process's connections),
      "stream_id" (HTTP/2 stream id, or the request's rank on its HTTP/1.1 connection)}
 Log lines on stdout: "req PROTO METHOD PATH" per request, "rst h2c PATH" when a peer resets a
-stream before its response is done.
+stream ("rst h2c #ID" once its response is done).
 
 Importable: pattern_chunk(), serve(), main().
 """
@@ -244,7 +246,7 @@ class H2Handler:
                         [(k, v) for k, v in hdrs], self.conn_id, ev.stream_id)
             self.reqs[ev.stream_id] = r
             log_request("h2c", r.method, r.target)
-            if ev.stream_ended:
+            if ev.stream_ended or r.path == "/early":
                 self.start_response(ev.stream_id)
         elif isinstance(ev, h2.events.DataReceived):
             r = self.reqs.get(ev.stream_id)
@@ -263,9 +265,9 @@ class H2Handler:
             self.start_response(ev.stream_id)
         elif isinstance(ev, h2.events.StreamReset):
             r = self.reqs.pop(ev.stream_id, None)
-            if r is not None:
-                sys.stdout.write("rst h2c %s\n" % r.target)
-                sys.stdout.flush()
+            sys.stdout.write("rst h2c %s\n" % (r.target if r is not None else
+                                                "#%d" % ev.stream_id))
+            sys.stdout.flush()
             t = self.tasks.pop(ev.stream_id, None)
             if t is not None:
                 t.cancel()

@@ -549,6 +549,26 @@ def test_curl_http2_upgrade_offer_on_cleartext(stack):
     gw.assert_alive()
 
 
+def test_pod_answering_before_the_body_ends_frees_its_stream(procs):
+    """An h2c pod that answers in full while the request body is still coming: the gateway
+    forwards the answer and resets the pod's stream (NO_ERROR), which otherwise stayed open
+    for good, holding one of the connection's streams."""
+    a = procs.backend("pod-a", args=["--proto", "h2c"])
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       tls=False)
+
+    def body():
+        yield b"x" * 1000
+        time.sleep(1.0)  # the pod has answered by now
+        yield b"y" * 1000
+
+    r = httpx.post("http://127.0.0.1:%d/early" % gw.port, content=body(),
+                   headers={"host": HOST}, timeout=10)
+    assert r.status_code == 200 and r.json()["path"] == "/early"
+    wait_for(lambda: "rst h2c" in a.proc.stdout(), 5, what="the pod's stream reset")
+    gw.assert_alive()
+
+
 @pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
 def test_upstream_connections_reused(both_upstreams, host):
     gw, _, _ = both_upstreams
