@@ -348,7 +348,7 @@ static void conn_close(conn_t *c)
 }
 
 /*
- * Lingering close, as nginx's lingering_close: a cleartext HTTP/1.1 connection we close after
+ * Lingering close, as nginx's lingering_close: an HTTP/1.1 connection we close after
  * our last byte (an answer before the request body, Connection: close) may still receive what
  * the client was sending. Closing a socket with unread input makes the kernel answer with a
  * reset, and a reset can reach the client before it has read our answer, which it then loses
@@ -375,12 +375,14 @@ static void on_linger_event(struct bufferevent *bev, short events, void *arg)
     conn_close(arg);
 }
 
-/* The close we decide once our last byte left: lingers for cleartext HTTP/1.1 (see LINGER_MS). */
+/* The close we decide once our last byte left: lingers for HTTP/1.1 (see LINGER_MS). Over
+ * TLS without a FIN of ours (the TLS layer would need its own close first): the client has
+ * the whole answer, with its length, and Connection: close, so it closes first. */
 static void conn_close_flushed(conn_t *c)
 {
     int fd = c->bev ? bufferevent_getfd(c->bev) : -1;
-    if (c->dead || c->lingering || c->tls || c->proto != P_H1 || fd < 0 ||
-        shutdown(fd, SHUT_WR) != 0) {
+    if (c->dead || c->lingering || c->proto != P_H1 || fd < 0 ||
+        (!c->tls && shutdown(fd, SHUT_WR) != 0)) {
         conn_close(c);
         return;
     }

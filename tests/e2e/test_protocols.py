@@ -593,6 +593,27 @@ def test_tls_without_alpn_is_http11(stack):
     assert r.json()["headers"]["x-forwarded-proto"] == "https"
 
 
+def test_tls_early_answer_then_late_body(stack):
+    """Over TLS too, a client still sending its body after the gateway's early answer (404 for
+    an unknown host, Connection: close) keeps sending without error and reads the answer: the
+    gateway lingers, reading and dropping, instead of closing on unread input (which resets
+    the connection and can destroy the answer before the client reads it)."""
+    gw, _, _ = stack
+    ctx = ssl.create_default_context(cafile=gw.procs.tls["ca"])
+    with H1Conn(gw.tls_port, tls_ctx=ctx, server_name=HOST) as c:
+        c.send(b"POST /x HTTP/1.1\r\nHost: nosuchapp-production.%s\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" % DOMAIN.encode())
+        time.sleep(0.3)  # answered and flushed by now
+        chunk = b"%x\r\n%s\r\n" % (65536, b"b" * 65536)
+        for _ in range(8):
+            c.sock.sendall(chunk)
+            time.sleep(0.02)
+        c.sock.sendall(b"0\r\n\r\n")
+        r = c.read_response()
+    assert r.status == 404 and r.headers.get("connection") == "close"
+    gw.assert_alive()
+
+
 def test_tls13_prefers_aes128_gcm(stack):
     """A client offering OpenSSL's default TLS 1.3 suites (AES-256 first) gets AES-128-GCM: the
     gateway's preference, as cheap as TLS 1.3 gets on AES-NI machines."""
