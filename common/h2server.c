@@ -997,6 +997,8 @@ static int h1_on_value_complete(llhttp_t *p)
         return 0;
     }
     if (nlen == 4 && strncasecmp(name, "host", 4) == 0) {
+        if (s->host != NULL) /* which one would route? RFC 9112 3.2 */
+            return h1_refuse(c, 400, "bad_request", "more than one Host header");
         s->host = mg_arena_strndup(&s->arena, value, vlen);
         return 0;
     }
@@ -1014,6 +1016,34 @@ static int h1_on_value_complete(llhttp_t *p)
     return 0;
 }
 
+/* An absolute-form target (GET http://host/path): its authority is the host, whatever Host
+ * says (RFC 9112 3.2.2), and the path goes on in origin form. */
+static int h1_absolute_form(mg_srv_stream_t *s)
+{
+    const char *t = s->path;
+    size_t skip = strncasecmp(t, "http://", 7) == 0    ? 7
+                  : strncasecmp(t, "https://", 8) == 0 ? 8
+                                                       : 0;
+    if (skip == 0)
+        return 0;
+    const char *auth = t + skip, *end = auth + strcspn(auth, "/?#");
+    if (end == auth)
+        return -1;
+    s->host = mg_arena_strndup(&s->arena, auth, (size_t)(end - auth));
+    if (*end == '/')
+        s->path = mg_arena_strndup(&s->arena, end, strlen(end));
+    else { /* "http://h?q" -> "/?q", "http://h" -> "/" */
+        size_t n = strlen(end);
+        char *path = mg_arena_alloc(&s->arena, n + 2);
+        if (path != NULL) {
+            path[0] = '/';
+            memcpy(path + 1, end, n + 1);
+        }
+        s->path = path;
+    }
+    return s->host && s->path ? 0 : -1;
+}
+
 static int h1_on_headers_complete(llhttp_t *p)
 {
     conn_t *c = parser_conn(p);
@@ -1022,6 +1052,10 @@ static int h1_on_headers_complete(llhttp_t *p)
     s->method = llhttp_method_name(llhttp_get_method(p));
     if (llhttp_get_method(p) == HTTP_CONNECT)
         return h1_refuse(c, 501, "not_implemented", "CONNECT is not supported");
+    if (h1_absolute_form(s) != 0)
+        return h1_refuse(c, 400, "bad_request", "malformed absolute request target");
+    if (p->http_minor >= 1 && s->host == NULL && !s->bad_status)
+        return h1_refuse(c, 400, "bad_request", "HTTP/1.1 request without a Host header");
     /* Upgrade (h2c from curl --http2, websocket) is not supported: the request is answered as
      * plain HTTP/1.1, which RFC 9110 7.8 allows (the proxy drops Upgrade as hop-by-hop) */
     p->upgrade = 0;
@@ -1272,6 +1306,8 @@ static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t
         c->h1_close = true; /* said now: a client told keep-alive would send its next request */
     if (c->h1_close || c->srv->shutting_down)
         evbuffer_add(out, "connection: close\r\n", 19);
+    else if (c->parser.http_minor == 0) /* HTTP/1.0 closes unless told otherwise */
+        evbuffer_add(out, "connection: keep-alive\r\n", 24);
     evbuffer_add(out, "\r\n", 2);
 }
 

@@ -925,6 +925,41 @@ static void h1_http10_transfer_coding_closes(void **state)
     client_free(c);
 }
 
+/* RFC 9112 3.2: an HTTP/1.1 request without Host, or with two, is a 400 (with two, the one
+ * that routes and the one the pod sees could differ). */
+static void h1_host_required_and_single(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    static const char *const bad[] = {"GET /a HTTP/1.1\r\n\r\n",
+                                      "GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"};
+    for (size_t i = 0; i < 2; i++) {
+        client_t *c = client_new();
+        client_sends(f, c, bad[i]);
+        assert_true(run_until(f, c, is_eof, NULL));
+        assert_int_equal(strncmp(c->buf, "HTTP/1.1 400 ", 13), 0);
+        client_free(c);
+    }
+    assert_int_equal(f->nrequests, 0);
+}
+
+/* An absolute-form target: its authority routes (not Host), its path goes on in origin form;
+ * and an HTTP/1.0 client that asked for keep-alive is told it got it. */
+static void h1_absolute_form_and_http10_keep_alive(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c, "GET http://b.example?q=1 HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    assert_true(run_until(f, c, has_text, "GET /?q=1\n"));
+    assert_string_equal(f->authority, "b.example");
+    client_sends(f, c, "GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_true(run_until(f, c, has_text, "GET /old\n"));
+    assert_non_null(strstr(c->buf, "connection: keep-alive\r\n"));
+    assert_false(c->eof);
+    client_free(c);
+}
+
 /* The same crash without any handler involvement: more fields than max_headers (431). */
 static void h1_trailers_after_431(void **state)
 {
@@ -1314,6 +1349,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_early_answer_then_late_body, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_keeps_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_connect_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_host_required_and_single, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_absolute_form_and_http10_keep_alive, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_upgrade_is_ignored, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_transfer_coding_other_than_chunked_is_refused, setup,
                                         teardown),
