@@ -76,6 +76,7 @@ struct mg_srv_stream {
     struct evbuffer *out; /* HTTP/2 response body queue */
     bool responded, out_ended, deferred, want_drain, in_drain_list;
     bool h1_chunked, h1_nobody;
+    bool h1_expect_100; /* Expect: 100-continue: said once the handler takes the request */
     nghttp2_nv *resp_trailers;
     size_t nresp_trailers;
 };
@@ -683,6 +684,11 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
     if (c->idle_timer)
         evtimer_del(c->idle_timer);
     c->srv->h->on_request(s, &req, c->srv->ud);
+    /* Expect: 100-continue: the client may send its body now that the handler took the
+     * request; one answered at once (404, 401, 429) makes the client skip the body instead */
+    if (c->proto == P_H1 && c->h1s == s && !c->dead && s->h1_expect_100 && !s->responded &&
+        !s->req_ended)
+        bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     if (end_stream && s->handled && s->c == c)
         s->h->on_end(s, NULL, 0);
 }
@@ -1004,8 +1010,7 @@ static int h1_on_value_complete(llhttp_t *p)
     }
     if (nlen == 6 && strncasecmp(name, "expect", 6) == 0 && vlen == 12 &&
         strncasecmp(value, "100-continue", 12) == 0 && c->parser.http_minor >= 1) {
-        /* we stream the body anyway: let the client send it now */
-        bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        s->h1_expect_100 = true; /* see dispatch_request */
         return 0;
     }
     if (nlen == 17 && strncasecmp(name, "transfer-encoding", 17) == 0 &&

@@ -925,6 +925,22 @@ static void h1_http10_transfer_coding_closes(void **state)
     client_free(c);
 }
 
+/* Expect: 100-continue on a request answered at once (a 404, 401 or 429): no 100 before
+ * the answer, so the client skips its body instead of sending it for nothing. */
+static void h1_expect_100_not_for_an_early_answer(void **state)
+{
+    fixture_t *f = *state;
+    start(f); /* A_NOW */
+    client_t *c = client_new();
+    client_sends(f, c,
+                 "POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                 "Expect: 100-continue\r\n\r\n");
+    assert_true(run_until(f, c, has_text, "POST /e\n"));
+    assert_int_equal(strncmp(c->buf, "HTTP/1.1 200 ", 13), 0);
+    assert_null(strstr(c->buf, "100 Continue"));
+    client_free(c);
+}
+
 /* RFC 9112 3.2: an HTTP/1.1 request without Host, or with two, is a 400 (with two, the one
  * that routes and the one the pod sees could differ). */
 static void h1_host_required_and_single(void **state)
@@ -1333,6 +1349,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_head_has_no_body, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_http10_response_framing, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_expect_100_continue, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_expect_100_not_for_an_early_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_header_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_too_many_headers, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_malformed_request_line, setup, teardown),
