@@ -549,9 +549,24 @@ bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t 
     return true;
 }
 
+bool mg_trailer_forbidden(const char *name, size_t len)
+{
+    static const char *const names[] = {"connection", "keep-alive", "proxy-connection",
+                                        "transfer-encoding", "upgrade", "te", "content-length",
+                                        "host", "trailer"};
+    if (len > 0 && name[0] == ':')
+        return true;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
+            return true;
+    return false;
+}
+
 static void hdr_push(mg_srv_stream_t *s, bool trailer, const char *name, size_t nlen,
                      const char *value, size_t vlen)
 {
+    if (trailer && mg_trailer_forbidden(name, nlen))
+        return;
     bool ok = trailer ? mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap,
                                      s->c->srv->conf.max_headers, name, nlen, value, vlen)
                       : mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap,

@@ -152,6 +152,12 @@ bool mg_srv_responded(const mg_srv_stream_t *s);
 bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t max,
                   const char *name, size_t nlen, const char *value, size_t vlen);
 
+/* A field that must not travel in a trailer section (RFC 9110 6.5.1, RFC 9113 8.2.2):
+ * connection-specific fields, framing (content-length, transfer-encoding), host, trailer and
+ * pseudo-fields. Dropped where trailers arrive, so neither side forwards them: an HTTP/2 peer
+ * resets a stream whose trailers carry a connection-specific field. Any case. */
+bool mg_trailer_forbidden(const char *name, size_t len);
+
 /* Moves frames from |h2| into |bev|'s output until nghttp2 has nothing more or the output holds
  * |high| bytes. Frames are coalesced so that one socket write (one TLS record) carries many.
  * With |piece| > 0, frames added to an empty output start a contiguous piece of that many

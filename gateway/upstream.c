@@ -210,6 +210,8 @@ static void deliver_end(mg_up_stream_t *s)
 static void push_hdr(mg_up_stream_t *s, bool trailer, const char *n, size_t nl, const char *v,
                      size_t vl)
 {
+    if (trailer && mg_trailer_forbidden(n, nl))
+        return;
     if (trailer)
         mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap, MAX_RESP_HEADERS,
                      n, nl, v, vl);
