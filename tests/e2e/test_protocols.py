@@ -7,10 +7,13 @@ HTTP/1.1), a raw python h2 client, and raw HTTP/1.1 sockets (keep-alive, chunked
 import hashlib
 import json
 import os
+import socket
 import ssl
 import subprocess
 import time
 
+import h2.config
+import h2.connection
 import httpx
 import pytest
 
@@ -568,6 +571,37 @@ def test_pod_answering_before_the_body_ends_frees_its_stream(procs):
                    headers={"host": HOST}, timeout=10)
     assert r.status_code == 200 and r.json()["path"] == "/early"
     wait_for(lambda: "rst h2c" in a.proc.stdout(), 5, what="the pod's stream reset")
+    gw.assert_alive()
+
+
+def test_paused_http1_pod_connection_is_not_pooled_paused(procs):
+    """A client that reads nothing (an HTTP/2 client that never opens its window) makes the
+    gateway stop reading from the pod once 256 KiB wait on each side. An answer whose end is
+    already in the gateway's last read completes anyway; its HTTP/1.1 pod connection went back
+    to the pool with reading still off, and the next request on it hung until first_byte (a
+    504 after 30 s). Answers of these sizes end in the read that crosses the mark (found by a
+    sweep; several of them hit before the fix, in both the optimised and sanitizer builds)."""
+    pod = procs.backend("pod-h1", args=["--proto", "http1"])
+    gw = procs.gateway(routes_doc({"s": ([pod], "http1")}, [("digits", "production", "s")]),
+                       conf={"workers": 1}, tls=False)
+
+    def probe():
+        return httpx.get("http://127.0.0.1:%d/probe" % gw.port, headers={"host": HOST},
+                         timeout=3).status_code
+
+    assert probe() == 200
+    for n in range(576000, 604000, 1024):
+        sock = socket.create_connection(("127.0.0.1", gw.port))
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        c.initiate_connection()
+        c.send_headers(1, [(":method", "GET"), (":path", "/bytes?n=%d" % n), (":scheme", "http"),
+                           (":authority", HOST)], end_stream=True)
+        sock.sendall(c.data_to_send())
+        time.sleep(0.2)  # the gateway reads what it will, and pauses
+        try:
+            assert probe() == 200, n
+        finally:
+            sock.close()
     gw.assert_alive()
 
 
