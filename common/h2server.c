@@ -692,6 +692,12 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
                      "request header fields too large or too many", rid, NULL, 0);
         return;
     }
+    if (c->proto == P_H2 && s->method && strcmp(s->method, "CONNECT") == 0) {
+        /* a tunnel through the gateway: refused, as HTTP/1.1's (h1_on_headers_complete) */
+        const char *rid = report_reject(s, 501, "not_implemented");
+        mg_srv_error(s, 501, "not_implemented", "CONNECT is not supported", rid, NULL, 0);
+        return;
+    }
     mg_srv_req_t req;
     build_req(s, &req);
     s->handled = true;

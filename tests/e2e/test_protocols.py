@@ -14,6 +14,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.events
 import httpx
 import pytest
 
@@ -536,6 +537,31 @@ def test_client_cancel_resets_upstream_stream(both_upstreams):
                  what="the backend to see its stream reset")
         r = c.get("/after-cancel")
         assert r.status == 200
+    gw.assert_alive()
+
+
+def test_h2_connect_is_refused(stack):
+    """CONNECT over HTTP/2 (no :path, a tunnel to :authority) is refused with 501, as over
+    HTTP/1.1: it stayed open, unanswered, before."""
+    gw, _, _ = stack
+    sock = socket.create_connection(("127.0.0.1", gw.port))
+    sock.settimeout(5)
+    # the h2 package's own checks want a :path; CONNECT has none (RFC 9113 8.5)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+    c.initiate_connection()
+    c.send_headers(1, [(":method", "CONNECT"), (":authority", HOST)])  # a routed host
+    sock.sendall(c.data_to_send())
+    status = None
+    while status is None:
+        data = sock.recv(65536)
+        assert data, "the gateway closed the connection"
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = dict(ev.headers)[b":status"]
+        sock.sendall(c.data_to_send())
+    sock.close()
+    assert status == b"501"
     gw.assert_alive()
 
 
