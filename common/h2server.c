@@ -714,6 +714,19 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
         s->h->on_end(s, NULL, 0);
 }
 
+/* Our response ended while the client's request has not: RST_STREAM NO_ERROR tells the client
+ * to stop sending it (RFC 9113 8.1, as nghttpx does). Without it the stream stayed half-open,
+ * the client uploading into a body nobody reads, the connection held for good. */
+static int on_frame_send(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
+{
+    (void)ud;
+    if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
+        (f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+        nghttp2_session_get_stream_remote_close(sess, f->hd.stream_id) == 0)
+        nghttp2_submit_rst_stream(sess, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
 static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
     mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
@@ -1794,6 +1807,7 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     nghttp2_session_callbacks_set_on_frame_recv_callback(srv->cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(srv->cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(srv->cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(srv->cbs, on_frame_send);
     nghttp2_option_set_no_auto_window_update(srv->opt, 1);
     nghttp2_option_set_no_closed_streams(srv->opt, 1); /* closed streams serve no priority */
     nghttp2_option_set_max_send_header_block_length(srv->opt, 256 * 1024);

@@ -565,6 +565,32 @@ def test_h2_connect_is_refused(stack):
     gw.assert_alive()
 
 
+def test_h2_answer_before_the_request_ends_resets_the_stream(stack):
+    """An answer that ends before the request (a 404 at the head of a POST whose body is still
+    to come) is followed by RST_STREAM NO_ERROR: the client stops sending (RFC 9113 8.1).
+    Before, the stream stayed half-open and the client could upload into it for good."""
+    gw, _, _ = stack
+    sock = socket.create_connection(("127.0.0.1", gw.port))
+    sock.settimeout(5)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    c.send_headers(1, [(":method", "POST"), (":path", "/up"), (":scheme", "http"),
+                       (":authority", "nosuchapp-production." + DOMAIN)])
+    sock.sendall(c.data_to_send())
+    seen = []
+    while not any(isinstance(e, h2.events.StreamReset) for e in seen):
+        data = sock.recv(65536)
+        assert data, "closed without a reset: %r" % seen
+        seen += c.receive_data(data)
+        sock.sendall(c.data_to_send())
+    sock.close()
+    status = [dict(e.headers)[b":status"] for e in seen
+              if isinstance(e, h2.events.ResponseReceived)]
+    reset = [e for e in seen if isinstance(e, h2.events.StreamReset)][0]
+    assert status == [b"404"] and any(isinstance(e, h2.events.StreamEnded) for e in seen)
+    assert reset.stream_id == 1 and reset.error_code == 0, reset
+
+
 def test_curl_http2_upgrade_offer_on_cleartext(stack):
     """curl --http2 on http:// offers Upgrade: h2c on its first request. The gateway answers
     it as plain HTTP/1.1 (as nginx does) and serves the next request on the connection: it
