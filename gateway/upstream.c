@@ -383,8 +383,12 @@ static int h2_on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const ui
                       size_t len, void *ud)
 {
     mg_up_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
+    /* The connection's window reopens at once: what a slow client has not taken yet holds
+     * its own stream's window only, not the window every other stream on this connection
+     * (other clients' requests) shares. */
+    nghttp2_session_consume_connection(sess, len);
     if (s == NULL || s->cancelled || s->done) {
-        nghttp2_session_consume(sess, id, len);
+        nghttp2_session_consume_stream(sess, id, len);
         return 0;
     }
     s->unconsumed += len;
@@ -405,8 +409,6 @@ static int h2_on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, 
         else
             fail_stream(s, MG_UP_RESET, true);
     }
-    if (s->unconsumed)
-        nghttp2_session_consume_connection(sess, s->unconsumed);
     stream_unlink(c, s);
     stream_release(c->pool->u, s);
     conn_unused(c);
@@ -1003,7 +1005,7 @@ void mg_up_consume(mg_up_stream_t *s, size_t n)
     s->unconsumed -= n;
     enter(c);
     if (c->h2) {
-        nghttp2_session_consume(c->h2, s->id, n);
+        nghttp2_session_consume_stream(c->h2, s->id, n); /* the connection's: h2_on_data */
         conn_flush(c);
     } else if (c->read_off && s->unconsumed < MG_SRV_LOW) {
         c->read_off = false;

@@ -657,6 +657,32 @@ def test_paused_http1_pod_connection_is_not_pooled_paused(procs):
     gw.assert_alive()
 
 
+def test_slow_client_does_not_stall_others_on_a_shared_pod_connection(procs):
+    """One client that reads nothing (HTTP/2, windows never opened) with 30 big downloads
+    holds up to a stream window of data per stream at the gateway. That used to count against
+    the pod connection's window, which every stream on it shares: once about 21 such streams
+    filled it, another client's download through the same connection got its head and then
+    nothing. The connection window now reopens at once; only the slow stream's own waits."""
+    pod = procs.backend("pod-a", args=["--proto", "h2c"])
+    gw = procs.gateway(routes_doc({"s": [pod]}, [("digits", "production", "s")]),
+                       conf={"workers": 1}, tls=False)
+    slow = socket.create_connection(("127.0.0.1", gw.port))
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    for i in range(30):
+        c.send_headers(1 + 2 * i, [(":method", "GET"), (":path", "/bytes?n=4000000"),
+                                   (":scheme", "http"), (":authority", HOST)], end_stream=True)
+    slow.sendall(c.data_to_send())
+    try:
+        time.sleep(1.0)  # the gateway fills what the slow client's streams may hold
+        r = httpx.get("http://127.0.0.1:%d/bytes?n=1000000" % gw.port, headers={"host": HOST},
+                      timeout=10)
+        assert r.status_code == 200 and len(r.content) == 1000000
+    finally:
+        slow.close()
+    gw.assert_alive()
+
+
 @pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
 def test_upstream_connections_reused(both_upstreams, host):
     gw, _, _ = both_upstreams
