@@ -1030,7 +1030,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         goto out;
     }
     const char *conn = find_conn_value(req->hdrs, req->nhdrs);
-    const char *xff = NULL;
+    size_t xff_len = 0; /* every x-forwarded-for field, joined: a chain may come in several */
     size_t n = 0;
     for (size_t i = 0; i < req->nhdrs; i++) {
         const mg_hdr_t *f = &req->hdrs[i];
@@ -1041,18 +1041,27 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         if (hop_by_hop(f) || named_by_connection(f, conn))
             continue;
         if (name_is(f, "x-forwarded-for", 15)) {
-            xff = f->value;
+            xff_len += f->value_len + 2;
             continue;
         }
         if (name_is(f, "x-forwarded-proto", 17) || name_is(f, "x-request-id", 12))
             continue;
         h[n++] = *f;
     }
-    char *xffv = xff ? mg_arena_alloc(a, strlen(xff) + strlen(req->client_ip) + 3) : NULL;
-    if (xffv)
-        sprintf(xffv, "%s, %s", xff, req->client_ip);
-    else
+    char *xffv = xff_len ? mg_arena_alloc(a, xff_len + strlen(req->client_ip) + 1) : NULL;
+    if (xffv) {
+        char *w = xffv;
+        for (size_t i = 0; i < req->nhdrs; i++)
+            if (name_is(&req->hdrs[i], "x-forwarded-for", 15)) {
+                memcpy(w, req->hdrs[i].value, req->hdrs[i].value_len);
+                w += req->hdrs[i].value_len;
+                *w++ = ',';
+                *w++ = ' ';
+            }
+        strcpy(w, req->client_ip);
+    } else {
         xffv = (char *)req->client_ip;
+    }
     h[n++] = (mg_hdr_t){"x-forwarded-for", xffv, 15, strlen(xffv), false};
     h[n++] = (mg_hdr_t){"x-forwarded-proto", req->scheme, 17, strlen(req->scheme), false};
     h[n++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), true};

@@ -317,6 +317,11 @@ def test_forwarded_headers(stack):
         doc = c.get("/fwd", headers=[("x-forwarded-for", "203.0.113.7")]).json()
         xff = [p.strip() for p in doc["headers"]["x-forwarded-for"].split(",")]
         assert xff == ["203.0.113.7", "127.0.0.1"], doc["headers"]
+        # a chain split over two fields keeps both parts, in order, in one field
+        doc = c.get("/fwd", headers=[("x-forwarded-for", "203.0.113.7"),
+                                     ("x-forwarded-for", "198.51.100.2")]).json()
+        fields = [v for k, v in doc["header_list"] if k == "x-forwarded-for"]
+        assert fields == ["203.0.113.7, 198.51.100.2, 127.0.0.1"], doc["header_list"]
     with gw.h2(tls=True) as c:
         doc = c.get("/fwd").json()
         assert doc["headers"]["x-forwarded-proto"] == "https"
