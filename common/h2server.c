@@ -76,7 +76,7 @@ struct mg_srv_stream {
     struct evbuffer *out; /* HTTP/2 response body queue */
     bool responded, out_ended, deferred, want_drain, in_drain_list;
     bool h1_chunked, h1_nobody;
-    bool h1_expect_100; /* Expect: 100-continue: said once the handler takes the request */
+    bool expect_100; /* Expect: 100-continue: said once the handler takes the request */
     nghttp2_nv *resp_trailers;
     size_t nresp_trailers;
 };
@@ -649,6 +649,11 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
         s->host = mg_arena_strndup(&s->arena, (const char *)v.base, v.len);
         return 0;
     }
+    if (n.len == 6 && memcmp(nm, "expect", 6) == 0 && v.len == 12 &&
+        strncasecmp((const char *)v.base, "100-continue", 12) == 0) {
+        s->expect_100 = true; /* answered here (dispatch_request), as over HTTP/1.1 */
+        return 0;
+    }
     hdr_push(s, false, nm, n.len, (const char *)v.base, v.len);
     return 0;
 }
@@ -706,10 +711,19 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
         evtimer_del(c->idle_timer);
     c->srv->h->on_request(s, &req, c->srv->ud);
     /* Expect: 100-continue: the client may send its body now that the handler took the
-     * request; one answered at once (404, 401, 429) makes the client skip the body instead */
-    if (c->proto == P_H1 && c->h1s == s && !c->dead && s->h1_expect_100 && !s->responded &&
+     * request; one answered at once (404, 401, 429) makes the client skip the body instead.
+     * The pod's own 100 is not forwarded (upstream.c drops 1xx), so the gateway says it. */
+    if (c->proto == P_H1 && c->h1s == s && !c->dead && s->expect_100 && !s->responded &&
         !s->req_ended)
         bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    else if (c->proto == P_H2 && !c->dead && s->c == c && s->expect_100 && !s->responded &&
+             !s->req_ended && s->id > 0) {
+        static const nghttp2_nv cont[] = {{(uint8_t *)":status", (uint8_t *)"100", 7, 3,
+                                           NGHTTP2_NV_FLAG_NO_COPY_NAME |
+                                               NGHTTP2_NV_FLAG_NO_COPY_VALUE}};
+        nghttp2_submit_headers(c->h2, NGHTTP2_FLAG_NONE, s->id, NULL, cont, 1, NULL);
+        conn_flush(c);
+    }
     if (end_stream && s->handled && s->c == c)
         s->h->on_end(s, NULL, 0);
 }
@@ -1044,7 +1058,7 @@ static int h1_on_value_complete(llhttp_t *p)
     }
     if (nlen == 6 && strncasecmp(name, "expect", 6) == 0 && vlen == 12 &&
         strncasecmp(value, "100-continue", 12) == 0 && c->parser.http_minor >= 1) {
-        s->h1_expect_100 = true; /* see dispatch_request */
+        s->expect_100 = true; /* see dispatch_request */
         return 0;
     }
     if (nlen == 17 && strncasecmp(name, "transfer-encoding", 17) == 0 &&

@@ -596,6 +596,41 @@ def test_h2_answer_before_the_request_ends_resets_the_stream(stack):
     assert reset.stream_id == 1 and reset.error_code == 0, reset
 
 
+def test_h2_expect_100_continue(stack):
+    """An HTTP/2 client that sends Expect: 100-continue and waits gets the 100 from the gateway
+    once the request is routed, as over HTTP/1.1; then its body goes through. Before, the
+    pod's 100 was dropped and the client waited out its own expect timeout (curl: 1 s)."""
+    gw, _, _ = stack
+    sock = socket.create_connection(("127.0.0.1", gw.port))
+    sock.settimeout(5)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    c.send_headers(1, [(":method", "POST"), (":path", "/cont"), (":scheme", "http"),
+                       (":authority", HOST), ("expect", "100-continue"),
+                       ("content-length", "5")])
+    sock.sendall(c.data_to_send())
+    seen = []
+
+    def wait(kind):
+        while not any(isinstance(e, kind) for e in seen):
+            data = sock.recv(65536)
+            assert data, "closed: %r" % seen
+            seen.extend(c.receive_data(data))
+            sock.sendall(c.data_to_send())
+
+    wait(h2.events.InformationalResponseReceived)
+    assert not any(isinstance(e, h2.events.ResponseReceived) for e in seen)
+    c.send_data(1, b"hello", end_stream=True)
+    sock.sendall(c.data_to_send())
+    wait(h2.events.StreamEnded)
+    sock.close()
+    final = [dict(e.headers) for e in seen if isinstance(e, h2.events.ResponseReceived)]
+    body = b"".join(e.data for e in seen if isinstance(e, h2.events.DataReceived))
+    assert final[0][b":status"] == b"200"
+    doc = json.loads(body)
+    assert doc["body_len"] == 5 and "expect" not in doc["headers"], doc
+
+
 def test_curl_http2_upgrade_offer_on_cleartext(stack):
     """curl --http2 on http:// offers Upgrade: h2c on its first request. The gateway answers
     it as plain HTTP/1.1 (as nginx does) and serves the next request on the connection: it
