@@ -697,6 +697,12 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
                      "request header fields too large or too many", rid, NULL, 0);
         return;
     }
+    if (c->proto == P_H2 && s->authority && s->host && strcasecmp(s->authority, s->host) != 0) {
+        /* which one would route, which one would the pod see? RFC 9113 8.3.1 */
+        const char *rid = report_reject(s, 400, "bad_request");
+        mg_srv_error(s, 400, "bad_request", ":authority and host differ", rid, NULL, 0);
+        return;
+    }
     if (c->proto == P_H2 && s->method && strcmp(s->method, "CONNECT") == 0) {
         /* a tunnel through the gateway: refused, as HTTP/1.1's (h1_on_headers_complete) */
         const char *rid = report_reject(s, 501, "not_implemented");

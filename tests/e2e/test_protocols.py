@@ -596,6 +596,32 @@ def test_h2_answer_before_the_request_ends_resets_the_stream(stack):
     assert reset.stream_id == 1 and reset.error_code == 0, reset
 
 
+def test_h2_authority_and_a_different_host_is_400(stack):
+    """:authority routes; a host field naming another host is refused (RFC 9113 8.3.1), so
+    the host that routes and the one a pod may read cannot differ. The same host is fine."""
+    gw, _, _ = stack
+    statuses = []
+    for host in ("other-production." + DOMAIN, HOST):
+        sock = socket.create_connection(("127.0.0.1", gw.port))
+        sock.settimeout(5)
+        c = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+        c.initiate_connection()
+        c.send_headers(1, [(":method", "GET"), (":path", "/a"), (":scheme", "http"),
+                           (":authority", HOST), ("host", host)], end_stream=True)
+        sock.sendall(c.data_to_send())
+        status = None
+        while status is None:
+            data = sock.recv(65536)
+            assert data, "closed"
+            for ev in c.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers)[b":status"]
+        sock.close()
+        statuses.append(status)
+    assert statuses == [b"400", b"200"]
+
+
 def test_h2_expect_100_continue(stack):
     """An HTTP/2 client that sends Expect: 100-continue and waits gets the 100 from the gateway
     once the request is routed, as over HTTP/1.1; then its body goes through. Before, the
