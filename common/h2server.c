@@ -549,17 +549,31 @@ bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t 
     return true;
 }
 
+bool mg_field_connection_specific(const char *name, size_t len)
+{
+    switch (len) {
+    case 2:
+        return strncasecmp(name, "te", 2) == 0;
+    case 7:
+        return strncasecmp(name, "upgrade", 7) == 0;
+    case 10:
+        return strncasecmp(name, "connection", 10) == 0 ||
+               strncasecmp(name, "keep-alive", 10) == 0;
+    case 16:
+        return strncasecmp(name, "proxy-connection", 16) == 0;
+    case 17:
+        return strncasecmp(name, "transfer-encoding", 17) == 0;
+    default:
+        return false;
+    }
+}
+
 bool mg_trailer_forbidden(const char *name, size_t len)
 {
-    static const char *const names[] = {"connection", "keep-alive", "proxy-connection",
-                                        "transfer-encoding", "upgrade", "te", "content-length",
-                                        "host", "trailer"};
-    if (len > 0 && name[0] == ':')
-        return true;
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
-            return true;
-    return false;
+    return (len > 0 && name[0] == ':') || mg_field_connection_specific(name, len) ||
+           (len == 14 && strncasecmp(name, "content-length", 14) == 0) ||
+           (len == 4 && strncasecmp(name, "host", 4) == 0) ||
+           (len == 7 && strncasecmp(name, "trailer", 7) == 0);
 }
 
 static void hdr_push(mg_srv_stream_t *s, bool trailer, const char *name, size_t nlen,

@@ -152,10 +152,14 @@ bool mg_srv_responded(const mg_srv_stream_t *s);
 bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t max,
                   const char *name, size_t nlen, const char *value, size_t vlen);
 
-/* A field that must not travel in a trailer section (RFC 9110 6.5.1, RFC 9113 8.2.2):
- * connection-specific fields, framing (content-length, transfer-encoding), host, trailer and
- * pseudo-fields. Dropped where trailers arrive, so neither side forwards them: an HTTP/2 peer
- * resets a stream whose trailers carry a connection-specific field. Any case. */
+/* A connection-specific field (RFC 9110 7.6.1, RFC 9113 8.2.2): connection, keep-alive,
+ * proxy-connection, te, transfer-encoding, upgrade. Never forwarded as is. Any case. */
+bool mg_field_connection_specific(const char *name, size_t len);
+
+/* A field that must not travel in a trailer section (RFC 9110 6.5.1, RFC 9113 8.2.2): the
+ * connection-specific ones, content-length, host, trailer and pseudo-fields. Dropped where
+ * trailers arrive, so neither side forwards them: an HTTP/2 peer may reset a stream whose
+ * trailers carry a connection-specific field. Any case. */
 bool mg_trailer_forbidden(const char *name, size_t len);
 
 /* Moves frames from |h2| into |bev|'s output until nghttp2 has nothing more or the output holds

@@ -203,23 +203,9 @@ static bool name_is(const mg_hdr_t *h, const char *name, size_t len)
     return h->name_len == len && memcmp(h->name, name, len) == 0;
 }
 
-/* Connection-specific fields (RFC 9110 7.6.1, RFC 9113 8.2.2): never forwarded. */
 static bool hop_by_hop(const mg_hdr_t *h)
 {
-    switch (h->name_len) {
-    case 2:
-        return memcmp(h->name, "te", 2) == 0;
-    case 7:
-        return memcmp(h->name, "upgrade", 7) == 0;
-    case 10:
-        return memcmp(h->name, "connection", 10) == 0 || memcmp(h->name, "keep-alive", 10) == 0;
-    case 16:
-        return memcmp(h->name, "proxy-connection", 16) == 0;
-    case 17:
-        return memcmp(h->name, "transfer-encoding", 17) == 0;
-    default:
-        return false;
-    }
+    return mg_field_connection_specific(h->name, h->name_len);
 }
 
 /* Is |h| named in a Connection header's comma-separated list? */
