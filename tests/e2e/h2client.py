@@ -51,6 +51,7 @@ class Stream:
     def __init__(self, sid, on_data=None):
         self.stream_id = sid
         self.status = None
+        self.informational = []  # statuses of 1xx responses before the final one
         self.header_list = []
         self.headers = {}
         self.trailers = {}
@@ -167,7 +168,8 @@ class H2Client:
                 st.headers[k] = st.headers[k] + ", " + v if k in st.headers else v
             st.first_byte_at = st.first_byte_at or now
         elif isinstance(ev, h2.events.InformationalResponseReceived):
-            pass
+            if st is not None:
+                st.informational += [int(v) for k, v in ev.headers if k == ":status"]
         elif isinstance(ev, h2.events.DataReceived):
             if st is not None:
                 if ev.data and st.first_data_at is None:
@@ -286,6 +288,13 @@ class H2Client:
                 return all(s.done for s in streams)
             self.pump(min(left, 0.5))
         return True
+
+    def wait_for(self, pred, timeout=5.0):
+        """Reads until |pred()| holds (True) or |timeout| s pass, or the connection closes."""
+        deadline = time.monotonic() + timeout
+        while not pred() and not self.closed and time.monotonic() < deadline:
+            self.pump(0.2)
+        return pred()
 
     def wait_settings(self, timeout=5.0):
         """Reads until the server's SETTINGS arrived; returns whether they did."""

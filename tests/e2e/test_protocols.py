@@ -14,7 +14,6 @@ import time
 
 import h2.config
 import h2.connection
-import h2.events
 import httpx
 import pytest
 
@@ -549,24 +548,10 @@ def test_h2_connect_is_refused(stack):
     """CONNECT over HTTP/2 (no :path, a tunnel to :authority) is refused with 501, as over
     HTTP/1.1: it stayed open, unanswered, before."""
     gw, _, _ = stack
-    sock = socket.create_connection(("127.0.0.1", gw.port))
-    sock.settimeout(5)
-    # the h2 package's own checks want a :path; CONNECT has none (RFC 9113 8.5)
-    c = h2.connection.H2Connection(h2.config.H2Configuration(
-        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
-    c.initiate_connection()
-    c.send_headers(1, [(":method", "CONNECT"), (":authority", HOST)])  # a routed host
-    sock.sendall(c.data_to_send())
-    status = None
-    while status is None:
-        data = sock.recv(65536)
-        assert data, "the gateway closed the connection"
-        for ev in c.receive_data(data):
-            if isinstance(ev, h2.events.ResponseReceived):
-                status = dict(ev.headers)[b":status"]
-        sock.sendall(c.data_to_send())
-    sock.close()
-    assert status == b"501"
+    with gw.h2(validate=False) as c:  # the h2 package's own checks want a :path
+        st = c.start("CONNECT", None, end_stream=False,
+                     raw_headers=[(":method", "CONNECT"), (":authority", HOST)])  # routed
+        assert c.wait(st, 5) and st.status == 501, st
     gw.assert_alive()
 
 
@@ -575,25 +560,11 @@ def test_h2_answer_before_the_request_ends_resets_the_stream(stack):
     to come) is followed by RST_STREAM NO_ERROR: the client stops sending (RFC 9113 8.1).
     Before, the stream stayed half-open and the client could upload into it for good."""
     gw, _, _ = stack
-    sock = socket.create_connection(("127.0.0.1", gw.port))
-    sock.settimeout(5)
-    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    c.initiate_connection()
-    c.send_headers(1, [(":method", "POST"), (":path", "/up"), (":scheme", "http"),
-                       (":authority", "nosuchapp-production." + DOMAIN)])
-    sock.sendall(c.data_to_send())
-    seen = []
-    while not any(isinstance(e, h2.events.StreamReset) for e in seen):
-        data = sock.recv(65536)
-        assert data, "closed without a reset: %r" % seen
-        seen += c.receive_data(data)
-        sock.sendall(c.data_to_send())
-    sock.close()
-    status = [dict(e.headers)[b":status"] for e in seen
-              if isinstance(e, h2.events.ResponseReceived)]
-    reset = [e for e in seen if isinstance(e, h2.events.StreamReset)][0]
-    assert status == [b"404"] and any(isinstance(e, h2.events.StreamEnded) for e in seen)
-    assert reset.stream_id == 1 and reset.error_code == 0, reset
+    with gw.h2() as c:
+        st = c.start("POST", "/up", end_stream=False,
+                     authority="nosuchapp-production." + DOMAIN)
+        assert c.wait_for(lambda: st.reset_code is not None), st
+        assert st.status == 404 and st.ended and st.reset_code == 0, st
 
 
 def test_h2_authority_and_a_different_host_is_400(stack):
@@ -602,24 +573,11 @@ def test_h2_authority_and_a_different_host_is_400(stack):
     gw, _, _ = stack
     statuses = []
     for host in ("other-production." + DOMAIN, HOST):
-        sock = socket.create_connection(("127.0.0.1", gw.port))
-        sock.settimeout(5)
-        c = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
-        c.initiate_connection()
-        c.send_headers(1, [(":method", "GET"), (":path", "/a"), (":scheme", "http"),
-                           (":authority", HOST), ("host", host)], end_stream=True)
-        sock.sendall(c.data_to_send())
-        status = None
-        while status is None:
-            data = sock.recv(65536)
-            assert data, "closed"
-            for ev in c.receive_data(data):
-                if isinstance(ev, h2.events.ResponseReceived):
-                    status = dict(ev.headers)[b":status"]
-        sock.close()
-        statuses.append(status)
-    assert statuses == [b"400", b"200"]
+        with gw.h2(validate=False) as c:  # the h2 package would drop host beside :authority
+            st = c.start("GET", "/a", headers=[("host", host)], authority=HOST)
+            assert c.wait(st, 5), st
+            statuses.append(st.status)
+    assert statuses == [400, 200]
 
 
 def test_h2_expect_100_continue(stack):
@@ -627,34 +585,15 @@ def test_h2_expect_100_continue(stack):
     once the request is routed, as over HTTP/1.1; then its body goes through. Before, the
     pod's 100 was dropped and the client waited out its own expect timeout (curl: 1 s)."""
     gw, _, _ = stack
-    sock = socket.create_connection(("127.0.0.1", gw.port))
-    sock.settimeout(5)
-    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    c.initiate_connection()
-    c.send_headers(1, [(":method", "POST"), (":path", "/cont"), (":scheme", "http"),
-                       (":authority", HOST), ("expect", "100-continue"),
-                       ("content-length", "5")])
-    sock.sendall(c.data_to_send())
-    seen = []
-
-    def wait(kind):
-        while not any(isinstance(e, kind) for e in seen):
-            data = sock.recv(65536)
-            assert data, "closed: %r" % seen
-            seen.extend(c.receive_data(data))
-            sock.sendall(c.data_to_send())
-
-    wait(h2.events.InformationalResponseReceived)
-    assert not any(isinstance(e, h2.events.ResponseReceived) for e in seen)
-    c.send_data(1, b"hello", end_stream=True)
-    sock.sendall(c.data_to_send())
-    wait(h2.events.StreamEnded)
-    sock.close()
-    final = [dict(e.headers) for e in seen if isinstance(e, h2.events.ResponseReceived)]
-    body = b"".join(e.data for e in seen if isinstance(e, h2.events.DataReceived))
-    assert final[0][b":status"] == b"200"
-    doc = json.loads(body)
-    assert doc["body_len"] == 5 and "expect" not in doc["headers"], doc
+    with gw.h2() as c:
+        st = c.start("POST", "/cont", end_stream=False,
+                     headers=[("expect", "100-continue"), ("content-length", "5")])
+        assert c.wait_for(lambda: st.informational or st.done), st
+        assert st.informational == [100] and st.status is None, st
+        c.send(st, b"hello", end_stream=True)
+        assert c.wait(st, 5) and st.status == 200, st
+        doc = st.json()
+        assert doc["body_len"] == 5 and "expect" not in doc["headers"], doc
 
 
 def test_curl_http2_upgrade_offer_on_cleartext(stack):
