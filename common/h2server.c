@@ -101,6 +101,7 @@ struct conn {
     char client_ip[48];
     mg_srv_stream_t *streams;
     size_t nstreams;
+    size_t out_bytes; /* HTTP/2: response bytes queued in all streams' out (connection_buffer) */
     /* HTTP/2 */
     nghttp2_session *h2;
     mg_srv_stream_t *drain_list;
@@ -423,6 +424,41 @@ static void trim(conn_t *c)
 
 /* ---------- streams ---------- */
 
+/*
+ * connection_buffer: the response bytes one HTTP/2 connection holds for its client across all
+ * its streams. Past it, every stream writing more is told to pause (mg_srv_pending reports it
+ * full, and it waits for on_drain) even when its own queue is short, so a client that reads
+ * slowly on many streams at once holds connection_buffer plus what its pods may still send
+ * within their windows, not MG_SRV_HIGH per stream. The paused streams resume once the
+ * connection is back under half the limit.
+ */
+static bool conn_over(const conn_t *c)
+{
+    uint32_t limit = c->srv->conf.connection_buffer;
+    return limit && c->out_bytes >= limit;
+}
+
+static void drain_list_add(conn_t *c, mg_srv_stream_t *s)
+{
+    s->want_drain = false;
+    s->in_drain_list = true;
+    s->drain_next = c->drain_list;
+    c->drain_list = s;
+}
+
+/* |n| bytes left the streams' queues (to the socket, or dropped with a stream). */
+static void out_taken(conn_t *c, size_t n)
+{
+    uint32_t half = c->srv->conf.connection_buffer / 2;
+    bool was_above = c->out_bytes >= half;
+    c->out_bytes -= n;
+    if (half == 0 || !was_above || c->out_bytes >= half)
+        return;
+    for (mg_srv_stream_t *s = c->streams; s; s = s->next_in_conn) /* rare: on the crossing */
+        if (s->want_drain && !s->in_drain_list && evbuffer_get_length(s->out) < MG_SRV_LOW)
+            drain_list_add(c, s);
+}
+
 static mg_srv_stream_t *stream_new(conn_t *c, int32_t id)
 {
     mg_srv_t *srv = c->srv;
@@ -485,8 +521,11 @@ static void stream_close(mg_srv_stream_t *s, bool complete)
     if (--c->nstreams == 0 && !c->dead && c->idle_timer)
         idle_arm(c);
     mg_arena_clear(&s->arena);
-    if (s->out)
-        evbuffer_drain(s->out, evbuffer_get_length(s->out));
+    if (s->out && evbuffer_get_length(s->out)) {
+        size_t left = evbuffer_get_length(s->out);
+        evbuffer_drain(s->out, left);
+        out_taken(c, left);
+    }
     if (srv->nfree < 256) {
         s->next_in_conn = srv->free_streams;
         srv->free_streams = s;
@@ -822,12 +861,10 @@ static ssize_t h2_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, siz
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (s->out_ended && evbuffer_get_length(s->out) == 0)
         mg_h2_end_data(sess, id, flags, s->resp_trailers, s->nresp_trailers);
-    if (s->want_drain && !s->in_drain_list && evbuffer_get_length(s->out) < MG_SRV_LOW) {
-        s->want_drain = false;
-        s->in_drain_list = true;
-        s->drain_next = c->drain_list;
-        c->drain_list = s;
-    }
+    out_taken(c, (size_t)n);
+    if (s->want_drain && !s->in_drain_list && evbuffer_get_length(s->out) < MG_SRV_LOW &&
+        !conn_over(c))
+        drain_list_add(c, s);
     return n;
 }
 
@@ -1439,7 +1476,8 @@ mg_err_t mg_srv_write(mg_srv_stream_t *s, const void *data, size_t len)
     enter(c);
     if (c->proto == P_H2) {
         evbuffer_add(s->out, data, len);
-        if (evbuffer_get_length(s->out) >= MG_SRV_HIGH)
+        c->out_bytes += len;
+        if (evbuffer_get_length(s->out) >= MG_SRV_HIGH || conn_over(c))
             s->want_drain = true;
         if (s->deferred) {
             s->deferred = false;
@@ -1515,8 +1553,10 @@ mg_err_t mg_srv_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
 
 size_t mg_srv_pending(const mg_srv_stream_t *s)
 {
-    if (s->c->proto == P_H2)
-        return evbuffer_get_length(s->out);
+    if (s->c->proto == P_H2) {
+        size_t n = evbuffer_get_length(s->out);
+        return n < MG_SRV_HIGH && conn_over(s->c) ? MG_SRV_HIGH : n;
+    }
     return evbuffer_get_length(bufferevent_get_output(s->c->bev));
 }
 
@@ -1695,6 +1735,11 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
         return;
     }
     if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+        if (events & BEV_EVENT_TIMEOUT)
+            MG_LOG(MG_LOG_INFO, "h2server",
+                   "conn=%s: client took nothing of %zu queued bytes for %u ms: closing",
+                   c->client, evbuffer_get_length(bufferevent_get_output(bev)),
+                   c->srv->conf.client_write_ms);
         if (events & BEV_EVENT_ERROR) {
             unsigned long e = c->tls ? bufferevent_get_openssl_error(bev) : 0;
             if (e) {
@@ -1804,6 +1849,13 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     (void)salen;
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW, 0);
+    if (srv->conf.client_write_ms) {
+        /* a client that stops reading while output waits: the timer restarts with every
+         * write that makes progress, and fires on_event(BEV_EVENT_TIMEOUT) */
+        struct timeval wt = {srv->conf.client_write_ms / 1000,
+                             (srv->conf.client_write_ms % 1000) * 1000};
+        bufferevent_set_timeouts(c->bev, NULL, &wt);
+    }
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     if (!tls)
         mg_outq_attach(srv->outq, &c->outq, c->bev, on_write, c);

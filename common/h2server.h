@@ -12,7 +12,9 @@
  * window until the handler calls mg_srv_consume() (HTTP/2: WINDOW_UPDATE; HTTP/1.1: reading
  * pauses while more than MG_SRV_HIGH bytes are unconsumed). Response bytes queue per stream;
  * the handler stops producing when mg_srv_pending() passes MG_SRV_HIGH and is called back with
- * on_drain once it falls below MG_SRV_LOW.
+ * on_drain once it falls below MG_SRV_LOW. mg_srv_pending() also reports MG_SRV_HIGH while
+ * the connection holds more than connection_buffer bytes for its client across its streams.
+ * A connection whose output makes no progress for client_write_ms is closed.
  *
  * Ownership: the server owns streams; a stream pointer is valid from on_request until on_close
  * returns. HTTP/1.1 requests on one connection are handled one at a time, so pipelined
@@ -81,7 +83,10 @@ typedef struct mg_srv_conf {
     uint32_t max_headers;
     uint32_t stream_window;
     uint32_t connection_window;
-    uint32_t client_idle_ms; /* close connections idle this long; 0 = never */
+    uint32_t connection_buffer; /* response bytes held per connection before producers
+                                 * pause; 0 = no limit */
+    uint32_t client_idle_ms;    /* close connections idle this long; 0 = never */
+    uint32_t client_write_ms;   /* close connections whose output stalls this long; 0 = never */
     size_t stream_memory;    /* arena cap per stream */
 } mg_srv_conf_t;
 

@@ -252,7 +252,9 @@ mg_admin_t *mg_admin_new(const char *listen, const char *token_file, char *err, 
                         .max_headers = 100,
                         .stream_window = 1 << 20,
                         .connection_window = 1 << 24,
-                        .client_idle_ms = 60000};
+                        .connection_buffer = 1 << 22,
+                        .client_idle_ms = 60000,
+                        .client_write_ms = 30000};
     a->srv = a->base ? mg_srv_new(a->base, &sc, &admin_handler, a, NULL) : NULL;
     if (a->srv == NULL) {
         snprintf(err, errlen, "admin listener: out of memory");

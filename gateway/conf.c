@@ -227,20 +227,24 @@ void mg_conf_defaults(mg_conf_t *c)
     c->workers = 0;
     c->backend_proto = MG_UP_H2C;
     c->log_level = MG_LOG_INFO;
-    c->limits.max_concurrent_streams = 1000;
+    c->limits.max_concurrent_streams = 100;
     c->limits.max_header_list_size = 65536;
     c->limits.max_headers = 100;
     c->limits.stream_window = 1048576;
     c->limits.connection_window = 16777216;
+    c->limits.connection_buffer = 4194304;
     c->limits.max_request_body = 0;
     c->timeouts_ms.connect = 2000;
     c->timeouts_ms.first_byte = 30000;
     c->timeouts_ms.idle = 60000;
     c->timeouts_ms.total = 0;
     c->timeouts_ms.client_idle = 120000;
+    c->timeouts_ms.client_write = 30000;
     c->timeouts_ms.drain = 10000;
     c->upstream.max_streams_per_conn = 100;
     c->upstream.max_idle_conns_per_pod = 64;
+    c->upstream.stream_window = 262144;
+    c->upstream.connection_window = 16777216;
     mg_dblog_conf_defaults(&c->request_log_db);
 }
 
@@ -368,6 +372,7 @@ static const numkey_t limit_keys[] = {
     NUM32(limits, max_headers, 1, 10000, "header fields"),
     NUM32(limits, stream_window, 65535, 2147483647, "bytes"),
     NUM32(limits, connection_window, 65535, 2147483647, "bytes"),
+    NUM32(limits, connection_buffer, 65536, 2147483647, "bytes"),
     {"max_request_body", 0, (uint64_t)INT64_MAX, offsetof(mg_conf_t, limits.max_request_body), 8,
      "bytes, 0 = unlimited"},
     {NULL, 0, 0, 0, 0, NULL},
@@ -379,6 +384,7 @@ static const numkey_t timeout_keys[] = {
     NUM32(timeouts_ms, idle, 0, 3600000, "ms, 0 = none"),
     NUM32(timeouts_ms, total, 0, 3600000, "ms, 0 = none"),
     NUM32(timeouts_ms, client_idle, 0, 3600000, "ms, 0 = none"),
+    NUM32(timeouts_ms, client_write, 0, 3600000, "ms, 0 = none"),
     NUM32(timeouts_ms, drain, 0, 3600000, "ms, 0 = none"),
     {NULL, 0, 0, 0, 0, NULL},
 };
@@ -386,6 +392,8 @@ static const numkey_t timeout_keys[] = {
 static const numkey_t upstream_keys[] = {
     NUM32(upstream, max_streams_per_conn, 1, 100000, "streams per upstream connection"),
     NUM32(upstream, max_idle_conns_per_pod, 0, 10000, "connections"),
+    NUM32(upstream, stream_window, 65535, 2147483647, "bytes"),
+    NUM32(upstream, connection_window, 65535, 2147483647, "bytes"),
     {NULL, 0, 0, 0, 0, NULL},
 };
 

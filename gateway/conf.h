@@ -13,12 +13,13 @@
  *     "routes": "routes.json",                        relative paths are relative to this file
  *     "access_log": "access.log",                     "-" = stdout, "" or null = off
  *     "log_level": "info",
- *     "limits": { "max_concurrent_streams": 1000, "max_header_list_size": 65536,
+ *     "limits": { "max_concurrent_streams": 100, "max_header_list_size": 65536,
  *                 "max_headers": 100, "stream_window": 1048576, "connection_window": 16777216,
- *                 "max_request_body": 0 },            0 = unlimited
+ *                 "connection_buffer": 4194304, "max_request_body": 0 },   0 = unlimited
  *     "timeouts_ms": { "connect": 2000, "first_byte": 30000, "idle": 60000, "total": 0,
- *                      "client_idle": 120000, "drain": 10000 },      0 = none
- *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64 },
+ *                      "client_idle": 120000, "client_write": 30000, "drain": 10000 },  0 = none
+ *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64,
+ *                   "stream_window": 262144, "connection_window": 16777216 },
  *     "admin": { "listen": "127.0.0.1:9901", "token_file": "admin.token" },   no admin = off
  *     "dns_nameserver": "10.96.0.10:53",          DNS services' resolver; default resolv.conf
  *     "request_log_db": { "host": "127.0.0.1", "port": 3306, "user": "modelgate",
@@ -68,14 +69,18 @@ typedef struct mg_conf {
         uint32_t max_headers;          /* header fields per request */
         uint32_t stream_window;        /* HTTP/2 initial stream window we advertise */
         uint32_t connection_window;    /* HTTP/2 connection window we advertise */
+        uint32_t connection_buffer;    /* response bytes held for one client connection */
         uint64_t max_request_body;     /* bytes, 0 = unlimited */
     } limits;
     struct {
-        uint32_t connect, first_byte, idle, total, client_idle, drain; /* ms, 0 = none */
+        uint32_t connect, first_byte, idle, total, client_idle, client_write,
+            drain; /* ms, 0 = none */
     } timeouts_ms;
     struct {
         uint32_t max_streams_per_conn;
         uint32_t max_idle_conns_per_pod;
+        uint32_t stream_window;     /* HTTP/2 initial stream window we advertise to pods */
+        uint32_t connection_window; /* ... and connection window */
     } upstream;
 } mg_conf_t;
 

@@ -514,7 +514,9 @@ int main(int argc, char **argv)
         .max_headers = conf.limits.max_headers,
         .stream_window = conf.limits.stream_window,
         .connection_window = conf.limits.connection_window,
+        .connection_buffer = conf.limits.connection_buffer,
         .client_idle_ms = conf.timeouts_ms.client_idle,
+        .client_write_ms = conf.timeouts_ms.client_write,
     };
     g_nworkers = conf.workers;
     g_workers = calloc(g_nworkers, sizeof(worker_t));

@@ -1203,6 +1203,8 @@ mg_proxy_t *mg_proxy_new(struct event_base *base, const mg_conf_t *conf, mg_reql
         .max_streams_per_conn = conf->upstream.max_streams_per_conn,
         .max_idle_conns_per_pod = conf->upstream.max_idle_conns_per_pod,
         .idle_conn_ms = 60000,
+        .stream_window = conf->upstream.stream_window,
+        .connection_window = conf->upstream.connection_window,
     };
     p->ups = mg_upstreams_new(base, &uc);
     if (p->ups == NULL) {

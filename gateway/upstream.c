@@ -878,13 +878,17 @@ static up_conn_t *conn_new(pool_t *p)
             conn_free(c);
             return NULL;
         }
+        /* The stream window bounds what a pod may send ahead for a client slower than it:
+         * that is held in memory until the client takes it (with the client side's own
+         * buffer, see MG_SRV_HIGH and connection_buffer). */
         nghttp2_settings_entry iv[] = {
             {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-            {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20},
+            {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, u->conf.stream_window},
             {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
         };
         nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 3);
-        nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
+        nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0,
+                                              (int32_t)u->conf.connection_window);
     }
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW, 0);
@@ -1050,6 +1054,10 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     u->conf = *conf;
     if (u->conf.max_streams_per_conn == 0)
         u->conf.max_streams_per_conn = 100;
+    if (u->conf.stream_window == 0)
+        u->conf.stream_window = 256 << 10;
+    if (u->conf.connection_window == 0)
+        u->conf.connection_window = 16 << 20;
     u->small = mg_smalloc_new();
     u->mem = (nghttp2_mem){u->small, mem_get, mem_put, mem_zget, mem_reget};
     u->outq = mg_outq_new(base);

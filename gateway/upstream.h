@@ -69,6 +69,8 @@ typedef struct mg_up_conf {
     uint32_t max_streams_per_conn;
     uint32_t max_idle_conns_per_pod;
     uint32_t idle_conn_ms; /* close unused upstream connections after this */
+    uint32_t stream_window;     /* HTTP/2 windows we advertise to pods (0 = 256 KiB, 16 MiB) */
+    uint32_t connection_window;
 } mg_up_conf_t;
 
 mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *conf);

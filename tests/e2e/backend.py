@@ -36,7 +36,8 @@ Summary (application/json, response header x-pod: NAME):
     {"pod", "proto" ("h2c"|"http/1.1"), "method", "path", "authority", "headers" {lowercase name:
      value, repeats joined with ", "}, "header_list" [[name, value]...], "body_len",
      "body_sha256", "trailers" {name: value}, "conn_id" (numbers this process's connections),
-     "stream_id" (HTTP/2 stream id, or the request's rank on its HTTP/1.1 connection)}
+     "stream_id" (HTTP/2 stream id, or the request's rank on its HTTP/1.1 connection),
+     "bytes_sent" (body bytes of all /bytes answers this process has sent so far)}
 Log lines on stdout: "req PROTO METHOD PATH" per request, "rst h2c PATH" when a peer resets a
 stream ("rst h2c #ID" once its response is done).
 
@@ -73,6 +74,7 @@ H2_CONN_WINDOW = 1024 * 1024 * 1024
 # old limit even when the same chunk first carries the ACK of a larger one.
 H1_MAX_HEAD = 1024 * 1024
 _conn_ids = itertools.count(1)
+BYTES_SENT = [0]  # body bytes of every /bytes answer handed to the transport, both protocols
 HEALTH_FILE = None  # --health-file: /health answers 200 while this file exists, else 503
 
 
@@ -146,6 +148,7 @@ class Request:
             "trailers": self.trailers,
             "conn_id": self.conn_id,
             "stream_id": self.stream_id,
+            "bytes_sent": BYTES_SENT[0],
         }
 
     def status_code(self):
@@ -348,6 +351,7 @@ class H2Handler:
                 k = await self.window(sid, min(CHUNK, n - off))
                 self.conn.send_data(sid, pattern_chunk(off, k), end_stream=(off + k == n))
                 off += k
+                BYTES_SENT[0] += k
                 self.flush()
                 if self.writer.transport.get_write_buffer_size() > 1024 * 1024:
                     await self.writer.drain()
@@ -547,6 +551,7 @@ class H1Handler:
                 k = min(CHUNK, n - off)
                 w.write(pattern_chunk(off, k))
                 off += k
+                BYTES_SENT[0] += k
                 if w.transport.get_write_buffer_size() > 1024 * 1024:
                     await w.drain()
             await w.drain()

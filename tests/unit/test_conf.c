@@ -133,20 +133,24 @@ static void defaults(void **state)
     assert_int_equal(c.backend_proto, MG_UP_H2C);
     assert_null(c.access_log);
     assert_int_equal(c.log_level, MG_LOG_INFO);
-    assert_int_equal(c.limits.max_concurrent_streams, 1000);
+    assert_int_equal(c.limits.max_concurrent_streams, 100);
     assert_int_equal(c.limits.max_header_list_size, 65536);
     assert_int_equal(c.limits.max_headers, 100);
     assert_int_equal(c.limits.stream_window, 1048576);
     assert_int_equal(c.limits.connection_window, 16777216);
+    assert_int_equal(c.limits.connection_buffer, 4194304);
     assert_int_equal(c.limits.max_request_body, 0);
     assert_int_equal(c.timeouts_ms.connect, 2000);
     assert_int_equal(c.timeouts_ms.first_byte, 30000);
     assert_int_equal(c.timeouts_ms.idle, 60000);
     assert_int_equal(c.timeouts_ms.total, 0);
     assert_int_equal(c.timeouts_ms.client_idle, 120000);
+    assert_int_equal(c.timeouts_ms.client_write, 30000);
     assert_int_equal(c.timeouts_ms.drain, 10000);
     assert_int_equal(c.upstream.max_streams_per_conn, 100);
     assert_int_equal(c.upstream.max_idle_conns_per_pod, 64);
+    assert_int_equal(c.upstream.stream_window, 262144);
+    assert_int_equal(c.upstream.connection_window, 16777216);
     mg_conf_clear(&c);
 }
 
@@ -334,7 +338,7 @@ static void file_errors_all_in_one_pass(void **state)
         "for off) or null)",
         "log_level: unknown level \"loud\" (expected debug, info, warn or error)",
         "limits.x: unknown key (valid keys: max_concurrent_streams, max_header_list_size, "
-        "max_headers, stream_window, connection_window, max_request_body)",
+        "max_headers, stream_window, connection_window, connection_buffer, max_request_body)",
         "limits.max_concurrent_streams: out of range (got 0; expected integer 1-100000 (streams "
         "per client connection))",
         "limits.max_header_list_size: wrong type (got string \"big\"; expected integer "

@@ -1,0 +1,144 @@
+"""
+Clients that read slowly or not at all: what one of them may cost the gateway.
+
+A client that stops reading while the gateway has output for it is closed after
+timeouts_ms.client_write; until then, the response bytes the gateway holds for one HTTP/2
+connection are bounded by limits.connection_buffer plus what its streams' pods may still send
+within the window the gateway gives them (upstream.stream_window), not by a buffer per stream.
+The bytes held are measured at the pod: every byte the pod sent and the client has not taken
+is in the gateway (or in the sockets' buffers between them).
+"""
+import socket
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import httpx
+
+from conftest import HOST, routes_doc, wait_for
+
+BIG_WINDOW = 2**31 - 1
+
+
+def greedy_client(port, paths):
+    """An HTTP/2 client that opens every window wide and asks for |paths| at once, then reads
+    nothing. Its socket's receive buffer is kept small, so the gateway's output backs up."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.local_settings = h2.settings.Settings(client=True, initial_values={
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: BIG_WINDOW})
+    c.initiate_connection()
+    c.increment_flow_control_window(BIG_WINDOW - 65535)
+    for i, path in enumerate(paths):
+        c.send_headers(1 + 2 * i, [(":method", "GET"), (":scheme", "http"), (":authority", HOST),
+                                   (":path", path)], end_stream=True)
+    sock.sendall(c.data_to_send())
+    return sock, c
+
+
+def pod_bytes_sent(pod):
+    """What the pod has sent of its /bytes answers so far (asked of the pod directly)."""
+    return httpx.get("http://127.0.0.1:%d/count" % pod.port, timeout=5).json()["bytes_sent"]
+
+
+def settled(read, quiet=0.5, timeout=10.0):
+    """Polls |read| until its value stays the same for |quiet| s; returns it."""
+    deadline = time.monotonic() + timeout
+    last, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        v = read()
+        if v != last:
+            last, since = v, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return v
+    return last
+
+
+def test_client_that_stops_reading_is_closed(procs):
+    """20 downloads on a connection whose client reads nothing: once the gateway's output has
+    made no progress for client_write (1 s here), it closes the connection and resets the
+    pod's streams, instead of holding them (and their buffers) for as long as the client
+    likes. Another client meanwhile is served."""
+    pod = procs.backend("pod-a", args=["--proto", "h2c"])
+    gw = procs.gateway(routes_doc({"s": [pod]}, [("digits", "production", "s")]),
+                       conf={"workers": 1, "timeouts_ms": {"client_write": 1000}}, tls=False)
+    n = 20
+    t0 = time.monotonic()
+    sock, _ = greedy_client(gw.port, ["/bytes?n=4000000"] * n)
+    try:
+        wait_for(lambda: pod.proc.stdout().count("rst h2c /bytes") == n, 15,
+                 what="the gateway to give up on the client and reset the pod's %d streams" % n)
+        took = time.monotonic() - t0
+        assert took >= 1.0, "closed after %.2f s, before client_write" % took
+        # the client's socket holds what was sent, then the end of the connection
+        sock.settimeout(5)
+        ended = False
+        try:
+            while sock.recv(1 << 20):
+                pass
+            ended = True
+        except ConnectionResetError:
+            ended = True
+        assert ended
+        r = httpx.get("http://127.0.0.1:%d/after" % gw.port, headers={"host": HOST}, timeout=5)
+        assert r.status_code == 200
+    finally:
+        sock.close()
+    print("closed and reset %d pod streams %.2f s after the requests" % (n, took))
+    gw.assert_alive()
+
+
+def test_memory_for_a_slow_client_is_bounded_per_connection(procs):
+    """50 downloads of 2 MB on one connection whose client reads nothing. With a 64 KiB stream
+    window towards the pod and a 1 MiB connection_buffer, the pod can have sent at most
+    1 MiB + 50 x 64 KiB (4.1 MiB) beyond what the sockets hold; each stream keeping its own
+    256 KiB queue would have let through 50 x (256 + 64) KiB = 16 MiB. Then the client reads:
+    every stream paused by the connection's limit resumes, and all 50 answers arrive whole."""
+    pod = procs.backend("pod-a")  # h2c from the gateway, HTTP/1.1 for pod_bytes_sent
+    gw = procs.gateway(routes_doc({"s": [pod]}, [("digits", "production", "s")]),
+                       conf={"workers": 1,
+                             "limits": {"connection_buffer": 1 << 20},
+                             "upstream": {"stream_window": 65535}}, tls=False)
+    n, size = 50, 2000000
+    sock, c = greedy_client(gw.port, ["/bytes?n=%d" % size] * n)
+    try:
+        held = settled(lambda: pod_bytes_sent(pod))
+        # the sockets between pod, gateway and client: the gateway's send buffer (loopback
+        # autotuning: up to tcp_wmem's 4 MiB), the client's receive buffer, the pod's; plus
+        # the gateway's 64 KiB of framed output
+        slack = 6 << 20
+        bound = (1 << 20) + n * 65535 + slack
+        print("pod sent %d bytes to a client reading nothing (bound %d)" % (held, bound))
+        assert 1 << 20 < held <= bound, held
+
+        # now read everything: each answer arrives whole
+        got = {}
+        ended = set()
+        sock.settimeout(1)
+        deadline = time.monotonic() + 60
+        while len(ended) < n and time.monotonic() < deadline:
+            try:
+                data = sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            assert data, "connection closed with %d of %d answers complete" % (len(ended), n)
+            for ev in c.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    got[ev.stream_id] = got.get(ev.stream_id, 0) + len(ev.data)
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended.add(ev.stream_id)
+                elif isinstance(ev, h2.events.StreamReset):
+                    raise AssertionError("stream %d reset" % ev.stream_id)
+            out = c.data_to_send()
+            if out:
+                sock.sendall(out)
+        assert len(ended) == n, "%d of %d answers complete after 60 s" % (len(ended), n)
+        assert all(v == size for v in got.values()) and len(got) == n
+    finally:
+        sock.close()
+    gw.assert_alive()
