@@ -23,6 +23,8 @@ Every request body is read as it arrives and only hashed, never stored. Endpoint
                         (a test makes the pod fail and recover without restarting it); without
                         the option, like "anything else"
     /trailers           answers with trailer x-trailer-a: 1; the JSON carries the request trailers
+                        (?n=N adds N more trailer fields x-t-0: v0 ... x-t-<N-1>)
+    /headers?n=N        the summary with N more response header fields x-h-0: v0 ... x-h-<N-1>
     /reset              resets the stream (HTTP/2) or closes the connection (HTTP/1.1)
     /drip?n=K&ms=M      answers at once, then K body chunks "drip-<i>\n", one every M ms
     /early              (HTTP/2) answers in full as soon as the request head arrives, before
@@ -121,8 +123,12 @@ class Request:
         except (KeyError, ValueError, IndexError):
             return default
 
+    def many_fields(self, prefix):
+        """The fields PREFIX-0: v0 ... PREFIX-<n-1>, n from the query (/headers, /trailers)."""
+        return [("%s-%d" % (prefix, i), "v%d" % i) for i in range(self.qint("n", 0))]
+
     def extra_headers(self):
-        out = []
+        out = self.many_fields("x-h") if self.path == "/headers" else []
         for spec in self.query.get("set-header", []):
             name, _, value = spec.partition(":")
             if name:
@@ -370,7 +376,8 @@ class H2Handler:
         if p == "/trailers":
             self.send_headers(sid, 200, r, [ctype])
             await self.send_body(sid, body, end_stream=False)
-            self.conn.send_headers(sid, [("x-trailer-a", "1")], end_stream=True)
+            self.conn.send_headers(sid, [("x-trailer-a", "1")] + r.many_fields("x-t"),
+                                   end_stream=True)
             self.flush()
             return
         self.send_headers(sid, r.status_code(), r, [ctype, ("content-length", str(len(body)))])
@@ -574,7 +581,8 @@ class H1Handler:
         if p == "/trailers":
             w.write(self.head(200, r, [ctype, ("transfer-encoding", "chunked"),
                                        ("trailer", "x-trailer-a")], keep))
-            w.write(b"%x\r\n%s\r\n0\r\nx-trailer-a: 1\r\n\r\n" % (len(body), body))
+            more = "".join("%s: %s\r\n" % kv for kv in r.many_fields("x-t")).encode()
+            w.write(b"%x\r\n%s\r\n0\r\nx-trailer-a: 1\r\n%s\r\n" % (len(body), body, more))
             await w.drain()
             return keep
         w.write(self.head(r.status_code(), r, [ctype, ("content-length", str(len(body)))], keep))
