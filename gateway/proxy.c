@@ -827,6 +827,11 @@ static void up_on_error(void *ctx, mg_up_fail_t why, bool sent)
     case MG_UP_PROTO:
         fail(e, 502, "upstream_protocol_error", "pod %s broke the protocol", pod);
         break;
+    case MG_UP_HEADERS: /* once the head went out (trailers), fail resets the client's stream */
+        fail(e, 502, "upstream_headers_too_large",
+             "pod %s answered with more than %d header fields or a head too large to pass on", pod,
+             MG_UP_MAX_FIELDS);
+        break;
     case MG_UP_REFUSED:
     case MG_UP_RESET:
         fail(e, 502, "upstream_reset", "pod %s reset the request", pod);

@@ -40,7 +40,12 @@ typedef enum mg_up_fail {
     MG_UP_REFUSED,             /* the pod refused the stream (GOAWAY, REFUSED_STREAM) */
     MG_UP_RESET,               /* stream reset or connection lost after sending */
     MG_UP_PROTO,               /* the pod broke the protocol */
+    MG_UP_HEADERS,             /* the pod's head or trailers do not fit MG_UP_MAX_FIELDS or the
+                                * stream's memory: never passed cut, the stream fails instead */
 } mg_up_fail_t;
+
+/* Header fields of one response head or trailer section the gateway passes on, at most. */
+#define MG_UP_MAX_FIELDS 128
 
 typedef struct mg_up_cbs {
     /* |end|: the response has no body and no trailers; no on_end follows */
