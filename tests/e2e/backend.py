@@ -71,6 +71,7 @@ _PATTERN_MV = memoryview(PATTERN)
 
 H2_STREAM_WINDOW = 16 * 1024 * 1024
 H2_CONN_WINDOW = 1024 * 1024 * 1024
+H2_MAX_HEADER_LIST = 1024 * 1024  # SETTINGS_MAX_HEADER_LIST_SIZE: heads the gateway may send
 # SETTINGS_MAX_FRAME_SIZE stays at 16 KiB: h2 4.1 checks a received chunk's frames against the
 # old limit even when the same chunk first carries the ACK of a larger one.
 H1_MAX_HEAD = 1024 * 1024
@@ -185,6 +186,9 @@ class H2Handler:
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
                                         validate_inbound_headers=False)
         self.conn = h2.connection.H2Connection(config=cfg)
+        # h2 enforces an announced MAX_HEADER_LIST_SIZE only once the peer acknowledged it, and
+        # 64 KiB before: a large head in the connection's first request would be refused
+        self.conn.decoder.max_header_list_size = H2_MAX_HEADER_LIST
         self.reqs = {}  # stream id -> Request (until the response is done)
         self.tasks = {}  # stream id -> response task
         self.window_event = asyncio.Event()
@@ -206,7 +210,7 @@ class H2Handler:
         c.update_settings({
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: H2_STREAM_WINDOW,
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 4096,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1024 * 1024,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: H2_MAX_HEADER_LIST,
         })
         c.increment_flow_control_window(H2_CONN_WINDOW)
         self.flush()
