@@ -1099,6 +1099,10 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     nghttp2_option_set_no_auto_window_update(u->opt, 1);
     nghttp2_option_set_no_closed_streams(u->opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(u->opt, 100);
+    /* a request head the gateway took from its client goes out whole, even over 64 KiB (else
+     * NGHTTP2_ERR_FRAME_SIZE_ERROR closes the stream before the pod sees it) */
+    if (u->conf.max_header_block > 65536)
+        nghttp2_option_set_max_send_header_block_length(u->opt, u->conf.max_header_block);
     llhttp_settings_init(&u->h1settings);
     u->h1settings.on_header_field = h1_on_field;
     u->h1settings.on_header_value = h1_on_value;

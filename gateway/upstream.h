@@ -74,6 +74,9 @@ typedef struct mg_up_conf {
     uint32_t max_streams_per_conn;
     uint32_t max_idle_conns_per_pod;
     uint32_t idle_conn_ms; /* close unused upstream connections after this */
+    /* largest request head sent over HTTP/2, counted as nghttp2_hd_deflate_bound does (name +
+     * value + 12 per field, + 12); up to 64 KiB (and 0): nghttp2's default of 64 KiB */
+    size_t max_header_block;
 } mg_up_conf_t;
 
 mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *conf);
