@@ -827,6 +827,11 @@ static void up_on_error(void *ctx, mg_up_fail_t why, bool sent)
     case MG_UP_PROTO:
         fail(e, 502, "upstream_protocol_error", "pod %s broke the protocol", pod);
         break;
+    case MG_UP_HEADERS: /* once the head went out (trailers), fail resets the client's stream */
+        fail(e, 502, "upstream_headers_too_large",
+             "pod %s answered with more than %d header fields or a head too large to pass on", pod,
+             MG_UP_MAX_FIELDS);
+        break;
     case MG_UP_REFUSED:
     case MG_UP_RESET:
         fail(e, 502, "upstream_reset", "pod %s reset the request", pod);
@@ -1186,6 +1191,19 @@ const mg_srv_handler_t *mg_proxy_handler(void)
 
 /* ---------- proxy ---------- */
 
+/* The largest request head the gateway may send a pod, as nghttp2 counts it (name + value + 12
+ * per field): the largest head a client may send (max_header_list_size counts 32 per field over
+ * HTTP/2; over HTTP/1.1 the fields' bytes only, so 12 more per field), the 4 pseudo-fields, and
+ * what the gateway adds: x-forwarded-for/-proto, x-request-id, x-user-features and its status. */
+static size_t upstream_header_block(const mg_conf_t *conf)
+{
+    size_t n = (size_t)conf->limits.max_header_list_size +
+               12 * ((size_t)conf->limits.max_headers + 4 + 6) + 1024;
+    if (conf->features)
+        n += conf->features->max_header_bytes;
+    return n;
+}
+
 mg_proxy_t *mg_proxy_new(struct event_base *base, const mg_conf_t *conf, mg_reqlog_t *log,
                          unsigned worker)
 {
@@ -1205,6 +1223,7 @@ mg_proxy_t *mg_proxy_new(struct event_base *base, const mg_conf_t *conf, mg_reql
         .idle_conn_ms = 60000,
         .stream_window = conf->upstream.stream_window,
         .connection_window = conf->upstream.connection_window,
+        .max_header_block = upstream_header_block(conf),
     };
     p->ups = mg_upstreams_new(base, &uc);
     if (p->ups == NULL) {

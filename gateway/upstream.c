@@ -7,6 +7,9 @@
  * updates off so the gateway only acknowledges response bytes its client has taken), an
  * HTTP/1.1 connection runs llhttp in response mode and carries one exchange at a time.
  * Streams are recycled through a free list; response header fields live in the stream's arena.
+ * A response head or trailer section that does not fit (more than MG_UP_MAX_FIELDS fields, or
+ * the arena is full) is never passed on cut: the stream fails with MG_UP_HEADERS, as Envoy and
+ * nghttpx answer 502 to such a response, and the pod's stream is reset or its connection closed.
  * A connection is freed only when no call frame uses it (|busy| == 0), like the server side.
  */
 #include "gateway/upstream.h"
@@ -34,7 +37,6 @@
 #define OUT_HIGH (64 * 1024)
 #define OUT_LOW (16 * 1024)
 #define NBUCKETS 64
-#define MAX_RESP_HEADERS 128
 #define STREAM_MEMORY (256 * 1024)
 
 typedef struct pool pool_t;
@@ -91,6 +93,7 @@ struct pool {
     up_conn_t *conns;
     size_t nconns, nidle;
     mg_log_limit_t log_limit; /* connect errors repeat per request */
+    mg_log_limit_t head_log_limit; /* so do oversized response heads */
     mg_podstate_t *state;     /* the pod's shared state: its connection gauge; may be NULL */
 };
 
@@ -207,17 +210,37 @@ static void deliver_end(mg_up_stream_t *s)
     s->cbs->on_end(s->ctx, s->trailers, s->ntrailers);
 }
 
-static void push_hdr(mg_up_stream_t *s, bool trailer, const char *n, size_t nl, const char *v,
+/* False when the field does not fit (MG_UP_MAX_FIELDS reached, or the arena is full): the
+ * caller fails the stream with fields_overflow, never drops the field. */
+static bool push_hdr(mg_up_stream_t *s, bool trailer, const char *n, size_t nl, const char *v,
                      size_t vl)
 {
     if (trailer && mg_trailer_forbidden(n, nl))
-        return;
+        return true;
     if (trailer)
-        mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap, MAX_RESP_HEADERS,
-                     n, nl, v, vl);
-    else
-        mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap, MAX_RESP_HEADERS, n, nl, v,
-                     vl);
+        return mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap,
+                            MG_UP_MAX_FIELDS, n, nl, v, vl);
+    return mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap, MG_UP_MAX_FIELDS, n, nl, v,
+                        vl);
+}
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define OVERFLOW_WHY "more than " STR(MG_UP_MAX_FIELDS) " fields, or more than the stream's memory"
+
+/* The response head (|trailer|: trailer section) of |s| did not fit: the stream fails; the
+ * caller resets it (HTTP/2) or closes the connection (HTTP/1.1, whose h1_recv logs why). */
+static void fields_overflow(mg_up_stream_t *s, bool trailer)
+{
+    if (s->done || s->cancelled)
+        return;
+    pool_t *p = s->c->pool;
+    unsigned long skipped;
+    if (s->c->h2 && mg_log_limit_pass(&p->head_log_limit, &skipped))
+        MG_LOG(MG_LOG_WARN, "upstream",
+               "pod %s: response %s with " OVERFLOW_WHY ": not passed on (%lu similar suppressed)",
+               p->key, trailer ? "trailers" : "head", skipped);
+    fail_stream(s, MG_UP_HEADERS, true);
 }
 
 /* ---------- connection lifetime ---------- */
@@ -336,17 +359,23 @@ static int h2_on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_r
     if (s == NULL)
         return 0;
     nghttp2_vec n = nghttp2_rcbuf_get_buf(name), v = nghttp2_rcbuf_get_buf(value);
+    /* a field that does not fit fails the stream; TEMPORAL_CALLBACK_FAILURE resets it
+     * (INTERNAL_ERROR) and skips the rest of the block */
     if (f->headers.cat == NGHTTP2_HCAT_HEADERS && s->headers_done) {
-        push_hdr(s, true, (const char *)n.base, n.len, (const char *)v.base, v.len);
-        return 0;
+        if (push_hdr(s, true, (const char *)n.base, n.len, (const char *)v.base, v.len))
+            return 0;
+        fields_overflow(s, true);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     if (n.len == 7 && memcmp(n.base, ":status", 7) == 0) {
         s->status = atoi((const char *)v.base);
         s->nhdrs = 0; /* a final response after 1xx starts afresh */
         return 0;
     }
-    push_hdr(s, false, (const char *)n.base, n.len, (const char *)v.base, v.len);
-    return 0;
+    if (push_hdr(s, false, (const char *)n.base, n.len, (const char *)v.base, v.len))
+        return 0;
+    fields_overflow(s, false);
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
 }
 
 static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
@@ -573,10 +602,15 @@ static int h1_on_value_complete(llhttp_t *p)
     mg_up_stream_t *s = h1_cur(p->data);
     if (s == NULL)
         return -1;
-    push_hdr(s, s->headers_done, s->h1_scratch, s->h1_fld_len, s->h1_scratch + s->h1_fld_len,
-             s->h1_val_len);
+    bool ok = push_hdr(s, s->headers_done, s->h1_scratch, s->h1_fld_len,
+                       s->h1_scratch + s->h1_fld_len, s->h1_val_len);
     s->h1_fld_len = s->h1_val_len = 0;
-    return 0;
+    if (ok)
+        return 0;
+    fields_overflow(s, s->headers_done);
+    llhttp_set_error_reason(p, s->headers_done ? "trailers with " OVERFLOW_WHY
+                                               : "head with " OVERFLOW_WHY);
+    return -1; /* h1_recv closes the connection */
 }
 
 static int h1_on_headers_complete(llhttp_t *p)
@@ -1073,6 +1107,10 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     nghttp2_option_set_no_auto_window_update(u->opt, 1);
     nghttp2_option_set_no_closed_streams(u->opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(u->opt, 100);
+    /* a request head the gateway took from its client goes out whole, even over 64 KiB (else
+     * NGHTTP2_ERR_FRAME_SIZE_ERROR closes the stream before the pod sees it) */
+    if (u->conf.max_header_block > 65536)
+        nghttp2_option_set_max_send_header_block_length(u->opt, u->conf.max_header_block);
     llhttp_settings_init(&u->h1settings);
     u->h1settings.on_header_field = h1_on_field;
     u->h1settings.on_header_value = h1_on_value;

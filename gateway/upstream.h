@@ -40,7 +40,12 @@ typedef enum mg_up_fail {
     MG_UP_REFUSED,             /* the pod refused the stream (GOAWAY, REFUSED_STREAM) */
     MG_UP_RESET,               /* stream reset or connection lost after sending */
     MG_UP_PROTO,               /* the pod broke the protocol */
+    MG_UP_HEADERS,             /* the pod's head or trailers do not fit MG_UP_MAX_FIELDS or the
+                                * stream's memory: never passed cut, the stream fails instead */
 } mg_up_fail_t;
+
+/* Header fields of one response head or trailer section the gateway passes on, at most. */
+#define MG_UP_MAX_FIELDS 128
 
 typedef struct mg_up_cbs {
     /* |end|: the response has no body and no trailers; no on_end follows */
@@ -71,6 +76,9 @@ typedef struct mg_up_conf {
     uint32_t idle_conn_ms; /* close unused upstream connections after this */
     uint32_t stream_window;     /* HTTP/2 windows we advertise to pods (0 = 256 KiB, 16 MiB) */
     uint32_t connection_window;
+    /* largest request head sent over HTTP/2, counted as nghttp2_hd_deflate_bound does (name +
+     * value + 12 per field, + 12); up to 64 KiB (and 0): nghttp2's default of 64 KiB */
+    size_t max_header_block;
 } mg_up_conf_t;
 
 mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *conf);

@@ -23,6 +23,8 @@ Every request body is read as it arrives and only hashed, never stored. Endpoint
                         (a test makes the pod fail and recover without restarting it); without
                         the option, like "anything else"
     /trailers           answers with trailer x-trailer-a: 1; the JSON carries the request trailers
+                        (?n=N adds N more trailer fields x-t-0: v0 ... x-t-<N-1>)
+    /headers?n=N        the summary with N more response header fields x-h-0: v0 ... x-h-<N-1>
     /reset              resets the stream (HTTP/2) or closes the connection (HTTP/1.1)
     /drip?n=K&ms=M      answers at once, then K body chunks "drip-<i>\n", one every M ms
     /early              (HTTP/2) answers in full as soon as the request head arrives, before
@@ -70,6 +72,7 @@ _PATTERN_MV = memoryview(PATTERN)
 
 H2_STREAM_WINDOW = 16 * 1024 * 1024
 H2_CONN_WINDOW = 1024 * 1024 * 1024
+H2_MAX_HEADER_LIST = 1024 * 1024  # SETTINGS_MAX_HEADER_LIST_SIZE: heads the gateway may send
 # SETTINGS_MAX_FRAME_SIZE stays at 16 KiB: h2 4.1 checks a received chunk's frames against the
 # old limit even when the same chunk first carries the ACK of a larger one.
 H1_MAX_HEAD = 1024 * 1024
@@ -123,8 +126,12 @@ class Request:
         except (KeyError, ValueError, IndexError):
             return default
 
+    def many_fields(self, prefix):
+        """The fields PREFIX-0: v0 ... PREFIX-<n-1>, n from the query (/headers, /trailers)."""
+        return [("%s-%d" % (prefix, i), "v%d" % i) for i in range(self.qint("n", 0))]
+
     def extra_headers(self):
-        out = []
+        out = self.many_fields("x-h") if self.path == "/headers" else []
         for spec in self.query.get("set-header", []):
             name, _, value = spec.partition(":")
             if name:
@@ -182,6 +189,9 @@ class H2Handler:
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
                                         validate_inbound_headers=False)
         self.conn = h2.connection.H2Connection(config=cfg)
+        # h2 enforces an announced MAX_HEADER_LIST_SIZE only once the peer acknowledged it, and
+        # 64 KiB before: a large head in the connection's first request would be refused
+        self.conn.decoder.max_header_list_size = H2_MAX_HEADER_LIST
         self.reqs = {}  # stream id -> Request (until the response is done)
         self.tasks = {}  # stream id -> response task
         self.window_event = asyncio.Event()
@@ -203,7 +213,7 @@ class H2Handler:
         c.update_settings({
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: H2_STREAM_WINDOW,
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 4096,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1024 * 1024,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: H2_MAX_HEADER_LIST,
         })
         c.increment_flow_control_window(H2_CONN_WINDOW)
         self.flush()
@@ -374,7 +384,8 @@ class H2Handler:
         if p == "/trailers":
             self.send_headers(sid, 200, r, [ctype])
             await self.send_body(sid, body, end_stream=False)
-            self.conn.send_headers(sid, [("x-trailer-a", "1")], end_stream=True)
+            self.conn.send_headers(sid, [("x-trailer-a", "1")] + r.many_fields("x-t"),
+                                   end_stream=True)
             self.flush()
             return
         self.send_headers(sid, r.status_code(), r, [ctype, ("content-length", str(len(body)))])
@@ -579,7 +590,8 @@ class H1Handler:
         if p == "/trailers":
             w.write(self.head(200, r, [ctype, ("transfer-encoding", "chunked"),
                                        ("trailer", "x-trailer-a")], keep))
-            w.write(b"%x\r\n%s\r\n0\r\nx-trailer-a: 1\r\n\r\n" % (len(body), body))
+            more = "".join("%s: %s\r\n" % kv for kv in r.many_fields("x-t")).encode()
+            w.write(b"%x\r\n%s\r\n0\r\nx-trailer-a: 1\r\n%s\r\n" % (len(body), body, more))
             await w.drain()
             return keep
         w.write(self.head(r.status_code(), r, [ctype, ("content-length", str(len(body)))], keep))

@@ -822,3 +822,111 @@ def test_request_body_streams_upstream(both_upstreams, host):
         doc = st.json()
         assert doc["body_len"] == len(first) + len(rest)
         assert doc["body_sha256"] == hashlib.sha256(first + rest).hexdigest()
+
+
+# --- limits on what pods answer and on what the gateway forwards --------------------------------
+
+
+@pytest.fixture
+def limits_stack(procs):
+    """both_upstreams, with the admin listener (metrics) and request heads up to 256 KiB."""
+    a = procs.backend("pod-a", proto="h2c")
+    h = procs.backend("pod-h1", proto="http1")
+    admin = free_port()
+    gw = procs.gateway(routes_doc({"svc-a": [a], "svc-h": ([h], "http1")},
+                                  [("digits", "production", "svc-a"),
+                                   ("digits", "staging", "svc-h")]),
+                       conf={"admin": {"listen": "127.0.0.1:%d" % admin},
+                             "limits": {"max_header_list_size": 256 * 1024}})
+    gw.admin_port = admin
+    return gw
+
+
+def pod_failures(gw, service):
+    """modelgate_pod_failures_total of |service|'s pods, summed."""
+    text = httpx.get("http://127.0.0.1:%d/metrics" % gw.admin_port, timeout=5).text
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith("modelgate_pod_failures_total{") and
+               'service="%s"' % service in line)
+
+
+def fields(pairs, prefix):
+    return [k for k, _ in pairs if k.startswith(prefix)]
+
+
+@pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
+def test_response_head_with_too_many_fields_is_502(limits_stack, host):
+    """A pod's response head with more fields than the gateway passes on (128) is never cut: the
+    client gets a 502 JSON error, the attempt counts as a failure of the pod, the access log says
+    why. 100 fields pass whole."""
+    gw = limits_stack
+    svc = "svc-a" if host == HOST else "svc-h"
+    want = ["x-h-%d" % i for i in range(100)]
+    with gw.h2() as c:
+        r = c.get("/headers?n=100", authority=gw.authority(host))
+        assert r.status == 200, r
+        assert fields(r.header_list, "x-h-") == want and r.headers["x-h-99"] == "v99"
+        r = c.get("/headers?n=200", authority=gw.authority(host))
+        error_json(502, "upstream_headers_too_large", r.status, r.headers, bytes(r.body))
+        assert c.get("/after", authority=gw.authority(host)).status == 200
+    r = h1(gw, "GET", "/headers?n=100", host=host)
+    assert r.status == 200 and fields(r.header_list, "x-h-") == want, r
+    r = h1(gw, "GET", "/headers?n=200", host=host)
+    error_json(502, "upstream_headers_too_large", r.status, r.headers, r.body)
+    lines = gw.wait_access(5)
+    bad = [(ln["status"], ln["error"]) for ln in lines if ln["path"] == "/headers?n=200"]
+    assert bad == [(502, "upstream_headers_too_large")] * 2, lines
+    assert pod_failures(gw, svc) == 2
+    gw.assert_alive()
+
+
+@pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
+def test_response_trailers_with_too_many_fields_abort(limits_stack, host):
+    """Trailers with more fields than the gateway passes on come after the head went out: the
+    client's stream is reset (HTTP/2), its connection closed before the last chunk (HTTP/1.1),
+    the access log says why; never trailers silently cut. 100 trailer fields pass whole."""
+    gw = limits_stack
+    svc = "svc-a" if host == HOST else "svc-h"
+    want = ["x-trailer-a"] + ["x-t-%d" % i for i in range(100)]
+    te = [("te", "trailers")]
+    with gw.h2() as c:
+        r = c.get("/trailers?n=100", headers=te, authority=gw.authority(host))
+        assert r.status == 200 and r.ended and r.reset_code is None, r
+        assert sorted(r.trailers) == sorted(want), r.trailers
+        r = c.get("/trailers?n=200", headers=te, authority=gw.authority(host))
+        assert r.status == 200 and not r.ended and r.reset_code is not None, (r, r.trailers)
+        assert c.get("/after", authority=gw.authority(host)).status == 200
+    with H1Conn(gw.port) as c:
+        c.send(h1_request_bytes("GET", "/trailers?n=100", gw.authority(host), te))
+        r = c.read_response()
+        assert r.status == 200 and sorted(r.trailers) == sorted(want), r.trailers
+        c.send(h1_request_bytes("GET", "/trailers?n=200", gw.authority(host), te))
+        with pytest.raises(ConnectionError):
+            r = c.read_response()
+            pytest.fail("the response ended with %d trailer fields" % len(r.trailers))
+    lines = gw.wait_access(5)
+    bad = [(ln["status"], ln["error"]) for ln in lines if ln["path"] == "/trailers?n=200"]
+    assert bad == [(200, "upstream_headers_too_large")] * 2, lines
+    assert pod_failures(gw, svc) == 2
+    gw.assert_alive()
+
+
+@pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
+def test_request_head_over_64k_reaches_the_pod(limits_stack, host):
+    """With limits.max_header_list_size at 256 KiB, a 100 KiB request head the gateway took from
+    its client reaches the pod whole. Over h2c, nghttp2 sends no header block over 64 KiB unless
+    told to (the client got a 502 upstream_reset, the pod blamed for the gateway's refusal)."""
+    gw = limits_stack
+    big = "b" * (100 * 1024)
+    # curl over HTTP/1.1: one 100 KiB field (curl's HTTP/2 sends no head over 64 KiB)
+    status, _, _, body = curl(gw, "/big-head", "-H", "x-big: " + big, mode="h1", host=host)
+    assert status == 200, body[:300]
+    assert len(json.loads(body)["headers"]["x-big"]) == len(big)
+    # HTTP/2: two 50 KiB fields (nghttp2 takes no single field over 64 KiB)
+    halves = [("x-big-1", big[:51200]), ("x-big-2", big[51200:])]
+    with gw.h2() as c:
+        r = c.get("/big-head", headers=halves, authority=gw.authority(host))
+        assert r.status == 200, r
+        seen = r.json()["headers"]
+        assert (len(seen["x-big-1"]), len(seen["x-big-2"])) == (51200, 51200)
+    gw.assert_alive()
