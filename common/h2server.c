@@ -615,17 +615,20 @@ bool mg_trailer_forbidden(const char *name, size_t len)
            (len == 7 && strncasecmp(name, "trailer", 7) == 0);
 }
 
-static void hdr_push(mg_srv_stream_t *s, bool trailer, const char *name, size_t nlen,
+/* Keeps a field of the head or of the trailers; false when it is over max_headers (or the
+ * stream's memory): the head is then answered 431, trailers abort the request (the callers). */
+static bool hdr_push(mg_srv_stream_t *s, bool trailer, const char *name, size_t nlen,
                      const char *value, size_t vlen)
 {
     if (trailer && mg_trailer_forbidden(name, nlen))
-        return;
+        return true;
     bool ok = trailer ? mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap,
                                      s->c->srv->conf.max_headers, name, nlen, value, vlen)
                       : mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap,
                                      s->c->srv->conf.max_headers, name, nlen, value, vlen);
-    if (!ok)
+    if (!ok && !trailer)
         s->bad_status = 431;
+    return ok;
 }
 
 static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
@@ -675,14 +678,20 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
         return 0;
     nghttp2_vec n = nghttp2_rcbuf_get_buf(name), v = nghttp2_rcbuf_get_buf(value);
     s->hdr_bytes += n.len + v.len + 32; /* RFC 9113 6.5.2 size accounting */
+    bool trailers = f->headers.cat == NGHTTP2_HCAT_HEADERS;
+    /* Trailers over the limits come after the request went on: it cannot be answered 431 any
+     * more, and passing it on cut would be wrong, so the stream is reset (INTERNAL_ERROR, as
+     * nghttpx does) and the handler told with on_close. */
     if (s->hdr_bytes > s->c->srv->conf.max_header_list_size) {
+        if (trailers)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         s->bad_status = 431;
         return 0;
     }
-    if (f->headers.cat == NGHTTP2_HCAT_HEADERS) { /* trailers */
-        hdr_push(s, true, (const char *)n.base, n.len, (const char *)v.base, v.len);
-        return 0;
-    }
+    if (trailers)
+        return hdr_push(s, true, (const char *)n.base, n.len, (const char *)v.base, v.len)
+                   ? 0
+                   : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     const char *nm = (const char *)n.base;
     if (n.len > 0 && nm[0] == ':') {
         const char **slot = NULL;
@@ -1103,9 +1112,12 @@ static int h1_on_value_complete(llhttp_t *p)
     c->h1_fld_len = c->h1_val_len = 0;
     if (s == NULL)
         return 0; /* answered and closed before its trailers */
-    if (c->h1_headers_done) { /* chunked trailer section */
-        hdr_push(s, true, name, nlen, value, vlen);
-        return 0;
+    if (c->h1_headers_done) { /* chunked trailer section: over max_headers is a 431 (or a
+                                 * close, once answered), as over the byte limit */
+        if (hdr_push(s, true, name, nlen, value, vlen))
+            return 0;
+        c->h1_err_too_large = true;
+        return -1;
     }
     if (nlen == 4 && strncasecmp(name, "host", 4) == 0) {
         if (s->host != NULL) /* which one would route? RFC 9112 3.2 */

@@ -978,6 +978,26 @@ static void h1_absolute_form_and_http10_keep_alive(void **state)
     client_free(c);
 }
 
+/* A chunked trailer section of more fields than max_headers is a 431, as a head would be,
+ * not a request ended with its trailers cut. */
+static void h1_trailers_over_max_headers_are_431(void **state)
+{
+    fixture_t *f = *state;
+    f->answer = A_AFTER;
+    f->conf.max_headers = 3;
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c,
+                 "POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "3\r\nabc\r\n0\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n");
+    assert_true(run_until(f, c, is_eof, NULL));
+    assert_int_equal(strncmp(c->buf, "HTTP/1.1 431 ", 13), 0);
+    assert_int_equal(f->nrequests, 1);
+    assert_int_equal(f->nends, 0);
+    assert_int_equal(f->ncloses, 1);
+    client_free(c);
+}
+
 /* The same crash without any handler involvement: more fields than max_headers (431). */
 static void h1_trailers_after_431(void **state)
 {
@@ -1272,6 +1292,26 @@ static void h2_trailers_both_ways(void **state)
     h2_free(c);
 }
 
+/* Request trailers over max_header_list_size arrive after the request went on: the stream is
+ * reset (INTERNAL_ERROR) and the handler gets on_close, not an on_end with the trailers cut. */
+static void h2_trailers_over_the_limit_reset_the_stream(void **state)
+{
+    fixture_t *f = *state;
+    f->answer = A_AFTER;
+    f->conf.max_header_list_size = 240; /* the head is 218 bytes as counted, its trailer 47 */
+    start(f);
+    client_t *c = h2_connect(f);
+    h2_request(c, "POST", "/t", "hello", 5, true);
+    assert_true(run_until(f, c, h2_stream_closed, NULL));
+    assert_int_equal(f->nrequests, 1);
+    assert_int_equal(f->nends, 0);
+    assert_int_equal(f->ncloses, 1);
+    assert_int_equal(f->ncomplete, 0);
+    assert_int_equal(c->h2->status, 0);
+    assert_int_equal(c->h2->close_error, NGHTTP2_INTERNAL_ERROR);
+    h2_free(c);
+}
+
 static bool h2_has_goaway(fixture_t *f, client_t *c, const void *arg)
 {
     (void)f;
@@ -1359,11 +1399,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_shutdown_after_response, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_preface_and_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_trailers_both_ways, setup, teardown),
+        cmocka_unit_test_setup_teardown(h2_trailers_over_the_limit_reset_the_stream, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(h2_shutdown_sends_goaway, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_partial_head_times_out, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_pipelined_input_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_trailers_after_431, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_trailers_over_max_headers_are_431, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_trailers_after_early_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_then_late_body, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_keeps_connection, setup, teardown),
