@@ -14,9 +14,12 @@ import struct
 import threading
 import time
 
+import h2.errors
 import pytest
 
-from conftest import (H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc)
+from conftest import (H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc,
+                      wait_for)
+from h2client import Stream
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PROTOCOL_ERROR = 1
@@ -237,6 +240,36 @@ def test_refused_by_only_pod_tried_once_more(procs):
     assert refused == ["refused h2c POST /only"] * 2, refused
     line = gw.wait_access(1)[0]
     assert line["retries"] == 1 and line["error"] == "upstream_refused", line
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_request_cancelled_before_it_left_never_reaches_the_pod(procs, method):
+    """A request the client resets while its upstream stream waits for a connection (here a
+    new one: max_streams_per_conn 1 and a slow request holds the first) must never reach the
+    pod, not even its head."""
+    a = procs.backend("pod-a", proto="h2c")
+    gw = procs.gateway(routes_doc({"svc": ([a], "h2c")}, [("digits", "production", "svc")]),
+                       conf={"workers": 1, "upstream": {"max_streams_per_conn": 1}})
+    with gw.h2() as c:
+        slow = c.start("GET", "/slow?ms=1500")
+        wait_for(lambda: any(r[2] == "/slow?ms=1500" for r in a.requests()),
+                 what="the slow request at the pod")
+        for i in range(5):
+            sid = c.conn.get_next_available_stream_id()
+            c.streams[sid] = Stream(sid)
+            c.conn.send_headers(sid, c.headers_for(method, "/cancelled/%d" % i),
+                                end_stream=method == "GET")
+            if method == "POST":
+                c.conn.send_data(sid, b"p" * 100, end_stream=True)
+            c.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+            c.flush()  # head and reset in one write: the gateway reads them in one turn
+        assert c.wait(slow) and slow.status == 200, slow
+        assert c.get("/after").status == 200
+    time.sleep(0.5)
+    seen = [r for r in a.requests() if r[2].startswith("/cancelled")]
+    print("%s: the pod saw %d of 5 cancelled requests" % (method, len(seen)))
+    assert seen == []
+    gw.assert_alive()
 
 
 # --- request body limit -------------------------------------------------------------------------
