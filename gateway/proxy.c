@@ -969,9 +969,11 @@ static bool choose_service(exch_t *e, const mg_srv_req_t *req)
     if (e->replayable && req->has_body && e->kept == NULL &&
         (e->kept = evbuffer_new()) == NULL)
         e->replayable = false;
-    /* one allocation for a body of known size instead of one per chunk */
+    /* one allocation for a small body of known size instead of one per chunk (not more up
+     * front: a client may announce a length it never sends) */
     if (e->replayable && req->has_body && req->content_length > 0)
-        evbuffer_expand(e->kept, (size_t)req->content_length);
+        evbuffer_expand(e->kept, req->content_length < 65536 ? (size_t)req->content_length
+                                                             : 65536);
     return true;
 }
 
