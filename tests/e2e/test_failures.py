@@ -262,7 +262,10 @@ def test_request_cancelled_before_it_left_never_reaches_the_pod(procs, method):
             if method == "POST":
                 c.conn.send_data(sid, b"p" * 100, end_stream=True)
             c.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
-            c.flush()  # head and reset in one write: the gateway reads them in one turn
+        # heads and resets in one write: the gateway reads them in one turn, so each request
+        # waits for a new connection when its reset arrives (a request on a connection that
+        # is up leaves at once: its reset can only follow it)
+        c.flush()
         assert c.wait(slow) and slow.status == 200, slow
         assert c.get("/after").status == 200
     time.sleep(0.5)
