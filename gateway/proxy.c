@@ -7,7 +7,10 @@
  * them; they are acknowledged to the client (mg_srv_consume) only while |body| holds less than
  * MG_SRV_HIGH, so a slow pod slows the client instead of filling memory. Response bytes go the
  * other way with mg_srv_pending/mg_up_consume. A failed attempt whose body bytes never left
- * |body| (connect refused or timed out, stream refused) is replayed on the next pod.
+ * |body| (connect refused or timed out, stream refused) is replayed on the next pod. A small
+ * body is also copied to |kept| until the response starts, whatever the method: a stream the
+ * pod refused unprocessed (REFUSED_STREAM, or above a GOAWAY's last_stream_id: RFC 9113 8.7) is
+ * replayed from it even after its bytes left, like a connect failure, outside the retry budget.
  * Timeouts share one timer per exchange, re-armed to the nearest deadline only when it fires.
  * Any mg_srv_* call may end the stream synchronously (on_close), so the exchange is pinned
  * with hold/release around such calls and freed only when released.
@@ -78,7 +81,8 @@ struct exch {
     bool attempt_waiting; /* ... and its pending count (no response head yet) */
     bool attempt_bad;     /* its answer was 502/503/504: a failure when it ends */
     bool replayable;      /* |kept| holds the whole body so far (or there is none) */
-    bool retry_sent_ok;   /* the method or the route allows repeating a sent request */
+    bool retry_sent_ok;   /* the method or the route allows repeating a processed request */
+    bool same_pod_again;  /* a refused request went back to a pod it had tried (once only) */
     bool fallback;
     bool has_key;
     uint64_t hash_key;
@@ -611,26 +615,43 @@ static void rewind_body(exch_t *e)
     }
 }
 
-/* After a failed attempt: try another pod if the request may be repeated. |sent|: bytes may
- * have reached the pod. Returns true when another attempt started. */
-static bool retry(exch_t *e, bool sent)
+/* What a failed attempt did on its pod. */
+typedef enum reached {
+    REACHED_NOTHING,     /* the connection failed: nothing was sent */
+    REACHED_UNPROCESSED, /* the pod refused the stream unprocessed */
+    REACHED_POD,         /* the pod may have processed the request */
+} reached_t;
+
+/* After a failed attempt: try another pod if the request may be repeated. |sent|: body bytes
+ * left |body| (the kept copy must replace them). Returns true when another attempt started. */
+static bool retry(exch_t *e, reached_t reached, bool sent)
 {
     if (e->finished || e->resp_started)
         return false;
-    if (sent && !(e->retry_sent_ok && e->replayable))
+    if (sent && !e->replayable)
         return false;
-    /* connect failures never reached a pod: they may try every pod, outside the budget; the
-     * others are capped by attempts and by the budget */
-    if (sent && (e->sent_retries >= e->svc->retry.attempts || !budget_has_room(e)))
+    /* what never reached a pod, or reached it unprocessed, may try every pod, outside the
+     * budget (nothing was done twice); the others need the method's or the route's leave and
+     * are capped by attempts and by the budget */
+    bool counted = reached == REACHED_POD;
+    if (counted && (!e->retry_sent_ok || e->sent_retries >= e->svc->retry.attempts ||
+                    !budget_has_room(e)))
         return false;
     if (sent)
         rewind_body(e);
     pick_fail_t why;
     hold(e);
     bool again = attempt(e, &why);
+    if (!again && reached == REACHED_UNPROCESSED && !e->same_pod_again && !e->finished) {
+        /* every pod was tried: a pod that refused (GOAWAY when it restarts, REFUSED_STREAM
+         * when it is full) may take the request once more, on a new connection after a GOAWAY */
+        e->same_pod_again = true;
+        e->tried &= ~((uint64_t)1 << e->pod);
+        again = attempt(e, &why);
+    }
     if (again) {
         e->retries++;
-        if (sent) {
+        if (counted) {
             e->sent_retries++;
             budget_take(e);
         }
@@ -701,7 +722,7 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
         }
         attempt_done(e, OUTCOME_FAILED);
         e->up = NULL;
-        if (retry(e, true))
+        if (retry(e, REACHED_POD, true))
             return;
         /* no retry: the client gets a gateway error naming the pod's answer */
         fail(e, status, status == 503 ? "upstream_unavailable" : "upstream_bad_gateway",
@@ -809,10 +830,11 @@ static void up_on_error(void *ctx, mg_up_fail_t why, bool sent)
     if (e->finished)
         return;
     const char *pod = e->svc->pods[e->pod].name;
-    if (!sent && retry(e, false))
+    if (why == MG_UP_REFUSED && retry(e, REACHED_UNPROCESSED, sent))
         return;
-    if (sent && (why == MG_UP_RESET || why == MG_UP_REFUSED) && e->svc->retry.on_reset &&
-        retry(e, true))
+    if (why != MG_UP_REFUSED && !sent && retry(e, REACHED_NOTHING, false))
+        return;
+    if (sent && why == MG_UP_RESET && e->svc->retry.on_reset && retry(e, REACHED_POD, true))
         return;
     switch (why) {
     case MG_UP_CONNECT_REFUSED:
@@ -833,6 +855,16 @@ static void up_on_error(void *ctx, mg_up_fail_t why, bool sent)
              MG_UP_MAX_FIELDS);
         break;
     case MG_UP_REFUSED:
+        if (sent && !e->replayable)
+            fail(e, 502, "upstream_refused",
+                 "pod %s refused the request unprocessed after part of its body was sent; a "
+                 "body over the route's replay_max_bytes (%u) is not kept for a replay",
+                 pod, e->route->replay_max_bytes);
+        else
+            fail(e, 502, "upstream_refused",
+                 "pod %s refused the request unprocessed and no pod of service '%s' took it",
+                 pod, e->svc->name);
+        break;
     case MG_UP_RESET:
         fail(e, 502, "upstream_reset", "pod %s reset the request", pod);
         break;
@@ -928,14 +960,20 @@ static bool choose_service(exch_t *e, const mg_srv_req_t *req)
     e->to_idle = rt->timeouts.idle ? rt->timeouts.idle : c->timeouts_ms.idle;
     e->to_total = rt->timeouts.total ? rt->timeouts.total : c->timeouts_ms.total;
     e->retry_sent_ok = idempotent(req->method) || rt->retry_post;
-    /* a body is kept for replays only when the request may be repeated and it is small */
+    /* a small body is kept until the response starts, whatever the method: a refusal of the
+     * stream says the pod did not process it, and then any request is replayed */
     e->replayable = !req->has_body ||
-                    (e->retry_sent_ok && rt->replay_max_bytes > 0 &&
+                    (rt->replay_max_bytes > 0 &&
                      (req->content_length < 0 ||
                       (uint64_t)req->content_length <= rt->replay_max_bytes));
     if (e->replayable && req->has_body && e->kept == NULL &&
         (e->kept = evbuffer_new()) == NULL)
         e->replayable = false;
+    /* one allocation for a small body of known size instead of one per chunk (not more up
+     * front: a client may announce a length it never sends) */
+    if (e->replayable && req->has_body && req->content_length > 0)
+        evbuffer_expand(e->kept, req->content_length < 65536 ? (size_t)req->content_length
+                                                             : 65536);
     return true;
 }
 

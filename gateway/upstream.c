@@ -1064,7 +1064,12 @@ void mg_up_cancel(mg_up_stream_t *s)
     enter(c);
     if (c->h2) {
         if (!c->dead) {
-            if (s->id > 0 && nghttp2_session_get_stream_user_data(c->h2, s->id) == s)
+            /* No user data yet: the HEADERS still wait in nghttp2's queue (the connection is
+             * connecting, or the pod's MAX_CONCURRENT_STREAMS is reached). RST_STREAM then
+             * cancels them there, and the pod never sees the request; the stream closes
+             * (h2_on_stream_close) when nghttp2 reaches it. */
+            void *ud = s->id > 0 ? nghttp2_session_get_stream_user_data(c->h2, s->id) : NULL;
+            if (s->id > 0 && (ud == s || ud == NULL))
                 nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
             conn_flush(c);
         }

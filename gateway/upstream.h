@@ -17,7 +17,8 @@
  *
  * Lifetime: after on_end, on_error or on_headers with |end| the stream is gone; the caller
  * must not use it again.
- * mg_up_cancel stops all callbacks at once (and resets the stream on the wire).
+ * mg_up_cancel stops all callbacks at once (and resets the stream on the wire; a request still
+ * waiting for its connection or for a stream slot is dropped unsent).
  */
 #ifndef MG_GATEWAY_UPSTREAM_H
 #define MG_GATEWAY_UPSTREAM_H

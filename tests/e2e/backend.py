@@ -8,11 +8,17 @@ by the first bytes of the connection, as the gateway does.
 
     /usr/bin/python3 backend.py --listen 127.0.0.1:P --name pod-a [--proto both|h2c|http1]
                                 [--health-file FILE] [--delay-ms N]
+                                [--refuse stream|goaway]
 
 Prints "ready" on stdout once listening, and one line per request ("req PROTO METHOD PATH") so
 that a test can tell a request reached it.
 
 --delay-ms N makes every answer wait N ms first (a deliberately slow pod).
+
+--refuse (HTTP/2) refuses every request without processing it, once its whole body has arrived
+(so the gateway has sent all of it): "stream" resets the stream with REFUSED_STREAM, "goaway"
+sends GOAWAY with a last_stream_id below the stream (RFC 9113 8.7:
+either says the request was not processed). Logged as "refused h2c METHOD PATH", not "req".
 
 Every request body is read as it arrives and only hashed, never stored. Endpoints (any method):
     /slow?ms=N          answers after N ms
@@ -64,6 +70,7 @@ import h2.exceptions
 import h2.settings
 
 DELAY_MS = 0  # --delay-ms
+REFUSE = None  # --refuse: "stream" | "goaway"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CHUNK = 64 * 1024
 # byte i of a /bytes body is i % 256; PATTERN[o:o+n] is the n bytes starting at any offset o % 256
@@ -258,7 +265,8 @@ class H2Handler:
             r = Request("h2c", pseudo.get(":method", ""), pseudo.get(":path", ""), authority,
                         [(k, v) for k, v in hdrs], self.conn_id, ev.stream_id)
             self.reqs[ev.stream_id] = r
-            log_request("h2c", r.method, r.target)
+            if REFUSE is None:
+                log_request("h2c", r.method, r.target)
             if ev.stream_ended or r.path == "/early":
                 self.start_response(ev.stream_id)
         elif isinstance(ev, h2.events.DataReceived):
@@ -293,7 +301,23 @@ class H2Handler:
     def start_response(self, sid):
         if sid in self.tasks or sid not in self.reqs:
             return
+        if REFUSE is not None:
+            self.refuse(sid)
+            return
         self.tasks[sid] = asyncio.ensure_future(self.respond(sid))
+
+    def refuse(self, sid):
+        """--refuse: the request is dropped unprocessed (RST_STREAM or GOAWAY)."""
+        r = self.reqs.pop(sid)
+        sys.stdout.write("refused h2c %s %s\n" % (r.method, r.target))
+        sys.stdout.flush()
+        if REFUSE == "stream":
+            self.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.flush()
+            return
+        self.conn.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR,
+                                   last_stream_id=sid - 2 if sid > 2 else 0)
+        self.flush()  # the gateway closes the connection: nothing is left on it
 
     def send_headers(self, sid, status, req, extra=(), end_stream=False):
         h = [(":status", str(status)), ("x-pod", self.name)]
@@ -614,11 +638,12 @@ async def sniff(reader):
     return buf.startswith(PREFACE), buf
 
 
-async def serve(host, port, name, proto="both", health_file=None, delay_ms=0):
+async def serve(host, port, name, proto="both", health_file=None, delay_ms=0, refuse=None):
     """Serves until cancelled; returns the asyncio server once it listens."""
-    global HEALTH_FILE, DELAY_MS
+    global HEALTH_FILE, DELAY_MS, REFUSE
     HEALTH_FILE = health_file
     DELAY_MS = delay_ms
+    REFUSE = refuse
 
     async def handle(reader, writer):
         try:
@@ -646,12 +671,15 @@ def main(argv=None):
     ap.add_argument("--proto", default="both", choices=["both", "h2c", "http1"])
     ap.add_argument("--health-file", help="/health answers 200 while this file exists, else 503")
     ap.add_argument("--delay-ms", type=int, default=0, help="every answer waits this long first")
+    ap.add_argument("--refuse", choices=["stream", "goaway"],
+                    help="(HTTP/2) refuse every request unprocessed: REFUSED_STREAM or GOAWAY")
     a = ap.parse_args(argv)
     host, _, port = a.listen.rpartition(":")
     host = host.strip("[]")
 
     async def run():
-        server = await serve(host, int(port), a.name, a.proto, a.health_file, a.delay_ms)
+        server = await serve(host, int(port), a.name, a.proto, a.health_file, a.delay_ms,
+                             a.refuse)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for s in (signal.SIGTERM, signal.SIGINT):

@@ -6,15 +6,20 @@ names in raw HTTP/2 frames, oversized headers (431 / reset). After each, the gat
 and a connection opened before the bad input still works.
 """
 
+import collections
+import hashlib
 import os
 import socket
 import struct
 import threading
 import time
 
+import h2.errors
 import pytest
 
-from conftest import (H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc)
+from conftest import (H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc,
+                      wait_for)
+from h2client import Stream
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PROTOCOL_ERROR = 1
@@ -160,6 +165,114 @@ def test_upstream_reset_502(procs, proto):
     r = h1(gw, "GET", "/reset")
     error_json(502, "upstream_reset", r.status, r.headers, r.body)
     assert_serving(gw)
+
+
+def refusing_stack(procs, mode, route_opts=None, retry=None):
+    """A round-robin service of a pod that refuses every request unprocessed (backend.py
+    --refuse MODE, after the whole body arrived) and a normal pod; one worker, so round robin
+    sends every other first attempt to the refusing pod."""
+    bad = procs.backend("refuser", proto="h2c", args=["--refuse", mode])
+    good = procs.backend("good", proto="h2c")
+    doc = routes_doc({"svc": [bad, good]}, [("digits", "production", "svc")])
+    doc["services"]["svc"]["policy"] = "round_robin"
+    doc["services"]["svc"]["outlier"] = {"consecutive_failures": 0}
+    if retry is not None:
+        doc["services"]["svc"]["retry"] = retry
+    doc["routes"][0].update(route_opts or {})
+    return bad, good, procs.gateway(doc, conf={"workers": 1})
+
+
+@pytest.mark.parametrize("mode", ["stream", "goaway"])
+def test_refused_post_replayed_on_other_pod(procs, mode):
+    """RFC 9113 8.7: a stream refused with REFUSED_STREAM, or above a GOAWAY's last_stream_id,
+    was not processed: any method is replayed, body included, outside the retry budget (here
+    none: min_per_second 0) and without retry_post."""
+    bad, good, gw = refusing_stack(procs, mode,
+                                   retry={"attempts": 1, "budget_percent": 0,
+                                          "min_per_second": 0})
+    n = 40
+    bodies = [os.urandom(1000 + 997 * i) for i in range(n)]
+    statuses = []
+    with gw.h2() as c:
+        for i, body in enumerate(bodies):
+            r = c.request("POST", "/refused/%d" % i, body=body)
+            statuses.append(r.status)
+            if r.status == 200:
+                j = r.json()
+                assert j["pod"] == "good" and j["body_len"] == len(body), j
+                assert j["body_sha256"] == hashlib.sha256(body).hexdigest(), j
+    refused = [l for l in bad.proc.stdout().splitlines() if l.startswith("refused ")]
+    print("%s: statuses %r; %d refusals" % (mode, collections.Counter(statuses), len(refused)))
+    assert statuses == [200] * n
+    assert len(refused) >= n // 2 - 1
+    lines = gw.wait_access(n)
+    retried = [l for l in lines if l.get("retries")]
+    assert len(retried) == len(refused), (len(retried), len(refused))
+    assert all(l["status"] == 200 and l["pod"] == good.addr for l in lines), lines
+    assert len([r for r in good.requests() if r[1] == "POST"]) == n
+
+
+def test_refused_post_too_large_to_replay(procs):
+    """A refused request whose body was larger than replay_max_bytes and had left the gateway
+    cannot be replayed: 502 upstream_refused (not a generic reset), and a small one still is."""
+    bad, good, gw = refusing_stack(procs, "stream", route_opts={"replay_max_bytes": 1024})
+    with gw.h2() as c:
+        results = [c.request("POST", "/big/%d" % i, body=b"b" * 5000) for i in range(4)]
+        small = [c.request("POST", "/small/%d" % i, body=b"s" * 1000) for i in range(4)]
+    codes = collections.Counter(r.status for r in results)
+    print("bodies over replay_max_bytes: %r; small: %r"
+          % (codes, collections.Counter(r.status for r in small)))
+    assert codes == {200: 2, 502: 2}, codes
+    for r in results:
+        if r.status == 502:
+            error_json(502, "upstream_refused", r.status, r.headers, bytes(r.body))
+    assert [r.status for r in small] == [200] * 4
+
+
+def test_refused_by_only_pod_tried_once_more(procs):
+    """With no other pod, a refusing pod gets the request once more, then 502 upstream_refused."""
+    bad = procs.backend("refuser", proto="h2c", args=["--refuse", "goaway"])
+    gw = two_pod_stack(procs, [bad])
+    with gw.h2() as c:
+        r = c.request("POST", "/only", body=b"o" * 3000)
+    error_json(502, "upstream_refused", r.status, r.headers, bytes(r.body))
+    refused = [l for l in bad.proc.stdout().splitlines() if l.startswith("refused ")]
+    assert refused == ["refused h2c POST /only"] * 2, refused
+    line = gw.wait_access(1)[0]
+    assert line["retries"] == 1 and line["error"] == "upstream_refused", line
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_request_cancelled_before_it_left_never_reaches_the_pod(procs, method):
+    """A request the client resets while its upstream stream waits for a connection (here a
+    new one: max_streams_per_conn 1 and a slow request holds the first) must never reach the
+    pod, not even its head."""
+    a = procs.backend("pod-a", proto="h2c")
+    gw = procs.gateway(routes_doc({"svc": ([a], "h2c")}, [("digits", "production", "svc")]),
+                       conf={"workers": 1, "upstream": {"max_streams_per_conn": 1}})
+    with gw.h2() as c:
+        slow = c.start("GET", "/slow?ms=1500")
+        wait_for(lambda: any(r[2] == "/slow?ms=1500" for r in a.requests()),
+                 what="the slow request at the pod")
+        for i in range(5):
+            sid = c.conn.get_next_available_stream_id()
+            c.streams[sid] = Stream(sid)
+            c.conn.send_headers(sid, c.headers_for(method, "/cancelled/%d" % i),
+                                end_stream=method == "GET")
+            if method == "POST":
+                c.conn.send_data(sid, b"p" * 100, end_stream=True)
+            c.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+        # heads and resets in one write: the gateway reads them in one turn, so each request
+        # waits for a new connection when its reset arrives (a request on a connection that
+        # is up leaves at once: its reset can only follow it)
+        c.flush()
+        assert c.wait(slow) and slow.status == 200, slow
+        assert c.get("/after").status == 200
+    time.sleep(0.5)
+    seen = [r for r in a.requests() if r[2].startswith("/cancelled")]
+    print("%s: the pod saw %d of 5 cancelled requests" % (method, len(seen)))
+    assert seen == []
+    gw.assert_alive()
 
 
 # --- request body limit -------------------------------------------------------------------------
