@@ -319,12 +319,13 @@ class H2Handler:
                                    last_stream_id=sid - 2 if sid > 2 else 0)
         self.flush()  # the gateway closes the connection: nothing is left on it
 
-    def send_headers(self, sid, status, req, extra=(), end_stream=False):
+    def send_headers(self, sid, status, req, extra=(), end_stream=False, flush=True):
         h = [(":status", str(status)), ("x-pod", self.name)]
         h.extend(extra)
         h.extend(req.extra_headers())
         self.conn.send_headers(sid, h, end_stream=end_stream)
-        self.flush()
+        if flush:
+            self.flush()
 
     async def send_body(self, sid, data, end_stream=True):
         """Sends |data| (bytes-like) on |sid| within the flow-control windows."""
@@ -412,7 +413,10 @@ class H2Handler:
                                    end_stream=True)
             self.flush()
             return
-        self.send_headers(sid, r.status_code(), r, [ctype, ("content-length", str(len(body)))])
+        # the head leaves with the body, in one write: a pod killed mid-answer (the kill -9
+        # tests) never leaves a client with a head and no body
+        self.send_headers(sid, r.status_code(), r, [ctype, ("content-length", str(len(body)))],
+                          flush=False)
         await self.send_body(sid, body)
 
 
