@@ -69,7 +69,9 @@ struct exch {
     uint64_t tried;
     mg_up_stream_t *up;
     struct evbuffer *body;
-    struct evbuffer *kept; /* a copy of the request body for replays (recycled with |e|) */
+    uint8_t *kept; /* a copy of the request body for replays: kept with |e| when it is
+                    * recycled, so a small body costs no allocation once warm */
+    size_t kept_len, kept_cap;
     struct event *timer;
     mg_up_req_t upreq;
     mg_features_ticket_t feat; /* user features (step 5); settled before the first attempt */
@@ -132,13 +134,16 @@ static void on_timer(evutil_socket_t fd, short what, void *arg);
 static exch_t *exch_new(mg_proxy_t *p)
 {
     exch_t *e = p->free_exch;
-    struct evbuffer *body = NULL, *kept = NULL;
+    struct evbuffer *body = NULL;
+    uint8_t *kept = NULL;
+    size_t kept_cap = 0;
     struct event *timer = NULL;
     if (e) {
         p->free_exch = e->next_free;
         p->nfree--;
         body = e->body;
         kept = e->kept;
+        kept_cap = e->kept_cap;
         timer = e->timer;
     } else {
         e = malloc(sizeof(*e));
@@ -159,6 +164,7 @@ static exch_t *exch_new(mg_proxy_t *p)
     e->p = p;
     e->body = body;
     e->kept = kept;
+    e->kept_cap = kept_cap;
     e->timer = timer;
     e->pod = -1;
     e->resp_cl = -1;
@@ -166,13 +172,18 @@ static exch_t *exch_new(mg_proxy_t *p)
     return e;
 }
 
+#define KEPT_RETAINED (64 * 1024) /* body copy capacity a recycled exchange holds on to */
+
 static void exch_free(exch_t *e)
 {
     mg_proxy_t *p = e->p;
     evtimer_del(e->timer);
     evbuffer_drain(e->body, evbuffer_get_length(e->body));
-    if (e->kept)
-        evbuffer_drain(e->kept, evbuffer_get_length(e->kept));
+    if (e->kept_cap > KEPT_RETAINED) { /* a big body's copy is not kept for the next one */
+        free(e->kept);
+        e->kept = NULL;
+        e->kept_cap = 0;
+    }
     if (e->routes)
         mg_routes_unref(e->routes);
     p->inflight--;
@@ -182,8 +193,7 @@ static void exch_free(exch_t *e)
         p->nfree++;
     } else {
         evbuffer_free(e->body);
-        if (e->kept)
-            evbuffer_free(e->kept);
+        free(e->kept);
         event_free(e->timer);
         free(e);
     }
@@ -590,29 +600,30 @@ static bool attempt(exch_t *e, pick_fail_t *why)
     }
 }
 
-/* Puts the kept copy of the body back for another attempt (the last one drained |body|),
- * chunk by chunk: no flattening of a large body on the loop. */
+/* Puts the kept copy of the body back for another attempt (the last one drained |body|). */
 static void rewind_body(exch_t *e)
 {
     evbuffer_drain(e->body, evbuffer_get_length(e->body));
-    if (e->kept == NULL)
-        return;
-    struct evbuffer_iovec v[16];
-    struct evbuffer_ptr at;
-    evbuffer_ptr_set(e->kept, &at, 0, EVBUFFER_PTR_SET);
-    for (;;) {
-        int n = evbuffer_peek(e->kept, -1, &at, v, 16);
-        if (n <= 0)
-            break;
-        int used = n < 16 ? n : 16;
-        size_t moved = 0;
-        for (int i = 0; i < used; i++) {
-            evbuffer_add(e->body, v[i].iov_base, v[i].iov_len);
-            moved += v[i].iov_len;
-        }
-        if (n <= 16 || evbuffer_ptr_set(e->kept, &at, moved, EVBUFFER_PTR_ADD) != 0)
-            break;
+    if (e->kept_len)
+        evbuffer_add(e->body, e->kept, e->kept_len);
+}
+
+/* Appends to the kept copy; false when it cannot (out of memory). */
+static bool keep_body(exch_t *e, const uint8_t *data, size_t len)
+{
+    if (e->kept_len + len > e->kept_cap) {
+        size_t cap = e->kept_cap ? e->kept_cap * 2 : 1024;
+        while (cap < e->kept_len + len)
+            cap *= 2;
+        uint8_t *k = realloc(e->kept, cap);
+        if (k == NULL)
+            return false;
+        e->kept = k;
+        e->kept_cap = cap;
     }
+    memcpy(e->kept + e->kept_len, data, len);
+    e->kept_len += len;
+    return true;
 }
 
 /* What a failed attempt did on its pod. */
@@ -735,10 +746,8 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
         atomic_fetch_sub_explicit(&e->svc->pods[e->pod].state->waiting, 1, memory_order_relaxed);
     }
     e->attempt_bad = bad; /* forwarded, but it still counts against the pod */
-    if (e->kept) { /* the response has started: nothing will be replayed any more */
-        e->replayable = false;
-        evbuffer_drain(e->kept, evbuffer_get_length(e->kept));
-    }
+    e->replayable = false; /* the response has started: nothing will be replayed any more */
+    e->kept_len = 0;
     if (end)
         attempt_done(e, bad ? OUTCOME_FAILED : OUTCOME_OK);
     e->resp_started = true;
@@ -966,14 +975,6 @@ static bool choose_service(exch_t *e, const mg_srv_req_t *req)
                     (rt->replay_max_bytes > 0 &&
                      (req->content_length < 0 ||
                       (uint64_t)req->content_length <= rt->replay_max_bytes));
-    if (e->replayable && req->has_body && e->kept == NULL &&
-        (e->kept = evbuffer_new()) == NULL)
-        e->replayable = false;
-    /* one allocation for a small body of known size instead of one per chunk (not more up
-     * front: a client may announce a length it never sends) */
-    if (e->replayable && req->has_body && req->content_length > 0)
-        evbuffer_expand(e->kept, req->content_length < 65536 ? (size_t)req->content_length
-                                                             : 65536);
     return true;
 }
 
@@ -1130,13 +1131,11 @@ static void on_body(mg_srv_stream_t *s, const uint8_t *data, size_t len)
         return;
     }
     evbuffer_add(e->body, data, len);
-    if (e->replayable && e->kept) {
-        if (evbuffer_get_length(e->kept) + len <= e->route->replay_max_bytes) {
-            evbuffer_add(e->kept, data, len);
-        } else { /* too big to keep: it streams on, and cannot be repeated once sent */
-            e->replayable = false;
-            evbuffer_drain(e->kept, evbuffer_get_length(e->kept));
-        }
+    if (e->replayable &&
+        (e->kept_len + len > e->route->replay_max_bytes || !keep_body(e, data, len))) {
+        e->replayable = false; /* too big to keep: it streams on, and cannot be repeated once
+                                * sent */
+        e->kept_len = 0;
     }
     if (evbuffer_get_length(e->body) < MG_SRV_HIGH)
         mg_srv_consume(s, len);
@@ -1298,8 +1297,7 @@ void mg_proxy_free(mg_proxy_t *p)
         exch_t *e = p->free_exch;
         p->free_exch = e->next_free;
         evbuffer_free(e->body);
-        if (e->kept)
-            evbuffer_free(e->kept);
+        free(e->kept);
         event_free(e->timer);
         free(e);
     }
