@@ -592,6 +592,22 @@ bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t 
     return true;
 }
 
+bool mg_nv_copy(mg_arena_t *a, nghttp2_nv *nv, const char *name, size_t nlen, const char *value,
+                size_t vlen, bool never_index)
+{
+    char *p = mg_arena_alloc(a, nlen + vlen + 2);
+    if (p == NULL)
+        return false;
+    memcpy(p, name, nlen);
+    p[nlen] = '\0';
+    memcpy(p + nlen + 1, value, vlen);
+    p[nlen + 1 + vlen] = '\0';
+    *nv = (nghttp2_nv){(uint8_t *)p, (uint8_t *)p + nlen + 1, nlen, vlen,
+                       NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE |
+                           (never_index ? NGHTTP2_NV_FLAG_NO_INDEX : 0)};
+    return true;
+}
+
 bool mg_field_connection_specific(const char *name, size_t len)
 {
     switch (len) {
@@ -1451,7 +1467,13 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
     if (c->proto == P_H2) {
         nghttp2_nv *nv = mg_arena_alloc(&s->arena, sizeof(nghttp2_nv) * (n + 1));
         char *st = mg_arena_alloc(&s->arena, 4);
-        if (nv == NULL || st == NULL) {
+        bool ok = nv && st;
+        /* the fields are copied into the stream's arena: the caller's may be gone (a pod's
+         * stream ended) before the frame leaves; nghttp2 then copies nothing */
+        for (size_t i = 0; ok && i < n; i++)
+            ok = mg_nv_copy(&s->arena, &nv[i + 1], hdrs[i].name, hdrs[i].name_len,
+                            hdrs[i].value, hdrs[i].value_len, hdrs[i].never_index);
+        if (!ok) {
             nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         } else {
             st[0] = (char)('0' + status / 100 % 10);
@@ -1460,11 +1482,6 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
             st[3] = '\0';
             nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3,
                                  NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
-            for (size_t i = 0; i < n; i++)
-                nv[i + 1] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
-                                         hdrs[i].name_len, hdrs[i].value_len,
-                                         hdrs[i].never_index ? NGHTTP2_NV_FLAG_NO_INDEX
-                                                             : NGHTTP2_NV_FLAG_NONE};
             nghttp2_data_provider prd = {.source.ptr = s, .read_callback = h2_read_body};
             nghttp2_submit_response(c->h2, s->id, nv, n + 1, end || s->head ? NULL : &prd);
             if (s->head)

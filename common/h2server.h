@@ -38,7 +38,7 @@
 #define MG_SRV_LOW (64 * 1024)   /* ... and below which they resume */
 
 typedef struct mg_hdr {
-    const char *name; /* lowercase for requests; NUL-terminated */
+    const char *name; /* lowercase (requests and responses); NUL-terminated */
     const char *value;
     size_t name_len;
     size_t value_len;
@@ -156,6 +156,12 @@ bool mg_srv_responded(const mg_srv_stream_t *s);
  * is lowercased. Returns false when |max| fields are reached or the arena is full. */
 bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t max,
                   const char *name, size_t nlen, const char *value, size_t vlen);
+
+/* Sets |nv| to a field whose bytes are copied into |a|, flagged so that nghttp2 neither copies
+ * nor lowercases them again (the arena outlives the frame: it is the stream's). The name must
+ * be lowercase. Returns false when the arena is full. */
+bool mg_nv_copy(mg_arena_t *a, nghttp2_nv *nv, const char *name, size_t nlen, const char *value,
+                size_t vlen, bool never_index);
 
 /* A connection-specific field (RFC 9110 7.6.1, RFC 9113 8.2.2): connection, keep-alive,
  * proxy-connection, te, transfer-encoding, upgrade. Never forwarded as is. Any case. */

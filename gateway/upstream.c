@@ -145,7 +145,10 @@ static mg_up_stream_t *stream_alloc(mg_upstreams_t *u)
         s = malloc(sizeof(*s));
         if (s == NULL)
             return NULL;
-        mg_arena_init(&s->arena, STREAM_MEMORY);
+        /* the response head, and the request head's copy (h2_submit) */
+        mg_arena_init(&s->arena, STREAM_MEMORY + 2 * (u->conf.max_header_block > 65536
+                                                           ? u->conf.max_header_block
+                                                           : 65536));
     }
     memset(s, 0, offsetof(mg_up_stream_t, arena));
     return s;
@@ -540,26 +543,26 @@ static nghttp2_nv mknv(const char *n, size_t nl, const char *v, size_t vl)
     return (nghttp2_nv){(uint8_t *)n, (uint8_t *)v, nl, vl, NGHTTP2_NV_FLAG_NONE};
 }
 
-static nghttp2_nv mknv_hdr(const mg_hdr_t *h)
-{
-    nghttp2_nv nv = mknv(h->name, h->name_len, h->value, h->value_len);
-    if (h->never_index)
-        nv.flags = NGHTTP2_NV_FLAG_NO_INDEX;
-    return nv;
-}
-
+/* The fields are copied into the stream's arena, which lives until nghttp2 closes the stream:
+ * the request's own (the client's stream, the exchange) may go first, with the HEADERS still
+ * queued (a connection still connecting, a client reset); nghttp2 then copies nothing. */
 static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
 {
     nghttp2_nv *nv = mg_arena_alloc(&s->arena, sizeof(nghttp2_nv) * (r->nhdrs + 4));
     if (nv == NULL)
         return MG_E_NOMEM;
-    size_t n = 0;
-    nv[n++] = mknv(":method", 7, r->method, strlen(r->method));
-    nv[n++] = mknv(":scheme", 7, r->scheme, strlen(r->scheme));
-    nv[n++] = mknv(":authority", 10, r->authority, strlen(r->authority));
-    nv[n++] = mknv(":path", 5, r->path, strlen(r->path));
-    for (size_t i = 0; i < r->nhdrs; i++)
-        nv[n++] = mknv_hdr(&r->hdrs[i]);
+    mg_arena_t *a = &s->arena;
+    bool ok = mg_nv_copy(a, &nv[0], ":method", 7, r->method, strlen(r->method), false) &&
+              mg_nv_copy(a, &nv[1], ":scheme", 7, r->scheme, strlen(r->scheme), false) &&
+              mg_nv_copy(a, &nv[2], ":authority", 10, r->authority, strlen(r->authority),
+                         false) &&
+              mg_nv_copy(a, &nv[3], ":path", 5, r->path, strlen(r->path), false);
+    size_t n = 4;
+    for (size_t i = 0; ok && i < r->nhdrs; i++, n++)
+        ok = mg_nv_copy(a, &nv[n], r->hdrs[i].name, r->hdrs[i].name_len, r->hdrs[i].value,
+                        r->hdrs[i].value_len, r->hdrs[i].never_index);
+    if (!ok)
+        return MG_E_NOMEM;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = h2_read_body};
     int32_t id = nghttp2_submit_request(c->h2, NULL, nv, n, r->has_body ? &prd : NULL, s);
     if (id < 0)
