@@ -1682,14 +1682,9 @@ mg_err_t mg_srv_error(mg_srv_stream_t *s, int status, const char *code, const ch
 
 /* ---------- I/O callbacks ---------- */
 
-static void conn_flush(conn_t *c)
+/* Produces the session's frames, and runs the drain callbacks they make room for. */
+static void flush_now(conn_t *c)
 {
-    if (c->dead || c->proto != P_H2)
-        return;
-    if (c->in_recv || c->flushing) {
-        c->need_flush = true;
-        return;
-    }
     c->flushing = true;
     enter(c);
     do {
@@ -1698,6 +1693,30 @@ static void conn_flush(conn_t *c)
     } while (c->need_flush && !c->dead);
     c->flushing = false;
     leave(c);
+}
+
+static void conn_flush(conn_t *c)
+{
+    if (c->dead || c->proto != P_H2)
+        return;
+    if (c->in_recv || c->flushing) {
+        c->need_flush = true;
+        return;
+    }
+    if (mg_outq_defer(&c->outq)) /* cleartext: once, at the end of the turn (conn_prepare) */
+        return;
+    flush_now(c);
+}
+
+static bool conn_prepare(void *arg)
+{
+    conn_t *c = arg;
+    enter(c);
+    if (!c->dead && !c->flushing)
+        flush_now(c);
+    bool alive = !c->dead;
+    leave(c);
+    return alive;
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -1890,8 +1909,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         bufferevent_set_timeouts(c->bev, NULL, &wt);
     }
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    if (!tls)
-        mg_outq_attach(srv->outq, &c->outq, c->bev, on_write, c);
+    if (!tls && mg_outq_attach(srv->outq, &c->outq, c->bev, on_write, c))
+        mg_outq_set_prepare(&c->outq, conn_prepare);
     idle_arm(c); /* also bounds how long a silent client may hold a handshake */
 }
 

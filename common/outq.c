@@ -64,9 +64,16 @@ static void on_turn_end(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     mg_outq_t *q = arg;
-    while (q->head) { /* written() may queue more, or detach others */
+    while (q->head) { /* prepare() and written() may queue more, or detach others */
         mg_outq_item_t *it = q->head;
         unlink_item(it);
+        if (it->want_prepare) {
+            it->want_prepare = false;
+            if (!it->prepare(it->arg))
+                continue; /* the connection is gone */
+            if (it->queued) /* its new output queued it again: written now */
+                unlink_item(it);
+        }
         if (direct(it))
             write_out(it);
     }
@@ -124,6 +131,21 @@ bool mg_outq_attach(mg_outq_t *q, mg_outq_item_t *it, struct bufferevent *bev,
         return false;
     }
     mg_outq_bev_written(it);
+    return true;
+}
+
+void mg_outq_set_prepare(mg_outq_item_t *it, mg_outq_prepare_fn prepare)
+{
+    it->prepare = prepare;
+}
+
+bool mg_outq_defer(mg_outq_item_t *it)
+{
+    if (it->q == NULL || it->prepare == NULL || !direct(it))
+        return false;
+    it->want_prepare = true;
+    if (!it->queued)
+        enqueue(it);
     return true;
 }
 

@@ -24,6 +24,11 @@ typedef struct mg_outq_item mg_outq_item_t;
  * below the write low-water mark. It may free the connection (after mg_outq_detach). */
 typedef void (*mg_outq_written_fn)(struct bufferevent *bev, void *arg);
 
+/* Produces the connection's output (an HTTP/2 session's frames) at the end of the turn, just
+ * before the queue writes it. Returns false when the connection is gone (it may free it, after
+ * mg_outq_detach). */
+typedef bool (*mg_outq_prepare_fn)(void *arg);
+
 /* Lives in the connection; zeroed = not attached. */
 struct mg_outq_item {
     mg_outq_t *q;
@@ -31,8 +36,10 @@ struct mg_outq_item {
     struct bufferevent *bev;
     struct evbuffer_cb_entry *cb;
     mg_outq_written_fn written;
+    mg_outq_prepare_fn prepare;
     void *arg;
     bool queued;
+    bool want_prepare;
 };
 
 mg_outq_t *mg_outq_new(struct event_base *base); /* NULL when out of memory */
@@ -44,6 +51,14 @@ void mg_outq_free(mg_outq_t *q);
  * bufferevent then goes on writing by itself. */
 bool mg_outq_attach(mg_outq_t *q, mg_outq_item_t *it, struct bufferevent *bev,
                     mg_outq_written_fn written, void *arg);
+/* With |prepare| set, mg_outq_defer may leave the producing of output to the end of the turn. */
+void mg_outq_set_prepare(mg_outq_item_t *it, mg_outq_prepare_fn prepare);
+/* An HTTP/2 session asked to send serializes its frames once per turn instead of at every
+ * call that queued one (a request's HEADERS, DATA, END_STREAM and window updates come from
+ * different callbacks of the same turn): when the queue writes |it|, asks for its prepare
+ * callback at the end of the turn and returns true. Otherwise (not attached, no prepare, the
+ * socket full and the bufferevent writing) returns false: the caller produces them now. */
+bool mg_outq_defer(mg_outq_item_t *it);
 /* Before the bufferevent is freed. A zeroed item is fine. */
 void mg_outq_detach(mg_outq_item_t *it);
 /* From the bufferevent's own write callback (the socket took enough to go below the

@@ -504,6 +504,19 @@ static void h2_flush(up_conn_t *c)
         conn_close(c, MG_UP_RESET);
 }
 
+/* Produces the session's frames, and runs the drain callbacks they make room for. */
+static void flush_now(up_conn_t *c)
+{
+    c->flushing = true;
+    enter(c);
+    do {
+        c->need_flush = false;
+        h2_flush(c);
+    } while (c->need_flush && !c->dead);
+    c->flushing = false;
+    leave(c);
+}
+
 static void conn_flush(up_conn_t *c)
 {
     if (c->dead || !c->connected)
@@ -516,14 +529,20 @@ static void conn_flush(up_conn_t *c)
         c->need_flush = true;
         return;
     }
-    c->flushing = true;
+    if (mg_outq_defer(&c->outq)) /* once, at the end of the turn (conn_prepare) */
+        return;
+    flush_now(c);
+}
+
+static bool conn_prepare(void *arg)
+{
+    up_conn_t *c = arg;
     enter(c);
-    do {
-        c->need_flush = false;
-        h2_flush(c);
-    } while (c->need_flush && !c->dead);
-    c->flushing = false;
+    if (!c->dead && !c->flushing)
+        flush_now(c);
+    bool alive = !c->dead;
     leave(c);
+    return alive;
 }
 
 static void h2_recv(up_conn_t *c)
@@ -833,7 +852,8 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
         evtimer_del(c->timer);
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        mg_outq_attach(c->pool->u->outq, &c->outq, bev, on_write, c);
+        if (mg_outq_attach(c->pool->u->outq, &c->outq, bev, on_write, c))
+            mg_outq_set_prepare(&c->outq, conn_prepare);
         conn_flush(c);
     } else if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         if (!c->connected) {

@@ -894,7 +894,10 @@ def test_response_trailers_with_too_many_fields_abort(limits_stack, host):
         assert r.status == 200 and r.ended and r.reset_code is None, r
         assert sorted(r.trailers) == sorted(want), r.trailers
         r = c.get("/trailers?n=200", headers=te, authority=gw.authority(host))
-        assert r.status == 200 and not r.ended and r.reset_code is not None, (r, r.trailers)
+        # the head may or may not have left before the reset: when the whole answer came in
+        # one read, the gateway's frames of that turn are dropped with the stream
+        assert r.status in (200, None) and not r.ended and r.reset_code is not None, \
+            (r, r.trailers)
         assert c.get("/after", authority=gw.authority(host)).status == 200
     with H1Conn(gw.port) as c:
         c.send(h1_request_bytes("GET", "/trailers?n=100", gw.authority(host), te))
