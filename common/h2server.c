@@ -89,7 +89,7 @@ struct conn {
     bool tls;
     int busy;
     bool dead, in_recv, need_flush, flushing, close_when_flushed;
-    mg_outq_item_t outq; /* cleartext: written at the end of the turn (common/outq.h) */
+    mg_outq_item_t outq; /* frames produced (and, cleartext, written) at the end of the turn */
     bool lingering;      /* closed by us, still reading what the client sends: see linger */
     size_t lingered;     /* bytes read and dropped while lingering */
     struct event *idle_timer;
@@ -159,7 +159,7 @@ struct mg_srv {
     zpool_t zframe; /* 5-page runs: frame buffers */
     zpool_t zring;  /* 1 KiB runs, four to a page: HPACK entry rings */
     mg_smalloc_t *small; /* every other nghttp2 allocation of this worker's sessions */
-    mg_outq_t *outq;     /* writes the cleartext connections */
+    mg_outq_t *outq;     /* the connections' end-of-turn output (common/outq.h) */
     llhttp_settings_t h1settings;
 };
 
@@ -1703,7 +1703,7 @@ static void conn_flush(conn_t *c)
         c->need_flush = true;
         return;
     }
-    if (mg_outq_defer(&c->outq)) /* cleartext: once, at the end of the turn (conn_prepare) */
+    if (mg_outq_defer(&c->outq)) /* once, at the end of the turn (conn_prepare) */
         return;
     flush_now(c);
 }
@@ -1909,7 +1909,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         bufferevent_set_timeouts(c->bev, NULL, &wt);
     }
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    if (!tls && mg_outq_attach(srv->outq, &c->outq, c->bev, on_write, c))
+    if (tls)
+        mg_outq_attach_prepare(srv->outq, &c->outq, conn_prepare, c);
+    else if (mg_outq_attach(srv->outq, &c->outq, c->bev, on_write, c))
         mg_outq_set_prepare(&c->outq, conn_prepare);
     idle_arm(c); /* also bounds how long a silent client may hold a handshake */
 }

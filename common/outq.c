@@ -24,7 +24,7 @@ struct mg_outq {
  * to fall out of step with it). */
 static bool direct(const mg_outq_item_t *it)
 {
-    return it->q && !(bufferevent_get_enabled(it->bev) & EV_WRITE);
+    return it->q && it->bev && !(bufferevent_get_enabled(it->bev) & EV_WRITE);
 }
 
 static void unlink_item(mg_outq_item_t *it)
@@ -139,9 +139,16 @@ void mg_outq_set_prepare(mg_outq_item_t *it, mg_outq_prepare_fn prepare)
     it->prepare = prepare;
 }
 
+bool mg_outq_attach_prepare(mg_outq_t *q, mg_outq_item_t *it, mg_outq_prepare_fn prepare,
+                            void *arg)
+{
+    *it = (mg_outq_item_t){.q = q, .prepare = prepare, .arg = arg};
+    return true;
+}
+
 bool mg_outq_defer(mg_outq_item_t *it)
 {
-    if (it->q == NULL || it->prepare == NULL || !direct(it))
+    if (it->q == NULL || it->prepare == NULL || (it->bev && !direct(it)))
         return false;
     it->want_prepare = true;
     if (!it->queued)
@@ -155,13 +162,14 @@ void mg_outq_detach(mg_outq_item_t *it)
         return;
     if (it->queued)
         unlink_item(it);
-    evbuffer_remove_cb_entry(bufferevent_get_output(it->bev), it->cb);
+    if (it->bev)
+        evbuffer_remove_cb_entry(bufferevent_get_output(it->bev), it->cb);
     it->q = NULL;
 }
 
 void mg_outq_bev_written(mg_outq_item_t *it)
 {
-    if (it->q == NULL || direct(it))
+    if (it->q == NULL || it->bev == NULL || direct(it))
         return;
     /* the socket drained: the queue writes from now on, including what the write callback
      * just added (under load there always is some, and the bufferevent would keep the turn) */
@@ -172,7 +180,7 @@ void mg_outq_bev_written(mg_outq_item_t *it)
 
 void mg_outq_read_more(mg_outq_item_t *it)
 {
-    if (it->q == NULL || !(bufferevent_get_enabled(it->bev) & EV_READ))
+    if (it->q == NULL || it->bev == NULL || !(bufferevent_get_enabled(it->bev) & EV_READ))
         return;
     struct evbuffer *in = bufferevent_get_input(it->bev);
     if (evbuffer_get_length(in) < 4096) /* the bufferevent's read took all there was */

@@ -33,7 +33,7 @@ typedef bool (*mg_outq_prepare_fn)(void *arg);
 struct mg_outq_item {
     mg_outq_t *q;
     mg_outq_item_t *prev, *next;
-    struct bufferevent *bev;
+    struct bufferevent *bev; /* NULL: prepare only (mg_outq_attach_prepare) */
     struct evbuffer_cb_entry *cb;
     mg_outq_written_fn written;
     mg_outq_prepare_fn prepare;
@@ -53,6 +53,10 @@ bool mg_outq_attach(mg_outq_t *q, mg_outq_item_t *it, struct bufferevent *bev,
                     mg_outq_written_fn written, void *arg);
 /* With |prepare| set, mg_outq_defer may leave the producing of output to the end of the turn. */
 void mg_outq_set_prepare(mg_outq_item_t *it, mg_outq_prepare_fn prepare);
+/* For a connection whose bufferevent writes by itself (TLS): the queue only runs |prepare| at
+ * the end of the turn when mg_outq_defer asks; it never writes. Always succeeds. */
+bool mg_outq_attach_prepare(mg_outq_t *q, mg_outq_item_t *it, mg_outq_prepare_fn prepare,
+                            void *arg);
 /* An HTTP/2 session asked to send serializes its frames once per turn instead of at every
  * call that queued one (a request's HEADERS, DATA, END_STREAM and window updates come from
  * different callbacks of the same turn): when the queue writes |it|, asks for its prepare
