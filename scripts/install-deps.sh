@@ -39,6 +39,7 @@ PACKAGES=(
     nghttp2-server       # nghttpd: the benchmark's backend (bench/run.sh)
     nghttp2-proxy        # nghttpx: the peer proxy the benchmark compares against
     haproxy              # a second peer proxy, and HTTP/1.1 / h2 interop in e2e tests
+    valgrind             # callgrind: instructions per request (bench/instructions.sh)
     python3-pytest       # end-to-end test runner (tests/e2e)
     python3-httpx        # HTTP/1.1 and HTTP/2 client for e2e tests
     python3-h2           # raw HTTP/2 frames for protocol-level e2e tests
