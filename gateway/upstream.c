@@ -584,6 +584,12 @@ static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
         return MG_E_NOMEM;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = h2_read_body};
     int32_t id = nghttp2_submit_request(c->h2, NULL, nv, n, r->has_body ? &prd : NULL, s);
+    if (id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE) {
+        /* 2^30 requests on this connection: it takes no more (as after a GOAWAY) and closes
+         * once idle; the caller opens another */
+        c->goaway = true;
+        return MG_E_AGAIN;
+    }
     if (id < 0)
         return MG_E_PROTO;
     s->id = id;
@@ -987,12 +993,15 @@ mg_up_stream_t *mg_up_start(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_
     pool_t *p = pool_get(u, pod, proto);
     if (p == NULL)
         return NULL;
-    up_conn_t *c = pick_conn(p);
-    if (c == NULL)
-        return NULL;
     mg_up_stream_t *s = stream_alloc(u);
     if (s == NULL)
         return NULL;
+again:;
+    up_conn_t *c = pick_conn(p);
+    if (c == NULL) {
+        stream_release(u, s);
+        return NULL;
+    }
     if (c->idle) {
         c->idle = false;
         p->nidle--;
@@ -1013,8 +1022,12 @@ mg_up_stream_t *mg_up_start(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_
     mg_err_t err = proto == MG_UP_H2C ? h2_submit(c, s, req) : h1_submit(c, s, req);
     if (err != MG_OK) {
         stream_unlink(c, s);
-        stream_release(u, s);
+        mg_arena_clear(&s->arena);
+        memset(s, 0, offsetof(mg_up_stream_t, arena));
         conn_unused(c);
+        if (err == MG_E_AGAIN) /* that connection's stream ids are used up: pick_conn skips it */
+            goto again;
+        stream_release(u, s);
         return NULL;
     }
     enter(c);
