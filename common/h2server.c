@@ -291,6 +291,7 @@ static void *zmem_realloc(void *p, size_t size, void *ud)
 
 static void conn_close(conn_t *c);
 static void conn_flush(conn_t *c);
+static void flush_now(conn_t *c);
 static void h1_process(conn_t *c);
 static void h1_finish(conn_t *c);
 static bool h1_next(conn_t *c);
@@ -1469,10 +1470,17 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
         char *st = mg_arena_alloc(&s->arena, 4);
         bool ok = nv && st;
         /* the fields are copied into the stream's arena: the caller's may be gone (a pod's
-         * stream ended) before the frame leaves; nghttp2 then copies nothing */
-        for (size_t i = 0; ok && i < n; i++)
-            ok = mg_nv_copy(&s->arena, &nv[i + 1], hdrs[i].name, hdrs[i].name_len,
-                            hdrs[i].value, hdrs[i].value_len, hdrs[i].never_index);
+         * stream ended) before the frame leaves; nghttp2 then copies nothing. A head too big
+         * for the arena (it holds the request's too) is left to nghttp2 to copy. */
+        bool copied = ok;
+        for (size_t i = 0; copied && i < n; i++)
+            copied = mg_nv_copy(&s->arena, &nv[i + 1], hdrs[i].name, hdrs[i].name_len,
+                                hdrs[i].value, hdrs[i].value_len, hdrs[i].never_index);
+        for (size_t i = 0; ok && !copied && i < n; i++)
+            nv[i + 1] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
+                                     hdrs[i].name_len, hdrs[i].value_len,
+                                     hdrs[i].never_index ? NGHTTP2_NV_FLAG_NO_INDEX
+                                                         : NGHTTP2_NV_FLAG_NONE};
         if (!ok) {
             nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         } else {
@@ -1619,6 +1627,11 @@ void mg_srv_reset(mg_srv_stream_t *s)
     conn_t *c = s->c;
     enter(c);
     if (c->proto == P_H2) {
+        /* what the stream's answer already queued goes first (flushes are deferred to the
+         * end of the turn, and the reset would drop them): a head and part of a body the
+         * client then sees cut, as the access log says */
+        if (s->responded && !c->dead && !c->in_recv && !c->flushing)
+            flush_now(c);
         nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         conn_flush(c);
     } else {

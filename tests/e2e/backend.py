@@ -31,6 +31,9 @@ Every request body is read as it arrives and only hashed, never stored. Endpoint
     /trailers           answers with trailer x-trailer-a: 1; the JSON carries the request trailers
                         (?n=N adds N more trailer fields x-t-0: v0 ... x-t-<N-1>)
     /headers?n=N        the summary with N more response header fields x-h-0: v0 ... x-h-<N-1>
+                        (&size=S: each value S bytes)
+    /cut?n=N            (HTTP/2) a head announcing 100000 bytes, N of them, then a reset, all
+                        in one write
     /reset              resets the stream (HTTP/2) or closes the connection (HTTP/1.1)
     /drip?n=K&ms=M      answers at once, then K body chunks "drip-<i>\n", one every M ms
     /early              (HTTP/2) answers in full as soon as the request head arrives, before
@@ -134,8 +137,11 @@ class Request:
             return default
 
     def many_fields(self, prefix):
-        """The fields PREFIX-0: v0 ... PREFIX-<n-1>, n from the query (/headers, /trailers)."""
-        return [("%s-%d" % (prefix, i), "v%d" % i) for i in range(self.qint("n", 0))]
+        """The fields PREFIX-0: v0 ... PREFIX-<n-1>, n from the query (/headers, /trailers);
+        with size=S each value is S bytes instead."""
+        size = self.qint("size", 0)
+        return [("%s-%d" % (prefix, i), "a" * size if size else "v%d" % i)
+                for i in range(self.qint("n", 0))]
 
     def extra_headers(self):
         out = self.many_fields("x-h") if self.path == "/headers" else []
@@ -370,6 +376,12 @@ class H2Handler:
         if p == "/slow":
             await asyncio.sleep(r.qint("ms", 1000) / 1000.0)
         if p == "/reset":
+            self.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.flush()
+            return
+        if p == "/cut":  # a head, n body bytes and a reset, in one write
+            self.send_headers(sid, 200, r, [("content-length", "100000")], flush=False)
+            self.conn.send_data(sid, b"c" * r.qint("n", 1000))
             self.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.flush()
             return
