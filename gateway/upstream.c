@@ -145,10 +145,10 @@ static mg_up_stream_t *stream_alloc(mg_upstreams_t *u)
         s = malloc(sizeof(*s));
         if (s == NULL)
             return NULL;
-        /* the response head, and the request head's copy (h2_submit) */
-        mg_arena_init(&s->arena, STREAM_MEMORY + 2 * (u->conf.max_header_block > 65536
-                                                           ? u->conf.max_header_block
-                                                           : 65536));
+        /* the response head (STREAM_MEMORY), and the request head's copy (h2_submit) */
+        mg_arena_init(&s->arena, STREAM_MEMORY + (u->conf.max_header_block > 65536
+                                                      ? u->conf.max_header_block
+                                                      : 65536));
     }
     memset(s, 0, offsetof(mg_up_stream_t, arena));
     return s;
