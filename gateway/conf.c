@@ -690,7 +690,7 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
     static const char *const keys[] = {"listen",     "tls",       "workers",       "routes",
                                        "access_log", "log_level", "limits",        "timeouts_ms",
                                        "upstream",   "admin",     "dns_nameserver", "request_log_db",
-                                       "features",   NULL};
+                                       "features",   "request_id_in_response", NULL};
     char q[300];
     if (!json_is_object(doc)) {
         type_error(e, doc, "object");
@@ -726,6 +726,15 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
 
     parse_path(e, doc, "routes", dir, false, &c->routes_path);
     parse_path(e, doc, "access_log", dir, true, &c->access_log);
+
+    if ((v = json_object_get(doc, "request_id_in_response")) != NULL) {
+        size_t old = path_key(e, "request_id_in_response");
+        if (!json_is_boolean(v))
+            type_error(e, v, "true or false");
+        else
+            c->request_id_in_response = json_is_true(v);
+        path_set(e, old);
+    }
 
     if ((v = json_object_get(doc, "log_level")) != NULL) {
         size_t old = path_key(e, "log_level");

@@ -33,6 +33,7 @@
 #define MG_GATEWAY_CONF_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/err.h"
@@ -62,6 +63,7 @@ typedef struct mg_conf {
     int log_level;    /* mg_log_level_t */
     mg_dblog_conf_t request_log_db; /* .host NULL = off; strings owned here */
     mg_fconf_t *features; /* user features (features/fconf.h); NULL = off; owned */
+    bool request_id_in_response; /* x-request-id on pods' answers that lack one */
 
     struct {
         uint32_t max_concurrent_streams;

@@ -774,7 +774,7 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
             continue; /* ours to say */
         out[k++] = h[i];
     }
-    if (!has_rid)
+    if (!has_rid && e->p->conf->request_id_in_response)
         out[k++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), true};
     out[k++] = (mg_hdr_t){"x-modelgate-service", e->svc->name, 19, strlen(e->svc->name), false};
     hold(e);

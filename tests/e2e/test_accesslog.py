@@ -24,7 +24,8 @@ def logged(procs):
     a = procs.backend("pod-a")
     gw = procs.gateway(routes_doc({"svc-a": [a], "svc-dead": ["127.0.0.1:%d" % free_port()]},
                                   [("digits", "production", "svc-a"),
-                                   ("digits", "staging", "svc-dead")]))
+                                   ("digits", "staging", "svc-dead")]),
+                       conf={"request_id_in_response": True})  # ties answers to log lines
     return gw, a
 
 

@@ -287,18 +287,45 @@ def test_hop_by_hop_response_headers_removed(procs):
     assert r.headers.get("x-resp-keep") == "1"
 
 
-def test_request_id_added_kept_and_echoed(stack):
+def test_request_id_added_and_kept(stack):
+    """Every request reaches its pod with an x-request-id (the client's if it sent one). By
+    default the answer carries only the pod's own x-request-id, as with Envoy."""
     gw, _, _ = stack
     with gw.h2() as c:
         r = c.get("/rid")
-        rid = r.headers.get("x-request-id")
-        assert rid, r.headers
-        assert r.json()["headers"].get("x-request-id") == rid
+        rid = r.json()["headers"].get("x-request-id")
+        assert rid and len(rid) == 32, r.json()
+        assert "x-request-id" not in r.headers, r.headers
         r2 = c.get("/rid")
-        assert r2.headers.get("x-request-id") not in (None, rid)  # one id per request
+        assert r2.json()["headers"].get("x-request-id") not in (None, rid)  # one id per request
+        r = c.get("/rid", headers=[("x-request-id", "client-chosen-123")])
+        assert r.json()["headers"].get("x-request-id") == "client-chosen-123"
+        assert "x-request-id" not in r.headers, r.headers
+        r = c.get("/rid?set-header=x-request-id:pod-says-7")  # the pod's own passes through
+        assert r.headers.get("x-request-id") == "pod-says-7", r.headers
+    r = h1(gw, "GET", "/rid", headers=[("X-Request-Id", "h1-chosen")])
+    assert r.json()["headers"]["x-request-id"] == "h1-chosen"
+    assert "x-request-id" not in r.headers, r.headers
+    r = h1(gw, "GET", "/rid")
+    assert len(r.json()["headers"]["x-request-id"]) == 32 and "x-request-id" not in r.headers
+
+
+def test_request_id_in_response(procs):
+    """request_id_in_response: answers without an x-request-id of their own get the request's."""
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf={"request_id_in_response": True})
+    with gw.h2() as c:
+        r = c.get("/rid")
+        rid = r.headers.get("x-request-id")
+        assert rid and r.json()["headers"].get("x-request-id") == rid, (r.headers, r.json())
+        r2 = c.get("/rid")
+        assert r2.headers.get("x-request-id") not in (None, rid)
         r = c.get("/rid", headers=[("x-request-id", "client-chosen-123")])
         assert r.headers.get("x-request-id") == "client-chosen-123"
         assert r.json()["headers"].get("x-request-id") == "client-chosen-123"
+        r = c.get("/rid?set-header=x-request-id:pod-says-7")
+        assert [v for k, v in r.header_list if k == "x-request-id"] == ["pod-says-7"], r.header_list
     r = h1(gw, "GET", "/rid", headers=[("X-Request-Id", "h1-chosen")])
     assert r.headers.get("x-request-id") == "h1-chosen"
     assert r.json()["headers"]["x-request-id"] == "h1-chosen"

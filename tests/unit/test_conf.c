@@ -151,6 +151,7 @@ static void defaults(void **state)
     assert_int_equal(c.upstream.max_idle_conns_per_pod, 64);
     assert_int_equal(c.upstream.stream_window, 262144);
     assert_int_equal(c.upstream.connection_window, 16777216);
+    assert_false(c.request_id_in_response);
     mg_conf_clear(&c);
 }
 
@@ -187,9 +188,10 @@ static void file_then_flags(void **state)
                           "'log_level':'warn','access_log':'access.log',"
                           "'limits':{'max_concurrent_streams':50,'max_request_body':10000000000},"
                           "'timeouts_ms':{'connect':100,'total':5000},"
-                          "'upstream':{'max_idle_conns_per_pod':0}}");
+                          "'upstream':{'max_idle_conns_per_pod':0},'request_id_in_response':true}");
     mg_conf_t c;
     RUN_OK(&c, "--config", (char *)cfg);
+    assert_true(c.request_id_in_response);
     assert_int_equal(c.nlisten, 1);
     assert_string_equal(c.listen[0], "127.0.0.1:8080");
     assert_int_equal(c.workers, 2);
@@ -319,14 +321,16 @@ static void file_errors_all_in_one_pass(void **state)
             "'log_level':'loud','limits':{'max_concurrent_streams':0,'stream_window':65534,"
             "'connection_window':2147483648,'max_headers':1.5,'max_header_list_size':'big',"
             "'max_request_body':-1,'x':1},'timeouts_ms':{'idle':3600001,'drain':-5},"
-            "'upstream':{'max_streams_per_conn':0,'max_idle_conns_per_pod':10001}}");
+            "'upstream':{'max_streams_per_conn':0,'max_idle_conns_per_pod':10001},"
+            "'request_id_in_response':'yes'}");
     mg_conf_t c;
     char *e = run_fail(&c, ARGV("--config", (char *)cfg));
     char p[256];
     snprintf(p, sizeof(p), "%s: ", cfg);
     const char *lines[] = {
         "lisen: unknown key (valid keys: listen, tls, workers, routes, access_log, log_level, "
-        "limits, timeouts_ms, upstream, admin, dns_nameserver, request_log_db, features)",
+        "limits, timeouts_ms, upstream, admin, dns_nameserver, request_log_db, features, "
+        "request_id_in_response)",
         "listen[1]: invalid address \"127.0.0.1:99999\" (port must be 1-65535)",
         "listen[2]: wrong type (got number 5; expected string \"host:port\")",
         "tls.crt: unknown key (valid keys: listen, cert, key)",
@@ -357,6 +361,7 @@ static void file_errors_all_in_one_pass(void **state)
         "per upstream connection))",
         "upstream.max_idle_conns_per_pod: out of range (got 10001; expected integer 0-10000 "
         "(connections))",
+        "request_id_in_response: wrong type (got string \"yes\"; expected true or false)",
     };
     size_t n = sizeof(lines) / sizeof(lines[0]);
     for (size_t i = 0; i < n; i++) {
