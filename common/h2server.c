@@ -564,7 +564,7 @@ bool mg_srv_responded(const mg_srv_stream_t *s)
 }
 
 bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t max,
-                  const char *name, size_t nlen, const char *value, size_t vlen)
+                  const char *name, size_t nlen, const char *value, size_t vlen, bool lower)
 {
     if (*n >= max)
         return false;
@@ -578,17 +578,18 @@ bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t 
         *arr = na;
         *cap = ncap;
     }
-    char *nm = mg_arena_alloc(a, nlen + 1);
-    char *v = mg_arena_strndup(a, value, vlen);
-    if (nm == NULL || v == NULL)
+    char *nm = mg_arena_alloc(a, nlen + vlen + 2);
+    if (nm == NULL)
         return false;
-    /* HTTP/1.1 names may have any case (HTTP/2's are lowercase already): the source is
-     * scanned, and the copy written only where a letter is upper case */
+    char *v = nm + nlen + 1;
     memcpy(nm, name, nlen);
     nm[nlen] = '\0';
-    for (size_t i = 0; i < nlen; i++)
-        if ((unsigned)((unsigned char)name[i] - 'A') < 26u)
-            nm[i] = (char)(name[i] + 32);
+    memcpy(v, value, vlen);
+    v[vlen] = '\0';
+    if (lower)
+        for (size_t i = 0; i < nlen; i++)
+            if ((unsigned)((unsigned char)name[i] - 'A') < 26u)
+                nm[i] = (char)(name[i] + 32);
     (*arr)[(*n)++] = (mg_hdr_t){nm, v, nlen, vlen, false};
     return true;
 }
@@ -643,10 +644,11 @@ static bool hdr_push(mg_srv_stream_t *s, bool trailer, const char *name, size_t 
 {
     if (trailer && mg_trailer_forbidden(name, nlen))
         return true;
+    bool lower = s->c->h2 == NULL; /* HTTP/2 names are lowercase (nghttp2 checks) */
     bool ok = trailer ? mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap,
-                                     s->c->srv->conf.max_headers, name, nlen, value, vlen)
+                                     s->c->srv->conf.max_headers, name, nlen, value, vlen, lower)
                       : mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap,
-                                     s->c->srv->conf.max_headers, name, nlen, value, vlen);
+                                     s->c->srv->conf.max_headers, name, nlen, value, vlen, lower);
     if (!ok && !trailer)
         s->bad_status = 431;
     return ok;
@@ -664,7 +666,7 @@ static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
     r->content_length = -1;
     for (size_t i = 0; i < s->nhdrs; i++)
         if (s->hdrs[i].name_len == 14 && memcmp(s->hdrs[i].name, "content-length", 14) == 0)
-            r->content_length = strtoll(s->hdrs[i].value, NULL, 10);
+            r->content_length = mg_parse_decimal(s->hdrs[i].value, s->hdrs[i].value_len);
     r->has_body = !s->req_ended;
     r->proto = c->proto == P_H2 ? (c->tls ? "h2" : "h2c") : "http/1.1";
     r->client = c->client;

@@ -769,7 +769,7 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
         if (name_is(&h[i], "x-request-id", 12))
             has_rid = true;
         else if (name_is(&h[i], "content-length", 14))
-            e->resp_cl = strtoll(h[i].value, NULL, 10);
+            e->resp_cl = mg_parse_decimal(h[i].value, h[i].value_len);
         else if (name_is(&h[i], "x-modelgate-service", 19))
             continue; /* ours to say */
         out[k++] = h[i];

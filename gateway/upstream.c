@@ -220,11 +220,12 @@ static bool push_hdr(mg_up_stream_t *s, bool trailer, const char *n, size_t nl, 
 {
     if (trailer && mg_trailer_forbidden(n, nl))
         return true;
+    bool lower = s->c->pool->proto == MG_UP_H1; /* nghttp2 checked that h2c names are */
     if (trailer)
         return mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap,
-                            MG_UP_MAX_FIELDS, n, nl, v, vl);
+                            MG_UP_MAX_FIELDS, n, nl, v, vl, lower);
     return mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap, MG_UP_MAX_FIELDS, n, nl, v,
-                        vl);
+                        vl, lower);
 }
 
 #define STR_(x) #x
@@ -371,7 +372,8 @@ static int h2_on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_r
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     if (n.len == 7 && memcmp(n.base, ":status", 7) == 0) {
-        s->status = atoi((const char *)v.base);
+        int64_t st = mg_parse_decimal((const char *)v.base, v.len); /* nghttp2: 3 digits */
+        s->status = st < 0 || st > 999 ? 0 : (int)st;
         s->nhdrs = 0; /* a final response after 1xx starts afresh */
         return 0;
     }

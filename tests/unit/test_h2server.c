@@ -1381,11 +1381,27 @@ static void h2_backpressure(void **state)
     h2_free(c);
 }
 
+/* content-length and :status values, checked by the parsers before they get here */
+static void parse_decimal(void **state)
+{
+    (void)state;
+    assert_int_equal(mg_parse_decimal("95", 2), 95);
+    assert_int_equal(mg_parse_decimal("0", 1), 0);
+    assert_int_equal(mg_parse_decimal("200 ", 4), 200);  /* stops at the first non-digit */
+    assert_int_equal(mg_parse_decimal("12345", 3), 123); /* reads |len| bytes only */
+    assert_int_equal(mg_parse_decimal("", 0), -1);
+    assert_int_equal(mg_parse_decimal("x1", 2), -1);
+    assert_int_equal(mg_parse_decimal("9223372036854775807", 19), INT64_MAX);
+    assert_int_equal(mg_parse_decimal("9223372036854775808", 19), -1);
+    assert_int_equal(mg_parse_decimal("99999999999999999999", 20), -1);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     mg_log_level = MG_LOG_ERROR;
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(parse_decimal),
         cmocka_unit_test_setup_teardown(h1_pipelining_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_chunked_body_and_trailers, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_head_has_no_body, setup, teardown),
