@@ -243,6 +243,11 @@ void mg_conf_defaults(mg_conf_t *c)
     c->timeouts_ms.drain = 10000;
     c->upstream.max_streams_per_conn = 100;
     c->upstream.max_idle_conns_per_pod = 64;
+    /* Envoy's defaults (cluster max_connections, max_pending_requests): far above what a
+     * healthy pod needs from one gateway, yet a pod that stalls can no longer take thousands
+     * of sockets and file descriptors, nor queue requests without bound */
+    c->upstream.max_conns_per_pod = 1024;
+    c->upstream.max_pending_per_pod = 1024;
     c->upstream.stream_window = 262144;
     c->upstream.connection_window = 16777216;
     mg_dblog_conf_defaults(&c->request_log_db);
@@ -392,6 +397,8 @@ static const numkey_t timeout_keys[] = {
 static const numkey_t upstream_keys[] = {
     NUM32(upstream, max_streams_per_conn, 1, 100000, "streams per upstream connection"),
     NUM32(upstream, max_idle_conns_per_pod, 0, 10000, "connections"),
+    NUM32(upstream, max_conns_per_pod, 0, 1000000, "connections, 0 = unlimited"),
+    NUM32(upstream, max_pending_per_pod, 0, 1000000, "requests, 0 = unlimited"),
     NUM32(upstream, stream_window, 65535, 2147483647, "bytes"),
     NUM32(upstream, connection_window, 65535, 2147483647, "bytes"),
     {NULL, 0, 0, 0, 0, NULL},

@@ -19,6 +19,7 @@
  *     "timeouts_ms": { "connect": 2000, "first_byte": 30000, "idle": 60000, "total": 0,
  *                      "client_idle": 120000, "client_write": 30000, "drain": 10000 },  0 = none
  *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64,
+ *                   "max_conns_per_pod": 1024, "max_pending_per_pod": 1024,   0 = unlimited
  *                   "stream_window": 262144, "connection_window": 16777216 },
  *     "admin": { "listen": "127.0.0.1:9901", "token_file": "admin.token" },   no admin = off
  *     "dns_nameserver": "10.96.0.10:53",          DNS services' resolver; default resolv.conf
@@ -81,6 +82,8 @@ typedef struct mg_conf {
     struct {
         uint32_t max_streams_per_conn;
         uint32_t max_idle_conns_per_pod;
+        uint32_t max_conns_per_pod;   /* circuit breaker, every worker's: 0 = unlimited */
+        uint32_t max_pending_per_pod; /* requests waiting for a connection: 0 = unlimited */
         uint32_t stream_window;     /* HTTP/2 initial stream window we advertise to pods */
         uint32_t connection_window; /* ... and connection window */
     } upstream;

@@ -107,11 +107,14 @@ static void pod_gauge(void *ud, mg_podstate_t *ps)
     case 4:
         v = atomic_load_explicit(&ps->conns, memory_order_relaxed);
         break;
+    case 5:
+        v = atomic_load_explicit(&ps->queued, memory_order_relaxed);
+        break;
     }
-    static const char *const names[] = {"modelgate_pod_healthy", "modelgate_pod_ejected",
-                                        "modelgate_pod_active_requests",
-                                        "modelgate_pod_pending_requests",
-                                        "modelgate_pod_connections"};
+    static const char *const names[] = {
+        "modelgate_pod_healthy",         "modelgate_pod_ejected",
+        "modelgate_pod_active_requests", "modelgate_pod_pending_requests",
+        "modelgate_pod_connections",     "modelgate_pod_queued_requests"};
     evbuffer_add_printf(g->pg->out, "%s{%s} %" PRIu64 "\n", names[g->which], ps->stats->labels,
                         v);
 }
@@ -150,6 +153,10 @@ int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const cha
     counter(&pg, MG_STATS_POD, "modelgate_pod_failures_total",
             "Attempts that failed: connect errors, resets, 502/503/504, timeouts.",
             offsetof(mg_stat_block_t, failures));
+    counter(&pg, MG_STATS_POD, "modelgate_pod_overflows_total",
+            "Requests the pod could not queue: its connections busy and "
+            "upstream.max_pending_per_pod requests waiting.",
+            offsetof(mg_stat_block_t, overflows));
     counter(&pg, MG_STATS_POD, "modelgate_pod_ejections_total",
             "Times passive outlier detection ejected the pod.",
             offsetof(mg_stat_block_t, ejections));
@@ -160,8 +167,10 @@ int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const cha
         {"modelgate_pod_active_requests", "Requests on the pod now, every worker."},
         {"modelgate_pod_pending_requests", "Requests on the pod still without a response head."},
         {"modelgate_pod_connections", "Upstream connections open to the pod's address."},
+        {"modelgate_pod_queued_requests",
+         "Requests waiting for a connection to the pod (upstream.max_conns_per_pod reached)."},
     };
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         gauge_t g = {&pg, i, mg_podstate_now_ms()};
         evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", gauges[i][0], gauges[i][1],
                             gauges[i][0]);

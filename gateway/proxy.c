@@ -451,6 +451,13 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     if (e->to_total && now >= e->t_start + (int64_t)e->to_total * 1000) {
         fail(e, 504, "request_timeout", "the request took longer than %u ms", e->to_total);
     } else if (e->up && !e->resp_started && e->to_first_byte &&
+               now >= e->t_up_start + (int64_t)e->to_first_byte * 1000 && mg_up_is_queued(e->up)) {
+        /* it never left the gateway: not the pod's failure */
+        attempt_done(e, OUTCOME_NEUTRAL);
+        fail(e, 504, "upstream_timeout",
+             "no connection to pod %s was free within %u ms (upstream.max_conns_per_pod %u)",
+             e->svc->pods[e->pod].name, e->to_first_byte, e->p->conf->upstream.max_conns_per_pod);
+    } else if (e->up && !e->resp_started && e->to_first_byte &&
                now >= e->t_up_start + (int64_t)e->to_first_byte * 1000) {
         /* a pod that had the whole request and did not answer counts against it; one still
          * waiting for a slow client's body does not */
@@ -469,6 +476,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 /* Why no pod could be picked: the 503's words. */
 typedef struct pick_fail {
     unsigned unhealthy, ejected, limited, drained, tried;
+    unsigned overflowed; /* of |tried|, pods whose connection queue was full (this attempt) */
 } pick_fail_t;
 
 static bool service_up(const mg_service_t *svc, uint64_t now)
@@ -575,10 +583,13 @@ static bool attempt(exch_t *e, pick_fail_t *why)
 {
     /* one clock reading per attempt: the pick (ms, the pod states' clock) and the timers */
     int64_t now = now_us();
+    unsigned overflowed = 0;
     for (;;) {
         int idx = pick_pod(e, why, (uint64_t)now / 1000);
-        if (idx < 0)
+        if (idx < 0) {
+            why->overflowed = overflowed;
             return false;
+        }
         mg_podstate_t *ps = e->svc->pods[idx].state;
         e->tried |= 1ULL << idx;
         e->pod = idx;
@@ -586,9 +597,18 @@ static bool attempt(exch_t *e, pick_fail_t *why)
         mg_balance_acquire(e->svc->lb, idx);
         atomic_fetch_add_explicit(&ps->waiting, 1, memory_order_relaxed);
         e->attempt_live = e->attempt_waiting = true;
-        e->up = mg_up_start(e->p->ups, &e->svc->pods[idx], e->svc->proto, &e->upreq, &up_cbs, e);
+        mg_err_t uerr;
+        e->up =
+            mg_up_start(e->p->ups, &e->svc->pods[idx], e->svc->proto, &e->upreq, &up_cbs, e, &uerr);
         if (e->up == NULL) {
+            /* out of memory, or the pod's connections are all busy and its queue is full (an
+             * overflow, Envoy's UO): nothing was sent and the pod did nothing wrong, so another
+             * pod is tried at once, outside the retry budget, as for a pod at its limits */
             attempt_done(e, OUTCOME_NEUTRAL);
+            if (uerr == MG_E_LIMIT) {
+                overflowed++;
+                mg_stats_inc(ps->stats, e->p->worker, offsetof(mg_stat_block_t, overflows));
+            }
             continue;
         }
         if (e->req_ended)
@@ -985,6 +1005,14 @@ static void fail_no_pod(exch_t *e, const struct pick_fail *why)
         fail(e, 503, "no_pods",
              "service '%s' has no pods%s", svc->name,
              svc->dns_name ? " (nothing discovered in DNS yet)" : "");
+    } else if (why->overflowed && !why->unhealthy && !why->ejected &&
+               why->tried == why->overflowed) {
+        const mg_conf_t *c = e->p->conf;
+        mg_stats_inc(svc->stats, e->p->worker, offsetof(mg_stat_block_t, overflows));
+        fail(e, 503, "upstream_overflow",
+             "every pod of service '%s' has all its connections busy and a full queue "
+             "(upstream.max_conns_per_pod %u, upstream.max_pending_per_pod %u)",
+             svc->name, c->upstream.max_conns_per_pod, c->upstream.max_pending_per_pod);
     } else if (why->limited && !why->unhealthy && !why->ejected && !why->tried) {
         mg_stats_inc(svc->stats, e->p->worker, offsetof(mg_stat_block_t, overflows));
         fail(e, 503, "overloaded",
@@ -995,7 +1023,8 @@ static void fail_no_pod(exch_t *e, const struct pick_fail *why)
         fail(e, 503, "no_healthy_pod",
              "service '%s' has no pod that can take the request (%zu pods: %u unhealthy, "
              "%u ejected, %u at their limit, %u drained)",
-             svc->name, svc->npods, why->unhealthy, why->ejected, why->limited, why->drained);
+             svc->name, svc->npods, why->unhealthy, why->ejected, why->limited + why->overflowed,
+             why->drained);
     }
 }
 
@@ -1257,6 +1286,8 @@ mg_proxy_t *mg_proxy_new(struct event_base *base, const mg_conf_t *conf, mg_reql
         .connect_timeout_ms = conf->timeouts_ms.connect,
         .max_streams_per_conn = conf->upstream.max_streams_per_conn,
         .max_idle_conns_per_pod = conf->upstream.max_idle_conns_per_pod,
+        .max_conns_per_pod = conf->upstream.max_conns_per_pod,
+        .max_pending_per_pod = conf->upstream.max_pending_per_pod,
         .idle_conn_ms = 60000,
         .stream_window = conf->upstream.stream_window,
         .connection_window = conf->upstream.connection_window,

@@ -11,6 +11,19 @@
  * the arena is full) is never passed on cut: the stream fails with MG_UP_HEADERS, as Envoy and
  * nghttpx answer 502 to such a response, and the pod's stream is reset or its connection closed.
  * A connection is freed only when no call frame uses it (|busy| == 0), like the server side.
+ *
+ * Circuit breaking (upstream.max_conns_per_pod, max_pending_per_pod; Envoy's cluster
+ * max_connections and max_pending_requests): a pool opens another connection only while the
+ * pod's connection gauge, which every worker shares, is below the cap. At the cap a request
+ * waits in its pool's FIFO (qhead..qtail) for a free connection (HTTP/1.1: one that finished
+ * its exchange; HTTP/2: a stream slot), counted in the pod's shared |queued| gauge; with that
+ * gauge at max_pending_per_pod, mg_up_start refuses it at once (MG_E_LIMIT). Whatever frees a
+ * connection or a slot (a stream closing, a connection closing, new SETTINGS) kicks the pool,
+ * and the kick serves the queue at the next loop turn, oldest first, outside any callback. A
+ * new request queues behind waiting ones even when it could go at once: nobody overtakes. A
+ * worker with no usable connection to the pod may open one over the cap (as Envoy does), else
+ * its queue could wait for ever on connections other workers hold. A queued stream is on no
+ * connection (|c| NULL); mg_up_cancel unlinks and frees it, so it is never sent.
  */
 #include "gateway/upstream.h"
 
@@ -43,7 +56,10 @@ typedef struct pool pool_t;
 typedef struct up_conn up_conn_t;
 
 struct mg_up_stream {
-    up_conn_t *c;
+    up_conn_t *c;                  /* NULL while queued */
+    pool_t *queued;                /* the pool whose queue holds it, or NULL */
+    const mg_up_req_t *req;        /* while queued: the caller's (see mg_up_start) */
+    mg_up_stream_t *qnext, *qprev; /* in the pool's queue */
     int32_t id;
     const mg_up_cbs_t *cbs;
     void *ctx;
@@ -95,6 +111,9 @@ struct pool {
     mg_log_limit_t log_limit; /* connect errors repeat per request */
     mg_log_limit_t head_log_limit; /* so do oversized response heads */
     mg_podstate_t *state;     /* the pod's shared state: its connection gauge; may be NULL */
+    mg_up_stream_t *qhead, *qtail; /* requests waiting for a connection, oldest first */
+    size_t nqueued;
+    struct event *kick; /* serves the queue at the next loop turn (on_kick) */
 };
 
 struct mg_upstreams {
@@ -132,6 +151,7 @@ static void *mem_reget(void *p, size_t size, void *ud)
 static void conn_close(up_conn_t *c, mg_up_fail_t why);
 static void conn_flush(up_conn_t *c);
 static void h1_pump(up_conn_t *c);
+static void pool_kick(pool_t *p);
 
 /* ---------- streams ---------- */
 
@@ -278,6 +298,7 @@ static void conn_free(up_conn_t *c)
     if (p->state)
         atomic_fetch_sub_explicit(&p->state->conns, 1, memory_order_relaxed);
     free(c);
+    pool_kick(p); /* below the cap again: a waiting request may open a connection */
 }
 
 static void enter(up_conn_t *c)
@@ -322,7 +343,8 @@ static void conn_unused(up_conn_t *c)
     if (c->dead || c->nstreams > 0)
         return;
     if (c->pool->proto == MG_UP_H1) {
-        if (p->nidle >= p->u->conf.max_idle_conns_per_pod) {
+        /* a request waiting for a connection takes this one at the kick, whatever the idle cap */
+        if (p->nidle >= p->u->conf.max_idle_conns_per_pod && p->qhead == NULL) {
             conn_close(c, MG_UP_RESET);
             return;
         }
@@ -330,6 +352,7 @@ static void conn_unused(up_conn_t *c)
         p->nidle++;
     }
     timer_arm(c, p->u->conf.idle_conn_ms);
+    pool_kick(p);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -390,6 +413,10 @@ static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void 
         c->goaway = true; /* streams above last_stream_id close with REFUSED_STREAM */
         return 0;
     }
+    if (f->hd.type == NGHTTP2_SETTINGS) {
+        pool_kick(c->pool); /* MAX_CONCURRENT_STREAMS may have grown */
+        return 0;
+    }
     mg_up_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
     if (s == NULL)
         return 0;
@@ -446,6 +473,7 @@ static int h2_on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, 
     stream_unlink(c, s);
     stream_release(c->pool->u, s);
     conn_unused(c);
+    pool_kick(c->pool); /* a stream slot is free */
     return 0;
 }
 
@@ -893,6 +921,8 @@ static uint32_t hash_key(const char *s, mg_upstream_proto_t proto)
     return h;
 }
 
+static void on_kick(evutil_socket_t fd, short what, void *arg);
+
 static pool_t *pool_get(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_proto_t proto)
 {
     uint32_t b = hash_key(pod->name, proto) % NBUCKETS;
@@ -901,7 +931,10 @@ static pool_t *pool_get(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_prot
             memcmp(&p->addr, &pod->addr, pod->addrlen) == 0 && strcmp(p->key, pod->name) == 0)
             return p;
     pool_t *p = calloc(1, sizeof(*p));
-    if (p == NULL || (p->key = strdup(pod->name)) == NULL) {
+    if (p == NULL || (p->key = strdup(pod->name)) == NULL ||
+        (p->kick = event_new(u->base, -1, 0, on_kick, p)) == NULL) {
+        if (p)
+            free(p->key);
         free(p);
         return NULL;
     }
@@ -915,12 +948,41 @@ static pool_t *pool_get(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_prot
     return p;
 }
 
+/* Adds one to the shared gauge |g| and returns true, unless it is at |max| (0 = no limit). */
+static bool gauge_take(atomic_uint *g, uint32_t max)
+{
+    unsigned n = atomic_load_explicit(g, memory_order_relaxed);
+    do {
+        if (max && n >= max)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(g, &n, n + 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    return true;
+}
+
+/* Takes a place for one more connection of |p| in the pod's gauge (every worker's connections)
+ * and returns true, or returns false when max_conns_per_pod is reached. |live|: connections of
+ * |p| that can still take requests; with none, one is opened over the cap (Envoy's rule), else
+ * this worker's waiting requests could wait for ever on connections other workers hold. */
+static bool conn_slot_take(pool_t *p, size_t live)
+{
+    uint32_t cap = p->u->conf.max_conns_per_pod;
+    if (p->state == NULL) /* no shared state (tests): this worker's count */
+        return cap == 0 || p->nconns < cap || live == 0;
+    return gauge_take(&p->state->conns, live > 0 ? cap : 0);
+}
+
+/* Opens a connection; its place in the pod's gauge was taken (conn_slot_take), and conn_free
+ * gives it back. */
 static up_conn_t *conn_new(pool_t *p)
 {
     mg_upstreams_t *u = p->u;
     up_conn_t *c = calloc(1, sizeof(*c));
-    if (c == NULL)
+    if (c == NULL) {
+        if (p->state)
+            atomic_fetch_sub_explicit(&p->state->conns, 1, memory_order_relaxed);
         return NULL;
+    }
     c->pool = p;
     c->bev = bufferevent_socket_new(u->base, -1, BEV_OPT_CLOSE_ON_FREE);
     c->timer = evtimer_new(u->base, on_timer, c);
@@ -930,8 +992,6 @@ static up_conn_t *conn_new(pool_t *p)
     p->conns = c;
     p->nconns++;
     u->nconns++;
-    if (p->state)
-        atomic_fetch_add_explicit(&p->state->conns, 1, memory_order_relaxed);
     if (c->bev == NULL || c->timer == NULL) {
         c->dead = true;
         conn_free(c);
@@ -970,12 +1030,18 @@ static up_conn_t *conn_new(pool_t *p)
     return dead ? NULL : c;
 }
 
-static up_conn_t *pick_conn(pool_t *p)
+/* A connection of |p| that takes a new stream now, else a new one if the pool may open it.
+ * NULL with *at_cap set: max_conns_per_pod is reached and the request must wait; NULL alone:
+ * out of memory, or the connect failed at once. */
+static up_conn_t *pick_conn(pool_t *p, bool *at_cap)
 {
     uint32_t max = p->u->conf.max_streams_per_conn;
+    size_t live = 0;
+    *at_cap = false;
     for (up_conn_t *c = p->conns; c; c = c->next) {
         if (c->dead || c->goaway)
             continue;
+        live++;
         if (p->proto == MG_UP_H1) {
             if (c->idle)
                 return c;
@@ -986,55 +1052,158 @@ static up_conn_t *pick_conn(pool_t *p)
         if (c->nstreams < max && c->nstreams < remote)
             return c;
     }
+    if (!conn_slot_take(p, live)) {
+        *at_cap = true;
+        return NULL;
+    }
     return conn_new(p);
 }
 
-mg_up_stream_t *mg_up_start(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_proto_t proto,
-                            const mg_up_req_t *req, const mg_up_cbs_t *cbs, void *ctx)
+/* ---------- the pool's queue: requests waiting for a connection ---------- */
+
+static void pool_kick(pool_t *p)
 {
+    if (p->qhead && p->kick)
+        event_active(p->kick, EV_TIMEOUT, 0);
+}
+
+/* Appends |s| to the queue of |p|; false when max_pending_per_pod requests wait already. */
+static bool queue_push(pool_t *p, mg_up_stream_t *s, const mg_up_req_t *req)
+{
+    uint32_t max = p->u->conf.max_pending_per_pod;
+    if (p->state ? !gauge_take(&p->state->queued, max) : max && p->nqueued >= max)
+        return false;
+    s->queued = p;
+    s->req = req;
+    s->qnext = NULL;
+    s->qprev = p->qtail;
+    if (p->qtail)
+        p->qtail->qnext = s;
+    else
+        p->qhead = s;
+    p->qtail = s;
+    p->nqueued++;
+    return true;
+}
+
+static void queue_unlink(mg_up_stream_t *s)
+{
+    pool_t *p = s->queued;
+    if (s->qprev)
+        s->qprev->qnext = s->qnext;
+    else
+        p->qhead = s->qnext;
+    if (s->qnext)
+        s->qnext->qprev = s->qprev;
+    else
+        p->qtail = s->qprev;
+    p->nqueued--;
+    if (p->state)
+        atomic_fetch_sub_explicit(&p->state->queued, 1, memory_order_relaxed);
+    s->queued = NULL;
+    s->req = NULL;
+    s->qnext = s->qprev = NULL;
+}
+
+/*
+ * Puts |s| (cbs, ctx, body and head set) on a connection of |p| and submits |req|; a queued
+ * |s| leaves the queue. Returns MG_OK, or MG_E_AGAIN when it must wait (max_conns_per_pod),
+ * MG_E_NOMEM when it cannot go (no memory, or the connect failed at once); then |s| is as it
+ * was, and its arena may hold a copy of the head (cleared with the stream).
+ */
+static mg_err_t stream_attach(pool_t *p, mg_up_stream_t *s, const mg_up_req_t *req)
+{
+    mg_upstreams_t *u = p->u;
+    for (;;) {
+        bool at_cap;
+        up_conn_t *c = pick_conn(p, &at_cap);
+        if (c == NULL)
+            return at_cap ? MG_E_AGAIN : MG_E_NOMEM;
+        if (c->idle) {
+            c->idle = false;
+            p->nidle--;
+        }
+        evtimer_del(c->timer);
+        if (!c->connected)
+            timer_arm(c, u->conf.connect_timeout_ms);
+        s->c = c;
+        s->prev = NULL;
+        s->next = c->streams;
+        if (c->streams)
+            c->streams->prev = s;
+        c->streams = s;
+        c->nstreams++;
+        mg_err_t err = p->proto == MG_UP_H2C ? h2_submit(c, s, req) : h1_submit(c, s, req);
+        if (err != MG_OK) {
+            stream_unlink(c, s);
+            s->c = NULL;
+            s->next = s->prev = NULL;
+            conn_unused(c);
+            if (err == MG_E_AGAIN) /* that connection's stream ids are used up: skipped now */
+                continue;
+            return MG_E_NOMEM;
+        }
+        if (s->queued) /* before the flush: its callbacks may cancel |s| */
+            queue_unlink(s);
+        enter(c);
+        conn_flush(c);
+        leave(c);
+        return MG_OK;
+    }
+}
+
+#define KICK_BATCH 64 /* queued requests started per loop turn, at most */
+
+/* A connection or a stream slot of |p| may be free: starts waiting requests, oldest first,
+ * until the pool is at its cap again. */
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    pool_t *p = arg;
+    (void)fd;
+    (void)what;
+    for (unsigned n = 0; p->qhead; n++) {
+        if (n == KICK_BATCH) {
+            event_active(p->kick, EV_TIMEOUT, 0); /* the rest at the next turn */
+            return;
+        }
+        mg_up_stream_t *s = p->qhead;
+        mg_err_t err = stream_attach(p, s, s->req);
+        if (err == MG_E_AGAIN)
+            return; /* at the cap again: the next freed connection or slot kicks */
+        if (err != MG_OK) {
+            /* nothing was sent: the caller may try another pod */
+            queue_unlink(s);
+            fail_stream(s, MG_UP_CONNECT_REFUSED, false);
+            stream_release(p->u, s);
+        }
+    }
+}
+
+mg_up_stream_t *mg_up_start(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_proto_t proto,
+                            const mg_up_req_t *req, const mg_up_cbs_t *cbs, void *ctx,
+                            mg_err_t *err)
+{
+    *err = MG_E_NOMEM;
     pool_t *p = pool_get(u, pod, proto);
     if (p == NULL)
         return NULL;
     mg_up_stream_t *s = stream_alloc(u);
     if (s == NULL)
         return NULL;
-again:;
-    up_conn_t *c = pick_conn(p);
-    if (c == NULL) {
-        stream_release(u, s);
-        return NULL;
-    }
-    if (c->idle) {
-        c->idle = false;
-        p->nidle--;
-    }
-    evtimer_del(c->timer);
-    if (!c->connected)
-        timer_arm(c, u->conf.connect_timeout_ms);
-    s->c = c;
     s->cbs = cbs;
     s->ctx = ctx;
     s->body = req->body;
     s->head = strcmp(req->method, "HEAD") == 0;
-    s->next = c->streams;
-    if (c->streams)
-        c->streams->prev = s;
-    c->streams = s;
-    c->nstreams++;
-    mg_err_t err = proto == MG_UP_H2C ? h2_submit(c, s, req) : h1_submit(c, s, req);
-    if (err != MG_OK) {
-        stream_unlink(c, s);
-        mg_arena_clear(&s->arena);
-        memset(s, 0, offsetof(mg_up_stream_t, arena));
-        conn_unused(c);
-        if (err == MG_E_AGAIN) /* that connection's stream ids are used up: pick_conn skips it */
-            goto again;
+    /* first come, first served: a new request never overtakes one already waiting */
+    mg_err_t e = p->qhead ? MG_E_AGAIN : stream_attach(p, s, req);
+    if (e == MG_E_AGAIN)
+        e = queue_push(p, s, req) ? MG_OK : MG_E_LIMIT;
+    if (e != MG_OK) {
+        *err = e;
         stream_release(u, s);
         return NULL;
     }
-    enter(c);
-    conn_flush(c);
-    leave(c);
+    *err = MG_OK;
     return s;
 }
 
@@ -1043,6 +1212,8 @@ void mg_up_body_more(mg_up_stream_t *s)
     up_conn_t *c = s->c;
     if (evbuffer_get_length(s->body) >= MG_SRV_HIGH)
         s->want_drain = true;
+    if (c == NULL)
+        return; /* queued: the body waits in |body| until a connection takes it */
     enter(c);
     if (s->deferred && c->h2) {
         s->deferred = false;
@@ -1076,7 +1247,7 @@ void mg_up_consume(mg_up_stream_t *s, size_t n)
     up_conn_t *c = s->c;
     if (n > s->unconsumed)
         n = s->unconsumed;
-    if (n == 0)
+    if (n == 0 || c == NULL)
         return;
     s->unconsumed -= n;
     enter(c);
@@ -1095,6 +1266,12 @@ void mg_up_consume(mg_up_stream_t *s, size_t n)
 void mg_up_cancel(mg_up_stream_t *s)
 {
     up_conn_t *c = s->c;
+    if (s->queued) { /* still waiting for a connection: it never leaves */
+        mg_upstreams_t *u = s->queued->u;
+        queue_unlink(s);
+        stream_release(u, s);
+        return;
+    }
     if (s->cancelled)
         return;
     bool was_done = s->done;
@@ -1117,6 +1294,11 @@ void mg_up_cancel(mg_up_stream_t *s)
     leave(c);
 }
 
+bool mg_up_is_queued(const mg_up_stream_t *s)
+{
+    return s->queued != NULL;
+}
+
 size_t mg_upstreams_nconns(const mg_upstreams_t *u)
 {
     return u->nconns;
@@ -1131,6 +1313,7 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     u->conf = *conf;
     if (u->conf.max_streams_per_conn == 0)
         u->conf.max_streams_per_conn = 100;
+    /* max_conns_per_pod and max_pending_per_pod: 0 = unlimited, as given */
     if (u->conf.stream_window == 0)
         u->conf.stream_window = 256 << 10;
     if (u->conf.connection_window == 0)
@@ -1172,6 +1355,13 @@ void mg_upstreams_free(mg_upstreams_t *u)
         pool_t *p = u->buckets[b];
         while (p) {
             pool_t *next = p->next;
+            while (p->qhead) {
+                mg_up_stream_t *s = p->qhead;
+                queue_unlink(s);
+                stream_release(u, s);
+            }
+            event_free(p->kick);
+            p->kick = NULL; /* conn_free kicks no more */
             while (p->conns) {
                 up_conn_t *c = p->conns;
                 for (mg_up_stream_t *s = c->streams; s; s = s->next)

@@ -6,6 +6,9 @@
  * address and protocol. An HTTP/2 pool reuses a connection while it has fewer active streams
  * than max_streams_per_conn (and than the pod's SETTINGS_MAX_CONCURRENT_STREAMS), else opens
  * another. An HTTP/1.1 pool keeps up to max_idle_conns_per_pod idle connections.
+ * Circuit breaking: at most max_conns_per_pod connections to a pod (every worker's, counted in
+ * its mg_podstate_t); at the cap a request waits in its pool's FIFO for a free connection or
+ * stream slot, and with max_pending_per_pod requests waiting already it is refused at once.
  *
  * Request bodies: the caller owns the evbuffer |req->body| and appends to it; the upstream
  * drains it as the pod accepts data (HTTP/2 flow control, or socket writability) and calls
@@ -29,6 +32,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "common/err.h"
 #include "common/h2server.h"
 #include "routing/routes.h"
 
@@ -74,6 +78,8 @@ typedef struct mg_up_conf {
     uint32_t connect_timeout_ms;
     uint32_t max_streams_per_conn;
     uint32_t max_idle_conns_per_pod;
+    uint32_t max_conns_per_pod;   /* every worker's connections to one pod; 0 = unlimited */
+    uint32_t max_pending_per_pod; /* requests waiting for one of them; 0 = unlimited */
     uint32_t idle_conn_ms; /* close unused upstream connections after this */
     uint32_t stream_window;     /* HTTP/2 windows we advertise to pods (0 = 256 KiB, 16 MiB) */
     uint32_t connection_window;
@@ -85,10 +91,20 @@ typedef struct mg_up_conf {
 mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *conf);
 void mg_upstreams_free(mg_upstreams_t *u); /* closes everything; no callbacks */
 
-/* Starts |req| on |pod|. Returns NULL only when out of memory. Failures to connect are reported
- * through on_error, never synchronously from this call. */
+/* Starts |req| on |pod|, or queues it when the pod has max_conns_per_pod connections and none
+ * can take it now; a queued request leaves on the next free connection or stream slot, oldest
+ * first. While it waits (mg_up_is_queued) |req| and everything it points to must stay valid;
+ * mg_up_cancel drops it unsent. Returns the stream with *err MG_OK, or NULL with *err
+ * MG_E_LIMIT when max_pending_per_pod requests wait for that pod already (nothing was sent: an
+ * overflow, another pod may take it), MG_E_NOMEM when out of memory or the connect failed at
+ * once. Other failures to connect are reported through on_error, never synchronously from this
+ * call. */
 mg_up_stream_t *mg_up_start(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_proto_t proto,
-                            const mg_up_req_t *req, const mg_up_cbs_t *cbs, void *ctx);
+                            const mg_up_req_t *req, const mg_up_cbs_t *cbs, void *ctx,
+                            mg_err_t *err);
+
+/* Is |s| still waiting for a connection (max_conns_per_pod)? Nothing of it was sent then. */
+bool mg_up_is_queued(const mg_up_stream_t *s);
 
 /* The caller appended to req->body. */
 void mg_up_body_more(mg_up_stream_t *s);

@@ -31,6 +31,7 @@ typedef struct mg_podstate {
     _Alignas(64) atomic_uint inflight; /* requests on the pod now, every worker */
     atomic_uint waiting;               /* of those, still without a response head */
     atomic_uint conns;                 /* upstream connections open to it, every worker */
+    atomic_uint queued; /* requests waiting for one of them (upstream.max_conns_per_pod) */
     _Alignas(64) atomic_int health;    /* mg_pod_health_t */
     atomic_uint consecutive_failures;  /* passive: reset by a success */
     atomic_uint ejections;             /* passive: grows each ejection's length, decays */

@@ -50,7 +50,8 @@ Summary (application/json, response header x-pod: NAME):
      "stream_id" (HTTP/2 stream id, or the request's rank on its HTTP/1.1 connection),
      "bytes_sent" (body bytes of all /bytes answers this process has sent so far)}
 Log lines on stdout: "req PROTO METHOD PATH" per request, "rst h2c PATH" when a peer resets a
-stream ("rst h2c #ID" once its response is done).
+stream ("rst h2c #ID" once its response is done), "peak-conns N" each time N connections are
+open at once for the first time (the largest N is the most the peer held at a time).
 
 Importable: pattern_chunk(), serve(), main().
 """
@@ -89,6 +90,7 @@ H1_MAX_HEAD = 1024 * 1024
 _conn_ids = itertools.count(1)
 BYTES_SENT = [0]  # body bytes of every /bytes answer handed to the transport, both protocols
 HEALTH_FILE = None  # --health-file: /health answers 200 while this file exists, else 503
+CONNS = [0, 0]  # connections open now, the most open at once
 
 
 def pattern_chunk(offset, n):
@@ -662,6 +664,17 @@ async def serve(host, port, name, proto="both", health_file=None, delay_ms=0, re
     REFUSE = refuse
 
     async def handle(reader, writer):
+        CONNS[0] += 1
+        if CONNS[0] > CONNS[1]:
+            CONNS[1] = CONNS[0]
+            sys.stdout.write("peak-conns %d\n" % CONNS[1])
+            sys.stdout.flush()
+        try:
+            await handle_conn(reader, writer)
+        finally:
+            CONNS[0] -= 1
+
+    async def handle_conn(reader, writer):
         try:
             is_h2, buf = await sniff(reader)
         except (ConnectionError, OSError):

@@ -282,6 +282,12 @@ class Backend:
                     out.append(tuple(parts[1:]))
         return out
 
+    def peak_conns(self):
+        """The most connections the backend had open at once so far (0 before any)."""
+        peaks = [int(line.split()[1]) for line in self.proc.stdout().splitlines()
+                 if line.startswith("peak-conns ")]
+        return max(peaks, default=0)
+
 
 class Gateway:
     """A running modelgate with its generated gateway.json and routes.json."""

@@ -115,6 +115,18 @@ static void expect_line(const char *errors, const char *line)
         fail_msg("missing error line:\n  %s\nin:\n%s", line, errors);
 }
 
+/* |errors| holds exactly |lines|, each as "FILE: line"; frees |errors|. */
+static void expect_file_errors(char *errors, const char *file, const char *const *lines, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char want[512];
+        snprintf(want, sizeof(want), "%s: %s", file, lines[i]);
+        expect_line(errors, want);
+    }
+    assert_int_equal(count_lines(errors), n);
+    free(errors);
+}
+
 /* ---- defaults ---- */
 
 static void defaults(void **state)
@@ -149,6 +161,8 @@ static void defaults(void **state)
     assert_int_equal(c.timeouts_ms.drain, 10000);
     assert_int_equal(c.upstream.max_streams_per_conn, 100);
     assert_int_equal(c.upstream.max_idle_conns_per_pod, 64);
+    assert_int_equal(c.upstream.max_conns_per_pod, 1024);
+    assert_int_equal(c.upstream.max_pending_per_pod, 1024);
     assert_int_equal(c.upstream.stream_window, 262144);
     assert_int_equal(c.upstream.connection_window, 16777216);
     assert_false(c.request_id_in_response);
@@ -309,6 +323,45 @@ static void load_is_all_or_nothing(void **state)
     mg_conf_clear(&c);
 }
 
+/* upstream.max_conns_per_pod and max_pending_per_pod: 0 (unlimited) to 1000000, integers only;
+ * each error names the file, the key's path and what is accepted, and a typo lists both keys */
+static void upstream_conn_limits(void **state)
+{
+    fx_t *f = *state;
+    const char *ok = put(f, "ok.json",
+                         "{'listen':['127.0.0.1:8080'],'routes':'routes.json',"
+                         "'upstream':{'max_conns_per_pod':0,'max_pending_per_pod':1000000}}");
+    mg_conf_t c;
+    RUN_OK(&c, "--config", (char *)ok);
+    assert_int_equal(c.upstream.max_conns_per_pod, 0);
+    assert_int_equal(c.upstream.max_pending_per_pod, 1000000);
+    assert_int_equal(c.upstream.max_streams_per_conn, 100); /* the others keep their defaults */
+    mg_conf_clear(&c);
+
+    const char *bad = put(f, "bad.json",
+                          "{'listen':['127.0.0.1:8080'],'routes':'routes.json',"
+                          "'upstream':{'max_conns_per_pod':1000001,'max_pending_per_pod':'many',"
+                          "'max_conn_per_pod':4}}");
+    char *e = run_fail(&c, ARGV("--config", (char *)bad));
+    const char *lines[] = {
+        "upstream.max_conn_per_pod: unknown key (valid keys: max_streams_per_conn, "
+        "max_idle_conns_per_pod, max_conns_per_pod, max_pending_per_pod, stream_window, "
+        "connection_window)",
+        "upstream.max_conns_per_pod: out of range (got 1000001; expected integer 0-1000000 "
+        "(connections, 0 = unlimited))",
+        "upstream.max_pending_per_pod: wrong type (got string \"many\"; expected integer "
+        "0-1000000 (requests, 0 = unlimited))",
+    };
+    expect_file_errors(e, bad, lines, sizeof(lines) / sizeof(lines[0]));
+
+    const char *neg = put(f, "neg.json",
+                          "{'listen':['127.0.0.1:8080'],'routes':'routes.json',"
+                          "'upstream':{'max_pending_per_pod':-1}}");
+    const char *neg_line[] = {"upstream.max_pending_per_pod: out of range (got -1; expected "
+                              "integer 0-1000000 (requests, 0 = unlimited))"};
+    expect_file_errors(run_fail(&c, ARGV("--config", (char *)neg)), neg, neg_line, 1);
+}
+
 /* ---- errors in the file ---- */
 
 static void file_errors_all_in_one_pass(void **state)
@@ -325,8 +378,6 @@ static void file_errors_all_in_one_pass(void **state)
             "'request_id_in_response':'yes'}");
     mg_conf_t c;
     char *e = run_fail(&c, ARGV("--config", (char *)cfg));
-    char p[256];
-    snprintf(p, sizeof(p), "%s: ", cfg);
     const char *lines[] = {
         "lisen: unknown key (valid keys: listen, tls, workers, routes, access_log, log_level, "
         "limits, timeouts_ms, upstream, admin, dns_nameserver, request_log_db, features, "
@@ -363,15 +414,8 @@ static void file_errors_all_in_one_pass(void **state)
         "(connections))",
         "request_id_in_response: wrong type (got string \"yes\"; expected true or false)",
     };
-    size_t n = sizeof(lines) / sizeof(lines[0]);
-    for (size_t i = 0; i < n; i++) {
-        char want[512];
-        snprintf(want, sizeof(want), "%s%s", p, lines[i]);
-        expect_line(e, want);
-    }
     /* nothing else: in particular no "no listener" noise after a failed file */
-    assert_int_equal(count_lines(e), n);
-    free(e);
+    expect_file_errors(e, cfg, lines, sizeof(lines) / sizeof(lines[0]));
 }
 
 static void file_syntax_errors(void **state)
@@ -676,6 +720,7 @@ int main(void)
         T(example_config_loads),
         T(load_is_all_or_nothing),
         T(file_errors_all_in_one_pass),
+        T(upstream_conn_limits),
         T(file_syntax_errors),
         T(too_many_listeners),
         T(flag_errors),

@@ -146,7 +146,8 @@ static mg_up_stream_t *get(fixture_t *f, result_t *r)
     mg_up_req_t req = {.method = "GET", .scheme = "http", .authority = "pod", .path = "/",
                        .content_length = -1, .has_body = false, .body = f->body};
     *r = (result_t){0};
-    mg_up_stream_t *s = mg_up_start(f->ups, &f->target, MG_UP_H2C, &req, &cbs, r);
+    mg_err_t err;
+    mg_up_stream_t *s = mg_up_start(f->ups, &f->target, MG_UP_H2C, &req, &cbs, r, &err);
     if (s == NULL)
         return NULL;
     for (int i = 0; i < 5000 && !r->done; i++) {
