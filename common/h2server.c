@@ -356,7 +356,9 @@ static void conn_close(conn_t *c)
  * the client was sending. Closing a socket with unread input makes the kernel answer with a
  * reset, and a reset can reach the client before it has read our answer, which it then loses
  * ("connection reset by peer" instead of the 503). So we send our FIN and read and drop input
- * until the client closes too, for at most LINGER_MS and LINGER_MAX bytes.
+ * until the client closes too, for at most LINGER_MS and LINGER_MAX bytes. The same holds for
+ * the GOAWAY that closes an HTTP/2 connection over a protocol error or an idle timeout: a
+ * client still sending frames would get a reset instead of the error code.
  */
 #define LINGER_MS 2000
 #define LINGER_MAX (1u << 20)
@@ -378,18 +380,24 @@ static void on_linger_event(struct bufferevent *bev, short events, void *arg)
     conn_close(arg);
 }
 
-/* The close we decide once our last byte left: lingers for HTTP/1.1 (see LINGER_MS). Over
+/* The close we decide once our last byte left: lingers (see LINGER_MS), except for HTTP/2
+ * connections closed by a shutdown, whose clients were told with GOAWAY long before. Over
  * TLS without a FIN of ours (the TLS layer would need its own close first): the client has
- * the whole answer, with its length, and Connection: close, so it closes first. */
+ * the whole answer, with its length, and Connection: close (or our GOAWAY), so it closes first. */
 static void conn_close_flushed(conn_t *c)
 {
     int fd = c->bev ? bufferevent_getfd(c->bev) : -1;
-    if (c->dead || c->lingering || c->proto != P_H1 || fd < 0 ||
+    bool h2_linger = c->proto == P_H2 && !c->srv->shutting_down;
+    if (c->dead || c->lingering || (c->proto != P_H1 && !h2_linger) || fd < 0 ||
         (!c->tls && shutdown(fd, SHUT_WR) != 0)) {
         conn_close(c);
         return;
     }
-    c->lingering = true;
+    c->lingering = true; /* the session takes no more input and sends nothing more */
+    while (c->streams) /* what the session still held is over: its pods' requests too */
+        stream_close(c->streams, false);
+    if (c->dead)
+        return;
     bufferevent_setcb(c->bev, on_linger_read, NULL, on_linger_event, c);
     bufferevent_disable(c->bev, EV_WRITE);
     bufferevent_enable(c->bev, EV_READ);
@@ -993,7 +1001,7 @@ static void h2_flush(conn_t *c)
         (!nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2))) {
         c->close_when_flushed = true;
         if (evbuffer_get_length(out) == 0)
-            conn_close(c);
+            conn_close_flushed(c);
         return;
     }
     /* idle with freshly written pages (the handshake, a PING answer): schedule the trim */
@@ -1700,6 +1708,8 @@ mg_err_t mg_srv_error(mg_srv_stream_t *s, int status, const char *code, const ch
 /* Produces the session's frames, and runs the drain callbacks they make room for. */
 static void flush_now(conn_t *c)
 {
+    if (c->lingering) /* closed: the session sends nothing more */
+        return;
     c->flushing = true;
     enter(c);
     do {
@@ -1712,7 +1722,7 @@ static void flush_now(conn_t *c)
 
 static void conn_flush(conn_t *c)
 {
-    if (c->dead || c->proto != P_H2)
+    if (c->dead || c->lingering || c->proto != P_H2)
         return;
     if (c->in_recv || c->flushing) {
         c->need_flush = true;

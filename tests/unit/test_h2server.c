@@ -819,6 +819,81 @@ static void h1_linger_stops_after_a_mebibyte(void **state)
     client_free(c);
 }
 
+/* An HTTP/2 client that breaks the protocol while it still has frames on the way gets our
+ * GOAWAY (PROTOCOL_ERROR), then a clean end of stream: the server reads and drops what was
+ * in flight instead of closing over unread input, which would answer it with a reset that
+ * fails the client's writes and can beat the GOAWAY to it. */
+static void h2_goaway_lingers_for_what_the_client_was_sending(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    client_t *c = client_new();
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    client_send(f, c, preface, sizeof(preface) - 1);
+    static const uint8_t settings[9] = {0, 0, 0, 4, 0, 0, 0, 0, 0};
+    client_send(f, c, settings, sizeof(settings));
+    /* WINDOW_UPDATE of 0 on the connection: a connection error (RFC 9113 6.9) */
+    static const uint8_t bad[13] = {0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    client_send(f, c, bad, sizeof(bad));
+    /* then PING frames, as a busy client would have in flight: 256 KiB of them */
+    static uint8_t pings[17 * 3855];
+    for (size_t k = 0; k < sizeof(pings); k += 17) {
+        const uint8_t ping[9] = {0, 0, 8, 6, 0, 0, 0, 0, 0};
+        memcpy(pings + k, ping, 9);
+        memset(pings + k + 9, (int)(k & 0xff), 8);
+    }
+    size_t total = 4 * sizeof(pings), sent = 0;
+    int send_err = 0;
+    long start_ms = now_ms();
+    while (sent < total && now_ms() - start_ms < TIMEOUT_MS) {
+        size_t off = sent % sizeof(pings);
+        ssize_t n = send(c->fd, pings + off, sizeof(pings) - off, MSG_NOSIGNAL);
+        if (n > 0)
+            sent += (size_t)n;
+        else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            send_err = errno; /* reset by the server */
+            break;
+        }
+        event_base_loop(f->base, EVLOOP_NONBLOCK);
+    }
+    assert_int_equal(send_err, 0);
+    assert_int_equal(sent, total);
+    /* what came back: SETTINGS, maybe a SETTINGS ACK, the GOAWAY; then the server's FIN */
+    uint8_t got[4096];
+    size_t len = 0;
+    int read_err = 0;
+    bool eof = false;
+    start_ms = now_ms();
+    while (!eof && !read_err && now_ms() - start_ms < TIMEOUT_MS) {
+        event_base_loop(f->base, EVLOOP_NONBLOCK);
+        ssize_t n = read(c->fd, got + len, sizeof(got) - len);
+        if (n == 0)
+            eof = true;
+        else if (n > 0)
+            len += (size_t)n;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            read_err = errno;
+        assert_true(len < sizeof(got));
+    }
+    assert_int_equal(read_err, 0);
+    assert_true(eof);
+    bool goaway = false;
+    for (size_t k = 0; k + 9 <= len;) {
+        size_t flen = (size_t)got[k] << 16 | (size_t)got[k + 1] << 8 | got[k + 2];
+        if (got[k + 3] == NGHTTP2_GOAWAY && flen >= 8 && k + 9 + flen <= len) {
+            const uint8_t *e = got + k + 9 + 4;
+            goaway = ((uint32_t)e[0] << 24 | (uint32_t)e[1] << 16 | (uint32_t)e[2] << 8 | e[3]) ==
+                     NGHTTP2_PROTOCOL_ERROR;
+        }
+        k += 9 + flen;
+    }
+    assert_true(goaway);
+    close(c->fd);
+    c->fd = -1;
+    assert_true(run_until(f, NULL, no_conns, NULL));
+    client_free(c);
+}
+
 /* Answered at once while a body of known, modest length is still coming (a 429 or a 401 for a
  * POST): the rest of the body is dropped and the connection serves the next request. A
  * response that kept quiet about closing and then closed would make the client send its next
@@ -1434,6 +1509,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(h1_http10_transfer_coding_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_linger_stops_after_a_mebibyte, setup, teardown),
+        cmocka_unit_test_setup_teardown(h2_goaway_lingers_for_what_the_client_was_sending, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_big_body_closes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
