@@ -1787,7 +1787,9 @@ static void on_write(struct bufferevent *bev, void *arg)
                 s->h->on_drain(s);
         }
     }
-    if (!c->dead && c->close_when_flushed &&
+    /* when the bufferevent wrote (the socket was full), the flush above ran at once and may
+     * have started the linger: a second conn_close_flushed would close over unread input */
+    if (!c->dead && !c->lingering && c->close_when_flushed &&
         evbuffer_get_length(bufferevent_get_output(bev)) == 0)
         conn_close_flushed(c);
     if (!c->dead)

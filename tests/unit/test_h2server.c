@@ -58,6 +58,7 @@ typedef struct fixture {
     mg_srv_conf_t conf;
     answer_t answer;
     bool consume; /* on_body consumes at once */
+    int sndbuf;   /* when set: the accepted sockets' SO_SNDBUF (start) */
     /* what the handler saw */
     int nrequests, nends, ncloses, ncomplete, nrejects;
     int reject_status;
@@ -215,6 +216,8 @@ static void start(fixture_t *f)
      * hundred KiB instead of the megabytes loopback autotuning would absorb */
     int small = 64 * 1024;
     assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+    if (f->sndbuf)
+        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &f->sndbuf, sizeof(f->sndbuf)), 0);
     assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
     assert_int_equal(listen(fd, 16), 0);
     socklen_t sl = sizeof(sin);
@@ -894,6 +897,106 @@ static void h2_goaway_lingers_for_what_the_client_was_sending(void **state)
     client_free(c);
 }
 
+/* The same when the GOAWAY's last bytes leave through the bufferevent (the client read slowly
+ * and the socket was full): the write callback that sees the output drained starts the linger,
+ * and must not close the connection over the client's unread frames at once. */
+static void h2_goaway_lingers_after_a_full_socket(void **state)
+{
+    fixture_t *f = *state;
+    f->answer = A_HOLD;
+    f->sndbuf = 4096; /* the socket takes less than the bufferevent's 16 KiB writes */
+    start(f);
+    client_t *c = client_new();
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    client_send(f, c, preface, sizeof(preface) - 1);
+    /* SETTINGS_INITIAL_WINDOW_SIZE 2^31-1 and a connection WINDOW_UPDATE: no flow control
+     * stops the answer, only the socket does */
+    static const uint8_t settings[15] = {0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0x7f, 0xff, 0xff, 0xff};
+    static const uint8_t wu[13] = {0, 0, 4, 8, 0, 0, 0, 0, 0, 0x7f, 0xff, 0, 0};
+    /* HEADERS, stream 1, END_STREAM | END_HEADERS: GET http / with :authority "a" */
+    static const uint8_t get[15] = {0, 0, 6, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x41, 1, 'a'};
+    client_send(f, c, settings, sizeof(settings));
+    client_send(f, c, wu, sizeof(wu));
+    client_send(f, c, get, sizeof(get));
+    assert_true(run_until(f, c, got_request, NULL));
+    assert_int_equal(mg_srv_respond(f->cur, 200, NULL, 0, false), MG_OK);
+    /* the answer fills the socket: the client reads nothing for now */
+    static uint8_t chunk[65536];
+    size_t last = 0;
+    long quiet_since = now_ms(), start_ms = now_ms();
+    while (now_ms() - quiet_since < 100 && now_ms() - start_ms < TIMEOUT_MS) {
+        while (f->cur && mg_srv_pending(f->cur) < MG_SRV_HIGH)
+            mg_srv_write(f->cur, chunk, sizeof(chunk));
+        event_base_loop(f->base, EVLOOP_NONBLOCK);
+        size_t pending = f->cur ? mg_srv_pending(f->cur) : 0;
+        if (pending != last)
+            quiet_since = now_ms();
+        last = pending;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(last >= MG_SRV_HIGH); /* stuck: the socket is full */
+    /* WINDOW_UPDATE of 0 on the connection: a connection error, GOAWAY(PROTOCOL_ERROR) */
+    static const uint8_t bad[13] = {0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    assert_int_equal(send(c->fd, bad, sizeof(bad), MSG_NOSIGNAL), (ssize_t)sizeof(bad));
+    /* the client reads slowly, a PING after each read, as a busy client keeps sending */
+    static const uint8_t ping[17] = {0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8};
+    uint8_t hdr[9];
+    size_t hlen = 0, skip = 0;
+    bool goaway = false, eof = false;
+    int read_err = 0, send_err = 0;
+    start_ms = now_ms();
+    while (!eof && !read_err && !send_err && now_ms() - start_ms < 2 * TIMEOUT_MS) {
+        event_base_loop(f->base, EVLOOP_NONBLOCK);
+        uint8_t rb[1024];
+        ssize_t n = read(c->fd, rb, sizeof(rb));
+        if (n == 0)
+            eof = true;
+        else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            read_err = errno;
+        for (ssize_t k = 0; k < n;) { /* frame headers only: types, lengths skipped */
+            if (skip) {
+                size_t t = (size_t)(n - k) < skip ? (size_t)(n - k) : skip;
+                skip -= t;
+                k += (ssize_t)t;
+                continue;
+            }
+            hdr[hlen++] = rb[k++];
+            if (hlen == 9) {
+                skip = (size_t)hdr[0] << 16 | (size_t)hdr[1] << 8 | hdr[2];
+                goaway |= hdr[3] == NGHTTP2_GOAWAY;
+                hlen = 0;
+            }
+        }
+        if (!eof && !read_err && send(c->fd, ping, sizeof(ping), MSG_NOSIGNAL) < 0 &&
+            errno != EAGAIN && errno != EWOULDBLOCK)
+            send_err = errno;
+        struct timespec ts = {0, 500000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(read_err, 0);
+    assert_int_equal(send_err, 0);
+    assert_true(eof);
+    assert_true(goaway);
+    /* lingering: what the client still sends is read and dropped, never answered by a reset */
+    for (int i = 0; i < 100 && !send_err; i++) {
+        if (send(c->fd, ping, sizeof(ping), MSG_NOSIGNAL) < 0 && errno != EAGAIN &&
+            errno != EWOULDBLOCK)
+            send_err = errno;
+        event_base_loop(f->base, EVLOOP_NONBLOCK);
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(send_err, 0);
+    uint8_t rb[16];
+    assert_int_equal(read(c->fd, rb, sizeof(rb)), 0); /* still the FIN, no reset */
+    assert_int_equal(mg_srv_nconns(f->srv), 1);
+    close(c->fd);
+    c->fd = -1;
+    assert_true(run_until(f, NULL, no_conns, NULL));
+    client_free(c);
+}
+
 /* Answered at once while a body of known, modest length is still coming (a 429 or a 401 for a
  * POST): the rest of the body is dropped and the connection serves the next request. A
  * response that kept quiet about closing and then closed would make the client send its next
@@ -1511,6 +1614,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_linger_stops_after_a_mebibyte, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_for_what_the_client_was_sending, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(h2_goaway_lingers_after_a_full_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_big_body_closes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
