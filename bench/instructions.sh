@@ -6,6 +6,8 @@
 #   bench/instructions.sh                      h2c and TLS, modelgate and nghttpx (~3 min)
 #   PROTOS=h2c CONTESTANTS=modelgate bench/instructions.sh
 #   MODELGATE_BIN=/path/modelgate bench/instructions.sh
+#   COUNT=client bench/instructions.sh         what h2load spends per request through each one
+#   COUNT=backend bench/instructions.sh        what the backend (nghttpd) spends per request
 #
 # For each contestant and protocol: two runs under callgrind, h2load -c 50 -m 10 POSTs of N1
 # and N2 requests against an nghttpd backend; (instructions of run 2 - run 1) / (N2 - N1) is
@@ -23,6 +25,11 @@ N1=${N1:-5000}
 N2=${N2:-25000}
 PORT_BASE=${PORT_BASE:-19300} # backend +1, contestant +2 (h2c) and +3 (TLS)
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+# whose instructions: the contestant (proxy), or what it costs the others: the client (h2load)
+# or the backend, whose work depends on what the proxy sends them (fields to decode, how
+# frames are batched). The process counted runs under callgrind, the others natively.
+COUNT=${COUNT:-proxy}
+case $COUNT in proxy | client | backend) ;; *) echo "COUNT must be proxy, client or backend" >&2; exit 2 ;; esac
 
 # say die start stop wait_port ..., SID
 # shellcheck source=lib.sh source-path=SCRIPTDIR
@@ -44,8 +51,18 @@ printf '%s' '{"prediction":7,"probabilities":[0.01,0.02,0.9],"model_version":"di
 printf '%s' '{"inputs":[[0.0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3]]}' >"$W/body.json"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
     -keyout "$W/key.pem" -out "$W/cert.pem" >/dev/null 2>&1 || die "openssl could not make a certificate"
-start backend "" nghttpd --no-tls -d "$W/docs" "$BE_PORT"
-wait_port "$BE_PORT" 10 backend || die "nghttpd did not start"
+# the backend restarts for every count, so that its count covers that run alone
+start_backend() {
+    local out=$1
+    if [ "$COUNT" = backend ]; then
+        start backend "" valgrind --tool=callgrind --callgrind-out-file="$out.be.%p" \
+            nghttpd --no-tls -d "$W/docs" "$BE_PORT"
+        wait_port "$BE_PORT" 60 backend || die "nghttpd did not start under valgrind"
+    else
+        start backend "" nghttpd --no-tls -d "$W/docs" "$BE_PORT"
+        wait_port "$BE_PORT" 10 backend || die "nghttpd did not start"
+    fi
+}
 cat >"$W/nghttpx.conf" <<EOF
 frontend=127.0.0.1,$H2C_PORT;no-tls
 frontend=127.0.0.1,$TLS_PORT
@@ -58,10 +75,10 @@ accesslog-file=/dev/null
 errorlog-file=$W/nghttpx.err
 EOF
 
-# instructions of every process callgrind wrote for contestant $1, protocol $2, $3 requests
+# instructions that COUNT's process spent for contestant $1, protocol $2, $3 requests
 count() {
     local c=$1 proto=$2 n=$3 out="$W/cg.$1.$2.$3"
-    local cmd
+    local cmd wrap=() lgwrap=()
     if [ "$c" = modelgate ]; then
         cmd=("$MODELGATE_BIN" --listen "127.0.0.1:$H2C_PORT" --tls-listen "127.0.0.1:$TLS_PORT"
             --cert "$W/cert.pem" --key "$W/key.pem" --backend "127.0.0.1:$BE_PORT" --workers 1
@@ -69,21 +86,25 @@ count() {
     else
         cmd=(nghttpx --conf="$W/nghttpx.conf")
     fi
-    start "cg-$c" "" valgrind --tool=callgrind --trace-children=yes \
-        --callgrind-out-file="$out.%p" "${cmd[@]}"
-    wait_port "$TLS_PORT" 60 "cg-$c" || die "$c did not start under valgrind (see $W/cg-$c.out)"
+    [ "$COUNT" = proxy ] && wrap=(valgrind --tool=callgrind --trace-children=yes
+        --callgrind-out-file="$out.%p")
+    [ "$COUNT" = client ] && lgwrap=(valgrind --tool=callgrind --callgrind-out-file="$out.lg.%p")
+    start_backend "$out"
+    start "cg-$c" "" "${wrap[@]}" "${cmd[@]}"
+    wait_port "$TLS_PORT" 60 "cg-$c" || die "$c did not start (see $W/cg-$c.out)"
     sleep 1
     local url="http://127.0.0.1:$H2C_PORT/predict"
     [ "$proto" = tls ] && url="https://127.0.0.1:$TLS_PORT/predict"
     local got
-    got=$(timeout "$RUN_TIMEOUT" h2load -n "$n" -c 50 -m 10 -t 1 -d "$W/body.json" \
+    got=$(timeout "$RUN_TIMEOUT" "${lgwrap[@]}" h2load -n "$n" -c 50 -m 10 -t 1 -d "$W/body.json" \
         --tls13-ciphers=TLS_AES_128_GCM_SHA256 "$url" 2>&1 | grep -o '[0-9]* succeeded' | cut -d' ' -f1)
     stop "cg-$c"
+    stop backend
     [ "${got:-0}" = "$n" ] || die "$c $proto: $got of $n requests succeeded"
     cat "$out".* | awk '/^summary:/ {s += $2} END {print s}'
 }
 
-printf '%-10s %-5s %14s\n' contestant proto "instr/request"
+printf '%-10s %-5s %14s\n' contestant proto "instr/request ($COUNT)"
 for proto in $PROTOS; do
     for c in $CONTESTANTS; do
         a=$(count "$c" "$proto" "$N1") || exit 1
