@@ -28,6 +28,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -151,6 +152,8 @@ struct mg_srv {
     conn_t *conns;
     atomic_size_t nconns; /* written by the loop's thread only; read by scrapes (relaxed) */
     bool shutting_down;
+    struct event *accept_pause; /* listeners off after accept() failed: see on_accept_error */
+    mg_log_limit_t accept_log;
     mg_srv_stream_t *free_streams;
     size_t nfree;
     nghttp2_session_callbacks *cbs;
@@ -1945,6 +1948,46 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 
 /* ---------- server ---------- */
 
+/*
+ * accept() failing for want of a descriptor or of memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+ * leaves the connection in the listen queue, so the listener is readable again at once: a
+ * loop that kept accepting would spin at 100% CPU, starving its connections, and (libevent's
+ * default) write a warning per attempt, hundreds of thousands of lines a second. Like nginx,
+ * the worker stops accepting for ACCEPT_PAUSE_MS instead, and says so at most once a second.
+ */
+#define ACCEPT_PAUSE_MS 100
+
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    mg_srv_t *srv = arg;
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        if (srv->listeners[i])
+            evconnlistener_enable(srv->listeners[i]);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    mg_srv_t *srv = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        if (srv->listeners[i])
+            evconnlistener_disable(srv->listeners[i]);
+    struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(srv->accept_pause, &tv);
+    unsigned long skipped;
+    if (mg_log_limit_pass(&srv->accept_log, &skipped)) {
+        struct rlimit rl = {0, 0};
+        getrlimit(RLIMIT_NOFILE, &rl);
+        MG_LOG(MG_LOG_WARN, "h2server",
+               "accept: %s (open-files limit %llu, %zu client connections on this worker): not "
+               "accepting for %d ms (%lu more such pauses not logged)",
+               strerror(err), (unsigned long long)rl.rlim_cur, mg_srv_nconns(srv),
+               ACCEPT_PAUSE_MS, skipped);
+    }
+}
+
 mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
                      const mg_srv_handler_t *h, void *ud, SSL_CTX *tls)
 {
@@ -1964,6 +2007,7 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     srv->zframe.run = 5 * ZPAGE;
     srv->zring.run = 1024;
     if ((srv->small = mg_smalloc_new()) == NULL || (srv->outq = mg_outq_new(base)) == NULL ||
+        (srv->accept_pause = evtimer_new(base, on_accept_resume, srv)) == NULL ||
         nghttp2_session_callbacks_new(&srv->cbs) != 0 ||
         nghttp2_option_new(&srv->opt) != 0) {
         mg_srv_free(srv);
@@ -2006,6 +2050,7 @@ mg_err_t mg_srv_listen(mg_srv_t *srv, int fd, bool tls)
                            -1, fd);
     if (l == NULL)
         return MG_E_IO;
+    evconnlistener_set_error_cb(l, on_accept_error);
     srv->listeners[slot] = l;
     srv->nlisteners = slot + 1;
     return MG_OK;
@@ -2014,6 +2059,7 @@ mg_err_t mg_srv_listen(mg_srv_t *srv, int fd, bool tls)
 void mg_srv_shutdown(mg_srv_t *srv)
 {
     srv->shutting_down = true;
+    evtimer_del(srv->accept_pause);
     for (size_t i = 0; i < srv->nlisteners; i++) {
         if (srv->listeners[i])
             evconnlistener_free(srv->listeners[i]);
@@ -2049,6 +2095,8 @@ void mg_srv_free(mg_srv_t *srv)
     for (size_t i = 0; i < srv->nlisteners; i++)
         if (srv->listeners[i])
             evconnlistener_free(srv->listeners[i]);
+    if (srv->accept_pause)
+        event_free(srv->accept_pause);
     while (srv->conns) {
         conn_t *c = srv->conns;
         c->busy = 0;

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -405,6 +406,22 @@ static void serve(const mg_conf_t *conf)
         event_free(sigs[i]);
 }
 
+/* Every client and pod connection is a descriptor, and Debian's default soft limit (1024) is
+ * far below what a gateway holds: take the hard limit, as HAProxy does (nginx asks for it with
+ * worker_rlimit_nofile, nghttpx with rlimit-nofile). Returns the limit now in force. */
+static unsigned long long raise_open_files_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 0;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return (unsigned long long)rl.rlim_cur;
+}
+
 int main(int argc, char **argv)
 {
     mg_conf_t conf;
@@ -438,6 +455,7 @@ int main(int argc, char **argv)
     mg_log_level = (mg_log_level_t)conf.log_level;
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
+    MG_LOG(MG_LOG_INFO, "main", "open-files limit %llu", raise_open_files_limit());
 
     int rc = 1;
     SSL_CTX *tls = NULL;

@@ -1,11 +1,16 @@
 """
 1000 concurrent streams on one HTTP/2 connection: h2load (-c 1 -m 1000) and a python h2 client
 that opens all 1000 streams before reading any answer; every one must be a 200 carrying its own
-answer. The gateway is configured with max_concurrent_streams = 1000.
+answer. The gateway is configured with max_concurrent_streams = 1000. And a worker out of file
+descriptors pauses accepting instead of spinning.
 """
 
+import os
 import re
+import resource
+import socket
 import subprocess
+import time
 
 import pytest
 
@@ -100,3 +105,43 @@ def test_settings_follow_limits(procs):
         streams = [c.start("GET", "/slow?ms=300") for _ in range(7)]
         assert c.wait(streams, 10)
         assert all(s.status == 200 for s in streams), streams
+
+
+def _cpu_seconds(pid):
+    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _accept_lines(gw):
+    return sum(1 for ln in gw.proc.stderr().splitlines() if "accept" in ln)
+
+
+def test_out_of_descriptors_pauses_accepting(procs):
+    """accept() failing with EMFILE leaves the connection queued, so the listener stays
+    readable: the worker must pause accepting (no busy loop, a line a second at most, naming the
+    error and the limit) and serve again once descriptors are free."""
+    a = procs.backend("pod-a", proto="h2c")
+    gw = procs.gateway(routes_doc({"svc": [a]}, [("digits", "production", "svc")]),
+                       conf={"workers": 1}, tls=False)
+    with gw.h2() as c:
+        assert c.get("/warm").status == 200  # the pod connection exists before the squeeze
+    soft, hard = resource.prlimit(gw.pid, resource.RLIMIT_NOFILE)
+    assert soft == hard, (soft, hard)  # raised to the hard limit at start
+    used = len(os.listdir("/proc/%d/fd" % gw.pid))
+    socks = []
+    try:
+        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (used + 3, hard))
+        socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(20)]
+        time.sleep(0.3)
+        lines0, cpu0 = _accept_lines(gw), _cpu_seconds(gw.pid)
+        time.sleep(1.0)
+        spent, lines = _cpu_seconds(gw.pid) - cpu0, _accept_lines(gw) - lines0
+    finally:
+        for s in socks:
+            s.close()
+        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert lines <= 3, "%d accept lines in a second" % lines
+    assert spent < 0.5, "%.2f s of CPU in 1 s while out of descriptors" % spent
+    assert "Too many open files (open-files limit %d" % (used + 3) in gw.proc.stderr()
+    with gw.h2() as c:
+        assert c.get("/after").status == 200
