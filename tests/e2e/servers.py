@@ -50,10 +50,13 @@ class MariaDB:
         self.datadir = os.path.join(self.dir, "data")
         self.socket = os.path.join(self.dir, "mysqld.sock")
         self.port = free_port()
-        os.makedirs(self.dir, exist_ok=True)
+        # its own temporary directory: the server's temporary tables are files there, and a
+        # shared /tmp let one bootstrap fail on a vanished "#sql-temptable-*" file
+        self.tmpdir = os.path.join(self.dir, "tmp")
+        os.makedirs(self.tmpdir, exist_ok=True)
         r = subprocess.run([MARIADB_INSTALL_DB, "--no-defaults", "--datadir=" + self.datadir,
                             "--auth-root-authentication-method=normal", "--skip-test-db",
-                            "--user=root", "--skip-name-resolve"],
+                            "--user=root", "--skip-name-resolve", "--tmpdir=" + self.tmpdir],
                            capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
             pytest.fail("mariadb-install-db failed (%d):\n%s%s" % (r.returncode, r.stdout,
@@ -65,7 +68,7 @@ class MariaDB:
     def start(self):
         argv = [MARIADBD, "--no-defaults", "--datadir=" + self.datadir, "--socket=" + self.socket,
                 "--port=%d" % self.port, "--bind-address=127.0.0.1", "--user=root",
-                "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
+                "--skip-name-resolve", "--tmpdir=" + self.tmpdir, "--innodb-buffer-pool-size=32M",
                 "--innodb-log-file-size=16M", "--innodb-flush-log-at-trx-commit=2",
                 "--pid-file=" + os.path.join(self.dir, "mysqld.pid"),
                 "--log-error=" + os.path.join(self.dir, "error.log"), "--skip-log-bin"]
