@@ -90,7 +90,8 @@ struct conn {
     bool tls;
     int busy;
     bool dead, in_recv, need_flush, flushing, close_when_flushed;
-    mg_outq_item_t outq; /* frames produced (and, cleartext, written) at the end of the turn */
+    mg_outq_item_t outq; /* frames produced (and, cleartext, written) at the end of the turn;
+                          * cleartext, EV_READ goes through it: mg_outq_enable/_disable */
     bool lingering;      /* closed by us, still reading what the client sends: see linger */
     size_t lingered;     /* bytes read and dropped while lingering */
     struct event *idle_timer;
@@ -348,7 +349,7 @@ static void conn_close(conn_t *c)
         return;
     c->dead = true;
     if (c->bev)
-        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+        mg_outq_disable(&c->outq, c->bev, EV_READ | EV_WRITE);
     if (c->busy == 0)
         conn_free(c);
 }
@@ -403,7 +404,7 @@ static void conn_close_flushed(conn_t *c)
         return;
     bufferevent_setcb(c->bev, on_linger_read, NULL, on_linger_event, c);
     bufferevent_disable(c->bev, EV_WRITE);
-    bufferevent_enable(c->bev, EV_READ);
+    mg_outq_enable(&c->outq, c->bev, EV_READ);
     struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
     evtimer_add(c->idle_timer, &tv); /* on_idle closes a lingering connection */
 }
@@ -1236,7 +1237,7 @@ static int h1_on_body(llhttp_t *p, const char *at, size_t len)
     s->h->on_body(s, (const uint8_t *)at, len);
     if (c->h1s == s && s->unconsumed > MG_SRV_HIGH && !c->h1_read_off) {
         c->h1_read_off = true; /* backpressure: the handler's sink is full */
-        bufferevent_disable(c->bev, EV_READ);
+        mg_outq_disable(&c->outq, c->bev, EV_READ);
     }
     return 0;
 }
@@ -1321,7 +1322,7 @@ again:
     c->in_recv = false;
     if (c->h1_wait && !c->h1_read_off && evbuffer_get_length(in) > MG_SRV_HIGH) {
         c->h1_read_off = true; /* pipelined input waits in the socket, not here */
-        bufferevent_disable(c->bev, EV_READ);
+        mg_outq_disable(&c->outq, c->bev, EV_READ);
     }
     /* the response may have completed while we were parsing: the next exchange, in this
      * frame (a call per pipelined request would grow the stack without bound) */
@@ -1361,7 +1362,7 @@ static bool h1_next(conn_t *c)
     llhttp_resume(&c->parser);
     if (c->h1_read_off) {
         c->h1_read_off = false;
-        bufferevent_enable(c->bev, EV_READ);
+        mg_outq_enable(&c->outq, c->bev, EV_READ);
     }
     return true;
 }
@@ -1428,7 +1429,7 @@ static void h1_end_early(conn_t *c, mg_srv_stream_t *s)
     c->h1_discard = true;
     if (c->h1_read_off) {
         c->h1_read_off = false;
-        bufferevent_enable(c->bev, EV_READ);
+        mg_outq_enable(&c->outq, c->bev, EV_READ);
     }
     if (!c->in_recv)
         h1_process(c);
@@ -1628,7 +1629,7 @@ void mg_srv_consume(mg_srv_stream_t *s, size_t n)
         conn_flush(c);
     } else if (c->h1_read_off && s->unconsumed < MG_SRV_LOW) {
         c->h1_read_off = false;
-        bufferevent_enable(c->bev, EV_READ);
+        mg_outq_enable(&c->outq, c->bev, EV_READ);
         if (!c->in_recv)
             h1_process(c);
     }
@@ -1765,7 +1766,6 @@ static void on_read(struct bufferevent *bev, void *arg)
         }
     }
     if (c->proto == P_H2) {
-        mg_outq_read_more(&c->outq);
         h2_recv(c);
         conn_flush(c);
     } else {
@@ -1938,11 +1938,14 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
                              (srv->conf.client_write_ms % 1000) * 1000};
         bufferevent_set_timeouts(c->bev, NULL, &wt);
     }
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    if (tls)
-        mg_outq_attach_prepare(srv->outq, &c->outq, conn_prepare, c);
-    else if (mg_outq_attach(srv->outq, &c->outq, c->bev, on_write, c))
+    /* cleartext, the queue writes and its reader reads (common/outq.h); attached first, the
+     * bufferevent's own EV_READ and EV_WRITE are never switched on (an epoll_ctl each) */
+    bool attached = !tls && mg_outq_attach(srv->outq, &c->outq, c->bev, on_write, c);
+    if (attached)
         mg_outq_set_prepare(&c->outq, conn_prepare);
+    else if (tls)
+        mg_outq_attach_prepare(srv->outq, &c->outq, conn_prepare, c);
+    mg_outq_enable(&c->outq, c->bev, attached ? EV_READ : EV_READ | EV_WRITE);
     idle_arm(c); /* also bounds how long a silent client may hold a handshake */
 }
 

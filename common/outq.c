@@ -1,4 +1,5 @@
-/* common/outq.c - cleartext output written at the end of the loop turn (see outq.h) */
+/* common/outq.c - cleartext output written at the end of the loop turn, input read in one readv
+ * per readable event (see outq.h) */
 #include "common/outq.h"
 
 #include <errno.h>
@@ -103,6 +104,62 @@ static void on_output(struct evbuffer *buf, const struct evbuffer_cb_info *info,
         enqueue(it);
 }
 
+/* What the reader reserves: libevent rounds a new chain, its 48-byte header included, up to a
+ * power of two, so asking for all of MG_OUTQ_READ_MAX would allocate 128 KiB; this is one 64 KiB
+ * chain (65,488 bytes of room). */
+#define READ_ASK (MG_OUTQ_READ_MAX - 1024)
+
+/* The reader: what bufferevent_readcb does, without its ioctl(FIONREAD) and its 4 KiB cap. The
+ * callbacks are the bufferevent's of the moment (a lingering close swaps them). */
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    mg_outq_item_t *it = arg;
+    struct bufferevent *bev = it->bev;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer_iovec v[2];
+    struct iovec iov[2];
+    evbuffer_unfreeze(in, 0); /* a bufferevent keeps its input's end frozen but for reads */
+    int nv = evbuffer_reserve_space(in, READ_ASK, v, 2);
+    ssize_t n = -1;
+    if (nv > 0) {
+        size_t room = MG_OUTQ_READ_MAX; /* two chains' room may be more */
+        for (int i = 0; i < nv; i++) {
+            size_t len = v[i].iov_len < room ? v[i].iov_len : room;
+            iov[i] = (struct iovec){v[i].iov_base, len};
+            room -= len;
+        }
+        n = readv(fd, iov, nv);
+        size_t left = n > 0 ? (size_t)n : 0;
+        for (int i = 0; i < nv; i++) {
+            v[i].iov_len = iov[i].iov_len < left ? iov[i].iov_len : left;
+            left -= v[i].iov_len;
+        }
+        int saved = errno;
+        evbuffer_commit_space(in, v, n > 0 ? nv : 0);
+        errno = saved;
+    } else {
+        errno = ENOMEM;
+    }
+    evbuffer_freeze(in, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return; /* level-triggered: the next turn tries again */
+    bufferevent_data_cb on_read;
+    bufferevent_event_cb on_event;
+    void *cbarg;
+    bufferevent_getcb(bev, &on_read, NULL, &on_event, &cbarg);
+    if (n > 0) {
+        if (on_read)
+            on_read(bev, cbarg); /* may free the connection, |it| and |bev| with it */
+        return;
+    }
+    int saved = errno;
+    event_del(it->rd); /* as the bufferevent: no reading after end of stream or an error */
+    errno = saved;
+    if (on_event)
+        on_event(bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), cbarg);
+}
+
 mg_outq_t *mg_outq_new(struct event_base *base)
 {
     mg_outq_t *q = calloc(1, sizeof(*q));
@@ -125,12 +182,21 @@ bool mg_outq_attach(mg_outq_t *q, mg_outq_item_t *it, struct bufferevent *bev,
                     mg_outq_written_fn written, void *arg)
 {
     *it = (mg_outq_item_t){.q = q, .bev = bev, .written = written, .arg = arg};
-    it->cb = evbuffer_add_cb(bufferevent_get_output(bev), on_output, it);
+    it->rd = event_new(bufferevent_get_base(bev), bufferevent_getfd(bev), EV_READ | EV_PERSIST,
+                       on_readable, it);
+    if (it->rd)
+        it->cb = evbuffer_add_cb(bufferevent_get_output(bev), on_output, it);
     if (it->cb == NULL) {
-        it->q = NULL;
+        if (it->rd)
+            event_free(it->rd);
+        *it = (mg_outq_item_t){0};
         return false;
     }
     mg_outq_bev_written(it);
+    if (bufferevent_get_enabled(bev) & EV_READ) { /* the reader reads from now on */
+        bufferevent_disable(bev, EV_READ);
+        event_add(it->rd, NULL);
+    }
     return true;
 }
 
@@ -162,8 +228,11 @@ void mg_outq_detach(mg_outq_item_t *it)
         return;
     if (it->queued)
         unlink_item(it);
-    if (it->bev)
+    if (it->bev) {
         evbuffer_remove_cb_entry(bufferevent_get_output(it->bev), it->cb);
+        event_free(it->rd);
+        it->rd = NULL;
+    }
     it->q = NULL;
 }
 
@@ -178,27 +247,36 @@ void mg_outq_bev_written(mg_outq_item_t *it)
         enqueue(it);
 }
 
-void mg_outq_read_more(mg_outq_item_t *it)
+/* Whether the reader has |bev|'s EV_READ (see outq.h). */
+static bool reader_of(const mg_outq_item_t *it, const struct bufferevent *bev)
 {
-    if (it->q == NULL || it->bev == NULL || !(bufferevent_get_enabled(it->bev) & EV_READ))
-        return;
-    struct evbuffer *in = bufferevent_get_input(it->bev);
-    if (evbuffer_get_length(in) < 4096) /* the bufferevent's read took all there was */
-        return;
-    struct evbuffer_iovec v[2];
-    evbuffer_unfreeze(in, 0); /* a bufferevent keeps its input's end frozen but for reads */
-    int nv = evbuffer_reserve_space(in, MG_OUTQ_READ_MORE, v, 2);
-    if (nv > 0) {
-        struct iovec iov[2];
-        for (int i = 0; i < nv; i++)
-            iov[i] = (struct iovec){v[i].iov_base, v[i].iov_len};
-        ssize_t n = readv(bufferevent_getfd(it->bev), iov, nv);
-        size_t left = n > 0 ? (size_t)n : 0;
-        for (int i = 0; i < nv; i++) {
-            v[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
-            left -= v[i].iov_len;
-        }
-        evbuffer_commit_space(in, v, n > 0 ? nv : 0);
+    return it->q && it->bev == bev && it->rd;
+}
+
+void mg_outq_enable(mg_outq_item_t *it, struct bufferevent *bev, short what)
+{
+    if ((what & EV_READ) && reader_of(it, bev)) {
+        event_add(it->rd, NULL);
+        what &= (short)~EV_READ;
     }
-    evbuffer_freeze(in, 0);
+    if (what)
+        bufferevent_enable(bev, what);
+}
+
+void mg_outq_disable(mg_outq_item_t *it, struct bufferevent *bev, short what)
+{
+    if ((what & EV_READ) && reader_of(it, bev)) {
+        event_del(it->rd);
+        what &= (short)~EV_READ;
+    }
+    if (what)
+        bufferevent_disable(bev, what);
+}
+
+short mg_outq_get_enabled(const mg_outq_item_t *it, struct bufferevent *bev)
+{
+    short on = bufferevent_get_enabled(bev);
+    if (reader_of(it, bev))
+        on = (short)((on & ~EV_READ) | (event_pending(it->rd, EV_READ, NULL) ? EV_READ : 0));
+    return on;
 }

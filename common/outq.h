@@ -1,12 +1,21 @@
 /*
- * common/outq.h - cleartext output written at the end of the loop turn.
+ * common/outq.h - cleartext output written at the end of the loop turn, and input read in one
+ * readv per readable event.
  *
  * A bufferevent writes its output when epoll says the socket is writable: adding to an empty
  * output registers EPOLLOUT (epoll_ctl), the next turn writes, and the drained buffer
  * unregisters it (epoll_ctl again): two system calls per write. Attached to a queue, a
  * connection's output is written by the queue instead, once per turn, after the
  * callbacks of that turn and the next have added their frames (see outq.c); EPOLLOUT is only
- * used while the socket is full. One queue per event loop; not thread-safe.
+ * used while the socket is full.
+ *
+ * A bufferevent also reads at most 4 KiB per readable event (libevent 2.1's EVBUFFER_MAX_READ),
+ * each time after an ioctl(FIONREAD): a busy connection is read 4 KiB per loop turn, at two
+ * system calls a read. An attached connection is read by the queue's reader instead: one readv
+ * of up to MG_OUTQ_READ_MAX bytes into the bufferevent's input, then the bufferevent's read
+ * callback, as the bufferevent would call it. Its EV_READ is then the reader's: enable,
+ * disable and test it with mg_outq_enable/mg_outq_disable/mg_outq_get_enabled, never with the
+ * bufferevent_* calls. One queue per event loop; not thread-safe.
  */
 #ifndef MG_COMMON_OUTQ_H
 #define MG_COMMON_OUTQ_H
@@ -14,6 +23,7 @@
 #include <stdbool.h>
 
 struct bufferevent;
+struct event;
 struct event_base;
 struct evbuffer_cb_entry;
 
@@ -35,6 +45,7 @@ struct mg_outq_item {
     mg_outq_item_t *prev, *next;
     struct bufferevent *bev; /* NULL: prepare only (mg_outq_attach_prepare) */
     struct evbuffer_cb_entry *cb;
+    struct event *rd; /* the reader (EV_READ | EV_PERSIST on the socket); pending = reading */
     mg_outq_written_fn written;
     mg_outq_prepare_fn prepare;
     void *arg;
@@ -46,9 +57,14 @@ mg_outq_t *mg_outq_new(struct event_base *base); /* NULL when out of memory */
 /* Items still attached must be detached first (their connections freed). NULL is fine. */
 void mg_outq_free(mg_outq_t *q);
 
-/* Hands the writing of |bev| (a connected socket bufferevent) to |q|; |written| is called
- * as the bufferevent's write callback would be. Returns false when out of memory: the
- * bufferevent then goes on writing by itself. */
+/* Hands the writing and reading of |bev| (a connected socket bufferevent) to |q|; |written| is
+ * called as the bufferevent's write callback would be. Reading goes on if the bufferevent read
+ * (its EV_READ), now by the queue's reader, which calls the bufferevent's read and event
+ * callbacks of the moment (bufferevent_setcb): a read callback after each read that added
+ * bytes, the event callback with BEV_EVENT_READING | BEV_EVENT_EOF at end of stream or
+ * BEV_EVENT_READING | BEV_EVENT_ERROR (errno set) on an error, reading stopped before either.
+ * The input's read watermarks are not applied. Returns false when out of memory: the
+ * bufferevent then goes on reading and writing by itself. */
 bool mg_outq_attach(mg_outq_t *q, mg_outq_item_t *it, struct bufferevent *bev,
                     mg_outq_written_fn written, void *arg);
 /* With |prepare| set, mg_outq_defer may leave the producing of output to the end of the turn. */
@@ -63,19 +79,21 @@ bool mg_outq_attach_prepare(mg_outq_t *q, mg_outq_item_t *it, mg_outq_prepare_fn
  * callback at the end of the turn and returns true. Otherwise (not attached, no prepare, the
  * socket full and the bufferevent writing) returns false: the caller produces them now. */
 bool mg_outq_defer(mg_outq_item_t *it);
-/* Before the bufferevent is freed. A zeroed item is fine. */
+/* Before the bufferevent is freed; the reader stops (the bufferevent does not read again by
+ * itself). Safe from the read callback the reader called. A zeroed item is fine. */
 void mg_outq_detach(mg_outq_item_t *it);
 /* From the bufferevent's own write callback (the socket took enough to go below the
  * low-water mark): the queue writes again, starting with what is left. */
 void mg_outq_bev_written(mg_outq_item_t *it);
 
-/* A bufferevent reads at most 4 KiB per readable event (libevent 2.1's EVBUFFER_MAX_READ,
- * after a FIONREAD ioctl), so a busy HTTP/2 connection to a pod is read 4 KiB per loop turn and
- * its answers leave in that many small batches. From the read callback of an attached
- * connection: when that read was a full 4 KiB, reads what more the socket holds, up to
- * MG_OUTQ_READ_MORE bytes, with one readv. End of stream and errors are left for the
- * bufferevent's next read to report. */
-#define MG_OUTQ_READ_MORE (60 * 1024)
-void mg_outq_read_more(mg_outq_item_t *it);
+/* bufferevent_enable/_disable/_get_enabled for a connection's bufferevent |bev| whose item is
+ * |it|: EV_READ is the reader's while |it| is attached with a bufferevent, the bufferevent's
+ * otherwise (TLS, a zeroed item, attach failed); EV_WRITE is always the bufferevent's. */
+void mg_outq_enable(mg_outq_item_t *it, struct bufferevent *bev, short what);
+void mg_outq_disable(mg_outq_item_t *it, struct bufferevent *bev, short what);
+short mg_outq_get_enabled(const mg_outq_item_t *it, struct bufferevent *bev);
+
+/* Most bytes one readable event reads. */
+#define MG_OUTQ_READ_MAX (64 * 1024)
 
 #endif

@@ -92,7 +92,8 @@ struct up_conn {
     llhttp_t parser;
     bool connected, dead, goaway, in_recv, flushing, need_flush, idle, read_off;
     int busy;
-    mg_outq_item_t outq; /* once connected: written at the end of the turn (common/outq.h) */
+    mg_outq_item_t outq; /* once connected: written at the end of the turn and read by its
+                          * reader (common/outq.h): EV_READ through mg_outq_enable/_disable */
     size_t nstreams;
     mg_up_stream_t *streams;
     mg_up_stream_t *drain_list;
@@ -319,7 +320,7 @@ static void conn_close(up_conn_t *c, mg_up_fail_t why)
         return;
     c->dead = true;
     if (c->bev)
-        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+        mg_outq_disable(&c->outq, c->bev, EV_READ | EV_WRITE);
     enter(c);
     for (mg_up_stream_t *s = c->streams; s; s = s->next) {
         /* before the connection is up no byte left |body|: the request can be replayed */
@@ -697,7 +698,7 @@ static int h1_on_body(llhttp_t *p, const char *at, size_t len)
     s->cbs->on_data(s->ctx, (const uint8_t *)at, len);
     if (!c->dead && s->unconsumed > MG_SRV_HIGH && !c->read_off) {
         c->read_off = true;
-        bufferevent_disable(c->bev, EV_READ);
+        mg_outq_disable(&c->outq, c->bev, EV_READ);
     }
     return 0;
 }
@@ -716,7 +717,7 @@ static int h1_on_message_complete(llhttp_t *p)
                     evbuffer_get_length(s->body) == 0;
     if (c->read_off) { /* paused for this exchange's consumer, which is done with it now */
         c->read_off = false;
-        bufferevent_enable(c->bev, EV_READ);
+        mg_outq_enable(&c->outq, c->bev, EV_READ);
     }
     deliver_end(s);
     stream_unlink(c, s);
@@ -858,7 +859,6 @@ static void on_read(struct bufferevent *bev, void *arg)
     up_conn_t *c = arg;
     enter(c);
     if (c->pool->proto == MG_UP_H2C) {
-        mg_outq_read_more(&c->outq);
         h2_recv(c);
         conn_flush(c);
     } else if (!c->idle) {
@@ -888,6 +888,7 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
         evtimer_del(c->timer);
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* from now on the queue writes and its reader reads (the bufferevent read until now) */
         if (mg_outq_attach(c->pool->u->outq, &c->outq, bev, on_write, c))
             mg_outq_set_prepare(&c->outq, conn_prepare);
         conn_flush(c);
@@ -1017,7 +1018,7 @@ static up_conn_t *conn_new(pool_t *p)
     }
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW, 0);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    mg_outq_enable(&c->outq, c->bev, EV_READ | EV_WRITE);
     timer_arm(c, u->conf.connect_timeout_ms);
     /* refusals are normally reported later through on_event; a synchronous failure (no socket)
      * may already have run on_event, and then the caller tries another pod */
@@ -1256,7 +1257,7 @@ void mg_up_consume(mg_up_stream_t *s, size_t n)
         conn_flush(c);
     } else if (c->read_off && s->unconsumed < MG_SRV_LOW) {
         c->read_off = false;
-        bufferevent_enable(c->bev, EV_READ);
+        mg_outq_enable(&c->outq, c->bev, EV_READ);
         if (!c->in_recv && evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
             h1_recv(c);
     }

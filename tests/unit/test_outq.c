@@ -1,7 +1,8 @@
 /* tests/unit/test_outq.c - cleartext output written by the loop's queue (common/outq.c), over
  * real socket pairs: written without EPOLLOUT, in one write per turn, handed back to the
- * bufferevent when the socket is full and taken again once it drains, freed while queued; a
- * full 4 KiB read topped up from the read callback. */
+ * bufferevent when the socket is full and taken again once it drains, freed while queued; read
+ * by the queue's reader, up to MG_OUTQ_READ_MAX bytes per readable event, with end of stream and
+ * errors reported as the bufferevent reports them. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -214,37 +215,147 @@ static void peer_gone_is_reported_by_the_bufferevent(void **state)
 }
 
 static size_t seen_on_read;
-static void on_read_more(struct bufferevent *bev, void *arg)
+static int reads;
+static short seen_events;
+static int seen_errno;
+static void on_read_all(struct bufferevent *bev, void *arg)
 {
-    fixture_t *f = arg;
-    mg_outq_read_more(&f->item);
+    (void)arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     seen_on_read = evbuffer_get_length(in);
+    reads++;
     evbuffer_drain(in, seen_on_read);
 }
 
-static void a_full_read_is_topped_up_in_the_read_callback(void **state)
+static void on_read_event(struct bufferevent *bev, short what, void *arg)
 {
-    (void)state;
-    fixture_t f;
-    setup_pair(&f, 0);
-    bufferevent_setcb(f.bev, on_read_more, on_written, NULL, &f);
-    static char data[40000];
+    (void)bev, (void)arg;
+    seen_events = what;
+    seen_errno = EVUTIL_SOCKET_ERROR();
+}
+
+/* A pair whose reading the test watches: counters cleared, |on_read| as the read callback. */
+static void setup_reader(fixture_t *f, bufferevent_data_cb on_read)
+{
+    setup_pair(f, 0);
+    bufferevent_setcb(f->bev, on_read, on_written, on_read_event, f);
+    reads = 0;
+    seen_on_read = 0;
+    seen_events = 0;
+}
+
+static void fill_peer(fixture_t *f, size_t len)
+{
+    static char data[100000];
     memset(data, 'r', sizeof(data));
+    assert_true(len <= sizeof(data));
     size_t put = 0;
-    while (put < sizeof(data)) {
-        ssize_t n = write(f.peer, data + put, sizeof(data) - put);
+    while (put < len) {
+        ssize_t n = write(f->peer, data + put, len - put);
         assert_true(n > 0);
         put += (size_t)n;
     }
-    seen_on_read = 0;
+}
+
+static void one_read_per_event_up_to_the_max(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_reader(&f, on_read_all);
+    /* the reader has EV_READ: the bufferevent's own is off, and mg_outq_get_enabled says so */
+    assert_int_equal(bufferevent_get_enabled(f.bev) & EV_READ, 0);
+    assert_int_not_equal(mg_outq_get_enabled(&f.item, f.bev) & EV_READ, 0);
+    fill_peer(&f, 100000);
     turn(&f);
-    /* the bufferevent alone reads 4096 bytes per turn; topped up, the callback sees it all */
-    assert_int_equal(seen_on_read, sizeof(data));
-    /* a short read is not topped up: no extra read on a drained socket */
+    /* the bufferevent alone reads 4096 bytes per event; the reader, all it may */
+    assert_int_equal(reads, 1);
+    size_t first = seen_on_read; /* one 64 KiB chain's room */
+    assert_true(first > MG_OUTQ_READ_MAX - 1024 && first <= MG_OUTQ_READ_MAX);
+    turn(&f);
+    assert_int_equal(reads, 2);
+    assert_int_equal(seen_on_read, 100000 - first);
+    turn(&f); /* nothing more: no callback */
+    assert_int_equal(reads, 2);
+    /* disabled, it reads nothing; enabled again, it does */
+    mg_outq_disable(&f.item, f.bev, EV_READ);
+    assert_int_equal(mg_outq_get_enabled(&f.item, f.bev) & EV_READ, 0);
     assert_int_equal(write(f.peer, "tail", 4), 4);
     turn(&f);
+    assert_int_equal(reads, 2);
+    mg_outq_enable(&f.item, f.bev, EV_READ);
+    turn(&f);
+    assert_int_equal(reads, 3);
     assert_int_equal(seen_on_read, 4);
+    assert_int_equal(bufferevent_get_enabled(f.bev) & EV_READ, 0);
+    teardown_pair(&f);
+}
+
+static void on_swapped_read(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    reads += 100;
+    evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+}
+
+static void end_of_stream_is_reported_and_reading_stops(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_reader(&f, on_read_all);
+    assert_int_equal(write(f.peer, "last", 4), 4);
+    /* callbacks swapped (a lingering close does) are the ones the reader calls */
+    bufferevent_setcb(f.bev, on_swapped_read, NULL, on_read_event, &f);
+    shutdown(f.peer, SHUT_WR);
+    turn(&f);
+    assert_int_equal(reads, 100);
+    turn(&f);
+    assert_int_equal(seen_events, BEV_EVENT_READING | BEV_EVENT_EOF);
+    assert_int_equal(mg_outq_get_enabled(&f.item, f.bev) & EV_READ, 0);
+    seen_events = 0;
+    turn(&f); /* stopped: not reported again */
+    assert_int_equal(seen_events, 0);
+    teardown_pair(&f);
+}
+
+static void a_reset_is_reported_with_its_error(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_reader(&f, on_read_all);
+    bufferevent_write(f.bev, "unread", 6);
+    turn(&f);
+    turn(&f); /* written: the peer closes without reading it, which resets */
+    close(f.peer);
+    f.peer = -1;
+    seen_events = 0;
+    for (int i = 0; i < 10 && seen_events == 0; i++)
+        turn(&f);
+    assert_int_equal(seen_events, BEV_EVENT_READING | BEV_EVENT_ERROR);
+    assert_int_equal(seen_errno, ECONNRESET);
+    teardown_pair(&f);
+}
+
+static void on_read_free(struct bufferevent *bev, void *arg)
+{
+    fixture_t *f = arg;
+    reads++;
+    mg_outq_detach(&f->item);
+    bufferevent_free(bev);
+    f->bev = NULL;
+}
+
+static void freed_from_its_read_callback(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_reader(&f, on_read_free);
+    assert_int_equal(write(f.peer, "bye", 3), 3);
+    turn(&f);
+    assert_int_equal(reads, 1);
+    assert_null(f.bev); /* ASan checks the reader touched nothing after */
+    assert_int_equal(write(f.peer, "more", 4), -1); /* closed with the bufferevent */
+    turn(&f);
+    assert_int_equal(reads, 1);
     teardown_pair(&f);
 }
 
@@ -257,7 +368,10 @@ int main(void)
         cmocka_unit_test(detached_while_queued_is_not_written),
         cmocka_unit_test(freed_from_its_write_callback),
         cmocka_unit_test(peer_gone_is_reported_by_the_bufferevent),
-        cmocka_unit_test(a_full_read_is_topped_up_in_the_read_callback),
+        cmocka_unit_test(one_read_per_event_up_to_the_max),
+        cmocka_unit_test(end_of_stream_is_reported_and_reading_stops),
+        cmocka_unit_test(a_reset_is_reported_with_its_error),
+        cmocka_unit_test(freed_from_its_read_callback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
