@@ -390,9 +390,11 @@ static void on_linger_event(struct bufferevent *bev, short events, void *arg)
  * the whole answer, with its length, and Connection: close (or our GOAWAY), so it closes first. */
 static void conn_close_flushed(conn_t *c)
 {
+    if (c->dead || c->lingering) /* a flush that ends in a callback may get here twice */
+        return;
     int fd = c->bev ? bufferevent_getfd(c->bev) : -1;
     bool h2_linger = c->proto == P_H2 && !c->srv->shutting_down;
-    if (c->dead || c->lingering || (c->proto != P_H1 && !h2_linger) || fd < 0 ||
+    if ((c->proto != P_H1 && !h2_linger) || fd < 0 ||
         (!c->tls && shutdown(fd, SHUT_WR) != 0)) {
         conn_close(c);
         return;
@@ -1726,7 +1728,7 @@ static void flush_now(conn_t *c)
 
 static void conn_flush(conn_t *c)
 {
-    if (c->dead || c->lingering || c->proto != P_H2)
+    if (c->dead || c->proto != P_H2)
         return;
     if (c->in_recv || c->flushing) {
         c->need_flush = true;
@@ -1790,9 +1792,7 @@ static void on_write(struct bufferevent *bev, void *arg)
                 s->h->on_drain(s);
         }
     }
-    /* when the bufferevent wrote (the socket was full), the flush above ran at once and may
-     * have started the linger: a second conn_close_flushed would close over unread input */
-    if (!c->dead && !c->lingering && c->close_when_flushed &&
+    if (!c->dead && c->close_when_flushed &&
         evbuffer_get_length(bufferevent_get_output(bev)) == 0)
         conn_close_flushed(c);
     if (!c->dead)
