@@ -338,10 +338,14 @@ static void timer_arm(up_conn_t *c, uint32_t ms)
 }
 
 /* No stream left on |c|: keep it for reuse, within the pool's limits. */
+/* A stream of |c| ended: its slot, or the whole connection, may take a waiting request. */
 static void conn_unused(up_conn_t *c)
 {
     pool_t *p = c->pool;
-    if (c->dead || c->nstreams > 0)
+    if (c->dead) /* conn_free kicks the pool */
+        return;
+    pool_kick(p);
+    if (c->nstreams > 0)
         return;
     if (c->pool->proto == MG_UP_H1) {
         /* a request waiting for a connection takes this one at the kick, whatever the idle cap */
@@ -353,7 +357,6 @@ static void conn_unused(up_conn_t *c)
         p->nidle++;
     }
     timer_arm(c, p->u->conf.idle_conn_ms);
-    pool_kick(p);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -473,8 +476,7 @@ static int h2_on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, 
     }
     stream_unlink(c, s);
     stream_release(c->pool->u, s);
-    conn_unused(c);
-    pool_kick(c->pool); /* a stream slot is free */
+    conn_unused(c); /* a stream slot is free */
     return 0;
 }
 
