@@ -153,8 +153,11 @@ struct mg_srv {
     conn_t *conns;
     atomic_size_t nconns; /* written by the loop's thread only; read by scrapes (relaxed) */
     bool shutting_down;
+    bool at_conn_limit;         /* listeners off: conf.max_conns held (see accepting_update) */
     struct event *accept_pause; /* listeners off after accept() failed: see on_accept_error */
     mg_log_limit_t accept_log;
+    mg_log_limit_t limit_log;
+    atomic_ulong pauses_limit, pauses_error; /* for metrics, as nconns */
     mg_srv_stream_t *free_streams;
     size_t nfree;
     nghttp2_session_callbacks *cbs;
@@ -303,6 +306,8 @@ static void stream_close(mg_srv_stream_t *s, bool complete);
 
 /* ---------- connection lifetime ---------- */
 
+static void accepting_update(mg_srv_t *srv);
+
 static void conn_free(conn_t *c)
 {
     mg_srv_t *srv = c->srv;
@@ -330,6 +335,7 @@ static void conn_free(conn_t *c)
                           atomic_load_explicit(&srv->nconns, memory_order_relaxed) - 1,
                           memory_order_relaxed);
     free(c);
+    accepting_update(srv);
 }
 
 static void enter(conn_t *c)
@@ -1922,6 +1928,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     atomic_store_explicit(&srv->nconns,
                           atomic_load_explicit(&srv->nconns, memory_order_relaxed) + 1,
                           memory_order_relaxed);
+    accepting_update(srv);
     if (c->bev == NULL || c->idle_timer == NULL) {
         if (c->bev == NULL)
             close(fd);
@@ -1960,13 +1967,48 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
  */
 #define ACCEPT_PAUSE_MS 100
 
+static void listeners_enable(mg_srv_t *srv, bool on)
+{
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        if (srv->listeners[i])
+            (on ? evconnlistener_enable : evconnlistener_disable)(srv->listeners[i]);
+}
+
+/*
+ * The connection limit (conf.max_conns; HAProxy's maxconn, nghttpx's
+ * worker-frontend-connections): at the limit the worker stops accepting, and connections
+ * beyond it wait in the kernel's listen queue, unanswered, instead of each costing a
+ * descriptor and memory here. Accepting resumes when one closes. Called whenever the count
+ * changes.
+ */
+static void accepting_update(mg_srv_t *srv)
+{
+    if (srv->conf.max_conns == 0 || srv->shutting_down)
+        return;
+    bool full = mg_srv_nconns(srv) >= srv->conf.max_conns;
+    if (full == srv->at_conn_limit)
+        return;
+    srv->at_conn_limit = full;
+    if (full) {
+        listeners_enable(srv, false);
+        atomic_fetch_add_explicit(&srv->pauses_limit, 1, memory_order_relaxed);
+        unsigned long skipped;
+        if (mg_log_limit_pass(&srv->limit_log, &skipped))
+            MG_LOG(MG_LOG_WARN, "h2server",
+                   "%zu client connections on this worker, its limit (limits.max_client_conns): "
+                   "not accepting until one closes (%lu more such pauses not logged)",
+                   mg_srv_nconns(srv), skipped);
+    } else if (!evtimer_pending(srv->accept_pause, NULL)) {
+        listeners_enable(srv, true);
+    }
+}
+
 static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     mg_srv_t *srv = arg;
-    for (size_t i = 0; i < srv->nlisteners; i++)
-        if (srv->listeners[i])
-            evconnlistener_enable(srv->listeners[i]);
+    if (!srv->at_conn_limit)
+        listeners_enable(srv, true);
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -1974,9 +2016,8 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     (void)l;
     mg_srv_t *srv = arg;
     int err = EVUTIL_SOCKET_ERROR();
-    for (size_t i = 0; i < srv->nlisteners; i++)
-        if (srv->listeners[i])
-            evconnlistener_disable(srv->listeners[i]);
+    listeners_enable(srv, false);
+    atomic_fetch_add_explicit(&srv->pauses_error, 1, memory_order_relaxed);
     struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
     evtimer_add(srv->accept_pause, &tv);
     unsigned long skipped;
@@ -2091,10 +2132,17 @@ size_t mg_srv_nconns(const mg_srv_t *srv)
     return atomic_load_explicit(&srv->nconns, memory_order_relaxed);
 }
 
+void mg_srv_accept_pauses(const mg_srv_t *srv, unsigned long *at_limit, unsigned long *on_error)
+{
+    *at_limit = atomic_load_explicit(&srv->pauses_limit, memory_order_relaxed);
+    *on_error = atomic_load_explicit(&srv->pauses_error, memory_order_relaxed);
+}
+
 void mg_srv_free(mg_srv_t *srv)
 {
     if (srv == NULL)
         return;
+    srv->shutting_down = true; /* no accepting_update while the connections go */
     for (size_t i = 0; i < srv->nlisteners; i++)
         if (srv->listeners[i])
             evconnlistener_free(srv->listeners[i]);

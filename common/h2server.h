@@ -87,6 +87,8 @@ typedef struct mg_srv_conf {
                                  * pause; 0 = no limit */
     uint32_t client_idle_ms;    /* close connections idle this long; 0 = never */
     uint32_t client_write_ms;   /* close connections whose output stalls this long; 0 = never */
+    uint32_t max_conns;         /* client connections held at once; at the limit the listeners
+                                 * pause until one closes; 0 = no limit */
     size_t stream_memory;    /* arena cap per stream */
 } mg_srv_conf_t;
 
@@ -104,6 +106,10 @@ void mg_srv_shutdown(mg_srv_t *srv);
 
 /* Number of open client connections. Any thread may read it (for metrics). */
 size_t mg_srv_nconns(const mg_srv_t *srv);
+
+/* How many times the listeners paused: at max_conns, and after accept() failed (out of
+ * descriptors or memory). Any thread may read them (for metrics). */
+void mg_srv_accept_pauses(const mg_srv_t *srv, unsigned long *at_limit, unsigned long *on_error);
 
 /* Closes everything at once and frees |srv| (in-flight streams get on_close(false)). */
 void mg_srv_free(mg_srv_t *srv);

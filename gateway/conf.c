@@ -380,6 +380,7 @@ static const numkey_t limit_keys[] = {
     NUM32(limits, connection_buffer, 65536, 2147483647, "bytes"),
     {"max_request_body", 0, (uint64_t)INT64_MAX, offsetof(mg_conf_t, limits.max_request_body), 8,
      "bytes, 0 = unlimited"},
+    NUM32(limits, max_client_conns, 0, 100000000, "client connections, 0 = unlimited"),
     {NULL, 0, 0, 0, 0, NULL},
 };
 

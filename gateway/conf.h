@@ -15,7 +15,8 @@
  *     "log_level": "info",
  *     "limits": { "max_concurrent_streams": 100, "max_header_list_size": 65536,
  *                 "max_headers": 100, "stream_window": 1048576, "connection_window": 16777216,
- *                 "connection_buffer": 4194304, "max_request_body": 0 },   0 = unlimited
+ *                 "connection_buffer": 4194304, "max_request_body": 0,
+ *                 "max_client_conns": 0 },                    0 = unlimited
  *     "timeouts_ms": { "connect": 2000, "first_byte": 30000, "idle": 60000, "total": 0,
  *                      "client_idle": 120000, "client_write": 30000, "drain": 10000 },  0 = none
  *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64,
@@ -74,6 +75,7 @@ typedef struct mg_conf {
         uint32_t connection_window;    /* HTTP/2 connection window we advertise */
         uint32_t connection_buffer;    /* response bytes held for one client connection */
         uint64_t max_request_body;     /* bytes, 0 = unlimited */
+        uint32_t max_client_conns;     /* the whole gateway's, split over the workers; 0 = none */
     } limits;
     struct {
         uint32_t connect, first_byte, idle, total, client_idle, client_write,

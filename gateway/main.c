@@ -83,12 +83,17 @@ static mg_routes_t *g_routes;
 static struct event_base *g_main_base;
 static bool g_draining;
 
-static size_t worker_conns(void *ud, unsigned i)
+static void worker_metrics(void *ud, unsigned i, mg_metrics_worker_t *out)
 {
-    return g_workers && i < g_nworkers && g_workers[i].srv ? mg_srv_nconns(g_workers[i].srv) : 0;
+    (void)ud;
+    *out = (mg_metrics_worker_t){0};
+    if (g_workers && i < g_nworkers && g_workers[i].srv) {
+        out->conns = mg_srv_nconns(g_workers[i].srv);
+        mg_srv_accept_pauses(g_workers[i].srv, &out->limit_pauses, &out->error_pauses);
+    }
 }
 
-static mg_metrics_src_t g_metrics_src = {.conns = worker_conns};
+static mg_metrics_src_t g_metrics_src = {.worker = worker_metrics};
 
 
 /* ---------- workers ---------- */
@@ -535,6 +540,8 @@ int main(int argc, char **argv)
         .connection_buffer = conf.limits.connection_buffer,
         .client_idle_ms = conf.timeouts_ms.client_idle,
         .client_write_ms = conf.timeouts_ms.client_write,
+        /* each worker its share, rounded up: SO_REUSEPORT spreads connections evenly */
+        .max_conns = (conf.limits.max_client_conns + conf.workers - 1) / conf.workers,
     };
     g_nworkers = conf.workers;
     g_workers = calloc(g_nworkers, sizeof(worker_t));

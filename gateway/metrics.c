@@ -176,11 +176,28 @@ int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const cha
                             gauges[i][0]);
         mg_podstate_each(pod_gauge, &g);
     }
+    unsigned nworkers = src && src->worker ? src->workers : 0;
+    mg_metrics_worker_t ws;
     evbuffer_add_printf(out, "# HELP modelgate_worker_connections Open client connections per "
                              "worker thread.\n# TYPE modelgate_worker_connections gauge\n");
-    for (unsigned w = 0; src && src->conns && w < src->workers; w++)
+    for (unsigned w = 0; w < nworkers; w++) {
+        src->worker(src->ud, w, &ws);
         evbuffer_add_printf(out, "modelgate_worker_connections{worker=\"%u\"} %zu\n", w,
-                            src->conns(src->ud, w));
+                            ws.conns);
+    }
+    evbuffer_add_printf(out, "# HELP modelgate_worker_accept_pauses_total Times the worker "
+                             "stopped accepting connections: at limits.max_client_conns "
+                             "(reason=\"limit\"), or for 100 ms after accept() failed, out of "
+                             "descriptors or memory (reason=\"error\").\n"
+                             "# TYPE modelgate_worker_accept_pauses_total counter\n");
+    for (unsigned w = 0; w < nworkers; w++) {
+        src->worker(src->ud, w, &ws);
+        evbuffer_add_printf(out,
+                            "modelgate_worker_accept_pauses_total{worker=\"%u\",reason=\"limit\"} "
+                            "%lu\nmodelgate_worker_accept_pauses_total{worker=\"%u\",reason="
+                            "\"error\"} %lu\n",
+                            w, ws.limit_pauses, w, ws.error_pauses);
+    }
     for (int i = 0; src && i < 4 && src->more[i]; i++)
         src->more[i](src->more_ud[i], out);
     return 200;

@@ -4,7 +4,7 @@
  * Per route (app, env), service and pod: requests by status class and a latency histogram;
  * per service: retries, retry-budget exhaustion, split fallbacks, circuit-breaker overflows;
  * per pod: health, ejection, failures, ejections, requests and pending requests in flight;
- * per worker: open client connections. Counters are summed over the workers' blocks at scrape
+ * per worker: open client connections, and the pauses in accepting them. Counters are summed over the workers' blocks at scrape
  * time (common/stats.h); nothing on the request path takes a lock for them.
  */
 #ifndef MG_GATEWAY_METRICS_H
@@ -13,15 +13,20 @@
 #include <event2/buffer.h>
 #include <stddef.h>
 
-/* Per-worker open client connections, read at scrape time from the admin thread. */
-typedef size_t (*mg_metrics_conns_fn)(void *ud, unsigned worker);
+/* A worker's client side, read at scrape time from the admin thread. */
+typedef struct mg_metrics_worker {
+    size_t conns;                   /* open client connections */
+    unsigned long limit_pauses;     /* accepting stopped at limits.max_client_conns */
+    unsigned long error_pauses;     /* accepting stopped after accept() failed */
+} mg_metrics_worker_t;
+typedef void (*mg_metrics_worker_fn)(void *ud, unsigned worker, mg_metrics_worker_t *out);
 
 /* More samples from other modules (the database request log...), appended to the page. */
 typedef void (*mg_metrics_more_fn)(void *ud, struct evbuffer *out);
 
 typedef struct mg_metrics_src {
     unsigned workers;
-    mg_metrics_conns_fn conns;
+    mg_metrics_worker_fn worker;
     void *ud;
     mg_metrics_more_fn more[4]; /* NULL-terminated */
     void *more_ud[4];

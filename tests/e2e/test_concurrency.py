@@ -2,7 +2,7 @@
 1000 concurrent streams on one HTTP/2 connection: h2load (-c 1 -m 1000) and a python h2 client
 that opens all 1000 streams before reading any answer; every one must be a 200 carrying its own
 answer. The gateway is configured with max_concurrent_streams = 1000. And a worker out of file
-descriptors pauses accepting instead of spinning.
+descriptors pauses accepting instead of spinning, as does one at limits.max_client_conns.
 """
 
 import os
@@ -12,9 +12,10 @@ import socket
 import subprocess
 import time
 
+import httpx
 import pytest
 
-from conftest import routes_doc
+from conftest import free_port, routes_doc
 
 N = 1000
 
@@ -145,3 +146,49 @@ def test_out_of_descriptors_pauses_accepting(procs):
     assert "Too many open files (open-files limit %d" % (used + 3) in gw.proc.stderr()
     with gw.h2() as c:
         assert c.get("/after").status == 200
+
+
+def test_client_connection_limit(procs):
+    """limits.max_client_conns (HAProxy's maxconn): with 2 connections held, a third one waits
+    in the listen queue, unanswered, until one of them closes; the pause is logged and counted
+    in /metrics."""
+    a = procs.backend("pod-a", proto="h2c")
+    admin = free_port()
+    gw = procs.gateway(routes_doc({"svc": [a]}, [("digits", "production", "svc")]),
+                       conf={"workers": 1, "limits": {"max_client_conns": 2},
+                             "admin": {"listen": "127.0.0.1:%d" % admin}}, tls=False)
+    host = gw.authority()
+    request = ("GET /held HTTP/1.1\r\nHost: %s\r\n\r\n" % host).encode()
+
+    def answered(s):
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = s.recv(4096)
+            assert chunk, "closed before an answer: %r" % got
+            got += chunk
+        return got.split(b"\r\n", 1)[0]
+
+    held = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(2)]
+    third = None
+    try:
+        for s in held:  # both accepted and served: the worker holds 2
+            s.sendall(request)
+            assert answered(s) == b"HTTP/1.1 200 OK"
+        third = socket.create_connection(("127.0.0.1", gw.port), timeout=5)  # the kernel accepts it
+        third.sendall(request)
+        third.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            third.recv(4096)  # not accepted: no answer
+        m = httpx.get("http://127.0.0.1:%d/metrics" % admin, timeout=5).text
+        assert 'modelgate_worker_connections{worker="0"} 2' in m, m
+        # >= 1: the harness's own probes for the listener may have reached the limit already
+        pauses = re.search(r'modelgate_worker_accept_pauses_total\{worker="0",reason="limit"\} (\d+)', m)
+        assert pauses and int(pauses.group(1)) >= 1, m
+        assert 'modelgate_worker_accept_pauses_total{worker="0",reason="error"} 0' in m, m
+        assert "its limit (limits.max_client_conns)" in gw.proc.stderr()
+        held.pop().close()
+        third.settimeout(5)
+        assert answered(third) == b"HTTP/1.1 200 OK"  # accepted once one closed
+    finally:
+        for s in held + ([third] if third else []):
+            s.close()

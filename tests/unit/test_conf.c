@@ -152,6 +152,7 @@ static void defaults(void **state)
     assert_int_equal(c.limits.connection_window, 16777216);
     assert_int_equal(c.limits.connection_buffer, 4194304);
     assert_int_equal(c.limits.max_request_body, 0);
+    assert_int_equal(c.limits.max_client_conns, 0);
     assert_int_equal(c.timeouts_ms.connect, 2000);
     assert_int_equal(c.timeouts_ms.first_byte, 30000);
     assert_int_equal(c.timeouts_ms.idle, 60000);
@@ -200,7 +201,8 @@ static void file_then_flags(void **state)
     const char *cfg = put(f, "gateway.json",
                           "{'listen':['127.0.0.1:8080'],'workers':2,'routes':'routes.json',"
                           "'log_level':'warn','access_log':'access.log',"
-                          "'limits':{'max_concurrent_streams':50,'max_request_body':10000000000},"
+                          "'limits':{'max_concurrent_streams':50,'max_request_body':10000000000,"
+                          "'max_client_conns':5000},"
                           "'timeouts_ms':{'connect':100,'total':5000},"
                           "'upstream':{'max_idle_conns_per_pod':0},'request_id_in_response':true}");
     mg_conf_t c;
@@ -212,6 +214,7 @@ static void file_then_flags(void **state)
     assert_int_equal(c.log_level, MG_LOG_WARN);
     assert_int_equal(c.limits.max_concurrent_streams, 50);
     assert_int_equal(c.limits.max_request_body, 10000000000ull);
+    assert_int_equal(c.limits.max_client_conns, 5000);
     assert_int_equal(c.limits.max_headers, 100); /* untouched keys keep their defaults */
     assert_int_equal(c.timeouts_ms.connect, 100);
     assert_int_equal(c.timeouts_ms.total, 5000);
@@ -393,7 +396,8 @@ static void file_errors_all_in_one_pass(void **state)
         "for off) or null)",
         "log_level: unknown level \"loud\" (expected debug, info, warn or error)",
         "limits.x: unknown key (valid keys: max_concurrent_streams, max_header_list_size, "
-        "max_headers, stream_window, connection_window, connection_buffer, max_request_body)",
+        "max_headers, stream_window, connection_window, connection_buffer, max_request_body, "
+        "max_client_conns)",
         "limits.max_concurrent_streams: out of range (got 0; expected integer 1-100000 (streams "
         "per client connection))",
         "limits.max_header_list_size: wrong type (got string \"big\"; expected integer "

@@ -453,6 +453,41 @@ static void h1_pipelining_in_order(void **state)
     assert_true(run_until(f, NULL, no_conns, NULL));
 }
 
+/* At max_conns the server stops accepting: a third client waits in the listen queue, unserved,
+ * until one of the two it holds closes; then it is accepted and answered. */
+static void conn_limit_pauses_accepting(void **state)
+{
+    fixture_t *f = *state;
+    f->conf.max_conns = 2;
+    start(f);
+    client_t *a = client_new(), *b = client_new(), *c = client_new();
+    client_sends(f, c, "GET /third HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    run_quiet(f, c, 200);
+    assert_int_equal(mg_srv_nconns(f->srv), 2);
+    assert_int_equal(f->nrequests, 0);
+    assert_int_equal(c->len, 0);
+    unsigned long at_limit, on_error;
+    mg_srv_accept_pauses(f->srv, &at_limit, &on_error);
+    assert_int_equal(at_limit, 1);
+    assert_int_equal(on_error, 0);
+
+    client_free(a);
+    assert_true(run_until(f, c, has_text, "GET /third\n"));
+    assert_int_equal(f->nrequests, 1);
+    assert_int_equal(mg_srv_nconns(f->srv), 2); /* b and c: full again */
+    mg_srv_accept_pauses(f->srv, &at_limit, &on_error);
+    assert_int_equal(at_limit, 2);
+
+    /* below the limit for good: accepting goes on */
+    client_free(b);
+    client_t *d = client_new();
+    client_sends(f, d, "GET /fourth HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    assert_true(run_until(f, d, has_text, "GET /fourth\n"));
+    client_free(c);
+    client_free(d);
+    assert_true(run_until(f, NULL, no_conns, NULL));
+}
+
 /* A chunked body reaches on_body byte for byte; its trailers reach on_end. */
 static void h1_chunked_body_and_trailers(void **state)
 {
@@ -1598,6 +1633,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h2_shutdown_sends_goaway, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_partial_head_times_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(conn_limit_pauses_accepting, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_pipelined_input_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_trailers_after_431, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_trailers_over_max_headers_are_431, setup, teardown),
