@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -63,6 +64,8 @@ typedef struct worker {
     struct event *cmd;   /* readable when the main thread wrote to |pipe| */
     int pipe[2];         /* main -> worker wake-ups: one byte each */
     struct event *check; /* while draining: is everything done? */
+    struct event *trim;  /* gives freed memory back to the system once the worker is idle */
+    uint64_t started_seen, trimmed_at; /* mg_proxy_started at the last tick, the last trim */
     pthread_mutex_t lock;
     mg_routes_t *next_routes; /* under |lock|: the snapshot to switch to */
     atomic_bool drain;
@@ -107,6 +110,29 @@ static void worker_maybe_done(worker_t *w)
 static void on_check(evutil_socket_t fd, short what, void *arg)
 {
     worker_maybe_done(arg);
+}
+
+/*
+ * glibc keeps what a worker frees in its arena and gives back only the top of it: after a
+ * burst (slow clients each holding up to connection_buffer plus their streams' windows, large
+ * bodies) the process kept its peak RSS for good, 125 MB of 150 MB after 5 slow clients had
+ * gone. A worker idle for a whole tick (no request started, none in flight) after some work
+ * returns the free pages of every arena (malloc_trim, ~0.2 ms after such a burst). It never
+ * runs under load, so no request waits for it.
+ */
+#define TRIM_EVERY_MS 1000
+
+static void on_trim(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    worker_t *w = arg;
+    uint64_t started = mg_proxy_started(w->proxy);
+    bool idle = started == w->started_seen && mg_proxy_inflight(w->proxy) == 0;
+    w->started_seen = started;
+    if (idle && started != w->trimmed_at) {
+        w->trimmed_at = started;
+        malloc_trim(0);
+    }
 }
 
 static void on_cmd(evutil_socket_t fd, short what, void *arg)
@@ -315,7 +341,10 @@ static int start_worker(unsigned i, const mg_conf_t *conf, const mg_srv_conf_t *
     }
     w->cmd = w->base ? event_new(w->base, w->pipe[0], EV_READ | EV_PERSIST, on_cmd, w) : NULL;
     w->check = w->base ? event_new(w->base, -1, EV_PERSIST, on_check, w) : NULL;
-    if (w->srv == NULL || w->cmd == NULL || w->check == NULL || event_add(w->cmd, NULL)) {
+    w->trim = w->base ? event_new(w->base, -1, EV_PERSIST, on_trim, w) : NULL;
+    struct timeval trim_every = {TRIM_EVERY_MS / 1000, (TRIM_EVERY_MS % 1000) * 1000};
+    if (w->srv == NULL || w->cmd == NULL || w->check == NULL || w->trim == NULL ||
+        event_add(w->cmd, NULL) || event_add(w->trim, &trim_every)) {
         fprintf(stderr, "modelgate: out of memory starting worker %u\n", i);
         return -1;
     }
@@ -361,6 +390,8 @@ static void free_workers(void)
             event_free(w->cmd);
         if (w->check)
             event_free(w->check);
+        if (w->trim)
+            event_free(w->trim);
         if (w->pipe[0] >= 0)
             close(w->pipe[0]);
         if (w->pipe[1] >= 0)

@@ -46,6 +46,7 @@ struct mg_proxy {
     mg_features_t *features; /* NULL = features off */
     exch_t *free_exch;
     size_t nfree, inflight;
+    uint64_t started; /* requests ever started: see mg_proxy_started */
     uint64_t rid_state; /* xorshift state for request ids */
     uint64_t rng;       /* xorshift state for splits and balancing */
     unsigned worker;    /* this worker's index: its row in balancers and counters */
@@ -169,6 +170,7 @@ static exch_t *exch_new(mg_proxy_t *p)
     e->pod = -1;
     e->resp_cl = -1;
     p->inflight++;
+    p->started++;
     return e;
 }
 
@@ -1317,6 +1319,11 @@ void mg_proxy_set_features(mg_proxy_t *p, mg_features_t *f)
 size_t mg_proxy_inflight(const mg_proxy_t *p)
 {
     return p->inflight;
+}
+
+uint64_t mg_proxy_started(const mg_proxy_t *p)
+{
+    return p->started;
 }
 
 void mg_proxy_free(mg_proxy_t *p)
