@@ -84,14 +84,15 @@ struct mg_srv_stream {
 
 struct conn {
     mg_srv_t *srv;
-    struct bufferevent *bev;
+    struct bufferevent *bev; /* what the connection reads and writes: TLS, the filter over |lower| */
+    struct bufferevent *lower; /* TLS: the socket's bufferevent (the filter frees it), or NULL */
     conn_t *prev, *next;
     conn_proto_t proto;
     bool tls;
     int busy;
     bool dead, in_recv, need_flush, flushing, close_when_flushed;
-    mg_outq_item_t outq; /* frames produced (and, cleartext, written) at the end of the turn;
-                          * cleartext, EV_READ goes through it: mg_outq_enable/_disable */
+    mg_outq_item_t outq; /* frames produced and written at the end of the turn; EV_READ goes
+                          * through it: mg_outq_enable/_disable */
     bool lingering;      /* closed by us, still reading what the client sends: see linger */
     size_t lingered;     /* bytes read and dropped while lingering */
     struct event *idle_timer;
@@ -374,6 +375,7 @@ static void conn_close(conn_t *c)
 #define LINGER_MAX (1u << 20)
 
 #define TLS_OUT_PIECE 4000 /* see h2_flush; with libevent's chain header, one 4 KiB block */
+#define TLS_SEALED_MAX (64 * 1024) /* TLS records ahead of the socket: see on_accept */
 static void on_linger_read(struct bufferevent *bev, void *arg)
 {
     conn_t *c = arg;
@@ -398,7 +400,7 @@ static void conn_close_flushed(conn_t *c)
 {
     if (c->dead || c->lingering) /* a flush that ends in a callback may get here twice */
         return;
-    int fd = c->bev ? bufferevent_getfd(c->bev) : -1;
+    int fd = c->lower ? bufferevent_getfd(c->lower) : c->bev ? bufferevent_getfd(c->bev) : -1;
     bool h2_linger = c->proto == P_H2 && !c->srv->shutting_down;
     if ((c->proto != P_H1 && !h2_linger) || fd < 0 ||
         (!c->tls && shutdown(fd, SHUT_WR) != 0)) {
@@ -987,8 +989,8 @@ static void h2_flush(conn_t *c)
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t before = evbuffer_get_length(out);
     for (;;) {
-        /* TLS: the bufferevent seals each piece of its output in a record of its own and
-         * writes it with a write() of its own: frames added through one turn share a piece */
+        /* TLS: the filter seals each piece (chain) of its output in a record of its own (see
+         * seal in common/outq.c): frames added through one turn share a piece */
         if (mg_h2_send(c->h2, c->bev, OUT_HIGH, c->tls ? TLS_OUT_PIECE : 0) < 0) {
             conn_close(c);
             return;
@@ -1756,10 +1758,33 @@ static bool conn_prepare(void *arg)
     return alive;
 }
 
+/* TLS, once the handshake is done: ALPN picks the engine. The TLS filter may hand over the
+ * first application bytes (which came with the client's Finished) before it reports the
+ * handshake done (BEV_EVENT_CONNECTED): whichever comes first starts it. False when the
+ * connection is closed. */
+static bool tls_start(conn_t *c)
+{
+    if (c->proto != P_DETECT)
+        return true;
+    const unsigned char *alpn = NULL;
+    unsigned int alen = 0;
+    SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(c->bev), &alpn, &alen);
+    bool h2 = alen == 2 && memcmp(alpn, "h2", 2) == 0;
+    if ((h2 ? h2_init(c) : h1_init(c)) != MG_OK) {
+        conn_close(c);
+        return false;
+    }
+    if (h2)
+        conn_flush(c); /* our SETTINGS */
+    return true;
+}
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
     conn_t *c = arg;
     enter(c);
+    if (c->tls && !tls_start(c))
+        goto out;
     if (c->proto == P_DETECT) {
         struct evbuffer *in = bufferevent_get_input(bev);
         size_t len = evbuffer_get_length(in);
@@ -1810,15 +1835,8 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
 {
     conn_t *c = arg;
     enter(c);
-    if (events & BEV_EVENT_CONNECTED) { /* TLS handshake done: ALPN picks the engine */
-        const unsigned char *alpn = NULL;
-        unsigned int alen = 0;
-        SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(bev), &alpn, &alen);
-        bool h2 = alen == 2 && memcmp(alpn, "h2", 2) == 0;
-        if ((h2 ? h2_init(c) : h1_init(c)) != MG_OK)
-            conn_close(c);
-        else if (h2)
-            conn_flush(c); /* our SETTINGS */
+    if (events & BEV_EVENT_CONNECTED) { /* TLS handshake done */
+        tls_start(c);
         leave(c);
         return;
     }
@@ -1908,15 +1926,26 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     }
     snprintf(c->client_ip, sizeof(c->client_ip), "%s", ip);
     if (tls) {
+        /* a filter over a socket bufferevent, which the queue reads and writes as a cleartext
+         * connection's (common/outq.h): one readv per readable event, and the records of a
+         * turn written with one writev at its end. Over the socket directly, the filter read
+         * each record with two read()s and a third that failed, and wrote in the next turn,
+         * after registering EPOLLOUT (an epoll_ctl) and before unregistering it (another) */
         SSL *ssl = SSL_new(srv->tls);
-        c->bev = ssl ? bufferevent_openssl_socket_new(srv->base, fd, ssl,
-                                                      BUFFEREVENT_SSL_ACCEPTING,
-                                                      BEV_OPT_CLOSE_ON_FREE)
-                     : NULL;
-        if (c->bev)
+        c->lower = ssl ? bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
+        c->bev = c->lower ? bufferevent_openssl_filter_new(srv->base, c->lower, ssl,
+                                                           BUFFEREVENT_SSL_ACCEPTING,
+                                                           BEV_OPT_CLOSE_ON_FREE)
+                          : NULL;
+        if (c->bev) {
             bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-        else if (ssl)
+        } else if (c->lower) { /* the failed filter freed |ssl|; this closes |fd| */
+            bufferevent_free(c->lower);
+            c->lower = NULL;
+            fd = -1;
+        } else if (ssl) {
             SSL_free(ssl);
+        }
     } else {
         c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     }
@@ -1930,7 +1959,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
                           memory_order_relaxed);
     accepting_update(srv);
     if (c->bev == NULL || c->idle_timer == NULL) {
-        if (c->bev == NULL)
+        if (c->bev == NULL && fd >= 0)
             close(fd);
         conn_close(c);
         return;
@@ -1938,20 +1967,32 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     (void)salen;
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW, 0);
+    struct bufferevent *sock = c->lower ? c->lower : c->bev;
     if (srv->conf.client_write_ms) {
-        /* a client that stops reading while output waits: the timer restarts with every
-         * write that makes progress, and fires on_event(BEV_EVENT_TIMEOUT) */
+        /* a client that stops reading while output waits: the timer runs while the socket's
+         * bufferevent waits to write, restarts with every write that makes progress, and
+         * fires on_event(BEV_EVENT_TIMEOUT) (through the TLS filter, which passes it on) */
         struct timeval wt = {srv->conf.client_write_ms / 1000,
                              (srv->conf.client_write_ms % 1000) * 1000};
-        bufferevent_set_timeouts(c->bev, NULL, &wt);
+        bufferevent_set_timeouts(sock, NULL, &wt);
     }
-    /* cleartext, the queue writes and its reader reads (common/outq.h); attached first, the
+    /* the queue writes and its reader reads (common/outq.h); attached first, the socket
      * bufferevent's own EV_READ and EV_WRITE are never switched on (an epoll_ctl each) */
-    bool attached = !tls && mg_outq_attach(srv->outq, &c->outq, c->bev, on_write, c);
-    if (attached)
+    bool attached = mg_outq_attach(srv->outq, &c->outq, sock, tls ? NULL : on_write, c);
+    if (attached && tls && !mg_outq_set_top(&c->outq, c->bev)) {
+        mg_outq_detach(&c->outq); /* the filter and its socket go on by themselves */
+        bufferevent_enable(c->lower, EV_READ | EV_WRITE);
+        attached = false;
+    }
+    if (attached) {
         mg_outq_set_prepare(&c->outq, conn_prepare);
-    else if (tls)
+        /* the filter seals no more than this ahead of the socket: the rest waits in its own
+         * output, which the connection's limits (OUT_HIGH...) count */
+        if (tls)
+            bufferevent_setwatermark(c->lower, EV_WRITE, 0, TLS_SEALED_MAX);
+    } else if (tls) {
         mg_outq_attach_prepare(srv->outq, &c->outq, conn_prepare, c);
+    }
     mg_outq_enable(&c->outq, c->bev, attached ? EV_READ : EV_READ | EV_WRITE);
     idle_arm(c); /* also bounds how long a silent client may hold a handshake */
 }

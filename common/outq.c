@@ -43,6 +43,40 @@ static void unlink_item(mg_outq_item_t *it)
     it->queued = false;
 }
 
+/*
+ * TLS: the filter seals what its output holds into records, into the socket's output, whenever
+ * its EV_WRITE is on and something is added. While the queue writes (direct), EV_WRITE stays
+ * off and the frames a turn adds pile up; sealed all at once at the end of the turn, they make
+ * as few records as when the socket's writability paced the filter (about 4 KiB each, one per
+ * chain of its output), and the client decrypts no more of them. While the socket's
+ * bufferevent writes by itself (the socket was full), EV_WRITE is on, so that each drain of
+ * the socket seals more.
+ */
+static void seal(mg_outq_item_t *it)
+{
+    if (it->top && direct(it) && evbuffer_get_length(bufferevent_get_output(it->top)) > 0) {
+        bufferevent_enable(it->top, EV_WRITE);
+        bufferevent_disable(it->top, EV_WRITE);
+    }
+}
+
+static void call_written(mg_outq_item_t *it)
+{
+    if (it->top) { /* the filter's write callback would seal nothing: its EV_WRITE is off */
+        seal(it); /* may run the connection's write callback, which may free it */
+        return;
+    }
+    if (it->written) {
+        it->written(it->bev, it->arg);
+        return;
+    }
+    bufferevent_data_cb on_write;
+    void *cbarg;
+    bufferevent_getcb(it->bev, NULL, &on_write, NULL, &cbarg);
+    if (on_write)
+        on_write(it->bev, cbarg);
+}
+
 /* Writes |it|'s output in one writev. What the socket does not take, and errors, go back to
  * the bufferevent: it writes the rest when the socket drains, or reports the error. */
 static void write_out(mg_outq_item_t *it)
@@ -54,11 +88,14 @@ static void write_out(mg_outq_item_t *it)
     int n = evbuffer_write(out, bufferevent_getfd(it->bev));
     evbuffer_freeze(out, 1);
     size_t left = evbuffer_get_length(out), low = 0;
-    if (left > 0)
+    if (left > 0) {
         bufferevent_enable(it->bev, EV_WRITE);
+        if (it->top)
+            bufferevent_enable(it->top, EV_WRITE);
+    }
     bufferevent_getwatermark(it->bev, EV_WRITE, &low, NULL);
     if (n > 0 && left <= low)
-        it->written(it->bev, it->arg); /* may free the connection and |it| */
+        call_written(it); /* may free the connection and |it| */
 }
 
 static void on_turn_end(evutil_socket_t fd, short what, void *arg)
@@ -75,8 +112,12 @@ static void on_turn_end(evutil_socket_t fd, short what, void *arg)
             if (it->queued) /* its new output queued it again: written now */
                 unlink_item(it);
         }
-        if (direct(it))
+        if (direct(it)) {
+            seal(it);
+            if (it->queued) /* the records it sealed queued it again: written now */
+                unlink_item(it);
             write_out(it);
+        }
     }
 }
 
@@ -205,6 +246,17 @@ void mg_outq_set_prepare(mg_outq_item_t *it, mg_outq_prepare_fn prepare)
     it->prepare = prepare;
 }
 
+bool mg_outq_set_top(mg_outq_item_t *it, struct bufferevent *top)
+{
+    it->top_cb = evbuffer_add_cb(bufferevent_get_output(top), on_output, it);
+    if (it->top_cb == NULL)
+        return false;
+    it->top = top;
+    if (direct(it))
+        bufferevent_disable(top, EV_WRITE);
+    return true;
+}
+
 bool mg_outq_attach_prepare(mg_outq_t *q, mg_outq_item_t *it, mg_outq_prepare_fn prepare,
                             void *arg)
 {
@@ -228,6 +280,8 @@ void mg_outq_detach(mg_outq_item_t *it)
         return;
     if (it->queued)
         unlink_item(it);
+    if (it->top)
+        evbuffer_remove_cb_entry(bufferevent_get_output(it->top), it->top_cb);
     if (it->bev) {
         evbuffer_remove_cb_entry(bufferevent_get_output(it->bev), it->cb);
         event_free(it->rd);
@@ -243,7 +297,12 @@ void mg_outq_bev_written(mg_outq_item_t *it)
     /* the socket drained: the queue writes from now on, including what the write callback
      * just added (under load there always is some, and the bufferevent would keep the turn) */
     bufferevent_disable(it->bev, EV_WRITE);
-    if (evbuffer_get_length(bufferevent_get_output(it->bev)) > 0 && !it->queued)
+    bool more = evbuffer_get_length(bufferevent_get_output(it->bev)) > 0;
+    if (it->top) {
+        bufferevent_disable(it->top, EV_WRITE);
+        more = more || evbuffer_get_length(bufferevent_get_output(it->top)) > 0;
+    }
+    if (more && !it->queued)
         enqueue(it);
 }
 
@@ -253,21 +312,29 @@ static bool reader_of(const mg_outq_item_t *it, const struct bufferevent *bev)
     return it->q && it->bev == bev && it->rd;
 }
 
+/* Whether |bev| is the TLS filter whose socket the reader reads. */
+static bool top_of(const mg_outq_item_t *it, const struct bufferevent *bev)
+{
+    return it->q && it->top == bev && it->rd;
+}
+
 void mg_outq_enable(mg_outq_item_t *it, struct bufferevent *bev, short what)
 {
-    if ((what & EV_READ) && reader_of(it, bev)) {
+    if ((what & EV_READ) && (reader_of(it, bev) || top_of(it, bev))) {
         event_add(it->rd, NULL);
-        what &= (short)~EV_READ;
+        if (reader_of(it, bev))
+            what &= (short)~EV_READ;
     }
-    if (what)
+    if (what) /* a filter's enable also reads what its socket's input already holds */
         bufferevent_enable(bev, what);
 }
 
 void mg_outq_disable(mg_outq_item_t *it, struct bufferevent *bev, short what)
 {
-    if ((what & EV_READ) && reader_of(it, bev)) {
+    if ((what & EV_READ) && (reader_of(it, bev) || top_of(it, bev))) {
         event_del(it->rd);
-        what &= (short)~EV_READ;
+        if (reader_of(it, bev))
+            what &= (short)~EV_READ;
     }
     if (what)
         bufferevent_disable(bev, what);

@@ -14,6 +14,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.events
 import httpx
 import pytest
 
@@ -981,3 +982,72 @@ def test_pod_reset_after_part_of_the_body_reaches_the_client_cut(stack):
         assert r.status == 200 and len(r.body) == 1000 and r.reset_code is not None, r
     line = [ln for ln in gw.wait_access(1) if ln["path"] == "/cut?n=1000"][0]
     assert (line["status"], line["resp_bytes"], line["error"]) == (200, 1000, "upstream_reset")
+
+
+def tls_request_with_finished(gw, alpn, request):
+    """A TLS 1.3 client that holds back its Finished and sends it in one write with its first
+    application bytes (|request|, as |alpn| frames them), as clients in a hurry do: the
+    gateway reads both at once. Returns everything the gateway answered, decrypted, until it
+    closes or 2 s pass."""
+    ctx = ssl.create_default_context(cafile=gw.procs.tls["ca"])
+    ctx.set_alpn_protocols([alpn])
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname=HOST)
+    sock = socket.create_connection(("127.0.0.1", gw.tls_port), timeout=5)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if out.pending:
+                    sock.sendall(out.read())
+                data = sock.recv(65536)
+                assert data, "closed during the handshake"
+                inc.write(data)
+        assert tls.selected_alpn_protocol() == alpn
+        finished = out.read()  # the client's last handshake flight, not sent yet
+        tls.write(request)
+        sock.sendall(finished + out.read())
+        got = b""
+        sock.settimeout(2)
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                inc.write(data)
+                try:
+                    while True:  # every record that came
+                        got += tls.read(1 << 20)
+                except ssl.SSLWantReadError:
+                    pass
+                if b"/with-finished" in got:
+                    break
+        except (socket.timeout, ssl.SSLZeroReturnError):
+            pass
+        return got
+    finally:
+        sock.close()
+
+
+def test_tls_request_in_the_handshakes_last_write(stack):
+    """The client's Finished and its first request in one write: the gateway gets the request
+    before the TLS library reports the handshake done, and must still start the protocol ALPN
+    chose (not guess it from the bytes and then start it again), for HTTP/2 and HTTP/1.1."""
+    gw, _, _ = stack
+    authority = gw.authority(tls=True)
+    for _ in range(5):
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        c.initiate_connection()
+        c.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", authority),
+                           (":path", "/with-finished")], end_stream=True)
+        got = tls_request_with_finished(gw, "h2", c.data_to_send())
+        events = c.receive_data(got)
+        answers = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        assert answers and dict(answers[0].headers)[b":status"] == b"200", events
+        assert b"/with-finished" in got, events
+        got = tls_request_with_finished(gw, "http/1.1",
+                                        h1_request_bytes("GET", "/with-finished", authority))
+        assert got.startswith(b"HTTP/1.1 200") and b"/with-finished" in got, got[:300]
+    gw.assert_alive()

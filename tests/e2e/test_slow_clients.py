@@ -10,6 +10,7 @@ is in the gateway (or in the sockets' buffers between them). Once such clients a
 gateway gives the memory back to the system.
 """
 import socket
+import ssl
 import time
 
 import h2.config
@@ -17,25 +18,33 @@ import h2.connection
 import h2.events
 import h2.settings
 import httpx
+import pytest
 
 from conftest import HOST, plain_gateway_bin, routes_doc, wait_for
 
 BIG_WINDOW = 2**31 - 1
 
 
-def greedy_client(port, paths):
+def greedy_client(port, paths, tls_ca=None):
     """An HTTP/2 client that opens every window wide and asks for |paths| at once, then reads
-    nothing. Its socket's receive buffer is kept small, so the gateway's output backs up."""
-    sock = socket.create_connection(("127.0.0.1", port))
+    nothing. Its socket's receive buffer is kept small, so the gateway's output backs up.
+    With |tls_ca| (the CA file), over TLS (ALPN h2)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect(("127.0.0.1", port))
+    if tls_ca:
+        ctx = ssl.create_default_context(cafile=tls_ca)
+        ctx.set_alpn_protocols(["h2"])
+        sock = ctx.wrap_socket(sock, server_hostname=HOST)
+        assert sock.selected_alpn_protocol() == "h2"
     c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     c.local_settings = h2.settings.Settings(client=True, initial_values={
         h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: BIG_WINDOW})
     c.initiate_connection()
     c.increment_flow_control_window(BIG_WINDOW - 65535)
     for i, path in enumerate(paths):
-        c.send_headers(1 + 2 * i, [(":method", "GET"), (":scheme", "http"), (":authority", HOST),
-                                   (":path", path)], end_stream=True)
+        c.send_headers(1 + 2 * i, [(":method", "GET"), (":scheme", "https" if tls_ca else "http"),
+                                   (":authority", HOST), (":path", path)], end_stream=True)
     sock.sendall(c.data_to_send())
     return sock, c
 
@@ -59,17 +68,19 @@ def settled(read, quiet=0.5, timeout=10.0):
     return last
 
 
-def test_client_that_stops_reading_is_closed(procs):
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_client_that_stops_reading_is_closed(procs, tls):
     """20 downloads on a connection whose client reads nothing: once the gateway's output has
     made no progress for client_write (1 s here), it closes the connection and resets the
     pod's streams, instead of holding them (and their buffers) for as long as the client
     likes. Another client meanwhile is served."""
     pod = procs.backend("pod-a", args=["--proto", "h2c"])
     gw = procs.gateway(routes_doc({"s": [pod]}, [("digits", "production", "s")]),
-                       conf={"workers": 1, "timeouts_ms": {"client_write": 1000}}, tls=False)
+                       conf={"workers": 1, "timeouts_ms": {"client_write": 1000}}, tls=tls)
     n = 20
     t0 = time.monotonic()
-    sock, _ = greedy_client(gw.port, ["/bytes?n=4000000"] * n)
+    sock, _ = greedy_client(gw.tls_port if tls else gw.port, ["/bytes?n=4000000"] * n,
+                            procs.tls["ca"] if tls else None)
     try:
         wait_for(lambda: pod.proc.stdout().count("rst h2c /bytes") == n, 15,
                  what="the gateway to give up on the client and reset the pod's %d streams" % n)
@@ -82,7 +93,7 @@ def test_client_that_stops_reading_is_closed(procs):
             while sock.recv(1 << 20):
                 pass
             ended = True
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLError):
             ended = True
         assert ended
         r = httpx.get("http://127.0.0.1:%d/after" % gw.port, headers={"host": HOST}, timeout=5)
@@ -93,7 +104,8 @@ def test_client_that_stops_reading_is_closed(procs):
     gw.assert_alive()
 
 
-def test_memory_for_a_slow_client_is_bounded_per_connection(procs):
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_memory_for_a_slow_client_is_bounded_per_connection(procs, tls):
     """50 downloads of 2 MB on one connection whose client reads nothing. With a 64 KiB stream
     window towards the pod and a 1 MiB connection_buffer, the pod can have sent at most
     1 MiB + 50 x 64 KiB (4.1 MiB) beyond what the sockets hold; each stream keeping its own
@@ -103,14 +115,15 @@ def test_memory_for_a_slow_client_is_bounded_per_connection(procs):
     gw = procs.gateway(routes_doc({"s": [pod]}, [("digits", "production", "s")]),
                        conf={"workers": 1,
                              "limits": {"connection_buffer": 1 << 20},
-                             "upstream": {"stream_window": 65535}}, tls=False)
+                             "upstream": {"stream_window": 65535}}, tls=tls)
     n, size = 50, 2000000
-    sock, c = greedy_client(gw.port, ["/bytes?n=%d" % size] * n)
+    sock, c = greedy_client(gw.tls_port if tls else gw.port, ["/bytes?n=%d" % size] * n,
+                            procs.tls["ca"] if tls else None)
     try:
         held = settled(lambda: pod_bytes_sent(pod))
         # the sockets between pod, gateway and client: the gateway's send buffer (loopback
         # autotuning: up to tcp_wmem's 4 MiB), the client's receive buffer, the pod's; plus
-        # the gateway's 64 KiB of framed output
+        # the gateway's 64 KiB of framed output (over TLS, and up to 64 KiB of sealed records)
         slack = 6 << 20
         bound = (1 << 20) + n * 65535 + slack
         print("pod sent %d bytes to a client reading nothing (bound %d)" % (held, bound))
@@ -182,3 +195,17 @@ def test_memory_goes_back_after_slow_clients(procs):
         after, start, peak)
     r = httpx.get("http://127.0.0.1:%d/after" % gw.port, headers={"host": HOST}, timeout=5)
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_idle_connection_outlives_client_write(procs, tls):
+    """client_write bounds output that makes no progress, not silence: a connection with
+    nothing to send for longer than client_write (1 s) stays open and serves its next
+    request."""
+    pod = procs.backend("pod-a", args=["--proto", "h2c"])
+    gw = procs.gateway(routes_doc({"s": [pod]}, [("digits", "production", "s")]),
+                       conf={"workers": 1, "timeouts_ms": {"client_write": 1000}}, tls=tls)
+    with gw.h2(tls=tls) as c:
+        assert c.get("/first").status == 200
+        time.sleep(2.5)
+        assert c.get("/second").status == 200
