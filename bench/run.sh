@@ -5,6 +5,8 @@
 #   bench/run.sh                     3 interleaved rounds (a few minutes), table on stdout
 #   QUICK=1 bench/run.sh             smoke run: 1 round, small counts (under a minute)
 #   MODELGATE_BIN=/path/modelgate bench/run.sh
+#   BEFORE_BIN=/path/older/modelgate bench/run.sh   + contestant "before": another build, in the
+#                                                    same interleaved rounds (a change's A/B)
 #
 # Every server runs in its own session under a temp dir in /dev/shm, every h2load run is capped
 # by `timeout`, and everything is stopped and removed on exit (KEEP=1 keeps the dir).
@@ -29,6 +31,8 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-60} # hard cap (s) on each h2load run
 PROFILES=${PROFILES:-thr lat}
 CONTESTANTS=${CONTESTANTS:-direct nghttpx modelgate}
 MODELGATE_BIN=${MODELGATE_BIN:-$ROOT/build/gateway/modelgate}
+BEFORE_BIN=${BEFORE_BIN:-} # optional: contestant "before" = modelgate with this binary
+[ -n "$BEFORE_BIN" ] && CONTESTANTS="$CONTESTANTS before"
 MODELGATE_ARGS=${MODELGATE_ARGS:-} # extra gateway flags, e.g. '--config conf/bench.json'
 H2LOAD_EXTRA=${H2LOAD_EXTRA:-}     # extra h2load flags for every run, e.g. "-H 'x-api-key: k'"
 PORT_BASE=${PORT_BASE:-19100}
@@ -46,7 +50,8 @@ else
 fi
 
 BE_PORT=$((PORT_BASE + 1))
-declare -A PORT=([direct]=$((PORT_BASE + 2)) [nghttpx]=$((PORT_BASE + 3)) [modelgate]=$((PORT_BASE + 4)))
+declare -A PORT=([direct]=$((PORT_BASE + 2)) [nghttpx]=$((PORT_BASE + 3)) [modelgate]=$((PORT_BASE + 4))
+    [before]=$((PORT_BASE + 5)))
 declare -A DEAD=() # contestants that exited during a run
 LOADGEN_CPUS=
 
@@ -75,9 +80,10 @@ backend-read-timeout=5m
 EOF
 }
 
+# modelgate_ok NAME BINARY
 modelgate_ok() {
-    if [ ! -x "$MODELGATE_BIN" ]; then
-        say "bench: SKIPPING modelgate: $MODELGATE_BIN does not exist or is not executable."
+    if [ ! -x "$2" ]; then
+        say "bench: SKIPPING $1: $2 does not exist or is not executable."
         say "       Build it (cmake -S . -B build && cmake --build build -j) or set MODELGATE_BIN."
         return 1
     fi
@@ -90,12 +96,14 @@ start_contestant() {
     case $c in
     direct) start direct "$cpus" nghttpd --no-tls -a 127.0.0.1 -d "$W/htdocs" "${PORT[direct]}" ;;
     nghttpx) start nghttpx "$cpus" nghttpx --conf="$W/nghttpx.conf" ;;
-    modelgate)
+    modelgate | before)
+        local bin=$MODELGATE_BIN
+        [ "$c" = before ] && bin=$BEFORE_BIN
         # shellcheck disable=SC2086
-        start modelgate "$cpus" "$MODELGATE_BIN" --listen "127.0.0.1:${PORT[modelgate]}" \
+        start "$c" "$cpus" "$bin" --listen "127.0.0.1:${PORT[$c]}" \
             --backend "127.0.0.1:$BE_PORT" --workers 1 $MODELGATE_ARGS
         ;;
-    *) die "unknown contestant $c (known: direct nghttpx modelgate)" ;;
+    *) die "unknown contestant $c (known: direct nghttpx modelgate before)" ;;
     esac
     if ! wait_port "${PORT[$c]}" 10 "$c"; then
         say "bench: $c exited or did not listen on 127.0.0.1:${PORT[$c]} within 10 s; its output:"
@@ -190,7 +198,8 @@ wait_port "$BE_PORT" 10 backend || die "backend (nghttpd) did not start: $(tail 
 
 RUNNING=()
 for c in $CONTESTANTS; do
-    [ "$c" = modelgate ] && ! modelgate_ok && continue
+    [ "$c" = modelgate ] && ! modelgate_ok modelgate "$MODELGATE_BIN" && continue
+    [ "$c" = before ] && ! modelgate_ok before "$BEFORE_BIN" && continue
     start_contestant "$c" || continue
     if ! sanity "$c"; then stop "$c"; continue; fi
     RUNNING+=("$c")
@@ -259,7 +268,7 @@ print(f"{'profile':8}{'contestant':12}{'req/s':>10} {'min-max':>17} {'p50/p99 us
 for prof in ("thr", "lat"):
     d = agg.get((prof, "direct"))
     peer = agg.get((prof, "nghttpx"))
-    for c in ("direct", "nghttpx", "modelgate"):
+    for c in ("direct", "nghttpx", "modelgate", "before"):
         a = agg.get((prof, c))
         if a is None:
             continue
@@ -269,7 +278,7 @@ for prof in ("thr", "lat"):
         p = f"{fmt(med(a['p50']), '.0f')}/{fmt(med(a['p99']), '.0f')}"
         vs = fmt(m / med(d["rps"]), ".2f") if d and m and med(d["rps"]) else "-"
         ours = "-"
-        if c == "modelgate" and peer and m and med(peer["rps"]):
+        if c in ("modelgate", "before") and peer and m and med(peer["rps"]):
             ours = format(m / med(peer["rps"]), ".2f")
         note = f"{a['bad']} failed run(s)" if a["bad"] else ""
         if prof == "lat" and d and c != "direct" and med(a["p50"]) is not None and med(d["p50"]) is not None:
