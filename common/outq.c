@@ -60,21 +60,32 @@ static void seal(mg_outq_item_t *it)
     }
 }
 
-static void call_written(mg_outq_item_t *it)
+/* The write callback of |bev| of the moment, as the bufferevent would call it. */
+static void bev_written(struct bufferevent *bev)
 {
-    if (it->top) { /* the filter's write callback would seal nothing: its EV_WRITE is off */
-        seal(it); /* may run the connection's write callback, which may free it */
-        return;
-    }
-    if (it->written) {
-        it->written(it->bev, it->arg);
-        return;
-    }
     bufferevent_data_cb on_write;
     void *cbarg;
-    bufferevent_getcb(it->bev, NULL, &on_write, NULL, &cbarg);
+    bufferevent_getcb(bev, NULL, &on_write, NULL, &cbarg);
     if (on_write)
-        on_write(it->bev, cbarg);
+        on_write(bev, cbarg); /* may free the connection */
+}
+
+static void call_written(mg_outq_item_t *it)
+{
+    if (it->top) {
+        /* the socket took the sealed records: seal more. With nothing left to seal, the
+         * filter calls nobody, yet the connection may be waiting for its last byte to leave
+         * (a close once flushed): tell it as the filter would */
+        if (evbuffer_get_length(bufferevent_get_output(it->top)) > 0)
+            seal(it); /* the filter calls the connection's write callback (deferred) */
+        else
+            bev_written(it->top);
+        return;
+    }
+    if (it->written)
+        it->written(it->bev, it->arg);
+    else
+        bev_written(it->bev);
 }
 
 /* Writes |it|'s output in one writev. What the socket does not take, and errors, go back to

@@ -4,12 +4,14 @@ document is refused, logged, and the previous one stays); SIGTERM drains: listen
 HTTP/2 clients get GOAWAY, in-flight requests finish, exit 0 within timeouts_ms.drain.
 """
 
+import os
 import re
 import signal
+import subprocess
 import threading
 import time
 
-from conftest import H1Conn, h1_request_bytes, port_open, routes_doc, wait_for
+from conftest import HOST, H1Conn, h1_request_bytes, port_open, routes_doc, wait_for
 
 LOAD_SECONDS = 8.0  # upper bound of the load phase; it stops earlier when the checks are done
 MAX_REQUESTS_PER_CLIENT = 20000
@@ -239,3 +241,32 @@ def test_sigterm_drain_deadline(procs):
     c.wait(st, 2)
     assert not st.ended, "a 20 s request cannot have finished: %r" % st
     c.close()
+
+
+def test_sigterm_drain_finishes_slow_downloads(procs):
+    """Downloads still running at SIGTERM arrive whole, over h2c and TLS. Their last stream
+    ends while megabytes wait in the kernel's send queue and the client is still sending
+    WINDOW_UPDATEs: closing the socket then would reset it and throw that tail away (curl:
+    "Recv failure: Connection reset by peer" at 17 of 20 MB); the gateway lingers instead."""
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc": [a]}, [("digits", "production", "svc")]),
+                       conf={"workers": 1, "timeouts_ms": {"drain": 10000}})
+    size = 20000000
+    clients = []  # three downloads each way: any one losing its tail fails the test
+    for tls, k in [(False, k) for k in range(3)] + [(True, k) for k in range(3)]:
+        port = gw.tls_port if tls else gw.port
+        out = os.path.join(gw.procs.dir, "download-%s-%d" % ("tls" if tls else "h2c", k))
+        argv = ["curl", "-sS", "--max-time", "20", "--limit-rate", "4M", "-o", out,
+                "--resolve", "%s:%d:127.0.0.1" % (HOST, port)]
+        argv += ["--http2", "--cacert", gw.procs.tls["ca"]] if tls else ["--http2-prior-knowledge"]
+        argv.append("%s://%s:%d/bytes?n=%d" % ("https" if tls else "http", HOST, port, size))
+        clients.append((out, subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True)))
+    wait_for(lambda: all(os.path.exists(o) and os.path.getsize(o) > 2000000 for o, _ in clients),
+             10, what="the downloads to be under way")
+    gw.signal(signal.SIGTERM)
+    for out, p in clients:
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 0, "curl exited %d: %s" % (p.returncode, err)
+        assert os.path.getsize(out) == size, (out, os.path.getsize(out))
+    assert gw.proc.wait(10) == 0

@@ -1545,8 +1545,10 @@ static void h2_shutdown_sends_goaway(void **state)
     assert_int_equal(c->h2->goaway_error, NGHTTP2_NO_ERROR);
     assert_int_equal(c->h2->goaway_last, 1);
     assert_true(run_until(f, c, is_eof, NULL)); /* no stream left: the server closes */
-    assert_int_equal(mg_srv_nconns(f->srv), 0);
+    /* lingering (what it sent may still be in the kernel's queue) until the client closes */
+    assert_int_equal(mg_srv_nconns(f->srv), 1);
     h2_free(c);
+    assert_true(run_until(f, NULL, no_conns, NULL));
 }
 
 /* Flow control: while the handler consumes nothing, the client cannot send more than the
