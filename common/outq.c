@@ -1,5 +1,5 @@
-/* common/outq.c - cleartext output written at the end of the loop turn, input read in one readv
- * per readable event (see outq.h) */
+/* common/outq.c - a socket's output written at the end of the loop turn, its input read in one
+ * readv per readable event, TLS sealed at the end of the turn (see outq.h) */
 #include "common/outq.h"
 
 #include <errno.h>

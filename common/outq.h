@@ -1,6 +1,6 @@
 /*
- * common/outq.h - cleartext output written at the end of the loop turn, and input read in one
- * readv per readable event.
+ * common/outq.h - a socket's output written at the end of the loop turn, and its input read in
+ * one readv per readable event; for TLS, under a bufferevent_openssl filter (mg_outq_set_top).
  *
  * A bufferevent writes its output when epoll says the socket is writable: adding to an empty
  * output registers EPOLLOUT (epoll_ctl), the next turn writes, and the drained buffer
@@ -15,7 +15,8 @@
  * of up to MG_OUTQ_READ_MAX bytes into the bufferevent's input, then the bufferevent's read
  * callback, as the bufferevent would call it. Its EV_READ is then the reader's: enable,
  * disable and test it with mg_outq_enable/mg_outq_disable/mg_outq_get_enabled, never with the
- * bufferevent_* calls. One queue per event loop; not thread-safe.
+ * bufferevent_* calls. A TLS filter over such a socket reads and writes through it the same
+ * way. One queue per event loop; not thread-safe.
  */
 #ifndef MG_COMMON_OUTQ_H
 #define MG_COMMON_OUTQ_H
@@ -79,10 +80,11 @@ void mg_outq_set_prepare(mg_outq_item_t *it, mg_outq_prepare_fn prepare);
  * queue's: never enable it. Its EV_READ goes with the reader: mg_outq_enable/disable on
  * |top| start and stop the reader too (else the socket would be read into |bev|'s input
  * without bound while |top| pauses). Pass |written| NULL to mg_outq_attach. Returns false
- * when out of memory: the filter then seals as it likes (EV_WRITE on) and |bev| writes. */
+ * when out of memory: then detach |it|, and the filter and |bev| go on by themselves. */
 bool mg_outq_set_top(mg_outq_item_t *it, struct bufferevent *top);
-/* For a connection whose bufferevent writes by itself (TLS): the queue only runs |prepare| at
- * the end of the turn when mg_outq_defer asks; it never writes. Always succeeds. */
+/* For a connection whose bufferevent writes by itself (a TLS connection whose attach failed):
+ * the queue only runs |prepare| at the end of the turn when mg_outq_defer asks; it never
+ * writes. Always succeeds. */
 bool mg_outq_attach_prepare(mg_outq_t *q, mg_outq_item_t *it, mg_outq_prepare_fn prepare,
                             void *arg);
 /* An HTTP/2 session asked to send serializes its frames once per turn instead of at every
