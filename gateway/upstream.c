@@ -337,8 +337,9 @@ static void timer_arm(up_conn_t *c, uint32_t ms)
     evtimer_add(c->timer, &tv);
 }
 
-/* No stream left on |c|: keep it for reuse, within the pool's limits. */
-/* A stream of |c| ended: its slot, or the whole connection, may take a waiting request. */
+/* A stream of |c| ended: its slot, or the whole connection, may take a waiting request (the
+ * kick runs later, from the loop); with no stream left, |c| is kept for reuse within the
+ * pool's limits. */
 static void conn_unused(up_conn_t *c)
 {
     pool_t *p = c->pool;
