@@ -375,7 +375,6 @@ static void conn_close(conn_t *c)
 #define LINGER_MAX (1u << 20)
 
 #define TLS_OUT_PIECE 4000 /* see h2_flush; with libevent's chain header, one 4 KiB block */
-#define TLS_SEALED_MAX (64 * 1024) /* TLS records ahead of the socket: see on_accept */
 static void on_linger_read(struct bufferevent *bev, void *arg)
 {
     conn_t *c = arg;
@@ -1985,21 +1984,12 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     }
     /* the queue writes and its reader reads (common/outq.h); attached first, the socket
      * bufferevent's own EV_READ and EV_WRITE are never switched on (an epoll_ctl each) */
-    bool attached = mg_outq_attach(srv->outq, &c->outq, sock, tls ? NULL : on_write, c);
-    if (attached && tls && !mg_outq_set_top(&c->outq, c->bev)) {
-        mg_outq_detach(&c->outq); /* the filter and its socket go on by themselves */
-        bufferevent_enable(c->lower, EV_READ | EV_WRITE);
-        attached = false;
-    }
-    if (attached) {
+    bool attached = tls ? mg_outq_attach_filter(srv->outq, &c->outq, c->lower, c->bev, c)
+                        : mg_outq_attach(srv->outq, &c->outq, c->bev, on_write, c);
+    if (attached)
         mg_outq_set_prepare(&c->outq, conn_prepare);
-        /* the filter seals no more than this ahead of the socket: the rest waits in its own
-         * output, which the connection's limits (OUT_HIGH...) count */
-        if (tls)
-            bufferevent_setwatermark(c->lower, EV_WRITE, 0, TLS_SEALED_MAX);
-    } else if (tls) {
+    else if (tls)
         mg_outq_attach_prepare(srv->outq, &c->outq, conn_prepare, c);
-    }
     mg_outq_enable(&c->outq, c->bev, attached ? EV_READ : EV_READ | EV_WRITE);
     idle_arm(c); /* also bounds how long a silent client may hold a handshake */
 }

@@ -60,32 +60,24 @@ static void seal(mg_outq_item_t *it)
     }
 }
 
-/* The write callback of |bev| of the moment, as the bufferevent would call it. */
-static void bev_written(struct bufferevent *bev)
-{
-    bufferevent_data_cb on_write;
-    void *cbarg;
-    bufferevent_getcb(bev, NULL, &on_write, NULL, &cbarg);
-    if (on_write)
-        on_write(bev, cbarg); /* may free the connection */
-}
-
 static void call_written(mg_outq_item_t *it)
 {
-    if (it->top) {
-        /* the socket took the sealed records: seal more. With nothing left to seal, the
-         * filter calls nobody, yet the connection may be waiting for its last byte to leave
-         * (a close once flushed): tell it as the filter would */
-        if (evbuffer_get_length(bufferevent_get_output(it->top)) > 0)
-            seal(it); /* the filter calls the connection's write callback (deferred) */
-        else
-            bev_written(it->top);
+    if (it->top == NULL) {
+        it->written(it->bev, it->arg);
         return;
     }
-    if (it->written)
-        it->written(it->bev, it->arg);
-    else
-        bev_written(it->bev);
+    /* TLS: the socket took the sealed records: seal more. With nothing left to seal the filter
+     * calls nobody, yet the connection may be waiting for its last byte to leave (a close once
+     * flushed): call its write callback as the filter would */
+    if (evbuffer_get_length(bufferevent_get_output(it->top)) > 0) {
+        seal(it); /* the filter calls the connection's write callback (deferred) */
+        return;
+    }
+    bufferevent_data_cb on_write;
+    void *cbarg;
+    bufferevent_getcb(it->top, NULL, &on_write, NULL, &cbarg);
+    if (on_write)
+        on_write(it->top, cbarg); /* may free the connection */
 }
 
 /* Writes |it|'s output in one writev. What the socket does not take, and errors, go back to
@@ -257,14 +249,25 @@ void mg_outq_set_prepare(mg_outq_item_t *it, mg_outq_prepare_fn prepare)
     it->prepare = prepare;
 }
 
-bool mg_outq_set_top(mg_outq_item_t *it, struct bufferevent *top)
+/* TLS records the filter seals ahead of the socket; the rest waits in its own output, which
+ * the connection's limits count */
+#define SEALED_MAX (64 * 1024)
+
+bool mg_outq_attach_filter(mg_outq_t *q, mg_outq_item_t *it, struct bufferevent *sock,
+                           struct bufferevent *filter, void *arg)
 {
-    it->top_cb = evbuffer_add_cb(bufferevent_get_output(top), on_output, it);
-    if (it->top_cb == NULL)
+    struct evbuffer_cb_entry *top_cb =
+        evbuffer_add_cb(bufferevent_get_output(filter), on_output, it);
+    if (top_cb == NULL)
         return false;
-    it->top = top;
-    if (direct(it))
-        bufferevent_disable(top, EV_WRITE);
+    if (!mg_outq_attach(q, it, sock, NULL, arg)) { /* written: see call_written */
+        evbuffer_remove_cb_entry(bufferevent_get_output(filter), top_cb);
+        return false;
+    }
+    it->top = filter;
+    it->top_cb = top_cb;
+    bufferevent_disable(filter, EV_WRITE); /* the queue seals (see seal) */
+    bufferevent_setwatermark(sock, EV_WRITE, 0, SEALED_MAX);
     return true;
 }
 
@@ -331,9 +334,10 @@ static bool top_of(const mg_outq_item_t *it, const struct bufferevent *bev)
 
 void mg_outq_enable(mg_outq_item_t *it, struct bufferevent *bev, short what)
 {
-    if ((what & EV_READ) && (reader_of(it, bev) || top_of(it, bev))) {
+    bool reader = reader_of(it, bev);
+    if ((what & EV_READ) && (reader || top_of(it, bev))) {
         event_add(it->rd, NULL);
-        if (reader_of(it, bev))
+        if (reader)
             what &= (short)~EV_READ;
     }
     if (what) /* a filter's enable also reads what its socket's input already holds */
@@ -342,9 +346,10 @@ void mg_outq_enable(mg_outq_item_t *it, struct bufferevent *bev, short what)
 
 void mg_outq_disable(mg_outq_item_t *it, struct bufferevent *bev, short what)
 {
-    if ((what & EV_READ) && (reader_of(it, bev) || top_of(it, bev))) {
+    bool reader = reader_of(it, bev);
+    if ((what & EV_READ) && (reader || top_of(it, bev))) {
         event_del(it->rd);
-        if (reader_of(it, bev))
+        if (reader)
             what &= (short)~EV_READ;
     }
     if (what)

@@ -1,6 +1,7 @@
 /*
  * common/outq.h - a socket's output written at the end of the loop turn, and its input read in
- * one readv per readable event; for TLS, under a bufferevent_openssl filter (mg_outq_set_top).
+ * one readv per readable event; for TLS, under a bufferevent_openssl filter
+ * (mg_outq_attach_filter).
  *
  * A bufferevent writes its output when epoll says the socket is writable: adding to an empty
  * output registers EPOLLOUT (epoll_ctl), the next turn writes, and the drained buffer
@@ -45,7 +46,7 @@ struct mg_outq_item {
     mg_outq_t *q;
     mg_outq_item_t *prev, *next;
     struct bufferevent *bev; /* NULL: prepare only (mg_outq_attach_prepare) */
-    struct bufferevent *top; /* a TLS filter over |bev| (mg_outq_set_top), or NULL */
+    struct bufferevent *top; /* a TLS filter over |bev| (mg_outq_attach_filter), or NULL */
     struct evbuffer_cb_entry *top_cb;
     struct evbuffer_cb_entry *cb;
     struct event *rd; /* the reader (EV_READ | EV_PERSIST on the socket); pending = reading */
@@ -61,8 +62,7 @@ mg_outq_t *mg_outq_new(struct event_base *base); /* NULL when out of memory */
 void mg_outq_free(mg_outq_t *q);
 
 /* Hands the writing and reading of |bev| (a connected socket bufferevent) to |q|; |written| is
- * called as the bufferevent's write callback would be (NULL: the bufferevent's own write
- * callback of the moment). Reading goes on if the bufferevent read
+ * called as the bufferevent's write callback would be. Reading goes on if the bufferevent read
  * (its EV_READ), now by the queue's reader, which calls the bufferevent's read and event
  * callbacks of the moment (bufferevent_setcb): a read callback after each read that added
  * bytes, the event callback with BEV_EVENT_READING | BEV_EVENT_EOF at end of stream or
@@ -73,15 +73,17 @@ bool mg_outq_attach(mg_outq_t *q, mg_outq_item_t *it, struct bufferevent *bev,
                     mg_outq_written_fn written, void *arg);
 /* With |prepare| set, mg_outq_defer may leave the producing of output to the end of the turn. */
 void mg_outq_set_prepare(mg_outq_item_t *it, mg_outq_prepare_fn prepare);
-/* TLS: |top| is a bufferevent_openssl filter over the attached |bev| (the socket), and the
- * connection reads and writes through it. The queue has the filter seal what its output
- * holds into |bev|'s at the end of the turn (see seal in outq.c), and writes that; the
- * reader reads |bev| and calls its callbacks, which are the filter's. |top|'s EV_WRITE is the
- * queue's: never enable it. Its EV_READ goes with the reader: mg_outq_enable/disable on
- * |top| start and stop the reader too (else the socket would be read into |bev|'s input
- * without bound while |top| pauses). Pass |written| NULL to mg_outq_attach. Returns false
- * when out of memory: then detach |it|, and the filter and |bev| go on by themselves. */
-bool mg_outq_set_top(mg_outq_item_t *it, struct bufferevent *top);
+/* TLS: mg_outq_attach for |sock|, the socket under |filter|, a bufferevent_openssl filter
+ * through which the connection reads and writes (|arg|: for the prepare callback). The queue
+ * has the filter seal what its output holds into |sock|'s at the end of the turn (see seal in
+ * outq.c), at most 64 KiB ahead of the socket, and writes that; the reader reads |sock| and
+ * calls its callbacks, which are the filter's. |filter|'s EV_WRITE is the queue's: never
+ * enable it. Its EV_READ goes with the reader: mg_outq_enable/disable on |filter| start and
+ * stop the reader too (else the socket would be read into |sock|'s input without bound while
+ * |filter| pauses). False when out of memory, with nothing changed: the filter and |sock| go
+ * on by themselves. */
+bool mg_outq_attach_filter(mg_outq_t *q, mg_outq_item_t *it, struct bufferevent *sock,
+                           struct bufferevent *filter, void *arg);
 /* For a connection whose bufferevent writes by itself (a TLS connection whose attach failed):
  * the queue only runs |prepare| at the end of the turn when mg_outq_defer asks; it never
  * writes. Always succeeds. */
@@ -102,7 +104,7 @@ void mg_outq_bev_written(mg_outq_item_t *it);
 
 /* bufferevent_enable/_disable/_get_enabled for a connection's bufferevent |bev| whose item is
  * |it|: EV_READ is the reader's while |it| is attached with a bufferevent (and the TLS
- * filter's as well, for its |top|), the bufferevent's otherwise (a zeroed item, attach
+ * filter's as well, for the filter), the bufferevent's otherwise (a zeroed item, attach
  * failed); EV_WRITE is always the bufferevent's. */
 void mg_outq_enable(mg_outq_item_t *it, struct bufferevent *bev, short what);
 void mg_outq_disable(mg_outq_item_t *it, struct bufferevent *bev, short what);

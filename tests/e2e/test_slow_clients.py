@@ -11,6 +11,7 @@ gateway gives the memory back to the system.
 """
 import socket
 import ssl
+import threading
 import time
 
 import h2.config
@@ -209,3 +210,43 @@ def test_idle_connection_outlives_client_write(procs, tls):
         assert c.get("/first").status == 200
         time.sleep(2.5)
         assert c.get("/second").status == 200
+
+
+def test_tls_pipelined_input_waits_in_the_socket(procs):
+    """HTTP/1.1 over TLS: while a slow request is answered, the gateway stops reading the
+    connection, so further pipelined input waits in the kernel's buffers and the client's
+    writes stall. The TLS filter pausing must stop the socket's reader too: reading on into
+    the socket's buffer would let the client push any amount into the gateway's memory."""
+    pod = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"s": [pod]}, [("digits", "production", "s")]),
+                       conf={"workers": 1}, tls=True)
+    ctx = ssl.create_default_context(cafile=procs.tls["ca"])
+    ctx.set_alpn_protocols(["http/1.1"])
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.tls_port)),
+                           server_hostname=HOST)
+    authority = gw.authority(tls=True)
+    sock.sendall(("GET /slow?ms=4000 HTTP/1.1\r\nHost: %s\r\n\r\n" % authority).encode())
+    one = ("GET /next HTTP/1.1\r\nHost: %s\r\n\r\n" % authority).encode()
+    block = one * (65536 // len(one))
+    total = 40 << 20
+    sent = [0]
+
+    def push():
+        try:
+            while sent[0] < total:
+                sock.sendall(block)
+                sent[0] += len(block)
+        except OSError:
+            pass  # closed below
+
+    t = threading.Thread(target=push, daemon=True)
+    t.start()
+    time.sleep(2.5)
+    pushed = sent[0]
+    sock.close()
+    t.join(5)
+    # what the kernel can hold on loopback: the client's send buffer (tcp_wmem, up to 4 MiB)
+    # and the gateway's receive buffer (tcp_rmem, up to 6 MiB)
+    print("client pushed %d bytes in 2.5 s while its first request was answered" % pushed)
+    assert pushed < 16 << 20, pushed
+    gw.assert_alive()
