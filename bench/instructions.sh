@@ -6,6 +6,8 @@
 #   bench/instructions.sh                      h2c and TLS, modelgate and nghttpx (~3 min)
 #   PROTOS=h2c CONTESTANTS=modelgate bench/instructions.sh
 #   MODELGATE_BIN=/path/modelgate bench/instructions.sh
+#   MODELGATE_ARGS="--access-log /dev/shm/a.log" bench/instructions.sh   more modelgate flags
+#                                              (nghttpx writes its access log to /dev/null)
 #   COUNT=client bench/instructions.sh         what h2load spends per request through each one
 #   COUNT=backend bench/instructions.sh        what the backend (nghttpd) spends per request
 #
@@ -19,6 +21,7 @@ set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 MODELGATE_BIN=${MODELGATE_BIN:-$ROOT/build/gateway/modelgate}
+MODELGATE_ARGS=${MODELGATE_ARGS:-} # split on spaces
 CONTESTANTS=${CONTESTANTS:-modelgate nghttpx}
 PROTOS=${PROTOS:-h2c tls}
 N1=${N1:-5000}
@@ -83,6 +86,8 @@ count() {
         cmd=("$MODELGATE_BIN" --listen "127.0.0.1:$H2C_PORT" --tls-listen "127.0.0.1:$TLS_PORT"
             --cert "$W/cert.pem" --key "$W/key.pem" --backend "127.0.0.1:$BE_PORT" --workers 1
             --log-level warn)
+        # shellcheck disable=SC2206 # word splitting is the point
+        cmd+=($MODELGATE_ARGS)
     else
         cmd=(nghttpx --conf="$W/nghttpx.conf")
     fi

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdatomic.h>
@@ -116,6 +117,16 @@ static void format_every_field(void **state)
     r.resp_bytes = UINT64_MAX;
     assert_true(mg_reqlog_format(&r, buf, sizeof(buf)) > 0);
     assert_non_null(strstr(buf, "\"resp_bytes\":18446744073709551615,"));
+    r.total_us = INT64_MIN;
+    r.upstream_us = INT64_MAX;
+    r.retries = UINT_MAX;
+    r.status = 0;
+    r.fallback = false;
+    assert_true(mg_reqlog_format(&r, buf, sizeof(buf)) > 0);
+    assert_non_null(strstr(buf, ",\"status\":0,"));
+    assert_non_null(strstr(buf, ",\"fallback\":false,\"retries\":4294967295,"));
+    assert_non_null(strstr(buf, ",\"upstream_us\":9223372036854775807,"));
+    assert_non_null(strstr(buf, ",\"total_us\":-9223372036854775808,"));
 }
 
 static void format_nulls_and_edges(void **state)
