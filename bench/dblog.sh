@@ -8,7 +8,8 @@
 #   QUICK=1 bench/dblog.sh            smoke run: 1 round, 3 s runs
 #   SPOOL_DIR=/var/tmp/x bench/dblog.sh   the spool on a real disk (default: the work dir in
 #                                     /dev/shm, where fsync costs nothing)
-#   PERF=1 bench/dblog.sh             then one thr run per gateway under perf record: its CPU by
+#   PERF=1 bench/dblog.sh             then one thr run (PERF_PROFILE=rate: a rate run) per
+#                                     gateway under perf record: its CPU by
 #                                     thread (worker, access-log writer, database thread), and
 #                                     mariadbd's during the db run
 #
@@ -32,8 +33,11 @@ ROUNDS=${ROUNDS:-$d_rounds}
 DURATION=${DURATION:-$d_dur}
 WARM_DURATION=${WARM_DURATION:-$d_warm}
 THR_ARGS=${THR_ARGS:--c 50 -m 10 -t 1} # thr: one h2load, 500 streams in flight (as bench/run.sh)
+# rate: the same at a fixed 50k req/s (h2load --rps per client), below what either gateway can
+# do, so both wake as often and the CPU per request compares what the request log costs
+RATE_ARGS=${RATE_ARGS:--c 50 -m 10 -t 1 --rps 1000}
 LAT_ARGS=${LAT_ARGS:-$d_lat}
-PROFILES=${PROFILES:-thr lat}
+PROFILES=${PROFILES:-thr rate lat}
 MODELGATE_BIN=${MODELGATE_BIN:-$ROOT/build/gateway/modelgate}
 MARIADBD=${MARIADBD:-$(command -v mariadbd || echo /usr/sbin/mariadbd)}
 SPOOL_DIR=${SPOOL_DIR:-}               # default: $W/spool
@@ -45,6 +49,7 @@ QUIET_PCT=${QUIET_PCT:-10}
 QUIET_MAX=${QUIET_MAX:-30}
 NOISY_PCT=${NOISY_PCT:-10}
 PERF=${PERF:-0}
+PERF_PROFILE=${PERF_PROFILE:-thr}
 # CPU layout, as bench/run.sh: thr gives the gateway (and so its log threads) a core of its
 # own, h2load, the backend and mariadbd share the other; lat runs everything on one core.
 if [ "$(nproc)" -ge 2 ] && [ "${PIN:-1}" = 1 ]; then
@@ -130,7 +135,7 @@ sanity() {
 }
 
 layout() { # the gateways on the gateway CPU, everything else (pods, mariadbd) beside h2load
-    if [ "$1" = thr ]; then
+    if [ "$1" != lat ]; then
         pin_sessions "$THR_LOADGEN" 'gw-*' "$THR_GATEWAY" "$THR_BACKEND"
     else
         pin_sessions "$LAT_LOADGEN" 'gw-*' "$LAT_GATEWAY" "$LAT_BACKEND"
@@ -143,6 +148,7 @@ layout() { # the gateways on the gateway CPU, everything else (pods, mariadbd) b
 h2run() {
     local gw=$1 prof=$2 dur=${3:-$DURATION} rc=0 args=$LAT_ARGS t0 t1 d0 d1 o0 o1 w0 w1
     [ "$prof" = thr ] && args="-D $dur $THR_ARGS"
+    [ "$prof" = rate ] && args="-D $dur $RATE_ARGS"
     rm -f "$W/h2load.tsv" # h2load appends to its --log-file
     # shellcheck disable=SC2046
     o0=$(others_ticks $(our_sids)) t0=$(sess_ticks "${SID[gw-$gw]}") d0=$(sess_ticks "${SID[mariadb]}")
@@ -176,7 +182,7 @@ h2run() {
     echo "$rps $ok $total $p50 $p99 $gcpu $dcpu $foreign $status"
 }
 
-# perf_threads GW: one thr run with `perf record -g` on that gateway and on mariadbd; prints the
+# perf_threads GW: one PERF_PROFILE run with `perf record -g` on that gateway and on mariadbd; prints the
 # gateway's self time by thread, by thread and library, by thread and symbol, then mariadbd's
 # top symbols (what the rows cost the server)
 perf_threads() {
@@ -193,7 +199,7 @@ perf_threads() {
         pids+=($!)
     done
     sleep 0.2
-    h2run "$gw" thr >/dev/null
+    h2run "$gw" "$PERF_PROFILE" >/dev/null
     wait "${pids[@]}"
     say ""
     say "## perf: gateway '$gw', self time by thread, by thread and library, by thread and symbol"
@@ -223,8 +229,8 @@ write_files
 say "# modelgate request log: access log only / access log + MariaDB, $(date -Is)"
 say "# $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), kernel $(uname -r); $(h2load --version | head -1); $("$MARIADBD" --version | cut -d' ' -f2-4)"
 say "# gateways (workers 1, $MODELGATE_BIN): log = access_log $W/log/access.log; db = the same + request_log_db (batch_rows $BATCH_ROWS, flush_ms $FLUSH_MS, spool $SPOOL_DIR)"
-say "# thr: h2load -D $DURATION $THR_ARGS | lat: h2load $LAT_ARGS | rounds: $ROUNDS"
-say "# pinning thr: h2load=[${THR_LOADGEN:-any}] gateway=[${THR_GATEWAY:-any}] backend+mariadbd=[${THR_BACKEND:-any}]; lat: all=[${LAT_GATEWAY:-any}]"
+say "# thr: h2load -D $DURATION $THR_ARGS | rate: h2load -D $DURATION $RATE_ARGS | lat: h2load $LAT_ARGS | rounds: $ROUNDS"
+say "# pinning thr and rate: h2load=[${THR_LOADGEN:-any}] gateway=[${THR_GATEWAY:-any}] backend+mariadbd=[${THR_BACKEND:-any}]; lat: all=[${LAT_GATEWAY:-any}]"
 
 start backend "$THR_BACKEND" nghttpd --no-tls -a 127.0.0.1 -d "$W/htdocs" "$BE_PORT"
 wait_port "$BE_PORT" 10 backend || die "nghttpd did not start: $(tail -5 "$W/backend.out")"
@@ -310,23 +316,29 @@ rows = read_rows(sys.argv[1])
 by = {}
 for r in rows:
     by.setdefault((r["profile"], r["gw"]), []).append(r)
-print("gw    thr req/s          min-max  p50/p99 us   gw us/req  mariadbd us/req   lat p50/p99 us  not ok")
+print("gw    thr req/s          min-max  p50/p99 us   gw us/req  mariadbd us/req  rate gw us/req   lat p50/p99 us  not ok")
 for gw in ("log", "db"):
-    t, l = by.get(("thr", gw), []), by.get(("lat", gw), [])
+    t, l, rt = by.get(("thr", gw), []), by.get(("lat", gw), []), by.get(("rate", gw), [])
     rps = [num(r["rps"]) for r in t]
-    bad = sum(r["status"] != "ok" for r in t + l)
+    bad = sum(r["status"] != "ok" for r in t + l + rt)
     print(f"{gw:<4} {f(med(rps), ',.0f'):>10} {f(min(rps, default=None), ',.0f'):>9}-{f(max(rps, default=None), ',.0f'):<8}"
           f" {f(med([num(r['p50']) for r in t]), '.0f'):>5}/{f(med([num(r['p99']) for r in t]), '.0f'):<6}"
           f" {f(med([num(r['gw_us']) for r in t]), '.2f'):>9} {f(med([num(r['db_us']) for r in t]), '.2f'):>16}"
+          f" {f(med([num(r['gw_us']) for r in rt]), '.2f'):>15}"
           f" {f(med([num(r['p50']) for r in l]), '.0f'):>8}/{f(med([num(r['p99']) for r in l]), '.0f'):<6} {bad}")
 def per_round(prof, gw, col):
     return {r["round"]: num(r[col]) for r in by.get((prof, gw), [])}
 def ratio(prof, col):
     a, b = per_round(prof, "db", col), per_round(prof, "log", col)
     return [a[k] / b[k] for k in a if a[k] and b.get(k)]
-rr, cr = ratio("thr", "rps"), ratio("thr", "gw_us")
+rr, cr, kr = ratio("thr", "rps"), ratio("thr", "gw_us"), ratio("rate", "gw_us")
 dp = [per_round("lat", "db", "p50")[k] - v for k, v in per_round("lat", "log", "p50").items()
       if v is not None and per_round("lat", "db", "p50").get(k) is not None]
 print(f"\ndb vs log: req/s {f(med(rr), '.3f')} (rounds: {' '.join(format(x, '.3f') for x in rr)}; target > 0.95),"
       f" gateway CPU/req {f(med(cr), '.3f')}, added lat p50 {f(med(dp), '.0f')} us")
+# at the same offered rate both gateways wake as often: the CPU ratio is what the request log
+# costs the gateway itself, and its inverse the throughput it keeps when MariaDB has a host of
+# its own (in thr, mariadbd shares h2load's CPU and that CPU is the limit)
+print(f"at a fixed rate: gateway CPU/req {f(med(kr), '.3f')} (rounds: {' '.join(format(x, '.3f') for x in kr)}),"
+      f" so the gateway's own capacity with the request log: {f(1 / med(kr) if kr else None, '.3f')} of without")
 PY
