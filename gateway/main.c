@@ -37,6 +37,7 @@
 #include <event2/thread.h>
 #include <openssl/ssl.h>
 
+#include "common/evmem.h"
 #include "common/h2server.h"
 #include "common/listen.h"
 #include "common/log.h"
@@ -131,6 +132,7 @@ static void on_trim(evutil_socket_t fd, short what, void *arg)
     w->started_seen = started;
     if (idle && started != w->trimmed_at) {
         w->trimmed_at = started;
+        mg_evmem_flush(); /* the chains this worker kept for its next requests */
         malloc_trim(0);
     }
 }
@@ -460,6 +462,7 @@ static unsigned long long raise_open_files_limit(void)
 
 int main(int argc, char **argv)
 {
+    mg_evmem_install(); /* before libevent allocates anything */
     mg_conf_t conf;
     mg_conf_action_t action;
     char *errors = NULL;
