@@ -23,6 +23,7 @@
 #include "backends/runtime/api.h"
 #include "backends/runtime/batch.h"
 #include "backends/runtime/slot.h"
+#include "common/evmem.h"
 #include "common/h2server.h"
 #include "common/listen.h"
 #include "common/log.h"
@@ -260,6 +261,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
 
 int main(int argc, char **argv)
 {
+    mg_evmem_install(); /* before libevent allocates anything */
     rt_opts_t o;
     int prc = parse_args(argc, argv, &o);
     if (prc != 0)
