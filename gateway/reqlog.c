@@ -58,7 +58,7 @@
     (1024u * 1024)   /* writer frees a batch buffer above this after a                             \
                         burst, so memory returns to normal */
 #define WAKE_MS 1000 /* longest writer sleep: bounds reopen latency and drop-report delay */
-#define PACE_MS 10                /* queued lines wait at most this long for more to join them */
+#define PACE_MS 10   /* queued lines wait at most this long for more to join them */
 #define PACE_BYTES (256u * 1024) /* ... or until this many bytes are queued */
 
 #define TRUNC_MARK "...[truncated]"
@@ -84,7 +84,7 @@ struct mg_reqlog {
     bool writer_idle;    /* guarded by mu: the writer sleeps on an empty queue, wake it */
     atomic_int reopen;   /* set by mg_reqlog_reopen(), consumed by the writer */
     atomic_uint_least64_t dropped; /* lines refused because the queue was full */
-    char boot_hex[16]; /* a random 64-bit number drawn at open, in hex: the first half of every id */
+    char boot_hex[16];             /* random, drawn at open, in hex: the first half of every id */
     atomic_uint_least64_t seq;     /* the second half: records written since open */
     mg_reqlog_sink_fn sink;        /* guarded by mu; taken with each batch */
     void *sink_ud;
@@ -246,9 +246,8 @@ static void put_second(out_t *o, int64_t sec)
         struct tm tm;
         if (gmtime_r(&t, &tm) == NULL)
             memset(&tm, 0, sizeof(tm)); /* year out of range: 1900-00-00, still valid JSON */
-        int n = snprintf(cached, sizeof(cached), "%04d-%02d-%02dT%02d:%02d:%02d",
-                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                         tm.tm_sec);
+        int n = snprintf(cached, sizeof(cached), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
         cached_len = n > 0 ? (size_t)n : 0;
         cached_sec = sec;
     }
