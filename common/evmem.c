@@ -36,7 +36,9 @@ static pthread_key_t exit_key;
 
 static void *ev_malloc(size_t size)
 {
-    if (size <= CHAIN_BYTES && size > CHAIN_BYTES / 2 && cache != NULL) {
+    /* exactly a chain's size: a smaller object (a bufferevent) would waste the rest of the
+     * block for as long as it lives, and idle connections hold such objects */
+    if (size == CHAIN_BYTES && cache != NULL) {
         block_t *b = cache;
         cache = b->next;
         ncached--;

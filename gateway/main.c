@@ -130,9 +130,13 @@ static void on_trim(evutil_socket_t fd, short what, void *arg)
     uint64_t started = mg_proxy_started(w->proxy);
     bool idle = started == w->started_seen && mg_proxy_inflight(w->proxy) == 0;
     w->started_seen = started;
-    if (idle && started != w->trimmed_at) {
+    if (!idle)
+        return;
+    /* chains kept for the next requests go back to malloc, also when only connections came
+     * and went (idle connections' handshakes fill the cache too) */
+    mg_evmem_flush();
+    if (started != w->trimmed_at) {
         w->trimmed_at = started;
-        mg_evmem_flush(); /* the chains this worker kept for its next requests */
         malloc_trim(0);
     }
 }
