@@ -88,6 +88,7 @@ static void on_thread_exit(void *unused)
 {
     (void)unused;
     mg_evmem_flush();
+    registered = false; /* a later destructor's frees register again, and glibc calls us again */
 }
 
 void mg_evmem_install(void)

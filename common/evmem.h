@@ -8,6 +8,10 @@
  * up to MG_EVMEM_CACHE of those blocks for its next chains. Every block is a plain malloc block,
  * so any thread may free any of them, and memory libevent hands out may still go to free().
  *
+ * A thread keeps its blocks until mg_evmem_flush() or its end: the gateway's workers flush on
+ * every idle second; other threads (the main and admin threads, the runtime's) keep up to
+ * 512 KiB each.
+ *
  * mg_evmem_install() must run before the first libevent call that allocates. In AddressSanitizer
  * builds nothing is cached, so ASan keeps seeing every block's life.
  */

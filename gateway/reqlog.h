@@ -3,9 +3,10 @@
  *
  * Workers format a record into a stack buffer and append it to an in-memory queue under a short
  * mutex; a writer thread owns the file and does all I/O, so no worker ever blocks on disk. It
- * takes the queued lines in batches at most 10 ms apart (sooner past 256 KiB), so a line is in
- * the file about 10 ms after its request ended. The queue is bounded (64 MiB): past it, lines are counted as dropped and a loud warning says how
- * many, never silently. mg_reqlog_reopen() (SIGUSR1) makes the writer reopen the path after its
+ * starts a batch at most every 10 ms (sooner past 256 KiB queued), so a line is in the file
+ * within about 10 ms of its request's end while the disk keeps up. The queue is bounded
+ * (64 MiB): past it, lines are counted as dropped and a loud warning says how many, never
+ * silently. mg_reqlog_reopen() (SIGUSR1) makes the writer reopen the path after its
  * next batch, for log rotation. mg_reqlog_close() writes everything queued, then joins.
  *
  * Every line carries "id", the record's idempotency key: 32 hex digits, a 64-bit random number
