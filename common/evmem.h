@@ -13,7 +13,7 @@
  * 512 KiB each.
  *
  * mg_evmem_install() must run before the first libevent call that allocates. In AddressSanitizer
- * builds nothing is cached, so ASan keeps seeing every block's life.
+ * builds cached blocks are poisoned, so a use of a freed chain is still reported.
  */
 #ifndef MG_COMMON_EVMEM_H
 #define MG_COMMON_EVMEM_H

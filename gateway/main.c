@@ -633,5 +633,6 @@ out:
     mg_podstate_free_all();
     mg_stats_free_all();
     mg_conf_clear(&conf);
+    mg_evmem_flush(); /* the main thread's chains (threads flush theirs as they end) */
     return rc;
 }

@@ -347,6 +347,7 @@ int main(int argc, char **argv)
         event_free(sigs[i]);
     event_free(rt.check);
     event_base_free(rt.base);
+    mg_evmem_flush(); /* the loop thread's chains */
     MG_LOG(MG_LOG_INFO, "runtime", "stopped");
     return 0;
 }
