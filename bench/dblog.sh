@@ -142,8 +142,24 @@ layout() { # the gateways on the gateway CPU, everything else (pods, mariadbd) b
     fi
 }
 
+# CPU ticks of the worker threads (mg-worker-*) of the gateway process $1: the rest of the
+# process is the access-log writer and the database thread
+worker_ticks() {
+    local t=0 d f
+    for d in /proc/"$1"/task/*; do
+        f=$(cat "$d/stat" 2>/dev/null) || continue
+        [[ $f == *"(mg-worker-"* ]] || continue
+        f=${f##*) }
+        # shellcheck disable=SC2086
+        set -- $f
+        t=$((t + ${12} + ${13}))
+    done
+    echo "$t"
+}
+
 # h2run GW PROFILE [DURATION]: one measured run; prints
-# "rps ok total p50 p99 gw_us db_us foreign_pct status". db_us: mariadbd's CPU during the run
+# "rps ok total p50 p99 gw_us wk_us db_us foreign_pct status". wk_us: the worker threads' share
+# of gw_us; db_us: mariadbd's CPU during the run
 # per request (it inserts the db gateway's rows a little later: see the README)
 h2run() {
     local gw=$1 prof=$2 dur=${3:-$DURATION} rc=0 args=$LAT_ARGS t0 t1 d0 d1 o0 o1 w0 w1
@@ -152,6 +168,7 @@ h2run() {
     rm -f "$W/h2load.tsv" # h2load appends to its --log-file
     # shellcheck disable=SC2046
     o0=$(others_ticks $(our_sids)) t0=$(sess_ticks "${SID[gw-$gw]}") d0=$(sess_ticks "${SID[mariadb]}")
+    k0=$(worker_ticks "${SID[gw-$gw]}")
     w0=$(date +%s%N)
     # shellcheck disable=SC2046,SC2086
     timeout -k 5 "$RUN_TIMEOUT" $(pin "$LOADGEN_CPUS") h2load $args -H ":authority: $HOST" \
@@ -160,8 +177,9 @@ h2run() {
     w1=$(date +%s%N)
     # shellcheck disable=SC2046
     t1=$(sess_ticks "${SID[gw-$gw]}") d1=$(sess_ticks "${SID[mariadb]}") o1=$(others_ticks $(our_sids))
+    k1=$(worker_ticks "${SID[gw-$gw]}")
     { echo "=== $gw $prof: h2load $args"; cat "$W/h2load.out"; } >>"$W/raw.txt"
-    local rps ok total non2xx p50 p99 cnt status=ok gcpu dcpu foreign
+    local rps ok total non2xx p50 p99 cnt status=ok gcpu kcpu dcpu foreign
     read -r rps ok total non2xx < <(awk '
         /^finished in/ { gsub(",", ""); rps += $4 }
         /^requests:/ { total += $2; for (i = 1; i < NF; i++) if ($(i + 1) ~ /^succeeded/) ok += $i }
@@ -172,14 +190,15 @@ h2run() {
         [ "$cnt" -ge "$ok" ] || status=bad
     kill -0 "${SID[gw-$gw]}" 2>/dev/null || status=died
     [ "$status" = bad ] && say "bench: $gw $prof: h2load exit $rc, $ok of $total ok, $non2xx non-2xx" >&2
-    gcpu=- dcpu=-
+    gcpu=- kcpu=- dcpu=-
     if [ "$ok" -gt 0 ]; then
         gcpu=$("$PY" -c "print(f'{$(((t1 - t0) * TICK_US))/$ok:.2f}')")
+        kcpu=$("$PY" -c "print(f'{$(((k1 - k0) * TICK_US))/$ok:.2f}')")
         dcpu=$("$PY" -c "print(f'{$(((d1 - d0) * TICK_US))/$ok:.2f}')")
     fi
     foreign=$(((o1 - o0) * TICK_US * 100 / ((w1 - w0) / 1000 + 1)))
     [ "$status" = ok ] && [ "$foreign" -gt "$NOISY_PCT" ] && [ $((o1 - o0)) -gt 3 ] && status=noisy
-    echo "$rps $ok $total $p50 $p99 $gcpu $dcpu $foreign $status"
+    echo "$rps $ok $total $p50 $p99 $gcpu $kcpu $dcpu $foreign $status"
 }
 
 # perf_threads GW: one PERF_PROFILE run with `perf record -g` on that gateway and on mariadbd; prints the
@@ -256,23 +275,23 @@ fi
 layout thr
 for gw in $GWS; do h2run "$gw" thr "$WARM_DURATION" >/dev/null; done
 
-printf 'round\tprofile\tgw\trps\tok\ttotal\tp50\tp99\tgw_us\tdb_us\tforeign\tstatus\n' >"$W/runs.tsv"
+printf 'round\tprofile\tgw\trps\tok\ttotal\tp50\tp99\tgw_us\twk_us\tdb_us\tforeign\tstatus\n' >"$W/runs.tsv"
 say ""
-say "round profile gw   req/s       ok/total           p50us  p99us  gw_us/req  mariadbd_us/req  others%cpu  status"
+say "round profile gw   req/s       ok/total           p50us  p99us  gw_us/req  worker_us  mariadbd_us/req  others%cpu  status"
 for r in $(seq 1 "$ROUNDS"); do
     for prof in $PROFILES; do
         layout "$prof"
         for gw in $GWS; do
             for try in 0 1 2; do
                 waited=$(wait_quiet)
-                read -r rps ok total p50 p99 gcpu dcpu foreign status < <(h2run "$gw" "$prof")
+                read -r rps ok total p50 p99 gcpu kcpu dcpu foreign status < <(h2run "$gw" "$prof")
                 if [ "$status" != noisy ] || [ "$try" -ge 2 ]; then break; fi
                 say "      $gw $prof: other processes used ${foreign}% of a CPU during the run (waited ${waited}s for quiet); retrying"
             done
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$prof" "$gw" "$rps" "$ok" "$total" \
-                "$p50" "$p99" "$gcpu" "$dcpu" "$foreign" "$status" >>"$W/runs.tsv"
-            say "$(printf '%-5s %-7s %-4s %-11s %-18s %6s %6s %10s %16s %11s  %s' "$r" "$prof" "$gw" "$rps" \
-                "$ok/$total" "$p50" "$p99" "$gcpu" "$dcpu" "$foreign" "$status")"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$prof" "$gw" "$rps" "$ok" "$total" \
+                "$p50" "$p99" "$gcpu" "$kcpu" "$dcpu" "$foreign" "$status" >>"$W/runs.tsv"
+            say "$(printf '%-5s %-7s %-4s %-11s %-18s %6s %6s %10s %10s %16s %11s  %s' "$r" "$prof" "$gw" "$rps" \
+                "$ok/$total" "$p50" "$p99" "$gcpu" "$kcpu" "$dcpu" "$foreign" "$status")"
             [ "$status" = died ] && die "gateway $gw exited during the run: $(tail -20 "$W/gw-$gw.out")"
         done
     done
@@ -332,6 +351,7 @@ def ratio(prof, col):
     a, b = per_round(prof, "db", col), per_round(prof, "log", col)
     return [a[k] / b[k] for k in a if a[k] and b.get(k)]
 rr, cr, kr = ratio("thr", "rps"), ratio("thr", "gw_us"), ratio("rate", "gw_us")
+wr = ratio("rate", "wk_us")
 dp = [per_round("lat", "db", "p50")[k] - v for k, v in per_round("lat", "log", "p50").items()
       if v is not None and per_round("lat", "db", "p50").get(k) is not None]
 print(f"\ndb vs log: req/s {f(med(rr), '.3f')} (rounds: {' '.join(format(x, '.3f') for x in rr)}; target > 0.95),"
@@ -341,4 +361,7 @@ print(f"\ndb vs log: req/s {f(med(rr), '.3f')} (rounds: {' '.join(format(x, '.3f
 # its own (in thr, mariadbd shares h2load's CPU and that CPU is the limit)
 print(f"at a fixed rate: gateway CPU/req {f(med(kr), '.3f')} (rounds: {' '.join(format(x, '.3f') for x in kr)}),"
       f" so the gateway's own capacity with the request log: {f(1 / med(kr) if kr else None, '.3f')} of without")
+# the worker threads alone: what the request log does to the request path (the rest of the
+# difference is the access-log writer and the database thread)
+print(f"at a fixed rate, worker threads only: CPU/req {f(med(wr), '.3f')} (rounds: {' '.join(format(x, '.3f') for x in wr)})")
 PY
