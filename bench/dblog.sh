@@ -145,16 +145,11 @@ layout() { # the gateways on the gateway CPU, everything else (pods, mariadbd) b
 # CPU ticks of the worker threads (mg-worker-*) of the gateway process $1: the rest of the
 # process is the access-log writer and the database thread
 worker_ticks() {
-    local t=0 d f
+    local d files=()
     for d in /proc/"$1"/task/*; do
-        f=$(cat "$d/stat" 2>/dev/null) || continue
-        [[ $f == *"(mg-worker-"* ]] || continue
-        f=${f##*) }
-        # shellcheck disable=SC2086
-        set -- $f
-        t=$((t + ${12} + ${13}))
+        [[ $(cat "$d/comm" 2>/dev/null) == mg-worker-* ]] && files+=("$d/stat")
     done
-    echo "$t"
+    stat_ticks "${files[@]}"
 }
 
 # h2run GW PROFILE [DURATION]: one measured run; prints

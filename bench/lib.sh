@@ -54,17 +54,24 @@ wait_port() { # PORT SECONDS [NAME]: gives up early when NAME's process has exit
     done
     return 1
 }
-# CPU ticks (utime + stime) of every process in session $1
-sess_ticks() {
-    local t=0 p f
-    for p in $(pgrep -s "$1"); do
-        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+# CPU ticks (utime + stime) in the /proc stat files $@ (processes or threads); those gone meanwhile
+# count nothing
+stat_ticks() {
+    local t=0 s f
+    for s in "$@"; do
+        f=$(cat "$s" 2>/dev/null) || continue
         f=${f##*) } # comm may contain spaces: cut after its closing parenthesis
         # shellcheck disable=SC2086
         set -- $f
         t=$((t + ${12} + ${13}))
     done
     echo "$t"
+}
+# CPU ticks of every process in session $1
+sess_ticks() {
+    local p files=()
+    for p in $(pgrep -s "$1"); do files+=("/proc/$p/stat"); done
+    stat_ticks "${files[@]}"
 }
 # CPU ticks used so far by every process outside our sessions ($@) and outside the kernel's own
 # threads (loopback TCP work done in ksoftirqd is caused by us). Reaped children count through

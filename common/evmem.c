@@ -54,11 +54,6 @@ static void *ev_malloc(size_t size)
     return malloc(size);
 }
 
-static void *ev_realloc(void *p, size_t size)
-{
-    return realloc(p, size);
-}
-
 static void ev_free(void *p)
 {
     /* any block as large as a chain's can serve as one: libevent asks for exactly that size */
@@ -109,5 +104,5 @@ void mg_evmem_install(void)
     }
     chain_usable = malloc_usable_size(probe);
     free(probe);
-    event_set_mem_functions(ev_malloc, ev_realloc, ev_free);
+    event_set_mem_functions(ev_malloc, realloc, ev_free); /* a cached block is malloc's */
 }

@@ -8,15 +8,14 @@
 #include <string.h>
 
 #include "canary/split.h"
+#include "common/hex.h"
 
 void mg_fval_hash(const char *text, size_t len, char out[17])
 {
     static const uint8_t key[16] = {'m', 'o', 'd', 'e', 'l', 'g', 'a', 't',
                                     'e', ':', 'f', 'e', 'a', 't', 'v', '1'};
     uint64_t h = mg_split_siphash24(key, text, len);
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < 16; i++)
-        out[i] = hex[(h >> (60 - 4 * i)) & 15];
+    mg_hex64(h, out);
     out[16] = '\0';
 }
 

@@ -28,6 +28,7 @@
 #include <event2/buffer.h>
 
 #include "canary/split.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "common/stats.h"
 #include "features/features.h"
@@ -259,13 +260,10 @@ static void make_request_id(mg_proxy_t *p, char *out, size_t cap, int64_t salt)
     x ^= x << 17;
     p->rid_state = x;
     uint64_t y = x * 0x2545F4914F6CDD1DULL ^ (uint64_t)salt;
-    static const char hex[] = "0123456789abcdef";
     if (cap < 33)
         return;
-    for (int i = 0; i < 16; i++) {
-        out[i] = hex[(x >> (60 - 4 * i)) & 15];
-        out[16 + i] = hex[(y >> (60 - 4 * i)) & 15];
-    }
+    mg_hex64(x, out);
+    mg_hex64(y, out + 16);
     out[32] = '\0';
 }
 

@@ -13,8 +13,9 @@
  * 70k requests/s on one core that was 13k batches a second, each a futex wake by the worker, two
  * context switches, and with the request log in MariaDB a spool append plus fdatasync (see
  * dblog.h), about a fifth of the gateway's CPU. A worker signals only when the writer sleeps on
- * an empty queue (writer_idle) or when the queue passes PACE_BYTES, so under load it makes no
- * syscall for logging at all. A line reaches the file at most PACE_MS after it was queued, or
+ * an empty queue (writer_idle) or when the queue passes PACE_BYTES, so under load its only
+ * logging syscalls are those and a contended mutex: 0.007 futex calls per request at 160k req/s
+ * (0.39 before pacing). A line reaches the file at most PACE_MS after it was queued, or
  * once the previous batch is written if that took longer.
  *
  * The queue is bounded (MG_REQLOG_QUEUE_MAX): when the disk cannot keep up we drop whole lines and
@@ -50,6 +51,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/hex.h"
 #include "common/log.h"
 
 #define MG_REQLOG_LINE_MAX 8192                 /* worker-side stack buffer, one record */
@@ -469,14 +471,14 @@ static void report(mg_reqlog_t *log, bool force)
     log->last_warn = now;
 }
 
-/* Sleeps on the condvar (mu held) for at most |ms|; callers re-check what they wait for. */
-static void wait_ms(mg_reqlog_t *log, long ms)
+/* CLOCK_MONOTONIC (the condvar's clock) |ms| from now. */
+static struct timespec ms_from_now(long ms)
 {
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_nsec += ms * 1000000;
-    dl.tv_sec += dl.tv_nsec / 1000000000, dl.tv_nsec %= 1000000000;
-    pthread_cond_timedwait(&log->cond, &log->mu, &dl);
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    t.tv_nsec += ms * 1000000;
+    t.tv_sec += t.tv_nsec / 1000000000, t.tv_nsec %= 1000000000;
+    return t;
 }
 
 static void *writer_main(void *arg)
@@ -484,23 +486,18 @@ static void *writer_main(void *arg)
     mg_reqlog_t *log = arg;
     pthread_mutex_lock(&log->mu);
     for (;;) {
-        if (log->queue.len == 0 && !log->stopping) {
+        if (log->queue.len == 0 && !log->stopping) { /* callers re-check after any wake */
+            struct timespec dl = ms_from_now(WAKE_MS);
             log->writer_idle = true;
-            wait_ms(log, WAKE_MS);
+            pthread_cond_timedwait(&log->cond, &log->mu, &dl);
             log->writer_idle = false;
         }
         /* pacing: batches start at most every PACE_MS, counted from the last one's start, so
          * a slow write does not add its time to the next wait; a worker wakes us early past
-         * PACE_BYTES, close too */
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (log->queue.len > 0 && log->queue.len < PACE_BYTES && !log->stopping &&
-            since(&now, &log->next_take) > 0)
+         * PACE_BYTES, close too. A deadline already past returns at once. */
+        if (log->queue.len > 0 && log->queue.len < PACE_BYTES && !log->stopping)
             pthread_cond_timedwait(&log->cond, &log->mu, &log->next_take);
-        clock_gettime(CLOCK_MONOTONIC, &log->next_take);
-        log->next_take.tv_nsec += (long)PACE_MS * 1000000;
-        log->next_take.tv_sec += log->next_take.tv_nsec / 1000000000;
-        log->next_take.tv_nsec %= 1000000000;
+        log->next_take = ms_from_now(PACE_MS);
         qbuf_t t = log->batch;
         log->batch = log->queue;
         log->queue = t;
@@ -581,9 +578,7 @@ mg_reqlog_t *mg_reqlog_open(const char *path)
         boot = ((uint64_t)now.tv_sec << 32) ^ (uint64_t)now.tv_nsec ^ ((uint64_t)getpid() << 48) ^
                (uint64_t)(uintptr_t)log;
     }
-    char boot_hex[17];
-    snprintf(boot_hex, sizeof(boot_hex), "%016" PRIx64, boot);
-    memcpy(log->boot_hex, boot_hex, sizeof(log->boot_hex));
+    mg_hex64(boot, log->boot_hex);
     clock_gettime(CLOCK_MONOTONIC, &log->last_warn);
     log->last_warn.tv_sec -= 1 + WAKE_MS / 1000; /* the first drop is reported at once */
 
@@ -643,11 +638,8 @@ void mg_reqlog_write(mg_reqlog_t *log, const mg_reqlog_rec_t *rec)
     char line[MG_REQLOG_LINE_MAX], id[33];
     mg_reqlog_rec_t r = *rec;
     if (r.id == NULL) {
-        static const char hex[] = "0123456789abcdef";
-        uint64_t seq = atomic_fetch_add(&log->seq, 1);
-        for (int i = 15; i >= 0; i--, seq >>= 4)
-            id[16 + i] = hex[seq & 15];
         memcpy(id, log->boot_hex, 16);
+        mg_hex64(atomic_fetch_add(&log->seq, 1), id + 16);
         id[32] = '\0';
         r.id = id;
     }
