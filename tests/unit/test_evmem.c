@@ -79,6 +79,39 @@ static void cache_is_bounded(void **state)
     mg_evmem_flush();
 }
 
+/* libevent's allocator as libevent calls it (exported by libevent_core, not in its headers). */
+void *event_mm_malloc_(size_t sz);
+void event_mm_free_(void *p);
+
+/* Only libevent's exact chain size is served from the cache: a smaller object (a bufferevent,
+ * ~600 bytes) would hold a whole 1 KiB block for as long as its idle connection lives. */
+static void only_chains_come_from_the_cache(void **state)
+{
+    (void)state;
+    mg_evmem_flush();
+    void *chain = event_mm_malloc_(1024);
+    assert_non_null(chain);
+    event_mm_free_(chain);
+    assert_int_equal(mg_evmem_cached(), 1);
+    void *smaller[3];
+    const size_t sizes[3] = {600, 1000, 1023};
+    for (int i = 0; i < 3; i++) {
+        smaller[i] = event_mm_malloc_(sizes[i]);
+        assert_non_null(smaller[i]);
+        assert_ptr_not_equal(smaller[i], chain);
+        assert_int_equal(mg_evmem_cached(), 1); /* still there */
+        memset(smaller[i], 0, sizes[i]);
+    }
+    void *again = event_mm_malloc_(1024);
+    assert_ptr_equal(again, chain); /* the chain's own size takes it */
+    assert_int_equal(mg_evmem_cached(), 0);
+    memset(again, 0, 1024); /* unpoisoned again under ASan */
+    event_mm_free_(again);
+    for (int i = 0; i < 3; i++)
+        event_mm_free_(smaller[i]);
+    mg_evmem_flush();
+}
+
 static void *thread_main(void *arg)
 {
     size_t *seen = arg;
@@ -108,6 +141,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(drained_chain_is_reused),
         cmocka_unit_test(cache_is_bounded),
+        cmocka_unit_test(only_chains_come_from_the_cache),
         cmocka_unit_test(caches_are_per_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
