@@ -1900,6 +1900,12 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
     leave(c);
 }
 
+/* Marks a socket bufferevent that no TLS filter has taken yet (on_accept); never called. */
+static void lower_untaken(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev, (void)what, (void)arg;
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
@@ -1939,14 +1945,22 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
          * after registering EPOLLOUT (an epoll_ctl) and before unregistering it (another) */
         SSL *ssl = SSL_new(srv->tls);
         c->lower = ssl ? bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
+        /* A filter that fails after taking the socket bufferevent (SSL_clear out of memory)
+         * frees it itself, which clears its callbacks; one that fails before leaves it to us.
+         * A marker callback tells which (refcounts cannot: the filter drops its own later). */
+        if (c->lower)
+            bufferevent_setcb(c->lower, NULL, NULL, lower_untaken, NULL);
         c->bev = c->lower ? bufferevent_openssl_filter_new(srv->base, c->lower, ssl,
                                                            BUFFEREVENT_SSL_ACCEPTING,
                                                            BEV_OPT_CLOSE_ON_FREE)
                           : NULL;
         if (c->bev) {
             bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-        } else if (c->lower) { /* the failed filter freed |ssl|; this closes |fd| */
-            bufferevent_free(c->lower);
+        } else if (c->lower) { /* the failed filter freed |ssl|; freeing this closes |fd| */
+            bufferevent_event_cb still_ours = NULL;
+            bufferevent_getcb(c->lower, NULL, NULL, &still_ours, NULL);
+            if (still_ours == lower_untaken)
+                bufferevent_free(c->lower);
             c->lower = NULL;
             fd = -1;
         } else if (ssl) {
