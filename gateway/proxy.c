@@ -459,9 +459,13 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
              e->svc->pods[e->pod].name, e->to_first_byte, e->p->conf->upstream.max_conns_per_pod);
     } else if (e->up && !e->resp_started && e->to_first_byte &&
                now >= e->t_up_start + (int64_t)e->to_first_byte * 1000) {
-        /* a pod that had the whole request and did not answer counts against it; one still
-         * waiting for a slow client's body does not */
-        attempt_done(e, e->req_ended ? OUTCOME_FAILED : OUTCOME_NEUTRAL);
+        /* a pod that had the whole request for the whole window and did not answer counts
+         * against it; one still waiting for a slow client's body does not, nor one that got
+         * the request late in the window because it waited in the gateway's queue */
+        int64_t sent = mg_up_dequeued_us(e->up);
+        bool pods_fault =
+            e->req_ended && (sent == 0 || now - sent >= (int64_t)e->to_first_byte * 1000);
+        attempt_done(e, pods_fault ? OUTCOME_FAILED : OUTCOME_NEUTRAL);
         fail(e, 504, "upstream_timeout", "pod %s sent no response within %u ms",
              e->svc->pods[e->pod].name, e->to_first_byte);
     } else if (e->to_idle && loop_us(e->p) >= e->t_activity + (int64_t)e->to_idle * 1000) {

@@ -38,6 +38,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <event2/bufferevent.h>
 
@@ -60,6 +61,7 @@ struct mg_up_stream {
     pool_t *queued;                /* the pool whose queue holds it, or NULL */
     const mg_up_req_t *req;        /* while queued: the caller's (see mg_up_start) */
     mg_up_stream_t *qnext, *qprev; /* in the pool's queue */
+    int64_t dequeued_us;           /* when it left the queue (CLOCK_MONOTONIC), 0: never queued */
     int32_t id;
     const mg_up_cbs_t *cbs;
     void *ctx;
@@ -1147,8 +1149,12 @@ static mg_err_t stream_attach(pool_t *p, mg_up_stream_t *s, const mg_up_req_t *r
                 continue;
             return MG_E_NOMEM;
         }
-        if (s->queued) /* before the flush: its callbacks may cancel |s| */
+        if (s->queued) { /* before the flush: its callbacks may cancel |s| */
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            s->dequeued_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
             queue_unlink(s);
+        }
         enter(c);
         conn_flush(c);
         leave(c);
@@ -1301,6 +1307,11 @@ void mg_up_cancel(mg_up_stream_t *s)
 bool mg_up_is_queued(const mg_up_stream_t *s)
 {
     return s->queued != NULL;
+}
+
+int64_t mg_up_dequeued_us(const mg_up_stream_t *s)
+{
+    return s->dequeued_us;
 }
 
 size_t mg_upstreams_nconns(const mg_upstreams_t *u)

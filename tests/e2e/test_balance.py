@@ -18,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from conftest import DOMAIN, HOST, free_port, routes_doc, wait_for
+from conftest import DOMAIN, HOST, error_json, free_port, routes_doc, wait_for
 
 
 def route(app="digits", env="production", **kw):
@@ -555,6 +555,37 @@ def test_slow_upload_timeout_is_not_the_pods_failure(procs):
     c = Client(gw)
     assert c.get("/").status_code == 200  # the only pod is still in rotation
     c.close()
+
+
+def test_first_byte_window_spent_queued_is_not_the_pods_failure(procs):
+    """A request that waited in the gateway's queue (max_conns_per_pod) for most of its
+    first-byte window, then timed out at the pod, does not count toward ejecting the pod: the
+    pod had it for a part of the window only. The same timeout on a request sent at once does."""
+    a = procs.backend("a")
+    aport, conf = admin_conf()
+    conf.update(workers=1, upstream={"max_conns_per_pod": 1})
+    gw = procs.gateway(doc({"s": svc(a, outlier={"consecutive_failures": 1})},
+                           [route(service="s", timeouts_ms={"first_byte": 900})]),
+                       conf=conf, tls=False)
+    with gw.h2(timeout=20) as c:
+        holder = c.start("GET", "/slow?ms=400")  # holds the pod's only connection ~0.4 s
+        wait_for(lambda: any(r[2] == "/slow?ms=400" for r in a.requests()),
+                 what="the holding request at the pod")
+        late = c.start("GET", "/slow?ms=3000&late=1")  # sent ~0.4 s into its 0.9 s window
+        assert c.wait([holder, late], 10), (holder, late)
+    assert holder.status == 200, holder
+    err = error_json(504, "upstream_timeout", late.status, late.headers, bytes(late.body))
+    assert "sent no response" in err["message"], err  # it reached the pod, then timed out
+    assert any(r[2] == "/slow?ms=3000&late=1" for r in a.requests())
+    assert metric(metrics(aport), "modelgate_pod_ejections_total", pod=a.addr) == 0
+    cl = Client(gw)
+    assert cl.get("/").status_code == 200  # still in rotation
+    # the same timeout with the whole window at the pod is the pod's failure
+    r = cl.get("/slow?ms=3000&whole=1")
+    cl.close()
+    assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+    wait_for(lambda: metric(metrics(aport), "modelgate_pod_ejections_total", pod=a.addr) == 1,
+             what="the pod ejected after a timeout of its own")
 
 
 def test_metrics_count_requests_per_route_service_and_pod(procs):
