@@ -165,6 +165,31 @@ static const bool plain[256] = {
     [0x5d ... 0x7f] = 1,
 };
 
+/* The bytes of |w| that are not plain ('"', '\\', below 0x20, 0x80 and up), flagged in their
+ * top bits. Subtraction borrows make false flags only above a true one, so the lowest flag is
+ * always a true one: its position is exact. */
+static inline uint64_t not_plain8(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ull, tops = 0x8080808080808080ull;
+    uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+    return (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w) | w) & tops;
+}
+
+/* The end of the run of plain bytes from |p|: 8 at a time, the tail byte by byte. */
+static char *plain_run(char *p, const char *end)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (uint64_t w, m; end - p >= 8; p += 8) {
+        memcpy(&w, p, sizeof(w)); /* byte i is bits 8i.. */
+        if ((m = not_plain8(w)) != 0)
+            return p + (__builtin_ctzll(m) >> 3);
+    }
+#endif
+    while (p < end && plain[(unsigned char)*p])
+        p++;
+    return p;
+}
+
 /* A string (c->p after its opening quote): unescaped in place into [v->s, v->s + v->len). */
 static bool read_string(cur_t *c, val_t *v)
 {
@@ -173,9 +198,7 @@ static bool read_string(cur_t *c, val_t *v)
     v->s = o;
     for (;;) {
         /* fast path: a run of plain ASCII, moved only once an escape has shifted the output */
-        char *run = c->p, *p = c->p; /* a local cursor: stores through |o| may alias c->p */
-        while (p < c->end && plain[(unsigned char)*p])
-            p++;
+        char *run = c->p, *p = plain_run(c->p, c->end); /* stores through |o| may alias c->p */
         c->p = p;
         size_t n = (size_t)(c->p - run);
         if (o != run)
@@ -220,7 +243,8 @@ static bool read_number(cur_t *c, val_t *v)
     } else {
         for (; c->p < c->end && *c->p >= '0' && *c->p <= '9'; c->p++) {
             unsigned d = (unsigned)(*c->p - '0');
-            if (mag > (limit - d) / 10)
+            /* 18 digits always fit; from the 19th on, check (once per digit, no division) */
+            if (mag >= 100000000000000000ull && mag > (limit - d) / 10)
                 over = true;
             else
                 mag = mag * 10 + d;
@@ -284,56 +308,84 @@ static bool read_value(cur_t *c, val_t *v)
     }
 }
 
-/* Keys in the order mg_reqlog_format writes them: the next key is tried first. */
-static const int key_order[] = {
-    K_TIME,
-    K_ID,
-    MG_DBROW_REQUEST_ID,
-    MG_DBROW_CLIENT,
-    MG_DBROW_PROTO,
-    MG_DBROW_METHOD,
-    MG_DBROW_HOST,
-    MG_DBROW_PATH,
-    MG_DBROW_APP,
-    MG_DBROW_ENV,
-    MG_DBROW_SERVICE,
-    MG_DBROW_POD,
-    MG_DBROW_FEATURES,
-    MG_DBROW_FEATURES_HASH,
-    MG_DBROW_STATUS,
-    MG_DBROW_REQ_BYTES,
-    MG_DBROW_RESP_BYTES,
-    MG_DBROW_FALLBACK,
-    MG_DBROW_RETRIES,
-    MG_DBROW_UPSTREAM_US,
-    MG_DBROW_TOTAL_US,
-    MG_DBROW_ERROR,
+/* Keys in the order mg_reqlog_format writes them, each as it appears there ("name":): the next
+ * one is tried first, as bytes, before the key is read as a JSON string. */
+typedef struct key {
+    int index;    /* MG_DBROW_*, K_ID or K_TIME */
+    char lit[17]; /* "\"name\":", 16 bytes at most, zero-padded: read as two words */
+    size_t litlen;
+} known_key_t;
+#define KEY(i, name)                                                                               \
+    {                                                                                              \
+        i, "\"" name "\":", sizeof(name) + 2                                                       \
+    }
+static const known_key_t key_order[] = {
+    KEY(K_TIME, "time"),
+    KEY(K_ID, "id"),
+    KEY(MG_DBROW_REQUEST_ID, "request_id"),
+    KEY(MG_DBROW_CLIENT, "client"),
+    KEY(MG_DBROW_PROTO, "proto"),
+    KEY(MG_DBROW_METHOD, "method"),
+    KEY(MG_DBROW_HOST, "host"),
+    KEY(MG_DBROW_PATH, "path"),
+    KEY(MG_DBROW_APP, "app"),
+    KEY(MG_DBROW_ENV, "env"),
+    KEY(MG_DBROW_SERVICE, "service"),
+    KEY(MG_DBROW_POD, "pod"),
+    KEY(MG_DBROW_FEATURES, "features"),
+    KEY(MG_DBROW_FEATURES_HASH, "features_hash"),
+    KEY(MG_DBROW_STATUS, "status"),
+    KEY(MG_DBROW_REQ_BYTES, "req_bytes"),
+    KEY(MG_DBROW_RESP_BYTES, "resp_bytes"),
+    KEY(MG_DBROW_FALLBACK, "fallback"),
+    KEY(MG_DBROW_RETRIES, "retries"),
+    KEY(MG_DBROW_UPSTREAM_US, "upstream_us"),
+    KEY(MG_DBROW_TOTAL_US, "total_us"),
+    KEY(MG_DBROW_ERROR, "error"),
 };
 #define NKEYS (int)(sizeof(key_order) / sizeof(key_order[0]))
 
-static bool key_is(int i, const char *k, size_t n)
+/* Is |k|'s literal at |c|? Two word compares where 16 bytes are left (every record has more
+ * after its keys but the last), memcmp near the end. */
+static bool literal_at(const cur_t *c, const known_key_t *k)
 {
-    static const mg_dbrow_col_t id = COL("id", MG_DBROW_STR, 0, false),
-                                time = COL("time", MG_DBROW_STR, 0, false);
-    const mg_dbrow_col_t *c = i == K_ID ? &id : i == K_TIME ? &time : &mg_dbrow_cols[i];
-    if (c->namelen != n)
-        return false;
-    for (size_t j = 0; j < n; j++) /* names are short: cheaper than a call to memcmp */
-        if (c->name[j] != k[j])
-            return false;
-    return true;
+    size_t n = k->litlen;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (c->end - c->p >= 16) {
+        uint64_t a0, a1, b0, b1;
+        memcpy(&a0, c->p, 8), memcpy(&a1, c->p + 8, 8);
+        memcpy(&b0, k->lit, 8), memcpy(&b1, k->lit + 8, 8);
+        /* the first n bytes: byte i is bits 8i.. of its word */
+        uint64_t m0 = n >= 8 ? ~0ull : (1ull << (8 * n)) - 1;
+        uint64_t m1 = n >= 16 ? ~0ull : n <= 8 ? 0 : (1ull << (8 * (n - 8))) - 1;
+        return ((a0 ^ b0) & m0) == 0 && ((a1 ^ b1) & m1) == 0;
+    }
+#endif
+    return (size_t)(c->end - c->p) >= n && memcmp(c->p, k->lit, n) == 0;
 }
 
-/* The key's index (K_OTHER when it names no column); |*next| is where in key_order to look
- * first, and moves past the key found. */
+/* The key literal at |c| is the next expected one: consumed, and its index returned; else -1
+ * and |c| is unchanged. */
+static int expected_key(cur_t *c, int *next)
+{
+    if (*next >= NKEYS)
+        return -1;
+    const known_key_t *k = &key_order[*next];
+    if (!literal_at(c, k))
+        return -1;
+    c->p += k->litlen;
+    (*next)++;
+    return k->index;
+}
+
+/* The index of the (unescaped) key |k| (K_OTHER when it names no column); |*next| moves past
+ * it in key_order. */
 static int key_index(const char *k, size_t n, int *next)
 {
-    if (*next < NKEYS && key_is(key_order[*next], k, n))
-        return key_order[(*next)++];
     for (int j = 0; j < NKEYS; j++) {
-        if (key_is(key_order[j], k, n)) {
+        if (key_order[j].litlen - 3 == n && memcmp(key_order[j].lit + 1, k, n) == 0) {
             *next = j + 1;
-            return key_order[j];
+            return key_order[j].index;
         }
     }
     return K_OTHER;
@@ -343,12 +395,17 @@ static bool parse_id(const val_t *v, uint8_t id[16])
 {
     if (v->kind != V_STR || v->len != 32)
         return false;
-    for (int i = 0; i < 32; i++)
-        if (!((v->s[i] >= '0' && v->s[i] <= '9') || (v->s[i] >= 'a' && v->s[i] <= 'f')))
-            return false; /* lower case only, as reqlog writes it */
-    for (int i = 0; i < 16; i++)
-        id[i] = (uint8_t)(hex_digit(v->s[2 * i]) << 4 | hex_digit(v->s[2 * i + 1]));
-    return true;
+    /* a digit's value + 1; 0 for any other byte (lower case only, as reqlog writes it) */
+    static const uint8_t digit1[256] = {
+        ['0'] = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ['a'] = 11, 12, 13, 14, 15, 16,
+    };
+    bool ok = true;
+    for (int i = 0; i < 16; i++) {
+        unsigned hi = digit1[(unsigned char)v->s[2 * i]], lo = digit1[(unsigned char)v->s[2 * i + 1]];
+        ok &= hi != 0 && lo != 0;
+        id[i] = (uint8_t)((hi - 1) << 4 | (lo - 1));
+    }
+    return ok;
 }
 
 /* "2023-11-14T22:13:20.123456Z", the only shape reqlog writes, becomes the DATETIME(6) text
@@ -358,9 +415,11 @@ static bool parse_time(const val_t *v, mg_dbrow_t *row)
     static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
     if (v->kind != V_STR || v->len != sizeof(shape) - 1)
         return false;
+    bool ok = true; /* no early exit: the loop has no branch to mispredict */
     for (size_t i = 0; i < sizeof(shape) - 1; i++)
-        if (shape[i] == 'd' ? (v->s[i] < '0' || v->s[i] > '9') : v->s[i] != shape[i])
-            return false;
+        ok &= shape[i] == 'd' ? (unsigned char)(v->s[i] - '0') < 10 : v->s[i] == shape[i];
+    if (!ok)
+        return false;
     v->s[10] = ' ';
     row->time = v->s;
     return true;
@@ -429,16 +488,19 @@ mg_err_t mg_dbrow_parse(char *line, size_t len, mg_dbrow_t *row)
             skip_ws(&c);
         }
         first = false;
-        if (c.p >= c.end || *c.p++ != '"' || !read_string(&c, &k))
-            return MG_E_PROTO;
-        skip_ws(&c);
-        if (c.p >= c.end || *c.p++ != ':')
-            return MG_E_PROTO;
+        int i = expected_key(&c, &next);
+        if (i < 0) { /* another order, spacing or escapes: read the key as JSON */
+            if (c.p >= c.end || *c.p++ != '"' || !read_string(&c, &k))
+                return MG_E_PROTO;
+            skip_ws(&c);
+            if (c.p >= c.end || *c.p++ != ':')
+                return MG_E_PROTO;
+            i = key_index(k.s, k.len, &next);
+        }
         skip_ws(&c);
         if (!read_value(&c, &v))
             return MG_E_PROTO;
         skip_ws(&c);
-        int i = key_index(k.s, k.len, &next);
         if (i == K_OTHER)
             continue;
         if (seen & (1u << i))

@@ -189,6 +189,52 @@ static void defaults_and_other_shapes(void **state)
     assert_val(&row, MG_DBROW_APP, "");
 }
 
+/* Keys are first matched as the bytes the access log writes ("name":), then read as JSON:
+ * near misses are other keys, an escaped key is still its column, and a column is still
+ * refused twice whichever way it was read. */
+static void keys_read_either_way(void **state)
+{
+    (void)state;
+    mg_dbrow_t row;
+    char near[] = "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000abc\","
+                  "\"requestid\":\"b\",\"request_idx\":\"c\",\"request_id\":\"a\",\"client\" :\"d\","
+                  "\"pr\\u006fto\":\"h2\",\"features_hash\":\"f\",\"features_has\":\"g\"}";
+    assert_int_equal(mg_dbrow_parse(near, strlen(near), &row), MG_OK);
+    assert_val(&row, MG_DBROW_REQUEST_ID, "a");
+    assert_val(&row, MG_DBROW_CLIENT, "d");
+    assert_val(&row, MG_DBROW_PROTO, "h2");
+    assert_val(&row, MG_DBROW_FEATURES_HASH, "f");
+    char twice[] = "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000abc\","
+                   "\"client\":\"x\",\"cli\\u0065nt\":\"y\"}";
+    assert_int_equal(mg_dbrow_parse(twice, strlen(twice), &row), MG_E_PROTO);
+}
+
+/* Strings are scanned 8 bytes at a time: an escape, a quote or a UTF-8 sequence at any offset
+ * of a word ends the plain run exactly there. */
+static void special_byte_at_every_offset(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *json, *bytes;
+    } special[] = {{"\\n", "\n"}, {"\\\"", "\""}, {"\\\\", "\\"}, {"\xc3\xa9", "\xc3\xa9"},
+                   {"\\u00e9", "\xc3\xa9"}, {"", ""}};
+    for (size_t k = 0; k < sizeof(special) / sizeof(special[0]); k++) {
+        for (int at = 0; at < 20; at++) {
+            char plain[32], line[256], want[64];
+            memset(plain, 'p', sizeof(plain));
+            snprintf(line, sizeof(line),
+                     "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":"
+                     "\"00112233445566770000000000000abc\",\"path\":\"%.*s%s%.*s\"}",
+                     at, plain, special[k].json, 19 - at, plain);
+            snprintf(want, sizeof(want), "%.*s%s%.*s", at, plain, special[k].bytes, 19 - at,
+                     plain);
+            mg_dbrow_t row;
+            assert_int_equal(mg_dbrow_parse(line, strlen(line), &row), MG_OK);
+            assert_val(&row, MG_DBROW_PATH, want);
+        }
+    }
+}
+
 static void rejects_what_is_no_record(void **state)
 {
     (void)state;
@@ -350,6 +396,8 @@ int main(void)
         cmocka_unit_test(awkward_bytes),
         cmocka_unit_test(long_fields),
         cmocka_unit_test(defaults_and_other_shapes),
+        cmocka_unit_test(keys_read_either_way),
+        cmocka_unit_test(special_byte_at_every_offset),
         cmocka_unit_test(rejects_what_is_no_record),
         cmocka_unit_test(agrees_with_jansson),
         cmocka_unit_test(previous_version_spool_replays),
