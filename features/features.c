@@ -39,6 +39,7 @@
 
 #include <event2/event_struct.h> /* struct event, embedded in each fetch (evtimer_assign) */
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "features/lru.h"
 #include "features/rloop.h"
@@ -99,13 +100,6 @@ struct mg_features {
     bool closing;
     mg_log_limit_t loglimit;
 };
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static uint32_t key_hash(const char *k, size_t n)
 {
@@ -197,7 +191,7 @@ static void wake(fetch_t *fx, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_
 static void on_fetch_timer(evutil_socket_t fd, short what, void *arg)
 {
     fetch_t *fx = arg;
-    int64_t now = now_us();
+    int64_t now = mg_mono_us();
     fx->timer_at = INT64_MAX;
     for (;;) { /* from the head again after each wake: a callback may release others */
         mg_features_ticket_t *t = fx->head;
@@ -254,7 +248,7 @@ static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val, int64_t n
 static void on_db_result(void *ud, void *tag, mg_fdb_result_t r, mg_fval_t *val)
 {
     fetch_t *fx = tag;
-    int64_t now = now_us();
+    int64_t now = mg_mono_us();
     fx->in_db = false;
     if (r == MG_FDB_HIT) {
         lru_store(fx->f, fx, val, now);
@@ -292,7 +286,7 @@ static void redis_done(fetch_t *fx)
         fetch_free(fx);
         return;
     }
-    int64_t now = now_us();
+    int64_t now = mg_mono_us();
     if (fx->redis_failed) {
         MG_FM_INC(f->m->redis_error);
         fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
@@ -696,7 +690,7 @@ static void fetch_go(fetch_t *fx)
     if (fx->f->conf->redis.on)
         redis_send(fx);
     else
-        to_db(fx, now_us());
+        to_db(fx, mg_mono_us());
 }
 
 /* ---------- Redis connection ---------- */
@@ -806,7 +800,7 @@ mg_features_t *mg_features_new(mg_fsource_t *src, struct event_base *base, unsig
     f->src = src;
     f->conf = mg_fsource_conf(src);
     f->m = mg_fsource_metrics(src, worker);
-    f->rng = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)worker << 32) ^ (uint64_t)now_us();
+    f->rng = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)worker << 32) ^ (uint64_t)mg_mono_us();
     f->lru = mg_flru_new(f->conf->local.max_entries, drop_val);
     f->sink = mg_fsink_new(src, base, on_db_result, f);
     f->rtimer = evtimer_new(base, on_rtimer, f);
@@ -852,7 +846,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
     const mg_fapp_t *a = mg_fconf_app(f->conf, app);
     if (a == NULL)
         return MG_OK;
-    t->_start_us = now_us();
+    t->_start_us = mg_mono_us();
     const mg_fconf_t *c = f->conf;
     const char *user = NULL;
     size_t ulen = 0;

@@ -28,6 +28,7 @@
 #include <event2/buffer.h>
 
 #include "canary/split.h"
+#include "common/clock.h"
 #include "common/hex.h"
 #include "common/log.h"
 #include "common/stats.h"
@@ -96,6 +97,7 @@ struct exch {
     size_t srv_unconsumed, up_unconsumed;
     uint64_t req_bytes, resp_bytes;
     int64_t t_wall, t_start, t_up_start, t_up_headers, t_activity;
+    int64_t t_fb_start; /* the first-byte window's start: the attempt's, or its leaving the queue */
     int64_t resp_cl; /* the response's content-length, -1 when not given */
     int status;
     const char *error;
@@ -105,13 +107,6 @@ struct exch {
 };
 
 static const mg_up_cbs_t up_cbs;
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 /* Time of the current loop turn (libevent's cache): cheap enough to stamp every body chunk;
  * used for the idle timeout only, which needs no finer grain. */
@@ -283,7 +278,7 @@ static void record_stats(exch_t *e, int64_t total_us)
 static void write_log(exch_t *e)
 {
     mg_proxy_t *p = e->p;
-    int64_t now = now_us();
+    int64_t now = mg_mono_us();
     record_stats(e, now - e->t_start);
     if (p->log == NULL)
         return;
@@ -428,7 +423,7 @@ static void arm_timer(exch_t *e, int64_t now)
     if (e->to_total)
         next = e->t_start + (int64_t)e->to_total * 1000;
     if (e->up && !e->resp_started && e->to_first_byte) {
-        int64_t d = e->t_up_start + (int64_t)e->to_first_byte * 1000;
+        int64_t d = e->t_fb_start + (int64_t)e->to_first_byte * 1000;
         next = d < next ? d : next;
     }
     if (e->to_idle) { /* t_activity is loop time: convert the deadline */
@@ -445,27 +440,30 @@ static void arm_timer(exch_t *e, int64_t now)
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     exch_t *e = arg;
-    int64_t now = now_us();
+    int64_t now = mg_mono_us();
     if (e->finished)
         return;
     if (e->to_total && now >= e->t_start + (int64_t)e->to_total * 1000) {
         fail(e, 504, "request_timeout", "the request took longer than %u ms", e->to_total);
     } else if (e->up && !e->resp_started && e->to_first_byte &&
-               now >= e->t_up_start + (int64_t)e->to_first_byte * 1000 && mg_up_is_queued(e->up)) {
+               now >= e->t_fb_start + (int64_t)e->to_first_byte * 1000 && mg_up_is_queued(e->up)) {
         /* it never left the gateway: not the pod's failure */
         attempt_done(e, OUTCOME_NEUTRAL);
         fail(e, 504, "upstream_timeout",
              "no connection to pod %s was free within %u ms (upstream.max_conns_per_pod %u)",
              e->svc->pods[e->pod].name, e->to_first_byte, e->p->conf->upstream.max_conns_per_pod);
     } else if (e->up && !e->resp_started && e->to_first_byte &&
-               now >= e->t_up_start + (int64_t)e->to_first_byte * 1000) {
-        /* a pod that had the whole request for the whole window and did not answer counts
-         * against it; one still waiting for a slow client's body does not, nor one that got
-         * the request late in the window because it waited in the gateway's queue */
-        int64_t sent = mg_up_dequeued_us(e->up);
-        bool pods_fault =
-            e->req_ended && (sent == 0 || now - sent >= (int64_t)e->to_first_byte * 1000);
-        attempt_done(e, pods_fault ? OUTCOME_FAILED : OUTCOME_NEUTRAL);
+               now >= e->t_fb_start + (int64_t)e->to_first_byte * 1000 &&
+               mg_up_dequeued_us(e->up) > e->t_fb_start) {
+        /* it waited in the per-pod queue (bounded by the same value, above): the pod's window
+         * starts when it got the request, so the timeout it is judged by is all its own */
+        e->t_fb_start = mg_up_dequeued_us(e->up);
+        arm_timer(e, now);
+    } else if (e->up && !e->resp_started && e->to_first_byte &&
+               now >= e->t_fb_start + (int64_t)e->to_first_byte * 1000) {
+        /* a pod that had the whole request and did not answer counts against it; one still
+         * waiting for a slow client's body does not */
+        attempt_done(e, e->req_ended ? OUTCOME_FAILED : OUTCOME_NEUTRAL);
         fail(e, 504, "upstream_timeout", "pod %s sent no response within %u ms",
              e->svc->pods[e->pod].name, e->to_first_byte);
     } else if (e->to_idle && loop_us(e->p) >= e->t_activity + (int64_t)e->to_idle * 1000) {
@@ -586,7 +584,7 @@ static void budget_count_request(exch_t *e)
 static bool attempt(exch_t *e, pick_fail_t *why)
 {
     /* one clock reading per attempt: the pick (ms, the pod states' clock) and the timers */
-    int64_t now = now_us();
+    int64_t now = mg_mono_us();
     unsigned overflowed = 0;
     for (;;) {
         int idx = pick_pod(e, why, (uint64_t)now / 1000);
@@ -597,7 +595,7 @@ static bool attempt(exch_t *e, pick_fail_t *why)
         mg_podstate_t *ps = e->svc->pods[idx].state;
         e->tried |= 1ULL << idx;
         e->pod = idx;
-        e->t_up_start = now;
+        e->t_up_start = e->t_fb_start = now;
         mg_balance_acquire(e->svc->lb, idx);
         atomic_fetch_add_explicit(&ps->waiting, 1, memory_order_relaxed);
         e->attempt_live = e->attempt_waiting = true;
@@ -775,7 +773,7 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
     if (end)
         attempt_done(e, bad ? OUTCOME_FAILED : OUTCOME_OK);
     e->resp_started = true;
-    e->t_up_headers = now_us();
+    e->t_up_headers = mg_mono_us();
     e->t_activity = loop_us(e->p);
     e->status = status;
     mg_arena_t *a = mg_srv_arena(e->s);
@@ -1042,7 +1040,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     }
     mg_srv_set_data(s, e);
     e->s = s;
-    e->t_start = now_us();
+    e->t_start = mg_mono_us();
     e->t_activity = loop_us(p);
     e->t_wall = wall_us();
     e->method = req->method;
@@ -1227,7 +1225,7 @@ static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char 
                       size_t cap)
 {
     mg_proxy_t *p = ud;
-    make_request_id(p, rid, cap, now_us());
+    make_request_id(p, rid, cap, mg_mono_us());
     if (p->log == NULL)
         return;
     mg_reqlog_rec_t rec = {

@@ -38,11 +38,11 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include <event2/bufferevent.h>
 
 #include "common/arena.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/outq.h"
 #include "common/smalloc.h"
@@ -1150,9 +1150,7 @@ static mg_err_t stream_attach(pool_t *p, mg_up_stream_t *s, const mg_up_req_t *r
             return MG_E_NOMEM;
         }
         if (s->queued) { /* before the flush: its callbacks may cancel |s| */
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            s->dequeued_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+            s->dequeued_us = mg_mono_us();
             queue_unlink(s);
         }
         enter(c);

@@ -106,7 +106,7 @@ mg_up_stream_t *mg_up_start(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_
 /* Is |s| still waiting for a connection (max_conns_per_pod)? Nothing of it was sent then. */
 bool mg_up_is_queued(const mg_up_stream_t *s);
 
-/* When |s| left the queue for a connection (CLOCK_MONOTONIC, µs), or 0 when it never waited:
+/* When |s| left the queue for a connection (mg_mono_us()), or 0 when it never waited:
  * the pod has had it since then, not since mg_up_start. */
 int64_t mg_up_dequeued_us(const mg_up_stream_t *s);
 
