@@ -39,6 +39,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/thread.h"
 #include "gateway/dbrow.h"
 #include "gateway/spool.h"
 
@@ -579,6 +580,7 @@ static double ms_since(const struct timespec *a)
 static void *db_main(void *arg)
 {
     mg_dblog_t *d = arg;
+    mg_thread_background();
     mysql_thread_init();
     mg_spool_pos_t pos = mg_spool_committed(d->spool);
     long backoff = BACKOFF_MIN_MS;

@@ -53,6 +53,7 @@
 
 #include "common/hex.h"
 #include "common/log.h"
+#include "common/thread.h"
 
 #define MG_REQLOG_LINE_MAX 8192                 /* worker-side stack buffer, one record */
 #define MG_REQLOG_QUEUE_MAX (64u * 1024 * 1024) /* queued bytes beyond which lines are dropped */
@@ -484,6 +485,7 @@ static struct timespec ms_from_now(long ms)
 static void *writer_main(void *arg)
 {
     mg_reqlog_t *log = arg;
+    mg_thread_background();
     pthread_mutex_lock(&log->mu);
     for (;;) {
         if (log->queue.len == 0 && !log->stopping) { /* callers re-check after any wake */

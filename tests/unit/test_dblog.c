@@ -20,7 +20,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gateway/dblog.h"
 #include "gateway/spool.h"
+#include "thread_policy.h"
 
 static char dir[64];
 
@@ -335,6 +337,22 @@ static void concurrent_append_and_read(void **state)
     mg_spool_close(s);
 }
 
+/* The database thread works in batches: it runs as a background thread, so its wake-ups do
+ * not preempt an event loop in the middle of its requests. MariaDB need not be up for it. */
+static void database_thread_is_a_background_thread(void **state)
+{
+    (void)state;
+    mg_dblog_conf_t c;
+    mg_dblog_conf_defaults(&c);
+    c.host = "127.0.0.1";
+    c.port = 1; /* nothing listens: the thread backs off and retries */
+    c.spool_dir = dir;
+    mg_dblog_t *d = mg_dblog_open(&c);
+    assert_non_null(d);
+    assert_int_equal(mg_test_thread_policy("mg-dblog", SCHED_BATCH), SCHED_BATCH);
+    mg_dblog_close(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -345,6 +363,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(cap_counts_lost, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(second_process_is_refused, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(concurrent_append_and_read, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(database_thread_is_a_background_thread, make_dir,
+                                        remove_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@
 
 #include "gateway/reqlog.h"
 #include "sample_rec.h"
+#include "thread_policy.h"
 
 #define MARK "...[truncated]"
 
@@ -524,6 +526,21 @@ static void reopen_failure_keeps_old_file(void **state)
     assert_int_equal(check_file(path, "b"), 10);
 }
 
+/* The writer batches (every 10 ms at most): it runs as a background thread, so its wake-ups
+ * do not preempt an event loop in the middle of its requests. */
+static void writer_is_a_background_thread(void **state)
+{
+    (void)state;
+    char path[128];
+    path_in_tmp(path, sizeof(path), "bg.log");
+    mg_reqlog_t *log = mg_reqlog_open(path);
+    assert_non_null(log);
+    write_n(log, "a", 1);
+    wait_lines(path, 1); /* the writer has run */
+    assert_int_equal(mg_test_thread_policy("mg-reqlog", SCHED_BATCH), SCHED_BATCH);
+    mg_reqlog_close(log);
+}
+
 static void open_missing_directory_fails(void **state)
 {
     (void)state;
@@ -659,6 +676,7 @@ int main(void)
         cmocka_unit_test(threads_write_every_line_once),
         cmocka_unit_test(reopen_after_rename),
         cmocka_unit_test(reopen_failure_keeps_old_file),
+        cmocka_unit_test(writer_is_a_background_thread),
         cmocka_unit_test(open_missing_directory_fails),
         cmocka_unit_test(write_error_does_not_hang),
         cmocka_unit_test(full_queue_drops_and_counts),

@@ -1,0 +1,16 @@
+/*
+ * common/thread.h - how the gateway's helper threads ask the kernel to treat them.
+ */
+#ifndef MG_COMMON_THREAD_H
+#define MG_COMMON_THREAD_H
+
+/*
+ * Makes the calling thread a background one (Linux SCHED_BATCH): it still gets its fair share
+ * of the CPU, but waking up does not preempt the thread running there. For threads that batch
+ * their work (the access log's writer, the request log's database thread), so that their
+ * wake-ups wait for an event loop to go idle instead of cutting into its requests. Best effort:
+ * a kernel that refuses leaves the thread as it was.
+ */
+void mg_thread_background(void);
+
+#endif /* MG_COMMON_THREAD_H */
