@@ -90,7 +90,7 @@ inserted() {
 
 # replay NAME BIN: sets US (the database thread's CPU per row)
 replay() {
-    local name=$1 bin=$2 pid tid ins=0 ticks pp='' rows
+    local name=$1 bin=$2 pid tid ins=0 ns pp='' rows
     sql 'DROP DATABASE IF EXISTS modelgate' >/dev/null
     rm -rf "$W/spool" && mkdir -p "$W/spool" && cp "$W/records" "$W/spool/00000000000000000001.spool"
     start gw "$GW_CPU" "$bin" --config "$W/gateway.json"
@@ -106,18 +106,21 @@ replay() {
         sleep 0.1
     done
     tid=$(grep -lx mg-dblog /proc/"$pid"/task/*/comm 2>/dev/null | head -1)
-    ticks=$(awk '{print $14 + $15}' "${tid%/comm}/stat" 2>/dev/null || echo 0)
+    [ -n "$tid" ] || die "$name: the gateway has no mg-dblog thread"
+    # nanoseconds on a CPU (schedstat), not the 10 ms ticks of stat
+    ns=$(cut -d' ' -f1 "${tid%/comm}/schedstat" 2>/dev/null)
+    [ -n "$ns" ] || die "$name: cannot read the mg-dblog thread's CPU time"
     [ -n "$pp" ] && { kill -INT "$pp"; wait "$pp"; }
     stop gw
     [ "$ins" -ge "$N" ] 2>/dev/null || die "$name: only $ins of $N records went in"
     rows=$(sql 'SELECT COUNT(*) FROM modelgate.request_log')
     [ "$rows" = "$N" ] || die "$name: $rows rows for $N records"
-    US=$("$PY" -c "print('%.3f' % ($ticks * $TICK_US / $N))")
+    US=$("$PY" -c "print('%.3f' % ($ns / 1000 / $N))")
 }
 
 need_tools mariadb mariadb-install-db "$MARIADBD" taskset setsid curl "$PY"
 say "# modelgate request log, database thread CPU per row replaying $N spooled records, $(date -u +%FT%TZ)"
-say "# $(nproc) CPUs; $(mariadbd --version 2>/dev/null | head -1); gateway CPU [$GW_CPU], mariadbd CPU [$DB_CPU]"
+say "# $(nproc) CPUs; $("$MARIADBD" --version 2>/dev/null | head -1); gateway CPU [$GW_CPU], mariadbd CPU [$DB_CPU]"
 start_mariadb
 write_spool_source
 declare -A RES=()

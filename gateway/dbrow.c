@@ -243,7 +243,7 @@ static bool read_number(cur_t *c, val_t *v)
     } else {
         for (; c->p < c->end && *c->p >= '0' && *c->p <= '9'; c->p++) {
             unsigned d = (unsigned)(*c->p - '0');
-            /* 18 digits always fit; from the 19th on, check (once per digit, no division) */
+            /* the first 18 digits cannot overflow: check (and divide) from the 19th on */
             if (mag >= 100000000000000000ull && mag > (limit - d) / 10)
                 over = true;
             else
@@ -310,14 +310,16 @@ static bool read_value(cur_t *c, val_t *v)
 
 /* Keys in the order mg_reqlog_format writes them, each as it appears there ("name":): the next
  * one is tried first, as bytes, before the key is read as a JSON string. */
-typedef struct key {
+typedef struct known_key {
     int index;    /* MG_DBROW_*, K_ID or K_TIME */
     char lit[17]; /* "\"name\":", 16 bytes at most, zero-padded: read as two words */
     size_t litlen;
 } known_key_t;
+/* names of 13 characters at most, so that "name": fits the two words (a longer one fails to
+ * compile: negative array size) */
 #define KEY(i, name)                                                                               \
     {                                                                                              \
-        i, "\"" name "\":", sizeof(name) + 2                                                       \
+        i, "\"" name "\":", sizeof(name) + 2 + 0 * sizeof(char[sizeof(name) <= 14 ? 1 : -1])       \
     }
 static const known_key_t key_order[] = {
     KEY(K_TIME, "time"),
@@ -401,7 +403,8 @@ static bool parse_id(const val_t *v, uint8_t id[16])
     };
     bool ok = true;
     for (int i = 0; i < 16; i++) {
-        unsigned hi = digit1[(unsigned char)v->s[2 * i]], lo = digit1[(unsigned char)v->s[2 * i + 1]];
+        unsigned hi = digit1[(unsigned char)v->s[2 * i]],
+                 lo = digit1[(unsigned char)v->s[2 * i + 1]];
         ok &= hi != 0 && lo != 0;
         id[i] = (uint8_t)((hi - 1) << 4 | (lo - 1));
     }

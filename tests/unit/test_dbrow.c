@@ -196,16 +196,27 @@ static void keys_read_either_way(void **state)
 {
     (void)state;
     mg_dbrow_t row;
-    char near[] = "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000abc\","
-                  "\"requestid\":\"b\",\"request_idx\":\"c\",\"request_id\":\"a\",\"client\" :\"d\","
-                  "\"pr\\u006fto\":\"h2\",\"features_hash\":\"f\",\"features_has\":\"g\"}";
+    char near[] =
+        "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000abc\","
+        "\"requestid\":\"b\",\"request_idx\":\"c\",\"request_id\":\"a\",\"client\" :\"d\","
+        "\"pr\\u006fto\":\"h2\",\"features_hash\":\"f\",\"features_has\":\"g\"}";
     assert_int_equal(mg_dbrow_parse(near, strlen(near), &row), MG_OK);
     assert_val(&row, MG_DBROW_REQUEST_ID, "a");
     assert_val(&row, MG_DBROW_CLIENT, "d");
     assert_val(&row, MG_DBROW_PROTO, "h2");
     assert_val(&row, MG_DBROW_FEATURES_HASH, "f");
-    char twice[] = "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000abc\","
-                   "\"client\":\"x\",\"cli\\u0065nt\":\"y\"}";
+    /* near misses of the widest key (16 bytes: both words compared whole) where it is next */
+    char wide[] =
+        "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000abc\","
+        "\"features\":\"hit\",\"features_hasx\":\"g\",\"features_hash \":\"h\","
+        "\"features_hash\":\"f\",\"status\":200}";
+    assert_int_equal(mg_dbrow_parse(wide, strlen(wide), &row), MG_OK);
+    assert_val(&row, MG_DBROW_FEATURES, "hit");
+    assert_val(&row, MG_DBROW_FEATURES_HASH, "f");
+    assert_num(&row, MG_DBROW_STATUS, 200);
+    char twice[] =
+        "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":\"00112233445566770000000000000abc\","
+        "\"client\":\"x\",\"cli\\u0065nt\":\"y\"}";
     assert_int_equal(mg_dbrow_parse(twice, strlen(twice), &row), MG_E_PROTO);
 }
 
@@ -216,7 +227,8 @@ static void special_byte_at_every_offset(void **state)
     (void)state;
     static const struct {
         const char *json, *bytes;
-    } special[] = {{"\\n", "\n"}, {"\\\"", "\""}, {"\\\\", "\\"}, {"\xc3\xa9", "\xc3\xa9"},
+    } special[] = {{"\\n", "\n"},           {"\\\"", "\""},
+                   {"\\\\", "\\"},          {"\xc3\xa9", "\xc3\xa9"},
                    {"\\u00e9", "\xc3\xa9"}, {"", ""}};
     for (size_t k = 0; k < sizeof(special) / sizeof(special[0]); k++) {
         for (int at = 0; at < 20; at++) {
@@ -226,11 +238,28 @@ static void special_byte_at_every_offset(void **state)
                      "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":"
                      "\"00112233445566770000000000000abc\",\"path\":\"%.*s%s%.*s\"}",
                      at, plain, special[k].json, 19 - at, plain);
-            snprintf(want, sizeof(want), "%.*s%s%.*s", at, plain, special[k].bytes, 19 - at,
-                     plain);
+            snprintf(want, sizeof(want), "%.*s%s%.*s", at, plain, special[k].bytes, 19 - at, plain);
             mg_dbrow_t row;
             assert_int_equal(mg_dbrow_parse(line, strlen(line), &row), MG_OK);
             assert_val(&row, MG_DBROW_PATH, want);
+        }
+    }
+    /* raw control characters are no JSON wherever they are; DEL is a plain byte */
+    static const struct {
+        char byte;
+        mg_err_t rc;
+    } raw[] = {{'\x01', MG_E_PROTO}, {'\x1f', MG_E_PROTO}, {'\x7f', MG_OK}};
+    for (size_t k = 0; k < sizeof(raw) / sizeof(raw[0]); k++) {
+        for (int at = 0; at < 20; at++) {
+            char value[32], line[256];
+            memset(value, 'p', 20);
+            value[at] = raw[k].byte, value[20] = '\0';
+            snprintf(line, sizeof(line),
+                     "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":"
+                     "\"00112233445566770000000000000abc\",\"path\":\"%s\"}",
+                     value);
+            mg_dbrow_t row;
+            assert_int_equal(mg_dbrow_parse(line, strlen(line), &row), raw[k].rc);
         }
     }
 }

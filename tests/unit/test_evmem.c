@@ -79,7 +79,9 @@ static void cache_is_bounded(void **state)
     mg_evmem_flush();
 }
 
-/* libevent's allocator as libevent calls it (exported by libevent_core, not in its headers). */
+/* libevent's allocator as libevent calls it: exported by Debian's libevent_core, though not in
+ * its headers; a libevent built without memory-function replacement lacks them and this test
+ * does not link, which says at once that common/evmem.c cannot work there either. */
 void *event_mm_malloc_(size_t sz);
 void event_mm_free_(void *p);
 
