@@ -32,6 +32,7 @@
 #endif
 
 #define FIRST_BYTES 8192 /* a 50-item list of short strings takes about 4 KB */
+#define MAX_ELEMENTS (1 << 20) /* per array reply (an 8 MiB element vector) */
 #define ALIGN alignof(max_align_t)
 
 typedef struct chunk {
@@ -120,6 +121,11 @@ static void *create_string(const redisReadTask *task, char *str, size_t len)
 
 static void *create_array(const redisReadTask *task, int elements)
 {
+    /* A feature lookup's replies hold a list of max_items and a hash's fields: a count beyond
+     * MAX_ELEMENTS is a broken or hostile server. Refused (hiredis then fails the connection
+     * with "Out of memory"), rather than zeroing gigabytes of element vector for it. */
+    if (elements > MAX_ELEMENTS)
+        return NULL;
     size_t n = elements > 0 ? (size_t)elements : 0;
     redisReply *r = new_reply(task, REDIS_REPLY_ARRAY, n * sizeof(redisReply *));
     if (r == NULL)

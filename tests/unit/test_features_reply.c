@@ -306,6 +306,32 @@ static void large_replies_and_partial_ones(void **state)
     mg_rreply_pool_free(p);
 }
 
+/* An array count no feature lookup can need (a broken or hostile server) fails the reader at
+ * once, before any element vector is allocated for it. */
+static void absurd_array_count_is_refused(void **state)
+{
+    (void)state;
+    mg_rreply_pool_t *p = mg_rreply_pool_new();
+    redisReader *r = redisReaderCreate();
+    mg_rreply_attach(r, p);
+    void *reply = NULL;
+    assert_int_equal(redisReaderFeed(r, "*100000000\r\n", 12), REDIS_OK);
+    assert_int_equal(redisReaderGetReply(r, &reply), REDIS_ERR);
+    assert_null(reply);
+    assert_null(p->extra); /* nothing was allocated for it */
+    redisReaderFree(r);
+    /* the largest count allowed still builds */
+    r = redisReaderCreate();
+    mg_rreply_attach(r, p);
+    char head[32];
+    int n = snprintf(head, sizeof(head), "*%d\r\n", MAX_ELEMENTS);
+    assert_int_equal(redisReaderFeed(r, head, (size_t)n), REDIS_OK);
+    assert_int_equal(redisReaderGetReply(r, &reply), REDIS_OK);
+    assert_null(reply); /* waiting for its elements */
+    redisReaderFree(r);
+    mg_rreply_pool_free(p);
+}
+
 static const char *APP = "{\"redis\": {}, \"apps\": {\"digits\": {\"groups\": ["
                          "{\"name\": \"recent\", \"type\": \"list\", \"max_items\": 50},"
                          "{\"name\": \"profile\", \"type\": \"hash\"},"
@@ -389,6 +415,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(trees_match_hiredis),
         cmocka_unit_test(large_replies_and_partial_ones),
+        cmocka_unit_test(absurd_array_count_is_refused),
         cmocka_unit_test(snapshots_match_jansson),
         cmocka_unit_test(resp_without_printf),
     };
