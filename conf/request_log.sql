@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS request_log (
   error VARCHAR(255) NULL,
   fallback BOOLEAN NOT NULL,           -- sent to another service of the split: its own was down
   retries INT UNSIGNED NOT NULL,
-  features VARCHAR(16) NULL,           -- hit, miss, timeout, unavailable; NULL = no features
+  features VARCHAR(16) NULL,           -- hit, miss, timeout, unavailable, none, too_large; NULL = the route has no features
   features_hash VARCHAR(64) NULL,
   -- time first: rows arrive in time order, so inserts append to the clustered index
   PRIMARY KEY (time, id),
