@@ -15,14 +15,7 @@
 #include <string.h>
 
 #include "gateway/dbrow.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);          \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 static size_t utf8_chars(const char *s, size_t n)
 {

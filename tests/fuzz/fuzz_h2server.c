@@ -32,17 +32,10 @@
  *       tests/fuzz/corpus_h2server/h1 tests/fuzz/corpus_h2server/h2
  */
 #include "common/h2server.c"
+#include "check.h"
 
 #include <fcntl.h>
 #include <signal.h>
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);          \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 #define F_CHUNK 0x07
 #define F_SHUTDOWN 0x08

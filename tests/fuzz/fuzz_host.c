@@ -14,14 +14,7 @@
 
 #include "routing/host.h"
 #include "routing/routes.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);          \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 static const char *const envs[] = {"development", "staging", "sandbox",
                                    "production",  "eu-prod", "prod"};

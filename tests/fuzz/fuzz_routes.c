@@ -14,14 +14,7 @@
 #include "common/stats.h"
 #include "routing/podstate.h"
 #include "routing/routes.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);          \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 static void check_accepted(mg_routes_t *r)
 {

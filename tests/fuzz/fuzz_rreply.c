@@ -18,14 +18,7 @@
 #include <hiredis/read.h>
 
 #include "features/rreply.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);          \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 /* RESP2: the reply types of Debian 12's hiredis (0.14) */
 static void same_reply(const redisReply *a, const redisReply *b)
