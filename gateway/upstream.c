@@ -217,6 +217,13 @@ static void fail_stream(mg_up_stream_t *s, mg_up_fail_t why, bool sent)
     s->cbs->on_error(s->ctx, why, sent);
 }
 
+/* RFC 9110 15: a status code is three digits, 100 to 599; anything else cannot be passed on
+ * (llhttp takes "HTTP/1.1 20 OK" as 20, and nghttp2 any three digits). */
+static bool valid_status(int64_t st)
+{
+    return st >= 100 && st <= 599;
+}
+
 /* |end|: the head ends the response (HTTP/2 trailers-only, as gRPC errors are sent). */
 static void deliver_headers(mg_up_stream_t *s, bool end)
 {
@@ -403,7 +410,11 @@ static int h2_on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_r
     }
     if (n.len == 7 && memcmp(n.base, ":status", 7) == 0) {
         int64_t st = mg_parse_decimal((const char *)v.base, v.len); /* nghttp2: 3 digits */
-        s->status = st < 0 || st > 999 ? 0 : (int)st;
+        if (!valid_status(st)) {
+            fail_stream(s, MG_UP_PROTO, true); /* then reset: nothing of it is passed on */
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        s->status = (int)st;
         s->nhdrs = 0; /* a final response after 1xx starts afresh */
         return 0;
     }
@@ -683,11 +694,17 @@ static int h1_on_headers_complete(llhttp_t *p)
     mg_up_stream_t *s = h1_cur(c);
     if (s == NULL)
         return -1;
+    if (!valid_status(p->status_code)) {
+        llhttp_set_error_reason(p, "invalid status code");
+        return -1; /* h1_recv closes the connection: the pod broke the protocol */
+    }
     s->status = p->status_code;
     if (s->status >= 100 && s->status < 200) {
         s->skip_1xx = true; /* interim response: dropped */
         s->nhdrs = 0;
-        return 0;
+        /* it has no content (RFC 9110 15.2), whatever framing fields it carries: the final
+         * response starts right after its head (llhttp would read a body for it) */
+        return 1;
     }
     deliver_headers(s, false);
     return s->head || s->status == 204 || s->status == 304 ? 1 : 0;

@@ -167,6 +167,95 @@ def test_upstream_reset_502(procs, proto):
     assert_serving(gw)
 
 
+class RawPod:
+    """A pod that answers with a status line (HTTP/1.1: one per connection, the gateway closes
+    it after a protocol error) or a HEADERS frame carrying |status| on every stream a request
+    opens (h2c, after its SETTINGS; HPACK without Huffman), whatever the request."""
+
+    def __init__(self, proto, status, http1_answer=None):
+        self.proto, self.status = proto, status
+        self.http1_answer = http1_answer or ("HTTP/1.1 %s OK\r\ncontent-length: 2\r\n\r\nok"
+                                             % status).encode()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.talk, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def frame(ftype, flags, sid, payload):
+        return (struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
+                struct.pack(">I", sid) + payload)
+
+    def talk(self, conn):
+        from hpack import Encoder
+        with conn:
+            conn.settimeout(10)
+            got, off, first = b"", len(PREFACE), True
+            try:
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    got += chunk
+                    if self.proto == "http1":
+                        conn.sendall(self.http1_answer)
+                        continue
+                    while len(got) >= off + 9:  # every complete frame: answer each HEADERS
+                        length = int.from_bytes(got[off:off + 3], "big")
+                        if len(got) < off + 9 + length:
+                            break
+                        ftype, sid = got[off + 3], int.from_bytes(got[off + 5:off + 9], "big")
+                        off += 9 + length
+                        if ftype != 1:
+                            continue
+                        out = self.frame(4, 0, 0, b"") + self.frame(4, 1, 0, b"") if first else b""
+                        first = False
+                        block = Encoder().encode([(":status", str(self.status))], huffman=False)
+                        conn.sendall(out + self.frame(1, 4 | 1, sid & 0x7FFFFFFF, block))
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("proto,status", [("http1", "20"), ("http1", "600"), ("h2c", "700")])
+def test_pod_with_invalid_status_502(procs, proto, status):
+    """A status code outside 100-599 (RFC 9110 15) cannot be passed on: the client gets 502
+    upstream_protocol_error instead of a malformed response, and the gateway goes on."""
+    pod = RawPod(proto, status)
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], proto)},
+                                  [("digits", "production", "svc")]), conf={"workers": 1})
+    with gw.h2() as c:
+        r = c.get("/bad-status")
+        error_json(502, "upstream_protocol_error", r.status, r.headers, bytes(r.body))
+    r = h1(gw, "GET", "/bad-status")
+    error_json(502, "upstream_protocol_error", r.status, r.headers, r.body)
+    gw.assert_alive()
+    pod.sock.close()
+
+
+def test_interim_response_with_framing_fields_has_no_body(procs):
+    """An HTTP/1.1 pod whose 100 Continue carries a content-length (RFC 9110 15.2: a 1xx has
+    no content whatever its fields say): the final response follows its head at once and is
+    passed on whole; before, its first bytes were read as the 100's body."""
+    pod = RawPod("http1", 200, b"HTTP/1.1 100 Continue\r\ncontent-length: 5\r\n\r\n"
+                               b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], "http1")},
+                                  [("digits", "production", "svc")]), conf={"workers": 1})
+    with gw.h2() as c:
+        r = c.get("/interim")
+        assert r.status == 200 and bytes(r.body) == b"ok", (r, bytes(r.body))
+    gw.assert_alive()
+    pod.sock.close()
+
+
 def refusing_stack(procs, mode, route_opts=None, retry=None):
     """A round-robin service of a pod that refuses every request unprocessed (backend.py
     --refuse MODE, after the whole body arrived) and a normal pod; one worker, so round robin
