@@ -443,6 +443,15 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     int64_t now = mg_mono_us();
     if (e->finished)
         return;
+    int64_t sent = e->up && !e->resp_started ? mg_up_dequeued_us(e->up) : 0;
+    if (sent > e->t_fb_start) {
+        /* it left the per-pod queue since the timer was armed: the pod's first-byte window and
+         * the idle clock start when the pod got the request (the wait itself is bounded by
+         * first_byte, below, and is the gateway's, not the pod's) */
+        int64_t sent_loop = loop_us(e->p) - (now - sent); /* t_activity is loop time */
+        e->t_fb_start = sent;
+        e->t_activity = sent_loop > e->t_activity ? sent_loop : e->t_activity;
+    }
     if (e->to_total && now >= e->t_start + (int64_t)e->to_total * 1000) {
         fail(e, 504, "request_timeout", "the request took longer than %u ms", e->to_total);
     } else if (e->up && !e->resp_started && e->to_first_byte &&
@@ -452,13 +461,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         fail(e, 504, "upstream_timeout",
              "no connection to pod %s was free within %u ms (upstream.max_conns_per_pod %u)",
              e->svc->pods[e->pod].name, e->to_first_byte, e->p->conf->upstream.max_conns_per_pod);
-    } else if (e->up && !e->resp_started && e->to_first_byte &&
-               now >= e->t_fb_start + (int64_t)e->to_first_byte * 1000 &&
-               mg_up_dequeued_us(e->up) > e->t_fb_start) {
-        /* it waited in the per-pod queue (bounded by the same value, above): the pod's window
-         * starts when it got the request, so the timeout it is judged by is all its own */
-        e->t_fb_start = mg_up_dequeued_us(e->up);
-        arm_timer(e, now);
     } else if (e->up && !e->resp_started && e->to_first_byte &&
                now >= e->t_fb_start + (int64_t)e->to_first_byte * 1000) {
         /* a pod that had the whole request and did not answer counts against it; one still

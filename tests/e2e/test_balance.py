@@ -559,28 +559,29 @@ def test_slow_upload_timeout_is_not_the_pods_failure(procs):
 
 def test_queued_request_gets_its_whole_first_byte_window_at_the_pod(procs):
     """A request that waited in the gateway's queue for the pod's only connection
-    (max_conns_per_pod) gets the whole first-byte window from when the pod got it: the time it
-    queued is not charged to the pod, so an answer the pod gives within the window arrives and
-    nothing counts against the pod."""
+    (max_conns_per_pod) gets the whole first-byte window, and a fresh idle clock, from when
+    the pod got it: the time it queued is not charged to the pod, so an answer the pod gives
+    within the window arrives and nothing counts against the pod."""
     a = procs.backend("a")
     aport, conf = admin_conf()
     conf.update(workers=1, upstream={"max_conns_per_pod": 1})
     gw = procs.gateway(doc({"s": svc(a, outlier={"consecutive_failures": 1})},
-                           [route(service="s", timeouts_ms={"first_byte": 900})]),
+                           [route(service="s", timeouts_ms={"first_byte": 1500, "idle": 2000})]),
                        conf=conf, tls=False)
     with gw.h2(timeout=20) as c:
-        holder = c.start("GET", "/slow?ms=500")  # holds the connection ~0.5 s
-        wait_for(lambda: any(r[2] == "/slow?ms=500" for r in a.requests()),
+        holder = c.start("GET", "/slow?ms=1000")  # holds the connection ~1 s
+        wait_for(lambda: any(r[2] == "/slow?ms=1000" for r in a.requests()),
                  what="the holding request at the pod")
         t0 = time.monotonic()
-        late = c.start("GET", "/slow?ms=700&late=1")  # at the pod ~0.5 s after its start
+        late = c.start("GET", "/slow?ms=1100&late=1")  # at the pod ~1 s after its start
         assert c.wait([holder, late], 10), (holder, late)
         took = time.monotonic() - t0
     assert holder.status == 200, holder
-    # ~1.2 s after it started, past 900 ms, but 0.7 s after the pod got it
+    # ~2.1 s after it started: past 1.5 s of first byte and 2 s of idle counted from its start,
+    # but 1.1 s after the pod got it
     assert late.status == 200, (late, bytes(late.body))
     print("the queued request answered after %.2fs" % took)
-    assert took > 0.9
+    assert took > 1.5
     assert metric(metrics(aport), "modelgate_pod_ejections_total", pod=a.addr) == 0
 
 
@@ -595,15 +596,15 @@ def test_hung_pod_behind_its_queue_is_ejected(procs):
     conf.update(workers=1, upstream={"max_conns_per_pod": 1})
     gw = procs.gateway(doc({"s": svc(a, outlier={"consecutive_failures": 2,
                                                   "base_ejection_ms": 60000})},
-                           [route(service="s", timeouts_ms={"first_byte": 300})]),
+                           [route(service="s", timeouts_ms={"first_byte": 600})]),
                        conf=conf, tls=False)
     with gw.h2(timeout=20) as c:
         first = c.start("GET", "/slow?ms=5000&i=0")
         wait_for(lambda: any(r[2] == "/slow?ms=5000&i=0" for r in a.requests()),
                  what="the first request at the pod")
-        time.sleep(0.1)
-        # the pod gets the first of these at ~300 ms, when the first request times out; the
-        # second waits for it, and times out in the queue at ~400 ms
+        time.sleep(0.3)
+        # the pod gets the first of these at ~600 ms, when the first request times out; the
+        # second waits for it, and times out in the queue at ~900 ms
         streams = [first] + [c.start("GET", "/slow?ms=5000&i=%d" % i) for i in (1, 2)]
         assert c.wait(streams, 10), streams
     msgs = []
@@ -612,7 +613,7 @@ def test_hung_pod_behind_its_queue_is_ejected(procs):
         msgs.append(err["message"])
     print(msgs)
     assert sum("sent no response" in m for m in msgs) == 2, msgs  # the two the pod got
-    assert sum("no connection" in m for m in msgs) == 1, msgs     # the one that waited 300 ms
+    assert sum("no connection" in m for m in msgs) == 1, msgs     # the one that waited 600 ms
     wait_for(lambda: metric(metrics(aport), "modelgate_pod_ejections_total", pod=a.addr) == 1,
              what="the hung pod ejected")
 
