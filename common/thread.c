@@ -5,11 +5,27 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <string.h>
 
-void mg_thread_background(void)
+#include "common/log.h"
+
+bool mg_thread_background(void)
 {
 #ifdef SCHED_BATCH
-    struct sched_param sp = {.sched_priority = 0};
-    pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+    int policy;
+    struct sched_param sp;
+    /* a process run under a real-time policy keeps it: batch would rank these threads below
+     * its workers, which could starve them */
+    if (pthread_getschedparam(pthread_self(), &policy, &sp) != 0 || policy != SCHED_OTHER)
+        return false;
+    sp.sched_priority = 0;
+    int rc = pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+    if (rc == 0)
+        return true;
+    MG_LOG(MG_LOG_INFO, "thread",
+           "cannot make a log thread a background one (SCHED_BATCH): %s; it stays a normal "
+           "thread (a seccomp filter without sched_setscheduler?)",
+           strerror(rc));
 #endif
+    return false;
 }

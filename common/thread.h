@@ -4,13 +4,16 @@
 #ifndef MG_COMMON_THREAD_H
 #define MG_COMMON_THREAD_H
 
+#include <stdbool.h>
+
 /*
  * Makes the calling thread a background one (Linux SCHED_BATCH): it still gets its fair share
  * of the CPU, but waking up does not preempt the thread running there. For threads that batch
  * their work (the access log's writer, the request log's database thread), so that their
  * wake-ups wait for an event loop to go idle instead of cutting into its requests. Best effort:
- * a kernel that refuses leaves the thread as it was.
+ * a thread under a real-time policy is left as it is, and a refusal (a seccomp filter) is
+ * logged at info and leaves the thread as it was. True when the thread is now SCHED_BATCH.
  */
-void mg_thread_background(void);
+bool mg_thread_background(void);
 
 #endif /* MG_COMMON_THREAD_H */

@@ -6,6 +6,8 @@
 #define MG_TESTS_THREAD_POLICY_H
 
 #include <dirent.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +40,25 @@ static inline int mg_test_thread_policy(const char *name, int want)
         closedir(d);
     }
     return policy;
+}
+
+/* Can this process put a thread under SCHED_BATCH? (A seccomp filter may refuse it; the
+ * tests then skip rather than fail.) */
+static inline void *mg_test_batch_probe(void *ok)
+{
+    struct sched_param sp = {.sched_priority = 0};
+    *(bool *)ok = pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp) == 0;
+    return NULL;
+}
+
+static inline bool mg_test_batch_allowed(void)
+{
+    bool ok = false;
+    pthread_t t;
+    if (pthread_create(&t, NULL, mg_test_batch_probe, &ok) != 0)
+        return false;
+    pthread_join(t, NULL);
+    return ok;
 }
 
 #endif
