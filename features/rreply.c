@@ -12,6 +12,7 @@
 
 #include <assert.h>
 #include <stdalign.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,7 @@ typedef struct chunk {
 struct mg_rreply_pool {
     chunk_t *extra; /* newest first */
     size_t used;    /* used <= FIRST_BYTES */
+    bool nested_ok; /* tests that compare trees with hiredis's: build nested arrays too */
     alignas(max_align_t) char first[FIRST_BYTES];
 };
 
@@ -122,10 +124,14 @@ static void *create_string(const redisReadTask *task, char *str, size_t len)
 static void *create_array(const redisReadTask *task, int elements)
 {
     /* A feature lookup's replies hold a list of max_items and a hash's fields: a count beyond
-     * MAX_ELEMENTS is a broken or hostile server. Refused (hiredis then fails the connection
-     * with "Out of memory"), rather than zeroing gigabytes of element vector for it. */
+     * MAX_ELEMENTS, or an array inside an array, is a broken or hostile server. Refused
+     * (hiredis then fails the connection with "Out of memory"), rather than zeroing gigabytes
+     * of element vectors for it (8 levels of 2^20 would be 2^23 vectors). */
     if (elements > MAX_ELEMENTS)
         return NULL;
+    const mg_rreply_pool_t *p = task->privdata;
+    if (task->parent != NULL && !p->nested_ok)
+        return NULL; /* GET, HGETALL and LRANGE replies are flat: nesting is a broken server */
     size_t n = elements > 0 ? (size_t)elements : 0;
     redisReply *r = new_reply(task, REDIS_REPLY_ARRAY, n * sizeof(redisReply *));
     if (r == NULL)
@@ -170,6 +176,7 @@ mg_rreply_pool_t *mg_rreply_pool_new(void)
     if (p) {
         p->extra = NULL;
         p->used = 0;
+        p->nested_ok = false;
     }
     return p;
 }
