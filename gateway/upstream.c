@@ -733,7 +733,7 @@ static int h1_on_message_complete(llhttp_t *p)
         return -1;
     if (s->skip_1xx) {
         s->skip_1xx = false;
-        return 0;
+        return HPE_PAUSED; /* h1_recv resets the parser: the final response starts afresh */
     }
     bool reusable = llhttp_should_keep_alive(p) && s->body_ended &&
                     evbuffer_get_length(s->body) == 0;
@@ -770,9 +770,13 @@ static void h1_recv(up_conn_t *c)
             evbuffer_drain(in, v.iov_len);
             continue;
         }
-        if (err == HPE_PAUSED) {
+        if (err == HPE_PAUSED) { /* a message ended (h1_on_message_complete) */
             evbuffer_drain(in, (size_t)(llhttp_get_error_pos(&c->parser) - (char *)v.iov_base));
-            llhttp_resume(&c->parser);
+            /* the next one starts from a clean state: after a 1xx that said "Connection: close"
+             * (or came as HTTP/1.0), resuming would leave llhttp in its closed state, which
+             * swallows the final response; after a final response on a kept connection the
+             * two are the same */
+            llhttp_reset(&c->parser);
             continue;
         }
         MG_LOG(MG_LOG_WARN, "upstream", "pod %s: bad HTTP/1.1 response: %s", c->pool->key,

@@ -241,12 +241,16 @@ def test_pod_with_invalid_status_502(procs, proto, status):
     pod.sock.close()
 
 
-def test_interim_response_with_framing_fields_has_no_body(procs):
-    """An HTTP/1.1 pod whose 100 Continue carries a content-length (RFC 9110 15.2: a 1xx has
-    no content whatever its fields say): the final response follows its head at once and is
-    passed on whole; before, its first bytes were read as the 100's body."""
-    pod = RawPod("http1", 200, b"HTTP/1.1 100 Continue\r\ncontent-length: 5\r\n\r\n"
-                               b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.1 100 Continue\r\ncontent-length: 5\r\n\r\n",
+    b"HTTP/1.0 100 Continue\r\nconnection: close\r\n\r\n",
+], ids=["content-length", "connection-close"])
+def test_interim_response_with_framing_fields_has_no_body(procs, interim):
+    """An HTTP/1.1 pod whose 100 Continue carries a content-length or says the connection
+    closes (RFC 9110 15.2: a 1xx has no content, and the final response follows): the final
+    response is passed on whole. Before, its first bytes were read as the 100's body, or the
+    parser, left in its closed state, swallowed it."""
+    pod = RawPod("http1", 200, interim + b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
     gw = procs.gateway(routes_doc({"svc": ([pod.addr], "http1")},
                                   [("digits", "production", "svc")]), conf={"workers": 1})
     with gw.h2() as c:
