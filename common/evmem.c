@@ -3,6 +3,8 @@
  */
 #include "common/evmem.h"
 
+#include "common/asan.h"
+
 #include <event2/event.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -12,14 +14,7 @@
 /* Under AddressSanitizer the cache stays on, so the sanitized tests run it, and a cached block
  * is poisoned (all but its link) until it is handed out again: a use after libevent freed a
  * chain is reported as it would be without the cache. */
-#if defined(__SANITIZE_ADDRESS__)
-#define EVMEM_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EVMEM_ASAN 1
-#endif
-#endif
-#ifdef EVMEM_ASAN
+#if MG_ASAN
 #include <sanitizer/asan_interface.h>
 #define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
 #define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))

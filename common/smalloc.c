@@ -7,17 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/asan.h"
+
 #if defined(MG_SMALLOC_FORCE_CACHE) /* its unit test exercises the cache under ASan too */
 #define SMALLOC_PASSTHROUGH 0
-#elif defined(__SANITIZE_ADDRESS__)
-#define SMALLOC_PASSTHROUGH 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SMALLOC_PASSTHROUGH 1
-#endif
-#endif
-#ifndef SMALLOC_PASSTHROUGH
-#define SMALLOC_PASSTHROUGH 0
+#else
+#define SMALLOC_PASSTHROUGH MG_ASAN
 #endif
 
 #define HDR 16                         /* keeps blocks 16-byte aligned, like malloc's */

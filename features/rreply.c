@@ -19,17 +19,12 @@
 
 #include <hiredis/hiredis.h>
 
+#include "common/asan.h"
+
 #if defined(MG_RREPLY_FORCE_POOL)
 #define PASSTHROUGH 0
-#elif defined(__SANITIZE_ADDRESS__)
-#define PASSTHROUGH 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PASSTHROUGH 1
-#endif
-#endif
-#ifndef PASSTHROUGH
-#define PASSTHROUGH 0
+#else
+#define PASSTHROUGH MG_ASAN
 #endif
 
 #define FIRST_BYTES 8192 /* a 50-item list of short strings takes about 4 KB */

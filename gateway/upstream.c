@@ -42,6 +42,7 @@
 #include <event2/bufferevent.h>
 
 #include "common/arena.h"
+#include "common/asan.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/outq.h"
@@ -52,6 +53,9 @@
 #define OUT_LOW (16 * 1024)
 #define NBUCKETS 64
 #define STREAM_MEMORY (256 * 1024)
+/* released streams kept for the next requests (none under ASan, so that it sees a use of a
+ * released stream) */
+#define STREAM_CACHE 256
 
 typedef struct pool pool_t;
 typedef struct up_conn up_conn_t;
@@ -180,7 +184,7 @@ static mg_up_stream_t *stream_alloc(mg_upstreams_t *u)
 static void stream_release(mg_upstreams_t *u, mg_up_stream_t *s)
 {
     mg_arena_clear(&s->arena);
-    if (u->nfree < 256) {
+    if (!MG_ASAN && u->nfree < STREAM_CACHE) {
         s->next = u->free_streams;
         u->free_streams = s;
         u->nfree++;

@@ -1,0 +1,20 @@
+/*
+ * common/asan.h - MG_ASAN: 1 in AddressSanitizer builds (GCC's and clang's), else 0. The caches
+ * of freed blocks (smalloc, evmem, the upstream streams, the Redis reply pool) consult it, so
+ * that ASan keeps seeing each block's life.
+ */
+#ifndef MG_COMMON_ASAN_H
+#define MG_COMMON_ASAN_H
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MG_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MG_ASAN 1
+#endif
+#endif
+#ifndef MG_ASAN
+#define MG_ASAN 0
+#endif
+
+#endif /* MG_COMMON_ASAN_H */
