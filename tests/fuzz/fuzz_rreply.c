@@ -17,8 +17,8 @@
 #include <hiredis/hiredis.h>
 #include <hiredis/read.h>
 
-#include "features/rreply.c" /* for nested_ok: the trees compared may nest */
 #include "check.h"
+#include "features/rreply.c" /* for nested_ok: the trees compared may nest */
 
 /* RESP2: the reply types of Debian 12's hiredis (0.14) */
 static void same_reply(const redisReply *a, const redisReply *b)

@@ -20,12 +20,14 @@
  *   bits 1-3  chunk size: all at once, 1, 2, 5, 13, 64, 512 or 4096 bytes
  *   bit 4     POST with a body (else GET)
  *   bit 5     the pod stays open after its input (the exchange is cancelled), else it closes
+ *   bit 6     the caller cancels from inside on_headers (as the proxy does when its client left)
+ *   bit 7     the caller cancels from inside on_data
  *
  * One listening socket on 127.0.0.1 (an ephemeral port) serves every input.
  *   build-fuzz/tests/fuzz/fuzz_upstream <scratch dir> tests/fuzz/corpus_upstream
  */
-#include "gateway/upstream.c"
 #include "check.h"
+#include "gateway/upstream.c"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -36,6 +38,8 @@
 #define F_CHUNK 0x0e
 #define F_POST 0x10
 #define F_STAY_OPEN 0x20
+#define F_CANCEL_IN_HEAD 0x40
+#define F_CANCEL_IN_DATA 0x80
 
 #define MAX_PASSES 200 /* loop passes per step: ends a livelock, should one exist */
 
@@ -44,6 +48,7 @@ static mg_pod_t pod;
 
 typedef struct exchange {
     mg_up_stream_t *s;
+    uint8_t flags;
     bool headers, over;
     size_t body;
     int status;
@@ -76,6 +81,11 @@ static void x_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bool e
     x->status = status;
     x->over = end;
     x->how = end ? "head without body" : NULL;
+    if (!end && (x->flags & F_CANCEL_IN_HEAD)) {
+        mg_up_cancel(x->s); /* no callback may follow, on this stream or from its release */
+        x->over = true;
+        x->how = "cancelled in on_headers";
+    }
 }
 
 static void x_data(void *ctx, const uint8_t *d, size_t n)
@@ -87,6 +97,12 @@ static void x_data(void *ctx, const uint8_t *d, size_t n)
         sum += d[i];
     (void)sum;
     x->body += n;
+    if (x->flags & F_CANCEL_IN_DATA) {
+        mg_up_cancel(x->s);
+        x->over = true;
+        x->how = "cancelled in on_data";
+        return;
+    }
     mg_up_consume(x->s, n);
 }
 
@@ -105,8 +121,8 @@ static void x_error(void *ctx, mg_up_fail_t why, bool sent)
     (void)sent;
     CHECK(!x->over);
     CHECK(why >= MG_UP_CONNECT_REFUSED && why <= MG_UP_HEADERS);
-    static const char *const whys[] = {"", "connect refused", "connect timeout", "refused",
-                                       "reset", "protocol", "headers"};
+    static const char *const whys[] = {"",      "connect refused", "connect timeout", "refused",
+                                       "reset", "protocol",        "headers"};
     x->over = true;
     x->how = whys[why];
 }
@@ -164,8 +180,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     struct event_base *base = event_base_new();
     CHECK(base != NULL);
-    mg_up_conf_t uc = {.connect_timeout_ms = 2000, .max_streams_per_conn = 100,
-                       .max_idle_conns_per_pod = 4, .idle_conn_ms = 60000};
+    mg_up_conf_t uc = {.connect_timeout_ms = 2000,
+                       .max_streams_per_conn = 100,
+                       .max_idle_conns_per_pod = 4,
+                       .idle_conn_ms = 60000};
     mg_upstreams_t *ups = mg_upstreams_new(base, &uc);
     CHECK(ups != NULL);
     struct evbuffer *body = evbuffer_new();
@@ -173,11 +191,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (post)
         evbuffer_add(body, "hello", 5);
     static const mg_hdr_t hdrs[] = {{"x-request-id", "0123456789abcdef", 12, 16, false}};
-    mg_up_req_t req = {.method = post ? "POST" : "GET", .scheme = "http",
-                       .authority = "digits-production.modelgate.local", .path = "/v1/predict",
-                       .hdrs = hdrs, .nhdrs = 1, .content_length = post ? 5 : -1,
-                       .has_body = post, .body = body};
-    exchange_t x = {0};
+    mg_up_req_t req = {.method = post ? "POST" : "GET",
+                       .scheme = "http",
+                       .authority = "digits-production.modelgate.local",
+                       .path = "/v1/predict",
+                       .hdrs = hdrs,
+                       .nhdrs = 1,
+                       .content_length = post ? 5 : -1,
+                       .has_body = post,
+                       .body = body};
+    exchange_t x = {.flags = flags};
     mg_err_t err;
     x.s = mg_up_start(ups, &pod, flags & F_H2C ? MG_UP_H2C : MG_UP_H1, &req, &cbs, &x, &err);
     CHECK(x.s != NULL);
@@ -206,6 +229,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         close(fd);
         fd = -1;
         pump(base, fd);
+        CHECK(x.over); /* the pod is gone: the exchange must have ended, one way or another */
     }
     if (!x.over) { /* a pod that says no more: the caller gives up, as a timeout would */
         mg_up_cancel(x.s);
@@ -213,8 +237,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         x.how = "cancelled";
     }
     if (dump)
-        fprintf(stderr, "%s %s: status %d, %zu body bytes, %s\n", flags & F_H2C ? "h2c" : "http/1.1",
-                post ? "POST" : "GET", x.status, x.body, x.how);
+        fprintf(stderr, "%s %s: status %d, %zu body bytes, %s\n",
+                flags & F_H2C ? "h2c" : "http/1.1", post ? "POST" : "GET", x.status, x.body, x.how);
     pump(base, fd);
     if (fd >= 0)
         close(fd);

@@ -7,8 +7,8 @@
 
 #include <dirent.h>
 #include <pthread.h>
-#include <stdbool.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
