@@ -428,6 +428,20 @@ static int h2_on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_r
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
 }
 
+/* A frame nghttp2 refused on a stream (a response head that breaks RFC 9113 8.3, such as
+ * :status 101): the pod broke the protocol. nghttp2 resets the stream, which would otherwise be
+ * reported as the pod's reset, one a caller may retry. */
+static int h2_on_invalid_frame(nghttp2_session *sess, const nghttp2_frame *f, int lib_error,
+                               void *ud)
+{
+    (void)lib_error, (void)ud;
+    mg_up_stream_t *s =
+        f->hd.stream_id ? nghttp2_session_get_stream_user_data(sess, f->hd.stream_id) : NULL;
+    if (s != NULL)
+        fail_stream(s, MG_UP_PROTO, true);
+    return 0;
+}
+
 static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
     up_conn_t *c = ud;
@@ -1368,6 +1382,7 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     nghttp2_session_callbacks_set_on_frame_recv_callback(u->cbs, h2_on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(u->cbs, h2_on_data);
     nghttp2_session_callbacks_set_on_stream_close_callback(u->cbs, h2_on_stream_close);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(u->cbs, h2_on_invalid_frame);
     nghttp2_option_set_no_auto_window_update(u->opt, 1);
     nghttp2_option_set_no_closed_streams(u->opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(u->opt, 100);

@@ -225,10 +225,12 @@ class RawPod:
                 pass
 
 
-@pytest.mark.parametrize("proto,status", [("http1", "20"), ("http1", "600"), ("h2c", "700")])
+@pytest.mark.parametrize("proto,status", [("http1", "20"), ("http1", "600"), ("h2c", "700"),
+                                          ("h2c", "101")])
 def test_pod_with_invalid_status_502(procs, proto, status):
-    """A status code outside 100-599 (RFC 9110 15) cannot be passed on: the client gets 502
-    upstream_protocol_error instead of a malformed response, and the gateway goes on."""
+    """A status code outside 100-599 (RFC 9110 15), or 101 over HTTP/2 (RFC 9113 8.6), cannot
+    be passed on: the client gets 502 upstream_protocol_error instead of a malformed response
+    or a retriable "reset", and the gateway goes on."""
     pod = RawPod(proto, status)
     gw = procs.gateway(routes_doc({"svc": ([pod.addr], proto)},
                                   [("digits", "production", "svc")]), conf={"workers": 1})
