@@ -16,6 +16,7 @@ import time
 
 import h2.errors
 import pytest
+from hpack import Encoder
 
 from conftest import (H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc,
                       wait_for)
@@ -190,13 +191,19 @@ class RawPod:
                 return
             threading.Thread(target=self.talk, args=(conn,), daemon=True).start()
 
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        except OSError:
+            pass
+        self.sock.close()
+
     @staticmethod
     def frame(ftype, flags, sid, payload):
         return (struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
                 struct.pack(">I", sid) + payload)
 
     def talk(self, conn):
-        from hpack import Encoder
         with conn:
             conn.settimeout(10)
             got, off, first = b"", len(PREFACE), True
@@ -225,13 +232,26 @@ class RawPod:
                 pass
 
 
+@pytest.fixture
+def raw_pods():
+    """RawPod(...) for a test, closed when it ends, passed or not."""
+    pods = []
+
+    def make(*args):
+        pods.append(RawPod(*args))
+        return pods[-1]
+    yield make
+    for pod in pods:
+        pod.close()
+
+
 @pytest.mark.parametrize("proto,status", [("http1", "20"), ("http1", "600"), ("h2c", "700"),
                                           ("h2c", "101")])
-def test_pod_with_invalid_status_502(procs, proto, status):
+def test_pod_with_invalid_status_502(procs, raw_pods, proto, status):
     """A status code outside 100-599 (RFC 9110 15), or 101 over HTTP/2 (RFC 9113 8.6), cannot
     be passed on: the client gets 502 upstream_protocol_error instead of a malformed response
     or a retriable "reset", and the gateway goes on."""
-    pod = RawPod(proto, status)
+    pod = raw_pods(proto, status)
     gw = procs.gateway(routes_doc({"svc": ([pod.addr], proto)},
                                   [("digits", "production", "svc")]), conf={"workers": 1})
     with gw.h2() as c:
@@ -240,26 +260,24 @@ def test_pod_with_invalid_status_502(procs, proto, status):
     r = h1(gw, "GET", "/bad-status")
     error_json(502, "upstream_protocol_error", r.status, r.headers, r.body)
     gw.assert_alive()
-    pod.sock.close()
 
 
 @pytest.mark.parametrize("interim", [
     b"HTTP/1.1 100 Continue\r\ncontent-length: 5\r\n\r\n",
     b"HTTP/1.0 100 Continue\r\nconnection: close\r\n\r\n",
 ], ids=["content-length", "connection-close"])
-def test_interim_response_with_framing_fields_has_no_body(procs, interim):
+def test_interim_response_with_framing_fields_has_no_body(procs, raw_pods, interim):
     """An HTTP/1.1 pod whose 100 Continue carries a content-length or says the connection
     closes (RFC 9110 15.2: a 1xx has no content, and the final response follows): the final
     response is passed on whole. Before, its first bytes were read as the 100's body, or the
     parser, left in its closed state, swallowed it."""
-    pod = RawPod("http1", 200, interim + b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    pod = raw_pods("http1", 200, interim + b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
     gw = procs.gateway(routes_doc({"svc": ([pod.addr], "http1")},
                                   [("digits", "production", "svc")]), conf={"workers": 1})
     with gw.h2() as c:
         r = c.get("/interim")
         assert r.status == 200 and bytes(r.body) == b"ok", (r, bytes(r.body))
     gw.assert_alive()
-    pod.sock.close()
 
 
 def refusing_stack(procs, mode, route_opts=None, retry=None):
