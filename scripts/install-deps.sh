@@ -43,6 +43,7 @@ PACKAGES=(
     python3-pytest       # end-to-end test runner (tests/e2e)
     python3-httpx        # HTTP/1.1 and HTTP/2 client for e2e tests
     python3-h2           # raw HTTP/2 frames for protocol-level e2e tests
+    python3-hpack        # header blocks a test pod sends as it likes (no Huffman, bad :status)
     python3-grpcio       # gRPC client: checks trailers and streaming through the gateway
     python3-sklearn      # trains the runtime's test and demo models (digits data set included)
     python3-xgboost      # trains and saves the XGBoost test and demo models
