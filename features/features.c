@@ -738,9 +738,11 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     if (f->rstate == R_UP) {
         MG_FM_INC(f->m->redis_disconnects);
         atomic_store(&f->m->redis_up, 0);
+        const char *refused = mg_rreply_refused(f->rpool); /* hiredis says "Out of memory" */
         if (!f->closing)
             MG_LOG(MG_LOG_WARN, "features", "Redis %s:%u: connection lost (%s); reconnecting",
-                   f->conf->redis.host, f->conf->redis.port, ac->errstr[0] ? ac->errstr : "closed");
+                   f->conf->redis.host, f->conf->redis.port,
+                   refused ? refused : ac->errstr[0] ? ac->errstr : "closed");
     }
     if (!f->closing)
         schedule_reconnect(f);

@@ -14,6 +14,7 @@
 #include <stdalign.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,6 +42,7 @@ struct mg_rreply_pool {
     chunk_t *extra; /* newest first */
     size_t used;    /* used <= FIRST_BYTES */
     bool nested_ok; /* tests that compare trees with hiredis's: build nested arrays too */
+    char refused[96]; /* why the last reply was refused ("" when none): see mg_rreply_refused */
     alignas(max_align_t) char first[FIRST_BYTES];
 };
 
@@ -122,11 +124,17 @@ static void *create_array(const redisReadTask *task, int elements)
      * MAX_ELEMENTS, or an array inside an array, is a broken or hostile server. Refused
      * (hiredis then fails the connection with "Out of memory"), rather than zeroing gigabytes
      * of element vectors for it (8 levels of 2^20 would be 2^23 vectors). */
-    if (elements > MAX_ELEMENTS)
+    mg_rreply_pool_t *p = task->privdata;
+    if (elements > MAX_ELEMENTS) {
+        snprintf(p->refused, sizeof(p->refused),
+                 "refused a reply: an array of %d elements (at most %d)", elements, MAX_ELEMENTS);
         return NULL;
-    const mg_rreply_pool_t *p = task->privdata;
-    if (task->parent != NULL && !p->nested_ok)
-        return NULL; /* GET, HGETALL and LRANGE replies are flat: nesting is a broken server */
+    }
+    if (task->parent != NULL && !p->nested_ok) {
+        /* GET, HGETALL and LRANGE replies are flat: nesting is a broken server */
+        snprintf(p->refused, sizeof(p->refused), "refused a reply: an array inside an array");
+        return NULL;
+    }
     size_t n = elements > 0 ? (size_t)elements : 0;
     redisReply *r = new_reply(task, REDIS_REPLY_ARRAY, n * sizeof(redisReply *));
     if (r == NULL)
@@ -172,6 +180,7 @@ mg_rreply_pool_t *mg_rreply_pool_new(void)
         p->extra = NULL;
         p->used = 0;
         p->nested_ok = false;
+        p->refused[0] = '\0';
     }
     return p;
 }
@@ -182,6 +191,16 @@ void mg_rreply_pool_free(mg_rreply_pool_t *p)
         pool_reset(p);
         free(p);
     }
+}
+
+const char *mg_rreply_refused(mg_rreply_pool_t *p)
+{
+    static _Thread_local char last[sizeof(p->refused)];
+    if (p->refused[0] == '\0')
+        return NULL;
+    memcpy(last, p->refused, sizeof(last));
+    p->refused[0] = '\0';
+    return last;
 }
 
 void mg_rreply_attach(redisReader *r, mg_rreply_pool_t *p)

@@ -25,6 +25,11 @@ typedef struct mg_rreply_pool mg_rreply_pool_t;
 mg_rreply_pool_t *mg_rreply_pool_new(void);
 void mg_rreply_pool_free(mg_rreply_pool_t *p); /* NULL is fine */
 
+/* Why the pool refused the last reply it was asked to build (an array of more than 2^20
+ * elements, or an array inside an array: hiredis then fails the connection with "Out of
+ * memory"), or NULL; asking clears it. The text stays valid until the thread asks again. */
+const char *mg_rreply_refused(mg_rreply_pool_t *p);
+
 /* Makes |r| (e.g. an async context's ac->c.reader, before its first reply) build its replies
  * in |p|. */
 void mg_rreply_attach(redisReader *r, mg_rreply_pool_t *p);

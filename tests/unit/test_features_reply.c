@@ -316,10 +316,15 @@ static void absurd_array_count_is_refused(void **state)
     redisReader *r = redisReaderCreate();
     mg_rreply_attach(r, p);
     void *reply = NULL;
+    assert_null(mg_rreply_refused(p));
     assert_int_equal(redisReaderFeed(r, "*100000000\r\n", 12), REDIS_OK);
     assert_int_equal(redisReaderGetReply(r, &reply), REDIS_ERR);
     assert_null(reply);
     assert_null(p->extra); /* nothing was allocated for it */
+    /* the operator log says why, not hiredis's "Out of memory" */
+    assert_string_equal(mg_rreply_refused(p),
+                        "refused a reply: an array of 100000000 elements (at most 1048576)");
+    assert_null(mg_rreply_refused(p)); /* asked once */
     redisReaderFree(r);
     /* nor is an array inside an array: no feature lookup's reply nests */
     r = redisReaderCreate();
@@ -327,6 +332,7 @@ static void absurd_array_count_is_refused(void **state)
     assert_int_equal(redisReaderFeed(r, "*1\r\n*1\r\n:1\r\n", 12), REDIS_OK);
     assert_int_equal(redisReaderGetReply(r, &reply), REDIS_ERR);
     assert_null(reply);
+    assert_string_equal(mg_rreply_refused(p), "refused a reply: an array inside an array");
     redisReaderFree(r);
     /* the largest count allowed still builds */
     r = redisReaderCreate();
