@@ -2,7 +2,8 @@
  * gateway/dblog.h - the request log in MariaDB: every access-log record also becomes a row.
  *
  * The access log's writer thread hands each batch of JSON lines to mg_dblog_sink (installed with
- * mg_reqlog_set_sink), which appends it to a write-ahead spool on disk and fsyncs it
+ * mg_reqlog_set_sink) before it writes them to the file; the sink appends them to a write-ahead
+ * spool on disk and fsyncs it
  * (gateway/spool.h); workers never see any of this. A database thread of this module reads the
  * spool in order, turns each line into a row's values (gateway/dbrow.h), inserts them with one
  * prepared bulk INSERT per batch (MariaDB's array binding: no SQL text per row, nothing to

@@ -515,9 +515,11 @@ static void *writer_main(void *arg)
             retry_reopen(log);
         bool idle = log->batch.len == 0;
         size_t batch_len = log->batch.len;
-        write_batch(log);
-        if (sink != NULL && batch_len > 0) /* the bytes stay in batch.data until the next swap */
+        /* the sink (the database log's fsync'ed spool) first: a record in the access log is
+         * then never one the request log lost */
+        if (sink != NULL && batch_len > 0)
             sink(sink_ud, log->batch.data, batch_len);
+        write_batch(log);
         if (log->batch.cap > MG_REQLOG_KEEP_MAX) {
             free(log->batch.data);
             log->batch = (qbuf_t){NULL, 0, 0};

@@ -66,8 +66,10 @@ void mg_reqlog_write(mg_reqlog_t *log, const mg_reqlog_rec_t *rec);
  * not fit in |cap| bytes. Exposed for tests and for other sinks. */
 size_t mg_reqlog_format(const mg_reqlog_rec_t *rec, char *buf, size_t cap);
 
-/* Called on the writer thread with whole lines (|len| bytes, each ending with '\n') after each
- * batch went to the file (or failed to). It may block on its own disk, never on the network. */
+/* Called on the writer thread with whole lines (|len| bytes, each ending with '\n') before each
+ * batch goes to the file: a line the file shows was handed to the sink first, even when the
+ * process is killed in between, or the file's write blocks (a full pipe). It may block on its own
+ * disk, never on the network. */
 typedef void (*mg_reqlog_sink_fn)(void *ud, const char *lines, size_t len);
 
 /* Installs |fn| (NULL removes it). Set it before the first mg_reqlog_write: lines written

@@ -756,3 +756,18 @@ def error_json(status_expected, code_expected, status, headers, body):
     if "x-request-id" in headers:
         assert headers["x-request-id"] == err["request_id"], (headers, doc)
     return err
+
+
+def h2load(gw, *args, path="/load"):
+    """Runs h2load with |args| against |gw| (h2c, |path|); returns ((total, started, done,
+    succeeded, failed), 2xx count or None). Fails the test when h2load does."""
+    r = subprocess.run(["h2load", "-T", "30", "-N", "30", "-H", ":authority: " + gw.authority()]
+                       + list(args) + ["http://127.0.0.1:%d%s" % (gw.port, path)],
+                       capture_output=True, text=True, timeout=90)
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed",
+                  r.stdout)
+    assert m, r.stdout
+    m2 = re.search(r"status codes: (\d+) 2xx", r.stdout)
+    return tuple(map(int, m.groups())), int(m2.group(1)) if m2 else None

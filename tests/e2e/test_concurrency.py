@@ -9,13 +9,12 @@ import os
 import re
 import resource
 import socket
-import subprocess
 import time
 
 import httpx
 import pytest
 
-from conftest import free_port, routes_doc
+from conftest import free_port, h2load, routes_doc
 
 N = 1000
 
@@ -31,19 +30,9 @@ def stack(procs):
 
 def test_h2load_1000_streams_one_connection(stack):
     gw, a, b = stack
-    r = subprocess.run(["h2load", "-n", str(N), "-c", "1", "-m", str(N), "-T", "30", "-N", "30",
-                        "-H", ":authority: " + gw.authority(),
-                        "http://127.0.0.1:%d/conc" % gw.port],
-                       capture_output=True, text=True, timeout=90)
-    print(r.stdout)
-    assert r.returncode == 0, r.stdout + r.stderr
-    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed",
-                  r.stdout)
-    assert m, r.stdout
-    total, started, done, ok, failed = map(int, m.groups())
-    assert (total, started, done, ok, failed) == (N, N, N, N, 0), r.stdout
-    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", r.stdout)
-    assert m and int(m.group(1)) == N, r.stdout
+    counts, ok_2xx = h2load(gw, "-n", str(N), "-c", "1", "-m", str(N), path="/conc")
+    assert counts == (N, N, N, N, 0), counts
+    assert ok_2xx == N, "%s of %d answers were 2xx" % (ok_2xx, N)
     served = len(a.requests()) + len(b.requests())
     assert served == N, "backends saw %d requests" % served
 
@@ -64,19 +53,6 @@ def test_python_h2_1000_streams_at_once(stack):
     pods = [s.json()["pod"] for s in streams]
     print("split:", {p: pods.count(p) for p in set(pods)})
     assert set(pods) == {"pod-a", "pod-b"}
-
-
-def h2load(gw, *args):
-    r = subprocess.run(["h2load", "-T", "30", "-N", "30", "-H", ":authority: " + gw.authority()]
-                       + list(args) + ["http://127.0.0.1:%d/load" % gw.port],
-                       capture_output=True, text=True, timeout=90)
-    print(r.stdout)
-    assert r.returncode == 0, r.stdout + r.stderr
-    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed",
-                  r.stdout)
-    assert m, r.stdout
-    m2 = re.search(r"status codes: (\d+) 2xx", r.stdout)
-    return tuple(map(int, m.groups())), int(m2.group(1)) if m2 else None
 
 
 def test_h2load_many_connections(stack):

@@ -10,6 +10,7 @@ Load is a bounded number of HTTP/1.1 requests from a few threads on 127.0.0.1. T
 times are printed (ctest runs this with -rP).
 """
 
+import fcntl
 import glob
 import json
 import os
@@ -20,9 +21,8 @@ import time
 import urllib.request
 
 import httpx
-import pytest
 
-from conftest import free_port, routes_doc, wait_for
+from conftest import free_port, h2load, routes_doc, wait_for
 from servers import MariaDB
 
 DOWN_S = float(os.environ.get("MG_DBLOG_DOWN_S", "30"))
@@ -218,6 +218,75 @@ def test_kill9_mid_replay(procs):
     assert "replaying" in gw2.log()
     print("dblog: after the restart %d rows for %d requests (%d replayed)" % (
         rows(db), n, n - at_kill))
+
+
+def test_access_log_line_implies_row(procs):
+    """A line that reached the access log was spooled for MariaDB first, so it is never lost
+    when the gateway dies: the access log here is a pipe nobody drains, and the writer blocks
+    half way through a batch; killed then with SIGKILL and restarted, the gateway must put
+    every record that the pipe shows into MariaDB."""
+    db = MariaDB(procs)
+    a = procs.backend("pod-a")
+    routes = routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")])
+    gdir = os.path.join(procs.dir, "gateway")
+    os.makedirs(gdir, exist_ok=True)
+    fifo = os.path.join(gdir, "access.fifo")
+    os.mkfifo(fifo)
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the gateway's open succeeds
+    # A pipe takes a write a page at a time into free slots and blocks when none is left; a
+    # write that fits what is left of the last page joins it. Two pages, emptied after a first
+    # request: the burst's first batch (a line or two) goes into the first page, the next one
+    # (several KB) fills the second and blocks half written.
+    fcntl.fcntl(rfd, fcntl.F_SETPIPE_SZ, 8192)
+
+    def drain():
+        data = b""
+        while True:
+            try:
+                chunk = os.read(rfd, 1 << 16)
+            except BlockingIOError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    try:
+        gw = procs.gateway(routes, conf=dict(dblog_conf(db), access_log="access.fifo"))
+        r = httpx.get("http://127.0.0.1:%d/first" % gw.port, headers={"host": gw.authority()})
+        assert r.status_code == 200, r.status_code
+        first = b""
+        deadline = time.time() + 10
+        while first.count(b"\n") < 1 and time.time() < deadline:
+            first += drain()
+            time.sleep(0.01)
+        assert first.count(b"\n") == 1, "the first request's line did not reach the pipe"
+        n = 600
+        (total, _, done, ok, failed), _ = h2load(gw, "-n", str(n), "-c", "1", "-m", "100")
+        assert ok == n, "%d of %d requests succeeded" % (ok, n)
+        time.sleep(1)  # the writer is stuck in write() now
+        gw.signal(signal.SIGKILL)
+        gw.proc.wait(10)
+        gw.proc.gateway_drain_s = None  # killed on purpose: no clean exit to check
+        data = first + drain()
+    finally:
+        os.close(rfd)
+    shown = [json.loads(ln)["id"] for ln in data.split(b"\n")[:-1]]  # whole lines only
+    assert 1 < len(shown) < n + 1, "%d of %d lines in the pipe: the writer did not block" % (
+        len(shown), n + 1)
+
+    procs.gateway(routes, conf=dblog_conf(db))  # same directory: the spool replays
+    deadline = time.monotonic() + 20  # the replay of a few hundred records takes well under 1 s
+    while rows(db) < len(shown) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    got = {r[0] for r in db.query("SELECT LOWER(HEX(id)) FROM request_log")}
+    missing = [i for i in shown if i not in got]
+    print("dblog: %d of %d lines reached the blocked access log (%d bytes, the last line %s), "
+          "%d rows after the restart, %d of those lines without a row" % (
+              len(shown), n + 1, len(data), "cut" if not data.endswith(b"\n") else "whole",
+              len(got), len(missing)))
+    assert not missing, "%d records in the access log never reached MariaDB (first %s)" % (
+        len(missing), missing[0])
 
 
 def test_previous_version_spool_replays(procs):
