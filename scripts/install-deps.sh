@@ -52,6 +52,7 @@ PACKAGES=(
     iproute2             # ss: tests and benchmarks check which ports are free or listening
     python3-redis        # e2e tests read and write Redis directly to check the key layout
     python3-pymysql      # e2e tests count request-log rows and seed features in MariaDB
+    python3-pyflakes     # lint.python: unused imports and names in the Python tests and tools
 )
 
 missing=()

@@ -9,16 +9,14 @@ in ~15000 runs and a wrong policy (e.g. round robin instead of P2C) fails every 
 """
 
 import collections
-import json
 import os
 import signal
 import threading
 import time
 
 import httpx
-import pytest
 
-from conftest import DOMAIN, HOST, error_json, free_port, routes_doc, wait_for
+from conftest import DOMAIN, HOST, error_json, free_port, wait_for
 
 
 def route(app="digits", env="production", **kw):
@@ -66,7 +64,6 @@ def metrics(port):
 
 def metric(text, name, **labels):
     """The value of one sample of /metrics, or None."""
-    want = ",".join('%s="%s"' % kv for kv in labels.items())
     for line in text.splitlines():
         if line.startswith(name + "{"):
             lab, _, val = line[len(name) + 1:].rpartition("} ")

@@ -8,7 +8,6 @@ queued request keeps its timeouts and is never sent once its client cancelled it
 
 import time
 
-import h2.errors
 import httpx
 import pytest
 
