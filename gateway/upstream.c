@@ -101,6 +101,7 @@ struct up_conn {
     mg_outq_item_t outq; /* once connected: written at the end of the turn and read by its
                           * reader (common/outq.h): EV_READ through mg_outq_enable/_disable */
     size_t nstreams;
+    uint32_t nsubmitted; /* HTTP/2 requests submitted, for the request id's name (h2_submit) */
     mg_up_stream_t *streams;
     mg_up_stream_t *drain_list;
     mg_up_stream_t *hdr_stream; /* the stream whose header block is being decoded */
@@ -641,10 +642,18 @@ static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
               mg_nv_copy(a, &nv[2], ":authority", 10, r->authority, strlen(r->authority),
                          false) &&
               mg_nv_copy(a, &nv[3], ":path", 5, r->path, strlen(r->path), false);
+    /* The request id is unique, so it goes never-indexed: it would only push the fields that
+     * repeat out of the pod's HPACK table. Its name repeats though, and nghttp2 finds a name in
+     * the table for never-indexed fields too: one id in 256 goes in indexed, and the others
+     * send the name as a 1-byte index instead of 10 bytes the pod Huffman-decodes. */
+    bool seed_rid_name = (c->nsubmitted++ & 255) == 0;
     size_t n = 4;
-    for (size_t i = 0; ok && i < r->nhdrs; i++, n++)
-        ok = mg_nv_copy(a, &nv[n], r->hdrs[i].name, r->hdrs[i].name_len, r->hdrs[i].value,
-                        r->hdrs[i].value_len, r->hdrs[i].never_index);
+    for (size_t i = 0; ok && i < r->nhdrs; i++, n++) {
+        const mg_hdr_t *h = &r->hdrs[i];
+        bool never_index = h->never_index && !(seed_rid_name && h->name_len == 12 &&
+                                               memcmp(h->name, "x-request-id", 12) == 0);
+        ok = mg_nv_copy(a, &nv[n], h->name, h->name_len, h->value, h->value_len, never_index);
+    }
     if (!ok)
         return MG_E_NOMEM;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = h2_read_body};

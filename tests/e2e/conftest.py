@@ -534,6 +534,20 @@ def procs(request, tmp_path, tls_material):
         pytest.fail("at teardown: " + "; ".join(problems), pytrace=False)
 
 
+@pytest.fixture
+def raw_pods():
+    """RawPod(...) (rawpod.py) for a test, closed when it ends, passed or not."""
+    pods = []
+
+    def make(*args):
+        from rawpod import RawPod
+        pods.append(RawPod(*args))
+        return pods[-1]
+    yield make
+    for pod in pods:
+        pod.close()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

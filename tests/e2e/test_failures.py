@@ -16,7 +16,6 @@ import time
 
 import h2.errors
 import pytest
-from hpack import Encoder
 
 from conftest import (H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc,
                       wait_for)
@@ -166,83 +165,6 @@ def test_upstream_reset_502(procs, proto):
     r = h1(gw, "GET", "/reset")
     error_json(502, "upstream_reset", r.status, r.headers, r.body)
     assert_serving(gw)
-
-
-class RawPod:
-    """A pod that answers with a status line (HTTP/1.1: one per connection, the gateway closes
-    it after a protocol error) or a HEADERS frame carrying |status| on every stream a request
-    opens (h2c, after its SETTINGS; HPACK without Huffman), whatever the request."""
-
-    def __init__(self, proto, status, http1_answer=None):
-        self.proto, self.status = proto, status
-        self.http1_answer = http1_answer or ("HTTP/1.1 %s OK\r\ncontent-length: 2\r\n\r\nok"
-                                             % status).encode()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.talk, args=(conn,), daemon=True).start()
-
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept()
-        except OSError:
-            pass
-        self.sock.close()
-
-    @staticmethod
-    def frame(ftype, flags, sid, payload):
-        return (struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
-                struct.pack(">I", sid) + payload)
-
-    def talk(self, conn):
-        with conn:
-            conn.settimeout(10)
-            got, off, first = b"", len(PREFACE), True
-            try:
-                while True:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    got += chunk
-                    if self.proto == "http1":
-                        conn.sendall(self.http1_answer)
-                        continue
-                    while len(got) >= off + 9:  # every complete frame: answer each HEADERS
-                        length = int.from_bytes(got[off:off + 3], "big")
-                        if len(got) < off + 9 + length:
-                            break
-                        ftype, sid = got[off + 3], int.from_bytes(got[off + 5:off + 9], "big")
-                        off += 9 + length
-                        if ftype != 1:
-                            continue
-                        out = self.frame(4, 0, 0, b"") + self.frame(4, 1, 0, b"") if first else b""
-                        first = False
-                        block = Encoder().encode([(":status", str(self.status))], huffman=False)
-                        conn.sendall(out + self.frame(1, 4 | 1, sid & 0x7FFFFFFF, block))
-            except OSError:
-                pass
-
-
-@pytest.fixture
-def raw_pods():
-    """RawPod(...) for a test, closed when it ends, passed or not."""
-    pods = []
-
-    def make(*args):
-        pods.append(RawPod(*args))
-        return pods[-1]
-    yield make
-    for pod in pods:
-        pod.close()
 
 
 @pytest.mark.parametrize("proto,status", [("http1", "20"), ("http1", "600"), ("h2c", "700"),

@@ -15,8 +15,11 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import hpack
 import httpx
 import pytest
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
 from conftest import (DOMAIN, HOST, H1Conn, curl, error_json, free_port, h1, h1_request_bytes,
                       read_jsonl, routes_doc, wait_for)
@@ -309,6 +312,33 @@ def test_request_id_added_and_kept(stack):
     assert "x-request-id" not in r.headers, r.headers
     r = h1(gw, "GET", "/rid")
     assert len(r.json()["headers"]["x-request-id"]) == 32 and "x-request-id" not in r.headers
+
+
+def test_request_id_never_indexed_with_indexed_name(procs, raw_pods):
+    """The request id reaches an HTTP/2 pod never indexed (unique values would only push the
+    fields that repeat out of its HPACK table), yet its name costs a table index, not a literal
+    the pod Huffman-decodes on every request: the connection's first id goes in indexed."""
+    pod = raw_pods("h2c", "200")
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], "h2c")},
+                                  [("digits", "production", "svc")]),
+                       conf={"workers": 1}, tls=False)
+    n = 5
+    with gw.h2() as c:
+        for i in range(n):
+            assert c.get("/rid/%d" % i).status == 200
+    assert len(pod.blocks) == n, "%d header blocks for %d requests" % (len(pod.blocks), n)
+    name_huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(b"x-request-id")
+    decoder, ids = hpack.Decoder(), []
+    for i, block in enumerate(pod.blocks):
+        rid = [f for f in decoder.decode(block) if f[0] == "x-request-id"]
+        assert len(rid) == 1, rid
+        ids.append(rid[0][1])
+        if i == 0:
+            continue
+        assert isinstance(rid[0], hpack.NeverIndexedHeaderTuple), "request %d: %r" % (i, rid)
+        assert name_huffman not in block and b"x-request-id" not in block, (
+            "request %d sent the name x-request-id as a literal: %s" % (i, block.hex()))
+    assert len(set(ids)) == n and all(len(x) == 32 for x in ids), ids
 
 
 def test_request_id_in_response(procs):
