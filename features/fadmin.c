@@ -218,6 +218,12 @@ static void single_end(areq_t *r)
         json_error_t jerr;
         char why[300];
         size_t len = evbuffer_get_length(r->in);
+        if (len == 0) { /* jansson would say "wrong arguments" */
+            mg_fwrite_free(w);
+            reply_error(r, 400, "bad_json",
+                        "empty body: expected the features object {\"GROUP\": value, ...}");
+            return;
+        }
         json_t *doc = json_loadb((const char *)evbuffer_pullup(r->in, -1), len, 0, &jerr);
         json_t *n = doc ? validate(r, doc, why, sizeof(why)) : NULL;
         json_decref(doc);

@@ -470,6 +470,13 @@ def test_admin_bulk_load_counts_rows(stack):
     assert json.loads(stack.get("b77")["x-user-features"]) == {"recent": ["i77"]}
 
 
+def test_admin_put_with_empty_body_says_so(stack):
+    r = stack.admin("PUT", "/v1/features/digits/u1", b"")
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "bad_json" and "empty" in err["message"], err
+
+
 def test_too_large_is_not_sent(procs):
     s = Stack(procs, max_bytes=100)
     s.put_redis("big", recent=["x" * 30] * 5)
