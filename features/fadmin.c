@@ -411,6 +411,37 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     unpin(r);
 }
 
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* Decodes the %XX escapes of |s| (|len| bytes) into |out| (NUL-terminated); the decoded length,
+ * or -1 when an escape is malformed or the result does not fit in |cap|. Clients escape '@'
+ * (urllib.parse.quote, encodeURIComponent), and an escaped id is the same user. */
+static long unescape(const char *s, size_t len, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++, n++) {
+        if (n + 1 >= cap)
+            return -1;
+        if (s[i] != '%') {
+            out[n] = s[i];
+            continue;
+        }
+        int hi = i + 2 < len ? hex_digit(s[i + 1]) : -1, lo = hi >= 0 ? hex_digit(s[i + 2]) : -1;
+        if (lo < 0)
+            return -1;
+        out[n] = (char)(hi << 4 | lo);
+        i += 2;
+    }
+    out[n] = '\0';
+    return (long)n;
+}
+
 /* The rest of on_request: |r| is pinned by the caller. */
 static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app, const char *rest)
 {
@@ -418,14 +449,13 @@ static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app
     bool has_user = false;
     if (*rest == '/') {
         size_t ulen = strcspn(rest + 1, "/?");
-        if (rest[1 + ulen] == '/' || !mg_fconf_is_user_id(rest + 1, ulen)) {
+        long n = rest[1 + ulen] == '/' ? -1 : unescape(rest + 1, ulen, r->user, sizeof(r->user));
+        if (n < 0 || !mg_fconf_is_user_id(r->user, (size_t)n)) {
             reply_error(r, 400, "bad_user",
                         "the path must be " PREFIX "/{app}/{user} with a user id of 1-128 of "
-                        "[A-Za-z0-9_.@-]");
+                        "[A-Za-z0-9_.@-] (%%-escapes allowed)");
             return;
         }
-        memcpy(r->user, rest + 1, ulen);
-        r->user[ulen] = '\0';
         has_user = true;
     }
     if (app[0] == '\0') {

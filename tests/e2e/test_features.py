@@ -477,6 +477,20 @@ def test_admin_put_with_empty_body_says_so(stack):
     assert err["code"] == "bad_json" and "empty" in err["message"], err
 
 
+def test_admin_user_id_may_be_percent_encoded(stack):
+    # a client that encodes '@' (urllib.parse.quote, encodeURIComponent) means the same user
+    r = stack.admin("PUT", "/v1/features/digits/ann%40example.com",
+                    json.dumps({"recent": ["a"]}))
+    assert r.status_code == 200, r.text
+    assert r.json()["user"] == "ann@example.com"
+    r = stack.admin("GET", "/v1/features/digits/ann@example.com")
+    assert r.status_code == 200 and r.json()["features"] == {"recent": ["a"]}, r.text
+    # an escaped '/' or a bad escape is still not a user id
+    assert stack.admin("GET", "/v1/features/digits/a%2Fb").status_code == 400
+    assert stack.admin("GET", "/v1/features/digits/a%4").status_code == 400
+    assert stack.admin("GET", "/v1/features/digits/a%zzb").status_code == 400
+
+
 def test_too_large_is_not_sent(procs):
     s = Stack(procs, max_bytes=100)
     s.put_redis("big", recent=["x" * 30] * 5)
