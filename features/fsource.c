@@ -567,30 +567,46 @@ static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *ap
     return n + 2;
 }
 
-/* Writes |n| users to Redis in one round trip. */
+/* Writes |n| users to Redis in one round trip. A kept connection that Redis closed meanwhile
+ * (restart, client timeout, CLIENT KILL) is replaced and the write sent again, once: skipping
+ * it would leave the users' old features in Redis for up to redis.ttl_s. Each user's commands
+ * are one MULTI/EXEC, so sending them twice is harmless. */
 static void redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
                         json_t *const *docs, size_t n)
 {
     mg_fsource_t *s = t->s;
     if (!s->conf->redis.on)
         return;
-    if (!redis_ready(t)) {
-        MG_FM_INC(s->dbm.writeback_error);
-        return;
-    }
-    int replies = 0;
-    for (size_t i = 0; i < n; i++)
-        replies += append_user(t->redis, s->conf, app, users[i], docs ? docs[i] : NULL);
-    bool ok = true;
-    for (int i = 0; i < replies; i++) {
-        void *rep = NULL;
-        if (redisGetReply(t->redis, &rep) != REDIS_OK) {
-            ok = false;
-            break;
+    bool ok = false;
+    for (int attempt = 0; attempt < 2 && !ok; attempt++) {
+        bool kept = t->redis != NULL;
+        if (!redis_ready(t)) {
+            MG_FM_INC(s->dbm.writeback_error);
+            return;
         }
-        if (((redisReply *)rep)->type == REDIS_REPLY_ERROR)
-            ok = false;
-        freeReplyObject(rep);
+        int replies = 0;
+        for (size_t i = 0; i < n; i++)
+            replies += append_user(t->redis, s->conf, app, users[i], docs ? docs[i] : NULL);
+        ok = true;
+        int e = 0;
+        for (int i = 0; i < replies; i++) {
+            void *rep = NULL;
+            if (redisGetReply(t->redis, &rep) != REDIS_OK) {
+                e = errno;
+                ok = false;
+                break;
+            }
+            if (((redisReply *)rep)->type == REDIS_REPLY_ERROR)
+                ok = false;
+            freeReplyObject(rep);
+        }
+        /* closed (EOF, reset, broken pipe), not slow (a timeout): worth one more try */
+        bool closed = t->redis->err == REDIS_ERR_EOF ||
+                      (t->redis->err == REDIS_ERR_IO && e != EAGAIN && e != EWOULDBLOCK);
+        if (ok || !kept || !closed)
+            break;
+        redisFree(t->redis); /* closed by Redis: try once more on a new connection */
+        t->redis = NULL;
     }
     if (ok) {
         MG_FM_INC(s->dbm.writeback_ok);

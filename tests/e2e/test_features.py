@@ -75,7 +75,7 @@ def canonical(doc):
 
 class Stack:
     def __init__(self, procs, timeout_ms=1000, local=None, redis_over=None, max_bytes=None,
-                 workers=2, by_env=None, envs=("production",)):
+                 workers=2, by_env=None, envs=("production",), db_threads=2):
         self.procs = procs
         self.redis = Redis(procs)
         self.db = MariaDB(procs)
@@ -90,7 +90,7 @@ class Stack:
             "redis": dict({"host": "127.0.0.1", "port": self.redis.port, "ttl_s": 60,
                            "negative_ttl_s": 30, "reconnect_max_ms": 200}, **(redis_over or {})),
             "mariadb": {"host": "127.0.0.1", "port": self.db.port, "user": "root",
-                        "database": "modelgate", "threads": 2},
+                        "database": "modelgate", "threads": db_threads},
             "local": dict({"ttl_ms": 1000, "stale_ms": 0, "negative_ttl_ms": 1000},
                           **(local or {})),
             "apps": {"digits": {"timeout_ms": timeout_ms, "groups": GROUPS}},
@@ -489,6 +489,22 @@ def test_admin_user_id_may_be_percent_encoded(stack):
     assert stack.admin("GET", "/v1/features/digits/a%2Fb").status_code == 400
     assert stack.admin("GET", "/v1/features/digits/a%4").status_code == 400
     assert stack.admin("GET", "/v1/features/digits/a%zzb").status_code == 400
+
+
+def test_admin_put_refreshes_redis_after_its_connection_dropped(procs):
+    """Redis closed the gateway's connections (restart, timeout, CLIENT KILL): the next PUT
+    still replaces the cached features instead of leaving the old ones for redis.ttl_s."""
+    s = Stack(procs, db_threads=1)
+    r = s.admin("PUT", "/v1/features/digits/rk", json.dumps({"profile": {"v": "1"}}))
+    assert r.status_code == 200, r.text
+    assert s.r.hgetall("mgf:v1:digits:rk:profile") == {b"v": b"1"}
+    s.r.client_kill_filter(_type="normal", skipme=True)
+    r = s.admin("PUT", "/v1/features/digits/rk", json.dumps({"profile": {"v": "2"}}))
+    assert r.status_code == 200, r.text
+    assert s.r.hgetall("mgf:v1:digits:rk:profile") == {b"v": b"2"}
+    r = s.admin("DELETE", "/v1/features/digits/rk")
+    assert r.status_code == 200, r.text
+    assert s.r.get("mgf:v1:digits:rk") == b"0"
 
 
 def test_too_large_is_not_sent(procs):
