@@ -18,6 +18,10 @@
 #define MAX_BODY (1 << 20) /* one user's features */
 #define MAX_LINE (64 * 1024)
 #define BATCH_ROWS 500
+/* Features text per batch. MariaDB's escaping at most doubles it, so one INSERT stays near
+ * 2 MiB, far under max_allowed_packet (16 MiB by default; 500 rows of the largest features,
+ * 64 KiB each, would be 32 MiB and the server refuses the whole batch). */
+#define BATCH_BYTES (1 << 20)
 #define MAX_ERRORS 20
 
 struct mg_fadmin {
@@ -59,6 +63,7 @@ typedef struct areq {
     char dberr[256];
     json_t *errors;
     mg_fwrite_t *batch;
+    size_t batch_bytes; /* features text in |batch| */
 } areq_t;
 
 static void areq_free(areq_t *r)
@@ -185,8 +190,9 @@ static void submit(areq_t *r, mg_fwrite_t *w, void (*done)(mg_fwrite_t *))
     r->busy = true;
 }
 
-/* Validates one user's features; NULL with |why| when refused. */
-static json_t *validate(areq_t *r, const json_t *doc, char *why, size_t cap)
+/* Validates one user's features; NULL with |why| when refused. |*bytes| (when not NULL) is
+ * the size of the stored text. */
+static json_t *validate(areq_t *r, const json_t *doc, char *why, size_t cap, size_t *bytes)
 {
     json_t *n = mg_fval_normalize(r->app, doc, true, why, cap);
     if (n == NULL)
@@ -201,6 +207,8 @@ static json_t *validate(areq_t *r, const json_t *doc, char *why, size_t cap)
         json_decref(n);
         return NULL;
     }
+    if (bytes)
+        *bytes = len;
     return n;
 }
 
@@ -225,7 +233,7 @@ static void single_end(areq_t *r)
             return;
         }
         json_t *doc = json_loadb((const char *)evbuffer_pullup(r->in, -1), len, 0, &jerr);
-        json_t *n = doc ? validate(r, doc, why, sizeof(why)) : NULL;
+        json_t *n = doc ? validate(r, doc, why, sizeof(why), NULL) : NULL;
         json_decref(doc);
         if (n == NULL) {
             mg_fwrite_free(w);
@@ -280,7 +288,8 @@ static void bulk_line(areq_t *r, const char *line, size_t len)
     } else if (!mg_fconf_is_user_id(json_string_value(user), json_string_length(user))) {
         bulk_reject(r, "user: expected 1-128 of [A-Za-z0-9_.@-]");
     } else {
-        json_t *n = validate(r, feats, why, sizeof(why));
+        size_t bytes = 0;
+        json_t *n = validate(r, feats, why, sizeof(why), &bytes);
         char *u = n ? strdup(json_string_value(user)) : NULL;
         if (n == NULL) {
             bulk_reject(r, why);
@@ -290,6 +299,7 @@ static void bulk_line(areq_t *r, const char *line, size_t len)
         } else {
             r->batch->users[r->batch->n] = u;
             r->batch->docs[r->batch->n++] = n;
+            r->batch_bytes += bytes;
         }
     }
     json_decref(row);
@@ -348,7 +358,7 @@ static void bulk_pump(areq_t *r)
             mg_srv_consume(r->s, c);
             r->unconsumed -= c;
         }
-        if (r->batch->n == BATCH_ROWS)
+        if (r->batch->n == BATCH_ROWS || r->batch_bytes >= BATCH_BYTES)
             bulk_flush(r);
     }
 }
@@ -375,6 +385,7 @@ static void bulk_flush(areq_t *r)
 {
     mg_fwrite_t *w = r->batch;
     r->batch = NULL;
+    r->batch_bytes = 0;
     submit(r, w, on_done_batch);
 }
 

@@ -470,6 +470,12 @@ def test_admin_bulk_load_counts_rows(stack):
     assert json.loads(stack.get("b77")["x-user-features"]) == {"recent": ["i77"]}
 
 
+def bulk_post(stack, chunks, timeout=60):
+    import httpx
+    return httpx.post("http://127.0.0.1:%d/v1/features/digits" % stack.admin_port,
+                      content=chunks, timeout=timeout)
+
+
 def test_admin_put_with_empty_body_says_so(stack):
     r = stack.admin("PUT", "/v1/features/digits/u1", b"")
     assert r.status_code == 400, r.text
@@ -489,6 +495,21 @@ def test_admin_user_id_may_be_percent_encoded(stack):
     assert stack.admin("GET", "/v1/features/digits/a%2Fb").status_code == 400
     assert stack.admin("GET", "/v1/features/digits/a%4").status_code == 400
     assert stack.admin("GET", "/v1/features/digits/a%zzb").status_code == 400
+
+
+def test_admin_bulk_of_large_rows_fits_mariadb_packets(procs):
+    """500 rows of 40 KB are 20 MB, more than MariaDB's max_allowed_packet (16 MB)."""
+    s = Stack(procs, max_bytes=65536)
+    row = json.dumps({"vec": "v" * 40000})
+
+    def body():
+        for i in range(520):
+            yield ('{"user": "big%d", "features": %s}\n' % (i, row)).encode()
+
+    r = bulk_post(s, body(), timeout=120)
+    assert r.status_code == 200, r.text[:500]
+    assert r.json()["accepted"] == 520, r.text[:500]
+    assert s.db.query("SELECT COUNT(*) FROM user_features")[0][0] == 520
 
 
 def test_admin_put_refreshes_redis_after_its_connection_dropped(procs):
