@@ -64,6 +64,7 @@ typedef struct areq {
     json_t *errors;
     mg_fwrite_t *batch;
     size_t batch_bytes; /* features text in |batch| */
+    bool skipping;      /* dropping the rest of a line longer than MAX_LINE */
 } areq_t;
 
 static void areq_free(areq_t *r)
@@ -317,7 +318,37 @@ static void bulk_reply(areq_t *r)
     reply_json(r, r->db_failed ? 503 : 200, body);
 }
 
-/* Turns buffered lines into rows until a batch is in flight. */
+/* Gives the client back the window of |used| bytes of body taken from r->in. */
+static void bulk_consume(areq_t *r, size_t used)
+{
+    if (r->s && r->unconsumed) { /* the client may send as much again */
+        size_t c = used < r->unconsumed ? used : r->unconsumed;
+        mg_srv_consume(r->s, c);
+        r->unconsumed -= c;
+    }
+}
+
+static void bulk_too_long(areq_t *r)
+{
+    char why[96];
+    r->line_no++;
+    snprintf(why, sizeof(why), "longer than %d bytes (one user's features per line)", MAX_LINE);
+    bulk_reject(r, why);
+}
+
+/* Drops what is buffered of a too long line; true once its end (newline or body end) went. */
+static bool bulk_skip(areq_t *r)
+{
+    struct evbuffer_ptr eol = evbuffer_search(r->in, "\n", 1, NULL);
+    size_t n = eol.pos < 0 ? evbuffer_get_length(r->in) : (size_t)eol.pos + 1;
+    evbuffer_drain(r->in, n);
+    bulk_consume(r, n);
+    return eol.pos >= 0 || r->ended;
+}
+
+/* Turns buffered lines into rows until a batch is in flight. A line longer than MAX_LINE is
+ * one rejected line however it arrives (whole, or in pieces dropped as they come), so the
+ * rows around it are stored and counted all the same. */
 static void bulk_pump(areq_t *r)
 {
     while (!r->busy && !r->replied) {
@@ -325,8 +356,19 @@ static void bulk_pump(areq_t *r)
             reply_error(r, 503, "out_of_memory", "out of memory");
             return;
         }
+        if (r->skipping) {
+            if (!bulk_skip(r))
+                return; /* the rest of the line is still to come */
+            r->skipping = false;
+            bulk_too_long(r);
+            continue;
+        }
         size_t len;
         char *line = evbuffer_readln(r->in, &len, EVBUFFER_EOL_LF);
+        if (line == NULL && r->ended && evbuffer_get_length(r->in) > MAX_LINE) {
+            r->skipping = true; /* the last line, without newline, and too long */
+            continue;
+        }
         if (line == NULL && r->ended && evbuffer_get_length(r->in)) { /* no final newline */
             len = evbuffer_get_length(r->in);
             line = malloc(len + 1);
@@ -337,10 +379,8 @@ static void bulk_pump(areq_t *r)
         }
         if (line == NULL) {
             if (evbuffer_get_length(r->in) > MAX_LINE) {
-                reply_error(r, 413, "line_too_long",
-                            "line %zu is longer than %d bytes; one user's features per line",
-                            r->line_no + 1, MAX_LINE);
-                return;
+                r->skipping = true; /* no newline in sight: drop it as it comes */
+                continue;
             }
             if (r->ended) {
                 if (r->batch->n)
@@ -351,13 +391,12 @@ static void bulk_pump(areq_t *r)
             return;
         }
         size_t used = len + (r->ended && evbuffer_get_length(r->in) == 0 ? 0 : 1);
-        bulk_line(r, line, len);
+        if (len > MAX_LINE)
+            bulk_too_long(r);
+        else
+            bulk_line(r, line, len);
         free(line);
-        if (r->s && r->unconsumed) { /* the client may send as much again */
-            size_t c = used < r->unconsumed ? used : r->unconsumed;
-            mg_srv_consume(r->s, c);
-            r->unconsumed -= c;
-        }
+        bulk_consume(r, used);
         if (r->batch->n == BATCH_ROWS || r->batch_bytes >= BATCH_BYTES)
             bulk_flush(r);
     }

@@ -11,9 +11,10 @@
  * Writes go to MariaDB (the source of truth), then refresh Redis (mgf:v1 layout, conf/README.md)
  * with the TTL; other workers' local caches follow within features.local.ttl_ms. Bodies are
  * validated against the app's groups (unknown group, wrong type, over max_header_bytes: the row
- * is refused with the reason). The bulk load is streamed: rows go to MariaDB in batches of 500
- * and the request body is read no faster than they are stored (flow control), so any size
- * loads in bounded memory.
+ * is refused with the reason; in a bulk load, so is a line over 64 KiB, and the load goes on).
+ * The bulk load is streamed: rows go to MariaDB in batches of 500 (or 1 MiB of features) and
+ * the request body is read no faster than they are stored (flow control), so any size loads in
+ * bounded memory.
  *
  * Threading: the handler runs on the admin thread (mount it with mg_admin_mount, the handler
  * mg_fadmin_handler() and |ud| = the mg_fadmin_t); MariaDB work runs on the source's threads

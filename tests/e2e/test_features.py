@@ -497,6 +497,36 @@ def test_admin_user_id_may_be_percent_encoded(stack):
     assert stack.admin("GET", "/v1/features/digits/a%zzb").status_code == 400
 
 
+def test_admin_bulk_too_long_line_is_one_rejected_line(stack):
+    """A line over the limit is rejected like any bad line, however it arrives: the rows
+    before it (stored or still batched) and after it are stored, and the counts say so."""
+    rows = [json.dumps({"user": "l%d" % i, "features": {"recent": ["i"]}}) for i in range(600)]
+    long_line = json.dumps({"user": "long", "features": {"vec": "z" * 100000}})
+    tail = [json.dumps({"user": "m%d" % i, "features": {"recent": ["j"]}}) for i in range(5)]
+
+    def body():
+        yield ("\n".join(rows) + "\n").encode()
+        data = long_line.encode()
+        for i in range(0, len(data), 8192):  # in pieces: no newline in sight for a while
+            time.sleep(0.02)
+            yield data[i:i + 8192]
+        yield ("\n" + "\n".join(tail) + "\n").encode()
+
+    r = bulk_post(stack, body())
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["accepted"] == 605 and doc["rejected"] == 1, doc
+    assert doc["errors"][0]["line"] == 601 and "longer than" in doc["errors"][0]["error"], doc
+    assert stack.db.query("SELECT COUNT(*) FROM user_features")[0][0] == 605
+    # in one piece, or as the last line without a newline: refused the same way
+    r = bulk_post(stack, [(long_line + "\n" + rows[0] + "\n").encode()])
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    assert "longer than" in r.json()["errors"][0]["error"], r.text
+    r = bulk_post(stack, [(rows[0] + "\n" + long_line).encode()])
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    assert r.json()["errors"][0]["line"] == 2, r.text
+
+
 def test_admin_bulk_of_large_rows_fits_mariadb_packets(procs):
     """500 rows of 40 KB are 20 MB, more than MariaDB's max_allowed_packet (16 MB)."""
     s = Stack(procs, max_bytes=65536)
