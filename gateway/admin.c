@@ -211,13 +211,27 @@ static bool read_token(mg_admin_t *a, const char *path, char *err, size_t errlen
     size_t n = fread(a->token, 1, sizeof(a->token) - 1, f);
     bool more = fgetc(f) != EOF;
     fclose(f);
-    while (n && (a->token[n - 1] == '\n' || a->token[n - 1] == '\r' || a->token[n - 1] == ' '))
+    while (n && (a->token[n - 1] == '\n' || a->token[n - 1] == '\r' || a->token[n - 1] == ' ' ||
+                 a->token[n - 1] == '\t'))
         n--;
     a->token[n] = '\0';
-    if (more || n == 0 || strlen(a->token) != n) {
-        snprintf(err, errlen, "admin.token_file %s: %s", path,
-                 n == 0 ? "empty (expected one line with the token)"
-                        : "not one line of text under 512 bytes");
+    /* a client cannot send a space or a control byte inside the token (and a header value
+     * loses its leading spaces): such a token would answer 401 to everyone */
+    size_t bad = 0;
+    while (bad < n && (uint8_t)a->token[bad] > ' ' && a->token[bad] != 0x7f)
+        bad++;
+    if (more || n == 0 || bad < n) {
+        if (n == 0)
+            snprintf(err, errlen, "admin.token_file %s: empty (expected one line with the token)",
+                     path);
+        else if (more)
+            snprintf(err, errlen, "admin.token_file %s: not one line of text under 512 bytes",
+                     path);
+        else
+            snprintf(err, errlen,
+                     "admin.token_file %s: expected one line with the token, without spaces or "
+                     "control characters (found byte 0x%02x at offset %zu)",
+                     path, (unsigned)(uint8_t)a->token[bad], bad);
         return false;
     }
     a->token_len = n;

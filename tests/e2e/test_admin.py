@@ -56,3 +56,21 @@ def test_missing_token_file_is_named(procs, tmp_path):
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 1
     assert "nope.token" in r.stderr and "No such file" in r.stderr
+
+
+def test_token_file_of_two_lines_is_refused(procs, tmp_path):
+    """A token no request can send (a second line, a space inside) would make every admin
+    request 401 with the right token in hand: refused at start-up, with the reason."""
+    for text in ("s3cret\nsecond line\n", "s3cret token\n", " s3cret\n"):
+        token = tmp_path / "admin.token"
+        token.write_text(text)
+        conf = tmp_path / "gateway.json"
+        conf.write_text('{"listen": ["127.0.0.1:%d"], "admin": {"listen": "127.0.0.1:%d", '
+                        '"token_file": "%s"}}' % (free_port(), free_port(), token))
+        try:
+            r = subprocess.run([GATEWAY_BIN, "--config", str(conf), "--backend", "127.0.0.1:1"],
+                               capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the gateway started with the token file %r" % text)
+        assert r.returncode == 1, r.stderr
+        assert str(token) in r.stderr and "one line" in r.stderr, r.stderr
