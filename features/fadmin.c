@@ -63,8 +63,10 @@ typedef struct areq {
     char dberr[256];
     json_t *errors;
     mg_fwrite_t *batch;
-    size_t batch_bytes; /* features text in |batch| */
-    bool skipping;      /* dropping the rest of a line longer than MAX_LINE */
+    size_t batch_bytes;               /* features text in |batch| */
+    size_t batch_first, batch_last;   /* lines of the first and last row of |batch| */
+    size_t flight_first, flight_last; /* the same for the batch being stored */
+    bool skipping;                    /* dropping the rest of a line longer than MAX_LINE */
 } areq_t;
 
 static void areq_free(areq_t *r)
@@ -299,6 +301,9 @@ static void bulk_line(areq_t *r, const char *line, size_t len)
             bulk_reject(r, "out of memory");
         } else {
             r->batch->users[r->batch->n] = u;
+            if (r->batch->n == 0)
+                r->batch_first = r->line_no;
+            r->batch_last = r->line_no;
             r->batch->docs[r->batch->n++] = n;
             r->batch_bytes += bytes;
         }
@@ -402,6 +407,28 @@ static void bulk_pump(areq_t *r)
     }
 }
 
+/* Names the lines of the batch in flight that MariaDB did not store, so the client can send
+ * them again (rows that were rejected in that range are rejected again, harmlessly). The
+ * entry goes in line order among the rejected lines already listed. */
+static void add_range_error(areq_t *r, size_t rows, const char *dberr)
+{
+    char why[400];
+    snprintf(why, sizeof(why), "%zu rows in these lines not stored: %s", rows, dberr);
+    json_t *e = json_pack("{s:I,s:I,s:s}", "line", (json_int_t)r->flight_first, "last_line",
+                          (json_int_t)r->flight_last, "error", why);
+    size_t i = json_array_size(r->errors);
+    while (i > 0 && json_integer_value(json_object_get(json_array_get(r->errors, i - 1), "line")) >
+                        (json_int_t)r->flight_first)
+        i--;
+    if (e == NULL || i >= MAX_ERRORS) {
+        json_decref(e);
+        return;
+    }
+    json_array_insert_new(r->errors, i, e);
+    if (json_array_size(r->errors) > MAX_ERRORS)
+        json_array_remove(r->errors, MAX_ERRORS);
+}
+
 static void on_done_batch(mg_fwrite_t *w)
 {
     areq_t *r = w->ud;
@@ -413,6 +440,7 @@ static void on_done_batch(mg_fwrite_t *w)
         r->db_failed = true;
         snprintf(r->dberr, sizeof(r->dberr), "%s", w->errmsg);
         r->rejected += w->n;
+        add_range_error(r, w->n, w->errmsg);
     }
     mg_fwrite_free(w);
     if (r->s)
@@ -425,6 +453,7 @@ static void bulk_flush(areq_t *r)
     mg_fwrite_t *w = r->batch;
     r->batch = NULL;
     r->batch_bytes = 0;
+    r->flight_first = r->batch_first, r->flight_last = r->batch_last;
     submit(r, w, on_done_batch);
 }
 

@@ -6,7 +6,8 @@
  *   DELETE /v1/features/{app}/{user}   200 {"deleted": true} or 404
  *   POST   /v1/features/{app}          body: JSON lines {"user": "...", "features": {...}}
  *        -> 200 {"accepted": N, "rejected": M, "errors": [{"line", "error"}...]} (first 20)
- *           503 with the same counts when MariaDB failed part of the load
+ *           503 with the same counts when MariaDB failed part of the load; then errors also
+ *           hold {"line", "last_line", "error"}: the lines of each batch it did not store
  *
  * Writes go to MariaDB (the source of truth), then refresh Redis (mgf:v1 layout, conf/README.md)
  * with the TTL; other workers' local caches follow within features.local.ttl_ms. Bodies are

@@ -542,6 +542,33 @@ def test_admin_bulk_of_large_rows_fits_mariadb_packets(procs):
     assert s.db.query("SELECT COUNT(*) FROM user_features")[0][0] == 520
 
 
+def test_admin_bulk_names_the_lines_mariadb_did_not_store(stack):
+    """MariaDB dies mid-load: 503 with counts, and the errors name the lines to send again."""
+    import signal
+
+    def rows(prefix, n):
+        return "".join(json.dumps({"user": "%s%d" % (prefix, i), "features": {"recent": ["x"]}})
+                       + "\n" for i in range(n)).encode()
+
+    def body():
+        yield rows("d", 600)
+        wait_for(lambda: stack.db.query("SELECT COUNT(*) FROM user_features")[0][0] == 500, 10,
+                 what="the first batch stored")
+        stack.db.stop(signal.SIGKILL)
+        yield b"not json\n" + rows("e", 599)
+
+    r = bulk_post(stack, body())
+    assert r.status_code == 503, r.text
+    doc = r.json()
+    assert doc["accepted"] == 500 and doc["rejected"] == 700, doc
+    assert "MariaDB" in doc["database_error"], doc
+    errs = doc["errors"]
+    # rows 501-1000 are lines 501-1001 (line 601 is the bad one); the last batch, the rest
+    assert [(e["line"], e.get("last_line")) for e in errs] == [(501, 1001), (601, None),
+                                                               (1002, 1200)], errs
+    assert "not stored" in errs[0]["error"] and "MariaDB" in errs[0]["error"], errs
+
+
 def test_admin_put_refreshes_redis_after_its_connection_dropped(procs):
     """Redis closed the gateway's connections (restart, timeout, CLIENT KILL): the next PUT
     still replaces the cached features instead of leaving the old ones for redis.ttl_s."""
