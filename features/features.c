@@ -23,8 +23,8 @@
  * JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS (and \u escapes lowercased): groups sorted by
  * name, hash fields sorted bytewise, strings with \" \\ \b \f \n \r \t, other bytes below
  * 0x20 as \u00xx, everything else (0x7f included) as is. write_string does the same for replies
- * that are plain (every element a string, ASCII only, hash fields under 256 bytes without NUL,
- * so that the old truncation of field names cannot merge two); any other reply, and every
+ * that are plain (every element a string, ASCII only, hash fields without NUL, so that a
+ * bytewise sort orders them as jansson does); any other reply, and every
  * "json" group, goes through jansson as before (group_json), so rare cases keep their old bytes.
  */
 #include "features/features.h"
@@ -404,8 +404,7 @@ static bool is_plain(const mg_fgroup_t *g, const redisReply *r)
         const redisReply *e = r->element[i];
         if (e->type != REDIS_REPLY_STRING || !is_ascii(e->str, (size_t)e->len))
             return false;
-        if (g->type == MG_FGROUP_HASH && i % 2 == 0 &&
-            (e->len >= 256 || memchr(e->str, '\0', (size_t)e->len) != NULL))
+        if (g->type == MG_FGROUP_HASH && i % 2 == 0 && memchr(e->str, '\0', (size_t)e->len) != NULL)
             return false;
     }
     return true;
@@ -470,9 +469,10 @@ static json_t *group_json(const mg_fgroup_t *g, const redisReply *r)
                 json_array_append_new(v, s);
             } else if (i + 1 < r->elements && r->element[i + 1]->type == REDIS_REPLY_STRING) {
                 const redisReply *val = r->element[++i];
-                char name[256];
-                snprintf(name, sizeof(name), "%.*s", (int)e->len, e->str);
-                json_object_set_new(v, name, json_stringn(val->str, (size_t)val->len));
+                /* the whole field, as MariaDB's copy has it: a cut name would change the
+                 * snapshot's bytes and hash between the two stores */
+                json_object_setn_new(v, e->str, (size_t)e->len,
+                                     json_stringn(val->str, (size_t)val->len));
                 json_decref(s);
             } else {
                 json_decref(s);

@@ -621,3 +621,21 @@ def test_config_errors_are_reported(procs, tmp_path):
                  "features.apps.digits.timeout_ms:", "features.apps.digits.groups[0].name:",
                  "features.apps.digits.groups[0].type:"):
         assert want in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("value", ["v", "v\u00e9"])  # ASCII; non-ASCII (read by jansson)
+def test_long_hash_field_reads_the_same_from_redis_as_from_mariadb(stack, value):
+    # A hash field of 300 bytes: the first request reads MariaDB (and writes Redis back), the
+    # next one, past the local TTL, reads Redis. Both must send the same bytes (and hash).
+    field = "f" * 300
+    doc = {"profile": {field: value, "short": "w"}}
+    stack.put_db("longf", doc)
+    h = stack.get("longf")
+    assert h["x-modelgate-features"] == "hit"
+    assert h["x-user-features"] == canonical(doc)
+    assert stack.r.hgetall("mgf:v1:digits:longf:profile")[field.encode()] == value.encode()
+    time.sleep(1.1)  # local ttl_ms 1000: the next one is read from Redis
+    before = stack.selects()
+    h2 = stack.get("longf")
+    assert stack.selects() == before  # Redis answered
+    assert h2["x-user-features"] == h["x-user-features"]
