@@ -567,61 +567,69 @@ static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *ap
     return n + 2;
 }
 
-/* Writes |n| users to Redis in one round trip. A kept connection that Redis closed meanwhile
- * (restart, client timeout, CLIENT KILL) is replaced and the write sent again, once: skipping
- * it would leave the users' old features in Redis for up to redis.ttl_s. Each user's commands
- * are one MULTI/EXEC, so sending them twice is harmless. */
+/* Sends the commands for |n| users and reads every reply; false when Redis failed, then with
+ * *conn_closed when Redis closed the connection (EOF, reset, broken pipe: not a timeout, and
+ * not an error reply). */
+static bool redis_write_once(dbthread_t *t, const mg_fapp_t *app, char *const *users,
+                             json_t *const *docs, size_t n, bool *conn_closed)
+{
+    int replies = 0;
+    for (size_t i = 0; i < n; i++)
+        replies += append_user(t->redis, t->s->conf, app, users[i], docs ? docs[i] : NULL);
+    bool ok = true;
+    *conn_closed = false;
+    for (int i = 0; i < replies; i++) {
+        void *rep = NULL;
+        if (redisGetReply(t->redis, &rep) != REDIS_OK) {
+            int e = errno;
+            *conn_closed = t->redis->err == REDIS_ERR_EOF ||
+                           (t->redis->err == REDIS_ERR_IO && e != EAGAIN && e != EWOULDBLOCK);
+            return false;
+        }
+        if (((redisReply *)rep)->type == REDIS_REPLY_ERROR)
+            ok = false;
+        freeReplyObject(rep);
+    }
+    return ok;
+}
+
+/* Writes |n| users to Redis in one round trip. A connection that was open already may have
+ * been closed by Redis since its last use (its idle timeout, a restart, CLIENT KILL): then the
+ * write is sent again once on a new one - each user's commands are one MULTI/EXEC of
+ * idempotent commands - rather than leaving Redis with the old features of a user who was
+ * just written. A timeout is not retried: the write would only wait twice as long. */
 static void redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
                         json_t *const *docs, size_t n)
 {
     mg_fsource_t *s = t->s;
     if (!s->conf->redis.on)
         return;
-    bool ok = false;
-    for (int attempt = 0; attempt < 2 && !ok; attempt++) {
-        bool kept = t->redis != NULL;
+    for (int attempt = 0;; attempt++) {
+        bool reused = t->redis != NULL;
         if (!redis_ready(t)) {
             MG_FM_INC(s->dbm.writeback_error);
             return;
         }
-        int replies = 0;
-        for (size_t i = 0; i < n; i++)
-            replies += append_user(t->redis, s->conf, app, users[i], docs ? docs[i] : NULL);
-        ok = true;
-        int e = 0;
-        for (int i = 0; i < replies; i++) {
-            void *rep = NULL;
-            if (redisGetReply(t->redis, &rep) != REDIS_OK) {
-                e = errno;
-                ok = false;
-                break;
-            }
-            if (((redisReply *)rep)->type == REDIS_REPLY_ERROR)
-                ok = false;
-            freeReplyObject(rep);
+        bool closed;
+        if (redis_write_once(t, app, users, docs, n, &closed)) {
+            MG_FM_INC(s->dbm.writeback_ok);
+            return;
         }
-        /* closed (EOF, reset, broken pipe), not slow (a timeout): worth one more try */
-        bool closed = t->redis->err == REDIS_ERR_EOF ||
-                      (t->redis->err == REDIS_ERR_IO && e != EAGAIN && e != EWOULDBLOCK);
-        if (ok || !kept || !closed)
-            break;
-        redisFree(t->redis); /* closed by Redis: try once more on a new connection */
+        char why[128];
+        snprintf(why, sizeof(why), "%s", t->redis->err ? t->redis->errstr : "error reply");
+        redisFree(t->redis); /* replies may be out of step now */
         t->redis = NULL;
-    }
-    if (ok) {
-        MG_FM_INC(s->dbm.writeback_ok);
+        if (closed && reused && attempt == 0)
+            continue;
+        MG_FM_INC(s->dbm.writeback_error);
+        unsigned long skipped;
+        if (mg_log_limit_pass(&t->loglimit, &skipped))
+            MG_LOG(MG_LOG_WARN, "features",
+                   "Redis %s:%u: write-back failed (%s); lookups will miss Redis until it "
+                   "works (%lu similar suppressed)",
+                   s->conf->redis.host, s->conf->redis.port, why, skipped);
         return;
     }
-    MG_FM_INC(s->dbm.writeback_error);
-    unsigned long skipped;
-    if (mg_log_limit_pass(&t->loglimit, &skipped))
-        MG_LOG(MG_LOG_WARN, "features",
-               "Redis %s:%u: write-back failed (%s); lookups will miss Redis until it works "
-               "(%lu similar suppressed)",
-               s->conf->redis.host, s->conf->redis.port,
-               t->redis->err ? t->redis->errstr : "error reply", skipped);
-    redisFree(t->redis); /* replies may be out of step now */
-    t->redis = NULL;
 }
 
 /* ---------- jobs ---------- */

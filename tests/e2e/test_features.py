@@ -639,3 +639,26 @@ def test_long_hash_field_reads_the_same_from_redis_as_from_mariadb(stack, value)
     h2 = stack.get("longf")
     assert stack.selects() == before  # Redis answered
     assert h2["x-user-features"] == h["x-user-features"]
+
+
+def test_admin_write_reaches_redis_after_it_closed_the_idle_connection(procs):
+    # Redis closes idle clients (its "timeout"), as it may do in production. The MariaDB
+    # thread's own connection, used for the write-back, is then dead: an admin write must
+    # still replace what Redis holds, or requests get the old features for redis.ttl_s.
+    s = Stack(procs, db_threads=1)
+    r = s.admin("PUT", "/v1/features/digits/idle", json.dumps({"recent": ["old"]}))
+    assert r.status_code == 200, r.text
+    assert s.r.lrange("mgf:v1:digits:idle:recent", 0, -1) == [b"old"]
+    s.r.config_set("timeout", 1)
+    try:
+        # the thread's connection ran EXEC last; wait until Redis has closed it
+        wait_for(lambda: "cmd=exec" not in str(s.r.execute_command("CLIENT", "LIST")), 10,
+                 0.1, "Redis to close the idle write-back connection")
+    finally:
+        s.r.config_set("timeout", 0)
+    r = s.admin("PUT", "/v1/features/digits/idle", json.dumps({"recent": ["new"]}))
+    assert r.status_code == 200, r.text
+    assert s.r.lrange("mgf:v1:digits:idle:recent", 0, -1) == [b"new"]
+    assert s.sample('modelgate_features_writeback_total{result="error"}') == 0
+    wait_for(lambda: s.metric("modelgate_features_redis_up") == 2, 10, 0.05, "Redis reconnect")
+    assert json.loads(s.get("idle")["x-user-features"]) == {"recent": ["new"]}
