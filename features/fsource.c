@@ -91,6 +91,7 @@ struct mg_fsource {
     const mg_fconf_t *conf;
     pthread_mutex_t lock;
     pthread_cond_t cond;
+    pthread_cond_t lookup_done; /* broadcast when a running lookup finishes */
     ljob_t *map[NBUCKETS];
     ljob_t *lq_head, *lq_tail;         /* queued lookups */
     ljob_t *linger_head, *linger_tail; /* done lookups, oldest first */
@@ -695,6 +696,7 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
 /* Under s->lock: delivers |j|'s result and keeps it (or drops it, on error). */
 static void finish_lookup(mg_fsource_t *s, ljob_t *j)
 {
+    pthread_cond_broadcast(&s->lookup_done); /* a write may wait for it (run_write) */
     for (waiter_t *w = j->waiters; w; w = w->next)
         post(w->sink, w->tag, j->result, j->val);
     while (j->waiters) {
@@ -774,13 +776,19 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
     w->affected = w->op == MG_FW_PUT ? w->n : (size_t)aff;
     atomic_fetch_add(w->op == MG_FW_PUT ? &s->dbm.rows_written : &s->dbm.rows_deleted,
                      (unsigned long long)w->affected);
-    /* a kept lookup result of these users is outdated now */
+    /* A kept lookup result of these users is outdated now. A lookup still running may have
+     * read the row before this write: it writes its copy back to Redis before it finishes, so
+     * wait for it, or that old copy would land after ours and stay for redis.ttl_s. */
     pthread_mutex_lock(&s->lock);
     for (size_t i = 0; i < w->n; i++) {
         size_t klen;
         char *key = make_key(w->app, w->users[i], &klen);
-        if (key)
-            forget(s, key, klen);
+        if (key == NULL)
+            continue;
+        ljob_t *j;
+        while ((j = *map_slot(s, key, klen)) != NULL && j->state == JOB_RUNNING)
+            pthread_cond_wait(&s->lookup_done, &s->lock);
+        forget(s, key, klen);
         free(key);
     }
     pthread_mutex_unlock(&s->lock);
@@ -911,6 +919,7 @@ mg_fsource_t *mg_fsource_new(const mg_fconf_t *conf, unsigned nworkers, char *er
     s->nworkers = nworkers;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    pthread_cond_init(&s->lookup_done, NULL);
     s->wm = calloc(nworkers ? nworkers : 1, sizeof(*s->wm));
     if (s->wm == NULL) {
         snprintf(err, errlen, "features: out of memory");
@@ -980,6 +989,7 @@ void mg_fsource_free(mg_fsource_t *s)
     free(s->wm);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
+    pthread_cond_destroy(&s->lookup_done);
     free(s);
 }
 

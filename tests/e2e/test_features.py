@@ -75,7 +75,8 @@ def canonical(doc):
 
 class Stack:
     def __init__(self, procs, timeout_ms=1000, local=None, redis_over=None, max_bytes=None,
-                 workers=2, by_env=None, envs=("production",), db_threads=2):
+                 workers=2, by_env=None, envs=("production",), db_threads=2, table=None,
+                 before_start=None):
         self.procs = procs
         self.redis = Redis(procs)
         self.db = MariaDB(procs)
@@ -84,13 +85,16 @@ class Stack:
         for stmt in sql.split(";"):
             if stmt.strip():
                 self.db.query(stmt)
+        if before_start:
+            before_start(self)
         self.backend = procs.backend("pod-a")
         self.admin_port = free_port()
         feats = {
             "redis": dict({"host": "127.0.0.1", "port": self.redis.port, "ttl_s": 60,
                            "negative_ttl_s": 30, "reconnect_max_ms": 200}, **(redis_over or {})),
             "mariadb": {"host": "127.0.0.1", "port": self.db.port, "user": "root",
-                        "database": "modelgate", "threads": db_threads},
+                        "database": "modelgate", "threads": db_threads,
+                        "table": table or "user_features"},
             "local": dict({"ttl_ms": 1000, "stale_ms": 0, "negative_ttl_ms": 1000},
                           **(local or {})),
             "apps": {"digits": {"timeout_ms": timeout_ms, "groups": GROUPS}},
@@ -662,3 +666,29 @@ def test_admin_write_reaches_redis_after_it_closed_the_idle_connection(procs):
     assert s.sample('modelgate_features_writeback_total{result="error"}') == 0
     wait_for(lambda: s.metric("modelgate_features_redis_up") == 2, 10, 0.05, "Redis reconnect")
     assert json.loads(s.get("idle")["x-user-features"]) == {"recent": ["new"]}
+
+
+def test_admin_write_during_a_lookup_is_not_undone_by_its_write_back(procs):
+    # The lookups read a view that sleeps a second after reading the row, so that an admin
+    # write lands while a lookup holds the old row. The lookup's write-back must not replace
+    # the new features in Redis with the old ones (requests would get them for redis.ttl_s).
+    def slow_view(st):
+        st.db.query("CREATE VIEW slow_features AS SELECT * FROM user_features "
+                    "WHERE SLEEP(1) = 0")
+    s = Stack(procs, timeout_ms=50, table="slow_features", before_start=slow_view)
+    s.put_db("race", {"recent": ["old"]})
+    got = {}
+    t = threading.Thread(target=lambda: got.update(h=s.get("race")))
+    t.start()
+    wait_for(lambda: any(row[6] == "User sleep" and "slow_features" in str(row[7])
+                         for row in s.db.query("SHOW FULL PROCESSLIST")), 5, 0.02,
+             "the lookup to have read the row")
+    r = s.admin("PUT", "/v1/features/digits/race", json.dumps({"recent": ["new"]}))
+    assert r.status_code == 200, r.text
+    t.join(10)
+    assert got["h"]["x-modelgate-features"] == "timeout"
+    wait_for(lambda: s.sample('modelgate_features_writeback_total{result="ok"}') == 2, 5, 0.05,
+             "both write-backs")
+    assert s.r.lrange("mgf:v1:digits:race:recent", 0, -1) == [b"new"]
+    time.sleep(1.1)  # local ttl_ms 1000
+    assert json.loads(s.get("race")["x-user-features"]) == {"recent": ["new"]}
