@@ -59,6 +59,8 @@ typedef struct areq {
     int pins; /* > 0 while a function of this file uses it: a reply may close the stream */
     /* bulk */
     size_t line_no, accepted, rejected;
+    size_t redis_failed; /* accepted rows whose Redis refresh failed */
+    char redis_err[160]; /* the last reason */
     bool db_failed;
     char dberr[256];
     json_t *errors;
@@ -140,6 +142,19 @@ static void reply_error(areq_t *r, int status, const char *code, const char *fmt
 
 /* ---------- single user ---------- */
 
+/* What a PUT or DELETE did to Redis, in its answer: MariaDB has the change either way (the
+ * answer is 200), but a Redis that kept the old copy serves it until the key's TTL ends, and
+ * the caller may want to retry or flush it. */
+static void add_redis(json_t *body, mg_fwrite_redis_t redis, const char *why)
+{
+    if (body == NULL)
+        return;
+    static const char *const names[] = {"off", "refreshed", "not_refreshed"};
+    json_object_set_new(body, "redis", json_string(names[redis]));
+    if (redis == MG_FW_REDIS_FAILED)
+        json_object_set_new(body, "redis_error", json_string(why));
+}
+
 static void on_done_single(mg_fwrite_t *w)
 {
     areq_t *r = w->ud;
@@ -150,16 +165,19 @@ static void on_done_single(mg_fwrite_t *w)
         reply_error(r, 503, "features_unavailable", "%s", w->errmsg);
     } else if (w->op == MG_FW_PUT) {
         mg_fval_t *v = mg_fval_from_json(w->docs[0]);
-        reply_json(r, 200,
-                   json_pack("{s:s,s:s,s:s?,s:I}", "app", r->app->name, "user", r->user, "hash",
-                             v ? v->hash : NULL, "bytes", (json_int_t)(v ? v->len : 0)));
+        json_t *body = json_pack("{s:s,s:s,s:s?,s:I}", "app", r->app->name, "user", r->user, "hash",
+                                 v ? v->hash : NULL, "bytes", (json_int_t)(v ? v->len : 0));
+        add_redis(body, w->redis, w->redis_errmsg);
+        reply_json(r, 200, body);
         mg_fval_unref(v);
     } else if (w->affected == 0) {
         reply_error(r, 404, "not_found", "app %s has no features for user %s", r->app->name,
                     r->user);
     } else if (w->op == MG_FW_DELETE) {
-        reply_json(r, 200,
-                   json_pack("{s:s,s:s,s:b}", "app", r->app->name, "user", r->user, "deleted", 1));
+        json_t *body =
+            json_pack("{s:s,s:s,s:b}", "app", r->app->name, "user", r->user, "deleted", 1);
+        add_redis(body, w->redis, w->redis_errmsg);
+        reply_json(r, 200, body);
     } else {
         json_error_t jerr;
         char why[256];
@@ -320,6 +338,10 @@ static void bulk_reply(areq_t *r)
                   "rejected", (json_int_t)r->rejected, "errors", r->errors);
     if (r->db_failed && body)
         json_object_set_new(body, "database_error", json_string(r->dberr));
+    if (r->redis_failed && body) { /* stored, but Redis may serve their old copies until TTL */
+        json_object_set_new(body, "redis_not_refreshed", json_integer((json_int_t)r->redis_failed));
+        json_object_set_new(body, "redis_error", json_string(r->redis_err));
+    }
     reply_json(r, r->db_failed ? 503 : 200, body);
 }
 
@@ -436,6 +458,10 @@ static void on_done_batch(mg_fwrite_t *w)
     r->busy = false;
     if (w->err == MG_OK) {
         r->accepted += w->n;
+        if (w->redis == MG_FW_REDIS_FAILED) {
+            r->redis_failed += w->n;
+            snprintf(r->redis_err, sizeof(r->redis_err), "%s", w->redis_errmsg);
+        }
     } else {
         r->db_failed = true;
         snprintf(r->dberr, sizeof(r->dberr), "%s", w->errmsg);

@@ -10,7 +10,9 @@
  *           hold {"line", "last_line", "error"}: the lines of each batch it did not store
  *
  * Writes go to MariaDB (the source of truth), then refresh Redis (mgf:v1 layout, conf/README.md)
- * with the TTL; other workers' local caches follow within features.local.ttl_ms. Bodies are
+ * with the TTL; other workers' local caches follow within features.local.ttl_ms. PUT and DELETE
+ * answers say "redis": "refreshed", "off" or "not_refreshed" (+ "redis_error"); a bulk load
+ * counts the stored rows Redis missed in "redis_not_refreshed" (+ "redis_error"). Bodies are
  * validated against the app's groups (unknown group, wrong type, over max_header_bytes: the row
  * is refused with the reason; in a bulk load, so is a line over 64 KiB, and the load goes on).
  * The bulk load is streamed: rows go to MariaDB in batches of 500 (or 1 MiB of features) and

@@ -594,30 +594,31 @@ static bool redis_write_once(dbthread_t *t, const mg_fapp_t *app, char *const *u
     return ok;
 }
 
-/* Writes |n| users to Redis in one round trip. A connection that was open already may have
- * been closed by Redis since its last use (its idle timeout, a restart, CLIENT KILL): then the
- * write is sent again once on a new one - each user's commands are one MULTI/EXEC of
- * idempotent commands - rather than leaving Redis with the old features of a user who was
- * just written. A timeout is not retried: the write would only wait twice as long. */
-static void redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
-                        json_t *const *docs, size_t n)
+/* Writes |n| users to Redis (which is configured) in one round trip; false with |why| when it
+ * failed. A connection that was open already may have been closed by Redis since its last use
+ * (its idle timeout, a restart, CLIENT KILL): then the write is sent again once on a new one -
+ * each user's commands are one MULTI/EXEC of idempotent commands - rather than leaving Redis
+ * with the old features of a user who was just written. A timeout is not retried: the write
+ * would only wait twice as long. */
+static bool redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
+                        json_t *const *docs, size_t n, char *why, size_t whylen)
 {
     mg_fsource_t *s = t->s;
-    if (!s->conf->redis.on)
-        return;
     for (int attempt = 0;; attempt++) {
         bool reused = t->redis != NULL;
         if (!redis_ready(t)) {
             MG_FM_INC(s->dbm.writeback_error);
-            return;
+            snprintf(why, whylen, "cannot connect to Redis %s:%u", s->conf->redis.host,
+                     s->conf->redis.port);
+            return false;
         }
         bool closed;
         if (redis_write_once(t, app, users, docs, n, &closed)) {
             MG_FM_INC(s->dbm.writeback_ok);
-            return;
+            return true;
         }
-        char why[128];
-        snprintf(why, sizeof(why), "%s", t->redis->err ? t->redis->errstr : "error reply");
+        snprintf(why, whylen, "Redis %s:%u: %s", s->conf->redis.host, s->conf->redis.port,
+                 t->redis->err ? t->redis->errstr : "error reply");
         redisFree(t->redis); /* replies may be out of step now */
         t->redis = NULL;
         if (closed && reused && attempt == 0)
@@ -626,10 +627,10 @@ static void redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
         unsigned long skipped;
         if (mg_log_limit_pass(&t->loglimit, &skipped))
             MG_LOG(MG_LOG_WARN, "features",
-                   "Redis %s:%u: write-back failed (%s); lookups will miss Redis until it "
-                   "works (%lu similar suppressed)",
-                   s->conf->redis.host, s->conf->redis.port, why, skipped);
-        return;
+                   "write-back failed (%s); lookups will miss Redis until it works (%lu "
+                   "similar suppressed)",
+                   why, skipped);
+        return false;
     }
 }
 
@@ -688,8 +689,9 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
         MG_FM_INC(s->dbm.miss);
     }
     /* cache-aside: Redis first, so that the next request of any worker finds it there */
-    if (j->result != MG_FDB_ERROR)
-        redis_write(t, j->app, &j->user, doc ? &doc : NULL, 1);
+    /* a failure is logged by redis_write (rate-limited); the lookup's answer stands */
+    if (j->result != MG_FDB_ERROR && s->conf->redis.on)
+        redis_write(t, j->app, &j->user, doc ? &doc : NULL, 1, why, sizeof(why));
     json_decref(doc);
 }
 
@@ -792,7 +794,13 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
         free(key);
     }
     pthread_mutex_unlock(&s->lock);
-    redis_write(t, w->app, w->users, w->op == MG_FW_PUT ? w->docs : NULL, w->n);
+    if (!s->conf->redis.on)
+        w->redis = MG_FW_REDIS_OFF;
+    else if (redis_write(t, w->app, w->users, w->op == MG_FW_PUT ? w->docs : NULL, w->n,
+                         w->redis_errmsg, sizeof(w->redis_errmsg)))
+        w->redis = MG_FW_REDIS_REFRESHED;
+    else
+        w->redis = MG_FW_REDIS_FAILED;
 }
 
 static void on_write_done(evutil_socket_t fd, short what, void *arg)

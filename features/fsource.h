@@ -79,6 +79,13 @@ typedef enum mg_fwrite_op {
     MG_FW_GET = 2,    /* users[0]: the stored text into |got| */
 } mg_fwrite_op_t;
 
+/* Whether a PUT or DELETE reached Redis too (MariaDB is the truth; Redis is refreshed after). */
+typedef enum mg_fwrite_redis {
+    MG_FW_REDIS_OFF = 0,   /* no Redis configured */
+    MG_FW_REDIS_REFRESHED, /* Redis has the change */
+    MG_FW_REDIS_FAILED,    /* Redis may still serve the previous features until their TTL */
+} mg_fwrite_redis_t;
+
 typedef struct mg_fwrite {
     /* in: set by the caller; users and docs are owned by the job (mg_fwrite_free) */
     const mg_fapp_t *app;
@@ -92,8 +99,10 @@ typedef struct mg_fwrite {
     /* out */
     mg_err_t err; /* MG_OK, MG_E_UPSTREAM (MariaDB failed: errmsg says why) */
     char errmsg[256];
-    size_t affected; /* rows written, deleted or found */
-    char *got;       /* GET: the stored features text (malloc), NULL when absent */
+    size_t affected;         /* rows written, deleted or found */
+    char *got;               /* GET: the stored features text (malloc), NULL when absent */
+    mg_fwrite_redis_t redis; /* PUT, DELETE: after MariaDB took the change */
+    char redis_errmsg[160];  /* MG_FW_REDIS_FAILED: why */
     struct mg_fwrite *_next;
 } mg_fwrite_t;
 

@@ -448,6 +448,33 @@ def test_admin_put_get_delete(stack):
     assert stack.get("u7")["x-modelgate-features"] == "miss"
 
 
+def test_admin_write_says_whether_redis_has_it(stack):
+    """MariaDB is the truth, so a PUT or DELETE with Redis down still answers 200; but a Redis
+    that kept the old copy serves it until the key's TTL ends, so the answer says so (the
+    caller can retry, or flush the key): "redis": refreshed | not_refreshed, with the reason."""
+    body = json.dumps({"recent": ["a"]})
+    r = stack.admin("PUT", "/v1/features/digits/w1", body)
+    assert r.status_code == 200 and r.json()["redis"] == "refreshed", r.text
+    assert "redis_error" not in r.json()
+    r = stack.admin("DELETE", "/v1/features/digits/w1")
+    assert r.status_code == 200 and r.json()["redis"] == "refreshed", r.text
+    stack.redis.stop()
+    r = stack.admin("PUT", "/v1/features/digits/w2", body)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["redis"] == "not_refreshed" and "Redis" in doc["redis_error"], doc
+    assert stack.db.query("SELECT COUNT(*) FROM user_features WHERE user_id='w2'")[0][0] == 1
+    r = stack.admin("DELETE", "/v1/features/digits/w2")
+    assert r.status_code == 200 and r.json()["redis"] == "not_refreshed", r.text
+    lines = "\n".join(json.dumps({"user": "w%d" % i, "features": {"recent": ["b"]}})
+                      for i in range(3, 6))
+    r = bulk_post(stack, lines.encode())
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["accepted"] == 3 and doc["redis_not_refreshed"] == 3, doc
+    assert "Redis" in doc["redis_error"], doc
+
+
 def test_admin_bulk_load_counts_rows(stack):
     lines = []
     for i in range(1234):
