@@ -73,9 +73,10 @@ struct fetch {
     int64_t timer_at;   /* the deadline it is armed for; INT64_MAX when idle */
     int redis_pending;
     bool redis_failed, in_db;
-    bool text_oom; /* a fragment could not be written: the lookup ends "unavailable" */
-    int marker;    /* -1 absent, 0 unknown user, 1 known user */
-    char *text;    /* the groups' fragments (malloc), then the assembled snapshot text */
+    bool redis_wrongtype; /* a key of another type than its group's: MariaDB answers instead */
+    bool text_oom;        /* a fragment could not be written: the lookup ends "unavailable" */
+    int marker;           /* -1 absent, 0 unknown user, 1 known user */
+    char *text;           /* the groups' fragments (malloc), then the assembled snapshot text */
     size_t tlen, tcap;
     frag_t frag[MAX_GROUPS];
     rcmd_t rc[MAX_GROUPS + 1];
@@ -287,9 +288,22 @@ static void redis_done(fetch_t *fx)
         return;
     }
     int64_t now = mg_mono_us();
-    if (fx->redis_failed) {
+    if (fx->redis_failed || (fx->redis_wrongtype && !f->conf->mariadb.on)) {
         MG_FM_INC(f->m->redis_error);
         fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
+    } else if (fx->redis_wrongtype) {
+        /* Redis holds a key of this user in another type than its group (a pipeline that
+         * wrote the layout wrong): MariaDB has the truth, and its write-back replaces every
+         * key of the user, which repairs them */
+        MG_FM_INC(f->m->redis_miss);
+        unsigned long skipped;
+        if (mg_log_limit_pass(&f->loglimit, &skipped))
+            MG_LOG(MG_LOG_WARN, "features",
+                   "Redis: a key of a user of app %s has the wrong type (WRONGTYPE); read "
+                   "from MariaDB, whose write-back rewrites the user's keys (%lu similar "
+                   "suppressed)",
+                   fx->app->name, skipped);
+        to_db(fx, now);
     } else if (fx->marker == 1) {
         MG_FM_INC(f->m->redis_hit);
         mg_fval_t *val = snapshot(fx);
@@ -565,7 +579,9 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
     rcmd_t *rc = priv;
     fetch_t *fx = rc->fx;
     redisReply *r = reply;
-    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+    if (r && r->type == REDIS_REPLY_ERROR && r->len >= 9 && memcmp(r->str, "WRONGTYPE", 9) == 0) {
+        fx->redis_wrongtype = true; /* a writer outside the gateway broke the key layout */
+    } else if (r == NULL || r->type == REDIS_REPLY_ERROR) {
         fx->redis_failed = true;
     } else if (rc->idx == 0) {
         fx->marker = r->type == REDIS_REPLY_STRING ? (r->len == 1 && r->str[0] == '1' ? 1 : 0) : -1;

@@ -227,6 +227,27 @@ def test_miss_goes_to_mariadb_and_fills_redis(stack):
     assert stack.selects() - before == 1
 
 
+def test_key_of_the_wrong_type_falls_back_to_mariadb_and_is_repaired(stack):
+    """A pipeline that wrote one of a user's keys in another type than its group (a string
+    where the list goes) made every request of that user "unavailable" until the key expired.
+    MariaDB, the truth, answers instead, and its write-back rewrites the user's keys."""
+    doc = {"profile": {"age": 7}, "recent": ["a", "b"]}
+    stack.put_db("wt1", doc)
+    stack.put_redis("wt1", profile={"age": "7"}, recent=["a", "b"])
+    stack.r.delete("mgf:v1:digits:wt1:recent")
+    stack.r.set("mgf:v1:digits:wt1:recent", "not a list")
+    before = stack.selects()
+    h = stack.get("wt1")
+    assert h["x-modelgate-features"] == "hit", h
+    assert json.loads(h["x-user-features"]) == {"profile": {"age": "7"}, "recent": ["a", "b"]}
+    assert stack.selects() - before == 1
+    assert stack.r.type("mgf:v1:digits:wt1:recent") == b"list"
+    assert stack.r.lrange("mgf:v1:digits:wt1:recent", 0, -1) == [b"a", b"b"]
+    time.sleep(1.1)  # local ttl_ms 1000: the next request reads Redis again, now whole
+    assert stack.get("wt1")["x-modelgate-features"] == "hit"
+    assert stack.selects() - before == 1
+
+
 def test_unknown_user_is_a_cached_miss(stack):
     before = stack.selects()
     h = stack.get("nobody")
