@@ -269,6 +269,7 @@ static void defaults(mg_fconf_t *c)
     c->mariadb.port = 3306;
     c->mariadb.threads = 2;
     c->mariadb.timeout_s = 2;
+    c->mariadb.max_waiting = MG_FCONF_MAX_FETCHES / 2;
     c->local.ttl_ms = 1000;
     c->local.stale_ms = 10000;
     c->local.negative_ttl_ms = 5000;
@@ -311,8 +312,8 @@ static void parse_redis(pctx_t *p, const json_t *r, mg_fconf_t *c)
 
 static void parse_mariadb(pctx_t *p, const json_t *m, mg_fconf_t *c)
 {
-    static const char *const keys[] = {
-        "host", "port", "user", "password_file", "database", "table", "threads", "timeout_s", NULL};
+    static const char *const keys[] = {"host",  "port",    "user",      "password_file", "database",
+                                       "table", "threads", "timeout_s", "max_waiting",   NULL};
     size_t old = push(p, "mariadb");
     if (!json_is_object(m)) {
         err(p, "expected an object {\"host\", \"port\", \"user\", \"database\", ...}");
@@ -328,6 +329,8 @@ static void parse_mariadb(pctx_t *p, const json_t *m, mg_fconf_t *c)
         get_uint(p, m, "threads", 1, 64, "lookup threads", &c->mariadb.threads);
         get_uint(p, m, "timeout_s", 1, 600, "connect/read/write timeout, seconds",
                  &c->mariadb.timeout_s);
+        get_uint(p, m, "max_waiting", 1, MG_FCONF_MAX_FETCHES / 2,
+                 "lookups a worker keeps waiting on MariaDB", &c->mariadb.max_waiting);
         if (c->mariadb.host == NULL)
             c->mariadb.host = strdup("127.0.0.1");
         if (c->mariadb.user == NULL)

@@ -39,6 +39,10 @@ typedef struct mg_fapp {
     size_t ngroups;
 } mg_fapp_t;
 
+/* Lookups a worker runs at once (features.c); beyond, they answer "unavailable". At most half
+ * of them may wait on MariaDB (mariadb.max_waiting), so a hung MariaDB leaves room for Redis. */
+#define MG_FCONF_MAX_FETCHES 10000
+
 typedef struct mg_fconf {
     char *user_header; /* lowercase request header carrying the unit id */
     size_t user_header_len;
@@ -54,6 +58,7 @@ typedef struct mg_fconf {
         bool on;
         char *host, *user, *password, *database, *table;
         unsigned port, threads, timeout_s;
+        unsigned max_waiting; /* per worker: lookups waiting on MariaDB at once */
     } mariadb;
     struct {
         unsigned ttl_ms, stale_ms, negative_ttl_ms, max_entries;

@@ -46,7 +46,7 @@
 #include "features/rreply.h"
 
 #define NFETCH_BUCKETS 1024
-#define MAX_FETCHES 10000 /* per worker: beyond, lookups answer "unavailable" */
+#define MAX_FETCHES MG_FCONF_MAX_FETCHES /* per worker: beyond, lookups are "unavailable" */
 #define MAX_GROUPS 16
 
 enum { R_DOWN, R_CONNECTING, R_UP };
@@ -98,6 +98,7 @@ struct mg_features {
     uint64_t rng;
     fetch_t *map[NFETCH_BUCKETS];
     size_t nfetches;
+    size_t nwaiting_db; /* fetches waiting on MariaDB (at most mariadb.max_waiting) */
     bool closing;
     mg_log_limit_t loglimit;
 };
@@ -226,6 +227,8 @@ static void fetch_free(fetch_t *fx)
     if (*pp == fx)
         *pp = fx->hnext;
     f->nfetches--;
+    if (fx->in_db) /* the worker shuts down before MariaDB answered */
+        f->nwaiting_db--;
     while (fx->head) { /* only when the worker shuts down: nobody waits any more */
         mg_features_ticket_t *t = fx->head;
         unlink_waiter(fx, t);
@@ -251,6 +254,7 @@ static void on_db_result(void *ud, void *tag, mg_fdb_result_t r, mg_fval_t *val)
     fetch_t *fx = tag;
     int64_t now = mg_mono_us();
     fx->in_db = false;
+    fx->f->nwaiting_db--;
     if (r == MG_FDB_HIT) {
         lru_store(fx->f, fx, val, now);
         fetch_finish(fx, MG_FS_HIT, val, now);
@@ -270,9 +274,19 @@ static void to_db(fetch_t *fx, int64_t now)
         fetch_finish(fx, MG_FS_MISS, NULL, now);
         return;
     }
+    /* A slow or hung MariaDB keeps its lookups (their requests went on at their budget, the
+     * fetch stays to fill the caches): without a cap of their own they would take every fetch
+     * of the worker, and even users Redis has would get "unavailable". */
+    if (f->nwaiting_db >= f->conf->mariadb.max_waiting) {
+        MG_FM_INC(f->m->db_refused);
+        fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
+        return;
+    }
     fx->in_db = true;
+    f->nwaiting_db++;
     if (mg_fsource_lookup(f->src, f->sink, fx->app, fx->user, fx) != MG_OK) {
         fx->in_db = false;
+        f->nwaiting_db--;
         fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
     }
 }

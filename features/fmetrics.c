@@ -105,7 +105,12 @@ void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t
                         "# TYPE modelgate_features_rows_written_total counter\n"
                         "modelgate_features_rows_written_total %llu\n"
                         "# TYPE modelgate_features_rows_deleted_total counter\n"
-                        "modelgate_features_rows_deleted_total %llu\n",
+                        "modelgate_features_rows_deleted_total %llu\n"
+                        "# HELP modelgate_features_mariadb_refused_total Redis misses that went "
+                        "on without asking MariaDB: the worker had mariadb.max_waiting lookups "
+                        "waiting on it.\n"
+                        "# TYPE modelgate_features_mariadb_refused_total counter\n"
+                        "modelgate_features_mariadb_refused_total %llu\n",
                         SUM(status[MG_FS_TIMEOUT]), SUM(coalesced), LOAD(db->coalesced), ({
                             unsigned long long up = 0;
                             for (size_t i = 0; i < n; i++)
@@ -113,7 +118,8 @@ void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t
                             up;
                         }),
                         SUM(redis_connects), SUM(redis_disconnects), LOAD(db->writeback_ok),
-                        LOAD(db->writeback_error), LOAD(db->rows_written), LOAD(db->rows_deleted));
+                        LOAD(db->writeback_error), LOAD(db->rows_written), LOAD(db->rows_deleted),
+                        SUM(db_refused));
     evbuffer_add_printf(out, "# HELP modelgate_features_lookup_seconds Time a request waited "
                              "for its features.\n"
                              "# TYPE modelgate_features_lookup_seconds histogram\n");

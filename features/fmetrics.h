@@ -36,6 +36,7 @@ typedef struct mg_fmetrics {
     /* Redis: lookups sent, then found (known user), negative marker, absent, failed */
     atomic_ullong redis_lookups, redis_hit, redis_negative, redis_miss, redis_error;
     atomic_ullong redis_connects, redis_disconnects, coalesced;
+    atomic_ullong db_refused; /* Redis misses not sent to MariaDB: max_waiting reached */
     atomic_int redis_up;
     atomic_ullong lat_bucket[MG_FM_BUCKETS + 1];
     atomic_ullong lat_sum_us, lat_count;

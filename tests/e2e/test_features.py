@@ -8,6 +8,7 @@ admin API (PUT/GET/DELETE, bulk JSON lines), header spoofing, size cap, metrics,
 
 import json
 import os
+import signal
 import struct
 import threading
 import time
@@ -76,7 +77,7 @@ def canonical(doc):
 class Stack:
     def __init__(self, procs, timeout_ms=1000, local=None, redis_over=None, max_bytes=None,
                  workers=2, by_env=None, envs=("production",), db_threads=2, table=None,
-                 before_start=None):
+                 before_start=None, db_over=None):
         self.procs = procs
         self.redis = Redis(procs)
         self.db = MariaDB(procs)
@@ -92,9 +93,9 @@ class Stack:
         feats = {
             "redis": dict({"host": "127.0.0.1", "port": self.redis.port, "ttl_s": 60,
                            "negative_ttl_s": 30, "reconnect_max_ms": 200}, **(redis_over or {})),
-            "mariadb": {"host": "127.0.0.1", "port": self.db.port, "user": "root",
-                        "database": "modelgate", "threads": db_threads,
-                        "table": table or "user_features"},
+            "mariadb": dict({"host": "127.0.0.1", "port": self.db.port, "user": "root",
+                             "database": "modelgate", "threads": db_threads,
+                             "table": table or "user_features"}, **(db_over or {})),
             "local": dict({"ttl_ms": 1000, "stale_ms": 0, "negative_ttl_ms": 1000},
                           **(local or {})),
             "apps": {"digits": {"timeout_ms": timeout_ms, "groups": GROUPS}},
@@ -246,6 +247,30 @@ def test_key_of_the_wrong_type_falls_back_to_mariadb_and_is_repaired(stack):
     time.sleep(1.1)  # local ttl_ms 1000: the next request reads Redis again, now whole
     assert stack.get("wt1")["x-modelgate-features"] == "hit"
     assert stack.selects() - before == 1
+
+
+def test_hung_mariadb_cannot_take_the_redis_hits_down(procs):
+    """A hung MariaDB keeps its lookups (each request goes on at its budget; the lookup stays
+    to fill the caches). At most mariadb.max_waiting of them wait per worker: the next cold
+    users go on as "unavailable" at once, without asking MariaDB, and the users Redis has are
+    still served. Without that cap the waiting lookups took all of the worker's 10,000, and
+    then every request got "unavailable", Redis hits too."""
+    s = Stack(procs, timeout_ms=30, workers=1, db_threads=1,
+              db_over={"max_waiting": 4, "timeout_s": 60})
+    s.put_redis("warm", recent=["w"])
+    s.db.proc.signal(signal.SIGSTOP)  # hung: connections stay open, queries never answer
+    try:
+        st = [s.get("cold%d" % i)["x-modelgate-features"] for i in range(10)]
+        assert st == ["timeout"] * 4 + ["unavailable"] * 6, st
+        assert s.sample("modelgate_features_mariadb_refused_total") == 6
+        h = s.get("warm")
+        assert h["x-modelgate-features"] == "hit", h
+        assert json.loads(h["x-user-features"]) == {"recent": ["w"]}
+    finally:
+        s.db.proc.signal(signal.SIGCONT)
+    # MariaDB back: the waiting lookups end, and cold users are asked again
+    wait_for(lambda: s.get("after")["x-modelgate-features"] == "miss", 30, 0.2,
+             "a cold user answered by MariaDB again")
 
 
 def test_unknown_user_is_a_cached_miss(stack):
