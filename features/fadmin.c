@@ -23,6 +23,9 @@
  * 64 KiB each, would be 32 MiB and the server refuses the whole batch). */
 #define BATCH_BYTES (1 << 20)
 #define MAX_ERRORS 20
+/* A group or field named twice is refused ("duplicate object key"): which copy would count is
+ * the parser's choice, and the caller surely meant one of them */
+#define JSON_FLAGS JSON_REJECT_DUPLICATES
 
 struct mg_fadmin {
     mg_fsource_t *src;
@@ -253,7 +256,7 @@ static void single_end(areq_t *r)
                         "empty body: expected the features object {\"GROUP\": value, ...}");
             return;
         }
-        json_t *doc = json_loadb((const char *)evbuffer_pullup(r->in, -1), len, 0, &jerr);
+        json_t *doc = json_loadb((const char *)evbuffer_pullup(r->in, -1), len, JSON_FLAGS, &jerr);
         json_t *n = doc ? validate(r, doc, why, sizeof(why), NULL) : NULL;
         json_decref(doc);
         if (n == NULL) {
@@ -297,7 +300,7 @@ static void bulk_line(areq_t *r, const char *line, size_t len)
         return; /* blank lines are allowed */
     json_error_t jerr;
     char why[300];
-    json_t *row = json_loadb(line, len, 0, &jerr);
+    json_t *row = json_loadb(line, len, JSON_FLAGS, &jerr);
     const json_t *user = row ? json_object_get(row, "user") : NULL;
     const json_t *feats = row ? json_object_get(row, "features") : NULL;
     if (row == NULL) {

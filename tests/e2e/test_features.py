@@ -560,6 +560,23 @@ def test_admin_put_with_empty_body_says_so(stack):
     assert err["code"] == "bad_json" and "empty" in err["message"], err
 
 
+def test_admin_refuses_a_key_given_twice(stack):
+    """A group (or hash field) named twice in one body is refused with the reason, in a PUT and
+    in a bulk line, instead of the last copy silently winning."""
+    r = stack.admin("PUT", "/v1/features/digits/dup1",
+                    '{"recent": ["a"], "recent": ["b"]}')
+    assert r.status_code == 400, r.text
+    assert "duplicate" in r.json()["error"]["message"], r.text
+    r = stack.admin("PUT", "/v1/features/digits/dup1", '{"profile": {"n": "1", "n": "2"}}')
+    assert r.status_code == 400 and "duplicate" in r.json()["error"]["message"], r.text
+    assert stack.db.query("SELECT COUNT(*) FROM user_features WHERE user_id='dup1'")[0][0] == 0
+    body = ('{"user": "dup2", "features": {"recent": ["a"], "recent": ["b"]}}\n'
+            '{"user": "dup3", "features": {"recent": ["c"]}}\n').encode()
+    doc = bulk_post(stack, body).json()
+    assert doc["accepted"] == 1 and doc["rejected"] == 1, doc
+    assert doc["errors"][0]["line"] == 1 and "duplicate" in doc["errors"][0]["error"], doc
+
+
 def test_admin_user_id_may_be_percent_encoded(stack):
     # a client that encodes '@' (urllib.parse.quote, encodeURIComponent) means the same user
     r = stack.admin("PUT", "/v1/features/digits/ann%40example.com",
