@@ -11,6 +11,7 @@
 #include <event2/buffer.h>
 #include <jansson.h>
 
+#include "common/hex.h"
 #include "common/log.h"
 #include "features/fsource.h"
 
@@ -519,14 +520,6 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     unpin(r);
 }
 
-static int hex_digit(char c)
-{
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
 /* Decodes the %XX escapes of |s| (|len| bytes) into |out| (NUL-terminated); the decoded length,
  * or -1 when an escape is malformed or the result does not fit in |cap|. Clients escape '@'
  * (urllib.parse.quote, encodeURIComponent), and an escaped id is the same user. */
@@ -540,7 +533,8 @@ static long unescape(const char *s, size_t len, char *out, size_t cap)
             out[n] = s[i];
             continue;
         }
-        int hi = i + 2 < len ? hex_digit(s[i + 1]) : -1, lo = hi >= 0 ? hex_digit(s[i + 2]) : -1;
+        int hi = i + 2 < len ? mg_hex_digit(s[i + 1]) : -1;
+        int lo = hi >= 0 ? mg_hex_digit(s[i + 2]) : -1;
         if (lo < 0)
             return -1;
         out[n] = (char)(hi << 4 | lo);

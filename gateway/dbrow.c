@@ -13,6 +13,8 @@
 
 #include <string.h>
 
+#include "common/hex.h"
+
 /* name and its length: keys are matched per line, so no strlen() there */
 #define COL(name, ...)                                                                             \
     {                                                                                              \
@@ -83,17 +85,6 @@ static size_t utf8_seq(const unsigned char *s, const unsigned char *end)
     return 0;
 }
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The code unit of a "uXXXX" escape at |p| (after its backslash); -1 when malformed. */
 static long read_u4(const char *p, const char *end)
 {
@@ -101,7 +92,7 @@ static long read_u4(const char *p, const char *end)
         return -1;
     long v = 0;
     for (int i = 1; i <= 4; i++) {
-        int d = hex_digit(p[i]);
+        int d = mg_hex_digit(p[i]);
         if (d < 0)
             return -1;
         v = v * 16 + d;
