@@ -101,7 +101,7 @@ struct up_conn {
     mg_outq_item_t outq; /* once connected: written at the end of the turn and read by its
                           * reader (common/outq.h): EV_READ through mg_outq_enable/_disable */
     size_t nstreams;
-    uint32_t nsubmitted; /* HTTP/2 requests submitted, for the request id's name (h2_submit) */
+    uint32_t nsubmitted; /* HTTP/2 requests submitted (h2_submit: when to index names) */
     mg_up_stream_t *streams;
     mg_up_stream_t *drain_list;
     mg_up_stream_t *hdr_stream; /* the stream whose header block is being decoded */
@@ -623,6 +623,9 @@ static void h2_recv(up_conn_t *c)
     }
 }
 
+#define SEED_EVERY 256      /* requests per connection between two indexed never_index fields */
+#define SEED_MAX_ENTRY 1024 /* HPACK entry size (name + value + 32): a quarter of 4 KiB */
+
 static nghttp2_nv mknv(const char *n, size_t nl, const char *v, size_t vl)
 {
     return (nghttp2_nv){(uint8_t *)n, (uint8_t *)v, nl, vl, NGHTTP2_NV_FLAG_NONE};
@@ -642,16 +645,18 @@ static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
               mg_nv_copy(a, &nv[2], ":authority", 10, r->authority, strlen(r->authority),
                          false) &&
               mg_nv_copy(a, &nv[3], ":path", 5, r->path, strlen(r->path), false);
-    /* The request id is unique, so it goes never-indexed: it would only push the fields that
-     * repeat out of the pod's HPACK table. Its name repeats though, and nghttp2 finds a name in
-     * the table for never-indexed fields too: one id in 256 goes in indexed, and the others
-     * send the name as a 1-byte index instead of 10 bytes the pod Huffman-decodes. */
-    bool seed_rid_name = (c->nsubmitted++ & 255) == 0;
+    /* A never_index field carries a value unique per request (the request id, the user's
+     * features): indexed, it would only push the fields that repeat out of the pod's HPACK
+     * table. Its name repeats though, and nghttp2 finds a name in the table for never-indexed
+     * fields too: one request in SEED_EVERY sends such fields indexed (those whose entry takes
+     * at most SEED_MAX_ENTRY of the table), and the others then send each name as a table index
+     * instead of a literal the pod Huffman-decodes. */
+    bool seed = (c->nsubmitted++ % SEED_EVERY) == 0;
     size_t n = 4;
     for (size_t i = 0; ok && i < r->nhdrs; i++, n++) {
         const mg_hdr_t *h = &r->hdrs[i];
-        bool never_index = h->never_index && !(seed_rid_name && h->name_len == 12 &&
-                                               memcmp(h->name, "x-request-id", 12) == 0);
+        bool never_index =
+            h->never_index && !(seed && h->name_len + h->value_len + 32 <= SEED_MAX_ENTRY);
         ok = mg_nv_copy(a, &nv[n], h->name, h->name_len, h->value, h->value_len, never_index);
     }
     if (!ok)
