@@ -396,8 +396,8 @@ static void bulk_pump(areq_t *r)
         }
         size_t len;
         char *line = evbuffer_readln(r->in, &len, EVBUFFER_EOL_LF);
-        if (line == NULL && r->ended && evbuffer_get_length(r->in) > MAX_LINE) {
-            r->skipping = true; /* the last line, without newline, and too long */
+        if (line == NULL && evbuffer_get_length(r->in) > MAX_LINE) {
+            r->skipping = true; /* no newline in sight, or none at the body's end */
             continue;
         }
         if (line == NULL && r->ended && evbuffer_get_length(r->in)) { /* no final newline */
@@ -409,10 +409,6 @@ static void bulk_pump(areq_t *r)
             }
         }
         if (line == NULL) {
-            if (evbuffer_get_length(r->in) > MAX_LINE) {
-                r->skipping = true; /* no newline in sight: drop it as it comes */
-                continue;
-            }
             if (r->ended) {
                 if (r->batch->n)
                     bulk_flush(r);
