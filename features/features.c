@@ -46,7 +46,6 @@
 #include "features/rreply.h"
 
 #define NFETCH_BUCKETS 1024
-#define MAX_FETCHES MG_FCONF_MAX_FETCHES /* per worker: beyond, lookups are "unavailable" */
 #define MAX_GROUPS 16
 
 enum { R_DOWN, R_CONNECTING, R_UP };
@@ -918,7 +917,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
             mg_fval_ref(val); /* the background refresh below may replace the entry */
         settle(f, t, val ? MG_FS_HIT : MG_FS_MISS, val, t->_start_us);
         /* stale: refresh in the background, unless a fetch runs already or Redis is down */
-        if (st == MG_FLRU_STALE && fx == NULL && f->nfetches < MAX_FETCHES &&
+        if (st == MG_FLRU_STALE && fx == NULL && f->nfetches < MG_FCONF_MAX_FETCHES &&
             (!c->redis.on || f->rstate == R_UP) &&
             (fx = fetch_new(f, a, key, klen, alen, NULL)) != NULL)
             fetch_go(fx);
@@ -942,7 +941,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
             arm_fetch_timer(fx, t->_deadline_us, t->_start_us);
         return MG_E_AGAIN;
     }
-    if ((c->redis.on && f->rstate != R_UP) || f->nfetches >= MAX_FETCHES) {
+    if ((c->redis.on && f->rstate != R_UP) || f->nfetches >= MG_FCONF_MAX_FETCHES) {
         settle(f, t, MG_FS_UNAVAILABLE, NULL, t->_start_us); /* never wait for a reconnect */
         return MG_OK;
     }

@@ -638,8 +638,6 @@ def test_admin_bulk_of_large_rows_fits_mariadb_packets(procs):
 
 def test_admin_bulk_names_the_lines_mariadb_did_not_store(stack):
     """MariaDB dies mid-load: 503 with counts, and the errors name the lines to send again."""
-    import signal
-
     def rows(prefix, n):
         return "".join(json.dumps({"user": "%s%d" % (prefix, i), "features": {"recent": ["x"]}})
                        + "\n" for i in range(n)).encode()
@@ -661,22 +659,6 @@ def test_admin_bulk_names_the_lines_mariadb_did_not_store(stack):
     assert [(e["line"], e.get("last_line")) for e in errs] == [(501, 1001), (601, None),
                                                                (1002, 1200)], errs
     assert "not stored" in errs[0]["error"] and "MariaDB" in errs[0]["error"], errs
-
-
-def test_admin_put_refreshes_redis_after_its_connection_dropped(procs):
-    """Redis closed the gateway's connections (restart, timeout, CLIENT KILL): the next PUT
-    still replaces the cached features instead of leaving the old ones for redis.ttl_s."""
-    s = Stack(procs, db_threads=1)
-    r = s.admin("PUT", "/v1/features/digits/rk", json.dumps({"profile": {"v": "1"}}))
-    assert r.status_code == 200, r.text
-    assert s.r.hgetall("mgf:v1:digits:rk:profile") == {b"v": b"1"}
-    s.r.client_kill_filter(_type="normal", skipme=True)
-    r = s.admin("PUT", "/v1/features/digits/rk", json.dumps({"profile": {"v": "2"}}))
-    assert r.status_code == 200, r.text
-    assert s.r.hgetall("mgf:v1:digits:rk:profile") == {b"v": b"2"}
-    r = s.admin("DELETE", "/v1/features/digits/rk")
-    assert r.status_code == 200, r.text
-    assert s.r.get("mgf:v1:digits:rk") == b"0"
 
 
 def test_too_large_is_not_sent(procs):
@@ -735,27 +717,34 @@ def test_long_hash_field_reads_the_same_from_redis_as_from_mariadb(stack, value)
     assert h2["x-user-features"] == h["x-user-features"]
 
 
-def test_admin_write_reaches_redis_after_it_closed_the_idle_connection(procs):
-    # Redis closes idle clients (its "timeout"), as it may do in production. The MariaDB
-    # thread's own connection, used for the write-back, is then dead: an admin write must
-    # still replace what Redis holds, or requests get the old features for redis.ttl_s.
+@pytest.mark.parametrize("how", ["client_kill", "idle_timeout"])
+def test_admin_write_reaches_redis_after_it_closed_the_connection(procs, how):
+    """Redis closed the connection a MariaDB thread keeps for write-backs (CLIENT KILL, a
+    restart, or its idle "timeout", as it may do in production): the next PUT and DELETE must
+    still replace what Redis holds, or requests get the old features for redis.ttl_s."""
     s = Stack(procs, db_threads=1)
-    r = s.admin("PUT", "/v1/features/digits/idle", json.dumps({"recent": ["old"]}))
+    r = s.admin("PUT", "/v1/features/digits/rk", json.dumps({"recent": ["old"]}))
     assert r.status_code == 200, r.text
-    assert s.r.lrange("mgf:v1:digits:idle:recent", 0, -1) == [b"old"]
-    s.r.config_set("timeout", 1)
-    try:
-        # the thread's connection ran EXEC last; wait until Redis has closed it
-        wait_for(lambda: "cmd=exec" not in str(s.r.execute_command("CLIENT", "LIST")), 10,
-                 0.1, "Redis to close the idle write-back connection")
-    finally:
-        s.r.config_set("timeout", 0)
-    r = s.admin("PUT", "/v1/features/digits/idle", json.dumps({"recent": ["new"]}))
-    assert r.status_code == 200, r.text
-    assert s.r.lrange("mgf:v1:digits:idle:recent", 0, -1) == [b"new"]
+    assert s.r.lrange("mgf:v1:digits:rk:recent", 0, -1) == [b"old"]
+    if how == "client_kill":
+        s.r.client_kill_filter(_type="normal", skipme=True)
+    else:
+        s.r.config_set("timeout", 1)
+        try:
+            # the thread's connection ran EXEC last; wait until Redis has closed it
+            wait_for(lambda: "cmd=exec" not in str(s.r.execute_command("CLIENT", "LIST")), 10,
+                     0.1, "Redis to close the idle write-back connection")
+        finally:
+            s.r.config_set("timeout", 0)
+    r = s.admin("PUT", "/v1/features/digits/rk", json.dumps({"recent": ["new"]}))
+    assert r.status_code == 200 and r.json()["redis"] == "refreshed", r.text
+    assert s.r.lrange("mgf:v1:digits:rk:recent", 0, -1) == [b"new"]
     assert s.sample('modelgate_features_writeback_total{result="error"}') == 0
     wait_for(lambda: s.metric("modelgate_features_redis_up") == 2, 10, 0.05, "Redis reconnect")
-    assert json.loads(s.get("idle")["x-user-features"]) == {"recent": ["new"]}
+    assert json.loads(s.get("rk")["x-user-features"]) == {"recent": ["new"]}
+    r = s.admin("DELETE", "/v1/features/digits/rk")
+    assert r.status_code == 200 and r.json()["redis"] == "refreshed", r.text
+    assert s.r.get("mgf:v1:digits:rk") == b"0"
 
 
 def test_admin_write_during_a_lookup_is_not_undone_by_its_write_back(procs):
