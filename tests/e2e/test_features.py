@@ -13,7 +13,10 @@ import struct
 import threading
 import time
 
+import hpack
 import pytest
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
 from conftest import HOST, free_port, routes_doc, wait_for
 from servers import MariaDB, Redis
@@ -77,7 +80,7 @@ def canonical(doc):
 class Stack:
     def __init__(self, procs, timeout_ms=1000, local=None, redis_over=None, max_bytes=None,
                  workers=2, by_env=None, envs=("production",), db_threads=2, table=None,
-                 before_start=None, db_over=None):
+                 before_start=None, db_over=None, pods=None):
         self.procs = procs
         self.redis = Redis(procs)
         self.db = MariaDB(procs)
@@ -88,7 +91,8 @@ class Stack:
                 self.db.query(stmt)
         if before_start:
             before_start(self)
-        self.backend = procs.backend("pod-a")
+        # |pods|: RawPods (h2c, round robin) in place of the echoing backend
+        self.backend = procs.backend("pod-a") if pods is None else None
         self.admin_port = free_port()
         feats = {
             "redis": dict({"host": "127.0.0.1", "port": self.redis.port, "ttl_s": 60,
@@ -104,9 +108,13 @@ class Stack:
             feats["apps"]["digits"]["timeout_ms_by_env"] = by_env
         if max_bytes:
             feats["max_header_bytes"] = max_bytes
+        routes = routes_doc({"svc-a": ([p.addr for p in pods], "h2c") if pods else [self.backend]},
+                            [("digits", e, "svc-a") for e in envs] +
+                            [("plain", "production", "svc-a")])
+        if pods:
+            routes["services"]["svc-a"]["policy"] = "round_robin"
         self.gw = procs.gateway(
-            routes_doc({"svc-a": [self.backend]}, [("digits", e, "svc-a") for e in envs] +
-                       [("plain", "production", "svc-a")]),
+            routes,
             conf={"workers": workers, "features": feats,
                   "admin": {"listen": "127.0.0.1:%d" % self.admin_port}})
         self.r = self.redis.client()
@@ -668,6 +676,51 @@ def test_too_large_is_not_sent(procs):
     assert h["x-modelgate-features"] == "too_large" and "x-user-features" not in h
     r = s.admin("PUT", "/v1/features/digits/big2", json.dumps({"recent": ["y" * 200]}))
     assert r.status_code == 400 and "max_header_bytes" in r.json()["error"]["message"]
+
+def test_features_reach_h2_pods_never_indexed_with_indexed_name(procs, raw_pods):
+    """x-user-features reaches an HTTP/2 pod never indexed (one user's value would push the
+    fields that repeat out of the pod's HPACK table), yet its name costs a table index, not a
+    literal the pod Huffman-decodes per request: an upstream connection's first value goes in
+    indexed, unless its table entry would be over 1 KiB (a quarter of the table)."""
+    pods = [raw_pods("h2c", "200"), raw_pods("h2c", "200")]
+    s = Stack(procs, workers=1, pods=pods)
+    s.put_redis("small", profile={"age": "31"})
+    s.put_redis("large", recent=["item-%026d" % i for i in range(50)])  # ~1.6 KB of JSON
+    # round robin over two pods: one connection opens with a large value, the other with a
+    # small one, followed by small ones and a large one
+    with s.gw.h2() as c:
+        for i, user in enumerate(["large", "small", "small", "small", "small", "large"]):
+            r = c.get("/f/%d" % i, headers=[("x-user-id", user)])
+            assert r.status == 200, r
+    name_huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(b"x-user-features")
+    seen = set()
+    for pod in pods:
+        decoder, first_small = hpack.Decoder(), None
+        for i, block in enumerate(pod.blocks):
+            fields = decoder.decode(block)
+            feats = [f for f in fields if f[0] == "x-user-features"]
+            assert len(feats) == 1 and ("x-modelgate-features", "hit") in fields, fields
+            large = len(feats[0][1]) > 1024
+            in_table = [e for e in decoder.header_table.dynamic_entries
+                        if e[0] == b"x-user-features"]
+            if i == 0:
+                first_small = not large
+            seen.add((i == 0, large, first_small))
+            if i == 0 and not large:
+                assert not isinstance(feats[0], hpack.NeverIndexedHeaderTuple), feats
+                assert in_table, "the connection's first small value did not enter the table"
+                continue
+            assert isinstance(feats[0], hpack.NeverIndexedHeaderTuple), (i, feats)
+            if large:
+                assert all(e[1] != feats[0][1].encode() for e in in_table), (
+                    "a value of %d bytes entered the pod's table" % len(feats[0][1]))
+            elif first_small:
+                assert name_huffman not in block and b"x-user-features" not in block, (
+                    "request %d sent the name x-user-features as a literal: %s"
+                    % (i, block.hex()))
+    # every case was covered: a large first value, a small one, then small and large ones
+    assert {(True, True, False), (True, False, True), (False, False, True),
+            (False, True, True)} <= seen, seen
 
 
 def test_metrics_page(stack):
