@@ -593,7 +593,8 @@ bool mg_srv_responded(const mg_srv_stream_t *s)
 }
 
 bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t max,
-                  const char *name, size_t nlen, const char *value, size_t vlen, bool lower)
+                  const char *name, size_t nlen, const char *value, size_t vlen, bool lower,
+                  bool sensitive)
 {
     if (*n >= max)
         return false;
@@ -619,7 +620,7 @@ bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t 
         for (size_t i = 0; i < nlen; i++)
             if ((unsigned)((unsigned char)name[i] - 'A') < 26u)
                 nm[i] = (char)(name[i] + 32);
-    (*arr)[(*n)++] = (mg_hdr_t){nm, v, nlen, vlen, false};
+    (*arr)[(*n)++] = (mg_hdr_t){nm, v, nlen, vlen, sensitive ? MG_HPACK_SENSITIVE : MG_HPACK_INDEX};
     return true;
 }
 
@@ -637,6 +638,16 @@ bool mg_nv_copy(mg_arena_t *a, nghttp2_nv *nv, const char *name, size_t nlen, co
                        NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE |
                            (never_index ? NGHTTP2_NV_FLAG_NO_INDEX : 0)};
     return true;
+}
+
+nghttp2_nv *mg_nv_copy_hdrs(mg_arena_t *a, const mg_hdr_t *h, size_t n)
+{
+    nghttp2_nv *nv = mg_arena_alloc(a, sizeof(nghttp2_nv) * (n ? n : 1));
+    for (size_t i = 0; nv && i < n; i++)
+        if (!mg_nv_copy(a, &nv[i], h[i].name, h[i].name_len, h[i].value, h[i].value_len,
+                        mg_hdr_no_index(&h[i])))
+            return NULL;
+    return nv;
 }
 
 bool mg_field_connection_specific(const char *name, size_t len)
@@ -669,15 +680,17 @@ bool mg_trailer_forbidden(const char *name, size_t len)
 /* Keeps a field of the head or of the trailers; false when it is over max_headers (or the
  * stream's memory): the head is then answered 431, trailers abort the request (the callers). */
 static bool hdr_push(mg_srv_stream_t *s, bool trailer, const char *name, size_t nlen,
-                     const char *value, size_t vlen)
+                     const char *value, size_t vlen, bool sensitive)
 {
     if (trailer && mg_trailer_forbidden(name, nlen))
         return true;
     bool lower = s->c->h2 == NULL; /* HTTP/2 names are lowercase (nghttp2 checks) */
-    bool ok = trailer ? mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap,
-                                     s->c->srv->conf.max_headers, name, nlen, value, vlen, lower)
-                      : mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap,
-                                     s->c->srv->conf.max_headers, name, nlen, value, vlen, lower);
+    bool ok =
+        trailer
+            ? mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap,
+                           s->c->srv->conf.max_headers, name, nlen, value, vlen, lower, sensitive)
+            : mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap,
+                           s->c->srv->conf.max_headers, name, nlen, value, vlen, lower, sensitive);
     if (!ok && !trailer)
         s->bad_status = 431;
     return ok;
@@ -731,6 +744,7 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
     nghttp2_vec n = nghttp2_rcbuf_get_buf(name), v = nghttp2_rcbuf_get_buf(value);
     s->hdr_bytes += n.len + v.len + 32; /* RFC 9113 6.5.2 size accounting */
     bool trailers = f->headers.cat == NGHTTP2_HCAT_HEADERS;
+    bool sensitive = (flags & NGHTTP2_NV_FLAG_NO_INDEX) != 0;
     /* Trailers over the limits come after the request went on: it cannot be answered 431 any
      * more, and passing it on cut would be wrong, so the stream is reset (INTERNAL_ERROR, as
      * nghttpx does) and the handler told with on_close. */
@@ -741,7 +755,8 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
         return 0;
     }
     if (trailers)
-        return hdr_push(s, true, (const char *)n.base, n.len, (const char *)v.base, v.len)
+        return hdr_push(s, true, (const char *)n.base, n.len, (const char *)v.base, v.len,
+                        sensitive)
                    ? 0
                    : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     const char *nm = (const char *)n.base;
@@ -768,7 +783,7 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
         s->expect_100 = true; /* answered here (dispatch_request), as over HTTP/1.1 */
         return 0;
     }
-    hdr_push(s, false, nm, n.len, (const char *)v.base, v.len);
+    hdr_push(s, false, nm, n.len, (const char *)v.base, v.len, sensitive);
     return 0;
 }
 
@@ -1166,7 +1181,7 @@ static int h1_on_value_complete(llhttp_t *p)
         return 0; /* answered and closed before its trailers */
     if (c->h1_headers_done) { /* chunked trailer section: over max_headers is a 431 (or a
                                  * close, once answered), as over the byte limit */
-        if (hdr_push(s, true, name, nlen, value, vlen))
+        if (hdr_push(s, true, name, nlen, value, vlen, false))
             return 0;
         c->h1_err_too_large = true;
         return -1;
@@ -1186,7 +1201,7 @@ static int h1_on_value_complete(llhttp_t *p)
         !h1_is_chunked(value, vlen))
         return h1_refuse(c, 501, "not_implemented",
                          "transfer codings other than chunked are not supported");
-    hdr_push(s, false, name, nlen, value, vlen);
+    hdr_push(s, false, name, nlen, value, vlen, false);
     return 0;
 }
 
@@ -1506,12 +1521,12 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
         bool copied = ok;
         for (size_t i = 0; copied && i < n; i++)
             copied = mg_nv_copy(&s->arena, &nv[i + 1], hdrs[i].name, hdrs[i].name_len,
-                                hdrs[i].value, hdrs[i].value_len, hdrs[i].never_index);
+                                hdrs[i].value, hdrs[i].value_len, mg_hdr_no_index(&hdrs[i]));
         for (size_t i = 0; ok && !copied && i < n; i++)
             nv[i + 1] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
                                      hdrs[i].name_len, hdrs[i].value_len,
-                                     hdrs[i].never_index ? NGHTTP2_NV_FLAG_NO_INDEX
-                                                         : NGHTTP2_NV_FLAG_NONE};
+                                     mg_hdr_no_index(&hdrs[i]) ? NGHTTP2_NV_FLAG_NO_INDEX
+                                                               : NGHTTP2_NV_FLAG_NONE};
         if (!ok) {
             nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         } else {
@@ -1579,20 +1594,8 @@ mg_err_t mg_srv_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
     enter(c);
     if (c->proto == P_H2) {
         if (n && !s->head) {
-            s->resp_trailers = mg_arena_alloc(&s->arena, sizeof(nghttp2_nv) * n);
-            if (s->resp_trailers) {
-                for (size_t i = 0; i < n; i++)
-                    s->resp_trailers[i] = (nghttp2_nv){
-                        (uint8_t *)mg_arena_strndup(&s->arena, trailers[i].name,
-                                                    trailers[i].name_len),
-                        (uint8_t *)mg_arena_strndup(&s->arena, trailers[i].value,
-                                                    trailers[i].value_len),
-                        trailers[i].name_len, trailers[i].value_len, NGHTTP2_NV_FLAG_NONE};
-                s->nresp_trailers = n;
-                for (size_t i = 0; i < n; i++)
-                    if (!s->resp_trailers[i].name || !s->resp_trailers[i].value)
-                        s->nresp_trailers = 0;
-            }
+            s->resp_trailers = mg_nv_copy_hdrs(&s->arena, trailers, n);
+            s->nresp_trailers = s->resp_trailers ? n : 0;
         }
         if (s->deferred) {
             s->deferred = false;
@@ -1708,8 +1711,8 @@ mg_err_t mg_srv_error(mg_srv_stream_t *s, int status, const char *code, const ch
     snprintf(len, sizeof(len), "%d", n);
     mg_hdr_t h[16];
     size_t nh = 0;
-    h[nh++] = (mg_hdr_t){"content-type", "application/json", 12, 16, false};
-    h[nh++] = (mg_hdr_t){"content-length", len, 14, strlen(len), false};
+    h[nh++] = (mg_hdr_t){"content-type", "application/json", 12, 16, MG_HPACK_INDEX};
+    h[nh++] = (mg_hdr_t){"content-length", len, 14, strlen(len), MG_HPACK_INDEX};
     for (size_t i = 0; i < nextra && nh < 16; i++)
         h[nh++] = extra[i];
     conn_t *c = s->c;

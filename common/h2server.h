@@ -37,13 +37,28 @@
 #define MG_SRV_HIGH (256 * 1024) /* per-stream buffered bytes above which producers pause */
 #define MG_SRV_LOW (64 * 1024)   /* ... and below which they resume */
 
+/* How a field goes into HPACK (RFC 7541) on an HTTP/2 hop. */
+typedef enum mg_hpack {
+    MG_HPACK_INDEX = 0, /* as the encoder sees fit */
+    MG_HPACK_UNIQUE,    /* a value unique per request (ids): never indexed, as it would only churn
+                         * the table; upstream.c indexes one now and then for its name's sake */
+    MG_HPACK_SENSITIVE, /* its sender used the never-indexed form, which every hop must keep
+                         * (RFC 7541 6.2.3): never indexed, not even once */
+} mg_hpack_t;
+
 typedef struct mg_hdr {
     const char *name; /* lowercase (requests and responses); NUL-terminated */
     const char *value;
     size_t name_len;
     size_t value_len;
-    bool never_index; /* HPACK: a value unique per request (ids) would only churn the table */
+    mg_hpack_t hpack;
 } mg_hdr_t;
+
+/* Whether |h| goes out as an HPACK never-indexed literal. */
+static inline bool mg_hdr_no_index(const mg_hdr_t *h)
+{
+    return h->hpack != MG_HPACK_INDEX;
+}
 
 typedef struct mg_srv mg_srv_t;
 typedef struct mg_srv_stream mg_srv_stream_t;
@@ -176,15 +191,21 @@ static inline int64_t mg_parse_decimal(const char *s, size_t len)
 /* Copies a field into |a| and appends it to the array *|arr| (*|n| used of *|cap|), which starts
  * small and doubles inside the arena, so a typical request needs no heap allocation. The name
  * is lowercased when |lower| (HTTP/1.1 names may have any case; nghttp2 has checked that
- * HTTP/2's are lowercase). Returns false when |max| fields are reached or the arena is full. */
+ * HTTP/2's are lowercase). |sensitive|: the field came never-indexed. Returns false when |max|
+ * fields are reached or the arena is full. */
 bool mg_hdrs_push(mg_arena_t *a, mg_hdr_t **arr, size_t *n, size_t *cap, size_t max,
-                  const char *name, size_t nlen, const char *value, size_t vlen, bool lower);
+                  const char *name, size_t nlen, const char *value, size_t vlen, bool lower,
+                  bool sensitive);
 
 /* Sets |nv| to a field whose bytes are copied into |a|, flagged so that nghttp2 neither copies
  * nor lowercases them again (the arena outlives the frame: it is the stream's). The name must
  * be lowercase. Returns false when the arena is full. */
 bool mg_nv_copy(mg_arena_t *a, nghttp2_nv *nv, const char *name, size_t nlen, const char *value,
                 size_t vlen, bool never_index);
+
+/* The |n| fields |h| as an array of nghttp2_nv in |a|, copied with mg_nv_copy (never-indexed
+ * as mg_hdr_no_index says). NULL when the arena is full. */
+nghttp2_nv *mg_nv_copy_hdrs(mg_arena_t *a, const mg_hdr_t *h, size_t n);
 
 /* A connection-specific field (RFC 9110 7.6.1, RFC 9113 8.2.2): connection, keep-alive,
  * proxy-connection, te, transfer-encoding, upgrade. Never forwarded as is. Any case. */

@@ -578,7 +578,7 @@ static void on_request_route(areq_t *r, const mg_srv_req_t *req, const char *app
         r->method = M_BULK;
     else {
         mg_hdr_t allow = {"allow", has_user ? "GET, PUT, DELETE" : "POST", 5, has_user ? 16 : 4,
-                          false};
+                          MG_HPACK_INDEX};
         r->replied = true;
         mg_srv_error(s, 405, "method_not_allowed",
                      has_user ? "a user's features answer GET, PUT and DELETE"

@@ -973,9 +973,9 @@ size_t mg_features_headers(const mg_features_ticket_t *t, mg_hdr_t *h, size_t n)
     if (t->_val)
         /* never indexed: one value per user would only evict the stable fields from the
          * upstream connection's HPACK table */
-        h[k++] = (mg_hdr_t){"x-user-features", t->_val->text, 15, t->_val->len, true};
+        h[k++] = (mg_hdr_t){"x-user-features", t->_val->text, 15, t->_val->len, MG_HPACK_UNIQUE};
     const char *st = mg_fstatus_name((mg_fstatus_t)(t->_status - 1));
-    h[k++] = (mg_hdr_t){"x-modelgate-features", st, 20, strlen(st), false};
+    h[k++] = (mg_hdr_t){"x-modelgate-features", st, 20, strlen(st), MG_HPACK_INDEX};
     return k;
 }
 

@@ -80,7 +80,7 @@ static const mg_srv_handler_t page_handler = {
 static void serve_page(mg_srv_stream_t *s, const mg_srv_req_t *req, const mount_t *m)
 {
     if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) {
-        mg_hdr_t allow = {"allow", "GET, HEAD", 5, 9, false};
+        mg_hdr_t allow = {"allow", "GET, HEAD", 5, 9, MG_HPACK_INDEX};
         mg_srv_error(s, 405, "method_not_allowed", "this admin page answers GET and HEAD only",
                      NULL, &allow, 1);
         return;
@@ -144,7 +144,8 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         return;
     }
     if (a->token_len && !token_ok(a, req)) {
-        mg_hdr_t h = {"www-authenticate", "Bearer realm=\"modelgate-admin\"", 16, 29, false};
+        mg_hdr_t h = {"www-authenticate", "Bearer realm=\"modelgate-admin\"", 16, 29,
+                      MG_HPACK_INDEX};
         mg_srv_error(s, 401, "unauthorized",
                      "the admin API needs \"Authorization: Bearer <token>\" with the token of "
                      "admin.token_file",

@@ -103,6 +103,7 @@ struct exch {
     const char *error;
     const char *method, *host, *path, *proto, *client;
     char request_id[64];
+    mg_hpack_t rid_hpack; /* UNIQUE, or SENSITIVE when the client sent its id never-indexed */
     char app[64], env[32];
 };
 
@@ -407,7 +408,7 @@ static void fail(exch_t *e, int status, const char *code, const char *fmt, ...)
             e->srv_unconsumed = 0;
         }
         mg_hdr_t svc_hdr = {"x-modelgate-service", e->svc ? e->svc->name : "", 19,
-                            e->svc ? strlen(e->svc->name) : 0, false};
+                            e->svc ? strlen(e->svc->name) : 0, MG_HPACK_INDEX};
         if (!e->closed)
             mg_srv_error(e->s, status, code, msg, e->request_id, &svc_hdr, e->svc ? 1 : 0);
     } else if (!e->closed) {
@@ -799,8 +800,10 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
         out[k++] = h[i];
     }
     if (!has_rid && e->p->conf->request_id_in_response)
-        out[k++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), true};
-    out[k++] = (mg_hdr_t){"x-modelgate-service", e->svc->name, 19, strlen(e->svc->name), false};
+        out[k++] =
+            (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), e->rid_hpack};
+    out[k++] =
+        (mg_hdr_t){"x-modelgate-service", e->svc->name, 19, strlen(e->svc->name), MG_HPACK_INDEX};
     hold(e);
     if (end) {
         e->finished = true;
@@ -1055,10 +1058,14 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     hold(e);
 
     const char *rid = NULL;
+    e->rid_hpack = MG_HPACK_UNIQUE;
     for (size_t i = 0; i < req->nhdrs; i++)
         if (name_is(&req->hdrs[i], "x-request-id", 12) && req->hdrs[i].value_len > 0 &&
-            req->hdrs[i].value_len < sizeof(e->request_id))
+            req->hdrs[i].value_len < sizeof(e->request_id)) {
             rid = req->hdrs[i].value;
+            e->rid_hpack =
+                req->hdrs[i].hpack == MG_HPACK_SENSITIVE ? MG_HPACK_SENSITIVE : MG_HPACK_UNIQUE;
+        }
     if (rid)
         snprintf(e->request_id, sizeof(e->request_id), "%s", rid);
     else
@@ -1094,6 +1101,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     }
     const char *conn = find_conn_value(req->hdrs, req->nhdrs);
     size_t xff_len = 0; /* every x-forwarded-for field, joined: a chain may come in several */
+    mg_hpack_t xff_hpack = MG_HPACK_INDEX;
     size_t n = 0;
     for (size_t i = 0; i < req->nhdrs; i++) {
         const mg_hdr_t *f = &req->hdrs[i];
@@ -1105,6 +1113,8 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
             continue;
         if (name_is(f, "x-forwarded-for", 15)) {
             xff_len += f->value_len + 2;
+            if (f->hpack == MG_HPACK_SENSITIVE)
+                xff_hpack = MG_HPACK_SENSITIVE;
             continue;
         }
         if (name_is(f, "x-forwarded-proto", 17) || name_is(f, "x-request-id", 12))
@@ -1125,9 +1135,9 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     } else {
         xffv = (char *)req->client_ip;
     }
-    h[n++] = (mg_hdr_t){"x-forwarded-for", xffv, 15, strlen(xffv), false};
-    h[n++] = (mg_hdr_t){"x-forwarded-proto", req->scheme, 17, strlen(req->scheme), false};
-    h[n++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), true};
+    h[n++] = (mg_hdr_t){"x-forwarded-for", xffv, 15, strlen(xffv), xff_hpack};
+    h[n++] = (mg_hdr_t){"x-forwarded-proto", req->scheme, 17, strlen(req->scheme), MG_HPACK_INDEX};
+    h[n++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), e->rid_hpack};
     e->upreq = (mg_up_req_t){
         .method = req->method,
         .scheme = req->scheme,

@@ -251,16 +251,16 @@ static void deliver_end(mg_up_stream_t *s)
 /* False when the field does not fit (MG_UP_MAX_FIELDS reached, or the arena is full): the
  * caller fails the stream with fields_overflow, never drops the field. */
 static bool push_hdr(mg_up_stream_t *s, bool trailer, const char *n, size_t nl, const char *v,
-                     size_t vl)
+                     size_t vl, bool sensitive)
 {
     if (trailer && mg_trailer_forbidden(n, nl))
         return true;
     bool lower = s->c->pool->proto == MG_UP_H1; /* nghttp2 checked that h2c names are */
     if (trailer)
         return mg_hdrs_push(&s->arena, &s->trailers, &s->ntrailers, &s->trailers_cap,
-                            MG_UP_MAX_FIELDS, n, nl, v, vl, lower);
+                            MG_UP_MAX_FIELDS, n, nl, v, vl, lower, sensitive);
     return mg_hdrs_push(&s->arena, &s->hdrs, &s->nhdrs, &s->hdrs_cap, MG_UP_MAX_FIELDS, n, nl, v,
-                        vl, lower);
+                        vl, lower, sensitive);
 }
 
 #define STR_(x) #x
@@ -405,10 +405,11 @@ static int h2_on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_r
     if (s == NULL)
         return 0;
     nghttp2_vec n = nghttp2_rcbuf_get_buf(name), v = nghttp2_rcbuf_get_buf(value);
+    bool sensitive = (flags & NGHTTP2_NV_FLAG_NO_INDEX) != 0;
     /* a field that does not fit fails the stream; TEMPORAL_CALLBACK_FAILURE resets it
      * (INTERNAL_ERROR) and skips the rest of the block */
     if (f->headers.cat == NGHTTP2_HCAT_HEADERS && s->headers_done) {
-        if (push_hdr(s, true, (const char *)n.base, n.len, (const char *)v.base, v.len))
+        if (push_hdr(s, true, (const char *)n.base, n.len, (const char *)v.base, v.len, sensitive))
             return 0;
         fields_overflow(s, true);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -423,7 +424,7 @@ static int h2_on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_r
         s->nhdrs = 0; /* a final response after 1xx starts afresh */
         return 0;
     }
-    if (push_hdr(s, false, (const char *)n.base, n.len, (const char *)v.base, v.len))
+    if (push_hdr(s, false, (const char *)n.base, n.len, (const char *)v.base, v.len, sensitive))
         return 0;
     fields_overflow(s, false);
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -623,13 +624,8 @@ static void h2_recv(up_conn_t *c)
     }
 }
 
-#define SEED_EVERY 256      /* requests per connection between two indexed never_index fields */
+#define SEED_EVERY 256      /* requests per connection between two indexed MG_HPACK_UNIQUE fields */
 #define SEED_MAX_ENTRY 1024 /* HPACK entry size (name + value + 32): a quarter of 4 KiB */
-
-static nghttp2_nv mknv(const char *n, size_t nl, const char *v, size_t vl)
-{
-    return (nghttp2_nv){(uint8_t *)n, (uint8_t *)v, nl, vl, NGHTTP2_NV_FLAG_NONE};
-}
 
 /* The fields are copied into the stream's arena, which lives until nghttp2 closes the stream:
  * the request's own (the client's stream, the exchange) may go first, with the HEADERS still
@@ -645,18 +641,20 @@ static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
               mg_nv_copy(a, &nv[2], ":authority", 10, r->authority, strlen(r->authority),
                          false) &&
               mg_nv_copy(a, &nv[3], ":path", 5, r->path, strlen(r->path), false);
-    /* A never_index field carries a value unique per request (the request id, the user's
+    /* An MG_HPACK_UNIQUE field carries a value unique per request (the request id, the user's
      * features): indexed, it would only push the fields that repeat out of the pod's HPACK
      * table. Its name repeats though, and nghttp2 finds a name in the table for never-indexed
      * fields too: one request in SEED_EVERY sends such fields indexed (those whose entry takes
      * at most SEED_MAX_ENTRY of the table), and the others then send each name as a table index
-     * instead of a literal the pod Huffman-decodes. */
+     * instead of a literal the pod Huffman-decodes. A field its sender marked never-indexed
+     * (MG_HPACK_SENSITIVE) is never indexed. */
     bool seed = (c->nsubmitted++ % SEED_EVERY) == 0;
     size_t n = 4;
     for (size_t i = 0; ok && i < r->nhdrs; i++, n++) {
         const mg_hdr_t *h = &r->hdrs[i];
-        bool never_index =
-            h->never_index && !(seed && h->name_len + h->value_len + 32 <= SEED_MAX_ENTRY);
+        bool never_index = h->hpack == MG_HPACK_SENSITIVE ||
+                           (h->hpack == MG_HPACK_UNIQUE &&
+                            !(seed && h->name_len + h->value_len + 32 <= SEED_MAX_ENTRY));
         ok = mg_nv_copy(a, &nv[n], h->name, h->name_len, h->value, h->value_len, never_index);
     }
     if (!ok)
@@ -710,7 +708,7 @@ static int h1_on_value_complete(llhttp_t *p)
     if (s == NULL)
         return -1;
     bool ok = push_hdr(s, s->headers_done, s->h1_scratch, s->h1_fld_len,
-                       s->h1_scratch + s->h1_fld_len, s->h1_val_len);
+                       s->h1_scratch + s->h1_fld_len, s->h1_val_len, false);
     s->h1_fld_len = s->h1_val_len = 0;
     if (ok)
         return 0;
@@ -1287,17 +1285,8 @@ void mg_up_body_more(mg_up_stream_t *s)
 void mg_up_body_end(mg_up_stream_t *s, const mg_hdr_t *trailers, size_t n)
 {
     if (n) {
-        s->req_trailers = mg_arena_alloc(&s->arena, sizeof(nghttp2_nv) * n);
-        if (s->req_trailers) {
-            for (size_t i = 0; i < n; i++) {
-                char *nm = mg_arena_strndup(&s->arena, trailers[i].name, trailers[i].name_len);
-                char *v = mg_arena_strndup(&s->arena, trailers[i].value, trailers[i].value_len);
-                if (nm == NULL || v == NULL)
-                    break;
-                s->req_trailers[s->nreq_trailers++] =
-                    mknv(nm, trailers[i].name_len, v, trailers[i].value_len);
-            }
-        }
+        s->req_trailers = mg_nv_copy_hdrs(&s->arena, trailers, n);
+        s->nreq_trailers = s->req_trailers ? n : 0;
     }
     s->body_ended = true;
     mg_up_body_more(s);

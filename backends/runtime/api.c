@@ -292,9 +292,10 @@ static void send_response(rt_req_t *r, const char *ctype)
     };
     size_t nh = 2;
     if (r->request_id[0])
-        h[nh++] = (mg_hdr_t){"x-request-id", r->request_id, 12, strlen(r->request_id), true};
+        h[nh++] =
+            (mg_hdr_t){"x-request-id", r->request_id, 12, strlen(r->request_id), MG_HPACK_UNIQUE};
     if (r->allow)
-        h[nh++] = (mg_hdr_t){"allow", r->allow, 5, strlen(r->allow), false};
+        h[nh++] = (mg_hdr_t){"allow", r->allow, 5, strlen(r->allow), MG_HPACK_INDEX};
     count(r->rt, r->status, &r->t0);
     mg_srv_stream_t *s = r->s;
     const char *body = r->resp;

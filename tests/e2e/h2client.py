@@ -55,6 +55,7 @@ class Stream:
         self.header_list = []
         self.headers = {}
         self.trailers = {}
+        self.trailer_list = []
         self.body = bytearray()
         self.body_len = 0
         self.on_data = on_data  # when set, data goes there instead of self.body
@@ -182,6 +183,7 @@ class H2Client:
             self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(ev, h2.events.TrailersReceived):
             st.trailers = {k: v for k, v in ev.headers}
+            st.trailer_list = list(ev.headers)
         elif isinstance(ev, h2.events.StreamEnded):
             if st is not None:
                 st.ended = True

@@ -13,12 +13,15 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 class RawPod:
     """A pod that answers with a status line (HTTP/1.1: one per connection, the gateway closes
-    it after a protocol error) or a HEADERS frame carrying |status| on every stream a request
-    opens (h2c, after its SETTINGS; HPACK without Huffman), whatever the request. |blocks|: the
-    header blocks of the requests it got over HTTP/2, raw, in the order they came."""
+    it after a protocol error) or a HEADERS frame carrying |status| and |fields| on every stream
+    a request opens (h2c, after its SETTINGS; HPACK without Huffman; then a HEADERS frame of
+    |trailers| if any), whatever the request. |fields| and |trailers| may hold
+    hpack.NeverIndexedHeaderTuple. |blocks|: the header blocks of the requests it got over
+    HTTP/2, raw, in the order they came."""
 
-    def __init__(self, proto, status, http1_answer=None):
+    def __init__(self, proto, status, http1_answer=None, fields=(), trailers=()):
         self.proto, self.status = proto, status
+        self.fields, self.trailers = list(fields), list(trailers)
         self.blocks = []
         self.http1_answer = http1_answer or ("HTTP/1.1 %s OK\r\ncontent-length: 2\r\n\r\nok"
                                              % status).encode()
@@ -73,7 +76,12 @@ class RawPod:
                         self.blocks.append(got[off - length:off])
                         out = self.frame(4, 0, 0, b"") + self.frame(4, 1, 0, b"") if first else b""
                         first = False
-                        block = Encoder().encode([(":status", str(self.status))], huffman=False)
-                        conn.sendall(out + self.frame(1, 4 | 1, sid & 0x7FFFFFFF, block))
+                        sid &= 0x7FFFFFFF
+                        block = Encoder().encode([(":status", str(self.status))] + self.fields,
+                                                 huffman=False)
+                        if self.trailers:
+                            out += self.frame(1, 4, sid, block)
+                            block = Encoder().encode(self.trailers, huffman=False)
+                        conn.sendall(out + self.frame(1, 4 | 1, sid, block))
             except OSError:
                 pass

@@ -341,6 +341,37 @@ def test_request_id_never_indexed_with_indexed_name(procs, raw_pods):
     assert len(set(ids)) == n and all(len(x) == 32 for x in ids), ids
 
 
+def test_never_indexed_fields_stay_never_indexed(procs, raw_pods):
+    """RFC 7541 6.2.3: a field its sender encoded never-indexed (a secret that a compression
+    attack could otherwise guess) is forwarded never-indexed: request fields to the pod,
+    response fields and trailers to the client. So is a request id the client sent that way,
+    though the gateway indexes its ids on a connection's first request to seed the name."""
+    secret = hpack.NeverIndexedHeaderTuple
+    pod = raw_pods("h2c", "200", None, [secret("x-pod-secret", "p0d-s3cret"), ("x-plain", "1")],
+                   [secret("x-trailer-secret", "t-s3cret")])
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], "h2c")},
+                                  [("digits", "production", "svc")]),
+                       conf={"workers": 1}, tls=False)
+    n = 3
+    with gw.h2() as c:
+        for i in range(n):
+            r = c.get("/secret/%d" % i, headers=[secret("x-api-secret", "s3cret-%d" % i),
+                                                 secret("x-request-id", "rid-%d" % i),
+                                                 ("x-plain", "1")])
+            assert r.status == 200, r
+            for name, got in (("x-pod-secret", r.header_list),
+                              ("x-trailer-secret", r.trailer_list)):
+                f = [h for h in got if h[0] == name]
+                assert len(f) == 1 and isinstance(f[0], secret), (i, name, got)
+    assert len(pod.blocks) == n, len(pod.blocks)
+    decoder = hpack.Decoder()
+    for i, block in enumerate(pod.blocks):
+        fields = {f[0]: f for f in decoder.decode(block)}
+        assert fields["x-request-id"][1] == "rid-%d" % i, fields
+        for name in ("x-api-secret", "x-request-id"):
+            assert isinstance(fields[name], secret), "request %d: %r" % (i, fields[name])
+
+
 def test_request_id_in_response(procs):
     """request_id_in_response: answers without an x-request-id of their own get the request's."""
     a = procs.backend("pod-a")

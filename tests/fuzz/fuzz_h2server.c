@@ -121,8 +121,8 @@ static bool respond(fz_stream_t *st, int status, bool end)
 {
     static const char *const modes = "0123456789";
     mg_hdr_t h[2] = {
-        {"content-type", "text/plain", 12, 10, false},
-        {"x-mode", modes + st->mode, 6, 1, st->variant & 1},
+        {"content-type", "text/plain", 12, 10, MG_HPACK_INDEX},
+        {"x-mode", modes + st->mode, 6, 1, (st->variant & 1) ? MG_HPACK_UNIQUE : MG_HPACK_INDEX},
     };
     bool had = mg_srv_responded(st->s);
     if (end)
@@ -140,7 +140,7 @@ static bool write_body(fz_stream_t *st, const void *data, size_t len)
 
 static bool finish(fz_stream_t *st, bool trailers)
 {
-    mg_hdr_t t[1] = {{"x-body-bytes", "42", 12, 2, false}};
+    mg_hdr_t t[1] = {{"x-body-bytes", "42", 12, 2, MG_HPACK_INDEX}};
     st->finished = true;
     mg_srv_end(st->s, trailers ? t : NULL, trailers ? 1 : 0);
     return !st->closed;
@@ -207,7 +207,7 @@ static void answer_request(fz_stream_t *st, const char *path)
             respond(st, 204, true);
             break;
         case 1: {
-            mg_hdr_t cl[1] = {{"content-length", "3", 14, 1, false}};
+            mg_hdr_t cl[1] = {{"content-length", "3", 14, 1, MG_HPACK_INDEX}};
             CHECK(mg_srv_respond(s, 200, cl, 1, false) == MG_OK);
             if (!st->closed && write_body(st, "ok\n", 3))
                 finish(st, false);
@@ -226,7 +226,7 @@ static void answer_request(fz_stream_t *st, const char *path)
         respond(st, 200, false);
         break;
     case M_ERROR: {
-        mg_hdr_t extra[1] = {{"retry-after", "1", 11, 1, false}};
+        mg_hdr_t extra[1] = {{"retry-after", "1", 11, 1, MG_HPACK_INDEX}};
         static const int statuses[] = {400, 404, 429, 503};
         st->finished = true;
         mg_srv_error(s, statuses[st->variant % 4], "fuzz", "a \"quoted\"\n message", path,

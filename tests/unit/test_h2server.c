@@ -81,8 +81,8 @@ static void answer(mg_srv_stream_t *s, int status, const char *body, bool conten
     char len[24];
     snprintf(len, sizeof(len), "%zu", strlen(body));
     mg_hdr_t h[2] = {
-        {"content-type", "text/plain", 12, 10, false},
-        {"content-length", len, 14, strlen(len), false},
+        {"content-type", "text/plain", 12, 10, MG_HPACK_INDEX},
+        {"content-length", len, 14, strlen(len), MG_HPACK_INDEX},
     };
     assert_int_equal(mg_srv_respond(s, status, h, content_length ? 2 : 1, false), MG_OK);
     mg_srv_write(s, body, strlen(body));
@@ -142,7 +142,7 @@ static void on_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
         char body[64];
         snprintf(body, sizeof(body), "%zu bytes\n", fx->body_len);
         answer(s, 200, body, false);
-        mg_hdr_t t[1] = {{"x-seen", fx->trailers, 6, strlen(fx->trailers), false}};
+        mg_hdr_t t[1] = {{"x-seen", fx->trailers, 6, strlen(fx->trailers), MG_HPACK_INDEX}};
         mg_srv_end(s, t, 1);
     }
 }

@@ -25,7 +25,7 @@
 static void pod_on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 {
     (void)req, (void)ud;
-    mg_hdr_t h[1] = {{"content-type", "text/plain", 12, 10, false}};
+    mg_hdr_t h[1] = {{"content-type", "text/plain", 12, 10, MG_HPACK_INDEX}};
     mg_srv_respond(s, 200, h, 1, false);
     mg_srv_write(s, "ok", 2);
     mg_srv_end(s, NULL, 0);
