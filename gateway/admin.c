@@ -20,9 +20,10 @@
 
 #include "common/listen.h"
 #include "common/log.h"
+#include "common/secretfile.h"
 
 #define MAX_MOUNTS 32
-#define MAX_TOKEN 512
+#define MAX_TOKEN 511 /* bytes */
 
 typedef struct mount {
     char *prefix;
@@ -37,7 +38,7 @@ struct mg_admin {
     mg_srv_t *srv;
     int fd;         /* until mg_admin_start hands it to srv */
     unsigned port;
-    char token[MAX_TOKEN];
+    char *token;      /* from admin.token_file; NULL = none. Wiped before it is freed */
     size_t token_len; /* 0 = no token */
     mount_t mounts[MAX_MOUNTS];
     size_t nmounts;
@@ -202,43 +203,6 @@ static unsigned bound_port(int fd)
     return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
 }
 
-static bool read_token(mg_admin_t *a, const char *path, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        snprintf(err, errlen, "admin.token_file %s: %s", path, strerror(errno));
-        return false;
-    }
-    size_t n = fread(a->token, 1, sizeof(a->token) - 1, f);
-    bool more = fgetc(f) != EOF;
-    fclose(f);
-    while (n && (a->token[n - 1] == '\n' || a->token[n - 1] == '\r' || a->token[n - 1] == ' ' ||
-                 a->token[n - 1] == '\t'))
-        n--;
-    a->token[n] = '\0';
-    /* a client cannot send a space or a control byte inside the token (and a header value
-     * loses its leading spaces): such a token would answer 401 to everyone */
-    size_t bad = 0;
-    while (bad < n && (uint8_t)a->token[bad] > ' ' && a->token[bad] != 0x7f)
-        bad++;
-    if (more || n == 0 || bad < n) {
-        if (n == 0)
-            snprintf(err, errlen, "admin.token_file %s: empty (expected one line with the token)",
-                     path);
-        else if (more)
-            snprintf(err, errlen, "admin.token_file %s: not one line of text under 512 bytes",
-                     path);
-        else
-            snprintf(err, errlen,
-                     "admin.token_file %s: expected one line with the token, without spaces or "
-                     "control characters (found byte 0x%02x at offset %zu)",
-                     path, (unsigned)(uint8_t)a->token[bad], bad);
-        return false;
-    }
-    a->token_len = n;
-    return true;
-}
-
 mg_admin_t *mg_admin_new(const char *listen, const char *token_file, char *err, size_t errlen)
 {
     mg_admin_t *a = calloc(1, sizeof(*a));
@@ -247,8 +211,12 @@ mg_admin_t *mg_admin_new(const char *listen, const char *token_file, char *err, 
         return NULL;
     }
     a->fd = -1;
-    if (token_file && !read_token(a, token_file, err, errlen))
+    /* a client cannot send a space or a control byte inside the token (and a header value
+     * loses its leading spaces): MG_SECRET_TOKEN refuses a token that would 401 everyone */
+    if (token_file && mg_secretfile_read(token_file, "admin.token_file", MG_SECRET_TOKEN, MAX_TOKEN,
+                                         &a->token, err, errlen) != MG_OK)
         goto fail;
+    a->token_len = a->token ? strlen(a->token) : 0;
     a->fd = mg_listen_bind(listen, true, err, errlen);
     if (a->fd < 0)
         goto fail;
@@ -363,5 +331,8 @@ void mg_admin_free(mg_admin_t *a)
         event_base_free(a->base);
     for (size_t i = 0; i < a->nmounts; i++)
         free(a->mounts[i].prefix);
+    if (a->token)
+        explicit_bzero(a->token, a->token_len);
+    free(a->token);
     free(a);
 }

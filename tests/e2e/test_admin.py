@@ -60,8 +60,10 @@ def test_missing_token_file_is_named(procs, tmp_path):
 
 def test_token_file_of_two_lines_is_refused(procs, tmp_path):
     """A token no request can send (a second line, a space inside) would make every admin
-    request 401 with the right token in hand: refused at start-up, with the reason."""
-    for text in ("s3cret\nsecond line\n", "s3cret token\n", " s3cret\n"):
+    request 401 with the right token in hand: refused at start-up, with the reason. A trailing
+    space or tab is refused too, not trimmed: the file holds the token and its newline only."""
+    for text in ("s3cret\nsecond line\n", "s3cret token\n", " s3cret\n", "s3cret \n",
+                 "s3cret\t\n"):
         token = tmp_path / "admin.token"
         token.write_text(text)
         conf = tmp_path / "gateway.json"
