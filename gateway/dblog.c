@@ -39,6 +39,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/secretfile.h"
 #include "common/thread.h"
 #include "gateway/dbrow.h"
 #include "gateway/spool.h"
@@ -53,6 +54,7 @@
 #define PARTITIONS_AHEAD 7       /* days of partitions kept ready */
 #define DOWN_LOG_INTERVAL_S 60   /* repeat "still cannot connect" at most this often */
 #define TO_DAYS_EPOCH 719528     /* TO_DAYS('1970-01-01') */
+#define MAX_PASSWORD 1023        /* bytes in request_log_db.password_file */
 
 /* Parameters of the INSERT: id, time, then the columns of gateway/dbrow.h. */
 #define P_ID 0
@@ -639,24 +641,6 @@ void mg_dblog_conf_defaults(mg_dblog_conf_t *c)
     c->retention_days = 90;
 }
 
-static char *read_password(const char *path)
-{
-    FILE *f = fopen(path, "re");
-    if (f == NULL) {
-        MG_LOG(MG_LOG_ERROR, "dblog", "cannot read the MariaDB password file %s: %s", path,
-               strerror(errno));
-        return NULL;
-    }
-    char buf[1024] = "";
-    if (fgets(buf, sizeof(buf), f) == NULL)
-        buf[0] = '\0';
-    fclose(f);
-    buf[strcspn(buf, "\r\n")] = '\0';
-    char *p = strdup(buf);
-    explicit_bzero(buf, sizeof(buf));
-    return p;
-}
-
 static char *dup_or(const char *s, const char *dflt)
 {
     return strdup(s ? s : dflt);
@@ -719,8 +703,12 @@ mg_dblog_t *mg_dblog_open(const mg_dblog_conf_t *conf)
         !d->rbuf)
         goto nomem;
     d->c.batch_rows = d->c.batch_rows ? d->c.batch_rows : 1;
-    if (conf->password_file && (d->password = read_password(conf->password_file)) == NULL)
+    if (conf->password_file &&
+        mg_secretfile_read(conf->password_file, "request_log_db.password_file", MG_SECRET_PASSWORD,
+                           MAX_PASSWORD, &d->password, err, sizeof(err)) != MG_OK) {
+        MG_LOG(MG_LOG_ERROR, "dblog", "%s", err);
         goto fail;
+    }
     if ((d->insert_sql = insert_sql(d->c.table)) == NULL || !alloc_params(d))
         goto nomem;
 

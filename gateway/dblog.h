@@ -40,7 +40,7 @@ typedef struct mg_dblog_conf {
     char *host;          /* required: NULL means the database log is off */
     uint32_t port;       /* 3306 */
     char *user;          /* "modelgate" */
-    char *password_file; /* first line is the password; NULL = no password */
+    char *password_file; /* one line, the password (common/secretfile.h); NULL = none */
     char *database;      /* "modelgate" */
     char *table;         /* "request_log" */
     char *spool_dir;     /* required with host */

@@ -5,7 +5,8 @@ The request log in MariaDB (gateway/dblog.c), against a private mariadbd (server
     started again -> exactly N rows, and N lines in the access log;
   - the gateway killed with SIGKILL while it replays its spool, then restarted -> exactly N rows;
   - the spool cap reached -> the gateway keeps serving and counts what it could not keep;
-  - a spool left by the previous version replays, every awkward byte intact.
+  - a spool left by the previous version replays, every awkward byte intact;
+  - a password file that is not one line refuses the start-up, naming the file.
 Load is a bounded number of HTTP/1.1 requests from a few threads on 127.0.0.1. The counts and
 times are printed (ctest runs this with -rP).
 """
@@ -16,13 +17,15 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
 
 import httpx
+import pytest
 
-from conftest import free_port, h2load, routes_doc, wait_for
+from conftest import GATEWAY_BIN, SANITIZER_RE, free_port, h2load, routes_doc, wait_for
 from servers import MariaDB
 
 DOWN_S = float(os.environ.get("MG_DBLOG_DOWN_S", "30"))
@@ -157,6 +160,33 @@ def test_n_requests_n_rows(procs):
     assert stats["inserted"] == n and stats["spooled"] == n and stats["lost"] == 0, stats
     assert stats["connected"] is True, stats
     assert "s3cret-pw" not in gw.log()
+
+
+@pytest.mark.parametrize("text,why", [
+    ("s3cret-pw\nsecond line\n", "has more than one line (byte 0x0a at offset 9;"),
+    ("", "is empty"),
+    ("\n", "is empty"),
+], ids=["two-lines", "empty", "newline-only"])
+def test_password_file_not_one_line_refuses_start(tmp_path, text, why):
+    """The password file holds one line. A second line used to be dropped silently (the first
+    one was taken as the password) and an empty file meant no password; now the gateway does
+    not start, and says which file and why. No MariaDB needed: the file is read first."""
+    pw = tmp_path / "db.password"
+    pw.write_text(text)
+    conf = tmp_path / "gateway.json"
+    conf.write_text(json.dumps({
+        "listen": ["127.0.0.1:%d" % free_port()], "access_log": "access.log",
+        "request_log_db": {"host": "127.0.0.1", "port": free_port(), "spool_dir": "spool",
+                           "password_file": "db.password"}}))
+    try:
+        r = subprocess.run([GATEWAY_BIN, "--config", str(conf), "--backend", "127.0.0.1:1"],
+                           capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the gateway started with the password file %r" % text)
+    assert r.returncode == 1, r.stderr
+    assert 'request_log_db.password_file: "%s" %s' % (pw, why) in r.stderr, r.stderr
+    assert "s3cret-pw" not in r.stderr
+    assert not SANITIZER_RE.search(r.stderr), r.stderr
 
 
 def test_mariadb_down_under_load(procs):
