@@ -6,11 +6,14 @@
  */
 #include "features/fconf.h"
 
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "common/secretfile.h"
+
+#define MAX_PASSWORD 511 /* bytes in a password_file */
 
 typedef struct pctx {
     mg_fconf_report_fn report;
@@ -103,10 +106,11 @@ static void get_str(pctx_t *p, const json_t *obj, const char *key, char **out)
     pop(p, old);
 }
 
-/* Reads a one-line secret from the file named by |key|, relative to the config's directory. */
+/* Reads the password in the file named by |key|, relative to the config's directory; the file
+ * holds one line (common/secretfile.h). */
 static void get_secret(pctx_t *p, const json_t *obj, const char *key, char **out)
 {
-    char *file = NULL, path[4096];
+    char *file = NULL, path[4096], msg[480];
     get_str(p, obj, key, &file);
     if (file == NULL)
         return;
@@ -115,22 +119,10 @@ static void get_secret(pctx_t *p, const json_t *obj, const char *key, char **out
         snprintf(path, sizeof(path), "%s", file);
     else
         snprintf(path, sizeof(path), "%s/%s", p->dir, file);
-    FILE *f = fopen(path, "r");
-    char buf[512];
-    size_t n = 0;
-    if (f == NULL) {
-        err(p, "cannot read \"%s\" (%s)", path, strerror(errno));
-    } else {
-        n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-            n--;
-        buf[n] = '\0';
-        if (n == 0 || strlen(buf) != n)
-            err(p, "\"%s\" must hold one line with the password", path);
-        else if ((*out = strdup(buf)) == NULL)
-            err(p, "out of memory");
-    }
+    /* no key in the message: the report's path names it ("features.redis.password_file") */
+    if (mg_secretfile_read(path, NULL, MG_SECRET_PASSWORD, MAX_PASSWORD, out, msg, sizeof(msg)) !=
+        MG_OK)
+        err(p, "%s", msg);
     pop(p, old);
     free(file);
 }
@@ -446,6 +438,13 @@ mg_fconf_t *mg_fconf_dup(const mg_fconf_t *c)
     return c ? mg_fconf_parse(c->_src, c->_dir, NULL, NULL) : NULL;
 }
 
+static void free_secret(char *s)
+{
+    if (s)
+        explicit_bzero(s, strlen(s));
+    free(s);
+}
+
 void mg_fconf_free(mg_fconf_t *c)
 {
     if (c == NULL)
@@ -463,10 +462,10 @@ void mg_fconf_free(mg_fconf_t *c)
     free(c->apps);
     free(c->user_header);
     free(c->redis.host);
-    free(c->redis.password);
+    free_secret(c->redis.password);
     free(c->mariadb.host);
     free(c->mariadb.user);
-    free(c->mariadb.password);
+    free_secret(c->mariadb.password);
     free(c->mariadb.database);
     free(c->mariadb.table);
     json_decref(c->_src);

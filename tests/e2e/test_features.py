@@ -752,6 +752,39 @@ def test_config_errors_are_reported(procs, tmp_path):
         assert want in r.stderr, r.stderr
 
 
+def test_password_file_of_two_lines_is_refused(tmp_path):
+    """A password file holds one line. "s3cret\nsecond" used to be taken whole, newline and all,
+    as the password (AUTH then failed at run time); now the config is refused, naming the key
+    and the file. One line with spaces and a CRLF ending is a password."""
+    import subprocess
+    from conftest import GATEWAY_BIN
+    conf = tmp_path / "gateway.json"
+    conf.write_text(json.dumps({
+        "listen": ["127.0.0.1:%d" % free_port()],
+        "features": {"redis": {"port": free_port(), "password_file": "redis.password"},
+                     "mariadb": {"port": free_port(), "password_file": "mariadb.password"},
+                     "apps": {"digits": {"timeout_ms": 5, "groups": GROUPS}}}}))
+
+    def check():
+        return subprocess.run([GATEWAY_BIN, "--check-config", str(conf), "--backend",
+                               "127.0.0.1:1"], capture_output=True, text=True, timeout=10)
+
+    (tmp_path / "redis.password").write_text("s3cret\nsecond\n")
+    (tmp_path / "mariadb.password").write_bytes(b"s3cret\r\nsecond\r\n")
+    r = check()
+    assert r.returncode == 1, r.stderr
+    for store, byte in (("redis", "0a"), ("mariadb", "0d")):
+        want = 'features.%s.password_file: "%s" has more than one line (byte 0x%s at offset 6;' % (
+            store, tmp_path / ("%s.password" % store), byte)
+        assert want in r.stderr, r.stderr
+    assert "second" not in r.stderr
+
+    (tmp_path / "redis.password").write_bytes(b"correct horse battery\r\n")
+    (tmp_path / "mariadb.password").write_text("s3cret\n")
+    r = check()
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.parametrize("value", ["v", "v\u00e9"])  # ASCII; non-ASCII (read by jansson)
 def test_long_hash_field_reads_the_same_from_redis_as_from_mariadb(stack, value):
     # A hash field of 300 bytes: the first request reads MariaDB (and writes Redis back), the
