@@ -23,7 +23,6 @@
 #include "common/secretfile.h"
 
 #define MAX_MOUNTS 32
-#define MAX_TOKEN 511 /* bytes */
 
 typedef struct mount {
     char *prefix;
@@ -213,8 +212,8 @@ mg_admin_t *mg_admin_new(const char *listen, const char *token_file, char *err, 
     a->fd = -1;
     /* a client cannot send a space or a control byte inside the token (and a header value
      * loses its leading spaces): MG_SECRET_TOKEN refuses a token that would 401 everyone */
-    if (token_file && mg_secretfile_read(token_file, "admin.token_file", MG_SECRET_TOKEN, MAX_TOKEN,
-                                         &a->token, err, errlen) != MG_OK)
+    if (token_file && mg_secretfile_read(token_file, "admin.token_file", MG_SECRET_TOKEN,
+                                         MG_ADMIN_TOKEN_MAX, &a->token, err, errlen) != MG_OK)
         goto fail;
     a->token_len = a->token ? strlen(a->token) : 0;
     a->fd = mg_listen_bind(listen, true, err, errlen);

@@ -30,6 +30,8 @@ typedef int (*mg_admin_page_fn)(void *ud, const char *query, struct evbuffer *ou
 
 /* Binds |listen| ("host:port") and reads |token_file| (NULL = none). NULL with a message naming
  * the address or file and the reason in |err| on failure. */
+#define MG_ADMIN_TOKEN_MAX 511 /* bytes in admin.token_file */
+
 mg_admin_t *mg_admin_new(const char *listen, const char *token_file, char *err, size_t errlen);
 /* Requests whose path is |prefix| or starts with |prefix| followed by '/' or '?' go to |h| (its
  * on_request gets |ud|). The longest matching prefix wins. */

@@ -54,7 +54,6 @@
 #define PARTITIONS_AHEAD 7       /* days of partitions kept ready */
 #define DOWN_LOG_INTERVAL_S 60   /* repeat "still cannot connect" at most this often */
 #define TO_DAYS_EPOCH 719528     /* TO_DAYS('1970-01-01') */
-#define MAX_PASSWORD 1023        /* bytes in request_log_db.password_file */
 
 /* Parameters of the INSERT: id, time, then the columns of gateway/dbrow.h. */
 #define P_ID 0
@@ -705,7 +704,7 @@ mg_dblog_t *mg_dblog_open(const mg_dblog_conf_t *conf)
     d->c.batch_rows = d->c.batch_rows ? d->c.batch_rows : 1;
     if (conf->password_file &&
         mg_secretfile_read(conf->password_file, "request_log_db.password_file", MG_SECRET_PASSWORD,
-                           MAX_PASSWORD, &d->password, err, sizeof(err)) != MG_OK) {
+                           MG_DBLOG_PASSWORD_MAX, &d->password, err, sizeof(err)) != MG_OK) {
         MG_LOG(MG_LOG_ERROR, "dblog", "%s", err);
         goto fail;
     }

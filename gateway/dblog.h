@@ -65,6 +65,8 @@ void mg_dblog_conf_defaults(mg_dblog_conf_t *c);
 
 /* Opens the spool (replaying what a previous run left), reads the password file and starts the
  * database thread; MariaDB need not be up. NULL on failure, logged with the path and reason. */
+#define MG_DBLOG_PASSWORD_MAX 1023 /* bytes in request_log_db.password_file */
+
 mg_dblog_t *mg_dblog_open(const mg_dblog_conf_t *conf);
 
 /* A mg_reqlog_sink_fn: spools |len| bytes of whole lines; |ud| is the mg_dblog_t. */

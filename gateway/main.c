@@ -42,17 +42,18 @@
 #include "common/h2server.h"
 #include "common/listen.h"
 #include "common/log.h"
+#include "common/secretfile.h"
+#include "common/stats.h"
 #include "features/fadmin.h"
 #include "features/features.h"
 #include "features/fsource.h"
 #include "gateway/admin.h"
 #include "gateway/conf.h"
 #include "gateway/control.h"
-#include "gateway/metrics.h"
 #include "gateway/dblog.h"
+#include "gateway/metrics.h"
 #include "gateway/proxy.h"
 #include "gateway/reqlog.h"
-#include "common/stats.h"
 #include "routing/podstate.h"
 #include "routing/routes.h"
 
@@ -323,11 +324,46 @@ static void features_metrics(void *ud, struct evbuffer *out)
     mg_fsource_metrics_page(ud, "", out, &type);
 }
 
-static void check_only(const mg_conf_t *conf)
+/* One secret file, read as start-up reads it; says why on stderr when start-up would refuse it. */
+static bool check_secret(const char *path, const char *key, mg_secret_kind_t kind, size_t max)
 {
+    char *secret = NULL, err[512];
+    if (path == NULL)
+        return true;
+    if (mg_secretfile_read(path, key, kind, max, &secret, err, sizeof(err)) != MG_OK) {
+        fprintf(stderr, "modelgate: %s\n", err);
+        return false;
+    }
+    explicit_bzero(secret, strlen(secret));
+    free(secret);
+    return true;
+}
+
+/* --check-config: what start-up would refuse before binding or connecting fails here too (as
+ * nginx -t loads certificates): the TLS certificate and key, the secret files. The routing
+ * document and the features' password files were checked with the configuration. */
+static int check_only(const mg_conf_t *conf)
+{
+    bool ok = true;
+    if (conf->ntls_listen) {
+        char err[512];
+        SSL_CTX *tls = mg_srv_tls_ctx_new(conf->tls_cert, conf->tls_key, err, sizeof(err));
+        if (tls == NULL)
+            fprintf(stderr, "modelgate: %s\n", err);
+        ok = tls != NULL;
+        SSL_CTX_free(tls);
+    }
+    ok &= check_secret(conf->admin_token_file, "admin.token_file", MG_SECRET_TOKEN,
+                       MG_ADMIN_TOKEN_MAX);
+    if (conf->request_log_db.host != NULL)
+        ok &= check_secret(conf->request_log_db.password_file, "request_log_db.password_file",
+                           MG_SECRET_PASSWORD, MG_DBLOG_PASSWORD_MAX);
+    if (!ok)
+        return 1;
     printf("configuration OK: %zu listener(s), %zu TLS listener(s), %u worker(s), %s\n",
            conf->nlisten, conf->ntls_listen, conf->workers,
            conf->routes_path ? conf->routes_path : "quick-start backends");
+    return 0;
 }
 
 /* Creates worker |i| (event base, proxy, server, command pipe) and binds its listeners.
@@ -493,10 +529,11 @@ int main(int argc, char **argv)
         printf("modelgate %s\n", MG_VERSION);
         mg_conf_clear(&conf);
         return 0;
-    case MG_CONF_CHECK:
-        check_only(&conf);
+    case MG_CONF_CHECK: {
+        int rc = check_only(&conf);
         mg_conf_clear(&conf);
-        return 0;
+        return rc;
+    }
     case MG_CONF_RUN:
         break;
     }
