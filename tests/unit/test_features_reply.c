@@ -357,14 +357,21 @@ static void ignore(void *ctx, const char *path, const char *msg)
     (void)ctx, (void)path, (void)msg;
 }
 
-static void snapshots_match_jansson(void **state)
+/* The features section of APP (the caller frees it). */
+static mg_fconf_t *app_conf(void)
 {
-    (void)state;
     json_error_t jerr;
     json_t *cdoc = json_loads(APP, 0, &jerr);
     mg_fconf_t *c = mg_fconf_parse(cdoc, NULL, ignore, NULL);
     json_decref(cdoc);
     assert_non_null(c);
+    return c;
+}
+
+static void snapshots_match_jansson(void **state)
+{
+    (void)state;
+    mg_fconf_t *c = app_conf();
     const mg_fapp_t *a = mg_fconf_app(c, "digits");
     mg_rreply_pool_t *p = mg_rreply_pool_new();
     p->nested_ok = true; /* a server's odd shapes (a nested array where a list belongs) too */
