@@ -26,6 +26,8 @@
  * that are plain (every element a string, ASCII only, hash fields without NUL, so that a
  * bytewise sort orders them as jansson does); any other reply, and every
  * "json" group, goes through jansson as before (group_json), so rare cases keep their old bytes.
+ * A group whose value is empty (mg_fval_is_empty) is left out, as from MariaDB's copy: a plain
+ * reply has elements, so only group_json has to check.
  */
 #include "features/features.h"
 
@@ -476,7 +478,9 @@ static bool write_hash(fetch_t *fx, const redisReply *r)
 }
 
 /* The group's value as jansson builds it from the reply (NULL: the group is left out): the
- * reference for the replies that are not plain. */
+ * reference for the replies that are not plain. An empty value ({} or [], however a pipeline
+ * spaced it) is left out too, as mg_fval_normalize leaves it out of MariaDB's copy; a json
+ * text that does not parse is left out as well. */
 static json_t *group_json(const mg_fgroup_t *g, const redisReply *r)
 {
     json_t *v = NULL;
@@ -505,6 +509,10 @@ static json_t *group_json(const mg_fgroup_t *g, const redisReply *r)
                 json_decref(s);
             }
         }
+    }
+    if (v && mg_fval_is_empty(v)) {
+        json_decref(v);
+        v = NULL;
     }
     return v;
 }

@@ -73,6 +73,12 @@ static json_t *as_string(const json_t *v)
     return out;
 }
 
+bool mg_fval_is_empty(const json_t *v)
+{
+    return (json_is_object(v) && json_object_size(v) == 0) ||
+           (json_is_array(v) && json_array_size(v) == 0);
+}
+
 static bool bad(char *why, size_t cap, const char *fmt, const char *a)
 {
     snprintf(why, cap, fmt, a);
@@ -134,9 +140,7 @@ static bool group_value(const mg_fgroup_t *g, const json_t *v, bool strict, json
     }
     if (n == NULL)
         return bad(why, cap, "out of memory normalizing group \"%s\"", g->name);
-    bool empty = (json_is_object(n) && json_object_size(n) == 0) ||
-                 (json_is_array(n) && json_array_size(n) == 0 && g->type == MG_FGROUP_LIST);
-    if (!empty)
+    if (!mg_fval_is_empty(n))
         json_object_set(out, g->name, n);
     json_decref(n);
     return true;

@@ -15,8 +15,10 @@
  *
  * Normalization (mg_fval_normalize) keeps the app's configured groups only: hash = a flat object
  * whose values become strings (numbers and booleans as their JSON text), list = an array of such
- * strings cut to max_items (the first ones: newest first), json = any value. Empty hashes and
- * lists are dropped (Redis cannot store them, so both stores give the same text).
+ * strings cut to max_items (the first ones: newest first), json = any value. A group whose
+ * value is empty (mg_fval_is_empty: {} or [], whatever the group's type) is dropped: Redis
+ * cannot store an empty hash or list, and features.c applies the same rule to what Redis holds
+ * (a json key of "{}" or " [ ]"), so every store gives the same text.
  */
 #ifndef MG_FEATURES_FVALUE_H
 #define MG_FEATURES_FVALUE_H
@@ -46,6 +48,11 @@ void mg_fval_unref(mg_fval_t *v); /* NULL is fine; frees at zero */
 
 /* The hash of |len| bytes as 16 hex digits + NUL into |out|. */
 void mg_fval_hash(const char *text, size_t len, char out[17]);
+
+/* True when |v|, a group's value, is empty: an object without members or an array without
+ * elements. Such a group is left out of the snapshot, whichever store holds it; null, "", 0 and
+ * false are values. Allocates nothing. */
+bool mg_fval_is_empty(const json_t *v);
 
 /*
  * Normalizes |doc| ({group: value}) for |app|. |strict| (writes): an unknown group, a wrong

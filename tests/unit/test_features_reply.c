@@ -416,6 +416,94 @@ static void snapshots_match_jansson(void **state)
     mg_fconf_free(c);
 }
 
+/* The snapshot of |vec|, the text of the json key, written by a pipeline into Redis next to a
+ * list of one item (the hash and the other list have no key: they read as empty). */
+static mg_fval_t *redis_snapshot(const mg_fapp_t *a, const char *vec)
+{
+    fetch_t *fx = calloc(1, sizeof(*fx));
+    assert_non_null(fx);
+    fx->app = a;
+    for (size_t gi = 0; gi < a->ngroups; gi++) {
+        out_t o = {0};
+        const mg_fgroup_t *g = &a->groups[gi];
+        if (g->type == MG_FGROUP_JSON)
+            bulk(&o, vec, strlen(vec));
+        else if (strcmp(g->name, "recent") == 0)
+            putf(&o, "*1\r\n$1\r\na\r\n");
+        else
+            putf(&o, "*0\r\n"); /* HGETALL, LRANGE of a key that does not exist */
+        redisReply *r = parse_whole(&o);
+        add_group(fx, gi, r);
+        freeReplyObject(r);
+        free(o.b);
+    }
+    mg_fval_t *v = snapshot(fx);
+    assert_non_null(v);
+    free(fx->text);
+    free(fx);
+    return v;
+}
+
+/* The snapshot of a MariaDB row |row|, read (lenient) or written by the admin API (strict). */
+static mg_fval_t *mariadb_snapshot(const mg_fapp_t *a, const char *row, bool strict)
+{
+    json_error_t jerr;
+    char why[256];
+    json_t *doc = json_loads(row, 0, &jerr);
+    assert_non_null(doc);
+    json_t *n = mg_fval_normalize(a, doc, strict, why, sizeof(why));
+    assert_non_null(n);
+    mg_fval_t *v = mg_fval_from_json(n);
+    assert_non_null(v);
+    json_decref(n);
+    json_decref(doc);
+    return v;
+}
+
+/* The same features give the same bytes from Redis as from MariaDB when a group is empty: a
+ * json key of "{}" was sent as "vec":{} while MariaDB's copy left the group out (false
+ * training/serving skew). */
+static void empty_groups_read_as_from_mariadb(void **state)
+{
+    static const struct {
+        const char *redis, *row_vec, *want;
+    } cases[] = {
+        {"{}", "{}", "{\"recent\":[\"a\"]}"},
+        {"[]", "[]", "{\"recent\":[\"a\"]}"},
+        {" { }\n", "{ }", "{\"recent\":[\"a\"]}"},
+        {"\t[ ]\r\n", "[]", "{\"recent\":[\"a\"]}"},
+        {"null", "null", "{\"recent\":[\"a\"],\"vec\":null}"},
+        {"\"\"", "\"\"", "{\"recent\":[\"a\"],\"vec\":\"\"}"},
+        {"0", "0", "{\"recent\":[\"a\"],\"vec\":0}"},
+        {"false", "false", "{\"recent\":[\"a\"],\"vec\":false}"},
+        {" [ {} ] ", "[{}]", "{\"recent\":[\"a\"],\"vec\":[{}]}"}, /* only the top level */
+        {"{\"a\": []}", "{\"a\":[]}", "{\"recent\":[\"a\"],\"vec\":{\"a\":[]}}"},
+    };
+    (void)state;
+    mg_fconf_t *c = app_conf();
+    const mg_fapp_t *a = mg_fconf_app(c, "digits");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char row[256];
+        snprintf(row, sizeof(row),
+                 "{\"recent\": [\"a\"], \"profile\": {}, \"a_first\": [], \"vec\": %s}",
+                 cases[i].row_vec);
+        mg_fval_t *redis = redis_snapshot(a, cases[i].redis);
+        mg_fval_t *db = mariadb_snapshot(a, row, false), *put = mariadb_snapshot(a, row, true);
+        assert_string_equal(redis->text, cases[i].want);
+        assert_string_equal(db->text, cases[i].want);
+        assert_string_equal(put->text, cases[i].want);
+        assert_string_equal(redis->hash, db->hash);
+        mg_fval_unref(redis);
+        mg_fval_unref(db);
+        mg_fval_unref(put);
+    }
+    /* a json key that is not JSON (MariaDB cannot hold one) is left out, as before */
+    mg_fval_t *v = redis_snapshot(a, "{not json");
+    assert_string_equal(v->text, "{\"recent\":[\"a\"]}");
+    mg_fval_unref(v);
+    mg_fconf_free(c);
+}
+
 static void resp_without_printf(void **state)
 {
     (void)state;
@@ -439,6 +527,7 @@ int main(void)
         cmocka_unit_test(large_replies_and_partial_ones),
         cmocka_unit_test(absurd_array_count_is_refused),
         cmocka_unit_test(snapshots_match_jansson),
+        cmocka_unit_test(empty_groups_read_as_from_mariadb),
         cmocka_unit_test(resp_without_printf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -96,6 +96,54 @@ static void strict_and_lenient(void **state)
     mg_fconf_free(c);
 }
 
+static void empty_values(void **state)
+{
+    static const char *const empty[] = {"{}", "[]", " { } ", "[\n]"};
+    static const char *const values[] = {"null", "\"\"",       "0",   "false", "[{}]",
+                                         "[[]]", "{\"a\":{}}", "[0]", "\" \""};
+    json_error_t jerr;
+    for (size_t i = 0; i < sizeof(empty) / sizeof(empty[0]); i++) {
+        json_t *v = json_loads(empty[i], JSON_DECODE_ANY, &jerr);
+        assert_non_null(v);
+        assert_true(mg_fval_is_empty(v));
+        json_decref(v);
+    }
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        json_t *v = json_loads(values[i], JSON_DECODE_ANY, &jerr);
+        assert_non_null(v);
+        assert_false(mg_fval_is_empty(v));
+        json_decref(v);
+    }
+}
+
+/* {} and [] are left out whatever the group's type, in writes (strict) and reads; other
+ * values of a json group are kept. */
+static void empty_groups_are_left_out(void **state)
+{
+    mg_fconf_t *c = conf_of(APP);
+    const mg_fapp_t *a = mg_fconf_app(c, "digits");
+    char why[256];
+    for (int strict = 0; strict < 2; strict++) {
+        char *s = normalized(a, "{\"vec\": {}, \"recent\": [\"a\"]}", strict, why);
+        assert_string_equal(s, "{\"recent\":[\"a\"]}");
+        free(s);
+        s = normalized(a, "{\"vec\": [], \"profile\": {}}", strict, why);
+        assert_string_equal(s, "{}");
+        free(s);
+        s = normalized(a, "{\"vec\": null}", strict, why);
+        assert_string_equal(s, "{\"vec\":null}");
+        free(s);
+        s = normalized(a, "{\"vec\": \"\"}", strict, why);
+        assert_string_equal(s, "{\"vec\":\"\"}");
+        free(s);
+    }
+    /* a read skips what a hash or list may not hold: nothing left is an empty group too */
+    char *s = normalized(a, "{\"profile\": {\"a\": null}, \"recent\": [[1]]}", false, why);
+    assert_string_equal(s, "{}");
+    free(s);
+    mg_fconf_free(c);
+}
+
 static void hash_is_siphash_of_the_text(void **state)
 {
     mg_fval_t *v = mg_fval_new("{}", 2);
@@ -172,6 +220,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(canonical_text),
         cmocka_unit_test(strict_and_lenient),
+        cmocka_unit_test(empty_values),
+        cmocka_unit_test(empty_groups_are_left_out),
         cmocka_unit_test(hash_is_siphash_of_the_text),
         cmocka_unit_test(config_defaults_and_errors),
         cmocka_unit_test(user_ids),
