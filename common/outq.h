@@ -7,8 +7,8 @@
  * output registers EPOLLOUT (epoll_ctl), the next turn writes, and the drained buffer
  * unregisters it (epoll_ctl again): two system calls per write. Attached to a queue, a
  * connection's output is written by the queue instead, once per turn, after the
- * callbacks of that turn and the next have added their frames (see outq.c); EPOLLOUT is only
- * used while the socket is full.
+ * callbacks of that turn have added their frames (see outq.c); EPOLLOUT is only used while the
+ * socket is full.
  *
  * A bufferevent also reads at most 4 KiB per readable event (libevent 2.1's EVBUFFER_MAX_READ),
  * each time after an ioctl(FIONREAD): a busy connection is read 4 KiB per loop turn, at two

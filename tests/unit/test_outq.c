@@ -112,6 +112,35 @@ static void writes_without_epollout_once_per_turn(void **state)
     teardown_pair(&f);
 }
 
+/* A request's answer, written from its read callback */
+static void on_read_answer(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    bufferevent_write(bev, "answer", 6);
+}
+
+/* Output that a callback adds while the loop runs leaves in the same loop turn: one
+ * epoll_wait per readable event, not a second one (returning nothing) before the write. */
+static void output_of_a_callback_leaves_in_its_own_turn(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_pair(&f, 0);
+    bufferevent_setcb(f.bev, on_read_answer, on_written, NULL, &f);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(write(f.peer, "ask", 3), 3);
+        turn(&f); /* reads "ask", and the callback's answer goes out in this turn */
+        char buf[16];
+        size_t n = drain_peer(&f, buf, sizeof(buf));
+        assert_int_equal(n, 6);
+        assert_memory_equal(buf, "answer", 6);
+        assert_int_equal(f.written, i + 1);
+    }
+    teardown_pair(&f);
+}
+
 static void full_socket_goes_back_to_the_bufferevent_and_returns(void **state)
 {
     (void)state;
@@ -364,6 +393,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(writes_without_epollout_once_per_turn),
+        cmocka_unit_test(output_of_a_callback_leaves_in_its_own_turn),
         cmocka_unit_test(full_socket_goes_back_to_the_bufferevent_and_returns),
         cmocka_unit_test(detached_while_queued_is_not_written),
         cmocka_unit_test(freed_from_its_write_callback),
