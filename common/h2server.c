@@ -1106,9 +1106,7 @@ static int h1_refuse(conn_t *c, int status, const char *code, const char *msg)
     return -1;
 }
 
-/* The value of a Transfer-Encoding field is exactly "chunked" (any case, optional spaces):
- * llhttp also takes "gzip, chunked", whose gzip coding nobody would undo. */
-static bool h1_is_chunked(const char *v, size_t n)
+bool mg_field_is_chunked(const char *v, size_t n)
 {
     while (n > 0 && (*v == ' ' || *v == '\t'))
         v++, n--;
@@ -1179,6 +1177,8 @@ static int h1_on_value_complete(llhttp_t *p)
     c->h1_fld_len = c->h1_val_len = 0;
     if (s == NULL)
         return 0; /* answered and closed before its trailers */
+    if (nlen == 0) /* ": v" (llhttp takes it): a field name is a token (RFC 9110 5.1) */
+        return h1_refuse(c, 400, "bad_request", "header field without a name");
     if (c->h1_headers_done) { /* chunked trailer section: over max_headers is a 431 (or a
                                  * close, once answered), as over the byte limit */
         if (hdr_push(s, true, name, nlen, value, vlen, false))
@@ -1198,7 +1198,7 @@ static int h1_on_value_complete(llhttp_t *p)
         return 0;
     }
     if (nlen == 17 && strncasecmp(name, "transfer-encoding", 17) == 0 &&
-        !h1_is_chunked(value, vlen))
+        !mg_field_is_chunked(value, vlen))
         return h1_refuse(c, 501, "not_implemented",
                          "transfer codings other than chunked are not supported");
     hdr_push(s, false, name, nlen, value, vlen, false);
@@ -1216,8 +1216,8 @@ static int h1_absolute_form(mg_srv_stream_t *s)
     if (skip == 0)
         return 0;
     const char *auth = t + skip, *end = auth + strcspn(auth, "/?#");
-    if (end == auth)
-        return -1;
+    if (end == auth || memchr(auth, '@', (size_t)(end - auth)) != NULL)
+        return -1; /* userinfo is an error (RFC 9110 4.2.4): "a@b" would be the host */
     s->host = mg_arena_strndup(&s->arena, auth, (size_t)(end - auth));
     if (*end == '/')
         s->path = mg_arena_strndup(&s->arena, end, strlen(end));
@@ -1239,10 +1239,15 @@ static int h1_on_headers_complete(llhttp_t *p)
     mg_srv_stream_t *s = c->h1s;
     c->h1_headers_done = true;
     s->method = llhttp_method_name(llhttp_get_method(p));
+    if (p->http_major != 1) /* llhttp also takes "HTTP/2.0" and HTTP/0.9's "GET /" */
+        return h1_refuse(c, 505, "http_version_not_supported",
+                         "HTTP/1.0 and HTTP/1.1 only here; HTTP/2 starts with its connection "
+                         "preface (prior knowledge) or ALPN h2");
     if (llhttp_get_method(p) == HTTP_CONNECT)
         return h1_refuse(c, 501, "not_implemented", "CONNECT is not supported");
     if (h1_absolute_form(s) != 0)
-        return h1_refuse(c, 400, "bad_request", "malformed absolute request target");
+        return h1_refuse(c, 400, "bad_request",
+                         "malformed absolute request target (no host, or a user name in it)");
     if (p->http_minor >= 1 && s->host == NULL && !s->bad_status)
         return h1_refuse(c, 400, "bad_request", "HTTP/1.1 request without a Host header");
     /* Upgrade (h2c from curl --http2, websocket) is not supported: the request is answered as
@@ -1425,6 +1430,7 @@ static const char *reason(int status)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: return "Status";
     }
 }

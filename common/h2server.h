@@ -217,6 +217,11 @@ bool mg_field_connection_specific(const char *name, size_t len);
  * trailers carry a connection-specific field. Any case. */
 bool mg_trailer_forbidden(const char *name, size_t len);
 
+/* True when a Transfer-Encoding value is exactly "chunked" (any case, optional spaces around).
+ * llhttp also takes "gzip, chunked", whose gzip coding nobody would undo: HTTP/1.1 requests
+ * with another coding get 501, and responses with one are a pod's protocol error. */
+bool mg_field_is_chunked(const char *v, size_t n);
+
 /* Moves frames from |h2| into |bev|'s output until nghttp2 has nothing more or the output holds
  * |high| bytes. Frames are coalesced so that one socket write (one TLS record) carries many.
  * With |piece| > 0, frames added to an empty output start a contiguous piece of that many

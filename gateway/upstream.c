@@ -707,8 +707,19 @@ static int h1_on_value_complete(llhttp_t *p)
     mg_up_stream_t *s = h1_cur(p->data);
     if (s == NULL)
         return -1;
-    bool ok = push_hdr(s, s->headers_done, s->h1_scratch, s->h1_fld_len,
-                       s->h1_scratch + s->h1_fld_len, s->h1_val_len, false);
+    const char *name = s->h1_scratch, *value = s->h1_scratch + s->h1_fld_len;
+    if (s->h1_fld_len == 0) { /* ": v", which llhttp takes: not a field, never passed on */
+        llhttp_set_error_reason(p, "header field without a name");
+        return -1;
+    }
+    if (!s->headers_done && s->h1_fld_len == 17 &&
+        strncasecmp(name, "transfer-encoding", 17) == 0 &&
+        !mg_field_is_chunked(value, s->h1_val_len)) {
+        /* gzip and the like: the body would reach clients still coded, as if it were not */
+        llhttp_set_error_reason(p, "transfer coding other than chunked");
+        return -1;
+    }
+    bool ok = push_hdr(s, s->headers_done, name, s->h1_fld_len, value, s->h1_val_len, false);
     s->h1_fld_len = s->h1_val_len = 0;
     if (ok)
         return 0;

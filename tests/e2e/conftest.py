@@ -539,9 +539,9 @@ def raw_pods():
     """RawPod(...) (rawpod.py) for a test, closed when it ends, passed or not."""
     pods = []
 
-    def make(*args):
+    def make(*args, **kw):
         from rawpod import RawPod
-        pods.append(RawPod(*args))
+        pods.append(RawPod(*args, **kw))
         return pods[-1]
     yield make
     for pod in pods:

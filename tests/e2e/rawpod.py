@@ -17,10 +17,12 @@ class RawPod:
     a request opens (h2c, after its SETTINGS; HPACK without Huffman; then a HEADERS frame of
     |trailers| if any), whatever the request. |fields| and |trailers| may hold
     hpack.NeverIndexedHeaderTuple. |blocks|: the header blocks of the requests it got over
-    HTTP/2, raw, in the order they came."""
+    HTTP/2, raw, in the order they came. |close_after| (HTTP/1.1): close the connection once
+    the answer is sent (a body that ends at close, or a pod that dies in the middle of one)."""
 
-    def __init__(self, proto, status, http1_answer=None, fields=(), trailers=()):
-        self.proto, self.status = proto, status
+    def __init__(self, proto, status, http1_answer=None, close_after=False, fields=(),
+                 trailers=()):
+        self.proto, self.status, self.close_after = proto, status, close_after
         self.fields, self.trailers = list(fields), list(trailers)
         self.blocks = []
         self.http1_answer = http1_answer or ("HTTP/1.1 %s OK\r\ncontent-length: 2\r\n\r\nok"
@@ -63,6 +65,8 @@ class RawPod:
                     got += chunk
                     if self.proto == "http1":
                         conn.sendall(self.http1_answer)
+                        if self.close_after:
+                            return
                         continue
                     while len(got) >= off + 9:  # every complete frame: answer each HEADERS
                         length = int.from_bytes(got[off:off + 3], "big")

@@ -187,7 +187,8 @@ def test_pod_with_invalid_status_502(procs, raw_pods, proto, status):
 @pytest.mark.parametrize("interim", [
     b"HTTP/1.1 100 Continue\r\ncontent-length: 5\r\n\r\n",
     b"HTTP/1.0 100 Continue\r\nconnection: close\r\n\r\n",
-], ids=["content-length", "connection-close"])
+    b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n",
+], ids=["content-length", "connection-close", "early-hints"])
 def test_interim_response_with_framing_fields_has_no_body(procs, raw_pods, interim):
     """An HTTP/1.1 pod whose 100 Continue carries a content-length or says the connection
     closes (RFC 9110 15.2: a 1xx has no content, and the final response follows): the final
@@ -200,6 +201,114 @@ def test_interim_response_with_framing_fields_has_no_body(procs, raw_pods, inter
         r = c.get("/interim")
         assert r.status == 200 and bytes(r.body) == b"ok", (r, bytes(r.body))
     gw.assert_alive()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\ncontent-length : 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nx-a: a\rset-cookie: b=c\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nx-a: a\nset-cookie: b=c\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nx-a: a\x00b\r\ncontent-length: 2\r\n\r\nok",
+    # passed before (a name with a space, an empty name; a status line cut by a lone CR)
+    b"HTTP/1.1 200 OK\r\nx-a : v\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\n: v\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\rcontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nnot gzip",
+], ids=["cl-and-te", "two-lengths", "two-equal-lengths", "space-before-colon-length", "cr-in-value",
+        "lf-in-value", "nul-in-value", "space-before-colon", "empty-name", "status-cr-without-lf",
+        "te-gzip"])
+def test_pod_bad_response_head_502(procs, raw_pods, answer):
+    """An HTTP/1.1 pod whose response head has ambiguous framing (RFC 9112 6.3), a field line
+    that is not one (RFC 9112 5.1: whitespace before the colon; CR, LF or NUL in a value, which
+    would split the response toward an HTTP/1.1 client), or a transfer coding the gateway cannot
+    undo: 502 upstream_protocol_error to HTTP/2 and HTTP/1.1 clients alike, never the fields
+    passed on. Before, "x-a : v" and ": v" went to HTTP/1.1 clients as they were (HTTP/2
+    clients got a PROTOCOL_ERROR reset), a status line ended by a lone CR swallowed the next
+    field's first byte, and a gzip-coded body reached clients as if it were plain."""
+    pod = raw_pods("http1", 200, answer, True)
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], "http1")},
+                                  [("digits", "production", "svc")]),
+                       conf={"workers": 1, "timeouts_ms": {"idle": 3000}})
+    with gw.h2() as c:
+        r = c.get("/bad-head")
+        error_json(502, "upstream_protocol_error", r.status, r.headers, bytes(r.body))
+    r = h1(gw, "GET", "/bad-head")
+    error_json(502, "upstream_protocol_error", r.status, r.headers, r.body)
+    assert "set-cookie" not in r.headers and "x-a" not in r.headers, r.headers
+    gw.assert_alive()
+
+
+@pytest.mark.parametrize("answer,close", [
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial", True),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\npartial\r\n", True),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\npartialXX0\r\n\r\n", False),
+], ids=["closed-within-length", "closed-within-chunks", "chunk-without-crlf"])
+def test_pod_cut_or_bad_body_is_not_a_complete_answer(procs, raw_pods, answer, close):
+    """An HTTP/1.1 pod that closes in the middle of its body, or whose chunk data does not end
+    with CRLF (RFC 9112 7.1): the client sees the answer fail - HTTP/2: RST_STREAM, HTTP/1.1:
+    the connection closes before the body's end - never a complete 200 with what came. Before,
+    the bad chunk's "XX" was skipped and the answer passed as complete."""
+    pod = raw_pods("http1", 200, answer, close)
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], "http1")},
+                                  [("digits", "production", "svc")]),
+                       conf={"workers": 1, "timeouts_ms": {"idle": 3000}})
+    with gw.h2() as c:
+        st = c.start("GET", "/cut")
+        assert c.wait(st, 8), st
+        assert st.reset_code is not None and st.status in (None, 200), st
+    with H1Conn(gw.port) as c:
+        c.send(h1_request_bytes("GET", "/cut", gw.authority()))
+        with pytest.raises(ConnectionError):
+            r = c.read_response()
+            pytest.fail("a complete answer: %r" % r)
+    gw.assert_alive()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsmuggl",
+    b"HTTP/1.1 204 No Content\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsmuggl",
+], ids=["past-content-length", "body-on-204"])
+def test_pod_bytes_past_its_answer_are_not_the_next_answer(procs, raw_pods, answer):
+    """Bytes an HTTP/1.1 pod sends after the end of its answer (past its content-length, or a
+    body on a 204, which has none: RFC 9112 6.3) are not the answer to the next request on the
+    kept-alive connection (response desync): the gateway closes that connection, and every
+    request gets the pod's first answer."""
+    pod = raw_pods("http1", 200, answer)
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], "http1")},
+                                  [("digits", "production", "svc")]), conf={"workers": 1})
+    want = 200 if b" 200 " in answer[:13] else 204
+    with H1Conn(gw.port) as c:
+        for i in range(3):
+            c.send(h1_request_bytes("GET", "/desync/%d" % i, gw.authority()))
+            r = c.read_response()
+            assert r.status == want and r.body == (b"ok" if want == 200 else b""), r
+    with gw.h2() as c:
+        for i in range(3):
+            r = c.get("/desync-h2/%d" % i)
+            assert r.status == want and bytes(r.body) == (b"ok" if want == 200 else b""), r
+    gw.assert_alive()
+
+
+def test_pod_body_ending_at_close_is_complete(procs, raw_pods):
+    """An HTTP/1.1 (or 1.0) answer without content-length or chunked ends when the pod closes
+    (RFC 9112 6.3 rule 8): that close ends it normally, the client gets it whole (HTTP/1.1:
+    chunked with its last chunk; HTTP/2: END_STREAM)."""
+    pod = raw_pods("http1", 200, b"HTTP/1.0 200 OK\r\n\r\nuntil-close", True)
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], "http1")},
+                                  [("digits", "production", "svc")]), conf={"workers": 1})
+    with gw.h2() as c:
+        r = c.get("/eof")
+        assert r.status == 200 and r.ended and r.reset_code is None, r
+        assert bytes(r.body) == b"until-close"
+    with H1Conn(gw.port) as c:
+        for i in range(2):  # and the client's connection is kept
+            c.send(h1_request_bytes("GET", "/eof/%d" % i, gw.authority()))
+            r = c.read_response()
+            assert r.status == 200 and r.chunked and r.body == b"until-close", r
 
 
 def refusing_stack(procs, mode, route_opts=None, retry=None):
@@ -447,23 +556,109 @@ def test_bad_preface_closes_connection(victim, junk):
     assert_serving(gw, keeper)
 
 
-@pytest.mark.parametrize("line", [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n",
-                                  b"GET / HTTP/1.1\r\nbad header line\r\n\r\n",
-                                  b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: zz\r\n\r\n",
-                                  # request smuggling shapes (RFC 9112 6.3)
-                                  b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
-                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-                                  b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
-                                  b"Content-Length: 6\r\n\r\nabcdef"],
-                         ids=["garbage", "extra-token", "header-no-colon", "bad-length",
-                              "te-and-cl", "two-lengths"])
+# Each is answered 400 and the connection closed, and the pod sees nothing: the gateway never
+# guesses where a request or a field ends (RFC 9112 6.3, 5.1, 2.2), so neither the pod nor a
+# proxy before the gateway can be made to read different requests than it did (request
+# smuggling). From "head-end-cr-without-lf" on, each was let through before.
+GARBAGE = [
+    pytest.param(b"GARBAGE\r\n\r\n", id="garbage"),
+    pytest.param(b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n", id="extra-token"),
+    pytest.param(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n", id="header-no-colon"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: zz\r\n\r\n", id="bad-length"),
+    # request smuggling shapes (RFC 9112 6.3)
+    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", id="te-and-cl"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                 b"Content-Length: 6\r\n\r\nabcdef", id="two-lengths"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+                 b"Content-Length: 3\r\n\r\nabc", id="two-equal-lengths"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc",
+                 id="length-list"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", id="negative-length"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", id="chunked-twice"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n"
+                 b"3\r\nabc\r\n0\r\n\r\n", id="chunked-not-last"),
+    pytest.param(b"GET / HTTP/1.1\r\n\r\n", id="no-host"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", id="two-hosts"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\rb\r\n\r\n", id="cr-in-value"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n", id="nul-in-value"),
+    pytest.param(b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", id="space-before-first-field"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 3\r\n\r\nabc",
+                 id="space-before-colon-length"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\n\rGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+                 id="head-end-cr-without-lf"),
+    # no whitespace between a field name and its colon (RFC 9112 5.1: MUST reject with 400)
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX-A : v\r\n\r\n", id="space-before-colon"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX A: v\r\n\r\n", id="space-in-name"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost : b\r\n\r\n", id="space-before-colon-host"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\n: v\r\n\r\n", id="empty-name"),
+    # a target with whitespace or bytes outside ASCII would be a different request line to
+    # the pod (RFC 9112 3.2: no whitespace in a request-target)
+    pytest.param(b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n", id="tab-in-target"),
+    pytest.param(b"GET /a\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", id="raw-utf8-in-target"),
+    # userinfo in an absolute-form target is an error (RFC 9110 4.2.4): it would be the host
+    pytest.param(b"GET http://user@a/ HTTP/1.1\r\nHost: a\r\n\r\n", id="userinfo-in-target"),
+]
+
+
+@pytest.mark.parametrize("line", GARBAGE)
 def test_http1_garbage_400(victim, line):
     gw, a, keeper = victim
+    seen = len(a.requests())
     with H1Conn(gw.port) as c:
         c.send(line)
         r = c.read_response()
         error_json(400, "bad_request", r.status, r.headers, r.body)
         assert c.closed_by_peer(5), "connection left open after a 400"
+    assert a.requests()[seen:] == [], "a request of a refused connection reached the pod"
+    assert_serving(gw, keeper)
+
+
+@pytest.mark.parametrize("chunks", [
+    b"0x3\r\nabc\r\n0\r\n\r\n", b"-3\r\nabc\r\n0\r\n\r\n", b"10000000000000003\r\nabc\r\n0\r\n\r\n",
+    b"3 \r\nabc\r\n0\r\n\r\n",
+    # passed before
+    b"3\r\nabcXX0\r\n\r\n", b"3\rXabc\r\n0\r\n\r\n", b"3;a\rb\r\nabc\r\n0\r\n\r\n",
+], ids=["size-0x", "size-negative", "size-overflow", "size-space", "data-without-crlf",
+        "size-cr-without-lf", "ext-cr-without-lf"])
+def test_http1_bad_chunk_400_and_pod_stream_reset(victim, chunks):
+    """A chunked request body whose framing is wrong (RFC 9112 7.1: a chunk size is hex digits,
+    its line and its data end with CRLF) is answered 400 and the connection closed; the part
+    already sent to the pod is reset there, never ended as if complete. Before, a chunk's data
+    followed by two bytes other than CRLF, or a chunk line ended by a lone CR, were accepted
+    (the bytes skipped), so a proxy in front of the gateway and the gateway disagreed on where
+    the body, and so the next request, starts."""
+    gw, a, keeper = victim
+    path = "/bad-chunks-%d" % (hash(chunks) & 0xffff)
+    with H1Conn(gw.port) as c:
+        c.send(b"POST %s HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n%s"
+               % (path.encode(), gw.authority().encode(), chunks) +
+               h1_request_bytes("GET", "/after-bad-chunks", gw.authority()))
+        r = c.read_response()
+        error_json(400, "bad_request", r.status, r.headers, r.body)
+        assert c.closed_by_peer(5), "connection left open after a 400"
+    if ("h2c", "POST", path) in a.requests():
+        wait_for(lambda: "rst h2c %s" % path in a.proc.stdout(), 5, what="the pod's stream reset")
+    assert "/after-bad-chunks" not in [p for _, _, p in a.requests()]
+    assert_serving(gw, keeper)
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", b"GET /\r\n\r\n"],
+                         ids=["http-2.0", "http-0.9"])
+def test_http1_other_versions_505(victim, line):
+    """An HTTP/1 request line naming HTTP/2.0 or HTTP/0.9, which llhttp takes, gets 505 and a
+    close (RFC 9110 15.6.6). Before, "HTTP/2.0" was served as if HTTP/1.0, and HTTP/0.9 got
+    a 400 that blamed a missing Host."""
+    gw, a, keeper = victim
+    seen = len(a.requests())
+    with H1Conn(gw.port) as c:
+        c.send(line)
+        r = c.read_response()
+        err = error_json(505, "http_version_not_supported", r.status, r.headers, r.body)
+        assert "HTTP/1.0 and HTTP/1.1" in err["message"], err
+        assert c.closed_by_peer(5)
+    assert a.requests()[seen:] == []
     assert_serving(gw, keeper)
 
 

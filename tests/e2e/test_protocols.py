@@ -347,8 +347,8 @@ def test_never_indexed_fields_stay_never_indexed(procs, raw_pods):
     response fields and trailers to the client. So is a request id the client sent that way,
     though the gateway indexes its ids on a connection's first request to seed the name."""
     secret = hpack.NeverIndexedHeaderTuple
-    pod = raw_pods("h2c", "200", None, [secret("x-pod-secret", "p0d-s3cret"), ("x-plain", "1")],
-                   [secret("x-trailer-secret", "t-s3cret")])
+    pod = raw_pods("h2c", "200", fields=[secret("x-pod-secret", "p0d-s3cret"), ("x-plain", "1")],
+                   trailers=[secret("x-trailer-secret", "t-s3cret")])
     gw = procs.gateway(routes_doc({"svc": ([pod.addr], "h2c")},
                                   [("digits", "production", "svc")]),
                        conf={"workers": 1}, tls=False)
