@@ -118,6 +118,7 @@ struct conn {
     bool h1_headers_done;
     bool h1_read_off;
     bool h1_err_too_large;
+    bool h1_err_in_target;   /* ... while reading the request target: 414, not 431 */
     int h1_refused;          /* a request we refuse at its head: the status (see h1_refuse) */
     const char *h1_refused_code, *h1_refused_msg;
     char *h1_scratch; /* field and value being accumulated */
@@ -821,9 +822,17 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
     if (s->bad_status) {
         if (c->proto == P_H1)
             c->h1_close = true; /* as for the other requests we refuse to read (h1_reject) */
+        const mg_srv_conf_t *conf = &c->srv->conf;
+        char msg[160];
+        if (s->nhdrs >= conf->max_headers)
+            snprintf(msg, sizeof(msg), "more header fields than limits.max_headers (%u)",
+                     (unsigned)conf->max_headers);
+        else
+            snprintf(msg, sizeof(msg),
+                     "request header fields over limits.max_header_list_size (%u bytes)",
+                     (unsigned)conf->max_header_list_size);
         const char *rid = report_reject(s, s->bad_status, "headers_too_large");
-        mg_srv_error(s, s->bad_status, "headers_too_large",
-                     "request header fields too large or too many", rid, NULL, 0);
+        mg_srv_error(s, s->bad_status, "headers_too_large", msg, rid, NULL, 0);
         return;
     }
     if (c->proto == P_H2 && s->authority && s->host && strcasecmp(s->authority, s->host) != 0) {
@@ -1128,8 +1137,10 @@ static int h1_limit(conn_t *c, size_t len)
 static int h1_on_url(llhttp_t *p, const char *at, size_t len)
 {
     conn_t *c = parser_conn(p);
-    if (h1_limit(c, len))
+    if (h1_limit(c, len)) {
+        c->h1_err_in_target = true;
         return -1;
+    }
     memcpy(c->h1_scratch + c->h1_fld_len, at, len); /* the limit keeps it in the scratch */
     c->h1_fld_len += len;
     return 0;
@@ -1342,9 +1353,19 @@ again:
             break;
         }
         evbuffer_drain(in, evbuffer_get_length(in));
-        if (c->h1_err_too_large)
-            h1_reject(c, 431, "headers_too_large", "request header fields too large");
-        else if (c->h1_refused)
+        if (c->h1_err_too_large && c->h1_err_in_target) {
+            char msg[160];
+            snprintf(msg, sizeof(msg),
+                     "request target longer than limits.max_header_list_size (%u bytes)",
+                     (unsigned)c->srv->conf.max_header_list_size);
+            h1_reject(c, 414, "uri_too_long", msg);
+        } else if (c->h1_err_too_large) {
+            char msg[160];
+            snprintf(msg, sizeof(msg),
+                     "request header fields over limits.max_header_list_size (%u bytes)",
+                     (unsigned)c->srv->conf.max_header_list_size);
+            h1_reject(c, 431, "headers_too_large", msg);
+        } else if (c->h1_refused)
             h1_reject(c, c->h1_refused, c->h1_refused_code, c->h1_refused_msg);
         else if (err == HPE_PAUSED_UPGRADE || err == HPE_PAUSED_H2_UPGRADE)
             h1_reject(c, 400, "bad_request", "protocol upgrade is not supported");
@@ -1423,6 +1444,7 @@ static const char *reason(int status)
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";

@@ -681,11 +681,35 @@ def test_h2_invalid_header_name(victim, name):
     assert_serving(gw, keeper)
 
 
-def test_h1_headers_too_large_431(victim):
+@pytest.mark.parametrize("kind", ["bytes", "count"])
+def test_h1_headers_too_large_431(victim, kind):
+    """Over limits.max_header_list_size or limits.max_headers: 431, and the message names the
+    limit and its value (it said "too large or too many", and which, the client could not tell)."""
     gw, _, keeper = victim
-    big = [("X-Big-%d" % i, "b" * 2000) for i in range(12)]  # ~24 KiB > 16 KiB
+    if kind == "bytes":
+        big = [("X-Big-%d" % i, "b" * 2000) for i in range(12)]  # ~24 KiB > 16 KiB
+        limit = "limits.max_header_list_size (16384 bytes)"
+    else:
+        big = [("X-H-%d" % i, "v") for i in range(150)]  # > max_headers 100
+        limit = "limits.max_headers (100)"
     r = h1(gw, "GET", "/big-headers", headers=big)
-    error_json(431, None, r.status, r.headers, r.body)
+    err = error_json(431, "headers_too_large", r.status, r.headers, r.body)
+    assert limit in err["message"], err
+    assert_serving(gw, keeper)
+
+
+def test_h1_request_line_too_long_414(victim):
+    """A request target longer than the head may be (limits.max_header_list_size) is a 414 URI
+    Too Long naming the limit, not a 431 about header fields the client did not send."""
+    gw, a, keeper = victim
+    seen = len(a.requests())
+    with H1Conn(gw.port) as c:
+        c.send(h1_request_bytes("GET", "/" + "p" * 20000, gw.authority()))
+        r = c.read_response()
+        err = error_json(414, "uri_too_long", r.status, r.headers, r.body)
+        assert "limits.max_header_list_size (16384 bytes)" in err["message"], err
+        assert c.closed_by_peer(5)
+    assert a.requests()[seen:] == []
     assert_serving(gw, keeper)
 
 
