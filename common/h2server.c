@@ -78,6 +78,7 @@ struct mg_srv_stream {
     bool responded, out_ended, deferred, want_drain, in_drain_list;
     bool h1_chunked, h1_nobody;
     bool expect_100; /* Expect: 100-continue: said once the handler takes the request */
+    bool continued;  /* HTTP/1.1: that 100 Continue was written */
     nghttp2_nv *resp_trailers;
     size_t nresp_trailers;
 };
@@ -858,10 +859,11 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
      * request; one answered at once (404, 401, 429) makes the client skip the body instead.
      * The pod's own 100 is not forwarded (upstream.c drops 1xx), so the gateway says it. */
     if (c->proto == P_H1 && c->h1s == s && !c->dead && s->expect_100 && !s->responded &&
-        !s->req_ended)
+        !s->req_ended) {
         bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    else if (c->proto == P_H2 && !c->dead && s->c == c && s->expect_100 && !s->responded &&
-             !s->req_ended && s->id > 0) {
+        s->continued = true;
+    } else if (c->proto == P_H2 && !c->dead && s->c == c && s->expect_100 && !s->responded &&
+               !s->req_ended && s->id > 0) {
         static const nghttp2_nv cont[] = {{(uint8_t *)":status", (uint8_t *)"100", 7, 3,
                                            NGHTTP2_NV_FLAG_NO_COPY_NAME |
                                                NGHTTP2_NV_FLAG_NO_COPY_VALUE}};
@@ -1466,10 +1468,12 @@ static const char *reason(int status)
  */
 #define H1_DISCARD_MAX (1u << 20)
 
-static bool h1_can_discard(const conn_t *c)
+static bool h1_can_discard(const conn_t *c, const mg_srv_stream_t *s)
 {
+    /* a client told no 100 Continue may never send the body (RFC 9110 10.1.1): its next
+     * request would be read as that body */
     return c->h1_headers_done && !(c->parser.flags & F_CHUNKED) &&
-           c->parser.content_length <= H1_DISCARD_MAX;
+           c->parser.content_length <= H1_DISCARD_MAX && !(s->expect_100 && !s->continued);
 }
 
 /* The response ended before the request: drop the rest of the body and go on with the next
@@ -1519,7 +1523,7 @@ static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t
         } else
             c->h1_close = true; /* HTTP/1.0: the body ends with the connection */
     }
-    if (!s->req_ended && !h1_can_discard(c))
+    if (!s->req_ended && !h1_can_discard(c, s))
         c->h1_close = true; /* said now: a client told keep-alive would send its next request */
     if (c->h1_close || c->srv->shutting_down)
         evbuffer_add(out, "connection: close\r\n", 19);

@@ -190,6 +190,37 @@ def test_http11_pipelined_answered_in_order(stack):
     assert [r.json()["path"] for r in got] == paths
 
 
+def test_http11_expect_100_continue(stack):
+    """Expect: 100-continue over HTTP/1.1: the client gets 100 Continue once the request is
+    routed, sends its body, and gets the answer; the pod never sees the expectation."""
+    gw, _, _ = stack
+    with H1Conn(gw.port) as c:
+        c.send(h1_request_bytes("POST", "/cont", gw.authority(),
+                                [("Expect", "100-continue"), ("Content-Length", "5")])
+               .replace(b"Content-Length: 0\r\n", b""))
+        assert c._line() == b"HTTP/1.1 100 Continue" and c._line() == b"", c.buf
+        c.send(b"hello")
+        r = c.read_response()
+    doc = r.json()
+    assert r.status == 200 and doc["body_len"] == 5 and "expect" not in doc["headers"], doc
+
+
+def test_http11_expect_100_answered_early_without_the_body(stack):
+    """Expect: 100-continue answered at once (404 here): no 100 was sent, so the client may
+    well not send the body (RFC 9110 10.1.1), and its next request must not be read as that
+    body. The answer closes the connection, as nginx's does. Before, it said keep-alive and
+    waited for the 5 body bytes: the next request lost its first 5 bytes and got a 400."""
+    gw, _, _ = stack
+    with H1Conn(gw.port) as c:
+        c.send(h1_request_bytes("POST", "/nobody", "nosuchapp-production." + DOMAIN,
+                                [("Expect", "100-continue"), ("Content-Length", "5")])
+               .replace(b"Content-Length: 0\r\n", b""))
+        r = c.read_response()
+        error_json(404, None, r.status, r.headers, r.body)
+        assert r.headers.get("connection") == "close", r.headers
+        assert c.closed_by_peer(5)
+
+
 def test_post_bodies_hashed(stack):
     gw, _, _ = stack
     sizes = [0, 1, 16383, 16385, 100000, 2 * 1024 * 1024 + 5]
