@@ -1499,6 +1499,14 @@ static void h1_end_early(conn_t *c, mg_srv_stream_t *s)
         h1_process(c);
 }
 
+/* A Content-Length on a 1xx or 204 (a pod's, passed on) is never sent: RFC 9110 8.6 forbids it,
+ * and an HTTP/2 client resets a 204 whose content-length is not 0 as malformed. */
+static bool length_forbidden(int status, const mg_hdr_t *h)
+{
+    return (status == 204 || status < 200) && h->name_len == 14 &&
+           strncasecmp(h->name, "content-length", 14) == 0;
+}
+
 static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t n, bool end)
 {
     conn_t *c = s->c;
@@ -1506,6 +1514,8 @@ static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t
     bool has_cl = false;
     evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, reason(status));
     for (size_t i = 0; i < n; i++) {
+        if (length_forbidden(status, &h[i]))
+            continue;
         if (h[i].name_len == 14 && strncasecmp(h[i].name, "content-length", 14) == 0)
             has_cl = true;
         evbuffer_add(out, h[i].name, h[i].name_len);
@@ -1551,14 +1561,21 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
          * stream ended) before the frame leaves; nghttp2 then copies nothing. A head too big
          * for the arena (it holds the request's too) is left to nghttp2 to copy. */
         bool copied = ok;
+        size_t m = 0; /* fields kept: nv[1..m] */
         for (size_t i = 0; copied && i < n; i++)
-            copied = mg_nv_copy(&s->arena, &nv[i + 1], hdrs[i].name, hdrs[i].name_len,
-                                hdrs[i].value, hdrs[i].value_len, mg_hdr_no_index(&hdrs[i]));
-        for (size_t i = 0; ok && !copied && i < n; i++)
-            nv[i + 1] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
-                                     hdrs[i].name_len, hdrs[i].value_len,
-                                     mg_hdr_no_index(&hdrs[i]) ? NGHTTP2_NV_FLAG_NO_INDEX
-                                                               : NGHTTP2_NV_FLAG_NONE};
+            if (!length_forbidden(status, &hdrs[i]))
+                copied = mg_nv_copy(&s->arena, &nv[++m], hdrs[i].name, hdrs[i].name_len,
+                                    hdrs[i].value, hdrs[i].value_len,
+                                    mg_hdr_no_index(&hdrs[i]));
+        if (ok && !copied) {
+            m = 0;
+            for (size_t i = 0; i < n; i++)
+                if (!length_forbidden(status, &hdrs[i]))
+                    nv[++m] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
+                                           hdrs[i].name_len, hdrs[i].value_len,
+                                           mg_hdr_no_index(&hdrs[i]) ? NGHTTP2_NV_FLAG_NO_INDEX
+                                                                     : NGHTTP2_NV_FLAG_NONE};
+        }
         if (!ok) {
             nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         } else {
@@ -1569,7 +1586,7 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
             nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3,
                                  NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
             nghttp2_data_provider prd = {.source.ptr = s, .read_callback = h2_read_body};
-            nghttp2_submit_response(c->h2, s->id, nv, n + 1, end || s->head ? NULL : &prd);
+            nghttp2_submit_response(c->h2, s->id, nv, m + 1, end || s->head ? NULL : &prd);
             if (s->head)
                 s->out_ended = true;
         }

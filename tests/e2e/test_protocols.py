@@ -322,6 +322,23 @@ def test_hop_by_hop_response_headers_removed(procs):
     assert r.headers.get("x-resp-keep") == "1"
 
 
+@pytest.mark.parametrize("status", [204, 304])
+def test_content_length_of_an_answer_without_body(procs, raw_pods, status):
+    """A 204 carries no Content-Length (RFC 9110 8.6: a server MUST NOT send one); an HTTP/1.1
+    pod that sends one anyway has it dropped, so an HTTP/2 client does not reset the stream as
+    malformed (RFC 9113 8.1.1) and an HTTP/1.1 client is not told of a body. A 304 keeps it: it
+    describes the selected representation. Before, the 204's reached both clients."""
+    pod = raw_pods("http1", status, b"HTTP/1.1 %d X\r\ncontent-length: 6\r\n\r\n" % status)
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], "http1")},
+                                  [("digits", "production", "svc")]), conf={"workers": 1})
+    # curl (nghttp2) and not python h2, which takes a 304's content-length for its body's
+    code, _, headers, body = curl(gw, "/no-body")
+    assert code == status and body == b"", (code, body)
+    assert ("content-length" in headers) == (status == 304), headers
+    r = h1(gw, "GET", "/no-body")
+    assert r.status == status and ("content-length" in r.headers) == (status == 304), r
+
+
 def test_request_id_added_and_kept(stack):
     """Every request reaches its pod with an x-request-id (the client's if it sent one). By
     default the answer carries only the pod's own x-request-id, as with Envoy."""
