@@ -190,6 +190,24 @@ def test_http11_pipelined_answered_in_order(stack):
     assert [r.json()["path"] for r in got] == paths
 
 
+def test_http11_chunked_trailers_then_pipelined_request(stack):
+    """A chunked body, its trailer section, and the next request in the same packet: the
+    trailers reach the pod (content-length among them is dropped, RFC 9110 6.5.1: it would
+    change the framing), the body ends at the last chunk, and the next request is read from
+    the right byte on."""
+    gw, _, _ = stack
+    data = (b"POST /trailers HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;ext=1\r\nabc\r\n0\r\nX-Req-Trailer: t1\r\nContent-Length: 99\r\n\r\n"
+            % gw.authority().encode()) + h1_request_bytes("GET", "/after", gw.authority())
+    with H1Conn(gw.port) as c:
+        c.send(data)
+        r1, r2 = c.read_response(), c.read_response()
+    doc = r1.json()
+    assert r1.status == 200 and doc["body_len"] == 3, doc
+    assert doc["trailers"] == {"x-req-trailer": "t1"}, doc
+    assert r2.status == 200 and r2.json()["path"] == "/after", r2
+
+
 def test_http11_expect_100_continue(stack):
     """Expect: 100-continue over HTTP/1.1: the client gets 100 Continue once the request is
     routed, sends its body, and gets the answer; the pod never sees the expectation."""
@@ -219,6 +237,63 @@ def test_http11_expect_100_answered_early_without_the_body(stack):
         error_json(404, None, r.status, r.headers, r.body)
         assert r.headers.get("connection") == "close", r.headers
         assert c.closed_by_peer(5)
+
+
+def test_http11_connection_close_and_http10(stack):
+    """Connection: close, and HTTP/1.0 without keep-alive, are answered then closed, and what
+    the client sent after them is not read; HTTP/1.0 with keep-alive keeps its connection."""
+    gw, a, _ = stack
+    after = h1_request_bytes("GET", "/never", gw.authority())
+    for first in (b"GET /close HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
+                  b"GET /close HTTP/1.0\r\nHost: %s\r\n\r\n"):
+        with H1Conn(gw.port) as c:
+            c.send(first % gw.authority().encode() + after)
+            r = c.read_response()
+            assert r.status == 200 and r.headers.get("connection") == "close", r
+            assert c.closed_by_peer(5) and not c.buf, c.buf
+    with H1Conn(gw.port) as c:
+        for i in range(2):
+            c.send(b"GET /ka10 HTTP/1.0\r\nHost: %s\r\nConnection: keep-alive\r\n\r\n"
+                   % gw.authority().encode())
+            r = c.read_response()
+            assert r.status == 200 and r.headers.get("connection") == "keep-alive", r
+    assert "/never" not in [p for _, _, p in a.requests()]
+
+
+def test_http11_absolute_form_routes_by_its_authority(stack):
+    """GET http://host/path: the target's authority routes and becomes the pod's Host, whatever
+    the Host field says (RFC 9112 3.2.2), so the two cannot disagree downstream."""
+    gw, a, b = stack
+    with H1Conn(gw.port) as c:
+        c.send(b"GET http://%s/abs?q=1 HTTP/1.1\r\nHost: %s\r\n\r\n"
+               % (gw.authority(HOST_B).encode(), gw.authority().encode()))
+        r = c.read_response()
+    doc = r.json()
+    assert r.status == 200 and doc["pod"] == "pod-b", doc
+    assert doc["path"] == "/abs?q=1" and doc["authority"] == gw.authority(HOST_B), doc
+
+
+def test_http11_connect_and_upgrades(stack):
+    """CONNECT gets 501 and a close (no tunnels); a websocket or h2c Upgrade is not taken: the
+    request is answered as plain HTTP/1.1 (RFC 9110 7.8 lets a server ignore Upgrade), without
+    Upgrade reaching the pod, and the connection serves the next request - no 101, no hang."""
+    gw, _, _ = stack
+    with H1Conn(gw.port) as c:
+        c.send(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % ((gw.authority().encode(),) * 2))
+        r = c.read_response()
+        error_json(501, "not_implemented", r.status, r.headers, r.body)
+        assert c.closed_by_peer(5)
+    for up in ([("Connection", "Upgrade"), ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")],
+               [("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c"),
+                ("HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA")]):
+        with H1Conn(gw.port, timeout=5) as c:
+            c.send(h1_request_bytes("GET", "/up", gw.authority(), up) +
+                   h1_request_bytes("GET", "/next", gw.authority()))
+            r1, r2 = c.read_response(), c.read_response()
+        assert r1.status == 200 and r2.status == 200 and r2.json()["path"] == "/next", (r1, r2)
+        sent = r1.json()["headers"]
+        assert "upgrade" not in sent and "http2-settings" not in sent, sent
 
 
 def test_post_bodies_hashed(stack):
