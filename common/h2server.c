@@ -1565,8 +1565,7 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
         for (size_t i = 0; copied && i < n; i++)
             if (!length_forbidden(status, &hdrs[i]))
                 copied = mg_nv_copy(&s->arena, &nv[++m], hdrs[i].name, hdrs[i].name_len,
-                                    hdrs[i].value, hdrs[i].value_len,
-                                    mg_hdr_no_index(&hdrs[i]));
+                                    hdrs[i].value, hdrs[i].value_len, mg_hdr_no_index(&hdrs[i]));
         if (ok && !copied) {
             m = 0;
             for (size_t i = 0; i < n; i++)
