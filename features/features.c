@@ -74,7 +74,9 @@ struct fetch {
     int64_t timer_at;   /* the deadline it is armed for; INT64_MAX when idle */
     int redis_pending;
     bool redis_failed, in_db;
-    bool redis_wrongtype; /* a key of another type than its group's: MariaDB answers instead */
+    /* why a key of this user is not in the documented layout (a writer outside the gateway
+     * broke it): MariaDB answers instead, and its write-back repairs the keys; NULL = fine */
+    const char *redis_broken;
     bool text_oom;        /* a fragment could not be written: the lookup ends "unavailable" */
     int marker;           /* -1 absent, 0 unknown user, 1 known user */
     char *text;           /* the groups' fragments (malloc), then the assembled snapshot text */
@@ -303,21 +305,20 @@ static void redis_done(fetch_t *fx)
         return;
     }
     int64_t now = mg_mono_us();
-    if (fx->redis_failed || (fx->redis_wrongtype && !f->conf->mariadb.on)) {
+    if (fx->redis_failed || (fx->redis_broken && !f->conf->mariadb.on)) {
         MG_FM_INC(f->m->redis_error);
         fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
-    } else if (fx->redis_wrongtype) {
-        /* Redis holds a key of this user in another type than its group (a pipeline that
-         * wrote the layout wrong): MariaDB has the truth, and its write-back replaces every
-         * key of the user, which repairs them */
+    } else if (fx->redis_broken) {
+        /* Redis holds a key of this user that breaks the layout (a pipeline that wrote it
+         * wrong): MariaDB has the truth, and its write-back replaces every key of the user,
+         * which repairs them */
         MG_FM_INC(f->m->redis_miss);
         unsigned long skipped;
         if (mg_log_limit_pass(&f->loglimit, &skipped))
             MG_LOG(MG_LOG_WARN, "features",
-                   "Redis: a key of a user of app %s has the wrong type (WRONGTYPE); read "
-                   "from MariaDB, whose write-back rewrites the user's keys (%lu similar "
-                   "suppressed)",
-                   fx->app->name, skipped);
+                   "Redis: a key of a user of app %s %s; read from MariaDB, whose write-back "
+                   "rewrites the user's keys (%lu similar suppressed)",
+                   fx->app->name, fx->redis_broken, skipped);
         to_db(fx, now);
     } else if (fx->marker == 1) {
         MG_FM_INC(f->m->redis_hit);
@@ -479,15 +480,17 @@ static bool write_hash(fetch_t *fx, const redisReply *r)
 
 /* The group's value as jansson builds it from the reply (NULL: the group is left out): the
  * reference for the replies that are not plain. An empty value ({} or [], however a pipeline
- * spaced it) is left out too, as mg_fval_normalize leaves it out of MariaDB's copy; a json
- * text that does not parse is left out as well. */
-static json_t *group_json(const mg_fgroup_t *g, const redisReply *r)
+ * spaced it) is left out too, as mg_fval_normalize leaves it out of MariaDB's copy. A json
+ * text that does not parse is left out as well, and sets *|unparsed| (when not NULL). */
+static json_t *group_json(const mg_fgroup_t *g, const redisReply *r, bool *unparsed)
 {
     json_t *v = NULL;
     if (g->type == MG_FGROUP_JSON) {
         if (r->type == REDIS_REPLY_STRING) {
             json_error_t jerr;
             v = json_loadb(r->str, (size_t)r->len, JSON_DECODE_ANY, &jerr);
+            if (v == NULL && unparsed)
+                *unparsed = true;
         }
     } else if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
         v = g->type == MG_FGROUP_HASH ? json_object() : json_array();
@@ -539,7 +542,10 @@ static void add_group(fetch_t *fx, size_t gi, const redisReply *r)
         }
     }
     if (!plain) {
-        json_t *v = group_json(g, r);
+        bool unparsed = false;
+        json_t *v = group_json(g, r, &unparsed);
+        if (unparsed)
+            fx->redis_broken = "holds a json group that is not JSON";
         if (v == NULL)
             return;
         char *s =
@@ -601,7 +607,7 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
     fetch_t *fx = rc->fx;
     redisReply *r = reply;
     if (r && r->type == REDIS_REPLY_ERROR && r->len >= 9 && memcmp(r->str, "WRONGTYPE", 9) == 0) {
-        fx->redis_wrongtype = true; /* a writer outside the gateway broke the key layout */
+        fx->redis_broken = "has the wrong type (WRONGTYPE)";
     } else if (r == NULL || r->type == REDIS_REPLY_ERROR) {
         fx->redis_failed = true;
     } else if (rc->idx == 0) {

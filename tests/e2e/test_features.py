@@ -236,22 +236,28 @@ def test_miss_goes_to_mariadb_and_fills_redis(stack):
     assert stack.selects() - before == 1
 
 
-def test_key_of_the_wrong_type_falls_back_to_mariadb_and_is_repaired(stack):
+@pytest.mark.parametrize("group,broken", [("recent", "not a list"), ("vec", "{not json")])
+def test_key_of_the_wrong_type_falls_back_to_mariadb_and_is_repaired(stack, group, broken):
     """A pipeline that wrote one of a user's keys in another type than its group (a string
-    where the list goes) made every request of that user "unavailable" until the key expired.
-    MariaDB, the truth, answers instead, and its write-back rewrites the user's keys."""
-    doc = {"profile": {"age": 7}, "recent": ["a", "b"]}
+    where the list goes) made every request of that user "unavailable" until the key expired;
+    one that wrote a json group's key with text that is not JSON had that group dropped from
+    the user's features without a word. MariaDB, the truth, answers instead, and its
+    write-back rewrites the user's keys."""
+    doc = {"profile": {"age": 7}, "recent": ["a", "b"], "vec": [1, 2]}
     stack.put_db("wt1", doc)
-    stack.put_redis("wt1", profile={"age": "7"}, recent=["a", "b"])
-    stack.r.delete("mgf:v1:digits:wt1:recent")
-    stack.r.set("mgf:v1:digits:wt1:recent", "not a list")
+    stack.put_redis("wt1", profile={"age": "7"}, recent=["a", "b"], vec=[1, 2])
+    key = "mgf:v1:digits:wt1:" + group
+    stack.r.delete(key)
+    stack.r.set(key, broken, ex=60)
     before = stack.selects()
     h = stack.get("wt1")
     assert h["x-modelgate-features"] == "hit", h
-    assert json.loads(h["x-user-features"]) == {"profile": {"age": "7"}, "recent": ["a", "b"]}
+    assert json.loads(h["x-user-features"]) == {"profile": {"age": "7"}, "recent": ["a", "b"],
+                                                "vec": [1, 2]}
     assert stack.selects() - before == 1
     assert stack.r.type("mgf:v1:digits:wt1:recent") == b"list"
     assert stack.r.lrange("mgf:v1:digits:wt1:recent", 0, -1) == [b"a", b"b"]
+    assert json.loads(stack.r.get("mgf:v1:digits:wt1:vec")) == [1, 2]
     time.sleep(1.1)  # local ttl_ms 1000: the next request reads Redis again, now whole
     assert stack.get("wt1")["x-modelgate-features"] == "hit"
     assert stack.selects() - before == 1
