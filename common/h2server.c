@@ -38,6 +38,7 @@
 #include <event2/listener.h>
 #include <openssl/err.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/outq.h"
 #include "common/smalloc.h"
@@ -79,6 +80,8 @@ struct mg_srv_stream {
     bool h1_chunked, h1_nobody;
     bool expect_100; /* Expect: 100-continue: said once the handler takes the request */
     bool continued;  /* HTTP/1.1: that 100 Continue was written */
+    bool reset_by_us;   /* HTTP/2: the handler reset it (mg_srv_reset): not a premature close */
+    bool reset_counted; /* HTTP/2: counted by premature_close when its reset was decided */
     nghttp2_nv *resp_trailers;
     size_t nresp_trailers;
 };
@@ -110,6 +113,9 @@ struct conn {
     nghttp2_session *h2;
     mg_srv_stream_t *drain_list;
     mg_srv_stream_t *hdr_stream; /* the stream whose header block is being decoded */
+    uint32_t resets_left;        /* premature stream closes allowed now: see RESET_BURST */
+    int64_t resets_at_s;         /* when resets_left was last refilled (monotonic seconds) */
+    bool recv_stop;              /* dead, or cut for abuse: mg_h2_recv reads no further */
     /* HTTP/1.1 */
     llhttp_t parser;
     mg_srv_stream_t *h1s;
@@ -160,6 +166,7 @@ struct mg_srv {
     struct event *accept_pause; /* listeners off after accept() failed: see on_accept_error */
     mg_log_limit_t accept_log;
     mg_log_limit_t limit_log;
+    mg_log_limit_t reset_log; /* connections cut for too many premature stream closes */
     atomic_ulong pauses_limit, pauses_error; /* for metrics, as nconns */
     mg_srv_stream_t *free_streams;
     size_t nfree;
@@ -357,6 +364,7 @@ static void conn_close(conn_t *c)
     if (c->dead)
         return;
     c->dead = true;
+    c->recv_stop = true;
     if (c->bev)
         mg_outq_disable(&c->outq, c->bev, EV_READ | EV_WRITE);
     if (c->busy == 0)
@@ -725,6 +733,8 @@ static int on_begin_headers(nghttp2_session *sess, const nghttp2_frame *f, void 
     conn_t *c = ud;
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
+    if (c->recv_stop) /* cut (premature_close): above the GOAWAY's last_stream_id */
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     mg_srv_stream_t *s = stream_new(c, f->hd.stream_id);
     if (s == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -887,9 +897,17 @@ static int on_frame_send(nghttp2_session *sess, const nghttp2_frame *f, void *ud
     return 0;
 }
 
+static void premature_close(conn_t *c);
+
 static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
     mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+    if (f->hd.type == NGHTTP2_RST_STREAM) { /* before nghttp2 closes the stream */
+        if (s)
+            s->reset_counted = true;
+        premature_close(ud);
+        return 0;
+    }
     if (s == NULL)
         return 0;
     bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
@@ -923,12 +941,75 @@ static int on_data_chunk(nghttp2_session *sess, uint8_t flags, int32_t id, const
     return 0;
 }
 
+/*
+ * Rapid reset (CVE-2023-44487) and MadeYouReset (CVE-2025-8671): a client that opens streams
+ * and has them closed before their answers end, by its own RST_STREAM or by a stream error it
+ * provokes (a WINDOW_UPDATE past the stream's window, DATA beyond its content-length), makes
+ * the gateway route, log and start a request at a pod each time, and max_concurrent_streams
+ * never binds. Debian's nghttp2 1.52 (with its CVE-2023-44487 patch, as upstream 1.57) cuts a
+ * connection past 1000 of the client's RST_STREAMs, then 33 a second, but does not count the
+ * resets it sends for the client's stream errors (upstream counts them since 1.66), and its
+ * GOAWAY lets the streams that follow in the same read through. So every RST_STREAM of the
+ * client counts here, and so does every other stream closed before its answer ended unless
+ * the handler reset it (a pod failed: not the client's doing), against the same budget;
+ * nghttp2's own limit is set above it (mg_srv_new). Once the budget is spent the connection
+ * gets GOAWAY ENHANCE_YOUR_CALM, and nothing the client sent after it is processed.
+ */
+#define RESET_BURST 1000
+#define RESET_RATE 33 /* a second */
+
+static void premature_close(conn_t *c)
+{
+    int64_t now = mg_mono_us() / 1000000;
+    if (now > c->resets_at_s) {
+        uint64_t left = (uint64_t)(now - c->resets_at_s) * RESET_RATE + c->resets_left;
+        c->resets_left = left > RESET_BURST ? RESET_BURST : (uint32_t)left;
+        c->resets_at_s = now;
+    }
+    if (c->resets_left > 0) {
+        c->resets_left--;
+        return;
+    }
+    if (c->recv_stop)
+        return;
+    c->recv_stop = true;
+    unsigned long skipped;
+    if (mg_log_limit_pass(&c->srv->reset_log, &skipped))
+        MG_LOG(MG_LOG_WARN, "h2server",
+               "conn=%s: more than %u streams closed before their answers (%u a second "
+               "after): closing with ENHANCE_YOUR_CALM (rapid reset) (%lu similar suppressed)",
+               c->client, RESET_BURST, RESET_RATE, skipped);
+    nghttp2_session_terminate_session2(c->h2, nghttp2_session_get_last_proc_stream_id(c->h2),
+                                       NGHTTP2_ENHANCE_YOUR_CALM);
+    c->close_when_flushed = true;
+    conn_flush(c);
+}
+
+/* A frame that breaks the protocol: nghttp2 resets its stream (or closes the connection). The
+ * reset is counted now, not when it is sent and the stream closes at the end of the turn, so
+ * that a flood of them is cut within the read that spends the budget. (nghttp2 says nothing of
+ * some, such as DATA beyond content-length: those count at the close, and the read that spends
+ * the budget may have opened max_concurrent_streams more.) */
+static int on_invalid_frame(nghttp2_session *sess, const nghttp2_frame *f, int lib_error, void *ud)
+{
+    (void)lib_error;
+    mg_srv_stream_t *s =
+        f->hd.stream_id ? nghttp2_session_get_stream_user_data(sess, f->hd.stream_id) : NULL;
+    if (s == NULL || s->reset_counted || s->out_ended)
+        return 0;
+    s->reset_counted = true;
+    premature_close(ud);
+    return 0;
+}
+
 static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t error_code, void *ud)
 {
     mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
     if (s == NULL)
         return 0;
     nghttp2_session_set_stream_user_data(sess, id, NULL);
+    if (!s->out_ended && !s->reset_by_us && !s->reset_counted)
+        premature_close(s->c);
     stream_close(s, error_code == NGHTTP2_NO_ERROR && s->out_ended);
     return 0;
 }
@@ -962,6 +1043,8 @@ static mg_err_t h2_init(conn_t *c)
     c->mem = (nghttp2_mem){c, zmem_malloc, zmem_free, zmem_calloc, zmem_realloc};
     if (nghttp2_session_server_new3(&c->h2, srv->cbs, c, srv->opt, &c->mem) != 0)
         return MG_E_NOMEM;
+    c->resets_left = RESET_BURST;
+    c->resets_at_s = mg_mono_us() / 1000000;
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, srv->conf.max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, srv->conf.stream_window},
@@ -1008,7 +1091,7 @@ int mg_h2_recv(nghttp2_session *h2, struct evbuffer *in, const bool *stop)
 static void h2_recv(conn_t *c)
 {
     c->in_recv = true;
-    int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->dead);
+    int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->recv_stop);
     c->in_recv = false;
     if (rv != 0) {
         MG_LOG(MG_LOG_DEBUG, "h2server", "conn=%s: HTTP/2 error: %s", c->client,
@@ -1576,6 +1659,7 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
                                                                      : NGHTTP2_NV_FLAG_NONE};
         }
         if (!ok) {
+            s->reset_by_us = true;
             nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         } else {
             st[0] = (char)('0' + status / 100 % 10);
@@ -1714,6 +1798,7 @@ void mg_srv_reset(mg_srv_stream_t *s)
          * client then sees cut, as the access log says */
         if (s->responded && !c->dead && !c->in_recv && !c->flushing)
             flush_now(c);
+        s->reset_by_us = true;
         nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         conn_flush(c);
     } else {
@@ -2166,9 +2251,12 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(srv->cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(srv->cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(srv->cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(srv->cbs, on_invalid_frame);
     nghttp2_option_set_no_auto_window_update(srv->opt, 1);
     nghttp2_option_set_no_closed_streams(srv->opt, 1); /* closed streams serve no priority */
     nghttp2_option_set_max_send_header_block_length(srv->opt, 256 * 1024);
+    /* premature_close counts what this counts, and more, and cuts first */
+    nghttp2_option_set_stream_reset_rate_limit(srv->opt, 2 * RESET_BURST, 2 * RESET_RATE);
 
     llhttp_settings_init(&srv->h1settings);
     srv->h1settings.on_message_begin = h1_on_message_begin;

@@ -11,6 +11,12 @@ from hpack import Encoder
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+def frame(ftype, flags, sid, payload):
+    """One HTTP/2 frame, raw (for peers that break the protocol on purpose)."""
+    return (struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
+            struct.pack(">I", sid) + payload)
+
+
 class RawPod:
     """A pod that answers with a status line (HTTP/1.1: one per connection, the gateway closes
     it after a protocol error) or a HEADERS frame carrying |status| and |fields| on every stream
@@ -48,10 +54,7 @@ class RawPod:
             pass
         self.sock.close()
 
-    @staticmethod
-    def frame(ftype, flags, sid, payload):
-        return (struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
-                struct.pack(">I", sid) + payload)
+    frame = staticmethod(frame)
 
     def talk(self, conn):
         with conn:

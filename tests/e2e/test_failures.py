@@ -16,10 +16,12 @@ import time
 
 import h2.errors
 import pytest
+from hpack import Encoder
 
 from conftest import (H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc,
                       wait_for)
 from h2client import Stream
+from rawpod import frame
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PROTOCOL_ERROR = 1
@@ -504,6 +506,12 @@ def read_frames(sock, timeout=5.0):
         pass
     except ConnectionResetError:
         closed = True
+    frames, buf = parse_frames(buf)
+    return frames, closed, buf
+
+
+def parse_frames(buf):
+    """The whole HTTP/2 frames at the start of |buf|: ([(type, flags, sid, payload)], rest)."""
     frames = []
     while len(buf) >= 9:
         ln = int.from_bytes(buf[:3], "big")
@@ -513,7 +521,7 @@ def read_frames(sock, timeout=5.0):
         sid = struct.unpack(">I", buf[5:9])[0] & 0x7FFFFFFF
         frames.append((ftype, flags, sid, buf[9:9 + ln]))
         buf = buf[9 + ln:]
-    return frames, closed, buf
+    return frames, buf
 
 
 @pytest.fixture
@@ -730,6 +738,104 @@ def test_h2_header_list_too_large(victim, kind):
             assert c.get("/same-conn").status == 200
     assert not [r for r in a.requests() if r[2] == "/big-h2-headers"]
     assert_serving(gw, keeper)
+
+
+# --- abusive HTTP/2 clients ---------------------------------------------------------------------
+
+ENHANCE_YOUR_CALM = 11
+
+
+def goaways(frames):
+    """(error code, last_stream_id) of each GOAWAY among |frames|."""
+    return [(struct.unpack(">I", f[3][4:8])[0], struct.unpack(">I", f[3][:4])[0] & 0x7FFFFFFF)
+            for f in frames if f[0] == 7]
+
+
+def stream_flood(gw, make_stream, streams=3000, batch=100):
+    """Opens up to |streams| streams on a raw HTTP/2 connection, |batch| per write, each with
+    the frames make_stream(encoder, sid) returns, until the gateway sends a GOAWAY or closes.
+    Returns (frames received, streams sent, closed)."""
+    enc = Encoder()
+    got, frames, sent, closed = b"", [], 0, False
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(PREFACE + frame(4, 0, 0, b""))
+        try:
+            while sent < streams and not goaways(frames):
+                s.sendall(b"".join(make_stream(enc, 2 * (sent + i) + 1) for i in range(batch)))
+                sent += batch
+                s.setblocking(False)
+                try:
+                    while True:
+                        d = s.recv(1 << 20)
+                        if not d:
+                            closed = True
+                            break
+                        got += d
+                except BlockingIOError:
+                    pass
+                s.setblocking(True)
+                frames, _ = parse_frames(got)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+        more, closed2, _ = read_frames(s, 5)
+    return frames + more, sent, closed or closed2
+
+
+def flood_head(gw, enc, sid, end_stream=True, extra=()):
+    hdrs = [(":method", "GET" if end_stream else "POST"), (":scheme", "http"),
+            (":authority", gw.authority()), (":path", "/flood/%d" % sid)] + list(extra)
+    return frame(1, 4 | (1 if end_stream else 0), sid, enc.encode(hdrs))
+
+
+FLOODS = {
+    # rapid reset (CVE-2023-44487): the client resets each stream itself
+    "rst_stream": lambda gw, enc, sid: (flood_head(gw, enc, sid) +
+                                        frame(3, 0, sid, struct.pack(">I", 8))),
+    # MadeYouReset (CVE-2025-8671): the client makes the gateway reset each stream, here by a
+    # WINDOW_UPDATE past 2^31-1 (FLOW_CONTROL_ERROR) or more DATA than its content-length
+    # (PROTOCOL_ERROR), after the request went to the pod
+    "window_overflow": lambda gw, enc, sid: (flood_head(gw, enc, sid, end_stream=False) +
+                                             frame(8, 0, sid, struct.pack(">I", 0x7FFFFFFF))),
+    "content_length": lambda gw, enc, sid: (
+        flood_head(gw, enc, sid, end_stream=False, extra=[("content-length", "1")]) +
+        frame(0, 1, sid, b"ab")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FLOODS))
+def test_h2_stream_reset_flood_cut(procs, kind):
+    """A client whose streams end in resets, its own or ones it provokes, costs a request to
+    route, log and send to a pod each, however low max_concurrent_streams is. Past 1000 of them
+    (then 33 a second, nghttp2's budget) the connection gets GOAWAY ENHANCE_YOUR_CALM, no stream
+    above its last_stream_id is processed, the pod saw at most the budget, one line is logged,
+    and the other connections are served. Before, nghttp2 1.52 cut rst_stream floods only,
+    with INTERNAL_ERROR, and went on processing the streams that followed in the same read;
+    the provoked resets were not counted at all (5000 streams, 5000 requests at the pod)."""
+    a = procs.backend("pod-a", proto="h2c")
+    gw = two_pod_stack(procs, [a], conf={"workers": 1, "limits": {"max_concurrent_streams": 100}})
+    keeper = gw.h2()
+    assert keeper.get("/before").status == 200
+    seen = len(a.requests())
+    t0 = time.monotonic()
+    frames, sent, closed = stream_flood(gw, lambda enc, sid: FLOODS[kind](gw, enc, sid))
+    took = time.monotonic() - t0
+    gws = goaways(frames)
+    logged = [l for l in gw.wait_access(1) if l["path"].startswith("/flood/")]
+    at_pod = [r for r in a.requests()[seen:] if r[2].startswith("/flood/")]
+    print("%s: %d streams sent in %.2fs, GOAWAY %r, closed %s; %d logged, %d at the pod"
+          % (kind, sent, took, gws, closed, len(logged), len(at_pod)))
+    assert gws and gws[0][0] == ENHANCE_YOUR_CALM, gws
+    assert closed, "connection left open after its GOAWAY"
+    last = gws[0][1]
+    # refilled at 33 a second; a reset nghttp2 does not report (content-length) counts at the
+    # end of the read, which may have opened max_concurrent_streams more
+    budget = 1000 + 33 * (int(took) + 1) + 100
+    assert max(int(l["path"].rsplit("/", 1)[1]) for l in logged) <= last
+    assert 1000 <= len(logged) <= budget and len(at_pod) <= budget, (len(logged), len(at_pod))
+    cut = [l for l in gw.log().splitlines() if "ENHANCE_YOUR_CALM" in l]
+    assert len(cut) == 1 and "rapid reset" in cut[0], cut
+    assert_serving(gw, keeper)
+    keeper.close()
 
 
 # --- idle clients -------------------------------------------------------------------------------
