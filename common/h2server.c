@@ -166,7 +166,7 @@ struct mg_srv {
     struct event *accept_pause; /* listeners off after accept() failed: see on_accept_error */
     mg_log_limit_t accept_log;
     mg_log_limit_t limit_log;
-    mg_log_limit_t reset_log; /* connections cut for too many premature stream closes */
+    mg_log_limit_t abuse_log; /* HTTP/2 connections cut for floods (premature_close, h2_recv) */
     atomic_ulong pauses_limit, pauses_error; /* for metrics, as nconns */
     mg_srv_stream_t *free_streams;
     size_t nfree;
@@ -974,7 +974,7 @@ static void premature_close(conn_t *c)
         return;
     c->recv_stop = true;
     unsigned long skipped;
-    if (mg_log_limit_pass(&c->srv->reset_log, &skipped))
+    if (mg_log_limit_pass(&c->srv->abuse_log, &skipped))
         MG_LOG(MG_LOG_WARN, "h2server",
                "conn=%s: more than %u streams closed before their answers (%u a second "
                "after): closing with ENHANCE_YOUR_CALM (rapid reset) (%lu similar suppressed)",
@@ -1094,8 +1094,18 @@ static void h2_recv(conn_t *c)
     int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->recv_stop);
     c->in_recv = false;
     if (rv != 0) {
-        MG_LOG(MG_LOG_DEBUG, "h2server", "conn=%s: HTTP/2 error: %s", c->client,
-               nghttp2_strerror(rv));
+        /* a flood nghttp2 stopped (CONTINUATION frames without end, PING or SETTINGS whose
+         * answers the client does not read) is someone's attack: said once, not per frame;
+         * other errors are a client's bugs */
+        unsigned long skipped;
+        if ((rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
+             rv == NGHTTP2_ERR_TOO_MANY_SETTINGS) &&
+            mg_log_limit_pass(&c->srv->abuse_log, &skipped))
+            MG_LOG(MG_LOG_WARN, "h2server", "conn=%s: %s: closing (%lu similar suppressed)",
+                   c->client, nghttp2_strerror(rv), skipped);
+        else
+            MG_LOG(MG_LOG_DEBUG, "h2server", "conn=%s: HTTP/2 error: %s", c->client,
+                   nghttp2_strerror(rv));
         c->close_when_flushed = true; /* nghttp2 queued a GOAWAY when it could: send it first */
     }
 }

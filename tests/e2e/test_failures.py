@@ -838,6 +838,61 @@ def test_h2_stream_reset_flood_cut(procs, kind):
     keeper.close()
 
 
+def test_h2_continuation_flood_closed(victim):
+    """CVE-2024-28182: CONTINUATION frames that never end a header block (each a new field, so
+    no size limit stops them) would make the gateway decode for ever. nghttp2 (Debian's
+    1.52.0-1+deb12u2) closes the connection after 8; the gateway logs it once. The closing
+    passed before; the log line is new (it was a debug line)."""
+    gw, a, keeper = victim
+    enc = Encoder()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        head = [(":method", "GET"), (":scheme", "http"), (":authority", gw.authority()),
+                (":path", "/flood/1")]
+        s.sendall(PREFACE + frame(4, 0, 0, b"") + frame(1, 1, 1, enc.encode(head)))  # no END_HEADERS
+        t0 = time.monotonic()
+        try:
+            for i in range(200):
+                s.sendall(frame(9, 0, 1, enc.encode([("x-c-%d" % i, "v" * 100)])))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        _, closed, _ = read_frames(s, 5)
+    assert closed, "connection still open after 200 CONTINUATION frames"
+    assert time.monotonic() - t0 < 3
+    assert not [r for r in a.requests() if r[2].startswith("/flood/")]
+    lines = [l for l in gw.log().splitlines() if "CONTINUATION" in l]
+    assert len(lines) == 1 and " warn " in lines[0], lines
+    assert_serving(gw, keeper)
+
+
+def test_h2_hpack_bomb_431(victim):
+    """HPACK bomb: a 4 KiB field put in the dynamic table once, then referred to by 12000
+    one-byte indexes: 15 KiB on the wire that decode to 48 MB of fields, far past
+    max_header_list_size (16 KiB here). The stream gets 431 at once, nothing reaches the pod,
+    and the connection goes on. Passed before."""
+    gw, a, keeper = victim
+    enc = Encoder()
+    head = enc.encode([(":method", "GET"), (":scheme", "http"), (":authority", gw.authority()),
+                       (":path", "/bomb")])
+    value = 4000 - 127  # HPACK integer with a 7-bit prefix: 127, then 7 bits a byte
+    big = b"\x40\x03x-b\x7f" + bytes([value & 0x7F | 0x80, value >> 7]) + b"b" * 4000
+    block = head + big + b"\xbe" * 12000  # index 62: the newest entry of the dynamic table
+    with gw.h2() as c:
+        c.wait_settings()
+        sid = c.conn.get_next_available_stream_id()
+        c.streams[sid] = st = Stream(sid)
+        c.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
+                                  (":authority", gw.authority()), (":path", "/warm")],
+                            end_stream=True)  # the client's state machine opens the stream
+        c.conn.data_to_send()  # dropped: the raw block below goes instead
+        c.sock.sendall(frame(1, 5, sid, block))
+        t0 = time.monotonic()
+        assert c.wait(st, 5), st
+        error_json(431, "headers_too_large", st.status, st.headers, bytes(st.body))
+        assert time.monotonic() - t0 < 2
+    assert not [r for r in a.requests() if r[2] in ("/bomb", "/warm")]
+    assert_serving(gw, keeper)
+
+
 # --- idle clients -------------------------------------------------------------------------------
 
 
