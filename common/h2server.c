@@ -259,11 +259,21 @@ static zpool_t *zpool_of(mg_srv_t *srv, const void *p)
     return NULL;
 }
 
+/* The pool for a |size|-byte block of |c|'s session. Only the frame buffer, the first block of
+ * that size (nghttp2 makes it with the session), comes from zframe and is c->framebuf, which
+ * idle connections trim: a later block of the same size (the buffer of a long header field
+ * being decoded) comes from malloc, or trimming it would zero it under nghttp2's feet. */
+static zpool_t *zpool_for_conn(conn_t *c, size_t size)
+{
+    zpool_t *z = zpool_for(c->srv, size);
+    return z == &c->srv->zframe && c->framebuf != NULL ? NULL : z;
+}
+
 /* The allocator of one connection's nghttp2 session (|ud| is the connection). */
 static void *zmem_malloc(size_t size, void *ud)
 {
     conn_t *c = ud;
-    zpool_t *z = zpool_for(c->srv, size);
+    zpool_t *z = zpool_for_conn(c, size);
     void *p = z ? zpool_get(z) : NULL;
     if (p && z == &c->srv->zframe)
         c->framebuf = p; /* one per session: trimmed while the connection idles */
@@ -273,7 +283,7 @@ static void *zmem_malloc(size_t size, void *ud)
 static void *zmem_calloc(size_t n, size_t size, void *ud)
 {
     conn_t *c = ud;
-    zpool_t *z = zpool_for(c->srv, n * size);
+    zpool_t *z = zpool_for_conn(c, n * size);
     void *p = z ? zpool_get(z) : NULL; /* runs are zero */
     if (p && z == &c->srv->zframe)
         c->framebuf = p;

@@ -893,6 +893,31 @@ def test_h2_hpack_bomb_431(victim):
     assert_serving(gw, keeper)
 
 
+@pytest.mark.parametrize("huffman", [False, True], ids=["raw", "huffman"])
+def test_h2_long_field_cut_by_a_pause_after_an_invalid_one(victim, huffman):
+    """A header block whose stream is already reset (an invalid field name) is still decoded
+    to its end, and a long field's decoding buffer (17 KB) is as large as the connection's
+    frame buffer. That buffer came from the frame buffer's pool and was taken for the frame
+    buffer, which an idle connection gives back after 50 ms: a client that paused in the
+    middle of the field got the buffer zeroed under nghttp2, whose next release of it aborted
+    the whole gateway (60 bytes and a pause, from any client). The stream is refused, the
+    gateway serves on."""
+    gw, a, keeper = victim
+    head = Encoder().encode([(":method", "GET"), (":scheme", "http"),
+                             (":authority", gw.authority()), (":path", "/cut-field"),
+                             ("X-Upper-Case", "v")], huffman=False)
+    n = 10600 if huffman else 17000  # a decoding buffer between 16 and 20 KiB either way
+    block = head + Encoder().encode([("x-long", "v" * n)], huffman=huffman)[:-200]
+    cut = len(head) + 4000
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(PREFACE + frame(4, 0, 0, b"") + frame(1, 1, 1, block[:cut]))  # END_STREAM
+        time.sleep(0.3)  # the connection idles past the frame buffer's 50 ms
+        s.sendall(frame(9, 0, 1, block[cut:]))  # CONTINUATION, the field still not whole
+        time.sleep(0.3)
+    assert not [r for r in a.requests() if r[2] == "/cut-field"]
+    assert_serving(gw, keeper)
+
+
 # --- idle clients -------------------------------------------------------------------------------
 
 
