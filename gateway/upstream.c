@@ -1099,12 +1099,15 @@ static up_conn_t *conn_new(pool_t *p)
 }
 
 /* A connection of |p| that takes a new stream now, else a new one if the pool may open it.
- * NULL with *at_cap set: max_conns_per_pod is reached and the request must wait; NULL alone:
- * out of memory, or the connect failed at once. */
+ * NULL with *at_cap set: max_conns_per_pod is reached, or the pod allows no stream at all on a
+ * connection it has (SETTINGS_MAX_CONCURRENT_STREAMS 0: overloaded, or on its way out, and a
+ * new connection would get the same answer), and the request must wait; NULL alone: out of
+ * memory, or the connect failed at once. */
 static up_conn_t *pick_conn(pool_t *p, bool *at_cap)
 {
     uint32_t max = p->u->conf.max_streams_per_conn;
     size_t live = 0;
+    bool none = false; /* a connection of the pod's takes no stream at all */
     *at_cap = false;
     for (up_conn_t *c = p->conns; c; c = c->next) {
         if (c->dead || c->goaway)
@@ -1119,8 +1122,9 @@ static up_conn_t *pick_conn(pool_t *p, bool *at_cap)
             c->h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
         if (c->nstreams < max && c->nstreams < remote)
             return c;
+        none |= remote == 0;
     }
-    if (!conn_slot_take(p, live)) {
+    if (none || !conn_slot_take(p, live)) {
         *at_cap = true;
         return NULL;
     }

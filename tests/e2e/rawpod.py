@@ -24,11 +24,14 @@ class RawPod:
     |trailers| if any), whatever the request. |fields| and |trailers| may hold
     hpack.NeverIndexedHeaderTuple. |blocks|: the header blocks of the requests it got over
     HTTP/2, raw, in the order they came. |close_after| (HTTP/1.1): close the connection once
-    the answer is sent (a body that ends at close, or a pod that dies in the middle of one)."""
+    the answer is sent (a body that ends at close, or a pod that dies in the middle of one).
+    |zero_streams| (h2c): SETTINGS_MAX_CONCURRENT_STREAMS 0 as soon as a connection opens, and
+    every request refused (REFUSED_STREAM). |conns|: connections accepted."""
 
     def __init__(self, proto, status, http1_answer=None, close_after=False, fields=(),
-                 trailers=()):
+                 trailers=(), zero_streams=False):
         self.proto, self.status, self.close_after = proto, status, close_after
+        self.zero_streams, self.conns = zero_streams, 0
         self.fields, self.trailers = list(fields), list(trailers)
         self.blocks = []
         self.http1_answer = http1_answer or ("HTTP/1.1 %s OK\r\ncontent-length: 2\r\n\r\nok"
@@ -45,6 +48,7 @@ class RawPod:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.conns += 1
             threading.Thread(target=self.talk, args=(conn,), daemon=True).start()
 
     def close(self):
@@ -61,6 +65,9 @@ class RawPod:
             conn.settimeout(10)
             got, off, first = b"", len(PREFACE), True
             try:
+                if self.zero_streams:  # MAX_CONCURRENT_STREAMS (3) = 0, and the client's ACKed
+                    conn.sendall(self.frame(4, 0, 0, struct.pack(">HI", 3, 0)) +
+                                 self.frame(4, 1, 0, b""))
                 while True:
                     chunk = conn.recv(65536)
                     if not chunk:
@@ -81,6 +88,9 @@ class RawPod:
                             continue
                         # the tests' requests fit one frame: no padding, priority, CONTINUATION
                         self.blocks.append(got[off - length:off])
+                        if self.zero_streams:  # REFUSED_STREAM (7)
+                            conn.sendall(self.frame(3, 0, sid & 0x7FFFFFFF, struct.pack(">I", 7)))
+                            continue
                         out = self.frame(4, 0, 0, b"") + self.frame(4, 1, 0, b"") if first else b""
                         first = False
                         sid &= 0x7FFFFFFF

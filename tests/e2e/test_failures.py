@@ -18,7 +18,7 @@ import h2.errors
 import pytest
 from hpack import Encoder
 
-from conftest import (H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc,
+from conftest import (DOMAIN, H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc,
                       wait_for)
 from h2client import Stream
 from rawpod import frame
@@ -311,6 +311,36 @@ def test_pod_body_ending_at_close_is_complete(procs, raw_pods):
             c.send(h1_request_bytes("GET", "/eof/%d" % i, gw.authority()))
             r = c.read_response()
             assert r.status == 200 and r.chunked and r.body == b"until-close", r
+
+
+def test_pod_taking_no_streams_gets_no_more_connections(procs, raw_pods):
+    """A pod whose SETTINGS allow no stream at all (MAX_CONCURRENT_STREAMS 0: overloaded, or on
+    its way out) made every request open a connection of its own, up to max_conns_per_pod: 30
+    requests, 31 connections. Another connection would get the same answer: the requests wait
+    for the pod to take streams again (or for their first-byte timeout), on the one connection.
+    Each gets an error answer in time, and the gateway serves on."""
+    pod = raw_pods("h2c", "200", zero_streams=True)
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"busy": ([pod.addr], "h2c"), "svc-a": [a]},
+                                  [("fraud-detect", "staging", "busy"),
+                                   ("digits", "production", "svc-a")]),
+                       conf={"workers": 1, "timeouts_ms": {"first_byte": 1000}}, tls=False)
+    results = []
+
+    def one(i):
+        with gw.h2(host="fraud-detect-staging." + DOMAIN) as c:
+            t0 = time.monotonic()
+            r = c.get("/busy/%d" % i, timeout=10)
+            results.append((r.status, time.monotonic() - t0))
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert len(results) == 20, results
+    assert all(st >= 500 and took < 5 for st, took in results), results
+    assert pod.conns <= 2, "%d connections to a pod that takes no stream" % pod.conns
+    assert_serving(gw)
 
 
 def refusing_stack(procs, mode, route_opts=None, retry=None):
@@ -910,7 +940,8 @@ def test_h2_long_field_cut_by_a_pause_after_an_invalid_one(victim, huffman):
     block = head + Encoder().encode([("x-long", "v" * n)], huffman=huffman)[:-200]
     cut = len(head) + 4000
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
-        s.sendall(PREFACE + frame(4, 0, 0, b"") + frame(1, 1, 1, block[:cut]))  # END_STREAM
+        # HEADERS with END_STREAM, without END_HEADERS
+        s.sendall(PREFACE + frame(4, 0, 0, b"") + frame(1, 1, 1, block[:cut]))
         time.sleep(0.3)  # the connection idles past the frame buffer's 50 ms
         s.sendall(frame(9, 0, 1, block[cut:]))  # CONTINUATION, the field still not whole
         time.sleep(0.3)
