@@ -113,3 +113,10 @@ fail:
     free(buf);
     return rc;
 }
+
+void mg_secretfile_free(char *secret)
+{
+    if (secret != NULL)
+        explicit_bzero(secret, strlen(secret));
+    free(secret);
+}

@@ -31,8 +31,8 @@ typedef enum mg_secret_kind {
 } mg_secret_kind_t;
 
 /* Reads the secret in the file |path| into *out: a malloc'ed, NUL-terminated string of 1 to
- * |max| bytes (|max| >= 1), without its final newline. The caller owns it and should wipe it
- * (explicit_bzero) before free(). |key| is the config key naming the file ("admin.token_file"),
+ * |max| bytes (|max| >= 1), without its final newline. The caller owns it and frees it with
+ * mg_secretfile_free. |key| is the config key naming the file ("admin.token_file"),
  * which starts the message; NULL when the caller's own prefix names it already.
  *
  * Returns MG_OK; MG_E_IO when the file cannot be opened or read; MG_E_CONFIG when it breaks the
@@ -40,5 +40,8 @@ typedef enum mg_secret_kind {
  * admin.token_file: "/etc/modelgate/admin.token" has more than one line (...). */
 mg_err_t mg_secretfile_read(const char *path, const char *key, mg_secret_kind_t kind, size_t max,
                             char **out, char *err, size_t errlen);
+
+/* Wipes a secret mg_secretfile_read returned, then frees it. NULL is fine. */
+void mg_secretfile_free(char *secret);
 
 #endif /* MG_COMMON_SECRETFILE_H */

@@ -438,13 +438,6 @@ mg_fconf_t *mg_fconf_dup(const mg_fconf_t *c)
     return c ? mg_fconf_parse(c->_src, c->_dir, NULL, NULL) : NULL;
 }
 
-static void free_secret(char *s)
-{
-    if (s)
-        explicit_bzero(s, strlen(s));
-    free(s);
-}
-
 void mg_fconf_free(mg_fconf_t *c)
 {
     if (c == NULL)
@@ -462,10 +455,10 @@ void mg_fconf_free(mg_fconf_t *c)
     free(c->apps);
     free(c->user_header);
     free(c->redis.host);
-    free_secret(c->redis.password);
+    mg_secretfile_free(c->redis.password);
     free(c->mariadb.host);
     free(c->mariadb.user);
-    free_secret(c->mariadb.password);
+    mg_secretfile_free(c->mariadb.password);
     free(c->mariadb.database);
     free(c->mariadb.table);
     json_decref(c->_src);

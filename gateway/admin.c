@@ -330,8 +330,6 @@ void mg_admin_free(mg_admin_t *a)
         event_base_free(a->base);
     for (size_t i = 0; i < a->nmounts; i++)
         free(a->mounts[i].prefix);
-    if (a->token)
-        explicit_bzero(a->token, a->token_len);
-    free(a->token);
+    mg_secretfile_free(a->token);
     free(a);
 }

@@ -752,9 +752,7 @@ nomem:
 fail:
     if (d) {
         mg_spool_close(d->spool);
-        if (d->password)
-            explicit_bzero(d->password, strlen(d->password));
-        free(d->password);
+        mg_secretfile_free(d->password);
         free(d->insert_sql);
         free(d->pmem);
         free(d->rbuf);
@@ -812,9 +810,7 @@ void mg_dblog_close(mg_dblog_t *d)
     mysql_library_end();
     pthread_cond_destroy(&d->cond);
     pthread_mutex_destroy(&d->mu);
-    if (d->password)
-        explicit_bzero(d->password, strlen(d->password));
-    free(d->password);
+    mg_secretfile_free(d->password);
     free(d->insert_sql);
     free(d->pmem);
     free(d->rbuf);

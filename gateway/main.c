@@ -334,8 +334,7 @@ static bool check_secret(const char *path, const char *key, mg_secret_kind_t kin
         fprintf(stderr, "modelgate: %s\n", err);
         return false;
     }
-    explicit_bzero(secret, strlen(secret));
-    free(secret);
+    mg_secretfile_free(secret);
     return true;
 }
 
