@@ -62,7 +62,7 @@ static void read_ok(fx_t *f, mg_secret_kind_t kind, size_t max, const char *want
         fail_msg("expected \"%s\", got error %d: %s", want, e, f->err);
     assert_string_equal(got, want);
     assert_string_equal(f->err, "");
-    free(got);
+    mg_secretfile_free(got);
 }
 
 /* The file is refused with |code|; returns the message (in f->err). */
@@ -76,6 +76,16 @@ static const char *read_fail(fx_t *f, mg_secret_kind_t kind, size_t max, mg_err_
     assert_null(got);
     return f->err;
 }
+
+/* The file holding the bytes of literal |lit| is refused (MG_E_CONFIG) for a secret of |kind|
+ * and maximum |max|, with |needle| in the message. */
+#define REFUSED(f, lit, kind, max, needle)                                                         \
+    do {                                                                                           \
+        PUT((f), lit);                                                                             \
+        const char *msg_ = read_fail((f), (kind), (max), MG_E_CONFIG);                             \
+        if (strstr(msg_, (needle)) == NULL)                                                        \
+            fail_msg("\"%s\" not in \"%s\"", (needle), msg_);                                      \
+    } while (0)
 
 /* |msg| is "test.key: \"<path>\"" followed by |rest|. */
 static void assert_msg(fx_t *f, const char *msg, const char *rest)
@@ -119,14 +129,12 @@ static void second_line_is_refused(void **state)
     assert_msg(f, read_fail(f, PW, 64, MG_E_CONFIG),
                " has more than one line (byte 0x0a at offset 4; expected one line with the "
                "password)");
-    PUT(f, "pass\nsecond\n");
-    assert_non_null(strstr(read_fail(f, PW, 64, MG_E_CONFIG), "more than one line"));
-    PUT(f, "pass\n\n"); /* one newline too many: a blank second line */
-    assert_non_null(strstr(read_fail(f, PW, 64, MG_E_CONFIG), "byte 0x0a at offset 4"));
-    PUT(f, "pass\r\nsecond\r\n");
-    assert_non_null(strstr(read_fail(f, PW, 64, MG_E_CONFIG), "byte 0x0d at offset 4"));
-    PUT(f, "\nsecond\n"); /* a blank first line is no password either */
-    assert_non_null(strstr(read_fail(f, TOKEN, 64, MG_E_CONFIG), "byte 0x0a at offset 0"));
+    REFUSED(f, "pass\nsecond\n", PW, 64, "more than one line");
+    /* one newline too many: a blank second line */
+    REFUSED(f, "pass\n\n", PW, 64, "byte 0x0a at offset 4");
+    REFUSED(f, "pass\r\nsecond\r\n", PW, 64, "byte 0x0d at offset 4");
+    /* a blank first line is no password either */
+    REFUSED(f, "\nsecond\n", TOKEN, 64, "byte 0x0a at offset 0");
 }
 
 static void carriage_return_inside_or_alone_at_the_end_is_refused(void **state)
@@ -136,10 +144,9 @@ static void carriage_return_inside_or_alone_at_the_end_is_refused(void **state)
     assert_msg(f, read_fail(f, PW, 64, MG_E_CONFIG),
                " has more than one line (byte 0x0d at offset 2; expected one line with the "
                "password)");
-    PUT(f, "pass\r"); /* only "\n" and "\r\n" end the line */
-    assert_non_null(strstr(read_fail(f, PW, 64, MG_E_CONFIG), "byte 0x0d at offset 4"));
-    PUT(f, "pass\r\r\n");
-    assert_non_null(strstr(read_fail(f, PW, 64, MG_E_CONFIG), "byte 0x0d at offset 4"));
+    /* only "\n" and "\r\n" end the line */
+    REFUSED(f, "pass\r", PW, 64, "byte 0x0d at offset 4");
+    REFUSED(f, "pass\r\r\n", PW, 64, "byte 0x0d at offset 4");
 }
 
 static void nul_and_control_bytes_are_refused(void **state)
@@ -149,16 +156,11 @@ static void nul_and_control_bytes_are_refused(void **state)
     assert_msg(f, read_fail(f, PW, 64, MG_E_CONFIG),
                ": expected one line with the password, without control characters (found byte "
                "0x00 at offset 2)");
-    PUT(f, "pass\0");
-    assert_non_null(strstr(read_fail(f, PW, 64, MG_E_CONFIG), "byte 0x00 at offset 4"));
-    PUT(f, "pa\tss\n");
-    assert_non_null(strstr(read_fail(f, PW, 64, MG_E_CONFIG), "byte 0x09 at offset 2"));
-    PUT(f, "pa\x1bss\n");
-    assert_non_null(strstr(read_fail(f, PW, 64, MG_E_CONFIG), "byte 0x1b at offset 2"));
-    PUT(f, "pass\x7f\n");
-    assert_non_null(strstr(read_fail(f, PW, 64, MG_E_CONFIG), "byte 0x7f at offset 4"));
-    PUT(f, "pa\tss\n");
-    assert_non_null(strstr(read_fail(f, TOKEN, 64, MG_E_CONFIG), "byte 0x09 at offset 2"));
+    REFUSED(f, "pass\0", PW, 64, "byte 0x00 at offset 4");
+    REFUSED(f, "pa\tss\n", PW, 64, "byte 0x09 at offset 2");
+    REFUSED(f, "pa\x1bss\n", PW, 64, "byte 0x1b at offset 2");
+    REFUSED(f, "pass\x7f\n", PW, 64, "byte 0x7f at offset 4");
+    REFUSED(f, "pa\tss\n", TOKEN, 64, "byte 0x09 at offset 2");
 }
 
 static void longer_than_the_maximum_is_refused_not_cut(void **state)
@@ -174,10 +176,9 @@ static void longer_than_the_maximum_is_refused_not_cut(void **state)
     PUT(f, "123456789\n");
     read_fail(f, TOKEN, 8, MG_E_CONFIG);
     assert_non_null(strstr(f->err, "is longer than 8 bytes (the longest token accepted)"));
-    PUT(f, "1234567890\r\n"); /* its newline lies past what fits: still too long, one line */
-    assert_non_null(strstr(read_fail(f, PW, 8, MG_E_CONFIG), "longer than 8 bytes"));
-    PUT(f, "123456789\nsecond\n");
-    assert_non_null(strstr(read_fail(f, PW, 8, MG_E_CONFIG), "longer than 8 bytes"));
+    /* its newline lies past what fits: still too long, one line */
+    REFUSED(f, "1234567890\r\n", PW, 8, "longer than 8 bytes");
+    REFUSED(f, "123456789\nsecond\n", PW, 8, "longer than 8 bytes");
 
     /* far longer than what is read: still one message, about the length or the second line */
     size_t n = 100000;
@@ -204,8 +205,7 @@ static void spaces_allowed_in_passwords_refused_in_tokens(void **state)
     PUT(f, " lead and trail \n"); /* kept as they are: never trimmed */
     read_ok(f, PW, 64, " lead and trail ");
     assert_non_null(strstr(read_fail(f, TOKEN, 64, MG_E_CONFIG), "byte 0x20 at offset 0"));
-    PUT(f, "s3cret \n");
-    assert_non_null(strstr(read_fail(f, TOKEN, 64, MG_E_CONFIG), "byte 0x20 at offset 6"));
+    REFUSED(f, "s3cret \n", TOKEN, 64, "byte 0x20 at offset 6");
     PUT(f, "s3cret-Token_1.2~+/=\n"); /* RFC 6750 b64token characters */
     read_ok(f, TOKEN, 64, "s3cret-Token_1.2~+/=");
 }
