@@ -124,6 +124,19 @@ def _release_ports():
             pass
 
 
+def refused_start(conf, what):
+    """Starts the gateway with the configuration file |conf| (and a catch-all backend), which
+    must make it refuse to start: returns its stderr once it exited 1; fails the test, naming
+    |what|, when it exits otherwise or still runs after 10 s."""
+    try:
+        r = subprocess.run([GATEWAY_BIN, "--config", str(conf), "--backend", "127.0.0.1:1"],
+                           capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the gateway started with %s" % what)
+    assert r.returncode == 1, "exit %d with %s: %s" % (r.returncode, what, r.stderr)
+    return r.stderr
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing uses right now and that no other harness process
     holds. Taken below the kernel's ephemeral range, so that no outgoing connection (of this test
