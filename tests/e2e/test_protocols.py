@@ -480,6 +480,7 @@ def test_never_indexed_fields_stay_never_indexed(procs, raw_pods):
         for i in range(n):
             r = c.get("/secret/%d" % i, headers=[secret("x-api-secret", "s3cret-%d" % i),
                                                  secret("x-request-id", "rid-%d" % i),
+                                                 secret("x-forwarded-for", "203.0.113.7"),
                                                  ("x-plain", "1")])
             assert r.status == 200, r
             for name, got in (("x-pod-secret", r.header_list),
@@ -491,7 +492,9 @@ def test_never_indexed_fields_stay_never_indexed(procs, raw_pods):
     for i, block in enumerate(pod.blocks):
         fields = {f[0]: f for f in decoder.decode(block)}
         assert fields["x-request-id"][1] == "rid-%d" % i, fields
-        for name in ("x-api-secret", "x-request-id"):
+        assert fields["x-forwarded-for"][1] == "203.0.113.7, 127.0.0.1", fields
+        assert not isinstance(fields["x-plain"], secret), fields["x-plain"]
+        for name in ("x-api-secret", "x-request-id", "x-forwarded-for"):
             assert isinstance(fields[name], secret), "request %d: %r" % (i, fields[name])
 
 
