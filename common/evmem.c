@@ -23,26 +23,46 @@
 #define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
-#define CHAIN_BYTES 1024 /* libevent's smallest chain (MIN_BUFFER_SIZE), header included */
+/* libevent's chains, header included, are powers of two from 1 KiB (MIN_BUFFER_SIZE): a
+ * class per size up to 64 KiB (a TLS filter's chains are 4 and 8 KiB, the queue's reader
+ * reads into 64 KiB ones). Each class keeps at most MG_EVMEM_CACHE 1 KiB blocks, or
+ * CLASS_BYTES' worth of a larger size. */
+#define MIN_CHAIN 1024
+#define NCLASSES 7
+#define CLASS_BYTES (256 * 1024)
 
 typedef struct block {
     struct block *next;
 } block_t;
 
-static _Thread_local block_t *cache;
-static _Thread_local size_t ncached;
+static _Thread_local block_t *cache[NCLASSES];
+static _Thread_local size_t ncached[NCLASSES];
 static _Thread_local bool registered; /* the exit destructor knows this thread */
-static size_t chain_usable;           /* malloc_usable_size of a CHAIN_BYTES block */
+static size_t usable[NCLASSES];       /* malloc_usable_size of each class's block */
 static pthread_key_t exit_key;
+
+static size_t class_max(int k)
+{
+    return k == 0 ? MG_EVMEM_CACHE : CLASS_BYTES / ((size_t)MIN_CHAIN << k);
+}
+
+/* The class of a request of |size| bytes, or -1: exactly a chain's size, for a smaller object
+ * (a bufferevent) would waste the rest of the block for as long as it lives, and idle
+ * connections hold such objects. */
+static int class_of(size_t size)
+{
+    if (size < MIN_CHAIN || size > ((size_t)MIN_CHAIN << (NCLASSES - 1)) || (size & (size - 1)))
+        return -1;
+    return __builtin_ctzl(size) - __builtin_ctzl(MIN_CHAIN);
+}
 
 static void *ev_malloc(size_t size)
 {
-    /* exactly a chain's size: a smaller object (a bufferevent) would waste the rest of the
-     * block for as long as it lives, and idle connections hold such objects */
-    if (size == CHAIN_BYTES && cache != NULL) {
-        block_t *b = cache;
-        cache = b->next;
-        ncached--;
+    int k = class_of(size);
+    if (k >= 0 && cache[k] != NULL) {
+        block_t *b = cache[k];
+        cache[k] = b->next;
+        ncached[k]--;
         UNPOISON(b, size);
         return b;
     }
@@ -51,36 +71,47 @@ static void *ev_malloc(size_t size)
 
 static void ev_free(void *p)
 {
-    /* any block as large as a chain's can serve as one: libevent asks for exactly that size */
-    if (p != NULL && ncached < MG_EVMEM_CACHE && malloc_usable_size(p) == chain_usable) {
-        if (!registered) { /* so that the blocks are freed when the thread ends */
-            registered = true;
-            pthread_setspecific(exit_key, &registered);
-        }
-        block_t *b = p;
-        b->next = cache;
-        cache = b;
-        ncached++;
-        POISON((char *)b + sizeof(*b), chain_usable - sizeof(*b));
+    if (p == NULL)
+        return;
+    /* any block as large as a class's can serve as one: libevent asks for exactly that size */
+    size_t n = malloc_usable_size(p);
+    int k = 0;
+    while (k < NCLASSES && usable[k] != n)
+        k++;
+    if (k == NCLASSES || ncached[k] >= class_max(k)) {
+        free(p);
         return;
     }
-    free(p);
+    if (!registered) { /* so that the blocks are freed when the thread ends */
+        registered = true;
+        pthread_setspecific(exit_key, &registered);
+    }
+    block_t *b = p;
+    b->next = cache[k];
+    cache[k] = b;
+    ncached[k]++;
+    POISON((char *)b + sizeof(*b), n - sizeof(*b));
 }
 
 void mg_evmem_flush(void)
 {
-    while (cache != NULL) {
-        block_t *b = cache;
-        cache = b->next;
-        UNPOISON(b, chain_usable);
-        free(b);
+    for (int k = 0; k < NCLASSES; k++) {
+        while (cache[k] != NULL) {
+            block_t *b = cache[k];
+            cache[k] = b->next;
+            UNPOISON(b, usable[k]);
+            free(b);
+        }
+        ncached[k] = 0;
     }
-    ncached = 0;
 }
 
 size_t mg_evmem_cached(void)
 {
-    return ncached;
+    size_t n = 0;
+    for (int k = 0; k < NCLASSES; k++)
+        n += ncached[k];
+    return n;
 }
 
 static void on_thread_exit(void *unused)
@@ -92,12 +123,14 @@ static void on_thread_exit(void *unused)
 
 void mg_evmem_install(void)
 {
-    void *probe = malloc(CHAIN_BYTES);
-    if (probe == NULL || pthread_key_create(&exit_key, on_thread_exit) != 0) {
-        free(probe);
+    if (pthread_key_create(&exit_key, on_thread_exit) != 0)
         return; /* libevent keeps plain malloc */
+    for (int k = 0; k < NCLASSES; k++) {
+        void *probe = malloc((size_t)MIN_CHAIN << k);
+        if (probe == NULL)
+            return;
+        usable[k] = malloc_usable_size(probe);
+        free(probe);
     }
-    chain_usable = malloc_usable_size(probe);
-    free(probe);
     event_set_mem_functions(ev_malloc, realloc, ev_free); /* a cached block is malloc's */
 }

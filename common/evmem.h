@@ -4,13 +4,15 @@
  * Every small evbuffer_add to an empty buffer allocates a 1 KiB chain, and draining the buffer
  * frees it: a request body and a response body cost two such pairs per request. glibc's
  * per-thread cache holds only 7 blocks of a size, so with hundreds of streams in flight most of
- * them took malloc's slow path (_int_malloc, _int_free, unlink_chunk). Here each thread keeps
- * up to MG_EVMEM_CACHE of those blocks for its next chains. Every block is a plain malloc block,
- * so any thread may free any of them, and memory libevent hands out may still go to free().
+ * them took malloc's slow path (_int_malloc, _int_free, unlink_chunk); the larger chains (a TLS
+ * filter's 4 and 8 KiB, the 64 KiB a read goes into) always take it. Here each thread keeps,
+ * for its next chains, up to MG_EVMEM_CACHE blocks of 1 KiB and up to 256 KiB of each larger
+ * size up to 64 KiB. Every block is a plain malloc block, so any thread may free any of them,
+ * and memory libevent hands out may still go to free().
  *
  * A thread keeps its blocks until mg_evmem_flush() or its end: the gateway's workers flush on
  * every idle second; other threads (the main and admin threads, the runtime's) keep up to
- * 512 KiB each.
+ * 2 MiB each.
  *
  * mg_evmem_install() must run before the first libevent call that allocates. In AddressSanitizer
  * builds cached blocks are poisoned, so a use of a freed chain is still reported.
@@ -20,7 +22,7 @@
 
 #include <stddef.h>
 
-#define MG_EVMEM_CACHE 512 /* cached chains per thread, at most (512 KiB) */
+#define MG_EVMEM_CACHE 512 /* cached 1 KiB chains per thread, at most (512 KiB) */
 
 void mg_evmem_install(void);
 
