@@ -509,6 +509,11 @@ static void out_taken(conn_t *c, size_t n)
             drain_list_add(c, s);
 }
 
+/* Released streams kept for the next ones: as many as a busy worker has in flight (50
+ * connections of 10 streams took malloc's slow path for half of their streams at 256), given
+ * back when the worker idles (mg_srv_trim). */
+#define STREAM_CACHE 1024
+
 static mg_srv_stream_t *stream_new(conn_t *c, int32_t id)
 {
     mg_srv_t *srv = c->srv;
@@ -576,7 +581,7 @@ static void stream_close(mg_srv_stream_t *s, bool complete)
         evbuffer_drain(s->out, left);
         out_taken(c, left);
     }
-    if (srv->nfree < 256) {
+    if (srv->nfree < STREAM_CACHE) {
         s->next_in_conn = srv->free_streams;
         srv->free_streams = s;
         srv->nfree++;
@@ -2365,13 +2370,7 @@ void mg_srv_free(mg_srv_t *srv)
         c->dead = true;
         conn_free(c);
     }
-    while (srv->free_streams) {
-        mg_srv_stream_t *s = srv->free_streams;
-        srv->free_streams = s->next_in_conn;
-        if (s->out)
-            evbuffer_free(s->out);
-        free(s);
-    }
+    mg_srv_trim(srv);
     if (srv->cbs)
         nghttp2_session_callbacks_del(srv->cbs);
     if (srv->opt)
@@ -2394,6 +2393,18 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
         return SSL_TLSEXT_ERR_NOACK; /* no ALPN match: HTTP/1.1 */
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
+}
+
+void mg_srv_trim(mg_srv_t *srv)
+{
+    while (srv->free_streams) {
+        mg_srv_stream_t *s = srv->free_streams;
+        srv->free_streams = s->next_in_conn;
+        if (s->out)
+            evbuffer_free(s->out);
+        free(s);
+    }
+    srv->nfree = 0;
 }
 
 SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen)

@@ -126,6 +126,9 @@ size_t mg_srv_nconns(const mg_srv_t *srv);
  * descriptors or memory). Any thread may read them (for metrics). */
 void mg_srv_accept_pauses(const mg_srv_t *srv, unsigned long *at_limit, unsigned long *on_error);
 
+/* Frees the streams kept for reuse: the worker is idle. */
+void mg_srv_trim(mg_srv_t *srv);
+
 /* Closes everything at once and frees |srv| (in-flight streams get on_close(false)). */
 void mg_srv_free(mg_srv_t *srv);
 

@@ -134,9 +134,11 @@ static void on_trim(evutil_socket_t fd, short what, void *arg)
     w->started_seen = started;
     if (!idle)
         return;
-    /* chains kept for the next requests go back to malloc, also when only connections came
-     * and went (idle connections' handshakes fill the cache too) */
+    /* chains and streams kept for the next requests go back to malloc, also when only
+     * connections came and went (idle connections' handshakes fill the chain cache too) */
     mg_evmem_flush();
+    mg_srv_trim(w->srv);
+    mg_proxy_trim(w->proxy);
     if (started != w->trimmed_at) {
         w->trimmed_at = started;
 #if !MG_ASAN

@@ -1338,11 +1338,8 @@ uint64_t mg_proxy_started(const mg_proxy_t *p)
     return p->started;
 }
 
-void mg_proxy_free(mg_proxy_t *p)
+void mg_proxy_trim(mg_proxy_t *p)
 {
-    if (p == NULL)
-        return;
-    mg_upstreams_free(p->ups);
     while (p->free_exch) {
         exch_t *e = p->free_exch;
         p->free_exch = e->next_free;
@@ -1351,6 +1348,16 @@ void mg_proxy_free(mg_proxy_t *p)
         event_free(e->timer);
         free(e);
     }
+    p->nfree = 0;
+    mg_upstreams_trim(p->ups);
+}
+
+void mg_proxy_free(mg_proxy_t *p)
+{
+    if (p == NULL)
+        return;
+    mg_proxy_trim(p);
+    mg_upstreams_free(p->ups);
     if (p->routes)
         mg_routes_unref(p->routes);
     free(p);

@@ -46,6 +46,9 @@ size_t mg_proxy_inflight(const mg_proxy_t *p);
 /* Requests started since the proxy was made (an activity mark: it changes when work came). */
 uint64_t mg_proxy_started(const mg_proxy_t *p);
 
+/* Frees the exchanges and upstream streams kept for reuse: the worker is idle. */
+void mg_proxy_trim(mg_proxy_t *p);
+
 void mg_proxy_free(mg_proxy_t *p);
 
 #endif /* MG_GATEWAY_PROXY_H */

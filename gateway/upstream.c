@@ -53,9 +53,9 @@
 #define OUT_LOW (16 * 1024)
 #define NBUCKETS 64
 #define STREAM_MEMORY (256 * 1024)
-/* released streams kept for the next requests (none under ASan, so that it sees a use of a
- * released stream) */
-#define STREAM_CACHE 256
+/* released streams kept for the next requests, as many as a busy worker has in flight, until
+ * it idles (mg_upstreams_trim); none under ASan, so that it sees a use of a released stream */
+#define STREAM_CACHE 1024
 
 typedef struct pool pool_t;
 typedef struct up_conn up_conn_t;
@@ -1369,6 +1369,16 @@ int64_t mg_up_dequeued_us(const mg_up_stream_t *s)
     return s->dequeued_us;
 }
 
+void mg_upstreams_trim(mg_upstreams_t *u)
+{
+    while (u->free_streams) {
+        mg_up_stream_t *s = u->free_streams;
+        u->free_streams = s->next;
+        free(s);
+    }
+    u->nfree = 0;
+}
+
 size_t mg_upstreams_nconns(const mg_upstreams_t *u)
 {
     return u->nconns;
@@ -1446,11 +1456,7 @@ void mg_upstreams_free(mg_upstreams_t *u)
             p = next;
         }
     }
-    while (u->free_streams) {
-        mg_up_stream_t *s = u->free_streams;
-        u->free_streams = s->next;
-        free(s);
-    }
+    mg_upstreams_trim(u);
     if (u->cbs)
         nghttp2_session_callbacks_del(u->cbs);
     if (u->opt)

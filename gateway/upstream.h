@@ -122,6 +122,9 @@ void mg_up_consume(mg_up_stream_t *s, size_t n);
 /* No more callbacks; resets the stream (HTTP/2) or closes the connection (HTTP/1.1). */
 void mg_up_cancel(mg_up_stream_t *s);
 
+/* Frees the streams kept for reuse: the worker is idle. */
+void mg_upstreams_trim(mg_upstreams_t *u);
+
 /* Number of open upstream connections (for tests and metrics). */
 size_t mg_upstreams_nconns(const mg_upstreams_t *u);
 
