@@ -103,7 +103,8 @@ struct conn {
     nghttp2_mem mem;  /* the session's allocator: ud = this connection */
     void *framebuf;   /* nghttp2's frame buffer (a zframe run), NULL until allocated */
     bool trim_due;    /* the idle timer is in its short first phase: trim, then wait */
-    bool trimmed;     /* the frame buffer is released since the last frame written */
+    bool trimmed;     /* the frame buffer and OpenSSL's record buffers are released since the
+                       * last frame written, or the last record read */
     char client[64];
     char client_ip[48];
     mg_srv_stream_t *streams;
@@ -446,15 +447,16 @@ static void conn_close_flushed(conn_t *c)
     evtimer_add(c->idle_timer, &tv); /* on_idle closes a lingering connection */
 }
 
-#define TRIM_AFTER_MS 50 /* an HTTP/2 connection idle this long gives its frame buffer back */
+#define TRIM_AFTER_MS 50 /* a connection idle this long gives its buffers back */
 
-/* Arms the idle timer. An HTTP/2 connection whose frame buffer holds written pages first waits
- * TRIM_AFTER_MS, gives the buffer's pages back (nghttp2 copied every frame out already, and
- * rewrites the buffer from its start for the next one), then waits the rest of client_idle. */
+/* Arms the idle timer. A connection holding buffers (an HTTP/2 frame buffer with written
+ * pages, OpenSSL's record buffers) first waits TRIM_AFTER_MS, gives them back (nghttp2 copied
+ * every frame out already, and rewrites the buffer from its start for the next one; OpenSSL
+ * allocates its buffers again for the next record), then waits the rest of client_idle. */
 static void idle_arm(conn_t *c)
 {
     uint32_t ms = c->srv->conf.client_idle_ms;
-    c->trim_due = c->framebuf && !c->trimmed && (ms == 0 || ms > TRIM_AFTER_MS);
+    c->trim_due = (c->framebuf || c->tls) && !c->trimmed && (ms == 0 || ms > TRIM_AFTER_MS);
     if (c->trim_due)
         ms = TRIM_AFTER_MS;
     if (ms == 0)
@@ -463,13 +465,18 @@ static void idle_arm(conn_t *c)
     evtimer_add(c->idle_timer, &tv);
 }
 
-/* Releases the frame buffer's pages when nothing is queued in it. */
+/* Releases the frame buffer's pages when nothing is queued in it, and OpenSSL's record
+ * buffers (33 KiB) when they hold nothing; the connection is then trimmed. */
 static void trim(conn_t *c)
 {
-    if (c->framebuf && c->h2 && !nghttp2_session_want_write(c->h2)) {
+    bool all = true;
+    if (c->framebuf && c->h2 && !nghttp2_session_want_write(c->h2))
         madvise(c->framebuf, c->srv->zframe.run, MADV_DONTNEED);
-        c->trimmed = true;
-    }
+    else if (c->framebuf)
+        all = false;
+    if (c->tls && SSL_free_buffers(bufferevent_openssl_get_ssl(c->bev)) != 1)
+        all = false; /* a record is still half read or half written */
+    c->trimmed = all;
 }
 
 /* ---------- streams ---------- */
@@ -1973,6 +1980,12 @@ static void on_read(struct bufferevent *bev, void *arg)
         h1_process(c);
     }
 out:
+    /* a record was read into OpenSSL's buffers again: an idle connection trims them again */
+    if (c->tls && !c->dead) {
+        c->trimmed = false;
+        if (c->nstreams == 0 && !c->trim_due)
+            idle_arm(c);
+    }
     leave(c);
 }
 
@@ -2425,7 +2438,8 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
                                  "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305");
     SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
                                   "TLS_CHACHA20_POLY1305_SHA256");
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle connections keep no TLS buffers */
+    /* no SSL_MODE_RELEASE_BUFFERS: a busy connection keeps its record buffers (16 KiB each
+     * way) from one record to the next, and an idle one gives them back (trim) */
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         unsigned long e = ERR_get_error();
         snprintf(err, errlen, "TLS certificate '%s': %s", cert, ERR_reason_error_string(e));
