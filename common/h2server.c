@@ -1622,10 +1622,10 @@ static bool length_forbidden(int status, const mg_hdr_t *h)
            strncasecmp(h->name, "content-length", 14) == 0;
 }
 
-static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t n, bool end)
+/* Writes the status line and the fields of a head (not its closing CRLF) to |out|. Returns
+ * whether a content-length went with them. */
+static bool h1_add_head(struct evbuffer *out, int status, const mg_hdr_t *h, size_t n)
 {
-    conn_t *c = s->c;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
     bool has_cl = false;
     evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, reason(status));
     for (size_t i = 0; i < n; i++) {
@@ -1638,6 +1638,14 @@ static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t
         evbuffer_add(out, h[i].value, h[i].value_len);
         evbuffer_add(out, "\r\n", 2);
     }
+    return has_cl;
+}
+
+static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t n, bool end)
+{
+    conn_t *c = s->c;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    bool has_cl = h1_add_head(out, status, h, n);
     s->h1_nobody = s->head || status == 204 || status == 304 || (status >= 100 && status < 200);
     if (!s->h1_nobody && !has_cl) {
         if (end)
@@ -1659,6 +1667,43 @@ static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t
 
 /* ---------- the handler API ---------- */
 
+/* A response head for nghttp2: :status, then |hdrs| less a content-length the status forbids;
+ * *|m| receives the count. The fields are copied into the stream's arena: the caller's may be
+ * gone (a pod's stream ended) before the frame leaves; nghttp2 then copies nothing. A head too
+ * big for the arena (it holds the request's too) is left to nghttp2 to copy. NULL when the
+ * arena cannot hold even the array. */
+static nghttp2_nv *h2_head_nv(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, size_t n,
+                              size_t *m)
+{
+    nghttp2_nv *nv = mg_arena_alloc(&s->arena, sizeof(nghttp2_nv) * (n + 1));
+    char *st = mg_arena_alloc(&s->arena, 4);
+    if (nv == NULL || st == NULL)
+        return NULL;
+    bool copied = true;
+    size_t k = 0; /* fields kept: nv[1..k] */
+    for (size_t i = 0; copied && i < n; i++)
+        if (!length_forbidden(status, &hdrs[i]))
+            copied = mg_nv_copy(&s->arena, &nv[++k], hdrs[i].name, hdrs[i].name_len, hdrs[i].value,
+                                hdrs[i].value_len, mg_hdr_no_index(&hdrs[i]));
+    if (!copied) {
+        k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (!length_forbidden(status, &hdrs[i]))
+                nv[++k] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
+                                       hdrs[i].name_len, hdrs[i].value_len,
+                                       mg_hdr_no_index(&hdrs[i]) ? NGHTTP2_NV_FLAG_NO_INDEX
+                                                                 : NGHTTP2_NV_FLAG_NONE};
+    }
+    st[0] = (char)('0' + status / 100 % 10);
+    st[1] = (char)('0' + status / 10 % 10);
+    st[2] = (char)('0' + status % 10);
+    st[3] = '\0';
+    nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3,
+                         NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
+    *m = k + 1;
+    return nv;
+}
+
 mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, size_t n, bool end)
 {
     conn_t *c = s->c;
@@ -1669,39 +1714,14 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
         s->out_ended = true;
     enter(c);
     if (c->proto == P_H2) {
-        nghttp2_nv *nv = mg_arena_alloc(&s->arena, sizeof(nghttp2_nv) * (n + 1));
-        char *st = mg_arena_alloc(&s->arena, 4);
-        bool ok = nv && st;
-        /* the fields are copied into the stream's arena: the caller's may be gone (a pod's
-         * stream ended) before the frame leaves; nghttp2 then copies nothing. A head too big
-         * for the arena (it holds the request's too) is left to nghttp2 to copy. */
-        bool copied = ok;
-        size_t m = 0; /* fields kept: nv[1..m] */
-        for (size_t i = 0; copied && i < n; i++)
-            if (!length_forbidden(status, &hdrs[i]))
-                copied = mg_nv_copy(&s->arena, &nv[++m], hdrs[i].name, hdrs[i].name_len,
-                                    hdrs[i].value, hdrs[i].value_len, mg_hdr_no_index(&hdrs[i]));
-        if (ok && !copied) {
-            m = 0;
-            for (size_t i = 0; i < n; i++)
-                if (!length_forbidden(status, &hdrs[i]))
-                    nv[++m] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
-                                           hdrs[i].name_len, hdrs[i].value_len,
-                                           mg_hdr_no_index(&hdrs[i]) ? NGHTTP2_NV_FLAG_NO_INDEX
-                                                                     : NGHTTP2_NV_FLAG_NONE};
-        }
-        if (!ok) {
+        size_t m;
+        nghttp2_nv *nv = h2_head_nv(s, status, hdrs, n, &m);
+        if (nv == NULL) {
             s->reset_by_us = true;
             nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         } else {
-            st[0] = (char)('0' + status / 100 % 10);
-            st[1] = (char)('0' + status / 10 % 10);
-            st[2] = (char)('0' + status % 10);
-            st[3] = '\0';
-            nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3,
-                                 NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
             nghttp2_data_provider prd = {.source.ptr = s, .read_callback = h2_read_body};
-            nghttp2_submit_response(c->h2, s->id, nv, m + 1, end || s->head ? NULL : &prd);
+            nghttp2_submit_response(c->h2, s->id, nv, m, end || s->head ? NULL : &prd);
             if (s->head)
                 s->out_ended = true;
         }
