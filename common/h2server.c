@@ -80,6 +80,7 @@ struct mg_srv_stream {
     bool h1_chunked, h1_nobody;
     bool expect_100; /* Expect: 100-continue: said once the handler takes the request */
     bool continued;  /* HTTP/1.1: that 100 Continue was written */
+    uint8_t ninterim;   /* interim heads sent (mg_srv_interim), <= MG_SRV_MAX_INTERIM */
     bool reset_by_us;   /* HTTP/2: the handler reset it (mg_srv_reset): not a premature close */
     bool reset_counted; /* HTTP/2: counted by premature_close when its reset was decided */
     nghttp2_nv *resp_trailers;
@@ -1546,6 +1547,8 @@ static const char *reason(int status)
 {
     switch (status) {
     case 100: return "Continue";
+    case 102: return "Processing";
+    case 103: return "Early Hints";
     case 200: return "OK";
     case 201: return "Created";
     case 202: return "Accepted";
@@ -1702,6 +1705,41 @@ static nghttp2_nv *h2_head_nv(mg_srv_stream_t *s, int status, const mg_hdr_t *hd
                          NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
     *m = k + 1;
     return nv;
+}
+
+mg_err_t mg_srv_interim(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, size_t n)
+{
+    conn_t *c = s->c;
+    if (s->responded || status < 102 || status > 199)
+        return MG_E_PROTO;
+    if (s->ninterim >= MG_SRV_MAX_INTERIM)
+        return MG_E_LIMIT;
+    if (c->dead)
+        return MG_OK; /* nobody to tell: on_close follows */
+    if (c->proto == P_H1) {
+        /* RFC 9110 15.2: never to an HTTP/1.0 client. And only for the exchange being
+         * answered: a head for a later pipelined request would go out ahead of the earlier
+         * answer. No such request reaches a handler today (the parser waits for each response
+         * to end), so the second test only guards that: such an interim would be dropped. */
+        if (c->parser.http_major != 1 || c->parser.http_minor == 0 || c->h1s != s)
+            return MG_E_PROTO;
+        s->ninterim++;
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        h1_add_head(out, status, hdrs, n);
+        evbuffer_add(out, "\r\n", 2);
+        return MG_OK;
+    }
+    size_t m;
+    nghttp2_nv *nv = h2_head_nv(s, status, hdrs, n, &m);
+    if (nv == NULL)
+        return MG_E_NOMEM;
+    s->ninterim++;
+    enter(c);
+    /* a HEADERS frame without END_STREAM, as the 100 Continue of dispatch_request */
+    nghttp2_submit_headers(c->h2, NGHTTP2_FLAG_NONE, s->id, NULL, nv, m, NULL);
+    conn_flush(c);
+    leave(c);
+    return MG_OK;
 }
 
 mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, size_t n, bool end)

@@ -149,6 +149,20 @@ mg_arena_t *mg_srv_arena(mg_srv_stream_t *s);
  * the response has no body. Returns MG_OK or MG_E_PROTO when a head was already sent. */
 mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, size_t n, bool end);
 
+/* Interim (1xx) response heads a stream passes on at most, before its final response: more
+ * are refused (MG_E_LIMIT), so that a pod cannot flood a client with them. */
+#define MG_SRV_MAX_INTERIM 8
+
+/* Sends an interim response head (RFC 9110 15.2), such as 103 Early Hints, before the final
+ * one. |status| is 102 to 199: 100 Continue is the server's own (Expect: 100-continue) and 101
+ * is never sent. |hdrs| as for mg_srv_respond, copied; a content-length is left out. HTTP/2: a
+ * HEADERS frame without END_STREAM. HTTP/1.1: the head is written at once, since a connection
+ * answers one request at a time; never to an HTTP/1.0 client, which cannot take it. Returns
+ * MG_OK; MG_E_PROTO when the final head was already sent, |status| is not one of those, or
+ * the client speaks HTTP/1.0 (nothing is sent); MG_E_LIMIT after MG_SRV_MAX_INTERIM of them on
+ * this stream; MG_E_NOMEM when the stream's arena is full (HTTP/2). */
+mg_err_t mg_srv_interim(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, size_t n);
+
 /* Queues |len| body bytes (copied). */
 mg_err_t mg_srv_write(mg_srv_stream_t *s, const void *data, size_t len);
 
