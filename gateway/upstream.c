@@ -240,6 +240,15 @@ static void deliver_headers(mg_up_stream_t *s, bool end)
     s->cbs->on_headers(s->ctx, s->status, s->hdrs, s->nhdrs, end);
 }
 
+/* An interim response whose fields are in |hdrs|: passed on, then forgotten, so that the
+ * final response's fields start afresh (their copies stay in the arena until the stream ends). */
+static void deliver_interim(mg_up_stream_t *s)
+{
+    if (!s->cancelled && !s->done && s->status != 101 && s->cbs->on_interim)
+        s->cbs->on_interim(s->ctx, s->status, s->hdrs, s->nhdrs);
+    s->nhdrs = 0;
+}
+
 static void deliver_end(mg_up_stream_t *s)
 {
     if (s->cancelled || s->done)
@@ -421,7 +430,6 @@ static int h2_on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_r
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
         s->status = (int)st;
-        s->nhdrs = 0; /* a final response after 1xx starts afresh */
         return 0;
     }
     if (push_hdr(s, false, (const char *)n.base, n.len, (const char *)v.base, v.len, sensitive))
@@ -461,8 +469,10 @@ static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void 
     bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
     if (f->hd.type == NGHTTP2_HEADERS) {
         if (!s->headers_done) {
-            if (s->status >= 100 && s->status < 200)
-                return 0; /* interim response: not forwarded */
+            if (s->status >= 100 && s->status < 200) {
+                deliver_interim(s); /* nghttp2 took none with END_STREAM (RFC 9113 8.1) */
+                return 0;
+            }
             deliver_headers(s, end);
         } else if (end) {
             deliver_end(s);
@@ -741,8 +751,8 @@ static int h1_on_headers_complete(llhttp_t *p)
     }
     s->status = p->status_code;
     if (s->status >= 100 && s->status < 200) {
-        s->skip_1xx = true; /* interim response: dropped */
-        s->nhdrs = 0;
+        s->skip_1xx = true; /* its message end is not the exchange's */
+        deliver_interim(s);
         /* it has no content (RFC 9110 15.2), whatever framing fields it carries: the final
          * response starts right after its head (llhttp would read a body for it) */
         return 1;

@@ -60,6 +60,9 @@ typedef struct mg_up_cbs {
     /* |sent|: some request byte may have reached the pod (a retry may repeat it) */
     void (*on_error)(void *ctx, mg_up_fail_t why, bool sent);
     void (*on_drain)(void *ctx);
+    /* Optional (NULL: dropped): an interim response (1xx: 100, 102, 103...; never 101) that
+     * came before the final head, any number of times. |h| is valid during the call only. */
+    void (*on_interim)(void *ctx, int status, const mg_hdr_t *h, size_t n);
 } mg_up_cbs_t;
 
 typedef struct mg_up_req {

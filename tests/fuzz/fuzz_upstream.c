@@ -132,7 +132,7 @@ static void x_drain(void *ctx)
     CHECK(!((exchange_t *)ctx)->over);
 }
 
-static const mg_up_cbs_t cbs = {x_headers, x_data, x_end, x_error, x_drain};
+static const mg_up_cbs_t cbs = {x_headers, x_data, x_end, x_error, x_drain, NULL};
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {

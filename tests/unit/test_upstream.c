@@ -22,11 +22,31 @@
 
 /* ---------- the pod: answers every request with 200 "ok" ---------- */
 
+/* With pod_interims, the pod tries interim heads first (see interims_pass_through), and what
+ * mg_srv_interim returned lands in pod_interim_errs. */
+#define POD_INTERIM_TRIES 13
+static bool pod_interims;
+static mg_err_t pod_interim_errs[POD_INTERIM_TRIES];
+
+static void pod_send_interims(mg_srv_stream_t *s)
+{
+    mg_hdr_t hint[2] = {{"link", "</a.css>; rel=preload", 4, 21, MG_HPACK_INDEX},
+                        {"content-length", "0", 14, 1, MG_HPACK_INDEX}};
+    pod_interim_errs[0] = mg_srv_interim(s, 100, NULL, 0);
+    pod_interim_errs[1] = mg_srv_interim(s, 101, NULL, 0);
+    for (int i = 2; i < POD_INTERIM_TRIES - 1; i++)
+        pod_interim_errs[i] = mg_srv_interim(s, 103, hint, 2);
+}
+
 static void pod_on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 {
     (void)req, (void)ud;
     mg_hdr_t h[1] = {{"content-type", "text/plain", 12, 10, MG_HPACK_INDEX}};
+    if (pod_interims)
+        pod_send_interims(s);
     mg_srv_respond(s, 200, h, 1, false);
+    if (pod_interims)
+        pod_interim_errs[POD_INTERIM_TRIES - 1] = mg_srv_interim(s, 103, h, 1);
     mg_srv_write(s, "ok", 2);
     mg_srv_end(s, NULL, 0);
 }
@@ -57,6 +77,8 @@ typedef struct result {
     size_t body;
     bool done, failed;
     mg_up_fail_t why;
+    int ninterim;      /* on_interim calls, each before on_headers */
+    bool interim_fine; /* ... and each was a 103 with the link field only */
 } result_t;
 
 static void r_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bool end)
@@ -87,7 +109,14 @@ static void r_drain(void *ctx)
 {
     (void)ctx;
 }
-static const mg_up_cbs_t cbs = {r_headers, r_data, r_end, r_error, r_drain};
+static void r_interim(void *ctx, int status, const mg_hdr_t *h, size_t n)
+{
+    result_t *r = ctx;
+    bool fine = r->status == 0 && status == 103 && n == 1 && strcmp(h[0].name, "link") == 0 &&
+                h[0].value_len == 21 && memcmp(h[0].value, "</a.css>; rel=preload", 21) == 0;
+    r->interim_fine = (r->ninterim++ == 0 || r->interim_fine) && fine;
+}
+static const mg_up_cbs_t cbs = {r_headers, r_data, r_end, r_error, r_drain, r_interim};
 
 typedef struct fixture {
     struct event_base *base;
@@ -140,14 +169,14 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Sends GET / to the pod and runs the loop until it is answered (or 5 s pass). */
-static mg_up_stream_t *get(fixture_t *f, result_t *r)
+/* Sends GET / to the pod over |proto| and runs the loop until it is answered (or 5 s pass). */
+static mg_up_stream_t *get_over(fixture_t *f, result_t *r, mg_upstream_proto_t proto)
 {
     mg_up_req_t req = {.method = "GET", .scheme = "http", .authority = "pod", .path = "/",
                        .content_length = -1, .has_body = false, .body = f->body};
     *r = (result_t){0};
     mg_err_t err;
-    mg_up_stream_t *s = mg_up_start(f->ups, &f->target, MG_UP_H2C, &req, &cbs, r, &err);
+    mg_up_stream_t *s = mg_up_start(f->ups, &f->target, proto, &req, &cbs, r, &err);
     if (s == NULL)
         return NULL;
     for (int i = 0; i < 5000 && !r->done; i++) {
@@ -156,6 +185,11 @@ static mg_up_stream_t *get(fixture_t *f, result_t *r)
         event_base_loop(f->base, EVLOOP_ONCE);
     }
     return s;
+}
+
+static mg_up_stream_t *get(fixture_t *f, result_t *r)
+{
+    return get_over(f, r, MG_UP_H2C);
 }
 
 static up_conn_t *the_conn(fixture_t *f)
@@ -197,10 +231,38 @@ static void stream_ids_used_up_open_a_new_connection(void **state)
     assert_int_equal(n, 2);
 }
 
+/* A pod's interim heads (mg_srv_interim, server side) reach on_interim before the final head,
+ * over HTTP/2 and HTTP/1.1: at most MG_SRV_MAX_INTERIM of them, without content-length; the
+ * server sends no 100 (its own, for Expect) or 101 that way, nor one after the final head. */
+static void interims_pass_through(void **state)
+{
+    fixture_t *f = *state;
+    const mg_upstream_proto_t protos[] = {MG_UP_H2C, MG_UP_H1};
+    pod_interims = true;
+    for (size_t p = 0; p < sizeof(protos) / sizeof(protos[0]); p++) {
+        result_t r;
+        memset(pod_interim_errs, 0x7f, sizeof(pod_interim_errs));
+        assert_non_null(get_over(f, &r, protos[p]));
+        assert_true(r.done && !r.failed);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(r.body, 2);
+        assert_int_equal(r.ninterim, MG_SRV_MAX_INTERIM);
+        assert_true(r.interim_fine);
+        for (int i = 0; i < POD_INTERIM_TRIES; i++) {
+            mg_err_t want = i < 2 || i == POD_INTERIM_TRIES - 1 ? MG_E_PROTO
+                            : i < 2 + MG_SRV_MAX_INTERIM       ? MG_OK
+                                                               : MG_E_LIMIT;
+            assert_int_equal(pod_interim_errs[i], want);
+        }
+    }
+    pod_interims = false;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(stream_ids_used_up_open_a_new_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(interims_pass_through, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
