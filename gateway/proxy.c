@@ -247,6 +247,28 @@ static const char *find_conn_value(const mg_hdr_t *h, size_t n)
     return NULL;
 }
 
+/* Copies to |out| (room for |n|) the fields of a pod's response head that go on to the client:
+ * hop-by-hop ones (RFC 9110 7.6.1) and x-modelgate-service (ours to say) stay behind. Sets
+ * *|has_rid| when an x-request-id goes, *|cl| to the content-length (unchanged without one).
+ * Returns the number of fields copied. */
+static size_t pass_fields(const mg_hdr_t *h, size_t n, mg_hdr_t *out, bool *has_rid, int64_t *cl)
+{
+    const char *conn = find_conn_value(h, n);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (hop_by_hop(&h[i]) || named_by_connection(&h[i], conn))
+            continue;
+        if (name_is(&h[i], "x-request-id", 12))
+            *has_rid = true;
+        else if (name_is(&h[i], "content-length", 14))
+            *cl = mg_parse_decimal(h[i].value, h[i].value_len);
+        else if (name_is(&h[i], "x-modelgate-service", 19))
+            continue;
+        out[k++] = h[i];
+    }
+    return k;
+}
+
 /* |salt|: a clock reading the caller already has (ids must differ across restarts too) */
 static void make_request_id(mg_proxy_t *p, char *out, size_t cap, int64_t salt)
 {
@@ -785,20 +807,8 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
         fail(e, 502, "upstream_headers_too_large", "the pod's response head is too large");
         return;
     }
-    const char *conn = find_conn_value(h, n);
-    size_t k = 0;
     bool has_rid = false;
-    for (size_t i = 0; i < n; i++) {
-        if (hop_by_hop(&h[i]) || named_by_connection(&h[i], conn))
-            continue;
-        if (name_is(&h[i], "x-request-id", 12))
-            has_rid = true;
-        else if (name_is(&h[i], "content-length", 14))
-            e->resp_cl = mg_parse_decimal(h[i].value, h[i].value_len);
-        else if (name_is(&h[i], "x-modelgate-service", 19))
-            continue; /* ours to say */
-        out[k++] = h[i];
-    }
+    size_t k = pass_fields(h, n, out, &has_rid, &e->resp_cl);
     if (!has_rid && e->p->conf->request_id_in_response)
         out[k++] =
             (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), e->rid_hpack};
