@@ -890,7 +890,7 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
     c->srv->h->on_request(s, &req, c->srv->ud);
     /* Expect: 100-continue: the client may send its body now that the handler took the
      * request; one answered at once (404, 401, 429) makes the client skip the body instead.
-     * The pod's own 100 is not forwarded (upstream.c drops 1xx), so the gateway says it. */
+     * The pod's own 100 is not forwarded (gateway/proxy.c drops it), so the gateway says it. */
     if (c->proto == P_H1 && c->h1s == s && !c->dead && s->expect_100 && !s->responded &&
         !s->req_ended) {
         bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);

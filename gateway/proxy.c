@@ -89,6 +89,7 @@ struct exch {
     bool retry_sent_ok;   /* the method or the route allows repeating a processed request */
     bool same_pod_again;  /* a refused request went back to a pod it had tried (once only) */
     bool fallback;
+    bool interims_capped; /* a pod's interim past MG_SRV_MAX_INTERIM was dropped (logged once) */
     bool has_key;
     uint64_t hash_key;
     unsigned retries;      /* every attempt after the first (logged) */
@@ -830,6 +831,30 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
     release(e);
 }
 
+/* RFC 9110 15.2: a proxy forwards the 1xx responses it did not generate itself, such as 103
+ * Early Hints, before the final one. A pod's 100 Continue is not: the gateway answered the
+ * client's Expect itself (common/h2server.c, dispatch_request), and a second one would be
+ * noise. Nothing of it reaches the request log, whose status is the final one. */
+static void up_on_interim(void *ctx, int status, const mg_hdr_t *h, size_t n)
+{
+    exch_t *e = ctx;
+    if (e->finished || e->closed || status == 100)
+        return;
+    mg_hdr_t out[MG_UP_MAX_FIELDS]; /* on the stack: mg_srv_interim copies what it keeps */
+    bool has_rid = false;
+    int64_t cl = -1;
+    size_t k = pass_fields(h, n < MG_UP_MAX_FIELDS ? n : MG_UP_MAX_FIELDS, out, &has_rid, &cl);
+    hold(e);
+    mg_err_t err = mg_srv_interim(e->s, status, out, k);
+    if (err == MG_E_LIMIT && !e->interims_capped) { /* a flood: the client gets the first ones */
+        e->interims_capped = true;
+        MG_LOG(MG_LOG_DEBUG, "proxy",
+               "request %s: pod %s sent more than %d interim responses; the others are dropped",
+               e->request_id, e->svc->pods[e->pod].name, MG_SRV_MAX_INTERIM);
+    }
+    release(e);
+}
+
 static void up_on_data(void *ctx, const uint8_t *data, size_t len)
 {
     exch_t *e = ctx;
@@ -935,6 +960,7 @@ static const mg_up_cbs_t up_cbs = {
     .on_end = up_on_end,
     .on_error = up_on_error,
     .on_drain = up_on_drain,
+    .on_interim = up_on_interim,
 };
 
 /* ---------- server (client side) callbacks ---------- */

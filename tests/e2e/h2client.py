@@ -52,6 +52,7 @@ class Stream:
         self.stream_id = sid
         self.status = None
         self.informational = []  # statuses of 1xx responses before the final one
+        self.informational_lists = []  # ... and their header lists, :status included
         self.header_list = []
         self.headers = {}
         self.trailers = {}
@@ -171,6 +172,7 @@ class H2Client:
         elif isinstance(ev, h2.events.InformationalResponseReceived):
             if st is not None:
                 st.informational += [int(v) for k, v in ev.headers if k == ":status"]
+                st.informational_lists.append(list(ev.headers))
         elif isinstance(ev, h2.events.DataReceived):
             if st is not None:
                 if ev.data and st.first_data_at is None:

@@ -26,13 +26,18 @@ class RawPod:
     HTTP/2, raw, in the order they came. |close_after| (HTTP/1.1): close the connection once
     the answer is sent (a body that ends at close, or a pod that dies in the middle of one).
     |zero_streams| (h2c): SETTINGS_MAX_CONCURRENT_STREAMS 0 as soon as a connection opens, and
-    every request refused (REFUSED_STREAM). |conns|: connections accepted."""
+    every request refused (REFUSED_STREAM). |interims| (h2c): (status, fields) of interim
+    responses, each a HEADERS frame without END_STREAM sent before the final one, e.g.
+    [(b"103", [("link", "</a.css>; rel=preload")])]; over HTTP/1.1, put them in
+    |http1_answer|. |conns|: connections accepted."""
 
     def __init__(self, proto, status, http1_answer=None, close_after=False, fields=(),
-                 trailers=(), zero_streams=False):
+                 trailers=(), zero_streams=False, interims=()):
         self.proto, self.status, self.close_after = proto, status, close_after
         self.zero_streams, self.conns = zero_streams, 0
         self.fields, self.trailers = list(fields), list(trailers)
+        self.interims = [(st.decode() if isinstance(st, bytes) else str(st), list(f))
+                         for st, f in interims]
         self.blocks = []
         self.http1_answer = http1_answer or ("HTTP/1.1 %s OK\r\ncontent-length: 2\r\n\r\nok"
                                              % status).encode()
@@ -94,6 +99,9 @@ class RawPod:
                         out = self.frame(4, 0, 0, b"") + self.frame(4, 1, 0, b"") if first else b""
                         first = False
                         sid &= 0x7FFFFFFF
+                        for st, f in self.interims:  # END_HEADERS only: the stream goes on
+                            out += self.frame(1, 4, sid, Encoder().encode([(":status", st)] + f,
+                                                                          huffman=False))
                         block = Encoder().encode([(":status", str(self.status))] + self.fields,
                                                  huffman=False)
                         if self.trailers:

@@ -1238,3 +1238,148 @@ def test_tls_request_in_the_handshakes_last_write(stack):
                                         h1_request_bytes("GET", "/with-finished", authority))
         assert got.startswith(b"HTTP/1.1 200") and b"/with-finished" in got, got[:300]
     gw.assert_alive()
+
+
+# ---------------------------------------------------------------------------------------------
+# interim (1xx) responses from pods (RFC 9110 15.2)
+
+HINT = ("link", "</a.css>; rel=preload")
+
+
+def interim_pod(raw_pods, proto, interims, h1_extra=b""):
+    """A RawPod that answers every request with |interims| ((status, fields) of 1xx responses),
+    then 200 with x-final: 1 (HTTP/1.1: body "ok"). |h1_extra|: raw field lines added to each
+    interim head over HTTP/1.1 (fields an h2c pod could not send: nghttp2 rejects them)."""
+    if proto == "h2c":
+        return raw_pods("h2c", "200", fields=[("x-final", "1")], interims=interims)
+    answer = b""
+    for status, fields in interims:
+        answer += b"HTTP/1.1 %s Interim\r\n" % status
+        answer += b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in fields)
+        answer += h1_extra + b"\r\n"
+    return raw_pods("http1", 200, answer + b"HTTP/1.1 200 OK\r\nx-final: 1\r\ncontent-length: 2"
+                                           b"\r\n\r\nok")
+
+
+def interim_gateway(procs, pod, proto, conf=None):
+    return procs.gateway(routes_doc({"svc": ([pod.addr], proto)},
+                                    [("digits", "production", "svc")]),
+                         conf=dict({"workers": 1}, **(conf or {})), tls=False)
+
+
+def read_h1_head(c):
+    """The next head on H1Conn |c|, raw: (status line, [(name, value)])."""
+    line, fields = c._line(), []
+    while True:
+        h = c._line()
+        if not h:
+            return line, fields
+        k, _, v = h.decode("latin-1").partition(":")
+        fields.append((k.strip().lower(), v.strip()))
+
+
+# a pod's hop-by-hop fields and content-length, which must not reach the client (RFC 9110 7.6.1,
+# 8.6); HTTP/1.1 pods only, as nghttp2 refuses an h2c response that carries them
+HOP_FIELDS = b"content-length: 0\r\nconnection: x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\n"
+HOP_NAMES = {"content-length", "connection", "x-hop", "keep-alive"}
+
+
+@pytest.mark.parametrize("proto", ["h2c", "http1"])
+def test_pod_early_hints_reach_http2_clients(procs, raw_pods, proto):
+    """A pod's 103 Early Hints reach an HTTP/2 client as an interim HEADERS frame before the
+    final response (RFC 9110 15.2: a proxy forwards the 1xx it did not generate), without the
+    pod's hop-by-hop fields or content-length; the final response follows intact and the access
+    log has its status. Before, the gateway dropped every 1xx a pod sent."""
+    pod = interim_pod(raw_pods, proto, [(b"103", [HINT, ("x-hint", "1")])], HOP_FIELDS)
+    gw = interim_gateway(procs, pod, proto)
+    with gw.h2() as c:
+        r = c.get("/hints")
+    assert r.status == 200 and r.headers.get("x-final") == "1", r
+    assert bytes(r.body) == (b"ok" if proto == "http1" else b""), bytes(r.body)
+    assert r.informational == [103], r.informational
+    got = r.informational_lists[0]
+    assert HINT in got and ("x-hint", "1") in got, got
+    assert not HOP_NAMES & {k for k, _ in got}, got
+    assert [ln["status"] for ln in gw.wait_access(1)] == [200]
+    gw.assert_alive()
+
+
+def test_pod_early_hints_never_indexed_fields_stay_so(procs, raw_pods):
+    """A field an h2c pod sent never-indexed in its 103 reaches the HTTP/2 client never-indexed
+    (RFC 7541 6.2.3), as the final response's fields do; the others do not."""
+    secret = hpack.NeverIndexedHeaderTuple
+    pod = raw_pods("h2c", "200", interims=[(b"103", [HINT, secret("x-hint-secret", "s3cret")])])
+    gw = interim_gateway(procs, pod, "h2c")
+    with gw.h2() as c:
+        r = c.get("/hints")
+    assert r.status == 200 and r.informational == [103], r
+    got = {f[0]: f for f in r.informational_lists[0]}
+    assert isinstance(got["x-hint-secret"], secret) and got["x-hint-secret"][1] == "s3cret", got
+    assert not isinstance(got["link"], secret), got
+
+
+@pytest.mark.parametrize("proto", ["h2c", "http1"])
+def test_pod_early_hints_reach_http11_clients_not_http10(procs, raw_pods, proto):
+    """An HTTP/1.1 client gets the pod's 103 head before the final response's, one for each of
+    its pipelined requests and in their order, without the pod's hop-by-hop fields; an HTTP/1.0
+    client gets none (RFC 9110 15.2: a server must not send it a 1xx), only the final answer."""
+    pod = interim_pod(raw_pods, proto, [(b"103", [HINT])], HOP_FIELDS)
+    gw = interim_gateway(procs, pod, proto)
+    with H1Conn(gw.port) as c:
+        c.send(h1_request_bytes("GET", "/one", gw.authority()) +
+               h1_request_bytes("GET", "/two", gw.authority()))
+        for _ in range(2):
+            line, fields = read_h1_head(c)
+            assert line == b"HTTP/1.1 103 Early Hints", (line, fields, c.buf)
+            assert fields == [HINT], fields
+            r = c.read_response()
+            assert r.status == 200 and r.headers.get("x-final") == "1", r.headers
+    with H1Conn(gw.port) as c:
+        c.send(b"GET /old HTTP/1.0\r\nHost: %s\r\n\r\n" % gw.authority().encode())
+        assert c.closed_by_peer(5)
+        got = bytes(c.buf)
+    assert got.startswith(b"HTTP/1.1 200 ") and b" 103 " not in got, got
+    gw.assert_alive()
+
+
+@pytest.mark.parametrize("proto", ["h2c", "http1"])
+def test_pod_100_continue_is_not_forwarded(procs, raw_pods, proto):
+    """A pod's 100 Continue stays with the gateway, which answers Expect: 100-continue itself;
+    the 103 that follows it and the final response reach HTTP/2 and HTTP/1.1 clients."""
+    pod = interim_pod(raw_pods, proto, [(b"100", []), (b"103", [HINT])])
+    gw = interim_gateway(procs, pod, proto)
+    with gw.h2() as c:
+        r = c.get("/cont")
+    assert r.status == 200 and r.headers.get("x-final") == "1", r
+    assert r.informational == [103], r.informational
+    with H1Conn(gw.port) as c:
+        c.send(h1_request_bytes("GET", "/cont", gw.authority()))
+        line, fields = read_h1_head(c)
+        assert line == b"HTTP/1.1 103 Early Hints" and fields == [HINT], (line, fields)
+        r = c.read_response()
+    assert r.status == 200 and r.headers.get("x-final") == "1", r.headers
+    gw.assert_alive()
+
+
+@pytest.mark.parametrize("proto", ["h2c", "http1"])
+def test_pod_interim_responses_are_capped(procs, raw_pods, proto):
+    """A pod that sends more interim responses than a request passes on (8): the client gets
+    the first 8, in order, then the final response; the rest are dropped with a debug line."""
+    hints = [(b"103", [("link", "</%d.css>; rel=preload" % i)]) for i in range(12)]
+    pod = interim_pod(raw_pods, proto, hints)
+    gw = interim_gateway(procs, pod, proto, {"log_level": "debug"})
+    want = [[("link", "</%d.css>; rel=preload" % i)] for i in range(8)]
+    with gw.h2() as c:
+        r = c.get("/flood")
+    assert r.status == 200 and r.headers.get("x-final") == "1", r
+    assert [[f for f in h if f[0] != ":status"] for h in r.informational_lists] == want, r
+    with H1Conn(gw.port) as c:
+        c.send(h1_request_bytes("GET", "/flood", gw.authority()))
+        for fields in want:
+            line, got = read_h1_head(c)
+            assert line == b"HTTP/1.1 103 Early Hints" and got == fields, (line, got)
+        r = c.read_response()
+    assert r.status == 200 and r.headers.get("x-final") == "1", r.headers
+    wait_for(lambda: "interim responses; the others are dropped" in gw.log(),
+             what="the debug line on dropped interims")
+    gw.assert_alive()
