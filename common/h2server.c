@@ -117,6 +117,7 @@ struct conn {
     mg_srv_stream_t *hdr_stream; /* the stream whose header block is being decoded */
     uint32_t resets_left;        /* premature stream closes allowed now: see RESET_BURST */
     int64_t resets_at_s;         /* when resets_left was last refilled (monotonic seconds) */
+    uint32_t empty_run;          /* DATA frames in a row that carried nothing: see EMPTY_MAX */
     bool recv_stop;              /* dead, or cut for abuse: mg_h2_recv reads no further */
     /* HTTP/1.1 */
     llhttp_t parser;
@@ -921,10 +922,36 @@ static int on_frame_send(nghttp2_session *sess, const nghttp2_frame *f, void *ud
 }
 
 static void premature_close(conn_t *c);
+static void cut_for_abuse(conn_t *c, const char *why, const char *attack);
+
+/*
+ * Empty frames flood (CVE-2019-9518): DATA frames that carry no data and do not end their
+ * stream cost a frame's work each and move nothing, so a client could send them for ever.
+ * More than EMPTY_MAX of them in a row on a connection (any other frame ends the run) cut it
+ * with GOAWAY ENHANCE_YOUR_CALM. Envoy allows 1 (max_consecutive_inbound_frames_with_empty_
+ * payload); nghttp2 and nghttpx none. An empty DATA frame that ends its stream is not one.
+ */
+#define EMPTY_MAX 10
+
+static void empty_frame(conn_t *c, const nghttp2_frame *f)
+{
+    bool empty = f->hd.type == NGHTTP2_DATA && f->hd.length == f->data.padlen &&
+                 !(f->hd.flags & NGHTTP2_FLAG_END_STREAM);
+    if (!empty) {
+        c->empty_run = 0;
+        return;
+    }
+    if (++c->empty_run > EMPTY_MAX) {
+        char why[80];
+        snprintf(why, sizeof(why), "more than %u empty DATA frames in a row", EMPTY_MAX);
+        cut_for_abuse(c, why, "empty frames flood");
+    }
+}
 
 static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
     mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+    empty_frame(ud, f);
     if (f->hd.type == NGHTTP2_RST_STREAM) { /* before nghttp2 closes the stream */
         if (s)
             s->reset_counted = true;
@@ -981,6 +1008,24 @@ static int on_data_chunk(nghttp2_session *sess, uint8_t flags, int32_t id, const
 #define RESET_BURST 1000
 #define RESET_RATE 33 /* a second */
 
+/* Ends a connection that floods: GOAWAY ENHANCE_YOUR_CALM, nothing read after it processed,
+ * one warning (rate-limited across connections) saying |why| and naming the |attack|. */
+static void cut_for_abuse(conn_t *c, const char *why, const char *attack)
+{
+    if (c->recv_stop)
+        return;
+    c->recv_stop = true;
+    unsigned long skipped;
+    if (mg_log_limit_pass(&c->srv->abuse_log, &skipped))
+        MG_LOG(MG_LOG_WARN, "h2server",
+               "conn=%s: %s: closing with ENHANCE_YOUR_CALM (%s) (%lu similar suppressed)",
+               c->client, why, attack, skipped);
+    nghttp2_session_terminate_session2(c->h2, nghttp2_session_get_last_proc_stream_id(c->h2),
+                                       NGHTTP2_ENHANCE_YOUR_CALM);
+    c->close_when_flushed = true;
+    conn_flush(c);
+}
+
 static void premature_close(conn_t *c)
 {
     int64_t now = mg_mono_us() / 1000000;
@@ -993,19 +1038,11 @@ static void premature_close(conn_t *c)
         c->resets_left--;
         return;
     }
-    if (c->recv_stop)
-        return;
-    c->recv_stop = true;
-    unsigned long skipped;
-    if (mg_log_limit_pass(&c->srv->abuse_log, &skipped))
-        MG_LOG(MG_LOG_WARN, "h2server",
-               "conn=%s: more than %u streams closed before their answers (%u a second "
-               "after): closing with ENHANCE_YOUR_CALM (rapid reset) (%lu similar suppressed)",
-               c->client, RESET_BURST, RESET_RATE, skipped);
-    nghttp2_session_terminate_session2(c->h2, nghttp2_session_get_last_proc_stream_id(c->h2),
-                                       NGHTTP2_ENHANCE_YOUR_CALM);
-    c->close_when_flushed = true;
-    conn_flush(c);
+    char why[96];
+    snprintf(why, sizeof(why),
+             "more than %u streams closed before their answers (%u a second after)", RESET_BURST,
+             RESET_RATE);
+    cut_for_abuse(c, why, "rapid reset");
 }
 
 /* A frame that breaks the protocol: nghttp2 resets its stream (or closes the connection). The

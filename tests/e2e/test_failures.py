@@ -868,6 +868,43 @@ def test_h2_stream_reset_flood_cut(procs, kind):
     keeper.close()
 
 
+def test_h2_empty_data_flood_cut(victim):
+    """CVE-2019-9518: DATA frames that carry nothing and do not end their stream cost a frame's
+    work each and move nothing. A run of more than 10 (any other frame ends a run) gets GOAWAY
+    ENHANCE_YOUR_CALM and the connection closed, with one warning; a padded frame with no data
+    is empty too. A client that sends a few empty frames among its data is served. Before, the
+    gateway (as nghttpx) read 5000 of them and kept the connection open."""
+    gw, a, keeper = victim
+    enc = Encoder()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(PREFACE + frame(4, 0, 0, b"") + flood_head(gw, enc, 1, end_stream=False))
+        # a few empty frames, some padded (PADDED flag, pad length 3), between data: served
+        polite = frame(0, 0, 1, b"ab") + frame(0, 8, 1, b"\x03\0\0\0") + frame(0, 0, 1, b"")
+        s.sendall(polite * 5 + frame(0, 1, 1, b"end"))
+        got = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            frames, _ = parse_frames(got)
+            if any(f[0] == 1 and f[2] == 1 for f in frames):
+                break
+            got += s.recv(65536)
+        assert any(f[0] == 1 and f[2] == 1 for f in frames), "no answer to the polite stream"
+        s.sendall(flood_head(gw, enc, 3, end_stream=False))
+        try:
+            for i in range(50):
+                s.sendall((frame(0, 0, 3, b"") + frame(0, 8, 3, b"\x00")) * 50)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        more, closed, _ = read_frames(s, 5)
+    frames, _ = parse_frames(got)
+    gws = goaways(frames + more)
+    assert gws and gws[0][0] == ENHANCE_YOUR_CALM, gws
+    assert closed, "connection left open after its GOAWAY"
+    cut = [l for l in gw.log().splitlines() if "ENHANCE_YOUR_CALM" in l]
+    assert len(cut) == 1 and "empty frames flood" in cut[0] and " warn " in cut[0], cut
+    assert_serving(gw, keeper)
+
+
 def test_h2_continuation_flood_closed(victim):
     """CVE-2024-28182: CONTINUATION frames that never end a header block (each a new field, so
     no size limit stops them) would make the gateway decode for ever. nghttp2 (Debian's
