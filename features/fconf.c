@@ -19,6 +19,7 @@ typedef struct pctx {
     mg_fconf_report_fn report;
     void *ctx;
     const char *dir;
+    bool no_secrets; /* mg_fconf_dup: the copy takes the secrets already read, not the files */
     char path[256];
     size_t plen;
     unsigned errors;
@@ -112,8 +113,10 @@ static void get_secret(pctx_t *p, const json_t *obj, const char *key, char **out
 {
     char *file = NULL, path[4096], msg[480];
     get_str(p, obj, key, &file);
-    if (file == NULL)
+    if (file == NULL || p->no_secrets) {
+        free(file);
         return;
+    }
     size_t old = push(p, key);
     if (file[0] == '/' || p->dir == NULL)
         snprintf(path, sizeof(path), "%s", file);
@@ -413,9 +416,10 @@ static void parse_into(pctx_t *p, const json_t *obj, mg_fconf_t *c)
     pop(p, old);
 }
 
-mg_fconf_t *mg_fconf_parse(const json_t *obj, const char *dir, mg_fconf_report_fn report, void *ctx)
+static mg_fconf_t *parse(const json_t *obj, const char *dir, mg_fconf_report_fn report, void *ctx,
+                         bool no_secrets)
 {
-    pctx_t p = {.report = report, .ctx = ctx, .dir = dir};
+    pctx_t p = {.report = report, .ctx = ctx, .dir = dir, .no_secrets = no_secrets};
     mg_fconf_t *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         err(&p, "out of memory");
@@ -433,9 +437,30 @@ mg_fconf_t *mg_fconf_parse(const json_t *obj, const char *dir, mg_fconf_report_f
     return c;
 }
 
+mg_fconf_t *mg_fconf_parse(const json_t *obj, const char *dir, mg_fconf_report_fn report, void *ctx)
+{
+    return parse(obj, dir, report, ctx, false);
+}
+
+static bool copy_secret(char **dst, const char *src)
+{
+    return src == NULL || (*dst = strdup(src)) != NULL;
+}
+
+/* The section is parsed again, but its password files are not read again: they may have
+ * changed since (a rotation), and the copy must hold what was checked. So it fails only for
+ * want of memory. */
 mg_fconf_t *mg_fconf_dup(const mg_fconf_t *c)
 {
-    return c ? mg_fconf_parse(c->_src, c->_dir, NULL, NULL) : NULL;
+    if (c == NULL)
+        return NULL;
+    mg_fconf_t *d = parse(c->_src, c->_dir, NULL, NULL, true);
+    if (d && (!copy_secret(&d->redis.password, c->redis.password) ||
+              !copy_secret(&d->mariadb.password, c->mariadb.password))) {
+        mg_fconf_free(d);
+        return NULL;
+    }
+    return d;
 }
 
 void mg_fconf_free(mg_fconf_t *c)

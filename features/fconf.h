@@ -78,7 +78,8 @@ typedef void (*mg_fconf_report_fn)(void *ctx, const char *path, const char *msg)
 mg_fconf_t *mg_fconf_parse(const json_t *obj, const char *dir, mg_fconf_report_fn report,
                            void *ctx);
 
-/* An independent copy (the section is parsed again); NULL when |c| is NULL or on failure. */
+/* An independent copy: the section is parsed again, and the secrets already read are copied
+ * (their files are not read again). NULL when |c| is NULL or out of memory. */
 mg_fconf_t *mg_fconf_dup(const mg_fconf_t *c);
 
 void mg_fconf_free(mg_fconf_t *c); /* NULL is fine */

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -160,6 +161,47 @@ static void hash_is_siphash_of_the_text(void **state)
     mg_fval_unref(NULL);
 }
 
+/* A copy (the configuration handed to each worker, a reload's) holds the passwords read at the
+ * check: a password file rotated or broken since must not make the copy fail, which the gateway
+ * reported as "out of memory". */
+static void dup_keeps_the_secrets_read(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mg-fconf-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char file[64];
+    snprintf(file, sizeof(file), "%s/redis.pw", dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fputs("first-secret\n", f);
+    fclose(f);
+    json_error_t jerr;
+    json_t *doc = json_loads("{\"redis\": {\"password_file\": \"redis.pw\"}, \"apps\": "
+                             "{\"a\": {\"groups\": [{\"name\": \"g\", \"type\": \"json\"}]}}}",
+                             0, &jerr);
+    assert_non_null(doc);
+    mg_fconf_t *c = mg_fconf_parse(doc, dir, report, NULL);
+    json_decref(doc);
+    assert_non_null(c);
+    assert_string_equal(c->redis.password, "first-secret");
+    f = fopen(file, "w"); /* now two lines: refused if it were read again */
+    assert_non_null(f);
+    fputs("a\nb\n", f);
+    fclose(f);
+    mg_fconf_t *d = mg_fconf_dup(c);
+    assert_non_null(d);
+    assert_string_equal(d->redis.password, "first-secret");
+    assert_ptr_not_equal(d->redis.password, c->redis.password);
+    unlink(file);
+    mg_fconf_t *e = mg_fconf_dup(d); /* and gone */
+    assert_non_null(e);
+    assert_string_equal(e->redis.password, "first-secret");
+    mg_fconf_free(e);
+    mg_fconf_free(d);
+    mg_fconf_free(c);
+    rmdir(dir);
+}
+
 static void config_defaults_and_errors(void **state)
 {
     mg_fconf_t *c = conf_of(APP);
@@ -224,6 +266,7 @@ int main(void)
         cmocka_unit_test(empty_groups_are_left_out),
         cmocka_unit_test(hash_is_siphash_of_the_text),
         cmocka_unit_test(config_defaults_and_errors),
+        cmocka_unit_test(dup_keeps_the_secrets_read),
         cmocka_unit_test(user_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
