@@ -68,6 +68,7 @@ struct mg_srv_stream {
     mg_hdr_t *trailers;
     size_t ntrailers, trailers_cap;
     const char *method, *scheme, *authority, *path, *host;
+    bool authority_sensitive, path_sensitive, host_sensitive; /* sent never-indexed */
     size_t hdr_bytes;
     int bad_status; /* 431 etc.: answered by us, never shown to the handler */
     bool handled;   /* the handler saw on_request: it gets on_close */
@@ -737,6 +738,9 @@ static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
     r->scheme = c->tls ? "https" : "http";
     r->authority = s->authority ? s->authority : s->host ? s->host : "";
     r->path = s->path ? s->path : "";
+    bool authority_sensitive = s->authority ? s->authority_sensitive : s->host_sensitive;
+    r->authority_hpack = authority_sensitive ? MG_HPACK_SENSITIVE : MG_HPACK_INDEX;
+    r->path_hpack = s->path_sensitive ? MG_HPACK_SENSITIVE : MG_HPACK_INDEX;
     r->hdrs = s->hdrs;
     r->nhdrs = s->nhdrs;
     r->content_length = -1;
@@ -798,20 +802,24 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
     const char *nm = (const char *)n.base;
     if (n.len > 0 && nm[0] == ':') {
         const char **slot = NULL;
-        if (n.len == 7 && memcmp(nm, ":method", 7) == 0)
+        if (n.len == 7 && memcmp(nm, ":method", 7) == 0) {
             slot = &s->method;
-        else if (n.len == 5 && memcmp(nm, ":path", 5) == 0)
+        } else if (n.len == 5 && memcmp(nm, ":path", 5) == 0) {
             slot = &s->path;
-        else if (n.len == 7 && memcmp(nm, ":scheme", 7) == 0)
+            s->path_sensitive = sensitive;
+        } else if (n.len == 7 && memcmp(nm, ":scheme", 7) == 0) {
             slot = &s->scheme;
-        else if (n.len == 10 && memcmp(nm, ":authority", 10) == 0)
+        } else if (n.len == 10 && memcmp(nm, ":authority", 10) == 0) {
             slot = &s->authority;
+            s->authority_sensitive = sensitive;
+        }
         if (slot && (*slot = mg_arena_strndup(&s->arena, (const char *)v.base, v.len)) == NULL)
             s->bad_status = 431;
         return 0;
     }
     if (n.len == 4 && memcmp(nm, "host", 4) == 0) {
         s->host = mg_arena_strndup(&s->arena, (const char *)v.base, v.len);
+        s->host_sensitive = sensitive;
         return 0;
     }
     if (n.len == 6 && memcmp(nm, "expect", 6) == 0 && v.len == 12 &&

@@ -68,6 +68,7 @@ typedef struct mg_srv_req {
     const char *scheme;    /* "http" or "https" */
     const char *authority; /* :authority, or Host for HTTP/1.1; "" when absent */
     const char *path;
+    mg_hpack_t authority_hpack, path_hpack; /* SENSITIVE when the client sent it never-indexed */
     const mg_hdr_t *hdrs; /* regular fields, in order; pseudo-headers and Host excluded */
     size_t nhdrs;
     int64_t content_length; /* -1 when not given */

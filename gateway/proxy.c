@@ -1179,6 +1179,8 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         .scheme = req->scheme,
         .authority = req->authority,
         .path = req->path,
+        .authority_hpack = req->authority_hpack,
+        .path_hpack = req->path_hpack,
         .hdrs = h,
         .nhdrs = n,
         .content_length = req->content_length,

@@ -649,8 +649,9 @@ static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
     bool ok = mg_nv_copy(a, &nv[0], ":method", 7, r->method, strlen(r->method), false) &&
               mg_nv_copy(a, &nv[1], ":scheme", 7, r->scheme, strlen(r->scheme), false) &&
               mg_nv_copy(a, &nv[2], ":authority", 10, r->authority, strlen(r->authority),
-                         false) &&
-              mg_nv_copy(a, &nv[3], ":path", 5, r->path, strlen(r->path), false);
+                         r->authority_hpack == MG_HPACK_SENSITIVE) &&
+              mg_nv_copy(a, &nv[3], ":path", 5, r->path, strlen(r->path),
+                         r->path_hpack == MG_HPACK_SENSITIVE);
     /* An MG_HPACK_UNIQUE field carries a value unique per request (the request id, the user's
      * features): indexed, it would only push the fields that repeat out of the pod's HPACK
      * table. Its name repeats though, and nghttp2 finds a name in the table for never-indexed

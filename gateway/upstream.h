@@ -70,6 +70,7 @@ typedef struct mg_up_req {
     const char *scheme;
     const char *authority;
     const char *path;
+    mg_hpack_t authority_hpack, path_hpack; /* SENSITIVE: kept never-indexed (RFC 7541 6.2.3) */
     const mg_hdr_t *hdrs; /* regular fields to send, already filtered */
     size_t nhdrs;
     int64_t content_length; /* -1 = unknown (HTTP/1.1 upstream: chunked) */

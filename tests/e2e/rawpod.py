@@ -29,16 +29,18 @@ class RawPod:
     every request refused (REFUSED_STREAM). |interims| (h2c): (status, fields) of interim
     responses, each a HEADERS frame without END_STREAM sent before the final one, e.g.
     [(b"103", [("link", "</a.css>; rel=preload")])]; over HTTP/1.1, put them in
-    |http1_answer|. |conns|: connections accepted."""
+    |http1_answer|. |wait_end| (h2c): answer a request once it ended (END_STREAM), not at its
+    HEADERS; |trailer_blocks|: the raw header blocks of the requests' trailers. |conns|:
+    connections accepted."""
 
     def __init__(self, proto, status, http1_answer=None, close_after=False, fields=(),
-                 trailers=(), zero_streams=False, interims=()):
+                 trailers=(), zero_streams=False, interims=(), wait_end=False):
         self.proto, self.status, self.close_after = proto, status, close_after
         self.zero_streams, self.conns = zero_streams, 0
         self.fields, self.trailers = list(fields), list(trailers)
         self.interims = [(st.decode() if isinstance(st, bytes) else str(st), list(f))
                          for st, f in interims]
-        self.blocks = []
+        self.blocks, self.trailer_blocks, self.wait_end = [], [], wait_end
         self.http1_answer = http1_answer or ("HTTP/1.1 %s OK\r\ncontent-length: 2\r\n\r\nok"
                                              % status).encode()
         self.sock = socket.socket()
@@ -69,6 +71,7 @@ class RawPod:
         with conn:
             conn.settimeout(10)
             got, off, first = b"", len(PREFACE), True
+            opened, answered = set(), set()  # streams whose HEADERS came, that got an answer
             try:
                 if self.zero_streams:  # MAX_CONCURRENT_STREAMS (3) = 0, and the client's ACKed
                     conn.sendall(self.frame(4, 0, 0, struct.pack(">HI", 3, 0)) +
@@ -87,18 +90,25 @@ class RawPod:
                         length = int.from_bytes(got[off:off + 3], "big")
                         if len(got) < off + 9 + length:
                             break
-                        ftype, sid = got[off + 3], int.from_bytes(got[off + 5:off + 9], "big")
+                        ftype, flags = got[off + 3], got[off + 4]
+                        sid = int.from_bytes(got[off + 5:off + 9], "big") & 0x7FFFFFFF
                         off += 9 + length
-                        if ftype != 1:
+                        if ftype == 1 and sid in opened:  # a request's trailers
+                            self.trailer_blocks.append(got[off - length:off])
+                        elif ftype == 1:
+                            # the tests' requests fit one frame: no padding, priority,
+                            # CONTINUATION
+                            opened.add(sid)
+                            self.blocks.append(got[off - length:off])
+                        ended = ftype in (0, 1) and flags & 1
+                        if sid not in opened or sid in answered or (self.wait_end and not ended):
                             continue
-                        # the tests' requests fit one frame: no padding, priority, CONTINUATION
-                        self.blocks.append(got[off - length:off])
+                        answered.add(sid)
                         if self.zero_streams:  # REFUSED_STREAM (7)
                             conn.sendall(self.frame(3, 0, sid & 0x7FFFFFFF, struct.pack(">I", 7)))
                             continue
                         out = self.frame(4, 0, 0, b"") + self.frame(4, 1, 0, b"") if first else b""
                         first = False
-                        sid &= 0x7FFFFFFF
                         for st, f in self.interims:  # END_HEADERS only: the stream goes on
                             out += self.frame(1, 4, sid, Encoder().encode([(":status", st)] + f,
                                                                           huffman=False))

@@ -498,6 +498,44 @@ def test_never_indexed_fields_stay_never_indexed(procs, raw_pods):
             assert isinstance(fields[name], secret), "request %d: %r" % (i, fields[name])
 
 
+def test_never_indexed_pseudo_fields_and_request_trailers(procs, raw_pods):
+    """RFC 7541 6.2.3 beyond the regular fields: an :authority or :path the client sent
+    never-indexed reaches the pod never-indexed, and so do the request's trailers. With
+    request_id_in_response, the request id the client sent never-indexed comes back
+    never-indexed too."""
+    secret = hpack.NeverIndexedHeaderTuple
+    pod = raw_pods("h2c", "200", wait_end=True)
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], "h2c")},
+                                  [("digits", "production", "svc")]),
+                       conf={"workers": 1, "request_id_in_response": True}, tls=False)
+    n = 2
+    with gw.h2() as c:
+        for i in range(n):
+            head = [(":method", "POST"), (":scheme", "http"), secret(":authority", c.authority),
+                    secret(":path", "/secret-path/%d" % i), ("content-type", "text/plain"),
+                    secret("x-request-id", "rid-%d" % i)]
+            st = c.start("POST", None, raw_headers=head, end_stream=False)
+            assert c.send(st, b"body")
+            assert c.end(st, [secret("x-req-trailer-secret", "rt-%d" % i), ("x-req-plain", "1")])
+            assert c.wait(st), st
+            assert st.status == 200, st
+            rid = [h for h in st.header_list if h[0] == "x-request-id"]
+            assert rid == [("x-request-id", "rid-%d" % i)] and isinstance(rid[0], secret), \
+                st.header_list
+    assert len(pod.blocks) == n and len(pod.trailer_blocks) == n, (pod.blocks, pod.trailer_blocks)
+    decoder = hpack.Decoder()  # the blocks and trailers share the connection's table, in order
+    for i in range(n):
+        fields = {f[0]: f for f in decoder.decode(pod.blocks[i])}
+        assert fields[":path"][1] == "/secret-path/%d" % i, fields
+        for name in (":authority", ":path"):
+            assert isinstance(fields[name], secret), "request %d: %r" % (i, fields[name])
+        assert not isinstance(fields["content-type"], secret), fields["content-type"]
+        trailers = {f[0]: f for f in decoder.decode(pod.trailer_blocks[i])}
+        assert trailers["x-req-trailer-secret"][1] == "rt-%d" % i, trailers
+        assert isinstance(trailers["x-req-trailer-secret"], secret), trailers
+        assert not isinstance(trailers["x-req-plain"], secret), trailers
+
+
 def test_request_id_in_response(procs):
     """request_id_in_response: answers without an x-request-id of their own get the request's."""
     a = procs.backend("pod-a")
