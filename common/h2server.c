@@ -105,6 +105,8 @@ struct conn {
     nghttp2_mem mem;  /* the session's allocator: ud = this connection */
     void *framebuf;   /* nghttp2's frame buffer (a zframe run), NULL until allocated */
     bool trim_due;    /* the idle timer is in its short first phase: trim, then wait */
+    int64_t idle_at_us; /* when on_idle ends the idle period idle_arm began (monotonic); 0:
+                         * never (client_idle 0). A trim scheduled within it keeps it. */
     bool trimmed;     /* the frame buffer and OpenSSL's record buffers are released since the
                        * last frame written, or the last record read */
     char client[64];
@@ -459,12 +461,28 @@ static void conn_close_flushed(conn_t *c)
 static void idle_arm(conn_t *c)
 {
     uint32_t ms = c->srv->conf.client_idle_ms;
+    c->idle_at_us = ms ? mg_mono_us() + (int64_t)ms * 1000 : 0;
     c->trim_due = (c->framebuf || c->tls) && !c->trimmed && (ms == 0 || ms > TRIM_AFTER_MS);
     if (c->trim_due)
         ms = TRIM_AFTER_MS;
     if (ms == 0)
         return;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->idle_timer, &tv);
+}
+
+/* Schedules a trim for buffers an idle connection filled again (a TLS record read) without
+ * moving the end of its idle period: what opens no stream is no activity for client_idle,
+ * over TLS as in clear text, or a client sending a byte now and then would keep its
+ * connection for ever. */
+static void trim_arm(conn_t *c)
+{
+    if (c->trim_due || c->trimmed || c->lingering || c->nstreams || c->idle_timer == NULL)
+        return;
+    if (c->idle_at_us && c->idle_at_us - mg_mono_us() <= TRIM_AFTER_MS * 1000)
+        return; /* closed before it would trim */
+    c->trim_due = true;
+    struct timeval tv = {0, TRIM_AFTER_MS * 1000};
     evtimer_add(c->idle_timer, &tv);
 }
 
@@ -1213,8 +1231,7 @@ static void h2_flush(conn_t *c)
         return;
     }
     /* idle with freshly written pages (the handshake, a PING answer): schedule the trim */
-    if (!c->trimmed && !c->trim_due && c->nstreams == 0 && c->idle_timer)
-        idle_arm(c);
+    trim_arm(c);
 }
 
 int mg_h2_send(nghttp2_session *h2, struct bufferevent *bev, size_t high, size_t piece)
@@ -2086,8 +2103,7 @@ out:
     /* a record was read into OpenSSL's buffers again: an idle connection trims them again */
     if (c->tls && !c->dead) {
         c->trimmed = false;
-        if (c->nstreams == 0 && !c->trim_due)
-            idle_arm(c);
+        trim_arm(c);
     }
     leave(c);
 }
@@ -2153,10 +2169,10 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
     if (c->trim_due) { /* first phase: trim, then wait for the real idle timeout */
         trim(c);
         c->trim_due = false;
-        uint32_t ms = c->srv->conf.client_idle_ms;
-        if (ms > TRIM_AFTER_MS) {
-            ms -= TRIM_AFTER_MS;
-            struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        if (c->idle_at_us) {
+            int64_t left = c->idle_at_us - mg_mono_us();
+            left = left > 0 ? left : 0;
+            struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
             evtimer_add(c->idle_timer, &tv);
         }
         leave(c);

@@ -10,6 +10,7 @@ import collections
 import hashlib
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -18,8 +19,8 @@ import h2.errors
 import pytest
 from hpack import Encoder
 
-from conftest import (DOMAIN, H1Conn, error_json, free_port, h1, h1_request_bytes, routes_doc,
-                      wait_for)
+from conftest import (DOMAIN, HOST, H1Conn, error_json, free_port, h1, h1_request_bytes,
+                      routes_doc, wait_for)
 from h2client import Stream
 from rawpod import frame
 
@@ -1011,4 +1012,40 @@ def test_client_idle_timeout(procs):
     with gw.h2() as c:  # busy is not idle
         r = c.get("/slow?ms=1500", timeout=5)
         assert r.status == 200 and r.ended, r
+    assert_serving(gw)
+
+
+def test_client_idle_timeout_counts_no_tls_reads(procs):
+    """Over TLS as in clear text, client_idle runs from the last stream's end: frames or bytes
+    that open no stream (HTTP/2 WINDOW_UPDATEs, which get no answer; CRLFs between HTTP/1.1
+    requests) do not hold an idle connection open. Before, every TLS record read re-armed the
+    idle timer (to schedule the release of OpenSSL's buffers), so such a client kept its
+    connection, and its slot under max_conns, for ever."""
+    a = procs.backend("pod-a")
+    gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"client_idle": 500}})
+    c = gw.h2(tls=True)
+    assert c.get("/idle").status == 200
+    t0 = time.monotonic()
+    while not c.closed and time.monotonic() - t0 < 4:
+        c.conn.increment_flow_control_window(1)
+        c.flush()
+        c.pump(0.15)
+    took = time.monotonic() - t0
+    assert c.closed and c.goaway is not None, "idle TLS HTTP/2 connection open after %.1f s" % took
+    assert took < 3.0, took
+    c.close()
+    ctx = ssl.create_default_context(cafile=procs.tls["ca"])
+    with H1Conn(gw.tls_port, tls_ctx=ctx, server_name=HOST) as h:
+        h.send(h1_request_bytes("GET", "/idle-h1", gw.authority(tls=True)))
+        assert h.read_response().status == 200
+        t0 = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - t0 < 4:
+            try:
+                h.send(b"\r\n")
+            except OSError:
+                break
+            closed = h.closed_by_peer(0.15)
+        took = time.monotonic() - t0
+        assert took < 3.0, "idle TLS HTTP/1.1 connection open after %.1f s" % took
     assert_serving(gw)
