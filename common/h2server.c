@@ -107,8 +107,9 @@ struct conn {
     bool trim_due;    /* the idle timer is in its short first phase: trim, then wait */
     int64_t idle_at_us; /* when on_idle ends the idle period idle_arm began (monotonic); 0:
                          * never (client_idle 0). A trim scheduled within it keeps it. */
-    bool trimmed;     /* the frame buffer and OpenSSL's record buffers are released since the
-                       * last frame written, or the last record read */
+    bool trimmed;       /* the frame buffer is released since the last frame written */
+    bool tls_used;      /* a TLS record read or written since the last tls_sweep */
+    bool tls_freed;     /* OpenSSL's record buffers given back, and not used since */
     char client[64];
     char client_ip[48];
     mg_srv_stream_t *streams;
@@ -170,6 +171,7 @@ struct mg_srv {
     bool shutting_down;
     bool at_conn_limit;         /* listeners off: conf.max_conns held (see accepting_update) */
     struct event *accept_pause; /* listeners off after accept() failed: see on_accept_error */
+    struct event *tls_sweep;    /* gives quiet TLS connections' record buffers back */
     mg_log_limit_t accept_log;
     mg_log_limit_t limit_log;
     mg_log_limit_t abuse_log; /* HTTP/2 connections cut for floods (premature_close, h2_recv) */
@@ -452,17 +454,16 @@ static void conn_close_flushed(conn_t *c)
     evtimer_add(c->idle_timer, &tv); /* on_idle closes a lingering connection */
 }
 
-#define TRIM_AFTER_MS 50 /* a connection idle this long gives its buffers back */
+#define TRIM_AFTER_MS 50 /* an HTTP/2 connection idle this long gives its frame buffer back */
 
-/* Arms the idle timer. A connection holding buffers (an HTTP/2 frame buffer with written
- * pages, OpenSSL's record buffers) first waits TRIM_AFTER_MS, gives them back (nghttp2 copied
- * every frame out already, and rewrites the buffer from its start for the next one; OpenSSL
- * allocates its buffers again for the next record), then waits the rest of client_idle. */
+/* Arms the idle timer. An HTTP/2 connection whose frame buffer holds written pages first waits
+ * TRIM_AFTER_MS, gives the buffer's pages back (nghttp2 copied every frame out already, and
+ * rewrites the buffer from its start for the next one), then waits the rest of client_idle. */
 static void idle_arm(conn_t *c)
 {
     uint32_t ms = c->srv->conf.client_idle_ms;
     c->idle_at_us = ms ? mg_mono_us() + (int64_t)ms * 1000 : 0;
-    c->trim_due = (c->framebuf || c->tls) && !c->trimmed && (ms == 0 || ms > TRIM_AFTER_MS);
+    c->trim_due = c->framebuf && !c->trimmed && (ms == 0 || ms > TRIM_AFTER_MS);
     if (c->trim_due)
         ms = TRIM_AFTER_MS;
     if (ms == 0)
@@ -471,10 +472,9 @@ static void idle_arm(conn_t *c)
     evtimer_add(c->idle_timer, &tv);
 }
 
-/* Schedules a trim for buffers an idle connection filled again (a TLS record read) without
- * moving the end of its idle period: what opens no stream is no activity for client_idle,
- * over TLS as in clear text, or a client sending a byte now and then would keep its
- * connection for ever. */
+/* Schedules a trim for the frame buffer an idle connection wrote again (a PING's answer)
+ * without moving the end of its idle period: what opens no stream is no activity for
+ * client_idle, or a client sending a frame now and then would keep its connection for ever. */
 static void trim_arm(conn_t *c)
 {
     if (c->trim_due || c->trimmed || c->lingering || c->nstreams || c->idle_timer == NULL)
@@ -486,18 +486,70 @@ static void trim_arm(conn_t *c)
     evtimer_add(c->idle_timer, &tv);
 }
 
-/* Releases the frame buffer's pages when nothing is queued in it, and OpenSSL's record
- * buffers (33 KiB) when they hold nothing; the connection is then trimmed. */
+/* Releases the frame buffer's pages when nothing is queued in it. */
 static void trim(conn_t *c)
 {
-    bool all = true;
-    if (c->framebuf && c->h2 && !nghttp2_session_want_write(c->h2))
+    if (c->framebuf && c->h2 && !nghttp2_session_want_write(c->h2)) {
         madvise(c->framebuf, c->srv->zframe.run, MADV_DONTNEED);
-    else if (c->framebuf)
-        all = false;
-    if (c->tls && SSL_free_buffers(bufferevent_openssl_get_ssl(c->bev)) != 1)
-        all = false; /* a record is still half read or half written */
-    c->trimmed = all;
+        c->trimmed = true;
+    }
+}
+
+/*
+ * OpenSSL's record buffers, 16 KiB each way: with SSL_MODE_RELEASE_BUFFERS they were freed
+ * after every record and allocated again for the next, malloc's slow path 0.32 times a request
+ * under load. A connection keeps them now while it reads or writes, and gives them back once
+ * a sweep every TLS_SWEEP_MS finds it quiet (no record since the previous sweep): idle, or
+ * waiting on a slow answer with streams open. SSL_free_buffers refuses while a record is half
+ * read or half written; before OpenSSL 3.0.14, 3.1.6, 3.2.2 and 3.3.1 it did not check
+ * (CVE-2024-4741), and those keep SSL_MODE_RELEASE_BUFFERS instead.
+ */
+#define TLS_SWEEP_MS 100
+
+static bool tls_keep_buffers; /* set once, by mg_srv_tls_ctx_new */
+
+static bool free_buffers_checks(unsigned long v)
+{
+    static const unsigned fixed[] = {14, 6, 2, 1}; /* 3.0.14, 3.1.6, 3.2.2, 3.3.1 */
+    unsigned major = (unsigned)(v >> 28), minor = (unsigned)(v >> 20) & 0xff;
+    unsigned patch = (unsigned)(v >> 4) & 0xff;
+    return major > 3 || (major == 3 && (minor > 3 || patch >= fixed[minor]));
+}
+
+static void tls_sweep_arm(mg_srv_t *srv)
+{
+    if (tls_keep_buffers && srv->tls_sweep && !evtimer_pending(srv->tls_sweep, NULL)) {
+        struct timeval tv = {0, TLS_SWEEP_MS * 1000};
+        evtimer_add(srv->tls_sweep, &tv);
+    }
+}
+
+/* A TLS connection read or wrote a record: its buffers are in use again. */
+static void tls_used(conn_t *c)
+{
+    c->tls_used = true;
+    if (c->tls_freed) {
+        c->tls_freed = false;
+        tls_sweep_arm(c->srv);
+    }
+}
+
+static void on_tls_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    mg_srv_t *srv = arg;
+    bool held = false;
+    for (conn_t *c = srv->conns; c; c = c->next) {
+        if (!c->tls || c->dead || c->tls_freed || c->bev == NULL)
+            continue;
+        if (c->tls_used)
+            c->tls_used = false;
+        else
+            c->tls_freed = SSL_free_buffers(bufferevent_openssl_get_ssl(c->bev)) == 1;
+        held |= !c->tls_freed;
+    }
+    if (held)
+        tls_sweep_arm(srv);
 }
 
 /* ---------- streams ---------- */
@@ -2100,11 +2152,8 @@ static void on_read(struct bufferevent *bev, void *arg)
         h1_process(c);
     }
 out:
-    /* a record was read into OpenSSL's buffers again: an idle connection trims them again */
-    if (c->tls && !c->dead) {
-        c->trimmed = false;
-        trim_arm(c);
-    }
+    if (c->tls)
+        tls_used(c);
     leave(c);
 }
 
@@ -2112,6 +2161,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 {
     conn_t *c = arg;
     enter(c);
+    if (c->tls)
+        tls_used(c);
     if (c->proto == P_H2) {
         conn_flush(c);
     } else if (c->proto == P_H1) {
@@ -2299,6 +2350,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         mg_outq_attach_prepare(srv->outq, &c->outq, conn_prepare, c);
     mg_outq_enable(&c->outq, c->bev, attached ? EV_READ : EV_READ | EV_WRITE);
     idle_arm(c); /* also bounds how long a silent client may hold a handshake */
+    if (tls)
+        tls_sweep_arm(srv); /* the handshake's buffers */
 }
 
 /* ---------- server ---------- */
@@ -2397,8 +2450,8 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     srv->zring.run = 1024;
     if ((srv->small = mg_smalloc_new()) == NULL || (srv->outq = mg_outq_new(base)) == NULL ||
         (srv->accept_pause = evtimer_new(base, on_accept_resume, srv)) == NULL ||
-        nghttp2_session_callbacks_new(&srv->cbs) != 0 ||
-        nghttp2_option_new(&srv->opt) != 0) {
+        (srv->tls_sweep = evtimer_new(base, on_tls_sweep, srv)) == NULL ||
+        nghttp2_session_callbacks_new(&srv->cbs) != 0 || nghttp2_option_new(&srv->opt) != 0) {
         mg_srv_free(srv);
         return NULL;
     }
@@ -2496,6 +2549,8 @@ void mg_srv_free(mg_srv_t *srv)
             evconnlistener_free(srv->listeners[i]);
     if (srv->accept_pause)
         event_free(srv->accept_pause);
+    if (srv->tls_sweep)
+        event_free(srv->tls_sweep);
     while (srv->conns) {
         conn_t *c = srv->conns;
         c->busy = 0;
@@ -2557,8 +2612,9 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
                                  "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305");
     SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
                                   "TLS_CHACHA20_POLY1305_SHA256");
-    /* no SSL_MODE_RELEASE_BUFFERS: a busy connection keeps its record buffers (16 KiB each
-     * way) from one record to the next, and an idle one gives them back (trim) */
+    tls_keep_buffers = free_buffers_checks(OpenSSL_version_num()); /* see TLS_SWEEP_MS */
+    if (!tls_keep_buffers)
+        SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         unsigned long e = ERR_get_error();
         snprintf(err, errlen, "TLS certificate '%s': %s", cert, ERR_reason_error_string(e));
