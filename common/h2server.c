@@ -122,6 +122,9 @@ struct conn {
     uint32_t resets_left;        /* premature stream closes allowed now: see RESET_BURST */
     int64_t resets_at_s;         /* when resets_left was last refilled (monotonic seconds) */
     uint32_t empty_run;          /* DATA frames in a row that carried nothing: see EMPTY_MAX */
+    uint32_t scan_skip;          /* bytes of the preface or of a frame's payload to pass */
+    uint8_t scan_hdr[10];        /* the frame header being read, and a DATA frame's pad length */
+    uint8_t scan_have;           /* bytes of it read */
     bool recv_stop;              /* dead, or cut for abuse: mg_h2_recv reads no further */
     /* HTTP/1.1 */
     llhttp_t parser;
@@ -1008,28 +1011,57 @@ static void cut_for_abuse(conn_t *c, const char *why, const char *attack);
  * More than EMPTY_MAX of them in a row on a connection (any other frame ends the run) cut it
  * with GOAWAY ENHANCE_YOUR_CALM. Envoy allows 1 (max_consecutive_inbound_frames_with_empty_
  * payload); nghttp2 and nghttpx none. An empty DATA frame that ends its stream is not one.
+ * The frame headers are read here, before nghttp2 takes the bytes: it drops DATA frames of
+ * closed streams without a callback, and those would never count.
  */
 #define EMPTY_MAX 10
 
-static void empty_frame(conn_t *c, const nghttp2_frame *f)
+/* Reads the frame headers in |p| (|n| bytes) that follow the ones already seen; false when
+ * the connection was cut. */
+static bool scan_frames(void *arg, const uint8_t *p, size_t n)
 {
-    bool empty = f->hd.type == NGHTTP2_DATA && f->hd.length == f->data.padlen &&
-                 !(f->hd.flags & NGHTTP2_FLAG_END_STREAM);
-    if (!empty) {
-        c->empty_run = 0;
-        return;
+    conn_t *c = arg;
+    while (n > 0) {
+        if (c->scan_skip > 0) { /* the preface, or a frame's payload */
+            size_t k = n < c->scan_skip ? n : c->scan_skip;
+            c->scan_skip -= (uint32_t)k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        uint8_t *h = c->scan_hdr;
+        uint32_t len = (uint32_t)h[0] << 16 | (uint32_t)h[1] << 8 | h[2];
+        bool padded = c->scan_have >= 9 && h[3] == NGHTTP2_DATA && (h[4] & NGHTTP2_FLAG_PADDED);
+        size_t need = padded && len > 0 ? 10 : 9; /* a padded DATA frame: its pad length too */
+        while (c->scan_have < need && n > 0) {
+            h[c->scan_have++] = *p++;
+            n--;
+            if (c->scan_have == 9) { /* the header is whole: is a pad length to read? */
+                len = (uint32_t)h[0] << 16 | (uint32_t)h[1] << 8 | h[2];
+                padded = h[3] == NGHTTP2_DATA && (h[4] & NGHTTP2_FLAG_PADDED);
+                need = padded && len > 0 ? 10 : 9;
+            }
+        }
+        if (c->scan_have < need)
+            return true; /* the rest comes with the next read */
+        bool empty = h[3] == NGHTTP2_DATA && !(h[4] & NGHTTP2_FLAG_END_STREAM) &&
+                     len == (need == 10 ? 1u + h[9] : 0u);
+        c->scan_skip = len - (uint32_t)(need - 9);
+        c->scan_have = 0;
+        c->empty_run = empty ? c->empty_run + 1 : 0;
+        if (c->empty_run > EMPTY_MAX) {
+            char why[80];
+            snprintf(why, sizeof(why), "more than %u empty DATA frames in a row", EMPTY_MAX);
+            cut_for_abuse(c, why, "empty frames flood");
+            return false;
+        }
     }
-    if (++c->empty_run > EMPTY_MAX) {
-        char why[80];
-        snprintf(why, sizeof(why), "more than %u empty DATA frames in a row", EMPTY_MAX);
-        cut_for_abuse(c, why, "empty frames flood");
-    }
+    return true;
 }
 
 static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
     mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
-    empty_frame(ud, f);
     if (f->hd.type == NGHTTP2_RST_STREAM) { /* before nghttp2 closes the stream */
         if (s)
             s->reset_counted = true;
@@ -1183,6 +1215,7 @@ static mg_err_t h2_init(conn_t *c)
         return MG_E_NOMEM;
     c->resets_left = RESET_BURST;
     c->resets_at_s = mg_mono_us() / 1000000;
+    c->scan_skip = H2_PREFACE_LEN; /* the client's preface comes first */
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, srv->conf.max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, srv->conf.stream_window},
@@ -1210,18 +1243,26 @@ void mg_h2_end_data(nghttp2_session *h2, int32_t id, uint32_t *flags, const nght
     }
 }
 
-int mg_h2_recv(nghttp2_session *h2, struct evbuffer *in, const bool *stop)
+int mg_h2_recv(nghttp2_session *h2, struct evbuffer *in, const bool *stop, mg_h2_scan_fn scan,
+               void *arg)
 {
+    size_t scanned = 0; /* bytes at the start of |in| |scan| has seen (nghttp2 may pause) */
     while (evbuffer_get_length(in) > 0 && !*stop) {
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
+        if (scan && v.iov_len > scanned) {
+            if (!scan(arg, (const uint8_t *)v.iov_base + scanned, v.iov_len - scanned))
+                break;
+            scanned = v.iov_len;
+        }
         ssize_t n = nghttp2_session_mem_recv(h2, v.iov_base, v.iov_len);
         if (n < 0) {
             evbuffer_drain(in, evbuffer_get_length(in));
             return (int)n;
         }
         evbuffer_drain(in, (size_t)n);
+        scanned -= (size_t)n < scanned ? (size_t)n : scanned;
     }
     return 0;
 }
@@ -1229,7 +1270,7 @@ int mg_h2_recv(nghttp2_session *h2, struct evbuffer *in, const bool *stop)
 static void h2_recv(conn_t *c)
 {
     c->in_recv = true;
-    int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->recv_stop);
+    int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->recv_stop, scan_frames, c);
     c->in_recv = false;
     if (rv != 0) {
         /* a flood nghttp2 stopped (CONTINUATION frames without end, PING or SETTINGS whose

@@ -253,9 +253,14 @@ int mg_h2_send(struct nghttp2_session *h2, struct bufferevent *bev, size_t high,
 void mg_h2_end_data(nghttp2_session *h2, int32_t id, uint32_t *flags,
                     const nghttp2_nv *trailers, size_t n);
 
+/* Sees the bytes before nghttp2 does (the frame headers); false: stop reading. */
+typedef bool (*mg_h2_scan_fn)(void *arg, const uint8_t *p, size_t n);
+
 /* Feeds every byte of |in| to |h2| (draining what it took), stopping early once *|stop| is set
- * by a callback (the connection died). Returns 0, or the nghttp2 error; then |in| is emptied. */
+ * by a callback (the connection died) or |scan| (NULL: none) said so. Returns 0, or the
+ * nghttp2 error; then |in| is emptied. */
 struct evbuffer;
-int mg_h2_recv(struct nghttp2_session *h2, struct evbuffer *in, const bool *stop);
+int mg_h2_recv(struct nghttp2_session *h2, struct evbuffer *in, const bool *stop,
+               mg_h2_scan_fn scan, void *arg);
 
 #endif /* MG_COMMON_H2SERVER_H */

@@ -869,12 +869,14 @@ def test_h2_stream_reset_flood_cut(procs, kind):
     keeper.close()
 
 
-def test_h2_empty_data_flood_cut(victim):
+@pytest.mark.parametrize("stream", ["open", "closed"])
+def test_h2_empty_data_flood_cut(victim, stream):
     """CVE-2019-9518: DATA frames that carry nothing and do not end their stream cost a frame's
     work each and move nothing. A run of more than 10 (any other frame ends a run) gets GOAWAY
     ENHANCE_YOUR_CALM and the connection closed, with one warning; a padded frame with no data
-    is empty too. A client that sends a few empty frames among its data is served. Before, the
-    gateway (as nghttpx) read 5000 of them and kept the connection open."""
+    is empty too, and so are frames on a stream already closed (which nghttp2 drops unseen). A
+    client that sends a few empty frames among its data is served. Before, the gateway (as
+    nghttpx) read 5000 of them and kept the connection open."""
     gw, a, keeper = victim
     enc = Encoder()
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
@@ -890,10 +892,13 @@ def test_h2_empty_data_flood_cut(victim):
                 break
             got += s.recv(65536)
         assert any(f[0] == 1 and f[2] == 1 for f in frames), "no answer to the polite stream"
-        s.sendall(flood_head(gw, enc, 3, end_stream=False))
+        sid = 1  # answered and closed
+        if stream == "open":
+            sid = 3
+            s.sendall(flood_head(gw, enc, sid, end_stream=False))
         try:
             for i in range(50):
-                s.sendall((frame(0, 0, 3, b"") + frame(0, 8, 3, b"\x00")) * 50)
+                s.sendall((frame(0, 0, sid, b"") + frame(0, 8, sid, b"\x00")) * 50)
         except (BrokenPipeError, ConnectionResetError):
             pass
         more, closed, _ = read_frames(s, 5)
