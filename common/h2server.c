@@ -1888,10 +1888,12 @@ mg_err_t mg_srv_interim(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
     nghttp2_nv *nv = h2_head_nv(s, status, hdrs, n, &m);
     if (nv == NULL)
         return MG_E_NOMEM;
+    /* a HEADERS frame without END_STREAM, as the 100 Continue of dispatch_request; nghttp2
+     * refuses it for a stream the client closed meanwhile */
+    if (nghttp2_submit_headers(c->h2, NGHTTP2_FLAG_NONE, s->id, NULL, nv, m, NULL) < 0)
+        return MG_E_PROTO;
     s->ninterim++;
     enter(c);
-    /* a HEADERS frame without END_STREAM, as the 100 Continue of dispatch_request */
-    nghttp2_submit_headers(c->h2, NGHTTP2_FLAG_NONE, s->id, NULL, nv, m, NULL);
     conn_flush(c);
     leave(c);
     return MG_OK;

@@ -159,9 +159,10 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
  * is never sent. |hdrs| as for mg_srv_respond, copied; a content-length is left out. HTTP/2: a
  * HEADERS frame without END_STREAM. HTTP/1.1: the head is written at once, since a connection
  * answers one request at a time; never to an HTTP/1.0 client, which cannot take it. Returns
- * MG_OK; MG_E_PROTO when the final head was already sent, |status| is not one of those, or
- * the client speaks HTTP/1.0 (nothing is sent); MG_E_LIMIT after MG_SRV_MAX_INTERIM of them on
- * this stream; MG_E_NOMEM when the stream's arena is full (HTTP/2). */
+ * MG_OK; MG_E_PROTO when the final head was already sent, |status| is not one of those, the
+ * client speaks HTTP/1.0 or closed the stream (nothing is sent); MG_E_LIMIT after
+ * MG_SRV_MAX_INTERIM of them on this stream; MG_E_NOMEM when the stream's arena is full (HTTP/2).
+ */
 mg_err_t mg_srv_interim(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, size_t n);
 
 /* Queues |len| body bytes (copied). */

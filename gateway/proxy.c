@@ -843,7 +843,7 @@ static void up_on_interim(void *ctx, int status, const mg_hdr_t *h, size_t n)
     mg_hdr_t out[MG_UP_MAX_FIELDS]; /* on the stack: mg_srv_interim copies what it keeps */
     bool has_rid = false;
     int64_t cl = -1;
-    size_t k = pass_fields(h, n < MG_UP_MAX_FIELDS ? n : MG_UP_MAX_FIELDS, out, &has_rid, &cl);
+    size_t k = pass_fields(h, n, out, &has_rid, &cl); /* n <= MG_UP_MAX_FIELDS */
     hold(e);
     mg_err_t err = mg_srv_interim(e->s, status, out, k);
     if (err == MG_E_LIMIT && !e->interims_capped) { /* a flood: the client gets the first ones */
