@@ -1016,6 +1016,12 @@ static void cut_for_abuse(conn_t *c, const char *why, const char *attack);
  */
 #define EMPTY_MAX 10
 
+/* A DATA frame with PADDED set has its pad length in the first payload byte. */
+static bool data_padded(const uint8_t *h)
+{
+    return h[3] == NGHTTP2_DATA && (h[4] & NGHTTP2_FLAG_PADDED) && (h[0] | h[1] | h[2]);
+}
+
 /* Reads the frame headers in |p| (|n| bytes) that follow the ones already seen; false when
  * the connection was cut. */
 static bool scan_frames(void *arg, const uint8_t *p, size_t n)
@@ -1029,25 +1035,31 @@ static bool scan_frames(void *arg, const uint8_t *p, size_t n)
             n -= k;
             continue;
         }
-        uint8_t *h = c->scan_hdr;
-        uint32_t len = (uint32_t)h[0] << 16 | (uint32_t)h[1] << 8 | h[2];
-        bool padded = c->scan_have >= 9 && h[3] == NGHTTP2_DATA && (h[4] & NGHTTP2_FLAG_PADDED);
-        size_t need = padded && len > 0 ? 10 : 9; /* a padded DATA frame: its pad length too */
-        while (c->scan_have < need && n > 0) {
-            h[c->scan_have++] = *p++;
-            n--;
-            if (c->scan_have == 9) { /* the header is whole: is a pad length to read? */
-                len = (uint32_t)h[0] << 16 | (uint32_t)h[1] << 8 | h[2];
-                padded = h[3] == NGHTTP2_DATA && (h[4] & NGHTTP2_FLAG_PADDED);
-                need = padded && len > 0 ? 10 : 9;
+        const uint8_t *h = p;
+        size_t taken; /* bytes of the header (and pad length) this call took */
+        if (c->scan_have == 0 && n >= 10) { /* the usual case: a whole header in this read */
+            taken = data_padded(h) ? 10 : 9;
+        } else { /* a header cut by the end of a read: gathered across reads */
+            h = c->scan_hdr;
+            size_t need = c->scan_have >= 9 && data_padded(h) ? 10 : 9;
+            while (c->scan_have < need && n > 0) {
+                c->scan_hdr[c->scan_have++] = *p++;
+                n--;
+                if (c->scan_have == 9 && data_padded(h))
+                    need = 10;
             }
+            if (c->scan_have < need)
+                return true; /* the rest comes with the next read */
+            c->scan_have = 0;
+            taken = 0; /* taken above */
         }
-        if (c->scan_have < need)
-            return true; /* the rest comes with the next read */
+        uint32_t len = (uint32_t)h[0] << 16 | (uint32_t)h[1] << 8 | h[2];
+        bool padded = data_padded(h);
         bool empty = h[3] == NGHTTP2_DATA && !(h[4] & NGHTTP2_FLAG_END_STREAM) &&
-                     len == (need == 10 ? 1u + h[9] : 0u);
-        c->scan_skip = len - (uint32_t)(need - 9);
-        c->scan_have = 0;
+                     len == (padded ? 1u + h[9] : 0u);
+        c->scan_skip = len - (padded ? 1 : 0);
+        p += taken;
+        n -= taken;
         c->empty_run = empty ? c->empty_run + 1 : 0;
         if (c->empty_run > EMPTY_MAX) {
             char why[80];

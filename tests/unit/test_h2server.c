@@ -932,6 +932,80 @@ static void h2_goaway_lingers_for_what_the_client_was_sending(void **state)
     client_free(c);
 }
 
+/* Sends |data| one byte a loop turn: the server reads each byte on its own. */
+static void client_send_bytewise(fixture_t *f, client_t *c, const uint8_t *data, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        client_send(f, c, data + i, 1);
+        run_quiet(f, NULL, 1);
+    }
+}
+
+/* The GOAWAY error code among the frames |got| holds, or -1. */
+static long goaway_code(const uint8_t *got, size_t len)
+{
+    long code = -1;
+    for (size_t k = 0; k + 9 <= len;) {
+        size_t flen = (size_t)got[k] << 16 | (size_t)got[k + 1] << 8 | got[k + 2];
+        if (got[k + 3] == NGHTTP2_GOAWAY && flen >= 8 && k + 9 + flen <= len) {
+            const uint8_t *e = got + k + 9 + 4;
+            code = (long)((uint32_t)e[0] << 24 | (uint32_t)e[1] << 16 | (uint32_t)e[2] << 8 | e[3]);
+        }
+        k += 9 + flen;
+    }
+    return code;
+}
+
+/* The empty DATA frames counted from the frame headers (common/h2server.c, scan_frames) when
+ * every header, and a padded frame's pad length, comes cut over many reads: a run of 10 empty
+ * frames among data is served, the 11th in a row gets GOAWAY ENHANCE_YOUR_CALM. */
+static void h2_empty_data_run_cut_across_reads(void **state)
+{
+    fixture_t *f = *state;
+    f->answer = A_HOLD;
+    start(f);
+    client_t *c = client_new();
+    static const uint8_t head[] = {
+        'P', 'R', 'I', ' ', '*', ' ', 'H', 'T', 'T', 'P', '/', '2', '.', '0', '\r', '\n', '\r',
+        '\n', 'S', 'M', '\r', '\n', '\r', '\n', 0, 0, 0, 4, 0, 0, 0, 0, 0, /* SETTINGS */
+        /* HEADERS, END_HEADERS, stream 1: POST http / with :authority "a" */
+        0, 0, 6, 1, 4, 0, 0, 0, 1, 0x83, 0x86, 0x84, 0x01, 0x01, 'a'};
+    client_send_bytewise(f, c, head, sizeof(head));
+    static const uint8_t empty[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+    static const uint8_t padded[13] = {0, 0, 4, 0, 8, 0, 0, 0, 1, 3, 0, 0, 0}; /* padding only */
+    static const uint8_t data[10] = {0, 0, 1, 0, 0, 0, 0, 0, 1, 'x'};
+    for (int run = 0; run < 3; run++) { /* runs of 10: served */
+        for (int i = 0; i < 5; i++) {
+            client_send_bytewise(f, c, empty, sizeof(empty));
+            client_send_bytewise(f, c, padded, sizeof(padded));
+        }
+        client_send_bytewise(f, c, data, sizeof(data));
+    }
+    run_quiet(f, NULL, 50);
+    assert_int_equal(mg_srv_nconns(f->srv), 1);
+    for (int i = 0; i < 11; i++) /* the 11th in a row */
+        client_send_bytewise(f, c, i % 2 ? padded : empty, i % 2 ? sizeof(padded) : sizeof(empty));
+    uint8_t got[4096];
+    size_t len = 0;
+    long start_ms = now_ms();
+    bool eof = false;
+    while (!eof && now_ms() - start_ms < TIMEOUT_MS) {
+        event_base_loop(f->base, EVLOOP_NONBLOCK);
+        ssize_t n = read(c->fd, got + len, sizeof(got) - len);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            eof = true;
+        else if (n > 0)
+            len += (size_t)n;
+        assert_true(len < sizeof(got));
+    }
+    assert_true(eof);
+    assert_int_equal(goaway_code(got, len), NGHTTP2_ENHANCE_YOUR_CALM);
+    close(c->fd);
+    c->fd = -1;
+    assert_true(run_until(f, NULL, no_conns, NULL));
+    client_free(c);
+}
+
 /* The same when the GOAWAY's last bytes leave through the bufferevent (the client read slowly
  * and the socket was full): the write callback that sees the output drained starts the linger,
  * and must not close the connection over the client's unread frames at once. */
@@ -1650,6 +1724,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(h1_http10_transfer_coding_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_linger_stops_after_a_mebibyte, setup, teardown),
+        cmocka_unit_test_setup_teardown(h2_empty_data_run_cut_across_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_for_what_the_client_was_sending, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_after_a_full_socket, setup, teardown),
