@@ -8,12 +8,12 @@
  * run between them), then the pod closes or stays silent, and everything is freed. What the
  * gateway sends is read and dropped. Both engines are reached: HTTP/1.1 (llhttp, response
  * mode) and h2c (nghttp2 client session), the response head's and trailers' conversion, 1xx
- * skipping, flow control and the failure paths.
+ * interim heads (on_interim), flow control and the failure paths.
  *
- * Checks what upstream.h promises: at most one head, data and end only after it, exactly one
- * end of the exchange (on_headers with |end|, on_end, on_error, or our cancel when the pod goes
- * silent), nothing after it; every field's bytes readable; no more than MG_UP_MAX_FIELDS. ASan,
- * UBSan and LeakSanitizer catch the rest.
+ * Checks what upstream.h promises: interim heads (1xx, never 101) only before the head, at most
+ * one head, data and end only after it, exactly one end of the exchange (on_headers with |end|,
+ * on_end, on_error, or our cancel when the pod goes silent), nothing after it; every field's
+ * bytes readable; no more than MG_UP_MAX_FIELDS. ASan, UBSan and LeakSanitizer catch the rest.
  *
  * Input: byte 0 holds flags, the rest is what the pod sends.
  *   bit 0     h2c (else HTTP/1.1)
@@ -22,6 +22,8 @@
  *   bit 5     the pod stays open after its input (the exchange is cancelled), else it closes
  *   bit 6     the caller cancels from inside on_headers (as the proxy does when its client left)
  *   bit 7     the caller cancels from inside on_data
+ *   bits 6+7  both: the caller cancels from inside the first on_interim instead (the proxy's
+ *             client may leave while it is told of an interim head)
  *
  * One listening socket on 127.0.0.1 (an ephemeral port) serves every input.
  *   build-fuzz/tests/fuzz/fuzz_upstream <scratch dir> tests/fuzz/corpus_upstream
@@ -51,6 +53,7 @@ typedef struct exchange {
     uint8_t flags;
     bool headers, over;
     size_t body;
+    unsigned interims; /* on_interim calls */
     int status;
     const char *how; /* how it ended, for FZ_DUMP */
 } exchange_t;
@@ -71,11 +74,25 @@ static void touch(const mg_hdr_t *h, size_t n)
     (void)sum;
 }
 
+static void x_interim(void *ctx, int status, const mg_hdr_t *h, size_t n)
+{
+    exchange_t *x = ctx;
+    CHECK(!x->over && !x->headers);
+    CHECK(status >= 100 && status <= 199 && status != 101);
+    touch(h, n);
+    x->interims++;
+    if ((x->flags & F_CANCEL_IN_HEAD) && (x->flags & F_CANCEL_IN_DATA)) {
+        mg_up_cancel(x->s); /* no callback may follow, as after a cancel in on_headers */
+        x->over = true;
+        x->how = "cancelled in on_interim";
+    }
+}
+
 static void x_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bool end)
 {
     exchange_t *x = ctx;
     CHECK(!x->over && !x->headers);
-    CHECK(status >= 200 && status <= 599); /* 1xx heads are skipped, others refused */
+    CHECK(status >= 200 && status <= 599); /* 1xx heads go to on_interim, others are refused */
     touch(h, n);
     x->headers = true;
     x->status = status;
@@ -132,7 +149,7 @@ static void x_drain(void *ctx)
     CHECK(!((exchange_t *)ctx)->over);
 }
 
-static const mg_up_cbs_t cbs = {x_headers, x_data, x_end, x_error, x_drain, NULL};
+static const mg_up_cbs_t cbs = {x_headers, x_data, x_end, x_error, x_drain, x_interim};
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -237,8 +254,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         x.how = "cancelled";
     }
     if (dump)
-        fprintf(stderr, "%s %s: status %d, %zu body bytes, %s\n",
-                flags & F_H2C ? "h2c" : "http/1.1", post ? "POST" : "GET", x.status, x.body, x.how);
+        fprintf(stderr, "%s %s: %u interim, status %d, %zu body bytes, %s\n",
+                flags & F_H2C ? "h2c" : "http/1.1", post ? "POST" : "GET", x.interims, x.status,
+                x.body, x.how);
     pump(base, fd);
     if (fd >= 0)
         close(fd);
