@@ -11,9 +11,12 @@
  * The handler answers in many ways, picked per request by its path ("/m<digit>..." picks the
  * mode, any other path a hash of it): at once, while or after reading the body, from a timer
  * (outside any server callback), from another stream's callback, with mg_srv_error, with
- * mg_srv_reset, or never. It checks what h2server.h promises: one on_close per on_request,
- * nothing after on_close, on_end at most once and never followed by on_body, valid request
- * fields. A broken promise aborts; ASan/UBSan and LeakSanitizer catch the rest.
+ * mg_srv_reset, or never. Before its answer a request may get interim heads (mg_srv_interim:
+ * 102 to 199, some refused on purpose), as many as its "x-interims" field says (one digit), else
+ * the fifth character of a "/m..." path, else a hash of the path (0 to 3). It checks what
+ * h2server.h promises: one on_close per on_request, nothing after on_close, on_end at most once
+ * and never followed by on_body, valid request fields, mg_srv_interim's answers. A broken
+ * promise aborts; ASan/UBSan and LeakSanitizer catch the rest.
  *
  * Input: byte 0 holds flags (below), the rest is what the client sends.
  *   bits 0-2  chunk size: all at once, 1, 2, 5, 13, 64, 512 or 4096 bytes (at most 64 chunks)
@@ -75,6 +78,9 @@ typedef struct fz_stream {
     bool ended;     /* on_end seen */
     bool acted;     /* the one-shot action (reset, error) was taken */
     bool finished;  /* we ended the response */
+    /* interim heads still to send before the answer; an HTTP/1.0 client (refused them) */
+    unsigned interims;
+    bool http10;
     struct event *timer;
     struct fz_stream *park_next;
 } fz_stream_t;
@@ -117,6 +123,38 @@ static fz_stream_t *stream_of(mg_srv_stream_t *s)
 }
 
 /* Each returns false once the stream is closed: the caller must stop using it. */
+
+/* Sends the stream's interim heads (before its answer), then one after it, which is refused.
+ * Statuses cycle through valid and refused ones; the fields carry a content-length (left out)
+ * and a never-indexed field, and the request's path (client bytes) past the first. */
+static bool send_interims(fz_stream_t *st, const char *path)
+{
+    static const int statuses[] = {103, 102, 100, 103, 199, 101, 150, 103, 200, 103, 103, 103};
+    unsigned oks = 0;
+    bool had = mg_srv_responded(st->s);
+    for (unsigned i = 0; i < st->interims && !st->closed; i++) {
+        int status = statuses[i % (sizeof(statuses) / sizeof(statuses[0]))];
+        mg_hdr_t h[4] = {
+            {"link", "</style.css>; rel=preload; as=style", 4, 35, MG_HPACK_INDEX},
+            {"content-length", "12", 14, 2, MG_HPACK_INDEX},
+            {"x-secret", "s3cr3t", 8, 6, MG_HPACK_SENSITIVE},
+            {"x-path", path ? path : "", 6, path ? strlen(path) : 0, MG_HPACK_UNIQUE},
+        };
+        mg_err_t err = mg_srv_interim(st->s, status, h, path && i > 0 ? 4 : 3);
+        if (had || status < 102 || status > 199)
+            CHECK(err == MG_E_PROTO);
+        else if (err == MG_E_LIMIT)
+            CHECK(oks >= MG_SRV_MAX_INTERIM);
+        else if (st->http10)
+            CHECK(err == MG_E_PROTO);
+        else
+            CHECK(err == MG_OK || err == MG_E_NOMEM || err == MG_E_PROTO);
+        oks += err == MG_OK;
+    }
+    st->interims = 0;
+    return !st->closed;
+}
+
 static bool respond(fz_stream_t *st, int status, bool end)
 {
     static const char *const modes = "0123456789";
@@ -124,11 +162,17 @@ static bool respond(fz_stream_t *st, int status, bool end)
         {"content-type", "text/plain", 12, 10, MG_HPACK_INDEX},
         {"x-mode", modes + st->mode, 6, 1, (st->variant & 1) ? MG_HPACK_UNIQUE : MG_HPACK_INDEX},
     };
+    if (!send_interims(st, NULL))
+        return false;
     bool had = mg_srv_responded(st->s);
     if (end)
         st->finished = true;
     mg_err_t err = mg_srv_respond(st->s, status, h, 2, end);
     CHECK(had ? err == MG_E_PROTO : err == MG_OK);
+    if (!st->closed && !had) { /* the final head is out: no interim may follow */
+        mg_hdr_t late[1] = {{"link", "</late>", 4, 7, MG_HPACK_INDEX}};
+        CHECK(mg_srv_interim(st->s, 103, late, 1) == MG_E_PROTO);
+    }
     return !st->closed;
 }
 
@@ -200,6 +244,9 @@ static void check_hdrs(const mg_hdr_t *h, size_t n)
 static void answer_request(fz_stream_t *st, const char *path)
 {
     mg_srv_stream_t *s = st->s;
+    if (st->mode != M_PARK && st->mode != M_NOCONSUME && st->mode != M_ASYNC &&
+        !send_interims(st, path))
+        return; /* the others send theirs later, from respond() */
     switch (st->mode) {
     case M_NOW:
         switch (st->variant % 4) {
@@ -272,10 +319,18 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     if (p[0] == '/' && p[1] == 'm' && p[2] >= '0' && p[2] <= '9') {
         st->mode = (fz_mode_t)(p[2] - '0');
         st->variant = p[3] >= '0' && p[3] <= '9' ? (unsigned)(p[3] - '0') : 0;
+        st->interims = p[3] && p[4] >= '0' && p[4] <= '9' ? (unsigned)(p[4] - '0') : 0;
     } else {
         st->mode = (fz_mode_t)(h % M_COUNT);
         st->variant = (h / M_COUNT) % 8;
+        st->interims = (h / M_COUNT / 8) % 4;
     }
+    for (size_t i = 0; i < req->nhdrs; i++)
+        if (req->hdrs[i].name_len == 10 && memcmp(req->hdrs[i].name, "x-interims", 10) == 0 &&
+            req->hdrs[i].value_len == 1 && req->hdrs[i].value[0] >= '0' &&
+            req->hdrs[i].value[0] <= '9')
+            st->interims = (unsigned)(req->hdrs[i].value[0] - '0');
+    st->http10 = s->c->proto == P_H1 && s->c->parser.http_minor == 0; /* h2server.c's own */
     mg_srv_set_data(s, st);
     pin(st);
     /* an earlier parked stream is answered from this one's callback (same connection) */
