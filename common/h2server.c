@@ -1006,6 +1006,20 @@ static void premature_close(conn_t *c);
 static void cut_for_abuse(conn_t *c, const char *why, const char *attack);
 
 /*
+ * What a callback of nghttp2_session_mem_recv returns once the connection is cut for abuse
+ * (cut_for_abuse) or closed: a failure, so that nghttp2 stops within the buffer it is reading
+ * (h2_recv then sends the GOAWAY and closes). Returning 0 is not enough: the GOAWAY of
+ * nghttp2_session_terminate_session2 sets nghttp2 to ignore its input, but nghttp2 (1.52)
+ * resets that state at the end of some frames, such as the empty DATA frame that made the cut,
+ * and goes on parsing the frames behind it; one with a bad length (a PING of 0 bytes) then
+ * fails nghttp2's assert(iframe->state == NGHTTP2_IB_IGN_ALL), which aborts the process.
+ */
+static int recv_result(const conn_t *c)
+{
+    return c->recv_stop ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
+/*
  * Empty frames flood (CVE-2019-9518): DATA frames that carry no data and do not end their
  * stream cost a frame's work each and move nothing, so a client could send them for ever.
  * More than EMPTY_MAX of them in a row on a connection (any other frame ends the run) cut it
@@ -1078,10 +1092,10 @@ static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud
         if (s)
             s->reset_counted = true;
         premature_close(ud);
-        return 0;
+        return recv_result(ud);
     }
-    if (s == NULL)
-        return 0;
+    if (s == NULL || ((conn_t *)ud)->recv_stop)
+        return recv_result(ud);
     bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
     switch (f->hd.type) {
     case NGHTTP2_HEADERS:
@@ -1097,7 +1111,7 @@ static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud
     default:
         break;
     }
-    return 0;
+    return recv_result(ud);
 }
 
 static int on_data_chunk(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8_t *data,
@@ -1181,7 +1195,7 @@ static int on_invalid_frame(nghttp2_session *sess, const nghttp2_frame *f, int l
         return 0;
     s->reset_counted = true;
     premature_close(ud);
-    return 0;
+    return recv_result(ud);
 }
 
 static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t error_code, void *ud)
@@ -1284,6 +1298,8 @@ static void h2_recv(conn_t *c)
     c->in_recv = true;
     int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->recv_stop, scan_frames, c);
     c->in_recv = false;
+    if (rv == NGHTTP2_ERR_CALLBACK_FAILURE && c->recv_stop)
+        return; /* cut for abuse (said then, GOAWAY queued) or closed from a callback */
     if (rv != 0) {
         /* a flood nghttp2 stopped (CONTINUATION frames without end, PING or SETTINGS whose
          * answers the client does not read) is someone's attack: said once, not per frame;

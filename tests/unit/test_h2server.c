@@ -1671,6 +1671,68 @@ static void h2_backpressure(void **state)
 }
 
 /* content-length and :status values, checked by the parsers before they get here */
+/* Scans the raw HTTP/2 frames in |got| (|len| bytes) for a GOAWAY: its error code, its last
+ * stream id; false when there is none. */
+static bool raw_goaway(const uint8_t *got, size_t len, uint32_t *error, uint32_t *last)
+{
+    bool found = false;
+    for (size_t k = 0; k + 9 <= len;) {
+        size_t flen = (size_t)got[k] << 16 | (size_t)got[k + 1] << 8 | got[k + 2];
+        if (got[k + 3] == NGHTTP2_GOAWAY && flen >= 8 && k + 9 + flen <= len) {
+            const uint8_t *p = got + k + 9;
+            *last = ((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]) &
+                    0x7fffffff;
+            *error = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7];
+            found = true;
+        }
+        k += 9 + flen;
+    }
+    return found;
+}
+
+/* More than 10 empty DATA frames in a row cut the connection (GOAWAY ENHANCE_YOUR_CALM), and
+ * nothing behind them in the same read is processed: neither a PING of a bad length (nghttp2
+ * 1.52, told to go on, aborted the process on it: assert(iframe->state == NGHTTP2_IB_IGN_ALL))
+ * nor a request. */
+static void h2_empty_data_cut_stops_reading_at_once(void **state)
+{
+    fixture_t *f = *state;
+    f->answer = A_HOLD;
+    start(f);
+    client_t *c = client_new();
+    uint8_t in[512];
+    size_t n = 0;
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    memcpy(in, preface, sizeof(preface) - 1);
+    n += sizeof(preface) - 1;
+    static const uint8_t settings[9] = {0, 0, 0, 4, 0, 0, 0, 0, 0};
+    memcpy(in + n, settings, sizeof(settings));
+    n += sizeof(settings);
+    /* HEADERS (END_HEADERS) on stream 1: POST, http, :path /p, :authority a */
+    static const uint8_t post[] = {0, 0, 9, 1, 4, 0, 0, 0, 1, /* frame header */
+                                   0x83, 0x86, 0x04, 2, '/', 'p', 0x01, 1, 'a'};
+    memcpy(in + n, post, sizeof(post));
+    n += sizeof(post);
+    static const uint8_t empty[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+    for (int i = 0; i < 11; i++, n += sizeof(empty))
+        memcpy(in + n, empty, sizeof(empty));
+    static const uint8_t bad_ping[9] = {0, 0, 0, 6, 0, 0, 0, 0, 0}; /* 0 bytes: FRAME_SIZE_ERROR */
+    memcpy(in + n, bad_ping, sizeof(bad_ping));
+    n += sizeof(bad_ping);
+    static const uint8_t get[] = {0, 0, 6, 1, 5, 0, 0, 0, 3, 0x82, 0x86, 0x84, 0x01, 1, 'a'};
+    memcpy(in + n, get, sizeof(get));
+    n += sizeof(get);
+    client_send(f, c, in, n); /* one write: the server reads it all at once */
+    assert_true(run_until(f, c, is_eof, NULL));
+    uint32_t error = 0, last = 0;
+    assert_true(raw_goaway((const uint8_t *)c->buf, c->len, &error, &last));
+    assert_int_equal(error, NGHTTP2_ENHANCE_YOUR_CALM);
+    assert_int_equal(last, 1);
+    assert_int_equal(f->nrequests, 1); /* stream 3 was not read */
+    client_free(c);
+    assert_true(run_until(f, NULL, no_conns, NULL));
+}
+
 static void parse_decimal(void **state)
 {
     (void)state;
@@ -1729,6 +1791,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_after_a_full_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_big_body_closes, setup, teardown),
+        cmocka_unit_test_setup_teardown(h2_empty_data_cut_stops_reading_at_once, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
