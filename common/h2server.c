@@ -1912,19 +1912,36 @@ mg_err_t mg_srv_interim(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
         evbuffer_add(out, "\r\n", 2);
         return MG_OK;
     }
-    size_t m;
-    nghttp2_nv *nv = h2_head_nv(s, status, hdrs, n, &m);
+    /* Not from the stream's arena (h2_head_nv): stream_memory holds the request's head and
+     * one response head, and up to MG_SRV_MAX_INTERIM interims copied there could leave too
+     * little of it for the final head, which would then be replaced by RST_STREAM. nghttp2
+     * copies these fields (no NO_COPY flag) and frees its copy once the frame is sent. */
+    nghttp2_nv stack[16];
+    nghttp2_nv *nv = n < 16 ? stack : malloc(sizeof(nghttp2_nv) * (n + 1));
     if (nv == NULL)
         return MG_E_NOMEM;
+    char st[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10),
+                  (char)('0' + status % 10), '\0'};
+    nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP2_NV_FLAG_NONE};
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!length_forbidden(status, &hdrs[i]))
+            nv[++k] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
+                                   hdrs[i].name_len, hdrs[i].value_len,
+                                   mg_hdr_no_index(&hdrs[i]) ? NGHTTP2_NV_FLAG_NO_INDEX
+                                                             : NGHTTP2_NV_FLAG_NONE};
+    enter(c);
     /* a HEADERS frame without END_STREAM, as the 100 Continue of dispatch_request; nghttp2
      * refuses it for a stream the client closed meanwhile */
-    if (nghttp2_submit_headers(c->h2, NGHTTP2_FLAG_NONE, s->id, NULL, nv, m, NULL) < 0)
-        return MG_E_PROTO;
-    s->ninterim++;
-    enter(c);
-    conn_flush(c);
+    int rv = nghttp2_submit_headers(c->h2, NGHTTP2_FLAG_NONE, s->id, NULL, nv, k + 1, NULL);
+    if (nv != stack)
+        free(nv);
+    if (rv == 0) {
+        s->ninterim++;
+        conn_flush(c);
+    }
     leave(c);
-    return MG_OK;
+    return rv == 0 ? MG_OK : rv == NGHTTP2_ERR_NOMEM ? MG_E_NOMEM : MG_E_PROTO;
 }
 
 mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, size_t n, bool end)

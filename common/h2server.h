@@ -161,8 +161,8 @@ mg_err_t mg_srv_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
  * answers one request at a time; never to an HTTP/1.0 client, which cannot take it. Returns
  * MG_OK; MG_E_PROTO when the final head was already sent, |status| is not one of those, the
  * client speaks HTTP/1.0 or closed the stream (nothing is sent); MG_E_LIMIT after
- * MG_SRV_MAX_INTERIM of them on this stream; MG_E_NOMEM when the stream's arena is full (HTTP/2).
- */
+ * MG_SRV_MAX_INTERIM of them on this stream; MG_E_NOMEM when memory runs out (HTTP/2). None of
+ * it comes from the stream's arena, which keeps its room for the final head. */
 mg_err_t mg_srv_interim(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, size_t n);
 
 /* Queues |len| body bytes (copied). */

@@ -169,6 +169,9 @@ static bool respond(fz_stream_t *st, int status, bool end)
         st->finished = true;
     mg_err_t err = mg_srv_respond(st->s, status, h, 2, end);
     CHECK(had ? err == MG_E_PROTO : err == MG_OK);
+    /* the arena keeps room for the final head, whatever interims went before: it is not
+     * replaced by RST_STREAM INTERNAL_ERROR */
+    CHECK(had || st->closed || !st->s->reset_by_us);
     if (!st->closed && !had) { /* the final head is out: no interim may follow */
         mg_hdr_t late[1] = {{"link", "</late>", 4, 7, MG_HPACK_INDEX}};
         CHECK(mg_srv_interim(st->s, 103, late, 1) == MG_E_PROTO);

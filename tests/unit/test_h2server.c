@@ -1349,6 +1349,7 @@ struct h2client {
     uint32_t goaway_error;
     int32_t goaway_last;
     int status;
+    int ninterim; /* 1xx heads received */
     char body[8192];
     size_t body_len;
     char trailers[256]; /* response trailers, "name=value;" */
@@ -1380,12 +1381,14 @@ static int h2_on_header(nghttp2_session *s, const nghttp2_frame *fr, const uint8
     h2client_t *h = ud;
     (void)s;
     (void)flags;
-    if (fr->headers.cat == NGHTTP2_HCAT_HEADERS) {
+    if (nlen == 7 && memcmp(name, ":status", 7) == 0 && vlen == 3 && value[0] == '1') {
+        h->ninterim++; /* an interim head; the final one's :status may come as HCAT_HEADERS */
+    } else if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
+        h->status = atoi((const char *)value);
+    } else if (fr->headers.cat == NGHTTP2_HCAT_HEADERS) {
         size_t used = strlen(h->trailers);
         snprintf(h->trailers + used, sizeof(h->trailers) - used, "%.*s=%.*s;", (int)nlen, name,
                  (int)vlen, value);
-    } else if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
-        h->status = atoi((const char *)value);
     }
     return 0;
 }
@@ -1733,6 +1736,44 @@ static void h2_empty_data_cut_stops_reading_at_once(void **state)
     assert_true(run_until(f, NULL, no_conns, NULL));
 }
 
+/* Interim heads take nothing of the stream's arena: MG_SRV_MAX_INTERIM of them with large
+ * fields (more than stream_memory in all) still leave room for the final head, which reaches
+ * the client instead of an RST_STREAM INTERNAL_ERROR (the arena cannot hold its field array). */
+static void h2_interims_leave_room_for_the_final_head(void **state)
+{
+    fixture_t *f = *state;
+    f->answer = A_HOLD;
+    f->conf.max_header_list_size = 1024; /* stream_memory: 2 * 1024 + 16384 */
+    start(f);
+    client_t *c = h2_connect(f);
+    h2_request(c, "GET", "/hints", NULL, 0, false);
+    assert_true(run_until(f, c, got_request, NULL));
+    static char big[3000];
+    memset(big, 'v', sizeof(big));
+    const mg_hdr_t hints[4] = {
+        {"x-a", "12345678", 3, 8, MG_HPACK_INDEX},
+        {"x-b", big, 3, 40, MG_HPACK_INDEX},
+        {"link", big, 4, 200, MG_HPACK_SENSITIVE},
+        {"x-c", big, 3, sizeof(big), MG_HPACK_INDEX},
+    };
+    for (int i = 0; i < MG_SRV_MAX_INTERIM; i++)
+        assert_int_equal(mg_srv_interim(f->cur, 103, hints, 4), MG_OK);
+    assert_int_equal(mg_srv_interim(f->cur, 103, hints, 4), MG_E_LIMIT);
+    mg_hdr_t h[12];
+    for (int i = 0; i < 12; i++)
+        h[i] = (mg_hdr_t){"x-final", "1", 7, 1, MG_HPACK_INDEX};
+    assert_int_equal(mg_srv_respond(f->cur, 200, h, 12, false), MG_OK);
+    mg_srv_write(f->cur, "done\n", 5);
+    mg_srv_end(f->cur, NULL, 0);
+    assert_true(run_until(f, c, h2_stream_closed, NULL));
+    assert_int_equal(c->h2->ninterim, MG_SRV_MAX_INTERIM);
+    assert_int_equal(c->h2->status, 200);
+    assert_string_equal(c->h2->body, "done\n");
+    assert_int_equal(c->h2->close_error, NGHTTP2_NO_ERROR);
+    assert_int_equal(f->ncomplete, 1);
+    h2_free(c);
+}
+
 static void parse_decimal(void **state)
 {
     (void)state;
@@ -1792,6 +1833,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_after_a_full_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_big_body_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_empty_data_cut_stops_reading_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(h2_interims_leave_room_for_the_final_head, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
