@@ -122,6 +122,7 @@ struct conn {
     uint32_t resets_left;        /* premature stream closes allowed now: see RESET_BURST */
     int64_t resets_at_s;         /* when resets_left was last refilled (monotonic seconds) */
     uint32_t empty_run;          /* DATA frames in a row that carried nothing: see EMPTY_MAX */
+    bool empty_flood;            /* too many: cut once nghttp2 has the frames before them */
     uint32_t scan_skip;          /* bytes of the preface or of a frame's payload to pass */
     uint8_t scan_hdr[10];        /* the frame header being read, and a DATA frame's pad length */
     uint8_t scan_have;           /* bytes of it read */
@@ -1010,9 +1011,10 @@ static void cut_for_abuse(conn_t *c, const char *why, const char *attack);
  * (cut_for_abuse) or closed: a failure, so that nghttp2 stops within the buffer it is reading
  * (h2_recv then sends the GOAWAY and closes). Returning 0 is not enough: the GOAWAY of
  * nghttp2_session_terminate_session2 sets nghttp2 to ignore its input, but nghttp2 (1.52)
- * resets that state at the end of some frames, such as the empty DATA frame that made the cut,
- * and goes on parsing the frames behind it; one with a bad length (a PING of 0 bytes) then
- * fails nghttp2's assert(iframe->state == NGHTTP2_IB_IGN_ALL), which aborts the process.
+ * resets that state at the end of some frames (an empty DATA frame, when the empty frames cut
+ * was made there) and goes on parsing the frames behind it; one with a bad length (a PING of
+ * 0 bytes) then fails nghttp2's assert(iframe->state == NGHTTP2_IB_IGN_ALL), which aborts the
+ * process. The rapid reset cut is made from these callbacks.
  */
 static int recv_result(const conn_t *c)
 {
@@ -1036,11 +1038,13 @@ static bool data_padded(const uint8_t *h)
     return h[3] == NGHTTP2_DATA && (h[4] & NGHTTP2_FLAG_PADDED) && (h[0] | h[1] | h[2]);
 }
 
-/* Reads the frame headers in |p| (|n| bytes) that follow the ones already seen; false when
- * the connection was cut. */
-static bool scan_frames(void *arg, const uint8_t *p, size_t n)
+/* Reads the frame headers in |p| (|n| bytes) that follow the ones already seen. Returns |n|,
+ * or where the frame that makes a flood starts (c->empty_flood set): nghttp2 gets the frames
+ * before it, then h2_recv cuts the connection. */
+static size_t scan_frames(void *arg, const uint8_t *p, size_t n)
 {
     conn_t *c = arg;
+    const uint8_t *from = p;
     while (n > 0) {
         if (c->scan_skip > 0) { /* the preface, or a frame's payload */
             size_t k = n < c->scan_skip ? n : c->scan_skip;
@@ -1049,7 +1053,7 @@ static bool scan_frames(void *arg, const uint8_t *p, size_t n)
             n -= k;
             continue;
         }
-        const uint8_t *h = p;
+        const uint8_t *h = p, *start = c->scan_have == 0 ? p : from; /* where the frame began */
         size_t taken; /* bytes of the header (and pad length) this call took */
         if (c->scan_have == 0 && n >= 10) { /* the usual case: a whole header in this read */
             taken = data_padded(h) ? 10 : 9;
@@ -1063,7 +1067,7 @@ static bool scan_frames(void *arg, const uint8_t *p, size_t n)
                     need = 10;
             }
             if (c->scan_have < need)
-                return true; /* the rest comes with the next read */
+                return (size_t)(p - from); /* the rest comes with the next read */
             c->scan_have = 0;
             taken = 0; /* taken above */
         }
@@ -1071,18 +1075,16 @@ static bool scan_frames(void *arg, const uint8_t *p, size_t n)
         bool padded = data_padded(h);
         bool empty = h[3] == NGHTTP2_DATA && !(h[4] & NGHTTP2_FLAG_END_STREAM) &&
                      len == (padded ? 1u + h[9] : 0u);
+        c->empty_run = empty ? c->empty_run + 1 : 0;
+        if (c->empty_run > EMPTY_MAX) {
+            c->empty_flood = true;
+            return (size_t)(start - from);
+        }
         c->scan_skip = len - (padded ? 1 : 0);
         p += taken;
         n -= taken;
-        c->empty_run = empty ? c->empty_run + 1 : 0;
-        if (c->empty_run > EMPTY_MAX) {
-            char why[80];
-            snprintf(why, sizeof(why), "more than %u empty DATA frames in a row", EMPTY_MAX);
-            cut_for_abuse(c, why, "empty frames flood");
-            return false;
-        }
     }
-    return true;
+    return (size_t)(p - from);
 }
 
 static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
@@ -1272,23 +1274,20 @@ void mg_h2_end_data(nghttp2_session *h2, int32_t id, uint32_t *flags, const nght
 int mg_h2_recv(nghttp2_session *h2, struct evbuffer *in, const bool *stop, mg_h2_scan_fn scan,
                void *arg)
 {
-    size_t scanned = 0; /* bytes at the start of |in| |scan| has seen (nghttp2 may pause) */
     while (evbuffer_get_length(in) > 0 && !*stop) {
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
-        if (scan && v.iov_len > scanned) {
-            if (!scan(arg, (const uint8_t *)v.iov_base + scanned, v.iov_len - scanned))
-                break;
-            scanned = v.iov_len;
-        }
-        ssize_t n = nghttp2_session_mem_recv(h2, v.iov_base, v.iov_len);
+        /* nghttp2 takes every byte it is given (no callback pauses it) */
+        size_t len = scan ? scan(arg, v.iov_base, v.iov_len) : v.iov_len;
+        ssize_t n = len ? nghttp2_session_mem_recv(h2, v.iov_base, len) : 0;
         if (n < 0) {
             evbuffer_drain(in, evbuffer_get_length(in));
             return (int)n;
         }
         evbuffer_drain(in, (size_t)n);
-        scanned -= (size_t)n < scanned ? (size_t)n : scanned;
+        if (len < v.iov_len)
+            break; /* |scan| stopped it */
     }
     return 0;
 }
@@ -1298,6 +1297,12 @@ static void h2_recv(conn_t *c)
     c->in_recv = true;
     int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->recv_stop, scan_frames, c);
     c->in_recv = false;
+    if (rv == 0 && c->empty_flood) {
+        char why[80];
+        snprintf(why, sizeof(why), "more than %u empty DATA frames in a row", EMPTY_MAX);
+        cut_for_abuse(c, why, "empty frames flood");
+        return;
+    }
     if (rv == NGHTTP2_ERR_CALLBACK_FAILURE && c->recv_stop)
         return; /* cut for abuse (said then, GOAWAY queued) or closed from a callback */
     if (rv != 0) {

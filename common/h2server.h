@@ -254,8 +254,9 @@ int mg_h2_send(struct nghttp2_session *h2, struct bufferevent *bev, size_t high,
 void mg_h2_end_data(nghttp2_session *h2, int32_t id, uint32_t *flags,
                     const nghttp2_nv *trailers, size_t n);
 
-/* Sees the bytes before nghttp2 does (the frame headers); false: stop reading. */
-typedef bool (*mg_h2_scan_fn)(void *arg, const uint8_t *p, size_t n);
+/* Sees the bytes before nghttp2 does (the frame headers). Returns how many of the |n| nghttp2
+ * gets; fewer than |n|: reading stops after them. */
+typedef size_t (*mg_h2_scan_fn)(void *arg, const uint8_t *p, size_t n);
 
 /* Feeds every byte of |in| to |h2| (draining what it took), stopping early once *|stop| is set
  * by a callback (the connection died) or |scan| (NULL: none) said so. Returns 0, or the
