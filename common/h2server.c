@@ -1858,6 +1858,20 @@ static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t
 
 /* ---------- the handler API ---------- */
 
+/* |hdrs| less a content-length |status| forbids into nv[1..], uncopied (nghttp2 copies them);
+ * returns how many. */
+static size_t head_fields(nghttp2_nv *nv, int status, const mg_hdr_t *hdrs, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!length_forbidden(status, &hdrs[i]))
+            nv[++k] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
+                                   hdrs[i].name_len, hdrs[i].value_len,
+                                   mg_hdr_no_index(&hdrs[i]) ? NGHTTP2_NV_FLAG_NO_INDEX
+                                                             : NGHTTP2_NV_FLAG_NONE};
+    return k;
+}
+
 /* A response head for nghttp2: :status, then |hdrs| less a content-length the status forbids;
  * *|m| receives the count. The fields are copied into the stream's arena: the caller's may be
  * gone (a pod's stream ended) before the frame leaves; nghttp2 then copies nothing. A head too
@@ -1876,15 +1890,8 @@ static nghttp2_nv *h2_head_nv(mg_srv_stream_t *s, int status, const mg_hdr_t *hd
         if (!length_forbidden(status, &hdrs[i]))
             copied = mg_nv_copy(&s->arena, &nv[++k], hdrs[i].name, hdrs[i].name_len, hdrs[i].value,
                                 hdrs[i].value_len, mg_hdr_no_index(&hdrs[i]));
-    if (!copied) {
-        k = 0;
-        for (size_t i = 0; i < n; i++)
-            if (!length_forbidden(status, &hdrs[i]))
-                nv[++k] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
-                                       hdrs[i].name_len, hdrs[i].value_len,
-                                       mg_hdr_no_index(&hdrs[i]) ? NGHTTP2_NV_FLAG_NO_INDEX
-                                                                 : NGHTTP2_NV_FLAG_NONE};
-    }
+    if (!copied)
+        k = head_fields(nv, status, hdrs, n);
     st[0] = (char)('0' + status / 100 % 10);
     st[1] = (char)('0' + status / 10 % 10);
     st[2] = (char)('0' + status % 10);
@@ -1928,13 +1935,7 @@ mg_err_t mg_srv_interim(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
     char st[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10),
                   (char)('0' + status % 10), '\0'};
     nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP2_NV_FLAG_NONE};
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!length_forbidden(status, &hdrs[i]))
-            nv[++k] = (nghttp2_nv){(uint8_t *)hdrs[i].name, (uint8_t *)hdrs[i].value,
-                                   hdrs[i].name_len, hdrs[i].value_len,
-                                   mg_hdr_no_index(&hdrs[i]) ? NGHTTP2_NV_FLAG_NO_INDEX
-                                                             : NGHTTP2_NV_FLAG_NONE};
+    size_t k = head_fields(nv, status, hdrs, n);
     enter(c);
     /* a HEADERS frame without END_STREAM, as the 100 Continue of dispatch_request; nghttp2
      * refuses it for a stream the client closed meanwhile */

@@ -941,19 +941,23 @@ static void client_send_bytewise(fixture_t *f, client_t *c, const uint8_t *data,
     }
 }
 
-/* The GOAWAY error code among the frames |got| holds, or -1. */
-static long goaway_code(const uint8_t *got, size_t len)
+/* Scans the raw HTTP/2 frames in |got| (|len| bytes) for a GOAWAY: its error code, its last
+ * stream id; false when there is none. */
+static bool raw_goaway(const uint8_t *got, size_t len, uint32_t *error, uint32_t *last)
 {
-    long code = -1;
+    bool found = false;
     for (size_t k = 0; k + 9 <= len;) {
         size_t flen = (size_t)got[k] << 16 | (size_t)got[k + 1] << 8 | got[k + 2];
         if (got[k + 3] == NGHTTP2_GOAWAY && flen >= 8 && k + 9 + flen <= len) {
-            const uint8_t *e = got + k + 9 + 4;
-            code = (long)((uint32_t)e[0] << 24 | (uint32_t)e[1] << 16 | (uint32_t)e[2] << 8 | e[3]);
+            const uint8_t *p = got + k + 9;
+            *last = ((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]) &
+                    0x7fffffff;
+            *error = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7];
+            found = true;
         }
         k += 9 + flen;
     }
-    return code;
+    return found;
 }
 
 /* The empty DATA frames counted from the frame headers (common/h2server.c, scan_frames) when
@@ -999,7 +1003,9 @@ static void h2_empty_data_run_cut_across_reads(void **state)
         assert_true(len < sizeof(got));
     }
     assert_true(eof);
-    assert_int_equal(goaway_code(got, len), NGHTTP2_ENHANCE_YOUR_CALM);
+    uint32_t error = 0, last = 0;
+    assert_true(raw_goaway(got, len, &error, &last));
+    assert_int_equal(error, NGHTTP2_ENHANCE_YOUR_CALM);
     close(c->fd);
     c->fd = -1;
     assert_true(run_until(f, NULL, no_conns, NULL));
@@ -1674,24 +1680,6 @@ static void h2_backpressure(void **state)
 }
 
 /* content-length and :status values, checked by the parsers before they get here */
-/* Scans the raw HTTP/2 frames in |got| (|len| bytes) for a GOAWAY: its error code, its last
- * stream id; false when there is none. */
-static bool raw_goaway(const uint8_t *got, size_t len, uint32_t *error, uint32_t *last)
-{
-    bool found = false;
-    for (size_t k = 0; k + 9 <= len;) {
-        size_t flen = (size_t)got[k] << 16 | (size_t)got[k + 1] << 8 | got[k + 2];
-        if (got[k + 3] == NGHTTP2_GOAWAY && flen >= 8 && k + 9 + flen <= len) {
-            const uint8_t *p = got + k + 9;
-            *last = ((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]) &
-                    0x7fffffff;
-            *error = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7];
-            found = true;
-        }
-        k += 9 + flen;
-    }
-    return found;
-}
 
 /* More than 10 empty DATA frames in a row cut the connection (GOAWAY ENHANCE_YOUR_CALM), and
  * nothing behind them in the same read is processed: neither a PING of a bad length (nghttp2
