@@ -172,6 +172,7 @@ struct mg_srv {
     size_t nlisteners;
     conn_t *conns;
     atomic_size_t nconns; /* written by the loop's thread only; read by scrapes (relaxed) */
+    uint64_t accepted;    /* connections ever accepted (the loop's thread only) */
     bool shutting_down;
     bool at_conn_limit;         /* listeners off: conf.max_conns held (see accepting_update) */
     struct event *accept_pause; /* listeners off after accept() failed: see on_accept_error */
@@ -528,9 +529,16 @@ static void tls_sweep_arm(mg_srv_t *srv)
     }
 }
 
-/* A TLS connection read or wrote a record: its buffers are in use again. */
+/* A TLS connection read or wrote a record: its buffers are in use again. One without streams
+ * (a PING, a WINDOW_UPDATE, the SETTINGS after the handshake) gives them back at once, as
+ * SSL_MODE_RELEASE_BUFFERS would: it is not busy, and an idle connection's memory counts. */
 static void tls_used(conn_t *c)
 {
+    if (tls_keep_buffers && c->nstreams == 0 && !c->dead &&
+        SSL_free_buffers(bufferevent_openssl_get_ssl(c->bev)) == 1) {
+        c->tls_freed = true;
+        return;
+    }
     c->tls_used = true;
     if (c->tls_freed) {
         c->tls_freed = false;
@@ -2348,6 +2356,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
                       void *arg)
 {
     mg_srv_t *srv = arg;
+    srv->accepted++;
     bool tls = false; /* the listener's slot tells: odd slots are TLS */
     for (size_t i = 0; i < srv->nlisteners; i++)
         if (srv->listeners[i] == l)
@@ -2620,6 +2629,11 @@ void mg_srv_shutdown(mg_srv_t *srv)
         }
         leave(c);
     }
+}
+
+uint64_t mg_srv_accepted(const mg_srv_t *srv)
+{
+    return srv->accepted;
 }
 
 size_t mg_srv_nconns(const mg_srv_t *srv)

@@ -120,6 +120,9 @@ mg_err_t mg_srv_listen(mg_srv_t *srv, int fd, bool tls);
  * connections and the others after their current response. */
 void mg_srv_shutdown(mg_srv_t *srv);
 
+/* Connections accepted since |srv| was made (an activity mark); its loop's thread only. */
+uint64_t mg_srv_accepted(const mg_srv_t *srv);
+
 /* Number of open client connections. Any thread may read it (for metrics). */
 size_t mg_srv_nconns(const mg_srv_t *srv);
 

@@ -69,6 +69,7 @@ typedef struct worker {
     struct event *check; /* while draining: is everything done? */
     struct event *trim;  /* gives freed memory back to the system once the worker is idle */
     uint64_t started_seen, trimmed_at; /* mg_proxy_started at the last tick, the last trim */
+    uint64_t accepted_at;              /* mg_srv_accepted at the last trim */
     pthread_mutex_t lock;
     mg_routes_t *next_routes; /* under |lock|: the snapshot to switch to */
     atomic_bool drain;
@@ -139,8 +140,12 @@ static void on_trim(evutil_socket_t fd, short what, void *arg)
     mg_evmem_flush();
     mg_srv_trim(w->srv);
     mg_proxy_trim(w->proxy);
-    if (started != w->trimmed_at) {
+    /* also after connections alone: their handshakes' TLS buffers, freed when they went quiet,
+     * are holes in the heap that only malloc_trim gives back */
+    uint64_t accepted = mg_srv_accepted(w->srv);
+    if (started != w->trimmed_at || accepted != w->accepted_at) {
         w->trimmed_at = started;
+        w->accepted_at = accepted;
 #if !MG_ASAN
         /* under ASan glibc's malloc holds nothing to trim, and is not even set up: the first
          * malloc_trim initialises it, which is not thread-safe (two workers trimming in the same
