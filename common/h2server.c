@@ -109,6 +109,7 @@ struct conn {
                          * never (client_idle 0). A trim scheduled within it keeps it. */
     bool trimmed;       /* the frame buffer is released since the last frame written */
     bool tls_used;      /* a TLS record read or written since the last tls_sweep */
+    bool streamed;      /* a stream opened since the last tls_sweep */
     bool tls_freed;     /* OpenSSL's record buffers given back, and not used since */
     char client[64];
     char client_ip[48];
@@ -529,12 +530,13 @@ static void tls_sweep_arm(mg_srv_t *srv)
     }
 }
 
-/* A TLS connection read or wrote a record: its buffers are in use again. One without streams
- * (a PING, a WINDOW_UPDATE, the SETTINGS after the handshake) gives them back at once, as
- * SSL_MODE_RELEASE_BUFFERS would: it is not busy, and an idle connection's memory counts. */
+/* A TLS connection read or wrote a record: its buffers are in use again. One that has had no
+ * stream since the last sweep (a PING, a WINDOW_UPDATE, the SETTINGS after the handshake)
+ * gives them back at once, as SSL_MODE_RELEASE_BUFFERS would: it is not busy, and an idle
+ * connection's memory counts. One between two batches of requests keeps them. */
 static void tls_used(conn_t *c)
 {
-    if (tls_keep_buffers && c->nstreams == 0 && !c->dead &&
+    if (tls_keep_buffers && c->nstreams == 0 && !c->streamed && !c->dead &&
         SSL_free_buffers(bufferevent_openssl_get_ssl(c->bev)) == 1) {
         c->tls_freed = true;
         return;
@@ -554,8 +556,8 @@ static void on_tls_sweep(evutil_socket_t fd, short what, void *arg)
     for (conn_t *c = srv->conns; c; c = c->next) {
         if (!c->tls || c->dead || c->tls_freed || c->bev == NULL)
             continue;
-        if (c->tls_used)
-            c->tls_used = false;
+        if (c->tls_used || c->streamed)
+            c->tls_used = c->streamed = false;
         else
             c->tls_freed = SSL_free_buffers(bufferevent_openssl_get_ssl(c->bev)) == 1;
         held |= !c->tls_freed;
@@ -609,6 +611,7 @@ static void out_taken(conn_t *c, size_t n)
 static mg_srv_stream_t *stream_new(conn_t *c, int32_t id)
 {
     mg_srv_t *srv = c->srv;
+    c->streamed = true;
     mg_srv_stream_t *s = srv->free_streams;
     if (s) {
         srv->free_streams = s->next_in_conn;
