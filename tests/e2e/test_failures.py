@@ -785,26 +785,35 @@ def goaways(frames):
 def stream_flood(gw, make_stream, streams=3000, batch=100):
     """Opens up to |streams| streams on a raw HTTP/2 connection, |batch| per write, each with
     the frames make_stream(encoder, sid) returns, until the gateway sends a GOAWAY or closes.
-    Returns (frames received, streams sent, closed)."""
+    Each batch ends with a PING whose ACK is awaited (up to 5 s) before the next: the gateway
+    has then handled the batch, so no more than |batch| streams are open at once and none is
+    refused for max_concurrent_streams (refused streams spend no budget: a client that raced
+    ahead on a slow machine sent 3000 streams for 900 counted). Returns (frames received,
+    streams sent, closed)."""
     enc = Encoder()
     got, frames, sent, closed = b"", [], 0, False
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         s.sendall(PREFACE + frame(4, 0, 0, b""))
         try:
-            while sent < streams and not goaways(frames):
-                s.sendall(b"".join(make_stream(enc, 2 * (sent + i) + 1) for i in range(batch)))
+            while sent < streams and not goaways(frames) and not closed:
+                mark = struct.pack(">Q", sent)
+                s.sendall(b"".join(make_stream(enc, 2 * (sent + i) + 1) for i in range(batch)) +
+                          frame(6, 0, 0, mark))
                 sent += batch
-                s.setblocking(False)
-                try:
-                    while True:
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    frames, _ = parse_frames(got)
+                    if goaways(frames) or any(f[0] == 6 and f[1] & 1 and f[3] == mark
+                                              for f in frames):
+                        break
+                    try:
                         d = s.recv(1 << 20)
-                        if not d:
-                            closed = True
-                            break
-                        got += d
-                except BlockingIOError:
-                    pass
-                s.setblocking(True)
+                    except socket.timeout:
+                        break
+                    if not d:
+                        closed = True
+                        break
+                    got += d
                 frames, _ = parse_frames(got)
         except (BrokenPipeError, ConnectionResetError):
             closed = True
