@@ -2110,6 +2110,13 @@ void mg_srv_reset(mg_srv_stream_t *s)
         s->reset_by_us = true;
         nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         conn_flush(c);
+    } else if (!c->dead && !out_empty(c)) {
+        /* HTTP/1.1 cuts an answer by closing. What is still queued for a client that reads
+         * slowly leaves first: earlier pipelined answers, whole, then this one's start, which
+         * the close then cuts. No more requests are read. */
+        c->close_when_flushed = true;
+        c->recv_stop = true;
+        mg_outq_disable(&c->outq, c->bev, EV_READ);
     } else {
         conn_close(c);
     }

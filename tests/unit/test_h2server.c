@@ -1112,6 +1112,50 @@ static void h2_goaway_lingers_after_a_full_socket(void **state)
     client_free(c);
 }
 
+static bool got_two_requests(fixture_t *f, client_t *c, const void *arg)
+{
+    (void)c;
+    (void)arg;
+    return f->nrequests >= 2;
+}
+
+/* A pipelined request's answer reset midway (its pod failed) closes the connection, but the
+ * earlier answer, complete and still queued for a client that reads slowly, leaves first:
+ * the client gets all of it, then the reset one cut by the close. */
+static void h1_reset_keeps_earlier_answers(void **state)
+{
+    fixture_t *f = *state;
+    f->answer = A_HOLD;
+    f->sndbuf = 4096; /* the socket takes little: the answers wait in the bufferevent */
+    start(f);
+    client_t *c = client_new();
+    client_sends(f, c, "GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_true(run_until(f, NULL, got_request, NULL));
+    enum { BIG = 300000 };
+    static char big[BIG];
+    memset(big, 'a', sizeof(big));
+    const mg_hdr_t len_a = {"content-length", "300000", 14, 6, MG_HPACK_INDEX};
+    assert_int_equal(mg_srv_respond(f->cur, 200, &len_a, 1, false), MG_OK);
+    mg_srv_write(f->cur, big, sizeof(big));
+    mg_srv_end(f->cur, NULL, 0);
+    assert_true(run_until(f, NULL, got_two_requests, NULL)); /* /b, while /a waits to leave */
+    const mg_hdr_t len_b = {"content-length", "100", 14, 3, MG_HPACK_INDEX};
+    assert_int_equal(mg_srv_respond(f->cur, 200, &len_b, 1, false), MG_OK);
+    mg_srv_write(f->cur, "0123456789", 10);
+    mg_srv_reset(f->cur);
+    assert_true(run_until(f, c, is_eof, NULL));
+    const char *body = strstr(c->buf, "\r\n\r\n");
+    assert_non_null(body);
+    body += 4;
+    assert_true(c->len >= (size_t)(body - c->buf) + BIG); /* all of /a */
+    for (size_t i = 0; i < BIG; i++)
+        if (body[i] != 'a')
+            fail_msg("byte %zu of /a's body is %d", i, body[i]);
+    assert_non_null(strstr(body + BIG, "content-length: 100")); /* then /b's head, cut */
+    client_free(c);
+    assert_true(run_until(f, NULL, no_conns, NULL));
+}
+
 /* Answered at once while a body of known, modest length is still coming (a 429 or a 401 for a
  * POST): the rest of the body is dropped and the connection serves the next request. A
  * response that kept quiet about closing and then closed would make the client send its next
@@ -1806,6 +1850,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_trailers_over_max_headers_are_431, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_trailers_after_early_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_then_late_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_reset_keeps_earlier_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_keeps_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_connect_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_host_required_and_single, setup, teardown),
@@ -1821,8 +1866,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_after_a_full_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_early_answer_big_body_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_empty_data_cut_stops_reading_at_once, setup, teardown),
-        cmocka_unit_test_setup_teardown(h2_interims_leave_room_for_the_final_head, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(h2_interims_leave_room_for_the_final_head, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
