@@ -1869,6 +1869,15 @@ static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t
 
 /* ---------- the handler API ---------- */
 
+/* The three digits of |status|, NUL-terminated, into |st|. */
+static void status_text(char st[4], int status)
+{
+    st[0] = (char)('0' + status / 100 % 10);
+    st[1] = (char)('0' + status / 10 % 10);
+    st[2] = (char)('0' + status % 10);
+    st[3] = '\0';
+}
+
 /* |hdrs| less a content-length |status| forbids into nv[1..], uncopied (nghttp2 copies them);
  * returns how many. */
 static size_t head_fields(nghttp2_nv *nv, int status, const mg_hdr_t *hdrs, size_t n)
@@ -1903,10 +1912,7 @@ static nghttp2_nv *h2_head_nv(mg_srv_stream_t *s, int status, const mg_hdr_t *hd
                                 hdrs[i].value_len, mg_hdr_no_index(&hdrs[i]));
     if (!copied)
         k = head_fields(nv, status, hdrs, n);
-    st[0] = (char)('0' + status / 100 % 10);
-    st[1] = (char)('0' + status / 10 % 10);
-    st[2] = (char)('0' + status % 10);
-    st[3] = '\0';
+    status_text(st, status);
     nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3,
                          NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
     *m = k + 1;
@@ -1943,8 +1949,8 @@ mg_err_t mg_srv_interim(mg_srv_stream_t *s, int status, const mg_hdr_t *hdrs, si
     nghttp2_nv *nv = n < 16 ? stack : malloc(sizeof(nghttp2_nv) * (n + 1));
     if (nv == NULL)
         return MG_E_NOMEM;
-    char st[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10),
-                  (char)('0' + status % 10), '\0'};
+    char st[4];
+    status_text(st, status);
     nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP2_NV_FLAG_NONE};
     size_t k = head_fields(nv, status, hdrs, n);
     enter(c);
