@@ -2121,7 +2121,6 @@ void mg_srv_reset(mg_srv_stream_t *s)
          * slowly leaves first: earlier pipelined answers, whole, then this one's start, which
          * the close then cuts. No more requests are read. */
         c->close_when_flushed = true;
-        c->recv_stop = true;
         mg_outq_disable(&c->outq, c->bev, EV_READ);
     } else {
         conn_close(c);
