@@ -2562,7 +2562,8 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
         srv->conf.stream_memory = srv->conf.max_header_list_size * 2 + 16384;
     srv->h = h;
     srv->ud = ud;
-    srv->tls = tls;
+    if ((srv->tls = tls) != NULL)
+        SSL_CTX_up_ref(tls);
     srv->zmap.run = ZPAGE;
     srv->zframe.run = 5 * ZPAGE;
     srv->zring.run = 1024;
@@ -2690,7 +2691,15 @@ void mg_srv_free(mg_srv_t *srv)
     zpool_clear(&srv->zring);
     mg_smalloc_free(srv->small); /* after the sessions: they gave their blocks back */
     mg_outq_free(srv->outq);     /* after the connections: they left it */
+    SSL_CTX_free(srv->tls);      /* after the connections: each SSL holds its own reference */
     free(srv);
+}
+
+void mg_srv_set_tls(mg_srv_t *srv, SSL_CTX *tls)
+{
+    SSL_CTX_up_ref(tls);
+    SSL_CTX_free(srv->tls);
+    srv->tls = tls;
 }
 
 static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
@@ -2717,7 +2726,11 @@ void mg_srv_trim(mg_srv_t *srv)
     srv->nfree = 0;
 }
 
-SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen)
+/* Session ticket keys: name, HMAC and AES keys (OpenSSL's SSL_CTRL_GET_TLSEXT_TICKET_KEYS). */
+#define TICKET_KEYS_LEN 80
+
+SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, SSL_CTX *prev, char *err,
+                            size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL) {
@@ -2752,5 +2765,35 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
         return NULL;
     }
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+    /* SIGHUP reloads the routes far more often than the certificate changes: new ticket keys
+     * on every reload would send every client back to a full handshake at once */
+    unsigned char keys[TICKET_KEYS_LEN];
+    if (prev && (SSL_CTX_get_tlsext_ticket_keys(prev, keys, sizeof(keys)) != 1 ||
+                 SSL_CTX_set_tlsext_ticket_keys(ctx, keys, sizeof(keys)) != 1)) {
+        OPENSSL_cleanse(keys, sizeof(keys));
+        snprintf(err, errlen, "cannot carry the TLS session ticket keys over");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    OPENSSL_cleanse(keys, sizeof(keys));
     return ctx;
+}
+
+bool mg_srv_tls_ctx_describe(SSL_CTX *ctx, char *buf, size_t len)
+{
+    X509 *x = SSL_CTX_get0_certificate(ctx);
+    BIO *b = BIO_new(BIO_s_mem());
+    if (x == NULL || b == NULL) {
+        BIO_free(b);
+        snprintf(buf, len, "(no certificate)");
+        return false;
+    }
+    X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB);
+    BIO_puts(b, ", valid until ");
+    ASN1_TIME_print(b, X509_get0_notAfter(x));
+    char *text;
+    long n = BIO_get_mem_data(b, &text);
+    snprintf(buf, len, "%.*s", (int)n, text);
+    BIO_free(b);
+    return X509_cmp_current_time(X509_get0_notAfter(x)) < 0;
 }

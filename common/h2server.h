@@ -109,7 +109,8 @@ typedef struct mg_srv_conf {
 } mg_srv_conf_t;
 
 /* Creates a server on |base|. |tls| (may be NULL) is used for listeners added with tls=true and
- * must come from mg_srv_tls_ctx_new. |ud| is passed to on_request. */
+ * must come from mg_srv_tls_ctx_new; the server takes its own reference. |ud| is passed to
+ * on_request. */
 mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
                      const mg_srv_handler_t *h, void *ud, SSL_CTX *tls);
 
@@ -136,9 +137,20 @@ void mg_srv_trim(mg_srv_t *srv);
 /* Closes everything at once and frees |srv| (in-flight streams get on_close(false)). */
 void mg_srv_free(mg_srv_t *srv);
 
-/* TLS context for the listeners: TLS 1.2+, modern ciphers, ALPN h2 and http/1.1.
- * Returns NULL and writes a message naming the file and the reason into |err|. */
-SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen);
+/* TLS context for the listeners: TLS 1.2+, modern ciphers, ALPN h2 and http/1.1. |prev| (may
+ * be NULL) is the context this one replaces: its session ticket keys carry over, so clients
+ * resume their sessions across a reload. Returns NULL and writes a message naming the file and
+ * the reason into |err|. */
+SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, SSL_CTX *prev, char *err,
+                            size_t errlen);
+
+/* Writes "<subject>, valid until <date>" of |ctx|'s certificate into |buf|; true if it has
+ * expired. */
+bool mg_srv_tls_ctx_describe(SSL_CTX *ctx, char *buf, size_t len);
+
+/* New connections on TLS listeners use |tls| from now on; open ones keep the context they
+ * started with. The server holds its own reference, as mg_srv_new does. */
+void mg_srv_set_tls(mg_srv_t *srv, SSL_CTX *tls);
 
 /* --- per stream --- */
 void mg_srv_set_data(mg_srv_stream_t *s, void *data);

@@ -9,7 +9,9 @@
  * worker that accepted it. The main thread keeps an event_base for signals only:
  *  - SIGHUP: load and validate the routing document (blocking file I/O is fine here, no
  *    request is served on this thread), then hand the new snapshot to every worker through its
- *    command event; a bad document is refused and the old one stays.
+ *    command event; a bad document is refused and the old one stays. The TLS certificate and
+ *    key are read again too, and a new context goes to the workers the same way when they
+ *    changed; each of the two is refused or taken on its own.
  *  - SIGTERM/SIGINT: workers stop accepting and send GOAWAY; each exits its loop when its
  *    last connection is gone, or at the drain deadline.
  *  - SIGUSR1: the access log reopens its file.
@@ -35,6 +37,7 @@
 
 #include <event2/event.h>
 #include <event2/thread.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 
 #include "common/asan.h"
@@ -72,6 +75,7 @@ typedef struct worker {
     uint64_t accepted_at;              /* mg_srv_accepted at the last trim */
     pthread_mutex_t lock;
     mg_routes_t *next_routes; /* under |lock|: the snapshot to switch to */
+    SSL_CTX *next_tls;        /* under |lock|: the TLS context for new connections */
     atomic_bool drain;
     atomic_bool stop_now; /* drain deadline passed: leave the loop at once */
 } worker_t;
@@ -87,6 +91,8 @@ static mg_fadmin_t *g_fadmin;
 static worker_t *g_workers;
 static unsigned g_nworkers;
 static mg_routes_t *g_routes;
+static SSL_CTX *g_tls;                 /* NULL without TLS listeners */
+static unsigned char g_tls_digest[32]; /* of the certificate and key files g_tls was made of */
 static struct event_base *g_main_base;
 static bool g_draining;
 
@@ -163,11 +169,17 @@ static void on_cmd(evutil_socket_t fd, short what, void *arg)
         ;
     pthread_mutex_lock(&w->lock);
     mg_routes_t *r = w->next_routes;
+    SSL_CTX *tls = w->next_tls;
     w->next_routes = NULL;
+    w->next_tls = NULL;
     pthread_mutex_unlock(&w->lock);
     if (r) {
         mg_proxy_set_routes(w->proxy, r);
         mg_routes_unref(r); /* the proxy took its own reference */
+    }
+    if (tls) {
+        mg_srv_set_tls(w->srv, tls);
+        SSL_CTX_free(tls); /* the server took its own reference */
     }
     if (atomic_load(&w->stop_now)) {
         event_base_loopbreak(w->base);
@@ -189,6 +201,17 @@ static void *worker_main(void *arg)
     pthread_setname_np(pthread_self(), name);
     event_base_dispatch(w->base);
     return NULL;
+}
+
+static void worker_post_tls(worker_t *w, SSL_CTX *tls)
+{
+    SSL_CTX_up_ref(tls);
+    pthread_mutex_lock(&w->lock);
+    SSL_CTX_free(w->next_tls); /* one not taken yet: the newer one replaces it */
+    w->next_tls = tls;
+    pthread_mutex_unlock(&w->lock);
+    ssize_t n = write(w->pipe[1], "!", 1); /* a full pipe already holds a wake-up */
+    (void)n;
 }
 
 static void worker_post(worker_t *w, mg_routes_t *r)
@@ -216,10 +239,67 @@ static void install_routes(void *ud, mg_routes_t *r)
     g_routes = r;
 }
 
+/* SHA-256 of the certificate file then the key file; false when either cannot be read (making
+ * the context then says which and why). */
+static bool tls_files_digest(const mg_conf_t *conf, unsigned char out[32])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    bool ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    const char *paths[] = {conf->tls_cert, conf->tls_key};
+    for (size_t i = 0; ok && i < 2; i++) {
+        FILE *f = fopen(paths[i], "rb");
+        char buf[4096];
+        size_t n;
+        ok = f != NULL;
+        while (ok && (n = fread(buf, 1, sizeof(buf), f)) > 0)
+            ok = EVP_DigestUpdate(md, buf, n) == 1;
+        ok = ok && !ferror(f);
+        if (f)
+            fclose(f);
+        OPENSSL_cleanse(buf, sizeof(buf)); /* the key's bytes */
+    }
+    ok = ok && EVP_DigestFinal_ex(md, out, NULL) == 1;
+    EVP_MD_CTX_free(md);
+    return ok;
+}
+
+static void log_certificate(const char *what)
+{
+    char desc[512];
+    bool expired = mg_srv_tls_ctx_describe(g_tls, desc, sizeof(desc));
+    MG_LOG(expired ? MG_LOG_WARN : MG_LOG_INFO, "main", "TLS certificate %s %s: %s%s", what,
+           g_conf->tls_cert, desc, expired ? " (EXPIRED)" : "");
+}
+
+/* The certificate and key files again (a renewed certificate): new connections get them,
+ * open ones keep theirs. Unchanged files make no new context; bad ones are refused. */
+static void reload_tls(void)
+{
+    unsigned char digest[32];
+    if (tls_files_digest(g_conf, digest) && memcmp(digest, g_tls_digest, sizeof(digest)) == 0) {
+        MG_LOG(MG_LOG_DEBUG, "main", "SIGHUP: TLS certificate and key unchanged");
+        return;
+    }
+    char err[512];
+    SSL_CTX *tls = mg_srv_tls_ctx_new(g_conf->tls_cert, g_conf->tls_key, g_tls, err, sizeof(err));
+    if (tls == NULL) {
+        MG_LOG(MG_LOG_ERROR, "main", "TLS reload refused, the previous certificate stays: %s", err);
+        return;
+    }
+    for (unsigned i = 0; i < g_nworkers; i++)
+        worker_post_tls(&g_workers[i], tls);
+    SSL_CTX_free(g_tls);
+    g_tls = tls;
+    memcpy(g_tls_digest, digest, sizeof(digest));
+    log_certificate("reloaded from");
+}
+
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
+    if (g_tls)
+        reload_tls();
     if (g_conf->routes_path == NULL) {
-        MG_LOG(MG_LOG_WARN, "main", "SIGHUP: no routing document to reload (--backend mode)");
+        MG_LOG(MG_LOG_INFO, "main", "SIGHUP: no routing document to reload (--backend mode)");
         return;
     }
     char *errors = NULL;
@@ -353,7 +433,7 @@ static int check_only(const mg_conf_t *conf)
     bool ok = true;
     if (conf->ntls_listen) {
         char err[512];
-        SSL_CTX *tls = mg_srv_tls_ctx_new(conf->tls_cert, conf->tls_key, err, sizeof(err));
+        SSL_CTX *tls = mg_srv_tls_ctx_new(conf->tls_cert, conf->tls_key, NULL, err, sizeof(err));
         if (tls == NULL)
             fprintf(stderr, "modelgate: %s\n", err);
         ok = tls != NULL;
@@ -440,6 +520,7 @@ static void free_workers(void)
         mg_features_free(w->features); /* after the proxy: no request holds a ticket now */
         if (w->next_routes)
             mg_routes_unref(w->next_routes);
+        SSL_CTX_free(w->next_tls);
         if (w->cmd)
             event_free(w->cmd);
         if (w->check)
@@ -550,7 +631,6 @@ int main(int argc, char **argv)
     MG_LOG(MG_LOG_INFO, "main", "open-files limit %llu", raise_open_files_limit());
 
     int rc = 1;
-    SSL_CTX *tls = NULL;
     /* before any snapshot: balancers and counters get one row per worker */
     mg_stats_init(conf.workers);
     mg_routes_set_workers(conf.workers);
@@ -574,11 +654,14 @@ int main(int argc, char **argv)
     }
     if (conf.ntls_listen) {
         char err[512];
-        tls = mg_srv_tls_ctx_new(conf.tls_cert, conf.tls_key, err, sizeof(err));
-        if (tls == NULL) {
+        /* read before the context: a file changed in between is then read again on SIGHUP */
+        tls_files_digest(&conf, g_tls_digest);
+        g_tls = mg_srv_tls_ctx_new(conf.tls_cert, conf.tls_key, NULL, err, sizeof(err));
+        if (g_tls == NULL) {
             fprintf(stderr, "modelgate: %s\n", err);
             goto out;
         }
+        log_certificate("from");
     }
     if (conf.access_log) {
         g_log = mg_reqlog_open(conf.access_log);
@@ -641,7 +724,7 @@ int main(int argc, char **argv)
         pthread_mutex_init(&g_workers[i].lock, NULL);
     }
     for (unsigned i = 0; i < g_nworkers; i++)
-        if (start_worker(i, &conf, &sc, tls) != 0)
+        if (start_worker(i, &conf, &sc, g_tls) != 0)
             goto out;
     g_metrics_src.workers = g_nworkers;
     int nmore = 0;
@@ -675,8 +758,8 @@ out:
     if (g_log)
         mg_reqlog_close(g_log); /* flushes its last batch into the spool too */
     mg_dblog_close(g_dblog);
-    if (tls)
-        SSL_CTX_free(tls);
+    SSL_CTX_free(g_tls); /* after the workers' servers: new connections took it from them */
+    g_tls = NULL;
     if (g_main_base)
         event_base_free(g_main_base);
     mg_podstate_free_all();

@@ -1,17 +1,20 @@
 """
 Signals: SIGHUP reloads the routing document under load without failing a request (and a broken
-document is refused, logged, and the previous one stays); SIGTERM drains: listeners close,
+document is refused, logged, and the previous one stays), and a renewed TLS certificate (open
+connections go on, sessions resume, a bad pair is refused); SIGTERM drains: listeners close,
 HTTP/2 clients get GOAWAY, in-flight requests finish, exit 0 within timeouts_ms.drain.
 """
 
 import os
+import socket
+import ssl
 import re
 import signal
 import subprocess
 import threading
 import time
 
-from conftest import HOST, H1Conn, h1_request_bytes, port_open, routes_doc, wait_for
+from conftest import DOMAIN, HOST, H1Conn, h1_request_bytes, port_open, routes_doc, wait_for
 
 LOAD_SECONDS = 8.0  # upper bound of the load phase; it stops earlier when the checks are done
 MAX_REQUESTS_PER_CLIENT = 20000
@@ -270,3 +273,95 @@ def test_sigterm_drain_finishes_slow_downloads(procs):
         assert p.returncode == 0, "curl exited %d: %s" % (p.returncode, err)
         assert os.path.getsize(out) == size, (out, os.path.getsize(out))
     assert gw.proc.wait(10) == 0
+
+
+def _issue_cert(tls, d, cn):
+    """A key and a certificate for |cn| (SAN localhost, 127.0.0.1) signed by the tests' CA."""
+    ca_dir = os.path.dirname(tls["ca"])
+    key, csr, pem = (os.path.join(d, cn + ext) for ext in (".key", ".csr", ".pem"))
+    for argv in (["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out",
+                  key],
+                 ["req", "-new", "-key", key, "-subj", "/CN=" + cn, "-out", csr],
+                 ["x509", "-req", "-in", csr, "-CA", tls["ca"], "-CAkey",
+                  os.path.join(ca_dir, "ca.key"), "-CAcreateserial", "-days", "2", "-extfile",
+                  os.path.join(ca_dir, "ext.cnf"), "-out", pem]):
+        subprocess.run(["openssl"] + argv, check=True, capture_output=True)
+    return pem, key
+
+
+def _install(src, dst):
+    tmp = dst + ".new"
+    with open(src, "rb") as f, open(tmp, "wb") as g:
+        g.write(f.read())
+    os.replace(tmp, dst)
+
+
+def _tls_client(gw):
+    ctx = ssl.create_default_context(cafile=gw.procs.tls["ca"])
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def _tls_hello(gw, ctx=None, session=None):
+    """One TLS connection to |gw| (ALPN h2, verified against the tests' CA): the certificate's
+    CN, whether |session| was resumed, and the session to resume next time. A session resumes
+    only with the |ctx| it came from."""
+    ctx = ctx or _tls_client(gw)
+    with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            s.recv(4096)  # the server's SETTINGS; TLS 1.3 tickets come before it
+            cn = dict(x[0] for x in s.getpeercert()["subject"])["commonName"]
+            return cn, s.session_reused, s.session
+
+
+RELOADED = r"routing document \S+ reloaded"
+
+
+def test_sighup_reloads_the_tls_certificate(procs, tmp_path):
+    """A renewed certificate goes live on SIGHUP: new connections get it, open ones go on, and
+    sessions resume across the reload (the ticket keys stay). A key that does not match is
+    refused with the reason, the previous certificate stays, and the routes still reload."""
+    a = procs.backend("pod-a")
+    d = str(tmp_path)
+    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+    first = _issue_cert(procs.tls, d, "first")
+    renewed = _issue_cert(procs.tls, d, "renewed")
+    other = _issue_cert(procs.tls, d, "other")
+    _install(first[0], cert)
+    _install(first[1], key)
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf={"tls": {"cert": cert, "key": key}})
+    assert re.search(r"TLS certificate from .*live\.pem: CN = first, valid until", gw.log())
+    client = _tls_client(gw)
+    cn, _, session = _tls_hello(gw, client)
+    assert cn == "first"
+    with gw.h2(tls=True) as before:
+        assert before.get("/one").status == 200
+
+        _install(renewed[0], cert)
+        _install(renewed[1], key)
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: "CN = renewed" in gw.log(), 5, what="the reload's log line")
+        wait_for(lambda: _tls_hello(gw)[0] == "renewed", 5, what="the renewed certificate")
+        assert _tls_hello(gw, client, session)[1], "a session from before the reload resumes"
+        assert before.get("/two").status == 200, "a connection from before the reload goes on"
+
+        # unchanged files: no new context (and no second line)
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: len(re.findall(RELOADED, gw.log())) == 2, 5, what="the second reload")
+        assert gw.log().count("CN = renewed") == 1
+
+        _install(other[1], key)  # the renewed certificate with another key
+        gw.write_routes(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a"),
+                                                     ("digits", "staging", "svc-a")]))
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: "TLS reload refused" in gw.log(), 5, what="the refusal")
+        assert re.search(r"TLS reload refused, the previous certificate stays: TLS key "
+                         r"'.*live\.key': key values mismatch", gw.log())
+        wait_for(lambda: len(re.findall(RELOADED, gw.log())) == 3, 5, what="the routes reload")
+        assert _tls_hello(gw)[0] == "renewed"
+        with gw.h2(host="digits-staging." + DOMAIN, tls=True) as c:
+            assert c.get("/three").status == 200, "the routes were reloaded all the same"
+        assert before.get("/four").status == 200
+    gw.assert_alive()
