@@ -18,6 +18,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -123,7 +124,11 @@ struct conn {
     uint32_t resets_left;        /* premature stream closes allowed now: see RESET_BURST */
     int64_t resets_at_s;         /* when resets_left was last refilled (monotonic seconds) */
     uint32_t empty_run;          /* DATA frames in a row that carried nothing: see EMPTY_MAX */
-    bool empty_flood;            /* too many: cut once nghttp2 has the frames before them */
+    uint8_t flood;               /* a FLOOD_*: cut once nghttp2 has the frames before it */
+    uint64_t heads;              /* HEADERS frames read: see IDLE_PER_STREAM */
+    uint64_t idle_frames;        /* PRIORITY and PING ACK frames read */
+    uint64_t window_updates;     /* WINDOW_UPDATE frames read */
+    uint64_t data_sent;          /* DATA frames sent */
     uint32_t scan_skip;          /* bytes of the preface or of a frame's payload to pass */
     uint8_t scan_hdr[10];        /* the frame header being read, and a DATA frame's pad length */
     uint8_t scan_have;           /* bytes of it read */
@@ -1006,7 +1011,7 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
  * the client uploading into a body nobody reads, the connection held for good. */
 static int on_frame_send(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
-    (void)ud;
+    ((conn_t *)ud)->data_sent += f->hd.type == NGHTTP2_DATA; /* see WU_PER_DATA */
     if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
         nghttp2_session_get_stream_remote_close(sess, f->hd.stream_id) == 0)
@@ -1043,6 +1048,51 @@ static int recv_result(const conn_t *c)
  */
 #define EMPTY_MAX 10
 
+/*
+ * Frames that do nothing (CVE-2019-9513's family), bounded as Envoy bounds them:
+ *  - PRIORITY frames: ignored here (SETTINGS_NO_RFC7540_PRIORITIES), yet each is read and
+ *    parsed, ~70 ns for 14 bytes. A client writing them over and over from one buffer kept a
+ *    worker's core busy with a twentieth of its own. At most IDLE_PER_STREAM for the
+ *    connection and as many per stream the client opens (Envoy's
+ *    max_inbound_priority_frames_per_stream, 100). PING ACKs count with them: the gateway
+ *    sends no PING, so each one answers nothing.
+ *  - WINDOW_UPDATE frames: clients send them for the data they receive. At most
+ *    5 + 2 * (streams opened + WU_PER_DATA * DATA frames sent), Envoy's formula
+ *    (max_inbound_window_update_frames_per_data_frame_sent, 10).
+ * Counted over the connection's life, as Envoy does. Past either bound the connection is cut
+ * as for the empty frames. PINGs and SETTINGS are answered, so they cost the client a read
+ * each; nghttp2 cuts a client that does not read them (max_outbound_ack).
+ */
+#define IDLE_PER_STREAM 100
+#define WU_PER_DATA 10
+
+enum { FLOOD_NONE, FLOOD_EMPTY, FLOOD_IDLE, FLOOD_WINDOW_UPDATE };
+
+/* Counts the frame whose header is |h|; returns the FLOOD_* it completes. */
+static uint8_t count_frame(conn_t *c, const uint8_t *h, bool empty)
+{
+    c->empty_run = empty ? c->empty_run + 1 : 0;
+    if (c->empty_run > EMPTY_MAX)
+        return FLOOD_EMPTY;
+    switch (h[3]) {
+    case NGHTTP2_HEADERS:
+        c->heads++;
+        return FLOOD_NONE;
+    case NGHTTP2_PING:
+        if (!(h[4] & NGHTTP2_FLAG_ACK))
+            return FLOOD_NONE;
+        /* fall through */
+    case NGHTTP2_PRIORITY:
+        return ++c->idle_frames > IDLE_PER_STREAM * (1 + c->heads) ? FLOOD_IDLE : FLOOD_NONE;
+    case NGHTTP2_WINDOW_UPDATE:
+        return ++c->window_updates > 5 + 2 * (c->heads + WU_PER_DATA * c->data_sent)
+                   ? FLOOD_WINDOW_UPDATE
+                   : FLOOD_NONE;
+    default:
+        return FLOOD_NONE;
+    }
+}
+
 /* A DATA frame with PADDED set has its pad length in the first payload byte. */
 static bool data_padded(const uint8_t *h)
 {
@@ -1050,8 +1100,8 @@ static bool data_padded(const uint8_t *h)
 }
 
 /* Reads the frame headers in |p| (|n| bytes) that follow the ones already seen. Returns |n|,
- * or where the frame that makes a flood starts (c->empty_flood set): nghttp2 gets the frames
- * before it, then h2_recv cuts the connection. */
+ * or where the frame that makes a flood starts (c->flood set): nghttp2 gets the frames before
+ * it, then h2_recv cuts the connection. */
 static size_t scan_frames(void *arg, const uint8_t *p, size_t n)
 {
     conn_t *c = arg;
@@ -1086,11 +1136,8 @@ static size_t scan_frames(void *arg, const uint8_t *p, size_t n)
         bool padded = data_padded(h);
         bool empty = h[3] == NGHTTP2_DATA && !(h[4] & NGHTTP2_FLAG_END_STREAM) &&
                      len == (padded ? 1u + h[9] : 0u);
-        c->empty_run = empty ? c->empty_run + 1 : 0;
-        if (c->empty_run > EMPTY_MAX) {
-            c->empty_flood = true;
+        if ((c->flood = count_frame(c, h, empty)) != FLOOD_NONE)
             return (size_t)(start - from);
-        }
         c->scan_skip = len - (padded ? 1 : 0);
         p += taken;
         n -= taken;
@@ -1308,10 +1355,21 @@ static void h2_recv(conn_t *c)
     c->in_recv = true;
     int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->recv_stop, scan_frames, c);
     c->in_recv = false;
-    if (rv == 0 && c->empty_flood) {
-        char why[80];
-        snprintf(why, sizeof(why), "more than %u empty DATA frames in a row", EMPTY_MAX);
-        cut_for_abuse(c, why, "empty frames flood");
+    if (rv == 0 && c->flood != FLOOD_NONE) {
+        char why[128];
+        if (c->flood == FLOOD_EMPTY)
+            snprintf(why, sizeof(why), "more than %u empty DATA frames in a row", EMPTY_MAX);
+        else if (c->flood == FLOOD_IDLE)
+            snprintf(why, sizeof(why),
+                     "PRIORITY and PING ACK frames over %u x (1 + %" PRIu64 " streams)",
+                     IDLE_PER_STREAM, c->heads);
+        else
+            snprintf(why, sizeof(why),
+                     "WINDOW_UPDATE frames over 5 + 2 x (%" PRIu64 " streams + %u x %" PRIu64
+                     " DATA frames sent)",
+                     c->heads, WU_PER_DATA, c->data_sent);
+        cut_for_abuse(c, why,
+                      c->flood == FLOOD_EMPTY ? "empty frames flood" : "control frames flood");
         return;
     }
     if (rv == NGHTTP2_ERR_CALLBACK_FAILURE && c->recv_stop)

@@ -878,6 +878,21 @@ def test_h2_stream_reset_flood_cut(procs, kind):
     keeper.close()
 
 
+def await_answer(s, got, sid):
+    """Reads from |s| (|got|: what came so far) until stream |sid|'s END_STREAM; returns all
+    that came."""
+    deadline = time.monotonic() + 5
+    ended = lambda: any(f[0] in (0, 1) and f[2] == sid and f[1] & 1  # noqa: E731
+                        for f in parse_frames(got)[0])
+    while not ended() and time.monotonic() < deadline:
+        d = s.recv(65536)
+        if not d:
+            break
+        got += d
+    assert ended(), "no whole answer to stream %d" % sid
+    return got
+
+
 @pytest.mark.parametrize("stream", ["open", "closed"])
 def test_h2_empty_data_flood_cut(victim, stream):
     """CVE-2019-9518: DATA frames that carry nothing and do not end their stream cost a frame's
@@ -893,17 +908,9 @@ def test_h2_empty_data_flood_cut(victim, stream):
         # a few empty frames, some padded (PADDED flag, pad length 3), between data: served
         polite = frame(0, 0, 1, b"ab") + frame(0, 8, 1, b"\x03\0\0\0") + frame(0, 0, 1, b"")
         s.sendall(polite * 5 + frame(0, 1, 1, b"end"))
-        got = b""
-        deadline = time.monotonic() + 5
         # the whole answer (END_STREAM): before it, stream 1 is only half-closed at the
         # gateway, and DATA on it is a protocol error (GOAWAY STREAM_CLOSED), not a flood
-        ended = lambda: any(f[0] in (0, 1) and f[2] == 1 and f[1] & 1 for f in frames)  # noqa: E731
-        while time.monotonic() < deadline:
-            frames, _ = parse_frames(got)
-            if ended():
-                break
-            got += s.recv(65536)
-        assert ended(), "no whole answer to the polite stream"
+        got = await_answer(s, b"", 1)
         sid = 1  # answered and closed
         if stream == "open":
             sid = 3
@@ -920,6 +927,46 @@ def test_h2_empty_data_flood_cut(victim, stream):
     assert closed, "connection left open after its GOAWAY"
     cut = [l for l in gw.log().splitlines() if "ENHANCE_YOUR_CALM" in l]
     assert len(cut) == 1 and "empty frames flood" in cut[0] and " warn " in cut[0], cut
+    assert_serving(gw, keeper)
+
+
+# (the frame, how many a polite client sends before its first stream, and after it)
+CONTROL_FLOODS = {
+    "priority": (frame(2, 0, 101, struct.pack(">IB", 0, 16)), 100, 100),
+    "ping_ack": (frame(6, 1, 0, b"\0" * 8), 100, 100),
+    "window_update": (frame(8, 0, 0, struct.pack(">I", 1)), 5, 20),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CONTROL_FLOODS))
+def test_h2_control_frame_flood_cut(victim, kind):
+    """Frames that do nothing still cost their parsing: PRIORITY frames (the gateway turns RFC
+    7540 priorities off), PING ACKs (it sends no PING) and WINDOW_UPDATEs beyond the data it
+    sent. A client writing them from one buffer kept a worker busy with a twentieth of that
+    CPU. They are bounded as Envoy bounds them: PRIORITY and PING ACK at 100 per stream and 100
+    more, WINDOW_UPDATE at 5 + 2 x (streams + 10 x DATA frames sent). A client within the
+    bounds is served; a flood gets GOAWAY ENHANCE_YOUR_CALM, one warning, and the connection
+    closed. Before, the gateway read all 50,000 and kept the connection open."""
+    gw, a, keeper = victim
+    one, before, after = CONTROL_FLOODS[kind]
+    enc = Encoder()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(PREFACE + frame(4, 0, 0, b"") + one * before + flood_head(gw, enc, 1))
+        got = await_answer(s, b"", 1)
+        s.sendall(one * after + flood_head(gw, enc, 3))
+        got = await_answer(s, got, 3)
+        assert not goaways(parse_frames(got)[0]), "a polite client was cut"
+        try:
+            for i in range(50):
+                s.sendall(one * 1000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        more, closed, _ = read_frames(s, 5)
+    gws = goaways(parse_frames(got)[0] + more)
+    assert gws and gws[0] == (ENHANCE_YOUR_CALM, 3), gws
+    assert closed, "connection left open after its GOAWAY"
+    cut = [l for l in gw.log().splitlines() if "ENHANCE_YOUR_CALM" in l]
+    assert len(cut) == 1 and "control frames flood" in cut[0] and " warn " in cut[0], cut
     assert_serving(gw, keeper)
 
 

@@ -1768,6 +1768,76 @@ static void h2_empty_data_cut_stops_reading_at_once(void **state)
     assert_true(run_until(f, NULL, no_conns, NULL));
 }
 
+/* Writes |count| copies of the frame |fr| (|len| bytes) in one write. */
+static void client_send_frames(fixture_t *f, client_t *c, const uint8_t *fr, size_t len,
+                               size_t count)
+{
+    uint8_t buf[4096];
+    assert_true(count * len <= sizeof(buf));
+    for (size_t i = 0; i < count; i++)
+        memcpy(buf + i * len, fr, len);
+    client_send(f, c, buf, count * len);
+}
+
+/* The connection is cut with GOAWAY ENHANCE_YOUR_CALM whose last stream is |last|. */
+static void assert_cut(fixture_t *f, client_t *c, uint32_t last)
+{
+    assert_true(run_until(f, c, is_eof, NULL));
+    uint32_t error = 0, got_last = 0;
+    assert_true(raw_goaway((const uint8_t *)c->buf, c->len, &error, &got_last));
+    assert_int_equal(error, NGHTTP2_ENHANCE_YOUR_CALM);
+    assert_int_equal(got_last, last);
+}
+
+/* Frames that do nothing are bounded as Envoy bounds them: PRIORITY and PING ACK frames at 100
+ * for the connection and 100 per stream, WINDOW_UPDATE frames at 5 + 2 x (streams + 10 x DATA
+ * frames sent). Up to the bound the connection is served; one more cuts it. */
+static void h2_control_frames_bounded(void **state)
+{
+    fixture_t *f = *state;
+    f->answer = A_NOW; /* one DATA frame per answer */
+    start(f);
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    static const uint8_t settings[9] = {0, 0, 0, 4, 0, 0, 0, 0, 0};
+    /* HEADERS, END_STREAM | END_HEADERS, stream 1: GET http / with :authority "a" */
+    static const uint8_t get[15] = {0, 0, 6, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x01, 1, 'a'};
+    static const uint8_t priority[14] = {0, 0, 5, 2, 0, 0, 0, 0, 101, 0, 0, 0, 0, 16};
+    static const uint8_t ping_ack[17] = {0, 0, 8, 6, 1, 0, 0, 0, 0};
+    static const uint8_t window_update[13] = {0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+
+    /* PRIORITY and PING ACK: 100, a stream, 100 more, then one too many */
+    client_t *c = client_new();
+    client_send(f, c, preface, sizeof(preface) - 1);
+    client_send(f, c, settings, sizeof(settings));
+    client_send_frames(f, c, priority, sizeof(priority), 60);
+    client_send_frames(f, c, ping_ack, sizeof(ping_ack), 40);
+    client_send(f, c, get, sizeof(get));
+    client_send_frames(f, c, ping_ack, sizeof(ping_ack), 50);
+    client_send_frames(f, c, priority, sizeof(priority), 50);
+    run_quiet(f, c, 50);
+    assert_int_equal(f->nrequests, 1);
+    assert_int_equal(mg_srv_nconns(f->srv), 1);
+    client_send_frames(f, c, priority, sizeof(priority), 1);
+    assert_cut(f, c, 1);
+    client_free(c);
+
+    /* WINDOW_UPDATE: 5 at first; after a stream answered with 1 DATA frame, 5 + 2 x 11 */
+    c = client_new();
+    client_send(f, c, preface, sizeof(preface) - 1);
+    client_send(f, c, settings, sizeof(settings));
+    client_send_frames(f, c, window_update, sizeof(window_update), 5);
+    client_send(f, c, get, sizeof(get));
+    run_quiet(f, c, 50);
+    assert_int_equal(f->nrequests, 2);
+    client_send_frames(f, c, window_update, sizeof(window_update), 22);
+    run_quiet(f, c, 50);
+    assert_int_equal(mg_srv_nconns(f->srv), 1);
+    client_send_frames(f, c, window_update, sizeof(window_update), 1);
+    assert_cut(f, c, 1);
+    client_free(c);
+    assert_true(run_until(f, NULL, no_conns, NULL));
+}
+
 /* Interim heads take nothing of the stream's arena: MG_SRV_MAX_INTERIM of them with large
  * fields (more than stream_memory in all) still leave room for the final head, which reaches
  * the client instead of an RST_STREAM INTERNAL_ERROR (the arena cannot hold its field array). */
@@ -1861,6 +1931,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_http10_transfer_coding_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_linger_stops_after_a_mebibyte, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_empty_data_run_cut_across_reads, setup, teardown),
+        cmocka_unit_test_setup_teardown(h2_control_frames_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_for_what_the_client_was_sending, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_after_a_full_socket, setup, teardown),
