@@ -272,12 +272,13 @@ static void log_certificate(const char *what)
 }
 
 /* The certificate and key files again (a renewed certificate): new connections get them,
- * open ones keep theirs. Unchanged files make no new context; bad ones are refused. */
+ * open ones keep theirs. Unchanged files make no new context; bad ones are refused (and
+ * retried at the next SIGHUP or check, as the digest stays the old one's). */
 static void reload_tls(void)
 {
     unsigned char digest[32];
     if (tls_files_digest(g_conf, digest) && memcmp(digest, g_tls_digest, sizeof(digest)) == 0) {
-        MG_LOG(MG_LOG_DEBUG, "main", "SIGHUP: TLS certificate and key unchanged");
+        MG_LOG(MG_LOG_DEBUG, "main", "TLS certificate and key unchanged");
         return;
     }
     char err[512];
@@ -292,6 +293,15 @@ static void reload_tls(void)
     g_tls = tls;
     memcpy(g_tls_digest, digest, sizeof(digest));
     log_certificate("reloaded from");
+}
+
+/* A certificate renewed in place (a Kubernetes Secret volume, certbot) needs no SIGHUP: the
+ * files are read every tls.reload_check_ms and taken as SIGHUP takes them. */
+static void on_tls_check(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+    if (!g_draining)
+        reload_tls();
 }
 
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
@@ -550,6 +560,13 @@ static void serve(const mg_conf_t *conf)
     };
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         event_add(sigs[i], NULL);
+    struct event *tls_check = NULL;
+    if (g_tls && conf->tls_reload_check_ms > 0 &&
+        (tls_check = event_new(g_main_base, -1, EV_PERSIST, on_tls_check, NULL)) != NULL) {
+        struct timeval tv = {conf->tls_reload_check_ms / 1000,
+                             (conf->tls_reload_check_ms % 1000) * 1000};
+        event_add(tls_check, &tv);
+    }
 
     /* workers must not take the process signals: block them before creating threads */
     sigset_t all, old; /* the asynchronous ones only: a crash must still crash loudly */
@@ -575,6 +592,8 @@ static void serve(const mg_conf_t *conf)
     pthread_join(j, NULL);
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         event_free(sigs[i]);
+    if (tls_check)
+        event_free(tls_check);
 }
 
 /* Every client and pod connection is a descriptor, and Debian's default soft limit (1024) is

@@ -365,3 +365,26 @@ def test_sighup_reloads_the_tls_certificate(procs, tmp_path):
             assert c.get("/three").status == 200, "the routes were reloaded all the same"
         assert before.get("/four").status == 200
     gw.assert_alive()
+
+
+def test_renewed_tls_certificate_is_taken_without_sighup(procs, tmp_path):
+    """A certificate renewed in place (a Kubernetes Secret volume, certbot) is taken within
+    tls.reload_check_ms, with no SIGHUP; unchanged files make no new context."""
+    a = procs.backend("pod-a")
+    d = str(tmp_path)
+    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+    first = _issue_cert(procs.tls, d, "first")
+    renewed = _issue_cert(procs.tls, d, "renewed")
+    _install(first[0], cert)
+    _install(first[1], key)
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf={"tls": {"cert": cert, "key": key, "reload_check_ms": 200}})
+    assert _tls_hello(gw)[0] == "first"
+    time.sleep(0.6)  # three checks of unchanged files
+    assert "reloaded" not in gw.log()
+    _install(renewed[1], key)
+    _install(renewed[0], cert)
+    wait_for(lambda: _tls_hello(gw)[0] == "renewed", 5, what="the renewed certificate")
+    time.sleep(0.6)
+    assert len(re.findall(r"TLS certificate reloaded from \S+live\.pem: CN = renewed",
+                          gw.log())) == 1, gw.log()

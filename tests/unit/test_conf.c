@@ -139,6 +139,7 @@ static void defaults(void **state)
     assert_int_equal(c.ntls_listen, 0);
     assert_null(c.tls_cert);
     assert_null(c.tls_key);
+    assert_int_equal(c.tls_reload_check_ms, 60000);
     assert_int_equal(c.workers, 0);
     assert_null(c.routes_path);
     assert_null(c.backends);
@@ -249,7 +250,8 @@ static void relative_paths(void **state)
     char keypath[128], text[512];
     snprintf(keypath, sizeof(keypath), "%s/key.pem", f->dir);
     snprintf(text, sizeof(text),
-             "{'tls':{'listen':['127.0.0.1:8443'],'cert':'../cert.pem','key':'%s'},"
+             "{'tls':{'listen':['127.0.0.1:8443'],'cert':'../cert.pem','key':'%s',"
+             "'reload_check_ms':0},"
              "'routes':'../routes.json','access_log':'logs/a.log'}",
              keypath);
     const char *cfg = put(f, "sub/gateway.json", text);
@@ -265,6 +267,7 @@ static void relative_paths(void **state)
     snprintf(want, sizeof(want), "%s/sub/logs/a.log", f->dir);
     assert_string_equal(c.access_log, want);
     assert_int_equal(c.ntls_listen, 1);
+    assert_int_equal(c.tls_reload_check_ms, 0);
     mg_conf_clear(&c);
 
     /* "-" is stdout, not a file next to the config; a flag path is relative to the cwd */
@@ -373,7 +376,8 @@ static void file_errors_all_in_one_pass(void **state)
     const char *cfg =
         put(f, "gateway.json",
             "{'listen':['127.0.0.1:8080','127.0.0.1:99999',5],'lisen':[],"
-            "'tls':{'listen':'x','crt':'a'},'workers':-1,'routes':'','access_log':5,"
+            "'tls':{'listen':'x','crt':'a','reload_check_ms':86400001},'workers':-1,'routes':'','"
+            "access_log':5,"
             "'log_level':'loud','limits':{'max_concurrent_streams':0,'stream_window':65534,"
             "'connection_window':2147483648,'max_headers':1.5,'max_header_list_size':'big',"
             "'max_request_body':-1,'x':1},'timeouts_ms':{'idle':3600001,'drain':-5},"
@@ -387,9 +391,11 @@ static void file_errors_all_in_one_pass(void **state)
         "request_id_in_response)",
         "listen[1]: invalid address \"127.0.0.1:99999\" (port must be 1-65535)",
         "listen[2]: wrong type (got number 5; expected string \"host:port\")",
-        "tls.crt: unknown key (valid keys: listen, cert, key)",
+        "tls.crt: unknown key (valid keys: listen, cert, key, reload_check_ms)",
         "tls.listen: wrong type (got string \"x\"; expected array of \"host:port\" strings, e.g. "
         "[\"127.0.0.1:8080\"])",
+        "tls.reload_check_ms: out of range (got 86400001; expected integer 0-86400000 (ms "
+        "between checks of the certificate and key files, 0 = only on SIGHUP))",
         "workers: out of range (got -1; expected 0-1024, 0 = one per core)",
         "routes: empty (expected a file path)",
         "access_log: wrong type (got number 5; expected string (a path, \"-\" for stdout, \"\" "
