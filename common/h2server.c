@@ -2204,9 +2204,94 @@ static size_t json_escape(char *dst, size_t cap, const char *s)
     return o;
 }
 
+/* A gRPC call: HTTP/2 with content-type application/grpc, alone or with a +format or
+ * parameters (gRPC-Web, which carries its status in the body, is not one). */
+static bool is_grpc(const mg_srv_stream_t *s)
+{
+    if (s->c->proto != P_H2)
+        return false;
+    for (size_t i = 0; i < s->nhdrs; i++) {
+        const mg_hdr_t *f = &s->hdrs[i];
+        if (f->name_len == 12 && memcmp(f->name, "content-type", 12) == 0)
+            return f->value_len >= 16 && strncasecmp(f->value, "application/grpc", 16) == 0 &&
+                   (f->value_len == 16 || f->value[16] == '+' || f->value[16] == ';');
+    }
+    return false;
+}
+
+/* gRPC's mapping of HTTP statuses (doc/http-grpc-status-mapping.md), which Envoy uses for its
+ * own answers too; a body or header section too large is RESOURCE_EXHAUSTED, as gRPC servers
+ * say of a message too large. */
+static int grpc_status_of(int status)
+{
+    switch (status) {
+    case 400:
+        return 13; /* INTERNAL */
+    case 401:
+        return 16; /* UNAUTHENTICATED */
+    case 403:
+        return 7; /* PERMISSION_DENIED */
+    case 404:
+    case 501:
+        return 12; /* UNIMPLEMENTED */
+    case 413:
+    case 431:
+        return 8; /* RESOURCE_EXHAUSTED */
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+        return 14; /* UNAVAILABLE */
+    default:
+        return 2; /* UNKNOWN */
+    }
+}
+
+/* |text| percent-encoded for grpc-message: bytes outside 0x20-0x7e, and '%'. */
+static size_t grpc_percent_encode(char *dst, size_t cap, const char *text)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)text; *p && o + 4 <= cap; p++) {
+        if (*p < 0x20 || *p > 0x7e || *p == '%') {
+            dst[o++] = '%';
+            dst[o++] = hex[*p >> 4];
+            dst[o++] = hex[*p & 15];
+        } else {
+            dst[o++] = (char)*p;
+        }
+    }
+    dst[o] = '\0';
+    return o;
+}
+
+/* The error of mg_srv_error for a gRPC client, which reads no JSON body: a Trailers-Only
+ * answer (HTTP 200, grpc-status, grpc-message "<code>: <message> (request id <id>)"), as
+ * Envoy answers gRPC calls itself. Without it the client saw only "Received http2 header with
+ * status: 502". */
+static mg_err_t grpc_error(mg_srv_stream_t *s, int status, const char *code, const char *message,
+                           const char *request_id, const mg_hdr_t *extra, size_t nextra)
+{
+    char text[768], msg[2304], st[8];
+    snprintf(text, sizeof(text), request_id ? "%s: %s (request id %s)" : "%s: %s", code, message,
+             request_id);
+    size_t n = grpc_percent_encode(msg, sizeof(msg), text);
+    snprintf(st, sizeof(st), "%d", grpc_status_of(status));
+    mg_hdr_t h[16];
+    size_t nh = 0;
+    h[nh++] = (mg_hdr_t){"content-type", "application/grpc", 12, 16, MG_HPACK_INDEX};
+    h[nh++] = (mg_hdr_t){"grpc-status", st, 11, strlen(st), MG_HPACK_INDEX};
+    h[nh++] = (mg_hdr_t){"grpc-message", msg, 12, n, MG_HPACK_UNIQUE};
+    for (size_t i = 0; i < nextra && nh < 16; i++)
+        h[nh++] = extra[i];
+    return mg_srv_respond(s, 200, h, nh, true);
+}
+
 mg_err_t mg_srv_error(mg_srv_stream_t *s, int status, const char *code, const char *message,
                       const char *request_id, const mg_hdr_t *extra, size_t nextra)
 {
+    if (is_grpc(s))
+        return grpc_error(s, status, code, message, request_id, extra, nextra);
     char msg[512], rid[160], body[900], len[24];
     json_escape(msg, sizeof(msg), message);
     json_escape(rid, sizeof(rid), request_id);

@@ -196,7 +196,8 @@ void mg_srv_consume(mg_srv_stream_t *s, size_t n);
  * on_close(false) follows. */
 void mg_srv_reset(mg_srv_stream_t *s);
 
-/* Answers with a JSON error {"error":{"code","message","request_id"}} and ends the stream.
+/* Answers with a JSON error {"error":{"code","message","request_id"}} and ends the stream; a
+ * gRPC call gets a Trailers-Only answer instead (grpc-status from |status|, grpc-message).
  * |extra| (may be NULL, |nextra| 0) adds response headers. */
 mg_err_t mg_srv_error(mg_srv_stream_t *s, int status, const char *code, const char *message,
                       const char *request_id, const mg_hdr_t *extra, size_t nextra);

@@ -1,12 +1,13 @@
 """
 gRPC through the gateway with python3-grpcio: unary and server-streaming calls, OK and non-OK
-statuses, initial and trailing metadata (HTTP/2 trailers end to end).
+statuses, initial and trailing metadata (HTTP/2 trailers end to end), and the gateway's own
+errors as gRPC statuses.
 """
 
 import grpc
 import pytest
 
-from conftest import HOST, routes_doc
+from conftest import DOMAIN, HOST, free_port, routes_doc, wait_for
 
 
 def _ident(b):
@@ -104,3 +105,47 @@ def test_grpc_unknown_method_status(grpc_stack):
         with pytest.raises(grpc.RpcError) as ei:
             m(b"x", timeout=10)
         assert ei.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+GATEWAY_ERRORS = [
+    # (case, host, method, request, gRPC status, the gateway's error code, HTTP status logged)
+    ("unknown_host", "nosuch-production." + DOMAIN, "/test.Echo/Unary", b"x",
+     grpc.StatusCode.UNIMPLEMENTED, "unknown_host", 404),
+    ("no_pod", "digits-staging." + DOMAIN, "/test.Echo/Unary", b"x",
+     grpc.StatusCode.UNAVAILABLE, "upstream_unavailable", 502),
+    ("slow_pod", HOST, "/slow?ms=3000", b"x", grpc.StatusCode.UNAVAILABLE, "upstream_timeout",
+     504),
+    ("body_too_large", HOST, "/test.Echo/Unary", b"x" * 5000,
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "body_too_large", 413),
+]
+
+
+def test_gateway_errors_reach_grpc_clients_as_grpc_status(procs):
+    """The gateway's own errors reach a gRPC client as a gRPC status that carries the gateway's
+    reason and request id: a Trailers-Only answer (HTTP 200, grpc-status, grpc-message), as
+    Envoy answers. gRPC clients read no JSON body: before, they saw only "Received http2 header
+    with status: 502". The statuses follow gRPC's HTTP mapping (404 UNIMPLEMENTED, 502-504
+    UNAVAILABLE) and 413 is RESOURCE_EXHAUSTED. The access log keeps the HTTP status the
+    gateway decided, and the error code."""
+    slow = procs.backend("slow", proto="h2c")
+    dead = "127.0.0.1:%d" % free_port()
+    gw = procs.gateway(routes_doc({"svc-slow": [slow], "svc-dead": [dead]},
+                                  [("digits", "production", "svc-slow"),
+                                   ("digits", "staging", "svc-dead")]),
+                       conf={"timeouts_ms": {"first_byte": 300},
+                             "limits": {"max_request_body": 1000}})
+    for case, host, method, request, want, code, status in GATEWAY_ERRORS:
+        authority = "%s:%d" % (host, gw.port)
+        with grpc.insecure_channel("127.0.0.1:%d" % gw.port,
+                                   options=[("grpc.default_authority", authority)]) as ch:
+            m = ch.unary_unary(method, request_serializer=_ident, response_deserializer=_ident)
+            with pytest.raises(grpc.RpcError) as ei:
+                m(request, timeout=10)
+        e = ei.value
+        assert e.code() == want, (case, e.code(), e.details())
+        assert e.details().startswith(code + ": "), (case, e.details())
+        line = wait_for(lambda: [l for l in gw.access() if l["host"] == authority and
+                                 l["error"] == code], 5, what="the access log line of " + case)[-1]
+        assert line["path"] == method
+        assert line["status"] == status, (case, line)
+        assert e.details().endswith("(request id %s)" % line["request_id"]), (case, e.details())

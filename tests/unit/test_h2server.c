@@ -1403,12 +1403,14 @@ struct h2client {
     char body[8192];
     size_t body_len;
     char trailers[256]; /* response trailers, "name=value;" */
+    char head[512];     /* the final head's regular fields, "name=value;" */
     bool closed;
     uint32_t close_error;
     /* request body */
     const uint8_t *req_body;
     size_t req_len, req_off;
     bool req_trailers;
+    const char *req_ctype; /* content-type of the next request, or NULL */
 };
 
 static int h2_on_frame_recv(nghttp2_session *s, const nghttp2_frame *fr, void *ud)
@@ -1435,10 +1437,12 @@ static int h2_on_header(nghttp2_session *s, const nghttp2_frame *fr, const uint8
         h->ninterim++; /* an interim head; the final one's :status may come as HCAT_HEADERS */
     } else if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
         h->status = atoi((const char *)value);
-    } else if (fr->headers.cat == NGHTTP2_HCAT_HEADERS) {
-        size_t used = strlen(h->trailers);
-        snprintf(h->trailers + used, sizeof(h->trailers) - used, "%.*s=%.*s;", (int)nlen, name,
-                 (int)vlen, value);
+    } else {
+        char *to = fr->headers.cat == NGHTTP2_HCAT_HEADERS ? h->trailers : h->head;
+        size_t cap =
+            fr->headers.cat == NGHTTP2_HCAT_HEADERS ? sizeof(h->trailers) : sizeof(h->head);
+        size_t used = strlen(to);
+        snprintf(to + used, cap - used, "%.*s=%.*s;", (int)nlen, name, (int)vlen, value);
     }
     return 0;
 }
@@ -1571,13 +1575,16 @@ static int32_t h2_request(client_t *c, const char *method, const char *path, con
         {(uint8_t *)":authority", (uint8_t *)"a.example", 10, 9, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)":path", (uint8_t *)path, 5, strlen(path), NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)"te", (uint8_t *)"trailers", 2, 8, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-type", (uint8_t *)h->req_ctype, 12,
+         h->req_ctype ? strlen(h->req_ctype) : 0, NGHTTP2_NV_FLAG_NONE},
     };
     h->req_body = body;
     h->req_len = len;
     h->req_off = 0;
     h->req_trailers = trailers;
     nghttp2_data_provider prd = {.read_callback = h2_read_req};
-    int32_t id = nghttp2_submit_request(h->s, NULL, nv, 5, body ? &prd : NULL, NULL);
+    int32_t id =
+        nghttp2_submit_request(h->s, NULL, nv, h->req_ctype ? 6 : 5, body ? &prd : NULL, NULL);
     assert_true(id > 0);
     return id;
 }
@@ -1876,6 +1883,43 @@ static void h2_interims_leave_room_for_the_final_head(void **state)
     h2_free(c);
 }
 
+/* The error of a gRPC call is a Trailers-Only answer: HTTP 200 and END_STREAM on the head,
+ * grpc-status after gRPC's HTTP mapping, grpc-message percent-encoded with the code and the
+ * request id. gRPC-Web, which reads its status from the body, gets the JSON error. */
+static void h2_grpc_error_is_trailers_only(void **state)
+{
+    fixture_t *f = *state;
+    f->answer = A_HOLD;
+    start(f);
+    client_t *c = h2_connect(f);
+    c->h2->req_ctype = "application/grpc+proto";
+    h2_request(c, "POST", "/pkg.Model/Predict", "x", 1, false);
+    assert_true(run_until(f, c, got_request, NULL));
+    assert_int_equal(mg_srv_error(f->cur, 504, "upstream_timeout",
+                                  "100% of 5 ms \xe2\x80\x93 no answer", "r1", NULL, 0),
+                     MG_OK);
+    assert_true(run_until(f, c, h2_stream_closed, NULL));
+    assert_int_equal(c->h2->status, 200);
+    assert_int_equal(c->h2->body_len, 0);
+    assert_string_equal(c->h2->trailers, "");
+    assert_string_equal(c->h2->head, "content-type=application/grpc;grpc-status=14;grpc-message="
+                                     "upstream_timeout: 100%25 of 5 ms %E2%80%93 no answer "
+                                     "(request id r1);");
+    h2_free(c);
+
+    c = h2_connect(f);
+    c->h2->req_ctype = "application/grpc-web";
+    f->nrequests = 0; /* got_request waits for this one */
+    h2_request(c, "POST", "/pkg.Model/Predict", "x", 1, false);
+    assert_true(run_until(f, c, got_request, NULL));
+    assert_int_equal(mg_srv_error(f->cur, 404, "unknown_host", "no route", NULL, NULL, 0), MG_OK);
+    assert_true(run_until(f, c, h2_stream_closed, NULL));
+    assert_int_equal(c->h2->status, 404);
+    assert_string_equal(c->h2->body,
+                        "{\"error\":{\"code\":\"unknown_host\",\"message\":\"no route\"}}\n");
+    h2_free(c);
+}
+
 static void parse_decimal(void **state)
 {
     (void)state;
@@ -1932,6 +1976,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_linger_stops_after_a_mebibyte, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_empty_data_run_cut_across_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_control_frames_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(h2_grpc_error_is_trailers_only, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_for_what_the_client_was_sending, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_after_a_full_socket, setup, teardown),
