@@ -23,6 +23,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -517,7 +518,8 @@ static void trim(conn_t *c)
  */
 #define TLS_SWEEP_MS 100
 
-static bool tls_keep_buffers; /* set once, by mg_srv_tls_ctx_new */
+static bool tls_keep_buffers; /* set once (keep_buffers_once), by mg_srv_tls_ctx_new */
+static pthread_once_t keep_buffers_once = PTHREAD_ONCE_INIT;
 
 static bool free_buffers_checks(unsigned long v)
 {
@@ -2869,11 +2871,12 @@ void mg_srv_trim(mg_srv_t *srv)
     srv->nfree = 0;
 }
 
-/* Session ticket keys: name, HMAC and AES keys (OpenSSL's SSL_CTRL_GET_TLSEXT_TICKET_KEYS). */
-#define TICKET_KEYS_LEN 80
+static void set_keep_buffers(void)
+{
+    tls_keep_buffers = free_buffers_checks(OpenSSL_version_num());
+}
 
-SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, SSL_CTX *prev, char *err,
-                            size_t errlen)
+SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL) {
@@ -2891,7 +2894,8 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, SSL_CTX *prev, ch
                                  "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305");
     SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
                                   "TLS_CHACHA20_POLY1305_SHA256");
-    tls_keep_buffers = free_buffers_checks(OpenSSL_version_num()); /* see TLS_SWEEP_MS */
+    /* once: a reload makes contexts on the main thread while the workers read the flag */
+    pthread_once(&keep_buffers_once, set_keep_buffers); /* see TLS_SWEEP_MS */
     if (!tls_keep_buffers)
         SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
@@ -2908,17 +2912,6 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, SSL_CTX *prev, ch
         return NULL;
     }
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
-    /* SIGHUP reloads the routes far more often than the certificate changes: new ticket keys
-     * on every reload would send every client back to a full handshake at once */
-    unsigned char keys[TICKET_KEYS_LEN];
-    if (prev && (SSL_CTX_get_tlsext_ticket_keys(prev, keys, sizeof(keys)) != 1 ||
-                 SSL_CTX_set_tlsext_ticket_keys(ctx, keys, sizeof(keys)) != 1)) {
-        OPENSSL_cleanse(keys, sizeof(keys));
-        snprintf(err, errlen, "cannot carry the TLS session ticket keys over");
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    OPENSSL_cleanse(keys, sizeof(keys));
     return ctx;
 }
 

@@ -137,12 +137,9 @@ void mg_srv_trim(mg_srv_t *srv);
 /* Closes everything at once and frees |srv| (in-flight streams get on_close(false)). */
 void mg_srv_free(mg_srv_t *srv);
 
-/* TLS context for the listeners: TLS 1.2+, modern ciphers, ALPN h2 and http/1.1. |prev| (may
- * be NULL) is the context this one replaces: its session ticket keys carry over, so clients
- * resume their sessions across a reload. Returns NULL and writes a message naming the file and
- * the reason into |err|. */
-SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, SSL_CTX *prev, char *err,
-                            size_t errlen);
+/* TLS context for the listeners: TLS 1.2+, modern ciphers, ALPN h2 and http/1.1.
+ * Returns NULL and writes a message naming the file and the reason into |err|. */
+SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen);
 
 /* Writes "<subject>, valid until <date>" of |ctx|'s certificate into |buf|; true if it has
  * expired. */

@@ -235,6 +235,7 @@ void mg_conf_defaults(mg_conf_t *c)
     c->limits.connection_buffer = 4194304;
     c->limits.max_request_body = 0;
     c->tls_reload_check_ms = 60000;
+    c->tls_ticket_key_rotation_ms = 3600000; /* nghttpx's hour */
     c->timeouts_ms.connect = 2000;
     c->timeouts_ms.first_byte = 30000;
     c->timeouts_ms.idle = 60000;
@@ -520,33 +521,37 @@ static void parse_path(ectx_t *e, const json_t *obj, const char *key, const char
     path_set(e, old);
 }
 
-static const numkey_t tls_check_key = {
-    "reload_check_ms",
-    0,
-    86400000,
-    offsetof(mg_conf_t, tls_reload_check_ms),
-    4,
-    "ms between checks of the certificate and key files, 0 = only on SIGHUP"};
+static const numkey_t tls_keys[] = {
+    {"reload_check_ms", 0, 86400000, offsetof(mg_conf_t, tls_reload_check_ms), 4,
+     "ms between file checks, 0 = only on SIGHUP"},
+    {"ticket_key_rotation_ms", 0, 604800000, offsetof(mg_conf_t, tls_ticket_key_rotation_ms), 4,
+     "ms between new ticket keys, 0 = never"},
+    {NULL, 0, 0, 0, 0, NULL},
+};
 
 static void parse_tls(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
-    static const char *const keys[] = {"listen", "cert", "key", "reload_check_ms", NULL};
+    static const char *const keys[] = {
+        "listen", "cert", "key", "reload_check_ms", "ticket_key_rotation_ms", NULL};
     const json_t *tls = json_object_get(doc, "tls");
     if (tls == NULL)
         return;
     size_t old = path_key(e, "tls");
     if (!json_is_object(tls)) {
-        type_error(e, tls, "object with keys listen, cert, key, reload_check_ms");
+        type_error(e, tls,
+                   "object with keys listen, cert, key, reload_check_ms, ticket_key_rotation_ms");
     } else {
         check_keys(e, tls, keys);
         parse_listen(e, tls, "listen", c->tls_listen, &c->ntls_listen);
         parse_path(e, tls, "cert", dir, false, &c->tls_cert);
         parse_path(e, tls, "key", dir, false, &c->tls_key);
-        const json_t *v = json_object_get(tls, "reload_check_ms");
-        if (v != NULL) {
-            size_t o2 = path_key(e, "reload_check_ms");
-            set_number(e, v, &tls_check_key, c);
-            path_set(e, o2);
+        for (const numkey_t *k = tls_keys; k->key != NULL; k++) {
+            const json_t *v = json_object_get(tls, k->key);
+            if (v != NULL) {
+                size_t o2 = path_key(e, k->key);
+                set_number(e, v, k, c);
+                path_set(e, o2);
+            }
         }
     }
     path_set(e, old);

@@ -47,6 +47,7 @@
 #include "common/log.h"
 #include "common/secretfile.h"
 #include "common/stats.h"
+#include "common/tlstickets.h"
 #include "features/fadmin.h"
 #include "features/features.h"
 #include "features/fsource.h"
@@ -92,6 +93,7 @@ static worker_t *g_workers;
 static unsigned g_nworkers;
 static mg_routes_t *g_routes;
 static SSL_CTX *g_tls;                 /* NULL without TLS listeners */
+static mg_tls_tickets_t *g_tickets;    /* every TLS context's session ticket keys */
 static unsigned char g_tls_digest[32]; /* of the certificate and key files g_tls was made of */
 static struct event_base *g_main_base;
 static bool g_draining;
@@ -271,6 +273,19 @@ static void log_certificate(const char *what)
            g_conf->tls_cert, desc, expired ? " (EXPIRED)" : "");
 }
 
+/* A TLS context for the listeners, with the process's ticket keys: tickets outlive a reload.
+ * NULL with |err| set when the files do not load. */
+static SSL_CTX *tls_ctx_new(const mg_conf_t *conf, char *err, size_t errlen)
+{
+    SSL_CTX *tls = mg_srv_tls_ctx_new(conf->tls_cert, conf->tls_key, err, errlen);
+    if (tls && !mg_tls_tickets_attach(g_tickets, tls, conf->tls_ticket_key_rotation_ms)) {
+        snprintf(err, errlen, "cannot set the TLS session ticket keys");
+        SSL_CTX_free(tls);
+        return NULL;
+    }
+    return tls;
+}
+
 /* The certificate and key files again (a renewed certificate): new connections get them,
  * open ones keep theirs. Unchanged files make no new context; bad ones are refused (and
  * retried at the next SIGHUP or check, as the digest stays the old one's). */
@@ -282,7 +297,7 @@ static void reload_tls(void)
         return;
     }
     char err[512];
-    SSL_CTX *tls = mg_srv_tls_ctx_new(g_conf->tls_cert, g_conf->tls_key, g_tls, err, sizeof(err));
+    SSL_CTX *tls = tls_ctx_new(g_conf, err, sizeof(err));
     if (tls == NULL) {
         MG_LOG(MG_LOG_ERROR, "main", "TLS reload refused, the previous certificate stays: %s", err);
         return;
@@ -302,6 +317,24 @@ static void on_tls_check(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what, (void)arg;
     if (!g_draining)
         reload_tls();
+}
+
+static void on_ticket_rotation(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+    mg_tls_tickets_rotate(g_tickets);
+    MG_LOG(MG_LOG_DEBUG, "main", "TLS session ticket key rotated");
+}
+
+/* A persistent timer on the main loop every |ms| (none when 0 or without TLS); NULL then. */
+static struct event *main_every(uint32_t ms, event_callback_fn fn)
+{
+    struct event *ev = g_tls && ms > 0 ? event_new(g_main_base, -1, EV_PERSIST, fn, NULL) : NULL;
+    if (ev) {
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        event_add(ev, &tv);
+    }
+    return ev;
 }
 
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
@@ -443,7 +476,7 @@ static int check_only(const mg_conf_t *conf)
     bool ok = true;
     if (conf->ntls_listen) {
         char err[512];
-        SSL_CTX *tls = mg_srv_tls_ctx_new(conf->tls_cert, conf->tls_key, NULL, err, sizeof(err));
+        SSL_CTX *tls = mg_srv_tls_ctx_new(conf->tls_cert, conf->tls_key, err, sizeof(err));
         if (tls == NULL)
             fprintf(stderr, "modelgate: %s\n", err);
         ok = tls != NULL;
@@ -560,13 +593,8 @@ static void serve(const mg_conf_t *conf)
     };
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         event_add(sigs[i], NULL);
-    struct event *tls_check = NULL;
-    if (g_tls && conf->tls_reload_check_ms > 0 &&
-        (tls_check = event_new(g_main_base, -1, EV_PERSIST, on_tls_check, NULL)) != NULL) {
-        struct timeval tv = {conf->tls_reload_check_ms / 1000,
-                             (conf->tls_reload_check_ms % 1000) * 1000};
-        event_add(tls_check, &tv);
-    }
+    struct event *tls_check = main_every(conf->tls_reload_check_ms, on_tls_check);
+    struct event *tls_rotation = main_every(conf->tls_ticket_key_rotation_ms, on_ticket_rotation);
 
     /* workers must not take the process signals: block them before creating threads */
     sigset_t all, old; /* the asynchronous ones only: a crash must still crash loudly */
@@ -594,6 +622,8 @@ static void serve(const mg_conf_t *conf)
         event_free(sigs[i]);
     if (tls_check)
         event_free(tls_check);
+    if (tls_rotation)
+        event_free(tls_rotation);
 }
 
 /* Every client and pod connection is a descriptor, and Debian's default soft limit (1024) is
@@ -675,7 +705,11 @@ int main(int argc, char **argv)
         char err[512];
         /* read before the context: a file changed in between is then read again on SIGHUP */
         tls_files_digest(&conf, g_tls_digest);
-        g_tls = mg_srv_tls_ctx_new(conf.tls_cert, conf.tls_key, NULL, err, sizeof(err));
+        if ((g_tickets = mg_tls_tickets_new()) == NULL) {
+            fprintf(stderr, "modelgate: cannot make TLS session ticket keys\n");
+            goto out;
+        }
+        g_tls = tls_ctx_new(&conf, err, sizeof(err));
         if (g_tls == NULL) {
             fprintf(stderr, "modelgate: %s\n", err);
             goto out;
@@ -779,6 +813,8 @@ out:
     mg_dblog_close(g_dblog);
     SSL_CTX_free(g_tls); /* after the workers' servers: new connections took it from them */
     g_tls = NULL;
+    mg_tls_tickets_free(g_tickets); /* after the last context */
+    g_tickets = NULL;
     if (g_main_base)
         event_base_free(g_main_base);
     mg_podstate_free_all();

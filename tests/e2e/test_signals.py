@@ -388,3 +388,19 @@ def test_renewed_tls_certificate_is_taken_without_sighup(procs, tmp_path):
     time.sleep(0.6)
     assert len(re.findall(r"TLS certificate reloaded from \S+live\.pem: CN = renewed",
                           gw.log())) == 1, gw.log()
+
+
+def test_tls_session_ticket_keys_rotate(procs):
+    """Session tickets are encrypted with a key that changes every tls.ticket_key_rotation_ms:
+    a ticket resumes for at least one period and not after two, so a ticket key read from the
+    gateway's memory opens only the last two periods' sessions. Before, OpenSSL's key of the
+    process's start served for its whole life."""
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf={"tls": {"ticket_key_rotation_ms": 1000}})
+    client = _tls_client(gw)
+    t0 = time.monotonic()
+    _, _, session = _tls_hello(gw, client)
+    assert _tls_hello(gw, client, session)[1], "a fresh ticket resumes"
+    time.sleep(max(0.0, t0 + 2.3 - time.monotonic()))
+    assert not _tls_hello(gw, client, session)[1], "a ticket two periods old still resumed"

@@ -140,6 +140,7 @@ static void defaults(void **state)
     assert_null(c.tls_cert);
     assert_null(c.tls_key);
     assert_int_equal(c.tls_reload_check_ms, 60000);
+    assert_int_equal(c.tls_ticket_key_rotation_ms, 3600000);
     assert_int_equal(c.workers, 0);
     assert_null(c.routes_path);
     assert_null(c.backends);
@@ -391,11 +392,12 @@ static void file_errors_all_in_one_pass(void **state)
         "request_id_in_response)",
         "listen[1]: invalid address \"127.0.0.1:99999\" (port must be 1-65535)",
         "listen[2]: wrong type (got number 5; expected string \"host:port\")",
-        "tls.crt: unknown key (valid keys: listen, cert, key, reload_check_ms)",
+        "tls.crt: unknown key (valid keys: listen, cert, key, reload_check_ms, "
+        "ticket_key_rotation_ms)",
         "tls.listen: wrong type (got string \"x\"; expected array of \"host:port\" strings, e.g. "
         "[\"127.0.0.1:8080\"])",
         "tls.reload_check_ms: out of range (got 86400001; expected integer 0-86400000 (ms "
-        "between checks of the certificate and key files, 0 = only on SIGHUP))",
+        "between file checks, 0 = only on SIGHUP))",
         "workers: out of range (got -1; expected 0-1024, 0 = one per core)",
         "routes: empty (expected a file path)",
         "access_log: wrong type (got number 5; expected string (a path, \"-\" for stdout, \"\" "

@@ -1,0 +1,137 @@
+/*
+ * common/tlstickets.c - TLS session ticket keys that rotate (see tlstickets.h).
+ *
+ * The tickets are made as OpenSSL makes its own: AES-256-CBC and HMAC-SHA256, a 16-byte key
+ * name in front, through SSL_CTX_set_tlsext_ticket_key_evp_cb.
+ */
+#include "common/tlstickets.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+typedef struct ticket_key {
+    unsigned char name[16];
+    unsigned char aes[32];
+    unsigned char hmac[32];
+} ticket_key_t;
+
+struct mg_tls_tickets {
+    pthread_rwlock_t lock;
+    ticket_key_t keys[2]; /* keys[cur] encrypts; it and the other (once made) decrypt */
+    unsigned cur;
+    bool have_prev;
+};
+
+static int ex_index = -1; /* the SSL_CTX ex_data slot that points to the set */
+static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
+
+static void ex_init(void)
+{
+    ex_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static bool make_key(ticket_key_t *k)
+{
+    return RAND_bytes(k->name, sizeof(k->name)) == 1 &&
+           RAND_priv_bytes(k->aes, sizeof(k->aes)) == 1 &&
+           RAND_priv_bytes(k->hmac, sizeof(k->hmac)) == 1;
+}
+
+/* OpenSSL's ticket callback: |enc| 1 sets up a new ticket (name, IV, keys), 0 looks the
+ * presented one's key up. Returns 1, 2 (decrypted with the previous key: issue a new ticket),
+ * 0 (unknown key: full handshake) or -1 (error). */
+static int on_ticket(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     EVP_MAC_CTX *hctx, int enc)
+{
+    mg_tls_tickets_t *t = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ex_index);
+    if (t == NULL)
+        return -1;
+    const EVP_CIPHER *cipher = EVP_aes_256_cbc();
+    int rv = 0;
+    pthread_rwlock_rdlock(&t->lock);
+    const ticket_key_t *k = NULL;
+    if (enc) {
+        k = &t->keys[t->cur];
+        memcpy(name, k->name, sizeof(k->name));
+        rv = RAND_bytes(iv, EVP_CIPHER_get_iv_length(cipher)) == 1 ? 1 : -1;
+    } else {
+        for (unsigned i = 0; i < 2 && k == NULL; i++)
+            if ((i == t->cur || t->have_prev) && memcmp(name, t->keys[i].name, 16) == 0) {
+                k = &t->keys[i];
+                rv = i == t->cur ? 1 : 2;
+            }
+    }
+    if (k != NULL && rv > 0) {
+        /* both copy the keys: the lock can go after them */
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)k->hmac, sizeof(k->hmac)),
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+            OSSL_PARAM_construct_end(),
+        };
+        if (EVP_MAC_CTX_set_params(hctx, params) != 1 ||
+            EVP_CipherInit_ex(cctx, cipher, NULL, k->aes, iv, enc) != 1)
+            rv = -1;
+    }
+    pthread_rwlock_unlock(&t->lock);
+    return rv;
+}
+
+mg_tls_tickets_t *mg_tls_tickets_new(void)
+{
+    pthread_once(&ex_once, ex_init);
+    if (ex_index < 0)
+        return NULL;
+    mg_tls_tickets_t *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    if (pthread_rwlock_init(&t->lock, NULL) != 0) {
+        free(t);
+        return NULL;
+    }
+    if (!make_key(&t->keys[0])) {
+        mg_tls_tickets_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void mg_tls_tickets_rotate(mg_tls_tickets_t *t)
+{
+    ticket_key_t k;
+    if (!make_key(&k)) /* the current key stays: better than no tickets */
+        return;
+    pthread_rwlock_wrlock(&t->lock);
+    unsigned next = t->cur ^ 1u;
+    t->keys[next] = k;
+    t->cur = next;
+    t->have_prev = true;
+    pthread_rwlock_unlock(&t->lock);
+    OPENSSL_cleanse(&k, sizeof(k));
+}
+
+bool mg_tls_tickets_attach(mg_tls_tickets_t *t, SSL_CTX *ctx, uint32_t rotate_ms)
+{
+    if (SSL_CTX_set_ex_data(ctx, ex_index, t) != 1 ||
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket) != 1)
+        return false;
+    if (rotate_ms > 0) { /* a session outlives its ticket's key by nothing */
+        long s = (long)((2 * (uint64_t)rotate_ms + 999) / 1000);
+        SSL_CTX_set_timeout(ctx, s);
+    }
+    return true;
+}
+
+void mg_tls_tickets_free(mg_tls_tickets_t *t)
+{
+    if (t == NULL)
+        return;
+    pthread_rwlock_destroy(&t->lock);
+    OPENSSL_cleanse(t->keys, sizeof(t->keys));
+    free(t);
+}
