@@ -287,26 +287,40 @@ static SSL_CTX *tls_ctx_new(const mg_conf_t *conf, char *err, size_t errlen)
 }
 
 /* The certificate and key files again (a renewed certificate): new connections get them,
- * open ones keep theirs. Unchanged files make no new context; bad ones are refused (and
- * retried at the next SIGHUP or check, as the digest stays the old one's). */
-static void reload_tls(void)
+ * open ones keep theirs. Unchanged files make no new context. A pair that does not load is
+ * refused; the checks pass over it quietly until the files change, a SIGHUP tries it again. */
+static void reload_tls(bool on_signal)
 {
+    static unsigned char refused[32]; /* the digest of the last pair refused */
     unsigned char digest[32];
-    if (tls_files_digest(g_conf, digest) && memcmp(digest, g_tls_digest, sizeof(digest)) == 0) {
+    bool read = tls_files_digest(g_conf, digest);
+    if (read && memcmp(digest, g_tls_digest, sizeof(digest)) == 0) {
         MG_LOG(MG_LOG_DEBUG, "main", "TLS certificate and key unchanged");
         return;
     }
+    if (read && !on_signal && memcmp(digest, refused, sizeof(digest)) == 0)
+        return; /* said when it was refused */
     char err[512];
     SSL_CTX *tls = tls_ctx_new(g_conf, err, sizeof(err));
     if (tls == NULL) {
         MG_LOG(MG_LOG_ERROR, "main", "TLS reload refused, the previous certificate stays: %s", err);
+        if (read)
+            memcpy(refused, digest, sizeof(refused));
+        else
+            memset(refused, 0, sizeof(refused));
         return;
     }
     for (unsigned i = 0; i < g_nworkers; i++)
         worker_post_tls(&g_workers[i], tls);
     SSL_CTX_free(g_tls);
     g_tls = tls;
-    memcpy(g_tls_digest, digest, sizeof(digest));
+    /* the context read the files a second time: if they changed in between (or could not be
+     * read for the digest), no digest is kept, and the next check loads them again */
+    unsigned char after[32];
+    if (read && tls_files_digest(g_conf, after) && memcmp(after, digest, sizeof(after)) == 0)
+        memcpy(g_tls_digest, digest, sizeof(digest));
+    else
+        memset(g_tls_digest, 0, sizeof(g_tls_digest));
     log_certificate("reloaded from");
 }
 
@@ -316,7 +330,7 @@ static void on_tls_check(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
     if (!g_draining)
-        reload_tls();
+        reload_tls(false);
 }
 
 static void on_ticket_rotation(evutil_socket_t fd, short what, void *arg)
@@ -340,7 +354,7 @@ static struct event *main_every(uint32_t ms, event_callback_fn fn)
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     if (g_tls)
-        reload_tls();
+        reload_tls(true);
     if (g_conf->routes_path == NULL) {
         MG_LOG(MG_LOG_INFO, "main", "SIGHUP: no routing document to reload (--backend mode)");
         return;
