@@ -521,7 +521,7 @@ static void trim(conn_t *c)
 static bool tls_keep_buffers; /* set once (keep_buffers_once), by mg_srv_tls_ctx_new */
 static pthread_once_t keep_buffers_once = PTHREAD_ONCE_INIT;
 
-static bool free_buffers_checks(unsigned long v)
+bool mg_srv_free_buffers_safe(unsigned long v)
 {
     static const unsigned fixed[] = {14, 6, 2, 1}; /* 3.0.14, 3.1.6, 3.2.2, 3.3.1 */
     unsigned major = (unsigned)(v >> 28), minor = (unsigned)(v >> 20) & 0xff;
@@ -2873,7 +2873,7 @@ void mg_srv_trim(mg_srv_t *srv)
 
 static void set_keep_buffers(void)
 {
-    tls_keep_buffers = free_buffers_checks(OpenSSL_version_num());
+    tls_keep_buffers = mg_srv_free_buffers_safe(OpenSSL_version_num());
 }
 
 SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen)

@@ -141,6 +141,11 @@ void mg_srv_free(mg_srv_t *srv);
  * Returns NULL and writes a message naming the file and the reason into |err|. */
 SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen);
 
+/* Whether SSL_free_buffers refuses to free a half-read record in OpenSSL |version| (an
+ * OPENSSL_VERSION_NUMBER, 0xMNN00PP0): 3.0.14, 3.1.6, 3.2.2, 3.3.1 and later (CVE-2024-4741).
+ * Where it does not, the connections release their buffers after each record instead. */
+bool mg_srv_free_buffers_safe(unsigned long version);
+
 /* Writes "<subject>, valid until <date>" of |ctx|'s certificate into |buf|; true if it has
  * expired. */
 bool mg_srv_tls_ctx_describe(SSL_CTX *ctx, char *buf, size_t len);

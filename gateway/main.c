@@ -717,7 +717,7 @@ int main(int argc, char **argv)
     }
     if (conf.ntls_listen) {
         char err[512];
-        /* read before the context: a file changed in between is then read again on SIGHUP */
+        /* read before the context: a file changed in between is read again at the next check */
         tls_files_digest(&conf, g_tls_digest);
         if ((g_tickets = mg_tls_tickets_new()) == NULL) {
             fprintf(stderr, "modelgate: cannot make TLS session ticket keys\n");

@@ -1920,6 +1920,34 @@ static void h2_grpc_error_is_trailers_only(void **state)
     h2_free(c);
 }
 
+/* The OpenSSL releases whose SSL_free_buffers checks for a half-read record (CVE-2024-4741):
+ * only they keep their record buffers between requests. */
+static void free_buffers_safe_from_the_fixed_releases(void **state)
+{
+    (void)state;
+    static const struct {
+        unsigned long version;
+        bool safe;
+    } cases[] = {
+        {0x1010117fUL, false}, /* 1.1.1w */
+        {0x300000d0UL, false}, /* 3.0.13 */
+        {0x300000e0UL, true},  /* 3.0.14 */
+        {0x30000130UL, true},  /* 3.0.19 */
+        {0x30100050UL, false}, /* 3.1.5 */
+        {0x30100060UL, true},  /* 3.1.6 */
+        {0x30200010UL, false}, /* 3.2.1 */
+        {0x30200020UL, true},  /* 3.2.2 */
+        {0x30300000UL, false}, /* 3.3.0 */
+        {0x30300010UL, true},  /* 3.3.1 */
+        {0x30400000UL, true},  /* 3.4.0 */
+        {0x40000000UL, true},  /* 4.0.0 */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (mg_srv_free_buffers_safe(cases[i].version) != cases[i].safe)
+            fail_msg("OpenSSL 0x%lx: expected %s", cases[i].version,
+                     cases[i].safe ? "safe" : "unsafe");
+}
+
 static void parse_decimal(void **state)
 {
     (void)state;
@@ -1977,6 +2005,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h2_empty_data_run_cut_across_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_control_frames_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_grpc_error_is_trailers_only, setup, teardown),
+        cmocka_unit_test(free_buffers_safe_from_the_fixed_releases),
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_for_what_the_client_was_sending, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(h2_goaway_lingers_after_a_full_socket, setup, teardown),
