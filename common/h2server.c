@@ -32,6 +32,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -188,6 +189,7 @@ struct mg_srv {
     mg_log_limit_t limit_log;
     mg_log_limit_t abuse_log; /* HTTP/2 connections cut for floods (premature_close, h2_recv) */
     atomic_ulong pauses_limit, pauses_error; /* for metrics, as nconns */
+    atomic_ulong tls_full, tls_resumed, tls_failed; /* TLS handshakes, as nconns */
     mg_srv_stream_t *free_streams;
     size_t nfree;
     nghttp2_session_callbacks *cbs;
@@ -2371,13 +2373,20 @@ static bool conn_prepare(void *arg)
  * first application bytes (which came with the client's Finished) before it reports the
  * handshake done (BEV_EVENT_CONNECTED): whichever comes first starts it. False when the
  * connection is closed. */
+static void count(atomic_ulong *n)
+{
+    atomic_fetch_add_explicit(n, 1, memory_order_relaxed);
+}
+
 static bool tls_start(conn_t *c)
 {
     if (c->proto != P_DETECT)
         return true;
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    count(SSL_session_reused(ssl) ? &c->srv->tls_resumed : &c->srv->tls_full);
     const unsigned char *alpn = NULL;
     unsigned int alen = 0;
-    SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(c->bev), &alpn, &alen);
+    SSL_get0_alpn_selected(ssl, &alpn, &alen);
     bool h2 = alen == 2 && memcmp(alpn, "h2", 2) == 0;
     if ((h2 ? h2_init(c) : h1_init(c)) != MG_OK) {
         conn_close(c);
@@ -2453,6 +2462,9 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
         return;
     }
     if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+        /* an error before the handshake ended; not a probe that connected and closed */
+        if (c->tls && c->proto == P_DETECT && (events & BEV_EVENT_ERROR))
+            count(&c->srv->tls_failed);
         if (events & BEV_EVENT_TIMEOUT)
             MG_LOG(MG_LOG_INFO, "h2server",
                    "conn=%s: client took nothing of %zu queued bytes for %u ms: closing",
@@ -2808,6 +2820,14 @@ void mg_srv_accept_pauses(const mg_srv_t *srv, unsigned long *at_limit, unsigned
     *on_error = atomic_load_explicit(&srv->pauses_error, memory_order_relaxed);
 }
 
+void mg_srv_tls_handshakes(const mg_srv_t *srv, unsigned long *full, unsigned long *resumed,
+                           unsigned long *failed)
+{
+    *full = atomic_load_explicit(&srv->tls_full, memory_order_relaxed);
+    *resumed = atomic_load_explicit(&srv->tls_resumed, memory_order_relaxed);
+    *failed = atomic_load_explicit(&srv->tls_failed, memory_order_relaxed);
+}
+
 void mg_srv_free(mg_srv_t *srv)
 {
     if (srv == NULL)
@@ -2915,8 +2935,9 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
     return ctx;
 }
 
-bool mg_srv_tls_ctx_describe(SSL_CTX *ctx, char *buf, size_t len)
+bool mg_srv_tls_ctx_describe(SSL_CTX *ctx, char *buf, size_t len, int64_t *not_after)
 {
+    *not_after = 0;
     X509 *x = SSL_CTX_get0_certificate(ctx);
     BIO *b = BIO_new(BIO_s_mem());
     if (x == NULL || b == NULL) {
@@ -2931,5 +2952,8 @@ bool mg_srv_tls_ctx_describe(SSL_CTX *ctx, char *buf, size_t len)
     long n = BIO_get_mem_data(b, &text);
     snprintf(buf, len, "%.*s", (int)n, text);
     BIO_free(b);
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
+        *not_after = (int64_t)timegm(&tm);
     return X509_cmp_current_time(X509_get0_notAfter(x)) < 0;
 }

@@ -131,6 +131,12 @@ size_t mg_srv_nconns(const mg_srv_t *srv);
  * descriptors or memory). Any thread may read them (for metrics). */
 void mg_srv_accept_pauses(const mg_srv_t *srv, unsigned long *at_limit, unsigned long *on_error);
 
+/* TLS handshakes that ended in a new session (|full|) or a resumed one, and connections whose
+ * handshake broke on an error (|failed|: not TLS, a bad record, a reset; a probe that connects
+ * and closes is none of these). Any thread may read them (for metrics). */
+void mg_srv_tls_handshakes(const mg_srv_t *srv, unsigned long *full, unsigned long *resumed,
+                           unsigned long *failed);
+
 /* Frees the streams kept for reuse: the worker is idle. */
 void mg_srv_trim(mg_srv_t *srv);
 
@@ -146,9 +152,9 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
  * Where it does not, the connections release their buffers after each record instead. */
 bool mg_srv_free_buffers_safe(unsigned long version);
 
-/* Writes "<subject>, valid until <date>" of |ctx|'s certificate into |buf|; true if it has
- * expired. */
-bool mg_srv_tls_ctx_describe(SSL_CTX *ctx, char *buf, size_t len);
+/* Writes "<subject>, valid until <date>" of |ctx|'s certificate into |buf|, and that date as
+ * Unix time into *not_after (0 when unknown); true if it has expired. */
+bool mg_srv_tls_ctx_describe(SSL_CTX *ctx, char *buf, size_t len, int64_t *not_after);
 
 /* New connections on TLS listeners use |tls| from now on; open ones keep the context they
  * started with. The server holds its own reference, as mg_srv_new does. */

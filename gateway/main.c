@@ -95,6 +95,7 @@ static mg_routes_t *g_routes;
 static SSL_CTX *g_tls;                 /* NULL without TLS listeners */
 static mg_tls_tickets_t *g_tickets;    /* every TLS context's session ticket keys */
 static unsigned char g_tls_digest[32]; /* of the certificate and key files g_tls was made of */
+static _Atomic int64_t g_tls_not_after; /* g_tls's certificate's notAfter, for /metrics */
 static struct event_base *g_main_base;
 static bool g_draining;
 
@@ -105,11 +106,13 @@ static void worker_metrics(void *ud, unsigned i, mg_metrics_worker_t *out)
     if (g_workers && i < g_nworkers && g_workers[i].srv) {
         out->conns = mg_srv_nconns(g_workers[i].srv);
         mg_srv_accept_pauses(g_workers[i].srv, &out->limit_pauses, &out->error_pauses);
+        mg_srv_tls_handshakes(g_workers[i].srv, &out->tls_full, &out->tls_resumed,
+                              &out->tls_failed);
     }
 }
 
-static mg_metrics_src_t g_metrics_src = {.worker = worker_metrics};
-
+static mg_metrics_src_t g_metrics_src = {.worker = worker_metrics,
+                                         .tls_not_after = &g_tls_not_after};
 
 /* ---------- workers ---------- */
 
@@ -268,7 +271,9 @@ static bool tls_files_digest(const mg_conf_t *conf, unsigned char out[32])
 static void log_certificate(const char *what)
 {
     char desc[512];
-    bool expired = mg_srv_tls_ctx_describe(g_tls, desc, sizeof(desc));
+    int64_t not_after;
+    bool expired = mg_srv_tls_ctx_describe(g_tls, desc, sizeof(desc), &not_after);
+    atomic_store(&g_tls_not_after, not_after ? not_after : 1); /* nonzero: TLS is on */
     MG_LOG(expired ? MG_LOG_WARN : MG_LOG_INFO, "main", "TLS certificate %s %s: %s%s", what,
            g_conf->tls_cert, desc, expired ? " (EXPIRED)" : "");
 }

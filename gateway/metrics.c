@@ -119,6 +119,34 @@ static void pod_gauge(void *ud, mg_podstate_t *ps)
                         v);
 }
 
+/* Per worker, the TLS handshakes; and the certificate's end of validity (|not_after|). */
+static void tls_samples(struct evbuffer *out, const mg_metrics_src_t *src, unsigned nworkers,
+                        int64_t not_after)
+{
+    evbuffer_add_printf(out, "# HELP modelgate_worker_tls_handshakes_total TLS handshakes per "
+                             "worker: a new session (result=\"full\"), a resumed one "
+                             "(\"resumed\"), or an error before it ended (\"failed\": "
+                             "not TLS, a bad record, a reset).\n"
+                             "# TYPE modelgate_worker_tls_handshakes_total counter\n");
+    static const char *const results[3] = {"full", "resumed", "failed"};
+    for (unsigned w = 0; w < nworkers; w++) {
+        mg_metrics_worker_t ws;
+        src->worker(src->ud, w, &ws);
+        unsigned long n[3] = {ws.tls_full, ws.tls_resumed, ws.tls_failed};
+        for (int i = 0; i < 3; i++)
+            evbuffer_add_printf(out,
+                                "modelgate_worker_tls_handshakes_total{worker=\"%u\","
+                                "result=\"%s\"} %lu\n",
+                                w, results[i], n[i]);
+    }
+    evbuffer_add_printf(out,
+                        "# HELP modelgate_tls_certificate_expiry_timestamp_seconds End of "
+                        "validity (notAfter) of the TLS certificate in use, Unix time.\n"
+                        "# TYPE modelgate_tls_certificate_expiry_timestamp_seconds gauge\n"
+                        "modelgate_tls_certificate_expiry_timestamp_seconds %" PRId64 "\n",
+                        not_after);
+}
+
 int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const char **content_type)
 {
     const mg_metrics_src_t *src = ud;
@@ -198,6 +226,9 @@ int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const cha
                             "\"error\"} %lu\n",
                             w, ws.limit_pauses, w, ws.error_pauses);
     }
+    int64_t not_after = src && src->tls_not_after ? atomic_load(src->tls_not_after) : 0;
+    if (not_after != 0) /* a TLS listener */
+        tls_samples(out, src, nworkers, not_after);
     for (int i = 0; src && i < 4 && src->more[i]; i++)
         src->more[i](src->more_ud[i], out);
     return 200;

@@ -4,8 +4,9 @@
  * Per route (app, env), service and pod: requests by status class and a latency histogram;
  * per service: retries, retry-budget exhaustion, split fallbacks, circuit-breaker overflows;
  * per pod: health, ejection, failures, ejections, requests and pending requests in flight;
- * per worker: open client connections, and the pauses in accepting them. Counters are summed over the workers' blocks at scrape
- * time (common/stats.h); nothing on the request path takes a lock for them.
+ * per worker: open client connections, the pauses in accepting them, and TLS handshakes (full,
+ * resumed, failed); the TLS certificate's end of validity. Counters are summed over the workers'
+ * blocks at scrape time (common/stats.h); nothing on the request path takes a lock for them.
  */
 #ifndef MG_GATEWAY_METRICS_H
 #define MG_GATEWAY_METRICS_H
@@ -18,6 +19,7 @@ typedef struct mg_metrics_worker {
     size_t conns;                   /* open client connections */
     unsigned long limit_pauses;     /* accepting stopped at limits.max_client_conns */
     unsigned long error_pauses;     /* accepting stopped after accept() failed */
+    unsigned long tls_full, tls_resumed, tls_failed; /* TLS handshakes (mg_srv_tls_handshakes) */
 } mg_metrics_worker_t;
 typedef void (*mg_metrics_worker_fn)(void *ud, unsigned worker, mg_metrics_worker_t *out);
 
@@ -26,6 +28,7 @@ typedef void (*mg_metrics_more_fn)(void *ud, struct evbuffer *out);
 
 typedef struct mg_metrics_src {
     unsigned workers;
+    const _Atomic int64_t *tls_not_after; /* the certificate's notAfter (Unix s); 0: no TLS */
     mg_metrics_worker_fn worker;
     void *ud;
     mg_metrics_more_fn more[4]; /* NULL-terminated */

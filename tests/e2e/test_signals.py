@@ -6,15 +6,16 @@ HTTP/2 clients get GOAWAY, in-flight requests finish, exit 0 within timeouts_ms.
 """
 
 import os
-import socket
-import ssl
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import threading
 import time
 
-from conftest import DOMAIN, HOST, H1Conn, h1_request_bytes, port_open, routes_doc, wait_for
+from conftest import (DOMAIN, HOST, H1Conn, free_port, h1_request_bytes, port_open, routes_doc,
+                      wait_for)
 
 LOAD_SECONDS = 8.0  # upper bound of the load phase; it stops earlier when the checks are done
 MAX_REQUESTS_PER_CLIENT = 20000
@@ -275,15 +276,16 @@ def test_sigterm_drain_finishes_slow_downloads(procs):
     assert gw.proc.wait(10) == 0
 
 
-def _issue_cert(tls, d, cn):
-    """A key and a certificate for |cn| (SAN localhost, 127.0.0.1) signed by the tests' CA."""
+def _issue_cert(tls, d, cn, days=2):
+    """A key and a certificate for |cn| (SAN localhost, 127.0.0.1) signed by the tests' CA,
+    valid |days| days."""
     ca_dir = os.path.dirname(tls["ca"])
     key, csr, pem = (os.path.join(d, cn + ext) for ext in (".key", ".csr", ".pem"))
     for argv in (["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out",
                   key],
                  ["req", "-new", "-key", key, "-subj", "/CN=" + cn, "-out", csr],
                  ["x509", "-req", "-in", csr, "-CA", tls["ca"], "-CAkey",
-                  os.path.join(ca_dir, "ca.key"), "-CAcreateserial", "-days", "2", "-extfile",
+                  os.path.join(ca_dir, "ca.key"), "-CAcreateserial", "-days", str(days), "-extfile",
                   os.path.join(ca_dir, "ext.cnf"), "-out", pem]):
         subprocess.run(["openssl"] + argv, check=True, capture_output=True)
     return pem, key
@@ -417,3 +419,55 @@ def test_tls_session_ticket_keys_rotate(procs):
     assert _tls_hello(gw, client, session)[1], "a fresh ticket resumes"
     time.sleep(max(0.0, t0 + 2.3 - time.monotonic()))
     assert not _tls_hello(gw, client, session)[1], "a ticket two periods old still resumed"
+
+
+def _metrics(port):
+    """The admin listener's /metrics samples: {name{labels}: value}."""
+    import httpx
+    r = httpx.get("http://127.0.0.1:%d/metrics" % port, timeout=5)
+    assert r.status_code == 200
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in r.text.splitlines() if line and not line.startswith("#")}
+
+
+def _handshakes(m, result):
+    return sum(v for k, v in m.items()
+               if k.startswith("modelgate_worker_tls_handshakes_total{") and
+               'result="%s"' % result in k)
+
+
+def test_tls_handshakes_and_certificate_expiry_in_metrics(procs, tmp_path):
+    """/metrics counts TLS handshakes per worker (full, resumed, failed: an error before the
+    handshake ended, here a client speaking cleartext; the harness's port probes are none) and
+    gives the certificate's end of validity, the one to alert on, which follows a reload."""
+    a = procs.backend("pod-a")
+    d = str(tmp_path)
+    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+    first = _issue_cert(procs.tls, d, "first", days=2)
+    renewed = _issue_cert(procs.tls, d, "renewed", days=30)
+    _install(first[0], cert)
+    _install(first[1], key)
+    admin = free_port()
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf={"tls": {"cert": cert, "key": key},
+                             "admin": {"listen": "127.0.0.1:%d" % admin}})
+    not_after = lambda pem: ssl.cert_time_to_seconds(  # noqa: E731
+        ssl._ssl._test_decode_cert(pem)["notAfter"])
+    m = _metrics(admin)
+    assert m["modelgate_tls_certificate_expiry_timestamp_seconds"] == not_after(first[0])
+    assert (_handshakes(m, "full"), _handshakes(m, "resumed"), _handshakes(m, "failed")) == \
+        (0, 0, 0)
+    client = _tls_client(gw)
+    _, _, session = _tls_hello(gw, client)
+    assert _tls_hello(gw, client, session)[1]
+    with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not TLS
+        s.recv(4096)
+    wait_for(lambda: _handshakes(_metrics(admin), "failed") == 1, 5, what="the failed handshake")
+    m = _metrics(admin)
+    assert (_handshakes(m, "full"), _handshakes(m, "resumed")) == (1, 1), m
+    _install(renewed[1], key)
+    _install(renewed[0], cert)
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: _metrics(admin)["modelgate_tls_certificate_expiry_timestamp_seconds"] ==
+             not_after(renewed[0]), 5, what="the renewed certificate's date")
