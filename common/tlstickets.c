@@ -15,17 +15,17 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+/* nginx's ssl_session_ticket_key layout, which a key file holds too */
 typedef struct ticket_key {
     unsigned char name[16];
-    unsigned char aes[32];
     unsigned char hmac[32];
+    unsigned char aes[32];
 } ticket_key_t;
 
 struct mg_tls_tickets {
     pthread_rwlock_t lock;
-    ticket_key_t keys[2]; /* keys[cur] encrypts; it and the other (once made) decrypt */
-    unsigned cur;
-    bool have_prev;
+    ticket_key_t keys[MG_TLS_TICKET_KEYS_MAX]; /* keys[0] encrypts; all n decrypt */
+    size_t n;
 };
 
 static int ex_index = -1; /* the SSL_CTX ex_data slot that points to the set */
@@ -57,14 +57,14 @@ static int on_ticket(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
     pthread_rwlock_rdlock(&t->lock);
     const ticket_key_t *k = NULL;
     if (enc) {
-        k = &t->keys[t->cur];
+        k = &t->keys[0];
         memcpy(name, k->name, sizeof(k->name));
         rv = RAND_bytes(iv, EVP_CIPHER_get_iv_length(cipher)) == 1 ? 1 : -1;
     } else {
-        for (unsigned i = 0; i < 2 && k == NULL; i++)
-            if ((i == t->cur || t->have_prev) && memcmp(name, t->keys[i].name, 16) == 0) {
+        for (size_t i = 0; i < t->n && k == NULL; i++)
+            if (memcmp(name, t->keys[i].name, 16) == 0) {
                 k = &t->keys[i];
-                rv = i == t->cur ? 1 : 2;
+                rv = i == 0 ? 1 : 2;
             }
     }
     if (k != NULL && rv > 0) {
@@ -98,6 +98,7 @@ mg_tls_tickets_t *mg_tls_tickets_new(void)
         mg_tls_tickets_free(t);
         return NULL;
     }
+    t->n = 1;
     return t;
 }
 
@@ -107,12 +108,26 @@ void mg_tls_tickets_rotate(mg_tls_tickets_t *t)
     if (!make_key(&k)) /* the current key stays: better than no tickets */
         return;
     pthread_rwlock_wrlock(&t->lock);
-    unsigned next = t->cur ^ 1u;
-    t->keys[next] = k;
-    t->cur = next;
-    t->have_prev = true;
+    t->keys[1] = t->keys[0]; /* the one before the previous is gone */
+    t->keys[0] = k;
+    t->n = 2;
+    OPENSSL_cleanse(&t->keys[2], sizeof(t->keys) - 2 * sizeof(t->keys[0]));
     pthread_rwlock_unlock(&t->lock);
     OPENSSL_cleanse(&k, sizeof(k));
+}
+
+bool mg_tls_tickets_set(mg_tls_tickets_t *t, const unsigned char *bytes, size_t len)
+{
+    size_t n = len / MG_TLS_TICKET_KEY_LEN;
+    if (len % MG_TLS_TICKET_KEY_LEN != 0 || n < 1 || n > MG_TLS_TICKET_KEYS_MAX)
+        return false;
+    _Static_assert(sizeof(ticket_key_t) == MG_TLS_TICKET_KEY_LEN, "a key is 80 bytes");
+    pthread_rwlock_wrlock(&t->lock);
+    OPENSSL_cleanse(t->keys, sizeof(t->keys));
+    memcpy(t->keys, bytes, len);
+    t->n = n;
+    pthread_rwlock_unlock(&t->lock);
+    return true;
 }
 
 bool mg_tls_tickets_attach(mg_tls_tickets_t *t, SSL_CTX *ctx, uint32_t rotate_ms)

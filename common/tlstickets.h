@@ -14,6 +14,8 @@
  * renewal), so a client that comes back at least once per period keeps resuming. A ticket is
  * accepted for one to two rotation periods after it was issued, then the client makes a full
  * handshake. mg_tls_tickets_attach also sets the contexts' session timeout to two periods.
+ * Keys may come from a file instead (mg_tls_tickets_set), shared by several gateways; whoever
+ * writes the file rotates them then.
  *
  * Threads: workers' handshakes read the keys (a read lock each, only on handshakes that issue
  * or present a ticket); the main thread rotates them.
@@ -27,11 +29,20 @@
 
 typedef struct mg_tls_tickets mg_tls_tickets_t;
 
+#define MG_TLS_TICKET_KEY_LEN 80 /* name 16, HMAC key 32, AES key 32: nginx's key file layout */
+#define MG_TLS_TICKET_KEYS_MAX 4
+
 /* A first key, made now; NULL when out of memory or randomness. */
 mg_tls_tickets_t *mg_tls_tickets_new(void);
 
-/* Makes a new current key; the key before the previous current one is wiped. */
+/* Makes a new current key; the current one becomes the previous one, and any other is wiped. */
 void mg_tls_tickets_rotate(mg_tls_tickets_t *t);
+
+/* Replaces the keys with |len| / 80 keys (1 to 4) laid out as nginx's ticket key files: the
+ * first encrypts, every one decrypts. For gateways that share keys (a file every replica
+ * reads), so that a client resumes on whichever replica it reaches. False when |len| is not a
+ * multiple of 80 in 80-320; the keys then stay. */
+bool mg_tls_tickets_set(mg_tls_tickets_t *t, const unsigned char *bytes, size_t len);
 
 /* |ctx| takes its ticket keys from |t| from now on (|t| must outlive |ctx|), and keeps sessions
  * for two periods of |rotate_ms|. Returns false when OpenSSL refuses the callback. */

@@ -274,6 +274,7 @@ void mg_conf_clear(mg_conf_t *c)
         free(c->tls_listen[i]);
     free(c->tls_cert);
     free(c->tls_key);
+    free(c->tls_ticket_key_file);
     free(c->routes_path);
     free(c->backends);
     free(c->access_log);
@@ -302,6 +303,7 @@ static bool conf_dup(mg_conf_t *dst, const mg_conf_t *src)
         ok &= dup_str(&dst->tls_listen[i], src->tls_listen[i]);
     ok &= dup_str(&dst->tls_cert, src->tls_cert);
     ok &= dup_str(&dst->tls_key, src->tls_key);
+    ok &= dup_str(&dst->tls_ticket_key_file, src->tls_ticket_key_file);
     ok &= dup_str(&dst->routes_path, src->routes_path);
     ok &= dup_str(&dst->backends, src->backends);
     ok &= dup_str(&dst->access_log, src->access_log);
@@ -532,19 +534,22 @@ static const numkey_t tls_keys[] = {
 static void parse_tls(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     static const char *const keys[] = {
-        "listen", "cert", "key", "reload_check_ms", "ticket_key_rotation_ms", NULL};
+        "listen",          "cert", "key", "reload_check_ms", "ticket_key_rotation_ms",
+        "ticket_key_file", NULL};
     const json_t *tls = json_object_get(doc, "tls");
     if (tls == NULL)
         return;
     size_t old = path_key(e, "tls");
     if (!json_is_object(tls)) {
         type_error(e, tls,
-                   "object with keys listen, cert, key, reload_check_ms, ticket_key_rotation_ms");
+                   "object with keys listen, cert, key, reload_check_ms, ticket_key_rotation_ms, "
+                   "ticket_key_file");
     } else {
         check_keys(e, tls, keys);
         parse_listen(e, tls, "listen", c->tls_listen, &c->ntls_listen);
         parse_path(e, tls, "cert", dir, false, &c->tls_cert);
         parse_path(e, tls, "key", dir, false, &c->tls_key);
+        parse_path(e, tls, "ticket_key_file", dir, false, &c->tls_ticket_key_file);
         for (const numkey_t *k = tls_keys; k->key != NULL; k++) {
             const json_t *v = json_object_get(tls, k->key);
             if (v != NULL) {

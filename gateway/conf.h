@@ -9,7 +9,8 @@
  * gateway.json shape (every key optional; documented in conf/README.md):
  *   { "listen": ["127.0.0.1:8080"],                 cleartext: h2c prior knowledge + HTTP/1.1
  *     "tls": { "listen": ["127.0.0.1:8443"], "cert": "cert.pem", "key": "key.pem",
- *              "reload_check_ms": 60000, "ticket_key_rotation_ms": 3600000 },
+ *              "reload_check_ms": 60000, "ticket_key_rotation_ms": 3600000,
+ *              "ticket_key_file": "ticket.keys" },
  *     "workers": 0,                                   0 = number of cores
  *     "routes": "routes.json",                        relative paths are relative to this file
  *     "access_log": "access.log",                     "-" = stdout, "" or null = off
@@ -55,6 +56,7 @@ typedef struct mg_conf {
     char *tls_key;
     uint32_t tls_reload_check_ms; /* how often the two files are checked for a change; 0: never */
     uint32_t tls_ticket_key_rotation_ms; /* a new session ticket key this often; 0: never */
+    char *tls_ticket_key_file; /* shared ticket keys (replaces the rotation); NULL: none */
     unsigned workers; /* resolved: never 0 after mg_conf_from_args */
 
     char *routes_path;      /* routing document; NULL in quick-start mode */

@@ -96,6 +96,7 @@ static SSL_CTX *g_tls;                 /* NULL without TLS listeners */
 static mg_tls_tickets_t *g_tickets;    /* every TLS context's session ticket keys */
 static unsigned char g_tls_digest[32]; /* of the certificate and key files g_tls was made of */
 static _Atomic int64_t g_tls_not_after; /* g_tls's certificate's notAfter, for /metrics */
+static unsigned char g_ticket_digest[32]; /* of tls.ticket_key_file's keys in use */
 static struct event_base *g_main_base;
 static bool g_draining;
 
@@ -278,12 +279,74 @@ static void log_certificate(const char *what)
            g_conf->tls_cert, desc, expired ? " (EXPIRED)" : "");
 }
 
+#define TICKET_FILE_MAX (MG_TLS_TICKET_KEYS_MAX * MG_TLS_TICKET_KEY_LEN)
+
+/* Reads tls.ticket_key_file into |buf| (TICKET_FILE_MAX bytes) and its SHA-256 into |digest|:
+ * returns its length, or 0 with |err| saying what is wrong. The caller wipes |buf|. */
+static size_t read_ticket_file(const char *path, unsigned char *buf, unsigned char digest[32],
+                               char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "tls.ticket_key_file: cannot open \"%s\": %s", path, strerror(errno));
+        return 0;
+    }
+    size_t len = 0;
+    ssize_t n = 0;
+    unsigned char extra;
+    while (len < TICKET_FILE_MAX && (n = read(fd, buf + len, TICKET_FILE_MAX - len)) > 0)
+        len += (size_t)n;
+    if (n >= 0 && len == TICKET_FILE_MAX && read(fd, &extra, 1) == 1)
+        len++; /* one byte more says "too long" */
+    int read_errno = errno;
+    close(fd);
+    if (n < 0) {
+        snprintf(err, errlen, "tls.ticket_key_file: cannot read \"%s\": %s", path,
+                 strerror(read_errno));
+        return 0;
+    }
+    if (len == 0 || len % MG_TLS_TICKET_KEY_LEN != 0 || len > TICKET_FILE_MAX) {
+        snprintf(err, errlen,
+                 "tls.ticket_key_file: \"%s\" has %s%zu bytes (expected 1 to %d keys of %d "
+                 "bytes, the first one encrypting: openssl rand %d > FILE)",
+                 path, len > TICKET_FILE_MAX ? "over " : "", len > TICKET_FILE_MAX ? len - 1 : len,
+                 MG_TLS_TICKET_KEYS_MAX, MG_TLS_TICKET_KEY_LEN, MG_TLS_TICKET_KEY_LEN);
+        return 0;
+    }
+    EVP_Digest(buf, len, digest, NULL, EVP_sha256(), NULL);
+    return len;
+}
+
+/* tls.ticket_key_file again, when it changed: the keys every gateway sharing it uses. An error
+ * is said once (again on SIGHUP); the keys in use stay. */
+static void reload_ticket_keys(bool on_signal)
+{
+    static char last_err[320];
+    unsigned char buf[TICKET_FILE_MAX + 1], digest[32];
+    char err[320];
+    size_t len = read_ticket_file(g_conf->tls_ticket_key_file, buf, digest, err, sizeof(err));
+    if (len == 0) {
+        if (on_signal || strcmp(err, last_err) != 0)
+            MG_LOG(MG_LOG_ERROR, "main", "%s; the ticket keys in use stay", err);
+        snprintf(last_err, sizeof(last_err), "%s", err);
+    } else if (memcmp(digest, g_ticket_digest, sizeof(digest)) != 0 &&
+               mg_tls_tickets_set(g_tickets, buf, len)) {
+        memcpy(g_ticket_digest, digest, sizeof(digest));
+        last_err[0] = '\0';
+        MG_LOG(MG_LOG_INFO, "main", "TLS session ticket keys reloaded from %s (%zu)",
+               g_conf->tls_ticket_key_file, len / MG_TLS_TICKET_KEY_LEN);
+    }
+    OPENSSL_cleanse(buf, sizeof(buf));
+}
+
 /* A TLS context for the listeners, with the process's ticket keys: tickets outlive a reload.
  * NULL with |err| set when the files do not load. */
 static SSL_CTX *tls_ctx_new(const mg_conf_t *conf, char *err, size_t errlen)
 {
     SSL_CTX *tls = mg_srv_tls_ctx_new(conf->tls_cert, conf->tls_key, err, errlen);
-    if (tls && !mg_tls_tickets_attach(g_tickets, tls, conf->tls_ticket_key_rotation_ms)) {
+    /* keys from a file rotate when the file does: sessions keep OpenSSL's timeout */
+    uint32_t rotate_ms = conf->tls_ticket_key_file ? 0 : conf->tls_ticket_key_rotation_ms;
+    if (tls && !mg_tls_tickets_attach(g_tickets, tls, rotate_ms)) {
         snprintf(err, errlen, "cannot set the TLS session ticket keys");
         SSL_CTX_free(tls);
         return NULL;
@@ -334,8 +397,11 @@ static void reload_tls(bool on_signal)
 static void on_tls_check(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
-    if (!g_draining)
-        reload_tls(false);
+    if (g_draining)
+        return;
+    reload_tls(false);
+    if (g_conf->tls_ticket_key_file)
+        reload_ticket_keys(false);
 }
 
 static void on_ticket_rotation(evutil_socket_t fd, short what, void *arg)
@@ -360,6 +426,8 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     if (g_tls)
         reload_tls(true);
+    if (g_tls && g_conf->tls_ticket_key_file)
+        reload_ticket_keys(true);
     if (g_conf->routes_path == NULL) {
         MG_LOG(MG_LOG_INFO, "main", "SIGHUP: no routing document to reload (--backend mode)");
         return;
@@ -501,6 +569,15 @@ static int check_only(const mg_conf_t *conf)
         ok = tls != NULL;
         SSL_CTX_free(tls);
     }
+    if (conf->ntls_listen && conf->tls_ticket_key_file) {
+        unsigned char keys[TICKET_FILE_MAX + 1], digest[32];
+        char err[320];
+        bool read = read_ticket_file(conf->tls_ticket_key_file, keys, digest, err, sizeof(err));
+        OPENSSL_cleanse(keys, sizeof(keys));
+        if (!read)
+            fprintf(stderr, "modelgate: %s\n", err);
+        ok &= read;
+    }
     ok &= check_secret(conf->admin_token_file, "admin.token_file", MG_SECRET_TOKEN,
                        MG_ADMIN_TOKEN_MAX);
     if (conf->request_log_db.host != NULL)
@@ -613,7 +690,8 @@ static void serve(const mg_conf_t *conf)
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         event_add(sigs[i], NULL);
     struct event *tls_check = main_every(conf->tls_reload_check_ms, on_tls_check);
-    struct event *tls_rotation = main_every(conf->tls_ticket_key_rotation_ms, on_ticket_rotation);
+    struct event *tls_rotation = main_every(
+        conf->tls_ticket_key_file ? 0 : conf->tls_ticket_key_rotation_ms, on_ticket_rotation);
 
     /* workers must not take the process signals: block them before creating threads */
     sigset_t all, old; /* the asynchronous ones only: a crash must still crash loudly */
@@ -727,6 +805,17 @@ int main(int argc, char **argv)
         if ((g_tickets = mg_tls_tickets_new()) == NULL) {
             fprintf(stderr, "modelgate: cannot make TLS session ticket keys\n");
             goto out;
+        }
+        if (conf.tls_ticket_key_file) {
+            unsigned char keys[TICKET_FILE_MAX + 1];
+            size_t len =
+                read_ticket_file(conf.tls_ticket_key_file, keys, g_ticket_digest, err, sizeof(err));
+            bool ok = len > 0 && mg_tls_tickets_set(g_tickets, keys, len);
+            OPENSSL_cleanse(keys, sizeof(keys));
+            if (!ok) {
+                fprintf(stderr, "modelgate: %s\n", err);
+                goto out;
+            }
         }
         g_tls = tls_ctx_new(&conf, err, sizeof(err));
         if (g_tls == NULL) {

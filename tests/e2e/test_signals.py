@@ -5,6 +5,7 @@ connections go on, sessions resume, a bad pair is refused); SIGTERM drains: list
 HTTP/2 clients get GOAWAY, in-flight requests finish, exit 0 within timeouts_ms.drain.
 """
 
+import json
 import os
 import re
 import signal
@@ -14,8 +15,8 @@ import subprocess
 import threading
 import time
 
-from conftest import (DOMAIN, HOST, H1Conn, free_port, h1_request_bytes, port_open, routes_doc,
-                      wait_for)
+from conftest import (DOMAIN, HOST, H1Conn, free_port, h1_request_bytes, port_open,
+                      refused_start, routes_doc, wait_for)
 
 LOAD_SECONDS = 8.0  # upper bound of the load phase; it stops earlier when the checks are done
 MAX_REQUESTS_PER_CLIENT = 20000
@@ -471,3 +472,57 @@ def test_tls_handshakes_and_certificate_expiry_in_metrics(procs, tmp_path):
     gw.signal(signal.SIGHUP)
     wait_for(lambda: _metrics(admin)["modelgate_tls_certificate_expiry_timestamp_seconds"] ==
              not_after(renewed[0]), 5, what="the renewed certificate's date")
+
+
+def test_shared_ticket_key_file_resumes_across_gateways(procs, tmp_path):
+    """Gateways that read the same tls.ticket_key_file (nginx's format: keys of 80 bytes, the
+    first one encrypting) resume each other's sessions, as replicas behind one load balancer
+    must. Whoever writes the file rotates the keys: a new key first and the old one after it
+    keeps old tickets good; once the old key is dropped they are not. A file of the wrong size
+    refuses the start with its size, and on a reload it leaves the keys in use."""
+    a = procs.backend("pod-a")
+    keys = os.path.join(str(tmp_path), "ticket.keys")
+    old, new = os.urandom(80), os.urandom(80)
+    with open(keys, "wb") as f:
+        f.write(old)
+    routes = routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")])
+    conf = {"tls": {"ticket_key_file": keys, "reload_check_ms": 0}}
+    one = procs.gateway(routes, conf=conf, name="one")
+    two = procs.gateway(routes, conf=conf, name="two")
+    alone = procs.gateway(routes, name="alone")  # keys of its own
+    client = _tls_client(one)
+    _, _, session = _tls_hello(one, client)
+    assert _tls_hello(two, client, session)[1], "a ticket of one resumed on two"
+    assert not _tls_hello(alone, client, session)[1]
+
+    def rewrite(data):
+        with open(keys + ".new", "wb") as f:
+            f.write(data)
+        os.replace(keys + ".new", keys)
+        two.signal(signal.SIGHUP)
+
+    rewrite(new + old)
+    wait_for(lambda: "TLS session ticket keys reloaded" in two.log(), 5, what="the new keys")
+    assert _tls_hello(two, client, session)[1], "the old key still decrypts"
+    _, _, fresh = _tls_hello(two, client)  # a ticket under the new key
+    assert not _tls_hello(one, client, fresh)[1], "one has not read the new keys"
+    rewrite(new[:79])
+    wait_for(lambda: "79 bytes" in two.log(), 5, what="the refusal")
+    assert _tls_hello(two, client, session)[1], "a bad file leaves the keys in use"
+    rewrite(new)
+    wait_for(lambda: two.log().count("TLS session ticket keys reloaded") == 2, 5,
+             what="the old key dropped")
+    assert not _tls_hello(two, client, session)[1]
+    assert _tls_hello(two, client, fresh)[1]
+
+    bad = os.path.join(str(tmp_path), "bad.json")
+    bad_conf = {"listen": ["127.0.0.1:%d" % free_port()],
+                    "tls": {"listen": ["127.0.0.1:%d" % free_port()], "cert": procs.tls["cert"],
+                            "key": procs.tls["key"], "ticket_key_file": keys + ".short"}}
+    with open(keys + ".short", "wb") as f:
+        f.write(os.urandom(100))
+    with open(bad, "w") as f:
+        json.dump(bad_conf, f)
+    err = refused_start(bad, "a ticket key file of 100 bytes")
+    assert 'tls.ticket_key_file: "%s.short" has 100 bytes (expected 1 to 4 keys of 80 bytes' \
+        % keys in err, err

@@ -252,7 +252,7 @@ static void relative_paths(void **state)
     snprintf(keypath, sizeof(keypath), "%s/key.pem", f->dir);
     snprintf(text, sizeof(text),
              "{'tls':{'listen':['127.0.0.1:8443'],'cert':'../cert.pem','key':'%s',"
-             "'reload_check_ms':0},"
+             "'reload_check_ms':0,'ticket_key_file':'t.keys'},"
              "'routes':'../routes.json','access_log':'logs/a.log'}",
              keypath);
     const char *cfg = put(f, "sub/gateway.json", text);
@@ -269,6 +269,8 @@ static void relative_paths(void **state)
     assert_string_equal(c.access_log, want);
     assert_int_equal(c.ntls_listen, 1);
     assert_int_equal(c.tls_reload_check_ms, 0);
+    snprintf(want, sizeof(want), "%s/sub/t.keys", f->dir);
+    assert_string_equal(c.tls_ticket_key_file, want);
     mg_conf_clear(&c);
 
     /* "-" is stdout, not a file next to the config; a flag path is relative to the cwd */
@@ -393,7 +395,7 @@ static void file_errors_all_in_one_pass(void **state)
         "listen[1]: invalid address \"127.0.0.1:99999\" (port must be 1-65535)",
         "listen[2]: wrong type (got number 5; expected string \"host:port\")",
         "tls.crt: unknown key (valid keys: listen, cert, key, reload_check_ms, "
-        "ticket_key_rotation_ms)",
+        "ticket_key_rotation_ms, ticket_key_file)",
         "tls.listen: wrong type (got string \"x\"; expected array of \"host:port\" strings, e.g. "
         "[\"127.0.0.1:8080\"])",
         "tls.reload_check_ms: out of range (got 86400001; expected integer 0-86400000 (ms "

@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -154,6 +155,41 @@ static void tickets_outlive_one_rotation_not_two(void **state)
     SSL_CTX_free(srv);
 }
 
+/* Keys from a file, as several gateways share them: a ticket one issued resumes on another;
+ * after the file's owner rotates (a new key first, the old one second) the old tickets still
+ * resume, and once the old key is dropped they do not. Sizes other than 80 to 320 by 80 are
+ * refused and leave the keys. */
+static void shared_keys_resume_on_every_gateway(void **state)
+{
+    fx_t *f = *state;
+    unsigned char keys[2 * MG_TLS_TICKET_KEY_LEN];
+    assert_int_equal(RAND_bytes(keys + MG_TLS_TICKET_KEY_LEN, MG_TLS_TICKET_KEY_LEN), 1);
+    mg_tls_tickets_t *other = mg_tls_tickets_new();
+    assert_non_null(other);
+    assert_true(mg_tls_tickets_set(f->tickets, keys + MG_TLS_TICKET_KEY_LEN, 80));
+    assert_true(mg_tls_tickets_set(other, keys + MG_TLS_TICKET_KEY_LEN, 80));
+    SSL_CTX *a = server_ctx(f, f->tickets), *b = server_ctx(f, other);
+    SSL_SESSION *s0, *s1, *s2, *s3;
+    assert_false(handshake(f, a, NULL, &s0));
+    assert_true(handshake(f, b, s0, &s1)); /* a's ticket, on b */
+    assert_int_equal(RAND_bytes(keys, MG_TLS_TICKET_KEY_LEN), 1);
+    assert_true(mg_tls_tickets_set(other, keys, sizeof(keys))); /* new key, then the old */
+    assert_true(handshake(f, b, s0, &s2));
+    assert_true(mg_tls_tickets_set(other, keys, 80)); /* the old one dropped */
+    assert_false(handshake(f, b, s0, &s3));
+    assert_false(mg_tls_tickets_set(other, keys, 79));
+    assert_false(mg_tls_tickets_set(other, keys, 0));
+    unsigned char five[5 * MG_TLS_TICKET_KEY_LEN] = {0};
+    assert_false(mg_tls_tickets_set(other, five, sizeof(five)));
+    SSL_SESSION_free(s0);
+    SSL_SESSION_free(s1);
+    SSL_SESSION_free(s2);
+    SSL_SESSION_free(s3);
+    SSL_CTX_free(a);
+    SSL_CTX_free(b);
+    mg_tls_tickets_free(other);
+}
+
 /* Sessions last two rotation periods: the session timeout the contexts get. */
 static void session_timeout_is_two_periods(void **state)
 {
@@ -171,6 +207,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(tickets_outlive_one_rotation_not_two, setup12, teardown),
         cmocka_unit_test_setup_teardown(tickets_outlive_one_rotation_not_two, setup13, teardown),
+        cmocka_unit_test_setup_teardown(shared_keys_resume_on_every_gateway, setup12, teardown),
+        cmocka_unit_test_setup_teardown(shared_keys_resume_on_every_gateway, setup13, teardown),
         cmocka_unit_test_setup_teardown(session_timeout_is_two_periods, setup13, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
