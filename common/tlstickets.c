@@ -90,7 +90,13 @@ mg_tls_tickets_t *mg_tls_tickets_new(void)
     mg_tls_tickets_t *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return NULL;
-    if (pthread_rwlock_init(&t->lock, NULL) != 0) {
+    /* a writer first: glibc's default lets a flood of handshakes hold a rotation back */
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int rc = pthread_rwlock_init(&t->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    if (rc != 0) {
         free(t);
         return NULL;
     }

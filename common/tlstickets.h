@@ -11,9 +11,11 @@
  *
  * Keys: the current one encrypts new tickets; it and the one before it decrypt. A ticket
  * decrypted with the one before is replaced by a new one in the same handshake (OpenSSL's
- * renewal), so a client that comes back at least once per period keeps resuming. A ticket is
- * accepted for one to two rotation periods after it was issued, then the client makes a full
- * handshake. mg_tls_tickets_attach also sets the contexts' session timeout to two periods.
+ * renewal). mg_tls_tickets_attach also sets the contexts' session timeout to two periods. So
+ * a TLS 1.3 client that comes back at least once per period keeps resuming (each resumption
+ * is a new session), while a TLS 1.2 session lasts at most two periods from its full handshake:
+ * a renewed TLS 1.2 ticket keeps the session's start time. Either way no ticket outlives the
+ * key after the next.
  * Keys may come from a file instead (mg_tls_tickets_set), shared by several gateways; whoever
  * writes the file rotates them then.
  *

@@ -550,13 +550,20 @@ static void parse_tls(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
         parse_path(e, tls, "cert", dir, false, &c->tls_cert);
         parse_path(e, tls, "key", dir, false, &c->tls_key);
         parse_path(e, tls, "ticket_key_file", dir, false, &c->tls_ticket_key_file);
-        for (const numkey_t *k = tls_keys; k->key != NULL; k++) {
+        /* 0 is off; below the floor, work for nothing: a file read or a key a millisecond */
+        static const uint32_t floor_ms[] = {100, 1000};
+        for (size_t i = 0; tls_keys[i].key != NULL; i++) {
+            const numkey_t *k = &tls_keys[i];
             const json_t *v = json_object_get(tls, k->key);
-            if (v != NULL) {
-                size_t o2 = path_key(e, k->key);
-                set_number(e, v, k, c);
-                path_set(e, o2);
-            }
+            if (v == NULL)
+                continue;
+            size_t o2 = path_key(e, k->key);
+            set_number(e, v, k, c);
+            uint32_t got = *(uint32_t *)((char *)c + k->off);
+            if (got != 0 && got < floor_ms[i])
+                errf(e, "too small (got %u; expected 0 (%s) or %u-%llu)", got,
+                     i == 0 ? "only on SIGHUP" : "never", floor_ms[i], (unsigned long long)k->max);
+            path_set(e, o2);
         }
     }
     path_set(e, old);

@@ -379,8 +379,8 @@ static void file_errors_all_in_one_pass(void **state)
     const char *cfg =
         put(f, "gateway.json",
             "{'listen':['127.0.0.1:8080','127.0.0.1:99999',5],'lisen':[],"
-            "'tls':{'listen':'x','crt':'a','reload_check_ms':86400001},'workers':-1,'routes':'','"
-            "access_log':5,"
+            "'tls':{'listen':'x','crt':'a','reload_check_ms':86400001,"
+            "'ticket_key_rotation_ms':999},'workers':-1,'routes':'','access_log':5,"
             "'log_level':'loud','limits':{'max_concurrent_streams':0,'stream_window':65534,"
             "'connection_window':2147483648,'max_headers':1.5,'max_header_list_size':'big',"
             "'max_request_body':-1,'x':1},'timeouts_ms':{'idle':3600001,'drain':-5},"
@@ -400,6 +400,7 @@ static void file_errors_all_in_one_pass(void **state)
         "[\"127.0.0.1:8080\"])",
         "tls.reload_check_ms: out of range (got 86400001; expected integer 0-86400000 (ms "
         "between file checks, 0 = only on SIGHUP))",
+        "tls.ticket_key_rotation_ms: too small (got 999; expected 0 (never) or 1000-604800000)",
         "workers: out of range (got -1; expected 0-1024, 0 = one per core)",
         "routes: empty (expected a file path)",
         "access_log: wrong type (got number 5; expected string (a path, \"-\" for stdout, \"\" "

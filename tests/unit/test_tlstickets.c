@@ -190,6 +190,28 @@ static void shared_keys_resume_on_every_gateway(void **state)
     mg_tls_tickets_free(other);
 }
 
+/* Before the first rotation only the one key made decrypts: a ticket made with keys of zero
+ * bytes (what an unset slot holds) does not resume. */
+static void no_ticket_from_an_empty_slot(void **state)
+{
+    fx_t *f = *state;
+    static const unsigned char zeros[MG_TLS_TICKET_KEY_LEN];
+    mg_tls_tickets_t *forger = mg_tls_tickets_new();
+    assert_non_null(forger);
+    assert_true(mg_tls_tickets_set(forger, zeros, sizeof(zeros)));
+    SSL_CTX *forged = server_ctx(f, forger), *srv = server_ctx(f, f->tickets);
+    SSL_SESSION *s0, *s1, *s2;
+    assert_false(handshake(f, forged, NULL, &s0));
+    assert_true(handshake(f, forged, s0, &s1)); /* the zero key works where it is the key */
+    assert_false(handshake(f, srv, s0, &s2));
+    SSL_SESSION_free(s0);
+    SSL_SESSION_free(s1);
+    SSL_SESSION_free(s2);
+    SSL_CTX_free(forged);
+    SSL_CTX_free(srv);
+    mg_tls_tickets_free(forger);
+}
+
 /* Sessions last two rotation periods: the session timeout the contexts get. */
 static void session_timeout_is_two_periods(void **state)
 {
@@ -209,6 +231,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(tickets_outlive_one_rotation_not_two, setup13, teardown),
         cmocka_unit_test_setup_teardown(shared_keys_resume_on_every_gateway, setup12, teardown),
         cmocka_unit_test_setup_teardown(shared_keys_resume_on_every_gateway, setup13, teardown),
+        cmocka_unit_test_setup_teardown(no_ticket_from_an_empty_slot, setup12, teardown),
+        cmocka_unit_test_setup_teardown(no_ticket_from_an_empty_slot, setup13, teardown),
         cmocka_unit_test_setup_teardown(session_timeout_is_two_periods, setup13, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
