@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import threading
 import time
+import types
 
 from conftest import (DOMAIN, HOST, H1Conn, free_port, h1_request_bytes, port_open,
                       refused_start, routes_doc, wait_for)
@@ -526,3 +527,28 @@ def test_shared_ticket_key_file_resumes_across_gateways(procs, tmp_path):
     err = refused_start(bad, "a ticket key file of 100 bytes")
     assert 'tls.ticket_key_file: "%s.short" has 100 bytes (expected 1 to 4 keys of 80 bytes' \
         % keys in err, err
+
+
+def test_quick_start_sighup_reloads_the_certificate(procs, tmp_path):
+    """With --backend (no routing document) SIGHUP still reloads the certificate and key of
+    --cert and --key, and says there is no routing document to reload."""
+    a = procs.backend("pod-a")
+    d = str(tmp_path)
+    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+    first = _issue_cert(procs.tls, d, "first")
+    renewed = _issue_cert(procs.tls, d, "renewed")
+    _install(first[0], cert)
+    _install(first[1], key)
+    port, tls_port = free_port(), free_port()
+    p = procs.gateway_cli(["--listen", "127.0.0.1:%d" % port, "--tls-listen",
+                           "127.0.0.1:%d" % tls_port, "--cert", cert, "--key", key,
+                           "--backend", a.addr, "--workers", "1"], [port, tls_port])
+
+    gw = types.SimpleNamespace(procs=procs, tls_port=tls_port)  # what _tls_hello needs
+    assert _tls_hello(gw)[0] == "first"
+    _install(renewed[0], cert)
+    _install(renewed[1], key)
+    p.signal(signal.SIGHUP)
+    wait_for(lambda: _tls_hello(gw)[0] == "renewed", 5, what="the renewed certificate")
+    log = p.stderr() + p.stdout()
+    assert "no routing document to reload" in log and "CN = renewed" in log, log
