@@ -308,7 +308,7 @@ static size_t read_ticket_file(const char *path, unsigned char *buf, unsigned ch
     if (len == 0 || len % MG_TLS_TICKET_KEY_LEN != 0 || len > TICKET_FILE_MAX) {
         snprintf(err, errlen,
                  "tls.ticket_key_file: \"%s\" has %s%zu bytes (expected 1 to %d keys of %d "
-                 "bytes, the first one encrypting: openssl rand %d > FILE)",
+                 "bytes each: openssl rand %d > FILE)",
                  path, len > TICKET_FILE_MAX ? "over " : "", len > TICKET_FILE_MAX ? len - 1 : len,
                  MG_TLS_TICKET_KEYS_MAX, MG_TLS_TICKET_KEY_LEN, MG_TLS_TICKET_KEY_LEN);
         return 0;

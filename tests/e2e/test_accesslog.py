@@ -205,26 +205,32 @@ def test_check_config_bad_routes(tmp_path):
 
 def test_check_config_loads_certificate_and_secret_files(tmp_path, tls_material):
     """--check-config refuses what start-up would refuse before binding: a certificate or key
-    that does not load, a token or password file that is not one line (each named); with good
-    files it passes."""
+    that does not load, a token or password file that is not one line, a ticket key file of the
+    wrong size (each named); with good files it passes."""
     d = str(tmp_path)
     write(d, "routes.json", GOOD_ROUTES)
     write(d, "garbage.pem", "not a certificate\n")
     write(d, "admin.token", "t0ken with-space\n")
     write(d, "db.password", "first\nsecond\n")
+    with open(os.path.join(d, "ticket.keys"), "wb") as f:
+        f.write(b"k" * 81)
     conf = good_conf(tls={"listen": ["127.0.0.1:%d" % free_port()],
-                          "cert": os.path.join(d, "garbage.pem"), "key": tls_material["key"]},
+                          "cert": os.path.join(d, "garbage.pem"), "key": tls_material["key"],
+                          "ticket_key_file": "ticket.keys"},
                      admin={"listen": "127.0.0.1:%d" % free_port(), "token_file": "admin.token"},
                      request_log_db={"host": "127.0.0.1", "user": "u", "database": "modelgate",
                                      "password_file": "db.password", "spool_dir": "spool"})
     rc, out = check_config(write(d, "gateway.json", conf))
     assert rc == 1, out
-    for what in ("garbage.pem", "admin.token_file", "request_log_db.password_file"):
+    for what in ("garbage.pem", "admin.token_file", "request_log_db.password_file",
+                 "tls.ticket_key_file"):
         assert what in out, "%s not named:\n%s" % (what, out)
     assert "first" not in out and "t0ken" not in out, "a secret was printed:\n%s" % out
     conf["tls"]["cert"] = tls_material["cert"]
     write(d, "admin.token", "t0ken\n")
     write(d, "db.password", "pass word\r\n")
+    with open(os.path.join(d, "ticket.keys"), "wb") as f:
+        f.write(os.urandom(160))
     rc, out = check_config(write(d, "gateway.json", conf))
     assert rc == 0, out
 
