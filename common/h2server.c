@@ -44,6 +44,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/outq.h"
+#include "common/proxyproto.h"
 #include "common/smalloc.h"
 
 #define OUT_HIGH (64 * 1024) /* socket output above which HTTP/2 frames stop being produced */
@@ -197,6 +198,7 @@ struct mg_srv {
     zpool_t zmap;   /* 1-page runs: stream maps */
     zpool_t zframe; /* 5-page runs: frame buffers */
     zpool_t zring;  /* 1 KiB runs, four to a page: HPACK entry rings */
+    struct pp_wait *pp_waits; /* connections waiting for their PROXY header */
     mg_smalloc_t *small; /* every other nghttp2 allocation of this worker's sessions */
     mg_outq_t *outq;     /* the connections' end-of-turn output (common/outq.h) */
     llhttp_settings_t h1settings;
@@ -2524,6 +2526,141 @@ static void lower_untaken(struct bufferevent *bev, short what, void *arg)
     (void)bev, (void)what, (void)arg;
 }
 
+/*
+ * PROXY protocol (conf.proxy_protocol): a connection waits here, not yet a conn_t, until its
+ * header has come whole; then the header is consumed from the socket, and the connection
+ * starts as any other with the client's address. The bytes are looked at with MSG_PEEK, so
+ * what follows the header (a TLS ClientHello, the HTTP/2 preface) stays in the socket for the
+ * connection. A header cut in two (rare: load balancers send it in one segment with, or
+ * before, the first bytes) is looked at again every PP_RETRY_MS, as the socket stays readable.
+ * No whole header within PP_TIMEOUT_MS, or anything that is not one: closed, never served.
+ */
+#define PP_TIMEOUT_MS 10000
+#define PP_RETRY_MS 10
+
+typedef struct pp_wait {
+    mg_srv_t *srv;
+    int fd;
+    bool tls;
+    struct event *readable, *retry;
+    int64_t deadline_us;
+    char client[64], client_ip[48];
+    struct pp_wait *prev, *next;
+} pp_wait_t;
+
+static void conn_start(mg_srv_t *srv, int fd, bool tls, const char *client, const char *ip);
+
+static void nconns_add(mg_srv_t *srv, int d)
+{
+    atomic_store_explicit(&srv->nconns,
+                          atomic_load_explicit(&srv->nconns, memory_order_relaxed) + (size_t)d,
+                          memory_order_relaxed);
+}
+
+/* Ends the wait; closes the socket unless it goes on to a connection (|keep|). */
+static void pp_end(pp_wait_t *w, bool keep)
+{
+    mg_srv_t *srv = w->srv;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        srv->pp_waits = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    if (w->readable)
+        event_free(w->readable);
+    if (w->retry)
+        event_free(w->retry);
+    if (!keep)
+        close(w->fd);
+    nconns_add(srv, -1);
+    if (!keep)
+        accepting_update(srv);
+    free(w);
+}
+
+static void pp_arm(pp_wait_t *w, bool partial)
+{
+    int64_t left = w->deadline_us - mg_mono_us();
+    if (partial && left > PP_RETRY_MS * 1000)
+        left = PP_RETRY_MS * 1000;
+    struct timeval tv = {(time_t)(left > 0 ? left / 1000000 : 0),
+                         (suseconds_t)(left > 0 ? left % 1000000 : 0)};
+    event_add(partial ? w->retry : w->readable, &tv);
+}
+
+static void on_pp(evutil_socket_t unused, short what, void *arg)
+{
+    pp_wait_t *w = arg;
+    int fd = w->fd; /* the retry timer has none */
+    (void)unused;
+    uint8_t buf[MG_PROXYPROTO_MAX];
+    ssize_t n = recv(fd, buf, sizeof(buf), MSG_PEEK);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        pp_end(w, false); /* gone before its header */
+        return;
+    }
+    mg_proxyproto_t pp;
+    mg_proxyproto_result_t r = mg_proxyproto_parse(buf, n > 0 ? (size_t)n : 0, &pp);
+    if (r == MG_PROXYPROTO_MORE && mg_mono_us() < w->deadline_us) {
+        pp_arm(w, n > 0);
+        return;
+    }
+    if (r != MG_PROXYPROTO_DONE || recv(fd, buf, pp.len, 0) != (ssize_t)pp.len) {
+        unsigned long skipped;
+        if (mg_log_limit_pass(&w->srv->abuse_log, &skipped))
+            MG_LOG(MG_LOG_WARN, "h2server",
+                   "conn=%s: %s: closing (proxy_protocol is on) (%lu similar suppressed)",
+                   w->client,
+                   r == MG_PROXYPROTO_MORE ? "no whole PROXY protocol header within 10 s"
+                                           : "not a PROXY protocol header",
+                   skipped);
+        pp_end(w, false);
+        return;
+    }
+    (void)what;
+    if (pp.has_addr) {
+        snprintf(w->client, sizeof(w->client), pp.family == AF_INET6 ? "[%s]:%u" : "%s:%u", pp.ip,
+                 pp.port);
+        snprintf(w->client_ip, sizeof(w->client_ip), "%s", pp.ip);
+    }
+    mg_srv_t *srv = w->srv;
+    bool tls = w->tls;
+    char client[64], ip[48];
+    memcpy(client, w->client, sizeof(client));
+    memcpy(ip, w->client_ip, sizeof(ip));
+    pp_end(w, true);
+    conn_start(srv, fd, tls, client, ip);
+}
+
+static void pp_start(mg_srv_t *srv, int fd, bool tls, const char *client, const char *ip)
+{
+    pp_wait_t *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        close(fd);
+        return;
+    }
+    w->srv = srv;
+    w->fd = fd;
+    w->tls = tls;
+    w->deadline_us = mg_mono_us() + PP_TIMEOUT_MS * 1000LL;
+    snprintf(w->client, sizeof(w->client), "%s", client);
+    snprintf(w->client_ip, sizeof(w->client_ip), "%s", ip);
+    w->next = srv->pp_waits;
+    if (w->next)
+        w->next->prev = w;
+    srv->pp_waits = w;
+    nconns_add(srv, 1);
+    accepting_update(srv);
+    w->readable = event_new(srv->base, fd, EV_READ, on_pp, w);
+    w->retry = evtimer_new(srv->base, on_pp, w);
+    if (w->readable == NULL || w->retry == NULL) {
+        pp_end(w, false);
+        return;
+    }
+    pp_arm(w, false);
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
@@ -2535,6 +2672,26 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
             tls = (i & 1) != 0;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    char ip[INET6_ADDRSTRLEN] = "?", client[64] = "";
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        snprintf(client, sizeof(client), "%s:%d", ip, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        snprintf(client, sizeof(client), "[%s]:%d", ip, ntohs(in6->sin6_port));
+    }
+    (void)salen;
+    if (srv->conf.proxy_protocol)
+        pp_start(srv, fd, tls, client, ip);
+    else
+        conn_start(srv, fd, tls, client, ip);
+}
+
+/* A connection of |fd| from |client| ("ip:port", |ip| alone), on a TLS listener or not. */
+static void conn_start(mg_srv_t *srv, int fd, bool tls, const char *client, const char *ip)
+{
     conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         close(fd);
@@ -2542,19 +2699,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     }
     c->srv = srv;
     c->tls = tls;
-    char ip[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (sa->sa_family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
-        port = ntohs(in->sin_port);
-        snprintf(c->client, sizeof(c->client), "%s:%d", ip, port);
-    } else if (sa->sa_family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
-        port = ntohs(in6->sin6_port);
-        snprintf(c->client, sizeof(c->client), "[%s]:%d", ip, port);
-    }
+    snprintf(c->client, sizeof(c->client), "%s", client);
     snprintf(c->client_ip, sizeof(c->client_ip), "%s", ip);
     if (tls) {
         /* a filter over a socket bufferevent, which the queue reads and writes as a cleartext
@@ -2593,9 +2738,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     if (srv->conns)
         srv->conns->prev = c;
     srv->conns = c;
-    atomic_store_explicit(&srv->nconns,
-                          atomic_load_explicit(&srv->nconns, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+    nconns_add(srv, 1);
     accepting_update(srv);
     if (c->bev == NULL || c->idle_timer == NULL) {
         if (c->bev == NULL && fd >= 0)
@@ -2603,7 +2746,6 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         conn_close(c);
         return;
     }
-    (void)salen;
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW, 0);
     struct bufferevent *sock = c->lower ? c->lower : c->bev;
@@ -2781,6 +2923,8 @@ void mg_srv_shutdown(mg_srv_t *srv)
 {
     srv->shutting_down = true;
     evtimer_del(srv->accept_pause);
+    while (srv->pp_waits) /* not connections yet: nothing of theirs was read */
+        pp_end(srv->pp_waits, false);
     for (size_t i = 0; i < srv->nlisteners; i++) {
         if (srv->listeners[i])
             evconnlistener_free(srv->listeners[i]);
@@ -2840,6 +2984,8 @@ void mg_srv_free(mg_srv_t *srv)
         event_free(srv->accept_pause);
     if (srv->tls_sweep)
         event_free(srv->tls_sweep);
+    while (srv->pp_waits)
+        pp_end(srv->pp_waits, false);
     while (srv->conns) {
         conn_t *c = srv->conns;
         c->busy = 0;

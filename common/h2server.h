@@ -102,6 +102,8 @@ typedef struct mg_srv_conf {
     uint32_t connection_buffer; /* response bytes held per connection before producers
                                  * pause; 0 = no limit */
     uint32_t client_idle_ms;    /* close connections idle this long; 0 = never */
+    bool proxy_protocol; /* every connection starts with a PROXY header (common/proxyproto.h),
+                          * whose client address it takes: one behind an L4 load balancer */
     uint32_t client_write_ms;   /* close connections whose output stalls this long; 0 = never */
     uint32_t max_conns;         /* client connections held at once; at the limit the listeners
                                  * pause until one closes; 0 = no limit */

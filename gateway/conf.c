@@ -727,10 +727,14 @@ static void parse_features(ectx_t *e, const json_t *doc, const char *dir, mg_con
 
 static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
-    static const char *const keys[] = {"listen",     "tls",       "workers",       "routes",
-                                       "access_log", "log_level", "limits",        "timeouts_ms",
-                                       "upstream",   "admin",     "dns_nameserver", "request_log_db",
-                                       "features",   "request_id_in_response", NULL};
+    static const char *const keys[] = {"listen",         "tls",
+                                       "workers",        "routes",
+                                       "access_log",     "log_level",
+                                       "limits",         "timeouts_ms",
+                                       "upstream",       "admin",
+                                       "dns_nameserver", "request_log_db",
+                                       "features",       "request_id_in_response",
+                                       "proxy_protocol", NULL};
     char q[300];
     if (!json_is_object(doc)) {
         type_error(e, doc, "object");
@@ -773,6 +777,14 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
             type_error(e, v, "true or false");
         else
             c->request_id_in_response = json_is_true(v);
+        path_set(e, old);
+    }
+    if ((v = json_object_get(doc, "proxy_protocol")) != NULL) {
+        size_t old = path_key(e, "proxy_protocol");
+        if (!json_is_boolean(v))
+            type_error(e, v, "true or false");
+        else
+            c->proxy_protocol = json_is_true(v);
         path_set(e, old);
     }
 

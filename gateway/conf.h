@@ -71,6 +71,7 @@ typedef struct mg_conf {
     mg_dblog_conf_t request_log_db; /* .host NULL = off; strings owned here */
     mg_fconf_t *features; /* user features (features/fconf.h); NULL = off; owned */
     bool request_id_in_response; /* x-request-id on pods' answers that lack one */
+    bool proxy_protocol;         /* client connections start with a PROXY protocol header */
 
     struct {
         uint32_t max_concurrent_streams;

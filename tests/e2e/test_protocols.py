@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import time
 
@@ -1420,4 +1421,80 @@ def test_pod_interim_responses_are_capped(procs, raw_pods, proto):
     assert r.status == 200 and r.headers.get("x-final") == "1", r.headers
     wait_for(lambda: "interim responses; the others are dropped" in gw.log(),
              what="the debug line on dropped interims")
+    gw.assert_alive()
+
+
+def _pp_v2_tcp4(src, sport, dst="198.51.100.1", dport=443, local=False):
+    body = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack(">HH", sport, dport)
+    return (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20 if local else 0x21, 0x11]) +
+            struct.pack(">H", len(body)) + body)
+
+
+def test_proxy_protocol_gives_the_client_address(procs):
+    """With proxy_protocol, every client connection starts with a PROXY protocol header (v1 or
+    v2, as HAProxy and the cloud L4 load balancers send), and the gateway takes the client's
+    address from it: the access log's client and the pod's x-forwarded-for name the client, not
+    the load balancer. Over cleartext (HTTP/1.1 and HTTP/2) and TLS (the header comes before
+    the ClientHello). v2's LOCAL command (the load balancer's health checks) keeps the
+    connection's own address. A connection without a valid header is closed unanswered."""
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf={"proxy_protocol": True})
+
+    def h1_over(sock, path):
+        sock.sendall(h1_request_bytes("GET", path, gw.authority()))
+        got = b""
+        while b"\r\n\r\n" not in got or len(got) < got.index(b"\r\n\r\n") + 4 + \
+                int(got.split(b"content-length: ")[1].split(b"\r\n")[0]):
+            d = sock.recv(65536)
+            assert d, "closed before the answer: %r" % got
+            got += d
+        assert got.startswith(b"HTTP/1.1 200"), got
+        return json.loads(got.split(b"\r\n\r\n", 1)[1])
+
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"PROXY TCP4 203.0.113.7 198.51.100.1 56324 443\r\n")
+        assert h1_over(s, "/v1")["headers"]["x-forwarded-for"] == "203.0.113.7"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(_pp_v2_tcp4("192.0.2.44", 40000))
+        assert h1_over(s, "/v2")["headers"]["x-forwarded-for"] == "192.0.2.44"
+    ctx = ssl.create_default_context(cafile=procs.tls["ca"])
+    with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=5) as raw:
+        raw.sendall(b"PROXY TCP6 2001:db8::7 2001:db8::1 1234 443\r\n")
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            assert h1_over(s, "/tls")["headers"]["x-forwarded-for"] == "2001:db8::7"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"PROXY TCP4 203.0.113.8 198.")  # a header cut in two
+        time.sleep(0.1)
+        s.sendall(b"51.100.1 1000 443\r\n")
+        assert h1_over(s, "/split")["headers"]["x-forwarded-for"] == "203.0.113.8"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(_pp_v2_tcp4("192.0.2.44", 40000, local=True))
+        assert h1_over(s, "/local")["headers"]["x-forwarded-for"] == "127.0.0.1"
+    # HTTP/2 prior knowledge after the header, in the same segment
+    c = H2Client("127.0.0.1", gw.port, authority=gw.authority(), connect=False)
+    c.sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    c.sock.sendall(b"PROXY TCP4 203.0.113.9 198.51.100.1 5555 80\r\n")
+    c.conn.initiate_connection()
+    c.flush()
+    with c:
+        r = c.get("/h2")
+        assert r.status == 200 and r.json()["headers"]["x-forwarded-for"] == "203.0.113.9"
+    log = {l["path"]: l["client"] for l in gw.wait_access(6)}
+    assert log == {"/v1": "203.0.113.7:56324", "/v2": "192.0.2.44:40000",
+                   "/tls": "[2001:db8::7]:1234", "/split": "203.0.113.8:1000",
+                   "/h2": "203.0.113.9:5555", "/local": log.get("/local")}, log
+    assert log["/local"].startswith("127.0.0.1:")
+
+    for bad in (h1_request_bytes("GET", "/no-header", gw.authority()),
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 443\r\n",
+                b"PROXY TCP4 1.2.3.4\r\nGET / HTTP/1.1\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(bad)
+            try:  # closed with the request unread: a reset, or an end of file
+                got = s.recv(4096)
+            except ConnectionResetError:
+                got = b""
+            assert got == b"", "answered without a valid PROXY header: %r" % bad
+    assert not [l for l in gw.access() if l["path"] == "/no-header"]
     gw.assert_alive()

@@ -169,6 +169,7 @@ static void defaults(void **state)
     assert_int_equal(c.upstream.stream_window, 262144);
     assert_int_equal(c.upstream.connection_window, 16777216);
     assert_false(c.request_id_in_response);
+    assert_false(c.proxy_protocol);
     mg_conf_clear(&c);
 }
 
@@ -206,10 +207,12 @@ static void file_then_flags(void **state)
                           "'limits':{'max_concurrent_streams':50,'max_request_body':10000000000,"
                           "'max_client_conns':5000},"
                           "'timeouts_ms':{'connect':100,'total':5000},"
-                          "'upstream':{'max_idle_conns_per_pod':0},'request_id_in_response':true}");
+                          "'upstream':{'max_idle_conns_per_pod':0},'request_id_in_response':true,"
+                          "'proxy_protocol':true}");
     mg_conf_t c;
     RUN_OK(&c, "--config", (char *)cfg);
     assert_true(c.request_id_in_response);
+    assert_true(c.proxy_protocol);
     assert_int_equal(c.nlisten, 1);
     assert_string_equal(c.listen[0], "127.0.0.1:8080");
     assert_int_equal(c.workers, 2);
@@ -391,7 +394,7 @@ static void file_errors_all_in_one_pass(void **state)
     const char *lines[] = {
         "lisen: unknown key (valid keys: listen, tls, workers, routes, access_log, log_level, "
         "limits, timeouts_ms, upstream, admin, dns_nameserver, request_log_db, features, "
-        "request_id_in_response)",
+        "request_id_in_response, proxy_protocol)",
         "listen[1]: invalid address \"127.0.0.1:99999\" (port must be 1-65535)",
         "listen[2]: wrong type (got number 5; expected string \"host:port\")",
         "tls.crt: unknown key (valid keys: listen, cert, key, reload_check_ms, "
