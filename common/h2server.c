@@ -2528,22 +2528,27 @@ static void lower_untaken(struct bufferevent *bev, short what, void *arg)
 
 /*
  * PROXY protocol (conf.proxy_protocol): a connection waits here, not yet a conn_t, until its
- * header has come whole; then the header is consumed from the socket, and the connection
- * starts as any other with the client's address. The bytes are looked at with MSG_PEEK, so
- * what follows the header (a TLS ClientHello, the HTTP/2 preface) stays in the socket for the
- * connection. A header cut in two (rare: load balancers send it in one segment with, or
- * before, the first bytes) is looked at again every PP_RETRY_MS, as the socket stays readable.
- * No whole header within PP_TIMEOUT_MS, or anything that is not one: closed, never served.
+ * header has come whole; then the connection starts as any other, with the client's address.
+ * Bytes are looked at with MSG_PEEK and taken off the socket only as far as they are the
+ * header's, so what follows it (a TLS ClientHello, the HTTP/2 preface) stays in the socket for
+ * the connection. While the header is incomplete every byte so far is the header's: those are
+ * read into the wait's buffer, so the socket does not stay readable for them, and a client
+ * that leaves shows at once. A version 2 header's TLVs past the addresses are read and
+ * dropped. No whole, valid header within PP_TIMEOUT_MS, or anything that is not one: closed,
+ * never served.
  */
 #define PP_TIMEOUT_MS 10000
-#define PP_RETRY_MS 10
 
 typedef struct pp_wait {
     mg_srv_t *srv;
     int fd;
     bool tls;
-    struct event *readable, *retry;
+    struct event *readable; /* with the deadline as its timeout */
     int64_t deadline_us;
+    uint8_t buf[MG_PROXYPROTO_MAX];
+    size_t have;        /* header bytes read into |buf| */
+    size_t skip;        /* version 2 TLV bytes still to read and drop */
+    mg_proxyproto_t pp; /* the header, once its addresses are known */
     char client[64], client_ip[48];
     struct pp_wait *prev, *next;
 } pp_wait_t;
@@ -2569,60 +2574,87 @@ static void pp_end(pp_wait_t *w, bool keep)
         w->next->prev = w->prev;
     if (w->readable)
         event_free(w->readable);
-    if (w->retry)
-        event_free(w->retry);
     if (!keep)
         close(w->fd);
     nconns_add(srv, -1);
-    if (!keep)
-        accepting_update(srv);
+    accepting_update(srv); /* conn_start counts a kept one again */
     free(w);
 }
 
-static void pp_arm(pp_wait_t *w, bool partial)
+static void pp_refuse(pp_wait_t *w, const char *why)
 {
-    int64_t left = w->deadline_us - mg_mono_us();
-    if (partial && left > PP_RETRY_MS * 1000)
-        left = PP_RETRY_MS * 1000;
-    struct timeval tv = {(time_t)(left > 0 ? left / 1000000 : 0),
-                         (suseconds_t)(left > 0 ? left % 1000000 : 0)};
-    event_add(partial ? w->retry : w->readable, &tv);
+    unsigned long skipped;
+    if (mg_log_limit_pass(&w->srv->abuse_log, &skipped))
+        MG_LOG(MG_LOG_WARN, "h2server",
+               "conn=%s: %s: closing (proxy_protocol is on) (%lu similar suppressed)", w->client,
+               why, skipped);
+    pp_end(w, false);
 }
 
-static void on_pp(evutil_socket_t unused, short what, void *arg)
+/* Waits for more bytes until the deadline; false (and the wait refused) once it has passed. */
+static bool pp_arm(pp_wait_t *w)
+{
+    int64_t left = w->deadline_us - mg_mono_us();
+    if (left <= 0) {
+        pp_refuse(w, "no whole PROXY protocol header within 10 s");
+        return false;
+    }
+    struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
+    event_add(w->readable, &tv);
+    return true;
+}
+
+static bool gone(ssize_t n)
+{
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static void on_pp(evutil_socket_t fd, short what, void *arg)
 {
     pp_wait_t *w = arg;
-    int fd = w->fd; /* the retry timer has none */
-    (void)unused;
-    uint8_t buf[MG_PROXYPROTO_MAX];
-    ssize_t n = recv(fd, buf, sizeof(buf), MSG_PEEK);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-        pp_end(w, false); /* gone before its header */
-        return;
-    }
-    mg_proxyproto_t pp;
-    mg_proxyproto_result_t r = mg_proxyproto_parse(buf, n > 0 ? (size_t)n : 0, &pp);
-    if (r == MG_PROXYPROTO_MORE && mg_mono_us() < w->deadline_us) {
-        pp_arm(w, n > 0);
-        return;
-    }
-    if (r != MG_PROXYPROTO_DONE || recv(fd, buf, pp.len, 0) != (ssize_t)pp.len) {
-        unsigned long skipped;
-        if (mg_log_limit_pass(&w->srv->abuse_log, &skipped))
-            MG_LOG(MG_LOG_WARN, "h2server",
-                   "conn=%s: %s: closing (proxy_protocol is on) (%lu similar suppressed)",
-                   w->client,
-                   r == MG_PROXYPROTO_MORE ? "no whole PROXY protocol header within 10 s"
-                                           : "not a PROXY protocol header",
-                   skipped);
-        pp_end(w, false);
-        return;
-    }
     (void)what;
-    if (pp.has_addr) {
-        snprintf(w->client, sizeof(w->client), pp.family == AF_INET6 ? "[%s]:%u" : "%s:%u", pp.ip,
-                 pp.port);
-        snprintf(w->client_ip, sizeof(w->client_ip), "%s", pp.ip);
+    if (w->skip == 0) {
+        ssize_t n = recv(fd, w->buf + w->have, sizeof(w->buf) - w->have, MSG_PEEK);
+        if (gone(n)) {
+            pp_end(w, false); /* left before its header */
+            return;
+        }
+        size_t got = n > 0 ? (size_t)n : 0, total = w->have + got;
+        mg_proxyproto_result_t r = mg_proxyproto_parse(w->buf, total, &w->pp);
+        if (r == MG_PROXYPROTO_INVALID) {
+            pp_refuse(w, "not a PROXY protocol header");
+            return;
+        }
+        /* the header's bytes of those seen: all of them while it is incomplete */
+        size_t mine = r == MG_PROXYPROTO_MORE ? total : w->pp.len < total ? w->pp.len : total;
+        if (mine > w->have &&
+            recv(fd, w->buf + w->have, mine - w->have, 0) != (ssize_t)(mine - w->have)) {
+            pp_end(w, false);
+            return;
+        }
+        w->have = mine;
+        if (r == MG_PROXYPROTO_MORE) {
+            pp_arm(w);
+            return;
+        }
+        w->skip = w->pp.len - mine;
+    } else {
+        uint8_t drop[1024];
+        ssize_t n = recv(fd, drop, w->skip < sizeof(drop) ? w->skip : sizeof(drop), 0);
+        if (gone(n)) {
+            pp_end(w, false);
+            return;
+        }
+        w->skip -= n > 0 ? (size_t)n : 0;
+    }
+    if (w->skip > 0) {
+        pp_arm(w);
+        return;
+    }
+    if (w->pp.has_addr) {
+        snprintf(w->client, sizeof(w->client), w->pp.family == AF_INET6 ? "[%s]:%u" : "%s:%u",
+                 w->pp.ip, w->pp.port);
+        snprintf(w->client_ip, sizeof(w->client_ip), "%s", w->pp.ip);
     }
     mg_srv_t *srv = w->srv;
     bool tls = w->tls;
@@ -2653,12 +2685,11 @@ static void pp_start(mg_srv_t *srv, int fd, bool tls, const char *client, const 
     nconns_add(srv, 1);
     accepting_update(srv);
     w->readable = event_new(srv->base, fd, EV_READ, on_pp, w);
-    w->retry = evtimer_new(srv->base, on_pp, w);
-    if (w->readable == NULL || w->retry == NULL) {
+    if (w->readable == NULL) {
         pp_end(w, false);
         return;
     }
-    pp_arm(w, false);
+    pp_arm(w);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,

@@ -57,13 +57,24 @@ static mg_proxyproto_result_t parse_v1(const uint8_t *p, size_t n, mg_proxyproto
         out->has_addr = 0;
         return MG_PROXYPROTO_DONE;
     }
-    char *f[6], *save = NULL;
+    if (memchr(line, '\0', len) != NULL)
+        return MG_PROXYPROTO_INVALID;
+    /* six fields, one space between each (the specification's single spaces) */
+    char *f[6], *q = line;
     int k = 0;
-    for (char *t = strtok_r(line, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+    for (;;) {
         if (k == 6)
-            return MG_PROXYPROTO_INVALID; /* a seventh field */
-        f[k++] = t;
+            return MG_PROXYPROTO_INVALID; /* a seventh field, or a space at the end */
+        f[k++] = q;
+        char *sp = strchr(q, ' ');
+        if (sp == NULL)
+            break;
+        *sp = '\0';
+        q = sp + 1;
     }
+    for (int i = 0; i < k; i++)
+        if (f[i][0] == '\0')
+            return MG_PROXYPROTO_INVALID;
     if (k != 6 || strcmp(f[0], "PROXY") != 0)
         return MG_PROXYPROTO_INVALID;
     int family = strcmp(f[1], "TCP4") == 0 ? AF_INET : strcmp(f[1], "TCP6") == 0 ? AF_INET6 : 0;
@@ -80,21 +91,24 @@ static mg_proxyproto_result_t parse_v1(const uint8_t *p, size_t n, mg_proxyproto
     return MG_PROXYPROTO_DONE;
 }
 
+/* Done once the addresses have come: out->len then counts the TLVs after them too, which may
+ * not have come yet (the caller drops them). */
 static mg_proxyproto_result_t parse_v2(const uint8_t *p, size_t n, mg_proxyproto_t *out)
 {
     if (n < 16)
         return MG_PROXYPROTO_MORE;
     uint8_t ver_cmd = p[12], fam = p[13];
     size_t len = 16 + ((size_t)p[14] << 8 | p[15]);
-    if ((ver_cmd >> 4) != 2 || (ver_cmd & 0x0f) > 1 || len > MG_PROXYPROTO_MAX)
+    if ((ver_cmd >> 4) != 2 || (ver_cmd & 0x0f) > 1)
         return MG_PROXYPROTO_INVALID;
-    if (n < len)
-        return MG_PROXYPROTO_MORE;
     out->len = len;
     if ((ver_cmd & 0x0f) == 0) { /* LOCAL: the load balancer's own connection */
         out->has_addr = 0;
         return MG_PROXYPROTO_DONE;
     }
+    size_t need = fam == 0x11 ? 12 : fam == 0x21 ? 36 : 0;
+    if (need && len >= 16 + need && n < 16 + need)
+        return MG_PROXYPROTO_MORE;
     if (fam == 0x11 && len >= 16 + 12) { /* TCP over IPv4: src, dst, src port, dst port */
         inet_ntop(AF_INET, p + 16, out->ip, sizeof(out->ip));
         out->port = (uint16_t)(p[24] << 8 | p[25]);

@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MG_PROXYPROTO_MAX 536 /* header bytes accepted: v1's 107, v2's 16 + addresses + TLVs */
+#define MG_PROXYPROTO_MAX 536 /* bytes to look at: v1's 107, v2's 16 + 36 of addresses */
 
 typedef enum {
     MG_PROXYPROTO_MORE = 0,     /* a header's start: wait for more bytes */
@@ -24,7 +24,8 @@ typedef enum {
 } mg_proxyproto_result_t;
 
 typedef struct mg_proxyproto {
-    size_t len;    /* the header's bytes, to consume before the connection's own */
+    size_t len;    /* the header's bytes, to consume before the connection's own; for version
+                    * 2 this counts the TLVs after the addresses, which may not have come yet */
     int has_addr;  /* 0: LOCAL or UNKNOWN, keep the connection's address */
     int family;    /* AF_INET or AF_INET6 */
     char ip[48];   /* the client's address, as inet_ntop writes it */

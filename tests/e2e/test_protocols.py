@@ -1438,8 +1438,10 @@ def test_proxy_protocol_gives_the_client_address(procs):
     the ClientHello). v2's LOCAL command (the load balancer's health checks) keeps the
     connection's own address. A connection without a valid header is closed unanswered."""
     a = procs.backend("pod-a")
+    admin = free_port()
     gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
-                       conf={"proxy_protocol": True})
+                       conf={"proxy_protocol": True, "workers": 1,
+                             "admin": {"listen": "127.0.0.1:%d" % admin}})
 
     def h1_over(sock, path):
         sock.sendall(h1_request_bytes("GET", path, gw.authority()))
@@ -1469,6 +1471,11 @@ def test_proxy_protocol_gives_the_client_address(procs):
         s.sendall(b"51.100.1 1000 443\r\n")
         assert h1_over(s, "/split")["headers"]["x-forwarded-for"] == "203.0.113.8"
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        tlvs = bytes([0x04, 0x03, 0xe5]) + b"\0" * 997  # one NOOP TLV of 997 bytes
+        h = _pp_v2_tcp4("192.0.2.45", 40001)
+        s.sendall(h[:14] + struct.pack(">H", 12 + len(tlvs)) + h[16:] + tlvs)
+        assert h1_over(s, "/tlvs")["headers"]["x-forwarded-for"] == "192.0.2.45"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         s.sendall(_pp_v2_tcp4("192.0.2.44", 40000, local=True))
         assert h1_over(s, "/local")["headers"]["x-forwarded-for"] == "127.0.0.1"
     # HTTP/2 prior knowledge after the header, in the same segment
@@ -1480,10 +1487,11 @@ def test_proxy_protocol_gives_the_client_address(procs):
     with c:
         r = c.get("/h2")
         assert r.status == 200 and r.json()["headers"]["x-forwarded-for"] == "203.0.113.9"
-    log = {l["path"]: l["client"] for l in gw.wait_access(6)}
+    log = {l["path"]: l["client"] for l in gw.wait_access(7)}
     assert log == {"/v1": "203.0.113.7:56324", "/v2": "192.0.2.44:40000",
                    "/tls": "[2001:db8::7]:1234", "/split": "203.0.113.8:1000",
-                   "/h2": "203.0.113.9:5555", "/local": log.get("/local")}, log
+                   "/tlvs": "192.0.2.45:40001", "/h2": "203.0.113.9:5555",
+                   "/local": log.get("/local")}, log
     assert log["/local"].startswith("127.0.0.1:")
 
     for bad in (h1_request_bytes("GET", "/no-header", gw.authority()),
@@ -1497,4 +1505,15 @@ def test_proxy_protocol_gives_the_client_address(procs):
                 got = b""
             assert got == b"", "answered without a valid PROXY header: %r" % bad
     assert not [l for l in gw.access() if l["path"] == "/no-header"]
+
+    # clients that leave halfway through their header are let go at once, not after 10 s
+    def conns():
+        r = httpx.get("http://127.0.0.1:%d/metrics" % admin, timeout=5)
+        return sum(int(float(l.rsplit(" ", 1)[1])) for l in r.text.splitlines()
+                   if l.startswith("modelgate_worker_connections{"))
+    before = conns()
+    for i in range(10):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(b"PROXY TCP4 1.2")
+    wait_for(lambda: conns() == before, 2, what="the half-headers' connections closed")
     gw.assert_alive()
