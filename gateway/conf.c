@@ -725,6 +725,20 @@ static void parse_features(ectx_t *e, const json_t *doc, const char *dir, mg_con
     path_set(e, old);
 }
 
+/* |key| of |obj|, when present: true or false. */
+static void parse_bool(ectx_t *e, const json_t *obj, const char *key, bool *slot)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return;
+    size_t old = path_key(e, key);
+    if (!json_is_boolean(v))
+        type_error(e, v, "true or false");
+    else
+        *slot = json_is_true(v);
+    path_set(e, old);
+}
+
 static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     static const char *const keys[] = {"listen",         "tls",
@@ -771,22 +785,8 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
     parse_path(e, doc, "routes", dir, false, &c->routes_path);
     parse_path(e, doc, "access_log", dir, true, &c->access_log);
 
-    if ((v = json_object_get(doc, "request_id_in_response")) != NULL) {
-        size_t old = path_key(e, "request_id_in_response");
-        if (!json_is_boolean(v))
-            type_error(e, v, "true or false");
-        else
-            c->request_id_in_response = json_is_true(v);
-        path_set(e, old);
-    }
-    if ((v = json_object_get(doc, "proxy_protocol")) != NULL) {
-        size_t old = path_key(e, "proxy_protocol");
-        if (!json_is_boolean(v))
-            type_error(e, v, "true or false");
-        else
-            c->proxy_protocol = json_is_true(v);
-        path_set(e, old);
-    }
+    parse_bool(e, doc, "request_id_in_response", &c->request_id_in_response);
+    parse_bool(e, doc, "proxy_protocol", &c->proxy_protocol);
 
     if ((v = json_object_get(doc, "log_level")) != NULL) {
         size_t old = path_key(e, "log_level");

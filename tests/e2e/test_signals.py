@@ -300,6 +300,17 @@ def _install(src, dst):
     os.replace(tmp, dst)
 
 
+def _live_pair(procs, d):
+    """Files live.pem and live.key in |d| holding a certificate for "first", and the key and
+    certificate of a renewed one ("renewed") to install later: (cert, key, renewed)."""
+    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+    first = _issue_cert(procs.tls, d, "first")
+    renewed = _issue_cert(procs.tls, d, "renewed")
+    _install(first[0], cert)
+    _install(first[1], key)
+    return cert, key, renewed
+
+
 def _tls_client(gw):
     ctx = ssl.create_default_context(cafile=gw.procs.tls["ca"])
     ctx.set_alpn_protocols(["h2"])
@@ -377,11 +388,7 @@ def test_renewed_tls_certificate_is_taken_without_sighup(procs, tmp_path):
     does not load is said once, not at every check."""
     a = procs.backend("pod-a")
     d = str(tmp_path)
-    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
-    first = _issue_cert(procs.tls, d, "first")
-    renewed = _issue_cert(procs.tls, d, "renewed")
-    _install(first[0], cert)
-    _install(first[1], key)
+    cert, key, renewed = _live_pair(procs, d)
     gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
                        conf={"tls": {"cert": cert, "key": key, "reload_check_ms": 200}})
     assert _tls_hello(gw)[0] == "first"
@@ -534,11 +541,7 @@ def test_quick_start_sighup_reloads_the_certificate(procs, tmp_path):
     --cert and --key, and says there is no routing document to reload."""
     a = procs.backend("pod-a")
     d = str(tmp_path)
-    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
-    first = _issue_cert(procs.tls, d, "first")
-    renewed = _issue_cert(procs.tls, d, "renewed")
-    _install(first[0], cert)
-    _install(first[1], key)
+    cert, key, renewed = _live_pair(procs, d)
     port, tls_port = free_port(), free_port()
     p = procs.gateway_cli(["--listen", "127.0.0.1:%d" % port, "--tls-listen",
                            "127.0.0.1:%d" % tls_port, "--cert", cert, "--key", key,
