@@ -352,6 +352,14 @@ static void stream_close(mg_srv_stream_t *s, bool complete);
 
 static void accepting_update(mg_srv_t *srv);
 
+/* The loop's thread alone writes the count; scrapes read it (relaxed) */
+static void nconns_add(mg_srv_t *srv, int d)
+{
+    atomic_store_explicit(&srv->nconns,
+                          atomic_load_explicit(&srv->nconns, memory_order_relaxed) + (size_t)d,
+                          memory_order_relaxed);
+}
+
 static void conn_free(conn_t *c)
 {
     mg_srv_t *srv = c->srv;
@@ -375,9 +383,7 @@ static void conn_free(conn_t *c)
         srv->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    atomic_store_explicit(&srv->nconns,
-                          atomic_load_explicit(&srv->nconns, memory_order_relaxed) - 1,
-                          memory_order_relaxed);
+    nconns_add(srv, -1);
     free(c);
     accepting_update(srv);
 }
@@ -2371,15 +2377,16 @@ static bool conn_prepare(void *arg)
     return alive;
 }
 
-/* TLS, once the handshake is done: ALPN picks the engine. The TLS filter may hand over the
- * first application bytes (which came with the client's Finished) before it reports the
- * handshake done (BEV_EVENT_CONNECTED): whichever comes first starts it. False when the
- * connection is closed. */
+/* A metrics counter (relaxed: scrapes read it from another thread). */
 static void count(atomic_ulong *n)
 {
     atomic_fetch_add_explicit(n, 1, memory_order_relaxed);
 }
 
+/* TLS, once the handshake is done: ALPN picks the engine. The TLS filter may hand over the
+ * first application bytes (which came with the client's Finished) before it reports the
+ * handshake done (BEV_EVENT_CONNECTED): whichever comes first starts it. False when the
+ * connection is closed. */
 static bool tls_start(conn_t *c)
 {
     if (c->proto != P_DETECT)
@@ -2555,13 +2562,6 @@ typedef struct pp_wait {
 
 static void conn_start(mg_srv_t *srv, int fd, bool tls, const char *client, const char *ip);
 
-static void nconns_add(mg_srv_t *srv, int d)
-{
-    atomic_store_explicit(&srv->nconns,
-                          atomic_load_explicit(&srv->nconns, memory_order_relaxed) + (size_t)d,
-                          memory_order_relaxed);
-}
-
 /* Ends the wait; closes the socket unless it goes on to a connection (|keep|). */
 static void pp_end(pp_wait_t *w, bool keep)
 {
@@ -2591,17 +2591,16 @@ static void pp_refuse(pp_wait_t *w, const char *why)
     pp_end(w, false);
 }
 
-/* Waits for more bytes until the deadline; false (and the wait refused) once it has passed. */
-static bool pp_arm(pp_wait_t *w)
+/* Waits for more bytes until the deadline; refuses the wait (freed) once it has passed. */
+static void pp_arm(pp_wait_t *w)
 {
     int64_t left = w->deadline_us - mg_mono_us();
     if (left <= 0) {
         pp_refuse(w, "no whole PROXY protocol header within 10 s");
-        return false;
+        return;
     }
     struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
     event_add(w->readable, &tv);
-    return true;
 }
 
 static bool gone(ssize_t n)
@@ -2837,7 +2836,7 @@ static void accepting_update(mg_srv_t *srv)
     srv->at_conn_limit = full;
     if (full) {
         listeners_enable(srv, false);
-        atomic_fetch_add_explicit(&srv->pauses_limit, 1, memory_order_relaxed);
+        count(&srv->pauses_limit);
         unsigned long skipped;
         if (mg_log_limit_pass(&srv->limit_log, &skipped))
             MG_LOG(MG_LOG_WARN, "h2server",
@@ -2863,7 +2862,7 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     mg_srv_t *srv = arg;
     int err = EVUTIL_SOCKET_ERROR();
     listeners_enable(srv, false);
-    atomic_fetch_add_explicit(&srv->pauses_error, 1, memory_order_relaxed);
+    count(&srv->pauses_error);
     struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
     evtimer_add(srv->accept_pause, &tv);
     unsigned long skipped;
