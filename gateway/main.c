@@ -274,7 +274,7 @@ static void log_certificate(const char *what)
     char desc[512];
     int64_t not_after;
     bool expired = mg_srv_tls_ctx_describe(g_tls, desc, sizeof(desc), &not_after);
-    atomic_store(&g_tls_not_after, not_after ? not_after : 1); /* nonzero: TLS is on */
+    atomic_store(&g_tls_not_after, not_after);
     MG_LOG(expired ? MG_LOG_WARN : MG_LOG_INFO, "main", "TLS certificate %s %s: %s%s", what,
            g_conf->tls_cert, desc, expired ? " (EXPIRED)" : "");
 }
@@ -889,6 +889,7 @@ int main(int argc, char **argv)
         if (start_worker(i, &conf, &sc, g_tls) != 0)
             goto out;
     g_metrics_src.workers = g_nworkers;
+    g_metrics_src.tls = g_tls != NULL;
     int nmore = 0;
     if (g_dblog) {
         g_metrics_src.more[nmore] = dblog_metrics;

@@ -139,6 +139,8 @@ static void tls_samples(struct evbuffer *out, const mg_metrics_src_t *src, unsig
                                 "result=\"%s\"} %lu\n",
                                 w, results[i], n[i]);
     }
+    if (not_after == 0) /* unknown: no sample rather than a date that would alert */
+        return;
     evbuffer_add_printf(out,
                         "# HELP modelgate_tls_certificate_expiry_timestamp_seconds End of "
                         "validity (notAfter) of the TLS certificate in use, Unix time.\n"
@@ -226,9 +228,8 @@ int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const cha
                             "\"error\"} %lu\n",
                             w, ws.limit_pauses, w, ws.error_pauses);
     }
-    int64_t not_after = src && src->tls_not_after ? atomic_load(src->tls_not_after) : 0;
-    if (not_after != 0) /* a TLS listener */
-        tls_samples(out, src, nworkers, not_after);
+    if (src && src->tls)
+        tls_samples(out, src, nworkers, atomic_load(src->tls_not_after));
     for (int i = 0; src && i < 4 && src->more[i]; i++)
         src->more[i](src->more_ud[i], out);
     return 200;

@@ -12,6 +12,7 @@
 #define MG_GATEWAY_METRICS_H
 
 #include <event2/buffer.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 /* A worker's client side, read at scrape time from the admin thread. */
@@ -28,7 +29,8 @@ typedef void (*mg_metrics_more_fn)(void *ud, struct evbuffer *out);
 
 typedef struct mg_metrics_src {
     unsigned workers;
-    const _Atomic int64_t *tls_not_after; /* the certificate's notAfter (Unix s); 0: no TLS */
+    bool tls;                             /* TLS listeners: their samples are on the page */
+    const _Atomic int64_t *tls_not_after; /* the certificate's notAfter (Unix s); 0: unknown */
     mg_metrics_worker_fn worker;
     void *ud;
     mg_metrics_more_fn more[4]; /* NULL-terminated */
