@@ -141,16 +141,17 @@ layout() {
 }
 
 # h2run GW PROFILE [DURATION]: one measured run; prints
-# "rps ok total p50 p99 gw_us redis_us lookups_per_req coalesced_pct foreign_pct status"
+# "rps ok total p50 p99 gw_us redis_us pod_us lookups_per_req coalesced_pct foreign_pct status"
 h2run() {
     local gw=$1 prof=$2 dur=${3:-$DURATION} n=1 k pids=() rc=0 args=$LAT_ARGS
-    local t0 t1 r0 r1 o0 o1 w0 w1 f0 f1
+    local t0 t1 r0 r1 b0 b1 o0 o1 w0 w1 f0 f1
     local url="http://127.0.0.1:${GW_PORT[$gw]}/v1/predict"
     [ "$prof" = thr ] && n=$USERS args="-D $dur $THR_ARGS"
     rm -f "$W"/h2load.*.out "$W"/h2load.*.tsv
     f0=$(fcounters "$gw")
     # shellcheck disable=SC2046
     o0=$(others_ticks $(our_sids)) t0=$(sess_ticks "${SID[gw-$gw]}") r0=$(sess_ticks "${SID[redis]}")
+    b0=$(sess_ticks "${SID[backend]}")
     w0=$(date +%s%N)
     for k in $(seq 1 "$n"); do
         [ "$prof" = lat ] && k=0
@@ -164,11 +165,12 @@ h2run() {
     w1=$(date +%s%N)
     # shellcheck disable=SC2046
     t1=$(sess_ticks "${SID[gw-$gw]}") r1=$(sess_ticks "${SID[redis]}") o1=$(others_ticks $(our_sids))
+    b1=$(sess_ticks "${SID[backend]}")
     f1=$(fcounters "$gw")
     for k in "$W"/h2load.*.out; do
         { echo "=== $gw $prof $k: h2load $args"; cat "$k"; } >>"$W/raw.txt"
     done
-    local rps ok total non2xx p50 p99 cnt s status=ok gcpu rcpu lpr cpct
+    local rps ok total non2xx p50 p99 cnt s status=ok gcpu rcpu bcpu lpr cpct
     read -r rps ok total non2xx < <(awk '
         /^finished in/ { gsub(",", ""); rps += $4 }
         /^requests:/ { total += $2; for (i = 1; i < NF; i++) if ($(i + 1) ~ /^succeeded/) ok += $i }
@@ -185,18 +187,18 @@ h2run() {
         grep -hv '^progress' "$W"/h2load.*.out | tail -8 | sed 's/^/    /' >&2
     fi
     # shellcheck disable=SC2086 # f0, f1: four numbers each
-    read -r gcpu rcpu lpr cpct < <("$PY" - "$ok" $((t1 - t0)) $((r1 - r0)) "$TICK_US" $f0 $f1 <<'PY'
+    read -r gcpu rcpu bcpu lpr cpct < <("$PY" - "$ok" $((t1 - t0)) $((r1 - r0)) $((b1 - b0)) "$TICK_US" $f0 $f1 <<'PY'
 import sys
-ok, gt, rt, tick = (int(x) for x in sys.argv[1:5])
-r0, l0, c0, _, r1, l1, c1, _ = (int(x) for x in sys.argv[5:13])
+ok, gt, rt, bt, tick = (int(x) for x in sys.argv[1:6])
+r0, l0, c0, _, r1, l1, c1, _ = (int(x) for x in sys.argv[6:14])
 req = r1 - r0
-print(f"{gt * tick / ok:.2f}" if ok else "-", f"{rt * tick / ok:.2f}" if ok else "-",
+print(*(f"{t * tick / ok:.2f}" if ok else "-" for t in (gt, rt, bt)),
       f"{(l1 - l0) / req:.3f}" if req else "-", f"{100 * (c1 - c0) / req:.1f}" if req else "-")
 PY
 )
     local foreign=$(((o1 - o0) * TICK_US * 100 / ((w1 - w0) / 1000 + 1)))
     [ "$status" = ok ] && [ "$foreign" -gt "$NOISY_PCT" ] && [ $((o1 - o0)) -gt 3 ] && status=noisy
-    echo "$rps $ok $total $p50 $p99 $gcpu $rcpu $lpr $cpct $foreign $status"
+    echo "$rps $ok $total $p50 $p99 $gcpu $rcpu $bcpu $lpr $cpct $foreign $status"
 }
 
 # perf_run GW: one thr run with `perf record -g` on that gateway; prints where its time goes
@@ -259,23 +261,23 @@ for gw in $GWS; do sanity "$gw"; done
 layout thr
 for gw in $GWS; do h2run "$gw" thr "$WARM_DURATION" >/dev/null; done
 
-printf 'round\tprofile\tgw\trps\tok\ttotal\tp50\tp99\tgw_us\tredis_us\tlookups\tcoalesced\tforeign\tstatus\n' >"$W/runs.tsv"
+printf 'round\tprofile\tgw\trps\tok\ttotal\tp50\tp99\tgw_us\tredis_us\tpod_us\tlookups\tcoalesced\tforeign\tstatus\n' >"$W/runs.tsv"
 say ""
-say "round profile gw      req/s      ok/total           p50us  p99us  gw_us/req  redis_us/req  lookups/req  coalesced%  others%cpu  status"
+say "round profile gw      req/s      ok/total           p50us  p99us  gw_us/req  redis_us/req  pod_us/req  lookups/req  coalesced%  others%cpu  status"
 for r in $(seq 1 "$ROUNDS"); do
     for prof in $PROFILES; do
         layout "$prof"
         for gw in $GWS; do # interleaved: off on [before], off on ... so drift hits all alike
             for try in 0 1 2; do
                 waited=$(wait_quiet)
-                read -r rps ok total p50 p99 gcpu rcpu lpr cpct foreign status < <(h2run "$gw" "$prof")
+                read -r rps ok total p50 p99 gcpu rcpu bcpu lpr cpct foreign status < <(h2run "$gw" "$prof")
                 if [ "$status" != noisy ] || [ "$try" -ge 2 ]; then break; fi
                 say "      $gw $prof: other processes used ${foreign}% of a CPU during the run (waited ${waited}s for quiet); retrying"
             done
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$prof" "$gw" "$rps" "$ok" \
-                "$total" "$p50" "$p99" "$gcpu" "$rcpu" "$lpr" "$cpct" "$foreign" "$status" >>"$W/runs.tsv"
-            say "$(printf '%-5s %-7s %-7s %-10s %-18s %6s %6s %10s %13s %12s %11s %11s  %s' "$r" "$prof" "$gw" \
-                "$rps" "$ok/$total" "$p50" "$p99" "$gcpu" "$rcpu" "$lpr" "$cpct" "$foreign" "$status")"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$prof" "$gw" "$rps" "$ok" \
+                "$total" "$p50" "$p99" "$gcpu" "$rcpu" "$bcpu" "$lpr" "$cpct" "$foreign" "$status" >>"$W/runs.tsv"
+            say "$(printf '%-5s %-7s %-7s %-10s %-18s %6s %6s %10s %13s %11s %12s %11s %11s  %s' "$r" "$prof" "$gw" \
+                "$rps" "$ok/$total" "$p50" "$p99" "$gcpu" "$rcpu" "$bcpu" "$lpr" "$cpct" "$foreign" "$status")"
             [ "$status" = died ] && die "gateway $gw exited during the run: $(tail -20 "$W/gw-$gw.out")"
         done
     done
@@ -298,13 +300,14 @@ gws = []
 for r in rows:
     if r["gw"] not in gws:
         gws.append(r["gw"])
-print("gw       thr req/s          min-max  gw us/req  redis us/req  lookups/req  coalesced%  lat p50/p99 us  noisy")
+print("gw       thr req/s          min-max  gw us/req  redis us/req  pod us/req  lookups/req  coalesced%  lat p50/p99 us  noisy")
 for gw in gws:
     t, l = by.get(("thr", gw), []), by.get(("lat", gw), [])
     rps = [num(r["rps"]) for r in t]
     noisy = sum(r["status"] != "ok" for r in t + l)
     print(f"{gw:<7} {f(med(rps), ',.0f'):>10} {f(min(rps, default=None), ',.0f'):>9}-{f(max(rps, default=None), ',.0f'):<8}"
           f" {f(med([num(r['gw_us']) for r in t]), '.2f'):>9} {f(med([num(r['redis_us']) for r in t]), '.2f'):>13}"
+          f" {f(med([num(r['pod_us']) for r in t]), '.2f'):>11}"
           f" {f(med([num(r['lookups']) for r in t]), '.3f'):>12} {f(med([num(r['coalesced']) for r in t]), '.1f'):>11}"
           f" {f(med([num(r['p50']) for r in l]), '.0f'):>8}/{f(med([num(r['p99']) for r in l]), '.0f'):<6} {noisy}")
 print()

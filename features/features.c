@@ -137,6 +137,7 @@ static void settle(mg_features_t *f, mg_features_ticket_t *t, mg_fstatus_t st, m
     if (st == MG_FS_HIT && val) {
         mg_fval_ref(val);
         t->_val = val;
+        t->_repeat = atomic_fetch_add_explicit(&val->_sent, 1, memory_order_relaxed) > 0;
     }
     t->_status = (int)st + 1;
     mg_fmetrics_observe(f->m, st, now - t->_start_us);
@@ -985,9 +986,12 @@ size_t mg_features_headers(const mg_features_ticket_t *t, mg_hdr_t *h, size_t n)
     if (t->_status == 0)
         return k;
     if (t->_val)
-        /* never indexed: one value per user would only evict the stable fields from the
-         * upstream connection's HPACK table */
-        h[k++] = (mg_hdr_t){"x-user-features", t->_val->text, 15, t->_val->len, MG_HPACK_UNIQUE};
+        /* A value that went out before (the user's requests came together and shared a fetch,
+         * or the worker's cache had it) is likely to go out again: indexed, the pod decodes it
+         * once per upstream connection instead of per request. A first one is not indexed, so
+         * one-off users do not push the fields that repeat out of the pod's HPACK table. */
+        h[k++] = (mg_hdr_t){"x-user-features", t->_val->text, 15, t->_val->len,
+                            t->_repeat ? MG_HPACK_INDEX : MG_HPACK_UNIQUE};
     const char *st = mg_fstatus_name((mg_fstatus_t)(t->_status - 1));
     h[k++] = (mg_hdr_t){"x-modelgate-features", st, 20, strlen(st), MG_HPACK_INDEX};
     return k;

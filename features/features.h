@@ -44,6 +44,7 @@ typedef struct mg_features_ticket {
     mg_fval_t *_val; /* one reference, when features are attached */
     int _status;     /* mg_fstatus_t + 1; 0 = the app has no features (nothing to say) */
     bool _strip;     /* features are on: client-sent feature headers are never forwarded */
+    bool _repeat;    /* _val went out on an earlier request too */
 } mg_features_ticket_t;
 
 /* Worker |worker|'s lookups on |base|; connects to Redis (asynchronously). NULL when out of

@@ -34,7 +34,8 @@
 
 typedef struct mg_fval {
     atomic_int _refs;
-    size_t len;    /* strlen(text) */
+    atomic_uint _sent; /* requests it was attached to (a hint: relaxed, any worker) */
+    size_t len;        /* strlen(text) */
     char hash[17]; /* 16 hex digits */
     char text[];   /* NUL-terminated */
 } mg_fval_t;

@@ -683,50 +683,48 @@ def test_too_large_is_not_sent(procs):
     r = s.admin("PUT", "/v1/features/digits/big2", json.dumps({"recent": ["y" * 200]}))
     assert r.status_code == 400 and "max_header_bytes" in r.json()["error"]["message"]
 
-def test_features_reach_h2_pods_never_indexed_with_indexed_name(procs, raw_pods):
-    """x-user-features reaches an HTTP/2 pod never indexed (one user's value would push the
-    fields that repeat out of the pod's HPACK table), yet its name costs a table index, not a
-    literal the pod Huffman-decodes per request: an upstream connection's first value goes in
-    indexed, unless its table entry would be over 1 KiB (a quarter of the table)."""
-    pods = [raw_pods("h2c", "200"), raw_pods("h2c", "200")]
-    s = Stack(procs, workers=1, pods=pods)
-    s.put_redis("small", profile={"age": "31"})
+def test_features_reach_h2_pods_indexed_once_they_repeat(procs, raw_pods):
+    """x-user-features reaches an HTTP/2 pod never indexed the first time a value goes out
+    (a one-off user's value would only push the fields that repeat out of the pod's HPACK
+    table), and indexed once the same value goes out again (here from the worker's cache), so
+    that the pod then gets a table index instead of the value to Huffman-decode. A connection's
+    first request may seed its table with the field, but never with a value whose entry is over
+    1 KiB (a quarter of the table)."""
+    pod = raw_pods("h2c", "200")
+    s = Stack(procs, workers=1, pods=[pod])
     s.put_redis("large", recent=["item-%026d" % i for i in range(50)])  # ~1.6 KB of JSON
-    # round robin over two pods: one connection opens with a large value, the other with a
-    # small one, followed by small ones and a large one
+    for u in ("once", "rep", "other"):
+        s.put_redis(u, profile={"age": "31", "u": u})
+    users = ["large", "once", "rep", "rep", "rep", "rep", "other", "large", "large", "large"]
     with s.gw.h2() as c:
-        for i, user in enumerate(["large", "small", "small", "small", "small", "large"]):
+        for i, user in enumerate(users):
             r = c.get("/f/%d" % i, headers=[("x-user-id", user)])
             assert r.status == 200, r
-    name_huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(b"x-user-features")
-    seen = set()
-    for pod in pods:
-        decoder, first_small = hpack.Decoder(), None
-        for i, block in enumerate(pod.blocks):
-            fields = decoder.decode(block)
-            feats = [f for f in fields if f[0] == "x-user-features"]
-            assert len(feats) == 1 and ("x-modelgate-features", "hit") in fields, fields
-            large = len(feats[0][1]) > 1024
-            in_table = [e for e in decoder.header_table.dynamic_entries
-                        if e[0] == b"x-user-features"]
-            if i == 0:
-                first_small = not large
-            seen.add((i == 0, large, first_small))
-            if i == 0 and not large:
-                assert not isinstance(feats[0], hpack.NeverIndexedHeaderTuple), feats
-                assert in_table, "the connection's first small value did not enter the table"
-                continue
-            assert isinstance(feats[0], hpack.NeverIndexedHeaderTuple), (i, feats)
-            if large:
-                assert all(e[1] != feats[0][1].encode() for e in in_table), (
-                    "a value of %d bytes entered the pod's table" % len(feats[0][1]))
-            elif first_small:
-                assert name_huffman not in block and b"x-user-features" not in block, (
-                    "request %d sent the name x-user-features as a literal: %s"
-                    % (i, block.hex()))
-    # every case was covered: a large first value, a small one, then small and large ones
-    assert {(True, True, False), (True, False, True), (False, False, True),
-            (False, True, True)} <= seen, seen
+    huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode
+    decoder, sent_before = hpack.Decoder(), set()
+    assert len(pod.blocks) == len(users), pod.blocks
+    for i, (user, block) in enumerate(zip(users, pod.blocks)):
+        fields = decoder.decode(block)
+        feats = [f for f in fields if f[0] == "x-user-features"]
+        assert len(feats) == 1 and ("x-modelgate-features", "hit") in fields, fields
+        value = feats[0][1].encode()
+        in_table = any(e == (b"x-user-features", value)
+                       for e in decoder.header_table.dynamic_entries)
+        as_literal = value in block or huffman(value) in block
+        never = isinstance(feats[0], hpack.NeverIndexedHeaderTuple)
+        what = "request %d (%s)" % (i, user)
+        if value not in sent_before:  # a first value: never indexed, never in the table
+            assert never and not in_table and as_literal, what
+        elif user == "rep" and i == 3 or user == "large" and i == 7:
+            # the first repeat goes into the table (a literal with incremental indexing)
+            assert not never and in_table and as_literal, what
+        else:  # later repeats are a table index: the pod decodes no value
+            assert not never and in_table and not as_literal, (what, block.hex())
+        sent_before.add(value)
+    # once the field is in the table, a first value names it by index too
+    name = b"x-user-features"
+    for i in (6, 7):
+        assert name not in pod.blocks[i] and huffman(name) not in pod.blocks[i], i
 
 
 def test_metrics_page(stack):
