@@ -1320,8 +1320,10 @@ static mg_err_t h2_init(conn_t *c)
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, srv->conf.max_header_list_size},
         /* RFC 9218: no RFC 7540 priority tree to maintain per stream */
         {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
+        {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, srv->conf.header_table_size},
     };
-    nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+    size_t niv = sizeof(iv) / sizeof(iv[0]) - (srv->conf.header_table_size == 0);
+    nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, niv);
     if (srv->conf.connection_window > 65535)
         nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0,
                                               (int32_t)srv->conf.connection_window);

@@ -96,6 +96,8 @@ typedef struct mg_srv_handler {
 typedef struct mg_srv_conf {
     uint32_t max_concurrent_streams;
     uint32_t max_header_list_size;
+    uint32_t header_table_size; /* HPACK table a client may fill with what repeats
+                                 * (SETTINGS_HEADER_TABLE_SIZE); 0 = the default 4096 */
     uint32_t max_headers;
     uint32_t stream_window;
     uint32_t connection_window;

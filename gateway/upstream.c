@@ -53,6 +53,7 @@
 #define OUT_LOW (16 * 1024)
 #define NBUCKETS 64
 #define STREAM_MEMORY (256 * 1024)
+#define UP_HPACK_TABLE_MAX (64 * 1024) /* of the HPACK table a pod offers, the most used */
 /* released streams kept for the next requests, as many as a busy worker has in flight, until
  * it idles (mg_upstreams_trim); none under ASan, so that it sees a use of a released stream */
 #define STREAM_CACHE 1024
@@ -652,9 +653,9 @@ static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
                          r->authority_hpack == MG_HPACK_SENSITIVE) &&
               mg_nv_copy(a, &nv[3], ":path", 5, r->path, strlen(r->path),
                          r->path_hpack == MG_HPACK_SENSITIVE);
-    /* An MG_HPACK_UNIQUE field carries a value unique per request (the request id, the user's
-     * features): indexed, it would only push the fields that repeat out of the pod's HPACK
-     * table. Its name repeats though, and nghttp2 finds a name in the table for never-indexed
+    /* An MG_HPACK_UNIQUE field carries a value unique per request (the request id, features
+     * on their first request): indexed, it would only push the fields that repeat out of the pod's
+     * HPACK table. Its name repeats though, and nghttp2 finds a name in the table for never-indexed
      * fields too: one request in SEED_EVERY sends such fields indexed (those whose entry takes
      * at most SEED_MAX_ENTRY of the table), and the others then send each name as a table index
      * instead of a literal the pod Huffman-decodes. A field its sender marked never-indexed
@@ -1425,6 +1426,10 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     nghttp2_option_set_no_auto_window_update(u->opt, 1);
     nghttp2_option_set_no_closed_streams(u->opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(u->opt, 100);
+    /* nghttp2's encoder uses at most 4 KiB of HPACK table whatever a pod offers: up to 64 KiB
+     * of what a pod offers (modelgate-runtime offers 64 KiB) keeps more users' repeating
+     * x-user-features indexed */
+    nghttp2_option_set_max_deflate_dynamic_table_size(u->opt, UP_HPACK_TABLE_MAX);
     /* a request head the gateway took from its client goes out whole, even over 64 KiB (else
      * NGHTTP2_ERR_FRAME_SIZE_ERROR closes the stream before the pod sees it) */
     if (u->conf.max_header_block > 65536)

@@ -30,13 +30,14 @@ class RawPod:
     responses, each a HEADERS frame without END_STREAM sent before the final one, e.g.
     [(b"103", [("link", "</a.css>; rel=preload")])]; over HTTP/1.1, put them in
     |http1_answer|. |wait_end| (h2c): answer a request once it ended (END_STREAM), not at its
-    HEADERS; |trailer_blocks|: the raw header blocks of the requests' trailers. |conns|:
+    HEADERS; |trailer_blocks|: the raw header blocks of the requests' trailers. |settings|
+    (h2c): [(id, value)] of a SETTINGS frame sent as soon as a connection opens. |conns|:
     connections accepted."""
 
     def __init__(self, proto, status, http1_answer=None, close_after=False, fields=(),
-                 trailers=(), zero_streams=False, interims=(), wait_end=False):
+                 trailers=(), zero_streams=False, interims=(), wait_end=False, settings=()):
         self.proto, self.status, self.close_after = proto, status, close_after
-        self.zero_streams, self.conns = zero_streams, 0
+        self.zero_streams, self.settings, self.conns = zero_streams, list(settings), 0
         self.fields, self.trailers = list(fields), list(trailers)
         self.interims = [(st.decode() if isinstance(st, bytes) else str(st), list(f))
                          for st, f in interims]
@@ -76,6 +77,9 @@ class RawPod:
                 if self.zero_streams:  # MAX_CONCURRENT_STREAMS (3) = 0, and the client's ACKed
                     conn.sendall(self.frame(4, 0, 0, struct.pack(">HI", 3, 0)) +
                                  self.frame(4, 1, 0, b""))
+                if self.settings and self.proto == "h2c":
+                    conn.sendall(self.frame(4, 0, 0, b"".join(struct.pack(">HI", k, v)
+                                                              for k, v in self.settings)))
                 while True:
                     chunk = conn.recv(65536)
                     if not chunk:

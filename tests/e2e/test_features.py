@@ -727,6 +727,36 @@ def test_features_reach_h2_pods_indexed_once_they_repeat(procs, raw_pods):
         assert name not in pod.blocks[i] and huffman(name) not in pod.blocks[i], i
 
 
+@pytest.mark.parametrize("table", [65536, 4096])
+def test_features_stay_indexed_in_a_larger_pod_table(procs, raw_pods, table):
+    """A pod that offers a 64 KiB HPACK table (modelgate-runtime does) gets it used: ten users'
+    features (~6.5 KB, more than the default 4 KiB table holds) go out three times in turn,
+    and the third time every one is a table index. With 4 KiB, the oldest are evicted by then
+    and go out as literals again."""
+    pod = raw_pods("h2c", "200", settings=[(1, table)])  # SETTINGS_HEADER_TABLE_SIZE
+    s = Stack(procs, workers=1, pods=[pod])
+    users = ["u%d" % i for i in range(10)]
+    for u in users:
+        s.put_redis(u, recent=["item-%06d-%s" % (i, u) for i in range(40)])  # ~600 bytes
+    with s.gw.h2() as c:
+        c.get("/warm")  # the connection's first request: the pod's SETTINGS come back
+        for turn in range(3):
+            for u in users:
+                assert c.get("/f", headers=[("x-user-id", u)]).status == 200
+    huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode
+    decoder = hpack.Decoder()
+    decoder.max_allowed_table_size = 65536
+    literals = []
+    for block in pod.blocks:
+        value = dict(decoder.decode(block)).get("x-user-features", "").encode()
+        literals.append(bool(value) and (value in block or huffman(value) in block))
+    assert len(literals) == 31, literals
+    if table == 65536:
+        assert not any(literals[21:]), literals  # every value of the third turn was an index
+    else:
+        assert all(literals[21:]), literals  # 4 KiB: every value a literal again
+
+
 def test_metrics_page(stack):
     stack.put_redis("m1", profile={"a": "1"})
     stack.get("m1")

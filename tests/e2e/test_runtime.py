@@ -157,6 +157,61 @@ def test_predict_httpx(procs, models):
                 check_output(e, i, r.json()["output"], r.json()["score"], r.http_version)
 
 
+def test_offers_a_large_hpack_table(procs, models):
+    """The runtime offers a 64 KiB HPACK table, and takes a client that fills it: twenty
+    distinct 600-byte fields (12 KB, three times the default 4 KiB table), each sent indexed
+    and then again as a table index. A decoder still at 4 KiB would take the table size update
+    as a COMPRESSION_ERROR and end the connection."""
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+    rt = start(procs, models)
+    host, port = rt.addr.rsplit(":", 1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(conn.data_to_send())
+    offered, ended, status, bodies = None, set(), {}, {}
+    while offered is None:  # the runtime's SETTINGS: HEADER_TABLE_SIZE (1), else 4096
+        for ev in conn.receive_data(sock.recv(65536)):
+            if isinstance(ev, h2.events.RemoteSettingsChanged):
+                setting = ev.changed_settings.get(1)
+                offered = setting.new_value if setting else 4096
+    sock.sendall(conn.data_to_send())
+    assert offered == 65536, offered
+    body = json.dumps({"input": models.inputs[0]}).encode()
+    sids = []
+    for turn in range(2):
+        for i in range(20):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
+                                    (":authority", rt.addr), (":path", "/v1/predict"),
+                                    ("content-type", "application/json"),
+                                    ("x-user-features", '{"k":"%02d%s"}' % (i, "x" * 590))])
+            conn.send_data(sid, body, end_stream=True)
+            sids.append(sid)
+            sock.sendall(conn.data_to_send())
+            while sid not in ended:
+                data = sock.recv(65536)
+                assert data, "the runtime closed the connection"
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        status[ev.stream_id] = dict(ev.headers)[b":status"]
+                    elif isinstance(ev, h2.events.DataReceived):
+                        bodies[ev.stream_id] = bodies.get(ev.stream_id, b"") + ev.data
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        ended.add(ev.stream_id)
+                    elif isinstance(ev, h2.events.ConnectionTerminated):
+                        raise AssertionError("GOAWAY %s" % ev.error_code)
+                sock.sendall(conn.data_to_send())
+    sock.close()
+    assert [status[s] for s in sids] == [b"200"] * 40, (status, bodies)
+    # the client did use the whole table: 20 entries of 600+ bytes
+    assert conn.encoder.header_table_size == 65536
+
+
 def test_predict_h1_keepalive_chunked(procs, models):
     """HTTP/1.1: several requests on one keep-alive connection, a chunked request body, and
     two pipelined requests answered in order."""

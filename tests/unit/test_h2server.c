@@ -1595,11 +1595,14 @@ static void h2_preface_and_settings(void **state)
 {
     fixture_t *f = *state;
     f->conf.stream_window = 32768;
+    f->conf.header_table_size = 16384;
     start(f);
     client_t *c = h2_connect(f);
     nghttp2_session *s = c->h2->s;
     assert_int_equal(
         nghttp2_session_get_remote_settings(s, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS), 7);
+    assert_int_equal(nghttp2_session_get_remote_settings(s, NGHTTP2_SETTINGS_HEADER_TABLE_SIZE),
+                     16384);
     assert_int_equal(nghttp2_session_get_remote_settings(s, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE),
                      32768);
     assert_int_equal(nghttp2_session_get_remote_settings(s, NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE),
