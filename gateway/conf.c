@@ -496,6 +496,38 @@ static void parse_listen(ectx_t *e, const json_t *obj, const char *key, char **o
     path_set(e, old);
 }
 
+/* "trusted_proxies": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"] */
+static void parse_trusted(ectx_t *e, const json_t *doc, mg_conf_t *c)
+{
+    const json_t *v = json_object_get(doc, "trusted_proxies");
+    if (v == NULL)
+        return;
+    size_t old = path_key(e, "trusted_proxies");
+    char q[300];
+    if (!json_is_array(v)) {
+        type_error(e, v, "array of networks, e.g. [\"10.0.0.0/8\", \"2001:db8::/32\"]");
+    } else if (json_array_size(v) > MG_CONF_MAX_TRUSTED) {
+        errf(e, "too many networks (got %zu; expected at most %d)", json_array_size(v),
+             MG_CONF_MAX_TRUSTED);
+    } else {
+        c->ntrusted_proxies = 0;
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            const json_t *a = json_array_get(v, i);
+            size_t o2 = path_push(e, "[%zu]", i);
+            const char *why;
+            if (!json_is_string(a))
+                type_error(e, a, "string \"address/prefix\" or \"address\"");
+            else if (mg_cidr_parse(json_string_value(a), &c->trusted_proxies[c->ntrusted_proxies],
+                                   &why) != MG_OK)
+                errf(e, "invalid network \"%s\" (%s)", ESC(q, json_string_value(a)), why);
+            else
+                c->ntrusted_proxies++;
+            path_set(e, o2);
+        }
+    }
+    path_set(e, old);
+}
+
 /* A file path relative to |dir|; "" and null mean off when |off_ok|, else are errors. */
 static void parse_path(ectx_t *e, const json_t *obj, const char *key, const char *dir, bool off_ok,
                        char **slot)
@@ -741,14 +773,23 @@ static void parse_bool(ectx_t *e, const json_t *obj, const char *key, bool *slot
 
 static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
-    static const char *const keys[] = {"listen",         "tls",
-                                       "workers",        "routes",
-                                       "access_log",     "log_level",
-                                       "limits",         "timeouts_ms",
-                                       "upstream",       "admin",
-                                       "dns_nameserver", "request_log_db",
-                                       "features",       "request_id_in_response",
-                                       "proxy_protocol", NULL};
+    static const char *const keys[] = {"listen",
+                                       "tls",
+                                       "workers",
+                                       "routes",
+                                       "access_log",
+                                       "log_level",
+                                       "limits",
+                                       "timeouts_ms",
+                                       "upstream",
+                                       "admin",
+                                       "dns_nameserver",
+                                       "request_log_db",
+                                       "features",
+                                       "request_id_in_response",
+                                       "proxy_protocol",
+                                       "trusted_proxies",
+                                       NULL};
     char q[300];
     if (!json_is_object(doc)) {
         type_error(e, doc, "object");
@@ -787,6 +828,7 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
 
     parse_bool(e, doc, "request_id_in_response", &c->request_id_in_response);
     parse_bool(e, doc, "proxy_protocol", &c->proxy_protocol);
+    parse_trusted(e, doc, c);
 
     if ((v = json_object_get(doc, "log_level")) != NULL) {
         size_t old = path_key(e, "log_level");

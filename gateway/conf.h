@@ -41,11 +41,13 @@
 #include <stdint.h>
 
 #include "common/err.h"
-#include "gateway/dblog.h"
 #include "features/fconf.h"
+#include "gateway/dblog.h"
+#include "gateway/realip.h"
 #include "routing/routes.h"
 
 #define MG_CONF_MAX_LISTEN 8
+#define MG_CONF_MAX_TRUSTED 64
 
 typedef struct mg_conf {
     char *listen[MG_CONF_MAX_LISTEN]; /* "host:port" strings; [::1]:port for IPv6 */
@@ -72,6 +74,8 @@ typedef struct mg_conf {
     mg_fconf_t *features; /* user features (features/fconf.h); NULL = off; owned */
     bool request_id_in_response; /* x-request-id on pods' answers that lack one */
     bool proxy_protocol;         /* client connections start with a PROXY protocol header */
+    mg_cidr_t trusted_proxies[MG_CONF_MAX_TRUSTED]; /* whose x-forwarded-for names the client */
+    size_t ntrusted_proxies;
 
     struct {
         uint32_t max_concurrent_streams;

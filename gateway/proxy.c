@@ -16,6 +16,7 @@
  * with hold/release around such calls and freed only when released.
  */
 #include "gateway/proxy.h"
+#include "gateway/realip.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -103,6 +104,7 @@ struct exch {
     int status;
     const char *error;
     const char *method, *host, *path, *proto, *client;
+    char client_addr[MG_REALIP_TEXT]; /* the client behind trusted proxies, when |client| */
     char request_id[64];
     mg_hpack_t rid_hpack; /* UNIQUE, or SENSITIVE when the client sent its id never-indexed */
     char app[64], env[32];
@@ -1016,7 +1018,8 @@ static bool choose_service(exch_t *e, const mg_srv_req_t *req)
     budget_count_request(e);
     if (svc->policy == MG_BALANCE_CONSISTENT_HASH) {
         if (svc->hash_on == MG_HASH_CLIENT_IP) {
-            e->hash_key = hash_bytes(req->client_ip, strlen(req->client_ip));
+            const char *ip = e->client == e->client_addr ? e->client_addr : req->client_ip;
+            e->hash_key = hash_bytes(ip, strlen(ip));
             e->has_key = true;
         } else {
             const mg_hdr_t *k = find_hdr(req, svc->hash_header);
@@ -1088,9 +1091,12 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     e->host = req->authority;
     e->path = req->path;
     e->proto = req->proto;
-    e->client = req->client;
-    e->req_ended = !req->has_body;
     const mg_conf_t *conf = p->conf;
+    e->client = req->client;
+    if (conf->ntrusted_proxies && mg_realip(conf->trusted_proxies, conf->ntrusted_proxies,
+                                            req->client_ip, req->hdrs, req->nhdrs, e->client_addr))
+        e->client = e->client_addr;
+    e->req_ended = !req->has_body;
     hold(e);
 
     const char *rid = NULL;

@@ -7,6 +7,7 @@ HTTP/1.1), a raw python h2 client, and raw HTTP/1.1 sockets (keep-alive, chunked
 import hashlib
 import json
 import os
+import re
 import socket
 import ssl
 import struct
@@ -22,8 +23,8 @@ import pytest
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
-from conftest import (DOMAIN, HOST, H1Conn, curl, error_json, free_port, h1, h1_request_bytes,
-                      read_jsonl, routes_doc, wait_for)
+from conftest import (DOMAIN, GATEWAY_BIN, HOST, H1Conn, curl, error_json, free_port, h1,
+                      h1_request_bytes, read_jsonl, routes_doc, wait_for)
 from h2client import H2Client
 
 HOST_B = "fraud-detect-staging." + DOMAIN  # an app name with a dash
@@ -1517,3 +1518,68 @@ def test_proxy_protocol_gives_the_client_address(procs):
             s.sendall(b"PROXY TCP4 1.2")
     wait_for(lambda: conns() == before, 2, what="the half-headers' connections closed")
     gw.assert_alive()
+
+
+def test_trusted_proxies_name_the_client(procs, tmp_path):
+    """Behind HTTP proxies the operator lists in trusted_proxies, the client is the nearest
+    x-forwarded-for entry that is not one of them (as nginx's real_ip_recursive): the access
+    log's client says so, and consistent hashing on the client's address uses it. Entries to
+    the left of it are the client's own words and are not taken; a peer that is not trusted is
+    the client whatever it sends. The pod still gets the whole chain with the peer appended."""
+    a = procs.backend("pod-a")
+    routes = routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")])
+    gw = procs.gateway(routes, conf={"trusted_proxies": ["127.0.0.0/8", "10.0.0.0/8"],
+                                     "workers": 1})
+    plain = procs.gateway(routes, conf={"workers": 1}, name="plain")
+    cases = [  # (path, x-forwarded-for fields, the client logged: None = the peer)
+        ("/chain", ["1.1.1.1, 203.0.113.9, 10.0.0.5"], "203.0.113.9"),
+        ("/fields", ["198.51.100.1", "203.0.113.10:5050", "10.1.1.1"], "203.0.113.10"),
+        ("/v6", ["[2001:db8::7]:443"], "2001:db8::7"),
+        ("/all-trusted", ["10.2.2.2, 10.3.3.3"], "10.2.2.2"),
+        ("/garbage", ["unknown"], None),
+        ("/garbage-later", ["203.0.113.11, _hidden, 10.4.4.4"], "10.4.4.4"),
+        ("/none", [], None),
+    ]
+    for g in (gw, plain):
+        with httpx.Client(http2=True, timeout=10) as c:
+            for path, xff, _ in cases:
+                r = c.get("http://127.0.0.1:%d%s" % (g.port, path),
+                          headers=[("host", g.authority())] + [("x-forwarded-for", v)
+                                                               for v in xff])
+                assert r.status_code == 200, r.text
+                sent = r.json()["headers"]["x-forwarded-for"]
+                assert sent == ", ".join(xff + ["127.0.0.1"]), (path, sent)
+    for g, trusted in ((gw, True), (plain, False)):
+        log = {l["path"]: l["client"] for l in g.wait_access(len(cases))}
+        for path, _, want in cases:
+            if trusted and want:
+                assert log[path] == want, (path, log[path])
+            else:
+                assert re.fullmatch(r"127\.0\.0\.1:\d+", log[path]), (path, log[path])
+
+    # consistent hashing on client_ip: one client through any trusted chain keeps its pod, and
+    # different clients behind the same proxy spread (all would be 127.0.0.1 otherwise)
+    b = procs.backend("pod-b")
+    hashed = routes_doc({"svc-a": [a, b]}, [("digits", "production", "svc-a")])
+    hashed["services"]["svc-a"].update(policy="consistent_hash", hash_key="client_ip")
+    hg = procs.gateway(hashed, conf={"trusted_proxies": ["127.0.0.0/8", "10.0.0.0/8"],
+                                     "workers": 1}, name="hashed")
+    with httpx.Client(http2=True, timeout=10) as c:
+        def pod(xff):
+            r = c.get("http://127.0.0.1:%d/h" % hg.port,
+                      headers={"host": hg.authority(), "x-forwarded-for": xff})
+            assert r.status_code == 200, r.text
+            return r.json()["pod"]
+        assert len({pod("203.0.113.9, 10.0.0.%d" % i) for i in range(1, 9)}) == 1
+        assert {pod("203.0.113.%d" % i) for i in range(1, 41)} == {"pod-a", "pod-b"}
+
+    conf = tmp_path / "gateway.json"
+    conf.write_text(json.dumps({"listen": ["127.0.0.1:%d" % free_port()],
+                                "trusted_proxies": ["10.0.0.0/8", "10.0.0.1/8", "nope", 7]}))
+    r = subprocess.run([GATEWAY_BIN, "--check-config", str(conf), "--backend", "127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1, r.stderr
+    for want in ('trusted_proxies[1]: invalid network "10.0.0.1/8" (host bits set',
+                 'trusted_proxies[2]: invalid network "nope" (not an IPv4 or IPv6 address)',
+                 "trusted_proxies[3]:"):
+        assert want in r.stderr, r.stderr
