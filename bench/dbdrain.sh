@@ -88,11 +88,12 @@ inserted() {
         "$PY" -c 'import json, sys; print(json.load(sys.stdin)["inserted"])' 2>/dev/null || echo 0
 }
 
-# replay NAME BIN: sets US (the database thread's CPU per row)
+# replay NAME BIN: sets US (the database thread's CPU per row) and DB_US (mariadbd's)
 replay() {
-    local name=$1 bin=$2 pid tid ins=0 ns pp='' rows
+    local name=$1 bin=$2 pid tid ins=0 ns pp='' rows t0 t1
     sql 'DROP DATABASE IF EXISTS modelgate' >/dev/null
     rm -rf "$W/spool" && mkdir -p "$W/spool" && cp "$W/records" "$W/spool/00000000000000000001.spool"
+    t0=$(sess_ticks "${SID[mariadb]}")
     start gw "$GW_CPU" "$bin" --config "$W/gateway.json"
     pid=${SID[gw]}
     wait_port "$ADMIN_PORT" 20 gw || die "$name: the gateway did not start: $(tail -3 "$W/gw.out")"
@@ -105,6 +106,7 @@ replay() {
         [ "$ins" -ge "$N" ] 2>/dev/null && break
         sleep 0.1
     done
+    t1=$(sess_ticks "${SID[mariadb]}")
     tid=$(grep -lx mg-dblog /proc/"$pid"/task/*/comm 2>/dev/null | head -1)
     [ -n "$tid" ] || die "$name: the gateway has no mg-dblog thread"
     # nanoseconds on a CPU (schedstat), not the 10 ms ticks of stat
@@ -116,6 +118,7 @@ replay() {
     rows=$(sql 'SELECT COUNT(*) FROM modelgate.request_log')
     [ "$rows" = "$N" ] || die "$name: $rows rows for $N records"
     US=$("$PY" -c "print('%.3f' % ($ns / 1000 / $N))")
+    DB_US=$("$PY" -c "print('%.2f' % ($((t1 - t0)) * $TICK_US / $N))")
 }
 
 need_tools mariadb mariadb-install-db "$MARIADBD" taskset setsid curl "$PY"
@@ -123,24 +126,25 @@ say "# modelgate request log, database thread CPU per row replaying $N spooled r
 say "# $(nproc) CPUs; $("$MARIADBD" --version 2>/dev/null | head -1); gateway CPU [$GW_CPU], mariadbd CPU [$DB_CPU]"
 start_mariadb
 write_spool_source
-declare -A RES=()
+declare -A RES=() DBRES=()
 BINS="now"
 [ -n "$BEFORE_BIN" ] && BINS="before now"
-say "round build   us/row  rows (every record a row)"
+say "round build   us/row  mariadbd_us/row  rows (every record a row)"
 for r in $(seq 1 "$ROUNDS"); do
     for b in $BINS; do
         bin=$MODELGATE_BIN
         [ "$b" = before ] && bin=$BEFORE_BIN
         replay "$b" "$bin"
-        say "$r     $(printf '%-7s %6s  %s' "$b" "$US" "$N")"
+        say "$r     $(printf '%-7s %6s  %15s  %s' "$b" "$US" "$DB_US" "$N")"
         RES[$b]="${RES[$b]:-} $US"
+        DBRES[$b]="${DBRES[$b]:-} $DB_US"
     done
 done
 declare -A MED=()
 for b in $BINS; do
     # shellcheck disable=SC2086 # the rounds' figures, one per word
     MED[$b]=$(printf '%s\n' ${RES[$b]} | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')
-    say "$b: median ${MED[$b]} us/row (rounds:${RES[$b]})"
+    say "$b: median ${MED[$b]} us/row (rounds:${RES[$b]}); mariadbd:${DBRES[$b]} us/row"
 done
 [ -n "$BEFORE_BIN" ] && say "now/before: $("$PY" -c "print('%.3f' % (${MED[now]} / ${MED[before]}))")"
 if [ "$PERF" = 1 ]; then
