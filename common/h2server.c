@@ -845,6 +845,7 @@ static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
     r->path_hpack = s->path_sensitive ? MG_HPACK_SENSITIVE : MG_HPACK_INDEX;
     r->hdrs = s->hdrs;
     r->nhdrs = s->nhdrs;
+    r->head_whole = true;
     r->content_length = -1;
     for (size_t i = 0; i < s->nhdrs; i++)
         if (s->hdrs[i].name_len == 14 && memcmp(s->hdrs[i].name, "content-length", 14) == 0)
@@ -943,14 +944,15 @@ static void stream_request_end(mg_srv_stream_t *s)
 }
 
 /* Lets the handler log a request we answer ourselves; returns the request id it chose
- * (in the stream's arena), or NULL. */
-static const char *report_reject(mg_srv_stream_t *s, int status, const char *code)
+ * (in the stream's arena), or NULL. |whole|: every field of the head was read. */
+static const char *report_reject(mg_srv_stream_t *s, int status, const char *code, bool whole)
 {
     mg_srv_t *srv = s->c->srv;
     if (srv->h->on_reject == NULL)
         return NULL;
     mg_srv_req_t req;
     build_req(s, &req);
+    req.head_whole = whole;
     char *rid = mg_arena_alloc(&s->arena, 64);
     if (rid == NULL)
         return NULL;
@@ -976,19 +978,19 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
             snprintf(msg, sizeof(msg),
                      "request header fields over limits.max_header_list_size (%u bytes)",
                      (unsigned)conf->max_header_list_size);
-        const char *rid = report_reject(s, s->bad_status, "headers_too_large");
+        const char *rid = report_reject(s, s->bad_status, "headers_too_large", false);
         mg_srv_error(s, s->bad_status, "headers_too_large", msg, rid, NULL, 0);
         return;
     }
     if (c->proto == P_H2 && s->authority && s->host && strcasecmp(s->authority, s->host) != 0) {
         /* which one would route, which one would the pod see? RFC 9113 8.3.1 */
-        const char *rid = report_reject(s, 400, "bad_request");
+        const char *rid = report_reject(s, 400, "bad_request", true);
         mg_srv_error(s, 400, "bad_request", ":authority and host differ", rid, NULL, 0);
         return;
     }
     if (c->proto == P_H2 && s->method && strcmp(s->method, "CONNECT") == 0) {
         /* a tunnel through the gateway: refused, as HTTP/1.1's (h1_on_headers_complete) */
-        const char *rid = report_reject(s, 501, "not_implemented");
+        const char *rid = report_reject(s, 501, "not_implemented", true);
         mg_srv_error(s, 501, "not_implemented", "CONNECT is not supported", rid, NULL, 0);
         return;
     }
@@ -1314,15 +1316,17 @@ static mg_err_t h2_init(conn_t *c)
     c->resets_left = RESET_BURST;
     c->resets_at_s = mg_mono_us() / 1000000;
     c->scan_skip = H2_PREFACE_LEN; /* the client's preface comes first */
-    nghttp2_settings_entry iv[] = {
+    nghttp2_settings_entry iv[5] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, srv->conf.max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, srv->conf.stream_window},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, srv->conf.max_header_list_size},
         /* RFC 9218: no RFC 7540 priority tree to maintain per stream */
         {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
-        {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, srv->conf.header_table_size},
     };
-    size_t niv = sizeof(iv) / sizeof(iv[0]) - (srv->conf.header_table_size == 0);
+    size_t niv = 4;
+    if (srv->conf.header_table_size)
+        iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_HEADER_TABLE_SIZE,
+                                             srv->conf.header_table_size};
     nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, niv);
     if (srv->conf.connection_window > 65535)
         nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0,
@@ -1719,7 +1723,7 @@ static void h1_reject(conn_t *c, int status, const char *code, const char *msg)
         c->h1s->handled = false;
         c->h1s->h->on_close(c->h1s, false);
     }
-    const char *rid = report_reject(c->h1s, status, code);
+    const char *rid = report_reject(c->h1s, status, code, false);
     mg_srv_error(c->h1s, status, code, msg, rid, NULL, 0);
 }
 

@@ -44,6 +44,8 @@ typedef enum mg_hpack {
                          * the table; upstream.c indexes one now and then for its name's sake */
     MG_HPACK_SENSITIVE, /* its sender used the never-indexed form, which every hop must keep
                          * (RFC 7541 6.2.3): never indexed, not even once */
+    MG_HPACK_REPEAT,    /* a large value that went out before and may again (a user's features):
+                         * indexed only where its entry takes at most a quarter of the table */
 } mg_hpack_t;
 
 typedef struct mg_hdr {
@@ -71,6 +73,8 @@ typedef struct mg_srv_req {
     mg_hpack_t authority_hpack, path_hpack; /* SENSITIVE when the client sent it never-indexed */
     const mg_hdr_t *hdrs; /* regular fields, in order; pseudo-headers and Host excluded */
     size_t nhdrs;
+    bool head_whole;        /* every field was read: false for some of on_reject's (a parse error, a
+                             * head over the limits), whose |hdrs| may lack the last ones */
     int64_t content_length; /* -1 when not given */
     bool has_body;          /* false when the headers ended the request */
     const char *proto;      /* "h2", "h2c" or "http/1.1" */

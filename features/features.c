@@ -991,7 +991,7 @@ size_t mg_features_headers(const mg_features_ticket_t *t, mg_hdr_t *h, size_t n)
          * once per upstream connection instead of per request. A first one is not indexed, so
          * one-off users do not push the fields that repeat out of the pod's HPACK table. */
         h[k++] = (mg_hdr_t){"x-user-features", t->_val->text, 15, t->_val->len,
-                            t->_repeat ? MG_HPACK_INDEX : MG_HPACK_UNIQUE};
+                            t->_repeat ? MG_HPACK_REPEAT : MG_HPACK_UNIQUE};
     const char *st = mg_fstatus_name((mg_fstatus_t)(t->_status - 1));
     h[k++] = (mg_hdr_t){"x-modelgate-features", st, 20, strlen(st), MG_HPACK_INDEX};
     return k;

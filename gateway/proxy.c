@@ -112,6 +112,14 @@ struct exch {
 
 static const mg_up_cbs_t up_cbs;
 
+/* The client behind trusted_proxies into |out|, when x-forwarded-for names it. */
+static bool client_behind_proxies(const mg_conf_t *conf, const mg_srv_req_t *req,
+                                  char out[MG_REALIP_TEXT])
+{
+    return conf->ntrusted_proxies && mg_realip(conf->trusted_proxies, conf->ntrusted_proxies,
+                                               req->client_ip, req->hdrs, req->nhdrs, out);
+}
+
 /* Time of the current loop turn (libevent's cache): cheap enough to stamp every body chunk;
  * used for the idle timeout only, which needs no finer grain. */
 static int64_t loop_us(const mg_proxy_t *p)
@@ -1092,10 +1100,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     e->path = req->path;
     e->proto = req->proto;
     const mg_conf_t *conf = p->conf;
-    e->client = req->client;
-    if (conf->ntrusted_proxies && mg_realip(conf->trusted_proxies, conf->ntrusted_proxies,
-                                            req->client_ip, req->hdrs, req->nhdrs, e->client_addr))
-        e->client = e->client_addr;
+    e->client = client_behind_proxies(conf, req, e->client_addr) ? e->client_addr : req->client;
     e->req_ended = !req->has_body;
     hold(e);
 
@@ -1284,10 +1289,13 @@ static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char 
     make_request_id(p, rid, cap, mg_mono_us());
     if (p->log == NULL)
         return;
+    /* the x-forwarded-for a proxy appended may be among the fields not read */
+    char client[MG_REALIP_TEXT];
+    bool real = req->head_whole && client_behind_proxies(p->conf, req, client);
     mg_reqlog_rec_t rec = {
         .time_us = wall_us(),
         .request_id = rid,
-        .client = req->client,
+        .client = real ? client : req->client,
         .proto = req->proto,
         .method = req->method,
         .host = req->authority,

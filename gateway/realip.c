@@ -27,10 +27,26 @@ static bool is_port(const char *s, size_t n)
 {
     if (n == 0 || n > 5)
         return false;
-    for (size_t i = 0; i < n; i++)
+    unsigned port = 0;
+    for (size_t i = 0; i < n; i++) {
         if (s[i] < '0' || s[i] > '9')
             return false;
+        port = port * 10 + (unsigned)(s[i] - '0');
+    }
+    return port >= 1 && port <= 65535;
+}
+
+static bool blank(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t')
+            return false;
     return true;
+}
+
+static bool is_v4(const uint8_t ip[16])
+{
+    return memcmp(ip, V4_MAPPED, 12) == 0;
 }
 
 bool mg_ip_parse(const char *s, size_t len, uint8_t out[16])
@@ -96,6 +112,8 @@ mg_err_t mg_cidr_parse(const char *s, mg_cidr_t *out, const char **why)
         bits = (unsigned)b;
     }
     out->bits = (uint8_t)(bits + (v4 ? 96 : 0));
+    /* "::ffff:10.0.0.0/104" is an IPv4 network too; "::/0" is not one */
+    out->v4 = out->bits >= 96 && is_v4(out->addr);
     for (unsigned i = out->bits; i < 128; i++)
         if (out->addr[i / 8] & (0x80u >> (i % 8))) {
             *why = "host bits set past the prefix length (a typo for another network?)";
@@ -106,8 +124,11 @@ mg_err_t mg_cidr_parse(const char *s, mg_cidr_t *out, const char **why)
 
 bool mg_cidr_match(const mg_cidr_t *nets, size_t n, const uint8_t ip[16])
 {
+    bool v4 = is_v4(ip);
     for (size_t k = 0; k < n; k++) {
         const mg_cidr_t *c = &nets[k];
+        if (c->v4 != v4) /* an IPv6 network never covers IPv4 peers (mapped addresses) */
+            continue;
         unsigned full = c->bits / 8, rest = c->bits % 8;
         if (memcmp(c->addr, ip, full) != 0)
             continue;
@@ -140,12 +161,16 @@ bool mg_realip(const mg_cidr_t *nets, size_t n, const char *peer_ip, const mg_hd
             while (start > 0 && v[start - 1] != ',')
                 start--;
             uint8_t e[16];
-            if (!mg_ip_parse(v + start, end - start, e))
+            if (blank(v + start, end - start)) {
+                /* "a,,b", "a, ": nothing to take, nothing to stop at (as nginx) */
+            } else if (!mg_ip_parse(v + start, end - start, e)) {
                 goto done; /* not an address: whoever wrote it is not to be followed */
-            memcpy(ip, e, 16);
-            taken = true;
-            if (!mg_cidr_match(nets, n, ip))
-                goto done;
+            } else {
+                memcpy(ip, e, 16);
+                taken = true;
+                if (!mg_cidr_match(nets, n, ip))
+                    goto done;
+            }
             if (start == 0)
                 break;
             end = start - 1;
@@ -154,7 +179,7 @@ bool mg_realip(const mg_cidr_t *nets, size_t n, const char *peer_ip, const mg_hd
 done:
     if (!taken)
         return false;
-    if (memcmp(ip, V4_MAPPED, 12) == 0)
+    if (is_v4(ip))
         inet_ntop(AF_INET, ip + 12, out, MG_REALIP_TEXT);
     else
         inet_ntop(AF_INET6, ip, out, MG_REALIP_TEXT);

@@ -7,7 +7,8 @@
  * operator trusts can be believed. As nginx's real_ip module with real_ip_recursive on: when
  * the connection's peer is trusted, the entries are walked from the right, past every trusted
  * address; the first one that is not trusted is the client. When all are trusted, the
- * leftmost is. An entry that is not an address ends the walk at the last one taken.
+ * leftmost is. Empty entries are skipped; an entry that is not an address ends the walk at
+ * the last one taken.
  */
 #ifndef MG_GATEWAY_REALIP_H
 #define MG_GATEWAY_REALIP_H
@@ -20,10 +21,12 @@
 
 #define MG_REALIP_TEXT 48 /* an address as inet_ntop writes it, with its NUL */
 
-/* A network: IPv4 addresses are held as IPv4-mapped IPv6 (::ffff:a.b.c.d), prefix + 96. */
+/* A network: IPv4 addresses are held as IPv4-mapped IPv6 (::ffff:a.b.c.d), prefix + 96. An
+ * IPv6 network never covers IPv4 addresses: "::/0" trusts every IPv6 peer, no IPv4 one. */
 typedef struct mg_cidr {
     uint8_t addr[16]; /* host bits cleared */
     uint8_t bits;     /* prefix length over the 16 bytes */
+    bool v4;          /* covers IPv4 addresses, and only those */
 } mg_cidr_t;
 
 /* "10.0.0.0/8", "2001:db8::/32", or one address ("192.0.2.1", "::1"). Host bits set past the
@@ -32,7 +35,8 @@ typedef struct mg_cidr {
 mg_err_t mg_cidr_parse(const char *s, mg_cidr_t *out, const char **why);
 
 /* |len| bytes of |s| as an address into |out|: "a.b.c.d", an IPv6 address, "[v6]", and any
- * of them with ":port" ("a.b.c.d:port", "[v6]:port"), surrounding spaces ignored. */
+ * of them with ":port" ("a.b.c.d:port", "[v6]:port", port 1-65535), surrounding spaces
+ * ignored. */
 bool mg_ip_parse(const char *s, size_t len, uint8_t out[16]);
 
 bool mg_cidr_match(const mg_cidr_t *nets, size_t n, const uint8_t ip[16]);

@@ -635,8 +635,15 @@ static void h2_recv(up_conn_t *c)
     }
 }
 
-#define SEED_EVERY 256      /* requests per connection between two indexed MG_HPACK_UNIQUE fields */
-#define SEED_MAX_ENTRY 1024 /* HPACK entry size (name + value + 32): a quarter of 4 KiB */
+#define SEED_EVERY 256 /* requests per connection between two indexed MG_HPACK_UNIQUE fields */
+
+/* The HPACK table the encoder uses on |c|: what the pod offers, up to UP_HPACK_TABLE_MAX. */
+static size_t table_size(const up_conn_t *c)
+{
+    uint32_t offered =
+        nghttp2_session_get_remote_settings(c->h2, NGHTTP2_SETTINGS_HEADER_TABLE_SIZE);
+    return offered < UP_HPACK_TABLE_MAX ? offered : UP_HPACK_TABLE_MAX;
+}
 
 /* The fields are copied into the stream's arena, which lives until nghttp2 closes the stream:
  * the request's own (the client's stream, the exchange) may go first, with the HEADERS still
@@ -657,16 +664,20 @@ static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
      * on their first request): indexed, it would only push the fields that repeat out of the pod's
      * HPACK table. Its name repeats though, and nghttp2 finds a name in the table for never-indexed
      * fields too: one request in SEED_EVERY sends such fields indexed (those whose entry takes
-     * at most SEED_MAX_ENTRY of the table), and the others then send each name as a table index
-     * instead of a literal the pod Huffman-decodes. A field its sender marked never-indexed
+     * at most a quarter of the table), and the others then send each name as a table index
+     * instead of a literal the pod Huffman-decodes. An MG_HPACK_REPEAT field (features that went
+     * out before) is indexed when its entry takes at most a quarter of the table: a larger one
+     * would empty it of the fields that repeat. A field its sender marked never-indexed
      * (MG_HPACK_SENSITIVE) is never indexed. */
+    size_t quarter = table_size(c) / 4;
     bool seed = (c->nsubmitted++ % SEED_EVERY) == 0;
     size_t n = 4;
     for (size_t i = 0; ok && i < r->nhdrs; i++, n++) {
         const mg_hdr_t *h = &r->hdrs[i];
+        bool small = h->name_len + h->value_len + 32 <= quarter;
         bool never_index = h->hpack == MG_HPACK_SENSITIVE ||
-                           (h->hpack == MG_HPACK_UNIQUE &&
-                            !(seed && h->name_len + h->value_len + 32 <= SEED_MAX_ENTRY));
+                           (h->hpack == MG_HPACK_UNIQUE && !(seed && small)) ||
+                           (h->hpack == MG_HPACK_REPEAT && !small);
         ok = mg_nv_copy(a, &nv[n], h->name, h->name_len, h->value, h->value_len, never_index);
     }
     if (!ok)

@@ -687,9 +687,10 @@ def test_features_reach_h2_pods_indexed_once_they_repeat(procs, raw_pods):
     """x-user-features reaches an HTTP/2 pod never indexed the first time a value goes out
     (a one-off user's value would only push the fields that repeat out of the pod's HPACK
     table), and indexed once the same value goes out again (here from the worker's cache), so
-    that the pod then gets a table index instead of the value to Huffman-decode. A connection's
-    first request may seed its table with the field, but never with a value whose entry is over
-    1 KiB (a quarter of the table)."""
+    that the pod then gets a table index instead of the value to Huffman-decode. A value whose
+    entry would take over a quarter of the pod's table (1 KiB of the default 4 KiB) is never
+    indexed, repeated or not, not even as a connection's first request: the fields that repeat
+    stay in the table."""
     pod = raw_pods("h2c", "200")
     s = Stack(procs, workers=1, pods=[pod])
     s.put_redis("large", recent=["item-%026d" % i for i in range(50)])  # ~1.6 KB of JSON
@@ -713,29 +714,33 @@ def test_features_reach_h2_pods_indexed_once_they_repeat(procs, raw_pods):
         as_literal = value in block or huffman(value) in block
         never = isinstance(feats[0], hpack.NeverIndexedHeaderTuple)
         what = "request %d (%s)" % (i, user)
-        if value not in sent_before:  # a first value: never indexed, never in the table
+        if value not in sent_before or user == "large":
+            # a first value, or one too large for the table: never indexed, never in it
             assert never and not in_table and as_literal, what
-        elif user == "rep" and i == 3 or user == "large" and i == 7:
-            # the first repeat goes into the table (a literal with incremental indexing)
+        elif i == 3:  # the first repeat goes into the table (a literal with incremental indexing)
             assert not never and in_table and as_literal, what
         else:  # later repeats are a table index: the pod decodes no value
             assert not never and in_table and not as_literal, (what, block.hex())
         sent_before.add(value)
+        if i >= 4:  # the fields that repeat stayed in the table: no literal of them
+            for v in (s.gw.authority().encode(), b"hit"):
+                assert v not in block and huffman(v) not in block, (what, v, block.hex())
     # once the field is in the table, a first value names it by index too
     name = b"x-user-features"
     for i in (6, 7):
         assert name not in pod.blocks[i] and huffman(name) not in pod.blocks[i], i
 
 
-@pytest.mark.parametrize("table", [65536, 4096])
-def test_features_stay_indexed_in_a_larger_pod_table(procs, raw_pods, table):
+@pytest.mark.parametrize("table,nusers", [(65536, 10), (4096, 10), (1 << 20, 130)])
+def test_features_stay_indexed_in_a_larger_pod_table(procs, raw_pods, table, nusers):
     """A pod that offers a 64 KiB HPACK table (modelgate-runtime does) gets it used: ten users'
     features (~6.5 KB, more than the default 4 KiB table holds) go out three times in turn,
     and the third time every one is a table index. With 4 KiB, the oldest are evicted by then
-    and go out as literals again."""
+    and go out as literals again. A pod offering more gets 64 KiB, no more: 130 users (~85 KB)
+    in turn do not fit, and are evicted before they come back."""
     pod = raw_pods("h2c", "200", settings=[(1, table)])  # SETTINGS_HEADER_TABLE_SIZE
     s = Stack(procs, workers=1, pods=[pod])
-    users = ["u%d" % i for i in range(10)]
+    users = ["u%d" % i for i in range(nusers)]
     for u in users:
         s.put_redis(u, recent=["item-%06d-%s" % (i, u) for i in range(40)])  # ~600 bytes
     with s.gw.h2() as c:
@@ -745,16 +750,18 @@ def test_features_stay_indexed_in_a_larger_pod_table(procs, raw_pods, table):
                 assert c.get("/f", headers=[("x-user-id", u)]).status == 200
     huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode
     decoder = hpack.Decoder()
-    decoder.max_allowed_table_size = 65536
+    decoder.max_allowed_table_size = 1 << 20
     literals = []
     for block in pod.blocks:
         value = dict(decoder.decode(block)).get("x-user-features", "").encode()
         literals.append(bool(value) and (value in block or huffman(value) in block))
-    assert len(literals) == 31, literals
+    assert len(literals) == 1 + 3 * nusers, literals
+    third = literals[1 + 2 * nusers:]
     if table == 65536:
-        assert not any(literals[21:]), literals  # every value of the third turn was an index
-    else:
-        assert all(literals[21:]), literals  # 4 KiB: every value a literal again
+        assert not any(third), literals  # every value of the third turn was an index
+    else:  # evicted before their user came back: every value a literal again (with the
+        # 1 MiB offered, 130 users would all fit)
+        assert all(third), literals
 
 
 def test_metrics_page(stack):

@@ -1525,37 +1525,62 @@ def test_trusted_proxies_name_the_client(procs, tmp_path):
     x-forwarded-for entry that is not one of them (as nginx's real_ip_recursive): the access
     log's client says so, and consistent hashing on the client's address uses it. Entries to
     the left of it are the client's own words and are not taken; a peer that is not trusted is
-    the client whatever it sends. The pod still gets the whole chain with the peer appended."""
+    the client whatever it sends (an IPv6 network such as ::/0 trusts no IPv4 peer). Requests
+    the gateway refuses itself are logged the same way when their whole head was read, with
+    the peer when it was not (431: the field a proxy appended may be among those dropped). The
+    pod still gets the whole chain with the peer appended. Over HTTP/2 and HTTP/1.1, where
+    each x-forwarded-for line is a field."""
     a = procs.backend("pod-a")
     routes = routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")])
     gw = procs.gateway(routes, conf={"trusted_proxies": ["127.0.0.0/8", "10.0.0.0/8"],
-                                     "workers": 1})
+                                     "workers": 1, "limits": {"max_headers": 20}})
     plain = procs.gateway(routes, conf={"workers": 1}, name="plain")
+    other = procs.gateway(routes, conf={"workers": 1, "trusted_proxies": ["10.0.0.0/8", "::/0"]},
+                          name="other")
     cases = [  # (path, x-forwarded-for fields, the client logged: None = the peer)
         ("/chain", ["1.1.1.1, 203.0.113.9, 10.0.0.5"], "203.0.113.9"),
         ("/fields", ["198.51.100.1", "203.0.113.10:5050", "10.1.1.1"], "203.0.113.10"),
         ("/v6", ["[2001:db8::7]:443"], "2001:db8::7"),
         ("/all-trusted", ["10.2.2.2, 10.3.3.3"], "10.2.2.2"),
+        ("/empty-entries", ["203.0.113.12,, 10.0.0.6,"], "203.0.113.12"),
         ("/garbage", ["unknown"], None),
         ("/garbage-later", ["203.0.113.11, _hidden, 10.4.4.4"], "10.4.4.4"),
         ("/none", [], None),
     ]
-    for g in (gw, plain):
-        with httpx.Client(http2=True, timeout=10) as c:
-            for path, xff, _ in cases:
-                r = c.get("http://127.0.0.1:%d%s" % (g.port, path),
-                          headers=[("host", g.authority())] + [("x-forwarded-for", v)
-                                                               for v in xff])
-                assert r.status_code == 200, r.text
-                sent = r.json()["headers"]["x-forwarded-for"]
-                assert sent == ", ".join(xff + ["127.0.0.1"]), (path, sent)
-    for g, trusted in ((gw, True), (plain, False)):
-        log = {l["path"]: l["client"] for l in g.wait_access(len(cases))}
-        for path, _, want in cases:
-            if trusted and want:
-                assert log[path] == want, (path, log[path])
+    want = {}
+    for g in (gw, plain, other):
+        for http2 in (True, False):
+            with httpx.Client(http2=http2, http1=not http2, timeout=10) as c:
+                for path, xff, client in cases:
+                    path = ("/h2" if http2 else "/h1") + path
+                    r = c.get("http://127.0.0.1:%d%s" % (g.port, path),
+                              headers=[("host", g.authority())] +
+                              [("x-forwarded-for", v) for v in xff])
+                    assert r.status_code == 200 and r.http_version == (
+                        "HTTP/2" if http2 else "HTTP/1.1"), r
+                    sent = r.json()["headers"]["x-forwarded-for"]
+                    assert sent == ", ".join(xff + ["127.0.0.1"]), (path, sent)
+                    want[g, path] = client if g is gw else None
+    # refused by the gateway itself: a whole head (400, :authority and host differ), and one
+    # over limits.max_headers (431)
+    with gw.h2(validate=False) as c:
+        st = c.start("GET", "/rejected-400", authority=HOST, headers=[
+            ("host", "other-production." + DOMAIN), ("x-forwarded-for", "203.0.113.20")])
+        assert c.wait(st, 5) and st.status == 400, st
+    want[gw, "/rejected-400"] = "203.0.113.20"
+    with gw.h2() as c:
+        r = c.get("/rejected-431", headers=[("x-forwarded-for", "203.0.113.21")] +
+                  [("x-f%d" % i, "v") for i in range(30)])
+        assert r.status == 431, r
+    want[gw, "/rejected-431"] = None
+    for g in (gw, plain, other):
+        paths = {p for (h, p) in want if h is g}
+        log = {l["path"]: l["client"] for l in g.wait_access(len(paths))}
+        for path in paths:
+            if want[g, path]:
+                assert log[path] == want[g, path], (g.dir, path, log[path])
             else:
-                assert re.fullmatch(r"127\.0\.0\.1:\d+", log[path]), (path, log[path])
+                assert re.fullmatch(r"127\.0\.0\.1:\d+", log[path]), (g.dir, path, log[path])
 
     # consistent hashing on client_ip: one client through any trusted chain keeps its pod, and
     # different clients behind the same proxy spread (all would be 127.0.0.1 otherwise)

@@ -60,9 +60,20 @@ static void addresses_parse(void **state)
     assert_true(ip("[2001:db8::9]:443", b));
     assert_memory_equal(a, b, 16);
 
-    const char *bad[] = {"",          "unknown",       "203.0.113.9:",   "203.0.113.9:123456",
-                         "[1.2.3.4]", "[2001:db8::9",  "[2001:db8::9]x", "203.0.113.9:80:80",
-                         "_hidden",   "203.0.113.9 x", "2001:db8::9:"};
+    const char *bad[] = {"",
+                         "unknown",
+                         "203.0.113.9:",
+                         "203.0.113.9:123456",
+                         "[1.2.3.4]",
+                         "[2001:db8::9",
+                         "[2001:db8::9]x",
+                         "203.0.113.9:80:80",
+                         "_hidden",
+                         "203.0.113.9 x",
+                         "2001:db8::9:",
+                         "203.0.113.9:0",
+                         "203.0.113.9:65536",
+                         "[2001:db8::9]:99999"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_false(ip(bad[i], a));
 }
@@ -88,6 +99,18 @@ static void networks_match(void **state)
         assert_true(ip(out[i], a));
         assert_false(mg_cidr_match(nets, 3, a));
     }
+    /* an IPv6 network never covers IPv4 peers, which are held as mapped addresses */
+    mg_cidr_t any6, mapped;
+    assert_int_equal(mg_cidr_parse("::/0", &any6, &why), MG_OK);
+    assert_int_equal(mg_cidr_parse("::ffff:0:0/96", &mapped, &why), MG_OK);
+    assert_true(ip("2001:db8::1", a));
+    assert_true(mg_cidr_match(&any6, 1, a));
+    assert_false(mg_cidr_match(&mapped, 1, a));
+    assert_true(ip("203.0.113.1", a));
+    assert_false(mg_cidr_match(&any6, 1, a));
+    assert_true(mg_cidr_match(&mapped, 1, a)); /* written as IPv4-mapped: an IPv4 network */
+    assert_int_equal(mg_cidr_parse("::/64", &any6, &why), MG_OK);
+    assert_false(mg_cidr_match(&any6, 1, a));
 }
 
 /* The client of a request from |peer| with x-forwarded-for fields |xff| (NULL-ended), behind
@@ -128,7 +151,10 @@ static void client_behind_trusted_proxies(void **state)
     /* an entry that is not an address ends the walk at the last one taken */
     assert_string_equal(client("10.0.0.2", XFF("203.0.113.9, unknown, 10.4.4.4")), "10.4.4.4");
     assert_null(client("10.0.0.2", XFF("unknown")));
-    assert_null(client("10.0.0.2", XFF("203.0.113.9, ")));
+    /* empty entries are skipped */
+    assert_string_equal(client("10.0.0.2", XFF("203.0.113.9, ")), "203.0.113.9");
+    assert_string_equal(client("10.0.0.2", XFF("203.0.113.9,, 10.0.0.3,")), "203.0.113.9");
+    assert_null(client("10.0.0.2", XFF(" , ")));
     /* an untrusted peer is the client, whatever it says; no field: the peer too */
     assert_null(client("203.0.113.50", XFF("1.2.3.4")));
     assert_null(client("10.0.0.2", NULL));
