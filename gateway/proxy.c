@@ -104,6 +104,7 @@ struct exch {
     int status;
     const char *error;
     const char *method, *host, *path, *proto, *client;
+    const char *peer; /* the connection's address when |client| is the one behind proxies */
     char client_addr[MG_REALIP_TEXT]; /* the client behind trusted proxies, when |client| */
     char request_id[64];
     mg_hpack_t rid_hpack; /* UNIQUE, or SENSITIVE when the client sent its id never-indexed */
@@ -321,6 +322,7 @@ static void write_log(exch_t *e)
         .time_us = e->t_wall,
         .request_id = e->request_id,
         .client = e->client,
+        .peer = e->peer,
         .proto = e->proto,
         .method = e->method,
         .host = e->host,
@@ -1100,7 +1102,9 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     e->path = req->path;
     e->proto = req->proto;
     const mg_conf_t *conf = p->conf;
-    e->client = client_behind_proxies(conf, req, e->client_addr) ? e->client_addr : req->client;
+    bool behind = client_behind_proxies(conf, req, e->client_addr);
+    e->client = behind ? e->client_addr : req->client;
+    e->peer = behind ? req->client : NULL;
     e->req_ended = !req->has_body;
     hold(e);
 
@@ -1296,6 +1300,7 @@ static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char 
         .time_us = wall_us(),
         .request_id = rid,
         .client = real ? client : req->client,
+        .peer = real ? req->client : NULL,
         .proto = req->proto,
         .method = req->method,
         .host = req->authority,

@@ -316,6 +316,10 @@ static void format_line(out_t *o, const mg_reqlog_rec_t *r, size_t limit)
     put_i64(o, r->total_us);
     put_lit(o, ",\"error\":");
     put_str(o, f[NSTR - 1], limit);
+    if (r->peer) { /* short (an address): never cut, counted with the keys */
+        put_lit(o, ",\"peer\":");
+        put_str(o, r->peer, SIZE_MAX);
+    }
     put_lit(o, "}\n");
 }
 

@@ -34,7 +34,9 @@ typedef struct mg_reqlog_rec {
     int64_t time_us; /* wall-clock start of the request, microseconds since the epoch */
     const char *id;  /* idempotency key; mg_reqlog_write() sets it, callers leave it NULL */
     const char *request_id;
-    const char *client; /* "ip:port" */
+    const char *client; /* "ip:port", or the client's address behind trusted proxies */
+    const char *peer;   /* the connection's "ip:port" when |client| is the one behind trusted
+                         * proxies; NULL otherwise (then not written) */
     const char *proto;  /* "h2", "h2c", "http/1.1" */
     const char *method;
     const char *host;

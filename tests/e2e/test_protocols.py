@@ -1528,7 +1528,8 @@ def test_trusted_proxies_name_the_client(procs, tmp_path):
     the client whatever it sends (an IPv6 network such as ::/0 trusts no IPv4 peer). Requests
     the gateway refuses itself are logged the same way when their whole head was read, with
     the peer when it was not (431: the field a proxy appended may be among those dropped). The
-    pod still gets the whole chain with the peer appended. Over HTTP/2 and HTTP/1.1, where
+    connection's own address is then logged as "peer". The pod still gets the whole chain with
+    the peer appended. Over HTTP/2 and HTTP/1.1, where
     each x-forwarded-for line is a field."""
     a = procs.backend("pod-a")
     routes = routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")])
@@ -1575,12 +1576,15 @@ def test_trusted_proxies_name_the_client(procs, tmp_path):
     want[gw, "/rejected-431"] = None
     for g in (gw, plain, other):
         paths = {p for (h, p) in want if h is g}
-        log = {l["path"]: l["client"] for l in g.wait_access(len(paths))}
+        log = {l["path"]: l for l in g.wait_access(len(paths))}
         for path in paths:
-            if want[g, path]:
-                assert log[path] == want[g, path], (g.dir, path, log[path])
+            client, peer = log[path]["client"], log[path].get("peer")
+            if want[g, path]:  # the connection's own address is kept as "peer"
+                assert client == want[g, path], (g.dir, path, client)
+                assert re.fullmatch(r"127\.0\.0\.1:\d+", peer or ""), (g.dir, path, peer)
             else:
-                assert re.fullmatch(r"127\.0\.0\.1:\d+", log[path]), (g.dir, path, log[path])
+                assert re.fullmatch(r"127\.0\.0\.1:\d+", client), (g.dir, path, client)
+                assert peer is None, (g.dir, path, peer)
 
     # consistent hashing on client_ip: one client through any trusted chain keeps its pod, and
     # different clients behind the same proxy spread (all would be 127.0.0.1 otherwise)

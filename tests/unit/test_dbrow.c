@@ -187,6 +187,12 @@ static void defaults_and_other_shapes(void **state)
     assert_num(&row, MG_DBROW_TOTAL_US, -3);
     assert_num(&row, MG_DBROW_RETRIES, 0);
     assert_val(&row, MG_DBROW_APP, "");
+    /* behind trusted proxies the access log adds "peer" last: not a column, skipped */
+    char peer[] = "{\"time\":\"2023-11-14T22:13:20.123456Z\",\"id\":"
+                  "\"00112233445566770000000000000abc\",\"client\":\"203.0.113.9\","
+                  "\"error\":null,\"peer\":\"10.0.0.2:40000\"}";
+    assert_int_equal(mg_dbrow_parse(peer, strlen(peer), &row), MG_OK);
+    assert_val(&row, MG_DBROW_CLIENT, "203.0.113.9");
 }
 
 /* Keys are first matched as the bytes the access log writes ("name":), then read as JSON:

@@ -113,7 +113,20 @@ static void format_every_field(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "upstream_us")), 1234);
     assert_int_equal(json_integer_value(json_object_get(j, "resp_bytes")), 95);
     assert_int_equal(json_integer_value(json_object_get(j, "total_us")), 2345);
+    assert_null(json_object_get(j, "peer")); /* written only when the client is another's */
     json_decref(j);
+
+    /* behind trusted proxies: the connection's address follows, last */
+    r.client = "203.0.113.9";
+    r.peer = "[2001:db8::1]:443";
+    j = format_parse(&r, sizeof(buf), buf);
+    assert_str_field(j, "client", "203.0.113.9");
+    assert_str_field(j, "peer", "[2001:db8::1]:443");
+    assert_non_null(
+        strstr(buf, ",\"error\":\"upstream_timeout\",\"peer\":\"[2001:db8::1]:443\"}\n"));
+    json_decref(j);
+    r.client = "127.0.0.1:5555";
+    r.peer = NULL;
 
     /* jansson stops at INT64_MAX, so the uint64 extreme is checked in the text */
     r.resp_bytes = UINT64_MAX;
@@ -206,6 +219,7 @@ static void format_truncates(void **state)
         memcpy(pod + i, "\xe2\x82\xac", 3);
     mg_reqlog_rec_t r = mg_test_sample_rec();
     r.path = path, r.host = host, r.pod = pod;
+    r.peer = "10.0.0.2:40000"; /* never cut: it counts with the keys */
     r.service = "\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01"
                 "\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01";
     json_t *j = format_parse(&r, sizeof(buf), buf);
@@ -227,6 +241,7 @@ static void format_truncates(void **state)
     assert_str_field(j, "app", "digits");
     assert_int_equal(json_string_length(json_object_get(j, "service")), 40);
     assert_int_equal(json_integer_value(json_object_get(j, "total_us")), 2345);
+    assert_str_field(j, "peer", "10.0.0.2:40000");
     json_decref(j);
 }
 
