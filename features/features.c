@@ -48,6 +48,7 @@
 #include "features/rreply.h"
 
 #define NFETCH_BUCKETS 1024
+#define NSENT 1024 /* snapshot hashes remembered per worker, to tell a repeat */
 #define MAX_GROUPS 16
 
 enum { R_DOWN, R_CONNECTING, R_UP };
@@ -102,6 +103,7 @@ struct mg_features {
     fetch_t *map[NFETCH_BUCKETS];
     size_t nfetches;
     size_t nwaiting_db; /* fetches waiting on MariaDB (at most mariadb.max_waiting) */
+    uint64_t sent[NSENT]; /* hashes of snapshots that went out, by their low bits */
     bool closing;
     mg_log_limit_t loglimit;
 };
@@ -137,7 +139,13 @@ static void settle(mg_features_t *f, mg_features_ticket_t *t, mg_fstatus_t st, m
     if (st == MG_FS_HIT && val) {
         mg_fval_ref(val);
         t->_val = val;
-        t->_repeat = atomic_fetch_add_explicit(&val->_sent, 1, memory_order_relaxed) > 0;
+        /* this snapshot went out before, or the same text did in another snapshot (a new
+         * lookup of the user, a refresh): a collision only indexes a value that does not
+         * repeat */
+        uint64_t *seen = &f->sent[val->hash64 & (NSENT - 1)];
+        t->_repeat = atomic_fetch_add_explicit(&val->_sent, 1, memory_order_relaxed) > 0 ||
+                     *seen == val->hash64;
+        *seen = val->hash64;
     }
     t->_status = (int)st + 1;
     mg_fmetrics_observe(f->m, st, now - t->_start_us);

@@ -10,13 +10,14 @@
 #include "canary/split.h"
 #include "common/hex.h"
 
-void mg_fval_hash(const char *text, size_t len, char out[17])
+uint64_t mg_fval_hash(const char *text, size_t len, char out[17])
 {
     static const uint8_t key[16] = {'m', 'o', 'd', 'e', 'l', 'g', 'a', 't',
                                     'e', ':', 'f', 'e', 'a', 't', 'v', '1'};
     uint64_t h = mg_split_siphash24(key, text, len);
     mg_hex64(h, out);
     out[16] = '\0';
+    return h;
 }
 
 mg_fval_t *mg_fval_new(const char *text, size_t len)
@@ -29,7 +30,7 @@ mg_fval_t *mg_fval_new(const char *text, size_t len)
     v->len = len;
     memcpy(v->text, text, len);
     v->text[len] = '\0';
-    mg_fval_hash(v->text, len, v->hash);
+    v->hash64 = mg_fval_hash(v->text, len, v->hash);
     return v;
 }
 

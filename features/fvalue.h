@@ -36,7 +36,8 @@ typedef struct mg_fval {
     atomic_int _refs;
     atomic_uint _sent; /* requests it was attached to (a hint: relaxed, any worker) */
     size_t len;        /* strlen(text) */
-    char hash[17]; /* 16 hex digits */
+    uint64_t hash64;   /* the same, as a number */
+    char hash[17];     /* 16 hex digits */
     char text[];   /* NUL-terminated */
 } mg_fval_t;
 
@@ -47,8 +48,8 @@ mg_fval_t *mg_fval_from_json(const json_t *doc);
 void mg_fval_ref(mg_fval_t *v);
 void mg_fval_unref(mg_fval_t *v); /* NULL is fine; frees at zero */
 
-/* The hash of |len| bytes as 16 hex digits + NUL into |out|. */
-void mg_fval_hash(const char *text, size_t len, char out[17]);
+/* The hash of |len| bytes as 16 hex digits + NUL into |out|; returns it as a number. */
+uint64_t mg_fval_hash(const char *text, size_t len, char out[17]);
 
 /* True when |v|, a group's value, is empty: an object without members or an array without
  * elements. Such a group is left out of the snapshot, whichever store holds it; null, "", 0 and

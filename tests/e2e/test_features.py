@@ -731,6 +731,32 @@ def test_features_reach_h2_pods_indexed_once_they_repeat(procs, raw_pods):
         assert name not in pod.blocks[i] and huffman(name) not in pod.blocks[i], i
 
 
+def test_features_repeat_across_lookups(procs, raw_pods):
+    """Without the worker's cache (local.ttl_ms 0) every request of a user is a new lookup, and
+    a new snapshot of the same text: the worker remembers the hashes of what went out, so the
+    user's second request is indexed and the later ones are a table index too."""
+    pod = raw_pods("h2c", "200")
+    s = Stack(procs, workers=1, pods=[pod], local={"ttl_ms": 0, "negative_ttl_ms": 0})
+    s.put_redis("rep", profile={"age": "31"}, recent=["item-%06d" % i for i in range(20)])
+    with s.gw.h2() as c:
+        c.get("/warm")  # the connection's first request may seed the table: not a features one
+        for i in range(4):
+            assert c.get("/f/%d" % i, headers=[("x-user-id", "rep")]).status == 200
+    assert s.metric('modelgate_features_layer_total{layer="redis",result="hit"}') == 4
+    huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode
+    decoder, kinds = hpack.Decoder(), []
+    for block in pod.blocks:
+        fields = decoder.decode(block)
+        feats = [f for f in fields if f[0] == "x-user-features"]
+        if not feats:
+            continue
+        value = feats[0][1].encode()
+        literal = value in block or huffman(value) in block
+        never = isinstance(feats[0], hpack.NeverIndexedHeaderTuple)
+        kinds.append("never" if never else "literal" if literal else "index")
+    assert kinds == ["never", "literal", "index", "index"], kinds
+
+
 @pytest.mark.parametrize("table,nusers", [(65536, 10), (4096, 10), (1 << 20, 130)])
 def test_features_stay_indexed_in_a_larger_pod_table(procs, raw_pods, table, nusers):
     """A pod that offers a 64 KiB HPACK table (modelgate-runtime does) gets it used: ten users'
