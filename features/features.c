@@ -980,7 +980,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
     return MG_E_AGAIN;
 }
 
-size_t mg_features_headers(const mg_features_ticket_t *t, mg_hdr_t *h, size_t n)
+size_t mg_features_strip(const mg_features_ticket_t *t, mg_hdr_t *h, size_t n)
 {
     if (!t->_strip)
         return n;
@@ -991,6 +991,14 @@ size_t mg_features_headers(const mg_features_ticket_t *t, mg_hdr_t *h, size_t n)
             continue;
         h[k++] = h[i];
     }
+    return k;
+}
+
+size_t mg_features_headers(const mg_features_ticket_t *t, mg_hdr_t *h, size_t n)
+{
+    if (!t->_strip)
+        return n;
+    size_t k = mg_features_strip(t, h, n);
     if (t->_status == 0)
         return k;
     if (t->_val)

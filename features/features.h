@@ -67,6 +67,11 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
  * the gateway's. Returns the new count. */
 size_t mg_features_headers(const mg_features_ticket_t *t, mg_hdr_t *h, size_t n);
 
+/* Removes from |h| (n fields: request trailers) any x-user-features / x-modelgate-features
+ * when features are on: only the gateway says what a user's features are, in trailers too.
+ * Returns the new count. */
+size_t mg_features_strip(const mg_features_ticket_t *t, mg_hdr_t *h, size_t n);
+
 /* For the access log: "hit", "miss", ... or NULL when the app has no features; the snapshot's
  * short hash or NULL when none was sent. */
 const char *mg_features_status(const mg_features_ticket_t *t);

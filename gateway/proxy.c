@@ -1245,6 +1245,16 @@ static void on_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
 {
     exch_t *e = mg_srv_data(s);
     e->req_ended = true;
+    if (n && e->feat._strip) { /* the server's fields are read-only: a copy, then stripped */
+        mg_hdr_t *kept = mg_arena_alloc(mg_srv_arena(s), n * sizeof(*kept));
+        if (kept == NULL) {
+            fail(e, 431, "headers_too_large", "request trailers too large");
+            return;
+        }
+        memcpy(kept, trailers, n * sizeof(*kept));
+        n = mg_features_strip(&e->feat, kept, n);
+        trailers = kept;
+    }
     e->req_trailers = trailers;
     e->nreq_trailers = n;
     if (e->up && !e->finished)

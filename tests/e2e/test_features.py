@@ -18,7 +18,7 @@ import pytest
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
-from conftest import HOST, free_port, routes_doc, wait_for
+from conftest import HOST, H1Conn, free_port, h1_request_bytes, routes_doc, wait_for
 from servers import MariaDB, Redis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -755,6 +755,30 @@ def test_features_repeat_across_lookups(procs, raw_pods):
         never = isinstance(feats[0], hpack.NeverIndexedHeaderTuple)
         kinds.append("never" if never else "literal" if literal else "index")
     assert kinds == ["never", "literal", "index", "index"], kinds
+
+
+def test_client_features_in_trailers_are_removed(procs, raw_pods):
+    """A client cannot say what its features are in request trailers either: with features
+    on, x-user-features and x-modelgate-features are removed from them (HTTP/2 and HTTP/1.1
+    chunked), and the other trailers pass."""
+    pod = raw_pods("h2c", "200", wait_end=True)
+    s = Stack(procs, workers=1, pods=[pod])
+    s.put_redis("t1", profile={"age": "31"})
+    forged = [("x-user-features", '{"profile":{"age":"99"}}'), ("x-modelgate-features", "hit"),
+              ("x-checksum", "abc")]
+    with s.gw.h2() as c:
+        st = c.request("POST", "/t", headers=[("x-user-id", "t1")], body=b"x", trailers=forged)
+        assert st.status == 200, st
+    with H1Conn(s.gw.port) as c:
+        c.send(h1_request_bytes("POST", "/t1", s.gw.authority(), headers=[("x-user-id", "t1")],
+                                body=b"x", chunked=True, trailers=forged))
+        assert c.read_response().status == 200
+    assert len(pod.trailer_blocks) == 2, pod.trailer_blocks
+    decoder = hpack.Decoder()
+    for head, trailer in zip(pod.blocks, pod.trailer_blocks):
+        fields = dict(decoder.decode(head))
+        assert json.loads(fields["x-user-features"]) == {"profile": {"age": "31"}}, fields
+        assert decoder.decode(trailer) == [("x-checksum", "abc")]
 
 
 @pytest.mark.parametrize("table,nusers", [(65536, 10), (4096, 10), (1 << 20, 130)])
