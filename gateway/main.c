@@ -209,25 +209,23 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-static void worker_post_tls(worker_t *w, SSL_CTX *tls)
+/* Hands |r| and |tls| (each may be NULL; each gets its own reference) to |w| and wakes it, also
+ * with neither (to see a stop or drain flag). One not taken yet is replaced by the newer. */
+static void worker_post(worker_t *w, mg_routes_t *r, SSL_CTX *tls)
 {
-    SSL_CTX_up_ref(tls);
-    pthread_mutex_lock(&w->lock);
-    SSL_CTX_free(w->next_tls); /* one not taken yet: the newer one replaces it */
-    w->next_tls = tls;
-    pthread_mutex_unlock(&w->lock);
-    ssize_t n = write(w->pipe[1], "!", 1); /* a full pipe already holds a wake-up */
-    (void)n;
-}
-
-static void worker_post(worker_t *w, mg_routes_t *r)
-{
+    if (r)
+        mg_routes_ref(r);
+    if (tls)
+        SSL_CTX_up_ref(tls);
     pthread_mutex_lock(&w->lock);
     if (r) {
-        mg_routes_ref(r);
         if (w->next_routes)
             mg_routes_unref(w->next_routes);
         w->next_routes = r;
+    }
+    if (tls) {
+        SSL_CTX_free(w->next_tls);
+        w->next_tls = tls;
     }
     pthread_mutex_unlock(&w->lock);
     ssize_t n = write(w->pipe[1], "!", 1); /* a full pipe already holds a wake-up */
@@ -240,7 +238,7 @@ static void worker_post(worker_t *w, mg_routes_t *r)
 static void install_routes(void *ud, mg_routes_t *r)
 {
     for (unsigned i = 0; i < g_nworkers; i++)
-        worker_post(&g_workers[i], r);
+        worker_post(&g_workers[i], r, NULL);
     mg_routes_unref(g_routes);
     g_routes = r;
 }
@@ -379,7 +377,7 @@ static void reload_tls(bool on_signal)
         return;
     }
     for (unsigned i = 0; i < g_nworkers; i++)
-        worker_post_tls(&g_workers[i], tls);
+        worker_post(&g_workers[i], NULL, tls);
     SSL_CTX_free(g_tls);
     g_tls = tls;
     /* the context read the files a second time: if they changed in between (or could not be
@@ -457,7 +455,7 @@ static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
            g_conf->timeouts_ms.drain);
     for (unsigned i = 0; i < g_nworkers; i++) {
         atomic_store(&g_workers[i].stop_now, true);
-        worker_post(&g_workers[i], NULL);
+        worker_post(&g_workers[i], NULL, NULL);
     }
 }
 
@@ -473,7 +471,7 @@ static void on_sigterm(evutil_socket_t sig, short what, void *arg)
            g_conf->timeouts_ms.drain);
     for (unsigned i = 0; i < g_nworkers; i++) {
         atomic_store(&g_workers[i].drain, true);
-        worker_post(&g_workers[i], NULL);
+        worker_post(&g_workers[i], NULL, NULL);
     }
     if (g_conf->timeouts_ms.drain) {
         struct timeval tv = {g_conf->timeouts_ms.drain / 1000,
