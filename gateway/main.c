@@ -315,22 +315,43 @@ static size_t read_ticket_file(const char *path, unsigned char *buf, unsigned ch
     return len;
 }
 
+/* What a periodic reload last refused, so that the same cause is said once, not at every
+ * check: the files' digest, or the error when they could not be read. */
+typedef struct refusal {
+    unsigned char cause[32]; /* SHA-256 */
+    bool set;
+} refusal_t;
+
+static void cause_of(const void *p, size_t n, unsigned char out[32])
+{
+    EVP_Digest(p, n, out, NULL, EVP_sha256(), NULL);
+}
+
+/* Records |cause|; true when it differs from the last one refused. */
+static bool refusal_is_new(refusal_t *r, const unsigned char cause[32])
+{
+    bool same = r->set && memcmp(r->cause, cause, 32) == 0;
+    memcpy(r->cause, cause, 32);
+    r->set = true;
+    return !same;
+}
+
 /* tls.ticket_key_file again, when it changed: the keys every gateway sharing it uses. An error
- * is said once (again on SIGHUP); the keys in use stay. */
+ * is said once per cause (again on SIGHUP); the keys in use stay. */
 static void reload_ticket_keys(bool on_signal)
 {
-    static char last_err[320];
+    static refusal_t refused;
     unsigned char buf[TICKET_FILE_MAX + 1], digest[32];
     char err[320];
     size_t len = read_ticket_file(g_conf->tls_ticket_key_file, buf, digest, err, sizeof(err));
     if (len == 0) {
-        if (on_signal || strcmp(err, last_err) != 0)
+        cause_of(err, strlen(err), digest);
+        if (refusal_is_new(&refused, digest) || on_signal)
             MG_LOG(MG_LOG_ERROR, "main", "%s; the ticket keys in use stay", err);
-        snprintf(last_err, sizeof(last_err), "%s", err);
     } else if (memcmp(digest, g_ticket_digest, sizeof(digest)) != 0 &&
                mg_tls_tickets_set(g_tickets, buf, len)) {
         memcpy(g_ticket_digest, digest, sizeof(digest));
-        last_err[0] = '\0';
+        refused.set = false;
         MG_LOG(MG_LOG_INFO, "main", "TLS session ticket keys reloaded from %s (%zu)",
                g_conf->tls_ticket_key_file, len / MG_TLS_TICKET_KEY_LEN);
     }
@@ -353,29 +374,31 @@ static SSL_CTX *tls_ctx_new(const mg_conf_t *conf, char *err, size_t errlen)
 }
 
 /* The certificate and key files again (a renewed certificate): new connections get them,
- * open ones keep theirs. Unchanged files make no new context. A pair that does not load is
- * refused; the checks pass over it quietly until the files change, a SIGHUP tries it again. */
+ * open ones keep theirs. Unchanged files make no new context. A pair that does not load, or
+ * files that cannot be read, are refused once per cause: the checks pass over the same pair
+ * quietly until the files change, and a SIGHUP tries it again. */
 static void reload_tls(bool on_signal)
 {
-    static unsigned char refused[32]; /* the digest of the last pair refused */
+    static refusal_t refused;
     unsigned char digest[32];
     bool read = tls_files_digest(g_conf, digest);
     if (read && memcmp(digest, g_tls_digest, sizeof(digest)) == 0) {
         MG_LOG(MG_LOG_DEBUG, "main", "TLS certificate and key unchanged");
         return;
     }
-    if (read && !on_signal && memcmp(digest, refused, sizeof(digest)) == 0)
+    if (read && !on_signal && refused.set && memcmp(digest, refused.cause, 32) == 0)
         return; /* said when it was refused */
     char err[512];
     SSL_CTX *tls = tls_ctx_new(g_conf, err, sizeof(err));
     if (tls == NULL) {
-        MG_LOG(MG_LOG_ERROR, "main", "TLS reload refused, the previous certificate stays: %s", err);
-        if (read)
-            memcpy(refused, digest, sizeof(refused));
-        else
-            memset(refused, 0, sizeof(refused));
+        if (!read) /* no digest of the files: the reason they could not be read is the cause */
+            cause_of(err, strlen(err), digest);
+        if (refusal_is_new(&refused, digest) || on_signal)
+            MG_LOG(MG_LOG_ERROR, "main", "TLS reload refused, the previous certificate stays: %s",
+                   err);
         return;
     }
+    refused.set = false;
     for (unsigned i = 0; i < g_nworkers; i++)
         worker_post(&g_workers[i], NULL, tls);
     SSL_CTX_free(g_tls);

@@ -385,7 +385,7 @@ def test_sighup_reloads_the_tls_certificate(procs, tmp_path):
 def test_renewed_tls_certificate_is_taken_without_sighup(procs, tmp_path):
     """A certificate renewed in place (a Kubernetes Secret volume, certbot) is taken within
     tls.reload_check_ms, with no SIGHUP; unchanged files make no new context, and a pair that
-    does not load is said once, not at every check."""
+    does not load, or a key file gone, is said once, not at every check."""
     a = procs.backend("pod-a")
     d = str(tmp_path)
     cert, key, renewed = _live_pair(procs, d)
@@ -411,6 +411,12 @@ def test_renewed_tls_certificate_is_taken_without_sighup(procs, tmp_path):
     wait_for(lambda: refusals() > before, 5, what="the refusal")
     time.sleep(0.6)
     assert refusals() == before + 1, gw.log()
+    assert _tls_hello(gw)[0] == "renewed"
+    # files that cannot be read: said once too (the reason is the cause), not every check
+    os.rename(key, key + ".away")
+    wait_for(lambda: refusals() > before + 1, 5, what="the refusal of a missing key")
+    time.sleep(0.6)
+    assert refusals() == before + 2, gw.log()
     assert _tls_hello(gw)[0] == "renewed"
 
 
