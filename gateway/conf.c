@@ -20,76 +20,19 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/jsonerr.h"
 #include "common/log.h"
 #include "routing/host.h"
 
 #define MAX_WORKERS 1024
 
 /* ------------------------------------------------------------------------------------------ */
-/* Error collection: "SOURCE: json.path: problem" lines, in the order found.                   */
-/* (Same shape as routing/routes.c; a shared common/json helper would remove the copy.)         */
+/* Errors: common/jsonerr.h, with these additions                                               */
 
-typedef struct ectx {
-    const char *source;
-    char *buf; /* '\n'-separated lines, no trailing newline */
-    size_t len, cap;
-    size_t count;
-    bool nomem;
-    char path[512];
-    size_t plen; /* strlen(path), always */
-} ectx_t;
-
-static void buf_append(ectx_t *e, const char *s, size_t n)
-{
-    if (e->nomem)
-        return;
-    if (e->len + n + 1 > e->cap) {
-        size_t ncap = e->cap ? e->cap : 256;
-        while (ncap < e->len + n + 1)
-            ncap *= 2;
-        char *nb = realloc(e->buf, ncap);
-        if (nb == NULL) {
-            e->nomem = true;
-            return;
-        }
-        e->buf = nb;
-        e->cap = ncap;
-    }
-    memcpy(e->buf + e->len, s, n);
-    e->len += n;
-    e->buf[e->len] = '\0';
-}
-
-/* Appends an already formatted, possibly multi-line error text as it is. */
-static void append_text(ectx_t *e, const char *text)
-{
-    if (text == NULL || *text == '\0')
-        return;
-    e->count++;
-    if (e->len > 0)
-        buf_append(e, "\n", 1);
-    buf_append(e, text, strlen(text));
-}
-
-static void errf(ectx_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void errf(ectx_t *e, const char *fmt, ...)
-{
-    char msg[1024], line[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    if (e->plen > 0)
-        snprintf(line, sizeof(line), "%s: %s: %s", e->source, e->path, msg);
-    else
-        snprintf(line, sizeof(line), "%s: %s", e->source, msg);
-    append_text(e, line);
-}
-
-/* Like errf, but with an explicit source (a flag name) and no JSON path. */
-static void flagf(ectx_t *e, const char *flag, const char *fmt, ...)
+/* Like mg_jerr_f, but with an explicit source (a flag name) and no JSON path. */
+static void flagf(mg_jerr_t *e, const char *flag, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void flagf(ectx_t *e, const char *flag, const char *fmt, ...)
+static void flagf(mg_jerr_t *e, const char *flag, const char *fmt, ...)
 {
     char msg[1024], line[2048];
     va_list ap;
@@ -97,115 +40,14 @@ static void flagf(ectx_t *e, const char *flag, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     snprintf(line, sizeof(line), "%s: %s", flag, msg);
-    append_text(e, line);
+    mg_jerr_text(e, line);
 }
 
-/* Escapes control characters and quotes and cuts at |max| bytes: values end up on terminals. */
-static const char *esc(char *dst, size_t cap, const char *s, size_t max)
-{
-    size_t o = 0, i = 0;
-    for (; s[i] != '\0' && i < max && o + 5 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == 0x7f) {
-            o += (size_t)snprintf(dst + o, cap - o, "\\x%02x", c);
-        } else if (c == '"' || c == '\\') {
-            dst[o++] = '\\';
-            dst[o++] = (char)c;
-        } else {
-            dst[o++] = (char)c;
-        }
-    }
-    if (s[i] != '\0' && o + 4 <= cap) {
-        memcpy(dst + o, "...", 3);
-        o += 3;
-    }
-    dst[o] = '\0';
-    return dst;
-}
-
-#define ESC(buf, s) esc((buf), sizeof(buf), (s), 200)
-
-static void path_set(ectx_t *e, size_t len)
-{
-    e->plen = len;
-    e->path[len] = '\0';
-}
-
-static size_t path_push(ectx_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static size_t path_push(ectx_t *e, const char *fmt, ...)
-{
-    size_t old = e->plen, room = sizeof(e->path) - e->plen;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(e->path + e->plen, room, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        e->plen += (size_t)n < room ? (size_t)n : room - 1;
-    return old;
-}
-
-static size_t path_key(ectx_t *e, const char *key)
-{
-    char k[160];
-    return path_push(e, "%s%s", e->plen ? "." : "", esc(k, sizeof(k), key, 64));
-}
-
-static const char *describe(const json_t *v, char *out, size_t cap)
-{
-    char s[300];
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        snprintf(out, cap, "string \"%s\"", ESC(s, json_string_value(v)));
-        return out;
-    case JSON_INTEGER:
-        snprintf(out, cap, "number %" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return out;
-    case JSON_REAL:
-        snprintf(out, cap, "number %g", json_real_value(v));
-        return out;
-    case JSON_TRUE:
-        return "true";
-    case JSON_FALSE:
-        return "false";
-    case JSON_NULL:
-        return "null";
-    }
-    return "?";
-}
-
-static void type_error(ectx_t *e, const json_t *v, const char *expected)
-{
-    char d[400];
-    errf(e, "wrong type (got %s; expected %s)", describe(v, d, sizeof(d)), expected);
-}
-
-static void check_keys(ectx_t *e, const json_t *obj, const char *const *keys)
-{
-    char valid[512] = "";
-    size_t o = 0;
-    for (size_t i = 0; keys[i] != NULL && o < sizeof(valid); i++)
-        o += (size_t)snprintf(valid + o, sizeof(valid) - o, "%s%s", i ? ", " : "", keys[i]);
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)obj, k, v)
-    {
-        size_t i = 0;
-        while (keys[i] != NULL && strcmp(keys[i], k) != 0)
-            i++;
-        if (keys[i] == NULL) {
-            size_t old = path_key(e, k);
-            errf(e, "unknown key (valid keys: %s)", valid);
-            path_set(e, old);
-        }
-    }
-}
+#define QUOTE_MAX 200 /* bytes of a value quoted in a message */
+#define ESC(buf, s) mg_jerr_esc((buf), sizeof(buf), (s), QUOTE_MAX)
 
 /* Hands the errors to the caller (or frees them). */
-static void errors_out(ectx_t *e, char **errors)
+static void errors_out(mg_jerr_t *e, char **errors)
 {
     if (e->nomem) {
         free(e->buf);
@@ -326,7 +168,7 @@ static bool conf_dup(mg_conf_t *dst, const mg_conf_t *src)
 }
 
 /* Replaces *slot with a copy of |s| (NULL allowed); false when out of memory. */
-static bool set_str(ectx_t *e, char **slot, const char *s)
+static bool set_str(mg_jerr_t *e, char **slot, const char *s)
 {
     char *n = NULL;
     if (s != NULL && (n = strdup(s)) == NULL) {
@@ -340,7 +182,7 @@ static bool set_str(ectx_t *e, char **slot, const char *s)
 
 /* |p| relative to |dir| (NULL = as is): paths in gateway.json are relative to that file, so a
  * config directory can be moved or mounted anywhere as a unit. */
-static bool set_path(ectx_t *e, char **slot, const char *dir, const char *p)
+static bool set_path(mg_jerr_t *e, char **slot, const char *dir, const char *p)
 {
     if (dir == NULL || p[0] == '/')
         return set_str(e, slot, p);
@@ -410,18 +252,18 @@ static const numkey_t upstream_keys[] = {
 };
 
 /* Checks |v| against |k| and stores it; errors are reported at the current path. */
-static void set_number(ectx_t *e, const json_t *v, const numkey_t *k, mg_conf_t *c)
+static void set_number(mg_jerr_t *e, const json_t *v, const numkey_t *k, mg_conf_t *c)
 {
     char exp[128];
     snprintf(exp, sizeof(exp), "integer %llu-%llu (%s)", (unsigned long long)k->min,
              (unsigned long long)k->max, k->hint);
     if (!json_is_integer(v)) {
-        type_error(e, v, exp);
+        mg_jerr_type(e, v, exp);
         return;
     }
     json_int_t n = json_integer_value(v);
     if (n < 0 || (uint64_t)n < k->min || (uint64_t)n > k->max) {
-        errf(e, "out of range (got %" JSON_INTEGER_FORMAT "; expected %s)", n, exp);
+        mg_jerr_f(e, "out of range (got %" JSON_INTEGER_FORMAT "; expected %s)", n, exp);
         return;
     }
     if (k->size == 8)
@@ -431,47 +273,47 @@ static void set_number(ectx_t *e, const json_t *v, const numkey_t *k, mg_conf_t 
 }
 
 /* A section of numbers: "limits", "timeouts_ms", "upstream". */
-static void parse_numbers(ectx_t *e, const json_t *doc, const char *section, const numkey_t *keys,
-                          mg_conf_t *c)
+static void parse_numbers(mg_jerr_t *e, const json_t *doc, const char *section,
+                          const numkey_t *keys, mg_conf_t *c)
 {
     const json_t *obj = json_object_get(doc, section);
     if (obj == NULL)
         return;
-    size_t old = path_key(e, section);
+    size_t old = mg_jerr_key(e, section);
     if (!json_is_object(obj)) {
-        type_error(e, obj, "object");
+        mg_jerr_type(e, obj, "object");
     } else {
         const char *names[16];
         size_t n = 0;
         for (; keys[n].key != NULL; n++)
             names[n] = keys[n].key;
         names[n] = NULL;
-        check_keys(e, obj, names);
+        mg_jerr_keys(e, obj, names);
         for (size_t i = 0; keys[i].key != NULL; i++) {
             const json_t *v = json_object_get(obj, keys[i].key);
             if (v == NULL)
                 continue;
-            size_t o2 = path_key(e, keys[i].key);
+            size_t o2 = mg_jerr_key(e, keys[i].key);
             set_number(e, v, &keys[i], c);
-            path_set(e, o2);
+            mg_jerr_pop(e, o2);
         }
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
 /* An array of listener addresses into |out|/|n|; replaces what was there. */
-static void parse_listen(ectx_t *e, const json_t *obj, const char *key, char **out, size_t *n)
+static void parse_listen(mg_jerr_t *e, const json_t *obj, const char *key, char **out, size_t *n)
 {
     const json_t *v = json_object_get(obj, key);
     if (v == NULL)
         return;
-    size_t old = path_key(e, key);
+    size_t old = mg_jerr_key(e, key);
     char q[300], host[256];
     if (!json_is_array(v)) {
-        type_error(e, v, "array of \"host:port\" strings, e.g. [\"127.0.0.1:8080\"]");
+        mg_jerr_type(e, v, "array of \"host:port\" strings, e.g. [\"127.0.0.1:8080\"]");
     } else if (json_array_size(v) > MG_CONF_MAX_LISTEN) {
-        errf(e, "too many addresses (got %zu; expected at most %d)", json_array_size(v),
-             MG_CONF_MAX_LISTEN);
+        mg_jerr_f(e, "too many addresses (got %zu; expected at most %d)", json_array_size(v),
+                  MG_CONF_MAX_LISTEN);
     } else {
         for (size_t i = 0; i < *n; i++) {
             free(out[i]);
@@ -480,79 +322,79 @@ static void parse_listen(ectx_t *e, const json_t *obj, const char *key, char **o
         *n = 0;
         for (size_t i = 0; i < json_array_size(v); i++) {
             const json_t *a = json_array_get(v, i);
-            size_t o2 = path_push(e, "[%zu]", i);
+            size_t o2 = mg_jerr_push(e, "[%zu]", i);
             unsigned port;
             const char *why;
             if (!json_is_string(a))
-                type_error(e, a, "string \"host:port\"");
+                mg_jerr_type(e, a, "string \"host:port\"");
             else if (mg_host_split_port(json_string_value(a), host, sizeof(host), &port, &why) !=
                      MG_OK)
-                errf(e, "invalid address \"%s\" (%s)", ESC(q, json_string_value(a)), why);
+                mg_jerr_f(e, "invalid address \"%s\" (%s)", ESC(q, json_string_value(a)), why);
             else if (set_str(e, &out[*n], json_string_value(a)))
                 (*n)++;
-            path_set(e, o2);
+            mg_jerr_pop(e, o2);
         }
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
 /* "trusted_proxies": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"] */
-static void parse_trusted(ectx_t *e, const json_t *doc, mg_conf_t *c)
+static void parse_trusted(mg_jerr_t *e, const json_t *doc, mg_conf_t *c)
 {
     const json_t *v = json_object_get(doc, "trusted_proxies");
     if (v == NULL)
         return;
-    size_t old = path_key(e, "trusted_proxies");
+    size_t old = mg_jerr_key(e, "trusted_proxies");
     char q[300];
     if (!json_is_array(v)) {
-        type_error(e, v, "array of networks, e.g. [\"10.0.0.0/8\", \"2001:db8::/32\"]");
+        mg_jerr_type(e, v, "array of networks, e.g. [\"10.0.0.0/8\", \"2001:db8::/32\"]");
     } else if (json_array_size(v) > MG_CONF_MAX_TRUSTED) {
-        errf(e, "too many networks (got %zu; expected at most %d)", json_array_size(v),
-             MG_CONF_MAX_TRUSTED);
+        mg_jerr_f(e, "too many networks (got %zu; expected at most %d)", json_array_size(v),
+                  MG_CONF_MAX_TRUSTED);
     } else {
         c->ntrusted_proxies = 0;
         for (size_t i = 0; i < json_array_size(v); i++) {
             const json_t *a = json_array_get(v, i);
-            size_t o2 = path_push(e, "[%zu]", i);
+            size_t o2 = mg_jerr_push(e, "[%zu]", i);
             const char *why;
             if (!json_is_string(a))
-                type_error(e, a, "string \"address/prefix\" or \"address\"");
+                mg_jerr_type(e, a, "string \"address/prefix\" or \"address\"");
             else if (mg_cidr_parse(json_string_value(a), &c->trusted_proxies[c->ntrusted_proxies],
                                    &why) != MG_OK)
-                errf(e, "invalid network \"%s\" (%s)", ESC(q, json_string_value(a)), why);
+                mg_jerr_f(e, "invalid network \"%s\" (%s)", ESC(q, json_string_value(a)), why);
             else
                 c->ntrusted_proxies++;
-            path_set(e, o2);
+            mg_jerr_pop(e, o2);
         }
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
 /* A file path relative to |dir|; "" and null mean off when |off_ok|, else are errors. */
-static void parse_path(ectx_t *e, const json_t *obj, const char *key, const char *dir, bool off_ok,
-                       char **slot)
+static void parse_path(mg_jerr_t *e, const json_t *obj, const char *key, const char *dir,
+                       bool off_ok, char **slot)
 {
     const json_t *v = json_object_get(obj, key);
     if (v == NULL)
         return;
-    size_t old = path_key(e, key);
+    size_t old = mg_jerr_key(e, key);
     if (json_is_null(v) && off_ok) {
         set_str(e, slot, NULL);
     } else if (!json_is_string(v)) {
-        type_error(e, v,
-                   off_ok ? "string (a path, \"-\" for stdout, \"\" for off) or null"
-                          : "string, a file path");
+        mg_jerr_type(e, v,
+                     off_ok ? "string (a path, \"-\" for stdout, \"\" for off) or null"
+                            : "string, a file path");
     } else if (json_string_value(v)[0] == '\0') {
         if (off_ok)
             set_str(e, slot, NULL);
         else
-            errf(e, "empty (expected a file path)");
+            mg_jerr_f(e, "empty (expected a file path)");
     } else if (strcmp(json_string_value(v), "-") == 0 && off_ok) {
         set_str(e, slot, "-");
     } else {
         set_path(e, slot, dir, json_string_value(v));
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
 static const numkey_t tls_keys[] = {
@@ -563,7 +405,7 @@ static const numkey_t tls_keys[] = {
     {NULL, 0, 0, 0, 0, NULL},
 };
 
-static void parse_tls(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+static void parse_tls(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     static const char *const keys[] = {
         "listen",          "cert", "key", "reload_check_ms", "ticket_key_rotation_ms",
@@ -571,13 +413,13 @@ static void parse_tls(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
     const json_t *tls = json_object_get(doc, "tls");
     if (tls == NULL)
         return;
-    size_t old = path_key(e, "tls");
+    size_t old = mg_jerr_key(e, "tls");
     if (!json_is_object(tls)) {
-        type_error(e, tls,
-                   "object with keys listen, cert, key, reload_check_ms, ticket_key_rotation_ms, "
-                   "ticket_key_file");
+        mg_jerr_type(e, tls,
+                     "object with keys listen, cert, key, reload_check_ms, ticket_key_rotation_ms, "
+                     "ticket_key_file");
     } else {
-        check_keys(e, tls, keys);
+        mg_jerr_keys(e, tls, keys);
         parse_listen(e, tls, "listen", c->tls_listen, &c->ntls_listen);
         parse_path(e, tls, "cert", dir, false, &c->tls_cert);
         parse_path(e, tls, "key", dir, false, &c->tls_key);
@@ -589,48 +431,49 @@ static void parse_tls(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
             const json_t *v = json_object_get(tls, k->key);
             if (v == NULL)
                 continue;
-            size_t o2 = path_key(e, k->key);
+            size_t o2 = mg_jerr_key(e, k->key);
             set_number(e, v, k, c);
             uint32_t got = *(uint32_t *)((char *)c + k->off);
             if (got != 0 && got < floor_ms[i])
-                errf(e, "too small (got %u; expected 0 (%s) or %u-%llu)", got,
-                     i == 0 ? "only on SIGHUP" : "never", floor_ms[i], (unsigned long long)k->max);
-            path_set(e, o2);
+                mg_jerr_f(e, "too small (got %u; expected 0 (%s) or %u-%llu)", got,
+                          i == 0 ? "only on SIGHUP" : "never", floor_ms[i],
+                          (unsigned long long)k->max);
+            mg_jerr_pop(e, o2);
         }
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
 /* "admin": {"listen": "127.0.0.1:9901", "token_file": "admin.token"} */
-static void parse_admin(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+static void parse_admin(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     static const char *const keys[] = {"listen", "token_file", NULL};
     const json_t *admin = json_object_get(doc, "admin");
     if (admin == NULL || json_is_null(admin))
         return;
-    size_t old = path_key(e, "admin");
+    size_t old = mg_jerr_key(e, "admin");
     if (!json_is_object(admin)) {
-        type_error(e, admin, "object with keys listen, token_file");
+        mg_jerr_type(e, admin, "object with keys listen, token_file");
     } else {
-        check_keys(e, admin, keys);
+        mg_jerr_keys(e, admin, keys);
         const json_t *v = json_object_get(admin, "listen");
         if (v != NULL) {
-            size_t o2 = path_key(e, "listen");
+            size_t o2 = mg_jerr_key(e, "listen");
             char host[256], q[300];
             unsigned port;
             const char *why;
             if (!json_is_string(v))
-                type_error(e, v, "string \"host:port\"");
+                mg_jerr_type(e, v, "string \"host:port\"");
             else if (mg_host_split_port(json_string_value(v), host, sizeof(host), &port, &why) !=
                      MG_OK)
-                errf(e, "invalid address \"%s\" (%s)", ESC(q, json_string_value(v)), why);
+                mg_jerr_f(e, "invalid address \"%s\" (%s)", ESC(q, json_string_value(v)), why);
             else
                 set_str(e, &c->admin_listen, json_string_value(v));
-            path_set(e, o2);
+            mg_jerr_pop(e, o2);
         }
         parse_path(e, admin, "token_file", dir, false, &c->admin_token_file);
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
 static const numkey_t dblog_keys[] = {
@@ -643,28 +486,28 @@ static const numkey_t dblog_keys[] = {
 };
 
 /* A MariaDB identifier we splice into SQL: letters, digits, '_' and '$', 1-64 bytes. */
-static void parse_ident(ectx_t *e, const json_t *obj, const char *key, char **slot)
+static void parse_ident(mg_jerr_t *e, const json_t *obj, const char *key, char **slot)
 {
     const json_t *v = json_object_get(obj, key);
     if (v == NULL)
         return;
-    size_t old = path_key(e, key);
+    size_t old = mg_jerr_key(e, key);
     char q[300];
     const char *s = json_is_string(v) ? json_string_value(v) : NULL;
     if (s == NULL)
-        type_error(e, v, "string, a MariaDB name (letters, digits, _ and $, 1-64 bytes)");
+        mg_jerr_type(e, v, "string, a MariaDB name (letters, digits, _ and $, 1-64 bytes)");
     else if (*s == '\0' || strlen(s) > 64 ||
              strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$") !=
                  strlen(s))
-        errf(e, "invalid name \"%s\" (expected letters, digits, _ and $, 1-64 bytes)",
-             ESC(q, s));
+        mg_jerr_f(e, "invalid name \"%s\" (expected letters, digits, _ and $, 1-64 bytes)",
+                  ESC(q, s));
     else
         set_str(e, slot, s);
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
 /* "request_log_db": {...} (see conf.h); null = off. */
-static void parse_request_log_db(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+static void parse_request_log_db(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     static const char *const keys[] = {"host",       "port",         "user",       "password_file",
                                        "database",   "table",        "spool_dir",  "spool_max_mb",
@@ -678,14 +521,15 @@ static void parse_request_log_db(ectx_t *e, const json_t *doc, const char *dir, 
         mg_dblog_conf_defaults(d);
         return;
     }
-    size_t old = path_key(e, "request_log_db");
+    size_t old = mg_jerr_key(e, "request_log_db");
     if (!json_is_object(obj)) {
-        type_error(e, obj, "object with keys host, port, user, password_file, database, table, "
-                           "spool_dir, ... (conf/README.md), or null");
-        path_set(e, old);
+        mg_jerr_type(e, obj,
+                     "object with keys host, port, user, password_file, database, table, "
+                     "spool_dir, ... (conf/README.md), or null");
+        mg_jerr_pop(e, old);
         return;
     }
-    check_keys(e, obj, keys);
+    mg_jerr_keys(e, obj, keys);
     const struct {
         const char *key;
         char **slot;
@@ -695,15 +539,15 @@ static void parse_request_log_db(ectx_t *e, const json_t *doc, const char *dir, 
         const json_t *v = json_object_get(obj, strs[i].key);
         if (v == NULL)
             continue;
-        size_t o2 = path_key(e, strs[i].key);
+        size_t o2 = mg_jerr_key(e, strs[i].key);
         const char *s = json_is_string(v) ? json_string_value(v) : NULL;
         if (s == NULL)
-            type_error(e, v, "string");
+            mg_jerr_type(e, v, "string");
         else if (*s == '\0' || strlen(s) > strs[i].max)
-            errf(e, "expected 1-%zu bytes (got %zu)", strs[i].max, strlen(s));
+            mg_jerr_f(e, "expected 1-%zu bytes (got %zu)", strs[i].max, strlen(s));
         else
             set_str(e, strs[i].slot, s);
-        path_set(e, o2);
+        mg_jerr_pop(e, o2);
     }
     parse_ident(e, obj, "database", &d->database);
     parse_ident(e, obj, "table", &d->table);
@@ -711,67 +555,53 @@ static void parse_request_log_db(ectx_t *e, const json_t *doc, const char *dir, 
     if (json_object_get(obj, "password_file") != NULL && d->password_file != NULL &&
         access(d->password_file, R_OK) != 0) {
         char q[300];
-        size_t o2 = path_key(e, "password_file");
-        errf(e, "cannot read \"%s\" (%s)", ESC(q, d->password_file), strerror(errno));
-        path_set(e, o2);
+        size_t o2 = mg_jerr_key(e, "password_file");
+        mg_jerr_f(e, "cannot read \"%s\" (%s)", ESC(q, d->password_file), strerror(errno));
+        mg_jerr_pop(e, o2);
     }
     parse_path(e, obj, "spool_dir", dir, false, &d->spool_dir);
     for (size_t i = 0; dblog_keys[i].key != NULL; i++) {
         const json_t *v = json_object_get(obj, dblog_keys[i].key);
         if (v == NULL)
             continue;
-        size_t o2 = path_key(e, dblog_keys[i].key);
+        size_t o2 = mg_jerr_key(e, dblog_keys[i].key);
         set_number(e, v, &dblog_keys[i], c);
-        path_set(e, o2);
+        mg_jerr_pop(e, o2);
     }
     if (json_object_get(obj, "host") == NULL)
-        errf(e, "host: missing (expected the MariaDB server, e.g. \"127.0.0.1\"; or set "
-                "request_log_db to null for no database log)");
+        mg_jerr_f(e, "host: missing (expected the MariaDB server, e.g. \"127.0.0.1\"; or set "
+                     "request_log_db to null for no database log)");
     if (json_object_get(obj, "spool_dir") == NULL)
-        errf(e, "spool_dir: missing (expected a directory where records wait while MariaDB is "
-                "away, e.g. \"spool\"; each gateway needs its own)");
-    path_set(e, old);
+        mg_jerr_f(e, "spool_dir: missing (expected a directory where records wait while MariaDB is "
+                     "away, e.g. \"spool\"; each gateway needs its own)");
+    mg_jerr_pop(e, old);
 }
 
 /* features/fconf.c reports its problems here, at "features.<its path>" */
 static void report_features(void *ctx, const char *path, const char *msg)
 {
-    ectx_t *e = ctx;
-    size_t old = path_push(e, "%s%s", *path ? "." : "", path);
-    errf(e, "%s", msg);
-    path_set(e, old);
+    mg_jerr_t *e = ctx;
+    size_t old = mg_jerr_push(e, "%s%s", *path ? "." : "", path);
+    mg_jerr_f(e, "%s", msg);
+    mg_jerr_pop(e, old);
 }
 
 /* "features": parsed by the features module (the rules live next to their use) */
-static void parse_features(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+static void parse_features(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     const json_t *v = json_object_get(doc, "features");
     if (v == NULL || json_is_null(v))
         return;
-    size_t old = path_key(e, "features");
+    size_t old = mg_jerr_key(e, "features");
     mg_fconf_t *f = mg_fconf_parse(v, dir, report_features, e);
     if (f != NULL) {
         mg_fconf_free(c->features);
         c->features = f;
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
-/* |key| of |obj|, when present: true or false. */
-static void parse_bool(ectx_t *e, const json_t *obj, const char *key, bool *slot)
-{
-    const json_t *v = json_object_get(obj, key);
-    if (v == NULL)
-        return;
-    size_t old = path_key(e, key);
-    if (!json_is_boolean(v))
-        type_error(e, v, "true or false");
-    else
-        *slot = json_is_true(v);
-    path_set(e, old);
-}
-
-static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
+static void apply_doc(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     static const char *const keys[] = {"listen",
                                        "tls",
@@ -792,55 +622,56 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
                                        NULL};
     char q[300];
     if (!json_is_object(doc)) {
-        type_error(e, doc, "object");
+        mg_jerr_type(e, doc, "object");
         return;
     }
-    check_keys(e, doc, keys);
+    mg_jerr_keys(e, doc, keys);
     parse_listen(e, doc, "listen", c->listen, &c->nlisten);
     parse_tls(e, doc, dir, c);
     parse_admin(e, doc, dir, c);
     const json_t *ns = json_object_get(doc, "dns_nameserver");
     if (ns != NULL) {
-        size_t old = path_key(e, "dns_nameserver");
+        size_t old = mg_jerr_key(e, "dns_nameserver");
         if (!json_is_string(ns) || json_string_value(ns)[0] == '\0')
-            type_error(e, ns, "string \"ip\", \"ip:port\" or \"[v6]:port\"");
+            mg_jerr_type(e, ns, "string \"ip\", \"ip:port\" or \"[v6]:port\"");
         else
             set_str(e, &c->dns_nameserver, json_string_value(ns));
-        path_set(e, old);
+        mg_jerr_pop(e, old);
     }
     parse_features(e, doc, dir, c);
 
     const json_t *v = json_object_get(doc, "workers");
     if (v != NULL) {
-        size_t old = path_key(e, "workers");
+        size_t old = mg_jerr_key(e, "workers");
         if (!json_is_integer(v))
-            type_error(e, v, "integer 0-1024 (0 = one per core)");
+            mg_jerr_type(e, v, "integer 0-1024 (0 = one per core)");
         else if (json_integer_value(v) < 0 || json_integer_value(v) > MAX_WORKERS)
-            errf(e, "out of range (got %" JSON_INTEGER_FORMAT "; expected 0-%d, 0 = one per core)",
-                 json_integer_value(v), MAX_WORKERS);
+            mg_jerr_f(
+                e, "out of range (got %" JSON_INTEGER_FORMAT "; expected 0-%d, 0 = one per core)",
+                json_integer_value(v), MAX_WORKERS);
         else
             c->workers = (unsigned)json_integer_value(v);
-        path_set(e, old);
+        mg_jerr_pop(e, old);
     }
 
     parse_path(e, doc, "routes", dir, false, &c->routes_path);
     parse_path(e, doc, "access_log", dir, true, &c->access_log);
 
-    parse_bool(e, doc, "request_id_in_response", &c->request_id_in_response);
-    parse_bool(e, doc, "proxy_protocol", &c->proxy_protocol);
+    mg_jerr_bool(e, doc, "request_id_in_response", &c->request_id_in_response);
+    mg_jerr_bool(e, doc, "proxy_protocol", &c->proxy_protocol);
     parse_trusted(e, doc, c);
 
     if ((v = json_object_get(doc, "log_level")) != NULL) {
-        size_t old = path_key(e, "log_level");
+        size_t old = mg_jerr_key(e, "log_level");
         int lvl;
         if (!json_is_string(v))
-            type_error(e, v, "string: debug, info, warn or error");
+            mg_jerr_type(e, v, "string: debug, info, warn or error");
         else if ((lvl = mg_log_level_parse(json_string_value(v))) < 0)
-            errf(e, "unknown level \"%s\" (expected debug, info, warn or error)",
-                 ESC(q, json_string_value(v)));
+            mg_jerr_f(e, "unknown level \"%s\" (expected debug, info, warn or error)",
+                      ESC(q, json_string_value(v)));
         else
             c->log_level = lvl;
-        path_set(e, old);
+        mg_jerr_pop(e, old);
     }
 
     parse_numbers(e, doc, "limits", limit_keys, c);
@@ -850,19 +681,19 @@ static void apply_doc(ectx_t *e, const json_t *doc, const char *dir, mg_conf_t *
 }
 
 /* Reports a JSON load failure as "PATH:LINE:COL: text" (or "PATH: text" without a position). */
-static void syntax_error(ectx_t *e, const char *path, const json_error_t *jerr)
+static void syntax_error(mg_jerr_t *e, const char *path, const json_error_t *jerr)
 {
     char line[2048];
     if (jerr->line > 0)
         snprintf(line, sizeof(line), "%s:%d:%d: %s", path, jerr->line, jerr->column, jerr->text);
     else
         snprintf(line, sizeof(line), "%s: %s", path, jerr->text);
-    append_text(e, line);
+    mg_jerr_text(e, line);
 }
 
 mg_err_t mg_conf_load(const char *path, mg_conf_t *c, char **errors)
 {
-    ectx_t e = {.source = path};
+    mg_jerr_t e = {.source = path, .quote_max = QUOTE_MAX};
     json_error_t jerr;
     mg_conf_t tmp;
     char *dir = NULL;
@@ -970,7 +801,7 @@ typedef struct flags {
     bool help, version;
 } flags_t;
 
-static void scan_args(ectx_t *e, int argc, char **argv, flags_t *f)
+static void scan_args(mg_jerr_t *e, int argc, char **argv, flags_t *f)
 {
     char q[300];
     optind = 0; /* glibc: 0 re-initialises getopt completely, so this can run more than once */
@@ -1048,7 +879,7 @@ static void scan_args(ectx_t *e, int argc, char **argv, flags_t *f)
         flagf(e, ESC(q, argv[i]), "unexpected argument (flags take their value as --flag VALUE)");
 }
 
-static void check_addr(ectx_t *e, const char *flag, const char *addr)
+static void check_addr(mg_jerr_t *e, const char *flag, const char *addr)
 {
     char host[256], q[300];
     unsigned port;
@@ -1058,7 +889,7 @@ static void check_addr(ectx_t *e, const char *flag, const char *addr)
 }
 
 /* Applies the flags over |c|: each flag replaces the setting of the file. */
-static void apply_flags(ectx_t *e, const flags_t *f, mg_conf_t *c)
+static void apply_flags(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
 {
     char q[300];
     if (f->listen_set) {
@@ -1163,7 +994,7 @@ static void apply_flags(ectx_t *e, const flags_t *f, mg_conf_t *c)
  * Checks that need the merged result. |f| tells where a value came from, so the message points
  * at the flag or at the key of the file that set it.
  */
-static void check_merged(ectx_t *e, const flags_t *f, mg_conf_t *c)
+static void check_merged(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
 {
     const char *file = f->config;
     char q[300];
@@ -1220,7 +1051,7 @@ static void check_merged(ectx_t *e, const flags_t *f, mg_conf_t *c)
 }
 
 /* --check-config: build the routing snapshot the gateway would start with, then drop it. */
-static void check_routes(ectx_t *e, const mg_conf_t *c)
+static void check_routes(mg_jerr_t *e, const mg_conf_t *c)
 {
     char *rerr = NULL;
     mg_routes_t *r = NULL;
@@ -1231,7 +1062,7 @@ static void check_routes(ectx_t *e, const mg_conf_t *c)
     else
         return;
     if (r == NULL)
-        append_text(e, rerr != NULL ? rerr : "routing document: out of memory");
+        mg_jerr_text(e, rerr != NULL ? rerr : "routing document: out of memory");
     mg_routes_unref(r);
     free(rerr);
 }
@@ -1239,7 +1070,7 @@ static void check_routes(ectx_t *e, const mg_conf_t *c)
 mg_err_t mg_conf_from_args(int argc, char **argv, mg_conf_t *c, mg_conf_action_t *action,
                            char **errors)
 {
-    ectx_t e = {.source = "modelgate"};
+    mg_jerr_t e = {.source = "modelgate", .quote_max = QUOTE_MAX};
     flags_t f = {0};
     if (errors != NULL)
         *errors = NULL;
@@ -1256,7 +1087,7 @@ mg_err_t mg_conf_from_args(int argc, char **argv, mg_conf_t *c, mg_conf_action_t
     if (f.config != NULL) {
         char *ferr = NULL;
         if (mg_conf_load(f.config, c, &ferr) != MG_OK) {
-            append_text(&e, ferr != NULL ? ferr : "out of memory");
+            mg_jerr_text(&e, ferr != NULL ? ferr : "out of memory");
             file_ok = false;
         }
         free(ferr);

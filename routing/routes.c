@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "canary/split.h"
+#include "common/jsonerr.h"
 #include "common/stats.h"
 #include "routing/balance.h"
 #include "routing/host.h"
@@ -47,176 +48,14 @@
 static const char *const default_envs[] = {"development", "staging", "sandbox", "production"};
 
 /* ------------------------------------------------------------------------------------------ */
-/* Error collection: "SOURCE: json.path: problem" lines, all of them, in document order.       */
+/* Errors: common/jsonerr.h, with these additions                                               */
 
-typedef struct ectx {
-    const char *source;
-    char *buf; /* '\n'-separated lines, no trailing newline */
-    size_t len, cap;
-    size_t count;
-    bool nomem; /* an allocation failed: the result is "out of memory", whatever else happened */
-    char path[512];
-    size_t plen; /* strlen(path), always */
-} ectx_t;
-
-static void buf_append(ectx_t *e, const char *s, size_t n)
-{
-    if (e->nomem)
-        return;
-    if (e->len + n + 1 > e->cap) {
-        size_t ncap = e->cap ? e->cap : 256;
-        while (ncap < e->len + n + 1)
-            ncap *= 2;
-        char *nb = realloc(e->buf, ncap);
-        if (nb == NULL) {
-            e->nomem = true;
-            return;
-        }
-        e->buf = nb;
-        e->cap = ncap;
-    }
-    memcpy(e->buf + e->len, s, n);
-    e->len += n;
-    e->buf[e->len] = '\0';
-}
-
-static void errf(ectx_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void errf(ectx_t *e, const char *fmt, ...)
-{
-    char msg[1024], line[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    int n = e->plen > 0 ? snprintf(line, sizeof(line), "%s: %s: %s", e->source, e->path, msg)
-                        : snprintf(line, sizeof(line), "%s: %s", e->source, msg);
-    if (n < 0)
-        return;
-    if ((size_t)n >= sizeof(line))
-        n = (int)sizeof(line) - 1;
-    e->count++;
-    if (e->len > 0)
-        buf_append(e, "\n", 1);
-    buf_append(e, line, (size_t)n);
-}
-
-static void nomem(ectx_t *e)
+static void nomem(mg_jerr_t *e)
 {
     e->nomem = true;
 }
 
-/*
- * Copies |s| into |dst| with control characters, quotes and backslashes escaped, cut at
- * |max| input bytes with "...": values come from operators' files (and fuzzers) and end up on
- * terminals.
- */
-static const char *esc(char *dst, size_t cap, const char *s, size_t max)
-{
-    size_t o = 0, i = 0;
-    for (; s[i] != '\0' && i < max && o + 5 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == 0x7f) {
-            o += (size_t)snprintf(dst + o, cap - o, "\\x%02x", c);
-        } else if (c == '"' || c == '\\') {
-            dst[o++] = '\\';
-            dst[o++] = (char)c;
-        } else {
-            dst[o++] = (char)c;
-        }
-    }
-    if (s[i] != '\0' && o + 4 <= cap) {
-        memcpy(dst + o, "...", 3);
-        o += 3;
-    }
-    dst[o] = '\0';
-    return dst;
-}
-
-#define ESC(buf, s) esc((buf), sizeof(buf), (s), 80)
-
-static void path_set(ectx_t *e, size_t len)
-{
-    e->plen = len;
-    e->path[len] = '\0';
-}
-
-/* Appends ".key" (or "key" at the root) to the path; returns the length to restore. */
-static size_t path_key(ectx_t *e, const char *key)
-{
-    size_t old = e->plen;
-    char k[160];
-    esc(k, sizeof(k), key, 64);
-    int n = snprintf(e->path + e->plen, sizeof(e->path) - e->plen, "%s%s", old ? "." : "", k);
-    if (n > 0)
-        e->plen +=
-            (size_t)n < sizeof(e->path) - e->plen ? (size_t)n : sizeof(e->path) - e->plen - 1;
-    return old;
-}
-
-static size_t path_index(ectx_t *e, size_t i)
-{
-    size_t old = e->plen;
-    int n = snprintf(e->path + e->plen, sizeof(e->path) - e->plen, "[%zu]", i);
-    if (n > 0)
-        e->plen +=
-            (size_t)n < sizeof(e->path) - e->plen ? (size_t)n : sizeof(e->path) - e->plen - 1;
-    return old;
-}
-
-static const char *describe(const json_t *v, char *out, size_t cap)
-{
-    char s[200];
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        snprintf(out, cap, "string \"%s\"", ESC(s, json_string_value(v)));
-        return out;
-    case JSON_INTEGER:
-        snprintf(out, cap, "number %" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return out;
-    case JSON_REAL:
-        snprintf(out, cap, "number %g", json_real_value(v));
-        return out;
-    case JSON_TRUE:
-        return "true";
-    case JSON_FALSE:
-        return "false";
-    case JSON_NULL:
-        return "null";
-    }
-    return "?";
-}
-
-static void type_error(ectx_t *e, const json_t *v, const char *expected)
-{
-    char d[256];
-    errf(e, "wrong type (got %s; expected %s)", describe(v, d, sizeof(d)), expected);
-}
-
-/* Reports every key of |obj| that is not in the NULL-terminated |keys|, listing the valid ones. */
-static void check_keys(ectx_t *e, const json_t *obj, const char *const *keys)
-{
-    char valid[256] = "";
-    size_t o = 0;
-    for (size_t i = 0; keys[i] != NULL; i++)
-        o += (size_t)snprintf(valid + o, sizeof(valid) - o, "%s%s", i ? ", " : "", keys[i]);
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)obj, k, v)
-    {
-        size_t i = 0;
-        while (keys[i] != NULL && strcmp(keys[i], k) != 0)
-            i++;
-        if (keys[i] == NULL) {
-            size_t old = path_key(e, k);
-            errf(e, "unknown key (valid keys: %s)", valid);
-            path_set(e, old);
-        }
-    }
-}
+#define ESC(buf, s) mg_jerr_esc((buf), sizeof(buf), (s), 80)
 
 /* ------------------------------------------------------------------------------------------ */
 /* Snapshot memory                                                                              */
@@ -281,7 +120,7 @@ static mg_routes_t *routes_new(void)
 }
 
 /* Hands the collected errors to the caller (or drops them) and returns NULL for chaining. */
-static mg_routes_t *fail_with(ectx_t *e, mg_routes_t *r, char **errors)
+static mg_routes_t *fail_with(mg_jerr_t *e, mg_routes_t *r, char **errors)
 {
     routes_free(r);
     if (e->nomem) {
@@ -292,7 +131,7 @@ static mg_routes_t *fail_with(ectx_t *e, mg_routes_t *r, char **errors)
         e->count = 0;
         e->plen = 0;
         e->path[0] = '\0';
-        errf(e, "out of memory while loading the routing document");
+        mg_jerr_f(e, "out of memory while loading the routing document");
     }
     if (errors != NULL)
         *errors = e->buf; /* may be NULL if even that allocation failed */
@@ -354,13 +193,13 @@ static const mg_route_t *route_find(const mg_routes_t *r, const char *app, size_
  * Checks the address |s| and resolves it into |pod| (name copied). Errors name the address; the
  * caller has set the path. Returns false on any problem (already reported).
  */
-static bool parse_pod(ectx_t *e, const char *s, mg_pod_t *pod)
+static bool parse_pod(mg_jerr_t *e, const char *s, mg_pod_t *pod)
 {
     char host[256], q[200];
     unsigned port;
     const char *why;
     if (mg_host_split_port(s, host, sizeof(host), &port, &why) != MG_OK) {
-        errf(e, "invalid address \"%s\" (%s)", ESC(q, s), why);
+        mg_jerr_f(e, "invalid address \"%s\" (%s)", ESC(q, s), why);
         return false;
     }
     memset(&pod->addr, 0, sizeof(pod->addr));
@@ -384,8 +223,9 @@ static bool parse_pod(ectx_t *e, const char *s, mg_pod_t *pod)
         snprintf(ps, sizeof(ps), "%u", port);
         int rc = getaddrinfo(host, ps, &hints, &ai);
         if (rc != 0 || ai == NULL || ai->ai_addrlen > sizeof(pod->addr)) {
-            errf(e, "cannot resolve \"%s\" (%s; expected a resolvable host name or an IP address)",
-                 ESC(q, s), rc != 0 ? gai_strerror(rc) : "no address");
+            mg_jerr_f(
+                e, "cannot resolve \"%s\" (%s; expected a resolvable host name or an IP address)",
+                ESC(q, s), rc != 0 ? gai_strerror(rc) : "no address");
             if (ai != NULL)
                 freeaddrinfo(ai);
             return false;
@@ -402,13 +242,13 @@ static bool parse_pod(ectx_t *e, const char *s, mg_pod_t *pod)
 }
 
 /* Reports pods[i] when it repeats an earlier pod: a duplicate would silently double its share. */
-static bool pod_is_duplicate(ectx_t *e, const mg_service_t *svc, size_t i)
+static bool pod_is_duplicate(mg_jerr_t *e, const mg_service_t *svc, size_t i)
 {
     char q[200];
     for (size_t j = 0; j < i; j++)
         if (svc->pods[j].name != NULL && strcmp(svc->pods[j].name, svc->pods[i].name) == 0) {
-            errf(e, "duplicate pod \"%s\" (same as pods[%zu]; expected each pod once)",
-                 ESC(q, svc->pods[i].name), j);
+            mg_jerr_f(e, "duplicate pod \"%s\" (same as pods[%zu]; expected each pod once)",
+                      ESC(q, svc->pods[i].name), j);
             return true;
         }
     return false;
@@ -430,25 +270,25 @@ static bool is_lower_name(const char *s, bool *upper)
     return !*upper;
 }
 
-static void parse_domain(ectx_t *e, const json_t *doc, mg_routes_t *r)
+static void parse_domain(mg_jerr_t *e, const json_t *doc, mg_routes_t *r)
 {
     const json_t *v = json_object_get(doc, "domain");
-    size_t old = path_key(e, "domain");
+    size_t old = mg_jerr_key(e, "domain");
     char q[200];
     if (v == NULL) {
-        errf(e, "missing (expected the domain that hosts are under, e.g. \"example.com\")");
+        mg_jerr_f(e, "missing (expected the domain that hosts are under, e.g. \"example.com\")");
     } else if (!json_is_string(v)) {
-        type_error(e, v, "string, a domain name such as \"example.com\"");
+        mg_jerr_type(e, v, "string, a domain name such as \"example.com\"");
     } else {
         const char *s = json_string_value(v);
         size_t n = strlen(s);
         if (n == 0) {
-            errf(e, "empty (expected a domain name such as \"example.com\")");
+            mg_jerr_f(e, "empty (expected a domain name such as \"example.com\")");
         } else if (!mg_host_is_valid_name(s, n)) {
-            errf(e,
-                 "invalid domain \"%s\" (expected dot-separated labels of letters, digits "
-                 "and '-', such as \"example.com\")",
-                 ESC(q, s));
+            mg_jerr_f(e,
+                      "invalid domain \"%s\" (expected dot-separated labels of letters, digits "
+                      "and '-', such as \"example.com\")",
+                      ESC(q, s));
         } else if ((r->domain = strdup(s)) == NULL) {
             nomem(e);
         } else {
@@ -460,36 +300,36 @@ static void parse_domain(ectx_t *e, const json_t *doc, mg_routes_t *r)
                 r->domain[n - 1] = '\0';
         }
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
 /* Returns true when r->envs is usable for checking routes. */
-static bool parse_envs(ectx_t *e, const json_t *doc, mg_routes_t *r)
+static bool parse_envs(mg_jerr_t *e, const json_t *doc, mg_routes_t *r)
 {
     const json_t *v = json_object_get(doc, "envs");
     size_t n = v == NULL ? sizeof(default_envs) / sizeof(default_envs[0]) : 0;
     bool ok = true;
-    size_t old = path_key(e, "envs");
+    size_t old = mg_jerr_key(e, "envs");
     char q[200];
     if (v != NULL) {
         if (!json_is_array(v)) {
-            type_error(e, v, "array of env names, e.g. [\"staging\", \"production\"]");
+            mg_jerr_type(e, v, "array of env names, e.g. [\"staging\", \"production\"]");
             ok = false;
         } else if ((n = json_array_size(v)) == 0) {
-            errf(e, "empty (expected at least one env, e.g. [\"production\"])");
+            mg_jerr_f(e, "empty (expected at least one env, e.g. [\"production\"])");
             ok = false;
         } else if (n > MAX_ENVS) {
-            errf(e, "too many envs (got %zu; expected at most %d)", n, MAX_ENVS);
+            mg_jerr_f(e, "too many envs (got %zu; expected at most %d)", n, MAX_ENVS);
             ok = false;
         }
     }
     if (!ok) {
-        path_set(e, old);
+        mg_jerr_pop(e, old);
         return false;
     }
     if ((r->envs = calloc(n, sizeof(*r->envs))) == NULL) {
         nomem(e);
-        path_set(e, old);
+        mg_jerr_pop(e, old);
         return false;
     }
     r->nenvs = n;
@@ -497,30 +337,30 @@ static bool parse_envs(ectx_t *e, const json_t *doc, mg_routes_t *r)
         const char *s = default_envs[i < 4 ? i : 0];
         if (v != NULL) {
             const json_t *ev = json_array_get(v, i);
-            size_t o2 = path_index(e, i);
+            size_t o2 = mg_jerr_index(e, i);
             bool upper, good = false;
             if (!json_is_string(ev)) {
-                type_error(e, ev, "string");
+                mg_jerr_type(e, ev, "string");
             } else if (*(s = json_string_value(ev)) == '\0') {
-                errf(e, "empty env name (expected lowercase letters, digits and '-')");
+                mg_jerr_f(e, "empty env name (expected lowercase letters, digits and '-')");
             } else if (!is_lower_name(s, &upper)) {
-                errf(e, "invalid env \"%s\" (expected %s)", ESC(q, s),
-                     upper ? "lowercase: hosts are matched lowercased"
-                           : "lowercase letters, digits and '-' only");
+                mg_jerr_f(e, "invalid env \"%s\" (expected %s)", ESC(q, s),
+                          upper ? "lowercase: hosts are matched lowercased"
+                                : "lowercase letters, digits and '-' only");
             } else if (strlen(s) > MAX_LABEL - 2) {
-                errf(e, "env \"%s\" too long (expected at most %d bytes)", ESC(q, s),
-                     MAX_LABEL - 2);
+                mg_jerr_f(e, "env \"%s\" too long (expected at most %d bytes)", ESC(q, s),
+                          MAX_LABEL - 2);
             } else {
                 good = true;
                 for (size_t j = 0; j < i; j++)
                     if (r->envs[j] != NULL && strcmp(r->envs[j], s) == 0) {
-                        errf(e, "duplicate env \"%s\" (same as envs[%zu]; expected each once)",
-                             ESC(q, s), j);
+                        mg_jerr_f(e, "duplicate env \"%s\" (same as envs[%zu]; expected each once)",
+                                  ESC(q, s), j);
                         good = false;
                         break;
                     }
             }
-            path_set(e, o2);
+            mg_jerr_pop(e, o2);
             if (!good) {
                 ok = false;
                 continue;
@@ -531,7 +371,7 @@ static bool parse_envs(ectx_t *e, const json_t *doc, mg_routes_t *r)
             ok = false;
         }
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
     return ok;
 }
 
@@ -549,21 +389,23 @@ static bool is_service_name(const char *s)
 
 /* ---------- optional values: absent keeps the default; a wrong one is reported ---------- */
 
-static void opt_uint(ectx_t *e, const json_t *obj, const char *key, uint64_t lo, uint64_t hi,
+static void opt_uint(mg_jerr_t *e, const json_t *obj, const char *key, uint64_t lo, uint64_t hi,
                      const char *meaning, uint64_t *out)
 {
     const json_t *v = json_object_get(obj, key);
     if (v == NULL)
         return;
-    size_t old = path_key(e, key);
+    size_t old = mg_jerr_key(e, key);
     if (!json_is_integer(v))
-        errf(e, "wrong type (expected an integer %" PRIu64 "-%" PRIu64 ", %s)", lo, hi, meaning);
+        mg_jerr_f(e, "wrong type (expected an integer %" PRIu64 "-%" PRIu64 ", %s)", lo, hi,
+                  meaning);
     else if (json_integer_value(v) < (json_int_t)lo || (uint64_t)json_integer_value(v) > hi)
-        errf(e, "out of range (got %" JSON_INTEGER_FORMAT "; expected %" PRIu64 "-%" PRIu64 ", %s)",
-             json_integer_value(v), lo, hi, meaning);
+        mg_jerr_f(
+            e, "out of range (got %" JSON_INTEGER_FORMAT "; expected %" PRIu64 "-%" PRIu64 ", %s)",
+            json_integer_value(v), lo, hi, meaning);
     else
         *out = (uint64_t)json_integer_value(v);
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
 #define OPT_U32(e, obj, key, lo, hi, meaning, field)                                           \
@@ -573,25 +415,12 @@ static void opt_uint(ectx_t *e, const json_t *obj, const char *key, uint64_t lo,
         (field) = (__typeof__(field))_v;                                                       \
     } while (0)
 
-static void opt_bool(ectx_t *e, const json_t *obj, const char *key, bool *out)
-{
-    const json_t *v = json_object_get(obj, key);
-    if (v == NULL)
-        return;
-    size_t old = path_key(e, key);
-    if (!json_is_boolean(v))
-        type_error(e, v, "true or false");
-    else
-        *out = json_is_true(v);
-    path_set(e, old);
-}
-
 /* A header name (token characters), stored lowercase. */
-static bool header_name(ectx_t *e, const json_t *v, char **out)
+static bool header_name(mg_jerr_t *e, const json_t *v, char **out)
 {
     char q[200];
     if (!json_is_string(v)) {
-        type_error(e, v, "string, a header name such as \"x-user-id\"");
+        mg_jerr_type(e, v, "string, a header name such as \"x-user-id\"");
         return false;
     }
     const char *s = json_string_value(v);
@@ -601,8 +430,9 @@ static bool header_name(ectx_t *e, const json_t *v, char **out)
         ok = strchr("!#$%&'*+-.^_`|~", s[i]) != NULL || (s[i] >= '0' && s[i] <= '9') ||
              (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z');
     if (!ok) {
-        errf(e, "invalid header name \"%s\" (expected 1-128 token characters, e.g. \"x-user-id\")",
-             ESC(q, s));
+        mg_jerr_f(
+            e, "invalid header name \"%s\" (expected 1-128 token characters, e.g. \"x-user-id\")",
+            ESC(q, s));
         return false;
     }
     if ((*out = strdup(s)) == NULL) {
@@ -616,20 +446,20 @@ static bool header_name(ectx_t *e, const json_t *v, char **out)
 }
 
 /* An object-valued key: NULL when absent; reported when not an object. */
-static const json_t *opt_object(ectx_t *e, const json_t *obj, const char *key,
+static const json_t *opt_object(mg_jerr_t *e, const json_t *obj, const char *key,
                                 const char *const *keys)
 {
     const json_t *v = json_object_get(obj, key);
     if (v == NULL || json_is_null(v))
         return NULL;
-    size_t old = path_key(e, key);
+    size_t old = mg_jerr_key(e, key);
     if (!json_is_object(v)) {
-        type_error(e, v, "object");
+        mg_jerr_type(e, v, "object");
         v = NULL;
     } else {
-        check_keys(e, v, keys);
+        mg_jerr_keys(e, v, keys);
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
     return v;
 }
 
@@ -644,15 +474,16 @@ static bool printable_token(const char *s)
 
 /* ---------- services ---------- */
 
-static void parse_pods(ectx_t *e, const json_t *pods, mg_service_t *svc)
+static void parse_pods(mg_jerr_t *e, const json_t *pods, mg_service_t *svc)
 {
     static const char *const keys[] = {"address", "weight", NULL};
-    size_t old = path_key(e, "pods");
+    size_t old = mg_jerr_key(e, "pods");
     size_t n = 0;
     if (!json_is_array(pods)) {
-        type_error(e, pods, "array of \"host:port\" strings or {address, weight} objects");
+        mg_jerr_type(e, pods, "array of \"host:port\" strings or {address, weight} objects");
     } else if ((n = json_array_size(pods)) == 0 || n > MAX_PODS) {
-        errf(e, "%s (got %zu pods; expected 1-%d)", n ? "too many pods" : "no pods", n, MAX_PODS);
+        mg_jerr_f(e, "%s (got %zu pods; expected 1-%d)", n ? "too many pods" : "no pods", n,
+                  MAX_PODS);
         n = 0;
     }
     if (n > 0 && (svc->pods = calloc(n, sizeof(*svc->pods))) == NULL) {
@@ -662,86 +493,87 @@ static void parse_pods(ectx_t *e, const json_t *pods, mg_service_t *svc)
     svc->npods = n;
     for (size_t i = 0; i < n; i++) {
         const json_t *pod = json_array_get(pods, i);
-        size_t o2 = path_index(e, i);
+        size_t o2 = mg_jerr_index(e, i);
         const json_t *addr = pod;
         svc->pods[i].weight = 1;
         if (json_is_object(pod)) {
-            check_keys(e, pod, keys);
+            mg_jerr_keys(e, pod, keys);
             addr = json_object_get(pod, "address");
             OPT_U32(e, pod, "weight", 0, MG_BALANCE_MAX_WEIGHT, "0 = drained", svc->pods[i].weight);
             if (addr == NULL) {
-                path_key(e, "address");
-                errf(e, "missing (expected \"host:port\")");
+                mg_jerr_key(e, "address");
+                mg_jerr_f(e, "missing (expected \"host:port\")");
             } else {
-                path_key(e, "address");
+                mg_jerr_key(e, "address");
             }
         }
         if (addr != NULL) {
             if (!json_is_string(addr))
-                type_error(e, addr, "string \"host:port\" or {address, weight}");
+                mg_jerr_type(e, addr, "string \"host:port\" or {address, weight}");
             else if (parse_pod(e, json_string_value(addr), &svc->pods[i]))
                 pod_is_duplicate(e, svc, i);
         }
-        path_set(e, o2);
+        mg_jerr_pop(e, o2);
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
-static void parse_dns(ectx_t *e, const json_t *v, mg_service_t *svc)
+static void parse_dns(mg_jerr_t *e, const json_t *v, mg_service_t *svc)
 {
     static const char *const keys[] = {"name", "port", "interval_ms", NULL};
-    size_t old = path_key(e, "dns");
+    size_t old = mg_jerr_key(e, "dns");
     char q[200];
     if (!json_is_object(v)) {
-        type_error(e, v, "object with keys name, port, interval_ms");
-        path_set(e, old);
+        mg_jerr_type(e, v, "object with keys name, port, interval_ms");
+        mg_jerr_pop(e, old);
         return;
     }
-    check_keys(e, v, keys);
+    mg_jerr_keys(e, v, keys);
     const json_t *name = json_object_get(v, "name");
-    size_t o2 = path_key(e, "name");
+    size_t o2 = mg_jerr_key(e, "name");
     if (name == NULL)
-        errf(e, "missing (expected the DNS name whose A records are the pods)");
+        mg_jerr_f(e, "missing (expected the DNS name whose A records are the pods)");
     else if (!json_is_string(name))
-        type_error(e, name, "string, a DNS name");
+        mg_jerr_type(e, name, "string, a DNS name");
     else if (!mg_host_is_valid_name(json_string_value(name), strlen(json_string_value(name))))
-        errf(e, "invalid DNS name \"%s\"", ESC(q, json_string_value(name)));
+        mg_jerr_f(e, "invalid DNS name \"%s\"", ESC(q, json_string_value(name)));
     else if ((svc->dns_name = strdup(json_string_value(name))) == NULL)
         nomem(e);
-    path_set(e, o2);
+    mg_jerr_pop(e, o2);
     uint64_t port = 0;
     if (json_object_get(v, "port") == NULL) {
-        path_key(e, "port");
-        errf(e, "missing (expected the pods' port, 1-65535)");
-        path_set(e, o2);
+        mg_jerr_key(e, "port");
+        mg_jerr_f(e, "missing (expected the pods' port, 1-65535)");
+        mg_jerr_pop(e, o2);
     }
     opt_uint(e, v, "port", 1, 65535, "the pods' port", &port);
     svc->dns_port = (uint16_t)port;
     svc->dns_interval_ms = 5000;
     OPT_U32(e, v, "interval_ms", 100, 3600000, "how often the name is resolved again",
             svc->dns_interval_ms);
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
-static void parse_policy(ectx_t *e, const json_t *v, mg_service_t *svc)
+static void parse_policy(mg_jerr_t *e, const json_t *v, mg_service_t *svc)
 {
     char q[200];
     const json_t *p = json_object_get(v, "policy");
-    size_t old = path_key(e, "policy");
+    size_t old = mg_jerr_key(e, "policy");
     mg_balance_policy_t pol = MG_BALANCE_LEAST_REQUEST;
     if (p != NULL) {
         if (!json_is_string(p))
-            type_error(e, p, "string: least_request, round_robin or consistent_hash");
+            mg_jerr_type(e, p, "string: least_request, round_robin or consistent_hash");
         else if (!mg_balance_policy_parse(json_string_value(p), &pol))
-            errf(e, "unknown policy \"%s\" (expected least_request, round_robin or "
-                    "consistent_hash)",
-                 ESC(q, json_string_value(p)));
+            mg_jerr_f(e,
+                      "unknown policy \"%s\" (expected least_request, round_robin or "
+                      "consistent_hash)",
+                      ESC(q, json_string_value(p)));
     }
     svc->policy = (int)pol;
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 
     const json_t *k = json_object_get(v, "hash_key");
-    old = path_key(e, "hash_key");
+    old = mg_jerr_key(e, "hash_key");
     if (k != NULL) {
         const char *ks = json_is_string(k) ? json_string_value(k) : NULL;
         if (ks != NULL && strcmp(ks, "client_ip") == 0) {
@@ -755,21 +587,21 @@ static void parse_policy(ectx_t *e, const json_t *v, mg_service_t *svc)
             json_decref(h);
             svc->hash_on = MG_HASH_HEADER;
         } else {
-            errf(e, "invalid hash key %s%s%s (expected \"header:NAME\" or \"client_ip\")",
-                 ks ? "\"" : "", ks ? ESC(q, ks) : "(not a string)", ks ? "\"" : "");
+            mg_jerr_f(e, "invalid hash key %s%s%s (expected \"header:NAME\" or \"client_ip\")",
+                      ks ? "\"" : "", ks ? ESC(q, ks) : "(not a string)", ks ? "\"" : "");
         }
         if (pol != MG_BALANCE_CONSISTENT_HASH)
-            errf(e, "hash_key is only used by policy consistent_hash (policy is %s)",
-                 mg_balance_policy_name(pol));
+            mg_jerr_f(e, "hash_key is only used by policy consistent_hash (policy is %s)",
+                      mg_balance_policy_name(pol));
     } else if (pol == MG_BALANCE_CONSISTENT_HASH) {
-        errf(e, "missing (policy consistent_hash needs \"header:NAME\" or \"client_ip\")");
+        mg_jerr_f(e, "missing (policy consistent_hash needs \"header:NAME\" or \"client_ip\")");
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
     OPT_U32(e, v, "slow_start_ms", 0, 3600000, "ramp-up window of a pod that became usable",
             svc->slow_start_ms);
 }
 
-static void parse_resilience(ectx_t *e, const json_t *v, mg_service_t *svc)
+static void parse_resilience(mg_jerr_t *e, const json_t *v, mg_service_t *svc)
 {
     static const char *const hc_keys[] = {"path", "interval_ms", "timeout_ms",
                                           "healthy_threshold", "unhealthy_threshold", NULL};
@@ -782,41 +614,43 @@ static void parse_resilience(ectx_t *e, const json_t *v, mg_service_t *svc)
     char q[200];
     const json_t *hc = opt_object(e, v, "health_check", hc_keys);
     if (hc != NULL) {
-        size_t old = path_key(e, "health_check");
+        size_t old = mg_jerr_key(e, "health_check");
         const json_t *p = json_object_get(hc, "path");
-        size_t o2 = path_key(e, "path");
+        size_t o2 = mg_jerr_key(e, "path");
         if (p == NULL)
-            errf(e, "missing (expected the path to GET, e.g. \"/readyz\")");
+            mg_jerr_f(e, "missing (expected the path to GET, e.g. \"/readyz\")");
         else if (!json_is_string(p) || json_string_value(p)[0] != '/' ||
                  !printable_token(json_string_value(p)))
-            errf(e, "invalid path (expected a string starting with '/', printable ASCII without "
-                    "spaces, e.g. \"/readyz\")");
+            mg_jerr_f(e,
+                      "invalid path (expected a string starting with '/', printable ASCII without "
+                      "spaces, e.g. \"/readyz\")");
         else if ((svc->health.path = strdup(json_string_value(p))) == NULL)
             nomem(e);
-        path_set(e, o2);
+        mg_jerr_pop(e, o2);
         OPT_U32(e, hc, "interval_ms", 100, 3600000, "time between checks", svc->health.interval_ms);
         OPT_U32(e, hc, "timeout_ms", 10, 600000, "limit of one check", svc->health.timeout_ms);
         OPT_U32(e, hc, "healthy_threshold", 1, 100, "passes in a row to become healthy",
                 svc->health.healthy_threshold);
         OPT_U32(e, hc, "unhealthy_threshold", 1, 100, "failures in a row to become unhealthy",
                 svc->health.unhealthy_threshold);
-        path_set(e, old);
+        mg_jerr_pop(e, old);
     }
     const json_t *mv = json_object_get(v, "model_version");
     if (mv != NULL) {
-        size_t old = path_key(e, "model_version");
+        size_t old = mg_jerr_key(e, "model_version");
         if (!json_is_string(mv) || json_string_value(mv)[0] == '\0')
-            type_error(e, mv, "non-empty string, the version pods must report in /v1/status");
+            mg_jerr_type(e, mv, "non-empty string, the version pods must report in /v1/status");
         else if ((svc->model_version = strdup(json_string_value(mv))) == NULL)
             nomem(e);
         else if (hc == NULL)
-            errf(e, "model_version needs health_check (pods' versions are read by the checks)");
-        path_set(e, old);
+            mg_jerr_f(e,
+                      "model_version needs health_check (pods' versions are read by the checks)");
+        mg_jerr_pop(e, old);
     }
 
     const json_t *od = opt_object(e, v, "outlier", out_keys);
     if (od != NULL) {
-        size_t old = path_key(e, "outlier");
+        size_t old = mg_jerr_key(e, "outlier");
         OPT_U32(e, od, "consecutive_failures", 0, 1000, "0 = passive ejection off",
                 svc->outlier.consecutive_failures);
         OPT_U32(e, od, "base_ejection_ms", 100, 3600000, "first ejection's length",
@@ -825,12 +659,12 @@ static void parse_resilience(ectx_t *e, const json_t *v, mg_service_t *svc)
                 svc->outlier.max_ejection_ms);
         OPT_U32(e, od, "max_ejected_percent", 0, 100, "share of pods ejected at once",
                 svc->outlier.max_ejected_percent);
-        path_set(e, old);
+        mg_jerr_pop(e, old);
     }
 
     const json_t *rt = opt_object(e, v, "retry", retry_keys);
     if (rt != NULL) {
-        size_t old = path_key(e, "retry");
+        size_t old = mg_jerr_key(e, "retry");
         OPT_U32(e, rt, "attempts", 0, 10, "retries on other pods after the first attempt",
                 svc->retry.attempts);
         OPT_U32(e, rt, "budget_percent", 0, 100, "retries as a share of live requests",
@@ -839,10 +673,10 @@ static void parse_resilience(ectx_t *e, const json_t *v, mg_service_t *svc)
                 svc->retry.min_per_second);
         const json_t *on = json_object_get(rt, "on");
         if (on != NULL) {
-            size_t o2 = path_key(e, "on");
+            size_t o2 = mg_jerr_key(e, "on");
             svc->retry.on_5xx = svc->retry.on_reset = false;
             if (!json_is_array(on)) {
-                type_error(e, on, "array of \"5xx\" and \"reset\"");
+                mg_jerr_type(e, on, "array of \"5xx\" and \"reset\"");
             } else {
                 for (size_t i = 0; i < json_array_size(on); i++) {
                     const json_t *c = json_array_get(on, i);
@@ -852,29 +686,30 @@ static void parse_resilience(ectx_t *e, const json_t *v, mg_service_t *svc)
                     else if (strcmp(cs, "reset") == 0)
                         svc->retry.on_reset = true;
                     else {
-                        size_t o3 = path_index(e, i);
-                        errf(e, "unknown retry condition %s%s%s (expected \"5xx\" or \"reset\"; "
-                                "connect failures are always retried)",
-                             json_is_string(c) ? "\"" : "",
-                             json_is_string(c) ? ESC(q, cs) : "(not a string)",
-                             json_is_string(c) ? "\"" : "");
-                        path_set(e, o3);
+                        size_t o3 = mg_jerr_index(e, i);
+                        mg_jerr_f(e,
+                                  "unknown retry condition %s%s%s (expected \"5xx\" or \"reset\"; "
+                                  "connect failures are always retried)",
+                                  json_is_string(c) ? "\"" : "",
+                                  json_is_string(c) ? ESC(q, cs) : "(not a string)",
+                                  json_is_string(c) ? "\"" : "");
+                        mg_jerr_pop(e, o3);
                     }
                 }
             }
-            path_set(e, o2);
+            mg_jerr_pop(e, o2);
         }
-        path_set(e, old);
+        mg_jerr_pop(e, old);
     }
 
     const json_t *lim = opt_object(e, v, "limits", limit_keys);
     if (lim != NULL) {
-        size_t old = path_key(e, "limits");
+        size_t old = mg_jerr_key(e, "limits");
         OPT_U32(e, lim, "max_requests_per_pod", 0, 1000000, "0 = unlimited",
                 svc->max_requests_per_pod);
         OPT_U32(e, lim, "max_pending_per_pod", 0, 1000000, "0 = unlimited",
                 svc->max_pending_per_pod);
-        path_set(e, old);
+        mg_jerr_pop(e, old);
     }
 }
 
@@ -888,7 +723,7 @@ static void service_defaults(mg_service_t *svc)
     svc->retry = (mg_retry_conf_t){1, 20, 10, true, true};
 }
 
-static void parse_service(ectx_t *e, const char *name, const json_t *v, mg_service_t *svc)
+static void parse_service(mg_jerr_t *e, const char *name, const json_t *v, mg_service_t *svc)
 {
     static const char *const keys[] = {"protocol",     "pods",    "dns",      "policy",
                                        "hash_key",     "slow_start_ms", "health_check",
@@ -897,43 +732,43 @@ static void parse_service(ectx_t *e, const char *name, const json_t *v, mg_servi
     char q[200];
     service_defaults(svc);
     if (!is_service_name(name))
-        errf(e, "invalid service name \"%s\" (expected 1-%d letters, digits, '-' or '_')",
-             ESC(q, name), MAX_SERVICE_NAME);
+        mg_jerr_f(e, "invalid service name \"%s\" (expected 1-%d letters, digits, '-' or '_')",
+                  ESC(q, name), MAX_SERVICE_NAME);
     if ((svc->name = strdup(name)) == NULL) {
         nomem(e);
         return;
     }
     if (!json_is_object(v)) {
-        type_error(e, v, "object with keys protocol, pods");
+        mg_jerr_type(e, v, "object with keys protocol, pods");
         return;
     }
-    check_keys(e, v, keys);
+    mg_jerr_keys(e, v, keys);
 
     const json_t *pv = json_object_get(v, "protocol");
-    size_t old = path_key(e, "protocol");
+    size_t old = mg_jerr_key(e, "protocol");
     if (pv != NULL) {
         if (!json_is_string(pv))
-            type_error(e, pv, "string \"h2c\" or \"http1\"");
+            mg_jerr_type(e, pv, "string \"h2c\" or \"http1\"");
         else if (strcmp(json_string_value(pv), "h2c") == 0)
             svc->proto = MG_UP_H2C;
         else if (strcmp(json_string_value(pv), "http1") == 0)
             svc->proto = MG_UP_H1;
         else
-            errf(e, "unknown protocol \"%s\" (expected \"h2c\" or \"http1\")",
-                 ESC(q, json_string_value(pv)));
+            mg_jerr_f(e, "unknown protocol \"%s\" (expected \"h2c\" or \"http1\")",
+                      ESC(q, json_string_value(pv)));
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 
     const json_t *pods = json_object_get(v, "pods"), *dns = json_object_get(v, "dns");
     if (pods != NULL && dns != NULL) {
-        errf(e, "both pods and dns given (expected one: a static list or a DNS name)");
+        mg_jerr_f(e, "both pods and dns given (expected one: a static list or a DNS name)");
     } else if (dns != NULL) {
         parse_dns(e, dns, svc);
     } else if (pods == NULL) {
-        old = path_key(e, "pods");
-        errf(e, "missing (expected an array of 1-%d \"host:port\" strings, or a dns object)",
-             MAX_PODS);
-        path_set(e, old);
+        old = mg_jerr_key(e, "pods");
+        mg_jerr_f(e, "missing (expected an array of 1-%d \"host:port\" strings, or a dns object)",
+                  MAX_PODS);
+        mg_jerr_pop(e, old);
     } else {
         parse_pods(e, pods, svc);
     }
@@ -943,15 +778,15 @@ static void parse_service(ectx_t *e, const char *name, const json_t *v, mg_servi
 
 /* Builds r->services; *index maps each name to its position (for route lookups). Returns true
  * when the set of service names is known, even if some services have errors. */
-static bool parse_services(ectx_t *e, const json_t *doc, mg_routes_t *r, json_t **index)
+static bool parse_services(mg_jerr_t *e, const json_t *doc, mg_routes_t *r, json_t **index)
 {
     const json_t *v = json_object_get(doc, "services");
-    size_t old = path_key(e, "services");
+    size_t old = mg_jerr_key(e, "services");
     bool ok = false;
     if (v == NULL) {
         ok = true; /* no services: every host gets 404 (or the check of default_service fails) */
     } else if (!json_is_object(v)) {
-        type_error(e, v, "object mapping service names to {protocol, pods}");
+        mg_jerr_type(e, v, "object mapping service names to {protocol, pods}");
     } else if ((*index = json_object()) == NULL ||
                (json_object_size(v) > 0 &&
                 (r->services = calloc(json_object_size(v), sizeof(*r->services))) == NULL)) {
@@ -966,14 +801,14 @@ static bool parse_services(ectx_t *e, const json_t *doc, mg_routes_t *r, json_t 
             mg_service_t *svc = &r->services[i];
             atomic_init(&svc->_rr, 0);
             r->nservices = ++i;
-            size_t o2 = path_key(e, name);
+            size_t o2 = mg_jerr_key(e, name);
             parse_service(e, name, sv, svc);
-            path_set(e, o2);
+            mg_jerr_pop(e, o2);
             if (json_object_set_new(*index, name, json_integer((json_int_t)(i - 1))) != 0)
                 nomem(e);
         }
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
     return ok;
 }
 
@@ -1003,19 +838,19 @@ static const char *list_names(char *out, size_t cap, char *const *names, size_t 
     return out;
 }
 
-static const char *get_route_string(ectx_t *e, const json_t *obj, const char *key,
+static const char *get_route_string(mg_jerr_t *e, const json_t *obj, const char *key,
                                     const char *expected)
 {
     const json_t *v = json_object_get(obj, key);
     const char *s = NULL;
-    size_t old = path_key(e, key);
+    size_t old = mg_jerr_key(e, key);
     if (v == NULL)
-        errf(e, "missing (expected %s)", expected);
+        mg_jerr_f(e, "missing (expected %s)", expected);
     else if (!json_is_string(v))
-        type_error(e, v, expected);
+        mg_jerr_type(e, v, expected);
     else
         s = json_string_value(v);
-    path_set(e, old);
+    mg_jerr_pop(e, old);
     return s;
 }
 
@@ -1026,55 +861,55 @@ typedef struct route_split {
 } route_split_t;
 
 /* "split": [{"service": "v1", "weight": 90}, {"service": "v2", "weight": 10}] */
-static bool parse_split(ectx_t *e, const json_t *v, mg_routes_t *r, bool services_ok,
+static bool parse_split(mg_jerr_t *e, const json_t *v, mg_routes_t *r, bool services_ok,
                         const json_t *index, route_split_t *out)
 {
     static const char *const keys[] = {"service", "weight", NULL};
     char q[200], list[512];
-    size_t old = path_key(e, "split");
+    size_t old = mg_jerr_key(e, "split");
     size_t n = json_is_array(v) ? json_array_size(v) : 0;
     bool ok = true;
     uint64_t total = 0;
     if (!json_is_array(v)) {
-        type_error(e, v, "array of {service, weight} objects");
+        mg_jerr_type(e, v, "array of {service, weight} objects");
         ok = false;
     } else if (n == 0 || n > MG_SPLIT_MAX_SERVICES) {
-        errf(e, "%s (got %zu; expected 1-%d services)", n ? "too many services" : "empty", n,
-             MG_SPLIT_MAX_SERVICES);
+        mg_jerr_f(e, "%s (got %zu; expected 1-%d services)", n ? "too many services" : "empty", n,
+                  MG_SPLIT_MAX_SERVICES);
         ok = false;
         n = 0;
     }
     for (size_t i = 0; i < n; i++) {
         const json_t *it = json_array_get(v, i);
-        size_t o2 = path_index(e, i);
+        size_t o2 = mg_jerr_index(e, i);
         if (!json_is_object(it)) {
-            type_error(e, it, "object {service, weight}");
+            mg_jerr_type(e, it, "object {service, weight}");
             ok = false;
-            path_set(e, o2);
+            mg_jerr_pop(e, o2);
             continue;
         }
-        check_keys(e, it, keys);
+        mg_jerr_keys(e, it, keys);
         const char *name = get_route_string(e, it, "service", "string, a key of services");
         uint64_t w = UINT64_MAX;
         if (json_object_get(it, "weight") == NULL) {
-            size_t o3 = path_key(e, "weight");
-            errf(e, "missing (expected an integer weight, e.g. 90; any total)");
-            path_set(e, o3);
+            size_t o3 = mg_jerr_key(e, "weight");
+            mg_jerr_f(e, "missing (expected an integer weight, e.g. 90; any total)");
+            mg_jerr_pop(e, o3);
         }
         opt_uint(e, it, "weight", 0, 1000000, "any total", &w);
         mg_service_t *svc = NULL;
         if (name != NULL && services_ok && (svc = service_lookup(r, index, name)) == NULL) {
-            size_t o3 = path_key(e, "service");
-            errf(e, "unknown service \"%s\" (expected one of: %s)", ESC(q, name),
-                 r->nservices ? list_names(list, sizeof(list), NULL, r->nservices, r->services)
-                              : "(none: services is empty)");
-            path_set(e, o3);
+            size_t o3 = mg_jerr_key(e, "service");
+            mg_jerr_f(e, "unknown service \"%s\" (expected one of: %s)", ESC(q, name),
+                      r->nservices ? list_names(list, sizeof(list), NULL, r->nservices, r->services)
+                                   : "(none: services is empty)");
+            mg_jerr_pop(e, o3);
         }
         for (size_t j = 0; svc != NULL && j < i; j++)
             if (out->svcs[j] == svc) {
-                size_t o3 = path_key(e, "service");
-                errf(e, "service \"%s\" appears twice (same as split[%zu])", ESC(q, name), j);
-                path_set(e, o3);
+                size_t o3 = mg_jerr_key(e, "service");
+                mg_jerr_f(e, "service \"%s\" appears twice (same as split[%zu])", ESC(q, name), j);
+                mg_jerr_pop(e, o3);
                 ok = false;
             }
         if (svc == NULL || w == UINT64_MAX)
@@ -1082,14 +917,14 @@ static bool parse_split(ectx_t *e, const json_t *v, mg_routes_t *r, bool service
         out->svcs[i] = svc;
         out->weights[i] = w == UINT64_MAX ? 0 : (uint32_t)w;
         total += out->weights[i];
-        path_set(e, o2);
+        mg_jerr_pop(e, o2);
     }
     if (ok && total == 0) {
-        errf(e, "every weight is 0 (expected at least one service with weight > 0)");
+        mg_jerr_f(e, "every weight is 0 (expected at least one service with weight > 0)");
         ok = false;
     }
     out->n = ok ? n : 0;
-    path_set(e, old);
+    mg_jerr_pop(e, old);
     return ok;
 }
 
@@ -1097,7 +932,7 @@ static bool parse_split(ectx_t *e, const json_t *v, mg_routes_t *r, bool service
  * One route. |envs_ok|/|services_ok| say whether those sections can be trusted; when not, the
  * checks against them are skipped (their own errors were reported already).
  */
-static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_routes_t *r,
+static void parse_route(mg_jerr_t *e, const json_t *all, size_t index_in_doc, mg_routes_t *r,
                         bool envs_ok, bool services_ok, const json_t *index)
 {
     const json_t *v = json_array_get(all, index_in_doc);
@@ -1107,10 +942,10 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
     static const char *const timeout_keys[] = {"first_byte", "idle", "total", NULL};
     char q[200], list[512];
     if (!json_is_object(v)) {
-        type_error(e, v, "object with keys app, env, service");
+        mg_jerr_type(e, v, "object with keys app, env, service");
         return;
     }
-    check_keys(e, v, keys);
+    mg_jerr_keys(e, v, keys);
     const char *app = get_route_string(e, v, "app", "string, an app name such as \"digits\"");
     const char *env = get_route_string(e, v, "env", "string, one of envs");
     const char *svcname = NULL;
@@ -1118,7 +953,7 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
     bool ok = app != NULL && env != NULL;
     if (json_object_get(v, "split") != NULL) {
         if (json_object_get(v, "service") != NULL) {
-            errf(e, "both service and split given (expected one of them)");
+            mg_jerr_f(e, "both service and split given (expected one of them)");
             ok = false;
         }
         ok &= parse_split(e, json_object_get(v, "split"), r, services_ok, index, &sp);
@@ -1129,57 +964,57 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
     mg_route_t opts = {.replay_max_bytes = 65536};
     const json_t *sh = json_object_get(v, "sticky_header");
     if (sh != NULL) {
-        size_t o2 = path_key(e, "sticky_header");
+        size_t o2 = mg_jerr_key(e, "sticky_header");
         if (header_name(e, sh, &opts.sticky_header) && json_object_get(v, "split") == NULL)
-            errf(e, "sticky_header needs a split (a single service has nothing to stick to)");
-        path_set(e, o2);
+            mg_jerr_f(e, "sticky_header needs a split (a single service has nothing to stick to)");
+        mg_jerr_pop(e, o2);
     }
-    opt_bool(e, v, "retry_post", &opts.retry_post);
+    mg_jerr_bool(e, v, "retry_post", &opts.retry_post);
     OPT_U32(e, v, "replay_max_bytes", 0, 16u << 20, "request bodies kept for a replay",
             opts.replay_max_bytes);
     const json_t *to = opt_object(e, v, "timeouts_ms", timeout_keys);
     if (to != NULL) {
-        size_t o2 = path_key(e, "timeouts_ms");
+        size_t o2 = mg_jerr_key(e, "timeouts_ms");
         OPT_U32(e, to, "first_byte", 0, 86400000, "0 = the gateway's", opts.timeouts.first_byte);
         OPT_U32(e, to, "idle", 0, 86400000, "0 = the gateway's", opts.timeouts.idle);
         OPT_U32(e, to, "total", 0, 86400000, "0 = the gateway's", opts.timeouts.total);
-        path_set(e, o2);
+        mg_jerr_pop(e, o2);
     }
 
     size_t old;
     bool upper;
     if (app != NULL) {
-        old = path_key(e, "app");
+        old = mg_jerr_key(e, "app");
         if (*app == '\0') {
-            errf(e, "empty app name (expected lowercase letters, digits and '-')");
+            mg_jerr_f(e, "empty app name (expected lowercase letters, digits and '-')");
             ok = false;
         } else if (!is_lower_name(app, &upper)) {
-            errf(e, "invalid app \"%s\" (expected %s)", ESC(q, app),
-                 upper ? "lowercase: hosts are matched lowercased"
-                       : "lowercase letters, digits and '-' only");
+            mg_jerr_f(e, "invalid app \"%s\" (expected %s)", ESC(q, app),
+                      upper ? "lowercase: hosts are matched lowercased"
+                            : "lowercase letters, digits and '-' only");
             ok = false;
         }
-        path_set(e, old);
+        mg_jerr_pop(e, old);
     }
     if (env != NULL && envs_ok) {
         size_t i = 0;
         while (i < r->nenvs && strcmp(r->envs[i], env) != 0)
             i++;
         if (i == r->nenvs) {
-            old = path_key(e, "env");
-            errf(e, "unknown env \"%s\" (expected one of: %s)", ESC(q, env),
-                 list_names(list, sizeof(list), r->envs, r->nenvs, NULL));
-            path_set(e, old);
+            old = mg_jerr_key(e, "env");
+            mg_jerr_f(e, "unknown env \"%s\" (expected one of: %s)", ESC(q, env),
+                      list_names(list, sizeof(list), r->envs, r->nenvs, NULL));
+            mg_jerr_pop(e, old);
             ok = false;
         }
     }
     mg_service_t *svc = sp.n ? sp.svcs[0] : NULL;
     if (svcname != NULL && services_ok && (svc = service_lookup(r, index, svcname)) == NULL) {
-        old = path_key(e, "service");
-        errf(e, "unknown service \"%s\" (expected one of: %s)", ESC(q, svcname),
-             r->nservices ? list_names(list, sizeof(list), NULL, r->nservices, r->services)
-                          : "(none: services is empty)");
-        path_set(e, old);
+        old = mg_jerr_key(e, "service");
+        mg_jerr_f(e, "unknown service \"%s\" (expected one of: %s)", ESC(q, svcname),
+                  r->nservices ? list_names(list, sizeof(list), NULL, r->nservices, r->services)
+                               : "(none: services is empty)");
+        mg_jerr_pop(e, old);
         ok = false;
     }
     if (!ok || !envs_ok) {
@@ -1189,8 +1024,9 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
 
     size_t alen = strlen(app), elen = strlen(env);
     if (alen + 1 + elen > MAX_LABEL) {
-        errf(e, "host label \"%s-%s\" is longer than %d bytes (DNS limit; shorten the app name)",
-             ESC(q, app), env, MAX_LABEL);
+        mg_jerr_f(e,
+                  "host label \"%s-%s\" is longer than %d bytes (DNS limit; shorten the app name)",
+                  ESC(q, app), env, MAX_LABEL);
         free(opts.sticky_header);
         return;
     }
@@ -1203,15 +1039,15 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
     memcpy(label + alen + 1, env, elen + 1);
     if (mg_host_parse(label, alen + 1 + elen, "", (const char *const *)r->envs, r->nenvs, &h) !=
         MG_OK) {
-        errf(e, "unreachable: host label \"%s\" cannot be parsed (rename the app)", label);
+        mg_jerr_f(e, "unreachable: host label \"%s\" cannot be parsed (rename the app)", label);
         free(opts.sticky_header);
         return;
     }
     if (h.env_len != elen || strcmp(h.env, env) != 0) {
-        errf(e,
-             "unreachable: host \"%s.<domain>\" parses as app \"%.*s\", env \"%s\" (the "
-             "longest env wins; rename the app or the env)",
-             label, (int)h.app_len, h.app, h.env);
+        mg_jerr_f(e,
+                  "unreachable: host \"%s.<domain>\" parses as app \"%.*s\", env \"%s\" (the "
+                  "longest env wins; rename the app or the env)",
+                  label, (int)h.app_len, h.app, h.env);
         free(opts.sticky_header);
         return;
     }
@@ -1227,10 +1063,10 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
                 strcmp(json_string_value(en), env) == 0)
                 break;
         }
-        errf(e,
-             "duplicate route for app \"%s\", env \"%s\" (same as routes[%zu]; expected one "
-             "route per app and env)",
-             ESC(q, app), env, j);
+        mg_jerr_f(e,
+                  "duplicate route for app \"%s\", env \"%s\" (same as routes[%zu]; expected one "
+                  "route per app and env)",
+                  ESC(q, app), env, j);
         free(opts.sticky_header);
         return;
     }
@@ -1258,18 +1094,18 @@ static void parse_route(ectx_t *e, const json_t *all, size_t index_in_doc, mg_ro
     *slot = (uint32_t)(++r->nroutes);
 }
 
-static void parse_routes(ectx_t *e, const json_t *doc, mg_routes_t *r, bool envs_ok,
+static void parse_routes(mg_jerr_t *e, const json_t *doc, mg_routes_t *r, bool envs_ok,
                          bool services_ok, const json_t *index)
 {
     const json_t *v = json_object_get(doc, "routes");
-    size_t old = path_key(e, "routes");
+    size_t old = mg_jerr_key(e, "routes");
     if (v == NULL) {
-        path_set(e, old);
+        mg_jerr_pop(e, old);
         return;
     }
     if (!json_is_array(v)) {
-        type_error(e, v, "array of {app, env, service} objects");
-        path_set(e, old);
+        mg_jerr_type(e, v, "array of {app, env, service} objects");
+        mg_jerr_pop(e, old);
         return;
     }
     size_t n = json_array_size(v);
@@ -1279,35 +1115,35 @@ static void parse_routes(ectx_t *e, const json_t *doc, mg_routes_t *r, bool envs
     if (n > UINT32_MAX / 4 || (n > 0 && (r->routes = calloc(n, sizeof(*r->routes))) == NULL) ||
         (r->_slots = calloc(nslots, sizeof(*r->_slots))) == NULL) {
         nomem(e);
-        path_set(e, old);
+        mg_jerr_pop(e, old);
         return;
     }
     r->_nslots = nslots;
     for (size_t i = 0; i < n; i++) {
-        size_t o2 = path_index(e, i);
+        size_t o2 = mg_jerr_index(e, i);
         parse_route(e, v, i, r, envs_ok, services_ok, index);
-        path_set(e, o2);
+        mg_jerr_pop(e, o2);
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
-static void parse_default(ectx_t *e, const json_t *doc, mg_routes_t *r, bool services_ok,
+static void parse_default(mg_jerr_t *e, const json_t *doc, mg_routes_t *r, bool services_ok,
                           const json_t *index)
 {
     const json_t *v = json_object_get(doc, "default_service");
-    size_t old = path_key(e, "default_service");
+    size_t old = mg_jerr_key(e, "default_service");
     char q[200], list[512];
     if (v == NULL || json_is_null(v)) {
         /* optional */
     } else if (!json_is_string(v)) {
-        type_error(e, v, "string, a key of services");
+        mg_jerr_type(e, v, "string, a key of services");
     } else if (services_ok &&
                (r->default_service = service_lookup(r, index, json_string_value(v))) == NULL) {
-        errf(e, "unknown service \"%s\" (expected one of: %s)", ESC(q, json_string_value(v)),
-             r->nservices ? list_names(list, sizeof(list), NULL, r->nservices, r->services)
-                          : "(none: services is empty)");
+        mg_jerr_f(e, "unknown service \"%s\" (expected one of: %s)", ESC(q, json_string_value(v)),
+                  r->nservices ? list_names(list, sizeof(list), NULL, r->nservices, r->services)
+                               : "(none: services is empty)");
     }
-    path_set(e, old);
+    mg_jerr_pop(e, old);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1424,7 +1260,7 @@ mg_routes_t *mg_routes_build(const json_t *doc, const char *source, mg_routes_dn
 {
     static const char *const keys[] = {"domain",          "envs", "services", "routes",
                                        "default_service", NULL};
-    ectx_t e = {.source = source != NULL ? source : "routing document"};
+    mg_jerr_t e = {.source = source != NULL ? source : "routing document"};
     json_t *index = NULL;
     if (errors != NULL)
         *errors = NULL;
@@ -1435,12 +1271,13 @@ mg_routes_t *mg_routes_build(const json_t *doc, const char *source, mg_routes_dn
     }
     if (doc == NULL || !json_is_object(doc)) {
         if (doc == NULL)
-            errf(&e, "no document (expected a JSON object)");
+            mg_jerr_f(&e, "no document (expected a JSON object)");
         else
-            type_error(&e, doc, "object with keys domain, envs, services, routes, default_service");
+            mg_jerr_type(&e, doc,
+                         "object with keys domain, envs, services, routes, default_service");
         return fail_with(&e, r, errors);
     }
-    check_keys(&e, doc, keys);
+    mg_jerr_keys(&e, doc, keys);
     parse_domain(&e, doc, r);
     bool envs_ok = parse_envs(&e, doc, r);
     bool services_ok = parse_services(&e, doc, r, &index);
@@ -1468,8 +1305,8 @@ mg_routes_t *mg_routes_load(const char *path, char **errors)
             snprintf(src, sizeof(src), "%s:%d:%d", path, jerr.line, jerr.column);
         else
             snprintf(src, sizeof(src), "%s", path); /* e.g. "unable to open ...: No such file" */
-        ectx_t e = {.source = src};
-        errf(&e, "%s", jerr.text);
+        mg_jerr_t e = {.source = src};
+        mg_jerr_f(&e, "%s", jerr.text);
         return fail_with(&e, NULL, errors);
     }
     mg_routes_t *r = mg_routes_from_json(doc, path, errors);
@@ -1479,7 +1316,7 @@ mg_routes_t *mg_routes_load(const char *path, char **errors)
 
 mg_routes_t *mg_routes_catchall(const char *pods, mg_upstream_proto_t proto, char **errors)
 {
-    ectx_t e = {.source = "--backend"};
+    mg_jerr_t e = {.source = "--backend"};
     if (errors != NULL)
         *errors = NULL;
     mg_routes_t *r = routes_new();
@@ -1495,7 +1332,7 @@ mg_routes_t *mg_routes_catchall(const char *pods, mg_upstream_proto_t proto, cha
     svc->policy = MG_BALANCE_ROUND_ROBIN; /* quick start: the even spread people expect */
     svc->proto = proto;
     if (proto != MG_UP_H2C && proto != MG_UP_H1)
-        errf(&e, "unknown backend protocol %d (expected h2c or http1)", (int)proto);
+        mg_jerr_f(&e, "unknown backend protocol %d (expected h2c or http1)", (int)proto);
     if ((svc->name = strdup("default")) == NULL ||
         (svc->pods = calloc(MAX_PODS, sizeof(*svc->pods))) == NULL) {
         nomem(&e);
@@ -1516,14 +1353,14 @@ mg_routes_t *mg_routes_catchall(const char *pods, mg_upstream_proto_t proto, cha
         while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
             len--;
         if (len == 0) {
-            errf(&e, "empty pod in \"%s\" (expected H:P[,H:P...])", ESC(q, pods));
+            mg_jerr_f(&e, "empty pod in \"%s\" (expected H:P[,H:P...])", ESC(q, pods));
         } else if (n == MAX_PODS) {
-            errf(&e, "too many pods (expected at most %d)", MAX_PODS);
+            mg_jerr_f(&e, "too many pods (expected at most %d)", MAX_PODS);
             break;
         } else {
             char one[300];
             if (len >= sizeof(one)) {
-                errf(&e, "invalid address \"%.40s...\" (too long)", p);
+                mg_jerr_f(&e, "invalid address \"%.40s...\" (too long)", p);
             } else {
                 memcpy(one, p, len);
                 one[len] = '\0';
@@ -1531,7 +1368,8 @@ mg_routes_t *mg_routes_catchall(const char *pods, mg_upstream_proto_t proto, cha
                 if (parse_pod(&e, one, &svc->pods[n])) {
                     for (size_t j = 0; j < n; j++)
                         if (strcmp(svc->pods[j].name, one) == 0) {
-                            errf(&e, "duplicate pod \"%s\" (expected each pod once)", ESC(q, one));
+                            mg_jerr_f(&e, "duplicate pod \"%s\" (expected each pod once)",
+                                      ESC(q, one));
                             break;
                         }
                     n++;
@@ -1544,7 +1382,7 @@ mg_routes_t *mg_routes_catchall(const char *pods, mg_upstream_proto_t proto, cha
         p = comma + 1;
     }
     if (e.count == 0 && n == 0)
-        errf(&e, "no pods given (expected H:P[,H:P...])");
+        mg_jerr_f(&e, "no pods given (expected H:P[,H:P...])");
     if (e.count > 0 || e.nomem)
         return fail_with(&e, r, errors);
     r->default_service = svc;
