@@ -2527,6 +2527,8 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
             c->close_when_flushed = true;
             conn_flush(c);
         } else {
+            if (c->tls && c->proto == P_DETECT) /* a handshake that stalled: it failed */
+                count(&c->srv->tls_failed);
             conn_close(c);
         }
     }

@@ -454,7 +454,8 @@ def _handshakes(m, result):
 
 def test_tls_handshakes_and_certificate_expiry_in_metrics(procs, tmp_path):
     """/metrics counts TLS handshakes per worker (full, resumed, failed: an error before the
-    handshake ended, here a client speaking cleartext; the harness's port probes are none) and
+    handshake ended, here a client speaking cleartext, or a handshake stalled until the idle
+    timeout; the harness's port probes are none) and
     gives the certificate's end of validity, the one to alert on, which follows a reload."""
     a = procs.backend("pod-a")
     d = str(tmp_path)
@@ -466,6 +467,7 @@ def test_tls_handshakes_and_certificate_expiry_in_metrics(procs, tmp_path):
     admin = free_port()
     gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
                        conf={"tls": {"cert": cert, "key": key},
+                             "timeouts_ms": {"client_idle": 1000},
                              "admin": {"listen": "127.0.0.1:%d" % admin}})
     not_after = lambda pem: ssl.cert_time_to_seconds(  # noqa: E731
         ssl._ssl._test_decode_cert(pem)["notAfter"])
@@ -480,6 +482,11 @@ def test_tls_handshakes_and_certificate_expiry_in_metrics(procs, tmp_path):
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not TLS
         s.recv(4096)
     wait_for(lambda: _handshakes(_metrics(admin), "failed") == 1, 5, what="the failed handshake")
+    # a handshake that stalls (a ClientHello cut short) until timeouts_ms.client_idle fails too
+    with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=5) as s:
+        s.sendall(b"\x16\x03\x01\x02\x00\x01")
+        assert s.recv(4096) == b"", "a stalled handshake was not closed"
+    wait_for(lambda: _handshakes(_metrics(admin), "failed") == 2, 5, what="the stalled handshake")
     m = _metrics(admin)
     assert (_handshakes(m, "full"), _handshakes(m, "resumed")) == (1, 1), m
     _install(renewed[1], key)
