@@ -139,12 +139,10 @@ static void settle(mg_features_t *f, mg_features_ticket_t *t, mg_fstatus_t st, m
     if (st == MG_FS_HIT && val) {
         mg_fval_ref(val);
         t->_val = val;
-        /* this snapshot went out before, or the same text did in another snapshot (a new
-         * lookup of the user, a refresh): a collision only indexes a value that does not
-         * repeat */
+        /* the same text went out from this worker before: another request of a shared
+         * lookup, the worker's cache, a new lookup of the user or a refresh */
         uint64_t *seen = &f->sent[val->hash64 & (NSENT - 1)];
-        t->_repeat = atomic_fetch_add_explicit(&val->_sent, 1, memory_order_relaxed) > 0 ||
-                     *seen == val->hash64;
+        t->_repeat = *seen == val->hash64;
         *seen = val->hash64;
     }
     t->_status = (int)st + 1;

@@ -26,7 +26,6 @@ mg_fval_t *mg_fval_new(const char *text, size_t len)
     if (v == NULL)
         return NULL;
     atomic_init(&v->_refs, 1);
-    atomic_init(&v->_sent, 0);
     v->len = len;
     memcpy(v->text, text, len);
     v->text[len] = '\0';

@@ -34,7 +34,6 @@
 
 typedef struct mg_fval {
     atomic_int _refs;
-    atomic_uint _sent; /* requests it was attached to (a hint: relaxed, any worker) */
     size_t len;        /* strlen(text) */
     uint64_t hash64;   /* the same, as a number */
     char hash[17];     /* 16 hex digits */
