@@ -209,6 +209,8 @@ typedef struct numkey {
     size_t off;       /* offsetof in mg_conf_t */
     unsigned size;    /* 4 or 8 */
     const char *hint; /* what the number means, for messages */
+    uint64_t floor;   /* when set: 0 (off), or at least this (below it, work for nothing) */
+    const char *off_means; /* ... and what 0 means */
 } numkey_t;
 
 #define NUM32(section, name, lo, hi, what)                                                         \
@@ -225,9 +227,9 @@ static const numkey_t limit_keys[] = {
     NUM32(limits, connection_window, 65535, 2147483647, "bytes"),
     NUM32(limits, connection_buffer, 65536, 2147483647, "bytes"),
     {"max_request_body", 0, (uint64_t)INT64_MAX, offsetof(mg_conf_t, limits.max_request_body), 8,
-     "bytes, 0 = unlimited"},
+     "bytes, 0 = unlimited", 0, NULL},
     NUM32(limits, max_client_conns, 0, 100000000, "client connections, 0 = unlimited"),
-    {NULL, 0, 0, 0, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL, 0, NULL},
 };
 
 static const numkey_t timeout_keys[] = {
@@ -238,7 +240,7 @@ static const numkey_t timeout_keys[] = {
     NUM32(timeouts_ms, client_idle, 0, 3600000, "ms, 0 = none"),
     NUM32(timeouts_ms, client_write, 0, 3600000, "ms, 0 = none"),
     NUM32(timeouts_ms, drain, 0, 3600000, "ms, 0 = none"),
-    {NULL, 0, 0, 0, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL, 0, NULL},
 };
 
 static const numkey_t upstream_keys[] = {
@@ -248,7 +250,7 @@ static const numkey_t upstream_keys[] = {
     NUM32(upstream, max_pending_per_pod, 0, 1000000, "requests, 0 = unlimited"),
     NUM32(upstream, stream_window, 65535, 2147483647, "bytes"),
     NUM32(upstream, connection_window, 65535, 2147483647, "bytes"),
-    {NULL, 0, 0, 0, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL, 0, NULL},
 };
 
 /* Checks |v| against |k| and stores it; errors are reported at the current path. */
@@ -264,6 +266,11 @@ static void set_number(mg_jerr_t *e, const json_t *v, const numkey_t *k, mg_conf
     json_int_t n = json_integer_value(v);
     if (n < 0 || (uint64_t)n < k->min || (uint64_t)n > k->max) {
         mg_jerr_f(e, "out of range (got %" JSON_INTEGER_FORMAT "; expected %s)", n, exp);
+        return;
+    }
+    if (k->floor && n != 0 && (uint64_t)n < k->floor) {
+        mg_jerr_f(e, "too small (got %" JSON_INTEGER_FORMAT "; expected 0 (%s) or %llu-%llu)", n,
+                  k->off_means, (unsigned long long)k->floor, (unsigned long long)k->max);
         return;
     }
     if (k->size == 8)
@@ -398,11 +405,12 @@ static void parse_path(mg_jerr_t *e, const json_t *obj, const char *key, const c
 }
 
 static const numkey_t tls_keys[] = {
+    /* below the floors, work for nothing: a file read or a key a millisecond */
     {"reload_check_ms", 0, 86400000, offsetof(mg_conf_t, tls_reload_check_ms), 4,
-     "ms between file checks, 0 = only on SIGHUP"},
+     "ms between file checks, 0 = only on SIGHUP", 100, "only on SIGHUP"},
     {"ticket_key_rotation_ms", 0, 604800000, offsetof(mg_conf_t, tls_ticket_key_rotation_ms), 4,
-     "ms between new ticket keys, 0 = never"},
-    {NULL, 0, 0, 0, 0, NULL},
+     "ms between new ticket keys, 0 = never", 1000, "never"},
+    {NULL, 0, 0, 0, 0, NULL, 0, NULL},
 };
 
 static void parse_tls(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
@@ -424,20 +432,12 @@ static void parse_tls(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_
         parse_path(e, tls, "cert", dir, false, &c->tls_cert);
         parse_path(e, tls, "key", dir, false, &c->tls_key);
         parse_path(e, tls, "ticket_key_file", dir, false, &c->tls_ticket_key_file);
-        /* 0 is off; below the floor, work for nothing: a file read or a key a millisecond */
-        static const uint32_t floor_ms[] = {100, 1000};
-        for (size_t i = 0; tls_keys[i].key != NULL; i++) {
-            const numkey_t *k = &tls_keys[i];
+        for (const numkey_t *k = tls_keys; k->key != NULL; k++) {
             const json_t *v = json_object_get(tls, k->key);
             if (v == NULL)
                 continue;
             size_t o2 = mg_jerr_key(e, k->key);
             set_number(e, v, k, c);
-            uint32_t got = *(uint32_t *)((char *)c + k->off);
-            if (got != 0 && got < floor_ms[i])
-                mg_jerr_f(e, "too small (got %u; expected 0 (%s) or %u-%llu)", got,
-                          i == 0 ? "only on SIGHUP" : "never", floor_ms[i],
-                          (unsigned long long)k->max);
             mg_jerr_pop(e, o2);
         }
     }
@@ -482,7 +482,7 @@ static const numkey_t dblog_keys[] = {
     NUM32(request_log_db, batch_rows, 1, 10000, "rows per INSERT"),
     NUM32(request_log_db, flush_ms, 1, 60000, "ms before a partial batch is inserted"),
     NUM32(request_log_db, retention_days, 0, 36500, "days of partitions kept, 0 = all"),
-    {NULL, 0, 0, 0, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL, 0, NULL},
 };
 
 /* A MariaDB identifier we splice into SQL: letters, digits, '_' and '$', 1-64 bytes. */
