@@ -2570,6 +2570,12 @@ typedef struct pp_wait {
 
 static void conn_start(mg_srv_t *srv, int fd, bool tls, const char *client, const char *ip);
 
+/* "ip:port", or "[v6]:port": how a connection's peer is named in logs. */
+static void client_text(char *out, size_t cap, int family, const char *ip, unsigned port)
+{
+    snprintf(out, cap, family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+}
+
 /* Ends the wait; closes the socket unless it goes on to a connection (|keep|). */
 static void pp_end(pp_wait_t *w, bool keep)
 {
@@ -2659,8 +2665,7 @@ static void on_pp(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (w->pp.has_addr) {
-        snprintf(w->client, sizeof(w->client), w->pp.family == AF_INET6 ? "[%s]:%u" : "%s:%u",
-                 w->pp.ip, w->pp.port);
+        client_text(w->client, sizeof(w->client), w->pp.family, w->pp.ip, w->pp.port);
         snprintf(w->client_ip, sizeof(w->client_ip), "%s", w->pp.ip);
     }
     mg_srv_t *srv = w->srv;
@@ -2714,11 +2719,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     if (sa->sa_family == AF_INET) {
         struct sockaddr_in *in = (struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
-        snprintf(client, sizeof(client), "%s:%d", ip, ntohs(in->sin_port));
+        client_text(client, sizeof(client), AF_INET, ip, ntohs(in->sin_port));
     } else if (sa->sa_family == AF_INET6) {
         struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
         inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
-        snprintf(client, sizeof(client), "[%s]:%d", ip, ntohs(in6->sin6_port));
+        client_text(client, sizeof(client), AF_INET6, ip, ntohs(in6->sin6_port));
     }
     (void)salen;
     if (srv->conf.proxy_protocol)
