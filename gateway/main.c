@@ -358,14 +358,19 @@ static void reload_ticket_keys(bool on_signal)
     OPENSSL_cleanse(buf, sizeof(buf));
 }
 
+/* How often ticket keys rotate: keys from a file rotate when the file does (0: no timer, and
+ * sessions keep OpenSSL's timeout). */
+static uint32_t ticket_rotation_ms(const mg_conf_t *conf)
+{
+    return conf->tls_ticket_key_file ? 0 : conf->tls_ticket_key_rotation_ms;
+}
+
 /* A TLS context for the listeners, with the process's ticket keys: tickets outlive a reload.
  * NULL with |err| set when the files do not load. */
 static SSL_CTX *tls_ctx_new(const mg_conf_t *conf, char *err, size_t errlen)
 {
     SSL_CTX *tls = mg_srv_tls_ctx_new(conf->tls_cert, conf->tls_key, err, errlen);
-    /* keys from a file rotate when the file does: sessions keep OpenSSL's timeout */
-    uint32_t rotate_ms = conf->tls_ticket_key_file ? 0 : conf->tls_ticket_key_rotation_ms;
-    if (tls && !mg_tls_tickets_attach(g_tickets, tls, rotate_ms)) {
+    if (tls && !mg_tls_tickets_attach(g_tickets, tls, ticket_rotation_ms(conf))) {
         snprintf(err, errlen, "cannot set the TLS session ticket keys");
         SSL_CTX_free(tls);
         return NULL;
@@ -711,8 +716,7 @@ static void serve(const mg_conf_t *conf)
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         event_add(sigs[i], NULL);
     struct event *tls_check = main_every(conf->tls_reload_check_ms, on_tls_check);
-    struct event *tls_rotation = main_every(
-        conf->tls_ticket_key_file ? 0 : conf->tls_ticket_key_rotation_ms, on_ticket_rotation);
+    struct event *tls_rotation = main_every(ticket_rotation_ms(conf), on_ticket_rotation);
 
     /* workers must not take the process signals: block them before creating threads */
     sigset_t all, old; /* the asynchronous ones only: a crash must still crash loudly */
