@@ -117,6 +117,7 @@ struct conn {
     bool tls_freed;     /* OpenSSL's record buffers given back, and not used since */
     char client[64];
     char client_ip[48];
+    uint8_t client_addr[16]; /* client_ip as bytes, IPv4 as IPv4-mapped IPv6 */
     mg_srv_stream_t *streams;
     size_t nstreams;
     size_t out_bytes; /* HTTP/2: response bytes queued in all streams' out (connection_buffer) */
@@ -854,6 +855,7 @@ static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
     r->proto = c->proto == P_H2 ? (c->tls ? "h2" : "h2c") : "http/1.1";
     r->client = c->client;
     r->client_ip = c->client_ip;
+    r->client_addr = c->client_addr;
     s->head = strcmp(r->method, "HEAD") == 0;
 }
 
@@ -2744,6 +2746,13 @@ static void conn_start(mg_srv_t *srv, int fd, bool tls, const char *client, cons
     c->tls = tls;
     snprintf(c->client, sizeof(c->client), "%s", client);
     snprintf(c->client_ip, sizeof(c->client_ip), "%s", ip);
+    struct in_addr a4; /* parsed once here, not per request by whoever needs the bytes */
+    if (inet_pton(AF_INET, ip, &a4) == 1) {
+        c->client_addr[10] = c->client_addr[11] = 0xff;
+        memcpy(c->client_addr + 12, &a4, 4);
+    } else if (inet_pton(AF_INET6, ip, c->client_addr) != 1) {
+        memset(c->client_addr, 0, sizeof(c->client_addr));
+    }
     if (tls) {
         /* a filter over a socket bufferevent, which the queue reads and writes as a cleartext
          * connection's (common/outq.h): one readv per readable event, and the records of a

@@ -80,6 +80,7 @@ typedef struct mg_srv_req {
     const char *proto;      /* "h2", "h2c" or "http/1.1" */
     const char *client;     /* "ip:port" of the peer */
     const char *client_ip;
+    const uint8_t *client_addr; /* client_ip as 16 bytes, IPv4 as IPv4-mapped IPv6 */
 } mg_srv_req_t;
 
 typedef struct mg_srv_handler {

@@ -105,7 +105,7 @@ struct exch {
     const char *error;
     const char *method, *host, *path, *proto, *client;
     const char *peer; /* the connection's address when |client| is the one behind proxies */
-    char client_addr[MG_REALIP_TEXT]; /* the client behind trusted proxies, when |client| */
+    char real_client[MG_REALIP_TEXT]; /* the client behind trusted proxies, when |client| */
     char request_id[64];
     mg_hpack_t rid_hpack; /* UNIQUE, or SENSITIVE when the client sent its id never-indexed */
     char app[64], env[32];
@@ -118,7 +118,7 @@ static bool client_behind_proxies(const mg_conf_t *conf, const mg_srv_req_t *req
                                   char out[MG_REALIP_TEXT])
 {
     return conf->ntrusted_proxies && mg_realip(conf->trusted_proxies, conf->ntrusted_proxies,
-                                               req->client_ip, req->hdrs, req->nhdrs, out);
+                                               req->client_addr, req->hdrs, req->nhdrs, out);
 }
 
 /* Time of the current loop turn (libevent's cache): cheap enough to stamp every body chunk;
@@ -1028,7 +1028,7 @@ static bool choose_service(exch_t *e, const mg_srv_req_t *req)
     budget_count_request(e);
     if (svc->policy == MG_BALANCE_CONSISTENT_HASH) {
         if (svc->hash_on == MG_HASH_CLIENT_IP) {
-            const char *ip = e->client == e->client_addr ? e->client_addr : req->client_ip;
+            const char *ip = e->peer ? e->client : req->client_ip;
             e->hash_key = hash_bytes(ip, strlen(ip));
             e->has_key = true;
         } else {
@@ -1102,8 +1102,8 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     e->path = req->path;
     e->proto = req->proto;
     const mg_conf_t *conf = p->conf;
-    bool behind = client_behind_proxies(conf, req, e->client_addr);
-    e->client = behind ? e->client_addr : req->client;
+    bool behind = client_behind_proxies(conf, req, e->real_client);
+    e->client = behind ? e->real_client : req->client;
     e->peer = behind ? req->client : NULL;
     e->req_ended = !req->has_body;
     hold(e);

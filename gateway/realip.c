@@ -143,12 +143,13 @@ static bool is_xff(const mg_hdr_t *h)
     return h->name_len == 15 && memcmp(h->name, "x-forwarded-for", 15) == 0;
 }
 
-bool mg_realip(const mg_cidr_t *nets, size_t n, const char *peer_ip, const mg_hdr_t *hdrs,
+bool mg_realip(const mg_cidr_t *nets, size_t n, const uint8_t peer[16], const mg_hdr_t *hdrs,
                size_t nhdrs, char out[MG_REALIP_TEXT])
 {
-    uint8_t ip[16];
-    if (n == 0 || !mg_ip_parse(peer_ip, strlen(peer_ip), ip) || !mg_cidr_match(nets, n, ip))
+    if (n == 0 || !mg_cidr_match(nets, n, peer))
         return false;
+    uint8_t ip[16];
+    memcpy(ip, peer, 16);
     bool taken = false;
     /* right to left: the last field's last entry is the one the nearest proxy appended */
     for (size_t i = nhdrs; i-- > 0;) {

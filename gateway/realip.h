@@ -42,12 +42,12 @@ bool mg_ip_parse(const char *s, size_t len, uint8_t out[16]);
 bool mg_cidr_match(const mg_cidr_t *nets, size_t n, const uint8_t ip[16]);
 
 /*
- * The client of a request that came from |peer_ip| (the connection's address) with fields
- * |hdrs|, when |peer_ip| is one of |nets|: writes the client's address into |out| and returns
- * true. False when the peer is not trusted or x-forwarded-for names no address (the peer is
- * the client then).
+ * The client of a request that came from |peer| (the connection's address, as mg_ip_parse
+ * gives it) with fields |hdrs|, when |peer| is in one of |nets|: writes the client's address
+ * into |out| and returns true. False when the peer is not trusted or x-forwarded-for names no
+ * address (the peer is the client then).
  */
-bool mg_realip(const mg_cidr_t *nets, size_t n, const char *peer_ip, const mg_hdr_t *hdrs,
+bool mg_realip(const mg_cidr_t *nets, size_t n, const uint8_t peer[16], const mg_hdr_t *hdrs,
                size_t nhdrs, char out[MG_REALIP_TEXT]);
 
 #endif

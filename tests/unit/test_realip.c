@@ -128,7 +128,9 @@ static const char *client(const char *peer, const char *const *xff)
     for (; xff && *xff; xff++)
         h[n++] = (mg_hdr_t){"x-forwarded-for", *xff, 15, strlen(*xff), MG_HPACK_INDEX};
     h[n++] = (mg_hdr_t){"x-forwarded-foo", "198.51.100.99", 15, 13, MG_HPACK_INDEX};
-    return mg_realip(nets, 2, peer, h, n, out) ? out : NULL;
+    uint8_t addr[16];
+    assert_true(mg_ip_parse(peer, strlen(peer), addr));
+    return mg_realip(nets, 2, addr, h, n, out) ? out : NULL;
 }
 
 #define XFF(...) ((const char *const[]){__VA_ARGS__, NULL})
