@@ -6,73 +6,20 @@
  */
 #include "features/fconf.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/jsonerr.h"
 #include "common/secretfile.h"
 
 #define MAX_PASSWORD 511 /* bytes in a password_file */
 
 typedef struct pctx {
-    mg_fconf_report_fn report;
-    void *ctx;
+    mg_jerr_t *e; /* where problems go; its path is the section's ("features") on entry */
     const char *dir;
     bool no_secrets; /* mg_fconf_dup: the copy takes the secrets already read, not the files */
-    char path[256];
-    size_t plen;
-    unsigned errors;
 } pctx_t;
-
-static void err(pctx_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void err(pctx_t *p, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    p->errors++;
-    if (p->report)
-        p->report(p->ctx, p->path, msg);
-}
-
-static size_t push(pctx_t *p, const char *key)
-{
-    size_t old = p->plen;
-    int n = snprintf(p->path + p->plen, sizeof(p->path) - p->plen, "%s%s", p->plen ? "." : "", key);
-    if (n > 0)
-        p->plen = p->plen + (size_t)n < sizeof(p->path) ? p->plen + (size_t)n : sizeof(p->path) - 1;
-    return old;
-}
-
-static void pop(pctx_t *p, size_t old)
-{
-    p->plen = old;
-    p->path[old] = '\0';
-}
-
-static void check_keys(pctx_t *p, const json_t *obj, const char *const *keys)
-{
-    char valid[400] = "";
-    size_t o = 0;
-    for (size_t i = 0; keys[i] && o < sizeof(valid); i++)
-        o += (size_t)snprintf(valid + o, sizeof(valid) - o, "%s%s", i ? ", " : "", keys[i]);
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)obj, k, v)
-    {
-        size_t i = 0;
-        while (keys[i] && strcmp(keys[i], k) != 0)
-            i++;
-        if (keys[i] == NULL) {
-            size_t old = push(p, k);
-            err(p, "unknown key (valid keys: %s)", valid);
-            pop(p, old);
-        }
-    }
-}
 
 /* An integer key in [lo, hi]; *out keeps its default when the key is absent. */
 static void get_uint(pctx_t *p, const json_t *obj, const char *key, unsigned lo, unsigned hi,
@@ -81,12 +28,12 @@ static void get_uint(pctx_t *p, const json_t *obj, const char *key, unsigned lo,
     const json_t *v = json_object_get(obj, key);
     if (v == NULL)
         return;
-    size_t old = push(p, key);
+    size_t old = mg_jerr_key(p->e, key);
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        err(p, "expected an integer %u-%u (%s)", lo, hi, what);
+        mg_jerr_f(p->e, "expected an integer %u-%u (%s)", lo, hi, what);
     else
         *out = (unsigned)json_integer_value(v);
-    pop(p, old);
+    mg_jerr_pop(p->e, old);
 }
 
 /* A non-empty string key; *out is replaced (malloc'ed) when present. */
@@ -95,16 +42,16 @@ static void get_str(pctx_t *p, const json_t *obj, const char *key, char **out)
     const json_t *v = json_object_get(obj, key);
     if (v == NULL)
         return;
-    size_t old = push(p, key);
+    size_t old = mg_jerr_key(p->e, key);
     if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 255) {
-        err(p, "expected a non-empty string of at most 255 bytes");
+        mg_jerr_f(p->e, "expected a non-empty string of at most 255 bytes");
     } else {
         free(*out);
         *out = strdup(json_string_value(v));
         if (*out == NULL)
-            err(p, "out of memory");
+            mg_jerr_f(p->e, "out of memory");
     }
-    pop(p, old);
+    mg_jerr_pop(p->e, old);
 }
 
 /* Reads the password in the file named by |key|, relative to the config's directory; the file
@@ -117,7 +64,7 @@ static void get_secret(pctx_t *p, const json_t *obj, const char *key, char **out
         free(file);
         return;
     }
-    size_t old = push(p, key);
+    size_t old = mg_jerr_key(p->e, key);
     if (file[0] == '/' || p->dir == NULL)
         snprintf(path, sizeof(path), "%s", file);
     else
@@ -125,8 +72,8 @@ static void get_secret(pctx_t *p, const json_t *obj, const char *key, char **out
     /* no key in the message: the report's path names it ("features.redis.password_file") */
     if (mg_secretfile_read(path, NULL, MG_SECRET_PASSWORD, MAX_PASSWORD, out, msg, sizeof(msg)) !=
         MG_OK)
-        err(p, "%s", msg);
-    pop(p, old);
+        mg_jerr_f(p->e, "%s", msg);
+    mg_jerr_pop(p->e, old);
     free(file);
 }
 
@@ -159,18 +106,18 @@ static void parse_group(pctx_t *p, const json_t *g, mg_fgroup_t *out)
     static const char *const keys[] = {"name", "type", "max_items", NULL};
     out->max_items = 50;
     if (!json_is_object(g)) {
-        err(p, "expected an object {\"name\", \"type\": \"hash\"|\"list\"|\"json\"}");
+        mg_jerr_f(p->e, "expected an object {\"name\", \"type\": \"hash\"|\"list\"|\"json\"}");
         return;
     }
-    check_keys(p, g, keys);
+    mg_jerr_keys(p->e, g, keys);
     const json_t *name = json_object_get(g, "name"), *type = json_object_get(g, "type");
-    size_t old = push(p, "name");
+    size_t old = mg_jerr_key(p->e, "name");
     if (!json_is_string(name) || !is_group_name(json_string_value(name)))
-        err(p, "expected 1-32 of [a-z0-9_]");
+        mg_jerr_f(p->e, "expected 1-32 of [a-z0-9_]");
     else if ((out->name = strdup(json_string_value(name))) == NULL)
-        err(p, "out of memory");
-    pop(p, old);
-    old = push(p, "type");
+        mg_jerr_f(p->e, "out of memory");
+    mg_jerr_pop(p->e, old);
+    old = mg_jerr_key(p->e, "type");
     const char *t = json_is_string(type) ? json_string_value(type) : "";
     if (strcmp(t, "hash") == 0)
         out->type = MG_FGROUP_HASH;
@@ -179,12 +126,12 @@ static void parse_group(pctx_t *p, const json_t *g, mg_fgroup_t *out)
     else if (strcmp(t, "json") == 0)
         out->type = MG_FGROUP_JSON;
     else
-        err(p, "expected \"hash\", \"list\" or \"json\"");
-    pop(p, old);
+        mg_jerr_f(p->e, "expected \"hash\", \"list\" or \"json\"");
+    mg_jerr_pop(p->e, old);
     if (json_object_get(g, "max_items") && out->type != MG_FGROUP_LIST) {
-        old = push(p, "max_items");
-        err(p, "only a \"list\" group has max_items");
-        pop(p, old);
+        old = mg_jerr_key(p->e, "max_items");
+        mg_jerr_f(p->e, "only a \"list\" group has max_items");
+        mg_jerr_pop(p->e, old);
     }
     get_uint(p, g, "max_items", 1, 10000, "items kept, newest first", &out->max_items);
 }
@@ -194,24 +141,24 @@ static void parse_app(pctx_t *p, const char *name, const json_t *a, mg_fapp_t *o
     static const char *const keys[] = {"timeout_ms", "timeout_ms_by_env", "groups", NULL};
     out->timeout_ms = 5;
     if ((out->name = strdup(name)) == NULL) {
-        err(p, "out of memory");
+        mg_jerr_f(p->e, "out of memory");
         return;
     }
     if (!json_is_object(a)) {
-        err(p, "expected an object {\"timeout_ms\", \"groups\"}");
+        mg_jerr_f(p->e, "expected an object {\"timeout_ms\", \"groups\"}");
         return;
     }
-    check_keys(p, a, keys);
+    mg_jerr_keys(p->e, a, keys);
     get_uint(p, a, "timeout_ms", 1, 60000, "ms a request waits for its features", &out->timeout_ms);
     const json_t *by = json_object_get(a, "timeout_ms_by_env");
     if (by != NULL) {
-        size_t o2 = push(p, "timeout_ms_by_env");
+        size_t o2 = mg_jerr_key(p->e, "timeout_ms_by_env");
         size_t n = json_is_object(by) ? json_object_size(by) : 0;
         if (!json_is_object(by)) {
-            err(p, "expected an object {\"ENV\": ms, ...}");
+            mg_jerr_f(p->e, "expected an object {\"ENV\": ms, ...}");
         } else if (n && ((out->envs = calloc(n, sizeof(char *))) == NULL ||
                          (out->env_timeout_ms = calloc(n, sizeof(unsigned))) == NULL)) {
-            err(p, "out of memory");
+            mg_jerr_f(p->e, "out of memory");
         } else {
             const char *k;
             json_t *v;
@@ -221,36 +168,32 @@ static void parse_app(pctx_t *p, const char *name, const json_t *a, mg_fapp_t *o
                 get_uint(p, by, k, 1, 60000, "ms a request to this env waits for its features",
                          &ms);
                 if ((out->envs[out->nenvs] = strdup(k)) == NULL) {
-                    err(p, "out of memory");
+                    mg_jerr_f(p->e, "out of memory");
                     break;
                 }
                 out->env_timeout_ms[out->nenvs++] = ms;
             }
         }
-        pop(p, o2);
+        mg_jerr_pop(p->e, o2);
     }
     const json_t *gs = json_object_get(a, "groups");
-    size_t old = push(p, "groups");
+    size_t old = mg_jerr_key(p->e, "groups");
     if (!json_is_array(gs) || json_array_size(gs) == 0 || json_array_size(gs) > 16) {
-        err(p, "expected an array of 1-16 groups");
+        mg_jerr_f(p->e, "expected an array of 1-16 groups");
     } else if ((out->groups = calloc(json_array_size(gs), sizeof(*out->groups))) == NULL) {
-        err(p, "out of memory");
+        mg_jerr_f(p->e, "out of memory");
     } else {
         out->ngroups = json_array_size(gs);
         for (size_t i = 0; i < out->ngroups; i++) {
-            char idx[24];
-            snprintf(idx, sizeof(idx), "[%zu]", i);
-            size_t o2 = p->plen; /* "[i]" joins without a dot */
-            snprintf(p->path + p->plen, sizeof(p->path) - p->plen, "%s", idx);
-            p->plen = strlen(p->path);
+            size_t o2 = mg_jerr_index(p->e, i);
             parse_group(p, json_array_get(gs, i), &out->groups[i]);
             for (size_t j = 0; j < i && out->groups[i].name; j++)
                 if (out->groups[j].name && strcmp(out->groups[j].name, out->groups[i].name) == 0)
-                    err(p, "group \"%s\" given twice", out->groups[i].name);
-            pop(p, o2);
+                    mg_jerr_f(p->e, "group \"%s\" given twice", out->groups[i].name);
+            mg_jerr_pop(p->e, o2);
         }
     }
-    pop(p, old);
+    mg_jerr_pop(p->e, old);
 }
 
 static void defaults(mg_fconf_t *c)
@@ -282,12 +225,12 @@ static void parse_redis(pctx_t *p, const json_t *r, mg_fconf_t *c)
                                        "connect_timeout_ms",
                                        "reconnect_max_ms",
                                        NULL};
-    size_t old = push(p, "redis");
+    size_t old = mg_jerr_key(p->e, "redis");
     if (!json_is_object(r)) {
-        err(p, "expected an object {\"host\", \"port\", ...}");
+        mg_jerr_f(p->e, "expected an object {\"host\", \"port\", ...}");
     } else {
         c->redis.on = true;
-        check_keys(p, r, keys);
+        mg_jerr_keys(p->e, r, keys);
         get_str(p, r, "host", &c->redis.host);
         get_uint(p, r, "port", 1, 65535, "TCP port", &c->redis.port);
         get_uint(p, r, "db", 0, 255, "database index", &c->redis.db);
@@ -300,21 +243,21 @@ static void parse_redis(pctx_t *p, const json_t *r, mg_fconf_t *c)
         get_uint(p, r, "reconnect_max_ms", 10, 600000, "ms, the longest reconnect backoff",
                  &c->redis.reconnect_max_ms);
         if (c->redis.host == NULL && (c->redis.host = strdup("127.0.0.1")) == NULL)
-            err(p, "out of memory");
+            mg_jerr_f(p->e, "out of memory");
     }
-    pop(p, old);
+    mg_jerr_pop(p->e, old);
 }
 
 static void parse_mariadb(pctx_t *p, const json_t *m, mg_fconf_t *c)
 {
     static const char *const keys[] = {"host",  "port",    "user",      "password_file", "database",
                                        "table", "threads", "timeout_s", "max_waiting",   NULL};
-    size_t old = push(p, "mariadb");
+    size_t old = mg_jerr_key(p->e, "mariadb");
     if (!json_is_object(m)) {
-        err(p, "expected an object {\"host\", \"port\", \"user\", \"database\", ...}");
+        mg_jerr_f(p->e, "expected an object {\"host\", \"port\", \"user\", \"database\", ...}");
     } else {
         c->mariadb.on = true;
-        check_keys(p, m, keys);
+        mg_jerr_keys(p->e, m, keys);
         get_str(p, m, "host", &c->mariadb.host);
         get_uint(p, m, "port", 1, 65535, "TCP port", &c->mariadb.port);
         get_str(p, m, "user", &c->mariadb.user);
@@ -337,24 +280,24 @@ static void parse_mariadb(pctx_t *p, const json_t *m, mg_fconf_t *c)
         const char *t = c->mariadb.table ? c->mariadb.table : "";
         for (size_t i = 0; t[i]; i++)
             if (!((t[i] >= 'a' && t[i] <= 'z') || (t[i] >= '0' && t[i] <= '9') || t[i] == '_')) {
-                size_t o2 = push(p, "table");
-                err(p, "expected [a-z0-9_]+ (got \"%.64s\")", t);
-                pop(p, o2);
+                size_t o2 = mg_jerr_key(p->e, "table");
+                mg_jerr_f(p->e, "expected [a-z0-9_]+ (got \"%.64s\")", t);
+                mg_jerr_pop(p->e, o2);
                 break;
             }
     }
-    pop(p, old);
+    mg_jerr_pop(p->e, old);
 }
 
 static void parse_local(pctx_t *p, const json_t *l, mg_fconf_t *c)
 {
     static const char *const keys[] = {"ttl_ms", "stale_ms", "negative_ttl_ms", "max_entries",
                                        NULL};
-    size_t old = push(p, "local");
+    size_t old = mg_jerr_key(p->e, "local");
     if (!json_is_object(l)) {
-        err(p, "expected an object {\"ttl_ms\", \"stale_ms\", ...}");
+        mg_jerr_f(p->e, "expected an object {\"ttl_ms\", \"stale_ms\", ...}");
     } else {
-        check_keys(p, l, keys);
+        mg_jerr_keys(p->e, l, keys);
         get_uint(p, l, "ttl_ms", 0, 3600000, "ms an entry is fresh, 0 = no local cache",
                  &c->local.ttl_ms);
         get_uint(p, l, "stale_ms", 0, 3600000,
@@ -364,7 +307,7 @@ static void parse_local(pctx_t *p, const json_t *l, mg_fconf_t *c)
                  &c->local.negative_ttl_ms);
         get_uint(p, l, "max_entries", 1, 10000000, "entries per worker", &c->local.max_entries);
     }
-    pop(p, old);
+    mg_jerr_pop(p->e, old);
 }
 
 static void parse_into(pctx_t *p, const json_t *obj, mg_fconf_t *c)
@@ -373,10 +316,10 @@ static void parse_into(pctx_t *p, const json_t *obj, mg_fconf_t *c)
         "user_header", "max_header_bytes", "redis", "mariadb", "local", "apps", NULL};
     defaults(c);
     if (!json_is_object(obj)) {
-        err(p, "expected an object {\"redis\", \"mariadb\", \"local\", \"apps\", ...}");
+        mg_jerr_f(p->e, "expected an object {\"redis\", \"mariadb\", \"local\", \"apps\", ...}");
         return;
     }
-    check_keys(p, obj, keys);
+    mg_jerr_keys(p->e, obj, keys);
     get_str(p, obj, "user_header", &c->user_header);
     if (c->user_header == NULL)
         c->user_header = strdup("x-user-id");
@@ -396,50 +339,52 @@ static void parse_into(pctx_t *p, const json_t *obj, mg_fconf_t *c)
     if (json_object_get(obj, "local"))
         parse_local(p, json_object_get(obj, "local"), c);
     if (!c->redis.on && !c->mariadb.on)
-        err(p, "neither \"redis\" nor \"mariadb\" is configured (expected at least one)");
+        mg_jerr_f(p->e, "neither \"redis\" nor \"mariadb\" is configured (expected at least one)");
     const json_t *apps = json_object_get(obj, "apps");
-    size_t old = push(p, "apps");
+    size_t old = mg_jerr_key(p->e, "apps");
     if (!json_is_object(apps) || json_object_size(apps) == 0) {
-        err(p, "expected an object {\"APP\": {\"timeout_ms\", \"groups\"}} with at least one app");
+        mg_jerr_f(
+            p->e,
+            "expected an object {\"APP\": {\"timeout_ms\", \"groups\"}} with at least one app");
     } else if ((c->apps = calloc(json_object_size(apps), sizeof(*c->apps))) == NULL) {
-        err(p, "out of memory");
+        mg_jerr_f(p->e, "out of memory");
     } else {
         const char *k;
         json_t *v;
         json_object_foreach((json_t *)apps, k, v)
         {
-            size_t o2 = push(p, k);
+            size_t o2 = mg_jerr_key(p->e, k);
             parse_app(p, k, v, &c->apps[c->napps++]);
-            pop(p, o2);
+            mg_jerr_pop(p->e, o2);
         }
     }
-    pop(p, old);
+    mg_jerr_pop(p->e, old);
 }
 
-static mg_fconf_t *parse(const json_t *obj, const char *dir, mg_fconf_report_fn report, void *ctx,
-                         bool no_secrets)
+static mg_fconf_t *parse(const json_t *obj, const char *dir, mg_jerr_t *e, bool no_secrets)
 {
-    pctx_t p = {.report = report, .ctx = ctx, .dir = dir, .no_secrets = no_secrets};
+    pctx_t p = {.e = e, .dir = dir, .no_secrets = no_secrets};
+    size_t problems = e->count;
     mg_fconf_t *c = calloc(1, sizeof(*c));
     if (c == NULL) {
-        err(&p, "out of memory");
+        mg_jerr_f(e, "out of memory");
         return NULL;
     }
     c->_src = json_deep_copy(obj);
     c->_dir = dir ? strdup(dir) : NULL;
     if (c->_src == NULL || (dir && c->_dir == NULL))
-        err(&p, "out of memory");
+        mg_jerr_f(e, "out of memory");
     parse_into(&p, obj, c);
-    if (p.errors) {
+    if (e->count > problems || e->nomem) {
         mg_fconf_free(c);
         return NULL;
     }
     return c;
 }
 
-mg_fconf_t *mg_fconf_parse(const json_t *obj, const char *dir, mg_fconf_report_fn report, void *ctx)
+mg_fconf_t *mg_fconf_parse(const json_t *obj, const char *dir, mg_jerr_t *e)
 {
-    return parse(obj, dir, report, ctx, false);
+    return parse(obj, dir, e, false);
 }
 
 static bool copy_secret(char **dst, const char *src)
@@ -454,7 +399,9 @@ mg_fconf_t *mg_fconf_dup(const mg_fconf_t *c)
 {
     if (c == NULL)
         return NULL;
-    mg_fconf_t *d = parse(c->_src, c->_dir, NULL, NULL, true);
+    mg_jerr_t e = {.source = "features"}; /* parsed before: only memory can fail */
+    mg_fconf_t *d = parse(c->_src, c->_dir, &e, true);
+    free(e.buf);
     if (d && (!copy_secret(&d->redis.password, c->redis.password) ||
               !copy_secret(&d->mariadb.password, c->mariadb.password))) {
         mg_fconf_free(d);

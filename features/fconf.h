@@ -17,6 +17,8 @@
 
 #include <jansson.h>
 
+#include "common/jsonerr.h"
+
 typedef enum mg_fgroup_type {
     MG_FGROUP_HASH = 0, /* Redis hash: a flat object of string values */
     MG_FGROUP_LIST = 1, /* Redis list: an array of strings, newest first, at most max_items */
@@ -69,14 +71,10 @@ typedef struct mg_fconf {
     char *_dir;   /* the config file's directory (relative password files) */
 } mg_fconf_t;
 
-/* Called once per problem: |path| is relative to the section ("apps.digits.timeout_ms"). */
-typedef void (*mg_fconf_report_fn)(void *ctx, const char *path, const char *msg);
-
-/* Parses the section |obj| ("features"); |dir| (may be NULL) resolves relative paths. Reports
- * every problem through |report| and returns NULL when there was any (or memory ran out, then
- * reported too). */
-mg_fconf_t *mg_fconf_parse(const json_t *obj, const char *dir, mg_fconf_report_fn report,
-                           void *ctx);
+/* Parses the section |obj|; |dir| (may be NULL) resolves relative paths. Every problem goes
+ * to |e|, at its path below the one |e| holds ("features" + ".apps.digits.timeout_ms"); NULL
+ * when there was any (or memory ran out). */
+mg_fconf_t *mg_fconf_parse(const json_t *obj, const char *dir, mg_jerr_t *e);
 
 /* An independent copy: the section is parsed again, and the secrets already read are copied
  * (their files are not read again). NULL when |c| is NULL or out of memory. */

@@ -577,15 +577,6 @@ static void parse_request_log_db(mg_jerr_t *e, const json_t *doc, const char *di
     mg_jerr_pop(e, old);
 }
 
-/* features/fconf.c reports its problems here, at "features.<its path>" */
-static void report_features(void *ctx, const char *path, const char *msg)
-{
-    mg_jerr_t *e = ctx;
-    size_t old = mg_jerr_push(e, "%s%s", *path ? "." : "", path);
-    mg_jerr_f(e, "%s", msg);
-    mg_jerr_pop(e, old);
-}
-
 /* "features": parsed by the features module (the rules live next to their use) */
 static void parse_features(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
@@ -593,7 +584,7 @@ static void parse_features(mg_jerr_t *e, const json_t *doc, const char *dir, mg_
     if (v == NULL || json_is_null(v))
         return;
     size_t old = mg_jerr_key(e, "features");
-    mg_fconf_t *f = mg_fconf_parse(v, dir, report_features, e);
+    mg_fconf_t *f = mg_fconf_parse(v, dir, e);
     if (f != NULL) {
         mg_fconf_free(c->features);
         c->features = f;

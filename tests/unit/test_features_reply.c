@@ -352,19 +352,16 @@ static const char *APP = "{\"redis\": {}, \"apps\": {\"digits\": {\"groups\": ["
                          "{\"name\": \"vec\", \"type\": \"json\"},"
                          "{\"name\": \"a_first\", \"type\": \"list\"}]}}}";
 
-static void ignore(void *ctx, const char *path, const char *msg)
-{
-    (void)ctx, (void)path, (void)msg;
-}
-
 /* The features section of APP (the caller frees it). */
 static mg_fconf_t *app_conf(void)
 {
     json_error_t jerr;
     json_t *cdoc = json_loads(APP, 0, &jerr);
-    mg_fconf_t *c = mg_fconf_parse(cdoc, NULL, ignore, NULL);
+    mg_jerr_t e = {.source = "features"};
+    mg_fconf_t *c = mg_fconf_parse(cdoc, NULL, &e);
     json_decref(cdoc);
     assert_non_null(c);
+    assert_null(e.buf);
     return c;
 }
 

@@ -17,23 +17,19 @@
 #include "features/fconf.h"
 #include "features/fvalue.h"
 
-static char reported[2048];
-
-static void report(void *ctx, const char *path, const char *msg)
-{
-    size_t n = strlen(reported);
-    snprintf(reported + n, sizeof(reported) - n, "%s: %s\n", path, msg);
-    (void)ctx;
-}
+static char reported[2048]; /* the problems of the last conf_of, "features: path: message" lines */
 
 static mg_fconf_t *conf_of(const char *text)
 {
     json_error_t jerr;
     json_t *doc = json_loads(text, 0, &jerr);
     assert_non_null(doc);
-    reported[0] = '\0';
-    mg_fconf_t *c = mg_fconf_parse(doc, NULL, report, NULL);
+    mg_jerr_t e = {.source = "features"};
+    mg_fconf_t *c = mg_fconf_parse(doc, NULL, &e);
     json_decref(doc);
+    snprintf(reported, sizeof(reported), "%s", e.buf ? e.buf : "");
+    assert_true(c == NULL || e.count == 0);
+    free(e.buf);
     return c;
 }
 
@@ -180,9 +176,11 @@ static void dup_keeps_the_secrets_read(void **state)
                              "{\"a\": {\"groups\": [{\"name\": \"g\", \"type\": \"json\"}]}}}",
                              0, &jerr);
     assert_non_null(doc);
-    mg_fconf_t *c = mg_fconf_parse(doc, dir, report, NULL);
+    mg_jerr_t je = {.source = "features"};
+    mg_fconf_t *c = mg_fconf_parse(doc, dir, &je);
     json_decref(doc);
     assert_non_null(c);
+    assert_int_equal(je.count, 0);
     assert_string_equal(c->redis.password, "first-secret");
     f = fopen(file, "w"); /* now two lines: refused if it were read again */
     assert_non_null(f);
