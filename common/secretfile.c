@@ -28,12 +28,11 @@ static mg_err_t errorf(mg_err_t e, char *err, size_t errlen, const char *key, co
     return e;
 }
 
-/* Reads up to |cap| bytes of |fd| (short reads and EINTR retried); -1 on error. */
-static ssize_t read_upto(int fd, char *buf, size_t cap)
+ssize_t mg_secretfile_read_upto(int fd, void *buf, size_t cap)
 {
     size_t n = 0;
     while (n < cap) {
-        ssize_t r = read(fd, buf + n, cap - n);
+        ssize_t r = read(fd, (char *)buf + n, cap - n);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
@@ -62,7 +61,7 @@ mg_err_t mg_secretfile_read(const char *path, const char *key, mg_secret_kind_t 
         close(fd);
         return errorf(MG_E_NOMEM, err, errlen, key, "\"%s\": out of memory", path);
     }
-    ssize_t got = read_upto(fd, buf, cap);
+    ssize_t got = mg_secretfile_read_upto(fd, buf, cap);
     int read_errno = errno;
     close(fd);
     if (got < 0) {

@@ -22,6 +22,7 @@
 #define MG_COMMON_SECRETFILE_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "common/err.h"
 
@@ -40,6 +41,10 @@ typedef enum mg_secret_kind {
  * admin.token_file: "/etc/modelgate/admin.token" has more than one line (...). */
 mg_err_t mg_secretfile_read(const char *path, const char *key, mg_secret_kind_t kind, size_t max,
                             char **out, char *err, size_t errlen);
+
+/* Reads up to |cap| bytes of |fd| into |buf|, short reads and EINTR retried: fewer only at the
+ * end of the file; -1 on error (errno set). For secret files of other shapes (binary keys). */
+ssize_t mg_secretfile_read_upto(int fd, void *buf, size_t cap);
 
 /* Wipes a secret mg_secretfile_read returned, then frees it. NULL is fine. */
 void mg_secretfile_free(char *secret);

@@ -289,15 +289,13 @@ static size_t read_ticket_file(const char *path, unsigned char *buf, unsigned ch
         snprintf(err, errlen, "tls.ticket_key_file: cannot open \"%s\": %s", path, strerror(errno));
         return 0;
     }
-    size_t len = 0;
-    ssize_t n = 0;
     unsigned char extra;
-    while (len < TICKET_FILE_MAX && (n = read(fd, buf + len, TICKET_FILE_MAX - len)) > 0)
-        len += (size_t)n;
-    if (n >= 0 && len == TICKET_FILE_MAX && read(fd, &extra, 1) == 1)
-        len++; /* one byte more says "too long" */
+    ssize_t n = mg_secretfile_read_upto(fd, buf, TICKET_FILE_MAX);
+    if (n == TICKET_FILE_MAX)
+        n = mg_secretfile_read_upto(fd, &extra, 1) == 1 ? n + 1 : n; /* one more: "too long" */
     int read_errno = errno;
     close(fd);
+    size_t len = n > 0 ? (size_t)n : 0;
     if (n < 0) {
         snprintf(err, errlen, "tls.ticket_key_file: cannot read \"%s\": %s", path,
                  strerror(read_errno));
