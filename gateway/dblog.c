@@ -13,9 +13,9 @@
  * literals per row. Duplicates are recognised by the primary key (time, id), so whatever happens
  * between the INSERT and the commit (crash, lost connection, kill -9) a replay adds nothing
  * twice; "ON DUPLICATE KEY" rather than INSERT IGNORE because IGNORE would also silently swallow
- * every other row error. A batch that MariaDB refuses for a reason other than the connection (a bad
- * value) is retried row by row, so one bad record is rejected and counted, not the whole batch,
- * and never blocks the spool.
+ * every other row error. A batch that MariaDB refuses for a record's value (data_error) is
+ * retried row by row, so one bad record is rejected and counted, not the whole batch, and never
+ * blocks the spool; any other refusal is retried later, whole.
  *
  * After a partial batch (the spool is drained) the thread waits flush_ms before reading again,
  * so under light load rows go in every flush_ms in one statement, and under heavy load batches
@@ -103,6 +103,9 @@ struct mg_dblog {
     time_t last_down_log;
     bool was_down;     /* a connection failed since the last success */
     bool maint_warned; /* "table not partitioned" said once */
+    time_t table_said; /* a refused table was said then (0: not refused) */
+    unsigned max_chars[MG_DBROW_NCOLS]; /* the table's text column lengths (check_table) */
+    size_t max_bytes[MG_DBROW_NCOLS];
 };
 
 /* ---------------------------------------------------------------- query buffer */
@@ -178,14 +181,28 @@ static void disconnect(mg_dblog_t *d)
     atomic_store(&d->connected, false);
 }
 
-/* Errors that say "the connection or the server is the problem": retry the same batch later,
- * on a new connection. Everything else is about the data. */
-static bool transient(unsigned e)
+/* Errors about one record's own values: that row is rejected (logged, counted) and the spool
+ * goes on. Every other error is retried with the same batch on a new connection, after a
+ * backoff: the connection, and also the server's state or limits (a statement time limit, a
+ * full disk, read-only during a fail-over, an operator's trigger saying no). Such causes pass,
+ * and records wait in the spool meanwhile instead of being dropped for good. A row refused for
+ * a reason missing here stalls the spool, loudly (a warning per retry), rather than being lost. */
+static bool data_error(unsigned e)
 {
-    return (e >= 2000 && e < 3000) || e == ER_NO_SUCH_TABLE || e == ER_BAD_DB_ERROR ||
-           e == ER_LOCK_WAIT_TIMEOUT || e == ER_LOCK_DEADLOCK || e == ER_SERVER_SHUTDOWN ||
-           e == ER_CON_COUNT_ERROR || e == ER_CONNECTION_KILLED || e == ER_QUERY_INTERRUPTED ||
-           e == ER_OPTION_PREVENTS_STATEMENT /* read_only during a fail-over */;
+    switch (e) {
+    case ER_BAD_NULL_ERROR:                  /* 1048 */
+    case ER_WARN_DATA_OUT_OF_RANGE:          /* 1264 */
+    case WARN_DATA_TRUNCATED:                /* 1265 */
+    case ER_TRUNCATED_WRONG_VALUE:           /* 1292: a bad DATETIME */
+    case ER_TRUNCATED_WRONG_VALUE_FOR_FIELD: /* 1366: bytes not in the column's character set */
+    case ER_DATA_TOO_LONG:                   /* 1406 */
+    case ER_WRONG_VALUE_FOR_TYPE:            /* 1411 */
+    case ER_DATA_OUT_OF_RANGE:               /* 1690 */
+    case ER_CONSTRAINT_FAILED:               /* 4025: an operator's CHECK constraint */
+        return true;
+    default:
+        return false;
+    }
 }
 
 static bool run(mg_dblog_t *d, const char *sql, bool quiet)
@@ -343,6 +360,104 @@ static bool ensure_schema(mg_dblog_t *d)
     return true;
 }
 
+/* The rows of |sql| (a query on information_schema about our table), or NULL (said). */
+static MYSQL_RES *table_info(mg_dblog_t *d, const char *what, const char *sql)
+{
+    d->qlen = 0;
+    q_fmt(d, sql, d->c.database, d->c.table);
+    MYSQL_RES *r = NULL;
+    if (mysql_real_query(d->m, d->q, d->qlen) != 0 || (r = mysql_store_result(d->m)) == NULL)
+        MG_LOG(MG_LOG_WARN, "dblog", "MariaDB %s:%u: cannot read the %s of %s: %s", d->c.host,
+               d->c.port, what, d->c.table, mysql_error(d->m));
+    return r;
+}
+
+/* Whether comma-separated |list| holds |name|. */
+static bool list_has(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; p != NULL; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+        if (strncmp(p, name, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    return false;
+}
+
+/* A refused table is said when first seen, then at most every DOWN_LOG_INTERVAL_S while the
+ * connection is retried. */
+static bool table_say(mg_dblog_t *d)
+{
+    time_t now = time(NULL);
+    if (d->table_said != 0 && now - d->table_said < DOWN_LOG_INTERVAL_S)
+        return false;
+    d->table_said = now;
+    return true;
+}
+
+/* A table an operator created may differ from ours. Two differences matter:
+ * - Exactly-once rests on a unique key of (time, id) or (id): without one a replay after a
+ *   crash inserts records twice; and a unique key without id (say on request_id, which clients
+ *   choose) would merge distinct records into one ("ON DUPLICATE KEY"). Either is refused, and
+ *   records wait in the spool until the table is fixed.
+ * - Narrower text columns: values are cut to the table's lengths, not refused. */
+static bool check_table(mg_dblog_t *d)
+{
+    MYSQL_RES *r = table_info(d, "keys",
+                              "SELECT INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX) "
+                              "FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = '%s' AND "
+                              "TABLE_NAME = '%s' AND NON_UNIQUE = 0 GROUP BY INDEX_NAME");
+    if (r == NULL)
+        return false;
+    bool idempotent = false, merging = false, say = table_say(d);
+    MYSQL_ROW row;
+    while ((row = mysql_fetch_row(r)) != NULL && row[0] && row[1]) {
+        const char *cols = row[1];
+        if (!list_has(cols, "id")) {
+            if (say)
+                MG_LOG(MG_LOG_ERROR, "dblog",
+                       "table %s: unique key %s (%s) would merge "
+                       "distinct request records into one row; make it a plain KEY. Records "
+                       "wait in spool %s",
+                       d->c.table, row[0], cols, d->c.spool_dir);
+            merging = true;
+        } else if (strcmp(cols, "time,id") == 0 || strcmp(cols, "id,time") == 0 ||
+                   strcmp(cols, "id") == 0) {
+            idempotent = true;
+        }
+    }
+    mysql_free_result(r);
+    if (!idempotent && say)
+        MG_LOG(MG_LOG_ERROR, "dblog",
+               "table %s has no PRIMARY KEY (time, id): a replay after a "
+               "crash would insert records twice; add it (conf/request_log.sql). Records wait in "
+               "spool %s",
+               d->c.table, d->c.spool_dir);
+    if (!idempotent || merging)
+        return false;
+    d->table_said = 0;
+
+    r = table_info(d, "columns",
+                   "SELECT COLUMN_NAME, LEAST(CHARACTER_MAXIMUM_LENGTH, 1000000), "
+                   "LEAST(CHARACTER_OCTET_LENGTH, 1000000) FROM information_schema.COLUMNS "
+                   "WHERE TABLE_SCHEMA = '%s' AND TABLE_NAME = '%s' AND "
+                   "CHARACTER_MAXIMUM_LENGTH IS NOT NULL");
+    if (r == NULL)
+        return false;
+    for (size_t k = 0; k < MG_DBROW_NCOLS; k++)
+        d->max_chars[k] = mg_dbrow_cols[k].maxlen, d->max_bytes[k] = SIZE_MAX;
+    while ((row = mysql_fetch_row(r)) != NULL && row[0] && row[1] && row[2]) {
+        for (size_t k = 0; k < MG_DBROW_NCOLS; k++) {
+            unsigned chars = (unsigned)strtoul(row[1], NULL, 10);
+            if (mg_dbrow_cols[k].type != MG_DBROW_STR || strcmp(mg_dbrow_cols[k].name, row[0]))
+                continue;
+            if (chars < d->max_chars[k])
+                d->max_chars[k] = chars;
+            d->max_bytes[k] = (size_t)strtoul(row[2], NULL, 10);
+        }
+    }
+    mysql_free_result(r);
+    return true;
+}
+
 /* Array binding (COM_STMT_BULK_EXECUTE) is MariaDB's, from 10.2.6 on: without it every batch
  * would fail, so say so at connect instead. */
 static bool bulk_supported(mg_dblog_t *d)
@@ -393,10 +508,11 @@ static bool db_connect(mg_dblog_t *d)
         return false;
     }
     /* strict values (a bad one is refused, not mangled), UTC for DATETIME */
-    if (!run(d, "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
-                "time_zone = '+00:00'",
+    if (!run(d,
+             "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
+             "time_zone = '+00:00'",
              false) ||
-        !bulk_supported(d) || !ensure_schema(d) || !prepare_insert(d)) {
+        !bulk_supported(d) || !ensure_schema(d) || !check_table(d) || !prepare_insert(d)) {
         d->was_down = true;
         d->last_down_log = time(NULL);
         disconnect(d);
@@ -428,8 +544,13 @@ static void put_row(mg_dblog_t *d, size_t i, const mg_dbrow_t *r)
     memcpy(d->ids[i], r->id, sizeof(r->id));
     set_param(&d->p[P_ID], i, (const char *)d->ids[i], sizeof(r->id), 0, false);
     set_param(&d->p[P_TIME], i, r->time, MG_DBROW_TIME_LEN, 0, false);
-    for (size_t k = 0; k < MG_DBROW_NCOLS; k++)
-        set_param(&d->p[P_COL + k], i, r->v[k].s, r->v[k].len, r->v[k].n, r->v[k].null);
+    for (size_t k = 0; k < MG_DBROW_NCOLS; k++) {
+        const mg_dbrow_val_t *v = &r->v[k];
+        size_t len = v->len;
+        if (v->s && (len > d->max_chars[k] || len > d->max_bytes[k])) /* a narrower column */
+            len = mg_dbrow_utf8_prefix(v->s, len, d->max_chars[k], d->max_bytes[k]);
+        set_param(&d->p[P_COL + k], i, v->s, len, v->n, v->null);
+    }
 }
 
 /* Binds rows [first, first + n) and runs the INSERT; counts inserted rows and duplicates. */
@@ -478,7 +599,7 @@ static bool insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
         if (execute_rows(d, i, 1))
             continue;
         unsigned e = mysql_stmt_errno(d->stmt);
-        if (transient(e))
+        if (!data_error(e))
             return false;
         int n = (int)(d->line_len[i] > 300 ? 300 : d->line_len[i]);
         MG_LOG(MG_LOG_ERROR, "dblog", "MariaDB refused a record: %s (error %u): %.*s",
@@ -525,7 +646,7 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
         put_row(d, rows++, &r);
     }
     if (rows > 0 && !execute_rows(d, 0, rows)) {
-        if (transient(mysql_stmt_errno(d->stmt)) || !insert_rows_one_by_one(d, rows)) {
+        if (!data_error(mysql_stmt_errno(d->stmt)) || !insert_rows_one_by_one(d, rows)) {
             MG_LOG(MG_LOG_WARN, "dblog", "MariaDB %s:%u: insert failed: %s (error %u); "
                    "retrying from the spool", d->c.host, d->c.port, mysql_stmt_error(d->stmt),
                    mysql_stmt_errno(d->stmt));

@@ -419,16 +419,22 @@ static bool parse_time(const val_t *v, mg_dbrow_t *row)
     return true;
 }
 
-/* Length of the prefix of |s| (valid UTF-8) holding at most |max| characters. */
-static size_t utf8_prefix(const char *s, size_t n, unsigned max)
+size_t mg_dbrow_utf8_prefix(const char *s, size_t n, unsigned max_chars, size_t max_bytes)
 {
-    if (n <= max)
-        return n; /* no more characters than bytes: nothing to count */
     size_t i = 0;
-    for (unsigned chars = 0; i < n && chars < max; chars++) {
-        i++;
-        while (i < n && ((unsigned char)s[i] & 0xc0) == 0x80)
+    if (n <= max_chars) {
+        i = n; /* no more characters than bytes: nothing to count */
+    } else {
+        for (unsigned chars = 0; i < n && chars < max_chars; chars++) {
             i++;
+            while (i < n && ((unsigned char)s[i] & 0xc0) == 0x80)
+                i++;
+        }
+    }
+    if (i > max_bytes) {
+        i = max_bytes;
+        while (i > 0 && ((unsigned char)s[i] & 0xc0) == 0x80) /* s[i] starts the cut character */
+            i--;
     }
     return i;
 }
@@ -438,7 +444,8 @@ static void set_col(mg_dbrow_val_t *out, const mg_dbrow_col_t *col, const val_t 
     switch (col->type) {
     case MG_DBROW_STR:
         if (v->kind == V_STR)
-            *out = (mg_dbrow_val_t){v->s, utf8_prefix(v->s, v->len, col->maxlen), 0, false};
+            *out = (mg_dbrow_val_t){v->s, mg_dbrow_utf8_prefix(v->s, v->len, col->maxlen, SIZE_MAX),
+                                    0, false};
         break;
     case MG_DBROW_INT:
     case MG_DBROW_UINT:

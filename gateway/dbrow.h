@@ -89,4 +89,8 @@ typedef struct mg_dbrow {
  */
 mg_err_t mg_dbrow_parse(char *line, size_t len, mg_dbrow_t *row);
 
+/* Length of the longest prefix of |s| (|n| bytes of valid UTF-8) that ends on a character
+ * boundary and holds at most |max_chars| characters and |max_bytes| bytes. */
+size_t mg_dbrow_utf8_prefix(const char *s, size_t n, unsigned max_chars, size_t max_bytes);
+
 #endif /* MG_GATEWAY_DBROW_H */

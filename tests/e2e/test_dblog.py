@@ -385,20 +385,105 @@ def test_spool_cap_counts_losses(procs):
           "as lost" % (n, rows(db), st["lost"]))
 
 
-def test_operator_schema_and_retention(procs):
-    """conf/request_log.sql creates a table the gateway manages: it adds the days ahead and drops
-    the day partitions older than retention_days (p_old stays)."""
-    db = MariaDB(procs)
+def operator_sql(db, first_day):
+    """conf/request_log.sql for |db|, its first day partition bound |first_day| (TO_DAYS)."""
     src = os.environ.get("MG_SOURCE_DIR") or os.path.dirname(os.path.dirname(
         os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(src, "conf", "request_log.sql")) as f:
         sql = "\n".join(re.sub(r"--( .*)?$", "", ln) for ln in f.read().splitlines())
-    today = db.query("SELECT TO_DAYS(UTC_DATE())")[0][0]
-    sql = sql.replace("739000", str(today - 100)).replace("modelgate", db.database)
+    return sql.replace("739000", str(first_day)).replace("modelgate", db.database)
+
+
+def run_sql(db, sql):
     conn = db.connect()
     with conn.cursor() as cur:
         for stmt in [s.strip() for s in sql.split(";") if s.strip()]:
             cur.execute(stmt)
+    conn.close()
+
+
+def dblog_stats(admin_port):
+    return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/stats/dblog" % admin_port,
+                                             timeout=5).read())
+
+
+def test_refusals_that_may_pass_are_retried(procs):
+    """Only a record's own bad value rejects it: any other refusal (here an operator's trigger,
+    as a statement time limit or a full disk would) keeps the records in the spool, and they go
+    in, exactly once, when the cause is gone."""
+    db = MariaDB(procs)
+    a = procs.backend("pod-a")
+    admin_port = free_port()
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dict(dblog_conf(db), admin={"listen": "127.0.0.1:%d" % admin_port}))
+    assert Load(gw, threads=2, per_thread=10).join() == 20
+    wait_for(lambda: rows(db) == 20, 30, 0.1, "20 rows")
+    run_sql(db, "CREATE TRIGGER no_inserts BEFORE INSERT ON request_log FOR EACH ROW "
+                "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'maintenance window'")
+    assert Load(gw, threads=2, per_thread=15).join() == 30
+    wait_for(lambda: "maintenance window" in gw.log(), 20, 0.1, "the refusal in the log")
+    time.sleep(1)
+    st = dblog_stats(admin_port)
+    assert rows(db) == 20 and st["rejected"] == 0, (rows(db), st)
+    assert "REJECTED" not in gw.log()
+    run_sql(db, "DROP TRIGGER no_inserts")
+    wait_for(lambda: rows(db) == 50, 30, 0.1, "50 rows once the trigger is gone")
+    check_exact(gw, db, 50, "refused by a trigger, then accepted")
+    print("dblog: 30 records refused by a trigger (%s) waited in the spool and went in after" %
+          [ln for ln in gw.log().splitlines() if "maintenance window" in ln][0][-120:])
+
+
+@pytest.mark.parametrize("case", ["no_key", "merging_key", "narrow"])
+def test_operator_table_is_checked(procs, case):
+    """A table an operator made: without the idempotency key (time, id), or with a unique key
+    that would merge distinct records, records wait in the spool (said in the log) until the
+    table is fixed; narrower text columns get values cut to their length, not refused."""
+    db = MariaDB(procs)
+    today = db.query("SELECT TO_DAYS(UTC_DATE())")[0][0]
+    sql = operator_sql(db, today)
+    if case == "no_key":
+        sql = sql.replace("PRIMARY KEY (time, id),", "KEY by_time (time),")
+    elif case == "merging_key":
+        sql = sql.replace("PRIMARY KEY (time, id),",
+                          "PRIMARY KEY (time, id), UNIQUE KEY rid (request_id, time),")
+    else:
+        sql = sql.replace("path VARCHAR(2048)", "path VARCHAR(12)")
+    assert sql != operator_sql(db, today)
+    run_sql(db, sql)
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dblog_conf(db))
+    n = 20
+    assert Load(gw, threads=2, per_thread=n // 2, prefix="/a-long-path-é").join() == n
+    if case == "narrow":
+        wait_for(lambda: rows(db) == n, 30, 0.1, "%d rows" % n)
+        check_exact(gw, db, n, "narrow path column")
+        paths = {r[0] for r in db.query("SELECT path FROM request_log")}
+        full = {ln["path"] for ln in gw.access()}
+        assert paths == {p[:12] for p in full} and all(len(p) > 12 for p in full), (paths, full)
+        print("dblog: path VARCHAR(12): %s cut to %s" % (sorted(full)[0], sorted(paths)[0]))
+        return
+    why = {"no_key": "has no PRIMARY KEY (time, id)",
+           "merging_key": "unique key rid (request_id,time) would merge"}[case]
+    wait_for(lambda: why in gw.log(), 20, 0.1, "the refusal: " + why)
+    time.sleep(1)
+    assert rows(db) == 0
+    run_sql(db, {"no_key": "ALTER TABLE request_log ADD PRIMARY KEY (time, id)",
+                 "merging_key": "ALTER TABLE request_log DROP INDEX rid"}[case])
+    wait_for(lambda: rows(db) == n, 30, 0.1, "%d rows once the table is fixed" % n)
+    check_exact(gw, db, n, case)
+    assert gw.log().count(why) == 1, "said once, not at every retry"
+    print("dblog: %s: refused (%s), then %d rows" % (case, why, n))
+
+
+def test_operator_schema_and_retention(procs):
+    """conf/request_log.sql creates a table the gateway manages: it adds the days ahead and drops
+    the day partitions older than retention_days (p_old stays)."""
+    db = MariaDB(procs)
+    today = db.query("SELECT TO_DAYS(UTC_DATE())")[0][0]
+    run_sql(db, operator_sql(db, today - 100))
+    conn = db.connect()
+    with conn.cursor() as cur:
         cur.execute("ALTER TABLE request_log REORGANIZE PARTITION p_future INTO ("
                     "PARTITION p_day100 VALUES LESS THAN (%d), "
                     "PARTITION p_future VALUES LESS THAN MAXVALUE)" % (today - 99))

@@ -321,6 +321,25 @@ static void rejects_what_is_no_record(void **state)
 }
 
 /* The reader before this one was jansson: on every line it accepts, the values must agree. */
+/* A value is cut for a table whose column is narrower than ours: whole characters only, within
+ * both the column's characters and its bytes (a VARBINARY column counts bytes). */
+static void prefixes_end_on_characters(void **state)
+{
+    (void)state;
+    const char *s = "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80z"; /* a é € 😀 z: 11 bytes, 5 chars */
+    size_t n = strlen(s);
+    assert_int_equal(mg_dbrow_utf8_prefix(s, n, 100, SIZE_MAX), n);
+    assert_int_equal(mg_dbrow_utf8_prefix(s, n, 2, SIZE_MAX), 3);
+    assert_int_equal(mg_dbrow_utf8_prefix(s, n, 4, SIZE_MAX), 10);
+    assert_int_equal(mg_dbrow_utf8_prefix(s, n, 0, SIZE_MAX), 0);
+    assert_int_equal(mg_dbrow_utf8_prefix(s, n, 100, 5), 3); /* not half of the € */
+    assert_int_equal(mg_dbrow_utf8_prefix(s, n, 100, 6), 6);
+    assert_int_equal(mg_dbrow_utf8_prefix(s, n, 100, 9), 6); /* not 3/4 of the 😀 */
+    assert_int_equal(mg_dbrow_utf8_prefix(s, n, 3, 4), 3);   /* the smaller bound wins */
+    assert_int_equal(mg_dbrow_utf8_prefix("abc", 3, 100, 2), 2);
+    assert_int_equal(mg_dbrow_utf8_prefix("\xc3\xa9", 2, 100, 1), 0);
+}
+
 static void check_like_jansson(const char *text)
 {
     char line[8192];
@@ -436,6 +455,7 @@ int main(void)
         cmocka_unit_test(rejects_what_is_no_record),
         cmocka_unit_test(agrees_with_jansson),
         cmocka_unit_test(previous_version_spool_replays),
+        cmocka_unit_test(prefixes_end_on_characters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
