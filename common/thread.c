@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/log.h"
 
@@ -28,4 +29,15 @@ bool mg_thread_background(void)
            strerror(rc));
 #endif
     return false;
+}
+
+bool mg_thread_cond_init(pthread_cond_t *c)
+{
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0)
+        return false;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(c, &ca);
+    pthread_condattr_destroy(&ca);
+    return rc == 0;
 }

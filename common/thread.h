@@ -4,6 +4,7 @@
 #ifndef MG_COMMON_THREAD_H
 #define MG_COMMON_THREAD_H
 
+#include <pthread.h>
 #include <stdbool.h>
 
 /*
@@ -15,5 +16,9 @@
  * logged at info and leaves the thread as it was. True when the thread is now SCHED_BATCH.
  */
 bool mg_thread_background(void);
+
+/* pthread_cond_init on CLOCK_MONOTONIC, so that a wall-clock step does not stretch a timed wait;
+ * false when it failed. */
+bool mg_thread_cond_init(pthread_cond_t *c);
 
 #endif /* MG_COMMON_THREAD_H */

@@ -82,6 +82,8 @@ struct mg_dblog {
     bool stopping;       /* under mu */
 
     atomic_uint_least64_t spooled, inserted, duplicates, lost, rejected;
+    atomic_uint_least64_t unspooled; /* dropped before the spool (mg_dblog_lost); stats add it to
+                                      * lost, the access log says it */
     atomic_bool connected;
 
     /* database thread only */
@@ -97,7 +99,8 @@ struct mg_dblog {
     const char **line;  /* each row's spool line (unescaped in place), for messages */
     size_t *line_len;
     void *pmem; /* the one block holding all of the above arrays */
-    uint64_t lost_reported, rejected_reported;
+    pthread_mutex_t report_mu; /* report() runs on the database and the writer thread */
+    uint64_t lost_reported, rejected_reported; /* under report_mu */
     struct timespec last_report;
     time_t next_maint;
     time_t last_down_log;
@@ -667,15 +670,20 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
 
 /* ---------------------------------------------------------------- reports and thread */
 
+/* Loud, at most once a second. It runs on the database thread and after each spool append on
+ * the writer thread, so a loss is said promptly even while the database thread waits on a
+ * MariaDB that hangs (up to its 10 s I/O timeout). */
 static void report(mg_dblog_t *d, bool force)
 {
+    pthread_mutex_lock(&d->report_mu);
     uint64_t lost = atomic_load(&d->lost), rej = atomic_load(&d->rejected);
-    if (lost == d->lost_reported && rej <= d->rejected_reported)
-        return;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    if (!force && now.tv_sec - d->last_report.tv_sec < 1)
+    if ((lost == d->lost_reported && rej <= d->rejected_reported) ||
+        (!force && now.tv_sec - d->last_report.tv_sec < 1)) {
+        pthread_mutex_unlock(&d->report_mu);
         return;
+    }
     if (lost != d->lost_reported)
         MG_LOG(MG_LOG_ERROR, "dblog",
                "LOST %" PRIu64 " request records (%" PRIu64 " in total): the spool %s is full "
@@ -690,6 +698,7 @@ static void report(mg_dblog_t *d, bool force)
     d->lost_reported = lost;
     d->rejected_reported = rej;
     d->last_report = now;
+    pthread_mutex_unlock(&d->report_mu);
 }
 
 static double ms_since(const struct timespec *a)
@@ -843,11 +852,8 @@ mg_dblog_t *mg_dblog_open(const mg_dblog_conf_t *conf)
         goto fail;
     }
     pthread_mutex_init(&d->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&d->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&d->report_mu, NULL);
+    mg_thread_cond_init(&d->cond);
     clock_gettime(CLOCK_MONOTONIC, &d->last_report);
     d->last_report.tv_sec -= 2;
 
@@ -860,6 +866,7 @@ mg_dblog_t *mg_dblog_open(const mg_dblog_conf_t *conf)
         MG_LOG(MG_LOG_ERROR, "dblog", "cannot start the database thread: %s", strerror(rc));
         pthread_cond_destroy(&d->cond);
         pthread_mutex_destroy(&d->mu);
+        pthread_mutex_destroy(&d->report_mu);
         mysql_library_end();
         goto fail;
     }
@@ -891,13 +898,24 @@ void mg_dblog_sink(void *ud, const char *lines, size_t len)
 {
     mg_dblog_t *d = ud;
     uint64_t lost = 0;
+    if (len == 0) { /* the writer is idle: only say what is pending */
+        report(d, false);
+        return;
+    }
     mg_spool_append(d->spool, lines, len, &lost);
     size_t n = 0;
     for (const char *p = lines, *e = lines + len; (p = memchr(p, '\n', (size_t)(e - p))); p++)
         n++;
     atomic_fetch_add(&d->spooled, n - lost);
     if (lost)
-        atomic_fetch_add(&d->lost, lost); /* the database thread reports it within a second */
+        atomic_fetch_add(&d->lost, lost);
+    report(d, false);
+}
+
+void mg_dblog_lost(void *ud, uint64_t records)
+{
+    mg_dblog_t *d = ud;
+    atomic_fetch_add(&d->unspooled, records); /* said by the access log, which dropped them */
 }
 
 void mg_dblog_stats(mg_dblog_t *d, mg_dblog_stats_t *out)
@@ -905,7 +923,7 @@ void mg_dblog_stats(mg_dblog_t *d, mg_dblog_stats_t *out)
     out->spooled = atomic_load(&d->spooled);
     out->inserted = atomic_load(&d->inserted);
     out->duplicates = atomic_load(&d->duplicates);
-    out->lost = atomic_load(&d->lost);
+    out->lost = atomic_load(&d->lost) + atomic_load(&d->unspooled);
     out->rejected = atomic_load(&d->rejected);
     out->spool_bytes = mg_spool_bytes(d->spool);
     out->connected = atomic_load(&d->connected);
@@ -931,6 +949,7 @@ void mg_dblog_close(mg_dblog_t *d)
     mysql_library_end();
     pthread_cond_destroy(&d->cond);
     pthread_mutex_destroy(&d->mu);
+    pthread_mutex_destroy(&d->report_mu);
     mg_secretfile_free(d->password);
     free(d->insert_sql);
     free(d->pmem);

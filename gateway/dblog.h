@@ -71,6 +71,8 @@ mg_dblog_t *mg_dblog_open(const mg_dblog_conf_t *conf);
 
 /* A mg_reqlog_sink_fn: spools |len| bytes of whole lines; |ud| is the mg_dblog_t. */
 void mg_dblog_sink(void *ud, const char *lines, size_t len);
+/* A mg_reqlog_lost_fn: |records| never reached the spool; counted as lost. */
+void mg_dblog_lost(void *ud, uint64_t records);
 
 /* Counters since open. Thread-safe. */
 void mg_dblog_stats(mg_dblog_t *d, mg_dblog_stats_t *out);

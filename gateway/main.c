@@ -516,6 +516,23 @@ static void *joiner(void *arg)
 
 /* ---------- main ---------- */
 
+/* What the access log could not write must be seen too, not only said in the log. */
+static void access_log_metrics(void *ud, struct evbuffer *out)
+{
+    mg_reqlog_stats_t st;
+    mg_reqlog_stats(ud, &st);
+    evbuffer_add_printf(out,
+                        "# HELP modelgate_access_log_dropped_total Access log lines not written: "
+                        "the file was written slower than requests arrived.\n"
+                        "# TYPE modelgate_access_log_dropped_total counter\n"
+                        "modelgate_access_log_dropped_total %" PRIu64 "\n"
+                        "# HELP modelgate_access_log_lost_total Access log lines a write error "
+                        "lost (disk full, I/O error).\n"
+                        "# TYPE modelgate_access_log_lost_total counter\n"
+                        "modelgate_access_log_lost_total %" PRIu64 "\n",
+                        st.dropped, st.lost);
+}
+
 /* GET /stats/dblog on the admin listener: the database request log's counters. */
 static int dblog_page(void *ud, const char *query, struct evbuffer *out, const char **ctype)
 {
@@ -856,7 +873,7 @@ int main(int argc, char **argv)
         g_dblog = mg_dblog_open(&conf.request_log_db);
         if (g_dblog == NULL)
             goto out; /* the reason is logged */
-        mg_reqlog_set_sink(g_log, mg_dblog_sink, g_dblog);
+        mg_reqlog_set_sink(g_log, mg_dblog_sink, mg_dblog_lost, g_dblog);
     }
     if (conf.admin_listen) {
         char err[512];
@@ -914,6 +931,10 @@ int main(int argc, char **argv)
     g_metrics_src.workers = g_nworkers;
     g_metrics_src.tls = g_tls != NULL;
     int nmore = 0;
+    if (g_log) {
+        g_metrics_src.more[nmore] = access_log_metrics;
+        g_metrics_src.more_ud[nmore++] = g_log;
+    }
     if (g_dblog) {
         g_metrics_src.more[nmore] = dblog_metrics;
         g_metrics_src.more_ud[nmore++] = g_dblog;

@@ -230,7 +230,7 @@ int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const cha
     }
     if (src && src->tls)
         tls_samples(out, src, nworkers, atomic_load(src->tls_not_after));
-    for (int i = 0; src && i < 4 && src->more[i]; i++)
+    for (size_t i = 0; src && i + 1 < sizeof(src->more) / sizeof(src->more[0]) && src->more[i]; i++)
         src->more[i](src->more_ud[i], out);
     return 200;
 }

@@ -33,8 +33,8 @@ typedef struct mg_metrics_src {
     const _Atomic int64_t *tls_not_after; /* the certificate's notAfter (Unix s); 0: unknown */
     mg_metrics_worker_fn worker;
     void *ud;
-    mg_metrics_more_fn more[4]; /* NULL-terminated */
-    void *more_ud[4];
+    mg_metrics_more_fn more[5]; /* NULL-terminated: 4 at most */
+    void *more_ud[5];
 } mg_metrics_src_t;
 
 /* An mg_admin_page_fn: |ud| is a mg_metrics_src_t that outlives the admin listener. */

@@ -18,16 +18,23 @@
  * (0.39 before pacing). A line reaches the file at most PACE_MS after it was queued, or
  * once the previous batch is written if that took longer.
  *
- * The queue is bounded (MG_REQLOG_QUEUE_MAX): when the disk cannot keep up we drop whole lines and
- * count them rather than grow without limit or block a worker; the writer reports the count with
- * a warning at most once per second, so a flood of drops is loud but cannot flood the operator log.
+ * The queue is bounded (MG_REQLOG_QUEUE_MAX): when the writer cannot keep up we drop whole lines
+ * and count them rather than grow without limit or block a worker; the writer reports the count
+ * at most once per second, so a flood of drops is loud but cannot flood the operator log.
+ *
+ * Two stages. The writer hands each batch to the sink (the request log's spool) and then to a
+ * second thread, which alone writes the file. A file that blocks (a stdout nobody reads, a
+ * stalled log collector's pipe) stalls only that thread: the sink still gets every line, and the
+ * batches wait in the file stage's own bounded queue, past which they are dropped from the
+ * access log only, counted and said. The order holds: a line reaches the file only after the
+ * sink had it.
  *
  * Rotation: mg_reqlog_reopen() only stores an atomic flag, because it runs in signal handlers
- * where neither the mutex nor the condvar may be touched. The writer therefore never sleeps for
- * longer than WAKE_MS: it sees the flag at the latest then, or right away with the next batch
+ * where neither the mutex nor the condvar may be touched. The file thread therefore never sleeps
+ * for longer than WAKE_MS: it sees the flag at the latest then, or right away with the next batch
  * (it checks the flag after taking a batch and before writing it, so every line queued after
  * mg_reqlog_reopen() returned goes to the new file). If the reopen fails (directory gone, EMFILE)
- * the old descriptor stays in use, so no line is lost, and the writer retries every WAKE_MS.
+ * the old descriptor stays in use, so no line is lost, and it retries every WAKE_MS.
  *
  * Every line is valid JSON whatever the input: strings are escaped here (control characters as
  * \u00XX, invalid UTF-8 bytes as \ufffd), and when a record would not fit the buffer the longest
@@ -79,29 +86,41 @@ typedef struct qbuf {
 
 struct mg_reqlog {
     char *path; /* NULL for stdout ("-"), which is never reopened or closed */
-    int fd;     /* owned by the writer thread after open */
+    int fd;     /* owned by the file thread after open */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cond; /* CLOCK_MONOTONIC; see mg_reqlog_write() for when it is signalled */
     qbuf_t queue;        /* guarded by mu: what workers append to */
     bool stopping;       /* guarded by mu */
     bool writer_idle;    /* guarded by mu: the writer sleeps on an empty queue, wake it */
-    atomic_int reopen;   /* set by mg_reqlog_reopen(), consumed by the writer */
+    atomic_int reopen;   /* set by mg_reqlog_reopen(), consumed by the file thread */
     atomic_uint_least64_t dropped; /* lines refused because the queue was full */
     char boot_hex[16];             /* random, drawn at open, in hex: the first half of every id */
     atomic_uint_least64_t seq;     /* the second half: records written since open */
     mg_reqlog_sink_fn sink;        /* guarded by mu; taken with each batch */
+    mg_reqlog_lost_fn sink_lost;
     void *sink_ud;
+
+    /* the file stage (see DESIGN) */
+    pthread_t file_thread;
+    pthread_mutex_t fmu;
+    pthread_cond_t fcond; /* CLOCK_MONOTONIC; signalled when fqueue stops being empty */
+    qbuf_t fqueue;        /* guarded by fmu: batches the sink had, for the file */
+    bool fstopping;       /* guarded by fmu */
+    atomic_uint_least64_t file_dropped; /* lines the file stage had no room for */
+    atomic_uint_least64_t lost;         /* lines lost to write errors (disk full, EIO) */
+    atomic_int lost_errno;              /* the last write error, for the report */
+
+    /* file thread only */
+    qbuf_t fbatch;
+    bool reopen_pending; /* a reopen failed; retried every WAKE_MS */
+    struct timespec last_reopen;
 
     /* writer thread only */
     qbuf_t batch;
-    uint64_t dropped_reported;
-    uint64_t lost; /* lines lost to write errors (disk full, EIO) */
-    uint64_t lost_reported;
-    int lost_errno; /* the last write error, for the report */
+    uint64_t dropped_reported, file_dropped_reported, lost_reported;
+    uint64_t dropped_told; /* drops passed on to sink_lost */
     struct timespec last_warn;
-    bool reopen_pending; /* a reopen failed; retried every WAKE_MS */
-    struct timespec last_reopen;
     struct timespec next_take; /* CLOCK_MONOTONIC: the earliest start of the next paced batch */
 };
 
@@ -394,10 +413,10 @@ static size_t count_lines(const char *p, size_t n)
 /* Writes the whole batch, across short writes, EINTR and a non-blocking stdout. On a hard error
  * the rest of the batch is counted as lost: retrying forever would stall the queue behind a full
  * disk and turn one problem into unbounded memory. report() tells the operator. */
-static void write_batch(mg_reqlog_t *log)
+static void write_batch(mg_reqlog_t *log, qbuf_t *b)
 {
-    const char *p = log->batch.data;
-    size_t left = log->batch.len;
+    const char *p = b->data;
+    size_t left = b->len;
     while (left > 0) {
         ssize_t n = write(log->fd, p, left);
         if (n > 0) {
@@ -411,11 +430,11 @@ static void write_batch(mg_reqlog_t *log)
             poll(&pfd, 1, WAKE_MS);
             continue;
         }
-        log->lost += count_lines(p, left);
-        log->lost_errno = n < 0 ? errno : EIO;
+        atomic_store(&log->lost_errno, n < 0 ? errno : EIO);
+        atomic_fetch_add(&log->lost, count_lines(p, left));
         break;
     }
-    log->batch.len = 0;
+    b->len = 0;
 }
 
 static void do_reopen(mg_reqlog_t *log)
@@ -439,6 +458,51 @@ static void do_reopen(mg_reqlog_t *log)
     log->fd = fd;
 }
 
+/* Appends |n| bytes to |q|; false when it is at its bound or cannot grow. */
+static bool qbuf_append(qbuf_t *q, const char *data, size_t n)
+{
+    if (q->len + n > MG_REQLOG_QUEUE_MAX)
+        return false;
+    if (q->len + n > q->cap) {
+        size_t cap = q->cap ? q->cap : MG_REQLOG_QUEUE_MIN;
+        while (cap < q->len + n)
+            cap *= 2;
+        if (cap > MG_REQLOG_QUEUE_MAX)
+            cap = MG_REQLOG_QUEUE_MAX;
+        char *d = realloc(q->data, cap);
+        if (d == NULL)
+            return false;
+        q->data = d, q->cap = cap;
+    }
+    memcpy(q->data + q->len, data, n);
+    q->len += n;
+    return true;
+}
+
+/* The writer's batch, which the sink had, goes to the file stage: handed over whole when that
+ * stage is idle (no copy), else appended, else, when the file is that far behind, dropped from
+ * the access log only. */
+static void hand_to_file(mg_reqlog_t *log)
+{
+    qbuf_t *b = &log->batch;
+    if (b->len == 0)
+        return;
+    bool refused = false;
+    pthread_mutex_lock(&log->fmu);
+    if (log->fqueue.len == 0) {
+        qbuf_t t = log->fqueue;
+        log->fqueue = *b;
+        *b = t;
+        pthread_cond_signal(&log->fcond);
+    } else {
+        refused = !qbuf_append(&log->fqueue, b->data, b->len);
+    }
+    pthread_mutex_unlock(&log->fmu);
+    if (refused)
+        atomic_fetch_add(&log->file_dropped, count_lines(b->data, b->len));
+    b->len = 0;
+}
+
 /* A failed reopen is retried at most once per WAKE_MS, not once per batch: under load a batch
  * goes out every PACE_MS, and each try is an open(2) plus path lookup. */
 static void retry_reopen(mg_reqlog_t *log)
@@ -455,24 +519,35 @@ static void retry_reopen(mg_reqlog_t *log)
 static void report(mg_reqlog_t *log, bool force)
 {
     const char *name = log->path ? log->path : "stdout";
-    uint64_t dropped = atomic_load(&log->dropped);
-    if (dropped == log->dropped_reported && log->lost == log->lost_reported)
+    uint64_t dropped = atomic_load(&log->dropped), fdropped = atomic_load(&log->file_dropped);
+    uint64_t lost = atomic_load(&log->lost);
+    if (dropped == log->dropped_reported && fdropped == log->file_dropped_reported &&
+        lost == log->lost_reported)
         return;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     if (!force && since(&log->last_warn, &now) < WAKE_MS / 1000.0)
         return;
     if (dropped != log->dropped_reported)
+        MG_LOG(log->sink ? MG_LOG_ERROR : MG_LOG_WARN, "reqlog",
+               "DROPPED %" PRIu64 " access log lines (%" PRIu64 " in total): the queue is full "
+               "(%u MiB) because lines are %s slower than requests arrive%s",
+               dropped - log->dropped_reported, dropped, MG_REQLOG_QUEUE_MAX >> 20,
+               log->sink ? "spooled" : "written",
+               log->sink ? "; they are in neither the access log nor the request log" : "");
+    if (fdropped != log->file_dropped_reported)
         MG_LOG(MG_LOG_WARN, "reqlog",
-               "DROPPED %" PRIu64 " access log lines (%" PRIu64 " in total): the queue for %s is "
-               "full (%u MiB) because the file is written slower than requests arrive",
-               dropped - log->dropped_reported, dropped, name, MG_REQLOG_QUEUE_MAX >> 20);
-    if (log->lost != log->lost_reported)
+               "DROPPED %" PRIu64 " access log lines (%" PRIu64 " in total): %s is written slower "
+               "than requests arrive (a full disk, or a pipe nobody reads?)%s",
+               fdropped - log->file_dropped_reported, fdropped, name,
+               log->sink ? "; the request log has them" : "");
+    if (lost != log->lost_reported)
         MG_LOG(MG_LOG_ERROR, "reqlog",
                "LOST %" PRIu64 " access log lines (%" PRIu64 " in total): write to %s failed: %s",
-               log->lost - log->lost_reported, log->lost, name, strerror(log->lost_errno));
+               lost - log->lost_reported, lost, name, strerror(atomic_load(&log->lost_errno)));
     log->dropped_reported = dropped;
-    log->lost_reported = log->lost;
+    log->file_dropped_reported = fdropped;
+    log->lost_reported = lost;
     log->last_warn = now;
 }
 
@@ -509,41 +584,83 @@ static void *writer_main(void *arg)
         log->queue = t;
         bool stop = log->stopping;
         mg_reqlog_sink_fn sink = log->sink;
+        mg_reqlog_lost_fn sink_lost = log->sink_lost;
         void *sink_ud = log->sink_ud;
         pthread_mutex_unlock(&log->mu);
 
-        /* after taking the batch: lines queued after a reopen request go to the new file */
-        if (atomic_exchange(&log->reopen, 0))
-            do_reopen(log);
-        else if (log->reopen_pending)
-            retry_reopen(log);
         bool idle = log->batch.len == 0;
-        size_t batch_len = log->batch.len;
         /* the sink (the database log's fsync'ed spool) first: a record in the access log is
          * then never one the request log lost */
-        if (sink != NULL && batch_len > 0)
-            sink(sink_ud, log->batch.data, batch_len);
-        write_batch(log);
+        if (sink != NULL) /* also when idle: the sink reports its losses from here too */
+            sink(sink_ud, log->batch.data, log->batch.len);
+        uint64_t dropped = atomic_load(&log->dropped);
+        if (sink_lost != NULL && dropped != log->dropped_told)
+            sink_lost(sink_ud, dropped - log->dropped_told);
+        log->dropped_told = dropped;
+        hand_to_file(log);
         if (log->batch.cap > MG_REQLOG_KEEP_MAX) {
             free(log->batch.data);
             log->batch = (qbuf_t){NULL, 0, 0};
         }
         report(log, false);
         if (stop && idle)
-            break; /* stopping and the queue was already empty: everything is written */
+            break; /* stopping and the queue was already empty: all went to the file stage */
         pthread_mutex_lock(&log->mu);
     }
     report(log, true);
     return NULL;
 }
 
+/* The file thread: writes what the writer handed over, and reopens the file on request. */
+static void *file_main(void *arg)
+{
+    mg_reqlog_t *log = arg;
+    mg_thread_background();
+    for (;;) {
+        pthread_mutex_lock(&log->fmu);
+        if (log->fqueue.len == 0 && !log->fstopping) {
+            struct timespec dl = ms_from_now(WAKE_MS);
+            pthread_cond_timedwait(&log->fcond, &log->fmu, &dl);
+        }
+        qbuf_t t = log->fbatch;
+        log->fbatch = log->fqueue;
+        log->fqueue = t;
+        bool stop = log->fstopping;
+        pthread_mutex_unlock(&log->fmu);
+
+        /* after taking the batch: lines queued after a reopen request go to the new file */
+        if (atomic_exchange(&log->reopen, 0))
+            do_reopen(log);
+        else if (log->reopen_pending)
+            retry_reopen(log);
+        bool idle = log->fbatch.len == 0;
+        write_batch(log, &log->fbatch);
+        if (log->fbatch.cap > MG_REQLOG_KEEP_MAX) {
+            free(log->fbatch.data);
+            log->fbatch = (qbuf_t){NULL, 0, 0};
+        }
+        if (stop && idle)
+            break;
+    }
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- public API */
+
+/* After the writer is gone: the file thread writes what it still holds, then ends. */
+static void stop_file_thread(mg_reqlog_t *log)
+{
+    pthread_mutex_lock(&log->fmu);
+    log->fstopping = true;
+    pthread_cond_signal(&log->fcond);
+    pthread_mutex_unlock(&log->fmu);
+    pthread_join(log->file_thread, NULL);
+}
 
 mg_reqlog_t *mg_reqlog_open(const char *path)
 {
     mg_reqlog_t *log = NULL;
-    bool mu = false, cond = false;
-    pthread_condattr_t ca;
+    bool mu = false, cond = false, fmu = false, fcond = false, file_thread = false;
     sigset_t all, old;
 
     if (path == NULL || *path == '\0') {
@@ -566,16 +683,17 @@ mg_reqlog_t *mg_reqlog_open(const char *path)
     if (pthread_mutex_init(&log->mu, NULL) != 0)
         goto nomem;
     mu = true;
-    /* monotonic: a wall-clock step must not stretch the writer's sleep */
-    if (pthread_condattr_init(&ca) != 0)
+    if (!(cond = mg_thread_cond_init(&log->cond)))
         goto nomem;
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&log->cond, &ca);
-    pthread_condattr_destroy(&ca);
-    if (rc != 0)
+    if (pthread_mutex_init(&log->fmu, NULL) != 0)
         goto nomem;
-    cond = true;
+    fmu = true;
+    if (!(fcond = mg_thread_cond_init(&log->fcond)))
+        goto nomem;
     atomic_init(&log->reopen, 0);
+    atomic_init(&log->file_dropped, 0);
+    atomic_init(&log->lost, 0);
+    atomic_init(&log->lost_errno, 0);
     atomic_init(&log->dropped, 0);
     atomic_init(&log->seq, 0);
     uint64_t boot;
@@ -593,20 +711,29 @@ mg_reqlog_t *mg_reqlog_open(const char *path)
     /* The writer takes no signals: SIGUSR1/SIGTERM belong to the main thread's event loop. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    rc = pthread_create(&log->thread, NULL, writer_main, log);
+    int rc = pthread_create(&log->file_thread, NULL, file_main, log);
+    file_thread = rc == 0;
+    if (rc == 0)
+        rc = pthread_create(&log->thread, NULL, writer_main, log);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        MG_LOG(MG_LOG_ERROR, "reqlog", "cannot start the access log writer thread: %s",
-               strerror(rc));
+        MG_LOG(MG_LOG_ERROR, "reqlog", "cannot start the access log threads: %s", strerror(rc));
         goto fail;
     }
     pthread_setname_np(log->thread, "mg-reqlog");
+    pthread_setname_np(log->file_thread, "mg-accesslog");
     return log;
 
 nomem:
     MG_LOG(MG_LOG_ERROR, "reqlog", "out of memory opening access log %s", path);
 fail:
     if (log) {
+        if (file_thread)
+            stop_file_thread(log);
+        if (fcond)
+            pthread_cond_destroy(&log->fcond);
+        if (fmu)
+            pthread_mutex_destroy(&log->fmu);
         if (cond)
             pthread_cond_destroy(&log->cond);
         if (mu)
@@ -617,28 +744,6 @@ fail:
         free(log);
     }
     return NULL;
-}
-
-/* Appends |n| bytes under the lock; false when the queue is at its bound or cannot grow. */
-static bool enqueue(mg_reqlog_t *log, const char *line, size_t n)
-{
-    qbuf_t *q = &log->queue;
-    if (q->len + n > MG_REQLOG_QUEUE_MAX)
-        return false;
-    if (q->len + n > q->cap) {
-        size_t cap = q->cap ? q->cap : MG_REQLOG_QUEUE_MIN;
-        while (cap < q->len + n)
-            cap *= 2;
-        if (cap > MG_REQLOG_QUEUE_MAX)
-            cap = MG_REQLOG_QUEUE_MAX;
-        char *d = realloc(q->data, cap);
-        if (d == NULL)
-            return false;
-        q->data = d, q->cap = cap;
-    }
-    memcpy(q->data + q->len, line, n);
-    q->len += n;
-    return true;
 }
 
 void mg_reqlog_write(mg_reqlog_t *log, const mg_reqlog_rec_t *rec)
@@ -658,7 +763,7 @@ void mg_reqlog_write(mg_reqlog_t *log, const mg_reqlog_rec_t *rec)
     }
     pthread_mutex_lock(&log->mu);
     size_t before = log->queue.len;
-    bool ok = enqueue(log, line, n);
+    bool ok = qbuf_append(&log->queue, line, n);
     /* only when the writer would not come by itself: idle, or a big batch is ready */
     if (ok && ((before == 0 && log->writer_idle) ||
                (before < PACE_BYTES && log->queue.len >= PACE_BYTES)))
@@ -668,10 +773,11 @@ void mg_reqlog_write(mg_reqlog_t *log, const mg_reqlog_rec_t *rec)
         atomic_fetch_add(&log->dropped, 1);
 }
 
-void mg_reqlog_set_sink(mg_reqlog_t *log, mg_reqlog_sink_fn fn, void *ud)
+void mg_reqlog_set_sink(mg_reqlog_t *log, mg_reqlog_sink_fn fn, mg_reqlog_lost_fn lost, void *ud)
 {
     pthread_mutex_lock(&log->mu);
     log->sink = fn;
+    log->sink_lost = lost;
     log->sink_ud = ud;
     pthread_mutex_unlock(&log->mu);
 }
@@ -686,6 +792,12 @@ uint64_t mg_reqlog_dropped(const mg_reqlog_t *log)
     return atomic_load(&log->dropped);
 }
 
+void mg_reqlog_stats(mg_reqlog_t *log, mg_reqlog_stats_t *out)
+{
+    out->dropped = atomic_load(&log->dropped) + atomic_load(&log->file_dropped);
+    out->lost = atomic_load(&log->lost);
+}
+
 void mg_reqlog_close(mg_reqlog_t *log)
 {
     if (log == NULL)
@@ -695,12 +807,17 @@ void mg_reqlog_close(mg_reqlog_t *log)
     pthread_cond_signal(&log->cond);
     pthread_mutex_unlock(&log->mu);
     pthread_join(log->thread, NULL);
+    stop_file_thread(log);
     if (log->path)
         close(log->fd);
     pthread_cond_destroy(&log->cond);
     pthread_mutex_destroy(&log->mu);
+    pthread_cond_destroy(&log->fcond);
+    pthread_mutex_destroy(&log->fmu);
     free(log->queue.data);
     free(log->batch.data);
+    free(log->fqueue.data);
+    free(log->fbatch.data);
     free(log->path);
     free(log);
 }

@@ -14,9 +14,11 @@
  * across restarts and gateway instances, so a store fed from these lines (gateway/dblog.h) can
  * drop a replayed record instead of counting it twice.
  *
- * A sink (mg_reqlog_set_sink) sees every batch of lines right after the writer wrote it to the
- * file, on the writer thread: that is how the database log gets the same records without any
- * work on the workers.
+ * A sink (mg_reqlog_set_sink) sees every batch of lines on the writer thread before it goes to
+ * the file: that is how the database log gets the same records without any work on the
+ * workers. The file is written by a thread of its own, so a file that blocks (a stdout pipe
+ * nobody reads) never holds the sink back: past 64 MiB waiting for the file, lines are dropped
+ * from the access log only, counted and said.
  */
 #ifndef MG_GATEWAY_REQLOG_H
 #define MG_GATEWAY_REQLOG_H
@@ -71,18 +73,29 @@ size_t mg_reqlog_format(const mg_reqlog_rec_t *rec, char *buf, size_t cap);
 /* Called on the writer thread with whole lines (|len| bytes, each ending with '\n') before each
  * batch goes to the file: a line the file shows was handed to the sink first, even when the
  * process is killed in between, or the file's write blocks (a full pipe). It may block on its own
- * disk, never on the network. */
+ * disk, never on the network. It is also called with no lines (|len| 0) at least once a second
+ * while the log is idle. */
 typedef void (*mg_reqlog_sink_fn)(void *ud, const char *lines, size_t len);
+/* Called on the writer thread with the number of lines the sink will never see: dropped before
+ * it because the queue was full (the sink itself too slow). */
+typedef void (*mg_reqlog_lost_fn)(void *ud, uint64_t lines);
 
-/* Installs |fn| (NULL removes it). Set it before the first mg_reqlog_write: lines written
- * earlier are not replayed to it. Thread-safe. */
-void mg_reqlog_set_sink(mg_reqlog_t *log, mg_reqlog_sink_fn fn, void *ud);
+/* Installs |fn| and |lost| (NULL removes them). Set it before the first mg_reqlog_write: lines
+ * written earlier are not replayed to it. Thread-safe. */
+void mg_reqlog_set_sink(mg_reqlog_t *log, mg_reqlog_sink_fn fn, mg_reqlog_lost_fn lost, void *ud);
 
 /* Asks the writer to reopen the file (after rotation). Async-signal-safe. */
 void mg_reqlog_reopen(mg_reqlog_t *log);
 
 /* Number of lines dropped because the queue was full. */
 uint64_t mg_reqlog_dropped(const mg_reqlog_t *log);
+
+typedef struct mg_reqlog_stats {
+    uint64_t dropped; /* lines not in the file for want of room: either queue was full */
+    uint64_t lost;    /* lines not in the file because a write failed (disk full, EIO) */
+} mg_reqlog_stats_t;
+
+void mg_reqlog_stats(mg_reqlog_t *log, mg_reqlog_stats_t *out); /* thread-safe */
 
 /* Writes all queued lines, stops the writer thread, closes the file, frees |log|. */
 void mg_reqlog_close(mg_reqlog_t *log);

@@ -244,6 +244,18 @@ def test_kill9_mid_replay(procs):
         rows(db), n, n - at_kill))
 
 
+def access_fifo(procs, size):
+    """A FIFO "access.fifo" in the gateway's directory holding |size| bytes; returns the
+    non-blocking read end, open so that the gateway's open succeeds, and read by nobody."""
+    gdir = os.path.join(procs.dir, "gateway")
+    os.makedirs(gdir, exist_ok=True)
+    fifo = os.path.join(gdir, "access.fifo")
+    os.mkfifo(fifo)
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    fcntl.fcntl(rfd, fcntl.F_SETPIPE_SZ, size)
+    return rfd
+
+
 def test_access_log_line_implies_row(procs):
     """A line that reached the access log was spooled for MariaDB first, so it is never lost
     when the gateway dies: the access log here is a pipe nobody drains, and the writer blocks
@@ -252,16 +264,11 @@ def test_access_log_line_implies_row(procs):
     db = MariaDB(procs)
     a = procs.backend("pod-a")
     routes = routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")])
-    gdir = os.path.join(procs.dir, "gateway")
-    os.makedirs(gdir, exist_ok=True)
-    fifo = os.path.join(gdir, "access.fifo")
-    os.mkfifo(fifo)
-    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the gateway's open succeeds
     # A pipe takes a write a page at a time into free slots and blocks when none is left; a
     # write that fits what is left of the last page joins it. Two pages, emptied after a first
     # request: the burst's first batch (a line or two) goes into the first page, the next one
     # (several KB) fills the second and blocks half written.
-    fcntl.fcntl(rfd, fcntl.F_SETPIPE_SZ, 8192)
+    rfd = access_fifo(procs, 8192)
 
     def drain():
         data = b""
@@ -313,6 +320,44 @@ def test_access_log_line_implies_row(procs):
         len(missing), missing[0])
 
 
+def test_blocked_access_log_holds_back_no_row(procs):
+    """The access log is a pipe nobody reads (a stalled log collector): its writes block, yet
+    every record reaches MariaDB meanwhile, and the lines waiting for the pipe all arrive once
+    it is read."""
+    db = MariaDB(procs)
+    a = procs.backend("pod-a")
+    rfd = access_fifo(procs, 4096)
+    try:
+        admin_port = free_port()
+        gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                           conf=dict(dblog_conf(db), access_log="access.fifo",
+                                     admin={"listen": "127.0.0.1:%d" % admin_port}))
+        n = 2000
+        (total, _, done, ok, failed), _ = h2load(gw, "-n", str(n), "-c", "2", "-m", "50")
+        assert ok == n, "%d of %d requests succeeded" % (ok, n)
+        wait_for(lambda: rows(db) == n, 30, 0.1, "%d rows while the access log is blocked" % n)
+        prom = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port,
+                                      timeout=5).read()
+        for m in (b"modelgate_access_log_dropped_total 0\n", b"modelgate_access_log_lost_total 0\n",
+                  b"modelgate_request_log_db_lost_total 0\n"):
+            assert m in prom, m
+        data = b""
+        deadline = time.monotonic() + 30
+        while data.count(b"\n") < n and time.monotonic() < deadline:
+            try:
+                data += os.read(rfd, 1 << 16)
+            except BlockingIOError:
+                time.sleep(0.01)
+    finally:
+        os.close(rfd)
+    ids = {json.loads(ln)["id"] for ln in data.split(b"\n")[:-1]}
+    got = {r[0] for r in db.query("SELECT LOWER(HEX(id)) FROM request_log")}
+    assert len(ids) == n and ids == got, "%d lines, %d rows, %d in common" % (
+        len(ids), len(got), len(ids & got))
+    print("dblog: access log blocked (a 4 KiB pipe nobody read): %d rows went in meanwhile; "
+          "%d lines came out once it was read" % (n, len(ids)))
+
+
 def test_previous_version_spool_replays(procs):
     """A spool left by the version that parsed lines with jansson and built SQL text (the lines
     are the access log's, so the format is the same) replays after the upgrade, and every
@@ -354,7 +399,11 @@ def test_previous_version_spool_replays(procs):
           len(lines))
 
 
-def test_spool_cap_counts_losses(procs):
+@pytest.mark.parametrize("away", ["stopped", "hung"])
+def test_spool_cap_counts_losses(procs, away):
+    """MariaDB stopped, or hung (SIGSTOP: the database thread then waits in its I/O timeout):
+    past the spool cap the gateway keeps serving, counts the records it could not keep and says
+    so within about a second of the first loss, not once the database thread is free again."""
     db = MariaDB(procs)
     a = procs.backend("pod-a")
     admin_port = free_port()
@@ -362,27 +411,38 @@ def test_spool_cap_counts_losses(procs):
                        conf=dict(dblog_conf(db, spool_max_mb=1),
                                  admin={"listen": "127.0.0.1:%d" % admin_port}))
     wait_for(lambda: table_exists(db), 20, 0.1, "the table")
-    db.stop()
+    if away == "stopped":
+        db.stop()
+    else:
+        db.proc.signal(signal.SIGSTOP)
     n = 4000  # about 400 bytes a line: more than 1 MiB
     load = Load(gw, threads=4, per_thread=n // 4)
-    assert load.join() == n  # the gateway kept serving
 
-    def stats():
-        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/stats/dblog" % admin_port,
-                                                 timeout=5).read())
-    st = wait_for(lambda: (lambda s: s if s["spooled"] + s["lost"] == n else None)(stats()), 20,
-                  0.1, "every record spooled or counted as lost")
+    def first_loss():
+        return dblog_stats(admin_port)["lost"] > 0 or None
+    wait_for(first_loss, 60, 0.05, "a first lost record")
+    t_loss = time.monotonic()
+    wait_for(lambda: "LOST" in gw.log(), 10, 0.05, "the LOST line")
+    said_after = time.monotonic() - t_loss
+    assert load.join() == n  # the gateway kept serving
+    st = wait_for(lambda: (lambda s: s if s["spooled"] + s["lost"] == n else None)(
+        dblog_stats(admin_port)), 20, 0.1, "every record spooled or counted as lost")
     assert st["lost"] > 0 and st["spool_bytes"] <= 1 << 20, st
+    assert said_after < 2.5, "the LOST line came %.1f s after the first loss" % said_after
     prom = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port, timeout=5).read()
     assert ("modelgate_request_log_db_lost_total %d\n" % st["lost"]).encode() in prom
     wait_for(lambda: "LOST %d request records" % st["lost"] in gw.log() or
              "request records (%d in total)" % st["lost"] in gw.log(), 5, 0.1,
              "the LOST line in the gateway log")
-    db.start()
+    if away == "stopped":
+        db.start()
+    else:
+        db.proc.signal(signal.SIGCONT)
     wait_for(lambda: rows(db) == st["spooled"], 60, 0.1, "%d rows" % st["spooled"])
     assert len(gw.access()) == n  # the access log has every record
-    print("dblog: spool cap 1 MiB, MariaDB down: %d requests, %d kept and inserted, %d counted "
-          "as lost" % (n, rows(db), st["lost"]))
+    print("dblog: spool cap 1 MiB, MariaDB %s: %d requests, %d kept and inserted, %d counted "
+          "as lost, said %.2f s after the first loss" % (away, n, rows(db), st["lost"],
+                                                           said_after))
 
 
 def operator_sql(db, first_day):
