@@ -2960,9 +2960,10 @@ mg_err_t mg_srv_listen(mg_srv_t *srv, int fd, bool tls)
         srv->listeners[slot++] = NULL;
     if (slot >= MAX_LISTENERS || (tls && srv->tls == NULL))
         return MG_E_CONFIG;
-    struct evconnlistener *l =
-        evconnlistener_new(srv->base, on_accept, srv, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-                           -1, fd);
+    /* backlog 0: |fd| listens already, with the backlog its opener chose (common/listen.c:
+     * 4096); -1 would make libevent call listen(fd, 128) again and shrink it */
+    struct evconnlistener *l = evconnlistener_new(
+        srv->base, on_accept, srv, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
     if (l == NULL)
         return MG_E_IO;
     evconnlistener_set_error_cb(l, on_accept_error);

@@ -127,7 +127,7 @@ def test_out_of_descriptors_pauses_accepting(procs):
 def test_client_connection_limit(procs):
     """limits.max_client_conns (HAProxy's maxconn): with 2 connections held, a third one waits
     in the listen queue, unanswered, until one of them closes; the pause is logged and counted
-    in /metrics."""
+    in /metrics. The queue holds hundreds of connections."""
     a = procs.backend("pod-a", proto="h2c")
     admin = free_port()
     gw = procs.gateway(routes_doc({"svc": [a]}, [("digits", "production", "svc")]),
@@ -162,6 +162,18 @@ def test_client_connection_limit(procs):
         assert pauses and int(pauses.group(1)) >= 1, m
         assert 'modelgate_worker_accept_pauses_total{worker="0",reason="error"} 0' in m, m
         assert "its limit (limits.max_client_conns)" in gw.proc.stderr()
+        # meanwhile new connections wait in the listen queue, up to somaxconn (4096 at most),
+        # not libevent's default 128: past that the kernel drops SYNs and clients wait
+        # seconds for retransmits
+        queued = []
+        try:
+            for _ in range(300):
+                queued.append(socket.create_connection(("127.0.0.1", gw.port), timeout=2))
+        except OSError as e:
+            pytest.fail("only %d connections fit in the listen queue (%r)" % (len(queued), e))
+        finally:
+            for s in queued:
+                s.close()
         held.pop().close()
         third.settimeout(5)
         assert answered(third) == b"HTTP/1.1 200 OK"  # accepted once one closed
