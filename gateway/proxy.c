@@ -458,7 +458,9 @@ static void arm_timer(exch_t *e, int64_t now)
     int64_t next = INT64_MAX;
     if (e->to_total)
         next = e->t_start + (int64_t)e->to_total * 1000;
-    if (e->up && !e->resp_started && e->to_first_byte) {
+    /* the pod's first-byte window opens once it could answer: the client sent all of the
+     * request (a slow upload is not the pod's delay); a wait in the queue is bounded anyway */
+    if (e->up && !e->resp_started && e->to_first_byte && (e->req_ended || mg_up_is_queued(e->up))) {
         int64_t d = e->t_fb_start + (int64_t)e->to_first_byte * 1000;
         next = d < next ? d : next;
     }
@@ -497,15 +499,21 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         fail(e, 504, "upstream_timeout",
              "no connection to pod %s was free within %u ms (upstream.max_conns_per_pod %u)",
              e->svc->pods[e->pod].name, e->to_first_byte, e->p->conf->upstream.max_conns_per_pod);
-    } else if (e->up && !e->resp_started && e->to_first_byte &&
+    } else if (e->up && !e->resp_started && e->to_first_byte && e->req_ended &&
                now >= e->t_fb_start + (int64_t)e->to_first_byte * 1000) {
-        /* a pod that had the whole request and did not answer counts against it; one still
-         * waiting for a slow client's body does not */
-        attempt_done(e, e->req_ended ? OUTCOME_FAILED : OUTCOME_NEUTRAL);
+        /* the pod had the whole request and did not answer: that counts against it */
+        attempt_done(e, OUTCOME_FAILED);
         fail(e, 504, "upstream_timeout", "pod %s sent no response within %u ms",
              e->svc->pods[e->pod].name, e->to_first_byte);
     } else if (e->to_idle && loop_us(e->p) >= e->t_activity + (int64_t)e->to_idle * 1000) {
-        fail(e, 504, "upstream_idle_timeout", "no data moved for %u ms", e->to_idle);
+        if (!e->req_ended && !e->resp_started && e->srv_unconsumed == 0) {
+            /* the gateway waits for more of the body and has room for it: the client stalled
+             * (Envoy's stream idle timeout answers 408 too), not the pod */
+            fail(e, 408, "client_timeout", "the client sent no more of its request for %u ms",
+                 e->to_idle);
+        } else {
+            fail(e, 504, "upstream_idle_timeout", "no data moved for %u ms", e->to_idle);
+        }
     } else {
         arm_timer(e, now);
     }
@@ -1245,6 +1253,11 @@ static void on_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
 {
     exch_t *e = mg_srv_data(s);
     e->req_ended = true;
+    if (e->up && !e->resp_started && !e->finished) { /* the first-byte window opens now */
+        int64_t now = mg_mono_us();
+        e->t_fb_start = now > e->t_fb_start ? now : e->t_fb_start;
+        arm_timer(e, now);
+    }
     if (n && e->feat._strip) { /* the server's fields are read-only: a copy, then stripped */
         mg_hdr_t *kept = mg_arena_alloc(mg_srv_arena(s), n * sizeof(*kept));
         if (kept == NULL) {
