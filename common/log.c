@@ -41,16 +41,53 @@ int mg_log_level_parse(const char *s)
     return -1;
 }
 
-bool mg_log_limit_pass(mg_log_limit_t *l, unsigned long *suppressed)
+static long long mono_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    if (l->_last_s != 0 && ts.tv_sec - l->_last_s < 1) {
+    return ts.tv_sec ? (long long)ts.tv_sec : 1; /* 0 means "never" in the limiters */
+}
+
+bool mg_log_limit_every(mg_log_limit_t *l, unsigned period_s, unsigned long *suppressed)
+{
+    long long now = mono_s();
+    if (l->_last_s != 0 && now - l->_last_s < (long long)(period_s ? period_s : 1)) {
         l->_suppressed++;
         return false;
     }
-    l->_last_s = ts.tv_sec ? ts.tv_sec : 1;
+    l->_last_s = now;
     *suppressed = l->_suppressed;
     l->_suppressed = 0;
     return true;
+}
+
+bool mg_log_limit_pass(mg_log_limit_t *l, unsigned long *suppressed)
+{
+    return mg_log_limit_every(l, 1, suppressed);
+}
+
+bool mg_log_cause_pass(mg_log_cause_t *l, const char *cause, unsigned period_s,
+                       unsigned long *repeats)
+{
+    long long now = mono_s();
+    if (l->_last_s != 0 && strncmp(l->_last, cause, sizeof(l->_last) - 1) == 0) {
+        if (now - l->_last_s < (long long)(period_s ? period_s : 1)) {
+            l->_repeats++;
+            return false;
+        }
+        *repeats = l->_repeats;
+    } else {
+        snprintf(l->_last, sizeof(l->_last), "%s", cause);
+        *repeats = 0;
+    }
+    l->_last_s = now;
+    l->_repeats = 0;
+    return true;
+}
+
+void mg_log_cause_reset(mg_log_cause_t *l)
+{
+    l->_last[0] = '\0';
+    l->_last_s = 0;
+    l->_repeats = 0;
 }

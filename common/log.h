@@ -39,6 +39,30 @@ typedef struct mg_log_limit {
  * the last one. */
 bool mg_log_limit_pass(mg_log_limit_t *l, unsigned long *suppressed);
 
+/* The same, at most one line every |period_s| seconds (>= 1): for errors that may come with
+ * every request of a busy worker, where one line a second is still a flood. */
+bool mg_log_limit_every(mg_log_limit_t *l, unsigned period_s, unsigned long *suppressed);
+
+/*
+ * A failure that repeats with each retry (a reconnect that keeps being refused) logged once
+ * per cause: a line when |cause| differs from the cause last logged, then the same cause again
+ * at most once every |period_s| seconds, saying how often it came back in between. Causes are
+ * compared on their first 127 bytes. Not thread-safe: keep one per object that retries.
+ */
+typedef struct mg_log_cause {
+    char _last[128]; /* the cause last logged, NUL-terminated, cut to fit */
+    long long _last_s;
+    unsigned long _repeats;
+} mg_log_cause_t;
+
+/* True when a line about |cause| may be written now; then *repeats receives how many times
+ * the same cause was seen since its last line (0 for a new cause). */
+bool mg_log_cause_pass(mg_log_cause_t *l, const char *cause, unsigned period_s,
+                       unsigned long *repeats);
+
+/* Forgets the cause last logged (the failure is over): the next one is logged at once. */
+void mg_log_cause_reset(mg_log_cause_t *l);
+
 /* Parses "debug", "info", "warn" or "error"; returns -1 for anything else. */
 int mg_log_level_parse(const char *s);
 

@@ -1,5 +1,6 @@
 /*
- * tests/unit/test_log.c - level names, the one-line-a-second limiter and the line format.
+ * tests/unit/test_log.c - level names, the limiters (one line a second, one every few seconds,
+ * once per cause) and the line format.
  *
  * The limiter counts whole seconds of CLOCK_MONOTONIC, so the tests start right after a second
  * begins: the calls that must be suppressed then all fall inside one second. mg_log_emit is
@@ -100,6 +101,68 @@ static void limits_are_independent(void **state)
     assert_int_equal(sup, 0);
 }
 
+/* A limiter with a period of 2 s: one line, then nothing for the rest of that second and the
+ * next; the line after reports all that were skipped. */
+static void limit_every_period(void **state)
+{
+    (void)state;
+    mg_log_limit_t l = {0};
+    unsigned long sup = 99;
+    wait_next_second();
+    assert_true(mg_log_limit_every(&l, 2, &sup));
+    assert_int_equal(sup, 0);
+    assert_false(mg_log_limit_every(&l, 2, &sup));
+    wait_next_second();
+    assert_false(mg_log_limit_every(&l, 2, &sup)); /* one second later: still inside */
+    assert_false(mg_log_limit_every(&l, 2, &sup));
+    wait_next_second();
+    assert_true(mg_log_limit_every(&l, 2, &sup));
+    assert_int_equal(sup, 3);
+}
+
+/* One line per cause: a repeat of the cause last logged is skipped (and counted) within the
+ * period, a new cause passes at once, and so does the old one coming back after it. */
+static void cause_once_per_cause(void **state)
+{
+    (void)state;
+    mg_log_cause_t l = {0};
+    unsigned long rep = 99;
+    wait_next_second();
+    assert_true(mg_log_cause_pass(&l, "AUTH refused (WRONGPASS)", 60, &rep));
+    assert_int_equal(rep, 0);
+    for (int i = 0; i < 3; i++)
+        assert_false(mg_log_cause_pass(&l, "AUTH refused (WRONGPASS)", 60, &rep));
+    assert_true(mg_log_cause_pass(&l, "cannot connect (refused)", 60, &rep));
+    assert_int_equal(rep, 0);
+    assert_false(mg_log_cause_pass(&l, "cannot connect (refused)", 60, &rep));
+    assert_true(mg_log_cause_pass(&l, "AUTH refused (WRONGPASS)", 60, &rep));
+    assert_int_equal(rep, 0);
+}
+
+/* The same cause passes again once its period is over, with the count of its repeats; after
+ * a reset it passes at once. Causes differing after their 127th byte are one cause. */
+static void cause_period_and_reset(void **state)
+{
+    (void)state;
+    mg_log_cause_t l = {0};
+    unsigned long rep = 99;
+    char a[300], b[300];
+    memset(a, 'c', sizeof(a) - 1);
+    a[sizeof(a) - 1] = '\0';
+    memcpy(b, a, sizeof(b));
+    b[200] = 'd';
+    wait_next_second();
+    assert_true(mg_log_cause_pass(&l, a, 1, &rep));
+    assert_false(mg_log_cause_pass(&l, b, 1, &rep));
+    assert_false(mg_log_cause_pass(&l, a, 1, &rep));
+    wait_next_second();
+    assert_true(mg_log_cause_pass(&l, a, 1, &rep));
+    assert_int_equal(rep, 2);
+    mg_log_cause_reset(&l);
+    assert_true(mg_log_cause_pass(&l, a, 1, &rep));
+    assert_int_equal(rep, 0);
+}
+
 /* Runs |fn| with stderr pointed at a pipe; returns what it wrote (NUL-terminated). */
 static size_t capture(void (*fn)(void), char *out, size_t cap)
 {
@@ -189,6 +252,9 @@ int main(void)
         cmocka_unit_test(limit_first_passes),
         cmocka_unit_test(limit_counts_suppressed),
         cmocka_unit_test(limits_are_independent),
+        cmocka_unit_test(limit_every_period),
+        cmocka_unit_test(cause_once_per_cause),
+        cmocka_unit_test(cause_period_and_reset),
         cmocka_unit_test(emit_format),
         cmocka_unit_test(emit_truncates),
         cmocka_unit_test(level_filters),
