@@ -15,8 +15,10 @@
  * its fragment of the canonical text (see "Snapshot text" below), so a hit builds no JSON tree. A
  * Redis miss (no marker) passes the fetch to MariaDB through the shared source, whose answer
  * comes back on this thread through the worker's sink. Redis state: DOWN -> CONNECTING -> UP;
- * lookups are sent only when UP, so no request ever waits for a (re)connect; reconnects back
- * off exponentially with jitter.
+ * a connection is UP once Redis answered its handshake (AUTH, SELECT, or a PING) without an
+ * error, within redis.connect_timeout_ms; lookups are sent only when UP, so no request ever
+ * waits for a (re)connect; reconnects back off exponentially with jitter, and a handshake
+ * refused (a wrong password) is logged once per cause and retried with the same backoff.
  *
  * Snapshot text: the bytes must be exactly those of mg_fval_from_json (features/fvalue.h) for
  * the same document, since a training pipeline recomputes the hash. jansson prints, with
@@ -106,6 +108,9 @@ struct mg_features {
     uint64_t sent[NSENT]; /* hashes of snapshots that went out, by their low bits */
     bool closing;
     mg_log_limit_t loglimit;
+    unsigned hello_pending;        /* handshake replies still expected while CONNECTING */
+    unsigned long failed_attempts; /* connection attempts failed since the last one up */
+    mg_log_cause_t connlog;        /* why the connection attempts fail */
 };
 
 static uint32_t key_hash(const char *k, size_t n)
@@ -745,6 +750,16 @@ static void fetch_go(fetch_t *fx)
 
 /* ---------- Redis connection ---------- */
 
+/* A failure that repeats with each reconnect is logged when its cause changes, then at most
+ * once per this many seconds (with the count). */
+#define CAUSE_PERIOD_S 60
+
+/* The handshake of a connection, sent before any lookup: AUTH when a password is configured,
+ * SELECT when the db is not 0, PING when neither is (a server that takes the TCP connection
+ * but does not answer, stopped or hung, is then not taken for up). */
+enum { HELLO_AUTH = 0, HELLO_SELECT, HELLO_PING };
+static const char *const hello_names[] = {"AUTH", "SELECT", "PING"};
+
 static void redis_connect(mg_features_t *f);
 
 static void schedule_reconnect(mg_features_t *f)
@@ -760,39 +775,127 @@ static void schedule_reconnect(mg_features_t *f)
     evtimer_add(f->rtimer, &tv);
 }
 
+/* Copies the text of Redis's error reply |r| into |out| (|cap| bytes), cut to fit, with any
+ * byte that is not printable ASCII as '?': it goes into a log line. */
+static void reply_text(const redisReply *r, char *out, size_t cap)
+{
+    size_t n = r->str && r->len > 0 ? (size_t)r->len : 0, k = 0;
+    for (; k < n && k + 1 < cap; k++) {
+        unsigned char c = (unsigned char)r->str[k];
+        out[k] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+    }
+    out[k] = '\0';
+}
+
+/* A connection attempt failed with |cause|; |hint| ("" or "; check ...") says what to fix.
+ * Counted, and logged once per cause (then every CAUSE_PERIOD_S while it repeats). The
+ * caller drops the connection and schedules the reconnect. */
+static void connect_failed(mg_features_t *f, const char *cause, const char *hint)
+{
+    MG_FM_INC(f->m->redis_connect_failures);
+    f->failed_attempts++;
+    unsigned long repeats;
+    if (!mg_log_cause_pass(&f->connlog, cause, CAUSE_PERIOD_S, &repeats))
+        return;
+    char again[80] = "";
+    if (repeats)
+        snprintf(again, sizeof(again), " (still failing: %lu attempts since the last line)",
+                 repeats);
+    MG_LOG(MG_LOG_WARN, "features",
+           "Redis %s:%u: %s%s; requests go on without features (unavailable), retrying with "
+           "backoff%s",
+           f->conf->redis.host, f->conf->redis.port, cause, hint, again);
+}
+
+/* Drops the connection (hiredis sees nothing wrong with it: an error reply to the handshake,
+ * or no reply in time) and schedules the reconnect with backoff. The callbacks of the
+ * commands still pending run inside with a NULL reply: their fetches end "unavailable". When
+ * called from one of the connection's reply callbacks, hiredis frees it once that returns. */
+static void redis_drop(mg_features_t *f)
+{
+    redisAsyncContext *ac = f->ac;
+    f->ac = NULL; /* on_disconnect and on_hello then know it was dropped on purpose */
+    if (f->rstate == R_UP) {
+        MG_FM_INC(f->m->redis_disconnects);
+        atomic_store(&f->m->redis_up, 0);
+    }
+    schedule_reconnect(f); /* R_DOWN first: nothing is sent on |ac| from the callbacks */
+    redisAsyncFree(ac);
+}
+
+static void set_up(mg_features_t *f)
+{
+    evtimer_del(f->rtimer);
+    f->rstate = R_UP;
+    f->backoff_ms = 0; /* only now: a refused handshake keeps backing off */
+    MG_FM_INC(f->m->redis_connects);
+    atomic_store(&f->m->redis_up, 1);
+    if (f->failed_attempts)
+        MG_LOG(MG_LOG_INFO, "features", "Redis %s:%u: connected after %lu failed attempts",
+               f->conf->redis.host, f->conf->redis.port, f->failed_attempts);
+    f->failed_attempts = 0;
+    mg_log_cause_reset(&f->connlog);
+}
+
+/* A reply to the handshake: the connection is up once the last one is in, and every one was
+ * a success. An error reply (a wrong password, a db out of range, NOAUTH from a Redis that
+ * wants a password) fails the attempt: every lookup on that connection would fail the same
+ * way, silently. */
+static void on_hello(redisAsyncContext *ac, void *reply, void *priv)
+{
+    mg_features_t *f = ac->data;
+    redisReply *r = reply;
+    const char *step = hello_names[(uintptr_t)priv];
+    if (ac != f->ac || r == NULL) /* dropped already, or lost: on_disconnect follows */
+        return;
+    if (r->type == REDIS_REPLY_ERROR) {
+        char msg[160], cause[200];
+        reply_text(r, msg, sizeof(msg));
+        snprintf(cause, sizeof(cause), "%s refused (%s)", step, msg);
+        connect_failed(f, cause,
+                       (uintptr_t)priv == HELLO_AUTH     ? "; check features.redis.password_file"
+                       : (uintptr_t)priv == HELLO_SELECT ? "; check features.redis.db"
+                       : strncmp(msg, "NOAUTH", 6) == 0
+                           ? "; Redis wants a password: set features.redis.password_file"
+                           : "");
+        redis_drop(f);
+        return;
+    }
+    if (--f->hello_pending == 0)
+        set_up(f);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     mg_features_t *f = ac->data;
     if (status != REDIS_OK) { /* hiredis frees the context after this */
         f->ac = NULL;
-        unsigned long skipped;
-        if (mg_log_limit_pass(&f->loglimit, &skipped))
-            MG_LOG(MG_LOG_WARN, "features",
-                   "Redis %s:%u: cannot connect (%s); requests go on without features, "
-                   "retrying with backoff (%lu similar suppressed)",
-                   f->conf->redis.host, f->conf->redis.port, ac->errstr, skipped);
+        char cause[200];
+        snprintf(cause, sizeof(cause), "cannot connect (%s)", ac->errstr);
+        connect_failed(f, cause, "");
         schedule_reconnect(f);
-        return;
     }
-    evtimer_del(f->rtimer);
-    f->rstate = R_UP;
-    f->backoff_ms = 0;
-    MG_FM_INC(f->m->redis_connects);
-    atomic_store(&f->m->redis_up, 1);
+    /* connected: up once the handshake's replies are in (on_hello) */
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     mg_features_t *f = ac->data;
+    if (ac != f->ac) /* dropped on purpose (redis_drop, shutdown): handled there */
+        return;
     f->ac = NULL;
+    const char *refused = mg_rreply_refused(f->rpool); /* hiredis says "Out of memory" */
+    const char *why = refused ? refused : ac->errstr[0] ? ac->errstr : "closed";
     if (f->rstate == R_UP) {
         MG_FM_INC(f->m->redis_disconnects);
         atomic_store(&f->m->redis_up, 0);
-        const char *refused = mg_rreply_refused(f->rpool); /* hiredis says "Out of memory" */
         if (!f->closing)
             MG_LOG(MG_LOG_WARN, "features", "Redis %s:%u: connection lost (%s); reconnecting",
-                   f->conf->redis.host, f->conf->redis.port,
-                   refused ? refused : ac->errstr[0] ? ac->errstr : "closed");
+                   f->conf->redis.host, f->conf->redis.port, why);
+    } else {
+        char cause[200];
+        snprintf(cause, sizeof(cause), "connection closed during the handshake (%s)", why);
+        connect_failed(f, cause, "");
     }
     if (!f->closing)
         schedule_reconnect(f);
@@ -801,11 +904,18 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 static void on_rtimer(evutil_socket_t fd, short what, void *arg)
 {
     mg_features_t *f = arg;
-    if (f->rstate == R_CONNECTING && f->ac) { /* the connect took too long */
-        redisAsyncContext *ac = f->ac;
-        f->ac = NULL;
-        redisAsyncFree(ac);
-        schedule_reconnect(f);
+    if (f->rstate == R_CONNECTING && f->ac) { /* the connect or its handshake took too long */
+        char cause[200];
+        if (f->ac->c.flags & REDIS_CONNECTED)
+            snprintf(cause, sizeof(cause),
+                     "connected, but no reply to the handshake within %u ms (stopped or "
+                     "overloaded?)",
+                     f->conf->redis.connect_timeout_ms);
+        else
+            snprintf(cause, sizeof(cause), "connect did not complete within %u ms",
+                     f->conf->redis.connect_timeout_ms);
+        connect_failed(f, cause, "; features.redis.connect_timeout_ms is the bound");
+        redis_drop(f);
         return;
     }
     redis_connect(f);
@@ -816,6 +926,9 @@ static void redis_connect(mg_features_t *f)
     const mg_fconf_t *c = f->conf;
     redisAsyncContext *ac = redisAsyncConnect(c->redis.host, (int)c->redis.port);
     if (ac == NULL || ac->err) {
+        char cause[200];
+        snprintf(cause, sizeof(cause), "cannot connect (%s)", ac ? ac->errstr : "out of memory");
+        connect_failed(f, cause, "");
         if (ac)
             redisAsyncFree(ac);
         schedule_reconnect(f);
@@ -830,11 +943,23 @@ static void redis_connect(mg_features_t *f)
     }
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    int err = REDIS_OK;
     if (c->redis.password)
-        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", c->redis.password);
+        err |= redisAsyncCommand(ac, on_hello, (void *)(uintptr_t)HELLO_AUTH, "AUTH %s",
+                                 c->redis.password);
     if (c->redis.db)
-        redisAsyncCommand(ac, NULL, NULL, "SELECT %u", c->redis.db);
+        err |= redisAsyncCommand(ac, on_hello, (void *)(uintptr_t)HELLO_SELECT, "SELECT %u",
+                                 c->redis.db);
+    if (!c->redis.password && !c->redis.db)
+        err |= redisAsyncCommand(ac, on_hello, (void *)(uintptr_t)HELLO_PING, "PING");
+    f->hello_pending = (c->redis.password ? 1u : 0u) + (c->redis.db ? 1u : 0u) +
+                       (!c->redis.password && !c->redis.db ? 1u : 0u);
     f->ac = ac;
+    if (err != REDIS_OK) { /* out of memory */
+        f->rstate = R_CONNECTING;
+        redis_drop(f);
+        return;
+    }
     f->rstate = R_CONNECTING;
     struct timeval tv = {c->redis.connect_timeout_ms / 1000,
                          (c->redis.connect_timeout_ms % 1000) * 1000};
@@ -876,6 +1001,7 @@ void mg_features_free(mg_features_t *f)
         f->ac = NULL;
         redisAsyncFree(ac);
     }
+    atomic_store(&f->m->redis_up, 0);
     mg_fsink_free(f->sink); /* after it, no MariaDB answer can reach a fetch */
     for (size_t b = 0; b < NFETCH_BUCKETS; b++)
         while (f->map[b])

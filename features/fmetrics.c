@@ -99,6 +99,11 @@ void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t
                         "modelgate_features_redis_connects_total %llu\n"
                         "# TYPE modelgate_features_redis_disconnects_total counter\n"
                         "modelgate_features_redis_disconnects_total %llu\n"
+                        "# HELP modelgate_features_redis_connect_failures_total Connection "
+                        "attempts to Redis that failed (refused, timed out, or an error reply "
+                        "to AUTH, SELECT or PING).\n"
+                        "# TYPE modelgate_features_redis_connect_failures_total counter\n"
+                        "modelgate_features_redis_connect_failures_total %llu\n"
                         "# TYPE modelgate_features_writeback_total counter\n"
                         "modelgate_features_writeback_total{result=\"ok\"} %llu\n"
                         "modelgate_features_writeback_total{result=\"error\"} %llu\n"
@@ -117,9 +122,9 @@ void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t
                                 up += (unsigned long long)atomic_load(&w[i].redis_up);
                             up;
                         }),
-                        SUM(redis_connects), SUM(redis_disconnects), LOAD(db->writeback_ok),
-                        LOAD(db->writeback_error), LOAD(db->rows_written), LOAD(db->rows_deleted),
-                        SUM(db_refused));
+                        SUM(redis_connects), SUM(redis_disconnects), SUM(redis_connect_failures),
+                        LOAD(db->writeback_ok), LOAD(db->writeback_error), LOAD(db->rows_written),
+                        LOAD(db->rows_deleted), SUM(db_refused));
     evbuffer_add_printf(out, "# HELP modelgate_features_lookup_seconds Time a request waited "
                              "for its features.\n"
                              "# TYPE modelgate_features_lookup_seconds histogram\n");

@@ -36,6 +36,9 @@ typedef struct mg_fmetrics {
     /* Redis: lookups sent, then found (known user), negative marker, absent, failed */
     atomic_ullong redis_lookups, redis_hit, redis_negative, redis_miss, redis_error;
     atomic_ullong redis_connects, redis_disconnects, coalesced;
+    /* connection attempts that did not end up usable: refused, timed out, or an error reply
+     * to the handshake (AUTH, SELECT, PING) */
+    atomic_ullong redis_connect_failures;
     atomic_ullong db_refused; /* Redis misses not sent to MariaDB: max_waiting reached */
     atomic_int redis_up;
     atomic_ullong lat_bucket[MG_FM_BUCKETS + 1];

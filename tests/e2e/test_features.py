@@ -80,7 +80,7 @@ def canonical(doc):
 class Stack:
     def __init__(self, procs, timeout_ms=1000, local=None, redis_over=None, max_bytes=None,
                  workers=2, by_env=None, envs=("production",), db_threads=2, table=None,
-                 before_start=None, db_over=None, pods=None):
+                 before_start=None, db_over=None, pods=None, wait_up=True):
         self.procs = procs
         self.redis = Redis(procs)
         self.db = MariaDB(procs)
@@ -118,8 +118,9 @@ class Stack:
             conf={"workers": workers, "features": feats,
                   "admin": {"listen": "127.0.0.1:%d" % self.admin_port}})
         self.r = self.redis.client()
-        wait_for(lambda: self.metric("modelgate_features_redis_up") == workers, 10,
-                 what="every worker connected to Redis")
+        if wait_up:
+            wait_for(lambda: self.metric("modelgate_features_redis_up") == workers, 10,
+                     what="every worker connected to Redis")
 
     # --- clients
     def get(self, user=None, host=HOST, headers=None, timeout=10):
@@ -986,3 +987,39 @@ def test_admin_write_during_a_lookup_is_not_undone_by_its_write_back(procs):
     assert s.r.lrange("mgf:v1:digits:race:recent", 0, -1) == [b"new"]
     time.sleep(1.1)  # local ttl_ms 1000
     assert json.loads(s.get("race")["x-user-features"]) == {"recent": ["new"]}
+
+
+def test_wrong_redis_password_is_logged_and_never_up(procs):
+    """A Redis that refuses the gateway's AUTH (features.redis.password_file holds another
+    password than its requirepass) used to be invisible: AUTH went out without a reply
+    callback, the workers counted as connected (modelgate_features_redis_up), and every lookup
+    failed silently as "unavailable". Now the refused AUTH fails the connection: logged once
+    per worker with Redis's message and the address (never the password), counted in
+    modelgate_features_redis_connect_failures_total, retried with backoff - and once Redis
+    takes the password, the workers come up."""
+    import redis
+    pwfile = os.path.join(procs.dir, "redis.password")
+    with open(pwfile, "w") as f:
+        f.write("wrongpw\n")
+    s = Stack(procs, redis_over={"password_file": pwfile}, wait_up=False,
+              before_start=lambda st: st.redis.client().config_set("requirepass", "rightpw"))
+    admin = redis.Redis(host="127.0.0.1", port=s.redis.port, password="rightpw",
+                        socket_timeout=5)
+    line = "Redis 127.0.0.1:%d: AUTH refused (WRONGPASS" % s.redis.port
+    wait_for(lambda: s.gw.proc.stderr().count(line) == 2, 5, 0.05, "one line per worker")
+    # retried with backoff (reconnect_max_ms 200 here), and never taken for up
+    wait_for(lambda: s.metric("modelgate_features_redis_connect_failures_total") >= 8, 5, 0.05,
+             "the reconnects to fail too")
+    assert s.metric("modelgate_features_redis_up") == 0
+    assert s.metric("modelgate_features_redis_connects_total") == 0
+    assert s.get("pw1")["x-modelgate-features"] == "unavailable"
+    err = s.gw.proc.stderr()
+    assert err.count(line) == 2, err  # once per cause and worker, not once per attempt
+    assert "features.redis.password_file" in err and "wrongpw" not in err, err
+    # Redis now wants the password the gateway has: the next attempt of each worker is up
+    admin.config_set("requirepass", "wrongpw")
+    wait_for(lambda: s.metric("modelgate_features_redis_up") == 2, 5, 0.05, "both workers up")
+    s.r = redis.Redis(host="127.0.0.1", port=s.redis.port, password="wrongpw", socket_timeout=5)
+    s.put_redis("pw1", recent=["a"])
+    assert s.get("pw1")["x-modelgate-features"] == "hit"
+    assert "connected after" in s.gw.proc.stderr()
