@@ -775,18 +775,6 @@ static void schedule_reconnect(mg_features_t *f)
     evtimer_add(f->rtimer, &tv);
 }
 
-/* Copies the text of Redis's error reply |r| into |out| (|cap| bytes), cut to fit, with any
- * byte that is not printable ASCII as '?': it goes into a log line. */
-static void reply_text(const redisReply *r, char *out, size_t cap)
-{
-    size_t n = r->str && r->len > 0 ? (size_t)r->len : 0, k = 0;
-    for (; k < n && k + 1 < cap; k++) {
-        unsigned char c = (unsigned char)r->str[k];
-        out[k] = c >= 0x20 && c < 0x7f ? (char)c : '?';
-    }
-    out[k] = '\0';
-}
-
 /* A connection attempt failed with |cause|; |hint| ("" or "; check ...") says what to fix.
  * Counted, and logged once per cause (then every CAUSE_PERIOD_S while it repeats). The
  * caller drops the connection and schedules the reconnect. */
@@ -850,7 +838,7 @@ static void on_hello(redisAsyncContext *ac, void *reply, void *priv)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
         char msg[160], cause[200];
-        reply_text(r, msg, sizeof(msg));
+        mg_rreply_text(r, msg, sizeof(msg));
         snprintf(cause, sizeof(cause), "%s refused (%s)", step, msg);
         connect_failed(f, cause,
                        (uintptr_t)priv == HELLO_AUTH     ? "; check features.redis.password_file"

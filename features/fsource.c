@@ -12,8 +12,8 @@
  *
  * A thread that fails to connect to MariaDB fails its jobs at once for the next 500 ms instead
  * of blocking each of them for the connect timeout; a broken connection is reopened once per
- * job. Redis write-back failures are counted and logged (rate-limited), never fatal: the next
- * lookup simply misses Redis again.
+ * job. Redis write-back failures are counted and logged (rate-limited; a connect or handshake
+ * that keeps failing, once per cause), never fatal: the next lookup simply misses Redis again.
  */
 #include "features/fsource.h"
 
@@ -32,6 +32,7 @@
 #include <mysql.h>
 
 #include "common/log.h"
+#include "features/rreply.h"
 
 #define NBUCKETS 4096
 #define LINGER_MS 1000
@@ -84,6 +85,8 @@ typedef struct dbthread {
     int64_t db_retry_ms; /* no connect attempt before this */
     redisContext *redis;
     int64_t redis_retry_ms;
+    char redis_why[224];   /* why the last connect failed (no connect before redis_retry_ms) */
+    mg_log_cause_t rcause; /* the write-back's connect failures, once per cause */
     mg_log_limit_t loglimit;
 } dbthread_t;
 
@@ -452,35 +455,79 @@ static void add_quoted(dbthread_t *t, struct evbuffer *b, const char *s)
 
 /* ---------- Redis write-back ---------- */
 
-static bool redis_ready(dbthread_t *t)
+/* Connects the write-back connection unless a recent attempt failed. The handshake's replies
+ * are read: a refused AUTH (a wrong password) or SELECT fails the connect like a refused TCP
+ * connect, and is logged once per cause with Redis's message (never the password); for
+ * CONNECT_BACKOFF_MS, writes then fail at once with the same cause. False with the reason in
+ * |why| (|whylen| bytes). */
+static bool redis_ready(dbthread_t *t, char *why, size_t whylen)
 {
     const mg_fconf_t *c = t->s->conf;
     if (t->redis)
         return true;
-    if (!c->redis.on || now_ms() < t->redis_retry_ms)
+    if (!c->redis.on) {
+        snprintf(why, whylen, "no Redis configured");
         return false;
+    }
+    if (now_ms() < t->redis_retry_ms) {
+        snprintf(why, whylen, "%s (retrying shortly)", t->redis_why);
+        return false;
+    }
     struct timeval tv = {c->redis.connect_timeout_ms / 1000,
                          (c->redis.connect_timeout_ms % 1000) * 1000};
     redisContext *r = redisConnectWithTimeout(c->redis.host, (int)c->redis.port, tv);
-    if (r && !r->err) {
+    char cause[192];
+    if (r == NULL || r->err) {
+        snprintf(cause, sizeof(cause), "cannot connect (%s)", r ? r->errstr : "out of memory");
+    } else {
         redisSetTimeout(r, tv);
-        redisReply *rep = NULL;
-        if (c->redis.password)
-            rep = redisCommand(r, "AUTH %s", c->redis.password);
-        if (!c->redis.password || (rep && rep->type != REDIS_REPLY_ERROR)) {
+        const char *step = c->redis.password ? "AUTH" : "SELECT";
+        redisReply *rep = c->redis.password ? redisCommand(r, "AUTH %s", c->redis.password)
+                                            : redisCommand(r, "SELECT %u", c->redis.db);
+        if (rep && rep->type != REDIS_REPLY_ERROR && c->redis.password) {
             freeReplyObject(rep);
+            step = "SELECT";
             rep = redisCommand(r, "SELECT %u", c->redis.db);
-            if (rep && rep->type != REDIS_REPLY_ERROR) {
-                freeReplyObject(rep);
-                t->redis = r;
-                return true;
-            }
         }
+        if (rep && rep->type != REDIS_REPLY_ERROR) {
+            freeReplyObject(rep);
+            t->redis = r;
+            if (t->redis_why[0])
+                MG_LOG(MG_LOG_INFO, "features", "write-back: Redis %s:%u: connected", c->redis.host,
+                       c->redis.port);
+            t->redis_why[0] = '\0';
+            mg_log_cause_reset(&t->rcause);
+            return true;
+        }
+        char msg[160];
+        if (rep)
+            mg_rreply_text(rep, msg, sizeof(msg));
+        snprintf(cause, sizeof(cause), "%s %s (%s)", step, rep ? "refused" : "got no reply",
+                 rep            ? msg
+                 : r->errstr[0] ? r->errstr
+                                : "closed");
         freeReplyObject(rep);
     }
     if (r)
         redisFree(r);
     t->redis_retry_ms = now_ms() + CONNECT_BACKOFF_MS;
+    snprintf(t->redis_why, sizeof(t->redis_why), "Redis %s:%u: %s", c->redis.host, c->redis.port,
+             cause);
+    snprintf(why, whylen, "%s", t->redis_why);
+    unsigned long repeats;
+    if (!mg_log_cause_pass(&t->rcause, cause, 60, &repeats))
+        return false;
+    char again[80] = "";
+    if (repeats)
+        snprintf(again, sizeof(again), " (still failing: %lu attempts since the last line)",
+                 repeats);
+    MG_LOG(MG_LOG_WARN, "features",
+           "write-back: %s%s; features read from MariaDB and admin writes do not reach Redis%s",
+           t->redis_why,
+           strncmp(cause, "AUTH", 4) == 0     ? "; check features.redis.password_file"
+           : strncmp(cause, "SELECT", 6) == 0 ? "; check features.redis.db"
+                                              : "",
+           again);
     return false;
 }
 
@@ -572,7 +619,8 @@ static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *ap
  * *conn_closed when Redis closed the connection (EOF, reset, broken pipe: not a timeout, and
  * not an error reply). */
 static bool redis_write_once(dbthread_t *t, const mg_fapp_t *app, char *const *users,
-                             json_t *const *docs, size_t n, bool *conn_closed)
+                             json_t *const *docs, size_t n, bool *conn_closed, char *err,
+                             size_t errlen)
 {
     int replies = 0;
     for (size_t i = 0; i < n; i++)
@@ -587,8 +635,10 @@ static bool redis_write_once(dbthread_t *t, const mg_fapp_t *app, char *const *u
                            (t->redis->err == REDIS_ERR_IO && e != EAGAIN && e != EWOULDBLOCK);
             return false;
         }
-        if (((redisReply *)rep)->type == REDIS_REPLY_ERROR)
-            ok = false;
+        if (((redisReply *)rep)->type == REDIS_REPLY_ERROR && ok) {
+            ok = false; /* the first error says why; the others follow from it (EXECABORT) */
+            mg_rreply_text(rep, err, errlen);
+        }
         freeReplyObject(rep);
     }
     return ok;
@@ -606,19 +656,20 @@ static bool redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
     mg_fsource_t *s = t->s;
     for (int attempt = 0;; attempt++) {
         bool reused = t->redis != NULL;
-        if (!redis_ready(t)) {
+        if (!redis_ready(t, why, whylen)) { /* logged there, once per cause */
             MG_FM_INC(s->dbm.writeback_error);
-            snprintf(why, whylen, "cannot connect to Redis %s:%u", s->conf->redis.host,
-                     s->conf->redis.port);
             return false;
         }
         bool closed;
-        if (redis_write_once(t, app, users, docs, n, &closed)) {
+        char err[160] = "";
+        if (redis_write_once(t, app, users, docs, n, &closed, err, sizeof(err))) {
             MG_FM_INC(s->dbm.writeback_ok);
             return true;
         }
         snprintf(why, whylen, "Redis %s:%u: %s", s->conf->redis.host, s->conf->redis.port,
-                 t->redis->err ? t->redis->errstr : "error reply");
+                 t->redis->err ? t->redis->errstr
+                 : err[0]      ? err
+                               : "error reply");
         redisFree(t->redis); /* replies may be out of step now */
         t->redis = NULL;
         if (closed && reused && attempt == 0)

@@ -208,3 +208,15 @@ void mg_rreply_attach(redisReader *r, mg_rreply_pool_t *p)
     r->fn = &pool_fns;
     r->privdata = p;
 }
+
+void mg_rreply_text(const redisReply *r, char *out, size_t cap)
+{
+    bool text = r->type == REDIS_REPLY_ERROR || r->type == REDIS_REPLY_STRING ||
+                r->type == REDIS_REPLY_STATUS;
+    size_t n = text && r->str && r->len > 0 ? (size_t)r->len : 0, k = 0;
+    for (; k < n && k + 1 < cap; k++) {
+        unsigned char c = (unsigned char)r->str[k];
+        out[k] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+    }
+    out[k] = '\0';
+}

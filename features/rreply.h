@@ -34,4 +34,10 @@ const char *mg_rreply_refused(mg_rreply_pool_t *p);
  * in |p|. */
 void mg_rreply_attach(redisReader *r, mg_rreply_pool_t *p);
 
+/* The text of reply |r| (an error's message) for a log line or an error answer, into |out|
+ * (|cap| >= 1 bytes): cut to fit, any byte that is not printable ASCII written as '?'. Any
+ * reply works: the text of a string or status reply, "" for the others. */
+struct redisReply;
+void mg_rreply_text(const struct redisReply *r, char *out, size_t cap);
+
 #endif /* MG_FEATURES_RREPLY_H */

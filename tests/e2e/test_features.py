@@ -1023,3 +1023,28 @@ def test_wrong_redis_password_is_logged_and_never_up(procs):
     s.put_redis("pw1", recent=["a"])
     assert s.get("pw1")["x-modelgate-features"] == "hit"
     assert "connected after" in s.gw.proc.stderr()
+
+
+def test_wrong_redis_password_for_the_write_back_is_reported(procs):
+    """The MariaDB threads' write-back connection checked AUTH's reply but said nothing: an
+    admin write answered "redis_error": "cannot connect to Redis ..." without the reason, and
+    nothing was logged. Now the reason is Redis's message, in the answer and in the log (once
+    per cause and thread, never the password)."""
+    pwfile = os.path.join(procs.dir, "redis.password")
+    with open(pwfile, "w") as f:
+        f.write("wrongpw\n")
+    s = Stack(procs, redis_over={"password_file": pwfile}, wait_up=False, db_threads=1,
+              before_start=lambda st: st.redis.client().config_set("requirepass", "rightpw"))
+    want = "Redis 127.0.0.1:%d: AUTH refused (WRONGPASS" % s.redis.port
+    for i in range(2):  # the second one after the thread's 500 ms backoff: a new attempt
+        r = s.admin("PUT", "/v1/features/digits/wb%d" % i, json.dumps({"recent": ["a"]}))
+        assert r.status_code == 200, r.text
+        assert r.json()["redis"] == "not_refreshed", r.text
+        assert r.json()["redis_error"].startswith(want), r.text
+        time.sleep(0.6)
+    assert s.db.query("SELECT COUNT(*) FROM user_features")[0][0] == 2
+    err = s.gw.proc.stderr()
+    lines = [ln for ln in err.splitlines() if "write-back: " + want in ln]
+    assert len(lines) == 1, err  # once per cause
+    assert "features.redis.password_file" in lines[0] and "wrongpw" not in err, err
+    assert s.sample('modelgate_features_writeback_total{result="error"}') == 2

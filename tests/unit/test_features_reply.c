@@ -517,6 +517,30 @@ static void resp_without_printf(void **state)
     assert_memory_equal(cmd, "*12\r\n$6\r\nLRANGE\r\n", 17);
 }
 
+/* An error reply's text for a log line: cut to fit, control and non-ASCII bytes as '?'. */
+static void reply_text_is_printable(void **state)
+{
+    (void)state;
+    redisReply r = {.type = REDIS_REPLY_ERROR};
+    char out[32];
+    r.str = "WRONGPASS bad\r\n\x01\xc3\xa9";
+    r.len = strlen(r.str);
+    mg_rreply_text(&r, out, sizeof(out));
+    assert_string_equal(out, "WRONGPASS bad?????");
+    mg_rreply_text(&r, out, 6);
+    assert_string_equal(out, "WRONG");
+    mg_rreply_text(&r, out, 1);
+    assert_string_equal(out, "");
+    r.type = REDIS_REPLY_INTEGER;
+    mg_rreply_text(&r, out, sizeof(out));
+    assert_string_equal(out, "");
+    r.type = REDIS_REPLY_STATUS;
+    r.str = "OK";
+    r.len = 2;
+    mg_rreply_text(&r, out, sizeof(out));
+    assert_string_equal(out, "OK");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -526,6 +550,7 @@ int main(void)
         cmocka_unit_test(snapshots_match_jansson),
         cmocka_unit_test(empty_groups_read_as_from_mariadb),
         cmocka_unit_test(resp_without_printf),
+        cmocka_unit_test(reply_text_is_printable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
