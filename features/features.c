@@ -108,6 +108,7 @@ struct mg_features {
     uint64_t sent[NSENT]; /* hashes of snapshots that went out, by their low bits */
     bool closing;
     mg_log_limit_t loglimit;
+    mg_log_limit_t errlog;         /* error replies to lookups: a line every few seconds */
     unsigned hello_pending;        /* handshake replies still expected while CONNECTING */
     unsigned long failed_attempts; /* connection attempts failed since the last one up */
     mg_log_cause_t connlog;        /* why the connection attempts fail */
@@ -613,6 +614,28 @@ static mg_fval_t *snapshot(fetch_t *fx)
     return mg_fval_new(fx->text + start, fx->tlen - start);
 }
 
+/* Error replies to lookups (NOPERM after an ACL change, OOM, LOADING, MISCONF...) come with
+ * every request while the cause lasts: one line per this many seconds, with the count. */
+#define REPLY_LOG_PERIOD_S 5
+
+/* Logs error reply |r| to command |rc| (rate-limited). */
+static void log_error_reply(fetch_t *fx, const rcmd_t *rc, const redisReply *r)
+{
+    mg_features_t *f = fx->f;
+    unsigned long skipped;
+    if (!mg_log_limit_every(&f->errlog, REPLY_LOG_PERIOD_S, &skipped))
+        return;
+    char msg[160], more[64] = "";
+    mg_rreply_text(r, msg, sizeof(msg));
+    if (skipped)
+        snprintf(more, sizeof(more), " (%lu more error replies since the last line)", skipped);
+    MG_LOG(MG_LOG_WARN, "features",
+           "Redis %s:%u: error reply reading %s%s of a user of app %s (%s); such lookups "
+           "answer unavailable%s",
+           f->conf->redis.host, f->conf->redis.port, rc->idx ? "group " : "the marker",
+           rc->idx ? fx->app->groups[rc->idx - 1].name : "", fx->app->name, msg, more);
+}
+
 static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     rcmd_t *rc = priv;
@@ -621,6 +644,8 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
     if (r && r->type == REDIS_REPLY_ERROR && r->len >= 9 && memcmp(r->str, "WRONGTYPE", 9) == 0) {
         fx->redis_broken = "has the wrong type (WRONGTYPE)";
     } else if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        if (r)
+            log_error_reply(fx, rc, r);
         fx->redis_failed = true;
     } else if (rc->idx == 0) {
         fx->marker = r->type == REDIS_REPLY_STRING ? (r->len == 1 && r->str[0] == '1' ? 1 : 0) : -1;

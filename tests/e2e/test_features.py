@@ -1048,3 +1048,24 @@ def test_wrong_redis_password_for_the_write_back_is_reported(procs):
     assert len(lines) == 1, err  # once per cause
     assert "features.redis.password_file" in lines[0] and "wrongpw" not in err, err
     assert s.sample('modelgate_features_writeback_total{result="error"}') == 2
+
+
+def test_error_replies_to_lookups_are_logged(stack):
+    """An error reply to a lookup (here NOPERM: an ACL change took HGETALL from the gateway's
+    user; also OOM, LOADING, MISCONF...) made the request "unavailable" without a word. It is
+    logged now, with Redis's message and the address, at most one line every few seconds per
+    worker (with the count of the others)."""
+    stack.put_redis("acl1", profile={"a": "1"}, recent=["x"])
+    stack.r.execute_command("ACL", "SETUSER", "default", "-hgetall")
+    try:
+        # one kept-alive connection: one worker; "unavailable" is not cached, each one asks
+        sts = [stack.get("acl1")["x-modelgate-features"] for _ in range(5)]
+    finally:
+        stack.r.execute_command("ACL", "SETUSER", "default", "+hgetall")
+    assert sts == ["unavailable"] * 5, sts
+    err = stack.gw.proc.stderr()
+    lines = [ln for ln in err.splitlines() if "error reply" in ln]
+    assert len(lines) == 1, err
+    assert ("Redis 127.0.0.1:%d: error reply reading group profile of a user of app digits "
+            "(NOPERM" % stack.redis.port) in lines[0], lines
+    assert stack.get("acl1")["x-modelgate-features"] == "hit"
