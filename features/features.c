@@ -18,7 +18,10 @@
  * a connection is UP once Redis answered its handshake (AUTH, SELECT, or a PING) without an
  * error, within redis.connect_timeout_ms; lookups are sent only when UP, so no request ever
  * waits for a (re)connect; reconnects back off exponentially with jitter, and a handshake
- * refused (a wrong password) is logged once per cause and retried with the same backoff.
+ * refused (a wrong password) is logged once per cause and retried with the same backoff. A
+ * connection whose oldest pipeline waits for its replies longer than the same bound is
+ * dropped (on_rwatch: one timer per connection, re-armed at most once per bound; the
+ * pipelines are queued in the order sent, with the clock reading their request made).
  *
  * Snapshot text: the bytes must be exactly those of mg_fval_from_json (features/fvalue.h) for
  * the same document, since a training pipeline recomputes the hash. jansson prints, with
@@ -77,6 +80,9 @@ struct fetch {
     int64_t timer_at;   /* the deadline it is armed for; INT64_MAX when idle */
     int redis_pending;
     bool redis_failed, in_db;
+    bool in_rq;                 /* on f's queue of pipelines sent (while replies are due) */
+    fetch_t *rq_prev, *rq_next; /* that queue, oldest first: Redis answers in order */
+    int64_t sent_us;            /* when the pipeline was queued */
     /* why a key of this user is not in the documented layout (a writer outside the gateway
      * broke it): MariaDB answers instead, and its write-back repairs the keys; NULL = fine */
     const char *redis_broken;
@@ -109,6 +115,11 @@ struct mg_features {
     bool closing;
     mg_log_limit_t loglimit;
     mg_log_limit_t errlog;         /* error replies to lookups: a line every few seconds */
+    /* the pipelines sent on the connection whose replies are due, oldest first, and the one
+     * timer that drops the connection when the oldest has waited longer than the bound */
+    fetch_t *rq_head, *rq_tail;
+    struct event rwatch;
+    mg_log_limit_t droplog;
     unsigned hello_pending;        /* handshake replies still expected while CONNECTING */
     unsigned long failed_attempts; /* connection attempts failed since the last one up */
     mg_log_cause_t connlog;        /* why the connection attempts fail */
@@ -236,6 +247,25 @@ static fetch_t **fetch_slot(mg_features_t *f, const char *key, size_t klen)
     return pp;
 }
 
+/* Takes |fx| off the queue of pipelines whose replies are due (its last reply is in, or it
+ * is freed). */
+static void rq_unlink(fetch_t *fx)
+{
+    mg_features_t *f = fx->f;
+    if (!fx->in_rq)
+        return;
+    if (fx->rq_prev)
+        fx->rq_prev->rq_next = fx->rq_next;
+    else
+        f->rq_head = fx->rq_next;
+    if (fx->rq_next)
+        fx->rq_next->rq_prev = fx->rq_prev;
+    else
+        f->rq_tail = fx->rq_prev;
+    fx->rq_prev = fx->rq_next = NULL;
+    fx->in_rq = false;
+}
+
 static void fetch_free(fetch_t *fx)
 {
     mg_features_t *f = fx->f;
@@ -243,6 +273,7 @@ static void fetch_free(fetch_t *fx)
     if (*pp == fx)
         *pp = fx->hnext;
     f->nfetches--;
+    rq_unlink(fx);
     if (fx->in_db) /* the worker shuts down before MariaDB answered */
         f->nwaiting_db--;
     while (fx->head) { /* only when the worker shuts down: nobody waits any more */
@@ -652,8 +683,10 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
     } else if (!fx->redis_failed) {
         add_group(fx, (size_t)rc->idx - 1, r);
     }
-    if (--fx->redis_pending == 0)
+    if (--fx->redis_pending == 0) {
+        rq_unlink(fx);
         redis_done(fx);
+    }
 }
 
 /* Writes |n| in decimal at |o| (printf cost more than the rest of the pipeline); returns the
@@ -691,7 +724,7 @@ static char *resp_bulk(char *o, const char *s, size_t n)
 /* Sends the pipeline: GET marker, then one read per group. The commands are written in RESP
  * here rather than formatted by hiredis; keys fit: "mgf:v1:" + app (<= 64, checked by
  * mg_features_start) + ':' + user (<= 128) + ':' + group (<= 32). */
-static void redis_send(fetch_t *fx)
+static void redis_send(fetch_t *fx, int64_t now)
 {
     mg_features_t *f = fx->f;
     char key[256], cmd[512];
@@ -732,8 +765,24 @@ static void redis_send(fetch_t *fx)
     fx->redis_pending = sent;
     if (sent != (int)fx->app->ngroups + 1)
         fx->redis_failed = true; /* the replies already queued still arrive (maybe NULL) */
-    if (sent == 0)
+    if (sent == 0) {
         redis_done(fx);
+        return;
+    }
+    /* its replies are due: the connection's watchdog covers it (armed when idle) */
+    fx->sent_us = now;
+    fx->in_rq = true;
+    fx->rq_prev = f->rq_tail;
+    if (f->rq_tail)
+        f->rq_tail->rq_next = fx;
+    else
+        f->rq_head = fx;
+    f->rq_tail = fx;
+    if (!evtimer_pending(&f->rwatch, NULL)) {
+        unsigned ms = f->conf->redis.connect_timeout_ms;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        evtimer_add(&f->rwatch, &tv);
+    }
 }
 
 /* A new fetch for |key| with |first| (may be NULL) as its waiter, not started yet; NULL when
@@ -764,13 +813,13 @@ static fetch_t *fetch_new(mg_features_t *f, const mg_fapp_t *app, const char *ke
     return fx;
 }
 
-/* Starts |fx|; it may settle (and be freed) before this returns. */
-static void fetch_go(fetch_t *fx)
+/* Starts |fx| at |now|; it may settle (and be freed) before this returns. */
+static void fetch_go(fetch_t *fx, int64_t now)
 {
     if (fx->f->conf->redis.on)
-        redis_send(fx);
+        redis_send(fx, now);
     else
-        to_db(fx, mg_mono_us());
+        to_db(fx, now);
 }
 
 /* ---------- Redis connection ---------- */
@@ -934,6 +983,40 @@ static void on_rtimer(evutil_socket_t fd, short what, void *arg)
     redis_connect(f);
 }
 
+/* The connection's watchdog: Redis answers in order, so when the oldest pipeline whose
+ * replies are due has waited longer than redis.connect_timeout_ms, Redis is stopped, hung or
+ * too slow to be of use: the connection is dropped (its lookups end "unavailable", requests
+ * went on at their budget already) and reconnected with backoff, and lookups answer at once
+ * meanwhile instead of piling up. Otherwise it re-arms for the oldest's deadline: it runs at
+ * most once per bound while the connection is busy, and not at all when idle. */
+static void on_rwatch(evutil_socket_t fd, short what, void *arg)
+{
+    mg_features_t *f = arg;
+    fetch_t *oldest = f->rq_head;
+    if (oldest == NULL || f->rstate != R_UP || f->ac == NULL)
+        return;
+    unsigned ms = f->conf->redis.connect_timeout_ms;
+    int64_t now = mg_mono_us(), due = oldest->sent_us + (int64_t)ms * 1000;
+    if (now < due) {
+        struct timeval tv = {(due - now) / 1000000, (due - now) % 1000000};
+        evtimer_add(&f->rwatch, &tv);
+        return;
+    }
+    size_t waiting = 0;
+    for (fetch_t *fx = oldest; fx; fx = fx->rq_next)
+        waiting++;
+    MG_FM_INC(f->m->redis_reply_timeouts);
+    unsigned long skipped;
+    if (mg_log_limit_pass(&f->droplog, &skipped))
+        MG_LOG(MG_LOG_WARN, "features",
+               "Redis %s:%u: no reply for %lld ms (bound: features.redis.connect_timeout_ms = "
+               "%u), %zu lookups waiting; dropping the connection and reconnecting (Redis "
+               "stopped, hung or overloaded?) (%lu similar suppressed)",
+               f->conf->redis.host, f->conf->redis.port, (long long)(now - oldest->sent_us) / 1000,
+               ms, waiting, skipped);
+    redis_drop(f);
+}
+
 static void redis_connect(mg_features_t *f)
 {
     const mg_fconf_t *c = f->conf;
@@ -994,6 +1077,7 @@ mg_features_t *mg_features_new(mg_fsource_t *src, struct event_base *base, unsig
     f->lru = mg_flru_new(f->conf->local.max_entries, drop_val);
     f->sink = mg_fsink_new(src, base, on_db_result, f);
     f->rtimer = evtimer_new(base, on_rtimer, f);
+    evtimer_assign(&f->rwatch, base, on_rwatch, f);
     f->rpool = mg_rreply_pool_new();
     if (f->lru == NULL || f->sink == NULL || f->rtimer == NULL || f->rpool == NULL) {
         mg_features_free(f);
@@ -1015,6 +1099,7 @@ void mg_features_free(mg_features_t *f)
         redisAsyncFree(ac);
     }
     atomic_store(&f->m->redis_up, 0);
+    evtimer_del(&f->rwatch);
     mg_fsink_free(f->sink); /* after it, no MariaDB answer can reach a fetch */
     for (size_t b = 0; b < NFETCH_BUCKETS; b++)
         while (f->map[b])
@@ -1080,7 +1165,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
         if (st == MG_FLRU_STALE && fx == NULL && f->nfetches < MG_FCONF_MAX_FETCHES &&
             (!c->redis.on || f->rstate == R_UP) &&
             (fx = fetch_new(f, a, key, klen, alen, NULL)) != NULL)
-            fetch_go(fx);
+            fetch_go(fx, t->_start_us);
         mg_fval_unref(val);
         return MG_OK;
     }
@@ -1110,7 +1195,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
         settle(f, t, MG_FS_UNAVAILABLE, NULL, t->_start_us);
         return MG_OK;
     }
-    fetch_go(fx);
+    fetch_go(fx, t->_start_us);
     if (t->_fetch == NULL)
         return MG_OK;
     t->_done = done;

@@ -104,6 +104,11 @@ void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t
                         "to AUTH, SELECT or PING).\n"
                         "# TYPE modelgate_features_redis_connect_failures_total counter\n"
                         "modelgate_features_redis_connect_failures_total %llu\n"
+                        "# HELP modelgate_features_redis_reply_timeouts_total Connections to "
+                        "Redis dropped because a reply was due for longer than "
+                        "redis.connect_timeout_ms (Redis stopped, hung or overloaded).\n"
+                        "# TYPE modelgate_features_redis_reply_timeouts_total counter\n"
+                        "modelgate_features_redis_reply_timeouts_total %llu\n"
                         "# TYPE modelgate_features_writeback_total counter\n"
                         "modelgate_features_writeback_total{result=\"ok\"} %llu\n"
                         "modelgate_features_writeback_total{result=\"error\"} %llu\n"
@@ -123,8 +128,9 @@ void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t
                             up;
                         }),
                         SUM(redis_connects), SUM(redis_disconnects), SUM(redis_connect_failures),
-                        LOAD(db->writeback_ok), LOAD(db->writeback_error), LOAD(db->rows_written),
-                        LOAD(db->rows_deleted), SUM(db_refused));
+                        SUM(redis_reply_timeouts), LOAD(db->writeback_ok),
+                        LOAD(db->writeback_error), LOAD(db->rows_written), LOAD(db->rows_deleted),
+                        SUM(db_refused));
     evbuffer_add_printf(out, "# HELP modelgate_features_lookup_seconds Time a request waited "
                              "for its features.\n"
                              "# TYPE modelgate_features_lookup_seconds histogram\n");

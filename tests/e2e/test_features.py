@@ -1069,3 +1069,41 @@ def test_error_replies_to_lookups_are_logged(stack):
     assert ("Redis 127.0.0.1:%d: error reply reading group profile of a user of app digits "
             "(NOPERM" % stack.redis.port) in lines[0], lines
     assert stack.get("acl1")["x-modelgate-features"] == "hit"
+
+
+def test_hung_redis_is_dropped_and_reconnected(procs):
+    """A hung Redis (SIGSTOP: the connection stays open, nothing answers) was never noticed:
+    requests went on at their budget, but redis_up stayed 1, lookups kept being sent and
+    piled up, and no reconnect was tried. Now a reply due for longer than
+    redis.connect_timeout_ms drops the connection (its lookups end "unavailable"), lookups
+    answer at once while it is down, the reconnects fail their handshake while Redis is
+    stopped, and hits resume once it runs again."""
+    bound_ms = 300
+    s = Stack(procs, timeout_ms=50, workers=1, redis_over={"connect_timeout_ms": bound_ms})
+    s.put_redis("hung1", recent=["a"])
+    s.put_redis("hung2", recent=["b"])
+    assert s.get("hung1")["x-modelgate-features"] == "hit"
+    s.redis.proc.signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        assert s.get("cold0")["x-modelgate-features"] == "timeout"  # at its budget
+        wait_for(lambda: s.metric("modelgate_features_redis_up") == 0, 3, 0.02,
+                 "the hung connection to be dropped")
+        took = time.monotonic() - t0
+        assert bound_ms / 1000.0 <= took < bound_ms / 1000.0 + 1.0, took
+        assert s.metric("modelgate_features_redis_reply_timeouts_total") == 1
+        assert s.metric("modelgate_features_redis_disconnects_total") == 1
+        # the lookup that was waiting ended "unavailable", counted as a Redis error
+        assert s.sample('modelgate_features_layer_total{layer="redis",result="error"}') == 1
+        t1 = time.monotonic()
+        assert s.get("cold1")["x-modelgate-features"] == "unavailable"  # at once
+        assert time.monotonic() - t1 < 0.5
+        # reconnects: TCP is accepted by the kernel, but the handshake gets no reply
+        wait_for(lambda: s.metric("modelgate_features_redis_connect_failures_total") >= 1, 3,
+                 0.02, "a reconnect to fail its handshake")
+        assert s.metric("modelgate_features_redis_up") == 0
+        assert "no reply for" in s.gw.proc.stderr()
+    finally:
+        s.redis.proc.signal(signal.SIGCONT)
+    wait_for(lambda: s.metric("modelgate_features_redis_up") == 1, 5, 0.02, "the reconnect")
+    assert s.get("hung2")["x-modelgate-features"] == "hit"
