@@ -679,7 +679,15 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
             log_error_reply(fx, rc, r);
         fx->redis_failed = true;
     } else if (rc->idx == 0) {
-        fx->marker = r->type == REDIS_REPLY_STRING ? (r->len == 1 && r->str[0] == '1' ? 1 : 0) : -1;
+        /* "1" or "0" (conf/README.md); anything else is a marker written wrong, not an
+         * unknown user: MariaDB answers, as for a key of the wrong type */
+        if (r->type == REDIS_REPLY_NIL)
+            fx->marker = -1;
+        else if (r->type == REDIS_REPLY_STRING && r->len == 1 &&
+                 (r->str[0] == '1' || r->str[0] == '0'))
+            fx->marker = r->str[0] - '0';
+        else
+            fx->redis_broken = "holds a marker that is neither \"1\" nor \"0\"";
     } else if (!fx->redis_failed) {
         add_group(fx, (size_t)rc->idx - 1, r);
     }

@@ -1107,3 +1107,25 @@ def test_hung_redis_is_dropped_and_reconnected(procs):
         s.redis.proc.signal(signal.SIGCONT)
     wait_for(lambda: s.metric("modelgate_features_redis_up") == 1, 5, 0.02, "the reconnect")
     assert s.get("hung2")["x-modelgate-features"] == "hit"
+
+
+@pytest.mark.parametrize("marker", ["yes", "2", " 1", ""])
+def test_malformed_marker_falls_back_to_mariadb_and_is_repaired(stack, marker):
+    """A marker that is neither "1" nor "0" (a pipeline that wrote "yes") was read as "known
+    to have no features": the user got "miss" until the key expired, though MariaDB had
+    features. It breaks the documented layout like a key of the wrong type: MariaDB answers,
+    its write-back rewrites the user's keys, and a warning is logged."""
+    stack.put_db("mk1", {"recent": ["a"]})
+    stack.put_redis("mk1", recent=["a"])
+    stack.r.set("mgf:v1:digits:mk1", marker, ex=60)
+    before = stack.selects()
+    h = stack.get("mk1")
+    assert h["x-modelgate-features"] == "hit", h
+    assert json.loads(h["x-user-features"]) == {"recent": ["a"]}
+    assert stack.selects() - before == 1
+    assert stack.r.get("mgf:v1:digits:mk1") == b"1"  # repaired by the write-back
+    assert ('a key of a user of app digits holds a marker that is neither "1" nor "0"'
+            in stack.gw.proc.stderr())
+    time.sleep(1.1)  # local ttl_ms 1000: the next one reads Redis, now whole
+    assert stack.get("mk1")["x-modelgate-features"] == "hit"
+    assert stack.selects() - before == 1
