@@ -1510,6 +1510,23 @@ static int h1_refuse(conn_t *c, int status, const char *code, const char *msg)
     return -1;
 }
 
+const mg_hdr_t *mg_field_single(const mg_hdr_t *h, size_t n, const char *name, size_t len,
+                                bool *ambiguous)
+{
+    const mg_hdr_t *one = NULL;
+    bool many = false;
+    for (size_t i = 0; i < n && !many; i++)
+        if (h[i].name_len == len && memcmp(h[i].name, name, len) == 0) {
+            many = one != NULL;
+            one = &h[i];
+        }
+    if (one && !many && one->value_len > 0 && memchr(one->value, ',', one->value_len) != NULL)
+        many = true;
+    if (ambiguous)
+        *ambiguous = many;
+    return many ? NULL : one;
+}
+
 bool mg_field_is_chunked(const char *v, size_t n)
 {
     while (n > 0 && (*v == ' ' || *v == '\t'))

@@ -269,6 +269,15 @@ bool mg_field_connection_specific(const char *name, size_t len);
  * trailers carry a connection-specific field. Any case. */
 bool mg_trailer_forbidden(const char *name, size_t len);
 
+/* The field named |name| (lowercase, |len| bytes) among the |n| fields |h|, when it is one
+ * value: for fields that name one thing, such as the unit id of features and sticky splits
+ * (x-user-id). NULL when the field is absent, and also when it is ambiguous: present more
+ * than once, or holding a comma-separated list (RFC 9110 5.3 lets any hop join the field lines
+ * "a" and "b" into "a, b", so both forms must mean the same); then *|ambiguous| (may be NULL)
+ * is set, else cleared. An empty value is returned as it is. Allocates nothing. */
+const mg_hdr_t *mg_field_single(const mg_hdr_t *h, size_t n, const char *name, size_t len,
+                                bool *ambiguous);
+
 /* True when a Transfer-Encoding value is exactly "chunked" (any case, optional spaces around).
  * llhttp also takes "gzip, chunked", whose gzip coding nobody would undo: HTTP/1.1 requests
  * with another coding get 501, and responses with one are a pod's protocol error. */

@@ -115,6 +115,7 @@ struct mg_features {
     bool closing;
     mg_log_limit_t loglimit;
     mg_log_limit_t errlog;         /* error replies to lookups: a line every few seconds */
+    mg_log_limit_t unitlog;        /* requests whose unit header is ambiguous */
     /* the pipelines sent on the connection whose replies are due, oldest first, and the one
      * timer that drops the connection when the oldest has waited longer than the bound */
     fetch_t *rq_head, *rq_tail;
@@ -1132,14 +1133,22 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
         return MG_OK;
     t->_start_us = mg_mono_us();
     const mg_fconf_t *c = f->conf;
-    const char *user = NULL;
-    size_t ulen = 0;
-    for (size_t i = 0; i < n; i++)
-        if (hdrs[i].name_len == c->user_header_len &&
-            memcmp(hdrs[i].name, c->user_header, c->user_header_len) == 0) {
-            user = hdrs[i].value;
-            ulen = hdrs[i].value_len;
-        }
+    /* The unit header given twice (or as a list, which any hop may make of the two) names no
+     * one user: taking either copy could attach another user's features than the ones the
+     * pod, or a sticky split reading the other copy, goes by. The request goes on with none. */
+    bool ambiguous;
+    const mg_hdr_t *uh = mg_field_single(hdrs, n, c->user_header, c->user_header_len, &ambiguous);
+    const char *user = uh ? uh->value : NULL;
+    size_t ulen = uh ? uh->value_len : 0;
+    if (ambiguous) {
+        unsigned long skipped;
+        if (mg_log_limit_pass(&f->unitlog, &skipped))
+            MG_LOG(MG_LOG_WARN, "features",
+                   "a request to app %s has %s more than once or as a list: its unit id is "
+                   "ambiguous, so it goes on without features (status none), and a sticky "
+                   "split on that header picks at random (%lu similar suppressed)",
+                   a->name, c->user_header, skipped);
+    }
     if (user == NULL || !mg_fconf_is_user_id(user, ulen)) {
         settle(f, t, MG_FS_NONE, NULL, t->_start_us);
         return MG_OK;

@@ -11,9 +11,10 @@
  *   3. MariaDB (features/fsource.h: off the loop, written back to Redis).
  * The request waits at most the route's budget (the app's timeout_ms, or its env's); whatever
  * happens, it then goes on, with x-user-features (compact JSON) when features were found and
- * x-modelgate-features saying what happened: hit, miss, timeout, unavailable, none (no unit id),
- * too_large. A lookup that outlives its requests still completes and fills the caches. Concurrent
- * lookups of one user share one fetch (and one MariaDB query across workers).
+ * x-modelgate-features saying what happened: hit, miss, timeout, unavailable, none (no unit id,
+ * or an ambiguous one: the header twice, or a list - mg_field_single), too_large. A lookup that
+ * outlives its requests still completes and fills the caches. Concurrent lookups of one user share
+ * one fetch (and one MariaDB query across workers).
  *
  * Threading: one mg_features_t per worker, used on that worker's thread only. Ownership: a
  * ticket is embedded in the caller's request object (zeroed memory is a valid idle ticket);

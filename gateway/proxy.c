@@ -1019,7 +1019,12 @@ static bool choose_service(exch_t *e, const mg_srv_req_t *req)
         for (size_t i = 0; i < rt->nsplit; i++)
             if (!service_up(rt->split_services[i], now))
                 down |= (uint64_t)1 << i;
-        const mg_hdr_t *unit = rt->sticky_header ? find_hdr(req, rt->sticky_header) : NULL;
+        /* the unit as features see it (features.c): a header given twice, or as a list,
+         * names no unit, and the request is split as one without the header */
+        const mg_hdr_t *unit = rt->sticky_header
+                                   ? mg_field_single(req->hdrs, req->nhdrs, rt->sticky_header,
+                                                     strlen(rt->sticky_header), NULL)
+                                   : NULL;
         int k = unit && unit->value_len
                     ? mg_split_pick_sticky(rt->split, unit->value, unit->value_len, down,
                                            &e->fallback)

@@ -80,7 +80,7 @@ def canonical(doc):
 class Stack:
     def __init__(self, procs, timeout_ms=1000, local=None, redis_over=None, max_bytes=None,
                  workers=2, by_env=None, envs=("production",), db_threads=2, table=None,
-                 before_start=None, db_over=None, pods=None, wait_up=True):
+                 before_start=None, db_over=None, pods=None, wait_up=True, routes_fn=None):
         self.procs = procs
         self.redis = Redis(procs)
         self.db = MariaDB(procs)
@@ -113,6 +113,8 @@ class Stack:
                             [("plain", "production", "svc-a")])
         if pods:
             routes["services"]["svc-a"]["policy"] = "round_robin"
+        if routes_fn:  # |routes_fn(self)|: another routing document
+            routes = routes_fn(self)
         self.gw = procs.gateway(
             routes,
             conf={"workers": workers, "features": feats,
@@ -1129,3 +1131,63 @@ def test_malformed_marker_falls_back_to_mariadb_and_is_repaired(stack, marker):
     time.sleep(1.1)  # local ttl_ms 1000: the next one reads Redis, now whole
     assert stack.get("mk1")["x-modelgate-features"] == "hit"
     assert stack.selects() - before == 1
+
+
+def test_unit_header_given_twice_names_no_user(procs):
+    """With x-user-id: alice and x-user-id: bob, features took the last copy (bob's went to the
+    pod) while the sticky split took the first (alice's service). Either copy may be the
+    forged one, and HTTP lets any hop join the two lines into "alice, bob": the request names
+    no one unit. Both now agree on that: no features (status none) and the split picks at
+    random, as for a request without the header, in HTTP/1.1 and HTTP/2."""
+    import httpx
+
+    def split_routes(st):
+        st.v1, st.v2 = procs.backend("v1"), procs.backend("v2")
+        doc = routes_doc({"v1": [st.v1], "v2": [st.v2]}, [("plain", "production", "v1")])
+        doc["routes"].append({"app": "digits", "env": "production", "sticky_header": "x-user-id",
+                              "split": [{"service": "v1", "weight": 50},
+                                        {"service": "v2", "weight": 50}]})
+        return doc
+
+    s = Stack(procs, workers=1, routes_fn=split_routes)
+    c = httpx.Client(timeout=10)
+
+    def get(*users):
+        r = c.get("http://127.0.0.1:%d/predict" % s.gw.port,
+                  headers=[("host", "%s:%d" % (HOST, s.gw.port))] +
+                  [("x-user-id", u) for u in users])
+        assert r.status_code == 200, r.text
+        return r.headers["x-modelgate-service"], r.json()["headers"]
+
+    # two users the split puts apart, each with features of their own
+    first = {}
+    for i in range(64):
+        s.put_redis("u%d" % i, recent=["of-u%d" % i])
+        svc, h = get("u%d" % i)
+        assert h["x-modelgate-features"] == "hit", h
+        first.setdefault(svc, "u%d" % i)
+        if len(first) == 2:
+            break
+    a, b = first["v1"], first["v2"]
+    for u, svc in ((a, "v1"), (b, "v2")):  # once: that user's service and features
+        got, h = get(u)
+        assert got == svc and json.loads(h["x-user-features"]) == {"recent": ["of-" + u]}
+    for users in ((a, b), (b, a), ("%s, %s" % (a, b),), ("%s,%s" % (b, a),)):
+        seen = set()
+        for _ in range(24):
+            svc, h = get(*users)
+            assert h["x-modelgate-features"] == "none" and "x-user-features" not in h, (users, h)
+            seen.add(svc)
+        assert seen == {"v1", "v2"}, (users, seen)  # at random: P(one service) = 2 / 2^24
+    c.close()
+    with s.gw.h2() as h2c:
+        seen = set()
+        for _ in range(24):
+            st = h2c.get("/predict", headers=[("x-user-id", a), ("x-user-id", b)])
+            assert st.status == 200, st
+            assert st.json()["headers"]["x-modelgate-features"] == "none", st.json()
+            seen.add(st.headers["x-modelgate-service"])
+        assert seen == {"v1", "v2"}, seen
+    assert "has x-user-id more than once or as a list" in s.gw.proc.stderr()
+    recs = s.gw.wait_access(i + 1 + 2 + 5 * 24)  # the access log says so too
+    assert sum(1 for r in recs if r["features"] == "none") == 5 * 24

@@ -1965,6 +1965,30 @@ static void parse_decimal(void **state)
     assert_int_equal(mg_parse_decimal("99999999999999999999", 20), -1);
 }
 
+/* mg_field_single: the one value of a field, NULL when absent or ambiguous (twice, or a list),
+ * whatever the order and the other fields. */
+static void field_single_refuses_two_values(void **state)
+{
+    (void)state;
+    mg_hdr_t h[] = {
+        {"accept", "*/*", 6, 3, MG_HPACK_INDEX},    {"x-user-id", "alice", 9, 5, MG_HPACK_INDEX},
+        {"x-user-idx", "x", 10, 1, MG_HPACK_INDEX}, {"x-user-id", "bob", 9, 3, MG_HPACK_INDEX},
+        {"x-other", "a, b", 7, 4, MG_HPACK_INDEX},  {"x-empty", "", 7, 0, MG_HPACK_INDEX}};
+    bool amb = true;
+    assert_ptr_equal(mg_field_single(h, 3, "x-user-id", 9, &amb), &h[1]);
+    assert_false(amb);
+    assert_null(mg_field_single(h, 4, "x-user-id", 9, &amb)); /* alice, then bob */
+    assert_true(amb);
+    assert_ptr_equal(mg_field_single(&h[2], 2, "x-user-id", 9, NULL), &h[3]); /* bob alone */
+    assert_null(mg_field_single(h, 6, "x-other", 7, &amb)); /* a list in one line */
+    assert_true(amb);
+    assert_null(mg_field_single(h, 6, "x-none", 6, &amb));
+    assert_false(amb);
+    assert_ptr_equal(mg_field_single(h, 6, "x-empty", 7, &amb), &h[5]);
+    assert_false(amb);
+    assert_ptr_equal(mg_field_single(h, 6, "x-user-idx", 10, NULL), &h[2]);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -2015,6 +2039,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_early_answer_big_body_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_empty_data_cut_stops_reading_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_interims_leave_room_for_the_final_head, setup, teardown),
+        cmocka_unit_test(field_single_refuses_two_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
