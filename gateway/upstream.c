@@ -98,6 +98,7 @@ struct up_conn {
     nghttp2_session *h2;
     llhttp_t parser;
     bool connected, dead, goaway, in_recv, flushing, need_flush, idle, read_off;
+    bool settled; /* h2: the pod's SETTINGS arrived, so its stream limit is known */
     int busy;
     mg_outq_item_t outq; /* once connected: written at the end of the turn and read by its
                           * reader (common/outq.h): EV_READ through mg_outq_enable/_disable */
@@ -461,6 +462,7 @@ static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void 
         return 0;
     }
     if (f->hd.type == NGHTTP2_SETTINGS) {
+        c->settled |= !(f->hd.flags & NGHTTP2_FLAG_ACK);
         pool_kick(c->pool); /* MAX_CONCURRENT_STREAMS may have grown */
         return 0;
     }
@@ -1130,7 +1132,8 @@ static up_conn_t *pick_conn(pool_t *p, bool *at_cap)
 {
     uint32_t max = p->u->conf.max_streams_per_conn;
     size_t live = 0;
-    bool none = false; /* a connection of the pod's takes no stream at all */
+    bool none = false;      /* a connection of the pod's takes no stream at all */
+    bool unsettled = false; /* one waits for the pod's SETTINGS */
     *at_cap = false;
     for (up_conn_t *c = p->conns; c; c = c->next) {
         if (c->dead || c->goaway)
@@ -1141,13 +1144,18 @@ static up_conn_t *pick_conn(pool_t *p, bool *at_cap)
                 return c;
             continue;
         }
-        uint32_t remote = nghttp2_session_get_remote_settings(
-            c->h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+        /* until the pod's SETTINGS arrive its limit is unknown: a new connection carries one
+         * request, and the others wait for them (a round trip) rather than go out and come
+         * back refused from a pod that allows fewer streams, or open a connection each */
+        uint32_t remote = c->settled ? nghttp2_session_get_remote_settings(
+                                           c->h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+                                     : 1;
         if (c->nstreams < max && c->nstreams < remote)
             return c;
         none |= remote == 0;
+        unsettled |= !c->settled;
     }
-    if (none || !conn_slot_take(p, live)) {
+    if (none || unsettled || !conn_slot_take(p, live)) {
         *at_cap = true;
         return NULL;
     }

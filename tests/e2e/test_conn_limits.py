@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from conftest import error_json, free_port, routes_doc, wait_for
+from conftest import error_json, free_port, h2load, routes_doc, wait_for
 from h2client import Stream
 
 
@@ -179,3 +179,25 @@ def test_queued_request_honours_first_byte_timeout(procs):
     assert not any(r[2] == "/queued" for r in a.requests()), a.requests()
     lines = gw.wait_access(2)
     assert any(l["path"] == "/queued" and l["error"] == "upstream_timeout" for l in lines), lines
+
+
+def test_pod_allowing_one_stream_per_connection_refuses_none(procs, tmp_path):
+    """nghttpd -m 1 allows one stream per connection (SETTINGS_MAX_CONCURRENT_STREAMS 1). Its
+    limit is unknown until its SETTINGS arrive, so a new connection carries one request and the
+    others wait for them instead of going out and coming back REFUSED_STREAM: every request
+    of a burst is answered."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "x").write_text("hello\n")
+    port = free_port()
+    pod = procs.spawn("nghttpd", ["nghttpd", "--no-tls", "-m", "1", "-d", str(docs), str(port)])
+    pod.wait_ready([port])
+    gw = procs.gateway(routes_doc({"svc": ["127.0.0.1:%d" % port]},
+                                  [("digits", "production", "svc")]), tls=False)
+    (total, started, done, ok, failed), ok_2xx = h2load(gw, "-n", "400", "-c", "2", "-m", "20",
+                                                        path="/x")
+    assert (ok, ok_2xx) == (400, 400), "%d succeeded, %s 2xx of 400" % (ok, ok_2xx)
+    refused = [ln for ln in gw.access() if ln.get("error")]
+    assert not refused, refused[:3]
+    print("one stream per connection: 400 of 400 answered 2xx, none refused")
+
