@@ -60,6 +60,7 @@ struct mg_spool {
     uint64_t total; /* under mu: sum of segs[].size, <= max_bytes */
 
     int wfd; /* appender: the last segment, open for appending */
+    mg_log_cause_t write_failed; /* appender: a full disk fails every batch: said once a minute */
 
     int rfd; /* reader: a cached descriptor of segment rseg, or -1 */
     uint64_t rseg;
@@ -387,12 +388,17 @@ mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t 
          * reader never sees half a batch that is also counted as lost. */
         if (s->wfd >= 0 && ftruncate(s->wfd, (off_t)cur.size) != 0)
             e = errno;
-        MG_LOG(MG_LOG_ERROR, "spool", "%s: cannot write %zu bytes: %s", s->dir, keep,
-               strerror(e));
+        unsigned long again;
+        if (mg_log_cause_pass(&s->write_failed, strerror(e), 60, &again))
+            MG_LOG(MG_LOG_ERROR, "spool",
+                   "%s: cannot write %zu bytes: %s (%lu times more since "
+                   "this was last said; the request log counts the records as lost)",
+                   s->dir, keep, strerror(e), again);
         rc = MG_E_IO;
         keep = 0;
         goto out;
     }
+    mg_log_cause_reset(&s->write_failed);
     pthread_mutex_lock(&s->mu);
     s->segs[s->nsegs - 1].size += keep;
     s->total += keep;

@@ -14,10 +14,12 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "gateway/dblog.h"
@@ -270,6 +272,50 @@ static void cap_counts_lost(void **state)
     mg_spool_close(s);
 }
 
+/* A disk that refuses every write (here RLIMIT_FSIZE: EFBIG, as ENOSPC would) fails each
+ * batch: the records are counted as lost, the error said once, not per batch, and the next
+ * batch that fits is kept. */
+static void write_errors_are_said_once(void **state)
+{
+    (void)state;
+    static char buf[10 * 100];
+    mg_spool_t *s = open_spool(1 << 20);
+    struct rlimit old, lim = {32 * 1024, RLIM_INFINITY};
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim.rlim_max = old.rlim_max;
+    signal(SIGXFSZ, SIG_IGN);
+    char log[128];
+    snprintf(log, sizeof(log), "%s/stderr.txt", dir);
+    fflush(stderr);
+    int saved = dup(2), fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    assert_true(saved >= 0 && fd >= 0);
+    dup2(fd, 2);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    uint64_t lost = 0;
+    int failed = 0;
+    for (int b = 0; b < 60; b++) { /* 60 KB into a segment that may not pass 32 KB */
+        make_lines(buf, b * 10, 10, 100);
+        failed += mg_spool_append(s, buf, sizeof(buf), &lost) != MG_OK;
+    }
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    signal(SIGXFSZ, SIG_DFL);
+    FILE *f = fopen(log, "r");
+    assert_non_null(f);
+    char line[512];
+    int said = 0;
+    while (fgets(line, sizeof(line), f))
+        said += strstr(line, "cannot write") != NULL;
+    fclose(f);
+    assert_true(failed >= 20);
+    assert_int_equal(lost, (uint64_t)failed * 10);
+    assert_int_equal(said, 1);
+    mg_spool_close(s);
+}
+
 static void second_process_is_refused(void **state)
 {
     (void)state;
@@ -363,6 +409,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(replay_after_crash, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(torn_last_line_is_cut, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(cap_counts_lost, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(write_errors_are_said_once, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(second_process_is_refused, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(concurrent_append_and_read, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(database_thread_is_a_background_thread, make_dir,
