@@ -253,6 +253,27 @@ static long server_today(mg_dblog_t *d)
  * are split off p_future, which is empty then, so that costs nothing; expired days are dropped,
  * which is instant whatever their size (unlike DELETE).
  */
+/* p_old holds the rows of days before the table was made (a spool replayed into a new table,
+ * an operator's import). It cannot be dropped, being the first range, but once its bound is
+ * past retention_days every row in it is expired: it is emptied, when it holds any. */
+static void expire_old(mg_dblog_t *d)
+{
+    d->qlen = 0;
+    q_fmt(d, "SELECT 1 FROM `%s` PARTITION (p_old) LIMIT 1", d->c.table);
+    MYSQL_RES *r = NULL;
+    if (mysql_real_query(d->m, d->q, d->qlen) != 0 || (r = mysql_store_result(d->m)) == NULL)
+        return;
+    bool rows = mysql_num_rows(r) > 0;
+    mysql_free_result(r);
+    d->qlen = 0;
+    q_fmt(d, "ALTER TABLE `%s` TRUNCATE PARTITION p_old", d->c.table);
+    if (rows && run(d, d->q, false))
+        MG_LOG(MG_LOG_INFO, "dblog",
+               "table %s: emptied p_old, whose rows are all older than %u "
+               "days",
+               d->c.table, d->c.retention_days);
+}
+
 static void maintain(mg_dblog_t *d)
 {
     long today = server_today(d);
@@ -271,7 +292,7 @@ static void maintain(mg_dblog_t *d)
     MYSQL_RES *r = mysql_store_result(d->m);
     if (r == NULL)
         return;
-    long max_bound = -1;
+    long max_bound = -1, old_bound = -1;
     bool future = false;
     char drop[4096] = "";
     size_t dl = 0;
@@ -285,6 +306,8 @@ static void maintain(mg_dblog_t *d)
         }
         long bound = strtol(row[1], NULL, 10);
         max_bound = bound > max_bound ? bound : max_bound;
+        if (strcmp(row[0], "p_old") == 0)
+            old_bound = bound;
         /* day partitions (never p_old) of a day D < today - retention_days; bound = D + 1 */
         if (d->c.retention_days > 0 && row[0][0] == 'p' && row[0][1] >= '0' &&
             row[0][1] <= '9' && bound <= today - (long)d->c.retention_days &&
@@ -315,6 +338,8 @@ static void maintain(mg_dblog_t *d)
     q_add(d, "PARTITION p_future VALUES LESS THAN MAXVALUE)");
     if (added > 0 && run(d, d->q, false))
         MG_LOG(MG_LOG_INFO, "dblog", "table %s: %d day partition(s) added", d->c.table, added);
+    if (d->c.retention_days > 0 && old_bound >= 0 && old_bound <= today - (long)d->c.retention_days)
+        expire_old(d);
     if (dl > 0) {
         d->qlen = 0;
         q_fmt(d, "ALTER TABLE `%s` DROP PARTITION %s", d->c.table, drop);

@@ -537,8 +537,9 @@ def test_operator_table_is_checked(procs, case):
 
 
 def test_operator_schema_and_retention(procs):
-    """conf/request_log.sql creates a table the gateway manages: it adds the days ahead and drops
-    the day partitions older than retention_days (p_old stays)."""
+    """conf/request_log.sql creates a table the gateway manages: it adds the days ahead, drops
+    the day partitions older than retention_days, and empties p_old (the days before the table
+    was made) once its bound is that old too; p_old itself stays."""
     db = MariaDB(procs)
     today = db.query("SELECT TO_DAYS(UTC_DATE())")[0][0]
     run_sql(db, operator_sql(db, today - 100))
@@ -551,11 +552,12 @@ def test_operator_schema_and_retention(procs):
         name = db.query("SELECT DATE_FORMAT(FROM_DAYS(%s), 'p%%Y%%m%%d')", (today - 100,))[0][0]
         cur.execute("ALTER TABLE request_log REORGANIZE PARTITION p_day100 INTO ("
                     "PARTITION %s VALUES LESS THAN (%d))" % (name, today - 99))
-        cur.execute("INSERT INTO request_log (id, time, status, req_bytes, resp_bytes, total_us, "
-                    "fallback, retries) VALUES (UNHEX(REPEAT('ab', 16)), "
-                    "FROM_DAYS(%d) + INTERVAL 1 HOUR, 200, 0, 0, 1, 0, 0)" % (today - 100))
+        for rid, day in (("ab", today - 100), ("cd", today - 200)):  # a day partition, p_old
+            cur.execute("INSERT INTO request_log (id, time, status, req_bytes, resp_bytes, "
+                        "total_us, fallback, retries) VALUES (UNHEX(REPEAT('%s', 16)), "
+                        "FROM_DAYS(%d) + INTERVAL 1 HOUR, 200, 0, 0, 1, 0, 0)" % (rid, day))
     conn.close()
-    assert rows(db) == 1
+    assert rows(db) == 2
     a = procs.backend("pod-a")
     gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
                        conf=dblog_conf(db, retention_days=30))
@@ -567,7 +569,8 @@ def test_operator_schema_and_retention(procs):
             "SELECT PARTITION_NAME FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = %s "
             "AND TABLE_NAME = 'request_log' ORDER BY PARTITION_ORDINAL_POSITION",
             (db.database,))]
-    wait_for(lambda: rows(db) == 20, 30, 0.1, "20 new rows, the expired one gone")
+    wait_for(lambda: rows(db) == 20, 30, 0.1, "20 new rows, the expired ones gone")
+    assert "emptied p_old" in gw.log()
     p = parts()
     assert name not in p and p[0] == "p_old" and p[-1] == "p_future" and len(p) == 10, p
     print("dblog: retention 30 days dropped %s (100 days old); partitions now %s" % (
