@@ -50,6 +50,7 @@
 #define BACKOFF_MAX_MS 2000
 #define WAIT_MAX_MS 1000         /* longest sleep: bounds the loss-report delay */
 #define CLOSE_DRAIN_MS 2000      /* how long close may keep inserting */
+#define CLOSE_GRACE_MS 1000      /* and then wait for a call into MariaDB to return */
 #define MAINT_INTERVAL_S 3600    /* partition check */
 #define PARTITIONS_AHEAD 7       /* days of partitions kept ready */
 #define DOWN_LOG_INTERVAL_S 60   /* repeat "still cannot connect" at most this often */
@@ -962,7 +963,19 @@ void mg_dblog_close(mg_dblog_t *d)
     d->stopping = true;
     pthread_cond_signal(&d->cond);
     pthread_mutex_unlock(&d->mu);
-    pthread_join(d->thread, NULL);
+    /* The thread stops inserting after CLOSE_DRAIN_MS, but a call into the client library
+     * can wait up to its I/O timeout (10 s) on a MariaDB that hangs: past a grace period the
+     * process goes on without it. What it held is in the spool for the next start. */
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl); /* pthread_timedjoin_np's clock */
+    dl.tv_sec += (CLOSE_DRAIN_MS + CLOSE_GRACE_MS) / 1000;
+    if (pthread_timedjoin_np(d->thread, NULL, &dl) != 0) {
+        MG_LOG(MG_LOG_WARN, "dblog",
+               "MariaDB %s:%u did not answer within %d ms of the stop; the %" PRIu64
+               " spooled bytes go in at the next start",
+               d->c.host, d->c.port, CLOSE_DRAIN_MS + CLOSE_GRACE_MS, mg_spool_bytes(d->spool));
+        return; /* the thread still uses |d|: the process's exit ends both */
+    }
     mg_dblog_stats_t st;
     mg_dblog_stats(d, &st);
     MG_LOG(MG_LOG_INFO, "dblog",

@@ -78,8 +78,10 @@ void mg_dblog_lost(void *ud, uint64_t records);
 void mg_dblog_stats(mg_dblog_t *d, mg_dblog_stats_t *out);
 
 /* Stops the database thread after a last attempt (at most about 2 s, and only while MariaDB
- * answers) to insert what is spooled; the rest stays in the spool for the next start. Call it
- * after mg_reqlog_close, so the last lines reach the spool. NULL is fine. */
+ * answers) to insert what is spooled; the rest stays in the spool for the next start. Returns
+ * within about 3 s even when MariaDB hangs: then the thread is left running and |d| is not
+ * freed (the process is exiting). Call it after mg_reqlog_close, so the last lines reach the
+ * spool. NULL is fine. */
 void mg_dblog_close(mg_dblog_t *d);
 
 #endif /* MG_GATEWAY_DBLOG_H */
