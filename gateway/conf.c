@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "common/jsonerr.h"
@@ -981,6 +982,44 @@ static void apply_flags(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
     }
 }
 
+/* Two listeners on one address: the second bind would fail at start with "Address already in
+ * use", which reads as another process's fault. Said by --check-config too. */
+static void check_listeners_distinct(mg_jerr_t *e, const char *file, const mg_conf_t *c)
+{
+    struct {
+        const char *addr;
+        char key[48]; /* "listen[1]", "admin.listen" */
+    } all[2 * MG_CONF_MAX_LISTEN + 1];
+    size_t n = 0;
+    for (size_t i = 0; i < c->nlisten; i++, n++) {
+        all[n].addr = c->listen[i];
+        snprintf(all[n].key, sizeof(all[n].key), "listen[%zu]", i);
+    }
+    for (size_t i = 0; i < c->ntls_listen; i++, n++) {
+        all[n].addr = c->tls_listen[i];
+        snprintf(all[n].key, sizeof(all[n].key), "tls.listen[%zu]", i);
+    }
+    if (c->admin_listen) {
+        all[n].addr = c->admin_listen;
+        snprintf(all[n++].key, sizeof(all[0].key), "admin.listen");
+    }
+    for (size_t i = 0; i < n; i++) {
+        char hi[256], hj[256], q[300];
+        unsigned pi, pj;
+        const char *why;
+        if (mg_host_split_port(all[i].addr, hi, sizeof(hi), &pi, &why) != MG_OK)
+            continue; /* said where it was parsed */
+        for (size_t j = 0; j < i; j++)
+            if (mg_host_split_port(all[j].addr, hj, sizeof(hj), &pj, &why) == MG_OK && pi == pj &&
+                strcasecmp(hi, hj) == 0) {
+                flagf(e, file ? file : "--listen",
+                      "%s: \"%s\" is %s too (expected each address once)", all[i].key,
+                      ESC(q, all[i].addr), all[j].key);
+                break;
+            }
+    }
+}
+
 /*
  * Checks that need the merged result. |f| tells where a value came from, so the message points
  * at the flag or at the key of the file that set it.
@@ -989,6 +1028,7 @@ static void check_merged(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
 {
     const char *file = f->config;
     char q[300];
+    check_listeners_distinct(e, file, c);
     if (c->nlisten + c->ntls_listen == 0) {
         if (file != NULL)
             flagf(e, file,

@@ -3,6 +3,7 @@ Start-up: a listener address another process holds is refused with a clear messa
 would otherwise share its traffic silently), bad flags name the problem, --help and --version.
 """
 
+import json
 import subprocess
 
 from conftest import GATEWAY_BIN, SANITIZER_RE, free_port, routes_doc
@@ -44,6 +45,27 @@ def test_unknown_flag_and_bad_address():
     assert "--listen" in r.stderr and "65535" in r.stderr
     r = run("--frobnicate")
     assert r.returncode != 0
+
+
+def test_one_address_twice_is_refused_by_check_config(tmp_path):
+    """Two listeners on one address (listen twice, or listen and admin.listen) would fail at
+    start with "Address already in use", naming no culprit: --check-config says which keys."""
+    port = free_port()
+    (tmp_path / "routes.json").write_text(json.dumps(
+        routes_doc({"svc": ["127.0.0.1:1"]}, [("digits", "production", "svc")])))
+    conf = tmp_path / "gateway.json"
+    conf.write_text(json.dumps({"listen": ["127.0.0.1:%d" % port, "127.0.0.1:%d" % port],
+                                "admin": {"listen": "127.0.0.1:%d" % port},
+                                "routes": "routes.json"}))
+    r = run("--check-config", str(conf))
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert 'listen[1]: "127.0.0.1:%d" is listen[0] too' % port in r.stderr, r.stderr
+    assert 'admin.listen: "127.0.0.1:%d" is listen[0] too' % port in r.stderr, r.stderr
+    conf.write_text(json.dumps({"listen": ["127.0.0.1:%d" % port],
+                                "admin": {"listen": "127.0.0.1:%d" % free_port()},
+                                "routes": "routes.json"}))
+    r = run("--check-config", str(conf))
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_help_and_version():
