@@ -172,6 +172,8 @@ typedef struct zpool {
     size_t nfree, cap_free;
 } zpool_t;
 
+#define FINAL_GOAWAY_MS 1000 /* from the shutdown notice to the GOAWAY with the last stream */
+
 struct mg_srv {
     struct event_base *base;
     mg_srv_conf_t conf;
@@ -187,6 +189,7 @@ struct mg_srv {
     bool at_conn_limit;         /* listeners off: conf.max_conns held (see accepting_update) */
     struct event *accept_pause; /* listeners off after accept() failed: see on_accept_error */
     struct event *tls_sweep;    /* gives quiet TLS connections' record buffers back */
+    struct event *final_goaway; /* shutdown: the GOAWAY that follows the notice (on_final_goaway) */
     mg_log_limit_t accept_log;
     mg_log_limit_t limit_log;
     mg_log_limit_t abuse_log; /* HTTP/2 connections cut for floods (premature_close, h2_recv) */
@@ -2916,6 +2919,8 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     }
 }
 
+static void on_final_goaway(evutil_socket_t fd, short what, void *arg);
+
 mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
                      const mg_srv_handler_t *h, void *ud, SSL_CTX *tls)
 {
@@ -2938,6 +2943,7 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     if ((srv->small = mg_smalloc_new()) == NULL || (srv->outq = mg_outq_new(base)) == NULL ||
         (srv->accept_pause = evtimer_new(base, on_accept_resume, srv)) == NULL ||
         (srv->tls_sweep = evtimer_new(base, on_tls_sweep, srv)) == NULL ||
+        (srv->final_goaway = evtimer_new(base, on_final_goaway, srv)) == NULL ||
         nghttp2_session_callbacks_new(&srv->cbs) != 0 || nghttp2_option_new(&srv->opt) != 0) {
         mg_srv_free(srv);
         return NULL;
@@ -2989,6 +2995,26 @@ mg_err_t mg_srv_listen(mg_srv_t *srv, int fd, bool tls)
     return MG_OK;
 }
 
+/* The last GOAWAY of a graceful shutdown, with the last stream the connection took: streams
+ * the client opened before it are served, later ones it may retry elsewhere. */
+static void on_final_goaway(evutil_socket_t fd, short what, void *arg)
+{
+    mg_srv_t *srv = arg;
+    conn_t *next;
+    (void)fd, (void)what;
+    for (conn_t *c = srv->conns; c; c = next) {
+        next = c->next;
+        if (c->proto != P_H2 || c->dead)
+            continue;
+        enter(c);
+        nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+        conn_flush(c);
+        leave(c);
+    }
+}
+
 void mg_srv_shutdown(mg_srv_t *srv)
 {
     srv->shutting_down = true;
@@ -3005,9 +3031,10 @@ void mg_srv_shutdown(mg_srv_t *srv)
         next = c->next;
         enter(c);
         if (c->proto == P_H2) {
-            nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
-                                  nghttp2_session_get_last_proc_stream_id(c->h2),
-                                  NGHTTP2_NO_ERROR, NULL, 0);
+            /* RFC 9113 6.8: first a GOAWAY naming stream 2^31-1, so that requests already on
+             * their way are served rather than lost in the race; the real last stream goes out
+             * a round trip (FINAL_GOAWAY_MS, as nghttpx) later */
+            nghttp2_submit_shutdown_notice(c->h2);
             conn_flush(c);
         } else if (c->proto == P_DETECT || c->h1s == NULL) {
             conn_close(c);
@@ -3016,6 +3043,8 @@ void mg_srv_shutdown(mg_srv_t *srv)
         }
         leave(c);
     }
+    struct timeval tv = {FINAL_GOAWAY_MS / 1000, (FINAL_GOAWAY_MS % 1000) * 1000};
+    evtimer_add(srv->final_goaway, &tv);
 }
 
 uint64_t mg_srv_accepted(const mg_srv_t *srv)
@@ -3054,6 +3083,8 @@ void mg_srv_free(mg_srv_t *srv)
         event_free(srv->accept_pause);
     if (srv->tls_sweep)
         event_free(srv->tls_sweep);
+    if (srv->final_goaway)
+        event_free(srv->final_goaway);
     while (srv->pp_waits)
         pp_end(srv->pp_waits, false);
     while (srv->conns) {
