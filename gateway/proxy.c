@@ -1257,8 +1257,9 @@ static void on_body(mg_srv_stream_t *s, const uint8_t *data, size_t len)
 static void on_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
 {
     exch_t *e = mg_srv_data(s);
+    bool had_body = !e->req_ended; /* a request without one had its window open from the start */
     e->req_ended = true;
-    if (e->up && !e->resp_started && !e->finished) { /* the first-byte window opens now */
+    if (had_body && e->up && !e->resp_started && !e->finished) { /* the window opens now */
         int64_t now = mg_mono_us();
         e->t_fb_start = now > e->t_fb_start ? now : e->t_fb_start;
         arm_timer(e, now);
