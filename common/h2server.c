@@ -1402,9 +1402,11 @@ static void h2_recv(conn_t *c)
          * answers the client does not read) is someone's attack: said once, not per frame;
          * other errors are a client's bugs */
         unsigned long skipped;
-        if ((rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
-             rv == NGHTTP2_ERR_TOO_MANY_SETTINGS) &&
-            mg_log_limit_pass(&c->srv->abuse_log, &skipped))
+        bool flood = rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
+                     rv == NGHTTP2_ERR_TOO_MANY_SETTINGS;
+        if (flood) /* nghttp2 queues no GOAWAY for these: say why the connection ends */
+            nghttp2_session_terminate_session(c->h2, NGHTTP2_ENHANCE_YOUR_CALM);
+        if (flood && mg_log_limit_pass(&c->srv->abuse_log, &skipped))
             MG_LOG(MG_LOG_WARN, "h2server", "conn=%s: %s: closing (%lu similar suppressed)",
                    c->client, nghttp2_strerror(rv), skipped);
         else

@@ -978,8 +978,8 @@ def test_h2_control_frame_flood_cut(victim, kind):
 def test_h2_continuation_flood_closed(victim):
     """CVE-2024-28182: CONTINUATION frames that never end a header block (each a new field, so
     no size limit stops them) would make the gateway decode for ever. nghttp2 (Debian's
-    1.52.0-1+deb12u2) closes the connection after 8; the gateway logs it once. The closing
-    passed before; the log line is new (it was a debug line)."""
+    1.52.0-1+deb12u2) stops after 8, and the gateway closes the connection with GOAWAY
+    ENHANCE_YOUR_CALM (it closed without any GOAWAY before) and logs it once."""
     gw, a, keeper = victim
     enc = Encoder()
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
@@ -992,8 +992,9 @@ def test_h2_continuation_flood_closed(victim):
                 s.sendall(frame(9, 0, 1, enc.encode([("x-c-%d" % i, "v" * 100)])))
         except (BrokenPipeError, ConnectionResetError):
             pass
-        _, closed, _ = read_frames(s, 5)
+        frames, closed, _ = read_frames(s, 5)
     assert closed, "connection still open after 200 CONTINUATION frames"
+    assert goaways(frames) == [(ENHANCE_YOUR_CALM, 1)], goaways(frames)
     assert time.monotonic() - t0 < 3
     assert not [r for r in a.requests() if r[2].startswith("/flood/")]
     lines = [l for l in gw.log().splitlines() if "CONTINUATION" in l]
