@@ -124,6 +124,7 @@ struct pool {
     mg_up_stream_t *qhead, *qtail; /* requests waiting for a connection, oldest first */
     size_t nqueued;
     struct event *kick; /* serves the queue at the next loop turn (on_kick) */
+    uint32_t h2_max;    /* the pod's SETTINGS_MAX_CONCURRENT_STREAMS last heard; 0: never */
 };
 
 struct mg_upstreams {
@@ -354,6 +355,15 @@ static void conn_close(up_conn_t *c, mg_up_fail_t why)
     leave(c);
 }
 
+static void fail_queue(pool_t *p, mg_up_fail_t why);
+
+/* An h2c connection is ready once the pod's SETTINGS arrived (its stream limit is known); the
+ * connect timeout bounds that wait too: a pod that accepts and says nothing is down. */
+static bool handshaken(const up_conn_t *c)
+{
+    return c->pool->proto != MG_UP_H2C || c->settled;
+}
+
 static void timer_arm(up_conn_t *c, uint32_t ms)
 {
     if (ms == 0)
@@ -389,12 +399,17 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     up_conn_t *c = arg;
     enter(c);
-    if (!c->connected) {
+    if (!c->connected || !handshaken(c)) {
         unsigned long skipped;
         if (mg_log_limit_pass(&c->pool->log_limit, &skipped))
-            MG_LOG(MG_LOG_WARN, "upstream", "pod %s: no connection within %u ms (%lu similar suppressed)",
-                   c->pool->key, c->pool->u->conf.connect_timeout_ms, skipped);
+            MG_LOG(MG_LOG_WARN, "upstream", "pod %s: %s within %u ms (%lu similar suppressed)",
+                   c->pool->key,
+                   c->connected ? "connected, but no HTTP/2 SETTINGS" : "no connection",
+                   c->pool->u->conf.connect_timeout_ms, skipped);
         conn_close(c, MG_UP_CONNECT_TIMEOUT);
+        /* the requests waiting for this pod would each wait as long again, in turn: they
+         * go elsewhere now (nothing of theirs was sent) */
+        fail_queue(c->pool, MG_UP_CONNECT_TIMEOUT);
     } else if (c->nstreams == 0) {
         conn_close(c, MG_UP_RESET); /* idle too long */
     }
@@ -462,7 +477,16 @@ static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void 
         return 0;
     }
     if (f->hd.type == NGHTTP2_SETTINGS) {
-        c->settled |= !(f->hd.flags & NGHTTP2_FLAG_ACK);
+        if (!(f->hd.flags & NGHTTP2_FLAG_ACK)) {
+            c->pool->h2_max =
+                nghttp2_session_get_remote_settings(sess, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+            if (!c->settled) { /* the handshake deadline is over: the idle one, if idle */
+                c->settled = true;
+                evtimer_del(c->timer);
+                if (c->nstreams == 0)
+                    timer_arm(c, c->pool->u->conf.idle_conn_ms);
+            }
+        }
         pool_kick(c->pool); /* MAX_CONCURRENT_STREAMS may have grown */
         return 0;
     }
@@ -977,7 +1001,8 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
     enter(c);
     if (events & BEV_EVENT_CONNECTED) {
         c->connected = true;
-        evtimer_del(c->timer);
+        if (handshaken(c)) /* else the connect deadline goes on until the pod's SETTINGS */
+            evtimer_del(c->timer);
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         /* from now on the queue writes and its reader reads (the bufferevent read until now) */
@@ -1144,16 +1169,18 @@ static up_conn_t *pick_conn(pool_t *p, bool *at_cap)
                 return c;
             continue;
         }
-        /* until the pod's SETTINGS arrive its limit is unknown: a new connection carries one
-         * request, and the others wait for them (a round trip) rather than go out and come
-         * back refused from a pod that allows fewer streams, or open a connection each */
+        /* until a connection has the pod's SETTINGS, the pod's limit is what it said last on
+         * another connection; never heard, the connection carries one request and the others
+         * wait for the SETTINGS (a round trip) rather than go out and come back refused from
+         * a pod that allows fewer streams, or open a connection each */
         uint32_t remote = c->settled ? nghttp2_session_get_remote_settings(
                                            c->h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
-                                     : 1;
+                          : p->h2_max ? p->h2_max
+                                      : 1;
         if (c->nstreams < max && c->nstreams < remote)
             return c;
         none |= remote == 0;
-        unsettled |= !c->settled;
+        unsettled |= !c->settled && p->h2_max == 0;
     }
     if (none || unsettled || !conn_slot_take(p, live)) {
         *at_cap = true;
@@ -1226,9 +1253,10 @@ static mg_err_t stream_attach(pool_t *p, mg_up_stream_t *s, const mg_up_req_t *r
             c->idle = false;
             p->nidle--;
         }
-        evtimer_del(c->timer);
-        if (!c->connected)
-            timer_arm(c, u->conf.connect_timeout_ms);
+        if (c->connected && handshaken(c))
+            evtimer_del(c->timer); /* the idle timer */
+        else if (!evtimer_pending(c->timer, NULL))
+            timer_arm(c, u->conf.connect_timeout_ms); /* the connect (or handshake) deadline */
         s->c = c;
         s->prev = NULL;
         s->next = c->streams;
@@ -1281,6 +1309,26 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
             fail_stream(s, MG_UP_CONNECT_REFUSED, false);
             stream_release(p->u, s);
         }
+    }
+}
+
+/* Fails every request waiting in |p|'s queue (none was sent: each may try another pod). The
+ * queue is taken whole first: a caller's retry may queue on this pod again. */
+static void fail_queue(pool_t *p, mg_up_fail_t why)
+{
+    mg_up_stream_t *waiting = NULL, **tail = &waiting;
+    while (p->qhead) {
+        mg_up_stream_t *s = p->qhead;
+        queue_unlink(s);
+        *tail = s;
+        tail = &s->qnext;
+    }
+    while (waiting) {
+        mg_up_stream_t *s = waiting;
+        waiting = s->qnext;
+        s->qnext = NULL;
+        fail_stream(s, why, false);
+        stream_release(p->u, s);
     }
 }
 

@@ -112,6 +112,33 @@ def test_connect_timeout_504(procs):
     gw.assert_alive()
 
 
+def test_silent_h2c_pod_is_a_connect_timeout(procs):
+    """A pod whose kernel completes the TCP handshake but that never speaks (hung, SIGSTOPped:
+    here a listening socket nobody accepts from) sends no HTTP/2 SETTINGS. The connect timeout
+    bounds that wait too: every request gets 504 upstream_connect_timeout, each counted against
+    the pod, instead of queueing behind a connection that will never say how many streams it
+    takes (504 "no connection was free", not the pod's fault)."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(64)
+    try:
+        gw = two_pod_stack(procs, ["127.0.0.1:%d" % ls.getsockname()[1]],
+                           conf={"timeouts_ms": {"connect": 300, "first_byte": 5000}})
+        with gw.h2() as c:
+            t0 = time.monotonic()
+            streams = [c.start("GET", "/silent/%d" % i) for i in range(10)]
+            for st in streams:
+                assert c.wait(st, 10), st
+            took = time.monotonic() - t0
+        for st in streams:
+            error_json(504, "upstream_connect_timeout", st.status, st.headers, bytes(st.body))
+        assert took < 1.5, "the answers took %.1f s" % took
+        assert "connected, but no HTTP/2 SETTINGS within 300 ms" in gw.log()
+    finally:
+        ls.close()
+    gw.assert_alive()
+
+
 def test_first_byte_timeout_504(procs):
     a = procs.backend("pod-a")
     gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"first_byte": 500}})
