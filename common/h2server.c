@@ -862,6 +862,29 @@ static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
     s->head = strcmp(r->method, "HEAD") == 0;
 }
 
+/*
+ * Why a request's target cannot go on to a pod as its :path, or NULL when it can. Over HTTP/2
+ * a :path is the origin form ("/p?q"), or "*" for OPTIONS alone (RFC 9113 8.3.1, RFC 9112
+ * 3.2.4), and an HTTP/2 pod resets a stream whose :path is anything else: a client's mistake
+ * would then be answered 502 and count as the pod's failure, until the pod is ejected. No form
+ * has a fragment: a client strips it (RFC 9112 3.2), and a pod would take it for a path.
+ * |path| has been through h1_absolute_form (HTTP/1.1); |method| is the request's.
+ */
+static const char *target_problem(const char *method, const char *path)
+{
+    if (path[0] == '*' && path[1] == '\0')
+        return strcmp(method, "OPTIONS") == 0
+                   ? NULL
+                   : "the request target '*' (asterisk form) is for OPTIONS only (RFC 9112 3.2.4)";
+    if (path[0] != '/')
+        return "the request target must be a path ('/...'), an http:// or https:// URI, or '*' "
+               "for OPTIONS";
+    if (strchr(path, '#') != NULL)
+        return "the request target has a fragment ('#...'), which clients must not send "
+               "(RFC 9112 3.2)";
+    return NULL;
+}
+
 /* ---------- HTTP/2 ---------- */
 
 static int on_begin_headers(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
@@ -1634,8 +1657,9 @@ static int h1_on_value_complete(llhttp_t *p)
 }
 
 /* An absolute-form target (GET http://host/path): its authority is the host, whatever Host
- * says (RFC 9112 3.2.2), and the path goes on in origin form. */
-static int h1_absolute_form(mg_srv_stream_t *s)
+ * says (RFC 9112 3.2.2), and the path goes on in origin form. A target that is no http or
+ * https URI is left as it is, for target_problem to refuse. */
+static int h1_absolute_form(mg_srv_stream_t *s, bool options)
 {
     const char *t = s->path;
     size_t skip = strncasecmp(t, "http://", 7) == 0    ? 7
@@ -1649,6 +1673,8 @@ static int h1_absolute_form(mg_srv_stream_t *s)
     s->host = mg_arena_strndup(&s->arena, auth, (size_t)(end - auth));
     if (*end == '/')
         s->path = mg_arena_strndup(&s->arena, end, strlen(end));
+    else if (*end == '\0' && options) /* the server as a whole: RFC 9112 3.2.4 */
+        s->path = "*";
     else { /* "http://h?q" -> "/?q", "http://h" -> "/" */
         size_t n = strlen(end);
         char *path = mg_arena_alloc(&s->arena, n + 2);
@@ -1673,9 +1699,12 @@ static int h1_on_headers_complete(llhttp_t *p)
                          "preface (prior knowledge) or ALPN h2");
     if (llhttp_get_method(p) == HTTP_CONNECT)
         return h1_refuse(c, 501, "not_implemented", "CONNECT is not supported");
-    if (h1_absolute_form(s) != 0)
+    if (h1_absolute_form(s, llhttp_get_method(p) == HTTP_OPTIONS) != 0)
         return h1_refuse(c, 400, "bad_request",
                          "malformed absolute request target (no host, or a user name in it)");
+    const char *why = target_problem(s->method, s->path);
+    if (why != NULL)
+        return h1_refuse(c, 400, "bad_request", why);
     if (p->http_minor >= 1 && s->host == NULL && !s->bad_status)
         return h1_refuse(c, 400, "bad_request", "HTTP/1.1 request without a Host header");
     /* Upgrade (h2c from curl --http2, websocket) is not supported: the request is answered as

@@ -1,13 +1,15 @@
 """
 Failures upstream and bad input from clients. Upstream: a dead pod (failover), all pods dead
 (502), connect timeout, first-byte timeout, idle timeout, total timeout, upstream reset. Client:
-bodies over max_request_body (413), a bad HTTP/2 preface, HTTP/1 garbage (400), invalid header
-names in raw HTTP/2 frames, oversized headers (431 / reset). After each, the gateway is still up
-and a connection opened before the bad input still works.
+bodies over max_request_body (413), a bad HTTP/2 preface, HTTP/1 garbage (400), request targets
+an HTTP/2 pod would reset (400, and the pod never ejected for them), invalid header names in raw
+HTTP/2 frames, oversized headers (431 / reset). After each, the gateway is still up and a
+connection opened before the bad input still works.
 """
 
 import collections
 import hashlib
+import json
 import os
 import socket
 import ssl
@@ -726,6 +728,57 @@ def test_http1_other_versions_505(victim, line):
         assert c.closed_by_peer(5)
     assert a.requests()[seen:] == []
     assert_serving(gw, keeper)
+
+
+def linear_runtime(procs):
+    """A modelgate-runtime, an nghttp2 server as the pods are, serving a one-feature linear
+    model written here (no training needed); POST /v1/predict {"input": [x]} answers 2x + 1."""
+    from runtime_util import Runtime, write_json
+    path = os.path.join(procs.dir, "linear.json")
+    write_json(path, {"format": "mg-linear", "version": 1, "kind": "linear",
+                      "type": "regression", "n_features": 1, "coef": [[2.0]], "intercept": [1.0]})
+    return Runtime(procs, path, kind="linear", name="digits", version="1")
+
+
+# Request targets that are no :path an HTTP/2 pod takes (RFC 9113 8.3.1: a path, or '*' for
+# OPTIONS alone), and fragments, which no request carries (RFC 9112 3.2).
+BAD_TARGETS_H1 = [("GET", "*"), ("DELETE", "*"), ("GET", "ftp://{auth}/x"), ("GET", "/p#frag"),
+                  ("GET", "http://{auth}/p?q=1#frag")]
+
+
+def test_bad_targets_400_and_the_pod_never_ejected(procs):
+    """Each gets a 400 JSON error from the gateway and an access log line, and never reaches
+    the pod. Before, '*' with GET and ftp://... went on as :path, the runtime (nghttp2) reset
+    the stream, the client got 502 and each reset counted toward the pod's ejection: a few
+    requests took a service's only pod out. '/p#frag' reached the pod's router."""
+    rt = linear_runtime(procs)
+    doc = routes_doc({"svc": [rt.addr]}, [("digits", "production", "svc")])
+    doc["services"]["svc"]["outlier"] = {"consecutive_failures": 3, "base_ejection_ms": 60000}
+    gw = procs.gateway(doc, tls=False)
+    auth = gw.authority()
+    sent, answers = [], []
+    for _ in range(4):  # more of each than the ejection threshold
+        for method, target in BAD_TARGETS_H1:
+            target = target.format(auth=auth)
+            with H1Conn(gw.port) as c:
+                c.send(("%s %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (method, target, auth)).encode())
+                answers.append((target, c.read_response(), c.closed_by_peer(5)))
+            # an http:// target's path is logged, as a request it routes would be
+            sent.append((method, target.split(auth, 1)[-1] if "http:" in target else target))
+    predict = json.dumps({"input": [3.0]}).encode()
+    r = h1(gw, "POST", "/v1/predict", body=predict, headers=[("content-type", "application/json")])
+    assert r.status == 200 and r.json()["output"] == 7.0, ("the pod was ejected?", r)
+    for target, r, closed in answers:
+        err = error_json(400, "bad_request", r.status, r.headers, r.body)
+        assert ("OPTIONS only" if target == "*" else "fragment" if "#" in target
+                else "must be a path") in err["message"], (target, err)
+        assert closed, "connection left open after a 400"
+    recs = gw.wait_access(len(sent) + 1)
+    refused = [x for x in recs if x["status"] == 400]
+    assert collections.Counter((x["method"], x["path"]) for x in refused) == \
+        collections.Counter(sent), refused
+    assert all(x["error"] == "bad_request" and x["pod"] is None for x in refused), refused
+    assert len(recs) == len(sent) + 1, recs
 
 
 @pytest.mark.parametrize("name", ["X-Upper-Case", "bad name", "bad:colon", "semi;colon"])

@@ -758,6 +758,30 @@ def test_path_and_query_forwarded_verbatim(both_upstreams, host):
 
 
 @pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
+def test_options_asterisk_reaches_the_pod_as_asterisk(both_upstreams, host):
+    """OPTIONS * (the server as a whole) goes on as '*', the one target besides a path that an
+    HTTP/2 pod takes (RFC 9113 8.3.1), from HTTP/1.1 and HTTP/2 clients alike; so does OPTIONS
+    with an absolute URI that has no path (RFC 9112 3.2.4: the last proxy sends '*'), whose
+    authority routes. With a query, its path is '/'. Before, that absolute form went on as '/'."""
+    gw, _, _ = both_upstreams
+    auth = gw.authority(host)
+    paths = []
+    with H1Conn(gw.port) as c:
+        other = gw.authority("other-production." + DOMAIN)  # the absolute form's routes
+        for target, field in (("*", auth), ("http://" + auth, other),
+                              ("http://%s?q=1" % auth, other)):
+            c.send(("OPTIONS %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, field)).encode())
+            r = c.read_response()
+            assert r.status == 200, r
+            paths.append((r.json()["method"], r.json()["path"]))
+    with gw.h2() as c:
+        r = c.request("OPTIONS", "*", authority=auth)
+        assert r.status == 200, r
+        paths.append((r.json()["method"], r.json()["path"]))
+    assert paths == [("OPTIONS", "*")] * 2 + [("OPTIONS", "/?q=1"), ("OPTIONS", "*")], paths
+
+
+@pytest.mark.parametrize("host", UPSTREAM_HOSTS, ids=["h2c-upstream", "http1-upstream"])
 def test_response_streams_as_it_comes(both_upstreams, host):
     """A response the upstream sends over 1.2 s reaches the client piece by piece."""
     gw, _, _ = both_upstreams

@@ -1315,6 +1315,51 @@ static void h1_absolute_form_and_http10_keep_alive(void **state)
     client_free(c);
 }
 
+/* Targets an HTTP/2 pod would reset as a :path (RFC 9113 8.3.1) get 400 here, logged through
+ * on_reject, and never reach the handler: '*' but for OPTIONS, a URI of another scheme, a
+ * fragment. OPTIONS '*' goes on, and so does OPTIONS with an absolute URI of no path, as '*'
+ * (RFC 9112 3.2.4). */
+static void h1_targets_a_pod_cannot_take_are_400(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    static const char *const bad[] = {
+        "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        "GET ftp://a/x HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /p#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET http://a/p?q#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+        "DELETE https://a/#top HTTP/1.1\r\nHost: a\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        client_t *c = client_new();
+        client_sends(f, c, bad[i]);
+        assert_true(run_until(f, c, is_eof, NULL));
+        assert_int_equal(strncmp(c->buf, "HTTP/1.1 400 ", 13), 0);
+        assert_non_null(strstr(c->buf, "\"code\":\"bad_request\""));
+        assert_non_null(strstr(c->buf, i < 2   ? "for OPTIONS only"
+                                       : i < 3 ? "must be a path"
+                                               : "fragment"));
+        assert_int_equal(f->nrejects, (int)i + 1);
+        assert_int_equal(f->reject_status, 400);
+        client_free(c);
+    }
+    assert_int_equal(f->nrequests, 0);
+
+    client_t *c = client_new();
+    client_sends(f, c,
+                 "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"
+                 "OPTIONS http://b.example:8080 HTTP/1.1\r\nHost: a\r\n\r\n"
+                 "OPTIONS http://b.example?q HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_true(run_until(f, c, has_text, "OPTIONS /?q\n"));
+    assert_int_equal(f->nrequests, 3);
+    assert_string_equal(f->paths[0], "*");
+    assert_string_equal(f->paths[1], "*");
+    assert_string_equal(f->authority, "b.example");
+    assert_false(c->eof);
+    client_free(c);
+}
+
 /* A chunked trailer section of more fields than max_headers is a 431, as a head would be,
  * not a request ended with its trailers cut. */
 static void h1_trailers_over_max_headers_are_431(void **state)
@@ -2034,6 +2079,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_connect_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_host_required_and_single, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_absolute_form_and_http10_keep_alive, setup, teardown),
+        cmocka_unit_test_setup_teardown(h1_targets_a_pod_cannot_take_are_400, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_upgrade_is_ignored, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_transfer_coding_other_than_chunked_is_refused, setup,
                                         teardown),
