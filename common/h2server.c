@@ -867,8 +867,9 @@ static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
  * a :path is the origin form ("/p?q"), or "*" for OPTIONS alone (RFC 9113 8.3.1, RFC 9112
  * 3.2.4), and an HTTP/2 pod resets a stream whose :path is anything else: a client's mistake
  * would then be answered 502 and count as the pod's failure, until the pod is ejected. No form
- * has a fragment: a client strips it (RFC 9112 3.2), and a pod would take it for a path.
- * |path| has been through h1_absolute_form (HTTP/1.1); |method| is the request's.
+ * has a fragment: a client strips it (RFC 9112 3.2, RFC 9113 8.3.1), and a pod would take it
+ * for part of the path. |path| is an HTTP/2 :path, or an HTTP/1.1 target that has been through
+ * h1_absolute_form; |method| is the request's.
  */
 static const char *target_problem(const char *method, const char *path)
 {
@@ -1021,6 +1022,26 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
         const char *rid = report_reject(s, 501, "not_implemented", true);
         mg_srv_error(s, 501, "not_implemented", "CONNECT is not supported", rid, NULL, 0);
         return;
+    }
+    if (c->proto == P_H2) {
+        /* nghttp2 holds the :path of an http or https request to a path or OPTIONS '*', but
+         * lets a fragment through, and any :path with another :scheme ("ftp", ":path: x"),
+         * which would go on under our own scheme for the pod to reset (target_problem) */
+        char msg[160];
+        const char *why = NULL;
+        if (s->scheme == NULL ||
+            (strcasecmp(s->scheme, "http") != 0 && strcasecmp(s->scheme, "https") != 0)) {
+            snprintf(msg, sizeof(msg), ":scheme '%.32s' is not served here (http and https only)",
+                     s->scheme ? s->scheme : "");
+            why = msg;
+        } else {
+            why = target_problem(s->method ? s->method : "", s->path ? s->path : "");
+        }
+        if (why != NULL) {
+            const char *rid = report_reject(s, 400, "bad_request", true);
+            mg_srv_error(s, 400, "bad_request", why, rid, NULL, 0);
+            return;
+        }
     }
     mg_srv_req_t req;
     build_req(s, &req);

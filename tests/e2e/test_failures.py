@@ -781,6 +781,40 @@ def test_bad_targets_400_and_the_pod_never_ejected(procs):
     assert len(recs) == len(sent) + 1, recs
 
 
+def test_h2_bad_scheme_or_fragment_400_and_the_pod_never_ejected(procs):
+    """nghttp2 resets an http(s) request whose :path is no path (GET '*', 'ftp://...'), but not
+    one of another :scheme, nor a fragment. Those get a 400 JSON error and an access log line
+    now, as over HTTP/1.1. Before, ":scheme: ftp" with ":path: x" went on as an http request
+    for 'x', the runtime (nghttp2) reset it and the client got 502, until the pod was ejected;
+    ':path: /p#frag' reached the pod's router."""
+    rt = linear_runtime(procs)
+    doc = routes_doc({"svc": [rt.addr]}, [("digits", "production", "svc")])
+    doc["services"]["svc"]["outlier"] = {"consecutive_failures": 3, "base_ejection_ms": 60000}
+    gw = procs.gateway(doc, tls=False)
+    auth = gw.authority()
+    cases = [("ftp", "x"), ("ftp", "/x"), ("http", "/p#frag"), ("http", "/v1/predict?a=1#b")]
+    streams = []
+    with gw.h2(validate=False) as c:
+        for scheme, path in cases:
+            for _ in range(4):  # more in a row than the ejection threshold
+                st = c.start(None, None, raw_headers=[(":method", "GET"), (":scheme", scheme),
+                                                      (":authority", auth), (":path", path)])
+                assert c.wait(st, 5), st
+                streams.append((scheme, path, st))
+        r = c.request("POST", "/v1/predict", headers=[("content-type", "application/json")],
+                      body=json.dumps({"input": [3.0]}).encode())
+        assert r.status == 200 and r.json()["output"] == 7.0, ("the pod was ejected?", r,
+                                                                bytes(r.body))
+    for scheme, path, st in streams:
+        err = error_json(400, "bad_request", st.status, st.headers, bytes(st.body))
+        assert (":scheme 'ftp'" if scheme == "ftp" else "fragment") in err["message"], err
+    recs = gw.wait_access(len(streams) + 1)
+    refused = [x for x in recs if x["status"] == 400]
+    assert collections.Counter(x["path"] for x in refused) == \
+        collections.Counter(path for _, path, _ in streams), refused
+    assert all(x["error"] == "bad_request" and x["proto"] == "h2c" for x in refused), refused
+
+
 @pytest.mark.parametrize("name", ["X-Upper-Case", "bad name", "bad:colon", "semi;colon"])
 def test_h2_invalid_header_name(victim, name):
     gw, a, keeper = victim

@@ -1636,6 +1636,18 @@ static int32_t h2_request(client_t *c, const char *method, const char *path, con
     return id;
 }
 
+/* Submits a request without body of the |n| fields in |kv| (name, value, name, value...), sent
+ * as they are. */
+static void h2_request_fields(client_t *c, const char *const *kv, size_t n)
+{
+    nghttp2_nv nv[8];
+    assert_true(n <= 8);
+    for (size_t i = 0; i < n; i++)
+        nv[i] = (nghttp2_nv){(uint8_t *)kv[2 * i], (uint8_t *)kv[2 * i + 1], strlen(kv[2 * i]),
+                             strlen(kv[2 * i + 1]), NGHTTP2_NV_FLAG_NONE};
+    assert_true(nghttp2_submit_request(c->h2->s, NULL, nv, n, NULL, NULL) > 0);
+}
+
 /* Cleartext HTTP/2 is told from HTTP/1.1 by the preface; the server's SETTINGS carry the
  * configured limits. */
 static void h2_preface_and_settings(void **state)
@@ -1706,6 +1718,40 @@ static void h2_trailers_over_the_limit_reset_the_stream(void **state)
     assert_int_equal(f->ncomplete, 0);
     assert_int_equal(c->h2->status, 0);
     assert_int_equal(c->h2->close_error, NGHTTP2_INTERNAL_ERROR);
+    h2_free(c);
+}
+
+/* A :path nghttp2 lets through that an HTTP/2 pod would reset is a 400, as over HTTP/1.1: one
+ * of a :scheme other than http and https (nghttp2 checks only theirs), and a fragment. Before,
+ * ":scheme: ftp" with ":path: x" went on under the connection's scheme. OPTIONS '*' goes on. */
+static void h2_targets_a_pod_cannot_take_are_400(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    static const char *const bad[][8] = {
+        {":method", "GET", ":scheme", "ftp", ":authority", "a.example", ":path", "x"},
+        {":method", "GET", ":scheme", "ftp", ":authority", "a.example", ":path", "/x"},
+        {":method", "GET", ":scheme", "http", ":authority", "a.example", ":path", "/p?q#frag"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        client_t *c = h2_connect(f);
+        h2_request_fields(c, bad[i], 4);
+        assert_true(run_until(f, c, h2_stream_closed, NULL));
+        assert_int_equal(c->h2->status, 400);
+        assert_non_null(strstr(c->h2->body, "\"code\":\"bad_request\""));
+        assert_non_null(strstr(c->h2->body, i < 2 ? ":scheme 'ftp'" : "fragment"));
+        assert_int_equal(f->nrejects, (int)i + 1);
+        assert_int_equal(f->reject_status, 400);
+        h2_free(c);
+    }
+    assert_int_equal(f->nrequests, 0);
+    static const char *const options[8] = {":method",    "OPTIONS",   ":scheme", "http",
+                                           ":authority", "a.example", ":path",   "*"};
+    client_t *c = h2_connect(f);
+    h2_request_fields(c, options, 4);
+    assert_true(run_until(f, c, h2_stream_closed, NULL));
+    assert_int_equal(c->h2->status, 200);
+    assert_string_equal(c->h2->body, "OPTIONS *\n");
     h2_free(c);
 }
 
@@ -2063,6 +2109,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h1_shutdown_after_response, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_preface_and_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_trailers_both_ways, setup, teardown),
+        cmocka_unit_test_setup_teardown(h2_targets_a_pod_cannot_take_are_400, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_trailers_over_the_limit_reset_the_stream, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(h2_shutdown_sends_goaway, setup, teardown),
