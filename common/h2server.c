@@ -1728,6 +1728,10 @@ static int h1_on_headers_complete(llhttp_t *p)
         return h1_refuse(c, 400, "bad_request", why);
     if (p->http_minor >= 1 && s->host == NULL && !s->bad_status)
         return h1_refuse(c, 400, "bad_request", "HTTP/1.1 request without a Host header");
+    /* An http URI has a host (RFC 9110 4.2.1), so a Host field must name it (RFC 9112 3.2);
+     * the handler checks a non-empty one, but cannot tell an empty one from none (HTTP/1.0) */
+    if (s->host != NULL && s->host[0] == '\0')
+        return h1_refuse(c, 400, "invalid_host", "empty Host header: the host is required");
     /* Upgrade (h2c from curl --http2, websocket) is not supported: the request is answered as
      * plain HTTP/1.1, which RFC 9110 7.8 allows (the proxy drops Upgrade as hop-by-hop) */
     p->upgrade = 0;

@@ -36,6 +36,7 @@
 #include "features/features.h"
 #include "gateway/upstream.h"
 #include "routing/balance.h"
+#include "routing/host.h"
 #include "routing/podstate.h"
 
 typedef struct exch exch_t;
@@ -1137,6 +1138,15 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 
     e->routes = p->routes;
     mg_routes_ref(e->routes);
+    /* A host that is none (user info, a path, a bad port) is the client's error, not a host
+     * without a route: 400, never the default service (RFC 9112 3.2). An empty one is a
+     * request without a host, HTTP/1.0's (h2server refuses an empty Host field). */
+    const char *why = NULL;
+    if (req->authority[0] != '\0' &&
+        mg_host_check(req->authority, strlen(req->authority), &why) != MG_OK) {
+        fail(e, 400, "invalid_host", "invalid host '%.100s': %s", req->authority, why);
+        goto out;
+    }
     e->route = mg_routes_match_route(e->routes, req->authority, strlen(req->authority), e->app,
                                      e->env,
                                      sizeof(e->env) < sizeof(e->app) ? sizeof(e->env)

@@ -26,16 +26,76 @@ static bool is_hex(unsigned char c)
     return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-/* A port suffix after ':' as RFC 3986 allows it (*DIGIT, may be empty); we cap it at 5 digits
- * because nothing longer can be a TCP port and it bounds the scan. */
+/* A port suffix after ':' as RFC 3986 allows it (*DIGIT, may be empty), at most 65535: at most
+ * 5 digits, which bounds the scan. */
 static bool is_port_suffix(const char *p, const char *end)
 {
     if (end - p > 5)
         return false;
-    for (; p < end; p++)
+    unsigned v = 0;
+    for (; p < end; p++) {
         if (!is_digit((unsigned char)*p))
             return false;
-    return true;
+        v = v * 10 + (unsigned)(*p - '0');
+    }
+    return v <= 65535;
+}
+
+/* A reg-name byte of RFC 3986 3.2.2 other than '%': unreserved or sub-delims. */
+static bool is_reg_name_char(unsigned char c)
+{
+    return is_alnum(c) || (c != '\0' && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+static mg_err_t bad(const char **why, const char *reason)
+{
+    if (why != NULL)
+        *why = reason;
+    return MG_E_PROTO;
+}
+
+mg_err_t mg_host_check(const char *host, size_t len, const char **why)
+{
+    if (host == NULL || len == 0)
+        return bad(why, "the host is empty");
+    const char *end = host + len, *p = host;
+    /* the characters that would make it more than a host: say which, whatever comes first */
+    if (memchr(host, '@', len) != NULL)
+        return bad(why, "user info ('name@') is not allowed before the host (RFC 9113 8.3.1, "
+                        "RFC 9110 4.2.4)");
+    for (const char *q = host; q < end; q++)
+        if (*q == '/' || *q == '?' || *q == '#' || *q == '\\')
+            return bad(why, "a host has no path, query or fragment ('/', '\\', '?' or '#' in it)");
+    if (*p == '[') {
+        const char *rb = memchr(p, ']', len);
+        char lit[48];
+        unsigned char bin[16];
+        size_t n = rb != NULL ? (size_t)(rb - p - 1) : 0;
+        if (rb == NULL || n == 0 || n >= sizeof(lit))
+            return bad(why, "malformed IP literal (expected an IPv6 address in brackets)");
+        memcpy(lit, p + 1, n);
+        lit[n] = '\0';
+        if (inet_pton(AF_INET6, lit, bin) != 1)
+            return bad(why, "malformed IP literal (expected an IPv6 address in brackets)");
+        p = rb + 1;
+    } else {
+        for (; p < end && *p != ':'; p++) {
+            unsigned char c = (unsigned char)*p;
+            if (c == '%' && end - p >= 3 && is_hex((unsigned char)p[1]) &&
+                is_hex((unsigned char)p[2]))
+                p += 2;
+            else if (!is_reg_name_char(c))
+                return bad(why, "a character no host name has (letters, digits, \"-._~\", "
+                                "\"!$&'()*+,;=\" and %XX escapes only)");
+        }
+        if (p == host)
+            return bad(why, "the host is empty (only a port)");
+    }
+    if (p == end)
+        return MG_OK;
+    if (*p != ':' || !is_port_suffix(p + 1, end))
+        return bad(why, "the port must be a number from 0 to 65535");
+    return MG_OK;
 }
 
 mg_err_t mg_host_parse(const char *host, size_t len, const char *domain, const char *const *envs,

@@ -24,10 +24,22 @@ typedef struct mg_host {
  * one of |envs| (the longest that matches wins, so an env may itself contain '-') and app is
  * non-empty (it may contain '-'); the rest must equal |domain| (case-insensitive).
  * Returns MG_OK, or MG_E_NOTFOUND when the host does not have that shape, MG_E_PROTO when
- * |host| is empty or has characters a host name cannot have.
+ * |host| is empty, has characters a host name cannot have or a port over 65535.
  */
 mg_err_t mg_host_parse(const char *host, size_t len, const char *domain, const char *const *envs,
                        size_t nenvs, mg_host_t *out);
+
+/*
+ * Checks the syntax of |host| (|len| bytes), a request's :authority or Host value: a host (a
+ * reg-name of RFC 3986 3.2.2: letters, digits, "-._~", "!$&'()*+,;=" and %XX escapes, or an
+ * IPv6 literal in brackets) and an optional ":port" of at most 5 digits, 65535 at most (an
+ * empty port is allowed, RFC 3986 3.2.3). A request whose host fails this is answered 400
+ * (RFC 9112 3.2, RFC 9113 8.3.1); one that passes but is no route's is a 404.
+ * Returns MG_OK, or MG_E_PROTO and sets *why (if |why| is not NULL) to a static reason for
+ * the message: the host is empty, has user info ('@'), a path, query or fragment, a bad port,
+ * a malformed IP literal or a character no host name has.
+ */
+mg_err_t mg_host_check(const char *host, size_t len, const char **why);
 
 /*
  * True when |name| (|len| bytes) is a DNS host name: dot-separated labels of ASCII letters, digits

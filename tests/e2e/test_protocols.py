@@ -618,6 +618,45 @@ def test_unknown_host_404_json(stack, host):
     gw.assert_alive()
 
 
+# Hosts that are no host (RFC 9112 3.2: 400; RFC 9113 8.3.1: no user info in :authority), and
+# what the error says. Each got 404, but ":99999", which was routed and went on to the pod.
+INVALID_HOSTS = [
+    pytest.param("u@{h}", "user info", id="userinfo"),
+    pytest.param("{h}/evil", "no path", id="path"),
+    pytest.param("", "empty", id="empty"),
+    pytest.param("{h}:abc", "port", id="port-letters"),
+    pytest.param("{h}:99999", "port", id="port-over-65535"),
+    pytest.param("fraud-detect-staging.%s:123456" % DOMAIN, "port", id="port-6-digits"),
+]
+
+
+@pytest.mark.parametrize("host,problem", INVALID_HOSTS)
+def test_invalid_host_400_json(stack, host, problem):
+    """An invalid Host (HTTP/1.1) or :authority (HTTP/2) gets a 400 JSON error naming the
+    problem, and an access log line, and never reaches a pod; a well-formed host of no route
+    keeps its 404 (test_unknown_host_404_json). Before, they got 404 or were forwarded."""
+    gw, a, b = stack
+    host = host.format(h=HOST)
+    before, seen = len(gw.access()), len(a.requests()) + len(b.requests())
+    with H1Conn(gw.port) as c:
+        c.send(h1_request_bytes("GET", "/invalid-host", host))
+        r = c.read_response()
+    err = error_json(400, "invalid_host", r.status, r.headers, r.body)
+    assert problem in err["message"], err
+    n = 1
+    if "/" not in host and host:  # nghttp2 resets those itself (a PROTOCOL_ERROR)
+        with gw.h2() as c:
+            r = c.get("/invalid-host", authority=host)
+        err = error_json(400, "invalid_host", r.status, r.headers, bytes(r.body))
+        assert problem in err["message"] and host in err["message"], err
+        n += 1
+    recs = gw.wait_access(before + n)[before:]
+    assert [(x["status"], x["error"], x["host"]) for x in recs] == \
+        [(400, "invalid_host", host)] * n, recs
+    assert len(a.requests()) + len(b.requests()) == seen
+    gw.assert_alive()
+
+
 def test_h1_error_answers_keep_the_connection(stack):
     """A POST answered at its head (404 here; a 401, 429 or 503 alike) keeps its HTTP/1.1
     connection: the gateway drops the body it did not read and serves the next request. An

@@ -1,9 +1,10 @@
 /*
  * tests/fuzz/fuzz_host.c - request hosts and configured addresses from arbitrary bytes.
  *
- * Feeds the same bytes to mg_host_parse (as an :authority, not NUL-terminated), to
- * mg_routes_match (over a fixed snapshot) and, NUL-terminated, to mg_host_split_port and
- * mg_host_is_valid_name, and checks what each promises about its output.
+ * Feeds the same bytes to mg_host_check and mg_host_parse (as an :authority, not
+ * NUL-terminated), to mg_routes_match (over a fixed snapshot) and, NUL-terminated, to
+ * mg_host_split_port and mg_host_is_valid_name, and checks what each promises about its output
+ * (a host that routes is a valid one).
  */
 #include <jansson.h>
 #include <stdint.h>
@@ -48,7 +49,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     mg_host_t h;
     mg_err_t err = mg_host_parse(host, size, "modelgate.local", envs, NENVS, &h);
     CHECK(err == MG_OK || err == MG_E_NOTFOUND || err == MG_E_PROTO);
+    const char *reason = NULL;
+    mg_err_t valid = mg_host_check(host, size, &reason);
+    CHECK(valid == MG_OK ? reason == NULL
+                         : valid == MG_E_PROTO && reason != NULL && *reason != '\0');
     if (err == MG_OK) {
+        CHECK(valid == MG_OK);
         CHECK(h.app == host && h.app_len > 0 && h.app_len + 1 + h.env_len < size);
         CHECK(host[h.app_len] == '-');
         CHECK(strncasecmp(host + h.app_len + 1, h.env, h.env_len) == 0);

@@ -71,6 +71,11 @@ static void port_suffix(void **state)
     assert_int_equal(parse("digits-production.modelgate.local:84x3", &h), MG_E_PROTO);
     assert_int_equal(parse("digits-production.modelgate.local:123456", &h), MG_E_PROTO);
     assert_int_equal(parse("digits-production.modelgate.local:80:80", &h), MG_E_PROTO);
+    /* five digits, but no TCP port: it was routed, and went on to the pod with that port */
+    expect_host("digits-production.modelgate.local:65535", "digits", "production");
+    assert_int_equal(parse("digits-production.modelgate.local:65536", &h), MG_E_PROTO);
+    assert_int_equal(parse("digits-production.modelgate.local:99999", &h), MG_E_PROTO);
+    assert_int_equal(parse("[::1]:99999", &h), MG_E_PROTO);
 }
 
 static void uppercase(void **state)
@@ -176,6 +181,82 @@ static void valid_names(void **state)
     assert_false(mg_host_is_valid_name(label, 64));
 }
 
+static void host_ok(const char *host)
+{
+    const char *why = "unset";
+    assert_int_equal(mg_host_check(host, strlen(host), &why), MG_OK);
+    assert_string_equal(why, "unset"); /* left alone */
+}
+
+static void host_bad(const char *host, size_t len, const char *reason)
+{
+    const char *why = NULL;
+    assert_int_equal(mg_host_check(host, len, &why), MG_E_PROTO);
+    assert_non_null(why);
+    if (strstr(why, reason) == NULL)
+        fail_msg("mg_host_check(\"%.*s\"): \"%s\" does not say \"%s\"", (int)len, host, why,
+                 reason);
+}
+
+#define CHECK_FAILS(host, reason) host_bad((host), strlen(host), (reason))
+
+/* Hosts a request may carry, routed or not: 404 at worst. */
+static void check_accepts_hosts(void **state)
+{
+    (void)state;
+    host_ok("digits-production.modelgate.local");
+    host_ok("Digits-Production.ModelGate.Local.:8443");
+    host_ok("digits-production.modelgate.local:"); /* empty port (RFC 3986 3.2.3) */
+    host_ok("digits-production.modelgate.local:0");
+    host_ok("digits-production.modelgate.local:65535");
+    host_ok("localhost");
+    host_ok("127.0.0.1:8080");
+    host_ok("[::1]");
+    host_ok("[2001:db8::7]:443");
+    host_ok("[::ffff:10.0.0.1]:80");
+    host_ok("under_score.example");             /* no DNS name, but a reg-name */
+    host_ok("a%41-production.modelgate.local"); /* percent-encoded */
+    host_ok("a~b!c$d&e'f(g)h*i+j,k;l=m");
+    assert_int_equal(mg_host_check("a", 1, NULL), MG_OK);
+}
+
+/* Hosts that are no host: 400 (RFC 9112 3.2), whatever the routes. */
+static void check_refuses_bad_hosts(void **state)
+{
+    (void)state;
+    host_bad("", 0, "empty");
+    CHECK_FAILS(":8080", "empty");
+    CHECK_FAILS("u@digits-production.modelgate.local", "user info");
+    CHECK_FAILS("u:p@digits-production.modelgate.local:80", "user info");
+    CHECK_FAILS("digits-production.modelgate.local/evil", "no path");
+    CHECK_FAILS("digits-production.modelgate.local?x", "no path, query");
+    CHECK_FAILS("digits-production.modelgate.local#x", "fragment");
+    CHECK_FAILS("digits-production.modelgate.local\\x", "no path");
+    CHECK_FAILS("digits-production.modelgate.local:abc", "port");
+    CHECK_FAILS("digits-production.modelgate.local:99999", "port");
+    CHECK_FAILS("digits-production.modelgate.local:65536", "port");
+    CHECK_FAILS("digits-production.modelgate.local:080080", "port");
+    CHECK_FAILS("digits-production.modelgate.local:-1", "port");
+    CHECK_FAILS("a:80:80", "port");
+    CHECK_FAILS("[::1]:99999", "port");
+    CHECK_FAILS("[::1]x", "port");
+    CHECK_FAILS("[::1", "IP literal");
+    CHECK_FAILS("[]", "IP literal");
+    CHECK_FAILS("[::g]", "IP literal");
+    CHECK_FAILS("[v1.x]", "IP literal");
+    CHECK_FAILS("a b.example", "character");
+    CHECK_FAILS("a%4.example", "character"); /* a broken escape */
+    CHECK_FAILS("a\"b", "character");
+    CHECK_FAILS("a[b]", "character");
+    CHECK_FAILS("caf\xc3\xa9.example", "character");
+    host_bad("a\0b", 3, "character"); /* |len| counts, not the NUL */
+    assert_int_equal(mg_host_check("a b", 3, NULL), MG_E_PROTO);
+    /* not NUL-terminated at |len|: the check stops there */
+    const char *why = NULL;
+    assert_int_equal(mg_host_check("example.com/path", 11, &why), MG_OK);
+    assert_int_equal(mg_host_check("example.com:80/path", 14, &why), MG_OK);
+}
+
 static void expect_split(const char *addr, const char *host, unsigned port)
 {
     char h[64];
@@ -241,6 +322,8 @@ int main(void)
         cmocka_unit_test(empty_domain),
         cmocka_unit_test(valid_names),
         cmocka_unit_test(split_port),
+        cmocka_unit_test(check_accepts_hosts),
+        cmocka_unit_test(check_refuses_bad_hosts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
