@@ -76,6 +76,7 @@ struct mg_srv_stream {
     size_t hdr_bytes;
     int bad_status; /* 431 etc.: answered by us, never shown to the handler */
     bool handled;   /* the handler saw on_request: it gets on_close */
+    bool dispatched; /* its head was whole and went to dispatch_request (answered there or not) */
     bool req_ended;
     bool head;      /* HEAD request: no response body */
     size_t unconsumed;
@@ -993,6 +994,7 @@ static const char *report_reject(mg_srv_stream_t *s, int status, const char *cod
 static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
 {
     conn_t *c = s->c;
+    s->dispatched = true;
     if (end_stream)
         s->req_ended = true;
     if (s->bad_status) {
@@ -1329,6 +1331,12 @@ static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t error_cod
     nghttp2_session_set_stream_user_data(sess, id, NULL);
     if (!s->out_ended && !s->reset_by_us && !s->reset_counted)
         premature_close(s->c);
+    /* A stream closed before its head was whole is one nghttp2 reset for a malformed head (an
+     * uppercase or connection-specific field, a :path an http request cannot have, no
+     * :authority): a request all the same, logged as HTTP/1.1's are (h1_reject), with what
+     * was read of it. Its resets count toward the rapid reset cut, which bounds the lines. */
+    if (!s->dispatched)
+        report_reject(s, 400, "malformed_request", false);
     stream_close(s, error_code == NGHTTP2_NO_ERROR && s->out_ended);
     return 0;
 }

@@ -92,8 +92,10 @@ typedef struct mg_srv_handler {
      * handler must drop every reference to |s| before returning. */
     void (*on_close)(mg_srv_stream_t *s, bool complete);
     /* Optional: a request the server answers itself (malformed HTTP/1.1, header limits), so
-     * that it is logged like any other. |req| fields may be "" when parsing stopped early. The
-     * handler writes the request id to quote in the error body into |rid| (|cap| bytes). */
+     * that it is logged like any other; also an HTTP/2 stream nghttp2 reset for a malformed
+     * head (status 400, |code| "malformed_request"; no answer but the RST_STREAM). |req|
+     * fields may be "" when parsing stopped early. The handler writes the request id to quote
+     * in the error body into |rid| (|cap| bytes). */
     void (*on_reject)(void *ud, const mg_srv_req_t *req, int status, const char *code, char *rid,
                       size_t cap);
 } mg_srv_handler_t;

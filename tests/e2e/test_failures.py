@@ -3,8 +3,8 @@ Failures upstream and bad input from clients. Upstream: a dead pod (failover), a
 (502), connect timeout, first-byte timeout, idle timeout, total timeout, upstream reset. Client:
 bodies over max_request_body (413), a bad HTTP/2 preface, HTTP/1 garbage (400), request targets
 an HTTP/2 pod would reset (400, and the pod never ejected for them), invalid header names in raw
-HTTP/2 frames, oversized headers (431 / reset). After each, the gateway is still up and a
-connection opened before the bad input still works.
+HTTP/2 frames (reset, and logged), oversized headers (431 / reset). After each, the gateway is
+still up and a connection opened before the bad input still works.
 """
 
 import collections
@@ -831,6 +831,38 @@ def test_h2_invalid_header_name(victim, name):
         assert c.get("/same-conn").status == 200
     assert not [r for r in a.requests()[seen:] if r[2] == "/bad-header"], \
         "a request with an invalid header name reached the backend"
+    assert_serving(gw, keeper)
+
+
+def test_h2_malformed_requests_logged(victim):
+    """A request nghttp2 resets for a malformed head (PROTOCOL_ERROR) before the gateway could
+    answer it gets an access log line, as a malformed HTTP/1.1 request does (status 400): the
+    client's address, error malformed_request, and the method and path read before the bad
+    field. Before, they left no line: a client could send any number of them unseen."""
+    gw, a, keeper = victim
+    auth = gw.authority()
+    cases = [
+        ("GET", "/upper", [("X-Upper-Case", "v")]),
+        ("POST", "/conn", [("connection", "keep-alive")]),
+        ("GET", "/te", [("te", "gzip")]),
+        ("GET", "*", []),  # '*' is for OPTIONS only
+    ]
+    seen = len(a.requests())
+    with gw.h2(validate=False) as c:
+        client = "%s:%d" % c.sock.getsockname()[:2]
+        for method, path, extra in cases:
+            st = c.start(None, None, raw_headers=[(":method", method), (":scheme", "http"),
+                                                  (":authority", auth), (":path", path)] + extra)
+            assert c.wait(st, 5) and st.reset_code == PROTOCOL_ERROR, st
+        assert c.get("/same-conn").status == 200
+
+    def mine():
+        return [x for x in gw.access() if x["client"] == client]
+    recs = wait_for(lambda: len(mine()) >= len(cases) + 1 and mine(), 5, what="log lines")
+    got = [(x["method"], x["path"], x["status"], x["error"], x["proto"]) for x in recs]
+    assert sorted(got) == sorted([(m, p, 400, "malformed_request", "h2c") for m, p, _ in cases] +
+                                 [("GET", "/same-conn", 200, None, "h2c")]), recs
+    assert a.requests()[seen:] == [("h2c", "GET", "/same-conn")]
     assert_serving(gw, keeper)
 
 

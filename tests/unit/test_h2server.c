@@ -63,6 +63,7 @@ typedef struct fixture {
     int nrequests, nends, ncloses, ncomplete, nrejects;
     int reject_status;
     char reject_code[64];
+    char reject_method[16], reject_path[64], reject_client[64];
     char paths[8][64];
     char method[16], proto[16], authority[64];
     int64_t content_length;
@@ -168,6 +169,9 @@ static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char 
     f->nrejects++;
     f->reject_status = status;
     snprintf(f->reject_code, sizeof(f->reject_code), "%s", code);
+    snprintf(f->reject_method, sizeof(f->reject_method), "%s", req->method);
+    snprintf(f->reject_path, sizeof(f->reject_path), "%s", req->path);
+    snprintf(f->reject_client, sizeof(f->reject_client), "%s", req->client);
     snprintf(rid, cap, "rid-%d", status);
 }
 
@@ -1649,14 +1653,15 @@ static int32_t h2_request(client_t *c, const char *method, const char *path, con
 }
 
 /* Submits a request without body of the |n| fields in |kv| (name, value, name, value...), sent
- * as they are. */
+ * as they are: not copied (|kv| must outlive the frame), so nghttp2 does not lowercase them. */
 static void h2_request_fields(client_t *c, const char *const *kv, size_t n)
 {
     nghttp2_nv nv[8];
     assert_true(n <= 8);
     for (size_t i = 0; i < n; i++)
         nv[i] = (nghttp2_nv){(uint8_t *)kv[2 * i], (uint8_t *)kv[2 * i + 1], strlen(kv[2 * i]),
-                             strlen(kv[2 * i + 1]), NGHTTP2_NV_FLAG_NONE};
+                             strlen(kv[2 * i + 1]),
+                             NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
     assert_true(nghttp2_submit_request(c->h2->s, NULL, nv, n, NULL, NULL) > 0);
 }
 
@@ -1764,6 +1769,45 @@ static void h2_targets_a_pod_cannot_take_are_400(void **state)
     assert_true(run_until(f, c, h2_stream_closed, NULL));
     assert_int_equal(c->h2->status, 200);
     assert_string_equal(c->h2->body, "OPTIONS *\n");
+    h2_free(c);
+}
+
+/* A request nghttp2 resets for a malformed head (PROTOCOL_ERROR), before the handler could see
+ * it, still reaches on_reject once, with what was read of it: HTTP/1.1's malformed requests
+ * were logged and these were not. The connection goes on. */
+static void h2_malformed_requests_reach_on_reject(void **state)
+{
+    fixture_t *f = *state;
+    start(f);
+    static const char *const bad[][10] = {
+        {":method", "GET", ":scheme", "http", ":authority", "a.example", ":path", "/upper", "X-Up",
+         "v"},
+        {":method", "POST", ":scheme", "http", ":authority", "a.example", ":path", "/conn",
+         "connection", "close"},
+        {":method", "GET", ":scheme", "http", ":authority", "a.example", ":path", "*"},
+    };
+    static const size_t nfields[] = {5, 5, 4};
+    static const char *const method[] = {"GET", "POST", "GET"}, *const path[] = {"/upper", "/conn",
+                                                                                 "*"};
+    client_t *c = h2_connect(f);
+    for (size_t i = 0; i < 3; i++) {
+        c->h2->closed = false;
+        h2_request_fields(c, bad[i], nfields[i]);
+        assert_true(run_until(f, c, h2_stream_closed, NULL));
+        assert_int_equal(c->h2->close_error, NGHTTP2_PROTOCOL_ERROR);
+        assert_int_equal(f->nrejects, (int)i + 1);
+        assert_int_equal(f->reject_status, 400);
+        assert_string_equal(f->reject_code, "malformed_request");
+        assert_string_equal(f->reject_method, method[i]);
+        assert_string_equal(f->reject_path, path[i]);
+        assert_non_null(strstr(f->reject_client, "127.0.0.1:"));
+    }
+    assert_int_equal(f->nrequests, 0);
+    c->h2->closed = false;
+    h2_request(c, "GET", "/after", NULL, 0, false);
+    assert_true(run_until(f, c, h2_stream_closed, NULL));
+    assert_int_equal(c->h2->status, 200);
+    assert_int_equal(f->nrejects, 3);
     h2_free(c);
 }
 
@@ -2122,6 +2166,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h2_preface_and_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_trailers_both_ways, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_targets_a_pod_cannot_take_are_400, setup, teardown),
+        cmocka_unit_test_setup_teardown(h2_malformed_requests_reach_on_reject, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_trailers_over_the_limit_reset_the_stream, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(h2_shutdown_sends_goaway, setup, teardown),
