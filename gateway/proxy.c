@@ -1269,7 +1269,9 @@ static void on_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
     exch_t *e = mg_srv_data(s);
     bool had_body = !e->req_ended; /* a request without one had its window open from the start */
     e->req_ended = true;
-    if (had_body && e->up && !e->resp_started && !e->finished) { /* the window opens now */
+    /* the pod's window opens now; a request still queued keeps its queue deadline (its window
+     * opens when it leaves the queue, see on_timer) */
+    if (had_body && e->up && !e->resp_started && !e->finished && !mg_up_is_queued(e->up)) {
         int64_t now = mg_mono_us();
         e->t_fb_start = now > e->t_fb_start ? now : e->t_fb_start;
         arm_timer(e, now);

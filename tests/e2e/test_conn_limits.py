@@ -155,9 +155,11 @@ def test_queued_request_cancelled_never_reaches_the_pod(procs, proto, method):
     gw.assert_alive()
 
 
-def test_queued_request_honours_first_byte_timeout(procs):
+@pytest.mark.parametrize("body", [False, True])
+def test_queued_request_honours_first_byte_timeout(procs, body):
     """A request that waits for a connection longer than timeouts_ms.first_byte gets 504
-    upstream_timeout at that deadline, saying it had no connection, and is never sent later."""
+    upstream_timeout at that deadline, saying it had no connection, and is never sent later.
+    Its body ending while it waits does not push that deadline back."""
     a = procs.backend("pod-a", proto="http1")
     gw = stack(procs, [a], "http1", {"max_conns_per_pod": 1},
                conf={"timeouts_ms": {"first_byte": 600}})
@@ -167,14 +169,20 @@ def test_queued_request_honours_first_byte_timeout(procs):
         wait_for(lambda: any(r[2].startswith("/drip") for r in a.requests()),
                  what="the holding request at the pod")
         t0 = time.monotonic()
-        q = c.start("GET", "/queued")
+        if body:
+            q = c.start("POST", "/queued", body=b"x" * 100, end_stream=False)
+            c.wait_for(lambda: False, 0.4)  # queued; then the body ends
+            c.end(q)
+        else:
+            q = c.start("GET", "/queued")
         assert c.wait(q, 5), q
         waited = time.monotonic() - t0
         err = error_json(504, "upstream_timeout", q.status, q.headers, bytes(q.body))
         assert "no connection" in err["message"], err
         assert c.wait(holder, 10) and holder.status == 200 and holder.ended, holder
     print("the queued request failed after %.2fs" % waited)
-    assert 0.5 < waited < 1.5
+    # with its body ended at 0.4 s, a deadline pushed back by it would come at 1.0 s or later
+    assert 0.5 < waited < (0.9 if body else 1.5)
     time.sleep(0.5)
     assert not any(r[2] == "/queued" for r in a.requests()), a.requests()
     lines = gw.wait_access(2)
