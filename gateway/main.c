@@ -523,7 +523,8 @@ static void access_log_metrics(void *ud, struct evbuffer *out)
     mg_reqlog_stats(ud, &st);
     evbuffer_add_printf(out,
                         "# HELP modelgate_access_log_dropped_total Access log lines not written: "
-                        "the file was written slower than requests arrived.\n"
+                        "a queue was full (the file, or the request log's spool, slower than "
+                        "requests).\n"
                         "# TYPE modelgate_access_log_dropped_total counter\n"
                         "modelgate_access_log_dropped_total %" PRIu64 "\n"
                         "# HELP modelgate_access_log_lost_total Access log lines a write error "

@@ -71,6 +71,7 @@
 #define WAKE_MS 1000 /* longest writer sleep: bounds reopen latency and drop-report delay */
 #define PACE_MS 10   /* queued lines wait at most this long for more to join them */
 #define PACE_BYTES (256u * 1024) /* ... or until this many bytes are queued */
+#define FILE_CLOSE_MS 1000       /* close waits this long for a file that takes nothing */
 
 #define TRUNC_MARK "...[truncated]"
 #define TRUNC_MARK_LEN (sizeof(TRUNC_MARK) - 1)
@@ -516,7 +517,7 @@ static void retry_reopen(mg_reqlog_t *log)
 /* Loud, rate-limited loss reports: the operator must learn that lines are missing, but a disk
  * that stays slow or full must not turn into one message per request. |force| reports whatever is
  * pending (at close). */
-static void report(mg_reqlog_t *log, bool force)
+static void report(mg_reqlog_t *log, bool has_sink, bool force)
 {
     const char *name = log->path ? log->path : "stdout";
     uint64_t dropped = atomic_load(&log->dropped), fdropped = atomic_load(&log->file_dropped);
@@ -529,18 +530,18 @@ static void report(mg_reqlog_t *log, bool force)
     if (!force && since(&log->last_warn, &now) < WAKE_MS / 1000.0)
         return;
     if (dropped != log->dropped_reported)
-        MG_LOG(log->sink ? MG_LOG_ERROR : MG_LOG_WARN, "reqlog",
+        MG_LOG(has_sink ? MG_LOG_ERROR : MG_LOG_WARN, "reqlog",
                "DROPPED %" PRIu64 " access log lines (%" PRIu64 " in total): the queue is full "
                "(%u MiB) because lines are %s slower than requests arrive%s",
                dropped - log->dropped_reported, dropped, MG_REQLOG_QUEUE_MAX >> 20,
-               log->sink ? "spooled" : "written",
-               log->sink ? "; they are in neither the access log nor the request log" : "");
+               has_sink ? "spooled" : "written",
+               has_sink ? "; they are in neither the access log nor the request log" : "");
     if (fdropped != log->file_dropped_reported)
         MG_LOG(MG_LOG_WARN, "reqlog",
                "DROPPED %" PRIu64 " access log lines (%" PRIu64 " in total): %s is written slower "
                "than requests arrive (a full disk, or a pipe nobody reads?)%s",
                fdropped - log->file_dropped_reported, fdropped, name,
-               log->sink ? "; the request log has them" : "");
+               has_sink ? "; the request log has them" : "");
     if (lost != log->lost_reported)
         MG_LOG(MG_LOG_ERROR, "reqlog",
                "LOST %" PRIu64 " access log lines (%" PRIu64 " in total): write to %s failed: %s",
@@ -602,13 +603,12 @@ static void *writer_main(void *arg)
             free(log->batch.data);
             log->batch = (qbuf_t){NULL, 0, 0};
         }
-        report(log, false);
+        report(log, sink != NULL, false);
         if (stop && idle)
             break; /* stopping and the queue was already empty: all went to the file stage */
         pthread_mutex_lock(&log->mu);
     }
-    report(log, true);
-    return NULL;
+    return NULL; /* mg_reqlog_close reports last, once the file thread is done too */
 }
 
 /* The file thread: writes what the writer handed over, and reopens the file on request. */
@@ -648,13 +648,19 @@ static void *file_main(void *arg)
 /* ---------------------------------------------------------------- public API */
 
 /* After the writer is gone: the file thread writes what it still holds, then ends. */
-static void stop_file_thread(mg_reqlog_t *log)
+/* After the writer is gone: the file thread writes what it still holds, then ends. A file that
+ * takes nothing (a pipe nobody reads) would hold the exit for ever: past FILE_CLOSE_MS it is
+ * left behind, blocked, and false is returned (its lines are in the sink). */
+static bool stop_file_thread(mg_reqlog_t *log)
 {
     pthread_mutex_lock(&log->fmu);
     log->fstopping = true;
     pthread_cond_signal(&log->fcond);
     pthread_mutex_unlock(&log->fmu);
-    pthread_join(log->file_thread, NULL);
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl); /* pthread_timedjoin_np's clock */
+    dl.tv_sec += FILE_CLOSE_MS / 1000;
+    return pthread_timedjoin_np(log->file_thread, NULL, &dl) == 0;
 }
 
 mg_reqlog_t *mg_reqlog_open(const char *path)
@@ -807,7 +813,14 @@ void mg_reqlog_close(mg_reqlog_t *log)
     pthread_cond_signal(&log->cond);
     pthread_mutex_unlock(&log->mu);
     pthread_join(log->thread, NULL);
-    stop_file_thread(log);
+    if (!stop_file_thread(log)) {
+        MG_LOG(MG_LOG_WARN, "reqlog",
+               "access log %s takes no more lines (a pipe nobody reads?); "
+               "closing without its last lines%s",
+               log->path ? log->path : "stdout", log->sink ? ", which the request log has" : "");
+        return; /* the file thread still uses |log|: the process's exit ends both */
+    }
+    report(log, log->sink != NULL, true);
     if (log->path)
         close(log->fd);
     pthread_cond_destroy(&log->cond);

@@ -269,3 +269,34 @@ def test_check_config_missing_routes_file(tmp_path):
     rc, out = check_config(write(d, "gateway.json", good_conf(routes="nosuch-routes.json")))
     assert rc == 1, out
     assert "nosuch-routes.json" in out, out
+
+
+def test_sigterm_with_a_blocked_access_log(procs):
+    """An access log that takes no more lines (a pipe nobody reads: a stalled log collector)
+    does not hold SIGTERM back: the gateway exits 0 a second after its drain, saying what it
+    could not write, instead of waiting in write(2) for ever."""
+    import fcntl
+    import time
+    a = procs.backend("pod-a")
+    gdir = os.path.join(procs.dir, "gateway")
+    os.makedirs(gdir, exist_ok=True)
+    fifo = os.path.join(gdir, "access.fifo")
+    os.mkfifo(fifo)
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open, so the gateway's open succeeds
+    fcntl.fcntl(rfd, fcntl.F_SETPIPE_SZ, 4096)
+    try:
+        gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                           conf={"access_log": "access.fifo", "timeouts_ms": {"drain": 1000}})
+        with httpx.Client(base_url="http://127.0.0.1:%d" % gw.port,
+                          headers={"host": gw.authority()}, timeout=10) as c:
+            for i in range(200):
+                assert c.get("/blocked/%d" % i).status_code == 200
+        t0 = time.monotonic()
+        gw.signal(signal.SIGTERM)
+        rc = gw.proc.wait(15)
+        took = time.monotonic() - t0
+    finally:
+        os.close(rfd)
+    assert rc == 0 and took < 4.0, "exit code %s after %.1f s" % (rc, took)
+    assert "takes no more lines" in gw.log()
+    print("SIGTERM with the access log blocked: exit 0 after %.1f s" % took)
