@@ -91,3 +91,12 @@ void mg_log_cause_reset(mg_log_cause_t *l)
     l->_last_s = 0;
     l->_repeats = 0;
 }
+
+const char *mg_log_repeats(char *buf, size_t cap, unsigned long repeats)
+{
+    if (repeats == 0)
+        snprintf(buf, cap, "%s", "");
+    else
+        snprintf(buf, cap, " (%lu more since the last line)", repeats);
+    return buf;
+}

@@ -9,6 +9,7 @@
 #define MG_COMMON_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 typedef enum mg_log_level {
     MG_LOG_DEBUG = 0,
@@ -62,6 +63,10 @@ bool mg_log_cause_pass(mg_log_cause_t *l, const char *cause, unsigned period_s,
 
 /* Forgets the cause last logged (the failure is over): the next one is logged at once. */
 void mg_log_cause_reset(mg_log_cause_t *l);
+
+/* " (N more since the last line)" into |buf| for a cause that came back |repeats| times, or ""
+ * for a new one; returns |buf|. */
+const char *mg_log_repeats(char *buf, size_t cap, unsigned long repeats);
 
 /* Parses "debug", "info", "warn" or "error"; returns -1 for anything else. */
 int mg_log_level_parse(const char *s);

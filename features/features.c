@@ -868,14 +868,12 @@ static void connect_failed(mg_features_t *f, const char *cause, const char *hint
     unsigned long repeats;
     if (!mg_log_cause_pass(&f->connlog, cause, CAUSE_PERIOD_S, &repeats))
         return;
-    char again[80] = "";
-    if (repeats)
-        snprintf(again, sizeof(again), " (still failing: %lu attempts since the last line)",
-                 repeats);
+    char again[64];
     MG_LOG(MG_LOG_WARN, "features",
            "Redis %s:%u: %s%s; requests go on without features (unavailable), retrying with "
            "backoff%s",
-           f->conf->redis.host, f->conf->redis.port, cause, hint, again);
+           f->conf->redis.host, f->conf->redis.port, cause, hint,
+           mg_log_repeats(again, sizeof(again), repeats));
 }
 
 /* Drops the connection (hiredis sees nothing wrong with it: an error reply to the handshake,
@@ -923,12 +921,7 @@ static void on_hello(redisAsyncContext *ac, void *reply, void *priv)
         char msg[160], cause[200];
         mg_rreply_text(r, msg, sizeof(msg));
         snprintf(cause, sizeof(cause), "%s refused (%s)", step, msg);
-        connect_failed(f, cause,
-                       (uintptr_t)priv == HELLO_AUTH     ? "; check features.redis.password_file"
-                       : (uintptr_t)priv == HELLO_SELECT ? "; check features.redis.db"
-                       : strncmp(msg, "NOAUTH", 6) == 0
-                           ? "; Redis wants a password: set features.redis.password_file"
-                           : "");
+        connect_failed(f, cause, mg_rreply_hint(cause));
         redis_drop(f);
         return;
     }

@@ -517,17 +517,10 @@ static bool redis_ready(dbthread_t *t, char *why, size_t whylen)
     unsigned long repeats;
     if (!mg_log_cause_pass(&t->rcause, cause, 60, &repeats))
         return false;
-    char again[80] = "";
-    if (repeats)
-        snprintf(again, sizeof(again), " (still failing: %lu attempts since the last line)",
-                 repeats);
+    char again[64];
     MG_LOG(MG_LOG_WARN, "features",
            "write-back: %s%s; features read from MariaDB and admin writes do not reach Redis%s",
-           t->redis_why,
-           strncmp(cause, "AUTH", 4) == 0     ? "; check features.redis.password_file"
-           : strncmp(cause, "SELECT", 6) == 0 ? "; check features.redis.db"
-                                              : "",
-           again);
+           t->redis_why, mg_rreply_hint(cause), mg_log_repeats(again, sizeof(again), repeats));
     return false;
 }
 

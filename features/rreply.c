@@ -220,3 +220,14 @@ void mg_rreply_text(const redisReply *r, char *out, size_t cap)
     }
     out[k] = '\0';
 }
+
+const char *mg_rreply_hint(const char *cause)
+{
+    if (strncmp(cause, "AUTH", 4) == 0)
+        return "; check features.redis.password_file";
+    if (strncmp(cause, "SELECT", 6) == 0)
+        return "; check features.redis.db";
+    if (strstr(cause, "NOAUTH") != NULL)
+        return "; Redis wants a password: set features.redis.password_file";
+    return "";
+}

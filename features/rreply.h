@@ -40,4 +40,8 @@ void mg_rreply_attach(redisReader *r, mg_rreply_pool_t *p);
 struct redisReply;
 void mg_rreply_text(const struct redisReply *r, char *out, size_t cap);
 
+/* What to check when Redis refused a connection's handshake: |cause| is "STEP refused (Redis's
+ * message)", STEP AUTH, SELECT or PING. "; check ..." or "". */
+const char *mg_rreply_hint(const char *cause);
+
 #endif /* MG_FEATURES_RREPLY_H */

@@ -389,11 +389,12 @@ mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t 
         if (s->wfd >= 0 && ftruncate(s->wfd, (off_t)cur.size) != 0)
             e = errno;
         unsigned long again;
+        char more[64];
         if (mg_log_cause_pass(&s->write_failed, strerror(e), 60, &again))
             MG_LOG(MG_LOG_ERROR, "spool",
-                   "%s: cannot write %zu bytes: %s (%lu times more since "
-                   "this was last said; the request log counts the records as lost)",
-                   s->dir, keep, strerror(e), again);
+                   "%s: cannot write %zu bytes: %s; the request log counts the records as "
+                   "lost%s",
+                   s->dir, keep, strerror(e), mg_log_repeats(more, sizeof(more), again));
         rc = MG_E_IO;
         keep = 0;
         goto out;

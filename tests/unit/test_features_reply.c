@@ -517,10 +517,18 @@ static void resp_without_printf(void **state)
     assert_memory_equal(cmd, "*12\r\n$6\r\nLRANGE\r\n", 17);
 }
 
-/* An error reply's text for a log line: cut to fit, control and non-ASCII bytes as '?'. */
+/* An error reply's text for a log line: cut to fit, control and non-ASCII bytes as '?'; and
+ * what to check when a handshake step is refused. */
 static void reply_text_is_printable(void **state)
 {
     (void)state;
+    assert_string_equal(mg_rreply_hint("AUTH refused (WRONGPASS invalid username-password pair)"),
+                        "; check features.redis.password_file");
+    assert_string_equal(mg_rreply_hint("SELECT refused (ERR DB index is out of range)"),
+                        "; check features.redis.db");
+    assert_string_equal(mg_rreply_hint("PING refused (NOAUTH Authentication required.)"),
+                        "; Redis wants a password: set features.redis.password_file");
+    assert_string_equal(mg_rreply_hint("cannot connect (Connection refused)"), "");
     redisReply r = {.type = REDIS_REPLY_ERROR};
     char out[32];
     r.str = "WRONGPASS bad\r\n\x01\xc3\xa9";

@@ -245,6 +245,14 @@ static void level_filters(void **state)
     mg_log_level = MG_LOG_INFO;
 }
 
+static void repeats_suffix(void **state)
+{
+    (void)state;
+    char b[64];
+    assert_string_equal(mg_log_repeats(b, sizeof(b), 0), "");
+    assert_string_equal(mg_log_repeats(b, sizeof(b), 3), " (3 more since the last line)");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,6 +266,7 @@ int main(void)
         cmocka_unit_test(emit_format),
         cmocka_unit_test(emit_truncates),
         cmocka_unit_test(level_filters),
+        cmocka_unit_test(repeats_suffix),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
