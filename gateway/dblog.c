@@ -108,6 +108,7 @@ struct mg_dblog {
     bool was_down;     /* a connection failed since the last success */
     bool maint_warned; /* "table not partitioned" said once */
     time_t table_said; /* a refused table was said then (0: not refused) */
+    mg_log_cause_t insert_failed;       /* why batches are retried: said once a minute */
     unsigned max_chars[MG_DBROW_NCOLS]; /* the table's text column lengths (check_table) */
     size_t max_bytes[MG_DBROW_NCOLS];
 };
@@ -676,9 +677,16 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
     }
     if (rows > 0 && !execute_rows(d, 0, rows)) {
         if (!data_error(mysql_stmt_errno(d->stmt)) || !insert_rows_one_by_one(d, rows)) {
-            MG_LOG(MG_LOG_WARN, "dblog", "MariaDB %s:%u: insert failed: %s (error %u); "
-                   "retrying from the spool", d->c.host, d->c.port, mysql_stmt_error(d->stmt),
-                   mysql_stmt_errno(d->stmt));
+            /* a cause that lasts (a trigger, a maintenance window) is said once a minute */
+            char cause[300], more[64];
+            unsigned long again;
+            snprintf(cause, sizeof(cause), "%s (error %u)", mysql_stmt_error(d->stmt),
+                     mysql_stmt_errno(d->stmt));
+            if (mg_log_cause_pass(&d->insert_failed, cause, 60, &again))
+                MG_LOG(MG_LOG_WARN, "dblog",
+                       "MariaDB %s:%u: insert failed: %s; records wait "
+                       "in the spool and the batch is retried%s",
+                       d->c.host, d->c.port, cause, mg_log_repeats(more, sizeof(more), again));
             atomic_fetch_sub(&d->rejected, bad); /* counted again on the retry */
             d->was_down = true;
             disconnect(d);
@@ -689,6 +697,7 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
         atomic_fetch_sub(&d->rejected, bad);
         return MG_E_IO; /* re-read and re-inserted as duplicates: nothing lost */
     }
+    mg_log_cause_reset(&d->insert_failed);
     *pos = next;
     *nlines = n;
     return MG_OK;
