@@ -766,7 +766,6 @@ static void *db_main(void *arg)
                 backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
                 continue;
             }
-            backoff = BACKOFF_MIN_MS;
         }
         if (time(NULL) >= d->next_maint && !stop) {
             maintain(d);
@@ -775,6 +774,9 @@ static void *db_main(void *arg)
         size_t n;
         bool cut;
         mg_err_t rc = insert_batch(d, &pos, &n, &cut);
+        if (rc != MG_E_IO) /* a batch went in (or none was due): connecting is not enough, as a
+                            * server that takes connections may refuse every insert */
+            backoff = BACKOFF_MIN_MS;
         if (rc == MG_OK && (n >= d->c.batch_rows || cut))
             continue; /* full batch, or the read size ended it: more is waiting */
         if (stop && rc != MG_OK)

@@ -512,7 +512,13 @@ def test_refusals_that_may_pass_are_retried(procs):
                 "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'maintenance window'")
     assert Load(gw, threads=2, per_thread=15).join() == 30
     wait_for(lambda: "maintenance window" in gw.log(), 20, 0.1, "the refusal in the log")
-    time.sleep(2)  # retried several times meanwhile (backoff 0.1-2 s), said once
+
+    def connections():
+        return int(db.query("SHOW GLOBAL STATUS LIKE 'Connections'")[0][1])
+    c0 = connections()
+    time.sleep(3)  # retried meanwhile, backing off (0.1, 0.2, ... 2 s), and said once
+    retries = connections() - c0 - 1  # one is this query's
+    assert 1 <= retries <= 6, "%d reconnections in 3 s" % retries
     assert gw.log().count("maintenance window") == 1, gw.log()
     st = dblog_stats(admin_port)
     assert rows(db) == 20 and st["rejected"] == 0, (rows(db), st)
