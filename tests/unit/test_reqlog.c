@@ -642,8 +642,7 @@ static void full_queue_drops_and_counts(void **state)
     /* the writer has handed on every line once the sink saw all those not dropped before it */
     for (int i = 0; i < 3000 && atomic_load(&sunk.lines) + (int)mg_reqlog_dropped(log) < N; i++)
         usleep(10000);
-    assert_int_equal(mg_reqlog_dropped(log), 0);
-    assert_int_equal(atomic_load(&sunk.lines), N);
+    assert_int_equal(atomic_load(&sunk.lines) + (int)mg_reqlog_dropped(log), N);
     mg_reqlog_stats_t st;
     mg_reqlog_stats(log, &st);
     assert_true(st.dropped > 0);
@@ -655,6 +654,9 @@ static void full_queue_drops_and_counts(void **state)
     pthread_join(t, NULL);
     close(pfd[0]);
     assert_int_equal(ra.lines + st.dropped, N);
+    /* the sink got far more than the stuck file took (with the file written on the writer's
+     * thread, the sink got what the file took, no more) */
+    assert_true(atomic_load(&sunk.lines) >= (int)ra.lines + N / 10);
 }
 
 /* The writer starts a batch at most every 10 ms (PACE_MS), so a burst of 1000 lines (a few ms of
