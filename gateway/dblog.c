@@ -530,7 +530,7 @@ static bool db_connect(mg_dblog_t *d)
                    "cannot connect to MariaDB %s:%u as %s: %s; records wait in spool %s "
                    "(%" PRIu64 " bytes) and go in when it is back",
                    d->c.host, d->c.port, d->c.user, mysql_error(d->m), d->c.spool_dir,
-                   mg_spool_bytes(d->spool));
+                   mg_spool_pending(d->spool));
             d->last_down_log = now;
         }
         d->was_down = true;
@@ -549,8 +549,9 @@ static bool db_connect(mg_dblog_t *d)
         return false;
     }
     if (d->was_down)
-        MG_LOG(MG_LOG_INFO, "dblog", "connected to MariaDB %s:%u; replaying %" PRIu64
-               " spooled bytes", d->c.host, d->c.port, mg_spool_bytes(d->spool));
+        MG_LOG(MG_LOG_INFO, "dblog",
+               "connected to MariaDB %s:%u; replaying %" PRIu64 " spooled bytes", d->c.host,
+               d->c.port, mg_spool_pending(d->spool));
     d->was_down = false;
     atomic_store(&d->connected, true);
     d->next_maint = 0;
@@ -963,6 +964,7 @@ void mg_dblog_stats(mg_dblog_t *d, mg_dblog_stats_t *out)
     out->lost = atomic_load(&d->lost) + atomic_load(&d->unspooled);
     out->rejected = atomic_load(&d->rejected);
     out->spool_bytes = mg_spool_bytes(d->spool);
+    out->pending_bytes = mg_spool_pending(d->spool);
     out->connected = atomic_load(&d->connected);
 }
 
@@ -984,7 +986,7 @@ void mg_dblog_close(mg_dblog_t *d)
         MG_LOG(MG_LOG_WARN, "dblog",
                "MariaDB %s:%u did not answer within %d ms of the stop; the %" PRIu64
                " spooled bytes go in at the next start",
-               d->c.host, d->c.port, CLOSE_DRAIN_MS + CLOSE_GRACE_MS, mg_spool_bytes(d->spool));
+               d->c.host, d->c.port, CLOSE_DRAIN_MS + CLOSE_GRACE_MS, mg_spool_pending(d->spool));
         return; /* the thread still uses |d|: the process's exit ends both */
     }
     mg_dblog_stats_t st;
@@ -993,7 +995,7 @@ void mg_dblog_close(mg_dblog_t *d)
            "closed: %" PRIu64 " records spooled, %" PRIu64 " inserted, %" PRIu64
            " duplicates skipped, %" PRIu64 " lost, %" PRIu64 " rejected; %" PRIu64
            " bytes left in the spool for the next start",
-           st.spooled, st.inserted, st.duplicates, st.lost, st.rejected, st.spool_bytes);
+           st.spooled, st.inserted, st.duplicates, st.lost, st.rejected, st.pending_bytes);
     mg_spool_close(d->spool);
     mysql_library_end();
     pthread_cond_destroy(&d->cond);

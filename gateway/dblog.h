@@ -57,6 +57,7 @@ typedef struct mg_dblog_stats {
     uint64_t lost;        /* records not kept: spool full or not writable */
     uint64_t rejected;    /* spool lines that were not a record, or rows MariaDB refused */
     uint64_t spool_bytes; /* bytes of spool on disk (against spool_max_mb) */
+    uint64_t pending_bytes; /* of those, not in MariaDB yet: the backlog */
     bool connected;
 } mg_dblog_stats_t;
 

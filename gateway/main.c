@@ -541,11 +541,11 @@ static int dblog_page(void *ud, const char *query, struct evbuffer *out, const c
     mg_dblog_stats(ud, &st);
     *ctype = "application/json";
     evbuffer_add_printf(out,
-                        "{\"spooled\":%" PRIu64 ",\"inserted\":%" PRIu64
-                        ",\"duplicates\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"rejected\":%" PRIu64
-                        ",\"spool_bytes\":%" PRIu64 ",\"connected\":%s}\n",
+                        "{\"spooled\":%" PRIu64 ",\"inserted\":%" PRIu64 ",\"duplicates\":%" PRIu64
+                        ",\"lost\":%" PRIu64 ",\"rejected\":%" PRIu64 ",\"spool_bytes\":%" PRIu64
+                        ",\"pending_bytes\":%" PRIu64 ",\"connected\":%s}\n",
                         st.spooled, st.inserted, st.duplicates, st.lost, st.rejected,
-                        st.spool_bytes, st.connected ? "true" : "false");
+                        st.spool_bytes, st.pending_bytes, st.connected ? "true" : "false");
     return 200;
 }
 
@@ -571,9 +571,13 @@ static void dblog_metrics(void *ud, struct evbuffer *out)
     evbuffer_add_printf(out,
                         "# TYPE modelgate_request_log_db_spool_bytes gauge\n"
                         "modelgate_request_log_db_spool_bytes %" PRIu64 "\n"
+                        "# HELP modelgate_request_log_db_pending_bytes Spooled bytes not in "
+                        "MariaDB yet.\n"
+                        "# TYPE modelgate_request_log_db_pending_bytes gauge\n"
+                        "modelgate_request_log_db_pending_bytes %" PRIu64 "\n"
                         "# TYPE modelgate_request_log_db_connected gauge\n"
                         "modelgate_request_log_db_connected %d\n",
-                        st.spool_bytes, st.connected ? 1 : 0);
+                        st.spool_bytes, st.pending_bytes, st.connected ? 1 : 0);
 }
 
 /* The features' samples belong on /metrics too: one scrape sees everything. */

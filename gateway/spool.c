@@ -64,7 +64,7 @@ struct mg_spool {
 
     int rfd; /* reader: a cached descriptor of segment rseg, or -1 */
     uint64_t rseg;
-    mg_spool_pos_t committed; /* reader */
+    mg_spool_pos_t committed; /* written by the reader, under mu */
 };
 
 static void seg_name(char *out, size_t cap, uint64_t no)
@@ -496,10 +496,9 @@ mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
         MG_LOG(MG_LOG_ERROR, "spool", "%s/committed: cannot write: %s", s->dir, strerror(errno));
         return MG_E_IO;
     }
-    s->committed = pos;
-
     /* sealed segments wholly before |pos|, or read to their end, are done */
     pthread_mutex_lock(&s->mu);
+    s->committed = pos;
     size_t drop = 0;
     while (drop + 1 < s->nsegs &&
            (s->segs[drop].no < pos.seg ||
@@ -519,6 +518,21 @@ mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
     s->nsegs -= drop;
     pthread_mutex_unlock(&s->mu);
     return MG_OK;
+}
+
+uint64_t mg_spool_pending(mg_spool_t *s)
+{
+    uint64_t n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->nsegs; i++) {
+        const seg_t *g = &s->segs[i];
+        if (g->no > s->committed.seg)
+            n += g->size;
+        else if (g->no == s->committed.seg && g->size > s->committed.off)
+            n += g->size - s->committed.off;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return n;
 }
 
 uint64_t mg_spool_bytes(mg_spool_t *s)

@@ -77,6 +77,9 @@ mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos);
 /* Bytes of segment files on disk (what counts against the cap). Any thread. */
 uint64_t mg_spool_bytes(mg_spool_t *s);
 
+/* Bytes appended and not committed yet: what still waits for the database. Thread-safe. */
+uint64_t mg_spool_pending(mg_spool_t *s);
+
 /* Closes the files and frees |s|; what is not committed stays on disk for the next open. */
 void mg_spool_close(mg_spool_t *s);
 

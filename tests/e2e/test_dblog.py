@@ -428,6 +428,7 @@ def test_spool_cap_counts_losses(procs, away):
     st = wait_for(lambda: (lambda s: s if s["spooled"] + s["lost"] == n else None)(
         dblog_stats(admin_port)), 20, 0.1, "every record spooled or counted as lost")
     assert st["lost"] > 0 and st["spool_bytes"] <= 1 << 20, st
+    assert st["pending_bytes"] == st["spool_bytes"], st  # nothing went in while away
     assert said_after < 2.5, "the LOST line came %.1f s after the first loss" % said_after
     prom = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port, timeout=5).read()
     assert ("modelgate_request_log_db_lost_total %d\n" % st["lost"]).encode() in prom
@@ -439,6 +440,7 @@ def test_spool_cap_counts_losses(procs, away):
     else:
         db.proc.signal(signal.SIGCONT)
     wait_for(lambda: rows(db) == st["spooled"], 60, 0.1, "%d rows" % st["spooled"])
+    wait_for(lambda: dblog_stats(admin_port)["pending_bytes"] == 0, 10, 0.1, "no backlog")
     assert len(gw.access()) == n  # the access log has every record
     print("dblog: spool cap 1 MiB, MariaDB %s: %d requests, %d kept and inserted, %d counted "
           "as lost, said %.2f s after the first loss" % (away, n, rows(db), st["lost"],

@@ -118,7 +118,11 @@ static void append_read_commit(void **state)
     assert_int_equal(mg_spool_append(s, buf, n, &lost), MG_OK);
     assert_int_equal(lost, 0);
     assert_int_equal(mg_spool_bytes(s), 150);
+    assert_int_equal(mg_spool_pending(s), 150);
     assert_int_equal(read_all(s, &pos, 0, 100, true), 3);
+    /* committed: nothing pending, though the segment file stays until it is sealed */
+    assert_int_equal(mg_spool_pending(s), 0);
+    assert_int_equal(mg_spool_bytes(s), 150);
 
     /* a trailing partial line is not taken */
     n = make_lines(buf, 3, 2, 50);
