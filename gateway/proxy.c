@@ -460,9 +460,13 @@ static void arm_timer(exch_t *e, int64_t now)
     if (e->to_total)
         next = e->t_start + (int64_t)e->to_total * 1000;
     /* the pod's first-byte window opens once it could answer: the client sent all of the
-     * request (a slow upload is not the pod's delay); a wait in the queue is bounded anyway */
-    if (e->up && !e->resp_started && e->to_first_byte && (e->req_ended || mg_up_is_queued(e->up))) {
+     * request (a slow upload is not the pod's delay; on_timer fails only then), or it left the
+     * queue. Until then its deadline is a check point: on_end moves t_fb_start without a timer
+     * operation of its own, and the check re-arms for the window from there. */
+    if (e->up && !e->resp_started && e->to_first_byte) {
         int64_t d = e->t_fb_start + (int64_t)e->to_first_byte * 1000;
+        if (d <= now && !e->req_ended && !mg_up_is_queued(e->up))
+            d = now + (int64_t)e->to_first_byte * 1000; /* still uploading: check again later */
         next = d < next ? d : next;
     }
     if (e->to_idle) { /* t_activity is loop time: convert the deadline */
@@ -1272,9 +1276,8 @@ static void on_end(mg_srv_stream_t *s, const mg_hdr_t *trailers, size_t n)
     /* the pod's window opens now; a request still queued keeps its queue deadline (its window
      * opens when it leaves the queue, see on_timer) */
     if (had_body && e->up && !e->resp_started && !e->finished && !mg_up_is_queued(e->up)) {
-        int64_t now = mg_mono_us();
+        int64_t now = mg_mono_us(); /* the armed check point is earlier: it re-arms from here */
         e->t_fb_start = now > e->t_fb_start ? now : e->t_fb_start;
-        arm_timer(e, now);
     }
     if (n && e->feat._strip) { /* the server's fields are read-only: a copy, then stripped */
         mg_hdr_t *kept = mg_arena_alloc(mg_srv_arena(s), n * sizeof(*kept));
