@@ -814,6 +814,7 @@ void mg_reqlog_close(mg_reqlog_t *log)
     pthread_mutex_unlock(&log->mu);
     pthread_join(log->thread, NULL);
     if (!stop_file_thread(log)) {
+        report(log, log->sink != NULL, true); /* the losses counted so far, before giving up */
         MG_LOG(MG_LOG_WARN, "reqlog",
                "access log %s takes no more lines (a pipe nobody reads?); "
                "closing without its last lines%s",
