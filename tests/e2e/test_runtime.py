@@ -1007,17 +1007,20 @@ def test_corrupt_models_are_refused(procs, models):
             f.write(b"\x98\xfe" + bytes((k * 37 + 11) % 256 for k in range(254)))
         err = wait_failed(2, "garbage bytes")
         assert model in err, err
-        # 3. a model that loads but fails its warm-up (the descriptor's sample is too short)
-        models.copy("xgb_digits_reg.json", model)
-        descriptor(procs, "model-file.json", "2", warmup=[[1, 2, 3]])
+        # 3. a model that loads but fails its warm-up (the descriptor's sample is too short);
+        # a new file named by the new descriptor, so the watcher sees one change: a new model
+        # copied over the old name first could be taken with the old descriptor in between
+        model2 = os.path.join(work, "model-file-2.json")
+        models.copy("xgb_digits_reg.json", model2)
+        descriptor(procs, "model-file-2.json", "2", warmup=[[1, 2, 3]])
         err = wait_failed(3, "failed warm-up")
-        assert "warm-up" in err and model in err, err
+        assert "warm-up" in err and model2 in err, err
         # 4. a descriptor that is not JSON
         write_json(desc, '{"file": "model-file.json", "kind": ')
         err = wait_failed(4, "broken descriptor")
         assert desc in err, err
         # 5. a good model again: switches
-        descriptor(procs, "model-file.json", "2")
+        descriptor(procs, "model-file-2.json", "2")
         st = rt.wait_status(lambda d: d["switch"]["loads_ok"] == 2, 5.0, what="the switch",
                             strict=False)
         assert st["model"]["version"] == "2", st
