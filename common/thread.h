@@ -21,4 +21,8 @@ bool mg_thread_background(void);
  * false when it failed. */
 bool mg_thread_cond_init(pthread_cond_t *c);
 
+/* Joins |t| if it ends within |ms|; false when it did not (it is left running: for a thread
+ * stuck in a blocking call at shutdown, whose process is about to exit). */
+bool mg_thread_join_within(pthread_t t, unsigned ms);
+
 #endif /* MG_COMMON_THREAD_H */

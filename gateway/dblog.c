@@ -107,7 +107,7 @@ struct mg_dblog {
     time_t last_down_log;
     bool was_down;     /* a connection failed since the last success */
     bool maint_warned; /* "table not partitioned" said once */
-    time_t table_said; /* a refused table was said then (0: not refused) */
+    mg_log_cause_t table_refused;       /* why the table is refused: said once a minute */
     mg_log_cause_t insert_failed;       /* why batches are retried: said once a minute */
     unsigned max_chars[MG_DBROW_NCOLS]; /* the table's text column lengths (check_table) */
     size_t max_bytes[MG_DBROW_NCOLS];
@@ -412,17 +412,6 @@ static bool list_has(const char *list, const char *name)
     return false;
 }
 
-/* A refused table is said when first seen, then at most every DOWN_LOG_INTERVAL_S while the
- * connection is retried. */
-static bool table_say(mg_dblog_t *d)
-{
-    time_t now = time(NULL);
-    if (d->table_said != 0 && now - d->table_said < DOWN_LOG_INTERVAL_S)
-        return false;
-    d->table_said = now;
-    return true;
-}
-
 /* A table an operator created may differ from ours. Two differences matter:
  * - Exactly-once rests on a unique key of (time, id) or (id): without one a replay after a
  *   crash inserts records twice; and a unique key without id (say on request_id, which clients
@@ -437,33 +426,34 @@ static bool check_table(mg_dblog_t *d)
                               "TABLE_NAME = '%s' AND NON_UNIQUE = 0 GROUP BY INDEX_NAME");
     if (r == NULL)
         return false;
-    bool idempotent = false, merging = false, say = table_say(d);
+    bool idempotent = false;
+    char why[400] = ""; /* the first problem found */
     MYSQL_ROW row;
     while ((row = mysql_fetch_row(r)) != NULL && row[0] && row[1]) {
         const char *cols = row[1];
-        if (!list_has(cols, "id")) {
-            if (say)
-                MG_LOG(MG_LOG_ERROR, "dblog",
-                       "table %s: unique key %s (%s) would merge "
-                       "distinct request records into one row; make it a plain KEY. Records "
-                       "wait in spool %s",
-                       d->c.table, row[0], cols, d->c.spool_dir);
-            merging = true;
-        } else if (strcmp(cols, "time,id") == 0 || strcmp(cols, "id,time") == 0 ||
-                   strcmp(cols, "id") == 0) {
+        if (!list_has(cols, "id") && !*why)
+            snprintf(why, sizeof(why),
+                     "unique key %s (%.100s) would merge distinct request "
+                     "records into one row; make it a plain KEY",
+                     row[0], cols);
+        else if (strcmp(cols, "time,id") == 0 || strcmp(cols, "id,time") == 0 ||
+                 strcmp(cols, "id") == 0)
             idempotent = true;
-        }
     }
     mysql_free_result(r);
-    if (!idempotent && say)
-        MG_LOG(MG_LOG_ERROR, "dblog",
-               "table %s has no PRIMARY KEY (time, id): a replay after a "
-               "crash would insert records twice; add it (conf/request_log.sql). Records wait in "
-               "spool %s",
-               d->c.table, d->c.spool_dir);
-    if (!idempotent || merging)
+    if (!idempotent && !*why)
+        snprintf(why, sizeof(why),
+                 "has no PRIMARY KEY (time, id): a replay after a crash would "
+                 "insert records twice; add it (conf/request_log.sql)");
+    if (*why) { /* said when new, then once a minute while the connection is retried */
+        unsigned long again;
+        char more[64];
+        if (mg_log_cause_pass(&d->table_refused, why, DOWN_LOG_INTERVAL_S, &again))
+            MG_LOG(MG_LOG_ERROR, "dblog", "table %s: %s. Records wait in spool %s%s", d->c.table,
+                   why, d->c.spool_dir, mg_log_repeats(more, sizeof(more), again));
         return false;
-    d->table_said = 0;
+    }
+    mg_log_cause_reset(&d->table_refused);
 
     r = table_info(d, "columns",
                    "SELECT COLUMN_NAME, LEAST(CHARACTER_MAXIMUM_LENGTH, 1000000), "
@@ -979,10 +969,7 @@ void mg_dblog_close(mg_dblog_t *d)
     /* The thread stops inserting after CLOSE_DRAIN_MS, but a call into the client library
      * can wait up to its I/O timeout (10 s) on a MariaDB that hangs: past a grace period the
      * process goes on without it. What it held is in the spool for the next start. */
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl); /* pthread_timedjoin_np's clock */
-    dl.tv_sec += (CLOSE_DRAIN_MS + CLOSE_GRACE_MS) / 1000;
-    if (pthread_timedjoin_np(d->thread, NULL, &dl) != 0) {
+    if (!mg_thread_join_within(d->thread, CLOSE_DRAIN_MS + CLOSE_GRACE_MS)) {
         MG_LOG(MG_LOG_WARN, "dblog",
                "MariaDB %s:%u did not answer within %d ms of the stop; the %" PRIu64
                " spooled bytes go in at the next start",

@@ -647,7 +647,6 @@ static void *file_main(void *arg)
 
 /* ---------------------------------------------------------------- public API */
 
-/* After the writer is gone: the file thread writes what it still holds, then ends. */
 /* After the writer is gone: the file thread writes what it still holds, then ends. A file that
  * takes nothing (a pipe nobody reads) would hold the exit for ever: past FILE_CLOSE_MS it is
  * left behind, blocked, and false is returned (its lines are in the sink). */
@@ -657,10 +656,7 @@ static bool stop_file_thread(mg_reqlog_t *log)
     log->fstopping = true;
     pthread_cond_signal(&log->fcond);
     pthread_mutex_unlock(&log->fmu);
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl); /* pthread_timedjoin_np's clock */
-    dl.tv_sec += FILE_CLOSE_MS / 1000;
-    return pthread_timedjoin_np(log->file_thread, NULL, &dl) == 0;
+    return mg_thread_join_within(log->file_thread, FILE_CLOSE_MS);
 }
 
 mg_reqlog_t *mg_reqlog_open(const char *path)
