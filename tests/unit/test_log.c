@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "capture.h"
 #include "common/log.h"
 
 static long long mono_s(void)
@@ -163,28 +164,6 @@ static void cause_period_and_reset(void **state)
     assert_int_equal(rep, 0);
 }
 
-/* Runs |fn| with stderr pointed at a pipe; returns what it wrote (NUL-terminated). */
-static size_t capture(void (*fn)(void), char *out, size_t cap)
-{
-    int p[2];
-    assert_int_equal(pipe(p), 0);
-    fflush(stderr);
-    int saved = dup(STDERR_FILENO);
-    assert_true(saved >= 0);
-    assert_true(dup2(p[1], STDERR_FILENO) >= 0);
-    fn();
-    assert_true(dup2(saved, STDERR_FILENO) >= 0);
-    close(saved);
-    close(p[1]);
-    size_t len = 0;
-    ssize_t n;
-    while (len + 1 < cap && (n = read(p[0], out + len, cap - 1 - len)) > 0)
-        len += (size_t)n;
-    close(p[0]);
-    out[len] = '\0';
-    return len;
-}
-
 static void emit_short(void)
 {
     MG_LOG(MG_LOG_WARN, "health", "backend '%s' ejected after %u failed checks", "models-a", 3u);
@@ -208,7 +187,7 @@ static void emit_format(void **state)
     (void)state;
     char out[8192];
     mg_log_level = MG_LOG_INFO;
-    size_t len = capture(emit_short, out, sizeof(out));
+    size_t len = mg_test_capture_stderr(emit_short, out, sizeof(out));
     const char *want = " warn health: backend 'models-a' ejected after 3 failed checks\n";
     assert_true(len == 24 + strlen(want));
     assert_string_equal(out + 24, want);
@@ -224,7 +203,7 @@ static void emit_truncates(void **state)
     (void)state;
     char out[8192];
     mg_log_level = MG_LOG_INFO;
-    size_t len = capture(emit_long, out, sizeof(out));
+    size_t len = mg_test_capture_stderr(emit_long, out, sizeof(out));
     assert_true(len > 1000 && len <= 2047);
     assert_int_equal(out[len - 1], '\n');
     assert_ptr_equal(strchr(out, '\n'), out + len - 1);
@@ -236,12 +215,12 @@ static void level_filters(void **state)
     (void)state;
     char out[256];
     mg_log_level = MG_LOG_INFO;
-    assert_int_equal(capture(emit_filtered, out, sizeof(out)), 0);
+    assert_int_equal(mg_test_capture_stderr(emit_filtered, out, sizeof(out)), 0);
     mg_log_level = MG_LOG_DEBUG;
-    assert_true(capture(emit_filtered, out, sizeof(out)) > 0);
+    assert_true(mg_test_capture_stderr(emit_filtered, out, sizeof(out)) > 0);
     assert_non_null(strstr(out, " debug test: not written at level info\n"));
     mg_log_level = MG_LOG_ERROR;
-    assert_int_equal(capture(emit_short, out, sizeof(out)), 0);
+    assert_int_equal(mg_test_capture_stderr(emit_short, out, sizeof(out)), 0);
     mg_log_level = MG_LOG_INFO;
 }
 
