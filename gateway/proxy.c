@@ -990,15 +990,6 @@ static const mg_up_cbs_t up_cbs = {
 
 /* ---------- server (client side) callbacks ---------- */
 
-static const mg_hdr_t *find_hdr(const mg_srv_req_t *req, const char *name)
-{
-    size_t len = strlen(name);
-    for (size_t i = 0; i < req->nhdrs; i++)
-        if (name_is(&req->hdrs[i], name, len))
-            return &req->hdrs[i];
-    return NULL;
-}
-
 static uint64_t hash_bytes(const char *s, size_t n)
 {
     uint64_t h = 1469598103934665603ull; /* FNV-1a; the balancer mixes it again */
@@ -1050,7 +1041,11 @@ static bool choose_service(exch_t *e, const mg_srv_req_t *req)
             e->hash_key = hash_bytes(ip, strlen(ip));
             e->has_key = true;
         } else {
-            const mg_hdr_t *k = find_hdr(req, svc->hash_header);
+            /* the key by the same rule as the unit above: a header given twice, or as a
+             * list, names no one key (either copy may be forged, and a hop may join them),
+             * so the request is balanced as one without it, not pinned by its first copy */
+            const mg_hdr_t *k = mg_field_single(req->hdrs, req->nhdrs, svc->hash_header,
+                                                strlen(svc->hash_header), NULL);
             if (k && k->value_len) {
                 e->hash_key = hash_bytes(k->value, k->value_len);
                 e->has_key = true;

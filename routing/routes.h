@@ -91,7 +91,7 @@ typedef struct mg_service {
     struct mg_balance *lb;     /* NULL when npods == 0 */
     int policy;                /* mg_balance_policy_t */
     mg_hash_on_t hash_on;
-    char *hash_header;         /* lowercase; consistent hash on a header */
+    char *hash_header; /* lowercase; consistent hash on it (mg_field_single) */
     uint32_t slow_start_ms;
     mg_health_conf_t health;
     char *model_version;       /* pods must report this in /v1/status; NULL = any */

@@ -275,6 +275,44 @@ def test_consistent_hash_keeps_users_and_moves_few_when_a_pod_joins(procs):
     assert 0.10 < len(moved) / len(users) < 0.40
 
 
+def test_consistent_hash_key_given_twice_names_no_key(procs):
+    """With hash_key "header:x-user-id", x-user-id: a plus x-user-id: b went always to a's pod
+    (the first copy was the key), and "a, b" to the pod of that whole string, while features
+    and sticky splits take either form as no unit (mg_field_single). Either copy may be the
+    forged one, and any hop may join the two lines into one list: the request is balanced as
+    one without the header (least_request), in HTTP/1.1 and HTTP/2."""
+    pods = [procs.backend("p%d" % i) for i in range(3)]
+    s = svc(*pods, policy="consistent_hash", hash_key="header:x-user-id")
+    gw = procs.gateway(doc({"s": s}, [route(service="s")]), tls=False)
+    c = httpx.Client(timeout=10)
+
+    def pod(*users):
+        r = c.get("http://127.0.0.1:%d/" % gw.port,
+                  headers=[("host", "%s:%d" % (HOST, gw.port))] +
+                  [("x-user-id", u) for u in users])
+        assert r.status_code == 200, r.text
+        return r.headers["x-pod"]
+
+    home = {}
+    for i in range(64):  # two users the ring puts on different pods
+        home.setdefault(pod("u%d" % i), "u%d" % i)
+        if len(home) == 2:
+            break
+    (pa, a), (pb, b) = sorted(home.items())
+    assert all(pod(a) == pa and pod(b) == pb for _ in range(5))  # one key: its pod, always
+    for users in ((a, b), (b, a), ("%s, %s" % (a, b),), ("%s,%s" % (b, a),)):
+        seen = {pod(*users) for _ in range(30)}
+        assert len(seen) >= 2, (users, seen)  # pinned to one pod: P = 3 * (1/3)^30 if at random
+    c.close()
+    with gw.h2() as h2c:
+        seen = set()
+        for _ in range(30):
+            st = h2c.get("/", headers=[("x-user-id", a), ("x-user-id", b)])
+            assert st.status == 200, st
+            seen.add(st.headers["x-pod"])
+        assert len(seen) >= 2, seen
+
+
 # ------------------------------------------------------------------------------------------
 # health and resilience
 
