@@ -13,8 +13,9 @@
  * with the TTL; other workers' local caches follow within features.local.ttl_ms. PUT and DELETE
  * answers say "redis": "refreshed", "off" or "not_refreshed" (+ "redis_error"); a bulk load
  * counts the stored rows Redis missed in "redis_not_refreshed" (+ "redis_error"). Bodies are
- * validated against the app's groups (unknown group, wrong type, over max_header_bytes: the row
- * is refused with the reason; in a bulk load, so is a line over 64 KiB, and the load goes on).
+ * validated against the app's groups (unknown group, wrong type, a list over max_items, over
+ * max_header_bytes: the row is refused with the reason; in a bulk load, so is a line over
+ * 64 KiB, and the load goes on).
  * The bulk load is streamed: rows go to MariaDB in batches of 500 (or 1 MiB of features) and
  * the request body is read no faster than they are stored (flow control), so any size loads in
  * bounded memory.

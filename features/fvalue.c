@@ -118,6 +118,17 @@ static bool group_value(const mg_fgroup_t *g, const json_t *v, bool strict, json
     case MG_FGROUP_LIST: {
         if (!json_is_array(v))
             return strict ? bad(why, cap, "group \"%s\" must be an array (a list)", g->name) : true;
+        /* A write of more items than the group keeps is refused, not cut: which ones the
+         * gateway kept would be a guess at what the writer meant, and the stored snapshot
+         * (and its hash) would differ from what was sent. Reads keep the first max_items,
+         * as LRANGE 0 max_items-1 does on Redis. */
+        if (strict && json_array_size(v) > g->max_items) {
+            snprintf(why, cap,
+                     "group \"%s\" has %zu items, more than its max_items (%u); send at most "
+                     "%u, newest first",
+                     g->name, json_array_size(v), g->max_items, g->max_items);
+            return false;
+        }
         n = json_array();
         for (size_t i = 0; i < json_array_size(v); i++) {
             json_t *s = as_string(json_array_get(v, i));

@@ -15,7 +15,8 @@
  *
  * Normalization (mg_fval_normalize) keeps the app's configured groups only: hash = a flat object
  * whose values become strings (numbers and booleans as their JSON text), list = an array of such
- * strings cut to max_items (the first ones: newest first), json = any value. A group whose
+ * strings, at most max_items (a write with more is refused; a read keeps the first ones, the
+ * newest, as Redis's LRANGE does), json = any value. A group whose
  * value is empty (mg_fval_is_empty: {} or [], whatever the group's type) is dropped: Redis
  * cannot store an empty hash or list, and features.c applies the same rule to what Redis holds
  * (a json key of "{}" or " [ ]"), so every store gives the same text.
@@ -57,8 +58,9 @@ bool mg_fval_is_empty(const json_t *v);
 
 /*
  * Normalizes |doc| ({group: value}) for |app|. |strict| (writes): an unknown group, a wrong
- * type or a nested value is an error (NULL, reason in |why|); otherwise (reads of data written
- * by others) such groups and values are skipped. Returns a new object (caller decrefs).
+ * type, a nested value or a list of more than max_items is an error (NULL, reason in |why|);
+ * otherwise (reads of data written by others) such groups and values are skipped and lists
+ * cut. Returns a new object (caller decrefs).
  */
 json_t *mg_fval_normalize(const mg_fapp_t *app, const json_t *doc, bool strict, char *why,
                           size_t cap);

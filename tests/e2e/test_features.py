@@ -594,6 +594,31 @@ def test_admin_refuses_a_key_given_twice(stack):
     assert doc["errors"][0]["line"] == 1 and "duplicate" in doc["errors"][0]["error"], doc
 
 
+def test_admin_refuses_a_list_over_max_items(stack):
+    """A PUT whose list group held more than max_items was stored cut to the first max_items,
+    answered 200 with the hash of what was kept: the caller never learned that items were
+    dropped. Refused now, with the group, its length and max_items; in a bulk load the line
+    is rejected with the same reason and the others are stored."""
+    items = ["i%d" % i for i in range(51)]  # recent: max_items 50
+    r = stack.admin("PUT", "/v1/features/digits/long1", json.dumps({"recent": items}))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "bad_features", err
+    assert err["message"] == ('group "recent" has 51 items, more than its max_items (50); '
+                              'send at most 50, newest first'), err
+    assert stack.db.query("SELECT COUNT(*) FROM user_features WHERE user_id='long1'")[0][0] == 0
+    assert stack.r.get("mgf:v1:digits:long1") is None
+    r = stack.admin("PUT", "/v1/features/digits/long1", json.dumps({"recent": items[:50]}))
+    assert r.status_code == 200, r.text
+    assert r.json()["hash"] == feature_hash(canonical({"recent": items[:50]}))
+    body = "\n".join(json.dumps({"user": u, "features": {"recent": items[:n]}})
+                     for u, n in (("long2", 50), ("long3", 51), ("long4", 1))).encode()
+    doc = bulk_post(stack, body).json()
+    assert doc["accepted"] == 2 and doc["rejected"] == 1, doc
+    assert doc["errors"] == [{"line": 2, "error": err["message"]}], doc
+    assert stack.db.query("SELECT COUNT(*) FROM user_features WHERE user_id='long3'")[0][0] == 0
+
+
 def test_admin_user_id_may_be_percent_encoded(stack):
     # a client that encodes '@' (urllib.parse.quote, encodeURIComponent) means the same user
     r = stack.admin("PUT", "/v1/features/digits/ann%40example.com",

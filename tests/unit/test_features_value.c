@@ -63,9 +63,9 @@ static void canonical_text(void **state)
     char *s = normalized(a,
                          "{\"vec\": [0.5, 2], \"recent\": [\"a\", 7, true, \"d\"],"
                          " \"profile\": {\"z\": 1, \"a\": \"x\", \"caf\\u00e9\": \"ol\\u00e9\"}}",
-                         true, why);
+                         false, why);
     assert_non_null(s);
-    /* keys sorted, compact, ASCII; scalars as strings; list cut to max_items */
+    /* keys sorted, compact, ASCII; scalars as strings; a read cuts a list to max_items */
     assert_string_equal(s, "{\"profile\":{\"a\":\"x\",\"caf\\u00e9\":\"ol\\u00e9\",\"z\":\"1\"},"
                            "\"recent\":[\"a\",\"7\",\"true\"],\"vec\":[0.5,2]}");
     free(s);
@@ -84,6 +84,13 @@ static void strict_and_lenient(void **state)
     assert_non_null(strstr(why, "unknown group \"other\""));
     assert_null(normalized(a, "{\"recent\": \"x\"}", true, why));
     assert_null(normalized(a, "{\"profile\": {\"a\": [1]}}", true, why));
+    /* a write of more items than max_items (3) is refused, naming the group and the counts */
+    assert_null(normalized(a, "{\"recent\": [\"a\", \"b\", \"c\", \"d\"]}", true, why));
+    assert_string_equal(why, "group \"recent\" has 4 items, more than its max_items (3); send at "
+                             "most 3, newest first");
+    char *three = normalized(a, "{\"recent\": [\"a\", \"b\", \"c\"]}", true, why);
+    assert_string_equal(three, "{\"recent\":[\"a\",\"b\",\"c\"]}");
+    free(three);
     char *s = normalized(a,
                          "{\"other\": 1, \"recent\": \"x\", \"profile\": {\"a\": [1], "
                          "\"b\": 2}}",
