@@ -168,7 +168,9 @@ static void on_done_single(mg_fwrite_t *w)
     } else if (w->err != MG_OK) {
         reply_error(r, 503, "features_unavailable", "%s", w->errmsg);
     } else if (w->op == MG_FW_PUT) {
-        mg_fval_t *v = mg_fval_from_json(w->docs[0]);
+        /* no group with a value ({}, or only empty ones): the user has no features, nothing
+         * is sent for them (miss), so there is no snapshot to name */
+        mg_fval_t *v = json_object_size(w->docs[0]) ? mg_fval_from_json(w->docs[0]) : NULL;
         json_t *body = json_pack("{s:s,s:s,s:s?,s:I}", "app", r->app->name, "user", r->user, "hash",
                                  v ? v->hash : NULL, "bytes", (json_int_t)(v ? v->len : 0));
         add_redis(body, w->redis, w->redis_errmsg);
@@ -187,7 +189,7 @@ static void on_done_single(mg_fwrite_t *w)
         char why[256];
         json_t *raw = json_loads(w->got, 0, &jerr);
         json_t *doc = raw ? mg_fval_normalize(r->app, raw, false, why, sizeof(why)) : NULL;
-        mg_fval_t *v = doc ? mg_fval_from_json(doc) : NULL;
+        mg_fval_t *v = json_object_size(doc) ? mg_fval_from_json(doc) : NULL;
         reply_json(r, 200,
                    json_pack("{s:s,s:s,s:o?,s:s?}", "app", r->app->name, "user", r->user,
                              "features", raw ? json_incref(raw) : NULL, "hash",

@@ -87,7 +87,7 @@ struct fetch {
      * broke it): MariaDB answers instead, and its write-back repairs the keys; NULL = fine */
     const char *redis_broken;
     bool text_oom;        /* a fragment could not be written: the lookup ends "unavailable" */
-    int marker;           /* -1 absent, 0 unknown user, 1 known user */
+    int marker;           /* -1 absent, 0 user without features, 1 features in the groups */
     char *text;           /* the groups' fragments (malloc), then the assembled snapshot text */
     size_t tlen, tcap;
     frag_t frag[MAX_GROUPS];
@@ -341,6 +341,15 @@ static void to_db(fetch_t *fx, int64_t now)
 
 static mg_fval_t *snapshot(fetch_t *fx);
 
+/* True when a group of the pipeline's replies has a value (a fragment of the snapshot). */
+static bool has_group(const fetch_t *fx)
+{
+    for (size_t i = 0; i < fx->app->ngroups; i++)
+        if (fx->frag[i].len)
+            return true;
+    return false;
+}
+
 /* All of the pipeline's replies are in. */
 static void redis_done(fetch_t *fx)
 {
@@ -365,7 +374,7 @@ static void redis_done(fetch_t *fx)
                    "rewrites the user's keys (%lu similar suppressed)",
                    fx->app->name, fx->redis_broken, skipped);
         to_db(fx, now);
-    } else if (fx->marker == 1) {
+    } else if (fx->marker == 1 && (fx->text_oom || has_group(fx))) {
         MG_FM_INC(f->m->redis_hit);
         mg_fval_t *val = snapshot(fx);
         if (val == NULL) {
@@ -375,7 +384,9 @@ static void redis_done(fetch_t *fx)
         lru_store(f, fx, val, now);
         fetch_finish(fx, MG_FS_HIT, val, now);
         mg_fval_unref(val);
-    } else if (fx->marker == 0) {
+    } else if (fx->marker == 0 || fx->marker == 1) {
+        /* 0, or 1 with every group key absent or empty: the user has no features, as a
+         * MariaDB row without any (conf/README.md "What the pod receives") */
         MG_FM_INC(f->m->redis_negative);
         lru_store(f, fx, NULL, now);
         fetch_finish(fx, MG_FS_MISS, NULL, now);
@@ -612,8 +623,9 @@ static void add_group(fetch_t *fx, size_t gi, const redisReply *r)
         fx->frag[gi] = (frag_t){start, fx->tlen - start};
 }
 
-/* The snapshot of a known user: {"group":fragment,...}, groups sorted by name (names are
- * [a-z0-9_]: nothing to escape); "{}" when no group has a value. NULL when out of memory. */
+/* The snapshot of a known user with a group that has a value (has_group): {"group":fragment,
+ * ...}, groups sorted by name (names are [a-z0-9_]: nothing to escape). NULL when out of
+ * memory. */
 static mg_fval_t *snapshot(fetch_t *fx)
 {
     const mg_fapp_t *a = fx->app;

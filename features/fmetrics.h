@@ -17,7 +17,7 @@ struct evbuffer;
 /* Request outcomes, as sent in x-modelgate-features and logged. */
 typedef enum mg_fstatus {
     MG_FS_HIT = 0,         /* features attached */
-    MG_FS_MISS = 1,        /* the user has no features (unknown everywhere) */
+    MG_FS_MISS = 1,        /* the user has no features (unknown, or none has a value) */
     MG_FS_TIMEOUT = 2,     /* the app's budget passed first */
     MG_FS_UNAVAILABLE = 3, /* a store is down or failed */
     MG_FS_NONE = 4,        /* no (valid) unit id in the request */

@@ -549,8 +549,10 @@ static void cmd_add(cmd_t *c, const char *s, size_t len)
 
 #define CMD_S(c, s) cmd_add((c), (s), strlen(s))
 
-/* Appends to the pipeline the commands that make Redis hold |doc| (NULL: the user is unknown)
- * for (app, user); returns how many replies to read. Layout: conf/README.md "features". */
+/* Appends to the pipeline the commands that make Redis hold |doc| (normalized; NULL: the user
+ * is unknown) for (app, user); returns how many replies to read. Layout: conf/README.md
+ * "features". A user without features (NULL, or a |doc| without groups: empty ones were left
+ * out) gets the marker 0, for redis.negative_ttl_s when MariaDB has no row, else for ttl_s. */
 static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *app, const char *user,
                        const json_t *doc)
 {
@@ -603,7 +605,7 @@ static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *ap
         free(cmd.lens);
     }
     snprintf(ttl, sizeof(ttl), "%u", doc ? c->redis.ttl_s : c->redis.negative_ttl_s);
-    redisAppendCommand(r, "SET %s %s EX %s", base, doc ? "1" : "0", ttl);
+    redisAppendCommand(r, "SET %s %s EX %s", base, json_object_size(doc) > 0 ? "1" : "0", ttl);
     redisAppendCommand(r, "EXEC");
     return n + 2;
 }
@@ -724,11 +726,11 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
                    j->app->name, j->user);
     }
     mysql_free_result(res);
-    if (doc) {
+    if (doc && json_object_size(doc) > 0) {
         j->val = mg_fval_from_json(doc);
         j->result = j->val ? MG_FDB_HIT : MG_FDB_ERROR;
         MG_FM_INC(s->dbm.hit);
-    } else {
+    } else { /* no row, or one whose groups are all empty ({}): the user has no features */
         j->result = MG_FDB_MISS;
         MG_FM_INC(s->dbm.miss);
     }

@@ -39,7 +39,7 @@ typedef struct mg_fsink mg_fsink_t;
 
 typedef enum mg_fdb_result {
     MG_FDB_HIT = 0,   /* the user has a row: |val| */
-    MG_FDB_MISS = 1,  /* no row: an unknown user */
+    MG_FDB_MISS = 1,  /* no row (an unknown user), or a row without features ({}) */
     MG_FDB_ERROR = 2, /* MariaDB failed or is not configured */
 } mg_fdb_result_t;
 

@@ -619,6 +619,35 @@ def test_admin_refuses_a_list_over_max_items(stack):
     assert stack.db.query("SELECT COUNT(*) FROM user_features WHERE user_id='long3'")[0][0] == 0
 
 
+def test_features_without_any_group_are_no_features(stack):
+    """A PUT of {} (or of empty groups only) made the user a "hit" with x-user-features: {}
+    and a hash, while an unknown or deleted user is a "miss": two answers for "this user has
+    no features". One now, whichever store holds it: a user without a group that has a value
+    is a miss, without x-user-features, and Redis holds the marker 0 (for redis.ttl_s, as the
+    user is known to MariaDB; an unknown one's is for negative_ttl_s). The row stays: GET
+    answers it, with no hash since nothing is sent."""
+    for user, body in (("e1", {}), ("e2", {"recent": [], "profile": {}, "vec": []})):
+        r = stack.admin("PUT", "/v1/features/digits/" + user, json.dumps(body))
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert doc["hash"] is None and doc["bytes"] == 0 and doc["redis"] == "refreshed", doc
+        assert stack.r.get("mgf:v1:digits:" + user) == b"0"
+        assert 50 <= stack.r.ttl("mgf:v1:digits:" + user) <= 60  # ttl_s, not negative_ttl_s
+        r = stack.admin("GET", "/v1/features/digits/" + user)
+        assert r.status_code == 200 and r.json()["features"] == {} and r.json()["hash"] is None
+    stack.put_db("e3", {})  # rows a pipeline wrote, read from MariaDB
+    stack.put_db("e4", {"recent": [], "vec": {}})
+    stack.put_redis("e5")  # a pipeline's marker 1 without any group key
+    for user in ("e1", "e2", "e3", "e4", "e5"):
+        h = stack.get(user)
+        assert h["x-modelgate-features"] == "miss" and "x-user-features" not in h, (user, h)
+    for user in ("e3", "e4"):  # written back as a user without features
+        assert stack.r.get("mgf:v1:digits:" + user) == b"0"
+        assert 50 <= stack.r.ttl("mgf:v1:digits:" + user) <= 60
+    recs = stack.gw.wait_access(5)
+    assert all(r["features"] == "miss" and r.get("features_hash") is None for r in recs), recs
+
+
 def test_admin_user_id_may_be_percent_encoded(stack):
     # a client that encodes '@' (urllib.parse.quote, encodeURIComponent) means the same user
     r = stack.admin("PUT", "/v1/features/digits/ann%40example.com",
