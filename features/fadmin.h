@@ -10,9 +10,10 @@
  *           hold {"line", "last_line", "error"}: the lines of each batch it did not store
  *
  * Writes go to MariaDB (the source of truth), then refresh Redis (mgf:v1 layout, conf/README.md)
- * with the TTL; other workers' local caches follow within features.local.ttl_ms. PUT and DELETE
- * answers say "redis": "refreshed", "off" or "not_refreshed" (+ "redis_error"); a bulk load
- * counts the stored rows Redis missed in "redis_not_refreshed" (+ "redis_error"). Bodies are
+ * with the TTL; then every worker of this process drops its cached copies of the users written,
+ * before the answer (fsource.h); other gateways' copies expire (conf/README.md "Admin API"). PUT
+ * and DELETE answers say "redis": "refreshed", "off" or "not_refreshed" (+ "redis_error"); a bulk
+ * load counts the stored rows Redis missed in "redis_not_refreshed" (+ "redis_error"). Bodies are
  * validated against the app's groups (unknown group, wrong type, a list over max_items, over
  * max_header_bytes: the row is refused with the reason; in a bulk load, so is a line over
  * 64 KiB, and the load goes on).

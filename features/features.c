@@ -80,6 +80,10 @@ struct fetch {
     int64_t timer_at;   /* the deadline it is armed for; INT64_MAX when idle */
     int redis_pending;
     bool redis_failed, in_db;
+    /* an admin write of the user came in while it ran (on_evict): it may have read the old
+     * features, so it settles its waiters but caches nothing, and it is off the map (a new
+     * request starts a new fetch rather than join it), on f->outdated by hnext instead */
+    bool outdated;
     bool in_rq;                 /* on f's queue of pipelines sent (while replies are due) */
     fetch_t *rq_prev, *rq_next; /* that queue, oldest first: Redis answers in order */
     int64_t sent_us;            /* when the pipeline was queued */
@@ -109,6 +113,7 @@ struct mg_features {
     unsigned backoff_ms;
     uint64_t rng;
     fetch_t *map[NFETCH_BUCKETS];
+    fetch_t *outdated; /* fetches taken off the map by on_evict, still running; rare */
     size_t nfetches;
     size_t nwaiting_db; /* fetches waiting on MariaDB (at most mariadb.max_waiting) */
     uint64_t sent[NSENT]; /* hashes of snapshots that went out, by their low bits */
@@ -172,6 +177,8 @@ static void lru_store(mg_features_t *f, const fetch_t *fx, mg_fval_t *val, int64
 {
     const mg_fconf_t *c = f->conf;
     int64_t now = now_at / 1000;
+    if (fx->outdated)
+        return;
     if (val && c->local.ttl_ms) {
         mg_fval_ref(val);
         mg_flru_put(f->lru, fx->key, fx->klen, val, now + c->local.ttl_ms,
@@ -270,7 +277,9 @@ static void rq_unlink(fetch_t *fx)
 static void fetch_free(fetch_t *fx)
 {
     mg_features_t *f = fx->f;
-    fetch_t **pp = fetch_slot(f, fx->key, fx->klen);
+    fetch_t **pp = fx->outdated ? &f->outdated : fetch_slot(f, fx->key, fx->klen);
+    while (*pp && *pp != fx) /* on the map, fetch_slot found it already */
+        pp = &(*pp)->hnext;
     if (*pp == fx)
         *pp = fx->hnext;
     f->nfetches--;
@@ -295,6 +304,35 @@ static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val, int64_t n
             wake(fx, fx->head, st, val, now);
     }
     fetch_free(fx);
+}
+
+/* An admin write of |users| of |app| took effect (fsource.h, mg_fsink_evict_fn): drop the
+ * worker's copies, positive or negative, and keep a fetch already running for one of them from
+ * caching what it read before. Runs on the worker's thread, off the request path. */
+static void on_evict(void *ud, const mg_fapp_t *app, const char *const *users, size_t n)
+{
+    mg_features_t *f = ud;
+    char key[64 + 1 + 128 + 1];
+    size_t alen = strlen(app->name);
+    if (alen > 64) /* never looked up (mg_features_start) */
+        return;
+    memcpy(key, app->name, alen + 1);
+    for (size_t i = 0; i < n; i++) {
+        size_t ulen = strlen(users[i]);
+        if (ulen > 128)
+            continue;
+        memcpy(key + alen + 1, users[i], ulen);
+        size_t klen = alen + 1 + ulen;
+        mg_flru_del(f->lru, key, klen);
+        fetch_t **pp = fetch_slot(f, key, klen);
+        fetch_t *fx = *pp;
+        if (fx) {
+            *pp = fx->hnext;
+            fx->hnext = f->outdated;
+            f->outdated = fx;
+            fx->outdated = true;
+        }
+    }
 }
 
 static void on_db_result(void *ud, void *tag, mg_fdb_result_t r, mg_fval_t *val)
@@ -1089,7 +1127,7 @@ mg_features_t *mg_features_new(mg_fsource_t *src, struct event_base *base, unsig
     f->m = mg_fsource_metrics(src, worker);
     f->rng = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)worker << 32) ^ (uint64_t)mg_mono_us();
     f->lru = mg_flru_new(f->conf->local.max_entries, drop_val);
-    f->sink = mg_fsink_new(src, base, on_db_result, f);
+    f->sink = mg_fsink_new(src, base, on_db_result, on_evict, f);
     f->rtimer = evtimer_new(base, on_rtimer, f);
     evtimer_assign(&f->rwatch, base, on_rwatch, f);
     f->rpool = mg_rreply_pool_new();
@@ -1118,6 +1156,8 @@ void mg_features_free(mg_features_t *f)
     for (size_t b = 0; b < NFETCH_BUCKETS; b++)
         while (f->map[b])
             fetch_free(f->map[b]);
+    while (f->outdated)
+        fetch_free(f->outdated);
     if (f->rtimer)
         event_free(f->rtimer);
     mg_flru_free(f->lru);

@@ -4,7 +4,8 @@
  * For a request to an app with features, the unit id (the configured header, x-user-id by
  * default) selects the user's features, looked up in order in
  *   1. the worker's local LRU (fresh, or stale: served while refreshed in the background;
- *      negative entries remember unknown users),
+ *      negative entries remember unknown users; an admin write of a user drops the entry of
+ *      every worker of the process before it answers: fsource.h),
  *   2. Redis, in one pipelined round trip for all the app's groups (hiredis async on the
  *      worker's base; reconnects with backoff; a connection whose replies are overdue by
  *      redis.connect_timeout_ms is dropped; while it is down, lookups fail at once),

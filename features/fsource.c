@@ -10,6 +10,13 @@
  * completing a job appends one result per waiter to its sink's queue and writes one byte to
  * the sink's pipe (a full pipe already holds a wake-up).
  *
+ * A PUT or DELETE that MariaDB took is announced to every sink once Redis has it (an eviction:
+ * the app and a copy of the users, one node per sink, counted in |pending|): each worker drops
+ * its local copies of those users on its own thread, so the workers of this process never
+ * serve the old features (or the old "unknown user") after the write's answer. The MariaDB
+ * thread waits for the count to reach 0 before the write completes, at most EVICT_WAIT_MS (a
+ * worker that left its loop, or one stuck that long, drops them when it gets to them).
+ *
  * A thread that fails to connect to MariaDB fails its jobs at once for the next 500 ms instead
  * of blocking each of them for the connect timeout; a broken connection is reopened once per
  * job. Redis write-back failures are counted and logged (rate-limited; a connect or handshake
@@ -38,6 +45,7 @@
 #define LINGER_MS 1000
 #define MAX_QUEUED 100000
 #define CONNECT_BACKOFF_MS 500
+#define EVICT_WAIT_MS 1000 /* conf/README.md "Admin API" says it */
 
 typedef struct waiter {
     struct waiter *next;
@@ -61,11 +69,21 @@ typedef struct ljob {
     int64_t done_ms;
 } ljob_t;
 
+/* Users a write changed, for every sink to drop from its worker's cache. Under s->lock:
+ * |refs| (the writing thread's and one per node) and |pending| (nodes not handled yet). */
+typedef struct evict {
+    size_t refs, pending;
+    const mg_fapp_t *app;
+    size_t n;
+    const char *users[]; /* n pointers, then the strings they point to */
+} evict_t;
+
 typedef struct rnode {
     struct rnode *next;
     void *tag;
     mg_fdb_result_t result;
     mg_fval_t *val;
+    evict_t *evict; /* not NULL: an eviction, not a lookup result */
 } rnode_t;
 
 struct mg_fsink {
@@ -75,6 +93,7 @@ struct mg_fsink {
     struct event *ev;
     rnode_t *head, *tail; /* under s->lock */
     mg_fsink_fn fn;
+    mg_fsink_evict_fn evict;
     void *ud;
 };
 
@@ -95,6 +114,7 @@ struct mg_fsource {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     pthread_cond_t lookup_done; /* broadcast when a running lookup finishes */
+    pthread_cond_t evicted;     /* broadcast when an eviction's last node was handled */
     ljob_t *map[NBUCKETS];
     ljob_t *lq_head, *lq_tail;         /* queued lookups */
     ljob_t *linger_head, *linger_tail; /* done lookups, oldest first */
@@ -126,6 +146,15 @@ static uint32_t key_hash(const char *k, size_t n)
 
 /* ---------- sinks ---------- */
 
+/* Under s->lock: one node of |e| was handled (or dropped with its sink). */
+static void evict_done(mg_fsource_t *s, evict_t *e)
+{
+    if (--e->pending == 0)
+        pthread_cond_broadcast(&s->evicted);
+    if (--e->refs == 0)
+        free(e);
+}
+
 static void on_sink(evutil_socket_t fd, short what, void *arg)
 {
     mg_fsink_t *k = arg;
@@ -138,20 +167,29 @@ static void on_sink(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_unlock(&k->s->lock);
     while (r) {
         rnode_t *next = r->next;
-        k->fn(k->ud, r->tag, r->result, r->val);
-        mg_fval_unref(r->val);
+        if (r->evict) { /* in queue order: after the lookup results posted before the write */
+            k->evict(k->ud, r->evict->app, r->evict->users, r->evict->n);
+            pthread_mutex_lock(&k->s->lock);
+            evict_done(k->s, r->evict);
+            pthread_mutex_unlock(&k->s->lock);
+        } else {
+            k->fn(k->ud, r->tag, r->result, r->val);
+            mg_fval_unref(r->val);
+        }
         free(r);
         r = next;
     }
 }
 
-mg_fsink_t *mg_fsink_new(mg_fsource_t *s, struct event_base *base, mg_fsink_fn fn, void *ud)
+mg_fsink_t *mg_fsink_new(mg_fsource_t *s, struct event_base *base, mg_fsink_fn fn,
+                         mg_fsink_evict_fn evict, void *ud)
 {
     mg_fsink_t *k = calloc(1, sizeof(*k));
     if (k == NULL)
         return NULL;
     k->s = s;
     k->fn = fn;
+    k->evict = evict;
     k->ud = ud;
     if (pipe2(k->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
         free(k);
@@ -197,6 +235,9 @@ void mg_fsink_free(mg_fsink_t *k)
             }
     rnode_t *r = k->head;
     k->head = k->tail = NULL;
+    for (rnode_t *x = r; x; x = x->next) /* a writer may wait for them: it need not */
+        if (x->evict)
+            evict_done(s, x->evict);
     pthread_mutex_unlock(&s->lock);
     while (r) {
         rnode_t *next = r->next;
@@ -210,16 +251,19 @@ void mg_fsink_free(mg_fsink_t *k)
     free(k);
 }
 
-/* Under s->lock. */
-static void post(mg_fsink_t *k, void *tag, mg_fdb_result_t result, mg_fval_t *val)
+/* Under s->lock: queues a lookup result, or with |evict| an eviction, to |k|. False when out
+ * of memory. */
+static bool post_node(mg_fsink_t *k, void *tag, mg_fdb_result_t result, mg_fval_t *val,
+                      evict_t *evict)
 {
     rnode_t *r = malloc(sizeof(*r));
     if (r == NULL)
-        return; /* the worker's request times out: the budget bounds it */
+        return false;
     r->next = NULL;
     r->tag = tag;
     r->result = result;
     r->val = val;
+    r->evict = evict;
     if (val)
         mg_fval_ref(val);
     if (k->tail)
@@ -229,6 +273,13 @@ static void post(mg_fsink_t *k, void *tag, mg_fdb_result_t result, mg_fval_t *va
     k->tail = r;
     ssize_t n = write(k->pipe[1], "!", 1);
     (void)n;
+    return true;
+}
+
+/* Under s->lock. When out of memory the worker's request times out: the budget bounds it. */
+static void post(mg_fsink_t *k, void *tag, mg_fdb_result_t result, mg_fval_t *val)
+{
+    (void)post_node(k, tag, result, val, NULL);
 }
 
 /* ---------- the lookup map ---------- */
@@ -767,6 +818,76 @@ static void finish_lookup(mg_fsource_t *s, ljob_t *j)
     s->linger_tail = j;
 }
 
+/* An eviction of |w|'s users (copied: a worker may handle it after |w| completed) with the
+ * writing thread's reference; NULL when out of memory. */
+static evict_t *evict_new(const mg_fwrite_t *w)
+{
+    size_t bytes = sizeof(evict_t) + w->n * sizeof(char *);
+    for (size_t i = 0; i < w->n; i++)
+        bytes += strlen(w->users[i]) + 1;
+    evict_t *e = malloc(bytes);
+    if (e == NULL)
+        return NULL;
+    e->refs = 1;
+    e->pending = 0;
+    e->app = w->app;
+    e->n = w->n;
+    char *p = (char *)&e->users[w->n];
+    for (size_t i = 0; i < w->n; i++) {
+        size_t len = strlen(w->users[i]) + 1;
+        e->users[i] = memcpy(p, w->users[i], len);
+        p += len;
+    }
+    return e;
+}
+
+/* Has every worker drop its local copies of |w|'s users, and waits (at most EVICT_WAIT_MS)
+ * until they all did, so that the write's answer comes after: a request the caller sends
+ * then reads the new features on any worker of this process. Other processes are not told
+ * (conf/README.md "Admin API": their copies expire). */
+static void evict_everywhere(dbthread_t *t, const mg_fwrite_t *w)
+{
+    mg_fsource_t *s = t->s;
+    evict_t *e = evict_new(w);
+    bool lost = e == NULL;
+    pthread_mutex_lock(&s->lock);
+    for (mg_fsink_t *k = s->sinks; e && k; k = k->next)
+        if (post_node(k, NULL, MG_FDB_MISS, NULL, e)) {
+            e->refs++;
+            e->pending++;
+        } else {
+            lost = true;
+        }
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += EVICT_WAIT_MS / 1000;
+    until.tv_nsec += (EVICT_WAIT_MS % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L)
+        until.tv_sec++, until.tv_nsec -= 1000000000L;
+    int rc = 0;
+    while (e && e->pending && !s->stopping && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&s->evicted, &s->lock, &until);
+    bool late = e && e->pending && !s->stopping; /* stopping: nobody will ask any more */
+    if (e && --e->refs == 0)
+        free(e);
+    pthread_mutex_unlock(&s->lock);
+    unsigned long skipped;
+    if (!(lost || late) || !mg_log_limit_pass(&t->loglimit, &skipped))
+        return;
+    if (lost)
+        MG_LOG(MG_LOG_WARN, "features",
+               "write of %zu user(s) of app %s: out of memory telling the workers to drop their "
+               "cached copies; they serve them until they expire (features.local) (%lu similar "
+               "suppressed)",
+               w->n, w->app->name, skipped);
+    else
+        MG_LOG(MG_LOG_WARN, "features",
+               "write of %zu user(s) of app %s: a worker did not drop its cached copies within "
+               "%d ms (busy or stopping); answered anyway, it drops them when it gets to it "
+               "(%lu similar suppressed)",
+               w->n, w->app->name, EVICT_WAIT_MS, skipped);
+}
+
 static void run_write(dbthread_t *t, mg_fwrite_t *w)
 {
     mg_fsource_t *s = t->s;
@@ -847,6 +968,8 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
         w->redis = MG_FW_REDIS_REFRESHED;
     else
         w->redis = MG_FW_REDIS_FAILED;
+    /* last: a worker's lookup that starts once its copy is gone reads Redis as written */
+    evict_everywhere(t, w);
 }
 
 static void on_write_done(evutil_socket_t fd, short what, void *arg)
@@ -974,6 +1097,11 @@ mg_fsource_t *mg_fsource_new(const mg_fconf_t *conf, unsigned nworkers, char *er
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     pthread_cond_init(&s->lookup_done, NULL);
+    pthread_condattr_t ca; /* evicted: waited for with a deadline on the monotonic clock */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->evicted, &ca);
+    pthread_condattr_destroy(&ca);
     s->wm = calloc(nworkers ? nworkers : 1, sizeof(*s->wm));
     if (s->wm == NULL) {
         snprintf(err, errlen, "features: out of memory");
@@ -1010,6 +1138,7 @@ void mg_fsource_stop(mg_fsource_t *s)
     pthread_mutex_lock(&s->lock);
     s->stopping = true;
     pthread_cond_broadcast(&s->cond);
+    pthread_cond_broadcast(&s->evicted); /* a writer waiting for workers that have stopped */
     pthread_mutex_unlock(&s->lock);
     for (unsigned i = 0; i < s->started; i++)
         pthread_join(s->threads[i].tid, NULL);
@@ -1044,6 +1173,7 @@ void mg_fsource_free(mg_fsource_t *s)
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
     pthread_cond_destroy(&s->lookup_done);
+    pthread_cond_destroy(&s->evicted);
     free(s);
 }
 

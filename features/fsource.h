@@ -10,7 +10,9 @@
  * Lookups are coalesced across workers: while a lookup of (app, user) is queued or running,
  * more requests for it join it; its result is kept for one second after it completes (requests
  * that missed Redis just before the write-back landed then need no second query). Writes
- * (admin API) drop that kept result.
+ * (admin API) drop that kept result, and then, once Redis has the change, have every sink
+ * evict the users written from its worker's cache: a write completes after every worker of
+ * the process dropped its copies (or after 1 s, when one did not get to it).
  *
  * Completions: a worker gets lookup results through its sink (mg_fsink_new): a queue and a pipe
  * watched by an event on the worker's base, so a result is handled on the worker's own thread
@@ -58,11 +60,18 @@ int mg_fsource_metrics_page(void *ud, const char *query, struct evbuffer *out,
 
 /* Called on the sink's thread for each lookup result; |val| is borrowed (NULL unless HIT). */
 typedef void (*mg_fsink_fn)(void *ud, void *tag, mg_fdb_result_t r, mg_fval_t *val);
+/* Called on the sink's thread after a PUT or DELETE of the |n| |users| of |app| (borrowed,
+ * valid during the call): the worker drops what it holds of them. It comes after the results
+ * of every lookup that may have read the old features, in the sink's order. */
+typedef void (*mg_fsink_evict_fn)(void *ud, const mg_fapp_t *app, const char *const *users,
+                                  size_t n);
 
 /* A completion queue delivered on |base| (created and used by that base's thread). NULL when
  * out of memory or out of file descriptors. */
-mg_fsink_t *mg_fsink_new(mg_fsource_t *s, struct event_base *base, mg_fsink_fn fn, void *ud);
-/* Drops the results not yet delivered and every pending delivery to this sink. */
+mg_fsink_t *mg_fsink_new(mg_fsource_t *s, struct event_base *base, mg_fsink_fn fn,
+                         mg_fsink_evict_fn evict, void *ud);
+/* Drops the results and evictions not yet delivered and every pending delivery to this sink
+ * (a write waiting for its evictions no longer waits for this sink's). */
 void mg_fsink_free(mg_fsink_t *k);
 
 /* Looks (app, user) up in MariaDB; the result reaches |k|'s function with |tag|, exactly once

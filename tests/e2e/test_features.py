@@ -18,7 +18,7 @@ import pytest
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
-from conftest import HOST, H1Conn, free_port, h1_request_bytes, routes_doc, wait_for
+from conftest import HOST, H1Conn, curl, free_port, h1_request_bytes, routes_doc, wait_for
 from servers import MariaDB, Redis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -507,8 +507,44 @@ def test_admin_put_get_delete(stack):
     assert stack.r.get("mgf:v1:digits:u7") == b"0"
     assert stack.admin("GET", "/v1/features/digits/u7").status_code == 404
     assert stack.admin("DELETE", "/v1/features/digits/u7").status_code == 404
-    time.sleep(1.1)  # local caches of the workers follow within local.ttl_ms
-    assert stack.get("u7")["x-modelgate-features"] == "miss"
+    assert stack.get("u7")["x-modelgate-features"] == "miss"  # the worker dropped its copy
+
+
+def test_admin_write_takes_effect_on_every_worker_at_once(procs):
+    """After a PUT, a worker that had cached the user as unknown kept sending "miss" until
+    local.negative_ttl_ms ran out (and one that had the old features, until local.ttl_ms),
+    though the answer said Redis was refreshed. Now the write's answer comes once every worker
+    of the gateway dropped its copies: the next request, on any worker, gets what was written,
+    for a PUT, a bulk load and a DELETE alike. Local TTLs of a minute: nothing expires here."""
+    s = Stack(procs, workers=2, local={"ttl_ms": 60000, "stale_ms": 0,
+                                       "negative_ttl_ms": 60000})
+    absent = 'modelgate_features_layer_total{layer="local",result="miss"}'
+
+    def each_worker(user):
+        """Requests on new connections (curl), spread by the kernel over both workers."""
+        before = s.metric(absent)
+        got = []
+        for _ in range(20):
+            status, _, _, body = curl(s.gw, "/predict", "-H", "x-user-id: " + user)
+            assert status == 200, body
+            h = json.loads(body)["headers"]
+            got.append((h["x-modelgate-features"], h.get("x-user-features")))
+        return got, s.metric(absent) - before
+
+    got, looked_up = each_worker("carol")
+    assert set(got) == {("miss", None)} and looked_up == 2, (got, looked_up)  # both cached it
+    for body in ({"recent": ["i1"]}, {"recent": ["i2", "i1"]}):
+        r = s.admin("PUT", "/v1/features/digits/carol", json.dumps(body))
+        assert r.status_code == 200 and r.json()["redis"] == "refreshed", r.text
+        got, looked_up = each_worker("carol")
+        assert set(got) == {("hit", canonical(body))}, got
+        assert looked_up == 2, looked_up  # each worker read it once, then kept it
+    r = bulk_post(s, json.dumps({"user": "carol", "features": {"recent": ["i3"]}}).encode())
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    assert set(each_worker("carol")[0]) == {("hit", canonical({"recent": ["i3"]}))}
+    r = s.admin("DELETE", "/v1/features/digits/carol")
+    assert r.status_code == 200, r.text
+    assert set(each_worker("carol")[0]) == {("miss", None)}
 
 
 def test_admin_write_says_whether_redis_has_it(stack):
