@@ -987,6 +987,32 @@ def test_long_hash_field_reads_the_same_from_redis_as_from_mariadb(stack, value)
     assert h2["x-user-features"] == h["x-user-features"]
 
 
+def escape_cases():
+    """Strings of 1-20 bytes with one byte that JSON escapes ('"', '\\', a control byte, NUL)
+    at every position, and plain ones."""
+    out = []
+    for n in range(1, 21):
+        out.append("p" * n)
+        for pos in range(n):
+            for ch in ('"', "\\", "\n", "\x01", "\x00", "\x1f"):
+                out.append(("x" * pos + ch + "y" * n)[:n])
+    return out
+
+
+def test_escapes_anywhere_in_a_value_read_from_redis(stack):
+    # Values a pipeline wrote to Redis with bytes to escape at every offset: the gateway's
+    # snapshot must be the canonical JSON (jansson's form, as MariaDB's rows are written).
+    cases = escape_cases()
+    for k in range(0, len(cases), 50):
+        recent = cases[k:k + 50]
+        profile = {"f%d" % i: v for i, v in enumerate(cases[k:k + 20])}
+        user = "esc%d" % k
+        stack.put_redis(user, profile=profile, recent=recent)
+        h = stack.get(user)
+        assert h["x-modelgate-features"] == "hit", (user, h)
+        assert h["x-user-features"] == canonical({"profile": profile, "recent": recent}), user
+
+
 # Empty values of a group: as a MariaDB row or an admin PUT holds them, and as a pipeline may
 # write them to Redis (the text of the json key; None: no key, since Redis holds no empty hash
 # or list). They are left out of the snapshot, whichever store serves it.
