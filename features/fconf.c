@@ -203,6 +203,7 @@ static void defaults(mg_fconf_t *c)
     c->redis.ttl_s = 3600;
     c->redis.negative_ttl_s = 60;
     c->redis.connect_timeout_ms = 1000;
+    c->redis.reply_timeout_ms = 1000;
     c->redis.reconnect_max_ms = 2000;
     c->mariadb.port = 3306;
     c->mariadb.threads = 2;
@@ -223,6 +224,7 @@ static void parse_redis(pctx_t *p, const json_t *r, mg_fconf_t *c)
                                        "ttl_s",
                                        "negative_ttl_s",
                                        "connect_timeout_ms",
+                                       "reply_timeout_ms",
                                        "reconnect_max_ms",
                                        NULL};
     size_t old = mg_jerr_key(p->e, "redis");
@@ -240,6 +242,8 @@ static void parse_redis(pctx_t *p, const json_t *r, mg_fconf_t *c)
         get_uint(p, r, "negative_ttl_s", 1, 86400, "seconds an unknown user stays known as such",
                  &c->redis.negative_ttl_s);
         get_uint(p, r, "connect_timeout_ms", 10, 60000, "ms", &c->redis.connect_timeout_ms);
+        get_uint(p, r, "reply_timeout_ms", 10, 60000, "ms, the longest wait for a reply",
+                 &c->redis.reply_timeout_ms);
         get_uint(p, r, "reconnect_max_ms", 10, 600000, "ms, the longest reconnect backoff",
                  &c->redis.reconnect_max_ms);
         if (c->redis.host == NULL && (c->redis.host = strdup("127.0.0.1")) == NULL)

@@ -55,6 +55,7 @@ typedef struct mg_fconf {
         unsigned port, db;
         char *password; /* read from password_file; NULL = no AUTH */
         unsigned ttl_s, negative_ttl_s, connect_timeout_ms, reconnect_max_ms;
+        unsigned reply_timeout_ms; /* the longest wait for a reply before the connection goes */
     } redis;
     struct {
         bool on;

@@ -19,7 +19,7 @@
  * error, within redis.connect_timeout_ms; lookups are sent only when UP, so no request ever
  * waits for a (re)connect; reconnects back off exponentially with jitter, and a handshake
  * refused (a wrong password) is logged once per cause and retried with the same backoff. A
- * connection whose oldest pipeline waits for its replies longer than the same bound is
+ * connection whose oldest pipeline waits for its replies longer than redis.reply_timeout_ms is
  * dropped (on_rwatch: one timer per connection, re-armed at most once per bound; the
  * pipelines are queued in the order sent, with the clock reading their request made).
  *
@@ -838,7 +838,7 @@ static void redis_send(fetch_t *fx, int64_t now)
         f->rq_head = fx;
     f->rq_tail = fx;
     if (!evtimer_pending(&f->rwatch, NULL)) {
-        unsigned ms = f->conf->redis.connect_timeout_ms;
+        unsigned ms = f->conf->redis.reply_timeout_ms;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         evtimer_add(&f->rwatch, &tv);
     }
@@ -1036,7 +1036,7 @@ static void on_rtimer(evutil_socket_t fd, short what, void *arg)
 }
 
 /* The connection's watchdog: Redis answers in order, so when the oldest pipeline whose
- * replies are due has waited longer than redis.connect_timeout_ms, Redis is stopped, hung or
+ * replies are due has waited longer than redis.reply_timeout_ms, Redis is stopped, hung or
  * too slow to be of use: the connection is dropped (its lookups end "unavailable", requests
  * went on at their budget already) and reconnected with backoff, and lookups answer at once
  * meanwhile instead of piling up. Otherwise it re-arms for the oldest's deadline: it runs at
@@ -1047,7 +1047,7 @@ static void on_rwatch(evutil_socket_t fd, short what, void *arg)
     fetch_t *oldest = f->rq_head;
     if (oldest == NULL || f->rstate != R_UP || f->ac == NULL)
         return;
-    unsigned ms = f->conf->redis.connect_timeout_ms;
+    unsigned ms = f->conf->redis.reply_timeout_ms;
     int64_t now = mg_mono_us(), due = oldest->sent_us + (int64_t)ms * 1000;
     if (now < due) {
         struct timeval tv = {(due - now) / 1000000, (due - now) % 1000000};
@@ -1061,7 +1061,7 @@ static void on_rwatch(evutil_socket_t fd, short what, void *arg)
     unsigned long skipped;
     if (mg_log_limit_pass(&f->droplog, &skipped))
         MG_LOG(MG_LOG_WARN, "features",
-               "Redis %s:%u: no reply for %lld ms (bound: features.redis.connect_timeout_ms = "
+               "Redis %s:%u: no reply for %lld ms (bound: features.redis.reply_timeout_ms = "
                "%u), %zu lookups waiting; dropping the connection and reconnecting (Redis "
                "stopped, hung or overloaded?) (%lu similar suppressed)",
                f->conf->redis.host, f->conf->redis.port, (long long)(now - oldest->sent_us) / 1000,

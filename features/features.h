@@ -8,7 +8,7 @@
  *      every worker of the process before it answers: fsource.h),
  *   2. Redis, in one pipelined round trip for all the app's groups (hiredis async on the
  *      worker's base; reconnects with backoff; a connection whose replies are overdue by
- *      redis.connect_timeout_ms is dropped; while it is down, lookups fail at once),
+ *      redis.reply_timeout_ms is dropped; while it is down, lookups fail at once),
  *   3. MariaDB (features/fsource.h: off the loop, written back to Redis).
  * The request waits at most the route's budget (the app's timeout_ms, or its env's); whatever
  * happens, it then goes on, with x-user-features (compact JSON) when features were found and

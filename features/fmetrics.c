@@ -106,7 +106,7 @@ void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t
                         "modelgate_features_redis_connect_failures_total %llu\n"
                         "# HELP modelgate_features_redis_reply_timeouts_total Connections to "
                         "Redis dropped because a reply was due for longer than "
-                        "redis.connect_timeout_ms (Redis stopped, hung or overloaded).\n"
+                        "redis.reply_timeout_ms (Redis stopped, hung or overloaded).\n"
                         "# TYPE modelgate_features_redis_reply_timeouts_total counter\n"
                         "modelgate_features_redis_reply_timeouts_total %llu\n"
                         "# TYPE modelgate_features_writeback_total counter\n"

@@ -39,7 +39,7 @@ typedef struct mg_fmetrics {
     /* connection attempts that did not end up usable: refused, timed out, or an error reply
      * to the handshake (AUTH, SELECT, PING) */
     atomic_ullong redis_connect_failures;
-    /* connections dropped because a reply was due for longer than redis.connect_timeout_ms */
+    /* connections dropped because a reply was due for longer than redis.reply_timeout_ms */
     atomic_ullong redis_reply_timeouts;
     atomic_ullong db_refused; /* Redis misses not sent to MariaDB: max_waiting reached */
     atomic_int redis_up;

@@ -531,7 +531,9 @@ static bool redis_ready(dbthread_t *t, char *why, size_t whylen)
     if (r == NULL || r->err) {
         snprintf(cause, sizeof(cause), "cannot connect (%s)", r ? r->errstr : "out of memory");
     } else {
-        redisSetTimeout(r, tv);
+        struct timeval reply = {c->redis.reply_timeout_ms / 1000,
+                                (c->redis.reply_timeout_ms % 1000) * 1000};
+        redisSetTimeout(r, reply);
         const char *step = c->redis.password ? "AUTH" : "SELECT";
         redisReply *rep = c->redis.password ? redisCommand(r, "AUTH %s", c->redis.password)
                                             : redisCommand(r, "SELECT %u", c->redis.db);

@@ -1193,11 +1193,13 @@ def test_hung_redis_is_dropped_and_reconnected(procs):
     """A hung Redis (SIGSTOP: the connection stays open, nothing answers) was never noticed:
     requests went on at their budget, but redis_up stayed 1, lookups kept being sent and
     piled up, and no reconnect was tried. Now a reply due for longer than
-    redis.connect_timeout_ms drops the connection (its lookups end "unavailable"), lookups
-    answer at once while it is down, the reconnects fail their handshake while Redis is
-    stopped, and hits resume once it runs again."""
+    redis.reply_timeout_ms drops the connection (its lookups end "unavailable"), lookups
+    answer at once while it is down, the reconnects fail their handshake (within
+    redis.connect_timeout_ms, a bound of its own) while Redis is stopped, and hits resume once
+    it runs again."""
     bound_ms = 300
-    s = Stack(procs, timeout_ms=50, workers=1, redis_over={"connect_timeout_ms": bound_ms})
+    s = Stack(procs, timeout_ms=50, workers=1,
+              redis_over={"reply_timeout_ms": bound_ms, "connect_timeout_ms": 1500})
     s.put_redis("hung1", recent=["a"])
     s.put_redis("hung2", recent=["b"])
     assert s.get("hung1")["x-modelgate-features"] == "hit"
@@ -1217,7 +1219,7 @@ def test_hung_redis_is_dropped_and_reconnected(procs):
         assert s.get("cold1")["x-modelgate-features"] == "unavailable"  # at once
         assert time.monotonic() - t1 < 0.5
         # reconnects: TCP is accepted by the kernel, but the handshake gets no reply
-        wait_for(lambda: s.metric("modelgate_features_redis_connect_failures_total") >= 1, 3,
+        wait_for(lambda: s.metric("modelgate_features_redis_connect_failures_total") >= 1, 5,
                  0.02, "a reconnect to fail its handshake")
         assert s.metric("modelgate_features_redis_up") == 0
         assert "no reply for" in s.gw.proc.stderr()
