@@ -90,6 +90,7 @@ struct fetch {
     /* why a key of this user is not in the documented layout (a writer outside the gateway
      * broke it): MariaDB answers instead, and its write-back repairs the keys; NULL = fine */
     const char *redis_broken;
+    bool group_key_seen;  /* Redis holds a key of one of the user's groups (empty or not) */
     bool text_oom;        /* a fragment could not be written: the lookup ends "unavailable" */
     int marker;           /* -1 absent, 0 user without features, 1 features in the groups */
     char *text;           /* the groups' fragments (malloc), then the assembled snapshot text */
@@ -422,13 +423,16 @@ static void redis_done(fetch_t *fx)
         lru_store(f, fx, val, now);
         fetch_finish(fx, MG_FS_HIT, val, now);
         mg_fval_unref(val);
-    } else if (fx->marker == 0 || fx->marker == 1) {
-        /* 0, or 1 with every group key absent or empty: the user has no features, as a
+    } else if (fx->marker == 0 || (fx->marker == 1 && fx->group_key_seen)) {
+        /* 0, or 1 whose group keys hold only empty values: the user has no features, as a
          * MariaDB row without any (conf/README.md "What the pod receives") */
         MG_FM_INC(f->m->redis_negative);
         lru_store(f, fx, NULL, now);
         fetch_finish(fx, MG_FS_MISS, NULL, now);
     } else {
+        /* no marker, or 1 with every group key gone, which no writer leaves (a user without
+         * features gets 0): the keys expired or were evicted (maxmemory) before the marker.
+         * MariaDB answers, and its write-back puts them back. */
         MG_FM_INC(f->m->redis_miss);
         to_db(fx, now);
     }
@@ -620,6 +624,10 @@ static void add_group(fetch_t *fx, size_t gi, const redisReply *r)
 {
     const mg_fgroup_t *g = &fx->app->groups[gi];
     size_t start = fx->tlen;
+    /* Redis holds no empty hash or list: an empty array is a missing key; a json key is there
+     * when GET returns a string, even "{}" */
+    if (r->type == REDIS_REPLY_STRING || (r->type == REDIS_REPLY_ARRAY && r->elements > 0))
+        fx->group_key_seen = true;
     bool plain = g->type != MG_FGROUP_JSON && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
                  is_plain(g, r);
     if (plain) {

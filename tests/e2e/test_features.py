@@ -684,6 +684,29 @@ def test_features_without_any_group_are_no_features(stack):
     assert all(r["features"] == "miss" and r.get("features_hash") is None for r in recs), recs
 
 
+def test_marker_left_without_its_group_keys_reads_mariadb(stack):
+    """Group keys carry a TTL and Redis under maxmemory may evict them one by one, leaving the
+    marker 1 with no group key, a state no writer leaves (a user without features gets 0).
+    It read as "no features", cached, until the marker expired (redis.ttl_s, an hour by
+    default), although MariaDB had them. Now MariaDB answers and its write-back puts the keys
+    back. A marker 1 with a json group key of {} (keys there, values empty) stays a miss."""
+    stack.put_db("ev1", {"recent": ["a"]})
+    stack.put_redis("ev1", recent=["a"])
+    stack.r.delete("mgf:v1:digits:ev1:recent")  # evicted; the marker stays
+    before = stack.selects()
+    h = stack.get("ev1")
+    assert h["x-modelgate-features"] == "hit", h
+    assert json.loads(h["x-user-features"]) == {"recent": ["a"]}
+    assert stack.selects() == before + 1  # read from MariaDB
+    wait_for(lambda: stack.r.lrange("mgf:v1:digits:ev1:recent", 0, -1) == [b"a"], 5, 0.05,
+             "the write-back to restore the group key")
+    stack.put_redis("ev2", vec={})  # a pipeline's marker 1 with an empty json group
+    before = stack.selects()
+    h = stack.get("ev2")
+    assert h["x-modelgate-features"] == "miss" and "x-user-features" not in h, h
+    assert stack.selects() == before
+
+
 def test_admin_user_id_may_be_percent_encoded(stack):
     # a client that encodes '@' (urllib.parse.quote, encodeURIComponent) means the same user
     r = stack.admin("PUT", "/v1/features/digits/ann%40example.com",
