@@ -287,10 +287,11 @@ static void send_response(rt_req_t *r, const char *ctype)
     char len[24];
     snprintf(len, sizeof(len), "%zu", r->resp_len);
     mg_hdr_t h[4] = {
-        {"content-type", ctype, 12, strlen(ctype), false},
         {"content-length", len, 14, strlen(len), false},
     };
-    size_t nh = 2;
+    size_t nh = 1;
+    if (ctype) /* NULL: no body to describe (an OPTIONS answer) */
+        h[nh++] = (mg_hdr_t){"content-type", ctype, 12, strlen(ctype), false};
     if (r->request_id[0])
         h[nh++] =
             (mg_hdr_t){"x-request-id", r->request_id, 12, strlen(r->request_id), MG_HPACK_UNIQUE};
@@ -316,6 +317,15 @@ static void send_error(rt_req_t *r, int status, const char *code, const char *ms
 {
     out_error(r, status, code, msg);
     send_json(r);
+}
+
+/* Answers an OPTIONS request: 200, |allow|, no body. */
+static void send_allow(rt_req_t *r, const char *allow)
+{
+    r->allow = allow;
+    r->status = 200;
+    r->resp_len = 0;
+    send_response(r, NULL);
 }
 
 /* ---------- formatting answers (inference threads) ---------- */
@@ -776,6 +786,11 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     }
     char pbuf[512], ver[128];
     const char *path = clean_path(req->path, pbuf, sizeof(pbuf));
+    bool options = strcmp(req->method, "OPTIONS") == 0;
+    if (options && strcmp(path, "*") == 0) { /* the server as a whole (RFC 9110 9.3.7) */
+        send_allow(r, "GET, HEAD, POST, OPTIONS");
+        return;
+    }
     path_kind_t kind = classify(path, r->v2name, sizeof(r->v2name), ver, sizeof(ver));
     bool get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
     bool post = strcmp(req->method, "POST") == 0;
@@ -785,8 +800,12 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         return;
     }
     bool wants_post = kind == PK_PREDICT || kind == PK_INFER;
+    if (options) { /* what this path takes */
+        send_allow(r, wants_post ? "POST, OPTIONS" : "GET, HEAD, OPTIONS");
+        return;
+    }
     if (wants_post ? !post : !get) {
-        r->allow = wants_post ? "POST" : "GET, HEAD";
+        r->allow = wants_post ? "POST, OPTIONS" : "GET, HEAD, OPTIONS";
         char msg[100];
         snprintf(msg, sizeof(msg), "%.60s takes %s", path, wants_post ? "POST" : "GET or HEAD");
         send_error(r, 405, "method_not_allowed", msg);

@@ -1064,3 +1064,20 @@ def test_method_and_path_semantics(procs, models):
         if r.status != 404:
             problems.append("%s %s -> %s (expected 404): %r" % (method, path, r.status, r.body))
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("mode", ["h2", "h1"])
+def test_options_says_what_the_pod_takes(procs, models, mode):
+    """OPTIONS (RFC 9110 9.3.7) got 404 for "*" and 405 for a known path, although the gateway
+    passes OPTIONS * on to pods as such: "*" now answers 200 with every method the pod serves,
+    a known path 200 with the methods it takes (the 405s' Allow names OPTIONS too), an unknown
+    path still 404, all with an empty body."""
+    rt = start(procs, models)
+    for path, allow in (("*", "GET, HEAD, POST, OPTIONS"), ("/v1/predict", "POST, OPTIONS"),
+                        ("/v1/status", "GET, HEAD, OPTIONS")):
+        r = rt.request("OPTIONS", path, mode=mode)
+        assert (r.status, r.headers.get("allow"), r.body) == (200, allow, b""), (path, r)
+        assert r.headers.get("content-length") == "0", (path, r.headers)
+    assert rt.request("OPTIONS", "/nope", mode=mode).status == 404
+    r = rt.request("PUT", "/v1/predict", body=b"{}", mode=mode)
+    assert (r.status, r.headers.get("allow")) == (405, "POST, OPTIONS"), r
