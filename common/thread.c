@@ -42,12 +42,18 @@ bool mg_thread_cond_init(pthread_cond_t *c)
     return rc == 0;
 }
 
-bool mg_thread_join_within(pthread_t t, unsigned ms)
+struct timespec mg_thread_deadline(clockid_t clock, unsigned ms)
 {
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl); /* pthread_timedjoin_np's clock */
+    clock_gettime(clock, &dl);
     dl.tv_sec += ms / 1000;
     dl.tv_nsec += (long)(ms % 1000) * 1000000;
     dl.tv_sec += dl.tv_nsec / 1000000000, dl.tv_nsec %= 1000000000;
+    return dl;
+}
+
+bool mg_thread_join_within(pthread_t t, unsigned ms)
+{
+    struct timespec dl = mg_thread_deadline(CLOCK_REALTIME, ms); /* pthread_timedjoin_np's */
     return pthread_timedjoin_np(t, NULL, &dl) == 0;
 }

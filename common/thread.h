@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <time.h>
 
 /*
  * Makes the calling thread a background one (Linux SCHED_BATCH): it still gets its fair share
@@ -20,6 +21,10 @@ bool mg_thread_background(void);
 /* pthread_cond_init on CLOCK_MONOTONIC, so that a wall-clock step does not stretch a timed wait;
  * false when it failed. */
 bool mg_thread_cond_init(pthread_cond_t *c);
+
+/* |ms| from now on |clock|: the deadline of a timed wait (CLOCK_MONOTONIC for a condvar made
+ * by mg_thread_cond_init, CLOCK_REALTIME for pthread_timedjoin_np). */
+struct timespec mg_thread_deadline(clockid_t clock, unsigned ms);
 
 /* Joins |t| if it ends within |ms|; false when it did not (it is left running: for a thread
  * stuck in a blocking call at shutdown, whose process is about to exit). */

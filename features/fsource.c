@@ -39,6 +39,7 @@
 #include <mysql.h>
 
 #include "common/log.h"
+#include "common/thread.h"
 #include "features/rreply.h"
 
 #define NBUCKETS 4096
@@ -860,12 +861,7 @@ static void evict_everywhere(dbthread_t *t, const mg_fwrite_t *w)
         } else {
             lost = true;
         }
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += EVICT_WAIT_MS / 1000;
-    until.tv_nsec += (EVICT_WAIT_MS % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L)
-        until.tv_sec++, until.tv_nsec -= 1000000000L;
+    struct timespec until = mg_thread_deadline(CLOCK_MONOTONIC, EVICT_WAIT_MS);
     int rc = 0;
     while (e && e->pending && !s->stopping && rc != ETIMEDOUT)
         rc = pthread_cond_timedwait(&s->evicted, &s->lock, &until);
@@ -1099,11 +1095,7 @@ mg_fsource_t *mg_fsource_new(const mg_fconf_t *conf, unsigned nworkers, char *er
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     pthread_cond_init(&s->lookup_done, NULL);
-    pthread_condattr_t ca; /* evicted: waited for with a deadline on the monotonic clock */
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->evicted, &ca);
-    pthread_condattr_destroy(&ca);
+    mg_thread_cond_init(&s->evicted); /* waited for with a monotonic deadline */
     s->wm = calloc(nworkers ? nworkers : 1, sizeof(*s->wm));
     if (s->wm == NULL) {
         snprintf(err, errlen, "features: out of memory");

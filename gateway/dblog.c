@@ -154,11 +154,7 @@ static void q_fmt(mg_dblog_t *d, const char *fmt, ...)
 
 static void wait_ms(mg_dblog_t *d, long ms)
 {
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += ms / 1000;
-    dl.tv_nsec += (ms % 1000) * 1000000;
-    dl.tv_sec += dl.tv_nsec / 1000000000, dl.tv_nsec %= 1000000000;
+    struct timespec dl = mg_thread_deadline(CLOCK_MONOTONIC, (unsigned)ms);
     pthread_mutex_lock(&d->mu);
     if (!d->stopping)
         pthread_cond_timedwait(&d->cond, &d->mu, &dl);

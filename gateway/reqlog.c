@@ -552,16 +552,6 @@ static void report(mg_reqlog_t *log, bool has_sink, bool force)
     log->last_warn = now;
 }
 
-/* CLOCK_MONOTONIC (the condvar's clock) |ms| from now. */
-static struct timespec ms_from_now(long ms)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    t.tv_nsec += ms * 1000000;
-    t.tv_sec += t.tv_nsec / 1000000000, t.tv_nsec %= 1000000000;
-    return t;
-}
-
 static void *writer_main(void *arg)
 {
     mg_reqlog_t *log = arg;
@@ -569,7 +559,7 @@ static void *writer_main(void *arg)
     pthread_mutex_lock(&log->mu);
     for (;;) {
         if (log->queue.len == 0 && !log->stopping) { /* callers re-check after any wake */
-            struct timespec dl = ms_from_now(WAKE_MS);
+            struct timespec dl = mg_thread_deadline(CLOCK_MONOTONIC, WAKE_MS);
             log->writer_idle = true;
             pthread_cond_timedwait(&log->cond, &log->mu, &dl);
             log->writer_idle = false;
@@ -579,7 +569,7 @@ static void *writer_main(void *arg)
          * PACE_BYTES, close too. A deadline already past returns at once. */
         if (log->queue.len > 0 && log->queue.len < PACE_BYTES && !log->stopping)
             pthread_cond_timedwait(&log->cond, &log->mu, &log->next_take);
-        log->next_take = ms_from_now(PACE_MS);
+        log->next_take = mg_thread_deadline(CLOCK_MONOTONIC, PACE_MS);
         qbuf_t t = log->batch;
         log->batch = log->queue;
         log->queue = t;
@@ -619,7 +609,7 @@ static void *file_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&log->fmu);
         if (log->fqueue.len == 0 && !log->fstopping) {
-            struct timespec dl = ms_from_now(WAKE_MS);
+            struct timespec dl = mg_thread_deadline(CLOCK_MONOTONIC, WAKE_MS);
             pthread_cond_timedwait(&log->fcond, &log->fmu, &dl);
         }
         qbuf_t t = log->fbatch;
