@@ -307,23 +307,32 @@ static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val, int64_t n
     fetch_free(fx);
 }
 
+/* The local cache's and the fetch map's key of (app, user): app NUL user, NUL-terminated, into
+ * |key|; its length, or 0 when the app name or the user id is too long to have one (such a
+ * request is never looked up). */
+#define KEY_MAX (64 + 1 + 128 + 1)
+static size_t cache_key(char key[KEY_MAX], const char *app, const char *user, size_t ulen)
+{
+    size_t alen = strlen(app);
+    if (alen > 64 || ulen > 128)
+        return 0;
+    memcpy(key, app, alen + 1);
+    memcpy(key + alen + 1, user, ulen);
+    key[alen + 1 + ulen] = '\0';
+    return alen + 1 + ulen;
+}
+
 /* An admin write of |users| of |app| took effect (fsource.h, mg_fsink_evict_fn): drop the
  * worker's copies, positive or negative, and keep a fetch already running for one of them from
  * caching what it read before. Runs on the worker's thread, off the request path. */
 static void on_evict(void *ud, const mg_fapp_t *app, const char *const *users, size_t n)
 {
     mg_features_t *f = ud;
-    char key[64 + 1 + 128 + 1];
-    size_t alen = strlen(app->name);
-    if (alen > 64) /* never looked up (mg_features_start) */
-        return;
-    memcpy(key, app->name, alen + 1);
+    char key[KEY_MAX];
     for (size_t i = 0; i < n; i++) {
-        size_t ulen = strlen(users[i]);
-        if (ulen > 128)
+        size_t klen = cache_key(key, app->name, users[i], strlen(users[i]));
+        if (klen == 0) /* never looked up (mg_features_start) */
             continue;
-        memcpy(key + alen + 1, users[i], ulen);
-        size_t klen = alen + 1 + ulen;
         mg_flru_del(f->lru, key, klen);
         fetch_t **pp = fetch_slot(f, key, klen);
         fetch_t *fx = *pp;
@@ -1206,16 +1215,13 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
         settle(f, t, MG_FS_NONE, NULL, t->_start_us);
         return MG_OK;
     }
-    char key[64 + 1 + 128 + 1];
-    size_t alen = strlen(a->name);
-    if (alen > 64) {
+    char key[KEY_MAX];
+    size_t klen = cache_key(key, a->name, user, ulen);
+    if (klen == 0) {
         settle(f, t, MG_FS_NONE, NULL, t->_start_us);
         return MG_OK;
     }
-    memcpy(key, a->name, alen + 1);
-    memcpy(key + alen + 1, user, ulen);
-    size_t klen = alen + 1 + ulen;
-    key[klen] = '\0';
+    size_t alen = klen - 1 - ulen;
 
     void *cached = NULL;
     mg_flru_state_t st = mg_flru_get(f->lru, key, klen, t->_start_us / 1000, &cached);
