@@ -112,6 +112,7 @@ void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t
                         "# TYPE modelgate_features_writeback_total counter\n"
                         "modelgate_features_writeback_total{result=\"ok\"} %llu\n"
                         "modelgate_features_writeback_total{result=\"error\"} %llu\n"
+                        "modelgate_features_writeback_total{result=\"superseded\"} %llu\n"
                         "# TYPE modelgate_features_rows_written_total counter\n"
                         "modelgate_features_rows_written_total %llu\n"
                         "# TYPE modelgate_features_rows_deleted_total counter\n"
@@ -129,7 +130,8 @@ void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t
                         }),
                         SUM(redis_connects), SUM(redis_disconnects), SUM(redis_connect_failures),
                         SUM(redis_reply_timeouts), LOAD(db->writeback_ok),
-                        LOAD(db->writeback_error), LOAD(db->rows_written), LOAD(db->rows_deleted),
+                        LOAD(db->writeback_error), LOAD(db->writeback_superseded),
+                        LOAD(db->rows_written), LOAD(db->rows_deleted),
                         SUM(db_refused));
     evbuffer_add_printf(out, "# HELP modelgate_features_lookup_seconds Time a request waited "
                              "for its features.\n"

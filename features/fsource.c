@@ -664,30 +664,101 @@ static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *ap
     return n + 2;
 }
 
+/* Counts a write-back that did not happen and says why (|what|; rate-limited). */
+static void writeback_failed(dbthread_t *t, const char *what)
+{
+    MG_FM_INC(t->s->dbm.writeback_error);
+    unsigned long skipped;
+    if (mg_log_limit_pass(&t->loglimit, &skipped))
+        MG_LOG(MG_LOG_WARN, "features",
+               "write-back %s; lookups will miss Redis until it works (%lu similar suppressed)",
+               what, skipped);
+}
+
+/* Whether a failed read or write on |r| (|e|: its errno) means Redis closed the connection
+ * (EOF, reset, broken pipe): not a timeout, and not an error reply. */
+static bool conn_was_closed(const redisContext *r, int e)
+{
+    return r->err == REDIS_ERR_EOF || (r->err == REDIS_ERR_IO && e != EAGAIN && e != EWOULDBLOCK);
+}
+
+/* Before a lookup reads MariaDB: WATCH the user's marker on the write-back connection. Every
+ * write of the user's keys sets the marker (an admin write of any gateway, a pipeline that
+ * follows the layout, another lookup's write-back), so one that lands between now and the
+ * write-back's EXEC makes Redis drop the write-back: a copy read before that write never
+ * replaces it. False when Redis cannot take the WATCH (the write-back is then skipped and
+ * counted as an error; its cause is logged, rate-limited). A connection that Redis closed
+ * since its last use is replaced once, as in redis_write. */
+static bool redis_watch(dbthread_t *t, const mg_fapp_t *app, const char *user)
+{
+    mg_fsource_t *s = t->s;
+    char why[256];
+    for (int attempt = 0;; attempt++) {
+        bool reused = t->redis != NULL;
+        if (!redis_ready(t, why, sizeof(why))) { /* logged there, once per cause */
+            MG_FM_INC(s->dbm.writeback_error);
+            return false;
+        }
+        redisReply *rep = redisCommand(t->redis, "WATCH mgf:v1:%s:%s", app->name, user);
+        if (rep && rep->type == REDIS_REPLY_STATUS) {
+            freeReplyObject(rep);
+            return true;
+        }
+        bool closed = rep == NULL && conn_was_closed(t->redis, errno);
+        if (rep)
+            mg_rreply_text(rep, why, sizeof(why));
+        else
+            snprintf(why, sizeof(why), "%s", t->redis->errstr);
+        freeReplyObject(rep);
+        redisFree(t->redis);
+        t->redis = NULL;
+        if (closed && reused && attempt == 0)
+            continue;
+        char what[384];
+        snprintf(what, sizeof(what), "skipped: Redis %s:%u: WATCH failed (%s)",
+                 s->conf->redis.host, s->conf->redis.port, why);
+        writeback_failed(t, what);
+        return false;
+    }
+}
+
+/* Ends a WATCH that no write-back follows (the lookup failed), so that it cannot abort the
+ * connection's next transaction; a connection that does not answer is dropped instead. */
+static void redis_unwatch(dbthread_t *t)
+{
+    redisReply *rep = t->redis ? redisCommand(t->redis, "UNWATCH") : NULL;
+    if (t->redis && (rep == NULL || rep->type != REDIS_REPLY_STATUS)) {
+        redisFree(t->redis);
+        t->redis = NULL;
+    }
+    freeReplyObject(rep);
+}
+
 /* Sends the commands for |n| users and reads every reply; false when Redis failed, then with
  * *conn_closed when Redis closed the connection (EOF, reset, broken pipe: not a timeout, and
  * not an error reply). */
 static bool redis_write_once(dbthread_t *t, const mg_fapp_t *app, char *const *users,
-                             json_t *const *docs, size_t n, bool *conn_closed, char *err,
-                             size_t errlen)
+                             json_t *const *docs, size_t n, bool *conn_closed, bool *aborted,
+                             char *err, size_t errlen)
 {
     int replies = 0;
     for (size_t i = 0; i < n; i++)
         replies += append_user(t->redis, t->s->conf, app, users[i], docs ? docs[i] : NULL);
     bool ok = true;
     *conn_closed = false;
+    *aborted = false;
     for (int i = 0; i < replies; i++) {
         void *rep = NULL;
         if (redisGetReply(t->redis, &rep) != REDIS_OK) {
-            int e = errno;
-            *conn_closed = t->redis->err == REDIS_ERR_EOF ||
-                           (t->redis->err == REDIS_ERR_IO && e != EAGAIN && e != EWOULDBLOCK);
+            *conn_closed = conn_was_closed(t->redis, errno);
             return false;
         }
         if (((redisReply *)rep)->type == REDIS_REPLY_ERROR && ok) {
             ok = false; /* the first error says why; the others follow from it (EXECABORT) */
             mg_rreply_text(rep, err, errlen);
         }
+        if (((redisReply *)rep)->type == REDIS_REPLY_NIL) /* only EXEC's can be: WATCH fired */
+            *aborted = true;
         freeReplyObject(rep);
     }
     return ok;
@@ -698,9 +769,11 @@ static bool redis_write_once(dbthread_t *t, const mg_fapp_t *app, char *const *u
  * (its idle timeout, a restart, CLIENT KILL): then the write is sent again once on a new one -
  * each user's commands are one MULTI/EXEC of idempotent commands - rather than leaving Redis
  * with the old features of a user who was just written. A timeout is not retried: the write
- * would only wait twice as long. */
+ * would only wait twice as long. A |watched| write (a lookup's write-back, see redis_watch)
+ * is not sent again either, since its WATCH went with the connection; when Redis drops it
+ * because the user was written meanwhile, that is no failure (counted as superseded). */
 static bool redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
-                        json_t *const *docs, size_t n, char *why, size_t whylen)
+                        json_t *const *docs, size_t n, bool watched, char *why, size_t whylen)
 {
     mg_fsource_t *s = t->s;
     for (int attempt = 0;; attempt++) {
@@ -709,10 +782,18 @@ static bool redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
             MG_FM_INC(s->dbm.writeback_error);
             return false;
         }
-        bool closed;
+        bool closed, aborted;
         char err[160] = "";
-        if (redis_write_once(t, app, users, docs, n, &closed, err, sizeof(err))) {
-            MG_FM_INC(s->dbm.writeback_ok);
+        bool ok = redis_write_once(t, app, users, docs, n, &closed, &aborted, err, sizeof(err));
+        if (ok && aborted && !watched) { /* no WATCH of ours may be left (redis_unwatch) */
+            snprintf(err, sizeof(err), "EXEC aborted by a WATCH left on the connection");
+            ok = false;
+        }
+        if (ok) {
+            if (aborted)
+                MG_FM_INC(s->dbm.writeback_superseded);
+            else
+                MG_FM_INC(s->dbm.writeback_ok);
             return true;
         }
         snprintf(why, whylen, "Redis %s:%u: %s", s->conf->redis.host, s->conf->redis.port,
@@ -721,15 +802,11 @@ static bool redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
                                : "error reply");
         redisFree(t->redis); /* replies may be out of step now */
         t->redis = NULL;
-        if (closed && reused && attempt == 0)
+        if (closed && reused && attempt == 0 && !watched)
             continue;
-        MG_FM_INC(s->dbm.writeback_error);
-        unsigned long skipped;
-        if (mg_log_limit_pass(&t->loglimit, &skipped))
-            MG_LOG(MG_LOG_WARN, "features",
-                   "write-back failed (%s); lookups will miss Redis until it works (%lu "
-                   "similar suppressed)",
-                   why, skipped);
+        char what[600];
+        snprintf(what, sizeof(what), "failed (%s)", why);
+        writeback_failed(t, what);
         return false;
     }
 }
@@ -753,6 +830,8 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
     add_quoted(t, q, j->app->name);
     evbuffer_add_printf(q, " AND user_id=");
     add_quoted(t, q, j->user);
+    /* before the read: a write of the user from now on wins over this copy in Redis */
+    bool watched = s->conf->redis.on && redis_watch(t, j->app, j->user);
     size_t len = evbuffer_get_length(q);
     bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, why, sizeof(why));
     evbuffer_free(q);
@@ -763,6 +842,8 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
         if (mg_log_limit_pass(&t->loglimit, &skipped))
             MG_LOG(MG_LOG_WARN, "features", "lookup of %s/%s: %s (%lu similar suppressed)",
                    j->app->name, j->user, ok ? mysql_error(t->db) : why, skipped);
+        if (watched)
+            redis_unwatch(t);
         return;
     }
     MYSQL_ROW row = mysql_fetch_row(res);
@@ -790,8 +871,10 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
     }
     /* cache-aside: Redis first, so that the next request of any worker finds it there */
     /* a failure is logged by redis_write (rate-limited); the lookup's answer stands */
-    if (j->result != MG_FDB_ERROR && s->conf->redis.on)
-        redis_write(t, j->app, &j->user, doc ? &doc : NULL, 1, why, sizeof(why));
+    if (j->result != MG_FDB_ERROR && watched)
+        redis_write(t, j->app, &j->user, doc ? &doc : NULL, 1, true, why, sizeof(why));
+    else if (watched)
+        redis_unwatch(t);
     json_decref(doc);
 }
 
@@ -961,7 +1044,7 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
     pthread_mutex_unlock(&s->lock);
     if (!s->conf->redis.on)
         w->redis = MG_FW_REDIS_OFF;
-    else if (redis_write(t, w->app, w->users, w->op == MG_FW_PUT ? w->docs : NULL, w->n,
+    else if (redis_write(t, w->app, w->users, w->op == MG_FW_PUT ? w->docs : NULL, w->n, false,
                          w->redis_errmsg, sizeof(w->redis_errmsg)))
         w->redis = MG_FW_REDIS_REFRESHED;
     else

@@ -707,6 +707,114 @@ def test_marker_left_without_its_group_keys_reads_mariadb(stack):
     assert stack.selects() == before
 
 
+class HoldingRelay:
+    """A TCP relay to a real Redis that, once told to, holds what a client sends from its next
+    MULTI on until released: a slow link between one gateway and Redis at a chosen moment.
+    Everything else passes as it comes."""
+
+    def __init__(self, target_port):
+        import socket
+        self.target = target_port
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.socks = [self.srv]
+        self.holding = False
+        self.held = threading.Event()  # a MULTI is being held
+        self.released = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        while True:
+            try:
+                c, _ = self.srv.accept()
+                u = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self.socks += [c, u]
+            threading.Thread(target=self._pump, args=(c, u, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(u, c, False), daemon=True).start()
+
+    def _pump(self, src, dst, to_redis):
+        import socket
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if to_redis and self.holding and b"MULTI" in data:
+                    self.held.set()
+                    self.released.wait(30)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def hold_next_transaction(self):
+        self.holding = True
+
+    def release(self):
+        self.holding = False
+        self.released.set()
+
+    def close(self):
+        self.release()
+        for x in self.socks:
+            x.close()
+
+
+def test_write_back_of_an_older_read_does_not_replace_another_gateways_write(procs):
+    """Gateway A reads a user from MariaDB (Redis has no copy) just before gateway B takes a
+    PUT of that user. A's write-back of what it read reached Redis after B's refresh and
+    replaced it: every gateway then served the old features until redis.ttl_s ended. Here a
+    relay between A and Redis holds A's write-back until B's PUT is answered. Now Redis drops
+    it (A watched the user's marker before reading MariaDB), keeps B's write, and A counts the
+    write-back as superseded."""
+    over, relays = {"reply_timeout_ms": 20000}, []  # A waits for its held write-back
+
+    def via_relay(st):
+        relays.append(HoldingRelay(st.redis.port))
+        over["port"] = relays[0].port
+
+    a = Stack(procs, workers=1, redis_over=over, before_start=via_relay)
+    relay = relays[0]
+    try:
+        feats = json.loads(json.dumps(a.gw.conf["features"]))
+        feats["redis"]["port"] = a.redis.port  # B talks to Redis directly
+        b_admin = free_port()
+        b = procs.gateway(routes_doc({"svc-a": [a.backend]}, [("digits", "production", "svc-a")]),
+                          conf={"workers": 1, "features": feats,
+                                "admin": {"listen": "127.0.0.1:%d" % b_admin}}, name="gateway-b")
+        old, new = {"recent": ["old"]}, {"recent": ["new"]}
+        a.put_db("dave", old)
+        relay.hold_next_transaction()
+        a.get("dave")  # Redis has no copy: A reads MariaDB (old); its write-back is held
+        assert relay.held.wait(10), "A's write-back did not come"
+        import httpx
+        r = httpx.put("http://127.0.0.1:%d/v1/features/digits/dave" % b_admin,
+                      content=json.dumps(new), timeout=30)
+        assert r.status_code == 200 and r.json()["redis"] == "refreshed", r.text
+        assert a.r.lrange("mgf:v1:digits:dave:recent", 0, -1) == [b"new"]
+        relay.release()
+        wait_for(lambda: a.metric("modelgate_features_writeback_total") >= 1, 10, 0.05,
+                 "A's write-back to end")
+        assert a.r.lrange("mgf:v1:digits:dave:recent", 0, -1) == [b"new"]
+        assert a.sample('modelgate_features_writeback_total{result="superseded"}') == 1
+        assert a.sample('modelgate_features_writeback_total{result="ok"}') == 0
+        time.sleep(1.2)  # A's worker kept what it read for local.ttl_ms (1 s): other gateways'
+        # copies run their course (conf/README.md); then it reads Redis, which has B's write
+        h = a.get("dave")
+        assert json.loads(h["x-user-features"]) == new, h
+        status, _, _, body = curl(b, "/predict", "-H", "x-user-id: dave")
+        assert status == 200 and json.loads(json.loads(body)["headers"]["x-user-features"]) == new
+    finally:
+        relay.close()
+
+
 def test_admin_user_id_may_be_percent_encoded(stack):
     # a client that encodes '@' (urllib.parse.quote, encodeURIComponent) means the same user
     r = stack.admin("PUT", "/v1/features/digits/ann%40example.com",
