@@ -29,6 +29,7 @@ struct mg_arena_chunk {
 static _Thread_local struct {
     mg_arena_chunk_t *head;
     size_t n;
+    bool registered; /* with spares_key, whose destructor frees the list at thread exit */
 } spares;
 static pthread_key_t spares_key;
 static pthread_once_t spares_once = PTHREAD_ONCE_INIT;
@@ -43,12 +44,17 @@ static void free_list(mg_arena_chunk_t *c)
     }
 }
 
-static void spares_at_thread_exit(void *unused)
+void mg_arena_flush_spares(void)
 {
-    (void)unused;
     free_list(spares.head);
     spares.head = NULL;
     spares.n = 0;
+}
+
+static void spares_at_thread_exit(void *unused)
+{
+    (void)unused;
+    mg_arena_flush_spares();
 }
 
 static void spares_key_create(void)
@@ -63,12 +69,13 @@ static void chunk_put(mg_arena_chunk_t *c)
         free(c);
         return;
     }
-    if (spares.head == NULL) { /* the key's destructor runs only for a non-NULL value */
+    if (!spares.registered) { /* once per thread: the destructor needs a non-NULL value */
         pthread_once(&spares_once, spares_key_create);
         if (!spares_key_ok || pthread_setspecific(spares_key, &spares) != 0) {
             free(c);
             return;
         }
+        spares.registered = true;
     }
     c->next = spares.head;
     spares.head = c;

@@ -41,4 +41,8 @@ char *mg_arena_strndup(mg_arena_t *a, const char *s, size_t len);
 /* How many heap chunks this thread keeps for reuse (for tests). */
 size_t mg_arena_spares(void);
 
+/* Frees the chunks this thread keeps (an idle worker's trim; the main thread at exit, whose
+ * list no thread-exit destructor frees). */
+void mg_arena_flush_spares(void);
+
 #endif /* MG_COMMON_ARENA_H */
