@@ -178,8 +178,9 @@ static void parse_app(pctx_t *p, const char *name, const json_t *a, mg_fapp_t *o
     }
     const json_t *gs = json_object_get(a, "groups");
     size_t old = mg_jerr_key(p->e, "groups");
-    if (!json_is_array(gs) || json_array_size(gs) == 0 || json_array_size(gs) > 16) {
-        mg_jerr_f(p->e, "expected an array of 1-16 groups");
+    if (!json_is_array(gs) || json_array_size(gs) == 0 ||
+        json_array_size(gs) > MG_FCONF_MAX_GROUPS) {
+        mg_jerr_f(p->e, "expected an array of 1-%d groups", MG_FCONF_MAX_GROUPS);
     } else if ((out->groups = calloc(json_array_size(gs), sizeof(*out->groups))) == NULL) {
         mg_jerr_f(p->e, "out of memory");
     } else {

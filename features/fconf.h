@@ -31,6 +31,8 @@ typedef struct mg_fgroup {
     unsigned max_items; /* lists only */
 } mg_fgroup_t;
 
+#define MG_FCONF_MAX_GROUPS 16 /* per app */
+
 typedef struct mg_fapp {
     char *name;
     unsigned timeout_ms; /* the lookup budget of a request to this app */

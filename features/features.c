@@ -54,7 +54,7 @@
 
 #define NFETCH_BUCKETS 1024
 #define NSENT 1024 /* snapshot hashes remembered per worker, to tell a repeat */
-#define MAX_GROUPS 16
+#define MAX_GROUPS MG_FCONF_MAX_GROUPS
 
 enum { R_DOWN, R_CONNECTING, R_UP };
 

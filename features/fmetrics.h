@@ -49,7 +49,8 @@ typedef struct mg_fmetrics {
 
 typedef struct mg_fdb_metrics {
     atomic_ullong lookups, hit, miss, error, coalesced, writeback_ok, writeback_error;
-    /* write-backs Redis dropped: the user was written meanwhile (fsource.c, redis_watch) */
+    /* write-backs Redis dropped: a key of the user was written, expired or evicted since the
+     * lookup's WATCH (fsource.c, redis_watch) */
     atomic_ullong writeback_superseded;
     atomic_ullong rows_written, rows_deleted;
 } mg_fdb_metrics_t;

@@ -682,42 +682,52 @@ static bool conn_was_closed(const redisContext *r, int e)
     return r->err == REDIS_ERR_EOF || (r->err == REDIS_ERR_IO && e != EAGAIN && e != EWOULDBLOCK);
 }
 
-/* Before a lookup reads MariaDB: WATCH the user's marker on the write-back connection. Every
- * write of the user's keys sets the marker (an admin write of any gateway, a pipeline that
- * follows the layout, another lookup's write-back), so one that lands between now and the
- * write-back's EXEC makes Redis drop the write-back: a copy read before that write never
- * replaces it. False when Redis cannot take the WATCH (the write-back is then skipped and
- * counted as an error; its cause is logged, rate-limited). A connection that Redis closed
- * since its last use is replaced once, as in redis_write. */
-static bool redis_watch(dbthread_t *t, const mg_fapp_t *app, const char *user)
+/* Before a lookup reads MariaDB: WATCH the user's keys (the marker and every group key) on
+ * the write-back connection. A write of any of them that lands between now and the
+ * write-back's EXEC (an admin write of any gateway, a pipeline's, another lookup's write-back;
+ * an expiry or eviction too) makes Redis drop the write-back: a copy read before that write
+ * never replaces it. False with the reason in |why| when Redis cannot take the WATCH (the
+ * caller counts the write-back as failed when it would have come). A connection that Redis
+ * closed since its last use is replaced once, as in redis_write. */
+static bool redis_watch(dbthread_t *t, const mg_fapp_t *app, const char *user, char *why,
+                        size_t whylen)
 {
     mg_fsource_t *s = t->s;
-    char why[256];
+    char keys[1 + MG_FCONF_MAX_GROUPS][256];
+    const char *argv[2 + MG_FCONF_MAX_GROUPS];
+    size_t lens[2 + MG_FCONF_MAX_GROUPS];
+    int argc = 0;
+    argv[argc] = "WATCH";
+    lens[argc++] = 5;
+    for (size_t i = 0; i <= app->ngroups && i <= MG_FCONF_MAX_GROUPS; i++) {
+        int n = i == 0 ? snprintf(keys[i], sizeof(keys[i]), "mgf:v1:%s:%s", app->name, user)
+                       : snprintf(keys[i], sizeof(keys[i]), "mgf:v1:%s:%s:%s", app->name, user,
+                                  app->groups[i - 1].name);
+        argv[argc] = keys[i];
+        lens[argc++] = n < (int)sizeof(keys[i]) ? (size_t)n : sizeof(keys[i]) - 1;
+    }
     for (int attempt = 0;; attempt++) {
         bool reused = t->redis != NULL;
-        if (!redis_ready(t, why, sizeof(why))) { /* logged there, once per cause */
-            MG_FM_INC(s->dbm.writeback_error);
+        if (!redis_ready(t, why, whylen)) /* logged there, once per cause */
             return false;
-        }
-        redisReply *rep = redisCommand(t->redis, "WATCH mgf:v1:%s:%s", app->name, user);
+        redisReply *rep = redisCommandArgv(t->redis, argc, argv, lens);
         if (rep && rep->type == REDIS_REPLY_STATUS) {
             freeReplyObject(rep);
             return true;
         }
         bool closed = rep == NULL && conn_was_closed(t->redis, errno);
+        char err[160];
         if (rep)
-            mg_rreply_text(rep, why, sizeof(why));
+            mg_rreply_text(rep, err, sizeof(err));
         else
-            snprintf(why, sizeof(why), "%s", t->redis->errstr);
+            snprintf(err, sizeof(err), "%s", t->redis->errstr);
         freeReplyObject(rep);
         redisFree(t->redis);
         t->redis = NULL;
         if (closed && reused && attempt == 0)
             continue;
-        char what[384];
-        snprintf(what, sizeof(what), "skipped: Redis %s:%u: WATCH failed (%s)",
-                 s->conf->redis.host, s->conf->redis.port, why);
-        writeback_failed(t, what);
+        snprintf(why, whylen, "skipped: Redis %s:%u: WATCH failed (%s)", s->conf->redis.host,
+                 s->conf->redis.port, err);
         return false;
     }
 }
@@ -831,7 +841,9 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
     evbuffer_add_printf(q, " AND user_id=");
     add_quoted(t, q, j->user);
     /* before the read: a write of the user from now on wins over this copy in Redis */
-    bool watched = s->conf->redis.on && redis_watch(t, j->app, j->user);
+    char watch_why[512] = "";
+    bool watched =
+        s->conf->redis.on && redis_watch(t, j->app, j->user, watch_why, sizeof(watch_why));
     size_t len = evbuffer_get_length(q);
     bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, why, sizeof(why));
     evbuffer_free(q);
@@ -875,6 +887,8 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
         redis_write(t, j->app, &j->user, doc ? &doc : NULL, 1, true, why, sizeof(why));
     else if (watched)
         redis_unwatch(t);
+    else if (j->result != MG_FDB_ERROR && s->conf->redis.on)
+        writeback_failed(t, watch_why); /* the WATCH failed: no write-back */
     json_decref(doc);
 }
 

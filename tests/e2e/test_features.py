@@ -709,12 +709,13 @@ def test_marker_left_without_its_group_keys_reads_mariadb(stack):
 
 class HoldingRelay:
     """A TCP relay to a real Redis that, once told to, holds what a client sends from its next
-    MULTI on until released: a slow link between one gateway and Redis at a chosen moment.
-    Everything else passes as it comes."""
+    command with |trigger| in it (e.g. b"MULTI") until released: a slow link between one
+    gateway and Redis at a chosen moment. Everything else passes as it comes."""
 
-    def __init__(self, target_port):
+    def __init__(self, target_port, trigger):
         import socket
         self.target = target_port
+        self.trigger = trigger
         self.srv = socket.create_server(("127.0.0.1", 0))
         self.port = self.srv.getsockname()[1]
         self.socks = [self.srv]
@@ -742,7 +743,7 @@ class HoldingRelay:
                 data = src.recv(65536)
                 if not data:
                     break
-                if to_redis and self.holding and b"MULTI" in data:
+                if to_redis and self.holding and self.trigger in data:
                     self.held.set()
                     self.released.wait(30)
                 dst.sendall(data)
@@ -767,17 +768,20 @@ class HoldingRelay:
             x.close()
 
 
-def test_write_back_of_an_older_read_does_not_replace_another_gateways_write(procs):
+@pytest.mark.parametrize("held", ["MULTI", "WATCH"])
+def test_write_back_of_an_older_read_does_not_replace_another_gateways_write(procs, held):
     """Gateway A reads a user from MariaDB (Redis has no copy) just before gateway B takes a
     PUT of that user. A's write-back of what it read reached Redis after B's refresh and
     replaced it: every gateway then served the old features until redis.ttl_s ended. Here a
-    relay between A and Redis holds A's write-back until B's PUT is answered. Now Redis drops
-    it (A watched the user's marker before reading MariaDB), keeps B's write, and A counts the
-    write-back as superseded."""
+    relay between A and Redis holds A's write-back (MULTI) until B's PUT is answered. Now Redis
+    drops it (A watched the user's keys before reading MariaDB), keeps B's write, and A counts
+    the write-back as superseded. Held at A's WATCH instead, A reads MariaDB only after B's
+    write: its write-back carries the new features (a WATCH after the read would let the old
+    copy in)."""
     over, relays = {"reply_timeout_ms": 20000}, []  # A waits for its held write-back
 
     def via_relay(st):
-        relays.append(HoldingRelay(st.redis.port))
+        relays.append(HoldingRelay(st.redis.port, held.encode()))
         over["port"] = relays[0].port
 
     a = Stack(procs, workers=1, redis_over=over, before_start=via_relay)
@@ -792,8 +796,8 @@ def test_write_back_of_an_older_read_does_not_replace_another_gateways_write(pro
         old, new = {"recent": ["old"]}, {"recent": ["new"]}
         a.put_db("dave", old)
         relay.hold_next_transaction()
-        a.get("dave")  # Redis has no copy: A reads MariaDB (old); its write-back is held
-        assert relay.held.wait(10), "A's write-back did not come"
+        a.get("dave")  # Redis has no copy: A's lookup goes to MariaDB, and is held
+        assert relay.held.wait(10), "A sent no %s" % held
         import httpx
         r = httpx.put("http://127.0.0.1:%d/v1/features/digits/dave" % b_admin,
                       content=json.dumps(new), timeout=30)
@@ -803,8 +807,10 @@ def test_write_back_of_an_older_read_does_not_replace_another_gateways_write(pro
         wait_for(lambda: a.metric("modelgate_features_writeback_total") >= 1, 10, 0.05,
                  "A's write-back to end")
         assert a.r.lrange("mgf:v1:digits:dave:recent", 0, -1) == [b"new"]
-        assert a.sample('modelgate_features_writeback_total{result="superseded"}') == 1
-        assert a.sample('modelgate_features_writeback_total{result="ok"}') == 0
+        superseded = 1 if held == "MULTI" else 0
+        assert a.sample('modelgate_features_writeback_total{result="superseded"}') == superseded
+        assert a.sample('modelgate_features_writeback_total{result="ok"}') == 1 - superseded
+        assert a.sample('modelgate_features_writeback_total{result="error"}') == 0
         time.sleep(1.2)  # A's worker kept what it read for local.ttl_ms (1 s): other gateways'
         # copies run their course (conf/README.md); then it reads Redis, which has B's write
         h = a.get("dave")
