@@ -6,7 +6,7 @@
  * embedded in the arena, so a typical request does no heap allocation for its headers. A hard
  * cap makes allocation fail (NULL) rather than grow without bound; only that stream is reset.
  * Heap chunks of the standard size are kept for the thread's next arena (MG_ARENA_SPARES at
- * most per thread, freed at thread exit; none in ASan builds).
+ * most per thread, freed at thread exit; poisoned while kept, in ASan builds).
  * Not thread-safe: a stream lives on one worker thread.
  */
 #ifndef MG_COMMON_ARENA_H

@@ -1,8 +1,7 @@
 /*
  * tests/unit/test_arena_spares.c - the heap chunks a thread keeps for its next arena: reused,
- * bounded, only of the standard size, and freed when the thread exits. Compiled with
- * MG_ARENA_FORCE_SPARES, so the sanitizer build tests the list rather than its pass-through
- * (and LeakSanitizer sees a thread's spares left behind).
+ * bounded, only of the standard size, and freed when the thread exits. In the sanitizer
+ * build a kept chunk is poisoned, and LeakSanitizer sees a thread's spares left behind.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -17,6 +16,7 @@
 #include "common/asan.h"
 
 #if MG_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/lsan_interface.h>
 #endif
 
@@ -49,6 +49,9 @@ static void chunk_goes_to_the_next_arena(void **state)
     assert_int_equal(mg_arena_spares(), 0);
     mg_arena_clear(&arenas[0]);
     assert_int_equal(mg_arena_spares(), 1);
+#if MG_ASAN
+    assert_true(__asan_address_is_poisoned(p)); /* a use after the clear is reported */
+#endif
 
     char *q = overflow(&arenas[1]);
     assert_ptr_equal(q, p); /* the very chunk */
