@@ -11,14 +11,6 @@
 /* Under AddressSanitizer the spares stay on, so the sanitized tests run them, and a spare's
  * memory is poisoned until an arena takes it again: a use after mg_arena_clear is reported as
  * it would be without them. */
-#if MG_ASAN
-#include <sanitizer/asan_interface.h>
-#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define POISON(p, n) ((void)(p), (void)(n))
-#define UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 #define CHUNK_BYTES 4096 /* a heap chunk's size, unless one allocation needs more */
 
@@ -45,7 +37,7 @@ static void free_list(mg_arena_chunk_t *c)
 {
     while (c) {
         mg_arena_chunk_t *next = c->next;
-        UNPOISON(c->mem, c->cap);
+        MG_UNPOISON(c->mem, c->cap);
         free(c);
         c = next;
     }
@@ -84,7 +76,7 @@ static void chunk_put(mg_arena_chunk_t *c)
         }
         spares.registered = true;
     }
-    POISON(c->mem, c->cap);
+    MG_POISON(c->mem, c->cap);
     c->next = spares.head;
     spares.head = c;
     spares.n++;
@@ -96,7 +88,7 @@ static mg_arena_chunk_t *chunk_get(size_t cap)
     if (cap == CHUNK_BYTES && c) {
         spares.head = c->next;
         spares.n--;
-        UNPOISON(c->mem, c->cap);
+        MG_UNPOISON(c->mem, c->cap);
         return c;
     }
     if ((c = malloc(sizeof(*c) + cap)) != NULL)

@@ -17,4 +17,15 @@
 #define MG_ASAN 0
 #endif
 
+/* A cache's kept block is poisoned until it is handed out again, so that ASan reports a use
+ * after its owner freed it as it would without the cache; no-ops in other builds. */
+#if MG_ASAN
+#include <sanitizer/asan_interface.h>
+#define MG_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define MG_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define MG_POISON(p, n) ((void)(p), (void)(n))
+#define MG_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #endif /* MG_COMMON_ASAN_H */

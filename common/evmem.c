@@ -14,14 +14,6 @@
 /* Under AddressSanitizer the cache stays on, so the sanitized tests run it, and a cached block
  * is poisoned (all but its link) until it is handed out again: a use after libevent freed a
  * chain is reported as it would be without the cache. */
-#if MG_ASAN
-#include <sanitizer/asan_interface.h>
-#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define POISON(p, n) ((void)(p), (void)(n))
-#define UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 /* libevent's chains, header included, are powers of two from 1 KiB (MIN_BUFFER_SIZE): a
  * class per size up to 64 KiB (a TLS filter's chains are 4 and 8 KiB, the queue's reader
@@ -63,7 +55,7 @@ static void *ev_malloc(size_t size)
         block_t *b = cache[k];
         cache[k] = b->next;
         ncached[k]--;
-        UNPOISON(b, size);
+        MG_UNPOISON(b, size);
         return b;
     }
     return malloc(size);
@@ -90,7 +82,7 @@ static void ev_free(void *p)
     b->next = cache[k];
     cache[k] = b;
     ncached[k]++;
-    POISON((char *)b + sizeof(*b), n - sizeof(*b));
+    MG_POISON((char *)b + sizeof(*b), n - sizeof(*b));
 }
 
 void mg_evmem_flush(void)
@@ -99,7 +91,7 @@ void mg_evmem_flush(void)
         while (cache[k] != NULL) {
             block_t *b = cache[k];
             cache[k] = b->next;
-            UNPOISON(b, usable[k]);
+            MG_UNPOISON(b, usable[k]);
             free(b);
         }
         ncached[k] = 0;
