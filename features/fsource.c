@@ -603,6 +603,18 @@ static void cmd_add(cmd_t *c, const char *s, size_t len)
 
 #define CMD_S(c, s) cmd_add((c), (s), strlen(s))
 
+/* The Redis key of (app, user)'s marker (|g| NULL) or of its group |g| (conf/README.md
+ * "features"), NUL-terminated; its length. The app (<= 64), user (<= 128) and group (<= 32)
+ * names fit. */
+#define KEY_BYTES 256
+static size_t user_key(char out[KEY_BYTES], const mg_fapp_t *app, const char *user,
+                       const mg_fgroup_t *g)
+{
+    int n = g ? snprintf(out, KEY_BYTES, "mgf:v1:%s:%s:%s", app->name, user, g->name)
+              : snprintf(out, KEY_BYTES, "mgf:v1:%s:%s", app->name, user);
+    return n < KEY_BYTES ? (size_t)n : KEY_BYTES - 1;
+}
+
 /* Appends to the pipeline the commands that make Redis hold |doc| (normalized; NULL: the user
  * is unknown) for (app, user); returns how many replies to read. Layout: conf/README.md
  * "features". A user without features (NULL, or a |doc| without groups: empty ones were left
@@ -610,14 +622,14 @@ static void cmd_add(cmd_t *c, const char *s, size_t len)
 static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *app, const char *user,
                        const json_t *doc)
 {
-    char base[256], key[300], ttl[16];
-    snprintf(base, sizeof(base), "mgf:v1:%s:%s", app->name, user);
+    char base[KEY_BYTES], key[KEY_BYTES], ttl[16];
+    user_key(base, app, user, NULL);
     int n = 0;
     redisAppendCommand(r, "MULTI");
     n++;
     for (size_t i = 0; i < app->ngroups; i++) {
         const mg_fgroup_t *g = &app->groups[i];
-        snprintf(key, sizeof(key), "%s:%s", base, g->name);
+        user_key(key, app, user, g);
         redisAppendCommand(r, "DEL %s", key);
         n++;
         const json_t *v = doc ? json_object_get(doc, g->name) : NULL;
@@ -693,18 +705,13 @@ static bool redis_watch(dbthread_t *t, const mg_fapp_t *app, const char *user, c
                         size_t whylen)
 {
     mg_fsource_t *s = t->s;
-    char keys[1 + MG_FCONF_MAX_GROUPS][256];
-    const char *argv[2 + MG_FCONF_MAX_GROUPS];
-    size_t lens[2 + MG_FCONF_MAX_GROUPS];
-    int argc = 0;
-    argv[argc] = "WATCH";
-    lens[argc++] = 5;
-    for (size_t i = 0; i <= app->ngroups && i <= MG_FCONF_MAX_GROUPS; i++) {
-        int n = i == 0 ? snprintf(keys[i], sizeof(keys[i]), "mgf:v1:%s:%s", app->name, user)
-                       : snprintf(keys[i], sizeof(keys[i]), "mgf:v1:%s:%s:%s", app->name, user,
-                                  app->groups[i - 1].name);
+    char keys[1 + MG_FCONF_MAX_GROUPS][KEY_BYTES]; /* fconf.c: at most that many groups */
+    const char *argv[2 + MG_FCONF_MAX_GROUPS] = {"WATCH"};
+    size_t lens[2 + MG_FCONF_MAX_GROUPS] = {5};
+    int argc = 1;
+    for (size_t i = 0; i <= app->ngroups; i++, argc++) {
+        lens[argc] = user_key(keys[i], app, user, i ? &app->groups[i - 1] : NULL);
         argv[argc] = keys[i];
-        lens[argc++] = n < (int)sizeof(keys[i]) ? (size_t)n : sizeof(keys[i]) - 1;
     }
     for (int attempt = 0;; attempt++) {
         bool reused = t->redis != NULL;

@@ -9,6 +9,7 @@ admin API (PUT/GET/DELETE, bulk JSON lines), header spoofing, size cap, metrics,
 import json
 import os
 import signal
+import socket
 import struct
 import threading
 import time
@@ -713,7 +714,6 @@ class HoldingRelay:
     gateway and Redis at a chosen moment. Everything else passes as it comes."""
 
     def __init__(self, target_port, trigger):
-        import socket
         self.target = target_port
         self.trigger = trigger
         self.srv = socket.create_server(("127.0.0.1", 0))
@@ -725,7 +725,6 @@ class HoldingRelay:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
-        import socket
         while True:
             try:
                 c, _ = self.srv.accept()
@@ -737,7 +736,6 @@ class HoldingRelay:
             threading.Thread(target=self._pump, args=(u, c, False), daemon=True).start()
 
     def _pump(self, src, dst, to_redis):
-        import socket
         try:
             while True:
                 data = src.recv(65536)
