@@ -17,7 +17,9 @@
 
 #include <stddef.h>
 
-#define MG_SMALLOC_MAX 512 /* larger blocks come from malloc */
+/* Larger blocks come from malloc. 1 KiB holds the field array nghttp2 copies for a request of
+ * up to 25 fields. */
+#define MG_SMALLOC_MAX 1024
 
 typedef struct mg_smalloc mg_smalloc_t;
 

@@ -34,6 +34,25 @@ static void blocks_are_aligned_and_reused_per_class(void **state)
     mg_smalloc_free(a);
 }
 
+/* nghttp2_submit_request copies the field array, 40 bytes a field (nghttp2_nv, names and
+ * values NO_COPY): a request forwarded with 13 or more fields (a browser's, or one with user
+ * features) needs over 512 bytes, and still must not cost a malloc and a free. */
+static void a_request_field_array_comes_from_the_cache(void **state)
+{
+    (void)state;
+    mg_smalloc_t *a = mg_smalloc_new();
+    for (size_t fields = 13; fields <= 24; fields++) {
+        size_t nv_bytes = fields * 40;
+        void *p = mg_smalloc_get(a, nv_bytes);
+        assert_non_null(p);
+        memset(p, 0x5a, nv_bytes);
+        mg_smalloc_put(a, p);
+        assert_ptr_equal(mg_smalloc_get(a, nv_bytes), p); /* kept, not given back to malloc */
+        mg_smalloc_put(a, p);
+    }
+    mg_smalloc_free(a);
+}
+
 static void large_blocks_and_edges(void **state)
 {
     (void)state;
@@ -106,6 +125,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(blocks_are_aligned_and_reused_per_class),
+        cmocka_unit_test(a_request_field_array_comes_from_the_cache),
         cmocka_unit_test(large_blocks_and_edges),
         cmocka_unit_test(reget_keeps_the_bytes),
         cmocka_unit_test(many_blocks_across_slabs),
