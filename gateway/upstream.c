@@ -671,6 +671,15 @@ static size_t table_size(const up_conn_t *c)
     return offered < UP_HPACK_TABLE_MAX ? offered : UP_HPACK_TABLE_MAX;
 }
 
+/* What a request without a host (HTTP/1.0 lets clients send none) names as the pod's authority:
+ * the pod's own "host:port", as nghttpx does. HTTP/2 pods refuse a request without :authority
+ * or Host (RFC 9113 8.3.1, nghttp2 and h2 enforce it), and HTTP/1.1 ones may refuse an empty
+ * Host. */
+static const char *pod_authority(const up_conn_t *c, const mg_up_req_t *r)
+{
+    return r->authority[0] != '\0' ? r->authority : c->pool->key;
+}
+
 /* The fields are copied into the stream's arena, which lives until nghttp2 closes the stream:
  * the request's own (the client's stream, the exchange) may go first, with the HEADERS still
  * queued (a connection still connecting, a client reset); nghttp2 then copies nothing. */
@@ -680,9 +689,10 @@ static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
     if (nv == NULL)
         return MG_E_NOMEM;
     mg_arena_t *a = &s->arena;
+    const char *authority = pod_authority(c, r);
     bool ok = mg_nv_copy(a, &nv[0], ":method", 7, r->method, strlen(r->method), false) &&
               mg_nv_copy(a, &nv[1], ":scheme", 7, r->scheme, strlen(r->scheme), false) &&
-              mg_nv_copy(a, &nv[2], ":authority", 10, r->authority, strlen(r->authority),
+              mg_nv_copy(a, &nv[2], ":authority", 10, authority, strlen(authority),
                          r->authority_hpack == MG_HPACK_SENSITIVE) &&
               mg_nv_copy(a, &nv[3], ":path", 5, r->path, strlen(r->path),
                          r->path_hpack == MG_HPACK_SENSITIVE);
@@ -920,7 +930,8 @@ static mg_err_t h1_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
     s->h1_scratch = mg_arena_alloc(&s->arena, 65536);
     if (s->h1_scratch == NULL)
         return MG_E_NOMEM;
-    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nhost: %s\r\n", r->method, r->path, r->authority);
+    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nhost: %s\r\n", r->method, r->path,
+                        pod_authority(c, r));
     bool cookie_done = false;
     for (size_t i = 0; i < r->nhdrs; i++) {
         const mg_hdr_t *h = &r->hdrs[i];

@@ -68,7 +68,7 @@ typedef struct mg_up_cbs {
 typedef struct mg_up_req {
     const char *method;
     const char *scheme;
-    const char *authority;
+    const char *authority; /* "": none (HTTP/1.0), and the pod's own "host:port" goes instead */
     const char *path;
     mg_hpack_t authority_hpack, path_hpack; /* SENSITIVE: kept never-indexed (RFC 7541 6.2.3) */
     const mg_hdr_t *hdrs; /* regular fields to send, already filtered */

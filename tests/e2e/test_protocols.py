@@ -688,6 +688,23 @@ def test_default_service(procs):
             assert r.status == 200 and r.json()["pod"] == "pod-default"
 
 
+@pytest.mark.parametrize("proto", ["h2c", "http1"])
+def test_http10_request_without_host_reaches_the_default_service(procs, proto):
+    """HTTP/1.0 has no Host field, and health checkers still send such requests. The default
+    service answers them, and the pod gets its own "host:port" as the authority, as nghttpx
+    sends it. Before, the pod got an empty authority: nghttp2-based pods (nghttpd,
+    modelgate-runtime) reset such a request, and the client got 502 upstream_reset."""
+    d = procs.backend("pod-default", proto=proto)
+    gw = procs.gateway(routes_doc({"svc-d": ([d], proto)}, [], default="svc-d"))
+    with H1Conn(gw.port) as c:
+        c.send(b"GET /no-host HTTP/1.0\r\n\r\n")
+        r = c.read_response()
+    doc = r.json()
+    assert r.status == 200 and doc["pod"] == "pod-default", (r.status, r.body)
+    assert doc["authority"] == d.addr and doc["path"] == "/no-host", doc
+    assert doc["proto"] == ("http/1.1" if proto == "http1" else "h2c"), doc
+
+
 def test_round_robin_two_pods(procs):
     a = procs.backend("pod-a")
     b = procs.backend("pod-b")
