@@ -70,6 +70,7 @@ void mg_conf_defaults(mg_conf_t *c)
     c->workers = 0;
     c->backend_proto = MG_UP_H2C;
     c->log_level = MG_LOG_INFO;
+    c->generate_request_id = true;
     c->limits.max_concurrent_streams = 100;
     c->limits.max_header_list_size = 65536;
     c->limits.max_headers = 100;
@@ -608,6 +609,7 @@ static void apply_doc(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_
                                        "dns_nameserver",
                                        "request_log_db",
                                        "features",
+                                       "generate_request_id",
                                        "request_id_in_response",
                                        "proxy_protocol",
                                        "trusted_proxies",
@@ -649,6 +651,7 @@ static void apply_doc(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_
     parse_path(e, doc, "routes", dir, false, &c->routes_path);
     parse_path(e, doc, "access_log", dir, true, &c->access_log);
 
+    mg_jerr_bool(e, doc, "generate_request_id", &c->generate_request_id);
     mg_jerr_bool(e, doc, "request_id_in_response", &c->request_id_in_response);
     mg_jerr_bool(e, doc, "proxy_protocol", &c->proxy_protocol);
     parse_trusted(e, doc, c);

@@ -72,6 +72,7 @@ typedef struct mg_conf {
     int log_level;    /* mg_log_level_t */
     mg_dblog_conf_t request_log_db; /* .host NULL = off; strings owned here */
     mg_fconf_t *features; /* user features (features/fconf.h); NULL = off; owned */
+    bool generate_request_id;    /* an x-request-id made for requests that bring none */
     bool request_id_in_response; /* x-request-id on pods' answers that lack one */
     bool proxy_protocol;         /* client connections start with a PROXY protocol header */
     mg_cidr_t trusted_proxies[MG_CONF_MAX_TRUSTED]; /* whose x-forwarded-for names the client */

@@ -109,6 +109,7 @@ struct exch {
     char real_client[MG_REALIP_TEXT]; /* the client behind trusted proxies, when |client| */
     char request_id[64];
     mg_hpack_t rid_hpack; /* UNIQUE, or SENSITIVE when the client sent its id never-indexed */
+    bool rid_sent;        /* the pod gets x-request-id: the client's, or one made here */
     char app[64], env[32];
 };
 
@@ -835,7 +836,7 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
     }
     bool has_rid = false;
     size_t k = pass_fields(h, n, out, &has_rid, &e->resp_cl);
-    if (!has_rid && e->p->conf->request_id_in_response)
+    if (!has_rid && e->rid_sent && e->p->conf->request_id_in_response)
         out[k++] =
             (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), e->rid_hpack};
     out[k++] =
@@ -1132,8 +1133,9 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         }
     if (rid)
         snprintf(e->request_id, sizeof(e->request_id), "%s", rid);
-    else
+    else /* made either way: the log and the gateway's own error answers carry it */
         make_request_id(p, e->request_id, sizeof(e->request_id), e->t_start);
+    e->rid_sent = rid != NULL || conf->generate_request_id;
 
     e->routes = p->routes;
     mg_routes_ref(e->routes);
@@ -1210,7 +1212,8 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     }
     h[n++] = (mg_hdr_t){"x-forwarded-for", xffv, 15, strlen(xffv), xff_hpack};
     h[n++] = (mg_hdr_t){"x-forwarded-proto", req->scheme, 17, strlen(req->scheme), MG_HPACK_INDEX};
-    h[n++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), e->rid_hpack};
+    if (e->rid_sent)
+        h[n++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), e->rid_hpack};
     e->upreq = (mg_up_req_t){
         .method = req->method,
         .scheme = req->scheme,

@@ -562,6 +562,30 @@ def test_request_id_in_response(procs):
         r.json()["headers"]["x-request-id"] == r.headers["x-request-id"]
 
 
+def test_generate_request_id_off(procs):
+    """generate_request_id false (Envoy's generate_request_id: false): a request that brings no
+    x-request-id reaches its pod without one, and its answer gets none even with
+    request_id_in_response; a client's id still passes both ways. The gateway still makes an
+    id for its own records: the access log line and the JSON of the errors it answers."""
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf={"generate_request_id": False, "request_id_in_response": True})
+    with gw.h2() as c:
+        r = c.get("/rid")
+        assert r.status == 200 and "x-request-id" not in r.json()["headers"], r.json()
+        assert "x-request-id" not in r.headers, r.headers
+        r = c.get("/rid", headers=[("x-request-id", "client-chosen-123")])
+        assert r.json()["headers"].get("x-request-id") == "client-chosen-123", r.json()
+        assert r.headers.get("x-request-id") == "client-chosen-123", r.headers
+        r = c.get("/", authority=gw.authority("nosuchapp-production." + DOMAIN))
+        assert r.status == 404 and len(r.json()["error"]["request_id"]) == 32, r.body
+    r = h1(gw, "GET", "/rid")
+    assert "x-request-id" not in r.json()["headers"] and "x-request-id" not in r.headers, r
+    lines = gw.wait_access(4)
+    ids = [ln["request_id"] for ln in lines]
+    assert ids[1] == "client-chosen-123" and all(len(i) == 32 for i in ids[:1] + ids[2:]), ids
+
+
 def test_forwarded_headers(stack):
     gw, _, _ = stack
     with gw.h2() as c:

@@ -168,6 +168,7 @@ static void defaults(void **state)
     assert_int_equal(c.upstream.max_pending_per_pod, 1024);
     assert_int_equal(c.upstream.stream_window, 262144);
     assert_int_equal(c.upstream.connection_window, 16777216);
+    assert_true(c.generate_request_id); /* as Envoy's generate_request_id */
     assert_false(c.request_id_in_response);
     assert_false(c.proxy_protocol);
     mg_conf_clear(&c);
@@ -208,10 +209,11 @@ static void file_then_flags(void **state)
                           "'max_client_conns':5000},"
                           "'timeouts_ms':{'connect':100,'total':5000},"
                           "'upstream':{'max_idle_conns_per_pod':0},'request_id_in_response':true,"
-                          "'proxy_protocol':true}");
+                          "'generate_request_id':false,'proxy_protocol':true}");
     mg_conf_t c;
     RUN_OK(&c, "--config", (char *)cfg);
     assert_true(c.request_id_in_response);
+    assert_false(c.generate_request_id);
     assert_true(c.proxy_protocol);
     assert_int_equal(c.nlisten, 1);
     assert_string_equal(c.listen[0], "127.0.0.1:8080");
@@ -388,13 +390,13 @@ static void file_errors_all_in_one_pass(void **state)
             "'connection_window':2147483648,'max_headers':1.5,'max_header_list_size':'big',"
             "'max_request_body':-1,'x':1},'timeouts_ms':{'idle':3600001,'drain':-5},"
             "'upstream':{'max_streams_per_conn':0,'max_idle_conns_per_pod':10001},"
-            "'request_id_in_response':'yes'}");
+            "'request_id_in_response':'yes','generate_request_id':0}");
     mg_conf_t c;
     char *e = run_fail(&c, ARGV("--config", (char *)cfg));
     const char *lines[] = {
         "lisen: unknown key (valid keys: listen, tls, workers, routes, access_log, log_level, "
         "limits, timeouts_ms, upstream, admin, dns_nameserver, request_log_db, features, "
-        "request_id_in_response, proxy_protocol, trusted_proxies)",
+        "generate_request_id, request_id_in_response, proxy_protocol, trusted_proxies)",
         "listen[1]: invalid address \"127.0.0.1:99999\" (port must be 1-65535)",
         "listen[2]: wrong type (got number 5; expected string \"host:port\")",
         "tls.crt: unknown key (valid keys: listen, cert, key, reload_check_ms, "
@@ -430,6 +432,7 @@ static void file_errors_all_in_one_pass(void **state)
         "per upstream connection))",
         "upstream.max_idle_conns_per_pod: out of range (got 10001; expected integer 0-10000 "
         "(connections))",
+        "generate_request_id: wrong type (got number 0; expected true or false)",
         "request_id_in_response: wrong type (got string \"yes\"; expected true or false)",
     };
     /* nothing else: in particular no "no listener" noise after a failed file */
