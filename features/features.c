@@ -477,7 +477,18 @@ static void text_add(fetch_t *fx, const char *s, size_t n)
     }
 }
 
-/* |s| (|n| bytes of ASCII, NULs allowed) as a JSON string, escaped as jansson does it. */
+/* Whether one of the 8 bytes of |w| is one JSON escapes: below 0x20, '"' or '\\'. The tests
+ * ("has a byte below n", "has a zero byte") are exact as to whether any byte is; a byte of
+ * 0x80 or more can only make them answer yes, and the caller then looks byte by byte. */
+static inline bool word_has_escape(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+    return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs;
+}
+
+/* |s| (|n| bytes of ASCII, NULs allowed) as a JSON string, escaped as jansson does it. A
+ * snapshot is mostly plain text: 8 bytes at a time while none needs escaping. */
 static void write_string(fetch_t *fx, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -486,6 +497,13 @@ static void write_string(fetch_t *fx, const char *s, size_t n)
     char *o = fx->text + fx->tlen;
     *o++ = '"';
     for (size_t i = 0; i < n; i++) {
+        uint64_t w;
+        if (i + 8 <= n && (memcpy(&w, s + i, 8), !word_has_escape(w))) {
+            memcpy(o, &w, 8);
+            o += 8;
+            i += 7;
+            continue;
+        }
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\') {
             *o++ = (char)c;
