@@ -40,6 +40,7 @@ typedef struct slab {
 struct mg_smalloc {
     free_block_t *free[NCLASS];
     slab_t *slabs;
+    size_t slab_bytes;
 };
 
 _Static_assert(sizeof(hdr_t) == HDR, "the header keeps blocks aligned");
@@ -86,11 +87,14 @@ void *mg_smalloc_get(mg_smalloc_t *a, size_t size)
     size_t need = HDR + (size_t)(cls + 1) * GRAIN;
     slab_t *s = a->slabs;
     if (s == NULL || s->used + need > SLAB_BYTES - sizeof(slab_t)) {
+        if (a->slab_bytes + SLAB_BYTES > MG_SMALLOC_SLAB_CAP)
+            return large(size);
         if ((s = malloc(SLAB_BYTES)) == NULL)
             return NULL;
         s->next = a->slabs;
         s->used = 0;
         a->slabs = s;
+        a->slab_bytes += SLAB_BYTES;
     }
     hdr_t *h = (hdr_t *)(s->mem + s->used);
     s->used += need;
@@ -107,6 +111,11 @@ void *mg_smalloc_zget(mg_smalloc_t *a, size_t n, size_t size)
     if (p)
         memset(p, 0, n * size);
     return p;
+}
+
+size_t mg_smalloc_slab_bytes(const mg_smalloc_t *a)
+{
+    return a->slab_bytes;
 }
 
 static size_t block_size(const void *p)
@@ -134,7 +143,7 @@ void *mg_smalloc_reget(mg_smalloc_t *a, void *p, size_t size)
     if (p == NULL)
         return mg_smalloc_get(a, size);
     size_t old = block_size(p);
-    if (size <= old && (old <= MG_SMALLOC_MAX || size > MG_SMALLOC_MAX / 2))
+    if (size <= old && (old <= MG_SMALLOC_MAX || size > old / 2))
         return p; /* still fits its block (and a large block is not kept far too big) */
     void *n = mg_smalloc_get(a, size);
     if (n == NULL)

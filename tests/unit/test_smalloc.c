@@ -40,16 +40,53 @@ static void blocks_are_aligned_and_reused_per_class(void **state)
 static void a_request_field_array_comes_from_the_cache(void **state)
 {
     (void)state;
-    mg_smalloc_t *a = mg_smalloc_new();
-    for (size_t fields = 13; fields <= 24; fields++) {
+    for (size_t fields = 13; fields <= 25; fields++) {
+        mg_smalloc_t *a = mg_smalloc_new();
         size_t nv_bytes = fields * 40;
         void *p = mg_smalloc_get(a, nv_bytes);
         assert_non_null(p);
+        assert_int_equal(mg_smalloc_slab_bytes(a), 64 * 1024); /* carved from a slab */
         memset(p, 0x5a, nv_bytes);
         mg_smalloc_put(a, p);
-        assert_ptr_equal(mg_smalloc_get(a, nv_bytes), p); /* kept, not given back to malloc */
+        assert_ptr_equal(mg_smalloc_get(a, nv_bytes), p); /* kept for the next one */
         mg_smalloc_put(a, p);
+        mg_smalloc_free(a);
     }
+    mg_smalloc_t *a = mg_smalloc_new(); /* the limit: 1024 bytes cached, 1025 malloc'd */
+    void *at = mg_smalloc_get(a, MG_SMALLOC_MAX);
+    assert_int_equal(mg_smalloc_slab_bytes(a), 64 * 1024);
+    mg_smalloc_free(a);
+    a = mg_smalloc_new();
+    void *past = mg_smalloc_get(a, MG_SMALLOC_MAX + 1);
+    assert_int_equal(mg_smalloc_slab_bytes(a), 0);
+    mg_smalloc_put(a, past);
+    mg_smalloc_free(a);
+    (void)at;
+}
+
+/* Slabs are never given back, so their total is capped: past MG_SMALLOC_SLAB_CAP new blocks
+ * come from malloc (and go back to it), while blocks already carved are still reused. */
+static void slabs_stop_at_the_cap(void **state)
+{
+    (void)state;
+    mg_smalloc_t *a = mg_smalloc_new();
+    size_t n = 0, cap = 40000;
+    void **blocks = calloc(cap, sizeof(void *));
+    while (n < cap && mg_smalloc_slab_bytes(a) + 64 * 1024 <= MG_SMALLOC_SLAB_CAP)
+        blocks[n++] = mg_smalloc_get(a, 1000);
+    for (size_t i = 0; i < 200; i++) /* what the last slab still had, then malloc */
+        blocks[n++] = mg_smalloc_get(a, 1000);
+    assert_int_equal(mg_smalloc_slab_bytes(a), MG_SMALLOC_SLAB_CAP);
+    void *freed = blocks[0];
+    mg_smalloc_put(a, freed);
+    assert_ptr_equal(mg_smalloc_get(a, 1000), freed); /* a carved block: reused at the cap */
+    for (size_t i = 0; i < n; i++) {
+        assert_non_null(blocks[i]);
+        memset(blocks[i], 1, 1000);
+        mg_smalloc_put(a, blocks[i]);
+    }
+    assert_int_equal(mg_smalloc_slab_bytes(a), MG_SMALLOC_SLAB_CAP);
+    free(blocks);
     mg_smalloc_free(a);
 }
 
@@ -90,6 +127,13 @@ static void reget_keeps_the_bytes(void **state)
     char *back = mg_smalloc_reget(a, large, 40); /* a large block shrunk: moved to a class */
     assert_memory_equal(back, "0123456789", 10);
     mg_smalloc_put(a, back);
+    /* shrunk to less than half but still over MG_SMALLOC_MAX / 2: moved too, not kept at 8 KiB */
+    char *big = mg_smalloc_reget(a, NULL, 8192);
+    memcpy(big, "abc", 3);
+    char *half = mg_smalloc_reget(a, big, MG_SMALLOC_MAX);
+    assert_ptr_not_equal(half, big);
+    assert_memory_equal(half, "abc", 3);
+    mg_smalloc_put(a, half);
     mg_smalloc_free(a);
 }
 
@@ -126,6 +170,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(blocks_are_aligned_and_reused_per_class),
         cmocka_unit_test(a_request_field_array_comes_from_the_cache),
+        cmocka_unit_test(slabs_stop_at_the_cap),
         cmocka_unit_test(large_blocks_and_edges),
         cmocka_unit_test(reget_keeps_the_bytes),
         cmocka_unit_test(many_blocks_across_slabs),
