@@ -1192,7 +1192,9 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
                 xff_hpack = MG_HPACK_SENSITIVE;
             continue;
         }
-        if (name_is(f, "x-forwarded-proto", 17) || name_is(f, "x-request-id", 12))
+        /* the client's id goes as e->request_id, once; one that could not be taken (empty, or
+         * too long to log) passes untouched when the gateway makes none instead */
+        if (name_is(f, "x-forwarded-proto", 17) || (name_is(f, "x-request-id", 12) && e->rid_sent))
             continue;
         h[n++] = *f;
     }

@@ -581,6 +581,9 @@ def test_generate_request_id_off(procs):
         assert r.status == 404 and len(r.json()["error"]["request_id"]) == 32, r.body
     r = h1(gw, "GET", "/rid")
     assert "x-request-id" not in r.json()["headers"] and "x-request-id" not in r.headers, r
+    long_id = "L" * 100  # too long for the gateway's records: passed on untouched, not dropped
+    r = h1(gw, "GET", "/rid", headers=[("X-Request-Id", long_id)])
+    assert r.json()["headers"].get("x-request-id") == long_id, r.json()["headers"]
     lines = gw.wait_access(4)
     ids = [ln["request_id"] for ln in lines]
     assert ids[1] == "client-chosen-123" and all(len(i) == 32 for i in ids[:1] + ids[2:]), ids
@@ -727,6 +730,21 @@ def test_http10_request_without_host_reaches_the_default_service(procs, proto):
     assert r.status == 200 and doc["pod"] == "pod-default", (r.status, r.body)
     assert doc["authority"] == d.addr and doc["path"] == "/no-host", doc
     assert doc["proto"] == ("http/1.1" if proto == "http1" else "h2c"), doc
+
+
+def test_http10_request_without_host_to_an_nghttp2_pod(procs, tmp_path):
+    """The same with nghttpd as the pod: nghttp2 refuses a request without a usable authority,
+    so before the client got 502 upstream_reset, blaming the pod."""
+    (tmp_path / "hello.txt").write_text("hello from nghttpd\n")
+    port = free_port()
+    pod = procs.spawn("nghttpd", ["nghttpd", "--no-tls", "-a", "127.0.0.1", "-d", str(tmp_path),
+                                  str(port)])
+    pod.wait_ready([port])
+    gw = procs.gateway(routes_doc({"svc-d": ["127.0.0.1:%d" % port]}, [], default="svc-d"))
+    with H1Conn(gw.port) as c:
+        c.send(b"GET /hello.txt HTTP/1.0\r\n\r\n")
+        r = c.read_response()
+    assert r.status == 200 and r.body == b"hello from nghttpd\n", (r.status, r.body)
 
 
 def test_round_robin_two_pods(procs):
