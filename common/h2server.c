@@ -1655,6 +1655,7 @@ static int h1_on_value_complete(llhttp_t *p)
     const char *name = c->h1_scratch, *value = c->h1_scratch + c->h1_fld_len;
     size_t nlen = c->h1_fld_len, vlen = c->h1_val_len;
     c->h1_fld_len = c->h1_val_len = 0;
+    mg_field_trim(&value, &vlen);
     if (s == NULL)
         return 0; /* answered and closed before its trailers */
     if (nlen == 0) /* ": v" (llhttp takes it): a field name is a token (RFC 9110 5.1) */

@@ -285,6 +285,19 @@ const mg_hdr_t *mg_field_single(const mg_hdr_t *h, size_t n, const char *name, s
  * with another coding get 501, and responses with one are a pod's protocol error. */
 bool mg_field_is_chunked(const char *v, size_t n);
 
+/* Cuts the whitespace (SP, HTAB) around an HTTP/1.1 field value, which is no part of it (RFC
+ * 9112 5.1): llhttp keeps the trailing one, and HTTP/2 peers refuse a value with it (RFC 9113
+ * 8.2.1). */
+static inline void mg_field_trim(const char **v, size_t *n)
+{
+    while (*n > 0 && ((*v)[*n - 1] == ' ' || (*v)[*n - 1] == '\t'))
+        (*n)--;
+    while (*n > 0 && (**v == ' ' || **v == '\t')) {
+        (*v)++;
+        (*n)--;
+    }
+}
+
 /* Moves frames from |h2| into |bev|'s output until nghttp2 has nothing more or the output holds
  * |high| bytes. Frames are coalesced so that one socket write (one TLS record) carries many.
  * With |piece| > 0, frames added to an empty output start a contiguous piece of that many

@@ -767,18 +767,19 @@ static int h1_on_value_complete(llhttp_t *p)
     if (s == NULL)
         return -1;
     const char *name = s->h1_scratch, *value = s->h1_scratch + s->h1_fld_len;
+    size_t vlen = s->h1_val_len;
+    mg_field_trim(&value, &vlen);
     if (s->h1_fld_len == 0) { /* ": v", which llhttp takes: not a field, never passed on */
         llhttp_set_error_reason(p, "header field without a name");
         return -1;
     }
     if (!s->headers_done && s->h1_fld_len == 17 &&
-        strncasecmp(name, "transfer-encoding", 17) == 0 &&
-        !mg_field_is_chunked(value, s->h1_val_len)) {
+        strncasecmp(name, "transfer-encoding", 17) == 0 && !mg_field_is_chunked(value, vlen)) {
         /* gzip and the like: the body would reach clients still coded, as if it were not */
         llhttp_set_error_reason(p, "transfer coding other than chunked");
         return -1;
     }
-    bool ok = push_hdr(s, s->headers_done, name, s->h1_fld_len, value, s->h1_val_len, false);
+    bool ok = push_hdr(s, s->headers_done, name, s->h1_fld_len, value, vlen, false);
     s->h1_fld_len = s->h1_val_len = 0;
     if (ok)
         return 0;

@@ -684,6 +684,36 @@ def test_invalid_host_400_json(stack, host, problem):
     gw.assert_alive()
 
 
+def test_http11_whitespace_around_field_values_is_cut(procs, raw_pods):
+    """Whitespace around an HTTP/1.1 field value is no part of it (RFC 9112 5.1), and HTTP/2
+    forbids it (RFC 9113 8.2.1). llhttp keeps the trailing one, and the gateway passed it on:
+    its HTTP/2 pod reset each such request (502), five of them got the healthy pod ejected
+    (503 for everyone), "Host: h " was an invalid host and "Expect: 100-continue " no expect.
+    An HTTP/1.1 pod's "x-b: val  " reached HTTP/2 clients as is, and they refuse it."""
+    a = procs.backend("pod-a", proto="h2c")
+    pod = raw_pods("http1", 200, b"HTTP/1.1 200 OK\r\nx-b: val \t \r\ncontent-length: 2\r\n\r\nok")
+    gw = procs.gateway(routes_doc({"svc-a": [a], "svc-raw": ([pod.addr], "http1")},
+                                  [("digits", "production", "svc-a"),
+                                   ("digits", "staging", "svc-raw")]))
+    with H1Conn(gw.port) as c:
+        for i in range(7):  # more than the 5 failures in a row that eject a pod
+            c.send(b"GET /ws/%d HTTP/1.1\r\nHost: %s \r\nX-A: \t trail \t\r\n\r\n"
+                   % (i, gw.authority().encode()))
+            r = c.read_response()
+            assert r.status == 200, (i, r.status, r.body)
+            assert r.json()["headers"]["x-a"] == "trail", r.json()["headers"]
+        c.send(b"POST /ws-expect HTTP/1.1\r\nHost: %s\r\nExpect: 100-continue \r\n"
+               b"Content-Length: 5\r\n\r\n" % gw.authority().encode())
+        assert c._line() == b"HTTP/1.1 100 Continue" and c._line() == b"", c.buf
+        c.send(b"hello")
+        r = c.read_response()
+        assert r.status == 200 and r.json()["body_len"] == 5, r.body
+    with gw.h2() as c:
+        r = c.get("/ws-answer", authority=gw.authority("digits-staging." + DOMAIN))
+        assert r.status == 200 and r.reset_code is None, r
+        assert [v for k, v in r.header_list if k == "x-b"] == ["val"], r.header_list
+
+
 def test_h1_error_answers_keep_the_connection(stack):
     """A POST answered at its head (404 here; a 401, 429 or 503 alike) keeps its HTTP/1.1
     connection: the gateway drops the body it did not read and serves the next request. An
