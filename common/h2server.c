@@ -1618,6 +1618,8 @@ static int h1_on_url(llhttp_t *p, const char *at, size_t len)
 static int h1_on_url_complete(llhttp_t *p)
 {
     conn_t *c = parser_conn(p);
+    /* known from here on, so a request refused while its fields are read is logged with it */
+    c->h1s->method = llhttp_method_name(llhttp_get_method(p));
     c->h1s->path = mg_arena_strndup(&c->h1s->arena, c->h1_scratch, c->h1_fld_len);
     c->h1_fld_len = 0;
     return c->h1s->path ? 0 : -1;
@@ -1722,7 +1724,6 @@ static int h1_on_headers_complete(llhttp_t *p)
     conn_t *c = parser_conn(p);
     mg_srv_stream_t *s = c->h1s;
     c->h1_headers_done = true;
-    s->method = llhttp_method_name(llhttp_get_method(p));
     if (p->http_major != 1) /* llhttp also takes "HTTP/2.0" and HTTP/0.9's "GET /" */
         return h1_refuse(c, 505, "http_version_not_supported",
                          "HTTP/1.0 and HTTP/1.1 only here; HTTP/2 starts with its connection "

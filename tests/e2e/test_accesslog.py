@@ -12,8 +12,8 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import (DOMAIN, GATEWAY_BIN, HOST, free_port, h1, read_jsonl, routes_doc,
-                      wait_for)
+from conftest import (DOMAIN, GATEWAY_BIN, HOST, H1Conn, free_port, h1, read_jsonl,
+                      routes_doc, wait_for)
 
 KEYS = {"time", "id", "request_id", "client", "proto", "method", "host", "path", "app", "env", "service",
         "pod", "status", "req_bytes", "resp_bytes", "upstream_us", "total_us", "error"}
@@ -94,6 +94,25 @@ def test_error_lines(logged):
     ln = ids[r404.headers.get("x-request-id") or r404.json()["error"]["request_id"]]
     assert ln["status"] == 404 and ln["path"] == "/nowhere", ln
     assert ln["service"] in (None, ""), ln
+
+
+def test_http11_requests_refused_in_their_fields_are_logged_with_their_method(logged):
+    """A request refused while its fields are read (two Content-Lengths, two Hosts, a coding
+    other than chunked) had "method": "" in its line, although its request line was read."""
+    gw, _ = logged
+    host = gw.authority().encode()
+    for head, status in [(b"PUT /m1 HTTP/1.1\r\nHost: %s\r\nContent-Length: 1\r\n"
+                          b"Content-Length: 1\r\n\r\nx", 400),
+                         (b"DELETE /m2 HTTP/1.1\r\nHost: %s\r\nHost: b\r\n\r\n", 400),
+                         (b"PATCH /m3 HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: gzip\r\n\r\n",
+                          501)]:
+        with H1Conn(gw.port) as c:
+            c.send(head % host if b"%s" in head else head)
+            assert c.read_response().status == status
+    lines = {ln["path"]: ln for ln in gw.wait_access(3)}
+    for path, method, status in [("/m1", "PUT", 400), ("/m2", "DELETE", 400),
+                                 ("/m3", "PATCH", 501)]:
+        assert (lines[path]["method"], lines[path]["status"]) == (method, status), lines[path]
 
 
 def test_sigusr1_reopens_log(logged):
