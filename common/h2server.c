@@ -2606,8 +2606,14 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
         leave(c);
         return;
     }
-    if (c->nstreams == 0 ||
-        (c->proto == P_H1 && c->h1s && !c->h1s->handled && !c->h1s->responded)) {
+    if (c->proto == P_H1 && c->h1s && !c->h1s->handled && !c->h1s->responded) {
+        /* a head begun and not finished: answered and logged, as nginx's client_header_timeout
+         * does, so a slow client (or a slowloris) leaves a trace */
+        char msg[120];
+        snprintf(msg, sizeof(msg), "the request head did not come whole within %u ms",
+                 (unsigned)c->srv->conf.client_idle_ms);
+        h1_reject(c, 408, "client_timeout", msg);
+    } else if (c->nstreams == 0) {
         if (c->proto == P_H2) {
             nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
                                   nghttp2_session_get_last_proc_stream_id(c->h2),

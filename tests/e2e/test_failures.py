@@ -1231,6 +1231,26 @@ def test_client_idle_timeout(procs):
     assert_serving(gw)
 
 
+def test_http11_head_not_finished_in_client_idle_gets_408(procs):
+    """An HTTP/1.1 head begun and not finished within client_idle (a slow client, a slowloris)
+    is answered 408 client_timeout and logged, as nginx's client_header_timeout does. Before,
+    the connection was closed without a word and the request left no log line."""
+    a = procs.backend("pod-a")
+    gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"client_idle": 500}})
+    with H1Conn(gw.port) as h:
+        h.send(b"GET /partial HTTP/1.1\r\nHost: %s\r\nX-Slow: 1\r\n" % gw.authority().encode())
+        t0 = time.monotonic()
+        r = h.read_response()
+        error_json(408, "client_timeout", r.status, r.headers, r.body)
+        assert 0.4 <= time.monotonic() - t0 < 3.0
+        assert r.headers.get("connection") == "close" and h.closed_by_peer(5), r.headers
+    ln = gw.wait_access(1)[0]
+    assert (ln["status"], ln["error"], ln["method"], ln["path"]) == \
+        (408, "client_timeout", "GET", "/partial"), ln
+    assert a.requests() == [], a.requests()
+    assert_serving(gw)
+
+
 def test_client_idle_timeout_counts_no_tls_reads(procs):
     """Over TLS as in clear text, client_idle runs from the last stream's end: frames or bytes
     that open no stream (HTTP/2 WINDOW_UPDATEs, which get no answer; CRLFs between HTTP/1.1
