@@ -517,6 +517,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
              * (Envoy's stream idle timeout answers 408 too), not the pod */
             fail(e, 408, "client_timeout", "the client sent no more of its request for %u ms",
                  e->to_idle);
+        } else if (e->up_unconsumed) {
+            /* the pod's window is held because the client took none of what is queued for
+             * it (a zero HTTP/2 window, a client that stopped reading): the client stalled */
+            fail(e, 408, "client_timeout", "the client took none of the answer for %u ms",
+                 e->to_idle);
         } else {
             fail(e, 504, "upstream_idle_timeout", "no data moved for %u ms", e->to_idle);
         }

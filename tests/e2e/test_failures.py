@@ -18,6 +18,7 @@ import threading
 import time
 
 import h2.errors
+import h2.settings
 import pytest
 from hpack import Encoder
 
@@ -184,6 +185,22 @@ def test_idle_timeout_after_headers(procs):
             assert st.status == 200 and st.reset_code is not None and not st.ended, st
         assert 0.4 <= took < 3.0, took
         assert c.get("/after-idle").status == 200
+
+
+def test_idle_timeout_of_a_client_that_takes_no_data_is_the_clients(procs):
+    """A client that opens no flow-control window (SETTINGS_INITIAL_WINDOW_SIZE 0) for a large
+    answer stalls it; the pod is not idle, its window is held for the client. The stream is cut
+    at the idle timeout and logged client_timeout. Before, it was logged upstream_idle_timeout,
+    blaming the pod."""
+    a = procs.backend("pod-a")
+    gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"idle": 500}})
+    with gw.h2(settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}) as c:
+        st = c.start("GET", "/bytes?n=3000000")
+        assert c.wait(st, 5), "stalled download not cut after 5 s: %r" % st
+        assert st.status == 200 and st.reset_code is not None and not st.ended, st
+    ln = gw.wait_access(1)[0]
+    assert (ln["status"], ln["error"]) == (200, "client_timeout"), ln
+    assert_serving(gw)
 
 
 @pytest.mark.parametrize("proto", ["h2c", "http1"])
