@@ -714,6 +714,20 @@ def test_http11_whitespace_around_field_values_is_cut(procs, raw_pods):
         assert [v for k, v in r.header_list if k == "x-b"] == ["val"], r.header_list
 
 
+def test_http11_reason_phrases(stack):
+    """An HTTP/2 pod's status reaches HTTP/1.1 clients with its registered reason phrase;
+    before, every code outside a short list went out as e.g. "HTTP/1.1 308 Status"."""
+    gw, _, _ = stack
+    want = {203: "Non-Authoritative Information", 308: "Permanent Redirect", 410: "Gone",
+            422: "Unprocessable Content", 451: "Unavailable For Legal Reasons",
+            511: "Network Authentication Required"}
+    with H1Conn(gw.port) as c:
+        for code, phrase in want.items():
+            c.send(h1_request_bytes("GET", "/status/%d" % code, gw.authority()))
+            r = c.read_response()
+            assert (r.status, r.reason) == (code, phrase)
+
+
 def test_h1_error_answers_keep_the_connection(stack):
     """A POST answered at its head (404 here; a 401, 429 or 503 alike) keeps its HTTP/1.1
     connection: the gateway drops the body it did not read and serves the next request. An
