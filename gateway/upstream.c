@@ -32,6 +32,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,6 +108,8 @@ struct up_conn {
     mg_up_stream_t *streams;
     mg_up_stream_t *drain_list;
     mg_up_stream_t *hdr_stream; /* the stream whose header block is being decoded */
+    char h1_why[96]; /* why a callback failed the HTTP/1.1 parse: llhttp's own reason then
+                      * only says "User callback error" */
 };
 
 struct pool {
@@ -741,10 +744,30 @@ static mg_up_stream_t *h1_cur(up_conn_t *c)
     return c->streams;
 }
 
+/* Says why the parse fails (for h1_recv's log line); the caller then returns -1. */
+static void h1_why(llhttp_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void h1_why(llhttp_t *p, const char *fmt, ...)
+{
+    up_conn_t *c = p->data;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->h1_why, sizeof(c->h1_why), fmt, ap);
+    va_end(ap);
+}
+
+/* Whether |len| more bytes of a field fit the 64 KiB scratch (one field's name and value). */
+static bool h1_field_fits(llhttp_t *p, const mg_up_stream_t *s, size_t len)
+{
+    if (s->h1_fld_len + s->h1_val_len + len <= 65536)
+        return true;
+    h1_why(p, "a response field over 64 KiB");
+    return false;
+}
+
 static int h1_on_field(llhttp_t *p, const char *at, size_t len)
 {
     mg_up_stream_t *s = h1_cur(p->data);
-    if (s == NULL || s->h1_fld_len + s->h1_val_len + len > 65536)
+    if (s == NULL || !h1_field_fits(p, s, len))
         return -1;
     memcpy(s->h1_scratch + s->h1_fld_len, at, len);
     s->h1_fld_len += len;
@@ -754,7 +777,7 @@ static int h1_on_field(llhttp_t *p, const char *at, size_t len)
 static int h1_on_value(llhttp_t *p, const char *at, size_t len)
 {
     mg_up_stream_t *s = h1_cur(p->data);
-    if (s == NULL || s->h1_fld_len + s->h1_val_len + len > 65536)
+    if (s == NULL || !h1_field_fits(p, s, len))
         return -1;
     memcpy(s->h1_scratch + s->h1_fld_len + s->h1_val_len, at, len);
     s->h1_val_len += len;
@@ -770,13 +793,13 @@ static int h1_on_value_complete(llhttp_t *p)
     size_t vlen = s->h1_val_len;
     mg_field_trim(&value, &vlen);
     if (s->h1_fld_len == 0) { /* ": v", which llhttp takes: not a field, never passed on */
-        llhttp_set_error_reason(p, "header field without a name");
+        h1_why(p, "header field without a name");
         return -1;
     }
     if (!s->headers_done && s->h1_fld_len == 17 &&
         strncasecmp(name, "transfer-encoding", 17) == 0 && !mg_field_is_chunked(value, vlen)) {
         /* gzip and the like: the body would reach clients still coded, as if it were not */
-        llhttp_set_error_reason(p, "transfer coding other than chunked");
+        h1_why(p, "transfer coding other than chunked");
         return -1;
     }
     bool ok = push_hdr(s, s->headers_done, name, s->h1_fld_len, value, vlen, false);
@@ -784,8 +807,7 @@ static int h1_on_value_complete(llhttp_t *p)
     if (ok)
         return 0;
     fields_overflow(s, s->headers_done);
-    llhttp_set_error_reason(p, s->headers_done ? "trailers with " OVERFLOW_WHY
-                                               : "head with " OVERFLOW_WHY);
+    h1_why(p, s->headers_done ? "trailers with " OVERFLOW_WHY : "head with " OVERFLOW_WHY);
     return -1; /* h1_recv closes the connection */
 }
 
@@ -796,8 +818,12 @@ static int h1_on_headers_complete(llhttp_t *p)
     if (s == NULL)
         return -1;
     if (!valid_status(p->status_code)) {
-        llhttp_set_error_reason(p, "invalid status code");
+        h1_why(p, "status code %d outside 100-599", (int)p->status_code);
         return -1; /* h1_recv closes the connection: the pod broke the protocol */
+    }
+    if (p->status_code == 101) { /* the gateway never asks for an upgrade (it drops Upgrade) */
+        h1_why(p, "101 Switching Protocols to a request that asked for no upgrade");
+        return -1;
     }
     s->status = p->status_code;
     if (s->status >= 100 && s->status < 200) {
@@ -881,7 +907,7 @@ static void h1_recv(up_conn_t *c)
             continue;
         }
         MG_LOG(MG_LOG_WARN, "upstream", "pod %s: bad HTTP/1.1 response: %s", c->pool->key,
-               llhttp_get_error_reason(&c->parser));
+               c->h1_why[0] ? c->h1_why : llhttp_get_error_reason(&c->parser));
         c->in_recv = false;
         conn_close(c, MG_UP_PROTO);
         return;

@@ -342,6 +342,24 @@ def test_pod_bytes_past_its_answer_are_not_the_next_answer(procs, raw_pods, answ
     gw.assert_alive()
 
 
+@pytest.mark.parametrize("answer, why", [
+    (b"HTTP/1.1 99 Odd\r\ncontent-length: 0\r\n\r\n", "status code 99 outside 100-599"),
+    (b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n",
+     "101 Switching Protocols to a request that asked for no upgrade"),
+    (b"HTTP/1.1 200 OK\r\nx-big: " + b"v" * 70000 + b"\r\n\r\n", "a response field over 64 KiB"),
+], ids=["status-99", "unasked-101", "field-over-64k"])
+def test_http1_pod_protocol_errors_say_what_broke(procs, raw_pods, answer, why):
+    """The operator's log line names what the HTTP/1.1 pod broke. Before, a refused status or
+    field said llhttp's "User callback error" (or "`on_header_value` callback error")."""
+    pod = raw_pods("http1", 200, answer, True)
+    gw = procs.gateway(routes_doc({"svc": ([pod.addr], "http1")},
+                                  [("digits", "production", "svc")]), conf={"workers": 1})
+    with gw.h2() as c:
+        r = c.get("/broken")
+        assert r.status == 502, r
+    wait_for(lambda: why in gw.log(), 5, what="%r in the gateway's log" % why)
+
+
 def test_pod_body_ending_at_close_is_complete(procs, raw_pods):
     """An HTTP/1.1 (or 1.0) answer without content-length or chunked ends when the pod closes
     (RFC 9112 6.3 rule 8): that close ends it normally, the client gets it whole (HTTP/1.1:
