@@ -89,6 +89,7 @@ struct mg_srv_stream {
     uint8_t ninterim;   /* interim heads sent (mg_srv_interim), <= MG_SRV_MAX_INTERIM */
     bool reset_by_us;   /* HTTP/2: the handler reset it (mg_srv_reset): not a premature close */
     bool reset_counted; /* HTTP/2: counted by premature_close when its reset was decided */
+    const char *close_why; /* see mg_srv_close_why */
     nghttp2_nv *resp_trailers;
     size_t nresp_trailers;
 };
@@ -729,6 +730,11 @@ mg_arena_t *mg_srv_arena(mg_srv_stream_t *s)
     return &s->arena;
 }
 
+const char *mg_srv_close_why(const mg_srv_stream_t *s)
+{
+    return s->close_why;
+}
+
 bool mg_srv_responded(const mg_srv_stream_t *s)
 {
     return s->responded;
@@ -1077,6 +1083,13 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
 static int on_frame_send(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
     ((conn_t *)ud)->data_sent += f->hd.type == NGHTTP2_DATA; /* see WU_PER_DATA */
+    if (f->hd.type == NGHTTP2_RST_STREAM && f->rst_stream.error_code != NGHTTP2_NO_ERROR) {
+        /* not the handler's (mg_srv_reset): nghttp2 reset a stream the client broke (a body
+         * longer or shorter than its content-length, DATA past the window...) */
+        mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+        if (s && !s->reset_by_us && s->close_why == NULL)
+            s->close_why = "client_protocol_error";
+    }
     if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
         nghttp2_session_get_stream_remote_close(sess, f->hd.stream_id) == 0)
@@ -2637,6 +2650,9 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
         /* an error before the handshake ended; not a probe that connected and closed */
         if (c->tls && c->proto == P_DETECT && (events & BEV_EVENT_ERROR))
             count(&c->srv->tls_failed);
+        if (events & BEV_EVENT_TIMEOUT)
+            for (mg_srv_stream_t *s = c->streams; s; s = s->next_in_conn)
+                s->close_why = "client_write_timeout";
         if (events & BEV_EVENT_TIMEOUT)
             MG_LOG(MG_LOG_INFO, "h2server",
                    "conn=%s: client took nothing of %zu queued bytes for %u ms: closing",

@@ -224,6 +224,12 @@ mg_err_t mg_srv_error(mg_srv_stream_t *s, int status, const char *code, const ch
 /* True once the response head was sent. */
 bool mg_srv_responded(const mg_srv_stream_t *s);
 
+/* In on_close(false): why the stream ended, when it was neither the client's reset nor a lost
+ * connection: "client_protocol_error" (nghttp2 reset a stream the client broke: a body longer
+ * or shorter than its content-length...), "client_write_timeout" (the client took nothing for
+ * client_write_ms). NULL otherwise. */
+const char *mg_srv_close_why(const mg_srv_stream_t *s);
+
 /* --- shared with the HTTP/2 client side (gateway/upstream.c) --- */
 
 /* The decimal number that starts |s| (|len| bytes): a content-length or :status value, which

@@ -1323,8 +1323,10 @@ static void on_close(mg_srv_stream_t *s, bool complete)
     /* a client may close as soon as it has content-length bytes, before the pod's END_STREAM
      * reached us: that response was delivered whole */
     bool delivered = e->resp_cl >= 0 && e->resp_bytes == (uint64_t)e->resp_cl && e->status;
-    if (!complete && !delivered && e->error == NULL)
-        e->error = e->finished ? "client_aborted_response" : "client_aborted";
+    if (!complete && !delivered && e->error == NULL) {
+        const char *why = mg_srv_close_why(s);
+        e->error = why ? why : e->finished ? "client_aborted_response" : "client_aborted";
+    }
     write_log(e);
     mg_features_release(&e->feat);
     e->closed = true;

@@ -16,6 +16,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import hpack
 import httpx
@@ -999,6 +1000,20 @@ def test_h2_authority_and_a_different_host_is_400(stack):
             assert c.wait(st, 5), st
             statuses.append(st.status)
     assert statuses == [400, 200]
+
+
+def test_h2_body_not_matching_its_content_length_is_the_clients_error(stack):
+    """A body shorter than its content-length: nghttp2 resets the stream (RFC 9113 8.1.1), and
+    the log says client_protocol_error. Before, it said client_aborted, as if the client had
+    gone of its own accord."""
+    gw, _, _ = stack
+    with gw.h2(validate=False) as c:
+        st = c.start("POST", "/cl-short", headers=[("content-length", "10")], end_stream=False)
+        c.send(st, b"12345", end_stream=True)
+        assert c.wait(st, 5), st
+        assert st.reset_code == h2.errors.ErrorCodes.PROTOCOL_ERROR, st
+    ln = [ln for ln in gw.wait_access(1) if ln["path"] == "/cl-short"][0]
+    assert ln["error"] == "client_protocol_error", ln
 
 
 def test_h2_expect_100_continue(stack):

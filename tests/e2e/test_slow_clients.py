@@ -102,6 +102,9 @@ def test_client_that_stops_reading_is_closed(procs, tls):
     finally:
         sock.close()
     print("closed and reset %d pod streams %.2f s after the requests" % (n, took))
+    # logged as what it was: before, "client_aborted", as if the client had gone
+    lines = [ln for ln in gw.wait_access(n + 1) if ln["path"] == "/bytes?n=4000000"]
+    assert [ln["error"] for ln in lines] == ["client_write_timeout"] * n, lines[:2]
     gw.assert_alive()
 
 
