@@ -472,6 +472,24 @@ static int h2_on_invalid_frame(nghttp2_session *sess, const nghttp2_frame *f, in
     return 0;
 }
 
+/* What nghttp2 found wrong in a pod's frames (a response field HTTP/2 forbids, a bad :status, a
+ * pod that does not speak h2c...), for the operator: rate-limited, as it repeats per request,
+ * and without the field's value, which may be a secret. */
+static int h2_on_error(nghttp2_session *sess, int lib_error, const char *msg, size_t len, void *ud)
+{
+    (void)sess, (void)lib_error;
+    up_conn_t *c = ud;
+    const char *cut = memmem(msg, len, ", value: [", 10);
+    unsigned long skipped;
+    if (mg_log_limit_pass(&c->pool->head_log_limit, &skipped))
+        MG_LOG(MG_LOG_WARN, "upstream", "pod %s: %.*s (%lu similar suppressed)", c->pool->key,
+               (int)(cut         ? (size_t)(cut - msg)
+                     : len < 300 ? len
+                                 : 300),
+               msg, skipped);
+    return 0;
+}
+
 static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
     up_conn_t *c = ud;
@@ -1528,6 +1546,7 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(u->cbs, h2_on_data);
     nghttp2_session_callbacks_set_on_stream_close_callback(u->cbs, h2_on_stream_close);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(u->cbs, h2_on_invalid_frame);
+    nghttp2_session_callbacks_set_error_callback2(u->cbs, h2_on_error);
     nghttp2_option_set_no_auto_window_update(u->opt, 1);
     nghttp2_option_set_no_closed_streams(u->opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(u->opt, 100);

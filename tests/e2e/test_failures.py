@@ -360,6 +360,24 @@ def test_http1_pod_protocol_errors_say_what_broke(procs, raw_pods, answer, why):
     wait_for(lambda: why in gw.log(), 5, what="%r in the gateway's log" % why)
 
 
+@pytest.mark.parametrize("status, fields, why", [
+    ("200", [("X-Upper", "secret-value")], "name: [X-Upper]"),
+    ("200", [("connection", "secret-value")], "name: [connection]"),
+    ("abc", [], "name: [:status]"),
+], ids=["uppercase-field", "connection-field", "bad-status"])
+def test_h2c_pod_protocol_errors_are_logged(procs, raw_pods, status, fields, why):
+    """A response head an h2c pod got wrong (RFC 9113 8.2) is reset by nghttp2 and the client
+    gets a 502; the operator's log now says what was wrong, without the field's value (it may
+    be a secret). Before, nothing was logged at warn level."""
+    pod = raw_pods("h2c", status, fields=fields)
+    gw = procs.gateway(routes_doc({"svc": [pod.addr]}, [("digits", "production", "svc")]),
+                       conf={"workers": 1, "log_level": "warn"})
+    with gw.h2() as c:
+        assert c.get("/broken").status == 502
+    wait_for(lambda: why in gw.log(), 5, what="%r in the gateway's log" % why)
+    assert "secret-value" not in gw.log()
+
+
 def test_pod_body_ending_at_close_is_complete(procs, raw_pods):
     """An HTTP/1.1 (or 1.0) answer without content-length or chunked ends when the pod closes
     (RFC 9112 6.3 rule 8): that close ends it normally, the client gets it whole (HTTP/1.1:
