@@ -23,6 +23,7 @@ typedef struct ticket_key {
 } ticket_key_t;
 
 struct mg_tls_tickets {
+    EVP_CIPHER *cipher; /* AES-256-CBC, fetched once: see mg_tls_tickets_new */
     pthread_rwlock_t lock;
     ticket_key_t keys[MG_TLS_TICKET_KEYS_MAX]; /* keys[0] encrypts; all n decrypt */
     size_t n;
@@ -52,7 +53,7 @@ static int on_ticket(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
     mg_tls_tickets_t *t = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ex_index);
     if (t == NULL)
         return -1;
-    const EVP_CIPHER *cipher = EVP_aes_256_cbc();
+    const EVP_CIPHER *cipher = t->cipher;
     int rv = 0;
     pthread_rwlock_rdlock(&t->lock);
     const ticket_key_t *k = NULL;
@@ -90,6 +91,22 @@ mg_tls_tickets_t *mg_tls_tickets_new(void)
     mg_tls_tickets_t *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return NULL;
+    /* Fetched here, on the main thread before any worker handshakes: EVP_aes_256_cbc() made
+     * OpenSSL fetch the implementation again at every ticket (a lock and a lookup), and the
+     * workers' first tickets constructed it at once, a race OpenSSL 3.0 has leaked in. The
+     * HMAC and SHA-256 that libssl and the MAC fetch by name per ticket are warmed in its
+     * cache for the same reason. */
+    t->cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MD *md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    bool fetched = t->cipher && mac && md;
+    EVP_MAC_free(mac);
+    EVP_MD_free(md);
+    if (!fetched) {
+        EVP_CIPHER_free(t->cipher);
+        free(t);
+        return NULL;
+    }
     /* a writer first: glibc's default lets a flood of handshakes hold a rotation back */
     pthread_rwlockattr_t attr;
     pthread_rwlockattr_init(&attr);
@@ -97,6 +114,7 @@ mg_tls_tickets_t *mg_tls_tickets_new(void)
     int rc = pthread_rwlock_init(&t->lock, &attr);
     pthread_rwlockattr_destroy(&attr);
     if (rc != 0) {
+        EVP_CIPHER_free(t->cipher);
         free(t);
         return NULL;
     }
@@ -154,5 +172,6 @@ void mg_tls_tickets_free(mg_tls_tickets_t *t)
         return;
     pthread_rwlock_destroy(&t->lock);
     OPENSSL_cleanse(t->keys, sizeof(t->keys));
+    EVP_CIPHER_free(t->cipher);
     free(t);
 }
