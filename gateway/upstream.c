@@ -480,13 +480,11 @@ static int h2_on_error(nghttp2_session *sess, int lib_error, const char *msg, si
     (void)sess, (void)lib_error;
     up_conn_t *c = ud;
     const char *cut = memmem(msg, len, ", value: [", 10);
+    size_t show = cut ? (size_t)(cut - msg) : len < 300 ? len : 300;
     unsigned long skipped;
     if (mg_log_limit_pass(&c->pool->head_log_limit, &skipped))
         MG_LOG(MG_LOG_WARN, "upstream", "pod %s: %.*s (%lu similar suppressed)", c->pool->key,
-               (int)(cut         ? (size_t)(cut - msg)
-                     : len < 300 ? len
-                                 : 300),
-               msg, skipped);
+               (int)show, msg, skipped);
     return 0;
 }
 
