@@ -653,7 +653,12 @@ def test_readiness_flips_when_the_model_appears(procs, models):
                        {"inputs": [v2_tensor([models.inputs[0]], "FP32")]}, mode=mode),
                503, "no_model")
         err_of(rt.get("/v2/models/digits", mode=mode), 503, "no_model")
-    st = rt.status()
+    # the first load runs on the loader thread, at a lower priority than requests: on a busy
+    # machine the checks above may all come before it has failed
+    def failed_once():
+        st = rt.status()
+        return st if st["switch"]["loads_failed"] >= 1 else None
+    st = wait_for(failed_once, 10, what="the runtime's first load to fail")
     assert st["ready"] is False and st["model"] is None, st
     assert st["switch"]["loads_failed"] >= 1 and st["switch"]["loads_ok"] == 0, st
     assert "digits-v1.json" in (st["switch"]["last_error"] or ""), st
