@@ -1,18 +1,18 @@
 #include "common/arena.h"
 
-#include <pthread.h>
-#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/asan.h"
+#include "common/evmem.h"
 
-/* Under AddressSanitizer the spares stay on, so the sanitized tests run them, and a spare's
- * memory is poisoned until an arena takes it again: a use after mg_arena_clear is reported as
- * it would be without them. */
-
-#define CHUNK_BYTES 4096 /* a heap chunk's size, unless one allocation needs more */
+/* A heap chunk, header included, is 4 KiB: a size common/evmem.c's per-thread cache keeps, so
+ * a cleared arena's chunk serves the thread's next arena without malloc (a request whose
+ * headers outgrow the inline chunk, as a 1 KB x-user-features does, would otherwise malloc
+ * and free 4 KiB each time, past glibc's per-thread cache, in its slow path). The cache bounds
+ * what a thread keeps, frees it on the worker's idle trim and at thread exit, and poisons it
+ * in ASan builds. */
+#define CHUNK_BLOCK 4096
 
 struct mg_arena_chunk {
     mg_arena_chunk_t *next;
@@ -20,85 +20,14 @@ struct mg_arena_chunk {
     _Alignas(16) char mem[];
 };
 
-/* Cleared arenas leave their CHUNK_BYTES chunks to the next arena of the thread, up to
- * MG_ARENA_SPARES of them. A request whose headers outgrow the inline chunk (a 1 KB
- * x-user-features does) would otherwise malloc and free 4 KiB each time, past glibc's
- * per-thread cache (1 KiB), in its slow path. The list is freed when its thread exits. */
-static _Thread_local struct {
-    mg_arena_chunk_t *head;
-    size_t n;
-    bool registered; /* with spares_key, whose destructor frees the list at thread exit */
-} spares;
-static pthread_key_t spares_key;
-static pthread_once_t spares_once = PTHREAD_ONCE_INIT;
-static bool spares_key_ok;
-
-static void free_list(mg_arena_chunk_t *c)
-{
-    while (c) {
-        mg_arena_chunk_t *next = c->next;
-        MG_UNPOISON(c->mem, c->cap);
-        free(c);
-        c = next;
-    }
-}
-
-void mg_arena_flush_spares(void)
-{
-    free_list(spares.head);
-    spares.head = NULL;
-    spares.n = 0;
-}
-
-static void spares_at_thread_exit(void *unused)
-{
-    (void)unused;
-    mg_arena_flush_spares();
-}
-
-static void spares_key_create(void)
-{
-    spares_key_ok = pthread_key_create(&spares_key, spares_at_thread_exit) == 0;
-}
-
-/* Keeps |c| as a spare, or frees it. */
-static void chunk_put(mg_arena_chunk_t *c)
-{
-    if (c->cap != CHUNK_BYTES || spares.n >= MG_ARENA_SPARES) {
-        free(c);
-        return;
-    }
-    if (!spares.registered) { /* once per thread: the destructor needs a non-NULL value */
-        pthread_once(&spares_once, spares_key_create);
-        if (!spares_key_ok || pthread_setspecific(spares_key, &spares) != 0) {
-            free(c);
-            return;
-        }
-        spares.registered = true;
-    }
-    MG_POISON(c->mem, c->cap);
-    c->next = spares.head;
-    spares.head = c;
-    spares.n++;
-}
+#define CHUNK_BYTES (CHUNK_BLOCK - sizeof(mg_arena_chunk_t)) /* a chunk's room, usually */
 
 static mg_arena_chunk_t *chunk_get(size_t cap)
 {
-    mg_arena_chunk_t *c = spares.head;
-    if (cap == CHUNK_BYTES && c) {
-        spares.head = c->next;
-        spares.n--;
-        MG_UNPOISON(c->mem, c->cap);
-        return c;
-    }
-    if ((c = malloc(sizeof(*c) + cap)) != NULL)
+    mg_arena_chunk_t *c = mg_evmem_alloc(sizeof(*c) + cap);
+    if (c != NULL)
         c->cap = cap;
     return c;
-}
-
-size_t mg_arena_spares(void)
-{
-    return spares.n;
 }
 
 void mg_arena_init(mg_arena_t *a, size_t limit)
@@ -116,7 +45,7 @@ void mg_arena_clear(mg_arena_t *a)
     mg_arena_chunk_t *c = a->_chunks;
     while (c) {
         mg_arena_chunk_t *next = c->next;
-        chunk_put(c);
+        mg_evmem_free(c);
         c = next;
     }
     mg_arena_init(a, a->_limit);

@@ -5,8 +5,8 @@
  * dies at mg_arena_clear(); never free() it, never keep it past stream close. The first chunk is
  * embedded in the arena, so a typical request does no heap allocation for its headers. A hard
  * cap makes allocation fail (NULL) rather than grow without bound; only that stream is reset.
- * Heap chunks of the standard size are kept for the thread's next arena (MG_ARENA_SPARES at
- * most per thread, freed at thread exit; poisoned while kept, in ASan builds).
+ * Heap chunks of the standard size (4 KiB) go back to the thread's block cache
+ * (common/evmem.h) for its next arena.
  * Not thread-safe: a stream lives on one worker thread.
  */
 #ifndef MG_COMMON_ARENA_H
@@ -15,7 +15,6 @@
 #include <stddef.h>
 
 #define MG_ARENA_INLINE 2048
-#define MG_ARENA_SPARES 32 /* heap chunks (4 KiB) a thread keeps for reuse */
 
 typedef struct mg_arena_chunk mg_arena_chunk_t;
 
@@ -37,12 +36,5 @@ void *mg_arena_alloc(mg_arena_t *a, size_t size);
 
 /* Copies |len| bytes of |s| and a NUL; NULL when the limit would be exceeded. */
 char *mg_arena_strndup(mg_arena_t *a, const char *s, size_t len);
-
-/* How many heap chunks this thread keeps for reuse (for tests). */
-size_t mg_arena_spares(void);
-
-/* Frees the chunks this thread keeps (an idle worker's trim; the main thread at exit, whose
- * list no thread-exit destructor frees). */
-void mg_arena_flush_spares(void);
 
 #endif /* MG_COMMON_ARENA_H */

@@ -48,7 +48,7 @@ static int class_of(size_t size)
     return __builtin_ctzl(size) - __builtin_ctzl(MIN_CHAIN);
 }
 
-static void *ev_malloc(size_t size)
+void *mg_evmem_alloc(size_t size)
 {
     int k = class_of(size);
     if (k >= 0 && cache[k] != NULL) {
@@ -61,7 +61,7 @@ static void *ev_malloc(size_t size)
     return malloc(size);
 }
 
-static void ev_free(void *p)
+void mg_evmem_free(void *p)
 {
     if (p == NULL)
         return;
@@ -124,5 +124,6 @@ void mg_evmem_install(void)
         usable[k] = malloc_usable_size(probe);
         free(probe);
     }
-    event_set_mem_functions(ev_malloc, realloc, ev_free); /* a cached block is malloc's */
+    event_set_mem_functions(mg_evmem_alloc, realloc,
+                            mg_evmem_free); /* a cached block is malloc's */
 }

@@ -26,6 +26,13 @@
 
 void mg_evmem_install(void);
 
+/* The same cache for the project's own blocks of a chain's size (an arena's 4 KiB chunks):
+ * a block of exactly 1 KiB, 2 KiB ... 64 KiB comes from the thread's cache when it has one,
+ * anything else from malloc; any block may go to mg_evmem_free, which keeps it (within the
+ * class's bound) or frees it. Before mg_evmem_install they are malloc and free. */
+void *mg_evmem_alloc(size_t size);
+void mg_evmem_free(void *p);
+
 /* Frees the calling thread's cached blocks (its idle trim, and thread exit). */
 void mg_evmem_flush(void);
 

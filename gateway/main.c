@@ -40,7 +40,6 @@
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 
-#include "common/arena.h"
 #include "common/asan.h"
 #include "common/evmem.h"
 #include "common/h2server.h"
@@ -151,7 +150,6 @@ static void on_trim(evutil_socket_t fd, short what, void *arg)
     /* chains and streams kept for the next requests go back to malloc, also when only
      * connections came and went (idle connections' handshakes fill the chain cache too) */
     mg_evmem_flush();
-    mg_arena_flush_spares();
     mg_srv_trim(w->srv);
     mg_proxy_trim(w->proxy);
     /* also after connections alone: their handshakes' TLS buffers, freed when they went quiet,
@@ -982,6 +980,5 @@ out:
     mg_stats_free_all();
     mg_conf_clear(&conf);
     mg_evmem_flush(); /* the main thread's chains (threads flush theirs as they end) */
-    mg_arena_flush_spares(); /* its spare arena chunks: streams freed above left them here */
     return rc;
 }
