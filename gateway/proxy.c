@@ -235,30 +235,44 @@ static bool hop_by_hop(const mg_hdr_t *h)
     return mg_field_connection_specific(h->name, h->name_len);
 }
 
-/* Is |h| named in a Connection header's comma-separated list? */
-static bool named_by_connection(const mg_hdr_t *h, const char *conn_value)
+/* Does the comma-separated list |v| (|len| bytes) hold |tok|? Elements are compared without
+ * the whitespace around them, case-insensitively (field names, codings). */
+static bool list_has(const char *v, size_t len, const char *tok, size_t toklen)
 {
-    if (conn_value == NULL)
-        return false;
-    const char *p = conn_value;
-    while (*p) {
-        while (*p == ' ' || *p == ',' || *p == '\t')
-            p++;
-        const char *start = p;
-        while (*p && *p != ',' && *p != ' ' && *p != '\t')
-            p++;
-        if ((size_t)(p - start) == h->name_len && strncasecmp(start, h->name, h->name_len) == 0)
+    const char *end = v + len;
+    while (v < end) {
+        const char *comma = memchr(v, ',', (size_t)(end - v));
+        const char *e = comma ? comma : end;
+        while (v < e && (*v == ' ' || *v == '\t'))
+            v++;
+        const char *t = e;
+        while (t > v && (t[-1] == ' ' || t[-1] == '\t'))
+            t--;
+        if ((size_t)(t - v) == toklen && strncasecmp(v, tok, toklen) == 0)
             return true;
+        v = comma ? comma + 1 : end;
     }
     return false;
 }
 
-static const char *find_conn_value(const mg_hdr_t *h, size_t n)
+/* The index of the first Connection field of |h|, |n| when there is none. */
+static size_t find_conn(const mg_hdr_t *h, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (name_is(&h[i], "connection", 10))
-            return h[i].value;
-    return NULL;
+    size_t i = 0;
+    while (i < n && !name_is(&h[i], "connection", 10))
+        i++;
+    return i;
+}
+
+/* Is |f| named by a Connection field of |h| (every one from |conn|, as find_conn found)? An
+ * HTTP/1.1 message may carry several, each a list. */
+static bool named_by_connection(const mg_hdr_t *f, const mg_hdr_t *h, size_t n, size_t conn)
+{
+    for (size_t i = conn; i < n; i++)
+        if (name_is(&h[i], "connection", 10) &&
+            list_has(h[i].value, h[i].value_len, f->name, f->name_len))
+            return true;
+    return false;
 }
 
 /* Copies to |out| (room for |n|) the fields of a pod's response head that go on to the client:
@@ -267,10 +281,10 @@ static const char *find_conn_value(const mg_hdr_t *h, size_t n)
  * Returns the number of fields copied. */
 static size_t pass_fields(const mg_hdr_t *h, size_t n, mg_hdr_t *out, bool *has_rid, int64_t *cl)
 {
-    const char *conn = find_conn_value(h, n);
+    size_t conn = find_conn(h, n);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (hop_by_hop(&h[i]) || named_by_connection(&h[i], conn))
+        if (hop_by_hop(&h[i]) || named_by_connection(&h[i], h, n, conn))
             continue;
         if (name_is(&h[i], "x-request-id", 12))
             *has_rid = true;
@@ -1179,17 +1193,18 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         fail(e, 431, "headers_too_large", "request head too large");
         goto out;
     }
-    const char *conn = find_conn_value(req->hdrs, req->nhdrs);
+    size_t conn = find_conn(req->hdrs, req->nhdrs);
     size_t xff_len = 0; /* every x-forwarded-for field, joined: a chain may come in several */
     mg_hpack_t xff_hpack = MG_HPACK_INDEX;
+    bool te_trailers = false;
     size_t n = 0;
     for (size_t i = 0; i < req->nhdrs; i++) {
         const mg_hdr_t *f = &req->hdrs[i];
-        if (name_is(f, "te", 2) && f->value_len == 8 && strncasecmp(f->value, "trailers", 8) == 0) {
-            h[n++] = *f; /* the one TE value HTTP/2 allows; gRPC needs it */
+        if (name_is(f, "te", 2)) { /* an HTTP/1.1 client's "TE: trailers, gzip" counts too */
+            te_trailers = te_trailers || list_has(f->value, f->value_len, "trailers", 8);
             continue;
         }
-        if (hop_by_hop(f) || named_by_connection(f, conn))
+        if (hop_by_hop(f) || named_by_connection(f, req->hdrs, req->nhdrs, conn))
             continue;
         if (name_is(f, "x-forwarded-for", 15)) {
             xff_len += f->value_len + 2;
@@ -1219,6 +1234,8 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     }
     h[n++] = (mg_hdr_t){"x-forwarded-for", xffv, 15, strlen(xffv), xff_hpack};
     h[n++] = (mg_hdr_t){"x-forwarded-proto", req->scheme, 17, strlen(req->scheme), MG_HPACK_INDEX};
+    if (te_trailers) /* the one TE value HTTP/2 allows; gRPC needs it */
+        h[n++] = (mg_hdr_t){"te", "trailers", 2, 8, MG_HPACK_INDEX};
     if (e->rid_sent)
         h[n++] = (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), e->rid_hpack};
     e->upreq = (mg_up_req_t){

@@ -381,6 +381,46 @@ def test_hop_by_hop_request_headers_removed(procs):
         assert doc["body_len"] == len(b"chunked body")
 
 
+@pytest.fixture
+def gw_h2c_pod(procs):
+    a = procs.backend("pod-a")
+    return procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]))
+
+
+def test_http11_te_list_holding_trailers_reaches_h2c_pods(gw_h2c_pod):
+    """An HTTP/1.1 client's TE list that holds "trailers" ("TE: gzip, trailers", or the token in
+    a second TE field) reaches an h2c pod as one "te: trailers", the one TE value HTTP/2 allows
+    (as nghttpx does); a list without it sends none. Before, only an exact "TE: trailers"
+    passed, once per field."""
+    gw = gw_h2c_pod
+    cases = [
+        ([("TE", "gzip, Trailers ")], "trailers"),
+        ([("TE", "gzip;q=0.5"), ("TE", "trailers")], "trailers"),
+        ([("TE", "trailers"), ("TE", "trailers")], "trailers"),
+        ([("TE", "gzip, trailersx")], None),
+        ([("TE", "deflate")], None),
+    ]
+    for te, want in cases:
+        r = h1(gw, "GET", "/te", headers=te)
+        assert r.status == 200, (te, r.status)
+        doc = r.json()
+        got = [v for k, v in doc["header_list"] if k == "te"]
+        assert got == ([want] if want else []), (te, doc["header_list"])
+
+
+def test_http11_every_connection_field_names_hop_by_hop_fields(gw_h2c_pod):
+    """HTTP/1.1 lets a message carry several Connection fields, each a list: a field named by
+    the second one stays behind too. Before, only the first was read."""
+    gw = gw_h2c_pod
+    r = h1(gw, "GET", "/conn", headers=[("Connection", "keep-alive"),
+                                        ("Connection", "x-hop-a , X-Hop-B"),
+                                        ("X-Hop-A", "1"), ("X-Hop-B", "2"), ("X-Keep", "3")])
+    assert r.status == 200
+    seen = r.json()["headers"]
+    assert "x-hop-a" not in seen and "x-hop-b" not in seen, seen
+    assert seen.get("x-keep") == "3", seen
+
+
 def test_hop_by_hop_response_headers_removed(procs):
     """An HTTP/1.1 upstream answering with hop-by-hop headers: none reaches the client."""
     h = procs.backend("pod-h1", proto="http1")
