@@ -27,7 +27,8 @@
  * the same document, since a training pipeline recomputes the hash. jansson prints, with
  * JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS (and \u escapes lowercased): groups sorted by
  * name, hash fields sorted bytewise, strings with \" \\ \b \f \n \r \t, other bytes below
- * 0x20 as \u00xx, everything else (0x7f included) as is. write_string does the same for replies
+ * 0x20 and 0x7f as \u00xx (mg_fval_canonical escapes the DEL jansson leaves raw), everything else
+ * as is. write_string does the same for replies
  * that are plain (every element a string, ASCII only, hash fields without NUL, so that a
  * bytewise sort orders them as jansson does); any other reply, and every
  * "json" group, goes through jansson as before (group_json), so rare cases keep their old bytes.
@@ -483,8 +484,9 @@ static void text_add(fetch_t *fx, const char *s, size_t n)
 static inline bool word_has_escape(uint64_t w)
 {
     const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
-    return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs;
+    uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\'), d = w ^ (ones * 0x7f);
+    return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b) | ((d - ones) & ~d)) &
+           highs;
 }
 
 /* |s| (|n| bytes of ASCII, NULs allowed) as a JSON string, escaped as jansson does it. A
@@ -505,7 +507,7 @@ static void write_string(fetch_t *fx, const char *s, size_t n)
             continue;
         }
         unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
             *o++ = (char)c;
             continue;
         }
@@ -677,18 +679,12 @@ static void add_group(fetch_t *fx, size_t gi, const redisReply *r)
             fx->redis_broken = "holds a json group that is not JSON";
         if (v == NULL)
             return;
-        char *s =
-            json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);
+        char *s = mg_fval_canonical(v);
         json_decref(v);
         if (s == NULL) {
             fx->text_oom = true;
             return;
         }
-        for (char *p = s; *p; p++) /* \u escapes in lowercase hex, as mg_fval_from_json */
-            if (*p == '\\' && *++p == 'u')
-                for (int i = 0; i < 4 && p[1]; i++, p++)
-                    if (p[1] >= 'A' && p[1] <= 'F')
-                        p[1] = (char)(p[1] - 'A' + 'a');
         text_add(fx, s, strlen(s));
         free(s);
     }

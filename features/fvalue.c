@@ -33,11 +33,14 @@ mg_fval_t *mg_fval_new(const char *text, size_t len)
     return v;
 }
 
-mg_fval_t *mg_fval_from_json(const json_t *doc)
+char *mg_fval_canonical(const json_t *v)
 {
-    char *s = json_dumps(doc, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);
     if (s == NULL)
         return NULL;
+    size_t len = 0, dels = 0;
+    for (; s[len]; len++)
+        dels += s[len] == 0x7f;
     /* \u escapes in lowercase hex, as most JSON writers (Python's json) print them, so that a
      * pipeline can rebuild the same bytes and hash */
     for (char *p = s; *p; p++)
@@ -45,6 +48,29 @@ mg_fval_t *mg_fval_from_json(const json_t *doc)
             for (int i = 0; i < 4 && p[1]; i++, p++)
                 if (p[1] >= 'A' && p[1] <= 'F')
                     p[1] = (char)(p[1] - 'A' + 'a');
+    if (dels == 0)
+        return s;
+    /* DEL (0x7f), which jansson leaves raw, is no field-value byte (RFC 9110 5.5): pods refuse
+     * the field. Python's json escapes it too. */
+    char *out = malloc(len + 5 * dels + 1);
+    if (out) {
+        char *o = out;
+        for (const char *p = s; *p; p++)
+            if (*p == 0x7f)
+                o += sprintf(o, "\\u007f");
+            else
+                *o++ = *p;
+        *o = '\0';
+    }
+    free(s);
+    return out;
+}
+
+mg_fval_t *mg_fval_from_json(const json_t *doc)
+{
+    char *s = mg_fval_canonical(doc);
+    if (s == NULL)
+        return NULL;
     mg_fval_t *v = mg_fval_new(s, strlen(s));
     free(s);
     return v;

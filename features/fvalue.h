@@ -3,11 +3,11 @@
  *
  * A snapshot is immutable and reference-counted with atomic counts: the MariaDB threads build
  * it, the workers' caches and in-flight requests share it. The text is compact JSON with sorted
- * keys and ASCII only ({"profile":{"age":"31"},"recent":["i9","i7"]}; non-ASCII as \u00e9 with
- * lowercase hex, reals as C's %.17g, i.e. what Python's json.dumps(doc, sort_keys=True,
- * separators=(",", ":")) prints except for reals), produced by one function
- * (mg_fval_from_json) from the normalized document, whichever store it came from, so the same
- * features always give the same bytes and the same hash.
+ * keys and ASCII only ({"profile":{"age":"31"},"recent":["i9","i7"]}; non-ASCII and DEL as \u00e9
+ * and \u007f, lowercase hex, reals as jansson prints them (conf/README.md), i.e. what Python's
+ * json.dumps(doc, sort_keys=True, separators=(",", ":")) prints except for reals), produced by one
+ * function (mg_fval_from_json) from the normalized document, whichever store it came from, so the
+ * same features always give the same bytes and the same hash.
  *
  * Hash: SipHash-2-4 with the 16-byte key "modelgate:featv1" over the exact text, written as 16
  * lowercase hex digits. A training pipeline recomputes it from the features it used to check
@@ -45,6 +45,9 @@ typedef struct mg_fval {
 mg_fval_t *mg_fval_new(const char *text, size_t len);
 /* The snapshot of a normalized document (the canonical text); NULL when out of memory. */
 mg_fval_t *mg_fval_from_json(const json_t *doc);
+
+/* |v| (any JSON value) as the snapshot text prints it, malloc'd; NULL when out of memory. */
+char *mg_fval_canonical(const json_t *v);
 void mg_fval_ref(mg_fval_t *v);
 void mg_fval_unref(mg_fval_t *v); /* NULL is fine; frees at zero */
 

@@ -1123,13 +1123,13 @@ def test_long_hash_field_reads_the_same_from_redis_as_from_mariadb(stack, value)
 
 
 def escape_cases():
-    """Strings of 1-20 bytes with one byte that JSON escapes ('"', '\\', a control byte, NUL)
-    at every position, and plain ones."""
+    """Strings of 1-20 bytes with one byte that JSON escapes ('"', '\\', a control byte, NUL,
+    DEL) at every position, and plain ones."""
     out = []
     for n in range(1, 21):
         out.append("p" * n)
         for pos in range(n):
-            for ch in ('"', "\\", "\n", "\x01", "\x00", "\x1f"):
+            for ch in ('"', "\\", "\n", "\x01", "\x00", "\x1f", "\x7f"):
                 out.append(("x" * pos + ch + "y" * n)[:n])
     return out
 
@@ -1184,6 +1184,24 @@ def test_empty_group_reads_the_same_from_every_store(stack, group, text):
     recs = [rec for rec in stack.gw.wait_access(3) if rec["features"] == "hit"]
     assert [rec["features_hash"] for rec in recs] == [feature_hash(want)] * 3
     assert r.json()["hash"] == feature_hash(want)  # what the admin PUT said it stored
+
+
+def test_del_byte_is_escaped_from_every_store(stack):
+    """DEL (0x7f) is no field-value byte (RFC 9110 5.5), and jansson leaves it raw: a user whose
+    features held one had every request reset by an nghttp2 pod (502), and five such requests
+    got the pod ejected, failing everyone else. It goes out as \\u007f now (as Python's json
+    writes it), whichever store served the user and whatever the group's type."""
+    doc = {"profile": {"k": "a\x7fb"}, "recent": ["\x7f", "x" * 9 + "\x7f"], "vec": ["d\x7f"]}
+    want = canonical(doc)
+    assert "\\u007f" in want and "\x7f" not in want
+    stack.put_db("row", doc)
+    r = stack.admin("PUT", "/v1/features/digits/put", json.dumps(doc))
+    assert r.status_code == 200, r.text
+    stack.put_redis("pipe", **doc)
+    got = [stack.get(user) for user in ("row", "put", "pipe", "row")]
+    assert [h["x-modelgate-features"] for h in got] == ["hit"] * 4, got
+    assert [h["x-user-features"] for h in got] == [want] * 4
+    assert r.json()["hash"] == feature_hash(want)
 
 
 @pytest.mark.parametrize("how", ["client_kill", "idle_timeout"])
