@@ -144,8 +144,8 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         return;
     }
     if (a->token_len && !token_ok(a, req)) {
-        mg_hdr_t h = {"www-authenticate", "Bearer realm=\"modelgate-admin\"", 16, 29,
-                      MG_HPACK_INDEX};
+        static const char realm[] = "Bearer realm=\"modelgate-admin\"";
+        mg_hdr_t h = {"www-authenticate", realm, 16, sizeof(realm) - 1, MG_HPACK_INDEX};
         mg_srv_error(s, 401, "unauthorized",
                      "the admin API needs \"Authorization: Bearer <token>\" with the token of "
                      "admin.token_file",
@@ -300,6 +300,49 @@ mg_err_t mg_admin_start(mg_admin_t *a)
     MG_LOG(MG_LOG_INFO, "admin", "admin listener on port %u (%s)", a->port,
            a->token_len ? "bearer token required" : "loopback, no token");
     return MG_OK;
+}
+
+typedef struct token_swap {
+    mg_admin_t *a;
+    char *token;
+} token_swap_t;
+
+/* On the admin thread, which alone reads the token. */
+static void swap_token(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    token_swap_t *t = arg;
+    mg_admin_t *a = t->a;
+    if (strcmp(a->token, t->token) != 0) {
+        char *old = a->token;
+        a->token = t->token;
+        a->token_len = strlen(t->token);
+        t->token = old;
+        MG_LOG(MG_LOG_INFO, "admin", "admin.token_file reloaded: a new token is required");
+    }
+    mg_secretfile_free(t->token);
+    free(t);
+}
+
+void mg_admin_reload_token(mg_admin_t *a, const char *token_file)
+{
+    if (a == NULL || token_file == NULL || a->token_len == 0)
+        return;
+    char err[512];
+    token_swap_t *t = malloc(sizeof(*t));
+    if (t == NULL)
+        return;
+    t->a = a;
+    if (mg_secretfile_read(token_file, "admin.token_file", MG_SECRET_TOKEN, MG_ADMIN_TOKEN_MAX,
+                           &t->token, err, sizeof(err)) != MG_OK) {
+        MG_LOG(MG_LOG_ERROR, "admin", "%s; the previous token stays", err);
+        free(t);
+        return;
+    }
+    if (event_base_once(a->base, -1, EV_TIMEOUT, swap_token, t, NULL) != 0) {
+        mg_secretfile_free(t->token);
+        free(t);
+    }
 }
 
 struct event_base *mg_admin_base(mg_admin_t *a)

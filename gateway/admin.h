@@ -40,6 +40,10 @@ void mg_admin_mount(mg_admin_t *a, const char *prefix, const mg_srv_handler_t *h
 void mg_admin_page(mg_admin_t *a, const char *path, mg_admin_page_fn fn, void *ud);
 /* Starts the admin thread. MG_OK, or MG_E_IO when the thread cannot start. */
 mg_err_t mg_admin_start(mg_admin_t *a);
+/* Reads |token_file| again (SIGHUP: a token rotated in place) and hands the token to the
+ * admin thread; a file that cannot be taken is logged and the previous token stays. Does
+ * nothing when the listener started without a token. */
+void mg_admin_reload_token(mg_admin_t *a, const char *token_file);
 /* The admin thread's event base (for timers of mounted modules); valid until mg_admin_free. */
 struct event_base *mg_admin_base(mg_admin_t *a);
 /* The bound port (useful with port 0). */

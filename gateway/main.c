@@ -452,6 +452,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
         reload_tls(true);
     if (g_tls && g_conf->tls_ticket_key_file)
         reload_ticket_keys(true);
+    mg_admin_reload_token(g_admin, g_conf->admin_token_file);
     if (g_conf->routes_path == NULL) {
         MG_LOG(MG_LOG_INFO, "main", "SIGHUP: no routing document to reload (--backend mode)");
         return;
