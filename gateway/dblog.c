@@ -24,10 +24,11 @@
  */
 #include "gateway/dblog.h"
 
+#include <ctype.h>
+#include <errmsg.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <mysql.h>
-#include <errmsg.h>
 #include <mysqld_error.h>
 #include <pthread.h>
 #include <signal.h>
@@ -272,6 +273,26 @@ static void expire_old(mg_dblog_t *d)
                d->c.table, d->c.retention_days);
 }
 
+/* Is a partition of |method| over |expr| (information_schema's PARTITION_METHOD and
+ * PARTITION_EXPRESSION) one of ours: RANGE over TO_DAYS(time)? Bounds are then day numbers;
+ * under any other scheme (RANGE COLUMNS over dates, YEAR(time)) they are not, and reading
+ * them as days would drop current partitions. */
+static bool by_to_days(const char *method, const char *expr)
+{
+    if (method == NULL || expr == NULL || strcmp(method, "RANGE") != 0)
+        return false;
+    static const char want[] = "to_days(time)";
+    size_t k = 0;
+    for (const char *p = expr; *p; p++) {
+        if (*p == '`' || *p == ' ')
+            continue;
+        if (k == sizeof(want) - 1 || tolower((unsigned char)*p) != want[k])
+            return false;
+        k++;
+    }
+    return k == sizeof(want) - 1;
+}
+
 static void maintain(mg_dblog_t *d)
 {
     long today = server_today(d);
@@ -279,7 +300,8 @@ static void maintain(mg_dblog_t *d)
         return;
     d->qlen = 0;
     q_fmt(d,
-          "SELECT PARTITION_NAME, PARTITION_DESCRIPTION FROM information_schema.PARTITIONS "
+          "SELECT PARTITION_NAME, PARTITION_DESCRIPTION, PARTITION_METHOD, PARTITION_EXPRESSION "
+          "FROM information_schema.PARTITIONS "
           "WHERE TABLE_SCHEMA = '%s' AND TABLE_NAME = '%s' AND PARTITION_NAME IS NOT NULL",
           d->c.database, d->c.table);
     if (mysql_real_query(d->m, d->q, d->qlen) != 0) {
@@ -295,24 +317,46 @@ static void maintain(mg_dblog_t *d)
     char drop[4096] = "";
     size_t dl = 0;
     MYSQL_ROW row;
+    const char *scheme = NULL; /* set when the table is not partitioned as ours are */
+    char scheme_buf[160];
     while ((row = mysql_fetch_row(r)) != NULL) {
         if (row[0] == NULL || row[1] == NULL)
             continue;
+        if (!by_to_days(row[2], row[3])) {
+            snprintf(scheme_buf, sizeof(scheme_buf), "%.20s (%.120s)", row[2] ? row[2] : "?",
+                     row[3] ? row[3] : "?");
+            scheme = scheme_buf;
+            break;
+        }
         if (strcmp(row[0], "p_future") == 0) {
             future = true;
             continue;
         }
-        long bound = strtol(row[1], NULL, 10);
+        char *end;
+        long bound = strtol(row[1], &end, 10);
+        if (end == row[1] || *end != '\0')
+            continue;
         max_bound = bound > max_bound ? bound : max_bound;
         if (strcmp(row[0], "p_old") == 0)
             old_bound = bound;
-        /* day partitions (never p_old) of a day D < today - retention_days; bound = D + 1 */
-        if (d->c.retention_days > 0 && row[0][0] == 'p' && row[0][1] >= '0' &&
-            row[0][1] <= '9' && bound <= today - (long)d->c.retention_days &&
-            dl + strlen(row[0]) + 2 < sizeof(drop))
+        /* day partitions (never p_old) of a day D < today - retention_days; bound = D + 1, and
+         * the name says D: a partition an operator added otherwise is not ours to drop */
+        char day[16];
+        part_name(day, sizeof(day), bound - 1);
+        if (d->c.retention_days > 0 && strcmp(row[0], day) == 0 &&
+            bound <= today - (long)d->c.retention_days && dl + strlen(row[0]) + 2 < sizeof(drop))
             dl += (size_t)snprintf(drop + dl, sizeof(drop) - dl, "%s`%s`", dl ? "," : "", row[0]);
     }
     mysql_free_result(r);
+    if (scheme) {
+        if (!d->maint_warned)
+            MG_LOG(MG_LOG_WARN, "dblog",
+                   "table %s.%s is partitioned by %s, not RANGE (TO_DAYS(time)) as "
+                   "conf/request_log.sql makes it: day partitions and retention are not managed",
+                   d->c.database, d->c.table, scheme);
+        d->maint_warned = true;
+        return;
+    }
     if (!future) {
         if (!d->maint_warned)
             MG_LOG(MG_LOG_WARN, "dblog",

@@ -614,3 +614,48 @@ def test_operator_schema_and_retention(procs):
     assert name not in p and p[0] == "p_old" and p[-1] == "p_future" and len(p) == 10, p
     print("dblog: retention 30 days dropped %s (100 days old); partitions now %s" % (
         name, ", ".join(p)))
+
+
+@pytest.mark.parametrize("scheme", ["range_columns", "year"])
+def test_operator_partition_scheme_is_left_alone(procs, scheme):
+    """An operator's table partitioned otherwise than conf/request_log.sql does (RANGE COLUMNS
+    over dates, or by YEAR): its bounds are no day numbers, and retention read them as such
+    and dropped today's and yesterday's partitions, rows and all. Now such a table is logged
+    to, and its partitions are left alone, with a warning."""
+    db = MariaDB(procs)
+    today = db.query("SELECT TO_DAYS(UTC_DATE())")[0][0]
+    run_sql(db, operator_sql(db, today - 100))
+
+    def day(k):
+        return db.query("SELECT DATE_FORMAT(FROM_DAYS(%s), '%%Y-%%m-%%d')", (today + k,))[0][0]
+    year = int(day(0)[:4])
+    parts = {
+        "range_columns": "RANGE COLUMNS(time) (PARTITION p_old VALUES LESS THAN ('%s'), "
+                         "PARTITION p%s VALUES LESS THAN ('%s'), "
+                         "PARTITION p%s VALUES LESS THAN ('%s'), "
+                         "PARTITION p_future VALUES LESS THAN (MAXVALUE))"
+                         % (day(-1), day(-1).replace("-", ""), day(0), day(0).replace("-", ""),
+                            day(1)),
+        "year": "RANGE (YEAR(time)) (PARTITION p%d VALUES LESS THAN (%d), "
+                "PARTITION p%d VALUES LESS THAN (%d), "
+                "PARTITION p_future VALUES LESS THAN MAXVALUE)" % (year - 1, year, year, year + 1),
+    }[scheme]
+    run_sql(db, "ALTER TABLE request_log PARTITION BY " + parts)
+    for rid, k in (("ab", -1), ("cd", 0)):
+        run_sql(db, "INSERT INTO request_log (id, time, status, req_bytes, resp_bytes, total_us, "
+                    "fallback, retries) VALUES (UNHEX(REPEAT('%s', 16)), FROM_DAYS(%d) + INTERVAL "
+                    "1 HOUR, 200, 0, 0, 1, 0, 0)" % (rid, today + k))
+    before = db.query("SELECT PARTITION_NAME FROM information_schema.PARTITIONS WHERE "
+                      "TABLE_SCHEMA = %s AND TABLE_NAME = 'request_log' ORDER BY "
+                      "PARTITION_ORDINAL_POSITION", (db.database,))
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dblog_conf(db, retention_days=1))
+    assert Load(gw, threads=2, per_thread=10).join() == 20
+    wait_for(lambda: rows(db) == 22, 30, 0.1, "20 new rows, the 2 old ones kept")
+    wait_for(lambda: "not RANGE (TO_DAYS(time))" in gw.log(), 10, 0.1, "the warning")
+    after = db.query("SELECT PARTITION_NAME FROM information_schema.PARTITIONS WHERE "
+                     "TABLE_SCHEMA = %s AND TABLE_NAME = 'request_log' ORDER BY "
+                     "PARTITION_ORDINAL_POSITION", (db.database,))
+    assert after == before
+    assert "dropped partitions" not in gw.log() and "partition(s) added" not in gw.log()
