@@ -84,6 +84,7 @@ struct mg_dblog {
     bool stopping;       /* under mu */
 
     atomic_uint_least64_t spooled, inserted, duplicates, lost, rejected;
+    atomic_bool lost_to_disk; /* the last loss: the spool could not be written, not its cap */
     atomic_uint_least64_t unspooled; /* dropped before the spool (mg_dblog_lost); stats add it to
                                       * lost, the access log says it */
     atomic_bool connected;
@@ -750,10 +751,16 @@ static void report(mg_dblog_t *d, bool force)
         pthread_mutex_unlock(&d->report_mu);
         return;
     }
-    if (lost != d->lost_reported)
+    if (lost != d->lost_reported && atomic_load(&d->lost_to_disk))
+        MG_LOG(MG_LOG_ERROR, "dblog",
+               "LOST %" PRIu64 " request records (%" PRIu64 " in total): the spool %s cannot "
+               "be written (a full disk? the spool's error line says why); they are in the "
+               "access log only",
+               lost - d->lost_reported, lost, d->c.spool_dir);
+    else if (lost != d->lost_reported)
         MG_LOG(MG_LOG_ERROR, "dblog",
                "LOST %" PRIu64 " request records (%" PRIu64 " in total): the spool %s is full "
-               "(%u MiB) or not writable and MariaDB %s:%u %s; they are in the access log only",
+               "(%u MiB) and MariaDB %s:%u %s; they are in the access log only",
                lost - d->lost_reported, lost, d->c.spool_dir, d->c.spool_max_mb, d->c.host,
                d->c.port, atomic_load(&d->connected) ? "is too slow" : "is unreachable");
     if (rej > d->rejected_reported)
@@ -970,7 +977,9 @@ void mg_dblog_sink(void *ud, const char *lines, size_t len)
         report(d, false);
         return;
     }
-    mg_spool_append(d->spool, lines, len, &lost);
+    mg_err_t rc = mg_spool_append(d->spool, lines, len, &lost);
+    if (rc != MG_OK)
+        atomic_store(&d->lost_to_disk, rc == MG_E_IO);
     size_t n = 0;
     for (const char *p = lines, *e = lines + len; (p = memchr(p, '\n', (size_t)(e - p))); p++)
         n++;

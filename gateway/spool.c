@@ -8,8 +8,10 @@
  * durable sizes: the appender raises the size of the last one after each fsync, so the reader,
  * which never reads past a recorded size, only ever sees whole, durable lines. The reader's
  * position is its own business until it commits: then the position goes to the "committed" file
- * (write temp, fdatasync, rename, fsync the directory: a crash leaves the old or the new one)
- * and sealed segments wholly before it are deleted, which is what frees room under the cap.
+ * (written over the kept "committed.tmp", fdatasync, the two names swapped, fsync the directory:
+ * a crash leaves the old or the new one, and no new block is needed) and sealed segments wholly
+ * before it are deleted, which is what frees room under the cap. The last segment, all committed,
+ * is replaced by an empty one when a batch cannot be written (a full disk).
  *
  * Recovery is the same code path as a normal start: segments before the committed one are
  * leftovers of a crash between commit and delete; a last line without '\n' is a torn append
@@ -41,6 +43,7 @@
 #define SEG_MAX (16u * 1024 * 1024)  /* largest: bounds how much committed data the cap holds */
 #define SEG_SUFFIX ".spool"
 #define SEG_DIGITS 20
+#define COMMITTED_LEN 42 /* "%020 %020\n": the same size whatever the position */
 
 typedef struct seg {
     uint64_t no;
@@ -249,6 +252,14 @@ static bool recover(mg_spool_t *s, char *err, size_t errlen)
     if (n > 1)
         qsort(nos, n, sizeof(*nos), cmp_u64);
 
+    if (n > 0 && s->committed.seg > nos[n - 1]) {
+        /* every commit names a segment that exists: this one was damaged (by hand?) */
+        MG_LOG(MG_LOG_WARN, "spool",
+               "%s/committed names segment %" PRIu64 ", past the last one (%" PRIu64
+               "); replaying the whole spool",
+               s->dir, s->committed.seg, nos[n - 1]);
+        s->committed = (mg_spool_pos_t){0, 0};
+    }
     uint64_t last = s->committed.seg, replay = 0;
     for (size_t i = 0; i < n; i++) {
         char name[64];
@@ -270,6 +281,13 @@ static bool recover(mg_spool_t *s, char *err, size_t errlen)
                      strerror(errno));
             free(nos);
             return false;
+        }
+        if (nos[i] == s->committed.seg && s->committed.off > size) {
+            MG_LOG(MG_LOG_WARN, "spool",
+                   "%s/committed is at byte %" PRIu64 " of %s, which has %" PRIu64
+                   " bytes; replaying that segment",
+                   s->dir, s->committed.off, name, size);
+            s->committed.off = 0;
         }
         if (size == 0 || (nos[i] == s->committed.seg && s->committed.off >= size)) {
             unlinkat(s->dirfd, name, 0); /* empty, or read to its end and committed */
@@ -335,10 +353,50 @@ mg_spool_t *mg_spool_open(const char *dir, uint64_t max_bytes, char *err, size_t
     read_committed(s);
     if (!recover(s, err, errlen))
         goto fail;
+    /* made now, while there is room: commits then only write over it (mg_spool_commit) */
+    int fd = openat(s->dirfd, "committed.tmp", O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+    if (fd >= 0) {
+        static const char zero[COMMITTED_LEN] = "0 0\n";
+        if (pwrite(fd, zero, COMMITTED_LEN, 0) != COMMITTED_LEN)
+            MG_LOG(MG_LOG_WARN, "spool", "%s/committed.tmp: cannot write: %s", s->dir,
+                   strerror(errno));
+        close(fd);
+    }
     return s;
 fail:
     mg_spool_close(s);
     return NULL;
+}
+
+/* The appender's segment |*cur|, when the reader has committed all of it, is replaced by a new,
+ * empty one, so that its room can take the next batch: the segment only rolls at seg_max
+ * otherwise, and on a full disk nothing else frees it. It is cut to zero before the new one
+ * is made (the reader may still hold it open: unlinked alone, it would keep its blocks), then
+ * unlinked. False when it is not all committed, or the new segment cannot be made. */
+static bool recycle_last(mg_spool_t *s, seg_t *cur)
+{
+    pthread_mutex_lock(&s->mu);
+    bool done = cur->size > 0 && (s->committed.seg > cur->no ||
+                                  (s->committed.seg == cur->no && s->committed.off >= cur->size));
+    pthread_mutex_unlock(&s->mu);
+    if (!done || s->wfd < 0 || ftruncate(s->wfd, 0) != 0)
+        return false;
+    int fd = create_seg(s, cur->no + 1);
+    if (fd < 0) { /* the empty old one takes the batch instead; its positions are past */
+        MG_LOG(MG_LOG_ERROR, "spool", "%s: cannot create a segment: %s", s->dir, strerror(errno));
+        return false;
+    }
+    char name[64];
+    seg_name(name, sizeof(name), cur->no);
+    close(s->wfd);
+    s->wfd = fd;
+    unlinkat(s->dirfd, name, 0);
+    pthread_mutex_lock(&s->mu);
+    s->total -= cur->size;
+    s->segs[s->nsegs - 1] = (seg_t){cur->no + 1, 0};
+    pthread_mutex_unlock(&s->mu);
+    *cur = (seg_t){cur->no + 1, 0};
+    return true;
 }
 
 mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t *lost)
@@ -382,12 +440,26 @@ mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t 
             }
         }
     }
-    if (s->wfd < 0 || !write_all(s->wfd, lines, keep) || fdatasync(s->wfd) != 0) {
+    bool ok = s->wfd >= 0 && write_all(s->wfd, lines, keep) && fdatasync(s->wfd) == 0;
+    if (!ok) {
         int e = errno;
         /* Not durable, so not kept: cut the segment back to its last durable line, so the
          * reader never sees half a batch that is also counted as lost. */
         if (s->wfd >= 0 && ftruncate(s->wfd, (off_t)cur.size) != 0)
             e = errno;
+        /* a full disk, and the segment in hand already in the database: its room is ours */
+        if (recycle_last(s, &cur)) {
+            ok = write_all(s->wfd, lines, keep) && fdatasync(s->wfd) == 0;
+            if (!ok) {
+                e = errno;
+                if (ftruncate(s->wfd, 0) != 0)
+                    e = errno;
+            }
+        }
+        errno = e;
+    }
+    if (!ok) {
+        int e = errno;
         unsigned long again;
         char more[64];
         if (mg_log_cause_pass(&s->write_failed, strerror(e), 60, &again))
@@ -484,14 +556,21 @@ mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap
 
 mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
 {
-    char text[64];
-    int n = snprintf(text, sizeof(text), "%" PRIu64 " %" PRIu64 "\n", pos.seg, pos.off);
-    int fd = openat(s->dirfd, "committed.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-    bool ok = fd >= 0 && write_all(fd, text, (size_t)n) && fdatasync(fd) == 0;
+    /* One fixed-size text, written over the kept committed.tmp, then the two names swapped
+     * (RENAME_EXCHANGE): a commit makes no new file and no new block, so a full disk cannot
+     * stop the reader from committing and so freeing the segments MariaDB has. A crash leaves
+     * the old or the new text under "committed". */
+    char text[COMMITTED_LEN + 1];
+    snprintf(text, sizeof(text), "%020" PRIu64 " %020" PRIu64 "\n", pos.seg, pos.off);
+    int fd = openat(s->dirfd, "committed.tmp", O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+    bool ok = fd >= 0 && pwrite(fd, text, COMMITTED_LEN, 0) == COMMITTED_LEN && fdatasync(fd) == 0;
     if (fd >= 0)
         close(fd);
-    ok = ok && renameat(s->dirfd, "committed.tmp", s->dirfd, "committed") == 0 &&
-         fsync(s->dirfd) == 0;
+    if (ok && renameat2(s->dirfd, "committed.tmp", s->dirfd, "committed", RENAME_EXCHANGE) != 0)
+        /* the first commit (no "committed" yet), or a filesystem that cannot swap */
+        ok = (errno == ENOENT || errno == EINVAL || errno == ENOSYS) &&
+             renameat(s->dirfd, "committed.tmp", s->dirfd, "committed") == 0;
+    ok = ok && fsync(s->dirfd) == 0;
     if (!ok) {
         MG_LOG(MG_LOG_ERROR, "spool", "%s/committed: cannot write: %s", s->dir, strerror(errno));
         return MG_E_IO;

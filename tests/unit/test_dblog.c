@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "gateway/dblog.h"
@@ -320,6 +321,101 @@ static void write_errors_are_said_once(void **state)
     mg_spool_close(s);
 }
 
+/* A full disk (here: a file-size limit) and a last segment the reader has all committed: its
+ * room takes the next batch. Before, the last segment only rolled at seg_max, so on a full
+ * disk nearly every record was lost even with MariaDB keeping up. */
+static void full_disk_reuses_the_committed_last_segment(void **state)
+{
+    (void)state;
+    static char buf[310 * 100];
+    uint64_t lost = 0;
+    mg_spool_t *s = open_spool(1 << 20); /* segments roll at 128 KiB */
+    make_lines(buf, 0, 310, 100);
+    assert_int_equal(mg_spool_append(s, buf, sizeof(buf), &lost), MG_OK);
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 1000, true), 310);
+    struct rlimit old, lim = {32 * 1024, RLIM_INFINITY};
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim.rlim_max = old.rlim_max;
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    make_lines(buf, 310, 20, 100); /* 31,000 + 2,000 bytes: past the limit */
+    mg_err_t rc = mg_spool_append(s, buf, 2000, &lost);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_DFL);
+    assert_int_equal(rc, MG_OK);
+    assert_int_equal(lost, 0);
+    assert_int_equal(mg_spool_bytes(s), 2000);
+    assert_int_equal(count_segments(), 1);
+    assert_int_equal(read_all(s, &pos, 310, 1000, true), 20);
+    mg_spool_close(s);
+    s = open_spool(1 << 20); /* and nothing comes back after a restart */
+    pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 1000, false), 0);
+    mg_spool_close(s);
+}
+
+static void inodes(ino_t out[2])
+{
+    struct stat a, b;
+    char p[128];
+    snprintf(p, sizeof(p), "%s/committed", dir);
+    assert_int_equal(stat(p, &a), 0);
+    snprintf(p, sizeof(p), "%s/committed.tmp", dir);
+    assert_int_equal(stat(p, &b), 0);
+    out[0] = a.st_ino < b.st_ino ? a.st_ino : b.st_ino;
+    out[1] = a.st_ino < b.st_ino ? b.st_ino : a.st_ino;
+}
+
+/* A commit writes over a file kept for it and swaps the two names: no new file (and so no new
+ * block a full disk would refuse) per commit. */
+static void commits_make_no_new_file(void **state)
+{
+    (void)state;
+    static char buf[30 * 100];
+    uint64_t lost = 0;
+    mg_spool_t *s = open_spool(1 << 20);
+    make_lines(buf, 0, 30, 100);
+    assert_int_equal(mg_spool_append(s, buf, sizeof(buf), &lost), MG_OK);
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 10, true), 30); /* 3 commits */
+    ino_t before[2], after[2];
+    inodes(before);
+    make_lines(buf, 30, 30, 100);
+    assert_int_equal(mg_spool_append(s, buf, sizeof(buf), &lost), MG_OK);
+    assert_int_equal(read_all(s, &pos, 30, 10, true), 30);
+    inodes(after);
+    assert_true(before[0] == after[0] && before[1] == after[1]);
+    mg_spool_close(s);
+    s = open_spool(1 << 20);
+    pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 1000, false), 0);
+    mg_spool_close(s);
+}
+
+/* A committed file that names a segment past every one there (damaged by hand) replays the
+ * whole spool, with a warning; before, every segment was deleted unread. */
+static void committed_past_the_segments_replays_all(void **state)
+{
+    (void)state;
+    static char buf[50 * 100];
+    uint64_t lost = 0;
+    mg_spool_t *s = open_spool(1 << 20);
+    make_lines(buf, 0, 50, 100);
+    assert_int_equal(mg_spool_append(s, buf, sizeof(buf), &lost), MG_OK);
+    mg_spool_close(s);
+    char p[128];
+    snprintf(p, sizeof(p), "%s/committed", dir);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs("99 0\n", f);
+    fclose(f);
+    s = open_spool(1 << 20);
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 1000, true), 50);
+    mg_spool_close(s);
+}
+
 static void second_process_is_refused(void **state)
 {
     (void)state;
@@ -414,6 +510,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(torn_last_line_is_cut, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(cap_counts_lost, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(write_errors_are_said_once, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(full_disk_reuses_the_committed_last_segment, make_dir,
+                                        remove_dir),
+        cmocka_unit_test_setup_teardown(commits_make_no_new_file, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(committed_past_the_segments_replays_all, make_dir,
+                                        remove_dir),
         cmocka_unit_test_setup_teardown(second_process_is_refused, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(concurrent_append_and_read, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(database_thread_is_a_background_thread, make_dir,
