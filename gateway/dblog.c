@@ -402,6 +402,20 @@ static bool ensure_schema(mg_dblog_t *d)
                d->c.port, d->c.database, mysql_error(d->m));
         return false;
     }
+    /* a table that exists needs no CREATE, which a least-privilege user (INSERT and SELECT on
+     * the table) is denied even with IF NOT EXISTS */
+    d->qlen = 0;
+    q_fmt(d,
+          "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND "
+          "TABLE_NAME = '%s'",
+          d->c.table);
+    MYSQL_RES *r = NULL;
+    if (mysql_real_query(d->m, d->q, d->qlen) == 0 && (r = mysql_store_result(d->m)) != NULL) {
+        bool exists = mysql_num_rows(r) > 0;
+        mysql_free_result(r);
+        if (exists)
+            return true;
+    }
     long today = server_today(d);
     if (today < 0)
         return false;

@@ -659,3 +659,26 @@ def test_operator_partition_scheme_is_left_alone(procs, scheme):
                      "PARTITION_ORDINAL_POSITION", (db.database,))
     assert after == before
     assert "dropped partitions" not in gw.log() and "partition(s) added" not in gw.log()
+
+
+def test_least_privilege_user_logs_to_an_existing_table(procs):
+    """A least-privilege user (INSERT, SELECT and UPDATE, for a replay's ON DUPLICATE KEY
+    UPDATE, on the table an operator made) was refused "CREATE command denied" at every
+    connect, even with IF NOT EXISTS, so nothing was ever inserted and the spool only grew. A
+    table that exists is not created again now."""
+    db = MariaDB(procs)
+    today = db.query("SELECT TO_DAYS(UTC_DATE())")[0][0]
+    run_sql(db, operator_sql(db, today))
+    db.query("CREATE USER 'ins'@'127.0.0.1' IDENTIFIED BY 'ins-pw'")
+    db.query("GRANT INSERT, SELECT, UPDATE ON `%s`.request_log TO 'ins'@'127.0.0.1'"
+             % db.database)
+    pw = os.path.join(procs.dir, "ins.password")
+    with open(pw, "w") as f:
+        f.write("ins-pw\n")
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dblog_conf(db, user="ins", password_file=pw))
+    assert Load(gw, threads=2, per_thread=25).join() == 50
+    wait_for(lambda: rows(db) == 50, 30, 0.1, "50 rows")
+    check_exact(gw, db, 50, "least privilege")
+    assert "CREATE command denied" not in gw.log()
