@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -426,6 +427,32 @@ static void db_close(dbthread_t *t)
     t->db = NULL;
 }
 
+/* Redis keys tell user ids apart by case; a case-insensitive collation (utf8mb4's default)
+ * would make "Ann" and "ann" one row, each write replacing the other's features. Said once per
+ * process: the fix is the operator's (an ALTER TABLE). */
+static void check_collation(MYSQL *db, const char *table)
+{
+    static atomic_bool said;
+    char sql[400];
+    snprintf(sql, sizeof(sql),
+             "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS WHERE "
+             "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '%s' AND COLUMN_NAME IN ('app', "
+             "'user_id') AND COLLATION_NAME IS NOT NULL AND COLLATION_NAME NOT LIKE '%%\\_bin'",
+             table);
+    MYSQL_RES *r = NULL;
+    if (mysql_real_query(db, sql, strlen(sql)) != 0 || (r = mysql_store_result(db)) == NULL)
+        return;
+    MYSQL_ROW row = mysql_fetch_row(r);
+    if (row && row[0] && row[1] && !atomic_exchange(&said, true))
+        MG_LOG(MG_LOG_ERROR, "features",
+               "MariaDB table %s: column %s has the case-insensitive collation %s, so user ids "
+               "that differ only in case share one row (each write replaces the other's "
+               "features); run ALTER TABLE `%s` CONVERT TO CHARACTER SET utf8mb4 COLLATE "
+               "utf8mb4_bin",
+               table, row[0], row[1], table);
+    mysql_free_result(r);
+}
+
 /* Connects (and creates the table when missing) unless a recent attempt failed. */
 static bool db_ready(dbthread_t *t, char *why, size_t cap)
 {
@@ -464,11 +491,13 @@ static bool db_ready(dbthread_t *t, char *why, size_t cap)
              "CREATE TABLE IF NOT EXISTS `%s` (app VARCHAR(64) NOT NULL, user_id VARCHAR(128) "
              "NOT NULL, features LONGTEXT NOT NULL CHECK (JSON_VALID(features)), updated_at "
              "TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6), "
-             "PRIMARY KEY (app, user_id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+             "PRIMARY KEY (app, user_id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 "
+             "COLLATE=utf8mb4_bin",
              c->mariadb.table);
     if (mysql_real_query(db, sql, strlen(sql)) != 0)
         MG_LOG(MG_LOG_WARN, "features", "MariaDB: cannot create table %s (%s); assuming it exists",
                c->mariadb.table, mysql_error(db));
+    check_collation(db, c->mariadb.table);
     t->db = db;
     return true;
 }

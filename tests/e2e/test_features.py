@@ -1204,6 +1204,43 @@ def test_del_byte_is_escaped_from_every_store(stack):
     assert r.json()["hash"] == feature_hash(want)
 
 
+def test_user_ids_that_differ_in_case_are_two_users(stack):
+    """Redis keys tell "CaseUser" from "caseuser"; the table's utf8mb4 default collation did
+    not: one row, the second PUT replacing the first's features, served to both once Redis
+    forgot them, and a DELETE of "CASEUSER" (never written) removed it. schema.sql and the
+    gateway's CREATE make user ids case-sensitive (utf8mb4_bin) now."""
+    for user, item in (("CaseUser", "upper"), ("caseuser", "lower")):
+        r = stack.admin("PUT", "/v1/features/digits/" + user, json.dumps({"recent": [item]}))
+        assert r.status_code == 200, r.text
+    assert stack.db.query("SELECT COUNT(*) FROM user_features WHERE app = 'digits'")[0][0] == 2
+    r = stack.admin("DELETE", "/v1/features/digits/CASEUSER")
+    assert r.status_code == 404, r.text
+    for user, item in (("CaseUser", "upper"), ("caseuser", "lower")):
+        stack.r.delete("mgf:v1:digits:" + user)  # its marker: MariaDB answers
+        assert stack.admin("GET", "/v1/features/digits/" + user).json()["features"] == {
+            "recent": [item]}
+        h = stack.get(user)
+        assert h["x-user-features"] == canonical({"recent": [item]}), (user, h)
+
+
+def test_case_insensitive_table_is_an_error_in_the_log(procs):
+    """A table made before (utf8mb4's case-insensitive default collation) is used, and the
+    log says once what it does to user ids and the ALTER TABLE that fixes it."""
+    def old_table(s):
+        s.db.query("DROP TABLE user_features")
+        s.db.query("CREATE TABLE user_features (app VARCHAR(64) NOT NULL, user_id VARCHAR(128) "
+                   "NOT NULL, features LONGTEXT NOT NULL, updated_at TIMESTAMP(6) NOT NULL "
+                   "DEFAULT CURRENT_TIMESTAMP(6), PRIMARY KEY (app, user_id)) "
+                   "DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci")
+    s = Stack(procs, before_start=old_table)
+    s.put_db("old", {"recent": ["x"]})
+    assert s.get("old")["x-modelgate-features"] == "hit"
+    wait_for(lambda: "case-insensitive collation utf8mb4_general_ci" in s.gw.log(), 10, 0.05,
+             "the collation error")
+    assert s.gw.log().count("case-insensitive collation") == 1
+    assert "CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" in s.gw.log()
+
+
 @pytest.mark.parametrize("how", ["client_kill", "idle_timeout"])
 def test_admin_write_reaches_redis_after_it_closed_the_connection(procs, how):
     """Redis closed the connection a MariaDB thread keeps for write-backs (CLIENT KILL, a
