@@ -66,6 +66,7 @@ typedef struct areq {
     size_t redis_failed; /* accepted rows whose Redis refresh failed */
     char redis_err[160]; /* the last reason */
     bool db_failed;
+    size_t unknown; /* rows of batches MariaDB did not answer: stored or not */
     char dberr[256];
     json_t *errors;
     mg_fwrite_t *batch;
@@ -165,6 +166,8 @@ static void on_done_single(mg_fwrite_t *w)
     pin(r);
     r->busy = false;
     if (r->s == NULL) { /* the client left */
+    } else if (w->err != MG_OK && w->unknown) {
+        reply_error(r, 504, "write_outcome_unknown", "%s", w->errmsg);
     } else if (w->err != MG_OK) {
         reply_error(r, 503, "features_unavailable", "%s", w->errmsg);
     } else if (w->op == MG_FW_PUT) {
@@ -344,6 +347,8 @@ static void bulk_reply(areq_t *r)
                   "rejected", (json_int_t)r->rejected, "errors", r->errors);
     if (r->db_failed && body)
         json_object_set_new(body, "database_error", json_string(r->dberr));
+    if (r->unknown && body) /* sent, never answered: their Redis copies were dropped */
+        json_object_set_new(body, "unknown", json_integer((json_int_t)r->unknown));
     if (r->redis_failed && body) { /* stored, but Redis may serve their old copies until TTL */
         json_object_set_new(body, "redis_not_refreshed", json_integer((json_int_t)r->redis_failed));
         json_object_set_new(body, "redis_error", json_string(r->redis_err));
@@ -434,10 +439,11 @@ static void bulk_pump(areq_t *r)
 /* Names the lines of the batch in flight that MariaDB did not store, so the client can send
  * them again (rows that were rejected in that range are rejected again, harmlessly). The
  * entry goes in line order among the rejected lines already listed. */
-static void add_range_error(areq_t *r, size_t rows, const char *dberr)
+static void add_range_error(areq_t *r, size_t rows, bool unknown, const char *dberr)
 {
     char why[400];
-    snprintf(why, sizeof(why), "%zu rows in these lines not stored: %s", rows, dberr);
+    snprintf(why, sizeof(why), "%zu rows in these lines %s: %s", rows,
+             unknown ? "may or may not be stored" : "not stored", dberr);
     json_t *e = json_pack("{s:I,s:I,s:s}", "line", (json_int_t)r->flight_first, "last_line",
                           (json_int_t)r->flight_last, "error", why);
     size_t i = json_array_size(r->errors);
@@ -467,8 +473,11 @@ static void on_done_batch(mg_fwrite_t *w)
     } else {
         r->db_failed = true;
         snprintf(r->dberr, sizeof(r->dberr), "%s", w->errmsg);
-        r->rejected += w->n;
-        add_range_error(r, w->n, w->errmsg);
+        if (w->unknown)
+            r->unknown += w->n;
+        else
+            r->rejected += w->n;
+        add_range_error(r, w->n, w->unknown, w->errmsg);
     }
     mg_fwrite_free(w);
     if (r->s)

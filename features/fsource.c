@@ -502,8 +502,12 @@ static bool db_ready(dbthread_t *t, char *why, size_t cap)
     return true;
 }
 
-/* Runs |sql|; reconnects and retries once when the connection was lost (server restarted). */
-static bool db_query(dbthread_t *t, const char *sql, size_t len, char *why, size_t cap)
+/* Runs |sql|; reconnects and retries once when the connection was lost (server restarted).
+ * On failure, *|maybe_done| (when not NULL) says whether the statement may have been carried
+ * out all the same: it was sent and the connection was lost before the answer (a server that
+ * hangs past mariadb.timeout_s, then resumes, has done it). */
+static bool db_query(dbthread_t *t, const char *sql, size_t len, char *why, size_t cap,
+                     bool *maybe_done)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
         if (!db_ready(t, why, cap))
@@ -513,6 +517,8 @@ static bool db_query(dbthread_t *t, const char *sql, size_t len, char *why, size
         unsigned e = mysql_errno(t->db);
         snprintf(why, cap, "MariaDB query failed: %s", mysql_error(t->db));
         bool lost = e == CR_SERVER_GONE_ERROR || e == CR_SERVER_LOST || e == 1927 /* killed */;
+        if (lost && maybe_done)
+            *maybe_done = true;
         db_close(t);
         if (!lost)
             return false;
@@ -881,7 +887,7 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
     bool watched =
         s->conf->redis.on && redis_watch(t, j->app, j->user, watch_why, sizeof(watch_why));
     size_t len = evbuffer_get_length(q);
-    bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, why, sizeof(why));
+    bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, why, sizeof(why), NULL);
     evbuffer_free(q);
     MYSQL_RES *res = ok ? mysql_store_result(t->db) : NULL;
     if (res == NULL) {
@@ -1019,6 +1025,72 @@ static void evict_everywhere(dbthread_t *t, const mg_fwrite_t *w)
                w->n, w->app->name, EVICT_WAIT_MS, skipped);
 }
 
+/* A kept lookup result of |w|'s users is outdated now. A lookup still running may have read
+ * the row before this write: it writes its copy back to Redis before it finishes, so wait for
+ * it, or that old copy would land after ours and stay for redis.ttl_s. */
+static void forget_lookups(mg_fsource_t *s, const mg_fwrite_t *w)
+{
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < w->n; i++) {
+        size_t klen;
+        char *key = make_key(w->app, w->users[i], &klen);
+        if (key == NULL)
+            continue;
+        ljob_t *j;
+        while ((j = *map_slot(s, key, klen)) != NULL && j->state == JOB_RUNNING)
+            pthread_cond_wait(&s->lookup_done, &s->lock);
+        forget(s, key, klen);
+        free(key);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Deletes |w|'s users from Redis (every group key and the marker, so that the next lookup
+ * reads MariaDB) and from the workers' caches: after a write whose outcome is unknown. */
+static void drop_copies(dbthread_t *t, const mg_fwrite_t *w)
+{
+    mg_fsource_t *s = t->s;
+    forget_lookups(s, w);
+    char why[256] = "";
+    bool ok = true;
+    if (s->conf->redis.on && redis_ready(t, why, sizeof(why))) {
+        for (size_t i = 0; i < w->n; i++) {
+            char keys[1 + MG_FCONF_MAX_GROUPS][KEY_BYTES];
+            const char *argv[2 + MG_FCONF_MAX_GROUPS] = {"DEL"};
+            size_t lens[2 + MG_FCONF_MAX_GROUPS] = {3};
+            int argc = 1;
+            for (size_t g = 0; g <= w->app->ngroups; g++, argc++) {
+                lens[argc] =
+                    user_key(keys[g], w->app, w->users[i], g ? &w->app->groups[g - 1] : NULL);
+                argv[argc] = keys[g];
+            }
+            redisAppendCommandArgv(t->redis, argc, argv, lens);
+        }
+        for (size_t i = 0; i < w->n && ok; i++) {
+            void *rep = NULL;
+            ok = redisGetReply(t->redis, &rep) == REDIS_OK &&
+                 ((redisReply *)rep)->type == REDIS_REPLY_INTEGER;
+            if (!ok)
+                snprintf(why, sizeof(why), "Redis %s:%u: %s", s->conf->redis.host,
+                         s->conf->redis.port,
+                         t->redis->err ? t->redis->errstr : "DEL got an unexpected reply");
+            freeReplyObject(rep);
+        }
+        if (!ok) {
+            redisFree(t->redis); /* replies may be out of step now */
+            t->redis = NULL;
+        }
+    } else if (s->conf->redis.on) {
+        ok = false;
+    }
+    if (!ok)
+        MG_LOG(MG_LOG_WARN, "features",
+               "a write of %zu user(s) of app %s has an unknown outcome and their Redis copies "
+               "could not be dropped (%s): Redis may serve them until redis.ttl_s",
+               w->n, w->app->name, why);
+    evict_everywhere(t, w);
+}
+
 static void run_write(dbthread_t *t, mg_fwrite_t *w)
 {
     mg_fsource_t *s = t->s;
@@ -1055,8 +1127,22 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
         add_quoted(t, q, w->users[0]);
     }
     size_t len = evbuffer_get_length(q);
-    bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, w->errmsg, sizeof(w->errmsg));
+    bool maybe_done = false;
+    bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, w->errmsg, sizeof(w->errmsg),
+                       &maybe_done);
     evbuffer_free(q);
+    if (!ok && maybe_done && w->op != MG_FW_GET) {
+        /* MariaDB may hold the change, or not: whatever Redis and the workers keep of these
+         * users may be outdated either way, so it goes, and the next lookup reads MariaDB */
+        char why[256];
+        snprintf(why, sizeof(why), "%s", w->errmsg);
+        snprintf(w->errmsg, sizeof(w->errmsg),
+                 "MariaDB did not answer, so the write may or may not be stored: send it again "
+                 "(%.160s)",
+                 why);
+        w->unknown = true;
+        drop_copies(t, w);
+    }
     if (!ok)
         return;
     if (w->op == MG_FW_GET) {
@@ -1076,22 +1162,7 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
     w->affected = w->op == MG_FW_PUT ? w->n : (size_t)aff;
     atomic_fetch_add(w->op == MG_FW_PUT ? &s->dbm.rows_written : &s->dbm.rows_deleted,
                      (unsigned long long)w->affected);
-    /* A kept lookup result of these users is outdated now. A lookup still running may have
-     * read the row before this write: it writes its copy back to Redis before it finishes, so
-     * wait for it, or that old copy would land after ours and stay for redis.ttl_s. */
-    pthread_mutex_lock(&s->lock);
-    for (size_t i = 0; i < w->n; i++) {
-        size_t klen;
-        char *key = make_key(w->app, w->users[i], &klen);
-        if (key == NULL)
-            continue;
-        ljob_t *j;
-        while ((j = *map_slot(s, key, klen)) != NULL && j->state == JOB_RUNNING)
-            pthread_cond_wait(&s->lookup_done, &s->lock);
-        forget(s, key, klen);
-        free(key);
-    }
-    pthread_mutex_unlock(&s->lock);
+    forget_lookups(s, w);
     if (!s->conf->redis.on)
         w->redis = MG_FW_REDIS_OFF;
     else if (redis_write(t, w->app, w->users, w->op == MG_FW_PUT ? w->docs : NULL, w->n, false,

@@ -107,6 +107,8 @@ typedef struct mg_fwrite {
     void *ud;
     /* out */
     mg_err_t err; /* MG_OK, MG_E_UPSTREAM (MariaDB failed: errmsg says why) */
+    bool unknown; /* MG_E_UPSTREAM, but MariaDB may have taken the change (it did not answer):
+                   * Redis's and the workers' copies of these users were dropped */
     char errmsg[256];
     size_t affected;         /* rows written, deleted or found */
     char *got;               /* GET: the stored features text (malloc), NULL when absent */

@@ -1379,6 +1379,44 @@ def test_error_replies_to_lookups_are_logged(stack):
     assert stack.get("acl1")["x-modelgate-features"] == "hit"
 
 
+@pytest.mark.parametrize("how", ["put", "bulk"])
+def test_write_mariadb_did_not_answer_drops_the_redis_copy(procs, how):
+    """MariaDB hung (SIGSTOP) past mariadb.timeout_s while a write was in it, then resumed and
+    carried it out. The answer said "not stored" (503; the bulk load's "rows not stored"),
+    and Redis kept serving the old features for redis.ttl_s. Now the answer says the outcome
+    is unknown (504 write_outcome_unknown; "unknown" rows in a bulk load), and the users' Redis
+    copies are dropped, so the next lookup reads MariaDB, whichever way it went."""
+    s = Stack(procs, db_threads=1, db_over={"timeout_s": 1}, local={"ttl_ms": 0})
+    r = s.admin("PUT", "/v1/features/digits/inc1", json.dumps({"recent": ["old"]}))
+    assert r.status_code == 200 and r.json()["redis"] == "refreshed", r.text
+    assert s.get("inc1")["x-user-features"] == canonical({"recent": ["old"]})
+    s.db.proc.signal(signal.SIGSTOP)
+    try:
+        if how == "put":
+            r = s.admin("PUT", "/v1/features/digits/inc1", json.dumps({"recent": ["new"]}))
+            assert r.status_code == 504, r.text
+            err = r.json()["error"]
+            assert err["code"] == "write_outcome_unknown", err
+            assert "may or may not be stored" in err["message"], err
+        else:
+            r = s.admin("POST", "/v1/features/digits",
+                        json.dumps({"user": "inc1", "features": {"recent": ["new"]}}) + "\n")
+            assert r.status_code == 503, r.text
+            doc = r.json()
+            assert doc["unknown"] == 1 and doc["rejected"] == 0 and doc["accepted"] == 0, doc
+            assert "may or may not be stored" in doc["errors"][0]["error"], doc
+    finally:
+        s.db.proc.signal(signal.SIGCONT)
+    assert s.r.exists("mgf:v1:digits:inc1") == 0  # the marker: the next lookup reads MariaDB
+    assert s.r.exists("mgf:v1:digits:inc1:recent") == 0
+    wait_for(lambda: s.db.query("SELECT features FROM user_features WHERE user_id = 'inc1'")
+             [0][0] == '{"recent":["new"]}', 10, 0.1, "the resumed MariaDB to carry it out")
+    # (the MariaDB thread reconnects with its backoff: "unavailable" until then)
+    h = wait_for(lambda: (lambda h: h["x-modelgate-features"] != "unavailable" and h)(
+        s.get("inc1")), 10, 0.1, "a lookup after the reconnect")
+    assert h.get("x-user-features") == canonical({"recent": ["new"]}), h
+
+
 def test_a_short_budget_ends_on_time(procs):
     """A 5 ms budget with Redis hung: the request goes on at 5 ms, not at the next tick of a
     coarse clock. On libevent's default clock (CLOCK_MONOTONIC_COARSE, a 4 ms tick) the wait
