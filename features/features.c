@@ -90,7 +90,8 @@ struct fetch {
     int64_t sent_us;            /* when the pipeline was queued */
     /* why a key of this user is not in the documented layout (a writer outside the gateway
      * broke it): MariaDB answers instead, and its write-back repairs the keys; NULL = fine */
-    const char *redis_broken;
+    const char *redis_broken; /* how a key of the user breaks the layout, or NULL */
+    const char *broken_group; /* whose key: a group's name, NULL for the marker */
     bool group_key_seen;  /* Redis holds a key of one of the user's groups (empty or not) */
     bool text_oom;        /* a fragment could not be written: the lookup ends "unavailable" */
     int marker;           /* -1 absent, 0 user without features, 1 features in the groups */
@@ -419,9 +420,10 @@ static void redis_done(fetch_t *fx)
         unsigned long skipped;
         if (mg_log_limit_pass(&f->loglimit, &skipped))
             MG_LOG(MG_LOG_WARN, "features",
-                   "Redis: a key of a user of app %s %s; read from MariaDB, whose write-back "
-                   "rewrites the user's keys (%lu similar suppressed)",
-                   fx->app->name, fx->redis_broken, skipped);
+                   "Redis: the %s%s key of a user of app %s %s; read from MariaDB, whose "
+                   "write-back rewrites the user's keys (%lu similar suppressed)",
+                   fx->broken_group ? fx->broken_group : "marker",
+                   fx->broken_group ? " group's" : "", fx->app->name, fx->redis_broken, skipped);
         to_db(fx, now);
     } else if (fx->marker == 1 && (fx->text_oom || has_group(fx))) {
         MG_FM_INC(f->m->redis_hit);
@@ -608,16 +610,17 @@ static bool write_hash(fetch_t *fx, const redisReply *r)
 /* The group's value as jansson builds it from the reply (NULL: the group is left out): the
  * reference for the replies that are not plain. An empty value ({} or [], however a pipeline
  * spaced it) is left out too, as mg_fval_normalize leaves it out of MariaDB's copy. A json
- * text that does not parse is left out as well, and sets *|unparsed| (when not NULL). */
-static json_t *group_json(const mg_fgroup_t *g, const redisReply *r, bool *unparsed)
+ * text that does not parse, or a string that is not UTF-8 (no JSON string can hold it), breaks
+ * the layout: NULL, with *|broken| saying how. */
+static json_t *group_json(const mg_fgroup_t *g, const redisReply *r, const char **broken)
 {
     json_t *v = NULL;
     if (g->type == MG_FGROUP_JSON) {
         if (r->type == REDIS_REPLY_STRING) {
             json_error_t jerr;
             v = json_loadb(r->str, (size_t)r->len, JSON_DECODE_ANY, &jerr);
-            if (v == NULL && unparsed)
-                *unparsed = true;
+            if (v == NULL)
+                *broken = "is not JSON";
         }
     } else if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
         v = g->type == MG_FGROUP_HASH ? json_object() : json_array();
@@ -625,18 +628,22 @@ static json_t *group_json(const mg_fgroup_t *g, const redisReply *r, bool *unpar
             const redisReply *e = r->element[i];
             if (e->type != REDIS_REPLY_STRING)
                 continue;
-            json_t *s = json_stringn(e->str, (size_t)e->len);
-            if (g->type == MG_FGROUP_LIST) {
-                json_array_append_new(v, s);
-            } else if (i + 1 < r->elements && r->element[i + 1]->type == REDIS_REPLY_STRING) {
-                const redisReply *val = r->element[++i];
-                /* the whole field, as MariaDB's copy has it: a cut name would change the
-                 * snapshot's bytes and hash between the two stores */
-                json_object_setn_new(v, e->str, (size_t)e->len,
-                                     json_stringn(val->str, (size_t)val->len));
-                json_decref(s);
-            } else {
-                json_decref(s);
+            const redisReply *val = NULL;
+            if (g->type == MG_FGROUP_HASH) {
+                if (i + 1 == r->elements || r->element[i + 1]->type != REDIS_REPLY_STRING)
+                    continue;
+                val = r->element[++i];
+            }
+            json_t *s = json_stringn(val ? val->str : e->str, (size_t)(val ? val->len : e->len));
+            /* a hash field whole, as MariaDB's copy has it: a cut name would change the
+             * snapshot's bytes and hash between the two stores */
+            int rc = s == NULL ? -1
+                     : val     ? json_object_setn_new(v, e->str, (size_t)e->len, s)
+                               : json_array_append_new(v, s);
+            if (rc != 0) { /* not UTF-8 (or out of memory): served partly, it would mislead */
+                *broken = "holds a string that is not UTF-8";
+                json_decref(v);
+                return NULL;
             }
         }
     }
@@ -673,10 +680,12 @@ static void add_group(fetch_t *fx, size_t gi, const redisReply *r)
         }
     }
     if (!plain) {
-        bool unparsed = false;
-        json_t *v = group_json(g, r, &unparsed);
-        if (unparsed)
-            fx->redis_broken = "holds a json group that is not JSON";
+        const char *broken = NULL;
+        json_t *v = group_json(g, r, &broken);
+        if (broken) {
+            fx->redis_broken = broken;
+            fx->broken_group = g->name;
+        }
         if (v == NULL)
             return;
         char *s = mg_fval_canonical(v);
@@ -756,6 +765,7 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
     redisReply *r = reply;
     if (r && r->type == REDIS_REPLY_ERROR && r->len >= 9 && memcmp(r->str, "WRONGTYPE", 9) == 0) {
         fx->redis_broken = "has the wrong type (WRONGTYPE)";
+        fx->broken_group = rc->idx ? fx->app->groups[rc->idx - 1].name : NULL;
     } else if (r == NULL || r->type == REDIS_REPLY_ERROR) {
         if (r)
             log_error_reply(fx, rc, r);
@@ -769,7 +779,7 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
                  (r->str[0] == '1' || r->str[0] == '0'))
             fx->marker = r->str[0] - '0';
         else
-            fx->redis_broken = "holds a marker that is neither \"1\" nor \"0\"";
+            fx->redis_broken = "is neither \"1\" nor \"0\"";
     } else if (!fx->redis_failed) {
         add_group(fx, (size_t)rc->idx - 1, r);
     }

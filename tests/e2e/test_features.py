@@ -267,6 +267,30 @@ def test_key_of_the_wrong_type_falls_back_to_mariadb_and_is_repaired(stack, grou
     assert stack.selects() - before == 1
 
 
+@pytest.mark.parametrize("group", ["recent", "profile"])
+def test_string_that_is_not_utf8_breaks_the_layout(stack, group):
+    """A pipeline that wrote bytes that are not UTF-8 (b"caf\\xe9") into a list item or a hash
+    field: the string was dropped from a "hit" without a word (or a list of only that item read
+    as "miss"). No JSON string can hold it: the key breaks the layout, MariaDB answers, its
+    write-back rewrites the user's keys, and the warning names the group."""
+    doc = {"profile": {"age": "7"}, "recent": ["good1", "good2"]}
+    stack.put_db("nu1", doc)
+    stack.put_redis("nu1", **doc)
+    key = "mgf:v1:digits:nu1:" + group
+    if group == "recent":
+        stack.r.rpush(key, b"caf\xe9")
+    else:
+        stack.r.hset(key, b"\xff\xfe", b"x")
+    before = stack.selects()
+    h = stack.get("nu1")
+    assert h["x-modelgate-features"] == "hit", h
+    assert h["x-user-features"] == canonical(doc)
+    assert stack.selects() - before == 1
+    assert ("the %s group's key of a user of app digits holds a string that is not UTF-8"
+            % group) in stack.gw.proc.stderr()
+    assert stack.r.lrange("mgf:v1:digits:nu1:recent", 0, -1) == [b"good1", b"good2"]
+
+
 def test_hung_mariadb_cannot_take_the_redis_hits_down(procs):
     """A hung MariaDB keeps its lookups (each request goes on at its budget; the lookup stays
     to fill the caches). At most mariadb.max_waiting of them wait per worker: the next cold
@@ -1506,7 +1530,7 @@ def test_malformed_marker_falls_back_to_mariadb_and_is_repaired(stack, marker):
     assert json.loads(h["x-user-features"]) == {"recent": ["a"]}
     assert stack.selects() - before == 1
     assert stack.r.get("mgf:v1:digits:mk1") == b"1"  # repaired by the write-back
-    assert ('a key of a user of app digits holds a marker that is neither "1" nor "0"'
+    assert ('the marker key of a user of app digits is neither "1" nor "0"'
             in stack.gw.proc.stderr())
     time.sleep(1.1)  # local ttl_ms 1000: the next one reads Redis, now whole
     assert stack.get("mk1")["x-modelgate-features"] == "hit"
