@@ -611,7 +611,7 @@ static bool write_hash(fetch_t *fx, const redisReply *r)
  * reference for the replies that are not plain. An empty value ({} or [], however a pipeline
  * spaced it) is left out too, as mg_fval_normalize leaves it out of MariaDB's copy. A json
  * text that does not parse, or a string that is not UTF-8 (no JSON string can hold it), breaks
- * the layout: NULL, with *|broken| saying how. */
+ * the layout: NULL, with *|broken| (when not NULL) saying how. */
 static json_t *group_json(const mg_fgroup_t *g, const redisReply *r, const char **broken)
 {
     json_t *v = NULL;
@@ -619,7 +619,7 @@ static json_t *group_json(const mg_fgroup_t *g, const redisReply *r, const char 
         if (r->type == REDIS_REPLY_STRING) {
             json_error_t jerr;
             v = json_loadb(r->str, (size_t)r->len, JSON_DECODE_ANY, &jerr);
-            if (v == NULL)
+            if (v == NULL && broken)
                 *broken = "is not JSON";
         }
     } else if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
@@ -641,7 +641,8 @@ static json_t *group_json(const mg_fgroup_t *g, const redisReply *r, const char 
                      : val     ? json_object_setn_new(v, e->str, (size_t)e->len, s)
                                : json_array_append_new(v, s);
             if (rc != 0) { /* not UTF-8 (or out of memory): served partly, it would mislead */
-                *broken = "holds a string that is not UTF-8";
+                if (broken)
+                    *broken = "holds a string that is not UTF-8";
                 json_decref(v);
                 return NULL;
             }
