@@ -109,6 +109,8 @@ struct mg_dblog {
     time_t last_down_log;
     bool was_down;     /* a connection failed since the last success */
     bool maint_warned; /* "table not partitioned" said once */
+    bool lengths_stale; /* a 1406 sent the batch back for a reconnect, which reads them again */
+    mg_log_cause_t refused_row; /* "MariaDB refused a record": one line per cause a minute */
     mg_log_cause_t table_refused;       /* why the table is refused: said once a minute */
     mg_log_cause_t insert_failed;       /* why batches are retried: said once a minute */
     unsigned max_chars[MG_DBROW_NCOLS]; /* the table's text column lengths (check_table) */
@@ -470,13 +472,15 @@ static bool list_has(const char *list, const char *name)
 /* A table an operator created may differ from ours. Two differences matter:
  * - Exactly-once rests on a unique key of (time, id) or (id): without one a replay after a
  *   crash inserts records twice; and a unique key without id (say on request_id, which clients
- *   choose) would merge distinct records into one ("ON DUPLICATE KEY"). Either is refused, and
+ *   choose, or on a prefix of id, listed as "id(8)") would merge distinct records into one
+ *   ("ON DUPLICATE KEY"). Either is refused, and
  *   records wait in the spool until the table is fixed.
  * - Narrower text columns: values are cut to the table's lengths, not refused. */
 static bool check_table(mg_dblog_t *d)
 {
     MYSQL_RES *r = table_info(d, "keys",
-                              "SELECT INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX) "
+                              "SELECT INDEX_NAME, GROUP_CONCAT(CONCAT(COLUMN_NAME, IF(SUB_PART "
+                              "IS NULL, '', CONCAT('(', SUB_PART, ')'))) ORDER BY SEQ_IN_INDEX) "
                               "FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = '%s' AND "
                               "TABLE_NAME = '%s' AND NON_UNIQUE = 0 GROUP BY INDEX_NAME");
     if (r == NULL)
@@ -677,9 +681,22 @@ static bool insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
         unsigned e = mysql_stmt_errno(d->stmt);
         if (!data_error(e))
             return false;
+        if (e == ER_DATA_TOO_LONG && !d->lengths_stale) {
+            /* Values are cut to the column lengths read at connect: a column was narrowed
+             * since (ALTER TABLE). The batch goes back, and the reconnect reads them again;
+             * a second 1406 rejects the row. */
+            d->lengths_stale = true;
+            return false;
+        }
+        /* one line per cause a minute, with the first record: 2000 rows an operator's CHECK
+         * refuses are not 2000 lines (the REJECTED summary counts them once a second) */
+        char cause[300], more[64];
+        unsigned long again;
+        snprintf(cause, sizeof(cause), "%s (error %u)", mysql_stmt_error(d->stmt), e);
         int n = (int)(d->line_len[i] > 300 ? 300 : d->line_len[i]);
-        MG_LOG(MG_LOG_ERROR, "dblog", "MariaDB refused a record: %s (error %u): %.*s",
-               mysql_stmt_error(d->stmt), e, n, d->line[i]);
+        if (mg_log_cause_pass(&d->refused_row, cause, 60, &again))
+            MG_LOG(MG_LOG_ERROR, "dblog", "MariaDB refused a record: %s: %.*s%s", cause, n,
+                   d->line[i], mg_log_repeats(more, sizeof(more), again));
         atomic_fetch_add(&d->rejected, 1);
     }
     return true;
@@ -744,6 +761,7 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
         return MG_E_IO; /* re-read and re-inserted as duplicates: nothing lost */
     }
     mg_log_cause_reset(&d->insert_failed);
+    d->lengths_stale = false;
     *pos = next;
     *nlines = n;
     return MG_OK;

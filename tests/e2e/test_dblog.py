@@ -159,6 +159,13 @@ def test_n_requests_n_rows(procs):
     assert stats["inserted"] == n and stats["spooled"] == n and stats["lost"] == 0, stats
     assert stats["connected"] is True, stats
     assert "s3cret-pw" not in gw.log()
+    # the same on /metrics, every sample with its HELP (spool_bytes and connected had none)
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port, timeout=5).read()
+    lines = text.decode().splitlines()
+    names = [ln.split()[0] for ln in lines if ln.startswith("modelgate_request_log_db_")]
+    assert "modelgate_request_log_db_pending_bytes" in names, names
+    for name in names:
+        assert "# HELP %s " % name in text.decode(), name
 
 
 @pytest.mark.parametrize("text,why", [
@@ -532,11 +539,13 @@ def test_refusals_that_may_pass_are_retried(procs):
           [ln for ln in gw.log().splitlines() if "maintenance window" in ln][0][-120:])
 
 
-@pytest.mark.parametrize("case", ["no_key", "merging_key", "narrow"])
+@pytest.mark.parametrize("case", ["no_key", "merging_key", "prefix_key", "narrow"])
 def test_operator_table_is_checked(procs, case):
     """A table an operator made: without the idempotency key (time, id), or with a unique key
-    that would merge distinct records, records wait in the spool (said in the log) until the
-    table is fixed; narrower text columns get values cut to their length, not refused."""
+    that would merge distinct records (one on request_id, or on a prefix of id: the first 8
+    bytes are the same for a whole gateway start, and such a key passed before), records wait
+    in the spool (said in the log) until the table is fixed; narrower text columns get values
+    cut to their length, not refused."""
     db = MariaDB(procs)
     today = db.query("SELECT TO_DAYS(UTC_DATE())")[0][0]
     sql = operator_sql(db, today)
@@ -545,6 +554,9 @@ def test_operator_table_is_checked(procs, case):
     elif case == "merging_key":
         sql = sql.replace("PRIMARY KEY (time, id),",
                           "PRIMARY KEY (time, id), UNIQUE KEY rid (request_id, time),")
+    elif case == "prefix_key":
+        sql = sql.replace("PRIMARY KEY (time, id),",
+                          "PRIMARY KEY (time, id), UNIQUE KEY idp (id(8), time),")
     else:
         sql = sql.replace("path VARCHAR(2048)", "path VARCHAR(12)")
     assert sql != operator_sql(db, today)
@@ -563,12 +575,14 @@ def test_operator_table_is_checked(procs, case):
         print("dblog: path VARCHAR(12): %s cut to %s" % (sorted(full)[0], sorted(paths)[0]))
         return
     why = {"no_key": "has no PRIMARY KEY (time, id)",
-           "merging_key": "unique key rid (request_id,time) would merge"}[case]
+           "merging_key": "unique key rid (request_id,time) would merge",
+           "prefix_key": "unique key idp (id(8),time) would merge"}[case]
     wait_for(lambda: why in gw.log(), 20, 0.1, "the refusal: " + why)
     time.sleep(1)
     assert rows(db) == 0
     run_sql(db, {"no_key": "ALTER TABLE request_log ADD PRIMARY KEY (time, id)",
-                 "merging_key": "ALTER TABLE request_log DROP INDEX rid"}[case])
+                 "merging_key": "ALTER TABLE request_log DROP INDEX rid",
+                 "prefix_key": "ALTER TABLE request_log DROP INDEX idp"}[case])
     wait_for(lambda: rows(db) == n, 30, 0.1, "%d rows once the table is fixed" % n)
     check_exact(gw, db, n, case)
     assert gw.log().count(why) == 1, "said once, not at every retry"
@@ -682,3 +696,30 @@ def test_least_privilege_user_logs_to_an_existing_table(procs):
     wait_for(lambda: rows(db) == 50, 30, 0.1, "50 rows")
     check_exact(gw, db, 50, "least privilege")
     assert "CREATE command denied" not in gw.log()
+
+
+def test_narrowed_column_then_refused_rows(procs):
+    """A column narrowed while the gateway is connected (values are cut to the lengths read at
+    connect) got every following row rejected with error 1406 until some reconnect; now the
+    first 1406 sends the batch back for a reconnect, which reads the lengths again, and the rows
+    go in cut. And rows MariaDB does refuse (an operator's CHECK) were one ERROR line each
+    (2000 lines for 2000 requests): now one per cause a minute, the REJECTED summary counting."""
+    db = MariaDB(procs)
+    a = procs.backend("pod-a")
+    admin_port = free_port()
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dict(dblog_conf(db), admin={"listen": "127.0.0.1:%d" % admin_port}))
+    assert Load(gw, threads=2, per_thread=5).join() == 10
+    wait_for(lambda: rows(db) == 10, 30, 0.1, "10 rows")
+    run_sql(db, "TRUNCATE TABLE request_log; ALTER TABLE request_log MODIFY path VARCHAR(5)")
+    assert Load(gw, threads=2, per_thread=10).join() == 20
+    wait_for(lambda: rows(db) == 20, 30, 0.1, "20 rows, their paths cut to 5 characters")
+    assert db.query("SELECT MAX(CHAR_LENGTH(path)) FROM request_log")[0][0] == 5
+    assert dblog_stats(admin_port)["rejected"] == 0
+    run_sql(db, "TRUNCATE TABLE request_log; "
+                "ALTER TABLE request_log ADD CONSTRAINT no_rows CHECK (status < 0)")
+    assert Load(gw, threads=2, per_thread=15).join() == 30
+    wait_for(lambda: dblog_stats(admin_port)["rejected"] == 30, 30, 0.1, "30 rejected")
+    assert rows(db) == 0
+    assert gw.log().count("MariaDB refused a record") == 1, gw.log()
+    wait_for(lambda: "REJECTED" in gw.log(), 5, 0.1, "the REJECTED summary")
