@@ -570,12 +570,16 @@ static void dblog_metrics(void *ud, struct evbuffer *out)
                             "modelgate_request_log_db_%s_total %" PRIu64 "\n",
                             help[i][0], help[i][1], help[i][0], help[i][0], v[i]);
     evbuffer_add_printf(out,
+                        "# HELP modelgate_request_log_db_spool_bytes Bytes of the spool's "
+                        "segment files on disk (what spool_max_mb caps).\n"
                         "# TYPE modelgate_request_log_db_spool_bytes gauge\n"
                         "modelgate_request_log_db_spool_bytes %" PRIu64 "\n"
                         "# HELP modelgate_request_log_db_pending_bytes Spooled bytes not in "
                         "MariaDB yet.\n"
                         "# TYPE modelgate_request_log_db_pending_bytes gauge\n"
                         "modelgate_request_log_db_pending_bytes %" PRIu64 "\n"
+                        "# HELP modelgate_request_log_db_connected 1 while connected to "
+                        "MariaDB.\n"
                         "# TYPE modelgate_request_log_db_connected gauge\n"
                         "modelgate_request_log_db_connected %d\n",
                         st.spool_bytes, st.pending_bytes, st.connected ? 1 : 0);
