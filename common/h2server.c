@@ -1628,11 +1628,17 @@ static int h1_on_url(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* The method is known from here on, so a request refused later (its target, its fields) is
+ * logged with it. */
+static int h1_on_method_complete(llhttp_t *p)
+{
+    parser_conn(p)->h1s->method = llhttp_method_name(llhttp_get_method(p));
+    return 0;
+}
+
 static int h1_on_url_complete(llhttp_t *p)
 {
     conn_t *c = parser_conn(p);
-    /* known from here on, so a request refused while its fields are read is logged with it */
-    c->h1s->method = llhttp_method_name(llhttp_get_method(p));
     c->h1s->path = mg_arena_strndup(&c->h1s->arena, c->h1_scratch, c->h1_fld_len);
     c->h1_fld_len = 0;
     return c->h1s->path ? 0 : -1;
@@ -3089,6 +3095,7 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     llhttp_settings_init(&srv->h1settings);
     srv->h1settings.on_message_begin = h1_on_message_begin;
     srv->h1settings.on_url = h1_on_url;
+    srv->h1settings.on_method_complete = h1_on_method_complete;
     srv->h1settings.on_url_complete = h1_on_url_complete;
     srv->h1settings.on_header_field = h1_on_field;
     srv->h1settings.on_header_value = h1_on_value;

@@ -1370,9 +1370,10 @@ static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char 
         .client = real ? client : req->client,
         .peer = real ? req->client : NULL,
         .proto = req->proto,
-        .method = req->method,
-        .host = req->authority,
-        .path = req->path,
+        /* what was not read is unknown: null, not "" (README, Access log) */
+        .method = *req->method ? req->method : NULL,
+        .host = *req->authority ? req->authority : NULL,
+        .path = *req->path ? req->path : NULL,
         .status = status,
         .upstream_us = -1,
         .error = code,

@@ -115,6 +115,21 @@ def test_http11_requests_refused_in_their_fields_are_logged_with_their_method(lo
         assert (lines[path]["method"], lines[path]["status"]) == (method, status), lines[path]
 
 
+def test_http11_requests_refused_in_their_request_line_log_what_was_read(logged):
+    """A request line that breaks off ("GET /\\x01", a control byte in the target; "GARBAGE",
+    no request line at all) was logged with "method", "host" and "path" as "", and stored as ''
+    in MariaDB. What was read is logged (the method, once its name ended), the rest is null,
+    as for every unknown value."""
+    gw, _ = logged
+    for head in (b"GET /\x01\xff HTTP/1.1\r\nHost: x\r\n\r\n", b"GARBAGE\r\n\r\n"):
+        with H1Conn(gw.port) as c:
+            c.send(head)
+            assert c.read_response().status == 400
+    lines = [ln for ln in gw.wait_access(2) if ln["status"] == 400][-2:]
+    assert [(ln["method"], ln["host"], ln["path"]) for ln in lines] == [
+        ("GET", None, None), (None, None, None)], lines
+
+
 def test_sigusr1_reopens_log(logged):
     gw, _ = logged
     with gw.h2() as c:
