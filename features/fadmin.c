@@ -656,6 +656,13 @@ static void on_close(mg_srv_stream_t *s, bool complete)
         return;
     mg_srv_set_data(s, NULL);
     r->s = NULL;
+    if (r->method == M_BULK && !r->replied)
+        /* the stored batches stay: the operator must know how far it got */
+        MG_LOG(MG_LOG_WARN, "features",
+               "bulk load of app %s cut short: the client closed or reset it after %zu lines, "
+               "%zu rows stored%s; stored batches stay, send the rest again",
+               r->app->name, r->line_no, r->accepted,
+               r->busy ? " and one batch still being stored" : "");
     if (!r->busy && r->pins == 0) /* else the job's completion or the caller frees it */
         areq_free(r);
 }

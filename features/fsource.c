@@ -522,7 +522,8 @@ static bool db_query(dbthread_t *t, const char *sql, size_t len, char *why, size
         unsigned e = mysql_errno(t->db);
         snprintf(why, cap, "MariaDB query failed: %s", mysql_error(t->db));
         bool lost = e == CR_SERVER_GONE_ERROR || e == CR_SERVER_LOST || e == 1927 /* killed */;
-        if (lost && maybe_done)
+        /* "gone away" is a send that failed: the server never had the whole statement */
+        if (lost && e != CR_SERVER_GONE_ERROR && maybe_done)
             *maybe_done = true;
         db_close(t);
         if (!lost)
