@@ -735,6 +735,19 @@ static bool conn_was_closed(const redisContext *r, int e)
     return r->err == REDIS_ERR_EOF || (r->err == REDIS_ERR_IO && e != EAGAIN && e != EWOULDBLOCK);
 }
 
+/* Why the write-back connection failed, in words: hiredis gives a reply that did not come within
+ * its timeout as strerror(EAGAIN), "Resource temporarily unavailable". */
+static const char *redis_failure(const dbthread_t *t, char *buf, size_t cap)
+{
+    const redisContext *r = t->redis;
+    if (r->err == REDIS_ERR_IO && strcmp(r->errstr, strerror(EAGAIN)) == 0) {
+        snprintf(buf, cap, "no reply within redis.reply_timeout_ms (%u ms)",
+                 t->s->conf->redis.reply_timeout_ms);
+        return buf;
+    }
+    return r->errstr;
+}
+
 /* Before a lookup reads MariaDB: WATCH the user's keys (the marker and every group key) on
  * the write-back connection. A write of any of them that lands between now and the
  * write-back's EXEC (an admin write of any gateway, a pipeline's, another lookup's write-back;
@@ -764,11 +777,11 @@ static bool redis_watch(dbthread_t *t, const mg_fapp_t *app, const char *user, c
             return true;
         }
         bool closed = rep == NULL && conn_was_closed(t->redis, errno);
-        char err[160];
+        char err[160], failed[96];
         if (rep)
             mg_rreply_text(rep, err, sizeof(err));
         else
-            snprintf(err, sizeof(err), "%s", t->redis->errstr);
+            snprintf(err, sizeof(err), "%s", redis_failure(t, failed, sizeof(failed)));
         freeReplyObject(rep);
         redisFree(t->redis);
         t->redis = NULL;
@@ -854,8 +867,9 @@ static bool redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
                 MG_FM_INC(s->dbm.writeback_ok);
             return true;
         }
+        char failed[96];
         snprintf(why, whylen, "Redis %s:%u: %s", s->conf->redis.host, s->conf->redis.port,
-                 t->redis->err ? t->redis->errstr
+                 t->redis->err ? redis_failure(t, failed, sizeof(failed))
                  : err[0]      ? err
                                : "error reply");
         redisFree(t->redis); /* replies may be out of step now */
@@ -1057,7 +1071,7 @@ static void drop_copies(dbthread_t *t, const mg_fwrite_t *w)
 {
     mg_fsource_t *s = t->s;
     forget_lookups(s, w);
-    char why[256] = "";
+    char why[256] = "", failed[96];
     bool ok = true;
     if (s->conf->redis.on && redis_ready(t, why, sizeof(why))) {
         for (size_t i = 0; i < w->n; i++) {
@@ -1079,7 +1093,8 @@ static void drop_copies(dbthread_t *t, const mg_fwrite_t *w)
             if (!ok)
                 snprintf(why, sizeof(why), "Redis %s:%u: %s", s->conf->redis.host,
                          s->conf->redis.port,
-                         t->redis->err ? t->redis->errstr : "DEL got an unexpected reply");
+                         t->redis->err ? redis_failure(t, failed, sizeof(failed))
+                                       : "DEL got an unexpected reply");
             freeReplyObject(rep);
         }
         if (!ok) {

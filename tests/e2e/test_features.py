@@ -1469,6 +1469,21 @@ def test_write_mariadb_did_not_answer_drops_the_redis_copy(procs, how):
     assert h.get("x-user-features") == canonical({"recent": ["new"]}), h
 
 
+def test_admin_refresh_redis_did_not_answer_says_so(procs):
+    """A refresh Redis did not answer (SIGSTOP) said redis_error "Resource temporarily
+    unavailable", hiredis's strerror(EAGAIN); it names the timeout now."""
+    s = Stack(procs, db_threads=1, redis_over={"reply_timeout_ms": 300})
+    r = s.admin("PUT", "/v1/features/digits/slow1", json.dumps({"recent": ["a"]}))
+    assert r.status_code == 200 and r.json()["redis"] == "refreshed", r.text
+    s.redis.proc.signal(signal.SIGSTOP)
+    try:
+        r = s.admin("PUT", "/v1/features/digits/slow1", json.dumps({"recent": ["b"]}))
+    finally:
+        s.redis.proc.signal(signal.SIGCONT)
+    assert r.status_code == 200 and r.json()["redis"] == "not_refreshed", r.text
+    assert "no reply within redis.reply_timeout_ms (300 ms)" in r.json()["redis_error"], r.text
+
+
 def test_a_short_budget_ends_on_time(procs):
     """A 5 ms budget with Redis hung: the request goes on at 5 ms, not at the next tick of a
     coarse clock. On libevent's default clock (CLOCK_MONOTONIC_COARSE, a 4 ms tick) the wait
