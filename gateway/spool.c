@@ -342,8 +342,12 @@ mg_spool_t *mg_spool_open(const char *dir, uint64_t max_bytes, char *err, size_t
         goto fail;
     }
     /* two processes appending to one spool would interleave and commit each other's lines */
-    if ((s->lockfd = openat(s->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0 ||
-        flock(s->lockfd, LOCK_EX | LOCK_NB) != 0) {
+    if ((s->lockfd = openat(s->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0) {
+        snprintf(err, errlen, "spool %s: cannot create or open %s/lock: %s", dir, dir,
+                 strerror(errno));
+        goto fail;
+    }
+    if (flock(s->lockfd, LOCK_EX | LOCK_NB) != 0) {
         snprintf(err, errlen, "spool %s: %s", dir,
                  errno == EWOULDBLOCK ? "in use by another process (each gateway needs its own "
                                         "spool_dir)"

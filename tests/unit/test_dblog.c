@@ -416,6 +416,21 @@ static void committed_past_the_segments_replays_all(void **state)
     mg_spool_close(s);
 }
 
+/* A lock file that cannot be made (a read-only directory; here a directory in its place, since
+ * root ignores permissions) is named in the error, with the reason. Before: "spool DIR: Is a
+ * directory", naming neither the file nor what failed. */
+static void unopenable_lock_is_named(void **state)
+{
+    (void)state;
+    char p[128], err[256] = "";
+    snprintf(p, sizeof(p), "%s/lock", dir);
+    assert_int_equal(mkdir(p, 0700), 0);
+    assert_null(mg_spool_open(dir, 1 << 20, err, sizeof(err)));
+    assert_non_null(strstr(err, "cannot create or open"));
+    assert_non_null(strstr(err, "/lock: Is a directory"));
+    rmdir(p);
+}
+
 static void second_process_is_refused(void **state)
 {
     (void)state;
@@ -515,6 +530,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(commits_make_no_new_file, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(committed_past_the_segments_replays_all, make_dir,
                                         remove_dir),
+        cmocka_unit_test_setup_teardown(unopenable_lock_is_named, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(second_process_is_refused, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(concurrent_append_and_read, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(database_thread_is_a_background_thread, make_dir,
