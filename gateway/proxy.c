@@ -276,7 +276,8 @@ static bool named_by_connection(const mg_hdr_t *f, const mg_hdr_t *h, size_t n, 
 }
 
 /* Copies to |out| (room for |n|) the fields of a pod's response head that go on to the client:
- * hop-by-hop ones (RFC 9110 7.6.1) and x-modelgate-service (ours to say) stay behind. Sets
+ * hop-by-hop ones (RFC 9110 7.6.1), x-modelgate-service and x-modelgate-features (ours to say)
+ * stay behind. Sets
  * *|has_rid| when an x-request-id goes, *|cl| to the content-length (unchanged without one).
  * Returns the number of fields copied. */
 static size_t pass_fields(const mg_hdr_t *h, size_t n, mg_hdr_t *out, bool *has_rid, int64_t *cl)
@@ -290,7 +291,8 @@ static size_t pass_fields(const mg_hdr_t *h, size_t n, mg_hdr_t *out, bool *has_
             *has_rid = true;
         else if (name_is(&h[i], "content-length", 14))
             *cl = mg_parse_decimal(h[i].value, h[i].value_len);
-        else if (name_is(&h[i], "x-modelgate-service", 19))
+        else if (name_is(&h[i], "x-modelgate-service", 19) ||
+                 name_is(&h[i], "x-modelgate-features", 20))
             continue;
         out[k++] = h[i];
     }
@@ -860,6 +862,9 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
             (mg_hdr_t){"x-request-id", e->request_id, 12, strlen(e->request_id), e->rid_hpack};
     out[k++] =
         (mg_hdr_t){"x-modelgate-service", e->svc->name, 19, strlen(e->svc->name), MG_HPACK_INDEX};
+    const char *fst = mg_features_status(&e->feat); /* the client sees it too (DESIGN, step 5) */
+    if (fst)
+        out[k++] = (mg_hdr_t){"x-modelgate-features", fst, 20, strlen(fst), MG_HPACK_INDEX};
     hold(e);
     if (end) {
         e->finished = true;

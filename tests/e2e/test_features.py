@@ -1484,6 +1484,23 @@ def test_admin_refresh_redis_did_not_answer_says_so(procs):
     assert "no reply within redis.reply_timeout_ms (300 ms)" in r.json()["redis_error"], r.text
 
 
+def test_the_client_sees_the_features_status(stack):
+    """DESIGN (step 5): a request that goes on without features says so in a response header
+    and the log. The pod got x-modelgate-features, the client nothing. Now the client's answer
+    carries it too, the gateway's word: a pod's own x-modelgate-features does not pass."""
+    import httpx
+    stack.put_redis("seen1", recent=["a"])
+    url = "http://127.0.0.1:%d/predict?set-header=x-modelgate-features:forged" % stack.gw.port
+    with httpx.Client(timeout=10) as c:
+        for user, want in (("seen1", "hit"), ("nobody-here", "miss"), (None, "none")):
+            h = {"host": "%s:%d" % (HOST, stack.gw.port)}
+            if user:
+                h["x-user-id"] = user
+            r = c.get(url, headers=h)
+            assert r.status_code == 200, r.text
+            assert r.headers.get_list("x-modelgate-features") == [want], (user, r.headers)
+
+
 def test_a_short_budget_ends_on_time(procs):
     """A 5 ms budget with Redis hung: the request goes on at 5 ms, not at the next tick of a
     coarse clock. On libevent's default clock (CLOCK_MONOTONIC_COARSE, a 4 ms tick) the wait
