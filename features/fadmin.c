@@ -166,6 +166,8 @@ static void on_done_single(mg_fwrite_t *w)
     pin(r);
     r->busy = false;
     if (r->s == NULL) { /* the client left */
+    } else if (w->err != MG_OK && w->refused) {
+        reply_error(r, 500, "features_table_refused", "%s", w->errmsg);
     } else if (w->err != MG_OK && w->unknown) {
         reply_error(r, 504, "write_outcome_unknown", "%s", w->errmsg);
     } else if (w->err != MG_OK) {

@@ -109,6 +109,7 @@ typedef struct dbthread {
     char redis_why[224];   /* why the last connect failed (no connect before redis_retry_ms) */
     mg_log_cause_t rcause; /* the write-back's connect failures, once per cause */
     mg_log_limit_t loglimit;
+    unsigned db_errno; /* the last failed query's MariaDB error, 0 when it was the connection */
 } dbthread_t;
 
 struct mg_fsource {
@@ -507,6 +508,23 @@ static bool db_ready(dbthread_t *t, char *why, size_t cap)
     return true;
 }
 
+/* Whether MariaDB error |e| is the table refusing a row's value (a narrower column, another
+ * character set, an operator's CHECK): a fault of the table, not of the server's state. */
+static bool table_refused_row(unsigned e)
+{
+    switch (e) {
+    case 1048: /* ER_BAD_NULL_ERROR */
+    case 1264: /* ER_WARN_DATA_OUT_OF_RANGE */
+    case 1265: /* WARN_DATA_TRUNCATED */
+    case 1366: /* ER_TRUNCATED_WRONG_VALUE_FOR_FIELD */
+    case 1406: /* ER_DATA_TOO_LONG */
+    case 4025: /* ER_CONSTRAINT_FAILED */
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* Runs |sql|; reconnects and retries once when the connection was lost (server restarted).
  * On failure, *|maybe_done| (when not NULL) says whether the statement may have been carried
  * out all the same: it was sent and the connection was lost before the answer (a server that
@@ -514,12 +532,14 @@ static bool db_ready(dbthread_t *t, char *why, size_t cap)
 static bool db_query(dbthread_t *t, const char *sql, size_t len, char *why, size_t cap,
                      bool *maybe_done)
 {
+    t->db_errno = 0;
     for (int attempt = 0; attempt < 2; attempt++) {
         if (!db_ready(t, why, cap))
             return false;
         if (mysql_real_query(t->db, sql, len) == 0)
             return true;
         unsigned e = mysql_errno(t->db);
+        t->db_errno = e;
         snprintf(why, cap, "MariaDB query failed: %s", mysql_error(t->db));
         bool lost = e == CR_SERVER_GONE_ERROR || e == CR_SERVER_LOST || e == 1927 /* killed */;
         /* "gone away" is a send that failed: the server never had the whole statement */
@@ -1152,6 +1172,16 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
     bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, w->errmsg, sizeof(w->errmsg),
                        &maybe_done);
     evbuffer_free(q);
+    if (!ok && table_refused_row(t->db_errno)) {
+        /* the table cannot hold these features (a column narrower than schema.sql's, an
+         * operator's CHECK): sending again will not help, unlike a server away */
+        char why[128];
+        snprintf(why, sizeof(why), "%.127s", w->errmsg);
+        snprintf(w->errmsg, sizeof(w->errmsg),
+                 "MariaDB table %.48s refused the row (%s); compare it with features/schema.sql",
+                 table, why);
+        w->refused = true;
+    }
     if (!ok && maybe_done && w->op != MG_FW_GET) {
         /* MariaDB may hold the change, or not: whatever Redis and the workers keep of these
          * users may be outdated either way, so it goes, and the next lookup reads MariaDB */

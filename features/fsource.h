@@ -107,6 +107,7 @@ typedef struct mg_fwrite {
     void *ud;
     /* out */
     mg_err_t err; /* MG_OK, MG_E_UPSTREAM (MariaDB failed: errmsg says why) */
+    bool refused; /* MG_E_UPSTREAM: the table refused a row (narrower than schema.sql...) */
     bool unknown; /* MG_E_UPSTREAM, but MariaDB may have taken the change (it did not answer):
                    * Redis's and the workers' copies of these users were dropped */
     char errmsg[256];

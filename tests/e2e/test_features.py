@@ -1501,6 +1501,23 @@ def test_the_client_sees_the_features_status(stack):
             assert r.headers.get_list("x-modelgate-features") == [want], (user, r.headers)
 
 
+def test_admin_write_the_table_cannot_hold_is_a_500(procs):
+    """A features table narrower than schema.sql's (features VARCHAR(30)) refused a PUT with
+    "Data too long", answered 503 features_unavailable, as if sending it again could help. It
+    is the table's fault: 500 features_table_refused, naming the table and schema.sql."""
+    def narrow(s):
+        s.db.query("ALTER TABLE user_features MODIFY features VARCHAR(30) NOT NULL")
+    s = Stack(procs, before_start=narrow)
+    r = s.admin("PUT", "/v1/features/digits/short", json.dumps({"recent": ["a"]}))
+    assert r.status_code == 200, r.text
+    r = s.admin("PUT", "/v1/features/digits/long", json.dumps({"recent": ["a" * 40]}))
+    assert r.status_code == 500, r.text
+    err = r.json()["error"]
+    assert err["code"] == "features_table_refused", err
+    assert "user_features" in err["message"] and "features/schema.sql" in err["message"], err
+    assert "Data too long" in err["message"], err
+
+
 def test_a_short_budget_ends_on_time(procs):
     """A 5 ms budget with Redis hung: the request goes on at 5 ms, not at the next tick of a
     coarse clock. On libevent's default clock (CLOCK_MONOTONIC_COARSE, a 4 ms tick) the wait
