@@ -94,7 +94,8 @@ typedef struct mg_srv_handler {
     /* Optional: a request the server answers itself (malformed HTTP/1.1, header limits), so
      * that it is logged like any other; also an HTTP/2 stream nghttp2 reset for a malformed
      * head (status 400, |code| "malformed_request"; no answer but the RST_STREAM). |req|
-     * fields may be "" when parsing stopped early. The handler writes the request id to quote
+     * fields may be "" when parsing stopped early, but |authority| is NULL when no host was
+     * read (an empty Host is ""). The handler writes the request id to quote
      * in the error body into |rid| (|cap| bytes). */
     void (*on_reject)(void *ud, const mg_srv_req_t *req, int status, const char *code, char *rid,
                       size_t cap);

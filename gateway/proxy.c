@@ -1377,7 +1377,7 @@ static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char 
         .proto = req->proto,
         /* what was not read is unknown: null, not "" (README, Access log) */
         .method = *req->method ? req->method : NULL,
-        .host = *req->authority ? req->authority : NULL,
+        .host = req->authority, /* NULL when no host was read; an empty Host is "" */
         .path = *req->path ? req->path : NULL,
         .status = status,
         .upstream_us = -1,
