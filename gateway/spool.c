@@ -68,6 +68,7 @@ struct mg_spool {
     int rfd; /* reader: a cached descriptor of segment rseg, or -1 */
     uint64_t rseg;
     mg_spool_pos_t committed; /* written by the reader, under mu */
+    bool dir_unsynced;        /* reader: a swap of the committed files may not be durable */
 };
 
 static void seg_name(char *out, size_t cap, uint64_t no)
@@ -195,6 +196,40 @@ static bool trim_torn(mg_spool_t *s, uint64_t no, uint64_t *size)
     return ok;
 }
 
+/* Writes |pos| as the committed text, COMMITTED_LEN bytes, into |name| (made if missing) and
+ * syncs it; false with errno on failure. */
+static bool prepare_commit_file(mg_spool_t *s, const char *name, mg_spool_pos_t pos)
+{
+    char text[COMMITTED_LEN + 1];
+    snprintf(text, sizeof(text), "%020" PRIu64 " %020" PRIu64 "\n", pos.seg, pos.off);
+    int fd = openat(s->dirfd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+    bool ok = fd >= 0 && pwrite(fd, text, COMMITTED_LEN, 0) == COMMITTED_LEN && fdatasync(fd) == 0;
+    int e = errno;
+    if (fd >= 0)
+        close(fd);
+    errno = e;
+    return ok;
+}
+
+/* "SEG OFF\n", two decimal numbers (zero-padded to 20 digits since commits write in place;
+ * older versions wrote them unpadded): anything else is not a position. */
+static bool parse_committed(const char *t, uint64_t *seg, uint64_t *off)
+{
+    uint64_t v[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        const char *start = t;
+        for (; *t >= '0' && *t <= '9'; t++) {
+            if (t - start == 20)
+                return false;
+            v[k] = v[k] * 10 + (uint64_t)(*t - '0');
+        }
+        if (t == start || *t++ != (k == 0 ? ' ' : '\n'))
+            return false;
+    }
+    *seg = v[0], *off = v[1];
+    return *t == '\0';
+}
+
 static void read_committed(mg_spool_t *s)
 {
     char buf[128];
@@ -204,10 +239,10 @@ static void read_committed(mg_spool_t *s)
         return; /* a new spool */
     ssize_t n = read(fd, buf, sizeof(buf) - 1);
     close(fd);
-    unsigned long long seg, off;
+    uint64_t seg, off;
     if (n > 0) {
         buf[n] = '\0';
-        if (sscanf(buf, "%llu %llu", &seg, &off) == 2) {
+        if (parse_committed(buf, &seg, &off)) {
             s->committed = (mg_spool_pos_t){seg, off};
             return;
         }
@@ -357,15 +392,16 @@ mg_spool_t *mg_spool_open(const char *dir, uint64_t max_bytes, char *err, size_t
     read_committed(s);
     if (!recover(s, err, errlen))
         goto fail;
-    /* made now, while there is room: commits then only write over it (mg_spool_commit) */
-    int fd = openat(s->dirfd, "committed.tmp", O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
-    if (fd >= 0) {
-        static const char zero[COMMITTED_LEN] = "0 0\n";
-        if (pwrite(fd, zero, COMMITTED_LEN, 0) != COMMITTED_LEN)
-            MG_LOG(MG_LOG_WARN, "spool", "%s/committed.tmp: cannot write: %s", s->dir,
-                   strerror(errno));
-        close(fd);
-    }
+    /* both made now, while there is room: every commit then writes over committed.tmp and swaps
+     * the names (mg_spool_commit), which needs no new block */
+    bool ready = prepare_commit_file(s, "committed.tmp", s->committed);
+    if (faccessat(s->dirfd, "committed", F_OK, 0) != 0)
+        ready = prepare_commit_file(s, "committed", s->committed) && ready;
+    if (!ready || fsync(s->dirfd) != 0)
+        MG_LOG(MG_LOG_WARN, "spool",
+               "%s: cannot prepare the files that record how far MariaDB got (%s): on a full "
+               "disk, commits will fail until there is room",
+               s->dir, strerror(errno));
     return s;
 fail:
     mg_spool_close(s);
@@ -383,13 +419,16 @@ static bool recycle_last(mg_spool_t *s, seg_t *cur)
     bool done = cur->size > 0 && (s->committed.seg > cur->no ||
                                   (s->committed.seg == cur->no && s->committed.off >= cur->size));
     pthread_mutex_unlock(&s->mu);
-    if (!done || s->wfd < 0 || ftruncate(s->wfd, 0) != 0)
+    if (!done || s->wfd < 0)
         return false;
-    int fd = create_seg(s, cur->no + 1);
-    if (fd < 0) { /* the empty old one takes the batch instead; its positions are past */
+    int fd = create_seg(s, cur->no + 1); /* first: if it fails, nothing has changed */
+    if (fd < 0) {
         MG_LOG(MG_LOG_ERROR, "spool", "%s: cannot create a segment: %s", s->dir, strerror(errno));
         return false;
     }
+    if (ftruncate(s->wfd, 0) != 0) /* frees its blocks even while the reader holds it open */
+        MG_LOG(MG_LOG_WARN, "spool", "%s: cannot empty segment %" PRIu64 ": %s", s->dir, cur->no,
+               strerror(errno));
     char name[64];
     seg_name(name, sizeof(name), cur->no);
     close(s->wfd);
@@ -401,6 +440,39 @@ static bool recycle_last(mg_spool_t *s, seg_t *cur)
     pthread_mutex_unlock(&s->mu);
     *cur = (seg_t){cur->no + 1, 0};
     return true;
+}
+
+/* Under s->mu: deletes the sealed segments (never the last) wholly before the committed position,
+ * or read to their end, and returns how many. On the reader's thread (|reader|) its cached
+ * descriptor of one of them is closed; the appender (a full disk) cuts them to zero first, since
+ * the reader may hold one open and an unlinked open file keeps its blocks. */
+static size_t drop_committed(mg_spool_t *s, bool reader)
+{
+    mg_spool_pos_t pos = s->committed;
+    size_t drop = 0;
+    while (drop + 1 < s->nsegs && (s->segs[drop].no < pos.seg ||
+                                   (s->segs[drop].no == pos.seg && pos.off >= s->segs[drop].size)))
+        drop++;
+    for (size_t i = 0; i < drop; i++) {
+        char name[64];
+        seg_name(name, sizeof(name), s->segs[i].no);
+        int fd = reader ? -1 : openat(s->dirfd, name, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            if (ftruncate(fd, 0) != 0)
+                MG_LOG(MG_LOG_WARN, "spool", "%s/%s: cannot empty: %s", s->dir, name,
+                       strerror(errno));
+            close(fd);
+        }
+        unlinkat(s->dirfd, name, 0);
+        s->total -= s->segs[i].size;
+        if (reader && s->rfd >= 0 && s->rseg == s->segs[i].no) {
+            close(s->rfd);
+            s->rfd = -1;
+        }
+    }
+    memmove(s->segs, s->segs + drop, (s->nsegs - drop) * sizeof(*s->segs));
+    s->nsegs -= drop;
+    return drop;
 }
 
 mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t *lost)
@@ -451,12 +523,17 @@ mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t 
          * reader never sees half a batch that is also counted as lost. */
         if (s->wfd >= 0 && ftruncate(s->wfd, (off_t)cur.size) != 0)
             e = errno;
-        /* a full disk, and the segment in hand already in the database: its room is ours */
-        if (recycle_last(s, &cur)) {
+        /* A full disk: the room of what MariaDB already has is ours. Sealed segments it has
+         * are deleted by the reader's next commit, which may never come (a segment rolled just
+         * before, nothing new to read); the one in hand rolls only at seg_max. */
+        pthread_mutex_lock(&s->mu);
+        size_t freed = drop_committed(s, false);
+        pthread_mutex_unlock(&s->mu);
+        if (recycle_last(s, &cur) || freed > 0) {
             ok = write_all(s->wfd, lines, keep) && fdatasync(s->wfd) == 0;
             if (!ok) {
                 e = errno;
-                if (ftruncate(s->wfd, 0) != 0)
+                if (ftruncate(s->wfd, (off_t)cur.size) != 0)
                     e = errno;
             }
         }
@@ -563,18 +640,35 @@ mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
     /* One fixed-size text, written over the kept committed.tmp, then the two names swapped
      * (RENAME_EXCHANGE): a commit makes no new file and no new block, so a full disk cannot
      * stop the reader from committing and so freeing the segments MariaDB has. A crash leaves
-     * the old or the new text under "committed". */
+     * the old or the new text under "committed". A swap whose directory sync failed may not be
+     * durable, so committed.tmp may still be "committed" on disk: it is not written over until
+     * a sync succeeds. */
+    if (s->dir_unsynced && fsync(s->dirfd) != 0) {
+        MG_LOG(MG_LOG_ERROR, "spool", "%s: cannot sync the directory: %s", s->dir, strerror(errno));
+        return MG_E_IO;
+    }
+    s->dir_unsynced = false;
     char text[COMMITTED_LEN + 1];
     snprintf(text, sizeof(text), "%020" PRIu64 " %020" PRIu64 "\n", pos.seg, pos.off);
     int fd = openat(s->dirfd, "committed.tmp", O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
     bool ok = fd >= 0 && pwrite(fd, text, COMMITTED_LEN, 0) == COMMITTED_LEN && fdatasync(fd) == 0;
     if (fd >= 0)
         close(fd);
-    if (ok && renameat2(s->dirfd, "committed.tmp", s->dirfd, "committed", RENAME_EXCHANGE) != 0)
-        /* the first commit (no "committed" yet), or a filesystem that cannot swap */
-        ok = (errno == ENOENT || errno == EINVAL || errno == ENOSYS) &&
-             renameat(s->dirfd, "committed.tmp", s->dirfd, "committed") == 0;
-    ok = ok && fsync(s->dirfd) == 0;
+    bool swapped = false;
+    if (ok) {
+        swapped = renameat2(s->dirfd, "committed.tmp", s->dirfd, "committed", RENAME_EXCHANGE) == 0;
+        /* no "committed" (made at open, unless the disk was full), or a filesystem that cannot
+         * swap: a plain rename, and a new committed.tmp for the next one */
+        if (!swapped)
+            ok = (errno == ENOENT || errno == EINVAL || errno == ENOSYS) &&
+                 renameat(s->dirfd, "committed.tmp", s->dirfd, "committed") == 0;
+    }
+    if (ok && fsync(s->dirfd) != 0) {
+        s->dir_unsynced = true;
+        ok = false;
+    }
+    if (ok && !swapped)
+        prepare_commit_file(s, "committed.tmp", pos);
     if (!ok) {
         MG_LOG(MG_LOG_ERROR, "spool", "%s/committed: cannot write: %s", s->dir, strerror(errno));
         return MG_E_IO;
@@ -582,23 +676,7 @@ mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
     /* sealed segments wholly before |pos|, or read to their end, are done */
     pthread_mutex_lock(&s->mu);
     s->committed = pos;
-    size_t drop = 0;
-    while (drop + 1 < s->nsegs &&
-           (s->segs[drop].no < pos.seg ||
-            (s->segs[drop].no == pos.seg && pos.off >= s->segs[drop].size)))
-        drop++;
-    for (size_t i = 0; i < drop; i++) {
-        char name[64];
-        seg_name(name, sizeof(name), s->segs[i].no);
-        unlinkat(s->dirfd, name, 0);
-        s->total -= s->segs[i].size;
-        if (s->rfd >= 0 && s->rseg == s->segs[i].no) {
-            close(s->rfd);
-            s->rfd = -1;
-        }
-    }
-    memmove(s->segs, s->segs + drop, (s->nsegs - drop) * sizeof(*s->segs));
-    s->nsegs -= drop;
+    drop_committed(s, true);
     pthread_mutex_unlock(&s->mu);
     return MG_OK;
 }
