@@ -109,7 +109,6 @@ struct mg_dblog {
     time_t last_down_log;
     bool was_down;     /* a connection failed since the last success */
     bool maint_warned; /* "table not partitioned" said once */
-    bool lengths_stale; /* a 1406 sent the batch back for a reconnect, which reads them again */
     mg_log_cause_t refused_row; /* "MariaDB refused a record": one line per cause a minute */
     mg_log_cause_t table_refused;       /* why the table is refused: said once a minute */
     mg_log_cause_t insert_failed;       /* why batches are retried: said once a minute */
@@ -469,6 +468,35 @@ static bool list_has(const char *list, const char *name)
     return false;
 }
 
+/* The table's text column lengths, in characters and bytes, into d->max_chars and
+ * d->max_bytes (values are cut to them, never refused for them). */
+static bool read_lengths(mg_dblog_t *d)
+{
+    MYSQL_ROW row;
+    MYSQL_RES *r =
+        table_info(d, "columns",
+                   "SELECT COLUMN_NAME, LEAST(CHARACTER_MAXIMUM_LENGTH, 1000000), "
+                   "LEAST(CHARACTER_OCTET_LENGTH, 1000000) FROM information_schema.COLUMNS "
+                   "WHERE TABLE_SCHEMA = '%s' AND TABLE_NAME = '%s' AND "
+                   "CHARACTER_MAXIMUM_LENGTH IS NOT NULL");
+    if (r == NULL)
+        return false;
+    for (size_t k = 0; k < MG_DBROW_NCOLS; k++)
+        d->max_chars[k] = mg_dbrow_cols[k].maxlen, d->max_bytes[k] = SIZE_MAX;
+    while ((row = mysql_fetch_row(r)) != NULL && row[0] && row[1] && row[2]) {
+        for (size_t k = 0; k < MG_DBROW_NCOLS; k++) {
+            unsigned chars = (unsigned)strtoul(row[1], NULL, 10);
+            if (mg_dbrow_cols[k].type != MG_DBROW_STR || strcmp(mg_dbrow_cols[k].name, row[0]))
+                continue;
+            if (chars < d->max_chars[k])
+                d->max_chars[k] = chars;
+            d->max_bytes[k] = (size_t)strtoul(row[2], NULL, 10);
+        }
+    }
+    mysql_free_result(r);
+    return true;
+}
+
 /* A table an operator created may differ from ours. Two differences matter:
  * - Exactly-once rests on a unique key of (time, id) or (id): without one a replay after a
  *   crash inserts records twice; and a unique key without id (say on request_id, which clients
@@ -514,27 +542,7 @@ static bool check_table(mg_dblog_t *d)
     }
     mg_log_cause_reset(&d->table_refused);
 
-    r = table_info(d, "columns",
-                   "SELECT COLUMN_NAME, LEAST(CHARACTER_MAXIMUM_LENGTH, 1000000), "
-                   "LEAST(CHARACTER_OCTET_LENGTH, 1000000) FROM information_schema.COLUMNS "
-                   "WHERE TABLE_SCHEMA = '%s' AND TABLE_NAME = '%s' AND "
-                   "CHARACTER_MAXIMUM_LENGTH IS NOT NULL");
-    if (r == NULL)
-        return false;
-    for (size_t k = 0; k < MG_DBROW_NCOLS; k++)
-        d->max_chars[k] = mg_dbrow_cols[k].maxlen, d->max_bytes[k] = SIZE_MAX;
-    while ((row = mysql_fetch_row(r)) != NULL && row[0] && row[1] && row[2]) {
-        for (size_t k = 0; k < MG_DBROW_NCOLS; k++) {
-            unsigned chars = (unsigned)strtoul(row[1], NULL, 10);
-            if (mg_dbrow_cols[k].type != MG_DBROW_STR || strcmp(mg_dbrow_cols[k].name, row[0]))
-                continue;
-            if (chars < d->max_chars[k])
-                d->max_chars[k] = chars;
-            d->max_bytes[k] = (size_t)strtoul(row[2], NULL, 10);
-        }
-    }
-    mysql_free_result(r);
-    return true;
+    return read_lengths(d);
 }
 
 /* Array binding (COM_STMT_BULK_EXECUTE) is MariaDB's, from 10.2.6 on: without it every batch
@@ -675,30 +683,40 @@ static void reject(mg_dblog_t *d, const char *line, size_t len, const char *why)
  * a connection problem (the caller retries the whole batch; what went in is a duplicate then). */
 static bool insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
 {
+    size_t refused = 0; /* counted once the pass is through: a batch sent back counts nothing */
+    bool reread = false;
     for (size_t i = 0; i < rows; i++) {
         if (execute_rows(d, i, 1))
             continue;
         unsigned e = mysql_stmt_errno(d->stmt);
         if (!data_error(e))
             return false;
-        if (e == ER_DATA_TOO_LONG && !d->lengths_stale) {
-            /* Values are cut to the column lengths read at connect: a column was narrowed
-             * since (ALTER TABLE). The batch goes back, and the reconnect reads them again;
-             * a second 1406 rejects the row. */
-            d->lengths_stale = true;
-            return false;
+        if (e == ER_DATA_TOO_LONG && !reread) {
+            /* Values are cut to the column lengths read at connect: a column narrowed since
+             * (ALTER TABLE) refuses them. When the lengths did change, the batch goes back and
+             * is bound again with them; when not, the row is refused for another reason. */
+            unsigned chars[MG_DBROW_NCOLS];
+            size_t bytes[MG_DBROW_NCOLS];
+            memcpy(chars, d->max_chars, sizeof(chars));
+            memcpy(bytes, d->max_bytes, sizeof(bytes));
+            reread = true;
+            if (!read_lengths(d) || memcmp(chars, d->max_chars, sizeof(chars)) != 0 ||
+                memcmp(bytes, d->max_bytes, sizeof(bytes)) != 0)
+                return false;
         }
-        /* one line per cause a minute, with the first record: 2000 rows an operator's CHECK
-         * refuses are not 2000 lines (the REJECTED summary counts them once a second) */
-        char cause[300], more[64];
+        /* one line per error number a minute, with the first record: 2000 rows an operator's
+         * CHECK refuses are not 2000 lines (the REJECTED summary counts them once a second) */
+        char cause[32], more[64];
         unsigned long again;
-        snprintf(cause, sizeof(cause), "%s (error %u)", mysql_stmt_error(d->stmt), e);
+        snprintf(cause, sizeof(cause), "error %u", e);
         int n = (int)(d->line_len[i] > 300 ? 300 : d->line_len[i]);
         if (mg_log_cause_pass(&d->refused_row, cause, 60, &again))
-            MG_LOG(MG_LOG_ERROR, "dblog", "MariaDB refused a record: %s: %.*s%s", cause, n,
-                   d->line[i], mg_log_repeats(more, sizeof(more), again));
-        atomic_fetch_add(&d->rejected, 1);
+            MG_LOG(MG_LOG_ERROR, "dblog", "MariaDB refused a record: %s (%s): %.*s%s",
+                   mysql_stmt_error(d->stmt), cause, n, d->line[i],
+                   mg_log_repeats(more, sizeof(more), again));
+        refused++;
     }
+    atomic_fetch_add(&d->rejected, refused);
     return true;
 }
 
@@ -761,7 +779,6 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
         return MG_E_IO; /* re-read and re-inserted as duplicates: nothing lost */
     }
     mg_log_cause_reset(&d->insert_failed);
-    d->lengths_stale = false;
     *pos = next;
     *nlines = n;
     return MG_OK;
