@@ -39,6 +39,7 @@ struct mg_admin {
     unsigned port;
     char *token;      /* from admin.token_file; NULL = none. Wiped before it is freed */
     size_t token_len; /* 0 = no token */
+    bool has_token;   /* set at start, never changed: any thread may read it */
     mount_t mounts[MAX_MOUNTS];
     size_t nmounts;
     pthread_t thread;
@@ -216,6 +217,7 @@ mg_admin_t *mg_admin_new(const char *listen, const char *token_file, char *err, 
                                          MG_ADMIN_TOKEN_MAX, &a->token, err, errlen) != MG_OK)
         goto fail;
     a->token_len = a->token ? strlen(a->token) : 0;
+    a->has_token = a->token_len > 0;
     a->fd = mg_listen_bind(listen, true, err, errlen);
     if (a->fd < 0)
         goto fail;
@@ -326,7 +328,7 @@ static void swap_token(evutil_socket_t fd, short what, void *arg)
 
 void mg_admin_reload_token(mg_admin_t *a, const char *token_file)
 {
-    if (a == NULL || token_file == NULL || a->token_len == 0)
+    if (a == NULL || token_file == NULL || !a->has_token) /* token_len is the admin thread's */
         return;
     char err[512];
     token_swap_t *t = malloc(sizeof(*t));
