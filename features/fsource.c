@@ -39,6 +39,7 @@
 #include <hiredis/hiredis.h>
 #include <mysql.h>
 
+#include "common/dberr.h"
 #include "common/log.h"
 #include "common/thread.h"
 #include "features/rreply.h"
@@ -506,23 +507,6 @@ static bool db_ready(dbthread_t *t, char *why, size_t cap)
     check_collation(db, c->mariadb.table);
     t->db = db;
     return true;
-}
-
-/* Whether MariaDB error |e| is the table refusing a row's value (a narrower column, another
- * character set, an operator's CHECK): a fault of the table, not of the server's state. */
-static bool table_refused_row(unsigned e)
-{
-    switch (e) {
-    case 1048: /* ER_BAD_NULL_ERROR */
-    case 1264: /* ER_WARN_DATA_OUT_OF_RANGE */
-    case 1265: /* WARN_DATA_TRUNCATED */
-    case 1366: /* ER_TRUNCATED_WRONG_VALUE_FOR_FIELD */
-    case 1406: /* ER_DATA_TOO_LONG */
-    case 4025: /* ER_CONSTRAINT_FAILED */
-        return true;
-    default:
-        return false;
-    }
 }
 
 /* Runs |sql|; reconnects and retries once when the connection was lost (server restarted).
@@ -1172,7 +1156,7 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
     bool ok = db_query(t, (const char *)evbuffer_pullup(q, -1), len, w->errmsg, sizeof(w->errmsg),
                        &maybe_done);
     evbuffer_free(q);
-    if (!ok && table_refused_row(t->db_errno)) {
+    if (!ok && mg_db_value_refused(t->db_errno)) {
         /* the table cannot hold these features (a column narrower than schema.sql's, an
          * operator's CHECK): sending again will not help, unlike a server away */
         char why[128];

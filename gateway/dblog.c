@@ -39,6 +39,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/dberr.h"
 #include "common/log.h"
 #include "common/secretfile.h"
 #include "common/thread.h"
@@ -185,29 +186,13 @@ static void disconnect(mg_dblog_t *d)
     atomic_store(&d->connected, false);
 }
 
-/* Errors about one record's own values: that row is rejected (logged, counted) and the spool
- * goes on. Every other error is retried with the same batch on a new connection, after a
- * backoff: the connection, and also the server's state or limits (a statement time limit, a
- * full disk, read-only during a fail-over, an operator's trigger saying no). Such causes pass,
- * and records wait in the spool meanwhile instead of being dropped for good. A row refused for
- * a reason missing here stalls the spool, loudly (a warning per retry), rather than being lost. */
-static bool data_error(unsigned e)
-{
-    switch (e) {
-    case ER_BAD_NULL_ERROR:                  /* 1048 */
-    case ER_WARN_DATA_OUT_OF_RANGE:          /* 1264 */
-    case WARN_DATA_TRUNCATED:                /* 1265 */
-    case ER_TRUNCATED_WRONG_VALUE:           /* 1292: a bad DATETIME */
-    case ER_TRUNCATED_WRONG_VALUE_FOR_FIELD: /* 1366: bytes not in the column's character set */
-    case ER_DATA_TOO_LONG:                   /* 1406 */
-    case ER_WRONG_VALUE_FOR_TYPE:            /* 1411 */
-    case ER_DATA_OUT_OF_RANGE:               /* 1690 */
-    case ER_CONSTRAINT_FAILED:               /* 4025: an operator's CHECK constraint */
-        return true;
-    default:
-        return false;
-    }
-}
+/* Errors about one record's own values (mg_db_value_refused): that row is rejected (logged,
+ * counted) and the spool goes on. Every other error is retried with the same batch on a new
+ * connection, after a backoff: the connection, and also the server's state or limits (a
+ * statement time limit, a full disk, read-only during a fail-over, an operator's trigger saying
+ * no). Such causes pass, and records wait in the spool meanwhile instead of being dropped for
+ * good. A row refused for a reason missing there stalls the spool, loudly (a warning per
+ * retry), rather than being lost. */
 
 static bool run(mg_dblog_t *d, const char *sql, bool quiet)
 {
@@ -689,7 +674,7 @@ static bool insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
         if (execute_rows(d, i, 1))
             continue;
         unsigned e = mysql_stmt_errno(d->stmt);
-        if (!data_error(e))
+        if (!mg_db_value_refused(e))
             return false;
         if (e == ER_DATA_TOO_LONG && !reread) {
             /* Values are cut to the column lengths read at connect: a column narrowed since
@@ -757,7 +742,7 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
         put_row(d, rows++, &r);
     }
     if (rows > 0 && !execute_rows(d, 0, rows)) {
-        if (!data_error(mysql_stmt_errno(d->stmt)) || !insert_rows_one_by_one(d, rows)) {
+        if (!mg_db_value_refused(mysql_stmt_errno(d->stmt)) || !insert_rows_one_by_one(d, rows)) {
             /* a cause that lasts (a trigger, a maintenance window) is said once a minute */
             char cause[300], more[64];
             unsigned long again;
