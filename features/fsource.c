@@ -445,8 +445,11 @@ static void check_collation(MYSQL *db, const char *table)
     while ((row = mysql_fetch_row(r)) != NULL && mysql_num_fields(r) >= 3) {
         const char *name = row[0], *coll = row[2]; /* Field, Type, Collation, ... */
         size_t n = coll ? strlen(coll) : 0;
-        if (name == NULL || (strcmp(name, "app") != 0 && strcmp(name, "user_id") != 0) ||
-            n == 0 || (n >= 4 && strcmp(coll + n - 4, "_bin") == 0))
+        /* case-sensitive: binary (utf8mb4_bin) or "case sensitive" (utf8mb4_uca1400_as_cs) */
+        bool cs = (n >= 4 && strcmp(coll + n - 4, "_bin") == 0) ||
+                  (n >= 3 && strcmp(coll + n - 3, "_cs") == 0);
+        if (name == NULL || (strcmp(name, "app") != 0 && strcmp(name, "user_id") != 0) || n == 0 ||
+            cs)
             continue;
         if (!atomic_exchange(&said, true))
             MG_LOG(MG_LOG_ERROR, "features",

@@ -443,8 +443,8 @@ static MYSQL_RES *table_info(mg_dblog_t *d, const char *what, const char *sql)
     return r;
 }
 
-/* Whether comma-separated |list| holds |name|. */
-static bool list_has(const char *list, const char *name)
+/* Whether the comma-separated column list |list| holds |name| exactly ("id(8)" is not "id"). */
+static bool cols_have(const char *list, const char *name)
 {
     size_t n = strlen(name);
     for (const char *p = list; p != NULL; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
@@ -503,7 +503,7 @@ static bool check_table(mg_dblog_t *d)
     MYSQL_ROW row;
     while ((row = mysql_fetch_row(r)) != NULL && row[0] && row[1]) {
         const char *cols = row[1];
-        if (!list_has(cols, "id") && !*why)
+        if (!cols_have(cols, "id") && !*why)
             snprintf(why, sizeof(why),
                      "unique key %s (%.100s) would merge distinct request "
                      "records into one row; make it a plain KEY",

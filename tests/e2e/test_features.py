@@ -1275,6 +1275,23 @@ def test_user_ids_that_differ_in_case_are_two_users(stack):
         assert h["x-user-features"] == canonical({"recent": [item]}), (user, h)
 
 
+def test_case_sensitive_collation_that_is_not_binary_passes(procs):
+    """A "_cs" collation tells case apart too (latin1_general_cs here; utf8mb4_uca1400_as_cs in
+    MariaDB 11): no ERROR for it. The first check took only "_bin" ones as case-sensitive."""
+    def cs_table(s):
+        s.db.query("DROP TABLE user_features")
+        s.db.query("CREATE TABLE user_features (app VARCHAR(64) CHARACTER SET latin1 COLLATE "
+                   "latin1_general_cs NOT NULL, user_id VARCHAR(128) CHARACTER SET latin1 "
+                   "COLLATE latin1_general_cs NOT NULL, features LONGTEXT NOT NULL, updated_at "
+                   "TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), PRIMARY KEY (app, "
+                   "user_id)) DEFAULT CHARSET=utf8mb4")
+    s = Stack(procs, before_start=cs_table)
+    s.put_db("Cs1", {"recent": ["x"]})
+    assert s.get("Cs1")["x-modelgate-features"] == "hit"
+    assert s.get("cs1")["x-modelgate-features"] == "miss"
+    assert "case-insensitive collation" not in s.gw.log()
+
+
 def test_case_insensitive_table_is_an_error_in_the_log(procs):
     """A table made before (utf8mb4's case-insensitive default collation) is used, and the
     log says once what it does to user ids and the ALTER TABLE that fixes it."""
