@@ -723,3 +723,30 @@ def test_narrowed_column_then_refused_rows(procs):
     assert rows(db) == 0
     assert gw.log().count("MariaDB refused a record") == 1, gw.log()
     wait_for(lambda: "REJECTED" in gw.log(), 5, 0.1, "the REJECTED summary")
+
+
+def test_refused_rows_are_said_once_per_error_number(procs):
+    """MariaDB's message quotes the value for a bad DATETIME (1292), so each refused row had a
+    cause of its own and got its own ERROR line however many came: the limit now keys on the
+    error number. Three records with three impossible dates: three rejected, one line."""
+    db = MariaDB(procs)
+    a = procs.backend("pod-a")
+    base = {"time": "2026-11-25T22:01:05.519213Z", "request_id": "r", "client": "127.0.0.1:1",
+            "proto": "h2c", "method": "GET", "host": "h", "path": "/p", "app": "digits",
+            "env": "production", "service": "svc-a", "pod": "127.0.0.1:2", "features": None,
+            "features_hash": None, "status": 200, "req_bytes": 0, "resp_bytes": 1,
+            "fallback": False, "retries": 0, "upstream_us": 1, "total_us": 2, "error": None}
+    recs = [dict(base, id="%032x" % (0xbad0 + i), time="2026-02-%02dT00:00:00.000000Z" % d)
+            for i, d in enumerate((30, 31, 32))]
+    recs += [dict(base, id="%032x" % (0x900d + i)) for i in range(2)]
+    spool = os.path.join(procs.dir, "gateway", "spool")
+    os.makedirs(spool)
+    with open(os.path.join(spool, "%020d.spool" % 1), "w") as f:
+        f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in recs))
+    admin_port = free_port()
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dict(dblog_conf(db), admin={"listen": "127.0.0.1:%d" % admin_port}))
+    wait_for(lambda: table_exists(db) and rows(db) == 2, 30, 0.1, "the 2 good records")
+    wait_for(lambda: dblog_stats(admin_port)["rejected"] == 3, 10, 0.1, "3 rejected")
+    assert gw.log().count("MariaDB refused a record") == 1, gw.log()
+    assert "(error 1292)" in gw.log()
