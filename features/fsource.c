@@ -666,9 +666,10 @@ static size_t user_key(char out[KEY_BYTES], const mg_fapp_t *app, const char *us
 /* Appends to the pipeline the commands that make Redis hold |doc| (normalized; NULL: the user
  * is unknown) for (app, user); returns how many replies to read. Layout: conf/README.md
  * "features". A user without features (NULL, or a |doc| without groups: empty ones were left
- * out) gets the marker 0, for redis.negative_ttl_s when MariaDB has no row, else for ttl_s. */
+ * out) gets the marker 0, for redis.negative_ttl_s when MariaDB has no row, else for ttl_s.
+ * With |forget|, every key of the user goes, the marker too: the next lookup reads MariaDB. */
 static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *app, const char *user,
-                       const json_t *doc)
+                       const json_t *doc, bool forget)
 {
     char base[KEY_BYTES], key[KEY_BYTES], ttl[16];
     user_key(base, app, user, NULL);
@@ -719,7 +720,10 @@ static int append_user(redisContext *r, const mg_fconf_t *c, const mg_fapp_t *ap
         free(cmd.lens);
     }
     snprintf(ttl, sizeof(ttl), "%u", doc ? c->redis.ttl_s : c->redis.negative_ttl_s);
-    redisAppendCommand(r, "SET %s %s EX %s", base, json_object_size(doc) > 0 ? "1" : "0", ttl);
+    if (forget)
+        redisAppendCommand(r, "DEL %s", base);
+    else
+        redisAppendCommand(r, "SET %s %s EX %s", base, json_object_size(doc) > 0 ? "1" : "0", ttl);
     redisAppendCommand(r, "EXEC");
     return n + 2;
 }
@@ -816,12 +820,12 @@ static void redis_unwatch(dbthread_t *t)
  * *conn_closed when Redis closed the connection (EOF, reset, broken pipe: not a timeout, and
  * not an error reply). */
 static bool redis_write_once(dbthread_t *t, const mg_fapp_t *app, char *const *users,
-                             json_t *const *docs, size_t n, bool *conn_closed, bool *aborted,
-                             char *err, size_t errlen)
+                             json_t *const *docs, size_t n, bool forget, bool *conn_closed,
+                             bool *aborted, char *err, size_t errlen)
 {
     int replies = 0;
     for (size_t i = 0; i < n; i++)
-        replies += append_user(t->redis, t->s->conf, app, users[i], docs ? docs[i] : NULL);
+        replies += append_user(t->redis, t->s->conf, app, users[i], docs ? docs[i] : NULL, forget);
     bool ok = true;
     *conn_closed = false;
     *aborted = false;
@@ -849,9 +853,11 @@ static bool redis_write_once(dbthread_t *t, const mg_fapp_t *app, char *const *u
  * with the old features of a user who was just written. A timeout is not retried: the write
  * would only wait twice as long. A |watched| write (a lookup's write-back, see redis_watch)
  * is not sent again either, since its WATCH went with the connection; when Redis drops it
- * because the user was written meanwhile, that is no failure (counted as superseded). */
+ * because the user was written meanwhile, that is no failure (counted as superseded). With
+ * |forget| (and no |docs|), every key of the users is deleted instead (append_user). */
 static bool redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
-                        json_t *const *docs, size_t n, bool watched, char *why, size_t whylen)
+                        json_t *const *docs, size_t n, bool forget, bool watched, char *why,
+                        size_t whylen)
 {
     mg_fsource_t *s = t->s;
     for (int attempt = 0;; attempt++) {
@@ -862,7 +868,8 @@ static bool redis_write(dbthread_t *t, const mg_fapp_t *app, char *const *users,
         }
         bool closed, aborted;
         char err[160] = "";
-        bool ok = redis_write_once(t, app, users, docs, n, &closed, &aborted, err, sizeof(err));
+        bool ok =
+            redis_write_once(t, app, users, docs, n, forget, &closed, &aborted, err, sizeof(err));
         if (ok && aborted && !watched) { /* no WATCH of ours may be left (redis_unwatch) */
             snprintf(err, sizeof(err), "EXEC aborted by a WATCH left on the connection");
             ok = false;
@@ -953,7 +960,7 @@ static void run_lookup(dbthread_t *t, ljob_t *j)
     /* cache-aside: Redis first, so that the next request of any worker finds it there */
     /* a failure is logged by redis_write (rate-limited); the lookup's answer stands */
     if (j->result != MG_FDB_ERROR && watched)
-        redis_write(t, j->app, &j->user, doc ? &doc : NULL, 1, true, why, sizeof(why));
+        redis_write(t, j->app, &j->user, doc ? &doc : NULL, 1, false, true, why, sizeof(why));
     else if (watched)
         redis_unwatch(t);
     else if (j->result != MG_FDB_ERROR && s->conf->redis.on)
@@ -1078,40 +1085,9 @@ static void drop_copies(dbthread_t *t, const mg_fwrite_t *w)
 {
     mg_fsource_t *s = t->s;
     forget_lookups(s, w);
-    char why[256] = "", failed[96];
-    bool ok = true;
-    if (s->conf->redis.on && redis_ready(t, why, sizeof(why))) {
-        for (size_t i = 0; i < w->n; i++) {
-            char keys[1 + MG_FCONF_MAX_GROUPS][KEY_BYTES];
-            const char *argv[2 + MG_FCONF_MAX_GROUPS] = {"DEL"};
-            size_t lens[2 + MG_FCONF_MAX_GROUPS] = {3};
-            int argc = 1;
-            for (size_t g = 0; g <= w->app->ngroups; g++, argc++) {
-                lens[argc] =
-                    user_key(keys[g], w->app, w->users[i], g ? &w->app->groups[g - 1] : NULL);
-                argv[argc] = keys[g];
-            }
-            redisAppendCommandArgv(t->redis, argc, argv, lens);
-        }
-        for (size_t i = 0; i < w->n && ok; i++) {
-            void *rep = NULL;
-            ok = redisGetReply(t->redis, &rep) == REDIS_OK &&
-                 ((redisReply *)rep)->type == REDIS_REPLY_INTEGER;
-            if (!ok)
-                snprintf(why, sizeof(why), "Redis %s:%u: %s", s->conf->redis.host,
-                         s->conf->redis.port,
-                         t->redis->err ? redis_failure(t, failed, sizeof(failed))
-                                       : "DEL got an unexpected reply");
-            freeReplyObject(rep);
-        }
-        if (!ok) {
-            redisFree(t->redis); /* replies may be out of step now */
-            t->redis = NULL;
-        }
-    } else if (s->conf->redis.on) {
-        ok = false;
-    }
-    if (!ok)
+    char why[512];
+    if (s->conf->redis.on &&
+        !redis_write(t, w->app, w->users, NULL, w->n, true, false, why, sizeof(why)))
         MG_LOG(MG_LOG_WARN, "features",
                "a write of %zu user(s) of app %s has an unknown outcome and their Redis copies "
                "could not be dropped (%s): Redis may serve them until redis.ttl_s",
@@ -1204,7 +1180,7 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
     if (!s->conf->redis.on)
         w->redis = MG_FW_REDIS_OFF;
     else if (redis_write(t, w->app, w->users, w->op == MG_FW_PUT ? w->docs : NULL, w->n, false,
-                         w->redis_errmsg, sizeof(w->redis_errmsg)))
+                         false, w->redis_errmsg, sizeof(w->redis_errmsg)))
         w->redis = MG_FW_REDIS_REFRESHED;
     else
         w->redis = MG_FW_REDIS_FAILED;
