@@ -198,7 +198,7 @@ static bool trim_torn(mg_spool_t *s, uint64_t no, uint64_t *size)
 
 /* Writes |pos| as the committed text, COMMITTED_LEN bytes, into |name| (made if missing) and
  * syncs it; false with errno on failure. */
-static bool prepare_commit_file(mg_spool_t *s, const char *name, mg_spool_pos_t pos)
+static bool write_commit_file(mg_spool_t *s, const char *name, mg_spool_pos_t pos)
 {
     char text[COMMITTED_LEN + 1];
     snprintf(text, sizeof(text), "%020" PRIu64 " %020" PRIu64 "\n", pos.seg, pos.off);
@@ -394,9 +394,9 @@ mg_spool_t *mg_spool_open(const char *dir, uint64_t max_bytes, char *err, size_t
         goto fail;
     /* both made now, while there is room: every commit then writes over committed.tmp and swaps
      * the names (mg_spool_commit), which needs no new block */
-    bool ready = prepare_commit_file(s, "committed.tmp", s->committed);
+    bool ready = write_commit_file(s, "committed.tmp", s->committed);
     if (faccessat(s->dirfd, "committed", F_OK, 0) != 0)
-        ready = prepare_commit_file(s, "committed", s->committed) && ready;
+        ready = write_commit_file(s, "committed", s->committed) && ready;
     if (!ready || fsync(s->dirfd) != 0)
         MG_LOG(MG_LOG_WARN, "spool",
                "%s: cannot prepare the files that record how far MariaDB got (%s): on a full "
@@ -410,9 +410,10 @@ fail:
 
 /* The appender's segment |*cur|, when the reader has committed all of it, is replaced by a new,
  * empty one, so that its room can take the next batch: the segment only rolls at seg_max
- * otherwise, and on a full disk nothing else frees it. It is cut to zero before the new one
- * is made (the reader may still hold it open: unlinked alone, it would keep its blocks), then
- * unlinked. False when it is not all committed, or the new segment cannot be made. */
+ * otherwise, and on a full disk nothing else frees it. The new one is made first (if that
+ * fails, nothing changes); the old one is then cut to zero (the reader may still hold it open:
+ * unlinked alone, it would keep its blocks) and unlinked. False when it is not all committed,
+ * or the new segment cannot be made. */
 static bool recycle_last(mg_spool_t *s, seg_t *cur)
 {
     pthread_mutex_lock(&s->mu);
@@ -648,13 +649,7 @@ mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
         return MG_E_IO;
     }
     s->dir_unsynced = false;
-    char text[COMMITTED_LEN + 1];
-    snprintf(text, sizeof(text), "%020" PRIu64 " %020" PRIu64 "\n", pos.seg, pos.off);
-    int fd = openat(s->dirfd, "committed.tmp", O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
-    bool ok = fd >= 0 && pwrite(fd, text, COMMITTED_LEN, 0) == COMMITTED_LEN && fdatasync(fd) == 0;
-    if (fd >= 0)
-        close(fd);
-    bool swapped = false;
+    bool ok = write_commit_file(s, "committed.tmp", pos), swapped = false;
     if (ok) {
         swapped = renameat2(s->dirfd, "committed.tmp", s->dirfd, "committed", RENAME_EXCHANGE) == 0;
         /* no "committed" (made at open, unless the disk was full), or a filesystem that cannot
@@ -668,7 +663,7 @@ mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
         ok = false;
     }
     if (ok && !swapped)
-        prepare_commit_file(s, "committed.tmp", pos);
+        write_commit_file(s, "committed.tmp", pos);
     if (!ok) {
         MG_LOG(MG_LOG_ERROR, "spool", "%s/committed: cannot write: %s", s->dir, strerror(errno));
         return MG_E_IO;
