@@ -1601,10 +1601,7 @@ const mg_hdr_t *mg_field_single(const mg_hdr_t *h, size_t n, const char *name, s
 
 bool mg_field_is_chunked(const char *v, size_t n)
 {
-    while (n > 0 && (*v == ' ' || *v == '\t'))
-        v++, n--;
-    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-        n--;
+    mg_field_trim(&v, &n);
     return n == 7 && strncasecmp(v, "chunked", 7) == 0;
 }
 
@@ -2626,14 +2623,14 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
         /* an error before the handshake ended; not a probe that connected and closed */
         if (c->tls && c->proto == P_DETECT && (events & BEV_EVENT_ERROR))
             count(&c->srv->tls_failed);
-        if (events & BEV_EVENT_TIMEOUT)
+        if (events & BEV_EVENT_TIMEOUT) {
             for (mg_srv_stream_t *s = c->streams; s; s = s->next_in_conn)
                 s->close_why = "client_write_timeout";
-        if (events & BEV_EVENT_TIMEOUT)
             MG_LOG(MG_LOG_INFO, "h2server",
                    "conn=%s: client took nothing of %zu queued bytes for %u ms: closing",
                    c->client, evbuffer_get_length(bufferevent_get_output(bev)),
                    c->srv->conf.client_write_ms);
+        }
         if (events & BEV_EVENT_ERROR) {
             unsigned long e = c->tls ? bufferevent_get_openssl_error(bev) : 0;
             if (e) {

@@ -242,13 +242,10 @@ static bool list_has(const char *v, size_t len, const char *tok, size_t toklen)
     const char *end = v + len;
     while (v < end) {
         const char *comma = memchr(v, ',', (size_t)(end - v));
-        const char *e = comma ? comma : end;
-        while (v < e && (*v == ' ' || *v == '\t'))
-            v++;
-        const char *t = e;
-        while (t > v && (t[-1] == ' ' || t[-1] == '\t'))
-            t--;
-        if ((size_t)(t - v) == toklen && strncasecmp(v, tok, toklen) == 0)
+        const char *el = v;
+        size_t n = (size_t)((comma ? comma : end) - v);
+        mg_field_trim(&el, &n);
+        if (n == toklen && strncasecmp(el, tok, toklen) == 0)
             return true;
         v = comma ? comma + 1 : end;
     }
