@@ -186,14 +186,6 @@ static void disconnect(mg_dblog_t *d)
     atomic_store(&d->connected, false);
 }
 
-/* Errors about one record's own values (mg_db_value_refused): that row is rejected (logged,
- * counted) and the spool goes on. Every other error is retried with the same batch on a new
- * connection, after a backoff: the connection, and also the server's state or limits (a
- * statement time limit, a full disk, read-only during a fail-over, an operator's trigger saying
- * no). Such causes pass, and records wait in the spool meanwhile instead of being dropped for
- * good. A row refused for a reason missing there stalls the spool, loudly (a warning per
- * retry), rather than being lost. */
-
 static bool run(mg_dblog_t *d, const char *sql, bool quiet)
 {
     if (mysql_real_query(d->m, sql, strlen(sql)) == 0) {
@@ -378,6 +370,18 @@ static void maintain(mg_dblog_t *d)
     }
 }
 
+/* The rows of |sql| (a query on information_schema about our table), or NULL (said). */
+static MYSQL_RES *table_info(mg_dblog_t *d, const char *what, const char *sql)
+{
+    d->qlen = 0;
+    q_fmt(d, sql, d->c.database, d->c.table);
+    MYSQL_RES *r = NULL;
+    if (mysql_real_query(d->m, d->q, d->qlen) != 0 || (r = mysql_store_result(d->m)) == NULL)
+        MG_LOG(MG_LOG_WARN, "dblog", "MariaDB %s:%u: cannot read the %s of %s: %s", d->c.host,
+               d->c.port, what, d->c.table, mysql_error(d->m));
+    return r;
+}
+
 static bool ensure_schema(mg_dblog_t *d)
 {
     char sql[512];
@@ -390,18 +394,14 @@ static bool ensure_schema(mg_dblog_t *d)
     }
     /* a table that exists needs no CREATE, which a least-privilege user (INSERT and SELECT on
      * the table) is denied even with IF NOT EXISTS */
-    d->qlen = 0;
-    q_fmt(d,
-          "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND "
-          "TABLE_NAME = '%s'",
-          d->c.table);
-    MYSQL_RES *r = NULL;
-    if (mysql_real_query(d->m, d->q, d->qlen) == 0 && (r = mysql_store_result(d->m)) != NULL) {
-        bool exists = mysql_num_rows(r) > 0;
+    MYSQL_RES *r = table_info(d, "existence",
+                              "SELECT 1 FROM information_schema.TABLES WHERE "
+                              "TABLE_SCHEMA = '%s' AND TABLE_NAME = '%s'");
+    bool exists = r && mysql_num_rows(r) > 0;
+    if (r)
         mysql_free_result(r);
-        if (exists)
-            return true;
-    }
+    if (exists)
+        return true;
     long today = server_today(d);
     if (today < 0)
         return false;
@@ -429,18 +429,6 @@ static bool ensure_schema(mg_dblog_t *d)
     if (!run(d, d->q, false))
         return false;
     return true;
-}
-
-/* The rows of |sql| (a query on information_schema about our table), or NULL (said). */
-static MYSQL_RES *table_info(mg_dblog_t *d, const char *what, const char *sql)
-{
-    d->qlen = 0;
-    q_fmt(d, sql, d->c.database, d->c.table);
-    MYSQL_RES *r = NULL;
-    if (mysql_real_query(d->m, d->q, d->qlen) != 0 || (r = mysql_store_result(d->m)) == NULL)
-        MG_LOG(MG_LOG_WARN, "dblog", "MariaDB %s:%u: cannot read the %s of %s: %s", d->c.host,
-               d->c.port, what, d->c.table, mysql_error(d->m));
-    return r;
 }
 
 /* Whether the comma-separated column list |list| holds |name| exactly ("id(8)" is not "id"). */
@@ -664,7 +652,10 @@ static void reject(mg_dblog_t *d, const char *line, size_t len, const char *why)
            line);
 }
 
-/* The batch was refused for its data: insert row by row, rejecting only the bad ones. False on
+/* The batch was refused for its data: insert row by row, rejecting only the bad ones (errors
+ * about a row's own values, mg_db_value_refused; any other refusal is the server's state, and
+ * the batch is retried after a backoff, waiting in the spool: a reason missing from that list
+ * stalls the spool loudly rather than losing records). False on
  * a connection problem (the caller retries the whole batch; what went in is a duplicate then). */
 static bool insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
 {
