@@ -689,13 +689,14 @@ static void add_group(fetch_t *fx, size_t gi, const redisReply *r)
         }
         if (v == NULL)
             return;
-        char *s = mg_fval_canonical(v);
+        size_t len;
+        char *s = mg_fval_canonical(v, &len);
         json_decref(v);
         if (s == NULL) {
             fx->text_oom = true;
             return;
         }
-        text_add(fx, s, strlen(s));
+        text_add(fx, s, len);
         free(s);
     }
     if (!fx->text_oom)

@@ -33,7 +33,7 @@ mg_fval_t *mg_fval_new(const char *text, size_t len)
     return v;
 }
 
-char *mg_fval_canonical(const json_t *v)
+char *mg_fval_canonical(const json_t *v, size_t *text_len)
 {
     char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);
     if (s == NULL)
@@ -48,6 +48,7 @@ char *mg_fval_canonical(const json_t *v)
             for (int i = 0; i < 4 && p[1]; i++, p++)
                 if (p[1] >= 'A' && p[1] <= 'F')
                     p[1] = (char)(p[1] - 'A' + 'a');
+    *text_len = len + 5 * dels;
     if (dels == 0)
         return s;
     /* DEL (0x7f), which jansson leaves raw, is no field-value byte (RFC 9110 5.5): pods refuse
@@ -68,10 +69,11 @@ char *mg_fval_canonical(const json_t *v)
 
 mg_fval_t *mg_fval_from_json(const json_t *doc)
 {
-    char *s = mg_fval_canonical(doc);
+    size_t len;
+    char *s = mg_fval_canonical(doc, &len);
     if (s == NULL)
         return NULL;
-    mg_fval_t *v = mg_fval_new(s, strlen(s));
+    mg_fval_t *v = mg_fval_new(s, len);
     free(s);
     return v;
 }

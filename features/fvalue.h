@@ -46,8 +46,9 @@ mg_fval_t *mg_fval_new(const char *text, size_t len);
 /* The snapshot of a normalized document (the canonical text); NULL when out of memory. */
 mg_fval_t *mg_fval_from_json(const json_t *doc);
 
-/* |v| (any JSON value) as the snapshot text prints it, malloc'd; NULL when out of memory. */
-char *mg_fval_canonical(const json_t *v);
+/* |v| (any JSON value) as the snapshot text prints it, malloc'd, its length in *|text_len|;
+ * NULL when out of memory. */
+char *mg_fval_canonical(const json_t *v, size_t *text_len);
 void mg_fval_ref(mg_fval_t *v);
 void mg_fval_unref(mg_fval_t *v); /* NULL is fine; frees at zero */
 
