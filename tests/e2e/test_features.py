@@ -1275,36 +1275,29 @@ def test_user_ids_that_differ_in_case_are_two_users(stack):
         assert h["x-user-features"] == canonical({"recent": [item]}), (user, h)
 
 
-def test_case_sensitive_collation_that_is_not_binary_passes(procs):
-    """A "_cs" collation tells case apart too (latin1_general_cs here; utf8mb4_uca1400_as_cs in
-    MariaDB 11): no ERROR for it. The first check took only "_bin" ones as case-sensitive."""
-    def cs_table(s):
-        s.db.query("DROP TABLE user_features")
-        s.db.query("CREATE TABLE user_features (app VARCHAR(64) CHARACTER SET latin1 COLLATE "
-                   "latin1_general_cs NOT NULL, user_id VARCHAR(128) CHARACTER SET latin1 "
-                   "COLLATE latin1_general_cs NOT NULL, features LONGTEXT NOT NULL, updated_at "
-                   "TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), PRIMARY KEY (app, "
-                   "user_id)) DEFAULT CHARSET=utf8mb4")
-    s = Stack(procs, before_start=cs_table)
-    s.put_db("Cs1", {"recent": ["x"]})
-    assert s.get("Cs1")["x-modelgate-features"] == "hit"
-    assert s.get("cs1")["x-modelgate-features"] == "miss"
-    assert "case-insensitive collation" not in s.gw.log()
-
-
-def test_case_insensitive_table_is_an_error_in_the_log(procs):
+@pytest.mark.parametrize("charset,collation,case_sensitive", [
+    ("utf8mb4", "utf8mb4_general_ci", False),  # utf8mb4's default: tables made before
+    ("latin1", "latin1_general_cs", True),  # "_cs" (utf8mb4_uca1400_as_cs in MariaDB 11)
+])
+def test_table_collation_of_user_ids_is_checked(procs, charset, collation, case_sensitive):
     """A table made before (utf8mb4's case-insensitive default collation) is used, and the
-    log says once what it does to user ids and the ALTER TABLE that fixes it."""
-    def old_table(s):
+    log says once what it does to user ids and the ALTER TABLE that fixes it. A case-sensitive
+    collation that is not binary gets no such ERROR (the first check took only "_bin" ones)."""
+    def table(s):
+        ids = "CHARACTER SET %s COLLATE %s NOT NULL" % (charset, collation)
         s.db.query("DROP TABLE user_features")
-        s.db.query("CREATE TABLE user_features (app VARCHAR(64) NOT NULL, user_id VARCHAR(128) "
-                   "NOT NULL, features LONGTEXT NOT NULL, updated_at TIMESTAMP(6) NOT NULL "
-                   "DEFAULT CURRENT_TIMESTAMP(6), PRIMARY KEY (app, user_id)) "
-                   "DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci")
-    s = Stack(procs, before_start=old_table)
-    s.put_db("old", {"recent": ["x"]})
-    assert s.get("old")["x-modelgate-features"] == "hit"
-    wait_for(lambda: "case-insensitive collation utf8mb4_general_ci" in s.gw.log(), 10, 0.05,
+        s.db.query("CREATE TABLE user_features (app VARCHAR(64) %s, user_id VARCHAR(128) %s, "
+                   "features LONGTEXT NOT NULL, updated_at TIMESTAMP(6) NOT NULL DEFAULT "
+                   "CURRENT_TIMESTAMP(6), PRIMARY KEY (app, user_id)) DEFAULT CHARSET=utf8mb4"
+                   % (ids, ids))
+    s = Stack(procs, before_start=table)
+    s.put_db("Old1", {"recent": ["x"]})
+    assert s.get("Old1")["x-modelgate-features"] == "hit"
+    if case_sensitive:
+        assert s.get("old1")["x-modelgate-features"] == "miss"
+        assert "case-insensitive collation" not in s.gw.log()
+        return
+    wait_for(lambda: "case-insensitive collation %s" % collation in s.gw.log(), 10, 0.05,
              "the collation error")
     assert s.gw.log().count("case-insensitive collation") == 1
     assert "CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" in s.gw.log()
