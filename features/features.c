@@ -45,10 +45,11 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
-#include <event2/event_struct.h> /* struct event, embedded in each fetch (evtimer_assign) */
+#include <event2/event_struct.h> /* struct event, embedded (rwatch) */
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/ptimer.h"
 #include "features/lru.h"
 #include "features/rloop.h"
 #include "features/rreply.h"
@@ -77,8 +78,8 @@ struct fetch {
     const char *user; /* inside key */
     size_t klen;
     mg_features_ticket_t *head, *tail;
-    struct event timer; /* embedded: no allocation of its own */
-    int64_t timer_at;   /* the deadline it is armed for; INT64_MAX when idle */
+    mg_ptimer_t timer; /* on f->timers: a budget of a few ms must end on time */
+    int64_t timer_at;  /* the deadline it is armed for; INT64_MAX when idle */
     int redis_pending;
     bool redis_failed, in_db;
     /* an admin write of the user came in while it ran (on_evict): it may have read the old
@@ -111,6 +112,7 @@ struct mg_features {
     mg_fsink_t *sink;
     redisAsyncContext *ac;
     mg_rreply_pool_t *rpool; /* ac's replies are built here (rreply.h) */
+    mg_ptimers_t *timers;    /* the fetches' (one each: at most MG_FCONF_MAX_FETCHES) */
     int rstate;
     struct event *rtimer; /* reconnect backoff, or connect timeout while CONNECTING */
     unsigned backoff_ms;
@@ -192,14 +194,14 @@ static void lru_store(mg_features_t *f, const fetch_t *fx, mg_fval_t *val, int64
     }
 }
 
-/* Arms the fetch's timer for |deadline| (it is |now|). Joining waiters call it only when
- * their deadline is earlier than the armed one (rare: routes of an app with other budgets), so
- * a join costs no walk and no timer update. */
-static void arm_fetch_timer(fetch_t *fx, int64_t deadline, int64_t now)
+/* Arms the fetch's timer for |deadline| (a timerfd's: on time, where libevent's coarse clock
+ * would be up to 4 ms late). Joining waiters call it only when their deadline is earlier than
+ * the armed one (rare: routes of an app with other budgets), so a join costs no walk and no
+ * timer update. */
+static void arm_fetch_timer(fetch_t *fx, int64_t deadline)
 {
-    int64_t wait = deadline > now ? deadline - now : 0;
-    struct timeval tv = {wait / 1000000, wait % 1000000};
-    evtimer_add(&fx->timer, &tv);
+    /* never full: it holds at most one timer per fetch, and there are at most as many fetches */
+    mg_ptimer_arm(fx->f->timers, &fx->timer, deadline);
     fx->timer_at = deadline;
 }
 
@@ -228,7 +230,7 @@ static void wake(fetch_t *fx, mg_features_ticket_t *t, mg_fstatus_t st, mg_fval_
 
 /* Times out the expired waiters, then re-arms for the earliest deadline left. It may fire
  * early (its waiter was released): then it only re-arms. */
-static void on_fetch_timer(evutil_socket_t fd, short what, void *arg)
+static void on_fetch_timer(void *arg)
 {
     fetch_t *fx = arg;
     int64_t now = mg_mono_us();
@@ -245,7 +247,7 @@ static void on_fetch_timer(evutil_socket_t fd, short what, void *arg)
     for (mg_features_ticket_t *t = fx->head; t; t = t->_next)
         first = t->_deadline_us < first ? t->_deadline_us : first;
     if (first != INT64_MAX)
-        arm_fetch_timer(fx, first, now);
+        arm_fetch_timer(fx, first);
 }
 
 /* ---------- fetches ---------- */
@@ -293,7 +295,7 @@ static void fetch_free(fetch_t *fx)
         mg_features_ticket_t *t = fx->head;
         unlink_waiter(fx, t);
     }
-    evtimer_del(&fx->timer);
+    mg_ptimer_cancel(fx->f->timers, &fx->timer);
     free(fx->text);
     free(fx);
 }
@@ -302,7 +304,7 @@ static void fetch_free(fetch_t *fx)
 static void fetch_finish(fetch_t *fx, mg_fstatus_t st, mg_fval_t *val, int64_t now)
 {
     if (!fx->f->closing) {
-        evtimer_del(&fx->timer);
+        mg_ptimer_cancel(fx->f->timers, &fx->timer);
         while (fx->head)
             wake(fx, fx->head, st, val, now);
     }
@@ -901,7 +903,7 @@ static fetch_t *fetch_new(mg_features_t *f, const mg_fapp_t *app, const char *ke
     memcpy(fx->key, key, klen);
     fx->user = fx->key + alen + 1;
     fx->marker = -1;
-    evtimer_assign(&fx->timer, f->base, on_fetch_timer, fx);
+    mg_ptimer_init(&fx->timer, on_fetch_timer, fx);
     fetch_t **pp = fetch_slot(f, key, klen);
     fx->hnext = *pp;
     *pp = fx;
@@ -910,7 +912,7 @@ static fetch_t *fetch_new(mg_features_t *f, const mg_fapp_t *app, const char *ke
     if (first) {
         first->_fetch = fx;
         fx->head = fx->tail = first;
-        arm_fetch_timer(fx, first->_deadline_us, first->_start_us);
+        arm_fetch_timer(fx, first->_deadline_us);
     }
     return fx;
 }
@@ -1174,7 +1176,9 @@ mg_features_t *mg_features_new(mg_fsource_t *src, struct event_base *base, unsig
     f->rtimer = evtimer_new(base, on_rtimer, f);
     evtimer_assign(&f->rwatch, base, on_rwatch, f);
     f->rpool = mg_rreply_pool_new();
-    if (f->lru == NULL || f->sink == NULL || f->rtimer == NULL || f->rpool == NULL) {
+    mg_err_t terr = mg_ptimers_new(base, MG_FCONF_MAX_FETCHES, &f->timers);
+    if (f->lru == NULL || f->sink == NULL || f->rtimer == NULL || f->rpool == NULL ||
+        terr != MG_OK) {
         mg_features_free(f);
         return NULL;
     }
@@ -1203,6 +1207,7 @@ void mg_features_free(mg_features_t *f)
         fetch_free(f->outdated);
     if (f->rtimer)
         event_free(f->rtimer);
+    mg_ptimers_free(f->timers); /* after the fetches: each cancels its own */
     mg_flru_free(f->lru);
     mg_rreply_pool_free(f->rpool); /* after the context: freeing it may free a reply in it */
     free(f);
@@ -1285,7 +1290,7 @@ mg_err_t mg_features_start(mg_features_t *f, mg_features_ticket_t *t, const char
             fx->head = t;
         fx->tail = t;
         if (t->_deadline_us < fx->timer_at) /* the timer runs for an earlier deadline already */
-            arm_fetch_timer(fx, t->_deadline_us, t->_start_us);
+            arm_fetch_timer(fx, t->_deadline_us);
         return MG_E_AGAIN;
     }
     if ((c->redis.on && f->rstate != R_UP) || f->nfetches >= MG_FCONF_MAX_FETCHES) {

@@ -1535,10 +1535,9 @@ def test_admin_write_the_table_cannot_hold_is_a_500(procs):
 def test_a_short_budget_ends_on_time(procs):
     """A 5 ms budget with Redis hung: the request goes on at 5 ms, not at the next tick of a
     coarse clock. On libevent's default clock (CLOCK_MONOTONIC_COARSE, a 4 ms tick) the wait
-    before the upstream request had a median of 6.6 ms and reached 9 ms; the workers' bases use
-    precise timers now: each worker's base holds a timerfd (libevent's epoll backend uses one
-    for them), which is what is checked, since a coarse clock's overshoot depends on the tick's
-    phase and was small in some runs. The median wait (from the access log: it includes
+    before the upstream request had a median of 6.6 ms and reached 9 ms. Budgets are timers on
+    a timerfd of each worker's (common/ptimer.h), which is what is checked, since a coarse
+    clock's overshoot depends on the tick's phase and was small in some runs. The median wait (from the access log: it includes
     delivering the answer) is printed, and only checked to be no shorter than the budget."""
     budget_ms = 5
     s = Stack(procs, timeout_ms=budget_ms, workers=2, redis_over={"reply_timeout_ms": 30000})
