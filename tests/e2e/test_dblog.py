@@ -725,6 +725,43 @@ def test_narrowed_column_then_refused_rows(procs):
     wait_for(lambda: "REJECTED" in gw.log(), 5, 0.1, "the REJECTED summary")
 
 
+def test_refused_row_of_a_batch_sent_back_is_counted_once(procs):
+    """A row-by-row pass that refused a row and then sent its batch back (a 1406 after a column
+    was narrowed: the lengths read again differ) counted that row in "rejected" again when the
+    batch came back. A batch waits on a table lock while the path column is narrowed and a
+    CHECK refusing 404s is added; the next batch holds a 404 and then a long path: the 404 is
+    refused once, and the long path goes in cut."""
+    db = MariaDB(procs)
+    a = procs.backend("pod-a")
+    admin_port = free_port()
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dict(dblog_conf(db), admin={"listen": "127.0.0.1:%d" % admin_port}))
+    url = "http://127.0.0.1:%d" % gw.port
+    with httpx.Client(base_url=url, headers={"host": gw.authority()}, timeout=10) as c:
+        assert c.get("/a").status_code == 200
+        wait_for(lambda: table_exists(db) and rows(db) == 1, 30, 0.1, "the first row")
+        lock = db.connect()
+        with lock.cursor() as cur:
+            cur.execute("LOCK TABLES request_log WRITE")
+            assert c.get("/b").status_code == 200  # its batch waits on the lock
+            wait_for(lambda: db.query(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE STATE LIKE 'Waiting "
+                "for table%' AND INFO LIKE 'INSERT INTO `request_log`%'")[0][0] == 1, 10, 0.05,
+                "a batch waiting on the lock")
+            assert c.get("/c", headers={"host": "nope.example"}).status_code == 404
+            assert c.get("/a-path-longer-than-five").status_code == 200
+            wait_for(lambda: dblog_stats(admin_port)["spooled"] == 4, 10, 0.05, "4 spooled")
+            cur.execute("ALTER TABLE request_log MODIFY path VARCHAR(5), "
+                        "ADD CONSTRAINT no_404 CHECK (status <> 404)")
+            cur.execute("UNLOCK TABLES")
+        lock.close()
+    wait_for(lambda: rows(db) == 3, 30, 0.1, "3 rows, the long path cut")
+    assert sorted(r[0] for r in db.query("SELECT path FROM request_log")) == ["/a", "/a-pa", "/b"]
+    assert "insert failed" in gw.log()  # the batch did go back once
+    time.sleep(1.5)  # the REJECTED summary and any late count
+    assert dblog_stats(admin_port)["rejected"] == 1
+
+
 def test_refused_rows_are_said_once_per_error_number(procs):
     """MariaDB's message quotes the value for a bad DATETIME (1292), so each refused row had a
     cause of its own and got its own ERROR line however many came: the limit now keys on the
