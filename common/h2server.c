@@ -850,6 +850,7 @@ static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
     r->method = s->method ? s->method : "";
     r->scheme = c->tls ? "https" : "http";
     r->authority = s->authority ? s->authority : s->host ? s->host : "";
+    r->authority_absent = s->authority == NULL && s->host == NULL;
     r->path = s->path ? s->path : "";
     bool authority_sensitive = s->authority ? s->authority_sensitive : s->host_sensitive;
     r->authority_hpack = authority_sensitive ? MG_HPACK_SENSITIVE : MG_HPACK_INDEX;
@@ -862,7 +863,9 @@ static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
         if (s->hdrs[i].name_len == 14 && memcmp(s->hdrs[i].name, "content-length", 14) == 0)
             r->content_length = mg_parse_decimal(s->hdrs[i].value, s->hdrs[i].value_len);
     r->has_body = !s->req_ended;
-    r->proto = c->proto == P_H2 ? (c->tls ? "h2" : "h2c") : "http/1.1";
+    r->proto = c->proto == P_H2                                  ? (c->tls ? "h2" : "h2c")
+               : c->h1_headers_done && c->parser.http_minor == 0 ? "http/1.0"
+                                                                 : "http/1.1";
     r->client = c->client;
     r->client_ip = c->client_ip;
     r->client_addr = c->client_addr;

@@ -69,6 +69,7 @@ typedef struct mg_srv_req {
     const char *method;
     const char *scheme;    /* "http" or "https" */
     const char *authority; /* :authority, or Host for HTTP/1.1; "" when absent */
+    bool authority_absent; /* neither was sent (an HTTP/1.0 request): the log says null */
     const char *path;
     mg_hpack_t authority_hpack, path_hpack; /* SENSITIVE when the client sent it never-indexed */
     const mg_hdr_t *hdrs; /* regular fields, in order; pseudo-headers and Host excluded */
@@ -77,7 +78,7 @@ typedef struct mg_srv_req {
                              * head over the limits), whose |hdrs| may lack the last ones */
     int64_t content_length; /* -1 when not given */
     bool has_body;          /* false when the headers ended the request */
-    const char *proto;      /* "h2", "h2c" or "http/1.1" */
+    const char *proto;      /* "h2", "h2c", "http/1.1", or "http/1.0" once its head was read */
     const char *client;     /* "ip:port" of the peer */
     const char *client_ip;
     const uint8_t *client_addr; /* client_ip as 16 bytes, IPv4 as IPv4-mapped IPv6 */

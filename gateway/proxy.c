@@ -1133,7 +1133,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     e->t_activity = loop_us(p);
     e->t_wall = wall_us();
     e->method = req->method;
-    e->host = req->authority;
+    e->host = req->authority_absent ? NULL : req->authority; /* as a refused one's (README) */
     e->path = req->path;
     e->proto = req->proto;
     const mg_conf_t *conf = p->conf;

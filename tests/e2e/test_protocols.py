@@ -805,7 +805,8 @@ def test_http10_request_without_host_reaches_the_default_service(procs, proto):
     """HTTP/1.0 has no Host field, and health checkers still send such requests. The default
     service answers them, and the pod gets its own "host:port" as the authority, as nghttpx
     sends it. Before, the pod got an empty authority: nghttp2-based pods (nghttpd,
-    modelgate-runtime) reset such a request, and the client got 502 upstream_reset."""
+    modelgate-runtime) reset such a request, and the client got 502 upstream_reset. The log
+    says host null and proto http/1.0."""
     d = procs.backend("pod-default", proto=proto)
     gw = procs.gateway(routes_doc({"svc-d": ([d], proto)}, [], default="svc-d"))
     with H1Conn(gw.port) as c:
@@ -815,6 +816,10 @@ def test_http10_request_without_host_reaches_the_default_service(procs, proto):
     assert r.status == 200 and doc["pod"] == "pod-default", (r.status, r.body)
     assert doc["authority"] == d.addr and doc["path"] == "/no-host", doc
     assert doc["proto"] == ("http/1.1" if proto == "http1" else "h2c"), doc
+    # no host was sent: null in the log, as for a request refused before its Host (it was "")
+    rec = gw.wait_access(1)[0]
+    assert rec["host"] is None and rec["path"] == "/no-host" and rec["status"] == 200, rec
+    assert rec["proto"] == "http/1.0", rec  # it said http/1.1
 
 
 def test_http10_request_without_host_to_an_nghttp2_pod(procs, tmp_path):

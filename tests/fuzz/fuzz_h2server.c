@@ -303,7 +303,9 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     CHECK(req->method && req->scheme && req->authority && req->path && req->proto);
     CHECK(req->client && req->client_ip);
     CHECK(strcmp(req->scheme, "http") == 0);
-    CHECK(strcmp(req->proto, "h2c") == 0 || strcmp(req->proto, "http/1.1") == 0);
+    CHECK(strcmp(req->proto, "h2c") == 0 || strcmp(req->proto, "http/1.1") == 0 ||
+          strcmp(req->proto, "http/1.0") == 0);
+    CHECK(!req->authority_absent || req->authority[0] == '\0'); /* absent: "" to the router */
     check_hdrs(req->hdrs, req->nhdrs);
     CHECK(mg_arena_alloc(mg_srv_arena(s), 8) != NULL); /* the arena is usable */
 
