@@ -127,6 +127,9 @@ struct conn {
     nghttp2_session *h2;
     mg_srv_stream_t *drain_list;
     mg_srv_stream_t *hdr_stream; /* the stream whose header block is being decoded */
+    /* a request's header block has begun and not ended: the client may send nothing else until
+     * it does (RFC 9113 6.10), so the idle timer runs, whatever other streams are open */
+    bool head_open;
     uint32_t resets_left;        /* premature stream closes allowed now: see RESET_BURST */
     int64_t resets_at_s;         /* when resets_left was last refilled (monotonic seconds) */
     uint32_t empty_run;          /* DATA frames in a row that carried nothing: see EMPTY_MAX */
@@ -500,6 +503,18 @@ static void idle_arm(conn_t *c)
     evtimer_add(c->idle_timer, &tv);
 }
 
+/* Arms the idle timer for an HTTP/2 request head being read: it must come whole within
+ * client_idle_ms, as over HTTP/1.1 (on_idle). The connection is busy: no trim phase. */
+static void head_arm(conn_t *c)
+{
+    uint32_t ms = c->srv->conf.client_idle_ms;
+    c->trim_due = false;
+    if (ms == 0 || c->idle_timer == NULL)
+        return;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->idle_timer, &tv);
+}
+
 /* Schedules a trim for the frame buffer an idle connection wrote again (a PING's answer)
  * without moving the end of its idle period: what opens no stream is no activity for
  * client_idle, or a client sending a frame now and then would keep its connection for ever. */
@@ -689,8 +704,10 @@ static void stream_close(mg_srv_stream_t *s, bool complete)
     }
     if (c->h1s == s)
         c->h1s = NULL;
-    if (c->hdr_stream == s)
+    if (c->hdr_stream == s) {
         c->hdr_stream = NULL;
+        c->head_open = false;
+    }
     if (--c->nstreams == 0 && !c->dead && c->idle_timer)
         idle_arm(c);
     mg_arena_clear(&s->arena);
@@ -910,6 +927,8 @@ static int on_begin_headers(nghttp2_session *sess, const nghttp2_frame *f, void 
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     nghttp2_session_set_stream_user_data(sess, f->hd.stream_id, s);
     c->hdr_stream = s;
+    c->head_open = true;
+    head_arm(c); /* even with END_HEADERS set: its payload may stop half way */
     return 0;
 }
 
@@ -1231,6 +1250,8 @@ static size_t scan_frames(void *arg, const uint8_t *p, size_t n)
 static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
     mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+    if (f->hd.type == NGHTTP2_HEADERS)
+        ((conn_t *)ud)->head_open = false;  /* the block ended */
     if (f->hd.type == NGHTTP2_RST_STREAM) { /* before nghttp2 closes the stream */
         if (s)
             s->reset_counted = true;
@@ -2674,6 +2695,17 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
         snprintf(msg, sizeof(msg), "the request head did not come whole within %u ms",
                  (unsigned)c->srv->conf.client_idle_ms);
         h1_reject(c, 408, "client_timeout", msg);
+    } else if (c->proto == P_H2 && c->head_open) {
+        /* a header block begun and not ended holds the connection (no other frame may come
+         * until it ends): logged as a 408, then closed with GOAWAY, as nghttpx's read timeout */
+        if (c->hdr_stream)
+            report_reject(c->hdr_stream, 408, "client_timeout", false);
+        c->head_open = false;
+        nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+        c->close_when_flushed = true;
+        conn_flush(c);
     } else if (c->nstreams == 0) {
         if (c->proto == P_H2) {
             nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,

@@ -1304,6 +1304,46 @@ def test_http11_head_not_finished_in_client_idle_gets_408(procs):
     assert_serving(gw)
 
 
+@pytest.mark.parametrize("cut", ["no_end_headers", "payload_cut", "beside_a_slow_request"])
+def test_h2_head_not_finished_in_client_idle_is_closed(procs, cut):
+    """An HTTP/2 header block begun and never ended (a HEADERS frame without END_HEADERS and no
+    CONTINUATION, or a HEADERS frame whose payload stops half way) held its connection for
+    ever: the first stream stopped the idle timer, and nothing else may come on the connection
+    until the block ends. 600 such connections used up the open files. Now the head must come
+    whole within client_idle, as over HTTP/1.1: GOAWAY, closed, and logged as a 408
+    client_timeout. A slow request in flight on the same connection does not keep it open."""
+    a = procs.backend("pod-a")
+    gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"client_idle": 500}})
+    enc = Encoder()
+
+    def head(path):
+        return enc.encode([(":method", "GET"), (":scheme", "http"),
+                           (":authority", gw.authority()), (":path", path)])
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        out = PREFACE + frame(4, 0, 0, b"")
+        if cut == "beside_a_slow_request":
+            out += frame(1, 5, 1, head("/slow?ms=4000"))  # END_STREAM | END_HEADERS
+        block = head("/partial")
+        if cut == "payload_cut":
+            whole = frame(1, 5, 3, block)
+            out += whole[:9 + len(block) // 2]
+        else:
+            out += frame(1, 1, 3, block)  # END_STREAM, no END_HEADERS
+        s.sendall(out)
+        t0 = time.monotonic()
+        frames, closed, _ = read_frames(s, 5)
+        took = time.monotonic() - t0
+    assert closed, "connection still open 5 s after a head that did not end"
+    assert 0.4 <= took < 3.0, took
+    assert [f for f in frames if f[0] == 7], "closed without GOAWAY"
+    if cut != "payload_cut":  # the cut one may be cut before its stream began
+        recs = [r for r in gw.wait_access(2 if cut == "beside_a_slow_request" else 1)
+                if r["status"] == 408]
+        assert len(recs) == 1 and recs[0]["error"] == "client_timeout", recs
+    assert not [r for r in a.requests() if r[2] == "/partial"]
+    assert_serving(gw)
+
+
 def test_client_idle_timeout_counts_no_tls_reads(procs):
     """Over TLS as in clear text, client_idle runs from the last stream's end: frames or bytes
     that open no stream (HTTP/2 WINDOW_UPDATEs, which get no answer; CRLFs between HTTP/1.1
