@@ -127,7 +127,6 @@ struct pool {
     mg_up_stream_t *qhead, *qtail; /* requests waiting for a connection, oldest first */
     size_t nqueued;
     struct event *kick; /* serves the queue at the next loop turn (on_kick) */
-    uint32_t h2_max;    /* the pod's SETTINGS_MAX_CONCURRENT_STREAMS last heard; 0: never */
 };
 
 struct mg_upstreams {
@@ -398,6 +397,20 @@ static void conn_unused(up_conn_t *c)
     timer_arm(c, p->u->conf.idle_conn_ms);
 }
 
+/* |c| died before it could carry a request (refused, or closed before the pod's SETTINGS).
+ * The requests waiting in the pod's queue were sent nothing: unless another connection of the
+ * pod may still take them, they go to other pods now (an h2c request waits in the queue for
+ * its connection's SETTINGS, and would otherwise wait for the next connection, and the next). */
+static void conn_failed_early(up_conn_t *c, mg_up_fail_t why)
+{
+    pool_t *p = c->pool;
+    conn_close(c, why);
+    for (up_conn_t *o = p->conns; o; o = o->next)
+        if (!o->dead && !o->goaway)
+            return;
+    fail_queue(p, why);
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     up_conn_t *c = arg;
@@ -497,8 +510,6 @@ static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void 
     }
     if (f->hd.type == NGHTTP2_SETTINGS) {
         if (!(f->hd.flags & NGHTTP2_FLAG_ACK)) {
-            c->pool->h2_max =
-                nghttp2_session_get_remote_settings(sess, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
             if (!c->settled) { /* the handshake deadline is over: the idle one, if idle */
                 c->settled = true;
                 evtimer_del(c->timer);
@@ -1071,7 +1082,9 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
                 MG_LOG(MG_LOG_WARN, "upstream",
                        "pod %s: cannot connect (%s); is the pod running? (%lu similar suppressed)",
                        c->pool->key, evutil_socket_error_to_string(e), skipped);
-            conn_close(c, MG_UP_CONNECT_REFUSED);
+            conn_failed_early(c, MG_UP_CONNECT_REFUSED);
+        } else if (!handshaken(c)) { /* closed before its SETTINGS: it never took a request */
+            conn_failed_early(c, MG_UP_CONNECT_REFUSED);
         } else {
             if (c->pool->proto == MG_UP_H1 && (events & BEV_EVENT_EOF) && c->streams &&
                 llhttp_message_needs_eof(&c->parser)) {
@@ -1205,8 +1218,9 @@ static up_conn_t *conn_new(pool_t *p)
 /* A connection of |p| that takes a new stream now, else a new one if the pool may open it.
  * NULL with *at_cap set: max_conns_per_pod is reached, or the pod allows no stream at all on a
  * connection it has (SETTINGS_MAX_CONCURRENT_STREAMS 0: overloaded, or on its way out, and a
- * new connection would get the same answer), and the request must wait; NULL alone: out of
- * memory, or the connect failed at once. */
+ * new connection would get the same answer), or an h2c connection waits for the pod's
+ * SETTINGS (one just opened for this request, too), and the request must wait; NULL alone:
+ * out of memory, or the connect failed at once. */
 static up_conn_t *pick_conn(pool_t *p, bool *at_cap)
 {
     uint32_t max = p->u->conf.max_streams_per_conn;
@@ -1223,24 +1237,28 @@ static up_conn_t *pick_conn(pool_t *p, bool *at_cap)
                 return c;
             continue;
         }
-        /* until a connection has the pod's SETTINGS, the pod's limit is what it said last on
-         * another connection; never heard, the connection carries one request and the others
-         * wait for the SETTINGS (a round trip) rather than go out and come back refused from
-         * a pod that allows fewer streams, or open a connection each */
-        uint32_t remote = c->settled ? nghttp2_session_get_remote_settings(
-                                           c->h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
-                          : p->h2_max ? p->h2_max
-                                      : 1;
+        /* Nothing goes out on a connection before the pod's SETTINGS (a round trip, once per
+         * connection): a pod that accepts and then says nothing (stopped, hung) has been sent
+         * nothing, so at the connect deadline the requests waiting for it go to other pods
+         * (fail_queue). Sent, they could only have failed: the pod might process them later. */
+        if (!c->settled) {
+            unsettled = true;
+            continue;
+        }
+        uint32_t remote =
+            nghttp2_session_get_remote_settings(c->h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
         if (c->nstreams < max && c->nstreams < remote)
             return c;
         none |= remote == 0;
-        unsettled |= !c->settled && p->h2_max == 0;
     }
     if (none || unsettled || !conn_slot_take(p, live)) {
         *at_cap = true;
         return NULL;
     }
-    return conn_new(p);
+    up_conn_t *c = conn_new(p);
+    if (c != NULL && p->proto == MG_UP_H2C)
+        *at_cap = true, c = NULL; /* the request waits in the queue for its SETTINGS */
+    return c;
 }
 
 /* ---------- the pool's queue: requests waiting for a connection ---------- */

@@ -31,7 +31,8 @@ class RawPod:
     [(b"103", [("link", "</a.css>; rel=preload")])]; over HTTP/1.1, put them in
     |http1_answer|. |wait_end| (h2c): answer a request once it ended (END_STREAM), not at its
     HEADERS; |trailer_blocks|: the raw header blocks of the requests' trailers. |settings|
-    (h2c): [(id, value)] of a SETTINGS frame sent as soon as a connection opens. |conns|:
+    (h2c): [(id, value)] of the SETTINGS frame sent as soon as a connection opens (empty by
+    default, as any server's preface; the gateway sends a request only after it). |conns|:
     connections accepted."""
 
     def __init__(self, proto, status, http1_answer=None, close_after=False, fields=(),
@@ -77,7 +78,7 @@ class RawPod:
                 if self.zero_streams:  # MAX_CONCURRENT_STREAMS (3) = 0, and the client's ACKed
                     conn.sendall(self.frame(4, 0, 0, struct.pack(">HI", 3, 0)) +
                                  self.frame(4, 1, 0, b""))
-                if self.settings and self.proto == "h2c":
+                elif self.proto == "h2c":  # a server's preface: the gateway sends nothing before
                     conn.sendall(self.frame(4, 0, 0, b"".join(struct.pack(">HI", k, v)
                                                               for k, v in self.settings)))
                 while True:

@@ -142,6 +142,56 @@ def test_silent_h2c_pod_is_a_connect_timeout(procs):
     gw.assert_alive()
 
 
+def test_silent_h2c_pod_beside_a_live_one_fails_over(procs):
+    """A tester SIGSTOPped one of two pods: every other request got 504 upstream_connect_timeout
+    ("no pod of service 'd' connected within 1000 ms") while the other pod served, because the
+    request had gone out on the connection before the pod's SETTINGS, so it could not be sent
+    elsewhere. Now nothing goes out before the SETTINGS: at the connect deadline the waiting
+    requests go to the live pod, and the silent pod's socket holds the connection preface and
+    SETTINGS alone, no HEADERS."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(64)
+    try:
+        a = procs.backend("pod-a")
+        doc = routes_doc({"svc": (["127.0.0.1:%d" % ls.getsockname()[1], a], "h2c")},
+                         [("digits", "production", "svc")])
+        doc["services"]["svc"]["policy"] = "round_robin"
+        gw = procs.gateway(doc, conf={"timeouts_ms": {"connect": 300, "first_byte": 5000}})
+        with gw.h2() as c:
+            for i in range(4):
+                r = c.get("/fo-silent/%d" % i)
+                assert r.status == 200 and r.json()["pod"] == "pod-a", (i, r.status, r.body)
+            streams = [c.start("POST", "/fo-silent/c%d" % i, body=b"x" * 100, end_stream=True)
+                       for i in range(10)]
+            for st in streams:
+                assert c.wait(st, 10), st
+                assert st.status == 200, (st.status, bytes(st.body))
+        ls.settimeout(1)
+        got = b""
+        while True:  # the connections the gateway opened to the silent pod, closed since
+            try:
+                conn, _ = ls.accept()
+            except socket.timeout:
+                break
+            conn.settimeout(1)
+            try:
+                while True:
+                    d = conn.recv(65536)
+                    if not d:
+                        break
+                    got += d
+            except (socket.timeout, ConnectionResetError):
+                pass
+            conn.close()
+        assert got.startswith(b"PRI * HTTP/2.0"), got[:40]
+        frames, _ = parse_frames(got[len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):])
+        assert frames and all(f[0] in (4, 8) for f in frames), [f[0] for f in frames]
+    finally:
+        ls.close()
+    gw.assert_alive()
+
+
 def test_first_byte_timeout_504(procs):
     a = procs.backend("pod-a")
     gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"first_byte": 500}})
