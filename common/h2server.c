@@ -1157,7 +1157,9 @@ static int recv_result(const conn_t *c)
  *    worker's core busy with a twentieth of its own. At most IDLE_PER_STREAM for the
  *    connection and as many per stream the client opens (Envoy's
  *    max_inbound_priority_frames_per_stream, 100). PING ACKs count with them: the gateway
- *    sends no PING, so each one answers nothing.
+ *    sends no PING, so each one answers nothing; so do frames of types it does not use
+ *    (PRIORITY_UPDATE, extensions): a client writing 9-byte ones of an unknown type kept a
+ *    worker's core busy, as nghttpx's.
  *  - WINDOW_UPDATE frames: clients send them for the data they receive. At most
  *    5 + 2 * (streams opened + WU_PER_DATA * DATA frames sent), Envoy's formula
  *    (max_inbound_window_update_frames_per_data_frame_sent, 10).
@@ -1191,7 +1193,11 @@ static uint8_t count_frame(conn_t *c, const uint8_t *h, bool empty)
                    ? FLOOD_WINDOW_UPDATE
                    : FLOOD_NONE;
     default:
-        return FLOOD_NONE;
+        if (h[3] <= NGHTTP2_CONTINUATION)
+            return FLOOD_NONE;
+        /* a type the gateway does not use (RFC 9218's PRIORITY_UPDATE, an extension's),
+         * which RFC 9113 5.5 says to ignore: it does nothing, as a PRIORITY */
+        return ++c->idle_frames > IDLE_PER_STREAM * (1 + c->heads) ? FLOOD_IDLE : FLOOD_NONE;
     }
 }
 
@@ -1475,7 +1481,8 @@ static void h2_recv(conn_t *c)
             snprintf(why, sizeof(why), "more than %u empty DATA frames in a row", EMPTY_MAX);
         else if (c->flood == FLOOD_IDLE)
             snprintf(why, sizeof(why),
-                     "PRIORITY and PING ACK frames over %u x (1 + %" PRIu64 " streams)",
+                     "PRIORITY, PING ACK and unused-type frames over %u x (1 + %" PRIu64
+                     " streams)",
                      IDLE_PER_STREAM, c->heads);
         else
             snprintf(why, sizeof(why),

@@ -1189,13 +1189,19 @@ CONTROL_FLOODS = {
     "priority": (frame(2, 0, 101, struct.pack(">IB", 0, 16)), 100, 100),
     "ping_ack": (frame(6, 1, 0, b"\0" * 8), 100, 100),
     "window_update": (frame(8, 0, 0, struct.pack(">I", 1)), 5, 20),
+    # a type the gateway does not use: ignored (RFC 9113 5.5), yet parsed; it kept a worker
+    # busy and the connection open
+    "unknown_type": (frame(0xfa, 0, 0, b""), 100, 100),
+    # RFC 9218's PRIORITY_UPDATE, here about stream 1
+    "priority_update": (frame(0x10, 0, 0, struct.pack(">I", 1) + b"u=1"), 100, 100),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(CONTROL_FLOODS))
 def test_h2_control_frame_flood_cut(victim, kind):
     """Frames that do nothing still cost their parsing: PRIORITY frames (the gateway turns RFC
-    7540 priorities off), PING ACKs (it sends no PING) and WINDOW_UPDATEs beyond the data it
+    7540 priorities off), PING ACKs (it sends no PING), frames of a type it does not use
+    (unknown, PRIORITY_UPDATE: counted with PRIORITY) and WINDOW_UPDATEs beyond the data it
     sent. A client writing them from one buffer kept a worker busy with a twentieth of that
     CPU. They are bounded as Envoy bounds them: PRIORITY and PING ACK at 100 per stream and 100
     more, WINDOW_UPDATE at 5 + 2 x (streams + 10 x DATA frames sent). A client within the
