@@ -230,9 +230,12 @@ static bool name_is(const mg_hdr_t *h, const char *name, size_t len)
     return h->name_len == len && memcmp(h->name, name, len) == 0;
 }
 
+/* Connection-specific fields, and the h2c upgrade's HTTP2-Settings (RFC 7540 3.2.1), which
+ * belongs to the connection it came on even when Connection does not name it. */
 static bool hop_by_hop(const mg_hdr_t *h)
 {
-    return mg_field_connection_specific(h->name, h->name_len);
+    return mg_field_connection_specific(h->name, h->name_len) ||
+           (h->name_len == 14 && strncasecmp(h->name, "http2-settings", 14) == 0);
 }
 
 /* Does the comma-separated list |v| (|len| bytes) hold |tok|? Elements are compared without

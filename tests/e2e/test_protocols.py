@@ -279,7 +279,8 @@ def test_http11_absolute_form_routes_by_its_authority(stack):
 def test_http11_connect_and_upgrades(stack):
     """CONNECT gets 501 and a close (no tunnels); a websocket or h2c Upgrade is not taken: the
     request is answered as plain HTTP/1.1 (RFC 9110 7.8 lets a server ignore Upgrade), without
-    Upgrade reaching the pod, and the connection serves the next request - no 101, no hang."""
+    Upgrade (nor HTTP2-Settings) reaching the pod, and the connection serves the next request -
+    no 101, no hang."""
     gw, _, _ = stack
     with H1Conn(gw.port) as c:
         c.send(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % ((gw.authority().encode(),) * 2))
@@ -289,7 +290,10 @@ def test_http11_connect_and_upgrades(stack):
     for up in ([("Connection", "Upgrade"), ("Upgrade", "websocket"),
                 ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")],
                [("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c"),
-                ("HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA")]):
+                ("HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA")],
+               # HTTP2-Settings belongs to the connection even when Connection does not name
+               # it (RFC 7540 3.2.1): it reached h2c pods as "http2-settings: AAA"
+               [("Connection", "Upgrade"), ("Upgrade", "h2c"), ("HTTP2-Settings", "AAA")]):
         with H1Conn(gw.port, timeout=5) as c:
             c.send(h1_request_bytes("GET", "/up", gw.authority(), up) +
                    h1_request_bytes("GET", "/next", gw.authority()))
