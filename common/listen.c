@@ -55,6 +55,16 @@ int mg_listen_bind(const char *addr, bool first, char *err, size_t errlen)
         snprintf(err, errlen, "listen address '%s': expected host:port or [v6]:port", addr);
         return -1;
     }
+    /* getaddrinfo takes "99999" and binds port 99999 mod 65536: the process would listen
+     * where nobody expects it, and say it listens on the address it was given */
+    char *end;
+    errno = 0;
+    unsigned long pn = strtoul(port, &end, 10);
+    if (port[0] < '0' || port[0] > '9' || *end != '\0' || errno != 0 || pn > 65535) {
+        snprintf(err, errlen, "listen address '%s': port '%s' is not a number from 0 to 65535",
+                 addr, port);
+        return -1;
+    }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;

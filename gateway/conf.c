@@ -9,6 +9,7 @@
  */
 #include "gateway/conf.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -23,6 +24,7 @@
 
 #include "common/jsonerr.h"
 #include "common/log.h"
+#include "routing/discovery.h"
 #include "routing/host.h"
 
 #define MAX_WORKERS 1024
@@ -447,6 +449,37 @@ static void parse_tls(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_
 }
 
 /* "admin": {"listen": "127.0.0.1:9901", "token_file": "admin.token"} */
+/* Without a token the admin listener must be a loopback one. An IP literal is judged here, so
+ * --check-config refuses what start-up would; a name is judged once bound (gateway/admin.c). */
+static void admin_needs_loopback(mg_jerr_t *e, const char *listen)
+{
+    char host[256];
+    unsigned port;
+    const char *why;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (mg_host_split_port(listen, host, sizeof(host), &port, &why) != MG_OK)
+        return;
+    size_t n = strlen(host);
+    if (n > 2 && host[0] == '[' && host[n - 1] == ']')
+        memmove(host, host + 1, n - 2), host[n - 2] = '\0';
+    bool loopback;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        loopback = (ntohl(a4.s_addr) >> 24) == 127;
+    else if (inet_pton(AF_INET6, host, &a6) == 1)
+        loopback = IN6_IS_ADDR_LOOPBACK(&a6);
+    else
+        return;
+    if (!loopback) {
+        size_t o = mg_jerr_key(e, "listen");
+        mg_jerr_f(e,
+                  "%s is not a loopback address and admin.token_file is not set (set a token "
+                  "file, or listen on 127.0.0.1)",
+                  host);
+        mg_jerr_pop(e, o);
+    }
+}
+
 static void parse_admin(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_t *c)
 {
     static const char *const keys[] = {"listen", "token_file", NULL};
@@ -474,6 +507,8 @@ static void parse_admin(mg_jerr_t *e, const json_t *doc, const char *dir, mg_con
             mg_jerr_pop(e, o2);
         }
         parse_path(e, admin, "token_file", dir, false, &c->admin_token_file);
+        if (c->admin_listen && c->admin_token_file == NULL && !json_object_get(admin, "token_file"))
+            admin_needs_loopback(e, c->admin_listen);
     }
     mg_jerr_pop(e, old);
 }
@@ -626,8 +661,14 @@ static void apply_doc(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_
     const json_t *ns = json_object_get(doc, "dns_nameserver");
     if (ns != NULL) {
         size_t old = mg_jerr_key(e, "dns_nameserver");
+        struct sockaddr_storage ss;
         if (!json_is_string(ns) || json_string_value(ns)[0] == '\0')
             mg_jerr_type(e, ns, "string \"ip\", \"ip:port\" or \"[v6]:port\"");
+        else if (!mg_disc_parse_nameserver(json_string_value(ns), &ss))
+            mg_jerr_f(e,
+                      "\"%.100s\" is not an IP address with an optional port (1-65535); "
+                      "expected e.g. \"127.0.0.1:5353\", \"10.96.0.10\" or \"[::1]:53\"",
+                      json_string_value(ns));
         else
             set_str(e, &c->dns_nameserver, json_string_value(ns));
         mg_jerr_pop(e, old);

@@ -606,8 +606,32 @@ static bool check_secret(const char *path, const char *key, mg_secret_kind_t kin
     return true;
 }
 
+/* The access log can be opened for appending: an existing file writable, or its directory
+ * there and writable (nothing is created here). */
+static bool check_access_log(const char *path)
+{
+    if (path == NULL || strcmp(path, "-") == 0)
+        return true;
+    if (access(path, F_OK) == 0) {
+        if (access(path, W_OK) == 0)
+            return true;
+        fprintf(stderr, "modelgate: cannot open access log %s: %s\n", path, strerror(errno));
+        return false;
+    }
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path + (slash == path)) : 1,
+             slash ? path : ".");
+    if (access(dir, W_OK | X_OK) == 0)
+        return true;
+    fprintf(stderr, "modelgate: cannot open access log %s: directory %s: %s\n", path, dir,
+            strerror(errno));
+    return false;
+}
+
 /* --check-config: what start-up would refuse before binding or connecting fails here too (as
- * nginx -t loads certificates): the TLS certificate and key, the secret files. The routing
+ * nginx -t loads certificates): the TLS certificate and key, the secret files, the access
+ * log's place. The routing
  * document and the features' password files were checked with the configuration. */
 static int check_only(const mg_conf_t *conf)
 {
@@ -631,6 +655,7 @@ static int check_only(const mg_conf_t *conf)
     }
     ok &= check_secret(conf->admin_token_file, "admin.token_file", MG_SECRET_TOKEN,
                        MG_ADMIN_TOKEN_MAX);
+    ok &= check_access_log(conf->access_log);
     if (conf->request_log_db.host != NULL)
         ok &= check_secret(conf->request_log_db.password_file, "request_log_db.password_file",
                            MG_SECRET_PASSWORD, MG_DBLOG_PASSWORD_MAX);

@@ -750,6 +750,14 @@ static const char *resolv_conf_problem(void)
     return bad ? "cannot read it" : found ? NULL : "it lists no nameserver";
 }
 
+bool mg_disc_parse_nameserver(const char *nameserver, struct sockaddr_storage *ss)
+{
+    int len = (int)sizeof(*ss);
+    memset(ss, 0, sizeof(*ss));
+    return evutil_parse_sockaddr_port(nameserver, (struct sockaddr *)ss, &len) == 0 &&
+           (ss->ss_family == AF_INET || ss->ss_family == AF_INET6);
+}
+
 mg_disc_t *mg_disc_new(struct event_base *base, const char *nameserver, mg_disc_cb cb, void *ud,
                        char *err, size_t errlen)
 {
@@ -777,10 +785,7 @@ mg_disc_t *mg_disc_new(struct event_base *base, const char *nameserver, mg_disc_
         goto nomem;
     if (nameserver != NULL) {
         struct sockaddr_storage ss;
-        int len = (int)sizeof(ss);
-        memset(&ss, 0, sizeof(ss));
-        if (evutil_parse_sockaddr_port(nameserver, (struct sockaddr *)&ss, &len) != 0 ||
-            (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)) {
+        if (!mg_disc_parse_nameserver(nameserver, &ss)) {
             snprintf(err, errlen,
                      "DNS nameserver \"%s\": not an IP address with an optional port; expected "
                      "e.g. \"127.0.0.1:5353\", \"10.96.0.10\" or \"[::1]:53\"",

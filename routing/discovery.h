@@ -63,6 +63,11 @@ typedef struct mg_disc mg_disc_t; /* opaque: fields live in discovery.c */
 typedef void (*mg_disc_cb)(void *ud, const char *key, const struct sockaddr_storage *addrs,
                            size_t n);
 
+/* Parses a nameserver as mg_disc_new takes it ("IP" or "IP:port", "[v6]:port") into |ss|
+ * (port 0 when absent); false when it is not one. gateway.json's check uses it too, so a bad
+ * one is refused before start, not when discovery starts. */
+bool mg_disc_parse_nameserver(const char *nameserver, struct sockaddr_storage *ss);
+
 /*
  * Creates a discoverer on |base|. |nameserver| is "IP" or "IP:port" ("127.0.0.1:5353",
  * "[::1]:53"; port 53 when absent), or NULL for the nameservers, search list and options of

@@ -70,14 +70,16 @@ static const char usage[] =
     "  -h, --help           this text\n"
     "  -V, --version        print the version\n";
 
-static bool parse_uint(const char *flag, const char *v, unsigned long max, unsigned long *out)
+static bool parse_uint(const char *flag, const char *v, unsigned long min, unsigned long max,
+                       unsigned long *out)
 {
     char *end;
     errno = 0;
     unsigned long x = strtoul(v, &end, 10);
-    if (errno || *end || end == v || x > max || v[0] == '-') {
-        fprintf(stderr, "modelgate-runtime: %s: expected a whole number from 0 to %lu, got '%s'\n",
-                flag, max, v);
+    if (errno || *end || end == v || x < min || x > max || v[0] == '-') {
+        fprintf(stderr,
+                "modelgate-runtime: %s: expected a whole number from %lu to %lu, got '%s'\n", flag,
+                min, max, v);
         return false;
     }
     *out = x;
@@ -134,42 +136,42 @@ static int parse_args(int argc, char **argv, rt_opts_t *o)
         case O_VERSION: o->version = optarg; break;
         case O_SERVICE: o->service = optarg; break;
         case O_THREADS:
-            if (!parse_uint("--threads", optarg, 256, &v))
+            if (!parse_uint("--threads", optarg, 0, 256, &v))
                 return 1;
             o->threads = (unsigned)v;
             break;
         case O_MAXB:
-            if (!parse_uint("--max-batch", optarg, 100000, &v) || v == 0)
+            if (!parse_uint("--max-batch", optarg, 1, 100000, &v))
                 return 1;
             o->max_batch = (unsigned)v;
             break;
         case O_WAIT:
-            if (!parse_uint("--max-wait-us", optarg, 1000000, &v))
+            if (!parse_uint("--max-wait-us", optarg, 0, 1000000, &v))
                 return 1;
             o->max_wait_us = (unsigned)v;
             break;
         case O_BODY:
-            if (!parse_uint("--max-body", optarg, 1ul << 30, &v) || v == 0)
+            if (!parse_uint("--max-body", optarg, 1, 1ul << 30, &v))
                 return 1;
             o->max_body = v;
             break;
         case O_ITEMS:
-            if (!parse_uint("--max-items", optarg, 1000000, &v) || v == 0)
+            if (!parse_uint("--max-items", optarg, 1, 1000000, &v))
                 return 1;
             o->max_items = v;
             break;
         case O_WATCH:
-            if (!parse_uint("--watch-ms", optarg, 3600000, &v) || v == 0)
+            if (!parse_uint("--watch-ms", optarg, 1, 3600000, &v))
                 return 1;
             o->watch_ms = (unsigned)v;
             break;
         case O_DRAIN:
-            if (!parse_uint("--drain-ms", optarg, 3600000, &v))
+            if (!parse_uint("--drain-ms", optarg, 0, 3600000, &v))
                 return 1;
             o->drain_ms = (unsigned)v;
             break;
         case O_WARM:
-            if (!parse_uint("--warmup", optarg, 1000, &v))
+            if (!parse_uint("--warmup", optarg, 0, 1000, &v))
                 return 1;
             o->warmup_rounds = (unsigned)v;
             break;

@@ -7,6 +7,7 @@ import json
 import subprocess
 
 from conftest import GATEWAY_BIN, SANITIZER_RE, free_port, routes_doc
+from runtime_util import RUNTIME_BIN
 
 
 def run(*args, timeout=10):
@@ -66,6 +67,55 @@ def test_one_address_twice_is_refused_by_check_config(tmp_path):
                                 "routes": "routes.json"}))
     r = run("--check-config", str(conf))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_check_config_refuses_what_start_up_refuses(tmp_path):
+    """--check-config said "configuration OK" for files the start refused, or that started
+    half-configured: a dns_nameserver that is no address (port 99999: DNS discovery never
+    started, and every DNS service answered 503 no_pods for good), an admin listener on a
+    non-loopback address without a token file, an access log in a directory that is not
+    there. Each is refused now, by both, naming the key or the path."""
+    (tmp_path / "routes.json").write_text(json.dumps(
+        routes_doc({"svc": ["127.0.0.1:1"]}, [("digits", "production", "svc")])))
+    conf = tmp_path / "gateway.json"
+    base = {"listen": ["127.0.0.1:%d" % free_port()], "routes": "routes.json"}
+    cases = [
+        ({"dns_nameserver": "127.0.0.1:99999"}, 'dns_nameserver: "127.0.0.1:99999" is not an IP'),
+        ({"dns_nameserver": "not-an-ip"}, 'dns_nameserver: "not-an-ip" is not an IP'),
+        ({"admin": {"listen": "0.0.0.0:%d" % free_port()}},
+         "admin.listen: 0.0.0.0 is not a loopback address and admin.token_file is not set"),
+        ({"admin": {"listen": "[::]:%d" % free_port()}},
+         "admin.listen: :: is not a loopback address"),
+        ({"access_log": str(tmp_path / "no-such-dir" / "access.log")},
+         "cannot open access log %s" % (tmp_path / "no-such-dir" / "access.log")),
+    ]
+    for extra, msg in cases:
+        conf.write_text(json.dumps(dict(base, **extra)))
+        for how in (["--check-config", str(conf)], ["--config", str(conf)]):
+            r = run(*how)
+            assert r.returncode != 0 and msg in r.stderr, (how, extra, r.stdout, r.stderr)
+            assert not SANITIZER_RE.search(r.stderr), r.stderr
+    for extra in ({"dns_nameserver": "[::1]:53"}, {"admin": {"listen": "[::1]:%d" % free_port()}},
+                  {"access_log": str(tmp_path / "access.log")}):
+        conf.write_text(json.dumps(dict(base, **extra)))
+        r = run("--check-config", str(conf))
+        assert r.returncode == 0, (extra, r.stdout, r.stderr)
+    assert not (tmp_path / "access.log").exists()  # checked, not created
+
+
+def test_runtime_refuses_a_port_out_of_range_and_a_zero_batch():
+    """modelgate-runtime --listen 127.0.0.1:99999 listened on port 34463 (99999 mod 65536)
+    and logged "on 127.0.0.1:99999"; --max-batch 0 exited 1 without a word."""
+    def rt(*args):
+        return subprocess.run([RUNTIME_BIN, "--model", "m.json", "--kind", "linear"] + list(args),
+                              capture_output=True, text=True, timeout=10)
+    for port in ("99999", "65536"):
+        r = rt("--listen", "127.0.0.1:" + port)
+        assert r.returncode != 0, r.stderr
+        assert "port '%s' is not a number from 0 to 65535" % port in r.stderr, r.stderr
+    r = rt("--listen", "127.0.0.1:1", "--max-batch", "0")
+    assert r.returncode != 0 and "--max-batch: expected a whole number from 1 to" in r.stderr, \
+        r.stderr
 
 
 def test_help_and_version():
