@@ -90,6 +90,7 @@ struct mg_srv_stream {
     bool reset_by_us;   /* HTTP/2: the handler reset it (mg_srv_reset): not a premature close */
     bool reset_counted; /* HTTP/2: counted by premature_close when its reset was decided */
     const char *close_why; /* see mg_srv_close_why */
+    uint64_t body_sent;    /* see mg_srv_body_sent */
     nghttp2_nv *resp_trailers;
     size_t nresp_trailers;
 };
@@ -747,6 +748,11 @@ mg_arena_t *mg_srv_arena(mg_srv_stream_t *s)
     return &s->arena;
 }
 
+uint64_t mg_srv_body_sent(const mg_srv_stream_t *s)
+{
+    return s->body_sent;
+}
+
 const char *mg_srv_close_why(const mg_srv_stream_t *s)
 {
     return s->close_why;
@@ -1399,6 +1405,7 @@ static ssize_t h2_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, siz
     int n = evbuffer_remove(s->out, buf, len);
     if (n < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    s->body_sent += (size_t)n;
     if (s->out_ended && evbuffer_get_length(s->out) == 0)
         mg_h2_end_data(sess, id, flags, s->resp_trailers, s->nresp_trailers);
     out_taken(c, (size_t)n);
@@ -2273,6 +2280,7 @@ mg_err_t mg_srv_write(mg_srv_stream_t *s, const void *data, size_t len)
         if (s->h1_chunked)
             evbuffer_add_printf(out, "%zx\r\n", len);
         evbuffer_add(out, data, len);
+        s->body_sent += len;
         if (s->h1_chunked)
             evbuffer_add(out, "\r\n", 2);
         if (evbuffer_get_length(out) >= MG_SRV_HIGH)
@@ -3262,6 +3270,10 @@ void mg_srv_free(mg_srv_t *srv)
         pp_end(srv->pp_waits, false);
     while (srv->conns) {
         conn_t *c = srv->conns;
+        /* the gateway cuts what is left (the drain deadline passed): not the client's doing */
+        for (mg_srv_stream_t *s = c->streams; s; s = s->next_in_conn)
+            if (s->close_why == NULL)
+                s->close_why = "shutdown";
         c->busy = 0;
         c->dead = true;
         conn_free(c);

@@ -229,8 +229,14 @@ bool mg_srv_responded(const mg_srv_stream_t *s);
 /* In on_close(false): why the stream ended, when it was neither the client's reset nor a lost
  * connection: "client_protocol_error" (nghttp2 reset a stream the client broke: a body longer
  * or shorter than its content-length...), "client_write_timeout" (the client took nothing for
- * client_write_ms). NULL otherwise. */
+ * client_write_ms), "shutdown" (the server was freed with it open: the drain deadline). NULL
+ * otherwise. */
 const char *mg_srv_close_why(const mg_srv_stream_t *s);
+
+/* Response body bytes written toward the client: put in DATA frames (HTTP/2) or in the
+ * connection's output (HTTP/1.1), the gateway's own error bodies included; not what was
+ * still waiting in the stream when it ended (a client that read nothing). */
+uint64_t mg_srv_body_sent(const mg_srv_stream_t *s);
 
 /* --- shared with the HTTP/2 client side (gateway/upstream.c) --- */
 

@@ -351,7 +351,7 @@ static void write_log(exch_t *e)
         .pod = pod ? pod->name : NULL,
         .status = e->status,
         .req_bytes = e->req_bytes,
-        .resp_bytes = e->resp_bytes,
+        .resp_bytes = mg_srv_body_sent(e->s), /* sent, not taken from the pod */
         .upstream_us = e->t_up_headers ? e->t_up_headers - e->t_up_start : -1,
         .total_us = now - e->t_start,
         .error = e->error,

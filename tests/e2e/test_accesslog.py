@@ -80,20 +80,28 @@ def test_one_line_per_request(logged):
 
 
 def test_error_lines(logged):
+    """Answers the gateway writes itself log their body's bytes as resp_bytes (it said 0:
+    traffic summed from the log missed every error body)."""
     gw, _ = logged
     with gw.h2() as c:
         r502 = c.get("/down", authority=gw.authority("digits-staging." + DOMAIN))
         assert r502.status == 502
         r404 = c.get("/nowhere", authority="nosuch-production." + DOMAIN)
         assert r404.status == 404
-    ids = by_id(gw.wait_access(2))
+    r404h1 = h1(gw, "GET", "/nowhere-h1", host="nosuch-production." + DOMAIN)
+    assert r404h1.status == 404
+    ids = by_id(gw.wait_access(3))
     ln = ids[r502.headers.get("x-request-id") or r502.json()["error"]["request_id"]]
     assert ln["status"] == 502, ln
     assert isinstance(ln["error"], str) and ln["error"], ln
     assert (ln["app"], ln["env"], ln["service"]) == ("digits", "staging", "svc-dead"), ln
+    assert ln["resp_bytes"] == r502.body_len > 0, ln
     ln = ids[r404.headers.get("x-request-id") or r404.json()["error"]["request_id"]]
     assert ln["status"] == 404 and ln["path"] == "/nowhere", ln
     assert ln["service"] in (None, ""), ln
+    assert ln["resp_bytes"] == r404.body_len > 0, ln
+    ln = ids[r404h1.json()["error"]["request_id"]]
+    assert ln["status"] == 404 and ln["resp_bytes"] == len(r404h1.body) > 0, ln
 
 
 def test_http11_requests_refused_in_their_fields_are_logged_with_their_method(logged):

@@ -229,7 +229,8 @@ def test_sigterm_drain(procs):
 
 
 def test_sigterm_drain_deadline(procs):
-    """A request longer than the drain timeout does not keep the gateway alive."""
+    """A request longer than the drain timeout does not keep the gateway alive. It is logged
+    with error "shutdown": the gateway cut it (it said client_aborted, blaming the client)."""
     a = procs.backend("pod-a")
     gw = procs.gateway(routes_doc({"svc": [a]}, [("digits", "production", "svc")]),
                        conf={"timeouts_ms": {"drain": 1000}})
@@ -247,6 +248,8 @@ def test_sigterm_drain_deadline(procs):
     c.wait(st, 2)
     assert not st.ended, "a 20 s request cannot have finished: %r" % st
     c.close()
+    recs = [r for r in gw.access() if r["path"] == "/slow?ms=20000"]
+    assert len(recs) == 1 and recs[0]["error"] == "shutdown", recs
 
 
 def test_sigterm_drain_finishes_slow_downloads(procs):
