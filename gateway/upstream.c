@@ -986,11 +986,18 @@ static mg_err_t h1_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
         return MG_E_NOMEM;
     evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nhost: %s\r\n", r->method, r->path,
                         pod_authority(c, r));
+    /* Trailers go only in a chunked body: a request that announces them (a Trailer field, RFC
+     * 9110 6.6.2) is sent chunked, without its content-length, or they would be dropped */
+    bool announced = false;
+    for (size_t i = 0; i < r->nhdrs && r->has_body; i++)
+        announced |= r->hdrs[i].name_len == 7 && memcmp(r->hdrs[i].name, "trailer", 7) == 0;
     bool cookie_done = false;
     for (size_t i = 0; i < r->nhdrs; i++) {
         const mg_hdr_t *h = &r->hdrs[i];
         if (h->name_len == 2 && memcmp(h->name, "te", 2) == 0)
             continue; /* "te: trailers" means nothing to an HTTP/1.1 pod */
+        if (announced && h->name_len == 14 && memcmp(h->name, "content-length", 14) == 0)
+            continue;
         if (h->name_len == 6 && memcmp(h->name, "cookie", 6) == 0) {
             if (cookie_done)
                 continue;
@@ -1014,11 +1021,11 @@ static mg_err_t h1_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
         evbuffer_add(out, "\r\n", 2);
     }
     bool has_cl = false;
-    for (size_t i = 0; i < r->nhdrs; i++)
+    for (size_t i = 0; i < r->nhdrs && !announced; i++)
         if (r->hdrs[i].name_len == 14 && memcmp(r->hdrs[i].name, "content-length", 14) == 0)
             has_cl = true;
     if (r->has_body && !has_cl) {
-        if (r->content_length >= 0) {
+        if (r->content_length >= 0 && !announced) {
             evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)r->content_length);
         } else {
             evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);

@@ -353,6 +353,24 @@ def test_trailers_http11_chunked(stack):
     assert r.chunked and r.trailers.get("x-trailer-a") == "1", (r.headers, r.trailers)
 
 
+def test_announced_request_trailers_reach_http11_pods_despite_a_content_length(procs):
+    """An HTTP/2 request with a content-length and trailers went to an HTTP/1.1 pod framed by
+    its content-length, and the trailers were dropped without a word: HTTP/1.1 carries them
+    only in a chunked body. A request that announces them (Trailer, RFC 9110 6.6.2) goes
+    chunked now, without its content-length."""
+    h = procs.backend("pod-h1", proto="http1")
+    gw = procs.gateway(routes_doc({"svc-h": ([h], "http1")}, [("digits", "production", "svc-h")]))
+    with gw.h2() as c:
+        r = c.request("POST", "/trailers", body=b"abc" * 10,
+                      headers=[("content-length", "30"), ("trailer", "x-req-trailer")],
+                      trailers=[("x-req-trailer", "r3")])
+    assert r.status == 200, r
+    doc = r.json()
+    assert doc["body_len"] == 30 and doc["trailers"] == {"x-req-trailer": "r3"}, doc
+    assert "content-length" not in doc["headers"], doc["headers"]
+    assert doc["headers"].get("transfer-encoding") == "chunked", doc["headers"]
+
+
 # --- headers ------------------------------------------------------------------------------------
 
 HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade")
