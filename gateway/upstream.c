@@ -341,12 +341,20 @@ static void leave(up_conn_t *c)
         conn_free(c);
 }
 
-/* Fails every live stream of |c| and frees it (when unused). */
+static void fail_queue(pool_t *p, mg_up_fail_t why);
+static bool handshaken(const up_conn_t *c);
+
+/* Fails every live stream of |c| and frees it (when unused). A connection that dies before it
+ * could carry a request (refused, timed out, closed or broken before the pod's SETTINGS) also
+ * fails the pod's queue over, unless another connection of the pod may still take it: the
+ * requests waiting there were sent nothing (an h2c request waits in the queue for its
+ * connection's SETTINGS), and would otherwise wait for the next connection, and the next. */
 static void conn_close(up_conn_t *c, mg_up_fail_t why)
 {
     if (c->dead)
         return;
     c->dead = true;
+    bool early = !c->connected || !handshaken(c);
     if (c->bev)
         mg_outq_disable(&c->outq, c->bev, EV_READ | EV_WRITE);
     enter(c);
@@ -354,10 +362,14 @@ static void conn_close(up_conn_t *c, mg_up_fail_t why)
         /* before the connection is up no byte left |body|: the request can be replayed */
         fail_stream(s, why, c->connected ? true : s->sent);
     }
+    pool_t *p = c->pool;
+    bool orphaned = early;
+    for (up_conn_t *o = p->conns; o && orphaned; o = o->next)
+        orphaned = o->dead || o->goaway;
+    if (orphaned)
+        fail_queue(p, why);
     leave(c);
 }
-
-static void fail_queue(pool_t *p, mg_up_fail_t why);
 
 /* An h2c connection is ready once the pod's SETTINGS arrived (its stream limit is known); the
  * connect timeout bounds that wait too: a pod that accepts and says nothing is down. */
@@ -395,20 +407,6 @@ static void conn_unused(up_conn_t *c)
         p->nidle++;
     }
     timer_arm(c, p->u->conf.idle_conn_ms);
-}
-
-/* |c| died before it could carry a request (refused, or closed before the pod's SETTINGS).
- * The requests waiting in the pod's queue were sent nothing: unless another connection of the
- * pod may still take them, they go to other pods now (an h2c request waits in the queue for
- * its connection's SETTINGS, and would otherwise wait for the next connection, and the next). */
-static void conn_failed_early(up_conn_t *c, mg_up_fail_t why)
-{
-    pool_t *p = c->pool;
-    conn_close(c, why);
-    for (up_conn_t *o = p->conns; o; o = o->next)
-        if (!o->dead && !o->goaway)
-            return;
-    fail_queue(p, why);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -1089,9 +1087,9 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
                 MG_LOG(MG_LOG_WARN, "upstream",
                        "pod %s: cannot connect (%s); is the pod running? (%lu similar suppressed)",
                        c->pool->key, evutil_socket_error_to_string(e), skipped);
-            conn_failed_early(c, MG_UP_CONNECT_REFUSED);
+            conn_close(c, MG_UP_CONNECT_REFUSED);
         } else if (!handshaken(c)) { /* closed before its SETTINGS: it never took a request */
-            conn_failed_early(c, MG_UP_CONNECT_REFUSED);
+            conn_close(c, MG_UP_CONNECT_REFUSED);
         } else {
             if (c->pool->proto == MG_UP_H1 && (events & BEV_EVENT_EOF) && c->streams &&
                 llhttp_message_needs_eof(&c->parser)) {

@@ -195,6 +195,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (chunk == 0)
         chunk = size ? size : 1;
 
+    /* connections an earlier input's gateway opened and never used (it was freed while one
+     * waited for SETTINGS) would be taken for this input's */
+    for (int stale; (stale = accept(listen_fd, NULL, NULL)) >= 0;)
+        close(stale);
     struct event_base *base = event_base_new();
     CHECK(base != NULL);
     mg_up_conf_t uc = {.connect_timeout_ms = 2000,
@@ -246,6 +250,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         close(fd);
         fd = -1;
         pump(base, fd);
+        /* a request the pod never took (a GOAWAY before it was sent: nothing goes out before
+         * the pod's SETTINGS) waits for a new connection: the pod is gone, so each one it
+         * opens is closed at once, before SETTINGS, which fails the request over */
+        for (int i = 0; i < 4 && !x.over; i++) {
+            int again = accept(listen_fd, NULL, NULL);
+            if (again >= 0)
+                close(again);
+            pump(base, -1);
+        }
         CHECK(x.over); /* the pod is gone: the exchange must have ended, one way or another */
     }
     if (!x.over) { /* a pod that says no more: the caller gives up, as a timeout would */
