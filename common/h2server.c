@@ -131,6 +131,8 @@ struct conn {
     /* a request's header block has begun and not ended: the client may send nothing else until
      * it does (RFC 9113 6.10), so the idle timer runs, whatever other streams are open */
     bool head_open;
+    bool head_armed; /* the idle timer runs for that head (armed once: trickling bytes of it
+                      * must not push the deadline out) */
     uint32_t resets_left;        /* premature stream closes allowed now: see RESET_BURST */
     int64_t resets_at_s;         /* when resets_left was last refilled (monotonic seconds) */
     uint32_t empty_run;          /* DATA frames in a row that carried nothing: see EMPTY_MAX */
@@ -934,7 +936,7 @@ static int on_begin_headers(nghttp2_session *sess, const nghttp2_frame *f, void 
     nghttp2_session_set_stream_user_data(sess, f->hd.stream_id, s);
     c->hdr_stream = s;
     c->head_open = true;
-    head_arm(c); /* even with END_HEADERS set: its payload may stop half way */
+    c->head_armed = false; /* h2_recv arms the timer if the head is not whole after the read */
     return 0;
 }
 
@@ -1482,6 +1484,13 @@ static void h2_recv(conn_t *c)
     c->in_recv = true;
     int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->recv_stop, scan_frames, c);
     c->in_recv = false;
+    /* a head that did not come whole in this read (a HEADERS frame without END_HEADERS, or
+     * whose payload stopped half way) must within client_idle; the usual one-read head costs
+     * no timer operation */
+    if (c->head_open && !c->head_armed && !c->dead) {
+        c->head_armed = true;
+        head_arm(c);
+    }
     if (rv == 0 && c->flood != FLOOD_NONE) {
         char why[128];
         if (c->flood == FLOOD_EMPTY)

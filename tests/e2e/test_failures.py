@@ -1360,7 +1360,8 @@ def test_http11_head_not_finished_in_client_idle_gets_408(procs):
     assert_serving(gw)
 
 
-@pytest.mark.parametrize("cut", ["no_end_headers", "payload_cut", "beside_a_slow_request"])
+@pytest.mark.parametrize("cut", ["no_end_headers", "payload_cut", "beside_a_slow_request",
+                                 "trickled"])
 def test_h2_head_not_finished_in_client_idle_is_closed(procs, cut):
     """An HTTP/2 header block begun and never ended (a HEADERS frame without END_HEADERS and no
     CONTINUATION, or a HEADERS frame whose payload stops half way) held its connection for
@@ -1380,19 +1381,26 @@ def test_h2_head_not_finished_in_client_idle_is_closed(procs, cut):
         if cut == "beside_a_slow_request":
             out += frame(1, 5, 1, head("/slow?ms=4000"))  # END_STREAM | END_HEADERS
         block = head("/partial")
-        if cut == "payload_cut":
+        if cut in ("payload_cut", "trickled"):
             whole = frame(1, 5, 3, block)
-            out += whole[:9 + len(block) // 2]
+            out += whole[:9 + (1 if cut == "trickled" else len(block) // 2)]
         else:
             out += frame(1, 1, 3, block)  # END_STREAM, no END_HEADERS
         s.sendall(out)
         t0 = time.monotonic()
+        if cut == "trickled":  # one more byte of the head every 100 ms: no new deadline each
+            try:
+                for b in whole[10:50]:
+                    time.sleep(0.1)
+                    s.sendall(bytes([b]))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
         frames, closed, _ = read_frames(s, 5)
         took = time.monotonic() - t0
     assert closed, "connection still open 5 s after a head that did not end"
     assert 0.4 <= took < 3.0, took
     assert [f for f in frames if f[0] == 7], "closed without GOAWAY"
-    if cut != "payload_cut":  # the cut one may be cut before its stream began
+    if cut not in ("payload_cut", "trickled"):  # cut before its stream began, maybe
         recs = [r for r in gw.wait_access(2 if cut == "beside_a_slow_request" else 1)
                 if r["status"] == 408]
         assert len(recs) == 1 and recs[0]["error"] == "client_timeout", recs
