@@ -1485,8 +1485,8 @@ static void h2_recv(conn_t *c)
     int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->recv_stop, scan_frames, c);
     c->in_recv = false;
     /* a head that did not come whole in this read (a HEADERS frame without END_HEADERS, or
-     * whose payload stopped half way) must within client_idle; the usual one-read head costs
-     * no timer operation */
+     * whose payload stopped half way) must come whole within client_idle; the usual one-read
+     * head costs no timer operation */
     if (c->head_open && !c->head_armed && !c->dead) {
         c->head_armed = true;
         head_arm(c);
