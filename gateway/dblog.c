@@ -655,9 +655,12 @@ static void reject(mg_dblog_t *d, const char *line, size_t len, const char *why)
 /* The batch was refused for its data: insert row by row, rejecting only the bad ones (errors
  * about a row's own values, mg_db_value_refused; any other refusal is the server's state, and
  * the batch is retried after a backoff, waiting in the spool: a reason missing from that list
- * stalls the spool loudly rather than losing records). False on
- * a connection problem (the caller retries the whole batch; what went in is a duplicate then). */
-static bool insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
+ * stalls the spool loudly rather than losing records). ROWS_FAILED on a connection problem
+ * (the caller retries the whole batch; what went in is a duplicate then); ROWS_REBIND when a
+ * 1406 showed the column lengths changed: they are read already, and the caller binds the
+ * batch again with them, on the same connection. */
+enum { ROWS_DONE, ROWS_FAILED, ROWS_REBIND };
+static int insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
 {
     size_t refused = 0; /* counted once the pass is through: a batch sent back counts nothing */
     bool reread = false;
@@ -666,19 +669,21 @@ static bool insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
             continue;
         unsigned e = mysql_stmt_errno(d->stmt);
         if (!mg_db_value_refused(e))
-            return false;
+            return ROWS_FAILED;
         if (e == ER_DATA_TOO_LONG && !reread) {
             /* Values are cut to the column lengths read at connect: a column narrowed since
-             * (ALTER TABLE) refuses them. When the lengths did change, the batch goes back and
-             * is bound again with them; when not, the row is refused for another reason. */
+             * (ALTER TABLE) refuses them. When the lengths did change, the batch is bound again
+             * with them; when not, the row is refused for another reason. */
             unsigned chars[MG_DBROW_NCOLS];
             size_t bytes[MG_DBROW_NCOLS];
             memcpy(chars, d->max_chars, sizeof(chars));
             memcpy(bytes, d->max_bytes, sizeof(bytes));
             reread = true;
-            if (!read_lengths(d) || memcmp(chars, d->max_chars, sizeof(chars)) != 0 ||
+            if (!read_lengths(d))
+                return ROWS_FAILED;
+            if (memcmp(chars, d->max_chars, sizeof(chars)) != 0 ||
                 memcmp(bytes, d->max_bytes, sizeof(bytes)) != 0)
-                return false;
+                return ROWS_REBIND;
         }
         /* one line per error number a minute, with the first record: 2000 rows an operator's
          * CHECK refuses are not 2000 lines (the REJECTED summary counts them once a second) */
@@ -693,7 +698,7 @@ static bool insert_rows_one_by_one(mg_dblog_t *d, size_t rows)
         refused++;
     }
     atomic_fetch_add(&d->rejected, refused);
-    return true;
+    return ROWS_DONE;
 }
 
 /* Reads of the spool are sized for one batch (its lines' average size, with a margin) rather
@@ -713,7 +718,9 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
 {
     size_t len, n;
     mg_spool_pos_t next;
+    bool rebound = false;
     *nlines = 0;
+again:; /* the batch is read again (parsing decoded its strings in place) and bound again */
     mg_err_t rc = mg_spool_read(d->spool, pos, d->rbuf, d->read_size, d->c.batch_rows, &len, &n,
                                 &next, cut);
     if (rc != MG_OK)
@@ -733,7 +740,14 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
         put_row(d, rows++, &r);
     }
     if (rows > 0 && !execute_rows(d, 0, rows)) {
-        if (!mg_db_value_refused(mysql_stmt_errno(d->stmt)) || !insert_rows_one_by_one(d, rows)) {
+        int done = mg_db_value_refused(mysql_stmt_errno(d->stmt)) ? insert_rows_one_by_one(d, rows)
+                                                                  : ROWS_FAILED;
+        if (done == ROWS_REBIND && !rebound) {
+            atomic_fetch_sub(&d->rejected, bad); /* counted again on the second reading */
+            rebound = true;
+            goto again;
+        }
+        if (done != ROWS_DONE) {
             /* a cause that lasts (a trigger, a maintenance window) is said once a minute */
             char cause[300], more[64];
             unsigned long again;
