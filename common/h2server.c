@@ -1019,7 +1019,7 @@ static const char *report_reject(mg_srv_stream_t *s, int status, const char *cod
     mg_srv_req_t req;
     build_req(s, &req);
     req.head_whole = whole;
-    if (s->authority == NULL && s->host == NULL)
+    if (req.authority_absent)
         req.authority = NULL; /* not read, unlike an empty Host: the log says null */
     char *rid = mg_arena_alloc(&s->arena, 64);
     if (rid == NULL)

@@ -1,7 +1,9 @@
 #include "common/listen.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,15 @@ static bool split(const char *addr, char *host, size_t hcap, char *port, size_t 
     host[hlen] = '\0';
     strcpy(port, colon + 1);
     return true;
+}
+
+bool mg_sockaddr_is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+    return false;
 }
 
 int mg_listen_bind(const char *addr, bool first, char *err, size_t errlen)

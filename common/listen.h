@@ -20,4 +20,8 @@
  */
 int mg_listen_bind(const char *addr, bool first, char *err, size_t errlen);
 
+struct sockaddr;
+/* An IPv4 127/8 or IPv6 ::1 address (what only this machine reaches). */
+bool mg_sockaddr_is_loopback(const struct sockaddr *sa);
+
 #endif /* MG_COMMON_LISTEN_H */

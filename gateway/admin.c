@@ -183,13 +183,8 @@ static bool is_loopback(int fd)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
-        return false;
-    if (ss.ss_family == AF_INET)
-        return (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
-    if (ss.ss_family == AF_INET6)
-        return IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
-    return false;
+    return getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+           mg_sockaddr_is_loopback((struct sockaddr *)&ss);
 }
 
 static unsigned bound_port(int fd)

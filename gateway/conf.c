@@ -9,7 +9,6 @@
  */
 #include "gateway/conf.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -22,7 +21,10 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <event2/util.h> /* evutil_parse_sockaddr_port */
+
 #include "common/jsonerr.h"
+#include "common/listen.h"
 #include "common/log.h"
 #include "routing/discovery.h"
 #include "routing/host.h"
@@ -453,29 +455,15 @@ static void parse_tls(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_
  * --check-config refuses what start-up would; a name is judged once bound (gateway/admin.c). */
 static void admin_needs_loopback(mg_jerr_t *e, const char *listen)
 {
-    char host[256];
-    unsigned port;
-    const char *why;
-    struct in_addr a4;
-    struct in6_addr a6;
-    if (mg_host_split_port(listen, host, sizeof(host), &port, &why) != MG_OK)
-        return;
-    size_t n = strlen(host);
-    if (n > 2 && host[0] == '[' && host[n - 1] == ']')
-        memmove(host, host + 1, n - 2), host[n - 2] = '\0';
-    bool loopback;
-    if (inet_pton(AF_INET, host, &a4) == 1)
-        loopback = (ntohl(a4.s_addr) >> 24) == 127;
-    else if (inet_pton(AF_INET6, host, &a6) == 1)
-        loopback = IN6_IS_ADDR_LOOPBACK(&a6);
-    else
-        return;
-    if (!loopback) {
+    struct sockaddr_storage ss;
+    int len = (int)sizeof(ss);
+    if (evutil_parse_sockaddr_port(listen, (struct sockaddr *)&ss, &len) == 0 &&
+        !mg_sockaddr_is_loopback((struct sockaddr *)&ss)) {
         size_t o = mg_jerr_key(e, "listen");
         mg_jerr_f(e,
                   "%s is not a loopback address and admin.token_file is not set (set a token "
                   "file, or listen on 127.0.0.1)",
-                  host);
+                  listen);
         mg_jerr_pop(e, o);
     }
 }

@@ -79,13 +79,14 @@ def test_check_config_refuses_what_start_up_refuses(tmp_path):
         routes_doc({"svc": ["127.0.0.1:1"]}, [("digits", "production", "svc")])))
     conf = tmp_path / "gateway.json"
     base = {"listen": ["127.0.0.1:%d" % free_port()], "routes": "routes.json"}
+    p4, p6 = free_port(), free_port()
     cases = [
         ({"dns_nameserver": "127.0.0.1:99999"}, 'dns_nameserver: "127.0.0.1:99999" is not an IP'),
         ({"dns_nameserver": "not-an-ip"}, 'dns_nameserver: "not-an-ip" is not an IP'),
-        ({"admin": {"listen": "0.0.0.0:%d" % free_port()}},
-         "admin.listen: 0.0.0.0 is not a loopback address and admin.token_file is not set"),
-        ({"admin": {"listen": "[::]:%d" % free_port()}},
-         "admin.listen: :: is not a loopback address"),
+        ({"admin": {"listen": "0.0.0.0:%d" % p4}},
+         "admin.listen: 0.0.0.0:%d is not a loopback address and admin.token_file is not set"
+         % p4),
+        ({"admin": {"listen": "[::]:%d" % p6}}, "admin.listen: [::]:%d is not a loopback" % p6),
         ({"access_log": str(tmp_path / "no-such-dir" / "access.log")},
          "cannot open access log %s" % (tmp_path / "no-such-dir" / "access.log")),
     ]
