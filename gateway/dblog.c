@@ -457,8 +457,8 @@ static bool read_lengths(mg_dblog_t *d)
     for (size_t k = 0; k < MG_DBROW_NCOLS; k++)
         d->max_chars[k] = mg_dbrow_cols[k].maxlen, d->max_bytes[k] = SIZE_MAX;
     while ((row = mysql_fetch_row(r)) != NULL && row[0] && row[1] && row[2]) {
+        unsigned chars = (unsigned)strtoul(row[1], NULL, 10);
         for (size_t k = 0; k < MG_DBROW_NCOLS; k++) {
-            unsigned chars = (unsigned)strtoul(row[1], NULL, 10);
             if (mg_dbrow_cols[k].type != MG_DBROW_STR || strcmp(mg_dbrow_cols[k].name, row[0]))
                 continue;
             if (chars < d->max_chars[k])

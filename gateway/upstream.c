@@ -986,9 +986,13 @@ static mg_err_t h1_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
                         pod_authority(c, r));
     /* Trailers go only in a chunked body: a request that announces them (a Trailer field, RFC
      * 9110 6.6.2) is sent chunked, without its content-length, or they would be dropped */
-    bool announced = false;
-    for (size_t i = 0; i < r->nhdrs && r->has_body; i++)
-        announced |= r->hdrs[i].name_len == 7 && memcmp(r->hdrs[i].name, "trailer", 7) == 0;
+    bool announced = false, has_cl = false;
+    for (size_t i = 0; i < r->nhdrs && r->has_body; i++) {
+        const mg_hdr_t *h = &r->hdrs[i];
+        announced |= h->name_len == 7 && memcmp(h->name, "trailer", 7) == 0;
+        has_cl |= h->name_len == 14 && memcmp(h->name, "content-length", 14) == 0;
+    }
+    has_cl &= !announced;
     bool cookie_done = false;
     for (size_t i = 0; i < r->nhdrs; i++) {
         const mg_hdr_t *h = &r->hdrs[i];
@@ -1018,10 +1022,6 @@ static mg_err_t h1_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
         evbuffer_add(out, h->value, h->value_len);
         evbuffer_add(out, "\r\n", 2);
     }
-    bool has_cl = false;
-    for (size_t i = 0; i < r->nhdrs && !announced; i++)
-        if (r->hdrs[i].name_len == 14 && memcmp(r->hdrs[i].name, "content-length", 14) == 0)
-            has_cl = true;
     if (r->has_body && !has_cl) {
         if (r->content_length >= 0 && !announced) {
             evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)r->content_length);
