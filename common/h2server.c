@@ -79,7 +79,8 @@ struct mg_srv_stream {
     bool dispatched; /* its head was whole and went to dispatch_request (answered there or not) */
     bool req_ended;
     bool head;      /* HEAD request: no response body */
-    size_t unconsumed;
+    size_t unconsumed; /* body bytes handed over and credited to neither window */
+    size_t kept;       /* ... credited to the stream's window, held by the handler (mg_srv_keep) */
 
     struct evbuffer *out; /* HTTP/2 response body queue */
     bool responded, out_ended, deferred, want_drain, in_drain_list;
@@ -690,8 +691,8 @@ static void stream_close(mg_srv_stream_t *s, bool complete)
         s->handled = false;
         s->h->on_close(s, complete);
     }
-    if (c->h2 && s->unconsumed)
-        nghttp2_session_consume_connection(c->h2, s->unconsumed);
+    if (c->h2 && s->unconsumed + s->kept)
+        nghttp2_session_consume_connection(c->h2, s->unconsumed + s->kept);
     if (s->prev_in_conn)
         s->prev_in_conn->next_in_conn = s->next_in_conn;
     else
@@ -2367,6 +2368,38 @@ void mg_srv_consume(mg_srv_stream_t *s, size_t n)
         if (!c->in_recv)
             h1_process(c);
     }
+    leave(c);
+}
+
+void mg_srv_keep(mg_srv_stream_t *s, size_t n)
+{
+    conn_t *c = s->c;
+    if (c->proto != P_H2) {
+        mg_srv_consume(s, n); /* one stream at a time: its own bound is the connection's */
+        return;
+    }
+    if (n > s->unconsumed)
+        n = s->unconsumed;
+    if (n == 0)
+        return;
+    s->unconsumed -= n;
+    s->kept += n;
+    enter(c);
+    nghttp2_session_consume_stream(c->h2, s->id, n);
+    conn_flush(c);
+    leave(c);
+}
+
+void mg_srv_kept(mg_srv_stream_t *s, size_t held)
+{
+    conn_t *c = s->c;
+    if (held >= s->kept)
+        return;
+    size_t n = s->kept - held;
+    s->kept = held;
+    enter(c);
+    nghttp2_session_consume_connection(c->h2, n);
+    conn_flush(c);
     leave(c);
 }
 

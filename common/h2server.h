@@ -10,7 +10,9 @@
  *
  * Flow control, both ways: request body bytes handed to on_body count against the client's
  * window until the handler calls mg_srv_consume() (HTTP/2: WINDOW_UPDATE; HTTP/1.1: reading
- * pauses while more than MG_SRV_HIGH bytes are unconsumed). Response bytes queue per stream;
+ * pauses while more than MG_SRV_HIGH bytes are unconsumed), or, for bytes it buffers, until
+ * mg_srv_keep() (the stream's window) and mg_srv_kept() (the connection's, as they leave its
+ * buffer). Response bytes queue per stream;
  * the handler stops producing when mg_srv_pending() passes MG_SRV_HIGH and is called back with
  * on_drain once it falls below MG_SRV_LOW. mg_srv_pending() also reports MG_SRV_HIGH while
  * the connection holds more than connection_buffer bytes for its client across its streams.
@@ -212,6 +214,19 @@ size_t mg_srv_pending(const mg_srv_stream_t *s);
 
 /* The handler is done with |n| request body bytes: the client may send that many more. */
 void mg_srv_consume(mg_srv_stream_t *s, size_t n);
+
+/*
+ * The handler took |n| request body bytes into a buffer of its own: the stream may send that
+ * many more (HTTP/2: its stream window), but the connection's window opens only as they leave
+ * that buffer, told by mg_srv_kept(). A client's connection so holds at most
+ * limits.connection_window of request bodies in the gateway, however many of its streams go
+ * to pods that do not read. HTTP/1.1: as mg_srv_consume().
+ */
+void mg_srv_keep(mg_srv_stream_t *s, size_t n);
+
+/* The handler now holds |held| bytes of what it kept (its buffer's length; bytes leave it in
+ * order): the connection's window opens by what left. Never more than mg_srv_keep() took. */
+void mg_srv_kept(mg_srv_stream_t *s, size_t held);
 
 /* Aborts the stream: HTTP/2 RST_STREAM (INTERNAL_ERROR), HTTP/1.1 closes the connection.
  * on_close(false) follows. */

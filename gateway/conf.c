@@ -79,7 +79,7 @@ void mg_conf_defaults(mg_conf_t *c)
     c->limits.max_header_list_size = 65536;
     c->limits.max_headers = 100;
     c->limits.stream_window = 1048576;
-    c->limits.connection_window = 16777216;
+    c->limits.connection_window = 4194304;
     c->limits.connection_buffer = 4194304;
     c->limits.max_request_body = 0;
     c->tls_reload_check_ms = 60000;

@@ -16,7 +16,7 @@
  *     "access_log": "access.log",                     "-" = stdout, "" or null = off
  *     "log_level": "info",
  *     "limits": { "max_concurrent_streams": 100, "max_header_list_size": 65536,
- *                 "max_headers": 100, "stream_window": 1048576, "connection_window": 16777216,
+ *                 "max_headers": 100, "stream_window": 1048576, "connection_window": 4194304,
  *                 "connection_buffer": 4194304, "max_request_body": 0,
  *                 "max_client_conns": 0 },                    0 = unlimited
  *     "timeouts_ms": { "connect": 2000, "first_byte": 30000, "idle": 60000, "total": 0,

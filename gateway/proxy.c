@@ -4,8 +4,9 @@
  * DESIGN
  * An exchange (exch_t) ties a server stream (client side) to at most one upstream stream at a
  * time. Request body bytes go into |body|, an evbuffer the upstream drains as the pod accepts
- * them; they are acknowledged to the client (mg_srv_consume) only while |body| holds less than
- * MG_SRV_HIGH, so a slow pod slows the client instead of filling memory. Response bytes go the
+ * them; they are acknowledged to the client's stream (mg_srv_keep) only while |body| holds
+ * less than MG_SRV_HIGH, and to its connection as they leave |body| (body_taken), so a slow pod
+ * slows the client instead of filling memory. Response bytes go the
  * other way with mg_srv_pending/mg_up_consume. A failed attempt whose body bytes never left
  * |body| (connect refused or timed out, stream refused) is replayed on the next pod. A small
  * body is also copied to |kept| until the response starts, whatever the method: a stream the
@@ -143,6 +144,15 @@ static int64_t wall_us(void)
 
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 
+/* Body bytes left |body| (to the pod, or dropped): the client's connection may send as many
+ * more (mg_srv_keep). */
+static void body_taken(struct evbuffer *body, const struct evbuffer_cb_info *info, void *arg)
+{
+    exch_t *e = arg;
+    if (info->n_deleted && !e->closed && e->s)
+        mg_srv_kept(e->s, evbuffer_get_length(body));
+}
+
 static exch_t *exch_new(mg_proxy_t *p)
 {
     exch_t *e = p->free_exch;
@@ -163,7 +173,7 @@ static exch_t *exch_new(mg_proxy_t *p)
             return NULL;
         body = evbuffer_new();
         timer = evtimer_new(p->base, on_timer, e);
-        if (body == NULL || timer == NULL) {
+        if (body == NULL || timer == NULL || evbuffer_add_cb(body, body_taken, e) == NULL) {
             if (body)
                 evbuffer_free(body);
             if (timer)
@@ -999,7 +1009,7 @@ static void up_on_drain(void *ctx)
         size_t n = e->srv_unconsumed;
         e->srv_unconsumed = 0;
         hold(e);
-        mg_srv_consume(e->s, n);
+        mg_srv_keep(e->s, n);
         release(e);
     }
 }
@@ -1288,7 +1298,7 @@ static void on_body(mg_srv_stream_t *s, const uint8_t *data, size_t len)
         e->kept_len = 0;
     }
     if (evbuffer_get_length(e->body) < MG_SRV_HIGH)
-        mg_srv_consume(s, len);
+        mg_srv_keep(s, len);
     else
         e->srv_unconsumed += len; /* the pod is slower: hold the client's window */
     if (e->up)

@@ -151,7 +151,7 @@ static void defaults(void **state)
     assert_int_equal(c.limits.max_header_list_size, 65536);
     assert_int_equal(c.limits.max_headers, 100);
     assert_int_equal(c.limits.stream_window, 1048576);
-    assert_int_equal(c.limits.connection_window, 16777216);
+    assert_int_equal(c.limits.connection_window, 4194304);
     assert_int_equal(c.limits.connection_buffer, 4194304);
     assert_int_equal(c.limits.max_request_body, 0);
     assert_int_equal(c.limits.max_client_conns, 0);
