@@ -745,6 +745,28 @@ nomem:
     return MG_E_NOMEM;
 }
 
+/*
+ * A new name whose check is one another name already runs (same address, protocol, path and
+ * version: a service renamed by a reload, or a pod two services share) starts from that
+ * check's verdict and counts, not from UNKNOWN: the answer would be the same, and waiting for
+ * it took a renamed service's pods out of rotation until their first check.
+ */
+static void take_twin_verdict(mg_hc_t *hc, hc_pod_t *pod)
+{
+    for (const hc_pod_t *t = hc->pods; t; t = t->next) {
+        if (t == pod || t->state == MG_HC_UNKNOWN ||
+            !same_target(t, (const struct sockaddr *)&pod->addr, pod->addrlen, pod->proto,
+                         &(mg_hc_conf_t){.path = pod->path, .expect_version = pod->expect_version}))
+            continue;
+        pod->state = t->state;
+        pod->passes = t->passes;
+        pod->fails = t->fails;
+        MG_LOG(MG_LOG_INFO, "health", "%s starts %s, as %s (the same check)", pod->name,
+               mg_hc_state_name(pod->state), t->name);
+        return;
+    }
+}
+
 mg_err_t mg_hc_watch(mg_hc_t *hc, const char *name, const struct sockaddr *addr, socklen_t len,
                      mg_upstream_proto_t proto, const mg_hc_conf_t *conf)
 {
@@ -752,10 +774,13 @@ mg_err_t mg_hc_watch(mg_hc_t *hc, const char *name, const struct sockaddr *addr,
     if (err != MG_OK)
         return err;
     hc_pod_t *pod = *find_pod(hc, name);
+    bool created = pod == NULL;
     if (pod == NULL || !same_target(pod, addr, len, proto, conf)) {
         if ((err = restart_pod(hc, &pod, name, addr, len, proto, conf)) != MG_OK)
             return err;
     }
+    if (created)
+        take_twin_verdict(hc, pod);
     /* timing and thresholds apply from the next check, whatever the state */
     pod->interval_ms = conf->interval_ms;
     pod->timeout_ms = conf->timeout_ms;

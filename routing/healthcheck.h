@@ -10,7 +10,8 @@
  * matches. Connect, request(s) and response(s) together must finish within timeout_ms.
  *
  * States (mg_hc_state_t):
- *   UNKNOWN   - no verdict yet: a new pod, or one whose check target changed (see mg_hc_watch).
+ *   UNKNOWN   - no verdict yet: a new pod (unless another key runs the same check: see
+ *               mg_hc_watch), or one whose check target changed.
  *               Route only to HEALTHY pods: a runtime that has not loaded its first model must
  *               get no traffic, and UNKNOWN is the state it is in at first.
  *   HEALTHY   - from UNKNOWN after the first passing check (as Envoy treats a new host), from
@@ -87,7 +88,10 @@ mg_hc_t *mg_hc_new(struct event_base *base, mg_hc_cb cb, void *ud);
  * keeps its state, its counters and its schedule; new interval, timeout or thresholds apply from
  * the next check. A different address, protocol, path or expect_version restarts the pod: the
  * check in flight is dropped and the state goes back to UNKNOWN without a callback (the caller
- * made the change; it reads mg_hc_state if it keeps its own copy). Never calls the callback.
+ * made the change; it reads mg_hc_state if it keeps its own copy). A key watched for the first
+ * time whose check another key already runs (same address, protocol, path and expect_version,
+ * with a verdict) starts from that key's state and counters (a service renamed by a reload).
+ * Never calls the callback.
  * Returns MG_OK, MG_E_NOMEM, or MG_E_CONFIG (logged) when |conf| or |addr| is invalid: a path
  * not starting with '/' or with control characters or spaces, a zero interval, timeout or
  * threshold, an empty expect_version, a name longer than MG_HC_MAX_NAME, an address family

@@ -383,6 +383,29 @@ def test_unhealthy_pod_leaves_and_returns(procs):
     c.close()
 
 
+def test_reload_renaming_a_checked_service_keeps_its_pods_in_rotation(procs):
+    """A reload that renames a service (same pods, same check) hands its pods over with their
+    verdicts: the renamed service's first requests are served, not answered 503 no_healthy_pod
+    until the first check under the new name (which can start up to interval_ms / 10 later)."""
+    p0, p1 = procs.backend("p0"), procs.backend("p1")
+    hc = {"path": "/health", "interval_ms": 20000, "timeout_ms": 1000}
+    gw = procs.gateway(doc({"old": svc(p0, p1, health_check=hc)}, [route(service="old")]),
+                       tls=False)
+    c = Client(gw)
+    wait_for(lambda: c.get("/").status_code == 200, 5, what="the pods' first verdict")
+    gw.write_routes(doc({"new": svc(p0, p1, health_check=hc)}, [route(service="new")]))
+    gw.signal(signal.SIGHUP)
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len([r for r in seen if r[1] == "new"]) < 50:
+        r = c.get("/")
+        seen.append((r.status_code, r.headers.get("x-modelgate-service")))
+    c.close()
+    after = [code for code, name in seen if name == "new"]
+    assert len(after) == 50, seen[-5:]
+    assert set(code for code, _ in seen) == {200}, collections.Counter(seen)
+
+
 def test_all_pods_down_answers_503_at_once(procs):
     dead = ["127.0.0.1:%d" % free_port() for _ in range(2)]
     hc = {"path": "/health", "interval_ms": 200, "timeout_ms": 200}

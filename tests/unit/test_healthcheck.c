@@ -628,6 +628,33 @@ static void watch_is_idempotent_and_restarts_on_change(void **state)
     assert_int_equal(f->changes, seen);
 }
 
+/* A second key for the same check (a service renamed by a reload) starts from the verdict the
+ * first one reached; another path is another check and starts UNKNOWN. */
+static void new_key_for_a_running_check_takes_its_verdict(void **state)
+{
+    fix_t *f = *state;
+    int port = start_backend(f, "both", NULL);
+    char pod[32], old_key[64], new_key[64], other_key[64];
+    pod_name(pod, sizeof(pod), port);
+    snprintf(old_key, sizeof(old_key), "svc-a/%s", pod);
+    snprintf(new_key, sizeof(new_key), "svc-b/%s", pod);
+    snprintf(other_key, sizeof(other_key), "svc-c/%s", pod);
+    mg_hc_conf_t c = conf("/healthz", 1, 1);
+    watch(f, old_key, port, MG_UP_H1, &c);
+    wait_state(f, old_key, MG_HC_HEALTHY);
+
+    watch(f, new_key, port, MG_UP_H1, &c); /* no loop turn between: no check of its own ran */
+    assert_int_equal(mg_hc_state(f->hc, new_key), MG_HC_HEALTHY);
+    mg_hc_unwatch(f->hc, old_key);
+    assert_int_equal(mg_hc_state(f->hc, new_key), MG_HC_HEALTHY);
+
+    c.path = "/other";
+    watch(f, other_key, port, MG_UP_H1, &c);
+    assert_int_equal(mg_hc_state(f->hc, other_key), MG_HC_UNKNOWN);
+    watch(f, other_key, port, MG_UP_H2C, &c);
+    assert_int_equal(mg_hc_state(f->hc, other_key), MG_HC_UNKNOWN);
+}
+
 static void bad_conf_is_refused(void **state)
 {
     fix_t *f = *state;
@@ -826,6 +853,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(h2c_slow_pod_times_out, setup, teardown),
         cmocka_unit_test_setup_teardown(h2c_nghttpd_docroot, setup, teardown),
         cmocka_unit_test_setup_teardown(watch_is_idempotent_and_restarts_on_change, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(new_key_for_a_running_check_takes_its_verdict, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(bad_conf_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(free_in_callback, setup, teardown),
