@@ -160,6 +160,7 @@ struct conn {
     const char *h1_refused_code, *h1_refused_msg;
     char *h1_scratch; /* field and value being accumulated */
     size_t h1_fld_len, h1_val_len, h1_hdr_bytes;
+    size_t h1_ext_bytes; /* chunk extension bytes of the chunk being read */
 };
 
 /*
@@ -1614,7 +1615,7 @@ static int h1_on_message_begin(llhttp_t *p)
 {
     conn_t *c = parser_conn(p);
     c->h1_headers_done = false;
-    c->h1_fld_len = c->h1_val_len = c->h1_hdr_bytes = 0;
+    c->h1_fld_len = c->h1_val_len = c->h1_hdr_bytes = c->h1_ext_bytes = 0;
     c->h1s = stream_new(c, 0);
     if (c->h1s)
         idle_arm(c); /* the head must arrive within client_idle_ms */
@@ -1834,6 +1835,24 @@ static int h1_on_body(llhttp_t *p, const char *at, size_t len)
         c->h1_read_off = true; /* backpressure: the handler's sink is full */
         mg_outq_disable(&c->outq, c->bev, EV_READ);
     }
+    return 0;
+}
+
+/* Chunk extensions mean nothing to the gateway and count toward no limit (not the body's):
+ * past MG_H1_MAX_CHUNK_EXT bytes in one chunk, the request is refused, as Node does. */
+static int h1_on_chunk_ext(llhttp_t *p, const char *at, size_t len)
+{
+    conn_t *c = parser_conn(p);
+    (void)at;
+    c->h1_ext_bytes += len;
+    if (c->h1_ext_bytes > MG_H1_MAX_CHUNK_EXT)
+        return h1_refuse(c, 400, "bad_request", "chunk extensions over 16384 bytes in one chunk");
+    return 0;
+}
+
+static int h1_on_chunk_header(llhttp_t *p)
+{
+    parser_conn(p)->h1_ext_bytes = 0;
     return 0;
 }
 
@@ -3194,6 +3213,9 @@ mg_srv_t *mg_srv_new(struct event_base *base, const mg_srv_conf_t *conf,
     srv->h1settings.on_header_value_complete = h1_on_value_complete;
     srv->h1settings.on_headers_complete = h1_on_headers_complete;
     srv->h1settings.on_body = h1_on_body;
+    srv->h1settings.on_chunk_extension_name = h1_on_chunk_ext;
+    srv->h1settings.on_chunk_extension_value = h1_on_chunk_ext;
+    srv->h1settings.on_chunk_header = h1_on_chunk_header;
     srv->h1settings.on_message_complete = h1_on_message_complete;
     return srv;
 }

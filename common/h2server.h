@@ -38,6 +38,8 @@
 
 #define MG_SRV_HIGH (256 * 1024) /* per-stream buffered bytes above which producers pause */
 #define MG_SRV_LOW (64 * 1024)   /* ... and below which they resume */
+/* HTTP/1.1 chunk extension bytes allowed in one chunk, both ways (Node's bound) */
+#define MG_H1_MAX_CHUNK_EXT 16384
 
 /* How a field goes into HPACK (RFC 7541) on an HTTP/2 hop. */
 typedef enum mg_hpack {

@@ -110,6 +110,7 @@ struct up_conn {
     mg_up_stream_t *hdr_stream; /* the stream whose header block is being decoded */
     char h1_why[96]; /* why a callback failed the HTTP/1.1 parse: llhttp's own reason then
                       * only says "User callback error" */
+    size_t h1_ext_bytes; /* chunk extension bytes of the chunk being read */
 };
 
 struct pool {
@@ -877,6 +878,25 @@ static int h1_on_body(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* A pod's chunk extensions are bounded as a client's are (h2server.c): they count toward no
+ * limit, and the gateway drops them. */
+static int h1_on_chunk_ext(llhttp_t *p, const char *at, size_t len)
+{
+    up_conn_t *c = p->data;
+    (void)at;
+    c->h1_ext_bytes += len;
+    if (c->h1_ext_bytes <= MG_H1_MAX_CHUNK_EXT)
+        return 0;
+    h1_why(p, "chunk extensions over %d bytes in one chunk", MG_H1_MAX_CHUNK_EXT);
+    return -1;
+}
+
+static int h1_on_chunk_header(llhttp_t *p)
+{
+    ((up_conn_t *)p->data)->h1_ext_bytes = 0;
+    return 0;
+}
+
 static int h1_on_message_complete(llhttp_t *p)
 {
     up_conn_t *c = p->data;
@@ -1585,6 +1605,9 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     u->h1settings.on_header_value_complete = h1_on_value_complete;
     u->h1settings.on_headers_complete = h1_on_headers_complete;
     u->h1settings.on_body = h1_on_body;
+    u->h1settings.on_chunk_extension_name = h1_on_chunk_ext;
+    u->h1settings.on_chunk_extension_value = h1_on_chunk_ext;
+    u->h1settings.on_chunk_header = h1_on_chunk_header;
     u->h1settings.on_message_complete = h1_on_message_complete;
     return u;
 }

@@ -181,6 +181,45 @@ def test_http11_chunked_request_body(stack):
     assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
 
 
+def test_http11_chunk_extensions_are_bounded(stack):
+    """Chunk extensions count toward no limit (not the body's): one chunk may carry 16 KiB of
+    them, as Node allows; past that the request is refused with a 400 naming them, instead of
+    the gateway reading extension bytes for as long as a client sends them."""
+    gw, _, _ = stack
+    head = ("POST /chunked HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % gw.authority()).encode()
+    small = b"5;name=" + b"v" * 1000 + b"\r\nhello\r\n0;last\r\n\r\n"
+    with H1Conn(gw.port) as c:
+        c.send(head + small)
+        r = c.read_response()
+    assert r.status == 200 and r.json()["body_len"] == 5, r.status
+    big = b"5;name=" + b"v" * 17000 + b"\r\nhello\r\n0\r\n\r\n"
+    with H1Conn(gw.port) as c:
+        c.send(head + big)
+        r = c.read_response()
+    assert r.status == 400, r.status
+    assert "chunk extensions over 16384 bytes" in r.json()["error"]["message"], r.json()
+
+
+def test_pod_chunk_extensions_are_bounded(procs, raw_pods):
+    """A pod's answer is held to the same 16 KiB of chunk extensions per chunk: past it, the
+    answer is cut (its head has gone out) and logged upstream_protocol_error."""
+    ok = raw_pods("http1", 200, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                  b"2;a=" + b"x" * 1000 + b"\r\nok\r\n0\r\n\r\n")
+    bad = raw_pods("http1", 200, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                   b"2;a=" + b"x" * 17000 + b"\r\nok\r\n0\r\n\r\n")
+    gw = procs.gateway(routes_doc({"ok": ([ok.addr], "http1"), "bad": ([bad.addr], "http1")},
+                                  [("digits", "production", "ok"),
+                                   ("fraud-detect", "staging", "bad")]), conf={"workers": 1})
+    r = h1(gw, "GET", "/ext")
+    assert r.status == 200 and r.body == b"ok", (r.status, r.body)
+    with gw.h2(host=HOST_B) as c:
+        r = c.get("/ext-bad")
+        assert r.status == 200 and r.body == b"" and r.reset_code is not None, r
+    line = [ln for ln in gw.wait_access(2) if ln["path"] == "/ext-bad"][0]
+    assert (line["status"], line["error"]) == (200, "upstream_protocol_error"), line
+
+
 def test_http11_pipelined_answered_in_order(stack):
     gw, _, _ = stack
     # the first is the slowest: answers must still come back in request order
