@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static void buf_append(mg_jerr_t *e, const char *s, size_t n)
 {
@@ -119,9 +120,14 @@ static const char *describe(const mg_jerr_t *e, const json_t *v, char *out, size
     case JSON_INTEGER:
         snprintf(out, cap, "number %" JSON_INTEGER_FORMAT, json_integer_value(v));
         return out;
-    case JSON_REAL:
-        snprintf(out, cap, "number %g", json_real_value(v));
+    case JSON_REAL: {
+        /* "1e0" or "1.0" where an integer goes would read "got number 1" without the remark */
+        double x = json_real_value(v);
+        bool whole = x > -1e15 && x < 1e15 && (double)(long long)x == x;
+        snprintf(out, cap, "number %g%s", x,
+                 whole ? ", written with a fraction or an exponent" : "");
         return out;
+    }
     case JSON_TRUE:
         return "true";
     case JSON_FALSE:
@@ -170,4 +176,16 @@ void mg_jerr_bool(mg_jerr_t *e, const json_t *obj, const char *key, bool *out)
     else
         *out = json_is_true(v);
     mg_jerr_pop(e, old);
+}
+
+json_t *mg_json_load_file(const char *path, json_error_t *err)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        memset(err, 0, sizeof(*err));
+        err->line = err->column = -1;
+        snprintf(err->text, sizeof(err->text), "a directory, not a JSON file");
+        return NULL;
+    }
+    return json_load_file(path, JSON_REJECT_DUPLICATES, err);
 }

@@ -25,6 +25,10 @@ typedef struct mg_jerr {
     size_t plen; /* strlen(path), always */
 } mg_jerr_t;
 
+/* json_load_file with duplicate keys refused, and a directory named as a directory (jansson
+ * reads one as an empty file: "'[' or '{' expected near end of file"). */
+json_t *mg_json_load_file(const char *path, json_error_t *err);
+
 /* One problem at the current path: "source: path: message" (no path at the root). */
 void mg_jerr_f(mg_jerr_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* One problem already formatted (possibly several lines), as it is. */

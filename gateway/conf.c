@@ -642,6 +642,12 @@ static void apply_doc(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_
         mg_jerr_type(e, doc, "object");
         return;
     }
+    if (json_object_get(doc, "services") || json_is_array(json_object_get(doc, "routes"))) {
+        /* one line that says what to do, not a line per routing key */
+        mg_jerr_f(e, "this is a routing document, not the gateway's config: name it in "
+                     "gateway.json's \"routes\" or pass it with --routes FILE");
+        return;
+    }
     mg_jerr_keys(e, doc, keys);
     parse_listen(e, doc, "listen", c->listen, &c->nlisten);
     parse_tls(e, doc, dir, c);
@@ -723,7 +729,7 @@ mg_err_t mg_conf_load(const char *path, mg_conf_t *c, char **errors)
     char *dir = NULL;
     if (errors != NULL)
         *errors = NULL;
-    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *doc = mg_json_load_file(path, &jerr);
     if (doc == NULL) {
         syntax_error(&e, path, &jerr);
         errors_out(&e, errors);

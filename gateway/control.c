@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/jsonerr.h"
 #include "common/log.h"
 #include "routing/discovery.h"
 #include "routing/healthcheck.h"
@@ -279,7 +280,7 @@ mg_control_t *mg_control_new(struct event_base *base, const char *nameserver,
 mg_routes_t *mg_control_load(mg_control_t *c, const char *path, char **errors)
 {
     json_error_t jerr;
-    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *doc = mg_json_load_file(path, &jerr);
     if (doc == NULL) /* let the routes module word the syntax error as usual */
         return mg_routes_load(path, errors);
     mg_routes_t *r = build(c, doc, path, errors);

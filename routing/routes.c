@@ -396,9 +396,10 @@ static void opt_uint(mg_jerr_t *e, const json_t *obj, const char *key, uint64_t 
     if (v == NULL)
         return;
     size_t old = mg_jerr_key(e, key);
+    char exp[160];
+    snprintf(exp, sizeof(exp), "an integer %" PRIu64 "-%" PRIu64 ", %s", lo, hi, meaning);
     if (!json_is_integer(v))
-        mg_jerr_f(e, "wrong type (expected an integer %" PRIu64 "-%" PRIu64 ", %s)", lo, hi,
-                  meaning);
+        mg_jerr_type(e, v, exp);
     else if (json_integer_value(v) < (json_int_t)lo || (uint64_t)json_integer_value(v) > hi)
         mg_jerr_f(
             e, "out of range (got %" JSON_INTEGER_FORMAT "; expected %" PRIu64 "-%" PRIu64 ", %s)",
@@ -1277,6 +1278,12 @@ mg_routes_t *mg_routes_build(const json_t *doc, const char *source, mg_routes_dn
                          "object with keys domain, envs, services, routes, default_service");
         return fail_with(&e, r, errors);
     }
+    if (json_object_get(doc, "listen") || json_object_get(doc, "tls") ||
+        json_is_string(json_object_get(doc, "routes"))) {
+        mg_jerr_f(&e, "this is the gateway's config (gateway.json), not a routing document: "
+                      "pass it with --config FILE");
+        return fail_with(&e, r, errors);
+    }
     mg_jerr_keys(&e, doc, keys);
     parse_domain(&e, doc, r);
     bool envs_ok = parse_envs(&e, doc, r);
@@ -1297,7 +1304,7 @@ mg_routes_t *mg_routes_load(const char *path, char **errors)
     json_error_t jerr;
     if (errors != NULL)
         *errors = NULL;
-    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *doc = mg_json_load_file(path, &jerr);
     if (doc == NULL) {
         /* "PATH:LINE:COL: text", the way compilers print it, so editors can jump there. */
         char src[1100];

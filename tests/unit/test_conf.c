@@ -467,6 +467,52 @@ static void file_syntax_errors(void **state)
     snprintf(want, sizeof(want), "%s: wrong type (got an array; expected object)", cfg);
     assert_string_equal(e, want);
     free(e);
+
+    /* a directory: jansson alone said "'[' or '{' expected near end of file" */
+    e = run_fail(&c, ARGV("--config", "/tmp"));
+    assert_string_equal(e, "/tmp: a directory, not a JSON file");
+    free(e);
+
+    /* an integer written as a real reads as one: "got number 1; expected integer" was a riddle */
+    cfg = put(f, "gateway4.json", "{'listen':['127.0.0.1:8080'],'workers':1e0}");
+    e = run_fail(&c, ARGV("--config", (char *)cfg));
+    snprintf(want, sizeof(want),
+             "%s: workers: wrong type (got number 1, written with a fraction or an exponent; "
+             "expected integer 0-1024 (0 = one per core))",
+             cfg);
+    assert_string_equal(e, want);
+    free(e);
+}
+
+/* The routing document passed as the config, and the config as the routing document: one
+ * line that says which file goes where, not a line per key of the other document. */
+static void documents_swapped(void **state)
+{
+    fx_t *f = *state;
+    mg_conf_t c;
+    mg_conf_action_t a = MG_CONF_RUN;
+    const char *routes =
+        put(f, "routes.json",
+            "{'domain':'x.com','envs':['prod'],'services':{'a':{'pods':"
+            "['127.0.0.1:1']}},'routes':[{'app':'m','env':'prod','service':'a'}]}");
+    char *e = run_fail(&c, ARGV("--check-config", (char *)routes));
+    char want[512];
+    snprintf(want, sizeof(want),
+             "%s: this is a routing document, not the gateway's config: name it in "
+             "gateway.json's \"routes\" or pass it with --routes FILE",
+             routes);
+    assert_string_equal(e, want);
+    free(e);
+
+    const char *cfg = put(f, "gateway.json", "{'listen':['127.0.0.1:8080'],'routes':'gw2.json'}");
+    put(f, "gw2.json", "{'listen':['127.0.0.1:8080'],'workers':1}");
+    char **argv = ARGV("--check-config", (char *)cfg);
+    e = run(argv, argc_of(argv), &c, &a);
+    assert_non_null(e);
+    expect_line(e, "gw2.json: this is the gateway's config (gateway.json), not a routing "
+                   "document: pass it with --config FILE");
+    assert_int_equal(count_lines(e), 1);
+    free(e);
 }
 
 static void too_many_listeners(void **state)
@@ -743,6 +789,7 @@ int main(void)
         T(file_errors_all_in_one_pass),
         T(upstream_conn_limits),
         T(file_syntax_errors),
+        T(documents_swapped),
         T(too_many_listeners),
         T(flag_errors),
         T(help_and_version),
