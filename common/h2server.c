@@ -40,6 +40,8 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/listener.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -3392,6 +3394,32 @@ static void set_keep_buffers(void)
     tls_keep_buffers = mg_srv_free_buffers_safe(OpenSSL_version_num());
 }
 
+/* Why OpenSSL refused a file, in an operator's words where its own say little ("no start
+ * line", or "unsupported" from the decoder in front of it); the queue is cleared, so no later
+ * TLS call on this thread reads it as its own. */
+static const char *tls_file_why(char *buf, size_t len)
+{
+    unsigned long first = ERR_peek_error(), e;
+    const char *known = NULL;
+    while (known == NULL && (e = ERR_get_error()) != 0) {
+        int reason = ERR_GET_REASON(e);
+        if (ERR_SYSTEM_ERROR(e))
+            known = strerror(reason);
+        else if (ERR_GET_LIB(e) == ERR_LIB_PEM && reason == PEM_R_NO_START_LINE)
+            known = "not PEM, or not the right kind (no matching \"-----BEGIN\" line)";
+        else if (ERR_GET_LIB(e) == ERR_LIB_X509 && reason == X509_R_KEY_VALUES_MISMATCH)
+            known = "not the key of the certificate";
+        else if (ERR_GET_LIB(e) == ERR_LIB_OSSL_DECODER && reason == ERR_R_UNSUPPORTED)
+            known = "nothing in it reads as one (PEM expected)";
+    }
+    ERR_clear_error();
+    if (known == NULL)
+        known = first && ERR_reason_error_string(first) ? ERR_reason_error_string(first)
+                                                        : "unknown OpenSSL error";
+    snprintf(buf, len, "%s", known);
+    return buf;
+}
+
 SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -3414,16 +3442,15 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
     pthread_once(&keep_buffers_once, set_keep_buffers); /* see TLS_SWEEP_MS */
     if (!tls_keep_buffers)
         SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    char why[160];
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
-        unsigned long e = ERR_get_error();
-        snprintf(err, errlen, "TLS certificate '%s': %s", cert, ERR_reason_error_string(e));
+        snprintf(err, errlen, "TLS certificate '%s': %s", cert, tls_file_why(why, sizeof(why)));
         SSL_CTX_free(ctx);
         return NULL;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
-        unsigned long e = ERR_get_error();
-        snprintf(err, errlen, "TLS key '%s': %s", key, ERR_reason_error_string(e));
+        snprintf(err, errlen, "TLS key '%s': %s", key, tls_file_why(why, sizeof(why)));
         SSL_CTX_free(ctx);
         return NULL;
     }

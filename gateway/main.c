@@ -27,6 +27,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -592,6 +593,22 @@ static void features_metrics(void *ud, struct evbuffer *out)
     mg_fsource_metrics_page(ud, "", out, &type);
 }
 
+/* A file the configuration names refused, said as the configuration's own problems are: the
+ * header once, then a line per problem. */
+static void conf_reject(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void conf_reject(const char *fmt, ...)
+{
+    static bool header_said;
+    if (!header_said)
+        fputs("modelgate: configuration rejected:\n", stderr);
+    header_said = true;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
 /* One secret file, read as start-up reads it; says why on stderr when start-up would refuse it. */
 static bool check_secret(const char *path, const char *key, mg_secret_kind_t kind, size_t max)
 {
@@ -599,7 +616,7 @@ static bool check_secret(const char *path, const char *key, mg_secret_kind_t kin
     if (path == NULL)
         return true;
     if (mg_secretfile_read(path, key, kind, max, &secret, err, sizeof(err)) != MG_OK) {
-        fprintf(stderr, "modelgate: %s\n", err);
+        conf_reject("%s", err);
         return false;
     }
     mg_secretfile_free(secret);
@@ -615,7 +632,7 @@ static bool check_access_log(const char *path)
     if (access(path, F_OK) == 0) {
         if (access(path, W_OK) == 0)
             return true;
-        fprintf(stderr, "modelgate: cannot open access log %s: %s\n", path, strerror(errno));
+        conf_reject("cannot open access log %s: %s", path, strerror(errno));
         return false;
     }
     char dir[4096];
@@ -624,8 +641,7 @@ static bool check_access_log(const char *path)
              slash ? path : ".");
     if (access(dir, W_OK | X_OK) == 0)
         return true;
-    fprintf(stderr, "modelgate: cannot open access log %s: directory %s: %s\n", path, dir,
-            strerror(errno));
+    conf_reject("cannot open access log %s: directory %s: %s", path, dir, strerror(errno));
     return false;
 }
 
@@ -640,7 +656,7 @@ static int check_only(const mg_conf_t *conf)
         char err[512];
         SSL_CTX *tls = mg_srv_tls_ctx_new(conf->tls_cert, conf->tls_key, err, sizeof(err));
         if (tls == NULL)
-            fprintf(stderr, "modelgate: %s\n", err);
+            conf_reject("%s", err);
         ok = tls != NULL;
         SSL_CTX_free(tls);
     }
@@ -650,7 +666,7 @@ static int check_only(const mg_conf_t *conf)
         bool read = read_ticket_file(conf->tls_ticket_key_file, keys, digest, err, sizeof(err));
         OPENSSL_cleanse(keys, sizeof(keys));
         if (!read)
-            fprintf(stderr, "modelgate: %s\n", err);
+            conf_reject("%s", err);
         ok &= read;
     }
     ok &= check_secret(conf->admin_token_file, "admin.token_file", MG_SECRET_TOKEN,
@@ -890,13 +906,13 @@ int main(int argc, char **argv)
             bool ok = len > 0 && mg_tls_tickets_set(g_tickets, keys, len);
             OPENSSL_cleanse(keys, sizeof(keys));
             if (!ok) {
-                fprintf(stderr, "modelgate: %s\n", err);
+                conf_reject("%s", err);
                 goto out;
             }
         }
         g_tls = tls_ctx_new(&conf, err, sizeof(err));
         if (g_tls == NULL) {
-            fprintf(stderr, "modelgate: %s\n", err);
+            conf_reject("%s", err);
             goto out;
         }
         log_certificate("from");
@@ -914,6 +930,9 @@ int main(int argc, char **argv)
     }
     if (conf.admin_listen) {
         char err[512];
+        if (!check_secret(conf.admin_token_file, "admin.token_file", MG_SECRET_TOKEN,
+                          MG_ADMIN_TOKEN_MAX))
+            goto out; /* said as --check-config says it */
         g_admin = mg_admin_new(conf.admin_listen, conf.admin_token_file, err, sizeof(err));
         if (g_admin == NULL) {
             fprintf(stderr, "modelgate: %s\n", err);

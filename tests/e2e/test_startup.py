@@ -69,7 +69,7 @@ def test_one_address_twice_is_refused_by_check_config(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_check_config_refuses_what_start_up_refuses(tmp_path):
+def test_check_config_refuses_what_start_up_refuses(tmp_path, tls_material):
     """--check-config said "configuration OK" for files the start refused, or that started
     half-configured: a dns_nameserver that is no address (port 99999: DNS discovery never
     started, and every DNS service answered 503 no_pods for good), an admin listener on a
@@ -96,6 +96,26 @@ def test_check_config_refuses_what_start_up_refuses(tmp_path):
             r = run(*how)
             assert r.returncode != 0 and msg in r.stderr, (how, extra, r.stdout, r.stderr)
             assert not SANITIZER_RE.search(r.stderr), r.stderr
+    # files the config names, refused under the same header as the config's own problems, in
+    # words that say what is wrong with them (OpenSSL's alone: "no start line", "unsupported")
+    (tmp_path / "bad.pem").write_text("garbage\n")
+    tls = {"listen": ["127.0.0.1:%d" % free_port()]}
+    cert = tls_material["cert"]
+    file_cases = [
+        ({"tls": dict(tls, cert="bad.pem", key="bad.pem")},
+         "TLS certificate '%s': not PEM, or not the right kind" % (tmp_path / "bad.pem")),
+        ({"tls": dict(tls, cert=cert, key=cert)},
+         "TLS key '%s': nothing in it reads as one (PEM expected)" % cert),
+        ({"admin": {"listen": "127.0.0.1:%d" % free_port(), "token_file": "no-such-token"}},
+         'admin.token_file: cannot read'),
+    ]
+    for extra, msg in file_cases:
+        conf.write_text(json.dumps(dict(base, **extra)))
+        for how in (["--check-config", str(conf)], ["--config", str(conf)]):
+            r = run(*how)
+            assert r.returncode != 0, (how, extra, r.stdout, r.stderr)
+            assert "modelgate: configuration rejected:\n" in r.stderr and msg in r.stderr, (
+                how, extra, r.stderr)
     for extra in ({"dns_nameserver": "[::1]:53"}, {"admin": {"listen": "[::1]:%d" % free_port()}},
                   {"access_log": str(tmp_path / "access.log")}):
         conf.write_text(json.dumps(dict(base, **extra)))
