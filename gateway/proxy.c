@@ -444,6 +444,17 @@ static void attempt_done(exch_t *e, outcome_t how)
 static void fail(exch_t *e, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* The request body is not wanted any more (answered, or failed): the client may send the
+ * rest at once, and what |body| holds stops counting against its connection's window. */
+static void drop_body(exch_t *e)
+{
+    if (e->srv_unconsumed) {
+        mg_srv_consume(e->s, e->srv_unconsumed);
+        e->srv_unconsumed = 0;
+    }
+    evbuffer_drain(e->body, evbuffer_get_length(e->body));
+}
+
 static void fail(exch_t *e, int status, const char *code, const char *fmt, ...)
 {
     if (e->up) {
@@ -465,11 +476,7 @@ static void fail(exch_t *e, int status, const char *code, const char *fmt, ...)
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
         e->status = status;
-        /* the request body is not wanted any more: let the client finish sending it */
-        if (e->srv_unconsumed) {
-            mg_srv_consume(e->s, e->srv_unconsumed);
-            e->srv_unconsumed = 0;
-        }
+        drop_body(e);
         mg_hdr_t svc_hdr = {"x-modelgate-service", e->svc ? e->svc->name : "", 19,
                             e->svc ? strlen(e->svc->name) : 0, MG_HPACK_INDEX};
         if (!e->closed)
@@ -879,10 +886,8 @@ static void up_on_headers(void *ctx, int status, const mg_hdr_t *h, size_t n, bo
     if (end) {
         e->finished = true;
         evtimer_del(e->timer);
-        if (e->srv_unconsumed && !e->req_ended) {
-            mg_srv_consume(e->s, e->srv_unconsumed);
-            e->srv_unconsumed = 0;
-        }
+        if (!e->req_ended)
+            drop_body(e);
     }
     if (!e->closed)
         mg_srv_respond(e->s, status, out, k, end);
@@ -943,10 +948,8 @@ static void up_on_end(void *ctx, const mg_hdr_t *trailers, size_t n)
     e->finished = true;
     evtimer_del(e->timer);
     hold(e);
-    if (e->srv_unconsumed && !e->req_ended) { /* answered early: drain the rest */
-        mg_srv_consume(e->s, e->srv_unconsumed);
-        e->srv_unconsumed = 0;
-    }
+    if (!e->req_ended) /* answered early: drain the rest */
+        drop_body(e);
     if (!e->closed)
         mg_srv_end(e->s, trailers, n);
     release(e);
