@@ -535,9 +535,16 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
                now >= e->t_fb_start + (int64_t)e->to_first_byte * 1000 && mg_up_is_queued(e->up)) {
         /* it never left the gateway: not the pod's failure */
         attempt_done(e, OUTCOME_NEUTRAL);
-        fail(e, 504, "upstream_timeout",
-             "no connection to pod %s was free within %u ms (upstream.max_conns_per_pod %u)",
-             e->svc->pods[e->pod].name, e->to_first_byte, e->p->conf->upstream.max_conns_per_pod);
+        if (mg_up_queued_for_setup(e->up)) /* first_byte set below connect */
+            fail(e, 504, "upstream_timeout",
+                 "no connection to pod %s was ready within %u ms: the one being set up had not "
+                 "connected (timeouts_ms.connect %u) or had no SETTINGS from the pod yet",
+                 e->svc->pods[e->pod].name, e->to_first_byte, e->p->conf->timeouts_ms.connect);
+        else
+            fail(e, 504, "upstream_timeout",
+                 "no connection to pod %s was free within %u ms (upstream.max_conns_per_pod %u)",
+                 e->svc->pods[e->pod].name, e->to_first_byte,
+                 e->p->conf->upstream.max_conns_per_pod);
     } else if (e->up && !e->resp_started && e->to_first_byte && e->req_ended &&
                now >= e->t_fb_start + (int64_t)e->to_first_byte * 1000) {
         /* the pod had the whole request and did not answer: that counts against it */

@@ -1540,6 +1540,16 @@ bool mg_up_is_queued(const mg_up_stream_t *s)
     return s->queued != NULL;
 }
 
+bool mg_up_queued_for_setup(const mg_up_stream_t *s)
+{
+    if (s->queued == NULL)
+        return false;
+    for (const up_conn_t *c = s->queued->conns; c; c = c->next)
+        if (!c->dead && !c->goaway && (!c->connected || !handshaken(c)))
+            return true;
+    return false;
+}
+
 int64_t mg_up_dequeued_us(const mg_up_stream_t *s)
 {
     return s->dequeued_us;

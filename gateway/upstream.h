@@ -110,6 +110,10 @@ mg_up_stream_t *mg_up_start(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_
 /* Is |s| still waiting for a connection (max_conns_per_pod)? Nothing of it was sent then. */
 bool mg_up_is_queued(const mg_up_stream_t *s);
 
+/* Is |s| queued while a connection of its pod is being set up (connecting, or an h2c pod's
+ * SETTINGS not yet in)? It waits for that connection then, not for a busy one to free up. */
+bool mg_up_queued_for_setup(const mg_up_stream_t *s);
+
 /* When |s| left the queue for a connection (mg_mono_us()), or 0 when it never waited:
  * the pod has had it since then, not since mg_up_start. */
 int64_t mg_up_dequeued_us(const mg_up_stream_t *s);

@@ -207,6 +207,24 @@ def test_first_byte_timeout_504(procs):
     error_json(504, "upstream_timeout", r.status, r.headers, r.body)
 
 
+def test_first_byte_shorter_than_connect_names_the_connection_being_set_up(procs):
+    """A pod that accepts and says nothing (no SETTINGS), with timeouts_ms.first_byte below
+    timeouts_ms.connect: the request waits for the connection being set up and its first_byte
+    ends first. The 504 says so; it blamed max_conns_per_pod, a limit nowhere near."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    try:
+        gw = two_pod_stack(procs, ["127.0.0.1:%d" % ls.getsockname()[1]],
+                           conf={"timeouts_ms": {"connect": 5000, "first_byte": 300}})
+        r = h1(gw, "GET", "/setup")
+        err = error_json(504, "upstream_timeout", r.status, r.headers, r.body)
+        assert "was ready within 300 ms" in err["message"], err
+        assert "timeouts_ms.connect 5000" in err["message"], err
+    finally:
+        ls.close()
+
+
 def test_total_timeout_504(procs):
     a = procs.backend("pod-a")
     gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"total": 800, "first_byte": 0}})
