@@ -82,8 +82,12 @@ static void apply_checks(mg_control_t *c, const mg_routes_t *r)
         w->seen = false;
     for (size_t i = 0; i < r->nservices; i++) {
         const mg_service_t *svc = &r->services[i];
-        if (svc->health.path == NULL)
+        if (svc->health.path == NULL) { /* judged by passive detection alone (again) */
+            for (size_t k = 0; k < svc->npods; k++)
+                if (atomic_load(&svc->pods[k].state->health) != MG_POD_HEALTH_UNCHECKED)
+                    mg_podstate_set_health(svc->pods[k].state, MG_POD_HEALTH_UNCHECKED);
             continue;
+        }
         mg_hc_conf_t hc = {
             .path = svc->health.path,
             .interval_ms = svc->health.interval_ms,
@@ -111,17 +115,18 @@ static void apply_checks(mg_control_t *c, const mg_routes_t *r)
             }
             if (*wp)
                 (*wp)->seen = true;
-            /* A check restarted by a changed path or version has no verdict yet: the pod keeps
-             * the one it had until the new check reaches its own (on_health), so a reload
-             * never takes a serving service out at once. A pod never judged waits for its
-             * first check. */
+            /* A check restarted by a changed path or version, or added to a pod that served
+             * without one, has no verdict yet: the pod keeps the standing it had until the
+             * new check reaches its own (on_health), so a reload never takes a serving
+             * service out at once. A pod never routed to waits for its first check. */
             mg_hc_state_t st = mg_hc_state(c->hc, key);
             int cur = atomic_load(&pod->state->health);
             mg_pod_health_t h = st == MG_HC_HEALTHY     ? MG_POD_HEALTH_HEALTHY
                                 : st == MG_HC_UNHEALTHY ? MG_POD_HEALTH_UNHEALTHY
                                                         : MG_POD_HEALTH_UNKNOWN;
             if (h == MG_POD_HEALTH_UNKNOWN &&
-                (cur == MG_POD_HEALTH_HEALTHY || cur == MG_POD_HEALTH_UNHEALTHY))
+                (cur == MG_POD_HEALTH_HEALTHY || cur == MG_POD_HEALTH_UNHEALTHY ||
+                 (cur == MG_POD_HEALTH_UNCHECKED && mg_podstate_in_routing(pod->state))))
                 continue;
             if (cur != (int)h)
                 mg_podstate_set_health(pod->state, h);

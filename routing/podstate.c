@@ -64,10 +64,18 @@ void mg_podstate_mark_current(mg_podstate_t *const *current, size_t n)
         ps->retired = true;
     for (size_t i = 0; i < n; i++)
         if (current[i])
-            current[i]->retired = false;
+            current[i]->retired = false, current[i]->routed = true;
     for (mg_podstate_t *ps = g_states; ps; ps = ps->next)
         atomic_store_explicit(&ps->stats->retired, ps->retired, memory_order_relaxed);
     pthread_mutex_unlock(&g_lock);
+}
+
+bool mg_podstate_in_routing(mg_podstate_t *ps)
+{
+    pthread_mutex_lock(&g_lock);
+    bool in = ps->routed && !ps->retired;
+    pthread_mutex_unlock(&g_lock);
+    return in;
 }
 
 bool mg_podstate_usable(const mg_podstate_t *ps, uint64_t now_ms)

@@ -40,6 +40,7 @@ typedef struct mg_podstate {
     char *service, *pod;
     mg_stats_t *stats;
     bool retired; /* under the registry's lock */
+    bool routed;  /* named by a routing marked current before; under the registry's lock */
     struct mg_podstate *next;
 } mg_podstate_t;
 
@@ -57,6 +58,9 @@ void mg_podstate_each(void (*fn)(void *ud, mg_podstate_t *ps), void *ud);
  * section, so a scrape never sees a half-marked registry.
  */
 void mg_podstate_mark_current(mg_podstate_t *const *current, size_t n);
+/* Is |ps| named by the routing last marked current (the one a reload replaces)? A state made
+ * for the document being built is not, until it is marked. */
+bool mg_podstate_in_routing(mg_podstate_t *ps);
 /* Monotonic milliseconds (the clock of ejected_until_ms and usable_since_ms). */
 uint64_t mg_podstate_now_ms(void);
 /* Can the pod take a request now (health and ejection; limits are the caller's)? */

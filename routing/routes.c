@@ -1199,15 +1199,10 @@ static bool finish_service(mg_service_t *svc, mg_routes_dns_fn fn, void *ud)
     atomic_uint *inflight[MAX_PODS];
     for (size_t i = 0; i < svc->npods; i++) {
         mg_pod_t *pod = &svc->pods[i];
+        /* its health follows the document once installed (gateway/control.c): a document
+         * refused later in its build must leave the serving pods as they are */
         if ((pod->state = mg_podstate_get(svc->name, pod->name)) == NULL)
             return false;
-        /* a check added by this document: no traffic before its first pass; a check removed:
-         * the pod is judged by passive detection alone again */
-        int h = atomic_load(&pod->state->health);
-        if (svc->health.path && h == MG_POD_HEALTH_UNCHECKED)
-            mg_podstate_set_health(pod->state, MG_POD_HEALTH_UNKNOWN);
-        else if (!svc->health.path && h != MG_POD_HEALTH_UNCHECKED)
-            mg_podstate_set_health(pod->state, MG_POD_HEALTH_UNCHECKED);
         weights[i] = pod->weight;
         names[i] = pod->name;
         inflight[i] = &pod->state->inflight;

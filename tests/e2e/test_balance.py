@@ -406,6 +406,35 @@ def test_reload_renaming_a_checked_service_keeps_its_pods_in_rotation(procs):
     assert set(code for code, _ in seen) == {200}, collections.Counter(seen)
 
 
+def test_reload_adding_a_check_keeps_serving_pods_in_rotation(procs):
+    """A reload that adds a health check to a service whose pods serve without one keeps them
+    in rotation until the check's first verdict: before, they waited for it (up to
+    interval_ms / 10 plus the check) and every request got 503 no_healthy_pod meanwhile. A
+    pod the reload adds still waits for its first verdict."""
+    p0, p1 = procs.backend("p0"), procs.backend("p1")
+    new = "127.0.0.1:%d" % free_port()  # added by the reload, never up: never routed to
+    gw = procs.gateway(doc({"s": svc(p0, p1)}, [route(service="s")]), tls=False)
+    c = Client(gw)
+    assert c.get("/").status_code == 200
+    hc = {"path": "/health", "interval_ms": 20000, "timeout_ms": 1000}
+    # refused (a route to a service that does not exist): nothing of it may take effect
+    gw.write_routes(doc({"s": svc(p0, p1, health_check=hc)},
+                        [route(service="s"), route(app="other", service="nope")]))
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in gw.log(), 5, what="the refusal")
+    assert [c.get("/").status_code for _ in range(20)] == [200] * 20
+    gw.write_routes(doc({"s": svc(p0, p1, new, health_check=hc)}, [route(service="s")]))
+    gw.signal(signal.SIGHUP)
+    codes = collections.Counter()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and sum(codes.values()) < 200:
+        r = c.get("/")
+        codes[(r.status_code, r.headers.get("x-pod"))] += 1
+    c.close()
+    assert set(code for code, _ in codes) == {200}, codes
+    assert set(pod for _, pod in codes) == {"p0", "p1"}, codes
+
+
 def test_all_pods_down_answers_503_at_once(procs):
     dead = ["127.0.0.1:%d" % free_port() for _ in range(2)]
     hc = {"path": "/health", "interval_ms": 200, "timeout_ms": 200}
