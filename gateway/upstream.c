@@ -77,6 +77,8 @@ struct mg_up_stream {
     struct evbuffer *body;
     bool body_ended, cancelled, done, deferred, want_drain, in_drain_list, sent, head;
     bool headers_done, skip_1xx;
+    bool req_sent_all; /* the whole request body left |body| for the pod (and its end) */
+    bool body_gone;    /* answered before that: |body| is the caller's no more, never read it */
     int status;
     size_t unconsumed;
     mg_hdr_t *hdrs;
@@ -536,11 +538,16 @@ static int h2_on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void 
     } else if (f->hd.type == NGHTTP2_DATA && end) {
         deliver_end(s);
     }
-    /* Answered in full before the request body ended: the exchange is over and nothing more
-     * will be sent, so the stream is reset (NO_ERROR, RFC 9113 8.1) instead of staying open
-     * and holding one of the connection's streams for good. */
-    if (end && !s->body_ended && !s->cancelled)
+    /* Answered in full before the whole request body went out (the client may have sent
+     * all of it: what the pod's window held back is still in |body|): the exchange is over,
+     * and its body buffer goes back to the caller with it. The stream is reset (NO_ERROR,
+     * RFC 9113 8.1) instead of staying open, holding one of the connection's streams, and
+     * reading a buffer since reused for another request; an END_STREAM after part of the
+     * body would tell the pod a shorter request than the client sent. */
+    if (end && !s->req_sent_all && !s->cancelled) {
+        s->body_gone = true;
         nghttp2_submit_rst_stream(sess, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+    }
     return 0;
 }
 
@@ -587,6 +594,8 @@ static ssize_t h2_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, siz
     mg_up_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
     if (s == NULL || s->cancelled)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (s->body_gone)
+        return NGHTTP2_ERR_DEFERRED; /* its RST_STREAM is queued: nothing more goes out */
     size_t avail = evbuffer_get_length(s->body);
     if (avail == 0 && !s->body_ended) {
         s->deferred = true;
@@ -596,8 +605,10 @@ static ssize_t h2_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, siz
     if (n < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     s->sent = true;
-    if (s->body_ended && evbuffer_get_length(s->body) == 0)
+    if (s->body_ended && evbuffer_get_length(s->body) == 0) {
         mg_h2_end_data(sess, id, flags, s->req_trailers, s->nreq_trailers);
+        s->req_sent_all = true;
+    }
     if (s->want_drain && !s->in_drain_list && evbuffer_get_length(s->body) < MG_SRV_LOW) {
         s->want_drain = false;
         s->in_drain_list = true;
@@ -759,7 +770,7 @@ static mg_err_t h2_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
         return MG_E_PROTO;
     s->id = id;
     if (!r->has_body)
-        s->body_ended = true;
+        s->body_ended = s->req_sent_all = true;
     return MG_OK;
 }
 
@@ -907,8 +918,9 @@ static int h1_on_message_complete(llhttp_t *p)
         s->skip_1xx = false;
         return HPE_PAUSED; /* h1_recv resets the parser: the final response starts afresh */
     }
-    bool reusable = llhttp_should_keep_alive(p) && s->body_ended &&
-                    evbuffer_get_length(s->body) == 0;
+    /* a request the pod did not get whole (answered early) leaves the connection
+     * mid-message: the rest would be read as the next request */
+    bool reusable = llhttp_should_keep_alive(p) && s->req_sent_all;
     if (c->read_off) { /* paused for this exchange's consumer, which is done with it now */
         c->read_off = false;
         mg_outq_enable(&c->outq, c->bev, EV_READ);
@@ -989,6 +1001,8 @@ static void h1_pump(up_conn_t *c)
         evbuffer_add(out, "\r\n", 2);
         s->h1_chunked = false; /* terminator written once */
     }
+    if (s->body_ended && evbuffer_get_length(s->body) == 0 && !s->h1_chunked)
+        s->req_sent_all = true;
     if (s->want_drain && evbuffer_get_length(s->body) < MG_SRV_LOW) {
         s->want_drain = false;
         if (!s->done)
@@ -1052,7 +1066,7 @@ static mg_err_t h1_submit(up_conn_t *c, mg_up_stream_t *s, const mg_up_req_t *r)
     }
     evbuffer_add(out, "\r\n", 2);
     if (!r->has_body)
-        s->body_ended = true;
+        s->body_ended = s->req_sent_all = true;
     llhttp_init(&c->parser, HTTP_RESPONSE, &c->pool->u->h1settings);
     c->parser.data = c;
     return MG_OK;

@@ -12,12 +12,14 @@ import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import hpack
 import httpx
 import pytest
@@ -1170,6 +1172,124 @@ def test_pod_answering_before_the_body_ends_frees_its_stream(procs):
                    headers={"host": HOST}, timeout=10)
     assert r.status_code == 200 and r.json()["path"] == "/early"
     wait_for(lambda: "rst h2c" in a.proc.stdout(), 5, what="the pod's stream reset")
+    gw.assert_alive()
+
+
+class EarlyAnswerPod:
+    """An h2c pod. /early: answers 200 at the request's HEADERS and takes none of its body (its
+    64 KiB windows stay as they are) until |open_early| is set, then opens that stream's
+    window wide. Any other path: reads the body whole and answers with its length and the set
+    of its bytes. |streams|: {stream id: [path, bytes, "end" | "reset" | None]}."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.open_early = threading.Event()
+        self.streams, self.conns = {}, []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        c = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, validate_inbound_headers=False))
+        c.initiate_connection()
+        conn.sendall(c.data_to_send())
+        conn.settimeout(0.05)
+        opened = set()
+        while True:
+            try:
+                data = conn.recv(1 << 20)
+                if not data:
+                    return
+            except socket.timeout:
+                data = b""
+            except OSError:
+                return
+            for ev in c.receive_data(data) if data else []:
+                if isinstance(ev, h2.events.RequestReceived):
+                    path = dict(ev.headers)[b":path"].decode()
+                    self.streams[ev.stream_id] = [path, b"", None]
+                    if path == "/early":
+                        c.send_headers(ev.stream_id, [(":status", "200"),
+                                                      ("content-length", "5")])
+                        c.send_data(ev.stream_id, b"early", end_stream=True)
+                elif isinstance(ev, h2.events.DataReceived):
+                    st = self.streams[ev.stream_id]
+                    st[1] += ev.data
+                    if st[0] != "/early":
+                        c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif ev.flow_controlled_length:  # the connection's share: others go on
+                        c.increment_flow_control_window(ev.flow_controlled_length)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    st = self.streams[ev.stream_id]
+                    st[2] = "end"
+                    if st[0] != "/early":
+                        body = json.dumps({"len": len(st[1]),
+                                           "bytes": sorted(set(st[1].decode()))}).encode()
+                        c.send_headers(ev.stream_id, [(":status", "200"),
+                                                      ("content-length", str(len(body)))])
+                        c.send_data(ev.stream_id, body, end_stream=True)
+                elif isinstance(ev, h2.events.StreamReset):
+                    self.streams[ev.stream_id][2] = "reset"
+            if self.open_early.is_set():
+                for sid, st in self.streams.items():
+                    if st[0] == "/early" and sid not in opened and st[2] is None:
+                        opened.add(sid)
+                        try:
+                            c.increment_flow_control_window(1 << 24, sid)
+                        except h2.exceptions.StreamClosedError:
+                            pass
+            out = c.data_to_send()
+            if out:
+                conn.sendall(out)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_pod_answering_before_the_whole_body_reached_it(procs):
+    """The client sent its whole 500 kB body to the gateway; the pod answered in full after
+    64 KiB of it (its window). The gateway resets the pod's stream (NO_ERROR): it used to end
+    it after an empty DATA frame, a request shorter than its content-length, which strict
+    servers answer by dropping the connection, other requests on it included. Worse, the
+    pod's stream still read the exchange's body buffer after the exchange was over: when the
+    pod then opened its window, it received the next request's body (another client's), and
+    that request stalled."""
+    pod = EarlyAnswerPod()
+    try:
+        gw = procs.gateway(routes_doc({"s": [pod.addr]}, [("digits", "production", "s")]),
+                           conf={"workers": 1}, tls=False)
+        with gw.h2() as a:
+            r = a.request("POST", "/early", body=b"A" * 500000,
+                          headers=[("content-length", "500000")])
+            assert r.status == 200 and bytes(r.body) == b"early", r
+        early = [sid for sid, st in pod.streams.items() if st[0] == "/early"][0]
+        # another client's upload, on the exchange (and body buffer) the first one left, while
+        # the pod opens the first stream's window
+        threading.Timer(0.3, pod.open_early.set).start()
+        with gw.h2() as b:
+            r = b.request("POST", "/count", body=b"B" * 2000000,
+                          headers=[("content-length", "2000000")], timeout=20)
+            assert r.status == 200, r
+            assert r.json() == {"len": 2000000, "bytes": ["B"]}, r.json()
+        wait_for(lambda: pod.streams[early][2] is not None, 5, what="the early stream's end")
+        path, got, how = pod.streams[early]
+        assert how == "reset" and set(got) <= {ord("A")} and len(got) < 500000, (
+            how, len(got), set(got))
+    finally:
+        pod.close()
     gw.assert_alive()
 
 
