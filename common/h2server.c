@@ -106,6 +106,7 @@ struct conn {
     conn_proto_t proto;
     bool tls;
     int busy;
+    size_t pinned; /* HTTP/2: request body bytes its streams hold from the window (conn_credit) */
     bool dead, in_recv, need_flush, flushing, close_when_flushed;
     mg_outq_item_t outq; /* frames produced and written at the end of the turn; EV_READ goes
                           * through it: mg_outq_enable/_disable */
@@ -614,6 +615,33 @@ static void on_tls_sweep(evutil_socket_t fd, short what, void *arg)
 /* ---------- streams ---------- */
 
 /*
+ * The connection's flow-control window is credited here, not by nghttp2's consumption, which
+ * sends a WINDOW_UPDATE only once half the window has been consumed: streams holding more
+ * than half of it (uploads to pods that stopped reading) would then starve the connection's
+ * other streams below that mark, with the rest of the window unused. Every byte received and
+ * not held by a stream (|pinned|: not yet consumed, or kept by the handler, mg_srv_keep) is
+ * credited once CREDIT_STEP of them are due, or at once when the client has less than that
+ * left to send. Padding and DATA nobody wants are credited too: they are received bytes no
+ * stream holds.
+ */
+#define CREDIT_STEP (32 * 1024)
+
+static void conn_credit(conn_t *c)
+{
+    if (c->dead || c->h2 == NULL)
+        return;
+    int32_t received = nghttp2_session_get_effective_recv_data_length(c->h2);
+    if (received <= 0 || (size_t)received <= c->pinned)
+        return;
+    size_t due = (size_t)received - c->pinned;
+    int32_t window = nghttp2_session_get_effective_local_window_size(c->h2);
+    if (due < CREDIT_STEP && window - received >= CREDIT_STEP)
+        return;
+    nghttp2_submit_window_update(c->h2, NGHTTP2_FLAG_NONE, 0, (int32_t)due);
+    conn_flush(c);
+}
+
+/*
  * connection_buffer: the response bytes one HTTP/2 connection holds for its client across all
  * its streams. Past it, every stream writing more is told to pause (mg_srv_pending reports it
  * full, and it waits for on_drain) even when its own queue is short, so a client that reads
@@ -694,8 +722,10 @@ static void stream_close(mg_srv_stream_t *s, bool complete)
         s->handled = false;
         s->h->on_close(s, complete);
     }
-    if (c->h2 && s->unconsumed + s->kept)
-        nghttp2_session_consume_connection(c->h2, s->unconsumed + s->kept);
+    if (c->h2 && s->unconsumed + s->kept) {
+        c->pinned -= s->unconsumed + s->kept;
+        conn_credit(c);
+    }
     if (s->prev_in_conn)
         s->prev_in_conn->next_in_conn = s->next_in_conn;
     else
@@ -1268,6 +1298,8 @@ static size_t scan_frames(void *arg, const uint8_t *p, size_t n)
 static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
     mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+    if (f->hd.type == NGHTTP2_DATA)
+        conn_credit(ud); /* its padding, which no stream holds */
     if (f->hd.type == NGHTTP2_HEADERS)
         ((conn_t *)ud)->head_open = false;  /* the block ended */
     if (f->hd.type == NGHTTP2_RST_STREAM) { /* before nghttp2 closes the stream */
@@ -1301,10 +1333,12 @@ static int on_data_chunk(nghttp2_session *sess, uint8_t flags, int32_t id, const
 {
     mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, id);
     if (s == NULL || !s->handled) {
-        nghttp2_session_consume(sess, id, len); /* nobody wants it: let the client go on */
+        nghttp2_session_consume_stream(sess, id, len); /* nobody wants it: the client goes on */
+        conn_credit(ud);
         return 0;
     }
     s->unconsumed += len;
+    ((conn_t *)ud)->pinned += len;
     s->h->on_body(s, data, len);
     return 0;
 }
@@ -2381,7 +2415,9 @@ void mg_srv_consume(mg_srv_stream_t *s, size_t n)
     s->unconsumed -= n;
     enter(c);
     if (c->proto == P_H2) {
-        nghttp2_session_consume(c->h2, s->id, n);
+        nghttp2_session_consume_stream(c->h2, s->id, n);
+        c->pinned -= n;
+        conn_credit(c);
         conn_flush(c);
     } else if (c->h1_read_off && s->unconsumed < MG_SRV_LOW) {
         c->h1_read_off = false;
@@ -2419,7 +2455,8 @@ void mg_srv_kept(mg_srv_stream_t *s, size_t held)
     size_t n = s->kept - held;
     s->kept = held;
     enter(c);
-    nghttp2_session_consume_connection(c->h2, n);
+    c->pinned -= n;
+    conn_credit(c);
     conn_flush(c);
     leave(c);
 }

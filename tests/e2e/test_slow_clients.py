@@ -9,6 +9,7 @@ The bytes held are measured at the pod: every byte the pod sent and the client h
 is in the gateway (or in the sockets' buffers between them). Once such clients are gone, the
 gateway gives the memory back to the system.
 """
+import json
 import socket
 import ssl
 import threading
@@ -21,7 +22,7 @@ import h2.settings
 import httpx
 import pytest
 
-from conftest import HOST, plain_gateway_bin, routes_doc, wait_for
+from conftest import DOMAIN, HOST, plain_gateway_bin, routes_doc, wait_for
 
 BIG_WINDOW = 2**31 - 1
 
@@ -385,16 +386,17 @@ class Uploader:
     sends as fast as the gateway's windows let it. |sent|: body bytes it could send; |resets|:
     streams the gateway reset (an assertion fails at the first one when |strict|)."""
 
-    def __init__(self, port, n, size, strict=True):
+    def __init__(self, port, n, size, strict=True, streams=None):
+        """|streams|: [(authority, size)] instead of |n| uploads of |size| to HOST."""
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setblocking(False)
         self.c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.c.initiate_connection()
         self.left = {}
-        for i in range(n):
+        for i, (authority, size) in enumerate(streams or [(HOST, size)] * n):
             sid = 1 + 2 * i
             self.c.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
-                                      (":authority", HOST), (":path", "/up"),
+                                      (":authority", authority), (":path", "/up"),
                                       ("content-length", str(size))])
             self.left[sid] = size
         self.sent, self.status, self.body, self.ended = 0, {}, {}, set()
@@ -491,3 +493,34 @@ def test_uploads_to_a_pod_that_reads_nothing_hold_one_connection_window(procs):
     finally:
         pod.close()
     gw.assert_alive()
+
+
+def test_uploads_held_by_a_stalled_pod_leave_the_rest_of_the_window_usable(procs):
+    """Three uploads to a pod that reads nothing hold 3 x 1.25 MiB of a connection's 4 MiB
+    window; a 20 MB upload on the same connection to a pod that reads goes on in what is
+    left. It stalled: nghttp2 sends the connection's WINDOW_UPDATE only once half the window
+    is consumed, which the other stream alone could never reach, so it waited for the
+    stalled ones' idle timeout (a minute)."""
+    stalled = StalledUploadPod()
+    try:
+        live = procs.backend("pod-live", args=["--proto", "h2c"])
+        gw = procs.gateway(routes_doc({"stalled": [stalled.addr], "live": [live]},
+                                      [("digits", "production", "stalled"),
+                                       ("fraud-detect", "staging", "live")]),
+                           conf={"workers": 1}, tls=False)
+        other = "fraud-detect-staging." + DOMAIN
+        cl = Uploader(gw.port, 0, 0, streams=[(HOST, 3000000)] * 3 + [(other, 20000000)])
+        victim = 7
+        done = pump_until([cl], lambda: victim in cl.ended, quiet=0, timeout=30)
+        held = sum(3000000 - cl.left[sid] for sid in (1, 3, 5))
+        print("held by the stalled pod's streams: %d bytes; the other upload %s"
+              % (held, "ended" if done else "stalled at %d bytes" % (20000000 - cl.left[7])))
+        assert done, "the upload to the live pod stalled at %d of 20000000 bytes" % (
+            20000000 - cl.left[victim])
+        assert cl.status[victim] == b"200", cl.status
+        assert json.loads(cl.body[victim])["body_len"] == 20000000
+        assert held > 2 << 20, held  # over half the window: the case that stalled
+    finally:
+        stalled.close()
+    gw.assert_alive()
+
