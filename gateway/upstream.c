@@ -691,6 +691,21 @@ static bool conn_prepare(void *arg)
 
 static void h2_recv(up_conn_t *c)
 {
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (!c->settled && evbuffer_get_length(in) >= 5) {
+        char first[5];
+        evbuffer_copyout(in, first, 5);
+        if (memcmp(first, "HTTP/", 5) == 0) { /* an HTTP/1.x server read our preface */
+            unsigned long skipped;
+            if (mg_log_limit_pass(&c->pool->log_limit, &skipped))
+                MG_LOG(MG_LOG_WARN, "upstream",
+                       "pod %s answered in HTTP/1.x, not h2c: is its service's protocol "
+                       "\"http1\"? (%lu similar suppressed)",
+                       c->pool->key, skipped);
+            conn_close(c, MG_UP_PROTO);
+            return;
+        }
+    }
     c->in_recv = true;
     int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->dead, NULL, NULL);
     c->in_recv = false;

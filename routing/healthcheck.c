@@ -60,6 +60,7 @@ typedef struct probe {
     struct bufferevent *bev;  /* the connected socket */
     llhttp_t h1;              /* MG_UP_H1 */
     nghttp2_session *h2;      /* MG_UP_H2C */
+    bool h2_fed;              /* ... has had bytes from the pod */
     int32_t stream_id;
     int status; /* final status, 0 until known */
     bool done;  /* the answer is complete enough to decide */
@@ -184,8 +185,9 @@ static void check_done(hc_pod_t *pod, bool pass, const char *reason)
     if (now == old)
         return;
     pod->state = now;
-    MG_LOG(now == MG_HC_HEALTHY ? MG_LOG_INFO : MG_LOG_WARN, "health", "pod %s: %s -> %s (%s)",
-           pod->name, mg_hc_state_name(old), mg_hc_state_name(now), why);
+    /* debug: the callback's owner says it at info, with the service's words */
+    MG_LOG(MG_LOG_DEBUG, "health", "pod %s: %s -> %s (%s)", pod->name, mg_hc_state_name(old),
+           mg_hc_state_name(now), why);
     char name[MG_HC_MAX_NAME + 1];
     snprintf(name, sizeof(name), "%s", pod->name); /* the callback may unwatch the pod */
     mg_hc_t *hc = pod->hc;
@@ -443,6 +445,12 @@ static void h2_flush(probe_t *p)
 
 static void h2_feed(probe_t *p, const char *data, size_t len)
 {
+    if (!p->h2_fed && len >= 5 && memcmp(data, "HTTP/", 5) == 0) { /* its first bytes */
+        probe_fail(p, "the pod answered in HTTP/1.x, not h2c (is its service's protocol "
+                      "\"http1\"?)");
+        return;
+    }
+    p->h2_fed = true;
     ssize_t n = nghttp2_session_mem_recv(p->h2, (const uint8_t *)data, len);
     if (n < 0)
         probe_fail(p, "HTTP/2: %s", nghttp2_strerror((int)n));

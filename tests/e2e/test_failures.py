@@ -11,6 +11,7 @@ import collections
 import hashlib
 import json
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -223,6 +224,26 @@ def test_first_byte_shorter_than_connect_names_the_connection_being_set_up(procs
         assert "timeouts_ms.connect 5000" in err["message"], err
     finally:
         ls.close()
+
+
+def test_h2c_service_whose_pod_speaks_http11_says_so(procs, raw_pods):
+    """A service declared h2c whose pod speaks HTTP/1.1 only (a common slip): requests get
+    502, the gateway's log says the pod answered in HTTP/1.x, and so does its health check,
+    instead of "HTTP/2: the server ended the session (GOAWAY)"."""
+    # as nginx answers a connection preface: a 400 (Python's http.server just closes)
+    pod = raw_pods("http1", 400, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n"
+                   b"connection: close\r\n\r\n", close_after=True)
+    doc = routes_doc({"svc": ([pod.addr], "h2c")}, [("digits", "production", "svc")])
+    gw = procs.gateway(doc, conf={"workers": 1}, tls=False)
+    r = h1(gw, "GET", "/h1-pod")
+    error_json(502, None, r.status, r.headers, r.body)  # nothing was sent: as unreachable
+    wait_for(lambda: "answered in HTTP/1.x, not h2c" in gw.log(), 5, what="the log line")
+    doc["services"]["svc"]["health_check"] = {"path": "/health", "interval_ms": 100,
+                                              "timeout_ms": 1000}
+    gw.write_routes(doc)
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: "the pod answered in HTTP/1.x, not h2c" in gw.log(), 5,
+             what="the health check's reason")
 
 
 def test_total_timeout_504(procs):
