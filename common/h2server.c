@@ -3457,6 +3457,15 @@ static const char *tls_file_why(char *buf, size_t len)
     return buf;
 }
 
+/* An encrypted key is refused, never prompted for: OpenSSL's default asks the terminal (a
+ * start-up, or --check-config, would wait on it) or fails with "processing error". */
+static int no_passphrase(char *buf, int size, int rwflag, void *asked)
+{
+    (void)buf, (void)size, (void)rwflag;
+    *(bool *)asked = true;
+    return 0;
+}
+
 SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -3480,6 +3489,9 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
     if (!tls_keep_buffers)
         SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     char why[160];
+    bool asked = false;
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, &asked);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         snprintf(err, errlen, "TLS certificate '%s': %s", cert, tls_file_why(why, sizeof(why)));
         SSL_CTX_free(ctx);
@@ -3487,10 +3499,16 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
-        snprintf(err, errlen, "TLS key '%s': %s", key, tls_file_why(why, sizeof(why)));
+        tls_file_why(why, sizeof(why));
+        snprintf(err, errlen, "TLS key '%s': %s", key,
+                 asked ? "encrypted with a passphrase, which is not read: give the key "
+                         "unencrypted (openssl pkey -in KEY -out PLAIN)"
+                       : why);
         SSL_CTX_free(ctx);
         return NULL;
     }
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL); /* |asked| goes out of scope */
+    SSL_CTX_set_default_passwd_cb(ctx, NULL);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
     return ctx;
 }

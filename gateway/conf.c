@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/util.h> /* evutil_parse_sockaddr_port */
@@ -808,7 +809,8 @@ const char *mg_conf_usage(void)
            "      --cert FILE          TLS certificate chain (PEM)\n"
            "      --key FILE           TLS private key (PEM)\n"
            "      --routes FILE        routing document (JSON)\n"
-           "      --backend H:P[,H:P]  quick start: send every host to these pods (no routes)\n"
+           "      --backend H:P[,H:P]  quick start: every host to these pods (no routes; "
+           "repeatable)\n"
            "      --backend-proto P    protocol to the --backend pods: h2c (default) or http1\n"
            "      --workers N          worker threads, 0-1024 (0 = one per core, the default)\n"
            "      --access-log PATH    access log file, \"-\" for stdout, \"\" for off\n"
@@ -829,6 +831,7 @@ typedef struct flags {
     bool tls_listen_set;
     const char *cert, *key, *routes, *backend, *backend_proto, *workers, *access_log, *log_level;
     bool help, version;
+    char backends[8192]; /* every --backend, joined with commas (nghttpx's -b adds, too) */
 } flags_t;
 
 static void scan_args(mg_jerr_t *e, int argc, char **argv, flags_t *f)
@@ -869,9 +872,16 @@ static void scan_args(mg_jerr_t *e, int argc, char **argv, flags_t *f)
         case OPT_ROUTES:
             f->routes = a;
             break;
-        case OPT_BACKEND:
-            f->backend = a;
+        case OPT_BACKEND: {
+            size_t used = strlen(f->backends);
+            int n = snprintf(f->backends + used, sizeof(f->backends) - used, "%s%s",
+                             used ? "," : "", a);
+            if (n < 0 || (size_t)n >= sizeof(f->backends) - used)
+                flagf(e, "--backend", "given too often (more than %zu bytes in all)",
+                      sizeof(f->backends) - 1);
+            f->backend = f->backends;
             break;
+        }
         case OPT_BACKEND_PROTO:
             f->backend_proto = a;
             break;
@@ -1058,6 +1068,50 @@ static void check_listeners_distinct(mg_jerr_t *e, const char *file, const mg_co
     }
 }
 
+static bool is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The files the gateway writes must not be ones it reads: an access log named like the
+ * routing document appends a JSON line to it per request, and the next reload is refused. */
+static void check_log_paths(mg_jerr_t *e, const flags_t *f, const mg_conf_t *c)
+{
+    char q[300], src[1200];
+    const char *file = f->config;
+    struct stat log;
+    if (f->access_log != NULL || file == NULL)
+        snprintf(src, sizeof(src), "--access-log");
+    else
+        snprintf(src, sizeof(src), "%s: access_log", file);
+    if (c->access_log != NULL && strcmp(c->access_log, "-") != 0 &&
+        stat(c->access_log, &log) == 0) {
+        const struct {
+            const char *path, *what;
+        } read[] = {{file, "the config file"},
+                    {c->routes_path, "the routing document"},
+                    {c->tls_cert, "the TLS certificate"},
+                    {c->tls_key, "the TLS key"},
+                    {c->tls_ticket_key_file, "tls.ticket_key_file"},
+                    {c->admin_token_file, "admin.token_file"},
+                    {c->request_log_db.password_file, "request_log_db.password_file"}};
+        struct stat st;
+        if (S_ISDIR(log.st_mode))
+            flagf(e, src, "\"%s\" is a directory (expected a file path)", ESC(q, c->access_log));
+        for (size_t i = 0; i < sizeof(read) / sizeof(read[0]); i++)
+            if (read[i].path != NULL && stat(read[i].path, &st) == 0 && st.st_dev == log.st_dev &&
+                st.st_ino == log.st_ino)
+                flagf(e, src, "\"%s\" is %s (the gateway would write a line into it per request)",
+                      ESC(q, c->access_log), read[i].what);
+    }
+    const char *spool = c->request_log_db.host ? c->request_log_db.spool_dir : NULL;
+    struct stat st;
+    if (spool != NULL && stat(spool, &st) == 0 && !S_ISDIR(st.st_mode))
+        flagf(e, file != NULL ? file : "request_log_db",
+              "request_log_db.spool_dir: \"%s\" is not a directory", ESC(q, spool));
+}
+
 /*
  * Checks that need the merged result. |f| tells where a value came from, so the message points
  * at the flag or at the key of the file that set it.
@@ -1095,8 +1149,11 @@ static void check_merged(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
                       i == 0 ? "certificate" : "private key", files[i].key, files[i].flag);
             else if (access(files[i].val, R_OK) != 0)
                 flagf(e, src, "cannot read \"%s\" (%s)", ESC(q, files[i].val), strerror(errno));
+            else if (is_dir(files[i].val))
+                flagf(e, src, "\"%s\" is a directory (expected a PEM file)", ESC(q, files[i].val));
         }
     }
+    check_log_paths(e, f, c);
     if (c->routes_path != NULL && c->backends != NULL) {
         flagf(e, "--backend",
               "cannot be combined with a routing document (routes \"%s\"; "

@@ -99,6 +99,10 @@ def test_check_config_refuses_what_start_up_refuses(tmp_path, tls_material):
     # files the config names, refused under the same header as the config's own problems, in
     # words that say what is wrong with them (OpenSSL's alone: "no start line", "unsupported")
     (tmp_path / "bad.pem").write_text("garbage\n")
+    enc_key = tmp_path / "enc.key"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-aes256", "-pass", "pass:secret", "-out",
+                    str(enc_key)], check=True, capture_output=True)
     tls = {"listen": ["127.0.0.1:%d" % free_port()]}
     cert = tls_material["cert"]
     file_cases = [
@@ -108,6 +112,15 @@ def test_check_config_refuses_what_start_up_refuses(tmp_path, tls_material):
          "TLS key '%s': nothing in it reads as one (PEM expected)" % cert),
         ({"admin": {"listen": "127.0.0.1:%d" % free_port(), "token_file": "no-such-token"}},
          'admin.token_file: cannot read'),
+        # a passphrase prompt on the terminal, or "processing error", before
+        ({"tls": dict(tls, cert=cert, key=str(enc_key))}, "encrypted with a passphrase"),
+        ({"tls": dict(tls, cert=str(tmp_path), key=str(tmp_path))},
+         'tls.cert: "%s" is a directory' % tmp_path),
+        # files the gateway reads, named as the file it writes: a JSON line appended to
+        # routes.json per request, and the next reload refused
+        ({"access_log": "routes.json"}, 'is the routing document (the gateway would write'),
+        ({"access_log": str(conf)}, 'is the config file (the gateway would write'),
+        ({"access_log": str(tmp_path)}, 'access_log: "%s" is a directory' % tmp_path),
     ]
     for extra, msg in file_cases:
         conf.write_text(json.dumps(dict(base, **extra)))

@@ -195,6 +195,13 @@ static void quick_start_flags(void **state)
     assert_int_equal(c.workers, cores < 1 ? 1 : cores); /* 0 resolved */
     mg_conf_clear(&c);
     mg_conf_clear(&c); /* idempotent */
+
+    /* --backend given again adds pods, as nghttpx's -b does (the last one used to win) */
+    argv = ARGV("--listen", "127.0.0.1:8080", "--backend", "127.0.0.1:9001", "--backend",
+                "127.0.0.1:9002,127.0.0.1:9003");
+    assert_null(run(argv, argc_of(argv), &c, &action));
+    assert_string_equal(c.backends, "127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003");
+    mg_conf_clear(&c);
 }
 
 /* ---- the file, and flags over it ---- */
