@@ -461,8 +461,16 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     char *errors = NULL;
     mg_routes_t *r = mg_control_load(g_control, g_conf->routes_path, &errors);
     if (r == NULL) {
-        MG_LOG(MG_LOG_ERROR, "main", "reload refused; the previous routes stay in force:\n%s",
-               errors ? errors : "(no detail)");
+        /* a log line per problem, each with its time and level (log collectors split on
+         * newlines) */
+        const char *p = errors ? errors : "(no detail)";
+        do {
+            const char *nl = strchr(p, '\n');
+            int len = nl ? (int)(nl - p) : (int)strlen(p);
+            MG_LOG(MG_LOG_ERROR, "main", "reload refused, the previous routes stay in force: %.*s",
+                   len, p);
+            p = nl ? nl + 1 : NULL;
+        } while (p && *p);
         free(errors);
         return;
     }

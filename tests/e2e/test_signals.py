@@ -168,6 +168,10 @@ def test_sighup_reload_under_load(procs):
         gw.signal(signal.SIGHUP)
         wait_for(lambda: "routes.json" in gw.log()[log_before:], 5,
                  what="the gateway to log the refused routes.json")
+        # the reason on the line with the time and the level, not on a line of its own
+        assert re.search(r"\d{4}-\d\d-\d\dT[0-9:.]+Z error main: reload refused, the "
+                         r"previous routes stay in force: \S*routes\.json:",
+                         gw.log()[log_before:]), gw.log()[log_before:]
         for kind in ("h2", "h1-keepalive", "h1-new"):
             wait_for(lambda: load.count_since(t_bad + 0.5, kind) >= 5, 5,
                      what="load after the bad reload (%s)" % kind)
