@@ -103,3 +103,43 @@ int mg_listen_bind(const char *addr, bool first, char *err, size_t errlen)
     freeaddrinfo(ai);
     return fd;
 }
+
+/* The address bind() would get for |addr|, as mg_listen_bind resolves it (the first result). */
+static bool bind_addr(const char *addr, struct sockaddr_storage *out)
+{
+    char host[256], port[16];
+    if (!split(addr, host, sizeof(host), port, sizeof(port)))
+        return false;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    if (getaddrinfo(host[0] ? host : NULL, port, &hints, &ai) != 0)
+        return false;
+    memcpy(out, ai->ai_addr, ai->ai_addrlen);
+    freeaddrinfo(ai);
+    return true;
+}
+
+bool mg_listen_overlap(const char *a, const char *b)
+{
+    struct sockaddr_storage x, y;
+    if (!bind_addr(a, &x) || !bind_addr(b, &y))
+        return false;
+    const struct sockaddr_in *x4 = (void *)&x, *y4 = (void *)&y;
+    const struct sockaddr_in6 *x6 = (void *)&x, *y6 = (void *)&y;
+    in_port_t px = x.ss_family == AF_INET ? x4->sin_port : x6->sin6_port;
+    in_port_t py = y.ss_family == AF_INET ? y4->sin_port : y6->sin6_port;
+    if (px != py || px == 0)
+        return false;
+    bool any_x = x.ss_family == AF_INET ? x4->sin_addr.s_addr == htonl(INADDR_ANY)
+                                        : IN6_IS_ADDR_UNSPECIFIED(&x6->sin6_addr);
+    bool any_y = y.ss_family == AF_INET ? y4->sin_addr.s_addr == htonl(INADDR_ANY)
+                                        : IN6_IS_ADDR_UNSPECIFIED(&y6->sin6_addr);
+    if (x.ss_family != y.ss_family) /* [::] takes IPv4 too (Linux's bindv6only 0) */
+        return (x.ss_family == AF_INET6 && any_x) || (y.ss_family == AF_INET6 && any_y);
+    if (any_x || any_y)
+        return true;
+    return x.ss_family == AF_INET ? x4->sin_addr.s_addr == y4->sin_addr.s_addr
+                                  : memcmp(&x6->sin6_addr, &y6->sin6_addr, 16) == 0;
+}

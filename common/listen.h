@@ -24,4 +24,8 @@ struct sockaddr;
 /* An IPv4 127/8 or IPv6 ::1 address (what only this machine reaches). */
 bool mg_sockaddr_is_loopback(const struct sockaddr *sa);
 
+/* Would listeners on |a| and |b| ("host:port") take the same address: the same one after
+ * resolving, as mg_listen_bind does, or a wildcard and another on its port? Port 0 never. */
+bool mg_listen_overlap(const char *a, const char *b);
+
 #endif /* MG_COMMON_LISTEN_H */

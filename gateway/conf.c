@@ -1057,14 +1057,24 @@ static void check_listeners_distinct(mg_jerr_t *e, const char *file, const mg_co
         const char *why;
         if (mg_host_split_port(all[i].addr, hi, sizeof(hi), &pi, &why) != MG_OK)
             continue; /* said where it was parsed */
-        for (size_t j = 0; j < i; j++)
-            if (mg_host_split_port(all[j].addr, hj, sizeof(hj), &pj, &why) == MG_OK && pi == pj &&
-                strcasecmp(hi, hj) == 0) {
+        for (size_t j = 0; j < i; j++) {
+            if (mg_host_split_port(all[j].addr, hj, sizeof(hj), &pj, &why) != MG_OK || pi != pj)
+                continue;
+            if (strcasecmp(hi, hj) == 0) {
                 flagf(e, file ? file : "--listen",
                       "%s: \"%s\" is %s too (expected each address once)", all[i].key,
                       ESC(q, all[i].addr), all[j].key);
                 break;
             }
+            if (mg_listen_overlap(all[i].addr, all[j].addr)) { /* bind would say in use */
+                char qj[300];
+                flagf(e, file ? file : "--listen",
+                      "%s: \"%s\" takes the address of %s (\"%s\") too: a name that resolves "
+                      "to it, or a wildcard on its port (expected each address once)",
+                      all[i].key, ESC(q, all[i].addr), all[j].key, ESC(qj, all[j].addr));
+                break;
+            }
+        }
     }
 }
 

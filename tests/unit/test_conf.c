@@ -204,6 +204,29 @@ static void quick_start_flags(void **state)
     mg_conf_clear(&c);
 }
 
+/* Listeners that bind would find taken: a name that resolves to another's address, or a
+ * wildcard on another's port ("Address already in use" at start-up, OK from --check-config). */
+static void listeners_that_overlap(void **state)
+{
+    (void)state;
+    mg_conf_t c;
+    char *e = run_fail(&c, ARGV("--listen", "127.0.0.1:18080", "--listen", "localhost:18080",
+                                "--backend", "127.0.0.1:9001"));
+    expect_line(e, "listen[1]: \"localhost:18080\" takes the address of listen[0]");
+    free(e);
+    e = run_fail(&c, ARGV("--listen", "0.0.0.0:18081", "--listen", "127.0.0.1:18081", "--backend",
+                          "127.0.0.1:9001"));
+    expect_line(e, "listen[1]: \"127.0.0.1:18081\" takes the address of listen[0]");
+    free(e);
+    e = run_fail(&c, ARGV("--listen", "[::]:18082", "--listen", "127.0.0.1:18082", "--backend",
+                          "127.0.0.1:9001"));
+    expect_line(e, "takes the address of listen[0]");
+    free(e);
+    RUN_OK(&c, "--listen", "127.0.0.1:18083", "--listen", "127.0.0.2:18083", "--listen",
+           "127.0.0.1:18084", "--backend", "127.0.0.1:9001");
+    mg_conf_clear(&c);
+}
+
 /* ---- the file, and flags over it ---- */
 
 static void file_then_flags(void **state)
@@ -797,6 +820,7 @@ int main(void)
         T(upstream_conn_limits),
         T(file_syntax_errors),
         T(documents_swapped),
+        T(listeners_that_overlap),
         T(too_many_listeners),
         T(flag_errors),
         T(help_and_version),
