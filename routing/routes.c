@@ -660,6 +660,12 @@ static void parse_resilience(mg_jerr_t *e, const json_t *v, mg_service_t *svc)
                 svc->outlier.max_ejection_ms);
         OPT_U32(e, od, "max_ejected_percent", 0, 100, "share of pods ejected at once",
                 svc->outlier.max_ejected_percent);
+        if (svc->outlier.max_ejection_ms < svc->outlier.base_ejection_ms)
+            mg_jerr_f(e,
+                      "max_ejection_ms (%u) is below base_ejection_ms (%u) (expected a longest "
+                      "ejection at least as long as the first)",
+                      (unsigned)svc->outlier.max_ejection_ms,
+                      (unsigned)svc->outlier.base_ejection_ms);
         mg_jerr_pop(e, old);
     }
 

@@ -662,6 +662,21 @@ static void service_options_parse(void **state)
     mg_routes_unref(r);
 }
 
+/* Every ejection would last max_ejection_ms when it is below the first one's length. */
+static void outlier_max_below_base_is_refused(void **state)
+{
+    (void)state;
+    char *errors = NULL;
+    mg_routes_t *r = from("{'domain':'x.com','services':{'a':{'pods':['1.2.3.4:5'],'outlier':{"
+                          "'base_ejection_ms':60000,'max_ejection_ms':1000}}}}",
+                          &errors);
+    assert_null(r);
+    assert_non_null(errors);
+    assert_non_null(strstr(errors, "services.a.outlier: max_ejection_ms (1000) is below "
+                                   "base_ejection_ms (60000)"));
+    free(errors);
+}
+
 static void service_defaults_apply(void **state)
 {
     (void)state;
@@ -860,6 +875,7 @@ int main(void)
         cmocka_unit_test(catchall),
         cmocka_unit_test(refcount),
         cmocka_unit_test(service_options_parse),
+        cmocka_unit_test(outlier_max_below_base_is_refused),
         cmocka_unit_test(service_defaults_apply),
         cmocka_unit_test(split_routes_parse),
         cmocka_unit_test(dns_service_starts_empty),
