@@ -665,6 +665,13 @@ static int check_only(const mg_conf_t *conf)
         SSL_CTX *tls = mg_srv_tls_ctx_new(conf->tls_cert, conf->tls_key, err, sizeof(err));
         if (tls == NULL)
             conf_reject("%s", err);
+        char desc[512];
+        int64_t not_after;
+        if (tls && mg_srv_tls_ctx_describe(tls, desc, sizeof(desc), &not_after))
+            fprintf(stderr,
+                    "modelgate: warning: TLS certificate %s has EXPIRED: %s (start-up "
+                    "serves it and warns too)\n",
+                    conf->tls_cert, desc);
         ok = tls != NULL;
         SSL_CTX_free(tls);
     }

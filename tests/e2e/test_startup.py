@@ -137,6 +137,39 @@ def test_check_config_refuses_what_start_up_refuses(tmp_path, tls_material):
     assert not (tmp_path / "access.log").exists()  # checked, not created
 
 
+def expired_pair(d):
+    """A self-signed certificate for localhost that expired on 2020-01-02, and its key."""
+    def ossl(*args):
+        subprocess.run(["openssl"] + list(args), cwd=d, check=True, capture_output=True)
+    ossl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "key.pem")
+    ossl("req", "-new", "-key", "key.pem", "-subj", "/CN=localhost", "-out", "csr.pem")
+    (d / "index.txt").write_text("")
+    (d / "serial").write_text("01\n")
+    (d / "ca.cnf").write_text("[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\n"
+                              "new_certs_dir = .\nserial = serial\ndefault_md = sha256\n"
+                              "policy = p\n[p]\ncommonName = supplied\n")
+    ossl("ca", "-config", "ca.cnf", "-selfsign", "-keyfile", "key.pem", "-in", "csr.pem",
+         "-startdate", "20200101000000Z", "-enddate", "20200102000000Z", "-batch", "-notext",
+         "-out", "cert.pem")
+    return d / "cert.pem", d / "key.pem"
+
+
+def test_check_config_warns_of_an_expired_certificate(tmp_path):
+    """Start-up serves an expired certificate and warns; --check-config said only
+    "configuration OK". It says OK still (the start would go on), with the same warning."""
+    cert, key = expired_pair(tmp_path)
+    (tmp_path / "routes.json").write_text(json.dumps(
+        routes_doc({"svc": ["127.0.0.1:1"]}, [("digits", "production", "svc")])))
+    conf = tmp_path / "gateway.json"
+    conf.write_text(json.dumps({"tls": {"listen": ["127.0.0.1:%d" % free_port()],
+                                        "cert": str(cert), "key": str(key)},
+                                "routes": "routes.json"}))
+    r = run("--check-config", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stdout, r.stdout
+    assert "warning: TLS certificate %s has EXPIRED" % cert in r.stderr, r.stderr
+
+
 def test_runtime_refuses_a_port_out_of_range_and_a_zero_batch():
     """modelgate-runtime --listen 127.0.0.1:99999 listened on port 34463 (99999 mod 65536)
     and logged "on 127.0.0.1:99999"; --max-batch 0 exited 1 without a word."""
