@@ -244,13 +244,23 @@ static bool parse_pod(mg_jerr_t *e, const char *s, mg_pod_t *pod)
 /* Reports pods[i] when it repeats an earlier pod: a duplicate would silently double its share. */
 static bool pod_is_duplicate(mg_jerr_t *e, const mg_service_t *svc, size_t i)
 {
-    char q[200];
-    for (size_t j = 0; j < i; j++)
-        if (svc->pods[j].name != NULL && strcmp(svc->pods[j].name, svc->pods[i].name) == 0) {
+    char q[200], qj[200];
+    for (size_t j = 0; j < i; j++) {
+        const mg_pod_t *a = &svc->pods[j], *b = &svc->pods[i];
+        if (a->name != NULL && strcmp(a->name, b->name) == 0) {
             mg_jerr_f(e, "duplicate pod \"%s\" (same as pods[%zu]; expected each pod once)",
-                      ESC(q, svc->pods[i].name), j);
+                      ESC(q, b->name), j);
             return true;
         }
+        if (a->name != NULL && a->addrlen == b->addrlen && a->addrlen > 0 &&
+            memcmp(&a->addr, &b->addr, a->addrlen) == 0) { /* "localhost:P" and "127.0.0.1:P" */
+            mg_jerr_f(e,
+                      "pod \"%s\" is pods[%zu] (\"%s\") too, once resolved (expected each pod "
+                      "once: it would get both shares)",
+                      ESC(q, b->name), j, ESC(qj, a->name));
+            return true;
+        }
+    }
     return false;
 }
 

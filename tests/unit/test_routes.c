@@ -677,6 +677,20 @@ static void outlier_max_below_base_is_refused(void **state)
     free(errors);
 }
 
+/* The same pod under two names would get two shares of the traffic. */
+static void pod_named_twice_is_refused(void **state)
+{
+    (void)state;
+    char *errors = NULL;
+    mg_routes_t *r = from("{'domain':'x.com','services':{'a':{'pods':['[::1]:5',"
+                          "'[0:0:0:0:0:0:0:1]:5']}}}",
+                          &errors);
+    assert_null(r);
+    assert_non_null(errors);
+    assert_non_null(strstr(errors, "pod \"[0:0:0:0:0:0:0:1]:5\" is pods[0] (\"[::1]:5\") too"));
+    free(errors);
+}
+
 static void service_defaults_apply(void **state)
 {
     (void)state;
@@ -876,6 +890,7 @@ int main(void)
         cmocka_unit_test(refcount),
         cmocka_unit_test(service_options_parse),
         cmocka_unit_test(outlier_max_below_base_is_refused),
+        cmocka_unit_test(pod_named_twice_is_refused),
         cmocka_unit_test(service_defaults_apply),
         cmocka_unit_test(split_routes_parse),
         cmocka_unit_test(dns_service_starts_empty),
