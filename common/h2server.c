@@ -1045,7 +1045,14 @@ static void stream_request_end(mg_srv_stream_t *s)
 
 /* Lets the handler log a request we answer ourselves; returns the request id it chose
  * (in the stream's arena), or NULL. |whole|: every field of the head was read. */
-static const char *report_reject(mg_srv_stream_t *s, int status, const char *code, bool whole)
+static size_t error_answer_len(const mg_srv_stream_t *s, const char *code, const char *message,
+                               const char *request_id);
+
+/* Logs a request the server answers itself (|message|: the error answer's, NULL when it gets
+ * none) and returns the request id the answer quotes. The answer's length is known before it
+ * is written, so the log says what the client is sent. */
+static const char *report_reject(mg_srv_stream_t *s, int status, const char *code, bool whole,
+                                 const char *message)
 {
     mg_srv_t *srv = s->c->srv;
     if (srv->h->on_reject == NULL)
@@ -1055,12 +1062,16 @@ static const char *report_reject(mg_srv_stream_t *s, int status, const char *cod
     req.head_whole = whole;
     if (req.authority_absent)
         req.authority = NULL; /* not read, unlike an empty Host: the log says null */
-    char *rid = mg_arena_alloc(&s->arena, 64);
-    if (rid == NULL)
-        return NULL;
-    rid[0] = '\0';
-    srv->h->on_reject(srv->ud, &req, status, code, rid, 64);
-    return rid[0] ? rid : NULL;
+    char *rid = srv->h->request_id ? mg_arena_alloc(&s->arena, 64) : NULL;
+    if (rid) {
+        rid[0] = '\0';
+        srv->h->request_id(srv->ud, rid, 64);
+        if (rid[0] == '\0')
+            rid = NULL;
+    }
+    size_t bytes = message ? error_answer_len(s, code, message, rid) : 0;
+    srv->h->on_reject(srv->ud, &req, status, code, rid, bytes);
+    return rid;
 }
 
 static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
@@ -1081,20 +1092,22 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
             snprintf(msg, sizeof(msg),
                      "request header fields over limits.max_header_list_size (%u bytes)",
                      (unsigned)conf->max_header_list_size);
-        const char *rid = report_reject(s, s->bad_status, "headers_too_large", false);
+        const char *rid = report_reject(s, s->bad_status, "headers_too_large", false, msg);
         mg_srv_error(s, s->bad_status, "headers_too_large", msg, rid, NULL, 0);
         return;
     }
     if (c->proto == P_H2 && s->authority && s->host && strcasecmp(s->authority, s->host) != 0) {
         /* which one would route, which one would the pod see? RFC 9113 8.3.1 */
-        const char *rid = report_reject(s, 400, "bad_request", true);
-        mg_srv_error(s, 400, "bad_request", ":authority and host differ", rid, NULL, 0);
+        const char *msg = ":authority and host differ";
+        const char *rid = report_reject(s, 400, "bad_request", true, msg);
+        mg_srv_error(s, 400, "bad_request", msg, rid, NULL, 0);
         return;
     }
     if (c->proto == P_H2 && s->method && strcmp(s->method, "CONNECT") == 0) {
         /* a tunnel through the gateway: refused, as HTTP/1.1's (h1_on_headers_complete) */
-        const char *rid = report_reject(s, 501, "not_implemented", true);
-        mg_srv_error(s, 501, "not_implemented", "CONNECT is not supported", rid, NULL, 0);
+        const char *msg = "CONNECT is not supported";
+        const char *rid = report_reject(s, 501, "not_implemented", true, msg);
+        mg_srv_error(s, 501, "not_implemented", msg, rid, NULL, 0);
         return;
     }
     if (c->proto == P_H2) {
@@ -1112,7 +1125,7 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
             why = target_problem(s->method ? s->method : "", s->path ? s->path : "");
         }
         if (why != NULL) {
-            const char *rid = report_reject(s, 400, "bad_request", true);
+            const char *rid = report_reject(s, 400, "bad_request", true, why);
             mg_srv_error(s, 400, "bad_request", why, rid, NULL, 0);
             return;
         }
@@ -1427,7 +1440,7 @@ static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t error_cod
      * :authority): a request all the same, logged as HTTP/1.1's are (h1_reject), with what
      * was read of it. Its resets count toward the rapid reset cut, which bounds the lines. */
     if (!s->dispatched)
-        report_reject(s, 400, "malformed_request", false);
+        report_reject(s, 400, "malformed_request", false, NULL);
     stream_close(s, error_code == NGHTTP2_NO_ERROR && s->out_ended);
     return 0;
 }
@@ -1932,7 +1945,7 @@ static void h1_reject(conn_t *c, int status, const char *code, const char *msg)
         c->h1s->handled = false;
         c->h1s->h->on_close(c->h1s, false);
     }
-    const char *rid = report_reject(c->h1s, status, code, false);
+    const char *rid = report_reject(c->h1s, status, code, false, msg);
     mg_srv_error(c->h1s, status, code, msg, rid, NULL, 0);
 }
 
@@ -2587,24 +2600,43 @@ static mg_err_t grpc_error(mg_srv_stream_t *s, int status, const char *code, con
     return mg_srv_respond(s, 200, h, nh, true);
 }
 
+/* The JSON error body (DESIGN.md's contract) into |body| (ERROR_BODY_MAX); returns its length. */
+#define ERROR_BODY_MAX 900
+static int error_body(char *body, const char *code, const char *message, const char *request_id)
+{
+    char msg[512], rid[160];
+    json_escape(msg, sizeof(msg), message);
+    json_escape(rid, sizeof(rid), request_id);
+    int n;
+    if (request_id)
+        n = snprintf(body, ERROR_BODY_MAX,
+                     "{\"error\":{\"code\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}}\n",
+                     code, msg, rid);
+    else
+        n = snprintf(body, ERROR_BODY_MAX, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
+                     code, msg);
+    if (n < 0 || n >= ERROR_BODY_MAX)
+        n = (int)strlen(body);
+    return n;
+}
+
+/* The body mg_srv_error would send |s|: none for gRPC (a Trailers-Only answer) or HEAD. */
+static size_t error_answer_len(const mg_srv_stream_t *s, const char *code, const char *message,
+                               const char *request_id)
+{
+    if (is_grpc(s) || s->head)
+        return 0;
+    char body[ERROR_BODY_MAX];
+    return (size_t)error_body(body, code, message, request_id);
+}
+
 mg_err_t mg_srv_error(mg_srv_stream_t *s, int status, const char *code, const char *message,
                       const char *request_id, const mg_hdr_t *extra, size_t nextra)
 {
     if (is_grpc(s))
         return grpc_error(s, status, code, message, request_id, extra, nextra);
-    char msg[512], rid[160], body[900], len[24];
-    json_escape(msg, sizeof(msg), message);
-    json_escape(rid, sizeof(rid), request_id);
-    int n;
-    if (request_id)
-        n = snprintf(body, sizeof(body),
-                     "{\"error\":{\"code\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}}\n",
-                     code, msg, rid);
-    else
-        n = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
-                     code, msg);
-    if (n < 0 || (size_t)n >= sizeof(body))
-        n = (int)strlen(body);
+    char body[ERROR_BODY_MAX], len[24];
+    int n = error_body(body, code, message, request_id);
     snprintf(len, sizeof(len), "%d", n);
     mg_hdr_t h[16];
     size_t nh = 0;
@@ -2814,7 +2846,7 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
         /* a header block begun and not ended holds the connection (no other frame may come
          * until it ends): logged as a 408, then closed with GOAWAY, as nghttpx's read timeout */
         if (c->hdr_stream)
-            report_reject(c->hdr_stream, 408, "client_timeout", false);
+            report_reject(c->hdr_stream, 408, "client_timeout", false, NULL);
         c->head_open = false;
         nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,

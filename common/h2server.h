@@ -100,10 +100,13 @@ typedef struct mg_srv_handler {
      * that it is logged like any other; also an HTTP/2 stream nghttp2 reset for a malformed
      * head (status 400, |code| "malformed_request"; no answer but the RST_STREAM). |req|
      * fields may be "" when parsing stopped early, but |authority| is NULL when no host was
-     * read (an empty Host is ""). The handler writes the request id to quote
-     * in the error body into |rid| (|cap| bytes). */
-    void (*on_reject)(void *ud, const mg_srv_req_t *req, int status, const char *code, char *rid,
-                      size_t cap);
+     * read (an empty Host is ""). |rid|: the id the answer quotes (see request_id), or NULL;
+     * |resp_bytes|: the answer's body, written right after this call (0 for none). */
+    void (*on_reject)(void *ud, const mg_srv_req_t *req, int status, const char *code,
+                      const char *rid, uint64_t resp_bytes);
+    /* Optional, with on_reject: writes the request id such an answer quotes into |rid| (|cap|
+     * bytes), before it is logged and written. */
+    void (*request_id)(void *ud, char *rid, size_t cap);
 } mg_srv_handler_t;
 
 typedef struct mg_srv_conf {

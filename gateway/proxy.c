@@ -1379,11 +1379,15 @@ static void on_close(mg_srv_stream_t *s, bool complete)
         exch_free(e);
 }
 
-static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char *code, char *rid,
-                      size_t cap)
+static void reject_request_id(void *ud, char *rid, size_t cap)
+{
+    make_request_id(ud, rid, cap, mg_mono_us());
+}
+
+static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char *code,
+                      const char *rid, uint64_t resp_bytes)
 {
     mg_proxy_t *p = ud;
-    make_request_id(p, rid, cap, mg_mono_us());
     if (p->log == NULL)
         return;
     /* the x-forwarded-for a proxy appended may be among the fields not read */
@@ -1400,6 +1404,7 @@ static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char 
         .host = req->authority, /* NULL when no host was read; an empty Host is "" */
         .path = *req->path ? req->path : NULL,
         .status = status,
+        .resp_bytes = resp_bytes,
         .upstream_us = -1,
         .error = code,
     };
@@ -1408,6 +1413,7 @@ static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char 
 
 static const mg_srv_handler_t handler = {
     .on_reject = on_reject,
+    .request_id = reject_request_id,
     .on_request = on_request,
     .on_body = on_body,
     .on_end = on_end,

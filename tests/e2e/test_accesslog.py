@@ -103,6 +103,21 @@ def test_error_lines(logged):
     ln = ids[r404h1.json()["error"]["request_id"]]
     assert ln["status"] == 404 and ln["resp_bytes"] == len(r404h1.body) > 0, ln
 
+    # requests refused before they were read whole (logged before their answer is written:
+    # they logged 0)
+    refused = []
+    for raw in (b"GET /no-host HTTP/1.1\r\n\r\n",
+                b"GET /big HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 70000 + b"\r\n\r\n",
+                b"GET /bad HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n"):
+        with H1Conn(gw.port) as conn:
+            conn.send(raw)
+            refused.append(conn.read_response())
+    ids = by_id(gw.wait_access(6))
+    for r in refused:
+        assert r.status in (400, 431), r.status
+        ln = ids[r.json()["error"]["request_id"]]
+        assert ln["status"] == r.status and ln["resp_bytes"] == len(r.body) > 0, ln
+
 
 def test_http11_requests_refused_in_their_fields_are_logged_with_their_method(logged):
     """A request refused while its fields are read (two Content-Lengths, two Hosts, a coding

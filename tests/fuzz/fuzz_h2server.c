@@ -449,14 +449,21 @@ static void on_close(mg_srv_stream_t *s, bool complete)
     unpin(st); /* frees it unless a caller up the stack still holds it */
 }
 
-static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char *code, char *rid,
-                      size_t cap)
+static void reject_id(void *ud, char *rid, size_t cap)
+{
+    CHECK(ud == &ud_token);
+    snprintf(rid, cap, "fuzz-rid");
+}
+
+static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char *code,
+                      const char *rid, uint64_t resp_bytes)
 {
     CHECK(ud == &ud_token);
     CHECK(req->method && req->path && code); /* authority: NULL when no host was read */
     CHECK(req->authority == NULL || strlen(req->authority) < 1u << 20);
     CHECK(status >= 400 && status <= 599);
-    snprintf(rid, cap, "fuzz-%d", status);
+    CHECK(rid != NULL && strcmp(rid, "fuzz-rid") == 0);
+    CHECK(resp_bytes < 900); /* a JSON error body, or none */
 }
 
 static const mg_srv_handler_t handler = {
@@ -466,6 +473,7 @@ static const mg_srv_handler_t handler = {
     .on_drain = on_drain,
     .on_close = on_close,
     .on_reject = on_reject,
+    .request_id = reject_id,
 };
 
 /* Reads and drops whatever the server sent; returns the number of bytes. */

@@ -63,7 +63,8 @@ typedef struct fixture {
     int nrequests, nends, ncloses, ncomplete, nrejects;
     int reject_status;
     char reject_code[64];
-    char reject_method[16], reject_path[64], reject_client[64];
+    char reject_method[16], reject_path[64], reject_client[64], reject_rid[64];
+    uint64_t reject_bytes;
     char paths[8][64];
     char method[16], proto[16], authority[64];
     int64_t content_length;
@@ -161,10 +162,17 @@ static void on_close(mg_srv_stream_t *s, bool complete)
     fx->ncomplete += complete;
 }
 
-static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char *code, char *rid,
-                      size_t cap)
+static void reject_id(void *ud, char *rid, size_t cap)
+{
+    snprintf(rid, cap, "rid-%d", ((fixture_t *)ud)->nrejects + 1);
+}
+
+static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char *code,
+                      const char *rid, uint64_t resp_bytes)
 {
     fixture_t *f = ud;
+    f->reject_bytes = resp_bytes;
+    snprintf(f->reject_rid, sizeof(f->reject_rid), "%s", rid ? rid : "");
     assert_non_null(req->method);
     f->nrejects++;
     f->reject_status = status;
@@ -172,7 +180,6 @@ static void on_reject(void *ud, const mg_srv_req_t *req, int status, const char 
     snprintf(f->reject_method, sizeof(f->reject_method), "%s", req->method);
     snprintf(f->reject_path, sizeof(f->reject_path), "%s", req->path);
     snprintf(f->reject_client, sizeof(f->reject_client), "%s", req->client);
-    snprintf(rid, cap, "rid-%d", status);
 }
 
 static const mg_srv_handler_t handler = {
@@ -182,6 +189,7 @@ static const mg_srv_handler_t handler = {
     .on_drain = on_drain,
     .on_close = on_close,
     .on_reject = on_reject,
+    .request_id = reject_id,
 };
 
 /* ---------- server and client plumbing ---------- */
@@ -625,7 +633,13 @@ static void h1_header_too_large(void **state)
     assert_non_null(strstr(c->buf, "content-type: application/json\r\n"));
     assert_non_null(strstr(c->buf, "connection: close\r\n"));
     assert_non_null(strstr(c->buf, "{\"error\":{\"code\":\"headers_too_large\""));
-    assert_non_null(strstr(c->buf, "\"request_id\":\"rid-431\"}}"));
+    assert_non_null(strstr(c->buf, "\"request_id\":\"rid-1\"}}"));
+    assert_string_equal(f->reject_rid, "rid-1");
+    /* the log is told the answer's body length, written after it: what the client got */
+    const char *cl = strstr(c->buf, "content-length: ");
+    assert_non_null(cl);
+    assert_int_equal(f->reject_bytes, strtoull(cl + 16, NULL, 10));
+    assert_true(f->reject_bytes > 50);
     assert_int_equal(f->nrequests, 0);
     assert_int_equal(f->ncloses, 0);
     assert_int_equal(f->nrejects, 1);
