@@ -263,6 +263,8 @@ mg_err_t mg_host_split_port(const char *addr, char *host, size_t cap, unsigned *
     const char *h, *hend, *p;
     if (addr == NULL || *addr == '\0')
         return fail(why, "empty address; expected host:port");
+    if (strstr(addr, "://") != NULL) /* a URL's "http://h:p" read as an IPv6 address */
+        return fail(why, "a URL, not an address: give host:port, without the scheme");
     if (addr[0] == '[') {
         const char *rb = strchr(addr, ']');
         if (rb == NULL)

@@ -292,6 +292,8 @@ static void split_port(void **state)
     expect_split_fails("", "empty");
     expect_split_fails(":80", "missing host");
     expect_split_fails("::1:80", "brackets");
+    /* it said "IPv6 addresses need brackets" */
+    expect_split_fails("http://127.0.0.1:8080", "a URL, not an address: give host:port");
     expect_split_fails("[::1]", "missing :port");
     expect_split_fails("[::1:80", "missing ']'");
     expect_split_fails("[nope]:80", "invalid IPv6");
