@@ -267,8 +267,10 @@ static void load_once(mg_slot_t *s)
                m->path, m->sha256, t_loaded - t0, t1 - t_loaded,
                old ? "; the previous model is freed when its last request ends" : "");
     else
-        MG_LOG(MG_LOG_ERROR, "slot", "model switch refused%s: %s",
-               old || s->current ? "; the previous model keeps serving" : "", err);
+        MG_LOG(MG_LOG_ERROR, "slot", "%s: %s",
+               old || s->current ? "model switch refused; the previous model keeps serving"
+                                 : "model load refused; no model serves yet (/readyz answers 503)",
+               err);
     mg_model_unref(old); /* freed now, or by the last request that still holds it */
     free(descriptor);
     free(file);

@@ -662,6 +662,9 @@ def test_readiness_flips_when_the_model_appears(procs, models):
     assert st["ready"] is False and st["model"] is None, st
     assert st["switch"]["loads_failed"] >= 1 and st["switch"]["loads_ok"] == 0, st
     assert "digits-v1.json" in (st["switch"]["last_error"] or ""), st
+    # no "switch" without a model to switch from: it said "model switch refused"
+    assert "model load refused; no model serves yet" in rt.log(), rt.log()
+    assert "model switch refused" not in rt.log(), rt.log()
     time.sleep(0.5)  # a few watch intervals: a missing file is not retried in a busy loop
     assert rt.status()["switch"]["loads_failed"] <= 2, rt.status()
 
