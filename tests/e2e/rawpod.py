@@ -17,6 +17,36 @@ def frame(ftype, flags, sid, payload):
             struct.pack(">I", sid) + payload)
 
 
+class ThreadedPod:
+    """A loopback listener that serves each connection it accepts on a thread of its own:
+    subclasses write serve(conn). |addr|: "127.0.0.1:port"; close() stops it."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        raise NotImplementedError
+
+    def close(self):
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
 class RawPod:
     """A pod that answers with a status line (HTTP/1.1: one per connection, the gateway closes
     it after a protocol error) or a HEADERS frame carrying |status| and |fields| on every stream

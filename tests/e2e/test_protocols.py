@@ -29,6 +29,7 @@ from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from conftest import (DOMAIN, GATEWAY_BIN, HOST, H1Conn, curl, error_json, free_port, h1,
                       h1_request_bytes, read_jsonl, routes_doc, wait_for)
 from h2client import H2Client
+from rawpod import ThreadedPod
 
 HOST_B = "fraud-detect-staging." + DOMAIN  # an app name with a dash
 
@@ -1175,29 +1176,16 @@ def test_pod_answering_before_the_body_ends_frees_its_stream(procs):
     gw.assert_alive()
 
 
-class EarlyAnswerPod:
+class EarlyAnswerPod(ThreadedPod):
     """An h2c pod. /early: answers 200 at the request's HEADERS and takes none of its body (its
     64 KiB windows stay as they are) until |open_early| is set, then opens that stream's
     window wide. Any other path: reads the body whole and answers with its length and the set
     of its bytes. |streams|: {stream id: [path, bytes, "end" | "reset" | None]}."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
         self.open_early = threading.Event()
-        self.streams, self.conns = {}, []
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+        self.streams = {}
+        super().__init__()
 
     def serve(self, conn):
         c = h2.connection.H2Connection(h2.config.H2Configuration(
@@ -1252,11 +1240,6 @@ class EarlyAnswerPod:
             out = c.data_to_send()
             if out:
                 conn.sendall(out)
-
-    def close(self):
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
 
 
 def test_pod_answering_before_the_whole_body_reached_it(procs):

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from conftest import DOMAIN, HOST, plain_gateway_bin, routes_doc, wait_for
+from rawpod import ThreadedPod
 
 BIG_WINDOW = 2**31 - 1
 
@@ -326,28 +327,14 @@ def test_quiet_tls_connections_give_their_record_buffers_back(procs, state):
     gw.assert_alive()
 
 
-class StalledUploadPod:
+class StalledUploadPod(ThreadedPod):
     """An h2c pod that sends its SETTINGS (the default 64 KiB windows) and then reads nothing
     until |release| is set. Then it reads every request whole and answers 200 with the number
     of body bytes it got."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
         self.release = threading.Event()
-        self.conns = []
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def serve(self, conn):
         c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
@@ -374,11 +361,6 @@ class StalledUploadPod:
                     conn.sendall(out)
         except OSError:
             return
-
-    def close(self):
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
 
 
 class Uploader:
