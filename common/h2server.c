@@ -2469,8 +2469,7 @@ void mg_srv_kept(mg_srv_stream_t *s, size_t held)
     s->kept = held;
     enter(c);
     c->pinned -= n;
-    conn_credit(c);
-    conn_flush(c);
+    conn_credit(c); /* flushes what it submits */
     leave(c);
 }
 

@@ -707,7 +707,7 @@ static void h2_recv(up_conn_t *c)
         }
     }
     c->in_recv = true;
-    int rv = mg_h2_recv(c->h2, bufferevent_get_input(c->bev), &c->dead, NULL, NULL);
+    int rv = mg_h2_recv(c->h2, in, &c->dead, NULL, NULL);
     c->in_recv = false;
     if (rv != 0) {
         MG_LOG(MG_LOG_WARN, "upstream", "pod %s: HTTP/2 error: %s", c->pool->key,
