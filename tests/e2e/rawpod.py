@@ -19,7 +19,8 @@ def frame(ftype, flags, sid, payload):
 
 class ThreadedPod:
     """A loopback listener that serves each connection it accepts on a thread of its own:
-    subclasses write serve(conn). |addr|: "127.0.0.1:port"; close() stops it."""
+    subclasses write serve(conn). |addr|: "127.0.0.1:port"; |conns|: the connections
+    accepted; close() stops it."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -42,12 +43,16 @@ class ThreadedPod:
         raise NotImplementedError
 
     def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept(): close() alone does not
+        except OSError:
+            pass
         self.sock.close()
         for conn in self.conns:
             conn.close()
 
 
-class RawPod:
+class RawPod(ThreadedPod):
     """A pod that answers with a status line (HTTP/1.1: one per connection, the gateway closes
     it after a protocol error) or a HEADERS frame carrying |status| and |fields| on every stream
     a request opens (h2c, after its SETTINGS; HPACK without Huffman; then a HEADERS frame of
@@ -68,38 +73,18 @@ class RawPod:
     def __init__(self, proto, status, http1_answer=None, close_after=False, fields=(),
                  trailers=(), zero_streams=False, interims=(), wait_end=False, settings=()):
         self.proto, self.status, self.close_after = proto, status, close_after
-        self.zero_streams, self.settings, self.conns = zero_streams, list(settings), 0
+        self.zero_streams, self.settings = zero_streams, list(settings)
         self.fields, self.trailers = list(fields), list(trailers)
         self.interims = [(st.decode() if isinstance(st, bytes) else str(st), list(f))
                          for st, f in interims]
         self.blocks, self.trailer_blocks, self.wait_end = [], [], wait_end
         self.http1_answer = http1_answer or ("HTTP/1.1 %s OK\r\ncontent-length: 2\r\n\r\nok"
                                              % status).encode()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns += 1
-            threading.Thread(target=self.talk, args=(conn,), daemon=True).start()
-
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept()
-        except OSError:
-            pass
-        self.sock.close()
+        super().__init__()
 
     frame = staticmethod(frame)
 
-    def talk(self, conn):
+    def serve(self, conn):
         with conn:
             conn.settimeout(10)
             got, off, first = b"", len(PREFACE), True
