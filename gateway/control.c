@@ -44,7 +44,15 @@ struct mg_control {
     char *nameserver;
     dns_entry_t *dns;
     watched_t *watched;
+    mg_routes_t *pending;   /* a reloaded snapshot waiting for its new checks' first results */
+    uint64_t warm_until_ms; /* ... at most until then */
+    struct event *warm;     /* polls those checks while there is a pending snapshot */
 };
+
+/* How often a pending snapshot's checks are looked at, and the slack past their own bound
+ * (first check within interval_ms / 10, over within timeout_ms) before it takes over anyway. */
+#define WARM_POLL_MS 5
+#define WARM_SLACK_MS 250
 
 /* ---------- health ---------- */
 
@@ -75,8 +83,16 @@ static watched_t **find_watched(mg_control_t *c, const char *key)
     return w;
 }
 
-/* Watches every pod of every service with a health check; unwatches the rest. */
-static void apply_checks(mg_control_t *c, const mg_routes_t *r)
+/* The check key of |pod| of |svc|: "service/host:port". */
+static void check_key(char *key, size_t cap, const mg_service_t *svc, const mg_pod_t *pod)
+{
+    snprintf(key, cap, "%s/%s", svc->name, pod->name);
+}
+
+/* Watches every pod of every service of |r| with a health check and gives each pod the standing
+ * its check implies. Checks |r| does not name stay until unwatch_unseen: the snapshot in force
+ * may still be another one. */
+static void watch_checks(mg_control_t *c, const mg_routes_t *r)
 {
     for (watched_t *w = c->watched; w; w = w->next)
         w->seen = false;
@@ -99,7 +115,7 @@ static void apply_checks(mg_control_t *c, const mg_routes_t *r)
         for (size_t k = 0; k < svc->npods; k++) {
             const mg_pod_t *pod = &svc->pods[k];
             char key[512];
-            snprintf(key, sizeof(key), "%s/%s", svc->name, pod->name);
+            check_key(key, sizeof(key), svc, pod);
             if (mg_hc_watch(c->hc, key, (const struct sockaddr *)&pod->addr, pod->addrlen,
                             svc->proto, &hc) != MG_OK) {
                 /* refused (logged by the checker): judge the pod without active checks rather
@@ -132,6 +148,11 @@ static void apply_checks(mg_control_t *c, const mg_routes_t *r)
                 mg_podstate_set_health(pod->state, h);
         }
     }
+}
+
+/* Stops the checks the last watch_checks did not name. */
+static void unwatch_unseen(mg_control_t *c)
+{
     for (watched_t **wp = &c->watched; *wp;) {
         watched_t *w = *wp;
         if (w->seen) {
@@ -172,6 +193,7 @@ static mg_routes_t *build(mg_control_t *c, const json_t *doc, const char *source
 }
 
 static void apply(mg_control_t *c, const mg_routes_t *r);
+static void offer(mg_control_t *c, mg_routes_t *r);
 
 static void on_dns(void *ud, const char *service, const struct sockaddr_storage *addrs, size_t n)
 {
@@ -192,6 +214,10 @@ static void on_dns(void *ud, const char *service, const struct sockaddr_storage 
         return;
     }
     MG_LOG(MG_LOG_INFO, "control", "service %s: %zu pod(s) from DNS", service, n);
+    if (c->pending) { /* |r| is built from the reloaded document: it waits in its place */
+        offer(c, r);
+        return;
+    }
     apply(c, r);
     c->install(c->ud, r);
 }
@@ -257,10 +283,100 @@ static void mark_current(const mg_routes_t *r)
     free(cur);
 }
 
+/* Makes |r| the snapshot the checks and /metrics follow (the caller installs it). */
 static void apply(mg_control_t *c, const mg_routes_t *r)
 {
-    apply_checks(c, r);
+    watch_checks(c, r);
+    unwatch_unseen(c);
     mark_current(r);
+}
+
+/* ---------- reload ---------- */
+
+/* The pods of |r| that wait for their check's first result (a check new to them, with no
+ * standing to keep), and in *|bound_ms| the longest such a result can take. */
+static size_t unwarmed(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_ms)
+{
+    size_t n = 0;
+    *bound_ms = 0;
+    for (size_t i = 0; i < r->nservices; i++) {
+        const mg_service_t *svc = &r->services[i];
+        if (svc->health.path == NULL)
+            continue;
+        uint32_t bound = svc->health.interval_ms / 10 + svc->health.timeout_ms;
+        for (size_t k = 0; k < svc->npods; k++) {
+            char key[512];
+            check_key(key, sizeof(key), svc, &svc->pods[k]);
+            if (atomic_load(&svc->pods[k].state->health) != MG_POD_HEALTH_UNKNOWN ||
+                mg_hc_has_result(c->hc, key))
+                continue;
+            n++;
+            if (bound > *bound_ms)
+                *bound_ms = bound;
+        }
+    }
+    return n;
+}
+
+static void take_over(mg_control_t *c, mg_routes_t *r)
+{
+    apply(c, r); /* again: standings may have moved while it waited */
+    c->install(c->ud, r);
+    MG_LOG(MG_LOG_INFO, "control", "routing document %s reloaded: %zu services, %zu routes",
+           c->path, r->nservices, r->nroutes);
+}
+
+static void warm_later(mg_control_t *c)
+{
+    static const struct timeval poll = {0, WARM_POLL_MS * 1000};
+    evtimer_add(c->warm, &poll);
+}
+
+static void on_warm(evutil_socket_t fd, short what, void *arg)
+{
+    mg_control_t *c = arg;
+    (void)fd, (void)what;
+    uint32_t bound;
+    size_t n = unwarmed(c, c->pending, &bound);
+    if (n > 0 && mg_podstate_now_ms() < c->warm_until_ms) {
+        warm_later(c);
+        return;
+    }
+    if (n > 0)
+        MG_LOG(MG_LOG_WARN, "control",
+               "routing document %s: %zu pod(s) still have no health check result; it takes "
+               "over all the same, and they get requests once they pass",
+               c->path, n);
+    mg_routes_t *r = c->pending;
+    c->pending = NULL;
+    take_over(c, r);
+}
+
+/* Installs a reloaded snapshot |r| (ours) once the checks it starts have their first results,
+ * as Envoy warms a new cluster: a service the reload adds, or pods it moves under a different
+ * check, would otherwise answer 503 until those results; the snapshot in force serves
+ * meanwhile. A snapshot still waiting is replaced. */
+static void offer(mg_control_t *c, mg_routes_t *r)
+{
+    if (c->pending) {
+        evtimer_del(c->warm);
+        mg_routes_unref(c->pending);
+        c->pending = NULL;
+    }
+    watch_checks(c, r);
+    uint32_t bound;
+    size_t n = unwarmed(c, r, &bound);
+    if (n == 0) {
+        take_over(c, r);
+        return;
+    }
+    c->pending = r;
+    c->warm_until_ms = mg_podstate_now_ms() + bound + WARM_SLACK_MS;
+    MG_LOG(MG_LOG_INFO, "control",
+           "routing document %s: the previous routes serve until the new health checks of %zu "
+           "pod(s) have a first result (at most %u ms)",
+           c->path, n, bound + WARM_SLACK_MS);
+    warm_later(c);
 }
 
 /* ---------- API ---------- */
@@ -275,14 +391,17 @@ mg_control_t *mg_control_new(struct event_base *base, const char *nameserver,
     c->install = install;
     c->ud = ud;
     c->hc = mg_hc_new(base, on_health, c);
-    if (c->hc == NULL || (nameserver && (c->nameserver = strdup(nameserver)) == NULL)) {
+    c->warm = evtimer_new(base, on_warm, c);
+    if (c->hc == NULL || c->warm == NULL ||
+        (nameserver && (c->nameserver = strdup(nameserver)) == NULL)) {
         mg_control_free(c);
         return NULL;
     }
     return c;
 }
 
-mg_routes_t *mg_control_load(mg_control_t *c, const char *path, char **errors)
+/* Reads and builds the routing document at |path|, keeps it, and starts its DNS watches. */
+static mg_routes_t *load_doc(mg_control_t *c, const char *path, char **errors)
 {
     json_error_t jerr;
     json_t *doc = mg_json_load_file(path, &jerr);
@@ -296,12 +415,30 @@ mg_routes_t *mg_control_load(mg_control_t *c, const char *path, char **errors)
     json_decref(c->doc);
     c->doc = doc;
     if (c->path == NULL || strcmp(c->path, path) != 0) {
-        free(c->path);
-        c->path = strdup(path);
+        char *copy = strdup(path);
+        if (copy) {
+            free(c->path);
+            c->path = copy;
+        }
     }
     apply_dns(c, r);
-    apply(c, r);
     return r;
+}
+
+mg_routes_t *mg_control_load(mg_control_t *c, const char *path, char **errors)
+{
+    mg_routes_t *r = load_doc(c, path, errors);
+    if (r)
+        apply(c, r);
+    return r;
+}
+
+bool mg_control_reload(mg_control_t *c, const char *path, char **errors)
+{
+    mg_routes_t *r = load_doc(c, path, errors);
+    if (r)
+        offer(c, r);
+    return r != NULL;
 }
 
 void mg_control_adopt(mg_control_t *c, const mg_routes_t *routes)
@@ -313,6 +450,9 @@ void mg_control_free(mg_control_t *c)
 {
     if (c == NULL)
         return;
+    if (c->warm)
+        event_free(c->warm);
+    mg_routes_unref(c->pending);
     if (c->disc)
         mg_disc_free(c->disc);
     if (c->hc)

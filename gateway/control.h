@@ -11,6 +11,8 @@
 #ifndef MG_GATEWAY_CONTROL_H
 #define MG_GATEWAY_CONTROL_H
 
+#include <stdbool.h>
+
 #include <event2/event.h>
 
 #include "routing/routes.h"
@@ -29,6 +31,14 @@ mg_control_t *mg_control_new(struct event_base *base, const char *nameserver,
  * on failure returns NULL with *errors (caller frees) and changes nothing.
  */
 mg_routes_t *mg_control_load(mg_control_t *c, const char *path, char **errors);
+/*
+ * Loads the routing document at |path| again (SIGHUP). On failure returns false with *errors
+ * (caller frees) and changes nothing. On success the new snapshot goes to |install| once the
+ * health checks it starts have a first result (a service it adds, or pods it moves under a
+ * different check, would otherwise answer 503 until then), at most interval_ms / 10 +
+ * timeout_ms plus a little; the snapshot in force serves meanwhile. Logs when it takes over.
+ */
+bool mg_control_reload(mg_control_t *c, const char *path, char **errors);
 /* Starts the checks of a snapshot built elsewhere (the --backend quick start). */
 void mg_control_adopt(mg_control_t *c, const mg_routes_t *routes);
 void mg_control_free(mg_control_t *c);

@@ -459,8 +459,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
         return;
     }
     char *errors = NULL;
-    mg_routes_t *r = mg_control_load(g_control, g_conf->routes_path, &errors);
-    if (r == NULL) {
+    if (!mg_control_reload(g_control, g_conf->routes_path, &errors)) {
         /* a log line per problem, each with its time and level (log collectors split on
          * newlines) */
         const char *p = errors ? errors : "(no detail)";
@@ -472,11 +471,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
             p = nl ? nl + 1 : NULL;
         } while (p && *p);
         free(errors);
-        return;
     }
-    install_routes(NULL, r);
-    MG_LOG(MG_LOG_INFO, "main", "routing document %s reloaded: %zu services, %zu routes",
-           g_conf->routes_path, r->nservices, r->nroutes);
 }
 
 static void on_sigusr1(evutil_socket_t sig, short what, void *arg)

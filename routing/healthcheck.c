@@ -82,6 +82,7 @@ struct hc_pod {
     unsigned healthy_threshold, unhealthy_threshold;
     mg_hc_state_t state;
     unsigned passes, fails; /* consecutive results; at most one of them is non-zero */
+    bool has_result;        /* a check ended (or a twin's verdict came) since the (re)start */
     int health_status;      /* status of this check's health probe, for the pass reason */
     struct event *timer;    /* starts the next check; pending iff no check is in flight */
     struct event *deadline; /* pending iff a check is in flight */
@@ -180,6 +181,7 @@ static void check_done(hc_pod_t *pod, bool pass, const char *reason)
     pod->probe = NULL;
     evtimer_del(pod->deadline);
     schedule(pod, false);
+    pod->has_result = true;
 
     mg_hc_state_t old = pod->state, now = next_state(pod, pass);
     if (now == old)
@@ -740,6 +742,7 @@ static mg_err_t restart_pod(mg_hc_t *hc, hc_pod_t **podp, const char *name,
     pod->proto = proto;
     pod->state = MG_HC_UNKNOWN;
     pod->passes = pod->fails = 0;
+    pod->has_result = false;
     pod->interval_ms = conf->interval_ms; /* the first delay depends on the new interval */
     schedule(pod, true);
     *podp = pod;
@@ -769,6 +772,7 @@ static void take_twin_verdict(mg_hc_t *hc, hc_pod_t *pod)
         pod->state = t->state;
         pod->passes = t->passes;
         pod->fails = t->fails;
+        pod->has_result = true;
         MG_LOG(MG_LOG_INFO, "health", "%s starts %s, as %s (the same check)", pod->name,
                mg_hc_state_name(pod->state), t->name);
         return;
@@ -811,6 +815,12 @@ mg_hc_state_t mg_hc_state(const mg_hc_t *hc, const char *name)
 {
     const hc_pod_t *pod = *find_pod(hc, name);
     return pod ? pod->state : MG_HC_UNKNOWN;
+}
+
+bool mg_hc_has_result(const mg_hc_t *hc, const char *name)
+{
+    const hc_pod_t *pod = *find_pod(hc, name);
+    return pod == NULL || pod->has_result;
 }
 
 void mg_hc_free(mg_hc_t *hc)

@@ -108,6 +108,11 @@ void mg_hc_unwatch(mg_hc_t *hc, const char *pod);
 /* The current state of |pod|; MG_HC_UNKNOWN for a pod that is not watched. */
 mg_hc_state_t mg_hc_state(const mg_hc_t *hc, const char *pod);
 
+/* Whether |pod|'s check has had a result since it (re)started: a pass or a failure (which may
+ * leave it UNKNOWN, short of unhealthy_threshold), or a verdict taken from a twin. True for a
+ * pod that is not watched: there is nothing to wait for. */
+bool mg_hc_has_result(const mg_hc_t *hc, const char *pod);
+
 /* "unknown", "healthy" or "unhealthy". */
 const char *mg_hc_state_name(mg_hc_state_t state);
 

@@ -383,6 +383,18 @@ def test_unhealthy_pod_leaves_and_returns(procs):
     c.close()
 
 
+def until_served_by(c, service, n, seconds):
+    """GET / until |n| answers came from |service| (x-modelgate-service), at most |seconds|;
+    returns every (status, service) seen and asserts the |n| came."""
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and sum(1 for r in seen if r[1] == service) < n:
+        r = c.get("/")
+        seen.append((r.status_code, r.headers.get("x-modelgate-service")))
+    assert sum(1 for r in seen if r[1] == service) == n, seen[-5:]
+    return seen
+
+
 def test_reload_renaming_a_checked_service_keeps_its_pods_in_rotation(procs):
     """A reload that renames a service (same pods, same check) hands its pods over with their
     verdicts: the renamed service's first requests are served, not answered 503 no_healthy_pod
@@ -395,15 +407,38 @@ def test_reload_renaming_a_checked_service_keeps_its_pods_in_rotation(procs):
     wait_for(lambda: c.get("/").status_code == 200, 5, what="the pods' first verdict")
     gw.write_routes(doc({"new": svc(p0, p1, health_check=hc)}, [route(service="new")]))
     gw.signal(signal.SIGHUP)
-    seen = []
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len([r for r in seen if r[1] == "new"]) < 50:
-        r = c.get("/")
-        seen.append((r.status_code, r.headers.get("x-modelgate-service")))
+    seen = until_served_by(c, "new", 50, 5)
     c.close()
-    after = [code for code, name in seen if name == "new"]
-    assert len(after) == 50, seen[-5:]
     assert set(code for code, _ in seen) == {200}, collections.Counter(seen)
+
+
+def test_reload_moving_pods_under_a_different_check_waits_for_its_first_results(procs):
+    """A reload that moves serving pods into a new service with a different check (another
+    path: a new model's readiness) takes over once that check has a first result, and the
+    routes in force serve until then, as Envoy warms a new cluster. Before, the new service
+    answered 503 no_healthy_pod until the first check (up to interval_ms / 10 plus the check).
+    The wait ends with a failing check too: a service whose only pod fails it answers 503."""
+    p0, p1, p2 = procs.backend("p0"), procs.backend("p1"), procs.backend("p2")
+    old_hc = {"path": "/health", "interval_ms": 20000, "timeout_ms": 1000}
+    new_hc = {"path": "/status/204", "interval_ms": 20000, "timeout_ms": 1000}
+    bad_hc = {"path": "/status/503", "interval_ms": 20000, "timeout_ms": 1000,
+              "unhealthy_threshold": 1}
+    gw = procs.gateway(doc({"old": svc(p0, p1, health_check=old_hc)}, [route(service="old")]),
+                       tls=False)
+    c = Client(gw)
+    wait_for(lambda: c.get("/").status_code == 200, 5, what="the pods' first verdict")
+    gw.write_routes(doc({"new": svc(p0, p1, health_check=new_hc),
+                         "bad": svc(p2, health_check=bad_hc)},
+                        [route(service="new"), route(app="other", service="bad")]))
+    gw.signal(signal.SIGHUP)
+    seen = until_served_by(c, "new", 50, 6)
+    other = c.get("/", headers={"host": HOST.replace("digits", "other", 1)})
+    c.close()
+    assert set(code for code, _ in seen) == {200}, collections.Counter(seen)
+    assert "the previous routes serve until the new health checks of 3 pod(s)" in gw.log()
+    assert "still have no health check result" not in gw.log()
+    assert other.status_code == 503, other.text
+    assert other.json()["error"]["code"] == "no_healthy_pod"
 
 
 def test_reload_adding_a_check_keeps_serving_pods_in_rotation(procs):

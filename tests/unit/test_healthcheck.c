@@ -466,7 +466,15 @@ static void refused_port_goes_unhealthy_after_threshold(void **state)
     mg_hc_conf_t c = conf("/readyz", 1, 3);
     f->unwatch_in_cb = true;
     int64_t t0 = now_ms();
+    assert_true(mg_hc_has_result(f->hc, pod)); /* not watched: nothing to wait for */
     watch(f, pod, port, MG_UP_H1, &c);
+    assert_false(mg_hc_has_result(f->hc, pod));
+    /* the first failure is a result, though the state stays UNKNOWN (1 of 3) */
+    while (!mg_hc_has_result(f->hc, pod) && now_ms() - t0 < WAIT_MS)
+        run_for(f, 5);
+    assert_true(mg_hc_has_result(f->hc, pod));
+    assert_int_equal(mg_hc_state(f->hc, pod), MG_HC_UNKNOWN);
+    assert_int_equal(f->changes, 0);
     while (f->changes == 0 && now_ms() - t0 < WAIT_MS)
         run_for(f, 20);
     assert_int_equal(f->changes, 1);
@@ -645,14 +653,19 @@ static void new_key_for_a_running_check_takes_its_verdict(void **state)
 
     watch(f, new_key, port, MG_UP_H1, &c); /* no loop turn between: no check of its own ran */
     assert_int_equal(mg_hc_state(f->hc, new_key), MG_HC_HEALTHY);
+    assert_true(mg_hc_has_result(f->hc, new_key));
     mg_hc_unwatch(f->hc, old_key);
     assert_int_equal(mg_hc_state(f->hc, new_key), MG_HC_HEALTHY);
 
     c.path = "/other";
     watch(f, other_key, port, MG_UP_H1, &c);
     assert_int_equal(mg_hc_state(f->hc, other_key), MG_HC_UNKNOWN);
-    watch(f, other_key, port, MG_UP_H2C, &c);
+    assert_false(mg_hc_has_result(f->hc, other_key));
+    wait_state(f, other_key, MG_HC_HEALTHY);
+    assert_true(mg_hc_has_result(f->hc, other_key));
+    watch(f, other_key, port, MG_UP_H2C, &c); /* a restart: no result of the new check yet */
     assert_int_equal(mg_hc_state(f->hc, other_key), MG_HC_UNKNOWN);
+    assert_false(mg_hc_has_result(f->hc, other_key));
 }
 
 static void bad_conf_is_refused(void **state)
