@@ -648,6 +648,18 @@ static bool check_access_log(const char *path)
     return false;
 }
 
+/* TLS files no listener uses: most likely a listener meant for TLS went under "listen" (or
+ * --listen). nghttpx ignores such files in silence; both start-up and --check-config say it. */
+static const char *unused_tls_files(const mg_conf_t *conf)
+{
+    if (conf->ntls_listen > 0 ||
+        (conf->tls_cert == NULL && conf->tls_key == NULL && conf->tls_ticket_key_file == NULL))
+        return NULL;
+    return "a TLS certificate, key or ticket key file is set (tls.cert, tls.key, "
+           "tls.ticket_key_file, --cert, --key) but no listener uses TLS (tls.listen or "
+           "--tls-listen): the files are not read, and every listener is cleartext";
+}
+
 /* --check-config: what start-up would refuse before binding or connecting fails here too (as
  * nginx -t loads certificates): the TLS certificate and key, the secret files, the access
  * log's place. The routing
@@ -679,6 +691,9 @@ static int check_only(const mg_conf_t *conf)
             conf_reject("%s", err);
         ok &= read;
     }
+    const char *unused = unused_tls_files(conf);
+    if (unused)
+        fprintf(stderr, "modelgate: warning: %s\n", unused);
     ok &= check_secret(conf->admin_token_file, "admin.token_file", MG_SECRET_TOKEN,
                        MG_ADMIN_TOKEN_MAX);
     ok &= check_access_log(conf->access_log);
@@ -878,6 +893,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
     MG_LOG(MG_LOG_INFO, "main", "open-files limit %llu", raise_open_files_limit());
+    if (unused_tls_files(&conf))
+        MG_LOG(MG_LOG_WARN, "main", "%s", unused_tls_files(&conf));
 
     int rc = 1;
     /* before any snapshot: balancers and counters get one row per worker */

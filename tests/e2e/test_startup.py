@@ -6,7 +6,7 @@ would otherwise share its traffic silently), bad flags name the problem, --help 
 import json
 import subprocess
 
-from conftest import GATEWAY_BIN, SANITIZER_RE, free_port, routes_doc
+from conftest import GATEWAY_BIN, SANITIZER_RE, free_port, port_open, routes_doc, wait_for
 from runtime_util import RUNTIME_BIN
 
 
@@ -168,6 +168,36 @@ def test_check_config_warns_of_an_expired_certificate(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "configuration OK" in r.stdout, r.stdout
     assert "warning: TLS certificate %s has EXPIRED" % cert in r.stderr, r.stderr
+
+
+def test_tls_files_without_a_tls_listener_are_named(tmp_path):
+    """A certificate and key with only cleartext listeners (a TLS listener written under
+    "listen") were accepted in silence, by --check-config and start-up alike: the gateway then
+    served cleartext where TLS was meant. Both now warn; the start still goes on."""
+    cert, key = expired_pair(tmp_path)
+    (tmp_path / "routes.json").write_text(json.dumps(
+        routes_doc({"svc": ["127.0.0.1:1"]}, [("digits", "production", "svc")])))
+    conf = tmp_path / "gateway.json"
+    port = free_port()
+    conf.write_text(json.dumps({"listen": ["127.0.0.1:%d" % port],
+                                "tls": {"cert": str(cert), "key": str(key)},
+                                "routes": "routes.json"}))
+    words = "but no listener uses TLS (tls.listen or --tls-listen)"
+    r = run("--check-config", str(conf))
+    assert r.returncode == 0 and "configuration OK" in r.stdout, r.stderr
+    assert "warning: a TLS certificate, key or ticket key file is set" in r.stderr, r.stderr
+    assert words in r.stderr, r.stderr
+    # start-up, from flags this time
+    p = subprocess.Popen([GATEWAY_BIN, "--listen", "127.0.0.1:%d" % port, "--backend",
+                          "127.0.0.1:1", "--cert", str(cert), "--key", str(key)],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: port_open(port), 10, what="the cleartext listener")
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert words in err, err
 
 
 def test_runtime_refuses_a_port_out_of_range_and_a_zero_batch():
