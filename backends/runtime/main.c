@@ -300,6 +300,8 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    int rc = 1;
+    struct event *sigs[3] = {NULL, NULL, NULL};
     rt.base = event_base_new();
     rt.slot = mg_slot_new(&src, o.watch_ms, o.warmup_rounds);
     rt.batcher = rt.base ? mg_batcher_new(rt.base, o.threads, o.max_batch, o.max_wait_us) : NULL;
@@ -320,26 +322,27 @@ int main(int argc, char **argv)
     rt.check = rt.base ? event_new(rt.base, -1, EV_PERSIST, on_check, &rt) : NULL;
     if (rt.slot == NULL || rt.srv == NULL || rt.check == NULL) {
         fprintf(stderr, "modelgate-runtime: cannot start (out of memory or threads)\n");
-        return 1;
+        goto out;
     }
     for (size_t i = 0; i < o.nlisten; i++) {
         char err[512];
         int fd = mg_listen_bind(o.listen[i], true, err, sizeof(err));
         if (fd < 0 || mg_srv_listen(rt.srv, fd, false) != MG_OK) {
             fprintf(stderr, "modelgate-runtime: %s\n", fd < 0 ? err : "cannot serve");
-            return 1;
+            goto out;
         }
     }
-    struct event *sigs[] = {
-        evsignal_new(rt.base, SIGTERM, on_sigterm, &rt),
-        evsignal_new(rt.base, SIGINT, on_sigterm, &rt),
-        evsignal_new(rt.base, SIGHUP, on_sighup, &rt),
-    };
-    for (size_t i = 0; i < 3; i++)
-        event_add(sigs[i], NULL);
+    static const int signo[3] = {SIGTERM, SIGINT, SIGHUP};
+    for (size_t i = 0; i < 3; i++) {
+        sigs[i] = evsignal_new(rt.base, signo[i], signo[i] == SIGHUP ? on_sighup : on_sigterm, &rt);
+        if (sigs[i] == NULL || event_add(sigs[i], NULL) != 0) {
+            fprintf(stderr, "modelgate-runtime: cannot watch signals\n");
+            goto out;
+        }
+    }
     if (mg_slot_start(rt.slot) != MG_OK) {
         fprintf(stderr, "modelgate-runtime: cannot start the model loader\n");
-        return 1;
+        goto out;
     }
     MG_LOG(MG_LOG_INFO, "runtime",
            "modelgate-runtime %s on %s: %u inference thread(s), batches of up to %u (wait %u "
@@ -347,16 +350,22 @@ int main(int argc, char **argv)
            MG_VERSION, o.listen[0], o.threads, o.max_batch, o.max_wait_us, o.model);
 
     event_base_dispatch(rt.base);
+    rc = 0;
 
+out: /* a refused start frees what it made too: the sanitizer build reports no leak */
     mg_srv_free(rt.srv);         /* closes client streams: requests in jobs are marked closed */
     mg_batcher_free(rt.batcher); /* finishes queued jobs, which recycle their requests */
     mg_rt_free(rt.api);
     mg_slot_free(rt.slot);
     for (size_t i = 0; i < 3; i++)
-        event_free(sigs[i]);
-    event_free(rt.check);
-    event_base_free(rt.base);
+        if (sigs[i])
+            event_free(sigs[i]);
+    if (rt.check)
+        event_free(rt.check);
+    if (rt.base)
+        event_base_free(rt.base);
     mg_evmem_flush(); /* the loop thread's chains */
-    MG_LOG(MG_LOG_INFO, "runtime", "stopped");
-    return 0;
+    if (rc == 0)
+        MG_LOG(MG_LOG_INFO, "runtime", "stopped");
+    return rc;
 }

@@ -114,9 +114,21 @@ mg_err_t mg_slot_read_descriptor(const char *path, char **file, char **kind, cha
         for (int i = 0; keys[i]; i++)
             known = known || strcmp(k, keys[i]) == 0;
         if (!known) {
-            snprintf(err, errlen,
-                     "%s: unknown key '%s'; valid: file, kind, name, version, options, warmup",
-                     path, k);
+            int n = snprintf(err, errlen,
+                             "%s: unknown key '%s'; valid: file, kind, name, version, options, "
+                             "warmup",
+                             path, k);
+            /* a model file given without --kind is read as a descriptor: say so */
+            if (json_object_get(doc, "file") == NULL && n > 0 && (size_t)n < errlen) {
+                n += snprintf(err + n, errlen - (size_t)n,
+                              " (with no \"file\" key, this looks like a model file rather than "
+                              "a descriptor: give its kind with --kind, one of");
+                for (const char *const *kn = mg_model_kind_names();
+                     *kn && n > 0 && (size_t)n < errlen; kn++)
+                    n += snprintf(err + n, errlen - (size_t)n, " %s", *kn);
+                if (n > 0 && (size_t)n < errlen)
+                    snprintf(err + n, errlen - (size_t)n, ")");
+            }
             goto out;
         }
     }
