@@ -135,6 +135,9 @@ sanity() {
 layout() {
     if [ "$1" = thr ]; then
         pin_sessions "$THR_LOADGEN" 'gw-*' "$THR_GATEWAY" "$THR_BACKEND"
+        if [ -n "${THR_REDIS:-}" ]; then
+            for p in $(pgrep -s "${SID[redis]}"); do taskset -a -p -c "$THR_REDIS" "$p" >/dev/null 2>&1; done
+        fi
     else
         pin_sessions "$LAT_LOADGEN" 'gw-*' "$LAT_GATEWAY" "$LAT_BACKEND"
     fi
