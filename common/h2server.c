@@ -2193,8 +2193,10 @@ static void h1_respond(mg_srv_stream_t *s, int status, const mg_hdr_t *h, size_t
         } else
             c->h1_close = true; /* HTTP/1.0: the body ends with the connection */
     }
-    if (!s->req_ended && !h1_can_discard(c, s))
-        c->h1_close = true; /* said now: a client told keep-alive would send its next request */
+    /* said now: a client told keep-alive would send its next request. A 408 answers a client
+     * that stopped sending its body: what it sends next is a new request, not the rest */
+    if (!s->req_ended && (status == 408 || !h1_can_discard(c, s)))
+        c->h1_close = true;
     if (c->h1_close || c->srv->shutting_down)
         evbuffer_add(out, "connection: close\r\n", 19);
     else if (c->parser.http_minor == 0) /* HTTP/1.0 closes unless told otherwise */

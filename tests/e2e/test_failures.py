@@ -1400,6 +1400,25 @@ def test_http11_head_not_finished_in_client_idle_gets_408(procs):
     assert_serving(gw)
 
 
+def test_http11_body_stalled_in_idle_gets_408_and_a_close(procs):
+    """A client that stops half way through its body gets 408 client_timeout at the idle
+    timeout. The 408 kept the connection, which went on dropping the 90 bytes still owed: the
+    client's next request was read as them, and a longer one was answered as the request
+    hidden in its tail. The 408 now closes the connection (RFC 9112 9.6)."""
+    a = procs.backend("pod-a")
+    gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"idle": 500}})
+    with H1Conn(gw.port) as h:
+        h.send(b"POST /stall HTTP/1.1\r\nHost: %s\r\nContent-Length: 100\r\n\r\n0123456789"
+               % gw.authority().encode())
+        r = h.read_response()
+        error_json(408, "client_timeout", r.status, r.headers, r.body)
+        assert r.headers.get("connection") == "close", r.headers
+        assert h.closed_by_peer(5), "the connection stayed open after the 408"
+    ln = gw.wait_access(1)[0]
+    assert (ln["status"], ln["error"], ln["path"]) == (408, "client_timeout", "/stall"), ln
+    assert_serving(gw)
+
+
 @pytest.mark.parametrize("cut", ["no_end_headers", "payload_cut", "beside_a_slow_request",
                                  "trickled"])
 def test_h2_head_not_finished_in_client_idle_is_closed(procs, cut):
