@@ -92,14 +92,15 @@ static void check_key(char *key, size_t cap, const mg_service_t *svc, const mg_p
 /* Watches every pod of every service of |r| with a health check and gives each pod the standing
  * its check implies. Checks |r| does not name stay until unwatch_unseen: the snapshot in force
  * may still be another one. */
-static void watch_checks(mg_control_t *c, const mg_routes_t *r)
+static void watch_checks(mg_control_t *c, const mg_routes_t *r, bool in_force)
 {
     for (watched_t *w = c->watched; w; w = w->next)
         w->seen = false;
     for (size_t i = 0; i < r->nservices; i++) {
         const mg_service_t *svc = &r->services[i];
         if (svc->health.path == NULL) { /* judged by passive detection alone (again) */
-            for (size_t k = 0; k < svc->npods; k++)
+            /* not before |r| is in force: the routes in force share these pod states */
+            for (size_t k = 0; in_force && k < svc->npods; k++)
                 if (atomic_load(&svc->pods[k].state->health) != MG_POD_HEALTH_UNCHECKED)
                     mg_podstate_set_health(svc->pods[k].state, MG_POD_HEALTH_UNCHECKED);
             continue;
@@ -132,17 +133,17 @@ static void watch_checks(mg_control_t *c, const mg_routes_t *r)
             if (*wp)
                 (*wp)->seen = true;
             /* A check restarted by a changed path or version, or added to a pod that served
-             * without one, has no verdict yet: the pod keeps the standing it had until the
-             * new check reaches its own (on_health), so a reload never takes a serving
-             * service out at once. A pod never routed to waits for its first check. */
+             * without one, has no verdict yet: a pod the routes in force use keeps the standing
+             * it had until the new check reaches its own (on_health), so a reload never takes
+             * a serving service out at once. A pod they do not use (never routed to, or back
+             * in a service it left) has no standing to keep and waits for its first check. */
             mg_hc_state_t st = mg_hc_state(c->hc, key);
             int cur = atomic_load(&pod->state->health);
             mg_pod_health_t h = st == MG_HC_HEALTHY     ? MG_POD_HEALTH_HEALTHY
                                 : st == MG_HC_UNHEALTHY ? MG_POD_HEALTH_UNHEALTHY
                                                         : MG_POD_HEALTH_UNKNOWN;
-            if (h == MG_POD_HEALTH_UNKNOWN &&
-                (cur == MG_POD_HEALTH_HEALTHY || cur == MG_POD_HEALTH_UNHEALTHY ||
-                 (cur == MG_POD_HEALTH_UNCHECKED && mg_podstate_in_routing(pod->state))))
+            if (h == MG_POD_HEALTH_UNKNOWN && cur != MG_POD_HEALTH_UNKNOWN &&
+                mg_podstate_in_routing(pod->state))
                 continue;
             if (cur != (int)h)
                 mg_podstate_set_health(pod->state, h);
@@ -194,6 +195,7 @@ static mg_routes_t *build(mg_control_t *c, const json_t *doc, const char *source
 
 static void apply(mg_control_t *c, const mg_routes_t *r);
 static void offer(mg_control_t *c, mg_routes_t *r);
+static void take_over(mg_control_t *c, mg_routes_t *r);
 
 static void on_dns(void *ud, const char *service, const struct sockaddr_storage *addrs, size_t n)
 {
@@ -214,8 +216,16 @@ static void on_dns(void *ud, const char *service, const struct sockaddr_storage 
         return;
     }
     MG_LOG(MG_LOG_INFO, "control", "service %s: %zu pod(s) from DNS", service, n);
-    if (c->pending) { /* |r| is built from the reloaded document: it waits in its place */
-        offer(c, r);
+    if (c->pending) {
+        /* |r| is built from the reloaded document. The routes in force cannot follow DNS
+         * (their document is gone), so the wait ends: DNS pods never wait on a reload */
+        MG_LOG(MG_LOG_INFO, "control",
+               "routing document %s: a DNS change ends the wait for first health check results",
+               c->path);
+        evtimer_del(c->warm);
+        mg_routes_unref(c->pending);
+        c->pending = NULL;
+        take_over(c, r);
         return;
     }
     apply(c, r);
@@ -286,7 +296,7 @@ static void mark_current(const mg_routes_t *r)
 /* Makes |r| the snapshot the checks and /metrics follow (the caller installs it). */
 static void apply(mg_control_t *c, const mg_routes_t *r)
 {
-    watch_checks(c, r);
+    watch_checks(c, r, true);
     unwatch_unseen(c);
     mark_current(r);
 }
@@ -363,7 +373,7 @@ static void offer(mg_control_t *c, mg_routes_t *r)
         mg_routes_unref(c->pending);
         c->pending = NULL;
     }
-    watch_checks(c, r);
+    watch_checks(c, r, false);
     uint32_t bound;
     size_t n = unwarmed(c, r, &bound);
     if (n == 0) {

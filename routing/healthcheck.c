@@ -793,8 +793,14 @@ mg_err_t mg_hc_watch(mg_hc_t *hc, const char *name, const struct sockaddr *addr,
     }
     if (created)
         take_twin_verdict(hc, pod);
-    /* timing and thresholds apply from the next check, whatever the state */
+    /* timing and thresholds apply from the next check, whatever the state; a first check
+     * still to come is drawn again from the new interval (a reload may be waiting for it) */
+    bool redraw = !pod->has_result && pod->probe == NULL && pod->interval_ms != conf->interval_ms;
     pod->interval_ms = conf->interval_ms;
+    if (redraw) {
+        evtimer_del(pod->timer);
+        schedule(pod, true);
+    }
     pod->timeout_ms = conf->timeout_ms;
     pod->healthy_threshold = conf->healthy_threshold;
     pod->unhealthy_threshold = conf->unhealthy_threshold;

@@ -441,6 +441,48 @@ def test_reload_moving_pods_under_a_different_check_waits_for_its_first_results(
     assert other.json()["error"]["code"] == "no_healthy_pod"
 
 
+def test_pod_back_in_a_service_it_left_waits_for_a_new_verdict(procs, tmp_path):
+    """A pod's verdict is kept per service and pod. A pod a reload put back in a service it had
+    left took its old verdict at once: healthy before and failing now, it took every request
+    until its first check failed (then up to interval_ms more with unhealthy_threshold 2);
+    unhealthy before and passing now, the service answered 503 until its first check. Now it
+    has no standing to keep: the reload waits for its first check, the routes in force serve
+    meanwhile, and the answer follows what the check says today."""
+    health = tmp_path / "b-health"
+    health.write_text("ok")
+    a = procs.backend("a")
+    b = procs.backend("b", args=["--health-file", str(health)])
+    hc = {"path": "/health", "interval_ms": 20000, "timeout_ms": 1000}
+    with_b = doc({"main": svc(a), "canary": svc(b, health_check=hc)},
+                 [route(service="canary")])
+    without_b = doc({"main": svc(a)}, [route(service="main")])
+    gw = procs.gateway(with_b, tls=False)
+    c = Client(gw)
+    wait_for(lambda: c.get("/").headers.get("x-pod") == "b", 5, what="b's first verdict")
+
+    def rejoin():
+        gw.write_routes(without_b)
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: c.get("/").headers.get("x-pod") == "a", 5, what="b out")
+        health.unlink() if health.exists() else health.write_text("ok")
+        gw.write_routes(with_b)
+        gw.signal(signal.SIGHUP)
+        seen = collections.Counter()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            r = c.get("/")
+            seen[(r.status_code, r.headers.get("x-pod"))] += 1
+        return seen
+
+    seen = rejoin()  # healthy before, failing now (1 of 2 failures: no verdict, no traffic)
+    assert (200, "b") not in seen, seen
+    assert (503, None) in seen, seen
+    seen = rejoin()  # failing when it left, passing now
+    assert set(code for code, _ in seen) == {200}, seen
+    assert (200, "b") in seen, seen
+    c.close()
+
+
 def test_reload_adding_a_check_keeps_serving_pods_in_rotation(procs):
     """A reload that adds a health check to a service whose pods serve without one keeps them
     in rotation until the check's first verdict: before, they waited for it (up to
