@@ -76,6 +76,7 @@ struct mg_up_stream {
     mg_up_stream_t *drain_next;
     struct evbuffer *body;
     bool body_ended, cancelled, done, deferred, want_drain, in_drain_list, sent, head;
+    bool misframed; /* HTTP/1.1: a 204 or 304 with framing fields: its connection is not reused */
     bool headers_done, skip_1xx;
     bool req_sent_all; /* the whole request body left |body| for the pod (and its end) */
     bool body_gone;    /* answered before that: |body| is the caller's no more, never read it */
@@ -885,6 +886,18 @@ static int h1_on_headers_complete(llhttp_t *p)
          * response starts right after its head (llhttp would read a body for it) */
         return 1;
     }
+    /* A 204 with Transfer-Encoding or a non-zero Content-Length, or a 304 with
+     * Transfer-Encoding (RFC 9112 6.1, RFC 9110 8.6), comes from a pod that frames wrongly: the
+     * body it meant may still come, in a later segment, and must not be read as the answer to
+     * the next request on the connection */
+    s->misframed = (s->status == 204 || s->status == 304) &&
+                   ((p->flags & F_TRANSFER_ENCODING) ||
+                    (s->status == 204 && (p->flags & F_CONTENT_LENGTH) && p->content_length > 0));
+    if (s->misframed)
+        MG_LOG(MG_LOG_WARN, "upstream",
+               "pod %s: %d with %s: its connection is closed after it, not reused", c->pool->key,
+               s->status,
+               (p->flags & F_TRANSFER_ENCODING) ? "Transfer-Encoding" : "a Content-Length");
     deliver_headers(s, false);
     return s->head || s->status == 204 || s->status == 304 ? 1 : 0;
 }
@@ -935,7 +948,7 @@ static int h1_on_message_complete(llhttp_t *p)
     }
     /* a request the pod did not get whole (answered early) leaves the connection
      * mid-message: the rest would be read as the next request */
-    bool reusable = llhttp_should_keep_alive(p) && s->req_sent_all;
+    bool reusable = llhttp_should_keep_alive(p) && s->req_sent_all && !s->misframed;
     if (c->read_off) { /* paused for this exchange's consumer, which is done with it now */
         c->read_off = false;
         mg_outq_enable(&c->outq, c->bev, EV_READ);

@@ -26,7 +26,7 @@ from hpack import Encoder
 from conftest import (DOMAIN, HOST, H1Conn, error_json, free_port, h1, h1_request_bytes,
                       routes_doc, wait_for)
 from h2client import Stream
-from rawpod import frame
+from rawpod import ThreadedPod, frame
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PROTOCOL_ERROR = 1
@@ -59,6 +59,69 @@ def two_pod_stack(procs, pods, conf=None, proto="h2c"):
 
 
 # --- upstream failures --------------------------------------------------------------------------
+
+
+class LateBodyPod(ThreadedPod):
+    """An HTTP/1.1 pod that answers GET /late with |head| (a 204 carrying framing fields), then
+    150 ms later sends more bytes shaped as a whole answer; every other request gets 200
+    "ok-<path>". Requests are read one head at a time (none has a body)."""
+
+    def __init__(self, head):
+        self.head = head
+        super().__init__()
+
+    def serve(self, conn):
+        buf = b""
+        while True:
+            try:
+                d = conn.recv(65536)
+            except OSError:
+                return
+            if not d:
+                return
+            buf += d
+            while b"\r\n\r\n" in buf:
+                req, _, buf = buf.partition(b"\r\n\r\n")
+                path = req.split(b" ")[1]
+                if path == b"/late":
+                    conn.sendall(self.head)
+                    time.sleep(0.15)
+                    try:  # the gateway may have closed the connection by now
+                        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret")
+                    except OSError:
+                        return
+                else:
+                    body = b"ok-" + path
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                                 % (len(body), body))
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\ncontent-length: 40\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"],
+    ids=["204-te", "204-cl", "304-te"])
+def test_pod_bytes_after_a_misframed_204_reach_no_other_client(procs, head):
+    """An HTTP/1.1 pod that answers 204 with Transfer-Encoding or a Content-Length (or 304 with
+    Transfer-Encoding), framing RFC 9112 6.1 and RFC 9110 8.6 forbid, and sends the body it
+    meant in a later segment: its connection went back to the pool at the 204, and the next
+    client's request on it got those bytes as its answer ("secret"). The connection is now
+    closed after such an answer, and the log names the pod's fault."""
+    pod = LateBodyPod(head)
+    try:
+        gw = two_pod_stack(procs, [pod.addr], proto="http1")
+        with H1Conn(gw.port) as h:
+            h.send(b"GET /late HTTP/1.1\r\nHost: %s\r\n\r\n" % gw.authority().encode())
+            r = h.read_response()
+            assert r.status == int(head.split(b" ")[1]), r.status
+        time.sleep(0.05)  # the pod's late bytes are due in 100 ms
+        with H1Conn(gw.port) as h:
+            h.send(b"GET /victim HTTP/1.1\r\nHost: %s\r\n\r\n" % gw.authority().encode())
+            r = h.read_response()
+            assert (r.status, r.body) == (200, b"ok-/victim"), (r.status, r.body)
+        assert "its connection is closed after it, not reused" in gw.log()
+    finally:
+        pod.close()
 
 
 @pytest.mark.parametrize("proto", ["h2c", "http1"])
