@@ -50,6 +50,15 @@ static bool split(const char *addr, char *host, size_t hcap, char *port, size_t 
     return true;
 }
 
+/* What bind() gets for |host| ("" = every address) and |port|: getaddrinfo's answer. */
+static int resolve(const char *host, const char *port, struct addrinfo **ai)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    return getaddrinfo(host[0] ? host : NULL, port, &hints, ai);
+}
+
 bool mg_sockaddr_is_loopback(const struct sockaddr *sa)
 {
     if (sa->sa_family == AF_INET)
@@ -76,10 +85,8 @@ int mg_listen_bind(const char *addr, bool first, char *err, size_t errlen)
                  addr, port);
         return -1;
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
-    int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
+    int rc = resolve(host, port, &ai);
     if (rc != 0) {
         snprintf(err, errlen, "listen address '%s': %s", addr, gai_strerror(rc));
         return -1;
@@ -110,11 +117,8 @@ static bool bind_addr(const char *addr, struct sockaddr_storage *out)
     char host[256], port[16];
     if (!split(addr, host, sizeof(host), port, sizeof(port)))
         return false;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
-    if (getaddrinfo(host[0] ? host : NULL, port, &hints, &ai) != 0)
+    if (resolve(host, port, &ai) != 0)
         return false;
     memcpy(out, ai->ai_addr, ai->ai_addrlen);
     freeaddrinfo(ai);

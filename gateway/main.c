@@ -893,8 +893,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
     MG_LOG(MG_LOG_INFO, "main", "open-files limit %llu", raise_open_files_limit());
-    if (unused_tls_files(&conf))
-        MG_LOG(MG_LOG_WARN, "main", "%s", unused_tls_files(&conf));
+    const char *unused_tls = unused_tls_files(&conf);
+    if (unused_tls)
+        MG_LOG(MG_LOG_WARN, "main", "%s", unused_tls);
 
     int rc = 1;
     /* before any snapshot: balancers and counters get one row per worker */

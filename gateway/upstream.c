@@ -126,7 +126,7 @@ struct pool {
     up_conn_t *conns;
     size_t nconns, nidle;
     mg_log_limit_t log_limit; /* connect errors repeat per request */
-    mg_log_limit_t head_log_limit; /* so do oversized response heads */
+    mg_log_limit_t head_log_limit; /* so do oversized or misframed response heads */
     mg_podstate_t *state;     /* the pod's shared state: its connection gauge; may be NULL */
     mg_up_stream_t *qhead, *qtail; /* requests waiting for a connection, oldest first */
     size_t nqueued;
@@ -893,11 +893,14 @@ static int h1_on_headers_complete(llhttp_t *p)
     s->misframed = (s->status == 204 || s->status == 304) &&
                    ((p->flags & F_TRANSFER_ENCODING) ||
                     (s->status == 204 && (p->flags & F_CONTENT_LENGTH) && p->content_length > 0));
-    if (s->misframed)
+    unsigned long skipped;
+    if (s->misframed && mg_log_limit_pass(&c->pool->head_log_limit, &skipped))
         MG_LOG(MG_LOG_WARN, "upstream",
-               "pod %s: %d with %s: its connection is closed after it, not reused", c->pool->key,
-               s->status,
-               (p->flags & F_TRANSFER_ENCODING) ? "Transfer-Encoding" : "a Content-Length");
+               "pod %s: %d with %s: its connection is closed after it, not reused (%lu similar "
+               "suppressed)",
+               c->pool->key, s->status,
+               (p->flags & F_TRANSFER_ENCODING) ? "Transfer-Encoding" : "a Content-Length",
+               skipped);
     deliver_headers(s, false);
     return s->head || s->status == 204 || s->status == 304 ? 1 : 0;
 }
