@@ -89,6 +89,7 @@ struct mg_srv_stream {
     bool h1_chunked, h1_nobody;
     bool expect_100; /* Expect: 100-continue: said once the handler takes the request */
     bool continued;  /* HTTP/1.1: that 100 Continue was written */
+    bool expect_unmet;  /* an Expect other than 100-continue: EXPECT_UNMET */
     uint8_t ninterim;   /* interim heads sent (mg_srv_interim), <= MG_SRV_MAX_INTERIM */
     bool reset_by_us;   /* HTTP/2: the handler reset it (mg_srv_reset): not a premature close */
     bool reset_counted; /* HTTP/2: counted by premature_close when its reset was decided */
@@ -162,6 +163,8 @@ struct conn {
     int h1_refused;          /* a request we refuse at its head: the status (see h1_refuse) */
     const char *h1_refused_code, *h1_refused_msg;
     char *h1_scratch; /* field and value being accumulated */
+    const char *h1_feed; /* the bytes llhttp_execute reads: see h1_after_lf_and_lws */
+    bool h1_feed_at_lws; /* the bytes read before them end with LF and only SP/HT */
     size_t h1_fld_len, h1_val_len, h1_hdr_bytes;
     size_t h1_ext_bytes; /* chunk extension bytes of the chunk being read */
 };
@@ -910,6 +913,7 @@ static void build_req(mg_srv_stream_t *s, mg_srv_req_t *r)
     r->scheme = c->tls ? "https" : "http";
     r->authority = s->authority ? s->authority : s->host ? s->host : "";
     r->authority_absent = s->authority == NULL && s->host == NULL;
+    r->host_field = c->proto == P_H1 && s->authority ? s->host : NULL;
     r->path = s->path ? s->path : "";
     bool authority_sensitive = s->authority ? s->authority_sensitive : s->host_sensitive;
     r->authority_hpack = authority_sensitive ? MG_HPACK_SENSITIVE : MG_HPACK_INDEX;
@@ -956,6 +960,23 @@ static const char *target_problem(const char *method, const char *path)
 }
 
 /* ---------- HTTP/2 ---------- */
+
+/* An expectation the gateway cannot meet, of an Expect field (RFC 9110 10.1.1 allows the 417);
+ * 100-continue it meets itself (dispatch_request), so no Expect goes on to a pod. */
+static const char EXPECT_UNMET[] =
+    "the only expectation met here is Expect: 100-continue (RFC 9110 10.1.1)";
+
+/* Takes an Expect field's value: sets *|expect_100| for "100-continue", or returns -1 for any
+ * other expectation. An empty one expects nothing. */
+static int expect_is_100(bool *expect_100, const char *v, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (len != 12 || strncasecmp(v, "100-continue", 12) != 0)
+        return -1;
+    *expect_100 = true;
+    return 0;
+}
 
 static int on_begin_headers(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
@@ -1025,9 +1046,9 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
         s->host_sensitive = sensitive;
         return 0;
     }
-    if (n.len == 6 && memcmp(nm, "expect", 6) == 0 && v.len == 12 &&
-        strncasecmp((const char *)v.base, "100-continue", 12) == 0) {
-        s->expect_100 = true; /* answered here (dispatch_request), as over HTTP/1.1 */
+    if (n.len == 6 && memcmp(nm, "expect", 6) == 0) { /* answered here, as over HTTP/1.1 */
+        if (expect_is_100(&s->expect_100, (const char *)v.base, v.len) != 0)
+            s->expect_unmet = true; /* see dispatch_request */
         return 0;
     }
     hdr_push(s, false, nm, n.len, (const char *)v.base, v.len, sensitive);
@@ -1101,6 +1122,11 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
         const char *msg = ":authority and host differ";
         const char *rid = report_reject(s, 400, "bad_request", true, msg);
         mg_srv_error(s, 400, "bad_request", msg, rid, NULL, 0);
+        return;
+    }
+    if (s->expect_unmet) { /* HTTP/2's; HTTP/1.1 refuses at the field (h1_on_value_complete) */
+        const char *rid = report_reject(s, 417, "expectation_failed", true, EXPECT_UNMET);
+        mg_srv_error(s, 417, "expectation_failed", EXPECT_UNMET, rid, NULL, 0);
         return;
     }
     if (c->proto == P_H2 && s->method && strcmp(s->method, "CONNECT") == 0) {
@@ -1751,9 +1777,26 @@ static int h1_on_field(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* Whether the bytes before |at| end with a line feed and then only SP/HT: |at| then starts
+ * a field line with whitespace, an obs-fold. llhttp 8.1 joins it to the field it continues,
+ * where a proxy in front may read a field of its own (an indented Content-Length): refused,
+ * as RFC 9112 5.2 lets a server do. |from| is the start of the bytes being read, |before| the
+ * same answer for the bytes read earlier. */
+static bool h1_after_lf_and_lws(const char *from, const char *at, bool before)
+{
+    while (at > from && (at[-1] == ' ' || at[-1] == '\t'))
+        at--;
+    return at == from ? before : at[-1] == '\n';
+}
+
 static int h1_on_value(llhttp_t *p, const char *at, size_t len)
 {
     conn_t *c = parser_conn(p);
+    /* len 0: an empty value ("Host:\r\n") ends with an empty span at the next line */
+    if (len > 0 && h1_after_lf_and_lws(c->h1_feed, at, c->h1_feed_at_lws))
+        return h1_refuse(c, 400, "bad_request",
+                         "obsolete line folding (a field line that starts with whitespace) is "
+                         "not accepted (RFC 9112 5.2)");
     if (h1_limit(c, len))
         return -1;
     memcpy(c->h1_scratch + c->h1_fld_len + c->h1_val_len, at, len);
@@ -1791,9 +1834,11 @@ static int h1_on_value_complete(llhttp_t *p)
         s->host = mg_arena_strndup(&s->arena, value, vlen);
         return 0;
     }
-    if (nlen == 6 && strncasecmp(name, "expect", 6) == 0 && vlen == 12 &&
-        strncasecmp(value, "100-continue", 12) == 0 && c->parser.http_minor >= 1) {
-        s->expect_100 = true; /* see dispatch_request */
+    if (nlen == 6 && strncasecmp(name, "expect", 6) == 0) {
+        if (c->parser.http_minor == 0) /* an HTTP/1.0 client's is ignored (RFC 9110 10.1.1) */
+            return 0;
+        if (expect_is_100(&s->expect_100, value, vlen) != 0) /* see dispatch_request */
+            return h1_refuse(c, 417, "expectation_failed", EXPECT_UNMET);
         return 0;
     }
     if (nlen == 17 && strncasecmp(name, "transfer-encoding", 17) == 0 &&
@@ -1805,8 +1850,9 @@ static int h1_on_value_complete(llhttp_t *p)
 }
 
 /* An absolute-form target (GET http://host/path): its authority is the host, whatever Host
- * says (RFC 9112 3.2.2), and the path goes on in origin form. A target that is no http or
- * https URI is left as it is, for target_problem to refuse. */
+ * says (RFC 9112 3.2.2), and the path goes on in origin form. The Host field stays in s->host,
+ * to be checked all the same (RFC 9112 3.2: required in HTTP/1.1, and valid). A target that is no
+ * http or https URI is left as it is, for target_problem to refuse. */
 static int h1_absolute_form(mg_srv_stream_t *s, bool options)
 {
     const char *t = s->path;
@@ -1818,7 +1864,7 @@ static int h1_absolute_form(mg_srv_stream_t *s, bool options)
     const char *auth = t + skip, *end = auth + strcspn(auth, "/?#");
     if (end == auth || memchr(auth, '@', (size_t)(end - auth)) != NULL)
         return -1; /* userinfo is an error (RFC 9110 4.2.4): "a@b" would be the host */
-    s->host = mg_arena_strndup(&s->arena, auth, (size_t)(end - auth));
+    s->authority = mg_arena_strndup(&s->arena, auth, (size_t)(end - auth));
     if (*end == '/')
         s->path = mg_arena_strndup(&s->arena, end, strlen(end));
     else if (*end == '\0' && options) /* the server as a whole: RFC 9112 3.2.4 */
@@ -1832,7 +1878,7 @@ static int h1_absolute_form(mg_srv_stream_t *s, bool options)
         }
         s->path = path;
     }
-    return s->host && s->path ? 0 : -1;
+    return s->authority && s->path ? 0 : -1;
 }
 
 static int h1_on_headers_complete(llhttp_t *p)
@@ -1958,12 +2004,16 @@ again:
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
+        c->h1_feed = v.iov_base;
         llhttp_errno_t err = llhttp_execute(&c->parser, v.iov_base, v.iov_len);
         if (err == HPE_OK) {
+            c->h1_feed_at_lws =
+                h1_after_lf_and_lws(v.iov_base, (char *)v.iov_base + v.iov_len, c->h1_feed_at_lws);
             evbuffer_drain(in, v.iov_len);
             continue;
         }
-        if (err == HPE_PAUSED) {
+        if (err == HPE_PAUSED) { /* at a message's end: the next starts with its request line */
+            c->h1_feed_at_lws = false;
             evbuffer_drain(in, (size_t)(llhttp_get_error_pos(&c->parser) - (char *)v.iov_base));
             break;
         }

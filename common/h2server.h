@@ -74,6 +74,10 @@ typedef struct mg_srv_req {
     const char *scheme;    /* "http" or "https" */
     const char *authority; /* :authority, or Host for HTTP/1.1; "" when absent */
     bool authority_absent; /* neither was sent (an HTTP/1.0 request): the log says null */
+    /* The Host field of an HTTP/1.1 request whose absolute-form target gives |authority|
+     * (RFC 9112 3.2.2), else NULL. Not routed on, but the handler checks it as it checks
+     * |authority|: an invalid Host is a 400 whatever the target (RFC 9112 3.2). */
+    const char *host_field;
     const char *path;
     mg_hpack_t authority_hpack, path_hpack; /* SENSITIVE when the client sent it never-indexed */
     const mg_hdr_t *hdrs; /* regular fields, in order; pseudo-headers and Host excluded */

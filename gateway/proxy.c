@@ -1168,9 +1168,11 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
 
     const char *rid = NULL;
     e->rid_hpack = MG_HPACK_UNIQUE;
-    for (size_t i = 0; i < req->nhdrs; i++)
+    size_t conn = find_conn(req->hdrs, req->nhdrs);
+    for (size_t i = 0; i < req->nhdrs; i++) /* one named by Connection is not for us to keep */
         if (name_is(&req->hdrs[i], "x-request-id", 12) && req->hdrs[i].value_len > 0 &&
-            req->hdrs[i].value_len < sizeof(e->request_id)) {
+            req->hdrs[i].value_len < sizeof(e->request_id) &&
+            !named_by_connection(&req->hdrs[i], req->hdrs, req->nhdrs, conn)) {
             rid = req->hdrs[i].value;
             e->rid_hpack =
                 req->hdrs[i].hpack == MG_HPACK_SENSITIVE ? MG_HPACK_SENSITIVE : MG_HPACK_UNIQUE;
@@ -1190,6 +1192,11 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     if (req->authority[0] != '\0' &&
         mg_host_check(req->authority, strlen(req->authority), &why) != MG_OK) {
         fail(e, 400, "invalid_host", "invalid host '%.100s': %s", req->authority, why);
+        goto out;
+    }
+    if (req->host_field != NULL &&
+        mg_host_check(req->host_field, strlen(req->host_field), &why) != MG_OK) {
+        fail(e, 400, "invalid_host", "invalid Host header '%.100s': %s", req->host_field, why);
         goto out;
     }
     e->route = mg_routes_match_route(e->routes, req->authority, strlen(req->authority), e->app,
@@ -1218,7 +1225,6 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         fail(e, 431, "headers_too_large", "request head too large");
         goto out;
     }
-    size_t conn = find_conn(req->hdrs, req->nhdrs);
     size_t xff_len = 0; /* every x-forwarded-for field, joined: a chain may come in several */
     mg_hpack_t xff_hpack = MG_HPACK_INDEX;
     bool te_trailers = false;

@@ -318,6 +318,35 @@ def test_http11_absolute_form_routes_by_its_authority(stack):
     assert doc["path"] == "/abs?q=1" and doc["authority"] == gw.authority(HOST_B), doc
 
 
+@pytest.mark.parametrize("host_lines,status,code,problem", [
+    pytest.param(b"", 400, "bad_request", "without a Host header", id="no-host"),
+    pytest.param(b"Host: @@ bad\r\n", 400, "invalid_host", "Host header '@@ bad'", id="invalid"),
+    pytest.param(b"Host: u@x\r\n", 400, "invalid_host", "user info", id="userinfo"),
+    pytest.param(b"Host:\r\n", 400, "invalid_host", "empty Host header", id="empty"),
+])
+def test_http11_absolute_form_still_checks_the_host_field(stack, host_lines, status, code,
+                                                          problem):
+    """The target's authority routes an absolute-form request, but an HTTP/1.1 request still
+    needs a Host field, and a valid one (RFC 9112 3.2: 400 otherwise). Before, the target's
+    authority stood in for it: a request without Host, or with 'Host: @@ bad', was routed.
+    HTTP/1.0 needs none."""
+    gw, a, b = stack
+    seen, before = len(a.requests()) + len(b.requests()), len(gw.access())
+    target = b"http://%s/abs" % gw.authority(HOST_B).encode()
+    with H1Conn(gw.port) as c:
+        c.send(b"GET %s HTTP/1.1\r\n%s\r\n" % (target, host_lines))
+        r = c.read_response()
+    err = error_json(status, code, r.status, r.headers, r.body)
+    assert problem in err["message"], err
+    assert len(a.requests()) + len(b.requests()) == seen
+    rec = gw.wait_access(before + 1)[before]
+    assert (rec["status"], rec["error"]) == (status, code), rec
+    with H1Conn(gw.port) as c:
+        c.send(b"GET %s HTTP/1.0\r\n\r\n" % target)
+        r = c.read_response()
+    assert r.status == 200 and r.json()["pod"] == "pod-b", r
+
+
 def test_http11_connect_and_upgrades(stack):
     """CONNECT gets 501 and a close (no tunnels); a websocket or h2c Upgrade is not taken: the
     request is answered as plain HTTP/1.1 (RFC 9110 7.8 lets a server ignore Upgrade), without
@@ -542,6 +571,11 @@ def test_request_id_added_and_kept(stack):
     assert "x-request-id" not in r.headers, r.headers
     r = h1(gw, "GET", "/rid")
     assert len(r.json()["headers"]["x-request-id"]) == 32 and "x-request-id" not in r.headers
+    # one the client names in Connection is hop-by-hop: not kept (it was)
+    r = h1(gw, "GET", "/rid", headers=[("X-Request-Id", "hop-chosen"),
+                                       ("Connection", "keep-alive, X-Request-Id")])
+    sent = r.json()["headers"]["x-request-id"]
+    assert sent != "hop-chosen" and len(sent) == 32, r.json()
 
 
 def test_request_id_never_indexed_with_indexed_name(procs, raw_pods):
@@ -1139,6 +1173,40 @@ def test_h2_expect_100_continue(stack):
         assert c.wait(st, 5) and st.status == 200, st
         doc = st.json()
         assert doc["body_len"] == 5 and "expect" not in doc["headers"], doc
+
+
+def test_expectations_other_than_100_continue_get_417(stack):
+    """An Expect the gateway cannot meet gets 417 (RFC 9110 10.1.1), over HTTP/1.1 (with a
+    close: its body is not read) and HTTP/2, and never reaches a pod. Before, "100-continue,
+    foo" and "foo" went on to the pod, which the gateway had already answered 100 for."""
+    gw, a, b = stack
+    seen = len(a.requests()) + len(b.requests())
+    for value in ("100-continue, foo", "foo"):
+        with H1Conn(gw.port) as c:
+            c.send(h1_request_bytes("POST", "/exp", gw.authority(),
+                                    [("Expect", value), ("Content-Length", "5")])
+                   .replace(b"Content-Length: 0\r\n", b"") + b"hello")
+            r = c.read_response()
+            err = error_json(417, "expectation_failed", r.status, r.headers, r.body)
+            assert "100-continue" in err["message"], err
+            assert c.closed_by_peer(5)
+        with gw.h2() as c:
+            r = c.request("POST", "/exp", headers=[("expect", value)], body=b"hello")
+            error_json(417, "expectation_failed", r.status, r.headers, bytes(r.body))
+            assert c.get("/after").status == 200  # the connection goes on
+    assert len(a.requests()) + len(b.requests()) == seen + 2
+
+
+def test_http10_expect_is_ignored(stack):
+    """An HTTP/1.0 client's Expect: 100-continue is ignored (RFC 9110 10.1.1): the body is
+    read as it comes, and the pod does not get the field. Before, it was forwarded."""
+    gw, _, _ = stack
+    with H1Conn(gw.port) as c:
+        c.send(b"POST /exp10 HTTP/1.0\r\nHost: %s\r\nExpect: 100-continue\r\n"
+               b"Content-Length: 5\r\n\r\nhello" % gw.authority().encode())
+        r = c.read_response()
+    doc = r.json()
+    assert r.status == 200 and doc["body_len"] == 5 and "expect" not in doc["headers"], doc
 
 
 def test_curl_http2_upgrade_offer_on_cleartext(stack):
