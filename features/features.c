@@ -241,6 +241,7 @@ static void on_fetch_timer(void *arg)
             t = t->_next;
         if (t == NULL)
             break;
+        mg_fmetrics_observe_late(fx->f->m, now - t->_deadline_us);
         wake(fx, t, MG_FS_TIMEOUT, NULL, now);
     }
     int64_t first = INT64_MAX;

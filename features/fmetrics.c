@@ -10,24 +10,55 @@ static const char *const status_names[MG_FS_COUNT] = {"hit",         "miss", "ti
 /* seconds; a local hit is in the first bucket, a Redis round trip in the next few */
 static const double bounds[MG_FM_BUCKETS] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                              0.005,   0.01,   0.025,   0.05,   0.1,   0.5};
+/* seconds; a timer on libevent's coarse clock (a 4 ms tick) would spread over all of them */
+static const double late_bounds[MG_FM_LATE_BUCKETS] = {0.0001, 0.00025, 0.0005,
+                                                       0.001,  0.002,   0.004};
 
 const char *mg_fstatus_name(mg_fstatus_t s)
 {
     return (unsigned)s < MG_FS_COUNT ? status_names[s] : "unknown";
 }
 
+/* Counts |us| in the histogram of upper bounds |b| (|nb| of them, then +Inf). */
+static void observe(const double *b, size_t nb, atomic_ullong *bucket, atomic_ullong *sum_us,
+                    atomic_ullong *count, int64_t us)
+{
+    size_t i = 0;
+    while (i < nb && (double)us / 1e6 > b[i])
+        i++;
+    MG_FM_INC(bucket[i]);
+    atomic_fetch_add_explicit(sum_us, (unsigned long long)(us < 0 ? 0 : us), memory_order_relaxed);
+    MG_FM_INC(*count);
+}
+
 void mg_fmetrics_observe(mg_fmetrics_t *m, mg_fstatus_t s, int64_t us)
 {
     MG_FM_INC(m->status[s]);
-    if (s == MG_FS_NONE)
-        return; /* no lookup happened */
-    size_t b = 0;
-    while (b < MG_FM_BUCKETS && (double)us / 1e6 > bounds[b])
-        b++;
-    MG_FM_INC(m->lat_bucket[b]);
-    atomic_fetch_add_explicit(&m->lat_sum_us, (unsigned long long)(us < 0 ? 0 : us),
-                              memory_order_relaxed);
-    MG_FM_INC(m->lat_count);
+    if (s != MG_FS_NONE) /* else no lookup happened */
+        observe(bounds, MG_FM_BUCKETS, m->lat_bucket, &m->lat_sum_us, &m->lat_count, us);
+}
+
+void mg_fmetrics_observe_late(mg_fmetrics_t *m, int64_t us)
+{
+    observe(late_bounds, MG_FM_LATE_BUCKETS, m->late_bucket, &m->late_sum_us, &m->late_count, us);
+}
+
+/* A Prometheus histogram: |counts| holds each bucket's own count (|nb| bounds, then +Inf). */
+static void render_histogram(struct evbuffer *out, const char *name, const char *help,
+                             const double *b, size_t nb, const unsigned long long *counts,
+                             unsigned long long sum_us, unsigned long long count)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    unsigned long long cum = 0;
+    for (size_t i = 0; i <= nb; i++) {
+        cum += counts[i];
+        if (i < nb)
+            evbuffer_add_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, b[i], cum);
+        else
+            evbuffer_add_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, cum);
+    }
+    evbuffer_add_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)sum_us / 1e6, name,
+                        count);
 }
 
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
@@ -133,21 +164,15 @@ void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t
                         LOAD(db->writeback_error), LOAD(db->writeback_superseded),
                         LOAD(db->rows_written), LOAD(db->rows_deleted),
                         SUM(db_refused));
-    evbuffer_add_printf(out, "# HELP modelgate_features_lookup_seconds Time a request waited "
-                             "for its features.\n"
-                             "# TYPE modelgate_features_lookup_seconds histogram\n");
-    unsigned long long cum = 0;
-    for (int b = 0; b <= MG_FM_BUCKETS; b++) {
-        cum += SUM(lat_bucket[b]);
-        if (b < MG_FM_BUCKETS)
-            evbuffer_add_printf(out, "modelgate_features_lookup_seconds_bucket{le=\"%g\"} %llu\n",
-                                bounds[b], cum);
-        else
-            evbuffer_add_printf(out, "modelgate_features_lookup_seconds_bucket{le=\"+Inf\"} %llu\n",
-                                cum);
-    }
-    evbuffer_add_printf(out,
-                        "modelgate_features_lookup_seconds_sum %.6f\n"
-                        "modelgate_features_lookup_seconds_count %llu\n",
-                        (double)SUM(lat_sum_us) / 1e6, SUM(lat_count));
+    unsigned long long lat[MG_FM_BUCKETS + 1], late[MG_FM_LATE_BUCKETS + 1];
+    for (size_t b = 0; b <= MG_FM_BUCKETS; b++)
+        lat[b] = SUM(lat_bucket[b]);
+    for (size_t b = 0; b <= MG_FM_LATE_BUCKETS; b++)
+        late[b] = SUM(late_bucket[b]);
+    render_histogram(out, "modelgate_features_lookup_seconds",
+                     "Time a request waited for its features.", bounds, MG_FM_BUCKETS, lat,
+                     SUM(lat_sum_us), SUM(lat_count));
+    render_histogram(out, "modelgate_features_timeout_late_seconds",
+                     "How long after its features budget ended a timed-out request went on.",
+                     late_bounds, MG_FM_LATE_BUCKETS, late, SUM(late_sum_us), SUM(late_count));
 }

@@ -27,7 +27,8 @@ typedef enum mg_fstatus {
 
 const char *mg_fstatus_name(mg_fstatus_t s);
 
-#define MG_FM_BUCKETS 12 /* latency histogram: upper bounds in fmetrics.c, then +Inf */
+#define MG_FM_BUCKETS 12     /* latency histogram: upper bounds in fmetrics.c, then +Inf */
+#define MG_FM_LATE_BUCKETS 6 /* lateness of budget timeouts: likewise */
 
 typedef struct mg_fmetrics {
     atomic_ullong status[MG_FS_COUNT];
@@ -45,6 +46,9 @@ typedef struct mg_fmetrics {
     atomic_int redis_up;
     atomic_ullong lat_bucket[MG_FM_BUCKETS + 1];
     atomic_ullong lat_sum_us, lat_count;
+    /* how long after its deadline each timed-out request went on: the budget timer's delay */
+    atomic_ullong late_bucket[MG_FM_LATE_BUCKETS + 1];
+    atomic_ullong late_sum_us, late_count;
 } mg_fmetrics_t;
 
 typedef struct mg_fdb_metrics {
@@ -59,6 +63,10 @@ typedef struct mg_fdb_metrics {
 
 /* Records one request's lookup: its outcome and its latency in microseconds. */
 void mg_fmetrics_observe(mg_fmetrics_t *m, mg_fstatus_t s, int64_t us);
+
+/* Records that a request whose features budget ended at its deadline went on |us|
+ * microseconds after it. */
+void mg_fmetrics_observe_late(mg_fmetrics_t *m, int64_t us);
 
 /* Appends the Prometheus text of |n| workers' |w| and of |db| to |out|. */
 void mg_fmetrics_render(const mg_fmetrics_t *w, size_t n, const mg_fdb_metrics_t *db,
