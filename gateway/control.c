@@ -5,6 +5,11 @@
  * service resolved to, and the set of pods under active checks. A health verdict is written to
  * the pod's shared state (routing/podstate) by the checker's callback; a DNS change rebuilds
  * the snapshot from the kept document, which picks up the same pod states by name.
+ *
+ * A reloaded snapshot waiting for its checks' first results (offer) runs the checks that differ
+ * from those in force under keys of its own, WARMING_MARK + key, whose verdicts touch no pod
+ * state: the routes in force share the pod states and go on following their own checks. At
+ * takeover each such key hands its verdict to the real one (mg_hc_watch's twin rule).
  */
 #include "gateway/control.h"
 
@@ -44,6 +49,7 @@ struct mg_control {
     char *nameserver;
     dns_entry_t *dns;
     watched_t *watched;
+    watched_t *warming;     /* the pending snapshot's own checks: WARMING_MARK keys */
     mg_routes_t *pending;   /* a reloaded snapshot waiting for its new checks' first results */
     uint64_t warm_until_ms; /* ... at most until then */
     struct event *warm;     /* polls those checks while there is a pending snapshot */
@@ -53,16 +59,26 @@ struct mg_control {
  * (first check within interval_ms / 10, over within timeout_ms) before it takes over anyway. */
 #define WARM_POLL_MS 5
 #define WARM_SLACK_MS 250
+/* Starts the check key of a pending snapshot's own check; no service name has it */
+#define WARMING_MARK '+'
 
 /* ---------- health ---------- */
 
 static void on_health(void *ud, const char *key, mg_hc_state_t state, const char *reason)
 {
+    bool warming = key[0] == WARMING_MARK;
+    key += warming;
     const char *slash = strchr(key, '/');
     if (slash == NULL)
         return;
     char service[256];
     snprintf(service, sizeof(service), "%.*s", (int)(slash - key), key);
+    if (warming) { /* the routes in force do not run this check: their pod state stays */
+        MG_LOG(MG_LOG_INFO, "health",
+               "service %s pod %s is %s (%s) by the new check of the reload waiting to take over",
+               service, slash + 1, mg_hc_state_name(state), reason ? reason : "");
+        return;
+    }
     mg_podstate_t *ps = mg_podstate_get(service, slash + 1);
     if (ps == NULL)
         return;
@@ -75,44 +91,86 @@ static void on_health(void *ud, const char *key, mg_hc_state_t state, const char
            reason ? reason : "");
 }
 
-static watched_t **find_watched(mg_control_t *c, const char *key)
-{
-    watched_t **w = &c->watched;
-    while (*w && strcmp((*w)->key, key) != 0)
-        w = &(*w)->next;
-    return w;
-}
-
 /* The check key of |pod| of |svc|: "service/host:port". */
 static void check_key(char *key, size_t cap, const mg_service_t *svc, const mg_pod_t *pod)
 {
     snprintf(key, cap, "%s/%s", svc->name, pod->name);
 }
 
-/* Watches every pod of every service of |r| with a health check and gives each pod the standing
- * its check implies. Checks |r| does not name stay until unwatch_unseen: the snapshot in force
- * may still be another one. */
-static void watch_checks(mg_control_t *c, const mg_routes_t *r, bool in_force)
+/* Marks |key| seen in |*list|, adding it if new (out of memory: left out, as if unseen). */
+static void see_key(watched_t **list, const char *key)
 {
-    for (watched_t *w = c->watched; w; w = w->next)
+    watched_t **wp = list;
+    while (*wp && strcmp((*wp)->key, key) != 0)
+        wp = &(*wp)->next;
+    if (*wp == NULL && (*wp = calloc(1, sizeof(**wp))) != NULL &&
+        ((*wp)->key = strdup(key)) == NULL) {
+        free(*wp);
+        *wp = NULL;
+    }
+    if (*wp)
+        (*wp)->seen = true;
+}
+
+/* Stops the checks of |*list| not seen since their marks were cleared, and forgets them. */
+static void unwatch_unseen(mg_control_t *c, watched_t **list)
+{
+    for (watched_t **wp = list; *wp;) {
+        watched_t *w = *wp;
+        if (w->seen) {
+            wp = &w->next;
+            continue;
+        }
+        mg_hc_unwatch(c->hc, w->key);
+        *wp = w->next;
+        free(w->key);
+        free(w);
+    }
+}
+
+static void free_keys(watched_t **list)
+{
+    while (*list) {
+        watched_t *w = *list;
+        *list = w->next;
+        free(w->key);
+        free(w);
+    }
+}
+
+static void unsee_all(watched_t *list)
+{
+    for (watched_t *w = list; w; w = w->next)
         w->seen = false;
+}
+
+static mg_hc_conf_t check_conf(const mg_service_t *svc)
+{
+    return (mg_hc_conf_t){
+        .path = svc->health.path,
+        .interval_ms = svc->health.interval_ms,
+        .timeout_ms = svc->health.timeout_ms,
+        .healthy_threshold = svc->health.healthy_threshold,
+        .unhealthy_threshold = svc->health.unhealthy_threshold,
+        .expect_version = svc->model_version,
+    };
+}
+
+/* Watches every pod of every service of |r| (the snapshot in force) with a health check and
+ * gives each pod the standing its check implies. Checks |r| does not name stay until
+ * unwatch_unseen. */
+static void watch_checks(mg_control_t *c, const mg_routes_t *r)
+{
+    unsee_all(c->watched);
     for (size_t i = 0; i < r->nservices; i++) {
         const mg_service_t *svc = &r->services[i];
         if (svc->health.path == NULL) { /* judged by passive detection alone (again) */
-            /* not before |r| is in force: the routes in force share these pod states */
-            for (size_t k = 0; in_force && k < svc->npods; k++)
+            for (size_t k = 0; k < svc->npods; k++)
                 if (atomic_load(&svc->pods[k].state->health) != MG_POD_HEALTH_UNCHECKED)
                     mg_podstate_set_health(svc->pods[k].state, MG_POD_HEALTH_UNCHECKED);
             continue;
         }
-        mg_hc_conf_t hc = {
-            .path = svc->health.path,
-            .interval_ms = svc->health.interval_ms,
-            .timeout_ms = svc->health.timeout_ms,
-            .healthy_threshold = svc->health.healthy_threshold,
-            .unhealthy_threshold = svc->health.unhealthy_threshold,
-            .expect_version = svc->model_version,
-        };
+        mg_hc_conf_t hc = check_conf(svc);
         for (size_t k = 0; k < svc->npods; k++) {
             const mg_pod_t *pod = &svc->pods[k];
             char key[512];
@@ -124,14 +182,7 @@ static void watch_checks(mg_control_t *c, const mg_routes_t *r, bool in_force)
                 mg_podstate_set_health(pod->state, MG_POD_HEALTH_UNCHECKED);
                 continue;
             }
-            watched_t **wp = find_watched(c, key);
-            if (*wp == NULL && (*wp = calloc(1, sizeof(**wp))) != NULL &&
-                ((*wp)->key = strdup(key)) == NULL) {
-                free(*wp);
-                *wp = NULL;
-            }
-            if (*wp)
-                (*wp)->seen = true;
+            see_key(&c->watched, key);
             /* A check restarted by a changed path or version, or added to a pod that served
              * without one, has no verdict yet: a pod the routes in force use keeps the standing
              * it had until the new check reaches its own (on_health), so a reload never takes
@@ -151,20 +202,44 @@ static void watch_checks(mg_control_t *c, const mg_routes_t *r, bool in_force)
     }
 }
 
-/* Stops the checks the last watch_checks did not name. */
-static void unwatch_unseen(mg_control_t *c)
+/* Starts the checks of a pending snapshot |r| that the routes in force do not run (a new pod
+ * or service, another path, version or protocol) under WARMING_MARK keys, and stops those of
+ * a pending snapshot it replaces that |r| does not run. A check the routes in force run is
+ * left as it is, its timing too, until |r| takes over. */
+static void warm_checks(mg_control_t *c, const mg_routes_t *r)
 {
-    for (watched_t **wp = &c->watched; *wp;) {
-        watched_t *w = *wp;
-        if (w->seen) {
-            wp = &w->next;
+    unsee_all(c->warming);
+    for (size_t i = 0; i < r->nservices; i++) {
+        const mg_service_t *svc = &r->services[i];
+        if (svc->health.path == NULL)
             continue;
+        mg_hc_conf_t hc = check_conf(svc);
+        for (size_t k = 0; k < svc->npods; k++) {
+            const mg_pod_t *pod = &svc->pods[k];
+            const struct sockaddr *sa = (const struct sockaddr *)&pod->addr;
+            char key[512];
+            key[0] = WARMING_MARK;
+            check_key(key + 1, sizeof(key) - 1, svc, pod);
+            if (!mg_hc_runs(c->hc, key + 1, sa, pod->addrlen, svc->proto, &hc) &&
+                mg_hc_watch(c->hc, key, sa, pod->addrlen, svc->proto, &hc) == MG_OK)
+                see_key(&c->warming, key);
         }
-        mg_hc_unwatch(c->hc, w->key);
-        *wp = w->next;
-        free(w->key);
-        free(w);
     }
+    unwatch_unseen(c, &c->warming);
+}
+
+/* Ends the pending snapshot's own checks: each real key restarts, and takes its verdict from
+ * its warming twin when the routes in force next run it (watch_checks). */
+static void hand_over_checks(mg_control_t *c)
+{
+    for (watched_t *w = c->warming; w; w = w->next)
+        mg_hc_unwatch(c->hc, w->key + 1);
+}
+
+static void drop_warming(mg_control_t *c)
+{
+    unsee_all(c->warming);
+    unwatch_unseen(c, &c->warming);
 }
 
 /* ---------- DNS ---------- */
@@ -296,15 +371,15 @@ static void mark_current(const mg_routes_t *r)
 /* Makes |r| the snapshot the checks and /metrics follow (the caller installs it). */
 static void apply(mg_control_t *c, const mg_routes_t *r)
 {
-    watch_checks(c, r, true);
-    unwatch_unseen(c);
+    watch_checks(c, r);
+    unwatch_unseen(c, &c->watched);
     mark_current(r);
 }
 
 /* ---------- reload ---------- */
 
-/* The pods of |r| that wait for their check's first result (a check new to them, with no
- * standing to keep), and in *|bound_ms| the longest such a result can take. */
+/* The pods of |r| (pending) that wait for their check's first result (a check new to them,
+ * with no standing to keep), and in *|bound_ms| the longest such a result can take. */
 static size_t unwarmed(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_ms)
 {
     size_t n = 0;
@@ -314,11 +389,20 @@ static size_t unwarmed(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_ms
         if (svc->health.path == NULL)
             continue;
         uint32_t bound = svc->health.interval_ms / 10 + svc->health.timeout_ms;
+        mg_hc_conf_t hc = check_conf(svc);
         for (size_t k = 0; k < svc->npods; k++) {
+            const mg_pod_t *pod = &svc->pods[k];
             char key[512];
-            check_key(key, sizeof(key), svc, &svc->pods[k]);
-            if (atomic_load(&svc->pods[k].state->health) != MG_POD_HEALTH_UNKNOWN ||
-                mg_hc_has_result(c->hc, key))
+            key[0] = WARMING_MARK;
+            check_key(key + 1, sizeof(key) - 1, svc, pod);
+            /* its own check, or the one in force it shares */
+            bool own = !mg_hc_runs(c->hc, key + 1, (const struct sockaddr *)&pod->addr,
+                                   pod->addrlen, svc->proto, &hc);
+            if (mg_hc_has_result(c->hc, own ? key : key + 1))
+                continue;
+            /* a pod the routes in force use keeps its standing until then (watch_checks) */
+            if (mg_podstate_in_routing(pod->state) &&
+                atomic_load(&pod->state->health) != MG_POD_HEALTH_UNKNOWN)
                 continue;
             n++;
             if (bound > *bound_ms)
@@ -330,7 +414,9 @@ static size_t unwarmed(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_ms
 
 static void take_over(mg_control_t *c, mg_routes_t *r)
 {
-    apply(c, r); /* again: standings may have moved while it waited */
+    hand_over_checks(c);
+    apply(c, r);
+    drop_warming(c);
     c->install(c->ud, r);
     MG_LOG(MG_LOG_INFO, "control", "routing document %s reloaded: %zu services, %zu routes",
            c->path, r->nservices, r->nroutes);
@@ -373,7 +459,7 @@ static void offer(mg_control_t *c, mg_routes_t *r)
         mg_routes_unref(c->pending);
         c->pending = NULL;
     }
-    watch_checks(c, r, false);
+    warm_checks(c, r);
     uint32_t bound;
     size_t n = unwarmed(c, r, &bound);
     if (n == 0) {
@@ -473,12 +559,8 @@ void mg_control_free(mg_control_t *c)
         free(d->service);
         free(d);
     }
-    while (c->watched) {
-        watched_t *w = c->watched;
-        c->watched = w->next;
-        free(w->key);
-        free(w);
-    }
+    free_keys(&c->watched);
+    free_keys(&c->warming);
     json_decref(c->doc);
     free(c->path);
     free(c->nameserver);

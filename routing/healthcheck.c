@@ -807,6 +807,13 @@ mg_err_t mg_hc_watch(mg_hc_t *hc, const char *name, const struct sockaddr *addr,
     return MG_OK;
 }
 
+bool mg_hc_runs(const mg_hc_t *hc, const char *name, const struct sockaddr *addr, socklen_t len,
+                mg_upstream_proto_t proto, const mg_hc_conf_t *conf)
+{
+    const hc_pod_t *pod = *find_pod(hc, name);
+    return pod != NULL && same_target(pod, addr, len, proto, conf);
+}
+
 void mg_hc_unwatch(mg_hc_t *hc, const char *name)
 {
     hc_pod_t **pp = find_pod(hc, name);

@@ -42,6 +42,7 @@
 #ifndef MG_ROUTING_HEALTHCHECK_H
 #define MG_ROUTING_HEALTHCHECK_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -100,6 +101,11 @@ mg_hc_t *mg_hc_new(struct event_base *base, mg_hc_cb cb, void *ud);
  */
 mg_err_t mg_hc_watch(mg_hc_t *hc, const char *pod, const struct sockaddr *addr, socklen_t len,
                      mg_upstream_proto_t proto, const mg_hc_conf_t *conf);
+
+/* Whether |pod| is watched with this address, protocol, path and expect_version: the check a
+ * mg_hc_watch with them would keep going (see above). */
+bool mg_hc_runs(const mg_hc_t *hc, const char *pod, const struct sockaddr *addr, socklen_t len,
+                mg_upstream_proto_t proto, const mg_hc_conf_t *conf);
 
 /* Stops checking |pod| and forgets it (a check in flight is dropped, no callback). No-op for a
  * pod that is not watched. */

@@ -11,6 +11,7 @@ in ~15000 runs and a wrong policy (e.g. round robin instead of P2C) fails every 
 import collections
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -439,6 +440,47 @@ def test_reload_moving_pods_under_a_different_check_waits_for_its_first_results(
     assert "still have no health check result" not in gw.log()
     assert other.status_code == 503, other.text
     assert other.json()["error"]["code"] == "no_healthy_pod"
+
+
+def test_a_waiting_reload_s_checks_leave_the_routes_in_force_alone(procs):
+    """A reload waits for the first result of a service it adds (here a pod that never
+    answers: up to the check's timeout). Meanwhile the new check it gives a serving pod
+    (another path, which fails) must not take that pod from the routes in force, which still
+    follow their own check: they serve until the reload takes over, then the new verdict
+    holds. Before, the new check wrote the pod state both shared: 503 during the wait."""
+    p0 = procs.backend("p0")
+    mute = socket.socket()  # accepts (the kernel does) and never answers: a check times out
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    old_hc = {"path": "/health", "interval_ms": 1000, "timeout_ms": 1000}
+    bad_hc = {"path": "/status/503", "interval_ms": 1000, "timeout_ms": 1000,
+              "unhealthy_threshold": 1}
+    slow_hc = {"path": "/health", "interval_ms": 1000, "timeout_ms": 3000}
+    gw = procs.gateway(doc({"s": svc(p0, health_check=old_hc)}, [route(service="s")]),
+                       tls=False)
+    c = Client(gw)
+    wait_for(lambda: c.get("/").status_code == 200, 5, what="p0's first verdict")
+    gw.write_routes(doc({"s": svc(p0, health_check=bad_hc),
+                         "slow": svc("127.0.0.1:%d" % mute.getsockname()[1],
+                                     health_check=slow_hc)},
+                        [route(service="s"), route(app="other", service="slow")]))
+    gw.signal(signal.SIGHUP)
+    try:
+        wait_for(lambda: "the previous routes serve until" in gw.log(), 5, what="the wait")
+        time.sleep(0.5)  # s's new check has failed: its first starts within interval_ms / 10
+        during = collections.Counter(c.get("/").status_code for _ in range(30))
+        still_waiting = "reloaded" not in gw.log()
+        wait_for(lambda: "reloaded" in gw.log(), 6, what="the takeover")
+        after = c.get("/")
+    finally:
+        c.close()
+        mute.close()
+    assert still_waiting
+    assert during == {200: 30}, during
+    assert "pod %s is unhealthy (HTTP 503) by the new check of the reload waiting" % p0.addr \
+        in gw.log()
+    assert after.status_code == 503 and after.json()["error"]["code"] == "no_healthy_pod", \
+        after.text
 
 
 def test_pod_back_in_a_service_it_left_waits_for_a_new_verdict(procs, tmp_path):

@@ -651,6 +651,22 @@ static void new_key_for_a_running_check_takes_its_verdict(void **state)
     watch(f, old_key, port, MG_UP_H1, &c);
     wait_state(f, old_key, MG_HC_HEALTHY);
 
+    /* mg_hc_runs: the check a watch would keep, and no other */
+    struct sockaddr_in sin = loopback(port), elsewhere = loopback(port + 1);
+    const struct sockaddr *sa = (struct sockaddr *)&sin;
+    assert_true(mg_hc_runs(f->hc, old_key, sa, sizeof(sin), MG_UP_H1, &c));
+    assert_false(mg_hc_runs(f->hc, new_key, sa, sizeof(sin), MG_UP_H1, &c)); /* not watched */
+    assert_false(mg_hc_runs(f->hc, old_key, sa, sizeof(sin), MG_UP_H2C, &c));
+    assert_false(
+        mg_hc_runs(f->hc, old_key, (struct sockaddr *)&elsewhere, sizeof(sin), MG_UP_H1, &c));
+    mg_hc_conf_t c2 = c;
+    c2.interval_ms = c.interval_ms + 1; /* timing is no part of the check */
+    assert_true(mg_hc_runs(f->hc, old_key, sa, sizeof(sin), MG_UP_H1, &c2));
+    c2.path = "/readyz";
+    assert_false(mg_hc_runs(f->hc, old_key, sa, sizeof(sin), MG_UP_H1, &c2));
+    c2 = c, c2.expect_version = "7";
+    assert_false(mg_hc_runs(f->hc, old_key, sa, sizeof(sin), MG_UP_H1, &c2));
+
     watch(f, new_key, port, MG_UP_H1, &c); /* no loop turn between: no check of its own ran */
     assert_int_equal(mg_hc_state(f->hc, new_key), MG_HC_HEALTHY);
     assert_true(mg_hc_has_result(f->hc, new_key));
