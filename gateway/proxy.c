@@ -574,7 +574,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 
 /* Why no pod could be picked: the 503's words. */
 typedef struct pick_fail {
-    unsigned unhealthy, ejected, limited, drained, tried;
+    unsigned unhealthy, unchecked, ejected, limited, drained, tried;
     unsigned overflowed; /* of |tried|, pods whose connection queue was full (this attempt) */
 } pick_fail_t;
 
@@ -603,7 +603,9 @@ static int pick_pod(exch_t *e, pick_fail_t *why, uint64_t now)
             why->tried++;
         } else if (!mg_podstate_usable(ps, now)) {
             int h = atomic_load_explicit(&ps->health, memory_order_relaxed);
-            if (h == MG_POD_HEALTH_UNKNOWN || h == MG_POD_HEALTH_UNHEALTHY)
+            if (h == MG_POD_HEALTH_UNKNOWN) /* a new pod, or one short of a verdict */
+                why->unchecked++;
+            else if (h == MG_POD_HEALTH_UNHEALTHY)
                 why->unhealthy++;
             else
                 why->ejected++;
@@ -1119,7 +1121,7 @@ static void fail_no_pod(exch_t *e, const struct pick_fail *why)
         fail(e, 503, "no_pods",
              "service '%s' has no pods%s", svc->name,
              svc->dns_name ? " (nothing discovered in DNS yet)" : "");
-    } else if (why->overflowed && !why->unhealthy && !why->ejected &&
+    } else if (why->overflowed && !why->unhealthy && !why->unchecked && !why->ejected &&
                why->tried == why->overflowed) {
         const mg_conf_t *c = e->p->conf;
         mg_stats_inc(svc->stats, e->p->worker, offsetof(mg_stat_block_t, overflows));
@@ -1127,7 +1129,7 @@ static void fail_no_pod(exch_t *e, const struct pick_fail *why)
              "every pod of service '%s' has all its connections busy and a full queue "
              "(upstream.max_conns_per_pod %u, upstream.max_pending_per_pod %u)",
              svc->name, c->upstream.max_conns_per_pod, c->upstream.max_pending_per_pod);
-    } else if (why->limited && !why->unhealthy && !why->ejected && !why->tried) {
+    } else if (why->limited && !why->unhealthy && !why->unchecked && !why->ejected && !why->tried) {
         mg_stats_inc(svc->stats, e->p->worker, offsetof(mg_stat_block_t, overflows));
         fail(e, 503, "overloaded",
              "every pod of service '%s' is at its limit (max_requests_per_pod %u, "
@@ -1136,9 +1138,9 @@ static void fail_no_pod(exch_t *e, const struct pick_fail *why)
     } else {
         fail(e, 503, "no_healthy_pod",
              "service '%s' has no pod that can take the request (%zu pods: %u unhealthy, "
-             "%u ejected, %u at their limit, %u drained)",
-             svc->name, svc->npods, why->unhealthy, why->ejected, why->limited + why->overflowed,
-             why->drained);
+             "%u without a health check verdict yet, %u ejected, %u at their limit, %u drained)",
+             svc->name, svc->npods, why->unhealthy, why->unchecked, why->ejected,
+             why->limited + why->overflowed, why->drained);
     }
 }
 

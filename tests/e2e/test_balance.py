@@ -514,11 +514,19 @@ def test_pod_back_in_a_service_it_left_waits_for_a_new_verdict(procs, tmp_path):
         while time.monotonic() < deadline:
             r = c.get("/")
             seen[(r.status_code, r.headers.get("x-pod"))] += 1
+            if r.status_code == 503:
+                said.append(r.json()["error"]["message"])
         return seen
+
+    said = []
 
     seen = rejoin()  # healthy before, failing now (1 of 2 failures: no verdict, no traffic)
     assert (200, "b") not in seen, seen
     assert (503, None) in seen, seen
+    # said as it is: not "1 unhealthy" (there is no verdict yet), and why in the log
+    assert "(1 pods: 0 unhealthy, 1 without a health check verdict yet," in said[-1], said[-1]
+    assert "canary/%s: check failed (HTTP 503), 1 of 2 failures before it is unhealthy" % b.addr \
+        in gw.log()
     seen = rejoin()  # failing when it left, passing now
     assert set(code for code, _ in seen) == {200}, seen
     assert (200, "b") in seen, seen
@@ -566,7 +574,7 @@ def test_all_pods_down_answers_503_at_once(procs):
     print("all pods down: %d in %.1f ms" % (r.status_code, took * 1000))
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "no_healthy_pod"
-    assert "2 unhealthy" in r.json()["error"]["message"]
+    assert "0 unhealthy, 2 without a health check verdict yet" in r.json()["error"]["message"]
     assert took < 0.5
 
 
