@@ -483,6 +483,63 @@ def test_a_waiting_reload_s_checks_leave_the_routes_in_force_alone(procs):
         after.text
 
 
+def test_a_waiting_reload_that_drops_a_check_drops_it_at_takeover(procs, tmp_path):
+    """The routes in force judge their pods by their own checks until the reload takes over,
+    also when the reload drops a check: a pod failing it stays out during the wait (here held
+    by a pod that never answers its first check), and is served once the reload is in force.
+    Before, the waiting document marked it unchecked at once."""
+    p0 = procs.backend("p0", args=["--health-file", str(tmp_path / "absent")])
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    hc = {"path": "/health", "interval_ms": 1000, "timeout_ms": 1000, "unhealthy_threshold": 1}
+    gw = procs.gateway(doc({"s": svc(p0, health_check=hc)}, [route(service="s")]), tls=False)
+    c = Client(gw)
+    wait_for(lambda: "is unhealthy" in gw.log(), 5, what="p0's failing verdict")
+    slow_hc = {"path": "/health", "interval_ms": 1000, "timeout_ms": 3000}
+    gw.write_routes(doc({"s": svc(p0), "slow": svc("127.0.0.1:%d" % mute.getsockname()[1],
+                                                   health_check=slow_hc)},
+                        [route(service="s"), route(app="other", service="slow")]))
+    gw.signal(signal.SIGHUP)
+    try:
+        wait_for(lambda: "the previous routes serve until" in gw.log(), 5, what="the wait")
+        during = collections.Counter(c.get("/").status_code for _ in range(10))
+        still_waiting = "reloaded" not in gw.log()
+        wait_for(lambda: "reloaded" in gw.log(), 6, what="the takeover")
+        after = c.get("/")
+    finally:
+        c.close()
+        mute.close()
+    assert still_waiting
+    assert during == {503: 10}, during
+    assert after.status_code == 200 and after.headers["x-pod"] == "p0", after.text
+
+
+def test_a_reload_correcting_the_interval_of_a_waiting_check_redraws_its_first(procs):
+    """A reload adds a service whose check has interval_ms 600000 by mistake: its first check
+    comes within interval_ms / 10 (up to a minute) and the reload waits for it. A second reload
+    that corrects the interval draws the first check again, from the new interval: the
+    document takes over within a second, not when the first draw comes due."""
+    p0, p1 = procs.backend("p0"), procs.backend("p1")
+    gw = procs.gateway(doc({"s": svc(p0)}, [route(service="s")]), tls=False)
+    c = Client(gw)
+    assert c.get("/").status_code == 200
+    hc = {"path": "/health", "interval_ms": 600000, "timeout_ms": 1000}
+    gw.write_routes(doc({"s": svc(p0), "new": svc(p1, health_check=hc)},
+                        [route(service="s"), route(app="other", service="new")]))
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: "the previous routes serve until" in gw.log(), 5, what="the wait")
+    hc["interval_ms"] = 1000
+    gw.write_routes(doc({"s": svc(p0), "new": svc(p1, health_check=hc)},
+                        [route(service="s"), route(app="other", service="new")]))
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in gw.log(), 3, what="the takeover")
+    r = c.get("/", headers={"host": HOST.replace("digits", "other", 1)})
+    c.close()
+    assert "still have no health check result" not in gw.log()  # not the wait's backstop
+    assert r.status_code == 200 and r.headers["x-pod"] == "p1", r.text
+
+
 def test_pod_back_in_a_service_it_left_waits_for_a_new_verdict(procs, tmp_path):
     """A pod's verdict is kept per service and pod. A pod a reload put back in a service it had
     left took its old verdict at once: healthy before and failing now, it took every request

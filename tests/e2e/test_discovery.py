@@ -6,6 +6,8 @@ flight to a removed pod finishes.
 """
 
 import collections
+import signal
+import socket
 import threading
 import time
 
@@ -94,6 +96,38 @@ def test_pods_come_and_go_with_dns(procs):
     dns.set_hosts({NAME: ["127.0.0.4"]})
     wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-4"}, 5, what="pod-4 back")
     assert all(p.proc.alive() for p in pods.values())
+
+
+def test_a_dns_change_ends_a_reload_s_wait(procs):
+    """A reload waits for the first check of a pod it adds (here one that never answers: up to
+    the check's 8 s timeout). The routes in force cannot follow a DNS change meanwhile (their
+    document is gone), so a DNS change ends the wait and the new pods get requests at once.
+    Before, the change waited with the document: 503 no_pods or the old pods for seconds."""
+    port = free_port()
+    procs.backend("pod-2", host="127.0.0.2", port=port)
+    procs.backend("pod-3", host="127.0.0.3", port=port)
+    dns = Dnsmasq(procs, {NAME: ["127.0.0.2"]})
+    mute = socket.socket()  # accepts (the kernel does) and never answers
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    s = {"protocol": "http1", "dns": {"name": NAME, "port": port, "interval_ms": 200}}
+    routes = {"domain": DOMAIN, "envs": ["production"], "services": {"s": s},
+              "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+    gw = procs.gateway(routes, conf={"dns_nameserver": dns.addr}, tls=False)
+    try:
+        wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-2"}, 5, what="pod-2 discovered")
+        routes["services"]["slow"] = {
+            "protocol": "http1", "pods": ["127.0.0.1:%d" % mute.getsockname()[1]],
+            "health_check": {"path": "/health", "interval_ms": 1000, "timeout_ms": 8000}}
+        routes["routes"].append({"app": "other", "env": "production", "service": "slow"})
+        gw.write_routes(routes)
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: "the previous routes serve until" in gw.log(), 5, what="the wait")
+        dns.set_hosts({NAME: ["127.0.0.3"]})
+        wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-3"}, 4, what="pod-3 from DNS")
+        assert "a DNS change ends the wait for first health check results" in gw.log()
+    finally:
+        mute.close()
 
 
 def test_nameserver_down_keeps_the_last_pods(procs):
