@@ -184,10 +184,9 @@ static void check_done(hc_pod_t *pod, bool pass, const char *reason)
     pod->has_result = true;
 
     mg_hc_state_t old = pod->state, now = next_state(pod, pass);
-    if (now == old && now == MG_HC_UNKNOWN) /* no callback yet, and no traffic: say why */
+    if (now == old && now == MG_HC_UNKNOWN) /* no verdict, so no callback: say it here */
         MG_LOG(MG_LOG_WARN, "health",
-               "%s: check failed (%s), %u of %u failures before it is unhealthy; it gets no "
-               "requests until a check passes",
+               "%s: check failed (%s), %u of %u failures before it is unhealthy; no verdict yet",
                pod->name, why, pod->fails, pod->unhealthy_threshold);
     if (now == old)
         return;
