@@ -877,6 +877,12 @@ GARBAGE = [
     pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n 3\r\n\r\nabc",
                  id="obs-fold-empty-value"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: one\r\n   \r\n\r\n", id="obs-fold-blank"),
+    # llhttp drops a blank continuation of an empty value without a word: "X-A:", then
+    # Content-Length framed the body here, where a proxy in front may end the head at " "
+    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nX-A:\r\n \r\nContent-Length: 3\r\n\r\nabc",
+                 id="obs-fold-blank-after-empty-value"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX-A:\r\n\t\r\n \r\nX-B: after\r\n\r\n",
+                 id="obs-fold-blank-lines"),
     # a target with whitespace or bytes outside ASCII would be a different request line to
     # the pod (RFC 9112 3.2: no whitespace in a request-target)
     pytest.param(b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n", id="tab-in-target"),
@@ -899,7 +905,8 @@ def test_http1_garbage_400(victim, line):
     assert_serving(gw, keeper)
 
 
-@pytest.mark.parametrize("cut", [b"one\r\n", b"one\r\n ", b"one\r\n  t", b"one\r"])
+@pytest.mark.parametrize("cut", [b"one\r\n", b"one\r\n ", b"one\r\n  t", b"one\r",
+                                 b"", b"\r", b"\r\n", b"\r\n ", b"\r\n \r", b"\r\n \r\n"])
 def test_http1_obs_fold_split_across_reads_400(victim, cut):
     """A folded line is refused wherever the client's writes cut it: at its line feed, in the
     whitespace that starts it, or in the value after it. A line that merely has a space where
@@ -907,7 +914,10 @@ def test_http1_obs_fold_split_across_reads_400(victim, cut):
     gw, a, keeper = victim
     seen = len(a.requests())
     head = b"GET /fold HTTP/1.1\r\nHost: %s\r\nX-A: one\r\n  two\r\n\r\n" % gw.authority().encode()
-    at = head.index(b"X-A: ") + 5 + len(cut)
+    if not cut.startswith(b"one"):  # a blank line after an empty value (h1_scan_head)
+        head = (b"POST /fold HTTP/1.1\r\nHost: %s\r\nX-A:\r\n \r\nContent-Length: 3\r\n\r\nabc"
+                % gw.authority().encode())
+    at = head.index(b"X-A:") + 4 + len(cut) + cut.startswith(b"one")
     with H1Conn(gw.port) as c:
         c.send(head[:at])
         time.sleep(0.2)  # read on its own

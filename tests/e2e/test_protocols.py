@@ -238,11 +238,12 @@ def test_http11_pipelined_answered_in_order(stack):
 def test_http11_chunked_trailers_then_pipelined_request(stack):
     """A chunked body, its trailer section, and the next request in the same packet: the
     trailers reach the pod (content-length among them is dropped, RFC 9110 6.5.1: it would
-    change the framing), the body ends at the last chunk, and the next request is read from
-    the right byte on."""
+    change the framing; so is expect, met or refused at the head), the body ends at the last
+    chunk, and the next request is read from the right byte on."""
     gw, _, _ = stack
     data = (b"POST /trailers HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"3;ext=1\r\nabc\r\n0\r\nX-Req-Trailer: t1\r\nContent-Length: 99\r\n\r\n"
+            b"3;ext=1\r\nabc\r\n0\r\nX-Req-Trailer: t1\r\nContent-Length: 99\r\n"
+            b"Expect: foo\r\n\r\n"
             % gw.authority().encode()) + h1_request_bytes("GET", "/after", gw.authority())
     with H1Conn(gw.port) as c:
         c.send(data)
@@ -1195,6 +1196,29 @@ def test_expectations_other_than_100_continue_get_417(stack):
             error_json(417, "expectation_failed", r.status, r.headers, bytes(r.body))
             assert c.get("/after").status == 200  # the connection goes on
     assert len(a.requests()) + len(b.requests()) == seen + 2
+    # a list is read as one: empty elements do not count (RFC 9110 5.6.1), and 100-continue
+    # twice is 100-continue. Those got 417.
+    for value in ("100-continue,", ", 100-continue", "100-continue, 100-continue"):
+        with H1Conn(gw.port) as c:
+            c.send(h1_request_bytes("POST", "/cont", gw.authority(),
+                                    [("Expect", value), ("Content-Length", "5")])
+                   .replace(b"Content-Length: 0\r\n", b""))
+            assert c._line() == b"HTTP/1.1 100 Continue" and c._line() == b"", (value, c.buf)
+            c.send(b"hello")
+            r = c.read_response()
+        assert r.status == 200 and r.json()["body_len"] == 5, (value, r)
+        with gw.h2() as c:
+            r = c.request("POST", "/exp", headers=[("expect", value)], body=b"hello")
+            assert r.status == 200, (value, r)
+    # refused at a field, an absolute-form request is logged with its target's host and path
+    with H1Conn(gw.port) as c:
+        c.send(b"GET http://%s/abs-417 HTTP/1.1\r\nHost: %s\r\nExpect: foo\r\n\r\n"
+               % (gw.authority(HOST_B).encode(), gw.authority().encode()))
+        assert c.read_response().status == 417
+    wait_for(lambda: any(x["status"] == 417 and "abs-417" in x["path"] for x in gw.access()), 5,
+             what="the 417's log line")
+    rec = [x for x in gw.access() if x["status"] == 417 and "abs-417" in x["path"]][0]
+    assert (rec["status"], rec["host"], rec["path"]) == (417, gw.authority(HOST_B), "/abs-417"), rec
 
 
 def test_http10_expect_is_ignored(stack):
