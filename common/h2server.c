@@ -166,7 +166,8 @@ struct conn {
     const char *h1_feed; /* the bytes llhttp_execute reads: see h1_after_lf_and_lws */
     bool h1_feed_at_lws; /* the bytes read before them end with LF and only SP/HT */
     uint8_t h1_head_scan; /* where h1_scan_head is in the request's head (head_scan_t) */
-    bool h1_folded;       /* ... and a field line there starts with SP or HT */
+    bool h1_scan_cr;      /* ... and whether the last byte it read was a CR */
+    const char *h1_head_problem; /* ... and what it found wrong, or NULL */
     size_t h1_fld_len, h1_val_len, h1_hdr_bytes;
     size_t h1_ext_bytes; /* chunk extension bytes of the chunk being read */
 };
@@ -1798,21 +1799,26 @@ static int h1_on_field(llhttp_t *p, const char *at, size_t len)
 
 static const char OBS_FOLD[] = "obsolete line folding (a field line that starts with whitespace) "
                                "is not accepted (RFC 9112 5.2)";
+static const char BARE_LF[] = "a line of the request head ends with LF alone: lines end with "
+                              "CRLF here (RFC 9112 2.2)";
 
 /* Where h1_scan_head is: before the request line, in a line, at the start of one, after a CR
  * there (the empty line that ends the head, or a faulty one), or past the head. */
 typedef enum { HS_START = 0, HS_LINE, HS_LINE_START, HS_CR, HS_DONE } head_scan_t;
 
 /*
- * Follows the lines of a request's head across reads, ahead of llhttp, for a field line that
- * starts with SP or HT: h1_on_headers_complete refuses it. llhttp 8.1 drops the blank ones
- * after an empty value ("X-A:\r\n \r\n") without a callback, where a proxy in front may end
- * the head. It splits lines only: llhttp judges them. Stops at the empty line that ends the
- * head, so a body is never read; starts again with each message (h1_on_message_complete).
+ * Follows the lines of a request's head across reads, ahead of llhttp, for what a peer in
+ * front could frame otherwise; h1_on_headers_complete refuses the head:
+ *  - a field line that starts with SP or HT. llhttp 8.1 drops the blank ones after an empty
+ *    value ("X-A:\r\n \r\n") without a callback, where a proxy in front may end the head;
+ *  - a line that ends with LF alone. llhttp 8.1 takes it after the request line and as the
+ *    head's last line but refuses it after a field: one rule for every line instead.
+ * It splits lines only: llhttp judges them. Stops at the empty line that ends the head, so a
+ * body is never read; starts again with each message (h1_on_message_complete).
  */
 static void h1_scan_head(conn_t *c, const char *b, size_t n)
 {
-    const char *end = b + n;
+    const char *from = b, *end = b + n;
     head_scan_t st = c->h1_head_scan;
     while (b < end && st != HS_DONE) {
         switch (st) {
@@ -1824,13 +1830,16 @@ static void h1_scan_head(conn_t *c, const char *b, size_t n)
             break;
         case HS_LINE: {
             const char *lf = memchr(b, '\n', (size_t)(end - b));
+            if (lf != NULL && !(lf > from ? lf[-1] == '\r' : c->h1_scan_cr))
+                c->h1_head_problem = BARE_LF;
             b = lf ? lf + 1 : end;
-            st = lf ? HS_LINE_START : HS_LINE;
+            st = c->h1_head_problem ? HS_DONE : lf ? HS_LINE_START : HS_LINE;
             break;
         }
         case HS_LINE_START:
-            c->h1_folded = *b == ' ' || *b == '\t';
-            st = c->h1_folded || *b == '\n' ? HS_DONE : *b == '\r' ? HS_CR : HS_LINE;
+            if (*b == ' ' || *b == '\t' || *b == '\n')
+                c->h1_head_problem = *b == '\n' ? BARE_LF : OBS_FOLD;
+            st = c->h1_head_problem ? HS_DONE : *b == '\r' ? HS_CR : HS_LINE;
             b += st == HS_CR;
             break;
         case HS_CR: /* a CR not before LF is llhttp's to refuse */
@@ -1841,6 +1850,7 @@ static void h1_scan_head(conn_t *c, const char *b, size_t n)
         }
     }
     c->h1_head_scan = (uint8_t)st;
+    c->h1_scan_cr = end > from && end[-1] == '\r';
 }
 
 /* Whether the bytes before |at| end with a line feed and then only SP/HT: |at| then starts
@@ -1951,8 +1961,8 @@ static int h1_on_headers_complete(llhttp_t *p)
     conn_t *c = parser_conn(p);
     mg_srv_stream_t *s = c->h1s;
     c->h1_headers_done = true;
-    if (c->h1_folded)
-        return h1_refuse(c, 400, "bad_request", OBS_FOLD);
+    if (c->h1_head_problem)
+        return h1_refuse(c, 400, "bad_request", c->h1_head_problem);
     if (p->http_major != 1) /* llhttp also takes "HTTP/2.0" and HTTP/0.9's "GET /" */
         return h1_refuse(c, 505, "http_version_not_supported",
                          "HTTP/1.0 and HTTP/1.1 only here; HTTP/2 starts with its connection "
@@ -2022,7 +2032,7 @@ static int h1_on_message_complete(llhttp_t *p)
     if (s)
         stream_request_end(s);
     c->h1_head_scan = HS_START; /* the next message's head starts where the parser pauses */
-    c->h1_folded = false;
+    c->h1_head_problem = NULL;
     c->h1_wait = true;
     return HPE_PAUSED;
 }

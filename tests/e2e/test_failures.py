@@ -883,6 +883,13 @@ GARBAGE = [
                  id="obs-fold-blank-after-empty-value"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX-A:\r\n\t\r\n \r\nX-B: after\r\n\r\n",
                  id="obs-fold-blank-lines"),
+    # a line ended by LF alone: llhttp 8.1 refused it after a field only, and took it after
+    # the request line and as the head's last line; one rule now (RFC 9112 2.2 allows either)
+    pytest.param(b"GET / HTTP/1.1\nHost: a\r\n\r\n", id="bare-lf-after-request-line"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\n\n", id="bare-lf-ending-the-head"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\nX-B: b\r\n\r\n", id="bare-lf-after-a-field"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\n\r\nab",
+                 id="bare-lf-ending-a-head-with-a-body"),
     # a target with whitespace or bytes outside ASCII would be a different request line to
     # the pod (RFC 9112 3.2: no whitespace in a request-target)
     pytest.param(b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n", id="tab-in-target"),
@@ -935,6 +942,22 @@ def test_http1_obs_fold_split_across_reads_400(victim, cut):
         c.send(whole[at:])
         r = c.read_response()
     assert r.status == 200 and r.json()["headers"]["x-a"] == "one two", r
+    assert_serving(gw, keeper)
+
+
+def test_http1_line_ends_split_across_reads(victim):
+    """Whether a line ends with CRLF or LF alone is told across reads too: a CR at the end of
+    one read and its LF at the start of the next is a line end, an LF alone there is not."""
+    gw, a, keeper = victim
+    for line_end, status in ((b"\r\n", 200), (b"\n", 400)):
+        head = b"GET /split HTTP/1.1%sHost: %s\r\n\r\n" % (line_end, gw.authority().encode())
+        at = head.index(b"1.1") + 3 + len(line_end) - 1  # before the LF
+        with H1Conn(gw.port) as c:
+            c.send(head[:at])
+            time.sleep(0.2)  # read on its own
+            c.send(head[at:])
+            r = c.read_response()
+        assert r.status == status, (line_end, r)
     assert_serving(gw, keeper)
 
 
