@@ -293,10 +293,9 @@ int main(int argc, char **argv)
         free(opt);
         json_decref(wu);
     } else if (mg_model_kind_find(o.kind) == NULL) {
-        fprintf(stderr, "modelgate-runtime: --kind: unknown model kind '%s'; valid:", o.kind);
-        for (const char *const *k = mg_model_kind_names(); *k; k++)
-            fprintf(stderr, " %s", *k);
-        fputc('\n', stderr);
+        char kinds[128];
+        fprintf(stderr, "modelgate-runtime: --kind: unknown model kind '%s'; valid:%s\n", o.kind,
+                mg_model_kind_list(kinds, sizeof(kinds)));
         return 1;
     }
 

@@ -50,6 +50,18 @@ const char *const *mg_model_kind_names(void)
     return kind_names;
 }
 
+const char *mg_model_kind_list(char *buf, size_t cap)
+{
+    size_t n = 0;
+    if (cap > 0)
+        buf[0] = '\0';
+    for (const char *const *k = kind_names; *k && n < cap; k++) {
+        int w = snprintf(buf + n, cap - n, " %s", *k);
+        n += w > 0 ? (size_t)w : 0;
+    }
+    return buf;
+}
+
 const char *mg_input_type_name(mg_input_type_t t)
 {
     switch (t) {

@@ -291,6 +291,9 @@ extern const mg_model_kind_t mg_kind_text;
 const mg_model_kind_t *mg_model_kind_find(const char *name);
 /* The kinds' names, NULL-terminated, e.g. for "valid kinds: ..." messages. */
 const char *const *mg_model_kind_names(void);
+/* Writes the kinds' names into |buf| (|cap| bytes, truncated to fit) for those messages, each
+ * after a space: " xgboost linear ...". Returns |buf|. */
+const char *mg_model_kind_list(char *buf, size_t cap);
 
 /* Helpers for kinds writing outputs. mg_out_begin() starts a batch of n items (resets the
    buffers, keeps their memory); mg_out_printf()/mg_out_write() append to item i's fragment,

@@ -119,16 +119,12 @@ mg_err_t mg_slot_read_descriptor(const char *path, char **file, char **kind, cha
                              "warmup",
                              path, k);
             /* a model file given without --kind is read as a descriptor: say so */
-            if (json_object_get(doc, "file") == NULL && n > 0 && (size_t)n < errlen) {
-                n += snprintf(err + n, errlen - (size_t)n,
-                              " (with no \"file\" key, this looks like a model file rather than "
-                              "a descriptor: give its kind with --kind, one of");
-                for (const char *const *kn = mg_model_kind_names();
-                     *kn && n > 0 && (size_t)n < errlen; kn++)
-                    n += snprintf(err + n, errlen - (size_t)n, " %s", *kn);
-                if (n > 0 && (size_t)n < errlen)
-                    snprintf(err + n, errlen - (size_t)n, ")");
-            }
+            char kinds[128];
+            if (json_object_get(doc, "file") == NULL && n > 0 && (size_t)n < errlen)
+                snprintf(err + n, errlen - (size_t)n,
+                         " (with no \"file\" key, this looks like a model file rather than a "
+                         "descriptor: give its kind with --kind, one of%s)",
+                         mg_model_kind_list(kinds, sizeof(kinds)));
             goto out;
         }
     }

@@ -65,6 +65,9 @@ static void kind_registry(void **state)
 {
     (void)state;
     const char *const *names = mg_model_kind_names();
+    char list[128], tiny[6];
+    assert_string_equal(mg_model_kind_list(list, sizeof(list)), " xgboost linear embedding text");
+    assert_string_equal(mg_model_kind_list(tiny, sizeof(tiny)), " xgbo"); /* cut, still a string */
     size_t n = 0;
     for (; names[n] != NULL; n++) {
         const mg_model_kind_t *k = mg_model_kind_find(names[n]);
