@@ -768,19 +768,25 @@ nomem:
  */
 static void take_twin_verdict(mg_hc_t *hc, hc_pod_t *pod)
 {
+    /* a twin with a verdict, else one with a result: its count of failures or passes goes on
+     * (a reload's waiting check hands over one failure of two, and the next one decides) */
+    const hc_pod_t *twin = NULL;
     for (const hc_pod_t *t = hc->pods; t; t = t->next) {
-        if (t == pod || t->state == MG_HC_UNKNOWN ||
+        if (t == pod || !t->has_result ||
             !same_target(t, (const struct sockaddr *)&pod->addr, pod->addrlen, pod->proto,
                          &(mg_hc_conf_t){.path = pod->path, .expect_version = pod->expect_version}))
             continue;
-        pod->state = t->state;
-        pod->passes = t->passes;
-        pod->fails = t->fails;
-        pod->has_result = true;
-        MG_LOG(MG_LOG_INFO, "health", "%s starts %s, as %s (the same check)", pod->name,
-               mg_hc_state_name(pod->state), t->name);
-        return;
+        if (twin == NULL || (twin->state == MG_HC_UNKNOWN && t->state != MG_HC_UNKNOWN))
+            twin = t;
     }
+    if (twin == NULL)
+        return;
+    pod->state = twin->state;
+    pod->passes = twin->passes;
+    pod->fails = twin->fails;
+    pod->has_result = true;
+    MG_LOG(MG_LOG_INFO, "health", "%s starts %s, as %s (the same check)", pod->name,
+           mg_hc_state_name(pod->state), twin->name);
 }
 
 mg_err_t mg_hc_watch(mg_hc_t *hc, const char *name, const struct sockaddr *addr, socklen_t len,

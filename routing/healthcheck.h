@@ -91,7 +91,8 @@ mg_hc_t *mg_hc_new(struct event_base *base, mg_hc_cb cb, void *ud);
  * check in flight is dropped and the state goes back to UNKNOWN without a callback (the caller
  * made the change; it reads mg_hc_state if it keeps its own copy). A key watched for the first
  * time whose check another key already runs (same address, protocol, path and expect_version,
- * with a verdict) starts from that key's state and counters (a service renamed by a reload).
+ * with a result: preferably a verdict) starts from that key's state and counters (a service
+ * renamed by a reload, a reload's waiting check handing over).
  * Never calls the callback.
  * Returns MG_OK, MG_E_NOMEM, or MG_E_CONFIG (logged) when |conf| or |addr| is invalid: a path
  * not starting with '/' or with control characters or spaces, a zero interval, timeout or
@@ -115,7 +116,7 @@ void mg_hc_unwatch(mg_hc_t *hc, const char *pod);
 mg_hc_state_t mg_hc_state(const mg_hc_t *hc, const char *pod);
 
 /* Whether |pod|'s check has had a result since it (re)started: a pass or a failure (which may
- * leave it UNKNOWN, short of unhealthy_threshold), or a verdict taken from a twin. True for a
+ * leave it UNKNOWN, short of unhealthy_threshold), or a result taken from a twin. True for a
  * pod that is not watched: there is nothing to wait for. */
 bool mg_hc_has_result(const mg_hc_t *hc, const char *pod);
 

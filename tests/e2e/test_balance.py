@@ -470,6 +470,12 @@ def test_a_waiting_reload_s_checks_leave_the_routes_in_force_alone(procs):
         time.sleep(0.5)  # s's new check has failed: its first starts within interval_ms / 10
         during = collections.Counter(c.get("/").status_code for _ in range(30))
         still_waiting = "reloaded" not in gw.log()
+        # a broken document meanwhile is refused, and said not to stop the waiting one
+        with open(gw.routes_path, "w") as f:
+            f.write("{")
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused, the reload waiting for its health checks still takes "
+                 "over" in gw.log(), 5, what="the refusal")
         wait_for(lambda: "reloaded" in gw.log(), 6, what="the takeover")
         after = c.get("/")
     finally:
@@ -581,7 +587,8 @@ def test_pod_back_in_a_service_it_left_waits_for_a_new_verdict(procs, tmp_path):
     assert (200, "b") not in seen, seen
     assert (503, None) in seen, seen
     # said as it is: not "1 unhealthy" (there is no verdict yet), and why in the log
-    assert "(1 pods: 0 unhealthy, 1 without a health check verdict yet," in said[-1], said[-1]
+    # (then "1 unhealthy", once the check after takeover made the second failure)
+    assert "(1 pods: 0 unhealthy, 1 without a health check verdict yet," in said[0], said[0]
     assert "canary/%s: check failed (HTTP 503), 1 of 2 failures before it is unhealthy" % b.addr \
         in gw.log()
     seen = rejoin()  # failing when it left, passing now

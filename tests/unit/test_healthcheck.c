@@ -684,6 +684,34 @@ static void new_key_for_a_running_check_takes_its_verdict(void **state)
     assert_false(mg_hc_has_result(f->hc, other_key));
 }
 
+/* A twin that has a result but no verdict yet (one failure of two) hands its count over: the
+ * new key has a result at once, and its own next failure is the second. Before, it started
+ * from nothing, and a reload's waiting check lost its failures at takeover. */
+static void new_key_takes_a_twin_s_count_without_a_verdict(void **state)
+{
+    fix_t *f = *state;
+    int port = free_port(f); /* reserved, never bound: every check fails */
+    char pod[32], old_key[64], new_key[64];
+    pod_name(pod, sizeof(pod), port);
+    snprintf(old_key, sizeof(old_key), "+svc/%s", pod);
+    snprintf(new_key, sizeof(new_key), "svc/%s", pod);
+    mg_hc_conf_t c = conf("/readyz", 1, 2);
+    c.interval_ms = 2000; /* first checks within 200 ms, second ones after 2 s */
+    int64_t t0 = now_ms();
+    watch(f, old_key, port, MG_UP_H1, &c);
+    while (!mg_hc_has_result(f->hc, old_key) && now_ms() - t0 < WAIT_MS)
+        run_for(f, 5);
+    assert_true(mg_hc_has_result(f->hc, old_key));
+    assert_int_equal(mg_hc_state(f->hc, old_key), MG_HC_UNKNOWN); /* 1 of 2 */
+    watch(f, new_key, port, MG_UP_H1, &c);
+    mg_hc_unwatch(f->hc, old_key);
+    assert_true(mg_hc_has_result(f->hc, new_key));
+    assert_int_equal(mg_hc_state(f->hc, new_key), MG_HC_UNKNOWN);
+    /* its first check comes within interval_ms / 10, and is the second failure */
+    wait_state(f, new_key, MG_HC_UNHEALTHY);
+    assert_int_equal(f->changes, 1);
+}
+
 static void bad_conf_is_refused(void **state)
 {
     fix_t *f = *state;
@@ -884,6 +912,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(watch_is_idempotent_and_restarts_on_change, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(new_key_for_a_running_check_takes_its_verdict, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(new_key_takes_a_twin_s_count_without_a_verdict, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(bad_conf_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(free_in_callback, setup, teardown),
