@@ -537,6 +537,11 @@ bool mg_control_reload(mg_control_t *c, const char *path, char **errors)
     return r != NULL;
 }
 
+bool mg_control_waiting(const mg_control_t *c)
+{
+    return c->pending != NULL;
+}
+
 void mg_control_adopt(mg_control_t *c, const mg_routes_t *routes)
 {
     apply(c, routes);

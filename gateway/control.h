@@ -39,6 +39,9 @@ mg_routes_t *mg_control_load(mg_control_t *c, const char *path, char **errors);
  * timeout_ms plus a little; the snapshot in force serves meanwhile. Logs when it takes over.
  */
 bool mg_control_reload(mg_control_t *c, const char *path, char **errors);
+/* Whether a reloaded snapshot is waiting for its checks' first results (it takes over then, a
+ * later reload refused or not). */
+bool mg_control_waiting(const mg_control_t *c);
 /* Starts the checks of a snapshot built elsewhere (the --backend quick start). */
 void mg_control_adopt(mg_control_t *c, const mg_routes_t *routes);
 void mg_control_free(mg_control_t *c);

@@ -463,11 +463,14 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
         /* a log line per problem, each with its time and level (log collectors split on
          * newlines) */
         const char *p = errors ? errors : "(no detail)";
+        /* a reload waiting for its health checks is not the one refused: it still takes over */
+        const char *stays = mg_control_waiting(g_control)
+                                ? "the reload waiting for its health checks still takes over"
+                                : "the previous routes stay in force";
         do {
             const char *nl = strchr(p, '\n');
             int len = nl ? (int)(nl - p) : (int)strlen(p);
-            MG_LOG(MG_LOG_ERROR, "main", "reload refused, the previous routes stay in force: %.*s",
-                   len, p);
+            MG_LOG(MG_LOG_ERROR, "main", "reload refused, %s: %.*s", stays, len, p);
             p = nl ? nl + 1 : NULL;
         } while (p && *p);
         free(errors);
