@@ -804,3 +804,12 @@ def h2load(gw, *args, path="/load"):
     assert m, r.stdout
     m2 = re.search(r"status codes: (\d+) 2xx", r.stdout)
     return tuple(map(int, m.groups())), int(m2.group(1)) if m2 else None
+
+
+def silent_listener(backlog):
+    """A listening socket nobody accepts from, and its "127.0.0.1:port": the kernel completes
+    the TCP handshake and the pod never speaks (hung, SIGSTOPped). The caller closes it."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(backlog)
+    return ls, "127.0.0.1:%d" % ls.getsockname()[1]

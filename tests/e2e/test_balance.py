@@ -11,13 +11,12 @@ in ~15000 runs and a wrong policy (e.g. round robin instead of P2C) fails every 
 import collections
 import os
 import signal
-import socket
 import threading
 import time
 
 import httpx
 
-from conftest import DOMAIN, HOST, error_json, free_port, wait_for
+from conftest import DOMAIN, HOST, error_json, free_port, silent_listener, wait_for
 
 
 def route(app="digits", env="production", **kw):
@@ -442,6 +441,18 @@ def test_reload_moving_pods_under_a_different_check_waits_for_its_first_results(
     assert other.json()["error"]["code"] == "no_healthy_pod"
 
 
+def across_the_wait(gw, c, n, meanwhile=None):
+    """Once a reload waits, |n| answers of |c|, then |meanwhile|, then the takeover: returns
+    their statuses, whether the wait was still on after them, and the first answer after."""
+    wait_for(lambda: "the previous routes serve until" in gw.log(), 5, what="the wait")
+    if meanwhile:
+        meanwhile()
+    during = collections.Counter(c.get("/").status_code for _ in range(n))
+    still_waiting = "reloaded" not in gw.log()
+    wait_for(lambda: "reloaded" in gw.log(), 6, what="the takeover")
+    return during, still_waiting, c.get("/")
+
+
 def test_a_waiting_reload_s_checks_leave_the_routes_in_force_alone(procs):
     """A reload waits for the first result of a service it adds (here a pod that never
     answers: up to the check's timeout). Meanwhile the new check it gives a serving pod
@@ -449,9 +460,7 @@ def test_a_waiting_reload_s_checks_leave_the_routes_in_force_alone(procs):
     follow their own check: they serve until the reload takes over, then the new verdict
     holds. Before, the new check wrote the pod state both shared: 503 during the wait."""
     p0 = procs.backend("p0")
-    mute = socket.socket()  # accepts (the kernel does) and never answers: a check times out
-    mute.bind(("127.0.0.1", 0))
-    mute.listen(8)
+    mute, mute_addr = silent_listener(8)  # a check of it times out
     old_hc = {"path": "/health", "interval_ms": 1000, "timeout_ms": 1000}
     bad_hc = {"path": "/status/503", "interval_ms": 1000, "timeout_ms": 1000,
               "unhealthy_threshold": 1}
@@ -461,23 +470,20 @@ def test_a_waiting_reload_s_checks_leave_the_routes_in_force_alone(procs):
     c = Client(gw)
     wait_for(lambda: c.get("/").status_code == 200, 5, what="p0's first verdict")
     gw.write_routes(doc({"s": svc(p0, health_check=bad_hc),
-                         "slow": svc("127.0.0.1:%d" % mute.getsockname()[1],
-                                     health_check=slow_hc)},
+                         "slow": svc(mute_addr, health_check=slow_hc)},
                         [route(service="s"), route(app="other", service="slow")]))
     gw.signal(signal.SIGHUP)
-    try:
-        wait_for(lambda: "the previous routes serve until" in gw.log(), 5, what="the wait")
+
+    def broken_reload():
         time.sleep(0.5)  # s's new check has failed: its first starts within interval_ms / 10
-        during = collections.Counter(c.get("/").status_code for _ in range(30))
-        still_waiting = "reloaded" not in gw.log()
         # a broken document meanwhile is refused, and said not to stop the waiting one
         with open(gw.routes_path, "w") as f:
             f.write("{")
         gw.signal(signal.SIGHUP)
         wait_for(lambda: "reload refused, the reload waiting for its health checks still takes "
                  "over" in gw.log(), 5, what="the refusal")
-        wait_for(lambda: "reloaded" in gw.log(), 6, what="the takeover")
-        after = c.get("/")
+    try:
+        during, still_waiting, after = across_the_wait(gw, c, 30, broken_reload)
     finally:
         c.close()
         mute.close()
@@ -495,24 +501,17 @@ def test_a_waiting_reload_that_drops_a_check_drops_it_at_takeover(procs, tmp_pat
     by a pod that never answers its first check), and is served once the reload is in force.
     Before, the waiting document marked it unchecked at once."""
     p0 = procs.backend("p0", args=["--health-file", str(tmp_path / "absent")])
-    mute = socket.socket()
-    mute.bind(("127.0.0.1", 0))
-    mute.listen(8)
+    mute, mute_addr = silent_listener(8)
     hc = {"path": "/health", "interval_ms": 1000, "timeout_ms": 1000, "unhealthy_threshold": 1}
     gw = procs.gateway(doc({"s": svc(p0, health_check=hc)}, [route(service="s")]), tls=False)
     c = Client(gw)
     wait_for(lambda: "is unhealthy" in gw.log(), 5, what="p0's failing verdict")
     slow_hc = {"path": "/health", "interval_ms": 1000, "timeout_ms": 3000}
-    gw.write_routes(doc({"s": svc(p0), "slow": svc("127.0.0.1:%d" % mute.getsockname()[1],
-                                                   health_check=slow_hc)},
+    gw.write_routes(doc({"s": svc(p0), "slow": svc(mute_addr, health_check=slow_hc)},
                         [route(service="s"), route(app="other", service="slow")]))
     gw.signal(signal.SIGHUP)
     try:
-        wait_for(lambda: "the previous routes serve until" in gw.log(), 5, what="the wait")
-        during = collections.Counter(c.get("/").status_code for _ in range(10))
-        still_waiting = "reloaded" not in gw.log()
-        wait_for(lambda: "reloaded" in gw.log(), 6, what="the takeover")
-        after = c.get("/")
+        during, still_waiting, after = across_the_wait(gw, c, 10)
     finally:
         c.close()
         mute.close()

@@ -7,13 +7,12 @@ flight to a removed pod finishes.
 
 import collections
 import signal
-import socket
 import threading
 import time
 
 import httpx
 
-from conftest import DOMAIN, HOST, free_port, wait_for
+from conftest import DOMAIN, HOST, free_port, silent_listener, wait_for
 from servers import Dnsmasq
 
 NAME = "digits.pods.svc.test"
@@ -107,9 +106,7 @@ def test_a_dns_change_ends_a_reload_s_wait(procs):
     procs.backend("pod-2", host="127.0.0.2", port=port)
     procs.backend("pod-3", host="127.0.0.3", port=port)
     dns = Dnsmasq(procs, {NAME: ["127.0.0.2"]})
-    mute = socket.socket()  # accepts (the kernel does) and never answers
-    mute.bind(("127.0.0.1", 0))
-    mute.listen(8)
+    mute, mute_addr = silent_listener(8)  # its check never ends before its timeout
     s = {"protocol": "http1", "dns": {"name": NAME, "port": port, "interval_ms": 200}}
     routes = {"domain": DOMAIN, "envs": ["production"], "services": {"s": s},
               "routes": [{"app": "digits", "env": "production", "service": "s"}]}
@@ -117,7 +114,7 @@ def test_a_dns_change_ends_a_reload_s_wait(procs):
     try:
         wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-2"}, 5, what="pod-2 discovered")
         routes["services"]["slow"] = {
-            "protocol": "http1", "pods": ["127.0.0.1:%d" % mute.getsockname()[1]],
+            "protocol": "http1", "pods": [mute_addr],
             "health_check": {"path": "/health", "interval_ms": 1000, "timeout_ms": 8000}}
         routes["routes"].append({"app": "other", "env": "production", "service": "slow"})
         gw.write_routes(routes)

@@ -24,7 +24,7 @@ import pytest
 from hpack import Encoder
 
 from conftest import (DOMAIN, HOST, H1Conn, error_json, free_port, h1, h1_request_bytes,
-                      routes_doc, wait_for)
+                      routes_doc, silent_listener, wait_for)
 from h2client import Stream
 from rawpod import ThreadedPod, frame
 
@@ -42,15 +42,6 @@ def assert_serving(gw, keeper=None):
         r = keeper.get("/keeper")
         assert r.status == 200, r
     assert h1(gw, "GET", "/still-up-h1").status == 200
-
-
-def silent_listener(backlog):
-    """A listening socket nobody accepts from, and its "127.0.0.1:port": the kernel completes
-    the TCP handshake and the pod never speaks (hung, SIGSTOPped). The caller closes it."""
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(backlog)
-    return ls, "127.0.0.1:%d" % ls.getsockname()[1]
 
 
 def two_pod_stack(procs, pods, conf=None, proto="h2c"):
