@@ -975,18 +975,13 @@ static const char EXPECT_UNMET[] =
  * expectation. An empty one expects nothing. */
 static int expect_is_100(bool *expect_100, const char *v, size_t len)
 {
-    const char *end = v + len;
-    while (v < end) {
-        const char *comma = memchr(v, ',', (size_t)(end - v));
-        const char *e = comma ? comma : end;
-        size_t n = (size_t)(e - v);
-        mg_field_trim(&v, &n);
-        if (n == 12 && strncasecmp(v, "100-continue", 12) == 0)
+    const char *end = v + len, *el;
+    size_t n;
+    while (mg_field_list_next(&v, end, &el, &n))
+        if (n == 12 && strncasecmp(el, "100-continue", 12) == 0)
             *expect_100 = true;
         else if (n > 0)
             return -1;
-        v = comma ? comma + 1 : end;
-    }
     return 0;
 }
 

@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <event2/event.h>
 #include <nghttp2/nghttp2.h>
@@ -334,6 +335,21 @@ static inline void mg_field_trim(const char **v, size_t *n)
         (*v)++;
         (*n)--;
     }
+}
+
+/* Walks a comma-separated field value (a list: RFC 9110 5.6.1) ending at |end|: sets |*el| and
+ * |*n| to the next element without the whitespace around it (maybe empty) and moves |*v| past
+ * it. False once |*v| reaches |end|. */
+static inline bool mg_field_list_next(const char **v, const char *end, const char **el, size_t *n)
+{
+    if (*v >= end)
+        return false;
+    const char *comma = memchr(*v, ',', (size_t)(end - *v));
+    *el = *v;
+    *n = (size_t)((comma ? comma : end) - *v);
+    mg_field_trim(el, n);
+    *v = comma ? comma + 1 : end;
+    return true;
 }
 
 /* Moves frames from |h2| into |bev|'s output until nghttp2 has nothing more or the output holds

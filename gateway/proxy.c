@@ -252,16 +252,11 @@ static bool hop_by_hop(const mg_hdr_t *h)
  * the whitespace around them, case-insensitively (field names, codings). */
 static bool list_has(const char *v, size_t len, const char *tok, size_t toklen)
 {
-    const char *end = v + len;
-    while (v < end) {
-        const char *comma = memchr(v, ',', (size_t)(end - v));
-        const char *el = v;
-        size_t n = (size_t)((comma ? comma : end) - v);
-        mg_field_trim(&el, &n);
+    const char *end = v + len, *el;
+    size_t n;
+    while (mg_field_list_next(&v, end, &el, &n))
         if (n == toklen && strncasecmp(el, tok, toklen) == 0)
             return true;
-        v = comma ? comma + 1 : end;
-    }
     return false;
 }
 
