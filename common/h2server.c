@@ -1766,7 +1766,37 @@ static int h1_on_method_complete(llhttp_t *p)
     return 0;
 }
 
-static int h1_absolute_form(mg_srv_stream_t *s, bool options);
+/* An absolute-form target (GET http://host/path): its authority is the host, whatever Host
+ * says (RFC 9112 3.2.2), and the path goes on in origin form. The Host field stays in s->host,
+ * to be checked all the same (RFC 9112 3.2: required in HTTP/1.1, and valid). A target that is no
+ * http or https URI is left as it is, for target_problem to refuse. */
+static int h1_absolute_form(mg_srv_stream_t *s, bool options)
+{
+    const char *t = s->path;
+    size_t skip = strncasecmp(t, "http://", 7) == 0    ? 7
+                  : strncasecmp(t, "https://", 8) == 0 ? 8
+                                                       : 0;
+    if (skip == 0)
+        return 0;
+    const char *auth = t + skip, *end = auth + strcspn(auth, "/?#");
+    if (end == auth || memchr(auth, '@', (size_t)(end - auth)) != NULL)
+        return -1; /* userinfo is an error (RFC 9110 4.2.4): "a@b" would be the host */
+    s->authority = mg_arena_strndup(&s->arena, auth, (size_t)(end - auth));
+    if (*end == '/')
+        s->path = mg_arena_strndup(&s->arena, end, strlen(end));
+    else if (*end == '\0' && options) /* the server as a whole: RFC 9112 3.2.4 */
+        s->path = "*";
+    else { /* "http://h?q" -> "/?q", "http://h" -> "/" */
+        size_t n = strlen(end);
+        char *path = mg_arena_alloc(&s->arena, n + 2);
+        if (path != NULL) {
+            path[0] = '/';
+            memcpy(path + 1, end, n + 1);
+        }
+        s->path = path;
+    }
+    return s->authority && s->path ? 0 : -1;
+}
 
 static int h1_on_url_complete(llhttp_t *p)
 {
@@ -1848,12 +1878,10 @@ static void h1_scan_head(conn_t *c, const char *b, size_t n)
     c->h1_scan_cr = end > from && end[-1] == '\r';
 }
 
-/* Whether the bytes before |at| end with a line feed and then only SP/HT: |at| then starts
- * a field line with whitespace, an obs-fold (h1_scan_head sees those of a head; this sees them
- * in chunked trailers too). llhttp 8.1 joins it to the field it continues,
- * where a proxy in front may read a field of its own (an indented Content-Length): refused,
- * as RFC 9112 5.2 lets a server do. |from| is the start of the bytes being read, |before| the
- * same answer for the bytes read earlier. */
+/* Whether the bytes before |at| end with a line feed and then only SP/HT: |at| then starts a
+ * field line with whitespace, an obs-fold, which llhttp 8.1 joins to the field it continues.
+ * For chunked trailers, whose start only llhttp knows: h1_scan_head does the head. |from| is
+ * the start of the bytes being read, |before| the same answer for the bytes read earlier. */
 static bool h1_after_lf_and_lws(const char *from, const char *at, bool before)
 {
     while (at > from && (at[-1] == ' ' || at[-1] == '\t'))
@@ -1864,8 +1892,8 @@ static bool h1_after_lf_and_lws(const char *from, const char *at, bool before)
 static int h1_on_value(llhttp_t *p, const char *at, size_t len)
 {
     conn_t *c = parser_conn(p);
-    /* len 0: an empty value ("Host:\r\n") ends with an empty span at the next line */
-    if (len > 0 && h1_after_lf_and_lws(c->h1_feed, at, c->h1_feed_at_lws))
+    /* a trailer's; len 0: an empty value ("X:\r\n") ends with an empty span at the next line */
+    if (c->h1_headers_done && len > 0 && h1_after_lf_and_lws(c->h1_feed, at, c->h1_feed_at_lws))
         return h1_refuse(c, 400, "bad_request", OBS_FOLD);
     if (h1_limit(c, len))
         return -1;
@@ -1917,38 +1945,6 @@ static int h1_on_value_complete(llhttp_t *p)
                          "transfer codings other than chunked are not supported");
     hdr_push(s, false, name, nlen, value, vlen, false);
     return 0;
-}
-
-/* An absolute-form target (GET http://host/path): its authority is the host, whatever Host
- * says (RFC 9112 3.2.2), and the path goes on in origin form. The Host field stays in s->host,
- * to be checked all the same (RFC 9112 3.2: required in HTTP/1.1, and valid). A target that is no
- * http or https URI is left as it is, for target_problem to refuse. */
-static int h1_absolute_form(mg_srv_stream_t *s, bool options)
-{
-    const char *t = s->path;
-    size_t skip = strncasecmp(t, "http://", 7) == 0    ? 7
-                  : strncasecmp(t, "https://", 8) == 0 ? 8
-                                                       : 0;
-    if (skip == 0)
-        return 0;
-    const char *auth = t + skip, *end = auth + strcspn(auth, "/?#");
-    if (end == auth || memchr(auth, '@', (size_t)(end - auth)) != NULL)
-        return -1; /* userinfo is an error (RFC 9110 4.2.4): "a@b" would be the host */
-    s->authority = mg_arena_strndup(&s->arena, auth, (size_t)(end - auth));
-    if (*end == '/')
-        s->path = mg_arena_strndup(&s->arena, end, strlen(end));
-    else if (*end == '\0' && options) /* the server as a whole: RFC 9112 3.2.4 */
-        s->path = "*";
-    else { /* "http://h?q" -> "/?q", "http://h" -> "/" */
-        size_t n = strlen(end);
-        char *path = mg_arena_alloc(&s->arena, n + 2);
-        if (path != NULL) {
-            path[0] = '/';
-            memcpy(path + 1, end, n + 1);
-        }
-        s->path = path;
-    }
-    return s->authority && s->path ? 0 : -1;
 }
 
 static int h1_on_headers_complete(llhttp_t *p)

@@ -936,6 +936,30 @@ def test_http1_obs_fold_split_across_reads_400(victim, cut):
     assert_serving(gw, keeper)
 
 
+@pytest.mark.parametrize("cut", [None, b"a\r\n", b"a\r\n "], ids=["whole", "at-lf", "in-fold"])
+def test_http1_obs_fold_in_chunked_trailers_400(victim, cut):
+    """A folded trailer line is refused too (h1_on_value: the head's scan ends at its empty
+    line), also when a read ends at its line feed or inside the fold; the same trailers
+    unfolded pass."""
+    gw, a, keeper = victim
+    head = (b"POST /trl HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+            % gw.authority().encode())
+    folded = head + b"0\r\nX-T: a\r\n b\r\n\r\n"
+    at = len(folded) if cut is None else folded.index(b"X-T: ") + 5 + len(cut)
+    with H1Conn(gw.port) as c:
+        c.send(folded[:at])
+        time.sleep(0.2)  # read on its own
+        c.send(folded[at:])
+        r = c.read_response()
+        err = error_json(400, "bad_request", r.status, r.headers, r.body)
+        assert "obsolete line folding" in err["message"], err
+    with H1Conn(gw.port) as c:
+        c.send(head + b"0\r\nX-T: a b\r\n\r\n")
+        r = c.read_response()
+    assert r.status == 200 and r.json()["trailers"] == {"x-t": "a b"}, r
+    assert_serving(gw, keeper)
+
+
 def test_http1_line_ends_split_across_reads(victim):
     """Whether a line ends with CRLF or LF alone is told across reads too: a CR at the end of
     one read and its LF at the start of the next is a line end, an LF alone there is not."""
