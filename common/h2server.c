@@ -1542,6 +1542,11 @@ void mg_h2_end_data(nghttp2_session *h2, int32_t id, uint32_t *flags, const nght
     }
 }
 
+bool mg_h2_answered_in_h1(const void *first, size_t n)
+{
+    return n >= 5 && memcmp(first, "HTTP/", 5) == 0;
+}
+
 int mg_h2_recv(nghttp2_session *h2, struct evbuffer *in, const bool *stop, mg_h2_scan_fn scan,
                void *arg)
 {

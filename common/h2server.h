@@ -376,4 +376,9 @@ struct evbuffer;
 int mg_h2_recv(struct nghttp2_session *h2, struct evbuffer *in, const bool *stop,
                mg_h2_scan_fn scan, void *arg);
 
+/* Whether the first |n| bytes a pod sent on an h2c connection are an HTTP/1.x answer: it read
+ * our preface as a bad request, so the service's protocol is wrong. The words for the log: */
+bool mg_h2_answered_in_h1(const void *first, size_t n);
+#define MG_H2_ANSWERED_IN_H1 "answered in HTTP/1.x, not h2c (is its service's protocol \"http1\"?)"
+
 #endif /* MG_COMMON_H2SERVER_H */

@@ -696,13 +696,12 @@ static void h2_recv(up_conn_t *c)
     if (!c->settled && evbuffer_get_length(in) >= 5) {
         char first[5];
         evbuffer_copyout(in, first, 5);
-        if (memcmp(first, "HTTP/", 5) == 0) { /* an HTTP/1.x server read our preface */
+        if (mg_h2_answered_in_h1(first, sizeof(first))) {
             unsigned long skipped;
             if (mg_log_limit_pass(&c->pool->log_limit, &skipped))
                 MG_LOG(MG_LOG_WARN, "upstream",
-                       "pod %s answered in HTTP/1.x, not h2c: is its service's protocol "
-                       "\"http1\"? (%lu similar suppressed)",
-                       c->pool->key, skipped);
+                       "pod %s " MG_H2_ANSWERED_IN_H1 " (%lu similar suppressed)", c->pool->key,
+                       skipped);
             conn_close(c, MG_UP_PROTO);
             return;
         }

@@ -39,6 +39,7 @@
 #include <llhttp.h>
 #include <nghttp2/nghttp2.h>
 
+#include "common/h2server.h"
 #include "common/log.h"
 
 #define STATUS_PATH "/v1/status"
@@ -451,9 +452,8 @@ static void h2_flush(probe_t *p)
 
 static void h2_feed(probe_t *p, const char *data, size_t len)
 {
-    if (!p->h2_fed && len >= 5 && memcmp(data, "HTTP/", 5) == 0) { /* its first bytes */
-        probe_fail(p, "the pod answered in HTTP/1.x, not h2c (is its service's protocol "
-                      "\"http1\"?)");
+    if (!p->h2_fed && mg_h2_answered_in_h1(data, len)) { /* its first bytes */
+        probe_fail(p, "the pod " MG_H2_ANSWERED_IN_H1);
         return;
     }
     p->h2_fed = true;
