@@ -52,6 +52,7 @@ struct mg_control {
     watched_t *warming;     /* the pending snapshot's own checks: WARMING_MARK keys */
     mg_routes_t *pending;   /* a reloaded snapshot waiting for its new checks' first results */
     uint64_t warm_until_ms; /* ... at most until then */
+    size_t warm_from;       /* ... and the pods before this one (flat index) have theirs */
     struct event *warm;     /* polls those checks while there is a pending snapshot */
 };
 
@@ -378,8 +379,26 @@ static void apply(mg_control_t *c, const mg_routes_t *r)
 
 /* ---------- reload ---------- */
 
-/* The pods of |r| (pending) that wait for their check's first result (a check new to them,
- * with no standing to keep), and in *|bound_ms| the longest such a result can take. */
+/* Whether |pod| of |svc| (of a pending snapshot, with a check) waits for its check's first
+ * result: a check new to it, with no standing to keep. */
+static bool pod_unwarmed(mg_control_t *c, const mg_service_t *svc, const mg_pod_t *pod,
+                         const mg_hc_conf_t *hc)
+{
+    char key[512];
+    key[0] = WARMING_MARK;
+    check_key(key + 1, sizeof(key) - 1, svc, pod);
+    /* its own check, or the one in force it shares */
+    bool own = !mg_hc_runs(c->hc, key + 1, (const struct sockaddr *)&pod->addr, pod->addrlen,
+                           svc->proto, hc);
+    if (mg_hc_has_result(c->hc, own ? key : key + 1))
+        return false;
+    /* a pod the routes in force use keeps its standing until then (watch_checks) */
+    return !(mg_podstate_in_routing(pod->state) &&
+             atomic_load(&pod->state->health) != MG_POD_HEALTH_UNKNOWN);
+}
+
+/* The pods of |r| (pending) that wait for their check's first result, and in *|bound_ms| the
+ * longest such a result can take. */
 static size_t unwarmed(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_ms)
 {
     size_t n = 0;
@@ -391,18 +410,7 @@ static size_t unwarmed(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_ms
         uint32_t bound = svc->health.interval_ms / 10 + svc->health.timeout_ms;
         mg_hc_conf_t hc = check_conf(svc);
         for (size_t k = 0; k < svc->npods; k++) {
-            const mg_pod_t *pod = &svc->pods[k];
-            char key[512];
-            key[0] = WARMING_MARK;
-            check_key(key + 1, sizeof(key) - 1, svc, pod);
-            /* its own check, or the one in force it shares */
-            bool own = !mg_hc_runs(c->hc, key + 1, (const struct sockaddr *)&pod->addr,
-                                   pod->addrlen, svc->proto, &hc);
-            if (mg_hc_has_result(c->hc, own ? key : key + 1))
-                continue;
-            /* a pod the routes in force use keeps its standing until then (watch_checks) */
-            if (mg_podstate_in_routing(pod->state) &&
-                atomic_load(&pod->state->health) != MG_POD_HEALTH_UNKNOWN)
+            if (!pod_unwarmed(c, svc, &svc->pods[k], &hc))
                 continue;
             n++;
             if (bound > *bound_ms)
@@ -410,6 +418,24 @@ static size_t unwarmed(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_ms
         }
     }
     return n;
+}
+
+/* The flat index (pods in service order) of the first pod of |r| from |from| on that waits
+ * for its check's first result, or SIZE_MAX. A first result stays for the wait, so each poll
+ * goes on where the last one stopped: thousands of checks cost no more than a few. */
+static size_t first_unwarmed(mg_control_t *c, const mg_routes_t *r, size_t from)
+{
+    size_t base = 0;
+    for (size_t i = 0; i < r->nservices; base += r->services[i++].npods) {
+        const mg_service_t *svc = &r->services[i];
+        if (svc->health.path == NULL || base + svc->npods <= from)
+            continue;
+        mg_hc_conf_t hc = check_conf(svc);
+        for (size_t k = from > base ? from - base : 0; k < svc->npods; k++)
+            if (pod_unwarmed(c, svc, &svc->pods[k], &hc))
+                return base + k;
+    }
+    return SIZE_MAX;
 }
 
 static void take_over(mg_control_t *c, mg_routes_t *r)
@@ -432,12 +458,13 @@ static void on_warm(evutil_socket_t fd, short what, void *arg)
 {
     mg_control_t *c = arg;
     (void)fd, (void)what;
-    uint32_t bound;
-    size_t n = unwarmed(c, c->pending, &bound);
-    if (n > 0 && mg_podstate_now_ms() < c->warm_until_ms) {
+    c->warm_from = first_unwarmed(c, c->pending, c->warm_from);
+    if (c->warm_from != SIZE_MAX && mg_podstate_now_ms() < c->warm_until_ms) {
         warm_later(c);
         return;
     }
+    uint32_t bound;
+    size_t n = c->warm_from == SIZE_MAX ? 0 : unwarmed(c, c->pending, &bound);
     if (n > 0)
         MG_LOG(MG_LOG_WARN, "control",
                "routing document %s: %zu pod(s) still have no health check result; it takes "
@@ -468,6 +495,7 @@ static void offer(mg_control_t *c, mg_routes_t *r)
     }
     c->pending = r;
     c->warm_until_ms = mg_podstate_now_ms() + bound + WARM_SLACK_MS;
+    c->warm_from = 0;
     MG_LOG(MG_LOG_INFO, "control",
            "routing document %s: the previous routes serve until the new health checks of %zu "
            "pod(s) have a first result (at most %u ms)",

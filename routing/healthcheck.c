@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <search.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -71,7 +72,7 @@ typedef struct probe {
 } probe_t;
 
 struct hc_pod {
-    hc_pod_t *next;
+    hc_pod_t *next, **pprev; /* in mg_hc.pods; *pprev points here */
     mg_hc_t *hc;
     char *name; /* "host:port": the key, and the Host / :authority sent */
     struct sockaddr_storage addr;
@@ -95,6 +96,8 @@ struct mg_hc {
     mg_hc_cb cb;
     void *ud;
     hc_pod_t *pods;
+    void *by_name; /* the same pods in a tsearch tree by name: a reload waiting for thousands
+                    * of checks looks each up every few ms (gateway/control.c) */
     uint64_t rng; /* jitter only; any non-zero seed will do */
     llhttp_settings_t h1settings;
     nghttp2_session_callbacks *h2cbs;
@@ -644,12 +647,24 @@ mg_hc_t *mg_hc_new(struct event_base *base, mg_hc_cb cb, void *ud)
     return hc;
 }
 
-static hc_pod_t **find_pod(const mg_hc_t *hc, const char *name)
+static int by_name(const void *a, const void *b)
 {
-    hc_pod_t *const *pp = &hc->pods;
-    while (*pp && strcmp((*pp)->name, name) != 0)
-        pp = &(*pp)->next;
-    return (hc_pod_t **)pp;
+    return strcmp(((const hc_pod_t *)a)->name, ((const hc_pod_t *)b)->name);
+}
+
+static hc_pod_t *find_pod(const mg_hc_t *hc, const char *name)
+{
+    const hc_pod_t key = {.name = (char *)name};
+    hc_pod_t *const *found = tfind(&key, &hc->by_name, by_name);
+    return found ? *found : NULL;
+}
+
+static void unlink_pod(mg_hc_t *hc, hc_pod_t *pod)
+{
+    tdelete(pod, &hc->by_name, by_name);
+    *pod->pprev = pod->next;
+    if (pod->next)
+        pod->next->pprev = pod->pprev;
 }
 
 static void pod_free(hc_pod_t *pod)
@@ -731,7 +746,12 @@ static mg_err_t restart_pod(mg_hc_t *hc, hc_pod_t **podp, const char *name,
             (fresh->deadline = evtimer_new(hc->base, on_deadline, fresh)) == NULL)
             goto nomem;
         fresh->hc = hc;
+        if (tsearch(fresh, &hc->by_name, by_name) == NULL)
+            goto nomem;
         fresh->next = hc->pods;
+        fresh->pprev = &hc->pods;
+        if (hc->pods)
+            hc->pods->pprev = &fresh->next;
         hc->pods = pod = fresh;
     }
     probe_free(pod->probe); /* the check in flight asked the old question */
@@ -795,7 +815,7 @@ mg_err_t mg_hc_watch(mg_hc_t *hc, const char *name, const struct sockaddr *addr,
     mg_err_t err = check_conf(name, addr, len, proto, conf);
     if (err != MG_OK)
         return err;
-    hc_pod_t *pod = *find_pod(hc, name);
+    hc_pod_t *pod = find_pod(hc, name);
     bool created = pod == NULL;
     if (pod == NULL || !same_target(pod, addr, len, proto, conf)) {
         if ((err = restart_pod(hc, &pod, name, addr, len, proto, conf)) != MG_OK)
@@ -820,29 +840,28 @@ mg_err_t mg_hc_watch(mg_hc_t *hc, const char *name, const struct sockaddr *addr,
 bool mg_hc_runs(const mg_hc_t *hc, const char *name, const struct sockaddr *addr, socklen_t len,
                 mg_upstream_proto_t proto, const mg_hc_conf_t *conf)
 {
-    const hc_pod_t *pod = *find_pod(hc, name);
+    const hc_pod_t *pod = find_pod(hc, name);
     return pod != NULL && same_target(pod, addr, len, proto, conf);
 }
 
 void mg_hc_unwatch(mg_hc_t *hc, const char *name)
 {
-    hc_pod_t **pp = find_pod(hc, name);
-    hc_pod_t *pod = *pp;
+    hc_pod_t *pod = find_pod(hc, name);
     if (pod == NULL)
         return;
-    *pp = pod->next;
+    unlink_pod(hc, pod);
     pod_free(pod);
 }
 
 mg_hc_state_t mg_hc_state(const mg_hc_t *hc, const char *name)
 {
-    const hc_pod_t *pod = *find_pod(hc, name);
+    const hc_pod_t *pod = find_pod(hc, name);
     return pod ? pod->state : MG_HC_UNKNOWN;
 }
 
 bool mg_hc_has_result(const mg_hc_t *hc, const char *name)
 {
-    const hc_pod_t *pod = *find_pod(hc, name);
+    const hc_pod_t *pod = find_pod(hc, name);
     return pod == NULL || pod->has_result;
 }
 
@@ -852,7 +871,7 @@ void mg_hc_free(mg_hc_t *hc)
         return;
     while (hc->pods) {
         hc_pod_t *pod = hc->pods;
-        hc->pods = pod->next;
+        unlink_pod(hc, pod);
         pod_free(pod);
     }
     nghttp2_session_callbacks_del(hc->h2cbs);

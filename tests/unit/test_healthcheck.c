@@ -636,6 +636,42 @@ static void watch_is_idempotent_and_restarts_on_change(void **state)
     assert_int_equal(f->changes, seen);
 }
 
+/* Thousands of names (a reload waiting for every pod of a large fleet looks each up every few
+ * ms): each is found by name after others came and went, in any order. */
+static void many_names_come_and_go(void **state)
+{
+    fix_t *f = *state;
+    enum { N = 3000 };
+    mg_hc_conf_t c = conf("/healthz", 1, 1);
+    c.interval_ms = 3600000; /* no check comes due while the loop does not run */
+    struct sockaddr_in sin = loopback(9);
+    char name[64];
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "svc-%d/127.0.0.1:9", i);
+        assert_int_equal(
+            mg_hc_watch(f->hc, name, (struct sockaddr *)&sin, sizeof(sin), MG_UP_H1, &c), MG_OK);
+    }
+    for (int i = N - 1; i >= 0; i -= 3) { /* the newest first, then the oldest first */
+        snprintf(name, sizeof(name), "svc-%d/127.0.0.1:9", i);
+        mg_hc_unwatch(f->hc, name);
+    }
+    for (int i = 1; i < N; i += 3) {
+        snprintf(name, sizeof(name), "svc-%d/127.0.0.1:9", i);
+        mg_hc_unwatch(f->hc, name);
+    }
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "svc-%d/127.0.0.1:9", i);
+        bool kept = i % 3 != (N - 1) % 3 && i % 3 != 1;
+        assert_int_equal(
+            mg_hc_runs(f->hc, name, (struct sockaddr *)&sin, sizeof(sin), MG_UP_H1, &c), kept);
+        assert_int_equal(mg_hc_has_result(f->hc, name), !kept); /* gone: nothing to wait for */
+    }
+    snprintf(name, sizeof(name), "svc-%d/127.0.0.1:9", N - 1);
+    assert_int_equal(mg_hc_watch(f->hc, name, (struct sockaddr *)&sin, sizeof(sin), MG_UP_H1, &c),
+                     MG_OK);
+    assert_false(mg_hc_has_result(f->hc, name));
+}
+
 /* A second key for the same check (a service renamed by a reload) starts from the verdict the
  * first one reached; another path is another check and starts UNKNOWN. */
 static void new_key_for_a_running_check_takes_its_verdict(void **state)
@@ -915,6 +951,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(new_key_takes_a_twin_s_count_without_a_verdict, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(many_names_come_and_go, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_conf_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(free_in_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(status_without_model_is_held_out, setup, teardown),
