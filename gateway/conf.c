@@ -92,6 +92,7 @@ void mg_conf_defaults(mg_conf_t *c)
     c->timeouts_ms.client_idle = 120000;
     c->timeouts_ms.client_write = 30000;
     c->timeouts_ms.drain = 10000;
+    c->timeouts_ms.reload_wait = 30000;
     c->upstream.max_streams_per_conn = 100;
     c->upstream.max_idle_conns_per_pod = 64;
     /* Envoy's defaults (cluster max_connections, max_pending_requests): far above what a
@@ -247,6 +248,7 @@ static const numkey_t timeout_keys[] = {
     NUM32(timeouts_ms, client_idle, 0, 3600000, "ms, 0 = none"),
     NUM32(timeouts_ms, client_write, 0, 3600000, "ms, 0 = none"),
     NUM32(timeouts_ms, drain, 0, 3600000, "ms, 0 = none"),
+    NUM32(timeouts_ms, reload_wait, 0, 3600000, "ms, 0 = take over at once"),
     {NULL, 0, 0, 0, 0, NULL, 0, NULL},
 };
 

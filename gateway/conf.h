@@ -20,7 +20,8 @@
  *                 "connection_buffer": 4194304, "max_request_body": 0,
  *                 "max_client_conns": 0 },                    0 = unlimited
  *     "timeouts_ms": { "connect": 2000, "first_byte": 30000, "idle": 60000, "total": 0,
- *                      "client_idle": 120000, "client_write": 30000, "drain": 10000 },  0 = none
+ *                      "client_idle": 120000, "client_write": 30000, "drain": 10000,
+ *                      "reload_wait": 30000 },  0 = none (reload_wait: take over at once)
  *     "upstream": { "max_streams_per_conn": 100, "max_idle_conns_per_pod": 64,
  *                   "max_conns_per_pod": 1024, "max_pending_per_pod": 1024,   0 = unlimited
  *                   "stream_window": 262144, "connection_window": 16777216 },
@@ -91,6 +92,7 @@ typedef struct mg_conf {
     struct {
         uint32_t connect, first_byte, idle, total, client_idle, client_write,
             drain; /* ms, 0 = none */
+        uint32_t reload_wait; /* ms a reload may wait for its new checks; 0 = take over at once */
     } timeouts_ms;
     struct {
         uint32_t max_streams_per_conn;

@@ -13,6 +13,7 @@
  */
 #include "gateway/control.h"
 
+#include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,7 @@ struct mg_control {
     mg_routes_t *pending;   /* a reloaded snapshot waiting for its new checks' first results */
     uint64_t warm_until_ms; /* ... at most until then */
     size_t warm_from;       /* ... and the pods before this one (flat index) have theirs */
+    uint32_t wait_max_ms;   /* and never longer than this after its reload */
     struct event *warm;     /* polls those checks while there is a pending snapshot */
 };
 
@@ -494,12 +496,20 @@ static void offer(mg_control_t *c, mg_routes_t *r)
         return;
     }
     c->pending = r;
-    c->warm_until_ms = mg_podstate_now_ms() + bound + WARM_SLACK_MS;
+    uint64_t wait = (uint64_t)bound + WARM_SLACK_MS;
+    if (wait > c->wait_max_ms) /* a check with a long interval or timeout must not hold it */
+        MG_LOG(MG_LOG_INFO, "control",
+               "routing document %s: the previous routes serve until the new health checks of "
+               "%zu pod(s) have a first result, at most %u ms (timeouts_ms.reload_wait; their "
+               "first results may take %" PRIu64 " ms)",
+               c->path, n, c->wait_max_ms, wait);
+    else
+        MG_LOG(MG_LOG_INFO, "control",
+               "routing document %s: the previous routes serve until the new health checks of "
+               "%zu pod(s) have a first result, at most %" PRIu64 " ms",
+               c->path, n, wait);
+    c->warm_until_ms = mg_podstate_now_ms() + (wait < c->wait_max_ms ? wait : c->wait_max_ms);
     c->warm_from = 0;
-    MG_LOG(MG_LOG_INFO, "control",
-           "routing document %s: the previous routes serve until the new health checks of %zu "
-           "pod(s) have a first result (at most %u ms)",
-           c->path, n, bound + WARM_SLACK_MS);
     warm_later(c);
 }
 
@@ -514,6 +524,7 @@ mg_control_t *mg_control_new(struct event_base *base, const char *nameserver,
     c->base = base;
     c->install = install;
     c->ud = ud;
+    c->wait_max_ms = 30000;
     c->hc = mg_hc_new(base, on_health, c);
     c->warm = evtimer_new(base, on_warm, c);
     if (c->hc == NULL || c->warm == NULL ||
@@ -563,6 +574,11 @@ bool mg_control_reload(mg_control_t *c, const char *path, char **errors)
     if (r)
         offer(c, r);
     return r != NULL;
+}
+
+void mg_control_set_wait_max(mg_control_t *c, uint32_t ms)
+{
+    c->wait_max_ms = ms;
 }
 
 bool mg_control_waiting(const mg_control_t *c)

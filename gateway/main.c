@@ -913,6 +913,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "modelgate: out of memory\n");
         goto out;
     }
+    mg_control_set_wait_max(g_control, conf.timeouts_ms.reload_wait);
     g_routes = conf.routes_path ? mg_control_load(g_control, conf.routes_path, &errors)
                                 : mg_routes_catchall(conf.backends, conf.backend_proto, &errors);
     if (g_routes && !conf.routes_path)

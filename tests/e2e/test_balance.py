@@ -545,6 +545,35 @@ def test_a_reload_correcting_the_interval_of_a_waiting_check_redraws_its_first(p
     assert r.status_code == 200 and r.headers["x-pod"] == "p1", r.text
 
 
+def test_a_reload_waits_no_longer_than_reload_wait(procs):
+    """A reload adds a service whose check may take 20 s (a pod that never answers, timeout_ms
+    20000). It waits for that first result at most timeouts_ms.reload_wait (here 1 s), then
+    takes over all the same: the new route answers 503 until its pod passes. Before, a SIGHUP
+    could wait interval_ms / 10 + timeout_ms, up to 16 minutes with the largest settings."""
+    p0 = procs.backend("p0")
+    mute, mute_addr = silent_listener(8)
+    hc = {"path": "/health", "interval_ms": 1000, "timeout_ms": 20000}
+    gw = procs.gateway(doc({"s": svc(p0)}, [route(service="s")]),
+                       conf={"timeouts_ms": {"reload_wait": 1000}}, tls=False)
+    c = Client(gw, host=HOST.replace("digits", "other", 1))
+    try:
+        assert c.get("/").status_code == 404
+        gw.write_routes(doc({"s": svc(p0), "slow": svc(mute_addr, health_check=hc)},
+                            [route(service="s"), route(app="other", service="slow")]))
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: "the previous routes serve until" in gw.log(), 5, what="the wait")
+        assert c.get("/").status_code == 404  # the routes in force serve meanwhile
+        wait_for(lambda: "reloaded" in gw.log(), 4, what="the takeover at reload_wait")
+        r = c.get("/")
+    finally:
+        c.close()
+        mute.close()
+    assert "have a first result, at most 1000 ms (timeouts_ms.reload_wait; their first " \
+           "results may take 20" in gw.log()
+    assert "1 pod(s) still have no health check result; it takes over all the same" in gw.log()
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_pod", r.text
+
+
 def test_pod_back_in_a_service_it_left_waits_for_a_new_verdict(procs, tmp_path):
     """A pod's verdict is kept per service and pod. A pod a reload put back in a service it had
     left took its old verdict at once: healthy before and failing now, it took every request

@@ -162,6 +162,7 @@ static void defaults(void **state)
     assert_int_equal(c.timeouts_ms.client_idle, 120000);
     assert_int_equal(c.timeouts_ms.client_write, 30000);
     assert_int_equal(c.timeouts_ms.drain, 10000);
+    assert_int_equal(c.timeouts_ms.reload_wait, 30000);
     assert_int_equal(c.upstream.max_streams_per_conn, 100);
     assert_int_equal(c.upstream.max_idle_conns_per_pod, 64);
     assert_int_equal(c.upstream.max_conns_per_pod, 1024);
@@ -237,7 +238,7 @@ static void file_then_flags(void **state)
                           "'log_level':'warn','access_log':'access.log',"
                           "'limits':{'max_concurrent_streams':50,'max_request_body':10000000000,"
                           "'max_client_conns':5000},"
-                          "'timeouts_ms':{'connect':100,'total':5000},"
+                          "'timeouts_ms':{'connect':100,'total':5000,'reload_wait':0},"
                           "'upstream':{'max_idle_conns_per_pod':0},'request_id_in_response':true,"
                           "'generate_request_id':false,'proxy_protocol':true}");
     mg_conf_t c;
@@ -255,6 +256,7 @@ static void file_then_flags(void **state)
     assert_int_equal(c.limits.max_headers, 100); /* untouched keys keep their defaults */
     assert_int_equal(c.timeouts_ms.connect, 100);
     assert_int_equal(c.timeouts_ms.total, 5000);
+    assert_int_equal(c.timeouts_ms.reload_wait, 0);
     assert_int_equal(c.timeouts_ms.idle, 60000);
     assert_int_equal(c.upstream.max_idle_conns_per_pod, 0);
     char want[256];
@@ -418,7 +420,8 @@ static void file_errors_all_in_one_pass(void **state)
             "'ticket_key_rotation_ms':999},'workers':-1,'routes':'','access_log':5,"
             "'log_level':'loud','limits':{'max_concurrent_streams':0,'stream_window':65534,"
             "'connection_window':2147483648,'max_headers':1.5,'max_header_list_size':'big',"
-            "'max_request_body':-1,'x':1},'timeouts_ms':{'idle':3600001,'drain':-5},"
+            "'max_request_body':-1,'x':1},'timeouts_ms':{'idle':3600001,'drain':-5,"
+            "'reload_wait':'30s'},"
             "'upstream':{'max_streams_per_conn':0,'max_idle_conns_per_pod':10001},"
             "'request_id_in_response':'yes','generate_request_id':0}");
     mg_conf_t c;
@@ -458,6 +461,8 @@ static void file_errors_all_in_one_pass(void **state)
         "(bytes, 0 = unlimited))",
         "timeouts_ms.idle: out of range (got 3600001; expected integer 0-3600000 (ms, 0 = none))",
         "timeouts_ms.drain: out of range (got -5; expected integer 0-3600000 (ms, 0 = none))",
+        "timeouts_ms.reload_wait: wrong type (got string \"30s\"; expected integer 0-3600000 (ms, "
+        "0 = take over at once))",
         "upstream.max_streams_per_conn: out of range (got 0; expected integer 1-100000 (streams "
         "per upstream connection))",
         "upstream.max_idle_conns_per_pod: out of range (got 10001; expected integer 0-10000 "
