@@ -163,11 +163,10 @@ struct conn {
     int h1_refused;          /* a request we refuse at its head: the status (see h1_refuse) */
     const char *h1_refused_code, *h1_refused_msg;
     char *h1_scratch; /* field and value being accumulated */
-    const char *h1_feed; /* the bytes llhttp_execute reads: see h1_after_lf_and_lws */
-    bool h1_feed_at_lws; /* the bytes read before them end with LF and only SP/HT */
-    uint8_t h1_head_scan; /* where h1_scan_head is in the request's head (head_scan_t) */
+    uint8_t h1_head_scan; /* where h1_scan_head is in the head or trailers (head_scan_t) */
     bool h1_scan_cr;      /* ... and whether the last byte it read was a CR */
     const char *h1_head_problem; /* ... and what it found wrong, or NULL */
+    bool h1_at_trailers; /* the parser paused where a chunked body's trailer section starts */
     size_t h1_fld_len, h1_val_len, h1_hdr_bytes;
     size_t h1_ext_bytes; /* chunk extension bytes of the chunk being read */
 };
@@ -1829,8 +1828,8 @@ static int h1_on_field(llhttp_t *p, const char *at, size_t len)
 
 static const char OBS_FOLD[] = "obsolete line folding (a field line that starts with whitespace) "
                                "is not accepted (RFC 9112 5.2)";
-static const char BARE_LF[] = "a line of the request head ends with LF alone: lines end with "
-                              "CRLF here (RFC 9112 2.2)";
+static const char BARE_LF[] = "a line of the request head or trailers ends with LF alone: lines "
+                              "end with CRLF here (RFC 9112 2.2)";
 
 /* Where h1_scan_head is: before the request line, in a line, at the start of one, after a CR
  * there (the empty line that ends the head, or a faulty one), or past the head. */
@@ -1838,7 +1837,8 @@ typedef enum { HS_START = 0, HS_LINE, HS_LINE_START, HS_CR, HS_DONE } head_scan_
 
 /*
  * Follows the lines of a request's head across reads, ahead of llhttp, for what a peer in
- * front could frame otherwise; h1_on_headers_complete refuses the head:
+ * front could frame otherwise; h1_on_headers_complete refuses the head, h1_process a chunked
+ * body's trailer section (scanned from its start, found by h1_on_chunk_header):
  *  - a field line that starts with SP or HT. llhttp 8.1 drops the blank ones after an empty
  *    value ("X-A:\r\n \r\n") without a callback, where a proxy in front may end the head;
  *  - a line that ends with LF alone. llhttp 8.1 takes it after the request line and as the
@@ -1883,23 +1883,9 @@ static void h1_scan_head(conn_t *c, const char *b, size_t n)
     c->h1_scan_cr = end > from && end[-1] == '\r';
 }
 
-/* Whether the bytes before |at| end with a line feed and then only SP/HT: |at| then starts a
- * field line with whitespace, an obs-fold, which llhttp 8.1 joins to the field it continues.
- * For chunked trailers, whose start only llhttp knows: h1_scan_head does the head. |from| is
- * the start of the bytes being read, |before| the same answer for the bytes read earlier. */
-static bool h1_after_lf_and_lws(const char *from, const char *at, bool before)
-{
-    while (at > from && (at[-1] == ' ' || at[-1] == '\t'))
-        at--;
-    return at == from ? before : at[-1] == '\n';
-}
-
 static int h1_on_value(llhttp_t *p, const char *at, size_t len)
 {
     conn_t *c = parser_conn(p);
-    /* a trailer's; len 0: an empty value ("X:\r\n") ends with an empty span at the next line */
-    if (c->h1_headers_done && len > 0 && h1_after_lf_and_lws(c->h1_feed, at, c->h1_feed_at_lws))
-        return h1_refuse(c, 400, "bad_request", OBS_FOLD);
     if (h1_limit(c, len))
         return -1;
     memcpy(c->h1_scratch + c->h1_fld_len + c->h1_val_len, at, len);
@@ -2017,8 +2003,16 @@ static int h1_on_chunk_ext(llhttp_t *p, const char *at, size_t len)
 
 static int h1_on_chunk_header(llhttp_t *p)
 {
-    parser_conn(p)->h1_ext_bytes = 0;
-    return 0;
+    conn_t *c = parser_conn(p);
+    c->h1_ext_bytes = 0;
+    if (p->content_length > 0)
+        return 0;
+    /* the last chunk's line was read: the trailer section starts here, and only llhttp knows
+     * where; a pause tells h1_process, which scans it as a head */
+    c->h1_head_scan = HS_LINE_START;
+    c->h1_scan_cr = false;
+    c->h1_at_trailers = true;
+    return HPE_PAUSED;
 }
 
 static int h1_on_message_complete(llhttp_t *p)
@@ -2076,20 +2070,27 @@ again:
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
-        c->h1_feed = v.iov_base;
-        if (c->h1_head_scan != HS_DONE)
+        if (c->h1_head_scan != HS_DONE) {
             h1_scan_head(c, v.iov_base, v.iov_len);
+            if (c->h1_head_problem && c->h1_headers_done) { /* in the trailer section */
+                evbuffer_drain(in, evbuffer_get_length(in));
+                h1_reject(c, 400, "bad_request", c->h1_head_problem);
+                break;
+            }
+        }
         llhttp_errno_t err = llhttp_execute(&c->parser, v.iov_base, v.iov_len);
         if (err == HPE_OK) {
-            c->h1_feed_at_lws =
-                h1_after_lf_and_lws(v.iov_base, (char *)v.iov_base + v.iov_len, c->h1_feed_at_lws);
             evbuffer_drain(in, v.iov_len);
             continue;
         }
-        if (err == HPE_PAUSED) { /* at a message's end: the next starts with its request line */
-            c->h1_feed_at_lws = false;
+        if (err == HPE_PAUSED) { /* at the trailer section, or at a message's end: the next
+                                  * starts with its request line */
             evbuffer_drain(in, (size_t)(llhttp_get_error_pos(&c->parser) - (char *)v.iov_base));
-            break;
+            if (!c->h1_at_trailers)
+                break;
+            c->h1_at_trailers = false;
+            llhttp_resume(&c->parser);
+            continue;
         }
         evbuffer_drain(in, evbuffer_get_length(in));
         if (c->h1_err_too_large && c->h1_err_in_target) {

@@ -938,9 +938,9 @@ def test_http1_obs_fold_split_across_reads_400(victim, cut):
 
 @pytest.mark.parametrize("cut", [None, b"a\r\n", b"a\r\n "], ids=["whole", "at-lf", "in-fold"])
 def test_http1_obs_fold_in_chunked_trailers_400(victim, cut):
-    """A folded trailer line is refused too (h1_on_value: the head's scan ends at its empty
-    line), also when a read ends at its line feed or inside the fold; the same trailers
-    unfolded pass."""
+    """A folded trailer line is refused too (the trailer section is scanned as a head is),
+    also when a read ends at its line feed or inside the fold; the same trailers unfolded
+    pass."""
     gw, a, keeper = victim
     head = (b"POST /trl HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
             % gw.authority().encode())
@@ -957,6 +957,31 @@ def test_http1_obs_fold_in_chunked_trailers_400(victim, cut):
         c.send(head + b"0\r\nX-T: a b\r\n\r\n")
         r = c.read_response()
     assert r.status == 200 and r.json()["trailers"] == {"x-t": "a b"}, r
+    assert_serving(gw, keeper)
+
+
+@pytest.mark.parametrize("trailers,problem", [
+    (b"X-T:\r\n \r\n\r\n", "obsolete line folding"),  # blank, after an empty value
+    (b" \r\n\r\n", "obsolete line folding"),             # the section's first line
+    (b"X-T: a\nX-U: b\r\n\r\n", "ends with LF alone"),
+    (b"X-T: a\r\n\n", "ends with LF alone"),              # the section's end
+], ids=["blank-fold", "first-line", "bare-lf", "bare-lf-end"])
+@pytest.mark.parametrize("cut", [0, 1, 2, 3], ids=["whole", "after-0", "after-0-cr", "after-0-crlf"])
+def test_http1_trailer_section_is_scanned_as_a_head(victim, trailers, problem, cut):
+    """A chunked body's trailer section gets the head's line rules, from its first byte, read
+    at once or in pieces. llhttp 8.1 drops a blank fold after an empty value without a callback
+    and took LF alone as a trailer line's end: these passed to the pod before."""
+    gw, a, keeper = victim
+    msg = (b"POST /trl HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+           % gw.authority().encode()) + trailers
+    at = len(msg) - len(trailers) - 3 + cut if cut else len(msg)
+    with H1Conn(gw.port) as c:
+        c.send(msg[:at])
+        time.sleep(0.2)  # read on its own
+        c.send(msg[at:])
+        r = c.read_response()
+        err = error_json(400, "bad_request", r.status, r.headers, r.body)
+        assert problem in err["message"], err
     assert_serving(gw, keeper)
 
 
