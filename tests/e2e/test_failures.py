@@ -903,6 +903,15 @@ def test_http1_garbage_400(victim, line):
     assert_serving(gw, keeper)
 
 
+def send_in_two(c, data, at):
+    """Sends |data| on |c| in two writes cut at |at| (the gateway reads the first on its own)
+    and returns the answer."""
+    c.send(data[:at])
+    time.sleep(0.2)
+    c.send(data[at:])
+    return c.read_response()
+
+
 @pytest.mark.parametrize("cut", [b"one\r\n", b"one\r\n ", b"one\r\n  t", b"one\r",
                                  b"", b"\r", b"\r\n", b"\r\n ", b"\r\n \r", b"\r\n \r\n"])
 def test_http1_obs_fold_split_across_reads_400(victim, cut):
@@ -917,10 +926,7 @@ def test_http1_obs_fold_split_across_reads_400(victim, cut):
                 % gw.authority().encode())
     at = head.index(b"X-A:") + 4 + len(cut) + cut.startswith(b"one")
     with H1Conn(gw.port) as c:
-        c.send(head[:at])
-        time.sleep(0.2)  # read on its own
-        c.send(head[at:])
-        r = c.read_response()
+        r = send_in_two(c, head, at)
         err = error_json(400, "bad_request", r.status, r.headers, r.body)
         assert "obsolete line folding" in err["message"], err
         assert c.closed_by_peer(5)
@@ -928,10 +934,7 @@ def test_http1_obs_fold_split_across_reads_400(victim, cut):
     whole = b"GET /nofold HTTP/1.1\r\nHost: %s\r\nX-A: one two\r\n\r\n" % gw.authority().encode()
     at = whole.index(b"one") + 3
     with H1Conn(gw.port) as c:
-        c.send(whole[:at])
-        time.sleep(0.2)
-        c.send(whole[at:])
-        r = c.read_response()
+        r = send_in_two(c, whole, at)
     assert r.status == 200 and r.json()["headers"]["x-a"] == "one two", r
     assert_serving(gw, keeper)
 
@@ -947,10 +950,7 @@ def test_http1_obs_fold_in_chunked_trailers_400(victim, cut):
     folded = head + b"0\r\nX-T: a\r\n b\r\n\r\n"
     at = len(folded) if cut is None else folded.index(b"X-T: ") + 5 + len(cut)
     with H1Conn(gw.port) as c:
-        c.send(folded[:at])
-        time.sleep(0.2)  # read on its own
-        c.send(folded[at:])
-        r = c.read_response()
+        r = send_in_two(c, folded, at)
         err = error_json(400, "bad_request", r.status, r.headers, r.body)
         assert "obsolete line folding" in err["message"], err
     with H1Conn(gw.port) as c:
@@ -976,10 +976,7 @@ def test_http1_trailer_section_is_scanned_as_a_head(victim, trailers, problem, c
            % gw.authority().encode()) + trailers
     at = len(msg) - len(trailers) - 3 + cut if cut else len(msg)
     with H1Conn(gw.port) as c:
-        c.send(msg[:at])
-        time.sleep(0.2)  # read on its own
-        c.send(msg[at:])
-        r = c.read_response()
+        r = send_in_two(c, msg, at)
         err = error_json(400, "bad_request", r.status, r.headers, r.body)
         assert problem in err["message"], err
     assert_serving(gw, keeper)
@@ -993,10 +990,7 @@ def test_http1_line_ends_split_across_reads(victim):
         head = b"GET /split HTTP/1.1%sHost: %s\r\n\r\n" % (line_end, gw.authority().encode())
         at = head.index(b"1.1") + 3 + len(line_end) - 1  # before the LF
         with H1Conn(gw.port) as c:
-            c.send(head[:at])
-            time.sleep(0.2)  # read on its own
-            c.send(head[at:])
-            r = c.read_response()
+            r = send_in_two(c, head, at)
         assert r.status == status, (line_end, r)
     assert_serving(gw, keeper)
 
