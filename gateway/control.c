@@ -491,31 +491,36 @@ static void offer(mg_control_t *c, mg_routes_t *r)
     warm_checks(c, r);
     uint32_t bound;
     size_t n = unwarmed(c, r, &bound);
-    if (n == 0) {
+    if (n > 0 && c->wait_max_ms == 0) /* the operator's choice: no wait, and no warning */
+        MG_LOG(MG_LOG_INFO, "control",
+               "routing document %s: %zu pod(s) have no health check result yet; with "
+               "timeouts_ms.reload_wait 0 it takes over at once, and they get requests once "
+               "they pass",
+               c->path, n);
+    if (n == 0 || c->wait_max_ms == 0) {
         take_over(c, r);
         return;
     }
     c->pending = r;
     uint64_t wait = (uint64_t)bound + WARM_SLACK_MS;
-    if (wait > c->wait_max_ms) /* a check with a long interval or timeout must not hold it */
-        MG_LOG(MG_LOG_INFO, "control",
-               "routing document %s: the previous routes serve until the new health checks of "
-               "%zu pod(s) have a first result, at most %u ms (timeouts_ms.reload_wait; their "
-               "first results may take %" PRIu64 " ms)",
-               c->path, n, c->wait_max_ms, wait);
-    else
-        MG_LOG(MG_LOG_INFO, "control",
-               "routing document %s: the previous routes serve until the new health checks of "
-               "%zu pod(s) have a first result, at most %" PRIu64 " ms",
-               c->path, n, wait);
-    c->warm_until_ms = mg_podstate_now_ms() + (wait < c->wait_max_ms ? wait : c->wait_max_ms);
+    char capped[96] = ""; /* a check with a long interval or timeout must not hold it */
+    if (wait > c->wait_max_ms) {
+        snprintf(capped, sizeof(capped),
+                 " (timeouts_ms.reload_wait; their first results may take %" PRIu64 " ms)", wait);
+        wait = c->wait_max_ms;
+    }
+    MG_LOG(MG_LOG_INFO, "control",
+           "routing document %s: the previous routes serve until the new health checks of %zu "
+           "pod(s) have a first result, at most %" PRIu64 " ms%s",
+           c->path, n, wait, capped);
+    c->warm_until_ms = mg_podstate_now_ms() + wait;
     c->warm_from = 0;
     warm_later(c);
 }
 
 /* ---------- API ---------- */
 
-mg_control_t *mg_control_new(struct event_base *base, const char *nameserver,
+mg_control_t *mg_control_new(struct event_base *base, const char *nameserver, uint32_t wait_max_ms,
                              mg_control_install_fn install, void *ud)
 {
     mg_control_t *c = calloc(1, sizeof(*c));
@@ -524,7 +529,7 @@ mg_control_t *mg_control_new(struct event_base *base, const char *nameserver,
     c->base = base;
     c->install = install;
     c->ud = ud;
-    c->wait_max_ms = 30000;
+    c->wait_max_ms = wait_max_ms;
     c->hc = mg_hc_new(base, on_health, c);
     c->warm = evtimer_new(base, on_warm, c);
     if (c->hc == NULL || c->warm == NULL ||
@@ -574,11 +579,6 @@ bool mg_control_reload(mg_control_t *c, const char *path, char **errors)
     if (r)
         offer(c, r);
     return r != NULL;
-}
-
-void mg_control_set_wait_max(mg_control_t *c, uint32_t ms)
-{
-    c->wait_max_ms = ms;
 }
 
 bool mg_control_waiting(const mg_control_t *c)

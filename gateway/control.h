@@ -22,8 +22,11 @@ typedef struct mg_control mg_control_t;
 /* Called with every new snapshot (one reference for the callee to keep or drop). */
 typedef void (*mg_control_install_fn)(void *ud, mg_routes_t *routes);
 
-/* |nameserver|: "ip:port" for DNS services, or NULL for the system's resolver. */
-mg_control_t *mg_control_new(struct event_base *base, const char *nameserver,
+/* |nameserver|: "ip:port" for DNS services, or NULL for the system's resolver. |wait_max_ms|:
+ * the longest a reload waits for the first results of the checks it starts
+ * (timeouts_ms.reload_wait; 0: it takes over at once, its pods without a result served once
+ * they pass). */
+mg_control_t *mg_control_new(struct event_base *base, const char *nameserver, uint32_t wait_max_ms,
                              mg_control_install_fn install, void *ud);
 /*
  * Loads the routing document at |path|; on success starts the checks and DNS watches it needs
@@ -36,13 +39,10 @@ mg_routes_t *mg_control_load(mg_control_t *c, const char *path, char **errors);
  * (caller frees) and changes nothing. On success the new snapshot goes to |install| once the
  * health checks it starts have a first result (a service it adds, or pods it moves under a
  * different check, would otherwise answer 503 until then), at most interval_ms / 10 +
- * timeout_ms plus a little, and never longer than the wait set below; the snapshot in force
+ * timeout_ms plus a little, and never longer than |wait_max_ms|; the snapshot in force
  * serves meanwhile. Logs when it takes over.
  */
 bool mg_control_reload(mg_control_t *c, const char *path, char **errors);
-/* The longest a reload waits for those first results (default 30 s; 0: it takes over at once,
- * its unchecked pods served once they pass). Applies from the next reload. */
-void mg_control_set_wait_max(mg_control_t *c, uint32_t ms);
 /* Whether a reloaded snapshot is waiting for its checks' first results (it takes over then, a
  * later reload refused or not). */
 bool mg_control_waiting(const mg_control_t *c);

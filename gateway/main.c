@@ -906,14 +906,13 @@ int main(int argc, char **argv)
     mg_routes_set_workers(conf.workers);
     /* the main thread's loop: signals, and the control work (health checks, DNS) */
     g_main_base = event_base_new();
-    g_control = g_main_base ? mg_control_new(g_main_base, conf.dns_nameserver, install_routes,
-                                             NULL)
+    g_control = g_main_base ? mg_control_new(g_main_base, conf.dns_nameserver,
+                                             conf.timeouts_ms.reload_wait, install_routes, NULL)
                             : NULL;
     if (g_control == NULL) {
         fprintf(stderr, "modelgate: out of memory\n");
         goto out;
     }
-    mg_control_set_wait_max(g_control, conf.timeouts_ms.reload_wait);
     g_routes = conf.routes_path ? mg_control_load(g_control, conf.routes_path, &errors)
                                 : mg_routes_catchall(conf.backends, conf.backend_proto, &errors);
     if (g_routes && !conf.routes_path)

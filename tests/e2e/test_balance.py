@@ -574,6 +574,32 @@ def test_a_reload_waits_no_longer_than_reload_wait(procs):
     assert r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_pod", r.text
 
 
+def test_reload_wait_0_takes_over_at_once(procs):
+    """timeouts_ms.reload_wait 0 is the operator's choice not to wait: the reload takes over at
+    once with one line saying so, and its new pod gets requests once it passes. Before, it
+    logged "at most 0 ms", waited a poll, and warned on every SIGHUP."""
+    p0, p1 = procs.backend("p0"), procs.backend("p1")
+    hc = {"path": "/health", "interval_ms": 20000, "timeout_ms": 1000}
+    gw = procs.gateway(doc({"s": svc(p0)}, [route(service="s")]),
+                       conf={"timeouts_ms": {"reload_wait": 0}}, tls=False)
+    c = Client(gw, host=HOST.replace("digits", "other", 1))
+    try:
+        gw.write_routes(doc({"s": svc(p0), "new": svc(p1, health_check=hc)},
+                            [route(service="s"), route(app="other", service="new")]))
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in gw.log(), 2, what="the takeover")
+        first = c.get("/")
+        wait_for(lambda: c.get("/").status_code == 200, 5, what="p1's first check passing")
+    finally:
+        c.close()
+    log = gw.log()
+    assert "1 pod(s) have no health check result yet; with timeouts_ms.reload_wait 0 it " \
+           "takes over at once" in log
+    assert "the previous routes serve until" not in log
+    assert "still have no health check result" not in log
+    assert first.status_code in (200, 503), first.text  # 503 until p1's first check passes
+
+
 def test_pod_back_in_a_service_it_left_waits_for_a_new_verdict(procs, tmp_path):
     """A pod's verdict is kept per service and pod. A pod a reload put back in a service it had
     left took its old verdict at once: healthy before and failing now, it took every request
