@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/jsonerr.h"
 #include "common/log.h"
@@ -27,9 +28,12 @@
 
 typedef struct dns_entry {
     char *service;
+    char *hostname; /* what its watch resolves, and with which port */
+    uint16_t port;
     struct sockaddr_storage addrs[MG_DISC_MAX_ADDRS];
     size_t n;
-    bool seen; /* still named by the current document */
+    bool answered; /* its watch (this hostname and port) had its first answer */
+    bool seen;     /* still named by the current document */
     struct dns_entry *next;
 } dns_entry_t;
 
@@ -62,6 +66,8 @@ struct mg_control {
  * (first check within interval_ms / 10, over within timeout_ms) before it takes over anyway. */
 #define WARM_POLL_MS 5
 #define WARM_SLACK_MS 250
+/* how long a DNS watch's first answer may take: discovery's 2 s timeout, 2 attempts */
+#define WARM_DNS_MS 4000
 /* Starts the check key of a pending snapshot's own check; no service name has it */
 #define WARMING_MARK '+'
 
@@ -247,6 +253,13 @@ static void drop_warming(mg_control_t *c)
 
 /* ---------- DNS ---------- */
 
+static void free_dns(dns_entry_t *d)
+{
+    free(d->service);
+    free(d->hostname);
+    free(d);
+}
+
 static dns_entry_t *find_dns(mg_control_t *c, const char *service)
 {
     dns_entry_t *d = c->dns;
@@ -285,6 +298,8 @@ static void on_dns(void *ud, const char *service, const struct sockaddr_storage 
         n = MG_DISC_MAX_ADDRS;
     memcpy(d->addrs, addrs, n * sizeof(*addrs));
     d->n = n;
+    bool first = !d->answered;
+    d->answered = true;
     char *errors = NULL;
     mg_routes_t *r = build(c, c->doc, c->path ? c->path : "routing document", &errors);
     if (r == NULL) { /* the document was good a moment ago: only memory can fail here */
@@ -294,6 +309,15 @@ static void on_dns(void *ud, const char *service, const struct sockaddr_storage 
         return;
     }
     MG_LOG(MG_LOG_INFO, "control", "service %s: %zu pod(s) from DNS", service, n);
+    if (c->pending && first) {
+        /* a first answer the wait waits for: the routes in force do not use it, so the
+         * pending snapshot takes its pods and the wait goes on for their checks */
+        mg_routes_unref(c->pending);
+        c->pending = r;
+        warm_checks(c, r);
+        c->warm_from = 0;
+        return;
+    }
     if (c->pending) {
         /* |r| is built from the reloaded document. The routes in force cannot follow DNS
          * (their document is gone), so the wait ends: DNS pods never wait on a reload */
@@ -338,6 +362,17 @@ static void apply_dns(mg_control_t *c, const mg_routes_t *r)
         if (d == NULL)
             continue;
         d->seen = true;
+        if (d->hostname == NULL || strcasecmp(d->hostname, svc->dns_name) != 0 ||
+            d->port != svc->dns_port) {
+            /* a new watch: its last set stays until its first answer (mg_disc_watch) */
+            char *copy = strdup(svc->dns_name);
+            if (copy) {
+                free(d->hostname);
+                d->hostname = copy;
+                d->port = svc->dns_port;
+                d->answered = false;
+            }
+        }
         mg_disc_watch(c->disc, svc->name, svc->dns_name, svc->dns_port, svc->dns_interval_ms);
     }
     for (dns_entry_t **dp = &c->dns; *dp;) {
@@ -349,8 +384,7 @@ static void apply_dns(mg_control_t *c, const mg_routes_t *r)
         if (c->disc)
             mg_disc_unwatch(c->disc, d->service);
         *dp = d->next;
-        free(d->service);
-        free(d);
+        free_dns(d);
     }
 }
 
@@ -440,6 +474,29 @@ static size_t first_unwarmed(mg_control_t *c, const mg_routes_t *r, size_t from)
     return SIZE_MAX;
 }
 
+/* The DNS services of |r| (pending) whose watch has no first answer yet: a service the reload
+ * adds, or one it points at another name or port. Their pods are not known yet, so their
+ * checks have not started: without the wait they would answer 503 until both. In *|bound_ms|
+ * the longest the answer and then those checks' first results can take. */
+static size_t unanswered(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_ms)
+{
+    size_t n = 0;
+    *bound_ms = 0;
+    for (size_t i = 0; i < r->nservices; i++) {
+        const mg_service_t *svc = &r->services[i];
+        const dns_entry_t *d = svc->dns_name ? find_dns(c, svc->name) : NULL;
+        if (d == NULL || d->answered) /* no entry: discovery could not start (logged) */
+            continue;
+        uint32_t bound = WARM_DNS_MS;
+        if (svc->health.path)
+            bound += svc->health.interval_ms / 10 + svc->health.timeout_ms;
+        n++;
+        if (bound > *bound_ms)
+            *bound_ms = bound;
+    }
+    return n;
+}
+
 static void take_over(mg_control_t *c, mg_routes_t *r)
 {
     hand_over_checks(c);
@@ -461,17 +518,23 @@ static void on_warm(evutil_socket_t fd, short what, void *arg)
     mg_control_t *c = arg;
     (void)fd, (void)what;
     c->warm_from = first_unwarmed(c, c->pending, c->warm_from);
-    if (c->warm_from != SIZE_MAX && mg_podstate_now_ms() < c->warm_until_ms) {
+    uint32_t bound;
+    size_t ndns = unanswered(c, c->pending, &bound);
+    if ((c->warm_from != SIZE_MAX || ndns > 0) && mg_podstate_now_ms() < c->warm_until_ms) {
         warm_later(c);
         return;
     }
-    uint32_t bound;
     size_t n = c->warm_from == SIZE_MAX ? 0 : unwarmed(c, c->pending, &bound);
     if (n > 0)
         MG_LOG(MG_LOG_WARN, "control",
                "routing document %s: %zu pod(s) still have no health check result; it takes "
                "over all the same, and they get requests once they pass",
                c->path, n);
+    if (ndns > 0)
+        MG_LOG(MG_LOG_WARN, "control",
+               "routing document %s: %zu DNS service(s) still have no answer; it takes over "
+               "all the same, and their pods get requests once DNS names them",
+               c->path, ndns);
     mg_routes_t *r = c->pending;
     c->pending = NULL;
     take_over(c, r);
@@ -489,15 +552,25 @@ static void offer(mg_control_t *c, mg_routes_t *r)
         c->pending = NULL;
     }
     warm_checks(c, r);
-    uint32_t bound;
-    size_t n = unwarmed(c, r, &bound);
-    if (n > 0 && c->wait_max_ms == 0) /* the operator's choice: no wait, and no warning */
+    uint32_t bound, dns_bound;
+    size_t n = unwarmed(c, r, &bound), ndns = unanswered(c, r, &dns_bound);
+    if (dns_bound > bound)
+        bound = dns_bound;
+    char what[160] = ""; /* what the wait waits for */
+    int len = 0;
+    if (n > 0)
+        len = snprintf(what, sizeof(what),
+                       "the new health checks of %zu pod(s) have a first result", n);
+    if (ndns > 0)
+        snprintf(what + len, sizeof(what) - (size_t)len,
+                 "%s%zu DNS service(s) have a first answer (and their pods' checks a result)",
+                 n > 0 ? " and " : "", ndns);
+    if ((n > 0 || ndns > 0) && c->wait_max_ms == 0) /* the operator's choice: no wait, no warning */
         MG_LOG(MG_LOG_INFO, "control",
-               "routing document %s: %zu pod(s) have no health check result yet; with "
-               "timeouts_ms.reload_wait 0 it takes over at once, and they get requests once "
-               "they pass",
-               c->path, n);
-    if (n == 0 || c->wait_max_ms == 0) {
+               "routing document %s: it would wait until %s; with timeouts_ms.reload_wait 0 it "
+               "takes over at once, and they get requests once they pass",
+               c->path, what);
+    if ((n == 0 && ndns == 0) || c->wait_max_ms == 0) {
         take_over(c, r);
         return;
     }
@@ -510,9 +583,8 @@ static void offer(mg_control_t *c, mg_routes_t *r)
         wait = c->wait_max_ms;
     }
     MG_LOG(MG_LOG_INFO, "control",
-           "routing document %s: the previous routes serve until the new health checks of %zu "
-           "pod(s) have a first result, at most %" PRIu64 " ms%s",
-           c->path, n, wait, capped);
+           "routing document %s: the previous routes serve until %s, at most %" PRIu64 " ms%s",
+           c->path, what, wait, capped);
     c->warm_until_ms = mg_podstate_now_ms() + wait;
     c->warm_from = 0;
     warm_later(c);
@@ -605,8 +677,7 @@ void mg_control_free(mg_control_t *c)
     while (c->dns) {
         dns_entry_t *d = c->dns;
         c->dns = d->next;
-        free(d->service);
-        free(d);
+        free_dns(d);
     }
     free_keys(&c->watched);
     free_keys(&c->warming);

@@ -127,6 +127,49 @@ def test_a_dns_change_ends_a_reload_s_wait(procs):
         mute.close()
 
 
+def test_a_reload_waits_for_a_new_dns_name_and_its_pods_checks(procs):
+    """A reload that adds a DNS service, or points one at another name, waits for the name's
+    first answer and then for the first check of the pods it names, as for a static pod list.
+    Before, the reload took over at once (no pods known yet, so none to wait for): the added
+    service answered 503 until its first check passed, and the renamed one too."""
+    port = free_port()
+    procs.backend("pod-2", host="127.0.0.2", port=port)
+    procs.backend("pod-3", host="127.0.0.3", port=port)
+    other_name = "other.pods.svc.test"
+    dns = Dnsmasq(procs, {NAME: ["127.0.0.2"], other_name: ["127.0.0.3"]})
+    slow_hc = {"path": "/slow?ms=700", "interval_ms": 1000, "timeout_ms": 3000}
+    routes = {"domain": DOMAIN, "envs": ["production"],
+              "services": {"s": {"protocol": "http1",
+                                 "dns": {"name": NAME, "port": port, "interval_ms": 200}}},
+              "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+    gw = procs.gateway(routes, conf={"dns_nameserver": dns.addr}, tls=False)
+    wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-2"}, 5, what="pod-2 discovered")
+    other = httpx.Client(timeout=10, headers={"host": HOST.replace("digits", "other", 1)})
+    url = "http://127.0.0.1:%d/" % gw.port
+    try:
+        # 1: a service the reload adds
+        routes["services"]["t"] = {"protocol": "http1", "health_check": slow_hc,
+                                   "dns": {"name": other_name, "port": port, "interval_ms": 200}}
+        routes["routes"].append({"app": "other", "env": "production", "service": "t"})
+        gw.write_routes(routes)
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded: 2 services" in gw.log(), 8, what="the takeover")
+        seen = collections.Counter(r.status_code for r in (other.get(url) for _ in range(10)))
+        assert seen == {200: 10}, seen
+        assert "the previous routes serve until 1 DNS service(s) have a first answer" in gw.log()
+        # 2: a service in force pointed at another name (pod-3) under a check
+        routes["services"]["s"]["dns"]["name"] = other_name
+        routes["services"]["s"]["health_check"] = slow_hc
+        gw.write_routes(routes)
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: gw.log().count("reloaded: 2 services") == 2, 8, what="the takeover")
+        assert pods_seen(gw, 10) == {"pod-3": 10}
+        assert gw.log().count("the previous routes serve until 1 DNS service(s)") == 2
+        assert "still have no answer" not in gw.log()
+    finally:
+        other.close()
+
+
 def test_nameserver_down_keeps_the_last_pods(procs):
     port = free_port()
     a = procs.backend("pod-2", host="127.0.0.2", port=port)
