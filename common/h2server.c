@@ -160,6 +160,7 @@ struct conn {
     bool h1_read_off;
     bool h1_err_too_large;
     bool h1_err_in_target;   /* ... while reading the request target: 414, not 431 */
+    bool h1_err_trailers;    /* ... more trailer fields than max_headers */
     int h1_refused;          /* a request we refuse at its head: the status (see h1_refuse) */
     const char *h1_refused_code, *h1_refused_msg;
     char *h1_scratch; /* field and value being accumulated */
@@ -1915,6 +1916,7 @@ static int h1_on_value_complete(llhttp_t *p)
         if (hdr_push(s, true, name, nlen, value, vlen, false))
             return 0;
         c->h1_err_too_large = true;
+        c->h1_err_trailers = s->ntrailers >= c->srv->conf.max_headers; /* else out of memory */
         return -1;
     }
     if (nlen == 4 && strncasecmp(name, "host", 4) == 0) {
@@ -2101,9 +2103,13 @@ again:
             h1_reject(c, 414, "uri_too_long", msg);
         } else if (c->h1_err_too_large) {
             char msg[160];
-            snprintf(msg, sizeof(msg),
-                     "request header fields over limits.max_header_list_size (%u bytes)",
-                     (unsigned)c->srv->conf.max_header_list_size);
+            if (c->h1_err_trailers) /* counted apart from the head's, as a section of its own */
+                snprintf(msg, sizeof(msg), "more trailer fields than limits.max_headers (%u)",
+                         (unsigned)c->srv->conf.max_headers);
+            else
+                snprintf(msg, sizeof(msg),
+                         "request header fields over limits.max_header_list_size (%u bytes)",
+                         (unsigned)c->srv->conf.max_header_list_size);
             h1_reject(c, 431, "headers_too_large", msg);
         } else if (c->h1_refused)
             h1_reject(c, c->h1_refused, c->h1_refused_code, c->h1_refused_msg);

@@ -982,6 +982,27 @@ def test_http1_trailer_section_is_scanned_as_a_head(victim, trailers, problem, c
     assert_serving(gw, keeper)
 
 
+def test_http1_trailer_fields_are_counted_apart_up_to_max_headers(victim):
+    """The trailer section is a field section of its own: up to limits.max_headers (100) trailer
+    fields pass whatever the head holds, and one more is a 431 that names max_headers. Before,
+    the 431 named max_header_list_size, a byte limit these requests are far from."""
+    gw, a, keeper = victim
+    head = (b"POST /trl HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+            % gw.authority().encode())
+    fields = b"".join(b"X-T-%d: v\r\n" % i for i in range(100))
+    with H1Conn(gw.port) as c:
+        c.send(head + fields + b"\r\n")
+        r = c.read_response()
+    assert r.status == 200 and len(r.json()["trailers"]) == 100, r
+    with H1Conn(gw.port) as c:
+        c.send(head + fields + b"X-T-100: v\r\n\r\n")
+        r = c.read_response()
+        err = error_json(431, "headers_too_large", r.status, r.headers, r.body)
+        assert err["message"] == "more trailer fields than limits.max_headers (100)", err
+        assert c.closed_by_peer(5)
+    assert_serving(gw, keeper)
+
+
 def test_http1_line_ends_split_across_reads(victim):
     """Whether a line ends with CRLF or LF alone is told across reads too: a CR at the end of
     one read and its LF at the start of the next is a line end, an LF alone there is not."""
