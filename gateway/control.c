@@ -48,7 +48,9 @@ struct mg_control {
     mg_control_install_fn install;
     void *ud;
     char *path;
-    json_t *doc; /* the last good routing document */
+    json_t *doc;           /* the last good routing document */
+    json_t *doc_in_force;  /* the one the routes in force come from (doc, unless a reload waits) */
+    mg_routes_t *in_force; /* those routes (a reference: DNS rebuilds them during a wait) */
     mg_hc_t *hc;
     mg_disc_t *disc; /* NULL until a document names a DNS service */
     char *nameserver;
@@ -66,8 +68,9 @@ struct mg_control {
  * (first check within interval_ms / 10, over within timeout_ms) before it takes over anyway. */
 #define WARM_POLL_MS 5
 #define WARM_SLACK_MS 250
-/* how long a DNS watch's first answer may take: discovery's 2 s timeout, 2 attempts */
-#define WARM_DNS_MS 4000
+/* how long a DNS watch's first answer may take: discovery's 2 s timeout and 2 attempts, the
+ * second with twice the timeout (c-ares) */
+#define WARM_DNS_MS 6000
 /* Starts the check key of a pending snapshot's own check; no service name has it */
 #define WARMING_MARK '+'
 
@@ -288,6 +291,49 @@ static void apply(mg_control_t *c, const mg_routes_t *r);
 static void offer(mg_control_t *c, mg_routes_t *r);
 static void take_over(mg_control_t *c, mg_routes_t *r);
 
+static const mg_service_t *find_service(const mg_routes_t *r, const char *name)
+{
+    for (size_t i = 0; r && i < r->nservices; i++)
+        if (strcmp(r->services[i].name, name) == 0)
+            return &r->services[i];
+    return NULL;
+}
+
+/* Whether |svc| (of the routes in force) takes its pods from |d|'s watch as it is now: not
+ * from a name or port a waiting reload has changed since. */
+static bool same_watch(const mg_service_t *svc, const dns_entry_t *d)
+{
+    return svc && svc->dns_name && d && d->hostname &&
+           strcasecmp(svc->dns_name, d->hostname) == 0 && svc->dns_port == d->port;
+}
+
+/* The pods of a DNS service of the routes in force while a reload waits: its watch's, unless
+ * the reload changed or dropped the watch; then the pods it has (their name answers no more). */
+static size_t dns_pods_in_force(void *ud, const char *service, struct sockaddr_storage *out,
+                                size_t cap)
+{
+    mg_control_t *c = ud;
+    const mg_service_t *svc = find_service(c->in_force, service);
+    const dns_entry_t *d = find_dns(c, service);
+    if (same_watch(svc, d))
+        return dns_pods(c, service, out, cap);
+    size_t n = svc ? svc->npods : 0;
+    if (n > cap)
+        n = cap;
+    for (size_t k = 0; k < n; k++)
+        memcpy(&out[k], &svc->pods[k].addr, sizeof(out[k]));
+    return n;
+}
+
+/* Makes |r| (ours) the routes in force: they serve from now on. */
+static void install_in_force(mg_control_t *c, mg_routes_t *r)
+{
+    mg_routes_ref(r);
+    mg_routes_unref(c->in_force);
+    c->in_force = r;
+    c->install(c->ud, r);
+}
+
 static void on_dns(void *ud, const char *service, const struct sockaddr_storage *addrs, size_t n)
 {
     mg_control_t *c = ud;
@@ -298,40 +344,36 @@ static void on_dns(void *ud, const char *service, const struct sockaddr_storage 
         n = MG_DISC_MAX_ADDRS;
     memcpy(d->addrs, addrs, n * sizeof(*addrs));
     d->n = n;
-    bool first = !d->answered;
     d->answered = true;
+    MG_LOG(MG_LOG_INFO, "control", "service %s: %zu pod(s) from DNS", service, n);
     char *errors = NULL;
-    mg_routes_t *r = build(c, c->doc, c->path ? c->path : "routing document", &errors);
-    if (r == NULL) { /* the document was good a moment ago: only memory can fail here */
+    /* While a reload waits, both snapshots follow DNS: the routes in force when they use this
+     * watch (their document is kept for that), and the waiting one, whose new pods then wait
+     * for their checks too. */
+    if (c->pending && same_watch(find_service(c->in_force, service), d)) {
+        mg_routes_t *r = mg_routes_build(c->doc_in_force, c->path, dns_pods_in_force, c, &errors);
+        if (r) {
+            apply(c, r);
+            install_in_force(c, r);
+        }
+    }
+    mg_routes_t *r =
+        errors ? NULL : build(c, c->doc, c->path ? c->path : "routing document", &errors);
+    if (r == NULL) { /* the documents were good a moment ago: only memory can fail here */
         MG_LOG(MG_LOG_ERROR, "control", "cannot rebuild the routes after a DNS change: %s",
                errors ? errors : "?");
         free(errors);
         return;
     }
-    MG_LOG(MG_LOG_INFO, "control", "service %s: %zu pod(s) from DNS", service, n);
-    if (c->pending && first) {
-        /* a first answer the wait waits for: the routes in force do not use it, so the
-         * pending snapshot takes its pods and the wait goes on for their checks */
+    if (c->pending) {
         mg_routes_unref(c->pending);
         c->pending = r;
         warm_checks(c, r);
         c->warm_from = 0;
         return;
     }
-    if (c->pending) {
-        /* |r| is built from the reloaded document. The routes in force cannot follow DNS
-         * (their document is gone), so the wait ends: DNS pods never wait on a reload */
-        MG_LOG(MG_LOG_INFO, "control",
-               "routing document %s: a DNS change ends the wait for first health check results",
-               c->path);
-        evtimer_del(c->warm);
-        mg_routes_unref(c->pending);
-        c->pending = NULL;
-        take_over(c, r);
-        return;
-    }
     apply(c, r);
-    c->install(c->ud, r);
+    install_in_force(c, r);
 }
 
 static void apply_dns(mg_control_t *c, const mg_routes_t *r)
@@ -502,7 +544,10 @@ static void take_over(mg_control_t *c, mg_routes_t *r)
     hand_over_checks(c);
     apply(c, r);
     drop_warming(c);
-    c->install(c->ud, r);
+    json_incref(c->doc);
+    json_decref(c->doc_in_force);
+    c->doc_in_force = c->doc;
+    install_in_force(c, r);
     MG_LOG(MG_LOG_INFO, "control", "routing document %s reloaded: %zu services, %zu routes",
            c->path, r->nservices, r->nroutes);
 }
@@ -533,7 +578,8 @@ static void on_warm(evutil_socket_t fd, short what, void *arg)
     if (ndns > 0)
         MG_LOG(MG_LOG_WARN, "control",
                "routing document %s: %zu DNS service(s) still have no answer; it takes over "
-               "all the same, and their pods get requests once DNS names them",
+               "all the same, and they keep the pods they had (none for a service it adds) "
+               "until DNS answers",
                c->path, ndns);
     mg_routes_t *r = c->pending;
     c->pending = NULL;
@@ -640,8 +686,15 @@ static mg_routes_t *load_doc(mg_control_t *c, const char *path, char **errors)
 mg_routes_t *mg_control_load(mg_control_t *c, const char *path, char **errors)
 {
     mg_routes_t *r = load_doc(c, path, errors);
-    if (r)
-        apply(c, r);
+    if (r == NULL)
+        return NULL;
+    apply(c, r);
+    mg_routes_ref(r); /* the caller installs it */
+    mg_routes_unref(c->in_force);
+    c->in_force = r;
+    json_incref(c->doc);
+    json_decref(c->doc_in_force);
+    c->doc_in_force = c->doc;
     return r;
 }
 
@@ -670,6 +723,8 @@ void mg_control_free(mg_control_t *c)
     if (c->warm)
         event_free(c->warm);
     mg_routes_unref(c->pending);
+    mg_routes_unref(c->in_force);
+    json_decref(c->doc_in_force);
     if (c->disc)
         mg_disc_free(c->disc);
     if (c->hc)

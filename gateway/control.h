@@ -38,9 +38,10 @@ mg_routes_t *mg_control_load(mg_control_t *c, const char *path, char **errors);
  * Loads the routing document at |path| again (SIGHUP). On failure returns false with *errors
  * (caller frees) and changes nothing. On success the new snapshot goes to |install| once the
  * health checks it starts have a first result (a service it adds, or pods it moves under a
- * different check, would otherwise answer 503 until then), at most interval_ms / 10 +
- * timeout_ms plus a little, and never longer than |wait_max_ms|; the snapshot in force
- * serves meanwhile. Logs when it takes over.
+ * different check, would otherwise answer 503 until then), and once the DNS names it starts
+ * to watch have a first answer, at most interval_ms / 10 + timeout_ms plus a little (plus the
+ * DNS timeout), and never longer than |wait_max_ms|; the snapshot in force serves meanwhile,
+ * and both follow DNS answers. Logs when it takes over.
  */
 bool mg_control_reload(mg_control_t *c, const char *path, char **errors);
 /* Whether a reloaded snapshot is waiting for its checks' first results (it takes over then, a

@@ -463,9 +463,10 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
         /* a log line per problem, each with its time and level (log collectors split on
          * newlines) */
         const char *p = errors ? errors : "(no detail)";
-        /* a reload waiting for its health checks is not the one refused: it still takes over */
+        /* a reload waiting for its checks or DNS is not the one refused: it still takes over */
         const char *stays = mg_control_waiting(g_control)
-                                ? "the reload waiting for its health checks still takes over"
+                                ? "the reload waiting for its health checks and DNS answers "
+                                  "still takes over"
                                 : "the previous routes stay in force";
         do {
             const char *nl = strchr(p, '\n');

@@ -480,8 +480,8 @@ def test_a_waiting_reload_s_checks_leave_the_routes_in_force_alone(procs):
         with open(gw.routes_path, "w") as f:
             f.write("{")
         gw.signal(signal.SIGHUP)
-        wait_for(lambda: "reload refused, the reload waiting for its health checks still takes "
-                 "over" in gw.log(), 5, what="the refusal")
+        wait_for(lambda: "reload refused, the reload waiting for its health checks and DNS "
+                 "answers still takes over" in gw.log(), 5, what="the refusal")
     try:
         during, still_waiting, after = across_the_wait(gw, c, 30, broken_reload)
     finally:

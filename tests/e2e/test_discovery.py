@@ -97,11 +97,11 @@ def test_pods_come_and_go_with_dns(procs):
     assert all(p.proc.alive() for p in pods.values())
 
 
-def test_a_dns_change_ends_a_reload_s_wait(procs):
+def test_a_dns_change_reaches_the_routes_in_force_during_a_reload_s_wait(procs):
     """A reload waits for the first check of a pod it adds (here one that never answers: up to
-    the check's 8 s timeout). The routes in force cannot follow a DNS change meanwhile (their
-    document is gone), so a DNS change ends the wait and the new pods get requests at once.
-    Before, the change waited with the document: 503 no_pods or the old pods for seconds."""
+    the check's 8 s timeout). A DNS change meanwhile reaches the routes in force at once (their
+    document is kept for it), and the wait goes on. Before, it waited with the document (503
+    no_pods or the old pods for seconds), then it ended the wait."""
     port = free_port()
     procs.backend("pod-2", host="127.0.0.2", port=port)
     procs.backend("pod-3", host="127.0.0.3", port=port)
@@ -122,19 +122,21 @@ def test_a_dns_change_ends_a_reload_s_wait(procs):
         wait_for(lambda: "the previous routes serve until" in gw.log(), 5, what="the wait")
         dns.set_hosts({NAME: ["127.0.0.3"]})
         wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-3"}, 4, what="pod-3 from DNS")
-        assert "a DNS change ends the wait for first health check results" in gw.log()
+        assert "reloaded" not in gw.log()  # the wait goes on
     finally:
         mute.close()
 
 
 def test_a_reload_waits_for_a_new_dns_name_and_its_pods_checks(procs):
     """A reload that adds a DNS service, or points one at another name, waits for the name's
-    first answer and then for the first check of the pods it names, as for a static pod list.
-    Before, the reload took over at once (no pods known yet, so none to wait for): the added
-    service answered 503 until its first check passed, and the renamed one too."""
+    first answer and then for the first check of the pods it names, as for a static pod list,
+    also of pods a later answer adds during the wait. Before, the reload took over at once (no
+    pods known yet, so none to wait for): the added service answered 503 until its first check
+    passed, and the renamed one too; and a second answer during the wait ended it."""
     port = free_port()
     procs.backend("pod-2", host="127.0.0.2", port=port)
     procs.backend("pod-3", host="127.0.0.3", port=port)
+    procs.backend("pod-4", host="127.0.0.4", port=port)
     other_name = "other.pods.svc.test"
     dns = Dnsmasq(procs, {NAME: ["127.0.0.2"], other_name: ["127.0.0.3"]})
     slow_hc = {"path": "/slow?ms=700", "interval_ms": 1000, "timeout_ms": 3000}
@@ -153,7 +155,10 @@ def test_a_reload_waits_for_a_new_dns_name_and_its_pods_checks(procs):
         routes["routes"].append({"app": "other", "env": "production", "service": "t"})
         gw.write_routes(routes)
         gw.signal(signal.SIGHUP)
+        wait_for(lambda: "service t: 1 pod(s) from DNS" in gw.log(), 5, what="t's first answer")
+        dns.set_hosts({NAME: ["127.0.0.2"], other_name: ["127.0.0.3", "127.0.0.4"]})
         wait_for(lambda: "reloaded: 2 services" in gw.log(), 8, what="the takeover")
+        assert "service t: 2 pod(s) from DNS" in gw.log()  # during the wait: pod-4 waited too
         seen = collections.Counter(r.status_code for r in (other.get(url) for _ in range(10)))
         assert seen == {200: 10}, seen
         assert "the previous routes serve until 1 DNS service(s) have a first answer" in gw.log()
@@ -163,7 +168,8 @@ def test_a_reload_waits_for_a_new_dns_name_and_its_pods_checks(procs):
         gw.write_routes(routes)
         gw.signal(signal.SIGHUP)
         wait_for(lambda: gw.log().count("reloaded: 2 services") == 2, 8, what="the takeover")
-        assert pods_seen(gw, 10) == {"pod-3": 10}
+        seen = pods_seen(gw, 10)
+        assert set(seen) == {"pod-3", "pod-4"}, seen  # no 503, no pod-2
         assert gw.log().count("the previous routes serve until 1 DNS service(s)") == 2
         assert "still have no answer" not in gw.log()
     finally:
