@@ -4,6 +4,7 @@
 #include "common/stats.h"
 
 #include <pthread.h>
+#include <search.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +16,19 @@ const int64_t mg_stats_lat_bounds_us[MG_STATS_LAT_BUCKETS] = {
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned g_workers = 1;
 static mg_stats_t *g_head[MG_STATS_NKINDS], *g_tail[MG_STATS_NKINDS];
+static void *g_by_labels[MG_STATS_NKINDS]; /* the same series in tsearch trees by labels: a
+                                            * routing document of thousands of pods looks up
+                                            * each one's when it is built */
+
+static int by_labels(const void *a, const void *b)
+{
+    return strcmp(((const mg_stats_t *)a)->labels, ((const mg_stats_t *)b)->labels);
+}
+
+static void keep_node(void *node)
+{
+    (void)node; /* the series are freed from the lists */
+}
 
 void mg_stats_init(unsigned workers)
 {
@@ -31,14 +45,15 @@ mg_stats_t *mg_stats_get(mg_stats_kind_t kind, const char *labels)
     if ((unsigned)kind >= MG_STATS_NKINDS)
         return NULL;
     pthread_mutex_lock(&g_lock);
-    mg_stats_t *s = g_head[kind];
-    while (s && strcmp(s->labels, labels) != 0)
-        s = s->next;
+    const mg_stats_t key = {.labels = (char *)labels};
+    mg_stats_t *const *found = tfind(&key, &g_by_labels[kind], by_labels);
+    mg_stats_t *s = found ? *found : NULL;
     if (s == NULL && (s = calloc(1, sizeof(*s))) != NULL) {
         s->kind = kind;
         s->labels = strdup(labels);
         s->w = aligned_alloc(64, sizeof(mg_stat_block_t) * g_workers);
-        if (s->labels == NULL || s->w == NULL) {
+        if (s->labels == NULL || s->w == NULL ||
+            tsearch(s, &g_by_labels[kind], by_labels) == NULL) {
             free(s->labels);
             free(s->w);
             free(s);
@@ -129,6 +144,8 @@ void mg_stats_free_all(void)
 {
     pthread_mutex_lock(&g_lock);
     for (int k = 0; k < MG_STATS_NKINDS; k++) {
+        tdestroy(g_by_labels[k], keep_node);
+        g_by_labels[k] = NULL;
         mg_stats_t *s = g_head[k];
         while (s) {
             mg_stats_t *next = s->next;

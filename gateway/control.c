@@ -15,6 +15,7 @@
 
 #include <inttypes.h>
 #include <jansson.h>
+#include <search.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,13 @@ typedef struct watched {
     struct watched *next;
 } watched_t;
 
+/* Check keys, listed, and in a tsearch tree by key: a reload of thousands of pods marks each
+ * of them seen */
+typedef struct keyset {
+    watched_t *head;
+    void *tree;
+} keyset_t;
+
 struct mg_control {
     struct event_base *base;
     mg_control_install_fn install;
@@ -55,8 +63,8 @@ struct mg_control {
     mg_disc_t *disc; /* NULL until a document names a DNS service */
     char *nameserver;
     dns_entry_t *dns;
-    watched_t *watched;
-    watched_t *warming;     /* the pending snapshot's own checks: WARMING_MARK keys */
+    keyset_t watched;
+    keyset_t warming;       /* the pending snapshot's own checks: WARMING_MARK keys */
     mg_routes_t *pending;   /* a reloaded snapshot waiting for its new checks' first results */
     uint64_t warm_until_ms; /* ... at most until then */
     size_t warm_from;       /* ... and the pods before this one (flat index) have theirs */
@@ -109,25 +117,35 @@ static void check_key(char *key, size_t cap, const mg_service_t *svc, const mg_p
     snprintf(key, cap, "%s/%s", svc->name, pod->name);
 }
 
-/* Marks |key| seen in |*list|, adding it if new (out of memory: left out, as if unseen). */
-static void see_key(watched_t **list, const char *key)
+static int by_key(const void *a, const void *b)
 {
-    watched_t **wp = list;
-    while (*wp && strcmp((*wp)->key, key) != 0)
-        wp = &(*wp)->next;
-    if (*wp == NULL && (*wp = calloc(1, sizeof(**wp))) != NULL &&
-        ((*wp)->key = strdup(key)) == NULL) {
-        free(*wp);
-        *wp = NULL;
-    }
-    if (*wp)
-        (*wp)->seen = true;
+    return strcmp(((const watched_t *)a)->key, ((const watched_t *)b)->key);
 }
 
-/* Stops the checks of |*list| not seen since their marks were cleared, and forgets them. */
-static void unwatch_unseen(mg_control_t *c, watched_t **list)
+/* Marks |key| seen in |set|, adding it if new (out of memory: left out, as if unseen). */
+static void see_key(keyset_t *set, const char *key)
 {
-    for (watched_t **wp = list; *wp;) {
+    const watched_t probe = {.key = (char *)key};
+    watched_t *const *found = tfind(&probe, &set->tree, by_key);
+    watched_t *w = found ? *found : NULL;
+    if (w == NULL) {
+        if ((w = calloc(1, sizeof(*w))) == NULL || (w->key = strdup(key)) == NULL ||
+            tsearch(w, &set->tree, by_key) == NULL) {
+            if (w)
+                free(w->key);
+            free(w);
+            return;
+        }
+        w->next = set->head;
+        set->head = w;
+    }
+    w->seen = true;
+}
+
+/* Stops the checks of |set| not seen since their marks were cleared, and forgets them. */
+static void unwatch_unseen(mg_control_t *c, keyset_t *set)
+{
+    for (watched_t **wp = &set->head; *wp;) {
         watched_t *w = *wp;
         if (w->seen) {
             wp = &w->next;
@@ -135,25 +153,28 @@ static void unwatch_unseen(mg_control_t *c, watched_t **list)
         }
         mg_hc_unwatch(c->hc, w->key);
         *wp = w->next;
+        tdelete(w, &set->tree, by_key);
         free(w->key);
         free(w);
     }
 }
 
-static void free_keys(watched_t **list)
+static void unsee_all(keyset_t *set)
 {
-    while (*list) {
-        watched_t *w = *list;
-        *list = w->next;
-        free(w->key);
-        free(w);
-    }
-}
-
-static void unsee_all(watched_t *list)
-{
-    for (watched_t *w = list; w; w = w->next)
+    for (watched_t *w = set->head; w; w = w->next)
         w->seen = false;
+}
+
+static void free_keys(keyset_t *set)
+{
+    for (watched_t *w = set->head; w; w = w->next)
+        tdelete(w, &set->tree, by_key);
+    while (set->head) {
+        watched_t *w = set->head;
+        set->head = w->next;
+        free(w->key);
+        free(w);
+    }
 }
 
 static mg_hc_conf_t check_conf(const mg_service_t *svc)
@@ -173,7 +194,7 @@ static mg_hc_conf_t check_conf(const mg_service_t *svc)
  * unwatch_unseen. */
 static void watch_checks(mg_control_t *c, const mg_routes_t *r)
 {
-    unsee_all(c->watched);
+    unsee_all(&c->watched);
     for (size_t i = 0; i < r->nservices; i++) {
         const mg_service_t *svc = &r->services[i];
         if (svc->health.path == NULL) { /* judged by passive detection alone (again) */
@@ -220,7 +241,7 @@ static void watch_checks(mg_control_t *c, const mg_routes_t *r)
  * left as it is, its timing too, until |r| takes over. */
 static void warm_checks(mg_control_t *c, const mg_routes_t *r)
 {
-    unsee_all(c->warming);
+    unsee_all(&c->warming);
     for (size_t i = 0; i < r->nservices; i++) {
         const mg_service_t *svc = &r->services[i];
         if (svc->health.path == NULL)
@@ -244,13 +265,13 @@ static void warm_checks(mg_control_t *c, const mg_routes_t *r)
  * its warming twin when the routes in force next run it (watch_checks). */
 static void hand_over_checks(mg_control_t *c)
 {
-    for (watched_t *w = c->warming; w; w = w->next)
+    for (watched_t *w = c->warming.head; w; w = w->next)
         mg_hc_unwatch(c->hc, w->key + 1);
 }
 
 static void drop_warming(mg_control_t *c)
 {
-    unsee_all(c->warming);
+    unsee_all(&c->warming);
     unwatch_unseen(c, &c->warming);
 }
 

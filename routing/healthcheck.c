@@ -73,6 +73,10 @@ typedef struct probe {
 
 struct hc_pod {
     hc_pod_t *next, **pprev; /* in mg_hc.pods; *pprev points here */
+    /* the checks of the same target (by_target): the first is the tree's key, the others
+     * follow it; twin_pprev is NULL for the first */
+    hc_pod_t *twin_next, **twin_pprev;
+    bool in_targets; /* in by_target (false only when memory ran out) */
     mg_hc_t *hc;
     char *name; /* "host:port": the key, and the Host / :authority sent */
     struct sockaddr_storage addr;
@@ -98,6 +102,8 @@ struct mg_hc {
     hc_pod_t *pods;
     void *by_name; /* the same pods in a tsearch tree by name: a reload waiting for thousands
                     * of checks looks each up every few ms (gateway/control.c) */
+    void *by_target; /* and by what they check (address, protocol, path, version), one node
+                      * per target: each new name looks for its twins (take_twin_verdict) */
     uint64_t rng; /* jitter only; any non-zero seed will do */
     llhttp_settings_t h1settings;
     nghttp2_session_callbacks *h2cbs;
@@ -659,9 +665,69 @@ static hc_pod_t *find_pod(const mg_hc_t *hc, const char *name)
     return found ? *found : NULL;
 }
 
+static int by_target(const void *a, const void *b)
+{
+    const hc_pod_t *x = a, *y = b;
+    if (x->addrlen != y->addrlen)
+        return x->addrlen < y->addrlen ? -1 : 1;
+    int d = memcmp(&x->addr, &y->addr, x->addrlen);
+    if (d != 0)
+        return d;
+    if (x->proto != y->proto)
+        return x->proto < y->proto ? -1 : 1;
+    if ((d = strcmp(x->path, y->path)) != 0)
+        return d;
+    if (x->expect_version == NULL || y->expect_version == NULL)
+        return (x->expect_version != NULL) - (y->expect_version != NULL);
+    return strcmp(x->expect_version, y->expect_version);
+}
+
+/* Adds |pod| (its target set) to the checks of its target. */
+static void join_target(mg_hc_t *hc, hc_pod_t *pod)
+{
+    hc_pod_t **first = tsearch(pod, &hc->by_target, by_target);
+    if (first == NULL) /* it only finds no twins then: it waits for its own first result */
+        return;
+    pod->in_targets = true;
+    if (*first == pod) {
+        pod->twin_next = NULL;
+        pod->twin_pprev = NULL;
+        return;
+    }
+    pod->twin_next = (*first)->twin_next;
+    pod->twin_pprev = &(*first)->twin_next;
+    if (pod->twin_next)
+        pod->twin_next->twin_pprev = &pod->twin_next;
+    (*first)->twin_next = pod;
+}
+
+/* Takes |pod| out of the checks of its target (before its target changes). */
+static void leave_target(mg_hc_t *hc, hc_pod_t *pod)
+{
+    if (!pod->in_targets)
+        return;
+    pod->in_targets = false;
+    hc_pod_t *next = pod->twin_next;
+    if (pod->twin_pprev) {
+        *pod->twin_pprev = next;
+        if (next)
+            next->twin_pprev = pod->twin_pprev;
+        return;
+    }
+    if (next == NULL) {
+        tdelete(pod, &hc->by_target, by_target);
+        return;
+    }
+    /* the next one, with the same target, becomes the node's key: no allocation */
+    hc_pod_t **first = tfind(pod, &hc->by_target, by_target);
+    *first = next;
+    next->twin_pprev = NULL;
+}
+
 static void unlink_pod(mg_hc_t *hc, hc_pod_t *pod)
 {
     tdelete(pod, &hc->by_name, by_name);
+    leave_target(hc, pod);
     *pod->pprev = pod->next;
     if (pod->next)
         pod->next->pprev = pod->pprev;
@@ -757,6 +823,7 @@ static mg_err_t restart_pod(mg_hc_t *hc, hc_pod_t **podp, const char *name,
     probe_free(pod->probe); /* the check in flight asked the old question */
     pod->probe = NULL;
     evtimer_del(pod->deadline);
+    leave_target(hc, pod);
     free(pod->path);
     free(pod->expect_version);
     pod->path = path;
@@ -764,6 +831,7 @@ static mg_err_t restart_pod(mg_hc_t *hc, hc_pod_t **podp, const char *name,
     memcpy(&pod->addr, addr, len);
     pod->addrlen = len;
     pod->proto = proto;
+    join_target(hc, pod);
     pod->state = MG_HC_UNKNOWN;
     pod->passes = pod->fails = 0;
     pod->has_result = false;
@@ -791,10 +859,9 @@ static void take_twin_verdict(mg_hc_t *hc, hc_pod_t *pod)
     /* a twin with a verdict, else one with a result: its count of failures or passes goes on
      * (a reload's waiting check hands over one failure of two, and the next one decides) */
     const hc_pod_t *twin = NULL;
-    for (const hc_pod_t *t = hc->pods; t; t = t->next) {
-        if (t == pod || !t->has_result ||
-            !same_target(t, (const struct sockaddr *)&pod->addr, pod->addrlen, pod->proto,
-                         &(mg_hc_conf_t){.path = pod->path, .expect_version = pod->expect_version}))
+    hc_pod_t *const *first = pod->in_targets ? tfind(pod, &hc->by_target, by_target) : NULL;
+    for (const hc_pod_t *t = first ? *first : NULL; t; t = t->twin_next) {
+        if (t == pod || !t->has_result)
             continue;
         if (twin == NULL || (twin->state == MG_HC_UNKNOWN && t->state != MG_HC_UNKNOWN))
             twin = t;

@@ -4,6 +4,7 @@
 #include "routing/podstate.h"
 
 #include <pthread.h>
+#include <search.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,20 @@
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static mg_podstate_t *g_states;
+static void *g_by_name; /* the same states in a tsearch tree by (service, pod): a routing
+                         * document of thousands of pods looks each one up when it is built */
+
+static int by_name(const void *a, const void *b)
+{
+    const mg_podstate_t *x = a, *y = b;
+    int d = strcmp(x->service, y->service);
+    return d != 0 ? d : strcmp(x->pod, y->pod);
+}
+
+static void keep_node(void *node)
+{
+    (void)node; /* the states are freed from the list */
+}
 
 uint64_t mg_podstate_now_ms(void)
 {
@@ -22,9 +37,11 @@ uint64_t mg_podstate_now_ms(void)
 mg_podstate_t *mg_podstate_get(const char *service, const char *pod)
 {
     pthread_mutex_lock(&g_lock);
-    mg_podstate_t *ps = g_states;
-    while (ps && (strcmp(ps->service, service) != 0 || strcmp(ps->pod, pod) != 0))
-        ps = ps->next;
+    mg_podstate_t key;
+    key.service = (char *)service;
+    key.pod = (char *)pod;
+    mg_podstate_t *const *found = tfind(&key, &g_by_name, by_name);
+    mg_podstate_t *ps = found ? *found : NULL;
     if (ps == NULL && (ps = aligned_alloc(64, sizeof(*ps))) != NULL) {
         memset(ps, 0, sizeof(*ps)); /* all-zero atomics are 0: UNCHECKED, not ejected */
         ps->service = strdup(service);
@@ -34,7 +51,8 @@ mg_podstate_t *mg_podstate_get(const char *service, const char *pod)
         mg_stats_label_value(pv, sizeof(pv), pod);
         snprintf(labels, sizeof(labels), "service=\"%s\",pod=\"%s\"", sv, pv);
         ps->stats = mg_stats_get(MG_STATS_POD, labels);
-        if (ps->service == NULL || ps->pod == NULL || ps->stats == NULL) {
+        if (ps->service == NULL || ps->pod == NULL || ps->stats == NULL ||
+            tsearch(ps, &g_by_name, by_name) == NULL) {
             free(ps->service);
             free(ps->pod);
             free(ps);
@@ -96,6 +114,8 @@ void mg_podstate_set_health(mg_podstate_t *ps, mg_pod_health_t h)
 void mg_podstate_free_all(void)
 {
     pthread_mutex_lock(&g_lock);
+    tdestroy(g_by_name, keep_node);
+    g_by_name = NULL;
     while (g_states) {
         mg_podstate_t *next = g_states->next;
         free(g_states->service);

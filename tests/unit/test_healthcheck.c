@@ -720,6 +720,45 @@ static void new_key_for_a_running_check_takes_its_verdict(void **state)
     assert_false(mg_hc_has_result(f->hc, other_key));
 }
 
+/* Twins are found through an index by target: after the first of them leaves (its successor
+ * keys the index), after others move to another target, and never once the last has gone. */
+static void twins_are_found_as_checks_come_go_and_move(void **state)
+{
+    fix_t *f = *state;
+    int port = start_backend(f, "both", NULL);
+    char pod[32], key[6][64];
+    pod_name(pod, sizeof(pod), port);
+    for (int i = 0; i < 6; i++)
+        snprintf(key[i], sizeof(key[i]), "svc-%c/%s", 'a' + i, pod);
+    mg_hc_conf_t c = conf("/healthz", 1, 1);
+    watch(f, key[0], port, MG_UP_H1, &c);
+    wait_state(f, key[0], MG_HC_HEALTHY);
+    c.interval_ms = 3600000; /* from now on no check comes due while we look */
+    watch(f, key[0], port, MG_UP_H1, &c);
+    mg_hc_conf_t moved = c;
+    moved.path = "/other";
+    watch(f, key[1], port, MG_UP_H1, &c);
+    watch(f, key[2], port, MG_UP_H1, &c);
+    assert_int_equal(mg_hc_state(f->hc, key[1]), MG_HC_HEALTHY);
+    assert_int_equal(mg_hc_state(f->hc, key[2]), MG_HC_HEALTHY);
+    mg_hc_unwatch(f->hc, key[0]); /* the first leaves, two stay */
+    watch(f, key[3], port, MG_UP_H1, &c);
+    assert_int_equal(mg_hc_state(f->hc, key[3]), MG_HC_HEALTHY);
+    watch(f, key[1], port, MG_UP_H1, &moved); /* two move: they start over */
+    watch(f, key[2], port, MG_UP_H1, &moved);
+    assert_int_equal(mg_hc_state(f->hc, key[2]), MG_HC_UNKNOWN);
+    watch(f, key[4], port, MG_UP_H1, &moved); /* their twin has no result yet */
+    assert_false(mg_hc_has_result(f->hc, key[4]));
+    watch(f, key[4], port, MG_UP_H1, &c); /* moved back: key[3] is its twin */
+    assert_int_equal(mg_hc_state(f->hc, key[4]), MG_HC_UNKNOWN); /* a restart keeps no verdict */
+    mg_hc_unwatch(f->hc, key[3]);
+    mg_hc_unwatch(f->hc, key[4]);
+    watch(f, key[5], port, MG_UP_H1, &c); /* the last twin has gone */
+    assert_false(mg_hc_has_result(f->hc, key[5]));
+    watch(f, key[0], port, MG_UP_H1, &moved);
+    assert_false(mg_hc_has_result(f->hc, key[0]));
+}
+
 /* A twin that has a result but no verdict yet (one failure of two) hands its count over: the
  * new key has a result at once, and its own next failure is the second. Before, it started
  * from nothing, and a reload's waiting check lost its failures at takeover. */
@@ -948,6 +987,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(watch_is_idempotent_and_restarts_on_change, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(new_key_for_a_running_check_takes_its_verdict, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(twins_are_found_as_checks_come_go_and_move, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(new_key_takes_a_twin_s_count_without_a_verdict, setup,
                                         teardown),
