@@ -37,6 +37,14 @@ def pods_in_metrics(admin_port, metric="modelgate_pod_requests_total"):
             if line.startswith(metric + "{")}
 
 
+def dns_routes(port, interval_ms):
+    """A routing document whose one route goes to service "s", with pods from NAME."""
+    return {"domain": DOMAIN, "envs": ["production"],
+            "services": {"s": {"protocol": "http1",
+                               "dns": {"name": NAME, "port": port, "interval_ms": interval_ms}}},
+            "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+
+
 def test_pods_come_and_go_with_dns(procs):
     port = free_port()
     pods = {ip: procs.backend("pod-%s" % ip.rsplit(".", 1)[1], host=ip, port=port)
@@ -107,9 +115,7 @@ def test_a_dns_change_reaches_the_routes_in_force_during_a_reload_s_wait(procs):
     procs.backend("pod-3", host="127.0.0.3", port=port)
     dns = Dnsmasq(procs, {NAME: ["127.0.0.2"]})
     mute, mute_addr = silent_listener(8)  # its check never ends before its timeout
-    s = {"protocol": "http1", "dns": {"name": NAME, "port": port, "interval_ms": 200}}
-    routes = {"domain": DOMAIN, "envs": ["production"], "services": {"s": s},
-              "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+    routes = dns_routes(port, 200)
     gw = procs.gateway(routes, conf={"dns_nameserver": dns.addr}, tls=False)
     try:
         wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-2"}, 5, what="pod-2 discovered")
@@ -140,10 +146,7 @@ def test_a_reload_waits_for_a_new_dns_name_and_its_pods_checks(procs):
     other_name = "other.pods.svc.test"
     dns = Dnsmasq(procs, {NAME: ["127.0.0.2"], other_name: ["127.0.0.3"]})
     slow_hc = {"path": "/slow?ms=700", "interval_ms": 1000, "timeout_ms": 3000}
-    routes = {"domain": DOMAIN, "envs": ["production"],
-              "services": {"s": {"protocol": "http1",
-                                 "dns": {"name": NAME, "port": port, "interval_ms": 200}}},
-              "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+    routes = dns_routes(port, 200)
     gw = procs.gateway(routes, conf={"dns_nameserver": dns.addr}, tls=False)
     wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-2"}, 5, what="pod-2 discovered")
     other = httpx.Client(timeout=10, headers={"host": HOST.replace("digits", "other", 1)})
@@ -180,10 +183,7 @@ def test_nameserver_down_keeps_the_last_pods(procs):
     port = free_port()
     a = procs.backend("pod-2", host="127.0.0.2", port=port)
     dns = Dnsmasq(procs, {NAME: ["127.0.0.2"]})
-    routes = {"domain": DOMAIN, "envs": ["production"],
-              "services": {"s": {"protocol": "http1",
-                                 "dns": {"name": NAME, "port": port, "interval_ms": 100}}},
-              "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+    routes = dns_routes(port, 100)
     gw = procs.gateway(routes, conf={"dns_nameserver": dns.addr}, tls=False)
     wait_for(lambda: set(pods_seen(gw, 3)) == {"pod-2"}, 5, what="pod-2 discovered")
     dns.proc.stop()
@@ -198,10 +198,7 @@ def test_more_pods_than_a_udp_answer_holds(procs):
     port = free_port()
     ips = ["127.0.1.%d" % i for i in range(1, 61)]
     dns = Dnsmasq(procs, {NAME: ips})
-    routes = {"domain": DOMAIN, "envs": ["production"],
-              "services": {"s": {"protocol": "http1",
-                                 "dns": {"name": NAME, "port": port, "interval_ms": 200}}},
-              "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+    routes = dns_routes(port, 200)
     aport = free_port()
     procs.gateway(routes, conf={"dns_nameserver": dns.addr,
                                 "admin": {"listen": "127.0.0.1:%d" % aport}}, tls=False)
