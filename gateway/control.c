@@ -537,19 +537,27 @@ static size_t first_unwarmed(mg_control_t *c, const mg_routes_t *r, size_t from)
     return SIZE_MAX;
 }
 
-/* The DNS services of |r| (pending) whose watch has no first answer yet: a service the reload
- * adds, or one it points at another name or port. Their pods are not known yet, so their
- * checks have not started: without the wait they would answer 503 until both. In *|bound_ms|
- * the longest the answer and then those checks' first results can take. */
-static size_t unanswered(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_ms)
+/* The DNS services of |r| (pending) whose watch waits for a first answer: a service the
+ * reload adds, or one it points at another name or port. Their pods are not known yet, so
+ * their checks have not started: without the wait they would answer 503 until both. In
+ * *|bound_ms| the longest the answer and then those checks' first results can take; in
+ * *|failed| those without an answer whose lookup failed (retried only at their interval, so
+ * not waited for). */
+static size_t unanswered(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_ms, size_t *failed)
 {
     size_t n = 0;
     *bound_ms = 0;
+    *failed = 0;
     for (size_t i = 0; i < r->nservices; i++) {
         const mg_service_t *svc = &r->services[i];
         const dns_entry_t *d = svc->dns_name ? find_dns(c, svc->name) : NULL;
         if (d == NULL || d->answered) /* no entry: discovery could not start (logged) */
             continue;
+        mg_disc_status_t st;
+        if (c->disc && mg_disc_status(c->disc, svc->name, &st) && st.failures > 0) {
+            (*failed)++;
+            continue;
+        }
         uint32_t bound = WARM_DNS_MS;
         if (svc->health.path)
             bound += svc->health.interval_ms / 10 + svc->health.timeout_ms;
@@ -585,7 +593,7 @@ static void on_warm(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what;
     c->warm_from = first_unwarmed(c, c->pending, c->warm_from);
     uint32_t bound;
-    size_t ndns = unanswered(c, c->pending, &bound);
+    size_t failed, ndns = unanswered(c, c->pending, &bound, &failed);
     if ((c->warm_from != SIZE_MAX || ndns > 0) && mg_podstate_now_ms() < c->warm_until_ms) {
         warm_later(c);
         return;
@@ -596,12 +604,12 @@ static void on_warm(evutil_socket_t fd, short what, void *arg)
                "routing document %s: %zu pod(s) still have no health check result; it takes "
                "over all the same, and they get requests once they pass",
                c->path, n);
-    if (ndns > 0)
+    if (ndns + failed > 0)
         MG_LOG(MG_LOG_WARN, "control",
-               "routing document %s: %zu DNS service(s) still have no answer; it takes over "
-               "all the same, and they keep the pods they had (none for a service it adds) "
-               "until DNS answers",
-               c->path, ndns);
+               "routing document %s: %zu DNS service(s) still have no answer (%zu after a "
+               "failed lookup); it takes over all the same, and they keep the pods they had "
+               "(none for a service it adds) until DNS answers",
+               c->path, ndns + failed, failed);
     mg_routes_t *r = c->pending;
     c->pending = NULL;
     take_over(c, r);
@@ -620,7 +628,7 @@ static void offer(mg_control_t *c, mg_routes_t *r)
     }
     warm_checks(c, r);
     uint32_t bound, dns_bound;
-    size_t n = unwarmed(c, r, &bound), ndns = unanswered(c, r, &dns_bound);
+    size_t failed, n = unwarmed(c, r, &bound), ndns = unanswered(c, r, &dns_bound, &failed);
     if (dns_bound > bound)
         bound = dns_bound;
     char what[160] = ""; /* what the wait waits for */

@@ -179,6 +179,26 @@ def test_a_reload_waits_for_a_new_dns_name_and_its_pods_checks(procs):
         other.close()
 
 
+def test_a_reload_does_not_wait_for_a_name_whose_lookup_failed(procs):
+    """A failed lookup is retried only at the watch's interval: a reload waiting for the name's
+    first answer takes over at once, and says so. Before, it waited out the DNS bound (6 s)."""
+    a = procs.backend("a")
+    routes = {"domain": DOMAIN, "envs": ["production"],
+              "services": {"s": {"protocol": "http1", "pods": [a.addr]}},
+              "routes": [{"app": "digits", "env": "production", "service": "s"}]}
+    nobody = "127.0.0.1:%d" % free_port()  # no nameserver there: refused at once
+    gw = procs.gateway(routes, conf={"dns_nameserver": nobody}, tls=False)
+    routes["services"]["t"] = {"protocol": "http1",
+                               "dns": {"name": NAME, "port": 80, "interval_ms": 60000}}
+    routes["routes"].append({"app": "other", "env": "production", "service": "t"})
+    gw.write_routes(routes)
+    t0 = time.monotonic()
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded: 2 services" in gw.log(), 8, what="the takeover")
+    assert time.monotonic() - t0 < 3
+    assert "1 DNS service(s) still have no answer (1 after a failed lookup)" in gw.log()
+
+
 def test_nameserver_down_keeps_the_last_pods(procs):
     port = free_port()
     a = procs.backend("pod-2", host="127.0.0.2", port=port)
