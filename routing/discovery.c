@@ -330,8 +330,9 @@ static const char *dns_err_name(int status)
         return "not implemented by the server";
     case ARES_EBADRESP:
         return "malformed answer";
-    case ARES_ECONNREFUSED:
-        return "connection refused";
+    case ARES_ECONNREFUSED: /* c-ares skips a server answering SERVFAIL, NOTIMP or REFUSED,
+                             * then ends as if every skipped one had refused the connection */
+        return "connection refused, or SERVFAIL, NOTIMP or REFUSED from every server";
     case ARES_ENOMEM:
         return "out of memory";
     case ARES_ECANCELLED:
