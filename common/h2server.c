@@ -73,6 +73,9 @@ struct mg_srv_stream {
     size_t nhdrs, hdrs_cap;
     mg_hdr_t *trailers;
     size_t ntrailers, trailers_cap;
+    /* field lines received in the head [0] and the trailers [1], pseudo-headers aside: those
+     * the gateway takes itself (Host, Expect) or drops (a Host trailer) count too */
+    size_t nfields[2];
     const char *method, *scheme, *authority, *path, *host;
     bool authority_sensitive, path_sensitive, host_sensitive; /* sent never-indexed */
     size_t hdr_bytes;
@@ -1019,7 +1022,9 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
     /* Trailers over the limits come after the request went on: it cannot be answered 431 any
      * more, and passing it on cut would be wrong, so the stream is reset (INTERNAL_ERROR, as
      * nghttpx does) and the handler told with on_close. */
-    if (s->hdr_bytes > s->c->srv->conf.max_header_list_size) {
+    bool pseudo = n.len > 0 && n.base[0] == ':';
+    if (s->hdr_bytes > s->c->srv->conf.max_header_list_size ||
+        (!pseudo && ++s->nfields[trailers] > s->c->srv->conf.max_headers)) {
         if (trailers)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         s->bad_status = 431;
@@ -1113,7 +1118,7 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
             c->h1_close = true; /* as for the other requests we refuse to read (h1_reject) */
         const mg_srv_conf_t *conf = &c->srv->conf;
         char msg[160];
-        if (s->nhdrs >= conf->max_headers)
+        if (s->nfields[0] > conf->max_headers)
             snprintf(msg, sizeof(msg), "more header fields than limits.max_headers (%u)",
                      (unsigned)conf->max_headers);
         else
@@ -1911,12 +1916,19 @@ static int h1_on_value_complete(llhttp_t *p)
         return 0; /* answered and closed before its trailers */
     if (nlen == 0) /* ": v" (llhttp takes it): a field name is a token (RFC 9110 5.1) */
         return h1_refuse(c, 400, "bad_request", "header field without a name");
-    if (c->h1_headers_done) { /* chunked trailer section: over max_headers is a 431 (or a
-                                 * close, once answered), as over the byte limit */
+    if (++s->nfields[c->h1_headers_done] > c->srv->conf.max_headers) {
+        if (!c->h1_headers_done) {
+            s->bad_status = 431; /* answered once the head is whole (dispatch_request) */
+            return 0;
+        }
+        c->h1_err_too_large = c->h1_err_trailers = true;
+        return -1;
+    }
+    if (c->h1_headers_done) { /* chunked trailer section: over the limits is a 431 (or a
+                               * close, once answered) */
         if (hdr_push(s, true, name, nlen, value, vlen, false))
             return 0;
-        c->h1_err_too_large = true;
-        c->h1_err_trailers = s->ntrailers >= c->srv->conf.max_headers; /* else out of memory */
+        c->h1_err_too_large = true; /* out of the stream's memory */
         return -1;
     }
     if (nlen == 4 && strncasecmp(name, "host", 4) == 0) {

@@ -985,7 +985,9 @@ def test_http1_trailer_section_is_scanned_as_a_head(victim, trailers, problem, c
 def test_http1_trailer_fields_are_counted_apart_up_to_max_headers(victim):
     """The trailer section is a field section of its own: up to limits.max_headers (100) trailer
     fields pass whatever the head holds, and one more is a 431 that names max_headers. Before,
-    the 431 named max_header_list_size, a byte limit these requests are far from."""
+    the 431 named max_header_list_size, a byte limit these requests are far from. Fields the
+    gateway drops (a Host trailer) or takes itself (the head's Host) count too: 5,000 Host
+    trailers passed before, bounded by the byte limit alone."""
     gw, a, keeper = victim
     head = (b"POST /trl HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
             % gw.authority().encode())
@@ -1000,6 +1002,17 @@ def test_http1_trailer_fields_are_counted_apart_up_to_max_headers(victim):
         err = error_json(431, "headers_too_large", r.status, r.headers, r.body)
         assert err["message"] == "more trailer fields than limits.max_headers (100)", err
         assert c.closed_by_peer(5)
+    with H1Conn(gw.port) as c:
+        c.send(head + b"Host: x\r\n" * 101 + b"\r\n")
+        r = c.read_response()
+        err = error_json(431, "headers_too_large", r.status, r.headers, r.body)
+        assert err["message"] == "more trailer fields than limits.max_headers (100)", err
+    for others, status in ((99, 200), (100, 431)):  # and Host
+        fields = b"".join(b"X-H-%d: v\r\n" % i for i in range(others))
+        with H1Conn(gw.port) as c:
+            c.send(b"GET /h HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (gw.authority().encode(), fields))
+            r = c.read_response()
+        assert r.status == status, (others, r)
     assert_serving(gw, keeper)
 
 
