@@ -82,6 +82,19 @@ void mg_stats_each(mg_stats_kind_t kind, void (*fn)(void *ud, const mg_stats_t *
     pthread_mutex_unlock(&g_lock);
 }
 
+void mg_stats_mark_current(mg_stats_kind_t kind, mg_stats_t *const *current, size_t n)
+{
+    if ((unsigned)kind >= MG_STATS_NKINDS)
+        return;
+    pthread_mutex_lock(&g_lock);
+    for (mg_stats_t *s = g_head[kind]; s; s = s->next)
+        atomic_store_explicit(&s->retired, true, memory_order_relaxed);
+    for (size_t i = 0; i < n; i++)
+        if (current[i])
+            atomic_store_explicit(&current[i]->retired, false, memory_order_relaxed);
+    pthread_mutex_unlock(&g_lock);
+}
+
 void mg_stats_sum(const mg_stats_t *s, mg_stat_block_t *out)
 {
     memset(out, 0, sizeof(*out));

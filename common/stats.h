@@ -57,6 +57,10 @@ mg_stats_t *mg_stats_get(mg_stats_kind_t kind, const char *labels);
 /* Calls |fn| for every series of |kind| that is not retired, in creation order, under the
  * registry's lock. */
 void mg_stats_each(mg_stats_kind_t kind, void (*fn)(void *ud, const mg_stats_t *s), void *ud);
+/* Retires every series of |kind| but the |n| of |current| (those the routes in force name):
+ * mg_stats_each leaves a retired series out until a snapshot names it again, its counts
+ * kept. */
+void mg_stats_mark_current(mg_stats_kind_t kind, mg_stats_t *const *current, size_t n);
 /* The sum of every worker's block. */
 void mg_stats_sum(const mg_stats_t *s, mg_stat_block_t *out);
 

@@ -23,6 +23,7 @@
 
 #include "common/jsonerr.h"
 #include "common/log.h"
+#include "common/stats.h"
 #include "routing/discovery.h"
 #include "routing/healthcheck.h"
 #include "routing/podstate.h"
@@ -451,21 +452,30 @@ static void apply_dns(mg_control_t *c, const mg_routes_t *r)
     }
 }
 
-/* /metrics lists the pods of this snapshot only (routing/podstate.h) */
+/* /metrics lists the routes, services and pods of this snapshot only (routing/podstate.h,
+ * common/stats.h); out of memory, the old listing stays */
 static void mark_current(const mg_routes_t *r)
 {
-    size_t n = 0;
+    size_t npods = 0;
     for (size_t i = 0; i < r->nservices; i++)
-        n += r->services[i].npods;
-    mg_podstate_t **cur = calloc(n ? n : 1, sizeof(*cur));
-    if (cur == NULL)
-        return; /* the old listing stays: only /metrics is affected */
-    size_t k = 0;
-    for (size_t i = 0; i < r->nservices; i++)
-        for (size_t j = 0; j < r->services[i].npods; j++)
-            cur[k++] = r->services[i].pods[j].state;
-    mg_podstate_mark_current(cur, k);
-    free(cur);
+        npods += r->services[i].npods;
+    mg_podstate_t **pods = calloc(npods + 1, sizeof(*pods));
+    mg_stats_t **series = calloc(r->nservices + r->nroutes + 1, sizeof(*series));
+    if (pods && series) {
+        size_t k = 0;
+        for (size_t i = 0; i < r->nservices; i++)
+            for (size_t j = 0; j < r->services[i].npods; j++)
+                pods[k++] = r->services[i].pods[j].state;
+        mg_podstate_mark_current(pods, k);
+        for (size_t i = 0; i < r->nservices; i++)
+            series[i] = r->services[i].stats;
+        mg_stats_mark_current(MG_STATS_SERVICE, series, r->nservices);
+        for (size_t i = 0; i < r->nroutes; i++)
+            series[i] = r->routes[i].stats;
+        mg_stats_mark_current(MG_STATS_ROUTE, series, r->nroutes);
+    }
+    free(pods);
+    free(series);
 }
 
 /* Makes |r| the snapshot the checks and /metrics follow (the caller installs it). */

@@ -990,3 +990,20 @@ def test_metrics_count_requests_per_route_service_and_pod(procs):
     # the gateway keeps pooled connections to the pods that answered
     assert metric(m, "modelgate_pod_connections", pod=a.addr) >= 1
     assert "# TYPE modelgate_pod_request_duration_seconds histogram" in m
+    # a reload that drops service v1 and the digits route: their series leave the page, as
+    # the pods' do; one back keeps its counts
+    gw.write_routes(doc({"v2": svc(b)}, [route(app="other", service="v2")]))
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in gw.log(), 5, what="the reload")
+    m = metrics(aport)
+    assert metric(m, "modelgate_service_requests_total", service="v1") is None, m
+    assert metric(m, "modelgate_route_requests_total", app="digits") is None, m
+    assert metric(m, "modelgate_service_requests_total", service="v2", code="2xx") == twoxx[1]
+    assert metric(m, "modelgate_pod_requests_total", pod=a.addr) is None
+    gw.write_routes(doc({"v1": svc(a)}, [route(service="v1")]))
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: gw.log().count("reloaded") == 2, 5, what="the second reload")
+    m = metrics(aport)
+    assert metric(m, "modelgate_route_requests_total", app="digits", code="2xx") == 100
+    assert metric(m, "modelgate_service_requests_total", service="v1", code="2xx") == twoxx[0]
+    assert metric(m, "modelgate_service_requests_total", service="v2") is None
