@@ -1016,6 +1016,26 @@ def test_http1_trailer_fields_are_counted_apart_up_to_max_headers(victim):
     assert_serving(gw, keeper)
 
 
+def test_h2_host_fields_count_toward_max_headers(victim):
+    """Over HTTP/2 too, a host field counts toward limits.max_headers (100) in the head, and an
+    expect trailer, which the gateway drops, in the trailers (nghttp2 itself refuses host and
+    content-length trailers): host + 100 fields is a 431, and 101 expect trailers reset the
+    stream. Before, both passed."""
+    gw, a, keeper = victim
+    for others, status in ((99, 200), (100, 431)):
+        with gw.h2(validate=False) as c:
+            r = c.get("/h", headers=[("host", gw.authority())] +
+                      [("x-h-%d" % i, "v") for i in range(others)])
+        assert r.status == status, (others, r)
+    for n, reset in ((100, False), (101, True)):
+        with gw.h2(validate=False) as c:
+            r = c.request("POST", "/trl", body=b"abc", trailers=[("expect", "x")] * n)
+        assert (r.reset_code is not None) == reset, (n, r)
+        if not reset:
+            assert r.status == 200 and r.json()["trailers"] == {}, r
+    assert_serving(gw, keeper)
+
+
 def test_http1_line_ends_split_across_reads(victim):
     """Whether a line ends with CRLF or LF alone is told across reads too: a CR at the end of
     one read and its LF at the start of the next is a line end, an LF alone there is not."""
