@@ -163,7 +163,6 @@ struct conn {
     bool h1_read_off;
     bool h1_err_too_large;
     bool h1_err_in_target;   /* ... while reading the request target: 414, not 431 */
-    bool h1_err_trailers;    /* ... more trailer fields than max_headers */
     int h1_refused;          /* a request we refuse at its head: the status (see h1_refuse) */
     const char *h1_refused_code, *h1_refused_msg;
     char *h1_scratch; /* field and value being accumulated */
@@ -1036,7 +1035,7 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
                    ? 0
                    : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     const char *nm = (const char *)n.base;
-    if (n.len > 0 && nm[0] == ':') {
+    if (pseudo) {
         const char **slot = NULL;
         if (n.len == 7 && memcmp(nm, ":method", 7) == 0) {
             slot = &s->method;
@@ -1107,6 +1106,20 @@ static const char *report_reject(mg_srv_stream_t *s, int status, const char *cod
     return rid;
 }
 
+/* Why the head (|trailers| false) or the trailer section of |s| (NULL: no stream) is too
+ * large: over max_headers fields, else over max_header_list_size bytes (or the stream's
+ * memory). Each section is counted apart. */
+static void too_large_why(char *msg, size_t cap, const mg_srv_t *srv, const mg_srv_stream_t *s,
+                          bool trailers)
+{
+    if (s && s->nfields[trailers] > srv->conf.max_headers)
+        snprintf(msg, cap, "more %s fields than limits.max_headers (%u)",
+                 trailers ? "trailer" : "header", (unsigned)srv->conf.max_headers);
+    else
+        snprintf(msg, cap, "request header fields over limits.max_header_list_size (%u bytes)",
+                 (unsigned)srv->conf.max_header_list_size);
+}
+
 static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
 {
     conn_t *c = s->c;
@@ -1116,15 +1129,8 @@ static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
     if (s->bad_status) {
         if (c->proto == P_H1)
             c->h1_close = true; /* as for the other requests we refuse to read (h1_reject) */
-        const mg_srv_conf_t *conf = &c->srv->conf;
         char msg[160];
-        if (s->nfields[0] > conf->max_headers)
-            snprintf(msg, sizeof(msg), "more header fields than limits.max_headers (%u)",
-                     (unsigned)conf->max_headers);
-        else
-            snprintf(msg, sizeof(msg),
-                     "request header fields over limits.max_header_list_size (%u bytes)",
-                     (unsigned)conf->max_header_list_size);
+        too_large_why(msg, sizeof(msg), c->srv, s, 0);
         const char *rid = report_reject(s, s->bad_status, "headers_too_large", false, msg);
         mg_srv_error(s, s->bad_status, "headers_too_large", msg, rid, NULL, 0);
         return;
@@ -1921,7 +1927,7 @@ static int h1_on_value_complete(llhttp_t *p)
             s->bad_status = 431; /* answered once the head is whole (dispatch_request) */
             return 0;
         }
-        c->h1_err_too_large = c->h1_err_trailers = true;
+        c->h1_err_too_large = true;
         return -1;
     }
     if (c->h1_headers_done) { /* chunked trailer section: over the limits is a 431 (or a
@@ -2115,13 +2121,7 @@ again:
             h1_reject(c, 414, "uri_too_long", msg);
         } else if (c->h1_err_too_large) {
             char msg[160];
-            if (c->h1_err_trailers) /* counted apart from the head's, as a section of its own */
-                snprintf(msg, sizeof(msg), "more trailer fields than limits.max_headers (%u)",
-                         (unsigned)c->srv->conf.max_headers);
-            else
-                snprintf(msg, sizeof(msg),
-                         "request header fields over limits.max_header_list_size (%u bytes)",
-                         (unsigned)c->srv->conf.max_header_list_size);
+            too_large_why(msg, sizeof(msg), c->srv, c->h1s, c->h1_headers_done);
             h1_reject(c, 431, "headers_too_large", msg);
         } else if (c->h1_refused)
             h1_reject(c, c->h1_refused, c->h1_refused_code, c->h1_refused_msg);
