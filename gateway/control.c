@@ -30,12 +30,9 @@
 
 typedef struct dns_entry {
     char *service;
-    char *hostname; /* what its watch resolves, and with which port */
-    uint16_t port;
     struct sockaddr_storage addrs[MG_DISC_MAX_ADDRS];
     size_t n;
-    bool answered; /* its watch (this hostname and port) had its first answer */
-    bool seen;     /* still named by the current document */
+    bool seen; /* still named by the current document */
     struct dns_entry *next;
 } dns_entry_t;
 
@@ -278,13 +275,6 @@ static void drop_warming(mg_control_t *c)
 
 /* ---------- DNS ---------- */
 
-static void free_dns(dns_entry_t *d)
-{
-    free(d->service);
-    free(d->hostname);
-    free(d);
-}
-
 static dns_entry_t *find_dns(mg_control_t *c, const char *service)
 {
     dns_entry_t *d = c->dns;
@@ -321,12 +311,13 @@ static const mg_service_t *find_service(const mg_routes_t *r, const char *name)
     return NULL;
 }
 
-/* Whether |svc| (of the routes in force) takes its pods from |d|'s watch as it is now: not
- * from a name or port a waiting reload has changed since. */
-static bool same_watch(const mg_service_t *svc, const dns_entry_t *d)
+/* Whether |svc| (of the routes in force) takes its pods from its watch as it is now, which
+ * |now| (the same service in the waiting snapshot) set: not from a name or port the waiting
+ * reload changed or dropped. */
+static bool same_watch(const mg_service_t *svc, const mg_service_t *now)
 {
-    return svc && svc->dns_name && d && d->hostname &&
-           strcasecmp(svc->dns_name, d->hostname) == 0 && svc->dns_port == d->port;
+    return svc && now && svc->dns_name && now->dns_name &&
+           strcasecmp(svc->dns_name, now->dns_name) == 0 && svc->dns_port == now->dns_port;
 }
 
 /* The pods of a DNS service of the routes in force while a reload waits: its watch's, unless
@@ -336,8 +327,7 @@ static size_t dns_pods_in_force(void *ud, const char *service, struct sockaddr_s
 {
     mg_control_t *c = ud;
     const mg_service_t *svc = find_service(c->in_force, service);
-    const dns_entry_t *d = find_dns(c, service);
-    if (same_watch(svc, d))
+    if (same_watch(svc, find_service(c->pending, service)))
         return dns_pods(c, service, out, cap);
     size_t n = svc ? svc->npods : 0;
     if (n > cap)
@@ -366,13 +356,13 @@ static void on_dns(void *ud, const char *service, const struct sockaddr_storage 
         n = MG_DISC_MAX_ADDRS;
     memcpy(d->addrs, addrs, n * sizeof(*addrs));
     d->n = n;
-    d->answered = true;
     MG_LOG(MG_LOG_INFO, "control", "service %s: %zu pod(s) from DNS", service, n);
     char *errors = NULL;
     /* While a reload waits, both snapshots follow DNS: the routes in force when they use this
      * watch (their document is kept for that), and the waiting one, whose new pods then wait
      * for their checks too. */
-    if (c->pending && same_watch(find_service(c->in_force, service), d)) {
+    if (c->pending &&
+        same_watch(find_service(c->in_force, service), find_service(c->pending, service))) {
         mg_routes_t *r = mg_routes_build(c->doc_in_force, c->path, dns_pods_in_force, c, &errors);
         if (r) {
             apply(c, r);
@@ -426,17 +416,6 @@ static void apply_dns(mg_control_t *c, const mg_routes_t *r)
         if (d == NULL)
             continue;
         d->seen = true;
-        if (d->hostname == NULL || strcasecmp(d->hostname, svc->dns_name) != 0 ||
-            d->port != svc->dns_port) {
-            /* a new watch: its last set stays until its first answer (mg_disc_watch) */
-            char *copy = strdup(svc->dns_name);
-            if (copy) {
-                free(d->hostname);
-                d->hostname = copy;
-                d->port = svc->dns_port;
-                d->answered = false;
-            }
-        }
         mg_disc_watch(c->disc, svc->name, svc->dns_name, svc->dns_port, svc->dns_interval_ms);
     }
     for (dns_entry_t **dp = &c->dns; *dp;) {
@@ -448,7 +427,8 @@ static void apply_dns(mg_control_t *c, const mg_routes_t *r)
         if (c->disc)
             mg_disc_unwatch(c->disc, d->service);
         *dp = d->next;
-        free_dns(d);
+        free(d->service);
+        free(d);
     }
 }
 
@@ -560,11 +540,11 @@ static size_t unanswered(mg_control_t *c, const mg_routes_t *r, uint32_t *bound_
     *failed = 0;
     for (size_t i = 0; i < r->nservices; i++) {
         const mg_service_t *svc = &r->services[i];
-        const dns_entry_t *d = svc->dns_name ? find_dns(c, svc->name) : NULL;
-        if (d == NULL || d->answered) /* no entry: discovery could not start (logged) */
+        mg_disc_status_t st; /* not watched: discovery could not start (logged) */
+        if (svc->dns_name == NULL || c->disc == NULL || !mg_disc_status(c->disc, svc->name, &st) ||
+            st.answered)
             continue;
-        mg_disc_status_t st;
-        if (c->disc && mg_disc_status(c->disc, svc->name, &st) && st.failures > 0) {
+        if (st.failures > 0) {
             (*failed)++;
             continue;
         }
@@ -771,7 +751,8 @@ void mg_control_free(mg_control_t *c)
     while (c->dns) {
         dns_entry_t *d = c->dns;
         c->dns = d->next;
-        free_dns(d);
+        free(d->service);
+        free(d);
     }
     free_keys(&c->watched);
     free_keys(&c->warming);
