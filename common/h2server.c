@@ -96,6 +96,7 @@ struct mg_srv_stream {
     uint8_t ninterim;   /* interim heads sent (mg_srv_interim), <= MG_SRV_MAX_INTERIM */
     bool reset_by_us;   /* HTTP/2: the handler reset it (mg_srv_reset): not a premature close */
     bool reset_counted; /* HTTP/2: counted by premature_close when its reset was decided */
+    bool trailers_refused; /* HTTP/2: its trailers are over the limits (refuse_request) */
     const char *close_why; /* see mg_srv_close_why */
     uint64_t body_sent;    /* see mg_srv_body_sent */
     nghttp2_nv *resp_trailers;
@@ -1018,15 +1019,18 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *f, nghttp2_rcbu
     s->hdr_bytes += n.len + v.len + 32; /* RFC 9113 6.5.2 size accounting */
     bool trailers = f->headers.cat == NGHTTP2_HCAT_HEADERS;
     bool sensitive = (flags & NGHTTP2_NV_FLAG_NO_INDEX) != 0;
-    /* Trailers over the limits come after the request went on: it cannot be answered 431 any
-     * more, and passing it on cut would be wrong, so the stream is reset (INTERNAL_ERROR, as
-     * nghttpx does) and the handler told with on_close. */
+    /* Over the limits, the rest of the block is not looked at: a head is answered 431 once it
+     * ends (dispatch_request), trailers end their request (refuse_request: a 431 too, unless
+     * its answer started) */
     bool pseudo = n.len > 0 && n.base[0] == ':';
+    if (s->trailers_refused)
+        return 0;
     if (s->hdr_bytes > s->c->srv->conf.max_header_list_size ||
         (!pseudo && ++s->nfields[trailers] > s->c->srv->conf.max_headers)) {
         if (trailers)
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        s->bad_status = 431;
+            s->trailers_refused = true;
+        else
+            s->bad_status = 431;
         return 0;
     }
     if (trailers)
@@ -1116,8 +1120,35 @@ static void too_large_why(char *msg, size_t cap, const mg_srv_t *srv, const mg_s
         snprintf(msg, cap, "more %s fields than limits.max_headers (%u)",
                  trailers ? "trailer" : "header", (unsigned)srv->conf.max_headers);
     else
-        snprintf(msg, cap, "request header fields over limits.max_header_list_size (%u bytes)",
-                 (unsigned)srv->conf.max_header_list_size);
+        snprintf(msg, cap, "request %s fields over limits.max_header_list_size (%u bytes)",
+                 trailers ? "trailer" : "header", (unsigned)srv->conf.max_header_list_size);
+}
+
+/*
+ * The server will read no more of a request it may have handed over already (a malformed
+ * chunked body, trailers over the limits): it ends as one request. A handler that took it
+ * answers it (or resets it, once its answer started) and logs it with its own request id
+ * (on_refused); else it is told with on_close, and the refusal is answered and logged here.
+ * False when its answer had started and the handler was not there to end it: the caller
+ * resets the stream (HTTP/2) or closes the connection (HTTP/1.1). |whole|: as report_reject.
+ */
+static bool refuse_request(mg_srv_stream_t *s, int status, const char *code, const char *msg,
+                           bool whole)
+{
+    s->req_ended = true;
+    if (s->handled && s->h->on_refused) {
+        s->h->on_refused(s, status, code, msg);
+        return true;
+    }
+    if (s->responded)
+        return false;
+    if (s->handled) { /* the handler's request is void: tell it now */
+        s->handled = false;
+        s->h->on_close(s, false);
+    }
+    const char *rid = report_reject(s, status, code, whole, msg);
+    mg_srv_error(s, status, code, msg, rid, NULL, 0);
+    return true;
 }
 
 static void dispatch_request(mg_srv_stream_t *s, bool end_stream)
@@ -1370,10 +1401,16 @@ static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *f, void *ud
     bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
     switch (f->hd.type) {
     case NGHTTP2_HEADERS:
-        if (f->headers.cat == NGHTTP2_HCAT_REQUEST)
+        if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
             dispatch_request(s, end);
-        else if (end)
+        } else if (s->trailers_refused) {
+            char msg[160];
+            too_large_why(msg, sizeof(msg), s->c->srv, s, true);
+            if (!refuse_request(s, 431, "headers_too_large", msg, true))
+                mg_srv_reset(s);
+        } else if (end) {
             stream_request_end(s);
+        }
         break;
     case NGHTTP2_DATA:
         if (end)
@@ -2068,17 +2105,9 @@ static void h1_reject(conn_t *c, int status, const char *code, const char *msg)
         conn_close(c);
         return;
     }
-    if (c->h1s->responded) {
+    /* an answer that started is cut by the close: the handler learns it with on_close */
+    if (c->h1s->responded || !refuse_request(c->h1s, status, code, msg, false))
         conn_close(c);
-        return;
-    }
-    c->h1s->req_ended = true;
-    if (c->h1s->handled) { /* the handler's request is void: tell it now */
-        c->h1s->handled = false;
-        c->h1s->h->on_close(c->h1s, false);
-    }
-    const char *rid = report_reject(c->h1s, status, code, false, msg);
-    mg_srv_error(c->h1s, status, code, msg, rid, NULL, 0);
 }
 
 static void h1_process(conn_t *c)

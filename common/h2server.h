@@ -112,6 +112,13 @@ typedef struct mg_srv_handler {
     /* Optional, with on_reject: writes the request id such an answer quotes into |rid| (|cap|
      * bytes), before it is logged and written. */
     void (*request_id)(void *ud, char *rid, size_t cap);
+    /* Optional: the server refuses the rest of a request it handed over already (its chunked
+     * body is malformed, its trailers are over the limits) and will read no more of it. The
+     * handler ends it as one request, logged once with its own request id: it answers |status|
+     * (mg_srv_error, quoting |message|) when no answer started, else resets the stream (the
+     * server closes an HTTP/1.1 connection then). Without it, the server calls on_close and
+     * answers and logs the refusal itself (with on_reject). */
+    void (*on_refused)(mg_srv_stream_t *s, int status, const char *code, const char *message);
 } mg_srv_handler_t;
 
 typedef struct mg_srv_conf {

@@ -1382,6 +1382,15 @@ static void on_close(mg_srv_stream_t *s, bool complete)
         exch_free(e);
 }
 
+/* The rest of the request was refused (a malformed chunked body, trailers over the limits): it
+ * ends here as one request, answered with its own request id and logged once. */
+static void on_refused(mg_srv_stream_t *s, int status, const char *code, const char *message)
+{
+    exch_t *e = mg_srv_data(s);
+    if (e != NULL)
+        fail(e, status, code, "%s", message);
+}
+
 static void reject_request_id(void *ud, char *rid, size_t cap)
 {
     make_request_id(ud, rid, cap, mg_mono_us());
@@ -1422,6 +1431,7 @@ static const mg_srv_handler_t handler = {
     .on_end = on_end,
     .on_drain = on_drain,
     .on_close = on_close,
+    .on_refused = on_refused,
 };
 
 const mg_srv_handler_t *mg_proxy_handler(void)

@@ -950,9 +950,11 @@ def test_http1_obs_fold_in_chunked_trailers_400(victim, cut):
     folded = head + b"0\r\nX-T: a\r\n b\r\n\r\n"
     at = len(folded) if cut is None else folded.index(b"X-T: ") + 5 + len(cut)
     with H1Conn(gw.port) as c:
+        client = addr(c.sock)
         r = send_in_two(c, folded, at)
         err = error_json(400, "bad_request", r.status, r.headers, r.body)
         assert "obsolete line folding" in err["message"], err
+    refused_once(gw, client, dict(err, status=400))
     with H1Conn(gw.port) as c:
         c.send(head + b"0\r\nX-T: a b\r\n\r\n")
         r = c.read_response()
@@ -982,6 +984,46 @@ def test_http1_trailer_section_is_scanned_as_a_head(victim, trailers, problem, c
     assert_serving(gw, keeper)
 
 
+def addr(sock):
+    return "%s:%d" % sock.getsockname()[:2]
+
+
+def refused_once(gw, client, err):
+    """Asserts that a request the gateway refused after it went on to its pod, the one request
+    of the client connection from |client| (addr), is one access-log line: the
+    answer's status and code, the request id the answer |err| quotes, and its route. Before,
+    the refusal wrote a second line with another id and no route, and the first said status 0,
+    client_aborted."""
+    mine = lambda: [r for r in gw.access() if r["client"] == client]  # noqa: E731
+    wait_for(lambda: mine(), 5, what="the access-log line of %s" % client)
+    time.sleep(0.3)  # a second line would come in the same batch
+    lines = mine()
+    assert len(lines) == 1, lines
+    rec = lines[0]
+    assert (rec["status"], rec["error"], rec["request_id"]) == \
+        (err["status"], err["code"], err["request_id"]), (rec, err)
+    assert rec["app"] == "digits" and rec["service"] and rec["pod"], rec
+
+
+def test_http1_malformed_chunked_body_is_one_request(victim):
+    """A chunked body that turns malformed after its request went on to the pod (a chunk size
+    that is not hex) is answered 400 naming the problem, and logged once, with the id the
+    answer quotes."""
+    gw, a, keeper = victim
+    with H1Conn(gw.port) as c:
+        client = addr(c.sock)
+        c.send(b"POST /trl HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"3\r\nabc\r\n" % gw.authority().encode())
+        time.sleep(0.3)  # the head and first chunk reach the pod
+        c.send(b"zz\r\n")
+        r = c.read_response()
+        err = error_json(400, "bad_request", r.status, r.headers, r.body)
+        assert err["message"] == "malformed HTTP/1.1 request: Invalid character in chunk size", err
+        assert c.closed_by_peer(5)
+    refused_once(gw, client, dict(err, status=400))
+    assert_serving(gw, keeper)
+
+
 def test_http1_trailer_fields_are_counted_apart_up_to_max_headers(victim):
     """The trailer section is a field section of its own: up to limits.max_headers (100) trailer
     fields pass whatever the head holds, and one more is a 431 that names max_headers. Before,
@@ -997,11 +1039,13 @@ def test_http1_trailer_fields_are_counted_apart_up_to_max_headers(victim):
         r = c.read_response()
     assert r.status == 200 and len(r.json()["trailers"]) == 100, r
     with H1Conn(gw.port) as c:
+        client = addr(c.sock)
         c.send(head + fields + b"X-T-100: v\r\n\r\n")
         r = c.read_response()
         err = error_json(431, "headers_too_large", r.status, r.headers, r.body)
         assert err["message"] == "more trailer fields than limits.max_headers (100)", err
         assert c.closed_by_peer(5)
+    refused_once(gw, client, dict(err, status=431))
     with H1Conn(gw.port) as c:
         c.send(head + b"Host: x\r\n" * 101 + b"\r\n")
         r = c.read_response()
@@ -1019,20 +1063,25 @@ def test_http1_trailer_fields_are_counted_apart_up_to_max_headers(victim):
 def test_h2_host_fields_count_toward_max_headers(victim):
     """Over HTTP/2 too, a host field counts toward limits.max_headers (100) in the head, and an
     expect trailer, which the gateway drops, in the trailers (nghttp2 itself refuses host and
-    content-length trailers): host + 100 fields is a 431, and 101 expect trailers reset the
-    stream. Before, both passed."""
+    content-length trailers): host + 100 fields is a 431, and so are 101 expect trailers
+    (answered, not reset: the stream's answer had not started), logged once. Before, both
+    passed; then the trailers reset the stream."""
     gw, a, keeper = victim
     for others, status in ((99, 200), (100, 431)):
         with gw.h2(validate=False) as c:
             r = c.get("/h", headers=[("host", gw.authority())] +
                       [("x-h-%d" % i, "v") for i in range(others)])
         assert r.status == status, (others, r)
-    for n, reset in ((100, False), (101, True)):
-        with gw.h2(validate=False) as c:
-            r = c.request("POST", "/trl", body=b"abc", trailers=[("expect", "x")] * n)
-        assert (r.reset_code is not None) == reset, (n, r)
-        if not reset:
-            assert r.status == 200 and r.json()["trailers"] == {}, r
+    with gw.h2(validate=False) as c:
+        r = c.request("POST", "/trl", body=b"abc", trailers=[("expect", "x")] * 100)
+    assert r.status == 200 and r.json()["trailers"] == {}, r
+    with gw.h2(validate=False) as c:
+        client = addr(c.sock)
+        r = c.request("POST", "/trl", body=b"abc", trailers=[("expect", "x")] * 101)
+    assert r.reset_code is None, r
+    err = error_json(431, "headers_too_large", r.status, r.headers, r.body)
+    assert err["message"] == "more trailer fields than limits.max_headers (100)", err
+    refused_once(gw, client, dict(err, status=431))
     assert_serving(gw, keeper)
 
 

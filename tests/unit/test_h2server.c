@@ -1734,7 +1734,7 @@ static void h2_trailers_both_ways(void **state)
 
 /* Request trailers over max_header_list_size arrive after the request went on: the stream is
  * reset (INTERNAL_ERROR) and the handler gets on_close, not an on_end with the trailers cut. */
-static void h2_trailers_over_the_limit_reset_the_stream(void **state)
+static void h2_trailers_over_the_limit_are_431(void **state)
 {
     fixture_t *f = *state;
     f->answer = A_AFTER;
@@ -1743,12 +1743,17 @@ static void h2_trailers_over_the_limit_reset_the_stream(void **state)
     client_t *c = h2_connect(f);
     h2_request(c, "POST", "/t", "hello", 5, true);
     assert_true(run_until(f, c, h2_stream_closed, NULL));
+    /* no answer had started: the handler's request is called off (on_close, not complete) and
+     * the refusal answered and logged by the server, as for a head over the limits */
     assert_int_equal(f->nrequests, 1);
     assert_int_equal(f->nends, 0);
     assert_int_equal(f->ncloses, 1);
     assert_int_equal(f->ncomplete, 0);
-    assert_int_equal(c->h2->status, 0);
-    assert_int_equal(c->h2->close_error, NGHTTP2_INTERNAL_ERROR);
+    assert_int_equal(f->nrejects, 1);
+    assert_int_equal(f->reject_status, 431);
+    assert_int_equal(c->h2->status, 431);
+    assert_non_null(strstr(c->h2->body, "request trailer fields over limits.max_header_list_size"));
+    assert_int_equal(c->h2->close_error, 0);
     h2_free(c);
 }
 
@@ -2181,8 +2186,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(h2_trailers_both_ways, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_targets_a_pod_cannot_take_are_400, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_malformed_requests_reach_on_reject, setup, teardown),
-        cmocka_unit_test_setup_teardown(h2_trailers_over_the_limit_reset_the_stream, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(h2_trailers_over_the_limit_are_431, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_shutdown_sends_goaway, setup, teardown),
         cmocka_unit_test_setup_teardown(h2_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(h1_partial_head_times_out, setup, teardown),

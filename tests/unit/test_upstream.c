@@ -67,8 +67,11 @@ static void pod_on_close(mg_srv_stream_t *s, bool complete)
 {
     (void)s, (void)complete;
 }
-static const mg_srv_handler_t pod_handler = {pod_on_request, pod_on_body, pod_on_end, pod_on_drain,
-                                             pod_on_close,   NULL,        NULL};
+static const mg_srv_handler_t pod_handler = {.on_request = pod_on_request,
+                                             .on_body = pod_on_body,
+                                             .on_end = pod_on_end,
+                                             .on_drain = pod_on_drain,
+                                             .on_close = pod_on_close};
 
 /* ---------- one exchange's outcome ---------- */
 
