@@ -991,7 +991,20 @@ static int expect_is_100(bool *expect_100, const char *v, size_t len)
 static int on_begin_headers(nghttp2_session *sess, const nghttp2_frame *f, void *ud)
 {
     conn_t *c = ud;
-    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+    if (f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    if (f->headers.cat == NGHTTP2_HCAT_HEADERS) {
+        /* trailers hold the connection as a head does until their block ends: they too must
+         * come whole within client_idle */
+        mg_srv_stream_t *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
+        if (s != NULL) {
+            c->hdr_stream = s;
+            c->head_open = true;
+            c->head_armed = false;
+        }
+        return 0;
+    }
+    if (f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     if (c->recv_stop) /* cut (premature_close): above the GOAWAY's last_stream_id */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -3017,8 +3030,11 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
         h1_reject(c, 408, "client_timeout", msg);
     } else if (c->proto == P_H2 && c->head_open) {
         /* a header block begun and not ended holds the connection (no other frame may come
-         * until it ends): logged as a 408, then closed with GOAWAY, as nghttpx's read timeout */
-        if (c->hdr_stream)
+         * until it ends): logged as a 408, then closed with GOAWAY, as nghttpx's read timeout.
+         * Trailers end a request the handler has: it logs it as it closes, with the reason. */
+        if (c->hdr_stream && c->hdr_stream->handled)
+            c->hdr_stream->close_why = "client_timeout";
+        else if (c->hdr_stream)
             report_reject(c->hdr_stream, 408, "client_timeout", false, NULL);
         c->head_open = false;
         nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,

@@ -1692,14 +1692,16 @@ def test_http11_body_stalled_in_idle_gets_408_and_a_close(procs):
 
 
 @pytest.mark.parametrize("cut", ["no_end_headers", "payload_cut", "beside_a_slow_request",
-                                 "trickled"])
+                                 "trickled", "trailers"])
 def test_h2_head_not_finished_in_client_idle_is_closed(procs, cut):
     """An HTTP/2 header block begun and never ended (a HEADERS frame without END_HEADERS and no
     CONTINUATION, or a HEADERS frame whose payload stops half way) held its connection for
     ever: the first stream stopped the idle timer, and nothing else may come on the connection
     until the block ends. 600 such connections used up the open files. Now the head must come
     whole within client_idle, as over HTTP/1.1: GOAWAY, closed, and logged as a 408
-    client_timeout. A slow request in flight on the same connection does not keep it open."""
+    client_timeout. A slow request in flight on the same connection does not keep it open.
+    A trailer block that does not end is one access-log line too: the request, gone on to the
+    pod, is logged by the proxy with client_timeout (it was logged twice, once as a 408)."""
     a = procs.backend("pod-a")
     gw = two_pod_stack(procs, [a], conf={"timeouts_ms": {"client_idle": 500}})
     enc = Encoder()
@@ -1711,8 +1713,13 @@ def test_h2_head_not_finished_in_client_idle_is_closed(procs, cut):
         out = PREFACE + frame(4, 0, 0, b"")
         if cut == "beside_a_slow_request":
             out += frame(1, 5, 1, head("/slow?ms=4000"))  # END_STREAM | END_HEADERS
-        block = head("/partial")
-        if cut in ("payload_cut", "trickled"):
+        block = head("/partial") if cut != "trailers" else None  # (encoding changes enc)
+        if cut == "trailers":  # the head and a chunk of body go on; the trailers never end
+            out += frame(1, 4, 1, enc.encode([(":method", "POST"), (":scheme", "http"),
+                                              (":authority", gw.authority()),
+                                              (":path", "/partial")]))
+            out += frame(0, 0, 1, b"abc") + frame(1, 1, 1, enc.encode([("x-t", "v")]))
+        elif cut in ("payload_cut", "trickled"):
             whole = frame(1, 5, 3, block)
             out += whole[:9 + (1 if cut == "trickled" else len(block) // 2)]
         else:
@@ -1731,11 +1738,18 @@ def test_h2_head_not_finished_in_client_idle_is_closed(procs, cut):
     assert closed, "connection still open 5 s after a head that did not end"
     assert 0.4 <= took < 3.0, took
     assert [f for f in frames if f[0] == 7], "closed without GOAWAY"
-    if cut not in ("payload_cut", "trickled"):  # cut before its stream began, maybe
+    if cut == "trailers":
+        gw.wait_access(1)
+        time.sleep(0.3)  # a second line would come in the same batch
+        recs = [r for r in gw.access() if r["path"] == "/partial"]
+        assert len(recs) == 1 and recs[0]["error"] == "client_timeout", recs
+        assert recs[0]["app"] == "digits" and recs[0]["pod"], recs
+    elif cut not in ("payload_cut", "trickled"):  # cut before its stream began, maybe
         recs = [r for r in gw.wait_access(2 if cut == "beside_a_slow_request" else 1)
                 if r["status"] == 408]
         assert len(recs) == 1 and recs[0]["error"] == "client_timeout", recs
-    assert not [r for r in a.requests() if r[2] == "/partial"]
+    if cut != "trailers":
+        assert not [r for r in a.requests() if r[2] == "/partial"]
     assert_serving(gw)
 
 
