@@ -95,6 +95,7 @@ struct fetch {
     const char *broken_group; /* whose key: a group's name, NULL for the marker */
     bool group_key_seen;  /* Redis holds a key of one of the user's groups (empty or not) */
     bool text_oom;        /* a fragment could not be written: the lookup ends "unavailable" */
+    size_t raw;           /* bytes of the groups' strings in Redis (reply_bytes) */
     int marker;           /* -1 absent, 0 user without features, 1 features in the groups */
     char *text;           /* the groups' fragments (malloc), then the assembled snapshot text */
     size_t tlen, tcap;
@@ -392,6 +393,27 @@ static void to_db(fetch_t *fx, int64_t now)
     }
 }
 
+/*
+ * Features that far over max_header_bytes cannot be sent: past this many bytes of strings in
+ * Redis, a user's groups are not parsed nor made canonical, which on the worker's loop took
+ * about a second for a value of 16 MB that a pipeline wrote, and stalled every request of the
+ * worker. Hash and list values only grow as text (quoted, escaped); a JSON value may lose its
+ * blanks and escapes, so up to 8 times the cap is still read.
+ */
+#define RAW_MAX(f) (8 * (f)->conf->max_header_bytes)
+
+/* Bytes of the strings in reply |r| (a string, or an array of them). */
+static size_t reply_bytes(const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_STRING)
+        return r->len;
+    size_t n = 0;
+    if (r->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i < r->elements; i++)
+            n += r->element[i]->type == REDIS_REPLY_STRING ? r->element[i]->len : 0;
+    return n;
+}
+
 static mg_fval_t *snapshot(fetch_t *fx);
 
 /* True when a group of the pipeline's replies has a value (a fragment of the snapshot). */
@@ -428,6 +450,17 @@ static void redis_done(fetch_t *fx)
                    fx->broken_group ? fx->broken_group : "marker",
                    fx->broken_group ? " group's" : "", fx->app->name, fx->redis_broken, skipped);
         to_db(fx, now);
+    } else if (fx->marker == 1 && fx->raw > RAW_MAX(f)) {
+        /* far too large to be sent: not even parsed (mg_fval_oversize) */
+        MG_FM_INC(f->m->redis_hit);
+        mg_fval_t *val = mg_fval_oversize(fx->raw);
+        if (val == NULL) {
+            fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
+            return;
+        }
+        lru_store(f, fx, val, now);
+        fetch_finish(fx, MG_FS_HIT, val, now);
+        mg_fval_unref(val);
     } else if (fx->marker == 1 && (fx->text_oom || has_group(fx))) {
         MG_FM_INC(f->m->redis_hit);
         mg_fval_t *val = snapshot(fx);
@@ -786,7 +819,9 @@ static void on_redis_reply(redisAsyncContext *ac, void *reply, void *priv)
         else
             fx->redis_broken = "is neither \"1\" nor \"0\"";
     } else if (!fx->redis_failed) {
-        add_group(fx, (size_t)rc->idx - 1, r);
+        fx->raw += reply_bytes(r);
+        if (fx->raw <= RAW_MAX(fx->f))
+            add_group(fx, (size_t)rc->idx - 1, r);
     }
     if (--fx->redis_pending == 0) {
         rq_unlink(fx);

@@ -33,6 +33,16 @@ mg_fval_t *mg_fval_new(const char *text, size_t len)
     return v;
 }
 
+mg_fval_t *mg_fval_oversize(size_t len)
+{
+    mg_fval_t *v = mg_fval_new("", 0);
+    if (v != NULL) {
+        v->len = len;
+        v->hash64 = 0;
+    }
+    return v;
+}
+
 char *mg_fval_canonical(const json_t *v, size_t *text_len)
 {
     char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII | JSON_SORT_KEYS);

@@ -963,6 +963,32 @@ def test_too_large_is_not_sent(procs):
     r = s.admin("PUT", "/v1/features/digits/big2", json.dumps({"recent": ["y" * 200]}))
     assert r.status_code == 400 and "max_header_bytes" in r.json()["error"]["message"]
 
+
+@pytest.mark.parametrize("group", ["vec", "profile"])
+def test_huge_value_a_pipeline_wrote_is_too_large_unread(procs, group):
+    """Features of megabytes a pipeline wrote straight into Redis (a JSON value, a hash of
+    100,000 fields) were parsed and made canonical on the worker's loop before the size check:
+    about a second per request of that user (the worker's other requests waited too). Past 8 x
+    max_header_bytes of strings the user is too_large unread, within its budget, and stays so
+    from the worker's cache."""
+    s = Stack(procs, timeout_ms=300, workers=1)
+    base = "mgf:v1:digits:huge"
+    if group == "vec":
+        s.r.set(base + ":vec", json.dumps(list(range(1000000))), ex=60)  # 6.9 MB
+    else:
+        s.r.hset(base + ":profile", mapping={"f%d" % i: "v%d" % i for i in range(100000)})
+        s.r.expire(base + ":profile", 60)
+    s.r.set(base, "1", ex=60)
+    s.put_redis("small", profile={"a": "1"})
+    assert s.get("small")["x-modelgate-features"] == "hit"  # connected, warm
+    for _ in range(2):  # Redis, then the worker's cache
+        t0 = time.monotonic()
+        h = s.get("huge")
+        took = time.monotonic() - t0
+        assert h["x-modelgate-features"] == "too_large" and "x-user-features" not in h, h
+        assert took < 0.3 + 0.25, took  # the budget and a margin; 0.9-1.6 s before
+    assert "exceed features.max_header_bytes (8192)" in s.gw.proc.stderr()
+
 def test_features_reach_h2_pods_indexed_once_they_repeat(procs, raw_pods):
     """x-user-features reaches an HTTP/2 pod never indexed the first time a value goes out
     (a one-off user's value would only push the fields that repeat out of the pod's HPACK
