@@ -16,6 +16,7 @@ const int64_t mg_stats_lat_bounds_us[MG_STATS_LAT_BUCKETS] = {
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned g_workers = 1;
 static mg_stats_t *g_head[MG_STATS_NKINDS], *g_tail[MG_STATS_NKINDS];
+static size_t g_count;                     /* series in the lists */
 static void *g_by_labels[MG_STATS_NKINDS]; /* the same series in tsearch trees by labels: a
                                             * routing document of thousands of pods looks up
                                             * each one's when it is built */
@@ -48,7 +49,9 @@ mg_stats_t *mg_stats_get(mg_stats_kind_t kind, const char *labels)
     const mg_stats_t key = {.labels = (char *)labels};
     mg_stats_t *const *found = tfind(&key, &g_by_labels[kind], by_labels);
     mg_stats_t *s = found ? *found : NULL;
-    if (s == NULL && (s = calloc(1, sizeof(*s))) != NULL) {
+    if (s != NULL) {
+        s->_refs++;
+    } else if ((s = calloc(1, sizeof(*s))) != NULL) {
         s->kind = kind;
         s->labels = strdup(labels);
         s->w = aligned_alloc(64, sizeof(mg_stat_block_t) * g_workers);
@@ -60,15 +63,55 @@ mg_stats_t *mg_stats_get(mg_stats_kind_t kind, const char *labels)
             s = NULL;
         } else {
             memset(s->w, 0, sizeof(mg_stat_block_t) * g_workers); /* all-zero atomics are 0 */
+            s->_refs = 1;
+            s->_prev = g_tail[kind];
             if (g_tail[kind])
                 g_tail[kind]->next = s;
             else
                 g_head[kind] = s;
             g_tail[kind] = s;
+            g_count++;
         }
     }
     pthread_mutex_unlock(&g_lock);
     return s;
+}
+
+static void series_free(mg_stats_t *s)
+{
+    free(s->labels);
+    free(s->w);
+    free(s);
+}
+
+void mg_stats_release(mg_stats_t *s)
+{
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&g_lock);
+    if (--s->_refs == 0) {
+        mg_stats_kind_t k = s->kind;
+        tdelete(s, &g_by_labels[k], by_labels);
+        if (s->_prev)
+            s->_prev->next = s->next;
+        else
+            g_head[k] = s->next;
+        if (s->next)
+            s->next->_prev = s->_prev;
+        else
+            g_tail[k] = s->_prev;
+        g_count--;
+        series_free(s);
+    }
+    pthread_mutex_unlock(&g_lock);
+}
+
+size_t mg_stats_count(void)
+{
+    pthread_mutex_lock(&g_lock);
+    size_t n = g_count;
+    pthread_mutex_unlock(&g_lock);
+    return n;
 }
 
 void mg_stats_each(mg_stats_kind_t kind, void (*fn)(void *ud, const mg_stats_t *s), void *ud)
@@ -162,12 +205,11 @@ void mg_stats_free_all(void)
         mg_stats_t *s = g_head[k];
         while (s) {
             mg_stats_t *next = s->next;
-            free(s->labels);
-            free(s->w);
-            free(s);
+            series_free(s);
             s = next;
         }
         g_head[k] = g_tail[k] = NULL;
     }
+    g_count = 0;
     pthread_mutex_unlock(&g_lock);
 }

@@ -2,8 +2,12 @@
  * common/stats.h - request counters per route, service and pod, one block per worker thread.
  *
  * A series (mg_stats_t) is named by its kind and labels ("route", "app=\"digits\",env=\"prod\"")
- * and lives for the whole process: routing snapshots come and go (reloads, DNS changes) but a
- * series found again by the same name keeps counting, as Prometheus counters must. Each worker
+ * and is reference-counted: each mg_stats_get takes a reference, mg_stats_release drops one and
+ * the last frees the series. Routing snapshots come and go (reloads, DNS changes) but a series
+ * found again by the same name while it lives keeps counting, as Prometheus counters must; one
+ * found again after its last release starts from zero (a counter reset, which Prometheus's
+ * rate() handles). Route and service series are never released; a pod's is released with its
+ * state (routing/podstate.h), so pods that come and go do not grow the registry. Each worker
  * writes only its own block (index = worker id), so the hot path takes no lock and shares no
  * cache line; the admin thread sums the blocks on scrape. Counters are relaxed atomics: a worker
  * is the only writer of its block, the scraper only reads.
@@ -44,16 +48,24 @@ typedef struct mg_stats {
     atomic_bool retired; /* no longer in the routing (a pod gone from DNS): left out of scrapes */
     char *labels;       /* Prometheus label list without braces, e.g. service="a",pod="b" */
     mg_stat_block_t *w; /* mg_stats_workers() blocks */
-    struct mg_stats *next;
+    size_t _refs;       /* mg_stats_get calls not released yet; under the registry's lock */
+    struct mg_stats *next, *_prev;
 } mg_stats_t;
 
 /* Sets the number of worker blocks per series; call once at start, before any mg_stats_get.
  * Default 1. */
 void mg_stats_init(unsigned workers);
 unsigned mg_stats_workers(void);
-/* The series of |kind| with |labels| (copied), created zeroed the first time. NULL when out of
- * memory. Thread-safe (a mutex: call it when building snapshots, not per request). */
+/* The series of |kind| with |labels| (copied), created zeroed the first time, with one more
+ * reference. NULL when out of memory. Thread-safe (a mutex: call it when building snapshots, not
+ * per request). */
 mg_stats_t *mg_stats_get(mg_stats_kind_t kind, const char *labels);
+/* Drops the reference of one mg_stats_get on |s| (NULL: nothing); the last removes the series
+ * from the registry (scrapes no longer list it) and frees it, so nobody may record into it
+ * after that. Thread-safe (the registry's mutex). */
+void mg_stats_release(mg_stats_t *s);
+/* Series alive (not yet released as often as got), of every kind. */
+size_t mg_stats_count(void);
 /* Calls |fn| for every series of |kind| that is not retired, in creation order, under the
  * registry's lock. */
 void mg_stats_each(mg_stats_kind_t kind, void (*fn)(void *ud, const mg_stats_t *s), void *ud);
