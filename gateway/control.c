@@ -97,6 +97,8 @@ static void on_health(void *ud, const char *key, mg_hc_state_t state, const char
                service, slash + 1, mg_hc_state_name(state), reason ? reason : "");
         return;
     }
+    /* a checked pod is in the routes in force, which hold its state: this finds it (and had it
+     * gone, the new state would go with the reference dropped here) */
     mg_podstate_t *ps = mg_podstate_get(service, slash + 1);
     if (ps == NULL)
         return;
@@ -104,6 +106,7 @@ static void on_health(void *ud, const char *key, mg_hc_state_t state, const char
                         : state == MG_HC_UNHEALTHY ? MG_POD_HEALTH_UNHEALTHY
                                                    : MG_POD_HEALTH_UNKNOWN;
     mg_podstate_set_health(ps, h);
+    mg_podstate_unref(ps);
     MG_LOG(h == MG_POD_HEALTH_HEALTHY ? MG_LOG_INFO : MG_LOG_WARN, "health",
            "service %s pod %s is %s (%s)", service, slash + 1, mg_hc_state_name(state),
            reason ? reason : "");

@@ -127,7 +127,7 @@ struct pool {
     size_t nconns, nidle;
     mg_log_limit_t log_limit; /* connect errors repeat per request */
     mg_log_limit_t head_log_limit; /* so do oversized or misframed response heads */
-    mg_podstate_t *state;     /* the pod's shared state: its connection gauge; may be NULL */
+    mg_podstate_t *state; /* the pod's shared state (a reference): its gauges; may be NULL */
     mg_up_stream_t *qhead, *qtail; /* requests waiting for a connection, oldest first */
     size_t nqueued;
     struct event *kick; /* serves the queue at the next loop turn (on_kick) */
@@ -1194,7 +1194,9 @@ static pool_t *pool_get(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_prot
     }
     p->u = u;
     p->proto = proto;
-    p->state = pod->state; /* states live as long as the process: the pointer stays valid */
+    p->state = pod->state; /* ours until the pool goes: the caller's snapshot holds it now */
+    if (p->state)
+        mg_podstate_ref(p->state);
     p->addr = pod->addr;
     p->addrlen = pod->addrlen;
     p->next = u->buckets[b];
@@ -1689,6 +1691,7 @@ void mg_upstreams_free(mg_upstreams_t *u)
                 c->dead = true;
                 conn_free(c);
             }
+            mg_podstate_unref(p->state);
             free(p->key);
             free(p);
             p = next;

@@ -70,11 +70,13 @@ void mg_routes_set_workers(unsigned workers)
 static void service_clear(mg_service_t *s)
 {
     free(s->name);
+    mg_balance_free(s->lb); /* before the states: it points to their |inflight| */
     if (s->pods != NULL)
-        for (size_t i = 0; i < s->npods; i++)
+        for (size_t i = 0; i < s->npods; i++) {
             free(s->pods[i].name);
+            mg_podstate_unref(s->pods[i].state); /* the last frees a pod gone for good */
+        }
     free(s->pods);
-    mg_balance_free(s->lb);
     free(s->hash_header);
     free(s->health.path);
     free(s->model_version);
@@ -1216,7 +1218,8 @@ static bool finish_service(mg_service_t *svc, mg_routes_dns_fn fn, void *ud)
     for (size_t i = 0; i < svc->npods; i++) {
         mg_pod_t *pod = &svc->pods[i];
         /* its health follows the document once installed (gateway/control.c): a document
-         * refused later in its build must leave the serving pods as they are */
+         * refused later in its build must leave the serving pods as they are. The snapshot
+         * holds a reference until it is freed (service_clear). */
         if ((pod->state = mg_podstate_get(svc->name, pod->name)) == NULL)
             return false;
         weights[i] = pod->weight;
