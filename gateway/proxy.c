@@ -1491,6 +1491,7 @@ void mg_proxy_set_routes(mg_proxy_t *p, mg_routes_t *routes)
     if (p->routes)
         mg_routes_unref(p->routes);
     p->routes = routes;
+    mg_upstreams_routes_changed(p->ups); /* the pools of pods it retired go */
 }
 
 void mg_proxy_set_features(mg_proxy_t *p, mg_features_t *f)

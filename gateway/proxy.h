@@ -10,7 +10,8 @@
  *
  * Routing snapshots: the proxy holds one reference on its current snapshot and each request
  * holds one on the snapshot it was routed with, so mg_proxy_set_routes (SIGHUP) never
- * disturbs a request in flight.
+ * disturbs a request in flight. It also has the upstream pools of pods the new snapshot no
+ * longer names freed once they are idle (mg_upstreams_routes_changed).
  */
 #ifndef MG_GATEWAY_PROXY_H
 #define MG_GATEWAY_PROXY_H

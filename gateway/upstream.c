@@ -24,6 +24,14 @@
  * worker with no usable connection to the pod may open one over the cap (as Envoy does), else
  * its queue could wait for ever on connections other workers hold. A queued stream is on no
  * connection (|c| NULL); mg_up_cancel unlinks and frees it, so it is never sent.
+ *
+ * Pool lifetime: a pool holds a reference to its pod's state (routing/podstate.h) for its
+ * gauges. A pool whose pod the routing retired (gone from DNS or from the document) is freed
+ * by the worker's reaper (on_reap), a slow timer armed when the routes change or a pool is
+ * made: it closes the pool's connections that carry no stream, and frees the pool once it has
+ * no connection and no queued request, which drops its reference. Nothing else points to a
+ * pool (a connection or a queued stream would), so pool_get never finds a freed one; a request
+ * still routed to the pod by an old snapshot just makes a new pool, reaped in turn.
  */
 #include "gateway/upstream.h"
 
@@ -58,6 +66,8 @@
 /* released streams kept for the next requests, as many as a busy worker has in flight, until
  * it idles (mg_upstreams_trim); none under ASan, so that it sees a use of a released stream */
 #define STREAM_CACHE 1024
+/* how often the reaper looks for pools of retired pods while there may be some */
+#define REAP_MS 1000
 
 typedef struct pool pool_t;
 typedef struct up_conn up_conn_t;
@@ -119,6 +129,7 @@ struct up_conn {
 struct pool {
     mg_upstreams_t *u;
     pool_t *next;
+    uint32_t bucket; /* its index in u->buckets */
     char *key;
     struct sockaddr_storage addr;
     socklen_t addrlen;
@@ -137,6 +148,8 @@ struct mg_upstreams {
     struct event_base *base;
     mg_up_conf_t conf;
     pool_t *buckets[NBUCKETS];
+    size_t npools;
+    struct event *reap; /* frees the pools of retired pods (on_reap) */
     mg_up_stream_t *free_streams;
     size_t nfree, nconns;
     nghttp2_session_callbacks *cbs;
@@ -1177,6 +1190,13 @@ static uint32_t hash_key(const char *s, mg_upstream_proto_t proto)
 
 static void on_kick(evutil_socket_t fd, short what, void *arg);
 
+static void reap_later(mg_upstreams_t *u)
+{
+    static const struct timeval tv = {REAP_MS / 1000, (REAP_MS % 1000) * 1000};
+    if (u->reap && !evtimer_pending(u->reap, NULL))
+        evtimer_add(u->reap, &tv);
+}
+
 static pool_t *pool_get(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_proto_t proto)
 {
     uint32_t b = hash_key(pod->name, proto) % NBUCKETS;
@@ -1193,15 +1213,67 @@ static pool_t *pool_get(mg_upstreams_t *u, const mg_pod_t *pod, mg_upstream_prot
         return NULL;
     }
     p->u = u;
+    p->bucket = b;
     p->proto = proto;
-    p->state = pod->state; /* ours until the pool goes: the caller's snapshot holds it now */
-    if (p->state)
+    p->state = pod->state; /* ours until pool_free: the caller's snapshot holds it now */
+    if (p->state) {
         mg_podstate_ref(p->state);
+        reap_later(u); /* its pod may be retired already (a request of an old snapshot) */
+    }
     p->addr = pod->addr;
     p->addrlen = pod->addrlen;
     p->next = u->buckets[b];
     u->buckets[b] = p;
+    u->npools++;
     return p;
+}
+
+/* Unlinks |p| (no connection, nothing queued) and frees it with its reference to the state. */
+static void pool_free(pool_t *p)
+{
+    mg_upstreams_t *u = p->u;
+    pool_t **pp = &u->buckets[p->bucket];
+    while (*pp != p)
+        pp = &(*pp)->next;
+    *pp = p->next;
+    u->npools--;
+    if (p->kick)
+        event_free(p->kick);
+    mg_podstate_unref(p->state);
+    free(p->key);
+    free(p);
+}
+
+/* Frees the pools of pods the routing retired, after closing their connections that carry no
+ * stream (the idle timer would keep them for idle_conn_ms; only a retry routed by an old
+ * snapshot could still want them). Runs again while such a pool still has streams or queued
+ * requests. */
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    mg_upstreams_t *u = arg;
+    (void)fd, (void)what;
+    bool again = false;
+    for (int b = 0; b < NBUCKETS; b++)
+        for (pool_t *p = u->buckets[b], *next; p; p = next) {
+            next = p->next;
+            if (p->state == NULL || !mg_podstate_is_retired(p->state))
+                continue;
+            if (p->qhead) { /* its connections are the queue's: kept, and fail it when closed */
+                again = true;
+                continue;
+            }
+            for (up_conn_t *c = p->conns, *cn; c; c = cn) {
+                cn = c->next;
+                if (!c->dead && c->busy == 0 && c->nstreams == 0)
+                    conn_close(c, MG_UP_RESET); /* frees it: nothing uses it */
+            }
+            if (p->conns == NULL)
+                pool_free(p);
+            else
+                again = true;
+        }
+    if (again)
+        reap_later(u);
 }
 
 /* Adds one to the shared gauge |g| and returns true, unless it is at |max| (0 = no limit). */
@@ -1616,6 +1688,16 @@ size_t mg_upstreams_nconns(const mg_upstreams_t *u)
     return u->nconns;
 }
 
+size_t mg_upstreams_npools(const mg_upstreams_t *u)
+{
+    return u->npools;
+}
+
+void mg_upstreams_routes_changed(mg_upstreams_t *u)
+{
+    reap_later(u);
+}
+
 mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *conf)
 {
     mg_upstreams_t *u = calloc(1, sizeof(*u));
@@ -1633,8 +1715,9 @@ mg_upstreams_t *mg_upstreams_new(struct event_base *base, const mg_up_conf_t *co
     u->small = mg_smalloc_new();
     u->mem = (nghttp2_mem){u->small, mem_get, mem_put, mem_zget, mem_reget};
     u->outq = mg_outq_new(base);
-    if (u->small == NULL || u->outq == NULL || nghttp2_session_callbacks_new(&u->cbs) != 0 ||
-        nghttp2_option_new(&u->opt) != 0) {
+    u->reap = evtimer_new(base, on_reap, u);
+    if (u->small == NULL || u->outq == NULL || u->reap == NULL ||
+        nghttp2_session_callbacks_new(&u->cbs) != 0 || nghttp2_option_new(&u->opt) != 0) {
         mg_upstreams_free(u);
         return NULL;
     }
@@ -1697,6 +1780,8 @@ void mg_upstreams_free(mg_upstreams_t *u)
             p = next;
         }
     }
+    if (u->reap)
+        event_free(u->reap);
     mg_upstreams_trim(u);
     if (u->cbs)
         nghttp2_session_callbacks_del(u->cbs);

@@ -135,5 +135,12 @@ void mg_upstreams_trim(mg_upstreams_t *u);
 
 /* Number of open upstream connections (for tests and metrics). */
 size_t mg_upstreams_nconns(const mg_upstreams_t *u);
+/* Number of pools (one per pod address and protocol this worker sent to, until reaped). */
+size_t mg_upstreams_npools(const mg_upstreams_t *u);
+/* The routing changed (call it after installing a snapshot on this worker): within about a
+ * second, and then until they are gone, the pools of pods it retired (routing/podstate.h) lose
+ * their connections that carry no stream, and are freed once they have none and no request
+ * waits in them, which drops their reference to the pod's state. */
+void mg_upstreams_routes_changed(mg_upstreams_t *u);
 
 #endif /* MG_GATEWAY_UPSTREAM_H */

@@ -261,11 +261,107 @@ static void interims_pass_through(void **state)
     pod_interims = false;
 }
 
+/* ---------- pools of retired pods ---------- */
+
+static int podstate_setup(void **state)
+{
+    setup(state);
+    fixture_t *f = *state;
+    f->target.state = mg_podstate_get("svc", f->target.name); /* the "snapshot's" reference */
+    assert_non_null(f->target.state);
+    mg_podstate_mark_current(&f->target.state, 1);
+    return 0;
+}
+
+static int podstate_teardown(void **state)
+{
+    teardown(state); /* the pools' references go with the upstreams */
+    mg_podstate_free_all();
+    mg_stats_free_all();
+    return 0;
+}
+
+static void run_for_ms(fixture_t *f, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_base_loopexit(f->base, &tv);
+    event_base_dispatch(f->base);
+}
+
+/* A pool holds a reference to its pod's state. Once the routing retires the pod, the reaper
+ * closes the pool's idle connection and frees the pool (not while a request waits in it), so the
+ * state goes with the snapshot's last reference; a later request to the pod makes a new pool.
+ * Before, pools and states stayed until the process ended. */
+static void pools_of_retired_pods_are_freed(void **state)
+{
+    fixture_t *f = *state;
+    mg_podstate_t *ps = f->target.state;
+    result_t r;
+    assert_non_null(get(f, &r));
+    assert_int_equal(r.status, 200);
+    assert_int_equal(mg_upstreams_npools(f->ups), 1);
+    assert_int_equal(mg_upstreams_nconns(f->ups), 1);
+    assert_int_equal(atomic_load(&ps->_refs), 2); /* the snapshot's and the pool's */
+    /* in the routing: the reaper leaves the pool and its idle connection alone */
+    mg_upstreams_routes_changed(f->ups);
+    run_for_ms(f, REAP_MS + 200);
+    assert_int_equal(mg_upstreams_npools(f->ups), 1);
+    assert_int_equal(mg_upstreams_nconns(f->ups), 1);
+
+    /* retired, with a request waiting in the pool (h2c: for the new connection's SETTINGS) */
+    mg_podstate_mark_current(NULL, 0);
+    pool_t *p = pool_get(f->ups, &f->target, MG_UP_H2C);
+    p->conns->goaway = true; /* the next request needs a new connection */
+    mg_up_req_t req = {.method = "GET",
+                       .scheme = "http",
+                       .authority = "pod",
+                       .path = "/",
+                       .content_length = -1,
+                       .has_body = false,
+                       .body = f->body};
+    result_t r2 = {0};
+    mg_err_t err;
+    assert_non_null(mg_up_start(f->ups, &f->target, MG_UP_H2C, &req, &cbs, &r2, &err));
+    assert_non_null(p->qhead);
+    on_reap(-1, 0, f->ups);
+    assert_int_equal(mg_upstreams_npools(f->ups), 1); /* kept for the waiting request */
+    assert_non_null(p->qhead);
+    for (int i = 0; i < 5000 && !r2.done; i++)
+        run_for_ms(f, 1);
+    assert_int_equal(r2.status, 200);
+    assert_false(r2.failed);
+
+    /* done: the next round closes both connections and frees the pool */
+    mg_upstreams_routes_changed(f->ups);
+    for (int i = 0; i < 30 && mg_upstreams_npools(f->ups) > 0; i++)
+        run_for_ms(f, 100);
+    assert_int_equal(mg_upstreams_npools(f->ups), 0);
+    assert_int_equal(mg_upstreams_nconns(f->ups), 0);
+    assert_int_equal(atomic_load(&ps->conns), 0);
+    assert_int_equal(atomic_load(&ps->_refs), 1); /* the snapshot's only */
+    assert_int_equal(mg_podstate_count(), 1);
+
+    /* a request an old snapshot still routes there makes a new pool, freed in turn */
+    assert_non_null(get(f, &r));
+    assert_int_equal(r.status, 200);
+    assert_int_equal(mg_upstreams_npools(f->ups), 1);
+    assert_int_equal(atomic_load(&ps->_refs), 2);
+    for (int i = 0; i < 30 && mg_upstreams_npools(f->ups) > 0; i++)
+        run_for_ms(f, 100); /* armed by the new pool itself */
+    assert_int_equal(mg_upstreams_npools(f->ups), 0);
+    mg_podstate_unref(ps); /* the snapshot goes: so does the state, and its series */
+    f->target.state = NULL;
+    assert_int_equal(mg_podstate_count(), 0);
+    assert_int_equal(mg_stats_count(), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(stream_ids_used_up_open_a_new_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(interims_pass_through, setup, teardown),
+        cmocka_unit_test_setup_teardown(pools_of_retired_pods_are_freed, podstate_setup,
+                                        podstate_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
