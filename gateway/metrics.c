@@ -206,6 +206,12 @@ int mg_metrics_page(void *ud, const char *query, struct evbuffer *out, const cha
                             gauges[i][0]);
         mg_podstate_each(pod_gauge, &g);
     }
+    evbuffer_add_printf(out,
+                        "# HELP modelgate_pod_states Pod states in memory: the pods of the "
+                        "routing, and those gone from it that an old routing snapshot or an "
+                        "upstream connection still uses.\n# TYPE modelgate_pod_states gauge\n"
+                        "modelgate_pod_states %zu\n",
+                        mg_podstate_count());
     unsigned nworkers = src && src->worker ? src->workers : 0;
     mg_metrics_worker_t ws;
     evbuffer_add_printf(out, "# HELP modelgate_worker_connections Open client connections per "

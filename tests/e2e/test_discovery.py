@@ -225,3 +225,63 @@ def test_more_pods_than_a_udp_answer_holds(procs):
     want = {"%s:%d" % (ip, port) for ip in ips}
     wait_for(lambda: pods_in_metrics(aport, "modelgate_pod_healthy") == want, 5,
              what="the 60 pods DNS names")
+
+
+def pod_states(admin_port):
+    text = httpx.get("http://127.0.0.1:%d/metrics" % admin_port, timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("modelgate_pod_states "):
+            return int(line.split()[1])
+    raise AssertionError("no modelgate_pod_states on /metrics")
+
+
+def test_pods_gone_from_dns_or_the_document_leave_memory(procs):
+    """A DNS service whose one pod takes a new address 40 times in turn (a rollout each), with
+    requests to each address (each worker makes an upstream pool): once the pods are gone from
+    DNS, their states, series and pools are freed, and modelgate_pod_states comes back to the
+    pods of the routing. The same for pods a reload takes out of the document. Before, every
+    address ever routed to kept its state (2.8 KiB with 8 workers) until the process ended."""
+    port = free_port()
+    # one backend for every address: 127.0.4.x reach a socket bound to every address
+    procs.backend("pods", host="0.0.0.0", port=port)
+    ips = ["127.0.4.%d" % i for i in range(1, 41)]
+    dns = Dnsmasq(procs, {NAME: ips[:1]})
+    aport = free_port()
+    routes = dns_routes(port, 100)
+    gw = procs.gateway(routes, conf={"dns_nameserver": dns.addr, "workers": 2,
+                                     "admin": {"listen": "127.0.0.1:%d" % aport}}, tls=False)
+    url = "http://127.0.0.1:%d/" % gw.port
+    t0 = time.monotonic()
+    for ip in ips:
+        dns.set_hosts({NAME: [ip]})
+        pod = "%s:%d" % (ip, port)
+        wait_for(lambda: pods_in_metrics(aport, "modelgate_pod_healthy") == {pod}, 5,
+                 what="%s from DNS" % pod)
+        for _ in range(4):  # new connections: both workers get some
+            r = httpx.get(url, headers={"host": HOST}, timeout=10)
+            assert r.status_code == 200, r.text
+    print("40 addresses in %.1f s" % (time.monotonic() - t0))
+    # the old snapshots are gone, the reaper closes the idle connections to old pods and frees
+    # their pools (about a second), and with them the last references
+    wait_for(lambda: pod_states(aport) == 1, 10, interval=0.2, what="one pod state left")
+    assert pods_in_metrics(aport) <= {"%s:%d" % (ips[-1], port)}
+    assert pods_in_metrics(aport, "modelgate_pod_healthy") == {"%s:%d" % (ips[-1], port)}
+    r = httpx.get(url, headers={"host": HOST}, timeout=10)
+    assert r.status_code == 200
+
+    # a static service a reload adds, then takes out
+    routes["services"]["t"] = {"protocol": "http1", "pods": ["127.0.4.200:%d" % port]}
+    routes["routes"].append({"app": "other", "env": "production", "service": "t"})
+    gw.write_routes(routes)
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: pod_states(aport) == 2, 5, interval=0.1, what="the added pod's state")
+    other = HOST.replace("digits", "other", 1)
+    for _ in range(4):
+        assert httpx.get(url, headers={"host": other}, timeout=10).status_code == 200
+    del routes["services"]["t"]
+    routes["routes"].pop()
+    gw.write_routes(routes)
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: pod_states(aport) == 1, 10, interval=0.2, what="the removed pod's state gone")
+    assert pods_in_metrics(aport, "modelgate_pod_healthy") == {"%s:%d" % (ips[-1], port)}
+    gw.assert_alive()
