@@ -55,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -115,6 +116,7 @@ struct mg_reqlog {
     /* file thread only */
     qbuf_t fbatch;
     bool reopen_pending; /* a reopen failed; retried every WAKE_MS */
+    bool torn; /* the file ends with a piece of a line that could not be cut off (write_batch) */
     struct timespec last_reopen;
 
     /* writer thread only */
@@ -411,6 +413,21 @@ static size_t count_lines(const char *p, size_t n)
     return c;
 }
 
+/* A write that failed part way through a line (a full disk, the file size limit) left its
+ * first |part| bytes at the end of the file: they are cut off a regular file, else the next
+ * write ends them with a newline first (log->torn), so the line after is whole JSON and not
+ * glued to them. */
+static void cut_torn(mg_reqlog_t *log, size_t part)
+{
+    struct stat st;
+    if (part == 0)
+        return;
+    if (fstat(log->fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size >= part &&
+        ftruncate(log->fd, st.st_size - (off_t)part) == 0)
+        return;
+    log->torn = true;
+}
+
 /* Writes the whole batch, across short writes, EINTR and a non-blocking stdout. On a hard error
  * the rest of the batch is counted as lost: retrying forever would stall the queue behind a full
  * disk and turn one problem into unbounded memory. report() tells the operator. */
@@ -418,8 +435,17 @@ static void write_batch(mg_reqlog_t *log, qbuf_t *b)
 {
     const char *p = b->data;
     size_t left = b->len;
+    if (log->torn && left > 0) { /* the newline goes first, as the first byte of the batch */
+        static const char nl = '\n';
+        p = &nl, left = 1;
+    }
     while (left > 0) {
         ssize_t n = write(log->fd, p, left);
+        if (n > 0 && log->torn) { /* the torn line is ended: now the batch */
+            log->torn = false;
+            p = b->data, left = b->len;
+            continue;
+        }
         if (n > 0) {
             p += n, left -= (size_t)n;
             continue;
@@ -432,7 +458,15 @@ static void write_batch(mg_reqlog_t *log, qbuf_t *b)
             continue;
         }
         atomic_store(&log->lost_errno, n < 0 ? errno : EIO);
+        if (log->torn) { /* not even its newline went: the whole batch is lost */
+            atomic_fetch_add(&log->lost, count_lines(b->data, b->len));
+            break;
+        }
         atomic_fetch_add(&log->lost, count_lines(p, left));
+        const char *line = p; /* where the line that was cut starts */
+        while (line > b->data && line[-1] != '\n')
+            line--;
+        cut_torn(log, (size_t)(p - line));
         break;
     }
     b->len = 0;
@@ -455,6 +489,7 @@ static void do_reopen(mg_reqlog_t *log)
     if (log->reopen_pending)
         MG_LOG(MG_LOG_INFO, "reqlog", "reopened %s", log->path);
     log->reopen_pending = false;
+    log->torn = false; /* the piece stays in the old file */
     close(log->fd);
     log->fd = fd;
 }

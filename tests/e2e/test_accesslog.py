@@ -12,7 +12,7 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import (DOMAIN, GATEWAY_BIN, HOST, H1Conn, free_port, h1, read_jsonl,
+from conftest import (DOMAIN, GATEWAY_BIN, HOST, PYTHON, H1Conn, free_port, h1, read_jsonl,
                       routes_doc, wait_for)
 
 KEYS = {"time", "id", "request_id", "client", "proto", "method", "host", "path", "app", "env", "service",
@@ -357,3 +357,45 @@ def test_sigterm_with_a_blocked_access_log(procs):
     assert rc == 0 and took < 4.0, "exit code %s after %.1f s" % (rc, took)
     assert "takes no more lines" in gw.log()
     print("SIGTERM with the access log blocked: exit 0 after %.1f s" % took)
+
+
+def test_access_log_at_its_size_limit_keeps_whole_lines(procs, tmp_path):
+    """A write that fails part way through a line (a full disk; here the file size limit of
+    `ulimit -f`) left the piece at the end of the file, and the next record that went in was
+    glued to it: two lines that were not JSON. The piece is cut off: every line of the file is
+    a whole record, and the ones that did not go in are counted in
+    modelgate_access_log_lost_total (the log's threads block SIGXFSZ: the limit is a write
+    error like the others)."""
+    wrapper = tmp_path / "limited.py"  # the gateway with a 32 KiB file size limit
+    wrapper.write_text("import os, resource, signal, sys\n"
+                       "resource.setrlimit(resource.RLIMIT_FSIZE, (32768, 32768))\n"
+                       "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"  # as from a shell
+                       "os.execv(%r, [%r] + sys.argv[1:])\n" % (GATEWAY_BIN, GATEWAY_BIN))
+    launcher = tmp_path / "limited"
+    launcher.write_text("#!/bin/sh\nexec %s %s \"$@\"\n" % (PYTHON, wrapper))
+    launcher.chmod(0o755)
+    admin = free_port()
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf={"admin": {"listen": "127.0.0.1:%d" % admin}}, tls=False,
+                       binary=str(launcher))
+    n = 300
+    with httpx.Client(base_url="http://127.0.0.1:%d" % gw.port,
+                      headers={"host": gw.authority()}, timeout=10) as c:
+        for i in range(n):
+            assert c.get("/limited/%d" % i).status_code == 200
+
+    def lost():
+        m = re.search(r"^modelgate_access_log_lost_total (\d+)$",
+                      httpx.get("http://127.0.0.1:%d/metrics" % admin).text, re.M)
+        return int(m.group(1))
+    wait_for(lambda: lost() > 0 and len(open(gw.access_log, "rb").read().split(b"\n")) - 1 +
+             lost() == n, 10, what="every record written or counted lost")
+    raw = open(gw.access_log, "rb").read()
+    assert 0 < len(raw) <= 32768 and raw.endswith(b"\n"), raw[-200:]
+    lines = raw.split(b"\n")[:-1]
+    for ln in lines:
+        json.loads(ln)  # a whole record each, nothing glued
+    assert [json.loads(ln)["path"] for ln in lines] == ["/limited/%d" % i
+                                                        for i in range(len(lines))]
+    gw.assert_alive()
