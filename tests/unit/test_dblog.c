@@ -426,6 +426,31 @@ static void commits_make_no_new_file(void **state)
     mg_spool_close(s);
 }
 
+/* While the reader keeps up, the segment in hand is replaced by an empty one once it passes
+ * 1 MiB: the spool holds about that much on disk, not up to seg_max (16 MiB with the default
+ * cap), which filled a small disk with records the database already had. */
+static void caught_up_spool_stays_small(void **state)
+{
+    (void)state;
+    static char buf[256 * 100];
+    uint64_t lost = 0;
+    mg_spool_t *s = open_spool(1024ull << 20);
+    mg_spool_pos_t pos = mg_spool_committed(s);
+    for (int i = 0; i < 160; i++) { /* 4 MB in all */
+        make_lines(buf, i * 256, 256, 100);
+        assert_int_equal(mg_spool_append(s, buf, sizeof(buf), &lost), MG_OK);
+        assert_true(mg_spool_bytes(s) <= (1u << 20) + sizeof(buf));
+        assert_int_equal(read_all(s, &pos, i * 256, 500, true), 256);
+    }
+    assert_int_equal(lost, 0);
+    assert_int_equal(count_segments(), 1);
+    mg_spool_close(s);
+    s = open_spool(1024ull << 20);
+    pos = mg_spool_committed(s);
+    assert_int_equal(read_all(s, &pos, 0, 1000, false), 0);
+    mg_spool_close(s);
+}
+
 /* A committed file that names a segment past every one there (damaged by hand) replays the
  * whole spool, with a warning; before, every segment was deleted unread. */
 static void committed_past_the_segments_replays_all(void **state)
@@ -561,6 +586,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(full_disk_reuses_the_committed_last_segment, make_dir,
                                         remove_dir),
         cmocka_unit_test_setup_teardown(commits_make_no_new_file, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(caught_up_spool_stays_small, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(full_disk_after_a_roll_frees_the_sealed_segment, make_dir,
                                         remove_dir),
         cmocka_unit_test_setup_teardown(committed_past_the_segments_replays_all, make_dir,
