@@ -73,6 +73,12 @@ typedef struct areq {
     size_t batch_bytes;               /* features text in |batch| */
     size_t batch_first, batch_last;   /* lines of the first and last row of |batch| */
     size_t flight_first, flight_last; /* the same for the batch being stored */
+    /* the range error the last batch added (add_range_error), which the next failed batch
+     * extends when MariaDB said the same; NULL once a batch is stored */
+    json_t *open_range;
+    size_t open_rows;
+    bool open_unknown;
+    char open_err[256];
     bool skipping;                    /* dropping the rest of a line longer than MAX_LINE */
 } areq_t;
 
@@ -440,25 +446,34 @@ static void bulk_pump(areq_t *r)
 
 /* Names the lines of the batch in flight that MariaDB did not store, so the client can send
  * them again (rows that were rejected in that range are rejected again, harmlessly). The
- * entry goes in line order among the rejected lines already listed. */
+ * entry goes in line order among the rejected lines already listed. Consecutive batches that
+ * failed alike make one range, and ranges are always listed, past the first MAX_ERRORS
+ * entries too: a client that sends again what the answer names must get every row back (an
+ * outage of a minute fails a hundred batches). */
 static void add_range_error(areq_t *r, size_t rows, bool unknown, const char *dberr)
 {
     char why[400];
-    snprintf(why, sizeof(why), "%zu rows in these lines %s: %s", rows,
+    bool extend = r->open_range && r->open_unknown == unknown && strcmp(r->open_err, dberr) == 0;
+    r->open_rows = extend ? r->open_rows + rows : rows;
+    snprintf(why, sizeof(why), "%zu rows in these lines %s: %s", r->open_rows,
              unknown ? "may or may not be stored" : "not stored", dberr);
+    if (extend) {
+        json_object_set_new(r->open_range, "last_line", json_integer((json_int_t)r->flight_last));
+        json_object_set_new(r->open_range, "error", json_string(why));
+        return;
+    }
     json_t *e = json_pack("{s:I,s:I,s:s}", "line", (json_int_t)r->flight_first, "last_line",
                           (json_int_t)r->flight_last, "error", why);
+    r->open_range = e;
+    r->open_unknown = unknown;
+    snprintf(r->open_err, sizeof(r->open_err), "%s", dberr);
+    if (e == NULL)
+        return;
     size_t i = json_array_size(r->errors);
     while (i > 0 && json_integer_value(json_object_get(json_array_get(r->errors, i - 1), "line")) >
                         (json_int_t)r->flight_first)
         i--;
-    if (e == NULL || i >= MAX_ERRORS) {
-        json_decref(e);
-        return;
-    }
-    json_array_insert_new(r->errors, i, e);
-    if (json_array_size(r->errors) > MAX_ERRORS)
-        json_array_remove(r->errors, MAX_ERRORS);
+    json_array_insert_new(r->errors, i, e); /* the array holds it while the request lives */
 }
 
 static void on_done_batch(mg_fwrite_t *w)
@@ -467,6 +482,7 @@ static void on_done_batch(mg_fwrite_t *w)
     pin(r);
     r->busy = false;
     if (w->err == MG_OK) {
+        r->open_range = NULL; /* stored: a later failure starts a range of its own */
         r->accepted += w->n;
         if (w->redis == MG_FW_REDIS_FAILED) {
             r->redis_failed += w->n;
