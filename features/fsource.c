@@ -123,6 +123,11 @@ struct mg_fsource {
     ljob_t *lq_head, *lq_tail;         /* queued lookups */
     ljob_t *linger_head, *linger_tail; /* done lookups, oldest first */
     mg_fwrite_t *wq_head, *wq_tail;
+    /* users whose Redis copies are older than MariaDB, whose keys are dropped once Redis
+     * answers again (stale_add): jobs of their own, taken when due at |stale_at_ms| */
+    mg_fwrite_t *stale_head, *stale_tail;
+    size_t nstale;       /* users in them */
+    int64_t stale_at_ms; /* monotonic ms of the next attempt */
     size_t queued;
     mg_fsink_t *sinks;
     bool stopping, stopped;
@@ -1079,6 +1084,81 @@ static void forget_lookups(mg_fsource_t *s, const mg_fwrite_t *w)
     pthread_mutex_unlock(&s->lock);
 }
 
+/*
+ * Stale Redis copies. A write that MariaDB stored (or may have) but whose Redis refresh failed
+ * (Redis away or stalled) leaves Redis with the users' previous features, served until
+ * redis.ttl_s (an hour by default). Their keys are dropped instead as soon as Redis answers
+ * again, so the next lookups read MariaDB: a retry every STALE_RETRY_MS by an idle database
+ * thread. At most STALE_MAX users wait; past that, the loss of freshness is said.
+ */
+#define STALE_MAX 100000
+#define STALE_RETRY_MS 1000
+
+static void stale_add(dbthread_t *t, const mg_fwrite_t *w)
+{
+    mg_fsource_t *s = t->s;
+    mg_fwrite_t *st = mg_fwrite_new(w->app, MG_FW_DELETE, w->n);
+    for (size_t i = 0; st && i < w->n; i++)
+        if ((st->users[st->n] = strdup(w->users[i])) != NULL)
+            st->n++;
+    pthread_mutex_lock(&s->lock);
+    bool kept = st && st->n == w->n && s->nstale + st->n <= STALE_MAX;
+    if (kept) {
+        st->_next = NULL;
+        if (s->stale_tail)
+            s->stale_tail->_next = st;
+        else
+            s->stale_head = st;
+        s->stale_tail = st;
+        if (s->nstale == 0)
+            s->stale_at_ms = now_ms() + STALE_RETRY_MS;
+        s->nstale += st->n;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (kept)
+        return;
+    mg_fwrite_free(st);
+    unsigned long skipped;
+    if (mg_log_limit_pass(&t->loglimit, &skipped))
+        MG_LOG(MG_LOG_ERROR, "features",
+               "Redis copies of %zu user(s) of app %s are older than MariaDB and cannot wait "
+               "to be dropped (%d users wait already, or out of memory): Redis may serve them "
+               "until redis.ttl_s (%lu similar suppressed)",
+               w->n, w->app->name, STALE_MAX, skipped);
+}
+
+/* Under s->lock, with a stale job due: drops its users' Redis copies (and the workers'), or
+ * puts it back for the next attempt. */
+static void stale_retry(dbthread_t *t)
+{
+    mg_fsource_t *s = t->s;
+    mg_fwrite_t *st = s->stale_head;
+    s->stale_head = st->_next;
+    if (s->stale_head == NULL)
+        s->stale_tail = NULL;
+    pthread_mutex_unlock(&s->lock);
+    char why[512];
+    bool ok = redis_write(t, st->app, st->users, NULL, st->n, true, false, why, sizeof(why));
+    if (ok) {
+        forget_lookups(s, st);
+        evict_everywhere(t, st);
+        MG_LOG(MG_LOG_INFO, "features",
+               "Redis answers again: dropped its outdated copies of %zu user(s) of app %s", st->n,
+               st->app->name);
+    }
+    pthread_mutex_lock(&s->lock);
+    if (ok) {
+        s->nstale -= st->n;
+        mg_fwrite_free(st);
+        return;
+    }
+    st->_next = s->stale_head; /* first again, in order */
+    s->stale_head = st;
+    if (s->stale_tail == NULL)
+        s->stale_tail = st;
+    s->stale_at_ms = now_ms() + STALE_RETRY_MS;
+}
+
 /* Deletes |w|'s users from Redis (every group key and the marker, so that the next lookup
  * reads MariaDB) and from the workers' caches: after a write whose outcome is unknown. */
 static void drop_copies(dbthread_t *t, const mg_fwrite_t *w)
@@ -1087,11 +1167,13 @@ static void drop_copies(dbthread_t *t, const mg_fwrite_t *w)
     forget_lookups(s, w);
     char why[512];
     if (s->conf->redis.on &&
-        !redis_write(t, w->app, w->users, NULL, w->n, true, false, why, sizeof(why)))
+        !redis_write(t, w->app, w->users, NULL, w->n, true, false, why, sizeof(why))) {
         MG_LOG(MG_LOG_WARN, "features",
                "a write of %zu user(s) of app %s has an unknown outcome and their Redis copies "
-               "could not be dropped (%s): Redis may serve them until redis.ttl_s",
+               "could not be dropped (%s): they are dropped once Redis answers again",
                w->n, w->app->name, why);
+        stale_add(t, w);
+    }
     evict_everywhere(t, w);
 }
 
@@ -1184,6 +1266,8 @@ static void run_write(dbthread_t *t, mg_fwrite_t *w)
         w->redis = MG_FW_REDIS_REFRESHED;
     else
         w->redis = MG_FW_REDIS_FAILED;
+    if (w->redis == MG_FW_REDIS_FAILED)
+        stale_add(t, w);
     /* last: a worker's lookup that starts once its copy is gone reads Redis as written */
     evict_everywhere(t, w);
 }
@@ -1213,11 +1297,23 @@ static void *db_main(void *arg)
     mysql_thread_init();
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->stopping && s->lq_head == NULL && s->wq_head == NULL)
-            pthread_cond_wait(&s->cond, &s->lock);
+        while (!s->stopping && s->lq_head == NULL && s->wq_head == NULL) {
+            int64_t left = s->stale_head ? s->stale_at_ms - now_ms() : 0;
+            if (s->stale_head == NULL) {
+                pthread_cond_wait(&s->cond, &s->lock);
+            } else if (left <= 0) {
+                break;
+            } else {
+                struct timespec until = mg_thread_deadline(CLOCK_MONOTONIC, (unsigned)left);
+                pthread_cond_timedwait(&s->cond, &s->lock, &until);
+            }
+        }
         if (s->stopping)
             break;
-        if (s->lq_head) {
+        if (s->stale_head && s->stale_at_ms <= now_ms()) { /* due: before jobs, which may
+                                                            * never stop coming */
+            stale_retry(t);
+        } else if (s->lq_head) {
             ljob_t *j = s->lq_head;
             s->lq_head = j->qnext;
             if (s->lq_head == NULL)
@@ -1311,7 +1407,7 @@ mg_fsource_t *mg_fsource_new(const mg_fconf_t *conf, unsigned nworkers, char *er
     s->conf = conf;
     s->nworkers = nworkers;
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->cond, NULL);
+    mg_thread_cond_init(&s->cond); /* the stale retries wait with a monotonic deadline */
     pthread_cond_init(&s->lookup_done, NULL);
     mg_thread_cond_init(&s->evicted); /* waited for with a monotonic deadline */
     s->wm = calloc(nworkers ? nworkers : 1, sizeof(*s->wm));
@@ -1378,6 +1474,16 @@ void mg_fsource_free(mg_fsource_t *s)
             s->map[b] = j->hnext;
             job_free(j);
         }
+    if (s->nstale)
+        MG_LOG(MG_LOG_WARN, "features",
+               "Redis copies of %zu user(s) are older than MariaDB and were not dropped before "
+               "the exit: Redis may serve them until redis.ttl_s",
+               s->nstale);
+    while (s->stale_head) {
+        mg_fwrite_t *st = s->stale_head;
+        s->stale_head = st->_next;
+        mg_fwrite_free(st);
+    }
     if (s->started)
         mysql_library_end();
     free(s->threads);
