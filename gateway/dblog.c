@@ -95,6 +95,7 @@ struct mg_dblog {
     MYSQL_STMT *stmt; /* the prepared insert_sql, while connected */
     char *rbuf;
     size_t read_size; /* bytes asked of the spool per batch: READ_MIN..RBUF_CAP */
+    size_t read_max;  /* and at most this: half the server's max_allowed_packet (packet_limit) */
     char *q; /* a maintenance statement being built */
     size_t qlen, qcap;
     char *insert_sql; /* "INSERT INTO `t` (cols) VALUES (?,...) ON DUPLICATE KEY UPDATE id = id" */
@@ -108,6 +109,7 @@ struct mg_dblog {
     struct timespec last_report;
     time_t next_maint;
     time_t last_down_log;
+    time_t last_up_log; /* of the "connected; replaying" line */
     bool was_down;     /* a connection failed since the last success */
     bool maint_warned; /* "table not partitioned" said once */
     mg_log_cause_t refused_row; /* "MariaDB refused a record": one line per cause a minute */
@@ -532,6 +534,26 @@ static bool bulk_supported(mg_dblog_t *d)
     return false;
 }
 
+/* A batch's INSERT must fit the server's max_allowed_packet: past it MariaDB refuses it (error
+ * 1153, or it just closes the connection) and the same batch came back for ever. A row takes
+ * fewer bytes in the INSERT than its line in the spool, so reads stop at half of it (at least
+ * 16 KiB: a line is at most 8 KiB). */
+static bool packet_limit(mg_dblog_t *d)
+{
+    if (mysql_query(d->m, "SELECT @@max_allowed_packet") != 0) {
+        MG_LOG(MG_LOG_WARN, "dblog", "MariaDB %s:%u: SELECT @@max_allowed_packet: %s (error %u)",
+               d->c.host, d->c.port, mysql_error(d->m), mysql_errno(d->m));
+        return false;
+    }
+    MYSQL_RES *r = mysql_store_result(d->m);
+    MYSQL_ROW row = r ? mysql_fetch_row(r) : NULL;
+    unsigned long long half = row && row[0] ? strtoull(row[0], NULL, 10) / 2 : RBUF_CAP;
+    if (r)
+        mysql_free_result(r);
+    d->read_max = half < 16 * 1024 ? 16 * 1024 : half > RBUF_CAP ? RBUF_CAP : (size_t)half;
+    return true;
+}
+
 static bool prepare_insert(mg_dblog_t *d)
 {
     if ((d->stmt = mysql_stmt_init(d->m)) != NULL &&
@@ -572,16 +594,21 @@ static bool db_connect(mg_dblog_t *d)
              "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
              "time_zone = '+00:00'",
              false) ||
-        !bulk_supported(d) || !ensure_schema(d) || !check_table(d) || !prepare_insert(d)) {
+        !bulk_supported(d) || !packet_limit(d) || !ensure_schema(d) || !check_table(d) ||
+        !prepare_insert(d)) {
         d->was_down = true;
         d->last_down_log = time(NULL);
         disconnect(d);
         return false;
     }
-    if (d->was_down)
+    /* once a minute at most: a server that refuses every batch is reconnected to each time */
+    time_t now = time(NULL);
+    if (d->was_down && now - d->last_up_log >= DOWN_LOG_INTERVAL_S) {
         MG_LOG(MG_LOG_INFO, "dblog",
                "connected to MariaDB %s:%u; replaying %" PRIu64 " spooled bytes", d->c.host,
                d->c.port, mg_spool_pending(d->spool));
+        d->last_up_log = now;
+    }
     d->was_down = false;
     atomic_store(&d->connected, true);
     d->next_maint = 0;
@@ -721,8 +748,9 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
     bool rebound = false;
     *nlines = 0;
 again:; /* the batch is read again (parsing decoded its strings in place) and bound again */
-    mg_err_t rc = mg_spool_read(d->spool, pos, d->rbuf, d->read_size, d->c.batch_rows, &len, &n,
-                                &next, cut);
+    mg_err_t rc = mg_spool_read(d->spool, pos, d->rbuf,
+                                d->read_size < d->read_max ? d->read_size : d->read_max,
+                                d->c.batch_rows, &len, &n, &next, cut);
     if (rc != MG_OK)
         return rc;
     size_bulk_read(d, len, n);
@@ -793,15 +821,20 @@ static void report(mg_dblog_t *d, bool force)
     if (lost != d->lost_reported && atomic_load(&d->lost_to_disk))
         MG_LOG(MG_LOG_ERROR, "dblog",
                "LOST %" PRIu64 " request records (%" PRIu64 " in total): the spool %s cannot "
-               "be written (a full disk? the spool's error line says why); they are in the "
-               "access log only",
+               "be written (a full disk? the spool's error line says why); the access log has "
+               "them, unless it could not write them either (its own LOST lines say so)",
                lost - d->lost_reported, lost, d->c.spool_dir);
     else if (lost != d->lost_reported)
         MG_LOG(MG_LOG_ERROR, "dblog",
                "LOST %" PRIu64 " request records (%" PRIu64 " in total): the spool %s is full "
-               "(%u MiB) and MariaDB %s:%u %s; they are in the access log only",
+               "(%u MiB) and MariaDB %s:%u %s; the access log has them, unless it could not "
+               "write them either (its own LOST lines say so)",
                lost - d->lost_reported, lost, d->c.spool_dir, d->c.spool_max_mb, d->c.host,
-               d->c.port, atomic_load(&d->connected) ? "is too slow" : "is unreachable");
+               d->c.port,
+               atomic_load(&d->connected)
+                   ? "takes them more slowly than they come"
+                   : "has not taken any for a while (unreachable, or refusing the batches: the "
+                     "dblog warnings say why)");
     if (rej > d->rejected_reported)
         MG_LOG(MG_LOG_ERROR, "dblog",
                "REJECTED %" PRIu64 " request records (%" PRIu64 " in total): not a valid "
@@ -941,7 +974,7 @@ mg_dblog_t *mg_dblog_open(const mg_dblog_conf_t *conf)
     d->c.table = dup_or(conf->table, "request_log");
     d->c.spool_dir = dup_or(conf->spool_dir, "request_log_spool");
     d->rbuf = malloc(RBUF_CAP);
-    d->read_size = RBUF_CAP;
+    d->read_size = d->read_max = RBUF_CAP;
     if (!d->c.host || !d->c.user || !d->c.database || !d->c.table || !d->c.spool_dir ||
         !d->rbuf)
         goto nomem;

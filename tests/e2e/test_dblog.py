@@ -539,6 +539,22 @@ def test_refusals_that_may_pass_are_retried(procs):
           [ln for ln in gw.log().splitlines() if "maintenance window" in ln][0][-120:])
 
 
+def test_batches_fit_the_servers_max_allowed_packet(procs):
+    """A server whose max_allowed_packet is smaller than a batch's INSERT (500 rows of 2 KB
+    paths: a megabyte; here 64 KiB) refused it with error 1153 or closed the connection, and
+    the same batch came back for ever: the request log stopped for good. Batches are now read
+    to fit half of it, and every record goes in."""
+    db = MariaDB(procs)
+    db.query("SET GLOBAL max_allowed_packet = 65536")  # for the gateway's connections
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf=dblog_conf(db, batch_rows=500, flush_ms=200))
+    n = Load(gw, threads=2, per_thread=150, prefix="/" + "p" * 1900).join()
+    wait_for(lambda: table_exists(db) and rows(db) == n, 30, 0.1, "%d rows" % n)
+    check_exact(gw, db, n, "batches over max_allowed_packet")
+    assert "1153" not in gw.log(), gw.log()
+
+
 @pytest.mark.parametrize("case", ["no_key", "merging_key", "prefix_key", "narrow"])
 def test_operator_table_is_checked(procs, case):
     """A table an operator made: without the idempotency key (time, id), or with a unique key
