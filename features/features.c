@@ -450,20 +450,10 @@ static void redis_done(fetch_t *fx)
                    fx->broken_group ? fx->broken_group : "marker",
                    fx->broken_group ? " group's" : "", fx->app->name, fx->redis_broken, skipped);
         to_db(fx, now);
-    } else if (fx->marker == 1 && fx->raw > RAW_MAX(f)) {
+    } else if (fx->marker == 1 && (fx->raw > RAW_MAX(f) || fx->text_oom || has_group(fx))) {
+        MG_FM_INC(f->m->redis_hit);
         /* far too large to be sent: not even parsed (mg_fval_oversize) */
-        MG_FM_INC(f->m->redis_hit);
-        mg_fval_t *val = mg_fval_oversize(fx->raw);
-        if (val == NULL) {
-            fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
-            return;
-        }
-        lru_store(f, fx, val, now);
-        fetch_finish(fx, MG_FS_HIT, val, now);
-        mg_fval_unref(val);
-    } else if (fx->marker == 1 && (fx->text_oom || has_group(fx))) {
-        MG_FM_INC(f->m->redis_hit);
-        mg_fval_t *val = snapshot(fx);
+        mg_fval_t *val = fx->raw > RAW_MAX(f) ? mg_fval_oversize(fx->raw) : snapshot(fx);
         if (val == NULL) {
             fetch_finish(fx, MG_FS_UNAVAILABLE, NULL, now);
             return;
