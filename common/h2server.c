@@ -2118,9 +2118,14 @@ static void h1_reject(conn_t *c, int status, const char *code, const char *msg)
         conn_close(c);
         return;
     }
-    /* an answer that started is cut by the close: the handler learns it with on_close */
-    if (c->h1s->responded || !refuse_request(c->h1s, status, code, msg, false))
+    /* An answer that started is cut by a close. The handler that took the request learns why
+     * first (on_refused: it logs the refusal's code, and resets the answer, which closes once
+     * what is queued before it is out); else it learns it with on_close. */
+    enter(c);
+    bool started = c->h1s->responded;
+    if ((!refuse_request(c->h1s, status, code, msg, false) || started) && !c->close_when_flushed)
         conn_close(c);
+    leave(c);
 }
 
 static void h1_process(conn_t *c)
@@ -3031,11 +3036,13 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
     } else if (c->proto == P_H2 && c->head_open) {
         /* a header block begun and not ended holds the connection (no other frame may come
          * until it ends): logged as a 408, then closed with GOAWAY, as nghttpx's read timeout.
-         * Trailers end a request the handler has: it logs it as it closes, with the reason. */
-        if (c->hdr_stream && c->hdr_stream->handled)
-            c->hdr_stream->close_why = "client_timeout";
-        else if (c->hdr_stream)
+         * Trailers end a request the handler has: it logs it as it closes, with the reason,
+         * and so do the handlers of the other streams the close cuts (not client_aborted). */
+        if (c->hdr_stream && !c->hdr_stream->handled)
             report_reject(c->hdr_stream, 408, "client_timeout", false, NULL);
+        for (mg_srv_stream_t *s = c->streams; s; s = s->next_in_conn)
+            if (s->close_why == NULL)
+                s->close_why = "client_timeout";
         c->head_open = false;
         nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,

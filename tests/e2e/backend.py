@@ -37,7 +37,8 @@ Every request body is read as it arrives and only hashed, never stored. Endpoint
     /reset              resets the stream (HTTP/2) or closes the connection (HTTP/1.1)
     /drip?n=K&ms=M      answers at once, then K body chunks "drip-<i>\n", one every M ms
     /early              (HTTP/2) answers in full as soon as the request head arrives, before
-                        its body (as a pod refusing an upload does)
+                        its body (as a pod refusing an upload does); on any path, query
+                        parameter early=1 starts the answer then too (HTTP/2)
     anything else       200 and the JSON summary below
 Query parameter set-header=NAME:VALUE (repeatable) adds a response header (HTTP/1.1 sends it as
 is, hop-by-hop or not; HTTP/2 only what h2 lets through).
@@ -275,7 +276,7 @@ class H2Handler:
             self.reqs[ev.stream_id] = r
             if REFUSE is None:
                 log_request("h2c", r.method, r.target)
-            if ev.stream_ended or r.path == "/early":
+            if ev.stream_ended or r.path == "/early" or "early" in r.query:
                 self.start_response(ev.stream_id)
         elif isinstance(ev, h2.events.DataReceived):
             r = self.reqs.get(ev.stream_id)

@@ -1024,6 +1024,27 @@ def test_http1_malformed_chunked_body_is_one_request(victim):
     assert_serving(gw, keeper)
 
 
+def test_http1_body_refused_after_the_answer_is_logged_with_its_cause(victim):
+    """A body that turns malformed while the pod's answer is going out (a pod that streams its
+    answer before the upload ends): the connection closes, and the request's one access-log
+    line keeps the answer's status and names the refusal. Before, it said client_aborted."""
+    gw, a, keeper = victim
+    with H1Conn(gw.port) as c:
+        client = addr(c.sock)
+        c.send(b"POST /drip?n=20&ms=100&early=1 HTTP/1.1\r\nHost: %s\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n" % gw.authority().encode())
+        c.sock.settimeout(5)
+        assert c.sock.recv(4096).startswith(b"HTTP/1.1 200")  # the answer started
+        c.send(b"zz\r\n")
+        assert c.closed_by_peer(5)
+    wait_for(lambda: [x for x in gw.access() if x["client"] == client], 5, what="its line")
+    time.sleep(0.3)  # a second line would come in the same batch
+    lines = [x for x in gw.access() if x["client"] == client]
+    assert len(lines) == 1 and (lines[0]["status"], lines[0]["error"]) == (200, "bad_request"), \
+        lines
+    assert_serving(gw, keeper)
+
+
 def test_http1_trailer_fields_are_counted_apart_up_to_max_headers(victim):
     """The trailer section is a field section of its own: up to limits.max_headers (100) trailer
     fields pass whatever the head holds, and one more is a 431 that names max_headers. Before,
@@ -1748,6 +1769,9 @@ def test_h2_head_not_finished_in_client_idle_is_closed(procs, cut):
         recs = [r for r in gw.wait_access(2 if cut == "beside_a_slow_request" else 1)
                 if r["status"] == 408]
         assert len(recs) == 1 and recs[0]["error"] == "client_timeout", recs
+    if cut == "beside_a_slow_request":  # cut by the close, for the client's timeout too
+        slow = [r for r in gw.access() if r["path"].startswith("/slow")]
+        assert len(slow) == 1 and slow[0]["error"] == "client_timeout", slow
     if cut != "trailers":
         assert not [r for r in a.requests() if r[2] == "/partial"]
     assert_serving(gw)
