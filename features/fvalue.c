@@ -36,10 +36,8 @@ mg_fval_t *mg_fval_new(const char *text, size_t len)
 mg_fval_t *mg_fval_oversize(size_t len)
 {
     mg_fval_t *v = mg_fval_new("", 0);
-    if (v != NULL) {
+    if (v != NULL)
         v->len = len;
-        v->hash64 = 0;
-    }
     return v;
 }
 

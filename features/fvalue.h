@@ -44,8 +44,9 @@ typedef struct mg_fval {
 /* A snapshot of |len| bytes of |text| (copied) with one reference; NULL when out of memory. */
 mg_fval_t *mg_fval_new(const char *text, size_t len);
 /* A stand-in for features far over features.max_header_bytes that were not read (their |len|
- * bytes in the store): its text is "" and its hash 0, and only len > the cap counts (the
- * request goes on "too_large"). One reference; NULL when out of memory. */
+ * bytes in the store): its text and hash are those of "", and only len > the cap counts (the
+ * request goes on "too_large": the text is never sent). One reference; NULL when out of
+ * memory. */
 mg_fval_t *mg_fval_oversize(size_t len);
 /* The snapshot of a normalized document (the canonical text); NULL when out of memory. */
 mg_fval_t *mg_fval_from_json(const json_t *doc);
