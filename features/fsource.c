@@ -113,6 +113,38 @@ typedef struct dbthread {
     unsigned db_errno; /* the last failed query's MariaDB error, 0 when it was the connection */
 } dbthread_t;
 
+/* A FIFO of write jobs, linked by their _next (the writes to run; the stale Redis copies). */
+typedef struct wqueue {
+    mg_fwrite_t *head, *tail;
+} wqueue_t;
+
+static void wq_push(wqueue_t *q, mg_fwrite_t *w)
+{
+    w->_next = NULL;
+    if (q->tail)
+        q->tail->_next = w;
+    else
+        q->head = w;
+    q->tail = w;
+}
+
+/* Puts |w| back first (a job taken with wq_pop that did not go through). */
+static void wq_push_front(wqueue_t *q, mg_fwrite_t *w)
+{
+    w->_next = q->head;
+    q->head = w;
+    if (q->tail == NULL)
+        q->tail = w;
+}
+
+static mg_fwrite_t *wq_pop(wqueue_t *q)
+{
+    mg_fwrite_t *w = q->head;
+    if (w && (q->head = w->_next) == NULL)
+        q->tail = NULL;
+    return w;
+}
+
 struct mg_fsource {
     const mg_fconf_t *conf;
     pthread_mutex_t lock;
@@ -122,10 +154,10 @@ struct mg_fsource {
     ljob_t *map[NBUCKETS];
     ljob_t *lq_head, *lq_tail;         /* queued lookups */
     ljob_t *linger_head, *linger_tail; /* done lookups, oldest first */
-    mg_fwrite_t *wq_head, *wq_tail;
+    wqueue_t wq;
     /* users whose Redis copies are older than MariaDB, whose keys are dropped once Redis
      * answers again (stale_add): jobs of their own, taken when due at |stale_at_ms| */
-    mg_fwrite_t *stale_head, *stale_tail;
+    wqueue_t stale;
     size_t nstale;       /* users in them */
     int64_t stale_at_ms; /* monotonic ms of the next attempt */
     size_t queued;
@@ -1104,12 +1136,7 @@ static void stale_add(dbthread_t *t, const mg_fwrite_t *w)
     pthread_mutex_lock(&s->lock);
     bool kept = st && st->n == w->n && s->nstale + st->n <= STALE_MAX;
     if (kept) {
-        st->_next = NULL;
-        if (s->stale_tail)
-            s->stale_tail->_next = st;
-        else
-            s->stale_head = st;
-        s->stale_tail = st;
+        wq_push(&s->stale, st);
         if (s->nstale == 0)
             s->stale_at_ms = now_ms() + STALE_RETRY_MS;
         s->nstale += st->n;
@@ -1132,10 +1159,7 @@ static void stale_add(dbthread_t *t, const mg_fwrite_t *w)
 static void stale_retry(dbthread_t *t)
 {
     mg_fsource_t *s = t->s;
-    mg_fwrite_t *st = s->stale_head;
-    s->stale_head = st->_next;
-    if (s->stale_head == NULL)
-        s->stale_tail = NULL;
+    mg_fwrite_t *st = wq_pop(&s->stale);
     pthread_mutex_unlock(&s->lock);
     char why[512];
     bool ok = redis_write(t, st->app, st->users, NULL, st->n, true, false, why, sizeof(why));
@@ -1152,10 +1176,7 @@ static void stale_retry(dbthread_t *t)
         mg_fwrite_free(st);
         return;
     }
-    st->_next = s->stale_head; /* first again, in order */
-    s->stale_head = st;
-    if (s->stale_tail == NULL)
-        s->stale_tail = st;
+    wq_push_front(&s->stale, st); /* first again, in order */
     s->stale_at_ms = now_ms() + STALE_RETRY_MS;
 }
 
@@ -1297,9 +1318,9 @@ static void *db_main(void *arg)
     mysql_thread_init();
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->stopping && s->lq_head == NULL && s->wq_head == NULL) {
-            int64_t left = s->stale_head ? s->stale_at_ms - now_ms() : 0;
-            if (s->stale_head == NULL) {
+        while (!s->stopping && s->lq_head == NULL && s->wq.head == NULL) {
+            int64_t left = s->stale.head ? s->stale_at_ms - now_ms() : 0;
+            if (s->stale.head == NULL) {
                 pthread_cond_wait(&s->cond, &s->lock);
             } else if (left <= 0) {
                 break;
@@ -1310,7 +1331,7 @@ static void *db_main(void *arg)
         }
         if (s->stopping)
             break;
-        if (s->stale_head && s->stale_at_ms <= now_ms()) { /* due: before jobs, which may
+        if (s->stale.head && s->stale_at_ms <= now_ms()) { /* due: before jobs, which may
                                                             * never stop coming */
             stale_retry(t);
         } else if (s->lq_head) {
@@ -1325,10 +1346,7 @@ static void *db_main(void *arg)
             pthread_mutex_lock(&s->lock);
             finish_lookup(s, j);
         } else {
-            mg_fwrite_t *w = s->wq_head;
-            s->wq_head = w->_next;
-            if (s->wq_head == NULL)
-                s->wq_tail = NULL;
+            mg_fwrite_t *w = wq_pop(&s->wq);
             pthread_mutex_unlock(&s->lock);
             run_write(t, w);
             complete_write(w);
@@ -1383,12 +1401,7 @@ mg_err_t mg_fsource_write(mg_fsource_t *s, mg_fwrite_t *w)
     pthread_mutex_lock(&s->lock);
     bool stopping = s->stopping;
     if (!stopping) {
-        w->_next = NULL;
-        if (s->wq_tail)
-            s->wq_tail->_next = w;
-        else
-            s->wq_head = w;
-        s->wq_tail = w;
+        wq_push(&s->wq, w);
         pthread_cond_signal(&s->cond);
     }
     pthread_mutex_unlock(&s->lock);
@@ -1452,8 +1465,8 @@ void mg_fsource_stop(mg_fsource_t *s)
         pthread_join(s->threads[i].tid, NULL);
     s->stopped = true;
     /* writes that never ran: their requesters still get an answer */
-    mg_fwrite_t *w = s->wq_head;
-    s->wq_head = s->wq_tail = NULL;
+    mg_fwrite_t *w = s->wq.head;
+    s->wq.head = s->wq.tail = NULL;
     while (w) {
         mg_fwrite_t *next = w->_next;
         w->err = MG_E_UPSTREAM;
@@ -1479,11 +1492,8 @@ void mg_fsource_free(mg_fsource_t *s)
                "Redis copies of %zu user(s) are older than MariaDB and were not dropped before "
                "the exit: Redis may serve them until redis.ttl_s",
                s->nstale);
-    while (s->stale_head) {
-        mg_fwrite_t *st = s->stale_head;
-        s->stale_head = st->_next;
+    for (mg_fwrite_t *st; (st = wq_pop(&s->stale)) != NULL;)
         mg_fwrite_free(st);
-    }
     if (s->started)
         mysql_library_end();
     free(s->threads);
