@@ -40,11 +40,10 @@
 #include "common/log.h"
 
 #define SEG_MIN (4u * 1024)          /* smallest segment size before rolling */
-#define SEG_MAX (16u * 1024 * 1024)  /* largest: bounds how much committed data the cap holds */
-/* A segment the database has whole is replaced by an empty one past this size, at the next
- * append (recycle_last): while MariaDB keeps up, the spool holds about this much on disk, not
- * up to seg_max (16 MiB by default), which filled a small disk with records already in. */
-#define RECYCLE_AT (1u * 1024 * 1024)
+/* largest: the reader's commit deletes a sealed segment once the database has it, so a spool
+ * that keeps up holds about one or two of these on disk (16 MiB ones filled a small disk with
+ * records MariaDB already had); a 1 GiB backlog is a thousand files */
+#define SEG_MAX (1u * 1024 * 1024)
 #define SEG_SUFFIX ".spool"
 #define SEG_DIGITS 20
 #define COMMITTED_LEN 42 /* "%020 %020\n": the same size whatever the position */
@@ -502,8 +501,6 @@ mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t 
     if (keep == 0)
         goto out;
 
-    if (cur.size >= RECYCLE_AT && cur.size < s->seg_max)
-        recycle_last(s, &cur); /* when the database has it all */
     if (cur.size >= s->seg_max) {
         int fd = create_seg(s, cur.no + 1);
         if (fd >= 0) {

@@ -426,9 +426,9 @@ static void commits_make_no_new_file(void **state)
     mg_spool_close(s);
 }
 
-/* While the reader keeps up, the segment in hand is replaced by an empty one once it passes
- * 1 MiB: the spool holds about that much on disk, not up to seg_max (16 MiB with the default
- * cap), which filled a small disk with records the database already had. */
+/* While the reader keeps up, the spool holds one or two segments of at most about 1 MiB on
+ * disk (each sealed one is deleted by the commit after it): segments of 16 MiB, the default cap's
+ * before, filled a small disk with records the database already had. */
 static void caught_up_spool_stays_small(void **state)
 {
     (void)state;
@@ -439,11 +439,11 @@ static void caught_up_spool_stays_small(void **state)
     for (int i = 0; i < 160; i++) { /* 4 MB in all */
         make_lines(buf, i * 256, 256, 100);
         assert_int_equal(mg_spool_append(s, buf, sizeof(buf), &lost), MG_OK);
-        assert_true(mg_spool_bytes(s) <= (1u << 20) + sizeof(buf));
+        assert_true(mg_spool_bytes(s) <= 2 * ((1u << 20) + sizeof(buf)));
         assert_int_equal(read_all(s, &pos, i * 256, 500, true), 256);
     }
     assert_int_equal(lost, 0);
-    assert_int_equal(count_segments(), 1);
+    assert_true(count_segments() <= 2);
     mg_spool_close(s);
     s = open_spool(1024ull << 20);
     pos = mg_spool_committed(s);
