@@ -94,8 +94,8 @@ struct mg_dblog {
     MYSQL *m;
     MYSQL_STMT *stmt; /* the prepared insert_sql, while connected */
     char *rbuf;
-    size_t read_size; /* bytes asked of the spool per batch: READ_MIN..RBUF_CAP */
-    size_t read_max;  /* and at most this: half the server's max_allowed_packet (packet_limit) */
+    size_t read_size; /* bytes asked of the spool per batch: READ_MIN..read_max */
+    size_t read_max;  /* RBUF_CAP, or half the server's max_allowed_packet (packet_limit) */
     char *q; /* a maintenance statement being built */
     size_t qlen, qcap;
     char *insert_sql; /* "INSERT INTO `t` (cols) VALUES (?,...) ON DUPLICATE KEY UPDATE id = id" */
@@ -551,6 +551,8 @@ static bool packet_limit(mg_dblog_t *d)
     if (r)
         mysql_free_result(r);
     d->read_max = half < 16 * 1024 ? 16 * 1024 : half > RBUF_CAP ? RBUF_CAP : (size_t)half;
+    if (d->read_size > d->read_max)
+        d->read_size = d->read_max;
     return true;
 }
 
@@ -735,7 +737,7 @@ static void size_bulk_read(mg_dblog_t *d, size_t len, size_t nlines)
 {
     size_t want = len / nlines * d->c.batch_rows;
     want += want / 4 + READ_MIN;
-    d->read_size = want > RBUF_CAP ? RBUF_CAP : want;
+    d->read_size = want > d->read_max ? d->read_max : want;
 }
 
 /* One round: the next batch from |*pos|. MG_OK with *nlines (and *cut: the read size, not the
@@ -748,9 +750,8 @@ static mg_err_t insert_batch(mg_dblog_t *d, mg_spool_pos_t *pos, size_t *nlines,
     bool rebound = false;
     *nlines = 0;
 again:; /* the batch is read again (parsing decoded its strings in place) and bound again */
-    mg_err_t rc = mg_spool_read(d->spool, pos, d->rbuf,
-                                d->read_size < d->read_max ? d->read_size : d->read_max,
-                                d->c.batch_rows, &len, &n, &next, cut);
+    mg_err_t rc =
+        mg_spool_read(d->spool, pos, d->rbuf, d->read_size, d->c.batch_rows, &len, &n, &next, cut);
     if (rc != MG_OK)
         return rc;
     size_bulk_read(d, len, n);
