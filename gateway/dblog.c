@@ -85,7 +85,7 @@ struct mg_dblog {
     bool stopping;       /* under mu */
 
     atomic_uint_least64_t spooled, inserted, duplicates, lost, rejected;
-    atomic_bool lost_to_disk; /* the last loss: the spool could not be written, not its cap */
+    atomic_int lost_cause;           /* the last loss's LOST_* */
     atomic_uint_least64_t unspooled; /* dropped before the spool (mg_dblog_lost); stats add it to
                                       * lost, the access log says it */
     atomic_bool connected;
@@ -808,6 +808,8 @@ again:; /* the batch is read again (parsing decoded its strings in place) and bo
 /* Loud, at most once a second. It runs on the database thread and after each spool append on
  * the writer thread, so a loss is said promptly even while the database thread waits on a
  * MariaDB that hangs (up to its 10 s I/O timeout). */
+enum { LOST_CAP, LOST_WRITE, LOST_REMOVED };
+
 static void report(mg_dblog_t *d, bool force)
 {
     pthread_mutex_lock(&d->report_mu);
@@ -819,7 +821,15 @@ static void report(mg_dblog_t *d, bool force)
         pthread_mutex_unlock(&d->report_mu);
         return;
     }
-    if (lost != d->lost_reported && atomic_load(&d->lost_to_disk))
+    int cause = atomic_load(&d->lost_cause);
+    if (lost != d->lost_reported && cause == LOST_REMOVED)
+        MG_LOG(MG_LOG_ERROR, "dblog",
+               "LOST %" PRIu64 " request records (%" PRIu64 " in total): the spool %s was "
+               "removed while in use, and they went with its files (the spool's error line says "
+               "more); the access log has them, unless it could not write them either (its own "
+               "LOST lines say so)",
+               lost - d->lost_reported, lost, d->c.spool_dir);
+    else if (lost != d->lost_reported && cause == LOST_WRITE)
         MG_LOG(MG_LOG_ERROR, "dblog",
                "LOST %" PRIu64 " request records (%" PRIu64 " in total): the spool %s cannot "
                "be written (a full disk? the spool's error line says why); the access log has "
@@ -1046,19 +1056,20 @@ void mg_dblog_sink(void *ud, const char *lines, size_t len)
 {
     mg_dblog_t *d = ud;
     uint64_t lost = 0;
-    if (len == 0) { /* the writer is idle: only say what is pending */
-        report(d, false);
-        return;
-    }
+    /* also when the writer is idle (len 0): the spool checks its directory is still there */
     mg_err_t rc = mg_spool_append(d->spool, lines, len, &lost);
     if (rc != MG_OK)
-        atomic_store(&d->lost_to_disk, rc == MG_E_IO);
+        atomic_store(&d->lost_cause, rc == MG_E_IO ? LOST_WRITE : LOST_CAP);
     size_t n = 0;
-    for (const char *p = lines, *e = lines + len; (p = memchr(p, '\n', (size_t)(e - p))); p++)
+    for (const char *p = lines, *e = lines + len; len && (p = memchr(p, '\n', (size_t)(e - p)));
+         p++)
         n++;
     atomic_fetch_add(&d->spooled, n - lost);
-    if (lost)
-        atomic_fetch_add(&d->lost, lost);
+    uint64_t removed = mg_spool_take_removed(d->spool);
+    if (removed)
+        atomic_store(&d->lost_cause, LOST_REMOVED);
+    if (lost + removed)
+        atomic_fetch_add(&d->lost, lost + removed);
     report(d, false);
 }
 

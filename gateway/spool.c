@@ -21,6 +21,12 @@
  * The cap counts whole segment files, committed bytes included, until the segment is deleted;
  * segments are at most max/8 bytes, so at worst about an eighth of the cap is "used" by lines
  * already in the database.
+ *
+ * A directory removed while in use leaves the open descriptors working on unlinked files:
+ * appends "succeed", commits fail for ever (a reader that re-reads one batch), and a restart
+ * finds nothing. The appender checks it before each batch (fstat: no links left) and makes the
+ * spool again (remake_dir). Each segment's line count is kept for it, so the lines that went
+ * with the files are counted, never silently lost.
  */
 #include "gateway/spool.h"
 
@@ -50,16 +56,19 @@
 
 typedef struct seg {
     uint64_t no;
-    uint64_t size; /* durable bytes: whole lines only */
+    uint64_t size;  /* durable bytes: whole lines only */
+    uint64_t lines; /* in those bytes */
 } seg_t;
 
 struct mg_spool {
     char *dir;
-    int dirfd;
-    int lockfd;
+    int dirfd;  /* swapped by remake_dir under dir_mu and mu: use it under one of them, or on
+                 * the appender's thread */
+    int lockfd; /* appender */
     uint64_t max_bytes;
     uint64_t seg_max;
 
+    pthread_mutex_t dir_mu; /* the reader's commit holds it across its file operations */
     pthread_mutex_t mu;
     seg_t *segs; /* under mu: ordered by no; the last one is the appender's; never empty */
     size_t nsegs, capsegs;
@@ -67,8 +76,10 @@ struct mg_spool {
 
     int wfd; /* appender: the last segment, open for appending */
     mg_log_cause_t write_failed; /* appender: a full disk fails every batch: said once a minute */
+    mg_log_cause_t remake_failed; /* appender: the directory cannot be made again */
+    uint64_t removed_lost;        /* appender: lines lost with a removed directory, not taken */
 
-    int rfd; /* reader: a cached descriptor of segment rseg, or -1 */
+    int rfd; /* reader: a cached descriptor of segment rseg, or -1; changed under mu */
     uint64_t rseg;
     mg_spool_pos_t committed; /* written by the reader, under mu */
     bool dir_unsynced;        /* reader: a swap of the committed files may not be durable */
@@ -102,7 +113,7 @@ static size_t count_lines(const char *p, size_t n)
     return c;
 }
 
-static bool push_seg(mg_spool_t *s, uint64_t no, uint64_t size)
+static bool push_seg(mg_spool_t *s, uint64_t no, uint64_t size, uint64_t lines)
 {
     if (s->nsegs == s->capsegs) {
         size_t cap = s->capsegs ? s->capsegs * 2 : 16;
@@ -111,7 +122,7 @@ static bool push_seg(mg_spool_t *s, uint64_t no, uint64_t size)
             return false;
         s->segs = n, s->capsegs = cap;
     }
-    s->segs[s->nsegs++] = (seg_t){no, size};
+    s->segs[s->nsegs++] = (seg_t){no, size, lines};
     s->total += size;
     return true;
 }
@@ -199,13 +210,13 @@ static bool trim_torn(mg_spool_t *s, uint64_t no, uint64_t *size)
     return ok;
 }
 
-/* Writes |pos| as the committed text, COMMITTED_LEN bytes, into |name| (made if missing) and
- * syncs it; false with errno on failure. */
-static bool write_commit_file(mg_spool_t *s, const char *name, mg_spool_pos_t pos)
+/* Writes |pos| as the committed text, COMMITTED_LEN bytes, into |name| in |dirfd| (made if
+ * missing) and syncs it; false with errno on failure. */
+static bool write_commit_file(int dirfd, const char *name, mg_spool_pos_t pos)
 {
     char text[COMMITTED_LEN + 1];
     snprintf(text, sizeof(text), "%020" PRIu64 " %020" PRIu64 "\n", pos.seg, pos.off);
-    int fd = openat(s->dirfd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
     bool ok = fd >= 0 && pwrite(fd, text, COMMITTED_LEN, 0) == COMMITTED_LEN && fdatasync(fd) == 0;
     int e = errno;
     if (fd >= 0)
@@ -236,7 +247,7 @@ static bool parse_committed(const char *t, uint64_t *seg, uint64_t *off)
 static void read_committed(mg_spool_t *s)
 {
     char buf[128];
-    s->committed = (mg_spool_pos_t){0, 0};
+    s->committed = (mg_spool_pos_t){0, 0, 0};
     int fd = openat(s->dirfd, "committed", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return; /* a new spool */
@@ -246,12 +257,40 @@ static void read_committed(mg_spool_t *s)
     if (n > 0) {
         buf[n] = '\0';
         if (parse_committed(buf, &seg, &off)) {
-            s->committed = (mg_spool_pos_t){seg, off};
+            s->committed = (mg_spool_pos_t){seg, off, 0}; /* lines: counted by recover */
             return;
         }
     }
     /* Unreadable: replaying everything is the safe choice (the database drops duplicates). */
     MG_LOG(MG_LOG_WARN, "spool", "%s/committed is unreadable; replaying the whole spool", s->dir);
+}
+
+/* Counts the lines of segment |name| (|size| bytes) into *|lines|, and those before byte |upto|
+ * into *|before|; false with errno when it cannot be read. */
+static bool count_seg_lines(mg_spool_t *s, const char *name, uint64_t size, uint64_t upto,
+                            uint64_t *lines, uint64_t *before)
+{
+    char buf[64 * 1024];
+    int fd = openat(s->dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    *lines = *before = 0;
+    for (uint64_t off = 0; off < size;) {
+        size_t n = size - off < sizeof(buf) ? (size_t)(size - off) : sizeof(buf);
+        if (!pread_all(fd, buf, n, off)) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return false;
+        }
+        size_t head = off >= upto ? 0 : upto - off < n ? (size_t)(upto - off) : n;
+        uint64_t c = count_lines(buf, head);
+        *before += c;
+        *lines += c + count_lines(buf + head, n - head);
+        off += n;
+    }
+    close(fd);
+    return true;
 }
 
 /* Lists the segments, removes what is already committed, trims a torn tail. */
@@ -296,7 +335,7 @@ static bool recover(mg_spool_t *s, char *err, size_t errlen)
                "%s/committed names segment %" PRIu64 ", past the last one (%" PRIu64
                "); replaying the whole spool",
                s->dir, s->committed.seg, nos[n - 1]);
-        s->committed = (mg_spool_pos_t){0, 0};
+        s->committed = (mg_spool_pos_t){0, 0, 0};
     }
     uint64_t last = s->committed.seg, replay = 0;
     for (size_t i = 0; i < n; i++) {
@@ -331,7 +370,16 @@ static bool recover(mg_spool_t *s, char *err, size_t errlen)
             unlinkat(s->dirfd, name, 0); /* empty, or read to its end and committed */
             continue;
         }
-        if (!push_seg(s, nos[i], size)) {
+        uint64_t lines, before;
+        uint64_t upto = nos[i] == s->committed.seg ? s->committed.off : 0;
+        if (!count_seg_lines(s, name, size, upto, &lines, &before)) {
+            snprintf(err, errlen, "spool %s/%s: cannot read: %s", s->dir, name, strerror(errno));
+            free(nos);
+            return false;
+        }
+        if (nos[i] == s->committed.seg)
+            s->committed.line = before;
+        if (!push_seg(s, nos[i], size, lines)) {
             snprintf(err, errlen, "spool %s: out of memory", s->dir);
             free(nos);
             return false;
@@ -350,7 +398,7 @@ static bool recover(mg_spool_t *s, char *err, size_t errlen)
         snprintf(err, errlen, "spool %s: cannot create a segment: %s", s->dir, strerror(errno));
         return false;
     }
-    if (!push_seg(s, wno, 0)) {
+    if (!push_seg(s, wno, 0, 0)) {
         snprintf(err, errlen, "spool %s: out of memory", s->dir);
         return false;
     }
@@ -369,6 +417,7 @@ mg_spool_t *mg_spool_open(const char *dir, uint64_t max_bytes, char *err, size_t
     s->max_bytes = max_bytes;
     s->seg_max = max_bytes / 8;
     s->seg_max = s->seg_max < SEG_MIN ? SEG_MIN : s->seg_max > SEG_MAX ? SEG_MAX : s->seg_max;
+    pthread_mutex_init(&s->dir_mu, NULL);
     pthread_mutex_init(&s->mu, NULL);
 
     if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
@@ -397,9 +446,9 @@ mg_spool_t *mg_spool_open(const char *dir, uint64_t max_bytes, char *err, size_t
         goto fail;
     /* both made now, while there is room: every commit then writes over committed.tmp and swaps
      * the names (mg_spool_commit), which needs no new block */
-    bool ready = write_commit_file(s, "committed.tmp", s->committed);
+    bool ready = write_commit_file(s->dirfd, "committed.tmp", s->committed);
     if (faccessat(s->dirfd, "committed", F_OK, 0) != 0)
-        ready = write_commit_file(s, "committed", s->committed) && ready;
+        ready = write_commit_file(s->dirfd, "committed", s->committed) && ready;
     if (!ready || fsync(s->dirfd) != 0)
         MG_LOG(MG_LOG_WARN, "spool",
                "%s: cannot prepare the files that record how far MariaDB got (%s): on a full "
@@ -440,9 +489,9 @@ static bool recycle_last(mg_spool_t *s, seg_t *cur)
     unlinkat(s->dirfd, name, 0);
     pthread_mutex_lock(&s->mu);
     s->total -= cur->size;
-    s->segs[s->nsegs - 1] = (seg_t){cur->no + 1, 0};
+    s->segs[s->nsegs - 1] = (seg_t){cur->no + 1, 0, 0};
     pthread_mutex_unlock(&s->mu);
-    *cur = (seg_t){cur->no + 1, 0};
+    *cur = (seg_t){cur->no + 1, 0, 0};
     return true;
 }
 
@@ -479,9 +528,166 @@ static size_t drop_committed(mg_spool_t *s, bool reader)
     return drop;
 }
 
+/* The directory has no link left: it was removed (rmdir clears a directory's links). */
+static bool dir_removed(mg_spool_t *s)
+{
+    struct stat st;
+    return fstat(s->dirfd, &st) == 0 && st.st_nlink == 0;
+}
+
+/* Copies bytes [from, to) of |src| to the end of |dst| through |buf| (|cap| bytes). */
+static bool copy_range(int src, uint64_t from, uint64_t to, int dst, char *buf, size_t cap)
+{
+    while (from < to) {
+        size_t n = to - from < cap ? (size_t)(to - from) : cap;
+        if (!pread_all(src, buf, n, from) || !write_all(dst, buf, n))
+            return false;
+        from += n;
+    }
+    return true;
+}
+
+/* Makes a removed directory again (see the file comment): its lock, a first segment holding
+ * the pending lines still readable, in order, and "committed" at the start of it; then swaps
+ * them in. The reader may go on meanwhile: its commits in the old directory fail (no file can
+ * be made there) and are retried, and one that lands in the new directory afterwards names an
+ * old segment, which is before every new one: nothing is skipped, a few lines come twice (the
+ * database drops them). False, said once a minute, when the directory cannot be made again. */
+static bool remake_dir(mg_spool_t *s)
+{
+    int dfd = -1, lfd = -1, wfd = -1, src_w = -1, src_r = -1;
+    seg_t *old = NULL;
+    char *buf = NULL, name[64], what[96];
+    size_t nold = 0;
+    uint64_t no = 0, size = 0, lines = 0, gone = 0, gone_bytes = 0;
+
+    snprintf(what, sizeof(what), "cannot make it again");
+    if (mkdir(s->dir, 0750) != 0 && errno != EEXIST)
+        goto fail;
+    snprintf(what, sizeof(what), "cannot open it again");
+    if ((dfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+        goto fail;
+    snprintf(what, sizeof(what), "cannot lock %s/lock", s->dir);
+    if ((lfd = openat(dfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0)
+        goto fail;
+    if (flock(lfd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK) {
+            snprintf(what, sizeof(what), "another process took the new one");
+            errno = EBUSY;
+        }
+        goto fail;
+    }
+
+    /* what is pending, and the two descriptors it can still be read through */
+    pthread_mutex_lock(&s->mu);
+    mg_spool_pos_t done = s->committed;
+    uint64_t rseg = s->rseg;
+    if ((old = malloc(s->nsegs * sizeof(*old))) != NULL) {
+        nold = s->nsegs;
+        memcpy(old, s->segs, nold * sizeof(*old));
+        src_r = s->rfd >= 0 ? dup(s->rfd) : -1;
+    }
+    pthread_mutex_unlock(&s->mu);
+    snprintf(what, sizeof(what), "out of memory");
+    if (old == NULL || (buf = malloc(64 * 1024)) == NULL)
+        goto fail;
+    char self[64];
+    snprintf(self, sizeof(self), "/proc/self/fd/%d", s->wfd);
+    src_w = open(self, O_RDONLY | O_CLOEXEC); /* the appender's own is write-only */
+
+    no = old[nold - 1].no + 1;
+    seg_name(name, sizeof(name), no);
+    snprintf(what, sizeof(what), "cannot create %s", name);
+    if ((wfd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0640)) < 0)
+        goto fail;
+    for (size_t i = 0; i < nold; i++) {
+        const seg_t *g = &old[i];
+        if (g->no < done.seg)
+            continue;
+        uint64_t from = g->no == done.seg ? done.off : 0;
+        uint64_t skip = g->no == done.seg ? done.line : 0;
+        uint64_t want = g->lines > skip ? g->lines - skip : 0;
+        if (from >= g->size)
+            continue;
+        int src = i + 1 == nold ? src_w : g->no == rseg ? src_r : -1;
+        if (src >= 0 && copy_range(src, from, g->size, wfd, buf, 64 * 1024)) {
+            size += g->size - from, lines += want;
+            continue;
+        }
+        if (src >= 0 && ftruncate(wfd, (off_t)size) != 0) /* no piece of it stays */
+            goto fail;
+        gone += want, gone_bytes += g->size - from;
+    }
+    snprintf(what, sizeof(what), "cannot write its files");
+    mg_spool_pos_t start = {no, 0, 0};
+    if (fdatasync(wfd) != 0 || !write_commit_file(dfd, "committed.tmp", start) ||
+        !write_commit_file(dfd, "committed", start) || fsync(dfd) != 0)
+        goto fail;
+
+    pthread_mutex_lock(&s->dir_mu); /* no commit of the reader is half done in the old one */
+    pthread_mutex_lock(&s->mu);
+    close(s->dirfd), close(s->lockfd), close(s->wfd);
+    s->dirfd = dfd, s->lockfd = lfd, s->wfd = wfd;
+    s->segs[0] = (seg_t){no, size, lines};
+    s->nsegs = 1;
+    s->total = size;
+    s->committed = start;
+    s->dir_unsynced = false;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->dir_mu);
+    s->removed_lost += gone;
+    mg_log_cause_reset(&s->remake_failed);
+    if (gone > 0)
+        MG_LOG(MG_LOG_ERROR, "spool",
+               "%s was removed while in use; made it again with the %" PRIu64
+               " pending records still readable. LOST %" PRIu64 " records (%" PRIu64
+               " bytes) not in MariaDB yet, whose files went with it (the access log has them)",
+               s->dir, lines, gone, gone_bytes);
+    else
+        MG_LOG(MG_LOG_ERROR, "spool",
+               "%s was removed while in use; made it again with the %" PRIu64
+               " records not in MariaDB yet (none lost)",
+               s->dir, lines);
+    free(old), free(buf);
+    if (src_w >= 0)
+        close(src_w);
+    if (src_r >= 0)
+        close(src_r);
+    return true;
+fail:;
+    int e = errno;
+    unsigned long again;
+    char more[64], cause[160];
+    snprintf(cause, sizeof(cause), "%s: %s", what, strerror(e));
+    if (mg_log_cause_pass(&s->remake_failed, cause, 60, &again))
+        MG_LOG(MG_LOG_ERROR, "spool",
+               "%s was removed while in use, and %s; the request log counts new records as "
+               "lost until it can%s",
+               s->dir, cause, mg_log_repeats(more, sizeof(more), again));
+    if (wfd >= 0) {
+        unlinkat(dfd, name, 0);
+        close(wfd);
+    }
+    if (lfd >= 0)
+        close(lfd);
+    if (dfd >= 0)
+        close(dfd);
+    if (src_w >= 0)
+        close(src_w);
+    if (src_r >= 0)
+        close(src_r);
+    free(old), free(buf);
+    errno = e;
+    return false;
+}
+
 mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t *lost)
 {
     const char *nl = len ? memrchr(lines, '\n', len) : NULL;
+    if (dir_removed(s) && !remake_dir(s)) {
+        *lost += len ? count_lines(lines, len) : 0;
+        return len ? MG_E_IO : MG_OK;
+    }
     if (nl == NULL)
         return MG_OK;
     len = (size_t)(nl - lines) + 1;
@@ -507,7 +713,7 @@ mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t 
             close(s->wfd);
             s->wfd = fd;
             pthread_mutex_lock(&s->mu);
-            bool ok = push_seg(s, cur.no + 1, 0);
+            bool ok = push_seg(s, cur.no + 1, 0, 0);
             pthread_mutex_unlock(&s->mu);
             if (!ok) { /* keep appending to the old one; try again next batch */
                 close(s->wfd);
@@ -516,7 +722,7 @@ mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t 
                 unlinkat(s->dirfd, name, 0);
                 s->wfd = create_seg(s, cur.no); /* reopen the old one for appending */
             } else {
-                cur = (seg_t){cur.no + 1, 0};
+                cur = (seg_t){cur.no + 1, 0, 0};
             }
         }
     }
@@ -557,13 +763,22 @@ mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t 
         goto out;
     }
     mg_log_cause_reset(&s->write_failed);
+    uint64_t kept_lines = count_lines(lines, keep);
     pthread_mutex_lock(&s->mu);
     s->segs[s->nsegs - 1].size += keep;
+    s->segs[s->nsegs - 1].lines += kept_lines;
     s->total += keep;
     pthread_mutex_unlock(&s->mu);
 out:
     *lost += count_lines(lines + keep, len - keep);
     return rc;
+}
+
+uint64_t mg_spool_take_removed(mg_spool_t *s)
+{
+    uint64_t n = s->removed_lost;
+    s->removed_lost = 0;
+    return n;
 }
 
 mg_spool_pos_t mg_spool_committed(mg_spool_t *s)
@@ -585,23 +800,20 @@ mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap
             i++;
         if (i == s->nsegs) { /* past the last segment: cannot happen, the last one is never cut */
             i = s->nsegs - 1;
-            *pos = (mg_spool_pos_t){s->segs[i].no, s->segs[i].size};
+            *pos = (mg_spool_pos_t){s->segs[i].no, s->segs[i].size, s->segs[i].lines};
             break;
         }
-        if (s->segs[i].no > pos->seg)
-            *pos = (mg_spool_pos_t){s->segs[i].no, 0};
+        if (s->segs[i].no > pos->seg) /* a remade directory's segments come after the old */
+            *pos = (mg_spool_pos_t){s->segs[i].no, 0, 0};
         if (pos->off >= s->segs[i].size && i + 1 < s->nsegs) { /* sealed and read: move on */
-            *pos = (mg_spool_pos_t){s->segs[i + 1].no, 0};
+            *pos = (mg_spool_pos_t){s->segs[i + 1].no, 0, 0};
             continue;
         }
         break;
     }
     uint64_t size = s->segs[i].size;
-    pthread_mutex_unlock(&s->mu);
-    if (pos->off >= size)
-        return MG_E_AGAIN;
-
-    if (s->rfd < 0 || s->rseg != pos->seg) {
+    if (pos->off < size && (s->rfd < 0 || s->rseg != pos->seg)) {
+        /* under mu: remake_dir reads through this descriptor too, and swaps dirfd */
         char name[64];
         if (s->rfd >= 0)
             close(s->rfd);
@@ -610,9 +822,14 @@ mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap
         if ((s->rfd = openat(s->dirfd, name, O_RDONLY | O_CLOEXEC)) < 0) {
             MG_LOG(MG_LOG_ERROR, "spool", "%s/%s: cannot open: %s", s->dir, name,
                    strerror(errno));
+            pthread_mutex_unlock(&s->mu);
             return MG_E_IO;
         }
     }
+    pthread_mutex_unlock(&s->mu);
+    if (pos->off >= size)
+        return MG_E_AGAIN;
+
     size_t want = size - pos->off < cap ? (size_t)(size - pos->off) : cap;
     if (!pread_all(s->rfd, buf, want, pos->off)) {
         MG_LOG(MG_LOG_ERROR, "spool", "%s: cannot read segment %" PRIu64 ": %s", s->dir,
@@ -627,13 +844,14 @@ mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap
         used = (size_t)(nl - buf) + 1;
         n++;
     }
+    uint64_t line = pos->line + n;
     if (n == 0) {
         /* No '\n' in a whole buffer: garbage, not a line. Hand it over as one "line" (the
          * caller rejects it and says so) rather than stall behind it forever. */
         used = want, n = 1;
     }
     *len = used, *nlines = n;
-    *next = (mg_spool_pos_t){pos->seg, pos->off + used};
+    *next = (mg_spool_pos_t){pos->seg, pos->off + used, line};
     if (cut)
         *cut = want < size - pos->off;
     return MG_OK;
@@ -647,12 +865,14 @@ mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
      * the old or the new text under "committed". A swap whose directory sync failed may not be
      * durable, so committed.tmp may still be "committed" on disk: it is not written over until
      * a sync succeeds. */
+    pthread_mutex_lock(&s->dir_mu); /* remake_dir swaps dirfd */
     if (s->dir_unsynced && fsync(s->dirfd) != 0) {
         MG_LOG(MG_LOG_ERROR, "spool", "%s: cannot sync the directory: %s", s->dir, strerror(errno));
+        pthread_mutex_unlock(&s->dir_mu);
         return MG_E_IO;
     }
     s->dir_unsynced = false;
-    bool ok = write_commit_file(s, "committed.tmp", pos), swapped = false;
+    bool ok = write_commit_file(s->dirfd, "committed.tmp", pos), swapped = false;
     if (ok) {
         swapped = renameat2(s->dirfd, "committed.tmp", s->dirfd, "committed", RENAME_EXCHANGE) == 0;
         /* no "committed" (made at open, unless the disk was full), or a filesystem that cannot
@@ -666,9 +886,10 @@ mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
         ok = false;
     }
     if (ok && !swapped)
-        write_commit_file(s, "committed.tmp", pos);
+        write_commit_file(s->dirfd, "committed.tmp", pos);
     if (!ok) {
         MG_LOG(MG_LOG_ERROR, "spool", "%s/committed: cannot write: %s", s->dir, strerror(errno));
+        pthread_mutex_unlock(&s->dir_mu);
         return MG_E_IO;
     }
     /* sealed segments wholly before |pos|, or read to their end, are done */
@@ -676,6 +897,7 @@ mg_err_t mg_spool_commit(mg_spool_t *s, mg_spool_pos_t pos)
     s->committed = pos;
     drop_committed(s, true);
     pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->dir_mu);
     return MG_OK;
 }
 
@@ -715,6 +937,7 @@ void mg_spool_close(mg_spool_t *s)
     if (s->dirfd >= 0)
         close(s->dirfd);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->dir_mu);
     free(s->segs);
     free(s->dir);
     free(s);

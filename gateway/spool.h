@@ -13,7 +13,7 @@
  * with flock() so two processes never share a spool.
  *
  * Threading: one appender thread (mg_spool_append) and one reader thread (mg_spool_read,
- * mg_spool_commit) may run at the same time; an internal mutex guards what they share. Stats
+ * mg_spool_commit) may run at the same time; internal mutexes guard what they share. Stats
  * may be read from any thread. Ownership: the spool owns its files and descriptors.
  */
 #ifndef MG_GATEWAY_SPOOL_H
@@ -27,16 +27,19 @@
 
 typedef struct mg_spool mg_spool_t;
 
-/* A place in the spool: segment number and byte offset in it. */
+/* A place in the spool: segment number, byte offset in it, and the lines before that offset. */
 typedef struct mg_spool_pos {
     uint64_t seg;
     uint64_t off;
+    uint64_t line;
 } mg_spool_pos_t;
 
 /*
  * Opens (creating |dir| if its parent exists) the spool with a cap of |max_bytes| on disk, and
  * recovers it: segments before the committed position are removed, and a torn last line (a
- * crash in the middle of an append) is cut off. New lines go to a fresh segment. Returns NULL
+ * crash in the middle of an append) is cut off. The lines of the others are counted (they are
+ * read once for it), so that a directory removed later can say how many records went with it.
+ * New lines go to a fresh segment. Returns NULL
  * with the reason (naming |dir|) in |err| when the directory cannot be used or another process
  * holds it.
  */
@@ -47,9 +50,20 @@ mg_spool_t *mg_spool_open(const char *dir, uint64_t max_bytes, char *err, size_t
  * line is ignored) and fdatasync()s them: once this returns they survive a crash. Lines that
  * would take the spool past its cap, or that a write error (disk full) prevented, are not kept:
  * their number is added to *|lost| and MG_E_LIMIT (cap) or MG_E_IO (write error) is returned.
- * Appender thread only.
+ *
+ * Each call, |len| 0 too (call it so when idle), first checks that the directory is still
+ * there. One removed while in use (an operator's rm -rf, a cleaner of old files) is made again,
+ * with what of the pending lines can still be read copied into its first segment: those of the
+ * segment being appended to and of the one the reader has open, since their files are still
+ * open. The other pending segments went with the directory: their lines are counted for
+ * mg_spool_take_removed. When the directory cannot be made again, the batch is not kept
+ * (MG_E_IO), and the next call tries again. Appender thread only.
  */
 mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t *lost);
+
+/* Lines that were kept (durable) and then lost with a removed directory since the last call
+ * (see mg_spool_append). Appender thread only. */
+uint64_t mg_spool_take_removed(mg_spool_t *s);
 
 /* The committed position: where a reader starts after mg_spool_open. */
 mg_spool_pos_t mg_spool_committed(mg_spool_t *s);

@@ -556,6 +556,97 @@ static void concurrent_append_and_read(void **state)
     mg_spool_close(s);
 }
 
+/* Reads every line from |*pos| on, without committing, into |out| (the numbers of "line N"). */
+static size_t read_numbers(mg_spool_t *s, mg_spool_pos_t *pos, int *out, size_t cap)
+{
+    static char buf[1 << 16];
+    size_t n = 0, len, nl;
+    mg_spool_pos_t next;
+    while (mg_spool_read(s, pos, buf, sizeof(buf), 1000, &len, &nl, &next, NULL) == MG_OK) {
+        for (char *p = buf, *e = buf + len; p < e; p = memchr(p, '\n', (size_t)(e - p)) + 1) {
+            assert_true(n < cap);
+            assert_int_equal(sscanf(p, "line %d ", &out[n]), 1);
+            n++;
+        }
+        *pos = next;
+    }
+    return n;
+}
+
+static void append_lines(mg_spool_t *s, int first, int n)
+{
+    char buf[1000];
+    uint64_t lost = 0;
+    for (int i = 0; i < n; i += 10)
+        assert_int_equal(mg_spool_append(s, buf, make_lines(buf, first + i, 10, 100), &lost),
+                         MG_OK);
+    assert_int_equal(lost, 0);
+}
+
+/* Removed while in use (an operator's rm -rf, a cleaner of old files): appends went on into
+ * unlinked files and commits failed for ever, so the database got nothing new, and a restart
+ * found nothing to replay. The directory is made again, with the pending lines of the open
+ * segments (the reader's and the appender's) copied, and the lines of the others counted. */
+static void removed_directory_is_made_again(void **state)
+{
+    (void)state;
+    char sub[96], spool[128], cmd[256];
+    snprintf(sub, sizeof(sub), "%s/sub", dir);
+    snprintf(spool, sizeof(spool), "%s/spool", sub);
+    assert_int_equal(mkdir(sub, 0750), 0);
+    char err[256] = "";
+    mg_spool_t *s = mg_spool_open(spool, 64 * 1024, err, sizeof(err)); /* 8 KiB segments */
+    assert_non_null(s);
+    append_lines(s, 0, 300); /* segments of lines 0-89, 90-179, 180-269, 270-299 */
+    mg_spool_pos_t pos = mg_spool_committed(s), next;
+    char buf[4096];
+    size_t len, nl;
+    assert_int_equal(mg_spool_read(s, &pos, buf, sizeof(buf), 5, &len, &nl, &next, NULL), MG_OK);
+    assert_int_equal(mg_spool_commit(s, next), MG_OK); /* lines 0-4 are in the database */
+    pos = next;
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", spool);
+    assert_int_equal(system(cmd), 0);
+    uint64_t lost = 0;
+    assert_int_equal(mg_spool_append(s, NULL, 0, &lost), MG_OK); /* the writer's idle call */
+    struct stat st;
+    assert_int_equal(stat(spool, &st), 0);
+    assert_int_equal(mg_spool_take_removed(s), 180); /* lines 90-269: their files are gone */
+    assert_int_equal(mg_spool_take_removed(s), 0);
+    append_lines(s, 300, 10);
+
+    int got[400];
+    size_t n = read_numbers(s, &pos, got, 400);
+    assert_int_equal(n, 85 + 30 + 10);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(got[i], i < 85 ? 5 + (int)i : 270 + (int)(i - 85));
+    mg_spool_close(s);
+
+    /* on disk too: a restart replays the same lines */
+    s = mg_spool_open(spool, 64 * 1024, err, sizeof(err));
+    assert_non_null(s);
+    pos = mg_spool_committed(s);
+    assert_int_equal(read_numbers(s, &pos, got, 400), 85 + 30 + 10);
+    assert_int_equal(got[0], 5);
+    assert_int_equal(got[124], 309);
+    assert_int_equal(mg_spool_commit(s, pos), MG_OK); /* all in the database */
+
+    /* its parent gone too: it cannot be made again, and batches are lost until it can */
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", sub);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(mg_spool_append(s, buf, make_lines(buf, 310, 10, 100), &lost), MG_E_IO);
+    assert_int_equal(lost, 10);
+    assert_int_equal(mkdir(sub, 0750), 0);
+    lost = 0;
+    assert_int_equal(mg_spool_append(s, buf, make_lines(buf, 320, 10, 100), &lost), MG_OK);
+    assert_int_equal(lost, 0);
+    assert_int_equal(mg_spool_take_removed(s), 0); /* nothing was pending */
+    pos = mg_spool_committed(s);
+    assert_int_equal(read_numbers(s, &pos, got, 400), 10);
+    assert_int_equal(got[0], 320);
+    mg_spool_close(s);
+}
+
 /* The database thread works in batches: it runs as a background thread, so its wake-ups do
  * not preempt an event loop in the middle of its requests. MariaDB need not be up for it. */
 static void database_thread_is_a_background_thread(void **state)
@@ -594,6 +685,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(unopenable_lock_is_named, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(second_process_is_refused, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(concurrent_append_and_read, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(removed_directory_is_made_again, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(database_thread_is_a_background_thread, make_dir,
                                         remove_dir),
     };
