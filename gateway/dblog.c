@@ -824,8 +824,8 @@ static void report(mg_dblog_t *d, bool force)
     int cause = atomic_load(&d->lost_cause);
     if (lost != d->lost_reported && cause == LOST_REMOVED)
         MG_LOG(MG_LOG_ERROR, "dblog",
-               "LOST %" PRIu64 " request records (%" PRIu64 " in total): the spool %s was "
-               "removed while in use, and they went with its files (the spool's error line says "
+               "LOST %" PRIu64 " request records (%" PRIu64 " in total): their files in the "
+               "spool %s were removed before MariaDB had them (the spool's error line says "
                "more); the access log has them, unless it could not write them either (its own "
                "LOST lines say so)",
                lost - d->lost_reported, lost, d->c.spool_dir);

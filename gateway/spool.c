@@ -77,7 +77,7 @@ struct mg_spool {
     int wfd; /* appender: the last segment, open for appending */
     mg_log_cause_t write_failed; /* appender: a full disk fails every batch: said once a minute */
     mg_log_cause_t remake_failed; /* appender: the directory cannot be made again */
-    uint64_t removed_lost;        /* appender: lines lost with a removed directory, not taken */
+    uint64_t removed_lost;        /* under mu: lines lost with removed files, not taken yet */
 
     int rfd; /* reader: a cached descriptor of segment rseg, or -1; changed under mu */
     uint64_t rseg;
@@ -528,11 +528,40 @@ static size_t drop_committed(mg_spool_t *s, bool reader)
     return drop;
 }
 
-/* The directory has no link left: it was removed (rmdir clears a directory's links). */
-static bool dir_removed(mg_spool_t *s)
+/* |fd| has no link left: its file, or directory (rmdir clears a directory's links), was
+ * removed. */
+static bool unlinked(int fd)
 {
     struct stat st;
-    return fstat(s->dirfd, &st) == 0 && st.st_nlink == 0;
+    return fd >= 0 && fstat(fd, &st) == 0 && st.st_nlink == 0;
+}
+
+/* The appender's segment file was removed, its directory kept (a cleaner of old files, an
+ * rm of the segments): what it appends would be read by nobody, so it moves on to a new one.
+ * The reader counts the removed one's lines as lost, unless it has it open. */
+static void roll_removed(mg_spool_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t no = s->segs[s->nsegs - 1].no + 1;
+    pthread_mutex_unlock(&s->mu);
+    int fd = create_seg(s, no);
+    if (fd < 0)
+        return; /* the append goes to the removed one; tried again next batch */
+    pthread_mutex_lock(&s->mu);
+    bool ok = push_seg(s, no, 0, 0);
+    pthread_mutex_unlock(&s->mu);
+    if (!ok) {
+        char name[64];
+        seg_name(name, sizeof(name), no);
+        unlinkat(s->dirfd, name, 0);
+        close(fd);
+        return;
+    }
+    MG_LOG(MG_LOG_ERROR, "spool",
+           "%s: segment %" PRIu64 " was removed while in use; new records go to %" PRIu64, s->dir,
+           no - 1, no);
+    close(s->wfd);
+    s->wfd = fd;
 }
 
 /* Copies bytes [from, to) of |src| to the end of |dst| through |buf| (|cap| bytes). */
@@ -609,7 +638,7 @@ static bool remake_dir(mg_spool_t *s)
         uint64_t want = g->lines > skip ? g->lines - skip : 0;
         if (from >= g->size)
             continue;
-        int src = i + 1 == nold ? src_w : g->no == rseg ? src_r : -1;
+        int src = i + 1 == nold && src_w >= 0 ? src_w : g->no == rseg ? src_r : -1;
         if (src >= 0 && copy_range(src, from, g->size, wfd, buf, 64 * 1024)) {
             size += g->size - from, lines += want;
             continue;
@@ -633,9 +662,9 @@ static bool remake_dir(mg_spool_t *s)
     s->total = size;
     s->committed = start;
     s->dir_unsynced = false;
+    s->removed_lost += gone;
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&s->dir_mu);
-    s->removed_lost += gone;
     mg_log_cause_reset(&s->remake_failed);
     if (gone > 0)
         MG_LOG(MG_LOG_ERROR, "spool",
@@ -643,11 +672,15 @@ static bool remake_dir(mg_spool_t *s)
                " pending records still readable. LOST %" PRIu64 " records (%" PRIu64
                " bytes) not in MariaDB yet, whose files went with it (the access log has them)",
                s->dir, lines, gone, gone_bytes);
-    else
+    else if (lines > 0)
         MG_LOG(MG_LOG_ERROR, "spool",
                "%s was removed while in use; made it again with the %" PRIu64
                " records not in MariaDB yet (none lost)",
                s->dir, lines);
+    else
+        MG_LOG(MG_LOG_ERROR, "spool",
+               "%s was removed while in use; made it again (no record was waiting for MariaDB)",
+               s->dir);
     free(old), free(buf);
     if (src_w >= 0)
         close(src_w);
@@ -684,9 +717,13 @@ fail:;
 mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t *lost)
 {
     const char *nl = len ? memrchr(lines, '\n', len) : NULL;
-    if (dir_removed(s) && !remake_dir(s)) {
-        *lost += len ? count_lines(lines, len) : 0;
-        return len ? MG_E_IO : MG_OK;
+    if (unlinked(s->wfd)) { /* one fstat per batch: its file or the whole directory gone */
+        if (unlinked(s->dirfd) && !remake_dir(s)) {
+            *lost += len ? count_lines(lines, len) : 0;
+            return len ? MG_E_IO : MG_OK;
+        }
+        if (unlinked(s->wfd))
+            roll_removed(s);
     }
     if (nl == NULL)
         return MG_OK;
@@ -776,14 +813,34 @@ out:
 
 uint64_t mg_spool_take_removed(mg_spool_t *s)
 {
+    pthread_mutex_lock(&s->mu);
     uint64_t n = s->removed_lost;
     s->removed_lost = 0;
+    pthread_mutex_unlock(&s->mu);
     return n;
 }
 
 mg_spool_pos_t mg_spool_committed(mg_spool_t *s)
 {
     return s->committed;
+}
+
+/* Under mu, on the reader: sealed segment |i|, where |*pos| is, has no file any more (a cleaner
+ * of old files, an rm): its lines from |*pos| on are counted as lost (mg_spool_take_removed),
+ * and the reader goes on with the next segment. */
+static void skip_removed(mg_spool_t *s, size_t i, mg_spool_pos_t *pos)
+{
+    seg_t g = s->segs[i];
+    uint64_t gone = g.lines > pos->line ? g.lines - pos->line : 0;
+    MG_LOG(MG_LOG_ERROR, "spool",
+           "%s: segment %" PRIu64 " was removed before MariaDB had it. LOST %" PRIu64
+           " records (%" PRIu64 " bytes; the access log has them)",
+           s->dir, g.no, gone, g.size - (pos->off < g.size ? pos->off : g.size));
+    s->removed_lost += gone;
+    s->total -= g.size;
+    memmove(s->segs + i, s->segs + i + 1, (s->nsegs - i - 1) * sizeof(*s->segs));
+    s->nsegs--;
+    *pos = (mg_spool_pos_t){s->segs[i].no, 0, 0};
 }
 
 mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap,
@@ -794,6 +851,7 @@ mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap
     if (cut)
         *cut = false;
     pthread_mutex_lock(&s->mu);
+again:;
     size_t i = 0;
     for (;;) {
         while (i < s->nsegs && s->segs[i].no < pos->seg)
@@ -820,9 +878,15 @@ mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap
         seg_name(name, sizeof(name), pos->seg);
         s->rseg = pos->seg;
         if ((s->rfd = openat(s->dirfd, name, O_RDONLY | O_CLOEXEC)) < 0) {
-            MG_LOG(MG_LOG_ERROR, "spool", "%s/%s: cannot open: %s", s->dir, name,
-                   strerror(errno));
+            int e = errno;
+            if (e == ENOENT && i + 1 < s->nsegs) {
+                skip_removed(s, i, pos);
+                goto again;
+            }
             pthread_mutex_unlock(&s->mu);
+            if (e == ENOENT) /* the appender's: it moves on at its next batch */
+                return MG_E_AGAIN;
+            MG_LOG(MG_LOG_ERROR, "spool", "%s/%s: cannot open: %s", s->dir, name, strerror(e));
             return MG_E_IO;
         }
     }

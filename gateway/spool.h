@@ -57,12 +57,14 @@ mg_spool_t *mg_spool_open(const char *dir, uint64_t max_bytes, char *err, size_t
  * segment being appended to and of the one the reader has open, since their files are still
  * open. The other pending segments went with the directory: their lines are counted for
  * mg_spool_take_removed. When the directory cannot be made again, the batch is not kept
- * (MG_E_IO), and the next call tries again. Appender thread only.
+ * (MG_E_IO), and the next call tries again. A segment file removed with the directory kept (a
+ * cleaner of old files) is left for the reader if it was the one being appended to: new lines
+ * go to a new segment. Appender thread only.
  */
 mg_err_t mg_spool_append(mg_spool_t *s, const char *lines, size_t len, uint64_t *lost);
 
-/* Lines that were kept (durable) and then lost with a removed directory since the last call
- * (see mg_spool_append). Appender thread only. */
+/* Lines that were kept (durable) and then lost with removed files since the last call (see
+ * mg_spool_append and mg_spool_read). Thread-safe. */
 uint64_t mg_spool_take_removed(mg_spool_t *s);
 
 /* The committed position: where a reader starts after mg_spool_open. */
@@ -75,7 +77,8 @@ mg_spool_pos_t mg_spool_committed(mg_spool_t *s);
  * *|cut| (when not NULL) says that |cap| stopped the read before the durable end of the segment,
  * so fewer than |max_lines| lines does not mean the spool is drained. MG_E_AGAIN when nothing
  * durable is past |*pos| yet; MG_E_IO on a read error (logged). |*pos| may be normalised (moved
- * past a finished segment). Reader thread only.
+ * past a finished segment). A sealed segment whose file was removed is skipped, its lines from
+ * |*pos| on counted for mg_spool_take_removed and said in an error line. Reader thread only.
  */
 mg_err_t mg_spool_read(mg_spool_t *s, mg_spool_pos_t *pos, char *buf, size_t cap,
                        size_t max_lines, size_t *len, size_t *nlines, mg_spool_pos_t *next,

@@ -647,6 +647,37 @@ static void removed_directory_is_made_again(void **state)
     mg_spool_close(s);
 }
 
+/* Segment files removed with the directory kept (a cleaner of old files, an rm): the reader
+ * stopped for good at the first one it could not open, and the database got nothing more. It
+ * now counts their lines as lost and goes on; the appender, whose own file was removed, moves
+ * on to a new one. */
+static void removed_segments_are_counted_and_skipped(void **state)
+{
+    (void)state;
+    mg_spool_t *s = open_spool(64 * 1024); /* 8 KiB segments */
+    append_lines(s, 0, 300);               /* segments 1-4: lines 0-89, 90-179, 180-269, 270-299 */
+    mg_spool_pos_t pos = mg_spool_committed(s), next;
+    char buf[4096], name[128];
+    size_t len, nl;
+    assert_int_equal(mg_spool_read(s, &pos, buf, sizeof(buf), 5, &len, &nl, &next, NULL), MG_OK);
+    assert_int_equal(mg_spool_commit(s, next), MG_OK);
+    pos = next;
+    for (int no = 2; no <= 4; no++) { /* the reader has segment 1 open: it stays readable */
+        snprintf(name, sizeof(name), "%s/%020d.spool", dir, no);
+        assert_int_equal(unlink(name), 0);
+    }
+    append_lines(s, 300, 10); /* to a new segment 5 */
+    int got[400];
+    size_t n = read_numbers(s, &pos, got, 400);
+    assert_int_equal(n, 85 + 10);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(got[i], i < 85 ? 5 + (int)i : 300 + (int)(i - 85));
+    assert_int_equal(mg_spool_take_removed(s), 90 + 90 + 30);
+    assert_int_equal(mg_spool_commit(s, pos), MG_OK);
+    assert_int_equal(mg_spool_pending(s), 0);
+    mg_spool_close(s);
+}
+
 /* The database thread works in batches: it runs as a background thread, so its wake-ups do
  * not preempt an event loop in the middle of its requests. MariaDB need not be up for it. */
 static void database_thread_is_a_background_thread(void **state)
@@ -686,6 +717,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(second_process_is_refused, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(concurrent_append_and_read, make_dir, remove_dir),
         cmocka_unit_test_setup_teardown(removed_directory_is_made_again, make_dir, remove_dir),
+        cmocka_unit_test_setup_teardown(removed_segments_are_counted_and_skipped, make_dir,
+                                        remove_dir),
         cmocka_unit_test_setup_teardown(database_thread_is_a_background_thread, make_dir,
                                         remove_dir),
     };
