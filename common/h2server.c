@@ -1964,6 +1964,8 @@ static int h1_on_value_complete(llhttp_t *p)
 {
     conn_t *c = parser_conn(p);
     mg_srv_stream_t *s = c->h1s;
+    if (h1_limit(c, 32)) /* each field's overhead, as RFC 9113 6.5.2 counts over HTTP/2 */
+        return -1;
     const char *name = c->h1_scratch, *value = c->h1_scratch + c->h1_fld_len;
     size_t nlen = c->h1_fld_len, vlen = c->h1_val_len;
     c->h1_fld_len = c->h1_val_len = 0;
