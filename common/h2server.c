@@ -3727,13 +3727,20 @@ SSL_CTX *mg_srv_tls_ctx_new(const char *cert, const char *key, char *err, size_t
         SSL_CTX_free(ctx);
         return NULL;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1) {
+    bool loaded = SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1;
+    if (!loaded || SSL_CTX_check_private_key(ctx) != 1) {
         tls_file_why(why, sizeof(why));
-        snprintf(err, errlen, "TLS key '%s': %s", key,
-                 asked ? "encrypted with a passphrase, which is not read: give the key "
-                         "unencrypted (openssl pkey -in KEY -out PLAIN)"
-                       : why);
+        /* a key of another type (RSA for an EC certificate) loads, and OpenSSL then says
+         * "no certificate assigned", which points the wrong way */
+        if (loaded)
+            snprintf(err, errlen,
+                     "TLS key '%s': not the key of the certificate '%s' (a key of another type)",
+                     key, cert);
+        else
+            snprintf(err, errlen, "TLS key '%s': %s", key,
+                     asked ? "encrypted with a passphrase, which is not read: give the key "
+                             "unencrypted (openssl pkey -in KEY -out PLAIN)"
+                           : why);
         SSL_CTX_free(ctx);
         return NULL;
     }

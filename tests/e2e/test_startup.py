@@ -104,9 +104,15 @@ def test_check_config_refuses_what_start_up_refuses(tmp_path, tls_material):
     subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
                     "ec_paramgen_curve:P-256", "-aes256", "-pass", "pass:secret", "-out",
                     str(enc_key)], check=True, capture_output=True)
+    rsa_key = tmp_path / "rsa.key"  # the certificate is EC: OpenSSL said "no certificate assigned"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", str(rsa_key)], check=True, capture_output=True)
     tls = {"listen": ["127.0.0.1:%d" % free_port()]}
     cert = tls_material["cert"]
     file_cases = [
+        ({"tls": dict(tls, cert=cert, key=str(rsa_key))},
+         "TLS key '%s': not the key of the certificate '%s' (a key of another type)" % (
+             rsa_key, cert)),
         ({"tls": dict(tls, cert="bad.pem", key="bad.pem")},
          "TLS certificate '%s': not PEM, or not the right kind" % (tmp_path / "bad.pem")),
         ({"tls": dict(tls, cert=cert, key=cert)},
