@@ -240,6 +240,32 @@ static bool name_is(const mg_hdr_t *h, const char *name, size_t len)
     return h->name_len == len && memcmp(h->name, name, len) == 0;
 }
 
+/* The x-forwarded-proto the pod gets: a trusted proxy's (the scheme its client used, say
+ * https before a TLS-terminating load balancer) when the connection comes from one of
+ * trusted_proxies and names exactly one of "http" and "https", else the connection's own. */
+static const char *forwarded_proto(const mg_conf_t *conf, const mg_srv_req_t *req)
+{
+    const char *sent = NULL;
+    if (conf->ntrusted_proxies == 0 ||
+        !mg_cidr_match(conf->trusted_proxies, conf->ntrusted_proxies, req->client_addr))
+        return req->scheme;
+    for (size_t i = 0; i < req->nhdrs; i++) {
+        const mg_hdr_t *f = &req->hdrs[i];
+        if (!name_is(f, "x-forwarded-proto", 17))
+            continue;
+        const char *v = f->value;
+        size_t len = f->value_len;
+        mg_field_trim(&v, &len);
+        const char *known = len == 4 && strncasecmp(v, "http", 4) == 0    ? "http"
+                            : len == 5 && strncasecmp(v, "https", 5) == 0 ? "https"
+                                                                          : NULL;
+        if (known == NULL || sent != NULL) /* a list, an unknown scheme, or two fields */
+            return req->scheme;
+        sent = known;
+    }
+    return sent ? sent : req->scheme;
+}
+
 /* Connection-specific fields, and the h2c upgrade's HTTP2-Settings (RFC 7540 3.2.1), which
  * belongs to the connection it came on even when Connection does not name it. */
 static bool hop_by_hop(const mg_hdr_t *h)
@@ -1226,6 +1252,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     mg_hpack_t xff_hpack = MG_HPACK_INDEX;
     bool te_trailers = false;
     size_t n = 0;
+    const char *xfp = forwarded_proto(conf, req);
     for (size_t i = 0; i < req->nhdrs; i++) {
         const mg_hdr_t *f = &req->hdrs[i];
         if (name_is(f, "te", 2)) { /* an HTTP/1.1 client's "TE: trailers, gzip" counts too */
@@ -1261,7 +1288,7 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
         xffv = (char *)req->client_ip;
     }
     h[n++] = (mg_hdr_t){"x-forwarded-for", xffv, 15, strlen(xffv), xff_hpack};
-    h[n++] = (mg_hdr_t){"x-forwarded-proto", req->scheme, 17, strlen(req->scheme), MG_HPACK_INDEX};
+    h[n++] = (mg_hdr_t){"x-forwarded-proto", xfp, 17, strlen(xfp), MG_HPACK_INDEX};
     if (te_trailers) /* the one TE value HTTP/2 allows; gRPC needs it */
         h[n++] = (mg_hdr_t){"te", "trailers", 2, 8, MG_HPACK_INDEX};
     if (e->rid_sent)

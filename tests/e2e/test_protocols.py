@@ -2002,6 +2002,30 @@ def test_proxy_protocol_gives_the_client_address(procs):
     gw.assert_alive()
 
 
+def test_trusted_proxy_keeps_its_forwarded_proto(procs):
+    """Behind a TLS-terminating load balancer listed in trusted_proxies, the pod gets the
+    scheme the balancer's client used: its x-forwarded-proto, when it names exactly one of
+    http and https. The gateway overwrote it with its own (http), so pods never saw https.
+    From any other peer, or with a list, an unknown scheme or two fields, the gateway's own."""
+    a = procs.backend("pod-a")
+    routes = routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")])
+    gw = procs.gateway(routes, conf={"trusted_proxies": ["127.0.0.0/8"], "workers": 1})
+    plain = procs.gateway(routes, conf={"workers": 1}, name="plain")
+    cases = [  # (x-forwarded-proto fields, what the pod gets from gw)
+        (["https"], "https"), (["HTTPS "], "https"), (["http"], "http"), ([], "http"),
+        (["https, http"], "http"), (["wss"], "http"), (["https", "https"], "http")]
+    for fields, want in cases:
+        hdrs = [("x-forwarded-proto", v) for v in fields]
+        for g, expect in ((gw, want), (plain, "http")):
+            with g.h2() as c:
+                got = [v for k, v in c.get("/xfp", headers=hdrs).json()["header_list"]
+                       if k == "x-forwarded-proto"]
+            assert got == [expect], (g is gw, fields, got)
+            got = [v for k, v in h1(g, "GET", "/xfp", headers=hdrs).json()["header_list"]
+                   if k == "x-forwarded-proto"]
+            assert got == [expect], ("http/1.1", g is gw, fields, got)
+
+
 def test_trusted_proxies_name_the_client(procs, tmp_path):
     """Behind HTTP proxies the operator lists in trusted_proxies, the client is the nearest
     x-forwarded-for entry that is not one of them (as nginx's real_ip_recursive): the access
