@@ -879,12 +879,15 @@ again:;
         s->rseg = pos->seg;
         if ((s->rfd = openat(s->dirfd, name, O_RDONLY | O_CLOEXEC)) < 0) {
             int e = errno;
-            if (e == ENOENT && i + 1 < s->nsegs) {
+            /* a removed directory is the appender's to make again (remake_dir), which
+             * counts what went with it: skipping here would count it twice */
+            bool dir_gone = e == ENOENT && unlinked(s->dirfd);
+            if (e == ENOENT && !dir_gone && i + 1 < s->nsegs) {
                 skip_removed(s, i, pos);
                 goto again;
             }
             pthread_mutex_unlock(&s->mu);
-            if (e == ENOENT) /* the appender's: it moves on at its next batch */
+            if (e == ENOENT) /* the appender's own, or the directory: it acts at its next batch */
                 return MG_E_AGAIN;
             MG_LOG(MG_LOG_ERROR, "spool", "%s/%s: cannot open: %s", s->dir, name, strerror(e));
             return MG_E_IO;
