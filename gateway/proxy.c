@@ -1139,9 +1139,11 @@ static void fail_no_pod(exch_t *e, const struct pick_fail *why)
 {
     mg_service_t *svc = e->svc;
     if (svc->npods == 0) {
-        fail(e, 503, "no_pods",
-             "service '%s' has no pods%s", svc->name,
-             svc->dns_name ? " (nothing discovered in DNS yet)" : "");
+        if (svc->dns_name)
+            fail(e, 503, "no_pods", "service '%s' has no pods: DNS gives no address for '%.200s'",
+                 svc->name, svc->dns_name);
+        else
+            fail(e, 503, "no_pods", "service '%s' has no pods", svc->name);
     } else if (why->overflowed && !why->unhealthy && !why->unchecked && !why->ejected &&
                why->tried == why->overflowed) {
         const mg_conf_t *c = e->p->conf;
