@@ -930,10 +930,14 @@ static void check_addr(mg_jerr_t *e, const char *flag, const char *addr)
         flagf(e, flag, "invalid address \"%s\" (%s)", ESC(q, addr), why);
 }
 
-/* Applies the flags over |c|: each flag replaces the setting of the file. */
-static void apply_flags(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
+/* Applies the flags over |c|: each flag replaces the setting of the file. Returns false when
+ * --backend was given with errors (said here: the pods are not resolved then, which would say
+ * them again). */
+static bool apply_flags(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
 {
     char q[300];
+    size_t before = e->count;
+    bool backends_ok = true;
     if (f->listen_set) {
         for (size_t i = 0; i < c->nlisten; i++) {
             free(c->listen[i]);
@@ -998,6 +1002,7 @@ static void apply_flags(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
         if (n > 64)
             flagf(e, "--backend", "too many pods (got %zu; expected at most 64)", n);
         set_str(e, &c->backends, f->backend);
+        backends_ok = e->count == before;
     }
     if (f->backend_proto != NULL) {
         if (strcmp(f->backend_proto, "h2c") == 0)
@@ -1030,6 +1035,7 @@ static void apply_flags(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
         else
             c->log_level = lvl;
     }
+    return backends_ok;
 }
 
 /* Two listeners on one address: the second bind would fail at start with "Address already in
@@ -1188,14 +1194,15 @@ static void check_merged(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
     }
 }
 
-/* --check-config: build the routing snapshot the gateway would start with, then drop it. */
-static void check_routes(mg_jerr_t *e, const mg_conf_t *c)
+/* --check-config: build the routing snapshot the gateway would start with, then drop it.
+ * --backend pods with errors (|backends_ok| false) were said by apply_flags: not again. */
+static void check_routes(mg_jerr_t *e, const mg_conf_t *c, bool backends_ok)
 {
     char *rerr = NULL;
     mg_routes_t *r = NULL;
     if (c->routes_path != NULL && c->backends == NULL)
         r = mg_routes_load(c->routes_path, &rerr);
-    else if (c->backends != NULL && c->routes_path == NULL)
+    else if (c->backends != NULL && c->routes_path == NULL && backends_ok)
         r = mg_routes_catchall(c->backends, c->backend_proto, &rerr);
     else
         return;
@@ -1230,7 +1237,7 @@ mg_err_t mg_conf_from_args(int argc, char **argv, mg_conf_t *c, mg_conf_action_t
         }
         free(ferr);
     }
-    apply_flags(&e, &f, c);
+    bool backends_ok = apply_flags(&e, &f, c);
     /* A file that failed to load contributed nothing; "no listener" and the like would only
      * be noise on top of its real errors. */
     if (file_ok)
@@ -1238,7 +1245,7 @@ mg_err_t mg_conf_from_args(int argc, char **argv, mg_conf_t *c, mg_conf_action_t
     if (f.check) {
         *action = MG_CONF_CHECK;
         if (file_ok)
-            check_routes(&e, c);
+            check_routes(&e, c, backends_ok);
     }
     if (e.count == 0 && !e.nomem) {
         free(e.buf);

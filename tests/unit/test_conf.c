@@ -802,6 +802,25 @@ static void check_config_validates_routes(void **state)
     assert_int_equal(a, MG_CONF_RUN);
     mg_conf_clear(&c);
 
+    /* --backend errors are said once: the pods are not resolved then (which says them too) */
+    char many[65 * 16] = "";
+    for (int i = 0; i < 65; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "%s127.0.0.1:%d", i ? "," : "",
+                 9000 + i);
+    const char *bad_backends[][2] = {
+        {"", "--backend: empty pod in \"\" (expected H:P[,H:P...])"},
+        {"127.0.0.1:1,", "--backend: empty pod in \"127.0.0.1:1,\" (expected H:P[,H:P...])"},
+        {many, "--backend: too many pods (got 65; expected at most 64)"},
+    };
+    for (size_t i = 0; i < sizeof(bad_backends) / sizeof(bad_backends[0]); i++) {
+        argv = ARGV("--check-config", (char *)put(f, "g5.json", "{'listen':['a:1']}"), "--backend",
+                    (char *)bad_backends[i][0]);
+        e = run(argv, argc_of(argv), &c, &a);
+        assert_non_null(e);
+        assert_string_equal(e, bad_backends[i][1]);
+        free(e);
+    }
+
     /* --check-config with --backend resolves the pods */
     argv = ARGV("--check-config", (char *)put(f, "g4.json", "{'listen':['a:1']}"), "--backend",
                 "nohost.invalid:1");
