@@ -6,14 +6,20 @@
  */
 #include "common/tlstickets.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+
+#include "common/secretfile.h"
 
 /* nginx's ssl_session_ticket_key layout, which a key file holds too */
 typedef struct ticket_key {
@@ -175,4 +181,37 @@ void mg_tls_tickets_free(mg_tls_tickets_t *t)
     OPENSSL_cleanse(t->keys, sizeof(t->keys));
     EVP_CIPHER_free(t->cipher);
     free(t);
+}
+
+size_t mg_tls_tickets_read_file(const char *path, unsigned char *buf, unsigned char digest[32],
+                                char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "tls.ticket_key_file: cannot open \"%s\": %s", path, strerror(errno));
+        return 0;
+    }
+    unsigned char extra;
+    ssize_t n = mg_secretfile_read_upto(fd, buf, MG_TLS_TICKET_FILE_MAX);
+    if (n == MG_TLS_TICKET_FILE_MAX)
+        n = mg_secretfile_read_upto(fd, &extra, 1) == 1 ? n + 1 : n; /* one more: "too long" */
+    int read_errno = errno;
+    close(fd);
+    size_t len = n > 0 ? (size_t)n : 0;
+    if (n < 0) {
+        snprintf(err, errlen, "tls.ticket_key_file: cannot read \"%s\": %s", path,
+                 strerror(read_errno));
+        return 0;
+    }
+    if (len == 0 || len % MG_TLS_TICKET_KEY_LEN != 0 || len > MG_TLS_TICKET_FILE_MAX) {
+        bool over = len > MG_TLS_TICKET_FILE_MAX;
+        snprintf(err, errlen,
+                 "tls.ticket_key_file: \"%s\" has %s%zu bytes (expected 1 to %d keys of %d "
+                 "bytes each: openssl rand %d > FILE)",
+                 path, over ? "over " : "", over ? len - 1 : len, MG_TLS_TICKET_KEYS_MAX,
+                 MG_TLS_TICKET_KEY_LEN, MG_TLS_TICKET_KEY_LEN);
+        return 0;
+    }
+    EVP_Digest(buf, len, digest, NULL, EVP_sha256(), NULL);
+    return len;
 }

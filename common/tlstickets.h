@@ -33,6 +33,13 @@ typedef struct mg_tls_tickets mg_tls_tickets_t;
 
 #define MG_TLS_TICKET_KEY_LEN 80 /* name 16, HMAC key 32, AES key 32: nginx's key file layout */
 #define MG_TLS_TICKET_KEYS_MAX 4
+#define MG_TLS_TICKET_FILE_MAX (MG_TLS_TICKET_KEYS_MAX * MG_TLS_TICKET_KEY_LEN)
+
+/* Reads a ticket key file (tls.ticket_key_file) into |buf| (MG_TLS_TICKET_FILE_MAX bytes) and
+ * its SHA-256 into |digest|: returns its length, or 0 with |err| saying what is wrong (cannot
+ * open, cannot read, or a size that is not 1 to 4 keys). The caller wipes |buf|. */
+size_t mg_tls_tickets_read_file(const char *path, unsigned char *buf, unsigned char digest[32],
+                                char *err, size_t errlen);
 
 /* A first key, made now; NULL when out of memory or randomness. */
 mg_tls_tickets_t *mg_tls_tickets_new(void);

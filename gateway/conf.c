@@ -23,10 +23,16 @@
 #include <unistd.h>
 
 #include <event2/util.h> /* evutil_parse_sockaddr_port */
+#include <openssl/crypto.h> /* OPENSSL_cleanse */
+#include <openssl/ssl.h>
 
+#include "common/h2server.h" /* mg_srv_tls_ctx_new */
 #include "common/jsonerr.h"
 #include "common/listen.h"
 #include "common/log.h"
+#include "common/secretfile.h"
+#include "common/tlstickets.h"
+#include "gateway/admin.h" /* MG_ADMIN_TOKEN_MAX */
 #include "routing/discovery.h"
 #include "routing/host.h"
 
@@ -724,7 +730,9 @@ static void syntax_error(mg_jerr_t *e, const char *path, const json_error_t *jer
     mg_jerr_text(e, line);
 }
 
-mg_err_t mg_conf_load(const char *path, mg_conf_t *c, char **errors)
+/* mg_conf_load; with |keep_partial|, a file with errors still leaves in |c| every setting it
+ * gave without one, so that the files it names can be checked in the same run. */
+static mg_err_t load_file(const char *path, mg_conf_t *c, char **errors, bool keep_partial)
 {
     mg_jerr_t e = {.source = path, .quote_max = QUOTE_MAX};
     json_error_t jerr;
@@ -747,7 +755,7 @@ mg_err_t mg_conf_load(const char *path, mg_conf_t *c, char **errors)
         e.nomem = true;
     if (!e.nomem) {
         apply_doc(&e, doc, dir, &tmp);
-        if (e.count == 0 && !e.nomem) {
+        if ((e.count == 0 || keep_partial) && !e.nomem) {
             mg_conf_clear(c);
             *c = tmp;
         } else {
@@ -762,6 +770,11 @@ mg_err_t mg_conf_load(const char *path, mg_conf_t *c, char **errors)
     }
     errors_out(&e, errors);
     return e.count > 0 ? MG_E_CONFIG : MG_E_NOMEM;
+}
+
+mg_err_t mg_conf_load(const char *path, mg_conf_t *c, char **errors)
+{
+    return load_file(path, c, errors, false);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1131,6 +1144,44 @@ static void check_log_paths(mg_jerr_t *e, const flags_t *f, const mg_conf_t *c)
 }
 
 /*
+ * The TLS certificate and key a TLS listener needs: set, readable, files. With |file_ok| false
+ * (the config file had errors, so a value it should have given may be missing for that reason)
+ * only the paths that are known are checked. Returns true when both can be read.
+ */
+static bool check_tls_paths(mg_jerr_t *e, const flags_t *f, const mg_conf_t *c, bool file_ok)
+{
+    const char *file = f->config;
+    char q[300];
+    bool readable = true;
+    const struct {
+        const char *val, *flag, *key;
+    } files[] = {{c->tls_cert, "--cert", "cert"}, {c->tls_key, "--key", "key"}};
+    for (size_t i = 0; i < 2; i++) {
+        bool from_flag = i == 0 ? f->cert != NULL : f->key != NULL;
+        char src[1200];
+        if (from_flag || file == NULL)
+            snprintf(src, sizeof(src), "%s", files[i].flag);
+        else
+            snprintf(src, sizeof(src), "%s: tls.%s", file, files[i].key);
+        readable &= files[i].val != NULL;
+        if (files[i].val == NULL) {
+            if (file_ok)
+                flagf(e, src,
+                      "missing (a TLS listener needs a %s; expected tls.%s in the config "
+                      "file or %s FILE)",
+                      i == 0 ? "certificate" : "private key", files[i].key, files[i].flag);
+        } else if (access(files[i].val, R_OK) != 0) {
+            flagf(e, src, "cannot read \"%s\" (%s)", ESC(q, files[i].val), strerror(errno));
+            readable = false;
+        } else if (is_dir(files[i].val)) {
+            flagf(e, src, "\"%s\" is a directory (expected a PEM file)", ESC(q, files[i].val));
+            readable = false;
+        }
+    }
+    return readable;
+}
+
+/*
  * Checks that need the merged result. |f| tells where a value came from, so the message points
  * at the flag or at the key of the file that set it.
  */
@@ -1148,28 +1199,6 @@ static void check_merged(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
             flagf(e, "--listen",
                   "no listener configured (expected --listen ADDR or "
                   "--tls-listen ADDR)");
-    }
-    if (c->ntls_listen > 0) {
-        const struct {
-            const char *val, *flag, *key;
-        } files[] = {{c->tls_cert, "--cert", "cert"}, {c->tls_key, "--key", "key"}};
-        for (size_t i = 0; i < 2; i++) {
-            bool from_flag = i == 0 ? f->cert != NULL : f->key != NULL;
-            char src[1200];
-            if (from_flag || file == NULL)
-                snprintf(src, sizeof(src), "%s", files[i].flag);
-            else
-                snprintf(src, sizeof(src), "%s: tls.%s", file, files[i].key);
-            if (files[i].val == NULL)
-                flagf(e, src,
-                      "missing (a TLS listener needs a %s; expected tls.%s in the config "
-                      "file or %s FILE)",
-                      i == 0 ? "certificate" : "private key", files[i].key, files[i].flag);
-            else if (access(files[i].val, R_OK) != 0)
-                flagf(e, src, "cannot read \"%s\" (%s)", ESC(q, files[i].val), strerror(errno));
-            else if (is_dir(files[i].val))
-                flagf(e, src, "\"%s\" is a directory (expected a PEM file)", ESC(q, files[i].val));
-        }
     }
     check_log_paths(e, f, c);
     if (c->routes_path != NULL && c->backends != NULL) {
@@ -1194,8 +1223,13 @@ static void check_merged(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
     }
 }
 
-/* --check-config: build the routing snapshot the gateway would start with, then drop it.
- * --backend pods with errors (|backends_ok| false) were said by apply_flags: not again. */
+/*
+ * The files the configuration names, loaded as start-up loads them: here the routing snapshot
+ * (or the --backend pods, unless |backends_ok| is false), then in check_tls_files the TLS
+ * certificate and key when |tls_readable|, and the ticket key file. Each is skipped when its
+ * path is not known (a file whose key had an error gave none). Run by --check-config, and
+ * before refusing a start for other errors, so that one run says all.
+ */
 static void check_routes(mg_jerr_t *e, const mg_conf_t *c, bool backends_ok)
 {
     char *rerr = NULL;
@@ -1205,11 +1239,78 @@ static void check_routes(mg_jerr_t *e, const mg_conf_t *c, bool backends_ok)
     else if (c->backends != NULL && c->routes_path == NULL && backends_ok)
         r = mg_routes_catchall(c->backends, c->backend_proto, &rerr);
     else
-        return;
+        return; /* unknown, or both (said by check_merged) */
     if (r == NULL)
         mg_jerr_text(e, rerr != NULL ? rerr : "routing document: out of memory");
     mg_routes_unref(r);
     free(rerr);
+}
+
+/* The TLS files, loaded as start-up loads them (see check_routes). */
+static void check_tls_files(mg_jerr_t *e, const mg_conf_t *c, bool tls_readable)
+{
+    if (c->ntls_listen == 0)
+        return; /* the files are not read (main.c warns) */
+    char err[512];
+    if (tls_readable) {
+        SSL_CTX *tls = mg_srv_tls_ctx_new(c->tls_cert, c->tls_key, err, sizeof(err));
+        if (tls == NULL)
+            mg_jerr_text(e, err);
+        SSL_CTX_free(tls);
+    }
+    if (c->tls_ticket_key_file != NULL) {
+        unsigned char keys[MG_TLS_TICKET_FILE_MAX + 1], digest[32];
+        if (mg_tls_tickets_read_file(c->tls_ticket_key_file, keys, digest, err, sizeof(err)) == 0)
+            mg_jerr_text(e, err);
+        OPENSSL_cleanse(keys, sizeof(keys));
+    }
+}
+
+/* One secret file, read as start-up reads it. */
+static void check_secret(mg_jerr_t *e, const char *path, const char *key, mg_secret_kind_t kind,
+                         size_t max)
+{
+    char *secret = NULL, err[512];
+    if (path == NULL)
+        return;
+    if (mg_secretfile_read(path, key, kind, max, &secret, err, sizeof(err)) != MG_OK)
+        mg_jerr_text(e, err);
+    mg_secretfile_free(secret);
+}
+
+/* The access log can be opened for appending: an existing file writable, or its directory
+ * there and writable (nothing is created here). */
+static void check_access_log(mg_jerr_t *e, const char *path)
+{
+    char line[8400], dir[4096];
+    if (path == NULL || strcmp(path, "-") == 0)
+        return;
+    if (access(path, F_OK) == 0) {
+        if (access(path, W_OK) == 0)
+            return;
+        snprintf(line, sizeof(line), "cannot open access log %s: %s", path, strerror(errno));
+        mg_jerr_text(e, line);
+        return;
+    }
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path + (slash == path)) : 1,
+             slash ? path : ".");
+    if (access(dir, W_OK | X_OK) == 0)
+        return;
+    snprintf(line, sizeof(line), "cannot open access log %s: directory %s: %s", path, dir,
+             strerror(errno));
+    mg_jerr_text(e, line);
+}
+
+/* The other files start-up reads before it binds (see check_routes): the admin token, the
+ * access log's place, the request log's password. */
+static void check_other_files(mg_jerr_t *e, const mg_conf_t *c)
+{
+    check_secret(e, c->admin_token_file, "admin.token_file", MG_SECRET_TOKEN, MG_ADMIN_TOKEN_MAX);
+    check_access_log(e, c->access_log);
+    if (c->request_log_db.host != NULL)
+        check_secret(e, c->request_log_db.password_file, "request_log_db.password_file",
+                     MG_SECRET_PASSWORD, MG_DBLOG_PASSWORD_MAX);
 }
 
 mg_err_t mg_conf_from_args(int argc, char **argv, mg_conf_t *c, mg_conf_action_t *action,
@@ -1231,21 +1332,27 @@ mg_err_t mg_conf_from_args(int argc, char **argv, mg_conf_t *c, mg_conf_action_t
     bool file_ok = true;
     if (f.config != NULL) {
         char *ferr = NULL;
-        if (mg_conf_load(f.config, c, &ferr) != MG_OK) {
+        /* a file with errors still gives the paths it names: their files are checked too */
+        if (load_file(f.config, c, &ferr, true) != MG_OK) {
             mg_jerr_text(&e, ferr != NULL ? ferr : "out of memory");
             file_ok = false;
         }
         free(ferr);
     }
     bool backends_ok = apply_flags(&e, &f, c);
-    /* A file that failed to load contributed nothing; "no listener" and the like would only
-     * be noise on top of its real errors. */
+    /* A file with errors may lack what it meant to give; "no listener" and the like would
+     * only be noise on top of its real errors. */
     if (file_ok)
         check_merged(&e, &f, c);
-    if (f.check) {
+    bool tls_readable = c->ntls_listen > 0 && check_tls_paths(&e, &f, c, file_ok);
+    if (f.check)
         *action = MG_CONF_CHECK;
-        if (file_ok)
-            check_routes(&e, c, backends_ok);
+    /* Errors refuse the start anyway: the files are loaded now, so that this one run says
+     * what is wrong with them too. Otherwise start-up loads them (and says it). */
+    if (f.check || e.count > 0) {
+        check_routes(&e, c, backends_ok);
+        check_tls_files(&e, c, tls_readable);
+        check_other_files(&e, c);
     }
     if (e.count == 0 && !e.nomem) {
         free(e.buf);

@@ -122,7 +122,11 @@ void mg_conf_defaults(mg_conf_t *c);
  *   --workers N | --access-log PATH | --log-level LEVEL | --help | --version
  * --config/--check-config is loaded first, then the other flags override it. Checks the result
  * (at least one listener; TLS listener needs cert and key; exactly one of routes file or
- * --backend); --check-config also loads the routing document (or the --backend pods).
+ * --backend). --check-config also loads the files the result names: the routing document (or
+ * the --backend pods), the TLS certificate and key, the ticket key file, the admin token and
+ * request log password files, the access log's place; so does any run that
+ * found errors already (the start is refused anyway: one run says everything), with what a
+ * config file with errors still gave (a path whose key had an error is not known: not loaded).
  * Returns MG_OK with *action set, or MG_E_CONFIG with |c| cleared and *errors a malloc'ed string
  * of every problem, one per line ("FILE: json.path: problem" or "--flag: problem").
  */

@@ -278,42 +278,6 @@ static void log_certificate(const char *what)
            g_conf->tls_cert, desc, expired ? " (EXPIRED)" : "");
 }
 
-#define TICKET_FILE_MAX (MG_TLS_TICKET_KEYS_MAX * MG_TLS_TICKET_KEY_LEN)
-
-/* Reads tls.ticket_key_file into |buf| (TICKET_FILE_MAX bytes) and its SHA-256 into |digest|:
- * returns its length, or 0 with |err| saying what is wrong. The caller wipes |buf|. */
-static size_t read_ticket_file(const char *path, unsigned char *buf, unsigned char digest[32],
-                               char *err, size_t errlen)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(err, errlen, "tls.ticket_key_file: cannot open \"%s\": %s", path, strerror(errno));
-        return 0;
-    }
-    unsigned char extra;
-    ssize_t n = mg_secretfile_read_upto(fd, buf, TICKET_FILE_MAX);
-    if (n == TICKET_FILE_MAX)
-        n = mg_secretfile_read_upto(fd, &extra, 1) == 1 ? n + 1 : n; /* one more: "too long" */
-    int read_errno = errno;
-    close(fd);
-    size_t len = n > 0 ? (size_t)n : 0;
-    if (n < 0) {
-        snprintf(err, errlen, "tls.ticket_key_file: cannot read \"%s\": %s", path,
-                 strerror(read_errno));
-        return 0;
-    }
-    if (len == 0 || len % MG_TLS_TICKET_KEY_LEN != 0 || len > TICKET_FILE_MAX) {
-        snprintf(err, errlen,
-                 "tls.ticket_key_file: \"%s\" has %s%zu bytes (expected 1 to %d keys of %d "
-                 "bytes each: openssl rand %d > FILE)",
-                 path, len > TICKET_FILE_MAX ? "over " : "", len > TICKET_FILE_MAX ? len - 1 : len,
-                 MG_TLS_TICKET_KEYS_MAX, MG_TLS_TICKET_KEY_LEN, MG_TLS_TICKET_KEY_LEN);
-        return 0;
-    }
-    EVP_Digest(buf, len, digest, NULL, EVP_sha256(), NULL);
-    return len;
-}
-
 /* What a periodic reload last refused, so that the same cause is said once, not at every
  * check: the files' digest, or the error when they could not be read. */
 typedef struct refusal {
@@ -340,9 +304,10 @@ static bool refusal_is_new(refusal_t *r, const unsigned char cause[32])
 static void reload_ticket_keys(bool on_signal)
 {
     static refusal_t refused;
-    unsigned char buf[TICKET_FILE_MAX + 1], digest[32];
+    unsigned char buf[MG_TLS_TICKET_FILE_MAX + 1], digest[32];
     char err[320];
-    size_t len = read_ticket_file(g_conf->tls_ticket_key_file, buf, digest, err, sizeof(err));
+    size_t len =
+        mg_tls_tickets_read_file(g_conf->tls_ticket_key_file, buf, digest, err, sizeof(err));
     if (len == 0) {
         cause_of(err, strlen(err), digest);
         if (refusal_is_new(&refused, digest) || on_signal)
@@ -630,28 +595,6 @@ static bool check_secret(const char *path, const char *key, mg_secret_kind_t kin
     return true;
 }
 
-/* The access log can be opened for appending: an existing file writable, or its directory
- * there and writable (nothing is created here). */
-static bool check_access_log(const char *path)
-{
-    if (path == NULL || strcmp(path, "-") == 0)
-        return true;
-    if (access(path, F_OK) == 0) {
-        if (access(path, W_OK) == 0)
-            return true;
-        conf_reject("cannot open access log %s: %s", path, strerror(errno));
-        return false;
-    }
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path + (slash == path)) : 1,
-             slash ? path : ".");
-    if (access(dir, W_OK | X_OK) == 0)
-        return true;
-    conf_reject("cannot open access log %s: directory %s: %s", path, dir, strerror(errno));
-    return false;
-}
-
 /* TLS files no listener uses: most likely a listener meant for TLS went under "listen" (or
  * --listen). nghttpx ignores such files in silence; both start-up and --check-config say it. */
 static const char *unused_tls_files(const mg_conf_t *conf)
@@ -664,10 +607,10 @@ static const char *unused_tls_files(const mg_conf_t *conf)
            "--tls-listen): the files are not read, and every listener is cleartext";
 }
 
-/* --check-config: what start-up would refuse before binding or connecting fails here too (as
- * nginx -t loads certificates): the TLS certificate and key, the secret files, the access
- * log's place. The routing
- * document and the features' password files were checked with the configuration. */
+/* --check-config, once mg_conf_from_args loaded every file the configuration names (as nginx
+ * -t loads certificates: the routing document, the TLS files, the secret files, the access
+ * log's place) and found them good: the warnings start-up would give, and the verdict. The
+ * certificate is loaded again for its expiry. */
 static int check_only(const mg_conf_t *conf)
 {
     bool ok = true;
@@ -686,24 +629,9 @@ static int check_only(const mg_conf_t *conf)
         ok = tls != NULL;
         SSL_CTX_free(tls);
     }
-    if (conf->ntls_listen && conf->tls_ticket_key_file) {
-        unsigned char keys[TICKET_FILE_MAX + 1], digest[32];
-        char err[320];
-        bool read = read_ticket_file(conf->tls_ticket_key_file, keys, digest, err, sizeof(err));
-        OPENSSL_cleanse(keys, sizeof(keys));
-        if (!read)
-            conf_reject("%s", err);
-        ok &= read;
-    }
     const char *unused = unused_tls_files(conf);
     if (unused)
         fprintf(stderr, "modelgate: warning: %s\n", unused);
-    ok &= check_secret(conf->admin_token_file, "admin.token_file", MG_SECRET_TOKEN,
-                       MG_ADMIN_TOKEN_MAX);
-    ok &= check_access_log(conf->access_log);
-    if (conf->request_log_db.host != NULL)
-        ok &= check_secret(conf->request_log_db.password_file, "request_log_db.password_file",
-                           MG_SECRET_PASSWORD, MG_DBLOG_PASSWORD_MAX);
     if (!ok)
         return 1;
     printf("configuration OK: %zu listener(s), %zu TLS listener(s), %u worker(s), %s\n",
@@ -918,10 +846,11 @@ int main(int argc, char **argv)
                                 : mg_routes_catchall(conf.backends, conf.backend_proto, &errors);
     if (g_routes && !conf.routes_path)
         mg_control_adopt(g_control, g_routes);
-    if (g_routes == NULL) {
+    /* a refused routing document does not stop the TLS files' checks: one start says all */
+    bool refused = g_routes == NULL;
+    if (refused) {
         fprintf(stderr, "modelgate: routing rejected:\n%s\n", errors ? errors : "");
         free(errors);
-        goto out;
     }
     if (conf.ntls_listen) {
         char err[512];
@@ -932,23 +861,24 @@ int main(int argc, char **argv)
             goto out;
         }
         if (conf.tls_ticket_key_file) {
-            unsigned char keys[TICKET_FILE_MAX + 1];
-            size_t len =
-                read_ticket_file(conf.tls_ticket_key_file, keys, g_ticket_digest, err, sizeof(err));
+            unsigned char keys[MG_TLS_TICKET_FILE_MAX + 1];
+            size_t len = mg_tls_tickets_read_file(conf.tls_ticket_key_file, keys, g_ticket_digest,
+                                                  err, sizeof(err));
             bool ok = len > 0 && mg_tls_tickets_set(g_tickets, keys, len);
             OPENSSL_cleanse(keys, sizeof(keys));
-            if (!ok) {
+            if (!ok)
                 conf_reject("%s", err);
-                goto out;
-            }
+            refused |= !ok;
         }
         g_tls = tls_ctx_new(&conf, err, sizeof(err));
-        if (g_tls == NULL) {
+        if (g_tls == NULL)
             conf_reject("%s", err);
-            goto out;
-        }
-        log_certificate("from");
+        refused |= g_tls == NULL;
+        if (!refused)
+            log_certificate("from");
     }
+    if (refused)
+        goto out;
     if (conf.access_log) {
         g_log = mg_reqlog_open(conf.access_log);
         if (g_log == NULL)

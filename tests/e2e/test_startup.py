@@ -144,6 +144,44 @@ def test_check_config_refuses_what_start_up_refuses(tmp_path, tls_material):
     assert not (tmp_path / "access.log").exists()  # checked, not created
 
 
+def test_every_problem_is_said_in_one_run(tmp_path, tls_material):
+    """Validation ran in stages: an error in gateway.json hid the routing document's, a bad
+    routing document hid a bad certificate, an out-of-range tls key hid a ticket key file of
+    the wrong size; each showed only once the one before was fixed. Now --check-config and
+    start-up both say them all at once, and still refuse."""
+    (tmp_path / "routes.json").write_text(json.dumps(dict(
+        routes_doc({"svc": ["127.0.0.1:1"]}, [("digits", "production", "svc")]),
+        routes=[{"app": "digits", "env": "prod", "service": "svc"}])))
+    env_err = 'routes.json: routes[0].env: unknown env "prod"'
+    (tmp_path / "bad.pem").write_text("garbage\n")
+    cert_err = "TLS certificate '%s': not PEM" % (tmp_path / "bad.pem")
+    (tmp_path / "tk79").write_bytes(b"k" * 79)
+    conf = tmp_path / "gateway.json"
+    listen = "127.0.0.1:%d" % free_port()
+    cases = [
+        ({"listen": [listen], "routes": "routes.json", "limits": {"stream_window": 1000}}, [],
+         ["limits.stream_window: out of range (got 1000;", env_err]),
+        ({"listen": [listen], "routes": "routes.json"},
+         ["--tls-listen", "127.0.0.1:%d" % free_port(), "--cert", str(tmp_path / "bad.pem"),
+          "--key", tls_material["key"]],
+         [env_err, cert_err]),
+        ({"routes": "routes.json",
+          "tls": {"listen": ["127.0.0.1:%d" % free_port()], "cert": "bad.pem",
+                  "key": tls_material["key"], "reload_check_ms": 50,
+                  "ticket_key_file": "tk79"}}, [],
+         ["tls.reload_check_ms: too small (got 50;", env_err, cert_err,
+          'tls.ticket_key_file: "%s" has 79 bytes' % (tmp_path / "tk79")]),
+    ]
+    for doc, flags, msgs in cases:
+        conf.write_text(json.dumps(doc))
+        for how in (["--check-config", str(conf)], ["--config", str(conf)]):
+            r = run(*(how + flags))
+            assert r.returncode == 1, (how, doc, r.stdout, r.stderr)
+            for msg in msgs:
+                assert msg in r.stderr, (how, doc, msg, r.stderr)
+            assert not SANITIZER_RE.search(r.stderr), r.stderr
+
+
 def expired_pair(d):
     """A self-signed certificate for localhost that expired on 2020-01-02, and its key."""
     def ossl(*args):

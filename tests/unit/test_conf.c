@@ -563,7 +563,7 @@ static void too_many_listeners(void **state)
     free(e);
     e = run_fail(&c, ARGV("--listen", "a:1", "--listen", "a:2", "--listen", "a:3", "--listen",
                           "a:4", "--listen", "a:5", "--listen", "a:6", "--listen", "a:7",
-                          "--listen", "a:8", "--listen", "a:9", "--backend", "a:1"));
+                          "--listen", "a:8", "--listen", "a:9", "--backend", "127.0.0.1:1"));
     assert_string_equal(e, "--listen: given too often (expected at most 8)");
     free(e);
 }
@@ -601,18 +601,18 @@ static void flag_errors(void **state)
     assert_int_equal(count_lines(e), n + 2);
     free(e);
 
-    e = run_fail(&c, ARGV("--listen", "a:1", "--backend", "a:2", "stray", "-x"));
+    e = run_fail(&c, ARGV("--listen", "a:1", "--backend", "127.0.0.1:2", "stray", "-x"));
     expect_line(e, "stray: unexpected argument (flags take their value as --flag VALUE)");
     expect_line(e, "-x: unexpected argument");
     free(e);
-    e = run_fail(&c, ARGV("-x", "--listen", "a:1", "--backend", "a:2"));
+    e = run_fail(&c, ARGV("-x", "--listen", "a:1", "--backend", "127.0.0.1:2"));
     assert_string_equal(e, "-x: unknown option (see --help)");
     free(e);
-    e = run_fail(&c, ARGV("--workers", "1025", "--listen", "a:1", "--backend", "a:2"));
+    e = run_fail(&c, ARGV("--workers", "1025", "--listen", "a:1", "--backend", "127.0.0.1:2"));
     assert_string_equal(
         e, "--workers: invalid value \"1025\" (expected an integer 0-1024, 0 = one per core)");
     free(e);
-    e = run_fail(&c, ARGV("--workers", "-1", "--listen", "a:1", "--backend", "a:2"));
+    e = run_fail(&c, ARGV("--workers", "-1", "--listen", "a:1", "--backend", "127.0.0.1:2"));
     expect_line(e, "--workers: invalid value \"-1\"");
     free(e);
     e = run_fail(&c, ARGV("--config", "a", "--check-config", "b"));
@@ -781,8 +781,13 @@ static void check_config_validates_routes(void **state)
     char *e = run(argv, argc_of(argv), &c, &a);
     assert_non_null(e);
     char want[1024];
-    snprintf(want, sizeof(want), "%s: listen[1]: invalid address \"x\" (missing :port)", cfg);
-    assert_string_equal(e, want); /* the file failed: its routes were never known */
+    /* the file failed, but its "routes" was well-formed: the document is checked all the same */
+    snprintf(want, sizeof(want),
+             "%s: listen[1]: invalid address \"x\" (missing :port)\n"
+             "%s: services.a.pods[0]: invalid address \"127.0.0.1:0\" (port must be 1-65535)\n"
+             "%s: default_service: unknown service \"b\" (expected one of: a)",
+             cfg, routes, routes);
+    assert_string_equal(e, want);
     free(e);
 
     cfg = put(f, "gateway3.json", "{'listen':['127.0.0.1:8080'],'routes':'bad-routes.json'}");
@@ -830,6 +835,79 @@ static void check_config_validates_routes(void **state)
     free(e);
 }
 
+/* A config file with errors does not hide the errors of the files it names: the routing
+ * document, the TLS certificate and key, the ticket key file are loaded all the same, in
+ * --check-config and at start-up (which is refused either way), when their paths are known. */
+static void file_errors_do_not_hide_named_files(void **state)
+{
+    fx_t *f = *state;
+    mg_conf_t c;
+    mg_conf_action_t a;
+    const char *routes =
+        put(f, "env-routes.json",
+            "{'domain':'x.com','envs':['production'],'services':{'s':{'pods':['127.0.0.1:1']}},"
+            "'routes':[{'app':'a','env':'prod','service':'s'}]}");
+    char env_err[512], want[2048];
+    snprintf(env_err, sizeof(env_err),
+             "%s: routes[0].env: unknown env \"prod\" (expected one of: production)", routes);
+    const char *cfg = put(f, "window.json",
+                          "{'listen':['127.0.0.1:8080'],'routes':'env-routes.json',"
+                          "'limits':{'stream_window':1000}}");
+    snprintf(want, sizeof(want),
+             "%s: limits.stream_window: out of range (got 1000; expected integer "
+             "65535-2147483647 (bytes))\n%s",
+             cfg, env_err);
+    const char *how[] = {"--check-config", "--config"};
+    for (size_t i = 0; i < 2; i++) {
+        char **argv = ARGV((char *)how[i], (char *)cfg);
+        char *e = run(argv, argc_of(argv), &c, &a);
+        assert_non_null(e);
+        assert_string_equal(e, want);
+        free(e);
+    }
+
+    /* TLS: the certificate (not PEM here) and a ticket key file of 79 bytes, behind an error
+     * in tls itself */
+    put(f, "tk79",
+        "0123456789012345678901234567890123456789012345678901234567890123456789012345678");
+    cfg = put(f, "tls.json",
+              "{'routes':'env-routes.json','tls':{'listen':['127.0.0.1:8443'],"
+              "'cert':'cert.pem','key':'key.pem','reload_check_ms':50,'ticket_key_file':'tk79'}}");
+    for (size_t i = 0; i < 2; i++) {
+        char **argv = ARGV((char *)how[i], (char *)cfg);
+        char *e = run(argv, argc_of(argv), &c, &a);
+        assert_non_null(e);
+        snprintf(want, sizeof(want), "%s: tls.reload_check_ms: too small (got 50;", cfg);
+        expect_line(e, want);
+        expect_line(e, env_err);
+        snprintf(want, sizeof(want), "TLS certificate '%s/cert.pem': not PEM", f->dir);
+        expect_line(e, want);
+        snprintf(want, sizeof(want), "tls.ticket_key_file: \"%s/tk79\" has 79 bytes", f->dir);
+        expect_line(e, want);
+        assert_int_equal(count_lines(e), 4);
+        free(e);
+    }
+
+    /* a path whose own key is wrong is not known: nothing more is said (and with a syntax
+     * error, nothing is known but the flags) */
+    cfg = put(f, "badkey.json", "{'listen':['127.0.0.1:8080'],'routes':7}");
+    char **argv = ARGV("--check-config", (char *)cfg);
+    char *e = run(argv, argc_of(argv), &c, &a);
+    assert_non_null(e);
+    snprintf(want, sizeof(want),
+             "%s: routes: wrong type (got number 7; expected string, a file path)", cfg);
+    expect_line(e, want);
+    assert_int_equal(count_lines(e), 1);
+    free(e);
+    cfg = put(f, "syntax.json", "{'listen':[}");
+    argv = ARGV("--config", (char *)cfg, "--routes", (char *)routes);
+    e = run(argv, argc_of(argv), &c, &a);
+    assert_non_null(e);
+    expect_line(e, env_err);
+    assert_int_equal(count_lines(e), 2);
+    free(e);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -853,6 +931,7 @@ int main(void)
         T(tls_needs_readable_files),
         T(routes_xor_backend),
         T(check_config_validates_routes),
+        T(file_errors_do_not_hide_named_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
