@@ -1052,47 +1052,65 @@ static bool apply_flags(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
 }
 
 /* Two listeners on one address: the second bind would fail at start with "Address already in
- * use", which reads as another process's fault. Said by --check-config too. */
-static void check_listeners_distinct(mg_jerr_t *e, const char *file, const mg_conf_t *c)
+ * use", which reads as another process's fault. Said by --check-config too. Each is named as
+ * the user wrote it: a key of |f|'s config file, or the flag that replaced the file's list. */
+static void check_listeners_distinct(mg_jerr_t *e, const flags_t *f, const mg_conf_t *c)
 {
     struct {
         const char *addr;
-        char key[48]; /* "listen[1]", "admin.listen" */
+        const char *flag; /* "--listen", "--tls-listen"; NULL: from the file */
+        char key[48];     /* "listen[1]", "admin.listen"; the flag when from one */
     } all[2 * MG_CONF_MAX_LISTEN + 1];
     size_t n = 0;
     for (size_t i = 0; i < c->nlisten; i++, n++) {
         all[n].addr = c->listen[i];
-        snprintf(all[n].key, sizeof(all[n].key), "listen[%zu]", i);
+        all[n].flag = f->listen_set ? "--listen" : NULL;
+        snprintf(all[n].key, sizeof(all[n].key), "%s[%zu]", "listen", i);
     }
     for (size_t i = 0; i < c->ntls_listen; i++, n++) {
         all[n].addr = c->tls_listen[i];
-        snprintf(all[n].key, sizeof(all[n].key), "tls.listen[%zu]", i);
+        all[n].flag = f->tls_listen_set ? "--tls-listen" : NULL;
+        snprintf(all[n].key, sizeof(all[n].key), "%s[%zu]", "tls.listen", i);
     }
     if (c->admin_listen) {
         all[n].addr = c->admin_listen;
+        all[n].flag = NULL;
         snprintf(all[n++].key, sizeof(all[0].key), "admin.listen");
     }
+    for (size_t i = 0; i < n; i++)
+        if (all[i].flag != NULL)
+            snprintf(all[i].key, sizeof(all[i].key), "%s", all[i].flag);
     for (size_t i = 0; i < n; i++) {
-        char hi[256], hj[256], q[300];
+        char hi[256], hj[256], q[300], src[1200];
         unsigned pi, pj;
         const char *why;
         if (mg_host_split_port(all[i].addr, hi, sizeof(hi), &pi, &why) != MG_OK)
             continue; /* said where it was parsed */
+        /* "FILE: listen[1]" or "--listen" */
+        if (all[i].flag != NULL || f->config == NULL)
+            snprintf(src, sizeof(src), "%s", all[i].key);
+        else
+            snprintf(src, sizeof(src), "%s: %s", f->config, all[i].key);
         for (size_t j = 0; j < i; j++) {
             if (mg_host_split_port(all[j].addr, hj, sizeof(hj), &pj, &why) != MG_OK || pi != pj)
                 continue;
+            bool same_flag = all[i].flag != NULL && all[i].flag == all[j].flag;
             if (strcasecmp(hi, hj) == 0) {
-                flagf(e, file ? file : "--listen",
-                      "%s: \"%s\" is %s too (expected each address once)", all[i].key,
-                      ESC(q, all[i].addr), all[j].key);
+                if (same_flag)
+                    flagf(e, src, "\"%s\" given twice (expected each address once)",
+                          ESC(q, all[i].addr));
+                else
+                    flagf(e, src, "\"%s\" is %s too (expected each address once)",
+                          ESC(q, all[i].addr), all[j].key);
                 break;
             }
             if (mg_listen_overlap(all[i].addr, all[j].addr)) { /* bind would say in use */
                 char qj[300];
-                flagf(e, file ? file : "--listen",
-                      "%s: \"%s\" takes the address of %s (\"%s\") too: a name that resolves "
+                flagf(e, src,
+                      "\"%s\" takes the address of %s%s (\"%s\") too: a name that resolves "
                       "to it, or a wildcard on its port (expected each address once)",
-                      all[i].key, ESC(q, all[i].addr), all[j].key, ESC(qj, all[j].addr));
+                      ESC(q, all[i].addr), same_flag ? "another " : "", all[j].key,
+                      ESC(qj, all[j].addr));
                 break;
             }
         }
@@ -1189,7 +1207,7 @@ static void check_merged(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
 {
     const char *file = f->config;
     char q[300];
-    check_listeners_distinct(e, file, c);
+    check_listeners_distinct(e, f, c);
     if (c->nlisten + c->ntls_listen == 0) {
         if (file != NULL)
             flagf(e, file,

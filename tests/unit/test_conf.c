@@ -213,15 +213,16 @@ static void listeners_that_overlap(void **state)
     mg_conf_t c;
     char *e = run_fail(&c, ARGV("--listen", "127.0.0.1:18080", "--listen", "localhost:18080",
                                 "--backend", "127.0.0.1:9001"));
-    expect_line(e, "listen[1]: \"localhost:18080\" takes the address of listen[0]");
+    expect_line(e, "--listen: \"localhost:18080\" takes the address of another --listen "
+                   "(\"127.0.0.1:18080\")");
     free(e);
     e = run_fail(&c, ARGV("--listen", "0.0.0.0:18081", "--listen", "127.0.0.1:18081", "--backend",
                           "127.0.0.1:9001"));
-    expect_line(e, "listen[1]: \"127.0.0.1:18081\" takes the address of listen[0]");
+    expect_line(e, "--listen: \"127.0.0.1:18081\" takes the address of another --listen");
     free(e);
     e = run_fail(&c, ARGV("--listen", "[::]:18082", "--listen", "127.0.0.1:18082", "--backend",
                           "127.0.0.1:9001"));
-    expect_line(e, "takes the address of listen[0]");
+    expect_line(e, "takes the address of another --listen");
     free(e);
     RUN_OK(&c, "--listen", "127.0.0.1:18083", "--listen", "127.0.0.2:18083", "--listen",
            "127.0.0.1:18084", "--backend", "127.0.0.1:9001");
@@ -229,6 +230,32 @@ static void listeners_that_overlap(void **state)
 }
 
 /* ---- the file, and flags over it ---- */
+
+/* A listener given twice is named as it was given: the flag, or the key of the file. Two
+ * --listen flags were said as "FILE: listen[1]: ... is listen[0] too" of a file with one. */
+static void listeners_named_as_given(void **state)
+{
+    fx_t *f = *state;
+    mg_conf_t c;
+    const char *cfg = put(f, "only.json",
+                          "{'listen':['127.0.0.1:18090'],'admin':{'listen':'127.0.0.1:18091'},"
+                          "'routes':'routes.json'}");
+    char *e = run_fail(&c, ARGV("--config", (char *)cfg, "--listen", "127.0.0.1:18092", "--listen",
+                                "127.0.0.1:18092"));
+    assert_string_equal(e, "--listen: \"127.0.0.1:18092\" given twice (expected each address "
+                           "once)");
+    free(e);
+    e = run_fail(&c, ARGV("--config", (char *)cfg, "--listen", "127.0.0.1:18091", "--tls-listen",
+                          "127.0.0.1:18091", "--cert", "cert.pem", "--key", "key.pem"));
+    char want[512];
+    snprintf(want, sizeof(want),
+             "--tls-listen: \"127.0.0.1:18091\" is --listen too (expected each address once)\n"
+             "%s: admin.listen: \"127.0.0.1:18091\" is --listen too (expected each address "
+             "once)",
+             cfg);
+    expect_line(e, want);
+    free(e);
+}
 
 static void file_then_flags(void **state)
 {
@@ -923,6 +950,7 @@ int main(void)
         T(file_syntax_errors),
         T(documents_swapped),
         T(listeners_that_overlap),
+        T(listeners_named_as_given),
         T(too_many_listeners),
         T(flag_errors),
         T(help_and_version),
