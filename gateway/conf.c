@@ -1174,6 +1174,19 @@ static bool check_tls_paths(mg_jerr_t *e, const flags_t *f, const mg_conf_t *c, 
     const struct {
         const char *val, *flag, *key;
     } files[] = {{c->tls_cert, "--cert", "cert"}, {c->tls_key, "--key", "key"}};
+    /* --tls-listen over a file without the pair: the flag asked for it, not the file */
+    bool by_flag = f->tls_listen_set && file != NULL && file_ok;
+    if (by_flag && (c->tls_cert == NULL || c->tls_key == NULL)) {
+        bool both = c->tls_cert == NULL && c->tls_key == NULL;
+        flagf(e, "--tls-listen", "needs %s (or %s in %s)",
+              both                  ? "--cert and --key"
+              : c->tls_cert == NULL ? "--cert"
+                                    : "--key",
+              both                  ? "tls.cert/tls.key"
+              : c->tls_cert == NULL ? "tls.cert"
+                                    : "tls.key",
+              file);
+    }
     for (size_t i = 0; i < 2; i++) {
         bool from_flag = i == 0 ? f->cert != NULL : f->key != NULL;
         char src[1200];
@@ -1183,7 +1196,7 @@ static bool check_tls_paths(mg_jerr_t *e, const flags_t *f, const mg_conf_t *c, 
             snprintf(src, sizeof(src), "%s: tls.%s", file, files[i].key);
         readable &= files[i].val != NULL;
         if (files[i].val == NULL) {
-            if (file_ok)
+            if (file_ok && !by_flag)
                 flagf(e, src,
                       "missing (a TLS listener needs a %s; expected tls.%s in the config "
                       "file or %s FILE)",

@@ -742,6 +742,20 @@ static void tls_needs_readable_files(void **state)
     assert_string_equal(e, want);
     free(e);
 
+    /* a TLS listener from the flags over a file without the pair: the flag is named */
+    const char *plain =
+        put(f, "plain.json", "{'listen':['127.0.0.1:8080'],'routes':'routes.json'}");
+    e = run_fail(&c, ARGV("--config", (char *)plain, "--tls-listen", "127.0.0.1:8443"));
+    snprintf(want, sizeof(want), "--tls-listen: needs --cert and --key (or tls.cert/tls.key in %s)",
+             plain);
+    assert_string_equal(e, want);
+    free(e);
+    e = run_fail(&c, ARGV("--config", (char *)plain, "--tls-listen", "127.0.0.1:8443", "--cert",
+                          (char *)f->files[1]));
+    snprintf(want, sizeof(want), "--tls-listen: needs --key (or tls.key in %s)", plain);
+    assert_string_equal(e, want);
+    free(e);
+
     /* the flags fix it, and the messages name the flags */
     char key[128];
     snprintf(key, sizeof(key), "%s/key.pem", f->dir);
