@@ -855,14 +855,13 @@ static void scan_args(mg_jerr_t *e, int argc, char **argv, flags_t *f)
     optind = 0; /* glibc: 0 re-initialises getopt completely, so this can run more than once */
     opterr = 0; /* we report problems ourselves, all of them, in our format */
     int opt;
+    unsigned nconfig = 0, ncheck = 0;
     while ((opt = getopt_long(argc, argv, "+:c:hV", long_opts, NULL)) != -1) {
         const char *a = optarg;
         switch (opt) {
         case 'c':
         case OPT_CHECK:
-            if (f->config != NULL)
-                flagf(e, opt == 'c' ? "--config" : "--check-config",
-                      "given more than once (expected one of --config or --check-config, once)");
+            (*(opt == 'c' ? &nconfig : &ncheck))++;
             f->config = a;
             f->check |= opt == OPT_CHECK;
             break;
@@ -932,6 +931,14 @@ static void scan_args(mg_jerr_t *e, int argc, char **argv, flags_t *f)
     }
     for (int i = optind; i < argc; i++)
         flagf(e, ESC(q, argv[i]), "unexpected argument (flags take their value as --flag VALUE)");
+    /* said after the scan, so that each line names the flag that was repeated */
+    const char *once = "(expected one of --config or --check-config, once)";
+    if (nconfig > 1)
+        flagf(e, "--config", "given more than once %s", once);
+    if (ncheck > 1)
+        flagf(e, "--check-config", "given more than once %s", once);
+    if (nconfig > 0 && ncheck > 0)
+        flagf(e, "--check-config", "given with --config %s", once);
 }
 
 static void check_addr(mg_jerr_t *e, const char *flag, const char *addr)

@@ -643,8 +643,21 @@ static void flag_errors(void **state)
     expect_line(e, "--workers: invalid value \"-1\"");
     free(e);
     e = run_fail(&c, ARGV("--config", "a", "--check-config", "b"));
-    expect_line(e, "--check-config: given more than once (expected one of --config or "
+    expect_line(e, "--check-config: given with --config (expected one of --config or "
                    "--check-config, once)");
+    free(e);
+    /* each line names the flag that was repeated */
+    e = run_fail(&c, ARGV("--config", "a", "--config", "b", "--check-config", "x"));
+    expect_line(e, "--config: given more than once (expected one of --config or --check-config, "
+                   "once)");
+    expect_line(e, "--check-config: given with --config");
+    if (strstr(e, "--check-config: given more than once") != NULL)
+        fail_msg("--check-config was given once:\n%s", e);
+    free(e);
+    e = run_fail(&c, ARGV("--check-config", "a", "--check-config", "b"));
+    expect_line(e, "--check-config: given more than once");
+    if (strstr(e, "--config:") != NULL)
+        fail_msg("--config was not given:\n%s", e);
     free(e);
 }
 
