@@ -187,5 +187,15 @@ json_t *mg_json_load_file(const char *path, json_error_t *err)
         snprintf(err->text, sizeof(err->text), "a directory, not a JSON file");
         return NULL;
     }
-    return json_load_file(path, JSON_REJECT_DUPLICATES, err);
+    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, err);
+    /* jansson names its own flag ("\\u0000 is not allowed without JSON_ALLOW_NUL near ..."),
+     * which no file can set: say what the file may not hold, and keep where */
+    static const char nul[] = "\\u0000 is not allowed without JSON_ALLOW_NUL";
+    static const char say[] = "strings may not contain NUL (\\u0000)"; /* shorter than |nul| */
+    if (doc == NULL && strncmp(err->text, nul, sizeof(nul) - 1) == 0) {
+        size_t rest = strlen(err->text + sizeof(nul) - 1) + 1; /* " near '...'" and its NUL */
+        memmove(err->text + sizeof(say) - 1, err->text + sizeof(nul) - 1, rest);
+        memcpy(err->text, say, sizeof(say) - 1);
+    }
+    return doc;
 }

@@ -530,6 +530,17 @@ static void file_syntax_errors(void **state)
     assert_string_equal(e, want);
     free(e);
 
+    /* a NUL in a string: jansson alone said "... without JSON_ALLOW_NUL", its own flag */
+    cfg = put(f, "gateway5.json", "{'routes':'r\\u0000.json'}");
+    e = run_fail(&c, ARGV("--config", (char *)cfg));
+    snprintf(want, sizeof(want), "%s:1:", cfg);
+    assert_memory_equal(e, want, strlen(want));
+    expect_line(e, ": strings may not contain NUL (\\u0000) near '");
+    if (strstr(e, "JSON_ALLOW_NUL") != NULL)
+        fail_msg("jansson's flag named:\n%s", e);
+    assert_int_equal(count_lines(e), 1);
+    free(e);
+
     /* a directory: jansson alone said "'[' or '{' expected near end of file" */
     e = run_fail(&c, ARGV("--config", "/tmp"));
     assert_string_equal(e, "/tmp: a directory, not a JSON file");
