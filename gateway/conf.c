@@ -1244,6 +1244,12 @@ static void check_merged(mg_jerr_t *e, const flags_t *f, mg_conf_t *c)
               "cannot be combined with a routing document (routes \"%s\"; "
               "expected either a routing document or --backend)",
               ESC(q, c->routes_path));
+    } else if (c->routes_path != NULL && f->backend_proto != NULL) {
+        /* the routing document says each service's protocol: the flag would do nothing */
+        flagf(e, "--backend-proto",
+              "applies to --backend pods only (the routing document \"%s\" gives each "
+              "service's \"protocol\")",
+              ESC(q, c->routes_path));
     } else if (c->routes_path == NULL && c->backends == NULL) {
         flagf(e, file != NULL ? file : "--routes",
               "%sno routing document and no --backend (expected \"routes\" in the config file, "

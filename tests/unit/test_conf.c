@@ -665,6 +665,11 @@ static void flag_errors(void **state)
     if (strstr(e, "--check-config: given more than once") != NULL)
         fail_msg("--check-config was given once:\n%s", e);
     free(e);
+    /* with a routing document the flag would do nothing: each service says its protocol */
+    e = run_fail(&c, ARGV("--listen", "a:1", "--routes", "r.json", "--backend-proto", "http1"));
+    expect_line(e, "--backend-proto: applies to --backend pods only (the routing document "
+                   "\"r.json\" gives each service's \"protocol\")");
+    free(e);
     e = run_fail(&c, ARGV("--check-config", "a", "--check-config", "b"));
     expect_line(e, "--check-config: given more than once");
     if (strstr(e, "--config:") != NULL)
