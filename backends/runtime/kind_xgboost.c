@@ -50,7 +50,7 @@
 #include <xgboost/c_api.h>
 
 #include "backends/runtime/model.h"
-
+#include "backends/runtime/ubj.h"
 
 /* XGBoost's last error without its multi-line "Stack trace:" tail: one line for logs and for
  * /v1/status. Thread-local, like XGBGetLastError's own buffer. */
@@ -99,9 +99,21 @@ static bool has_suffix(const char *s, const char *suffix)
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
+static bool is_whole_ubj(const char *path, const char *buf, size_t size, char *err, size_t errlen)
+{
+    char why[128];
+    if (mg_ubj_check((const unsigned char *)buf, size, why, sizeof(why)))
+        return true;
+    snprintf(err, errlen, "xgboost model '%s': not a whole UBJSON model (%s): a copy cut short?",
+             path, why);
+    return false;
+}
+
 static mg_err_t load_booster(const char *path, BoosterHandle h, char *err, size_t errlen)
 {
-    if (has_suffix(path, ".json") || has_suffix(path, ".ubj")) {
+    /* libxgboost's JSON reader checks its bounds; its UBJSON reader does not (ubj.h): UBJSON
+     * is read here and checked first, whatever the name */
+    if (has_suffix(path, ".json")) {
         if (XGBoosterLoadModel(h, path) != 0) {
             snprintf(err, errlen, "xgboost model '%s': %s", path, xgb_error());
             return MG_E_CONFIG;
@@ -128,7 +140,7 @@ static mg_err_t load_booster(const char *path, BoosterHandle h, char *err, size_
     } else if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
         snprintf(err, errlen, "xgboost model '%s': short read", path);
         e = MG_E_IO;
-    } else if (buf[0] != '{') {
+    } else if (buf[0] != '{' || size < 2) {
         /* The legacy binary format loads from a buffer too, but is deprecated and carries no
            feature count we can trust: ask for JSON or UBJSON. */
         snprintf(err, errlen,
@@ -136,6 +148,8 @@ static mg_err_t load_booster(const char *path, BoosterHandle h, char *err, size_
                  "save_model(\"model.json\") or save_model(\"model.ubj\")",
                  path);
         e = MG_E_CONFIG;
+    } else if (buf[1] != '"' && !is_whole_ubj(path, buf, (size_t)size, err, errlen)) {
+        e = MG_E_CONFIG; /* libxgboost takes anything but '"' after the '{' for UBJSON */
     } else if (XGBoosterLoadModelFromBuffer(h, buf, (bst_ulong)size) != 0) {
         snprintf(err, errlen, "xgboost model '%s': %s", path, xgb_error());
         e = MG_E_CONFIG;
@@ -253,6 +267,77 @@ nomem:
     return MG_E_NOMEM;
 }
 
+/* A JSON array of |n| integers, each in [lo, hi); false when it is not one. */
+static bool ints_in(const json_t *a, size_t n, json_int_t lo, json_int_t hi)
+{
+    if (!json_is_array(a) || json_array_size(a) != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *v = json_array_get(a, i);
+        if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) >= hi)
+            return false;
+    }
+    return true;
+}
+
+/* libxgboost 1.7 loads a model whose parts disagree (num_class edited to 3 on a 10-class
+ * model, a split on feature 80 of 64) and then reads and writes past its buffers when it
+ * predicts: the heap is corrupted, or the pod aborts. What prediction relies on is checked
+ * here, on the model as libxgboost holds it (saved to JSON, whatever the file's format). */
+static mg_err_t check_parts(const char *path, const xgb_t *x, size_t num_class, char *err,
+                            size_t errlen)
+{
+    bst_ulong len = 0;
+    const char *raw = NULL;
+    if (XGBoosterSaveModelToBuffer(x->h, "{\"format\": \"json\"}", &len, &raw) != 0) {
+        snprintf(err, errlen, "xgboost model '%s': cannot read it back: %s", path, xgb_error());
+        return MG_E_CONFIG;
+    }
+    json_error_t jerr;
+    json_t *doc = json_loadb(raw, (size_t)len, 0, &jerr);
+    if (doc == NULL) {
+        snprintf(err, errlen, "xgboost model '%s': reads back as no JSON: %s", path, jerr.text);
+        return MG_E_NOMEM;
+    }
+    const json_t *gb = json_object_get(json_object_get(doc, "learner"), "gradient_booster");
+    json_int_t groups = num_class > 1 ? (json_int_t)num_class : 1;
+    json_int_t nf = (json_int_t)x->n_features;
+    const char *bad = NULL;
+    char what[160] = "";
+    if (strcmp(x->booster, "gblinear") == 0) {
+        const json_t *w = json_object_get(json_object_get(gb, "model"), "weights");
+        if (json_array_size(w) != (size_t)((nf + 1) * groups))
+            bad = "its weights are not (num_feature + 1) x num_class";
+    } else {
+        const json_t *m = strcmp(x->booster, "dart") == 0
+                              ? json_object_get(json_object_get(gb, "gbtree"), "model")
+                              : json_object_get(gb, "model");
+        const json_t *trees = json_object_get(m, "trees"), *info = json_object_get(m, "tree_info");
+        size_t ntrees = json_array_size(trees);
+        if (!json_is_array(trees) || !ints_in(info, ntrees, 0, groups))
+            bad = "tree_info names a class past num_class (or is not one entry per tree)";
+        for (size_t i = 0; bad == NULL && i < ntrees; i++) {
+            const json_t *t = json_array_get(trees, i);
+            const json_t *left = json_object_get(t, "left_children");
+            size_t n = json_array_size(left);
+            snprintf(what, sizeof(what), " (tree %zu)", i);
+            if (n == 0 || !ints_in(left, n, -1, (json_int_t)n) ||
+                !ints_in(json_object_get(t, "right_children"), n, -1, (json_int_t)n))
+                bad = "a node's child is past the tree's nodes";
+            else if (!ints_in(json_object_get(t, "split_indices"), n, 0, nf))
+                bad = "a split is on a feature past num_feature";
+        }
+    }
+    json_decref(doc);
+    if (bad == NULL)
+        return MG_OK;
+    snprintf(err, errlen,
+             "xgboost model '%s': its parts disagree: %s%s (num_class %zu, num_feature %zu); "
+             "edited by hand, or damaged?",
+             path, bad, what, num_class, x->n_features);
+    return MG_E_CONFIG;
+}
+
 /* Runs one prediction; on success *res points to libxgboost's per-thread buffer of
    rows x cols floats (valid until this thread's next call on this booster). */
 static int run(const xgb_t *x, const void *data, mg_dtype_t dtype, size_t rows, const float **res,
@@ -349,7 +434,8 @@ static mg_err_t xgb_load(const char *path, const json_t *options, void **impl, c
     } else {
         x->task = XGB_REGRESSION;
     }
-    if ((e = set_classes(path, x, labels, err, errlen)) != MG_OK)
+    if ((e = set_classes(path, x, labels, err, errlen)) != MG_OK ||
+        (e = check_parts(path, x, num_class, err, errlen)) != MG_OK)
         goto fail;
     /* Warm-up on this thread: finishes the booster's lazy configuration before concurrent use
        and checks the output shape once. */

@@ -222,6 +222,95 @@ static void corrupt_files_are_refused(void **state)
     unlink(bin);
 }
 
+/* A UBJSON model cut short: libxgboost 1.7 read past its buffer (ASan: stack-buffer-underflow
+ * in UBJReader::DecodeStr at 2 bytes) or allocated gigabytes and crashed (100 bytes), killing
+ * the pod mid-switch. Every prefix, and one damaged count, is refused with the reason. */
+static void cut_ubj_models_are_refused(void **state)
+{
+    (void)state;
+    FILE *f = fopen(model_path("xgb_digits.ubj"), "rb");
+    assert_non_null(f);
+    static char b[4 << 20];
+    size_t size = fread(b, 1, sizeof(b), f);
+    fclose(f);
+    assert_true(size > 1000 && size < sizeof(b));
+    char cut[256], err[1024];
+    tmp_path(cut, sizeof(cut), "cut-model.ubj");
+    size_t lens[] = {2, 3, 10, 57, 100, 1000, size / 2, size - 100, size - 1};
+    for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+        mg_model_t *m = NULL;
+        write_file(cut, b, lens[k]);
+        assert_int_equal(mg_model_load("xgboost", cut, "d", "1", NULL, &m, err, sizeof(err)),
+                         MG_E_CONFIG);
+        assert_null(m);
+        if (strstr(err, "not a whole UBJSON model") == NULL)
+            fail_msg("%zu of %zu bytes: %s", lens[k], size, err);
+    }
+    /* the same file whole loads */
+    mg_model_t *m = NULL;
+    write_file(cut, b, size);
+    assert_int_equal(mg_model_load("xgboost", cut, "d", "1", NULL, &m, err, sizeof(err)), MG_OK);
+    mg_model_unref(m);
+    unlink(cut);
+}
+
+/* Loads xgb_digits.json, lets |edit| change it, saves it and loads that: returns the error. */
+static mg_err_t load_edited(void (*edit)(json_t *learner), char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *doc = json_load_file(model_path("xgb_digits.json"), 0, &jerr);
+    assert_non_null(doc);
+    edit(json_object_get(doc, "learner"));
+    char path[256];
+    tmp_path(path, sizeof(path), "edited-model.json");
+    assert_int_equal(json_dump_file(doc, path, JSON_COMPACT), 0);
+    json_decref(doc);
+    mg_model_t *m = NULL;
+    mg_err_t e = mg_model_load("xgboost", path, "d", "1", NULL, &m, err, errlen);
+    mg_model_unref(m);
+    unlink(path);
+    return e;
+}
+
+static json_t *trees_of(json_t *learner)
+{
+    return json_object_get(json_object_get(json_object_get(learner, "gradient_booster"), "model"),
+                           "trees");
+}
+
+static void three_classes(json_t *l)
+{
+    json_object_set_new(json_object_get(l, "learner_model_param"), "num_class", json_string("3"));
+}
+
+static void split_past_features(json_t *l)
+{
+    json_t *idx = json_object_get(json_array_get(trees_of(l), 7), "split_indices");
+    json_array_set_new(idx, 0, json_integer(80)); /* of 64 */
+}
+
+static void child_past_nodes(json_t *l)
+{
+    json_t *left = json_object_get(json_array_get(trees_of(l), 3), "left_children");
+    json_array_set_new(left, 0, json_integer(100000));
+}
+
+/* libxgboost loads a model whose parts disagree and corrupts the heap when it predicts (a
+ * tester set num_class to "3" on the 10-class digits model: the pod aborted at the warm-up,
+ * or served 3 "probabilities" while the heap was being corrupted). Refused at load. */
+static void models_whose_parts_disagree_are_refused(void **state)
+{
+    (void)state;
+    char err[1024];
+    assert_int_equal(load_edited(three_classes, err, sizeof(err)), MG_E_CONFIG);
+    assert_non_null(strstr(err, "tree_info names a class past num_class"));
+    assert_non_null(strstr(err, "num_class 3"));
+    assert_int_equal(load_edited(split_past_features, err, sizeof(err)), MG_E_CONFIG);
+    assert_non_null(strstr(err, "a split is on a feature past num_feature (tree 7)"));
+    assert_int_equal(load_edited(child_past_nodes, err, sizeof(err)), MG_E_CONFIG);
+    assert_non_null(strstr(err, "a node's child is past the tree's nodes (tree 3)"));
+}
+
 /* A v2 FP32 tensor (binary, zero-copy) answers like the JSON batch. */
 static void v2_tensor_matches_json(void **state)
 {
@@ -292,6 +381,8 @@ int main(void)
         cmocka_unit_test(class_labels_from_options),
         cmocka_unit_test(bad_options_are_refused),
         cmocka_unit_test(corrupt_files_are_refused),
+        cmocka_unit_test(cut_ubj_models_are_refused),
+        cmocka_unit_test(models_whose_parts_disagree_are_refused),
         cmocka_unit_test(v2_tensor_matches_json),
         cmocka_unit_test(latency),
     };
