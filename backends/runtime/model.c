@@ -16,12 +16,15 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -1292,11 +1295,32 @@ static double now_ms(clockid_t c)
 static mg_err_t sha256_file(const char *path, char hex[65], uint64_t *size, char *err,
                             size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
+    /* O_NONBLOCK: a FIFO's open would wait for a writer for ever, and with it the loader
+     * and the drain at SIGTERM; only a regular file has an end to read to (not /dev/zero) */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
         int e = errno;
         errf(err, errlen, "model file '%s': %s", path, strerror(e));
+        if (fd >= 0)
+            close(fd);
         return e == ENOENT || e == ENOTDIR ? MG_E_NOTFOUND : MG_E_IO;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        errf(err, errlen, "model file '%s': not a regular file (a %s)", path,
+             S_ISFIFO(st.st_mode)   ? "FIFO"
+             : S_ISDIR(st.st_mode)  ? "directory"
+             : S_ISCHR(st.st_mode)  ? "character device"
+             : S_ISSOCK(st.st_mode) ? "socket"
+                                    : "special file");
+        close(fd);
+        return MG_E_CONFIG;
+    }
+    FILE *f = fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "rb") : NULL;
+    if (f == NULL) {
+        errf(err, errlen, "model file '%s': %s", path, strerror(errno));
+        close(fd);
+        return MG_E_IO;
     }
     mg_err_t rc = MG_OK;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();

@@ -26,6 +26,8 @@
 
 #include "common/log.h"
 
+#define STOP_WAIT_S 5 /* at exit, the longest wait for a load in progress */
+
 typedef struct ident {
     dev_t dev;
     ino_t ino;
@@ -94,6 +96,11 @@ mg_err_t mg_slot_read_descriptor(const char *path, char **file, char **kind, cha
     json_error_t jerr;
     *file = *kind = *name = *version = *options = NULL;
     *warmup = NULL;
+    struct stat st; /* a FIFO would hold the loader until a writer came (mg_model_load) */
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "model descriptor '%s': not a regular file", path);
+        return MG_E_CONFIG;
+    }
     json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (doc == NULL) {
         if (jerr.line < 0 && access(path, R_OK) != 0) {
@@ -424,7 +431,18 @@ void mg_slot_free(mg_slot_t *s)
         s->stop = true;
         pthread_cond_signal(&s->wake);
         pthread_mutex_unlock(&s->lock);
-        pthread_join(s->thread, NULL);
+        /* a load stuck in a read (a hung network file system) would hold the exit for ever:
+         * the process goes without it, and the slot stays, in use by that thread */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += STOP_WAIT_S;
+        if (pthread_timedjoin_np(s->thread, NULL, &until) != 0) {
+            MG_LOG(MG_LOG_WARN, "runtime",
+                   "the model loader is still busy after %d s (a read that does not end: a "
+                   "hung file system?); exiting without it",
+                   STOP_WAIT_S);
+            return;
+        }
     }
     mg_model_unref(s->current);
     mg_slot_source_t none = {0};

@@ -23,13 +23,14 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import H1Conn, h1_request_bytes, port_open, wait_for
-from runtime_util import Runtime, train_models, write_json
+from conftest import H1Conn, free_port, h1_request_bytes, port_open, wait_for
+from runtime_util import RUNTIME_BIN, Runtime, train_models, write_json
 
 TOL = 1e-6
 SWITCH_LIMIT_S = 5.0  # the test's bound; the target (under 1 s) is printed, not asserted
@@ -633,6 +634,33 @@ def test_status_and_metrics(procs, models):
                       ("modelgate_runtime_model_info", "gauge")):
         assert "# TYPE %s %s" % (name, typ) in text, text
     assert rt.status()["requests_served"] >= 9
+
+
+@pytest.mark.parametrize("what", ["model", "descriptor"])
+def test_fifo_model_is_refused_and_sigterm_still_exits(procs, models, what):
+    """A model file or descriptor that is a FIFO: the loader waited in open() for a writer for
+    ever (and /dev/zero kept it hashing), the pod never got a model, and SIGTERM could not end
+    the process (its exit waited for the loader). Refused at once as not a regular file; the
+    pod stays up without a model and exits 0 on SIGTERM within its drain."""
+    fifo = os.path.join(procs.dir, "model-fifo.json")
+    os.mkfifo(fifo)
+    if what == "descriptor":  # read at start-up: the command line is refused, at once
+        r = subprocess.run([RUNTIME_BIN, "--listen", "127.0.0.1:%d" % free_port(), "--model",
+                            fifo], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 1 and "model descriptor '%s': not a regular file" % fifo in (
+            r.stderr), (r.returncode, r.stderr)
+        return
+    rt = Runtime(procs, fifo, kind="linear", wait_ready=False)
+    st = wait_for(lambda: (lambda s: s if s["switch"]["loads_failed"] >= 1 else None)(
+        rt.status()), 10, what="the load of a FIFO refused")
+    assert "not a regular file" in (st["switch"]["last_error"] or ""), st
+    assert rt.get("/readyz").status == 503
+    t0 = time.monotonic()
+    rt.signal(signal.SIGTERM)
+    rc = rt.proc.popen.wait(timeout=15)
+    assert rc == 0, (rc, rt.log())
+    print("FIFO %s refused (%s); SIGTERM -> exit 0 in %.2f s" % (
+        what, st["switch"]["last_error"], time.monotonic() - t0))
 
 
 def test_readiness_flips_when_the_model_appears(procs, models):

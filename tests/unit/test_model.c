@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -630,8 +631,23 @@ static void load_errors(void **state)
     assert_null(m);
     assert_string_equal(err, "model file '/nonexistent/dir/model.json': No such file or directory");
     assert_int_equal(mg_model_load("linear", "/tmp", "d", "1", NULL, &m, err, sizeof(err)),
-                     MG_E_IO);
-    assert_string_equal(err, "model file '/tmp': Is a directory");
+                     MG_E_CONFIG);
+    assert_string_equal(err, "model file '/tmp': not a regular file (a directory)");
+    /* a FIFO held the loader (and the drain at SIGTERM) for ever, waiting for a writer;
+     * /dev/zero kept it hashing for ever */
+    char fifo[] = "/tmp/mg-test-fifo-XXXXXX";
+    assert_non_null(mkdtemp(fifo));
+    char fpath[64];
+    snprintf(fpath, sizeof(fpath), "%s/model", fifo);
+    assert_int_equal(mkfifo(fpath, 0600), 0);
+    assert_int_equal(mg_model_load("linear", fpath, "d", "1", NULL, &m, err, sizeof(err)),
+                     MG_E_CONFIG);
+    assert_non_null(strstr(err, "not a regular file (a FIFO)"));
+    unlink(fpath);
+    rmdir(fifo);
+    assert_int_equal(mg_model_load("linear", "/dev/zero", "d", "1", NULL, &m, err, sizeof(err)),
+                     MG_E_CONFIG);
+    assert_string_equal(err, "model file '/dev/zero': not a regular file (a character device)");
     assert_int_equal(mg_model_load("onnx", tmpfile_path, "d", "1", NULL, &m, err, sizeof(err)),
                      MG_E_NOTFOUND);
     assert_string_equal(err, "unknown model kind 'onnx'; valid: xgboost, linear, embedding, text");
