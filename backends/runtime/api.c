@@ -952,8 +952,8 @@ static long fast_numbers(rt_req_t *r, const char *text)
             return -1; /* "01", "1.", ".5", "1e": not JSON; the full parser says so */
         char *end;
         double v = strtod(p, &end);
-        if (end != q || !isfinite(v))
-            return -1;
+        if (end != q || !mg_in_float32_range(v))
+            return -1; /* the full parser says what is wrong */
         if (n == r->fast_cap) {
             size_t cap = r->fast_cap ? r->fast_cap * 2 : 256;
             if (cap > r->rt->conf.max_body) /* cannot have more numbers than bytes */

@@ -357,6 +357,10 @@ static bool absent(const json_t *x)
     return x == NULL || json_is_null(x) || (json_is_array(x) && json_array_size(x) == 0);
 }
 
+/* Every kind but linear computes in float32 (libxgboost too): a number past its range became
+ * infinity there, and answers of null or garbage with a 200 */
+#define FLOAT32_RANGE "expected a number within float32's range (-3.4e38 to 3.4e38)"
+
 /* Pass 1 for one item: checks it and counts its storage. */
 static mg_err_t json_item_check(json_pass_t *p, const json_t *x, const char *where)
 {
@@ -381,6 +385,10 @@ static mg_err_t json_item_check(json_pass_t *p, const json_t *x, const char *whe
             } else if (!json_is_number(v)) {
                 errf(p->err, p->errlen, "%s[%zu]: expected %s, got %s", where, i,
                      d->input == MG_INPUT_INTS ? "an integer" : "a number", json_what(v));
+                return MG_E_PROTO;
+            } else if (d->input == MG_INPUT_FLOATS && !mg_in_float32_range(json_number_value(v))) {
+                errf(p->err, p->errlen, "%s[%zu]: %s, got %g", where, i, FLOAT32_RANGE,
+                     json_number_value(v));
                 return MG_E_PROTO;
             } else if (d->input == MG_INPUT_INTS && json_is_real(v)) {
                 double r = json_real_value(v);
@@ -781,6 +789,10 @@ static mg_err_t v2_walk(v2_walk_t *w, const json_t *data, int depth)
         if (w->out && k < w->cap)
             ((int64_t *)w->out)[k] = iv;
         return MG_OK;
+    }
+    if (!mg_in_float32_range(v)) {
+        errf(w->err, w->errlen, "%s.data[%zu]: %s, got %g", w->where, k, FLOAT32_RANGE, v);
+        return MG_E_PROTO;
     }
     if (w->out && k < w->cap) {
         if (w->t == V2_FP32)

@@ -43,6 +43,7 @@
 #ifndef MG_BACKENDS_RUNTIME_MODEL_H
 #define MG_BACKENDS_RUNTIME_MODEL_H
 
+#include <float.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -402,5 +403,12 @@ mg_err_t mg_model_warmup(mg_model_t *m, unsigned rounds, char *err, size_t errle
 /* Human-readable names for logs and messages. */
 const char *mg_input_type_name(mg_input_type_t t);
 const char *mg_output_kind_name(mg_output_kind_t k);
+
+/* Whether |v| is a number float32 holds without becoming infinite: inputs past it are
+ * refused (every kind but linear computes in float32). */
+static inline bool mg_in_float32_range(double v)
+{
+    return v >= -FLT_MAX && v <= FLT_MAX;
+}
 
 #endif /* MG_BACKENDS_RUNTIME_MODEL_H */

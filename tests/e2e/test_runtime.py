@@ -387,6 +387,19 @@ def test_client_errors(procs, models, mode):
     err_of(p({"inputs": batch}), 400, "invalid_input", "inputs[2]: expected 64 numbers, got 10")
     err_of(p({"inputs": [row, row, bad]}), 400, "invalid_input",
            "inputs[2][5]: expected a number, got a string")
+    # past float32's range: XGBoost took it as infinity, and a linear or embedding model
+    # answered 200 with null or garbage
+    huge = list(row)
+    huge[7] = 1e39
+    err_of(p({"input": huge}), 400, "invalid_input",
+           "input[7]: expected a number within float32's range (-3.4e38 to 3.4e38), got 1e+39")
+    err_of(p({"inputs": [row, [-1e308] * 64]}), 400, "invalid_input",
+           "inputs[1][0]: expected a number within float32's range (-3.4e38 to 3.4e38), got "
+           "-1e+308")
+    tensor = {"name": "input-0", "datatype": "FP64", "shape": [1, 64], "data": huge}
+    err_of(rt.post("/v2/models/digits/infer", {"inputs": [tensor]}, mode=mode), 400,
+           "invalid_input", "inputs[0].data[7]: expected a number within float32's range "
+           "(-3.4e38 to 3.4e38), got 1e+39")
     err_of(p({"inputs": [row, row, None]}), 400, "invalid_input",
            "inputs[2]: expected a list of numbers, got null")
     err_of(p({"inputs": row[0]}), 400, "invalid_input",

@@ -137,6 +137,13 @@ static void numbers_messages(void **state)
     EXPECT_400(&ints, "{'input': [1, 2]}", "input: expected 3 integers, got 2");
     const mg_model_desc_t any = {.input = MG_INPUT_FLOATS};
     EXPECT_400(&any, "{'input': []}", "input: expected a list of numbers, got an empty list");
+    /* past float32: infinity in every kind but linear, and a 200 with null or garbage */
+    EXPECT_400(&any, "{'input': [1, 1e39]}",
+               "input[1]: expected a number within float32's range (-3.4e38 to 3.4e38), got "
+               "1e+39");
+    EXPECT_400(&any, "{'inputs': [[0], [-1e300]]}",
+               "inputs[1][0]: expected a number within float32's range (-3.4e38 to 3.4e38), got "
+               "-1e+300");
 }
 
 static void numbers_parse_dense(void **state)
@@ -147,7 +154,7 @@ static void numbers_parse_dense(void **state)
     mg_input_view_t v;
     json_t *keep;
     mg_input_buf_init(&buf, 0);
-    assert_int_equal(parse(&floats4, "{'inputs': [[1,2,3,4], [5,6.5,7,8], [0,0,0,-1e300]]}", &buf,
+    assert_int_equal(parse(&floats4, "{'inputs': [[1,2,3,4], [5,6.5,7,8], [0,0,0,-3e38]]}", &buf,
                            &v, err, sizeof(err), &keep),
                      MG_OK);
     assert_int_equal(v.n, 3);
@@ -156,7 +163,7 @@ static void numbers_parse_dense(void **state)
     assert_int_equal(v.dense_dtype, MG_DTYPE_F64);
     assert_int_equal(v.dense_width, 4);
     const double *x = v.dense;
-    assert_true(x[5] == 6.5 && x[11] == -1e300 && x[0] == 1);
+    assert_true(x[5] == 6.5 && x[11] == -3e38 && x[0] == 1);
     json_decref(keep);
     /* a single input: batch flag off, ints accepted as numbers */
     assert_int_equal(parse(&floats4, "{'input': [1,2,3,4], 'option': {'k': 3}}", &buf, &v, err,
