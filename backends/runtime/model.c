@@ -1365,6 +1365,23 @@ out:
     return rc;
 }
 
+/* A model's name and version go into URL paths (/v2/models/NAME/versions/V), log lines and
+ * Prometheus labels: letters, digits and . _ - (and + in a version), at most 128 bytes. A
+ * newline in one wrote a raw line into the log and a label Prometheus cannot read. */
+static bool label_ok(const char *s, bool version)
+{
+    size_t n = strlen(s);
+    if (n > 128)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-' || (version && c == '+')))
+            return false;
+    }
+    return true;
+}
+
 mg_err_t mg_model_load_kind(const mg_model_kind_t *kind, const char *path, const char *name,
                             const char *version, const char *options_json, mg_model_t **out,
                             char *err, size_t errlen)
@@ -1378,6 +1395,13 @@ mg_err_t mg_model_load_kind(const mg_model_kind_t *kind, const char *path, const
     json_t *opts = NULL;
     mg_model_t *m = NULL;
     mg_err_t e = MG_E_NOMEM;
+    if (!label_ok(name ? name : "", false) || !label_ok(version ? version : "", true)) {
+        errf(err, errlen,
+             "model '%s': %s: expected letters, digits, '.', '_' and '-'%s, at most 128 of them",
+             path, !label_ok(name ? name : "", false) ? "name" : "version",
+             !label_ok(name ? name : "", false) ? "" : " (and '+')");
+        return MG_E_CONFIG;
+    }
     if (options_json != NULL && options_json[0] != '\0') {
         json_error_t jerr;
         opts = json_loads(options_json, JSON_REJECT_DUPLICATES, &jerr);

@@ -652,6 +652,14 @@ static void load_errors(void **state)
     assert_non_null(strstr(err, "not a regular file (a FIFO)"));
     unlink(fpath);
     rmdir(fifo);
+    /* a newline in a name wrote a raw line into the log and a label Prometheus cannot read */
+    assert_int_equal(mg_model_load("linear", tmpfile_path, "a\nb", "1", NULL, &m, err, sizeof(err)),
+                     MG_E_CONFIG);
+    assert_non_null(strstr(err, "': name: expected letters, digits, '.', '_' and '-', at most"));
+    assert_int_equal(mg_model_load("linear", tmpfile_path, "d", "1 2", NULL, &m, err, sizeof(err)),
+                     MG_E_CONFIG);
+    assert_non_null(
+        strstr(err, "': version: expected letters, digits, '.', '_' and '-' (and '+')"));
     assert_int_equal(mg_model_load("linear", "/dev/zero", "d", "1", NULL, &m, err, sizeof(err)),
                      MG_E_CONFIG);
     assert_string_equal(err, "model file '/dev/zero': not a regular file (a character device)");
