@@ -45,7 +45,7 @@ struct mg_rt {
     size_t nfree, inflight;
     /* metrics (loop thread only) */
     unsigned long long by_status[6]; /* 1xx..5xx, [0] unused */
-    unsigned long long status_200, status_400, status_404, status_413, status_500, status_503;
+    unsigned long long by_code[600]; /* every status answered, 100-599 */
     unsigned long long hist[HIST_BUCKETS + 1];
     double hist_sum;
     unsigned long long served;
@@ -262,15 +262,8 @@ static void count(mg_rt_t *rt, int status, const struct timespec *t0)
     int cls = status / 100;
     if (cls >= 1 && cls <= 5)
         rt->by_status[cls]++;
-    switch (status) {
-    case 200: rt->status_200++; break;
-    case 400: rt->status_400++; break;
-    case 404: rt->status_404++; break;
-    case 413: rt->status_413++; break;
-    case 500: rt->status_500++; break;
-    case 503: rt->status_503++; break;
-    default: break;
-    }
+    if (status >= 100 && status < 600)
+        rt->by_code[status]++;
     size_t b = 0;
     while (b < HIST_BUCKETS && sec > hist_le[b])
         b++;
@@ -616,14 +609,11 @@ static void metrics_doc(rt_req_t *r)
     r->status = 200;
     out_str(r, "# HELP modelgate_runtime_requests_total Requests answered, by HTTP status.\n"
                "# TYPE modelgate_runtime_requests_total counter\n");
-    const struct {
-        const char *code;
-        unsigned long long v;
-    } codes[] = {{"200", rt->status_200}, {"400", rt->status_400}, {"404", rt->status_404},
-                 {"413", rt->status_413}, {"500", rt->status_500}, {"503", rt->status_503}};
-    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
-        out_fmt(r, "modelgate_runtime_requests_total{code=\"%s\"} %llu\n", codes[i].code,
-                codes[i].v);
+    /* the usual ones always (a series from the start), any other once it happened: the codes
+     * add up to the classes below */
+    for (int c = 100; c < 600; c++)
+        if (rt->by_code[c] || c == 200 || c == 400 || c == 404 || c == 413 || c == 500 || c == 503)
+            out_fmt(r, "modelgate_runtime_requests_total{code=\"%d\"} %llu\n", c, rt->by_code[c]);
     out_str(r, "# HELP modelgate_runtime_responses_total Requests answered, by status class.\n"
                "# TYPE modelgate_runtime_responses_total counter\n");
     for (int c = 1; c <= 5; c++)

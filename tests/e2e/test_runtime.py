@@ -614,6 +614,7 @@ def test_status_and_metrics(procs, models):
     assert rt.predict({"input": [1]}).status == 400
     assert rt.predict(b"{").status == 400
     assert rt.get("/nope").status == 404
+    assert rt.request("DELETE", "/v1/predict").status == 405
     m1 = rt.metrics()
 
     def d(key):
@@ -624,9 +625,15 @@ def test_status_and_metrics(procs, models):
     assert d('modelgate_runtime_requests_total{code="400"}') == 2, (m0, m1)
     assert d('modelgate_runtime_requests_total{code="404"}') == 1, (m0, m1)
     assert d('modelgate_runtime_responses_total{class="2xx"}') == 6
-    assert d('modelgate_runtime_responses_total{class="4xx"}') == 3
-    assert d("modelgate_runtime_request_duration_seconds_count") == 9
-    assert d('modelgate_runtime_request_duration_seconds_bucket{le="+Inf"}') == 9
+    assert d('modelgate_runtime_requests_total{code="405"}') == 1, (m0, m1)  # had no series
+    assert d('modelgate_runtime_responses_total{class="4xx"}') == 4
+    # the codes add up to the classes
+    for cls in "12345":
+        assert sum(v for k, v in m1.items() if k.startswith(
+            'modelgate_runtime_requests_total{code="%s' % cls)) == m1.get(
+                'modelgate_runtime_responses_total{class="%sxx"}' % cls, 0), (cls, m1)
+    assert d("modelgate_runtime_request_duration_seconds_count") == 10
+    assert d('modelgate_runtime_request_duration_seconds_bucket{le="+Inf"}') == 10
     assert d("modelgate_runtime_request_duration_seconds_sum") > 0
     assert d("modelgate_runtime_batch_items_total") == 5
     assert 1 <= d("modelgate_runtime_batches_total") <= 5
