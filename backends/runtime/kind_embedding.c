@@ -227,6 +227,53 @@ out:
     return rc;
 }
 
+typedef struct id_order {
+    const int64_t *ints;    /* int ids, or NULL */
+    const unsigned char *p; /* string ids: the offsets, then the bytes at |blob| */
+    const unsigned char *blob;
+} id_order_t;
+
+static int cmp_ids(const void *a, const void *b, void *arg)
+{
+    const id_order_t *o = arg;
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    if (o->ints)
+        return o->ints[i] < o->ints[j] ? -1 : o->ints[i] > o->ints[j];
+    uint64_t ia = rd_le64(o->p + 8 * i), ib = rd_le64(o->p + 8 * (i + 1));
+    uint64_t ja = rd_le64(o->p + 8 * j), jb = rd_le64(o->p + 8 * (j + 1));
+    size_t li = (size_t)(ib - ia), lj = (size_t)(jb - ja);
+    int c = memcmp(o->blob + ia, o->blob + ja, li < lj ? li : lj);
+    return c ? c : (li > lj) - (li < lj);
+}
+
+/* The ids must be distinct (tools/README.md): an answer naming an item twice, or two items
+ * by one name, cannot be told apart. Sorts row numbers by id (n log n, once per load). */
+static mg_err_t check_distinct(const char *path, const emb_t *e, const unsigned char *p,
+                               const unsigned char *blob, char *err, size_t errlen)
+{
+    size_t *rows = malloc(e->n * sizeof(size_t));
+    if (rows == NULL)
+        return MG_E_NOMEM;
+    for (size_t i = 0; i < e->n; i++)
+        rows[i] = i;
+    id_order_t o = {e->int_ids, p, blob};
+    qsort_r(rows, e->n, sizeof(size_t), cmp_ids, &o);
+    for (size_t i = 1; i < e->n; i++)
+        if (cmp_ids(&rows[i - 1], &rows[i], &o) == 0) {
+            char msg[160];
+            size_t a = rows[i - 1] < rows[i] ? rows[i - 1] : rows[i];
+            size_t b = rows[i - 1] < rows[i] ? rows[i] : rows[i - 1];
+            snprintf(msg, sizeof(msg),
+                     "ids: rows %zu and %zu have the same id (ids must be "
+                     "distinct)",
+                     a, b);
+            free(rows);
+            return bad(err, errlen, path, msg);
+        }
+    free(rows);
+    return MG_OK;
+}
+
 static mg_err_t read_ids(const char *path, const unsigned char *p, size_t avail, bool string_ids,
                          emb_t *e, char *err, size_t errlen)
 {
@@ -241,7 +288,7 @@ static mg_err_t read_ids(const char *path, const unsigned char *p, size_t avail,
             return MG_E_NOMEM;
         for (size_t i = 0; i < e->n; i++)
             e->int_ids[i] = (int64_t)rd_le64(p + 8 * i);
-        return MG_OK;
+        return check_distinct(path, e, NULL, NULL, err, errlen);
     }
     size_t offs_len = (e->n + 1) * 8;
     if (avail < offs_len) {
@@ -275,7 +322,7 @@ static mg_err_t read_ids(const char *path, const unsigned char *p, size_t avail,
         o += json_escape(blob + a, (size_t)(b - a), e->str_json + o);
     }
     e->str_off[e->n] = o;
-    return MG_OK;
+    return check_distinct(path, e, p, blob, err, errlen);
 }
 
 static mg_err_t emb_load(const char *path, const json_t *options, void **impl, char *err,

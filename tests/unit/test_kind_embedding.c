@@ -257,6 +257,21 @@ static void corrupt_indexes_are_refused(void **state)
     write_index(path, "{\"count\":2,\"dim\":2,\"metric\":\"dot\",\"ids\":\"int64\"}", nan_m, 2, 2,
                 ids, 16);
     expect_index_error(path, "row 0 has a value that is not finite");
+    /* ids that repeat: an answer could not tell the items apart (loaded before) */
+    const float m3[6] = {1, 2, 3, 4, 5, 6};
+    const int64_t dup[3] = {7, 8, 7};
+    write_index(path, "{\"count\":3,\"dim\":2,\"metric\":\"dot\",\"ids\":\"int64\"}", m3, 3, 2, dup,
+                24);
+    expect_index_error(path, "ids: rows 0 and 2 have the same id (ids must be distinct)");
+    unsigned char sblob[4 * 8 + 5] = {0};
+    const uint64_t offs[4] = {0, 2, 3, 5}; /* "ab", "c", "ab" */
+    for (int i = 0; i < 4; i++)
+        for (int b = 0; b < 8; b++)
+            sblob[8 * i + b] = (unsigned char)(offs[i] >> (8 * b));
+    memcpy(sblob + 32, "abcab", 5);
+    write_index(path, "{\"count\":3,\"dim\":2,\"metric\":\"dot\",\"ids\":\"string\"}", m3, 3, 2,
+                sblob, sizeof(sblob));
+    expect_index_error(path, "ids: rows 0 and 2 have the same id");
     write_index(path, "{\"count\":2,\"dim\":2,\"metric\":\"dot\",\"ids\":\"int64\"}", m, 2, 2, ids,
                 16);
     char err[512];
