@@ -70,6 +70,7 @@ struct rt_req {
     char request_id[256]; /* echoed as sent; longer ids are not echoed */
     char v2name[128]; /* POST /v2/models/{name}/infer: the name asked for */
     char v2ver[128];  /* ... and the version, when the path names one ("" = any) */
+    unsigned v2_outputs; /* the request's "outputs", V2_OUT_* bits; 0 = all */
     const char *allow; /* a 405's Allow header, or NULL */
     double *fast;      /* fast_numbers' array, kept across uses */
     size_t fast_cap;
@@ -397,20 +398,59 @@ static void finish_v1(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_
     out_str(r, "}\n");
 }
 
-/* v2 datatype of the outputs: BYTES for strings, INT64 for integers, else FP64. */
-static const char *v2_dtype(const mg_outputs_t *out, size_t first, size_t n, bool ranking)
+/* The v2 outputs: "output" (the label, value or ranked ids), "score", and the values behind
+ * them ("probabilities" of a classifier, "scores" of a ranking). */
+enum { V2_OUT_OUTPUT = 1, V2_OUT_SCORE = 2, V2_OUT_VALUES = 4 };
+
+/* The datatype of "output", from the model alone, so that metadata and every answer agree:
+ * labels are strings when the model's classes are ("\"cat\""), else integers; ranked ids as
+ * the index holds them; a value is FP64 even when it happens to be integral. */
+static const char *output_dtype(const mg_model_desc_t *d)
 {
-    bool ints = true;
-    for (size_t i = 0; i < n; i++) {
-        const char *f = mg_output_json(out, first + i);
-        if (ranking)
-            f += strspn(f, "[ ");
-        if (*f == '"')
-            return "BYTES";
-        if (strpbrk(f, ".eE"))
-            ints = false;
+    if (d->output == MG_OUTPUT_VALUE)
+        return "FP64";
+    if (d->output == MG_OUTPUT_RANKING)
+        return d->string_ids ? "BYTES" : "INT64";
+    return d->n_classes && d->classes[0][0] == '"' ? "BYTES" : "INT64";
+}
+
+static const char *values_name(const mg_model_desc_t *d)
+{
+    return d->output == MG_OUTPUT_RANKING ? "scores" : "probabilities";
+}
+
+/* The request's "outputs" ([{"name": ...}], optional) as V2_OUT_* bits into r->v2_outputs;
+ * false (answered 400) when one names no output of the model. */
+static bool requested_outputs(rt_req_t *r, const mg_model_desc_t *d)
+{
+    const json_t *outs = json_object_get(r->doc, "outputs");
+    r->v2_outputs = 0;
+    if (outs == NULL)
+        return true;
+    char msg[300];
+    if (!json_is_array(outs)) {
+        send_error(r, 400, "invalid_input", "outputs: expected a list of {\"name\": ...}");
+        return false;
     }
-    return ints ? "INT64" : "FP64";
+    for (size_t i = 0; i < json_array_size(outs); i++) {
+        const char *n = json_string_value(json_object_get(json_array_get(outs, i), "name"));
+        unsigned bit = n == NULL                  ? 0
+                       : strcmp(n, "output") == 0 ? V2_OUT_OUTPUT
+                       : strcmp(n, "score") == 0  ? V2_OUT_SCORE
+                       : d->output != MG_OUTPUT_VALUE && strcmp(n, values_name(d)) == 0
+                           ? V2_OUT_VALUES
+                           : 0;
+        if (bit == 0) {
+            snprintf(msg, sizeof(msg),
+                     "outputs[%zu].name: expected one of the model's outputs (output, score%s%s)",
+                     i, d->output != MG_OUTPUT_VALUE ? ", " : "",
+                     d->output != MG_OUTPUT_VALUE ? values_name(d) : "");
+            send_error(r, 400, "invalid_input", msg);
+            return false;
+        }
+        r->v2_outputs |= bit;
+    }
+    return true;
 }
 
 static void finish_v2(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_t first)
@@ -432,38 +472,49 @@ static void finish_v2(mg_job_t *job, mg_err_t rc, const mg_outputs_t *out, size_
         out_str(r, ",\"id\":");
         out_jstr(r, json_string_value(id));
     }
-    out_str(r, ",\"outputs\":[{\"name\":\"output\",\"datatype\":\"");
-    out_str(r, v2_dtype(out, first, n, ranking));
-    if (ranking)
-        out_fmt(r, "\",\"shape\":[%zu,%zu],\"data\":[", n, k);
-    else
-        out_fmt(r, "\",\"shape\":[%zu],\"data\":[", n);
-    for (size_t i = 0; i < n; i++) {
-        const char *f = mg_output_json(out, first + i);
-        size_t len = strlen(f);
-        if (ranking && len >= 2 && f[0] == '[') { /* flatten [ids] rows */
-            f++;
-            len -= 2;
-            if (len == 0)
-                continue;
+    unsigned want = r->v2_outputs ? r->v2_outputs : V2_OUT_OUTPUT | V2_OUT_SCORE | V2_OUT_VALUES;
+    const char *sep = "";
+    out_str(r, ",\"outputs\":[");
+    if (want & V2_OUT_OUTPUT) {
+        out_str(r, "{\"name\":\"output\",\"datatype\":\"");
+        out_str(r, output_dtype(&m->desc));
+        if (ranking)
+            out_fmt(r, "\",\"shape\":[%zu,%zu],\"data\":[", n, k);
+        else
+            out_fmt(r, "\",\"shape\":[%zu],\"data\":[", n);
+        for (size_t i = 0; i < n; i++) {
+            const char *f = mg_output_json(out, first + i);
+            size_t len = strlen(f);
+            if (ranking && len >= 2 && f[0] == '[') { /* flatten [ids] rows */
+                f++;
+                len -= 2;
+                if (len == 0)
+                    continue;
+            }
+            if (i)
+                out_put(r, ",", 1);
+            out_put(r, f, len);
         }
-        if (i)
-            out_put(r, ",", 1);
-        out_put(r, f, len);
+        out_str(r, "]}");
+        sep = ",";
     }
-    out_fmt(r, "]},{\"name\":\"score\",\"datatype\":\"FP64\",\"shape\":[%zu],\"data\":[", n);
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            out_put(r, ",", 1);
-        out_double(r, out->items[first + i].score);
+    if (want & V2_OUT_SCORE) {
+        out_fmt(r, "%s{\"name\":\"score\",\"datatype\":\"FP64\",\"shape\":[%zu],\"data\":[", sep,
+                n);
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                out_put(r, ",", 1);
+            out_double(r, out->items[first + i].score);
+        }
+        out_str(r, "]}");
+        sep = ",";
     }
-    out_str(r, "]}");
     size_t nv = n ? out->items[first].n_values : 0;
     bool same = nv > 0;
     for (size_t i = 0; i < n && same; i++)
         same = out->items[first + i].n_values == nv;
-    if (same) {
-        out_str(r, ranking ? ",{\"name\":\"scores\"" : ",{\"name\":\"probabilities\"");
+    if (same && (want & V2_OUT_VALUES)) {
+        out_fmt(r, "%s{\"name\":\"%s\"", sep, values_name(&m->desc));
         out_fmt(r, ",\"datatype\":\"FP64\",\"shape\":[%zu,%zu],\"data\":[", n, nv);
         for (size_t i = 0; i < n; i++) {
             const double *v = mg_output_values(out, first + i);
@@ -532,16 +583,16 @@ static void v2_metadata(rt_req_t *r, const mg_model_t *m)
         out_fmt(r, ",\"shape\":[-1,%zu]}]", m->desc.input_len);
     else
         out_str(r, ",\"shape\":[-1]}]");
-    /* labels are strings when the model's classes are ("\"cat\""), else integers */
-    const char *odt = m->desc.output == MG_OUTPUT_VALUE ? "FP64"
-                      : m->desc.output == MG_OUTPUT_LABEL && m->desc.n_classes &&
-                              m->desc.classes[0][0] == '"'
-                          ? "BYTES"
-                          : "INT64";
     out_str(r, ",\"outputs\":[{\"name\":\"output\",\"datatype\":");
-    out_jstr(r, odt);
+    out_jstr(r, output_dtype(&m->desc));
     out_str(r, m->desc.output == MG_OUTPUT_RANKING ? ",\"shape\":[-1,-1]}" : ",\"shape\":[-1]}");
-    out_str(r, ",{\"name\":\"score\",\"datatype\":\"FP64\",\"shape\":[-1]}]");
+    out_str(r, ",{\"name\":\"score\",\"datatype\":\"FP64\",\"shape\":[-1]}");
+    if (m->desc.output == MG_OUTPUT_LABEL)
+        out_fmt(r, ",{\"name\":\"probabilities\",\"datatype\":\"FP64\",\"shape\":[-1,%zu]}",
+                m->desc.n_classes);
+    else if (m->desc.output == MG_OUTPUT_RANKING)
+        out_str(r, ",{\"name\":\"scores\",\"datatype\":\"FP64\",\"shape\":[-1,-1]}");
+    out_str(r, "]");
     out_str(r, ",\"parameters\":{\"sha256\":");
     out_jstr(r, m->sha256);
     out_str(r, "}}\n");
@@ -674,9 +725,10 @@ static void metrics_doc(rt_req_t *r)
 
 typedef enum path_kind {
     PK_UNKNOWN,
-    PK_PREDICT, /* POST */
-    PK_INFER,   /* POST */
-    PK_HEALTHZ, /* the rest: GET/HEAD */
+    PK_SERVER_META, /* GET /v2: the Open Inference Protocol's server metadata */
+    PK_PREDICT,     /* POST */
+    PK_INFER,       /* POST */
+    PK_HEALTHZ,     /* the rest: GET/HEAD */
     PK_LIVE,
     PK_READYZ,
     PK_READY,
@@ -704,10 +756,10 @@ static path_kind_t classify(const char *path, char *name, size_t ncap, char *ver
     static const struct {
         const char *path;
         path_kind_t kind;
-    } fixed[] = {{"/v1/predict", PK_PREDICT}, {"/healthz", PK_HEALTHZ},
-                 {"/v2/health/live", PK_LIVE}, {"/readyz", PK_READYZ},
+    } fixed[] = {{"/v1/predict", PK_PREDICT},    {"/healthz", PK_HEALTHZ},
+                 {"/v2/health/live", PK_LIVE},   {"/readyz", PK_READYZ},
                  {"/v2/health/ready", PK_READY}, {"/v1/status", PK_STATUS},
-                 {"/metrics", PK_METRICS}};
+                 {"/metrics", PK_METRICS},       {"/v2", PK_SERVER_META}};
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
         if (strcmp(path, fixed[i].path) == 0)
             return fixed[i].kind;
@@ -828,6 +880,13 @@ static void on_request(mg_srv_stream_t *s, const mg_srv_req_t *req, void *ud)
     }
     case PK_STATUS:
         status_doc(r);
+        send_json(r);
+        return;
+    case PK_SERVER_META:
+        r->status = 200;
+        r->resp_len = 0;
+        out_str(r, "{\"name\":\"modelgate-runtime\",\"version\":\"" MG_VERSION
+                   "\",\"extensions\":[]}\n");
         send_json(r);
         return;
     case PK_METRICS:
@@ -1039,6 +1098,14 @@ static void dispatch(rt_req_t *r)
                        "inputs: expected an array with one tensor (this model has one input)");
             return;
         }
+        if (json_is_object(json_array_get(inputs, 0)) &&
+            !json_is_string(json_object_get(json_array_get(inputs, 0), "name"))) {
+            send_error(r, 400, "invalid_input",
+                       "inputs[0].name: expected a string (the tensor's name, \"input\")");
+            return;
+        }
+        if (!requested_outputs(r, &m->desc))
+            return;
         rc = mg_input_from_v2_json(&m->desc, json_array_get(inputs, 0), "inputs[0]", &r->inbuf,
                                    &r->job.view, err, sizeof(err));
         json_t *params = json_object_get(r->doc, "parameters");

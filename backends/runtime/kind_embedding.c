@@ -433,6 +433,7 @@ static void emb_describe(const void *impl, mg_model_desc_t *d)
     d->input_len = e->d;
     d->input_optional = e->user_feature != NULL;
     d->output = MG_OUTPUT_RANKING;
+    d->string_ids = e->int_ids == NULL;
     d->uses_option = true;
     d->uses_features = e->user_feature != NULL;
     d->thread_safe = true;

@@ -98,6 +98,7 @@ typedef struct mg_model_desc {
        the argument is ignored, so a batcher may coalesce requests whatever theirs are. */
     bool uses_option;
     bool uses_features;
+    bool string_ids;  /* MG_OUTPUT_RANKING: the items' ids are strings, not integers */
     bool thread_safe; /* predict may run concurrently on one model (see Threading) */
 } mg_model_desc_t;
 

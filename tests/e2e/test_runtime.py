@@ -321,6 +321,10 @@ def test_embedding(procs, models, model):
     assert outs["output"]["data"] == flat, outs
     assert outs["output"]["datatype"] == ("INT64" if isinstance(flat[0], int) else "BYTES")
     assert outs["scores"]["shape"] == [2, k], outs
+    # the metadata says so too (a string-id index declared INT64) and lists "scores"
+    meta = rt.get("/v2/models/items").json()
+    assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [
+        ("output", outs["output"]["datatype"]), ("score", "FP64"), ("scores", "FP64")], meta
 
 
 TEXT = ["text_sentiment", "text_intent", "text_intent_ovr", "text_rating"]
@@ -491,8 +495,17 @@ def test_v2(procs, models, mode):
     assert meta["name"] == "digits" and meta["versions"] == ["1"], meta
     assert meta["platform"] == "modelgate_xgboost", meta
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}], meta
-    assert [o["name"] for o in meta["outputs"]] == ["output", "score"], meta
+    # every output an answer carries, with the datatype and shape it comes in (the values
+    # behind the label were missing)
+    assert meta["outputs"] == [{"name": "output", "datatype": "INT64", "shape": [-1]},
+                               {"name": "score", "datatype": "FP64", "shape": [-1]},
+                               {"name": "probabilities", "datatype": "FP64",
+                                "shape": [-1, 10]}], meta
     assert meta["parameters"]["sha256"] == sha, meta
+    # the server's own metadata (it was a 404)
+    r = rt.get("/v2", mode=mode)
+    assert r.status == 200 and r.json()["name"] == "modelgate-runtime", r
+    assert r.json()["extensions"] == [] and r.json()["version"], r
 
     def infer(tensor, path="/v2/models/digits/infer", **extra):
         doc = {"inputs": [tensor]}
@@ -527,6 +540,19 @@ def test_v2(procs, models, mode):
                 id="req-42")
     assert doc["id"] == "req-42", doc
     check(doc, [0, 1])
+    # "outputs" asks for some of them, in the model's order (all of them came back)
+    doc = infer(v2_tensor(models.inputs[:2], "FP32"),
+                outputs=[{"name": "probabilities"}, {"name": "output"}])
+    assert [o["name"] for o in doc["outputs"]] == ["output", "probabilities"], doc
+    r = rt.post("/v2/models/digits/infer", {"inputs": [v2_tensor(models.inputs[:1], "FP32")],
+                                            "outputs": [{"name": "logits"}]}, mode=mode)
+    err_of(r, 400, "invalid_input", "outputs[0].name: expected one of the model's outputs "
+           "(output, score, probabilities)")
+    # a tensor without its name (taken before)
+    nameless = v2_tensor(models.inputs[:1], "FP32")
+    del nameless["name"]
+    err_of(rt.post("/v2/models/digits/infer", {"inputs": [nameless]}, mode=mode), 400,
+           "invalid_input", 'inputs[0].name: expected a string (the tensor\'s name, "input")')
     # a regressor's output is FP64 and it has no probabilities
     rr = start(procs, models, "xgb_digits_reg.json", name="reg", proc_name="runtime-reg")
     r = rr.post("/v2/models/reg/infer", {"inputs": [v2_tensor(models.inputs, "FP64")]},
@@ -535,6 +561,9 @@ def test_v2(procs, models, mode):
     outs = {o["name"]: o for o in r.json()["outputs"]}
     assert set(outs) == {"output", "score"}, outs
     assert outs["output"]["datatype"] == "FP64", outs
+    meta = rr.get("/v2/models/reg", mode=mode).json()
+    assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [
+        ("output", "FP64"), ("score", "FP64")], meta
     for i, v in enumerate(outs["output"]["data"]):
         check_output(models.models["xgb_reg"], i, v, outs["score"]["data"][i], "v2 reg")
 
