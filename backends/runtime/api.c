@@ -644,6 +644,18 @@ static void status_doc(rt_req_t *r)
         out_jstr(r, st.last_error);
     else
         out_str(r, "null");
+    /* when: a failure kept after later switches succeeded reads as current otherwise */
+    out_str(r, ",\"last_error_at\":");
+    if (st.last_failure_ms > 0) {
+        char when[32];
+        struct tm tm;
+        time_t secs = (time_t)(st.last_failure_ms / 1000);
+        gmtime_r(&secs, &tm);
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        out_jstr(r, when);
+    } else {
+        out_str(r, "null");
+    }
     out_str(r, "}}\n");
     mg_model_unref(m);
 }

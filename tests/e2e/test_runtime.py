@@ -636,6 +636,7 @@ def test_status_and_metrics(procs, models):
     sw = st["switch"]
     assert sw["loading"] is False and sw["loads_ok"] == 1 and sw["loads_failed"] == 0, st
     assert sw["last_error"] is None and sw["last_switch_ms"] >= 0, st
+    assert sw["last_error_at"] is None, st
 
     m0 = rt.metrics()
     for i in range(5):
@@ -739,6 +740,8 @@ def test_readiness_flips_when_the_model_appears(procs, models):
     assert st["ready"] is False and st["model"] is None, st
     assert st["switch"]["loads_failed"] >= 1 and st["switch"]["loads_ok"] == 0, st
     assert "digits-v1.json" in (st["switch"]["last_error"] or ""), st
+    # when it happened: a failure kept after later switches succeeded is told apart
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", st["switch"]["last_error_at"]), st
     # no "switch" without a model to switch from: it said "model switch refused"
     assert "model load refused; no model serves yet" in rt.log(), rt.log()
     assert "model switch refused" not in rt.log(), rt.log()
