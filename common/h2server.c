@@ -162,6 +162,7 @@ struct conn {
     bool h1_discard;    /* answered before the request's body ended: dropping the rest of it */
     bool h1_headers_done;
     bool h1_read_off;
+    bool h1_eof; /* the client ended its input (a half-close): see h1_half_closed */
     bool h1_err_too_large;
     bool h1_err_in_target;   /* ... while reading the request target: 414, not 431 */
     int h1_refused;          /* a request we refuse at its head: the status (see h1_refuse) */
@@ -2130,6 +2131,30 @@ static void h1_reject(conn_t *c, int status, const char *code, const char *msg)
     leave(c);
 }
 
+/*
+ * After the client's EOF (h1_half_closed), once the parser has taken every byte it got and
+ * waits for more: a request it has begun (head or body) will never end, and is the client's
+ * abort, as with a close (the handler's on_close(false) calls its pod's stream off). The
+ * connection then closes once the earlier requests' answers are out (the write timeout bounds
+ * a client that stops reading them). Does nothing while an answer is due.
+ */
+static void h1_input_over(conn_t *c)
+{
+    if (c->h1_wait || c->close_when_flushed || c->lingering ||
+        evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        return; /* h1_next comes back through h1_process */
+    mg_srv_stream_t *s = c->h1s;
+    if (s) {
+        c->h1s = NULL;
+        stream_close(s, false);
+        if (c->dead)
+            return;
+    }
+    c->close_when_flushed = true;
+    if (out_empty(c))
+        conn_close_flushed(c);
+}
+
 static void h1_process(conn_t *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -2198,6 +2223,17 @@ again:
         if (h1_next(c))
             goto again;
     }
+    if (!c->dead && c->h1_eof)
+        h1_input_over(c);
+}
+
+/* Reading resumes after backpressure, unless the client's input has ended: the reader would
+ * only meet the EOF again. */
+static void h1_read_on(conn_t *c)
+{
+    c->h1_read_off = false;
+    if (!c->h1_eof)
+        mg_outq_enable(&c->outq, c->bev, EV_READ);
 }
 
 /* The current exchange is over (response ended and request read): next request or close. */
@@ -2225,10 +2261,8 @@ static bool h1_next(conn_t *c)
     }
     c->h1_wait = false;
     llhttp_resume(&c->parser);
-    if (c->h1_read_off) {
-        c->h1_read_off = false;
-        mg_outq_enable(&c->outq, c->bev, EV_READ);
-    }
+    if (c->h1_read_off)
+        h1_read_on(c);
     return true;
 }
 
@@ -2335,10 +2369,8 @@ static void h1_end_early(conn_t *c, mg_srv_stream_t *s)
         return;
     }
     c->h1_discard = true;
-    if (c->h1_read_off) {
-        c->h1_read_off = false;
-        mg_outq_enable(&c->outq, c->bev, EV_READ);
-    }
+    if (c->h1_read_off)
+        h1_read_on(c);
     if (!c->in_recv)
         h1_process(c);
 }
@@ -2627,8 +2659,7 @@ void mg_srv_consume(mg_srv_stream_t *s, size_t n)
         conn_credit(c);
         conn_flush(c);
     } else if (c->h1_read_off && s->unconsumed < MG_SRV_LOW) {
-        c->h1_read_off = false;
-        mg_outq_enable(&c->outq, c->bev, EV_READ);
+        h1_read_on(c);
         if (!c->in_recv)
             h1_process(c);
     }
@@ -2974,6 +3005,24 @@ static void on_write(struct bufferevent *bev, void *arg)
     leave(c);
 }
 
+/*
+ * The client ended its input: a half-close (shutdown(SHUT_WR): nc -N, load balancers' probes,
+ * HTTP/1.0-style clients) or a close, which looks the same until a write fails. Cleartext
+ * HTTP/1.1 answers the requests that came whole, in order, and then closes, as HAProxy (without
+ * abortonclose) and nginx do; nothing more is read (h1_read_on). A client that closed for good
+ * makes the first of those writes fail (EPIPE, a reset), which closes the connection as before.
+ * The cost, HAProxy's too: a client that gave up and closed while its pod works has that
+ * pod's stream called off only when its answer fails to go out, not at once.
+ * TLS closes at once: a client that half-closes after its close_notify is rare, and the TLS
+ * filter would have to write after the peer's close. HTTP/2 too: it has no half-closed
+ * connection (a client done with one sends GOAWAY, and waits for its answers before its FIN).
+ */
+static void h1_half_closed(conn_t *c)
+{
+    c->h1_eof = true;
+    h1_process(c);
+}
+
 static void on_event(struct bufferevent *bev, short events, void *arg)
 {
     conn_t *c = arg;
@@ -2994,6 +3043,13 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
                    "conn=%s: client took nothing of %zu queued bytes for %u ms: closing",
                    c->client, evbuffer_get_length(bufferevent_get_output(bev)),
                    c->srv->conf.client_write_ms);
+        }
+        if ((events & BEV_EVENT_EOF) && !(events & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) &&
+            c->proto == P_H1 && !c->tls) {
+            if (!c->h1_eof) /* once: the reader stopped at it */
+                h1_half_closed(c);
+            leave(c);
+            return;
         }
         if (events & BEV_EVENT_ERROR) {
             unsigned long e = c->tls ? bufferevent_get_openssl_error(bev) : 0;

@@ -20,7 +20,9 @@
  *
  * Ownership: the server owns streams; a stream pointer is valid from on_request until on_close
  * returns. HTTP/1.1 requests on one connection are handled one at a time, so pipelined
- * requests are answered in order. Not thread-safe: everything runs on the worker's loop.
+ * requests are answered in order; a cleartext HTTP/1.1 client that half-closes (shutdown
+ * SHUT_WR) still gets the answers to those it sent whole, then the close. Not thread-safe:
+ * everything runs on the worker's loop.
  */
 #ifndef MG_COMMON_H2SERVER_H
 #define MG_COMMON_H2SERVER_H

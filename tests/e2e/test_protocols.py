@@ -235,6 +235,79 @@ def test_http11_pipelined_answered_in_order(stack):
     assert [r.json()["path"] for r in got] == paths
 
 
+# --- HTTP/1.1 clients that half-close -----------------------------------------------------------
+# A client may send its requests and then shut its side of the connection down (shutdown(SHUT_WR):
+# nc -N, HTTP/1.0-style clients, load balancers' probes). What it sent in full is answered, in
+# order, then the connection closes (as HAProxy without abortonclose, and nginx); what the end
+# of its input cut is an incomplete request, as before. Before, the EOF closed the connection at
+# once: no answer at all, even to a GET.
+
+
+def mine(gw, client):
+    """The access-log lines of the client connection from |client| (addr)."""
+    return [r for r in gw.access() if r["client"] == client]
+
+
+def client_addr(c):
+    return "%s:%d" % c.sock.getsockname()[:2]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_http11_half_closed_client_gets_its_answer(stack, method):
+    """A request, then SHUT_WR: the answer comes (the pod takes 300 ms, so it comes after the
+    EOF), then the close; logged once, as answered."""
+    gw, a, _ = stack
+    body = b"x" * 1000 if method == "POST" else b""
+    with H1Conn(gw.port) as c:
+        client = client_addr(c)
+        c.send(h1_request_bytes(method, "/slow?ms=300", gw.authority(), body=body))
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response()
+        assert r.status == 200, r
+        doc = r.json()
+        assert (doc["method"], doc["path"], doc["body_len"]) == (method, "/slow?ms=300",
+                                                                 len(body)), doc
+        assert c.closed_by_peer(5) and not c.buf, c.buf
+    lines = wait_for(lambda: mine(gw, client), 5, what="the access-log line of %s" % client)
+    time.sleep(0.3)  # a second line would come in the same batch
+    lines = mine(gw, client)
+    assert [(x["status"], x["error"]) for x in lines] == [(200, None)], lines
+
+
+def test_http11_pipelined_then_half_close_all_answered_in_order(stack):
+    """Three pipelined requests, then SHUT_WR: three answers in request order (the first is the
+    slowest), then the close."""
+    gw, a, _ = stack
+    paths = ["/slow?ms=300", "/slow?ms=100", "/third"]
+    with H1Conn(gw.port) as c:
+        client = client_addr(c)
+        c.send(b"".join(h1_request_bytes("GET", p, gw.authority()) for p in paths))
+        c.sock.shutdown(socket.SHUT_WR)
+        got = [c.read_response() for _ in paths]
+        assert c.closed_by_peer(5) and not c.buf, c.buf
+    assert [(r.status, r.json()["path"]) for r in got] == [(200, p) for p in paths], got
+    lines = wait_for(lambda: len(mine(gw, client)) >= 3 and mine(gw, client), 5,
+                     what="3 access-log lines of %s" % client)
+    assert sorted((x["path"], x["status"], x["error"]) for x in lines) == \
+        sorted((p, 200, None) for p in paths), lines
+
+
+def test_http11_body_cut_by_half_close_is_the_clients_abort(stack):
+    """A body shorter than its content-length, then SHUT_WR: an incomplete request, as before:
+    the connection closes without an answer and the log says client_aborted."""
+    gw, a, _ = stack
+    with H1Conn(gw.port) as c:
+        client = client_addr(c)
+        c.send(h1_request_bytes("POST", "/cut-body", gw.authority(), body=b"x" * 10)[:-7])
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.closed_by_peer(5) and not c.buf, c.buf
+    lines = wait_for(lambda: mine(gw, client), 5, what="the access-log line of %s" % client)
+    time.sleep(0.3)  # a second line would come in the same batch
+    lines = mine(gw, client)
+    assert [(x["path"], x["status"], x["error"]) for x in lines] == \
+        [("/cut-body", 0, "client_aborted")], lines
+
+
 def test_http11_chunked_trailers_then_pipelined_request(stack):
     """A chunked body, its trailer section, and the next request in the same packet: the
     trailers reach the pod (content-length among them is dropped, RFC 9110 6.5.1: it would

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -237,6 +238,28 @@ def test_predict_h1_keepalive_chunked(procs, models):
             r = c.read_response()
             assert r.status == 200, r
             check_output(e, i, r.json()["output"], r.json()["score"], "pipelined")
+
+
+def test_predict_h1_answered_after_half_close(procs, models):
+    """HTTP/1.1: POST /v1/predict (answered once a worker thread has predicted, after the
+    request's end), then SHUT_WR, as nc -N and load balancers' probes do: the answer comes,
+    then the close; so do two pipelined ones, in order. Before, the EOF closed the connection
+    at once and only a synchronous answer (GET /healthz) got out."""
+    e = models.models["xgb_multi"]
+    rt = start(procs, models)
+    hdr = [("content-type", "application/json")]
+    for rows in ((0,), (1, 2)):
+        with rt.h1conn() as c:
+            c.send(b"".join(h1_request_bytes("POST", "/v1/predict", rt.addr, hdr,
+                                             json.dumps({"input": models.inputs[i]}).encode())
+                            for i in rows))
+            c.sock.shutdown(socket.SHUT_WR)
+            for i in rows:
+                r = c.read_response()
+                assert r.status == 200, r
+                check_output(e, i, r.json()["output"], r.json()["score"], "half-closed #%d" % i)
+            assert c.closed_by_peer(5) and not c.buf, c.buf
+    rt.assert_alive()
 
 
 def test_coalesced_requests_keep_their_answers(procs, models):

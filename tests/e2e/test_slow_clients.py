@@ -203,6 +203,46 @@ def test_memory_goes_back_after_slow_clients(procs):
     assert r.status_code == 200
 
 
+def test_half_closed_client_that_stops_reading_is_closed(procs):
+    """HTTP/1.1: a client that asks for a large download, half-closes (SHUT_WR) and reads
+    nothing gets its answer started, and is closed once the output has made no progress for
+    client_write (1 s here), its pod's stream reset: the half-close holds the connection only
+    as long as the client takes the answer. Before, the EOF closed it at once (and the log said
+    client_aborted)."""
+    pod = procs.backend("pod-a", args=["--proto", "h2c"])
+    gw = procs.gateway(routes_doc({"s": [pod]}, [("digits", "production", "s")]),
+                       conf={"workers": 1, "timeouts_ms": {"client_write": 1000}}, tls=False)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    try:
+        sock.connect(("127.0.0.1", gw.port))
+        t0 = time.monotonic()
+        sock.sendall(b"GET /bytes?n=20000000 HTTP/1.1\r\nHost: %s\r\n\r\n" % HOST.encode())
+        sock.shutdown(socket.SHUT_WR)
+        wait_for(lambda: "rst h2c /bytes" in pod.proc.stdout(), 15,
+                 what="the gateway to give up on the client and reset the pod's stream")
+        took = time.monotonic() - t0
+        assert took >= 1.0, "closed after %.2f s, before client_write" % took
+        sock.settimeout(5)
+        got = b""
+        try:
+            while True:
+                d = sock.recv(1 << 20)
+                if not d:
+                    break
+                got += d
+        except ConnectionResetError:
+            pass
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+        assert len(got) < 20000000, "the whole answer came"
+    finally:
+        sock.close()
+    lines = gw.wait_access(1)
+    assert [(ln["path"], ln["status"], ln["error"]) for ln in lines] == \
+        [("/bytes?n=20000000", 200, "client_write_timeout")], lines
+    gw.assert_alive()
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
 def test_idle_connection_outlives_client_write(procs, tls):
     """client_write bounds output that makes no progress, not silence: a connection with
