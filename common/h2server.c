@@ -2131,6 +2131,16 @@ static void h1_reject(conn_t *c, int status, const char *code, const char *msg)
     leave(c);
 }
 
+/* A request whose head began and went to no one (neither the handler nor a refusal): the
+ * client closed in the middle of it. Logged once, with what was read of it, as the client's
+ * abort; the handler logs those it took when they close. */
+static void h1_head_cut(conn_t *c)
+{
+    mg_srv_stream_t *s = c->h1s;
+    if (s && !s->handled && !s->dispatched && !s->responded && !c->close_when_flushed)
+        report_reject(s, 0, "client_aborted", false, NULL);
+}
+
 /*
  * After the client's EOF (h1_half_closed), once the parser has taken every byte it got and
  * waits for more: a request it has begun (head or body) will never end, and is the client's
@@ -2145,6 +2155,7 @@ static void h1_input_over(conn_t *c)
         return; /* h1_next comes back through h1_process */
     mg_srv_stream_t *s = c->h1s;
     if (s) {
+        h1_head_cut(c);
         c->h1s = NULL;
         stream_close(s, false);
         if (c->dead)
@@ -3051,6 +3062,8 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
             leave(c);
             return;
         }
+        if (c->proto == P_H1 && (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+            h1_head_cut(c);
         if (events & BEV_EVENT_ERROR) {
             unsigned long e = c->tls ? bufferevent_get_openssl_error(bev) : 0;
             if (e) {

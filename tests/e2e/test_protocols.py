@@ -292,6 +292,52 @@ def test_http11_pipelined_then_half_close_all_answered_in_order(stack):
         sorted((p, 200, None) for p in paths), lines
 
 
+def test_http11_request_cut_by_half_close_is_not_forwarded(stack):
+    """A whole request, then the start of another's head, then SHUT_WR: the first is answered,
+    the second never reaches the pod, and the connection closes. Each is logged once: the
+    answered one as answered, the cut one as the client's abort (status 0), with what was read
+    of it. Before, the EOF closed at once: no answer, and the cut head was not logged at all."""
+    gw, a, _ = stack
+    with H1Conn(gw.port) as c:
+        client = client_addr(c)
+        c.send(h1_request_bytes("GET", "/slow?ms=200", gw.authority()) +
+               b"GET /cut-head HTTP/1.1\r\nHost: %s\r\nX-A: 1\r\n" % gw.authority().encode())
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response()
+        assert r.status == 200 and r.json()["path"] == "/slow?ms=200", r
+        assert c.closed_by_peer(5) and not c.buf, c.buf
+    lines = wait_for(lambda: mine(gw, client), 5, what="the access-log lines of %s" % client)
+    time.sleep(0.3)  # a later line would come in the same batch
+    lines = mine(gw, client)
+    assert sorted((x["path"], x["status"], x["error"]) for x in lines) == \
+        [("/cut-head", 0, "client_aborted"), ("/slow?ms=200", 200, None)], lines
+    cut = [x for x in lines if x["path"] == "/cut-head"][0]
+    assert (cut["method"], cut["host"]) == ("GET", gw.authority()), cut
+    assert "/cut-head" not in [p for _, _, p in a.requests()]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["cleartext", "tls"])
+def test_http11_head_cut_by_close_is_logged_once(stack, tls):
+    """The start of a head, then a close: nothing reaches the pod, and the request is logged
+    once, as the client's abort, with what was read of it. Before, it was not logged at all."""
+    gw, a, _ = stack
+    ctx = None
+    if tls:
+        ctx = ssl.create_default_context(cafile=gw.procs.tls["ca"])
+        ctx.set_alpn_protocols(["http/1.1"])
+    with H1Conn(gw.tls_port if tls else gw.port, tls_ctx=ctx, server_name=HOST) as c:
+        client = client_addr(c)
+        c.send(b"POST /cut-close HTTP/1.1\r\nHost: %s\r\nX-A: 1\r\n"
+               % gw.authority(tls=tls).encode())
+        time.sleep(0.2)  # the gateway has read it
+    lines = wait_for(lambda: mine(gw, client), 5, what="the access-log line of %s" % client)
+    time.sleep(0.3)  # a second line would come in the same batch
+    lines = mine(gw, client)
+    assert [(x["method"], x["path"], x["status"], x["error"]) for x in lines] == \
+        [("POST", "/cut-close", 0, "client_aborted")], lines
+    assert "/cut-close" not in [p for _, _, p in a.requests()]
+
+
 def test_http11_body_cut_by_half_close_is_the_clients_abort(stack):
     """A body shorter than its content-length, then SHUT_WR: an incomplete request, as before:
     the connection closes without an answer and the log says client_aborted."""
