@@ -3018,12 +3018,14 @@ static void on_write(struct bufferevent *bev, void *arg)
 
 /*
  * The client ended its input: a half-close (shutdown(SHUT_WR): nc -N, load balancers' probes,
- * HTTP/1.0-style clients) or a close, which looks the same until a write fails. Cleartext
- * HTTP/1.1 answers the requests that came whole, in order, and then closes, as HAProxy (without
- * abortonclose) and nginx do; nothing more is read (h1_read_on). A client that closed for good
- * makes the first of those writes fail (EPIPE, a reset), which closes the connection as before.
- * The cost, HAProxy's too: a client that gave up and closed while its pod works has that
- * pod's stream called off only when its answer fails to go out, not at once.
+ * HTTP/1.0-style clients) or a close, which looks the same until a write fails. With
+ * conf.h1_answer_half_closed, cleartext HTTP/1.1 answers the requests that came whole, in
+ * order, and then closes, as HAProxy does without abortonclose; nothing more is read
+ * (h1_read_on). A client that closed for good makes the first of those writes fail (EPIPE, a
+ * reset), which closes the connection. The cost: a client that gave up and closed while its
+ * pod works has that pod's stream called off only when its answer fails to go out, not at
+ * once, which is why the gateway leaves it off by default (as Envoy, nghttpx and nginx call
+ * the request off at the EOF).
  * TLS closes at once: a client that half-closes after its close_notify is rare, and the TLS
  * filter would have to write after the peer's close. HTTP/2 too: it has no half-closed
  * connection (a client done with one sends GOAWAY, and waits for its answers before its FIN).
@@ -3056,7 +3058,7 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
                    c->srv->conf.client_write_ms);
         }
         if ((events & BEV_EVENT_EOF) && !(events & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) &&
-            c->proto == P_H1 && !c->tls) {
+            c->proto == P_H1 && !c->tls && c->srv->conf.h1_answer_half_closed) {
             if (!c->h1_eof) /* once: the reader stopped at it */
                 h1_half_closed(c);
             leave(c);

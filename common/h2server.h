@@ -136,6 +136,9 @@ typedef struct mg_srv_conf {
     uint32_t client_idle_ms;    /* close connections idle this long; 0 = never */
     bool proxy_protocol; /* every connection starts with a PROXY header (common/proxyproto.h),
                           * whose client address it takes: one behind an L4 load balancer */
+    bool h1_answer_half_closed; /* a cleartext HTTP/1.1 client's EOF ends its input only: the
+                                 * requests it sent whole are answered (see h1_half_closed);
+                                 * false: the EOF is its close, and its requests are called off */
     uint32_t client_write_ms;   /* close connections whose output stalls this long; 0 = never */
     uint32_t max_conns;         /* client connections held at once; at the limit the listeners
                                  * pause until one closes; 0 = no limit */

@@ -644,6 +644,7 @@ static void apply_doc(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_
                                        "generate_request_id",
                                        "request_id_in_response",
                                        "proxy_protocol",
+                                       "answer_half_closed",
                                        "trusted_proxies",
                                        NULL};
     char q[300];
@@ -698,6 +699,7 @@ static void apply_doc(mg_jerr_t *e, const json_t *doc, const char *dir, mg_conf_
     mg_jerr_bool(e, doc, "generate_request_id", &c->generate_request_id);
     mg_jerr_bool(e, doc, "request_id_in_response", &c->request_id_in_response);
     mg_jerr_bool(e, doc, "proxy_protocol", &c->proxy_protocol);
+    mg_jerr_bool(e, doc, "answer_half_closed", &c->answer_half_closed);
     parse_trusted(e, doc, c);
 
     if ((v = json_object_get(doc, "log_level")) != NULL) {

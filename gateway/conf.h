@@ -76,6 +76,7 @@ typedef struct mg_conf {
     bool generate_request_id;    /* an x-request-id made for requests that bring none */
     bool request_id_in_response; /* x-request-id on pods' answers that lack one */
     bool proxy_protocol;         /* client connections start with a PROXY protocol header */
+    bool answer_half_closed;     /* an HTTP/1.1 client's EOF ends its input, not its requests */
     mg_cidr_t trusted_proxies[MG_CONF_MAX_TRUSTED]; /* whose x-forwarded-for names the client */
     size_t ntrusted_proxies;
 

@@ -930,6 +930,7 @@ int main(int argc, char **argv)
         .client_idle_ms = conf.timeouts_ms.client_idle,
         .client_write_ms = conf.timeouts_ms.client_write,
         .proxy_protocol = conf.proxy_protocol,
+        .h1_answer_half_closed = conf.answer_half_closed,
         /* each worker its share, rounded up: SO_REUSEPORT spreads connections evenly */
         .max_conns = (conf.limits.max_client_conns + conf.workers - 1) / conf.workers,
     };

@@ -316,7 +316,9 @@ int main(int argc, char **argv)
                         .connection_window = 16 << 20,
                         .connection_buffer = 4 << 20,
                         .client_idle_ms = 120000,
-                        .client_write_ms = 30000};
+                        .client_write_ms = 30000,
+                        /* a prediction is answered to a client that half-closed after it */
+                        .h1_answer_half_closed = true};
     rt.srv = rt.api ? mg_srv_new(rt.base, &sc, mg_rt_handler(), rt.api, NULL) : NULL;
     rt.check = rt.base ? event_new(rt.base, -1, EV_PERSIST, on_check, &rt) : NULL;
     if (rt.slot == NULL || rt.srv == NULL || rt.check == NULL) {

@@ -237,10 +237,38 @@ def test_http11_pipelined_answered_in_order(stack):
 
 # --- HTTP/1.1 clients that half-close -----------------------------------------------------------
 # A client may send its requests and then shut its side of the connection down (shutdown(SHUT_WR):
-# nc -N, HTTP/1.0-style clients, load balancers' probes). What it sent in full is answered, in
-# order, then the connection closes (as HAProxy without abortonclose, and nginx); what the end
-# of its input cut is an incomplete request, as before. Before, the EOF closed the connection at
-# once: no answer at all, even to a GET.
+# nc -N, HTTP/1.0-style clients, load balancers' probes). With answer_half_closed, what it sent in
+# full is answered, in order, then the connection closes (as HAProxy without abortonclose); what
+# the end of its input cut is an incomplete request, as before. Before, the EOF closed the
+# connection at once: no answer at all, even to a GET. Without it (the default, as Envoy,
+# nghttpx and nginx), the EOF is the client's close: its requests are called off at once.
+
+
+@pytest.fixture
+def half_stack(procs):
+    """stack's pod-a, behind a gateway with answer_half_closed."""
+    a = procs.backend("pod-a")
+    gw = procs.gateway(routes_doc({"svc-a": [a]}, [("digits", "production", "svc-a")]),
+                       conf={"answer_half_closed": True})
+    return gw, a, None
+
+
+def test_http11_half_close_is_the_clients_close_by_default(stack):
+    """Without answer_half_closed the EOF is the client's close, as in Envoy, nghttpx and
+    nginx: the request it has in flight is called off (no answer, logged client_aborted), so
+    its pod stops working for a client that left."""
+    gw, a, _ = stack
+    with H1Conn(gw.port) as c:
+        client = client_addr(c)
+        c.send(h1_request_bytes("GET", "/slow?ms=1000", gw.authority()))
+        wait_for(lambda: "/slow?ms=1000" in [p for _, _, p in a.requests()], 5,
+                 what="the request at its pod")
+        c.sock.shutdown(socket.SHUT_WR)
+        t0 = time.monotonic()
+        assert c.closed_by_peer(5) and not c.buf, c.buf
+        assert time.monotonic() - t0 < 0.8, "closed only once the pod answered"
+    lines = wait_for(lambda: mine(gw, client), 5, what="the access-log line of %s" % client)
+    assert [(x["status"], x["error"]) for x in lines] == [(0, "client_aborted")], lines
 
 
 def mine(gw, client):
@@ -253,10 +281,10 @@ def client_addr(c):
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_http11_half_closed_client_gets_its_answer(stack, method):
+def test_http11_half_closed_client_gets_its_answer(half_stack, method):
     """A request, then SHUT_WR: the answer comes (the pod takes 300 ms, so it comes after the
     EOF), then the close; logged once, as answered."""
-    gw, a, _ = stack
+    gw, a, _ = half_stack
     body = b"x" * 1000 if method == "POST" else b""
     with H1Conn(gw.port) as c:
         client = client_addr(c)
@@ -274,10 +302,10 @@ def test_http11_half_closed_client_gets_its_answer(stack, method):
     assert [(x["status"], x["error"]) for x in lines] == [(200, None)], lines
 
 
-def test_http11_pipelined_then_half_close_all_answered_in_order(stack):
+def test_http11_pipelined_then_half_close_all_answered_in_order(half_stack):
     """Three pipelined requests, then SHUT_WR: three answers in request order (the first is the
     slowest), then the close."""
-    gw, a, _ = stack
+    gw, a, _ = half_stack
     paths = ["/slow?ms=300", "/slow?ms=100", "/third"]
     with H1Conn(gw.port) as c:
         client = client_addr(c)
@@ -292,12 +320,12 @@ def test_http11_pipelined_then_half_close_all_answered_in_order(stack):
         sorted((p, 200, None) for p in paths), lines
 
 
-def test_http11_request_cut_by_half_close_is_not_forwarded(stack):
+def test_http11_request_cut_by_half_close_is_not_forwarded(half_stack):
     """A whole request, then the start of another's head, then SHUT_WR: the first is answered,
     the second never reaches the pod, and the connection closes. Each is logged once: the
     answered one as answered, the cut one as the client's abort (status 0), with what was read
     of it. Before, the EOF closed at once: no answer, and the cut head was not logged at all."""
-    gw, a, _ = stack
+    gw, a, _ = half_stack
     with H1Conn(gw.port) as c:
         client = client_addr(c)
         c.send(h1_request_bytes("GET", "/slow?ms=200", gw.authority()) +

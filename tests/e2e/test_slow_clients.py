@@ -211,7 +211,8 @@ def test_half_closed_client_that_stops_reading_is_closed(procs):
     client_aborted)."""
     pod = procs.backend("pod-a", args=["--proto", "h2c"])
     gw = procs.gateway(routes_doc({"s": [pod]}, [("digits", "production", "s")]),
-                       conf={"workers": 1, "timeouts_ms": {"client_write": 1000}}, tls=False)
+                       conf={"workers": 1, "timeouts_ms": {"client_write": 1000},
+                             "answer_half_closed": True}, tls=False)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     try:

@@ -456,7 +456,8 @@ static void file_errors_all_in_one_pass(void **state)
     const char *lines[] = {
         "lisen: unknown key (valid keys: listen, tls, workers, routes, access_log, log_level, "
         "limits, timeouts_ms, upstream, admin, dns_nameserver, request_log_db, features, "
-        "generate_request_id, request_id_in_response, proxy_protocol, trusted_proxies)",
+        "generate_request_id, request_id_in_response, proxy_protocol, answer_half_closed, "
+        "trusted_proxies)",
         "listen[1]: invalid address \"127.0.0.1:99999\" (port must be 1-65535)",
         "listen[2]: wrong type (got number 5; expected string \"host:port\")",
         "tls.crt: unknown key (valid keys: listen, cert, key, reload_check_ms, "
