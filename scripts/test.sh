@@ -22,7 +22,7 @@ scripts/install-deps.sh
 # this script is the main suite's. Long campaigns: tests/fuzz/CMakeLists.txt.
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DMG_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build-fuzz -j"${JOBS:-$(nproc)}" --target fuzz_host fuzz_routes fuzz_h2server fuzz_dbrow fuzz_rreply fuzz_upstream \
-  fuzz_proxyproto fuzz_realip
+  fuzz_proxyproto fuzz_realip fuzz_ubj
 ctest --test-dir build-fuzz --output-on-failure -R '^fuzz\.' --timeout 300
 
 # The optimiser sees more (format truncation, maybe-uninitialized): the shipped binaries must build
