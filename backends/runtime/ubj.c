@@ -91,12 +91,18 @@ static bool read_len(walk_t *w, size_t unit, size_t *len)
 
 static bool value(walk_t *w, unsigned char t, int depth);
 
-/* The value that starts at w->at (its type marker first), skipping no-ops. */
-static bool next_value(walk_t *w, int depth)
+/* Past the no-ops ('N') at w->at; true when a byte follows them. */
+static bool skip_noops(walk_t *w)
 {
     while (w->at < w->n && w->p[w->at] == 'N')
         w->at++;
-    if (w->at >= w->n)
+    return w->at < w->n;
+}
+
+/* The value that starts at w->at (its type marker first), skipping no-ops. */
+static bool next_value(walk_t *w, int depth)
+{
+    if (!skip_noops(w))
         return fail(w, "a value cut short");
     return value(w, w->p[w->at++], depth);
 }
@@ -128,9 +134,7 @@ static bool array(walk_t *w, int depth)
         return true;
     }
     for (;;) {
-        while (w->at < w->n && w->p[w->at] == 'N')
-            w->at++;
-        if (w->at >= w->n)
+        if (!skip_noops(w))
             return fail(w, "an array not closed");
         if (w->p[w->at] == ']') {
             w->at++;
@@ -144,9 +148,7 @@ static bool array(walk_t *w, int depth)
 static bool object(walk_t *w, int depth)
 {
     for (;;) {
-        while (w->at < w->n && w->p[w->at] == 'N')
-            w->at++;
-        if (w->at >= w->n)
+        if (!skip_noops(w))
             return fail(w, "an object not closed");
         if (w->p[w->at] == '}') {
             w->at++;
@@ -192,9 +194,7 @@ bool mg_ubj_check(const unsigned char *p, size_t n, char *why, size_t whylen)
     walk_t w = {p, n, 0, why, whylen};
     if (!next_value(&w, 0))
         return false;
-    while (w.at < n && p[w.at] == 'N')
-        w.at++;
-    if (w.at != n)
+    if (skip_noops(&w))
         return fail(&w, "bytes after the end of the document");
     return true;
 }
