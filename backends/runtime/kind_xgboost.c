@@ -159,22 +159,31 @@ static mg_err_t load_booster(const char *path, BoosterHandle h, char *err, size_
     return e;
 }
 
+/* The booster's configuration (|model| false) or whole model (true) as libxgboost writes them
+ * in JSON, parsed; NULL with |err| saying which could not be had. */
+static json_t *booster_json(const char *path, BoosterHandle h, bool model, char *err, size_t errlen)
+{
+    bst_ulong len = 0;
+    const char *text = NULL;
+    const char *what = model ? "the model read back" : "its configuration";
+    if ((model ? XGBoosterSaveModelToBuffer(h, "{\"format\": \"json\"}", &len, &text)
+               : XGBoosterSaveJsonConfig(h, &len, &text)) != 0) {
+        snprintf(err, errlen, "xgboost model '%s': cannot read %s: %s", path, what, xgb_error());
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *doc = json_loadb(text, (size_t)len, 0, &jerr);
+    if (doc == NULL)
+        snprintf(err, errlen, "xgboost model '%s': %s is not JSON: %s", path, what, jerr.text);
+    return doc;
+}
+
 /* Reads objective, booster and num_class from the booster's configuration. */
 static mg_err_t read_config(const char *path, xgb_t *x, size_t *num_class, char *err, size_t errlen)
 {
-    bst_ulong len = 0;
-    const char *cfg = NULL;
-    if (XGBoosterSaveJsonConfig(x->h, &len, &cfg) != 0) {
-        snprintf(err, errlen, "xgboost model '%s': cannot read its configuration: %s", path,
-                 xgb_error());
+    json_t *doc = booster_json(path, x->h, false, err, errlen);
+    if (doc == NULL)
         return MG_E_CONFIG;
-    }
-    json_error_t jerr;
-    json_t *doc = json_loadb(cfg, (size_t)len, 0, &jerr);
-    if (doc == NULL) {
-        snprintf(err, errlen, "xgboost model '%s': configuration is not JSON: %s", path, jerr.text);
-        return MG_E_CONFIG;
-    }
     const json_t *learner = json_object_get(doc, "learner");
     const char *obj =
         json_string_value(json_object_get(json_object_get(learner, "objective"), "name"));
@@ -287,18 +296,9 @@ static bool ints_in(const json_t *a, size_t n, json_int_t lo, json_int_t hi)
 static mg_err_t check_parts(const char *path, const xgb_t *x, size_t num_class, char *err,
                             size_t errlen)
 {
-    bst_ulong len = 0;
-    const char *raw = NULL;
-    if (XGBoosterSaveModelToBuffer(x->h, "{\"format\": \"json\"}", &len, &raw) != 0) {
-        snprintf(err, errlen, "xgboost model '%s': cannot read it back: %s", path, xgb_error());
+    json_t *doc = booster_json(path, x->h, true, err, errlen);
+    if (doc == NULL)
         return MG_E_CONFIG;
-    }
-    json_error_t jerr;
-    json_t *doc = json_loadb(raw, (size_t)len, 0, &jerr);
-    if (doc == NULL) {
-        snprintf(err, errlen, "xgboost model '%s': reads back as no JSON: %s", path, jerr.text);
-        return MG_E_NOMEM;
-    }
     const json_t *gb = json_object_get(json_object_get(doc, "learner"), "gradient_booster");
     json_int_t groups = num_class > 1 ? (json_int_t)num_class : 1;
     json_int_t nf = (json_int_t)x->n_features;
